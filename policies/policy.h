@@ -1,0 +1,189 @@
+/* policy.h — the one interface between the proxy core and a routing policy.
+ *
+ * A policy is a set of pure functions over experiment state plus a seeded
+ * RNG. It never touches sockets, files or the store: the core hands it a
+ * read-only view (arm statistics, the operator's control state, the clock,
+ * the RNG) and acts on what it returns (which arm answers, which arms get a
+ * mirror, a new canary step). That is what makes every policy unit-testable
+ * without a network, and lets the core stay ignorant of which policy runs.
+ *
+ * Adding a policy: write policies/NAME.c exporting one `policy_ops_t`, and add
+ * one line to the registry in policies/registry.c. Nothing in src/ changes. */
+#ifndef MM_POLICY_H
+#define MM_POLICY_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "../src/common.h"
+#include "../src/rng.h"
+
+/* Per-arm statistics, as kept in the store (DESIGN.md §6 arm hash). The view
+ * a policy sees is the shared global snapshot plus this instance's not yet
+ * flushed increments, so decisions use everything known. */
+typedef struct {
+    uint64_t pulls;    /* requests routed to the arm */
+    uint64_t feedback; /* rewards received */
+    uint64_t errors;   /* upstream errors and 5xx answers */
+    double reward_sum;
+    double reward_sq_sum;
+    double successes; /* Bernoulli rewards: += r */
+    double failures;  /* Bernoulli rewards: += 1 - r */
+} arm_stats_t;
+
+typedef enum {
+    EXP_RUNNING = 0,
+    EXP_PAUSED,      /* policy frozen: no learning, no steps */
+    EXP_PROMOTED,    /* all traffic to one arm (control weights say which) */
+    EXP_ROLLED_BACK, /* all traffic to the champion */
+} exp_run_state_t;
+
+/* Operator-controlled state, shared by every instance through the store
+ * (DESIGN.md §6 control hash). Weights set here override the policy's
+ * configured weights while has_weights is set; promote and rollback are
+ * expressed as weights (100 on one arm) plus the state. */
+typedef struct {
+    double weights[MM_MAX_ARMS];
+    int has_weights;
+    exp_run_state_t state;
+    double canary_step; /* percent of traffic on the canary (canary policy only) */
+    uint64_t version;   /* incremented on every change */
+} exp_control_t;
+
+/* What a policy may look at when it decides. */
+typedef struct {
+    size_t n_arms;
+    const arm_stats_t *stats;      /* n_arms entries; frozen while paused */
+    const exp_control_t *control;
+    uint64_t now_ms;               /* monotonic */
+    mm_rng_t *rng;
+} policy_view_t;
+
+/* What a policy may know about one request. The core extracts the sticky
+ * key (header, cookie or query parameter, as declared at parse time) and
+ * hashes it with the salt, so a policy never parses HTTP. */
+typedef struct {
+    mm_str_t method;
+    mm_str_t path; /* with the query string */
+    int has_key;   /* the request carried the sticky key */
+    uint64_t key_hash;
+} policy_req_t;
+
+/* The decision for one request. */
+typedef struct {
+    int primary;   /* arm index whose answer the client gets */
+    int n_mirrors; /* arms that get a copy of the request (shadow) */
+    int mirrors[MM_MAX_ARMS];
+} policy_choice_t;
+
+/* One answer, for comparison (shadow). status 0: transport failure or timeout. */
+typedef struct {
+    int status;
+    mm_str_t content_type;
+    mm_str_t body;
+    int truncated; /* body was larger than what was kept */
+} policy_resp_t;
+
+enum { POLICY_MATCH = 0, POLICY_MISMATCH = 1, POLICY_ERROR = 2 };
+
+/* Flags describing what the operator may do with an experiment. */
+enum {
+    POLICY_ACCEPTS_WEIGHTS = 1 << 0, /* PUT /experiments/NAME/weights applies (else 409) */
+};
+
+/* Mechanics the core enforces for mirrors; declared by the policy at parse time. */
+typedef struct {
+    int max_inflight;        /* per shadow arm */
+    int timeout_ms;
+    uint64_t max_body_bytes; /* larger request bodies are not mirrored */
+} policy_mirror_limits_t;
+
+/* The parse context, owned by config.c. It knows the upstream names, maps a
+ * JSON pointer to a line and column, and collects what the policy declares. */
+typedef struct policy_parse_s policy_parse_t;
+
+typedef struct policy_ops_s {
+    const char *name; /* the "policy" value in the config */
+    unsigned flags;
+
+    /* Validate the experiment object `exp` (the whole object: the keys name,
+     * match, policy and feedback_ttl_s belong to the core and are allowed)
+     * and build an instance. Must declare its arms with policy_add_arm, the
+     * champion first. On error: call policy_error and return NULL. */
+    void *(*create)(const json_t *exp, policy_parse_t *pp);
+    void (*destroy)(void *p);
+
+    /* Decide one request. Called on the hot path: no allocation. */
+    void (*choose)(void *p, const policy_view_t *v, const policy_req_t *req, policy_choice_t *out);
+
+    /* Optional. A reward for the arm arrived: -1 if the value is invalid for
+     * this policy (it is then counted as invalid and not applied), 1 if it is
+     * a Bernoulli reward (the store also counts successes/failures), else 0. */
+    int (*check_reward)(void *p, double reward);
+
+    /* Optional. An answer from `arm` (status 0: transport failure/timeout). */
+    void (*on_response)(void *p, int arm, int status, uint64_t latency_us, uint64_t now_ms);
+
+    /* Optional. Called about once a second while running (not while paused).
+     * May change `ctl` (canary step, state, weights); returns 1 if it did, and
+     * the core then publishes the change through the store. */
+    int (*on_tick)(void *p, const policy_view_t *v, exp_control_t *ctl);
+
+    /* Optional (mirroring policies). All answers to one mirrored request:
+     * the primary's and each mirror's (mirror_arms[i] answered mirrors[i]).
+     * Fills outcomes[i] with POLICY_MATCH / POLICY_MISMATCH / POLICY_ERROR. */
+    void (*compare)(void *p, const policy_resp_t *primary, const int *mirror_arms,
+                    const policy_resp_t *mirrors, size_t n, int *outcomes);
+
+    /* Optional. Forget learned statistics (admin reset). */
+    void (*reset)(void *p);
+
+    /* The policy's own state as JSON for GET /experiments/NAME ("policy_state"). */
+    json_t *(*describe)(void *p, const policy_view_t *v);
+} policy_ops_t;
+
+/* ---- registry (policies/registry.c) ---- */
+const policy_ops_t *policy_find(const char *name);
+
+/* ---- parse-time services offered by config.c ----
+ * `path` arguments are JSON pointers relative to the experiment object
+ * ("/arms/champion", "/analysis/max_error_rate"); the error message is
+ * prefixed with the file, line and column of that value. */
+
+/* Record an error; always returns -1. */
+int policy_error(policy_parse_t *pp, const char *path, const char *fmt, ...) MM_PRINTF(3, 4);
+/* Declare an arm (an upstream name). Returns the arm index, or -1 after
+ * recording an error (unknown upstream, duplicate arm, too many arms). */
+int policy_add_arm(policy_parse_t *pp, const char *name, const char *path);
+/* Number of arms declared so far. */
+int policy_arm_count(const policy_parse_t *pp);
+/* Fail (with the offending key's position) on any key of obj not listed in
+ * `allowed` (NULL-terminated). For the experiment object itself pass
+ * path "" and the core's keys are allowed implicitly. */
+int policy_check_keys(policy_parse_t *pp, const json_t *obj, const char *path,
+                      const char *const *allowed);
+/* Read number obj[key] into *out (def when absent); fail unless lo <= v <= hi. */
+int policy_get_number(policy_parse_t *pp, const json_t *obj, const char *path, const char *key,
+                      double def, double lo, double hi, double *out);
+/* The same for integers. */
+int policy_get_int(policy_parse_t *pp, const json_t *obj, const char *path, const char *key,
+                   long long def, long long lo, long long hi, long long *out);
+/* Read string obj[key] (def when absent, may be NULL); the result lives as long as obj. */
+int policy_get_string(policy_parse_t *pp, const json_t *obj, const char *path, const char *key,
+                      const char *def, const char **out);
+/* Declare sticky assignment from the value of `sticky` ({"header"|"cookie"|"query": NAME});
+ * salt NULL means the experiment name. */
+int policy_set_sticky(policy_parse_t *pp, const json_t *sticky, const char *path,
+                      const char *salt);
+/* Declare mirror mechanics (mirroring policies only). */
+void policy_set_mirror_limits(policy_parse_t *pp, const policy_mirror_limits_t *lim);
+/* The experiment's name. */
+const char *policy_experiment_name(const policy_parse_t *pp);
+
+/* ---- helpers shared by several policies (policies/policy_util.c) ---- */
+/* Index drawn with probability weights[i] / sum(weights); weights >= 0, sum > 0. */
+int policy_pick_weighted(const double *weights, size_t n, double u);
+/* Sticky variant: the same key_hash always maps to the same arm for fixed weights. */
+int policy_pick_sticky(const double *weights, size_t n, uint64_t key_hash);
+
+#endif

@@ -1,0 +1,19 @@
+/* registry.c — the list of routing policies the config may name.
+ *
+ * Adding a policy is one line here plus its own file in policies/. */
+#include <string.h>
+
+#include "policy.h"
+
+/* One extern per policy file (each defines exactly this one public symbol). */
+
+static const policy_ops_t *const registry[] = {
+    NULL, /* end */
+};
+
+const policy_ops_t *policy_find(const char *name)
+{
+    for (size_t i = 0; registry[i] != NULL; i++)
+        if (strcmp(registry[i]->name, name) == 0) return registry[i];
+    return NULL;
+}

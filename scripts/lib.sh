@@ -1,0 +1,31 @@
+# Shared by scripts/demo and scripts/test: package installation and build.
+# Sourced, not run.
+
+MM_PACKAGES=(build-essential cmake pkg-config libuv1-dev libhiredis-dev libjansson-dev
+             libcmocka-dev node-llhttp redis-server python3 curl)
+
+# Install whatever of MM_PACKAGES (plus "$@") is missing. apt-get update runs
+# only when something must be installed, so a ready machine starts at once.
+mm_ensure_packages() {
+    local missing=() p
+    for p in "${MM_PACKAGES[@]}" "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "installing: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# mm_build DIR [cmake args...]: configure (once) and build into DIR.
+mm_build() {
+    local dir=$1; shift
+    cmake -S "$MM_ROOT" -B "$dir" "$@" >/dev/null
+    cmake --build "$dir" -j"$(nproc)" -- --no-print-directory
+}
+
+mm_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}

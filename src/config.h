@@ -1,0 +1,111 @@
+/* config.h — the validated configuration (DESIGN.md §3).
+ *
+ * config_load() reads the JSON file with jansson and checks every key; a
+ * separate position index (jsonpos.c) maps JSON pointers back to line and
+ * column, because jansson keeps positions only for syntax errors and users
+ * need FILE:LINE:COL for semantic ones too. A config_t is immutable once
+ * built: a reload builds a new one and swaps it in. */
+#ifndef MM_CONFIG_H
+#define MM_CONFIG_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "common.h"
+#include "../policies/policy.h"
+
+typedef struct {
+    char host[256]; /* numeric address or name, resolved at startup */
+    int port;
+} cfg_addr_t;
+
+typedef struct {
+    char name[MM_NAME_MAX + 1];
+    char url[512];
+    cfg_addr_t addr;
+    char base_path[256]; /* path part of the url without trailing '/', may be "" */
+    char host_header[300];  /* "host:port" as sent in Host: */
+    int pool;               /* max connections (idle + busy), default 64 */
+    int connect_timeout_ms; /* default 500 */
+    int timeout_ms;         /* response timeout, default 2000 */
+    int eject_consecutive_5xx; /* 0: outlier ejection off */
+    int eject_base_ms;
+} cfg_upstream_t;
+
+typedef enum { STICKY_NONE = 0, STICKY_HEADER, STICKY_COOKIE, STICKY_QUERY } cfg_sticky_kind_t;
+
+typedef struct {
+    char name[128];
+    char value[512];
+} cfg_header_match_t;
+
+typedef struct {
+    char name[MM_NAME_MAX + 1];
+    /* match */
+    char *path_prefix;
+    char *host; /* NULL: any */
+    cfg_header_match_t *headers;
+    size_t n_headers;
+    /* policy */
+    const policy_ops_t *ops;
+    void *policy; /* instance made by ops->create */
+    size_t n_arms;
+    int arms[MM_MAX_ARMS]; /* upstream index per arm; arm 0 is the champion */
+    cfg_sticky_kind_t sticky_kind;
+    char sticky_name[128];
+    char salt[256];
+    policy_mirror_limits_t mirror;
+    int feedback_ttl_s; /* default 3600 */
+    char *definition;   /* canonical JSON of the experiment object: a reload that
+                           changes it resets the experiment's control state */
+} cfg_experiment_t;
+
+typedef enum { STORE_MEMORY = 0, STORE_REDIS } cfg_store_type_t;
+
+typedef struct {
+    cfg_store_type_t type;
+    char host[256];
+    int port;         /* default 6379 */
+    char prefix[128]; /* default "modelmux" */
+    int sync_ms;      /* default 100 */
+} cfg_store_t;
+
+typedef struct {
+    char *path; /* the file it came from */
+    cfg_addr_t listen;
+    cfg_addr_t admin_listen;
+    int has_admin;
+    char *admin_token; /* NULL: no auth */
+    cfg_store_t store;
+    char *log_requests; /* NULL: no request log */
+    double log_sample;  /* [0, 1], default 1 */
+    int log_bodies;
+    struct {
+        int max_connections;
+        int max_header_bytes;
+        uint64_t max_body_bytes;
+        int header_timeout_ms;
+        int idle_timeout_ms;
+        int drain_timeout_ms;
+    } limits;
+    cfg_upstream_t *upstreams;
+    size_t n_upstreams;
+    cfg_experiment_t *experiments;
+    size_t n_experiments;
+} config_t;
+
+/* Load and validate. On failure returns NULL and writes "FILE:LINE:COL: message". */
+config_t *config_load(const char *path, char *err, size_t errlen);
+/* The same from memory; `name` stands for the file in messages. */
+config_t *config_parse(const char *text, size_t len, const char *name, char *err, size_t errlen);
+void config_free(config_t *c);
+
+/* Upstream index by name, or -1. */
+int config_upstream_index(const config_t *c, const char *name);
+/* Experiment index by name, or -1. */
+int config_experiment_index(const config_t *c, const char *name);
+
+/* Parse "host:port" / "[v6]:port" into a. Returns 0 or -1. */
+int config_parse_addr(const char *s, cfg_addr_t *a);
+
+#endif
