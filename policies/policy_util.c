@@ -1,0 +1,55 @@
+/* policy_util.c — weighted picks shared by the policies (declared in policy.h).
+ *
+ * Both picks are one cumulative-weight walk over at most MM_MAX_ARMS entries:
+ * O(n) with n <= 16, cheaper than building an alias table per decision, and
+ * weights may change between any two requests (admin API), so nothing is
+ * precomputed.
+ *
+ * Robustness: weights that are negative, NaN or infinite count as 0, and an
+ * arm of weight 0 is never returned while some arm has weight > 0 (a rounding
+ * overshoot at the end of the walk lands on the last positive arm, not on a
+ * trailing zero). With no positive weight at all, arm 0 (the champion) is
+ * returned: routing must go on, and the champion is the safe answer.
+ *
+ * Sticky: the top 53 bits of the key hash become u in [0, 1) and take the
+ * same walk, so for fixed weights a key always gets the same arm, and with two
+ * arms a key moves only from arm 0 to arm 1 as arm 1's weight grows
+ * (u < w0 / (w0 + w1) picks arm 0) — a ramp-up never sends a user back. */
+#include <math.h>
+
+#include "policy.h"
+
+static inline double clean_weight(double w)
+{
+    return (w > 0.0 && isfinite(w)) ? w : 0.0;
+}
+
+int policy_pick_weighted(const double *weights, size_t n, double u)
+{
+    double sum = 0.0;
+    int last = -1;
+    for (size_t i = 0; i < n; i++) {
+        double w = clean_weight(weights[i]);
+        if (w > 0.0) {
+            sum += w;
+            last = (int)i;
+        }
+    }
+    if (last < 0) return 0;
+    if (!(u >= 0.0)) u = 0.0; /* also catches NaN */
+    if (u >= 1.0) return last;
+    double target = u * sum, cum = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double w = clean_weight(weights[i]);
+        if (w == 0.0) continue;
+        cum += w;
+        if (target < cum) return (int)i;
+    }
+    return last;
+}
+
+int policy_pick_sticky(const double *weights, size_t n, uint64_t key_hash)
+{
+    double u = (double)(key_hash >> 11) * 0x1.0p-53;
+    return policy_pick_weighted(weights, n, u);
+}
