@@ -1,0 +1,398 @@
+/* jsonpos.c — a position index over a JSON text (see jsonpos.h).
+ *
+ * A recursive-descent scanner that validates nothing beyond what it needs:
+ * the text has already been parsed by jansson, so this pass only walks the
+ * structure, decodes object keys (escapes and \u surrogate pairs to UTF-8)
+ * to build each value's JSON pointer, and notes where every value and key
+ * starts. Recursion depth is bounded by jansson's own nesting limit (2048).
+ *
+ * All pointers live in one growing arena and entries refer to them by
+ * offset, so building costs a few reallocations rather than one malloc per
+ * value. Lookup is a linear scan: O(N) per call, which is fine because the
+ * config checker only looks positions up on its error path, once. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jsonpos.h"
+
+typedef struct {
+    size_t off, len; /* pointer text in the arena */
+    int vline, vcol; /* the value's first character */
+    int kline, kcol; /* the key naming it (== value for array elements, root) */
+} jp_entry_t;
+
+struct jsonpos_s {
+    jp_entry_t *entries;
+    size_t n, cap;
+    char *arena;
+    size_t arena_len, arena_cap;
+};
+
+/* Growable byte buffer: the current pointer while scanning, decoded keys. */
+typedef struct {
+    char *p;
+    size_t n, cap;
+} jp_buf_t;
+
+typedef struct {
+    const char *s;
+    size_t len, i;
+    int line, col; /* of s[i] */
+    jsonpos_t *jp;
+    jp_buf_t path; /* pointer of the value being scanned */
+    jp_buf_t key;  /* scratch: the decoded key */
+} jp_scan_t;
+
+static int buf_reserve(jp_buf_t *b, size_t extra)
+{
+    if (b->n + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->n + extra) cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (p == NULL) return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_put(jp_buf_t *b, const char *s, size_t n)
+{
+    if (n == 0) return 0;
+    if (buf_reserve(b, n) < 0) return -1;
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    return 0;
+}
+
+/* Advance one byte, keeping line and column in jansson's convention. */
+static void adv(jp_scan_t *sc)
+{
+    unsigned char c = (unsigned char)sc->s[sc->i++];
+    if (c == '\n') {
+        sc->line++;
+        sc->col = 1;
+    } else if (sc->i < sc->len && ((unsigned char)sc->s[sc->i] & 0xC0) == 0x80) {
+        /* the next byte continues this code point: same column */
+    } else {
+        sc->col++;
+    }
+}
+
+static int peek(const jp_scan_t *sc)
+{
+    return sc->i < sc->len ? (unsigned char)sc->s[sc->i] : -1;
+}
+
+static void skip_ws(jp_scan_t *sc)
+{
+    for (;;) {
+        int c = peek(sc);
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') return;
+        adv(sc);
+    }
+}
+
+static int record(jp_scan_t *sc, int vline, int vcol, int kline, int kcol)
+{
+    jsonpos_t *jp = sc->jp;
+    if (jp->n == jp->cap) {
+        size_t cap = jp->cap ? jp->cap * 2 : 64;
+        jp_entry_t *e = realloc(jp->entries, cap * sizeof(*e));
+        if (e == NULL) return -1;
+        jp->entries = e;
+        jp->cap = cap;
+    }
+    jp_buf_t arena = {jp->arena, jp->arena_len, jp->arena_cap};
+    if (buf_put(&arena, sc->path.p ? sc->path.p : "", sc->path.n) < 0) return -1;
+    jp->arena = arena.p;
+    jp->arena_cap = arena.cap;
+    jp->entries[jp->n++] = (jp_entry_t){jp->arena_len, sc->path.n, vline, vcol, kline, kcol};
+    jp->arena_len = arena.n;
+    return 0;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static int read_u4(jp_scan_t *sc, uint32_t *out)
+{
+    uint32_t v = 0;
+    for (int k = 0; k < 4; k++) {
+        int h = hexval(peek(sc));
+        if (h < 0) return -1;
+        v = v << 4 | (uint32_t)h;
+        adv(sc);
+    }
+    *out = v;
+    return 0;
+}
+
+static int put_utf8(jp_buf_t *b, uint32_t cp)
+{
+    char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xC0 | cp >> 6);
+        u[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | cp >> 12);
+        u[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        u[0] = (char)(0xF0 | cp >> 18);
+        u[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+        u[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+        u[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    return buf_put(b, u, n);
+}
+
+/* Scan a string starting at its opening quote. With out != NULL the decoded
+ * bytes are appended to it (keys); values are only skipped. */
+static int scan_string(jp_scan_t *sc, jp_buf_t *out)
+{
+    adv(sc); /* opening quote */
+    for (;;) {
+        int c = peek(sc);
+        if (c < 0) return -1;
+        if (c == '"') {
+            adv(sc);
+            return 0;
+        }
+        if (c != '\\') {
+            if (out && buf_put(out, sc->s + sc->i, 1) < 0) return -1;
+            adv(sc);
+            continue;
+        }
+        adv(sc);
+        c = peek(sc);
+        if (c < 0) return -1;
+        adv(sc);
+        char ch;
+        switch (c) {
+        case '"':
+            ch = '"';
+            break;
+        case '\\':
+            ch = '\\';
+            break;
+        case '/':
+            ch = '/';
+            break;
+        case 'b':
+            ch = '\b';
+            break;
+        case 'f':
+            ch = '\f';
+            break;
+        case 'n':
+            ch = '\n';
+            break;
+        case 'r':
+            ch = '\r';
+            break;
+        case 't':
+            ch = '\t';
+            break;
+        case 'u': {
+            uint32_t cp, lo;
+            if (read_u4(sc, &cp) < 0) return -1;
+            if (cp >= 0xD800 && cp <= 0xDBFF) { /* high surrogate: a low one follows */
+                if (peek(sc) != '\\') return -1;
+                adv(sc);
+                if (peek(sc) != 'u') return -1;
+                adv(sc);
+                if (read_u4(sc, &lo) < 0 || lo < 0xDC00 || lo > 0xDFFF) return -1;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            if (out && put_utf8(out, cp) < 0) return -1;
+            continue;
+        }
+        default:
+            return -1;
+        }
+        if (out && buf_put(out, &ch, 1) < 0) return -1;
+    }
+}
+
+/* Append "/" + the RFC 6901 escape of the decoded key to the current path. */
+static int push_key(jp_buf_t *path, const char *k, size_t n)
+{
+    if (buf_put(path, "/", 1) < 0) return -1;
+    for (size_t i = 0; i < n; i++) {
+        int rc;
+        if (k[i] == '~')
+            rc = buf_put(path, "~0", 2);
+        else if (k[i] == '/')
+            rc = buf_put(path, "~1", 2);
+        else
+            rc = buf_put(path, k + i, 1);
+        if (rc < 0) return -1;
+    }
+    return 0;
+}
+
+static int scan_value(jp_scan_t *sc, int kline, int kcol);
+
+/* Characters of numbers and of true, false, null. */
+static int is_literal_char(int c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || c == '+' || c == '-' || c == '.' ||
+           c == 'E';
+}
+
+static int scan_object(jp_scan_t *sc)
+{
+    size_t base = sc->path.n;
+    adv(sc); /* '{' */
+    skip_ws(sc);
+    if (peek(sc) == '}') {
+        adv(sc);
+        return 0;
+    }
+    for (;;) {
+        skip_ws(sc);
+        if (peek(sc) != '"') return -1;
+        int kline = sc->line, kcol = sc->col;
+        sc->key.n = 0;
+        if (scan_string(sc, &sc->key) < 0) return -1;
+        if (push_key(&sc->path, sc->key.p, sc->key.n) < 0) return -1;
+        skip_ws(sc);
+        if (peek(sc) != ':') return -1;
+        adv(sc);
+        skip_ws(sc);
+        if (scan_value(sc, kline, kcol) < 0) return -1;
+        sc->path.n = base;
+        skip_ws(sc);
+        int c = peek(sc);
+        adv(sc);
+        if (c == '}') return 0;
+        if (c != ',') return -1;
+    }
+}
+
+static int scan_array(jp_scan_t *sc)
+{
+    size_t base = sc->path.n;
+    adv(sc); /* '[' */
+    skip_ws(sc);
+    if (peek(sc) == ']') {
+        adv(sc);
+        return 0;
+    }
+    for (size_t idx = 0;; idx++) {
+        char num[24];
+        int n = snprintf(num, sizeof(num), "/%zu", idx);
+        if (buf_put(&sc->path, num, (size_t)n) < 0) return -1;
+        skip_ws(sc);
+        if (scan_value(sc, 0, 0) < 0) return -1;
+        sc->path.n = base;
+        skip_ws(sc);
+        int c = peek(sc);
+        adv(sc);
+        if (c == ']') return 0;
+        if (c != ',') return -1;
+    }
+}
+
+/* Scan the value at the current position; its pointer is sc->path. kline 0
+ * means the value has no key of its own (array element, root). */
+static int scan_value(jp_scan_t *sc, int kline, int kcol)
+{
+    int vline = sc->line, vcol = sc->col;
+    if (kline == 0) {
+        kline = vline;
+        kcol = vcol;
+    }
+    if (record(sc, vline, vcol, kline, kcol) < 0) return -1;
+    int c = peek(sc);
+    if (c == '{') return scan_object(sc);
+    if (c == '[') return scan_array(sc);
+    if (c == '"') return scan_string(sc, NULL);
+    /* number, true, false, null */
+    size_t start = sc->i;
+    while (is_literal_char(peek(sc))) adv(sc);
+    return sc->i > start ? 0 : -1;
+}
+
+jsonpos_t *jsonpos_build(const char *text, size_t len)
+{
+    jp_scan_t sc = {.s = text, .len = len, .line = 1, .col = 1};
+    sc.jp = calloc(1, sizeof(*sc.jp));
+    if (sc.jp == NULL) goto err;
+    skip_ws(&sc);
+    if (peek(&sc) < 0) goto err;
+    if (scan_value(&sc, 0, 0) < 0) goto err;
+    skip_ws(&sc);
+    if (sc.i != sc.len) goto err;
+    free(sc.path.p);
+    free(sc.key.p);
+    return sc.jp;
+err:
+    free(sc.path.p);
+    free(sc.key.p);
+    jsonpos_free(sc.jp);
+    return NULL;
+}
+
+void jsonpos_free(jsonpos_t *jp)
+{
+    if (jp == NULL) return;
+    free(jp->entries);
+    free(jp->arena);
+    free(jp);
+}
+
+int jsonpos_find(const jsonpos_t *jp, const char *pointer, int key, int *line, int *col)
+{
+    size_t n = strlen(pointer);
+    for (size_t i = 0; i < jp->n; i++) {
+        const jp_entry_t *e = &jp->entries[i];
+        if (e->len != n || memcmp(jp->arena + e->off, pointer, n) != 0) continue;
+        *line = key ? e->kline : e->vline;
+        *col = key ? e->kcol : e->vcol;
+        return 0;
+    }
+    return -1;
+}
+
+size_t jsonpos_count(const jsonpos_t *jp)
+{
+    return jp->n;
+}
+
+int jsonpos_append(char *buf, size_t buflen, const char *segment)
+{
+    size_t n = strlen(buf), start = n;
+    if (n + 1 >= buflen) return -1;
+    buf[n++] = '/';
+    for (const char *p = segment; *p; p++) {
+        const char *rep = *p == '~' ? "~0" : *p == '/' ? "~1" : NULL;
+        size_t k = rep ? 2 : 1;
+        if (n + k >= buflen) {
+            buf[start] = '\0';
+            return -1;
+        }
+        if (rep) {
+            memcpy(buf + n, rep, 2);
+        } else {
+            buf[n] = *p;
+        }
+        n += k;
+    }
+    buf[n] = '\0';
+    return 0;
+}

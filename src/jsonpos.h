@@ -1,0 +1,39 @@
+/* jsonpos.h — line and column of every value and key in a JSON text.
+ *
+ * jansson reports positions for syntax errors only, but a user fixing a
+ * semantic error ("timeout_ms must be > 0") needs FILE:LINE:COL as well. This
+ * index scans the raw text once more and records, for every value and every
+ * object key, its JSON pointer (RFC 6901) and 1-based line and column, so the
+ * config checker can turn "/upstreams/champion/timeout_ms" into 12:22.
+ *
+ * Lines and columns follow jansson's convention so that syntax and semantic
+ * errors agree: lines are split on '\n' only, columns count Unicode code
+ * points (not bytes), a tab is one column. */
+#ifndef MM_JSONPOS_H
+#define MM_JSONPOS_H
+
+#include <stddef.h>
+
+typedef struct jsonpos_s jsonpos_t;
+
+/* Index `text` (len bytes; need not be NUL-terminated). The text must be
+ * JSON that jansson accepted; anything else returns NULL, as does running out
+ * of memory. */
+jsonpos_t *jsonpos_build(const char *text, size_t len);
+void jsonpos_free(jsonpos_t *jp);
+
+/* Position of the value at `pointer` ("" is the root), or with key=1 of the
+ * object key that names it (for an array element or the root, the key
+ * position is the value position). Returns 0, or -1 if the pointer does not
+ * occur in the text. */
+int jsonpos_find(const jsonpos_t *jp, const char *pointer, int key, int *line, int *col);
+
+/* Number of values recorded (the root included). */
+size_t jsonpos_count(const jsonpos_t *jp);
+
+/* Append "/" and `segment` escaped per RFC 6901 ('~' -> "~0", '/' -> "~1")
+ * to the NUL-terminated pointer in buf. Returns 0, or -1 (buf unchanged) if
+ * the result would not fit in buflen bytes. */
+int jsonpos_append(char *buf, size_t buflen, const char *segment);
+
+#endif
