@@ -6,8 +6,14 @@
 #include "policy.h"
 
 /* One extern per policy file (each defines exactly this one public symbol). */
+extern const policy_ops_t policy_thompson_ops;
+extern const policy_ops_t policy_epsilon_greedy_ops;
+extern const policy_ops_t policy_ucb1_ops;
 
 static const policy_ops_t *const registry[] = {
+    &policy_thompson_ops,
+    &policy_epsilon_greedy_ops,
+    &policy_ucb1_ops,
     NULL, /* end */
 };
 

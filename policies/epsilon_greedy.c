@@ -1,0 +1,202 @@
+/* epsilon_greedy.c — ε-greedy (DESIGN.md §3 `epsilon_greedy`).
+ *
+ * With probability ε_t the request goes to an arm drawn uniformly from all
+ * arms (the greedy one included), otherwise to the arm with the best
+ * empirical mean reward, reward_sum / feedback. An arm without feedback
+ * counts as +inf, so every arm is tried before any is preferred; ties are
+ * broken uniformly at random, so equal arms share the exploit traffic.
+ *
+ * Decay: with `decay` N, ε_t = ε·N/(N + t), where t is the number of
+ * decisions so far. t is the sum of the arms' `pulls` in the store, not a
+ * counter inside this instance: pulls are shared, so every instance (and
+ * every worker) decays on the same schedule and a restart does not start the
+ * schedule over; admin reset sets it back to ε together with the statistics.
+ * The decay is harmonic: exploration keeps a total of about ε·N·ln(t)
+ * requests, which keeps learning about a drifting arm, unlike a geometric
+ * decay that would stop exploring for good.
+ *
+ * Like every bandit here the policy keeps no learned state (the store owns
+ * the statistics), and weights are refused (flags 0: the admin API answers
+ * 409); promote and rollback override the choice. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "policy.h"
+
+typedef struct {
+    size_t n_arms;
+    char names[MM_MAX_ARMS][MM_NAME_MAX + 1];
+    double epsilon;
+    double decay; /* 0: no decay */
+} egreedy_t;
+
+static uint64_t total_pulls(const arm_stats_t *stats, size_t n)
+{
+    uint64_t t = 0;
+    for (size_t i = 0; i < n; i++) t += stats[i].pulls;
+    return t;
+}
+
+/* ε_t for t decisions so far. */
+static double epsilon_at(const egreedy_t *e, uint64_t t)
+{
+    if (e->decay <= 0.0) return e->epsilon;
+    return e->epsilon * e->decay / (e->decay + (double)t);
+}
+
+/* Empirical mean; +inf without feedback so that untried arms come first. */
+static double arm_mean(const arm_stats_t *s)
+{
+    return s->feedback ? s->reward_sum / (double)s->feedback : INFINITY;
+}
+
+/* The arms with the best mean: their count, and a uniform pick among them
+ * (reservoir sampling, one pass). rng NULL: no pick, count only. */
+static int greedy_pick(const arm_stats_t *stats, size_t n, mm_rng_t *rng, int *n_ties,
+                       double *best_mean)
+{
+    int best = 0, ties = 0;
+    double best_v = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        double m = arm_mean(&stats[i]);
+        if (ties == 0 || m > best_v) {
+            best_v = m;
+            best = (int)i;
+            ties = 1;
+        } else if (m == best_v) {
+            ties++;
+            if (rng != NULL && mm_rng_below(rng, (uint64_t)ties) == 0) best = (int)i;
+        }
+    }
+    if (n_ties) *n_ties = ties;
+    if (best_mean) *best_mean = best_v;
+    return best;
+}
+
+static int control_pick(const policy_view_t *v, size_t n)
+{
+    const exp_control_t *c = v->control;
+    if (c == NULL) return -1;
+    if (c->state == EXP_PROMOTED && c->has_weights)
+        return policy_pick_weighted(c->weights, n, mm_rng_uniform(v->rng));
+    if (c->state == EXP_ROLLED_BACK) return 0;
+    return -1;
+}
+
+static void eg_choose(void *p, const policy_view_t *v, const policy_req_t *req,
+                      policy_choice_t *out)
+{
+    const egreedy_t *e = p;
+    size_t n = v->n_arms < e->n_arms ? v->n_arms : e->n_arms;
+    MM_UNUSED(req);
+    out->n_mirrors = 0;
+    int arm = control_pick(v, n);
+    if (arm < 0) {
+        double eps = epsilon_at(e, total_pulls(v->stats, n));
+        if (eps > 0.0 && mm_rng_uniform(v->rng) < eps)
+            arm = (int)mm_rng_below(v->rng, n);
+        else
+            arm = greedy_pick(v->stats, n, v->rng, NULL, NULL);
+    }
+    out->primary = arm;
+}
+
+static int eg_check_reward(void *p, double reward)
+{
+    MM_UNUSED(p);
+    return isfinite(reward) ? 0 : -1;
+}
+
+static json_t *eg_describe(void *p, const policy_view_t *v)
+{
+    const egreedy_t *e = p;
+    size_t n = v->n_arms < e->n_arms ? v->n_arms : e->n_arms;
+    uint64_t t = total_pulls(v->stats, n);
+    double eps = epsilon_at(e, t), best_mean;
+    int ties;
+    greedy_pick(v->stats, n, NULL, &ties, &best_mean);
+
+    json_t *arms = json_array();
+    for (size_t i = 0; i < n; i++) {
+        const arm_stats_t *s = &v->stats[i];
+        double m = arm_mean(s);
+        int greedy = (m == best_mean);
+        json_t *a = json_object();
+        json_object_set_new(a, "arm", json_string(e->names[i]));
+        json_object_set_new(a, "feedback", json_integer((json_int_t)s->feedback));
+        json_object_set_new(a, "mean", s->feedback ? json_real(m) : json_null());
+        json_object_set_new(a, "greedy", json_boolean(greedy));
+        json_object_set_new(a, "expected_share",
+                            json_real(eps / (double)n + (greedy ? (1.0 - eps) / ties : 0.0)));
+        json_array_append_new(arms, a);
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "epsilon", json_real(e->epsilon));
+    json_object_set_new(o, "decay", e->decay > 0.0 ? json_real(e->decay) : json_null());
+    json_object_set_new(o, "decisions", json_integer((json_int_t)t));
+    json_object_set_new(o, "epsilon_t", json_real(eps));
+    json_object_set_new(o, "arms", arms);
+    return o;
+}
+
+static int parse_arms(egreedy_t *e, const json_t *exp, policy_parse_t *pp)
+{
+    const json_t *arms = json_object_get(exp, "arms");
+    if (arms == NULL) return policy_error(pp, "", "missing \"arms\" (a list of upstream names)");
+    if (!json_is_array(arms))
+        return policy_error(pp, "/arms", "\"arms\" must be a list of upstream names");
+    if (json_array_size(arms) < 2)
+        return policy_error(pp, "/arms", "a bandit needs at least 2 arms");
+    size_t i;
+    const json_t *a;
+    json_array_foreach(arms, i, a)
+    {
+        char path[32];
+        snprintf(path, sizeof path, "/arms/%zu", i);
+        if (!json_is_string(a)) return policy_error(pp, path, "an arm must be an upstream name");
+        int idx = policy_add_arm(pp, json_string_value(a), path);
+        if (idx < 0) return -1;
+        if (idx < MM_MAX_ARMS)
+            snprintf(e->names[idx], sizeof e->names[idx], "%s", json_string_value(a));
+    }
+    e->n_arms = (size_t)policy_arm_count(pp);
+    return 0;
+}
+
+static void *eg_create(const json_t *exp, policy_parse_t *pp)
+{
+    static const char *const keys[] = {"arms", "epsilon", "decay", NULL};
+    egreedy_t *e = calloc(1, sizeof *e);
+    if (e == NULL) {
+        policy_error(pp, "", "out of memory");
+        return NULL;
+    }
+    if (policy_check_keys(pp, exp, "", keys) < 0) goto err;
+    if (parse_arms(e, exp, pp) < 0) goto err;
+    if (policy_get_number(pp, exp, "", "epsilon", 0.1, 0.0, 1.0, &e->epsilon) < 0) goto err;
+    if (policy_get_number(pp, exp, "", "decay", 0.0, 0.0, 1e15, &e->decay) < 0) goto err;
+    if (json_object_get(exp, "decay") != NULL && !(e->decay > 0.0)) {
+        policy_error(pp, "/decay", "decay must be > 0 (omit it for a constant epsilon)");
+        goto err;
+    }
+    return e;
+err:
+    free(e);
+    return NULL;
+}
+
+static void eg_destroy(void *p)
+{
+    free(p);
+}
+
+const policy_ops_t policy_epsilon_greedy_ops = {
+    .name = "epsilon_greedy",
+    .flags = 0,
+    .create = eg_create,
+    .destroy = eg_destroy,
+    .choose = eg_choose,
+    .check_reward = eg_check_reward,
+    .describe = eg_describe,
+};

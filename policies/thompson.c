@@ -1,0 +1,312 @@
+/* thompson.c — Thompson sampling (DESIGN.md §3 `thompson`).
+ *
+ * Every request draws one sample from each arm's posterior and goes to the
+ * arm with the largest draw, so an arm gets traffic in proportion to the
+ * probability that it is the best one. That is why Thompson copes well with
+ * what a proxy sees: rewards arrive late and the statistics are synced in
+ * batches, and a randomized rule keeps spreading traffic while the view is
+ * stale, where a deterministic index (UCB) would send the whole batch to one
+ * arm.
+ *
+ * The policy keeps no learned state: the posteriors are rebuilt from the
+ * store's arm statistics (view->stats) at every decision. That costs one or
+ * two gamma draws per arm (<= 16 arms), and in exchange every instance sees
+ * the same posteriors, reset is the store's job, and nothing can drift.
+ *
+ * Models:
+ *  - bernoulli: Beta(alpha + successes, beta + failures); the prior is
+ *    {"alpha", "beta"}, default Beta(1, 1) (uniform).
+ *  - gaussian: unknown mean and unknown noise variance. The prior on the mean
+ *    is Normal(mean, 1/precision), default N(0, 100). With n >= 2 rewards the
+ *    noise variance is drawn from its posterior under the Jeffreys prior,
+ *    sigma^2 = SS / chi2(n-1) (SS the sum of squared deviations), and the
+ *    mean from the conjugate Normal given that variance:
+ *      precision_n = precision + n / sigma^2,
+ *      mean_n = (precision * mean + n * xbar / sigma^2) / precision_n.
+ *    With a flat prior (precision -> 0) this is exactly the Student-t
+ *    posterior of the mean; the Normal prior only shrinks arms with few
+ *    rewards. It is simpler than a full Normal-Gamma, whose four parameters
+ *    the config does not expose. With n < 2 there is no variance estimate and
+ *    the prior variance 1/precision stands in for the noise variance, which
+ *    keeps new arms wide and therefore explored.
+ *
+ * min_share: with probability n_arms * min_share the request goes to an arm
+ * chosen uniformly, else to the Thompson pick, so each arm's share is at
+ * least min_share whatever the posteriors say.
+ *
+ * Operator control: promote and rollback (expressed as weights plus state)
+ * override sampling. Weights are otherwise refused (flags 0: the admin API
+ * answers 409). */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "policy.h"
+
+/* Monte-Carlo draws behind p_best in describe(): the standard error of a
+ * probability estimate is at most 0.5/sqrt(2000) ~ 0.011. Fixed seed so that
+ * the same statistics describe the same way. */
+#define TS_DESCRIBE_DRAWS 2000
+#define TS_DESCRIBE_SEED  0x7468306d70736f6eULL
+
+typedef struct {
+    size_t n_arms;
+    char names[MM_MAX_ARMS][MM_NAME_MAX + 1];
+    int gaussian;
+    double alpha0, beta0; /* bernoulli prior */
+    double mean0, prec0;  /* gaussian prior on the mean */
+    double min_share;
+} thompson_t;
+
+/* Posterior summary of one Gaussian arm. */
+typedef struct {
+    uint64_t n;
+    double xbar;
+    double ss; /* sum of squared deviations from xbar */
+} gauss_suff_t;
+
+static gauss_suff_t gauss_suff(const arm_stats_t *s)
+{
+    gauss_suff_t g = {s->feedback, 0.0, 0.0};
+    if (g.n == 0) return g;
+    g.xbar = s->reward_sum / (double)g.n;
+    g.ss = s->reward_sq_sum - (double)g.n * g.xbar * g.xbar;
+    if (!(g.ss > 0.0)) g.ss = 0.0; /* cancellation, or all rewards equal */
+    return g;
+}
+
+/* The conjugate update of the mean given a noise variance sigma2. */
+static void gauss_posterior(const thompson_t *t, const gauss_suff_t *g, double sigma2, double *mean,
+                            double *sd)
+{
+    /* All-equal rewards give sigma2 = 0: keep it positive so the posterior
+     * collapses onto xbar instead of dividing by zero. */
+    double floor = 1e-12 * fmax(1.0, g->xbar * g->xbar);
+    if (!(sigma2 > floor)) sigma2 = floor;
+    double data_prec = (double)g->n / sigma2;
+    double prec = t->prec0 + data_prec;
+    *mean = (t->prec0 * t->mean0 + data_prec * g->xbar) / prec;
+    *sd = 1.0 / sqrt(prec);
+}
+
+/* One posterior draw of arm i's expected reward. */
+static double posterior_draw(const thompson_t *t, const arm_stats_t *s, mm_rng_t *rng)
+{
+    if (!t->gaussian) return mm_rng_beta(rng, t->alpha0 + s->successes, t->beta0 + s->failures);
+    gauss_suff_t g = gauss_suff(s);
+    double sigma2;
+    if (g.n >= 2)
+        sigma2 = g.ss / (2.0 * mm_rng_gamma(rng, 0.5 * (double)(g.n - 1)));
+    else
+        sigma2 = 1.0 / t->prec0;
+    double mean, sd;
+    gauss_posterior(t, &g, sigma2, &mean, &sd);
+    return mean + sd * mm_rng_normal(rng);
+}
+
+/* Argmax over one draw per arm; the draws are continuous, so ties have
+ * probability zero and the first maximum is as good as any. */
+static int sample_argmax(const thompson_t *t, const arm_stats_t *stats, size_t n, mm_rng_t *rng)
+{
+    int best = 0;
+    double best_v = posterior_draw(t, &stats[0], rng);
+    for (size_t i = 1; i < n; i++) {
+        double x = posterior_draw(t, &stats[i], rng);
+        if (x > best_v) {
+            best_v = x;
+            best = (int)i;
+        }
+    }
+    return best;
+}
+
+/* Promote and rollback override the policy. Returns the arm, or -1. */
+static int control_pick(const policy_view_t *v, size_t n)
+{
+    const exp_control_t *c = v->control;
+    if (c == NULL) return -1;
+    if (c->state == EXP_PROMOTED && c->has_weights)
+        return policy_pick_weighted(c->weights, n, mm_rng_uniform(v->rng));
+    if (c->state == EXP_ROLLED_BACK) return 0;
+    return -1;
+}
+
+static void ts_choose(void *p, const policy_view_t *v, const policy_req_t *req,
+                      policy_choice_t *out)
+{
+    const thompson_t *t = p;
+    size_t n = v->n_arms < t->n_arms ? v->n_arms : t->n_arms;
+    MM_UNUSED(req);
+    out->n_mirrors = 0;
+    int arm = control_pick(v, n);
+    if (arm < 0) {
+        if (t->min_share > 0.0 && mm_rng_uniform(v->rng) < (double)n * t->min_share)
+            arm = (int)mm_rng_below(v->rng, n);
+        else
+            arm = sample_argmax(t, v->stats, n, v->rng);
+    }
+    out->primary = arm;
+}
+
+static int ts_check_reward(void *p, double reward)
+{
+    const thompson_t *t = p;
+    if (!isfinite(reward)) return -1;
+    if (t->gaussian) return 0;
+    return (reward >= 0.0 && reward <= 1.0) ? 1 : -1;
+}
+
+static json_t *ts_describe(void *p, const policy_view_t *v)
+{
+    const thompson_t *t = p;
+    size_t n = v->n_arms < t->n_arms ? v->n_arms : t->n_arms;
+    uint64_t wins[MM_MAX_ARMS] = {0};
+    mm_rng_t rng;
+    mm_rng_seed(&rng, TS_DESCRIBE_SEED);
+    for (int d = 0; d < TS_DESCRIBE_DRAWS; d++) wins[sample_argmax(t, v->stats, n, &rng)]++;
+
+    json_t *arms = json_array();
+    double explore = (double)n * t->min_share;
+    for (size_t i = 0; i < n; i++) {
+        const arm_stats_t *s = &v->stats[i];
+        double p_best = (double)wins[i] / TS_DESCRIBE_DRAWS;
+        json_t *a = json_object();
+        json_object_set_new(a, "arm", json_string(t->names[i]));
+        json_object_set_new(a, "feedback", json_integer((json_int_t)s->feedback));
+        if (!t->gaussian) {
+            double al = t->alpha0 + s->successes, be = t->beta0 + s->failures;
+            json_object_set_new(a, "alpha", json_real(al));
+            json_object_set_new(a, "beta", json_real(be));
+            json_object_set_new(a, "mean", json_real(al / (al + be)));
+            json_object_set_new(a, "sd",
+                                json_real(sqrt(al * be / ((al + be) * (al + be) * (al + be + 1)))));
+        } else {
+            /* The sample variance plugged in: the centre of the drawn ones. */
+            gauss_suff_t g = gauss_suff(s);
+            double sigma2 = g.n >= 2 ? g.ss / (double)(g.n - 1) : 1.0 / t->prec0;
+            double mean, sd;
+            gauss_posterior(t, &g, sigma2, &mean, &sd);
+            json_object_set_new(a, "mean", json_real(mean));
+            json_object_set_new(a, "sd", json_real(sd));
+        }
+        json_object_set_new(a, "p_best", json_real(p_best));
+        /* Thompson routes to arm i with probability P(i is best). */
+        json_object_set_new(a, "expected_share",
+                            json_real(explore / (double)n + (1.0 - explore) * p_best));
+        json_array_append_new(arms, a);
+    }
+
+    json_t *o = json_object();
+    json_object_set_new(o, "reward", json_string(t->gaussian ? "gaussian" : "bernoulli"));
+    json_t *prior = json_object();
+    if (!t->gaussian) {
+        json_object_set_new(prior, "alpha", json_real(t->alpha0));
+        json_object_set_new(prior, "beta", json_real(t->beta0));
+    } else {
+        json_object_set_new(prior, "mean", json_real(t->mean0));
+        json_object_set_new(prior, "precision", json_real(t->prec0));
+    }
+    json_object_set_new(o, "prior", prior);
+    json_object_set_new(o, "min_share", json_real(t->min_share));
+    json_object_set_new(o, "p_best_draws", json_integer(TS_DESCRIBE_DRAWS));
+    json_object_set_new(o, "arms", arms);
+    return o;
+}
+
+/* arms: a list of at least two upstream names. */
+static int parse_arms(thompson_t *t, const json_t *exp, policy_parse_t *pp)
+{
+    const json_t *arms = json_object_get(exp, "arms");
+    if (arms == NULL) return policy_error(pp, "", "missing \"arms\" (a list of upstream names)");
+    if (!json_is_array(arms))
+        return policy_error(pp, "/arms", "\"arms\" must be a list of upstream names");
+    if (json_array_size(arms) < 2)
+        return policy_error(pp, "/arms", "a bandit needs at least 2 arms");
+    size_t i;
+    const json_t *a;
+    json_array_foreach(arms, i, a)
+    {
+        char path[32];
+        snprintf(path, sizeof path, "/arms/%zu", i);
+        if (!json_is_string(a)) return policy_error(pp, path, "an arm must be an upstream name");
+        int idx = policy_add_arm(pp, json_string_value(a), path);
+        if (idx < 0) return -1;
+        if (idx < MM_MAX_ARMS)
+            snprintf(t->names[idx], sizeof t->names[idx], "%s", json_string_value(a));
+    }
+    t->n_arms = (size_t)policy_arm_count(pp);
+    return 0;
+}
+
+static int parse_prior(thompson_t *t, const json_t *exp, policy_parse_t *pp)
+{
+    static const char *const bern_keys[] = {"alpha", "beta", NULL};
+    static const char *const gauss_keys[] = {"mean", "precision", NULL};
+    const json_t *prior = json_object_get(exp, "prior");
+    t->alpha0 = t->beta0 = 1.0;
+    t->mean0 = 0.0;
+    t->prec0 = 0.01;
+    if (prior == NULL) return 0;
+    if (!json_is_object(prior))
+        return policy_error(pp, "/prior", "\"prior\" must be an object (%s)",
+                            t->gaussian ? "{\"mean\", \"precision\"}" : "{\"alpha\", \"beta\"}");
+    if (policy_check_keys(pp, prior, "/prior", t->gaussian ? gauss_keys : bern_keys) < 0) return -1;
+    if (!t->gaussian) {
+        if (policy_get_number(pp, prior, "/prior", "alpha", 1.0, 0.0, 1e9, &t->alpha0) < 0 ||
+            policy_get_number(pp, prior, "/prior", "beta", 1.0, 0.0, 1e9, &t->beta0) < 0)
+            return -1;
+        if (!(t->alpha0 > 0.0)) return policy_error(pp, "/prior/alpha", "alpha must be > 0");
+        if (!(t->beta0 > 0.0)) return policy_error(pp, "/prior/beta", "beta must be > 0");
+    } else {
+        if (policy_get_number(pp, prior, "/prior", "mean", 0.0, -DBL_MAX, DBL_MAX, &t->mean0) < 0 ||
+            policy_get_number(pp, prior, "/prior", "precision", 0.01, 0.0, 1e12, &t->prec0) < 0)
+            return -1;
+        if (!(t->prec0 > 0.0)) return policy_error(pp, "/prior/precision", "precision must be > 0");
+    }
+    return 0;
+}
+
+static void *ts_create(const json_t *exp, policy_parse_t *pp)
+{
+    static const char *const keys[] = {"arms", "reward", "prior", "min_share", NULL};
+    thompson_t *t = calloc(1, sizeof *t);
+    const char *reward = NULL;
+    if (t == NULL) {
+        policy_error(pp, "", "out of memory");
+        return NULL;
+    }
+    if (policy_check_keys(pp, exp, "", keys) < 0) goto err;
+    if (parse_arms(t, exp, pp) < 0) goto err;
+    if (policy_get_string(pp, exp, "", "reward", "bernoulli", &reward) < 0) goto err;
+    if (strcmp(reward, "gaussian") == 0) {
+        t->gaussian = 1;
+    } else if (strcmp(reward, "bernoulli") != 0) {
+        policy_error(pp, "/reward", "unknown reward \"%s\" (bernoulli or gaussian)", reward);
+        goto err;
+    }
+    if (parse_prior(t, exp, pp) < 0) goto err;
+    if (policy_get_number(pp, exp, "", "min_share", 0.0, 0.0, 1.0 / (double)t->n_arms,
+                          &t->min_share) < 0)
+        goto err;
+    return t;
+err:
+    free(t);
+    return NULL;
+}
+
+static void ts_destroy(void *p)
+{
+    free(p);
+}
+
+const policy_ops_t policy_thompson_ops = {
+    .name = "thompson",
+    .flags = 0,
+    .create = ts_create,
+    .destroy = ts_destroy,
+    .choose = ts_choose,
+    .check_reward = ts_check_reward,
+    .describe = ts_describe,
+};

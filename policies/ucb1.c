@@ -1,0 +1,206 @@
+/* ucb1.c — UCB1 and UCB1-Tuned (DESIGN.md §3 `ucb1`; Auer, Cesa-Bianchi &
+ * Fischer 2002).
+ *
+ * Each request goes to the arm with the largest upper confidence bound
+ *   ucb1:        mean_i + sqrt(2 ln n / n_i)
+ *   ucb1_tuned:  mean_i + sqrt(ln n / n_i * min(1/4, V_i)),
+ *                V_i = var_i + sqrt(2 ln n / n_i)
+ * where n_i is arm i's feedback count, n the sum over arms, mean_i and var_i
+ * the empirical mean and (biased, 1/n_i) variance of its rewards. Any arm with
+ * n_i = 0 goes first, drawn uniformly among such arms; exact ties are broken
+ * uniformly too.
+ *
+ * Why feedback counts and not pulls: rewards arrive asynchronously, and the
+ * bound is about how many rewards the mean rests on. Counting pulls would
+ * shrink the bonus of an arm whose rewards have not come back yet.
+ *
+ * The bounds assume rewards in [0, 1] (the 1/4 in the tuned variant is the
+ * largest variance of such a reward); larger rewards are accepted (any
+ * finite value) but then the exploration bonus is too small for their scale,
+ * so the policy explores less than the theory says. Scale rewards into
+ * [0, 1] for the guarantee to hold.
+ *
+ * UCB is deterministic given the statistics: between two store syncs every
+ * decision sees the same view and goes to the same arm. With batched,
+ * delayed feedback that makes it lumpier than Thompson sampling; that is
+ * the price of its simplicity, and why the README recommends `thompson`.
+ *
+ * The policy keeps no learned state (the store owns the statistics); weights
+ * are refused (flags 0: 409), promote and rollback override the choice. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "policy.h"
+
+typedef struct {
+    size_t n_arms;
+    char names[MM_MAX_ARMS][MM_NAME_MAX + 1];
+    int tuned;
+} ucb1_t;
+
+static uint64_t total_feedback(const arm_stats_t *stats, size_t n)
+{
+    uint64_t t = 0;
+    for (size_t i = 0; i < n; i++) t += stats[i].feedback;
+    return t;
+}
+
+/* Exploration bonus of an arm with n_i > 0 rewards out of n. */
+static double ucb_bonus(const ucb1_t *u, const arm_stats_t *s, uint64_t n)
+{
+    double ni = (double)s->feedback, ln_n = log((double)n);
+    double b = sqrt(2.0 * ln_n / ni);
+    if (!u->tuned) return b;
+    double mean = s->reward_sum / ni;
+    double var = s->reward_sq_sum / ni - mean * mean;
+    if (!(var > 0.0)) var = 0.0;
+    double v = var + b;
+    return sqrt(ln_n / ni * fmin(0.25, v));
+}
+
+/* The arm to play: an untried one, else the largest bound; ties uniform. */
+static int ucb_pick(const ucb1_t *u, const arm_stats_t *stats, size_t n, mm_rng_t *rng)
+{
+    int best = 0, ties = 0;
+    for (size_t i = 0; i < n; i++)
+        if (stats[i].feedback == 0 && mm_rng_below(rng, (uint64_t)++ties) == 0) best = (int)i;
+    if (ties > 0) return best;
+
+    uint64_t total = total_feedback(stats, n);
+    double best_v = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        const arm_stats_t *s = &stats[i];
+        double idx = s->reward_sum / (double)s->feedback + ucb_bonus(u, s, total);
+        if (ties == 0 || idx > best_v) {
+            best_v = idx;
+            best = (int)i;
+            ties = 1;
+        } else if (idx == best_v && mm_rng_below(rng, (uint64_t)++ties) == 0) {
+            best = (int)i;
+        }
+    }
+    return best;
+}
+
+static int control_pick(const policy_view_t *v, size_t n)
+{
+    const exp_control_t *c = v->control;
+    if (c == NULL) return -1;
+    if (c->state == EXP_PROMOTED && c->has_weights)
+        return policy_pick_weighted(c->weights, n, mm_rng_uniform(v->rng));
+    if (c->state == EXP_ROLLED_BACK) return 0;
+    return -1;
+}
+
+static void ucb_choose(void *p, const policy_view_t *v, const policy_req_t *req,
+                       policy_choice_t *out)
+{
+    const ucb1_t *u = p;
+    size_t n = v->n_arms < u->n_arms ? v->n_arms : u->n_arms;
+    MM_UNUSED(req);
+    out->n_mirrors = 0;
+    int arm = control_pick(v, n);
+    out->primary = arm >= 0 ? arm : ucb_pick(u, v->stats, n, v->rng);
+}
+
+static int ucb_check_reward(void *p, double reward)
+{
+    MM_UNUSED(p);
+    return isfinite(reward) ? 0 : -1;
+}
+
+static json_t *ucb_describe(void *p, const policy_view_t *v)
+{
+    const ucb1_t *u = p;
+    size_t n = v->n_arms < u->n_arms ? v->n_arms : u->n_arms;
+    uint64_t total = total_feedback(v->stats, n);
+    json_t *arms = json_array();
+    for (size_t i = 0; i < n; i++) {
+        const arm_stats_t *s = &v->stats[i];
+        json_t *a = json_object();
+        json_object_set_new(a, "arm", json_string(u->names[i]));
+        json_object_set_new(a, "feedback", json_integer((json_int_t)s->feedback));
+        if (s->feedback > 0) {
+            double mean = s->reward_sum / (double)s->feedback, b = ucb_bonus(u, s, total);
+            json_object_set_new(a, "mean", json_real(mean));
+            json_object_set_new(a, "bonus", json_real(b));
+            json_object_set_new(a, "ucb", json_real(mean + b));
+        } else {
+            /* Untried: its bound is +inf, which JSON cannot say. */
+            json_object_set_new(a, "mean", json_null());
+            json_object_set_new(a, "bonus", json_null());
+            json_object_set_new(a, "ucb", json_null());
+        }
+        json_array_append_new(arms, a);
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "variant", json_string(u->tuned ? "ucb1_tuned" : "ucb1"));
+    json_object_set_new(o, "feedback", json_integer((json_int_t)total));
+    json_object_set_new(o, "arms", arms);
+    return o;
+}
+
+static int parse_arms(ucb1_t *u, const json_t *exp, policy_parse_t *pp)
+{
+    const json_t *arms = json_object_get(exp, "arms");
+    if (arms == NULL) return policy_error(pp, "", "missing \"arms\" (a list of upstream names)");
+    if (!json_is_array(arms))
+        return policy_error(pp, "/arms", "\"arms\" must be a list of upstream names");
+    if (json_array_size(arms) < 2)
+        return policy_error(pp, "/arms", "a bandit needs at least 2 arms");
+    size_t i;
+    const json_t *a;
+    json_array_foreach(arms, i, a)
+    {
+        char path[32];
+        snprintf(path, sizeof path, "/arms/%zu", i);
+        if (!json_is_string(a)) return policy_error(pp, path, "an arm must be an upstream name");
+        int idx = policy_add_arm(pp, json_string_value(a), path);
+        if (idx < 0) return -1;
+        if (idx < MM_MAX_ARMS)
+            snprintf(u->names[idx], sizeof u->names[idx], "%s", json_string_value(a));
+    }
+    u->n_arms = (size_t)policy_arm_count(pp);
+    return 0;
+}
+
+static void *ucb_create(const json_t *exp, policy_parse_t *pp)
+{
+    static const char *const keys[] = {"arms", "variant", NULL};
+    ucb1_t *u = calloc(1, sizeof *u);
+    const char *variant = NULL;
+    if (u == NULL) {
+        policy_error(pp, "", "out of memory");
+        return NULL;
+    }
+    if (policy_check_keys(pp, exp, "", keys) < 0) goto err;
+    if (parse_arms(u, exp, pp) < 0) goto err;
+    if (policy_get_string(pp, exp, "", "variant", "ucb1", &variant) < 0) goto err;
+    if (strcmp(variant, "ucb1_tuned") == 0) {
+        u->tuned = 1;
+    } else if (strcmp(variant, "ucb1") != 0) {
+        policy_error(pp, "/variant", "unknown variant \"%s\" (ucb1 or ucb1_tuned)", variant);
+        goto err;
+    }
+    return u;
+err:
+    free(u);
+    return NULL;
+}
+
+static void ucb_destroy(void *p)
+{
+    free(p);
+}
+
+const policy_ops_t policy_ucb1_ops = {
+    .name = "ucb1",
+    .flags = 0,
+    .create = ucb_create,
+    .destroy = ucb_destroy,
+    .choose = ucb_choose,
+    .check_reward = ucb_check_reward,
+    .describe = ucb_describe,
+};
