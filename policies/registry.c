@@ -9,11 +9,15 @@
 extern const policy_ops_t policy_thompson_ops;
 extern const policy_ops_t policy_epsilon_greedy_ops;
 extern const policy_ops_t policy_ucb1_ops;
+extern const policy_ops_t policy_shadow_ops;
+extern const policy_ops_t policy_canary_ops;
 
 static const policy_ops_t *const registry[] = {
     &policy_thompson_ops,
     &policy_epsilon_greedy_ops,
     &policy_ucb1_ops,
+    &policy_shadow_ops,
+    &policy_canary_ops,
     NULL, /* end */
 };
 
