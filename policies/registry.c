@@ -11,6 +11,7 @@ extern const policy_ops_t policy_epsilon_greedy_ops;
 extern const policy_ops_t policy_ucb1_ops;
 extern const policy_ops_t policy_shadow_ops;
 extern const policy_ops_t policy_canary_ops;
+extern const policy_ops_t policy_ab_ops;
 
 static const policy_ops_t *const registry[] = {
     &policy_thompson_ops,
@@ -18,6 +19,7 @@ static const policy_ops_t *const registry[] = {
     &policy_ucb1_ops,
     &policy_shadow_ops,
     &policy_canary_ops,
+    &policy_ab_ops,
     NULL, /* end */
 };
 
