@@ -1,0 +1,1199 @@
+/* config.c — load and validate the JSON configuration (DESIGN.md §3).
+ *
+ * jansson parses (rejecting duplicate keys) and reports syntax errors with a
+ * position; for every semantic error the offending value's JSON pointer is
+ * looked up in a jsonpos index of the same text, so each message reads
+ * "FILE:LINE:COL: what is wrong". Messages name the value by a dotted path
+ * (upstreams.champion.timeout_ms, experiments[0].match.path_prefix, and
+ * upstreams["a b"] for names that are not plain words) and say what is
+ * allowed. Only the first error is reported: later ones are often knock-on
+ * effects of the first.
+ *
+ * Everything a policy may not know about (names, match rules, feedback TTL)
+ * is checked here; the rest of an experiment object belongs to its policy,
+ * which validates it through the policy_* services at the bottom of this
+ * file and declares its arms. The parsed JSON tree is kept alive with the
+ * config_t (in config_priv_t), so strings a policy got from
+ * policy_get_string stay valid for the policy instance's whole life. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config.h"
+#include "jsonpos.h"
+
+#define PTR_MAX         1024        /* JSON pointers we build */
+#define CONFIG_FILE_MAX (16u << 20) /* a config larger than this is a mistake */
+#define TIMEOUT_MAX_MS  3600000LL   /* one hour */
+#define TOKEN_MAX       1024
+
+typedef struct {
+    config_t c;   /* first member: config_free gets back here with container_of */
+    json_t *root; /* the parsed text, alive as long as the config */
+} config_priv_t;
+
+/* One parse: where messages go, and what we know so far. */
+typedef struct {
+    const char *name; /* the file, as named in messages */
+    json_t *root;
+    jsonpos_t *pos;
+    char *err;
+    size_t errlen;
+    int failed;
+    config_t *c;
+} cx_t;
+
+struct policy_parse_s {
+    cx_t *cx;
+    size_t index; /* of the experiment */
+    cfg_experiment_t *e;
+    char base[48]; /* "/experiments/N": policy paths are relative to it */
+};
+
+/* Keys of an experiment object that the core owns. */
+static const char *const core_exp_keys[] = {"name", "match", "policy", "feedback_ttl_s", NULL};
+
+/* Every policy DESIGN.md names, probed through the registry for the
+ * "known:" hint of an unknown-policy error. */
+static const char *const design_policies[] = {"ab",   "canary",         "shadow",     "thompson",
+                                              "ucb1", "epsilon_greedy", "interleave", NULL};
+
+/* ---- messages ---- */
+
+/* Line and column of `ptr` (key=1: of its key). A pointer that is not in the
+ * text (a required key that is missing) falls back to its nearest present
+ * ancestor, which is the object the key should have been in. */
+static void locate(const cx_t *cx, const char *ptr, int key, int *line, int *col)
+{
+    char p[PTR_MAX];
+    snprintf(p, sizeof(p), "%s", ptr);
+    *line = 1;
+    *col = 1;
+    if (cx->pos == NULL) return;
+    for (;;) {
+        if (jsonpos_find(cx->pos, p, key, line, col) == 0) return;
+        char *slash = strrchr(p, '/');
+        if (slash == NULL) return;
+        *slash = '\0';
+        key = 0;
+    }
+}
+
+static int verror(cx_t *cx, const char *ptr, int key, const char *fmt, va_list ap)
+{
+    if (cx->failed) return -1;
+    cx->failed = 1;
+    if (cx->errlen == 0) return -1;
+    int line, col;
+    locate(cx, ptr, key, &line, &col);
+    int n = snprintf(cx->err, cx->errlen, "%s:%d:%d: ", cx->name, line, col);
+    if (n >= 0 && (size_t)n < cx->errlen) vsnprintf(cx->err + n, cx->errlen - (size_t)n, fmt, ap);
+    return -1;
+}
+
+/* Record an error at the value `ptr` (key=1: at its key). Returns -1. */
+MM_PRINTF(4, 5) static int cerr(cx_t *cx, const char *ptr, int key, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    verror(cx, ptr, key, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static void cat(char *out, size_t n, size_t *len, const char *s)
+{
+    while (*s && *len + 1 < n) out[(*len)++] = *s++;
+    out[*len] = '\0';
+}
+
+static int plain_word(const char *s)
+{
+    if (*s == '\0') return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '_' || *s == '-'))
+            return 0;
+    return 1;
+}
+
+/* The readable name of `ptr`: "upstreams.champion.url", "experiments[0]",
+ * upstreams["v1.2"]. Walks the document to tell array indexes from keys. */
+static const char *dotted(const cx_t *cx, const char *ptr, char *out, size_t n)
+{
+    size_t len = 0;
+    const json_t *cur = cx->root;
+    out[0] = '\0';
+    const char *p = ptr;
+    while (*p == '/') {
+        char seg[256];
+        size_t k = 0;
+        for (p++; *p && *p != '/'; p++) {
+            char ch = *p;
+            if (ch == '~' && (p[1] == '0' || p[1] == '1')) ch = *++p == '0' ? '~' : '/';
+            if (k + 1 < sizeof(seg)) seg[k++] = ch;
+        }
+        seg[k] = '\0';
+        if (json_is_array(cur)) {
+            cat(out, n, &len, "[");
+            cat(out, n, &len, seg);
+            cat(out, n, &len, "]");
+            cur = json_array_get(cur, strtoul(seg, NULL, 10));
+        } else {
+            if (plain_word(seg)) {
+                if (len > 0) cat(out, n, &len, ".");
+                cat(out, n, &len, seg);
+            } else {
+                cat(out, n, &len, "[\"");
+                cat(out, n, &len, seg);
+                cat(out, n, &len, "\"]");
+            }
+            cur = json_is_object(cur) ? json_object_get(cur, seg) : NULL;
+        }
+    }
+    if (len == 0) cat(out, n, &len, "(top level)");
+    return out;
+}
+
+/* A number as a user would write it: 2000, 0.1, 1e-06. */
+static const char *fmt_num(double d, char *out, size_t n)
+{
+    if (d == floor(d) && fabs(d) < 1e15) {
+        snprintf(out, n, "%.0f", d);
+    } else {
+        snprintf(out, n, "%.15g", d);
+        if (strtod(out, NULL) != d) snprintf(out, n, "%.17g", d);
+    }
+    return out;
+}
+
+/* The offending value, for "got ...": -5, "abc", true, an object. */
+static const char *show(const json_t *v, char *out, size_t n)
+{
+    if (v == NULL) {
+        snprintf(out, n, "nothing");
+        return out;
+    }
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        snprintf(out, n, "an object");
+        break;
+    case JSON_ARRAY:
+        snprintf(out, n, "an array");
+        break;
+    case JSON_INTEGER:
+        snprintf(out, n, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        break;
+    case JSON_REAL:
+        fmt_num(json_real_value(v), out, n);
+        break;
+    case JSON_STRING: {
+        char *s = json_dumps(v, JSON_ENCODE_ANY);
+        if (s == NULL) {
+            snprintf(out, n, "a string");
+            break;
+        }
+        size_t len = strlen(s);
+        if (len > 48 && n > 52) {
+            size_t cut = 44;
+            while (cut > 0 && ((unsigned char)s[cut] & 0xC0) == 0x80) cut--; /* whole characters */
+            snprintf(out, n, "%.*s...\"", (int)cut, s);
+        } else {
+            snprintf(out, n, "%s", s);
+        }
+        free(s);
+        break;
+    }
+    case JSON_TRUE:
+        snprintf(out, n, "true");
+        break;
+    case JSON_FALSE:
+        snprintf(out, n, "false");
+        break;
+    case JSON_NULL:
+        snprintf(out, n, "null");
+        break;
+    }
+    return out;
+}
+
+/* ---- typed getters, shared by the core and the policy services ---- */
+
+static void child_ptr(const char *objptr, const char *key, char *out, size_t n)
+{
+    snprintf(out, n, "%s", objptr);
+    jsonpos_append(out, n, key);
+}
+
+static int type_error(cx_t *cx, const char *ptr, const json_t *v, const char *what)
+{
+    char d[256], g[64];
+    return cerr(cx, ptr, 0, "%s must be %s, got %s", dotted(cx, ptr, d, sizeof(d)), what,
+                show(v, g, sizeof(g)));
+}
+
+static int require_object(cx_t *cx, const json_t *obj, const char *ptr)
+{
+    return json_is_object(obj) ? 0 : type_error(cx, ptr, obj, "an object");
+}
+
+/* obj[key] as an object: NULL with *rc 0 when absent, *rc -1 on a wrong type. */
+static const json_t *get_object(cx_t *cx, const json_t *obj, const char *objptr, const char *key,
+                                int *rc)
+{
+    const json_t *v = json_object_get(obj, key);
+    *rc = 0;
+    if (v == NULL) return NULL;
+    char p[PTR_MAX];
+    child_ptr(objptr, key, p, sizeof(p));
+    if (require_object(cx, v, p) < 0) {
+        *rc = -1;
+        return NULL;
+    }
+    return v;
+}
+
+static int missing(cx_t *cx, const char *objptr, const char *key)
+{
+    char p[PTR_MAX], d[256];
+    child_ptr(objptr, key, p, sizeof(p));
+    return cerr(cx, p, 0, "%s is required", dotted(cx, p, d, sizeof(d)));
+}
+
+static void int_range(long long lo, long long hi, char *out, size_t n)
+{
+    if (lo == LLONG_MIN && hi == LLONG_MAX)
+        snprintf(out, n, "an integer");
+    else if (hi == LLONG_MAX)
+        snprintf(out, n, "an integer >= %lld", lo);
+    else if (lo == LLONG_MIN)
+        snprintf(out, n, "an integer <= %lld", hi);
+    else
+        snprintf(out, n, "an integer in [%lld, %lld]", lo, hi);
+}
+
+static void num_range(double lo, double hi, char *out, size_t n)
+{
+    char a[40], b[40];
+    int nolo = lo <= -DBL_MAX, nohi = hi >= DBL_MAX;
+    if (nolo && nohi)
+        snprintf(out, n, "a number");
+    else if (nohi)
+        snprintf(out, n, "a number >= %s", fmt_num(lo, a, sizeof(a)));
+    else if (nolo)
+        snprintf(out, n, "a number <= %s", fmt_num(hi, b, sizeof(b)));
+    else
+        snprintf(out, n, "a number in [%s, %s]", fmt_num(lo, a, sizeof(a)),
+                 fmt_num(hi, b, sizeof(b)));
+}
+
+/* Integers: JSON integers, and reals with an integral value (3e5). */
+static int check_int(cx_t *cx, const json_t *v, const char *ptr, long long lo, long long hi,
+                     long long *out)
+{
+    long long x = 0;
+    int ok = 0;
+    if (json_is_integer(v)) {
+        x = json_integer_value(v);
+        ok = 1;
+    } else if (json_is_real(v)) {
+        double d = json_real_value(v);
+        if (isfinite(d) && d == floor(d) && d >= -9.2e18 && d <= 9.2e18) {
+            x = (long long)d;
+            ok = 1;
+        }
+    }
+    if (ok && x >= lo && x <= hi) {
+        *out = x;
+        return 0;
+    }
+    char r[96];
+    int_range(lo, hi, r, sizeof(r));
+    return type_error(cx, ptr, v, r);
+}
+
+static int check_number(cx_t *cx, const json_t *v, const char *ptr, double lo, double hi,
+                        double *out)
+{
+    if (json_is_number(v)) {
+        double d = json_number_value(v);
+        if (isfinite(d) && d >= lo && d <= hi) {
+            *out = d;
+            return 0;
+        }
+    }
+    char r[96];
+    num_range(lo, hi, r, sizeof(r));
+    return type_error(cx, ptr, v, r);
+}
+
+static int get_int(cx_t *cx, const json_t *obj, const char *objptr, const char *key, long long def,
+                   long long lo, long long hi, long long *out)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        *out = def;
+        return 0;
+    }
+    char p[PTR_MAX];
+    child_ptr(objptr, key, p, sizeof(p));
+    return check_int(cx, v, p, lo, hi, out);
+}
+
+/* get_int into an int field (every bound we pass fits an int). */
+static int get_int_field(cx_t *cx, const json_t *obj, const char *objptr, const char *key, int def,
+                         int lo, int hi, int *out)
+{
+    long long v;
+    if (get_int(cx, obj, objptr, key, def, lo, hi, &v) < 0) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int get_number(cx_t *cx, const json_t *obj, const char *objptr, const char *key, double def,
+                      double lo, double hi, double *out)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        *out = def;
+        return 0;
+    }
+    char p[PTR_MAX];
+    child_ptr(objptr, key, p, sizeof(p));
+    return check_number(cx, v, p, lo, hi, out);
+}
+
+static int get_string(cx_t *cx, const json_t *obj, const char *objptr, const char *key,
+                      const char *def, const char **out)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        *out = def;
+        return 0;
+    }
+    char p[PTR_MAX];
+    child_ptr(objptr, key, p, sizeof(p));
+    if (!json_is_string(v)) return type_error(cx, p, v, "a string");
+    *out = json_string_value(v);
+    return 0;
+}
+
+static int get_bool(cx_t *cx, const json_t *obj, const char *objptr, const char *key, int def,
+                    int *out)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        *out = def;
+        return 0;
+    }
+    char p[PTR_MAX];
+    child_ptr(objptr, key, p, sizeof(p));
+    if (!json_is_boolean(v)) return type_error(cx, p, v, "true or false");
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int in_list(const char *const *list, const char *s)
+{
+    for (; list && *list; list++)
+        if (strcmp(*list, s) == 0) return 1;
+    return 0;
+}
+
+/* Fail at the first key of obj not in `allowed` or `extra`. */
+static int check_keys(cx_t *cx, const json_t *obj, const char *objptr, const char *const *allowed,
+                      const char *const *extra)
+{
+    const char *k;
+    const json_t *v;
+    json_object_foreach((json_t *)obj, k, v)
+    {
+        if (in_list(allowed, k) || in_list(extra, k)) continue;
+        char p[PTR_MAX], d[256], list[512];
+        size_t len = 0;
+        list[0] = '\0';
+        for (const char *const *l = extra; l && *l; l++) {
+            cat(list, sizeof(list), &len, len ? ", " : "");
+            cat(list, sizeof(list), &len, *l);
+        }
+        for (const char *const *l = allowed; l && *l; l++) {
+            cat(list, sizeof(list), &len, len ? ", " : "");
+            cat(list, sizeof(list), &len, *l);
+        }
+        child_ptr(objptr, k, p, sizeof(p));
+        return cerr(cx, p, 1, "unknown key %s (allowed here: %s)", dotted(cx, p, d, sizeof(d)),
+                    len ? list : "none");
+    }
+    return 0;
+}
+
+static char *dup_or_oom(cx_t *cx, const char *s, const char *ptr)
+{
+    char *d = strdup(s);
+    if (d == NULL) cerr(cx, ptr, 0, "out of memory");
+    return d;
+}
+
+/* Copy into a fixed field, failing when it does not fit. */
+static int copy_field(cx_t *cx, char *dst, size_t size, const char *s, const char *ptr)
+{
+    size_t n = strlen(s);
+    if (n >= size) {
+        char d[256];
+        return cerr(cx, ptr, 0, "%s is too long (at most %zu bytes)", dotted(cx, ptr, d, sizeof(d)),
+                    size - 1);
+    }
+    memcpy(dst, s, n + 1);
+    return 0;
+}
+
+/* ---- addresses and URLs ---- */
+
+static int host_char(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '.' || ch == '-' || ch == '_';
+}
+
+/* Parse "host:port" or "[v6]:port" (host stored without brackets). On
+ * failure *why says what is wrong. */
+static int parse_addr(const char *s, cfg_addr_t *a, const char **why)
+{
+    const char *host, *hend, *colon;
+    int v6 = 0;
+    if (s[0] == '[') {
+        host = s + 1;
+        hend = strchr(host, ']');
+        if (hend == NULL) return *why = "missing ']' after the IPv6 address", -1;
+        if (hend[1] != ':') return *why = "missing \":port\" after ']'", -1;
+        colon = hend + 1;
+        v6 = 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL) return *why = "missing \":port\"", -1;
+        host = s;
+        hend = colon;
+        if (memchr(s, ':', (size_t)(colon - s)) != NULL)
+            return *why = "an IPv6 address must be in brackets, as in [::1]:8080", -1;
+    }
+    size_t hn = (size_t)(hend - host);
+    if (hn == 0) return *why = "the host is empty", -1;
+    if (hn >= sizeof(a->host)) return *why = "the host is too long", -1;
+    char h[sizeof(a->host)];
+    memcpy(h, host, hn);
+    h[hn] = '\0';
+    if (v6) {
+        char ip[sizeof(h)];
+        struct in6_addr in6;
+        snprintf(ip, sizeof(ip), "%s", h);
+        char *zone = strchr(ip, '%');
+        if (zone != NULL) {
+            *zone++ = '\0';
+            if (*zone == '\0') return *why = "empty IPv6 zone", -1;
+            for (const char *z = zone; *z; z++)
+                if (!host_char(*z)) return *why = "bad IPv6 zone", -1;
+        }
+        if (inet_pton(AF_INET6, ip, &in6) != 1) return *why = "not an IPv6 address", -1;
+    } else {
+        for (size_t i = 0; i < hn; i++)
+            if (!host_char(h[i]))
+                return *why = "the host has a character not allowed in a host", -1;
+    }
+    const char *p = colon + 1;
+    long port = 0;
+    size_t digits = 0;
+    for (; *p >= '0' && *p <= '9' && digits < 6; p++, digits++) port = port * 10 + (*p - '0');
+    if (digits == 0 || *p != '\0' || port < 1 || port > 65535)
+        return *why = "the port must be an integer in [1, 65535]", -1;
+    memcpy(a->host, h, hn + 1);
+    a->port = (int)port;
+    return 0;
+}
+
+int config_parse_addr(const char *s, cfg_addr_t *a)
+{
+    cfg_addr_t tmp;
+    const char *why;
+    if (s == NULL || parse_addr(s, &tmp, &why) < 0) return -1;
+    *a = tmp;
+    return 0;
+}
+
+/* 127.0.0.0/8, ::1 (and ::ffff:127.x.x.x), localhost. */
+static int is_loopback(const char *host)
+{
+    struct in_addr in4;
+    struct in6_addr in6;
+    char ip[256];
+    if (strcasecmp(host, "localhost") == 0) return 1;
+    if (inet_pton(AF_INET, host, &in4) == 1) return (ntohl(in4.s_addr) >> 24) == 127;
+    snprintf(ip, sizeof(ip), "%s", host);
+    char *zone = strchr(ip, '%');
+    if (zone != NULL) *zone = '\0';
+    if (inet_pton(AF_INET6, ip, &in6) == 1) {
+        if (IN6_IS_ADDR_LOOPBACK(&in6)) return 1;
+        return IN6_IS_ADDR_V4MAPPED(&in6) && in6.s6_addr[12] == 127;
+    }
+    return 0;
+}
+
+static int get_addr(cx_t *cx, const json_t *obj, const char *objptr, const char *key,
+                    const char *def, cfg_addr_t *out)
+{
+    const char *s, *why;
+    if (get_string(cx, obj, objptr, key, def, &s) < 0) return -1;
+    if (parse_addr(s, out, &why) == 0) return 0;
+    char p[PTR_MAX], d[256], g[300];
+    child_ptr(objptr, key, p, sizeof(p));
+    return cerr(cx, p, 0, "%s: bad address %s: %s; expected \"host:port\" or \"[ipv6]:port\"",
+                dotted(cx, p, d, sizeof(d)), show(json_object_get(obj, key), g, sizeof(g)), why);
+}
+
+/* "http://host[:port][/base/path]" into u (url, addr, base_path, host_header). */
+static int parse_url(const char *url, cfg_upstream_t *u, const char **why)
+{
+    if (strlen(url) >= sizeof(u->url)) return *why = "it is too long", -1;
+    if (strncasecmp(url, "https://", 8) == 0)
+        return *why = "https is not supported: upstreams are spoken to in plain HTTP", -1;
+    if (strncasecmp(url, "http://", 7) != 0) return *why = "expected http://host[:port][/path]", -1;
+    const char *auth = url + 7;
+    if (strpbrk(auth, "?#") != NULL) return *why = "a query or fragment is not allowed", -1;
+    size_t an = strcspn(auth, "/");
+    const char *path = auth + an;
+    char hp[sizeof(u->addr.host) + 16];
+    if (an == 0) return *why = "the host is empty", -1;
+    if (an + 4 >= sizeof(hp)) return *why = "the host is too long", -1;
+    if (memchr(auth, '@', an) != NULL) return *why = "user information is not allowed", -1;
+    memcpy(hp, auth, an);
+    hp[an] = '\0';
+    /* Without a port, default to 80. A ':' after a bracket or a plain host
+     * means one is given; an unbracketed IPv6 address is caught by parse_addr. */
+    const char *close = hp[0] == '[' ? strchr(hp, ']') : NULL;
+    if ((hp[0] == '[' && close != NULL && close[1] == '\0') || (hp[0] != '[' && !strchr(hp, ':')))
+        strcat(hp, ":80");
+    if (parse_addr(hp, &u->addr, why) < 0) return -1;
+    for (const char *c = path; *c; c++)
+        if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f)
+            return *why = "the path has a space, control or non-ASCII character", -1;
+    size_t pn = strlen(path);
+    while (pn > 0 && path[pn - 1] == '/') pn--;
+    if (pn >= sizeof(u->base_path)) return *why = "the path is too long", -1;
+    memcpy(u->base_path, path, pn);
+    u->base_path[pn] = '\0';
+    if (strchr(u->addr.host, ':') != NULL)
+        snprintf(u->host_header, sizeof(u->host_header), "[%s]:%d", u->addr.host, u->addr.port);
+    else
+        snprintf(u->host_header, sizeof(u->host_header), "%s:%d", u->addr.host, u->addr.port);
+    snprintf(u->url, sizeof(u->url), "%s", url);
+    return 0;
+}
+
+/* RFC 7230 token characters (header and cookie names). */
+static int is_token(const char *s)
+{
+    if (*s == '\0') return 0;
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch <= 0x20 || ch >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", ch)) return 0;
+    }
+    return 1;
+}
+
+/* Visible ASCII only, no spaces. */
+static int is_visible(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f) return 0;
+    return 1;
+}
+
+/* ---- top-level sections ---- */
+
+static int parse_admin(cx_t *cx)
+{
+    static const char *const keys[] = {"listen", "token", NULL};
+    config_t *c = cx->c;
+    int rc;
+    const json_t *adm = get_object(cx, cx->root, "", "admin", &rc);
+    if (adm == NULL) return rc;
+    if (check_keys(cx, adm, "/admin", keys, NULL) < 0) return -1;
+    c->has_admin = 1;
+    if (get_addr(cx, adm, "/admin", "listen", "127.0.0.1:9090", &c->admin_listen) < 0) return -1;
+    const json_t *tok = json_object_get(adm, "token");
+    if (tok != NULL && !json_is_null(tok)) {
+        const char *t = json_string_value(tok);
+        if (t == NULL || *t == '\0' || strlen(t) > TOKEN_MAX || !is_visible(t))
+            return type_error(cx, "/admin/token", tok,
+                              "null or a string of 1-1024 visible ASCII characters");
+        if ((c->admin_token = dup_or_oom(cx, t, "/admin/token")) == NULL) return -1;
+    }
+    if (c->admin_token == NULL && !is_loopback(c->admin_listen.host))
+        return cerr(cx, "/admin/listen", 0,
+                    "admin.listen \"%s\" is not a loopback address, and admin.token is not set: "
+                    "anyone who can reach it could change the experiments; set a token or listen "
+                    "on 127.0.0.1, ::1 or localhost",
+                    c->admin_listen.host);
+    return 0;
+}
+
+static int parse_store(cx_t *cx)
+{
+    static const char *const memory_keys[] = {"type", NULL};
+    static const char *const redis_keys[] = {"type", "host", "port", "prefix", "sync_ms", NULL};
+    cfg_store_t *st = &cx->c->store;
+    st->type = STORE_MEMORY;
+    snprintf(st->host, sizeof(st->host), "127.0.0.1");
+    st->port = 6379;
+    snprintf(st->prefix, sizeof(st->prefix), "modelmux");
+    st->sync_ms = 100;
+    int rc;
+    const json_t *o = get_object(cx, cx->root, "", "store", &rc);
+    if (o == NULL) return rc;
+    const char *type;
+    if (get_string(cx, o, "/store", "type", NULL, &type) < 0) return -1;
+    if (type == NULL) return missing(cx, "/store", "type");
+    if (strcmp(type, "memory") == 0) return check_keys(cx, o, "/store", memory_keys, NULL);
+    if (strcmp(type, "redis") != 0)
+        return type_error(cx, "/store/type", json_object_get(o, "type"), "\"memory\" or \"redis\"");
+    st->type = STORE_REDIS;
+    if (check_keys(cx, o, "/store", redis_keys, NULL) < 0) return -1;
+    const char *host, *prefix;
+    if (get_string(cx, o, "/store", "host", "127.0.0.1", &host) < 0) return -1;
+    if (*host == '\0' || strlen(host) >= sizeof(st->host) || strpbrk(host, "[]") ||
+        !is_visible(host))
+        return type_error(cx, "/store/host", json_object_get(o, "host"),
+                          "a host name or IP address (IPv6 without brackets, as in \"::1\")");
+    snprintf(st->host, sizeof(st->host), "%s", host);
+    if (get_int_field(cx, o, "/store", "port", 6379, 1, 65535, &st->port) < 0) return -1;
+    if (get_string(cx, o, "/store", "prefix", "modelmux", &prefix) < 0) return -1;
+    size_t pn = strlen(prefix);
+    int ok = pn >= 1 && pn < sizeof(st->prefix);
+    for (size_t i = 0; ok && i < pn; i++) ok = host_char(prefix[i]) || prefix[i] == ':';
+    if (!ok)
+        return type_error(cx, "/store/prefix", json_object_get(o, "prefix"),
+                          "1-127 characters of [A-Za-z0-9_.:-]");
+    snprintf(st->prefix, sizeof(st->prefix), "%s", prefix);
+    return get_int_field(cx, o, "/store", "sync_ms", 100, 1, 60000, &st->sync_ms);
+}
+
+static int parse_log(cx_t *cx)
+{
+    static const char *const keys[] = {"requests", "sample", "bodies", NULL};
+    config_t *c = cx->c;
+    c->log_sample = 1.0;
+    int rc;
+    const json_t *o = get_object(cx, cx->root, "", "log", &rc);
+    if (o == NULL) return rc;
+    if (check_keys(cx, o, "/log", keys, NULL) < 0) return -1;
+    const json_t *req = json_object_get(o, "requests");
+    if (req != NULL && !json_is_null(req)) {
+        const char *path = json_string_value(req);
+        if (path == NULL || *path == '\0')
+            return type_error(cx, "/log/requests", req, "a file path or null");
+        if ((c->log_requests = dup_or_oom(cx, path, "/log/requests")) == NULL) return -1;
+    }
+    if (get_number(cx, o, "/log", "sample", 1.0, 0.0, 1.0, &c->log_sample) < 0) return -1;
+    return get_bool(cx, o, "/log", "bodies", 0, &c->log_bodies);
+}
+
+static int parse_limits(cx_t *cx)
+{
+    static const char *const keys[] = {"max_connections",
+                                       "max_header_bytes",
+                                       "max_body_bytes",
+                                       "header_timeout_ms",
+                                       "idle_timeout_ms",
+                                       "drain_timeout_ms",
+                                       NULL};
+    config_t *c = cx->c;
+    int rc;
+    const json_t *o = get_object(cx, cx->root, "", "limits", &rc);
+    if (rc < 0) return -1;
+    if (o != NULL && check_keys(cx, o, "/limits", keys, NULL) < 0) return -1;
+    long long body;
+    if (get_int_field(cx, o, "/limits", "max_connections", 10000, 1, 1000000,
+                      &c->limits.max_connections) < 0 ||
+        get_int_field(cx, o, "/limits", "max_header_bytes", 16384, 1024, 1048576,
+                      &c->limits.max_header_bytes) < 0 ||
+        get_int(cx, o, "/limits", "max_body_bytes", 10485760, 1, 1LL << 40, &body) < 0 ||
+        get_int_field(cx, o, "/limits", "header_timeout_ms", 10000, 1, TIMEOUT_MAX_MS,
+                      &c->limits.header_timeout_ms) < 0 ||
+        get_int_field(cx, o, "/limits", "idle_timeout_ms", 60000, 1, TIMEOUT_MAX_MS,
+                      &c->limits.idle_timeout_ms) < 0 ||
+        get_int_field(cx, o, "/limits", "drain_timeout_ms", 10000, 1, TIMEOUT_MAX_MS,
+                      &c->limits.drain_timeout_ms) < 0)
+        return -1;
+    c->limits.max_body_bytes = (uint64_t)body;
+    return 0;
+}
+
+static int parse_upstream(cx_t *cx, const char *name, const json_t *o, cfg_upstream_t *u)
+{
+    static const char *const keys[] = {"url",        "pool",  "connect_timeout_ms",
+                                       "timeout_ms", "eject", NULL};
+    static const char *const eject_keys[] = {"consecutive_5xx", "base_ms", NULL};
+    char p[PTR_MAX], ep[PTR_MAX], d[256], g[300];
+    child_ptr("/upstreams", name, p, sizeof(p));
+    if (!mm_valid_name(name, strlen(name)))
+        return cerr(cx, p, 1, "%s: bad upstream name; names are 1-64 characters of [A-Za-z0-9_.-]",
+                    dotted(cx, p, d, sizeof(d)));
+    snprintf(u->name, sizeof(u->name), "%s", name);
+    if (require_object(cx, o, p) < 0) return -1;
+    if (check_keys(cx, o, p, keys, NULL) < 0) return -1;
+    const char *url, *why;
+    if (get_string(cx, o, p, "url", NULL, &url) < 0) return -1;
+    if (url == NULL) return missing(cx, p, "url");
+    if (parse_url(url, u, &why) < 0) {
+        child_ptr(p, "url", ep, sizeof(ep));
+        return cerr(cx, ep, 0, "%s: bad URL %s: %s", dotted(cx, ep, d, sizeof(d)),
+                    show(json_object_get(o, "url"), g, sizeof(g)), why);
+    }
+    if (get_int_field(cx, o, p, "pool", 64, 1, 100000, &u->pool) < 0 ||
+        get_int_field(cx, o, p, "connect_timeout_ms", 500, 1, TIMEOUT_MAX_MS,
+                      &u->connect_timeout_ms) < 0 ||
+        get_int_field(cx, o, p, "timeout_ms", 2000, 1, TIMEOUT_MAX_MS, &u->timeout_ms) < 0)
+        return -1;
+    int rc;
+    const json_t *ej = get_object(cx, o, p, "eject", &rc);
+    if (ej == NULL) return rc; /* absent: ejection off (eject_* stay 0) */
+    child_ptr(p, "eject", ep, sizeof(ep));
+    if (check_keys(cx, ej, ep, eject_keys, NULL) < 0) return -1;
+    if (get_int_field(cx, ej, ep, "consecutive_5xx", 5, 1, 1000, &u->eject_consecutive_5xx) < 0)
+        return -1;
+    return get_int_field(cx, ej, ep, "base_ms", 30000, 1, 86400000, &u->eject_base_ms);
+}
+
+static int parse_upstreams(cx_t *cx)
+{
+    config_t *c = cx->c;
+    const json_t *ups = json_object_get(cx->root, "upstreams");
+    if (ups == NULL) return missing(cx, "", "upstreams");
+    if (require_object(cx, ups, "/upstreams") < 0) return -1;
+    size_t n = json_object_size(ups);
+    if (n == 0)
+        return cerr(cx, "/upstreams", 0,
+                    "upstreams must name at least one upstream, as in "
+                    "{\"champion\": {\"url\": \"http://127.0.0.1:7001\"}}");
+    c->upstreams = calloc(n, sizeof(*c->upstreams));
+    if (c->upstreams == NULL) return cerr(cx, "/upstreams", 0, "out of memory");
+    const char *k;
+    const json_t *v;
+    json_object_foreach((json_t *)ups, k, v)
+    {
+        if (parse_upstream(cx, k, v, &c->upstreams[c->n_upstreams]) < 0) return -1;
+        c->n_upstreams++;
+    }
+    return 0;
+}
+
+/* ---- experiments ---- */
+
+static int parse_match(cx_t *cx, const json_t *exp, const char *base, cfg_experiment_t *e)
+{
+    static const char *const keys[] = {"path_prefix", "host", "headers", NULL};
+    char p[PTR_MAX], hp[PTR_MAX], vp[PTR_MAX], d[256];
+    int rc;
+    const json_t *m = get_object(cx, exp, base, "match", &rc);
+    if (m == NULL) return rc < 0 ? -1 : missing(cx, base, "match");
+    child_ptr(base, "match", p, sizeof(p));
+    if (check_keys(cx, m, p, keys, NULL) < 0) return -1;
+
+    const char *prefix, *host;
+    if (get_string(cx, m, p, "path_prefix", NULL, &prefix) < 0) return -1;
+    if (prefix == NULL) return missing(cx, p, "path_prefix");
+    child_ptr(p, "path_prefix", vp, sizeof(vp));
+    if (prefix[0] != '/' || !is_visible(prefix))
+        return type_error(cx, vp, json_object_get(m, "path_prefix"),
+                          "a path starting with '/' (no spaces or control characters)");
+    if ((e->path_prefix = dup_or_oom(cx, prefix, vp)) == NULL) return -1;
+
+    if (get_string(cx, m, p, "host", NULL, &host) < 0) return -1;
+    if (host != NULL) {
+        child_ptr(p, "host", vp, sizeof(vp));
+        if (*host == '\0' || !is_visible(host))
+            return type_error(cx, vp, json_object_get(m, "host"), "a non-empty host name");
+        if ((e->host = dup_or_oom(cx, host, vp)) == NULL) return -1;
+    }
+
+    const json_t *hs = get_object(cx, m, p, "headers", &rc);
+    if (hs == NULL) return rc;
+    child_ptr(p, "headers", hp, sizeof(hp));
+    size_t n = json_object_size(hs);
+    if (n == 0) return 0;
+    e->headers = calloc(n, sizeof(*e->headers));
+    if (e->headers == NULL) return cerr(cx, hp, 0, "out of memory");
+    const char *k;
+    const json_t *v;
+    json_object_foreach((json_t *)hs, k, v)
+    {
+        cfg_header_match_t *h = &e->headers[e->n_headers];
+        child_ptr(hp, k, vp, sizeof(vp));
+        if (!is_token(k) || strlen(k) >= sizeof(h->name))
+            return cerr(cx, vp, 1, "%s: bad header name; expected 1-127 token characters",
+                        dotted(cx, vp, d, sizeof(d)));
+        const char *val = json_string_value(v);
+        if (val == NULL || strpbrk(val, "\r\n") != NULL)
+            return type_error(cx, vp, v, "a string (the header value to match)");
+        if (copy_field(cx, h->value, sizeof(h->value), val, vp) < 0) return -1;
+        snprintf(h->name, sizeof(h->name), "%s", k);
+        e->n_headers++;
+    }
+    return 0;
+}
+
+/* "ab, canary" from what the registry has, for an unknown-policy hint. */
+static void known_policies(char *out, size_t n)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    for (const char *const *p = design_policies; *p; p++) {
+        if (policy_find(*p) == NULL) continue;
+        cat(out, n, &len, len ? ", " : "");
+        cat(out, n, &len, *p);
+    }
+    if (len == 0) cat(out, n, &len, "none are registered");
+}
+
+static int parse_experiment(cx_t *cx, size_t i, const json_t *exp)
+{
+    config_t *c = cx->c;
+    cfg_experiment_t *e = &c->experiments[i];
+    policy_parse_t pp = {.cx = cx, .index = i, .e = e};
+    char *base = pp.base, vp[PTR_MAX], d[256], g[300];
+    snprintf(pp.base, sizeof(pp.base), "/experiments/%zu", i);
+    if (require_object(cx, exp, base) < 0) return -1;
+
+    const char *name, *policy;
+    if (get_string(cx, exp, base, "name", NULL, &name) < 0) return -1;
+    if (name == NULL) return missing(cx, base, "name");
+    child_ptr(base, "name", vp, sizeof(vp));
+    if (!mm_valid_name(name, strlen(name)))
+        return type_error(cx, vp, json_object_get(exp, "name"),
+                          "a name of 1-64 characters of [A-Za-z0-9_.-]");
+    for (size_t j = 0; j < i; j++)
+        if (strcmp(c->experiments[j].name, name) == 0)
+            return cerr(cx, vp, 0, "%s: experiment name \"%s\" is already used by experiments[%zu]",
+                        dotted(cx, vp, d, sizeof(d)), name, j);
+    snprintf(e->name, sizeof(e->name), "%s", name);
+    snprintf(e->salt, sizeof(e->salt), "%s", name);
+
+    if (parse_match(cx, exp, base, e) < 0) return -1;
+    if (get_int_field(cx, exp, base, "feedback_ttl_s", 3600, 1, 2592000, &e->feedback_ttl_s) < 0)
+        return -1;
+
+    if (get_string(cx, exp, base, "policy", NULL, &policy) < 0) return -1;
+    if (policy == NULL) return missing(cx, base, "policy");
+    child_ptr(base, "policy", vp, sizeof(vp));
+    e->ops = policy_find(policy);
+    if (e->ops == NULL) {
+        char known[256];
+        known_policies(known, sizeof(known));
+        return cerr(cx, vp, 0, "%s: unknown policy %s (known: %s)", dotted(cx, vp, d, sizeof(d)),
+                    show(json_object_get(exp, "policy"), g, sizeof(g)), known);
+    }
+
+    e->policy = e->ops->create(exp, &pp);
+    if (cx->failed) return -1; /* config_free destroys an instance it returned anyway */
+    if (e->policy == NULL)
+        return cerr(cx, base, 0, "%s: policy \"%s\" rejected the experiment",
+                    dotted(cx, base, d, sizeof(d)), policy);
+    if (e->n_arms == 0)
+        return cerr(cx, base, 0, "%s declares no arms; an experiment needs at least one",
+                    dotted(cx, base, d, sizeof(d)));
+    e->definition = json_dumps(exp, JSON_COMPACT | JSON_SORT_KEYS);
+    if (e->definition == NULL) return cerr(cx, base, 0, "out of memory");
+    return 0;
+}
+
+static int parse_experiments(cx_t *cx)
+{
+    config_t *c = cx->c;
+    const json_t *exps = json_object_get(cx->root, "experiments");
+    if (exps == NULL) return missing(cx, "", "experiments");
+    if (!json_is_array(exps)) return type_error(cx, "/experiments", exps, "an array");
+    size_t n = json_array_size(exps);
+    if (n == 0) return 0;
+    c->experiments = calloc(n, sizeof(*c->experiments));
+    if (c->experiments == NULL) return cerr(cx, "/experiments", 0, "out of memory");
+    c->n_experiments = n; /* zeroed entries are safe to free */
+    for (size_t i = 0; i < n; i++)
+        if (parse_experiment(cx, i, json_array_get(exps, i)) < 0) return -1;
+    return 0;
+}
+
+/* ---- public API ---- */
+
+config_t *config_parse(const char *text, size_t len, const char *name, char *err, size_t errlen)
+{
+    static const char *const top_keys[] = {"listen", "admin",     "store",       "log",
+                                           "limits", "upstreams", "experiments", NULL};
+    cx_t cx = {.name = name ? name : "<config>", .err = err, .errlen = errlen};
+    config_priv_t *cp = NULL;
+    json_error_t je;
+    if (errlen > 0) err[0] = '\0';
+
+    cx.root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    if (cx.root == NULL) {
+        if (errlen > 0)
+            snprintf(err, errlen, "%s:%d:%d: %s", cx.name, je.line < 1 ? 1 : je.line,
+                     je.column < 1 ? 1 : je.column, je.text);
+        return NULL;
+    }
+    cp = calloc(1, sizeof(*cp));
+    if (cp == NULL) {
+        json_decref(cx.root);
+        cerr(&cx, "", 0, "out of memory");
+        return NULL;
+    }
+    cp->root = cx.root; /* from here on config_free releases it */
+    cx.c = &cp->c;
+    cx.pos = jsonpos_build(text, len);
+    if (cx.pos == NULL) {
+        cerr(&cx, "", 0, "out of memory");
+        goto err;
+    }
+    if ((cx.c->path = dup_or_oom(&cx, cx.name, "")) == NULL) goto err;
+    if (!json_is_object(cx.root)) {
+        type_error(&cx, "", cx.root, "an object");
+        goto err;
+    }
+    if (check_keys(&cx, cx.root, "", top_keys, NULL) < 0) goto err;
+    if (get_addr(&cx, cx.root, "", "listen", "127.0.0.1:8080", &cx.c->listen) < 0) goto err;
+    if (parse_admin(&cx) < 0 || parse_store(&cx) < 0 || parse_log(&cx) < 0 ||
+        parse_limits(&cx) < 0 || parse_upstreams(&cx) < 0 || parse_experiments(&cx) < 0)
+        goto err;
+    jsonpos_free(cx.pos);
+    return cx.c;
+err:
+    jsonpos_free(cx.pos);
+    config_free(cx.c);
+    return NULL;
+}
+
+config_t *config_load(const char *path, char *err, size_t errlen)
+{
+    config_t *c = NULL;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    for (;;) {
+        if (len == cap) {
+            if (cap >= CONFIG_FILE_MAX) {
+                snprintf(err, errlen, "%s: larger than %u MiB: not a config file", path,
+                         CONFIG_FILE_MAX >> 20);
+                goto err;
+            }
+            cap = cap ? cap * 2 : 8192;
+            char *nb = realloc(buf, cap);
+            if (nb == NULL) {
+                snprintf(err, errlen, "%s: out of memory", path);
+                goto err;
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) {
+        snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        goto err;
+    }
+    c = config_parse(buf ? buf : "", len, path, err, errlen);
+err:
+    fclose(f);
+    free(buf);
+    return c;
+}
+
+void config_free(config_t *c)
+{
+    if (c == NULL) return;
+    config_priv_t *cp = container_of(c, config_priv_t, c);
+    for (size_t i = 0; i < c->n_experiments; i++) {
+        cfg_experiment_t *e = &c->experiments[i];
+        if (e->ops != NULL && e->policy != NULL && e->ops->destroy != NULL)
+            e->ops->destroy(e->policy);
+        free(e->path_prefix);
+        free(e->host);
+        free(e->headers);
+        free(e->definition);
+    }
+    free(c->experiments);
+    free(c->upstreams);
+    free(c->admin_token);
+    free(c->log_requests);
+    free(c->path);
+    json_decref(cp->root);
+    free(cp);
+}
+
+int config_upstream_index(const config_t *c, const char *name)
+{
+    for (size_t i = 0; i < c->n_upstreams; i++)
+        if (strcmp(c->upstreams[i].name, name) == 0) return (int)i;
+    return -1;
+}
+
+int config_experiment_index(const config_t *c, const char *name)
+{
+    for (size_t i = 0; i < c->n_experiments; i++)
+        if (strcmp(c->experiments[i].name, name) == 0) return (int)i;
+    return -1;
+}
+
+/* ---- parse-time services for policies (policies/policy.h) ---- */
+
+/* The absolute pointer of a path relative to the experiment object. */
+static void exp_ptr(const policy_parse_t *pp, const char *path, char *out, size_t n)
+{
+    snprintf(out, n, "%s%s", pp->base, path ? path : "");
+}
+
+/* The policy's message gets the value's position and dotted path in front,
+ * so it reads like the core's own: "experiments[0].arms: ...". */
+int policy_error(policy_parse_t *pp, const char *path, const char *fmt, ...)
+{
+    char p[PTR_MAX], d[256], msg[512];
+    exp_ptr(pp, path, p, sizeof(p));
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    return cerr(pp->cx, p, 0, "%s: %s", dotted(pp->cx, p, d, sizeof(d)), msg);
+}
+
+int policy_add_arm(policy_parse_t *pp, const char *name, const char *path)
+{
+    cx_t *cx = pp->cx;
+    cfg_experiment_t *e = pp->e;
+    char p[PTR_MAX], d[256];
+    exp_ptr(pp, path, p, sizeof(p));
+    int up = name ? config_upstream_index(cx->c, name) : -1;
+    if (up < 0) {
+        char known[512];
+        size_t len = 0;
+        known[0] = '\0';
+        for (size_t i = 0; i < cx->c->n_upstreams; i++) {
+            cat(known, sizeof(known), &len, i ? ", " : "");
+            cat(known, sizeof(known), &len, cx->c->upstreams[i].name);
+        }
+        return cerr(cx, p, 0, "%s: unknown upstream \"%s\" (upstreams: %s)",
+                    dotted(cx, p, d, sizeof(d)), name ? name : "", known);
+    }
+    for (size_t i = 0; i < e->n_arms; i++)
+        if (e->arms[i] == up)
+            return cerr(cx, p, 0, "%s: arm \"%s\" is listed twice", dotted(cx, p, d, sizeof(d)),
+                        name);
+    if (e->n_arms >= MM_MAX_ARMS)
+        return cerr(cx, p, 0, "%s: too many arms (at most %d)", dotted(cx, p, d, sizeof(d)),
+                    MM_MAX_ARMS);
+    e->arms[e->n_arms] = up;
+    return (int)e->n_arms++;
+}
+
+int policy_arm_count(const policy_parse_t *pp)
+{
+    return (int)pp->e->n_arms;
+}
+
+int policy_check_keys(policy_parse_t *pp, const json_t *obj, const char *path,
+                      const char *const *allowed)
+{
+    char p[PTR_MAX];
+    exp_ptr(pp, path, p, sizeof(p));
+    if (require_object(pp->cx, obj, p) < 0) return -1;
+    int root = path == NULL || path[0] == '\0';
+    return check_keys(pp->cx, obj, p, allowed, root ? core_exp_keys : NULL);
+}
+
+/* obj may be NULL (an optional sub-object that is absent): every key is then
+ * absent and gets its default. */
+static int policy_obj(policy_parse_t *pp, const json_t *obj, const char *path, char *p, size_t n)
+{
+    exp_ptr(pp, path, p, n);
+    if (obj == NULL) return 0;
+    return require_object(pp->cx, obj, p);
+}
+
+int policy_get_number(policy_parse_t *pp, const json_t *obj, const char *path, const char *key,
+                      double def, double lo, double hi, double *out)
+{
+    char p[PTR_MAX];
+    if (policy_obj(pp, obj, path, p, sizeof(p)) < 0) return -1;
+    return get_number(pp->cx, obj, p, key, def, lo, hi, out);
+}
+
+int policy_get_int(policy_parse_t *pp, const json_t *obj, const char *path, const char *key,
+                   long long def, long long lo, long long hi, long long *out)
+{
+    char p[PTR_MAX];
+    if (policy_obj(pp, obj, path, p, sizeof(p)) < 0) return -1;
+    return get_int(pp->cx, obj, p, key, def, lo, hi, out);
+}
+
+int policy_get_string(policy_parse_t *pp, const json_t *obj, const char *path, const char *key,
+                      const char *def, const char **out)
+{
+    char p[PTR_MAX];
+    if (policy_obj(pp, obj, path, p, sizeof(p)) < 0) return -1;
+    return get_string(pp->cx, obj, p, key, def, out);
+}
+
+int policy_set_sticky(policy_parse_t *pp, const json_t *sticky, const char *path, const char *salt)
+{
+    static const char *const keys[] = {"header", "cookie", "query", NULL};
+    cx_t *cx = pp->cx;
+    cfg_experiment_t *e = pp->e;
+    char p[PTR_MAX], vp[PTR_MAX], d[256];
+    if (salt != NULL) {
+        exp_ptr(pp, "/salt", p, sizeof(p));
+        if (copy_field(cx, e->salt, sizeof(e->salt), salt, p) < 0) return -1;
+    }
+    if (sticky == NULL) return 0;
+    exp_ptr(pp, path, p, sizeof(p));
+    if (require_object(cx, sticky, p) < 0) return -1;
+    if (check_keys(cx, sticky, p, keys, NULL) < 0) return -1;
+    if (json_object_size(sticky) != 1)
+        return cerr(cx, p, 0,
+                    "%s must have exactly one of \"header\", \"cookie\" or \"query\", as in "
+                    "{\"header\": \"X-User-Id\"}",
+                    dotted(cx, p, d, sizeof(d)));
+    const char *kind = json_object_iter_key(json_object_iter((json_t *)sticky));
+    const json_t *v = json_object_get(sticky, kind);
+    const char *s = json_string_value(v);
+    child_ptr(p, kind, vp, sizeof(vp));
+    int query = strcmp(kind, "query") == 0;
+    int ok = s != NULL && strlen(s) < sizeof(e->sticky_name) &&
+             (query ? *s != '\0' && is_visible(s) && !strpbrk(s, "&=#") : is_token(s));
+    if (!ok)
+        return type_error(cx, vp, v,
+                          query ? "a query parameter name (1-127 visible characters, no & = #)"
+                                : "a header or cookie name (1-127 token characters)");
+    e->sticky_kind = query                         ? STICKY_QUERY
+                     : strcmp(kind, "cookie") == 0 ? STICKY_COOKIE
+                                                   : STICKY_HEADER;
+    snprintf(e->sticky_name, sizeof(e->sticky_name), "%s", s);
+    return 0;
+}
+
+void policy_set_mirror_limits(policy_parse_t *pp, const policy_mirror_limits_t *lim)
+{
+    pp->e->mirror = *lim;
+}
+
+const char *policy_experiment_name(const policy_parse_t *pp)
+{
+    return pp->e->name;
+}

@@ -1,0 +1,782 @@
+/* test_config.c — config validation as `modelmux --check` reports it.
+ *
+ * One test per class of error, each asserting the exact "FILE:LINE:COL:
+ * message" a user sees (the position is the contract: an editor jumps
+ * there), plus full valid configs checked field by field, defaults included.
+ * Tests that need a routing policy use the registered "ab" policy (or
+ * "thompson" for list-of-arms policies) and skip when it is not registered,
+ * since policies live in their own files. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "config.h"
+
+/* Two upstreams, the usual pair. */
+#define UPS                                                                                        \
+    "\"upstreams\": {\"champion\": {\"url\": \"http://127.0.0.1:7001\"},"                          \
+    " \"challenger\": {\"url\": \"http://127.0.0.1:7002\"}}"
+/* The smallest valid config: no experiment. */
+#define MINIMAL "{" UPS ", \"experiments\": []}"
+#define AB_EXP                                                                                     \
+    "{\"name\":\"x\",\"match\":{\"path_prefix\":\"/\"},\"policy\":\"ab\","                         \
+    "\"arms\":{\"champion\":90,\"challenger\":10},\"sticky\":{\"header\":\"X-User-Id\"},"          \
+    "\"salt\":\"s\"}"
+
+static config_t *parse(const char *text, char *err, size_t errlen)
+{
+    return config_parse(text, strlen(text), "t.json", err, errlen);
+}
+
+static config_t *parse_ok(const char *text)
+{
+    char err[512];
+    config_t *c = parse(text, err, sizeof(err));
+    if (c == NULL) fail_msg("rejected: %s", err);
+    return c;
+}
+
+/* The whole message must match: position and wording are what users see. */
+static void expect_error(const char *text, const char *want)
+{
+    char err[512];
+    config_t *c = parse(text, err, sizeof(err));
+    if (c != NULL) {
+        config_free(c);
+        fail_msg("accepted, expected: %s", want);
+    }
+    assert_string_equal(err, want);
+}
+
+/* For messages a policy words itself: only the position is the core's. */
+static void expect_error_prefix(const char *text, const char *prefix)
+{
+    char err[512];
+    config_t *c = parse(text, err, sizeof(err));
+    if (c != NULL) {
+        config_free(c);
+        fail_msg("accepted, expected: %s...", prefix);
+    }
+    if (strncmp(err, prefix, strlen(prefix)) != 0)
+        fail_msg("got \"%s\", want \"%s...\"", err, prefix);
+}
+
+static void need_policy(const char *name)
+{
+    if (policy_find(name) == NULL) skip();
+}
+
+/* ---- syntax ---- */
+
+static void test_syntax_error_has_jansson_position(void **state)
+{
+    expect_error("{\n  \"listen\": \"127.0.0.1:8080\",\n}\n",
+                 "t.json:3:1: string or '}' expected near '}'");
+}
+
+static void test_duplicate_key_is_rejected(void **state)
+{
+    expect_error("{\"listen\": \"127.0.0.1:1\",\n \"listen\": \"127.0.0.1:2\"}",
+                 "t.json:2:9: duplicate object key near '\"listen\"'");
+}
+
+static void test_top_level_must_be_object(void **state)
+{
+    expect_error("[1]", "t.json:1:1: (top level) must be an object, got an array");
+}
+
+/* ---- keys and types ---- */
+
+static void test_unknown_top_level_key(void **state)
+{
+    expect_error("{" UPS ",\n  \"experiments\": [],\n  \"listn\": \"127.0.0.1:1\"}",
+                 "t.json:3:3: unknown key listn (allowed here: listen, admin, store, log, limits, "
+                 "upstreams, experiments)");
+}
+
+static void test_unknown_upstream_key(void **state)
+{
+    expect_error("{\"upstreams\": {\n"
+                 "  \"champion\": {\"url\": \"http://127.0.0.1:7001\", \"tmeout_ms\": 5}},\n"
+                 " \"experiments\": []}",
+                 "t.json:2:48: unknown key upstreams.champion.tmeout_ms (allowed here: url, pool, "
+                 "connect_timeout_ms, timeout_ms, eject)");
+}
+
+static void test_wrong_type(void **state)
+{
+    expect_error("{\"listen\": 8080, " UPS ", \"experiments\": []}",
+                 "t.json:1:12: listen must be a string, got 8080");
+    expect_error("{\"log\": {\"bodies\": \"yes\"}, " UPS ", \"experiments\": []}",
+                 "t.json:1:20: log.bodies must be true or false, got \"yes\"");
+    expect_error("{\"limits\": [], " UPS ", \"experiments\": []}",
+                 "t.json:1:12: limits must be an object, got an array");
+    expect_error("{" UPS ", \"experiments\": {}}",
+                 "t.json:1:126: experiments must be an array, got an object");
+}
+
+static void test_negative_timeout(void **state)
+{
+    expect_error("{\n"
+                 "  \"upstreams\": {\n"
+                 "    \"champion\": {\"url\": \"http://127.0.0.1:7001\",\n"
+                 "                 \"timeout_ms\": -5}\n"
+                 "  },\n"
+                 "  \"experiments\": []\n"
+                 "}\n",
+                 "t.json:4:32: upstreams.champion.timeout_ms must be an integer in [1, 3600000], "
+                 "got -5");
+}
+
+static void test_integer_keys_reject_fractions_and_strings(void **state)
+{
+    expect_error("{\"upstreams\": {\"a\": {\"url\": \"http://h:1\", \"pool\": 1.5}}, "
+                 "\"experiments\": []}",
+                 "t.json:1:51: upstreams.a.pool must be an integer in [1, 100000], got 1.5");
+    expect_error("{\"upstreams\": {\"a\": {\"url\": \"http://h:1\", \"pool\": \"8\"}}, "
+                 "\"experiments\": []}",
+                 "t.json:1:51: upstreams.a.pool must be an integer in [1, 100000], got \"8\"");
+    /* An integral real is an integer: 3e2 == 300. */
+    config_t *c = parse_ok("{\"upstreams\": {\"a\": {\"url\": \"http://h:1\", \"pool\": 3e2}}, "
+                           "\"experiments\": []}");
+    assert_int_equal(c->upstreams[0].pool, 300);
+    config_free(c);
+}
+
+static void test_number_out_of_range(void **state)
+{
+    expect_error("{\"log\": {\"sample\": 1.5}, " UPS ", \"experiments\": []}",
+                 "t.json:1:20: log.sample must be a number in [0, 1], got 1.5");
+    expect_error("{\"limits\": {\"max_connections\": 0}, " UPS ", \"experiments\": []}",
+                 "t.json:1:32: limits.max_connections must be an integer in [1, 1000000], got 0");
+}
+
+static void test_missing_required_points_at_enclosing_object(void **state)
+{
+    expect_error("{\"experiments\": []}", "t.json:1:1: upstreams is required");
+    expect_error("{" UPS "}", "t.json:1:1: experiments is required");
+    expect_error("{\"upstreams\": {\"a\": {\"pool\": 2}}, \"experiments\": []}",
+                 "t.json:1:21: upstreams.a.url is required");
+    expect_error("{\"upstreams\": {}, \"experiments\": []}",
+                 "t.json:1:15: upstreams must name at least one upstream, as in "
+                 "{\"champion\": {\"url\": \"http://127.0.0.1:7001\"}}");
+}
+
+/* ---- addresses and URLs ---- */
+
+static void test_bad_url(void **state)
+{
+    expect_error("{\"upstreams\": {\"a\": {\"url\": \"https://h:1\"}}, \"experiments\": []}",
+                 "t.json:1:29: upstreams.a.url: bad URL \"https://h:1\": https is not supported: "
+                 "upstreams are spoken to in plain HTTP");
+    expect_error("{\"upstreams\": {\"a\": {\"url\": \"h:1\"}}, \"experiments\": []}",
+                 "t.json:1:29: upstreams.a.url: bad URL \"h:1\": expected "
+                 "http://host[:port][/path]");
+    expect_error("{\"upstreams\": {\"a\": {\"url\": \"http://h:99999\"}}, \"experiments\": []}",
+                 "t.json:1:29: upstreams.a.url: bad URL \"http://h:99999\": the port must be an "
+                 "integer in [1, 65535]");
+    expect_error("{\"upstreams\": {\"a\": {\"url\": \"http://h/p?x=1\"}}, \"experiments\": []}",
+                 "t.json:1:29: upstreams.a.url: bad URL \"http://h/p?x=1\": a query or fragment "
+                 "is not allowed");
+    expect_error("{\"upstreams\": {\"a\": {\"url\": \"http://\"}}, \"experiments\": []}",
+                 "t.json:1:29: upstreams.a.url: bad URL \"http://\": the host is empty");
+}
+
+static void test_url_parts(void **state)
+{
+    config_t *c = parse_ok("{\"upstreams\": {"
+                           "\"a\": {\"url\": \"http://models.internal\"},"
+                           "\"b\": {\"url\": \"http://10.0.0.2:8501/v1/models/rank/\"},"
+                           "\"c\": {\"url\": \"http://[::1]:7003/\"},"
+                           "\"v1.2\": {\"url\": \"HTTP://[fe80::1%eth0]\"}"
+                           "}, \"experiments\": []}");
+    assert_int_equal(c->n_upstreams, 4);
+    const cfg_upstream_t *a = &c->upstreams[0], *b = &c->upstreams[1], *u = &c->upstreams[2];
+    assert_string_equal(a->addr.host, "models.internal");
+    assert_int_equal(a->addr.port, 80);
+    assert_string_equal(a->base_path, "");
+    assert_string_equal(a->host_header, "models.internal:80");
+    assert_string_equal(b->url, "http://10.0.0.2:8501/v1/models/rank/");
+    assert_string_equal(b->base_path, "/v1/models/rank");
+    assert_string_equal(b->host_header, "10.0.0.2:8501");
+    assert_string_equal(u->addr.host, "::1");
+    assert_int_equal(u->addr.port, 7003);
+    assert_string_equal(u->base_path, "");
+    assert_string_equal(u->host_header, "[::1]:7003");
+    assert_string_equal(c->upstreams[3].addr.host, "fe80::1%eth0");
+    assert_int_equal(c->upstreams[3].addr.port, 80);
+    assert_int_equal(config_upstream_index(c, "v1.2"), 3);
+    assert_int_equal(config_upstream_index(c, "nope"), -1);
+    config_free(c);
+}
+
+static void test_bad_listen_port(void **state)
+{
+    expect_error("{\"listen\": \"127.0.0.1:0\", " UPS ", \"experiments\": []}",
+                 "t.json:1:12: listen: bad address \"127.0.0.1:0\": the port must be an integer "
+                 "in [1, 65535]; expected \"host:port\" or \"[ipv6]:port\"");
+    expect_error("{\"listen\": \"localhost\", " UPS ", \"experiments\": []}",
+                 "t.json:1:12: listen: bad address \"localhost\": missing \":port\"; expected "
+                 "\"host:port\" or \"[ipv6]:port\"");
+    expect_error("{\"listen\": \"::1:8080\", " UPS ", \"experiments\": []}",
+                 "t.json:1:12: listen: bad address \"::1:8080\": an IPv6 address must be in "
+                 "brackets, as in [::1]:8080; expected \"host:port\" or \"[ipv6]:port\"");
+}
+
+static void test_parse_addr(void **state)
+{
+    cfg_addr_t a = {"unchanged", 1};
+    assert_int_equal(config_parse_addr("0.0.0.0:8080", &a), 0);
+    assert_string_equal(a.host, "0.0.0.0");
+    assert_int_equal(a.port, 8080);
+    assert_int_equal(config_parse_addr("[::]:65535", &a), 0);
+    assert_string_equal(a.host, "::");
+    assert_int_equal(a.port, 65535);
+    assert_int_equal(config_parse_addr("example.com:1", &a), 0);
+    assert_string_equal(a.host, "example.com");
+    const char *bad[] = {"",       ":80",    "h:",        "h:0",     "h:65536",
+                         "h:+1",   "h:80x",  "[::1]",     "[::1]80", "[zz::1]:80",
+                         "a b:80", "::1:80", "h:0080000", "[]:80"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        a.port = 42;
+        if (config_parse_addr(bad[i], &a) == 0) fail_msg("accepted \"%s\"", bad[i]);
+        assert_int_equal(a.port, 42); /* untouched on failure */
+    }
+}
+
+/* ---- admin ---- */
+
+static void test_admin_public_without_token_fails(void **state)
+{
+    expect_error("{\"admin\": {\"listen\": \"0.0.0.0:9090\"}, " UPS ", \"experiments\": []}",
+                 "t.json:1:22: admin.listen \"0.0.0.0\" is not a loopback address, and admin.token "
+                 "is not set: anyone who can reach it could change the experiments; set a token "
+                 "or listen on 127.0.0.1, ::1 or localhost");
+    expect_error_prefix("{\"admin\": {\"listen\": \"[::]:9090\", \"token\": null}, " UPS
+                        ", \"experiments\": []}",
+                        "t.json:1:22: admin.listen \"::\" is not a loopback address");
+    expect_error_prefix("{\"admin\": {\"listen\": \"admin.example.com:9090\"}, " UPS
+                        ", \"experiments\": []}",
+                        "t.json:1:22: admin.listen \"admin.example.com\" is not a loopback");
+}
+
+static void test_admin_public_with_token_or_loopback_is_ok(void **state)
+{
+    config_t *c = parse_ok("{\"admin\": {\"listen\": \"0.0.0.0:9090\", \"token\": \"s3cret\"}, " UPS
+                           ", \"experiments\": []}");
+    assert_int_equal(c->has_admin, 1);
+    assert_string_equal(c->admin_listen.host, "0.0.0.0");
+    assert_string_equal(c->admin_token, "s3cret");
+    config_free(c);
+    const char *loopbacks[] = {"127.0.0.1:9090", "127.1.2.3:9", "[::1]:9090",
+                               "localhost:9090", "LOCALHOST:1", "[::ffff:127.0.0.1]:9"};
+    for (size_t i = 0; i < sizeof(loopbacks) / sizeof(loopbacks[0]); i++) {
+        char text[512];
+        snprintf(text, sizeof(text),
+                 "{\"admin\": {\"listen\": \"%s\"}, " UPS ", \"experiments\": []}", loopbacks[i]);
+        c = parse_ok(text);
+        assert_null(c->admin_token);
+        config_free(c);
+    }
+    /* admin present without listen: the loopback default. */
+    c = parse_ok("{\"admin\": {}, " UPS ", \"experiments\": []}");
+    assert_int_equal(c->has_admin, 1);
+    assert_string_equal(c->admin_listen.host, "127.0.0.1");
+    assert_int_equal(c->admin_listen.port, 9090);
+    config_free(c);
+}
+
+static void test_admin_token_must_be_usable(void **state)
+{
+    expect_error("{\"admin\": {\"token\": \"\"}, " UPS ", \"experiments\": []}",
+                 "t.json:1:21: admin.token must be null or a string of 1-1024 visible ASCII "
+                 "characters, got \"\"");
+    expect_error("{\"admin\": {\"token\": \"a b\"}, " UPS ", \"experiments\": []}",
+                 "t.json:1:21: admin.token must be null or a string of 1-1024 visible ASCII "
+                 "characters, got \"a b\"");
+}
+
+/* ---- store, log, limits ---- */
+
+static void test_store_redis_defaults_and_errors(void **state)
+{
+    config_t *c = parse_ok("{\"store\": {\"type\": \"redis\"}, " UPS ", \"experiments\": []}");
+    assert_int_equal(c->store.type, STORE_REDIS);
+    assert_string_equal(c->store.host, "127.0.0.1");
+    assert_int_equal(c->store.port, 6379);
+    assert_string_equal(c->store.prefix, "modelmux");
+    assert_int_equal(c->store.sync_ms, 100);
+    config_free(c);
+    c = parse_ok("{\"store\": {\"type\": \"redis\", \"host\": \"::1\", \"port\": 6380, "
+                 "\"prefix\": \"mm:test\", \"sync_ms\": 5}, " UPS ", \"experiments\": []}");
+    assert_string_equal(c->store.host, "::1");
+    assert_int_equal(c->store.port, 6380);
+    assert_string_equal(c->store.prefix, "mm:test");
+    assert_int_equal(c->store.sync_ms, 5);
+    config_free(c);
+    expect_error("{\"store\": {\"type\": \"mysql\"}, " UPS ", \"experiments\": []}",
+                 "t.json:1:20: store.type must be \"memory\" or \"redis\", got \"mysql\"");
+    expect_error("{\"store\": {\"type\": \"memory\", \"port\": 1}, " UPS ", \"experiments\": []}",
+                 "t.json:1:30: unknown key store.port (allowed here: type)");
+    expect_error("{\"store\": {\"type\": \"redis\", \"port\": 0}, " UPS ", \"experiments\": []}",
+                 "t.json:1:37: store.port must be an integer in [1, 65535], got 0");
+    expect_error("{\"store\": {\"type\": \"redis\", \"prefix\": \"a{b}\"}, " UPS
+                 ", \"experiments\": []}",
+                 "t.json:1:39: store.prefix must be 1-127 characters of [A-Za-z0-9_.:-], got "
+                 "\"a{b}\"");
+    expect_error("{\"store\": {}, " UPS ", \"experiments\": []}",
+                 "t.json:1:11: store.type is required");
+}
+
+static void test_defaults(void **state)
+{
+    config_t *c = parse_ok(MINIMAL);
+    assert_string_equal(c->path, "t.json");
+    assert_string_equal(c->listen.host, "127.0.0.1");
+    assert_int_equal(c->listen.port, 8080);
+    assert_int_equal(c->has_admin, 0);
+    assert_null(c->admin_token);
+    assert_int_equal(c->store.type, STORE_MEMORY);
+    assert_null(c->log_requests);
+    assert_true(c->log_sample == 1.0);
+    assert_int_equal(c->log_bodies, 0);
+    assert_int_equal(c->limits.max_connections, 10000);
+    assert_int_equal(c->limits.max_header_bytes, 16384);
+    assert_int_equal(c->limits.max_body_bytes, 10485760);
+    assert_int_equal(c->limits.header_timeout_ms, 10000);
+    assert_int_equal(c->limits.idle_timeout_ms, 60000);
+    assert_int_equal(c->limits.drain_timeout_ms, 10000);
+    assert_int_equal(c->n_upstreams, 2);
+    const cfg_upstream_t *u = &c->upstreams[0];
+    assert_string_equal(u->name, "champion");
+    assert_string_equal(c->upstreams[1].name, "challenger"); /* document order */
+    assert_int_equal(u->pool, 64);
+    assert_int_equal(u->connect_timeout_ms, 500);
+    assert_int_equal(u->timeout_ms, 2000);
+    assert_int_equal(u->eject_consecutive_5xx, 0); /* no eject object: off */
+    assert_int_equal(c->n_experiments, 0);
+    config_free(c);
+
+    /* eject present but empty: on, with its defaults. */
+    c = parse_ok("{\"upstreams\": {\"a\": {\"url\": \"http://h:1\", \"eject\": {}}}, "
+                 "\"experiments\": []}");
+    assert_int_equal(c->upstreams[0].eject_consecutive_5xx, 5);
+    assert_int_equal(c->upstreams[0].eject_base_ms, 30000);
+    config_free(c);
+}
+
+static void test_log_and_limits_values(void **state)
+{
+    config_t *c = parse_ok("{\"log\": {\"requests\": \"logs/r.jsonl\", \"sample\": 0.25, "
+                           "\"bodies\": true},"
+                           " \"limits\": {\"max_connections\": 5, \"max_header_bytes\": 1024,"
+                           " \"max_body_bytes\": 1099511627776, \"header_timeout_ms\": 1,"
+                           " \"idle_timeout_ms\": 2, \"drain_timeout_ms\": 3600000}, " UPS
+                           ", \"experiments\": []}");
+    assert_string_equal(c->log_requests, "logs/r.jsonl");
+    assert_true(c->log_sample == 0.25);
+    assert_int_equal(c->log_bodies, 1);
+    assert_int_equal(c->limits.max_connections, 5);
+    assert_int_equal(c->limits.max_header_bytes, 1024);
+    assert_true(c->limits.max_body_bytes == 1099511627776ULL);
+    assert_int_equal(c->limits.header_timeout_ms, 1);
+    assert_int_equal(c->limits.idle_timeout_ms, 2);
+    assert_int_equal(c->limits.drain_timeout_ms, 3600000);
+    config_free(c);
+    c = parse_ok("{\"log\": {\"requests\": null}, " UPS ", \"experiments\": []}");
+    assert_null(c->log_requests);
+    config_free(c);
+    expect_error("{\"log\": {\"requests\": \"\"}, " UPS ", \"experiments\": []}",
+                 "t.json:1:22: log.requests must be a file path or null, got \"\"");
+}
+
+/* ---- upstream and experiment names ---- */
+
+static void test_bad_upstream_name(void **state)
+{
+    expect_error("{\"upstreams\": {\"a b\": {\"url\": \"http://h:1\"}}, \"experiments\": []}",
+                 "t.json:1:16: upstreams[\"a b\"]: bad upstream name; names are 1-64 characters "
+                 "of [A-Za-z0-9_.-]");
+}
+
+static void test_bad_experiment_name(void **state)
+{
+    expect_error(
+        "{" UPS ", \"experiments\": [\n"
+        "  {\"name\": \"my exp\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"ab\"}]}",
+        "t.json:2:12: experiments[0].name must be a name of 1-64 characters of "
+        "[A-Za-z0-9_.-], got \"my exp\"");
+}
+
+static void test_missing_path_prefix(void **state)
+{
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"host\": \"h\"}, \"policy\": \"ab\"}]}",
+                 "t.json:2:26: experiments[0].match.path_prefix is required");
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"v1\"}, \"policy\": \"ab\"}]}",
+                 "t.json:2:42: experiments[0].match.path_prefix must be a path starting with '/' "
+                 "(no spaces or control characters), got \"v1\"");
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"policy\": \"ab\"}]}",
+                 "t.json:2:3: experiments[0].match is required");
+}
+
+static void test_match_headers(void **state)
+{
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\", \"headers\": "
+                 "{\"X-Market\": 1}}}]}",
+                 "t.json:2:71: experiments[0].match.headers.X-Market must be a string (the header "
+                 "value to match), got 1");
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\", \"headers\": "
+                 "{\"X Market\": \"KR\"}}}]}",
+                 "t.json:2:59: experiments[0].match.headers[\"X Market\"]: bad header name; "
+                 "expected 1-127 token characters");
+}
+
+static void test_unknown_policy(void **state)
+{
+    char want[512];
+    expect_error_prefix("{" UPS ", \"experiments\": [\n"
+                        "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"},\n"
+                        "   \"policy\": \"abtest\"}]}",
+                        "t.json:3:14: experiments[0].policy: unknown policy \"abtest\" (known: ");
+    /* The hint lists what the registry has. */
+    if (policy_find("ab") != NULL) {
+        char err[512];
+        config_t *c = parse("{" UPS ", \"experiments\": [{\"name\": \"e\", \"match\": "
+                            "{\"path_prefix\": \"/\"}, \"policy\": \"x\"}]}",
+                            err, sizeof(err));
+        assert_null(c);
+        snprintf(want, sizeof(want), "(known: ab");
+        assert_non_null(strstr(err, want));
+    }
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}}]}",
+                 "t.json:2:3: experiments[0].policy is required");
+}
+
+static void test_feedback_ttl_range(void **state)
+{
+    expect_error(
+        "{" UPS ", \"experiments\": [\n"
+        "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"feedback_ttl_s\": 0}]}",
+        "t.json:2:66: experiments[0].feedback_ttl_s must be an integer in [1, 2592000], "
+        "got 0");
+}
+
+/* ---- with a policy ---- */
+
+static void test_full_valid_config(void **state)
+{
+    need_policy("ab");
+    const char *text =
+        "{\n"
+        "  \"listen\": \"0.0.0.0:8000\",\n"
+        "  \"admin\": {\"listen\": \"[::1]:9191\", \"token\": \"t0k\"},\n"
+        "  \"store\": {\"type\": \"redis\", \"host\": \"redis.local\", \"port\": 6390,\n"
+        "            \"prefix\": \"mm\", \"sync_ms\": 250},\n"
+        "  \"log\": {\"requests\": \"/var/log/mm.jsonl\", \"sample\": 0.5, \"bodies\": true},\n"
+        "  \"limits\": {\"max_connections\": 100, \"max_header_bytes\": 8192,\n"
+        "             \"max_body_bytes\": 1048576, \"header_timeout_ms\": 5000,\n"
+        "             \"idle_timeout_ms\": 30000, \"drain_timeout_ms\": 2000},\n"
+        "  \"upstreams\": {\n"
+        "    \"champion\": {\"url\": \"http://127.0.0.1:7001/api/\", \"pool\": 8,\n"
+        "                 \"connect_timeout_ms\": 100, \"timeout_ms\": 900},\n"
+        "    \"challenger\": {\"url\": \"http://127.0.0.1:7002\",\n"
+        "                   \"eject\": {\"consecutive_5xx\": 3, \"base_ms\": 1000}},\n"
+        "    \"spare\": {\"url\": \"http://127.0.0.1:7003\"}\n"
+        "  },\n"
+        "  \"experiments\": [\n"
+        "    {\"name\": \"ranker\", \"match\": {\"path_prefix\": \"/v1/rank\", \"host\": \"api\",\n"
+        "      \"headers\": {\"X-Market\": \"KR\", \"X-Tier\": \"gold\"}},\n"
+        "     \"policy\": \"ab\", \"arms\": {\"challenger\": 10, \"champion\": 90},\n"
+        "     \"sticky\": {\"cookie\": \"uid\"}, \"salt\": \"pepper\", \"feedback_ttl_s\": 60},\n"
+        "    {\"name\": \"search\", \"match\": {\"path_prefix\": \"/v1/search\"},\n"
+        "     \"policy\": \"ab\", \"arms\": {\"spare\": 1}}\n"
+        "  ]\n"
+        "}\n";
+    config_t *c = parse_ok(text);
+    assert_string_equal(c->listen.host, "0.0.0.0");
+    assert_int_equal(c->listen.port, 8000);
+    assert_int_equal(c->has_admin, 1);
+    assert_string_equal(c->admin_listen.host, "::1");
+    assert_int_equal(c->admin_listen.port, 9191);
+    assert_string_equal(c->admin_token, "t0k");
+    assert_int_equal(c->store.type, STORE_REDIS);
+    assert_string_equal(c->store.host, "redis.local");
+    assert_int_equal(c->store.port, 6390);
+    assert_string_equal(c->store.prefix, "mm");
+    assert_int_equal(c->store.sync_ms, 250);
+    assert_string_equal(c->log_requests, "/var/log/mm.jsonl");
+    assert_true(c->log_sample == 0.5);
+    assert_int_equal(c->log_bodies, 1);
+    assert_int_equal(c->limits.max_connections, 100);
+    assert_int_equal(c->limits.max_header_bytes, 8192);
+    assert_int_equal(c->limits.max_body_bytes, 1048576);
+    assert_int_equal(c->limits.header_timeout_ms, 5000);
+    assert_int_equal(c->limits.idle_timeout_ms, 30000);
+    assert_int_equal(c->limits.drain_timeout_ms, 2000);
+
+    assert_int_equal(c->n_upstreams, 3);
+    const cfg_upstream_t *ch = &c->upstreams[0], *cl = &c->upstreams[1];
+    assert_string_equal(ch->name, "champion");
+    assert_string_equal(ch->url, "http://127.0.0.1:7001/api/");
+    assert_string_equal(ch->addr.host, "127.0.0.1");
+    assert_int_equal(ch->addr.port, 7001);
+    assert_string_equal(ch->base_path, "/api");
+    assert_string_equal(ch->host_header, "127.0.0.1:7001");
+    assert_int_equal(ch->pool, 8);
+    assert_int_equal(ch->connect_timeout_ms, 100);
+    assert_int_equal(ch->timeout_ms, 900);
+    assert_int_equal(ch->eject_consecutive_5xx, 0);
+    assert_string_equal(cl->name, "challenger");
+    assert_int_equal(cl->eject_consecutive_5xx, 3);
+    assert_int_equal(cl->eject_base_ms, 1000);
+    assert_int_equal(cl->pool, 64);
+
+    assert_int_equal(c->n_experiments, 2);
+    const cfg_experiment_t *e = &c->experiments[0];
+    assert_string_equal(e->name, "ranker");
+    assert_string_equal(e->path_prefix, "/v1/rank");
+    assert_string_equal(e->host, "api");
+    assert_int_equal(e->n_headers, 2);
+    assert_string_equal(e->headers[0].name, "X-Market");
+    assert_string_equal(e->headers[0].value, "KR");
+    assert_string_equal(e->headers[1].name, "X-Tier");
+    assert_string_equal(e->headers[1].value, "gold");
+    assert_ptr_equal(e->ops, policy_find("ab"));
+    assert_non_null(e->policy);
+    assert_int_equal(e->n_arms, 2);
+    assert_int_equal(e->arms[0], 1); /* challenger listed first: arm 0 */
+    assert_int_equal(e->arms[1], 0);
+    assert_int_equal(e->sticky_kind, STICKY_COOKIE);
+    assert_string_equal(e->sticky_name, "uid");
+    assert_string_equal(e->salt, "pepper");
+    assert_int_equal(e->feedback_ttl_s, 60);
+    /* Canonical: compact, sorted keys, so reformatting the file is not a change. */
+    assert_string_equal(e->definition,
+                        "{\"arms\":{\"challenger\":10,\"champion\":90},\"feedback_ttl_s\":60,"
+                        "\"match\":{\"headers\":{\"X-Market\":\"KR\",\"X-Tier\":\"gold\"},"
+                        "\"host\":\"api\",\"path_prefix\":\"/v1/rank\"},\"name\":\"ranker\","
+                        "\"policy\":\"ab\",\"salt\":\"pepper\",\"sticky\":{\"cookie\":\"uid\"}}");
+
+    const cfg_experiment_t *s = &c->experiments[1];
+    assert_null(s->host);
+    assert_int_equal(s->n_headers, 0);
+    assert_int_equal(s->n_arms, 1);
+    assert_int_equal(s->arms[0], 2);
+    assert_int_equal(s->sticky_kind, STICKY_NONE);
+    assert_string_equal(s->salt, "search"); /* default salt: the experiment's name */
+    assert_int_equal(s->feedback_ttl_s, 3600);
+    assert_int_equal(config_experiment_index(c, "search"), 1);
+    assert_int_equal(config_experiment_index(c, "nope"), -1);
+    config_free(c);
+}
+
+static void test_ab_brief_example(void **state)
+{
+    need_policy("ab");
+    config_t *c = parse_ok("{" UPS ", \"experiments\": [" AB_EXP "]}");
+    const cfg_experiment_t *e = &c->experiments[0];
+    assert_int_equal(e->n_arms, 2);
+    assert_int_equal(e->arms[0], 0);
+    assert_int_equal(e->arms[1], 1);
+    assert_int_equal(e->sticky_kind, STICKY_HEADER);
+    assert_string_equal(e->sticky_name, "X-User-Id");
+    assert_string_equal(e->salt, "s");
+    config_free(c);
+}
+
+static void test_duplicate_experiment(void **state)
+{
+    need_policy("ab");
+    expect_error("{" UPS ", \"experiments\": [" AB_EXP ",\n"
+                 "  {\"name\": \"x\", \"match\": {\"path_prefix\": \"/b\"}, \"policy\": \"ab\", "
+                 "\"arms\": {\"champion\": 1}}]}",
+                 "t.json:2:12: experiments[1].name: experiment name \"x\" is already used by "
+                 "experiments[0]");
+}
+
+static void test_policy_errors_are_positioned(void **state)
+{
+    need_policy("ab");
+    /* Unknown upstream as an arm: policy_add_arm's message, at the arm. */
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"ab\",\n"
+                 "   \"arms\": {\"champion\": 1, \"champ\": 1}}]}",
+                 "t.json:3:37: experiments[0].arms.champ: unknown upstream \"champ\" (upstreams: "
+                 "champion, challenger)");
+    /* Unknown key in the experiment object: the core's keys are allowed too. */
+    expect_error_prefix(
+        "{" UPS ", \"experiments\": [\n"
+        "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"ab\",\n"
+        "   \"arms\": {\"champion\": 1}, \"stiky\": {}}]}",
+        "t.json:3:29: unknown key experiments[0].stiky (allowed here: name, match, "
+        "policy, feedback_ttl_s, arms, ");
+    /* A negative weight: ab's own message, at the weight. */
+    expect_error_prefix(
+        "{" UPS ", \"experiments\": [\n"
+        "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"ab\",\n"
+        "   \"arms\": {\"champion\": 1, \"challenger\": -1}}]}",
+        "t.json:3:42: ");
+    /* All weights zero. */
+    expect_error_prefix(
+        "{" UPS ", \"experiments\": [\n"
+        "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"ab\",\n"
+        "   \"arms\": {\"champion\": 0}}]}",
+        "t.json:3:12: ");
+    /* Sticky with two kinds. */
+    expect_error(
+        "{" UPS ", \"experiments\": [\n"
+        "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"ab\",\n"
+        "   \"arms\": {\"champion\": 1}, \"sticky\": {\"header\": \"a\", \"query\": \"b\"}}]}",
+        "t.json:3:39: experiments[0].sticky must have exactly one of \"header\", "
+        "\"cookie\" or \"query\", as in {\"header\": \"X-User-Id\"}");
+    /* Sticky on a name that is not a header name. */
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"ab\",\n"
+                 "   \"arms\": {\"champion\": 1}, \"sticky\": {\"header\": \"\"}}]}",
+                 "t.json:3:50: experiments[0].sticky.header must be a header or cookie name "
+                 "(1-127 token characters), got \"\"");
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"ab\",\n"
+                 "   \"arms\": {\"champion\": 1}, \"sticky\": {\"user\": \"a\"}}]}",
+                 "t.json:3:40: unknown key experiments[0].sticky.user (allowed here: header, "
+                 "cookie, query)");
+}
+
+static void test_list_policies_add_arms_in_order(void **state)
+{
+    need_policy("thompson");
+    config_t *c = parse_ok("{" UPS ", \"experiments\": [{\"name\": \"b\", \"match\": "
+                           "{\"path_prefix\": \"/\"}, \"policy\": \"thompson\", "
+                           "\"arms\": [\"challenger\", \"champion\"]}]}");
+    assert_int_equal(c->experiments[0].n_arms, 2);
+    assert_int_equal(c->experiments[0].arms[0], 1);
+    assert_int_equal(c->experiments[0].arms[1], 0);
+    assert_int_equal(c->experiments[0].sticky_kind, STICKY_NONE);
+    config_free(c);
+    expect_error(
+        "{" UPS ", \"experiments\": [\n"
+        "  {\"name\": \"b\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"thompson\",\n"
+        "   \"arms\": [\"champion\", \"champion\"]}]}",
+        "t.json:3:25: experiments[0].arms[1]: arm \"champion\" is listed twice");
+    expect_error(
+        "{" UPS ", \"experiments\": [\n"
+        "  {\"name\": \"b\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"thompson\",\n"
+        "   \"arms\": [\"champion\", \"challenger\"], \"min_share\": 0.75}]}",
+        "t.json:3:53: experiments[0].min_share must be a number in [0, 0.5], got 0.75");
+}
+
+static void test_too_many_arms(void **state)
+{
+    need_policy("thompson");
+    char text[8192];
+    size_t n = 0;
+    n += (size_t)snprintf(text + n, sizeof(text) - n, "{\"upstreams\": {");
+    for (int i = 0; i <= MM_MAX_ARMS; i++)
+        n += (size_t)snprintf(text + n, sizeof(text) - n, "%s\"u%d\": {\"url\": \"http://h:%d\"}",
+                              i ? ", " : "", i, 1000 + i);
+    n += (size_t)snprintf(text + n, sizeof(text) - n,
+                          "}, \"experiments\": [{\"name\": \"b\", \"match\": {\"path_prefix\": "
+                          "\"/\"}, \"policy\": \"thompson\", \"arms\": [");
+    for (int i = 0; i <= MM_MAX_ARMS; i++)
+        n += (size_t)snprintf(text + n, sizeof(text) - n, "%s\"u%d\"", i ? ", " : "", i);
+    snprintf(text + n, sizeof(text) - n, "]}]}");
+    char err[512];
+    config_t *c = parse(text, err, sizeof(err));
+    assert_null(c);
+    assert_non_null(strstr(err, "experiments[0].arms[16]: too many arms (at most 16)"));
+}
+
+/* ---- files ---- */
+
+static void test_load_missing_file(void **state)
+{
+    char err[512];
+    assert_null(config_load("/nonexistent/modelmux.json", err, sizeof(err)));
+    assert_string_equal(err, "/nonexistent/modelmux.json: cannot open: No such file or directory");
+}
+
+static void test_default_config_file_is_valid(void **state)
+{
+    need_policy("ab");
+    const char *src = getenv("MM_SOURCE_DIR");
+    char path[1024], err[512];
+    snprintf(path, sizeof(path), "%s/config/modelmux.json", src ? src : ".");
+    config_t *c = config_load(path, err, sizeof(err));
+    if (c == NULL) fail_msg("%s", err);
+    assert_string_equal(c->listen.host, "127.0.0.1");
+    assert_int_equal(c->listen.port, 8080);
+    assert_int_equal(c->has_admin, 1);
+    assert_int_equal(c->admin_listen.port, 9090);
+    assert_null(c->admin_token);
+    assert_int_equal(c->store.type, STORE_MEMORY);
+    assert_string_equal(c->log_requests, "logs/requests.jsonl");
+    assert_int_equal(c->n_upstreams, 2);
+    assert_int_equal(c->upstreams[config_upstream_index(c, "challenger")].eject_consecutive_5xx, 5);
+    assert_int_equal(c->n_experiments, 1);
+    assert_string_equal(c->experiments[0].name, "ranker");
+    assert_string_equal(c->experiments[0].path_prefix, "/v1/");
+    assert_int_equal(c->experiments[0].sticky_kind, STICKY_HEADER);
+    assert_string_equal(c->experiments[0].sticky_name, "X-User-Id");
+    config_free(c);
+}
+
+static void test_error_with_small_buffer_is_truncated_safely(void **state)
+{
+    char err[8];
+    assert_null(parse("{\"listen\": 1}", err, sizeof(err)));
+    assert_string_equal(err, "t.json:");
+    assert_null(parse("{\"listen\": 1}", NULL, 0));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_syntax_error_has_jansson_position),
+        cmocka_unit_test(test_duplicate_key_is_rejected),
+        cmocka_unit_test(test_top_level_must_be_object),
+        cmocka_unit_test(test_unknown_top_level_key),
+        cmocka_unit_test(test_unknown_upstream_key),
+        cmocka_unit_test(test_wrong_type),
+        cmocka_unit_test(test_negative_timeout),
+        cmocka_unit_test(test_integer_keys_reject_fractions_and_strings),
+        cmocka_unit_test(test_number_out_of_range),
+        cmocka_unit_test(test_missing_required_points_at_enclosing_object),
+        cmocka_unit_test(test_bad_url),
+        cmocka_unit_test(test_url_parts),
+        cmocka_unit_test(test_bad_listen_port),
+        cmocka_unit_test(test_parse_addr),
+        cmocka_unit_test(test_admin_public_without_token_fails),
+        cmocka_unit_test(test_admin_public_with_token_or_loopback_is_ok),
+        cmocka_unit_test(test_admin_token_must_be_usable),
+        cmocka_unit_test(test_store_redis_defaults_and_errors),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_log_and_limits_values),
+        cmocka_unit_test(test_bad_upstream_name),
+        cmocka_unit_test(test_bad_experiment_name),
+        cmocka_unit_test(test_missing_path_prefix),
+        cmocka_unit_test(test_match_headers),
+        cmocka_unit_test(test_unknown_policy),
+        cmocka_unit_test(test_feedback_ttl_range),
+        cmocka_unit_test(test_full_valid_config),
+        cmocka_unit_test(test_ab_brief_example),
+        cmocka_unit_test(test_duplicate_experiment),
+        cmocka_unit_test(test_policy_errors_are_positioned),
+        cmocka_unit_test(test_list_policies_add_arms_in_order),
+        cmocka_unit_test(test_too_many_arms),
+        cmocka_unit_test(test_load_missing_file),
+        cmocka_unit_test(test_default_config_file_is_valid),
+        cmocka_unit_test(test_error_with_small_buffer_is_truncated_safely),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
