@@ -53,9 +53,9 @@ typedef struct {
 /* What a policy may look at when it decides. */
 typedef struct {
     size_t n_arms;
-    const arm_stats_t *stats;      /* n_arms entries; frozen while paused */
+    const arm_stats_t *stats; /* n_arms entries; frozen while paused */
     const exp_control_t *control;
-    uint64_t now_ms;               /* monotonic */
+    uint64_t now_ms; /* monotonic */
     mm_rng_t *rng;
 } policy_view_t;
 
@@ -93,7 +93,7 @@ enum {
 
 /* Mechanics the core enforces for mirrors; declared by the policy at parse time. */
 typedef struct {
-    int max_inflight;        /* per shadow arm */
+    int max_inflight; /* per shadow arm */
     int timeout_ms;
     uint64_t max_body_bytes; /* larger request bodies are not mirrored */
 } policy_mirror_limits_t;
@@ -173,8 +173,7 @@ int policy_get_string(policy_parse_t *pp, const json_t *obj, const char *path, c
                       const char *def, const char **out);
 /* Declare sticky assignment from the value of `sticky` ({"header"|"cookie"|"query": NAME});
  * salt NULL means the experiment name. */
-int policy_set_sticky(policy_parse_t *pp, const json_t *sticky, const char *path,
-                      const char *salt);
+int policy_set_sticky(policy_parse_t *pp, const json_t *sticky, const char *path, const char *salt);
 /* Declare mirror mechanics (mirroring policies only). */
 void policy_set_mirror_limits(policy_parse_t *pp, const policy_mirror_limits_t *lim);
 /* The experiment's name. */

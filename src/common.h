@@ -19,15 +19,15 @@
 #define MM_REQID_MAX 128
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-#define MM_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define MM_UNUSED(x) ((void)(x))
+#define MM_ARRAY_LEN(a)                 (sizeof(a) / sizeof((a)[0]))
+#define MM_UNUSED(x)                    ((void)(x))
 
 #if defined(__GNUC__)
-#define MM_LIKELY(x) __builtin_expect(!!(x), 1)
-#define MM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define MM_LIKELY(x)    __builtin_expect(!!(x), 1)
+#define MM_UNLIKELY(x)  __builtin_expect(!!(x), 0)
 #define MM_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else
-#define MM_LIKELY(x) (x)
+#define MM_LIKELY(x)   (x)
 #define MM_UNLIKELY(x) (x)
 #define MM_PRINTF(a, b)
 #endif

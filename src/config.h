@@ -23,11 +23,11 @@ typedef struct {
     char name[MM_NAME_MAX + 1];
     char url[512];
     cfg_addr_t addr;
-    char base_path[256]; /* path part of the url without trailing '/', may be "" */
-    char host_header[300];  /* "host:port" as sent in Host: */
-    int pool;               /* max connections (idle + busy), default 64 */
-    int connect_timeout_ms; /* default 500 */
-    int timeout_ms;         /* response timeout, default 2000 */
+    char base_path[256];       /* path part of the url without trailing '/', may be "" */
+    char host_header[300];     /* "host:port" as sent in Host: */
+    int pool;                  /* max connections (idle + busy), default 64 */
+    int connect_timeout_ms;    /* default 500 */
+    int timeout_ms;            /* response timeout, default 2000 */
     int eject_consecutive_5xx; /* 0: outlier ejection off */
     int eject_base_ms;
 } cfg_upstream_t;

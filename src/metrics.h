@@ -1,0 +1,59 @@
+/* metrics.h — this instance's counters, kept per experiment and arm.
+ *
+ * Counters are plain integers bumped on the loop thread (one owner, no
+ * atomics). They live in a registry keyed by experiment name that outlives
+ * reloads, so Prometheus counters do not reset when the config is reloaded.
+ * Rendering to the Prometheus text format is in metrics.c. */
+#ifndef MM_METRICS_H
+#define MM_METRICS_H
+
+#include <stdint.h>
+
+#include "buf.h"
+#include "common.h"
+
+/* Upper bounds (seconds) of modelmux_request_duration_seconds buckets:
+ * 1 ms to 10 s, the range model servers answer in. */
+#define MM_LAT_BUCKETS 14
+extern const double mm_lat_bounds[MM_LAT_BUCKETS];
+
+enum { SHADOW_MATCH = 0, SHADOW_MISMATCH, SHADOW_ERROR, SHADOW_DROPPED, SHADOW__COUNT };
+
+typedef struct {
+    uint64_t by_status[600];                  /* requests by status code; 0 = no answer */
+    uint64_t lat_buckets[MM_LAT_BUCKETS + 1]; /* last: +Inf */
+    double lat_sum_s;
+    uint64_t lat_count;
+    uint64_t fallbacks; /* requests chosen for this arm that the champion served */
+    uint64_t shadow[SHADOW__COUNT];
+    uint64_t feedback;
+    double reward_sum;
+} metrics_arm_t;
+
+typedef struct metrics_exp_s {
+    char name[MM_NAME_MAX + 1];
+    size_t n_arms;
+    char arm_names[MM_MAX_ARMS][MM_NAME_MAX + 1];
+    int champion; /* arm index the fallbacks go to */
+    metrics_arm_t arms[MM_MAX_ARMS];
+    struct metrics_exp_s *next;
+} metrics_exp_t;
+
+typedef struct {
+    metrics_exp_t *exps;
+    uint64_t unrouted_by_status[600]; /* requests that matched no experiment */
+} metrics_t;
+
+void metrics_init(metrics_t *m);
+void metrics_free(metrics_t *m);
+/* Get or create the block for an experiment; arms are (re)named from names. */
+metrics_exp_t *metrics_exp(metrics_t *m, const char *name, const char *const *arm_names,
+                           size_t n_arms);
+
+static inline void metrics_status(uint64_t *by_status, int status)
+{
+    by_status[(status >= 100 && status < 600) ? status : 0]++;
+}
+void metrics_latency(metrics_arm_t *a, uint64_t latency_us);
+
+#endif

@@ -1,0 +1,1065 @@
+/* proxy.c — client connections and the life of a proxied request.
+ *
+ * One request at a time per connection: a pipelined request waits, unparsed,
+ * in the read buffer until the answer before it has been written, so answers
+ * go out in order without any reordering machinery (nginx does the same).
+ *
+ * The request is parsed by llhttp with pauses at the end of the head and at
+ * the end of the message. Body bytes are not parsed until the upstream
+ * connection is ready; then they are forwarded raw (chunked framing included)
+ * straight from the read buffer, which stays pinned until the write is done.
+ * That keeps the common case — a small JSON request arriving in one read —
+ * at one write of two iovecs (the rebuilt head and the untouched body), and
+ * lets the request be resent as is when a reused keep-alive connection turns
+ * out to have been closed by the model server.
+ *
+ * The answer flows the same way in reverse (see upstream.c): head rebuilt,
+ * body bytes written from the upstream connection's buffer, the upstream
+ * read resumed only when the client write has completed. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy_internal.h"
+#include "reqlog.h"
+#include "shadow_rt.h"
+
+#define CONN_BUF_INITIAL (16 * 1024)
+#define BODY_BUFFER_MAX  (64 * 1024) /* request body bytes buffered before the upstream is ready */
+#define LOCAL_BODY_MAX   (4 * 1024 * 1024) /* admin and feedback request bodies */
+#define MAX_RETRIES      2
+
+static const char continue_100[] = "HTTP/1.1 100 Continue\r\n\r\n";
+static llhttp_settings_t req_settings;
+
+static void conn_close(conn_t *c);
+static void conn_process(conn_t *c);
+static void pump_body(conn_t *c);
+static void req_finish(conn_t *c);
+static void dispatch(conn_t *c);
+static void send_error(conn_t *c, int status, const char *code, const char *msg);
+static const up_user_ops_t proxy_user_ops;
+
+const config_t *server_config(const mm_server_t *srv)
+{
+    return srv->router->cfg;
+}
+
+/* ---- llhttp callbacks (request parser) ---- */
+
+static conn_t *pconn(llhttp_t *p)
+{
+    return (conn_t *)p->data;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    conn_t *c = pconn(p);
+    http_head_reset(&c->head);
+    c->headers_done = c->msg_done = 0;
+    if (c->phase == C_IDLE) {
+        c->phase = C_HEAD;
+        /* header_timeout_ms runs from the first byte to the end of the head */
+        uv_timer_start(&c->timer, conn_on_timer,
+                       (uint64_t)server_config(c->srv)->limits.header_timeout_ms, 0);
+    }
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t n)
+{
+    conn_t *c = pconn(p);
+    http_head_on_url(&c->head, (uint32_t)(at - c->rbuf), (uint32_t)n);
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    conn_t *c = pconn(p);
+    http_head_on_field(&c->head, (uint32_t)(at - c->rbuf), (uint32_t)n);
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    conn_t *c = pconn(p);
+    http_head_on_value(&c->head, (uint32_t)(at - c->rbuf), (uint32_t)n);
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    conn_t *c = pconn(p);
+    c->headers_done = 1;
+    return HPE_PAUSED;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t n)
+{
+    conn_t *c = pconn(p);
+    req_t *r = &c->req;
+    r->body_in += n;
+    if (r->local) {
+        if (r->body_in > LOCAL_BODY_MAX) return -1;
+        mm_buf_append(&r->local_body, at, n);
+    } else if (r->capture_body) {
+        if (r->body_in > r->capture_limit)
+            r->capture_body = 0; /* too large to mirror */
+        else
+            mm_buf_append(&r->captured, at, n);
+    }
+    if (r->body_in > server_config(c->srv)->limits.max_body_bytes) return -1;
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    conn_t *c = pconn(p);
+    c->msg_done = 1;
+    return HPE_PAUSED;
+}
+
+void proxy_init_parser_settings(void)
+{
+    llhttp_settings_init(&req_settings);
+    req_settings.on_message_begin = on_message_begin;
+    req_settings.on_url = on_url;
+    req_settings.on_header_field = on_header_field;
+    req_settings.on_header_value = on_header_value;
+    req_settings.on_headers_complete = on_headers_complete;
+    req_settings.on_body = on_body;
+    req_settings.on_message_complete = on_message_complete;
+}
+
+/* ---- connection plumbing ---- */
+
+static void on_conn_closed(uv_handle_t *h)
+{
+    conn_t *c = h->data;
+    if (--c->handles > 0) return;
+    c->handles = -1; /* both handles closed */
+    conn_release(c);
+}
+
+conn_t *conn_hold(conn_t *c)
+{
+    c->refs++;
+    return c;
+}
+
+void conn_release(conn_t *c)
+{
+    if (--c->refs > 0) return;
+    req_t *r = &c->req;
+    mm_buf_free(&r->up_head);
+    mm_buf_free(&r->out);
+    mm_buf_free(&r->local_body);
+    mm_buf_free(&r->url);
+    mm_buf_free(&r->captured);
+    free(c->rbuf);
+    free(c);
+}
+
+static void conn_unlink(conn_t *c)
+{
+    mm_server_t *srv = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (srv->conns == c)
+        srv->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->next = c->prev = NULL;
+    if (c->kind == CONN_DATA) srv->n_conns--;
+}
+
+/* Abandon the request in progress (client gone, or connection closing). */
+static void req_abort(conn_t *c)
+{
+    req_t *r = &c->req;
+    if (!r->active) return;
+    if (r->status == 0) r->status = 499; /* nginx's "client closed request" */
+    if (r->pool && r->user.waiting_on) up_cancel(r->pool, &r->user);
+    if (r->pool && r->user.pending_conn) up_cancel(r->pool, &r->user);
+    if (r->up) {
+        up_release(r->up, 0);
+        r->up = NULL;
+    }
+    r->aborted = 1;
+    req_finish(c);
+}
+
+static void conn_close(conn_t *c)
+{
+    if (c->closing) return;
+    c->closing = 1;
+    c->phase = C_CLOSING;
+    req_abort(c);
+    conn_unlink(c);
+    c->handles = 2;
+    uv_close((uv_handle_t *)&c->timer, on_conn_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    mm_server_t *srv = c->srv;
+    if (srv->draining && srv->conns == NULL) server_drained(srv);
+}
+
+void conn_on_timer(uv_timer_t *t)
+{
+    conn_t *c = t->data;
+    switch (c->phase) {
+    case C_IDLE:
+        conn_close(c);
+        break; /* idle keep-alive connection */
+    case C_HEAD:
+        c->req.keep_alive = 0;
+        send_error(c, 408, "request_timeout", "request headers not received in time");
+        break;
+    case C_BODY:
+        if (c->req.responding)
+            conn_close(c);
+        else
+            send_error(c, 408, "request_timeout", "request body not received in time");
+        break;
+    default:
+        break;
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    conn_t *c = h->data;
+    const config_t *cfg = server_config(c->srv);
+    if (c->rbuf == NULL) {
+        c->rbuf = malloc(CONN_BUF_INITIAL);
+        c->rcap = c->rbuf ? CONN_BUF_INITIAL : 0;
+    }
+    if (c->rlen == c->rcap && !c->pinned) {
+        /* Grow for a large head (up to max_header_bytes) or to buffer up to
+         * 64 KiB of body while the upstream connection is being set up.
+         * Offsets, not pointers, are kept, so moving the buffer is safe. */
+        size_t limit = (size_t)cfg->limits.max_header_bytes + CONN_BUF_INITIAL;
+        if (c->phase == C_BODY && c->req.local)
+            limit = LOCAL_BODY_MAX + CONN_BUF_INITIAL;
+        else if (limit < BODY_BUFFER_MAX)
+            limit = BODY_BUFFER_MAX;
+        if (c->rcap < limit) {
+            size_t ncap = c->rcap * 2 > limit ? limit : c->rcap * 2;
+            char *nb = realloc(c->rbuf, ncap);
+            if (nb) {
+                c->rbuf = nb;
+                c->rcap = ncap;
+            }
+        }
+    }
+    buf->base = c->rbuf + c->rlen;
+    buf->len = c->rcap - c->rlen;
+}
+
+static void stop_reading(conn_t *c)
+{
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
+}
+
+static void start_reading(conn_t *c)
+{
+    if (!c->reading && !c->closing) {
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, conn_on_read);
+        c->reading = 1;
+    }
+}
+
+void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    conn_t *c = s->data;
+    if (nread == 0) return;
+    if (nread == UV_ENOBUFS) {
+        stop_reading(c);
+        if (c->phase == C_HEAD || c->phase == C_IDLE)
+            send_error(c, 431, "headers_too_large", "request head exceeds max_header_bytes");
+        return;
+    }
+    if (nread < 0) {
+        /* EOF or error. A request already answered or being answered is
+         * abandoned; an idle connection just closes. */
+        conn_close(c);
+        return;
+    }
+    c->rlen += (size_t)nread;
+    if (c->phase == C_BODY && !c->req.responding)
+        uv_timer_start(&c->timer, conn_on_timer,
+                       (uint64_t)server_config(c->srv)->limits.idle_timeout_ms, 0);
+    conn_process(c);
+    if (!c->closing && c->rlen == c->rcap && (c->pinned || c->phase == C_WAIT)) stop_reading(c);
+}
+
+static void client_write(conn_t *c, uv_buf_t *bufs, unsigned n);
+
+static void on_client_written(uv_write_t *w, int status)
+{
+    conn_t *c = container_of(w, conn_t, wreq);
+    c->writing = 0;
+    if (c->closing) return;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    req_t *r = &c->req;
+    if (r->final_write) {
+        req_finish(c);
+        return;
+    }
+    if (r->up && !r->up_done) up_resume(r->up); /* more answer bytes may come now */
+}
+
+static void client_write(conn_t *c, uv_buf_t *bufs, unsigned n)
+{
+    c->writing = 1;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, n, on_client_written) != 0) {
+        c->writing = 0;
+        conn_close(c);
+    }
+}
+
+static void on_continue_written(uv_write_t *w, int status)
+{
+    (void)w;
+    (void)status;
+}
+
+/* Write a complete answer held in r->out and finish the request after it. */
+static void write_out_final(conn_t *c)
+{
+    req_t *r = &c->req;
+    if (r->out.oom) {
+        conn_close(c);
+        return;
+    }
+    r->responding = 1;
+    r->final_write = 1;
+    uv_buf_t b = uv_buf_init(r->out.p, (unsigned)r->out.len);
+    client_write(c, &b, 1);
+}
+
+static void send_error(conn_t *c, int status, const char *code, const char *msg)
+{
+    req_t *r = &c->req;
+    if (c->closing || r->responding) {
+        conn_close(c);
+        return;
+    }
+    if (!r->active) { /* an error before a request was recognised (bad head) */
+        r->active = 1;
+        r->t0_us = mm_now_us();
+        r->router = c->srv->router;
+        router_ref(r->router);
+    }
+    stop_reading(c);
+    uv_timer_stop(&c->timer);
+    r->status = status;
+    /* The connection stays usable only if the request was read entirely. */
+    if (!c->msg_done || status == 408 || status == 400 || status == 431) r->keep_alive = 0;
+    if (r->pool && (r->user.waiting_on || r->user.pending_conn)) up_cancel(r->pool, &r->user);
+    if (r->up) {
+        up_release(r->up, 0);
+        r->up = NULL;
+    }
+    mm_buf_reset(&r->out);
+    http_error_response(&r->out, status, code, msg, (mm_str_t){r->id, r->id_len}, r->keep_alive,
+                        NULL);
+    write_out_final(c);
+}
+
+void conn_respond(conn_t *c, int status, const char *content_type, const char *body, size_t len,
+                  const char *extra_headers)
+{
+    req_t *r = &c->req;
+    if (c->closing || !r->active || r->responding) return;
+    r->status = status;
+    mm_buf_reset(&r->out);
+    mm_buf_printf(&r->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n", status,
+                  http_reason(status), content_type, len);
+    mm_buf_lit(&r->out, "X-Request-Id: ");
+    mm_buf_append(&r->out, r->id, r->id_len);
+    mm_buf_lit(&r->out, "\r\n");
+    if (!r->keep_alive) mm_buf_lit(&r->out, "Connection: close\r\n");
+    if (extra_headers) mm_buf_cstr(&r->out, extra_headers);
+    mm_buf_lit(&r->out, "\r\n");
+    if (!r->head_request) mm_buf_append(&r->out, body, len);
+    write_out_final(c);
+}
+
+void conn_respond_error(conn_t *c, int status, const char *code, const char *message)
+{
+    req_t *r = &c->req;
+    if (c->closing || !r->active || r->responding) return;
+    r->status = status;
+    mm_buf_reset(&r->out);
+    http_error_response(&r->out, status, code, message, (mm_str_t){r->id, r->id_len}, r->keep_alive,
+                        NULL);
+    write_out_final(c);
+}
+
+/* ---- request head ---- */
+
+static void build_upstream_head(conn_t *c)
+{
+    req_t *r = &c->req;
+    const http_head_t *h = &c->head;
+    const char *base = c->rbuf;
+    const cfg_upstream_t *up = r->exp->ups[r->arm];
+    mm_buf_t *b = &r->up_head;
+    mm_buf_reset(b);
+    mm_buf_cstr(b, r->method);
+    mm_buf_lit(b, " ");
+    mm_buf_cstr(b, up->base_path);
+    mm_buf_append(b, r->url.p, r->url.len);
+    mm_buf_lit(b, " HTTP/1.1\r\nHost: ");
+    mm_buf_cstr(b, up->host_header);
+    mm_buf_lit(b, "\r\n");
+    mm_str_t connection = {NULL, 0}, xff = {NULL, 0}, host = {NULL, 0};
+    for (int i = 0; i < h->n; i++) {
+        mm_str_t name = http_hname(h, base, i);
+        if (name.n == 10 && mm_str_ieq(name, "connection")) connection = http_hvalue(h, base, i);
+    }
+    for (int i = 0; i < h->n; i++) {
+        mm_str_t name = http_hname(h, base, i);
+        if (http_is_hop_by_hop(name, connection)) continue;
+        if (name.n == 4 && mm_str_ieq(name, "host")) {
+            host = http_hvalue(h, base, i);
+            continue;
+        }
+        if (name.n == 15 && mm_str_ieq(name, "x-forwarded-for")) {
+            xff = http_trim(http_hvalue(h, base, i)); /* the last one wins if repeated */
+            continue;
+        }
+        mm_buf_str(b, name);
+        mm_buf_lit(b, ": ");
+        mm_buf_str(b, http_hvalue(h, base, i));
+        mm_buf_lit(b, "\r\n");
+    }
+    if (r->req_chunked) mm_buf_lit(b, "Transfer-Encoding: chunked\r\n");
+    mm_buf_lit(b, "X-Forwarded-For: ");
+    if (xff.n) {
+        mm_buf_str(b, xff);
+        mm_buf_lit(b, ", ");
+    }
+    mm_buf_cstr(b, c->peer);
+    if (host.n) {
+        mm_buf_lit(b, "\r\nX-Forwarded-Host: ");
+        mm_buf_str(b, http_trim(host));
+    }
+    mm_buf_lit(b, "\r\nX-Request-Id: ");
+    mm_buf_append(b, r->id, r->id_len);
+    mm_buf_lit(b, "\r\nX-Modelmux-Arm: ");
+    mm_buf_cstr(b, up->name);
+    mm_buf_lit(b, "\r\n\r\n");
+}
+
+static void on_request_head(conn_t *c)
+{
+    mm_server_t *srv = c->srv;
+    const config_t *cfg = server_config(srv);
+    req_t *r = &c->req;
+    const http_head_t *h = &c->head;
+    const char *base = c->rbuf;
+
+    uv_timer_stop(&c->timer);
+    r->active = 1;
+    r->t0_us = mm_now_us();
+    r->router = srv->router;
+    router_ref(r->router);
+    snprintf(r->method, sizeof(r->method), "%s", llhttp_method_name(c->parser.method));
+    r->head_request = c->parser.method == HTTP_HEAD;
+    r->http_minor = c->parser.http_minor;
+    r->keep_alive = llhttp_should_keep_alive(&c->parser) && !srv->draining;
+    mm_buf_reset(&r->url);
+    mm_buf_append(&r->url, base + h->url_off, h->url_len);
+    r->req_chunked = (c->parser.flags & F_CHUNKED) != 0;
+    uint64_t clen = (c->parser.flags & F_CONTENT_LENGTH) ? c->parser.content_length : 0;
+    r->has_body = r->req_chunked || clen > 0;
+
+    int idh = http_find(h, base, "x-request-id");
+    mm_str_t cid = idh >= 0 ? http_trim(http_hvalue(h, base, idh)) : (mm_str_t){NULL, 0};
+    if (cid.n && http_valid_request_id(cid)) {
+        memcpy(r->id, cid.p, cid.n);
+        r->id_len = cid.n;
+    } else {
+        http_new_request_id(&srv->rng, r->id);
+        r->id_len = 32;
+    }
+    r->id[r->id_len] = '\0';
+
+    if (h->too_many) {
+        send_error(c, 431, "headers_too_large", "more than 128 request headers");
+        return;
+    }
+    if (clen > cfg->limits.max_body_bytes) {
+        send_error(c, 413, "body_too_large", "request body exceeds max_body_bytes");
+        return;
+    }
+    int exh = http_find(h, base, "expect");
+    int expect = exh >= 0 && http_has_token(http_hvalue(h, base, exh), "100-continue");
+
+    mm_str_t url = {r->url.p, r->url.len};
+    mm_str_t path = http_url_path(url);
+    if (c->kind == CONN_ADMIN || (path.n == 19 && memcmp(path.p, "/_modelmux/feedback", 19) == 0)) {
+        r->local = 1;
+        if (clen > LOCAL_BODY_MAX) {
+            send_error(c, 413, "body_too_large", "request body exceeds 4 MiB");
+            return;
+        }
+        mm_buf_reset(&r->local_body);
+    } else {
+        int hh = http_find(h, base, "host");
+        mm_str_t host = hh >= 0 ? http_trim(http_hvalue(h, base, hh)) : (mm_str_t){"", 0};
+        r->exp = router_match(r->router, url, host, h, base);
+        if (r->exp == NULL) {
+            send_error(c, 404, "no_route", "no experiment matches this request");
+            return;
+        }
+        policy_req_t preq;
+        mm_str_t method = {r->method, strlen(r->method)};
+        router_request_view(r->exp, method, url, h, base, &preq);
+        router_choose(r->exp, &preq, &srv->rng, mm_now_ms(), &r->choice);
+        r->chosen = r->arm = r->choice.primary;
+        if (r->arm != 0 && up_pool_ejected(r->exp->pools[r->arm], mm_now_ms())) {
+            r->exp->metrics->arms[r->arm].fallbacks++;
+            r->arm = 0; /* an ejected challenger: the champion answers */
+        }
+        shadow_prepare(c);
+    }
+    if (expect && r->has_body) {
+        uv_buf_t b = uv_buf_init((char *)continue_100, sizeof(continue_100) - 1);
+        uv_write(&c->wreq_continue, (uv_stream_t *)&c->tcp, &b, 1, on_continue_written);
+    }
+    if (!r->has_body) {
+        /* A bodiless request ends with its head: let the parser say so. */
+        llhttp_execute(&c->parser, c->rbuf + c->rpos, 0);
+        if (llhttp_get_errno(&c->parser) == HPE_PAUSED) llhttp_resume(&c->parser);
+        r->body_done = 1;
+        c->phase = C_WAIT;
+    } else {
+        c->phase = C_BODY;
+        uv_timer_start(&c->timer, conn_on_timer, (uint64_t)cfg->limits.idle_timeout_ms, 0);
+    }
+    if (!r->local) dispatch(c);
+}
+
+/* ---- talking to the upstream ---- */
+
+static void dispatch(conn_t *c)
+{
+    req_t *r = &c->req;
+    r->up_head_written = 0;
+    r->user.ops = &proxy_user_ops;
+    r->user.no_body_expected = r->head_request;
+    r->pool = r->exp->pools[r->arm];
+    build_upstream_head(c);
+    if (r->up_head.oom) {
+        send_error(c, 503, "overloaded", "out of memory");
+        return;
+    }
+    r->t_up_us = mm_now_us();
+    up_acquire(r->pool, &r->user);
+}
+
+static void pump_body(conn_t *c)
+{
+    req_t *r = &c->req;
+    if (r->up == NULL || c->pinned || c->closing) return;
+    uv_buf_t bufs[2];
+    unsigned nb = 0;
+    if (!r->up_head_written) {
+        bufs[nb++] = uv_buf_init(r->up_head.p, (unsigned)r->up_head.len);
+        r->body_off = c->rpos;
+    }
+    size_t start = c->rpos, used = 0;
+    if (!r->body_done && c->rpos < c->rlen) {
+        const char *p = c->rbuf + c->rpos;
+        size_t avail = c->rlen - c->rpos;
+        llhttp_errno_t e = llhttp_execute(&c->parser, p, avail);
+        used = avail;
+        if (e == HPE_PAUSED) {
+            used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
+            llhttp_resume(&c->parser);
+        } else if (e == HPE_USER) {
+            send_error(c, 413, "body_too_large", "request body exceeds max_body_bytes");
+            return;
+        } else if (e != HPE_OK) {
+            send_error(c, 400, "bad_request", llhttp_get_error_reason(&c->parser));
+            return;
+        }
+        c->rpos += used;
+        if (c->msg_done) {
+            r->body_done = 1;
+            c->phase = C_WAIT;
+            uv_timer_stop(&c->timer);
+        }
+    }
+    if (used > 0) bufs[nb++] = uv_buf_init(c->rbuf + start, (unsigned)used);
+    if (nb == 0) return;
+    if (!r->up_head_written) r->whole_in_first_write = r->body_done;
+    r->up_head_written = 1;
+    c->pinned = used > 0;
+    if (up_write(r->up, bufs, nb, r->body_done) != 0) c->pinned = 0;
+}
+
+static void pu_on_conn(up_user_t *u, up_conn_t *uc)
+{
+    req_t *r = container_of(u, req_t, user);
+    conn_t *c = r->conn;
+    r->up = uc;
+    if (r->retry) {
+        /* Resend exactly what was sent before: head and the whole body. */
+        uv_buf_t bufs[2] = {uv_buf_init(r->up_head.p, (unsigned)r->up_head.len),
+                            uv_buf_init(c->rbuf + r->body_off, (unsigned)(c->rpos - r->body_off))};
+        c->pinned = bufs[1].len > 0;
+        if (up_write(uc, bufs, bufs[1].len ? 2 : 1, 1) != 0) c->pinned = 0;
+        return;
+    }
+    pump_body(c);
+}
+
+static void pu_on_sent(up_user_t *u, up_conn_t *uc)
+{
+    req_t *r = container_of(u, req_t, user);
+    conn_t *c = r->conn;
+    c->pinned = 0;
+    if (r->body_done) return;
+    if (c->rpos == c->rlen) c->rpos = c->rlen = 0; /* all forwarded: reuse the buffer */
+    start_reading(c);
+    pump_body(c);
+}
+
+static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
+{
+    req_t *r = container_of(u, req_t, user);
+    conn_t *c = r->conn;
+    const exp_rt_t *e = r->exp;
+    r->status = resp->status;
+    r->responding = 1;
+    r->t_first_byte_us = mm_now_us();
+    up_pool_observe(r->pool, resp->status, mm_now_ms());
+    uv_timer_stop(&c->timer);
+
+    int client_11 = r->http_minor >= 1;
+    int decode = resp->chunked && !client_11; /* HTTP/1.0 clients cannot take chunked */
+    if (decode || resp->until_eof || !r->body_done) r->keep_alive = 0;
+    if (resp->no_body && !resp->has_length && resp->status != 204 && resp->status != 304) {
+        /* HEAD answer: pass the length header through as the server sent it */
+    }
+    up_set_decode(uc, decode);
+
+    mm_buf_t *b = &r->out;
+    mm_buf_reset(b);
+    mm_buf_printf(b, "HTTP/1.1 %d ", resp->status);
+    if (resp->head->status_len)
+        mm_buf_append(b, resp->base + resp->head->status_off, resp->head->status_len);
+    else
+        mm_buf_cstr(b, http_reason(resp->status));
+    mm_buf_lit(b, "\r\n");
+    const http_head_t *h = resp->head;
+    mm_str_t connection = {NULL, 0};
+    int ch = http_find(h, resp->base, "connection");
+    if (ch >= 0) connection = http_hvalue(h, resp->base, ch);
+    for (int i = 0; i < h->n; i++) {
+        mm_str_t name = http_hname(h, resp->base, i);
+        if (http_is_hop_by_hop(name, connection)) continue;
+        if (decode && name.n == 14 && mm_str_ieq(name, "content-length")) continue;
+        mm_buf_str(b, name);
+        mm_buf_lit(b, ": ");
+        mm_buf_str(b, http_hvalue(h, resp->base, i));
+        mm_buf_lit(b, "\r\n");
+    }
+    if (resp->chunked && !decode) mm_buf_lit(b, "Transfer-Encoding: chunked\r\n");
+    mm_buf_lit(b, "X-Request-Id: ");
+    mm_buf_append(b, r->id, r->id_len);
+    mm_buf_lit(b, "\r\nX-Modelmux-Experiment: ");
+    mm_buf_cstr(b, e->cfg->name);
+    mm_buf_lit(b, "\r\nX-Modelmux-Arm: ");
+    mm_buf_cstr(b, e->ups[r->arm]->name);
+    mm_buf_lit(b, "\r\n");
+    if (!r->keep_alive)
+        mm_buf_lit(b, "Connection: close\r\n");
+    else if (!client_11)
+        mm_buf_lit(b, "Connection: keep-alive\r\n");
+    mm_buf_lit(b, "\r\n");
+    r->head_pending = 1;
+    shadow_on_primary_head(c, resp);
+    up_resume(uc);
+}
+
+static void pu_on_body(up_user_t *u, up_conn_t *uc, const char *p, size_t n)
+{
+    req_t *r = container_of(u, req_t, user);
+    conn_t *c = r->conn;
+    uv_buf_t bufs[2];
+    unsigned nb = 0;
+    if (r->head_pending) {
+        bufs[nb++] = uv_buf_init(r->out.p, (unsigned)r->out.len);
+        r->head_pending = 0;
+    }
+    bufs[nb++] = uv_buf_init((char *)p, (unsigned)n);
+    r->bytes_out += n;
+    shadow_on_primary_body(c, p, n);
+    if (r->out.oom) {
+        conn_close(c);
+        return;
+    }
+    client_write(c, bufs, nb);
+}
+
+static void pu_on_done(up_user_t *u, up_conn_t *uc)
+{
+    req_t *r = container_of(u, req_t, user);
+    conn_t *c = r->conn;
+    r->up_done = 1;
+    if (c->writing) {
+        r->final_write = 1; /* finish when the last body write completes */
+        return;
+    }
+    if (r->head_pending) { /* no body: the head is the whole answer */
+        r->head_pending = 0;
+        r->final_write = 1;
+        uv_buf_t b = uv_buf_init(r->out.p, (unsigned)r->out.len);
+        client_write(c, &b, 1);
+        return;
+    }
+    req_finish(c);
+}
+
+static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
+{
+    req_t *r = container_of(u, req_t, user);
+    conn_t *c = r->conn;
+    r->up = NULL;
+    c->pinned = 0;
+    r->up_errors++;
+    r->last_err = (int)kind;
+    if (r->responding) { /* the answer was cut off: the client must see a broken connection */
+        conn_close(c);
+        return;
+    }
+    int connect_fail = kind == UP_ERR_CONNECT || kind == UP_ERR_CONNECT_TIMEOUT;
+    if (kind != UP_ERR_OVERFLOW) up_pool_observe(r->pool, 0, mm_now_ms());
+    store_error(c->srv->store, r->exp->state, r->arm);
+    if (reused && r->whole_in_first_write && r->body_done && r->retries < MAX_RETRIES) {
+        /* The model server closed a keep-alive connection as we reused it. */
+        r->retries++;
+        r->retry = 1;
+        up_acquire(r->pool, &r->user);
+        return;
+    }
+    if (connect_fail && r->arm != 0 && !r->up_head_written) {
+        /* A challenger that cannot be reached: the champion answers. */
+        r->exp->metrics->arms[r->arm].fallbacks++;
+        r->arm = 0;
+        r->retry = 0;
+        dispatch(c);
+        return;
+    }
+    if (connect_fail && r->up_head_written && r->arm != 0 && r->whole_in_first_write) {
+        r->exp->metrics->arms[r->arm].fallbacks++;
+        r->arm = 0;
+        r->retry = 1;
+        build_upstream_head(c);
+        r->pool = r->exp->pools[0];
+        up_acquire(r->pool, &r->user);
+        return;
+    }
+    switch (kind) {
+    case UP_ERR_TIMEOUT:
+        send_error(c, 504, "upstream_timeout", "the model server did not answer in time");
+        break;
+    case UP_ERR_OVERFLOW:
+        send_error(c, 503, "overloaded", "upstream connection pool exhausted");
+        break;
+    default:
+        send_error(c, 502, "upstream_unavailable", "the model server could not be reached");
+        break;
+    }
+}
+
+static const up_user_ops_t proxy_user_ops = {
+    .on_conn = pu_on_conn,
+    .on_sent = pu_on_sent,
+    .on_head = pu_on_head,
+    .on_body = pu_on_body,
+    .on_done = pu_on_done,
+    .on_error = pu_on_error,
+};
+
+/* ---- finishing a request ---- */
+
+static void req_finish(conn_t *c)
+{
+    mm_server_t *srv = c->srv;
+    req_t *r = &c->req;
+    if (!r->active) return;
+    uint64_t now_us = mm_now_us();
+    uint64_t latency = now_us - r->t0_us;
+    if (r->up) {
+        up_release(r->up, r->body_done && r->up_done && !r->aborted);
+        r->up = NULL;
+    }
+    if (r->exp && !r->local) {
+        metrics_arm_t *ma = &r->exp->metrics->arms[r->arm];
+        metrics_status(ma->by_status, r->status);
+        metrics_latency(ma, latency);
+        if (r->status != 0 && r->status != 499) {
+            store_pull(srv->store, r->exp->state, r->arm);
+            if (r->status >= 500) store_error(srv->store, r->exp->state, r->arm);
+            store_remember(srv->store, (mm_str_t){r->id, r->id_len}, r->exp->cfg->name,
+                           r->exp->ups[r->arm]->name, r->exp->cfg->feedback_ttl_s);
+        }
+        const policy_ops_t *ops = r->exp->cfg->ops;
+        if (ops->on_response && r->exp->state->control.state == EXP_RUNNING)
+            ops->on_response(r->exp->cfg->policy, r->arm,
+                             r->status >= 100 && r->status < 600 && r->up_errors == 0
+                                 ? r->status
+                                 : (r->status >= 500 ? r->status : 0),
+                             latency, mm_now_ms());
+    } else if (!r->local) {
+        metrics_status(srv->metrics.unrouted_by_status, r->status);
+    }
+    shadow_on_primary_done(c, latency);
+    reqlog_request(srv, c, latency);
+    router_unref(r->router);
+    r->router = NULL;
+
+    int keep = r->keep_alive && r->body_done && !r->aborted && !c->closing && !srv->draining;
+    r->active = 0;
+    r->exp = NULL;
+    r->pool = NULL;
+    r->local = 0;
+    r->responding = r->final_write = r->head_pending = 0;
+    r->body_done = r->up_done = r->retry = r->retries = 0;
+    r->up_head_written = r->whole_in_first_write = 0;
+    r->status = 0;
+    r->body_in = r->bytes_out = 0;
+    r->up_errors = 0;
+    r->aborted = 0;
+    r->capture_body = 0;
+    c->pinned = 0;
+    if (c->closing) return;
+    if (!keep) {
+        conn_close(c);
+        return;
+    }
+    c->phase = C_IDLE;
+    c->msg_done = c->headers_done = 0;
+    uv_timer_start(&c->timer, conn_on_timer, (uint64_t)server_config(srv)->limits.idle_timeout_ms,
+                   0);
+    start_reading(c);
+    if (c->rpos < c->rlen) conn_process(c); /* a pipelined request is waiting */
+}
+
+/* ---- parsing loop ---- */
+
+static void local_dispatch(conn_t *c)
+{
+    req_t *r = &c->req;
+    mm_local_req_t lr;
+    lr.conn = c;
+    lr.method = (mm_str_t){r->method, strlen(r->method)};
+    lr.url = (mm_str_t){r->url.p, r->url.len};
+    lr.path = http_url_path(lr.url);
+    lr.body = (mm_str_t){r->local_body.p ? r->local_body.p : "", r->local_body.len};
+    lr.head = &c->head;
+    lr.base = c->rbuf;
+    lr.request_id = (mm_str_t){r->id, r->id_len};
+    conn_hold(c);
+    if (c->kind == CONN_ADMIN)
+        admin_handle(c->srv, &lr);
+    else
+        feedback_handle(c->srv, &lr);
+    conn_release(c);
+}
+
+static void conn_process(conn_t *c)
+{
+    const config_t *cfg = server_config(c->srv);
+    while (!c->closing) {
+        if (c->phase == C_IDLE || c->phase == C_HEAD) {
+            if (c->phase == C_IDLE && c->rpos > 0) {
+                /* Between requests nothing points into the buffer: compact. */
+                memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+                c->rlen -= c->rpos;
+                c->rpos = 0;
+            }
+            size_t avail = c->rlen - c->rpos;
+            if (avail == 0) return;
+            const char *p = c->rbuf + c->rpos;
+            llhttp_errno_t e = llhttp_execute(&c->parser, p, avail);
+            size_t used = avail;
+            if (e == HPE_PAUSED) {
+                used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
+                llhttp_resume(&c->parser);
+            } else if (e != HPE_OK) {
+                c->req.keep_alive = 0;
+                send_error(c, 400, "bad_request", llhttp_get_error_reason(&c->parser));
+                return;
+            }
+            c->rpos += used;
+            if (!c->headers_done) {
+                if (c->rpos > (size_t)cfg->limits.max_header_bytes)
+                    send_error(c, 431, "headers_too_large",
+                               "request head exceeds max_header_bytes");
+                return;
+            }
+            if (c->rpos > (size_t)cfg->limits.max_header_bytes) {
+                send_error(c, 431, "headers_too_large", "request head exceeds max_header_bytes");
+                return;
+            }
+            on_request_head(c);
+            continue;
+        }
+        if (c->phase == C_BODY && c->req.local) {
+            size_t avail = c->rlen - c->rpos;
+            if (avail == 0) return;
+            const char *p = c->rbuf + c->rpos;
+            llhttp_errno_t e = llhttp_execute(&c->parser, p, avail);
+            size_t used = avail;
+            if (e == HPE_PAUSED) {
+                used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
+                llhttp_resume(&c->parser);
+            } else if (e == HPE_USER) {
+                send_error(c, 413, "body_too_large", "request body too large");
+                return;
+            } else if (e != HPE_OK) {
+                send_error(c, 400, "bad_request", llhttp_get_error_reason(&c->parser));
+                return;
+            }
+            c->rpos += used;
+            if (!c->msg_done) return;
+            c->req.body_done = 1;
+            c->phase = C_WAIT;
+            uv_timer_stop(&c->timer);
+            continue;
+        }
+        if (c->phase == C_BODY) {
+            pump_body(c);
+            return;
+        }
+        if (c->phase == C_WAIT && c->req.local && c->req.active && !c->req.dispatched) {
+            c->req.dispatched = 1;
+            local_dispatch(c);
+        }
+        return;
+    }
+}
+
+/* ---- accepting ---- */
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    mm_server_t *srv = server->data;
+    int kind = (uv_tcp_t *)server == &srv->admin_listener ? CONN_ADMIN : CONN_DATA;
+    if (status < 0) return;
+    conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) return;
+    c->srv = srv;
+    c->kind = kind;
+    c->refs = 1;
+    c->req.conn = c;
+    uv_tcp_init(srv->loop, &c->tcp);
+    uv_timer_init(srv->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        c->handles = 2;
+        uv_close((uv_handle_t *)&c->timer, on_conn_closed);
+        uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    c->peer[0] = '\0';
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof(c->peer));
+        else
+            uv_ip4_name((struct sockaddr_in *)&ss, c->peer, sizeof(c->peer));
+    }
+    c->next = srv->conns;
+    if (srv->conns) srv->conns->prev = c;
+    srv->conns = c;
+    if (kind == CONN_DATA) {
+        srv->n_conns++;
+        srv->connections_total++;
+    }
+    llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
+    c->parser.data = c;
+    c->phase = C_IDLE;
+    const config_t *cfg = server_config(srv);
+    if (kind == CONN_DATA && srv->n_conns > (size_t)cfg->limits.max_connections) {
+        /* Over the limit: answer 503 at once rather than leave it hanging. */
+        srv->overload_rejects++;
+        c->req.active = 1;
+        c->req.t0_us = mm_now_us();
+        c->req.router = srv->router;
+        router_ref(srv->router);
+        http_new_request_id(&srv->rng, c->req.id);
+        c->req.id_len = 32;
+        c->req.keep_alive = 0;
+        c->msg_done = 0;
+        snprintf(c->req.method, sizeof(c->req.method), "-");
+        send_error(c, 503, "overloaded", "too many connections");
+        return;
+    }
+    uv_timer_start(&c->timer, conn_on_timer, (uint64_t)cfg->limits.idle_timeout_ms, 0);
+    start_reading(c);
+}
+
+int proxy_listen(mm_server_t *srv, uv_tcp_t *tcp, const cfg_addr_t *addr, int kind, int reuseport,
+                 char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    if (uv_ip4_addr(addr->host, addr->port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(addr->host, addr->port, (struct sockaddr_in6 *)&ss) != 0) {
+        if (strcmp(addr->host, "localhost") != 0 ||
+            uv_ip4_addr("127.0.0.1", addr->port, (struct sockaddr_in *)&ss) != 0) {
+            snprintf(err, errlen, "cannot listen on %s:%d: not a numeric address", addr->host,
+                     addr->port);
+            return -1;
+        }
+    }
+    uv_tcp_init_ex(srv->loop, tcp, ss.ss_family);
+    tcp->data = srv;
+    if (reuseport) {
+        uv_os_fd_t fd;
+        int one = 1;
+        if (uv_fileno((uv_handle_t *)tcp, &fd) == 0)
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    }
+    int rc = uv_tcp_bind(tcp, (const struct sockaddr *)&ss, 0);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)tcp, 4096, on_connection);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", addr->host, addr->port,
+                 uv_strerror(rc));
+        uv_close((uv_handle_t *)tcp, NULL);
+        return -1;
+    }
+    (void)kind;
+    return 0;
+}
+
+void proxy_drain(mm_server_t *srv)
+{
+    conn_t *c = srv->conns;
+    while (c) {
+        conn_t *next = c->next;
+        if (c->phase == C_IDLE && c->rpos == c->rlen)
+            conn_close(c);
+        else
+            c->req.keep_alive = 0; /* answer what is in flight, then close */
+        c = next;
+    }
+}
+
+void proxy_close_all(mm_server_t *srv)
+{
+    while (srv->conns) conn_close(srv->conns);
+}

@@ -1,0 +1,88 @@
+/* proxy_internal.h — the client connection and the request it carries.
+ * Shared by proxy.c (the request life cycle), shadow_rt.c (mirrors hang off a
+ * request) and the local handlers' plumbing; nothing else includes it. */
+#ifndef MM_PROXY_INTERNAL_H
+#define MM_PROXY_INTERNAL_H
+
+#include "server.h"
+
+enum { C_IDLE = 0, C_HEAD, C_BODY, C_WAIT, C_CLOSING };
+
+typedef struct shadow_group_s shadow_group_t;
+
+/* One request; embedded in its connection (one request at a time). */
+typedef struct {
+    conn_t *conn;
+    router_t *router; /* referenced for the request's lifetime */
+    exp_rt_t *exp;    /* NULL: unrouted or local */
+    up_user_t user;   /* our side of the upstream exchange */
+    up_pool_t *pool;
+    up_conn_t *up;
+    policy_choice_t choice;
+    int arm;          /* the arm whose answer the client gets */
+    int chosen;       /* the arm the policy chose (differs after a fallback) */
+    mm_buf_t up_head; /* the head sent upstream */
+    mm_buf_t out;     /* the head (or whole answer) sent to the client */
+    mm_buf_t local_body;
+    mm_buf_t url;      /* request target, copied: outlives the read buffer */
+    mm_buf_t captured; /* request body kept for mirrors */
+    uint64_t capture_limit;
+    shadow_group_t *shadow;
+    char id[MM_REQID_MAX + 1];
+    size_t id_len;
+    char method[24];
+    int http_minor;
+    int keep_alive;
+    int head_request;
+    int req_chunked;
+    int has_body;
+    int local, dispatched;
+    int active;
+    int body_done; /* the whole request body was read */
+    int up_head_written;
+    int whole_in_first_write; /* head and the whole body went out in one write */
+    size_t body_off;          /* where the raw body starts in the read buffer */
+    int retry, retries;
+    int responding;   /* the answer to the client has started */
+    int head_pending; /* the answer's head is built but not yet written */
+    int final_write;  /* the request finishes when the pending write completes */
+    int up_done;
+    int aborted;
+    int capture_body;
+    int up_errors, last_err;
+    int status;
+    uint64_t body_in;   /* request body bytes (de-chunked) */
+    uint64_t bytes_out; /* answer body bytes */
+    uint64_t t0_us, t_up_us, t_first_byte_us;
+} req_t;
+
+struct conn_s {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t wreq;
+    uv_write_t wreq_continue;
+    mm_server_t *srv;
+    int kind;
+    conn_t *next, *prev;
+    llhttp_t parser;
+    http_head_t head;
+    char *rbuf;
+    size_t rcap, rlen, rpos;
+    int phase;
+    int reading, writing;
+    int pinned; /* a write references bytes in rbuf: do not move or reuse it */
+    int closing;
+    int handles;
+    int refs;
+    int headers_done, msg_done;
+    char peer[64];
+    req_t req;
+};
+
+void proxy_init_parser_settings(void);
+void conn_on_timer(uv_timer_t *t);
+void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+/* Called by proxy.c when draining and the last connection closed. */
+void server_drained(mm_server_t *srv);
+
+#endif

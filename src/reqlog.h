@@ -1,0 +1,51 @@
+/* reqlog.h — the request log (DESIGN.md §7): one JSON object per line,
+ * formatted on the loop into a memory buffer and written by a timer through
+ * libuv's thread pool (uv_fs_write), so the loop never blocks on the disk. */
+#ifndef MM_REQLOG_H
+#define MM_REQLOG_H
+
+#include <uv.h>
+
+#include "server.h"
+
+typedef struct {
+    const char *arm;
+    int status;
+    uint64_t latency_us;
+    const char *outcome;
+} reqlog_shadow_t;
+
+typedef struct {
+    const char *request_id;
+    const char *experiment; /* NULL: none matched */
+    const char *arm;        /* NULL: none */
+    const char *method;
+    const char *path;
+    size_t path_len;
+    int status;
+    uint64_t latency_us;
+    uint64_t bytes_in, bytes_out;
+    const reqlog_shadow_t *shadow;
+    size_t n_shadow;
+    const char *body; /* with log.bodies: the request body (NULL otherwise) */
+    size_t body_len;
+} reqlog_entry_t;
+
+/* path NULL → no log. Returns NULL on error with err filled. */
+reqlog_t *reqlog_open(uv_loop_t *loop, const char *path, double sample, int bodies, uint64_t seed,
+                      char *err, size_t errlen);
+/* Sampling decision for one request (consumes the log's own RNG). */
+int reqlog_sampled(reqlog_t *l);
+int reqlog_bodies(const reqlog_t *l);
+void reqlog_write(reqlog_t *l, const reqlog_entry_t *e);
+/* Reopen the file (SIGHUP, log rotation). */
+void reqlog_reopen(reqlog_t *l);
+/* Flush and close; done(arg) when the last write is on disk. */
+void reqlog_close(reqlog_t *l, void (*done)(void *), void *arg);
+/* Lines dropped (buffer full, write errors) and write errors, for metrics. */
+void reqlog_counters(const reqlog_t *l, uint64_t *written, uint64_t *dropped, uint64_t *errors);
+
+/* proxy.c's hook: log the finished request on c (sampling applied here). */
+void reqlog_request(mm_server_t *srv, conn_t *c, uint64_t latency_us);
+
+#endif

@@ -1,0 +1,191 @@
+/* router.c — see router.h. Matching is a linear scan in config order
+ * ("first match wins"): experiments number in the tens, and a scan over a
+ * few prefixes costs less than building anything cleverer. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "router.h"
+
+router_t *router_create(uv_loop_t *loop, config_t *cfg, store_t *store, metrics_t *metrics,
+                        char *err, size_t errlen)
+{
+    router_t *r = calloc(1, sizeof(*r));
+    if (r == NULL) goto oom;
+    r->cfg = cfg;
+    r->refs = 1;
+    r->pools = calloc(cfg->n_upstreams ? cfg->n_upstreams : 1, sizeof(*r->pools));
+    r->exps = calloc(cfg->n_experiments ? cfg->n_experiments : 1, sizeof(*r->exps));
+    if (r->pools == NULL || r->exps == NULL) goto oom;
+    for (size_t i = 0; i < cfg->n_upstreams; i++) {
+        r->pools[i] = up_pool_create(loop, &cfg->upstreams[i], err, errlen);
+        if (r->pools[i] == NULL) goto err;
+    }
+    for (size_t i = 0; i < cfg->n_experiments; i++) {
+        cfg_experiment_t *ce = &cfg->experiments[i];
+        exp_rt_t *e = &r->exps[i];
+        const char *names[MM_MAX_ARMS];
+        e->cfg = ce;
+        for (size_t a = 0; a < ce->n_arms; a++) {
+            e->pools[a] = r->pools[ce->arms[a]];
+            e->ups[a] = &cfg->upstreams[ce->arms[a]];
+            names[a] = e->ups[a]->name;
+        }
+        exp_control_t initial;
+        memset(&initial, 0, sizeof(initial));
+        initial.state = EXP_RUNNING;
+        e->state = store_experiment(store, ce->name, names, ce->n_arms, &initial, 0);
+        e->metrics = metrics_exp(metrics, ce->name, names, ce->n_arms);
+        if (e->state == NULL || e->metrics == NULL) goto oom;
+        e->salt_len = strlen(ce->salt);
+    }
+    r->n_exps = cfg->n_experiments;
+    return r;
+oom:
+    snprintf(err, errlen, "out of memory");
+err:
+    if (r) {
+        r->cfg = NULL; /* the caller still owns cfg on failure */
+        if (r->pools)
+            for (size_t i = 0; i < cfg->n_upstreams; i++) up_pool_release(r->pools[i]);
+        free(r->pools);
+        free(r->exps);
+        free(r);
+    }
+    return NULL;
+}
+
+void router_ref(router_t *r)
+{
+    r->refs++;
+}
+
+void router_unref(router_t *r)
+{
+    if (r == NULL || --r->refs > 0) return;
+    for (size_t i = 0; i < r->cfg->n_upstreams; i++) up_pool_release(r->pools[i]);
+    free(r->pools);
+    free(r->exps);
+    config_free(r->cfg);
+    free(r);
+}
+
+static int host_matches(mm_str_t host, const char *want)
+{
+    /* Compare without the port unless the rule names one. */
+    if (strchr(want, ':') == NULL) {
+        const char *colon = memchr(host.p, ':', host.n);
+        if (colon && host.n && host.p[0] != '[') host.n = (size_t)(colon - host.p);
+    }
+    size_t n = strlen(want);
+    if (host.n != n) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char a = host.p[i], b = want[i];
+        if (a >= 'A' && a <= 'Z') a = (char)(a + 32);
+        if (b >= 'A' && b <= 'Z') b = (char)(b + 32);
+        if (a != b) return 0;
+    }
+    return 1;
+}
+
+static int header_matches(const http_head_t *head, const char *base, const cfg_header_match_t *m)
+{
+    size_t nlen = strlen(m->name), vlen = strlen(m->value);
+    for (int i = 0; i < head->n; i++) {
+        mm_str_t name = http_hname(head, base, i);
+        if (name.n != nlen || strncasecmp(name.p, m->name, nlen) != 0) continue;
+        mm_str_t v = http_trim(http_hvalue(head, base, i));
+        if (v.n == vlen && memcmp(v.p, m->value, vlen) == 0) return 1;
+    }
+    return 0;
+}
+
+exp_rt_t *router_match(router_t *r, mm_str_t url, mm_str_t host, const http_head_t *head,
+                       const char *base)
+{
+    mm_str_t path = http_url_path(url);
+    for (size_t i = 0; i < r->n_exps; i++) {
+        exp_rt_t *e = &r->exps[i];
+        const cfg_experiment_t *c = e->cfg;
+        size_t plen = strlen(c->path_prefix);
+        if (path.n < plen || memcmp(path.p, c->path_prefix, plen) != 0) continue;
+        if (c->host && !host_matches(host, c->host)) continue;
+        size_t h = 0;
+        while (h < c->n_headers && header_matches(head, base, &c->headers[h])) h++;
+        if (h < c->n_headers) continue;
+        return e;
+    }
+    return NULL;
+}
+
+void router_request_view(const exp_rt_t *e, mm_str_t method, mm_str_t url, const http_head_t *head,
+                         const char *base, policy_req_t *out)
+{
+    const cfg_experiment_t *c = e->cfg;
+    out->method = method;
+    out->path = url;
+    out->has_key = 0;
+    out->key_hash = 0;
+    mm_str_t key = {NULL, 0};
+    int found = 0;
+    switch (c->sticky_kind) {
+    case STICKY_NONE:
+        return;
+    case STICKY_HEADER: {
+        for (int i = 0; i < head->n && !found; i++) {
+            mm_str_t name = http_hname(head, base, i);
+            if (name.n == strlen(c->sticky_name) &&
+                strncasecmp(name.p, c->sticky_name, name.n) == 0) {
+                key = http_trim(http_hvalue(head, base, i));
+                found = key.n > 0;
+            }
+        }
+        break;
+    }
+    case STICKY_COOKIE:
+        for (int i = 0; i < head->n && !found; i++)
+            if (mm_str_ieq(http_hname(head, base, i), "cookie"))
+                found = http_cookie_get(http_hvalue(head, base, i), c->sticky_name, &key);
+        break;
+    case STICKY_QUERY:
+        found = http_query_get(url, c->sticky_name, &key);
+        break;
+    }
+    if (found) {
+        out->has_key = 1;
+        out->key_hash = mm_hash64(c->salt, e->salt_len, key.p, key.n);
+    }
+}
+
+void router_view(const exp_rt_t *e, mm_rng_t *rng, uint64_t now_ms, policy_view_t *v)
+{
+    const exp_state_t *s = e->state;
+    v->n_arms = s->n_arms;
+    v->stats = s->control.state == EXP_PAUSED ? s->frozen : s->merged;
+    v->control = &s->control;
+    v->now_ms = now_ms;
+    v->rng = rng;
+}
+
+void router_choose(exp_rt_t *e, const policy_req_t *req, mm_rng_t *rng, uint64_t now_ms,
+                   policy_choice_t *out)
+{
+    const exp_control_t *ctl = &e->state->control;
+    out->n_mirrors = 0;
+    if (ctl->state == EXP_PROMOTED || ctl->state == EXP_ROLLED_BACK) {
+        /* The operator (or the canary's own analysis) decided: weights say where. */
+        size_t n = e->state->n_arms;
+        if (!ctl->has_weights) {
+            out->primary = 0;
+        } else if (req->has_key) {
+            out->primary = policy_pick_sticky(ctl->weights, n, req->key_hash);
+        } else {
+            out->primary = policy_pick_weighted(ctl->weights, n, mm_rng_uniform(rng));
+        }
+        return;
+    }
+    policy_view_t v;
+    router_view(e, rng, now_ms, &v);
+    e->cfg->ops->choose(e->cfg->policy, &v, req, out);
+    if (out->primary < 0 || (size_t)out->primary >= e->state->n_arms) out->primary = 0;
+}

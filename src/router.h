@@ -1,0 +1,58 @@
+/* router.h — the live routing table built from one config: experiments with
+ * their match rules, policy instance, shared state (from the store), metrics
+ * block, and one upstream pool per upstream.
+ *
+ * A router is immutable once built and reference-counted: a reload builds a
+ * new one and swaps it in, while requests that started on the old one finish
+ * on it (they hold a reference). */
+#ifndef MM_ROUTER_H
+#define MM_ROUTER_H
+
+#include <uv.h>
+
+#include "config.h"
+#include "http.h"
+#include "metrics.h"
+#include "store.h"
+#include "upstream.h"
+
+typedef struct {
+    const cfg_experiment_t *cfg;
+    exp_state_t *state;     /* owned by the store */
+    metrics_exp_t *metrics; /* owned by the metrics registry */
+    up_pool_t *pools[MM_MAX_ARMS];
+    const cfg_upstream_t *ups[MM_MAX_ARMS];
+    size_t salt_len;
+} exp_rt_t;
+
+typedef struct router_s {
+    config_t *cfg;     /* owned */
+    up_pool_t **pools; /* per upstream, owned */
+    exp_rt_t *exps;
+    size_t n_exps;
+    int refs;
+} router_t;
+
+router_t *router_create(uv_loop_t *loop, config_t *cfg, store_t *store, metrics_t *metrics,
+                        char *err, size_t errlen);
+void router_ref(router_t *r);
+void router_unref(router_t *r);
+
+/* First experiment whose match rules accept the request, or NULL. `url` is
+ * the request target; `host` the Host header value (may be empty). */
+exp_rt_t *router_match(router_t *r, mm_str_t url, mm_str_t host, const http_head_t *head,
+                       const char *base);
+
+/* The policy's request view for a request: the sticky key, if any, hashed. */
+void router_request_view(const exp_rt_t *e, mm_str_t method, mm_str_t url, const http_head_t *head,
+                         const char *base, policy_req_t *out);
+
+/* Decide one request, honouring the operator's state: promoted / rolled back
+ * route by the control weights; paused shows the policy frozen statistics. */
+void router_choose(exp_rt_t *e, const policy_req_t *req, mm_rng_t *rng, uint64_t now_ms,
+                   policy_choice_t *out);
+
+/* The view a policy sees right now (for ticks and descriptions). */
+void router_view(const exp_rt_t *e, mm_rng_t *rng, uint64_t now_ms, policy_view_t *v);
+
+#endif

@@ -1,0 +1,84 @@
+/* server.h — the one server context (the only global mutable state), the
+ * client connection, and the hooks local handlers (admin API, feedback) use
+ * to answer a request that is not proxied. */
+#ifndef MM_SERVER_H
+#define MM_SERVER_H
+
+#include <llhttp.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "config.h"
+#include "http.h"
+#include "metrics.h"
+#include "router.h"
+#include "store.h"
+#include "upstream.h"
+
+typedef struct conn_s conn_t;
+typedef struct reqlog_s reqlog_t;
+
+typedef struct mm_server_s {
+    uv_loop_t *loop;
+    char *config_path;
+    router_t *router; /* current routing table; requests hold references */
+    store_t *store;
+    reqlog_t *reqlog; /* NULL: no request log */
+    metrics_t metrics;
+    mm_rng_t rng;
+    uint64_t seed;
+    uv_tcp_t listener;
+    uv_tcp_t admin_listener;
+    int has_listener, has_admin;
+    uv_signal_t sig_hup, sig_term, sig_int;
+    uv_timer_t tick_timer;
+    uv_timer_t drain_timer;
+    conn_t *conns;  /* every open client connection (data and admin) */
+    size_t n_conns; /* data-plane connections, for max_connections */
+    uint64_t connections_total;
+    uint64_t overload_rejects;
+    int draining;
+    int stopping;
+    int exit_code;
+    uint64_t reloads, reload_failures;
+} mm_server_t;
+
+enum { CONN_DATA = 0, CONN_ADMIN = 1 };
+
+/* A request handled by modelmux itself (admin API, feedback). Valid during
+ * the handler call; the body is complete and de-chunked. */
+typedef struct {
+    conn_t *conn;
+    mm_str_t method;
+    mm_str_t url;
+    mm_str_t path; /* url without query */
+    mm_str_t body;
+    const http_head_t *head;
+    const char *base;
+    mm_str_t request_id;
+} mm_local_req_t;
+
+/* Handlers: return after calling conn_respond (now or later: call conn_hold
+ * first to keep the connection alive, conn_release after responding). */
+void admin_handle(mm_server_t *srv, const mm_local_req_t *r);
+void feedback_handle(mm_server_t *srv, const mm_local_req_t *r);
+
+/* Answer the local request on conn. Ignored if the client has gone away. */
+void conn_respond(conn_t *c, int status, const char *content_type, const char *body, size_t len,
+                  const char *extra_headers);
+void conn_respond_error(conn_t *c, int status, const char *code, const char *message);
+conn_t *conn_hold(conn_t *c);
+void conn_release(conn_t *c);
+
+/* Listener plumbing (proxy.c). */
+int proxy_listen(mm_server_t *srv, uv_tcp_t *tcp, const cfg_addr_t *addr, int kind, int reuseport,
+                 char *err, size_t errlen);
+/* Close idle keep-alive connections, stop accepting; in-flight requests go on. */
+void proxy_drain(mm_server_t *srv);
+/* Close every connection now (end of drain timeout). */
+void proxy_close_all(mm_server_t *srv);
+
+/* The server context's current limits (from the current config). */
+const config_t *server_config(const mm_server_t *srv);
+
+#endif

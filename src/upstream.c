@@ -1,0 +1,722 @@
+/* upstream.c — pools of keep-alive connections to model servers, and the
+ * response side of one exchange.
+ *
+ * Each connection owns a read buffer. The answer is parsed by llhttp with
+ * pauses at the end of the head and at the end of the message, so we know
+ * exactly where the body's raw bytes begin and end and can hand them to the
+ * user without copying (chunked framing included: a chunked answer is passed
+ * on chunked). The user calls up_resume() when it no longer needs the bytes;
+ * until then the buffer is left alone, and when it is full we stop reading
+ * from the socket, which pushes back on the model server through TCP.
+ *
+ * Lifetimes: a connection is owned by its pool; the TCP handle and the timer
+ * are closed together and the memory is freed when both close callbacks ran.
+ * The pool's memory goes when it has been released and its last connection
+ * is gone, so a reload can drop a pool while requests still use it. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "upstream.h"
+
+#define UC_BUF_INITIAL (16 * 1024)
+#define UC_BUF_MAX     (256 * 1024) /* room for a large head; bodies stream through */
+#define UP_QUEUE_MAX   4096
+
+enum { UC_CONNECTING, UC_IDLE, UC_BUSY, UC_CLOSING };
+enum { PH_HEAD, PH_BODY, PH_DONE };
+
+struct up_pool_s {
+    uv_loop_t *loop;
+    cfg_upstream_t cfg;
+    struct sockaddr_storage addr;
+    up_conn_t *idle; /* LIFO: the most recently used connection is the warmest */
+    int n_open, n_idle, n_waiting;
+    up_user_t *qhead, *qtail;
+    int released;
+    int consecutive_5xx;
+    unsigned n_ejections;
+    uint64_t ejected_until;
+    up_pool_stats_t stats;
+};
+
+struct up_conn_s {
+    uv_tcp_t tcp;
+    uv_connect_t connect_req;
+    uv_write_t write_req;
+    uv_timer_t timer;
+    up_pool_t *pool;
+    up_user_t *user;
+    up_conn_t *next, *prev; /* idle list */
+    llhttp_t parser;
+    http_head_t head;
+    up_resp_t resp;
+    char *rbuf;
+    size_t rcap, rlen, rpos;
+    int state, phase;
+    int paused;     /* bytes handed out, waiting for up_resume */
+    int in_process; /* guards against re-entering uc_process from a callback */
+    int reading;
+    int writing;
+    int decode;
+    int kick;        /* run the parser once with no input: a zero-length body ends so */
+    int eof_pending; /* close-delimited body ended while the user held bytes */
+    int headers_done, msg_done;
+    int got_bytes;
+    unsigned uses;
+    int closing_handles;
+    const char *span_p; /* decoded mode: the current body span */
+    size_t span_n;
+};
+
+static void uc_close(up_conn_t *c);
+static void uc_process(up_conn_t *c);
+static void pool_maybe_free(up_pool_t *p);
+static void pool_dispatch(up_pool_t *p);
+
+const char *up_err_name(up_err_t e)
+{
+    static const char *names[] = {"connect", "connect_timeout", "timeout",
+                                  "reset",   "protocol",        "overflow"};
+    return (unsigned)e < UP_ERR__COUNT ? names[e] : "unknown";
+}
+
+/* ---- llhttp callbacks (response parser) ---- */
+
+static up_conn_t *parser_conn(llhttp_t *p)
+{
+    return (up_conn_t *)p->data;
+}
+
+static uint32_t off_of(up_conn_t *c, const char *at)
+{
+    return (uint32_t)(at - c->rbuf);
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    up_conn_t *c = parser_conn(p);
+    http_head_reset(&c->head);
+    return 0;
+}
+
+static int on_status(llhttp_t *p, const char *at, size_t n)
+{
+    up_conn_t *c = parser_conn(p);
+    if (c->head.status_len == 0) c->head.status_off = off_of(c, at);
+    c->head.status_len += (uint32_t)n;
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    up_conn_t *c = parser_conn(p);
+    http_head_on_field(&c->head, off_of(c, at), (uint32_t)n);
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    up_conn_t *c = parser_conn(p);
+    http_head_on_value(&c->head, off_of(c, at), (uint32_t)n);
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    up_conn_t *c = parser_conn(p);
+    if (p->status_code < 200) return 0; /* 1xx: interim, skipped */
+    up_resp_t *r = &c->resp;
+    r->status = p->status_code;
+    r->http_minor = p->http_minor;
+    r->chunked = (p->flags & F_CHUNKED) != 0;
+    r->has_length = (p->flags & F_CONTENT_LENGTH) != 0;
+    r->content_length = r->has_length ? p->content_length : 0;
+    r->no_body =
+        (c->user && c->user->no_body_expected) || p->status_code == 204 || p->status_code == 304;
+    r->until_eof = !r->no_body && !r->chunked && !r->has_length;
+    c->headers_done = 1;
+    if (r->no_body) return 1; /* llhttp then ends the message right away */
+    return HPE_PAUSED;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t n)
+{
+    up_conn_t *c = parser_conn(p);
+    if (!c->decode) return 0;
+    c->span_p = at;
+    c->span_n = n;
+    return HPE_PAUSED;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    up_conn_t *c = parser_conn(p);
+    if (p->status_code < 200) {
+        http_head_reset(&c->head);
+        return 0;
+    }
+    c->resp.keep_alive = llhttp_should_keep_alive(p);
+    c->msg_done = 1;
+    return HPE_PAUSED;
+}
+
+static llhttp_settings_t resp_settings;
+static int resp_settings_ready;
+
+static void init_settings(void)
+{
+    if (resp_settings_ready) return;
+    llhttp_settings_init(&resp_settings);
+    resp_settings.on_message_begin = on_message_begin;
+    resp_settings.on_status = on_status;
+    resp_settings.on_header_field = on_header_field;
+    resp_settings.on_header_value = on_header_value;
+    resp_settings.on_headers_complete = on_headers_complete;
+    resp_settings.on_body = on_body;
+    resp_settings.on_message_complete = on_message_complete;
+    resp_settings_ready = 1;
+}
+
+/* ---- pool ---- */
+
+up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg, char *err, size_t errlen)
+{
+    init_settings();
+    up_pool_t *p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->loop = loop;
+    p->cfg = *cfg;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&p->addr;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&p->addr;
+    if (uv_ip4_addr(cfg->addr.host, cfg->addr.port, a4) != 0 &&
+        uv_ip6_addr(cfg->addr.host, cfg->addr.port, a6) != 0) {
+        /* Names are resolved once, here (startup or reload), never per request. */
+        uv_getaddrinfo_t gai;
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        char port[8];
+        snprintf(port, sizeof(port), "%d", cfg->addr.port);
+        if (uv_getaddrinfo(loop, &gai, NULL, cfg->addr.host, port, &hints) != 0 ||
+            gai.addrinfo == NULL) {
+            snprintf(err, errlen, "upstream %s: cannot resolve %s", cfg->name, cfg->addr.host);
+            free(p);
+            return NULL;
+        }
+        memcpy(&p->addr, gai.addrinfo->ai_addr, gai.addrinfo->ai_addrlen);
+        uv_freeaddrinfo(gai.addrinfo);
+    }
+    return p;
+}
+
+const cfg_upstream_t *up_pool_cfg(const up_pool_t *p)
+{
+    return &p->cfg;
+}
+
+void up_pool_stats(const up_pool_t *p, up_pool_stats_t *out)
+{
+    *out = p->stats;
+    out->open = p->n_open;
+    out->idle = p->n_idle;
+    out->waiting = p->n_waiting;
+}
+
+static void idle_remove(up_pool_t *p, up_conn_t *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        p->idle = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->next = c->prev = NULL;
+    p->n_idle--;
+}
+
+static void idle_push(up_pool_t *p, up_conn_t *c)
+{
+    c->prev = NULL;
+    c->next = p->idle;
+    if (p->idle) p->idle->prev = c;
+    p->idle = c;
+    p->n_idle++;
+}
+
+static void queue_remove(up_pool_t *p, up_user_t *u)
+{
+    if (u->qprev)
+        u->qprev->qnext = u->qnext;
+    else
+        p->qhead = u->qnext;
+    if (u->qnext)
+        u->qnext->qprev = u->qprev;
+    else
+        p->qtail = u->qprev;
+    u->qnext = u->qprev = NULL;
+    u->waiting_on = NULL;
+    p->n_waiting--;
+}
+
+void up_pool_release(up_pool_t *p)
+{
+    if (p == NULL) return;
+    p->released = 1;
+    while (p->idle) {
+        up_conn_t *c = p->idle;
+        idle_remove(p, c);
+        uc_close(c);
+    }
+    /* Waiters of a released pool cannot be served by it any more. */
+    while (p->qhead) {
+        up_user_t *u = p->qhead;
+        queue_remove(p, u);
+        p->stats.errors[UP_ERR_OVERFLOW]++;
+        u->ops->on_error(u, NULL, UP_ERR_OVERFLOW, 0);
+    }
+    pool_maybe_free(p);
+}
+
+static void pool_maybe_free(up_pool_t *p)
+{
+    if (p->released && p->n_open == 0 && p->n_waiting == 0) free(p);
+}
+
+/* ---- connection lifecycle ---- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    up_conn_t *c = h->data;
+    if (--c->closing_handles > 0) return;
+    up_pool_t *p = c->pool;
+    free(c->rbuf);
+    free(c);
+    p->n_open--;
+    if (!p->released) pool_dispatch(p); /* a slot freed up: a waiter may connect */
+    pool_maybe_free(p);
+}
+
+static void uc_close(up_conn_t *c)
+{
+    if (c->state == UC_CLOSING) return;
+    if (c->state == UC_IDLE) idle_remove(c->pool, c);
+    c->state = UC_CLOSING;
+    c->user = NULL;
+    c->closing_handles = 2;
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+/* Fail the current exchange: tell the user, close the connection. */
+static void uc_fail(up_conn_t *c, up_err_t kind)
+{
+    up_user_t *u = c->user;
+    int reused = c->uses > 1 && !c->got_bytes;
+    c->pool->stats.errors[kind]++;
+    uc_close(c);
+    if (u) u->ops->on_error(u, c, kind, reused);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    up_conn_t *c = t->data;
+    if (c->state == UC_CONNECTING) {
+        /* The connect callback will still run (with UV_ECANCELED) after the
+         * close; it must see the connection as closing and do nothing. */
+        up_user_t *u = c->user;
+        c->pool->stats.errors[UP_ERR_CONNECT_TIMEOUT]++;
+        uc_close(c);
+        if (u) {
+            u->pending_conn = NULL;
+            u->ops->on_error(u, NULL, UP_ERR_CONNECT_TIMEOUT, 0);
+        }
+    } else if (c->state == UC_BUSY) {
+        uc_fail(c, UP_ERR_TIMEOUT);
+    }
+}
+
+static void arm_response_timer(up_conn_t *c)
+{
+    uv_timer_start(&c->timer, on_timer, (uint64_t)c->pool->cfg.timeout_ms, 0);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    up_conn_t *c = h->data;
+    if (c->rbuf == NULL) {
+        c->rbuf = malloc(UC_BUF_INITIAL);
+        c->rcap = c->rbuf ? UC_BUF_INITIAL : 0;
+    }
+    if (c->rlen == c->rcap && c->phase == PH_HEAD && c->rcap < UC_BUF_MAX) {
+        /* A head larger than the buffer: grow (offsets stay valid). */
+        char *nb = realloc(c->rbuf, c->rcap * 2);
+        if (nb) {
+            c->rbuf = nb;
+            c->rcap *= 2;
+        }
+    }
+    buf->base = c->rbuf + c->rlen;
+    buf->len = c->rcap - c->rlen;
+}
+
+static void stop_reading(up_conn_t *c)
+{
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
+}
+
+static void start_reading(up_conn_t *c);
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    up_conn_t *c = s->data;
+    if (nread == 0) return;
+    if (nread == UV_ENOBUFS) {
+        stop_reading(c); /* buffer full: resume when the user has drained it */
+        return;
+    }
+    if (nread < 0) {
+        if (c->state == UC_IDLE) { /* the server closed an idle connection */
+            uc_close(c);
+            return;
+        }
+        if (c->state != UC_BUSY) return;
+        if (nread == UV_EOF && c->phase == PH_BODY && c->resp.until_eof && !c->paused) {
+            llhttp_finish(&c->parser); /* close-delimited body: EOF ends it */
+            c->resp.keep_alive = 0;
+            c->msg_done = 1;
+            c->phase = PH_DONE;
+            up_user_t *u = c->user;
+            u->ops->on_done(u, c);
+            return;
+        }
+        if (nread == UV_EOF && c->phase == PH_BODY && c->resp.until_eof) {
+            c->eof_pending = 1; /* finish after the user resumes */
+            stop_reading(c);
+            return;
+        }
+        uc_fail(c, UP_ERR_RESET);
+        return;
+    }
+    if (c->state != UC_BUSY) { /* bytes nobody asked for: not HTTP we can trust */
+        uc_close(c);
+        return;
+    }
+    c->rlen += (size_t)nread;
+    c->got_bytes = 1;
+    arm_response_timer(c); /* an inactivity timer: refreshed by every read and write */
+    uc_process(c);
+    if (c->state == UC_BUSY && c->rlen == c->rcap && c->paused) stop_reading(c);
+}
+
+static void start_reading(up_conn_t *c)
+{
+    if (!c->reading && c->state != UC_CLOSING) {
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        c->reading = 1;
+    }
+}
+
+static void begin_exchange(up_conn_t *c, up_user_t *u)
+{
+    c->state = UC_BUSY;
+    c->user = u;
+    c->phase = PH_HEAD;
+    c->paused = 0;
+    c->decode = 0;
+    c->kick = 0;
+    c->eof_pending = 0;
+    c->headers_done = c->msg_done = 0;
+    c->got_bytes = 0;
+    c->uses++;
+    memset(&c->resp, 0, sizeof(c->resp));
+    llhttp_init(&c->parser, HTTP_RESPONSE, &resp_settings);
+    c->parser.data = c;
+    http_head_reset(&c->head);
+    u->pending_conn = NULL;
+    arm_response_timer(c);
+    start_reading(c);
+    u->ops->on_conn(u, c);
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    up_conn_t *c = req->data;
+    if (c->state == UC_CLOSING) return; /* timed out or pool released meanwhile */
+    uv_timer_stop(&c->timer);
+    if (status != 0) {
+        up_user_t *u = c->user;
+        c->pool->stats.errors[UP_ERR_CONNECT]++;
+        uc_close(c);
+        if (u) {
+            u->pending_conn = NULL;
+            u->ops->on_error(u, NULL, UP_ERR_CONNECT, 0);
+        }
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    up_user_t *u = c->user;
+    if (u == NULL) { /* its user gave up: serve a waiter or park it */
+        c->state = UC_IDLE;
+        idle_push(c->pool, c);
+        start_reading(c);
+        pool_dispatch(c->pool);
+        return;
+    }
+    begin_exchange(c, u);
+}
+
+static int open_conn(up_pool_t *p, up_user_t *u)
+{
+    up_conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) return -1;
+    c->pool = p;
+    c->user = u;
+    c->state = UC_CONNECTING;
+    uv_tcp_init(p->loop, &c->tcp);
+    uv_timer_init(p->loop, &c->timer);
+    c->tcp.data = c->timer.data = c->connect_req.data = c;
+    p->n_open++;
+    p->stats.connects++;
+    int rc =
+        uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)&p->addr, on_connect);
+    if (rc != 0) {
+        c->user = NULL;
+        uc_close(c);
+        return -1;
+    }
+    u->pending_conn = c;
+    uv_timer_start(&c->timer, on_timer, (uint64_t)p->cfg.connect_timeout_ms, 0);
+    return 0;
+}
+
+/* Serve waiters from idle connections, or open connections for them. */
+static void pool_dispatch(up_pool_t *p)
+{
+    while (p->qhead) {
+        up_user_t *u = p->qhead;
+        if (p->idle) {
+            up_conn_t *c = p->idle;
+            idle_remove(p, c);
+            queue_remove(p, u);
+            begin_exchange(c, u);
+        } else if (p->n_open < p->cfg.pool) {
+            queue_remove(p, u);
+            if (open_conn(p, u) < 0) {
+                p->stats.errors[UP_ERR_CONNECT]++;
+                u->ops->on_error(u, NULL, UP_ERR_CONNECT, 0);
+            }
+        } else {
+            break;
+        }
+    }
+}
+
+void up_acquire(up_pool_t *p, up_user_t *u)
+{
+    u->qnext = u->qprev = NULL;
+    u->waiting_on = NULL;
+    u->pending_conn = NULL;
+    if (p->idle) {
+        up_conn_t *c = p->idle;
+        idle_remove(p, c);
+        begin_exchange(c, u);
+        return;
+    }
+    if (p->n_open < p->cfg.pool) {
+        if (open_conn(p, u) < 0) {
+            p->stats.errors[UP_ERR_CONNECT]++;
+            u->ops->on_error(u, NULL, UP_ERR_CONNECT, 0);
+        }
+        return;
+    }
+    if (p->n_waiting >= UP_QUEUE_MAX) {
+        p->stats.errors[UP_ERR_OVERFLOW]++;
+        u->ops->on_error(u, NULL, UP_ERR_OVERFLOW, 0);
+        return;
+    }
+    u->qprev = p->qtail;
+    if (p->qtail)
+        p->qtail->qnext = u;
+    else
+        p->qhead = u;
+    p->qtail = u;
+    u->waiting_on = p;
+    p->n_waiting++;
+}
+
+void up_cancel(up_pool_t *p, up_user_t *u)
+{
+    if (u->waiting_on == p) {
+        queue_remove(p, u);
+        pool_maybe_free(p);
+        return;
+    }
+    /* A connect in flight for this user: the connection, once up, goes to
+     * the next waiter or the idle list. */
+    if (u->pending_conn) {
+        u->pending_conn->user = NULL;
+        u->pending_conn = NULL;
+    }
+}
+
+static void on_written(uv_write_t *w, int status)
+{
+    up_conn_t *c = w->data;
+    c->writing = 0;
+    if (c->state != UC_BUSY) return;
+    if (status != 0) {
+        uc_fail(c, UP_ERR_RESET);
+        return;
+    }
+    arm_response_timer(c);
+    up_user_t *u = c->user;
+    u->ops->on_sent(u, c);
+}
+
+int up_write(up_conn_t *c, const uv_buf_t *bufs, unsigned n, int last)
+{
+    if (c->state != UC_BUSY || c->writing) return -1;
+    c->writing = 1;
+    c->write_req.data = c;
+    (void)last;
+    int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, bufs, n, on_written);
+    if (rc != 0) {
+        c->writing = 0;
+        return -1;
+    }
+    return 0;
+}
+
+void up_set_decode(up_conn_t *c, int decode)
+{
+    c->decode = decode;
+}
+
+int up_conn_reused(const up_conn_t *c)
+{
+    return c->uses > 1;
+}
+
+/* Run the parser over buffered bytes until the user must act. */
+static void uc_process(up_conn_t *c)
+{
+    if (c->in_process) return;
+    c->in_process = 1;
+    while (c->state == UC_BUSY && !c->paused && c->phase != PH_DONE) {
+        size_t avail = c->rlen - c->rpos;
+        int kick = c->phase == PH_BODY && c->kick;
+        if (avail == 0 && !kick) break;
+        if (kick) c->kick = 0;
+        const char *start = c->rbuf ? c->rbuf + c->rpos : "";
+        c->span_n = 0;
+        int was_msg_done = c->msg_done;
+        llhttp_errno_t e = llhttp_execute(&c->parser, start, avail);
+        size_t used = avail;
+        if (e == HPE_PAUSED) {
+            used = (size_t)(llhttp_get_error_pos(&c->parser) - start);
+            llhttp_resume(&c->parser);
+        } else if (e != HPE_OK) {
+            c->in_process = 0;
+            uc_fail(c, UP_ERR_PROTOCOL);
+            return;
+        }
+        up_user_t *u = c->user;
+        if (c->phase == PH_HEAD) {
+            c->rpos += used;
+            if (!c->headers_done) continue;
+            if (c->head.too_many) {
+                c->in_process = 0;
+                uc_fail(c, UP_ERR_PROTOCOL);
+                return;
+            }
+            c->phase = PH_BODY;
+            c->paused = 1;
+            c->kick = 1; /* a bodiless or zero-length answer ends without input */
+            c->resp.head = &c->head;
+            c->resp.base = c->rbuf;
+            u->ops->on_head(u, c, &c->resp);
+            if (c->state == UC_BUSY && c->msg_done && c->phase == PH_BODY) {
+                c->phase = PH_DONE;
+                u->ops->on_done(u, c);
+            }
+            continue;
+        }
+        /* body */
+        const char *p = c->decode ? c->span_p : start;
+        size_t n = c->decode ? c->span_n : used;
+        c->rpos += used;
+        if (n > 0) {
+            c->paused = 1;
+            u->ops->on_body(u, c, p, n);
+            if (c->state != UC_BUSY) break;
+        }
+        if (c->msg_done && !was_msg_done) {
+            c->phase = PH_DONE;
+            u->ops->on_done(u, c);
+            break;
+        }
+    }
+    c->in_process = 0;
+}
+
+void up_resume(up_conn_t *c)
+{
+    if (c->state != UC_BUSY) return;
+    c->paused = 0;
+    if (c->eof_pending) { /* EOF arrived while the user held the bytes */
+        c->eof_pending = 0;
+        if (c->rpos == c->rlen) {
+            c->resp.keep_alive = 0;
+            c->msg_done = 1;
+            c->phase = PH_DONE;
+            c->user->ops->on_done(c->user, c);
+            return;
+        }
+    }
+    if (c->rpos == c->rlen && !c->in_process) c->rpos = c->rlen = 0;
+    uc_process(c);
+    if (c->state == UC_BUSY && !c->paused && c->phase != PH_DONE) start_reading(c);
+}
+
+void up_release(up_conn_t *c, int reusable)
+{
+    if (c->state != UC_BUSY) return;
+    up_pool_t *p = c->pool;
+    int ok = reusable && c->phase == PH_DONE && c->resp.keep_alive && !c->writing &&
+             c->rpos == c->rlen && !p->released;
+    c->user = NULL;
+    if (!ok) {
+        uc_close(c);
+        return;
+    }
+    uv_timer_stop(&c->timer);
+    c->rpos = c->rlen = 0;
+    c->state = UC_IDLE;
+    idle_push(p, c);
+    start_reading(c); /* notice when the server closes it */
+    pool_dispatch(p);
+}
+
+void up_pool_observe(up_pool_t *p, int status, uint64_t now_ms)
+{
+    if (p->cfg.eject_consecutive_5xx <= 0) return;
+    if (status >= 500 || status == 0) {
+        if (++p->consecutive_5xx >= p->cfg.eject_consecutive_5xx && p->ejected_until <= now_ms) {
+            p->n_ejections++;
+            p->stats.ejections++;
+            p->ejected_until = now_ms + (uint64_t)p->cfg.eject_base_ms * p->n_ejections;
+            p->consecutive_5xx = 0;
+        }
+    } else {
+        p->consecutive_5xx = 0;
+    }
+}
+
+int up_pool_ejected(up_pool_t *p, uint64_t now_ms)
+{
+    return p->ejected_until > now_ms;
+}
