@@ -78,6 +78,10 @@ void proxy_drain(mm_server_t *srv);
 /* Close every connection now (end of drain timeout). */
 void proxy_close_all(mm_server_t *srv);
 
+/* Reload the config file (SIGHUP, POST /reload). On failure the old config
+ * keeps serving and err says why (FILE:LINE:COL: message). */
+int server_reload(mm_server_t *srv, char *err, size_t errlen);
+
 /* The server context's current limits (from the current config). */
 const config_t *server_config(const mm_server_t *srv);
 
