@@ -17,7 +17,7 @@
  *
  * Like every bandit here the policy keeps no learned state (the store owns
  * the statistics), and weights are refused (flags 0: the admin API answers
- * 409); promote and rollback override the choice. */
+ * 409); promote and rollback are applied by the router before choose(). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,16 +74,6 @@ static int greedy_pick(const arm_stats_t *stats, size_t n, mm_rng_t *rng, int *n
     return best;
 }
 
-static int control_pick(const policy_view_t *v, size_t n)
-{
-    const exp_control_t *c = v->control;
-    if (c == NULL) return -1;
-    if (c->state == EXP_PROMOTED && c->has_weights)
-        return policy_pick_weighted(c->weights, n, mm_rng_uniform(v->rng));
-    if (c->state == EXP_ROLLED_BACK) return 0;
-    return -1;
-}
-
 static void eg_choose(void *p, const policy_view_t *v, const policy_req_t *req,
                       policy_choice_t *out)
 {
@@ -91,15 +81,11 @@ static void eg_choose(void *p, const policy_view_t *v, const policy_req_t *req,
     size_t n = v->n_arms < e->n_arms ? v->n_arms : e->n_arms;
     MM_UNUSED(req);
     out->n_mirrors = 0;
-    int arm = control_pick(v, n);
-    if (arm < 0) {
-        double eps = epsilon_at(e, total_pulls(v->stats, n));
-        if (eps > 0.0 && mm_rng_uniform(v->rng) < eps)
-            arm = (int)mm_rng_below(v->rng, n);
-        else
-            arm = greedy_pick(v->stats, n, v->rng, NULL, NULL);
-    }
-    out->primary = arm;
+    double eps = epsilon_at(e, total_pulls(v->stats, n));
+    if (eps > 0.0 && mm_rng_uniform(v->rng) < eps)
+        out->primary = (int)mm_rng_below(v->rng, n);
+    else
+        out->primary = greedy_pick(v->stats, n, v->rng, NULL, NULL);
 }
 
 static int eg_check_reward(void *p, double reward)
@@ -144,8 +130,7 @@ static int parse_arms(egreedy_t *e, const json_t *exp, policy_parse_t *pp)
 {
     const json_t *arms = json_object_get(exp, "arms");
     if (arms == NULL) return policy_error(pp, "", "missing \"arms\" (a list of upstream names)");
-    if (!json_is_array(arms))
-        return policy_error(pp, "/arms", "\"arms\" must be a list of upstream names");
+    if (!json_is_array(arms)) return policy_error(pp, "/arms", "must be a list of upstream names");
     if (json_array_size(arms) < 2)
         return policy_error(pp, "/arms", "a bandit needs at least 2 arms");
     size_t i;
@@ -154,7 +139,8 @@ static int parse_arms(egreedy_t *e, const json_t *exp, policy_parse_t *pp)
     {
         char path[32];
         snprintf(path, sizeof path, "/arms/%zu", i);
-        if (!json_is_string(a)) return policy_error(pp, path, "an arm must be an upstream name");
+        if (!json_is_string(a))
+            return policy_error(pp, path, "must be an upstream name (a string)");
         int idx = policy_add_arm(pp, json_string_value(a), path);
         if (idx < 0) return -1;
         if (idx < MM_MAX_ARMS)
@@ -177,7 +163,8 @@ static void *eg_create(const json_t *exp, policy_parse_t *pp)
     if (policy_get_number(pp, exp, "", "epsilon", 0.1, 0.0, 1.0, &e->epsilon) < 0) goto err;
     if (policy_get_number(pp, exp, "", "decay", 0.0, 0.0, 1e15, &e->decay) < 0) goto err;
     if (json_object_get(exp, "decay") != NULL && !(e->decay > 0.0)) {
-        policy_error(pp, "/decay", "decay must be > 0 (omit it for a constant epsilon)");
+        policy_error(pp, "/decay", "must be > 0, got %g (omit it for a constant epsilon)",
+                     e->decay);
         goto err;
     }
     return e;

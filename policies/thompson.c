@@ -34,9 +34,9 @@
  * chosen uniformly, else to the Thompson pick, so each arm's share is at
  * least min_share whatever the posteriors say.
  *
- * Operator control: promote and rollback (expressed as weights plus state)
- * override sampling. Weights are otherwise refused (flags 0: the admin API
- * answers 409). */
+ * Weights are refused (flags 0: the admin API answers 409); promote and
+ * rollback are applied by the router before choose() is called, and while
+ * paused the view holds the statistics frozen at the pause. */
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -122,17 +122,6 @@ static int sample_argmax(const thompson_t *t, const arm_stats_t *stats, size_t n
     return best;
 }
 
-/* Promote and rollback override the policy. Returns the arm, or -1. */
-static int control_pick(const policy_view_t *v, size_t n)
-{
-    const exp_control_t *c = v->control;
-    if (c == NULL) return -1;
-    if (c->state == EXP_PROMOTED && c->has_weights)
-        return policy_pick_weighted(c->weights, n, mm_rng_uniform(v->rng));
-    if (c->state == EXP_ROLLED_BACK) return 0;
-    return -1;
-}
-
 static void ts_choose(void *p, const policy_view_t *v, const policy_req_t *req,
                       policy_choice_t *out)
 {
@@ -140,14 +129,10 @@ static void ts_choose(void *p, const policy_view_t *v, const policy_req_t *req,
     size_t n = v->n_arms < t->n_arms ? v->n_arms : t->n_arms;
     MM_UNUSED(req);
     out->n_mirrors = 0;
-    int arm = control_pick(v, n);
-    if (arm < 0) {
-        if (t->min_share > 0.0 && mm_rng_uniform(v->rng) < (double)n * t->min_share)
-            arm = (int)mm_rng_below(v->rng, n);
-        else
-            arm = sample_argmax(t, v->stats, n, v->rng);
-    }
-    out->primary = arm;
+    if (t->min_share > 0.0 && mm_rng_uniform(v->rng) < (double)n * t->min_share)
+        out->primary = (int)mm_rng_below(v->rng, n);
+    else
+        out->primary = sample_argmax(t, v->stats, n, v->rng);
 }
 
 static int ts_check_reward(void *p, double reward)
@@ -220,8 +205,7 @@ static int parse_arms(thompson_t *t, const json_t *exp, policy_parse_t *pp)
 {
     const json_t *arms = json_object_get(exp, "arms");
     if (arms == NULL) return policy_error(pp, "", "missing \"arms\" (a list of upstream names)");
-    if (!json_is_array(arms))
-        return policy_error(pp, "/arms", "\"arms\" must be a list of upstream names");
+    if (!json_is_array(arms)) return policy_error(pp, "/arms", "must be a list of upstream names");
     if (json_array_size(arms) < 2)
         return policy_error(pp, "/arms", "a bandit needs at least 2 arms");
     size_t i;
@@ -230,7 +214,8 @@ static int parse_arms(thompson_t *t, const json_t *exp, policy_parse_t *pp)
     {
         char path[32];
         snprintf(path, sizeof path, "/arms/%zu", i);
-        if (!json_is_string(a)) return policy_error(pp, path, "an arm must be an upstream name");
+        if (!json_is_string(a))
+            return policy_error(pp, path, "must be an upstream name (a string)");
         int idx = policy_add_arm(pp, json_string_value(a), path);
         if (idx < 0) return -1;
         if (idx < MM_MAX_ARMS)
@@ -250,20 +235,23 @@ static int parse_prior(thompson_t *t, const json_t *exp, policy_parse_t *pp)
     t->prec0 = 0.01;
     if (prior == NULL) return 0;
     if (!json_is_object(prior))
-        return policy_error(pp, "/prior", "\"prior\" must be an object (%s)",
+        return policy_error(pp, "/prior", "must be an object: %s",
                             t->gaussian ? "{\"mean\", \"precision\"}" : "{\"alpha\", \"beta\"}");
     if (policy_check_keys(pp, prior, "/prior", t->gaussian ? gauss_keys : bern_keys) < 0) return -1;
     if (!t->gaussian) {
         if (policy_get_number(pp, prior, "/prior", "alpha", 1.0, 0.0, 1e9, &t->alpha0) < 0 ||
             policy_get_number(pp, prior, "/prior", "beta", 1.0, 0.0, 1e9, &t->beta0) < 0)
             return -1;
-        if (!(t->alpha0 > 0.0)) return policy_error(pp, "/prior/alpha", "alpha must be > 0");
-        if (!(t->beta0 > 0.0)) return policy_error(pp, "/prior/beta", "beta must be > 0");
+        if (!(t->alpha0 > 0.0))
+            return policy_error(pp, "/prior/alpha", "must be > 0, got %g", t->alpha0);
+        if (!(t->beta0 > 0.0))
+            return policy_error(pp, "/prior/beta", "must be > 0, got %g", t->beta0);
     } else {
         if (policy_get_number(pp, prior, "/prior", "mean", 0.0, -DBL_MAX, DBL_MAX, &t->mean0) < 0 ||
             policy_get_number(pp, prior, "/prior", "precision", 0.01, 0.0, 1e12, &t->prec0) < 0)
             return -1;
-        if (!(t->prec0 > 0.0)) return policy_error(pp, "/prior/precision", "precision must be > 0");
+        if (!(t->prec0 > 0.0))
+            return policy_error(pp, "/prior/precision", "must be > 0, got %g", t->prec0);
     }
     return 0;
 }

@@ -26,7 +26,8 @@
  * the price of its simplicity, and why the README recommends `thompson`.
  *
  * The policy keeps no learned state (the store owns the statistics); weights
- * are refused (flags 0: 409), promote and rollback override the choice. */
+ * are refused (flags 0: 409); promote and rollback are applied by the router
+ * before choose(). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,16 +85,6 @@ static int ucb_pick(const ucb1_t *u, const arm_stats_t *stats, size_t n, mm_rng_
     return best;
 }
 
-static int control_pick(const policy_view_t *v, size_t n)
-{
-    const exp_control_t *c = v->control;
-    if (c == NULL) return -1;
-    if (c->state == EXP_PROMOTED && c->has_weights)
-        return policy_pick_weighted(c->weights, n, mm_rng_uniform(v->rng));
-    if (c->state == EXP_ROLLED_BACK) return 0;
-    return -1;
-}
-
 static void ucb_choose(void *p, const policy_view_t *v, const policy_req_t *req,
                        policy_choice_t *out)
 {
@@ -101,8 +92,7 @@ static void ucb_choose(void *p, const policy_view_t *v, const policy_req_t *req,
     size_t n = v->n_arms < u->n_arms ? v->n_arms : u->n_arms;
     MM_UNUSED(req);
     out->n_mirrors = 0;
-    int arm = control_pick(v, n);
-    out->primary = arm >= 0 ? arm : ucb_pick(u, v->stats, n, v->rng);
+    out->primary = ucb_pick(u, v->stats, n, v->rng);
 }
 
 static int ucb_check_reward(void *p, double reward)
@@ -146,8 +136,7 @@ static int parse_arms(ucb1_t *u, const json_t *exp, policy_parse_t *pp)
 {
     const json_t *arms = json_object_get(exp, "arms");
     if (arms == NULL) return policy_error(pp, "", "missing \"arms\" (a list of upstream names)");
-    if (!json_is_array(arms))
-        return policy_error(pp, "/arms", "\"arms\" must be a list of upstream names");
+    if (!json_is_array(arms)) return policy_error(pp, "/arms", "must be a list of upstream names");
     if (json_array_size(arms) < 2)
         return policy_error(pp, "/arms", "a bandit needs at least 2 arms");
     size_t i;
@@ -156,7 +145,8 @@ static int parse_arms(ucb1_t *u, const json_t *exp, policy_parse_t *pp)
     {
         char path[32];
         snprintf(path, sizeof path, "/arms/%zu", i);
-        if (!json_is_string(a)) return policy_error(pp, path, "an arm must be an upstream name");
+        if (!json_is_string(a))
+            return policy_error(pp, path, "must be an upstream name (a string)");
         int idx = policy_add_arm(pp, json_string_value(a), path);
         if (idx < 0) return -1;
         if (idx < MM_MAX_ARMS)
