@@ -52,7 +52,6 @@ typedef struct {
 
 struct policy_parse_s {
     cx_t *cx;
-    size_t index; /* of the experiment */
     cfg_experiment_t *e;
     char base[48]; /* "/experiments/N": policy paths are relative to it */
 };
@@ -162,14 +161,16 @@ static const char *dotted(const cx_t *cx, const char *ptr, char *out, size_t n)
     return out;
 }
 
-/* A number as a user would write it: 2000, 0.1, 1e-06. */
-static const char *fmt_num(double d, char *out, size_t n)
+/* A number as a user would write it: 2000, 0.1, 1e-06. With `exact`, all
+ * the digits needed to tell it from its neighbours (a value just outside a
+ * range must not print as the bound itself); bounds are shown short. */
+static const char *fmt_num(double d, int exact, char *out, size_t n)
 {
     if (d == floor(d) && fabs(d) < 1e15) {
         snprintf(out, n, "%.0f", d);
     } else {
         snprintf(out, n, "%.15g", d);
-        if (strtod(out, NULL) != d) snprintf(out, n, "%.17g", d);
+        if (exact && strtod(out, NULL) != d) snprintf(out, n, "%.17g", d);
     }
     return out;
 }
@@ -192,7 +193,7 @@ static const char *show(const json_t *v, char *out, size_t n)
         snprintf(out, n, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
         break;
     case JSON_REAL:
-        fmt_num(json_real_value(v), out, n);
+        fmt_num(json_real_value(v), 1, out, n);
         break;
     case JSON_STRING: {
         char *s = json_dumps(v, JSON_ENCODE_ANY);
@@ -286,12 +287,12 @@ static void num_range(double lo, double hi, char *out, size_t n)
     if (nolo && nohi)
         snprintf(out, n, "a number");
     else if (nohi)
-        snprintf(out, n, "a number >= %s", fmt_num(lo, a, sizeof(a)));
+        snprintf(out, n, "a number >= %s", fmt_num(lo, 0, a, sizeof(a)));
     else if (nolo)
-        snprintf(out, n, "a number <= %s", fmt_num(hi, b, sizeof(b)));
+        snprintf(out, n, "a number <= %s", fmt_num(hi, 0, b, sizeof(b)));
     else
-        snprintf(out, n, "a number in [%s, %s]", fmt_num(lo, a, sizeof(a)),
-                 fmt_num(hi, b, sizeof(b)));
+        snprintf(out, n, "a number in [%s, %s]", fmt_num(lo, 0, a, sizeof(a)),
+                 fmt_num(hi, 0, b, sizeof(b)));
 }
 
 /* Integers: JSON integers, and reals with an integral value (3e5). */
@@ -865,7 +866,7 @@ static int parse_experiment(cx_t *cx, size_t i, const json_t *exp)
 {
     config_t *c = cx->c;
     cfg_experiment_t *e = &c->experiments[i];
-    policy_parse_t pp = {.cx = cx, .index = i, .e = e};
+    policy_parse_t pp = {.cx = cx, .e = e};
     char *base = pp.base, vp[PTR_MAX], d[256], g[300];
     snprintf(pp.base, sizeof(pp.base), "/experiments/%zu", i);
     if (require_object(cx, exp, base) < 0) return -1;
