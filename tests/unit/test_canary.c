@@ -1,0 +1,654 @@
+/* test_canary.c — the canary policy: every branch of the step machine,
+ * traffic split and sticky monotonicity, describe(), and config errors.
+ *
+ * The policy is built through config_parse() like in production; the test
+ * plays the core: it feeds answers through on_response and calls on_tick with
+ * a hand-made clock and control state, so every transition is deterministic. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "policy.h"
+#include "rng.h"
+
+#define UPSTREAMS                                                                                  \
+    "\"upstreams\": {\"champion\": {\"url\": \"http://127.0.0.1:7001\"},\n"                        \
+    "              \"challenger\": {\"url\": \"http://127.0.0.1:7002\"}},\n"
+
+typedef struct {
+    config_t *cfg;
+    const policy_ops_t *ops;
+    void *p;
+    exp_control_t ctl;
+    arm_stats_t stats[2];
+    mm_rng_t rng;
+    policy_view_t v;
+} fx_t;
+
+static int exp_text(const char *params, char *text, size_t n);
+
+/* Build a config with one canary experiment whose policy keys are `params`. */
+static config_t *parse_exp(const char *params, char *err, size_t errlen)
+{
+    char text[4096];
+    int n = exp_text(params, text, sizeof text);
+    return config_parse(text, (size_t)n, "test.json", err, errlen);
+}
+
+static void fx_init(fx_t *f, const char *params)
+{
+    char err[512];
+    memset(f, 0, sizeof *f);
+    f->cfg = parse_exp(params, err, sizeof err);
+    if (f->cfg == NULL) fail_msg("config: %s", err);
+    assert_int_equal(f->cfg->n_experiments, 1);
+    f->ops = f->cfg->experiments[0].ops;
+    f->p = f->cfg->experiments[0].policy;
+    assert_string_equal(f->ops->name, "canary");
+    mm_rng_seed(&f->rng, 42);
+    f->ctl.state = EXP_RUNNING;
+    f->v.n_arms = 2;
+    f->v.stats = f->stats;
+    f->v.control = &f->ctl;
+    f->v.rng = &f->rng;
+}
+
+static void fx_free(fx_t *f)
+{
+    config_free(f->cfg);
+}
+
+static int tick(fx_t *f, uint64_t now_ms)
+{
+    f->v.now_ms = now_ms;
+    return f->ops->on_tick(f->p, &f->v, &f->ctl);
+}
+
+/* n answers from arm, of which `errors` are 503, each taking latency_ms. */
+static void feed(fx_t *f, int arm, int n, int errors, double latency_ms)
+{
+    for (int i = 0; i < n; i++)
+        f->ops->on_response(f->p, arm, i < errors ? 503 : 200, (uint64_t)(latency_ms * 1000.0), 0);
+}
+
+static json_t *describe(fx_t *f)
+{
+    return f->ops->describe(f->p, &f->v);
+}
+
+static const char *last_verdict(fx_t *f, char *buf, size_t n)
+{
+    json_t *d = describe(f);
+    json_t *la = json_object_get(d, "last_analysis");
+    snprintf(buf, n, "%s", json_string_value(json_object_get(la, "verdict")));
+    json_decref(d);
+    return buf;
+}
+
+#define BASE                                                                                       \
+    "\"champion\": \"champion\", \"canary\": \"challenger\", \"steps\": [1, 5, 25, 50, 100],\n"    \
+    "\"step_interval_s\": 10,\n"                                                                   \
+    "\"analysis\": {\"min_requests\": 10, \"max_error_rate\": 0.1, \"max_p99_ms\": 500,\n"         \
+    "             \"failure_limit\": 2}"
+
+/* ---- the step machine ---- */
+
+static void running_at_step_zero_starts_at_the_first_step(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE);
+    assert_int_equal(tick(&f, 1000), 1);
+    assert_true(f.ctl.canary_step == 1.0);
+    assert_int_equal(f.ctl.state, EXP_RUNNING);
+    assert_int_equal(f.ctl.has_weights, 0);
+    fx_free(&f);
+}
+
+static void passed_interval_moves_to_the_next_step(void **state)
+{
+    fx_t f;
+    char v[32];
+    (void)state;
+    fx_init(&f, BASE);
+    tick(&f, 1000);
+    feed(&f, 0, 100, 0, 80);
+    feed(&f, 1, 20, 1, 100);              /* 5 % errors <= 10 % */
+    assert_int_equal(tick(&f, 10999), 0); /* the interval has not elapsed */
+    assert_true(f.ctl.canary_step == 1.0);
+    assert_int_equal(tick(&f, 11000), 1);
+    assert_true(f.ctl.canary_step == 5.0);
+    assert_string_equal(last_verdict(&f, v, sizeof v), "passed");
+    /* And on through the list. */
+    feed(&f, 1, 10, 0, 100);
+    assert_int_equal(tick(&f, 21000), 1);
+    assert_true(f.ctl.canary_step == 25.0);
+    fx_free(&f);
+}
+
+static void too_few_canary_requests_hold_the_step_and_restart_the_interval(void **state)
+{
+    fx_t f;
+    char v[32];
+    (void)state;
+    fx_init(&f, BASE);
+    tick(&f, 0);
+    feed(&f, 1, 9, 0, 100);
+    assert_int_equal(tick(&f, 10000), 0);
+    assert_true(f.ctl.canary_step == 1.0);
+    assert_string_equal(last_verdict(&f, v, sizeof v), "inconclusive");
+    /* The 9 do not carry over: 6 more are still too few. */
+    feed(&f, 1, 6, 0, 100);
+    assert_int_equal(tick(&f, 20000), 0);
+    assert_string_equal(last_verdict(&f, v, sizeof v), "inconclusive");
+    feed(&f, 1, 10, 0, 100);
+    assert_int_equal(tick(&f, 30000), 1);
+    assert_true(f.ctl.canary_step == 5.0);
+    fx_free(&f);
+}
+
+static void no_canary_answer_is_inconclusive_even_with_min_requests_zero(void **state)
+{
+    fx_t f;
+    char v[32];
+    (void)state;
+    fx_init(&f, "\"champion\": \"champion\", \"canary\": \"challenger\", \"step_interval_s\": 1,"
+                "\"analysis\": {\"min_requests\": 0}");
+    tick(&f, 0);
+    feed(&f, 0, 50, 0, 10);
+    assert_int_equal(tick(&f, 1000), 0);
+    assert_string_equal(last_verdict(&f, v, sizeof v), "inconclusive");
+    feed(&f, 1, 1, 0, 10);
+    assert_int_equal(tick(&f, 2000), 1);
+    assert_true(f.ctl.canary_step == 5.0);
+    fx_free(&f);
+}
+
+static void failed_interval_below_the_limit_holds(void **state)
+{
+    fx_t f;
+    char v[32];
+    (void)state;
+    fx_init(&f, BASE);
+    tick(&f, 0);
+    feed(&f, 1, 20, 5, 100); /* 25 % errors */
+    assert_int_equal(tick(&f, 10000), 0);
+    assert_true(f.ctl.canary_step == 1.0);
+    assert_int_equal(f.ctl.state, EXP_RUNNING);
+    assert_string_equal(last_verdict(&f, v, sizeof v), "failed");
+    json_t *d = describe(&f);
+    assert_int_equal(json_integer_value(json_object_get(d, "failures")), 1);
+    json_decref(d);
+    fx_free(&f);
+}
+
+static void failed_intervals_at_the_limit_roll_back(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE);
+    tick(&f, 0);
+    feed(&f, 1, 20, 5, 100);
+    assert_int_equal(tick(&f, 10000), 0);
+    feed(&f, 1, 20, 0, 900); /* p99 900 ms > 500 ms */
+    assert_int_equal(tick(&f, 20000), 1);
+    assert_true(f.ctl.canary_step == 0.0);
+    assert_int_equal(f.ctl.state, EXP_ROLLED_BACK);
+    assert_int_equal(f.ctl.has_weights, 1);
+    assert_true(f.ctl.weights[0] == 100.0);
+    assert_true(f.ctl.weights[1] == 0.0);
+    /* Rolled back: no more steps, whatever happens. */
+    feed(&f, 1, 100, 0, 10);
+    assert_int_equal(tick(&f, 40000), 0);
+    assert_int_equal(f.ctl.state, EXP_ROLLED_BACK);
+    fx_free(&f);
+}
+
+static void a_pass_resets_the_consecutive_failures(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE);
+    tick(&f, 0);
+    feed(&f, 1, 20, 5, 100);
+    tick(&f, 10000); /* failed 1/2 */
+    feed(&f, 1, 20, 0, 100);
+    assert_int_equal(tick(&f, 20000), 1); /* passed: 1 -> 5, failures 0 */
+    feed(&f, 1, 20, 5, 100);
+    assert_int_equal(tick(&f, 30000), 0); /* failed 1/2 again, not rolled back */
+    assert_int_equal(f.ctl.state, EXP_RUNNING);
+    assert_true(f.ctl.canary_step == 5.0);
+    fx_free(&f);
+}
+
+static void error_rate_delta_against_the_champion_fails(void **state)
+{
+    fx_t f;
+    char v[32];
+    (void)state;
+    fx_init(&f, "\"champion\": \"champion\", \"canary\": \"challenger\", \"step_interval_s\": 1,"
+                "\"analysis\": {\"min_requests\": 10, \"max_error_rate\": 0.5,"
+                "              \"max_error_rate_delta\": 0.02}");
+    tick(&f, 0);
+    feed(&f, 0, 100, 1, 10);             /* champion 1 % */
+    feed(&f, 1, 100, 5, 10);             /* canary 5 %: delta 4 points > 2 */
+    assert_int_equal(tick(&f, 1000), 1); /* failure_limit 1: rolled back at once */
+    assert_int_equal(f.ctl.state, EXP_ROLLED_BACK);
+    assert_string_equal(last_verdict(&f, v, sizeof v), "failed");
+    json_t *d = describe(&f);
+    const char *reason =
+        json_string_value(json_object_get(json_object_get(d, "last_analysis"), "reason"));
+    assert_non_null(strstr(reason, "delta 0.040 > 0.020"));
+    json_decref(d);
+    fx_free(&f);
+}
+
+static void transport_failures_count_as_errors(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, "\"champion\": \"champion\", \"canary\": \"challenger\", \"step_interval_s\": 1,"
+                "\"analysis\": {\"min_requests\": 10, \"max_error_rate\": 0.1}");
+    tick(&f, 0);
+    for (int i = 0; i < 10; i++) f.ops->on_response(f.p, 1, i < 2 ? 0 : 200, 5000, 0);
+    assert_int_equal(tick(&f, 1000), 1);
+    assert_int_equal(f.ctl.state, EXP_ROLLED_BACK); /* 20 % > 10 % */
+    fx_free(&f);
+}
+
+static void passing_at_the_last_step_promotes(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, "\"champion\": \"champion\", \"canary\": \"challenger\", \"steps\": [50, 100],"
+                "\"step_interval_s\": 1, \"analysis\": {\"min_requests\": 1}");
+    assert_int_equal(tick(&f, 0), 1);
+    assert_true(f.ctl.canary_step == 50.0);
+    feed(&f, 1, 5, 0, 10);
+    assert_int_equal(tick(&f, 1000), 1);
+    assert_true(f.ctl.canary_step == 100.0);
+    assert_int_equal(f.ctl.state, EXP_RUNNING); /* reaching 100 % is not yet promotion */
+    feed(&f, 1, 5, 0, 10);
+    assert_int_equal(tick(&f, 2000), 1);
+    assert_int_equal(f.ctl.state, EXP_PROMOTED);
+    assert_true(f.ctl.canary_step == 100.0);
+    assert_int_equal(f.ctl.has_weights, 1);
+    assert_true(f.ctl.weights[0] == 0.0);
+    assert_true(f.ctl.weights[1] == 100.0);
+    fx_free(&f);
+}
+
+static void last_step_below_100_promotes_to_100(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, "\"champion\": \"champion\", \"canary\": \"challenger\", \"steps\": [10],"
+                "\"step_interval_s\": 1, \"analysis\": {\"min_requests\": 1}");
+    tick(&f, 0);
+    feed(&f, 1, 5, 0, 10);
+    assert_int_equal(tick(&f, 1000), 1);
+    assert_int_equal(f.ctl.state, EXP_PROMOTED);
+    assert_true(f.ctl.canary_step == 100.0);
+    fx_free(&f);
+}
+
+static void on_success_hold_stays_at_the_last_step_under_analysis(void **state)
+{
+    fx_t f;
+    char v[32];
+    (void)state;
+    fx_init(&f, "\"champion\": \"champion\", \"canary\": \"challenger\", \"steps\": [100],"
+                "\"step_interval_s\": 1, \"analysis\": {\"min_requests\": 1},"
+                "\"on_success\": \"hold\"");
+    tick(&f, 0);
+    feed(&f, 1, 5, 0, 10);
+    assert_int_equal(tick(&f, 1000), 0);
+    assert_int_equal(f.ctl.state, EXP_RUNNING);
+    assert_true(f.ctl.canary_step == 100.0);
+    assert_string_equal(last_verdict(&f, v, sizeof v), "passed");
+    /* Still analysed: a failure rolls it back. */
+    feed(&f, 1, 5, 5, 10);
+    assert_int_equal(tick(&f, 2000), 1);
+    assert_int_equal(f.ctl.state, EXP_ROLLED_BACK);
+    fx_free(&f);
+}
+
+static void a_step_moved_elsewhere_restarts_the_interval(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE);
+    tick(&f, 0);
+    feed(&f, 1, 50, 0, 10);
+    f.ctl.canary_step = 25; /* another instance or the operator moved it */
+    assert_int_equal(tick(&f, 10000), 0);
+    assert_true(f.ctl.canary_step == 25.0);
+    json_t *d = describe(&f);
+    json_t *iv = json_object_get(d, "interval");
+    assert_true(json_real_value(json_object_get(iv, "step")) == 25.0);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(iv, "canary"), "requests")),
+                     0);
+    json_decref(d);
+    fx_free(&f);
+}
+
+static void on_tick_is_a_function_of_its_inputs(void **state)
+{
+    fx_t a, b;
+    (void)state;
+    fx_init(&a, BASE);
+    fx_init(&b, BASE);
+    tick(&a, 500);
+    tick(&b, 500);
+    feed(&a, 1, 30, 2, 120);
+    feed(&b, 1, 30, 2, 120);
+    /* Not paused by the core? Defensive anyway: a non-running state is left alone. */
+    static const exp_run_state_t frozen[] = {EXP_PAUSED, EXP_PROMOTED, EXP_ROLLED_BACK};
+    for (size_t i = 0; i < MM_ARRAY_LEN(frozen); i++) {
+        exp_control_t before = a.ctl;
+        a.ctl.state = frozen[i];
+        before.state = frozen[i];
+        assert_int_equal(tick(&a, 1000000), 0);
+        assert_memory_equal(&a.ctl, &before, sizeof before);
+        a.ctl.state = EXP_RUNNING;
+    }
+    /* Before the interval ends: nothing changes, however often it is called. */
+    exp_control_t before = a.ctl;
+    for (int i = 0; i < 5; i++) assert_int_equal(tick(&a, 5000), 0);
+    assert_memory_equal(&a.ctl, &before, sizeof before);
+    /* The same history and inputs give the same output. */
+    assert_int_equal(tick(&a, 10500), tick(&b, 10500));
+    assert_memory_equal(&a.ctl, &b.ctl, sizeof a.ctl);
+    assert_true(a.ctl.canary_step == 5.0);
+    fx_free(&a);
+    fx_free(&b);
+}
+
+static void reset_forgets_the_interval_and_the_history(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE);
+    tick(&f, 0);
+    feed(&f, 1, 20, 0, 10);
+    tick(&f, 10000);
+    f.ops->reset(f.p);
+    json_t *d = describe(&f);
+    assert_int_equal(json_array_size(json_object_get(d, "history")), 0);
+    assert_true(json_is_null(json_object_get(d, "interval")));
+    assert_true(json_is_null(json_object_get(d, "last_analysis")));
+    json_decref(d);
+    /* The core puts the initial control back: the canary starts over. */
+    memset(&f.ctl, 0, sizeof f.ctl);
+    assert_int_equal(tick(&f, 20000), 1);
+    assert_true(f.ctl.canary_step == 1.0);
+    fx_free(&f);
+}
+
+static void history_is_bounded_and_describes_every_analysis(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE);
+    tick(&f, 0);
+    for (int i = 1; i <= 40; i++) tick(&f, (uint64_t)i * 10000); /* 40 inconclusive */
+    json_t *d = describe(&f);
+    json_t *h = json_object_get(d, "history");
+    assert_int_equal(json_array_size(h), 32);
+    json_t *last = json_array_get(h, 31);
+    assert_string_equal(json_string_value(json_object_get(last, "verdict")), "inconclusive");
+    assert_true(json_equal(last, json_object_get(d, "last_analysis")));
+    assert_non_null(json_object_get(last, "canary_requests"));
+    assert_non_null(json_object_get(last, "champion_error_rate"));
+    assert_non_null(json_object_get(last, "canary_p99_ms"));
+    assert_true(json_real_value(json_object_get(d, "step")) == 1.0);
+    assert_string_equal(json_string_value(json_object_get(d, "state")), "running");
+    json_decref(d);
+    fx_free(&f);
+}
+
+static void each_analysis_prints_one_log_line(void **state)
+{
+    fx_t f;
+    char buf[1024] = {0};
+    (void)state;
+    fx_init(&f, BASE);
+    tick(&f, 0);
+    feed(&f, 1, 100, 1, 100);
+    FILE *tmp = tmpfile();
+    assert_non_null(tmp);
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fileno(tmp), 2);
+    tick(&f, 10000);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    rewind(tmp);
+    size_t n = fread(buf, 1, sizeof buf - 1, tmp);
+    fclose(tmp);
+    buf[n] = '\0';
+    assert_string_equal(buf, "canary exp: step 1 -> 5 (passed: error_rate 0.010 <= 0.100, "
+                             "p99 100 ms <= 500 ms)\n");
+    fx_free(&f);
+}
+
+/* ---- routing ---- */
+
+static void unkeyed_requests_split_by_the_step(void **state)
+{
+    fx_t f;
+    policy_choice_t c;
+    policy_req_t req = {0};
+    (void)state;
+    fx_init(&f, BASE);
+    f.ctl.canary_step = 25;
+    int canary = 0, n = 20000;
+    for (int i = 0; i < n; i++) {
+        f.ops->choose(f.p, &f.v, &req, &c);
+        assert_int_equal(c.n_mirrors, 0);
+        canary += c.primary;
+    }
+    /* 25 % within 5 standard deviations (sd = sqrt(n p (1-p)) ~ 61). */
+    assert_in_range(canary, 5000 - 306, 5000 + 306);
+    f.ctl.canary_step = 0;
+    f.ops->choose(f.p, &f.v, &req, &c);
+    assert_int_equal(c.primary, 0);
+    f.ctl.canary_step = 100;
+    f.ops->choose(f.p, &f.v, &req, &c);
+    assert_int_equal(c.primary, 1);
+    fx_free(&f);
+}
+
+static void sticky_assignment_is_monotone_across_steps(void **state)
+{
+    fx_t f;
+    policy_choice_t c;
+    policy_req_t req = {0};
+    static const double steps[] = {1, 5, 25, 50, 100};
+    enum { USERS = 10000 };
+    static unsigned char on[USERS];
+    (void)state;
+    fx_init(&f, BASE ", \"sticky\": {\"header\": \"X-User-Id\"}");
+    assert_int_equal(f.cfg->experiments[0].sticky_kind, STICKY_HEADER);
+    memset(on, 0, sizeof on);
+    req.has_key = 1;
+    for (size_t s = 0; s < MM_ARRAY_LEN(steps); s++) {
+        f.ctl.canary_step = steps[s];
+        int count = 0;
+        for (int u = 0; u < USERS; u++) {
+            char key[16];
+            int kn = snprintf(key, sizeof key, "user%d", u);
+            req.key_hash = mm_hash64("exp", 3, key, (size_t)kn);
+            f.ops->choose(f.p, &f.v, &req, &c);
+            /* Once on the canary, always on it. */
+            if (on[u]) assert_int_equal(c.primary, 1);
+            on[u] = (unsigned char)c.primary;
+            count += c.primary;
+            /* The same key twice: the same arm. */
+            policy_choice_t again;
+            f.ops->choose(f.p, &f.v, &req, &again);
+            assert_int_equal(again.primary, c.primary);
+        }
+        double p = steps[s] / 100.0, sd = sqrt(USERS * p * (1 - p));
+        assert_true(fabs(count - USERS * p) <= 5 * sd + 1);
+    }
+    fx_free(&f);
+}
+
+static void promoted_and_rolled_back_follow_the_control(void **state)
+{
+    fx_t f;
+    policy_choice_t c;
+    policy_req_t req = {0};
+    (void)state;
+    fx_init(&f, BASE);
+    f.ctl.canary_step = 50;
+    f.ctl.state = EXP_ROLLED_BACK;
+    for (int i = 0; i < 100; i++) {
+        f.ops->choose(f.p, &f.v, &req, &c);
+        assert_int_equal(c.primary, 0);
+    }
+    f.ctl.state = EXP_PROMOTED;
+    f.ctl.has_weights = 1;
+    f.ctl.weights[0] = 0;
+    f.ctl.weights[1] = 100;
+    for (int i = 0; i < 100; i++) {
+        f.ops->choose(f.p, &f.v, &req, &c);
+        assert_int_equal(c.primary, 1);
+    }
+    /* Paused keeps the current share. */
+    f.ctl.state = EXP_PAUSED;
+    f.ctl.has_weights = 0;
+    f.ctl.canary_step = 100;
+    f.ops->choose(f.p, &f.v, &req, &c);
+    assert_int_equal(c.primary, 1);
+    fx_free(&f);
+}
+
+/* ---- configuration ---- */
+
+static void defaults_are_the_documented_ones(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, "\"champion\": \"champion\", \"canary\": \"challenger\"");
+    assert_int_equal(f.cfg->experiments[0].n_arms, 2);
+    assert_int_equal(f.cfg->experiments[0].arms[0], config_upstream_index(f.cfg, "champion"));
+    json_t *d = describe(&f);
+    json_t *want = json_pack("[f,f,f,f,f]", 1.0, 5.0, 25.0, 50.0, 100.0);
+    assert_true(json_equal(json_object_get(d, "steps"), want));
+    assert_true(json_real_value(json_object_get(d, "step_interval_s")) == 60.0);
+    assert_string_equal(json_string_value(json_object_get(d, "on_success")), "promote");
+    json_t *an = json_object_get(d, "analysis");
+    assert_int_equal(json_integer_value(json_object_get(an, "min_requests")), 100);
+    assert_true(json_real_value(json_object_get(an, "max_error_rate")) == 0.05);
+    assert_true(json_is_null(json_object_get(an, "max_p99_ms")));
+    assert_true(json_is_null(json_object_get(an, "max_error_rate_delta")));
+    assert_int_equal(json_integer_value(json_object_get(an, "failure_limit")), 1);
+    json_decref(want);
+    json_decref(d);
+    fx_free(&f);
+}
+
+/* The text parse_exp() builds around `params`. */
+static int exp_text(const char *params, char *text, size_t n)
+{
+    return snprintf(text, n,
+                    "{" UPSTREAMS "\"experiments\": [{\"name\": \"exp\", \"match\": "
+                    "{\"path_prefix\": \"/\"}, \"policy\": \"canary\",\n%s}]}\n",
+                    params);
+}
+
+/* The config must fail with "test.json:LINE:COL: ..." mentioning `what`,
+ * where LINE:COL is the first occurrence of `at` in params (or, failing
+ * that, in the whole text). */
+static void expect_error(const char *params, const char *at, const char *what)
+{
+    char text[4096], err[512], prefix[64];
+    exp_text(params, text, sizeof text);
+    const char *pp = strstr(text, params);
+    const char *hit = strstr(pp, at);
+    if (hit == NULL) hit = strstr(text, at);
+    assert_non_null(hit);
+    int line = 1, col = 1;
+    for (const char *q = text; q < hit; q++) {
+        if (*q == '\n') {
+            line++;
+            col = 1;
+        } else {
+            col++;
+        }
+    }
+    config_t *c = parse_exp(params, err, sizeof err);
+    if (c != NULL) {
+        config_free(c);
+        fail_msg("accepted: %s", params);
+    }
+    snprintf(prefix, sizeof prefix, "test.json:%d:%d: ", line, col);
+    if (strncmp(err, prefix, strlen(prefix)) != 0 || strstr(err, what) == NULL)
+        fail_msg("want %s...%s, got: %s", prefix, what, err);
+}
+
+#define ARMS "\"champion\": \"champion\", \"canary\": \"challenger\",\n"
+
+static void config_errors_name_line_and_column(void **state)
+{
+    (void)state;
+    expect_error("\"champion\": \"champion\", \"canary\": \"nope\"", "\"nope\"", "nope");
+    expect_error("\"champion\": \"champion\", \"canary\": \"champion\"", "\"champion\"}", "twice");
+    expect_error("\"champion\": \"champion\"", "{\"name\"", "canary");
+    expect_error(ARMS "\"steps\": [1, 5, 5]", "5]", "increasing");
+    expect_error(ARMS "\"steps\": [0, 5]", "0,", "(0, 100]");
+    expect_error(ARMS "\"steps\": [5, 101]", "101", "(0, 100]");
+    expect_error(ARMS "\"steps\": []", "[]", "non-empty");
+    expect_error(ARMS "\"steps\": [5, \"25\"]", "\"25\"", "number");
+    expect_error(ARMS "\"step_interval_s\": 0", "0", "> 0");
+    expect_error(ARMS "\"analysis\": {\"max_error_rate\": 1.5}", "1.5", "max_error_rate");
+    expect_error(ARMS "\"analysis\": {\"failure_limit\": 0}", "0}", "failure_limit");
+    expect_error(ARMS "\"analysis\": {\"min_requests\": -1}", "-1", "min_requests");
+    expect_error(ARMS "\"analysis\": {\"max_p99_ms\": 0}", "0}", "> 0");
+    expect_error(ARMS "\"analysis\": {\"max_error_rate_delta\": 2}", "2}", "max_error_rate_delta");
+    expect_error(ARMS "\"analysis\": {\"max_p99\": 100}", "\"max_p99\"", "unknown key");
+    expect_error(ARMS "\"analysis\": [1]", "[1]", "object");
+    expect_error(ARMS "\"on_success\": \"rollout\"", "\"rollout\"", "promote");
+    expect_error(ARMS "\"sticky\": {\"body\": \"x\"}", "\"body\"", "unknown key");
+    expect_error(ARMS "\"weights\": {}", "\"weights\"", "unknown key");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(running_at_step_zero_starts_at_the_first_step),
+        cmocka_unit_test(passed_interval_moves_to_the_next_step),
+        cmocka_unit_test(too_few_canary_requests_hold_the_step_and_restart_the_interval),
+        cmocka_unit_test(no_canary_answer_is_inconclusive_even_with_min_requests_zero),
+        cmocka_unit_test(failed_interval_below_the_limit_holds),
+        cmocka_unit_test(failed_intervals_at_the_limit_roll_back),
+        cmocka_unit_test(a_pass_resets_the_consecutive_failures),
+        cmocka_unit_test(error_rate_delta_against_the_champion_fails),
+        cmocka_unit_test(transport_failures_count_as_errors),
+        cmocka_unit_test(passing_at_the_last_step_promotes),
+        cmocka_unit_test(last_step_below_100_promotes_to_100),
+        cmocka_unit_test(on_success_hold_stays_at_the_last_step_under_analysis),
+        cmocka_unit_test(a_step_moved_elsewhere_restarts_the_interval),
+        cmocka_unit_test(on_tick_is_a_function_of_its_inputs),
+        cmocka_unit_test(reset_forgets_the_interval_and_the_history),
+        cmocka_unit_test(history_is_bounded_and_describes_every_analysis),
+        cmocka_unit_test(each_analysis_prints_one_log_line),
+        cmocka_unit_test(unkeyed_requests_split_by_the_step),
+        cmocka_unit_test(sticky_assignment_is_monotone_across_steps),
+        cmocka_unit_test(promoted_and_rolled_back_follow_the_control),
+        cmocka_unit_test(defaults_are_the_documented_ones),
+        cmocka_unit_test(config_errors_name_line_and_column),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,488 @@
+/* test_shadow.c — the shadow policy: mirroring decisions, comparison outcomes
+ * (status, JSON tolerance and ignore, bytes, truncation, Content-Type),
+ * Diffy-style noise from a secondary, statistics in describe(), and config
+ * errors with line and column.
+ *
+ * The policy is built through config_parse() like in production; the test
+ * plays the core by calling choose/compare/on_response directly. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "policy.h"
+#include "rng.h"
+
+#define UPSTREAMS                                                                                  \
+    "\"upstreams\": {\"champion\": {\"url\": \"http://127.0.0.1:7001\"},\n"                        \
+    "              \"challenger\": {\"url\": \"http://127.0.0.1:7002\"},\n"                        \
+    "              \"champion-b\": {\"url\": \"http://127.0.0.1:7003\"},\n"                        \
+    "              \"third\": {\"url\": \"http://127.0.0.1:7004\"}},\n"
+
+typedef struct {
+    config_t *cfg;
+    const cfg_experiment_t *e;
+    const policy_ops_t *ops;
+    void *p;
+    exp_control_t ctl;
+    arm_stats_t stats[MM_MAX_ARMS];
+    mm_rng_t rng;
+    policy_view_t v;
+} fx_t;
+
+static int exp_text(const char *params, char *text, size_t n)
+{
+    return snprintf(text, n,
+                    "{" UPSTREAMS "\"experiments\": [{\"name\": \"exp\", \"match\": "
+                    "{\"path_prefix\": \"/\"}, \"policy\": \"shadow\",\n%s}]}\n",
+                    params);
+}
+
+static config_t *parse_exp(const char *params, char *err, size_t errlen)
+{
+    char text[4096];
+    int n = exp_text(params, text, sizeof text);
+    return config_parse(text, (size_t)n, "test.json", err, errlen);
+}
+
+static void fx_init(fx_t *f, const char *params)
+{
+    char err[512];
+    memset(f, 0, sizeof *f);
+    f->cfg = parse_exp(params, err, sizeof err);
+    if (f->cfg == NULL) fail_msg("config: %s", err);
+    f->e = &f->cfg->experiments[0];
+    f->ops = f->e->ops;
+    f->p = f->e->policy;
+    assert_string_equal(f->ops->name, "shadow");
+    mm_rng_seed(&f->rng, 7);
+    f->ctl.state = EXP_RUNNING;
+    f->v.n_arms = f->e->n_arms;
+    f->v.stats = f->stats;
+    f->v.control = &f->ctl;
+    f->v.rng = &f->rng;
+}
+
+static void fx_free(fx_t *f)
+{
+    config_free(f->cfg);
+}
+
+static policy_resp_t resp(int status, const char *body)
+{
+    policy_resp_t r = {status, MM_STR("application/json"), {body, strlen(body)}, 0};
+    return r;
+}
+
+/* Outcome of one mirror (arm 1) against the primary. */
+static int compare1(fx_t *f, policy_resp_t prim, policy_resp_t m)
+{
+    int arm = 1, out = -1;
+    f->ops->compare(f->p, &prim, &arm, &m, 1, &out);
+    return out;
+}
+
+static json_t *describe(fx_t *f)
+{
+    return f->ops->describe(f->p, &f->v);
+}
+
+/* describe().shadows[i] */
+static json_t *shadow_entry(json_t *d, size_t i)
+{
+    return json_array_get(json_object_get(d, "shadows"), i);
+}
+
+static json_int_t geti(json_t *o, const char *k)
+{
+    return json_integer_value(json_object_get(o, k));
+}
+
+#define BASE "\"primary\": \"champion\", \"shadows\": [\"challenger\"]"
+#define WITH_SECONDARY                                                                             \
+    "\"primary\": \"champion\", \"shadows\": [\"challenger\"], \"secondary\": \"champion-b\""
+
+/* ---- configuration ---- */
+
+static void arms_and_mirror_limits_are_declared(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, WITH_SECONDARY ", \"max_inflight\": 7, \"timeout_ms\": 250,"
+                               "\"max_body_bytes\": 4096");
+    assert_int_equal(f.e->n_arms, 3);
+    assert_int_equal(f.e->arms[0], config_upstream_index(f.cfg, "champion"));
+    assert_int_equal(f.e->arms[1], config_upstream_index(f.cfg, "challenger"));
+    assert_int_equal(f.e->arms[2], config_upstream_index(f.cfg, "champion-b"));
+    assert_int_equal(f.e->mirror.max_inflight, 7);
+    assert_int_equal(f.e->mirror.timeout_ms, 250);
+    assert_int_equal(f.e->mirror.max_body_bytes, 4096);
+    fx_free(&f);
+
+    fx_init(&f, BASE);
+    assert_int_equal(f.e->n_arms, 2);
+    assert_int_equal(f.e->mirror.max_inflight, 100);
+    assert_int_equal(f.e->mirror.timeout_ms, 1000);
+    assert_int_equal(f.e->mirror.max_body_bytes, 1 << 20);
+    json_t *d = describe(&f);
+    json_t *cmp = json_object_get(d, "compare");
+    assert_true(json_real_value(json_object_get(cmp, "json_tolerance")) == 1e-6);
+    assert_true(json_is_false(json_object_get(cmp, "headers")));
+    assert_true(json_real_value(json_object_get(d, "sample")) == 1.0);
+    assert_true(json_is_null(json_object_get(d, "secondary")));
+    json_decref(d);
+    fx_free(&f);
+}
+
+static void expect_error(const char *params, const char *at, const char *what)
+{
+    char text[4096], err[512], prefix[64];
+    exp_text(params, text, sizeof text);
+    const char *hit = strstr(strstr(text, params), at);
+    if (hit == NULL) hit = strstr(text, at);
+    assert_non_null(hit);
+    int line = 1, col = 1;
+    for (const char *q = text; q < hit; q++) {
+        if (*q == '\n') {
+            line++;
+            col = 1;
+        } else {
+            col++;
+        }
+    }
+    config_t *c = parse_exp(params, err, sizeof err);
+    if (c != NULL) {
+        config_free(c);
+        fail_msg("accepted: %s", params);
+    }
+    snprintf(prefix, sizeof prefix, "test.json:%d:%d: ", line, col);
+    if (strncmp(err, prefix, strlen(prefix)) != 0 || strstr(err, what) == NULL)
+        fail_msg("want %s...%s, got: %s", prefix, what, err);
+}
+
+static void config_errors_name_line_and_column(void **state)
+{
+    (void)state;
+    expect_error("\"primary\": \"champion\", \"shadows\": [\"nope\"]", "\"nope\"", "nope");
+    expect_error("\"primary\": \"champion\", \"shadows\": [\"challenger\", \"champion\"]",
+                 "\"champion\"]", "twice");
+    expect_error("\"primary\": \"champion\", \"shadows\": []", "[]", "non-empty");
+    expect_error("\"primary\": \"champion\", \"shadows\": \"challenger\"", "\"challenger\"",
+                 "list");
+    expect_error("\"primary\": \"champion\", \"shadows\": [3]", "3]", "upstream name");
+    expect_error("\"shadows\": [\"challenger\"]", "{\"name\"", "primary");
+    expect_error("\"primary\": \"champion\"", "{\"name\"", "shadows");
+    expect_error(BASE ", \"sample\": 1.5", "1.5", "sample");
+    expect_error(BASE ", \"sample\": -0.1", "-0.1", "sample");
+    expect_error(BASE ", \"max_inflight\": 0", "0", "max_inflight");
+    expect_error(BASE ", \"timeout_ms\": 0", "0", "timeout_ms");
+    expect_error(BASE ", \"max_body_bytes\": -1", "-1", "max_body_bytes");
+    expect_error(BASE ", \"secondary\": \"ghost\"", "\"ghost\"", "ghost");
+    expect_error(BASE ", \"secondary\": \"champion\"", "\"champion\"}", "twice");
+    expect_error(BASE ", \"compare\": {\"json_tolerance\": -1}", "-1", "json_tolerance");
+    expect_error(BASE ", \"compare\": {\"ignore\": [\"latency\"]}", "\"latency\"", "pointer");
+    expect_error(BASE ", \"compare\": {\"ignore\": \"/a\"}", "\"/a\"", "list");
+    expect_error(BASE ", \"compare\": {\"headers\": 1}", "1}", "true or false");
+    expect_error(BASE ", \"compare\": {\"tolerance\": 1}", "\"tolerance\"", "unknown key");
+    expect_error(BASE ", \"arms\": [\"champion\"]", "\"arms\"", "unknown key");
+}
+
+/* ---- routing ---- */
+
+static void every_request_goes_to_the_primary_and_mirrors_to_all_shadows(void **state)
+{
+    fx_t f;
+    policy_choice_t c;
+    policy_req_t req = {0};
+    (void)state;
+    fx_init(&f, "\"primary\": \"champion\", \"shadows\": [\"challenger\", \"third\"],"
+                "\"secondary\": \"champion-b\"");
+    for (int i = 0; i < 100; i++) {
+        f.ops->choose(f.p, &f.v, &req, &c);
+        assert_int_equal(c.primary, 0);
+        assert_int_equal(c.n_mirrors, 3);
+        assert_int_equal(c.mirrors[0], 1);
+        assert_int_equal(c.mirrors[1], 2);
+        assert_int_equal(c.mirrors[2], 3); /* the secondary too */
+    }
+    fx_free(&f);
+}
+
+static void sample_fraction_of_requests_is_mirrored(void **state)
+{
+    fx_t f;
+    policy_choice_t c;
+    policy_req_t req = {0};
+    (void)state;
+    fx_init(&f, BASE ", \"sample\": 0.3");
+    int n = 20000, mirrored = 0;
+    for (int i = 0; i < n; i++) {
+        f.ops->choose(f.p, &f.v, &req, &c);
+        assert_int_equal(c.primary, 0);
+        mirrored += c.n_mirrors;
+    }
+    double sd = sqrt(n * 0.3 * 0.7); /* ~65 */
+    assert_true(fabs(mirrored - n * 0.3) <= 5 * sd);
+    fx_free(&f);
+
+    fx_init(&f, BASE ", \"sample\": 0");
+    for (int i = 0; i < 1000; i++) {
+        f.ops->choose(f.p, &f.v, &req, &c);
+        assert_int_equal(c.n_mirrors, 0);
+    }
+    fx_free(&f);
+}
+
+static void no_mirrors_unless_running_and_promote_moves_the_primary(void **state)
+{
+    fx_t f;
+    policy_choice_t c;
+    policy_req_t req = {0};
+    (void)state;
+    fx_init(&f, BASE);
+    f.ctl.state = EXP_PAUSED;
+    f.ops->choose(f.p, &f.v, &req, &c);
+    assert_int_equal(c.primary, 0);
+    assert_int_equal(c.n_mirrors, 0);
+    f.ctl.state = EXP_ROLLED_BACK;
+    f.ops->choose(f.p, &f.v, &req, &c);
+    assert_int_equal(c.primary, 0);
+    assert_int_equal(c.n_mirrors, 0);
+    f.ctl.state = EXP_PROMOTED;
+    f.ctl.has_weights = 1;
+    f.ctl.weights[1] = 100;
+    f.ops->choose(f.p, &f.v, &req, &c);
+    assert_int_equal(c.primary, 1);
+    assert_int_equal(c.n_mirrors, 0);
+    fx_free(&f);
+}
+
+/* ---- comparison ---- */
+
+static void outcomes_without_secondary(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE ", \"compare\": {\"json_tolerance\": 0.001, \"ignore\": [\"/latency_ms\"]}");
+    const char *p = "{\"score\": 0.5, \"items\": [1, 2], \"latency_ms\": 3}";
+    /* Identical bytes. */
+    assert_int_equal(compare1(&f, resp(200, p), resp(200, p)), POLICY_MATCH);
+    /* Key order, tolerance, ignored field. */
+    assert_int_equal(compare1(&f, resp(200, p),
+                              resp(200, "{\"latency_ms\": 90, \"items\": [1, 2],"
+                                        " \"score\": 0.5004}")),
+                     POLICY_MATCH);
+    /* Beyond tolerance. */
+    assert_int_equal(compare1(&f, resp(200, p), resp(200, "{\"score\": 0.502, \"items\": [1, 2]}")),
+                     POLICY_MISMATCH);
+    /* Status first. */
+    assert_int_equal(compare1(&f, resp(200, p), resp(503, p)), POLICY_MISMATCH);
+    /* Transport failure or timeout, either side. */
+    assert_int_equal(compare1(&f, resp(200, p), resp(0, "")), POLICY_ERROR);
+    assert_int_equal(compare1(&f, resp(0, ""), resp(200, p)), POLICY_ERROR);
+    /* Not JSON: bytes. */
+    assert_int_equal(compare1(&f, resp(200, "hello"), resp(200, "hello")), POLICY_MATCH);
+    assert_int_equal(compare1(&f, resp(200, "hello"), resp(200, "hellO")), POLICY_MISMATCH);
+    assert_int_equal(compare1(&f, resp(200, p), resp(200, "<html>")), POLICY_MISMATCH);
+    assert_int_equal(compare1(&f, resp(204, ""), resp(204, "")), POLICY_MATCH);
+
+    json_t *d = describe(&f);
+    json_t *s = shadow_entry(d, 0);
+    assert_string_equal(json_string_value(json_object_get(s, "arm")), "challenger");
+    assert_int_equal(geti(s, "matches"), 4);
+    assert_int_equal(geti(s, "mismatches"), 4);
+    assert_int_equal(geti(s, "errors"), 2);
+    assert_int_equal(geti(s, "compared"), 8);
+    assert_true(json_real_value(json_object_get(s, "agreement_rate")) == 0.5);
+    json_decref(d);
+    fx_free(&f);
+}
+
+static void truncated_bodies_differ_only_when_provably_different(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE);
+    policy_resp_t a = resp(200, "{\"items\": [1, 2, 3"), b = resp(200, "{\"items\": [1, 2, 3");
+    a.truncated = b.truncated = 1;
+    assert_int_equal(compare1(&f, a, b), POLICY_MATCH); /* same kept prefix */
+    b = resp(200, "{\"items\": [1, 2, 4");
+    b.truncated = 1;
+    assert_int_equal(compare1(&f, a, b), POLICY_MISMATCH);
+    /* A complete body no longer than the other's kept prefix cannot be equal. */
+    assert_int_equal(compare1(&f, a, resp(200, "{\"items\": [1, 2, 3")), POLICY_MISMATCH);
+    assert_int_equal(compare1(&f, a, resp(200, "{\"items\": [1]}")), POLICY_MISMATCH);
+    /* A complete body that extends the kept prefix may be equal. */
+    assert_int_equal(compare1(&f, a, resp(200, "{\"items\": [1, 2, 3, 4]}")), POLICY_MATCH);
+    fx_free(&f);
+}
+
+static void content_type_counts_only_with_compare_headers(void **state)
+{
+    fx_t f;
+    (void)state;
+    policy_resp_t a = resp(200, "{}"), b = resp(200, "{}");
+    b.content_type = MM_STR("text/plain");
+    fx_init(&f, BASE);
+    assert_int_equal(compare1(&f, a, b), POLICY_MATCH);
+    fx_free(&f);
+    fx_init(&f, BASE ", \"compare\": {\"headers\": true}");
+    assert_int_equal(compare1(&f, a, b), POLICY_MISMATCH);
+    b.content_type = MM_STR("Application/JSON");
+    assert_int_equal(compare1(&f, a, b), POLICY_MATCH);
+    fx_free(&f);
+}
+
+/* compare() with the primary, the candidate (arm 1) and the secondary (arm 2). */
+static void compare3(fx_t *f, const char *prim, const char *cand, int sec_status, const char *sec,
+                     int *cand_out, int *sec_out)
+{
+    policy_resp_t p = resp(200, prim), m[2] = {resp(200, cand), resp(sec_status, sec)};
+    int arms[2] = {1, 2}, out[2] = {-1, -1};
+    f->ops->compare(f->p, &p, arms, m, 2, out);
+    *cand_out = out[0];
+    *sec_out = out[1];
+}
+
+static void differences_where_primary_and_secondary_differ_are_noise(void **state)
+{
+    fx_t f;
+    int c, s;
+    (void)state;
+    fx_init(&f, WITH_SECONDARY);
+    /* /ts differs between the two primaries: the candidate's /ts is noise. */
+    compare3(&f, "{\"ts\": 1, \"score\": 0.5}", "{\"ts\": 3, \"score\": 0.5}", 200,
+             "{\"ts\": 2, \"score\": 0.5}", &c, &s);
+    assert_int_equal(c, POLICY_MATCH);
+    assert_int_equal(s, POLICY_MISMATCH); /* the secondary's raw outcome */
+    /* /score: primary and secondary agreed, so it is a real difference. */
+    compare3(&f, "{\"ts\": 1, \"score\": 0.5}", "{\"ts\": 3, \"score\": 0.7}", 200,
+             "{\"ts\": 2, \"score\": 0.5}", &c, &s);
+    assert_int_equal(c, POLICY_MISMATCH);
+    /* A noisy array covers its elements. */
+    compare3(&f, "{\"items\": [1, 2, 3]}", "{\"items\": [1, 5, 3]}", 200, "{\"items\": [1, 2]}", &c,
+             &s);
+    assert_int_equal(c, POLICY_MATCH);
+    /* Noise below a path does not cover a difference of the whole value. */
+    compare3(&f, "{\"a\": {\"x\": 1, \"y\": 1}}", "{\"a\": \"gone\"}", 200,
+             "{\"a\": {\"x\": 2, \"y\": 1}}", &c, &s);
+    assert_int_equal(c, POLICY_MISMATCH);
+    /* No usable secondary answer: the candidate is judged strictly. */
+    compare3(&f, "{\"ts\": 1}", "{\"ts\": 3}", 0, "", &c, &s);
+    assert_int_equal(c, POLICY_MISMATCH);
+    assert_int_equal(s, POLICY_ERROR);
+    /* The secondary answered a different status: only a status difference is noise. */
+    compare3(&f, "{\"ts\": 1}", "{\"ts\": 3}", 503, "{\"ts\": 1}", &c, &s);
+    assert_int_equal(c, POLICY_MISMATCH);
+    assert_int_equal(s, POLICY_MISMATCH);
+    policy_resp_t p = resp(200, "{}"), m[2] = {resp(500, "{}"), resp(503, "{}")};
+    int arms[2] = {2, 1}, out[2]; /* any order */
+    f.ops->compare(f.p, &p, arms, m, 2, out);
+    assert_int_equal(out[0], POLICY_MISMATCH); /* the secondary */
+    assert_int_equal(out[1], POLICY_MATCH);    /* status noise */
+    /* Identical answers everywhere. */
+    compare3(&f, "{\"ts\": 1}", "{\"ts\": 1}", 200, "{\"ts\": 1}", &c, &s);
+    assert_int_equal(c, POLICY_MATCH);
+    assert_int_equal(s, POLICY_MATCH);
+
+    json_t *d = describe(&f);
+    json_t *cand = shadow_entry(d, 0), *noise = json_object_get(d, "noise");
+    assert_int_equal(json_array_size(json_object_get(d, "shadows")), 1);
+    assert_int_equal(geti(cand, "matches"), 4);
+    assert_int_equal(geti(cand, "mismatches"), 4);
+    assert_int_equal(geti(cand, "noisy"), 3);
+    assert_string_equal(json_string_value(json_object_get(noise, "arm")), "champion-b");
+    assert_int_equal(geti(noise, "errors"), 1);
+    assert_int_equal(geti(noise, "compared"), 7);
+    assert_true(fabs(json_real_value(json_object_get(noise, "noise_rate")) - 6.0 / 7) < 1e-12);
+    /* /ts: the candidate differed on 4 of 8 compared requests, the secondary on 2 of 7. */
+    json_t *paths = json_object_get(cand, "paths"), *ts = NULL;
+    size_t i;
+    json_t *e;
+    json_array_foreach(
+        paths, i, e) if (strcmp(json_string_value(json_object_get(e, "path")), "/ts") == 0) ts = e;
+    assert_non_null(ts);
+    assert_int_equal(geti(ts, "requests"), 4);
+    assert_true(json_real_value(json_object_get(ts, "diff_rate")) == 0.5);
+    assert_true(fabs(json_real_value(json_object_get(ts, "noise_rate")) - 2.0 / 7) < 1e-12);
+    json_decref(d);
+    fx_free(&f);
+}
+
+static void per_field_statistics_use_shapes_and_are_bounded(void **state)
+{
+    fx_t f;
+    char a[64], b[64];
+    (void)state;
+    fx_init(&f, BASE);
+    /* Two array elements differ in one request: "/items/<any>/score" counts once. */
+    assert_int_equal(compare1(&f, resp(200, "{\"items\": [{\"score\": 1}, {\"score\": 2}]}"),
+                              resp(200, "{\"items\": [{\"score\": 3}, {\"score\": 4}]}")),
+                     POLICY_MISMATCH);
+    for (int i = 0; i < 100; i++) {
+        snprintf(a, sizeof a, "{\"k%d\": 1}", i);
+        snprintf(b, sizeof b, "{\"k%d\": 2}", i);
+        compare1(&f, resp(200, a), resp(200, b));
+    }
+    json_t *d = describe(&f);
+    json_t *s = shadow_entry(d, 0), *paths = json_object_get(s, "paths");
+    json_t *top = json_array_get(paths, 0);
+    assert_string_equal(json_string_value(json_object_get(top, "path")), "/items/*/score");
+    assert_int_equal(geti(top, "requests"), 1);
+    /* 10 shown, then the aggregate: 101 fields seen, 64 kept, 37 under "other". */
+    assert_int_equal(json_array_size(paths), 11);
+    json_t *other = json_array_get(paths, 10);
+    assert_string_equal(json_string_value(json_object_get(other, "path")), "other");
+    assert_int_equal(geti(other, "requests"), 37);
+    json_decref(d);
+    fx_free(&f);
+}
+
+static void latency_and_reset(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE);
+    f.ops->on_response(f.p, 0, 200, 10000, 0);
+    f.ops->on_response(f.p, 1, 200, 20000, 0);
+    f.ops->on_response(f.p, 1, 200, 40000, 0);
+    f.ops->on_response(f.p, 1, 0, 1000000, 0); /* a timeout is not a latency */
+    compare1(&f, resp(200, "1"), resp(200, "2"));
+    json_t *d = describe(&f);
+    assert_true(json_real_value(json_object_get(d, "primary_mean_latency_ms")) == 10.0);
+    assert_true(json_real_value(json_object_get(shadow_entry(d, 0), "mean_latency_ms")) == 30.0);
+    json_decref(d);
+    f.ops->reset(f.p);
+    d = describe(&f);
+    json_t *s = shadow_entry(d, 0);
+    assert_int_equal(geti(s, "compared"), 0);
+    assert_true(json_is_null(json_object_get(s, "agreement_rate")));
+    assert_true(json_is_null(json_object_get(s, "mean_latency_ms")));
+    assert_int_equal(json_array_size(json_object_get(s, "paths")), 0);
+    json_decref(d);
+    fx_free(&f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(arms_and_mirror_limits_are_declared),
+        cmocka_unit_test(config_errors_name_line_and_column),
+        cmocka_unit_test(every_request_goes_to_the_primary_and_mirrors_to_all_shadows),
+        cmocka_unit_test(sample_fraction_of_requests_is_mirrored),
+        cmocka_unit_test(no_mirrors_unless_running_and_promote_moves_the_primary),
+        cmocka_unit_test(outcomes_without_secondary),
+        cmocka_unit_test(truncated_bodies_differ_only_when_provably_different),
+        cmocka_unit_test(content_type_counts_only_with_compare_headers),
+        cmocka_unit_test(differences_where_primary_and_secondary_differ_are_noise),
+        cmocka_unit_test(per_field_statistics_use_shapes_and_are_bounded),
+        cmocka_unit_test(latency_and_reset),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
