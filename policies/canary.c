@@ -469,7 +469,8 @@ static int parse_steps(canary_t *c, const json_t *exp, policy_parse_t *pp)
         return 0;
     }
     if (!json_is_array(steps) || json_array_size(steps) == 0)
-        return policy_error(pp, "/steps", "\"steps\" must be a non-empty list of percentages");
+        return policy_error(pp, "/steps",
+                            "must be a non-empty list of percentages, as in [1, 5, 25, 50, 100]");
     if (json_array_size(steps) > STEPS_MAX)
         return policy_error(pp, "/steps", "at most %d steps", STEPS_MAX);
     size_t i;
@@ -478,10 +479,10 @@ static int parse_steps(canary_t *c, const json_t *exp, policy_parse_t *pp)
     {
         char path[32];
         snprintf(path, sizeof path, "/steps/%zu", i);
-        if (!json_is_number(s)) return policy_error(pp, path, "a step must be a number");
+        if (!json_is_number(s)) return policy_error(pp, path, "must be a number (percent)");
         double x = json_number_value(s);
         if (!(x > 0.0 && x <= 100.0))
-            return policy_error(pp, path, "a step must be in (0, 100] percent, got %g", x);
+            return policy_error(pp, path, "must be in (0, 100] percent, got %g", x);
         if (i > 0 && !(x > c->steps[i - 1]))
             return policy_error(pp, path, "steps must be strictly increasing (%g after %g)", x,
                                 c->steps[i - 1]);
@@ -502,7 +503,7 @@ static int optional_limit(policy_parse_t *pp, const json_t *obj, const char *key
     if (positive && !(*out > 0.0)) {
         char path[64];
         snprintf(path, sizeof path, "/analysis/%s", key);
-        return policy_error(pp, path, "\"%s\" must be > 0", key);
+        return policy_error(pp, path, "must be > 0 (omit it for no limit)");
     }
     return 0;
 }
@@ -517,7 +518,7 @@ static int parse_analysis(canary_t *c, const json_t *exp, policy_parse_t *pp)
     int rc = -1;
     if (an == NULL) an = tmp = json_object();
     if (an == NULL) return policy_error(pp, "", "out of memory");
-    if (!json_is_object(an)) return policy_error(pp, "/analysis", "\"analysis\" must be an object");
+    if (!json_is_object(an)) return policy_error(pp, "/analysis", "must be an object");
     if (policy_check_keys(pp, an, "/analysis", keys) < 0) goto out;
     if (policy_get_int(pp, an, "/analysis", "min_requests", 100, 0, 1000000000000LL,
                        &c->min_requests) < 0)
@@ -566,7 +567,7 @@ static void *canary_create(const json_t *exp, policy_parse_t *pp)
     if (policy_get_number(pp, exp, "", "step_interval_s", 60.0, 0.0, 1e9, &c->interval_s) < 0)
         goto err;
     if (!(c->interval_s > 0.0)) {
-        policy_error(pp, "/step_interval_s", "\"step_interval_s\" must be > 0");
+        policy_error(pp, "/step_interval_s", "must be > 0 seconds");
         goto err;
     }
     c->interval_ms = (uint64_t)llround(c->interval_s * 1000.0);
@@ -578,7 +579,7 @@ static void *canary_create(const json_t *exp, policy_parse_t *pp)
     } else if (strcmp(on_success, "hold") == 0) {
         c->promote = 0;
     } else {
-        policy_error(pp, "/on_success", "\"on_success\" must be \"promote\" or \"hold\"");
+        policy_error(pp, "/on_success", "must be \"promote\" or \"hold\"");
         goto err;
     }
     const json_t *sticky = json_object_get(exp, "sticky");

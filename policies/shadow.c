@@ -472,15 +472,14 @@ static int parse_arms(shadow_t *s, const json_t *exp, policy_parse_t *pp)
     if (shadows == NULL)
         return policy_error(pp, "", "missing \"shadows\" (a list of upstream names)");
     if (!json_is_array(shadows) || json_array_size(shadows) == 0)
-        return policy_error(pp, "/shadows",
-                            "\"shadows\" must be a non-empty list of upstream names");
+        return policy_error(pp, "/shadows", "must be a non-empty list of upstream names");
     size_t i;
     const json_t *a;
     json_array_foreach(shadows, i, a)
     {
         char path[32];
         snprintf(path, sizeof path, "/shadows/%zu", i);
-        if (!json_is_string(a)) return policy_error(pp, path, "a shadow must be an upstream name");
+        if (!json_is_string(a)) return policy_error(pp, path, "must be an upstream name");
         if (add_arm(s, pp, json_string_value(a), path) < 0) return -1;
     }
 
@@ -502,7 +501,7 @@ static int parse_compare(shadow_t *s, const json_t *exp, policy_parse_t *pp)
     s->opts.ignore = s->ignore;
     s->opts.n_ignore = 0;
     if (cmp == NULL) return 0;
-    if (!json_is_object(cmp)) return policy_error(pp, "/compare", "\"compare\" must be an object");
+    if (!json_is_object(cmp)) return policy_error(pp, "/compare", "must be an object");
     if (policy_check_keys(pp, cmp, "/compare", keys) < 0) return -1;
     if (policy_get_number(pp, cmp, "/compare", "json_tolerance", 1e-6, 0.0, 1e300,
                           &s->opts.tolerance) < 0)
@@ -511,14 +510,14 @@ static int parse_compare(shadow_t *s, const json_t *exp, policy_parse_t *pp)
     const json_t *h = json_object_get(cmp, "headers");
     if (h != NULL) {
         if (!json_is_boolean(h))
-            return policy_error(pp, "/compare/headers", "\"headers\" must be true or false");
+            return policy_error(pp, "/compare/headers", "must be true or false");
         s->compare_headers = json_is_true(h);
     }
 
     const json_t *ign = json_object_get(cmp, "ignore");
     if (ign == NULL) return 0;
     if (!json_is_array(ign))
-        return policy_error(pp, "/compare/ignore", "\"ignore\" must be a list of JSON pointers");
+        return policy_error(pp, "/compare/ignore", "must be a list of JSON pointers");
     if (json_array_size(ign) > IGNORE_MAX)
         return policy_error(pp, "/compare/ignore", "at most %d ignore pointers", IGNORE_MAX);
     size_t i;

@@ -403,10 +403,10 @@ static void differences_where_primary_and_secondary_differ_are_noise(void **stat
     assert_true(fabs(json_real_value(json_object_get(noise, "noise_rate")) - 6.0 / 7) < 1e-12);
     /* /ts: the candidate differed on 4 of 8 compared requests, the secondary on 2 of 7. */
     json_t *paths = json_object_get(cand, "paths"), *ts = NULL;
-    size_t i;
-    json_t *e;
-    json_array_foreach(
-        paths, i, e) if (strcmp(json_string_value(json_object_get(e, "path")), "/ts") == 0) ts = e;
+    for (size_t i = 0; i < json_array_size(paths); i++) {
+        json_t *e = json_array_get(paths, i);
+        if (strcmp(json_string_value(json_object_get(e, "path")), "/ts") == 0) ts = e;
+    }
     assert_non_null(ts);
     assert_int_equal(geti(ts, "requests"), 4);
     assert_true(json_real_value(json_object_get(ts, "diff_rate")) == 0.5);
