@@ -624,6 +624,20 @@ static void config_errors_name_line_and_column(void **state)
     expect_error(ARMS "\"weights\": {}", "\"weights\"", "unknown key");
 }
 
+static void example_config_is_valid(void **state)
+{
+    char path[1024], err[512];
+    const char *dir = getenv("MM_SOURCE_DIR");
+    (void)state;
+    if (dir == NULL) skip();
+    snprintf(path, sizeof path, "%s/config/canary.json", dir);
+    config_t *c = config_load(path, err, sizeof err);
+    if (c == NULL) fail_msg("%s", err);
+    assert_int_equal(c->n_experiments, 1);
+    assert_string_equal(c->experiments[0].ops->name, "canary");
+    config_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -649,6 +663,7 @@ int main(void)
         cmocka_unit_test(promoted_and_rolled_back_follow_the_control),
         cmocka_unit_test(defaults_are_the_documented_ones),
         cmocka_unit_test(config_errors_name_line_and_column),
+        cmocka_unit_test(example_config_is_valid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

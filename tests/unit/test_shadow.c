@@ -469,11 +469,26 @@ static void latency_and_reset(void **state)
     fx_free(&f);
 }
 
+static void example_config_is_valid(void **state)
+{
+    char path[1024], err[512];
+    const char *dir = getenv("MM_SOURCE_DIR");
+    (void)state;
+    if (dir == NULL) skip();
+    snprintf(path, sizeof path, "%s/config/shadow.json", dir);
+    config_t *c = config_load(path, err, sizeof err);
+    if (c == NULL) fail_msg("%s", err);
+    assert_int_equal(c->n_experiments, 1);
+    assert_string_equal(c->experiments[0].ops->name, "shadow");
+    config_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(arms_and_mirror_limits_are_declared),
         cmocka_unit_test(config_errors_name_line_and_column),
+        cmocka_unit_test(example_config_is_valid),
         cmocka_unit_test(every_request_goes_to_the_primary_and_mirrors_to_all_shadows),
         cmocka_unit_test(sample_fraction_of_requests_is_mirrored),
         cmocka_unit_test(no_mirrors_unless_running_and_promote_moves_the_primary),
