@@ -111,10 +111,9 @@ static int parse_arms(ab_t *ab, const json_t *exp, policy_parse_t *pp)
     double sum = 0.0;
 
     if (arms == NULL) return policy_error(pp, "", "policy \"ab\" needs \"arms\": {arm: weight}");
-    if (!json_is_object(arms))
-        return policy_error(pp, "/arms", "arms must be an object {arm: weight}");
+    if (!json_is_object(arms)) return policy_error(pp, "/arms", "must be an object {arm: weight}");
     if (json_object_size(arms) == 0)
-        return policy_error(pp, "/arms", "arms is empty; list at least the champion");
+        return policy_error(pp, "/arms", "is empty; list at least the champion");
     /* jansson (>= 2.8) keeps keys in document order: the first is the champion. */
     json_object_foreach(arms, key, val)
     {
@@ -125,13 +124,13 @@ static int parse_arms(ab_t *ab, const json_t *exp, policy_parse_t *pp)
         if (idx < 0) {
             rc = -1;
         } else if (idx >= MM_MAX_ARMS || (size_t)idx != ab->n_arms) {
-            rc = policy_error(pp, ptr, "arms.%s: arm declared twice", key);
+            rc = policy_error(pp, ptr, "arm \"%s\" declared twice", key);
         } else if (!json_is_number(val)) {
-            rc = policy_error(pp, ptr, "arms.%s: the weight must be a number >= 0", key);
+            rc = policy_error(pp, ptr, "weight must be a number >= 0");
         } else {
             double w = json_number_value(val);
             if (!(w >= 0.0) || !isfinite(w))
-                rc = policy_error(pp, ptr, "arms.%s: the weight must be >= 0, got %g", key, w);
+                rc = policy_error(pp, ptr, "weight must be >= 0, got %g", w);
             else {
                 snprintf(ab->names[idx], sizeof(ab->names[idx]), "%s", key);
                 ab->weights[idx] = w;
@@ -143,7 +142,7 @@ static int parse_arms(ab_t *ab, const json_t *exp, policy_parse_t *pp)
         if (rc < 0) return -1;
     }
     if (!(sum > 0.0))
-        return policy_error(pp, "/arms", "arms: all weights are 0; at least one arm needs traffic");
+        return policy_error(pp, "/arms", "all weights are 0; at least one arm needs traffic");
     return 0;
 }
 
@@ -169,31 +168,30 @@ static void *ab_create(const json_t *exp, policy_parse_t *pp)
     } else if (strcmp(reward, "continuous") == 0) {
         ab->reward = AB_REWARD_CONTINUOUS;
     } else {
-        policy_error(pp, "/reward",
-                     "reward must be \"auto\", \"bernoulli\" or \"continuous\", got \"%s\"",
+        policy_error(pp, "/reward", "must be \"auto\", \"bernoulli\" or \"continuous\", got \"%s\"",
                      reward);
         goto err;
     }
 
     if (policy_get_number(pp, exp, "", "alpha", 0.05, 0.0, 0.5, &ab->alpha) < 0) goto err;
     if (!(ab->alpha > 0.0)) {
-        policy_error(pp, "/alpha", "alpha must be in (0, 0.5], got %g", ab->alpha);
+        policy_error(pp, "/alpha", "must be in (0, 0.5], got %g", ab->alpha);
         goto err;
     }
     if (policy_get_number(pp, exp, "", "mde", 0.05, 0.0, 1.0, &ab->mde) < 0) goto err;
     if (!(ab->mde > 0.0)) {
-        policy_error(pp, "/mde", "mde (relative) must be in (0, 1], got %g", ab->mde);
+        policy_error(pp, "/mde", "must be in (0, 1] (a relative effect), got %g", ab->mde);
         goto err;
     }
     if (policy_get_number(pp, exp, "", "power", 0.8, 0.5, 1.0, &ab->power) < 0) goto err;
     if (!(ab->power < 1.0)) {
-        policy_error(pp, "/power", "power must be in [0.5, 1), got %g", ab->power);
+        policy_error(pp, "/power", "must be in [0.5, 1), got %g", ab->power);
         goto err;
     }
     if (policy_get_number(pp, exp, "", "mixture_variance", 0.0, 0.0, DBL_MAX, &ab->tau2) < 0)
         goto err;
     if (json_object_get(exp, "mixture_variance") != NULL && !(ab->tau2 > 0.0)) {
-        policy_error(pp, "/mixture_variance", "mixture_variance must be > 0, got %g", ab->tau2);
+        policy_error(pp, "/mixture_variance", "must be > 0, got %g", ab->tau2);
         goto err;
     }
 
@@ -206,7 +204,7 @@ static void *ab_create(const json_t *exp, policy_parse_t *pp)
         /* A salt only changes which users land where; without sticky it
          * would be silently ignored, which is never what was meant. */
         policy_error(pp, "/salt",
-                     "salt has no effect without sticky (add \"sticky\": {\"header\": NAME})");
+                     "has no effect without sticky (add \"sticky\": {\"header\": NAME})");
         goto err;
     }
     return ab;
