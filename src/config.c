@@ -545,6 +545,16 @@ static int is_loopback(const char *host)
     return 0;
 }
 
+/* 0.0.0.0 or ::, which bind every address of their family. */
+static int is_wildcard(const char *host)
+{
+    struct in_addr in4;
+    struct in6_addr in6;
+    if (inet_pton(AF_INET, host, &in4) == 1) return in4.s_addr == INADDR_ANY;
+    if (inet_pton(AF_INET6, host, &in6) == 1) return IN6_IS_ADDR_UNSPECIFIED(&in6);
+    return 0;
+}
+
 static int get_addr(cx_t *cx, const json_t *obj, const char *objptr, const char *key,
                     const char *def, cfg_addr_t *out)
 {
@@ -634,6 +644,17 @@ static int parse_admin(cx_t *cx)
             return type_error(cx, "/admin/token", tok,
                               "null or a string of 1-1024 visible ASCII characters");
         if ((c->admin_token = dup_or_oom(cx, t, "/admin/token")) == NULL) return -1;
+    }
+    /* With SO_REUSEPORT both sockets would bind, and connections would land
+     * on either listener at random: refuse rather than misroute. */
+    if (c->admin_listen.port == c->listen.port &&
+        (strcmp(c->admin_listen.host, c->listen.host) == 0 || is_wildcard(c->listen.host) ||
+         is_wildcard(c->admin_listen.host))) {
+        const char *a = json_string_value(json_object_get(adm, "listen"));
+        const char *l = json_string_value(json_object_get(cx->root, "listen"));
+        return cerr(cx, "/admin/listen", 0,
+                    "admin.listen \"%s\" and listen \"%s\" overlap: they need different ports",
+                    a ? a : "127.0.0.1:9090", l ? l : "127.0.0.1:8080");
     }
     if (c->admin_token == NULL && !is_loopback(c->admin_listen.host))
         return cerr(cx, "/admin/listen", 0,

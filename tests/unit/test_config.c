@@ -291,6 +291,22 @@ static void test_admin_public_with_token_or_loopback_is_ok(void **state)
     config_free(c);
 }
 
+static void test_admin_and_data_listeners_must_not_overlap(void **state)
+{
+    expect_error(
+        "{\"listen\": \"0.0.0.0:8080\",\n \"admin\": {\"listen\": \"127.0.0.1:8080\"}, " UPS
+        ", \"experiments\": []}",
+        "t.json:2:22: admin.listen \"127.0.0.1:8080\" and listen \"0.0.0.0:8080\" overlap: "
+        "they need different ports");
+    expect_error("{\"admin\": {\"listen\": \"127.0.0.1:8080\"}, " UPS ", \"experiments\": []}",
+                 "t.json:1:23: admin.listen \"127.0.0.1:8080\" and listen \"127.0.0.1:8080\" "
+                 "overlap: they need different ports");
+    /* Same port on two different specific addresses is fine. */
+    config_t *c = parse_ok("{\"listen\": \"127.0.0.2:8080\", \"admin\": {\"listen\": "
+                           "\"127.0.0.1:8080\"}, " UPS ", \"experiments\": []}");
+    config_free(c);
+}
+
 static void test_admin_token_must_be_usable(void **state)
 {
     expect_error("{\"admin\": {\"token\": \"\"}, " UPS ", \"experiments\": []}",
@@ -758,6 +774,7 @@ int main(void)
         cmocka_unit_test(test_parse_addr),
         cmocka_unit_test(test_admin_public_without_token_fails),
         cmocka_unit_test(test_admin_public_with_token_or_loopback_is_ok),
+        cmocka_unit_test(test_admin_and_data_listeners_must_not_overlap),
         cmocka_unit_test(test_admin_token_must_be_usable),
         cmocka_unit_test(test_store_redis_defaults_and_errors),
         cmocka_unit_test(test_defaults),
