@@ -156,6 +156,7 @@ void conn_release(conn_t *c)
     mm_buf_free(&r->local_body);
     mm_buf_free(&r->url);
     mm_buf_free(&r->captured);
+    mm_buf_free(&r->fwd_lines);
     free(c->rbuf);
     free(c);
 }
@@ -403,26 +404,12 @@ void conn_respond_error(conn_t *c, int status, const char *code, const char *mes
 
 /* ---- request head ---- */
 
-static void build_upstream_head(conn_t *c)
+void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, const char *peer,
+                           int drop_length)
 {
-    req_t *r = &c->req;
-    const http_head_t *h = &c->head;
-    const char *base = c->rbuf;
-    const cfg_upstream_t *up = r->exp->ups[r->arm];
-    mm_buf_t *b = &r->up_head;
-    mm_buf_reset(b);
-    mm_buf_cstr(b, r->method);
-    mm_buf_lit(b, " ");
-    mm_buf_cstr(b, up->base_path);
-    mm_buf_append(b, r->url.p, r->url.len);
-    mm_buf_lit(b, " HTTP/1.1\r\nHost: ");
-    mm_buf_cstr(b, up->host_header);
-    mm_buf_lit(b, "\r\n");
     mm_str_t connection = {NULL, 0}, xff = {NULL, 0}, host = {NULL, 0};
-    for (int i = 0; i < h->n; i++) {
-        mm_str_t name = http_hname(h, base, i);
-        if (name.n == 10 && mm_str_ieq(name, "connection")) connection = http_hvalue(h, base, i);
-    }
+    int ch = http_find(h, base, "connection");
+    if (ch >= 0) connection = http_hvalue(h, base, ch);
     for (int i = 0; i < h->n; i++) {
         mm_str_t name = http_hname(h, base, i);
         if (http_is_hop_by_hop(name, connection)) continue;
@@ -434,23 +421,44 @@ static void build_upstream_head(conn_t *c)
             xff = http_trim(http_hvalue(h, base, i)); /* the last one wins if repeated */
             continue;
         }
+        if (drop_length && name.n == 14 && mm_str_ieq(name, "content-length")) continue;
         mm_buf_str(b, name);
         mm_buf_lit(b, ": ");
         mm_buf_str(b, http_hvalue(h, base, i));
         mm_buf_lit(b, "\r\n");
     }
-    if (r->req_chunked) mm_buf_lit(b, "Transfer-Encoding: chunked\r\n");
     mm_buf_lit(b, "X-Forwarded-For: ");
     if (xff.n) {
         mm_buf_str(b, xff);
         mm_buf_lit(b, ", ");
     }
-    mm_buf_cstr(b, c->peer);
+    mm_buf_cstr(b, peer);
+    mm_buf_lit(b, "\r\n");
     if (host.n) {
-        mm_buf_lit(b, "\r\nX-Forwarded-Host: ");
+        mm_buf_lit(b, "X-Forwarded-Host: ");
         mm_buf_str(b, http_trim(host));
+        mm_buf_lit(b, "\r\n");
     }
-    mm_buf_lit(b, "\r\nX-Request-Id: ");
+}
+
+/* The head sent upstream: request line for the arm's base path, Host of the
+ * upstream, the client's end-to-end headers, and ours. */
+static void build_upstream_head(conn_t *c)
+{
+    req_t *r = &c->req;
+    const cfg_upstream_t *up = r->exp->ups[r->arm];
+    mm_buf_t *b = &r->up_head;
+    mm_buf_reset(b);
+    mm_buf_cstr(b, r->method);
+    mm_buf_lit(b, " ");
+    mm_buf_cstr(b, up->base_path);
+    mm_buf_append(b, r->url.p, r->url.len);
+    mm_buf_lit(b, " HTTP/1.1\r\nHost: ");
+    mm_buf_cstr(b, up->host_header);
+    mm_buf_lit(b, "\r\n");
+    mm_buf_append(b, r->fwd_lines.p, r->fwd_lines.len);
+    if (r->req_chunked) mm_buf_lit(b, "Transfer-Encoding: chunked\r\n");
+    mm_buf_lit(b, "X-Request-Id: ");
     mm_buf_append(b, r->id, r->id_len);
     mm_buf_lit(b, "\r\nX-Modelmux-Arm: ");
     mm_buf_cstr(b, up->name);
@@ -476,6 +484,7 @@ static void on_request_head(conn_t *c)
     r->keep_alive = llhttp_should_keep_alive(&c->parser) && !srv->draining;
     mm_buf_reset(&r->url);
     mm_buf_append(&r->url, base + h->url_off, h->url_len);
+    mm_buf_reset(&r->fwd_lines);
     r->req_chunked = (c->parser.flags & F_CHUNKED) != 0;
     uint64_t clen = (c->parser.flags & F_CONTENT_LENGTH) ? c->parser.content_length : 0;
     r->has_body = r->req_chunked || clen > 0;
@@ -528,6 +537,9 @@ static void on_request_head(conn_t *c)
             r->exp->metrics->arms[r->arm].fallbacks++;
             r->arm = 0; /* an ejected challenger: the champion answers */
         }
+        /* Header lines are copied now: the head's bytes may be overwritten
+         * while a large body streams, and a fallback rebuilds the head later. */
+        proxy_forward_headers(&r->fwd_lines, h, base, c->peer, 0);
         shadow_prepare(c);
     }
     if (expect && r->has_body) {
@@ -540,6 +552,7 @@ static void on_request_head(conn_t *c)
         if (llhttp_get_errno(&c->parser) == HPE_PAUSED) llhttp_resume(&c->parser);
         r->body_done = 1;
         c->phase = C_WAIT;
+        shadow_start(c);
     } else {
         c->phase = C_BODY;
         uv_timer_start(&c->timer, conn_on_timer, (uint64_t)cfg->limits.idle_timeout_ms, 0);
@@ -596,6 +609,7 @@ static void pump_body(conn_t *c)
             r->body_done = 1;
             c->phase = C_WAIT;
             uv_timer_stop(&c->timer);
+            shadow_start(c);
         }
     }
     if (used > 0) bufs[nb++] = uv_buf_init(c->rbuf + start, (unsigned)used);
@@ -815,17 +829,21 @@ static void req_finish(conn_t *c)
                            r->exp->ups[r->arm]->name, r->exp->cfg->feedback_ttl_s);
         }
         const policy_ops_t *ops = r->exp->cfg->ops;
-        if (ops->on_response && r->exp->state->control.state == EXP_RUNNING)
-            ops->on_response(r->exp->cfg->policy, r->arm,
-                             r->status >= 100 && r->status < 600 && r->up_errors == 0
-                                 ? r->status
-                                 : (r->status >= 500 ? r->status : 0),
-                             latency, mm_now_ms());
+        if (ops->on_response && r->exp->state->control.state == EXP_RUNNING) {
+            void *pol = r->exp->cfg->policy;
+            uint64_t now = mm_now_ms();
+            /* The chosen arm failed us (unreachable, ejected): it must count
+             * as an error for its analysis, not hide behind the fallback. */
+            if (r->chosen != r->arm) ops->on_response(pol, r->chosen, 0, latency, now);
+            int st = r->status;
+            if (r->up_errors && !r->responding) st = 0; /* no answer from the arm */
+            ops->on_response(pol, r->arm, st, latency, now);
+        }
     } else if (!r->local) {
         metrics_status(srv->metrics.unrouted_by_status, r->status);
     }
+    reqlog_request(srv, c, latency); /* skipped while mirrors run: they log it */
     shadow_on_primary_done(c, latency);
-    reqlog_request(srv, c, latency);
     router_unref(r->router);
     r->router = NULL;
 

@@ -24,8 +24,9 @@ typedef struct {
     mm_buf_t up_head; /* the head sent upstream */
     mm_buf_t out;     /* the head (or whole answer) sent to the client */
     mm_buf_t local_body;
-    mm_buf_t url;      /* request target, copied: outlives the read buffer */
-    mm_buf_t captured; /* request body kept for mirrors */
+    mm_buf_t url;       /* request target, copied: outlives the read buffer */
+    mm_buf_t fwd_lines; /* the client's headers as forwarded (copied at head time) */
+    mm_buf_t captured;  /* request body kept for mirrors */
     uint64_t capture_limit;
     shadow_group_t *shadow;
     char id[MM_REQID_MAX + 1];
@@ -80,6 +81,11 @@ struct conn_s {
 };
 
 void proxy_init_parser_settings(void);
+/* Append the client's end-to-end headers as forwarded upstream (hop-by-hop
+ * and modelmux's own removed, X-Forwarded-For appended, Host moved to
+ * X-Forwarded-Host); drop_length also drops Content-Length (mirrors re-frame). */
+void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, const char *peer,
+                           int drop_length);
 void conn_on_timer(uv_timer_t *t);
 void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 /* Called by proxy.c when draining and the last connection closed. */

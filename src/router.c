@@ -7,8 +7,17 @@
 
 #include "router.h"
 
-router_t *router_create(uv_loop_t *loop, config_t *cfg, store_t *store, metrics_t *metrics,
-                        char *err, size_t errlen)
+static int redefined(const router_t *old, const cfg_experiment_t *ce)
+{
+    if (old == NULL) return 0;
+    for (size_t i = 0; i < old->n_exps; i++)
+        if (strcmp(old->exps[i].cfg->name, ce->name) == 0)
+            return strcmp(old->exps[i].cfg->definition, ce->definition) != 0;
+    return 0;
+}
+
+router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, store_t *store,
+                        metrics_t *metrics, char *err, size_t errlen)
 {
     router_t *r = calloc(1, sizeof(*r));
     if (r == NULL) goto oom;
@@ -34,10 +43,12 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, store_t *store, metrics_
         exp_control_t initial;
         memset(&initial, 0, sizeof(initial));
         initial.state = EXP_RUNNING;
-        e->state = store_experiment(store, ce->name, names, ce->n_arms, &initial, 0);
+        e->state =
+            store_experiment(store, ce->name, names, ce->n_arms, &initial, redefined(old, ce));
         e->metrics = metrics_exp(metrics, ce->name, names, ce->n_arms);
         if (e->state == NULL || e->metrics == NULL) goto oom;
         e->salt_len = strlen(ce->salt);
+        e->resets_seen = store_resets(e->state);
     }
     r->n_exps = cfg->n_experiments;
     return r;

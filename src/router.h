@@ -23,6 +23,10 @@ typedef struct {
     up_pool_t *pools[MM_MAX_ARMS];
     const cfg_upstream_t *ups[MM_MAX_ARMS];
     size_t salt_len;
+    int mirror_inflight[MM_MAX_ARMS];
+    uint64_t resets_seen;
+        /* store_resets() when the policy was last reset */ /* mirrors in flight per arm (shadow
+                                                               max_inflight) */
 } exp_rt_t;
 
 typedef struct router_s {
@@ -33,8 +37,10 @@ typedef struct router_s {
     int refs;
 } router_t;
 
-router_t *router_create(uv_loop_t *loop, config_t *cfg, store_t *store, metrics_t *metrics,
-                        char *err, size_t errlen);
+/* `old` (may be NULL) is the router being replaced: an experiment whose
+ * definition changed gets its control state reset (DESIGN.md §5). */
+router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, store_t *store,
+                        metrics_t *metrics, char *err, size_t errlen);
 void router_ref(router_t *r);
 void router_unref(router_t *r);
 

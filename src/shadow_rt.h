@@ -8,6 +8,8 @@
 
 /* After routing: decide whether this request's body must be captured. */
 void shadow_prepare(conn_t *c);
+/* The request body is complete: send the mirrors. */
+void shadow_start(conn_t *c);
 /* The primary's answer head / body bytes / end (latency in µs). */
 void shadow_on_primary_head(conn_t *c, const up_resp_t *resp);
 void shadow_on_primary_body(conn_t *c, const char *p, size_t n);

@@ -1,0 +1,309 @@
+/* feedback.c — reward feedback (DESIGN.md §4), from two doors:
+ *   POST /_modelmux/feedback on the data listener, and
+ *   the Redis stream PREFIX:feedback (through the store's consumer group).
+ * Both end in fb_apply(): resolve the request id to (experiment, arm), let
+ * the policy validate the reward, and count it in the store.
+ *
+ * An HTTP batch is validated whole before anything is applied: a malformed
+ * body, an event without a target or a reward that is not a finite number
+ * is a 400 and nothing is applied. Events that are well formed but cannot be
+ * used are counted in the 202 answer: `unknown` (request id not found or
+ * expired, experiment or arm not configured) and `invalid` (the policy
+ * rejects the value, e.g. a Bernoulli reward outside [0, 1]). Request ids
+ * resolve from the local map at once or, with Redis, asynchronously; the
+ * answer is sent when every event of the batch has been resolved. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "feedback.h"
+#include "log.h"
+#include "proxy_internal.h"
+
+typedef struct {
+    char request_id[MM_REQID_MAX + 1];
+    char experiment[MM_NAME_MAX + 1];
+    char arm[MM_NAME_MAX + 1];
+    double reward;
+    int has_reward;
+    int has_item;
+    int state; /* 0 pending lookup, 1 resolved, -1 unknown */
+} fb_event_t;
+
+typedef struct {
+    mm_server_t *srv;
+    conn_t *conn;     /* HTTP: held until we answer */
+    store_msg_t *msg; /* stream: answered with store_msg_done */
+    size_t n;
+    int pending;
+    int accepted, unknown, invalid;
+    fb_event_t ev[];
+} fb_batch_t;
+
+enum { FB_ACCEPTED = 0, FB_UNKNOWN, FB_INVALID };
+
+static int fb_apply(mm_server_t *srv, const fb_event_t *e)
+{
+    if (e->state < 0) return FB_UNKNOWN;
+    router_t *r = srv->router;
+    exp_rt_t *x = NULL;
+    for (size_t i = 0; i < r->n_exps; i++)
+        if (strcmp(r->exps[i].cfg->name, e->experiment) == 0) x = &r->exps[i];
+    if (x == NULL) return FB_UNKNOWN;
+    int arm = -1;
+    for (size_t a = 0; a < x->state->n_arms; a++)
+        if (strcmp(x->state->arm_names[a], e->arm) == 0) arm = (int)a;
+    if (arm < 0) return FB_UNKNOWN;
+    if (e->has_item && !e->has_reward) return FB_INVALID; /* clicks are for interleave only */
+    const policy_ops_t *ops = x->cfg->ops;
+    int kind = ops->check_reward ? ops->check_reward(x->cfg->policy, e->reward) : 0;
+    if (kind < 0) return FB_INVALID;
+    store_reward(srv->store, x->state, arm, e->reward, kind == 1);
+    metrics_arm_t *m = &x->metrics->arms[arm];
+    m->feedback++;
+    m->reward_sum += e->reward;
+    return FB_ACCEPTED;
+}
+
+static void batch_count(fb_batch_t *b, int outcome)
+{
+    if (outcome == FB_ACCEPTED)
+        b->accepted++;
+    else if (outcome == FB_UNKNOWN)
+        b->unknown++;
+    else
+        b->invalid++;
+}
+
+static void batch_finish(fb_batch_t *b)
+{
+    for (size_t i = 0; i < b->n; i++) batch_count(b, fb_apply(b->srv, &b->ev[i]));
+    if (b->conn) {
+        char body[160];
+        int n = snprintf(body, sizeof(body), "{\"accepted\":%d,\"unknown\":%d,\"invalid\":%d}",
+                         b->accepted, b->unknown, b->invalid);
+        conn_respond(b->conn, 202, "application/json", body, (size_t)n, NULL);
+        conn_release(b->conn);
+    } else if (b->msg) {
+        /* A request id not yet synced by the instance that served it may
+         * appear shortly: leave the entry pending for a later delivery. */
+        int ack = !(b->unknown && store_msg_deliveries(b->msg) < 3);
+        store_msg_done(b->srv->store, b->msg, ack);
+    }
+    free(b);
+}
+
+static void resolve(fb_event_t *e, int found, const store_reqinfo_t *info)
+{
+    if (found) {
+        snprintf(e->experiment, sizeof(e->experiment), "%s", info->experiment);
+        snprintf(e->arm, sizeof(e->arm), "%s", info->arm);
+        e->state = 1;
+    } else {
+        e->state = -1;
+    }
+}
+
+typedef struct {
+    fb_batch_t *b;
+    fb_event_t *e;
+} fb_lookup_t;
+
+static void on_lookup_done(void *arg, int found, const store_reqinfo_t *info)
+{
+    fb_lookup_t *l = arg;
+    fb_batch_t *b = l->b;
+    resolve(l->e, found, info);
+    free(l);
+    if (--b->pending == 0) batch_finish(b);
+}
+
+/* Resolve every event's target, then apply (possibly later, with Redis). */
+static void batch_run(fb_batch_t *b)
+{
+    b->pending = 1; /* held while lookups are issued: some answer at once */
+    for (size_t i = 0; i < b->n; i++) {
+        fb_event_t *e = &b->ev[i];
+        if (e->request_id[0] == '\0') {
+            e->state = 1;
+            continue;
+        }
+        fb_lookup_t *l = malloc(sizeof(*l));
+        if (l == NULL) {
+            e->state = -1;
+            continue;
+        }
+        l->b = b;
+        l->e = e;
+        b->pending++;
+        store_lookup(b->srv->store, (mm_str_t){e->request_id, strlen(e->request_id)},
+                     on_lookup_done, l);
+    }
+    if (--b->pending == 0) batch_finish(b);
+}
+
+/* ---- parsing ---- */
+
+static int parse_event(json_t *o, fb_event_t *e, char *err, size_t errlen, const char *where)
+{
+    if (!json_is_object(o)) {
+        snprintf(err, errlen, "%s must be a JSON object", where);
+        return -1;
+    }
+    memset(e, 0, sizeof(*e));
+    const char *key;
+    json_t *v;
+    json_object_foreach(o, key, v)
+    {
+        if (strcmp(key, "request_id") == 0) {
+            const char *s = json_string_value(v);
+            if (s == NULL || !http_valid_request_id((mm_str_t){s, strlen(s)})) {
+                snprintf(err, errlen, "%s.request_id must be 1-128 characters of [A-Za-z0-9._-]",
+                         where);
+                return -1;
+            }
+            snprintf(e->request_id, sizeof(e->request_id), "%s", s);
+        } else if (strcmp(key, "experiment") == 0 || strcmp(key, "arm") == 0) {
+            const char *s = json_string_value(v);
+            if (s == NULL || !mm_valid_name(s, strlen(s))) {
+                snprintf(err, errlen, "%s.%s must be a name of 1-64 characters of [A-Za-z0-9_.-]",
+                         where, key);
+                return -1;
+            }
+            if (key[0] == 'e')
+                snprintf(e->experiment, sizeof(e->experiment), "%s", s);
+            else
+                snprintf(e->arm, sizeof(e->arm), "%s", s);
+        } else if (strcmp(key, "reward") == 0) {
+            if (!json_is_number(v) || !isfinite(json_number_value(v))) {
+                snprintf(err, errlen, "%s.reward must be a finite number", where);
+                return -1;
+            }
+            e->reward = json_number_value(v);
+            e->has_reward = 1;
+        } else if (strcmp(key, "item") == 0) {
+            if (!json_is_string(v) && !json_is_integer(v)) {
+                snprintf(err, errlen, "%s.item must be a string or an integer", where);
+                return -1;
+            }
+            e->has_item = 1;
+        } else {
+            snprintf(err, errlen, "%s: unknown key \"%s\"", where, key);
+            return -1;
+        }
+    }
+    int by_id = e->request_id[0] != '\0';
+    int by_name = e->experiment[0] != '\0' || e->arm[0] != '\0';
+    if (by_id == by_name || (by_name && (!e->experiment[0] || !e->arm[0]))) {
+        snprintf(err, errlen, "%s needs either request_id, or experiment and arm", where);
+        return -1;
+    }
+    if (!e->has_reward && !e->has_item) {
+        snprintf(err, errlen, "%s.reward is missing", where);
+        return -1;
+    }
+    return 0;
+}
+
+void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
+{
+    char err[256];
+    if (!(r->method.n == 4 && memcmp(r->method.p, "POST", 4) == 0)) {
+        conn_respond_error(r->conn, 405, "method_not_allowed", "feedback takes POST");
+        return;
+    }
+    json_error_t je;
+    json_t *root = json_loadb(r->body.p, r->body.n, JSON_REJECT_DUPLICATES, &je);
+    if (root == NULL) {
+        snprintf(err, sizeof(err), "invalid JSON at line %d column %d: %s", je.line, je.column,
+                 je.text);
+        conn_respond_error(r->conn, 400, "bad_request", err);
+        return;
+    }
+    json_t *events = json_object_get(root, "events");
+    size_t n = 1;
+    if (events) {
+        if (!json_is_array(events) || json_object_size(root) != 1) {
+            conn_respond_error(r->conn, 400, "bad_request",
+                               "a batch is {\"events\": [...]} and nothing else");
+            json_decref(root);
+            return;
+        }
+        n = json_array_size(events);
+    }
+    fb_batch_t *b = calloc(1, sizeof(*b) + n * sizeof(fb_event_t));
+    if (b == NULL) {
+        conn_respond_error(r->conn, 503, "overloaded", "out of memory");
+        json_decref(root);
+        return;
+    }
+    b->srv = srv;
+    b->n = n;
+    for (size_t i = 0; i < n; i++) {
+        char where[32];
+        json_t *o = root;
+        if (events) {
+            snprintf(where, sizeof(where), "events[%zu]", i);
+            o = json_array_get(events, i);
+        } else {
+            snprintf(where, sizeof(where), "event");
+        }
+        if (parse_event(o, &b->ev[i], err, sizeof(err), where) != 0) {
+            conn_respond_error(r->conn, 400, "bad_request", err);
+            json_decref(root);
+            free(b);
+            return;
+        }
+    }
+    json_decref(root);
+    b->conn = conn_hold(r->conn);
+    batch_run(b);
+}
+
+/* ---- the Redis stream ---- */
+
+static void on_stream(void *arg, store_msg_t *m)
+{
+    mm_server_t *srv = arg;
+    fb_batch_t *b = calloc(1, sizeof(*b) + sizeof(fb_event_t));
+    if (b == NULL) {
+        store_msg_done(srv->store, m, 0);
+        return;
+    }
+    b->srv = srv;
+    b->msg = m;
+    b->n = 1;
+    json_t *o = json_object();
+    const char *fields[] = {"request_id", "experiment", "arm", "item"};
+    for (size_t i = 0; i < MM_ARRAY_LEN(fields); i++) {
+        const char *v = store_msg_field(m, fields[i]);
+        if (v) json_object_set_new(o, fields[i], json_string(v));
+    }
+    const char *rw = store_msg_field(m, "reward");
+    int ok = 1;
+    if (rw) {
+        char *end;
+        double d = strtod(rw, &end);
+        if (end == rw || *end != '\0' || !isfinite(d))
+            ok = 0;
+        else
+            json_object_set_new(o, "reward", json_real(d));
+    }
+    char err[256];
+    if (!ok || parse_event(o, &b->ev[0], err, sizeof(err), "stream entry") != 0) {
+        if (!ok) snprintf(err, sizeof(err), "stream entry: reward must be a finite number");
+        mm_log("feedback stream entry %s dropped: %s", store_msg_id(m), err);
+        json_decref(o);
+        free(b);
+        store_msg_done(srv->store, m, 1); /* it can never be applied */
+        return;
+    }
+    json_decref(o);
+    batch_run(b);
+}
+
+int feedback_start(mm_server_t *srv)
+{
+    if (strcmp(store_kind(srv->store), "redis") != 0) return 0;
+    return store_stream_subscribe(srv->store, on_stream, srv, NULL);
+}

@@ -1,0 +1,189 @@
+/* main.c — the modelmux command line (DESIGN.md §2).
+ *
+ *   modelmux [-c FILE] [--check] [--workers N] [--seed N] [--version] [--help]
+ *
+ * With --workers N the parent forks N workers that each bind the listen
+ * ports with SO_REUSEPORT and run their own event loop; the parent only
+ * forwards signals and waits. Workers share experiment state through the
+ * Redis store, so N > 1 requires it. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "server_main.h"
+
+#define DEFAULT_CONFIG "config/modelmux.json"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: modelmux [-c FILE] [--check] [--workers N] [--seed N] [--version] "
+               "[--help]\n"
+               "  -c FILE      configuration file (default " DEFAULT_CONFIG ")\n"
+               "  --check      validate the configuration and exit (0 ok, 1 with "
+               "FILE:LINE:COL: message)\n"
+               "  --workers N  run N worker processes sharing the listen ports (needs the "
+               "redis store when N > 1)\n"
+               "  --seed N     seed every random choice (reproducible runs)\n"
+               "  --version    print the version\n"
+               "  --help       this text\n"
+               "signals: SIGHUP reloads the configuration, SIGTERM/SIGINT drain and exit\n");
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-') return -1;
+    *out = v;
+    return 0;
+}
+
+static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reuseport)
+{
+    uv_loop_t loop;
+    mm_server_t srv;
+    char err[1024];
+    uv_loop_init(&loop);
+    if (server_start(&srv, &loop, path, cfg, seed, reuseport, err, sizeof(err)) != 0) {
+        fprintf(stderr, "modelmux: %s\n", err);
+        if (srv.router == NULL) config_free(cfg);
+        server_free(&srv);
+        uv_run(&loop, UV_RUN_NOWAIT);
+        return 1;
+    }
+    const config_t *c = server_config(&srv);
+    if (c->has_admin)
+        mm_log("listening on %s:%d, admin on %s:%d, store %s", c->listen.host, c->listen.port,
+               c->admin_listen.host, c->admin_listen.port, store_kind(srv.store));
+    else
+        mm_log("listening on %s:%d, store %s", c->listen.host, c->listen.port,
+               store_kind(srv.store));
+    uv_run(&loop, UV_RUN_DEFAULT);
+    int code = srv.exit_code;
+    server_free(&srv);
+    /* Anything left (closing handles) gets its close callbacks here. */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    mm_log("stopped");
+    return code;
+}
+
+static volatile sig_atomic_t got_signal;
+static void on_parent_signal(int sig)
+{
+    got_signal = sig;
+}
+
+static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n)
+{
+    pid_t pids[256];
+    for (int i = 0; i < n; i++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            perror("modelmux: fork");
+            for (int j = 0; j < i; j++) kill(pids[j], SIGTERM);
+            return 1;
+        }
+        if (pid == 0) exit(run_worker(path, cfg, seed + (uint64_t)i, 1));
+        pids[i] = pid;
+    }
+    config_free(cfg); /* each worker has its own copy */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_parent_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    int alive = n, code = 0;
+    while (alive > 0) {
+        int st;
+        pid_t pid = waitpid(-1, &st, 0);
+        if (pid < 0) {
+            if (errno != EINTR) break;
+            int sig = got_signal;
+            got_signal = 0;
+            for (int i = 0; i < n; i++)
+                if (pids[i] > 0) kill(pids[i], sig);
+            continue;
+        }
+        for (int i = 0; i < n; i++)
+            if (pids[i] == pid) pids[i] = 0;
+        alive--;
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) code = 1;
+    }
+    return code;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = DEFAULT_CONFIG;
+    const char *bad_arg = "";
+    int check = 0, have_seed = 0;
+    uint64_t seed = 0, workers = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        bad_arg = a;
+        if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+            if (++i == argc) goto bad;
+            path = argv[i];
+        } else if (strcmp(a, "--check") == 0) {
+            check = 1;
+        } else if (strcmp(a, "--workers") == 0) {
+            if (++i == argc || parse_u64(argv[i], &workers) != 0 || workers < 1 || workers > 256) {
+                fprintf(stderr, "modelmux: --workers takes a number from 1 to 256\n");
+                return 2;
+            }
+        } else if (strcmp(a, "--seed") == 0) {
+            if (++i == argc || parse_u64(argv[i], &seed) != 0) {
+                fprintf(stderr, "modelmux: --seed takes a non-negative integer\n");
+                return 2;
+            }
+            have_seed = 1;
+        } else if (strcmp(a, "--version") == 0) {
+            printf("modelmux %s\n", MM_VERSION);
+            return 0;
+        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            goto bad;
+        }
+    }
+    char err[2048];
+    config_t *cfg = config_load(path, err, sizeof(err));
+    if (cfg == NULL) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    if (check) {
+        printf("%s: ok (%zu upstreams, %zu experiments)\n", path, cfg->n_upstreams,
+               cfg->n_experiments);
+        config_free(cfg);
+        return 0;
+    }
+    if (workers > 1 && cfg->store.type != STORE_REDIS) {
+        fprintf(stderr,
+                "modelmux: --workers %llu needs the redis store: with the memory store "
+                "each worker would learn on its own\n",
+                (unsigned long long)workers);
+        config_free(cfg);
+        return 1;
+    }
+    if (!have_seed) {
+        if (uv_random(NULL, NULL, &seed, sizeof(seed), 0, NULL) != 0)
+            seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    }
+    if (workers > 1) return run_workers(path, cfg, seed, (int)workers);
+    return run_worker(path, cfg, seed, 0);
+bad:
+    fprintf(stderr, "modelmux: unknown or incomplete option '%s'\n", bad_arg);
+    usage(stderr);
+    return 2;
+}
