@@ -100,11 +100,14 @@ int http_is_hop_by_hop(mm_str_t name, mm_str_t connection)
     /* Dispatch on length first: most headers are rejected by one compare. */
     switch (name.n) {
     case 2:
-        return mm_str_ieq(name, "te");
+        if (mm_str_ieq(name, "te")) return 1;
+        break;
     case 6:
-        return mm_str_ieq(name, "expect");
+        if (mm_str_ieq(name, "expect")) return 1;
+        break;
     case 7:
-        return mm_str_ieq(name, "trailer") || mm_str_ieq(name, "upgrade");
+        if (mm_str_ieq(name, "trailer") || mm_str_ieq(name, "upgrade")) return 1;
+        break;
     case 10:
         if (mm_str_ieq(name, "connection") || mm_str_ieq(name, "keep-alive")) return 1;
         break;

@@ -353,6 +353,10 @@ static void send_error(conn_t *c, int status, const char *code, const char *msg)
     if (!r->active) { /* an error before a request was recognised (bad head) */
         r->active = 1;
         r->t0_us = mm_now_us();
+        http_new_request_id(&c->srv->rng, r->id);
+        r->id_len = 32;
+        snprintf(r->method, sizeof(r->method), "%s",
+                 c->headers_done ? llhttp_method_name(c->parser.method) : "-");
         r->router = c->srv->router;
         router_ref(r->router);
     }

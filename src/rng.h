@@ -6,6 +6,7 @@
 #ifndef MM_RNG_H
 #define MM_RNG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
