@@ -1,0 +1,225 @@
+"""mmtest — the harness every integration test uses.
+
+Starts real processes (modelmux, examples/model_server, redis-server) on
+loopback ports chosen free at run time, and stops them by PID (never by
+name). Everything a test starts is registered with a Cluster, and
+Cluster.stop() (called from tearDown / atexit) kills exactly those PIDs.
+
+Binaries come from the environment ctest sets: MM_BIN, MM_MODEL_SERVER,
+MM_BENCH_BIN, MM_SOURCE_DIR; redis from MM_REDIS_PORT (scripts/test starts a
+private server) or MM_REDIS_SERVER to start one here.
+"""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+MM_BIN = os.environ.get("MM_BIN", "build/modelmux")
+MODEL_SERVER = os.environ.get("MM_MODEL_SERVER", "build/model_server")
+BENCH_BIN = os.environ.get("MM_BENCH_BIN", "build/modelmux-bench")
+SOURCE_DIR = os.environ.get("MM_SOURCE_DIR", os.getcwd())
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, proc=None, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process exited with %s before listening on %d" % (proc.returncode, port))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("nothing listening on %d after %.0fs" % (port, timeout))
+
+
+class Proc:
+    def __init__(self, popen, name, log_path):
+        self.p = popen
+        self.name = name
+        self.log_path = log_path
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.p.pid, sig)
+
+    def wait(self, timeout=10.0):
+        return self.p.wait(timeout=timeout)
+
+    def kill(self):
+        if self.alive():
+            os.kill(self.p.pid, signal.SIGKILL)
+            self.p.wait(timeout=5)
+
+
+class Cluster:
+    """Processes of one test; stop() ends them all by PID."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="mmtest.")
+        self.procs = []
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def _start(self, argv, name):
+        log_path = self.path(name + ".log")
+        log = open(log_path, "w")
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        proc = Proc(p, name, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def model_server(self, name, *args, port=None):
+        port = port or free_port()
+        proc = self._start([MODEL_SERVER, "--port", str(port), "--name", name] + [str(a) for a in args],
+                           "ms-" + name + "-" + str(port))
+        wait_port(port, proc.p)
+        proc.port = port
+        return proc
+
+    def write_config(self, cfg, name="modelmux.json"):
+        path = self.path(name)
+        with open(path, "w") as f:
+            json.dump(cfg, f, indent=2)
+        return path
+
+    def modelmux(self, cfg, *args, name="modelmux", wait=True):
+        """cfg: a dict (written to a file) or a path. Returns the Proc with
+        .port (data) and .admin_port when the config has them."""
+        path = cfg if isinstance(cfg, str) else self.write_config(cfg, name + ".json")
+        proc = self._start([MM_BIN, "-c", path] + [str(a) for a in args], name)
+        proc.config_path = path
+        if wait:
+            with open(path) as f:
+                c = json.load(f)
+            proc.port = int(c.get("listen", "127.0.0.1:8080").rsplit(":", 1)[1])
+            wait_port(proc.port, proc.p)
+            if "admin" in c:
+                proc.admin_port = int(c["admin"].get("listen", "127.0.0.1:9090").rsplit(":", 1)[1])
+                wait_port(proc.admin_port, proc.p)
+        return proc
+
+    def redis(self):
+        """A redis port: the suite's private server, or one started here."""
+        env_port = os.environ.get("MM_REDIS_PORT")
+        if env_port:
+            return int(env_port)
+        server = os.environ.get("MM_REDIS_SERVER", "redis-server")
+        port = free_port()
+        proc = self._start([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                            "--appendonly", "no", "--dir", self.dir], "redis-" + str(port))
+        wait_port(port, proc.p)
+        return port
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            if proc.alive():
+                proc.signal(signal.SIGTERM)
+        deadline = time.time() + 10
+        for proc in self.procs:
+            try:
+                proc.p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def base_config(port, upstreams, experiments, admin_port=None, **extra):
+    cfg = {"listen": "127.0.0.1:%d" % port,
+           "upstreams": {name: ({"url": "http://127.0.0.1:%d" % up} if isinstance(up, int) else up)
+                         for name, up in upstreams.items()},
+           "experiments": experiments}
+    if admin_port:
+        cfg["admin"] = {"listen": "127.0.0.1:%d" % admin_port}
+    cfg.update(extra)
+    return cfg
+
+
+def request(port, method, path, body=None, headers=None, timeout=10.0):
+    """One request on a fresh connection: (status, headers dict lowercased, body bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def raw(port, data, timeout=3.0, shutdown=False):
+    """Send raw bytes, read until close or timeout; returns bytes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(data)
+        if shutdown:
+            s.shutdown(socket.SHUT_WR)
+        out = b""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                d = s.recv(65536)
+            except socket.timeout:
+                break
+            if not d:
+                break
+            out += d
+        return out
+    finally:
+        s.close()
+
+
+def eventually(fn, timeout=10.0, interval=0.05):
+    """Poll fn() until it returns a truthy value; return it or raise."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError("condition not met within %.1fs (last: %r)" % (timeout, last))
+
+
+class MMTestCase(unittest.TestCase):
+    """A TestCase with a fresh Cluster per test, stopped in tearDown."""
+
+    def setUp(self):
+        self.cluster = Cluster()
+
+    def tearDown(self):
+        self.cluster.stop()
+
+
+def main():
+    unittest.main(verbosity=2)
