@@ -29,7 +29,12 @@ typedef struct {
     size_t n_shadow;
     const char *body; /* with log.bodies: the request body (NULL otherwise) */
     size_t body_len;
+    uint64_t ts_us; /* wall clock (reqlog_wall_us) at the request's arrival; 0: now - latency_us */
 } reqlog_entry_t;
+
+/* Bodies longer than this are logged truncated ("body_truncated": true), as
+ * are bodies of which fewer bytes than bytes_in were kept. */
+#define REQLOG_BODY_MAX (64 * 1024)
 
 /* path NULL → no log. Returns NULL on error with err filled. */
 reqlog_t *reqlog_open(uv_loop_t *loop, const char *path, double sample, int bodies, uint64_t seed,
@@ -45,7 +50,19 @@ void reqlog_close(reqlog_t *l, void (*done)(void *), void *arg);
 /* Lines dropped (buffer full, write errors) and write errors, for metrics. */
 void reqlog_counters(const reqlog_t *l, uint64_t *written, uint64_t *dropped, uint64_t *errors);
 
-/* proxy.c's hook: log the finished request on c (sampling applied here). */
+/* proxy.c's hook: log the finished request on c (sampling applied here).
+ * Requests on the admin listener are not logged. While c->req.shadow is set
+ * the shadow runtime owns the line (it writes it once the mirrors are done),
+ * so nothing is written here. */
 void reqlog_request(mm_server_t *srv, conn_t *c, uint64_t latency_us);
+
+/* The entry for the request on c as it stands when it finishes: a borrowed
+ * view (pointers into c->req and the router), valid until req_finish
+ * returns; copy what must outlive it. With log.bodies the body comes from
+ * the local body (admin, feedback) or the captured body (mirrors). */
+void reqlog_entry_from_req(conn_t *c, uint64_t latency_us, reqlog_entry_t *out);
+
+/* Wall-clock time in microseconds since the Unix epoch. */
+uint64_t reqlog_wall_us(void);
 
 #endif

@@ -1,0 +1,500 @@
+/* admin.c — the admin API (DESIGN.md §5) on the admin listener.
+ *
+ * One entry point, admin_handle(), called by the proxy core with a complete
+ * request (body read and de-chunked). Every answer is JSON except /metrics;
+ * every error has the §4 shape {"error","message","request_id"}.
+ *
+ * Operator actions never touch routing directly: they write the
+ * experiment's control state through store_set_control(), which the router
+ * reads on every request (so a change applies to the very next one) and the
+ * store publishes to every instance (Redis). What each action writes:
+ *   PUT weights   weights as given (unlisted arms 0), state running — so a
+ *                 promoted or rolled-back experiment runs again on them;
+ *   promote       100 on the arm, state promoted (canary_step 100, or 0 when
+ *                 the champion is promoted);
+ *   rollback      100 on the champion, state rolled_back, canary_step 0;
+ *   pause         state paused (the store snapshots the statistics the
+ *                 policy keeps seeing); 409 on a promoted or rolled-back
+ *                 experiment, which has nothing left to freeze;
+ *   resume        state running (weights, if any, stay);
+ *   reset         statistics forgotten everywhere (store_reset), the policy's
+ *                 own state too, control back to what the config says.
+ *
+ * The token is compared in constant time (the time taken does not depend on
+ * how many leading bytes match). /healthz and /readyz never need it, so load
+ * balancers and orchestrators can probe without a secret; everything else,
+ * unknown paths included, answers 401 first, so the API's shape is not
+ * disclosed to callers without the token. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metrics_render.h"
+#include "proxy_internal.h"
+
+#define GET_ONLY  "Allow: GET, HEAD\r\n"
+#define POST_ONLY "Allow: POST\r\n"
+#define PUT_ONLY  "Allow: PUT\r\n"
+
+static const char *const state_names[] = {"running", "paused", "promoted", "rolled_back"};
+
+/* ---- answers ---- */
+
+static void reply_json(conn_t *c, int status, json_t *o)
+{
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
+    json_decref(o);
+    if (s == NULL) {
+        conn_respond_error(c, 500, "internal", "out of memory");
+        return;
+    }
+    size_t n = strlen(s);
+    char *body = realloc(s, n + 2);
+    if (body == NULL) {
+        free(s);
+        conn_respond_error(c, 500, "internal", "out of memory");
+        return;
+    }
+    body[n++] = '\n'; /* for curl users; parsers do not mind */
+    body[n] = '\0';
+    conn_respond(c, status, "application/json", body, n, NULL);
+    free(body);
+}
+
+/* An error that needs a header (Allow, WWW-Authenticate): the same body
+ * conn_respond_error writes. */
+static void reply_error_hdr(const mm_local_req_t *r, int status, const char *code,
+                            const char *message, const char *extra)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "error", json_string(code));
+    json_object_set_new(o, "message", json_string(message));
+    json_object_set_new(o, "request_id",
+                        r->request_id.n ? json_stringn(r->request_id.p, r->request_id.n)
+                                        : json_null());
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (s == NULL) {
+        conn_respond_error(r->conn, status, code, message);
+        return;
+    }
+    conn_respond(r->conn, status, "application/json", s, strlen(s), extra);
+    free(s);
+}
+
+static void reply_errorf(conn_t *c, int status, const char *code, const char *fmt, ...)
+    MM_PRINTF(4, 5);
+static void reply_errorf(conn_t *c, int status, const char *code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    conn_respond_error(c, status, code, msg);
+}
+
+/* ---- request helpers ---- */
+
+static int str_eq(mm_str_t s, const char *lit)
+{
+    size_t n = strlen(lit);
+    return s.n == n && memcmp(s.p, lit, n) == 0;
+}
+
+static int is_get(const mm_local_req_t *r)
+{
+    return str_eq(r->method, "GET") || str_eq(r->method, "HEAD");
+}
+
+/* Constant-time in the content of both strings; the loop runs over the
+ * presented value, so only its own length shows. */
+static int token_matches(mm_str_t given, const char *token)
+{
+    size_t tn = strlen(token);
+    unsigned diff = (unsigned)(given.n ^ tn);
+    for (size_t i = 0; i < given.n; i++)
+        diff |= (unsigned char)given.p[i] ^ (unsigned char)(tn ? token[i % tn] : 0);
+    return diff == 0 && tn > 0;
+}
+
+static int authorized(mm_server_t *srv, const mm_local_req_t *r)
+{
+    const char *token = server_config(srv)->admin_token;
+    if (token == NULL) return 1;
+    int h = http_find(r->head, r->base, "authorization");
+    if (h < 0) return 0;
+    mm_str_t v = http_trim(http_hvalue(r->head, r->base, h));
+    if (v.n < 7 || !mm_str_ieq((mm_str_t){v.p, 6}, "bearer") || (v.p[6] != ' ' && v.p[6] != '\t'))
+        return 0;
+    mm_str_t cred = http_trim((mm_str_t){v.p + 7, v.n - 7});
+    return token_matches(cred, token);
+}
+
+/* The request body as JSON. Empty (or blank) bodies give *out = NULL and 0
+ * when `optional`; else an error is answered and -1 returned. */
+static int parse_body(const mm_local_req_t *r, int optional, json_t **out)
+{
+    *out = NULL;
+    size_t i = 0;
+    while (i < r->body.n && (r->body.p[i] == ' ' || r->body.p[i] == '\t' || r->body.p[i] == '\r' ||
+                             r->body.p[i] == '\n'))
+        i++;
+    if (i == r->body.n) {
+        if (optional) return 0;
+        conn_respond_error(r->conn, 400, "bad_request", "a JSON object body is required");
+        return -1;
+    }
+    json_error_t je;
+    json_t *j = json_loadb(r->body.p, r->body.n, JSON_REJECT_DUPLICATES, &je);
+    if (j == NULL) {
+        reply_errorf(r->conn, 400, "bad_request", "invalid JSON at line %d column %d: %s", je.line,
+                     je.column, je.text);
+        return -1;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        conn_respond_error(r->conn, 400, "bad_request", "the body must be a JSON object");
+        return -1;
+    }
+    *out = j;
+    return 0;
+}
+
+/* For actions that take no parameters: nothing, or an empty object. */
+static int expect_no_params(const mm_local_req_t *r)
+{
+    json_t *j;
+    if (parse_body(r, 1, &j) < 0) return -1;
+    if (j && json_object_size(j) > 0) {
+        const char *key = json_object_iter_key(json_object_iter(j));
+        reply_errorf(r->conn, 400, "bad_request", "unknown key \"%s\": this action takes none",
+                     key);
+        json_decref(j);
+        return -1;
+    }
+    json_decref(j);
+    return 0;
+}
+
+static exp_rt_t *find_experiment(mm_server_t *srv, mm_str_t name)
+{
+    router_t *rt = srv->router;
+    for (size_t i = 0; i < rt->n_exps; i++)
+        if (str_eq(name, rt->exps[i].cfg->name)) return &rt->exps[i];
+    return NULL;
+}
+
+static int arm_index(const exp_rt_t *e, const char *name)
+{
+    for (size_t i = 0; i < e->state->n_arms; i++)
+        if (strcmp(e->ups[i]->name, name) == 0) return (int)i;
+    return -1;
+}
+
+/* ---- views ---- */
+
+static json_t *num_or_null(double x)
+{
+    return isfinite(x) ? json_real(x) : json_null();
+}
+
+static json_t *experiment_view(const exp_rt_t *e)
+{
+    const exp_state_t *st = e->state;
+    const exp_control_t *ctl = &st->control;
+    json_t *desc = metrics_describe(e);
+    double share[MM_MAX_ARMS];
+    metrics_arm_shares(e, desc, share);
+
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(e->cfg->name));
+    json_object_set_new(o, "policy", json_string(e->cfg->ops->name));
+    json_object_set_new(
+        o, "state",
+        json_string(state_names[ctl->state <= EXP_ROLLED_BACK ? ctl->state : EXP_RUNNING]));
+    json_object_set_new(o, "version", json_integer((json_int_t)ctl->version));
+    json_object_set_new(o, "champion", json_string(e->ups[0]->name));
+    json_t *w = json_null();
+    if (ctl->has_weights) {
+        w = json_object();
+        for (size_t i = 0; i < st->n_arms; i++)
+            json_object_set_new(w, e->ups[i]->name, json_real(ctl->weights[i]));
+    }
+    json_object_set_new(o, "weights", w);
+    json_t *arms = json_array();
+    for (size_t i = 0; i < st->n_arms; i++) {
+        const arm_stats_t *s = &st->merged[i];
+        const metrics_arm_t *ma = &e->metrics->arms[i];
+        double p50 = metrics_quantile_ms(ma, 0.5), p99 = metrics_quantile_ms(ma, 0.99);
+        json_t *a = json_object();
+        json_object_set_new(a, "name", json_string(e->ups[i]->name));
+        json_object_set_new(a, "share", json_real(share[i]));
+        json_object_set_new(a, "requests", json_integer((json_int_t)s->pulls));
+        json_object_set_new(a, "errors", json_integer((json_int_t)s->errors));
+        json_object_set_new(a, "p50_ms", p50 >= 0 ? json_real(p50) : json_null());
+        json_object_set_new(a, "p99_ms", p99 >= 0 ? json_real(p99) : json_null());
+        json_object_set_new(a, "feedback", json_integer((json_int_t)s->feedback));
+        json_object_set_new(a, "reward_mean",
+                            s->feedback ? num_or_null(s->reward_sum / (double)s->feedback)
+                                        : json_null());
+        json_array_append_new(arms, a);
+    }
+    json_object_set_new(o, "arms", arms);
+    json_object_set_new(o, "policy_state", desc ? desc : json_null());
+    return o;
+}
+
+/* ---- actions ---- */
+
+static void set_control(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
+                        const exp_control_t *ctl)
+{
+    store_set_control(srv->store, e->state, ctl);
+    reply_json(r->conn, 200, experiment_view(e));
+}
+
+static void put_weights(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
+{
+    if (!(e->cfg->ops->flags & POLICY_ACCEPTS_WEIGHTS)) {
+        reply_errorf(r->conn, 409, "conflict",
+                     "policy %s does not take weights (it sets its own shares); use promote or "
+                     "rollback",
+                     e->cfg->ops->name);
+        return;
+    }
+    json_t *j;
+    if (parse_body(r, 0, &j) < 0) return;
+    exp_control_t ctl = e->state->control;
+    double w[MM_MAX_ARMS] = {0};
+    double sum = 0.0;
+    const char *key;
+    json_t *val;
+    json_object_foreach(j, key, val)
+    {
+        int i = arm_index(e, key);
+        if (i < 0) {
+            reply_errorf(r->conn, 404, "not_found", "experiment %s has no arm \"%s\"", e->cfg->name,
+                         key);
+            goto out;
+        }
+        if (!json_is_number(val)) {
+            reply_errorf(r->conn, 400, "bad_request", "the weight of arm %s must be a number", key);
+            goto out;
+        }
+        double x = json_number_value(val);
+        if (!isfinite(x) || x < 0.0) {
+            reply_errorf(r->conn, 400, "bad_request", "the weight of arm %s must be >= 0", key);
+            goto out;
+        }
+        w[i] = x;
+        sum += x;
+    }
+    if (!(sum > 0.0) || !isfinite(sum)) {
+        conn_respond_error(r->conn, 400, "bad_request", "weights must not all be zero");
+        goto out;
+    }
+    memcpy(ctl.weights, w, sizeof(ctl.weights));
+    ctl.has_weights = 1;
+    ctl.state = EXP_RUNNING;
+    set_control(srv, r, e, &ctl);
+out:
+    json_decref(j);
+}
+
+static void promote(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
+{
+    json_t *j;
+    if (parse_body(r, 0, &j) < 0) return;
+    const char *key;
+    json_t *val;
+    json_object_foreach(j, key, val)
+    {
+        if (strcmp(key, "arm") != 0) {
+            reply_errorf(r->conn, 400, "bad_request", "unknown key \"%s\" (expected \"arm\")", key);
+            goto out;
+        }
+    }
+    const json_t *arm = json_object_get(j, "arm");
+    if (!json_is_string(arm)) {
+        conn_respond_error(r->conn, 400, "bad_request", "\"arm\" must name an arm");
+        goto out;
+    }
+    int i = arm_index(e, json_string_value(arm));
+    if (i < 0) {
+        reply_errorf(r->conn, 404, "not_found", "experiment %s has no arm \"%s\"", e->cfg->name,
+                     json_string_value(arm));
+        goto out;
+    }
+    exp_control_t ctl = e->state->control;
+    memset(ctl.weights, 0, sizeof(ctl.weights));
+    ctl.weights[i] = 100.0;
+    ctl.has_weights = 1;
+    ctl.state = EXP_PROMOTED;
+    ctl.canary_step = i == 0 ? 0.0 : 100.0;
+    set_control(srv, r, e, &ctl);
+out:
+    json_decref(j);
+}
+
+static void rollback(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
+{
+    if (expect_no_params(r) < 0) return;
+    exp_control_t ctl = e->state->control;
+    memset(ctl.weights, 0, sizeof(ctl.weights));
+    ctl.weights[0] = 100.0;
+    ctl.has_weights = 1;
+    ctl.state = EXP_ROLLED_BACK;
+    ctl.canary_step = 0.0;
+    set_control(srv, r, e, &ctl);
+}
+
+static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e, int pause)
+{
+    if (expect_no_params(r) < 0) return;
+    exp_control_t ctl = e->state->control;
+    exp_run_state_t want = pause ? EXP_PAUSED : EXP_RUNNING;
+    if (pause && (ctl.state == EXP_PROMOTED || ctl.state == EXP_ROLLED_BACK)) {
+        reply_errorf(r->conn, 409, "conflict",
+                     "experiment %s is %s: nothing is learning; resume or reset it first",
+                     e->cfg->name, state_names[ctl.state]);
+        return;
+    }
+    if (ctl.state == want) { /* already there: no new version */
+        reply_json(r->conn, 200, experiment_view(e));
+        return;
+    }
+    ctl.state = want; /* pausing: the store snapshots merged into frozen */
+    set_control(srv, r, e, &ctl);
+}
+
+static void reset(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
+{
+    if (expect_no_params(r) < 0) return;
+    store_reset(srv->store, e->state);
+    if (e->cfg->ops->reset) e->cfg->ops->reset(e->cfg->policy);
+    e->resets_seen = store_resets(e->state); /* this instance's policy is already reset */
+    reply_json(r->conn, 200, experiment_view(e));
+}
+
+static void reload(mm_server_t *srv, const mm_local_req_t *r)
+{
+    if (expect_no_params(r) < 0) return;
+    char err[1024];
+    if (server_reload(srv, err, sizeof(err)) != 0) {
+        conn_respond_error(r->conn, 400, "bad_request", err);
+        return;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "status", json_string("reloaded"));
+    reply_json(r->conn, 200, o);
+}
+
+/* ---- routing ---- */
+
+static void experiment_routes(mm_server_t *srv, const mm_local_req_t *r, mm_str_t rest)
+{
+    /* rest: "NAME" or "NAME/ACTION" */
+    const char *slash = memchr(rest.p, '/', rest.n);
+    mm_str_t name = {rest.p, slash ? (size_t)(slash - rest.p) : rest.n};
+    mm_str_t action = slash ? (mm_str_t){slash + 1, rest.n - name.n - 1} : (mm_str_t){"", 0};
+    exp_rt_t *e = find_experiment(srv, name);
+    if (e == NULL) {
+        reply_errorf(r->conn, 404, "not_found", "no experiment named \"%.*s\"",
+                     (int)(name.n > 64 ? 64 : name.n), name.p);
+        return;
+    }
+    int post = str_eq(r->method, "POST");
+    if (!slash) {
+        if (!is_get(r)) {
+            reply_error_hdr(r, 405, "method_not_allowed", "use GET", GET_ONLY);
+            return;
+        }
+        reply_json(r->conn, 200, experiment_view(e));
+    } else if (str_eq(action, "weights")) {
+        if (!str_eq(r->method, "PUT")) {
+            reply_error_hdr(r, 405, "method_not_allowed", "use PUT", PUT_ONLY);
+            return;
+        }
+        put_weights(srv, r, e);
+    } else if (str_eq(action, "promote") || str_eq(action, "rollback") || str_eq(action, "pause") ||
+               str_eq(action, "resume") || str_eq(action, "reset")) {
+        if (!post) {
+            reply_error_hdr(r, 405, "method_not_allowed", "use POST", POST_ONLY);
+            return;
+        }
+        if (str_eq(action, "promote"))
+            promote(srv, r, e);
+        else if (str_eq(action, "rollback"))
+            rollback(srv, r, e);
+        else if (str_eq(action, "pause"))
+            pause_resume(srv, r, e, 1);
+        else if (str_eq(action, "resume"))
+            pause_resume(srv, r, e, 0);
+        else
+            reset(srv, r, e);
+    } else {
+        conn_respond_error(r->conn, 404, "not_found", "no such admin endpoint");
+    }
+}
+
+void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
+{
+    mm_str_t path = r->path;
+    conn_t *c = r->conn;
+    if (str_eq(path, "/healthz") || str_eq(path, "/readyz")) {
+        if (!is_get(r)) {
+            reply_error_hdr(r, 405, "method_not_allowed", "use GET", GET_ONLY);
+            return;
+        }
+        json_t *o = json_object();
+        json_object_set_new(o, "status", json_string("ok"));
+        if (path.n == 7) /* /readyz */
+            json_object_set_new(o, "store", json_string(store_up(srv->store) ? "up" : "down"));
+        reply_json(c, 200, o);
+        return;
+    }
+    if (!authorized(srv, r)) {
+        reply_error_hdr(r, 401, "unauthorized", "missing or wrong bearer token",
+                        "WWW-Authenticate: Bearer realm=\"modelmux\"\r\n");
+        return;
+    }
+    if (str_eq(path, "/metrics")) {
+        if (!is_get(r)) {
+            reply_error_hdr(r, 405, "method_not_allowed", "use GET", GET_ONLY);
+            return;
+        }
+        mm_buf_t b;
+        mm_buf_init(&b);
+        metrics_render(srv, &b);
+        if (b.oom)
+            conn_respond_error(c, 500, "internal", "out of memory");
+        else
+            conn_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", b.p ? b.p : "", b.len,
+                         NULL);
+        mm_buf_free(&b);
+    } else if (str_eq(path, "/experiments") || str_eq(path, "/experiments/")) {
+        if (!is_get(r)) {
+            reply_error_hdr(r, 405, "method_not_allowed", "use GET", GET_ONLY);
+            return;
+        }
+        json_t *list = json_array();
+        for (size_t i = 0; i < srv->router->n_exps; i++)
+            json_array_append_new(list, experiment_view(&srv->router->exps[i]));
+        json_t *o = json_object();
+        json_object_set_new(o, "experiments", list);
+        reply_json(c, 200, o);
+    } else if (path.n > 13 && memcmp(path.p, "/experiments/", 13) == 0) {
+        experiment_routes(srv, r, (mm_str_t){path.p + 13, path.n - 13});
+    } else if (str_eq(path, "/reload")) {
+        if (!str_eq(r->method, "POST")) {
+            reply_error_hdr(r, 405, "method_not_allowed", "use POST", POST_ONLY);
+            return;
+        }
+        reload(srv, r);
+    } else {
+        conn_respond_error(c, 404, "not_found", "no such admin endpoint");
+    }
+}

@@ -1,0 +1,39 @@
+/* metrics_render.h — the Prometheus text exposition of this instance's
+ * counters (GET /metrics), and the effective traffic share of each arm that
+ * both /metrics (modelmux_arm_share) and GET /experiments/NAME report. */
+#ifndef MM_METRICS_RENDER_H
+#define MM_METRICS_RENDER_H
+
+#include <jansson.h>
+
+#include "server.h"
+
+/* Append the whole exposition (text format 0.0.4) to out. */
+void metrics_render(mm_server_t *srv, mm_buf_t *out);
+
+/* The share of traffic each arm of e gets right now, in [0, 1], summing to 1
+ * (share has e->state->n_arms entries). `desc` is the policy's describe()
+ * output when the caller already has it, else NULL (it is then computed
+ * with a private RNG, so asking never disturbs routing's random stream).
+ * The rule, first that applies:
+ *   1. promoted or rolled back: the control weights (the champion alone
+ *      when there are none), exactly as the router routes;
+ *   2. control weights set on a policy that accepts weights;
+ *   3. what the policy's description says: "weights"."effective" (ab),
+ *      per-arm "expected_share" or "share" in "arms" (bandits), "step" with
+ *      "canary" (canary), "primary" (shadow: the primary serves everything);
+ *   4. the observed share of pulls in the store's merged statistics, or
+ *      equal shares before the first request. */
+void metrics_arm_shares(const exp_rt_t *e, const json_t *desc, double *share);
+
+/* The q-quantile (0 < q < 1) of an arm's latency histogram in milliseconds,
+ * interpolated linearly inside the bucket that holds it (as Prometheus'
+ * histogram_quantile does); the +Inf bucket answers its lower bound (10 s).
+ * Returns a negative number when there are no samples. */
+double metrics_quantile_ms(const metrics_arm_t *a, double q);
+
+/* The policy's description of e (a new reference, or NULL), computed with a
+ * private RNG. */
+json_t *metrics_describe(const exp_rt_t *e);
+
+#endif
