@@ -34,7 +34,9 @@ typedef struct {
     exp_control_t control;
     exp_control_t initial_control; /* what the config says; reset/redefinition go back to it */
     int control_dirty;             /* control changed locally, not yet written */
-    uint64_t dropped;              /* deltas dropped while the store was unreachable */
+    uint64_t dropped; /* increments discarded: unflushed when another instance reset the
+                         experiment, or in a write Redis refused 10 times. An unreachable
+                         Redis drops none: counters need no bound (docs/store.md) */
 } exp_state_t;
 
 /* What a feedback lookup resolves a request id to. */
@@ -45,39 +47,111 @@ typedef struct {
 
 typedef void (*store_lookup_cb)(void *arg, int found, const store_reqinfo_t *info);
 
+/* Fails only on a bad config or no memory: with Redis unreachable it succeeds
+ * (store_up() = 0) and keeps reconnecting. */
 store_t *store_create(uv_loop_t *loop, const cfg_store_t *cfg, char *err, size_t errlen);
-/* Stop timers, flush what is pending (Redis: best effort within timeout_ms),
- * then call done(arg). */
+/* Stop timers, flush what is pending (Redis: best effort within timeout_ms,
+ * waiting for a reconnect if need be), close the connection, then call
+ * done(arg) once. The memory store calls done before returning. Call once. */
 void store_shutdown(store_t *s, int timeout_ms, void (*done)(void *), void *arg);
+/* Free everything, shut down or not; lookups still waiting for Redis are
+ * answered "not found". Handles close asynchronously: run the loop afterwards
+ * (as for any libuv handle). Not from inside a store callback. */
 void store_destroy(store_t *s);
 
 /* Get or create the state of experiment `name` with these arms. An existing
  * state with the same arms is returned as is (reload keeps statistics); with
- * `redefined` set its control goes back to `initial`. */
+ * `redefined` set its control goes back to `initial`. An existing state with
+ * other arms is kept (same pointer): statistics follow arm names, new arms
+ * start at 0, and control goes back to `initial`. With Redis, a new state
+ * adopts the control Redis holds (it survives restarts) unless `redefined`,
+ * in which case `initial` is written. NULL on invalid names or arm counts. */
 exp_state_t *store_experiment(store_t *s, const char *name, const char *const *arm_names,
                               size_t n_arms, const exp_control_t *initial, int redefined);
 /* Forget experiments not in `names` (after a reload removed them). */
 void store_retain(store_t *s, const char *const *names, size_t n);
 
-/* Hot-path increments: O(1), no I/O. */
+/* Hot-path increments: O(1), no I/O. Out-of-range arms and non-finite
+ * rewards are ignored. */
 void store_pull(store_t *s, exp_state_t *e, int arm);
 void store_error(store_t *s, exp_state_t *e, int arm);
 void store_reward(store_t *s, exp_state_t *e, int arm, double reward, int bernoulli);
 
-/* Operator changes: version++, published to every instance. */
+/* Operator changes: version++ (c->version is ignored), published to every
+ * instance. Entering EXP_PAUSED copies `merged` into `frozen`. */
 void store_set_control(store_t *s, exp_state_t *e, const exp_control_t *c);
-/* Forget learned statistics (admin reset) everywhere. */
+/* Forget learned statistics (admin reset) everywhere, and operator changes:
+ * control goes back to initial_control (version++). See store_resets(). */
 void store_reset(store_t *s, exp_state_t *e);
 
-/* Feedback mapping (DESIGN.md §6 PREFIX:req:ID), kept for ttl_s seconds. */
+/* Feedback mapping (DESIGN.md §6 PREFIX:req:ID), kept for ttl_s seconds in a
+ * local map (at most 1M ids, oldest evicted) and, with Redis, written there. */
 void store_remember(store_t *s, mm_str_t request_id, const char *experiment, const char *arm,
                     int ttl_s);
 /* Resolve a request id: synchronously from the local map when possible,
- * else (Redis) asynchronously. cb is always called exactly once. */
+ * else (Redis) asynchronously. cb is always called exactly once, synchronously
+ * with "not found" when Redis is down. */
 void store_lookup(store_t *s, mm_str_t request_id, store_lookup_cb cb, void *arg);
 
 /* 1 while the store is reachable (always 1 for memory). */
 int store_up(const store_t *s);
 const char *store_kind(const store_t *s);
+
+/* ---- additions by the store module ---- */
+
+/* Resets applied to this experiment so far, whether made here (store_reset)
+ * or by another instance and seen through Redis. The core keeps the value it
+ * last saw and calls the policy's reset when it changes, so policy-internal
+ * state is forgotten on every instance, not only the one that took the call. */
+uint64_t store_resets(const exp_state_t *e);
+
+/* Counters for /metrics and the logs. */
+typedef struct {
+    uint64_t req_entries;      /* request ids in the local map now */
+    uint64_t req_evicted;      /* removed before expiry because the map was full */
+    uint64_t req_queued;       /* waiting to be written to Redis */
+    uint64_t req_dropped;      /* never written to Redis: the write queue was full */
+    uint64_t syncs;            /* sync rounds completed (Redis) */
+    uint64_t sync_errors;      /* experiment writes that failed and will be retried */
+    uint64_t reconnects;       /* successful connections after the first */
+    uint64_t stream_delivered; /* feedback stream entries handed to the callback */
+    uint64_t stream_acked;     /* entries acknowledged (XACK) */
+    uint64_t stream_dead;      /* entries acked unapplied after max_deliveries attempts */
+} store_stats_t;
+void store_get_stats(const store_t *s, store_stats_t *out);
+
+/* ---- the Redis feedback stream PREFIX:feedback (DESIGN.md §4) ----
+ * The store reads the stream through the consumer group "modelmux" (created
+ * from id 0 with MKSTREAM) as consumer HOSTNAME-PID, once per sync round
+ * (XREADGROUP ... COUNT n, never BLOCK: the connection is shared). Each entry
+ * goes to the callback as a store_msg_t; the receiver answers exactly once
+ * with store_msg_done: ack=1 when the event was applied, or can never be
+ * (invalid), so it is acknowledged (XACK, sent in the next sync round, retried
+ * until Redis confirms); ack=0 leaves it pending. Entries pending longer than
+ * claim_idle_ms, whoever holds them (a dead instance, or this one after
+ * ack=0), are claimed (XPENDING IDLE + XCLAIM, Redis >= 6.2) and delivered
+ * again; one delivered max_deliveries times is acked unapplied and counted
+ * (stream_dead). The callback may call store_lookup and answer later; it must
+ * not destroy the store. */
+typedef struct store_msg_s store_msg_t;
+typedef void (*store_stream_cb)(void *arg, store_msg_t *m);
+typedef struct {
+    int count;          /* entries per read, default 100 (0 in any field: the default) */
+    int claim_idle_ms;  /* default 30000 */
+    int max_deliveries; /* default 10 */
+    int max_inflight;   /* delivered and not yet acked; reading pauses above it, default 1000 */
+} store_stream_opts_t;
+/* Start consuming (opts may be NULL). -1 for the memory store or when already
+ * subscribed. */
+int store_stream_subscribe(store_t *s, store_stream_cb cb, void *arg,
+                           const store_stream_opts_t *opts);
+const char *store_msg_id(const store_msg_t *m);
+/* The value of field `name`, or NULL. Valid until store_msg_done. */
+const char *store_msg_field(const store_msg_t *m, const char *name);
+/* 1 on the first delivery, more after a claim. */
+unsigned store_msg_deliveries(const store_msg_t *m);
+/* Exactly once per message; m is invalid afterwards. Messages not answered
+ * when the store is destroyed are freed with it. */
+void store_msg_done(store_t *s, store_msg_t *m, int ack);
 
 #endif

@@ -1,0 +1,601 @@
+/* store.c — experiment state: the memory store, and the bookkeeping every
+ * back end shares.
+ *
+ * The memory store is the whole store for one process: per experiment an
+ * exp_state_t whose `merged` statistics are updated in place by the hot-path
+ * increments (O(1), no I/O, nothing in `pending` since there is nothing to
+ * write), the control state with its version, and a map request id ->
+ * (experiment, arm) with a TTL for feedback. The Redis store reuses all of it
+ * and adds a replicator (store_redis.c) that ships `pending` to Redis and
+ * folds the global snapshot back in; here that only means filling `pending`
+ * and marking what changed.
+ *
+ * The request-id map is a chained hash table (SipHash with a random key: the
+ * ids come from clients, so a plain hash could be flooded) plus a FIFO in
+ * insertion order. Expired entries are pruned from the FIFO head a few at a
+ * time on every insert (and by the Redis sync timer); the map holds at most
+ * req_cap entries (1M by default, about 100 MB with 32-character ids) and
+ * evicts the oldest beyond that, counting evictions. Because TTLs differ per
+ * experiment the FIFO is only roughly in expiry order, so a lookup checks the
+ * expiry itself; an entry with a short TTL behind one with a long TTL lingers
+ * until it reaches the head, bounded by the cap. One malloc per remembered
+ * id: simpler than a slab, and cheap next to the request it belongs to. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_internal.h"
+
+#define BUCKETS_MIN    1024u
+#define PRUNE_PER_CALL 4u
+
+/* ---- SipHash-2-4 (Aumasson & Bernstein), 64-bit output ---- */
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                                   \
+    do {                                                                                           \
+        v0 += v1;                                                                                  \
+        v1 = ROTL(v1, 13);                                                                         \
+        v1 ^= v0;                                                                                  \
+        v0 = ROTL(v0, 32);                                                                         \
+        v2 += v3;                                                                                  \
+        v3 = ROTL(v3, 16);                                                                         \
+        v3 ^= v2;                                                                                  \
+        v0 += v3;                                                                                  \
+        v3 = ROTL(v3, 21);                                                                         \
+        v3 ^= v0;                                                                                  \
+        v2 += v1;                                                                                  \
+        v1 = ROTL(v1, 17);                                                                         \
+        v1 ^= v2;                                                                                  \
+        v2 = ROTL(v2, 32);                                                                         \
+    } while (0)
+
+static uint64_t siphash(const uint64_t key[2], const char *p, size_t n)
+{
+    uint64_t v0 = 0x736f6d6570736575ULL ^ key[0];
+    uint64_t v1 = 0x646f72616e646f6dULL ^ key[1];
+    uint64_t v2 = 0x6c7967656e657261ULL ^ key[0];
+    uint64_t v3 = 0x7465646279746573ULL ^ key[1];
+    const unsigned char *in = (const unsigned char *)p;
+    size_t left = n;
+    while (left >= 8) {
+        uint64_t m = 0;
+        for (int i = 0; i < 8; i++) m |= (uint64_t)in[i] << (8 * i);
+        v3 ^= m;
+        SIPROUND;
+        SIPROUND;
+        v0 ^= m;
+        in += 8;
+        left -= 8;
+    }
+    uint64_t b = (uint64_t)n << 56;
+    for (size_t i = 0; i < left; i++) b |= (uint64_t)in[i] << (8 * i);
+    v3 ^= b;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* ---- interned "EXP ARM" pairs ---- */
+
+static uint32_t pair_hash(const char *text, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a: the names come from the config, not clients */
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)text[i]) * 16777619u;
+    return h;
+}
+
+static int pair_index_grow(store_t *s)
+{
+    uint32_t cap = s->pair_index_cap ? s->pair_index_cap * 2 : 64;
+    uint32_t *idx = calloc(cap, sizeof(*idx));
+    if (idx == NULL) return -1;
+    for (uint32_t i = 0; i < s->n_pairs; i++) {
+        const req_pair_t *p = &s->pairs[i];
+        uint32_t h = pair_hash(p->text, p->text_len) & (cap - 1);
+        while (idx[h] != 0) h = (h + 1) & (cap - 1);
+        idx[h] = i + 1;
+    }
+    free(s->pair_index);
+    s->pair_index = idx;
+    s->pair_index_cap = cap;
+    return 0;
+}
+
+/* Index of "exp arm", added if new; UINT32_MAX on bad names or no memory. */
+static uint32_t pair_intern(store_t *s, const char *exp, const char *arm)
+{
+    size_t el = strlen(exp), al = strlen(arm);
+    if (!mm_valid_name(exp, el) || !mm_valid_name(arm, al)) return UINT32_MAX;
+    char text[2 * MM_NAME_MAX + 2];
+    memcpy(text, exp, el);
+    text[el] = ' ';
+    memcpy(text + el + 1, arm, al);
+    size_t tl = el + 1 + al;
+    text[tl] = '\0';
+
+    uint32_t h = pair_hash(text, tl);
+    if (s->pair_index_cap) {
+        for (uint32_t i = h & (s->pair_index_cap - 1);; i = (i + 1) & (s->pair_index_cap - 1)) {
+            uint32_t v = s->pair_index[i];
+            if (v == 0) break;
+            const req_pair_t *p = &s->pairs[v - 1];
+            if (p->text_len == tl && memcmp(p->text, text, tl) == 0) return v - 1;
+        }
+    }
+    if (s->n_pairs == UINT32_MAX - 1) return UINT32_MAX;
+    if ((s->n_pairs + 1) * 2 > s->pair_index_cap && pair_index_grow(s) != 0) return UINT32_MAX;
+    if (s->n_pairs == s->cap_pairs) {
+        uint32_t cap = s->cap_pairs ? s->cap_pairs * 2 : 16;
+        req_pair_t *np = realloc(s->pairs, cap * sizeof(*np));
+        if (np == NULL) return UINT32_MAX;
+        s->pairs = np;
+        s->cap_pairs = cap;
+    }
+    req_pair_t *p = &s->pairs[s->n_pairs];
+    memcpy(p->text, text, tl + 1);
+    p->text_len = (uint8_t)tl;
+    p->exp_len = (uint8_t)el;
+    uint32_t i = h & (s->pair_index_cap - 1);
+    while (s->pair_index[i] != 0) i = (i + 1) & (s->pair_index_cap - 1);
+    s->pair_index[i] = s->n_pairs + 1;
+    return s->n_pairs++;
+}
+
+const req_pair_t *store_pair(const store_t *s, uint32_t pair)
+{
+    return pair < s->n_pairs ? &s->pairs[pair] : NULL;
+}
+
+int store_parse_pair(const char *p, size_t n, store_reqinfo_t *info)
+{
+    const char *sp = memchr(p, ' ', n);
+    if (sp == NULL) return -1;
+    size_t el = (size_t)(sp - p), al = n - el - 1;
+    if (!mm_valid_name(p, el) || !mm_valid_name(sp + 1, al)) return -1;
+    memcpy(info->experiment, p, el);
+    info->experiment[el] = '\0';
+    memcpy(info->arm, sp + 1, al);
+    info->arm[al] = '\0';
+    return 0;
+}
+
+static void pair_info(const store_t *s, uint32_t pair, store_reqinfo_t *info)
+{
+    const req_pair_t *p = &s->pairs[pair];
+    memcpy(info->experiment, p->text, p->exp_len);
+    info->experiment[p->exp_len] = '\0';
+    size_t al = (size_t)p->text_len - p->exp_len - 1;
+    memcpy(info->arm, p->text + p->exp_len + 1, al);
+    info->arm[al] = '\0';
+}
+
+/* ---- request-id map ---- */
+
+/* DESIGN.md §4: 1-128 characters of [A-Za-z0-9._-]. */
+static int valid_reqid(mm_str_t id)
+{
+    if (id.n < 1 || id.n > MM_REQID_MAX) return 0;
+    for (size_t i = 0; i < id.n; i++) {
+        unsigned char c = (unsigned char)id.p[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static void req_unlink_head(store_t *s)
+{
+    req_ent_t *e = s->fifo_head;
+    req_ent_t **pp = &s->buckets[e->hash & (s->n_buckets - 1)];
+    while (*pp != e) pp = &(*pp)->hnext;
+    *pp = e->hnext;
+    s->fifo_head = e->fnext;
+    if (s->fifo_head == NULL) s->fifo_tail = NULL;
+    s->n_entries--;
+    free(e);
+}
+
+void store_req_prune(store_t *s, size_t max)
+{
+    uint64_t now = mm_now_ms();
+    while (max-- > 0 && s->fifo_head != NULL && s->fifo_head->expires_ms <= now) req_unlink_head(s);
+}
+
+static void req_grow(store_t *s)
+{
+    size_t n = s->n_buckets * 2;
+    req_ent_t **nb = calloc(n, sizeof(*nb));
+    if (nb == NULL) return; /* longer chains, still correct */
+    /* Walk the FIFO oldest first, pushing on chain heads: newest ends first. */
+    for (req_ent_t *e = s->fifo_head; e != NULL; e = e->fnext) {
+        req_ent_t **b = &nb[e->hash & (n - 1)];
+        e->hnext = *b;
+        *b = e;
+    }
+    free(s->buckets);
+    s->buckets = nb;
+    s->n_buckets = n;
+}
+
+/* Returns 0, or -1 without memory (the id is then simply not remembered). */
+static int req_insert(store_t *s, mm_str_t id, uint32_t pair, uint64_t expires_ms)
+{
+    store_req_prune(s, PRUNE_PER_CALL);
+    while (s->n_entries >= s->req_cap && s->fifo_head != NULL) {
+        req_unlink_head(s);
+        s->req_evicted++;
+    }
+    if (s->n_entries >= s->n_buckets && s->n_buckets < s->req_cap) req_grow(s);
+    req_ent_t *e = malloc(sizeof(*e) + id.n);
+    if (e == NULL) return -1;
+    memcpy(e->id, id.p, id.n);
+    e->idlen = (uint8_t)id.n;
+    e->pair = pair;
+    e->expires_ms = expires_ms;
+    e->hash = siphash(s->hash_key, id.p, id.n);
+    req_ent_t **b = &s->buckets[e->hash & (s->n_buckets - 1)];
+    e->hnext = *b;
+    *b = e;
+    e->fnext = NULL;
+    if (s->fifo_tail)
+        s->fifo_tail->fnext = e;
+    else
+        s->fifo_head = e;
+    s->fifo_tail = e;
+    s->n_entries++;
+    return 0;
+}
+
+static const req_ent_t *req_find(const store_t *s, mm_str_t id)
+{
+    uint64_t h = siphash(s->hash_key, id.p, id.n);
+    uint64_t now = mm_now_ms();
+    for (const req_ent_t *e = s->buckets[h & (s->n_buckets - 1)]; e != NULL; e = e->hnext)
+        if (e->hash == h && e->idlen == id.n && memcmp(e->id, id.p, id.n) == 0 &&
+            e->expires_ms > now)
+            return e;
+    return NULL;
+}
+
+/* ---- experiments ---- */
+
+store_exp_t *store_exp_of(exp_state_t *e)
+{
+    return container_of(e, store_exp_t, pub);
+}
+
+int store_stats_nonzero(const arm_stats_t *d)
+{
+    return d->pulls || d->feedback || d->errors || d->reward_sum != 0 || d->reward_sq_sum != 0 ||
+           d->successes != 0 || d->failures != 0;
+}
+
+static void freeze_if_paused(store_exp_t *x, exp_run_state_t before)
+{
+    if (x->pub.control.state == EXP_PAUSED && before != EXP_PAUSED)
+        memcpy(x->pub.frozen, x->pub.merged, sizeof(x->pub.frozen));
+}
+
+/* A local control change: version++, and the replicator writes it. */
+static void control_change(store_t *s, store_exp_t *x, const exp_control_t *c)
+{
+    exp_run_state_t before = x->pub.control.state;
+    uint64_t v = x->pub.control.version + 1;
+    x->pub.control = *c;
+    x->pub.control.version = v;
+    freeze_if_paused(x, before);
+    if (s->redis) x->pub.control_dirty = 1;
+}
+
+void store_exp_adopt_control(store_exp_t *x, const exp_control_t *c)
+{
+    exp_run_state_t before = x->pub.control.state;
+    x->pub.control = *c;
+    freeze_if_paused(x, before);
+}
+
+void store_exp_remote_reset(store_exp_t *x)
+{
+    exp_state_t *e = &x->pub;
+    for (size_t i = 0; i < e->n_arms; i++)
+        e->dropped += e->pending[i].pulls + e->pending[i].feedback + e->pending[i].errors;
+    memset(e->pending, 0, sizeof(e->pending));
+    memset(e->frozen, 0, sizeof(e->frozen));
+    x->resets++;
+}
+
+void store_exp_free(store_exp_t *x)
+{
+    free(x);
+}
+
+static store_exp_t *exp_find(const store_t *s, const char *name, size_t *pos)
+{
+    for (size_t i = 0; i < s->n_exps; i++)
+        if (strcmp(s->exps[i]->pub.name, name) == 0) {
+            if (pos) *pos = i;
+            return s->exps[i];
+        }
+    return NULL;
+}
+
+static int same_arms(const exp_state_t *e, const char *const *arm_names, size_t n_arms)
+{
+    if (e->n_arms != n_arms) return 0;
+    for (size_t i = 0; i < n_arms; i++)
+        if (strcmp(e->arm_names[i], arm_names[i]) != 0) return 0;
+    return 1;
+}
+
+/* New arm list for an existing experiment: statistics follow the arm names;
+ * new arms start at zero. */
+static void remap_arms(exp_state_t *e, const char *const *arm_names, size_t n_arms)
+{
+    exp_state_t old = *e;
+    memset(e->merged, 0, sizeof(e->merged));
+    memset(e->pending, 0, sizeof(e->pending));
+    memset(e->frozen, 0, sizeof(e->frozen));
+    for (size_t i = 0; i < n_arms; i++) {
+        for (size_t j = 0; j < old.n_arms; j++)
+            if (strcmp(old.arm_names[j], arm_names[i]) == 0) {
+                e->merged[i] = old.merged[j];
+                e->pending[i] = old.pending[j];
+                e->frozen[i] = old.frozen[j];
+            }
+        snprintf(e->arm_names[i], sizeof(e->arm_names[i]), "%s", arm_names[i]);
+    }
+    e->n_arms = n_arms;
+}
+
+exp_state_t *store_experiment(store_t *s, const char *name, const char *const *arm_names,
+                              size_t n_arms, const exp_control_t *initial, int redefined)
+{
+    if (!mm_valid_name(name, strlen(name)) || n_arms == 0 || n_arms > MM_MAX_ARMS) return NULL;
+    for (size_t i = 0; i < n_arms; i++)
+        if (!mm_valid_name(arm_names[i], strlen(arm_names[i]))) return NULL;
+
+    store_exp_t *x = exp_find(s, name, NULL);
+    if (x != NULL) {
+        x->pub.initial_control = *initial;
+        if (!same_arms(&x->pub, arm_names, n_arms)) {
+            remap_arms(&x->pub, arm_names, n_arms);
+            redefined = 1; /* other arms: the old control cannot apply */
+        }
+        if (redefined) control_change(s, x, initial);
+        return &x->pub;
+    }
+
+    if (s->n_exps == s->cap_exps) {
+        size_t cap = s->cap_exps ? s->cap_exps * 2 : 8;
+        store_exp_t **ne = realloc(s->exps, cap * sizeof(*ne));
+        if (ne == NULL) return NULL;
+        s->exps = ne;
+        s->cap_exps = cap;
+    }
+    x = calloc(1, sizeof(*x));
+    if (x == NULL) return NULL;
+    snprintf(x->pub.name, sizeof(x->pub.name), "%s", name);
+    x->pub.n_arms = n_arms;
+    for (size_t i = 0; i < n_arms; i++)
+        snprintf(x->pub.arm_names[i], sizeof(x->pub.arm_names[i]), "%s", arm_names[i]);
+    x->pub.control = *initial;
+    x->pub.initial_control = *initial;
+    if (x->pub.control.state == EXP_PAUSED) freeze_if_paused(x, EXP_RUNNING);
+    s->exps[s->n_exps++] = x;
+    if (s->redis) store_redis_exp_added(s->redis, x, redefined);
+    return &x->pub;
+}
+
+void store_retain(store_t *s, const char *const *names, size_t n)
+{
+    size_t i = 0;
+    while (i < s->n_exps) {
+        store_exp_t *x = s->exps[i];
+        int keep = 0;
+        for (size_t j = 0; j < n && !keep; j++) keep = strcmp(x->pub.name, names[j]) == 0;
+        if (keep) {
+            i++;
+            continue;
+        }
+        s->exps[i] = s->exps[--s->n_exps];
+        if (s->redis == NULL || !store_redis_exp_removed(s->redis, x)) store_exp_free(x);
+    }
+}
+
+/* ---- hot path ---- */
+
+void store_pull(store_t *s, exp_state_t *e, int arm)
+{
+    if ((unsigned)arm >= e->n_arms) return;
+    e->merged[arm].pulls++;
+    if (s->redis) e->pending[arm].pulls++;
+}
+
+void store_error(store_t *s, exp_state_t *e, int arm)
+{
+    if ((unsigned)arm >= e->n_arms) return;
+    e->merged[arm].errors++;
+    if (s->redis) e->pending[arm].errors++;
+}
+
+static void add_reward(arm_stats_t *a, double r, int bernoulli)
+{
+    a->feedback++;
+    a->reward_sum += r;
+    a->reward_sq_sum += r * r;
+    if (bernoulli) {
+        a->successes += r;
+        a->failures += 1.0 - r;
+    }
+}
+
+void store_reward(store_t *s, exp_state_t *e, int arm, double reward, int bernoulli)
+{
+    if ((unsigned)arm >= e->n_arms || !isfinite(reward)) return;
+    add_reward(&e->merged[arm], reward, bernoulli);
+    if (s->redis) add_reward(&e->pending[arm], reward, bernoulli);
+}
+
+/* ---- operator changes ---- */
+
+void store_set_control(store_t *s, exp_state_t *e, const exp_control_t *c)
+{
+    control_change(s, store_exp_of(e), c);
+}
+
+void store_reset(store_t *s, exp_state_t *e)
+{
+    store_exp_t *x = store_exp_of(e);
+    memset(e->merged, 0, sizeof(e->merged));
+    memset(e->pending, 0, sizeof(e->pending));
+    memset(e->frozen, 0, sizeof(e->frozen));
+    control_change(s, x, &e->initial_control);
+    x->resets++;
+    if (s->redis) x->reset_pending = 1;
+}
+
+uint64_t store_resets(const exp_state_t *e)
+{
+    return container_of(e, const store_exp_t, pub)->resets;
+}
+
+/* ---- feedback mapping ---- */
+
+void store_remember(store_t *s, mm_str_t request_id, const char *experiment, const char *arm,
+                    int ttl_s)
+{
+    if (ttl_s <= 0 || !valid_reqid(request_id)) return;
+    uint32_t pair = pair_intern(s, experiment, arm);
+    if (pair == UINT32_MAX) return;
+    uint64_t expires = mm_now_ms() + (uint64_t)ttl_s * 1000u;
+    req_insert(s, request_id, pair, expires);
+    if (s->redis) store_redis_remember(s->redis, request_id.p, request_id.n, pair, expires);
+}
+
+void store_lookup(store_t *s, mm_str_t request_id, store_lookup_cb cb, void *arg)
+{
+    if (!valid_reqid(request_id)) {
+        cb(arg, 0, NULL);
+        return;
+    }
+    const req_ent_t *e = req_find(s, request_id);
+    if (e != NULL) {
+        store_reqinfo_t info;
+        pair_info(s, e->pair, &info);
+        cb(arg, 1, &info);
+        return;
+    }
+    if (s->redis)
+        store_redis_lookup(s->redis, request_id, cb, arg);
+    else
+        cb(arg, 0, NULL);
+}
+
+/* ---- lifetime ---- */
+
+store_t *store_create(uv_loop_t *loop, const cfg_store_t *cfg, char *err, size_t errlen)
+{
+    store_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        snprintf(err, errlen, "store: out of memory");
+        return NULL;
+    }
+    s->loop = loop;
+    s->cfg = *cfg;
+    s->req_cap = STORE_REQ_CAP_DEFAULT;
+    s->n_buckets = BUCKETS_MIN;
+    s->buckets = calloc(s->n_buckets, sizeof(*s->buckets));
+    if (s->buckets == NULL) {
+        snprintf(err, errlen, "store: out of memory");
+        goto err;
+    }
+    if (uv_random(NULL, NULL, s->hash_key, sizeof(s->hash_key), 0, NULL) != 0) {
+        /* No entropy source: fall back to the clock and an address. */
+        s->hash_key[0] = mm_now_us() ^ (uint64_t)(uintptr_t)s;
+        s->hash_key[1] = ~s->hash_key[0] * 0x9e3779b97f4a7c15ULL;
+    }
+    if (cfg->type == STORE_REDIS) {
+        s->redis = store_redis_create(s, err, errlen);
+        if (s->redis == NULL) goto err;
+    }
+    return s;
+err:
+    free(s->buckets);
+    free(s);
+    return NULL;
+}
+
+void store_shutdown(store_t *s, int timeout_ms, void (*done)(void *), void *arg)
+{
+    if (s->redis)
+        store_redis_shutdown(s->redis, timeout_ms, done, arg);
+    else
+        done(arg); /* nothing to flush */
+}
+
+void store_free_final(store_t *s)
+{
+    for (size_t i = 0; i < s->n_exps; i++) store_exp_free(s->exps[i]);
+    free(s->exps);
+    while (s->zombies) {
+        store_exp_t *z = s->zombies;
+        s->zombies = z->zombie_next;
+        store_exp_free(z);
+    }
+    while (s->fifo_head) {
+        req_ent_t *e = s->fifo_head;
+        s->fifo_head = e->fnext;
+        free(e);
+    }
+    free(s->buckets);
+    free(s->pairs);
+    free(s->pair_index);
+    free(s);
+}
+
+void store_destroy(store_t *s)
+{
+    if (s == NULL) return;
+    if (s->redis)
+        store_redis_destroy(s->redis);
+    else
+        store_free_final(s);
+}
+
+int store_up(const store_t *s)
+{
+    return s->redis ? store_redis_up(s->redis) : 1;
+}
+
+const char *store_kind(const store_t *s)
+{
+    return s->redis ? "redis" : "memory";
+}
+
+void store_get_stats(const store_t *s, store_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->req_entries = s->n_entries;
+    out->req_evicted = s->req_evicted;
+    if (s->redis) store_redis_stats(s->redis, out);
+}
+
+int store_stream_subscribe(store_t *s, store_stream_cb cb, void *arg,
+                           const store_stream_opts_t *opts)
+{
+    return s->redis ? store_redis_subscribe(s->redis, cb, arg, opts) : -1;
+}
+
+void store_msg_done(store_t *s, store_msg_t *m, int ack)
+{
+    if (s->redis) store_redis_msg_done(s->redis, m, ack);
+}

@@ -1,0 +1,137 @@
+/* store_internal.h — what store.c (the memory store and the shared
+ * bookkeeping) and store_redis.c (the Redis replicator) share. Not for other
+ * modules: they use store.h.
+ *
+ * A Redis store is the memory store plus a replicator: store.c keeps every
+ * experiment's state and the request-id map exactly as the memory store does,
+ * and calls into store_redis.c where a change must also reach Redis. The
+ * per-experiment replication state lives next to the public state in
+ * store_exp_t (exp_state_t is its first member, so container_of gets from
+ * what the router holds to the rest). */
+#ifndef MM_STORE_INTERNAL_H
+#define MM_STORE_INTERNAL_H
+
+#include "store.h"
+
+/* Local request-id map: at most this many entries; the oldest are evicted. */
+#define STORE_REQ_CAP_DEFAULT 1000000u
+/* Request ids waiting to be written to Redis; more are dropped and counted. */
+#define STORE_REQ_QUEUE_DEFAULT 100000u
+/* Longest Redis key we build: prefix (127) + {EXP} + ":seq:" + instance id. */
+#define STORE_KEY_MAX 384
+
+/* One remembered request id. Entries form a FIFO (insertion order) for
+ * eviction and expiry, and a chain per hash bucket for lookup. */
+typedef struct req_ent_s {
+    struct req_ent_s *hnext; /* bucket chain, newest first */
+    struct req_ent_s *fnext; /* FIFO: next younger entry */
+    uint64_t expires_ms;     /* monotonic */
+    uint64_t hash;
+    uint32_t pair; /* index into store_t.pairs */
+    uint8_t idlen;
+    char id[];
+} req_ent_t;
+
+/* An interned "EXP ARM" string: entries and the Redis queue refer to it by
+ * index, so a remembered id costs no copy of the names. */
+typedef struct {
+    char text[2 * MM_NAME_MAX + 2];
+    uint8_t exp_len;
+    uint8_t text_len;
+} req_pair_t;
+
+/* The write to Redis in flight (or waiting for a retry) for one experiment. */
+typedef struct {
+    int active;    /* sent, or failed and waiting to be sent again as is */
+    int failed;    /* the last attempt failed: resend the same seq and deltas */
+    int err_tries; /* consecutive error replies (not transport failures) */
+    uint64_t seq;  /* 0: read only */
+    int reset;
+    int ctl_mode; /* 0 none, 1 write if Redis has none, 2 write and bump version */
+    exp_control_t ctl;
+    size_t n_arms;
+    char arm_names[MM_MAX_ARMS][MM_NAME_MAX + 1];
+    arm_stats_t deltas[MM_MAX_ARMS];
+} store_batch_t;
+
+typedef struct store_exp_s {
+    exp_state_t pub; /* first: what the router holds */
+    uint64_t resets; /* store_resets() */
+    /* Redis replication (unused by the memory store). */
+    int ctl_init;      /* first sight: adopt Redis's control, or seed it with ours */
+    int reset_pending; /* a local reset not yet written */
+    int synced;        /* a snapshot has been read at least once */
+    int removed;       /* dropped by store_retain while a write was in flight */
+    uint64_t known_epoch;
+    store_batch_t batch;
+    char ctl_key[STORE_KEY_MAX];
+    char seq_key[STORE_KEY_MAX];
+    struct store_exp_s *zombie_next;
+} store_exp_t;
+
+typedef struct store_redis_s store_redis_t;
+
+struct store_s {
+    uv_loop_t *loop;
+    cfg_store_t cfg;
+    store_exp_t **exps;
+    size_t n_exps, cap_exps;
+    store_exp_t *zombies; /* removed, still referenced by a pending reply */
+
+    /* request-id map */
+    req_ent_t **buckets;
+    size_t n_buckets;
+    size_t n_entries;
+    size_t req_cap;
+    req_ent_t *fifo_head, *fifo_tail;
+    uint64_t req_evicted;
+    uint64_t hash_key[2]; /* SipHash key: ids come from clients */
+
+    req_pair_t *pairs;
+    uint32_t n_pairs, cap_pairs;
+    uint32_t *pair_index; /* open addressing, index + 1, 0 empty */
+    uint32_t pair_index_cap;
+
+    store_redis_t *redis; /* NULL: memory store */
+};
+
+/* ---- store.c services for the replicator ---- */
+store_exp_t *store_exp_of(exp_state_t *e);
+/* Take `c` as the current control (version included), as read from Redis. */
+void store_exp_adopt_control(store_exp_t *x, const exp_control_t *c);
+/* A reset made by another instance: local unflushed deltas are dropped. */
+void store_exp_remote_reset(store_exp_t *x);
+void store_exp_free(store_exp_t *x);
+/* Drop expired request ids from the FIFO head, at most `max`. */
+void store_req_prune(store_t *s, size_t max);
+const req_pair_t *store_pair(const store_t *s, uint32_t pair);
+/* Parse "EXP ARM" into info; 0 on success. */
+int store_parse_pair(const char *p, size_t n, store_reqinfo_t *info);
+/* Free everything; the replicator calls it once its handles are closed. */
+void store_free_final(store_t *s);
+/* 1 if any field of d is non-zero. */
+int store_stats_nonzero(const arm_stats_t *d);
+
+/* ---- store_redis.c ---- */
+store_redis_t *store_redis_create(store_t *s, char *err, size_t errlen);
+void store_redis_shutdown(store_redis_t *r, int timeout_ms, void (*done)(void *), void *arg);
+/* Closes everything; store_free_final(s) runs now or from a close callback. */
+void store_redis_destroy(store_redis_t *r);
+void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined);
+/* store_retain dropped x: 1 if the replicator keeps it until its reply. */
+int store_redis_exp_removed(store_redis_t *r, store_exp_t *x);
+void store_redis_remember(store_redis_t *r, const char *id, size_t idlen, uint32_t pair,
+                          uint64_t expires_ms);
+void store_redis_lookup(store_redis_t *r, mm_str_t id, store_lookup_cb cb, void *arg);
+int store_redis_up(const store_redis_t *r);
+void store_redis_stats(const store_redis_t *r, store_stats_t *out);
+int store_redis_subscribe(store_redis_t *r, store_stream_cb cb, void *arg,
+                          const store_stream_opts_t *opts);
+void store_redis_msg_done(store_redis_t *r, store_msg_t *m, int ack);
+
+/* Fault injection for tests: the next n experiment replies are treated as
+ * lost after Redis applied them (as when the connection drops between the
+ * write and its reply), to prove a retry does not count twice. */
+void store_redis_debug_lose_replies(store_t *s, int n);
+
+#endif

@@ -1,0 +1,1394 @@
+/* store_redis.c — the Redis replicator behind the Redis store.
+ *
+ * store.c keeps all state locally, exactly as the memory store does; this
+ * file ships it to Redis and folds the global view back in. One hiredis async
+ * connection on the libuv loop; nothing on the hot path touches it. A timer
+ * runs a *sync round* every sync_ms, one round at a time:
+ *   - per experiment one EVAL of SYNC_SCRIPT (below): apply this instance's
+ *     deltas as HINCRBY/HINCRBYFLOAT, write the control hash if it changed
+ *     here, DEL the arm hashes after a local reset, then return the control
+ *     hash and every arm hash. Atomic, so the snapshot read back contains
+ *     exactly our write; `merged` becomes snapshot + what accumulated since.
+ *   - SET PREFIX:req:ID "EXP ARM" PX ttl for remembered request ids (queued,
+ *     bounded, at most REQ_PER_ROUND per round);
+ *   - XACK of stream entries the receiver applied, XREADGROUP of new ones,
+ *     and now and then XPENDING + XCLAIM of entries left by dead consumers.
+ *
+ * Exactly once. A write whose reply is lost (connection dropped, Redis
+ * killed) may or may not have been applied. Resending it could count twice,
+ * dropping it could lose it; so every write carries a sequence number, and
+ * the script applies it only if it is above the last one recorded for this
+ * instance in PREFIX:{EXP}:seq:INSTANCE (a per-process id with a random part;
+ * the key expires a day after the last write). A failed write is kept as is
+ * (same seq, same deltas) and resent until a reply confirms it; new deltas
+ * wait in `pending` for the next write. The price is one Lua script instead
+ * of bare pipelined HINCRBYs, and one small key per instance and experiment.
+ *
+ * The script is sent whole with EVAL (some 1.3 KB per experiment per round)
+ * rather than EVALSHA: no NOSCRIPT recovery path, and Redis caches the
+ * compiled script by its hash anyway.
+ *
+ * Connection: reconnect with backoff (100 ms doubling to 5 s), connect and
+ * PING within 2 s, and a round without a reply for 5 s drops the connection
+ * (a hung or stopped Redis). store_up() is 1 from the first PONG to the next
+ * failure. While down, deltas keep accumulating in `pending` (counters do not
+ * need a bound), control changes and resets stay marked, request ids queue up
+ * to STORE_REQ_QUEUE_DEFAULT (then are dropped and counted), and all of it is
+ * written on reconnect. getaddrinfo() for a host name blocks the loop at each
+ * connect: use a numeric address (the default config does).
+ *
+ * Event-loop glue: our own, not hiredis/adapters/libuv.h. libuv reports
+ * POLLERR (a refused connect, a reset connection) as a poll error and stops
+ * the handle; the stock 0.14 adapter ignores such events, so hiredis never
+ * learns that the connection failed and every failure turns into a timeout.
+ * Ours hands the socket to hiredis, which finds the error itself.
+ *
+ * Handles: three timers owned here, and the connection's poll handle owned
+ * by the glue; each freed in its close callback. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <jansson.h>
+
+#include "store_internal.h"
+
+#define BACKOFF_MIN_MS     100u
+#define BACKOFF_MAX_MS     5000u
+#define CONNECT_TIMEOUT_MS 2000u
+#define ROUND_TIMEOUT_MS   5000u
+#define REQ_PER_ROUND      10000u
+#define SEQ_TTL_S          "86400"
+#define ERR_TRIES_MAX      10 /* error replies (not transport failures) before a write is dropped */
+#define GROUP              "modelmux"
+#define PRUNE_PER_ROUND    1000u
+#define N_FIELDS           7
+
+/* KEYS[1] control hash, KEYS[2] seq key, KEYS[3..] arm hashes.
+ * ARGV[1] seq (0: read only), ARGV[2] seq key TTL, ARGV[3] control write mode
+ * (0 none, 1 only if Redis has no control yet, 2 always, version + 1),
+ * ARGV[4] reset (DEL the arm hashes, reset_epoch + 1), ARGV[5..7] weights,
+ * state, canary_step, then 7 deltas per arm in FIELD order ('0': skip). */
+static const char SYNC_SCRIPT[] =
+    "local seq = tonumber(ARGV[1])\n"
+    "if seq > 0 then\n"
+    "  local last = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
+    "  if seq > last then\n"
+    "    if ARGV[4] == '1' then\n"
+    "      for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end\n"
+    "      redis.call('HINCRBY', KEYS[1], 'reset_epoch', 1)\n"
+    "    end\n"
+    "    if ARGV[3] == '2' or (ARGV[3] == '1' and\n"
+    "                          redis.call('HEXISTS', KEYS[1], 'version') == 0) then\n"
+    "      redis.call('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6],\n"
+    "                 'canary_step', ARGV[7])\n"
+    "      redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
+    "    end\n"
+    "    local f = {'pulls', 'feedback', 'errors', 'reward_sum', 'reward_sq_sum',\n"
+    "               'successes', 'failures'}\n"
+    "    for i = 3, #KEYS do\n"
+    "      local b = 8 + (i - 3) * 7\n"
+    "      for j = 1, 7 do\n"
+    "        local v = ARGV[b + j - 1]\n"
+    "        if v ~= '0' then\n"
+    "          if j <= 3 then redis.call('HINCRBY', KEYS[i], f[j], v)\n"
+    "          else redis.call('HINCRBYFLOAT', KEYS[i], f[j], v) end\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "    redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])\n"
+    "  else\n"
+    "    redis.call('EXPIRE', KEYS[2], ARGV[2])\n"
+    "  end\n"
+    "end\n"
+    "local out = {redis.call('HGETALL', KEYS[1])}\n"
+    "for i = 3, #KEYS do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end\n"
+    "return out\n";
+
+/* A request id waiting to be written. */
+typedef struct {
+    uint64_t expires_ms;
+    uint32_t pair;
+    uint8_t idlen;
+    char id[MM_REQID_MAX];
+} rq_ent_t;
+
+enum { MSG_DELIVERED, MSG_ACK_QUEUED, MSG_ACK_SENT };
+
+struct store_msg_s {
+    struct store_msg_s *prev, *next;
+    int state;
+    unsigned deliveries;
+    size_t n_fields;
+    const char *id;
+    const char **names;
+    const char **values;
+    /* pointers and strings follow */
+};
+
+/* XPENDING found these idle entries; XCLAIM is on its way. */
+typedef struct {
+    size_t n;
+    struct {
+        char id[64];
+        unsigned deliveries;
+    } e[];
+} claim_t;
+
+typedef struct {
+    store_lookup_cb cb;
+    void *arg;
+} lookup_t;
+
+struct store_redis_s {
+    store_t *s;
+    redisAsyncContext *ac;
+    int connected; /* TCP up; `up` once PING answered */
+    int up;
+    int ever_up;
+    int down_logged;
+    const char *close_why; /* set while force_close runs */
+    unsigned backoff_ms;
+    uv_timer_t sync_timer, conn_timer, deadline_timer;
+    int open_handles;
+    int timers_closing;
+    uint64_t seq;
+    char instance[128]; /* HOSTNAME-PID-NONCE: the seq keys */
+    char consumer[96];  /* HOSTNAME-PID: the stream consumer */
+    char stream_key[STORE_KEY_MAX];
+
+    /* the sync round in flight */
+    int round_active;
+    unsigned outstanding;
+    uint64_t round_started_ms;
+    size_t round_req_sent;
+    int round_req_failed;
+    int lose_replies;
+
+    /* request ids to write: a ring, grown up to rq_max */
+    rq_ent_t *rq;
+    size_t rq_cap, rq_max, rq_head, rq_len;
+
+    /* feedback stream */
+    store_stream_cb stream_cb;
+    void *stream_arg;
+    store_stream_opts_t opts;
+    int group_ok;
+    int group_err_logged;
+    uint64_t last_claim_ms;
+    store_msg_t *msgs;
+    size_t n_msgs;
+
+    int shutting_down, deadline_passed, closing, destroying;
+    void (*done)(void *);
+    void *done_arg;
+
+    store_stats_t st;
+};
+
+static void start_round(store_redis_t *r);
+static void maybe_finish(store_redis_t *r);
+static void on_conn_timer(uv_timer_t *t);
+
+static void note(const store_redis_t *r, const char *fmt, ...) MM_PRINTF(2, 3);
+static void note(const store_redis_t *r, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "modelmux: store: redis %s:%d: %s\n", r->s->cfg.host, r->s->cfg.port, msg);
+}
+
+static int can_send(const store_redis_t *r)
+{
+    return r->ac != NULL && r->up && !(r->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING));
+}
+
+static void key_of(char *out, const store_redis_t *r, const char *mid, const char *name)
+{
+    snprintf(out, STORE_KEY_MAX, "%s:%s%s", r->s->cfg.prefix, mid, name);
+}
+
+/* ---- event-loop glue (see the opening comment) ---- */
+
+typedef struct {
+    redisAsyncContext *ac; /* NULL once hiredis let go */
+    uv_poll_t poll;
+    int events;
+} glue_t;
+
+static void glue_on_poll(uv_poll_t *h, int status, int events)
+{
+    glue_t *g = h->data;
+    if (status < 0) {
+        /* POLLERR: reading makes hiredis see the socket error (or the
+         * failed connect) and disconnect. */
+        if (g->ac) redisAsyncHandleRead(g->ac);
+        return;
+    }
+    if (g->ac && (events & UV_READABLE)) redisAsyncHandleRead(g->ac);
+    if (g->ac && (events & UV_WRITABLE)) redisAsyncHandleWrite(g->ac);
+}
+
+static void glue_update(glue_t *g)
+{
+    if (g->events)
+        uv_poll_start(&g->poll, g->events, glue_on_poll);
+    else
+        uv_poll_stop(&g->poll);
+}
+
+static void glue_add_read(void *p)
+{
+    glue_t *g = p;
+    g->events |= UV_READABLE;
+    glue_update(g);
+}
+
+static void glue_del_read(void *p)
+{
+    glue_t *g = p;
+    g->events &= ~UV_READABLE;
+    glue_update(g);
+}
+
+static void glue_add_write(void *p)
+{
+    glue_t *g = p;
+    g->events |= UV_WRITABLE;
+    glue_update(g);
+}
+
+static void glue_del_write(void *p)
+{
+    glue_t *g = p;
+    g->events &= ~UV_WRITABLE;
+    glue_update(g);
+}
+
+static void glue_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void glue_cleanup(void *p)
+{
+    glue_t *g = p;
+    g->ac = NULL;
+    uv_close((uv_handle_t *)&g->poll, glue_closed);
+}
+
+static int glue_attach(redisAsyncContext *ac, uv_loop_t *loop)
+{
+    glue_t *g = calloc(1, sizeof(*g));
+    if (g == NULL) return -1;
+    if (uv_poll_init(loop, &g->poll, ac->c.fd) != 0) {
+        free(g);
+        return -1;
+    }
+    g->ac = ac;
+    g->poll.data = g;
+    ac->ev.data = g;
+    ac->ev.addRead = glue_add_read;
+    ac->ev.delRead = glue_del_read;
+    ac->ev.addWrite = glue_add_write;
+    ac->ev.delWrite = glue_del_write;
+    ac->ev.cleanup = glue_cleanup;
+    return 0;
+}
+
+/* ---- connection ---- */
+
+static void went_down(store_redis_t *r, const char *why)
+{
+    int was_up = r->up;
+    r->up = 0;
+    r->connected = 0;
+    if (was_up || !r->down_logged) note(r, "down (%s); retrying", why);
+    r->down_logged = 1;
+}
+
+static void schedule_reconnect(store_redis_t *r)
+{
+    if (r->closing || r->destroying) return;
+    uv_timer_start(&r->conn_timer, on_conn_timer, r->backoff_ms, 0);
+    r->backoff_ms = r->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r->backoff_ms * 2;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    store_redis_t *r = h->data;
+    if (--r->open_handles > 0) return;
+    if (r->destroying) {
+        store_t *s = r->s;
+        free(r->rq);
+        free(r);
+        store_free_final(s);
+        return;
+    }
+    if (r->done) {
+        void (*done)(void *) = r->done;
+        r->done = NULL;
+        done(r->done_arg); /* may destroy the store */
+    }
+}
+
+static void close_timers(store_redis_t *r)
+{
+    if (r->timers_closing) return;
+    r->timers_closing = 1;
+    uv_close((uv_handle_t *)&r->sync_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&r->conn_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&r->deadline_timer, on_timer_closed);
+}
+
+/* The context is gone (hiredis frees it after this). */
+static void after_disconnect(store_redis_t *r, const char *why)
+{
+    r->ac = NULL;
+    if (r->destroying) return;
+    if (r->closing) {
+        r->up = 0;
+        close_timers(r);
+        return;
+    }
+    went_down(r, why);
+    schedule_reconnect(r);
+    maybe_finish(r); /* shutting down with nothing left to write? */
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    store_redis_t *r = ac->data;
+    const char *why = r->close_why         ? r->close_why
+                      : status == REDIS_OK ? "connection closed"
+                                           : ac->errstr;
+    r->close_why = NULL;
+    after_disconnect(r, why);
+}
+
+/* Drop the connection now. Never from inside a hiredis callback. Pending
+ * callbacks run with a NULL reply. */
+static void force_close(store_redis_t *r, const char *why)
+{
+    redisAsyncContext *ac = r->ac;
+    if (ac == NULL) return;
+    int notifies = (ac->c.flags & REDIS_CONNECTED) != 0; /* else no on_disconnect */
+    r->close_why = why;
+    redisAsyncFree(ac);
+    r->close_why = NULL;
+    if (!notifies) after_disconnect(r, why);
+}
+
+static void on_hello(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    store_redis_t *r = ac->data;
+    redisReply *reply = reply_;
+    MM_UNUSED(priv);
+    if (reply == NULL) return; /* the connection died: on_disconnect follows */
+    if (reply->type == REDIS_REPLY_ERROR) {
+        note(r, "PING: %s", reply->str);
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    uv_timer_stop(&r->conn_timer);
+    r->up = 1;
+    if (r->ever_up) r->st.reconnects++;
+    if (r->down_logged) note(r, "up");
+    r->ever_up = 1;
+    r->down_logged = 0;
+    r->backoff_ms = BACKOFF_MIN_MS;
+    r->group_ok = 0; /* a new server may not have the group */
+    if (r->shutting_down)
+        maybe_finish(r);
+    else
+        start_round(r);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    store_redis_t *r = ac->data;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this; on_disconnect does not run */
+        uv_timer_stop(&r->conn_timer);
+        after_disconnect(r, ac->errstr);
+        return;
+    }
+    r->connected = 1;
+    if (redisAsyncCommand(r->ac, on_hello, NULL, "PING") != REDIS_OK) redisAsyncDisconnect(r->ac);
+}
+
+static void redis_connect(store_redis_t *r)
+{
+    redisAsyncContext *ac = redisAsyncConnect(r->s->cfg.host, r->s->cfg.port);
+    if (ac == NULL || ac->err) {
+        went_down(r, ac ? ac->errstr : "out of memory");
+        if (ac) redisAsyncFree(ac);
+        schedule_reconnect(r);
+        return;
+    }
+    ac->data = r;
+    if (glue_attach(ac, r->s->loop) != 0) {
+        went_down(r, "cannot attach to the event loop");
+        redisAsyncFree(ac);
+        schedule_reconnect(r);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    r->ac = ac;
+    uv_timer_start(&r->conn_timer, on_conn_timer, CONNECT_TIMEOUT_MS, 0);
+}
+
+/* Backoff over (connect again), or a connect/PING took too long. */
+static void on_conn_timer(uv_timer_t *t)
+{
+    store_redis_t *r = container_of(t, store_redis_t, conn_timer);
+    if (r->ac != NULL) {
+        force_close(r, "connect timeout");
+        return;
+    }
+    redis_connect(r);
+}
+
+/* ---- per experiment: the sync script ---- */
+
+static void fmt_u64(char *out, uint64_t v)
+{
+    snprintf(out, 32, "%" PRIu64, v);
+}
+
+static void fmt_double(char *out, double v)
+{
+    if (v == 0)
+        snprintf(out, 32, "0");
+    else
+        snprintf(out, 32, "%.17g", v);
+}
+
+static const char *state_name(exp_run_state_t st)
+{
+    switch (st) {
+    case EXP_PAUSED:
+        return "paused";
+    case EXP_PROMOTED:
+        return "promoted";
+    case EXP_ROLLED_BACK:
+        return "rolled_back";
+    case EXP_RUNNING:
+        break;
+    }
+    return "running";
+}
+
+static int state_parse(const char *p, size_t n, exp_run_state_t *out)
+{
+    static const struct {
+        const char *name;
+        exp_run_state_t st;
+    } t[] = {{"running", EXP_RUNNING},
+             {"paused", EXP_PAUSED},
+             {"promoted", EXP_PROMOTED},
+             {"rolled_back", EXP_ROLLED_BACK}};
+    for (size_t i = 0; i < MM_ARRAY_LEN(t); i++)
+        if (strlen(t[i].name) == n && memcmp(t[i].name, p, n) == 0) {
+            *out = t[i].st;
+            return 0;
+        }
+    return -1;
+}
+
+/* {"arm": weight, ...} with integral weights written as integers; "{}"
+ * without weights. Caller frees. */
+static char *weights_json(const store_batch_t *b)
+{
+    if (!b->ctl.has_weights) return strdup("{}");
+    json_t *o = json_object();
+    if (o == NULL) return NULL;
+    for (size_t i = 0; i < b->n_arms; i++) {
+        double w = b->ctl.weights[i];
+        json_t *v;
+        if (!isfinite(w)) continue;
+        if (w == (double)(json_int_t)w && w > -1e15 && w < 1e15)
+            v = json_integer((json_int_t)w);
+        else
+            v = json_real(w);
+        json_object_set_new(o, b->arm_names[i], v);
+    }
+    char *out = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    json_decref(o);
+    return out;
+}
+
+/* Copy what is to be written into the batch (or keep a failed one as is). */
+static void batch_prepare(store_redis_t *r, store_exp_t *x)
+{
+    store_batch_t *b = &x->batch;
+    exp_state_t *e = &x->pub;
+    if (b->active) return; /* a failed write: resend it unchanged */
+    int writes = x->reset_pending || e->control_dirty || x->ctl_init;
+    for (size_t i = 0; i < e->n_arms && !writes; i++) writes = store_stats_nonzero(&e->pending[i]);
+    b->seq = writes ? ++r->seq : 0;
+    b->reset = x->reset_pending;
+    b->ctl_mode = e->control_dirty ? 2 : x->ctl_init ? 1 : 0;
+    b->ctl = e->control;
+    b->n_arms = e->n_arms;
+    for (size_t i = 0; i < e->n_arms; i++) {
+        memcpy(b->arm_names[i], e->arm_names[i], sizeof(b->arm_names[i]));
+        b->deltas[i] = e->pending[i];
+    }
+    memset(e->pending, 0, sizeof(e->pending));
+    x->reset_pending = 0;
+    e->control_dirty = 0;
+    x->ctl_init = 0;
+    b->err_tries = 0;
+    b->active = 1;
+}
+
+static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv);
+
+static void send_exp(store_redis_t *r, store_exp_t *x)
+{
+    enum { MAXARGS = 3 + 2 + MM_MAX_ARMS + 7 + N_FIELDS * MM_MAX_ARMS };
+    const char *argv[MAXARGS];
+    size_t lens[MAXARGS];
+    char keys[MM_MAX_ARMS][STORE_KEY_MAX];
+    char nums[2 + N_FIELDS * MM_MAX_ARMS + 2][32];
+    int n = 0, k = 0;
+    store_batch_t *b = &x->batch;
+
+    batch_prepare(r, x);
+    char *weights = b->ctl_mode ? weights_json(b) : NULL;
+
+#define ARG(p) (argv[n] = (p), lens[n] = strlen(argv[n]), n++)
+    ARG("EVAL");
+    ARG(SYNC_SCRIPT);
+    fmt_u64(nums[k], 2 + b->n_arms);
+    ARG(nums[k++]);
+    ARG(x->ctl_key);
+    ARG(x->seq_key);
+    for (size_t i = 0; i < b->n_arms; i++) {
+        char mid[MM_NAME_MAX + 8];
+        snprintf(mid, sizeof(mid), "{%s}:arm:", x->pub.name);
+        key_of(keys[i], r, mid, b->arm_names[i]);
+        ARG(keys[i]);
+    }
+    fmt_u64(nums[k], b->seq);
+    ARG(nums[k++]);
+    ARG(SEQ_TTL_S);
+    ARG(b->ctl_mode == 2 ? "2" : b->ctl_mode == 1 ? "1" : "0");
+    ARG(b->reset ? "1" : "0");
+    ARG(weights ? weights : "{}");
+    ARG(state_name(b->ctl.state));
+    fmt_double(nums[k], b->ctl.canary_step);
+    ARG(nums[k++]);
+    for (size_t i = 0; i < b->n_arms; i++) {
+        const arm_stats_t *d = &b->deltas[i];
+        fmt_u64(nums[k], d->pulls);
+        ARG(nums[k++]);
+        fmt_u64(nums[k], d->feedback);
+        ARG(nums[k++]);
+        fmt_u64(nums[k], d->errors);
+        ARG(nums[k++]);
+        fmt_double(nums[k], d->reward_sum);
+        ARG(nums[k++]);
+        fmt_double(nums[k], d->reward_sq_sum);
+        ARG(nums[k++]);
+        fmt_double(nums[k], d->successes);
+        ARG(nums[k++]);
+        fmt_double(nums[k], d->failures);
+        ARG(nums[k++]);
+    }
+#undef ARG
+    b->failed = 0;
+    if (redisAsyncCommandArgv(r->ac, on_exp_reply, x, n, argv, lens) == REDIS_OK)
+        r->outstanding++;
+    else
+        b->failed = 1;
+    free(weights);
+}
+
+typedef struct {
+    const redisReply *weights, *state, *canary_step, *version, *epoch;
+} ctl_fields_t;
+
+static int str_is(const redisReply *v, const char *lit)
+{
+    return v->type == REDIS_REPLY_STRING && v->len == strlen(lit) &&
+           memcmp(v->str, lit, v->len) == 0;
+}
+
+static void parse_ctl(const redisReply *h, ctl_fields_t *cf)
+{
+    memset(cf, 0, sizeof(*cf));
+    if (h->type != REDIS_REPLY_ARRAY) return;
+    for (size_t i = 0; i + 1 < h->elements; i += 2) {
+        const redisReply *k = h->element[i], *v = h->element[i + 1];
+        if (v->type != REDIS_REPLY_STRING) continue;
+        if (str_is(k, "weights"))
+            cf->weights = v;
+        else if (str_is(k, "state"))
+            cf->state = v;
+        else if (str_is(k, "canary_step"))
+            cf->canary_step = v;
+        else if (str_is(k, "version"))
+            cf->version = v;
+        else if (str_is(k, "reset_epoch"))
+            cf->epoch = v;
+    }
+}
+
+static uint64_t reply_u64(const redisReply *v)
+{
+    return v ? strtoull(v->str, NULL, 10) : 0;
+}
+
+static void parse_arm(const redisReply *h, arm_stats_t *a)
+{
+    if (h->type != REDIS_REPLY_ARRAY) return;
+    for (size_t i = 0; i + 1 < h->elements; i += 2) {
+        const redisReply *k = h->element[i], *v = h->element[i + 1];
+        if (v->type != REDIS_REPLY_STRING) continue;
+        if (str_is(k, "pulls"))
+            a->pulls = strtoull(v->str, NULL, 10);
+        else if (str_is(k, "feedback"))
+            a->feedback = strtoull(v->str, NULL, 10);
+        else if (str_is(k, "errors"))
+            a->errors = strtoull(v->str, NULL, 10);
+        else if (str_is(k, "reward_sum"))
+            a->reward_sum = strtod(v->str, NULL);
+        else if (str_is(k, "reward_sq_sum"))
+            a->reward_sq_sum = strtod(v->str, NULL);
+        else if (str_is(k, "successes"))
+            a->successes = strtod(v->str, NULL);
+        else if (str_is(k, "failures"))
+            a->failures = strtod(v->str, NULL);
+    }
+}
+
+/* Control as Redis has it, onto a copy of ours (fields that do not parse
+ * keep our value). Weights name arms; arms not named get 0, and weights that
+ * leave every arm of ours at 0 count as no weights. */
+static void ctl_from_fields(const exp_state_t *e, const ctl_fields_t *cf, exp_control_t *c)
+{
+    if (cf->weights) {
+        json_t *o = json_loadb(cf->weights->str, cf->weights->len, 0, NULL);
+        if (json_is_object(o)) {
+            double sum = 0;
+            for (size_t i = 0; i < e->n_arms; i++) {
+                json_t *v = json_object_get(o, e->arm_names[i]);
+                double w = json_is_number(v) ? json_number_value(v) : 0;
+                c->weights[i] = isfinite(w) && w > 0 ? w : 0;
+                sum += c->weights[i];
+            }
+            for (size_t i = e->n_arms; i < MM_MAX_ARMS; i++) c->weights[i] = 0;
+            c->has_weights = sum > 0;
+        }
+        json_decref(o);
+    }
+    if (cf->state) state_parse(cf->state->str, cf->state->len, &c->state);
+    if (cf->canary_step) c->canary_step = strtod(cf->canary_step->str, NULL);
+    c->version = reply_u64(cf->version);
+}
+
+static void add_stats(arm_stats_t *a, const arm_stats_t *b)
+{
+    a->pulls += b->pulls;
+    a->feedback += b->feedback;
+    a->errors += b->errors;
+    a->reward_sum += b->reward_sum;
+    a->reward_sq_sum += b->reward_sq_sum;
+    a->successes += b->successes;
+    a->failures += b->failures;
+}
+
+/* The script answered: fold the global snapshot into the local state. */
+static void apply_snapshot(store_exp_t *x, const redisReply *reply)
+{
+    exp_state_t *e = &x->pub;
+    const store_batch_t *b = &x->batch;
+    ctl_fields_t cf;
+    parse_ctl(reply->element[0], &cf);
+
+    uint64_t epoch = reply_u64(cf.epoch);
+    if (b->reset || !x->synced)
+        x->known_epoch = epoch;
+    else if (epoch != x->known_epoch) {
+        /* Another instance reset the experiment (0: Redis lost its data). */
+        if (epoch != 0) store_exp_remote_reset(x);
+        x->known_epoch = epoch;
+    }
+
+    for (size_t i = 0; i < e->n_arms; i++) {
+        arm_stats_t snap = {0};
+        for (size_t j = 0; j < b->n_arms; j++)
+            if (strcmp(b->arm_names[j], e->arm_names[i]) == 0)
+                parse_arm(reply->element[1 + j], &snap);
+        if (x->reset_pending) memset(&snap, 0, sizeof(snap)); /* our reset is not written yet */
+        add_stats(&snap, &e->pending[i]);
+        e->merged[i] = snap;
+    }
+
+    if (!e->control_dirty) { /* else our newer change is written next round */
+        if (cf.version) {
+            exp_control_t c = e->control;
+            ctl_from_fields(e, &cf, &c);
+            store_exp_adopt_control(x, &c);
+        } else {
+            x->ctl_init = 1; /* Redis has no control (flushed or restarted empty): seed it */
+        }
+    }
+    x->synced = 1;
+}
+
+static void unlink_zombie(store_t *s, store_exp_t *x)
+{
+    for (store_exp_t **pp = &s->zombies; *pp; pp = &(*pp)->zombie_next)
+        if (*pp == x) {
+            *pp = x->zombie_next;
+            return;
+        }
+}
+
+static void round_part_done(store_redis_t *r)
+{
+    if (r->outstanding > 0 || !r->round_active) return;
+    r->round_active = 0;
+    if (r->round_req_sent && !r->round_req_failed) {
+        r->rq_head = (r->rq_head + r->round_req_sent) % r->rq_cap;
+        r->rq_len -= r->round_req_sent;
+    }
+    r->round_req_sent = 0;
+    r->st.syncs++;
+    maybe_finish(r);
+}
+
+static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    store_redis_t *r = ac->data;
+    store_exp_t *x = priv;
+    redisReply *reply = reply_;
+    store_batch_t *b = &x->batch;
+    r->outstanding--;
+    if (x->removed) {
+        unlink_zombie(r->s, x);
+        store_exp_free(x);
+    } else if (reply != NULL && r->lose_replies > 0) {
+        r->lose_replies--;
+        b->failed = 1;
+        r->st.sync_errors++;
+    } else if (reply != NULL && reply->type == REDIS_REPLY_ARRAY &&
+               reply->elements == 1 + b->n_arms) {
+        apply_snapshot(x, reply);
+        b->active = 0;
+    } else {
+        b->failed = 1;
+        r->st.sync_errors++;
+        if (reply != NULL) {
+            /* Redis answered with an error: retrying may not help. */
+            if (++b->err_tries == 1)
+                note(r, "write of experiment %s failed: %s", x->pub.name,
+                     reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+            if (b->err_tries >= ERR_TRIES_MAX) {
+                for (size_t i = 0; i < b->n_arms; i++)
+                    x->pub.dropped +=
+                        b->deltas[i].pulls + b->deltas[i].feedback + b->deltas[i].errors;
+                note(r, "dropped a write of experiment %s after %d errors", x->pub.name,
+                     ERR_TRIES_MAX);
+                b->active = 0;
+            }
+        }
+    }
+    round_part_done(r);
+}
+
+/* ---- request ids ---- */
+
+static int rq_grow(store_redis_t *r)
+{
+    size_t cap = r->rq_cap ? r->rq_cap * 2 : 1024;
+    if (cap > r->rq_max) cap = r->rq_max;
+    rq_ent_t *n = malloc(cap * sizeof(*n));
+    if (n == NULL) return -1;
+    for (size_t i = 0; i < r->rq_len; i++) n[i] = r->rq[(r->rq_head + i) % r->rq_cap];
+    free(r->rq);
+    r->rq = n;
+    r->rq_cap = cap;
+    r->rq_head = 0;
+    return 0;
+}
+
+void store_redis_remember(store_redis_t *r, const char *id, size_t idlen, uint32_t pair,
+                          uint64_t expires_ms)
+{
+    if (r->rq_len == r->rq_cap && (r->rq_cap >= r->rq_max || rq_grow(r) != 0)) {
+        r->st.req_dropped++;
+        return;
+    }
+    rq_ent_t *q = &r->rq[(r->rq_head + r->rq_len) % r->rq_cap];
+    q->expires_ms = expires_ms;
+    q->pair = pair;
+    q->idlen = (uint8_t)idlen;
+    memcpy(q->id, id, idlen);
+    r->rq_len++;
+}
+
+static void on_set_reply(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    store_redis_t *r = ac->data;
+    redisReply *reply = reply_;
+    MM_UNUSED(priv);
+    r->outstanding--;
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) r->round_req_failed = 1;
+    round_part_done(r);
+}
+
+static void send_reqs(store_redis_t *r)
+{
+    uint64_t now = mm_now_ms();
+    size_t n = r->rq_len < REQ_PER_ROUND ? r->rq_len : REQ_PER_ROUND;
+    r->round_req_failed = 0;
+    for (size_t k = 0; k < n; k++) {
+        const rq_ent_t *q = &r->rq[(r->rq_head + k) % r->rq_cap];
+        r->round_req_sent++;
+        if (q->expires_ms <= now) continue; /* too late to matter */
+        char key[STORE_KEY_MAX], px[32];
+        int kl = snprintf(key, sizeof(key), "%s:req:%.*s", r->s->cfg.prefix, (int)q->idlen, q->id);
+        fmt_u64(px, q->expires_ms - now);
+        const req_pair_t *p = store_pair(r->s, q->pair);
+        const char *argv[5] = {"SET", key, p->text, "PX", px};
+        size_t lens[5] = {3, (size_t)kl, p->text_len, 2, strlen(px)};
+        if (redisAsyncCommandArgv(r->ac, on_set_reply, NULL, 5, argv, lens) == REDIS_OK)
+            r->outstanding++;
+        else
+            r->round_req_failed = 1;
+    }
+}
+
+static void on_get_reply(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    lookup_t *l = priv;
+    store_reqinfo_t info;
+    MM_UNUSED(ac);
+    int found = reply != NULL && reply->type == REDIS_REPLY_STRING &&
+                store_parse_pair(reply->str, reply->len, &info) == 0;
+    store_lookup_cb cb = l->cb;
+    void *arg = l->arg;
+    free(l);
+    cb(arg, found, found ? &info : NULL);
+}
+
+void store_redis_lookup(store_redis_t *r, mm_str_t id, store_lookup_cb cb, void *arg)
+{
+    lookup_t *l = can_send(r) ? malloc(sizeof(*l)) : NULL;
+    if (l == NULL) {
+        cb(arg, 0, NULL);
+        return;
+    }
+    l->cb = cb;
+    l->arg = arg;
+    char key[STORE_KEY_MAX];
+    int kl = snprintf(key, sizeof(key), "%s:req:%.*s", r->s->cfg.prefix, (int)id.n, id.p);
+    const char *argv[2] = {"GET", key};
+    size_t lens[2] = {3, (size_t)kl};
+    if (redisAsyncCommandArgv(r->ac, on_get_reply, l, 2, argv, lens) != REDIS_OK) {
+        free(l);
+        cb(arg, 0, NULL);
+    }
+}
+
+/* ---- feedback stream ---- */
+
+static void msg_unlink(store_redis_t *r, store_msg_t *m)
+{
+    if (m->prev)
+        m->prev->next = m->next;
+    else
+        r->msgs = m->next;
+    if (m->next) m->next->prev = m->prev;
+    r->n_msgs--;
+}
+
+static store_msg_t *msg_find(const store_redis_t *r, const char *id, size_t n)
+{
+    for (store_msg_t *m = r->msgs; m; m = m->next)
+        if (strlen(m->id) == n && memcmp(m->id, id, n) == 0) return m;
+    return NULL;
+}
+
+/* One entry [id, [field, value, ...]] into a message, delivered. */
+static void deliver(store_redis_t *r, const redisReply *entry, unsigned deliveries)
+{
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2) return;
+    const redisReply *id = entry->element[0], *f = entry->element[1];
+    if (id->type != REDIS_REPLY_STRING || f->type != REDIS_REPLY_ARRAY) return;
+    size_t nf = f->elements / 2;
+    size_t size = sizeof(store_msg_t) + 2 * nf * sizeof(char *) + id->len + 1;
+    for (size_t i = 0; i < 2 * nf; i++)
+        size += (f->element[i]->type == REDIS_REPLY_STRING ? f->element[i]->len : 0) + 1;
+    store_msg_t *m = malloc(size);
+    if (m == NULL) return; /* stays pending: claimed again later */
+    m->names = (const char **)(m + 1);
+    m->values = m->names + nf;
+    char *p = (char *)(m->values + nf);
+    memcpy(p, id->str, id->len);
+    p[id->len] = '\0';
+    m->id = p;
+    p += id->len + 1;
+    for (size_t i = 0; i < 2 * nf; i++) {
+        const redisReply *v = f->element[i];
+        size_t n = v->type == REDIS_REPLY_STRING ? v->len : 0;
+        memcpy(p, n ? v->str : "", n);
+        p[n] = '\0';
+        if (i % 2 == 0)
+            m->names[i / 2] = p;
+        else
+            m->values[i / 2] = p;
+        p += n + 1;
+    }
+    m->n_fields = nf;
+    m->deliveries = deliveries;
+    m->state = MSG_DELIVERED;
+    m->prev = NULL;
+    m->next = r->msgs;
+    if (r->msgs) r->msgs->prev = m;
+    r->msgs = m;
+    r->n_msgs++;
+    r->st.stream_delivered++;
+    r->stream_cb(r->stream_arg, m); /* may answer (and free m) right away */
+}
+
+static void on_group_reply(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    store_redis_t *r = ac->data;
+    redisReply *reply = reply_;
+    MM_UNUSED(priv);
+    r->outstanding--;
+    if (reply != NULL) {
+        if (reply->type != REDIS_REPLY_ERROR || strncmp(reply->str, "BUSYGROUP", 9) == 0)
+            r->group_ok = 1;
+        else
+            note(r, "XGROUP CREATE %s: %s", r->stream_key, reply->str);
+    }
+    round_part_done(r);
+}
+
+static void on_xread_reply(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    store_redis_t *r = ac->data;
+    redisReply *reply = reply_;
+    MM_UNUSED(priv);
+    r->outstanding--;
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        r->group_ok = 0; /* NOGROUP after the stream was deleted: create it again */
+    } else if (reply != NULL && reply->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < reply->elements; i++) {
+            const redisReply *st = reply->element[i];
+            if (st->type != REDIS_REPLY_ARRAY || st->elements != 2) continue;
+            const redisReply *entries = st->element[1];
+            if (entries->type != REDIS_REPLY_ARRAY) continue;
+            for (size_t j = 0; j < entries->elements; j++) deliver(r, entries->element[j], 1);
+        }
+    }
+    round_part_done(r);
+}
+
+static void on_xclaim_reply(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    store_redis_t *r = ac->data;
+    redisReply *reply = reply_;
+    claim_t *c = priv;
+    r->outstanding--;
+    if (reply != NULL && reply->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < reply->elements; i++) {
+            const redisReply *en = reply->element[i];
+            if (en->type != REDIS_REPLY_ARRAY || en->elements != 2) continue; /* deleted entry */
+            const redisReply *id = en->element[0];
+            unsigned d = 1;
+            for (size_t j = 0; j < c->n; j++)
+                if (id->type == REDIS_REPLY_STRING && strlen(c->e[j].id) == id->len &&
+                    memcmp(c->e[j].id, id->str, id->len) == 0)
+                    d = c->e[j].deliveries + 1;
+            deliver(r, en, d);
+        }
+    }
+    free(c);
+    round_part_done(r);
+}
+
+static void on_dead_ack_reply(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    store_redis_t *r = ac->data;
+    redisReply *reply = reply_;
+    MM_UNUSED(priv);
+    r->outstanding--;
+    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER) r->st.stream_dead += reply->integer;
+    round_part_done(r);
+}
+
+/* XPENDING IDLE answered: entries idle long enough, held by anyone. */
+static void on_xpending_reply(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    store_redis_t *r = ac->data;
+    redisReply *reply = reply_;
+    MM_UNUSED(priv);
+    r->outstanding--;
+    if (reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 && can_send(r)) {
+        size_t n = reply->elements;
+        claim_t *c = malloc(sizeof(*c) + n * sizeof(c->e[0]));
+        const char **argv = malloc((6 + n) * sizeof(*argv));
+        size_t *lens = malloc((6 + n) * sizeof(*lens));
+        char idle[32];
+        fmt_u64(idle, (uint64_t)r->opts.claim_idle_ms);
+        if (c && argv && lens) {
+            int na = 0;
+            argv[na++] = "XCLAIM";
+            argv[na++] = r->stream_key;
+            argv[na++] = GROUP;
+            argv[na++] = r->consumer;
+            argv[na++] = idle;
+            c->n = 0;
+            for (size_t i = 0; i < n; i++) {
+                const redisReply *p = reply->element[i];
+                if (p->type != REDIS_REPLY_ARRAY || p->elements < 4) continue;
+                const redisReply *id = p->element[0], *cnt = p->element[3];
+                if (id->type != REDIS_REPLY_STRING || id->len >= sizeof(c->e[0].id)) continue;
+                if (msg_find(r, id->str, id->len)) continue; /* ours, still being handled */
+                unsigned d = cnt->type == REDIS_REPLY_INTEGER ? (unsigned)cnt->integer : 1;
+                if (d >= (unsigned)r->opts.max_deliveries) {
+                    const char *av[4] = {"XACK", r->stream_key, GROUP, id->str};
+                    size_t al[4] = {4, strlen(r->stream_key), strlen(GROUP), id->len};
+                    if (redisAsyncCommandArgv(r->ac, on_dead_ack_reply, NULL, 4, av, al) ==
+                        REDIS_OK)
+                        r->outstanding++;
+                    continue;
+                }
+                memcpy(c->e[c->n].id, id->str, id->len);
+                c->e[c->n].id[id->len] = '\0';
+                c->e[c->n].deliveries = d;
+                argv[na++] = c->e[c->n].id;
+                c->n++;
+            }
+            for (int i = 0; i < na; i++) lens[i] = strlen(argv[i]);
+            if (c->n > 0 &&
+                redisAsyncCommandArgv(r->ac, on_xclaim_reply, c, na, argv, lens) == REDIS_OK) {
+                r->outstanding++;
+                c = NULL; /* the callback frees it */
+            }
+        }
+        free(c);
+        free(argv);
+        free(lens);
+    }
+    round_part_done(r);
+}
+
+static void on_xack_reply(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    store_redis_t *r = ac->data;
+    redisReply *reply = reply_;
+    store_msg_t *m = priv;
+    r->outstanding--;
+    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER) {
+        r->st.stream_acked += reply->integer;
+        msg_unlink(r, m);
+        free(m);
+    } else {
+        m->state = MSG_ACK_QUEUED; /* resent next round */
+    }
+    round_part_done(r);
+}
+
+static void send_stream(store_redis_t *r)
+{
+    const char *key = r->stream_key;
+    for (store_msg_t *m = r->msgs; m; m = m->next) {
+        if (m->state != MSG_ACK_QUEUED) continue;
+        const char *argv[4] = {"XACK", key, GROUP, m->id};
+        size_t lens[4] = {4, strlen(key), strlen(GROUP), strlen(m->id)};
+        if (redisAsyncCommandArgv(r->ac, on_xack_reply, m, 4, argv, lens) == REDIS_OK) {
+            m->state = MSG_ACK_SENT;
+            r->outstanding++;
+        }
+    }
+    if (r->stream_cb == NULL || r->shutting_down) return;
+    if (!r->group_ok && redisAsyncCommand(r->ac, on_group_reply, NULL,
+                                          "XGROUP CREATE %s " GROUP " 0 MKSTREAM", key) == REDIS_OK)
+        r->outstanding++;
+    size_t max = (size_t)r->opts.max_inflight;
+    size_t room = r->n_msgs < max ? max - r->n_msgs : 0;
+    size_t count = room < (size_t)r->opts.count ? room : (size_t)r->opts.count;
+    if (count == 0) return;
+    if (redisAsyncCommand(r->ac, on_xread_reply, NULL,
+                          "XREADGROUP GROUP " GROUP " %s COUNT %d STREAMS %s >", r->consumer,
+                          (int)count, key) == REDIS_OK)
+        r->outstanding++;
+    uint64_t now = mm_now_ms();
+    uint64_t every = (uint64_t)r->opts.claim_idle_ms / 2;
+    if (now - r->last_claim_ms >= every) {
+        r->last_claim_ms = now;
+        if (redisAsyncCommand(r->ac, on_xpending_reply, NULL,
+                              "XPENDING %s " GROUP " IDLE %d - + %d", key, r->opts.claim_idle_ms,
+                              (int)count) == REDIS_OK)
+            r->outstanding++;
+    }
+}
+
+int store_redis_subscribe(store_redis_t *r, store_stream_cb cb, void *arg,
+                          const store_stream_opts_t *opts)
+{
+    if (r->stream_cb != NULL || cb == NULL) return -1;
+    store_stream_opts_t o = {100, 30000, 10, 1000};
+    if (opts) {
+        if (opts->count > 0) o.count = opts->count;
+        if (opts->claim_idle_ms > 0) o.claim_idle_ms = opts->claim_idle_ms;
+        if (opts->max_deliveries > 0) o.max_deliveries = opts->max_deliveries;
+        if (opts->max_inflight > 0) o.max_inflight = opts->max_inflight;
+    }
+    r->opts = o;
+    r->stream_cb = cb;
+    r->stream_arg = arg;
+    r->group_ok = 0;
+    r->last_claim_ms = 0;
+    return 0;
+}
+
+void store_redis_msg_done(store_redis_t *r, store_msg_t *m, int ack)
+{
+    if (m->state != MSG_DELIVERED) return;
+    if (ack) {
+        m->state = MSG_ACK_QUEUED; /* XACK in the next round */
+        return;
+    }
+    msg_unlink(r, m);
+    free(m);
+}
+
+const char *store_msg_id(const store_msg_t *m)
+{
+    return m->id;
+}
+
+const char *store_msg_field(const store_msg_t *m, const char *name)
+{
+    for (size_t i = 0; i < m->n_fields; i++)
+        if (strcmp(m->names[i], name) == 0) return m->values[i];
+    return NULL;
+}
+
+unsigned store_msg_deliveries(const store_msg_t *m)
+{
+    return m->deliveries;
+}
+
+/* ---- rounds ---- */
+
+static void start_round(store_redis_t *r)
+{
+    if (!can_send(r) || r->round_active) return;
+    store_t *s = r->s;
+    r->round_active = 1;
+    r->outstanding = 0;
+    r->round_started_ms = mm_now_ms();
+    r->round_req_sent = 0;
+    for (size_t i = 0; i < s->n_exps; i++) send_exp(r, s->exps[i]);
+    send_reqs(r);
+    send_stream(r);
+    if (r->outstanding == 0) r->round_active = 0;
+}
+
+static void on_sync_timer(uv_timer_t *t)
+{
+    store_redis_t *r = container_of(t, store_redis_t, sync_timer);
+    store_req_prune(r->s, PRUNE_PER_ROUND);
+    if (r->round_active) {
+        if (mm_now_ms() - r->round_started_ms > ROUND_TIMEOUT_MS)
+            force_close(r, "no reply for 5 s");
+        return;
+    }
+    start_round(r);
+}
+
+/* ---- shutdown and destruction ---- */
+
+static int unflushed(const store_redis_t *r)
+{
+    const store_t *s = r->s;
+    for (size_t i = 0; i < s->n_exps; i++) {
+        const store_exp_t *x = s->exps[i];
+        if (x->batch.active || x->reset_pending || x->pub.control_dirty || x->ctl_init) return 1;
+        for (size_t a = 0; a < x->pub.n_arms; a++)
+            if (store_stats_nonzero(&x->pub.pending[a])) return 1;
+    }
+    if (r->rq_len > 0) return 1;
+    for (const store_msg_t *m = r->msgs; m; m = m->next)
+        if (m->state == MSG_ACK_QUEUED) return 1;
+    return 0;
+}
+
+static void finish(store_redis_t *r)
+{
+    r->closing = 1;
+    uv_timer_stop(&r->conn_timer);
+    if (r->ac != NULL && (r->ac->c.flags & REDIS_CONNECTED)) {
+        redisAsyncDisconnect(r->ac); /* after outstanding lookups; on_disconnect closes */
+        return;
+    }
+    force_close(r, "shutdown"); /* still connecting: never inside a callback */
+    close_timers(r);
+}
+
+static void maybe_finish(store_redis_t *r)
+{
+    if (!r->shutting_down || r->closing || r->destroying) return;
+    if (r->ac && (r->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING))) return;
+    if (r->round_active) return;
+    if (unflushed(r) && !r->deadline_passed) {
+        start_round(r); /* when connected; else wait for a reconnect or the deadline */
+        return;
+    }
+    finish(r);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    store_redis_t *r = container_of(t, store_redis_t, deadline_timer);
+    r->deadline_passed = 1;
+    if (unflushed(r)) note(r, "shutdown: gave up writing what is pending");
+    r->closing = 1;
+    uv_timer_stop(&r->conn_timer);
+    force_close(r, "shutdown timeout");
+    close_timers(r);
+}
+
+void store_redis_shutdown(store_redis_t *r, int timeout_ms, void (*done)(void *), void *arg)
+{
+    if (r->shutting_down) return;
+    r->shutting_down = 1;
+    r->done = done;
+    r->done_arg = arg;
+    uv_timer_stop(&r->sync_timer);
+    uv_timer_start(&r->deadline_timer, on_deadline, timeout_ms > 0 ? (uint64_t)timeout_ms : 0, 0);
+    maybe_finish(r);
+}
+
+void store_redis_destroy(store_redis_t *r)
+{
+    r->destroying = 1;
+    r->done = NULL;
+    force_close(r, "destroyed"); /* pending lookups are answered "not found" */
+    while (r->msgs) {
+        store_msg_t *m = r->msgs;
+        msg_unlink(r, m);
+        free(m);
+    }
+    if (r->open_handles > 0) {
+        close_timers(r); /* the last close callback frees everything */
+        return;
+    }
+    store_t *s = r->s;
+    free(r->rq);
+    free(r);
+    store_free_final(s);
+}
+
+/* ---- the rest of the interface ---- */
+
+static void sanitize(char *p)
+{
+    for (; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+              *p == '.' || *p == '_' || *p == '-'))
+            *p = '_';
+}
+
+store_redis_t *store_redis_create(store_t *s, char *err, size_t errlen)
+{
+    const cfg_store_t *c = &s->cfg;
+    if (c->host[0] == '\0' || c->port <= 0 || c->port > 65535 || c->sync_ms <= 0) {
+        snprintf(err, errlen, "store: redis needs a host, a port in 1..65535 and sync_ms > 0");
+        return NULL;
+    }
+    store_redis_t *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        snprintf(err, errlen, "store: out of memory");
+        return NULL;
+    }
+    r->s = s;
+    r->backoff_ms = BACKOFF_MIN_MS;
+    r->rq_max = STORE_REQ_QUEUE_DEFAULT;
+
+    char host[65] = "localhost";
+    if (gethostname(host, sizeof(host) - 1) != 0) snprintf(host, sizeof(host), "localhost");
+    host[sizeof(host) - 1] = '\0';
+    sanitize(host);
+    uint32_t nonce;
+    if (uv_random(NULL, NULL, &nonce, sizeof(nonce), 0, NULL) != 0)
+        nonce = (uint32_t)(mm_now_us() ^ (uintptr_t)r);
+    snprintf(r->consumer, sizeof(r->consumer), "%s-%ld", host, (long)getpid());
+    snprintf(r->instance, sizeof(r->instance), "%s-%08" PRIx32, r->consumer, nonce);
+    key_of(r->stream_key, r, "", "feedback");
+
+    uv_timer_init(s->loop, &r->sync_timer);
+    uv_timer_init(s->loop, &r->conn_timer);
+    uv_timer_init(s->loop, &r->deadline_timer);
+    r->sync_timer.data = r->conn_timer.data = r->deadline_timer.data = r;
+    r->open_handles = 3;
+    uv_timer_start(&r->sync_timer, on_sync_timer, (uint64_t)c->sync_ms, (uint64_t)c->sync_ms);
+    redis_connect(r); /* failing is fine: routing goes on, we retry */
+    return r;
+}
+
+void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined)
+{
+    char mid[MM_NAME_MAX + 16];
+    snprintf(mid, sizeof(mid), "{%s}:", x->pub.name);
+    key_of(x->ctl_key, r, mid, "control");
+    snprintf(mid, sizeof(mid), "{%s}:seq:", x->pub.name);
+    key_of(x->seq_key, r, mid, r->instance);
+    /* Redefined by the config: ours wins. Else adopt what Redis has, if any. */
+    if (redefined)
+        x->pub.control_dirty = 1;
+    else
+        x->ctl_init = 1;
+}
+
+int store_redis_exp_removed(store_redis_t *r, store_exp_t *x)
+{
+    if (!x->batch.active || x->batch.failed) return 0; /* no reply on its way */
+    x->removed = 1;
+    x->zombie_next = r->s->zombies;
+    r->s->zombies = x;
+    return 1;
+}
+
+int store_redis_up(const store_redis_t *r)
+{
+    return r->up;
+}
+
+void store_redis_stats(const store_redis_t *r, store_stats_t *out)
+{
+    out->req_queued = r->rq_len;
+    out->req_dropped = r->st.req_dropped;
+    out->syncs = r->st.syncs;
+    out->sync_errors = r->st.sync_errors;
+    out->reconnects = r->st.reconnects;
+    out->stream_delivered = r->st.stream_delivered;
+    out->stream_acked = r->st.stream_acked;
+    out->stream_dead = r->st.stream_dead;
+}
+
+void store_redis_debug_lose_replies(store_t *s, int n)
+{
+    if (s->redis) s->redis->lose_replies = n;
+}

@@ -1,0 +1,384 @@
+/* test_store.c — the memory store: what the router and the admin API rely on.
+ *
+ * Increments land in `merged` at once (nothing in `pending`: there is nothing
+ * to write), every control change bumps the version, pause freezes what
+ * policies see, reset forgets statistics and operator changes, a reload keeps
+ * statistics unless the definition changed, and remembered request ids
+ * resolve synchronously until their TTL or the map's cap removes them. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "store.h"
+#include "store_internal.h"
+
+static const char *const ARMS[] = {"champion", "challenger"};
+
+typedef struct {
+    uv_loop_t loop;
+    store_t *s;
+} fixture_t;
+
+static int setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+    uv_loop_init(&f->loop);
+    cfg_store_t cfg = {.type = STORE_MEMORY};
+    char err[256];
+    f->s = store_create(&f->loop, &cfg, err, sizeof(err));
+    if (f->s == NULL) return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    store_destroy(f->s);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    free(f);
+    return 0;
+}
+
+static exp_control_t initial_weights(double a, double b)
+{
+    exp_control_t c;
+    memset(&c, 0, sizeof(c));
+    c.weights[0] = a;
+    c.weights[1] = b;
+    c.has_weights = 1;
+    return c;
+}
+
+static exp_state_t *make_exp(store_t *s, const char *name)
+{
+    exp_control_t c = initial_weights(90, 10);
+    exp_state_t *e = store_experiment(s, name, ARMS, 2, &c, 0);
+    assert_non_null(e);
+    return e;
+}
+
+static void test_kind_and_up(void **state)
+{
+    fixture_t *f = *state;
+    assert_string_equal(store_kind(f->s), "memory");
+    assert_int_equal(store_up(f->s), 1);
+}
+
+static void test_increments_show_in_merged_not_pending(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    for (int i = 0; i < 1000; i++) store_pull(f->s, e, i % 4 == 0 ? 1 : 0);
+    store_error(f->s, e, 1);
+    store_error(f->s, e, 1);
+    store_reward(f->s, e, 0, 1.0, 1);
+    store_reward(f->s, e, 0, 0.25, 1);
+    store_reward(f->s, e, 1, -2.5, 0);
+    store_reward(f->s, e, 1, NAN, 0); /* not finite: ignored */
+    store_pull(f->s, e, 7);           /* no such arm: ignored */
+
+    assert_int_equal(e->merged[0].pulls, 750);
+    assert_int_equal(e->merged[1].pulls, 250);
+    assert_int_equal(e->merged[1].errors, 2);
+    assert_int_equal(e->merged[0].feedback, 2);
+    assert_true(e->merged[0].reward_sum == 1.25);
+    assert_true(e->merged[0].reward_sq_sum == 1.0625);
+    assert_true(e->merged[0].successes == 1.25);
+    assert_true(e->merged[0].failures == 0.75);
+    assert_int_equal(e->merged[1].feedback, 1);
+    assert_true(e->merged[1].reward_sum == -2.5);
+    assert_true(e->merged[1].successes == 0 && e->merged[1].failures == 0);
+    for (int a = 0; a < 2; a++) assert_false(store_stats_nonzero(&e->pending[a]));
+}
+
+static void test_control_change_bumps_version(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    uint64_t v0 = e->control.version;
+    exp_control_t c = initial_weights(50, 50);
+    store_set_control(f->s, e, &c);
+    assert_int_equal(e->control.version, v0 + 1);
+    assert_true(e->control.weights[0] == 50);
+    c.state = EXP_PROMOTED;
+    c.weights[0] = 0;
+    c.weights[1] = 100;
+    c.version = 999; /* the caller's version is ignored */
+    store_set_control(f->s, e, &c);
+    assert_int_equal(e->control.version, v0 + 2);
+    assert_int_equal(e->control.state, EXP_PROMOTED);
+    assert_int_equal(e->control_dirty, 0);
+}
+
+static void test_pause_freezes_policy_view(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    for (int i = 0; i < 10; i++) store_pull(f->s, e, 0);
+    exp_control_t c = e->control;
+    c.state = EXP_PAUSED;
+    store_set_control(f->s, e, &c);
+    for (int i = 0; i < 5; i++) store_pull(f->s, e, 0);
+    assert_int_equal(e->frozen[0].pulls, 10);
+    assert_int_equal(e->merged[0].pulls, 15);
+    /* Pausing again (a weight change while paused) keeps the first snapshot. */
+    c.weights[0] = 70;
+    store_set_control(f->s, e, &c);
+    assert_int_equal(e->frozen[0].pulls, 10);
+}
+
+static void test_reset_forgets_statistics_and_operator_changes(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    store_pull(f->s, e, 0);
+    store_reward(f->s, e, 1, 1, 1);
+    exp_control_t c = initial_weights(0, 100);
+    c.state = EXP_PROMOTED;
+    store_set_control(f->s, e, &c);
+    uint64_t v = e->control.version;
+    assert_int_equal(store_resets(e), 0);
+
+    store_reset(f->s, e);
+    assert_int_equal(store_resets(e), 1);
+    assert_false(store_stats_nonzero(&e->merged[0]));
+    assert_false(store_stats_nonzero(&e->merged[1]));
+    assert_int_equal(e->control.state, EXP_RUNNING);
+    assert_true(e->control.weights[0] == 90 && e->control.weights[1] == 10);
+    assert_int_equal(e->control.version, v + 1);
+}
+
+static void test_reload_keeps_state_unless_redefined(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    store_pull(f->s, e, 1);
+    exp_control_t op = initial_weights(20, 80);
+    store_set_control(f->s, e, &op);
+    uint64_t v = e->control.version;
+
+    exp_control_t init = initial_weights(90, 10);
+    exp_state_t *same = store_experiment(f->s, "recs", ARMS, 2, &init, 0);
+    assert_ptr_equal(same, e);
+    assert_int_equal(e->merged[1].pulls, 1);
+    assert_true(e->control.weights[1] == 80); /* the operator's change survives */
+    assert_int_equal(e->control.version, v);
+
+    exp_control_t init2 = initial_weights(60, 40);
+    exp_state_t *re = store_experiment(f->s, "recs", ARMS, 2, &init2, 1);
+    assert_ptr_equal(re, e);
+    assert_int_equal(e->merged[1].pulls, 1);  /* statistics stay */
+    assert_true(e->control.weights[0] == 60); /* control back to the new config */
+    assert_int_equal(e->control.version, v + 1);
+    assert_true(e->initial_control.weights[0] == 60);
+}
+
+static void test_new_arm_list_keeps_stats_by_name(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    store_pull(f->s, e, 1);
+    store_pull(f->s, e, 1);
+    const char *const arms3[] = {"champion", "third", "challenger"};
+    exp_control_t c = initial_weights(1, 1);
+    c.weights[2] = 1;
+    exp_state_t *e2 = store_experiment(f->s, "recs", arms3, 3, &c, 0);
+    assert_ptr_equal(e2, e);
+    assert_int_equal(e->n_arms, 3);
+    assert_string_equal(e->arm_names[2], "challenger");
+    assert_int_equal(e->merged[2].pulls, 2);
+    assert_int_equal(e->merged[1].pulls, 0);
+    assert_true(e->control.weights[2] == 1); /* other arms: control from the config */
+}
+
+static void test_invalid_experiments_refused(void **state)
+{
+    fixture_t *f = *state;
+    exp_control_t c = initial_weights(1, 1);
+    const char *const bad[] = {"champion", "no spaces"};
+    assert_null(store_experiment(f->s, "recs", bad, 2, &c, 0));
+    assert_null(store_experiment(f->s, "", ARMS, 2, &c, 0));
+    assert_null(store_experiment(f->s, "recs", ARMS, 0, &c, 0));
+    assert_null(store_experiment(f->s, "recs", ARMS, MM_MAX_ARMS + 1, &c, 0));
+}
+
+static void test_retain_forgets_removed(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *a = make_exp(f->s, "a");
+    make_exp(f->s, "b");
+    store_pull(f->s, a, 0);
+    const char *const keep[] = {"a"};
+    store_retain(f->s, keep, 1);
+    assert_int_equal(f->s->n_exps, 1);
+    exp_control_t c = initial_weights(1, 1);
+    exp_state_t *b = store_experiment(f->s, "b", ARMS, 2, &c, 0);
+    assert_int_equal(b->merged[0].pulls, 0); /* a fresh state */
+    assert_ptr_equal(store_experiment(f->s, "a", ARMS, 2, &c, 0), a);
+    assert_int_equal(a->merged[0].pulls, 1);
+}
+
+typedef struct {
+    int calls;
+    int found;
+    store_reqinfo_t info;
+} lookup_result_t;
+
+static void on_lookup(void *arg, int found, const store_reqinfo_t *info)
+{
+    lookup_result_t *r = arg;
+    r->calls++;
+    r->found = found;
+    if (found) r->info = *info;
+}
+
+static lookup_result_t lookup(store_t *s, const char *id)
+{
+    lookup_result_t r = {0};
+    store_lookup(s, (mm_str_t){id, strlen(id)}, on_lookup, &r);
+    assert_int_equal(r.calls, 1); /* synchronous with the memory store */
+    return r;
+}
+
+static void test_remember_then_lookup(void **state)
+{
+    fixture_t *f = *state;
+    store_remember(f->s, MM_STR("0123456789abcdef0123456789abcdef"), "recs", "challenger", 60);
+    store_remember(f->s, MM_STR("client-id.7"), "ranker", "champion", 60);
+    lookup_result_t r = lookup(f->s, "0123456789abcdef0123456789abcdef");
+    assert_int_equal(r.found, 1);
+    assert_string_equal(r.info.experiment, "recs");
+    assert_string_equal(r.info.arm, "challenger");
+    r = lookup(f->s, "client-id.7");
+    assert_int_equal(r.found, 1);
+    assert_string_equal(r.info.experiment, "ranker");
+    assert_string_equal(r.info.arm, "champion");
+    assert_int_equal(lookup(f->s, "unknown").found, 0);
+    assert_int_equal(lookup(f->s, "bad id").found, 0);
+    assert_int_equal(lookup(f->s, "").found, 0);
+
+    /* The same id again (a client retry): the newest mapping wins. */
+    store_remember(f->s, MM_STR("client-id.7"), "ranker", "challenger", 60);
+    assert_string_equal(lookup(f->s, "client-id.7").info.arm, "challenger");
+
+    /* 128 characters is the longest valid id. */
+    char id[MM_REQID_MAX + 2];
+    memset(id, 'x', MM_REQID_MAX);
+    id[MM_REQID_MAX] = '\0';
+    store_remember(f->s, (mm_str_t){id, MM_REQID_MAX}, "recs", "champion", 60);
+    assert_int_equal(lookup(f->s, id).found, 1);
+    id[MM_REQID_MAX] = 'x';
+    id[MM_REQID_MAX + 1] = '\0';
+    store_remember(f->s, (mm_str_t){id, MM_REQID_MAX + 1}, "recs", "champion", 60);
+    assert_int_equal(lookup(f->s, id).found, 0);
+}
+
+static void test_remembered_ids_expire(void **state)
+{
+    fixture_t *f = *state;
+    store_remember(f->s, MM_STR("short"), "recs", "champion", 1);
+    store_remember(f->s, MM_STR("long"), "recs", "champion", 60);
+    assert_int_equal(lookup(f->s, "short").found, 1);
+    usleep(1100 * 1000);
+    assert_int_equal(lookup(f->s, "short").found, 0);
+    assert_int_equal(lookup(f->s, "long").found, 1);
+    /* The next insert prunes the expired head. */
+    store_remember(f->s, MM_STR("new"), "recs", "champion", 60);
+    store_stats_t st;
+    store_get_stats(f->s, &st);
+    assert_int_equal(st.req_entries, 2);
+}
+
+static void test_map_cap_evicts_oldest(void **state)
+{
+    fixture_t *f = *state;
+    f->s->req_cap = 1000;
+    char id[32];
+    for (int i = 0; i < 1500; i++) {
+        snprintf(id, sizeof(id), "id-%d", i);
+        store_remember(f->s, (mm_str_t){id, strlen(id)}, "recs", i % 2 ? "champion" : "b", 60);
+    }
+    store_stats_t st;
+    store_get_stats(f->s, &st);
+    assert_int_equal(st.req_entries, 1000);
+    assert_int_equal(st.req_evicted, 500);
+    assert_int_equal(lookup(f->s, "id-499").found, 0);
+    lookup_result_t r = lookup(f->s, "id-500");
+    assert_int_equal(r.found, 1);
+    assert_string_equal(r.info.arm, "b");
+    assert_string_equal(lookup(f->s, "id-1499").info.arm, "champion");
+}
+
+static void test_many_ids_grow_the_table(void **state)
+{
+    fixture_t *f = *state;
+    char id[40];
+    for (int i = 0; i < 100000; i++) {
+        snprintf(id, sizeof(id), "%032x", i * 2654435761u);
+        store_remember(f->s, (mm_str_t){id, strlen(id)}, "recs", "champion", 60);
+    }
+    assert_true(f->s->n_buckets >= 65536);
+    for (int i = 0; i < 100000; i += 997) {
+        snprintf(id, sizeof(id), "%032x", i * 2654435761u);
+        assert_int_equal(lookup(f->s, id).found, 1);
+    }
+}
+
+static void on_done(void *arg)
+{
+    (*(int *)arg)++;
+}
+
+static void test_shutdown_calls_done(void **state)
+{
+    fixture_t *f = *state;
+    int done = 0;
+    store_shutdown(f->s, 100, on_done, &done);
+    assert_int_equal(done, 1);
+}
+
+static void on_msg(void *arg, store_msg_t *m)
+{
+    (void)arg;
+    (void)m;
+}
+
+static void test_stream_needs_redis(void **state)
+{
+    fixture_t *f = *state;
+    assert_int_equal(store_stream_subscribe(f->s, on_msg, NULL, NULL), -1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_kind_and_up, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_increments_show_in_merged_not_pending, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_control_change_bumps_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pause_freezes_policy_view, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reset_forgets_statistics_and_operator_changes, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_reload_keeps_state_unless_redefined, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_new_arm_list_keeps_stats_by_name, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_invalid_experiments_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retain_forgets_removed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_remember_then_lookup, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_remembered_ids_expire, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_cap_evicts_oldest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_many_ids_grow_the_table, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_calls_done, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_needs_redis, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

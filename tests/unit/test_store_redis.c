@@ -1,0 +1,870 @@
+/* test_store_redis.c — the Redis store against a real redis-server.
+ *
+ * Each test starts from its own key prefix on one redis-server started here
+ * (MM_REDIS_SERVER or redis-server from PATH, a free loopback port, no
+ * persistence) and stopped by PID at the end; the tests that kill Redis or
+ * start with it absent run their own server. The uv loop runs inside the test
+ * until a condition holds or a deadline passes, and what Redis holds is read
+ * back with a synchronous hiredis connection: the assertions are the exact
+ * counters and fields a user (or another instance) would see. */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+
+#include "store.h"
+#include "store_internal.h"
+
+static const char *const ARMS[] = {"champion", "challenger"};
+
+/* ---- redis-server processes ---- */
+
+typedef struct {
+    pid_t pid;
+    int port;
+    char dir[64]; /* non-empty: AOF persistence in this directory */
+} redis_proc_t;
+
+static redis_proc_t g_redis;
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static redisContext *sync_ctx(int port)
+{
+    struct timeval tv = {1, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    if (c != NULL && c->err) {
+        redisFree(c);
+        return NULL;
+    }
+    return c;
+}
+
+static int redis_start(redis_proc_t *p)
+{
+    char port[16];
+    snprintf(port, sizeof(port), "%d", p->port);
+    const char *bin = getenv("MM_REDIS_SERVER") ? getenv("MM_REDIS_SERVER") : "redis-server";
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 1);
+        dup2(null, 2);
+        if (p->dir[0])
+            execlp(bin, bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                   "yes", "--appendfsync", "always", "--dir", p->dir, "--daemonize", "no",
+                   (char *)NULL);
+        else
+            execlp(bin, bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                   "no", "--daemonize", "no", (char *)NULL);
+        _exit(127);
+    }
+    p->pid = pid;
+    for (int i = 0; i < 500; i++) { /* up to 5 s */
+        redisContext *c = sync_ctx(p->port);
+        if (c != NULL) {
+            redisReply *r = redisCommand(c, "PING");
+            int ok = r != NULL && r->type == REDIS_REPLY_STATUS;
+            freeReplyObject(r);
+            redisFree(c);
+            if (ok) return 0;
+        }
+        if (waitpid(pid, NULL, WNOHANG) == pid) {
+            p->pid = 0;
+            return -1;
+        }
+        usleep(10000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    p->pid = 0;
+    return -1;
+}
+
+static void redis_kill(redis_proc_t *p, int sig)
+{
+    if (p->pid <= 0) return;
+    kill(p->pid, sig);
+    waitpid(p->pid, NULL, 0);
+    p->pid = 0;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    g_redis.port = free_port();
+    if (g_redis.port <= 0 || redis_start(&g_redis) != 0) {
+        fprintf(stderr, "test_store_redis: cannot start redis-server; tests skipped\n");
+        g_redis.pid = 0;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    redis_kill(&g_redis, SIGTERM);
+    return 0;
+}
+
+/* ---- fixture: a loop, up to three stores, a sync connection ---- */
+
+typedef struct {
+    uv_loop_t loop;
+    uv_timer_t tick; /* wakes the loop so deadlines are checked */
+    store_t *st[3];
+    redisContext *rc;
+    char prefix[64];
+    int port;
+    redis_proc_t own; /* a test's private server: killed in teardown, even after a failure */
+} fx_t;
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static int setup(void **state)
+{
+    if (g_redis.pid <= 0) skip();
+    fx_t *f = calloc(1, sizeof(*f));
+    uv_loop_init(&f->loop);
+    uv_timer_init(&f->loop, &f->tick);
+    uv_timer_start(&f->tick, on_tick, 5, 5);
+    f->port = g_redis.port;
+    f->rc = sync_ctx(f->port);
+    assert_non_null(f->rc);
+    static int n;
+    snprintf(f->prefix, sizeof(f->prefix), "mmtest%d-%ld", ++n, (long)getpid());
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx_t *f = *state;
+    if (f == NULL) return 0;
+    for (int i = 0; i < 3; i++) store_destroy(f->st[i]);
+    uv_close((uv_handle_t *)&f->tick, NULL);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    if (f->rc) redisFree(f->rc);
+    redis_kill(&f->own, SIGKILL);
+    if (f->own.dir[0]) {
+        char rm[128];
+        snprintf(rm, sizeof(rm), "rm -rf %s", f->own.dir);
+        if (system(rm) != 0) fprintf(stderr, "cannot remove %s\n", f->own.dir);
+    }
+    free(f);
+    return 0;
+}
+
+#define RUN_UNTIL(f, cond, ms)                                                                     \
+    do {                                                                                           \
+        uint64_t dl_ = mm_now_ms() + (ms);                                                         \
+        while (!(cond) && mm_now_ms() < dl_) uv_run(&(f)->loop, UV_RUN_ONCE);                      \
+    } while (0)
+
+static void run_for(fx_t *f, int ms)
+{
+    RUN_UNTIL(f, 0, ms);
+}
+
+static store_t *mk_store(fx_t *f, int port, int sync_ms)
+{
+    cfg_store_t cfg = {.type = STORE_REDIS, .port = port, .sync_ms = sync_ms};
+    snprintf(cfg.host, sizeof(cfg.host), "127.0.0.1");
+    snprintf(cfg.prefix, sizeof(cfg.prefix), "%s", f->prefix);
+    char err[256];
+    store_t *s = store_create(&f->loop, &cfg, err, sizeof(err));
+    assert_non_null(s);
+    assert_string_equal(store_kind(s), "redis");
+    return s;
+}
+
+static exp_control_t weights(double a, double b)
+{
+    exp_control_t c;
+    memset(&c, 0, sizeof(c));
+    c.weights[0] = a;
+    c.weights[1] = b;
+    c.has_weights = 1;
+    return c;
+}
+
+static exp_state_t *mk_exp(store_t *s, const char *name)
+{
+    exp_control_t c = weights(90, 10);
+    exp_state_t *e = store_experiment(s, name, ARMS, 2, &c, 0);
+    assert_non_null(e);
+    return e;
+}
+
+static uint64_t syncs(const store_t *s)
+{
+    store_stats_t st;
+    store_get_stats(s, &st);
+    return st.syncs;
+}
+
+/* Everything counted before `since` was taken is in Redis and read back. */
+static int settled(const store_t *s, exp_state_t *e, uint64_t since)
+{
+    store_exp_t *x = store_exp_of(e);
+    if (syncs(s) < since + 2 || x->batch.active || !x->synced || x->ctl_init || e->control_dirty ||
+        x->reset_pending)
+        return 0;
+    for (size_t i = 0; i < e->n_arms; i++)
+        if (store_stats_nonzero(&e->pending[i])) return 0;
+    return 1;
+}
+
+#define SETTLE(f, s, e)                                                                            \
+    do {                                                                                           \
+        uint64_t s0_ = syncs(s);                                                                   \
+        RUN_UNTIL(f, settled(s, e, s0_), 3000);                                                    \
+        assert_true(settled(s, e, s0_));                                                           \
+    } while (0)
+
+static redisReply *cmd(fx_t *f, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(f->rc, fmt, ap);
+    va_end(ap);
+    assert_non_null(r);
+    return r;
+}
+
+/* HGET of an arm field as a number (0 when absent). */
+static double arm_field(fx_t *f, const char *exp, const char *arm, const char *field)
+{
+    redisReply *r = cmd(f, "HGET %s:{%s}:arm:%s %s", f->prefix, exp, arm, field);
+    double v = r->type == REDIS_REPLY_STRING ? strtod(r->str, NULL) : 0;
+    freeReplyObject(r);
+    return v;
+}
+
+static int ctl_field(fx_t *f, const char *exp, const char *field, char *out, size_t n)
+{
+    redisReply *r = cmd(f, "HGET %s:{%s}:control %s", f->prefix, exp, field);
+    int ok = r->type == REDIS_REPLY_STRING;
+    if (ok) snprintf(out, n, "%s", r->str);
+    freeReplyObject(r);
+    return ok;
+}
+
+static long long integer(fx_t *f, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(f->rc, fmt, ap);
+    va_end(ap);
+    assert_non_null(r);
+    long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    freeReplyObject(r);
+    return v;
+}
+
+/* ---- tests ---- */
+
+static void test_counters_are_exact_in_redis_after_a_flush(void **state)
+{
+    fx_t *f = *state;
+    store_t *s = f->st[0] = mk_store(f, f->port, 20);
+    exp_state_t *e = mk_exp(s, "recs");
+    RUN_UNTIL(f, store_up(s), 2000);
+    assert_int_equal(store_up(s), 1);
+    for (int i = 0; i < 1000; i++) store_pull(s, e, 0);
+    for (int i = 0; i < 300; i++) store_pull(s, e, 1);
+    for (int i = 0; i < 7; i++) store_error(s, e, 1);
+    for (int i = 0; i < 4; i++) store_reward(s, e, 0, 0.25, 1);
+    store_reward(s, e, 1, -1.5, 0);
+    store_reward(s, e, 1, 2.0, 0);
+    SETTLE(f, s, e);
+
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 1000);
+    assert_true(arm_field(f, "recs", "challenger", "pulls") == 300);
+    assert_true(arm_field(f, "recs", "challenger", "errors") == 7);
+    assert_true(arm_field(f, "recs", "champion", "feedback") == 4);
+    assert_true(arm_field(f, "recs", "champion", "reward_sum") == 1.0);
+    assert_true(arm_field(f, "recs", "champion", "reward_sq_sum") == 0.25);
+    assert_true(arm_field(f, "recs", "champion", "successes") == 1.0);
+    assert_true(arm_field(f, "recs", "champion", "failures") == 3.0);
+    assert_true(arm_field(f, "recs", "challenger", "feedback") == 2);
+    assert_true(arm_field(f, "recs", "challenger", "reward_sum") == 0.5);
+    assert_true(arm_field(f, "recs", "challenger", "reward_sq_sum") == 6.25);
+    /* Fields never incremented are not written. */
+    assert_int_equal(integer(f, "HEXISTS %s:{recs}:arm:champion errors", f->prefix), 0);
+    /* The merged view is the global snapshot. */
+    assert_int_equal(e->merged[0].pulls, 1000);
+    assert_true(e->merged[1].reward_sq_sum == 6.25);
+
+    /* The control hash was seeded from the config. */
+    char buf[256];
+    assert_true(ctl_field(f, "recs", "version", buf, sizeof(buf)));
+    assert_string_equal(buf, "1");
+    assert_int_equal(e->control.version, 1);
+    assert_true(ctl_field(f, "recs", "state", buf, sizeof(buf)));
+    assert_string_equal(buf, "running");
+    assert_true(ctl_field(f, "recs", "weights", buf, sizeof(buf)));
+    assert_string_equal(buf, "{\"champion\":90,\"challenger\":10}");
+    assert_true(ctl_field(f, "recs", "canary_step", buf, sizeof(buf)));
+    assert_string_equal(buf, "0");
+}
+
+static void test_two_instances_see_each_others_increments(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
+    RUN_UNTIL(f, store_up(a) && store_up(b), 2000);
+    for (int i = 0; i < 10; i++) store_pull(a, ea, 0);
+    for (int i = 0; i < 20; i++) store_pull(b, eb, 0);
+    for (int i = 0; i < 5; i++) store_reward(b, eb, 1, 1, 1);
+    uint64_t t0 = mm_now_ms();
+    RUN_UNTIL(f,
+              ea->merged[0].pulls == 30 && eb->merged[0].pulls == 30 &&
+                  ea->merged[1].successes == 5 && eb->merged[1].successes == 5,
+              2000);
+    uint64_t dt = mm_now_ms() - t0;
+    assert_int_equal(ea->merged[0].pulls, 30);
+    assert_int_equal(eb->merged[0].pulls, 30);
+    assert_true(ea->merged[1].successes == 5);
+    print_message("      converged in %llu ms (sync_ms 20)\n", (unsigned long long)dt);
+    /* Local increments show at once, on top of the shared view. */
+    store_pull(a, ea, 0);
+    assert_int_equal(ea->merged[0].pulls, 31);
+}
+
+static void test_control_change_reaches_the_other_instance(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
+    for (int i = 0; i < 3; i++) store_pull(a, ea, 0);
+    RUN_UNTIL(f, eb->merged[0].pulls == 3 && store_exp_of(ea)->synced, 2000);
+    assert_int_equal(eb->merged[0].pulls, 3);
+
+    exp_control_t c = weights(20, 80);
+    c.state = EXP_PAUSED;
+    store_set_control(a, ea, &c);
+    assert_int_equal(ea->control_dirty, 1);
+    RUN_UNTIL(f, eb->control.state == EXP_PAUSED && !ea->control_dirty, 2000);
+    assert_int_equal(eb->control.state, EXP_PAUSED);
+    assert_true(eb->control.weights[0] == 20 && eb->control.weights[1] == 80);
+    assert_int_equal(eb->control.has_weights, 1);
+    SETTLE(f, a, ea);
+    assert_int_equal(ea->control.version, eb->control.version);
+    assert_int_equal(eb->control.version, 2); /* seeded (1), then changed (2) */
+    char buf[256];
+    assert_true(ctl_field(f, "recs", "version", buf, sizeof(buf)));
+    assert_string_equal(buf, "2");
+    assert_true(ctl_field(f, "recs", "state", buf, sizeof(buf)));
+    assert_string_equal(buf, "paused");
+    /* Paused: B's policies see the statistics as they were when it learned of it. */
+    assert_int_equal(eb->frozen[0].pulls, 3);
+    store_pull(a, ea, 0);
+    RUN_UNTIL(f, eb->merged[0].pulls == 4, 2000);
+    assert_int_equal(eb->frozen[0].pulls, 3);
+}
+
+static int g_done;
+static void on_done(void *arg)
+{
+    (void)arg;
+    g_done++;
+}
+
+static void test_control_survives_a_restart_unless_redefined(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs");
+    RUN_UNTIL(f, store_exp_of(ea)->synced, 2000);
+    exp_control_t c = weights(0, 100);
+    c.state = EXP_PROMOTED;
+    store_set_control(a, ea, &c);
+    g_done = 0;
+    store_shutdown(a, 2000, on_done, NULL);
+    RUN_UNTIL(f, g_done == 1, 3000);
+    assert_int_equal(g_done, 1);
+    store_destroy(a);
+    f->st[0] = NULL;
+
+    /* A new process with the same config: Redis's control wins. */
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    exp_state_t *eb = mk_exp(b, "recs");
+    assert_true(eb->control.weights[0] == 90); /* the config until the first sync */
+    SETTLE(f, b, eb);
+    assert_int_equal(eb->control.state, EXP_PROMOTED);
+    assert_true(eb->control.weights[0] == 0 && eb->control.weights[1] == 100);
+    assert_int_equal(eb->control.version, 2);
+
+    /* A process whose config changed the experiment: its control wins. */
+    store_t *d = f->st[2] = mk_store(f, f->port, 20);
+    exp_control_t c2 = weights(60, 40);
+    exp_state_t *ed = store_experiment(d, "recs", ARMS, 2, &c2, 1);
+    SETTLE(f, d, ed);
+    assert_int_equal(ed->control.state, EXP_RUNNING);
+    assert_true(ed->control.weights[0] == 60);
+    assert_int_equal(ed->control.version, 3);
+    RUN_UNTIL(f, eb->control.version == 3, 2000);
+    assert_true(eb->control.weights[0] == 60 && eb->control.state == EXP_RUNNING);
+}
+
+static void test_reset_reaches_every_instance(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
+    for (int i = 0; i < 5; i++) store_pull(a, ea, 0), store_pull(b, eb, 1);
+    exp_control_t c = weights(50, 50);
+    store_set_control(b, eb, &c);
+    RUN_UNTIL(f,
+              ea->merged[1].pulls == 5 && eb->merged[0].pulls == 5 && ea->control.weights[0] == 50,
+              2000);
+    assert_int_equal(ea->merged[1].pulls, 5);
+
+    store_reset(a, ea);
+    assert_int_equal(store_resets(ea), 1);
+    RUN_UNTIL(f, store_resets(eb) == 1 && eb->merged[0].pulls == 0 && eb->merged[1].pulls == 0,
+              2000);
+    assert_int_equal(store_resets(eb), 1);
+    assert_int_equal(eb->merged[0].pulls, 0);
+    assert_true(eb->control.weights[0] == 90); /* back to the config */
+    SETTLE(f, a, ea);
+    assert_int_equal(eb->control.version, ea->control.version);
+    assert_int_equal(integer(f, "EXISTS %s:{recs}:arm:champion", f->prefix), 0);
+    char buf[64];
+    assert_true(ctl_field(f, "recs", "reset_epoch", buf, sizeof(buf)));
+    assert_string_equal(buf, "1");
+
+    /* Counting starts again from zero everywhere. */
+    store_pull(a, ea, 0), store_pull(a, ea, 0), store_pull(b, eb, 0);
+    RUN_UNTIL(f, ea->merged[0].pulls == 3 && eb->merged[0].pulls == 3, 2000);
+    assert_int_equal(eb->merged[0].pulls, 3);
+    assert_int_equal(ea->merged[0].pulls, 3);
+}
+
+typedef struct {
+    int calls, found;
+    store_reqinfo_t info;
+} lookup_result_t;
+
+static void on_lookup(void *arg, int found, const store_reqinfo_t *info)
+{
+    lookup_result_t *r = arg;
+    r->calls++;
+    r->found = found;
+    if (found) r->info = *info;
+}
+
+static void test_lookup_of_an_id_remembered_by_the_other_instance(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs");
+    RUN_UNTIL(f, store_up(a) && store_up(b), 2000);
+    store_remember(a, MM_STR("req-0001"), "recs", "challenger", 30);
+    SETTLE(f, a, ea);
+    store_stats_t st;
+    store_get_stats(a, &st);
+    assert_int_equal(st.req_queued, 0);
+    long long pttl = integer(f, "PTTL %s:req:req-0001", f->prefix);
+    assert_true(pttl > 25000 && pttl <= 30000);
+
+    lookup_result_t r = {0};
+    store_lookup(b, MM_STR("req-0001"), on_lookup, &r);
+    assert_int_equal(r.calls, 0); /* not local: asks Redis */
+    RUN_UNTIL(f, r.calls == 1, 2000);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.found, 1);
+    assert_string_equal(r.info.experiment, "recs");
+    assert_string_equal(r.info.arm, "challenger");
+
+    lookup_result_t u = {0};
+    store_lookup(b, MM_STR("req-none"), on_lookup, &u);
+    RUN_UNTIL(f, u.calls == 1, 2000);
+    assert_int_equal(u.calls, 1);
+    assert_int_equal(u.found, 0);
+
+    /* Destroying the store answers lookups still in flight. */
+    lookup_result_t d = {0};
+    store_lookup(b, MM_STR("req-0001"), on_lookup, &d);
+    store_destroy(b);
+    f->st[1] = NULL;
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(d.found, 0);
+}
+
+/* ---- the feedback stream ---- */
+
+typedef struct {
+    store_t *s;
+    int delivered;
+    int applied;
+    unsigned max_deliveries_seen;
+    store_msg_t *deferred; /* answered later, as after an async lookup */
+} stream_rx_t;
+
+static void on_msg(void *arg, store_msg_t *m)
+{
+    stream_rx_t *rx = arg;
+    rx->delivered++;
+    if (store_msg_deliveries(m) > rx->max_deliveries_seen)
+        rx->max_deliveries_seen = store_msg_deliveries(m);
+    const char *reward = store_msg_field(m, "reward");
+    const char *id = store_msg_field(m, "request_id");
+    assert_non_null(id);
+    if (strcmp(id, "later") == 0 && rx->deferred == NULL) {
+        rx->deferred = m;
+        return;
+    }
+    int ok = reward != NULL && strcmp(reward, "bad") != 0;
+    if (ok) rx->applied++;
+    store_msg_done(rx->s, m, ok);
+}
+
+static long long pending_count(fx_t *f)
+{
+    redisReply *r = cmd(f, "XPENDING %s:feedback modelmux", f->prefix);
+    long long n = r->type == REDIS_REPLY_ARRAY && r->elements > 0 ? r->element[0]->integer : -1;
+    freeReplyObject(r);
+    return n;
+}
+
+static void xadd(fx_t *f, const char *id, const char *reward)
+{
+    redisReply *r = cmd(f, "XADD %s:feedback * request_id %s reward %s", f->prefix, id, reward);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    freeReplyObject(r);
+}
+
+static void test_stream_entries_delivered_and_only_applied_ones_acked(void **state)
+{
+    fx_t *f = *state;
+    /* Written before any instance runs: the group starts at 0, so they count. */
+    xadd(f, "r1", "1");
+    xadd(f, "r2", "0.5");
+    store_t *s = f->st[0] = mk_store(f, f->port, 20);
+    stream_rx_t rx = {.s = s};
+    store_stream_opts_t o = {.claim_idle_ms = 300, .max_deliveries = 3};
+    assert_int_equal(store_stream_subscribe(s, on_msg, &rx, &o), 0);
+    assert_int_equal(store_stream_subscribe(s, on_msg, &rx, &o), -1);
+    RUN_UNTIL(f, rx.delivered == 2, 2000);
+    xadd(f, "r3", "0");
+    xadd(f, "r4", "bad");
+    xadd(f, "r5", "bad");
+    xadd(f, "later", "1");
+    RUN_UNTIL(f, rx.delivered == 6, 2000);
+    assert_int_equal(rx.delivered, 6);
+    assert_int_equal(rx.applied, 3);
+    assert_non_null(rx.deferred);
+    store_stats_t st;
+    RUN_UNTIL(f, (store_get_stats(s, &st), st.stream_acked == 3), 2000);
+    assert_int_equal(st.stream_acked, 3);
+    /* Not applied (and not yet answered) entries stay pending. */
+    assert_int_equal(pending_count(f), 3);
+
+    store_msg_done(s, rx.deferred, 1);
+    RUN_UNTIL(f, (store_get_stats(s, &st), st.stream_acked == 4), 2000);
+    assert_int_equal(pending_count(f), 2);
+
+    /* The two bad ones are claimed again after 300 ms idle, and after the
+     * third delivery acked unapplied, so they do not circulate forever. */
+    RUN_UNTIL(f, (store_get_stats(s, &st), st.stream_dead == 2), 5000);
+    assert_int_equal(st.stream_dead, 2);
+    assert_int_equal(rx.max_deliveries_seen, 3);
+    assert_int_equal(pending_count(f), 0);
+    assert_int_equal(st.stream_delivered, 6 + 4);
+}
+
+static void test_lost_reply_is_retried_without_double_counting(void **state)
+{
+    fx_t *f = *state;
+    store_t *s = f->st[0] = mk_store(f, f->port, 20);
+    exp_state_t *e = mk_exp(s, "recs");
+    RUN_UNTIL(f, store_exp_of(e)->synced, 2000);
+    for (int i = 0; i < 100; i++) store_pull(s, e, 0);
+    store_reward(s, e, 1, 0.5, 1);
+    /* The next reply is "lost" after Redis applied the write. */
+    store_redis_debug_lose_replies(s, 1);
+    RUN_UNTIL(f, store_exp_of(e)->batch.failed, 2000);
+    assert_true(store_exp_of(e)->batch.failed);
+    for (int i = 0; i < 10; i++) store_pull(s, e, 0); /* during the retry */
+    SETTLE(f, s, e);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 110);
+    assert_true(arm_field(f, "recs", "challenger", "successes") == 0.5);
+    assert_int_equal(e->merged[0].pulls, 110);
+    store_stats_t st;
+    store_get_stats(s, &st);
+    assert_true(st.sync_errors >= 1);
+}
+
+static void test_shutdown_flushes_what_is_pending(void **state)
+{
+    fx_t *f = *state;
+    store_t *s = f->st[0] = mk_store(f, f->port, 60000); /* no timer round in this test */
+    exp_state_t *e = mk_exp(s, "recs");
+    RUN_UNTIL(f, store_exp_of(e)->synced, 2000); /* the round right after connecting */
+    for (int i = 0; i < 42; i++) store_pull(s, e, 1);
+    store_remember(s, MM_STR("flushed-at-exit"), "recs", "champion", 60);
+    exp_control_t c = weights(1, 2);
+    store_set_control(s, e, &c);
+    g_done = 0;
+    store_shutdown(s, 2000, on_done, NULL);
+    RUN_UNTIL(f, g_done == 1, 3000);
+    assert_int_equal(g_done, 1);
+    assert_true(arm_field(f, "recs", "challenger", "pulls") == 42);
+    assert_int_equal(integer(f, "EXISTS %s:req:flushed-at-exit", f->prefix), 1);
+    char buf[64];
+    assert_true(ctl_field(f, "recs", "version", buf, sizeof(buf)));
+    assert_string_equal(buf, "2");
+}
+
+static void test_redis_absent_at_start_then_everything_is_written(void **state)
+{
+    fx_t *f = *state;
+    redis_proc_t *p = &f->own;
+    p->port = free_port();
+    store_t *s = f->st[0] = mk_store(f, p->port, 20); /* nothing listens there */
+    exp_state_t *e = mk_exp(s, "recs");
+    assert_int_equal(store_up(s), 0);
+    for (int i = 0; i < 50; i++) store_pull(s, e, 0);
+    store_remember(s, MM_STR("early"), "recs", "challenger", 60);
+    run_for(f, 300);
+    assert_int_equal(store_up(s), 0);
+    assert_int_equal(e->merged[0].pulls, 50); /* routing goes on with local state */
+    lookup_result_t r = {0};
+    store_lookup(s, MM_STR("early"), on_lookup, &r); /* the local map still answers */
+    assert_int_equal(r.found, 1);
+
+    assert_int_equal(redis_start(p), 0);
+    redisContext *rc = sync_ctx(p->port);
+    assert_non_null(rc);
+    RUN_UNTIL(f, store_up(s), 3000);
+    assert_int_equal(store_up(s), 1);
+    SETTLE(f, s, e);
+    redisReply *rep = redisCommand(rc, "HGET %s:{recs}:arm:champion pulls", f->prefix);
+    assert_non_null(rep);
+    assert_string_equal(rep->str, "50");
+    freeReplyObject(rep);
+    rep = redisCommand(rc, "GET %s:req:early", f->prefix);
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    assert_string_equal(rep->str, "recs challenger");
+    freeReplyObject(rep);
+    redisFree(rc);
+
+    /* Shutdown while Redis is gone gives up at the deadline. */
+    redis_kill(p, SIGKILL);
+    store_pull(s, e, 0);
+    RUN_UNTIL(f, !store_up(s), 3000);
+    g_done = 0;
+    uint64_t t0 = mm_now_ms();
+    store_shutdown(s, 200, on_done, NULL);
+    RUN_UNTIL(f, g_done == 1, 2000);
+    assert_int_equal(g_done, 1);
+    assert_true(mm_now_ms() - t0 < 1000);
+}
+
+typedef struct {
+    store_t *s;
+    exp_state_t *e;
+    uint64_t total;
+} pump_t;
+
+static void on_pump(uv_timer_t *t)
+{
+    pump_t *p = t->data;
+    for (int i = 0; i < 3; i++, p->total++) store_pull(p->s, p->e, (int)(p->total % 2));
+    if (p->total % 30 == 0) store_reward(p->s, p->e, 0, 1, 1);
+}
+
+static void test_redis_killed_and_restarted_loses_no_increment(void **state)
+{
+    fx_t *f = *state;
+    redis_proc_t *p = &f->own;
+    p->port = free_port();
+    snprintf(p->dir, sizeof(p->dir), "/tmp/mm-store-aof-XXXXXX");
+    assert_non_null(mkdtemp(p->dir));
+    assert_int_equal(redis_start(p), 0);
+
+    store_t *s = f->st[0] = mk_store(f, p->port, 10);
+    exp_state_t *e = mk_exp(s, "recs");
+    RUN_UNTIL(f, store_up(s), 2000);
+    pump_t pump = {.s = s, .e = e};
+    uv_timer_t pt;
+    uv_timer_init(&f->loop, &pt);
+    pt.data = &pump;
+    uv_timer_start(&pt, on_pump, 1, 1);
+
+    run_for(f, 300);
+    redis_kill(p, SIGKILL); /* mid-run: a round may be in flight */
+    RUN_UNTIL(f, !store_up(s), 3000);
+    assert_int_equal(store_up(s), 0);
+    store_remember(s, MM_STR("during-outage"), "recs", "champion", 60);
+    run_for(f, 300);
+    assert_int_equal(redis_start(p), 0); /* same port, same AOF */
+    RUN_UNTIL(f, store_up(s), 6000);
+    assert_int_equal(store_up(s), 1);
+    run_for(f, 300);
+    uv_timer_stop(&pt);
+    uv_close((uv_handle_t *)&pt, NULL);
+    SETTLE(f, s, e);
+
+    redisContext *rc = sync_ctx(p->port);
+    assert_non_null(rc);
+    redisContext *keep = f->rc;
+    f->rc = rc;
+    double got =
+        arm_field(f, "recs", "champion", "pulls") + arm_field(f, "recs", "challenger", "pulls");
+    double fb = arm_field(f, "recs", "champion", "feedback");
+    assert_int_equal(integer(f, "EXISTS %s:req:during-outage", f->prefix), 1);
+    f->rc = keep;
+    redisFree(rc);
+    print_message("      %llu increments, %.0f in Redis after a kill and restart\n",
+                  (unsigned long long)pump.total, got);
+    assert_true(got == (double)pump.total);
+    assert_true(fb == (double)(pump.total / 30));
+    assert_int_equal(e->merged[0].pulls + e->merged[1].pulls, pump.total);
+    store_stats_t st;
+    store_get_stats(s, &st);
+    assert_true(st.reconnects >= 1);
+}
+
+static void test_hung_redis_is_dropped_and_nothing_counts_twice(void **state)
+{
+    fx_t *f = *state;
+    redis_proc_t *p = &f->own;
+    p->port = free_port();
+    assert_int_equal(redis_start(p), 0);
+    store_t *s = f->st[0] = mk_store(f, p->port, 20);
+    exp_state_t *e = mk_exp(s, "recs");
+    RUN_UNTIL(f, store_up(s), 2000);
+    for (int i = 0; i < 100; i++) store_pull(s, e, 0);
+    SETTLE(f, s, e);
+
+    /* Stopped, not dead: the socket stays open, replies never come. The
+     * round sent now reaches Redis and is applied when it resumes, after we
+     * gave up on it: the retry must be recognised as a duplicate. */
+    kill(p->pid, SIGSTOP);
+    for (int i = 0; i < 50; i++) store_pull(s, e, 0);
+    uint64_t t0 = mm_now_ms();
+    RUN_UNTIL(f, !store_up(s), 8000);
+    assert_int_equal(store_up(s), 0);
+    print_message("      hung Redis detected after %llu ms\n",
+                  (unsigned long long)(mm_now_ms() - t0));
+    for (int i = 0; i < 25; i++) store_pull(s, e, 0);
+    kill(p->pid, SIGCONT);
+    RUN_UNTIL(f, store_up(s), 8000);
+    assert_int_equal(store_up(s), 1);
+    SETTLE(f, s, e);
+    redisContext *rc = sync_ctx(p->port);
+    assert_non_null(rc);
+    redisReply *rep = redisCommand(rc, "HGET %s:{recs}:arm:champion pulls", f->prefix);
+    assert_non_null(rep);
+    assert_string_equal(rep->str, "175");
+    freeReplyObject(rep);
+    redisFree(rc);
+    assert_int_equal(e->merged[0].pulls, 175);
+}
+
+/* The pull on arm 0 is sent and its reply not yet in. */
+static int in_flight(exp_state_t *e)
+{
+    const store_batch_t *b = &store_exp_of(e)->batch;
+    return b->active && !b->failed && b->deltas[0].pulls == 1;
+}
+
+static void test_experiment_removed_while_its_write_is_in_flight(void **state)
+{
+    fx_t *f = *state;
+    store_t *s = f->st[0] = mk_store(f, f->port, 20);
+    exp_state_t *keep = mk_exp(s, "recs");
+    exp_state_t *gone = mk_exp(s, "gone");
+    RUN_UNTIL(f, store_up(s), 2000);
+    store_pull(s, gone, 0);
+    RUN_UNTIL(f, in_flight(gone), 2000);
+    assert_true(in_flight(gone));
+    const char *const names[] = {"recs"};
+    store_retain(s, names, 1); /* its reply is still on the way */
+    assert_non_null(s->zombies);
+    store_pull(s, keep, 1);
+    SETTLE(f, s, keep);
+    assert_null(s->zombies); /* freed when the reply came */
+    assert_true(arm_field(f, "gone", "champion", "pulls") == 1);
+
+    /* And once more, destroying the store with the reply outstanding. */
+    gone = mk_exp(s, "gone");
+    store_pull(s, gone, 0);
+    RUN_UNTIL(f, in_flight(gone), 2000);
+    store_retain(s, names, 1);
+    store_destroy(s);
+    f->st[0] = NULL;
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_counters_are_exact_in_redis_after_a_flush, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_two_instances_see_each_others_increments, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_control_change_reaches_the_other_instance, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_control_survives_a_restart_unless_redefined, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_reset_reaches_every_instance, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lookup_of_an_id_remembered_by_the_other_instance,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_entries_delivered_and_only_applied_ones_acked,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lost_reply_is_retried_without_double_counting, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_flushes_what_is_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_absent_at_start_then_everything_is_written,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted_loses_no_increment, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_hung_redis_is_dropped_and_nothing_counts_twice, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_experiment_removed_while_its_write_is_in_flight, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
