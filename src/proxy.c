@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "proxy_internal.h"
 #include "reqlog.h"
 #include "shadow_rt.h"
@@ -492,6 +493,13 @@ static void on_request_head(conn_t *c)
     r->req_chunked = (c->parser.flags & F_CHUNKED) != 0;
     uint64_t clen = (c->parser.flags & F_CONTENT_LENGTH) ? c->parser.content_length : 0;
     r->has_body = r->req_chunked || clen > 0;
+    if (!r->has_body) {
+        /* A bodiless request ends with its head: let the parser say so now,
+         * so that an early error answer can keep the connection. */
+        llhttp_execute(&c->parser, c->rbuf + c->rpos, 0);
+        if (llhttp_get_errno(&c->parser) == HPE_PAUSED) llhttp_resume(&c->parser);
+        r->body_done = 1;
+    }
 
     int idh = http_find(h, base, "x-request-id");
     mm_str_t cid = idh >= 0 ? http_trim(http_hvalue(h, base, idh)) : (mm_str_t){NULL, 0};
@@ -551,9 +559,6 @@ static void on_request_head(conn_t *c)
         uv_write(&c->wreq_continue, (uv_stream_t *)&c->tcp, &b, 1, on_continue_written);
     }
     if (!r->has_body) {
-        /* A bodiless request ends with its head: let the parser say so. */
-        llhttp_execute(&c->parser, c->rbuf + c->rpos, 0);
-        if (llhttp_get_errno(&c->parser) == HPE_PAUSED) llhttp_resume(&c->parser);
         r->body_done = 1;
         c->phase = C_WAIT;
         shadow_start(c);
@@ -570,6 +575,7 @@ static void dispatch(conn_t *c)
 {
     req_t *r = &c->req;
     r->up_head_written = 0;
+    r->replayable = 1;
     r->user.ops = &proxy_user_ops;
     r->user.no_body_expected = r->head_request;
     r->pool = r->exp->pools[r->arm];
@@ -618,7 +624,6 @@ static void pump_body(conn_t *c)
     }
     if (used > 0) bufs[nb++] = uv_buf_init(c->rbuf + start, (unsigned)used);
     if (nb == 0) return;
-    if (!r->up_head_written) r->whole_in_first_write = r->body_done;
     r->up_head_written = 1;
     c->pinned = used > 0;
     if (up_write(r->up, bufs, nb, r->body_done) != 0) c->pinned = 0;
@@ -630,11 +635,13 @@ static void pu_on_conn(up_user_t *u, up_conn_t *uc)
     conn_t *c = r->conn;
     r->up = uc;
     if (r->retry) {
-        /* Resend exactly what was sent before: head and the whole body. */
+        /* Resend what the failed exchange was sent: the head and the body
+         * bytes forwarded so far (still in the buffer); the rest follows. */
+        r->retry = 0;
         uv_buf_t bufs[2] = {uv_buf_init(r->up_head.p, (unsigned)r->up_head.len),
                             uv_buf_init(c->rbuf + r->body_off, (unsigned)(c->rpos - r->body_off))};
         c->pinned = bufs[1].len > 0;
-        if (up_write(uc, bufs, bufs[1].len ? 2 : 1, 1) != 0) c->pinned = 0;
+        if (up_write(uc, bufs, bufs[1].len ? 2 : 1, r->body_done) != 0) c->pinned = 0;
         return;
     }
     pump_body(c);
@@ -646,7 +653,11 @@ static void pu_on_sent(up_user_t *u, up_conn_t *uc)
     conn_t *c = r->conn;
     c->pinned = 0;
     if (r->body_done) return;
-    if (c->rpos == c->rlen) c->rpos = c->rlen = 0; /* all forwarded: reuse the buffer */
+    if (c->rpos == c->rlen) {                         /* all forwarded: reuse the buffer */
+        if (c->rpos > r->body_off) r->replayable = 0; /* forwarded body bytes are gone */
+        r->body_off = 0;
+        c->rpos = c->rlen = 0;
+    }
     start_reading(c);
     pump_body(c);
 }
@@ -760,28 +771,23 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
         conn_close(c);
         return;
     }
-    int connect_fail = kind == UP_ERR_CONNECT || kind == UP_ERR_CONNECT_TIMEOUT;
     if (kind != UP_ERR_OVERFLOW) up_pool_observe(r->pool, 0, mm_now_ms());
     store_error(c->srv->store, r->exp->state, r->arm);
-    if (reused && r->whole_in_first_write && r->body_done && r->retries < MAX_RETRIES) {
+    if (reused && r->replayable && r->retries < MAX_RETRIES) {
         /* The model server closed a keep-alive connection as we reused it. */
         r->retries++;
-        r->retry = 1;
+        r->retry = r->up_head_written;
         up_acquire(r->pool, &r->user);
         return;
     }
-    if (connect_fail && r->arm != 0 && !r->up_head_written) {
-        /* A challenger that cannot be reached: the champion answers. */
+    /* A challenger that failed before answering (refused, reset, died): the
+     * champion answers, when we still hold every byte sent so far. Model
+     * requests are predictions, safe to repeat; a timeout is not replayed
+     * (the challenger may still be working on it). */
+    if (r->arm != 0 && r->replayable && kind != UP_ERR_TIMEOUT && kind != UP_ERR_OVERFLOW) {
         r->exp->metrics->arms[r->arm].fallbacks++;
         r->arm = 0;
-        r->retry = 0;
-        dispatch(c);
-        return;
-    }
-    if (connect_fail && r->up_head_written && r->arm != 0 && r->whole_in_first_write) {
-        r->exp->metrics->arms[r->arm].fallbacks++;
-        r->arm = 0;
-        r->retry = 1;
+        r->retry = r->up_head_written;
         build_upstream_head(c);
         r->pool = r->exp->pools[0];
         up_acquire(r->pool, &r->user);
@@ -858,7 +864,7 @@ static void req_finish(conn_t *c)
     r->local = 0;
     r->responding = r->final_write = r->head_pending = 0;
     r->body_done = r->up_done = r->retry = r->retries = 0;
-    r->up_head_written = r->whole_in_first_write = 0;
+    r->up_head_written = r->replayable = 0;
     r->status = 0;
     r->body_in = r->bytes_out = 0;
     r->up_errors = 0;

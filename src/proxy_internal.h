@@ -41,8 +41,8 @@ typedef struct {
     int active;
     int body_done; /* the whole request body was read */
     int up_head_written;
-    int whole_in_first_write; /* head and the whole body went out in one write */
-    size_t body_off;          /* where the raw body starts in the read buffer */
+    int replayable;  /* every body byte forwarded so far is still in the buffer */
+    size_t body_off; /* where the raw body starts in the read buffer */
     int retry, retries;
     int responding;   /* the answer to the client has started */
     int head_pending; /* the answer's head is built but not yet written */
