@@ -1,0 +1,198 @@
+"""test_cli — the command line contract (DESIGN.md §2) and --check's errors.
+
+`--check` is what operators run before a deploy and what a reload relies on:
+every shipped example must pass it, and every mistake must fail it with
+exit status 1 and one `FILE:LINE:COL: message` line that points at the
+offending token of the file. The configs below are written as literal text so
+that the expected line and column can be read off the source of this test.
+"""
+import glob
+import os
+import re
+import subprocess
+import tempfile
+import unittest
+
+import mmtest
+
+# Every broken config below is this file with one line changed. Line numbers:
+#  1 {
+#  2   "listen": "127.0.0.1:18080",
+#  3   "upstreams": {
+#  4     "champion": {"url": "http://127.0.0.1:7001"},
+#  5     "challenger": {"url": "http://127.0.0.1:7002"}
+#  6   },
+#  7   "experiments": [
+#  8     {"name": "ab", "match": {"path_prefix": "/v1/"},
+#  9      "policy": "ab", "arms": {"champion": 90, "challenger": 10}}
+# 10   ]
+# 11 }
+GOOD = """{
+  "listen": "127.0.0.1:18080",
+  "upstreams": {
+    "champion": {"url": "http://127.0.0.1:7001"},
+    "challenger": {"url": "http://127.0.0.1:7002"}
+  },
+  "experiments": [
+    {"name": "ab", "match": {"path_prefix": "/v1/"},
+     "policy": "ab", "arms": {"champion": 90, "challenger": 10}}
+  ]
+}
+"""
+
+LINE4 = '    "champion": {"url": "http://127.0.0.1:7001"},'
+LINE9 = '     "policy": "ab", "arms": {"champion": 90, "challenger": 10}}'
+
+
+def variant(old, new, text=GOOD):
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+def run(*args, timeout=20):
+    return subprocess.run([mmtest.MM_BIN] + list(args), cwd=mmtest.SOURCE_DIR, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+class CheckAccepts(unittest.TestCase):
+    def test_default_config_passes_check(self):
+        r = run("--check", "-c", "config/modelmux.json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stderr, "")
+
+    def test_every_example_config_passes_check(self):
+        paths = sorted(glob.glob(os.path.join(mmtest.SOURCE_DIR, "config", "*.json")))
+        self.assertGreater(len(paths), 1)
+        for path in paths:
+            with self.subTest(config=os.path.basename(path)):
+                r = run("--check", "-c", path)
+                self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_base_config_of_these_tests_passes_check(self):
+        # The broken variants below differ from this one in one line only.
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "good.json")
+            with open(path, "w") as f:
+                f.write(GOOD)
+            r = run("--check", "-c", path)
+            self.assertEqual(r.returncode, 0, r.stderr)
+
+
+class CheckRejects(unittest.TestCase):
+    """Each case: exit 1, and stderr is `FILE:LINE:COL: message`."""
+
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+
+    def tearDown(self):
+        self.dir.cleanup()
+
+    def assertCheckFails(self, text, line, col, *words):
+        path = os.path.join(self.dir.name, "bad.json")
+        with open(path, "w") as f:
+            f.write(text)
+        r = run("--check", "-c", path)
+        self.assertEqual(r.returncode, 1, "stdout=%r stderr=%r" % (r.stdout, r.stderr))
+        lines = r.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        m = re.match(r"^(.*):(\d+):(\d+): (.+)$", lines[0])
+        self.assertIsNotNone(m, "not FILE:LINE:COL: message: %r" % lines[0])
+        self.assertEqual(m.group(1), path)
+        self.assertEqual((int(m.group(2)), int(m.group(3))), (line, col), lines[0])
+        for w in words:
+            self.assertIn(w, m.group(4))
+        return m.group(4)
+
+    def test_syntax_error_points_at_the_unexpected_token(self):
+        # A trailing comma: the '}' after it is at line 9, column 64.
+        text = variant(LINE9, LINE9.replace('"challenger": 10}', '"challenger": 10,}'))
+        self.assertCheckFails(text, 9, 64)
+
+    def test_unknown_upstream_in_experiment_points_at_the_arm(self):
+        # "champ": 10 — the weight of the unknown arm is at column 56.
+        text = variant(LINE9, LINE9.replace('"challenger"', '"champ"'))
+        self.assertCheckFails(text, 9, 56, "champ", "unknown upstream")
+
+    def test_bad_url_points_at_the_url(self):
+        text = variant(LINE4, LINE4.replace("http://", "http//"))
+        self.assertCheckFails(text, 4, 25, "upstreams.champion.url", "http//127.0.0.1:7001")
+
+    def test_https_url_is_refused(self):
+        text = variant(LINE4, LINE4.replace("http://", "https://"))
+        self.assertCheckFails(text, 4, 25, "upstreams.champion.url")
+
+    def test_negative_weight_points_at_the_weight(self):
+        text = variant(LINE9, LINE9.replace("10}}", "-10}}"))
+        self.assertCheckFails(text, 9, 61, "-10")
+
+    def test_all_zero_weights_point_at_the_arms_object(self):
+        text = variant(LINE9, LINE9.replace("90", "0").replace("10}}", "0}}"))
+        self.assertCheckFails(text, 9, 30, "experiments[0].arms")
+
+    def test_unknown_policy_points_at_the_policy_name(self):
+        text = variant(LINE9, LINE9.replace('"policy": "ab"', '"policy": "abtest"'))
+        self.assertCheckFails(text, 9, 16, "abtest", "unknown policy")
+
+    def test_unknown_key_points_at_the_key(self):
+        text = variant(LINE4, LINE4.replace('"}', '", "timeout": 5}'))
+        self.assertCheckFails(text, 4, 50, "unknown key", "upstreams.champion.timeout")
+
+    def test_public_admin_listener_without_token_is_refused(self):
+        text = variant('  "listen": "127.0.0.1:18080",\n',
+                       '  "listen": "127.0.0.1:18080", "admin": {"listen": "0.0.0.0:19090"},\n')
+        self.assertCheckFails(text, 2, 52, "admin.listen", "0.0.0.0", "token")
+
+    def test_public_admin_listener_with_token_passes(self):
+        text = variant('  "listen": "127.0.0.1:18080",\n',
+                       '  "listen": "127.0.0.1:18080",\n'
+                       '  "admin": {"listen": "0.0.0.0:19090", "token": "s3cret"},\n')
+        path = os.path.join(self.dir.name, "ok.json")
+        with open(path, "w") as f:
+            f.write(text)
+        r = run("--check", "-c", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_missing_file_fails_with_exit_1(self):
+        r = run("--check", "-c", os.path.join(self.dir.name, "nope.json"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("nope.json", r.stderr)
+
+    def test_startup_refuses_a_bad_config_like_check(self):
+        # Without --check, the same error stops modelmux before it listens.
+        text = variant(LINE9, LINE9.replace("10}}", "-10}}"))
+        path = os.path.join(self.dir.name, "bad.json")
+        with open(path, "w") as f:
+            f.write(text)
+        r = run("-c", path, timeout=10)
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stderr, re.escape(path) + r":9:61: ")
+
+
+class Options(unittest.TestCase):
+    def test_version_prints_version_and_exits_0(self):
+        r = run("--version")
+        self.assertEqual(r.returncode, 0)
+        self.assertRegex(r.stdout, r"^modelmux \d+\.\d+\.\d+")
+
+    def test_help_prints_usage_and_exits_0(self):
+        r = run("--help")
+        self.assertEqual(r.returncode, 0)
+        for opt in ("-c FILE", "--check", "--workers", "--seed", "--version", "--help"):
+            self.assertIn(opt, r.stdout)
+
+    def test_unknown_option_exits_2(self):
+        r = run("--frobnicate")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--frobnicate", r.stderr)
+
+    def test_option_missing_its_value_exits_2(self):
+        r = run("-c")
+        self.assertEqual(r.returncode, 2)
+
+    def test_seed_that_is_not_a_number_exits_2(self):
+        r = run("--seed", "abc", "--check", "-c", "config/modelmux.json")
+        self.assertEqual(r.returncode, 2)
+
+
+if __name__ == "__main__":
+    mmtest.main()

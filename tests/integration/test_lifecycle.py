@@ -1,0 +1,316 @@
+"""test_lifecycle — signals (DESIGN.md §2) and mirrored traffic (§4).
+
+SIGHUP swaps in a new config without dropping connections, and a bad new
+config changes nothing but the log. SIGTERM stops accepting, lets in-flight
+requests finish (bounded by drain_timeout_ms) and exits 0. A shadow arm
+receives mirrors but never delays, changes or fails the primary answer.
+
+modelmux must exit 0 on SIGTERM with no sanitizer report in its log, in
+every test (that is what the ASan build checks).
+"""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import unittest
+
+import mmtest
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def stats(port):
+    status, _, body = mmtest.request(port, "GET", "/_stats")
+    assert status == 200, status
+    return json.loads(body)
+
+
+def ab_config(port, champion, challenger, weights, **limits):
+    lim = {"drain_timeout_ms": 3000}
+    lim.update(limits)
+    return mmtest.base_config(
+        port, {"champion": champion, "challenger": challenger},
+        [{"name": "ab", "match": {"path_prefix": "/"}, "policy": "ab", "arms": weights}], limits=lim)
+
+
+def get(conn, path, headers=None):
+    conn.request("GET", path, headers=headers or {})
+    r = conn.getresponse()
+    body = r.read()
+    return r.status, r.getheader("X-Modelmux-Arm"), body
+
+
+class Lifecycle(mmtest.MMTestCase):
+    def tearDown(self):
+        super().tearDown()
+        self.assertCleanExit()
+
+    def assertCleanExit(self):
+        for p in self.cluster.procs:
+            if not p.name.startswith("modelmux"):
+                continue
+            log = p.log()
+            if not getattr(p, "exit_checked", False):  # else the test itself asserted it
+                self.assertEqual(p.p.returncode, 0, "%s exit status after SIGTERM; log:\n%s" % (p.name, log[-3000:]))
+            for m in SANITIZER_MARKERS:
+                self.assertNotIn(m, log, log[-6000:])
+
+    def sigterm_and_wait(self, mm, within):
+        """SIGTERM; assert exit status 0 within `within` s; return the time it took."""
+        mm.exit_checked = True
+        t0 = time.time()
+        mm.signal(signal.SIGTERM)
+        try:
+            code = mm.wait(within)
+        except subprocess.TimeoutExpired:
+            self.fail("modelmux still running %.1f s after SIGTERM; log:\n%s" % (within, mm.log()[-2000:]))
+        self.assertEqual(code, 0, mm.log()[-2000:])
+        return time.time() - t0
+
+    def two_servers(self, *challenger_args):
+        return self.cluster.model_server("champion"), self.cluster.model_server("challenger", *challenger_args)
+
+    def conn(self, port, timeout=10):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.addCleanup(c.close)
+        return c
+
+    def wait_refused(self, port, timeout=2.0):
+        """True once a new connection to port is refused."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            except ConnectionRefusedError:
+                return True
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return False
+
+
+class Reload(Lifecycle):
+    def test_sighup_with_good_config_moves_traffic_without_dropping_connections(self):
+        champion, challenger = self.two_servers()
+        port = mmtest.free_port()
+        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
+                                             {"champion": 100, "challenger": 0}), "--seed", 1)
+        held = self.conn(port)  # a keep-alive connection across the reload
+        for _ in range(20):
+            self.assertEqual(get(held, "/v1/rank")[:2], (200, "champion"))
+        self.cluster.write_config(ab_config(port, champion.port, challenger.port,
+                                            {"champion": 0, "challenger": 100}), "modelmux.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mmtest.request(port, "GET", "/v1/rank")[1]["x-modelmux-arm"] == "challenger",
+                          timeout=5)
+        for _ in range(30):  # after the reload, all traffic goes to the challenger
+            self.assertEqual(get(held, "/v1/rank")[:2], (200, "challenger"))
+        self.assertTrue(mm.alive())
+
+    def test_sighup_with_bad_config_keeps_old_config_and_logs_position(self):
+        champion, challenger = self.two_servers()
+        port = mmtest.free_port()
+        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
+                                             {"champion": 100, "challenger": 0}), "--seed", 1)
+        good = ab_config(port, champion.port, challenger.port, {"champion": 0, "challenger": 100})
+        # valid JSON with a negative weight; the error must point at it
+        text = json.dumps(good, indent=2).replace('"challenger": 100', '"challenger": -100')
+        line = next(i for i, l in enumerate(text.splitlines(), 1) if '"challenger": -100' in l)
+        col = text.splitlines()[line - 1].index("-100") + 1
+        with open(mm.config_path, "w") as f:
+            f.write(text)
+        mm.signal(signal.SIGHUP)
+        where = "%s:%d:%d:" % (mm.config_path, line, col)
+        mmtest.eventually(lambda: where in mm.log(), timeout=5)
+        self.assertTrue(mm.alive())
+        c = self.conn(port)
+        for _ in range(30):  # the old config keeps serving
+            self.assertEqual(get(c, "/v1/rank")[:2], (200, "champion"))
+
+    def test_sighup_with_unparseable_config_keeps_serving(self):
+        champion, challenger = self.two_servers()
+        port = mmtest.free_port()
+        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
+                                             {"champion": 100, "challenger": 0}), "--seed", 1)
+        with open(mm.config_path, "w") as f:
+            f.write('{\n  "listen": \n}\n')  # the '}' at line 3, column 1
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "%s:3:1:" % mm.config_path in mm.log(), timeout=5)
+        self.assertTrue(mm.alive())
+        self.assertEqual(get(self.conn(port), "/v1/rank")[:2], (200, "champion"))
+
+
+class Shutdown(Lifecycle):
+    def test_sigterm_before_any_request_exits_0_promptly(self):
+        champion, challenger = self.two_servers()
+        port = mmtest.free_port()
+        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
+                                             {"champion": 1, "challenger": 1}))
+        self.assertLess(self.sigterm_and_wait(mm, 5), 1.0)
+
+    def test_sigterm_while_idle_exits_0_promptly(self):
+        # idle after a request: the pool holds a keep-alive connection to a
+        # model server that is still up, which must not keep modelmux alive
+        champion, challenger = self.two_servers()
+        port = mmtest.free_port()
+        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
+                                             {"champion": 1, "challenger": 1}))
+        self.assertEqual(mmtest.request(port, "GET", "/v1/rank")[0], 200)
+        self.assertLess(self.sigterm_and_wait(mm, 5), 1.0)
+
+    def test_sigterm_closes_idle_keepalive_connections_and_exits_promptly(self):
+        champion, challenger = self.two_servers()
+        port = mmtest.free_port()
+        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
+                                             {"champion": 1, "challenger": 1}))
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(s.close)
+        s.sendall(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertTrue(s.recv(65536).startswith(b"HTTP/1.1 200"))
+        # an idle client connection does not hold the drain
+        self.assertLess(self.sigterm_and_wait(mm, 5), 1.0)
+        self.assertEqual(s.recv(65536), b"")
+
+    def test_sigterm_finishes_in_flight_request_refuses_new_ones_and_exits_0(self):
+        champion, challenger = self.two_servers()
+        port = mmtest.free_port()
+        drain_ms = 3000
+        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
+                                             {"champion": 1, "challenger": 1}, drain_timeout_ms=drain_ms))
+        result = {}
+
+        def slow():
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                result["answer"] = get(c, "/sleep/800", {"X-Request-Id": "in-flight"})
+                c.close()
+            except Exception as e:  # reported by the assertion below
+                result["error"] = repr(e)
+
+        t = threading.Thread(target=slow)
+        t.start()
+        # the request has reached a model server
+        mmtest.eventually(lambda: stats(champion.port)["requests"] + stats(challenger.port)["requests"] == 1,
+                          timeout=5, interval=0.01)
+        t0 = time.time()
+        mm.exit_checked = True
+        mm.signal(signal.SIGTERM)
+        self.assertTrue(self.wait_refused(port, 0.5), "still accepting after SIGTERM")
+        self.assertTrue(mm.alive(), "exited before the in-flight request finished")
+        t.join(10)
+        status, arm, body = result.get("answer", (None, None, result.get("error")))
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body)["request_id"], "in-flight")
+        try:
+            code = mm.wait(drain_ms / 1000.0 + 2)
+        except subprocess.TimeoutExpired:
+            self.fail("modelmux still running %.1f s after SIGTERM (drain_timeout_ms %d); log:\n%s"
+                      % (time.time() - t0, drain_ms, mm.log()[-2000:]))
+        self.assertEqual(code, 0, mm.log()[-2000:])
+        self.assertLess(time.time() - t0, drain_ms / 1000.0)
+
+    def test_drain_is_bounded_by_drain_timeout(self):
+        champion, challenger = self.two_servers()
+        port = mmtest.free_port()
+        drain_ms = 500
+        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
+                                             {"champion": 1, "challenger": 1}, drain_timeout_ms=drain_ms))
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"GET /sleep/8000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        mmtest.eventually(lambda: stats(champion.port)["requests"] + stats(challenger.port)["requests"] == 1,
+                          timeout=5, interval=0.01)
+        elapsed = self.sigterm_and_wait(mm, 5)
+        self.assertGreaterEqual(elapsed, drain_ms / 1000.0 * 0.9)
+        self.assertLess(elapsed, drain_ms / 1000.0 + 1.0)
+
+
+# ---------------------------------------------------------------- shadow
+
+SHADOW_LATENCY_MS = 400
+
+
+def shadow_config(port, champion_port, shadow_port):
+    """config/shadow.json with our ports, without admin and request log."""
+    with open(os.path.join(mmtest.SOURCE_DIR, "config", "shadow.json")) as f:
+        cfg = json.load(f)
+    cfg.pop("admin", None)
+    cfg.pop("log", None)
+    cfg["listen"] = "127.0.0.1:%d" % port
+    primary = cfg["experiments"][0]["primary"]
+    (shadow,) = cfg["experiments"][0]["shadows"]
+    cfg["upstreams"][primary]["url"] = "http://127.0.0.1:%d" % champion_port
+    cfg["upstreams"][shadow]["url"] = "http://127.0.0.1:%d" % shadow_port
+    cfg["limits"] = {"drain_timeout_ms": 3000}
+    return cfg, cfg["experiments"][0]["match"]["path_prefix"]
+
+
+class Shadow(Lifecycle):
+    def test_mirrors_arrive_and_never_delay_the_primary(self):
+        champion = self.cluster.model_server("champion")
+        shadow = self.cluster.model_server("challenger", "--latency-ms", SHADOW_LATENCY_MS)
+        port = mmtest.free_port()
+        cfg, prefix = shadow_config(port, champion.port, shadow.port)
+        self.cluster.modelmux(cfg, "--seed", 1)
+        c = self.conn(port)
+        n = 20
+        slowest = 0.0
+        for i in range(n):
+            t0 = time.time()
+            status, arm, body = get(c, prefix + "?i=%d" % i, {"X-Request-Id": "m-%d" % i})
+            slowest = max(slowest, time.time() - t0)
+            self.assertEqual((status, arm), (200, "champion"))
+            self.assertEqual(json.loads(body)["model"], "champion")
+        self.assertLess(slowest, SHADOW_LATENCY_MS / 1000.0 / 2,
+                        "a primary answer waited for its mirror")
+        # every mirror arrived (timeout_ms 1000 > latency 400, sample 1.0)
+        mmtest.eventually(lambda: stats(shadow.port)["requests"] == n, timeout=5)
+        self.assertEqual(stats(champion.port)["requests"], n)
+
+    def test_mirror_does_not_hold_a_closing_client_connection_open(self):
+        champion = self.cluster.model_server("champion")
+        shadow = self.cluster.model_server("challenger", "--latency-ms", SHADOW_LATENCY_MS)
+        port = mmtest.free_port()
+        cfg, prefix = shadow_config(port, champion.port, shadow.port)
+        self.cluster.modelmux(cfg, "--seed", 1)
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(s.close)
+        t0 = time.time()
+        s.sendall(b"GET " + prefix.encode() + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:100])
+        self.assertLess(time.time() - t0, SHADOW_LATENCY_MS / 1000.0 / 2, "closed only after the mirror")
+
+    def test_dead_shadow_changes_nothing_for_the_client(self):
+        champion = self.cluster.model_server("champion")
+        live_shadow = self.cluster.model_server("challenger")
+        live_port, dead_port = mmtest.free_port(), mmtest.free_port()
+        live_cfg, prefix = shadow_config(live_port, champion.port, live_shadow.port)
+        dead_cfg, _ = shadow_config(dead_port, champion.port, mmtest.free_port())
+        self.cluster.modelmux(live_cfg, "--seed", 1, name="modelmux-live")
+        self.cluster.modelmux(dead_cfg, "--seed", 1, name="modelmux-dead")
+        live, dead = self.conn(live_port), self.conn(dead_port)
+        for i in range(20):
+            rid = {"X-Request-Id": "same-%d" % i}
+            for c in (live, dead):
+                c.request("POST", prefix, body=b'{"q": %d}' % i, headers=rid)
+            answers = []
+            for c in (live, dead):
+                r = c.getresponse()
+                answers.append((r.status, sorted((k.lower(), v) for k, v in r.getheaders() if k.lower() != "date"),
+                                r.read()))
+            self.assertEqual(answers[0], answers[1])
+            self.assertEqual(answers[1][0], 200)
+
+
+if __name__ == "__main__":
+    mmtest.main()

@@ -1,0 +1,889 @@
+"""test_proxy — the data plane of DESIGN.md §4, end to end.
+
+Real processes on loopback: one modelmux in front of two example model
+servers (champion, challenger), driven by http.client and raw sockets. The
+model server's /echo tells what reached the upstream (headers, body length
+and FNV-1a 64 hash), its /_stats how many requests and connections it saw, so
+each test asserts what a user of the proxy relies on: the bytes arrive
+intact, the headers are the contract's, the errors are the contract's JSON
+with the right code, the split and the stickiness hold, and a failing
+challenger never becomes a user-visible error.
+
+Every modelmux is stopped with SIGTERM and must exit 0 with no sanitizer
+report in its log (that is what an ASan build checks).
+"""
+import http.client
+import json
+import re
+import select
+import socket
+import threading
+import time
+import unittest
+
+import mmtest
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+MiB = 1024 * 1024
+
+
+# ---------------------------------------------------------------- helpers
+
+def fnv1a64(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xffffffffffffffff
+    return "%016x" % h
+
+
+def stream_pattern(n):
+    """What /stream/N sends: byte i is 'a' + i % 26."""
+    alphabet = bytes(range(ord("a"), ord("a") + 26))
+    return (alphabet * (n // 26 + 1))[:n]
+
+
+def up(port, **kw):
+    d = {"url": "http://127.0.0.1:%d" % port}
+    d.update(kw)
+    return d
+
+
+def ab(name, prefix, weights, **kw):
+    e = {"name": name, "match": {"path_prefix": prefix}, "policy": "ab", "arms": weights}
+    e.update(kw)
+    return e
+
+
+def stats(port):
+    status, _, body = mmtest.request(port, "GET", "/_stats")
+    assert status == 200, status
+    return json.loads(body)
+
+
+def assert_clean_exit(procs):
+    """modelmux exited 0 on SIGTERM and its log has no sanitizer report."""
+    problems = []
+    for p in procs:
+        if not p.name.startswith("modelmux"):
+            continue
+        log = p.log()
+        if p.p.returncode != 0:
+            problems.append("%s exited %s after SIGTERM; log:\n%s" % (p.name, p.p.returncode, log[-3000:]))
+        for m in SANITIZER_MARKERS:
+            if m in log:
+                problems.append("%s log has %r:\n%s" % (p.name, m, log[-6000:]))
+    if problems:
+        raise AssertionError("\n".join(problems))
+
+
+class Resp:
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return "Resp(%d, %r, %r)" % (self.status, self.headers, self.body[:200])
+
+
+def read_response(f, head_request=False):
+    """One HTTP response from a socket file (rb): status, lowercased headers
+    (repeated ones joined with ', '), body de-chunked. Raises EOFError if
+    the connection closed before a status line."""
+    line = f.readline()
+    if not line:
+        raise EOFError("connection closed before a response")
+    parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+    status = int(parts[1])
+    headers = {}
+    while True:
+        h = f.readline()
+        if h in (b"\r\n", b"\n", b""):
+            break
+        k, _, v = h.decode("latin-1").partition(":")
+        k, v = k.strip().lower(), v.strip()
+        headers[k] = headers[k] + ", " + v if k in headers else v
+    if head_request or status < 200 or status in (204, 304):
+        return Resp(status, headers, b"")
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = b""
+        while True:
+            size = int(f.readline().split(b";")[0].strip(), 16)
+            if size == 0:
+                while f.readline() not in (b"\r\n", b""):
+                    pass
+                break
+            body += f.read(size)
+            f.readline()
+        return Resp(status, headers, body)
+    if "content-length" in headers:
+        return Resp(status, headers, f.read(int(headers["content-length"])))
+    return Resp(status, headers, f.read())
+
+
+class RawConn:
+    """A raw client connection for what http.client cannot send."""
+
+    def __init__(self, port, timeout=5.0):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.f = self.s.makefile("rb")
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def response(self, head_request=False):
+        return read_response(self.f, head_request)
+
+    def closed_within(self, seconds):
+        """True if the peer closes the connection within `seconds` (any
+        bytes still arriving before the close are discarded)."""
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            r, _, _ = select.select([self.s], [], [], max(0.0, deadline - time.time()))
+            if not r:
+                return False
+            try:
+                if not self.s.recv(65536):
+                    return True
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+        return False
+
+    def close(self):
+        self.f.close()
+        self.s.close()
+
+
+def echo_headers(body):
+    """The /echo header list as {lowercased name: [values]}."""
+    out = {}
+    for k, v in json.loads(body)["headers"]:
+        out.setdefault(k.lower(), []).append(v)
+    return out
+
+
+class ClassCluster(unittest.TestCase):
+    """One modelmux + model servers for the whole class (start() in subclasses)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = mmtest.Cluster()
+        try:
+            cls.start(cls.cluster)
+        except BaseException:
+            cls.cluster.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.stop()
+        assert_clean_exit(cls.cluster.procs)
+
+    def raw(self, port, timeout=5.0):
+        c = RawConn(port, timeout)
+        self.addCleanup(c.close)
+        return c
+
+    def assertJsonError(self, resp, status, code):
+        self.assertEqual(resp.status, status, resp)
+        body = json.loads(resp.body)
+        self.assertEqual(set(body), {"error", "message", "request_id"}, body)
+        self.assertEqual(body["error"], code)
+        self.assertTrue(body["message"])
+        self.assertEqual(body["request_id"], resp.headers.get("x-request-id"))
+        return body
+
+
+class TestCluster(mmtest.MMTestCase):
+    """A fresh cluster per test; modelmux must exit cleanly at the end."""
+
+    def tearDown(self):
+        super().tearDown()
+        assert_clean_exit(self.cluster.procs)
+
+    assertJsonError = ClassCluster.assertJsonError
+    raw = ClassCluster.raw
+
+
+# ---------------------------------------------------------------- HTTP features
+
+class HttpThroughTheProxy(ClassCluster):
+    @classmethod
+    def start(cls, cl):
+        cls.champion = cl.model_server("champion")
+        cls.challenger = cl.model_server("challenger")
+        cls.port = mmtest.free_port()
+        both = {"champion": 50, "challenger": 50}
+        cfg = mmtest.base_config(cls.port, {"champion": cls.champion.port, "challenger": cls.challenger.port}, [
+            ab("ab", "/v1/", {"champion": 90, "challenger": 10}, sticky={"header": "X-User-Id"}),
+            ab("echo", "/echo", both),
+            ab("stream", "/stream/", both),
+            ab("status", "/status/", both),
+        ], limits={"drain_timeout_ms": 3000})
+        cls.mm = cl.modelmux(cfg, "--seed", 7)
+
+    def conn(self, timeout=10):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def upstream_stats(self):
+        a, b = stats(self.champion.port), stats(self.challenger.port)
+        return {k: a[k] + b[k] for k in ("requests", "connections_accepted")}
+
+    # -- keep-alive and pipelining
+
+    def test_keepalive_serves_many_requests_on_one_connection_and_reuses_upstream_connections(self):
+        before = self.upstream_stats()
+        c = self.conn()
+        n = 200
+        for i in range(n):
+            c.request("GET", "/v1/rank?i=%d" % i)
+            r = c.getresponse()
+            r.read()
+            self.assertEqual(r.status, 200)
+        c.close()
+        after = self.upstream_stats()
+        # the two /_stats requests of upstream_stats() open 2 connections
+        self.assertEqual(after["requests"] - before["requests"], n)
+        self.assertLessEqual(after["connections_accepted"] - before["connections_accepted"], 2 + 4)
+
+    def test_pipelined_requests_are_answered_in_order(self):
+        c = self.raw(self.port)
+        ids = ["pipe-%d-%s" % (i, "x" * i) for i in range(5)]
+        reqs = b"".join(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\nX-Request-Id: %s\r\n\r\n" % i.encode()
+                        for i in ids)
+        c.send(reqs)
+        for rid in ids:
+            r = c.response()
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.headers["x-request-id"], rid)
+            self.assertEqual(r.json()["request_id"], rid)  # what the model server received
+        c.close()
+
+    def test_pipelined_requests_with_bodies_are_answered_in_order(self):
+        c = self.raw(self.port)
+        bodies = [b"a" * 10, b"b" * 3000, b"c" * 70000]
+        c.send(b"".join(b"POST /echo HTTP/1.1\r\nHost: t\r\nX-Request-Id: body-%d\r\nContent-Length: %d\r\n\r\n%s"
+                        % (i, len(b), b) for i, b in enumerate(bodies)))
+        for i, b in enumerate(bodies):
+            r = c.response()
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.headers["x-request-id"], "body-%d" % i)
+            self.assertEqual(r.json()["body_len"], len(b))
+            self.assertEqual(r.json()["body_fnv1a64"], fnv1a64(b))
+        c.close()
+
+    # -- bodies
+
+    def test_chunked_request_body_arrives_intact(self):
+        chunks = [b"hello ", b"x" * 5000, b"", b"\r\n-not-framing-\r\n", b"z" * 70000]
+        body = b"".join(chunks)
+        wire = b"".join(b"%x\r\n%s\r\n" % (len(ch), ch) for ch in chunks if ch) + b"0\r\n\r\n"
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, len(wire), 4096):  # several reads on the proxy's side
+            c.send(wire[i:i + 4096])
+        r = c.response()
+        c.close()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["body_len"], len(body))
+        self.assertEqual(r.json()["body_fnv1a64"], fnv1a64(body))
+
+    def test_chunked_response_arrives_intact_to_http11_client(self):
+        c = self.conn()
+        c.request("GET", "/stream/100000")
+        r = c.getresponse()
+        data = r.read()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("Transfer-Encoding"), "chunked")
+        self.assertEqual(data, stream_pattern(100000))
+        # still usable afterwards: the chunked framing ended exactly
+        c.request("GET", "/v1/rank")
+        r = c.getresponse()
+        r.read()
+        self.assertEqual(r.status, 200)
+        c.close()
+
+    def test_chunked_response_is_dechunked_for_http10_client_and_connection_closed(self):
+        c = self.raw(self.port)
+        c.send(b"GET /stream/100000 HTTP/1.0\r\nHost: t\r\n\r\n")
+        r = c.response()
+        self.assertEqual(r.status, 200)
+        self.assertNotIn("chunked", r.headers.get("transfer-encoding", ""))
+        self.assertEqual(r.body, stream_pattern(100000))  # read until the close
+        self.assertTrue(c.closed_within(1.0))
+        c.close()
+
+    def test_expect_100_continue_gets_100_then_the_answer(self):
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n")
+        interim = c.response()  # before we send any body byte
+        self.assertEqual(interim.status, 100)
+        c.send(b"hello world")
+        r = c.response()
+        c.close()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["body_len"], 11)
+        self.assertEqual(r.json()["body_fnv1a64"], fnv1a64(b"hello world"))
+
+    def test_head_response_has_no_body(self):
+        c = self.conn()
+        c.request("HEAD", "/v1/rank")
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.read(), b"")
+        # a body byte sent after the HEAD answer would break this next answer
+        c.request("GET", "/v1/rank")
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(json.loads(r.read())["request_id"], r.getheader("X-Request-Id"))
+        c.close()
+
+    def test_204_and_304_have_no_body(self):
+        c = self.raw(self.port)
+        c.send(b"GET /status/204 HTTP/1.1\r\nHost: t\r\n\r\n"
+               b"GET /status/304 HTTP/1.1\r\nHost: t\r\n\r\n"
+               b"GET /v1/rank HTTP/1.1\r\nHost: t\r\nX-Request-Id: after\r\n\r\n")
+        self.assertEqual(c.response().status, 204)
+        self.assertEqual(c.response().status, 304)
+        r = c.response()  # would be garbage if either carried a body
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["request_id"], "after")
+        c.close()
+
+    def test_10_mib_upload_streams_intact(self):
+        body = bytes(range(256)) * (10 * MiB // 256)  # exactly max_body_bytes (the default)
+        c = self.conn(timeout=30)
+        c.request("POST", "/echo", body=body)
+        r = c.getresponse()
+        data = json.loads(r.read())
+        c.close()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(data["body_len"], len(body))
+        self.assertEqual(data["body_fnv1a64"], fnv1a64(body))
+
+    def test_10_mib_download_streams_intact(self):
+        n = 10 * MiB
+        c = self.conn(timeout=30)
+        c.request("GET", "/stream/%d" % n)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(len(data), n)
+        self.assertEqual(data, stream_pattern(n))
+
+    # -- headers
+
+    def test_hop_by_hop_headers_are_not_forwarded(self):
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\n"
+               b"Connection: keep-alive, X-Hop\r\n"
+               b"Keep-Alive: timeout=5\r\n"
+               b"TE: trailers\r\n"
+               b"Upgrade: h2c\r\n"
+               b"X-Hop: secret\r\n"
+               b"Proxy-Authorization: Basic Zm9vOmJhcg==\r\n"
+               b"X-End-To-End: kept\r\n"
+               b"Content-Length: 2\r\n\r\nhi")
+        r = c.response()
+        c.close()
+        self.assertEqual(r.status, 200)
+        got = echo_headers(r.body)
+        for name in ("keep-alive", "te", "upgrade", "x-hop", "proxy-authorization"):
+            self.assertNotIn(name, got)
+        # Connection towards the upstream is modelmux's own business; it must
+        # not carry the client's tokens
+        for v in got.get("connection", []):
+            self.assertNotIn("x-hop", v.lower())
+        self.assertEqual(got["x-end-to-end"], ["kept"])
+        self.assertEqual(r.json()["body_len"], 2)
+
+    def test_x_forwarded_for_is_appended(self):
+        st, _, body = mmtest.request(self.port, "GET", "/echo", headers={"X-Forwarded-For": "10.0.0.1"})
+        self.assertEqual(st, 200)
+        self.assertEqual(echo_headers(body)["x-forwarded-for"], ["10.0.0.1, 127.0.0.1"])
+
+    def test_x_forwarded_for_is_added(self):
+        st, _, body = mmtest.request(self.port, "GET", "/echo")
+        self.assertEqual(echo_headers(body)["x-forwarded-for"], ["127.0.0.1"])
+
+    def test_valid_client_request_id_is_kept_and_sent_upstream(self):
+        for rid in ("abc-123_X.y", "z" * 128):
+            st, h, body = mmtest.request(self.port, "GET", "/echo", headers={"X-Request-Id": rid})
+            self.assertEqual(st, 200)
+            self.assertEqual(h["x-request-id"], rid)
+            self.assertEqual(echo_headers(body)["x-request-id"], [rid])
+
+    def test_invalid_client_request_id_is_replaced_by_32_hex(self):
+        for bad in ("has spaces in it", "a" * 129, "semi;colon", "é"):
+            with self.subTest(bad=bad[:20]):
+                c = self.raw(self.port)
+                c.send(b"GET /echo HTTP/1.1\r\nHost: t\r\nX-Request-Id: " + bad.encode() + b"\r\n\r\n")
+                r = c.response()
+                c.close()
+                self.assertEqual(r.status, 200)
+                rid = r.headers["x-request-id"]
+                self.assertRegex(rid, HEX32)
+                self.assertEqual(echo_headers(r.body)["x-request-id"], [rid])
+
+    def test_missing_request_id_gets_32_hex_both_ways(self):
+        st, h, body = mmtest.request(self.port, "GET", "/echo")
+        self.assertRegex(h["x-request-id"], HEX32)
+        self.assertEqual(echo_headers(body)["x-request-id"], [h["x-request-id"]])
+
+    def test_generated_request_ids_differ(self):
+        ids = {mmtest.request(self.port, "GET", "/v1/rank")[1]["x-request-id"] for _ in range(20)}
+        self.assertEqual(len(ids), 20)
+
+    def test_upstream_receives_its_arm_and_client_receives_experiment_and_arm(self):
+        seen = set()
+        for _ in range(40):
+            st, h, body = mmtest.request(self.port, "GET", "/echo")
+            model = json.loads(body)["model"]
+            self.assertEqual(h["x-modelmux-experiment"], "echo")
+            self.assertEqual(h["x-modelmux-arm"], model)
+            self.assertEqual(echo_headers(body)["x-modelmux-arm"], [model])
+            seen.add(model)
+        self.assertEqual(seen, {"champion", "challenger"})  # 50/50: both served
+
+    def test_client_cannot_forge_modelmux_headers_upstream(self):
+        st, h, body = mmtest.request(self.port, "GET", "/echo",
+                                     headers={"X-Modelmux-Arm": "forged", "X-Modelmux-Shadow": "1"})
+        got = echo_headers(body)
+        self.assertEqual(got["x-modelmux-arm"], [json.loads(body)["model"]])
+        self.assertNotIn("x-modelmux-shadow", got)
+
+    # -- errors
+
+    def test_malformed_request_line_is_400_bad_request(self):
+        c = self.raw(self.port)
+        c.send(b"GARBAGE\r\n\r\n")
+        body = self.assertJsonError(c.response(), 400, "bad_request")
+        self.assertRegex(body["request_id"], HEX32)
+        self.assertTrue(c.closed_within(2))
+        c.close()
+
+    def test_content_length_with_transfer_encoding_is_400(self):
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        self.assertJsonError(c.response(), 400, "bad_request")
+        c.close()
+
+    def test_control_byte_in_header_value_is_400(self):
+        c = self.raw(self.port)
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\nX-Bad: a\x01b\r\n\r\n")
+        self.assertJsonError(c.response(), 400, "bad_request")
+        c.close()
+
+    def test_space_in_header_name_is_400(self):
+        c = self.raw(self.port)
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n")
+        self.assertJsonError(c.response(), 400, "bad_request")
+        c.close()
+
+    def test_whitespace_between_header_name_and_colon_is_400(self):
+        # RFC 7230 3.2.4: a server MUST reject it with 400 (a smuggling vector)
+        c = self.raw(self.port)
+        c.send(b"GET /echo HTTP/1.1\r\nHost: t\r\nX-Name : x\r\n\r\n")
+        self.assertJsonError(c.response(), 400, "bad_request")
+        c.close()
+
+    def test_path_matching_no_experiment_is_404_no_route(self):
+        before = self.upstream_stats()["requests"]
+        c = self.raw(self.port)
+        c.send(b"GET /nowhere HTTP/1.1\r\nHost: t\r\nX-Request-Id: lost-1\r\n\r\n")
+        body = self.assertJsonError(c.response(), 404, "no_route")
+        c.close()
+        self.assertEqual(body["request_id"], "lost-1")
+        self.assertEqual(self.upstream_stats()["requests"], before)  # no model saw it
+
+    def test_keepalive_connection_stays_usable_after_404(self):
+        # The 404'd request was read entirely: like nginx, keep the connection.
+        c = self.raw(self.port)
+        c.send(b"GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n")
+        r = c.response()
+        self.assertEqual(r.status, 404)
+        self.assertNotEqual(r.headers.get("connection", "").lower(), "close")
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertEqual(c.response().status, 200)
+        c.close()
+
+
+class Limits(ClassCluster):
+    MAX_BODY = 1000
+    MAX_HEAD = 2048
+    HEADER_TIMEOUT = 300
+    IDLE_TIMEOUT = 700
+
+    @classmethod
+    def start(cls, cl):
+        cls.champion = cl.model_server("champion")
+        cls.port = mmtest.free_port()
+        cfg = mmtest.base_config(cls.port, {"champion": cls.champion.port},
+                                 [ab("ab", "/", {"champion": 1})],
+                                 limits={"max_body_bytes": cls.MAX_BODY, "max_header_bytes": cls.MAX_HEAD,
+                                         "header_timeout_ms": cls.HEADER_TIMEOUT,
+                                         "idle_timeout_ms": cls.IDLE_TIMEOUT, "drain_timeout_ms": 2000})
+        cls.mm = cl.modelmux(cfg, "--seed", 1)
+
+    def test_body_at_max_body_bytes_is_accepted(self):
+        st, _, body = mmtest.request(self.port, "POST", "/echo", body=b"x" * self.MAX_BODY)
+        self.assertEqual(st, 200)
+        self.assertEqual(json.loads(body)["body_len"], self.MAX_BODY)
+
+    def test_content_length_over_max_body_bytes_is_413(self):
+        before = stats(self.champion.port)["requests"]
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (self.MAX_BODY + 1))
+        self.assertJsonError(c.response(), 413, "body_too_large")
+        c.close()
+        self.assertEqual(stats(self.champion.port)["requests"], before)  # never reached the model
+
+    def test_chunked_body_growing_past_max_body_bytes_is_413(self):
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        c.send(b"190\r\n" + b"y" * 400 + b"\r\n")
+        c.send(b"190\r\n" + b"y" * 400 + b"\r\n")
+        c.send(b"190\r\n" + b"y" * 400 + b"\r\n")  # 1200 > 1000
+        self.assertJsonError(c.response(), 413, "body_too_large")
+        c.close()
+
+    def test_head_over_max_header_bytes_is_431(self):
+        c = self.raw(self.port)
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\nX-Big: " + b"b" * (self.MAX_HEAD + 100) + b"\r\n\r\n")
+        self.assertJsonError(c.response(), 431, "headers_too_large")
+        c.close()
+
+    def test_head_just_under_max_header_bytes_is_served(self):
+        head = b"GET /v1/rank HTTP/1.1\r\nHost: t\r\nX-Big: "
+        pad = self.MAX_HEAD - len(head) - 4 - 100
+        st, _, _ = mmtest.request(self.port, "GET", "/v1/rank", headers={"X-Big": "b" * pad})
+        self.assertEqual(st, 200)
+
+    def test_slowloris_head_gets_408_after_header_timeout(self):
+        c = self.raw(self.port)
+        t0 = time.time()
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n")
+        # trickle header lines: header_timeout_ms runs from the first byte, so
+        # this must not extend it
+        for i in range(30):
+            r, _, _ = select.select([c.s], [], [], 0.1)
+            if r:
+                break
+            try:
+                c.send(b"X-Slow-%d: y\r\n" % i)
+            except OSError:
+                break
+        resp = c.response()
+        elapsed = time.time() - t0
+        self.assertJsonError(resp, 408, "request_timeout")
+        self.assertLess(elapsed, self.HEADER_TIMEOUT / 1000.0 + 1.0)
+        self.assertGreaterEqual(elapsed, self.HEADER_TIMEOUT / 1000.0 * 0.9)
+        self.assertTrue(c.closed_within(1.0))
+        c.close()
+
+    def test_idle_keepalive_connection_is_closed_after_idle_timeout(self):
+        c = self.raw(self.port)
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertEqual(c.response().status, 200)
+        t0 = time.time()
+        self.assertFalse(c.closed_within(self.IDLE_TIMEOUT / 1000.0 / 2))
+        self.assertTrue(c.closed_within(self.IDLE_TIMEOUT / 1000.0 + 1.0))
+        self.assertGreaterEqual(time.time() - t0, self.IDLE_TIMEOUT / 1000.0 * 0.9)
+        c.close()
+
+    def test_connection_with_no_request_is_closed_after_idle_timeout(self):
+        c = self.raw(self.port)
+        self.assertTrue(c.closed_within(self.IDLE_TIMEOUT / 1000.0 + 1.0))
+        c.close()
+
+    def test_more_than_128_headers_is_431(self):
+        head = b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n" + b"".join(b"H%d: v\r\n" % i for i in range(140))
+        self.assertLess(len(head), self.MAX_HEAD)
+        c = self.raw(self.port)
+        c.send(head + b"\r\n")
+        self.assertJsonError(c.response(), 431, "headers_too_large")
+        c.close()
+
+
+class Overload(TestCluster):
+    def test_connection_over_max_connections_gets_503_with_retry_after(self):
+        ms = self.cluster.model_server("champion")
+        port = mmtest.free_port()
+        n = 3
+        self.cluster.modelmux(mmtest.base_config(port, {"champion": ms.port}, [ab("ab", "/", {"champion": 1})],
+                                                 limits={"max_connections": n, "drain_timeout_ms": 2000}))
+        held = []
+        for _ in range(n):  # N connections, each known to be accepted
+            c = self.raw(port)
+            c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+            self.assertEqual(c.response().status, 200)
+            held.append(c)
+        extra = self.raw(port)
+        r = extra.response()
+        self.assertJsonError(r, 503, "overloaded")
+        self.assertIn("retry-after", r.headers)
+        self.assertTrue(extra.closed_within(2))
+        extra.close()
+        # the held ones still work
+        held[0].send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertEqual(held[0].response().status, 200)
+        # a freed slot is usable again
+        held.pop().close()
+        mmtest.eventually(lambda: mmtest.request(port, "GET", "/v1/rank")[0] == 200, timeout=3)
+        for c in held:
+            c.close()
+
+
+class UpstreamFailures(TestCluster):
+    def test_champion_port_with_nothing_listening_is_502(self):
+        dead = mmtest.free_port()
+        port = mmtest.free_port()
+        self.cluster.modelmux(mmtest.base_config(port, {"champion": dead}, [ab("ab", "/", {"champion": 1})],
+                                                 limits={"drain_timeout_ms": 2000}))
+        c = self.raw(port)
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertJsonError(c.response(), 502, "upstream_unavailable")
+        c.close()
+
+    def test_slow_champion_is_504_within_timeout(self):
+        slow = self.cluster.model_server("champion", "--latency-ms", 5000)
+        port = mmtest.free_port()
+        self.cluster.modelmux(mmtest.base_config(port, {"champion": up(slow.port, timeout_ms=300)},
+                                                 [ab("ab", "/", {"champion": 1})],
+                                                 limits={"drain_timeout_ms": 2000}))
+        c = self.raw(port)
+        t0 = time.time()
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+        r = c.response()
+        elapsed = time.time() - t0
+        c.close()
+        self.assertJsonError(r, 504, "upstream_timeout")
+        self.assertLess(elapsed, 2.0)
+
+    def test_hanging_champion_is_504_never_a_hang(self):
+        # A champion that accepts connections (the kernel does it for a
+        # listening socket) and never answers a byte.
+        hang = socket.socket()
+        hang.bind(("127.0.0.1", 0))
+        hang.listen(64)
+        try:
+            port = mmtest.free_port()
+            self.cluster.modelmux(mmtest.base_config(
+                port, {"champion": up(hang.getsockname()[1], timeout_ms=300)},
+                [ab("ab", "/", {"champion": 1})], limits={"drain_timeout_ms": 2000}))
+            for _ in range(3):  # and again: nothing stays stuck
+                c = self.raw(port)
+                t0 = time.time()
+                c.send(b"POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+                r = c.response()
+                self.assertLess(time.time() - t0, 2.0)
+                c.close()
+                self.assertJsonError(r, 504, "upstream_timeout")
+        finally:
+            hang.close()
+
+    def test_champion_stalling_mid_body_cuts_the_client_connection_in_time(self):
+        # Once the answer has started, a 504 is impossible: the client must
+        # see a broken connection (not a complete answer, not a hang).
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        srv.settimeout(5)
+        stop = threading.Event()
+        held = []
+
+        def serve():
+            try:
+                s, _ = srv.accept()
+            except OSError:
+                return
+            held.append(s)
+            s.recv(65536)
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            stop.wait(10)
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        try:
+            port = mmtest.free_port()
+            self.cluster.modelmux(mmtest.base_config(
+                port, {"champion": up(srv.getsockname()[1], timeout_ms=300)},
+                [ab("ab", "/", {"champion": 1})], limits={"drain_timeout_ms": 2000}))
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            t0 = time.time()
+            c.request("GET", "/v1/rank")
+            r = c.getresponse()
+            self.assertEqual(r.status, 200)
+            with self.assertRaises(http.client.IncompleteRead):
+                r.read()
+            self.assertLess(time.time() - t0, 2.0)
+            c.close()
+        finally:
+            stop.set()
+            t.join(5)
+            for s in held:
+                s.close()
+            srv.close()
+
+
+# ---------------------------------------------------------------- routing
+
+def binomial_bound(n, p, z=3.29):
+    """Two-sided 99.9 % normal-approximation interval for Binomial(n, p)."""
+    mean, sd = n * p, (n * p * (1 - p)) ** 0.5
+    return mean - z * sd, mean + z * sd
+
+
+class Split(ClassCluster):
+    @classmethod
+    def start(cls, cl):
+        cls.champion = cl.model_server("champion")
+        cls.challenger = cl.model_server("challenger")
+        cls.port = mmtest.free_port()
+        cfg = mmtest.base_config(cls.port, {"champion": cls.champion.port, "challenger": cls.challenger.port}, [
+            ab("ab", "/v1/", {"champion": 90, "challenger": 10}, sticky={"header": "X-User-Id"}),
+        ], limits={"drain_timeout_ms": 2000})
+        cls.mm = cl.modelmux(cfg, "--seed", 42)
+
+    def arms(self, n, headers_for=lambda i: {}):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        out = []
+        for i in range(n):
+            c.request("GET", "/v1/rank", headers=headers_for(i))
+            r = c.getresponse()
+            body = json.loads(r.read())
+            self.assertEqual(r.status, 200)
+            arm = r.getheader("X-Modelmux-Arm")
+            self.assertEqual(arm, body["model"])  # the header names who answered
+            out.append(arm)
+        c.close()
+        return out
+
+    def test_90_10_split_is_within_binomial_bound(self):
+        before = stats(self.challenger.port)["requests"], stats(self.champion.port)["requests"]
+        n = 2000
+        arms = self.arms(n)
+        k = arms.count("challenger")
+        lo, hi = binomial_bound(n, 0.10)
+        self.assertTrue(lo <= k <= hi, "challenger got %d of %d, 99.9%% bound [%.0f, %.0f]" % (k, n, lo, hi))
+        # and the model servers agree with the headers
+        self.assertEqual(stats(self.challenger.port)["requests"] - before[0], k)
+        self.assertEqual(stats(self.champion.port)["requests"] - before[1], n - k)
+
+    def test_same_user_always_gets_the_same_arm(self):
+        for u in range(8):
+            arms = self.arms(50, lambda i: {"X-User-Id": "user-%d" % u})
+            self.assertEqual(len(set(arms)), 1, "user-%d got %r" % (u, sorted(set(arms))))
+
+    def test_sticky_users_are_split_by_the_weights(self):
+        n = 400
+        arms = self.arms(n, lambda i: {"X-User-Id": "u%05d" % i})
+        k = arms.count("challenger")
+        lo, hi = binomial_bound(n, 0.10)
+        self.assertTrue(lo <= k <= hi, "challenger got %d of %d users, bound [%.0f, %.0f]" % (k, n, lo, hi))
+
+
+class Fallback(TestCluster):
+    def cfg(self, port, champion, challenger, **chal):
+        return mmtest.base_config(port, {"champion": champion, "challenger": up(challenger, **chal)},
+                                  [ab("ab", "/v1/", {"champion": 50, "challenger": 50})],
+                                  limits={"drain_timeout_ms": 2000})
+
+    def test_dead_challenger_falls_back_to_champion_invisibly(self):
+        champion = self.cluster.model_server("champion")
+        port = mmtest.free_port()
+        self.cluster.modelmux(self.cfg(port, champion.port, mmtest.free_port()), "--seed", 3)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for i in range(100):
+            c.request("GET", "/v1/rank")
+            r = c.getresponse()
+            body = json.loads(r.read())
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.getheader("X-Modelmux-Arm"), "champion")
+            self.assertEqual(body["model"], "champion")
+        c.close()
+        self.assertEqual(stats(champion.port)["requests"], 100)
+
+    def test_challenger_killed_mid_run_causes_no_client_error(self):
+        champion = self.cluster.model_server("champion")
+        challenger = self.cluster.model_server("challenger")
+        port = mmtest.free_port()
+        self.cluster.modelmux(self.cfg(port, champion.port, challenger.port), "--seed", 5)
+        total, threads_n = 500, 4
+        results = []
+        lock = threading.Lock()
+        done = [0]
+
+        def client():
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            while True:
+                with lock:
+                    if done[0] >= total:
+                        break
+                    done[0] += 1
+                try:
+                    c.request("POST", "/v1/rank", body=b'{"q": 1}')
+                    r = c.getresponse()
+                    r.read()
+                    out = (r.status, r.getheader("X-Modelmux-Arm"))
+                except (OSError, http.client.HTTPException) as e:
+                    out = ("exception", repr(e))
+                    c.close()
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                with lock:
+                    results.append(out)
+            c.close()
+
+        ts = [threading.Thread(target=client) for _ in range(threads_n)]
+        for t in ts:
+            t.start()
+        mmtest.eventually(lambda: len(results) >= total // 4, timeout=20, interval=0.001)
+        challenger.kill()  # SIGKILL by PID
+        for t in ts:
+            t.join(60)
+        self.assertEqual(len(results), total)
+        bad = [r for r in results if r[0] != 200]
+        self.assertEqual(bad, [], "%d of %d answers were not 200" % (len(bad), total))
+        tail = results[-100:]  # well after the kill, the champion serves all
+        self.assertEqual({a for _, a in tail}, {"champion"})
+        self.assertIn((200, "challenger"), set(results[:total // 4]))  # it did serve before
+
+    def test_failing_challenger_is_ejected_after_consecutive_5xx(self):
+        champion = self.cluster.model_server("champion")
+        challenger = self.cluster.model_server("challenger", "--error-rate", 1)
+        port = mmtest.free_port()
+        base_ms = 2000
+        self.cluster.modelmux(self.cfg(port, champion.port, challenger.port,
+                                       eject={"consecutive_5xx": 3, "base_ms": base_ms}), "--seed", 9)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+        def one():
+            c.request("GET", "/v1/rank")
+            r = c.getresponse()
+            r.read()
+            return r.status, r.getheader("X-Modelmux-Arm")
+
+        t0 = time.time()
+        seen = [one() for _ in range(80)]
+        first_phase = time.time() - t0
+        self.assertLess(first_phase, base_ms / 1000.0 / 2, "too slow to test the ejection window")
+        errors = [s for s in seen if s[0] != 200]
+        # the 5xx answers that lead to the ejection reach their clients ...
+        self.assertEqual(errors, [(500, "challenger")] * 3)
+        # ... and then the challenger gets nothing until base_ms has passed
+        last_err = max(i for i, s in enumerate(seen) if s[0] != 200)
+        self.assertEqual({s for s in seen[last_err + 1:]}, {(200, "champion")})
+        self.assertEqual(stats(challenger.port)["requests"], 3)
+        # after base_ms it is tried again (and fails again)
+        time.sleep(base_ms / 1000.0 - first_phase + 0.3)
+        later = [one() for _ in range(40)]
+        self.assertIn((500, "challenger"), later)
+        c.close()
+
+
+if __name__ == "__main__":
+    mmtest.main()
