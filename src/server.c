@@ -121,6 +121,7 @@ void server_drained(mm_server_t *srv)
 {
     if (srv->stopping) return;
     srv->stopping = 1;
+    for (size_t i = 0; i < srv->router->cfg->n_upstreams; i++) up_pool_drain(srv->router->pools[i]);
     uv_timer_stop(&srv->drain_timer);
     uv_timer_stop(&srv->tick_timer);
     store_shutdown(srv->store, server_config(srv)->limits.drain_timeout_ms, on_store_flushed, srv);

@@ -34,6 +34,7 @@ struct up_pool_s {
     int n_open, n_idle, n_waiting;
     up_user_t *qhead, *qtail;
     int released;
+    int draining; /* no more parking of idle connections */
     int consecutive_5xx;
     unsigned n_ejections;
     uint64_t ejected_until;
@@ -278,6 +279,16 @@ void up_pool_release(up_pool_t *p)
     pool_maybe_free(p);
 }
 
+void up_pool_drain(up_pool_t *p)
+{
+    p->draining = 1;
+    while (p->idle) {
+        up_conn_t *c = p->idle;
+        idle_remove(p, c);
+        uc_close(c);
+    }
+}
+
 static void pool_maybe_free(up_pool_t *p)
 {
     if (p->released && p->n_open == 0 && p->n_waiting == 0) free(p);
@@ -459,6 +470,10 @@ static void on_connect(uv_connect_t *req, int status)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     up_user_t *u = c->user;
+    if (u == NULL && c->pool->draining) {
+        uc_close(c);
+        return;
+    }
     if (u == NULL) { /* its user gave up: serve a waiter or park it */
         c->state = UC_IDLE;
         idle_push(c->pool, c);
@@ -687,7 +702,7 @@ void up_release(up_conn_t *c, int reusable)
     if (c->state != UC_BUSY) return;
     up_pool_t *p = c->pool;
     int ok = reusable && c->phase == PH_DONE && c->resp.keep_alive && !c->writing &&
-             c->rpos == c->rlen && !p->released;
+             c->rpos == c->rlen && !p->released && !p->draining;
     c->user = NULL;
     if (!ok) {
         uc_close(c);

@@ -85,6 +85,9 @@ up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg, char *err,
  * pool's memory goes when its last connection has closed. */
 void up_pool_release(up_pool_t *p);
 const cfg_upstream_t *up_pool_cfg(const up_pool_t *p);
+/* Shutting down: close idle connections now, and every busy one when it is
+ * released, so the event loop can run dry. */
+void up_pool_drain(up_pool_t *p);
 
 /* Get a connection: on_conn (maybe before return) or on_error. */
 void up_acquire(up_pool_t *p, up_user_t *u);
