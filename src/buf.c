@@ -32,16 +32,11 @@ int mm_buf_reserve(mm_buf_t *b, size_t n)
     return 0;
 }
 
-void mm_buf_append(mm_buf_t *b, const void *p, size_t n)
+void mm_buf_append_slow(mm_buf_t *b, const void *p, size_t n)
 {
     if (n == 0 || mm_buf_reserve(b, n) < 0) return;
     memcpy(b->p + b->len, p, n);
     b->len += n;
-}
-
-void mm_buf_cstr(mm_buf_t *b, const char *s)
-{
-    mm_buf_append(b, s, strlen(s));
 }
 
 void mm_buf_u64(mm_buf_t *b, uint64_t v)

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "common.h"
 
@@ -29,13 +30,27 @@ static inline void mm_buf_reset(mm_buf_t *b)
 }
 /* Make room for n more bytes; returns 0 or -1 (and sets oom). */
 int mm_buf_reserve(mm_buf_t *b, size_t n);
-void mm_buf_append(mm_buf_t *b, const void *p, size_t n);
+void mm_buf_append_slow(mm_buf_t *b, const void *p, size_t n);
+/* Inline fast path: heads are built from dozens of small pieces, and a
+ * call plus a capacity check per piece showed up in profiles. */
+static inline void mm_buf_append(mm_buf_t *b, const void *p, size_t n)
+{
+    if (MM_LIKELY(b->cap - b->len >= n)) {
+        memcpy(b->p + b->len, p, n);
+        b->len += n;
+    } else {
+        mm_buf_append_slow(b, p, n);
+    }
+}
 static inline void mm_buf_str(mm_buf_t *b, mm_str_t s)
 {
     mm_buf_append(b, s.p, s.n);
 }
 #define mm_buf_lit(b, lit) mm_buf_append((b), (lit), sizeof(lit) - 1)
-void mm_buf_cstr(mm_buf_t *b, const char *s);
+static inline void mm_buf_cstr(mm_buf_t *b, const char *s)
+{
+    mm_buf_append(b, s, strlen(s));
+}
 void mm_buf_u64(mm_buf_t *b, uint64_t v);
 void mm_buf_printf(mm_buf_t *b, const char *fmt, ...) MM_PRINTF(2, 3);
 /* Append s as the inside of a JSON string (quotes not included). */

@@ -43,8 +43,18 @@ typedef struct {
 /* 1 if s is a valid upstream/experiment/arm name. */
 int mm_valid_name(const char *s, size_t n);
 
-/* Case-insensitive comparison of a slice with a NUL-terminated lowercase literal. */
-int mm_str_ieq(mm_str_t s, const char *lower);
+/* Case-insensitive comparison of an HTTP token (a header name: llhttp has
+ * checked it holds only token characters) with a NUL-terminated lowercase
+ * literal. OR-ing 0x20 folds ASCII letters to lower case; for the other
+ * token characters a match through the fold is impossible, so no ctype call
+ * is needed. */
+static inline int mm_str_ieq(mm_str_t s, const char *lower)
+{
+    size_t i = 0;
+    for (; i < s.n; i++)
+        if (lower[i] == '\0' || ((unsigned char)s.p[i] | 0x20) != (unsigned char)lower[i]) return 0;
+    return lower[i] == '\0';
+}
 
 /* Monotonic clock in milliseconds / microseconds (CLOCK_MONOTONIC). */
 uint64_t mm_now_ms(void);

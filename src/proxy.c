@@ -483,7 +483,11 @@ static void on_request_head(conn_t *c)
     r->t0_us = mm_now_us();
     r->router = srv->router;
     router_ref(r->router);
-    snprintf(r->method, sizeof(r->method), "%s", llhttp_method_name(c->parser.method));
+    const char *mname = llhttp_method_name(c->parser.method);
+    size_t mlen = strlen(mname);
+    if (mlen >= sizeof(r->method)) mlen = sizeof(r->method) - 1;
+    memcpy(r->method, mname, mlen);
+    r->method[mlen] = '\0';
     r->head_request = c->parser.method == HTTP_HEAD;
     r->http_minor = c->parser.http_minor;
     r->keep_alive = llhttp_should_keep_alive(&c->parser) && !srv->draining;
@@ -683,7 +687,12 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
 
     mm_buf_t *b = &r->out;
     mm_buf_reset(b);
-    mm_buf_printf(b, "HTTP/1.1 %d ", resp->status);
+    char sl[13] = "HTTP/1.1 000 ";
+    int st = resp->status;
+    sl[9] = (char)('0' + st / 100 % 10);
+    sl[10] = (char)('0' + st / 10 % 10);
+    sl[11] = (char)('0' + st % 10);
+    mm_buf_append(b, sl, sizeof(sl));
     if (resp->head->status_len)
         mm_buf_append(b, resp->base + resp->head->status_off, resp->head->status_len);
     else

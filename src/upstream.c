@@ -66,6 +66,7 @@ struct up_conn_s {
     int got_bytes;
     unsigned uses;
     int closing_handles;
+    uint64_t last_io;   /* loop time of the last read or write (response timer) */
     const char *span_p; /* decoded mode: the current body span */
     size_t span_n;
 };
@@ -343,13 +344,24 @@ static void on_timer(uv_timer_t *t)
             u->ops->on_error(u, NULL, UP_ERR_CONNECT_TIMEOUT, 0);
         }
     } else if (c->state == UC_BUSY) {
+        uint64_t idle = uv_now(c->pool->loop) - c->last_io;
+        uint64_t limit = (uint64_t)c->pool->cfg.timeout_ms;
+        if (idle < limit) {
+            uv_timer_start(&c->timer, on_timer, limit - idle, 0);
+            return;
+        }
         uc_fail(c, UP_ERR_TIMEOUT);
     }
 }
 
+/* The response timer is an inactivity timer refreshed by every read and
+ * write. Restarting a libuv timer per I/O costs two heap operations, so we
+ * only note the time; when the timer fires early it re-arms for the rest. */
 static void arm_response_timer(up_conn_t *c)
 {
-    uv_timer_start(&c->timer, on_timer, (uint64_t)c->pool->cfg.timeout_ms, 0);
+    c->last_io = uv_now(c->pool->loop);
+    if (!uv_is_active((uv_handle_t *)&c->timer))
+        uv_timer_start(&c->timer, on_timer, (uint64_t)c->pool->cfg.timeout_ms, 0);
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -448,6 +460,7 @@ static void begin_exchange(up_conn_t *c, up_user_t *u)
     c->parser.data = c;
     http_head_reset(&c->head);
     u->pending_conn = NULL;
+    uv_timer_stop(&c->timer);
     arm_response_timer(c);
     start_reading(c);
     u->ops->on_conn(u, c);

@@ -14,16 +14,6 @@ int mm_valid_name(const char *s, size_t n)
     return 1;
 }
 
-int mm_str_ieq(mm_str_t s, const char *lower)
-{
-    size_t i = 0;
-    for (; i < s.n; i++) {
-        if (lower[i] == '\0') return 0;
-        if ((char)tolower((unsigned char)s.p[i]) != lower[i]) return 0;
-    }
-    return lower[i] == '\0';
-}
-
 uint64_t mm_now_ms(void)
 {
     struct timespec ts;
