@@ -557,6 +557,12 @@ static void on_request_head(conn_t *c)
          * while a large body streams, and a fallback rebuilds the head later. */
         proxy_forward_headers(&r->fwd_lines, h, base, c->peer, 0);
         shadow_prepare(c);
+        if (r->shadow == NULL && srv->reqlog && reqlog_bodies(srv->reqlog)) {
+            /* log.bodies: keep the request body (bounded) for its log line */
+            mm_buf_reset(&r->captured);
+            r->capture_body = 1;
+            r->capture_limit = REQLOG_BODY_MAX;
+        }
     }
     if (expect && r->has_body) {
         uv_buf_t b = uv_buf_init((char *)continue_100, sizeof(continue_100) - 1);
@@ -879,6 +885,7 @@ static void req_finish(conn_t *c)
     r->up_errors = 0;
     r->aborted = 0;
     r->capture_body = 0;
+    r->capture_limit = 0;
     c->pinned = 0;
     if (c->closing) return;
     if (!keep) {

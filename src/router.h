@@ -23,10 +23,8 @@ typedef struct {
     up_pool_t *pools[MM_MAX_ARMS];
     const cfg_upstream_t *ups[MM_MAX_ARMS];
     size_t salt_len;
-    int mirror_inflight[MM_MAX_ARMS];
-    uint64_t resets_seen;
-        /* store_resets() when the policy was last reset */ /* mirrors in flight per arm (shadow
-                                                               max_inflight) */
+    int mirror_inflight[MM_MAX_ARMS]; /* mirrors in flight per arm (shadow max_inflight) */
+    uint64_t resets_seen;             /* store_resets() when the policy was last reset */
 } exp_rt_t;
 
 typedef struct router_s {

@@ -59,6 +59,7 @@ struct shadow_group_s {
     char id[MM_REQID_MAX + 1];
     int status;
     uint64_t latency_us, bytes_in, bytes_out;
+    uint64_t ts_us; /* wall clock at the request's arrival, for the log line */
     int arm;
     int n;
     mirror_t m[MM_MAX_ARMS];
@@ -292,6 +293,7 @@ void shadow_on_primary_done(conn_t *c, uint64_t latency_us)
     g->status = r->status;
     g->arm = r->arm;
     g->latency_us = latency_us;
+    g->ts_us = reqlog_wall_us() - latency_us;
     g->bytes_in = r->body_in;
     g->bytes_out = r->bytes_out;
     if (r->up_errors && !r->responding) g->p_status = 0;
@@ -402,6 +404,7 @@ static void group_complete(shadow_group_t *g)
             .n_shadow = (size_t)g->n,
             .body = reqlog_bodies(log) ? g->body.p : NULL,
             .body_len = reqlog_bodies(log) ? g->body.len : 0,
+            .ts_us = g->ts_us,
         };
         reqlog_write(log, &e);
     }

@@ -647,9 +647,6 @@ static void uc_process(up_conn_t *c)
         if (e == HPE_PAUSED) {
             used = (size_t)(llhttp_get_error_pos(&c->parser) - start);
             llhttp_resume(&c->parser);
-            /* Paused inside on_body (decode mode): the message may end with
-             * no further input, so run the parser once more even then. */
-            if (c->phase == PH_BODY && !c->msg_done) c->kick = 1;
         } else if (e != HPE_OK) {
             c->in_process = 0;
             uc_fail(c, UP_ERR_PROTOCOL);
@@ -682,6 +679,9 @@ static void uc_process(up_conn_t *c)
         c->rpos += used;
         if (n > 0) {
             c->paused = 1;
+            /* Paused inside on_body (decode mode): the message may end with
+             * no further input, so run the parser once more even then. */
+            if (c->decode && !c->msg_done) c->kick = 1;
             u->ops->on_body(u, c, p, n);
             if (c->state != UC_BUSY) break;
         }
