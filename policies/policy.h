@@ -15,6 +15,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "../src/buf.h"
 #include "../src/common.h"
 #include "../src/rng.h"
 
@@ -74,6 +75,8 @@ typedef struct {
     int primary;   /* arm index whose answer the client gets */
     int n_mirrors; /* arms that get a copy of the request (shadow) */
     int mirrors[MM_MAX_ARMS];
+    int fanout; /* 1: send the request to every arm at once and build the
+                   client's answer with ops->combine (interleave) */
 } policy_choice_t;
 
 /* One answer, for comparison (shadow). status 0: transport failure or timeout. */
@@ -134,6 +137,25 @@ typedef struct policy_ops_s {
      * Fills outcomes[i] with POLICY_MATCH / POLICY_MISMATCH / POLICY_ERROR. */
     void (*compare)(void *p, const policy_resp_t *primary, const int *mirror_arms,
                     const policy_resp_t *mirrors, size_t n, int *outcomes);
+
+    /* Optional (fanout policies). answers[i] is arm i's answer to the same
+     * request (status 0: failed or timed out; body de-chunked). Either merge
+     * them: write the client's body into `out`, set *merged = 1 and return
+     * the arm whose status and content type the client gets; or pass one
+     * answer through unchanged: *merged = 0 and return its arm (counting the
+     * reason yourself). Return -1 when no answer is usable (the core answers
+     * 502, or 504 if every failure was a timeout). `aux` receives what must
+     * be remembered for this request's feedback (e.g. which team showed
+     * which item); the core keeps it with the request id for feedback_ttl_s. */
+    int (*combine)(void *p, const policy_view_t *v, const policy_resp_t *answers, size_t n,
+                   mm_buf_t *out, mm_buf_t *aux, int *merged);
+
+    /* Optional (fanout policies). A click on `item` (feedback with "item")
+     * for a request this policy combined; `aux` is what combine stored and
+     * may be rewritten (it is stored back). Fill deltas[arm] with what to add
+     * to each arm's statistics (all zero: nothing). Returns 0 when applied,
+     * -1 when invalid (e.g. the item was not shown). */
+    int (*on_click)(void *p, mm_buf_t *aux, const char *item, arm_stats_t *deltas);
 
     /* Optional. Forget learned statistics (admin reset). */
     void (*reset)(void *p);
