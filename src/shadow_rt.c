@@ -5,7 +5,8 @@
  * the client's connection and request can finish and go away at any time:
  * a slow or dead shadow never delays, changes or fails the primary answer and
  * never holds the client's connection. Mirrors start as soon as the request
- * body is complete, concurrently with the primary exchange.
+ * body is complete, concurrently with the primary exchange; each is a leg
+ * (leg.c) with its own timeout.
  *
  * Bounded: max_inflight per shadow arm, max_body_bytes (larger bodies are not
  * mirrored), timeout_ms per mirror, and at most SHADOW_KEEP bytes of each
@@ -16,25 +17,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "leg.h"
 #include "reqlog.h"
 #include "shadow_rt.h"
 
 #define SHADOW_KEEP (1024 * 1024)
 
 typedef struct {
+    leg_t leg;
     struct shadow_group_s *g;
     int arm;
-    int started, finished;
-    up_user_t user;
-    up_pool_t *pool;
-    up_conn_t *up;
-    uv_timer_t timer;
-    mm_buf_t head;
-    mm_buf_t resp;
-    int truncated;
-    int status; /* 0: transport failure or timeout */
-    char ctype[128];
-    uint64_t t0_us, latency_us;
     int outcome;
 } mirror_t;
 
@@ -42,8 +34,8 @@ struct shadow_group_s {
     mm_server_t *srv;
     router_t *router;
     exp_rt_t *exp;
-    int pending; /* the primary + every mirror in flight */
-    int closing_timers;
+    int pending;         /* the primary + every mirror in flight */
+    int closing;         /* legs still closing */
     mm_buf_t head_lines; /* forwarded request headers, shared by all mirrors */
     char method[24];
     int head_request;
@@ -66,11 +58,6 @@ struct shadow_group_s {
 };
 
 static void group_complete(shadow_group_t *g);
-
-static void count(shadow_group_t *g, int arm, int outcome)
-{
-    g->exp->metrics->arms[arm].shadow[outcome]++;
-}
 
 void shadow_prepare(conn_t *c)
 {
@@ -95,10 +82,12 @@ void shadow_prepare(conn_t *c)
     for (int i = 0; i < r->choice.n_mirrors && g->n < MM_MAX_ARMS; i++) {
         int arm = r->choice.mirrors[i];
         if (arm < 0 || (size_t)arm >= g->exp->state->n_arms || arm == r->arm) continue;
-        g->m[g->n].g = g;
-        g->m[g->n].arm = arm;
-        g->m[g->n].outcome = SHADOW_DROPPED;
-        g->n++;
+        mirror_t *m = &g->m[g->n++];
+        leg_init(&m->leg);
+        m->leg.owner = m;
+        m->g = g;
+        m->arm = arm;
+        m->outcome = SHADOW_DROPPED;
     }
     const policy_mirror_limits_t *lim = &g->exp->cfg->mirror;
     uint64_t clen = (c->parser.flags & F_CONTENT_LENGTH) ? c->parser.content_length : 0;
@@ -108,126 +97,13 @@ void shadow_prepare(conn_t *c)
     r->shadow = g;
 }
 
-/* ---- one mirror exchange ---- */
-
-static void mirror_finish(mirror_t *m, int status)
+static void on_mirror_done(leg_t *l)
 {
-    if (m->finished) return;
-    m->finished = 1;
-    m->status = status;
-    m->latency_us = mm_now_us() - m->t0_us;
-    m->outcome = status == 0 ? SHADOW_ERROR : SHADOW_MATCH; /* refined by the comparison */
-    uv_timer_stop(&m->timer);
+    mirror_t *m = l->owner;
     shadow_group_t *g = m->g;
+    m->outcome = l->status == 0 ? SHADOW_ERROR : SHADOW_MATCH; /* refined by the comparison */
     g->exp->mirror_inflight[m->arm]--;
     if (--g->pending == 0) group_complete(g);
-}
-
-static void mu_on_conn(up_user_t *u, up_conn_t *uc)
-{
-    mirror_t *m = container_of(u, mirror_t, user);
-    m->up = uc;
-    uv_buf_t bufs[2] = {uv_buf_init(m->head.p, (unsigned)m->head.len),
-                        uv_buf_init(m->g->body.p, (unsigned)m->g->body.len)};
-    if (up_write(uc, bufs, m->g->body.len ? 2 : 1, 1) != 0) {
-        up_release(uc, 0);
-        m->up = NULL;
-        mirror_finish(m, 0);
-    }
-}
-
-static void mu_on_sent(up_user_t *u, up_conn_t *uc)
-{
-    (void)u;
-    (void)uc;
-}
-
-static void mu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
-{
-    mirror_t *m = container_of(u, mirror_t, user);
-    m->status = resp->status;
-    int ct = http_find(resp->head, resp->base, "content-type");
-    if (ct >= 0) {
-        mm_str_t v = http_hvalue(resp->head, resp->base, ct);
-        snprintf(m->ctype, sizeof(m->ctype), "%.*s", (int)v.n, v.p);
-    }
-    up_set_decode(uc, 1); /* keep the de-chunked body for comparison */
-    up_resume(uc);
-}
-
-static void mu_on_body(up_user_t *u, up_conn_t *uc, const char *p, size_t n)
-{
-    mirror_t *m = container_of(u, mirror_t, user);
-    if (m->resp.len + n > SHADOW_KEEP) {
-        m->truncated = 1;
-        n = SHADOW_KEEP - m->resp.len;
-    }
-    mm_buf_append(&m->resp, p, n);
-    up_resume(uc);
-}
-
-static void mu_on_done(up_user_t *u, up_conn_t *uc)
-{
-    mirror_t *m = container_of(u, mirror_t, user);
-    m->up = NULL;
-    up_release(uc, 1);
-    mirror_finish(m, m->status);
-}
-
-static void mu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
-{
-    mirror_t *m = container_of(u, mirror_t, user);
-    (void)uc;
-    (void)kind;
-    (void)reused;
-    m->up = NULL;
-    mirror_finish(m, 0);
-}
-
-static const up_user_ops_t mirror_ops = {
-    .on_conn = mu_on_conn,
-    .on_sent = mu_on_sent,
-    .on_head = mu_on_head,
-    .on_body = mu_on_body,
-    .on_done = mu_on_done,
-    .on_error = mu_on_error,
-};
-
-static void on_mirror_timeout(uv_timer_t *t)
-{
-    mirror_t *m = t->data;
-    if (m->finished) return;
-    if (m->up) {
-        up_release(m->up, 0); /* closes it; no callback follows */
-        m->up = NULL;
-    } else {
-        up_cancel(m->pool, &m->user);
-    }
-    mirror_finish(m, 0);
-}
-
-static void build_mirror_head(shadow_group_t *g, mirror_t *m)
-{
-    const cfg_upstream_t *up = g->exp->ups[m->arm];
-    mm_buf_t *b = &m->head;
-    mm_buf_cstr(b, g->method);
-    mm_buf_lit(b, " ");
-    mm_buf_cstr(b, up->base_path);
-    mm_buf_append(b, g->url.p, g->url.len);
-    mm_buf_lit(b, " HTTP/1.1\r\nHost: ");
-    mm_buf_cstr(b, up->host_header);
-    mm_buf_lit(b, "\r\n");
-    mm_buf_append(b, g->head_lines.p, g->head_lines.len);
-    if (g->body.len || strcmp(g->method, "POST") == 0 || strcmp(g->method, "PUT") == 0) {
-        mm_buf_lit(b, "Content-Length: ");
-        mm_buf_u64(b, g->body.len);
-        mm_buf_lit(b, "\r\n");
-    }
-    mm_buf_lit(b, "X-Request-Id: ");
-    mm_buf_cstr(b, g->id);
-    mm_buf_lit(b, "\r\nX-Modelmux-Arm: ");
-    mm_buf_cstr(b, up->name);
-    mm_buf_lit(b, "\r\nX-Modelmux-Shadow: 1\r\n\r\n");
 }
 
 void shadow_start(conn_t *c)
@@ -244,19 +120,19 @@ void shadow_start(conn_t *c)
     for (int i = 0; i < g->n; i++) {
         mirror_t *m = &g->m[i];
         if (!g->body_ok || g->exp->mirror_inflight[m->arm] >= lim->max_inflight) continue;
-        build_mirror_head(g, m);
-        if (m->head.oom) continue;
-        m->started = 1;
-        m->t0_us = mm_now_us();
+        leg_t *l = &m->leg;
+        leg_build_head(&l->head, g->method, g->exp->ups[m->arm], (mm_str_t){g->url.p, g->url.len},
+                       (mm_str_t){g->head_lines.p, g->head_lines.len}, g->body.len, g->id,
+                       "X-Modelmux-Shadow: 1\r\n");
+        if (l->head.oom) continue;
+        l->body = g->body.p;
+        l->body_len = g->body.len;
+        l->keep_max = SHADOW_KEEP;
+        l->done = on_mirror_done;
+        l->owner = m;
         g->exp->mirror_inflight[m->arm]++;
         g->pending++;
-        m->user.ops = &mirror_ops;
-        m->user.no_body_expected = g->head_request;
-        m->pool = g->exp->pools[m->arm];
-        uv_timer_init(g->srv->loop, &m->timer);
-        m->timer.data = m;
-        uv_timer_start(&m->timer, on_mirror_timeout, (uint64_t)lim->timeout_ms, 0);
-        up_acquire(m->pool, &m->user);
+        leg_start(l, g->srv->loop, g->exp->pools[m->arm], lim->timeout_ms, g->head_request);
     }
 }
 
@@ -329,21 +205,51 @@ static void dechunk(mm_buf_t *b)
     b->len = out;
 }
 
-static void on_timer_closed(uv_handle_t *h)
+static void group_free(shadow_group_t *g)
 {
-    mirror_t *m = h->data;
-    shadow_group_t *g = m->g;
-    if (--g->closing_timers > 0) return;
-    for (int i = 0; i < g->n; i++) {
-        mm_buf_free(&g->m[i].head);
-        mm_buf_free(&g->m[i].resp);
-    }
     mm_buf_free(&g->head_lines);
     mm_buf_free(&g->url);
     mm_buf_free(&g->body);
     mm_buf_free(&g->p_body);
     router_unref(g->router);
     free(g);
+}
+
+static void on_leg_closed(leg_t *l)
+{
+    shadow_group_t *g = ((mirror_t *)l->owner)->g;
+    if (--g->closing == 0) group_free(g);
+}
+
+static void write_log(shadow_group_t *g)
+{
+    reqlog_t *log = g->srv->reqlog;
+    if (log == NULL || !reqlog_sampled(log)) return;
+    static const char *names[] = {"match", "mismatch", "error", "dropped"};
+    reqlog_shadow_t sh[MM_MAX_ARMS];
+    for (int i = 0; i < g->n; i++) {
+        const mirror_t *m = &g->m[i];
+        sh[i] = (reqlog_shadow_t){g->exp->ups[m->arm]->name, m->leg.started ? m->leg.status : 0,
+                                  m->leg.started ? m->leg.latency_us : 0, names[m->outcome]};
+    }
+    reqlog_entry_t e = {
+        .request_id = g->id,
+        .experiment = g->exp->cfg->name,
+        .arm = g->exp->ups[g->arm]->name,
+        .method = g->method,
+        .path = g->url.p ? g->url.p : "",
+        .path_len = g->url.len,
+        .status = g->status,
+        .latency_us = g->latency_us,
+        .bytes_in = g->bytes_in,
+        .bytes_out = g->bytes_out,
+        .shadow = sh,
+        .n_shadow = (size_t)g->n,
+        .body = reqlog_bodies(log) ? g->body.p : NULL,
+        .body_len = reqlog_bodies(log) ? g->body.len : 0,
+        .ts_us = g->ts_us,
+    };
+    reqlog_write(log, &e);
 }
 
 static void group_complete(shadow_group_t *g)
@@ -358,14 +264,14 @@ static void group_complete(shadow_group_t *g)
     int arms[MM_MAX_ARMS], outcomes[MM_MAX_ARMS], idx[MM_MAX_ARMS];
     size_t k = 0;
     for (int i = 0; i < g->n; i++) {
-        mirror_t *m = &g->m[i];
-        if (!m->started) continue;
-        answers[k] = (policy_resp_t){m->status,
-                                     {m->ctype, strlen(m->ctype)},
-                                     {m->resp.p ? m->resp.p : "", m->resp.len},
-                                     m->truncated};
-        arms[k] = m->arm;
-        outcomes[k] = m->status == 0 ? POLICY_ERROR : POLICY_MATCH;
+        const leg_t *l = &g->m[i].leg;
+        if (!l->started) continue;
+        answers[k] = (policy_resp_t){l->status,
+                                     {l->ctype, strlen(l->ctype)},
+                                     {l->resp.p ? l->resp.p : "", l->resp.len},
+                                     l->truncated};
+        arms[k] = g->m[i].arm;
+        outcomes[k] = l->status == 0 ? POLICY_ERROR : POLICY_MATCH;
         idx[k++] = i;
     }
     if (k > 0 && g->p_status != 0 && ce->ops->compare)
@@ -375,48 +281,17 @@ static void group_complete(shadow_group_t *g)
         m->outcome = outcomes[j] == POLICY_ERROR      ? SHADOW_ERROR
                      : outcomes[j] == POLICY_MISMATCH ? SHADOW_MISMATCH
                                                       : SHADOW_MATCH;
-        if (g->p_status == 0 && m->status != 0) m->outcome = SHADOW_MISMATCH;
+        if (g->p_status == 0 && m->leg.status != 0) m->outcome = SHADOW_MISMATCH;
         if (ce->ops->on_response && g->exp->state->control.state == EXP_RUNNING)
-            ce->ops->on_response(ce->policy, m->arm, m->status, m->latency_us, mm_now_ms());
+            ce->ops->on_response(ce->policy, m->arm, m->leg.status, m->leg.latency_us, mm_now_ms());
     }
-    reqlog_shadow_t sh[MM_MAX_ARMS];
-    static const char *names[] = {"match", "mismatch", "error", "dropped"};
-    for (int i = 0; i < g->n; i++) {
-        mirror_t *m = &g->m[i];
-        count(g, m->arm, m->outcome);
-        sh[i] = (reqlog_shadow_t){g->exp->ups[m->arm]->name, m->started ? m->status : 0,
-                                  m->started ? m->latency_us : 0, names[m->outcome]};
+    for (int i = 0; i < g->n; i++) g->exp->metrics->arms[g->m[i].arm].shadow[g->m[i].outcome]++;
+    write_log(g);
+    /* Free once every leg has closed its timer. */
+    if (g->n == 0) {
+        group_free(g);
+        return;
     }
-    reqlog_t *log = g->srv->reqlog;
-    if (log && reqlog_sampled(log)) {
-        reqlog_entry_t e = {
-            .request_id = g->id,
-            .experiment = ce->name,
-            .arm = g->exp->ups[g->arm]->name,
-            .method = g->method,
-            .path = g->url.p ? g->url.p : "",
-            .path_len = g->url.len,
-            .status = g->status,
-            .latency_us = g->latency_us,
-            .bytes_in = g->bytes_in,
-            .bytes_out = g->bytes_out,
-            .shadow = sh,
-            .n_shadow = (size_t)g->n,
-            .body = reqlog_bodies(log) ? g->body.p : NULL,
-            .body_len = reqlog_bodies(log) ? g->body.len : 0,
-            .ts_us = g->ts_us,
-        };
-        reqlog_write(log, &e);
-    }
-    /* Free once every timer handle has closed. */
-    g->closing_timers = 1; /* held while we close them */
-    for (int i = 0; i < g->n; i++) {
-        if (!g->m[i].started) continue;
-        g->closing_timers++;
-        uv_close((uv_handle_t *)&g->m[i].timer, on_timer_closed);
-    }
-    mirror_t dummy = {.g = g};
-    uv_handle_t fake;
-    fake.data = &dummy;
-    on_timer_closed(&fake);
+    g->closing = g->n;
+    for (int i = 0; i < g->n; i++) leg_close(&g->m[i].leg, on_leg_closed);
 }

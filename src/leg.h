@@ -1,0 +1,55 @@
+/* leg.h — one buffered exchange with an upstream: send a head and a body
+ * held by the owner, keep the (de-chunked) answer up to a bound, give up
+ * after a timeout. Mirrors (shadow_rt.c) and fan-out requests (fanout.c)
+ * are made of legs; the client's own request streams instead (proxy.c). */
+#ifndef MM_LEG_H
+#define MM_LEG_H
+
+#include <uv.h>
+
+#include "buf.h"
+#include "upstream.h"
+
+typedef struct leg_s leg_t;
+
+struct leg_s {
+    /* set by the owner before leg_start */
+    mm_buf_t head;    /* the request head, complete */
+    const char *body; /* request body (owner keeps it alive), may be NULL */
+    size_t body_len;
+    size_t keep_max;        /* answer bytes kept; beyond: truncated */
+    void (*done)(leg_t *l); /* called once: answered, failed or timed out */
+    void *owner;
+    /* results */
+    int status; /* 0: transport failure or timeout */
+    int timed_out;
+    up_err_t err;
+    char ctype[128];
+    mm_buf_t resp;
+    int truncated;
+    uint64_t latency_us;
+    int started, finished;
+    /* private */
+    up_user_t user;
+    up_pool_t *pool;
+    up_conn_t *up;
+    uv_timer_t timer;
+    uint64_t t0_us;
+    void (*closed)(leg_t *l);
+};
+
+void leg_init(leg_t *l);
+/* Acquire a connection from pool and run the exchange; done() follows. */
+void leg_start(leg_t *l, uv_loop_t *loop, up_pool_t *pool, int timeout_ms, int head_request);
+/* After done() (or if never started): release the timer handle; closed(l)
+ * runs once the leg's memory may be freed. Buffers are freed here too. */
+void leg_close(leg_t *l, void (*closed)(leg_t *l));
+
+/* The request head for a leg: METHOD base_path+url HTTP/1.1, Host, the
+ * forwarded header lines, Content-Length (when there is a body or the
+ * method carries one), X-Request-Id, X-Modelmux-Arm, then `extra` lines. */
+void leg_build_head(mm_buf_t *b, const char *method, const cfg_upstream_t *up, mm_str_t url,
+                    mm_str_t header_lines, size_t body_len, const char *request_id,
+                    const char *extra);
+
+#endif
