@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fanout.h"
 #include "log.h"
 #include "proxy_internal.h"
 #include "reqlog.h"
@@ -480,6 +481,7 @@ static void on_request_head(conn_t *c)
 
     uv_timer_stop(&c->timer);
     r->active = 1;
+    r->serial++;
     r->t0_us = mm_now_us();
     r->router = srv->router;
     router_ref(r->router);
@@ -555,9 +557,17 @@ static void on_request_head(conn_t *c)
         }
         /* Header lines are copied now: the head's bytes may be overwritten
          * while a large body streams, and a fallback rebuilds the head later. */
-        proxy_forward_headers(&r->fwd_lines, h, base, c->peer, 0);
-        shadow_prepare(c);
-        if (r->shadow == NULL && srv->reqlog && reqlog_bodies(srv->reqlog)) {
+        r->fanout = r->choice.fanout;
+        proxy_forward_headers(&r->fwd_lines, h, base, c->peer, r->fanout);
+        if (r->fanout) {
+            /* every arm gets the whole body: read it first (bounded) */
+            mm_buf_reset(&r->captured);
+            r->capture_body = 1;
+            r->capture_limit = cfg->limits.max_body_bytes;
+        } else {
+            shadow_prepare(c);
+        }
+        if (!r->fanout && r->shadow == NULL && srv->reqlog && reqlog_bodies(srv->reqlog)) {
             /* log.bodies: keep the request body (bounded) for its log line */
             mm_buf_reset(&r->captured);
             r->capture_body = 1;
@@ -576,7 +586,7 @@ static void on_request_head(conn_t *c)
         c->phase = C_BODY;
         uv_timer_start(&c->timer, conn_on_timer, (uint64_t)cfg->limits.idle_timeout_ms, 0);
     }
-    if (!r->local) dispatch(c);
+    if (!r->local && !r->fanout) dispatch(c);
 }
 
 /* ---- talking to the upstream ---- */
@@ -851,7 +861,8 @@ static void req_finish(conn_t *c)
             store_pull(srv->store, r->exp->state, r->arm);
             if (r->status >= 500) store_error(srv->store, r->exp->state, r->arm);
             store_remember(srv->store, (mm_str_t){r->id, r->id_len}, r->exp->cfg->name,
-                           r->exp->ups[r->arm]->name, r->exp->cfg->feedback_ttl_s);
+                           r->merged ? "interleave" : r->exp->ups[r->arm]->name,
+                           r->exp->cfg->feedback_ttl_s);
         }
         const policy_ops_t *ops = r->exp->cfg->ops;
         if (ops->on_response && r->exp->state->control.state == EXP_RUNNING) {
@@ -877,6 +888,7 @@ static void req_finish(conn_t *c)
     r->exp = NULL;
     r->pool = NULL;
     r->local = 0;
+    r->fanout = r->merged = r->dispatched = 0;
     r->responding = r->final_write = r->head_pending = 0;
     r->body_done = r->up_done = r->retry = r->retries = 0;
     r->up_head_written = r->replayable = 0;
@@ -960,7 +972,7 @@ static void conn_process(conn_t *c)
             on_request_head(c);
             continue;
         }
-        if (c->phase == C_BODY && c->req.local) {
+        if (c->phase == C_BODY && (c->req.local || c->req.fanout)) {
             size_t avail = c->rlen - c->rpos;
             if (avail == 0) return;
             const char *p = c->rbuf + c->rpos;
@@ -987,9 +999,13 @@ static void conn_process(conn_t *c)
             pump_body(c);
             return;
         }
-        if (c->phase == C_WAIT && c->req.local && c->req.active && !c->req.dispatched) {
+        if (c->phase == C_WAIT && (c->req.local || c->req.fanout) && c->req.active &&
+            !c->req.dispatched) {
             c->req.dispatched = 1;
-            local_dispatch(c);
+            if (c->req.local)
+                local_dispatch(c);
+            else
+                fanout_start(c);
         }
         return;
     }

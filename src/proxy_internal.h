@@ -38,6 +38,9 @@ typedef struct {
     int req_chunked;
     int has_body;
     int local, dispatched;
+    int fanout;      /* answered by every arm at once (fanout.c) */
+    int merged;      /* the answer was merged from several arms (interleave) */
+    uint64_t serial; /* distinguishes successive requests on the connection */
     int active;
     int body_done; /* the whole request body was read */
     int up_head_written;

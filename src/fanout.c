@@ -1,0 +1,149 @@
+/* fanout.c — see fanout.h.
+ *
+ * Every arm gets the same request (the body was read whole and de-chunked,
+ * bounded by max_body_bytes) as a leg with the arm's own timeout_ms. When all
+ * legs are done the policy merges the answers (or picks one to pass through
+ * when the other is unusable); the attribution it returns is stored with the
+ * request id so a later click can be credited (store_put_aux). The fan-out
+ * holds a reference to the connection and to the router: if the client goes
+ * away meanwhile, the answers are dropped when they arrive. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fanout.h"
+#include "leg.h"
+
+typedef struct {
+    conn_t *conn;
+    router_t *router;
+    exp_rt_t *exp;
+    uint64_t req_serial; /* the request this fan-out belongs to */
+    int n, pending, closing;
+    mm_buf_t body;
+    leg_t legs[MM_MAX_ARMS];
+} fanout_t;
+
+static void fanout_free(fanout_t *f)
+{
+    mm_buf_free(&f->body);
+    router_unref(f->router);
+    conn_release(f->conn);
+    free(f);
+}
+
+static void on_leg_closed(leg_t *l)
+{
+    fanout_t *f = l->owner;
+    if (--f->closing == 0) fanout_free(f);
+}
+
+/* Keep the policy's attribution with the request id for later clicks. */
+static void fanout_keep_aux(mm_server_t *srv, req_t *r, const cfg_experiment_t *ce, mm_buf_t *aux)
+{
+    (void)srv;
+    (void)r;
+    (void)ce;
+    (void)aux; /* wired to store_put_aux once the store offers it */
+}
+
+static void answer(fanout_t *f)
+{
+    conn_t *c = f->conn;
+    req_t *r = &c->req;
+    mm_server_t *srv = c->srv;
+    if (c->closing || !r->active || r->serial != f->req_serial) return; /* client gone */
+    const cfg_experiment_t *ce = f->exp->cfg;
+    policy_resp_t answers[MM_MAX_ARMS];
+    int all_timeouts = 1;
+    for (int i = 0; i < f->n; i++) {
+        const leg_t *l = &f->legs[i];
+        answers[i] = (policy_resp_t){l->status,
+                                     {l->ctype, strlen(l->ctype)},
+                                     {l->resp.p ? l->resp.p : "", l->resp.len},
+                                     l->truncated};
+        if (l->status != 0 || !l->timed_out) all_timeouts = 0;
+        if (l->status == 0 || l->status >= 500) store_error(srv->store, f->exp->state, i);
+    }
+    policy_view_t v;
+    router_view(f->exp, &srv->rng, mm_now_ms(), &v);
+    mm_buf_t out, aux;
+    mm_buf_init(&out);
+    mm_buf_init(&aux);
+    int merged = 0;
+    int arm = ce->ops->combine(ce->policy, &v, answers, (size_t)f->n, &out, &aux, &merged);
+    if (arm < 0 || arm >= f->n || answers[arm].status == 0) {
+        r->up_errors++;
+        if (all_timeouts)
+            conn_respond_error(c, 504, "upstream_timeout", "no ranker answered in time");
+        else
+            conn_respond_error(c, 502, "upstream_unavailable", "no ranker gave a usable answer");
+        goto done;
+    }
+    r->arm = arm;
+    r->merged = merged;
+    if (merged) /* every arm contributed: an impression for each */
+        for (int i = 0; i < f->n; i++)
+            if (i != arm) store_pull(srv->store, f->exp->state, i);
+    fanout_keep_aux(srv, r, ce, &aux);
+    const leg_t *l = &f->legs[arm];
+    const char *body = merged ? out.p : l->resp.p;
+    size_t len = merged ? out.len : l->resp.len;
+    mm_buf_t extra;
+    mm_buf_init(&extra);
+    mm_buf_lit(&extra, "X-Modelmux-Experiment: ");
+    mm_buf_cstr(&extra, ce->name);
+    mm_buf_lit(&extra, "\r\nX-Modelmux-Arm: ");
+    mm_buf_cstr(&extra, merged ? "interleave" : f->exp->ups[arm]->name);
+    mm_buf_lit(&extra, "\r\n");
+    mm_buf_append(&extra, "", 1); /* NUL: conn_respond takes a C string */
+    r->bytes_out = len;
+    conn_respond(c, answers[arm].status, l->ctype[0] ? l->ctype : "application/json",
+                 body ? body : "", len, extra.oom ? NULL : extra.p);
+    mm_buf_free(&extra);
+done:
+    mm_buf_free(&out);
+    mm_buf_free(&aux);
+}
+
+static void on_leg_done(leg_t *l)
+{
+    fanout_t *f = l->owner;
+    if (--f->pending > 0) return;
+    answer(f);
+    f->closing = f->n;
+    for (int i = 0; i < f->n; i++) leg_close(&f->legs[i], on_leg_closed);
+}
+
+void fanout_start(conn_t *c)
+{
+    req_t *r = &c->req;
+    exp_rt_t *e = r->exp;
+    fanout_t *f = calloc(1, sizeof(*f));
+    if (f == NULL) {
+        conn_respond_error(c, 503, "overloaded", "out of memory");
+        return;
+    }
+    f->conn = conn_hold(c);
+    f->router = r->router;
+    router_ref(f->router);
+    f->exp = e;
+    f->req_serial = r->serial;
+    f->n = (int)e->state->n_arms;
+    f->body = r->captured; /* take the body: no copy */
+    mm_buf_init(&r->captured);
+    uint64_t keep = server_config(c->srv)->limits.max_body_bytes;
+    for (int i = 0; i < f->n; i++) {
+        leg_t *l = &f->legs[i];
+        leg_init(l);
+        l->owner = f;
+        leg_build_head(&l->head, r->method, e->ups[i], (mm_str_t){r->url.p, r->url.len},
+                       (mm_str_t){r->fwd_lines.p, r->fwd_lines.len}, f->body.len, r->id, NULL);
+        l->body = f->body.p;
+        l->body_len = f->body.len;
+        l->keep_max = keep;
+        l->done = on_leg_done;
+    }
+    f->pending = f->n;
+    for (int i = 0; i < f->n; i++)
+        leg_start(&f->legs[i], c->srv->loop, e->pools[i], e->ups[i]->timeout_ms, r->head_request);
+}
