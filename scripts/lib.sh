@@ -22,8 +22,13 @@ mm_ensure_packages() {
 # mm_build DIR [cmake args...]: configure (once) and build into DIR.
 mm_build() {
     local dir=$1; shift
-    cmake -S "$MM_ROOT" -B "$dir" "$@" >/dev/null
-    cmake --build "$dir" -j"$(nproc)" -- --no-print-directory
+    mkdir -p "$dir"
+    if ! { cmake -S "$MM_ROOT" -B "$dir" "$@" && cmake --build "$dir" -j"$(nproc)"; } \
+            >"$dir/build.log" 2>&1; then
+        tail -n 60 "$dir/build.log"
+        echo "build failed (full log: $dir/build.log)" >&2
+        return 1
+    fi
 }
 
 mm_free_port() {
