@@ -5,12 +5,17 @@
  * With --workers N the parent forks N workers that each bind the listen
  * ports with SO_REUSEPORT and run their own event loop; the parent only
  * forwards signals and waits. Workers share experiment state through the
- * Redis store, so N > 1 requires it. */
+ * Redis store; with the memory store the parent provides a private one. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,13 +50,15 @@ static int parse_u64(const char *s, uint64_t *out)
     return 0;
 }
 
-static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reuseport)
+static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reuseport,
+                      const cfg_store_t *store_override)
 {
     uv_loop_t loop;
     mm_server_t srv;
     char err[1024];
     uv_loop_init(&loop);
-    if (server_start(&srv, &loop, path, cfg, seed, reuseport, err, sizeof(err)) != 0) {
+    if (server_start(&srv, &loop, path, cfg, seed, reuseport, store_override, err, sizeof(err)) !=
+        0) {
         fprintf(stderr, "modelmux: %s\n", err);
         if (srv.router == NULL) config_free(cfg);
         server_free(&srv);
@@ -75,13 +82,96 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
     return code;
 }
 
+/* ---- the private Redis behind --workers with the memory store ----
+ * Workers are separate processes; for them to act as one on the zero-setup
+ * memory store, the parent starts a redis-server of its own on a free
+ * loopback port, without persistence (state lives as long as modelmux, as
+ * with the memory store), points every worker's store at it, and stops it by
+ * PID when the workers are gone. */
+static pid_t private_redis_pid;
+
+static int free_loopback_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+static int port_accepts(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return 0;
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return ok;
+}
+
+static int start_private_redis(cfg_store_t *out)
+{
+    int port = free_loopback_port();
+    if (port <= 0) return -1;
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive modelmux */
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) {
+            dup2(null, STDIN_FILENO);
+            dup2(null, STDOUT_FILENO);
+        }
+        execlp("redis-server", "redis-server", "--port", portstr, "--bind", "127.0.0.1", "--save",
+               "", "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
+        fprintf(stderr, "modelmux: cannot run redis-server: %s\n", strerror(errno));
+        _exit(127);
+    }
+    for (int i = 0; i < 100; i++) { /* up to 5 s */
+        if (port_accepts(port)) {
+            private_redis_pid = pid;
+            memset(out, 0, sizeof(*out));
+            out->type = STORE_REDIS;
+            snprintf(out->host, sizeof(out->host), "127.0.0.1");
+            out->port = port;
+            snprintf(out->prefix, sizeof(out->prefix), "modelmux");
+            out->sync_ms = 20; /* one machine: keep the workers tightly in step */
+            return 0;
+        }
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) return -1;
+        usleep(50000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+static void stop_private_redis(void)
+{
+    if (private_redis_pid <= 0) return;
+    kill(private_redis_pid, SIGTERM);
+    waitpid(private_redis_pid, NULL, 0);
+    private_redis_pid = 0;
+}
+
 static volatile sig_atomic_t got_signal;
 static void on_parent_signal(int sig)
 {
     got_signal = sig;
 }
 
-static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n)
+static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
+                       const cfg_store_t *store_override)
 {
     pid_t pids[256];
     for (int i = 0; i < n; i++) {
@@ -91,7 +181,8 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n)
             for (int j = 0; j < i; j++) kill(pids[j], SIGTERM);
             return 1;
         }
-        if (pid == 0) exit(run_worker(path, cfg, seed + (uint64_t)i, 1));
+        if (pid == 0) prctl(PR_SET_PDEATHSIG, SIGTERM); /* die with the parent */
+        if (pid == 0) exit(run_worker(path, cfg, seed + (uint64_t)i, 1, store_override));
         pids[i] = pid;
     }
     config_free(cfg); /* each worker has its own copy */
@@ -168,20 +259,33 @@ int main(int argc, char **argv)
         config_free(cfg);
         return 0;
     }
-    if (workers > 1 && cfg->store.type != STORE_REDIS) {
-        fprintf(stderr,
-                "modelmux: --workers %llu needs the redis store: with the memory store "
-                "each worker would learn on its own\n",
-                (unsigned long long)workers);
-        config_free(cfg);
-        return 1;
+    cfg_store_t shared;
+    const cfg_store_t *override = NULL;
+    if (workers > 1 && cfg->store.type == STORE_MEMORY) {
+        if (start_private_redis(&shared) != 0) {
+            fprintf(stderr,
+                    "modelmux: --workers %llu with the memory store needs redis-server "
+                    "(apt-get install redis-server) to share state between workers, "
+                    "or a \"redis\" store in the config\n",
+                    (unsigned long long)workers);
+            config_free(cfg);
+            return 1;
+        }
+        override = &shared;
+        mm_log("memory store shared by %llu workers through a private redis-server on "
+               "127.0.0.1:%d (pid %d)",
+               (unsigned long long)workers, shared.port, (int)private_redis_pid);
     }
     if (!have_seed) {
         if (uv_random(NULL, NULL, &seed, sizeof(seed), 0, NULL) != 0)
             seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     }
-    if (workers > 1) return run_workers(path, cfg, seed, (int)workers);
-    return run_worker(path, cfg, seed, 0);
+    if (workers > 1) {
+        int code = run_workers(path, cfg, seed, (int)workers, override);
+        stop_private_redis();
+        return code;
+    }
+    return run_worker(path, cfg, seed, 0, NULL);
 bad:
     fprintf(stderr, "modelmux: unknown or incomplete option '%s'\n", bad_arg);
     usage(stderr);

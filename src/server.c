@@ -56,6 +56,7 @@ int server_reload(mm_server_t *srv, char *err, size_t errlen)
         mm_log("reload rejected, the previous config keeps serving: %s", err);
         return -1;
     }
+    if (srv->has_store_override) cfg->store = srv->store_override;
     const config_t *old = srv->router->cfg;
     if (strcmp(old->listen.host, cfg->listen.host) != 0 || old->listen.port != cfg->listen.port)
         mm_log("reload: a new listen address takes effect at the next restart");
@@ -161,9 +162,15 @@ static void on_sigterm(uv_signal_t *s, int signum)
 /* ---- start ---- */
 
 int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, config_t *cfg,
-                 uint64_t seed, int reuseport, char *err, size_t errlen)
+                 uint64_t seed, int reuseport, const cfg_store_t *store_override, char *err,
+                 size_t errlen)
 {
     memset(srv, 0, sizeof(*srv));
+    if (store_override) {
+        srv->has_store_override = 1;
+        srv->store_override = *store_override;
+        cfg->store = *store_override;
+    }
     srv->loop = loop;
     srv->seed = seed;
     srv->config_path = strdup(config_path);

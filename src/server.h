@@ -41,6 +41,8 @@ typedef struct mm_server_s {
     int stopping;
     int exit_code;
     uint64_t reloads, reload_failures;
+    int has_store_override; /* --workers with the memory store: the shared private Redis */
+    cfg_store_t store_override;
 } mm_server_t;
 
 enum { CONN_DATA = 0, CONN_ADMIN = 1 };

@@ -4,9 +4,13 @@
 
 #include "server.h"
 
-/* Build everything from cfg (taking ownership of it) and start listening. */
+/* Build everything from cfg (taking ownership of it) and start listening.
+ * store_override (may be NULL) replaces the config's store, now and on every
+ * reload (workers sharing the private Redis that stands in for the memory
+ * store). */
 int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, config_t *cfg,
-                 uint64_t seed, int reuseport, char *err, size_t errlen);
+                 uint64_t seed, int reuseport, const cfg_store_t *store_override, char *err,
+                 size_t errlen);
 /* Begin the graceful stop (what SIGTERM does). */
 void server_stop(mm_server_t *srv);
 /* After the loop has run dry. */
