@@ -35,6 +35,8 @@ static const char continue_100[] = "HTTP/1.1 100 Continue\r\n\r\n";
 static llhttp_settings_t req_settings;
 
 static void conn_close(conn_t *c);
+static void conn_deadline(conn_t *c, int ms);
+static void conn_no_deadline(conn_t *c);
 static void conn_process(conn_t *c);
 static void pump_body(conn_t *c);
 static void req_finish(conn_t *c);
@@ -62,8 +64,7 @@ static int on_message_begin(llhttp_t *p)
     if (c->phase == C_IDLE) {
         c->phase = C_HEAD;
         /* header_timeout_ms runs from the first byte to the end of the head */
-        uv_timer_start(&c->timer, conn_on_timer,
-                       (uint64_t)server_config(c->srv)->limits.header_timeout_ms, 0);
+        conn_deadline(c, server_config(c->srv)->limits.header_timeout_ms);
     }
     return 0;
 }
@@ -205,9 +206,36 @@ static void conn_close(conn_t *c)
     if (srv->draining && srv->conns == NULL) server_drained(srv);
 }
 
+/* Client timeouts are deadlines checked lazily: setting one only restarts
+ * the libuv timer when it must fire earlier than it is armed for, and
+ * clearing one does nothing (the timer fires, finds no deadline due, and
+ * re-arms or stops). A request then costs one timer operation, not three. */
+static void conn_deadline(conn_t *c, int ms)
+{
+    uint64_t now = uv_now(c->srv->loop);
+    c->deadline = now + (uint64_t)ms;
+    if (!uv_is_active((uv_handle_t *)&c->timer) || c->timer_due > c->deadline) {
+        c->timer_due = c->deadline;
+        uv_timer_start(&c->timer, conn_on_timer, (uint64_t)ms, 0);
+    }
+}
+
+static void conn_no_deadline(conn_t *c)
+{
+    c->deadline = 0;
+}
+
 void conn_on_timer(uv_timer_t *t)
 {
     conn_t *c = t->data;
+    uint64_t now = uv_now(c->srv->loop);
+    if (c->deadline == 0) return;
+    if (now < c->deadline) { /* armed for an earlier deadline since moved on */
+        c->timer_due = c->deadline;
+        uv_timer_start(&c->timer, conn_on_timer, c->deadline - now, 0);
+        return;
+    }
+    c->deadline = 0;
     switch (c->phase) {
     case C_IDLE:
         conn_close(c);
@@ -291,8 +319,7 @@ void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     c->rlen += (size_t)nread;
     if (c->phase == C_BODY && !c->req.responding)
-        uv_timer_start(&c->timer, conn_on_timer,
-                       (uint64_t)server_config(c->srv)->limits.idle_timeout_ms, 0);
+        conn_deadline(c, server_config(c->srv)->limits.idle_timeout_ms);
     conn_process(c);
     if (!c->closing && c->rlen == c->rcap && (c->pinned || c->phase == C_WAIT)) stop_reading(c);
 }
@@ -363,7 +390,7 @@ static void send_error(conn_t *c, int status, const char *code, const char *msg)
         router_ref(r->router);
     }
     stop_reading(c);
-    uv_timer_stop(&c->timer);
+    conn_no_deadline(c);
     r->status = status;
     /* The connection stays usable only if the request was read entirely. */
     if (!c->msg_done || status == 408 || status == 400 || status == 431) r->keep_alive = 0;
@@ -479,7 +506,7 @@ static void on_request_head(conn_t *c)
     const http_head_t *h = &c->head;
     const char *base = c->rbuf;
 
-    uv_timer_stop(&c->timer);
+    conn_no_deadline(c);
     r->active = 1;
     r->serial++;
     r->t0_us = mm_now_us();
@@ -584,7 +611,7 @@ static void on_request_head(conn_t *c)
         shadow_start(c);
     } else {
         c->phase = C_BODY;
-        uv_timer_start(&c->timer, conn_on_timer, (uint64_t)cfg->limits.idle_timeout_ms, 0);
+        conn_deadline(c, cfg->limits.idle_timeout_ms);
     }
     if (!r->local && !r->fanout) dispatch(c);
 }
@@ -638,7 +665,7 @@ static void pump_body(conn_t *c)
         if (c->msg_done) {
             r->body_done = 1;
             c->phase = C_WAIT;
-            uv_timer_stop(&c->timer);
+            conn_no_deadline(c);
             shadow_start(c);
         }
     }
@@ -691,7 +718,7 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
     r->responding = 1;
     r->t_first_byte_us = mm_now_us();
     up_pool_observe(r->pool, resp->status, mm_now_ms());
-    uv_timer_stop(&c->timer);
+    conn_no_deadline(c);
 
     int client_11 = r->http_minor >= 1;
     int decode = resp->chunked && !client_11; /* HTTP/1.0 clients cannot take chunked */
@@ -906,8 +933,7 @@ static void req_finish(conn_t *c)
     }
     c->phase = C_IDLE;
     c->msg_done = c->headers_done = 0;
-    uv_timer_start(&c->timer, conn_on_timer, (uint64_t)server_config(srv)->limits.idle_timeout_ms,
-                   0);
+    conn_deadline(c, server_config(srv)->limits.idle_timeout_ms);
     start_reading(c);
     if (c->rpos < c->rlen) conn_process(c); /* a pipelined request is waiting */
 }
@@ -992,7 +1018,7 @@ static void conn_process(conn_t *c)
             if (!c->msg_done) return;
             c->req.body_done = 1;
             c->phase = C_WAIT;
-            uv_timer_stop(&c->timer);
+            conn_no_deadline(c);
             continue;
         }
         if (c->phase == C_BODY) {
@@ -1069,7 +1095,7 @@ static void on_connection(uv_stream_t *server, int status)
         send_error(c, 503, "overloaded", "too many connections");
         return;
     }
-    uv_timer_start(&c->timer, conn_on_timer, (uint64_t)cfg->limits.idle_timeout_ms, 0);
+    conn_deadline(c, cfg->limits.idle_timeout_ms);
     start_reading(c);
 }
 

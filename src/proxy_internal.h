@@ -79,6 +79,8 @@ struct conn_s {
     int handles;
     int refs;
     int headers_done, msg_done;
+    uint64_t deadline;  /* loop time the current timeout expires; 0: none */
+    uint64_t timer_due; /* loop time the libuv timer is armed for */
     char peer[64];
     req_t req;
 };
