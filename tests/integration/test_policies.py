@@ -1,0 +1,142 @@
+"""Policies end to end with real processes: a failing canary rolls itself
+back, a healthy one is promoted, shadow comparison counts a real
+difference as a mismatch, and an A/B experiment's description reports
+significance once feedback arrives."""
+import http.client
+import json
+import random
+import time
+
+import mmtest
+
+
+def get_json(port, path):
+    st, _, body = mmtest.request(port, "GET", path)
+    assert st == 200, (st, body)
+    return json.loads(body)
+
+
+class Canary(mmtest.MMTestCase):
+    def start(self, challenger_args, analysis, on_success="promote"):
+        champion = self.cluster.model_server("champion")
+        challenger = self.cluster.model_server("challenger", *challenger_args)
+        self.port, self.admin = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(
+            self.port, {"champion": champion.port, "challenger": challenger.port},
+            [{"name": "can", "match": {"path_prefix": "/"}, "policy": "canary",
+              "champion": "champion", "canary": "challenger", "steps": [20, 50, 100],
+              "step_interval_s": 0.4, "analysis": analysis, "on_success": on_success}],
+            admin_port=self.admin)
+        self.cluster.modelmux(cfg, "--seed", 11)
+
+    def drive(self, until, timeout=15.0):
+        """Send traffic until until(experiment) holds; returns the arms that answered."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        arms = []
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for _ in range(20):
+                conn.request("GET", "/predict")
+                r = conn.getresponse()
+                r.read()
+                arms.append((r.status, r.getheader("X-Modelmux-Arm")))
+            exp = get_json(self.admin, "/experiments/can")
+            if until(exp):
+                conn.close()
+                return exp, arms
+        conn.close()
+        self.fail("condition not reached; last state %s" % json.dumps(exp)[:800])
+
+    def test_failing_canary_rolls_back_and_champion_takes_all_traffic(self):
+        self.start(["--error-rate", "1"], {"min_requests": 5, "max_error_rate": 0.05,
+                                            "failure_limit": 2})
+        exp, _ = self.drive(lambda e: e["state"] == "rolled_back")
+        self.assertEqual(exp["policy_state"]["step"], 0)
+        after = []
+        for _ in range(100):
+            st, h, _ = mmtest.request(self.port, "GET", "/predict")
+            after.append((st, h.get("x-modelmux-arm")))
+        self.assertEqual(set(after), {(200, "champion")})
+
+    def test_healthy_canary_steps_up_and_is_promoted(self):
+        self.start([], {"min_requests": 5, "max_error_rate": 0.05})
+        exp, _ = self.drive(lambda e: e["state"] == "promoted")
+        after = [mmtest.request(self.port, "GET", "/predict")[1].get("x-modelmux-arm")
+                 for _ in range(50)]
+        self.assertEqual(set(after), {"challenger"})
+
+
+class ShadowComparison(mmtest.MMTestCase):
+    def test_a_different_score_is_a_mismatch_and_an_ignored_field_is_not(self):
+        c = self.cluster
+        champion = c.model_server("champion", "--score", "0.7")
+        same = c.model_server("same", "--score", "0.7")
+        other = c.model_server("other", "--score", "0.2")
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(
+            port, {"champion": champion.port, "same": same.port, "other": other.port},
+            [{"name": "mir", "match": {"path_prefix": "/"}, "policy": "shadow",
+              "primary": "champion", "shadows": ["same", "other"], "timeout_ms": 2000,
+              # the model name and the echoed request id differ by design
+              "compare": {"ignore": ["/model"]}}],
+            admin_port=admin)
+        c.modelmux(cfg, "--seed", 2)
+        for _ in range(20):
+            st, h, body = mmtest.request(port, "POST", "/predict", {"x": 1})
+            self.assertEqual((st, h["x-modelmux-arm"], json.loads(body)["score"]),
+                             (200, "champion", 0.7))
+
+        def outcomes():
+            text = mmtest.request(admin, "GET", "/metrics")[2].decode()
+            got = {}
+            for line in text.splitlines():
+                if line.startswith("modelmux_shadow_total{"):
+                    labels, value = line.rsplit(" ", 1)
+                    arm = labels.split('arm="')[1].split('"')[0]
+                    outcome = labels.split('outcome="')[1].split('"')[0]
+                    got[(arm, outcome)] = float(value)
+            done = sum(v for (a, o), v in got.items() if o != "dropped")
+            return got if done >= 40 else None
+
+        got = mmtest.eventually(outcomes, timeout=10)
+        self.assertEqual(got[("same", "match")], 20)
+        self.assertEqual(got[("other", "mismatch")], 20)
+        self.assertEqual(got.get(("same", "mismatch"), 0) + got.get(("other", "match"), 0), 0)
+
+
+class ABSignificance(mmtest.MMTestCase):
+    def test_description_reports_a_significant_difference(self):
+        c = self.cluster
+        champion = c.model_server("champion")
+        challenger = c.model_server("challenger")
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(
+            port, {"champion": champion.port, "challenger": challenger.port},
+            [{"name": "ab", "match": {"path_prefix": "/"}, "policy": "ab",
+              "arms": {"champion": 50, "challenger": 50}, "reward": "bernoulli"}],
+            admin_port=admin)
+        c.modelmux(cfg, "--seed", 5)
+        rng = random.Random(1)
+        rate = {"champion": 0.1, "challenger": 0.3}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        events = []
+        for _ in range(3000):
+            conn.request("GET", "/predict")
+            r = conn.getresponse()
+            r.read()
+            arm = r.getheader("X-Modelmux-Arm")
+            events.append({"request_id": r.getheader("X-Request-Id"),
+                           "reward": 1 if rng.random() < rate[arm] else 0})
+            if len(events) == 200:
+                conn.request("POST", "/_modelmux/feedback", body=json.dumps({"events": events}))
+                r = conn.getresponse()
+                self.assertEqual(json.loads(r.read())["accepted"], 200)
+                events = []
+        conn.close()
+        exp = get_json(admin, "/experiments/ab")
+        text = json.dumps(exp["policy_state"])
+        self.assertIn("challenger_better", text, text[:2000])
+
+
+if __name__ == "__main__":
+    mmtest.main()
