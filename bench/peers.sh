@@ -291,10 +291,11 @@ declare -A MM_EXP # row name -> experiment JSON
 modelmux_row() {  # modelmux_row NAME EXPERIMENT_JSON : register one modelmux row
   MM_ROWS+=("$1"); MM_EXP[$1]=$2
 }
-# One line per row. More to come, e.g.:
-# modelmux_row modelmux-shadow '{"name":"shadow","match":{"path_prefix":"/"},"policy":"shadow","primary":"champion","shadows":["challenger"]}'
-# modelmux_row modelmux-thompson '{"name":"bandit","match":{"path_prefix":"/"},"policy":"thompson","arms":["champion","challenger"]}'
+# One line per row: the plain split (vs nginx/HAProxy split), Thompson
+# sampling (vs the split: the bandit's routing cost), shadow (vs nginx mirror).
 modelmux_row modelmux-split '{"name":"split","match":{"path_prefix":"/"},"policy":"ab","arms":{"champion":90,"challenger":10}}'
+modelmux_row modelmux-thompson '{"name":"bandit","match":{"path_prefix":"/"},"policy":"thompson","arms":["champion","challenger"]}'
+modelmux_row modelmux-shadow '{"name":"shadow","match":{"path_prefix":"/"},"policy":"shadow","primary":"champion","shadows":["challenger"],"max_inflight":4096}'
 
 declare -A MM_SKIP  # row name -> reason it is skipped (reported once)
 mm_built() { [[ -f $MODELMUX && -x $MODELMUX ]]; }
