@@ -202,6 +202,12 @@ void policy_set_mirror_limits(policy_parse_t *pp, const policy_mirror_limits_t *
 const char *policy_experiment_name(const policy_parse_t *pp);
 
 /* ---- helpers shared by several policies (policies/policy_util.c) ---- */
+/* Declare the arms listed in exp[key] (a JSON list of upstream names, at
+ * least `min` of them), copying each name into names[i]. Returns the number
+ * of arms, or -1 after policy_error (missing, not a list, too short, not a
+ * string, unknown or repeated upstream). */
+int policy_parse_arm_list(policy_parse_t *pp, const json_t *exp, const char *key, int min,
+                          char names[][MM_NAME_MAX + 1]);
 /* Index drawn with probability weights[i] / sum(weights); weights >= 0, sum > 0. */
 int policy_pick_weighted(const double *weights, size_t n, double u);
 /* Sticky variant: the same key_hash always maps to the same arm for fixed weights. */

@@ -17,6 +17,8 @@
  * (u < w0 / (w0 + w1) picks arm 0) — a ramp-up never sends a user back. */
 #include <math.h>
 
+#include <stdio.h>
+
 #include "policy.h"
 
 static inline double clean_weight(double w)
@@ -52,4 +54,29 @@ int policy_pick_sticky(const double *weights, size_t n, uint64_t key_hash)
 {
     double u = (double)(key_hash >> 11) * 0x1.0p-53;
     return policy_pick_weighted(weights, n, u);
+}
+
+int policy_parse_arm_list(policy_parse_t *pp, const json_t *exp, const char *key, int min,
+                          char names[][MM_NAME_MAX + 1])
+{
+    char where[80];
+    snprintf(where, sizeof where, "/%s", key);
+    const json_t *arms = json_object_get(exp, key);
+    if (arms == NULL) return policy_error(pp, "", "missing \"%s\" (a list of upstream names)", key);
+    if (!json_is_array(arms)) return policy_error(pp, where, "must be a list of upstream names");
+    if (json_array_size(arms) < (size_t)min)
+        return policy_error(pp, where, "needs at least %d arms", min);
+    size_t i;
+    const json_t *a;
+    json_array_foreach(arms, i, a)
+    {
+        char path[128];
+        snprintf(path, sizeof path, "%s/%zu", where, i);
+        if (!json_is_string(a))
+            return policy_error(pp, path, "must be an upstream name (a string)");
+        int idx = policy_add_arm(pp, json_string_value(a), path);
+        if (idx < 0) return -1;
+        if (idx < MM_MAX_ARMS) snprintf(names[idx], MM_NAME_MAX + 1, "%s", json_string_value(a));
+    }
+    return policy_arm_count(pp);
 }

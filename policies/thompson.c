@@ -203,25 +203,9 @@ static json_t *ts_describe(void *p, const policy_view_t *v)
 /* arms: a list of at least two upstream names. */
 static int parse_arms(thompson_t *t, const json_t *exp, policy_parse_t *pp)
 {
-    const json_t *arms = json_object_get(exp, "arms");
-    if (arms == NULL) return policy_error(pp, "", "missing \"arms\" (a list of upstream names)");
-    if (!json_is_array(arms)) return policy_error(pp, "/arms", "must be a list of upstream names");
-    if (json_array_size(arms) < 2)
-        return policy_error(pp, "/arms", "a bandit needs at least 2 arms");
-    size_t i;
-    const json_t *a;
-    json_array_foreach(arms, i, a)
-    {
-        char path[32];
-        snprintf(path, sizeof path, "/arms/%zu", i);
-        if (!json_is_string(a))
-            return policy_error(pp, path, "must be an upstream name (a string)");
-        int idx = policy_add_arm(pp, json_string_value(a), path);
-        if (idx < 0) return -1;
-        if (idx < MM_MAX_ARMS)
-            snprintf(t->names[idx], sizeof t->names[idx], "%s", json_string_value(a));
-    }
-    t->n_arms = (size_t)policy_arm_count(pp);
+    int n = policy_parse_arm_list(pp, exp, "arms", 2, t->names);
+    if (n < 0) return -1;
+    t->n_arms = (size_t)n;
     return 0;
 }
 

@@ -65,15 +65,55 @@ void mm_buf_printf(mm_buf_t *b, const char *fmt, ...)
     va_end(ap2);
 }
 
+/* Length of the valid UTF-8 sequence at s (n bytes available), or 0. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len;
+    uint32_t cp;
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        cp = c & 0x1fu;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        cp = c & 0x0fu;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        cp = c & 0x07u;
+    } else {
+        return 0;
+    }
+    if (n < len) return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3fu);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff))) return 0;
+    if (cp >= 0xd800 && cp <= 0xdfff) return 0; /* surrogates are not characters */
+    return len;
+}
+
+/* The inside of a JSON string: escapes, and U+FFFD for invalid UTF-8. Runs
+ * of plain bytes are copied in one append. */
 void mm_buf_json_str(mm_buf_t *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    size_t run = 0; /* bytes copied in one go between escapes */
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
+    const unsigned char *u = (const unsigned char *)s;
+    size_t run = 0, i = 0;
+    while (i < n) {
+        unsigned char c = u[i];
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+            i++;
+            continue;
+        }
+        if (c >= 0x80) {
+            size_t k = utf8_len(u + i, n - i);
+            if (k > 0) {
+                i += k;
+                continue;
+            }
+        }
         mm_buf_append(b, s + run, i - run);
-        run = i + 1;
         switch (c) {
         case '"':
             mm_buf_lit(b, "\\\"");
@@ -90,11 +130,16 @@ void mm_buf_json_str(mm_buf_t *b, const char *s, size_t n)
         case '\t':
             mm_buf_lit(b, "\\t");
             break;
-        default: {
-            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            mm_buf_append(b, e, 6);
+        default:
+            if (c >= 0x80) {
+                mm_buf_lit(b, "\\ufffd");
+            } else {
+                char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+                mm_buf_append(b, e, 6);
+            }
         }
-        }
+        i++;
+        run = i;
     }
     mm_buf_append(b, s + run, n - run);
 }

@@ -53,7 +53,9 @@ static inline void mm_buf_cstr(mm_buf_t *b, const char *s)
 }
 void mm_buf_u64(mm_buf_t *b, uint64_t v);
 void mm_buf_printf(mm_buf_t *b, const char *fmt, ...) MM_PRINTF(2, 3);
-/* Append s as the inside of a JSON string (quotes not included). */
+/* Append s as the inside of a JSON string (quotes not included): escapes,
+ * and U+FFFD for bytes that are not valid UTF-8, so the output is always
+ * valid JSON whatever the input (paths, header values, ids). */
 void mm_buf_json_str(mm_buf_t *b, const char *s, size_t n);
 
 #endif

@@ -198,85 +198,6 @@ static void put_ts(reqlog_t *l, mm_buf_t *b, uint64_t us)
     mm_buf_append(b, frac, 8);
 }
 
-/* Length of the valid UTF-8 sequence at s (n bytes available), or 0. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len;
-    uint32_t cp;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1fu;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        cp = c & 0x0fu;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07u;
-    } else {
-        return 0;
-    }
-    if (n < len) return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3fu);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff))) return 0;
-    if (cp >= 0xd800 && cp <= 0xdfff) return 0; /* surrogates are not characters */
-    return len;
-}
-
-/* The inside of a JSON string: escapes, and U+FFFD for invalid UTF-8. Runs
- * of plain bytes are copied in one append. */
-static void put_json_str(mm_buf_t *b, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *u = (const unsigned char *)s;
-    size_t run = 0, i = 0;
-    while (i < n) {
-        unsigned char c = u[i];
-        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-            i++;
-            continue;
-        }
-        if (c >= 0x80) {
-            size_t k = utf8_len(u + i, n - i);
-            if (k > 0) {
-                i += k;
-                continue;
-            }
-        }
-        mm_buf_append(b, s + run, i - run);
-        switch (c) {
-        case '"':
-            mm_buf_lit(b, "\\\"");
-            break;
-        case '\\':
-            mm_buf_lit(b, "\\\\");
-            break;
-        case '\n':
-            mm_buf_lit(b, "\\n");
-            break;
-        case '\r':
-            mm_buf_lit(b, "\\r");
-            break;
-        case '\t':
-            mm_buf_lit(b, "\\t");
-            break;
-        default:
-            if (c >= 0x80) {
-                mm_buf_lit(b, "\\ufffd");
-            } else {
-                char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-                mm_buf_append(b, e, 6);
-            }
-        }
-        i++;
-        run = i;
-    }
-    mm_buf_append(b, s + run, n - run);
-}
-
 static void put_str_or_null(mm_buf_t *b, const char *s)
 {
     if (s == NULL) {
@@ -284,7 +205,7 @@ static void put_str_or_null(mm_buf_t *b, const char *s)
         return;
     }
     mm_buf_lit(b, "\"");
-    put_json_str(b, s, strlen(s));
+    mm_buf_json_str(b, s, strlen(s));
     mm_buf_lit(b, "\"");
 }
 
@@ -340,7 +261,7 @@ static void format_line(reqlog_t *l, mm_buf_t *b, const reqlog_entry_t *e)
     mm_buf_lit(b, ",\"method\":");
     put_str_or_null(b, e->method ? e->method : "");
     mm_buf_lit(b, ",\"path\":\"");
-    if (e->path) put_json_str(b, e->path, e->path_len);
+    if (e->path) mm_buf_json_str(b, e->path, e->path_len);
     mm_buf_lit(b, "\",\"status\":");
     put_int(b, e->status);
     mm_buf_lit(b, ",\"latency_us\":");
