@@ -635,6 +635,31 @@ static void dispatch(conn_t *c)
     up_acquire(r->pool, &r->user);
 }
 
+/* Run the request parser over the bytes not yet parsed; it stops at the
+ * end of a head or of a message (pauses). Advances rpos and returns the
+ * number of bytes consumed; on malformed input answers 400 (413 for a body
+ * over the limit) and returns -1. */
+static ssize_t parse_step(conn_t *c)
+{
+    const char *p = c->rbuf + c->rpos;
+    size_t avail = c->rlen - c->rpos;
+    llhttp_errno_t e = llhttp_execute(&c->parser, p, avail);
+    size_t used = avail;
+    if (e == HPE_PAUSED) {
+        used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
+        llhttp_resume(&c->parser);
+    } else if (e == HPE_USER) {
+        send_error(c, 413, "body_too_large", "request body exceeds the size limit");
+        return -1;
+    } else if (e != HPE_OK) {
+        c->req.keep_alive = 0;
+        send_error(c, 400, "bad_request", llhttp_get_error_reason(&c->parser));
+        return -1;
+    }
+    c->rpos += used;
+    return (ssize_t)used;
+}
+
 static void pump_body(conn_t *c)
 {
     req_t *r = &c->req;
@@ -647,21 +672,9 @@ static void pump_body(conn_t *c)
     }
     size_t start = c->rpos, used = 0;
     if (!r->body_done && c->rpos < c->rlen) {
-        const char *p = c->rbuf + c->rpos;
-        size_t avail = c->rlen - c->rpos;
-        llhttp_errno_t e = llhttp_execute(&c->parser, p, avail);
-        used = avail;
-        if (e == HPE_PAUSED) {
-            used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
-            llhttp_resume(&c->parser);
-        } else if (e == HPE_USER) {
-            send_error(c, 413, "body_too_large", "request body exceeds max_body_bytes");
-            return;
-        } else if (e != HPE_OK) {
-            send_error(c, 400, "bad_request", llhttp_get_error_reason(&c->parser));
-            return;
-        }
-        c->rpos += used;
+        ssize_t n = parse_step(c);
+        if (n < 0) return;
+        used = (size_t)n;
         if (c->msg_done) {
             r->body_done = 1;
             c->phase = C_WAIT;
@@ -973,48 +986,19 @@ static void conn_process(conn_t *c)
             }
             size_t avail = c->rlen - c->rpos;
             if (avail == 0) return;
-            const char *p = c->rbuf + c->rpos;
-            llhttp_errno_t e = llhttp_execute(&c->parser, p, avail);
-            size_t used = avail;
-            if (e == HPE_PAUSED) {
-                used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
-                llhttp_resume(&c->parser);
-            } else if (e != HPE_OK) {
-                c->req.keep_alive = 0;
-                send_error(c, 400, "bad_request", llhttp_get_error_reason(&c->parser));
-                return;
-            }
-            c->rpos += used;
-            if (!c->headers_done) {
-                if (c->rpos > (size_t)cfg->limits.max_header_bytes)
-                    send_error(c, 431, "headers_too_large",
-                               "request head exceeds max_header_bytes");
-                return;
-            }
+            if (parse_step(c) < 0) return;
             if (c->rpos > (size_t)cfg->limits.max_header_bytes) {
                 send_error(c, 431, "headers_too_large", "request head exceeds max_header_bytes");
                 return;
             }
+            if (!c->headers_done) return; /* the rest of the head is still to come */
             on_request_head(c);
             continue;
         }
         if (c->phase == C_BODY && (c->req.local || c->req.fanout)) {
             size_t avail = c->rlen - c->rpos;
             if (avail == 0) return;
-            const char *p = c->rbuf + c->rpos;
-            llhttp_errno_t e = llhttp_execute(&c->parser, p, avail);
-            size_t used = avail;
-            if (e == HPE_PAUSED) {
-                used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
-                llhttp_resume(&c->parser);
-            } else if (e == HPE_USER) {
-                send_error(c, 413, "body_too_large", "request body too large");
-                return;
-            } else if (e != HPE_OK) {
-                send_error(c, 400, "bad_request", llhttp_get_error_reason(&c->parser));
-                return;
-            }
-            c->rpos += used;
+            if (parse_step(c) < 0) return;
             if (!c->msg_done) return;
             c->req.body_done = 1;
             c->phase = C_WAIT;
