@@ -19,7 +19,15 @@
  * experiment the FIFO is only roughly in expiry order, so a lookup checks the
  * expiry itself; an entry with a short TTL behind one with a long TTL lingers
  * until it reaches the head, bounded by the cap. One malloc per remembered
- * id: simpler than a slab, and cheap next to the request it belongs to. */
+ * id: simpler than a slab, and cheap next to the request it belongs to.
+ *
+ * Per-request data (store_put_aux: interleave attribution) has a map of its
+ * own, built the same way but with a doubly linked FIFO, because a click
+ * rewrites an entry (the new version moves to the young end with a fresh
+ * TTL). It is bounded by entries and by bytes. With Redis each entry knows
+ * whether Redis has confirmed its version: until then this instance holds
+ * the newest one and answers locally; after, a read asks Redis, where another
+ * instance may have written a newer one. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -266,6 +274,147 @@ static const req_ent_t *req_find(const store_t *s, mm_str_t id)
     return NULL;
 }
 
+/* ---- per-request data map ---- */
+
+static void aux_unlink(store_t *s, aux_ent_t *e)
+{
+    aux_ent_t **pp = &s->aux_buckets[e->hash & (s->aux_n_buckets - 1)];
+    while (*pp != e) pp = &(*pp)->hnext;
+    *pp = e->hnext;
+    if (e->fprev)
+        e->fprev->fnext = e->fnext;
+    else
+        s->aux_head = e->fnext;
+    if (e->fnext)
+        e->fnext->fprev = e->fprev;
+    else
+        s->aux_tail = e->fprev;
+    s->aux_n--;
+    s->aux_bytes -= e->len + e->idlen;
+    free(e);
+}
+
+void store_aux_prune(store_t *s, size_t max)
+{
+    uint64_t now = mm_now_ms();
+    while (max-- > 0 && s->aux_head != NULL && s->aux_head->expires_ms <= now)
+        aux_unlink(s, s->aux_head);
+}
+
+static void aux_grow(store_t *s)
+{
+    size_t n = s->aux_n_buckets * 2;
+    aux_ent_t **nb = calloc(n, sizeof(*nb));
+    if (nb == NULL) return; /* longer chains, still correct */
+    for (aux_ent_t *e = s->aux_head; e != NULL; e = e->fnext) {
+        aux_ent_t **b = &nb[e->hash & (n - 1)];
+        e->hnext = *b;
+        *b = e;
+    }
+    free(s->aux_buckets);
+    s->aux_buckets = nb;
+    s->aux_n_buckets = n;
+}
+
+/* The entry for id, expired or not. */
+static aux_ent_t *aux_find_any(const store_t *s, const char *id, size_t idlen)
+{
+    uint64_t h = siphash(s->hash_key, id, idlen);
+    for (aux_ent_t *e = s->aux_buckets[h & (s->aux_n_buckets - 1)]; e != NULL; e = e->hnext)
+        if (e->hash == h && e->idlen == idlen && memcmp(e->mem, id, idlen) == 0) return e;
+    return NULL;
+}
+
+static aux_ent_t *aux_find(const store_t *s, mm_str_t id)
+{
+    aux_ent_t *e = aux_find_any(s, id.p, id.n);
+    return e != NULL && e->expires_ms > mm_now_ms() ? e : NULL;
+}
+
+void store_put_aux(store_t *s, mm_str_t request_id, const char *data, size_t n, int ttl_s)
+{
+    if (ttl_s <= 0 || !valid_reqid(request_id)) return;
+    if (n > STORE_AUX_MAX) {
+        s->aux_too_large++;
+        return;
+    }
+    store_aux_prune(s, PRUNE_PER_CALL);
+    aux_ent_t *old = aux_find_any(s, request_id.p, request_id.n);
+    if (old != NULL) aux_unlink(s, old);
+    size_t size = request_id.n + n;
+    while (s->aux_head != NULL &&
+           (s->aux_n >= s->aux_cap || s->aux_bytes + size > s->aux_bytes_max)) {
+        aux_unlink(s, s->aux_head);
+        s->aux_evicted++;
+    }
+    if (s->aux_n >= s->aux_n_buckets && s->aux_n_buckets < s->aux_cap) aux_grow(s);
+    aux_ent_t *e = malloc(sizeof(*e) + size);
+    if (e == NULL) return;
+    memcpy(e->mem, request_id.p, request_id.n);
+    if (n > 0) memcpy(e->mem + request_id.n, data, n);
+    e->idlen = (uint8_t)request_id.n;
+    e->len = (uint32_t)n;
+    e->expires_ms = mm_now_ms() + (uint64_t)ttl_s * 1000u;
+    e->hash = siphash(s->hash_key, request_id.p, request_id.n);
+    e->gen = ++s->aux_gen;
+    e->confirmed = 0;
+    aux_ent_t **b = &s->aux_buckets[e->hash & (s->aux_n_buckets - 1)];
+    e->hnext = *b;
+    *b = e;
+    e->fnext = NULL;
+    e->fprev = s->aux_tail;
+    if (s->aux_tail)
+        s->aux_tail->fnext = e;
+    else
+        s->aux_head = e;
+    s->aux_tail = e;
+    s->aux_n++;
+    s->aux_bytes += size;
+    if (s->redis)
+        store_redis_put_aux(s->redis, request_id.p, request_id.n, data, n, e->expires_ms, e->gen);
+}
+
+void store_aux_confirm(store_t *s, const char *id, size_t idlen, uint64_t gen)
+{
+    aux_ent_t *e = aux_find_any(s, id, idlen);
+    if (e != NULL && e->gen == gen) e->confirmed = 1;
+}
+
+int store_aux_current(const store_t *s, const char *id, size_t idlen, uint64_t gen)
+{
+    const aux_ent_t *e = aux_find_any(s, id, idlen);
+    return e == NULL || e->gen <= gen;
+}
+
+void store_aux_resolved(store_t *s, mm_str_t id, int found, const char *data, size_t n,
+                        store_aux_cb cb, void *arg)
+{
+    const aux_ent_t *e = aux_find(s, id);
+    if (e != NULL && (!e->confirmed || !found))
+        cb(arg, 1, e->mem + e->idlen, e->len); /* newer than Redis's, or Redis lost it */
+    else if (found)
+        cb(arg, 1, data, n);
+    else
+        cb(arg, 0, NULL, 0);
+}
+
+void store_get_aux(store_t *s, mm_str_t request_id, store_aux_cb cb, void *arg)
+{
+    if (!valid_reqid(request_id)) {
+        cb(arg, 0, NULL, 0);
+        return;
+    }
+    const aux_ent_t *e = aux_find(s, request_id);
+    if (s->redis && store_redis_up(s->redis) && (e == NULL || e->confirmed)) {
+        store_redis_get_aux(s->redis, request_id, cb, arg);
+        return;
+    }
+    if (e != NULL)
+        cb(arg, 1, e->mem + e->idlen, e->len);
+    else
+        cb(arg, 0, NULL, 0);
+}
+
 /* ---- experiments ---- */
 
 store_exp_t *store_exp_of(exp_state_t *e)
@@ -445,6 +594,27 @@ void store_reward(store_t *s, exp_state_t *e, int arm, double reward, int bernou
     if (s->redis) add_reward(&e->pending[arm], reward, bernoulli);
 }
 
+static void add_delta(arm_stats_t *a, const arm_stats_t *d)
+{
+    a->pulls += d->pulls;
+    a->feedback += d->feedback;
+    a->errors += d->errors;
+    a->reward_sum += d->reward_sum;
+    a->reward_sq_sum += d->reward_sq_sum;
+    a->successes += d->successes;
+    a->failures += d->failures;
+}
+
+void store_add(store_t *s, exp_state_t *e, int arm, const arm_stats_t *delta)
+{
+    if ((unsigned)arm >= e->n_arms || delta == NULL) return;
+    if (!isfinite(delta->reward_sum) || !isfinite(delta->reward_sq_sum) ||
+        !isfinite(delta->successes) || !isfinite(delta->failures))
+        return;
+    add_delta(&e->merged[arm], delta);
+    if (s->redis) add_delta(&e->pending[arm], delta);
+}
+
 /* ---- operator changes ---- */
 
 void store_set_control(store_t *s, exp_state_t *e, const exp_control_t *c)
@@ -514,7 +684,11 @@ store_t *store_create(uv_loop_t *loop, const cfg_store_t *cfg, char *err, size_t
     s->req_cap = STORE_REQ_CAP_DEFAULT;
     s->n_buckets = BUCKETS_MIN;
     s->buckets = calloc(s->n_buckets, sizeof(*s->buckets));
-    if (s->buckets == NULL) {
+    s->aux_cap = STORE_AUX_CAP_DEFAULT;
+    s->aux_bytes_max = STORE_AUX_BYTES_DEFAULT;
+    s->aux_n_buckets = BUCKETS_MIN;
+    s->aux_buckets = calloc(s->aux_n_buckets, sizeof(*s->aux_buckets));
+    if (s->buckets == NULL || s->aux_buckets == NULL) {
         snprintf(err, errlen, "store: out of memory");
         goto err;
     }
@@ -530,6 +704,7 @@ store_t *store_create(uv_loop_t *loop, const cfg_store_t *cfg, char *err, size_t
     return s;
 err:
     free(s->buckets);
+    free(s->aux_buckets);
     free(s);
     return NULL;
 }
@@ -557,6 +732,12 @@ void store_free_final(store_t *s)
         free(e);
     }
     free(s->buckets);
+    while (s->aux_head) {
+        aux_ent_t *e = s->aux_head;
+        s->aux_head = e->fnext;
+        free(e);
+    }
+    free(s->aux_buckets);
     free(s->pairs);
     free(s->pair_index);
     free(s);
@@ -586,6 +767,10 @@ void store_get_stats(const store_t *s, store_stats_t *out)
     memset(out, 0, sizeof(*out));
     out->req_entries = s->n_entries;
     out->req_evicted = s->req_evicted;
+    out->aux_entries = s->aux_n;
+    out->aux_bytes = s->aux_bytes;
+    out->aux_evicted = s->aux_evicted;
+    out->aux_dropped = s->aux_too_large;
     if (s->redis) store_redis_stats(s->redis, out);
 }
 

@@ -93,6 +93,30 @@ void store_remember(store_t *s, mm_str_t request_id, const char *experiment, con
  * with "not found" when Redis is down. */
 void store_lookup(store_t *s, mm_str_t request_id, store_lookup_cb cb, void *arg);
 
+/* Arbitrary deltas for one arm (interleave clicks: an impression's outcome
+ * moves from one arm's wins to a tie, say). Every field of `delta` is added
+ * to `merged` and, with Redis, to `pending`, and written like the other
+ * increments: pulls, feedback and errors as integers, the four sums as
+ * floats, where negative deltas are allowed. Out-of-range arms and non-finite
+ * deltas are ignored. */
+void store_add(store_t *s, exp_state_t *e, int arm, const arm_stats_t *delta);
+
+/* Per-request data for feedback (DESIGN.md §6 extension PREFIX:il:ID, see
+ * docs/store.md): opaque bytes a policy's combine() produced for a request
+ * (which team showed which item), kept ttl_s seconds in a local map (at most
+ * 1M entries and 256 MiB, oldest evicted and counted) and, with Redis,
+ * written there in the next sync round as SET PREFIX:il:ID … PX (queued,
+ * bounded, drops counted). Putting data for an id again replaces it. */
+void store_put_aux(store_t *s, mm_str_t request_id, const char *data, size_t n, int ttl_s);
+/* Get what was put for a request id. cb is called exactly once, with data
+ * valid only during the call: synchronously from the local map when this
+ * instance holds the newest version (it wrote it and Redis has not confirmed
+ * it yet, or there is no Redis, or Redis is down), else after a GET, so that
+ * what another instance wrote is seen; when Redis has nothing, the local copy
+ * answers. */
+typedef void (*store_aux_cb)(void *arg, int found, const char *data, size_t n);
+void store_get_aux(store_t *s, mm_str_t request_id, store_aux_cb cb, void *arg);
+
 /* 1 while the store is reachable (always 1 for memory). */
 int store_up(const store_t *s);
 const char *store_kind(const store_t *s);
@@ -117,6 +141,11 @@ typedef struct {
     uint64_t stream_delivered; /* feedback stream entries handed to the callback */
     uint64_t stream_acked;     /* entries acknowledged (XACK) */
     uint64_t stream_dead;      /* entries acked unapplied after max_deliveries attempts */
+    uint64_t aux_entries;      /* per-request data entries in the local map now */
+    uint64_t aux_bytes;        /* their size */
+    uint64_t aux_evicted;      /* removed before expiry: the map was full */
+    uint64_t aux_queued;       /* waiting to be written to Redis */
+    uint64_t aux_dropped;      /* never written to Redis: queue full, or larger than 4 MiB */
 } store_stats_t;
 void store_get_stats(const store_t *s, store_stats_t *out);
 

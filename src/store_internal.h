@@ -17,6 +17,13 @@
 #define STORE_REQ_CAP_DEFAULT 1000000u
 /* Request ids waiting to be written to Redis; more are dropped and counted. */
 #define STORE_REQ_QUEUE_DEFAULT 100000u
+/* Per-request data (store_put_aux): local map bounds, and the largest one. */
+#define STORE_AUX_CAP_DEFAULT   1000000u
+#define STORE_AUX_BYTES_DEFAULT (256u << 20)
+#define STORE_AUX_MAX           (4u << 20)
+/* Per-request data waiting to be written to Redis; more is dropped and counted. */
+#define STORE_AUX_QUEUE_DEFAULT 100000u
+#define STORE_AUX_QUEUE_BYTES   (64u << 20)
 /* Longest Redis key we build: prefix (127) + {EXP} + ":seq:" + instance id. */
 #define STORE_KEY_MAX 384
 
@@ -31,6 +38,20 @@ typedef struct req_ent_s {
     uint8_t idlen;
     char id[];
 } req_ent_t;
+
+/* One request's data (store_put_aux). A FIFO in insertion order, doubly
+ * linked because a rewrite replaces an entry in the middle. */
+typedef struct aux_ent_s {
+    struct aux_ent_s *hnext;         /* bucket chain */
+    struct aux_ent_s *fprev, *fnext; /* FIFO: older, younger */
+    uint64_t expires_ms;
+    uint64_t hash;
+    uint64_t gen; /* store-wide write number of this version */
+    uint32_t len; /* data bytes */
+    uint8_t idlen;
+    uint8_t confirmed; /* Redis acknowledged this version */
+    char mem[];        /* id, then data */
+} aux_ent_t;
 
 /* An interned "EXP ARM" string: entries and the Redis queue refer to it by
  * index, so a remembered id costs no copy of the names. */
@@ -92,6 +113,17 @@ struct store_s {
     uint32_t *pair_index; /* open addressing, index + 1, 0 empty */
     uint32_t pair_index_cap;
 
+    /* per-request data map (store_put_aux) */
+    aux_ent_t **aux_buckets;
+    size_t aux_n_buckets;
+    size_t aux_n;
+    size_t aux_bytes, aux_bytes_max;
+    size_t aux_cap;
+    aux_ent_t *aux_head, *aux_tail;
+    uint64_t aux_evicted;
+    uint64_t aux_too_large;
+    uint64_t aux_gen;
+
     store_redis_t *redis; /* NULL: memory store */
 };
 
@@ -107,6 +139,16 @@ void store_req_prune(store_t *s, size_t max);
 const req_pair_t *store_pair(const store_t *s, uint32_t pair);
 /* Parse "EXP ARM" into info; 0 on success. */
 int store_parse_pair(const char *p, size_t n, store_reqinfo_t *info);
+/* Drop expired per-request data from the FIFO head, at most `max`. */
+void store_aux_prune(store_t *s, size_t max);
+/* Redis confirmed the write `gen` of id's data. */
+void store_aux_confirm(store_t *s, const char *id, size_t idlen, uint64_t gen);
+/* 0 if a newer local version than `gen` exists (the write is superseded). */
+int store_aux_current(const store_t *s, const char *id, size_t idlen, uint64_t gen);
+/* A GET of id's data answered (found: data/n from Redis; else nothing there,
+ * or no answer): answer cb, preferring a local version Redis has not seen. */
+void store_aux_resolved(store_t *s, mm_str_t id, int found, const char *data, size_t n,
+                        store_aux_cb cb, void *arg);
 /* Free everything; the replicator calls it once its handles are closed. */
 void store_free_final(store_t *s);
 /* 1 if any field of d is non-zero. */
@@ -123,6 +165,9 @@ int store_redis_exp_removed(store_redis_t *r, store_exp_t *x);
 void store_redis_remember(store_redis_t *r, const char *id, size_t idlen, uint32_t pair,
                           uint64_t expires_ms);
 void store_redis_lookup(store_redis_t *r, mm_str_t id, store_lookup_cb cb, void *arg);
+void store_redis_put_aux(store_redis_t *r, const char *id, size_t idlen, const char *data, size_t n,
+                         uint64_t expires_ms, uint64_t gen);
+void store_redis_get_aux(store_redis_t *r, mm_str_t id, store_aux_cb cb, void *arg);
 int store_redis_up(const store_redis_t *r);
 void store_redis_stats(const store_redis_t *r, store_stats_t *out);
 int store_redis_subscribe(store_redis_t *r, store_stream_cb cb, void *arg,

@@ -11,6 +11,10 @@
  *     exactly our write; `merged` becomes snapshot + what accumulated since.
  *   - SET PREFIX:req:ID "EXP ARM" PX ttl for remembered request ids (queued,
  *     bounded, at most REQ_PER_ROUND per round);
+ *   - SET PREFIX:il:ID DATA PX ttl for per-request data (store_put_aux), in
+ *     the order it was put; a version superseded locally before it was sent
+ *     is skipped, and a round where any of these failed sends them all again
+ *     (SET is idempotent, and the order is kept);
  *   - XACK of stream entries the receiver applied, XREADGROUP of new ones,
  *     and now and then XPENDING + XCLAIM of entries left by dead consumers.
  *
@@ -69,6 +73,7 @@
 #define GROUP              "modelmux"
 #define PRUNE_PER_ROUND    1000u
 #define N_FIELDS           7
+#define AUX_PER_ROUND      10000u
 
 /* KEYS[1] control hash, KEYS[2] seq key, KEYS[3..] arm hashes.
  * ARGV[1] seq (0: read only), ARGV[2] seq key TTL, ARGV[3] control write mode
@@ -118,6 +123,30 @@ typedef struct {
     uint8_t idlen;
     char id[MM_REQID_MAX];
 } rq_ent_t;
+
+/* Per-request data waiting to be written (a FIFO). */
+typedef struct aq_ent_s {
+    struct aq_ent_s *next;
+    uint64_t expires_ms;
+    uint64_t gen;
+    size_t len;
+    uint8_t idlen;
+    char id[MM_REQID_MAX];
+    char data[];
+} aq_ent_t;
+
+typedef struct {
+    aq_ent_t *head, *tail;
+    size_t n, bytes;
+} aq_list_t;
+
+typedef struct {
+    store_t *s;
+    store_aux_cb cb;
+    void *arg;
+    size_t idlen;
+    char id[MM_REQID_MAX];
+} aux_get_t;
 
 enum { MSG_DELIVERED, MSG_ACK_QUEUED, MSG_ACK_SENT };
 
@@ -175,6 +204,10 @@ struct store_redis_s {
     rq_ent_t *rq;
     size_t rq_cap, rq_max, rq_head, rq_len;
 
+    /* per-request data to write, and what the round in flight sent */
+    aq_list_t aq, aq_sent;
+    int round_aux_failed;
+
     /* feedback stream */
     store_stream_cb stream_cb;
     void *stream_arg;
@@ -193,6 +226,7 @@ struct store_redis_s {
 };
 
 static void start_round(store_redis_t *r);
+static void aq_free(aq_list_t *l);
 static void maybe_finish(store_redis_t *r);
 static void on_conn_timer(uv_timer_t *t);
 
@@ -330,6 +364,8 @@ static void on_timer_closed(uv_handle_t *h)
     if (r->destroying) {
         store_t *s = r->s;
         free(r->rq);
+        aq_free(&r->aq);
+        aq_free(&r->aq_sent);
         free(r);
         store_free_final(s);
         return;
@@ -758,6 +794,8 @@ static void unlink_zombie(store_t *s, store_exp_t *x)
         }
 }
 
+static void aux_round_done(store_redis_t *r);
+
 static void round_part_done(store_redis_t *r)
 {
     if (r->outstanding > 0 || !r->round_active) return;
@@ -767,6 +805,7 @@ static void round_part_done(store_redis_t *r)
         r->rq_len -= r->round_req_sent;
     }
     r->round_req_sent = 0;
+    aux_round_done(r);
     r->st.syncs++;
     maybe_finish(r);
 }
@@ -903,6 +942,143 @@ void store_redis_lookup(store_redis_t *r, mm_str_t id, store_lookup_cb cb, void 
     if (redisAsyncCommandArgv(r->ac, on_get_reply, l, 2, argv, lens) != REDIS_OK) {
         free(l);
         cb(arg, 0, NULL);
+    }
+}
+
+/* ---- per-request data ---- */
+
+static void aq_push(aq_list_t *l, aq_ent_t *q)
+{
+    q->next = NULL;
+    if (l->tail)
+        l->tail->next = q;
+    else
+        l->head = q;
+    l->tail = q;
+    l->n++;
+    l->bytes += q->len;
+}
+
+static aq_ent_t *aq_pop(aq_list_t *l)
+{
+    aq_ent_t *q = l->head;
+    if (q == NULL) return NULL;
+    l->head = q->next;
+    if (l->head == NULL) l->tail = NULL;
+    l->n--;
+    l->bytes -= q->len;
+    return q;
+}
+
+static void aq_free(aq_list_t *l)
+{
+    aq_ent_t *q;
+    while ((q = aq_pop(l)) != NULL) free(q);
+}
+
+void store_redis_put_aux(store_redis_t *r, const char *id, size_t idlen, const char *data, size_t n,
+                         uint64_t expires_ms, uint64_t gen)
+{
+    aq_ent_t *q = NULL;
+    if (r->aq.n < STORE_AUX_QUEUE_DEFAULT && r->aq.bytes + n <= STORE_AUX_QUEUE_BYTES)
+        q = malloc(sizeof(*q) + n);
+    if (q == NULL) {
+        r->st.aux_dropped++;
+        return;
+    }
+    q->expires_ms = expires_ms;
+    q->gen = gen;
+    q->len = n;
+    q->idlen = (uint8_t)idlen;
+    memcpy(q->id, id, idlen);
+    if (n > 0) memcpy(q->data, data, n);
+    aq_push(&r->aq, q);
+}
+
+static void on_aux_set_reply(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    store_redis_t *r = ac->data;
+    redisReply *reply = reply_;
+    aq_ent_t *q = priv;
+    r->outstanding--;
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
+        r->round_aux_failed = 1;
+    else
+        store_aux_confirm(r->s, q->id, q->idlen, q->gen);
+    round_part_done(r);
+}
+
+static void send_aux(store_redis_t *r)
+{
+    uint64_t now = mm_now_ms();
+    r->round_aux_failed = 0;
+    for (size_t k = 0; k < AUX_PER_ROUND && r->aq.head != NULL; k++) {
+        aq_ent_t *q = aq_pop(&r->aq);
+        if (q->expires_ms <= now || !store_aux_current(r->s, q->id, q->idlen, q->gen)) {
+            free(q); /* too late to matter, or a newer version follows */
+            continue;
+        }
+        aq_push(&r->aq_sent, q);
+        char key[STORE_KEY_MAX], px[32];
+        int kl = snprintf(key, sizeof(key), "%s:il:%.*s", r->s->cfg.prefix, (int)q->idlen, q->id);
+        fmt_u64(px, q->expires_ms - now);
+        const char *argv[5] = {"SET", key, q->data, "PX", px};
+        size_t lens[5] = {3, (size_t)kl, q->len, 2, strlen(px)};
+        if (redisAsyncCommandArgv(r->ac, on_aux_set_reply, q, 5, argv, lens) == REDIS_OK)
+            r->outstanding++;
+        else
+            r->round_aux_failed = 1;
+    }
+}
+
+/* The round is over: what was sent is done, or (any failure) goes back to
+ * the front of the queue, in order, to be sent again. */
+static void aux_round_done(store_redis_t *r)
+{
+    if (r->aq_sent.head == NULL) return;
+    if (!r->round_aux_failed) {
+        aq_free(&r->aq_sent);
+        return;
+    }
+    r->aq_sent.tail->next = r->aq.head;
+    if (r->aq.tail == NULL) r->aq.tail = r->aq_sent.tail;
+    r->aq.head = r->aq_sent.head;
+    r->aq.n += r->aq_sent.n;
+    r->aq.bytes += r->aq_sent.bytes;
+    memset(&r->aq_sent, 0, sizeof(r->aq_sent));
+    r->round_aux_failed = 0;
+}
+
+static void on_aux_get_reply(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    aux_get_t *g = priv;
+    MM_UNUSED(ac);
+    int found = reply != NULL && reply->type == REDIS_REPLY_STRING;
+    store_aux_resolved(g->s, (mm_str_t){g->id, g->idlen}, found, found ? reply->str : NULL,
+                       found ? reply->len : 0, g->cb, g->arg);
+    free(g);
+}
+
+void store_redis_get_aux(store_redis_t *r, mm_str_t id, store_aux_cb cb, void *arg)
+{
+    aux_get_t *g = can_send(r) && id.n <= MM_REQID_MAX ? malloc(sizeof(*g)) : NULL;
+    if (g == NULL) {
+        store_aux_resolved(r->s, id, 0, NULL, 0, cb, arg);
+        return;
+    }
+    g->s = r->s;
+    g->cb = cb;
+    g->arg = arg;
+    g->idlen = id.n;
+    memcpy(g->id, id.p, id.n);
+    char key[STORE_KEY_MAX];
+    int kl = snprintf(key, sizeof(key), "%s:il:%.*s", r->s->cfg.prefix, (int)id.n, id.p);
+    const char *argv[2] = {"GET", key};
+    size_t lens[2] = {3, (size_t)kl};
+    if (redisAsyncCommandArgv(r->ac, on_aux_get_reply, g, 2, argv, lens) != REDIS_OK) {
+        free(g);
+        store_aux_resolved(r->s, id, 0, NULL, 0, cb, arg);
     }
 }
 
@@ -1202,6 +1378,7 @@ static void start_round(store_redis_t *r)
     r->round_req_sent = 0;
     for (size_t i = 0; i < s->n_exps; i++) send_exp(r, s->exps[i]);
     send_reqs(r);
+    send_aux(r);
     send_stream(r);
     if (r->outstanding == 0) r->round_active = 0;
 }
@@ -1210,6 +1387,7 @@ static void on_sync_timer(uv_timer_t *t)
 {
     store_redis_t *r = container_of(t, store_redis_t, sync_timer);
     store_req_prune(r->s, PRUNE_PER_ROUND);
+    store_aux_prune(r->s, PRUNE_PER_ROUND);
     if (r->round_active) {
         if (mm_now_ms() - r->round_started_ms > ROUND_TIMEOUT_MS)
             force_close(r, "no reply for 5 s");
@@ -1229,7 +1407,7 @@ static int unflushed(const store_redis_t *r)
         for (size_t a = 0; a < x->pub.n_arms; a++)
             if (store_stats_nonzero(&x->pub.pending[a])) return 1;
     }
-    if (r->rq_len > 0) return 1;
+    if (r->rq_len > 0 || r->aq.n > 0) return 1;
     for (const store_msg_t *m = r->msgs; m; m = m->next)
         if (m->state == MSG_ACK_QUEUED) return 1;
     return 0;
@@ -1297,6 +1475,8 @@ void store_redis_destroy(store_redis_t *r)
     }
     store_t *s = r->s;
     free(r->rq);
+    aq_free(&r->aq);
+    aq_free(&r->aq_sent);
     free(r);
     store_free_final(s);
 }
@@ -1386,6 +1566,8 @@ void store_redis_stats(const store_redis_t *r, store_stats_t *out)
     out->stream_delivered = r->st.stream_delivered;
     out->stream_acked = r->st.stream_acked;
     out->stream_dead = r->st.stream_dead;
+    out->aux_queued = r->aq.n + r->aq_sent.n;
+    out->aux_dropped += r->st.aux_dropped;
 }
 
 void store_redis_debug_lose_replies(store_t *s, int n)

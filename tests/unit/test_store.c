@@ -4,7 +4,9 @@
  * to write), every control change bumps the version, pause freezes what
  * policies see, reset forgets statistics and operator changes, a reload keeps
  * statistics unless the definition changed, and remembered request ids
- * resolve synchronously until their TTL or the map's cap removes them. */
+ * resolve synchronously until their TTL or the map's cap removes them; the
+ * same holds for per-request data (store_put_aux), which a rewrite replaces,
+ * and store_add applies any delta, negative sums included. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -347,6 +349,181 @@ static void test_shutdown_calls_done(void **state)
     assert_int_equal(done, 1);
 }
 
+static void test_add_applies_arbitrary_deltas(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    arm_stats_t d = {.pulls = 2,
+                     .feedback = 1,
+                     .errors = 3,
+                     .reward_sum = 1.5,
+                     .reward_sq_sum = 2.25,
+                     .successes = 1,
+                     .failures = 0};
+    store_add(f->s, e, 1, &d);
+    /* An interleaved impression's outcome moving from a win to a tie. */
+    arm_stats_t move = {.successes = -1, .failures = 1};
+    store_add(f->s, e, 1, &move);
+    assert_int_equal(e->merged[1].pulls, 2);
+    assert_int_equal(e->merged[1].feedback, 1);
+    assert_int_equal(e->merged[1].errors, 3);
+    assert_true(e->merged[1].reward_sum == 1.5);
+    assert_true(e->merged[1].reward_sq_sum == 2.25);
+    assert_true(e->merged[1].successes == 0);
+    assert_true(e->merged[1].failures == 1);
+    assert_false(store_stats_nonzero(&e->merged[0]));
+    assert_false(store_stats_nonzero(&e->pending[1])); /* nothing to write */
+    /* Out-of-range arms and non-finite deltas are ignored. */
+    store_add(f->s, e, 2, &d);
+    store_add(f->s, e, -1, &d);
+    arm_stats_t bad = {.pulls = 5, .reward_sum = NAN};
+    store_add(f->s, e, 0, &bad);
+    store_add(f->s, e, 0, NULL);
+    assert_false(store_stats_nonzero(&e->merged[0]));
+}
+
+typedef struct {
+    int calls;
+    int found;
+    char data[256];
+    size_t n;
+} aux_result_t;
+
+static void on_aux(void *arg, int found, const char *data, size_t n)
+{
+    aux_result_t *r = arg;
+    r->calls++;
+    r->found = found;
+    r->n = n;
+    if (found) {
+        assert_true(n < sizeof(r->data));
+        memcpy(r->data, data, n);
+        r->data[n] = '\0';
+    }
+}
+
+static aux_result_t get_aux(store_t *s, const char *id)
+{
+    aux_result_t r = {0};
+    store_get_aux(s, (mm_str_t){id, strlen(id)}, on_aux, &r);
+    assert_int_equal(r.calls, 1); /* synchronous with the memory store */
+    return r;
+}
+
+static void put_aux(store_t *s, const char *id, const char *data, int ttl_s)
+{
+    store_put_aux(s, (mm_str_t){id, strlen(id)}, data, strlen(data), ttl_s);
+}
+
+static void test_aux_put_get_replace(void **state)
+{
+    fixture_t *f = *state;
+    put_aux(f->s, "req-1", "{\"t\":\"ab\"}", 60);
+    put_aux(f->s, "req-2", "", 60); /* empty data is data */
+    aux_result_t r = get_aux(f->s, "req-1");
+    assert_int_equal(r.found, 1);
+    assert_string_equal(r.data, "{\"t\":\"ab\"}");
+    r = get_aux(f->s, "req-2");
+    assert_int_equal(r.found, 1);
+    assert_int_equal(r.n, 0);
+    assert_int_equal(get_aux(f->s, "req-3").found, 0);
+    assert_int_equal(get_aux(f->s, "bad id").found, 0);
+
+    /* A rewrite (a click) replaces the data. */
+    put_aux(f->s, "req-1", "{\"t\":\"ab\",\"c\":\"01\"}", 60);
+    assert_string_equal(get_aux(f->s, "req-1").data, "{\"t\":\"ab\",\"c\":\"01\"}");
+    store_stats_t st;
+    store_get_stats(f->s, &st);
+    assert_int_equal(st.aux_entries, 2);
+    assert_int_equal(st.aux_bytes, strlen("req-1{\"t\":\"ab\",\"c\":\"01\"}") + strlen("req-2"));
+
+    /* Invalid ids, no TTL and oversized data are not kept. */
+    put_aux(f->s, "bad id", "x", 60);
+    put_aux(f->s, "req-4", "x", 0);
+    char *big = malloc(STORE_AUX_MAX + 1);
+    memset(big, 'x', STORE_AUX_MAX + 1);
+    store_put_aux(f->s, MM_STR("req-5"), big, STORE_AUX_MAX + 1, 60);
+    free(big);
+    store_get_stats(f->s, &st);
+    assert_int_equal(st.aux_entries, 2);
+    assert_int_equal(st.aux_dropped, 1);
+    assert_int_equal(get_aux(f->s, "req-5").found, 0);
+}
+
+static void test_aux_expires(void **state)
+{
+    fixture_t *f = *state;
+    put_aux(f->s, "short", "s", 1);
+    put_aux(f->s, "long", "l", 60);
+    assert_int_equal(get_aux(f->s, "short").found, 1);
+    usleep(1100 * 1000);
+    assert_int_equal(get_aux(f->s, "short").found, 0);
+    assert_int_equal(get_aux(f->s, "long").found, 1);
+    put_aux(f->s, "new", "n", 60); /* prunes the expired head */
+    store_stats_t st;
+    store_get_stats(f->s, &st);
+    assert_int_equal(st.aux_entries, 2);
+    /* A rewrite moves the entry to the young end with a fresh TTL. */
+    put_aux(f->s, "long", "l2", 1);
+    usleep(1100 * 1000);
+    assert_int_equal(get_aux(f->s, "long").found, 0);
+    assert_int_equal(get_aux(f->s, "new").found, 1);
+}
+
+static void test_aux_map_is_bounded(void **state)
+{
+    fixture_t *f = *state;
+    f->s->aux_cap = 100;
+    char id[32], data[64];
+    for (int i = 0; i < 150; i++) {
+        snprintf(id, sizeof(id), "id-%d", i);
+        snprintf(data, sizeof(data), "data-%d", i);
+        put_aux(f->s, id, data, 60);
+    }
+    store_stats_t st;
+    store_get_stats(f->s, &st);
+    assert_int_equal(st.aux_entries, 100);
+    assert_int_equal(st.aux_evicted, 50);
+    assert_int_equal(get_aux(f->s, "id-49").found, 0);
+    assert_string_equal(get_aux(f->s, "id-50").data, "data-50");
+    /* Rewriting the oldest makes it the youngest: id-51 goes first now. */
+    put_aux(f->s, "id-50", "again", 60);
+    put_aux(f->s, "id-150", "x", 60);
+    assert_string_equal(get_aux(f->s, "id-50").data, "again");
+    assert_int_equal(get_aux(f->s, "id-51").found, 0);
+
+    /* The byte bound: each entry here is 5 + 100 bytes. */
+    f->s->aux_cap = 1000000;
+    f->s->aux_bytes_max = 10 * 105;
+    char payload[101];
+    memset(payload, 'p', 100);
+    payload[100] = '\0';
+    for (int i = 0; i < 20; i++) {
+        snprintf(id, sizeof(id), "b-%03d", i);
+        put_aux(f->s, id, payload, 60);
+    }
+    store_get_stats(f->s, &st);
+    assert_int_equal(st.aux_entries, 10);
+    assert_true(st.aux_bytes <= 10 * 105);
+    assert_int_equal(get_aux(f->s, "b-009").found, 0);
+    assert_int_equal(get_aux(f->s, "b-010").found, 1);
+}
+
+static void test_aux_many_entries_grow_the_table(void **state)
+{
+    fixture_t *f = *state;
+    char id[40];
+    for (int i = 0; i < 50000; i++) {
+        snprintf(id, sizeof(id), "%032x", i * 2654435761u);
+        put_aux(f->s, id, id, 60);
+    }
+    assert_true(f->s->aux_n_buckets >= 32768);
+    for (int i = 0; i < 50000; i += 997) {
+        snprintf(id, sizeof(id), "%032x", i * 2654435761u);
+        assert_string_equal(get_aux(f->s, id).data, id);
+    }
+}
+
 static void on_msg(void *arg, store_msg_t *m)
 {
     (void)arg;
@@ -378,6 +555,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_map_cap_evicts_oldest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_ids_grow_the_table, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_calls_done, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_add_applies_arbitrary_deltas, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_aux_put_get_replace, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_aux_expires, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_aux_map_is_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_aux_many_entries_grow_the_table, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_needs_redis, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -6,7 +6,8 @@
  * start with it absent run their own server. The uv loop runs inside the test
  * until a condition holds or a deadline passes, and what Redis holds is read
  * back with a synchronous hiredis connection: the assertions are the exact
- * counters and fields a user (or another instance) would see. */
+ * counters and fields a user (or another instance) would see, per-request
+ * data (PREFIX:il:ID) included. */
 #include <errno.h>
 #include <math.h>
 #include <setjmp.h>
@@ -837,6 +838,232 @@ static void test_experiment_removed_while_its_write_is_in_flight(void **state)
     f->st[0] = NULL;
 }
 
+/* ---- per-request data (PREFIX:il:ID) and arbitrary deltas ---- */
+
+typedef struct {
+    int calls, found;
+    char data[128];
+} aux_result_t;
+
+static void on_aux(void *arg, int found, const char *data, size_t n)
+{
+    aux_result_t *r = arg;
+    r->calls++;
+    r->found = found;
+    r->data[0] = '\0';
+    if (found) snprintf(r->data, sizeof(r->data), "%.*s", (int)n, data);
+}
+
+static void put_aux(store_t *s, const char *id, const char *data, int ttl_s)
+{
+    store_put_aux(s, (mm_str_t){id, strlen(id)}, data, strlen(data), ttl_s);
+}
+
+static uint64_t aux_queued(const store_t *s)
+{
+    store_stats_t st;
+    store_get_stats(s, &st);
+    return st.aux_queued;
+}
+
+/* Everything put so far is written and confirmed. */
+#define AUX_SETTLE(f, s)                                                                           \
+    do {                                                                                           \
+        uint64_t s0_ = syncs(s);                                                                   \
+        RUN_UNTIL(f, aux_queued(s) == 0 && syncs(s) >= s0_ + 2, 3000);                             \
+        assert_int_equal(aux_queued(s), 0);                                                        \
+    } while (0)
+
+/* Read as a click would; `sync` says whether the answer must come at once. */
+static aux_result_t get_aux(fx_t *f, store_t *s, const char *id, int sync)
+{
+    aux_result_t r = {0};
+    store_get_aux(s, (mm_str_t){id, strlen(id)}, on_aux, &r);
+    assert_int_equal(r.calls, sync ? 1 : 0);
+    RUN_UNTIL(f, r.calls == 1, 2000);
+    assert_int_equal(r.calls, 1);
+    return r;
+}
+
+static void redis_str(fx_t *f, const char *key_suffix, char *out, size_t n)
+{
+    redisReply *r = cmd(f, "GET %s:%s", f->prefix, key_suffix);
+    snprintf(out, n, "%s", r->type == REDIS_REPLY_STRING ? r->str : "(nil)");
+    freeReplyObject(r);
+}
+
+static void test_add_writes_negative_and_integer_deltas(void **state)
+{
+    fx_t *f = *state;
+    store_t *s = f->st[0] = mk_store(f, f->port, 20);
+    exp_state_t *e = mk_exp(s, "il");
+    RUN_UNTIL(f, store_up(s), 2000);
+    /* An impression's first click, won by the champion ... */
+    arm_stats_t first = {.feedback = 1, .reward_sum = 1, .reward_sq_sum = 1, .successes = 1};
+    arm_stats_t also = {.feedback = 1};
+    store_add(s, e, 0, &first);
+    store_add(s, e, 1, &also);
+    SETTLE(f, s, e);
+    assert_true(arm_field(f, "il", "champion", "successes") == 1);
+    /* ... then a click for the challenger makes it a tie. */
+    arm_stats_t tie = {.successes = -1, .failures = 1};
+    arm_stats_t b_click = {.reward_sum = 1, .reward_sq_sum = 1, .pulls = 2, .errors = 1};
+    store_add(s, e, 0, &tie);
+    store_add(s, e, 1, &b_click);
+    SETTLE(f, s, e);
+    assert_true(arm_field(f, "il", "champion", "successes") == 0);
+    assert_true(arm_field(f, "il", "champion", "failures") == 1);
+    assert_true(arm_field(f, "il", "champion", "feedback") == 1);
+    assert_true(arm_field(f, "il", "champion", "reward_sum") == 1);
+    assert_true(arm_field(f, "il", "challenger", "feedback") == 1);
+    assert_true(arm_field(f, "il", "challenger", "reward_sum") == 1);
+    assert_true(arm_field(f, "il", "challenger", "pulls") == 2);
+    assert_true(arm_field(f, "il", "challenger", "errors") == 1);
+    assert_true(e->merged[0].successes == 0 && e->merged[0].failures == 1);
+}
+
+static void test_aux_written_and_read_by_every_instance(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    RUN_UNTIL(f, store_up(a) && store_up(b), 2000);
+    char buf[128];
+
+    /* Not yet confirmed by Redis: the writer answers from its own map. */
+    put_aux(a, "imp-1", "v1", 30);
+    assert_string_equal(get_aux(f, a, "imp-1", 1).data, "v1");
+    AUX_SETTLE(f, a);
+    redis_str(f, "il:imp-1", buf, sizeof(buf));
+    assert_string_equal(buf, "v1");
+    long long pttl = integer(f, "PTTL %s:il:imp-1", f->prefix);
+    assert_true(pttl > 25000 && pttl <= 30000);
+
+    /* Another instance reads it from Redis. */
+    aux_result_t r = get_aux(f, b, "imp-1", 0);
+    assert_int_equal(r.found, 1);
+    assert_string_equal(r.data, "v1");
+    assert_int_equal(get_aux(f, b, "imp-none", 0).found, 0);
+
+    /* Once confirmed, the writer asks Redis too: a newer version written
+     * by another instance wins over its own copy. */
+    put_aux(b, "imp-1", "v2 from b", 30);
+    AUX_SETTLE(f, b);
+    r = get_aux(f, a, "imp-1", 0);
+    assert_string_equal(r.data, "v2 from b");
+
+    /* A local rewrite not yet written is newer than anything in Redis. */
+    put_aux(a, "imp-1", "v3", 30);
+    assert_string_equal(get_aux(f, a, "imp-1", 1).data, "v3");
+    AUX_SETTLE(f, a);
+    redis_str(f, "il:imp-1", buf, sizeof(buf));
+    assert_string_equal(buf, "v3");
+
+    /* Redis lost it (flushed, evicted): the local copy still answers. */
+    freeReplyObject(cmd(f, "DEL %s:il:imp-1", f->prefix));
+    r = get_aux(f, a, "imp-1", 0);
+    assert_int_equal(r.found, 1);
+    assert_string_equal(r.data, "v3");
+
+    /* A read still in flight when the store goes is answered. */
+    aux_result_t d = {0};
+    store_get_aux(b, MM_STR("imp-1"), on_aux, &d);
+    assert_int_equal(d.calls, 0);
+    store_destroy(b);
+    f->st[1] = NULL;
+    assert_int_equal(d.calls, 1);
+}
+
+static void test_aux_versions_reach_redis_in_order(void **state)
+{
+    fx_t *f = *state;
+    store_t *s = f->st[0] = mk_store(f, f->port, 20);
+    RUN_UNTIL(f, store_up(s), 2000);
+    char id[32], data[32], buf[128];
+    /* Several rewrites of each id within one round, interleaved. */
+    for (int v = 1; v <= 5; v++)
+        for (int i = 0; i < 50; i++) {
+            snprintf(id, sizeof(id), "imp-%d", i);
+            snprintf(data, sizeof(data), "%d:v%d", i, v);
+            put_aux(s, id, data, 60);
+        }
+    AUX_SETTLE(f, s);
+    for (int i = 0; i < 50; i++) {
+        snprintf(id, sizeof(id), "il:imp-%d", i);
+        snprintf(data, sizeof(data), "%d:v5", i);
+        redis_str(f, id, buf, sizeof(buf));
+        assert_string_equal(buf, data);
+    }
+}
+
+static void test_aux_waits_for_redis_and_its_queue_is_bounded(void **state)
+{
+    fx_t *f = *state;
+    redis_proc_t *p = &f->own;
+    p->port = free_port();
+    store_t *s = f->st[0] = mk_store(f, p->port, 20); /* nothing listens there */
+    char id[32];
+    for (unsigned i = 0; i < STORE_AUX_QUEUE_DEFAULT + 5; i++) {
+        snprintf(id, sizeof(id), "imp-%u", i);
+        put_aux(s, id, id, 60);
+    }
+    store_stats_t st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.aux_queued, STORE_AUX_QUEUE_DEFAULT);
+    assert_int_equal(st.aux_dropped, 5);
+    /* Redis is down: the local map answers at once, the dropped ones too. */
+    assert_string_equal(get_aux(f, s, "imp-7", 1).data, "imp-7");
+    snprintf(id, sizeof(id), "imp-%u", STORE_AUX_QUEUE_DEFAULT + 4);
+    assert_string_equal(get_aux(f, s, id, 1).data, id);
+
+    assert_int_equal(redis_start(p), 0);
+    RUN_UNTIL(f, store_up(s), 3000);
+    assert_int_equal(store_up(s), 1);
+    RUN_UNTIL(f, aux_queued(s) == 0, 10000);
+    assert_int_equal(aux_queued(s), 0);
+    redisContext *rc = sync_ctx(p->port);
+    assert_non_null(rc);
+    redisReply *rep = redisCommand(rc, "DBSIZE");
+    assert_int_equal(rep->integer, STORE_AUX_QUEUE_DEFAULT);
+    freeReplyObject(rep);
+    rep = redisCommand(rc, "GET %s:il:imp-99999", f->prefix);
+    assert_string_equal(rep->str, "imp-99999");
+    freeReplyObject(rep);
+    redisFree(rc);
+}
+
+static void test_aux_refused_writes_are_sent_again_in_order(void **state)
+{
+    fx_t *f = *state;
+    redis_proc_t *p = &f->own;
+    p->port = free_port();
+    assert_int_equal(redis_start(p), 0);
+    redisContext *rc = sync_ctx(p->port);
+    assert_non_null(rc);
+    store_t *s = f->st[0] = mk_store(f, p->port, 20);
+    RUN_UNTIL(f, store_up(s), 2000);
+    /* Redis refuses every write (OOM) for a while. */
+    freeReplyObject(redisCommand(rc, "CONFIG SET maxmemory-policy noeviction"));
+    freeReplyObject(redisCommand(rc, "CONFIG SET maxmemory 1"));
+    put_aux(s, "imp-a", "a1", 60);
+    put_aux(s, "imp-b", "b1", 60);
+    put_aux(s, "imp-a", "a2", 60);
+    uint64_t s0 = syncs(s);
+    RUN_UNTIL(f, syncs(s) >= s0 + 3, 2000);
+    assert_int_equal(aux_queued(s), 2); /* a1 was superseded by a2 before it was sent */
+    /* Not confirmed: the local versions answer at once. */
+    assert_string_equal(get_aux(f, s, "imp-a", 1).data, "a2");
+    put_aux(s, "imp-b", "b2", 60);
+    freeReplyObject(redisCommand(rc, "CONFIG SET maxmemory 0"));
+    AUX_SETTLE(f, s);
+    redisReply *rep = redisCommand(rc, "MGET %s:il:imp-a %s:il:imp-b", f->prefix, f->prefix);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_string_equal(rep->element[0]->str, "a2");
+    assert_string_equal(rep->element[1]->str, "b2");
+    freeReplyObject(rep);
+    redisFree(rc);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -864,6 +1091,15 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hung_redis_is_dropped_and_nothing_counts_twice, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_experiment_removed_while_its_write_is_in_flight, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_add_writes_negative_and_integer_deltas, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_aux_written_and_read_by_every_instance, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_aux_versions_reach_redis_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_aux_refused_writes_are_sent_again_in_order, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_aux_waits_for_redis_and_its_queue_is_bounded, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
