@@ -12,6 +12,7 @@ extern const policy_ops_t policy_ucb1_ops;
 extern const policy_ops_t policy_shadow_ops;
 extern const policy_ops_t policy_canary_ops;
 extern const policy_ops_t policy_ab_ops;
+extern const policy_ops_t policy_interleave_ops;
 
 static const policy_ops_t *const registry[] = {
     &policy_thompson_ops,
@@ -20,6 +21,7 @@ static const policy_ops_t *const registry[] = {
     &policy_shadow_ops,
     &policy_canary_ops,
     &policy_ab_ops,
+    &policy_interleave_ops,
     NULL, /* end */
 };
 

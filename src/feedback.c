@@ -11,8 +11,18 @@
  * expired, experiment or arm not configured) and `invalid` (the policy
  * rejects the value, e.g. a Bernoulli reward outside [0, 1]). Request ids
  * resolve from the local map at once or, with Redis, asynchronously; the
- * answer is sent when every event of the batch has been resolved. */
+ * answer is sent when every event of the batch has been resolved.
+ *
+ * Clicks ({"request_id", "item"}, no reward) are for policies with on_click
+ * (interleave): the attribution combine() left with the request id is read
+ * (store_get_aux, possibly from Redis), the policy credits the click and
+ * rewrites it, the store adds the policy's deltas to each arm and keeps the
+ * rewritten attribution. No attribution: unknown; an item that was not shown,
+ * or a click for any other policy: invalid. Events are applied one after the
+ * other, in batch order, each waiting for its attribution if need be, so two
+ * clicks on one impression in one batch both count. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,8 +37,12 @@ typedef struct {
     double reward;
     int has_reward;
     int has_item;
-    int state; /* 0 pending lookup, 1 resolved, -1 unknown */
+    char *item; /* the clicked item's id as text (an integer id in decimal) */
+    int state;  /* 0 pending lookup, 1 resolved, -1 unknown */
 } fb_event_t;
+
+/* Longest item id a click may name, in bytes. */
+#define FB_ITEM_MAX 1024
 
 typedef struct {
     mm_server_t *srv;
@@ -36,19 +50,89 @@ typedef struct {
     store_msg_t *msg; /* stream: answered with store_msg_done */
     size_t n;
     int pending;
+    size_t next;  /* applying: the next event */
+    int stepping; /* inside batch_step */
+    int waiting;  /* a click's attribution is being read */
     int accepted, unknown, invalid;
     fb_event_t ev[];
 } fb_batch_t;
 
 enum { FB_ACCEPTED = 0, FB_UNKNOWN, FB_INVALID };
 
+static void batch_free(fb_batch_t *b)
+{
+    for (size_t i = 0; i < b->n; i++) free(b->ev[i].item);
+    free(b);
+}
+
+static exp_rt_t *find_exp(mm_server_t *srv, const char *name)
+{
+    router_t *r = srv->router;
+    for (size_t i = 0; i < r->n_exps; i++)
+        if (strcmp(r->exps[i].cfg->name, name) == 0) return &r->exps[i];
+    return NULL;
+}
+
+static int delta_nonzero(const arm_stats_t *d)
+{
+    return d->pulls || d->feedback || d->errors || d->reward_sum != 0 || d->reward_sq_sum != 0 ||
+           d->successes != 0 || d->failures != 0;
+}
+
+static int is_click(const fb_event_t *e)
+{
+    return e->has_item && !e->has_reward;
+}
+
+/* The experiment a click is for, or NULL with the outcome in *why. */
+static exp_rt_t *click_target(mm_server_t *srv, const fb_event_t *e, int *why)
+{
+    exp_rt_t *x = e->state < 0 ? NULL : find_exp(srv, e->experiment);
+    *why = FB_UNKNOWN;
+    if (x == NULL) return NULL;
+    *why = FB_INVALID; /* clicks name a request, and need a policy that takes them */
+    if (e->request_id[0] == '\0' || x->cfg->ops->on_click == NULL) return NULL;
+    return x;
+}
+
+/* The attribution of a click's request, as the store had it. */
+static int click_apply(mm_server_t *srv, const fb_event_t *e, int found, const char *data, size_t n)
+{
+    int why;
+    exp_rt_t *x = click_target(srv, e, &why); /* again: a reload may have happened */
+    if (x == NULL) return why;
+    if (!found) return FB_UNKNOWN;
+    mm_buf_t aux;
+    mm_buf_init(&aux);
+    mm_buf_append(&aux, n ? data : "", n);
+    arm_stats_t d[MM_MAX_ARMS];
+    memset(d, 0, sizeof(d));
+    int rc = aux.oom ? FB_UNKNOWN : FB_INVALID;
+    if (!aux.oom && x->cfg->ops->on_click(x->cfg->policy, &aux, e->item, d) == 0) {
+        int changed = 0;
+        for (size_t a = 0; a < x->state->n_arms; a++) {
+            if (!delta_nonzero(&d[a])) continue;
+            changed = 1;
+            store_add(srv->store, x->state, (int)a, &d[a]);
+            if (d[a].reward_sum > 0) { /* the arm credited with the click */
+                metrics_arm_t *m = &x->metrics->arms[a];
+                m->feedback++;
+                m->reward_sum += d[a].reward_sum;
+            }
+        }
+        if (changed)
+            store_put_aux(srv->store, (mm_str_t){e->request_id, strlen(e->request_id)}, aux.p,
+                          aux.len, x->cfg->feedback_ttl_s);
+        rc = FB_ACCEPTED;
+    }
+    mm_buf_free(&aux);
+    return rc;
+}
+
 static int fb_apply(mm_server_t *srv, const fb_event_t *e)
 {
     if (e->state < 0) return FB_UNKNOWN;
-    router_t *r = srv->router;
-    exp_rt_t *x = NULL;
-    for (size_t i = 0; i < r->n_exps; i++)
-        if (strcmp(r->exps[i].cfg->name, e->experiment) == 0) x = &r->exps[i];
+    exp_rt_t *x = find_exp(srv, e->experiment);
     if (x == NULL) return FB_UNKNOWN;
     int arm = -1;
     for (size_t a = 0; a < x->state->n_arms; a++)
@@ -75,9 +159,8 @@ static void batch_count(fb_batch_t *b, int outcome)
         b->invalid++;
 }
 
-static void batch_finish(fb_batch_t *b)
+static void batch_answer(fb_batch_t *b)
 {
-    for (size_t i = 0; i < b->n; i++) batch_count(b, fb_apply(b->srv, &b->ev[i]));
     if (b->conn) {
         char body[160];
         int n = snprintf(body, sizeof(body), "{\"accepted\":%d,\"unknown\":%d,\"invalid\":%d}",
@@ -90,7 +173,49 @@ static void batch_finish(fb_batch_t *b)
         int ack = !(b->unknown && store_msg_deliveries(b->msg) < 3);
         store_msg_done(b->srv->store, b->msg, ack);
     }
-    free(b);
+    batch_free(b);
+}
+
+static void batch_step(fb_batch_t *b);
+
+static void on_aux(void *arg, int found, const char *data, size_t n)
+{
+    fb_batch_t *b = arg;
+    batch_count(b, click_apply(b->srv, &b->ev[b->next - 1], found, data, n));
+    b->waiting = 0;
+    if (!b->stepping) batch_step(b); /* answered later: go on from here */
+}
+
+/* Apply the events in order; a click may wait for its attribution, and the
+ * walk resumes from on_aux. */
+static void batch_step(fb_batch_t *b)
+{
+    b->stepping = 1;
+    while (b->next < b->n) {
+        fb_event_t *e = &b->ev[b->next++];
+        int why;
+        if (!is_click(e)) {
+            batch_count(b, fb_apply(b->srv, e));
+        } else if (click_target(b->srv, e, &why) == NULL) {
+            batch_count(b, why);
+        } else {
+            b->waiting = 1;
+            store_get_aux(b->srv->store, (mm_str_t){e->request_id, strlen(e->request_id)}, on_aux,
+                          b);
+            if (b->waiting) {
+                b->stepping = 0;
+                return;
+            }
+        }
+    }
+    b->stepping = 0;
+    batch_answer(b);
+}
+
+static void batch_finish(fb_batch_t *b)
+{
+    b->next = 0;
+    batch_step(b);
 }
 
 static void resolve(fb_event_t *e, int found, const store_reqinfo_t *info)
@@ -182,10 +307,33 @@ static int parse_event(json_t *o, fb_event_t *e, char *err, size_t errlen, const
             e->reward = json_number_value(v);
             e->has_reward = 1;
         } else if (strcmp(key, "item") == 0) {
-            if (!json_is_string(v) && !json_is_integer(v)) {
-                snprintf(err, errlen, "%s.item must be a string or an integer", where);
+            char num[24];
+            const char *id = num;
+            size_t len;
+            if (json_is_integer(v)) {
+                len = (size_t)snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT,
+                                       json_integer_value(v));
+            } else if (json_is_string(v)) {
+                id = json_string_value(v);
+                len = json_string_length(v);
+            } else {
+                id = NULL;
+                len = 0;
+            }
+            if (id == NULL || len == 0 || len > FB_ITEM_MAX || memchr(id, '\0', len) != NULL) {
+                snprintf(err, errlen,
+                         "%s.item must be an integer or a string of 1-%d bytes (the item's id)",
+                         where, FB_ITEM_MAX);
                 return -1;
             }
+            free(e->item);
+            e->item = malloc(len + 1);
+            if (e->item == NULL) {
+                snprintf(err, errlen, "%s: out of memory", where);
+                return -1;
+            }
+            memcpy(e->item, id, len);
+            e->item[len] = '\0';
             e->has_item = 1;
         } else {
             snprintf(err, errlen, "%s: unknown key \"%s\"", where, key);
@@ -251,7 +399,7 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
         if (parse_event(o, &b->ev[i], err, sizeof(err), where) != 0) {
             conn_respond_error(r->conn, 400, "bad_request", err);
             json_decref(root);
-            free(b);
+            batch_free(b);
             return;
         }
     }
@@ -294,7 +442,7 @@ static void on_stream(void *arg, store_msg_t *m)
         if (!ok) snprintf(err, sizeof(err), "stream entry: reward must be a finite number");
         mm_log("feedback stream entry %s dropped: %s", store_msg_id(m), err);
         json_decref(o);
-        free(b);
+        batch_free(b);
         store_msg_done(srv->store, m, 1); /* it can never be applied */
         return;
     }
