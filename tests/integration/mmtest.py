@@ -25,12 +25,23 @@ BENCH_BIN = os.environ.get("MM_BENCH_BIN", "build/modelmux-bench")
 SOURCE_DIR = os.environ.get("MM_SOURCE_DIR", os.getcwd())
 
 
+_handed_out = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A loopback port nothing listens on. The kernel may offer the same
+    port again right after it was closed, so ports already handed out by
+    this process are never returned twice (two of them in one config would
+    collide)."""
+    for _ in range(1000):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free port found")
 
 
 def wait_port(port, proc=None, timeout=10.0):

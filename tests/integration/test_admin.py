@@ -34,12 +34,7 @@ HOST = "127.0.0.1"
 TOKEN = "s3cret-token"
 
 
-def free_port():
-    s = socket.socket()
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from mmtest import free_port  # never hands out the same port twice
 
 
 def request(port, method, path, body=None, headers=None, timeout=5.0):
