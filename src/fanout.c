@@ -37,15 +37,6 @@ static void on_leg_closed(leg_t *l)
     if (--f->closing == 0) fanout_free(f);
 }
 
-/* Keep the policy's attribution with the request id for later clicks. */
-static void fanout_keep_aux(mm_server_t *srv, req_t *r, const cfg_experiment_t *ce, mm_buf_t *aux)
-{
-    (void)srv;
-    (void)r;
-    (void)ce;
-    (void)aux; /* wired to store_put_aux once the store offers it */
-}
-
 static void answer(fanout_t *f)
 {
     conn_t *c = f->conn;
@@ -84,7 +75,8 @@ static void answer(fanout_t *f)
     if (merged) /* every arm contributed: an impression for each */
         for (int i = 0; i < f->n; i++)
             if (i != arm) store_pull(srv->store, f->exp->state, i);
-    fanout_keep_aux(srv, r, ce, &aux);
+    if (aux.len) /* the attribution a later click is credited by */
+        store_put_aux(srv->store, (mm_str_t){r->id, r->id_len}, aux.p, aux.len, ce->feedback_ttl_s);
     const leg_t *l = &f->legs[arm];
     const char *body = merged ? out.p : l->resp.p;
     size_t len = merged ? out.len : l->resp.len;
