@@ -134,6 +134,9 @@ static int fb_apply(mm_server_t *srv, const fb_event_t *e)
     if (e->state < 0) return FB_UNKNOWN;
     exp_rt_t *x = find_exp(srv, e->experiment);
     if (x == NULL) return FB_UNKNOWN;
+    /* A policy that takes clicks takes nothing else; its merged answers
+     * resolve to the arm "interleave", which is no arm. */
+    if (x->cfg->ops->on_click != NULL) return FB_INVALID;
     int arm = -1;
     for (size_t a = 0; a < x->state->n_arms; a++)
         if (strcmp(x->state->arm_names[a], e->arm) == 0) arm = (int)a;

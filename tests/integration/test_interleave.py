@@ -1,0 +1,373 @@
+#!/usr/bin/env python3
+"""test_interleave — the interleave policy end to end (DESIGN.md §3, §4).
+
+Two example model servers with `--list 20` are the rankers: each answers a
+fixed ranked list of 20 items drawn from the same 40, so the lists overlap
+without being equal (examples/model_server.c). modelmux fans every request
+out to both and answers a team-draft merge of k items.
+
+What is asserted is what a user of interleaving relies on:
+  1. merged answers: k items, no duplicate, items from both rankers, each
+     item the exact object one of the rankers returned for it, everything
+     else the first ranker's answer; X-Modelmux-Arm: interleave;
+  2. a failing ranker (dead port, or every answer a 500) is never a client
+     error: the other ranker's answer goes out unchanged and the reason is
+     counted; both failing is a 502;
+  3. clicks: a user who clicks what ranker B ranks highly makes B win, with
+     a significant sign test in GET /experiments/NAME; duplicate clicks,
+     items not shown, unknown request ids and rewards are counted as the
+     contract says;
+  4. with the Redis store, a click reaches the attribution through any
+     instance and through the feedback stream, and the arm hashes in Redis
+     hold the outcome counts.
+"""
+import http.client
+import json
+import os
+import random
+import socket
+import sys
+import time
+import unittest
+
+import mmtest
+
+HOST = "127.0.0.1"
+K = 10
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def experiment(k=K, ttl=600):
+    return {"name": "search", "match": {"path_prefix": "/v1/rank"}, "policy": "interleave",
+            "arms": ["ranker-a", "ranker-b"], "list_pointer": "/items", "id_field": "id",
+            "k": k, "feedback_ttl_s": ttl}
+
+
+def get_json(port, path):
+    st, _, body = mmtest.request(port, "GET", path)
+    return st, json.loads(body) if body else None
+
+
+def own_list(port):
+    """A ranker's own list, asked directly: [item objects]."""
+    st, doc = get_json(port, "/v1/rank")
+    assert st == 200, st
+    return doc["items"]
+
+
+class Redis:
+    """Just enough RESP2 for this test (no redis-py)."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection((HOST, port), timeout=5)
+        self.buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def __call__(self, *args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        self.sock.sendall(b"".join(out))
+        return self._read()
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            d = self.sock.recv(65536)
+            if not d:
+                raise ConnectionError("redis closed the connection")
+            self.buf += d
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _read(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind in (b"+", b"-"):
+            if kind == b"-":
+                raise RuntimeError(rest.decode())
+            return rest.decode()
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                self.buf += self.sock.recv(65536)
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            return data.decode()
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._read() for _ in range(n)]
+        raise RuntimeError("unexpected RESP %r" % line)
+
+
+class Interleave(mmtest.MMTestCase):
+    def rankers(self, a_args=(), b_args=()):
+        """Two model servers named like the upstreams they stand behind."""
+        c = self.cluster
+        self.a = c.model_server("ranker-a", "--list", 20, *a_args)
+        self.b = c.model_server("ranker-b", "--list", 20, *b_args)
+        return self.a.port, self.b.port
+
+    def start(self, a_port, b_port, store=None, k=K, name="modelmux"):
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        extra = {"store": store} if store else {}
+        cfg = mmtest.base_config(port, {"ranker-a": a_port, "ranker-b": b_port},
+                                 [experiment(k)], admin_port=admin, **extra)
+        proc = self.cluster.modelmux(cfg, "--seed", 11, name=name)
+        self.mm = proc
+        return proc
+
+    def tearDown(self):
+        procs = [p for p in self.cluster.procs if p.name.startswith("modelmux")]
+        super().tearDown()
+        for p in procs:
+            self.assertEqual(p.p.returncode, 0, p.log())
+            for m in SANITIZER_MARKERS:
+                self.assertNotIn(m, p.log())
+
+    def impressions(self, port, n, prefix="imp"):
+        """n requests on one keep-alive connection: [(request_id, status,
+        arm header, body dict)]."""
+        conn = http.client.HTTPConnection(HOST, port, timeout=10)
+        out = []
+        try:
+            for i in range(n):
+                rid = "%s-%d" % (prefix, i)
+                conn.request("POST", "/v1/rank", body='{"query": "shoes"}',
+                             headers={"X-Request-Id": rid, "Content-Type": "application/json"})
+                r = conn.getresponse()
+                body = r.read()
+                out.append((rid, r.status, r.getheader("X-Modelmux-Arm"),
+                            json.loads(body) if body else None))
+        finally:
+            conn.close()
+        return out
+
+    def feedback(self, port, events):
+        st, _, body = mmtest.request(port, "POST", "/_modelmux/feedback", {"events": events})
+        self.assertEqual(st, 202, body)
+        return json.loads(body)
+
+    def policy_state(self, proc):
+        st, doc = get_json(proc.admin_port, "/experiments/search")
+        self.assertEqual(st, 200)
+        return doc
+
+    # ------------------------------------------------------------ 1. merging
+
+    def test_merged_answers_hold_k_items_from_both_rankers(self):
+        a_port, b_port = self.rankers()
+        mm = self.start(a_port, b_port)
+        list_a, list_b = own_list(a_port), own_list(b_port)
+        objs_a = {it["id"]: it for it in list_a}
+        objs_b = {it["id"]: it for it in list_b}
+        self.assertTrue(set(objs_a) & set(objs_b), "the rankers' lists should overlap")
+        self.assertNotEqual(list_a[0]["id"], list_b[0]["id"])
+        self.assertNotEqual([it["id"] for it in list_a], [it["id"] for it in list_b])
+
+        first = {}
+        for rid, st, arm, doc in self.impressions(mm.port, 60):
+            self.assertEqual(st, 200)
+            self.assertEqual(arm, "interleave")
+            items = doc["items"]
+            ids = [it["id"] for it in items]
+            self.assertEqual(len(items), K)
+            self.assertEqual(len(set(ids)), K, "no item twice")
+            # The frame is ranker a's answer: its model name, and its echo of
+            # the request id.
+            self.assertEqual(doc["model"], "ranker-a")
+            self.assertEqual(doc["request_id"], rid)
+            for it in items:
+                # each item is the object one ranker returned for it
+                self.assertTrue(it == objs_a.get(it["id"]) or it == objs_b.get(it["id"]), it)
+            # Team draft: each team's first pick is its own top item (the
+            # other's top may have been taken first), so a's top or b's top
+            # leads, by a fair coin.
+            self.assertIn(ids[0], (list_a[0]["id"], list_b[0]["id"]))
+            first[ids[0]] = first.get(ids[0], 0) + 1
+            # Both rankers contribute: each one's top item is always shown.
+            self.assertIn(list_a[0]["id"], ids)
+            self.assertIn(list_b[0]["id"], ids)
+        self.assertEqual(len(first), 2, "both rankers' top items lead some impressions: %r" % first)
+
+        state = self.policy_state(mm)["policy_state"]
+        self.assertEqual(state["method"], "team_draft")
+        self.assertEqual(state["this_instance"]["merged"], 60)
+        self.assertEqual([a["served"] for a in state["arms"]], [60, 60])
+
+    # ------------------------------------------------------------ 2. fallback
+
+    def test_dead_ranker_falls_back_without_client_error(self):
+        a_port, _ = self.rankers()
+        dead = mmtest.free_port()  # nothing listens there
+        mm = self.start(a_port, dead)
+        list_a = own_list(a_port)
+        for rid, st, arm, doc in self.impressions(mm.port, 20):
+            self.assertEqual(st, 200)
+            self.assertEqual(arm, "ranker-a")
+            self.assertEqual(doc["items"], list_a)  # a's answer, unchanged: 20 items
+        state = self.policy_state(mm)["policy_state"]
+        self.assertEqual(state["arms"][1]["unusable"]["failed"], 20)
+        self.assertEqual(state["this_instance"]["fallbacks_to"]["ranker-a"], 20)
+        self.assertEqual(state["this_instance"]["merged"], 0)
+        # A click on a fallback answer has no attribution: unknown.
+        counts = self.feedback(mm.port, [{"request_id": "imp-0", "item": list_a[0]["id"]}])
+        self.assertEqual(counts, {"accepted": 0, "unknown": 1, "invalid": 0})
+
+    def test_failing_champion_answers_are_not_shown(self):
+        # Every answer of the champion is a 500: the challenger's goes out.
+        a_port, b_port = self.rankers(a_args=("--error-rate", 1))
+        mm = self.start(a_port, b_port)
+        list_b = own_list(b_port)
+        for rid, st, arm, doc in self.impressions(mm.port, 20):
+            self.assertEqual(st, 200)
+            self.assertEqual(arm, "ranker-b")
+            self.assertEqual(doc["model"], "ranker-b")
+            self.assertEqual(doc["items"], list_b)
+        state = self.policy_state(mm)["policy_state"]
+        self.assertEqual(state["arms"][0]["unusable"]["status"], 20)
+        self.assertEqual(state["arms"][0]["errors"], 20)
+
+    def test_both_rankers_down_is_a_502(self):
+        mm = self.start(mmtest.free_port(), mmtest.free_port())
+        st, _, body = mmtest.request(mm.port, "GET", "/v1/rank")
+        self.assertEqual(st, 502)
+        self.assertEqual(json.loads(body)["error"], "upstream_unavailable")
+        state = self.policy_state(mm)["policy_state"]
+        self.assertEqual(state["this_instance"]["no_usable_answer"], 1)
+
+    # ------------------------------------------------------------ 3. clicks
+
+    def test_user_who_prefers_b_makes_b_win(self):
+        a_port, b_port = self.rankers()
+        mm = self.start(a_port, b_port)
+        # The user likes what B ranks in its top 10; A ranks some of those
+        # too (then the team that placed the item gets the click).
+        b_taste = [it["id"] for it in own_list(b_port)][:10]
+        a_ids = {it["id"] for it in own_list(a_port)}
+        self.assertTrue(a_ids & set(b_taste))
+        shown = self.impressions(mm.port, 150)
+        events, clicked = [], 0
+        user = random.Random(5)
+        for n, (rid, st, arm, doc) in enumerate(shown):
+            self.assertEqual(arm, "interleave")
+            if n % 5 == 4:
+                continue  # some impressions get no click
+            # Each shown item B ranks in its top 10 is clicked with
+            # probability 1/2, any other shown item with probability 1/10.
+            picks = [it["id"] for it in doc["items"]
+                     if user.random() < (0.5 if it["id"] in b_taste else 0.1)]
+            events += [{"request_id": rid, "item": i} for i in picks]
+            clicked += 1 if picks else 0
+        counts = self.feedback(mm.port, events)
+        self.assertEqual(counts, {"accepted": len(events), "unknown": 0, "invalid": 0})
+
+        doc = self.policy_state(mm)
+        s = doc["policy_state"]
+        sys.stderr.write("[interleave] wins a %d, wins b %d, ties %d, p %.3g, preference %.3f\n"
+                         % (s["wins_a"], s["wins_b"], s["ties"], s["sign_test"]["p_value"],
+                            s["preference"]))
+        self.assertEqual(s["clicked_impressions"], clicked)
+        self.assertEqual(s["wins_a"] + s["wins_b"] + s["ties"], clicked)
+        self.assertGreater(s["wins_b"], s["wins_a"])
+        self.assertEqual(s["leader"], "ranker-b")
+        self.assertTrue(s["significant"])
+        self.assertLess(s["sign_test"]["p_value"], 0.001)
+        self.assertLess(s["preference"], 0)
+        lo, hi = s["preference_ci95"]
+        self.assertLess(hi, 0)
+        self.assertEqual(s["arms"][0]["clicks"] + s["arms"][1]["clicks"], len(events))
+        arms = {a["name"]: a for a in doc["arms"]}
+        self.assertEqual(arms["ranker-b"]["feedback"], clicked)
+
+        # The same clicks again: accepted, and nothing moves.
+        counts = self.feedback(mm.port, events[:10])
+        self.assertEqual(counts["accepted"], 10)
+        s2 = self.policy_state(mm)["policy_state"]
+        for key in ("wins_a", "wins_b", "ties", "clicked_impressions"):
+            self.assertEqual(s2[key], s[key])
+
+        # What the contract counts as unknown or invalid.
+        rid = shown[0][0]
+        shown_ids = {it["id"] for it in shown[0][3]["items"]}
+        not_shown = next(i for i in ("item-%d" % k for k in range(1, 41)) if i not in shown_ids)
+        counts = self.feedback(mm.port, [
+            {"request_id": rid, "item": not_shown},          # not in that impression
+            {"request_id": "never-served", "item": "item-1"},  # unknown request
+            {"request_id": rid, "reward": 1},                 # rewards: not for interleave
+            {"experiment": "search", "arm": "ranker-a", "reward": 1},
+        ])
+        self.assertEqual(counts, {"accepted": 0, "unknown": 1, "invalid": 3})
+        # A malformed item is a 400 for the whole batch.
+        st, _, _ = mmtest.request(mm.port, "POST", "/_modelmux/feedback",
+                                  {"events": [{"request_id": rid, "item": "item-1"},
+                                              {"request_id": rid, "item": ""}]})
+        self.assertEqual(st, 400)
+
+        # Reset forgets the outcome counts.
+        st, _, _ = mmtest.request(mm.admin_port, "POST", "/experiments/search/reset")
+        self.assertEqual(st, 200)
+        s3 = self.policy_state(mm)["policy_state"]
+        self.assertEqual((s3["wins_a"], s3["wins_b"], s3["clicked_impressions"]), (0, 0, 0))
+
+    # ------------------------------------------------------------ 4. Redis
+
+    def test_clicks_through_any_instance_and_the_stream(self):
+        a_port, b_port = self.rankers()
+        redis_port = self.cluster.redis()
+        prefix = "mmil%d" % os.getpid()
+        store = {"type": "redis", "host": HOST, "port": redis_port, "prefix": prefix,
+                 "sync_ms": 50}
+        one = self.start(a_port, b_port, store=store, name="modelmux-1")
+        two = self.start(a_port, b_port, store=store, name="modelmux-2")
+        r = Redis(redis_port)
+        try:
+            shown = self.impressions(one.port, 3, prefix="redis-imp")
+            b_top = own_list(b_port)[0]["id"]
+            # The attribution reaches Redis, with the experiment's TTL.
+            mmtest.eventually(lambda: r("EXISTS", "%s:il:redis-imp-0" % prefix) == 1, timeout=5)
+            ttl = r("PTTL", "%s:il:redis-imp-0" % prefix)
+            self.assertTrue(550000 < ttl <= 600000, ttl)
+            mmtest.eventually(lambda: r("EXISTS", "%s:req:redis-imp-0" % prefix) == 1, timeout=5)
+
+            # Click through the other instance: it reads the attribution from Redis.
+            counts = self.feedback(two.port, [{"request_id": "redis-imp-0", "item": b_top}])
+            self.assertEqual(counts, {"accepted": 1, "unknown": 0, "invalid": 0})
+            # And through the stream.
+            r("XADD", "%s:feedback" % prefix, "*", "request_id", "redis-imp-1", "item", b_top)
+
+            def wins():
+                h = r("HGETALL", "%s:{search}:arm:ranker-b" % prefix) or []
+                d = dict(zip(h[0::2], h[1::2]))
+                return float(d.get("successes", 0)) >= 2 and d
+            hb = mmtest.eventually(wins, timeout=10)
+            # b's top is b's first pick in every impression: both clicks are B's.
+            self.assertEqual(float(hb["successes"]), 2)
+            self.assertEqual(float(hb["reward_sum"]), 2)
+            self.assertEqual(int(hb["feedback"]), 2)
+            ha = r("HGETALL", "%s:{search}:arm:ranker-a" % prefix)
+            ha = dict(zip(ha[0::2], ha[1::2]))
+            self.assertEqual(int(ha["feedback"]), 2)
+            self.assertEqual(float(ha.get("successes", 0)), 0)
+            # Both instances see the outcome.
+            for proc in (one, two):
+                mmtest.eventually(
+                    lambda: self.policy_state(proc)["policy_state"]["wins_b"] == 2, timeout=5)
+            # The click rewrote the attribution in Redis: b_top is marked clicked.
+            aux = json.loads(r("GET", "%s:il:redis-imp-0" % prefix))
+            pos = aux["i"].index(b_top)
+            self.assertEqual(aux["t"][pos], "b")
+            mmtest.eventually(
+                lambda: json.loads(r("GET", "%s:il:redis-imp-0" % prefix))["c"][pos] == "1",
+                timeout=5)
+        finally:
+            r.close()
+
+
+if __name__ == "__main__":
+    mmtest.main()
