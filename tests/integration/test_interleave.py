@@ -27,8 +27,6 @@ import os
 import random
 import socket
 import sys
-import time
-import unittest
 
 import mmtest
 
