@@ -25,6 +25,7 @@ import http.client
 import json
 import os
 import random
+import signal
 import socket
 import sys
 
@@ -113,7 +114,9 @@ class Interleave(mmtest.MMTestCase):
 
     def start(self, a_port, b_port, store=None, k=K, name="modelmux"):
         port, admin = mmtest.free_port(), mmtest.free_port()
-        extra = {"store": store} if store else {}
+        # A shutdown that cannot reach Redis gives up well before the
+        # harness's 10 s SIGKILL.
+        extra = {"store": store, "limits": {"drain_timeout_ms": 3000}} if store else {}
         cfg = mmtest.base_config(port, {"ranker-a": a_port, "ranker-b": b_port},
                                  [experiment(k)], admin_port=admin, **extra)
         proc = self.cluster.modelmux(cfg, "--seed", 11, name=name)
@@ -363,6 +366,11 @@ class Interleave(mmtest.MMTestCase):
             mmtest.eventually(
                 lambda: json.loads(r("GET", "%s:il:redis-imp-0" % prefix))["c"][pos] == "1",
                 timeout=5)
+            # Stop the instances while Redis is still there (the harness stops
+            # everything at once), so their final flush has somewhere to go.
+            for proc in (two, one):
+                proc.signal(signal.SIGTERM)
+                self.assertEqual(proc.wait(timeout=15), 0, proc.log()[-3000:])
         finally:
             r.close()
 
