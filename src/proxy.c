@@ -584,7 +584,7 @@ static void on_request_head(conn_t *c)
         }
         /* Header lines are copied now: the head's bytes may be overwritten
          * while a large body streams, and a fallback rebuilds the head later. */
-        r->fanout = r->choice.fanout;
+        r->fanout = r->choice.fanout && r->exp->cfg->ops->combine != NULL;
         proxy_forward_headers(&r->fwd_lines, h, base, c->peer, r->fanout);
         if (r->fanout) {
             /* every arm gets the whole body: read it first (bounded) */

@@ -182,7 +182,10 @@ void router_choose(exp_rt_t *e, const policy_req_t *req, mm_rng_t *rng, uint64_t
                    policy_choice_t *out)
 {
     const exp_control_t *ctl = &e->state->control;
-    out->n_mirrors = 0;
+    /* Every field starts clear: the choice is reused across requests, and a
+     * policy sets only what it decides (a fan-out or mirrors must never
+     * carry over from the previous request). */
+    memset(out, 0, sizeof(*out));
     if (ctl->state == EXP_PROMOTED || ctl->state == EXP_ROLLED_BACK) {
         /* The operator (or the canary's own analysis) decided: weights say where. */
         size_t n = e->state->n_arms;

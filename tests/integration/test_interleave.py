@@ -375,5 +375,42 @@ class Interleave(mmtest.MMTestCase):
             r.close()
 
 
+class KeepAlive(mmtest.MMTestCase):
+    """The decision of one request never carries over to the next one on the
+    same keep-alive connection (a fan-out used to, and crashed modelmux)."""
+
+    def test_fanout_does_not_leak_to_the_next_request(self):
+        c = self.cluster
+        a = c.model_server("ranker-a", "--list", 20)
+        b = c.model_server("ranker-b", "--list", 20)
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(
+            port, {"ranker-a": a.port, "ranker-b": b.port},
+            [{"name": "search", "match": {"path_prefix": "/v1/rank"}, "policy": "interleave",
+              "arms": ["ranker-a", "ranker-b"], "list_pointer": "/items", "k": 10},
+             {"name": "other", "match": {"path_prefix": "/v1/other"}, "policy": "ab",
+              "arms": {"ranker-a": 50, "ranker-b": 50}}], admin_port=admin)
+        mm = c.modelmux(cfg, "--seed", 1)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        seen = []
+        for path in ["/v1/rank", "/v1/other", "/v1/other", "/v1/rank"]:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            r.read()
+            seen.append((path, r.status, r.getheader("X-Modelmux-Arm")))
+        self.assertEqual([s[1] for s in seen], [200] * 4, seen)
+        self.assertEqual(seen[0][2], "interleave")
+        self.assertIn(seen[1][2], ("ranker-a", "ranker-b"))
+        # promoted: one ranker alone, also on a connection that just interleaved
+        st, _, _ = mmtest.request(admin, "POST", "/experiments/search/promote", {"arm": "ranker-b"})
+        self.assertEqual(st, 200)
+        conn.request("GET", "/v1/rank")
+        r = conn.getresponse()
+        r.read()
+        self.assertEqual(r.getheader("X-Modelmux-Arm"), "ranker-b")
+        conn.close()
+        self.assertTrue(mm.alive(), mm.log())
+
+
 if __name__ == "__main__":
     mmtest.main()
