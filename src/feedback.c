@@ -235,15 +235,48 @@ static void resolve(fb_event_t *e, int found, const store_reqinfo_t *info)
 typedef struct {
     fb_batch_t *b;
     fb_event_t *e;
+    int retried;
+    uv_timer_t timer; /* the delayed second lookup */
 } fb_lookup_t;
+
+static void lookup_issue(fb_lookup_t *l);
+
+static void on_retry_closed(uv_handle_t *h)
+{
+    lookup_issue(h->data);
+}
+
+static void on_retry_due(uv_timer_t *t)
+{
+    uv_close((uv_handle_t *)t, on_retry_closed); /* the lookup runs once it has closed */
+}
 
 static void on_lookup_done(void *arg, int found, const store_reqinfo_t *info)
 {
     fb_lookup_t *l = arg;
     fb_batch_t *b = l->b;
+    mm_server_t *srv = b->srv;
+    if (!found && !l->retried && b->conn && strcmp(store_kind(srv->store), "redis") == 0) {
+        /* The instance that served the request writes its id to Redis in
+         * its next sync round: feedback that overtook it is looked up once
+         * more, two sync intervals (at most a second) later. */
+        l->retried = 1;
+        int sync = server_config(srv)->store.sync_ms;
+        uint64_t wait = sync >= 500 ? 1000 : (uint64_t)sync * 2;
+        uv_timer_init(srv->loop, &l->timer);
+        l->timer.data = l;
+        uv_timer_start(&l->timer, on_retry_due, wait, 0);
+        return;
+    }
     resolve(l->e, found, info);
     free(l);
     if (--b->pending == 0) batch_finish(b);
+}
+
+static void lookup_issue(fb_lookup_t *l)
+{
+    store_lookup(l->b->srv->store, (mm_str_t){l->e->request_id, strlen(l->e->request_id)},
+                 on_lookup_done, l);
 }
 
 /* Resolve every event's target, then apply (possibly later, with Redis). */
@@ -263,9 +296,9 @@ static void batch_run(fb_batch_t *b)
         }
         l->b = b;
         l->e = e;
+        l->retried = 0;
         b->pending++;
-        store_lookup(b->srv->store, (mm_str_t){e->request_id, strlen(e->request_id)},
-                     on_lookup_done, l);
+        lookup_issue(l);
     }
     if (--b->pending == 0) batch_finish(b);
 }

@@ -422,6 +422,17 @@ class StoreIntegration(mmtest.MMTestCase):
                          {arm: int(tally.expected(arm)["feedback"]) for arm in v})
         self.assert_arms_exact(tally, "recs")
 
+    def test_2b_feedback_overtaking_the_sync_round_is_still_credited(self):
+        """Feedback sent to B at once, before A's sync round has written the
+        request ids to Redis, is looked up again and accepted."""
+        a = self.start(self.config(), "modelmux-a")
+        b = self.start(self.config(), "modelmux-b")
+        served = send(a.port, "/recs/x", ["t2b-%d" % i for i in range(30)])
+        st, body = feedback(b.port, [{"request_id": rid, "reward": 1} for _, _, rid in served])
+        self.assertEqual((st, body), (202, {"accepted": 30, "unknown": 0, "invalid": 0}))
+        st, body = feedback(b.port, [{"request_id": "t2b-never-served", "reward": 1}])
+        self.assertEqual((st, body), (202, {"accepted": 0, "unknown": 1, "invalid": 0}))
+
     # -- 3
 
     def test_3_exact_counters_after_a_flush(self):
