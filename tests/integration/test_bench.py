@@ -1,0 +1,336 @@
+#!/usr/bin/env python3
+"""test_bench.py — modelmux-bench (DESIGN.md §8) against a real modelmux.
+
+Real processes on loopback ports chosen free at run time, stopped by PID
+through the mmtest harness: two example model servers, modelmux in front of
+them with an A/B experiment (90/10 on /v1/rank) and a Thompson experiment
+(/v1/bandit), and for the comparison a second modelmux with a plain 50/50
+split. What a user of the bench relies on is asserted:
+
+- replay sends every logged request, as logged: the model servers' request
+  counters sum to the log's line count, modelmux's own request log of the
+  replay has the same ids, methods, paths and bodies as bench/sample.jsonl,
+  the per-arm counts the bench reports equal what each model server saw,
+  and the 90/10 split is within a binomial bound;
+- --speed and --rate pace (a run takes as long as the schedule says),
+  --requests loops the log, the text report has every documented line;
+- damaged log lines are reported with their line numbers and skipped, a log
+  without a usable line exits 1, HTTP and transport errors are counted by
+  kind;
+- simulate with rates champion=0.02, challenger=0.10 over 2000 requests:
+  well-formed JSON, every reward accepted by modelmux, regret well below a
+  50/50 split's expectation (and the actual split's within its binomial
+  bound), the best arm identified, CSV and SVG written (the SVG parses as
+  XML).
+
+Every bench run is bounded by --duration and a subprocess timeout; the whole
+file runs in well under a minute.
+"""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from datetime import datetime
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mmtest  # noqa: E402
+
+SAMPLE = os.path.join(mmtest.SOURCE_DIR, "bench", "sample.jsonl")
+
+
+def sample_lines():
+    with open(SAMPLE) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class BenchTest(mmtest.MMTestCase):
+    def setUp(self):
+        super().setUp()
+        if not os.path.exists(mmtest.BENCH_BIN):
+            self.skipTest("modelmux-bench not built at %s" % mmtest.BENCH_BIN)
+        c = self.cluster
+        self.champion = c.model_server("champion")
+        self.challenger = c.model_server("challenger")
+        self.port, self.admin_port = mmtest.free_port(), mmtest.free_port()
+        self.log_path = c.path("requests.jsonl")
+        cfg = mmtest.base_config(
+            self.port, {"champion": self.champion.port, "challenger": self.challenger.port},
+            [{"name": "ranker", "match": {"path_prefix": "/v1/rank"}, "policy": "ab",
+              "arms": {"champion": 90, "challenger": 10}},
+             {"name": "bandit", "match": {"path_prefix": "/v1/bandit"}, "policy": "thompson",
+              "arms": ["champion", "challenger"], "reward": "bernoulli", "min_share": 0.05},
+             {"name": "segment", "match": {"path_prefix": "/v1/seg", "headers": {"X-Market": "KR"}},
+              "policy": "thompson", "arms": ["champion", "challenger"], "reward": "bernoulli"}],
+            admin_port=self.admin_port,
+            log={"requests": self.log_path, "sample": 1.0, "bodies": True})
+        self.mm = c.modelmux(cfg, "--seed", "1")
+        self.target = "http://127.0.0.1:%d" % self.port
+
+    # ---- helpers ----
+
+    def bench(self, *args, timeout=45):
+        p = subprocess.run([mmtest.BENCH_BIN] + [str(a) for a in args], capture_output=True,
+                           text=True, timeout=timeout)
+        return p.returncode, p.stdout, p.stderr
+
+    def bench_json(self, *args):
+        rc, out, err = self.bench(*args, "--json")
+        self.assertEqual(rc, 0, "modelmux-bench failed: %s" % err)
+        return json.loads(out), err
+
+    def served(self, ms):
+        status, _, body = mmtest.request(ms.port, "GET", "/_stats")
+        self.assertEqual(status, 200)
+        return json.loads(body)["requests"]
+
+    def write_log(self, name, lines):
+        path = self.cluster.path(name)
+        with open(path, "w") as f:
+            f.write(lines)
+        return path
+
+    # ---- replay ----
+
+    def test_replay_max_sends_every_logged_request_as_logged(self):
+        lines = sample_lines()
+        r, err = self.bench_json("replay", SAMPLE, "--target", self.target, "--max",
+                                 "--concurrency", 8, "--duration", 30)
+        n = len(lines)
+        self.assertEqual(r["log_lines"], n)
+        self.assertEqual(r["usable_lines"], n)
+        self.assertEqual(r["skipped_lines"], 0)
+        self.assertEqual(r["sent"], n)
+        self.assertEqual(r["answered"], n)
+        self.assertEqual(r["errors"]["total"], 0, r["errors"])
+        self.assertEqual(r["status"]["2xx"], n)
+        self.assertGreater(r["throughput_rps"], 0)
+        lat = r["latency_ms"]
+        self.assertEqual(lat["count"], n)
+        self.assertTrue(0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99_9"] <= lat["max"])
+        # Every request reached a model server, and the bench's per-arm
+        # counts are exactly what each server saw.
+        champ, chall = self.served(self.champion), self.served(self.challenger)
+        self.assertEqual(champ + chall, n)
+        self.assertEqual(r["arms"]["champion"]["requests"], champ)
+        self.assertEqual(r["arms"]["challenger"]["requests"], chall)
+        self.assertEqual(r["no_arm"], 0)
+        # 90/10 within 4.5 standard deviations of a binomial.
+        share = r["arms"]["champion"]["share"]
+        self.assertLess(abs(share - 0.9), 4.5 * math.sqrt(0.9 * 0.1 / n), share)
+        # modelmux logged the replay: same ids, methods, paths and bodies.
+        def key(e):
+            return (e["request_id"], e["method"], e["path"], e.get("body_b64", ""))
+
+        def replayed():
+            try:
+                with open(self.log_path) as f:
+                    got = [json.loads(x) for x in f if x.strip()]
+            except OSError:
+                return None
+            return got if len(got) >= n else None
+
+        got = mmtest.eventually(replayed, timeout=10)
+        self.assertEqual(sorted(map(key, got)), sorted(map(key, lines)))
+
+    def test_replay_speed_follows_the_recorded_pacing(self):
+        lines = sample_lines()
+        ts = [datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp() for e in lines]
+        span = max(ts) - min(ts)
+        self.assertGreater(span, 0.5, "the sample log should span some time")
+        r, _ = self.bench_json("replay", SAMPLE, "--target", self.target, "--speed", 4,
+                               "--duration", 30)
+        self.assertEqual(r["mode"], "speed")
+        self.assertEqual(r["answered"], len(lines))
+        self.assertEqual(r["errors"]["total"], 0)
+        # The last request leaves at span / 4; it cannot be done earlier.
+        self.assertGreaterEqual(r["elapsed_s"], span / 4 * 0.98)
+        self.assertLess(r["elapsed_s"], span / 4 + 1.5)
+        self.assertIn("schedule_lag_ms", r)
+
+    def test_replay_rate_loops_the_log_and_prints_a_text_report(self):
+        before = self.served(self.champion) + self.served(self.challenger)
+        rc, out, err = self.bench("replay", SAMPLE, "--target", self.target, "--rate", 500,
+                                  "--requests", 300, "--concurrency", 4, "--duration", 30)
+        self.assertEqual(rc, 0, err)
+        after = self.served(self.champion) + self.served(self.challenger)
+        self.assertEqual(after - before, 300)
+        for needle in ("pacing:      rate 500 req/s", "300 sent, 300 answered, 0 failed",
+                       "throughput:", "p50 ", "p90 ", "p99 ", "p99.9 ",
+                       "errors:      0 (connect 0, connect_timeout 0, timeout 0, reset 0, "
+                       "protocol 0, overflow 0, http_4xx 0, http_5xx 0)",
+                       "arms:        champion "):
+            self.assertIn(needle, out)
+        # 299 gaps of 2 ms: about 0.6 s.
+        secs = float(out.split(" cancelled in ")[1].split(" s")[0])
+        self.assertGreaterEqual(secs, 0.59)
+        self.assertLess(secs, 3.0)
+
+    def test_replay_reports_damaged_lines_and_skips_them(self):
+        with open(SAMPLE) as f:
+            good = [x for x in f.read().splitlines() if x.strip()][:3]
+        log = self.write_log("damaged.jsonl", "\n".join([
+            good[0],
+            "{this is not json",
+            good[1],
+            '{"ts":"2024-06-01T10:00:00Z","path":"/v1/rank"}',
+            good[2],
+            good[0][:40],  # cut off mid-line by a crash
+        ]))
+        r, err = self.bench_json("replay", log, "--target", self.target, "--max",
+                                 "--duration", 30)
+        self.assertEqual(r["usable_lines"], 3)
+        self.assertEqual(r["skipped_lines"], 3)
+        self.assertEqual(r["answered"], 3)
+        self.assertIn(log + ":2: skipped: not JSON", err)
+        self.assertIn(log + ":4: skipped: \"method\" is missing", err)
+        self.assertIn(log + ":6: skipped: truncated", err)
+        self.assertEqual(self.served(self.champion) + self.served(self.challenger), 3)
+
+    def test_replay_without_a_usable_line_exits_1(self):
+        log = self.write_log("bad.jsonl", "garbage\n{\"ts\":1}\n")
+        rc, out, err = self.bench("replay", log, "--target", self.target, "--max")
+        self.assertEqual(rc, 1)
+        self.assertIn("no usable line", err)
+        self.assertIn(log + ":1: skipped", err)
+        rc, _, err = self.bench("replay", self.cluster.path("missing.jsonl"), "--target",
+                                self.target)
+        self.assertEqual(rc, 1)
+        self.assertIn("cannot open", err)
+        rc, _, err = self.bench("replay", SAMPLE)  # no --target
+        self.assertEqual(rc, 2)
+
+    def test_replay_counts_errors_by_kind(self):
+        line = ('{"ts":"2024-06-01T10:00:0%dZ","request_id":null,"experiment":null,"arm":null,'
+                '"method":"GET","path":"/nothing/here","status":404,"latency_us":10,'
+                '"bytes_in":0,"bytes_out":0,"shadow":[]}')
+        log = self.write_log("404.jsonl", "\n".join(line % i for i in range(5)) + "\n")
+        r, _ = self.bench_json("replay", log, "--target", self.target, "--max", "--duration", 30)
+        self.assertEqual(r["answered"], 5)
+        self.assertEqual(r["errors"]["http_4xx"], 5)
+        self.assertEqual(r["errors"]["total"], 5)
+        self.assertEqual(r["no_arm"], 5)
+        # Nothing listens there: transport errors, by kind.
+        dead = "http://127.0.0.1:%d" % mmtest.free_port()
+        r, _ = self.bench_json("replay", log, "--target", dead, "--max", "--duration", 30)
+        self.assertEqual(r["answered"], 0)
+        self.assertEqual(r["failed"], 5)
+        self.assertEqual(r["errors"]["connect"], 5)
+
+    # ---- simulate ----
+
+    def test_simulate_thompson_has_less_regret_than_a_split(self):
+        split_port = mmtest.free_port()
+        split_cfg = mmtest.base_config(
+            split_port, {"champion": self.champion.port, "challenger": self.challenger.port},
+            [{"name": "bandit", "match": {"path_prefix": "/v1/bandit"}, "policy": "ab",
+              "arms": {"champion": 50, "challenger": 50}}])
+        self.cluster.modelmux(split_cfg, "--seed", "1", name="split")
+        csv_path, svg_path = self.cluster.path("sim.csv"), self.cluster.path("sim.svg")
+        n = 2000
+        r, err = self.bench_json(
+            "simulate", "--target", self.target, "--experiment", "bandit",
+            "--rates", "champion=0.02,challenger=0.10", "--requests", n, "--seed", 7,
+            "--path", "/v1/bandit/predict", "--admin", "http://127.0.0.1:%d" % self.admin_port,
+            "--csv", csv_path, "--svg", svg_path,
+            "--compare-split", "http://127.0.0.1:%d" % split_port, "--duration", 40)
+        self.assertEqual(r["best_arm"], "challenger")
+        b, s = r["bandit"], r["split"]
+        for run in (b, s):
+            self.assertEqual(run["requests"], n)
+            self.assertEqual(run["answered"], n)
+            self.assertEqual(run["failed"], 0)
+            fb = run["feedback"]
+            self.assertEqual(fb["events"], n)
+            self.assertEqual(fb["accepted"], n, fb)
+            self.assertEqual(fb["unknown"] + fb["invalid"] + fb["lost"], 0)
+            served = run["arms"]["champion"]["served"] + run["arms"]["challenger"]["served"]
+            self.assertEqual(served, n)
+            self.assertAlmostEqual(run["regret"]["cumulative"],
+                                   0.08 * run["arms"]["champion"]["served"], places=6)
+        expected_split = b["regret"]["uniform_split_expected"]
+        self.assertAlmostEqual(expected_split, 0.04 * n, places=6)
+        # The bandit learns: well under half the regret of a split...
+        self.assertLess(b["regret"]["cumulative"], 0.5 * expected_split, b["regret"])
+        # ...while the split's regret is what a 50/50 coin gives (4.5 sd).
+        self.assertLess(abs(s["regret"]["cumulative"] - expected_split),
+                        4.5 * 0.08 * math.sqrt(n * 0.25))
+        self.assertAlmostEqual(r["regret_saved"],
+                               s["regret"]["cumulative"] - b["regret"]["cumulative"], places=6)
+        self.assertGreater(r["regret_saved"], 0)
+        # Identified, by the router's state and by traffic, and it stayed.
+        self.assertEqual(r["identification_rule"], "admin")
+        self.assertIsNotNone(r["identified_at"])
+        self.assertLessEqual(r["identified_at"], n)
+        self.assertGreater(b["identified_at"]["admin_polls"], 10)
+        self.assertIsNotNone(b["identified_at"]["by_windows"])
+        self.assertEqual(len(b["windows"]), 20)
+        self.assertGreater(b["windows"][-1]["best_share"], 0.5)
+        # modelmux counted the same rewards.
+        status, _, body = mmtest.request(self.admin_port, "GET", "/experiments/bandit")
+        self.assertEqual(status, 200)
+        arms = {a["name"]: a for a in json.loads(body)["arms"]}
+        self.assertEqual(arms["champion"]["feedback"] + arms["challenger"]["feedback"], n)
+        # CSV: one row per request, ending at the reported regret.
+        with open(csv_path) as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual(len(rows), n)
+        self.assertEqual([int(x["request"]) for x in rows[:3]], [1, 2, 3])
+        self.assertAlmostEqual(float(rows[-1]["cumulative_regret"]), b["regret"]["cumulative"],
+                               places=4)
+        self.assertAlmostEqual(float(rows[-1]["split_cumulative_regret"]),
+                               s["regret"]["cumulative"], places=4)
+        for x in rows:
+            self.assertTrue(0.0 <= float(x["best_arm_share_window"]) <= 1.0)
+        # SVG: a real, self-contained plot.
+        root = ET.parse(svg_path).getroot()
+        self.assertEqual(root.tag, "{http://www.w3.org/2000/svg}svg")
+        ns = {"s": "http://www.w3.org/2000/svg"}
+        self.assertGreaterEqual(len(root.findall("s:polyline", ns)), 4)
+        texts = " ".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
+        for needle in ("requests", "cumulative regret", "regret, bandit", "50/50 split", "100 %"):
+            self.assertIn(needle, texts)
+        self.assertNotIn("href", open(svg_path).read())
+
+    def test_simulate_text_report_with_batched_late_feedback(self):
+        # A header-matched experiment: --header makes the requests match it.
+        rc, out, err = self.bench(
+            "simulate", "--target", self.target, "--experiment", "segment",
+            "--rates", "champion=0.02,challenger=0.10", "--requests", 200, "--seed", 3,
+            "--path", "/v1/seg/x", "--header", "X-Market: KR", "--feedback-batch", 10,
+            "--feedback-delay-ms", 30, "--concurrency", 4, "--duration", 30)
+        self.assertEqual(rc, 0, err)
+        for needle in ("environment: champion p=0.02, challenger p=0.1 (best)",
+                       "200 requests to " + self.target + ": 200 answered, 0 failed",
+                       "feedback:    200 events in 20 posts (batch 10, delay 30 ms): "
+                       "200 accepted, 0 unknown, 0 invalid, 0 lost",
+                       "regret:", "a uniform split (1/2 each) expects 8.00",
+                       "identified:", "windows:", "1-10 "):
+            self.assertIn(needle, out)
+        status, _, body = mmtest.request(self.admin_port, "GET", "/experiments/segment")
+        arms = json.loads(body)["arms"]
+        self.assertEqual(sum(a["requests"] for a in arms), 200)
+        self.assertEqual(sum(a["feedback"] for a in arms), 200)
+        # Without the header nothing matches: answers, but no arm to reward.
+        r, _ = self.bench_json(
+            "simulate", "--target", self.target, "--experiment", "segment",
+            "--rates", "champion=0.02,challenger=0.10", "--requests", 20, "--path", "/v1/seg/x",
+            "--duration", 30)
+        self.assertEqual(r["bandit"]["errors"]["http_non_2xx"], 20)
+        self.assertEqual(r["bandit"]["feedback"]["events"], 0)
+
+    def test_simulate_rejects_bad_arguments(self):
+        rc, _, err = self.bench("simulate", "--target", self.target, "--experiment", "bandit",
+                                "--rates", "champion=1.5", "--requests", 10)
+        self.assertEqual(rc, 2)
+        self.assertIn("not a probability", err)
+        rc, _, err = self.bench("simulate", "--target", self.target, "--rates", "a=0.1",
+                                "--requests", 10)
+        self.assertEqual(rc, 2)
+        self.assertIn("required", err)
+
+
+if __name__ == "__main__":
+    mmtest.main()
