@@ -265,11 +265,7 @@ void up_pool_release(up_pool_t *p)
 {
     if (p == NULL) return;
     p->released = 1;
-    while (p->idle) {
-        up_conn_t *c = p->idle;
-        idle_remove(p, c);
-        uc_close(c);
-    }
+    while (p->idle) uc_close(p->idle); /* uc_close takes it off the idle list */
     /* Waiters of a released pool cannot be served by it any more. */
     while (p->qhead) {
         up_user_t *u = p->qhead;
@@ -283,11 +279,7 @@ void up_pool_release(up_pool_t *p)
 void up_pool_drain(up_pool_t *p)
 {
     p->draining = 1;
-    while (p->idle) {
-        up_conn_t *c = p->idle;
-        idle_remove(p, c);
-        uc_close(c);
-    }
+    while (p->idle) uc_close(p->idle); /* uc_close takes it off the idle list */
 }
 
 static void pool_maybe_free(up_pool_t *p)

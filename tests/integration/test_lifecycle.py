@@ -175,6 +175,23 @@ class Shutdown(Lifecycle):
         self.assertLess(self.sigterm_and_wait(mm, 5), 1.0)
         self.assertEqual(s.recv(65536), b"")
 
+    def test_sigterm_closes_every_idle_upstream_connection_and_exits_promptly(self):
+        """Several pooled upstream connections, all idle: every one of them is
+        closed on SIGTERM (only the first used to be), so the exit is prompt."""
+        champion, challenger = self.two_servers()
+        port = mmtest.free_port()
+        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
+                                             {"champion": 1, "challenger": 0}))
+        threads = [threading.Thread(target=lambda: mmtest.request(port, "GET", "/sleep/300"))
+                   for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        stats = json.loads(mmtest.request(champion.port, "GET", "/_stats")[2])
+        self.assertGreaterEqual(stats["connections_open"], 4, stats)  # a pool of several
+        self.assertLess(self.sigterm_and_wait(mm, 5), 1.0)
+
     def test_sigterm_finishes_in_flight_request_refuses_new_ones_and_exits_0(self):
         champion, challenger = self.two_servers()
         port = mmtest.free_port()
