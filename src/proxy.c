@@ -25,6 +25,7 @@
 #include "proxy_internal.h"
 #include "reqlog.h"
 #include "shadow_rt.h"
+#include "wio.h"
 
 #define CONN_BUF_INITIAL (16 * 1024)
 #define BODY_BUFFER_MAX  (64 * 1024) /* request body bytes buffered before the upstream is ready */
@@ -343,8 +344,25 @@ static void on_client_written(uv_write_t *w, int status)
     if (r->up && !r->up_done) up_resume(r->up); /* more answer bytes may come now */
 }
 
+/* Answer bytes to the client. A final write (the request finishes when it
+ * completes) always goes through uv_write, so that finishing a request never
+ * recurses into the next pipelined one from here. Other writes are tried at
+ * once: when the kernel takes everything, the upstream read resumes without
+ * a write request (see wio.h). */
 static void client_write(conn_t *c, uv_buf_t *bufs, unsigned n)
 {
+    req_t *r = &c->req;
+    if (!r->final_write) {
+        int done = mm_try_write((uv_stream_t *)&c->tcp, bufs, &n);
+        if (done < 0) {
+            conn_close(c);
+            return;
+        }
+        if (done == 1) {
+            if (r->up && !r->up_done) up_resume(r->up); /* more answer bytes may come now */
+            return;
+        }
+    }
     c->writing = 1;
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, n, on_client_written) != 0) {
         c->writing = 0;

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "upstream.h"
+#include "wio.h"
 
 #define UC_BUF_INITIAL (16 * 1024)
 #define UC_BUF_MAX     (256 * 1024) /* room for a large head; bodies stream through */
@@ -599,12 +600,20 @@ static void on_written(uv_write_t *w, int status)
 
 int up_write(up_conn_t *c, const uv_buf_t *bufs, unsigned n, int last)
 {
-    if (c->state != UC_BUSY || c->writing) return -1;
+    if (c->state != UC_BUSY || c->writing || n > 4) return -1;
+    (void)last;
+    uv_buf_t rest[4];
+    for (unsigned i = 0; i < n; i++) rest[i] = bufs[i];
+    int done = mm_try_write((uv_stream_t *)&c->tcp, rest, &n);
+    if (done == 1) { /* all taken by the kernel: no write request needed */
+        arm_response_timer(c);
+        c->user->ops->on_sent(c->user, c);
+        return 0;
+    }
+    if (done < 0) return -1;
     c->writing = 1;
     c->write_req.data = c;
-    (void)last;
-    int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, bufs, n, on_written);
-    if (rc != 0) {
+    if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, rest, n, on_written) != 0) {
         c->writing = 0;
         return -1;
     }
@@ -683,6 +692,10 @@ static void uc_process(up_conn_t *c)
             break;
         }
     }
+    /* Everything parsed and nothing held by the user: the buffer can start
+     * over (never during a head, whose fields are offsets into it). */
+    if (c->state == UC_BUSY && !c->paused && c->phase != PH_HEAD && c->rpos == c->rlen)
+        c->rpos = c->rlen = 0;
     c->in_process = 0;
 }
 

@@ -94,8 +94,9 @@ void up_acquire(up_pool_t *p, up_user_t *u);
 /* Withdraw a user still waiting in the queue or for a connect. */
 void up_cancel(up_pool_t *p, up_user_t *u);
 
-/* Write request bytes (bufs must stay valid until on_sent). Starts the
- * response timer once `last` is set. One write at a time. */
+/* Write request bytes (at most 4 buffers; they must stay valid until
+ * on_sent). One write at a time. on_sent may run before up_write returns
+ * (the kernel took everything at once). */
 int up_write(up_conn_t *c, const uv_buf_t *bufs, unsigned n, int last);
 /* Deliver decoded body spans instead of raw bytes (set before up_resume after on_head). */
 void up_set_decode(up_conn_t *c, int decode);
