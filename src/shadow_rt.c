@@ -54,7 +54,7 @@ struct shadow_group_s {
     uint64_t ts_us; /* wall clock at the request's arrival, for the log line */
     int arm;
     int n;
-    mirror_t m[MM_MAX_ARMS];
+    mirror_t m[]; /* only as many as this request mirrors to */
 };
 
 static void group_complete(shadow_group_t *g);
@@ -63,7 +63,8 @@ void shadow_prepare(conn_t *c)
 {
     req_t *r = &c->req;
     if (r->choice.n_mirrors <= 0) return;
-    shadow_group_t *g = calloc(1, sizeof(*g));
+    int want = r->choice.n_mirrors < MM_MAX_ARMS ? r->choice.n_mirrors : MM_MAX_ARMS;
+    shadow_group_t *g = calloc(1, sizeof(*g) + (size_t)want * sizeof(mirror_t));
     if (g == NULL) {
         for (int i = 0; i < r->choice.n_mirrors; i++)
             r->exp->metrics->arms[r->choice.mirrors[i]].shadow[SHADOW_DROPPED]++;
@@ -79,7 +80,7 @@ void shadow_prepare(conn_t *c)
     mm_buf_append(&g->url, r->url.p, r->url.len);
     memcpy(g->id, r->id, r->id_len + 1);
     proxy_forward_headers(&g->head_lines, &c->head, c->rbuf, c->peer, 1);
-    for (int i = 0; i < r->choice.n_mirrors && g->n < MM_MAX_ARMS; i++) {
+    for (int i = 0; i < r->choice.n_mirrors && g->n < want; i++) {
         int arm = r->choice.mirrors[i];
         if (arm < 0 || (size_t)arm >= g->exp->state->n_arms || arm == r->arm) continue;
         mirror_t *m = &g->m[g->n++];
