@@ -1,0 +1,213 @@
+/* test_http.c — header spans, hop-by-hop filtering, request ids, sticky-key
+ * sources, JSON escaping and the JSON error answer (src/http.c, src/buf.c). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "buf.h"
+#include "http.h"
+#include "rng.h"
+
+static mm_str_t S(const char *s)
+{
+    return (mm_str_t){s, strlen(s)};
+}
+
+static void test_header_spans_split_across_reads_are_joined(void **state)
+{
+    (void)state;
+    /* "X-Us" + "er-Id: " + "u1" arriving in pieces: offsets are contiguous */
+    const char base[] = "X-User-Id: u1\r\nHost: h\r\n";
+    http_head_t h;
+    http_head_reset(&h);
+    http_head_on_field(&h, 0, 4);
+    http_head_on_field(&h, 4, 5);
+    http_head_on_value(&h, 11, 1);
+    http_head_on_value(&h, 12, 1);
+    http_head_on_field(&h, 15, 4);
+    http_head_on_value(&h, 21, 1);
+    assert_int_equal(h.n, 2);
+    mm_str_t n0 = http_hname(&h, base, 0), v0 = http_hvalue(&h, base, 0);
+    assert_int_equal(n0.n, 9);
+    assert_memory_equal(n0.p, "X-User-Id", 9);
+    assert_memory_equal(v0.p, "u1", 2);
+    assert_int_equal(http_find(&h, base, "host"), 1);
+    assert_int_equal(http_find(&h, base, "x-user-id"), 0);
+    assert_int_equal(http_find(&h, base, "cookie"), -1);
+}
+
+static void test_more_than_128_headers_are_flagged(void **state)
+{
+    (void)state;
+    http_head_t h;
+    http_head_reset(&h);
+    for (uint32_t i = 0; i < HTTP_MAX_HEADERS + 1; i++) {
+        http_head_on_field(&h, i * 4, 1);
+        http_head_on_value(&h, i * 4 + 2, 1);
+    }
+    assert_int_equal(h.n, HTTP_MAX_HEADERS);
+    assert_true(h.too_many);
+}
+
+static void test_hop_by_hop_headers_are_recognised(void **state)
+{
+    (void)state;
+    const char *hop[] = {"Connection",
+                         "keep-alive",
+                         "TE",
+                         "Trailer",
+                         "Transfer-Encoding",
+                         "Upgrade",
+                         "Proxy-Connection",
+                         "Proxy-Authorization",
+                         "Proxy-Authenticate",
+                         "Expect",
+                         "X-Request-Id",
+                         "x-modelmux-arm",
+                         "X-Modelmux-Shadow",
+                         "X-Modelmux-Experiment"};
+    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+        assert_true(http_is_hop_by_hop(S(hop[i]), S("")));
+    const char *kept[] = {"Host",   "Content-Type", "Content-Length", "X-User-Id",
+                          "Cookie", "Accept",       "Te-Not",         "Authorization"};
+    for (size_t i = 0; i < sizeof(kept) / sizeof(kept[0]); i++)
+        assert_false(http_is_hop_by_hop(S(kept[i]), S("")));
+}
+
+static void test_headers_named_in_connection_are_hop_by_hop_whatever_their_length(void **state)
+{
+    (void)state;
+    mm_str_t conn = S("keep-alive, X-Drop , A1, x-long-custom-header");
+    assert_true(http_is_hop_by_hop(S("X-Drop"), conn)); /* 6 characters, like "expect" */
+    assert_true(http_is_hop_by_hop(S("a1"), conn));     /* 2 characters, like "te" */
+    assert_true(http_is_hop_by_hop(S("X-Long-Custom-Header"), conn));
+    assert_false(http_is_hop_by_hop(S("X-Keep"), conn));
+}
+
+static void test_token_lists(void **state)
+{
+    (void)state;
+    assert_true(http_has_token(S("100-continue"), "100-continue"));
+    assert_true(http_has_token(S("foo, 100-Continue"), "100-continue"));
+    assert_false(http_has_token(S("100-continued"), "100-continue"));
+    assert_true(http_has_token(S(" close "), "close"));
+}
+
+static void test_request_ids_are_validated(void **state)
+{
+    (void)state;
+    char id128[129], id129[130];
+    memset(id128, 'a', 128);
+    id128[128] = '\0';
+    memset(id129, 'a', 129);
+    id129[129] = '\0';
+    assert_true(http_valid_request_id(S("abc.DEF_123-x")));
+    assert_true(http_valid_request_id(S(id128)));
+    assert_false(http_valid_request_id(S(id129)));
+    assert_false(http_valid_request_id(S("")));
+    assert_false(http_valid_request_id(S("has space")));
+    assert_false(http_valid_request_id(S("semi;colon")));
+    assert_false(http_valid_request_id(S("caf\xc3\xa9")));
+}
+
+static void test_generated_request_ids_are_32_lowercase_hex_and_seeded(void **state)
+{
+    (void)state;
+    mm_rng_t a, b;
+    mm_rng_seed(&a, 7);
+    mm_rng_seed(&b, 7);
+    char x[33], y[33], z[33];
+    http_new_request_id(&a, x);
+    http_new_request_id(&b, y);
+    http_new_request_id(&a, z);
+    assert_int_equal(strlen(x), 32);
+    for (int i = 0; i < 32; i++)
+        assert_true((x[i] >= '0' && x[i] <= '9') || (x[i] >= 'a' && x[i] <= 'f'));
+    assert_string_equal(x, y);     /* same seed, same id */
+    assert_string_not_equal(x, z); /* next draw differs */
+    assert_true(http_valid_request_id(S(x)));
+}
+
+static void test_cookie_and_query_sticky_keys(void **state)
+{
+    (void)state;
+    mm_str_t v;
+    assert_true(http_cookie_get(S("a=1; uid=u-42; b=2"), "uid", &v));
+    assert_int_equal(v.n, 4);
+    assert_memory_equal(v.p, "u-42", 4);
+    assert_true(http_cookie_get(S("uid=\"quoted\""), "uid", &v));
+    assert_memory_equal(v.p, "quoted", 6);
+    assert_false(http_cookie_get(S("xuid=1; uidx=2"), "uid", &v));
+    assert_false(http_cookie_get(S("uid="), "uid", &v));
+    assert_true(http_query_get(S("/v1/rank?x=1&user=bob&y"), "user", &v));
+    assert_memory_equal(v.p, "bob", 3);
+    assert_false(http_query_get(S("/v1/rank?username=bob"), "user", &v));
+    assert_false(http_query_get(S("/v1/rank"), "user", &v));
+    mm_str_t p = http_url_path(S("/v1/rank?user=bob"));
+    assert_int_equal(p.n, 8);
+}
+
+static void test_trim(void **state)
+{
+    (void)state;
+    mm_str_t t = http_trim(S(" \t v a \t"));
+    assert_int_equal(t.n, 3);
+    assert_memory_equal(t.p, "v a", 3);
+    assert_int_equal(http_trim(S("   ")).n, 0);
+}
+
+static void test_json_escaping_is_always_valid_utf8_json(void **state)
+{
+    (void)state;
+    mm_buf_t b;
+    mm_buf_init(&b);
+    const char in[] = "q\"b\\n\n\x01 caf\xc3\xa9 bad\xff end";
+    mm_buf_json_str(&b, in, sizeof(in) - 1);
+    mm_buf_append(&b, "", 1);
+    assert_string_equal(b.p, "q\\\"b\\\\n\\n\\u0001 caf\xc3\xa9 bad\\ufffd end");
+    mm_buf_free(&b);
+}
+
+static void test_error_answer_is_the_contract_shape(void **state)
+{
+    (void)state;
+    mm_buf_t b;
+    mm_buf_init(&b);
+    http_error_response(&b, 503, "overloaded", "too \"many\"", S("rid-1"), 0, NULL);
+    mm_buf_append(&b, "", 1);
+    assert_non_null(strstr(b.p, "HTTP/1.1 503 Service Unavailable\r\n"));
+    assert_non_null(strstr(b.p, "Retry-After: 1\r\n"));
+    assert_non_null(strstr(b.p, "Connection: close\r\n"));
+    assert_non_null(strstr(b.p, "X-Request-Id: rid-1\r\n"));
+    const char *body = strstr(b.p, "\r\n\r\n") + 4;
+    assert_string_equal(
+        body,
+        "{\"error\":\"overloaded\",\"message\":\"too \\\"many\\\"\",\"request_id\":\"rid-1\"}");
+    char len[64];
+    snprintf(len, sizeof(len), "Content-Length: %zu\r\n", strlen(body));
+    assert_non_null(strstr(b.p, len));
+    mm_buf_free(&b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_header_spans_split_across_reads_are_joined),
+        cmocka_unit_test(test_more_than_128_headers_are_flagged),
+        cmocka_unit_test(test_hop_by_hop_headers_are_recognised),
+        cmocka_unit_test(test_headers_named_in_connection_are_hop_by_hop_whatever_their_length),
+        cmocka_unit_test(test_token_lists),
+        cmocka_unit_test(test_request_ids_are_validated),
+        cmocka_unit_test(test_generated_request_ids_are_32_lowercase_hex_and_seeded),
+        cmocka_unit_test(test_cookie_and_query_sticky_keys),
+        cmocka_unit_test(test_trim),
+        cmocka_unit_test(test_json_escaping_is_always_valid_utf8_json),
+        cmocka_unit_test(test_error_answer_is_the_contract_shape),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
