@@ -15,14 +15,10 @@ extern const policy_ops_t policy_ab_ops;
 extern const policy_ops_t policy_interleave_ops;
 
 static const policy_ops_t *const registry[] = {
-    &policy_thompson_ops,
-    &policy_epsilon_greedy_ops,
-    &policy_ucb1_ops,
-    &policy_shadow_ops,
-    &policy_canary_ops,
-    &policy_ab_ops,
-    &policy_interleave_ops,
-    NULL, /* end */
+    &policy_thompson_ops,   &policy_epsilon_greedy_ops,
+    &policy_ucb1_ops,       &policy_shadow_ops,
+    &policy_canary_ops,     &policy_ab_ops,
+    &policy_interleave_ops, NULL, /* end */
 };
 
 const policy_ops_t *policy_find(const char *name)
