@@ -458,9 +458,10 @@ void conn_respond_error(conn_t *c, int status, const char *code, const char *mes
 void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, const char *peer,
                            int drop_length)
 {
-    mm_str_t connection = {NULL, 0}, xff = {NULL, 0}, host = {NULL, 0};
+    mm_str_t connection = {NULL, 0}, host = {NULL, 0};
     int ch = http_find(h, base, "connection");
     if (ch >= 0) connection = http_hvalue(h, base, ch);
+    int xff = 0; /* X-Forwarded-For values seen: repeated headers form one list, in order */
     for (int i = 0; i < h->n; i++) {
         mm_str_t name = http_hname(h, base, i);
         if (http_is_hop_by_hop(name, connection)) continue;
@@ -468,10 +469,7 @@ void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, 
             host = http_hvalue(h, base, i);
             continue;
         }
-        if (name.n == 15 && mm_str_ieq(name, "x-forwarded-for")) {
-            xff = http_trim(http_hvalue(h, base, i)); /* the last one wins if repeated */
-            continue;
-        }
+        if (name.n == 15 && mm_str_ieq(name, "x-forwarded-for")) continue; /* below */
         if (drop_length && name.n == 14 && mm_str_ieq(name, "content-length")) continue;
         mm_buf_str(b, name);
         mm_buf_lit(b, ": ");
@@ -479,10 +477,15 @@ void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, 
         mm_buf_lit(b, "\r\n");
     }
     mm_buf_lit(b, "X-Forwarded-For: ");
-    if (xff.n) {
-        mm_buf_str(b, xff);
-        mm_buf_lit(b, ", ");
+    for (int i = 0; i < h->n; i++) {
+        mm_str_t name = http_hname(h, base, i);
+        if (name.n != 15 || !mm_str_ieq(name, "x-forwarded-for")) continue;
+        mm_str_t v = http_trim(http_hvalue(h, base, i));
+        if (v.n == 0) continue;
+        if (xff++) mm_buf_lit(b, ", ");
+        mm_buf_str(b, v);
     }
+    if (xff) mm_buf_lit(b, ", ");
     mm_buf_cstr(b, peer);
     mm_buf_lit(b, "\r\n");
     if (host.n) {

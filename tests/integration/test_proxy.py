@@ -405,6 +405,15 @@ class HttpThroughTheProxy(ClassCluster):
         self.assertEqual(st, 200)
         self.assertEqual(echo_headers(body)["x-forwarded-for"], ["10.0.0.1, 127.0.0.1"])
 
+    def test_repeated_x_forwarded_for_headers_are_joined_in_order(self):
+        out = mmtest.raw(self.port, b"GET /echo HTTP/1.1\r\nHost: t\r\n"
+                         b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\n"
+                         b"Connection: close\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
+        body = out.split(b"\r\n\r\n", 1)[1]
+        self.assertEqual(echo_headers(body)["x-forwarded-for"],
+                         ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"])
+
     def test_x_forwarded_for_is_added(self):
         st, _, body = mmtest.request(self.port, "GET", "/echo")
         self.assertEqual(echo_headers(body)["x-forwarded-for"], ["127.0.0.1"])
