@@ -3,6 +3,8 @@
 
 #include "leg.h"
 
+#define LEG_MAX_RETRIES 2
+
 void leg_init(leg_t *l)
 {
     memset(l, 0, sizeof(*l));
@@ -76,8 +78,15 @@ static void on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
 {
     leg_t *l = container_of(u, leg_t, user);
     (void)uc;
-    (void)reused;
     l->up = NULL;
+    if (reused && l->retries < LEG_MAX_RETRIES) {
+        /* The model server closed a keep-alive connection as we reused it:
+         * nothing was answered, and we still hold head and body, so send
+         * again on another connection (the leg's timer keeps running). */
+        l->retries++;
+        up_acquire(l->pool, &l->user);
+        return;
+    }
     l->err = kind;
     l->timed_out = kind == UP_ERR_TIMEOUT || kind == UP_ERR_CONNECT_TIMEOUT;
     leg_finish(l, 0);

@@ -1,7 +1,9 @@
 /* leg.h — one buffered exchange with an upstream: send a head and a body
  * held by the owner, keep the (de-chunked) answer up to a bound, give up
- * after a timeout. Mirrors (shadow_rt.c) and fan-out requests (fanout.c)
- * are made of legs; the client's own request streams instead (proxy.c). */
+ * after a timeout. A keep-alive connection found closed by the server before
+ * any answer byte is retried on another one, as the proxied request is. Mirrors (shadow_rt.c) and
+ * fan-out requests (fanout.c) are made of legs; the client's own request streams instead (proxy.c).
+ */
 #ifndef MM_LEG_H
 #define MM_LEG_H
 
@@ -35,6 +37,7 @@ struct leg_s {
     up_conn_t *up;
     uv_timer_t timer;
     uint64_t t0_us;
+    int retries; /* resends after a stale keep-alive connection */
     void (*closed)(leg_t *l);
 };
 

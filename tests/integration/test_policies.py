@@ -5,6 +5,8 @@ significance once feedback arrives."""
 import http.client
 import json
 import random
+import socket
+import threading
 import time
 
 import mmtest
@@ -136,6 +138,105 @@ class ABSignificance(mmtest.MMTestCase):
         exp = get_json(admin, "/experiments/ab")
         text = json.dumps(exp["policy_state"])
         self.assertIn("challenger_better", text, text[:2000])
+
+
+class StaleKeepAliveServer:
+    """An upstream that answers the first request on each connection
+    (keep-alive), then reads the next one and closes without answering: a
+    server closing a pooled connection just as the proxy reuses it."""
+
+    BODY = b'{"model":"stale","score":0.5}'
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.answered = 0
+        self.dropped = 0
+        self.stop = False
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def read_request(self, c):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            d = c.recv(65536)
+            if not d:
+                return None
+            data += d
+        head, rest = data.split(b"\r\n\r\n", 1)
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                n = int(line.split(b":")[1])
+                while len(rest) < n:
+                    d = c.recv(65536)
+                    if not d:
+                        return None
+                    rest += d
+        return head
+
+    def serve(self, c):
+        with c:
+            if self.read_request(c) is None:
+                return
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(self.BODY), self.BODY))
+            self.answered += 1
+            if self.read_request(c) is not None:
+                self.dropped += 1  # close without an answer
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+
+
+class StaleConnections(mmtest.MMTestCase):
+    def test_requests_and_mirrors_are_resent_when_a_reused_connection_is_dead(self):
+        stale = StaleKeepAliveServer()
+        self.addCleanup(stale.close)
+        champion = self.cluster.model_server("champion")
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(
+            port, {"champion": champion.port, "stale": stale.port},
+            [{"name": "direct", "match": {"path_prefix": "/direct"}, "policy": "ab",
+              "arms": {"stale": 1}},
+             {"name": "mir", "match": {"path_prefix": "/mirror"}, "policy": "shadow",
+              "primary": "champion", "shadows": ["stale"], "timeout_ms": 2000}],
+            admin_port=admin)
+        self.cluster.modelmux(cfg, "--seed", 1)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        for _ in range(10):  # one at a time: each reuses the pooled connection
+            conn.request("GET", "/direct")
+            r = conn.getresponse()
+            self.assertEqual((r.status, r.read()), (200, StaleKeepAliveServer.BODY))
+        for _ in range(10):
+            conn.request("GET", "/mirror")
+            r = conn.getresponse()
+            r.read()
+            self.assertEqual(r.status, 200)
+            time.sleep(0.02)  # let the mirror finish and its connection go back to the pool
+        conn.close()
+        self.assertGreater(stale.dropped, 0)  # the stale case really happened
+
+        def outcomes():
+            text = mmtest.request(admin, "GET", "/metrics")[2].decode()
+            got = {}
+            for line in text.splitlines():
+                if line.startswith('modelmux_shadow_total{experiment="mir"'):
+                    got[line.split('outcome="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+            return got if sum(got.values()) >= 10 else None
+
+        got = mmtest.eventually(outcomes, timeout=10)
+        self.assertEqual(got.get("error", 0), 0, got)  # never blamed on the shadow
+        self.assertEqual(got.get("mismatch", 0), 10, got)  # a different model answered
 
 
 if __name__ == "__main__":
