@@ -42,6 +42,8 @@ typedef struct {
 
 /* 1 if s is a valid upstream/experiment/arm name. */
 int mm_valid_name(const char *s, size_t n);
+/* Request ids (DESIGN.md §4): 1-128 characters of the same set. */
+int mm_valid_reqid(const char *s, size_t n);
 
 /* Case-insensitive comparison of an HTTP token (a header name: llhttp has
  * checked it holds only token characters) with a NUL-terminated lowercase

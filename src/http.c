@@ -1,5 +1,4 @@
 /* http.c — see http.h. */
-#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -58,6 +57,32 @@ int http_find(const http_head_t *h, const char *base, const char *lower)
     return -1;
 }
 
+void http_emit_header(mm_buf_t *b, http_run_t *run, const http_head_t *h, const char *base, int i)
+{
+    const http_hdr_t *e = &h->h[i];
+    uint32_t name_end = e->name_off + e->name_len, value_end = e->value_off + e->value_len;
+    /* The head is complete, so the CRLF after the last value is in the
+     * buffer: reading base[value_end + 1] stays inside it. */
+    if (e->value_len > 0 && e->value_off == name_end + 2 && base[name_end] == ':' &&
+        base[name_end + 1] == ' ' && base[value_end] == '\r' && base[value_end + 1] == '\n') {
+        const char *line = base + e->name_off;
+        size_t len = value_end + 2 - e->name_off;
+        if (run->n && run->p + run->n == line) {
+            run->n += len;
+            return;
+        }
+        http_emit_flush(b, run);
+        run->p = line;
+        run->n = len;
+        return;
+    }
+    http_emit_flush(b, run);
+    mm_buf_str(b, http_hname(h, base, i));
+    mm_buf_lit(b, ": ");
+    mm_buf_str(b, http_hvalue(h, base, i));
+    mm_buf_lit(b, "\r\n");
+}
+
 mm_str_t http_trim(mm_str_t s)
 {
     while (s.n && (s.p[0] == ' ' || s.p[0] == '\t')) s.p++, s.n--;
@@ -77,6 +102,13 @@ int http_has_token(mm_str_t value, const char *token)
     return 0;
 }
 
+static inline unsigned char ascii_lower(char ch)
+{
+    unsigned char c = (unsigned char)ch;
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c; /* no locale lookup */
+}
+
+/* 1 if the comma-separated list names `name` (case-insensitive). */
 static int token_listed(mm_str_t list, mm_str_t name)
 {
     size_t i = 0;
@@ -86,8 +118,7 @@ static int token_listed(mm_str_t list, mm_str_t name)
         mm_str_t t = http_trim((mm_str_t){list.p + i, j - i});
         if (t.n == name.n && t.n > 0) {
             size_t k = 0;
-            while (k < t.n && tolower((unsigned char)t.p[k]) == tolower((unsigned char)name.p[k]))
-                k++;
+            while (k < t.n && ascii_lower(t.p[k]) == ascii_lower(name.p[k])) k++;
             if (k == t.n) return 1;
         }
         i = j + 1;
@@ -95,58 +126,136 @@ static int token_listed(mm_str_t list, mm_str_t name)
     return 0;
 }
 
-int http_is_hop_by_hop(mm_str_t name, mm_str_t connection)
+static inline uint64_t load64(const char *p)
 {
-    /* Dispatch on length first: most headers are rejected by one compare. */
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline uint32_t load32(const char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* name equals the lowercase literal `lit` of the same length (the caller
+ * has checked the length), case-insensitively. Whole words at a time: OR-ing
+ * 0x20 into every byte folds ASCII upper case; of the bytes it would also
+ * change, only CR could turn into a character of our literals ('-'), and a
+ * header name cannot hold CR (llhttp accepts only token characters). */
+static inline int name_is(mm_str_t name, const char *lit)
+{
+    size_t n = name.n;
+    const char *p = name.p;
+    if (n >= 8) {
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            if ((load64(p + i) | 0x2020202020202020ULL) != load64(lit + i)) return 0;
+        return i == n || (load64(p + n - 8) | 0x2020202020202020ULL) == load64(lit + n - 8);
+    }
+    if (n >= 4)
+        return (load32(p) | 0x20202020u) == load32(lit) &&
+               (load32(p + n - 4) | 0x20202020u) == load32(lit + n - 4);
+    return mm_str_ieq(name, lit);
+}
+
+http_kind_t http_kind_of(mm_str_t name)
+{
+    /* Dispatch on length first: most headers are settled by one compare. */
     switch (name.n) {
     case 2:
-        if (mm_str_ieq(name, "te")) return 1;
+        if (name_is(name, "te")) return HK_HOP;
+        break;
+    case 4:
+        if (name_is(name, "host")) return HK_HOST;
         break;
     case 6:
-        if (mm_str_ieq(name, "expect")) return 1;
+        if (name_is(name, "expect")) return HK_EXPECT;
         break;
     case 7:
-        if (mm_str_ieq(name, "trailer") || mm_str_ieq(name, "upgrade")) return 1;
+        if (name_is(name, "trailer") || name_is(name, "upgrade")) return HK_HOP;
         break;
     case 10:
-        if (mm_str_ieq(name, "connection") || mm_str_ieq(name, "keep-alive")) return 1;
+        if (name_is(name, "connection")) return HK_CONNECTION;
+        if (name_is(name, "keep-alive")) return HK_HOP;
         break;
     case 12:
-        if (mm_str_ieq(name, "x-request-id")) return 1;
+        if (name_is(name, "content-type")) return HK_CONTENT_TYPE;
+        if (name_is(name, "x-request-id")) return HK_X_REQUEST_ID;
         break;
     case 14:
-        if (mm_str_ieq(name, "x-modelmux-arm")) return 1;
+        if (name_is(name, "content-length")) return HK_CONTENT_LENGTH;
+        if (name_is(name, "x-modelmux-arm")) return HK_HOP;
+        break;
+    case 15:
+        if (name_is(name, "x-forwarded-for")) return HK_X_FORWARDED_FOR;
         break;
     case 16:
-        if (mm_str_ieq(name, "proxy-connection")) return 1;
+        if (name_is(name, "proxy-connection")) return HK_HOP;
         break;
     case 17:
-        if (mm_str_ieq(name, "transfer-encoding") || mm_str_ieq(name, "x-modelmux-shadow"))
-            return 1;
+        if (name_is(name, "transfer-encoding")) return HK_TRANSFER_ENC;
+        if (name_is(name, "x-modelmux-shadow")) return HK_HOP;
         break;
     case 18:
-        if (mm_str_ieq(name, "proxy-authenticate")) return 1;
+        if (name_is(name, "proxy-authenticate")) return HK_HOP;
         break;
     case 19:
-        if (mm_str_ieq(name, "proxy-authorization")) return 1;
+        if (name_is(name, "proxy-authorization")) return HK_HOP;
         break;
     case 21:
-        if (mm_str_ieq(name, "x-modelmux-experiment")) return 1;
+        if (name_is(name, "x-modelmux-experiment")) return HK_HOP;
         break;
     default:
         break;
     }
-    return connection.n > 0 && token_listed(connection, name);
+    return HK_OTHER;
+}
+
+int http_is_hop_by_hop(mm_str_t name, mm_str_t connection)
+{
+    return http_kind_is_hop(http_kind_of(name)) ||
+           (connection.n > 0 && token_listed(connection, name));
+}
+
+void http_head_index(http_head_t *h, const char *base)
+{
+    for (int k = 0; k < HK_COUNT; k++) h->first[k] = -1;
+    int connections = 0;
+    for (int i = 0; i < h->n; i++) {
+        http_kind_t k = http_kind_of(http_hname(h, base, i));
+        h->kind[i] = (uint8_t)k;
+        h->dropped[i] = (uint8_t)http_kind_is_hop(k);
+        if (h->first[k] < 0) h->first[k] = (int16_t)i;
+        connections += k == HK_CONNECTION;
+    }
+    if (connections == 0) return;
+    /* Headers named in any Connection header are hop-by-hop too (RFC 9110
+     * §7.6.1). Token by token, comparing names of the token's length only;
+     * "keep-alive" (the usual token) names a header dropped anyway. */
+    for (int c = h->first[HK_CONNECTION]; c < h->n; c++) {
+        if (h->kind[c] != HK_CONNECTION) continue;
+        mm_str_t list = http_hvalue(h, base, c);
+        size_t i = 0;
+        while (i < list.n) {
+            size_t j = i;
+            while (j < list.n && list.p[j] != ',') j++;
+            mm_str_t t = http_trim((mm_str_t){list.p + i, j - i});
+            i = j + 1;
+            if (t.n == 0 || (t.n == 10 && name_is(t, "keep-alive"))) continue;
+            for (int k = 0; k < h->n; k++)
+                if (!h->dropped[k] && h->h[k].name_len == t.n &&
+                    token_listed(t, http_hname(h, base, k)))
+                    h->dropped[k] = 1;
+        }
+    }
 }
 
 int http_valid_request_id(mm_str_t id)
 {
-    if (id.n == 0 || id.n > MM_REQID_MAX) return 0;
-    for (size_t i = 0; i < id.n; i++) {
-        unsigned char c = (unsigned char)id.p[i];
-        if (!(isalnum(c) || c == '.' || c == '_' || c == '-')) return 0;
-    }
-    return 1;
+    return mm_valid_reqid(id.p, id.n);
 }
 
 void http_new_request_id(mm_rng_t *rng, char out[33])

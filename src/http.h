@@ -21,6 +21,27 @@ typedef struct {
     uint32_t value_off, value_len;
 } http_hdr_t;
 
+/* What a header is to a proxy, from its name alone. The hop-by-hop kinds
+ * (RFC 9110 §7.6.1, plus the headers modelmux sets itself) come first. */
+typedef enum {
+    HK_OTHER = 0,
+    HK_HOP,          /* te, trailer, upgrade, keep-alive, proxy-*, x-modelmux-* ... */
+    HK_CONNECTION,   /* hop-by-hop, and names more hop-by-hop headers */
+    HK_TRANSFER_ENC, /* hop-by-hop: the framing is ours on each side */
+    HK_EXPECT,       /* hop-by-hop: modelmux answers 100-continue itself */
+    HK_X_REQUEST_ID, /* replaced by modelmux's own */
+    HK_HOST,
+    HK_X_FORWARDED_FOR,
+    HK_CONTENT_LENGTH,
+    HK_CONTENT_TYPE,
+    HK_COUNT
+} http_kind_t;
+
+static inline int http_kind_is_hop(int k)
+{
+    return k >= HK_HOP && k <= HK_X_REQUEST_ID;
+}
+
 /* A parsed head: request line or status line plus headers, as spans. */
 typedef struct {
     http_hdr_t h[HTTP_MAX_HEADERS];
@@ -29,6 +50,12 @@ typedef struct {
     int in_value; /* the last span callback was a header value */
     uint32_t url_off, url_len;
     uint32_t status_off, status_len; /* reason phrase (responses) */
+    /* Filled by http_head_index once the head is complete, so that the hot
+     * path classifies each header once instead of scanning the list for
+     * every header it looks for. */
+    uint8_t kind[HTTP_MAX_HEADERS];    /* http_kind_t of each header */
+    uint8_t dropped[HTTP_MAX_HEADERS]; /* hop-by-hop: by kind or listed in Connection */
+    int16_t first[HK_COUNT];           /* index of the first header of a kind, -1 */
 } http_head_t;
 
 void http_head_reset(http_head_t *h);
@@ -50,6 +77,32 @@ static inline mm_str_t http_hvalue(const http_head_t *h, const char *base, int i
 }
 /* Index of the first header named `lower` (lowercase), or -1. */
 int http_find(const http_head_t *h, const char *base, const char *lower);
+
+/* Forwarding header lines. http_emit_header appends header i as
+ * "Name: value\r\n"; when its bytes already have exactly that form in the
+ * read buffer (the usual case) it only extends a run, and adjacent lines are
+ * then copied with one memcpy by http_emit_flush, which the caller must call
+ * once after the last header (and before appending anything else). */
+typedef struct {
+    const char *p;
+    size_t n;
+} http_run_t;
+void http_emit_header(mm_buf_t *b, http_run_t *run, const http_head_t *h, const char *base, int i);
+static inline void http_emit_flush(mm_buf_t *b, http_run_t *run)
+{
+    if (run->n) mm_buf_append(b, run->p, run->n);
+    run->n = 0;
+}
+
+/* The kind of a header name (case-insensitive). */
+http_kind_t http_kind_of(mm_str_t name);
+/* Classify every header of a complete head: kind[], dropped[], first[]. */
+void http_head_index(http_head_t *h, const char *base);
+/* Index of the first header of kind k (after http_head_index), or -1. */
+static inline int http_known(const http_head_t *h, http_kind_t k)
+{
+    return h->first[k];
+}
 
 /* Headers a proxy must not forward (RFC 9110 §7.6.1) plus the ones modelmux
  * sets itself. `connection` is the value of the Connection header (tokens

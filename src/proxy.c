@@ -95,6 +95,7 @@ static int on_headers_complete(llhttp_t *p)
 {
     conn_t *c = pconn(p);
     c->headers_done = 1;
+    http_head_index(&c->head, c->rbuf);
     return HPE_PAUSED;
 }
 
@@ -458,28 +459,19 @@ void conn_respond_error(conn_t *c, int status, const char *code, const char *mes
 void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, const char *peer,
                            int drop_length)
 {
-    mm_str_t connection = {NULL, 0}, host = {NULL, 0};
-    int ch = http_find(h, base, "connection");
-    if (ch >= 0) connection = http_hvalue(h, base, ch);
-    int xff = 0; /* X-Forwarded-For values seen: repeated headers form one list, in order */
+    http_run_t run = {NULL, 0};
     for (int i = 0; i < h->n; i++) {
-        mm_str_t name = http_hname(h, base, i);
-        if (http_is_hop_by_hop(name, connection)) continue;
-        if (name.n == 4 && mm_str_ieq(name, "host")) {
-            host = http_hvalue(h, base, i);
-            continue;
-        }
-        if (name.n == 15 && mm_str_ieq(name, "x-forwarded-for")) continue; /* below */
-        if (drop_length && name.n == 14 && mm_str_ieq(name, "content-length")) continue;
-        mm_buf_str(b, name);
-        mm_buf_lit(b, ": ");
-        mm_buf_str(b, http_hvalue(h, base, i));
-        mm_buf_lit(b, "\r\n");
+        int k = h->kind[i];
+        if (h->dropped[i] || k == HK_HOST || k == HK_X_FORWARDED_FOR) continue; /* below */
+        if (drop_length && k == HK_CONTENT_LENGTH) continue;
+        http_emit_header(b, &run, h, base, i);
     }
+    http_emit_flush(b, &run);
+    /* Repeated X-Forwarded-For headers form one list, in order; our hop last. */
     mm_buf_lit(b, "X-Forwarded-For: ");
-    for (int i = 0; i < h->n; i++) {
-        mm_str_t name = http_hname(h, base, i);
-        if (name.n != 15 || !mm_str_ieq(name, "x-forwarded-for")) continue;
+    int xff = 0;
+    for (int i = http_known(h, HK_X_FORWARDED_FOR); i >= 0 && i < h->n; i++) {
+        if (h->kind[i] != HK_X_FORWARDED_FOR || h->dropped[i]) continue;
         mm_str_t v = http_trim(http_hvalue(h, base, i));
         if (v.n == 0) continue;
         if (xff++) mm_buf_lit(b, ", ");
@@ -488,10 +480,14 @@ void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, 
     if (xff) mm_buf_lit(b, ", ");
     mm_buf_cstr(b, peer);
     mm_buf_lit(b, "\r\n");
-    if (host.n) {
-        mm_buf_lit(b, "X-Forwarded-Host: ");
-        mm_buf_str(b, http_trim(host));
-        mm_buf_lit(b, "\r\n");
+    int hh = http_known(h, HK_HOST);
+    if (hh >= 0 && !h->dropped[hh]) {
+        mm_str_t host = http_trim(http_hvalue(h, base, hh));
+        if (host.n) {
+            mm_buf_lit(b, "X-Forwarded-Host: ");
+            mm_buf_str(b, host);
+            mm_buf_lit(b, "\r\n");
+        }
     }
 }
 
@@ -555,7 +551,7 @@ static void on_request_head(conn_t *c)
         r->body_done = 1;
     }
 
-    int idh = http_find(h, base, "x-request-id");
+    int idh = http_known(h, HK_X_REQUEST_ID);
     mm_str_t cid = idh >= 0 ? http_trim(http_hvalue(h, base, idh)) : (mm_str_t){NULL, 0};
     if (cid.n && http_valid_request_id(cid)) {
         memcpy(r->id, cid.p, cid.n);
@@ -574,7 +570,7 @@ static void on_request_head(conn_t *c)
         send_error(c, 413, "body_too_large", "request body exceeds max_body_bytes");
         return;
     }
-    int exh = http_find(h, base, "expect");
+    int exh = http_known(h, HK_EXPECT);
     int expect = exh >= 0 && http_has_token(http_hvalue(h, base, exh), "100-continue");
 
     mm_str_t url = {r->url.p, r->url.len};
@@ -587,7 +583,7 @@ static void on_request_head(conn_t *c)
         }
         mm_buf_reset(&r->local_body);
     } else {
-        int hh = http_find(h, base, "host");
+        int hh = http_known(h, HK_HOST);
         mm_str_t host = hh >= 0 ? http_trim(http_hvalue(h, base, hh)) : (mm_str_t){"", 0};
         r->exp = router_match(r->router, url, host, h, base);
         if (r->exp == NULL) {
@@ -776,18 +772,11 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
         mm_buf_cstr(b, http_reason(resp->status));
     mm_buf_lit(b, "\r\n");
     const http_head_t *h = resp->head;
-    mm_str_t connection = {NULL, 0};
-    int ch = http_find(h, resp->base, "connection");
-    if (ch >= 0) connection = http_hvalue(h, resp->base, ch);
-    for (int i = 0; i < h->n; i++) {
-        mm_str_t name = http_hname(h, resp->base, i);
-        if (http_is_hop_by_hop(name, connection)) continue;
-        if (decode && name.n == 14 && mm_str_ieq(name, "content-length")) continue;
-        mm_buf_str(b, name);
-        mm_buf_lit(b, ": ");
-        mm_buf_str(b, http_hvalue(h, resp->base, i));
-        mm_buf_lit(b, "\r\n");
-    }
+    http_run_t run = {NULL, 0};
+    for (int i = 0; i < h->n; i++)
+        if (!h->dropped[i] && !(decode && h->kind[i] == HK_CONTENT_LENGTH))
+            http_emit_header(b, &run, h, resp->base, i);
+    http_emit_flush(b, &run);
     if (resp->chunked && !decode) mm_buf_lit(b, "Transfer-Encoding: chunked\r\n");
     mm_buf_lit(b, "X-Request-Id: ");
     mm_buf_append(b, r->id, r->id_len);
@@ -921,9 +910,8 @@ static void req_finish(conn_t *c)
         if (r->status != 0 && r->status != 499) {
             store_pull(srv->store, r->exp->state, r->arm);
             if (r->status >= 500) store_error(srv->store, r->exp->state, r->arm);
-            store_remember(srv->store, (mm_str_t){r->id, r->id_len}, r->exp->cfg->name,
-                           r->merged ? "interleave" : r->exp->ups[r->arm]->name,
-                           r->exp->cfg->feedback_ttl_s);
+            store_remember_arm(srv->store, r->exp->state, r->merged ? STORE_ARM_INTERLEAVE : r->arm,
+                               (mm_str_t){r->id, r->id_len}, r->exp->cfg->feedback_ttl_s);
         }
         const policy_ops_t *ops = r->exp->cfg->ops;
         if (ops->on_response && r->exp->state->control.state == EXP_RUNNING) {

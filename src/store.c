@@ -38,7 +38,10 @@
 #define BUCKETS_MIN    1024u
 #define PRUNE_PER_CALL 4u
 
-/* ---- SipHash-2-4 (Aumasson & Bernstein), 64-bit output ---- */
+/* ---- SipHash-1-3 (Aumasson & Bernstein), 64-bit output ----
+ * One compression and three finalization rounds, as Rust's and CPython's
+ * hash tables use for hash-flooding resistance: half the rounds of the
+ * cryptographic SipHash-2-4, and plenty for a keyed table hash. */
 
 #define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
 #define SIPROUND                                                                                   \
@@ -59,6 +62,16 @@
         v2 = ROTL(v2, 32);                                                                         \
     } while (0)
 
+static inline uint64_t load_le64(const unsigned char *p)
+{
+    uint64_t m;
+    memcpy(&m, p, sizeof m); /* one load; SipHash reads words little-endian */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    m = __builtin_bswap64(m);
+#endif
+    return m;
+}
+
 static uint64_t siphash(const uint64_t key[2], const char *p, size_t n)
 {
     uint64_t v0 = 0x736f6d6570736575ULL ^ key[0];
@@ -68,10 +81,8 @@ static uint64_t siphash(const uint64_t key[2], const char *p, size_t n)
     const unsigned char *in = (const unsigned char *)p;
     size_t left = n;
     while (left >= 8) {
-        uint64_t m = 0;
-        for (int i = 0; i < 8; i++) m |= (uint64_t)in[i] << (8 * i);
+        uint64_t m = load_le64(in);
         v3 ^= m;
-        SIPROUND;
         SIPROUND;
         v0 ^= m;
         in += 8;
@@ -81,10 +92,8 @@ static uint64_t siphash(const uint64_t key[2], const char *p, size_t n)
     for (size_t i = 0; i < left; i++) b |= (uint64_t)in[i] << (8 * i);
     v3 ^= b;
     SIPROUND;
-    SIPROUND;
     v0 ^= b;
     v2 ^= 0xff;
-    SIPROUND;
     SIPROUND;
     SIPROUND;
     SIPROUND;
@@ -187,17 +196,9 @@ static void pair_info(const store_t *s, uint32_t pair, store_reqinfo_t *info)
 
 /* ---- request-id map ---- */
 
-/* DESIGN.md §4: 1-128 characters of [A-Za-z0-9._-]. */
 static int valid_reqid(mm_str_t id)
 {
-    if (id.n < 1 || id.n > MM_REQID_MAX) return 0;
-    for (size_t i = 0; i < id.n; i++) {
-        unsigned char c = (unsigned char)id.p[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              c == '.' || c == '_' || c == '-'))
-            return 0;
-    }
-    return 1;
+    return mm_valid_reqid(id.p, id.n);
 }
 
 static void req_unlink_head(store_t *s)
@@ -517,6 +518,7 @@ exp_state_t *store_experiment(store_t *s, const char *name, const char *const *a
         x->pub.initial_control = *initial;
         if (!same_arms(&x->pub, arm_names, n_arms)) {
             remap_arms(&x->pub, arm_names, n_arms);
+            memset(x->pair_of, 0, sizeof(x->pair_of));
             redefined = 1; /* other arms: the old control cannot apply */
         }
         if (redefined) control_change(s, x, initial);
@@ -640,15 +642,34 @@ uint64_t store_resets(const exp_state_t *e)
 
 /* ---- feedback mapping ---- */
 
+static void remember_pair(store_t *s, mm_str_t request_id, uint32_t pair, int ttl_s)
+{
+    uint64_t expires = mm_now_ms() + (uint64_t)ttl_s * 1000u;
+    req_insert(s, request_id, pair, expires);
+    if (s->redis) store_redis_remember(s->redis, request_id.p, request_id.n, pair, expires);
+}
+
 void store_remember(store_t *s, mm_str_t request_id, const char *experiment, const char *arm,
                     int ttl_s)
 {
     if (ttl_s <= 0 || !valid_reqid(request_id)) return;
     uint32_t pair = pair_intern(s, experiment, arm);
-    if (pair == UINT32_MAX) return;
-    uint64_t expires = mm_now_ms() + (uint64_t)ttl_s * 1000u;
-    req_insert(s, request_id, pair, expires);
-    if (s->redis) store_redis_remember(s->redis, request_id.p, request_id.n, pair, expires);
+    if (pair != UINT32_MAX) remember_pair(s, request_id, pair, ttl_s);
+}
+
+void store_remember_arm(store_t *s, exp_state_t *e, int arm, mm_str_t request_id, int ttl_s)
+{
+    store_exp_t *x = container_of(e, store_exp_t, pub);
+    size_t slot = arm == STORE_ARM_INTERLEAVE ? MM_MAX_ARMS : (size_t)arm;
+    if (ttl_s <= 0 || request_id.n == 0 || request_id.n > MM_REQID_MAX) return;
+    if (arm != STORE_ARM_INTERLEAVE && (arm < 0 || (size_t)arm >= e->n_arms)) return;
+    if (x->pair_of[slot] == 0) {
+        uint32_t pair =
+            pair_intern(s, e->name, arm == STORE_ARM_INTERLEAVE ? "interleave" : e->arm_names[arm]);
+        if (pair == UINT32_MAX) return;
+        x->pair_of[slot] = pair + 1;
+    }
+    remember_pair(s, request_id, x->pair_of[slot] - 1, ttl_s);
 }
 
 void store_lookup(store_t *s, mm_str_t request_id, store_lookup_cb cb, void *arg)

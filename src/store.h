@@ -88,6 +88,11 @@ void store_reset(store_t *s, exp_state_t *e);
  * local map (at most 1M ids, oldest evicted) and, with Redis, written there. */
 void store_remember(store_t *s, mm_str_t request_id, const char *experiment, const char *arm,
                     int ttl_s);
+/* The same for the hot path: arm is an index of e, or STORE_ARM_INTERLEAVE,
+ * and request_id must already be valid (mm_valid_reqid): the proxy checked
+ * the client's or made its own. */
+#define STORE_ARM_INTERLEAVE (-1)
+void store_remember_arm(store_t *s, exp_state_t *e, int arm, mm_str_t request_id, int ttl_s);
 /* Resolve a request id: synchronously from the local map when possible,
  * else (Redis) asynchronously. cb is always called exactly once, synchronously
  * with "not found" when Redis is down. */

@@ -129,6 +129,7 @@ static int on_headers_complete(llhttp_t *p)
 {
     up_conn_t *c = parser_conn(p);
     if (p->status_code < 200) return 0; /* 1xx: interim, skipped */
+    http_head_index(&c->head, c->rbuf);
     up_resp_t *r = &c->resp;
     r->status = p->status_code;
     r->http_minor = p->http_minor;

@@ -89,6 +89,120 @@ static void test_headers_named_in_connection_are_hop_by_hop_whatever_their_lengt
     assert_false(http_is_hop_by_hop(S("X-Keep"), conn));
 }
 
+/* Record the header lines of `text` as llhttp would: the value without the
+ * whitespace around it. */
+static void head_from(http_head_t *h, const char *text)
+{
+    http_head_reset(h);
+    const char *p = text;
+    while (*p && !(p[0] == '\r' && p[1] == '\n')) {
+        const char *colon = strchr(p, ':'), *eol = strstr(p, "\r\n");
+        const char *v = colon + 1, *ve = eol;
+        while (*v == ' ' || *v == '\t') v++;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+        http_head_on_field(h, (uint32_t)(p - text), (uint32_t)(colon - p));
+        if (ve > v) http_head_on_value(h, (uint32_t)(v - text), (uint32_t)(ve - v));
+        p = eol + 2;
+    }
+    http_head_index(h, text);
+}
+
+static void test_head_index_classifies_every_header_once(void **state)
+{
+    (void)state;
+    const char text[] = "HOST: a\r\n"
+                        "Content-TYPE: application/json\r\n"
+                        "X-Forwarded-For: 10.0.0.1\r\n"
+                        "Connection: keep-alive, X-A\r\n"
+                        "X-A: drop me\r\n"
+                        "Content-Typf: kept\r\n"
+                        "x-b: dropped by the second Connection header\r\n"
+                        "connection: X-B\r\n"
+                        "x-forwarded-for: 10.0.0.2\r\n"
+                        "Keep-Alive: timeout=5\r\n"
+                        "X-Keep: 1\r\n"
+                        "\r\n";
+    http_head_t h;
+    head_from(&h, text);
+    assert_int_equal(h.n, 11);
+    assert_int_equal(http_known(&h, HK_HOST), 0);
+    assert_int_equal(http_known(&h, HK_CONTENT_TYPE), 1);
+    assert_int_equal(http_known(&h, HK_X_FORWARDED_FOR), 2);
+    assert_int_equal(http_known(&h, HK_CONNECTION), 3);
+    assert_int_equal(http_known(&h, HK_CONTENT_LENGTH), -1);
+    assert_int_equal(h.kind[5], HK_OTHER); /* same length as content-type */
+    assert_int_equal(h.kind[8], HK_X_FORWARDED_FOR);
+    const int dropped[] = {0, 0, 0, 1, 1, 0, 1, 1, 0, 1, 0};
+    for (int i = 0; i < h.n; i++) assert_int_equal(h.dropped[i], dropped[i]);
+}
+
+static void test_known_names_match_in_any_case_and_near_misses_do_not(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name;
+        http_kind_t kind;
+    } known[] = {{"te", HK_HOP},
+                 {"host", HK_HOST},
+                 {"expect", HK_EXPECT},
+                 {"trailer", HK_HOP},
+                 {"upgrade", HK_HOP},
+                 {"connection", HK_CONNECTION},
+                 {"keep-alive", HK_HOP},
+                 {"content-type", HK_CONTENT_TYPE},
+                 {"x-request-id", HK_X_REQUEST_ID},
+                 {"content-length", HK_CONTENT_LENGTH},
+                 {"x-modelmux-arm", HK_HOP},
+                 {"x-forwarded-for", HK_X_FORWARDED_FOR},
+                 {"proxy-connection", HK_HOP},
+                 {"transfer-encoding", HK_TRANSFER_ENC},
+                 {"x-modelmux-shadow", HK_HOP},
+                 {"proxy-authenticate", HK_HOP},
+                 {"proxy-authorization", HK_HOP},
+                 {"x-modelmux-experiment", HK_HOP}};
+    mm_rng_t rng;
+    mm_rng_seed(&rng, 7);
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        char buf[32];
+        size_t n = strlen(known[i].name);
+        for (int round = 0; round < 50; round++) {
+            for (size_t j = 0; j < n; j++) {
+                char ch = known[i].name[j];
+                buf[j] = (mm_rng_next(&rng) & 1) && ch >= 'a' && ch <= 'z' ? (char)(ch - 32) : ch;
+            }
+            assert_int_equal(http_kind_of((mm_str_t){buf, n}), known[i].kind);
+        }
+        /* one character off, at every position: never the same kind */
+        for (size_t j = 0; j < n; j++) {
+            memcpy(buf, known[i].name, n);
+            buf[j] = buf[j] == 'x' ? 'y' : 'x';
+            assert_int_equal(http_kind_of((mm_str_t){buf, n}), HK_OTHER);
+        }
+    }
+}
+
+static void test_emitted_header_lines_are_normalised_and_runs_copied(void **state)
+{
+    (void)state;
+    const char text[] = "A: 1\r\nB:2\r\nC:  3 \r\nD: 4\r\nE: 5\r\n\r\n";
+    http_head_t h;
+    head_from(&h, text);
+    mm_buf_t b;
+    mm_buf_init(&b);
+    http_run_t run = {NULL, 0};
+    for (int i = 0; i < h.n; i++) http_emit_header(&b, &run, &h, text, i);
+    http_emit_flush(&b, &run);
+    assert_int_equal(b.len, strlen("A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n"));
+    assert_memory_equal(b.p, "A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n", b.len);
+    /* D and E were one run straight from the text */
+    mm_buf_reset(&b);
+    for (int i = 0; i < h.n; i++)
+        if (i != 3) http_emit_header(&b, &run, &h, text, i);
+    http_emit_flush(&b, &run);
+    assert_memory_equal(b.p, "A: 1\r\nB: 2\r\nC: 3\r\nE: 5\r\n", b.len);
+    mm_buf_free(&b);
+}
+
 static void test_token_lists(void **state)
 {
     (void)state;
@@ -201,6 +315,9 @@ int main(void)
         cmocka_unit_test(test_more_than_128_headers_are_flagged),
         cmocka_unit_test(test_hop_by_hop_headers_are_recognised),
         cmocka_unit_test(test_headers_named_in_connection_are_hop_by_hop_whatever_their_length),
+        cmocka_unit_test(test_head_index_classifies_every_header_once),
+        cmocka_unit_test(test_known_names_match_in_any_case_and_near_misses_do_not),
+        cmocka_unit_test(test_emitted_header_lines_are_normalised_and_runs_copied),
         cmocka_unit_test(test_token_lists),
         cmocka_unit_test(test_request_ids_are_validated),
         cmocka_unit_test(test_generated_request_ids_are_32_lowercase_hex_and_seeded),

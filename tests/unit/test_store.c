@@ -285,6 +285,29 @@ static void test_remember_then_lookup(void **state)
     assert_int_equal(lookup(f->s, id).found, 0);
 }
 
+static void test_remember_by_arm_index_follows_the_arm_list(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    store_remember_arm(f->s, e, 1, MM_STR("by-index-1"), 60);
+    store_remember_arm(f->s, e, 0, MM_STR("by-index-0"), 60);
+    store_remember_arm(f->s, e, STORE_ARM_INTERLEAVE, MM_STR("merged"), 60);
+    store_remember_arm(f->s, e, 2, MM_STR("no-such-arm"), 60); /* ignored */
+    lookup_result_t r = lookup(f->s, "by-index-1");
+    assert_string_equal(r.info.experiment, "recs");
+    assert_string_equal(r.info.arm, "challenger");
+    assert_string_equal(lookup(f->s, "by-index-0").info.arm, "champion");
+    assert_string_equal(lookup(f->s, "merged").info.arm, "interleave");
+    assert_int_equal(lookup(f->s, "no-such-arm").found, 0);
+    /* A reload with another arm list: index 1 is now "third", not the
+     * cached pair of the old arm 1. */
+    const char *const arms3[] = {"champion", "third", "challenger"};
+    exp_control_t c = initial_weights(1, 1);
+    assert_ptr_equal(store_experiment(f->s, "recs", arms3, 3, &c, 0), e);
+    store_remember_arm(f->s, e, 1, MM_STR("after-reload"), 60);
+    assert_string_equal(lookup(f->s, "after-reload").info.arm, "third");
+}
+
 static void test_remembered_ids_expire(void **state)
 {
     fixture_t *f = *state;
@@ -551,6 +574,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_invalid_experiments_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retain_forgets_removed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remember_then_lookup, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_remember_by_arm_index_follows_the_arm_list, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_remembered_ids_expire, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_cap_evicts_oldest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_ids_grow_the_table, setup, teardown),
