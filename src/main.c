@@ -214,6 +214,15 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
 
 int main(int argc, char **argv)
 {
+#if defined(MM_LLHTTP_SSE42) && (defined(__x86_64__) || defined(__i386__))
+    /* The HTTP parser was built for SSE4.2 (CMake MM_LLHTTP_SSE42): say so
+     * rather than die of SIGILL in the first request. */
+    if (!__builtin_cpu_supports("sse4.2")) {
+        fprintf(stderr, "modelmux: built with SSE4.2 but this CPU lacks it; "
+                        "rebuild with cmake -DMM_LLHTTP_SSE42=off\n");
+        return 1;
+    }
+#endif
     const char *path = DEFAULT_CONFIG;
     const char *bad_arg = "";
     int check = 0, have_seed = 0;
