@@ -6,7 +6,8 @@
  * a slow or dead shadow never delays, changes or fails the primary answer and
  * never holds the client's connection. Mirrors start as soon as the request
  * body is complete, concurrently with the primary exchange; each is a leg
- * (leg.c) with its own timeout.
+ * (leg.c) with its own timeout. Legs hold no libuv handle, so a complete
+ * group is freed at once.
  *
  * Bounded: max_inflight per shadow arm, max_body_bytes (larger bodies are not
  * mirrored), timeout_ms per mirror, and at most SHADOW_KEEP bytes of each
@@ -35,7 +36,6 @@ struct shadow_group_s {
     router_t *router;
     exp_rt_t *exp;
     int pending;         /* the primary + every mirror in flight */
-    int closing;         /* legs still closing */
     mm_buf_t head_lines; /* forwarded request headers, shared by all mirrors */
     char method[24];
     int head_request;
@@ -208,18 +208,13 @@ static void dechunk(mm_buf_t *b)
 
 static void group_free(shadow_group_t *g)
 {
+    for (int i = 0; i < g->n; i++) leg_free(&g->m[i].leg);
     mm_buf_free(&g->head_lines);
     mm_buf_free(&g->url);
     mm_buf_free(&g->body);
     mm_buf_free(&g->p_body);
     router_unref(g->router);
     free(g);
-}
-
-static void on_leg_closed(leg_t *l)
-{
-    shadow_group_t *g = ((mirror_t *)l->owner)->g;
-    if (--g->closing == 0) group_free(g);
 }
 
 static void write_log(shadow_group_t *g)
@@ -288,11 +283,5 @@ static void group_complete(shadow_group_t *g)
     }
     for (int i = 0; i < g->n; i++) g->exp->metrics->arms[g->m[i].arm].shadow[g->m[i].outcome]++;
     write_log(g);
-    /* Free once every leg has closed its timer. */
-    if (g->n == 0) {
-        group_free(g);
-        return;
-    }
-    g->closing = g->n;
-    for (int i = 0; i < g->n; i++) leg_close(&g->m[i].leg, on_leg_closed);
+    group_free(g);
 }
