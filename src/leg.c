@@ -269,6 +269,24 @@ void leg_start(leg_t *l, uv_loop_t *loop, up_pool_t *pool, int timeout_ms, int h
     up_acquire(pool, &l->user);
 }
 
+static void buf_keep(mm_buf_t *b, size_t keep_cap)
+{
+    if (b->cap > keep_cap)
+        mm_buf_free(b);
+    else
+        mm_buf_reset(b);
+}
+
+void leg_reuse(leg_t *l, size_t keep_cap)
+{
+    mm_buf_t head = l->head, resp = l->resp;
+    buf_keep(&head, keep_cap);
+    buf_keep(&resp, keep_cap);
+    memset(l, 0, sizeof(*l));
+    l->head = head;
+    l->resp = resp;
+}
+
 void leg_free(leg_t *l)
 {
     mm_buf_free(&l->head);

@@ -6,7 +6,8 @@
  *
  * A leg owns no libuv handle: its timeout is a deadline checked by one timer
  * shared by every leg in flight (see leg.c), so a leg's memory may be freed
- * as soon as done() has been called.
+ * or reused as soon as done() has been called, and a leg can be started
+ * again after leg_reuse() with the capacity of its buffers kept.
  */
 #ifndef MM_LEG_H
 #define MM_LEG_H
@@ -50,6 +51,10 @@ void leg_init(leg_t *l);
 /* Acquire a connection from pool and run the exchange; done() follows,
  * possibly before leg_start returns. One event loop per process. */
 void leg_start(leg_t *l, uv_loop_t *loop, up_pool_t *pool, int timeout_ms, int head_request);
+/* After done() (or if never started): make the leg ready for another
+ * leg_start. Results are cleared and the buffers emptied; their memory is
+ * kept unless larger than keep_cap bytes. owner/done/keep_max are cleared too. */
+void leg_reuse(leg_t *l, size_t keep_cap);
 /* After done() (or if never started): free the leg's buffers. The leg's
  * memory itself is the owner's and may go right away. */
 void leg_free(leg_t *l);
