@@ -129,7 +129,7 @@ void fanout_start(conn_t *c)
         leg_init(l);
         l->owner = f;
         leg_build_head(&l->head, r->method, e->ups[i], (mm_str_t){r->url.p, r->url.len},
-                       (mm_str_t){r->fwd_lines.p, r->fwd_lines.len}, f->body.len, r->id, NULL);
+                       (mm_str_t){r->fwd_lines.p, r->fwd_lines.len}, 0, f->body.len, r->id, NULL);
         l->body = f->body.p;
         l->body_len = f->body.len;
         l->keep_max = keep;

@@ -293,8 +293,27 @@ void leg_free(leg_t *l)
     mm_buf_free(&l->resp);
 }
 
+/* Header lines without Content-Length: runs of other lines are copied whole.
+ * Lines are "Name: value\r\n" as proxy_forward_headers writes them; a line
+ * beginning with a name is a header (a continuation would begin with
+ * whitespace). */
+static void append_lines_without_length(mm_buf_t *b, mm_str_t lines)
+{
+    const char *p = lines.p, *end = lines.p + lines.n, *run = p;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *next = nl ? nl + 1 : end;
+        if (next - p > 15 && p[14] == ':' && mm_str_ieq((mm_str_t){p, 14}, "content-length")) {
+            if (p > run) mm_buf_append(b, run, (size_t)(p - run));
+            run = next;
+        }
+        p = next;
+    }
+    if (end > run) mm_buf_append(b, run, (size_t)(end - run));
+}
+
 void leg_build_head(mm_buf_t *b, const char *method, const cfg_upstream_t *up, mm_str_t url,
-                    mm_str_t header_lines, size_t body_len, const char *request_id,
+                    mm_str_t header_lines, int drop_length, size_t body_len, const char *request_id,
                     const char *extra)
 {
     mm_buf_cstr(b, method);
@@ -304,7 +323,10 @@ void leg_build_head(mm_buf_t *b, const char *method, const cfg_upstream_t *up, m
     mm_buf_lit(b, " HTTP/1.1\r\nHost: ");
     mm_buf_cstr(b, up->host_header);
     mm_buf_lit(b, "\r\n");
-    mm_buf_str(b, header_lines);
+    if (drop_length)
+        append_lines_without_length(b, header_lines);
+    else
+        mm_buf_str(b, header_lines);
     if (body_len || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
         strcmp(method, "PATCH") == 0) {
         mm_buf_lit(b, "Content-Length: ");

@@ -61,9 +61,11 @@ void leg_free(leg_t *l);
 
 /* The request head for a leg: METHOD base_path+url HTTP/1.1, Host, the
  * forwarded header lines, Content-Length (when there is a body or the
- * method carries one), X-Request-Id, X-Modelmux-Arm, then `extra` lines. */
+ * method carries one), X-Request-Id, X-Modelmux-Arm, then `extra` lines.
+ * drop_length: header_lines may hold the client's Content-Length line(s),
+ * which are left out (the leg frames its body itself). */
 void leg_build_head(mm_buf_t *b, const char *method, const cfg_upstream_t *up, mm_str_t url,
-                    mm_str_t header_lines, size_t body_len, const char *request_id,
+                    mm_str_t header_lines, int drop_length, size_t body_len, const char *request_id,
                     const char *extra);
 
 #endif

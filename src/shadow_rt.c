@@ -1,13 +1,13 @@
 /* shadow_rt.c — mirrors: copies of a request sent to shadow arms.
  *
  * A shadow group is created when the policy asks for mirrors. It owns copies
- * of everything the mirrors need (head lines, body, the primary's answer), so
- * the client's connection and request can finish and go away at any time:
- * a slow or dead shadow never delays, changes or fails the primary answer and
- * never holds the client's connection. Mirrors start as soon as the request
- * body is complete, concurrently with the primary exchange; each is a leg
- * (leg.c) with its own timeout. Legs hold no libuv handle, so a complete
- * group is released at once.
+ * of everything the mirrors need (url, body, each mirror's request head, the
+ * primary's answer), so the client's connection and request can finish and
+ * go away at any time: a slow or dead shadow never delays, changes or fails
+ * the primary answer and never holds the client's connection. Mirrors start
+ * as soon as the request body is complete, concurrently with the primary
+ * exchange; each is a leg (leg.c) with its own timeout. Legs hold no libuv
+ * handle, so a complete group is released at once.
  *
  * Bounded: max_inflight per shadow arm, max_body_bytes (larger bodies are not
  * mirrored), timeout_ms per mirror, and at most SHADOW_KEEP bytes of each
@@ -50,8 +50,7 @@ struct shadow_group_s {
     mm_server_t *srv;
     router_t *router;
     exp_rt_t *exp;
-    int pending;         /* the primary + every mirror in flight */
-    mm_buf_t head_lines; /* forwarded request headers, shared by all mirrors */
+    int pending; /* the primary + every mirror in flight */
     char method[24];
     int head_request;
     mm_buf_t url;
@@ -98,7 +97,6 @@ static shadow_group_t *group_get(int want)
 
 static void group_free(shadow_group_t *g)
 {
-    mm_buf_free(&g->head_lines);
     mm_buf_free(&g->url);
     mm_buf_free(&g->body);
     mm_buf_free(&g->p_body);
@@ -121,8 +119,7 @@ static void group_release(shadow_group_t *g)
 {
     router_unref(g->router);
     g->router = NULL;
-    size_t kept =
-        buf_keep(&g->head_lines) + buf_keep(&g->url) + buf_keep(&g->body) + buf_keep(&g->p_body);
+    size_t kept = buf_keep(&g->url) + buf_keep(&g->body) + buf_keep(&g->p_body);
     for (int i = 0; i < g->n; i++) leg_reuse(&g->m[i].leg, SHADOW_CACHE_BUF);
     for (int i = 0; i < g->cap; i++) kept += g->m[i].leg.head.cap + g->m[i].leg.resp.cap;
     if (cache.n >= SHADOW_CACHE_GROUPS || cache.bytes + kept > SHADOW_CACHE_BYTES) {
@@ -152,14 +149,14 @@ void shadow_prepare(conn_t *c)
     router_ref(g->router);
     g->exp = r->exp;
     g->pending = 1;
-    snprintf(g->method, sizeof(g->method), "%s", r->method);
+    _Static_assert(sizeof(g->method) == sizeof(r->method), "method buffers differ");
+    memcpy(g->method, r->method, sizeof(g->method)); /* NUL-terminated within */
     g->head_request = r->head_request;
     g->body_ok = g->started = 0;
     g->p_status = g->p_chunked = g->p_truncated = 0;
     g->p_ctype[0] = '\0';
     mm_buf_append(&g->url, r->url.p, r->url.len);
     memcpy(g->id, r->id, r->id_len + 1);
-    proxy_forward_headers(&g->head_lines, &c->head, c->rbuf, c->peer, 1);
     g->n = 0;
     for (int i = 0; i < r->choice.n_mirrors && g->n < want; i++) {
         int arm = r->choice.mirrors[i];
@@ -199,14 +196,18 @@ void shadow_start(conn_t *c)
     mm_buf_t tmp = g->body;
     g->body = r->captured;
     r->captured = tmp;
+    /* The header lines as forwarded to the primary, still the request's:
+     * the mirrors' heads are built from them once, dropping Content-Length
+     * (a mirror frames the captured, de-chunked body itself). */
+    mm_str_t lines = {r->fwd_lines.p, r->fwd_lines.len};
     const policy_mirror_limits_t *lim = &g->exp->cfg->mirror;
     for (int i = 0; i < g->n; i++) {
         mirror_t *m = &g->m[i];
-        if (!g->body_ok || g->exp->mirror_inflight[m->arm] >= lim->max_inflight) continue;
+        if (!g->body_ok || r->fwd_lines.oom || g->exp->mirror_inflight[m->arm] >= lim->max_inflight)
+            continue;
         leg_t *l = &m->leg;
         leg_build_head(&l->head, g->method, g->exp->ups[m->arm], (mm_str_t){g->url.p, g->url.len},
-                       (mm_str_t){g->head_lines.p, g->head_lines.len}, g->body.len, g->id,
-                       "X-Modelmux-Shadow: 1\r\n");
+                       lines, 1, g->body.len, g->id, "X-Modelmux-Shadow: 1\r\n");
         if (l->head.oom) continue;
         l->body = g->body.p;
         l->body_len = g->body.len;
@@ -228,7 +229,9 @@ void shadow_on_primary_head(conn_t *c, const up_resp_t *resp)
     int ct = http_find(resp->head, resp->base, "content-type");
     if (ct >= 0) {
         mm_str_t v = http_hvalue(resp->head, resp->base, ct);
-        snprintf(g->p_ctype, sizeof(g->p_ctype), "%.*s", (int)v.n, v.p);
+        size_t n = v.n < sizeof(g->p_ctype) - 1 ? v.n : sizeof(g->p_ctype) - 1;
+        memcpy(g->p_ctype, v.p, n);
+        g->p_ctype[n] = '\0';
     }
 }
 
