@@ -192,17 +192,25 @@ static void on_sent(up_user_t *u, up_conn_t *uc)
     (void)uc;
 }
 
+void leg_content_type(const up_resp_t *resp, char *out, size_t size)
+{
+    const http_head_t *h = resp->head;
+    for (int i = 0; i < h->n; i++) {
+        if (h->h[i].name_len != sizeof("content-type") - 1) continue;
+        if (!mm_str_ieq(http_hname(h, resp->base, i), "content-type")) continue;
+        mm_str_t v = http_hvalue(h, resp->base, i);
+        size_t n = v.n < size - 1 ? v.n : size - 1;
+        memcpy(out, v.p, n);
+        out[n] = '\0';
+        return;
+    }
+}
+
 static void on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
 {
     leg_t *l = container_of(u, leg_t, user);
     l->status = resp->status;
-    int ct = http_find(resp->head, resp->base, "content-type");
-    if (ct >= 0) {
-        mm_str_t v = http_hvalue(resp->head, resp->base, ct);
-        size_t n = v.n < sizeof(l->ctype) - 1 ? v.n : sizeof(l->ctype) - 1;
-        memcpy(l->ctype, v.p, n);
-        l->ctype[n] = '\0';
-    }
+    leg_content_type(resp, l->ctype, sizeof(l->ctype));
     up_set_decode(uc, 1); /* keep the de-chunked body */
     up_resume(uc);
 }

@@ -59,6 +59,11 @@ void leg_reuse(leg_t *l, size_t keep_cap);
  * memory itself is the owner's and may go right away. */
 void leg_free(leg_t *l);
 
+/* Copy an answer's Content-Type value into out (NUL-terminated, cut to
+ * size - 1 bytes); out is left alone when there is none. Looks at names of
+ * the right length only: called for every mirror and its primary. */
+void leg_content_type(const up_resp_t *resp, char *out, size_t size);
+
 /* The request head for a leg: METHOD base_path+url HTTP/1.1, Host, the
  * forwarded header lines, Content-Length (when there is a body or the
  * method carries one), X-Request-Id, X-Modelmux-Arm, then `extra` lines.

@@ -226,13 +226,7 @@ void shadow_on_primary_head(conn_t *c, const up_resp_t *resp)
     if (g == NULL) return;
     g->p_status = resp->status;
     g->p_chunked = resp->chunked;
-    int ct = http_find(resp->head, resp->base, "content-type");
-    if (ct >= 0) {
-        mm_str_t v = http_hvalue(resp->head, resp->base, ct);
-        size_t n = v.n < sizeof(g->p_ctype) - 1 ? v.n : sizeof(g->p_ctype) - 1;
-        memcpy(g->p_ctype, v.p, n);
-        g->p_ctype[n] = '\0';
-    }
+    leg_content_type(resp, g->p_ctype, sizeof(g->p_ctype));
 }
 
 void shadow_on_primary_body(conn_t *c, const char *p, size_t n)
@@ -255,7 +249,8 @@ void shadow_on_primary_done(conn_t *c, uint64_t latency_us)
     g->status = r->status;
     g->arm = r->arm;
     g->latency_us = latency_us;
-    g->ts_us = reqlog_wall_us() - latency_us;
+    /* The wall clock only for a log line (no log now: none later either). */
+    g->ts_us = g->srv->reqlog ? reqlog_wall_us() - latency_us : 0;
     g->bytes_in = r->body_in;
     g->bytes_out = r->bytes_out;
     if (r->up_errors && !r->responding) g->p_status = 0;
