@@ -18,7 +18,7 @@ typedef struct {
     router_t *router;
     exp_rt_t *exp;
     uint64_t req_serial; /* the request this fan-out belongs to */
-    int n, pending, closing;
+    int n, pending;      /* legs not done, plus one while fanout_start runs */
     mm_buf_t body;
     leg_t legs[MM_MAX_ARMS];
 } fanout_t;
@@ -29,12 +29,6 @@ static void fanout_free(fanout_t *f)
     router_unref(f->router);
     conn_release(f->conn);
     free(f);
-}
-
-static void on_leg_closed(leg_t *l)
-{
-    fanout_t *f = l->owner;
-    if (--f->closing == 0) fanout_free(f);
 }
 
 static void answer(fanout_t *f)
@@ -97,13 +91,19 @@ done:
     mm_buf_free(&aux);
 }
 
-static void on_leg_done(leg_t *l)
+/* A leg is done (or fanout_start has started them all): after the last,
+ * answer and free everything. Legs hold no handle, so this is at once. */
+static void settle(fanout_t *f)
 {
-    fanout_t *f = l->owner;
     if (--f->pending > 0) return;
     answer(f);
-    f->closing = f->n;
-    for (int i = 0; i < f->n; i++) leg_close(&f->legs[i], on_leg_closed);
+    for (int i = 0; i < f->n; i++) leg_free(&f->legs[i]);
+    fanout_free(f);
+}
+
+static void on_leg_done(leg_t *l)
+{
+    settle(l->owner);
 }
 
 void fanout_start(conn_t *c)
@@ -129,13 +129,16 @@ void fanout_start(conn_t *c)
         leg_init(l);
         l->owner = f;
         leg_build_head(&l->head, r->method, e->ups[i], (mm_str_t){r->url.p, r->url.len},
-                       (mm_str_t){r->fwd_lines.p, r->fwd_lines.len}, f->body.len, r->id, NULL);
+                       (mm_str_t){r->fwd_lines.p, r->fwd_lines.len}, 0, f->body.len, r->id, NULL);
         l->body = f->body.p;
         l->body_len = f->body.len;
         l->keep_max = keep;
         l->done = on_leg_done;
     }
-    f->pending = f->n;
+    /* A leg may be done before leg_start returns (no connection to be had):
+     * the extra count keeps f until every leg has been started. */
+    f->pending = f->n + 1;
     for (int i = 0; i < f->n; i++)
         leg_start(&f->legs[i], c->srv->loop, e->pools[i], e->ups[i]->timeout_ms, r->head_request);
+    settle(f);
 }

@@ -1,13 +1,134 @@
-/* leg.c — see leg.h. */
+/* leg.c — see leg.h.
+ *
+ * Timeouts. A uv_timer per leg cost an init, a start, a stop and a close
+ * per mirror, and the leg's owner could only be freed in the close callback.
+ * Instead a leg in flight waits in a queue of legs with the same timeout_ms,
+ * in which deadlines (loop time + timeout) therefore arrive in order, and one
+ * timer shared by all legs is armed no later than the earliest deadline. A
+ * leg that finishes only unlinks itself; when the timer fires before the
+ * earliest remaining deadline (its leg finished) it re-arms for that one —
+ * the deadline is checked lazily. In steady traffic a leg makes no timer call
+ * at all, and the timer is re-armed about once per timeout period.
+ *
+ * The clock is this module's only state and it is static: legs outlive the
+ * requests that start them and no owner here lives as long as the loop;
+ * modelmux runs one event loop per process (workers are processes). It must
+ * not keep a loop that is otherwise done alive: when the last leg finishes
+ * the timer is pulled in to fire within LEG_IDLE_MS, and if still nothing is
+ * in flight then, it closes itself; the next leg opens it again. */
 #include <string.h>
 
 #include "leg.h"
 
 #define LEG_MAX_RETRIES 2
+/* Distinct timeouts in flight with a queue each (mirror timeout_ms of each
+ * experiment, upstream timeout_ms of each fan-out arm). More share a queue,
+ * kept in order by insertion (a walk from the tail). */
+#define LEG_QUEUES  8
+#define LEG_IDLE_MS 100
 
-void leg_init(leg_t *l)
+struct leg_queue_s {
+    int timeout_ms;
+    leg_t *head, *tail; /* by deadline, earliest first; empty: free for any timeout */
+};
+
+static void on_clock(uv_timer_t *t);
+
+static struct {
+    uv_loop_t *loop;
+    uv_timer_t timer;
+    int open;     /* the timer handle is initialised and not closing */
+    int closing;  /* uv_close called, on_clock_closed pending */
+    int armed;    /* due is set: the timer fires then (or is re-armed when closed) */
+    uint64_t due; /* loop time (ms) */
+    size_t inflight;
+    struct leg_queue_s q[LEG_QUEUES];
+} clk;
+
+static void clock_arm(uint64_t at)
 {
-    memset(l, 0, sizeof(*l));
+    clk.armed = 1;
+    clk.due = at;
+    if (clk.closing) return; /* on_clock_closed arms the new handle */
+    if (!clk.open) {
+        uv_timer_init(clk.loop, &clk.timer);
+        clk.open = 1;
+    }
+    uint64_t now = uv_now(clk.loop);
+    uv_timer_start(&clk.timer, on_clock, at > now ? at - now : 0, 0);
+}
+
+/* The leg with the earliest deadline, or NULL: the heads of the queues. */
+static leg_t *clock_earliest(void)
+{
+    leg_t *best = NULL;
+    for (int i = 0; i < LEG_QUEUES; i++) {
+        leg_t *h = clk.q[i].head;
+        if (h && (best == NULL || h->deadline < best->deadline)) best = h;
+    }
+    return best;
+}
+
+static void clock_add(leg_t *l, uv_loop_t *loop, int timeout_ms)
+{
+    if (!clk.open && !clk.closing) clk.loop = loop;
+    l->deadline = uv_now(clk.loop) + (uint64_t)timeout_ms;
+    struct leg_queue_s *q = NULL, *empty = NULL;
+    for (int i = 0; i < LEG_QUEUES && q == NULL; i++) {
+        if (clk.q[i].head == NULL) {
+            if (empty == NULL) empty = &clk.q[i];
+        } else if (clk.q[i].timeout_ms == timeout_ms) {
+            q = &clk.q[i];
+        }
+    }
+    if (q == NULL && empty != NULL) {
+        q = empty;
+        q->timeout_ms = timeout_ms;
+    }
+    if (q == NULL) q = &clk.q[0]; /* more distinct timeouts than queues: share */
+    leg_t *after = q->tail;       /* same timeout: the tail, at once */
+    while (after && after->deadline > l->deadline) after = after->qprev;
+    l->qprev = after;
+    l->qnext = after ? after->qnext : q->head;
+    if (l->qnext)
+        l->qnext->qprev = l;
+    else
+        q->tail = l;
+    if (after)
+        after->qnext = l;
+    else
+        q->head = l;
+    l->queue = q;
+    clk.inflight++;
+    if (!clk.armed || l->deadline < clk.due) clock_arm(l->deadline);
+}
+
+static void clock_remove(leg_t *l)
+{
+    struct leg_queue_s *q = l->queue;
+    if (q == NULL) return;
+    if (l->qprev)
+        l->qprev->qnext = l->qnext;
+    else
+        q->head = l->qnext;
+    if (l->qnext)
+        l->qnext->qprev = l->qprev;
+    else
+        q->tail = l->qprev;
+    l->qnext = l->qprev = NULL;
+    l->queue = NULL;
+    clk.inflight--;
+    if (clk.inflight == 0 && clk.armed) {
+        uint64_t idle = uv_now(clk.loop) + LEG_IDLE_MS;
+        if (clk.due > idle) clock_arm(idle); /* close soon unless legs come */
+    }
+}
+
+static void on_clock_closed(uv_handle_t *h)
+{
+    (void)h;
+    clk.closing = 0;
+    if (clk.armed) clock_arm(clk.due); /* legs started while it closed */
 }
 
 static void leg_finish(leg_t *l, int status)
@@ -16,8 +137,39 @@ static void leg_finish(leg_t *l, int status)
     l->finished = 1;
     l->status = status;
     l->latency_us = mm_now_us() - l->t0_us;
-    uv_timer_stop(&l->timer);
-    l->done(l);
+    clock_remove(l);
+    l->done(l); /* last: the owner may free or reuse the leg */
+}
+
+static void on_timeout(leg_t *l)
+{
+    if (l->up) {
+        up_release(l->up, 0); /* closes it; no callback follows */
+        l->up = NULL;
+    } else {
+        up_cancel(l->pool, &l->user);
+    }
+    l->timed_out = 1;
+    l->err = UP_ERR_TIMEOUT;
+    leg_finish(l, 0);
+}
+
+static void on_clock(uv_timer_t *t)
+{
+    (void)t;
+    clk.armed = 0;
+    uint64_t now = uv_now(clk.loop);
+    leg_t *l;
+    /* One at a time: a done() callback may finish or start other legs. */
+    while ((l = clock_earliest()) != NULL && l->deadline <= now) on_timeout(l);
+    if (l != NULL) {
+        if (!clk.armed || l->deadline < clk.due) clock_arm(l->deadline);
+        return;
+    }
+    clk.armed = 0;
+    clk.open = 0;
+    clk.closing = 1;
+    uv_close((uv_handle_t *)&clk.timer, on_clock_closed);
 }
 
 static void on_conn(up_user_t *u, up_conn_t *uc)
@@ -40,17 +192,25 @@ static void on_sent(up_user_t *u, up_conn_t *uc)
     (void)uc;
 }
 
+void leg_content_type(const up_resp_t *resp, char *out, size_t size)
+{
+    const http_head_t *h = resp->head;
+    for (int i = 0; i < h->n; i++) {
+        if (h->h[i].name_len != sizeof("content-type") - 1) continue;
+        if (!mm_str_ieq(http_hname(h, resp->base, i), "content-type")) continue;
+        mm_str_t v = http_hvalue(h, resp->base, i);
+        size_t n = v.n < size - 1 ? v.n : size - 1;
+        memcpy(out, v.p, n);
+        out[n] = '\0';
+        return;
+    }
+}
+
 static void on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
 {
     leg_t *l = container_of(u, leg_t, user);
     l->status = resp->status;
-    int ct = http_find(resp->head, resp->base, "content-type");
-    if (ct >= 0) {
-        mm_str_t v = http_hvalue(resp->head, resp->base, ct);
-        size_t n = v.n < sizeof(l->ctype) - 1 ? v.n : sizeof(l->ctype) - 1;
-        memcpy(l->ctype, v.p, n);
-        l->ctype[n] = '\0';
-    }
+    leg_content_type(resp, l->ctype, sizeof(l->ctype));
     up_set_decode(uc, 1); /* keep the de-chunked body */
     up_resume(uc);
 }
@@ -82,7 +242,7 @@ static void on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
     if (reused && l->retries < LEG_MAX_RETRIES) {
         /* The model server closed a keep-alive connection as we reused it:
          * nothing was answered, and we still hold head and body, so send
-         * again on another connection (the leg's timer keeps running). */
+         * again on another connection (the leg's deadline stays). */
         l->retries++;
         up_acquire(l->pool, &l->user);
         return;
@@ -101,19 +261,9 @@ static const up_user_ops_t leg_ops = {
     .on_error = on_error,
 };
 
-static void on_timeout(uv_timer_t *t)
+void leg_init(leg_t *l)
 {
-    leg_t *l = t->data;
-    if (l->finished) return;
-    if (l->up) {
-        up_release(l->up, 0); /* closes it; no callback follows */
-        l->up = NULL;
-    } else {
-        up_cancel(l->pool, &l->user);
-    }
-    l->timed_out = 1;
-    l->err = UP_ERR_TIMEOUT;
-    leg_finish(l, 0);
+    memset(l, 0, sizeof(*l));
 }
 
 void leg_start(leg_t *l, uv_loop_t *loop, up_pool_t *pool, int timeout_ms, int head_request)
@@ -123,34 +273,55 @@ void leg_start(leg_t *l, uv_loop_t *loop, up_pool_t *pool, int timeout_ms, int h
     l->user.ops = &leg_ops;
     l->user.no_body_expected = head_request;
     l->pool = pool;
-    uv_timer_init(loop, &l->timer);
-    l->timer.data = l;
-    uv_timer_start(&l->timer, on_timeout, (uint64_t)timeout_ms, 0);
+    clock_add(l, loop, timeout_ms); /* before up_acquire: done() may come from it */
     up_acquire(pool, &l->user);
 }
 
-static void on_timer_closed(uv_handle_t *h)
+static void buf_keep(mm_buf_t *b, size_t keep_cap)
 {
-    leg_t *l = h->data;
-    mm_buf_free(&l->head);
-    mm_buf_free(&l->resp);
-    l->closed(l);
+    if (b->cap > keep_cap)
+        mm_buf_free(b);
+    else
+        mm_buf_reset(b);
 }
 
-void leg_close(leg_t *l, void (*closed)(leg_t *l))
+void leg_reuse(leg_t *l, size_t keep_cap)
 {
-    l->closed = closed;
-    if (!l->started) {
-        mm_buf_free(&l->head);
-        mm_buf_free(&l->resp);
-        closed(l);
-        return;
+    mm_buf_t head = l->head, resp = l->resp;
+    buf_keep(&head, keep_cap);
+    buf_keep(&resp, keep_cap);
+    memset(l, 0, sizeof(*l));
+    l->head = head;
+    l->resp = resp;
+}
+
+void leg_free(leg_t *l)
+{
+    mm_buf_free(&l->head);
+    mm_buf_free(&l->resp);
+}
+
+/* Header lines without Content-Length: runs of other lines are copied whole.
+ * Lines are "Name: value\r\n" as proxy_forward_headers writes them; a line
+ * beginning with a name is a header (a continuation would begin with
+ * whitespace). */
+static void append_lines_without_length(mm_buf_t *b, mm_str_t lines)
+{
+    const char *p = lines.p, *end = lines.p + lines.n, *run = p;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *next = nl ? nl + 1 : end;
+        if (next - p > 15 && p[14] == ':' && mm_str_ieq((mm_str_t){p, 14}, "content-length")) {
+            if (p > run) mm_buf_append(b, run, (size_t)(p - run));
+            run = next;
+        }
+        p = next;
     }
-    uv_close((uv_handle_t *)&l->timer, on_timer_closed);
+    if (end > run) mm_buf_append(b, run, (size_t)(end - run));
 }
 
 void leg_build_head(mm_buf_t *b, const char *method, const cfg_upstream_t *up, mm_str_t url,
-                    mm_str_t header_lines, size_t body_len, const char *request_id,
+                    mm_str_t header_lines, int drop_length, size_t body_len, const char *request_id,
                     const char *extra)
 {
     mm_buf_cstr(b, method);
@@ -160,7 +331,10 @@ void leg_build_head(mm_buf_t *b, const char *method, const cfg_upstream_t *up, m
     mm_buf_lit(b, " HTTP/1.1\r\nHost: ");
     mm_buf_cstr(b, up->host_header);
     mm_buf_lit(b, "\r\n");
-    mm_buf_str(b, header_lines);
+    if (drop_length)
+        append_lines_without_length(b, header_lines);
+    else
+        mm_buf_str(b, header_lines);
     if (body_len || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
         strcmp(method, "PATCH") == 0) {
         mm_buf_lit(b, "Content-Length: ");

@@ -3,6 +3,11 @@
  * after a timeout. A keep-alive connection found closed by the server before
  * any answer byte is retried on another one, as the proxied request is. Mirrors (shadow_rt.c) and
  * fan-out requests (fanout.c) are made of legs; the client's own request streams instead (proxy.c).
+ *
+ * A leg owns no libuv handle: its timeout is a deadline checked by one timer
+ * shared by every leg in flight (see leg.c), so a leg's memory may be freed
+ * or reused as soon as done() has been called, and a leg can be started
+ * again after leg_reuse() with the capacity of its buffers kept.
  */
 #ifndef MM_LEG_H
 #define MM_LEG_H
@@ -35,24 +40,37 @@ struct leg_s {
     up_user_t user;
     up_pool_t *pool;
     up_conn_t *up;
-    uv_timer_t timer;
     uint64_t t0_us;
-    int retries; /* resends after a stale keep-alive connection */
-    void (*closed)(leg_t *l);
+    uint64_t deadline; /* loop time (ms) the leg times out */
+    leg_t *qnext, *qprev;
+    struct leg_queue_s *queue; /* the deadline queue it waits in while in flight */
+    int retries;               /* resends after a stale keep-alive connection */
 };
 
 void leg_init(leg_t *l);
-/* Acquire a connection from pool and run the exchange; done() follows. */
+/* Acquire a connection from pool and run the exchange; done() follows,
+ * possibly before leg_start returns. One event loop per process. */
 void leg_start(leg_t *l, uv_loop_t *loop, up_pool_t *pool, int timeout_ms, int head_request);
-/* After done() (or if never started): release the timer handle; closed(l)
- * runs once the leg's memory may be freed. Buffers are freed here too. */
-void leg_close(leg_t *l, void (*closed)(leg_t *l));
+/* After done() (or if never started): make the leg ready for another
+ * leg_start. Results are cleared and the buffers emptied; their memory is
+ * kept unless larger than keep_cap bytes. owner/done/keep_max are cleared too. */
+void leg_reuse(leg_t *l, size_t keep_cap);
+/* After done() (or if never started): free the leg's buffers. The leg's
+ * memory itself is the owner's and may go right away. */
+void leg_free(leg_t *l);
+
+/* Copy an answer's Content-Type value into out (NUL-terminated, cut to
+ * size - 1 bytes); out is left alone when there is none. Looks at names of
+ * the right length only: called for every mirror and its primary. */
+void leg_content_type(const up_resp_t *resp, char *out, size_t size);
 
 /* The request head for a leg: METHOD base_path+url HTTP/1.1, Host, the
  * forwarded header lines, Content-Length (when there is a body or the
- * method carries one), X-Request-Id, X-Modelmux-Arm, then `extra` lines. */
+ * method carries one), X-Request-Id, X-Modelmux-Arm, then `extra` lines.
+ * drop_length: header_lines may hold the client's Content-Length line(s),
+ * which are left out (the leg frames its body itself). */
 void leg_build_head(mm_buf_t *b, const char *method, const cfg_upstream_t *up, mm_str_t url,
-                    mm_str_t header_lines, size_t body_len, const char *request_id,
+                    mm_str_t header_lines, int drop_length, size_t body_len, const char *request_id,
                     const char *extra);
 
 #endif

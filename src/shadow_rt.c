@@ -1,19 +1,28 @@
 /* shadow_rt.c — mirrors: copies of a request sent to shadow arms.
  *
  * A shadow group is created when the policy asks for mirrors. It owns copies
- * of everything the mirrors need (head lines, body, the primary's answer), so
- * the client's connection and request can finish and go away at any time:
- * a slow or dead shadow never delays, changes or fails the primary answer and
- * never holds the client's connection. Mirrors start as soon as the request
- * body is complete, concurrently with the primary exchange; each is a leg
- * (leg.c) with its own timeout.
+ * of everything the mirrors need (url, body, each mirror's request head, the
+ * primary's answer), so the client's connection and request can finish and
+ * go away at any time: a slow or dead shadow never delays, changes or fails
+ * the primary answer and never holds the client's connection. Mirrors start
+ * as soon as the request body is complete, concurrently with the primary
+ * exchange; each is a leg (leg.c) with its own timeout. Legs hold no libuv
+ * handle, so a complete group is released at once.
  *
  * Bounded: max_inflight per shadow arm, max_body_bytes (larger bodies are not
  * mirrored), timeout_ms per mirror, and at most SHADOW_KEEP bytes of each
  * answer kept for comparison. Every mirror not sent is counted `dropped`,
  * every failed or late one `error`. When the primary has finished and every
  * mirror has answered or timed out, the answers are compared by the policy,
- * counted, and the request's log line is written with the shadow results. */
+ * counted, and the request's log line is written with the shadow results.
+ *
+ * Finished groups are kept for the next mirrored request, buffers and all
+ * (a group is half a dozen buffers that otherwise grow from nothing by
+ * realloc for every request). The cache is bounded in groups and bytes, and
+ * a buffer that grew past SHADOW_CACHE_BUF is freed rather than kept, so
+ * memory falls back after a burst of large requests. Like the legs' clock it
+ * is static: groups outlive requests and connections, and there is one event
+ * loop per process. A group holds a router reference only while in use. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +32,10 @@
 
 #define SHADOW_KEEP (1024 * 1024)
 
+#define SHADOW_CACHE_GROUPS 64
+#define SHADOW_CACHE_BYTES  (1024 * 1024) /* buffer memory of all cached groups */
+#define SHADOW_CACHE_BUF    (64 * 1024)   /* a larger buffer is freed, not kept */
+
 typedef struct {
     leg_t leg;
     struct shadow_group_s *g;
@@ -31,12 +44,13 @@ typedef struct {
 } mirror_t;
 
 struct shadow_group_s {
+    shadow_group_t *next_free; /* in the cache */
+    int cap;                   /* mirrors allocated */
+    size_t kept;               /* buffer bytes while cached */
     mm_server_t *srv;
     router_t *router;
     exp_rt_t *exp;
-    int pending;         /* the primary + every mirror in flight */
-    int closing;         /* legs still closing */
-    mm_buf_t head_lines; /* forwarded request headers, shared by all mirrors */
+    int pending; /* the primary + every mirror in flight */
     char method[24];
     int head_request;
     mm_buf_t url;
@@ -54,17 +68,77 @@ struct shadow_group_s {
     uint64_t ts_us; /* wall clock at the request's arrival, for the log line */
     int arm;
     int n;
-    mirror_t m[]; /* only as many as this request mirrors to */
+    mirror_t m[]; /* cap allocated, n used by this request */
 };
 
+static struct {
+    shadow_group_t *head;
+    int n;
+    size_t bytes;
+} cache;
+
 static void group_complete(shadow_group_t *g);
+
+/* A group with room for `want` mirrors: from the cache when its first group
+ * is large enough (experiments mirror to a fixed set of arms). */
+static shadow_group_t *group_get(int want)
+{
+    shadow_group_t *g = cache.head;
+    if (g != NULL && g->cap >= want) {
+        cache.head = g->next_free;
+        cache.n--;
+        cache.bytes -= g->kept;
+        return g;
+    }
+    g = calloc(1, sizeof(*g) + (size_t)want * sizeof(mirror_t)); /* legs and buffers zeroed */
+    if (g != NULL) g->cap = want;
+    return g;
+}
+
+static void group_free(shadow_group_t *g)
+{
+    mm_buf_free(&g->url);
+    mm_buf_free(&g->body);
+    mm_buf_free(&g->p_body);
+    for (int i = 0; i < g->cap; i++) leg_free(&g->m[i].leg);
+    free(g);
+}
+
+static size_t buf_keep(mm_buf_t *b)
+{
+    if (b->cap > SHADOW_CACHE_BUF)
+        mm_buf_free(b);
+    else
+        mm_buf_reset(b);
+    return b->cap;
+}
+
+/* The group is finished (its legs done or never started): drop the router
+ * reference and keep it for reuse, or free it when the cache is full. */
+static void group_release(shadow_group_t *g)
+{
+    router_unref(g->router);
+    g->router = NULL;
+    size_t kept = buf_keep(&g->url) + buf_keep(&g->body) + buf_keep(&g->p_body);
+    for (int i = 0; i < g->n; i++) leg_reuse(&g->m[i].leg, SHADOW_CACHE_BUF);
+    for (int i = 0; i < g->cap; i++) kept += g->m[i].leg.head.cap + g->m[i].leg.resp.cap;
+    if (cache.n >= SHADOW_CACHE_GROUPS || cache.bytes + kept > SHADOW_CACHE_BYTES) {
+        group_free(g);
+        return;
+    }
+    g->kept = kept;
+    g->next_free = cache.head;
+    cache.head = g;
+    cache.n++;
+    cache.bytes += kept;
+}
 
 void shadow_prepare(conn_t *c)
 {
     req_t *r = &c->req;
     if (r->choice.n_mirrors <= 0) return;
     int want = r->choice.n_mirrors < MM_MAX_ARMS ? r->choice.n_mirrors : MM_MAX_ARMS;
-    shadow_group_t *g = calloc(1, sizeof(*g) + (size_t)want * sizeof(mirror_t));
+    shadow_group_t *g = group_get(want);
     if (g == NULL) {
         for (int i = 0; i < r->choice.n_mirrors; i++)
             r->exp->metrics->arms[r->choice.mirrors[i]].shadow[SHADOW_DROPPED]++;
@@ -75,16 +149,19 @@ void shadow_prepare(conn_t *c)
     router_ref(g->router);
     g->exp = r->exp;
     g->pending = 1;
-    snprintf(g->method, sizeof(g->method), "%s", r->method);
+    _Static_assert(sizeof(g->method) == sizeof(r->method), "method buffers differ");
+    memcpy(g->method, r->method, sizeof(g->method)); /* NUL-terminated within */
     g->head_request = r->head_request;
+    g->body_ok = g->started = 0;
+    g->p_status = g->p_chunked = g->p_truncated = 0;
+    g->p_ctype[0] = '\0';
     mm_buf_append(&g->url, r->url.p, r->url.len);
     memcpy(g->id, r->id, r->id_len + 1);
-    proxy_forward_headers(&g->head_lines, &c->head, c->rbuf, c->peer, 1);
+    g->n = 0;
     for (int i = 0; i < r->choice.n_mirrors && g->n < want; i++) {
         int arm = r->choice.mirrors[i];
         if (arm < 0 || (size_t)arm >= g->exp->state->n_arms || arm == r->arm) continue;
         mirror_t *m = &g->m[g->n++];
-        leg_init(&m->leg);
         m->leg.owner = m;
         m->g = g;
         m->arm = arm;
@@ -114,17 +191,23 @@ void shadow_start(conn_t *c)
     if (g == NULL || g->started) return;
     g->started = 1;
     g->body_ok = r->capture_body && !r->captured.oom;
-    mm_buf_t tmp = g->body; /* take the captured body: no copy */
+    /* Take the captured body (no copy); the request gets our empty buffer,
+     * whose memory its next body can use. */
+    mm_buf_t tmp = g->body;
     g->body = r->captured;
     r->captured = tmp;
+    /* The header lines as forwarded to the primary, still the request's:
+     * the mirrors' heads are built from them once, dropping Content-Length
+     * (a mirror frames the captured, de-chunked body itself). */
+    mm_str_t lines = {r->fwd_lines.p, r->fwd_lines.len};
     const policy_mirror_limits_t *lim = &g->exp->cfg->mirror;
     for (int i = 0; i < g->n; i++) {
         mirror_t *m = &g->m[i];
-        if (!g->body_ok || g->exp->mirror_inflight[m->arm] >= lim->max_inflight) continue;
+        if (!g->body_ok || r->fwd_lines.oom || g->exp->mirror_inflight[m->arm] >= lim->max_inflight)
+            continue;
         leg_t *l = &m->leg;
         leg_build_head(&l->head, g->method, g->exp->ups[m->arm], (mm_str_t){g->url.p, g->url.len},
-                       (mm_str_t){g->head_lines.p, g->head_lines.len}, g->body.len, g->id,
-                       "X-Modelmux-Shadow: 1\r\n");
+                       lines, 1, g->body.len, g->id, "X-Modelmux-Shadow: 1\r\n");
         if (l->head.oom) continue;
         l->body = g->body.p;
         l->body_len = g->body.len;
@@ -143,11 +226,7 @@ void shadow_on_primary_head(conn_t *c, const up_resp_t *resp)
     if (g == NULL) return;
     g->p_status = resp->status;
     g->p_chunked = resp->chunked;
-    int ct = http_find(resp->head, resp->base, "content-type");
-    if (ct >= 0) {
-        mm_str_t v = http_hvalue(resp->head, resp->base, ct);
-        snprintf(g->p_ctype, sizeof(g->p_ctype), "%.*s", (int)v.n, v.p);
-    }
+    leg_content_type(resp, g->p_ctype, sizeof(g->p_ctype));
 }
 
 void shadow_on_primary_body(conn_t *c, const char *p, size_t n)
@@ -170,7 +249,8 @@ void shadow_on_primary_done(conn_t *c, uint64_t latency_us)
     g->status = r->status;
     g->arm = r->arm;
     g->latency_us = latency_us;
-    g->ts_us = reqlog_wall_us() - latency_us;
+    /* The wall clock only for a log line (no log now: none later either). */
+    g->ts_us = g->srv->reqlog ? reqlog_wall_us() - latency_us : 0;
     g->bytes_in = r->body_in;
     g->bytes_out = r->bytes_out;
     if (r->up_errors && !r->responding) g->p_status = 0;
@@ -204,22 +284,6 @@ static void dechunk(mm_buf_t *b)
         in += size + 2; /* CRLF after the data */
     }
     b->len = out;
-}
-
-static void group_free(shadow_group_t *g)
-{
-    mm_buf_free(&g->head_lines);
-    mm_buf_free(&g->url);
-    mm_buf_free(&g->body);
-    mm_buf_free(&g->p_body);
-    router_unref(g->router);
-    free(g);
-}
-
-static void on_leg_closed(leg_t *l)
-{
-    shadow_group_t *g = ((mirror_t *)l->owner)->g;
-    if (--g->closing == 0) group_free(g);
 }
 
 static void write_log(shadow_group_t *g)
@@ -288,11 +352,5 @@ static void group_complete(shadow_group_t *g)
     }
     for (int i = 0; i < g->n; i++) g->exp->metrics->arms[g->m[i].arm].shadow[g->m[i].outcome]++;
     write_log(g);
-    /* Free once every leg has closed its timer. */
-    if (g->n == 0) {
-        group_free(g);
-        return;
-    }
-    g->closing = g->n;
-    for (int i = 0; i < g->n; i++) leg_close(&g->m[i].leg, on_leg_closed);
+    group_release(g);
 }

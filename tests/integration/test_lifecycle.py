@@ -328,6 +328,87 @@ class Shadow(Lifecycle):
             self.assertEqual(answers[0], answers[1])
             self.assertEqual(answers[1][0], 200)
 
+    def test_mirrors_timing_out_in_reused_groups_are_counted_once_at_their_own_timeout(self):
+        """Waves of concurrent mirrors, most of them failing or timing out, in
+        two experiments with different mirror timeouts: every mirror is
+        counted exactly once, a mirror times out at its own experiment's
+        timeout_ms (the short ones do not wait for the long ones, the long
+        ones are not cut at the short deadline), the groups reused from wave
+        to wave leave no sanitizer report, and the exit stays prompt."""
+        c = self.cluster
+        champion = c.model_server("champion")
+        slow = c.model_server("slow", "--latency-ms", 1500)
+        fast = c.model_server("fast")
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        log_path = c.path("requests.jsonl")
+        short_ms, long_ms = 100, 800
+        mirror = {"policy": "shadow", "primary": "champion", "max_inflight": 1000,
+                  "compare": {"ignore": ["/model"]}}
+        cfg = mmtest.base_config(
+            port, {"champion": champion.port, "slow": {"url": "http://127.0.0.1:%d" % slow.port, "pool": 500},
+                   "fast": fast.port, "dead": mmtest.free_port()},
+            [dict(mirror, name="short", match={"path_prefix": "/short"},
+                  shadows=["slow", "fast", "dead"], timeout_ms=short_ms),
+             dict(mirror, name="long", match={"path_prefix": "/long"},
+                  shadows=["slow", "fast"], timeout_ms=long_ms)],
+            admin_port=admin, log={"requests": log_path}, limits={"drain_timeout_ms": 3000})
+        mm = c.modelmux(cfg, "--seed", 1)
+        threads, per_thread = 6, 10
+        failures = []
+
+        def client(k):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                for i in range(per_thread):
+                    path = "/short" if (i + k) % 2 else "/long"
+                    conn.request("POST", "%s?k=%d&i=%d" % (path, k, i), body=b'{"x": 1}',
+                                 headers={"Content-Type": "application/json"})
+                    r = conn.getresponse()
+                    r.read()
+                    if r.status != 200:
+                        failures.append(r.status)
+            finally:
+                conn.close()
+
+        def outcomes():
+            text = mmtest.request(admin, "GET", "/metrics")[2].decode()
+            got = {}
+            for line in text.splitlines():
+                if line.startswith("modelmux_shadow_total{"):
+                    labels, value = line.rsplit(" ", 1)
+                    key = tuple(labels.split(k + '="')[1].split('"')[0]
+                                for k in ("experiment", "arm", "outcome"))
+                    if float(value):
+                        got[key] = int(float(value))
+            return got
+
+        half = threads * per_thread // 2
+        for wave in (1, 2):  # the second wave runs on groups the first one left for reuse
+            ts = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+            self.assertEqual(failures, [])
+            n = wave * half
+            want = {("short", "slow", "error"): n, ("short", "fast", "match"): n,
+                    ("short", "dead", "error"): n,
+                    ("long", "slow", "error"): n, ("long", "fast", "match"): n}
+            mmtest.eventually(lambda: outcomes() == want, timeout=10)
+        self.assertLess(self.sigterm_and_wait(mm, 5), 1.0)
+
+        with open(log_path) as f:
+            lines = [json.loads(line) for line in f]
+        self.assertEqual(len(lines), 4 * half)
+        for e in lines:
+            (slow_leg,) = [s for s in e["shadow"] if s["arm"] == "slow"]
+            self.assertEqual((slow_leg["status"], slow_leg["outcome"]), (0, "error"), e)
+            ms = slow_leg["latency_us"] / 1000.0
+            if e["path"].startswith("/short"):
+                self.assertLess(ms, long_ms * 0.9, e)  # not held until a long deadline
+            else:
+                self.assertGreaterEqual(ms, long_ms * 0.9, e)  # not cut at a short one
+
 
 if __name__ == "__main__":
     mmtest.main()
