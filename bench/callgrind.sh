@@ -73,16 +73,33 @@ wait_up() { for _ in $(seq 100); do curl -s -o /dev/null --max-time 1 "$1" && re
 wait_up http://127.0.0.1:$UP1/
 
 load() {  # load N : N requests over 4 keep-alive connections, every answer read
+  # Raw sockets: each request goes out in one send, as wrk sends it (Python's
+  # http.client sends head and body separately, and an upstream that answers
+  # before the body arrived makes modelmux close the client connection).
   python3 - "$1" "$METHOD" "$MM" <<'EOF'
-import http.client, sys
+import socket, sys
 n, method, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-body = b'{"inputs":{"user":"u-1234","features":[0.12,3.4,5.6,0.78,9.1]}}' if method == "POST" else None
-conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(4)]
+body = b'{"inputs":{"user":"u-1234","features":[0.12,3.4,5.6,0.78,9.1]}}' if method == "POST" else b""
+req = (b"%s /predict HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n" % (method.encode(), port)
+       + (b"Content-Length: %d\r\n" % len(body) if body else b"") + b"\r\n" + body)
+socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+bufs = [b""] * 4
 for i in range(n):
-    c = conns[i % 4]
-    c.request(method, "/predict", body=body, headers={"Content-Type": "application/json"})
-    r = c.getresponse(); r.read()
-    if r.status != 200: sys.exit("status %d" % r.status)
+    k = i % 4
+    socks[k].sendall(req)
+    buf = bufs[k]
+    while b"\r\n\r\n" not in buf:
+        chunk = socks[k].recv(65536)
+        if not chunk: sys.exit("connection closed by modelmux")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"): sys.exit("answer: %r" % head[:40])
+    clen = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0])
+    while len(rest) < clen:
+        chunk = socks[k].recv(65536)
+        if not chunk: sys.exit("connection closed by modelmux")
+        rest += chunk
+    bufs[k] = rest[clen:]
 EOF
 }
 

@@ -598,10 +598,12 @@ static int parse_url(const char *url, cfg_upstream_t *u, const char **why)
     if (pn >= sizeof(u->base_path)) return *why = "the path is too long", -1;
     memcpy(u->base_path, path, pn);
     u->base_path[pn] = '\0';
+    u->base_path_len = pn;
     if (strchr(u->addr.host, ':') != NULL)
         snprintf(u->host_header, sizeof(u->host_header), "[%s]:%d", u->addr.host, u->addr.port);
     else
         snprintf(u->host_header, sizeof(u->host_header), "%s:%d", u->addr.host, u->addr.port);
+    u->host_header_len = strlen(u->host_header);
     snprintf(u->url, sizeof(u->url), "%s", url);
     return 0;
 }
@@ -767,6 +769,7 @@ static int parse_upstream(cx_t *cx, const char *name, const json_t *o, cfg_upstr
         return cerr(cx, p, 1, "%s: bad upstream name; names are 1-64 characters of [A-Za-z0-9_.-]",
                     dotted(cx, p, d, sizeof(d)));
     snprintf(u->name, sizeof(u->name), "%s", name);
+    u->name_len = strlen(u->name);
     if (require_object(cx, o, p) < 0) return -1;
     if (check_keys(cx, o, p, keys, NULL) < 0) return -1;
     const char *url, *why;
@@ -904,6 +907,7 @@ static int parse_experiment(cx_t *cx, size_t i, const json_t *exp)
             return cerr(cx, vp, 0, "%s: experiment name \"%s\" is already used by experiments[%zu]",
                         dotted(cx, vp, d, sizeof(d)), name, j);
     snprintf(e->name, sizeof(e->name), "%s", name);
+    e->name_len = strlen(e->name);
     snprintf(e->salt, sizeof(e->salt), "%s", name);
 
     if (parse_match(cx, exp, base, e) < 0) return -1;

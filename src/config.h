@@ -23,8 +23,10 @@ typedef struct {
     char name[MM_NAME_MAX + 1];
     char url[512];
     cfg_addr_t addr;
-    char base_path[256];       /* path part of the url without trailing '/', may be "" */
-    char host_header[300];     /* "host:port" as sent in Host: */
+    char base_path[256];   /* path part of the url without trailing '/', may be "" */
+    char host_header[300]; /* "host:port" as sent in Host: */
+    /* strlen of name, base_path, host_header: heads are built per request */
+    size_t name_len, base_path_len, host_header_len;
     int pool;                  /* max connections (idle + busy), default 64 */
     int connect_timeout_ms;    /* default 500 */
     int timeout_ms;            /* response timeout, default 2000 */
@@ -41,6 +43,7 @@ typedef struct {
 
 typedef struct {
     char name[MM_NAME_MAX + 1];
+    size_t name_len;
     /* match */
     char *path_prefix;
     char *host; /* NULL: any */

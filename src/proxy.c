@@ -405,6 +405,7 @@ static void send_error(conn_t *c, int status, const char *code, const char *msg)
         r->id_len = 32;
         snprintf(r->method, sizeof(r->method), "%s",
                  c->headers_done ? llhttp_method_name(c->parser.method) : "-");
+        r->method_len = strlen(r->method);
         r->router = c->srv->router;
         router_ref(r->router);
     }
@@ -499,19 +500,19 @@ static void build_upstream_head(conn_t *c)
     const cfg_upstream_t *up = r->exp->ups[r->arm];
     mm_buf_t *b = &r->up_head;
     mm_buf_reset(b);
-    mm_buf_cstr(b, r->method);
+    mm_buf_append(b, r->method, r->method_len);
     mm_buf_lit(b, " ");
-    mm_buf_cstr(b, up->base_path);
+    mm_buf_append(b, up->base_path, up->base_path_len);
     mm_buf_append(b, r->url.p, r->url.len);
     mm_buf_lit(b, " HTTP/1.1\r\nHost: ");
-    mm_buf_cstr(b, up->host_header);
+    mm_buf_append(b, up->host_header, up->host_header_len);
     mm_buf_lit(b, "\r\n");
     mm_buf_append(b, r->fwd_lines.p, r->fwd_lines.len);
     if (r->req_chunked) mm_buf_lit(b, "Transfer-Encoding: chunked\r\n");
     mm_buf_lit(b, "X-Request-Id: ");
     mm_buf_append(b, r->id, r->id_len);
     mm_buf_lit(b, "\r\nX-Modelmux-Arm: ");
-    mm_buf_cstr(b, up->name);
+    mm_buf_append(b, up->name, up->name_len);
     mm_buf_lit(b, "\r\n\r\n");
 }
 
@@ -534,6 +535,7 @@ static void on_request_head(conn_t *c)
     if (mlen >= sizeof(r->method)) mlen = sizeof(r->method) - 1;
     memcpy(r->method, mname, mlen);
     r->method[mlen] = '\0';
+    r->method_len = mlen;
     r->head_request = c->parser.method == HTTP_HEAD;
     r->http_minor = c->parser.http_minor;
     r->keep_alive = llhttp_should_keep_alive(&c->parser) && !srv->draining;
@@ -591,7 +593,7 @@ static void on_request_head(conn_t *c)
             return;
         }
         policy_req_t preq;
-        mm_str_t method = {r->method, strlen(r->method)};
+        mm_str_t method = {r->method, r->method_len};
         router_request_view(r->exp, method, url, h, base, &preq);
         router_choose(r->exp, &preq, &srv->rng, mm_now_ms(), &r->choice);
         r->chosen = r->arm = r->choice.primary;
@@ -781,9 +783,9 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
     mm_buf_lit(b, "X-Request-Id: ");
     mm_buf_append(b, r->id, r->id_len);
     mm_buf_lit(b, "\r\nX-Modelmux-Experiment: ");
-    mm_buf_cstr(b, e->cfg->name);
+    mm_buf_append(b, e->cfg->name, e->cfg->name_len);
     mm_buf_lit(b, "\r\nX-Modelmux-Arm: ");
-    mm_buf_cstr(b, e->ups[r->arm]->name);
+    mm_buf_append(b, e->ups[r->arm]->name, e->ups[r->arm]->name_len);
     mm_buf_lit(b, "\r\n");
     if (!r->keep_alive)
         mm_buf_lit(b, "Connection: close\r\n");

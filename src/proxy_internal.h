@@ -32,6 +32,7 @@ typedef struct {
     char id[MM_REQID_MAX + 1];
     size_t id_len;
     char method[24];
+    size_t method_len;
     int http_minor;
     int keep_alive;
     int head_request;
