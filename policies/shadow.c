@@ -241,7 +241,7 @@ static void judge_bodies(judge_t *j, body_t *prim, body_t *m)
         return;
     json_t *ja = body_json(prim), *jb = body_json(m);
     if (ja != NULL && jb != NULL)
-        jsondiff(ja, jb, &j->s->opts, on_json_diff, j);
+        jsondiff_tree(ja, jb, &j->s->opts, on_json_diff, j);
     else
         judge_diff(j, "", ""); /* not both JSON, and the bytes differ */
 }
