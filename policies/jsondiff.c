@@ -435,12 +435,23 @@ static int unesc_next(unesc_t *u)
     return u->buf[0];
 }
 
+/* memcmp(a, b, n) == 0, without a call for the short keys and values most
+ * answers are made of. */
+static inline int bytes_eq(const char *a, const char *b, size_t n)
+{
+    if (n > 16) return memcmp(a, b, n) == 0;
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
+}
+
 /* 1 if two string or key tokens (of documents x and y) unescape to the same bytes. */
 static int text_eq(const jsondiff_doc_t *x, const jsondiff_tok_t *a, const jsondiff_doc_t *y,
                    const jsondiff_tok_t *b)
 {
+    const char *pa = x->text + a->start, *pb = y->text + b->start;
     if (a->aux != b->aux) return 0;
-    if (a->len == b->len && memcmp(x->text + a->start, y->text + b->start, a->len) == 0) return 1;
+    if (a->len == b->len && bytes_eq(pa, pb, a->len)) return 1;
     if (!((a->flags | b->flags) & F_ESC)) return 0;
     unesc_t ua, ub;
     unesc_init(&ua, x, a);
@@ -481,9 +492,18 @@ static int reserve_index(jsondiff_doc_t *d, size_t need)
     return 0;
 }
 
+/* Mark key k a later duplicate of key j: j keeps its place, takes k's value. */
+static void shadow_key(jsondiff_tok_t *tok, uint32_t obj, uint32_t j, uint32_t k)
+{
+    tok[k].flags |= F_SHADOWED;
+    tok[j].val = k + 1;
+    tok[obj].len--;
+}
+
 /* The object `obj` has closed: resolve duplicate keys as jansson does (the
  * first occurrence keeps its place and takes the last value; later ones are
- * marked F_SHADOWED) and, for a large object, build its key table. */
+ * marked F_SHADOWED and no longer counted in len) and, for a large object,
+ * build its key table. */
 static int finish_object(jsondiff_doc_t *d, uint32_t obj)
 {
     jsondiff_tok_t *tok = d->tok;
@@ -494,8 +514,7 @@ static int finish_object(jsondiff_doc_t *d, uint32_t obj)
         for (uint32_t k = obj + 1; k < end; k = tok[k].next)
             for (uint32_t j = obj + 1; j < k; j = tok[j].next)
                 if (!(tok[j].flags & F_SHADOWED) && text_eq(d, &tok[j], d, &tok[k])) {
-                    tok[k].flags |= F_SHADOWED;
-                    tok[j].val = k + 1;
+                    shadow_key(tok, obj, j, k);
                     break;
                 }
         return 0;
@@ -520,8 +539,7 @@ static int finish_object(jsondiff_doc_t *d, uint32_t obj)
                 break;
             }
             if (tok[j].hash == h && text_eq(d, &tok[j], d, &tok[k])) {
-                tok[k].flags |= F_SHADOWED;
-                tok[j].val = k + 1;
+                shadow_key(tok, obj, j, k);
                 break;
             }
         }
@@ -529,17 +547,21 @@ static int finish_object(jsondiff_doc_t *d, uint32_t obj)
     return 0;
 }
 
-/* A new token at text offset `start`; EMPTY_SLOT when out of memory. */
-static uint32_t new_tok(jsondiff_doc_t *d, uint32_t start)
+static int grow_tok(jsondiff_doc_t *d)
 {
-    if (d->n_tok == d->cap_tok) {
-        uint32_t cap = d->cap_tok ? d->cap_tok * 2 : 64;
-        if (cap <= d->cap_tok) return EMPTY_SLOT;
-        jsondiff_tok_t *t = realloc(d->tok, (size_t)cap * sizeof *t);
-        if (t == NULL) return EMPTY_SLOT;
-        d->tok = t;
-        d->cap_tok = cap;
-    }
+    uint32_t cap = d->cap_tok ? d->cap_tok * 2 : 64;
+    if (cap <= d->cap_tok) return -1;
+    jsondiff_tok_t *t = realloc(d->tok, (size_t)cap * sizeof *t);
+    if (t == NULL) return -1;
+    d->tok = t;
+    d->cap_tok = cap;
+    return 0;
+}
+
+/* A new token at text offset `start`; EMPTY_SLOT when out of memory. */
+static inline uint32_t new_tok(jsondiff_doc_t *d, uint32_t start)
+{
+    if (d->n_tok == d->cap_tok && grow_tok(d) < 0) return EMPTY_SLOT;
     jsondiff_tok_t *t = &d->tok[d->n_tok];
     t->start = start;
     t->flags = 0;
@@ -711,34 +733,35 @@ static mark_t push_overflow(walker_t *w)
 static mark_t push(walker_t *w, const char *key, size_t keylen, int is_index)
 {
     mark_t m = {w->plen, w->slen, 0};
-    /* The shape is never longer than the path (an index has >= 1 digit). */
     if (w->overflow > 0 || w->plen + 1 + keylen >= sizeof(w->path)) return push_overflow(w);
-    size_t need = 1;
-    for (size_t i = 0; i < keylen; i++) need += (key[i] == '~' || key[i] == '/') ? 2 : 1;
-    if (w->plen + need >= sizeof(w->path)) return push_overflow(w);
-    char *p = w->path + w->plen;
-    *p++ = '/';
+    /* The key goes to the shape too (an index as "*"); the shape is never
+     * longer than the path (an index has >= 1 digit), so only the path's end
+     * needs checking. */
+    char *p = w->path + w->plen, *last = w->path + sizeof(w->path) - 1; /* for the NUL */
+    char *q = w->shape + w->slen;
+    *p++ = *q++ = '/';
     for (size_t i = 0; i < keylen; i++) {
-        if (key[i] == '~') {
-            *p++ = '~';
-            *p++ = '0';
-        } else if (key[i] == '/') {
-            *p++ = '~';
-            *p++ = '1';
+        char c = key[i];
+        if (c != '~' && c != '/') {
+            if (p == last) goto overflow;
+            *p++ = *q++ = c;
         } else {
-            *p++ = key[i];
+            if (last - p < 2) goto overflow;
+            *p++ = *q++ = '~';
+            *p++ = *q++ = c == '~' ? '0' : '1';
         }
     }
-    *p = '\0';
-    w->plen += need;
     if (is_index) {
-        memcpy(w->shape + w->slen, "/*", 3);
-        w->slen += 2;
-    } else {
-        memcpy(w->shape + w->slen, w->path + m.plen, need + 1);
-        w->slen += need;
+        q = w->shape + w->slen + 1;
+        *q++ = '*';
     }
+    *p = *q = '\0';
+    w->plen = (size_t)(p - w->path);
+    w->slen = (size_t)(q - w->shape);
     return m;
+overflow:
+    w->path[w->plen] = w->shape[w->slen] = '\0';
+    return push_overflow(w);
 }
 
 static mark_t push_index(walker_t *w, size_t i)
@@ -937,7 +960,7 @@ static void walk_tape(walker_t *w, uint32_t ia, uint32_t ib);
 static void walk_tape_object(walker_t *w, uint32_t ia, uint32_t ib)
 {
     const jsondiff_tok_t *ta = w->a->tok, *tb = w->b->tok;
-    uint32_t hint = ib + 1;
+    uint32_t hint = ib + 1, found = 0;
     for (uint32_t ka = ia + 1; ka < ta[ia].next; ka = ta[ka].next) {
         if (w->stop) return;
         uint32_t h = hint;
@@ -946,13 +969,17 @@ static void walk_tape_object(walker_t *w, uint32_t ia, uint32_t ib)
         mark_t m = push_key(w, w->a, &ta[ka]);
         if (!ignored(w)) {
             uint32_t kb = find_key(w->b, ib, h, w->a, &ta[ka]);
-            if (kb == NO_KEY)
+            if (kb == NO_KEY) {
                 report(w, JSONDIFF_MISSING);
-            else
+            } else {
+                found++;
                 walk_tape(w, ta[ka].val, tb[kb].val);
+            }
         }
         pop(w, m);
     }
+    /* Every member of b was found from a: no extra one to look for. */
+    if (found == tb[ib].len) return;
     hint = ia + 1;
     for (uint32_t kb = ib + 1; kb < tb[ib].next; kb = tb[kb].next) {
         if (w->stop) return;

@@ -69,11 +69,11 @@ typedef struct {
 /* One value of a document; private to jsondiff.c. */
 typedef struct {
     uint32_t start; /* offset in the text (strings and keys: after the quote) */
-    uint32_t len;   /* scalars: bytes of text (between the quotes); containers: members */
-    uint32_t next;  /* the token after this value and its subtree */
-    uint32_t aux;   /* strings, keys: unescaped length; indexed objects: index offset */
-    uint32_t val;   /* keys: the member's value (the last of duplicates); objects: index size */
-    uint32_t hash;  /* keys of indexed objects */
+    uint32_t len; /* scalars: bytes of text (between the quotes); arrays: elements; objects: keys */
+    uint32_t next; /* the token after this value and its subtree */
+    uint32_t aux;  /* strings, keys: unescaped length; indexed objects: index offset */
+    uint32_t val;  /* keys: the member's value (the last of duplicates); objects: index size */
+    uint32_t hash; /* keys of indexed objects */
     uint8_t type, flags;
 } jsondiff_tok_t;
 
