@@ -61,7 +61,7 @@ typedef struct {
     const jsondiff_opts_t *o;
     jsondiff_cb cb;
     void *arg;
-    const jsondiff_doc_t *a, *b; /* tape walk */
+    const jsondiff_doc_t *a, *b; /* the documents compared */
     char path[JSONDIFF_PATH_MAX];
     size_t plen;
     char shape[JSONDIFF_PATH_MAX];
@@ -1048,117 +1048,5 @@ size_t jsondiff(const jsondiff_doc_t *a, const jsondiff_doc_t *b, const jsondiff
     w.a = a;
     w.b = b;
     if (!ignored(&w)) walk_tape(&w, 0, 0);
-    return w.count;
-}
-
-/* ---- the walk over two jansson trees ---- */
-
-/* 0 number, 1 boolean, else the jansson type (distinct from those two). */
-static int type_class(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_INTEGER:
-    case JSON_REAL:
-        return 0;
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return 1;
-    default:
-        return 2 + (int)json_typeof(v);
-    }
-}
-
-static int tree_numbers_equal(const json_t *a, const json_t *b, double tol)
-{
-    if (json_is_integer(a) && json_is_integer(b)) {
-        json_int_t x = json_integer_value(a), y = json_integer_value(b);
-        if (x == y) return 1;
-        if (tol == 0) return 0;
-    }
-    return jsondiff_number_eq(json_number_value(a), json_number_value(b), tol);
-}
-
-static void walk_tree(walker_t *w, const json_t *a, const json_t *b);
-
-static void walk_tree_object(walker_t *w, const json_t *a, const json_t *b)
-{
-    const char *key;
-    size_t keylen;
-    json_t *va;
-    json_object_keylen_foreach((json_t *)a, key, keylen, va)
-    {
-        if (w->stop) return;
-        mark_t m = push(w, key, keylen, 0);
-        if (!ignored(w)) {
-            const json_t *vb = json_object_getn(b, key, keylen);
-            if (vb == NULL)
-                report(w, JSONDIFF_MISSING);
-            else
-                walk_tree(w, va, vb);
-        }
-        pop(w, m);
-    }
-    json_t *vb;
-    json_object_keylen_foreach((json_t *)b, key, keylen, vb)
-    {
-        if (w->stop) return;
-        if (json_object_getn(a, key, keylen) != NULL) continue;
-        mark_t m = push(w, key, keylen, 0);
-        if (!ignored(w)) report(w, JSONDIFF_EXTRA);
-        pop(w, m);
-    }
-}
-
-static void walk_tree_array(walker_t *w, const json_t *a, const json_t *b)
-{
-    size_t na = json_array_size(a), nb = json_array_size(b);
-    if (na != nb) report(w, JSONDIFF_LENGTH);
-    size_t n = na < nb ? na : nb;
-    for (size_t i = 0; i < n && !w->stop; i++) {
-        mark_t m = push_index(w, i);
-        if (!ignored(w)) walk_tree(w, json_array_get(a, i), json_array_get(b, i));
-        pop(w, m);
-    }
-}
-
-static void walk_tree(walker_t *w, const json_t *a, const json_t *b)
-{
-    if (w->stop) return;
-    int ca = type_class(a), cb = type_class(b);
-    if (ca != cb) {
-        report(w, JSONDIFF_TYPE);
-        return;
-    }
-    switch (json_typeof(a)) {
-    case JSON_OBJECT:
-        walk_tree_object(w, a, b);
-        break;
-    case JSON_ARRAY:
-        walk_tree_array(w, a, b);
-        break;
-    case JSON_STRING:
-        if (json_string_length(a) != json_string_length(b) ||
-            memcmp(json_string_value(a), json_string_value(b), json_string_length(a)) != 0)
-            report(w, JSONDIFF_VALUE);
-        break;
-    case JSON_INTEGER:
-    case JSON_REAL:
-        if (!tree_numbers_equal(a, b, w->o->tolerance)) report(w, JSONDIFF_VALUE);
-        break;
-    case JSON_TRUE:
-    case JSON_FALSE:
-        if (json_typeof(a) != json_typeof(b)) report(w, JSONDIFF_VALUE);
-        break;
-    case JSON_NULL:
-        break;
-    }
-}
-
-size_t jsondiff_tree(const json_t *a, const json_t *b, const jsondiff_opts_t *o, jsondiff_cb cb,
-                     void *arg)
-{
-    walker_t w;
-    walker_init(&w, o, cb, arg);
-    if (!ignored(&w)) walk_tree(&w, a, b);
     return w.count;
 }

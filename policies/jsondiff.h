@@ -28,7 +28,6 @@
 #ifndef MM_JSONDIFF_H
 #define MM_JSONDIFF_H
 
-#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -111,10 +110,6 @@ void jsondiff_doc_free(jsondiff_doc_t *d);
  * NULL to only count); when cb stops the walk, the count so far. */
 size_t jsondiff(const jsondiff_doc_t *a, const jsondiff_doc_t *b, const jsondiff_opts_t *o,
                 jsondiff_cb cb, void *arg);
-
-/* The same comparison over two jansson trees (the walk the tape replaced). */
-size_t jsondiff_tree(const json_t *a, const json_t *b, const jsondiff_opts_t *o, jsondiff_cb cb,
-                     void *arg);
 
 /* 1 if |a - b| <= tol * max(1, |a|, |b|). */
 int jsondiff_number_eq(double a, double b, double tol);
