@@ -1014,11 +1014,14 @@ static char *random_number(void)
     case 2:
         snprintf(t, sizeof t, "%lld", (long long)below(2001) - 1000);
         return strdup(t);
-    case 3:
-        snprintf(t, sizeof t, "%lld", (long long)(mm_rng_next(&rng) >> (1 + below(63))));
+    case 3: {
+        uint64_t bits = mm_rng_next(&rng);
+        snprintf(t, sizeof t, "%lld", (long long)(bits >> (1 + below(63))));
         return strdup(t);
+    }
     default: {
-        double x = (mm_rng_uniform(&rng) - 0.5) * pow(10, (double)below(40) - 20);
+        double u = mm_rng_uniform(&rng) - 0.5; /* one draw per statement: same pairs anywhere */
+        double x = u * pow(10, (double)below(40) - 20);
         int prec = 1 + (int)below(17);
         snprintf(t, sizeof t, below(2) ? "%.*g" : "%.*e", prec, x);
         if (!strpbrk(t, ".eE")) strcat(t, below(2) ? ".0" : "e0");
