@@ -445,6 +445,17 @@ static void numbers_within_tolerance_match_in_documents(void **state)
     assert_int_equal(diff("[9007199254740993]", "[9007199254740992]", 1e-300, NULL, 0, &d), 0);
     /* The same value written differently. */
     assert_int_equal(diff("[-0, 0.5, 100, 1e-999]", "[0, 5e-1, 1E2, 0]", 0, NULL, 0, &d), 0);
+    /* Reals too long for the fast conversion go through strtod. */
+    char a[400], b[400];
+    memset(a, '3', 300);
+    memcpy(a, "[0.", 3);
+    memcpy(a + 300, "e-280]", 7);
+    memcpy(b, a, sizeof a);
+    b[299] = '4';
+    assert_int_equal(diff(a, b, 0, NULL, 0, &d), 0); /* the same double */
+    b[10] = '4';
+    assert_int_equal(diff(a, b, 0, NULL, 0, &d), 1);
+    assert_int_equal(diff(a, b, 1e-6, NULL, 0, &d), 0);
 }
 
 static void ignored_pointers_and_their_subtrees_are_skipped(void **state)
