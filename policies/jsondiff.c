@@ -13,17 +13,20 @@
  *
  * jansson's meaning is kept where it is not obvious: a key given twice keeps
  * its first position with its last value (resolved when the object closes;
- * later occurrences are skipped by the walk), and reals are converted exactly
+ * later occurrences are skipped by the walk), reals are converted exactly
  * like strtod (Clinger's fast path when mantissa and power of ten are both
  * exact doubles — one correctly rounded operation, the same double as
- * strtod's — else strtod itself).
+ * strtod's — else strtod itself), and even a lexer quirk of jansson's (one NUL
+ * byte after a number or literal is skipped) is reproduced, so that exactly
+ * the same texts count as JSON.
  *
  * Objects of more than SMALL_OBJECT members get an open-addressing table of
  * their keys (built at parse, in the document's index buffer), so looking a
  * member up is O(1) and a 10 000-member object is not quadratic; smaller ones
  * are scanned, cheaper than hashing. Every lookup first tries the member at
  * the same position, so objects in the same order cost one key comparison a
- * member.
+ * member, and b is searched for extra members only when some of them were
+ * not found from a.
  *
  * The walk keeps the current JSON pointer (and its "shape", array indices as
  * "*") in fixed buffers, so reporting a difference costs no allocation.
@@ -37,7 +40,6 @@
  * ignores), fine for the handful of pointers a config lists. */
 #include <errno.h>
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
