@@ -2,19 +2,38 @@
  *
  * Used by the shadow policy to decide whether a candidate's answer matches the
  * primary's, and to say *where* they differ so that differences can be counted
- * per field. Pure: no allocation, no I/O; the differing paths are handed to a
- * callback one at a time, so the caller decides what to keep.
+ * per field. The differing paths are handed to a callback one at a time, so
+ * the caller decides what to keep.
+ *
+ * A document is the caller's raw JSON text plus a flat "tape" of its values
+ * (jsondiff_doc_t), built by jsondiff_doc_parse() into storage the document
+ * keeps and reuses: comparing answers costs no allocation once the buffers
+ * have grown to the size of the answers seen.
  *
  * Rules: object member order is irrelevant; arrays are compared element by
  * element (a length difference is one difference at the array, the common
  * prefix is still compared); numbers a and b match when
- * |a - b| <= tolerance * max(1, |a|, |b|), integers and reals alike; any other
- * pair of values matches only when equal. Paths are RFC 6901 JSON pointers. */
+ * |a - b| <= tolerance * max(1, |a|, |b|), integers and reals alike; strings
+ * and keys compare after unescaping; any other pair of values matches only
+ * when equal. Paths are RFC 6901 JSON pointers.
+ *
+ * What counts as JSON, and what a document means, is exactly what
+ * json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL) of jansson 2.14
+ * accepts and builds (tests/unit/test_jsondiff.c checks it differentially):
+ * UTF-8 only, integers within int64, reals that do not overflow a double,
+ * at most JSONDIFF_DEPTH_MAX nested values, \u0000 allowed in strings but not
+ * in keys, a duplicated key keeps its first position and its last value, and
+ * (a jansson lexer quirk) one NUL byte right after a number or literal is
+ * skipped. */
 #ifndef MM_JSONDIFF_H
 #define MM_JSONDIFF_H
 
-#include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
+
+/* Deepest nesting accepted: a value inside JSONDIFF_DEPTH_MAX - 1 containers
+ * (jansson's JSON_PARSER_MAX_DEPTH; the root is at depth 1). */
+#define JSONDIFF_DEPTH_MAX 2048
 
 /* Longest path reported, NUL included. Differences deeper than this are
  * reported once at the deepest enclosing path that fits. */
@@ -46,10 +65,51 @@ typedef struct {
     size_t n_ignore;
 } jsondiff_opts_t;
 
+/* One value of a document; private to jsondiff.c. */
+typedef struct {
+    uint32_t start; /* offset in the text (strings and keys: after the quote) */
+    uint32_t len; /* scalars: bytes of text (between the quotes); arrays: elements; objects: keys */
+    uint32_t next; /* the token after this value and its subtree */
+    uint32_t aux;  /* strings, keys: unescaped length; indexed objects: index offset */
+    uint32_t val;  /* keys: the member's value (the last of duplicates); objects: index size */
+    uint32_t hash; /* keys of indexed objects */
+    uint8_t type, flags;
+} jsondiff_tok_t;
+
+/* A parsed JSON text. The text is not copied: it must outlive the comparisons.
+ * Initialise with jsondiff_doc_init (or zero it), parse into it as often as
+ * needed, free with jsondiff_doc_free. The fields are private. */
+typedef struct {
+    const char *text;
+    size_t len;
+    int ok; /* the last parse succeeded */
+    jsondiff_tok_t *tok;
+    uint32_t n_tok, cap_tok;
+    uint32_t *index; /* open-addressing key tables of large objects */
+    size_t n_index, cap_index;
+    char *num; /* room for one number's text, NUL-terminated, for strtod */
+    size_t cap_num;
+} jsondiff_doc_t;
+
+void jsondiff_doc_init(jsondiff_doc_t *d);
+
+/* Parse text[0..len) into d. Returns 0, or -1 when the text is not JSON as
+ * jansson would see it (or memory ran out, or len >= 4 GiB). */
+int jsondiff_doc_parse(jsondiff_doc_t *d, const char *text, size_t len);
+
+/* Give back storage above max_bytes per buffer (d stays usable; its last parse
+ * is forgotten): one huge answer should not pin its tape for ever. */
+void jsondiff_doc_trim(jsondiff_doc_t *d, size_t max_bytes);
+
+void jsondiff_doc_free(jsondiff_doc_t *d);
+
+/* Returned by jsondiff when a document's last parse failed. */
+#define JSONDIFF_NOT_JSON ((size_t)-1)
+
 /* Compare a with b. Returns the number of differences reported (cb may be
  * NULL to only count); when cb stops the walk, the count so far. */
-size_t jsondiff(const json_t *a, const json_t *b, const jsondiff_opts_t *o, jsondiff_cb cb,
-                void *arg);
+size_t jsondiff(const jsondiff_doc_t *a, const jsondiff_doc_t *b, const jsondiff_opts_t *o,
+                jsondiff_cb cb, void *arg);
 
 /* 1 if |a - b| <= tol * max(1, |a|, |b|). */
 int jsondiff_number_eq(double a, double b, double tol);

@@ -33,8 +33,12 @@
  * keyed by "shape" (array indices as "*"), so "/items/3/score" and
  * "/items/7/score" count together, once per request; at most PATHS_MAX fields
  * per arm are kept, later ones are aggregated under "other". The cost is
- * one JSON parse per answer and a walk over both documents, off the client's
- * path (the primary has already been answered when compare() runs). */
+ * one pass over each answer's text into a token tape (jsondiff.h; the primary's
+ * is parsed once for all its mirrors) and a walk over both tapes, off the
+ * client's path (the primary has already been answered when compare() runs).
+ * The two tapes belong to the policy and are reused, so a comparison does not
+ * allocate once they have grown to the answers' size; an answer that made
+ * them grow beyond SCRATCH_KEEP gives the memory back afterwards. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +53,7 @@
 #define NOISE_MAX    256 /* noisy paths kept per request */
 #define PATH_STATUS  "status"
 #define PATH_CTYPE   "content-type"
+#define SCRATCH_KEEP (1 << 20) /* bytes a parse buffer keeps between requests */
 
 typedef struct {
     char key[PATH_KEY_MAX];
@@ -77,6 +82,7 @@ typedef struct {
     jsondiff_opts_t opts;
     uint64_t seq;    /* compared requests, to count a field once per request */
     armstat_t *arms; /* n_arms entries */
+    jsondiff_doc_t primary_doc, mirror_doc; /* parse buffers, reused */
 } shadow_t;
 
 /* Paths where primary and secondary differ on the request being compared. */
@@ -89,8 +95,8 @@ typedef struct {
 /* One lazily parsed answer. */
 typedef struct {
     const policy_resp_t *r;
-    json_t *json;
-    int parsed;
+    jsondiff_doc_t *doc; /* where to parse it */
+    int parsed, json;    /* json: it parsed as JSON */
 } body_t;
 
 /* What one comparison collects through the diff callback. */
@@ -194,16 +200,15 @@ static int on_json_diff(void *arg, const jsondiff_item_t *d)
     return 0;
 }
 
-static json_t *body_json(body_t *b)
+/* The answer's parsed document, or NULL if it is not JSON. */
+static const jsondiff_doc_t *body_doc(body_t *b)
 {
     if (!b->parsed) {
         b->parsed = 1;
-        b->json = NULL;
-        if (!b->r->truncated && b->r->body.n > 0)
-            b->json =
-                json_loadb(b->r->body.p, b->r->body.n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        b->json = !b->r->truncated && b->r->body.n > 0 &&
+                  jsondiff_doc_parse(b->doc, b->r->body.p, b->r->body.n) == 0;
     }
-    return b->json;
+    return b->json ? b->doc : NULL;
 }
 
 /* Bytewise with truncation: 1 if the bodies are provably different. */
@@ -239,9 +244,9 @@ static void judge_bodies(judge_t *j, body_t *prim, body_t *m)
     }
     if (a->body.n == b->body.n && (a->body.n == 0 || memcmp(a->body.p, b->body.p, a->body.n) == 0))
         return;
-    json_t *ja = body_json(prim), *jb = body_json(m);
-    if (ja != NULL && jb != NULL)
-        jsondiff(ja, jb, &j->s->opts, on_json_diff, j);
+    const jsondiff_doc_t *da = body_doc(prim), *db = body_doc(m);
+    if (da != NULL && db != NULL)
+        jsondiff(da, db, &j->s->opts, on_json_diff, j);
     else
         judge_diff(j, "", ""); /* not both JSON, and the bytes differ */
 }
@@ -278,7 +283,7 @@ static void shadow_compare(void *p, const policy_resp_t *primary, const int *mir
                            const policy_resp_t *mirrors, size_t n, int *outcomes)
 {
     shadow_t *s = p;
-    body_t prim = {primary, NULL, 0};
+    body_t prim = {primary, &s->primary_doc, 0, 0};
     noise_t noise = {NULL, 0, 0, 0, 0};
     int have_noise = 0;
     s->seq++;
@@ -286,18 +291,17 @@ static void shadow_compare(void *p, const policy_resp_t *primary, const int *mir
     /* The secondary first: its differences are this request's noise. */
     for (size_t i = 0; i < n; i++) {
         if (s->secondary < 0 || mirror_arms[i] != s->secondary) continue;
-        body_t m = {&mirrors[i], NULL, 0};
+        body_t m = {&mirrors[i], &s->mirror_doc, 0, 0};
         outcomes[i] = judge(s, &prim, &m, mirror_arms[i], NULL, &noise);
         have_noise = outcomes[i] != POLICY_ERROR;
-        json_decref(m.json);
     }
     for (size_t i = 0; i < n; i++) {
         if (s->secondary >= 0 && mirror_arms[i] == s->secondary) continue;
-        body_t m = {&mirrors[i], NULL, 0};
+        body_t m = {&mirrors[i], &s->mirror_doc, 0, 0};
         outcomes[i] = judge(s, &prim, &m, mirror_arms[i], have_noise ? &noise : NULL, NULL);
-        json_decref(m.json);
     }
-    json_decref(prim.json);
+    jsondiff_doc_trim(&s->primary_doc, SCRATCH_KEEP);
+    jsondiff_doc_trim(&s->mirror_doc, SCRATCH_KEEP);
     free(noise.buf);
 }
 
@@ -574,6 +578,8 @@ static void shadow_destroy(void *p)
 {
     shadow_t *s = p;
     if (s == NULL) return;
+    jsondiff_doc_free(&s->primary_doc);
+    jsondiff_doc_free(&s->mirror_doc);
     free(s->arms);
     free(s);
 }

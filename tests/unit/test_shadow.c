@@ -339,6 +339,43 @@ static void content_type_counts_only_with_compare_headers(void **state)
     fx_free(&f);
 }
 
+static void json_bodies_compare_by_meaning_at_any_size(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE);
+    /* Escapes and duplicate keys are read as JSON means them. */
+    assert_int_equal(compare1(&f, resp(200, "{\"name\": \"caf\\u00e9\", \"n\": 1, \"n\": 2}"),
+                              resp(200, "{\"n\": 2, \"n\\u0061me\": \"caf\xc3\xa9\"}")),
+                     POLICY_MATCH);
+    /* Not JSON (a real that overflows): different bytes are one difference at "". */
+    assert_int_equal(compare1(&f, resp(200, "[1e999]"), resp(200, "[1e999 ]")), POLICY_MISMATCH);
+    /* An answer of 200 000 numbers, larger than the parse buffers keep. */
+    size_t n = 200000;
+    char *a = malloc(n * 2 + 2), *b;
+    a[0] = '[';
+    for (size_t i = 0; i < n; i++) memcpy(a + 1 + 2 * i, i + 1 < n ? "7," : "7]", 2);
+    a[2 * n + 1] = '\0';
+    b = strdup(a);
+    assert_int_equal(compare1(&f, resp(200, a), resp(200, b)), POLICY_MATCH);
+    b[2 * n - 1] = '8';
+    assert_int_equal(compare1(&f, resp(200, a), resp(200, b)), POLICY_MISMATCH);
+    assert_int_equal(compare1(&f, resp(200, "{\"a\": 1}"), resp(200, "{\"a\": 1.0}")),
+                     POLICY_MATCH);
+    free(a);
+    free(b);
+
+    json_t *d = describe(&f);
+    json_t *sh = shadow_entry(d, 0), *paths = json_object_get(sh, "paths");
+    assert_int_equal(geti(sh, "matches"), 3);
+    assert_int_equal(geti(sh, "mismatches"), 2);
+    assert_int_equal(json_array_size(paths), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(paths, 0), "path")), "");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(paths, 1), "path")), "/*");
+    json_decref(d);
+    fx_free(&f);
+}
+
 /* compare() with the primary, the candidate (arm 1) and the secondary (arm 2). */
 static void compare3(fx_t *f, const char *prim, const char *cand, int sec_status, const char *sec,
                      int *cand_out, int *sec_out)
@@ -495,6 +532,7 @@ int main(void)
         cmocka_unit_test(outcomes_without_secondary),
         cmocka_unit_test(truncated_bodies_differ_only_when_provably_different),
         cmocka_unit_test(content_type_counts_only_with_compare_headers),
+        cmocka_unit_test(json_bodies_compare_by_meaning_at_any_size),
         cmocka_unit_test(differences_where_primary_and_secondary_differ_are_noise),
         cmocka_unit_test(per_field_statistics_use_shapes_and_are_bounded),
         cmocka_unit_test(latency_and_reset),
