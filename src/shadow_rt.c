@@ -20,9 +20,9 @@
  * (a group is half a dozen buffers that otherwise grow from nothing by
  * realloc for every request). The cache is bounded in groups and bytes, and
  * a buffer that grew past SHADOW_CACHE_BUF is freed rather than kept, so
- * memory falls back after a burst of large requests. Like the legs' clock it
- * is static: groups outlive requests and connections, and there is one event
- * loop per process. A group holds a router reference only while in use. */
+ * memory falls back after a burst of large requests. The cache is static:
+ * groups outlive requests and connections, and there is one event loop per
+ * process. A group holds a router reference only while in use. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -216,7 +216,7 @@ void shadow_start(conn_t *c)
         l->owner = m;
         g->exp->mirror_inflight[m->arm]++;
         g->pending++;
-        leg_start(l, g->srv->loop, g->exp->pools[m->arm], lim->timeout_ms, g->head_request);
+        leg_start(l, &g->srv->legs, g->exp->pools[m->arm], lim->timeout_ms, g->head_request);
     }
 }
 
