@@ -9,7 +9,8 @@
  * within drain_timeout_ms, then flushes the store and the request log and
  * lets the loop run dry. Mirrors still in flight then go on to their answer
  * or deadline: the legs' clock does not keep the loop alive but their
- * upstream connections do, so it is closed only in server_free. */
+ * upstream connections do, so it is closed only in server_free, which also
+ * frees the shadow groups kept for reuse. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -221,6 +222,7 @@ err:
 void server_free(mm_server_t *srv)
 {
     leg_clock_close(&srv->legs); /* its close callback comes with the loop's last run */
+    shadow_cache_free(&srv->shadows);
     if (srv->router) router_unref(srv->router);
     srv->router = NULL;
     if (srv->store) store_destroy(srv->store);
