@@ -139,6 +139,6 @@ void fanout_start(conn_t *c)
      * the extra count keeps f until every leg has been started. */
     f->pending = f->n + 1;
     for (int i = 0; i < f->n; i++)
-        leg_start(&f->legs[i], c->srv->loop, e->pools[i], e->ups[i]->timeout_ms, r->head_request);
+        leg_start(&f->legs[i], &c->srv->legs, e->pools[i], e->ups[i]->timeout_ms, r->head_request);
     settle(f);
 }

@@ -4,89 +4,80 @@
  * per mirror, and the leg's owner could only be freed in the close callback.
  * Instead a leg in flight waits in a queue of legs with the same timeout_ms,
  * in which deadlines (loop time + timeout) therefore arrive in order, and one
- * timer shared by all legs is armed no later than the earliest deadline. A
- * leg that finishes only unlinks itself; when the timer fires before the
- * earliest remaining deadline (its leg finished) it re-arms for that one —
- * the deadline is checked lazily. In steady traffic a leg makes no timer call
- * at all, and the timer is re-armed about once per timeout period.
+ * timer shared by all legs, the clock's, is armed no later than the earliest
+ * deadline. A leg that finishes only unlinks itself; when the timer fires
+ * before the earliest remaining deadline (its leg finished) it re-arms for
+ * that one — the deadline is checked lazily. In steady traffic a leg makes
+ * no timer call at all, and the timer is re-armed about once per timeout
+ * period.
  *
- * The clock is this module's only state and it is static: legs outlive the
- * requests that start them and no owner here lives as long as the loop;
- * modelmux runs one event loop per process (workers are processes). It must
- * not keep a loop that is otherwise done alive: when the last leg finishes
- * the timer is pulled in to fire within LEG_IDLE_MS, and if still nothing is
- * in flight then, it closes itself; the next leg opens it again. */
+ * The clock lives as long as the loop, in the server context (legs outlive
+ * the requests that start them). Its timer is unreferenced, so a loop that
+ * is otherwise done is not kept alive by it: every leg in flight has an
+ * upstream connection, a connect or a pool's busy connections behind it,
+ * which keep the loop running until the leg is answered or its deadline
+ * comes. When nothing is in flight the timer fires once more at the last
+ * due time, finds nothing and stays idle: cheaper than stopping it whenever
+ * the last leg finishes. */
 #include <string.h>
 
 #include "leg.h"
 
 #define LEG_MAX_RETRIES 2
-/* Distinct timeouts in flight with a queue each (mirror timeout_ms of each
- * experiment, upstream timeout_ms of each fan-out arm). More share a queue,
- * kept in order by insertion (a walk from the tail). */
-#define LEG_QUEUES  8
-#define LEG_IDLE_MS 100
-
-struct leg_queue_s {
-    int timeout_ms;
-    leg_t *head, *tail; /* by deadline, earliest first; empty: free for any timeout */
-};
 
 static void on_clock(uv_timer_t *t);
 
-static struct {
-    uv_loop_t *loop;
-    uv_timer_t timer;
-    int open;     /* the timer handle is initialised and not closing */
-    int closing;  /* uv_close called, on_clock_closed pending */
-    int armed;    /* due is set: the timer fires then (or is re-armed when closed) */
-    uint64_t due; /* loop time (ms) */
-    size_t inflight;
-    struct leg_queue_s q[LEG_QUEUES];
-} clk;
-
-static void clock_arm(uint64_t at)
+void leg_clock_init(leg_clock_t *clk, uv_loop_t *loop)
 {
-    clk.armed = 1;
-    clk.due = at;
-    if (clk.closing) return; /* on_clock_closed arms the new handle */
-    if (!clk.open) {
-        uv_timer_init(clk.loop, &clk.timer);
-        clk.open = 1;
-    }
-    uint64_t now = uv_now(clk.loop);
-    uv_timer_start(&clk.timer, on_clock, at > now ? at - now : 0, 0);
+    memset(clk, 0, sizeof(*clk));
+    clk->loop = loop;
+    uv_timer_init(loop, &clk->timer);
+    uv_unref((uv_handle_t *)&clk->timer);
+}
+
+void leg_clock_close(leg_clock_t *clk)
+{
+    if (clk->loop == NULL || uv_is_closing((uv_handle_t *)&clk->timer)) return;
+    clk->armed = 0;
+    uv_close((uv_handle_t *)&clk->timer, NULL);
+}
+
+static void clock_arm(leg_clock_t *clk, uint64_t at)
+{
+    clk->armed = 1;
+    clk->due = at;
+    uint64_t now = uv_now(clk->loop);
+    uv_timer_start(&clk->timer, on_clock, at > now ? at - now : 0, 0);
 }
 
 /* The leg with the earliest deadline, or NULL: the heads of the queues. */
-static leg_t *clock_earliest(void)
+static leg_t *clock_earliest(leg_clock_t *clk)
 {
     leg_t *best = NULL;
     for (int i = 0; i < LEG_QUEUES; i++) {
-        leg_t *h = clk.q[i].head;
+        leg_t *h = clk->q[i].head;
         if (h && (best == NULL || h->deadline < best->deadline)) best = h;
     }
     return best;
 }
 
-static void clock_add(leg_t *l, uv_loop_t *loop, int timeout_ms)
+static void clock_add(leg_clock_t *clk, leg_t *l, int timeout_ms)
 {
-    if (!clk.open && !clk.closing) clk.loop = loop;
-    l->deadline = uv_now(clk.loop) + (uint64_t)timeout_ms;
-    struct leg_queue_s *q = NULL, *empty = NULL;
+    l->deadline = uv_now(clk->loop) + (uint64_t)timeout_ms;
+    leg_queue_t *q = NULL, *empty = NULL;
     for (int i = 0; i < LEG_QUEUES && q == NULL; i++) {
-        if (clk.q[i].head == NULL) {
-            if (empty == NULL) empty = &clk.q[i];
-        } else if (clk.q[i].timeout_ms == timeout_ms) {
-            q = &clk.q[i];
+        if (clk->q[i].head == NULL) {
+            if (empty == NULL) empty = &clk->q[i];
+        } else if (clk->q[i].timeout_ms == timeout_ms) {
+            q = &clk->q[i];
         }
     }
     if (q == NULL && empty != NULL) {
         q = empty;
         q->timeout_ms = timeout_ms;
     }
-    if (q == NULL) q = &clk.q[0]; /* more distinct timeouts than queues: share */
-    leg_t *after = q->tail;       /* same timeout: the tail, at once */
+    if (q == NULL) q = &clk->q[0]; /* more distinct timeouts than queues: share */
+    leg_t *after = q->tail;        /* same timeout: the tail, at once */
     while (after && after->deadline > l->deadline) after = after->qprev;
     l->qprev = after;
     l->qnext = after ? after->qnext : q->head;
@@ -99,13 +90,12 @@ static void clock_add(leg_t *l, uv_loop_t *loop, int timeout_ms)
     else
         q->head = l;
     l->queue = q;
-    clk.inflight++;
-    if (!clk.armed || l->deadline < clk.due) clock_arm(l->deadline);
+    if (!clk->armed || l->deadline < clk->due) clock_arm(clk, l->deadline);
 }
 
 static void clock_remove(leg_t *l)
 {
-    struct leg_queue_s *q = l->queue;
+    leg_queue_t *q = l->queue;
     if (q == NULL) return;
     if (l->qprev)
         l->qprev->qnext = l->qnext;
@@ -117,18 +107,6 @@ static void clock_remove(leg_t *l)
         q->tail = l->qprev;
     l->qnext = l->qprev = NULL;
     l->queue = NULL;
-    clk.inflight--;
-    if (clk.inflight == 0 && clk.armed) {
-        uint64_t idle = uv_now(clk.loop) + LEG_IDLE_MS;
-        if (clk.due > idle) clock_arm(idle); /* close soon unless legs come */
-    }
-}
-
-static void on_clock_closed(uv_handle_t *h)
-{
-    (void)h;
-    clk.closing = 0;
-    if (clk.armed) clock_arm(clk.due); /* legs started while it closed */
 }
 
 static void leg_finish(leg_t *l, int status)
@@ -156,20 +134,13 @@ static void on_timeout(leg_t *l)
 
 static void on_clock(uv_timer_t *t)
 {
-    (void)t;
-    clk.armed = 0;
-    uint64_t now = uv_now(clk.loop);
+    leg_clock_t *clk = container_of(t, leg_clock_t, timer);
+    clk->armed = 0;
+    uint64_t now = uv_now(clk->loop);
     leg_t *l;
     /* One at a time: a done() callback may finish or start other legs. */
-    while ((l = clock_earliest()) != NULL && l->deadline <= now) on_timeout(l);
-    if (l != NULL) {
-        if (!clk.armed || l->deadline < clk.due) clock_arm(l->deadline);
-        return;
-    }
-    clk.armed = 0;
-    clk.open = 0;
-    clk.closing = 1;
-    uv_close((uv_handle_t *)&clk.timer, on_clock_closed);
+    while ((l = clock_earliest(clk)) != NULL && l->deadline <= now) on_timeout(l);
+    if (l != NULL && (!clk->armed || l->deadline < clk->due)) clock_arm(clk, l->deadline);
 }
 
 static void on_conn(up_user_t *u, up_conn_t *uc)
@@ -266,14 +237,14 @@ void leg_init(leg_t *l)
     memset(l, 0, sizeof(*l));
 }
 
-void leg_start(leg_t *l, uv_loop_t *loop, up_pool_t *pool, int timeout_ms, int head_request)
+void leg_start(leg_t *l, leg_clock_t *clk, up_pool_t *pool, int timeout_ms, int head_request)
 {
     l->started = 1;
     l->t0_us = mm_now_us();
     l->user.ops = &leg_ops;
     l->user.no_body_expected = head_request;
     l->pool = pool;
-    clock_add(l, loop, timeout_ms); /* before up_acquire: done() may come from it */
+    clock_add(clk, l, timeout_ms); /* before up_acquire: done() may come from it */
     up_acquire(pool, &l->user);
 }
 

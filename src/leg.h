@@ -4,10 +4,11 @@
  * any answer byte is retried on another one, as the proxied request is. Mirrors (shadow_rt.c) and
  * fan-out requests (fanout.c) are made of legs; the client's own request streams instead (proxy.c).
  *
- * A leg owns no libuv handle: its timeout is a deadline checked by one timer
- * shared by every leg in flight (see leg.c), so a leg's memory may be freed
- * or reused as soon as done() has been called, and a leg can be started
- * again after leg_reuse() with the capacity of its buffers kept.
+ * A leg owns no libuv handle: its timeout is a deadline checked by the
+ * clock (leg_clock_t) it was started on, one timer shared by every leg in
+ * flight (see leg.c), so a leg's memory may be freed or reused as soon as
+ * done() has been called, and a leg can be started again after leg_reuse()
+ * with the capacity of its buffers kept. The server context owns the clock.
  */
 #ifndef MM_LEG_H
 #define MM_LEG_H
@@ -18,6 +19,34 @@
 #include "upstream.h"
 
 typedef struct leg_s leg_t;
+
+/* Distinct timeouts in flight with a queue each (mirror timeout_ms of each
+ * experiment, upstream timeout_ms of each fan-out arm). More share a queue,
+ * kept in order by insertion (a walk from the tail). */
+#define LEG_QUEUES 8
+
+typedef struct leg_queue_s {
+    int timeout_ms;
+    leg_t *head, *tail; /* by deadline, earliest first; empty: free for any timeout */
+} leg_queue_t;
+
+/* The deadlines of every leg started on one loop. Its timer is unreferenced:
+ * it never keeps the loop alive by itself (a leg in flight has an upstream
+ * connection, a connect or a busy pool behind it, which do). */
+typedef struct {
+    uv_loop_t *loop;
+    uv_timer_t timer;
+    int armed;    /* due is set: the timer fires then */
+    uint64_t due; /* loop time (ms) */
+    leg_queue_t q[LEG_QUEUES];
+} leg_clock_t;
+
+/* Open the clock on loop (its timer is initialised, unreferenced, idle). */
+void leg_clock_init(leg_clock_t *clk, uv_loop_t *loop);
+/* Close the clock's timer; the memory must stay until the loop has run the
+ * close callback. Call when no leg is in flight any more (the loop has run
+ * dry). A clock never opened (all zero) is left alone. */
+void leg_clock_close(leg_clock_t *clk);
 
 struct leg_s {
     /* set by the owner before leg_start */
@@ -43,14 +72,15 @@ struct leg_s {
     uint64_t t0_us;
     uint64_t deadline; /* loop time (ms) the leg times out */
     leg_t *qnext, *qprev;
-    struct leg_queue_s *queue; /* the deadline queue it waits in while in flight */
-    int retries;               /* resends after a stale keep-alive connection */
+    leg_queue_t *queue; /* the deadline queue it waits in while in flight */
+    int retries;        /* resends after a stale keep-alive connection */
 };
 
 void leg_init(leg_t *l);
-/* Acquire a connection from pool and run the exchange; done() follows,
- * possibly before leg_start returns. One event loop per process. */
-void leg_start(leg_t *l, uv_loop_t *loop, up_pool_t *pool, int timeout_ms, int head_request);
+/* Acquire a connection from pool and run the exchange, timed out by clk
+ * (on the pool's loop) after timeout_ms; done() follows, possibly before
+ * leg_start returns. */
+void leg_start(leg_t *l, leg_clock_t *clk, up_pool_t *pool, int timeout_ms, int head_request);
 /* After done() (or if never started): make the leg ready for another
  * leg_start. Results are cleared and the buffers emptied; their memory is
  * kept unless larger than keep_cap bytes. owner/done/keep_max are cleared too. */

@@ -7,7 +7,10 @@
  *
  * Shutdown (SIGTERM/SIGINT) stops accepting, lets in-flight requests finish
  * within drain_timeout_ms, then flushes the store and the request log and
- * lets the loop run dry. */
+ * lets the loop run dry. Mirrors still in flight then go on to their answer
+ * or deadline: the legs' clock does not keep the loop alive but their
+ * upstream connections do, so it is closed only in server_free, which also
+ * frees the shadow groups kept for reuse. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -208,6 +211,7 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
     uv_timer_init(loop, &srv->drain_timer);
     srv->tick_timer.data = srv->drain_timer.data = srv;
     uv_timer_start(&srv->tick_timer, on_tick, TICK_MS, TICK_MS);
+    leg_clock_init(&srv->legs, loop);
     if (feedback_start(srv) != 0) mm_log("cannot consume the Redis feedback stream");
     tick_experiments(srv); /* a canary starts at its first step at once */
     return 0;
@@ -217,6 +221,8 @@ err:
 
 void server_free(mm_server_t *srv)
 {
+    leg_clock_close(&srv->legs); /* its close callback comes with the loop's last run */
+    shadow_cache_free(&srv->shadows);
     if (srv->router) router_unref(srv->router);
     srv->router = NULL;
     if (srv->store) store_destroy(srv->store);

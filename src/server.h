@@ -10,8 +10,10 @@
 #include "buf.h"
 #include "config.h"
 #include "http.h"
+#include "leg.h"
 #include "metrics.h"
 #include "router.h"
+#include "shadow_rt.h"
 #include "store.h"
 #include "upstream.h"
 
@@ -33,8 +35,10 @@ typedef struct mm_server_s {
     uv_signal_t sig_hup, sig_term, sig_int;
     uv_timer_t tick_timer;
     uv_timer_t drain_timer;
-    conn_t *conns;  /* every open client connection (data and admin) */
-    size_t n_conns; /* data-plane connections, for max_connections */
+    leg_clock_t legs;       /* the deadlines of every mirror and fan-out leg in flight */
+    shadow_cache_t shadows; /* finished shadow groups kept for reuse */
+    conn_t *conns;          /* every open client connection (data and admin) */
+    size_t n_conns;         /* data-plane connections, for max_connections */
     uint64_t connections_total;
     uint64_t overload_rejects;
     int draining;

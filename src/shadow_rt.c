@@ -20,13 +20,15 @@
  * (a group is half a dozen buffers that otherwise grow from nothing by
  * realloc for every request). The cache is bounded in groups and bytes, and
  * a buffer that grew past SHADOW_CACHE_BUF is freed rather than kept, so
- * memory falls back after a burst of large requests. Like the legs' clock it
- * is static: groups outlive requests and connections, and there is one event
- * loop per process. A group holds a router reference only while in use. */
+ * memory falls back after a burst of large requests. Groups outlive requests
+ * and connections, so the cache, like the legs' clock, is the server
+ * context's (srv->shadows), and is freed with it. A group holds a router
+ * reference only while in use. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "leg.h"
+#include "proxy_internal.h"
 #include "reqlog.h"
 #include "shadow_rt.h"
 
@@ -71,23 +73,17 @@ struct shadow_group_s {
     mirror_t m[]; /* cap allocated, n used by this request */
 };
 
-static struct {
-    shadow_group_t *head;
-    int n;
-    size_t bytes;
-} cache;
-
 static void group_complete(shadow_group_t *g);
 
 /* A group with room for `want` mirrors: from the cache when its first group
  * is large enough (experiments mirror to a fixed set of arms). */
-static shadow_group_t *group_get(int want)
+static shadow_group_t *group_get(shadow_cache_t *cache, int want)
 {
-    shadow_group_t *g = cache.head;
+    shadow_group_t *g = cache->head;
     if (g != NULL && g->cap >= want) {
-        cache.head = g->next_free;
-        cache.n--;
-        cache.bytes -= g->kept;
+        cache->head = g->next_free;
+        cache->n--;
+        cache->bytes -= g->kept;
         return g;
     }
     g = calloc(1, sizeof(*g) + (size_t)want * sizeof(mirror_t)); /* legs and buffers zeroed */
@@ -104,6 +100,17 @@ static void group_free(shadow_group_t *g)
     free(g);
 }
 
+void shadow_cache_free(shadow_cache_t *cache)
+{
+    shadow_group_t *g;
+    while ((g = cache->head) != NULL) {
+        cache->head = g->next_free;
+        group_free(g);
+    }
+    cache->n = 0;
+    cache->bytes = 0;
+}
+
 static size_t buf_keep(mm_buf_t *b)
 {
     if (b->cap > SHADOW_CACHE_BUF)
@@ -117,20 +124,21 @@ static size_t buf_keep(mm_buf_t *b)
  * reference and keep it for reuse, or free it when the cache is full. */
 static void group_release(shadow_group_t *g)
 {
+    shadow_cache_t *cache = &g->srv->shadows;
     router_unref(g->router);
     g->router = NULL;
     size_t kept = buf_keep(&g->url) + buf_keep(&g->body) + buf_keep(&g->p_body);
     for (int i = 0; i < g->n; i++) leg_reuse(&g->m[i].leg, SHADOW_CACHE_BUF);
     for (int i = 0; i < g->cap; i++) kept += g->m[i].leg.head.cap + g->m[i].leg.resp.cap;
-    if (cache.n >= SHADOW_CACHE_GROUPS || cache.bytes + kept > SHADOW_CACHE_BYTES) {
+    if (cache->n >= SHADOW_CACHE_GROUPS || cache->bytes + kept > SHADOW_CACHE_BYTES) {
         group_free(g);
         return;
     }
     g->kept = kept;
-    g->next_free = cache.head;
-    cache.head = g;
-    cache.n++;
-    cache.bytes += kept;
+    g->next_free = cache->head;
+    cache->head = g;
+    cache->n++;
+    cache->bytes += kept;
 }
 
 void shadow_prepare(conn_t *c)
@@ -138,7 +146,7 @@ void shadow_prepare(conn_t *c)
     req_t *r = &c->req;
     if (r->choice.n_mirrors <= 0) return;
     int want = r->choice.n_mirrors < MM_MAX_ARMS ? r->choice.n_mirrors : MM_MAX_ARMS;
-    shadow_group_t *g = group_get(want);
+    shadow_group_t *g = group_get(&c->srv->shadows, want);
     if (g == NULL) {
         for (int i = 0; i < r->choice.n_mirrors; i++)
             r->exp->metrics->arms[r->choice.mirrors[i]].shadow[SHADOW_DROPPED]++;
@@ -216,7 +224,7 @@ void shadow_start(conn_t *c)
         l->owner = m;
         g->exp->mirror_inflight[m->arm]++;
         g->pending++;
-        leg_start(l, g->srv->loop, g->exp->pools[m->arm], lim->timeout_ms, g->head_request);
+        leg_start(l, &g->srv->legs, g->exp->pools[m->arm], lim->timeout_ms, g->head_request);
     }
 }
 
