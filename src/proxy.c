@@ -411,6 +411,9 @@ static void send_error(conn_t *c, int status, const char *code, const char *msg)
     }
     stop_reading(c);
     conn_no_deadline(c);
+    /* Nothing more of this connection is parsed until the answer is out:
+     * conn_process must not take the rest of an unread body for a new head. */
+    c->phase = C_WAIT;
     r->status = status;
     /* The connection stays usable only if the request was read entirely. */
     if (!c->msg_done || status == 408 || status == 400 || status == 431) r->keep_alive = 0;

@@ -152,6 +152,30 @@ class Shutdown(Lifecycle):
                                              {"champion": 1, "challenger": 1}))
         self.assertLess(self.sigterm_and_wait(mm, 5), 1.0)
 
+    def test_error_answered_at_the_head_does_not_parse_the_unread_body_as_a_request(self):
+        # A 404 decided from the head while the body is still unread: the
+        # body bytes used to be parsed on, the same head seen again, and the
+        # request's router reference leaked (LeakSanitizer at exit).
+        champion, _ = self.two_servers()
+        port = mmtest.free_port()
+        cfg = mmtest.base_config(port, {"champion": champion.port},
+                                 [{"name": "only", "match": {"path_prefix": "/v1"}, "policy": "ab",
+                                   "arms": {"champion": 1}}])
+        mm = self.cluster.modelmux(cfg)
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b'POST /elsewhere HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\n\r\n{"a":1}')
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        s.close()
+        self.assertEqual(got.count(b"HTTP/1.1 "), 1, got)
+        self.assertTrue(got.startswith(b"HTTP/1.1 404"), got)
+        self.assertIn(b'"no_route"', got)
+        self.assertLess(self.sigterm_and_wait(mm, 5), 1.0)
+
     def test_sigterm_while_idle_exits_0_promptly(self):
         # idle after a request: the pool holds a keep-alive connection to a
         # model server that is still up, which must not keep modelmux alive
