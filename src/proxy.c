@@ -598,9 +598,11 @@ static void on_request_head(conn_t *c)
         policy_req_t preq;
         mm_str_t method = {r->method, r->method_len};
         router_request_view(r->exp, method, url, h, base, &preq);
-        router_choose(r->exp, &preq, &srv->rng, mm_now_ms(), &r->choice);
+        /* Millisecond decisions use the loop's clock: no clock read. */
+        uint64_t now_ms = uv_now(srv->loop);
+        router_choose(r->exp, &preq, &srv->rng, now_ms, &r->choice);
         r->chosen = r->arm = r->choice.primary;
-        if (r->arm != 0 && up_pool_ejected(r->exp->pools[r->arm], mm_now_ms())) {
+        if (r->arm != 0 && up_pool_ejected(r->exp->pools[r->arm], now_ms)) {
             r->exp->metrics->arms[r->arm].fallbacks++;
             r->arm = 0; /* an ejected challenger: the champion answers */
         }
@@ -752,7 +754,7 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
     r->status = resp->status;
     r->responding = 1;
     r->t_first_byte_us = mm_now_us();
-    up_pool_observe(r->pool, resp->status, mm_now_ms());
+    up_pool_observe(r->pool, resp->status, uv_now(c->srv->loop));
     conn_no_deadline(c);
 
     int client_11 = r->http_minor >= 1;
@@ -851,7 +853,7 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
         conn_close(c);
         return;
     }
-    if (kind != UP_ERR_OVERFLOW) up_pool_observe(r->pool, 0, mm_now_ms());
+    if (kind != UP_ERR_OVERFLOW) up_pool_observe(r->pool, 0, uv_now(r->conn->srv->loop));
     store_error(c->srv->store, r->exp->state, r->arm);
     if (reused && r->replayable && r->retries < MAX_RETRIES) {
         /* The model server closed a keep-alive connection as we reused it. */
@@ -921,7 +923,7 @@ static void req_finish(conn_t *c)
         const policy_ops_t *ops = r->exp->cfg->ops;
         if (ops->on_response && r->exp->state->control.state == EXP_RUNNING) {
             void *pol = r->exp->cfg->policy;
-            uint64_t now = mm_now_ms();
+            uint64_t now = uv_now(srv->loop);
             /* The chosen arm failed us (unreachable, ejected): it must count
              * as an error for its analysis, not hide behind the fallback. */
             if (r->chosen != r->arm) ops->on_response(pol, r->chosen, 0, latency, now);

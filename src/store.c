@@ -213,10 +213,14 @@ static void req_unlink_head(store_t *s)
     free(e);
 }
 
+static void req_prune_at(store_t *s, size_t max, uint64_t now)
+{
+    while (max-- > 0 && s->fifo_head != NULL && s->fifo_head->expires_ms <= now) req_unlink_head(s);
+}
+
 void store_req_prune(store_t *s, size_t max)
 {
-    uint64_t now = mm_now_ms();
-    while (max-- > 0 && s->fifo_head != NULL && s->fifo_head->expires_ms <= now) req_unlink_head(s);
+    req_prune_at(s, max, mm_now_ms());
 }
 
 static void req_grow(store_t *s)
@@ -236,9 +240,9 @@ static void req_grow(store_t *s)
 }
 
 /* Returns 0, or -1 without memory (the id is then simply not remembered). */
-static int req_insert(store_t *s, mm_str_t id, uint32_t pair, uint64_t expires_ms)
+static int req_insert(store_t *s, mm_str_t id, uint32_t pair, uint64_t now, uint64_t expires_ms)
 {
-    store_req_prune(s, PRUNE_PER_CALL);
+    req_prune_at(s, PRUNE_PER_CALL, now);
     while (s->n_entries >= s->req_cap && s->fifo_head != NULL) {
         req_unlink_head(s);
         s->req_evicted++;
@@ -644,8 +648,9 @@ uint64_t store_resets(const exp_state_t *e)
 
 static void remember_pair(store_t *s, mm_str_t request_id, uint32_t pair, int ttl_s)
 {
-    uint64_t expires = mm_now_ms() + (uint64_t)ttl_s * 1000u;
-    req_insert(s, request_id, pair, expires);
+    uint64_t now = mm_now_ms();
+    uint64_t expires = now + (uint64_t)ttl_s * 1000u;
+    req_insert(s, request_id, pair, now, expires);
     if (s->redis) store_redis_remember(s->redis, request_id.p, request_id.n, pair, expires);
 }
 
