@@ -14,12 +14,13 @@
  * ids come from clients, so a plain hash could be flooded) plus a FIFO in
  * insertion order. Expired entries are pruned from the FIFO head a few at a
  * time on every insert (and by the Redis sync timer); the map holds at most
- * req_cap entries (1M by default, about 100 MB with 32-character ids) and
+ * req_cap entries (1M by default, about 80 MB with 32-character ids) and
  * evicts the oldest beyond that, counting evictions. Because TTLs differ per
  * experiment the FIFO is only roughly in expiry order, so a lookup checks the
  * expiry itself; an entry with a short TTL behind one with a long TTL lingers
- * until it reaches the head, bounded by the cap. One malloc per remembered
- * id: simpler than a slab, and cheap next to the request it belongs to.
+ * until it reaches the head, bounded by the cap. Entries are only ever freed
+ * from the head, oldest first, so they are stored in a queue of 64 KiB
+ * blocks (req_alloc / req_free_oldest): no malloc per remembered id.
  *
  * Per-request data (store_put_aux: interleave attribution) has a map of its
  * own, built the same way but with a doubly linked FIFO, because a click
@@ -201,6 +202,47 @@ static int valid_reqid(mm_str_t id)
     return mm_valid_reqid(id.p, id.n);
 }
 
+/* Room for an entry of `size` bytes at the young end, or NULL. */
+static req_ent_t *req_alloc(store_t *s, size_t size)
+{
+    size = (size + 7) & ~(size_t)7;
+    req_block_t *b = s->blk_tail;
+    if (b == NULL || REQ_BLOCK_BYTES - b->used < size) {
+        req_block_t *nb = s->blk_spare;
+        if (nb != NULL)
+            s->blk_spare = NULL;
+        else if ((nb = malloc(sizeof(*nb))) == NULL)
+            return NULL;
+        nb->next = NULL;
+        nb->used = nb->live = 0;
+        if (b)
+            b->next = nb;
+        else
+            s->blk_head = nb;
+        s->blk_tail = b = nb;
+    }
+    req_ent_t *e = (req_ent_t *)(void *)(b->data + b->used);
+    b->used += size;
+    b->live++;
+    return e;
+}
+
+/* The oldest entry is gone: it was in the head block. */
+static void req_free_oldest(store_t *s)
+{
+    req_block_t *b = s->blk_head;
+    if (--b->live > 0) return;
+    if (b == s->blk_tail) { /* the only block: start it over */
+        b->used = 0;
+        return;
+    }
+    s->blk_head = b->next;
+    if (s->blk_spare == NULL)
+        s->blk_spare = b;
+    else
+        free(b);
+}
+
 static void req_unlink_head(store_t *s)
 {
     req_ent_t *e = s->fifo_head;
@@ -210,7 +252,7 @@ static void req_unlink_head(store_t *s)
     s->fifo_head = e->fnext;
     if (s->fifo_head == NULL) s->fifo_tail = NULL;
     s->n_entries--;
-    free(e);
+    req_free_oldest(s);
 }
 
 static void req_prune_at(store_t *s, size_t max, uint64_t now)
@@ -248,7 +290,7 @@ static int req_insert(store_t *s, mm_str_t id, uint32_t pair, uint64_t now, uint
         s->req_evicted++;
     }
     if (s->n_entries >= s->n_buckets && s->n_buckets < s->req_cap) req_grow(s);
-    req_ent_t *e = malloc(sizeof(*e) + id.n);
+    req_ent_t *e = req_alloc(s, sizeof(*e) + id.n);
     if (e == NULL) return -1;
     memcpy(e->id, id.p, id.n);
     e->idlen = (uint8_t)id.n;
@@ -752,11 +794,12 @@ void store_free_final(store_t *s)
         s->zombies = z->zombie_next;
         store_exp_free(z);
     }
-    while (s->fifo_head) {
-        req_ent_t *e = s->fifo_head;
-        s->fifo_head = e->fnext;
-        free(e);
+    while (s->blk_head) {
+        req_block_t *b = s->blk_head;
+        s->blk_head = b->next;
+        free(b);
     }
+    free(s->blk_spare);
     free(s->buckets);
     while (s->aux_head) {
         aux_ent_t *e = s->aux_head;

@@ -39,6 +39,18 @@ typedef struct req_ent_s {
     char id[];
 } req_ent_t;
 
+/* Request-id entries are freed in the order they were allocated (the FIFO
+ * only ever loses its head), so they live in a queue of blocks: allocation
+ * bumps the tail block, freeing counts down the head block, and an emptied
+ * block is kept for reuse. No malloc per request, entries packed. */
+#define REQ_BLOCK_BYTES (64u * 1024u)
+typedef struct req_block_s {
+    struct req_block_s *next; /* younger block */
+    size_t used;              /* bytes handed out from data */
+    size_t live;              /* entries not yet freed */
+    _Alignas(8) char data[REQ_BLOCK_BYTES];
+} req_block_t;
+
 /* One request's data (store_put_aux). A FIFO in insertion order, doubly
  * linked because a rewrite replaces an entry in the middle. */
 typedef struct aux_ent_s {
@@ -108,6 +120,8 @@ struct store_s {
     size_t n_entries;
     size_t req_cap;
     req_ent_t *fifo_head, *fifo_tail;
+    req_block_t *blk_head, *blk_tail; /* entry storage, oldest block first */
+    req_block_t *blk_spare;           /* one emptied block kept for reuse */
     uint64_t req_evicted;
     uint64_t hash_key[2]; /* SipHash key: ids come from clients */
 

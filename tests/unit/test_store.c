@@ -344,6 +344,41 @@ static void test_map_cap_evicts_oldest(void **state)
     assert_string_equal(lookup(f->s, "id-1499").info.arm, "champion");
 }
 
+/* Entries live in a queue of blocks (store_internal.h): evicting the oldest
+ * while adding must recycle blocks, keep every live id findable with its own
+ * arm, and keep the storage bounded by what is live. */
+static void test_evictions_recycle_entry_blocks(void **state)
+{
+    fixture_t *f = *state;
+    const size_t cap = 5000;
+    f->s->req_cap = cap;
+    char id[MM_REQID_MAX + 1];
+    const int n = 200000;
+    for (int i = 0; i < n; i++) {
+        int len = snprintf(id, sizeof(id), "%d-", i);
+        int want = 1 + (i * 37) % MM_REQID_MAX; /* 1 to 128 characters */
+        while (len < want) id[len++] = 'a' + (char)(i % 26);
+        id[want < len ? len : want] = '\0';
+        store_remember(f->s, (mm_str_t){id, strlen(id)}, "recs", i % 3 ? "champion" : "b", 60);
+    }
+    store_stats_t st;
+    store_get_stats(f->s, &st);
+    assert_int_equal(st.req_entries, cap);
+    size_t blocks = 0;
+    for (const req_block_t *b = f->s->blk_head; b != NULL; b = b->next) blocks++;
+    /* live entries take at most cap * (header + 128) bytes, plus a partly used block at each end */
+    assert_true(blocks <= cap * (sizeof(req_ent_t) + MM_REQID_MAX + 8) / REQ_BLOCK_BYTES + 2);
+    for (int i = n - (int)cap - 3; i < n; i++) {
+        int len = snprintf(id, sizeof(id), "%d-", i);
+        int want = 1 + (i * 37) % MM_REQID_MAX;
+        while (len < want) id[len++] = 'a' + (char)(i % 26);
+        id[want < len ? len : want] = '\0';
+        lookup_result_t r = lookup(f->s, id);
+        assert_int_equal(r.found, i >= n - (int)cap);
+        if (r.found) assert_string_equal(r.info.arm, i % 3 ? "champion" : "b");
+    }
+}
+
 static void test_many_ids_grow_the_table(void **state)
 {
     fixture_t *f = *state;
@@ -578,6 +613,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_remembered_ids_expire, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_cap_evicts_oldest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_evictions_recycle_entry_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_ids_grow_the_table, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_calls_done, setup, teardown),
         cmocka_unit_test_setup_teardown(test_add_applies_arbitrary_deltas, setup, teardown),
