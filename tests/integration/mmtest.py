@@ -188,6 +188,18 @@ def request(port, method, path, body=None, headers=None, timeout=10.0):
         conn.close()
 
 
+def metric_samples(admin_port, name, *labels):
+    """Samples of Prometheus metric `name` from /metrics: {(values of `labels`,
+    in that order): float}."""
+    text = request(admin_port, "GET", "/metrics")[2].decode()
+    got = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            head, value = line.rsplit(" ", 1)
+            got[tuple(head.split(k + '="', 1)[1].split('"', 1)[0] for k in labels)] = float(value)
+    return got
+
+
 def raw(port, data, timeout=3.0, shutdown=False):
     """Send raw bytes, read until close or timeout; returns bytes."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)

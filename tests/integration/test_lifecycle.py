@@ -162,15 +162,8 @@ class Shutdown(Lifecycle):
                                  [{"name": "only", "match": {"path_prefix": "/v1"}, "policy": "ab",
                                    "arms": {"champion": 1}}])
         mm = self.cluster.modelmux(cfg)
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
-        s.sendall(b'POST /elsewhere HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\n\r\n{"a":1}')
-        got = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            got += chunk
-        s.close()
+        got = mmtest.raw(port, b'POST /elsewhere HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\n\r\n{"a":1}',
+                         timeout=5)
         self.assertEqual(got.count(b"HTTP/1.1 "), 1, got)
         self.assertTrue(got.startswith(b"HTTP/1.1 404"), got)
         self.assertIn(b'"no_route"', got)
@@ -395,16 +388,8 @@ class Shadow(Lifecycle):
                 conn.close()
 
         def outcomes():
-            text = mmtest.request(admin, "GET", "/metrics")[2].decode()
-            got = {}
-            for line in text.splitlines():
-                if line.startswith("modelmux_shadow_total{"):
-                    labels, value = line.rsplit(" ", 1)
-                    key = tuple(labels.split(k + '="')[1].split('"')[0]
-                                for k in ("experiment", "arm", "outcome"))
-                    if float(value):
-                        got[key] = int(float(value))
-            return got
+            samples = mmtest.metric_samples(admin, "modelmux_shadow_total", "experiment", "arm", "outcome")
+            return {k: int(v) for k, v in samples.items() if v}
 
         half = threads * per_thread // 2
         for wave in (1, 2):  # the second wave runs on groups the first one left for reuse

@@ -89,14 +89,7 @@ class ShadowComparison(mmtest.MMTestCase):
                              (200, "champion", 0.7))
 
         def outcomes():
-            text = mmtest.request(admin, "GET", "/metrics")[2].decode()
-            got = {}
-            for line in text.splitlines():
-                if line.startswith("modelmux_shadow_total{"):
-                    labels, value = line.rsplit(" ", 1)
-                    arm = labels.split('arm="')[1].split('"')[0]
-                    outcome = labels.split('outcome="')[1].split('"')[0]
-                    got[(arm, outcome)] = float(value)
+            got = mmtest.metric_samples(admin, "modelmux_shadow_total", "arm", "outcome")
             done = sum(v for (a, o), v in got.items() if o != "dropped")
             return got if done >= 40 else None
 
