@@ -108,22 +108,13 @@ static inline unsigned char ascii_lower(char ch)
     return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c; /* no locale lookup */
 }
 
-/* 1 if the comma-separated list names `name` (case-insensitive). */
-static int token_listed(mm_str_t list, mm_str_t name)
+/* Two header names (or a name and a token) equal, case-insensitively. */
+static int same_name(mm_str_t a, mm_str_t b)
 {
-    size_t i = 0;
-    while (i < list.n) {
-        size_t j = i;
-        while (j < list.n && list.p[j] != ',') j++;
-        mm_str_t t = http_trim((mm_str_t){list.p + i, j - i});
-        if (t.n == name.n && t.n > 0) {
-            size_t k = 0;
-            while (k < t.n && ascii_lower(t.p[k]) == ascii_lower(name.p[k])) k++;
-            if (k == t.n) return 1;
-        }
-        i = j + 1;
-    }
-    return 0;
+    if (a.n != b.n) return 0;
+    for (size_t k = 0; k < a.n; k++)
+        if (ascii_lower(a.p[k]) != ascii_lower(b.p[k])) return 0;
+    return 1;
 }
 
 static inline uint64_t load64(const char *p)
@@ -214,12 +205,6 @@ http_kind_t http_kind_of(mm_str_t name)
     return HK_OTHER;
 }
 
-int http_is_hop_by_hop(mm_str_t name, mm_str_t connection)
-{
-    return http_kind_is_hop(http_kind_of(name)) ||
-           (connection.n > 0 && token_listed(connection, name));
-}
-
 void http_head_index(http_head_t *h, const char *base)
 {
     for (int k = 0; k < HK_COUNT; k++) h->first[k] = -1;
@@ -246,9 +231,7 @@ void http_head_index(http_head_t *h, const char *base)
             i = j + 1;
             if (t.n == 0 || (t.n == 10 && name_is(t, "keep-alive"))) continue;
             for (int k = 0; k < h->n; k++)
-                if (!h->dropped[k] && h->h[k].name_len == t.n &&
-                    token_listed(t, http_hname(h, base, k)))
-                    h->dropped[k] = 1;
+                if (!h->dropped[k] && same_name(t, http_hname(h, base, k))) h->dropped[k] = 1;
         }
     }
 }

@@ -104,10 +104,6 @@ static inline int http_known(const http_head_t *h, http_kind_t k)
     return h->first[k];
 }
 
-/* Headers a proxy must not forward (RFC 9110 §7.6.1) plus the ones modelmux
- * sets itself. `connection` is the value of the Connection header (tokens
- * listed there are hop-by-hop too); may be empty. */
-int http_is_hop_by_hop(mm_str_t name, mm_str_t connection);
 /* 1 if the comma-separated header value contains `token` (lowercase). */
 int http_has_token(mm_str_t value, const char *token);
 

@@ -165,16 +165,11 @@ static void on_sent(up_user_t *u, up_conn_t *uc)
 
 void leg_content_type(const up_resp_t *resp, char *out, size_t size)
 {
-    const http_head_t *h = resp->head;
-    for (int i = 0; i < h->n; i++) {
-        if (h->h[i].name_len != sizeof("content-type") - 1) continue;
-        if (!mm_str_ieq(http_hname(h, resp->base, i), "content-type")) continue;
-        mm_str_t v = http_hvalue(h, resp->base, i);
-        size_t n = v.n < size - 1 ? v.n : size - 1;
-        memcpy(out, v.p, n);
-        out[n] = '\0';
-        return;
-    }
+    int i = http_known(resp->head, HK_CONTENT_TYPE); /* the head is indexed (upstream.c) */
+    mm_str_t v = i >= 0 ? http_hvalue(resp->head, resp->base, i) : (mm_str_t){"", 0};
+    size_t n = v.n < size - 1 ? v.n : size - 1;
+    memcpy(out, v.p, n);
+    out[n] = '\0';
 }
 
 static void on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)

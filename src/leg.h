@@ -90,8 +90,7 @@ void leg_reuse(leg_t *l, size_t keep_cap);
 void leg_free(leg_t *l);
 
 /* Copy an answer's Content-Type value into out (NUL-terminated, cut to
- * size - 1 bytes); out is left alone when there is none. Looks at names of
- * the right length only: called for every mirror and its primary. */
+ * size - 1 bytes; empty when there is none), from the head's index. */
 void leg_content_type(const up_resp_t *resp, char *out, size_t size);
 
 /* The request head for a leg: METHOD base_path+url HTTP/1.1, Host, the

@@ -853,7 +853,7 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
         conn_close(c);
         return;
     }
-    if (kind != UP_ERR_OVERFLOW) up_pool_observe(r->pool, 0, uv_now(r->conn->srv->loop));
+    if (kind != UP_ERR_OVERFLOW) up_pool_observe(r->pool, 0, uv_now(c->srv->loop));
     store_error(c->srv->store, r->exp->state, r->arm);
     if (reused && r->replayable && r->retries < MAX_RETRIES) {
         /* The model server closed a keep-alive connection as we reused it. */
@@ -974,7 +974,7 @@ static void local_dispatch(conn_t *c)
     req_t *r = &c->req;
     mm_local_req_t lr;
     lr.conn = c;
-    lr.method = (mm_str_t){r->method, strlen(r->method)};
+    lr.method = (mm_str_t){r->method, r->method_len};
     lr.url = (mm_str_t){r->url.p, r->url.len};
     lr.path = http_url_path(lr.url);
     lr.body = (mm_str_t){r->local_body.p ? r->local_body.p : "", r->local_body.len};
