@@ -595,6 +595,7 @@ static void on_request_head(conn_t *c)
             send_error(c, 404, "no_route", "no experiment matches this request");
             return;
         }
+        r->id_key = store_req_key(srv->store, (mm_str_t){r->id, r->id_len});
         policy_req_t preq;
         mm_str_t method = {r->method, r->method_len};
         router_request_view(r->exp, method, url, h, base, &preq);
@@ -917,8 +918,8 @@ static void req_finish(conn_t *c)
         if (r->status != 0 && r->status != 499) {
             store_pull(srv->store, r->exp->state, r->arm);
             if (r->status >= 500) store_error(srv->store, r->exp->state, r->arm);
-            store_remember_arm(srv->store, r->exp->state, r->merged ? STORE_ARM_INTERLEAVE : r->arm,
-                               (mm_str_t){r->id, r->id_len}, r->exp->cfg->feedback_ttl_s);
+            store_remember_key(srv->store, r->exp->state, r->merged ? STORE_ARM_INTERLEAVE : r->arm,
+                               (mm_str_t){r->id, r->id_len}, r->id_key, r->exp->cfg->feedback_ttl_s);
         }
         const policy_ops_t *ops = r->exp->cfg->ops;
         if (ops->on_response && r->exp->state->control.state == EXP_RUNNING) {

@@ -31,6 +31,7 @@ typedef struct {
     shadow_group_t *shadow;
     char id[MM_REQID_MAX + 1];
     size_t id_len;
+    uint64_t id_key; /* store_req_key of id, once routed */
     char method[24];
     size_t method_len;
     int http_minor;

@@ -282,7 +282,8 @@ static void req_grow(store_t *s)
 }
 
 /* Returns 0, or -1 without memory (the id is then simply not remembered). */
-static int req_insert(store_t *s, mm_str_t id, uint32_t pair, uint64_t now, uint64_t expires_ms)
+static int req_insert(store_t *s, mm_str_t id, uint64_t hash, uint32_t pair, uint64_t now,
+                      uint64_t expires_ms)
 {
     req_prune_at(s, PRUNE_PER_CALL, now);
     while (s->n_entries >= s->req_cap && s->fifo_head != NULL) {
@@ -296,7 +297,7 @@ static int req_insert(store_t *s, mm_str_t id, uint32_t pair, uint64_t now, uint
     e->idlen = (uint8_t)id.n;
     e->pair = pair;
     e->expires_ms = expires_ms;
-    e->hash = siphash(s->hash_key, id.p, id.n);
+    e->hash = hash;
     req_ent_t **b = &s->buckets[e->hash & (s->n_buckets - 1)];
     e->hnext = *b;
     *b = e;
@@ -688,11 +689,11 @@ uint64_t store_resets(const exp_state_t *e)
 
 /* ---- feedback mapping ---- */
 
-static void remember_pair(store_t *s, mm_str_t request_id, uint32_t pair, int ttl_s)
+static void remember_pair(store_t *s, mm_str_t request_id, uint64_t hash, uint32_t pair, int ttl_s)
 {
     uint64_t now = mm_now_ms();
     uint64_t expires = now + (uint64_t)ttl_s * 1000u;
-    req_insert(s, request_id, pair, now, expires);
+    req_insert(s, request_id, hash, pair, now, expires);
     if (s->redis) store_redis_remember(s->redis, request_id.p, request_id.n, pair, expires);
 }
 
@@ -701,10 +702,25 @@ void store_remember(store_t *s, mm_str_t request_id, const char *experiment, con
 {
     if (ttl_s <= 0 || !valid_reqid(request_id)) return;
     uint32_t pair = pair_intern(s, experiment, arm);
-    if (pair != UINT32_MAX) remember_pair(s, request_id, pair, ttl_s);
+    if (pair != UINT32_MAX)
+        remember_pair(s, request_id, siphash(s->hash_key, request_id.p, request_id.n), pair, ttl_s);
+}
+
+uint64_t store_req_key(const store_t *s, mm_str_t request_id)
+{
+    uint64_t h = siphash(s->hash_key, request_id.p, request_id.n);
+    __builtin_prefetch(&s->buckets[h & (s->n_buckets - 1)], 1);
+    return h;
 }
 
 void store_remember_arm(store_t *s, exp_state_t *e, int arm, mm_str_t request_id, int ttl_s)
+{
+    store_remember_key(s, e, arm, request_id, siphash(s->hash_key, request_id.p, request_id.n),
+                       ttl_s);
+}
+
+void store_remember_key(store_t *s, exp_state_t *e, int arm, mm_str_t request_id, uint64_t key,
+                        int ttl_s)
 {
     store_exp_t *x = container_of(e, store_exp_t, pub);
     size_t slot = arm == STORE_ARM_INTERLEAVE ? MM_MAX_ARMS : (size_t)arm;
@@ -716,7 +732,7 @@ void store_remember_arm(store_t *s, exp_state_t *e, int arm, mm_str_t request_id
         if (pair == UINT32_MAX) return;
         x->pair_of[slot] = pair + 1;
     }
-    remember_pair(s, request_id, x->pair_of[slot] - 1, ttl_s);
+    remember_pair(s, request_id, key, x->pair_of[slot] - 1, ttl_s);
 }
 
 void store_lookup(store_t *s, mm_str_t request_id, store_lookup_cb cb, void *arg)

@@ -93,6 +93,12 @@ void store_remember(store_t *s, mm_str_t request_id, const char *experiment, con
  * the client's or made its own. */
 #define STORE_ARM_INTERLEAVE (-1)
 void store_remember_arm(store_t *s, exp_state_t *e, int arm, mm_str_t request_id, int ttl_s);
+/* The request's key in the local map, computed when its head is read and
+ * passed to store_remember_key when it ends: the map's bucket is fetched into
+ * the cache meanwhile (on a grown map that read is a cache miss per request). */
+uint64_t store_req_key(const store_t *s, mm_str_t request_id);
+void store_remember_key(store_t *s, exp_state_t *e, int arm, mm_str_t request_id, uint64_t key,
+                        int ttl_s);
 /* Resolve a request id: synchronously from the local map when possible,
  * else (Redis) asynchronously. cb is always called exactly once, synchronously
  * with "not found" when Redis is down. */
