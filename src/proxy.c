@@ -656,7 +656,6 @@ static void dispatch(conn_t *c)
         send_error(c, 503, "overloaded", "out of memory");
         return;
     }
-    r->t_up_us = mm_now_us();
     up_acquire(r->pool, &r->user);
 }
 
@@ -754,7 +753,6 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
     const exp_rt_t *e = r->exp;
     r->status = resp->status;
     r->responding = 1;
-    r->t_first_byte_us = mm_now_us();
     up_pool_observe(r->pool, resp->status, uv_now(c->srv->loop));
     conn_no_deadline(c);
 

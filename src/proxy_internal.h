@@ -59,7 +59,7 @@ typedef struct {
     int status;
     uint64_t body_in;   /* request body bytes (de-chunked) */
     uint64_t bytes_out; /* answer body bytes */
-    uint64_t t0_us, t_up_us, t_first_byte_us;
+    uint64_t t0_us;
 } req_t;
 
 struct conn_s {

@@ -691,7 +691,9 @@ uint64_t store_resets(const exp_state_t *e)
 
 static void remember_pair(store_t *s, mm_str_t request_id, uint64_t hash, uint32_t pair, int ttl_s)
 {
-    uint64_t now = mm_now_ms();
+    /* The loop's clock (read once per iteration): a TTL of seconds does not
+     * need a clock read per request. */
+    uint64_t now = uv_now(s->loop);
     uint64_t expires = now + (uint64_t)ttl_s * 1000u;
     req_insert(s, request_id, hash, pair, now, expires);
     if (s->redis) store_redis_remember(s->redis, request_id.p, request_id.n, pair, expires);
