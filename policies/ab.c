@@ -126,11 +126,11 @@ static int parse_arms(ab_t *ab, const json_t *exp, policy_parse_t *pp)
         } else if (idx >= MM_MAX_ARMS || (size_t)idx != ab->n_arms) {
             rc = policy_error(pp, ptr, "arm \"%s\" declared twice", key);
         } else if (!json_is_number(val)) {
-            rc = policy_error(pp, ptr, "weight must be a number >= 0");
+            rc = policy_error(pp, ptr, "weight must be a number in [0, 1e9]");
         } else {
             double w = json_number_value(val);
-            if (!(w >= 0.0) || !isfinite(w))
-                rc = policy_error(pp, ptr, "weight must be >= 0, got %g", w);
+            if (!(w >= 0.0) || !(w <= MM_WEIGHT_MAX))
+                rc = policy_error(pp, ptr, "weight must be in [0, 1e9], got %g", w);
             else {
                 snprintf(ab->names[idx], sizeof(ab->names[idx]), "%s", key);
                 ab->weights[idx] = w;

@@ -19,6 +19,10 @@
 #include "../src/common.h"
 #include "../src/rng.h"
 
+/* Weights (ab arms, PUT weights) are relative numbers in [0, MM_WEIGHT_MAX]:
+ * a bound keeps their sum finite, so shares stay what the ratios say. */
+#define MM_WEIGHT_MAX 1e9
+
 /* Per-arm statistics, as kept in the store (DESIGN.md §6 arm hash). The view
  * a policy sees is the shared global snapshot plus this instance's not yet
  * flushed increments, so decisions use everything known. */

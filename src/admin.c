@@ -26,6 +26,7 @@
  * unknown paths included, answers 401 first, so the API's shape is not
  * disclosed to callers without the token. */
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -285,8 +286,9 @@ static void put_weights(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
             goto out;
         }
         double x = json_number_value(val);
-        if (!isfinite(x) || x < 0.0) {
-            reply_errorf(r->conn, 400, "bad_request", "the weight of arm %s must be >= 0", key);
+        if (!(x >= 0.0 && x <= MM_WEIGHT_MAX)) {
+            reply_errorf(r->conn, 400, "bad_request", "the weight of arm %s must be in [0, 1e9]",
+                         key);
             goto out;
         }
         w[i] = x;
@@ -383,6 +385,9 @@ static void reload(mm_server_t *srv, const mm_local_req_t *r)
 {
     if (expect_no_params(r) < 0) return;
     char err[1024];
+    /* In a --workers group the parent passes the reload on to the other
+     * workers, which reload while this one does. */
+    if (srv->group_parent > 1) kill(srv->group_parent, SIGHUP);
     if (server_reload(srv, err, sizeof(err)) != 0) {
         conn_respond_error(r->conn, 400, "bad_request", err);
         return;

@@ -567,6 +567,12 @@ static int get_addr(cx_t *cx, const json_t *obj, const char *objptr, const char 
                 dotted(cx, p, d, sizeof(d)), show(json_object_get(obj, key), g, sizeof(g)), why);
 }
 
+const char *cfg_addr_str(const cfg_addr_t *a, char *buf, size_t n)
+{
+    snprintf(buf, n, strchr(a->host, ':') ? "[%s]:%d" : "%s:%d", a->host, a->port);
+    return buf;
+}
+
 /* "http://host[:port][/base/path]" into u (url, addr, base_path, host_header). */
 static int parse_url(const char *url, cfg_upstream_t *u, const char **why)
 {
@@ -1115,12 +1121,12 @@ int policy_add_arm(policy_parse_t *pp, const char *name, const char *path)
             cat(known, sizeof(known), &len, i ? ", " : "");
             cat(known, sizeof(known), &len, cx->c->upstreams[i].name);
         }
-        return cerr(cx, p, 0, "%s: unknown upstream \"%s\" (upstreams: %s)",
+        return cerr(cx, p, 1, "%s: unknown upstream \"%s\" (upstreams: %s)",
                     dotted(cx, p, d, sizeof(d)), name ? name : "", known);
     }
     for (size_t i = 0; i < e->n_arms; i++)
         if (e->arms[i] == up)
-            return cerr(cx, p, 0, "%s: arm \"%s\" is listed twice", dotted(cx, p, d, sizeof(d)),
+            return cerr(cx, p, 1, "%s: arm \"%s\" is listed twice", dotted(cx, p, d, sizeof(d)),
                         name);
     if (e->n_arms >= MM_MAX_ARMS)
         return cerr(cx, p, 0, "%s: too many arms (at most %d)", dotted(cx, p, d, sizeof(d)),

@@ -110,5 +110,7 @@ int config_experiment_index(const config_t *c, const char *name);
 
 /* Parse "host:port" / "[v6]:port" into a. Returns 0 or -1. */
 int config_parse_addr(const char *s, cfg_addr_t *a);
+/* "host:port", or "[v6]:port" for an IPv6 host, into buf; returns buf. */
+const char *cfg_addr_str(const cfg_addr_t *a, char *buf, size_t n);
 
 #endif

@@ -32,12 +32,40 @@ static void usage(FILE *f)
                "  -c FILE      configuration file (default " DEFAULT_CONFIG ")\n"
                "  --check      validate the configuration and exit (0 ok, 1 with "
                "FILE:LINE:COL: message)\n"
-               "  --workers N  run N worker processes sharing the listen ports (needs the "
-               "redis store when N > 1)\n"
+               "  --workers N  run N worker processes sharing the listen ports; they share "
+               "state\n"
+               "               through the redis store (with the memory store, through a "
+               "private\n"
+               "               redis-server that modelmux starts and stops)\n"
                "  --seed N     seed every random choice (reproducible runs)\n"
                "  --version    print the version\n"
                "  --help       this text\n"
+               "  (--opt=VALUE and -cFILE work too)\n"
                "signals: SIGHUP reloads the configuration, SIGTERM/SIGINT drain and exit\n");
+}
+
+/* argv[*i] is option `name` with a value: "NAME VALUE", "--name=VALUE", or
+ * for a short option "-cVALUE". Returns 1 with *val (NULL when the value is
+ * missing) and *i on the value's word; 0 when argv[*i] is another option. */
+static int option(int argc, char **argv, int *i, const char *name, const char **val)
+{
+    const char *a = argv[*i];
+    size_t n = strlen(name);
+    if (strncmp(a, name, n) != 0) return 0;
+    if (a[n] == '\0') {
+        *val = *i + 1 < argc ? argv[++*i] : NULL;
+        return 1;
+    }
+    int short_opt = name[1] != '-';
+    if (a[n] == '=' && !short_opt) {
+        *val = a + n + 1;
+        return 1;
+    }
+    if (short_opt) {
+        *val = a + n;
+        return 1;
+    }
+    return 0;
 }
 
 static int parse_u64(const char *s, uint64_t *out)
@@ -66,12 +94,13 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
         return 1;
     }
     const config_t *c = server_config(&srv);
+    char data[300], admin[300];
+    cfg_addr_str(&c->listen, data, sizeof(data));
     if (c->has_admin)
-        mm_log("listening on %s:%d, admin on %s:%d, store %s", c->listen.host, c->listen.port,
-               c->admin_listen.host, c->admin_listen.port, store_kind(srv.store));
+        mm_log("listening on %s, admin on %s, store %s", data,
+               cfg_addr_str(&c->admin_listen, admin, sizeof(admin)), store_kind(srv.store));
     else
-        mm_log("listening on %s:%d, store %s", c->listen.host, c->listen.port,
-               store_kind(srv.store));
+        mm_log("listening on %s, store %s", data, store_kind(srv.store));
     uv_run(&loop, UV_RUN_DEFAULT);
     int code = srv.exit_code;
     server_free(&srv);
@@ -164,10 +193,40 @@ static void stop_private_redis(void)
     private_redis_pid = 0;
 }
 
-static volatile sig_atomic_t got_signal;
-static void on_parent_signal(int sig)
+static volatile sig_atomic_t got_signal, signal_sender;
+static void on_parent_signal(int sig, siginfo_t *info, void *ctx)
 {
+    (void)ctx;
     got_signal = sig;
+    signal_sender = info ? (sig_atomic_t)info->si_pid : 0;
+}
+
+/* Workers bind with SO_REUSEPORT, which would let a second group share the
+ * ports of a running one and split its traffic between two states. A bind
+ * without it fails on a port anybody listens on: try that once, up front. */
+static int probe_listen(const cfg_addr_t *a)
+{
+    char name[300];
+    struct sockaddr_storage ss;
+    cfg_addr_str(a, name, sizeof(name));
+    if (mm_addr_resolve(a, &ss) != 0) {
+        fprintf(stderr, "modelmux: cannot listen on %s: the name does not resolve\n", name);
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, e = 0;
+    if (fd < 0) {
+        e = errno;
+    } else {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)); /* as libuv binds */
+        socklen_t len =
+            ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+        if (bind(fd, (struct sockaddr *)&ss, len) != 0) e = errno;
+        close(fd);
+    }
+    if (e == 0) return 0;
+    fprintf(stderr, "modelmux: cannot listen on %s: %s\n", name,
+            uv_strerror(uv_translate_sys_error(e)));
+    return -1;
 }
 
 static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
@@ -188,7 +247,8 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
     config_free(cfg); /* each worker has its own copy */
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_parent_signal;
+    sa.sa_sigaction = on_parent_signal;
+    sa.sa_flags = SA_SIGINFO;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
@@ -199,9 +259,11 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
         if (pid < 0) {
             if (errno != EINTR) break;
             int sig = got_signal;
+            pid_t from = (pid_t)signal_sender;
             got_signal = 0;
+            /* A worker's POST /reload sends SIGHUP here: it reloads itself. */
             for (int i = 0; i < n; i++)
-                if (pids[i] > 0) kill(pids[i], sig);
+                if (pids[i] > 0 && !(sig == SIGHUP && pids[i] == from)) kill(pids[i], sig);
             continue;
         }
         for (int i = 0; i < n; i++)
@@ -228,20 +290,20 @@ int main(int argc, char **argv)
     int check = 0, have_seed = 0;
     uint64_t seed = 0, workers = 1;
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
+        const char *a = argv[i], *v;
         bad_arg = a;
-        if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
-            if (++i == argc) goto bad;
-            path = argv[i];
+        if (option(argc, argv, &i, "-c", &v) || option(argc, argv, &i, "--config", &v)) {
+            if (v == NULL) goto bad;
+            path = v;
         } else if (strcmp(a, "--check") == 0) {
             check = 1;
-        } else if (strcmp(a, "--workers") == 0) {
-            if (++i == argc || parse_u64(argv[i], &workers) != 0 || workers < 1 || workers > 256) {
+        } else if (option(argc, argv, &i, "--workers", &v)) {
+            if (v == NULL || parse_u64(v, &workers) != 0 || workers < 1 || workers > 256) {
                 fprintf(stderr, "modelmux: --workers takes a number from 1 to 256\n");
                 return 2;
             }
-        } else if (strcmp(a, "--seed") == 0) {
-            if (++i == argc || parse_u64(argv[i], &seed) != 0) {
+        } else if (option(argc, argv, &i, "--seed", &v)) {
+            if (v == NULL || parse_u64(v, &seed) != 0) {
                 fprintf(stderr, "modelmux: --seed takes a non-negative integer\n");
                 return 2;
             }
@@ -267,6 +329,11 @@ int main(int argc, char **argv)
                cfg->n_experiments);
         config_free(cfg);
         return 0;
+    }
+    if (workers > 1 && (probe_listen(&cfg->listen) != 0 ||
+                        (cfg->has_admin && probe_listen(&cfg->admin_listen) != 0))) {
+        config_free(cfg);
+        return 1;
     }
     cfg_store_t shared;
     const cfg_store_t *override = NULL;

@@ -917,7 +917,8 @@ static void req_finish(conn_t *c)
             store_pull(srv->store, r->exp->state, r->arm);
             if (r->status >= 500) store_error(srv->store, r->exp->state, r->arm);
             store_remember_key(srv->store, r->exp->state, r->merged ? STORE_ARM_INTERLEAVE : r->arm,
-                               (mm_str_t){r->id, r->id_len}, r->id_key, r->exp->cfg->feedback_ttl_s);
+                               (mm_str_t){r->id, r->id_len}, r->id_key,
+                               r->exp->cfg->feedback_ttl_s);
         }
         const policy_ops_t *ops = r->exp->cfg->ops;
         if (ops->on_response && r->exp->state->control.state == EXP_RUNNING) {
@@ -1102,14 +1103,11 @@ int proxy_listen(mm_server_t *srv, uv_tcp_t *tcp, const cfg_addr_t *addr, int ki
                  char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
-    if (uv_ip4_addr(addr->host, addr->port, (struct sockaddr_in *)&ss) != 0 &&
-        uv_ip6_addr(addr->host, addr->port, (struct sockaddr_in6 *)&ss) != 0) {
-        if (strcmp(addr->host, "localhost") != 0 ||
-            uv_ip4_addr("127.0.0.1", addr->port, (struct sockaddr_in *)&ss) != 0) {
-            snprintf(err, errlen, "cannot listen on %s:%d: not a numeric address", addr->host,
-                     addr->port);
-            return -1;
-        }
+    char name[300];
+    cfg_addr_str(addr, name, sizeof(name));
+    if (mm_addr_resolve(addr, &ss) != 0) {
+        snprintf(err, errlen, "cannot listen on %s: the name does not resolve", name);
+        return -1;
     }
     uv_tcp_init_ex(srv->loop, tcp, ss.ss_family);
     tcp->data = srv;
@@ -1122,8 +1120,7 @@ int proxy_listen(mm_server_t *srv, uv_tcp_t *tcp, const cfg_addr_t *addr, int ki
     int rc = uv_tcp_bind(tcp, (const struct sockaddr *)&ss, 0);
     if (rc == 0) rc = uv_listen((uv_stream_t *)tcp, 4096, on_connection);
     if (rc != 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", addr->host, addr->port,
-                 uv_strerror(rc));
+        snprintf(err, errlen, "cannot listen on %s: %s", name, uv_strerror(rc));
         uv_close((uv_handle_t *)tcp, NULL);
         return -1;
     }

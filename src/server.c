@@ -176,6 +176,7 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
     }
     srv->loop = loop;
     srv->seed = seed;
+    if (reuseport) srv->group_parent = (int)getppid();
     srv->config_path = strdup(config_path);
     mm_rng_seed(&srv->rng, seed);
     metrics_init(&srv->metrics);

@@ -44,6 +44,9 @@ typedef struct mm_server_s {
     int draining;
     int stopping;
     int exit_code;
+    /* --workers: the parent, which forwards a SIGHUP to every other worker
+     * (POST /reload reloads the whole group, as SIGHUP does); 0 alone. */
+    int group_parent;
     uint64_t reloads, reload_failures;
     int has_store_override; /* --workers with the memory store: the shared private Redis */
     cfg_store_t store_override;

@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <netdb.h>
 
 #include "upstream.h"
 #include "wio.h"
@@ -182,6 +184,25 @@ static void init_settings(void)
     resp_settings_ready = 1;
 }
 
+/* ---- addresses ---- */
+
+int mm_addr_resolve(const cfg_addr_t *a, struct sockaddr_storage *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (uv_ip4_addr(a->host, a->port, (struct sockaddr_in *)out) == 0 ||
+        uv_ip6_addr(a->host, a->port, (struct sockaddr_in6 *)out) == 0)
+        return 0;
+    if (strcasecmp(a->host, "localhost") == 0)
+        return uv_ip4_addr("127.0.0.1", a->port, (struct sockaddr_in *)out) == 0 ? 0 : -1;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    char port[8];
+    snprintf(port, sizeof(port), "%d", a->port);
+    if (getaddrinfo(a->host, port, &hints, &res) != 0 || res == NULL) return -1;
+    memcpy(out, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    return 0;
+}
+
 /* ---- pool ---- */
 
 up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg, char *err, size_t errlen)
@@ -194,23 +215,11 @@ up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg, char *err,
     }
     p->loop = loop;
     p->cfg = *cfg;
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&p->addr;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&p->addr;
-    if (uv_ip4_addr(cfg->addr.host, cfg->addr.port, a4) != 0 &&
-        uv_ip6_addr(cfg->addr.host, cfg->addr.port, a6) != 0) {
-        /* Names are resolved once, here (startup or reload), never per request. */
-        uv_getaddrinfo_t gai;
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-        char port[8];
-        snprintf(port, sizeof(port), "%d", cfg->addr.port);
-        if (uv_getaddrinfo(loop, &gai, NULL, cfg->addr.host, port, &hints) != 0 ||
-            gai.addrinfo == NULL) {
-            snprintf(err, errlen, "upstream %s: cannot resolve %s", cfg->name, cfg->addr.host);
-            free(p);
-            return NULL;
-        }
-        memcpy(&p->addr, gai.addrinfo->ai_addr, gai.addrinfo->ai_addrlen);
-        uv_freeaddrinfo(gai.addrinfo);
+    /* Names are resolved once, here (startup or reload), never per request. */
+    if (mm_addr_resolve(&cfg->addr, &p->addr) != 0) {
+        snprintf(err, errlen, "upstream %s: cannot resolve %s", cfg->name, cfg->addr.host);
+        free(p);
+        return NULL;
     }
     return p;
 }

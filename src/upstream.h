@@ -81,6 +81,12 @@ struct up_user_s {
 };
 
 up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg, char *err, size_t errlen);
+
+/* The socket address of a configured address: numeric hosts as they are,
+ * "localhost" as 127.0.0.1 (what listeners have always bound), other names
+ * through getaddrinfo (first answer). It blocks: call it at startup or reload,
+ * never per request. 0, or -1 when the name does not resolve. */
+int mm_addr_resolve(const cfg_addr_t *a, struct sockaddr_storage *out);
 /* Drop the pool: idle connections close now, busy ones when released. The
  * pool's memory goes when its last connection has closed. */
 void up_pool_release(up_pool_t *p);

@@ -109,9 +109,9 @@ class CheckRejects(unittest.TestCase):
         self.assertCheckFails(text, 9, 64)
 
     def test_unknown_upstream_in_experiment_points_at_the_arm(self):
-        # "champ": 10 — the weight of the unknown arm is at column 56.
+        # "champ": 10 — the unknown arm's name (the key) is at column 47.
         text = variant(LINE9, LINE9.replace('"challenger"', '"champ"'))
-        self.assertCheckFails(text, 9, 56, "champ", "unknown upstream")
+        self.assertCheckFails(text, 9, 47, "champ", "unknown upstream")
 
     def test_bad_url_points_at_the_url(self):
         text = variant(LINE4, LINE4.replace("http://", "http//"))

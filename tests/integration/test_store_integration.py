@@ -797,5 +797,41 @@ class StoreIntegration(mmtest.MMTestCase):
                           timeout=5)
 
 
+    def test_7c_workers_reload_together_and_own_their_ports(self):
+        """POST /reload, answered by one worker, reloads every worker (as
+        SIGHUP to the parent does); a second group cannot start on the ports
+        of a running one (SO_REUSEPORT would let it share them)."""
+        port, admin = two_ports()
+        upstreams = {"champion": self.champion.port, "challenger": self.challenger.port}
+        def config(champion, challenger):
+            return mmtest.base_config(port, upstreams, [
+                {"name": "ab", "match": {"path_prefix": "/ab"}, "policy": "ab",
+                 "arms": {"champion": champion, "challenger": challenger}}], admin_port=admin)
+        mm = self.cluster.modelmux(config(0, 100), "--workers", 2, name="reload-workers")
+        def arms(n):
+            out = set()
+            for i in range(n):
+                st, headers, _ = mmtest.request(mm.port, "GET", "/ab/%d" % i)
+                self.assertEqual(st, 200)
+                out.add(headers["x-modelmux-arm"])
+            return out
+        self.assertEqual(arms(20), {"challenger"})
+        self.cluster.write_config(config(100, 0), "reload-workers.json")
+        st, _, body = mmtest.request(admin, "POST", "/reload")
+        self.assertEqual(st, 200, body)
+        # both workers reloaded: every connection lands on either of them
+        mmtest.eventually(lambda: arms(20) == {"champion"}, timeout=5)
+        self.assertEqual(arms(40), {"champion"})
+        self.assertEqual(len(re.findall(r"config reloaded", mm.log())), 2, mm.log())
+        second = self.cluster.modelmux(config(100, 0), "--workers", 2, name="second-group",
+                                       wait=False)
+        self.assertEqual(second.wait(timeout=10), 1)
+        self.assertIn("cannot listen on 127.0.0.1:%d: address already in use" % port,
+                      second.log())
+        self.assertEqual(arms(20), {"champion"})
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0)
+
+
 if __name__ == "__main__":
     mmtest.main()

@@ -497,7 +497,9 @@ static void test_config_errors_with_position(void **state)
     (void)state;
     /* Weights: at the offending value (/arms/NAME). */
     assert_config_error(EXP("\"arms\": {\"champion\": 90, \"challenger\": -1}}"), "\"arms\"", "-1",
-                        "must be >= 0, got -1");
+                        "must be in [0, 1e9], got -1");
+    assert_config_error(EXP("\"arms\": {\"champion\": 1e308, \"challenger\": 1e308}}"), "\"arms\"",
+                        "1e308", "must be in [0, 1e9], got 1e+308");
     assert_config_error(EXP("\"arms\": {\"champion\": 90, \"challenger\": \"ten\"}}"), "\"arms\"",
                         "\"ten\"", "must be a number");
     /* All zero, empty, not an object: at /arms. */
@@ -505,9 +507,9 @@ static void test_config_errors_with_position(void **state)
                         "all weights are 0");
     assert_config_error(EXP("\"arms\": {}}"), "\"arms\"", "{}", "empty");
     assert_config_error(EXP("\"arms\": [\"champion\"]}"), "\"arms\"", "[", "object");
-    /* An arm that is no upstream. */
-    assert_config_error(EXP("\"arms\": {\"champion\": 90, \"nosuch\": 10}}"), "\"nosuch\"", "10",
-                        "unknown upstream");
+    /* An arm that is no upstream: at its name. */
+    assert_config_error(EXP("\"arms\": {\"champion\": 90, \"nosuch\": 10}}"), "\"arms\"",
+                        "\"nosuch\"", "unknown upstream");
     /* Missing arms: at the experiment. */
     assert_config_error(EXP("\"sticky\": {\"header\": \"U\"}}"), "\"experiments\"", "{", "arms");
     /* Unknown keys, here and inside sticky. */

@@ -624,11 +624,11 @@ static void test_duplicate_experiment(void **state)
 static void test_policy_errors_are_positioned(void **state)
 {
     need_policy("ab");
-    /* Unknown upstream as an arm: policy_add_arm's message, at the arm. */
+    /* Unknown upstream as an arm: policy_add_arm's message, at its name. */
     expect_error("{" UPS ", \"experiments\": [\n"
                  "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"ab\",\n"
                  "   \"arms\": {\"champion\": 1, \"champ\": 1}}]}",
-                 "t.json:3:37: experiments[0].arms.champ: unknown upstream \"champ\" (upstreams: "
+                 "t.json:3:28: experiments[0].arms.champ: unknown upstream \"champ\" (upstreams: "
                  "champion, challenger)");
     /* Unknown key in the experiment object: the core's keys are allowed too. */
     expect_error_prefix(
