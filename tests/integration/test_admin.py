@@ -432,7 +432,8 @@ class TestAdminAPI(Base):
         before = self.admin_json("GET", "/experiments/ranker")["version"]
         for body in ("{not json", "[1, 2]", '"x"', "", {}, {"champion": -1},
                      {"champion": 0, "challenger": 0}, {"champion": "10"},
-                     {"champion": True}, {"champion": None}, '{"champion": 1, "champion": 2}'):
+                     {"champion": True}, {"champion": None}, '{"champion": 1, "champion": 2}',
+                     {"champion": 1e308, "challenger": 1e308}):
             self.assert_error(self.admin("PUT", "/experiments/ranker/weights", body), 400,
                               "bad_request")
         self.assert_error(self.admin("PUT", "/experiments/ranker/weights",
