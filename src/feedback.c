@@ -4,12 +4,14 @@
  * Both end in fb_apply(): resolve the request id to (experiment, arm), let
  * the policy validate the reward, and count it in the store.
  *
- * An HTTP batch is validated whole before anything is applied: a malformed
- * body, an event without a target or a reward that is not a finite number
- * is a 400 and nothing is applied. Events that are well formed but cannot be
- * used are counted in the 202 answer: `unknown` (request id not found or
- * expired, experiment or arm not configured) and `invalid` (the policy
- * rejects the value, e.g. a Bernoulli reward outside [0, 1]). Request ids
+ * A body that is not JSON, or not one event or {"events": [...]}, is a 400
+ * and nothing is applied; so is a single event ({"request_id", "reward"})
+ * without a target or with a reward that is not a finite number: the client
+ * gets the reason. In a batch, such an event is counted `invalid` and the
+ * others are applied, so one bad event does not cost the good ones. The 202
+ * answer counts `unknown` (request id not found or expired, experiment or
+ * arm not configured) and `invalid` (malformed in a batch, or a value the
+ * policy rejects, e.g. a Bernoulli reward outside [0, 1]). Request ids
  * resolve from the local map at once or, with Redis, asynchronously; the
  * answer is sent when every event of the batch has been resolved.
  *
@@ -37,8 +39,9 @@ typedef struct {
     double reward;
     int has_reward;
     int has_item;
-    char *item; /* the clicked item's id as text (an integer id in decimal) */
-    int state;  /* 0 pending lookup, 1 resolved, -1 unknown */
+    char *item;    /* the clicked item's id as text (an integer id in decimal) */
+    int state;     /* 0 pending lookup, 1 resolved, -1 unknown */
+    int malformed; /* in a batch: counted invalid, never applied */
 } fb_event_t;
 
 /* Longest item id a click may name, in bytes. */
@@ -197,7 +200,9 @@ static void batch_step(fb_batch_t *b)
     while (b->next < b->n) {
         fb_event_t *e = &b->ev[b->next++];
         int why;
-        if (!is_click(e)) {
+        if (e->malformed) {
+            batch_count(b, FB_INVALID);
+        } else if (!is_click(e)) {
             batch_count(b, fb_apply(b->srv, e));
         } else if (click_target(b->srv, e, &why) == NULL) {
             batch_count(b, why);
@@ -285,7 +290,7 @@ static void batch_run(fb_batch_t *b)
     b->pending = 1; /* held while lookups are issued: some answer at once */
     for (size_t i = 0; i < b->n; i++) {
         fb_event_t *e = &b->ev[i];
-        if (e->request_id[0] == '\0') {
+        if (e->request_id[0] == '\0' || e->malformed) {
             e->state = 1;
             continue;
         }
@@ -433,6 +438,10 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
             snprintf(where, sizeof(where), "event");
         }
         if (parse_event(o, &b->ev[i], err, sizeof(err), where) != 0) {
+            if (events) { /* one bad event in a batch: counted, the rest go on */
+                b->ev[i].malformed = 1;
+                continue;
+            }
             conn_respond_error(r->conn, 400, "bad_request", err);
             json_decref(root);
             batch_free(b);

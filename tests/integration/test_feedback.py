@@ -1,6 +1,7 @@
 """Feedback over HTTP (DESIGN.md §4): POST /_modelmux/feedback with the memory
 store — single events, batches, explicit (experiment, arm), the 202 counts,
-the 400s that apply nothing, and several posts on one keep-alive connection.
+the 400s that apply nothing, malformed events in a batch counted invalid,
+and several posts on one keep-alive connection.
 The effect is read back from the admin API (per-arm feedback and reward)."""
 import http.client
 import json
@@ -87,18 +88,27 @@ class Feedback(mmtest.MMTestCase):
         a = self.arms("rank")["challenger"]
         self.assertEqual((a["feedback"], a["reward_mean"]), (1, 0.25))
 
-    def test_malformed_batches_are_400_and_apply_nothing(self):
+    def test_malformed_bodies_and_single_events_are_400_and_apply_nothing(self):
         (rid, _), = self.served("/v1/rank", 1)
-        for bad in ('{"events": [', "[]", '{"events": {}}',
-                    {"events": [{"request_id": rid, "reward": 1}, {"request_id": rid}]},
-                    {"events": [{"request_id": rid, "reward": 1}, {"request_id": rid, "reward": "1"}]},
-                    {"events": [{"request_id": rid, "reward": 1}, {"request_id": rid, "reward": 1, "x": 1}]},
+        for bad in ('{"events": [', "[]", '{"events": {}}', '{"events": [], "x": 1}',
+                    {"request_id": rid},
+                    {"request_id": rid, "reward": "1"},
+                    {"request_id": rid, "reward": 1, "x": 1},
                     {"request_id": "has space", "reward": 1},
                     {"reward": 1},
                     {"experiment": "rank", "reward": 1},
                     '{"request_id": "%s", "reward": 1e999}' % rid):
             self.assertBadRequest(self.post(bad))
         self.assertEqual(sum(a["feedback"] for a in self.arms("rank").values()), 0)
+
+    def test_malformed_events_in_a_batch_are_invalid_and_the_rest_applied(self):
+        served = self.served("/v1/rank", 2)
+        good = [{"request_id": rid, "reward": 1} for rid, _ in served]
+        bad = [{"request_id": served[0][0]}, {"request_id": served[0][0], "reward": "1"},
+               {"request_id": served[0][0], "reward": 1, "x": 1}, {"reward": 1}, 7,
+               {"request_id": "has space", "reward": 1}, {"experiment": "rank", "reward": 1}]
+        self.assertCounts(self.post({"events": [good[0]] + bad + [good[1]]}), 2, 0, len(bad))
+        self.assertEqual(sum(a["feedback"] for a in self.arms("rank").values()), 2)
 
     def test_click_on_a_non_interleave_experiment_is_invalid(self):
         (rid, _), = self.served("/v1/rank", 1)
