@@ -304,11 +304,12 @@ class Interleave(mmtest.MMTestCase):
             {"experiment": "search", "arm": "ranker-a", "reward": 1},
         ])
         self.assertEqual(counts, {"accepted": 0, "unknown": 1, "invalid": 3})
-        # A malformed item is a 400 for the whole batch.
+        # A malformed item: a 400 alone, counted invalid in a batch.
         st, _, _ = mmtest.request(mm.port, "POST", "/_modelmux/feedback",
-                                  {"events": [{"request_id": rid, "item": "item-1"},
-                                              {"request_id": rid, "item": ""}]})
+                                  {"request_id": rid, "item": ""})
         self.assertEqual(st, 400)
+        self.assertEqual(self.feedback(mm.port, [{"request_id": rid, "item": ""}]),
+                         {"accepted": 0, "unknown": 0, "invalid": 1})
 
         # Reset forgets the outcome counts.
         st, _, _ = mmtest.request(mm.admin_port, "POST", "/experiments/search/reset")
