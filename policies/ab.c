@@ -173,27 +173,17 @@ static void *ab_create(const json_t *exp, policy_parse_t *pp)
         goto err;
     }
 
-    if (policy_get_number(pp, exp, "", "alpha", 0.05, 0.0, 0.5, &ab->alpha) < 0) goto err;
-    if (!(ab->alpha > 0.0)) {
-        policy_error(pp, "/alpha", "must be in (0, 0.5], got %g", ab->alpha);
+    if (policy_get_number_in(pp, exp, "", "alpha", 0.05, 0.0, 0.5, POLICY_OPEN_LO, &ab->alpha) < 0)
         goto err;
-    }
-    if (policy_get_number(pp, exp, "", "mde", 0.05, 0.0, 1.0, &ab->mde) < 0) goto err;
-    if (!(ab->mde > 0.0)) {
-        policy_error(pp, "/mde", "must be in (0, 1] (a relative effect), got %g", ab->mde);
+    /* mde is a relative effect */
+    if (policy_get_number_in(pp, exp, "", "mde", 0.05, 0.0, 1.0, POLICY_OPEN_LO, &ab->mde) < 0)
         goto err;
-    }
-    if (policy_get_number(pp, exp, "", "power", 0.8, 0.5, 1.0, &ab->power) < 0) goto err;
-    if (!(ab->power < 1.0)) {
-        policy_error(pp, "/power", "must be in [0.5, 1), got %g", ab->power);
+    if (policy_get_number_in(pp, exp, "", "power", 0.8, 0.5, 1.0, POLICY_OPEN_HI, &ab->power) < 0)
         goto err;
-    }
-    if (policy_get_number(pp, exp, "", "mixture_variance", 0.0, 0.0, DBL_MAX, &ab->tau2) < 0)
+    /* absent: 0, chosen automatically */
+    if (policy_get_number_in(pp, exp, "", "mixture_variance", 0.0, 0.0, DBL_MAX, POLICY_OPEN_LO,
+                             &ab->tau2) < 0)
         goto err;
-    if (json_object_get(exp, "mixture_variance") != NULL && !(ab->tau2 > 0.0)) {
-        policy_error(pp, "/mixture_variance", "must be > 0, got %g", ab->tau2);
-        goto err;
-    }
 
     if (policy_get_string(pp, exp, "", "salt", NULL, &salt) < 0) goto err;
     json_t *sticky = json_object_get(exp, "sticky");

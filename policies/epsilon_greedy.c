@@ -146,12 +146,9 @@ static void *eg_create(const json_t *exp, policy_parse_t *pp)
     if (policy_check_keys(pp, exp, "", keys) < 0) goto err;
     if (parse_arms(e, exp, pp) < 0) goto err;
     if (policy_get_number(pp, exp, "", "epsilon", 0.1, 0.0, 1.0, &e->epsilon) < 0) goto err;
-    if (policy_get_number(pp, exp, "", "decay", 0.0, 0.0, 1e15, &e->decay) < 0) goto err;
-    if (json_object_get(exp, "decay") != NULL && !(e->decay > 0.0)) {
-        policy_error(pp, "/decay", "must be > 0, got %g (omit it for a constant epsilon)",
-                     e->decay);
+    /* absent: 0, a constant epsilon */
+    if (policy_get_number_in(pp, exp, "", "decay", 0.0, 0.0, 1e15, POLICY_OPEN_LO, &e->decay) < 0)
         goto err;
-    }
     return e;
 err:
     free(e);

@@ -191,6 +191,11 @@ int policy_check_keys(policy_parse_t *pp, const json_t *obj, const char *path,
 /* Read number obj[key] into *out (def when absent); fail unless lo <= v <= hi. */
 int policy_get_number(policy_parse_t *pp, const json_t *obj, const char *path, const char *key,
                       double def, double lo, double hi, double *out);
+/* The same with open ends: lo < v (POLICY_OPEN_LO), v < hi (POLICY_OPEN_HI). */
+#define POLICY_OPEN_LO 1
+#define POLICY_OPEN_HI 2
+int policy_get_number_in(policy_parse_t *pp, const json_t *obj, const char *path, const char *key,
+                         double def, double lo, double hi, int open, double *out);
 /* The same for integers. */
 int policy_get_int(policy_parse_t *pp, const json_t *obj, const char *path, const char *key,
                    long long def, long long lo, long long hi, long long *out);

@@ -223,19 +223,16 @@ static int parse_prior(thompson_t *t, const json_t *exp, policy_parse_t *pp)
                             t->gaussian ? "{\"mean\", \"precision\"}" : "{\"alpha\", \"beta\"}");
     if (policy_check_keys(pp, prior, "/prior", t->gaussian ? gauss_keys : bern_keys) < 0) return -1;
     if (!t->gaussian) {
-        if (policy_get_number(pp, prior, "/prior", "alpha", 1.0, 0.0, 1e9, &t->alpha0) < 0 ||
-            policy_get_number(pp, prior, "/prior", "beta", 1.0, 0.0, 1e9, &t->beta0) < 0)
+        if (policy_get_number_in(pp, prior, "/prior", "alpha", 1.0, 0.0, 1e9, POLICY_OPEN_LO,
+                                 &t->alpha0) < 0 ||
+            policy_get_number_in(pp, prior, "/prior", "beta", 1.0, 0.0, 1e9, POLICY_OPEN_LO,
+                                 &t->beta0) < 0)
             return -1;
-        if (!(t->alpha0 > 0.0))
-            return policy_error(pp, "/prior/alpha", "must be > 0, got %g", t->alpha0);
-        if (!(t->beta0 > 0.0))
-            return policy_error(pp, "/prior/beta", "must be > 0, got %g", t->beta0);
     } else {
         if (policy_get_number(pp, prior, "/prior", "mean", 0.0, -DBL_MAX, DBL_MAX, &t->mean0) < 0 ||
-            policy_get_number(pp, prior, "/prior", "precision", 0.01, 0.0, 1e12, &t->prec0) < 0)
+            policy_get_number_in(pp, prior, "/prior", "precision", 0.01, 0.0, 1e12, POLICY_OPEN_LO,
+                                 &t->prec0) < 0)
             return -1;
-        if (!(t->prec0 > 0.0))
-            return policy_error(pp, "/prior/precision", "must be > 0, got %g", t->prec0);
     }
     return 0;
 }

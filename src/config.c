@@ -280,19 +280,24 @@ static void int_range(long long lo, long long hi, char *out, size_t n)
         snprintf(out, n, "an integer in [%lld, %lld]", lo, hi);
 }
 
-static void num_range(double lo, double hi, char *out, size_t n)
+/* "a number in [lo, hi]", with "(" / ")" for an open end (open: POLICY_OPEN_*)
+ * and "a number > lo" style when one side is unbounded. */
+static void num_range(double lo, double hi, int open, char *out, size_t n)
 {
     char a[40], b[40];
     int nolo = lo <= -DBL_MAX, nohi = hi >= DBL_MAX;
+    const char *ge = (open & POLICY_OPEN_LO) ? ">" : ">=",
+               *le = (open & POLICY_OPEN_HI) ? "<" : "<=";
     if (nolo && nohi)
         snprintf(out, n, "a number");
     else if (nohi)
-        snprintf(out, n, "a number >= %s", fmt_num(lo, 0, a, sizeof(a)));
+        snprintf(out, n, "a number %s %s", ge, fmt_num(lo, 0, a, sizeof(a)));
     else if (nolo)
-        snprintf(out, n, "a number <= %s", fmt_num(hi, 0, b, sizeof(b)));
+        snprintf(out, n, "a number %s %s", le, fmt_num(hi, 0, b, sizeof(b)));
     else
-        snprintf(out, n, "a number in [%s, %s]", fmt_num(lo, 0, a, sizeof(a)),
-                 fmt_num(hi, 0, b, sizeof(b)));
+        snprintf(out, n, "a number in %c%s, %s%c", (open & POLICY_OPEN_LO) ? '(' : '[',
+                 fmt_num(lo, 0, a, sizeof(a)), fmt_num(hi, 0, b, sizeof(b)),
+                 (open & POLICY_OPEN_HI) ? ')' : ']');
 }
 
 /* Integers: JSON integers, and reals with an integral value (3e5). */
@@ -320,18 +325,19 @@ static int check_int(cx_t *cx, const json_t *v, const char *ptr, long long lo, l
     return type_error(cx, ptr, v, r);
 }
 
-static int check_number(cx_t *cx, const json_t *v, const char *ptr, double lo, double hi,
+static int check_number(cx_t *cx, const json_t *v, const char *ptr, double lo, double hi, int open,
                         double *out)
 {
     if (json_is_number(v)) {
         double d = json_number_value(v);
-        if (isfinite(d) && d >= lo && d <= hi) {
+        if (isfinite(d) && ((open & POLICY_OPEN_LO) ? d > lo : d >= lo) &&
+            ((open & POLICY_OPEN_HI) ? d < hi : d <= hi)) {
             *out = d;
             return 0;
         }
     }
     char r[96];
-    num_range(lo, hi, r, sizeof(r));
+    num_range(lo, hi, open, r, sizeof(r));
     return type_error(cx, ptr, v, r);
 }
 
@@ -359,7 +365,7 @@ static int get_int_field(cx_t *cx, const json_t *obj, const char *objptr, const 
 }
 
 static int get_number(cx_t *cx, const json_t *obj, const char *objptr, const char *key, double def,
-                      double lo, double hi, double *out)
+                      double lo, double hi, int open, double *out)
 {
     const json_t *v = json_object_get(obj, key);
     if (v == NULL) {
@@ -368,7 +374,7 @@ static int get_number(cx_t *cx, const json_t *obj, const char *objptr, const cha
     }
     char p[PTR_MAX];
     child_ptr(objptr, key, p, sizeof(p));
-    return check_number(cx, v, p, lo, hi, out);
+    return check_number(cx, v, p, lo, hi, open, out);
 }
 
 static int get_string(cx_t *cx, const json_t *obj, const char *objptr, const char *key,
@@ -729,7 +735,7 @@ static int parse_log(cx_t *cx)
             return type_error(cx, "/log/requests", req, "a file path or null");
         if ((c->log_requests = dup_or_oom(cx, path, "/log/requests")) == NULL) return -1;
     }
-    if (get_number(cx, o, "/log", "sample", 1.0, 0.0, 1.0, &c->log_sample) < 0) return -1;
+    if (get_number(cx, o, "/log", "sample", 1.0, 0.0, 1.0, 0, &c->log_sample) < 0) return -1;
     return get_bool(cx, o, "/log", "bodies", 0, &c->log_bodies);
 }
 
@@ -1113,6 +1119,9 @@ int policy_add_arm(policy_parse_t *pp, const char *name, const char *path)
     char p[PTR_MAX], d[256];
     exp_ptr(pp, path, p, sizeof(p));
     int up = name ? config_upstream_index(cx->c, name) : -1;
+    /* Point at the name: the key in {"arm": weight}, else the value. */
+    const char *last = strrchr(p, '/');
+    int at_key = name != NULL && last != NULL && strcmp(last + 1, name) == 0;
     if (up < 0) {
         char known[512];
         size_t len = 0;
@@ -1121,12 +1130,12 @@ int policy_add_arm(policy_parse_t *pp, const char *name, const char *path)
             cat(known, sizeof(known), &len, i ? ", " : "");
             cat(known, sizeof(known), &len, cx->c->upstreams[i].name);
         }
-        return cerr(cx, p, 1, "%s: unknown upstream \"%s\" (upstreams: %s)",
+        return cerr(cx, p, at_key, "%s: unknown upstream \"%s\" (upstreams: %s)",
                     dotted(cx, p, d, sizeof(d)), name ? name : "", known);
     }
     for (size_t i = 0; i < e->n_arms; i++)
         if (e->arms[i] == up)
-            return cerr(cx, p, 1, "%s: arm \"%s\" is listed twice", dotted(cx, p, d, sizeof(d)),
+            return cerr(cx, p, at_key, "%s: arm \"%s\" is listed twice", dotted(cx, p, d, sizeof(d)),
                         name);
     if (e->n_arms >= MM_MAX_ARMS)
         return cerr(cx, p, 0, "%s: too many arms (at most %d)", dotted(cx, p, d, sizeof(d)),
@@ -1162,9 +1171,15 @@ static int policy_obj(policy_parse_t *pp, const json_t *obj, const char *path, c
 int policy_get_number(policy_parse_t *pp, const json_t *obj, const char *path, const char *key,
                       double def, double lo, double hi, double *out)
 {
+    return policy_get_number_in(pp, obj, path, key, def, lo, hi, 0, out);
+}
+
+int policy_get_number_in(policy_parse_t *pp, const json_t *obj, const char *path, const char *key,
+                         double def, double lo, double hi, int open, double *out)
+{
     char p[PTR_MAX];
     if (policy_obj(pp, obj, path, p, sizeof(p)) < 0) return -1;
-    return get_number(pp->cx, obj, p, key, def, lo, hi, out);
+    return get_number(pp->cx, obj, p, key, def, lo, hi, open, out);
 }
 
 int policy_get_int(policy_parse_t *pp, const json_t *obj, const char *path, const char *key,

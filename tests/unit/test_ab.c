@@ -526,15 +526,17 @@ static void test_config_errors_with_position(void **state)
     /* Statistics parameters and their ranges. */
     assert_config_error(EXP("\"arms\": {\"champion\": 1}, \"reward\": \"gaussian\"}"), "\"reward\"",
                         "\"gaussian\"", "\"continuous\"");
+    /* (The message names the range with its open ends, whichever end failed.) */
     assert_config_error(EXP("\"arms\": {\"champion\": 1}, \"alpha\": 0}"), "\"alpha\"", "0",
-                        "alpha");
+                        "alpha must be a number in (0, 0.5], got 0");
     assert_config_error(EXP("\"arms\": {\"champion\": 1}, \"alpha\": 0.7}"), "\"alpha\"", "0.7",
-                        "");
+                        "alpha must be a number in (0, 0.5], got 0.7");
     assert_config_error(EXP("\"arms\": {\"champion\": 1}, \"power\": 1}"), "\"power\"", "1",
-                        "power");
-    assert_config_error(EXP("\"arms\": {\"champion\": 1}, \"mde\": 0}"), "\"mde\"", "0", "mde");
+                        "power must be a number in [0.5, 1), got 1");
+    assert_config_error(EXP("\"arms\": {\"champion\": 1}, \"mde\": 0}"), "\"mde\"", "0",
+                        "mde must be a number in (0, 1], got 0");
     assert_config_error(EXP("\"arms\": {\"champion\": 1}, \"mixture_variance\": 0}"),
-                        "\"mixture_variance\"", "0", "mixture_variance");
+                        "\"mixture_variance\"", "0", "mixture_variance must be a number > 0");
 }
 
 static void test_config_accepts_all_parameters(void **state)
