@@ -144,9 +144,14 @@ static int parse_arms(il_t *il, const json_t *exp, policy_parse_t *pp)
     const json_t *arms = json_object_get(exp, "arms");
     if (arms == NULL) return policy_error(pp, "", "missing \"arms\": [champion, challenger]");
     if (!json_is_array(arms) || json_array_size(arms) != 2)
-        return policy_error(pp, "/arms",
-                            "interleave compares exactly 2 arms: [champion, challenger], got %s",
-                            json_is_array(arms) ? "another number" : "no list");
+        return json_is_array(arms)
+                   ? policy_error(pp, "/arms",
+                                  "interleave compares exactly 2 arms: [champion, challenger], "
+                                  "got %zu",
+                                  json_array_size(arms))
+                   : policy_error(pp, "/arms",
+                                  "interleave compares exactly 2 arms: [champion, challenger], "
+                                  "got no list");
     for (size_t i = 0; i < 2; i++) {
         char path[16];
         snprintf(path, sizeof path, "/arms/%zu", i);

@@ -981,7 +981,10 @@ config_t *config_parse(const char *text, size_t len, const char *name, char *err
     if (cx.root == NULL) {
         if (errlen > 0)
             snprintf(err, errlen, "%s:%d:%d: %s", cx.name, je.line < 1 ? 1 : je.line,
-                     je.column < 1 ? 1 : je.column, je.text);
+                     je.column < 1 ? 1 : je.column,
+                     /* jansson names its own flag; say what is wrong instead */
+                     strstr(je.text, "JSON_ALLOW_NUL") ? "\\u0000 (NUL) is not allowed in a string"
+                                                       : je.text);
         return NULL;
     }
     cp = calloc(1, sizeof(*cp));
@@ -1135,8 +1138,8 @@ int policy_add_arm(policy_parse_t *pp, const char *name, const char *path)
     }
     for (size_t i = 0; i < e->n_arms; i++)
         if (e->arms[i] == up)
-            return cerr(cx, p, at_key, "%s: arm \"%s\" is listed twice", dotted(cx, p, d, sizeof(d)),
-                        name);
+            return cerr(cx, p, at_key, "%s: arm \"%s\" is listed twice",
+                        dotted(cx, p, d, sizeof(d)), name);
     if (e->n_arms >= MM_MAX_ARMS)
         return cerr(cx, p, 0, "%s: too many arms (at most %d)", dotted(cx, p, d, sizeof(d)),
                     MM_MAX_ARMS);
