@@ -853,7 +853,8 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
         return;
     }
     if (kind != UP_ERR_OVERFLOW) up_pool_observe(r->pool, 0, uv_now(c->srv->loop));
-    store_error(c->srv->store, r->exp->state, r->arm);
+    /* The arm's error is counted once, when the request ends (req_finish):
+     * a retry may still succeed, and a 502/504 answer counts as a 5xx. */
     if (reused && r->replayable && r->retries < MAX_RETRIES) {
         /* The model server closed a keep-alive connection as we reused it. */
         r->retries++;
@@ -867,6 +868,7 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
      * (the challenger may still be working on it). */
     if (r->arm != 0 && r->replayable && kind != UP_ERR_TIMEOUT && kind != UP_ERR_OVERFLOW) {
         r->exp->metrics->arms[r->arm].fallbacks++;
+        r->chosen_failed = 1;
         r->arm = 0;
         r->retry = r->up_head_written;
         build_upstream_head(c);
@@ -913,6 +915,10 @@ static void req_finish(conn_t *c)
         metrics_arm_t *ma = &r->exp->metrics->arms[r->arm];
         metrics_status(ma->by_status, r->status);
         metrics_latency(ma, latency);
+        /* One failed request is one error. A chosen arm that could not be
+         * reached gets its error here but no pull: the champion's answer is
+         * the champion's request. */
+        if (r->chosen_failed) store_error(srv->store, r->exp->state, r->chosen);
         if (r->status != 0 && r->status != 499) {
             store_pull(srv->store, r->exp->state, r->arm);
             if (r->status >= 500) store_error(srv->store, r->exp->state, r->arm);
@@ -950,7 +956,7 @@ static void req_finish(conn_t *c)
     r->up_head_written = r->replayable = 0;
     r->status = 0;
     r->body_in = r->bytes_out = 0;
-    r->up_errors = 0;
+    r->up_errors = r->chosen_failed = 0;
     r->aborted = 0;
     r->capture_body = 0;
     r->capture_limit = 0;

@@ -14,8 +14,10 @@ report in its log (that is what an ASan build checks).
 """
 import http.client
 import json
+import os
 import re
 import select
+import shutil
 import socket
 import threading
 import time
@@ -892,6 +894,104 @@ class Fallback(TestCluster):
         later = [one() for _ in range(40)]
         self.assertIn((500, "challenger"), later)
         c.close()
+
+
+# ---------------------------------------------------------------- modelmux's own answers
+
+def hanging_listener():
+    """A socket that accepts connections (the kernel does) and never answers."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    return s
+
+
+def redis_hget(port, key, field):
+    """HGET over a bare RESP exchange: the value as text, or None."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        args = [b"HGET", key.encode(), field.encode()]
+        s.sendall(b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+        f = s.makefile("rb")
+        line = f.readline()
+        if line.startswith(b"$-1"):
+            return None
+        assert line.startswith(b"$"), line
+        return f.read(int(line[1:]) + 2)[:-2].decode()
+    finally:
+        s.close()
+
+
+class ErrorAccounting(TestCluster):
+    """One failed request is one error for its arm, wherever it failed."""
+
+    def start(self, upstreams, weights, store=None):
+        self.port, self.admin_port = mmtest.free_port(), mmtest.free_port()
+        extra = {"store": store} if store else {}
+        self.cluster.modelmux(mmtest.base_config(self.port, upstreams, [ab("ab", "/v1/", weights)],
+                                                 admin_port=self.admin_port,
+                                                 limits={"drain_timeout_ms": 2000}, **extra), "--seed", 1)
+
+    def arms(self):
+        st, _, body = mmtest.request(self.admin_port, "GET", "/experiments/ab")
+        self.assertEqual(st, 200)
+        return {a["name"]: (a["requests"], a["errors"]) for a in json.loads(body)["arms"]}
+
+    def get(self, path="/v1/rank"):
+        c = self.raw(self.port)
+        c.send(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        return c.response()
+
+    def test_upstream_timeout_is_one_error(self):
+        hang = hanging_listener()
+        self.addCleanup(hang.close)
+        self.start({"champion": up(hang.getsockname()[1], timeout_ms=200)}, {"champion": 1})
+        self.assertJsonError(self.get(), 504, "upstream_timeout")
+        self.assertEqual(self.arms(), {"champion": (1, 1)})
+
+    def test_refused_connect_is_one_error(self):
+        self.start({"champion": mmtest.free_port()}, {"champion": 1})
+        self.assertJsonError(self.get(), 502, "upstream_unavailable")
+        self.assertJsonError(self.get(), 502, "upstream_unavailable")
+        self.assertEqual(self.arms(), {"champion": (2, 2)})
+
+    def test_upstream_5xx_is_one_error(self):
+        ms = self.cluster.model_server("champion", "--error-rate", 1)
+        self.start({"champion": ms.port}, {"champion": 1})
+        self.assertEqual(self.get().status, 500)
+        self.assertEqual(self.arms(), {"champion": (1, 1)})
+
+    def test_unreachable_challenger_gets_one_error_and_no_request(self):
+        champion = self.cluster.model_server("champion")
+        self.start({"champion": champion.port, "challenger": mmtest.free_port()},
+                   {"champion": 0, "challenger": 1})
+        r = self.get()
+        self.assertEqual((r.status, r.headers["x-modelmux-arm"]), (200, "champion"))
+        self.assertEqual(self.arms(), {"champion": (1, 0), "challenger": (0, 1)})
+
+    def test_fallback_to_an_unreachable_champion_is_one_error_each(self):
+        self.start({"champion": mmtest.free_port(), "challenger": mmtest.free_port()},
+                   {"champion": 0, "challenger": 1})
+        self.assertJsonError(self.get(), 502, "upstream_unavailable")
+        self.assertEqual(self.arms(), {"champion": (1, 1), "challenger": (0, 1)})
+
+    def test_redis_arm_hash_has_one_error_per_failed_request(self):
+        if not os.environ.get("MM_REDIS_PORT") and not shutil.which(
+                os.environ.get("MM_REDIS_SERVER", "redis-server")):
+            self.skipTest("no redis-server")
+        rport = self.cluster.redis()
+        prefix = "mmtest-proxy-%d-%d" % (os.getpid(), time.time_ns())
+        hang = hanging_listener()
+        self.addCleanup(hang.close)
+        self.start({"champion": up(hang.getsockname()[1], timeout_ms=200)}, {"champion": 1},
+                   store={"type": "redis", "host": "127.0.0.1", "port": rport, "prefix": prefix,
+                          "sync_ms": 50})
+        for _ in range(2):
+            self.assertJsonError(self.get(), 504, "upstream_timeout")
+        key = "%s:{ab}:arm:champion" % prefix
+        mmtest.eventually(lambda: redis_hget(rport, key, "pulls") == "2", timeout=5)
+        time.sleep(0.2)  # a second sync round would carry a late extra error
+        self.assertEqual(redis_hget(rport, key, "errors"), "2")
 
 
 if __name__ == "__main__":
