@@ -377,13 +377,21 @@ static void on_continue_written(uv_write_t *w, int status)
     (void)status;
 }
 
-/* Write a complete answer held in r->out and finish the request after it. */
+/* Write a complete answer held in r->out and finish the request after it.
+ * Every answer modelmux makes itself (errors, admin, feedback) passes here,
+ * so this is where a HEAD request loses the body: the head keeps the
+ * Content-Length a GET would get (RFC 9110 §9.3.2), and body bytes would be
+ * read by the client as the start of the next pipelined answer. */
 static void write_out_final(conn_t *c)
 {
     req_t *r = &c->req;
     if (r->out.oom) {
         conn_close(c);
         return;
+    }
+    if (r->head_request) {
+        const char *end = memmem(r->out.p, r->out.len, "\r\n\r\n", 4);
+        if (end) r->out.len = (size_t)(end + 4 - r->out.p);
     }
     r->responding = 1;
     r->final_write = 1;
@@ -406,6 +414,8 @@ static void send_error(conn_t *c, int status, const char *code, const char *msg)
         snprintf(r->method, sizeof(r->method), "%s",
                  c->headers_done ? llhttp_method_name(c->parser.method) : "-");
         r->method_len = strlen(r->method);
+        /* (the flag may be left from the previous request on the connection) */
+        r->head_request = c->headers_done && c->parser.method == HTTP_HEAD;
         r->router = c->srv->router;
         router_ref(r->router);
     }

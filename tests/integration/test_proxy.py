@@ -994,5 +994,67 @@ class ErrorAccounting(TestCluster):
         self.assertEqual(redis_hget(rport, key, "errors"), "2")
 
 
+class HeadOnLocalAnswers(ClassCluster):
+    """modelmux's own answers to HEAD have a head and no body, so a pipelined
+    request behind them is read as its own answer."""
+
+    @classmethod
+    def start(cls, cl):
+        cls.champion = cl.model_server("champion")
+        cls.port, cls.admin_port = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(cls.port, {"champion": cls.champion.port, "gone": mmtest.free_port()}, [
+            ab("ab", "/v1/", {"champion": 1}),
+            ab("dead", "/dead/", {"gone": 1}),
+        ], admin_port=cls.admin_port, limits={"drain_timeout_ms": 2000})
+        cls.mm = cl.modelmux(cfg, "--seed", 1)
+
+    def head_then_get(self, port, head_path, get_path):
+        c = self.raw(port)
+        c.send(b"HEAD %s HTTP/1.1\r\nHost: t\r\n\r\nGET %s HTTP/1.1\r\nHost: t\r\n\r\n"
+               % (head_path.encode(), get_path.encode()))
+        first = c.response(head_request=True)
+        second = c.response()
+        # nothing else may follow: a body byte of the HEAD answer would be here
+        c.s.settimeout(0.2)
+        try:
+            rest = c.f.read1(65536)  # what is buffered, else one read
+        except (socket.timeout, TimeoutError):
+            rest = b""
+        return first, second, rest
+
+    def assertHeadOfError(self, resp, status):
+        self.assertEqual(resp.status, status, resp)
+        self.assertEqual(resp.headers["content-type"], "application/json")
+        self.assertGreater(int(resp.headers["content-length"]), 0)  # what a GET would get
+        self.assertTrue(resp.headers["x-request-id"])
+
+    def test_head_404_no_route_has_no_body(self):
+        first, second, rest = self.head_then_get(self.port, "/nope", "/nope")
+        self.assertHeadOfError(first, 404)
+        self.assertJsonError(second, 404, "no_route")
+        self.assertEqual(rest, b"")
+
+    def test_head_502_from_a_dead_upstream_has_no_body(self):
+        first, second, rest = self.head_then_get(self.port, "/dead/x", "/nope")
+        self.assertHeadOfError(first, 502)
+        self.assertJsonError(second, 404, "no_route")
+        self.assertEqual(rest, b"")
+
+    def test_head_405_on_feedback_has_no_body(self):
+        first, second, rest = self.head_then_get(self.port, "/_modelmux/feedback", "/nope")
+        self.assertHeadOfError(first, 405)
+        self.assertJsonError(second, 404, "no_route")
+        self.assertEqual(rest, b"")
+
+    def test_head_on_the_admin_listener_has_no_body(self):
+        for path in ("/nope", "/experiments/nope", "/reload", "/experiments/ab"):
+            first, second, rest = self.head_then_get(self.admin_port, path, "/healthz")
+            self.assertEqual(first.status, {"/nope": 404, "/experiments/nope": 404,
+                                            "/reload": 405, "/experiments/ab": 200}[path], path)
+            self.assertGreater(int(first.headers["content-length"]), 0)
+            self.assertEqual((second.status, json.loads(second.body)), (200, {"status": "ok"}))
+            self.assertEqual(rest, b"")
+
+
 if __name__ == "__main__":
     mmtest.main()
