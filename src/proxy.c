@@ -399,6 +399,19 @@ static void write_out_final(conn_t *c)
     client_write(c, &b, 1);
 }
 
+/* X-Modelmux-Experiment and X-Modelmux-Arm for an error answer to a routed
+ * request, as a proxied answer has them: the arm is the one the request was
+ * last sent to, which is also what its metrics and log line name. NULL before
+ * routing (400, 404, 413/431 from the head, 503 overloaded), when only
+ * X-Request-Id can be said. Names are at most 64 bytes, so buf never cuts. */
+static const char *route_headers(const req_t *r, char *buf, size_t n)
+{
+    if (r->exp == NULL || r->local) return NULL;
+    int len = snprintf(buf, n, "X-Modelmux-Experiment: %s\r\nX-Modelmux-Arm: %s\r\n",
+                       r->exp->cfg->name, r->exp->ups[r->arm]->name);
+    return len > 0 && (size_t)len < n ? buf : NULL;
+}
+
 static void send_error(conn_t *c, int status, const char *code, const char *msg)
 {
     req_t *r = &c->req;
@@ -433,8 +446,9 @@ static void send_error(conn_t *c, int status, const char *code, const char *msg)
         r->up = NULL;
     }
     mm_buf_reset(&r->out);
+    char route[192];
     http_error_response(&r->out, status, code, msg, (mm_str_t){r->id, r->id_len}, r->keep_alive,
-                        NULL);
+                        route_headers(r, route, sizeof(route)));
     write_out_final(c);
 }
 
@@ -463,8 +477,9 @@ void conn_respond_error(conn_t *c, int status, const char *code, const char *mes
     if (c->closing || !r->active || r->responding) return;
     r->status = status;
     mm_buf_reset(&r->out);
+    char route[192];
     http_error_response(&r->out, status, code, message, (mm_str_t){r->id, r->id_len}, r->keep_alive,
-                        NULL);
+                        route_headers(r, route, sizeof(route)));
     write_out_final(c);
 }
 

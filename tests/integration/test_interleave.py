@@ -238,9 +238,11 @@ class Interleave(mmtest.MMTestCase):
 
     def test_both_rankers_down_is_a_502(self):
         mm = self.start(mmtest.free_port(), mmtest.free_port())
-        st, _, body = mmtest.request(mm.port, "GET", "/v1/rank")
+        st, headers, body = mmtest.request(mm.port, "GET", "/v1/rank")
         self.assertEqual(st, 502)
         self.assertEqual(json.loads(body)["error"], "upstream_unavailable")
+        self.assertEqual(headers.get("x-modelmux-experiment"), "search")
+        self.assertIn(headers.get("x-modelmux-arm"), ("ranker-a", "ranker-b"))
         view = self.policy_state(mm)
         self.assertEqual(view["policy_state"]["this_instance"]["no_usable_answer"], 1)
         # one failed request, one error per ranker: the arm it is accounted to

@@ -1056,5 +1056,71 @@ class HeadOnLocalAnswers(ClassCluster):
             self.assertEqual(rest, b"")
 
 
+class RoutedErrorHeaders(ClassCluster):
+    """An error modelmux answers after routing names the experiment and the
+    arm the request was last sent to (as its metrics do); one before routing
+    can only name the request."""
+
+    @classmethod
+    def start(cls, cl):
+        cls.hang = hanging_listener()
+        cls.champion = cl.model_server("champion")
+        cls.port, cls.admin_port = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(cls.port, {
+            "champion": cls.champion.port,
+            "slow": up(cls.hang.getsockname()[1], timeout_ms=200),
+            "gone": mmtest.free_port(),
+            "gone2": mmtest.free_port(),
+        }, [
+            ab("ab", "/v1/", {"champion": 1}),
+            ab("timeout", "/slow/", {"slow": 1}),
+            ab("refused", "/dead/", {"gone": 1}),
+            ab("fallback", "/fb/", {"gone": 0, "gone2": 1}),  # gone is its champion
+        ], admin_port=cls.admin_port, limits={"drain_timeout_ms": 2000, "max_body_bytes": 1000})
+        cls.mm = cl.modelmux(cfg, "--seed", 1)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.hang.close()
+
+    def send(self, data):
+        c = self.raw(self.port)
+        c.send(data)
+        return c.response()
+
+    def routing_headers(self, resp):
+        return resp.headers.get("x-modelmux-experiment"), resp.headers.get("x-modelmux-arm")
+
+    def test_504_names_experiment_and_arm(self):
+        r = self.send(b"GET /slow/x HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertJsonError(r, 504, "upstream_timeout")
+        self.assertEqual(self.routing_headers(r), ("timeout", "slow"))
+
+    def test_502_names_experiment_and_arm(self):
+        r = self.send(b"GET /dead/x HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertJsonError(r, 502, "upstream_unavailable")
+        self.assertEqual(self.routing_headers(r), ("refused", "gone"))
+
+    def test_502_after_a_fallback_names_the_champion_as_the_metrics_do(self):
+        r = self.send(b"GET /fb/x HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertJsonError(r, 502, "upstream_unavailable")
+        self.assertEqual(self.routing_headers(r), ("fallback", "gone"))
+        codes = mmtest.metric_samples(self.admin_port, "modelmux_requests_total", "experiment", "arm", "code")
+        self.assertEqual(codes.get(("fallback", "gone", "502")), 1)
+
+    def test_errors_before_routing_carry_only_the_request_id(self):
+        for data, status, code in [
+            (b"GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n", 404, "no_route"),
+            (b"POST /v1/x HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n", 413, "body_too_large"),
+            (b"GET /v1/x HTTP/1.1\r\nHost: t\r\n" + b"".join(b"H%d: v\r\n" % i for i in range(140)) + b"\r\n",
+             431, "headers_too_large"),
+            (b"GET /v1/x HTTZ/1.1\r\nHost: t\r\n\r\n", 400, "bad_request"),
+        ]:
+            r = self.send(data)
+            self.assertJsonError(r, status, code)
+            self.assertEqual(self.routing_headers(r), (None, None), r)
+
+
 if __name__ == "__main__":
     mmtest.main()
