@@ -1122,5 +1122,81 @@ class RoutedErrorHeaders(ClassCluster):
             self.assertEqual(self.routing_headers(r), (None, None), r)
 
 
+class ClientStallsMidBody(ClassCluster):
+    """While the body is still coming from the client, the upstream waits for
+    us: a stall is the client's (408 after idle_timeout_ms), never an upstream
+    timeout, an upstream error or a step towards ejecting it."""
+    IDLE_TIMEOUT = 1000
+    UP_TIMEOUT = 300
+
+    @classmethod
+    def start(cls, cl):
+        cls.hang = hanging_listener()
+        cls.champion = cl.model_server("champion")
+        cls.challenger = cl.model_server("challenger")
+        cls.port, cls.admin_port = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(cls.port, {
+            "champion": cls.champion.port,
+            "challenger": up(cls.challenger.port, timeout_ms=cls.UP_TIMEOUT,
+                             eject={"consecutive_5xx": 2, "base_ms": 30000}),
+            "slow": up(cls.hang.getsockname()[1], timeout_ms=cls.UP_TIMEOUT),
+        }, [
+            ab("stall", "/echo", {"champion": 0, "challenger": 1}),
+            ab("hang", "/hang", {"slow": 1}),
+        ], admin_port=cls.admin_port,
+            limits={"idle_timeout_ms": cls.IDLE_TIMEOUT, "drain_timeout_ms": 2000})
+        cls.mm = cl.modelmux(cfg, "--seed", 1)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.hang.close()
+
+    def test_stalled_bodies_get_408_and_the_upstream_is_not_blamed(self):
+        conns = []
+        t0 = time.time()
+        for head, part in [
+            (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n", b"abc"),
+            (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nab"),
+        ]:
+            c = self.raw(self.port)
+            c.send(head + part)
+            conns.append(c)
+        for c in conns:
+            r = c.response()
+            self.assertJsonError(r, 408, "request_timeout")
+            self.assertEqual(r.headers.get("x-modelmux-arm"), "challenger")
+            self.assertTrue(c.closed_within(1.0))
+        self.assertGreaterEqual(time.time() - t0, self.IDLE_TIMEOUT / 1000.0 * 0.9)
+        # two stalls did not eject the challenger: it still answers
+        st, headers, body = mmtest.request(self.port, "POST", "/echo", body=b"0123456789")
+        self.assertEqual((st, headers["x-modelmux-arm"]), (200, "challenger"))
+        errs = mmtest.metric_samples(self.admin_port, "modelmux_upstream_errors_total", "upstream", "kind")
+        self.assertEqual(errs[("challenger", "timeout")], 0)
+        self.assertEqual(errs[("challenger", "ejection")], 0)
+        st, _, body = mmtest.request(self.admin_port, "GET", "/experiments/stall")
+        arm = {a["name"]: a for a in json.loads(body)["arms"]}["challenger"]
+        self.assertEqual(arm["errors"], 0)
+
+    def test_a_pause_longer_than_the_upstream_timeout_is_not_a_504(self):
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        time.sleep(self.UP_TIMEOUT / 1000.0 * 2)  # under idle_timeout_ms
+        c.send(b"defghij")
+        r = c.response()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["body_len"], 10)
+
+    def test_the_upstream_timeout_runs_again_once_the_body_is_sent(self):
+        c = self.raw(self.port)
+        c.send(b"POST /hang HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        time.sleep(self.UP_TIMEOUT / 1000.0 * 2)
+        t0 = time.time()
+        c.send(b"defghij")
+        r = c.response()
+        self.assertJsonError(r, 504, "upstream_timeout")
+        self.assertLess(time.time() - t0, self.UP_TIMEOUT / 1000.0 + 0.7)
+
+
 if __name__ == "__main__":
     mmtest.main()
