@@ -47,7 +47,6 @@ static void answer(fanout_t *f)
                                      {l->resp.p ? l->resp.p : "", l->resp.len},
                                      l->truncated};
         if (l->status != 0 || !l->timed_out) all_timeouts = 0;
-        if (l->status == 0 || l->status >= 500) store_error(srv->store, f->exp->state, i);
     }
     policy_view_t v;
     router_view(f->exp, &srv->rng, mm_now_ms(), &v);
@@ -56,7 +55,15 @@ static void answer(fanout_t *f)
     mm_buf_init(&aux);
     int merged = 0;
     int arm = ce->ops->combine(ce->policy, &v, answers, (size_t)f->n, &out, &aux, &merged);
-    if (arm < 0 || arm >= f->n || answers[arm].status == 0) {
+    int usable = arm >= 0 && arm < f->n && answers[arm].status != 0;
+    if (usable) r->arm = arm;
+    /* One error per failed leg. The arm the request is accounted to (r->arm)
+     * gets its error from req_finish, by the final status; a leg that failed
+     * beside it gets one here and no pull (its list was not shown). */
+    for (int i = 0; i < f->n; i++)
+        if (i != r->arm && (answers[i].status == 0 || answers[i].status >= 500))
+            store_error(srv->store, f->exp->state, i);
+    if (!usable) {
         r->up_errors++;
         if (all_timeouts)
             conn_respond_error(c, 504, "upstream_timeout", "no ranker answered in time");
@@ -64,7 +71,6 @@ static void answer(fanout_t *f)
             conn_respond_error(c, 502, "upstream_unavailable", "no ranker gave a usable answer");
         goto done;
     }
-    r->arm = arm;
     r->merged = merged;
     if (merged) /* every arm contributed: an impression for each */
         for (int i = 0; i < f->n; i++)

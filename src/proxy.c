@@ -377,7 +377,11 @@ static void on_continue_written(uv_write_t *w, int status)
     (void)status;
 }
 
-/* Write a complete answer held in r->out and finish the request after it. */
+/* Write a complete answer held in r->out and finish the request after it.
+ * Every answer modelmux makes itself (errors, admin, feedback) passes here,
+ * so this is where a HEAD request loses the body: the head keeps the
+ * Content-Length a GET would get (RFC 9110 §9.3.2), and body bytes would be
+ * read by the client as the start of the next pipelined answer. */
 static void write_out_final(conn_t *c)
 {
     req_t *r = &c->req;
@@ -385,10 +389,27 @@ static void write_out_final(conn_t *c)
         conn_close(c);
         return;
     }
+    if (r->head_request) {
+        const char *end = memmem(r->out.p, r->out.len, "\r\n\r\n", 4);
+        if (end) r->out.len = (size_t)(end + 4 - r->out.p);
+    }
     r->responding = 1;
     r->final_write = 1;
     uv_buf_t b = uv_buf_init(r->out.p, (unsigned)r->out.len);
     client_write(c, &b, 1);
+}
+
+/* X-Modelmux-Experiment and X-Modelmux-Arm for an error answer to a routed
+ * request, as a proxied answer has them: the arm is the one the request was
+ * last sent to, which is also what its metrics and log line name. NULL before
+ * routing (400, 404, 413/431 from the head, 503 overloaded), when only
+ * X-Request-Id can be said. Names are at most 64 bytes, so buf never cuts. */
+static const char *route_headers(const req_t *r, char *buf, size_t n)
+{
+    if (r->exp == NULL || r->local) return NULL;
+    int len = snprintf(buf, n, "X-Modelmux-Experiment: %s\r\nX-Modelmux-Arm: %s\r\n",
+                       r->exp->cfg->name, r->exp->ups[r->arm]->name);
+    return len > 0 && (size_t)len < n ? buf : NULL;
 }
 
 static void send_error(conn_t *c, int status, const char *code, const char *msg)
@@ -406,6 +427,8 @@ static void send_error(conn_t *c, int status, const char *code, const char *msg)
         snprintf(r->method, sizeof(r->method), "%s",
                  c->headers_done ? llhttp_method_name(c->parser.method) : "-");
         r->method_len = strlen(r->method);
+        /* (the flag may be left from the previous request on the connection) */
+        r->head_request = c->headers_done && c->parser.method == HTTP_HEAD;
         r->router = c->srv->router;
         router_ref(r->router);
     }
@@ -423,8 +446,9 @@ static void send_error(conn_t *c, int status, const char *code, const char *msg)
         r->up = NULL;
     }
     mm_buf_reset(&r->out);
+    char route[192];
     http_error_response(&r->out, status, code, msg, (mm_str_t){r->id, r->id_len}, r->keep_alive,
-                        NULL);
+                        route_headers(r, route, sizeof(route)));
     write_out_final(c);
 }
 
@@ -453,8 +477,9 @@ void conn_respond_error(conn_t *c, int status, const char *code, const char *mes
     if (c->closing || !r->active || r->responding) return;
     r->status = status;
     mm_buf_reset(&r->out);
+    char route[192];
     http_error_response(&r->out, status, code, message, (mm_str_t){r->id, r->id_len}, r->keep_alive,
-                        NULL);
+                        route_headers(r, route, sizeof(route)));
     write_out_final(c);
 }
 
@@ -853,7 +878,8 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
         return;
     }
     if (kind != UP_ERR_OVERFLOW) up_pool_observe(r->pool, 0, uv_now(c->srv->loop));
-    store_error(c->srv->store, r->exp->state, r->arm);
+    /* The arm's error is counted once, when the request ends (req_finish):
+     * a retry may still succeed, and a 502/504 answer counts as a 5xx. */
     if (reused && r->replayable && r->retries < MAX_RETRIES) {
         /* The model server closed a keep-alive connection as we reused it. */
         r->retries++;
@@ -867,6 +893,7 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
      * (the challenger may still be working on it). */
     if (r->arm != 0 && r->replayable && kind != UP_ERR_TIMEOUT && kind != UP_ERR_OVERFLOW) {
         r->exp->metrics->arms[r->arm].fallbacks++;
+        r->chosen_failed = 1;
         r->arm = 0;
         r->retry = r->up_head_written;
         build_upstream_head(c);
@@ -913,6 +940,10 @@ static void req_finish(conn_t *c)
         metrics_arm_t *ma = &r->exp->metrics->arms[r->arm];
         metrics_status(ma->by_status, r->status);
         metrics_latency(ma, latency);
+        /* One failed request is one error. A chosen arm that could not be
+         * reached gets its error here but no pull: the champion's answer is
+         * the champion's request. */
+        if (r->chosen_failed) store_error(srv->store, r->exp->state, r->chosen);
         if (r->status != 0 && r->status != 499) {
             store_pull(srv->store, r->exp->state, r->arm);
             if (r->status >= 500) store_error(srv->store, r->exp->state, r->arm);
@@ -950,7 +981,7 @@ static void req_finish(conn_t *c)
     r->up_head_written = r->replayable = 0;
     r->status = 0;
     r->body_in = r->bytes_out = 0;
-    r->up_errors = 0;
+    r->up_errors = r->chosen_failed = 0;
     r->aborted = 0;
     r->capture_body = 0;
     r->capture_limit = 0;

@@ -56,6 +56,7 @@ typedef struct {
     int aborted;
     int capture_body;
     int up_errors, last_err;
+    int chosen_failed; /* the chosen arm failed before answering; the champion took over */
     int status;
     uint64_t body_in;   /* request body bytes (de-chunked) */
     uint64_t bytes_out; /* answer body bytes */

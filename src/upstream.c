@@ -67,6 +67,7 @@ struct up_conn_s {
     int eof_pending; /* close-delimited body ended while the user held bytes */
     int headers_done, msg_done;
     int got_bytes;
+    int req_open; /* the user has more request bytes to come (up_write's last == 0) */
     unsigned uses;
     int closing_handles;
     uint64_t last_io;   /* loop time of the last read or write (response timer) */
@@ -347,6 +348,12 @@ static void on_timer(uv_timer_t *t)
             u->ops->on_error(u, NULL, UP_ERR_CONNECT_TIMEOUT, 0);
         }
     } else if (c->state == UC_BUSY) {
+        /* Everything the client sent so far is written, more is to come and
+         * no answer byte has arrived: the model server waits for us, not we
+         * for it. Blaming it (504, an ejection signal) for a client that
+         * stalls mid-body would be wrong; the client's own timer decides
+         * (408). The timer lapses here; the next write or read re-arms it. */
+        if (c->req_open && !c->writing && !c->got_bytes) return;
         uint64_t idle = uv_now(c->pool->loop) - c->last_io;
         uint64_t limit = (uint64_t)c->pool->cfg.timeout_ms;
         if (idle < limit) {
@@ -458,6 +465,7 @@ static void begin_exchange(up_conn_t *c, up_user_t *u)
     c->eof_pending = 0;
     c->headers_done = c->msg_done = 0;
     c->got_bytes = 0;
+    c->req_open = 0;
     c->uses++;
     memset(&c->resp, 0, sizeof(c->resp));
     llhttp_init(&c->parser, HTTP_RESPONSE, &resp_settings);
@@ -611,7 +619,10 @@ static void on_written(uv_write_t *w, int status)
 int up_write(up_conn_t *c, const uv_buf_t *bufs, unsigned n, int last)
 {
     if (c->state != UC_BUSY || c->writing || n > 4) return -1;
-    (void)last;
+    c->req_open = !last;
+    /* The timer may have lapsed while we waited for the client: the wait
+     * does not count, and a write the server does not take must time out. */
+    if (!uv_is_active((uv_handle_t *)&c->timer)) arm_response_timer(c);
     uv_buf_t rest[4];
     for (unsigned i = 0; i < n; i++) rest[i] = bufs[i];
     int done = mm_try_write((uv_stream_t *)&c->tcp, rest, &n);

@@ -102,7 +102,9 @@ void up_cancel(up_pool_t *p, up_user_t *u);
 
 /* Write request bytes (at most 4 buffers; they must stay valid until
  * on_sent). One write at a time. on_sent may run before up_write returns
- * (the kernel took everything at once). */
+ * (the kernel took everything at once). `last`: the request ends with these
+ * bytes. Until it has, timeout_ms does not run while every byte given is
+ * written and no answer byte has come (the server is waiting for the rest). */
 int up_write(up_conn_t *c, const uv_buf_t *bufs, unsigned n, int last);
 /* Deliver decoded body spans instead of raw bytes (set before up_resume after on_head). */
 void up_set_decode(up_conn_t *c, int decode);

@@ -233,14 +233,21 @@ class Interleave(mmtest.MMTestCase):
         state = self.policy_state(mm)["policy_state"]
         self.assertEqual(state["arms"][0]["unusable"]["status"], 20)
         self.assertEqual(state["arms"][0]["errors"], 20)
+        arms = {a["name"]: (a["requests"], a["errors"]) for a in self.policy_state(mm)["arms"]}
+        self.assertEqual(arms, {"ranker-a": (0, 20), "ranker-b": (20, 0)})
 
     def test_both_rankers_down_is_a_502(self):
         mm = self.start(mmtest.free_port(), mmtest.free_port())
-        st, _, body = mmtest.request(mm.port, "GET", "/v1/rank")
+        st, headers, body = mmtest.request(mm.port, "GET", "/v1/rank")
         self.assertEqual(st, 502)
         self.assertEqual(json.loads(body)["error"], "upstream_unavailable")
-        state = self.policy_state(mm)["policy_state"]
-        self.assertEqual(state["this_instance"]["no_usable_answer"], 1)
+        self.assertEqual(headers.get("x-modelmux-experiment"), "search")
+        self.assertIn(headers.get("x-modelmux-arm"), ("ranker-a", "ranker-b"))
+        view = self.policy_state(mm)
+        self.assertEqual(view["policy_state"]["this_instance"]["no_usable_answer"], 1)
+        # one failed request, one error per ranker: the arm it is accounted to
+        # (one request) and the other (its list was not shown: no request)
+        self.assertEqual(sorted((a["requests"], a["errors"]) for a in view["arms"]), [(0, 1), (1, 1)])
 
     # ------------------------------------------------------------ 3. clicks
 

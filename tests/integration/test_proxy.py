@@ -14,8 +14,10 @@ report in its log (that is what an ASan build checks).
 """
 import http.client
 import json
+import os
 import re
 import select
+import shutil
 import socket
 import threading
 import time
@@ -892,6 +894,308 @@ class Fallback(TestCluster):
         later = [one() for _ in range(40)]
         self.assertIn((500, "challenger"), later)
         c.close()
+
+
+# ---------------------------------------------------------------- modelmux's own answers
+
+def hanging_listener():
+    """A socket that accepts connections (the kernel does) and never answers."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    return s
+
+
+def redis_hget(port, key, field):
+    """HGET over a bare RESP exchange: the value as text, or None."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        args = [b"HGET", key.encode(), field.encode()]
+        s.sendall(b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+        f = s.makefile("rb")
+        line = f.readline()
+        if line.startswith(b"$-1"):
+            return None
+        assert line.startswith(b"$"), line
+        return f.read(int(line[1:]) + 2)[:-2].decode()
+    finally:
+        s.close()
+
+
+class ErrorAccounting(TestCluster):
+    """One failed request is one error for its arm, wherever it failed."""
+
+    def start(self, upstreams, weights, store=None):
+        self.port, self.admin_port = mmtest.free_port(), mmtest.free_port()
+        extra = {"store": store} if store else {}
+        self.cluster.modelmux(mmtest.base_config(self.port, upstreams, [ab("ab", "/v1/", weights)],
+                                                 admin_port=self.admin_port,
+                                                 limits={"drain_timeout_ms": 2000}, **extra), "--seed", 1)
+
+    def arms(self):
+        st, _, body = mmtest.request(self.admin_port, "GET", "/experiments/ab")
+        self.assertEqual(st, 200)
+        return {a["name"]: (a["requests"], a["errors"]) for a in json.loads(body)["arms"]}
+
+    def get(self, path="/v1/rank"):
+        c = self.raw(self.port)
+        c.send(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        return c.response()
+
+    def test_upstream_timeout_is_one_error(self):
+        hang = hanging_listener()
+        self.addCleanup(hang.close)
+        self.start({"champion": up(hang.getsockname()[1], timeout_ms=200)}, {"champion": 1})
+        self.assertJsonError(self.get(), 504, "upstream_timeout")
+        self.assertEqual(self.arms(), {"champion": (1, 1)})
+
+    def test_refused_connect_is_one_error(self):
+        self.start({"champion": mmtest.free_port()}, {"champion": 1})
+        self.assertJsonError(self.get(), 502, "upstream_unavailable")
+        self.assertJsonError(self.get(), 502, "upstream_unavailable")
+        self.assertEqual(self.arms(), {"champion": (2, 2)})
+
+    def test_upstream_5xx_is_one_error(self):
+        ms = self.cluster.model_server("champion", "--error-rate", 1)
+        self.start({"champion": ms.port}, {"champion": 1})
+        self.assertEqual(self.get().status, 500)
+        self.assertEqual(self.arms(), {"champion": (1, 1)})
+
+    def test_unreachable_challenger_gets_one_error_and_no_request(self):
+        champion = self.cluster.model_server("champion")
+        self.start({"champion": champion.port, "challenger": mmtest.free_port()},
+                   {"champion": 0, "challenger": 1})
+        r = self.get()
+        self.assertEqual((r.status, r.headers["x-modelmux-arm"]), (200, "champion"))
+        self.assertEqual(self.arms(), {"champion": (1, 0), "challenger": (0, 1)})
+
+    def test_fallback_to_an_unreachable_champion_is_one_error_each(self):
+        self.start({"champion": mmtest.free_port(), "challenger": mmtest.free_port()},
+                   {"champion": 0, "challenger": 1})
+        self.assertJsonError(self.get(), 502, "upstream_unavailable")
+        self.assertEqual(self.arms(), {"champion": (1, 1), "challenger": (0, 1)})
+
+    def test_redis_arm_hash_has_one_error_per_failed_request(self):
+        if not os.environ.get("MM_REDIS_PORT") and not shutil.which(
+                os.environ.get("MM_REDIS_SERVER", "redis-server")):
+            self.skipTest("no redis-server")
+        rport = self.cluster.redis()
+        prefix = "mmtest-proxy-%d-%d" % (os.getpid(), time.time_ns())
+        hang = hanging_listener()
+        self.addCleanup(hang.close)
+        self.start({"champion": up(hang.getsockname()[1], timeout_ms=200)}, {"champion": 1},
+                   store={"type": "redis", "host": "127.0.0.1", "port": rport, "prefix": prefix,
+                          "sync_ms": 50})
+        for _ in range(2):
+            self.assertJsonError(self.get(), 504, "upstream_timeout")
+        key = "%s:{ab}:arm:champion" % prefix
+        mmtest.eventually(lambda: redis_hget(rport, key, "pulls") == "2", timeout=5)
+        time.sleep(0.2)  # a second sync round would carry a late extra error
+        self.assertEqual(redis_hget(rport, key, "errors"), "2")
+
+
+class HeadOnLocalAnswers(ClassCluster):
+    """modelmux's own answers to HEAD have a head and no body, so a pipelined
+    request behind them is read as its own answer."""
+
+    @classmethod
+    def start(cls, cl):
+        cls.champion = cl.model_server("champion")
+        cls.port, cls.admin_port = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(cls.port, {"champion": cls.champion.port, "gone": mmtest.free_port()}, [
+            ab("ab", "/v1/", {"champion": 1}),
+            ab("dead", "/dead/", {"gone": 1}),
+        ], admin_port=cls.admin_port, limits={"drain_timeout_ms": 2000})
+        cls.mm = cl.modelmux(cfg, "--seed", 1)
+
+    def head_then_get(self, port, head_path, get_path):
+        c = self.raw(port)
+        c.send(b"HEAD %s HTTP/1.1\r\nHost: t\r\n\r\nGET %s HTTP/1.1\r\nHost: t\r\n\r\n"
+               % (head_path.encode(), get_path.encode()))
+        first = c.response(head_request=True)
+        second = c.response()
+        # nothing else may follow: a body byte of the HEAD answer would be here
+        c.s.settimeout(0.2)
+        try:
+            rest = c.f.read1(65536)  # what is buffered, else one read
+        except (socket.timeout, TimeoutError):
+            rest = b""
+        return first, second, rest
+
+    def assertHeadOfError(self, resp, status):
+        self.assertEqual(resp.status, status, resp)
+        self.assertEqual(resp.headers["content-type"], "application/json")
+        self.assertGreater(int(resp.headers["content-length"]), 0)  # what a GET would get
+        self.assertTrue(resp.headers["x-request-id"])
+
+    def test_head_404_no_route_has_no_body(self):
+        first, second, rest = self.head_then_get(self.port, "/nope", "/nope")
+        self.assertHeadOfError(first, 404)
+        self.assertJsonError(second, 404, "no_route")
+        self.assertEqual(rest, b"")
+
+    def test_head_502_from_a_dead_upstream_has_no_body(self):
+        first, second, rest = self.head_then_get(self.port, "/dead/x", "/nope")
+        self.assertHeadOfError(first, 502)
+        self.assertJsonError(second, 404, "no_route")
+        self.assertEqual(rest, b"")
+
+    def test_head_405_on_feedback_has_no_body(self):
+        first, second, rest = self.head_then_get(self.port, "/_modelmux/feedback", "/nope")
+        self.assertHeadOfError(first, 405)
+        self.assertJsonError(second, 404, "no_route")
+        self.assertEqual(rest, b"")
+
+    def test_head_on_the_admin_listener_has_no_body(self):
+        for path in ("/nope", "/experiments/nope", "/reload", "/experiments/ab"):
+            first, second, rest = self.head_then_get(self.admin_port, path, "/healthz")
+            self.assertEqual(first.status, {"/nope": 404, "/experiments/nope": 404,
+                                            "/reload": 405, "/experiments/ab": 200}[path], path)
+            self.assertGreater(int(first.headers["content-length"]), 0)
+            self.assertEqual((second.status, json.loads(second.body)), (200, {"status": "ok"}))
+            self.assertEqual(rest, b"")
+
+
+class RoutedErrorHeaders(ClassCluster):
+    """An error modelmux answers after routing names the experiment and the
+    arm the request was last sent to (as its metrics do); one before routing
+    can only name the request."""
+
+    @classmethod
+    def start(cls, cl):
+        cls.hang = hanging_listener()
+        cls.champion = cl.model_server("champion")
+        cls.port, cls.admin_port = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(cls.port, {
+            "champion": cls.champion.port,
+            "slow": up(cls.hang.getsockname()[1], timeout_ms=200),
+            "gone": mmtest.free_port(),
+            "gone2": mmtest.free_port(),
+        }, [
+            ab("ab", "/v1/", {"champion": 1}),
+            ab("timeout", "/slow/", {"slow": 1}),
+            ab("refused", "/dead/", {"gone": 1}),
+            ab("fallback", "/fb/", {"gone": 0, "gone2": 1}),  # gone is its champion
+        ], admin_port=cls.admin_port, limits={"drain_timeout_ms": 2000, "max_body_bytes": 1000})
+        cls.mm = cl.modelmux(cfg, "--seed", 1)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.hang.close()
+
+    def send(self, data):
+        c = self.raw(self.port)
+        c.send(data)
+        return c.response()
+
+    def routing_headers(self, resp):
+        return resp.headers.get("x-modelmux-experiment"), resp.headers.get("x-modelmux-arm")
+
+    def test_504_names_experiment_and_arm(self):
+        r = self.send(b"GET /slow/x HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertJsonError(r, 504, "upstream_timeout")
+        self.assertEqual(self.routing_headers(r), ("timeout", "slow"))
+
+    def test_502_names_experiment_and_arm(self):
+        r = self.send(b"GET /dead/x HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertJsonError(r, 502, "upstream_unavailable")
+        self.assertEqual(self.routing_headers(r), ("refused", "gone"))
+
+    def test_502_after_a_fallback_names_the_champion_as_the_metrics_do(self):
+        r = self.send(b"GET /fb/x HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertJsonError(r, 502, "upstream_unavailable")
+        self.assertEqual(self.routing_headers(r), ("fallback", "gone"))
+        codes = mmtest.metric_samples(self.admin_port, "modelmux_requests_total", "experiment", "arm", "code")
+        self.assertEqual(codes.get(("fallback", "gone", "502")), 1)
+
+    def test_errors_before_routing_carry_only_the_request_id(self):
+        for data, status, code in [
+            (b"GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n", 404, "no_route"),
+            (b"POST /v1/x HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n", 413, "body_too_large"),
+            (b"GET /v1/x HTTP/1.1\r\nHost: t\r\n" + b"".join(b"H%d: v\r\n" % i for i in range(140)) + b"\r\n",
+             431, "headers_too_large"),
+            (b"GET /v1/x HTTZ/1.1\r\nHost: t\r\n\r\n", 400, "bad_request"),
+        ]:
+            r = self.send(data)
+            self.assertJsonError(r, status, code)
+            self.assertEqual(self.routing_headers(r), (None, None), r)
+
+
+class ClientStallsMidBody(ClassCluster):
+    """While the body is still coming from the client, the upstream waits for
+    us: a stall is the client's (408 after idle_timeout_ms), never an upstream
+    timeout, an upstream error or a step towards ejecting it."""
+    IDLE_TIMEOUT = 1000
+    UP_TIMEOUT = 300
+
+    @classmethod
+    def start(cls, cl):
+        cls.hang = hanging_listener()
+        cls.champion = cl.model_server("champion")
+        cls.challenger = cl.model_server("challenger")
+        cls.port, cls.admin_port = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(cls.port, {
+            "champion": cls.champion.port,
+            "challenger": up(cls.challenger.port, timeout_ms=cls.UP_TIMEOUT,
+                             eject={"consecutive_5xx": 2, "base_ms": 30000}),
+            "slow": up(cls.hang.getsockname()[1], timeout_ms=cls.UP_TIMEOUT),
+        }, [
+            ab("stall", "/echo", {"champion": 0, "challenger": 1}),
+            ab("hang", "/hang", {"slow": 1}),
+        ], admin_port=cls.admin_port,
+            limits={"idle_timeout_ms": cls.IDLE_TIMEOUT, "drain_timeout_ms": 2000})
+        cls.mm = cl.modelmux(cfg, "--seed", 1)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.hang.close()
+
+    def test_stalled_bodies_get_408_and_the_upstream_is_not_blamed(self):
+        conns = []
+        t0 = time.time()
+        for head, part in [
+            (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n", b"abc"),
+            (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nab"),
+        ]:
+            c = self.raw(self.port)
+            c.send(head + part)
+            conns.append(c)
+        for c in conns:
+            r = c.response()
+            self.assertJsonError(r, 408, "request_timeout")
+            self.assertEqual(r.headers.get("x-modelmux-arm"), "challenger")
+            self.assertTrue(c.closed_within(1.0))
+        self.assertGreaterEqual(time.time() - t0, self.IDLE_TIMEOUT / 1000.0 * 0.9)
+        # two stalls did not eject the challenger: it still answers
+        st, headers, body = mmtest.request(self.port, "POST", "/echo", body=b"0123456789")
+        self.assertEqual((st, headers["x-modelmux-arm"]), (200, "challenger"))
+        errs = mmtest.metric_samples(self.admin_port, "modelmux_upstream_errors_total", "upstream", "kind")
+        self.assertEqual(errs[("challenger", "timeout")], 0)
+        self.assertEqual(errs[("challenger", "ejection")], 0)
+        st, _, body = mmtest.request(self.admin_port, "GET", "/experiments/stall")
+        arm = {a["name"]: a for a in json.loads(body)["arms"]}["challenger"]
+        self.assertEqual(arm["errors"], 0)
+
+    def test_a_pause_longer_than_the_upstream_timeout_is_not_a_504(self):
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        time.sleep(self.UP_TIMEOUT / 1000.0 * 2)  # under idle_timeout_ms
+        c.send(b"defghij")
+        r = c.response()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["body_len"], 10)
+
+    def test_the_upstream_timeout_runs_again_once_the_body_is_sent(self):
+        c = self.raw(self.port)
+        c.send(b"POST /hang HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        time.sleep(self.UP_TIMEOUT / 1000.0 * 2)
+        t0 = time.time()
+        c.send(b"defghij")
+        r = c.response()
+        self.assertJsonError(r, 504, "upstream_timeout")
+        self.assertLess(time.time() - t0, self.UP_TIMEOUT / 1000.0 + 0.7)
 
 
 if __name__ == "__main__":
