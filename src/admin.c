@@ -64,25 +64,11 @@ static void reply_json(conn_t *c, int status, json_t *o)
     free(body);
 }
 
-/* An error that needs a header (Allow, WWW-Authenticate): the same body
- * conn_respond_error writes. */
+/* An error that needs a header (Allow, WWW-Authenticate). */
 static void reply_error_hdr(const mm_local_req_t *r, int status, const char *code,
                             const char *message, const char *extra)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, "error", json_string(code));
-    json_object_set_new(o, "message", json_string(message));
-    json_object_set_new(o, "request_id",
-                        r->request_id.n ? json_stringn(r->request_id.p, r->request_id.n)
-                                        : json_null());
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (s == NULL) {
-        conn_respond_error(r->conn, status, code, message);
-        return;
-    }
-    conn_respond(r->conn, status, "application/json", s, strlen(s), extra);
-    free(s);
+    conn_respond_error_hdr(r->conn, status, code, message, extra);
 }
 
 static void reply_errorf(conn_t *c, int status, const char *code, const char *fmt, ...)

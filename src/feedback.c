@@ -398,7 +398,8 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
 {
     char err[256];
     if (!(r->method.n == 4 && memcmp(r->method.p, "POST", 4) == 0)) {
-        conn_respond_error(r->conn, 405, "method_not_allowed", "feedback takes POST");
+        conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "feedback takes POST",
+                               "Allow: POST\r\n");
         return;
     }
     json_error_t je;

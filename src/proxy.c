@@ -473,13 +473,21 @@ void conn_respond(conn_t *c, int status, const char *content_type, const char *b
 
 void conn_respond_error(conn_t *c, int status, const char *code, const char *message)
 {
+    conn_respond_error_hdr(c, status, code, message, NULL);
+}
+
+void conn_respond_error_hdr(conn_t *c, int status, const char *code, const char *message,
+                            const char *extra_headers)
+{
     req_t *r = &c->req;
     if (c->closing || !r->active || r->responding) return;
     r->status = status;
     mm_buf_reset(&r->out);
     char route[192];
+    /* extra_headers come with local answers (Allow, WWW-Authenticate), which
+     * are routed nowhere: there are no routing headers to add then. */
     http_error_response(&r->out, status, code, message, (mm_str_t){r->id, r->id_len}, r->keep_alive,
-                        route_headers(r, route, sizeof(route)));
+                        extra_headers ? extra_headers : route_headers(r, route, sizeof(route)));
     write_out_final(c);
 }
 

@@ -76,6 +76,9 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r);
 void conn_respond(conn_t *c, int status, const char *content_type, const char *body, size_t len,
                   const char *extra_headers);
 void conn_respond_error(conn_t *c, int status, const char *code, const char *message);
+/* The same with extra header lines ("Allow: POST\r\n"). */
+void conn_respond_error_hdr(conn_t *c, int status, const char *code, const char *message,
+                            const char *extra_headers);
 conn_t *conn_hold(conn_t *c);
 void conn_release(conn_t *c);
 

@@ -123,8 +123,9 @@ class Feedback(mmtest.MMTestCase):
         self.assertEqual(sum(a["feedback"] for a in self.arms("rank").values()), 5)
 
     def test_get_is_405(self):
-        st, _, body = mmtest.request(self.port, "GET", "/_modelmux/feedback")
+        st, headers, body = mmtest.request(self.port, "GET", "/_modelmux/feedback")
         self.assertEqual(st, 405)
+        self.assertEqual(headers["allow"], "POST")
         self.assertEqual(json.loads(body)["error"], "method_not_allowed")
 
 
