@@ -9,6 +9,7 @@ void http_head_reset(http_head_t *h)
     h->n = 0;
     h->too_many = 0;
     h->in_value = 0;
+    h->obs_fold = 0;
     h->url_off = h->url_len = 0;
     h->status_off = h->status_len = 0;
 }
@@ -45,8 +46,14 @@ void http_head_on_value(http_head_t *h, uint32_t off, uint32_t len)
         e->value_off = off;
         e->value_len = len;
         h->in_value = 1;
+    } else if (off == e->value_off + e->value_len) {
+        e->value_len += len; /* a span split across reads */
     } else {
-        e->value_len += len;
+        /* llhttp resumes a folded value after the line break, so a gap
+         * between two spans of one value is obs-fold. The value is not
+         * joined across the CRLF: that would end the head early in any head
+         * rebuilt from it. */
+        h->obs_fold = 1;
     }
 }
 
@@ -215,6 +222,18 @@ void http_head_index(http_head_t *h, const char *base)
         h->dropped[i] = (uint8_t)http_kind_is_hop(k);
         if (h->first[k] < 0) h->first[k] = (int16_t)i;
         connections += k == HK_CONNECTION;
+        /* A fold after an empty first line ("Name:\r\n value") reaches us
+         * as one span starting after the fold, with the line break between
+         * the colon and the value. Only an empty value (its span lies after
+         * its own CRLF) or a gap wider than ": " is looked at, so the usual
+         * "Name: value" costs one compare. */
+        const http_hdr_t *e = &h->h[i];
+        uint32_t name_end = e->name_off + e->name_len;
+        if (e->value_off >= name_end && (e->value_off > name_end + 2 || e->value_len == 0)) {
+            int lines = 0;
+            for (uint32_t j = name_end; j < e->value_off; j++) lines += base[j] == '\n';
+            if (lines > (e->value_len == 0)) h->obs_fold = 1;
+        }
     }
     if (connections == 0) return;
     /* Headers named in any Connection header are hop-by-hop too (RFC 9110
@@ -234,6 +253,13 @@ void http_head_index(http_head_t *h, const char *base)
                 if (!h->dropped[k] && same_name(t, http_hname(h, base, k))) h->dropped[k] = 1;
         }
     }
+}
+
+const char *http_request_head_error(const http_head_t *h, const char *base, int http_major,
+                                    int http_minor)
+{
+    if (h->obs_fold) return "obsolete line folding in a header";
+    return NULL;
 }
 
 int http_valid_request_id(mm_str_t id)

@@ -571,6 +571,13 @@ static void on_request_head(conn_t *c)
         send_error(c, 431, "headers_too_large", "more than 128 request headers");
         return;
     }
+    /* Refused before anything is routed or sent upstream; a 400 closes the
+     * connection, so nothing after this head is read as a request. */
+    const char *bad = http_request_head_error(h, base, c->parser.http_major, c->parser.http_minor);
+    if (bad) {
+        send_error(c, 400, "bad_request", bad);
+        return;
+    }
     if (clen > cfg->limits.max_body_bytes) {
         send_error(c, 413, "body_too_large", "request body exceeds max_body_bytes");
         return;

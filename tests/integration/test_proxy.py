@@ -521,6 +521,76 @@ class HttpThroughTheProxy(ClassCluster):
         c.close()
 
 
+class RequestHeads(ClassCluster):
+    """Request heads a proxy must refuse or normalise before anything reaches
+    a model server (RFC 9112 §3.2, §5.2, §6.1; RFC 9110 §10.1.1)."""
+
+    @classmethod
+    def start(cls, cl):
+        cls.champion = cl.model_server("champion")
+        cls.challenger = cl.model_server("challenger")
+        cls.port = mmtest.free_port()
+        cfg = mmtest.base_config(cls.port, {"champion": cls.champion.port, "challenger": cls.challenger.port}, [
+            {"name": "api", "match": {"path_prefix": "/", "host": "api.example.com"}, "policy": "ab",
+             "arms": {"champion": 1}},
+            ab("any", "/", {"challenger": 1}),
+        ], limits={"drain_timeout_ms": 2000})
+        cls.mm = cl.modelmux(cfg, "--seed", 11)
+
+    def upstream_requests(self):
+        return stats(self.champion.port)["requests"] + stats(self.challenger.port)["requests"]
+
+    def assertRefused(self, data, what):
+        """data gets a 400 bad_request, the connection closes, and no model
+        server sees a request."""
+        before = self.upstream_requests()
+        c = self.raw(self.port)
+        c.send(data)
+        r = c.response()
+        self.assertJsonError(r, 400, "bad_request")
+        self.assertEqual(r.headers.get("connection", "").lower(), "close", what)
+        self.assertTrue(c.closed_within(2), what)
+        c.close()
+        self.assertEqual(self.upstream_requests(), before, what)
+
+    # -- obs-fold (RFC 9112 §5.2)
+
+    def test_obs_fold_is_400_and_nothing_reaches_the_upstream(self):
+        cases = {
+            "space": b"Host: x\r\nX-A: a\r\n b\r\n",
+            "tab": b"Host: x\r\nX-A: a\r\n\tb\r\n",
+            "after an empty first line": b"Host: x\r\nX-A:\r\n b\r\n",
+            "whitespace-only continuation": b"Host: x\r\nX-A: a\r\n \r\n",
+            "empty then whitespace-only": b"Host: x\r\nX-A:\r\n \r\n",
+            "two continuations": b"Host: x\r\nX-A: a\r\n b\r\n c\r\n",
+            "in Host": b"Host: api.example.com\r\n x\r\n",
+        }
+        for what, headers in cases.items():
+            with self.subTest(what=what):
+                # before the fix, the first reached the model server as
+                # "X-A: a\r\n\r\n" and the rest as a second request
+                self.assertRefused(b"GET /a HTTP/1.1\r\n" + headers +
+                                   b"X-After: z\r\nConnection: close\r\n\r\n", what)
+
+    def test_obs_fold_with_a_body_is_400(self):
+        self.assertRefused(b"POST /echo HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\nContent-Length: 40\r\n\r\n"
+                           b"GET /echo HTTP/1.1\r\nHost: smuggled\r\n\r\n", "body")
+
+    def test_header_continuing_a_split_read_is_not_obs_fold(self):
+        # one value arriving in two reads is one span, not a fold
+        c = self.raw(self.port)
+        c.send(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: abc")
+        time.sleep(0.05)
+        c.send(b"def\r\nX-Empty:\r\nX-B: z\r\n\r\n")
+        r = c.response()
+        c.close()
+        self.assertEqual(r.status, 200, r)
+        got = echo_headers(r.body)
+        self.assertEqual(got["x-a"], ["abcdef"])
+        self.assertEqual(got["x-empty"], [""])
+        self.assertEqual(got["x-b"], ["z"])
+
+
 class Limits(ClassCluster):
     MAX_BODY = 1000
     MAX_HEAD = 2048
