@@ -215,13 +215,13 @@ http_kind_t http_kind_of(mm_str_t name)
 void http_head_index(http_head_t *h, const char *base)
 {
     for (int k = 0; k < HK_COUNT; k++) h->first[k] = -1;
-    int connections = 0;
+    memset(h->count, 0, sizeof(h->count));
     for (int i = 0; i < h->n; i++) {
         http_kind_t k = http_kind_of(http_hname(h, base, i));
         h->kind[i] = (uint8_t)k;
         h->dropped[i] = (uint8_t)http_kind_is_hop(k);
         if (h->first[k] < 0) h->first[k] = (int16_t)i;
-        connections += k == HK_CONNECTION;
+        h->count[k]++;
         /* A fold after an empty first line ("Name:\r\n value") reaches us
          * as one span starting after the fold, with the line break between
          * the colon and the value. Only an empty value (its span lies after
@@ -235,7 +235,7 @@ void http_head_index(http_head_t *h, const char *base)
             if (lines > (e->value_len == 0)) h->obs_fold = 1;
         }
     }
-    if (connections == 0) return;
+    if (h->count[HK_CONNECTION] == 0) return;
     /* Headers named in any Connection header are hop-by-hop too (RFC 9110
      * §7.6.1). Token by token, comparing names of the token's length only;
      * "keep-alive" (the usual token) names a header dropped anyway. */
@@ -259,6 +259,26 @@ const char *http_request_head_error(const http_head_t *h, const char *base, int 
                                     int http_minor)
 {
     if (h->obs_fold) return "obsolete line folding in a header";
+    if (h->count[HK_TRANSFER_ENC] == 0) return NULL;
+    /* Only "chunked" alone: modelmux forwards the body with chunked framing
+     * and no other coding, so with any other list (llhttp lets "gzip,
+     * chunked" through) the upstream would get a body it cannot decode. The
+     * headers together form one list: two of them are two codings. */
+    int codings = 0, chunked = 0;
+    for (int i = h->first[HK_TRANSFER_ENC]; i < h->n; i++) {
+        if (h->kind[i] != HK_TRANSFER_ENC) continue;
+        mm_str_t list = http_hvalue(h, base, i);
+        size_t a = 0;
+        do {
+            size_t b = a;
+            while (b < list.n && list.p[b] != ',') b++;
+            mm_str_t t = http_trim((mm_str_t){list.p + a, b - a});
+            codings++;
+            chunked += mm_str_ieq(t, "chunked");
+            a = b + 1;
+        } while (a <= list.n);
+    }
+    if (codings != 1 || chunked != 1) return "Transfer-Encoding other than chunked";
     return NULL;
 }
 

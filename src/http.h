@@ -57,6 +57,7 @@ typedef struct {
     uint8_t kind[HTTP_MAX_HEADERS];    /* http_kind_t of each header */
     uint8_t dropped[HTTP_MAX_HEADERS]; /* hop-by-hop: by kind or listed in Connection */
     int16_t first[HK_COUNT];           /* index of the first header of a kind, -1 */
+    uint8_t count[HK_COUNT];           /* headers of each kind */
 } http_head_t;
 
 void http_head_reset(http_head_t *h);
@@ -109,7 +110,8 @@ static inline int http_known(const http_head_t *h, http_kind_t k)
 }
 
 /* Why a complete request head (after http_head_index) must be refused with
- * 400, or NULL: obs-fold. */
+ * 400, or NULL: obs-fold; a Transfer-Encoding other than the single coding
+ * "chunked" (the only one modelmux can frame upstream). */
 const char *http_request_head_error(const http_head_t *h, const char *base, int http_major,
                                     int http_minor);
 

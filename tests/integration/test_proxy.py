@@ -590,6 +590,32 @@ class RequestHeads(ClassCluster):
         self.assertEqual(got["x-empty"], [""])
         self.assertEqual(got["x-b"], ["z"])
 
+    # -- Transfer-Encoding (RFC 9112 §6.1)
+
+    def test_transfer_encoding_other_than_chunked_alone_is_400(self):
+        cases = {
+            "gzip": b"Transfer-Encoding: gzip\r\n",
+            "identity": b"Transfer-Encoding: identity\r\n",
+            "gzip, chunked": b"Transfer-Encoding: gzip, chunked\r\n",
+            "two headers": b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+            "empty element": b"Transfer-Encoding: ,chunked\r\n",
+            "empty": b"Transfer-Encoding: \r\n",
+        }
+        for what, te in cases.items():
+            with self.subTest(te=what):
+                self.assertRefused(b"POST /echo HTTP/1.1\r\nHost: x\r\n" + te +
+                                   b"\r\n5\r\nhello\r\n0\r\n\r\n", what)
+
+    def test_chunked_in_any_case_with_whitespace_is_accepted(self):
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:  ChUnKeD \r\n\r\n"
+               b"5\r\nhello\r\n0\r\n\r\n")
+        r = c.response()
+        c.close()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["body_len"], 5)
+        self.assertEqual(r.json()["body_fnv1a64"], fnv1a64(b"hello"))
+
 
 class Limits(ClassCluster):
     MAX_BODY = 1000

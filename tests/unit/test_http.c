@@ -145,6 +145,46 @@ static void test_values_split_across_reads_empty_or_padded_are_not_obs_fold(void
     }
 }
 
+static void test_request_heads_refused_with_400(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *head;
+        int major, minor, refused;
+    } cases[] = {
+        {"Host: a\r\n\r\n", 1, 1, 0},
+        {"Host: a\r\nTransfer-Encoding: chunked\r\n\r\n", 1, 1, 0},
+        {"Host: a\r\nTransfer-Encoding:  CHUNKED \t\r\n\r\n", 1, 1, 0},
+        {"Host: a\r\nTransfer-Encoding: gzip\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: identity\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: ,chunked\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: chunked,\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: chunkedx\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: x\r\n\r\n", 1, 1, 1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        http_head_t h;
+        head_from(&h, cases[i].head);
+        const char *why =
+            http_request_head_error(&h, cases[i].head, cases[i].major, cases[i].minor);
+        if ((why != NULL) != cases[i].refused) fail_msg("case %zu: %s", i, why ? why : "accepted");
+    }
+    /* an empty Transfer-Encoding value (llhttp delivers an empty span) */
+    const char t[] = "Host: a\r\nTransfer-Encoding:\r\n\r\n";
+    http_head_t h;
+    http_head_reset(&h);
+    http_head_on_field(&h, 0, 4);
+    http_head_on_value(&h, 6, 1);
+    http_head_on_field(&h, 9, 17);
+    http_head_on_value(&h, 29, 0);
+    http_head_index(&h, t);
+    assert_false(h.obs_fold);
+    assert_non_null(http_request_head_error(&h, t, 1, 1));
+}
+
 static void test_more_than_128_headers_are_flagged(void **state)
 {
     (void)state;
@@ -408,6 +448,7 @@ int main(void)
         cmocka_unit_test(test_header_spans_split_across_reads_are_joined),
         cmocka_unit_test(test_obs_fold_is_flagged_however_llhttp_delivers_it),
         cmocka_unit_test(test_values_split_across_reads_empty_or_padded_are_not_obs_fold),
+        cmocka_unit_test(test_request_heads_refused_with_400),
         cmocka_unit_test(test_more_than_128_headers_are_flagged),
         cmocka_unit_test(test_hop_by_hop_headers_are_recognised),
         cmocka_unit_test(test_headers_named_in_connection_are_hop_by_hop_whatever_their_length),
