@@ -259,6 +259,9 @@ const char *http_request_head_error(const http_head_t *h, const char *base, int 
                                     int http_minor)
 {
     if (h->obs_fold) return "obsolete line folding in a header";
+    if (h->count[HK_HOST] > 1) return "more than one Host header";
+    if (h->count[HK_HOST] == 0 && (http_major > 1 || (http_major == 1 && http_minor >= 1)))
+        return "HTTP/1.1 request without a Host header";
     if (h->count[HK_TRANSFER_ENC] == 0) return NULL;
     /* Only "chunked" alone: modelmux forwards the body with chunked framing
      * and no other coding, so with any other list (llhttp lets "gzip,

@@ -111,7 +111,8 @@ static inline int http_known(const http_head_t *h, http_kind_t k)
 
 /* Why a complete request head (after http_head_index) must be refused with
  * 400, or NULL: obs-fold; a Transfer-Encoding other than the single coding
- * "chunked" (the only one modelmux can frame upstream). */
+ * "chunked" (the only one modelmux can frame upstream); more than one Host,
+ * or none in HTTP/1.1 (RFC 9112 §3.2). */
 const char *http_request_head_error(const http_head_t *h, const char *base, int http_major,
                                     int http_minor);
 

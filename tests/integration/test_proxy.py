@@ -616,6 +616,21 @@ class RequestHeads(ClassCluster):
         self.assertEqual(r.json()["body_len"], 5)
         self.assertEqual(r.json()["body_fnv1a64"], fnv1a64(b"hello"))
 
+    # -- Host (RFC 9112 §3.2)
+
+    def test_http11_without_host_is_400(self):
+        self.assertRefused(b"GET /echo HTTP/1.1\r\nX-A: a\r\n\r\n", "no Host")
+
+    def test_more_than_one_host_is_400(self):
+        for version in (b"1.1", b"1.0"):
+            with self.subTest(version=version):
+                self.assertRefused(b"GET /echo HTTP/" + version +
+                                   b"\r\nHost: api.example.com\r\nHost: other\r\n\r\n", version)
+
+    def test_http10_without_host_is_served(self):
+        out = mmtest.raw(self.port, b"GET /echo HTTP/1.0\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
+
 
 class Limits(ClassCluster):
     MAX_BODY = 1000

@@ -153,6 +153,10 @@ static void test_request_heads_refused_with_400(void **state)
         int major, minor, refused;
     } cases[] = {
         {"Host: a\r\n\r\n", 1, 1, 0},
+        {"X-A: 1\r\n\r\n", 1, 1, 1}, /* HTTP/1.1 needs Host */
+        {"X-A: 1\r\n\r\n", 1, 0, 0}, /* HTTP/1.0 does not */
+        {"Host: a\r\nhost: b\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nHOST: a\r\n\r\n", 1, 0, 1},
         {"Host: a\r\nTransfer-Encoding: chunked\r\n\r\n", 1, 1, 0},
         {"Host: a\r\nTransfer-Encoding:  CHUNKED \t\r\n\r\n", 1, 1, 0},
         {"Host: a\r\nTransfer-Encoding: gzip\r\n\r\n", 1, 1, 1},
