@@ -285,6 +285,26 @@ const char *http_request_head_error(const http_head_t *h, const char *base, int 
     return NULL;
 }
 
+http_target_form_t http_target(mm_str_t target, mm_str_t *authority, mm_str_t *path)
+{
+    *authority = (mm_str_t){target.p, 0};
+    *path = target;
+    if (target.n > 0 && target.p[0] == '/') return HT_ORIGIN;
+    if (target.n == 1 && target.p[0] == '*') return HT_ASTERISK;
+    if (target.n < 7 || !mm_str_ieq((mm_str_t){target.p, 7}, "http://")) return HT_INVALID;
+    /* llhttp has checked the characters; the authority ends at the path or
+     * the query (a fragment is refused by llhttp). */
+    size_t a = 7, b = a;
+    while (b < target.n && target.p[b] != '/' && target.p[b] != '?') b++;
+    mm_str_t auth = {target.p + a, b - a};
+    /* An empty host is not a valid http URI; userinfo in one is deprecated
+     * and a classic phishing device (RFC 9110 §4.2.4): both refused. */
+    if (auth.n == 0 || memchr(auth.p, '@', auth.n) != NULL) return HT_INVALID;
+    *authority = auth;
+    *path = (mm_str_t){target.p + b, target.n - b};
+    return HT_ABSOLUTE;
+}
+
 int http_valid_request_id(mm_str_t id)
 {
     return mm_valid_reqid(id.p, id.n);

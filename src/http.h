@@ -116,6 +116,19 @@ static inline int http_known(const http_head_t *h, http_kind_t k)
 const char *http_request_head_error(const http_head_t *h, const char *base, int http_major,
                                     int http_minor);
 
+/* The form of a request target (RFC 9112 §3.2). */
+typedef enum {
+    HT_ORIGIN,   /* "/path?query" */
+    HT_ABSOLUTE, /* "http://authority/path?query" */
+    HT_ASTERISK, /* "*" (OPTIONS only) */
+    HT_INVALID,  /* anything else: authority-form, other schemes, userinfo */
+} http_target_form_t;
+/* Classify `target`. For the absolute form, *authority is the authority and
+ * *path the path and query after it, which may be empty or start with '?'
+ * (the origin form then needs a '/' in front); otherwise *path = target and
+ * *authority is empty. */
+http_target_form_t http_target(mm_str_t target, mm_str_t *authority, mm_str_t *path);
+
 /* 1 if the comma-separated header value contains `token` (lowercase). */
 int http_has_token(mm_str_t value, const char *token);
 

@@ -530,11 +530,12 @@ class RequestHeads(ClassCluster):
         cls.champion = cl.model_server("champion")
         cls.challenger = cl.model_server("challenger")
         cls.port = mmtest.free_port()
+        cls.log_path = cl.path("requests.jsonl")
         cfg = mmtest.base_config(cls.port, {"champion": cls.champion.port, "challenger": cls.challenger.port}, [
             {"name": "api", "match": {"path_prefix": "/", "host": "api.example.com"}, "policy": "ab",
              "arms": {"champion": 1}},
             ab("any", "/", {"challenger": 1}),
-        ], limits={"drain_timeout_ms": 2000})
+        ], log={"requests": cls.log_path, "sample": 1.0}, limits={"drain_timeout_ms": 2000})
         cls.mm = cl.modelmux(cfg, "--seed", 11)
 
     def upstream_requests(self):
@@ -552,6 +553,18 @@ class RequestHeads(ClassCluster):
         self.assertTrue(c.closed_within(2), what)
         c.close()
         self.assertEqual(self.upstream_requests(), before, what)
+
+    def logged(self, rid):
+        def find():
+            try:
+                with open(self.log_path) as f:
+                    for line in f:
+                        e = json.loads(line)
+                        if e["request_id"] == rid:
+                            return e
+            except (OSError, ValueError):  # not written yet, or a line half written
+                return None
+        return mmtest.eventually(find, timeout=5)
 
     # -- obs-fold (RFC 9112 §5.2)
 
@@ -630,6 +643,50 @@ class RequestHeads(ClassCluster):
     def test_http10_without_host_is_served(self):
         out = mmtest.raw(self.port, b"GET /echo HTTP/1.0\r\n\r\n")
         self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
+
+    # -- absolute-form targets (RFC 9112 §3.2.2)
+
+    def test_absolute_form_is_routed_by_its_authority_and_forwarded_in_origin_form(self):
+        c = self.raw(self.port)
+        c.send(b"GET http://api.example.com/echo?x=1 HTTP/1.1\r\nHost: other.example\r\n"
+               b"X-Request-Id: abs-1\r\n\r\n")
+        r = c.response()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.headers["x-modelmux-experiment"], "api")  # the authority, not Host
+        self.assertEqual(r.json()["path"], "/echo?x=1")
+        self.assertEqual(echo_headers(r.body)["x-forwarded-host"], ["api.example.com"])
+        # and the other way round; the connection stays usable
+        c.send(b"GET HTTP://other.example/echo HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+        r = c.response()
+        c.close()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.headers["x-modelmux-experiment"], "any")
+        self.assertEqual(r.json()["path"], "/echo")
+        self.assertEqual(self.logged("abs-1")["path"], "/echo?x=1")
+
+    def test_absolute_form_with_port_and_empty_path(self):
+        for target, path in ((b"http://API.example.com:8080", "/"), (b"http://api.example.com?q=1", "/?q=1")):
+            with self.subTest(target=target):
+                rid = "abs-empty-%d" % len(target)
+                out = mmtest.raw(self.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nX-Request-Id: " +
+                                 rid.encode() + b"\r\nConnection: close\r\n\r\n")
+                self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:300])
+                self.assertIn(b"X-Modelmux-Experiment: api\r\n", out)
+                self.assertEqual(self.logged(rid)["path"], path)
+
+    def test_other_request_target_forms_are_400(self):
+        for target in (b"https://api.example.com/echo", b"http://user@api.example.com/echo",
+                       b"http:///echo", b"ftp://api.example.com/echo", b"*"):
+            with self.subTest(target=target):
+                self.assertRefused(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n", target)
+        self.assertRefused(b"CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+                           "authority-form")
+
+    def test_options_asterisk_goes_on_as_before(self):
+        c = self.raw(self.port)
+        c.send(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertJsonError(c.response(), 404, "no_route")  # no experiment matches "*"
+        c.close()
 
 
 class Limits(ClassCluster):

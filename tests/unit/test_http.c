@@ -189,6 +189,39 @@ static void test_request_heads_refused_with_400(void **state)
     assert_non_null(http_request_head_error(&h, t, 1, 1));
 }
 
+static void test_request_target_forms(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *target;
+        http_target_form_t form;
+        const char *authority, *path;
+    } cases[] = {
+        {"/v1/echo?x=1", HT_ORIGIN, "", "/v1/echo?x=1"},
+        {"*", HT_ASTERISK, "", "*"},
+        {"http://api.example.com/v1/echo?x=1", HT_ABSOLUTE, "api.example.com", "/v1/echo?x=1"},
+        {"HTTP://Api.Example.com:8080", HT_ABSOLUTE, "Api.Example.com:8080", ""},
+        {"http://api.example.com?q=1", HT_ABSOLUTE, "api.example.com", "?q=1"},
+        {"http://[::1]:8/x", HT_ABSOLUTE, "[::1]:8", "/x"},
+        {"http://", HT_INVALID, "", "http://"},
+        {"http:///x", HT_INVALID, "", "http:///x"},
+        {"http://user@api.example.com/x", HT_INVALID, "", "http://user@api.example.com/x"},
+        {"https://api.example.com/x", HT_INVALID, "", "https://api.example.com/x"},
+        {"api.example.com:443", HT_INVALID, "", "api.example.com:443"},
+        {"**", HT_INVALID, "", "**"},
+        {"", HT_INVALID, "", ""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        mm_str_t a, p;
+        http_target_form_t f = http_target(S(cases[i].target), &a, &p);
+        if (f != cases[i].form) fail_msg("%s: form %d", cases[i].target, (int)f);
+        assert_int_equal(a.n, strlen(cases[i].authority));
+        assert_memory_equal(a.p, cases[i].authority, a.n);
+        assert_int_equal(p.n, strlen(cases[i].path));
+        assert_memory_equal(p.p, cases[i].path, p.n);
+    }
+}
+
 static void test_more_than_128_headers_are_flagged(void **state)
 {
     (void)state;
@@ -453,6 +486,7 @@ int main(void)
         cmocka_unit_test(test_obs_fold_is_flagged_however_llhttp_delivers_it),
         cmocka_unit_test(test_values_split_across_reads_empty_or_padded_are_not_obs_fold),
         cmocka_unit_test(test_request_heads_refused_with_400),
+        cmocka_unit_test(test_request_target_forms),
         cmocka_unit_test(test_more_than_128_headers_are_flagged),
         cmocka_unit_test(test_hop_by_hop_headers_are_recognised),
         cmocka_unit_test(test_headers_named_in_connection_are_hop_by_hop_whatever_their_length),
