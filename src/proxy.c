@@ -589,7 +589,9 @@ static void on_request_head(conn_t *c)
         return;
     }
     int exh = http_known(h, HK_EXPECT);
-    int expect = exh >= 0 && http_has_token(http_hvalue(h, base, exh), "100-continue");
+    /* An HTTP/1.0 (or 0.9) client does not know 100 Continue (RFC 9110 §10.1.1). */
+    int expect = c->parser.http_major == 1 && c->parser.http_minor >= 1 && exh >= 0 &&
+                 http_has_token(http_hvalue(h, base, exh), "100-continue");
 
     mm_str_t url = {r->url.p, r->url.len};
     mm_str_t path = http_url_path(url);

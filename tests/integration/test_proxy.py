@@ -688,6 +688,19 @@ class RequestHeads(ClassCluster):
         self.assertJsonError(c.response(), 404, "no_route")  # no experiment matches "*"
         c.close()
 
+    # -- Expect (RFC 9110 §10.1.1)
+
+    def test_expect_100_continue_from_http10_client_is_ignored(self):
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        readable, _, _ = select.select([c.s], [], [], 0.5)
+        self.assertEqual(readable, [], "modelmux sent something before the body")
+        c.send(b"hello")
+        r = c.response()
+        c.close()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["body_len"], 5)
+
 
 class Limits(ClassCluster):
     MAX_BODY = 1000
