@@ -9,6 +9,7 @@ void http_head_reset(http_head_t *h)
     h->n = 0;
     h->too_many = 0;
     h->in_value = 0;
+    h->obs_fold = 0;
     h->url_off = h->url_len = 0;
     h->status_off = h->status_len = 0;
 }
@@ -45,8 +46,14 @@ void http_head_on_value(http_head_t *h, uint32_t off, uint32_t len)
         e->value_off = off;
         e->value_len = len;
         h->in_value = 1;
+    } else if (off == e->value_off + e->value_len) {
+        e->value_len += len; /* a span split across reads */
     } else {
-        e->value_len += len;
+        /* llhttp resumes a folded value after the line break, so a gap
+         * between two spans of one value is obs-fold. The value is not
+         * joined across the CRLF: that would end the head early in any head
+         * rebuilt from it. */
+        h->obs_fold = 1;
     }
 }
 
@@ -208,15 +215,27 @@ http_kind_t http_kind_of(mm_str_t name)
 void http_head_index(http_head_t *h, const char *base)
 {
     for (int k = 0; k < HK_COUNT; k++) h->first[k] = -1;
-    int connections = 0;
+    memset(h->count, 0, sizeof(h->count));
     for (int i = 0; i < h->n; i++) {
         http_kind_t k = http_kind_of(http_hname(h, base, i));
         h->kind[i] = (uint8_t)k;
         h->dropped[i] = (uint8_t)http_kind_is_hop(k);
         if (h->first[k] < 0) h->first[k] = (int16_t)i;
-        connections += k == HK_CONNECTION;
+        h->count[k]++;
+        /* A fold after an empty first line ("Name:\r\n value") reaches us
+         * as one span starting after the fold, with the line break between
+         * the colon and the value. Only an empty value (its span lies after
+         * its own CRLF) or a gap wider than ": " is looked at, so the usual
+         * "Name: value" costs one compare. */
+        const http_hdr_t *e = &h->h[i];
+        uint32_t name_end = e->name_off + e->name_len;
+        if (e->value_off >= name_end && (e->value_off > name_end + 2 || e->value_len == 0)) {
+            int lines = 0;
+            for (uint32_t j = name_end; j < e->value_off; j++) lines += base[j] == '\n';
+            if (lines > (e->value_len == 0)) h->obs_fold = 1;
+        }
     }
-    if (connections == 0) return;
+    if (h->count[HK_CONNECTION] == 0) return;
     /* Headers named in any Connection header are hop-by-hop too (RFC 9110
      * §7.6.1). Token by token, comparing names of the token's length only;
      * "keep-alive" (the usual token) names a header dropped anyway. */
@@ -234,6 +253,56 @@ void http_head_index(http_head_t *h, const char *base)
                 if (!h->dropped[k] && same_name(t, http_hname(h, base, k))) h->dropped[k] = 1;
         }
     }
+}
+
+const char *http_request_head_error(const http_head_t *h, const char *base, int http_major,
+                                    int http_minor)
+{
+    if (h->obs_fold) return "obsolete line folding in a header";
+    if (h->count[HK_HOST] > 1) return "more than one Host header";
+    if (h->count[HK_HOST] == 0 && (http_major > 1 || (http_major == 1 && http_minor >= 1)))
+        return "HTTP/1.1 request without a Host header";
+    if (h->count[HK_TRANSFER_ENC] == 0) return NULL;
+    /* Only "chunked" alone: modelmux forwards the body with chunked framing
+     * and no other coding, so with any other list (llhttp lets "gzip,
+     * chunked" through) the upstream would get a body it cannot decode. The
+     * headers together form one list: two of them are two codings. */
+    int codings = 0, chunked = 0;
+    for (int i = h->first[HK_TRANSFER_ENC]; i < h->n; i++) {
+        if (h->kind[i] != HK_TRANSFER_ENC) continue;
+        mm_str_t list = http_hvalue(h, base, i);
+        size_t a = 0;
+        do {
+            size_t b = a;
+            while (b < list.n && list.p[b] != ',') b++;
+            mm_str_t t = http_trim((mm_str_t){list.p + a, b - a});
+            codings++;
+            chunked += mm_str_ieq(t, "chunked");
+            a = b + 1;
+        } while (a <= list.n);
+    }
+    if (codings != 1 || chunked != 1) return "Transfer-Encoding other than chunked";
+    return NULL;
+}
+
+http_target_form_t http_target(mm_str_t target, mm_str_t *authority, mm_str_t *path)
+{
+    *authority = (mm_str_t){target.p, 0};
+    *path = target;
+    if (target.n > 0 && target.p[0] == '/') return HT_ORIGIN;
+    if (target.n == 1 && target.p[0] == '*') return HT_ASTERISK;
+    if (target.n < 7 || !mm_str_ieq((mm_str_t){target.p, 7}, "http://")) return HT_INVALID;
+    /* llhttp has checked the characters; the authority ends at the path or
+     * the query (a fragment is refused by llhttp). */
+    size_t a = 7, b = a;
+    while (b < target.n && target.p[b] != '/' && target.p[b] != '?') b++;
+    mm_str_t auth = {target.p + a, b - a};
+    /* An empty host is not a valid http URI; userinfo in one is deprecated
+     * and a classic phishing device (RFC 9110 §4.2.4): both refused. */
+    if (auth.n == 0 || memchr(auth.p, '@', auth.n) != NULL) return HT_INVALID;
+    *authority = auth;
+    *path = (mm_str_t){target.p + b, target.n - b};
+    return HT_ABSOLUTE;
 }
 
 int http_valid_request_id(mm_str_t id)

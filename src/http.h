@@ -48,6 +48,7 @@ typedef struct {
     int n;
     int too_many; /* more than HTTP_MAX_HEADERS */
     int in_value; /* the last span callback was a header value */
+    int obs_fold; /* a value continued on a line starting with SP or HTAB */
     uint32_t url_off, url_len;
     uint32_t status_off, status_len; /* reason phrase (responses) */
     /* Filled by http_head_index once the head is complete, so that the hot
@@ -56,10 +57,14 @@ typedef struct {
     uint8_t kind[HTTP_MAX_HEADERS];    /* http_kind_t of each header */
     uint8_t dropped[HTTP_MAX_HEADERS]; /* hop-by-hop: by kind or listed in Connection */
     int16_t first[HK_COUNT];           /* index of the first header of a kind, -1 */
+    uint8_t count[HK_COUNT];           /* headers of each kind */
 } http_head_t;
 
 void http_head_reset(http_head_t *h);
-/* Span callbacks (from llhttp): offsets relative to the buffer base. */
+/* Span callbacks (from llhttp): offsets relative to the buffer base. A value
+ * continued by obs-fold (RFC 9112 §5.2) sets obs_fold; http_head_index sets
+ * it too for a fold after an empty first line, which llhttp delivers as a
+ * plain value. */
 void http_head_on_url(http_head_t *h, uint32_t off, uint32_t len);
 void http_head_on_field(http_head_t *h, uint32_t off, uint32_t len);
 void http_head_on_value(http_head_t *h, uint32_t off, uint32_t len);
@@ -103,6 +108,26 @@ static inline int http_known(const http_head_t *h, http_kind_t k)
 {
     return h->first[k];
 }
+
+/* Why a complete request head (after http_head_index) must be refused with
+ * 400, or NULL: obs-fold; a Transfer-Encoding other than the single coding
+ * "chunked" (the only one modelmux can frame upstream); more than one Host,
+ * or none in HTTP/1.1 (RFC 9112 §3.2). */
+const char *http_request_head_error(const http_head_t *h, const char *base, int http_major,
+                                    int http_minor);
+
+/* The form of a request target (RFC 9112 §3.2). */
+typedef enum {
+    HT_ORIGIN,   /* "/path?query" */
+    HT_ABSOLUTE, /* "http://authority/path?query" */
+    HT_ASTERISK, /* "*" (OPTIONS only) */
+    HT_INVALID,  /* anything else: authority-form, other schemes, userinfo */
+} http_target_form_t;
+/* Classify `target`. For the absolute form, *authority is the authority and
+ * *path the path and query after it, which may be empty or start with '?'
+ * (the origin form then needs a '/' in front); otherwise *path = target and
+ * *authority is empty. */
+http_target_form_t http_target(mm_str_t target, mm_str_t *authority, mm_str_t *path);
 
 /* 1 if the comma-separated header value contains `token` (lowercase). */
 int http_has_token(mm_str_t value, const char *token);

@@ -494,7 +494,7 @@ void conn_respond_error_hdr(conn_t *c, int status, const char *code, const char 
 /* ---- request head ---- */
 
 void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, const char *peer,
-                           int drop_length)
+                           mm_str_t host, int drop_length)
 {
     http_run_t run = {NULL, 0};
     for (int i = 0; i < h->n; i++) {
@@ -517,14 +517,10 @@ void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, 
     if (xff) mm_buf_lit(b, ", ");
     mm_buf_cstr(b, peer);
     mm_buf_lit(b, "\r\n");
-    int hh = http_known(h, HK_HOST);
-    if (hh >= 0 && !h->dropped[hh]) {
-        mm_str_t host = http_trim(http_hvalue(h, base, hh));
-        if (host.n) {
-            mm_buf_lit(b, "X-Forwarded-Host: ");
-            mm_buf_str(b, host);
-            mm_buf_lit(b, "\r\n");
-        }
+    if (host.n) {
+        mm_buf_lit(b, "X-Forwarded-Host: ");
+        mm_buf_str(b, host);
+        mm_buf_lit(b, "\r\n");
     }
 }
 
@@ -575,8 +571,15 @@ static void on_request_head(conn_t *c)
     r->head_request = c->parser.method == HTTP_HEAD;
     r->http_minor = c->parser.http_minor;
     r->keep_alive = llhttp_should_keep_alive(&c->parser) && !srv->draining;
+    /* r->url is the target in origin form: what routing, the request log and
+     * the upstream see. An absolute-form target's authority replaces Host
+     * (RFC 9112 §3.2.2). */
+    mm_str_t authority, target;
+    http_target_form_t form =
+        http_target(http_span(base, h->url_off, h->url_len), &authority, &target);
     mm_buf_reset(&r->url);
-    mm_buf_append(&r->url, base + h->url_off, h->url_len);
+    if (form == HT_ABSOLUTE && (target.n == 0 || target.p[0] == '?')) mm_buf_lit(&r->url, "/");
+    mm_buf_str(&r->url, target);
     mm_buf_reset(&r->fwd_lines);
     r->req_chunked = (c->parser.flags & F_CHUNKED) != 0;
     uint64_t clen = (c->parser.flags & F_CONTENT_LENGTH) ? c->parser.content_length : 0;
@@ -604,12 +607,24 @@ static void on_request_head(conn_t *c)
         send_error(c, 431, "headers_too_large", "more than 128 request headers");
         return;
     }
+    /* Refused before anything is routed or sent upstream; a 400 closes the
+     * connection, so nothing after this head is read as a request. */
+    const char *bad = http_request_head_error(h, base, c->parser.http_major, c->parser.http_minor);
+    if (bad == NULL && form == HT_INVALID) bad = "request target is not /path or http://host/path";
+    if (bad == NULL && form == HT_ASTERISK && c->parser.method != HTTP_OPTIONS)
+        bad = "request target * is for OPTIONS only";
+    if (bad) {
+        send_error(c, 400, "bad_request", bad);
+        return;
+    }
     if (clen > cfg->limits.max_body_bytes) {
         send_error(c, 413, "body_too_large", "request body exceeds max_body_bytes");
         return;
     }
     int exh = http_known(h, HK_EXPECT);
-    int expect = exh >= 0 && http_has_token(http_hvalue(h, base, exh), "100-continue");
+    /* An HTTP/1.0 (or 0.9) client does not know 100 Continue (RFC 9110 §10.1.1). */
+    int expect = c->parser.http_major == 1 && c->parser.http_minor >= 1 && exh >= 0 &&
+                 http_has_token(http_hvalue(h, base, exh), "100-continue");
 
     mm_str_t url = {r->url.p, r->url.len};
     mm_str_t path = http_url_path(url);
@@ -621,8 +636,9 @@ static void on_request_head(conn_t *c)
         }
         mm_buf_reset(&r->local_body);
     } else {
+        mm_str_t host = authority; /* empty unless absolute-form, where it overrides Host */
         int hh = http_known(h, HK_HOST);
-        mm_str_t host = hh >= 0 ? http_trim(http_hvalue(h, base, hh)) : (mm_str_t){"", 0};
+        if (form != HT_ABSOLUTE && hh >= 0) host = http_trim(http_hvalue(h, base, hh));
         r->exp = router_match(r->router, url, host, h, base);
         if (r->exp == NULL) {
             send_error(c, 404, "no_route", "no experiment matches this request");
@@ -643,7 +659,9 @@ static void on_request_head(conn_t *c)
         /* Header lines are copied now: the head's bytes may be overwritten
          * while a large body streams, and a fallback rebuilds the head later. */
         r->fanout = r->choice.fanout && r->exp->cfg->ops->combine != NULL;
-        proxy_forward_headers(&r->fwd_lines, h, base, c->peer, r->fanout);
+        /* A Host named in Connection is not passed on, not even as X-Forwarded-Host. */
+        mm_str_t fwd_host = form != HT_ABSOLUTE && hh >= 0 && h->dropped[hh] ? authority : host;
+        proxy_forward_headers(&r->fwd_lines, h, base, c->peer, fwd_host, r->fanout);
         if (r->fanout) {
             /* every arm gets the whole body: read it first (bounded) */
             mm_buf_reset(&r->captured);

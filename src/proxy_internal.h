@@ -90,10 +90,11 @@ struct conn_s {
 
 void proxy_init_parser_settings(void);
 /* Append the client's end-to-end headers as forwarded upstream (hop-by-hop
- * and modelmux's own removed, X-Forwarded-For appended, Host moved to
+ * and modelmux's own removed, X-Forwarded-For appended, `host` — the Host
+ * header's value, or an absolute-form target's authority — sent as
  * X-Forwarded-Host); drop_length also drops Content-Length (mirrors re-frame). */
 void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, const char *peer,
-                           int drop_length);
+                           mm_str_t host, int drop_length);
 void conn_on_timer(uv_timer_t *t);
 void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 /* Called by proxy.c when draining and the last connection closed. */

@@ -523,6 +523,187 @@ class HttpThroughTheProxy(ClassCluster):
         c.close()
 
 
+class RequestHeads(ClassCluster):
+    """Request heads a proxy must refuse or normalise before anything reaches
+    a model server (RFC 9112 §3.2, §5.2, §6.1; RFC 9110 §10.1.1)."""
+
+    @classmethod
+    def start(cls, cl):
+        cls.champion = cl.model_server("champion")
+        cls.challenger = cl.model_server("challenger")
+        cls.port = mmtest.free_port()
+        cls.log_path = cl.path("requests.jsonl")
+        cfg = mmtest.base_config(cls.port, {"champion": cls.champion.port, "challenger": cls.challenger.port}, [
+            {"name": "api", "match": {"path_prefix": "/", "host": "api.example.com"}, "policy": "ab",
+             "arms": {"champion": 1}},
+            ab("any", "/", {"challenger": 1}),
+        ], log={"requests": cls.log_path, "sample": 1.0}, limits={"drain_timeout_ms": 2000})
+        cls.mm = cl.modelmux(cfg, "--seed", 11)
+
+    def upstream_requests(self):
+        return stats(self.champion.port)["requests"] + stats(self.challenger.port)["requests"]
+
+    def assertRefused(self, data, what):
+        """data gets a 400 bad_request, the connection closes, and no model
+        server sees a request."""
+        before = self.upstream_requests()
+        c = self.raw(self.port)
+        c.send(data)
+        r = c.response()
+        self.assertJsonError(r, 400, "bad_request")
+        self.assertEqual(r.headers.get("connection", "").lower(), "close", what)
+        self.assertTrue(c.closed_within(2), what)
+        c.close()
+        self.assertEqual(self.upstream_requests(), before, what)
+
+    def logged(self, rid):
+        def find():
+            try:
+                with open(self.log_path) as f:
+                    for line in f:
+                        e = json.loads(line)
+                        if e["request_id"] == rid:
+                            return e
+            except (OSError, ValueError):  # not written yet, or a line half written
+                return None
+        return mmtest.eventually(find, timeout=5)
+
+    # -- obs-fold (RFC 9112 §5.2)
+
+    def test_obs_fold_is_400_and_nothing_reaches_the_upstream(self):
+        cases = {
+            "space": b"Host: x\r\nX-A: a\r\n b\r\n",
+            "tab": b"Host: x\r\nX-A: a\r\n\tb\r\n",
+            "after an empty first line": b"Host: x\r\nX-A:\r\n b\r\n",
+            "whitespace-only continuation": b"Host: x\r\nX-A: a\r\n \r\n",
+            "empty then whitespace-only": b"Host: x\r\nX-A:\r\n \r\n",
+            "two continuations": b"Host: x\r\nX-A: a\r\n b\r\n c\r\n",
+            "in Host": b"Host: api.example.com\r\n x\r\n",
+        }
+        for what, headers in cases.items():
+            with self.subTest(what=what):
+                # before the fix, the first reached the model server as
+                # "X-A: a\r\n\r\n" and the rest as a second request
+                self.assertRefused(b"GET /a HTTP/1.1\r\n" + headers +
+                                   b"X-After: z\r\nConnection: close\r\n\r\n", what)
+
+    def test_obs_fold_with_a_body_is_400(self):
+        self.assertRefused(b"POST /echo HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\nContent-Length: 40\r\n\r\n"
+                           b"GET /echo HTTP/1.1\r\nHost: smuggled\r\n\r\n", "body")
+
+    def test_header_continuing_a_split_read_is_not_obs_fold(self):
+        # one value arriving in two reads is one span, not a fold
+        c = self.raw(self.port)
+        c.send(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: abc")
+        time.sleep(0.05)
+        c.send(b"def\r\nX-Empty:\r\nX-B: z\r\n\r\n")
+        r = c.response()
+        c.close()
+        self.assertEqual(r.status, 200, r)
+        got = echo_headers(r.body)
+        self.assertEqual(got["x-a"], ["abcdef"])
+        self.assertEqual(got["x-empty"], [""])
+        self.assertEqual(got["x-b"], ["z"])
+
+    # -- Transfer-Encoding (RFC 9112 §6.1)
+
+    def test_transfer_encoding_other_than_chunked_alone_is_400(self):
+        cases = {
+            "gzip": b"Transfer-Encoding: gzip\r\n",
+            "identity": b"Transfer-Encoding: identity\r\n",
+            "gzip, chunked": b"Transfer-Encoding: gzip, chunked\r\n",
+            "two headers": b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+            "empty element": b"Transfer-Encoding: ,chunked\r\n",
+            "empty": b"Transfer-Encoding: \r\n",
+        }
+        for what, te in cases.items():
+            with self.subTest(te=what):
+                self.assertRefused(b"POST /echo HTTP/1.1\r\nHost: x\r\n" + te +
+                                   b"\r\n5\r\nhello\r\n0\r\n\r\n", what)
+
+    def test_chunked_in_any_case_with_whitespace_is_accepted(self):
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:  ChUnKeD \r\n\r\n"
+               b"5\r\nhello\r\n0\r\n\r\n")
+        r = c.response()
+        c.close()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["body_len"], 5)
+        self.assertEqual(r.json()["body_fnv1a64"], fnv1a64(b"hello"))
+
+    # -- Host (RFC 9112 §3.2)
+
+    def test_http11_without_host_is_400(self):
+        self.assertRefused(b"GET /echo HTTP/1.1\r\nX-A: a\r\n\r\n", "no Host")
+
+    def test_more_than_one_host_is_400(self):
+        for version in (b"1.1", b"1.0"):
+            with self.subTest(version=version):
+                self.assertRefused(b"GET /echo HTTP/" + version +
+                                   b"\r\nHost: api.example.com\r\nHost: other\r\n\r\n", version)
+
+    def test_http10_without_host_is_served(self):
+        out = mmtest.raw(self.port, b"GET /echo HTTP/1.0\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
+
+    # -- absolute-form targets (RFC 9112 §3.2.2)
+
+    def test_absolute_form_is_routed_by_its_authority_and_forwarded_in_origin_form(self):
+        c = self.raw(self.port)
+        c.send(b"GET http://api.example.com/echo?x=1 HTTP/1.1\r\nHost: other.example\r\n"
+               b"X-Request-Id: abs-1\r\n\r\n")
+        r = c.response()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.headers["x-modelmux-experiment"], "api")  # the authority, not Host
+        self.assertEqual(r.json()["path"], "/echo?x=1")
+        self.assertEqual(echo_headers(r.body)["x-forwarded-host"], ["api.example.com"])
+        # and the other way round; the connection stays usable
+        c.send(b"GET HTTP://other.example/echo HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+        r = c.response()
+        c.close()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.headers["x-modelmux-experiment"], "any")
+        self.assertEqual(r.json()["path"], "/echo")
+        self.assertEqual(self.logged("abs-1")["path"], "/echo?x=1")
+
+    def test_absolute_form_with_port_and_empty_path(self):
+        for target, path in ((b"http://API.example.com:8080", "/"), (b"http://api.example.com?q=1", "/?q=1")):
+            with self.subTest(target=target):
+                rid = "abs-empty-%d" % len(target)
+                out = mmtest.raw(self.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nX-Request-Id: " +
+                                 rid.encode() + b"\r\nConnection: close\r\n\r\n")
+                self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:300])
+                self.assertIn(b"X-Modelmux-Experiment: api\r\n", out)
+                self.assertEqual(self.logged(rid)["path"], path)
+
+    def test_other_request_target_forms_are_400(self):
+        for target in (b"https://api.example.com/echo", b"http://user@api.example.com/echo",
+                       b"http:///echo", b"ftp://api.example.com/echo", b"*"):
+            with self.subTest(target=target):
+                self.assertRefused(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n", target)
+        self.assertRefused(b"CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+                           "authority-form")
+
+    def test_options_asterisk_goes_on_as_before(self):
+        c = self.raw(self.port)
+        c.send(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertJsonError(c.response(), 404, "no_route")  # no experiment matches "*"
+        c.close()
+
+    # -- Expect (RFC 9110 §10.1.1)
+
+    def test_expect_100_continue_from_http10_client_is_ignored(self):
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        readable, _, _ = select.select([c.s], [], [], 0.5)
+        self.assertEqual(readable, [], "modelmux sent something before the body")
+        c.send(b"hello")
+        r = c.response()
+        c.close()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["body_len"], 5)
+
+
 class Limits(ClassCluster):
     MAX_BODY = 1000
     MAX_HEAD = 2048

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <llhttp.h>
 
 #include "buf.h"
 #include "http.h"
@@ -57,6 +58,168 @@ static void test_header_spans_split_across_reads_are_joined(void **state)
     assert_int_equal(http_find(&h, base, "host"), 1);
     assert_int_equal(http_find(&h, base, "x-user-id"), 0);
     assert_int_equal(http_find(&h, base, "cookie"), -1);
+}
+
+/* Parse a request head with llhttp itself, in two reads split at `split`,
+ * recording spans the way src/proxy.c does; returns the head's llhttp error
+ * (HPE_OK for a complete, accepted head). */
+static const char *parse_base;
+static int on_pfield(llhttp_t *p, const char *at, size_t n)
+{
+    http_head_on_field(p->data, (uint32_t)(at - parse_base), (uint32_t)n);
+    return 0;
+}
+static int on_pvalue(llhttp_t *p, const char *at, size_t n)
+{
+    http_head_on_value(p->data, (uint32_t)(at - parse_base), (uint32_t)n);
+    return 0;
+}
+static llhttp_errno_t parse_head(http_head_t *h, const char *text, size_t split)
+{
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    s.on_header_field = on_pfield;
+    s.on_header_value = on_pvalue;
+    llhttp_t p;
+    llhttp_init(&p, HTTP_REQUEST, &s);
+    p.data = h;
+    parse_base = text;
+    http_head_reset(h);
+    size_t n = strlen(text);
+    if (split > n) split = n;
+    llhttp_errno_t e = llhttp_execute(&p, text, split);
+    if (e == HPE_OK) e = llhttp_execute(&p, text + split, n - split);
+    http_head_index(h, text);
+    return e;
+}
+
+static void test_obs_fold_is_flagged_however_llhttp_delivers_it(void **state)
+{
+    (void)state;
+    /* llhttp passes a folded value on as a second span that starts after the
+     * CRLF, or, after an empty first line, as one span after the fold. */
+    static const char *folded[] = {
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\nX-After: z\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\tb\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A:\r\n b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A:  \t\r\n \t b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n \r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A:\r\n \r\nX-B: c\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n c\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\n y\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(folded) / sizeof(folded[0]); i++) {
+        for (size_t split = 1; split < strlen(folded[i]); split++) {
+            http_head_t h;
+            assert_int_equal(parse_head(&h, folded[i], split), HPE_OK);
+            if (!h.obs_fold) fail_msg("not flagged: case %zu split at %zu", i, split);
+            assert_non_null(http_request_head_error(&h, folded[i], 1, 1));
+        }
+    }
+    /* The value is never joined across the fold's CRLF. */
+    http_head_t h;
+    const char *t = folded[0];
+    parse_head(&h, t, strlen(t));
+    assert_int_equal(h.n, 3);
+    mm_str_t v = http_hvalue(&h, t, 1);
+    assert_null(memchr(v.p, '\n', v.n));
+}
+
+static void test_values_split_across_reads_empty_or_padded_are_not_obs_fold(void **state)
+{
+    (void)state;
+    const char *t = "GET / HTTP/1.1\r\nHost: x\r\nX-A: abc def\r\nX-Empty:\r\n"
+                    "X-Pad: \t  v \t\r\nX-Empty-Pad:  \t \r\nX-Last:\r\n\r\n";
+    static const char *const values[] = {"x", "abc def", "", "v", "", ""};
+    for (size_t split = 1; split < strlen(t); split++) {
+        http_head_t h;
+        assert_int_equal(parse_head(&h, t, split), HPE_OK);
+        if (h.obs_fold) fail_msg("flagged at split %zu", split);
+        assert_int_equal(h.n, 6);
+        for (int i = 0; i < h.n; i++) {
+            mm_str_t v = http_trim(http_hvalue(&h, t, i));
+            if (v.n != strlen(values[i]) || memcmp(v.p, values[i], v.n) != 0)
+                fail_msg("header %d is '%.*s' at split %zu", i, (int)v.n, v.p, split);
+        }
+        assert_null(http_request_head_error(&h, t, 1, 1));
+    }
+}
+
+static void test_request_heads_refused_with_400(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *head;
+        int major, minor, refused;
+    } cases[] = {
+        {"Host: a\r\n\r\n", 1, 1, 0},
+        {"X-A: 1\r\n\r\n", 1, 1, 1}, /* HTTP/1.1 needs Host */
+        {"X-A: 1\r\n\r\n", 1, 0, 0}, /* HTTP/1.0 does not */
+        {"Host: a\r\nhost: b\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nHOST: a\r\n\r\n", 1, 0, 1},
+        {"Host: a\r\nTransfer-Encoding: chunked\r\n\r\n", 1, 1, 0},
+        {"Host: a\r\nTransfer-Encoding:  CHUNKED \t\r\n\r\n", 1, 1, 0},
+        {"Host: a\r\nTransfer-Encoding: gzip\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: identity\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: ,chunked\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: chunked,\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: chunkedx\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: x\r\n\r\n", 1, 1, 1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        http_head_t h;
+        head_from(&h, cases[i].head);
+        const char *why =
+            http_request_head_error(&h, cases[i].head, cases[i].major, cases[i].minor);
+        if ((why != NULL) != cases[i].refused) fail_msg("case %zu: %s", i, why ? why : "accepted");
+    }
+    /* an empty Transfer-Encoding value (llhttp delivers an empty span) */
+    const char t[] = "Host: a\r\nTransfer-Encoding:\r\n\r\n";
+    http_head_t h;
+    http_head_reset(&h);
+    http_head_on_field(&h, 0, 4);
+    http_head_on_value(&h, 6, 1);
+    http_head_on_field(&h, 9, 17);
+    http_head_on_value(&h, 29, 0);
+    http_head_index(&h, t);
+    assert_false(h.obs_fold);
+    assert_non_null(http_request_head_error(&h, t, 1, 1));
+}
+
+static void test_request_target_forms(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *target;
+        http_target_form_t form;
+        const char *authority, *path;
+    } cases[] = {
+        {"/v1/echo?x=1", HT_ORIGIN, "", "/v1/echo?x=1"},
+        {"*", HT_ASTERISK, "", "*"},
+        {"http://api.example.com/v1/echo?x=1", HT_ABSOLUTE, "api.example.com", "/v1/echo?x=1"},
+        {"HTTP://Api.Example.com:8080", HT_ABSOLUTE, "Api.Example.com:8080", ""},
+        {"http://api.example.com?q=1", HT_ABSOLUTE, "api.example.com", "?q=1"},
+        {"http://[::1]:8/x", HT_ABSOLUTE, "[::1]:8", "/x"},
+        {"http://", HT_INVALID, "", "http://"},
+        {"http:///x", HT_INVALID, "", "http:///x"},
+        {"http://user@api.example.com/x", HT_INVALID, "", "http://user@api.example.com/x"},
+        {"https://api.example.com/x", HT_INVALID, "", "https://api.example.com/x"},
+        {"api.example.com:443", HT_INVALID, "", "api.example.com:443"},
+        {"**", HT_INVALID, "", "**"},
+        {"", HT_INVALID, "", ""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        mm_str_t a, p;
+        http_target_form_t f = http_target(S(cases[i].target), &a, &p);
+        if (f != cases[i].form) fail_msg("%s: form %d", cases[i].target, (int)f);
+        assert_int_equal(a.n, strlen(cases[i].authority));
+        assert_memory_equal(a.p, cases[i].authority, a.n);
+        assert_int_equal(p.n, strlen(cases[i].path));
+        assert_memory_equal(p.p, cases[i].path, p.n);
+    }
 }
 
 static void test_more_than_128_headers_are_flagged(void **state)
@@ -320,6 +483,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_header_spans_split_across_reads_are_joined),
+        cmocka_unit_test(test_obs_fold_is_flagged_however_llhttp_delivers_it),
+        cmocka_unit_test(test_values_split_across_reads_empty_or_padded_are_not_obs_fold),
+        cmocka_unit_test(test_request_heads_refused_with_400),
+        cmocka_unit_test(test_request_target_forms),
         cmocka_unit_test(test_more_than_128_headers_are_flagged),
         cmocka_unit_test(test_hop_by_hop_headers_are_recognised),
         cmocka_unit_test(test_headers_named_in_connection_are_hop_by_hop_whatever_their_length),
