@@ -678,7 +678,9 @@ static void uc_process(up_conn_t *c)
         if (c->phase == PH_HEAD) {
             c->rpos += used;
             if (!c->headers_done) continue;
-            if (c->head.too_many) {
+            /* A folded header line (RFC 9112 §5.2): a proxy answers 502
+             * rather than pass on a head it cannot forward faithfully. */
+            if (c->head.too_many || c->head.obs_fold) {
                 c->in_process = 0;
                 uc_fail(c, UP_ERR_PROTOCOL);
                 return;
