@@ -28,7 +28,10 @@
  * Starting: the core builds the initial control state with canary_step 0, so
  * on_tick treats "running at step 0" as "start at the first step" (steps are
  * > 0, so a running canary is never legitimately at 0). Until that first tick
- * (about a second) all traffic goes to the champion.
+ * (about a second) all traffic goes to the champion. With the Redis store the
+ * core ticks only once Redis's control was read (store_control_known), so a
+ * restarted or added instance adopts the shared step instead of starting over
+ * and publishing step 0 -> steps[0] for the whole fleet.
  *
  * Sticky assignment is monotone: with a key, the request goes to the canary
  * iff u < step/100, u from the top 53 bits of the key hash, so a user on the
