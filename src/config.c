@@ -1112,6 +1112,9 @@ int policy_add_arm(policy_parse_t *pp, const char *name, const char *path)
     cfg_experiment_t *e = pp->e;
     char p[PTR_MAX], d[256];
     exp_ptr(pp, path, p, sizeof(p));
+    /* At the arm's name: the key in {"arm": weight}, else the value. */
+    const char *last = strrchr(p, '/');
+    int at_key = name && last && strcmp(last + 1, name) == 0;
     int up = name ? config_upstream_index(cx->c, name) : -1;
     if (up < 0) {
         char known[512];
@@ -1121,13 +1124,13 @@ int policy_add_arm(policy_parse_t *pp, const char *name, const char *path)
             cat(known, sizeof(known), &len, i ? ", " : "");
             cat(known, sizeof(known), &len, cx->c->upstreams[i].name);
         }
-        return cerr(cx, p, 1, "%s: unknown upstream \"%s\" (upstreams: %s)",
+        return cerr(cx, p, at_key, "%s: unknown upstream \"%s\" (upstreams: %s)",
                     dotted(cx, p, d, sizeof(d)), name ? name : "", known);
     }
     for (size_t i = 0; i < e->n_arms; i++)
         if (e->arms[i] == up)
-            return cerr(cx, p, 1, "%s: arm \"%s\" is listed twice", dotted(cx, p, d, sizeof(d)),
-                        name);
+            return cerr(cx, p, at_key, "%s: arm \"%s\" is listed twice",
+                        dotted(cx, p, d, sizeof(d)), name);
     if (e->n_arms >= MM_MAX_ARMS)
         return cerr(cx, p, 0, "%s: too many arms (at most %d)", dotted(cx, p, d, sizeof(d)),
                     MM_MAX_ARMS);
