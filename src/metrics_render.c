@@ -10,12 +10,13 @@
  * /metrics and the admin API alike.
  *
  * Every family gets # HELP and # TYPE and all its samples together, as the
- * format requires. Counters of experiments removed by a reload keep being
- * exported (they would otherwise vanish and reappear as resets); gauges are
- * exported for live experiments only. Upstream counters come from the pools
- * of the current router, which a reload rebuilds, so they restart from zero
- * after a reload — Prometheus' rate() treats that as an ordinary counter
- * reset. */
+ * format requires. The families DESIGN.md §7 names are always there, with no
+ * samples where there is nothing to report (no canary, no shadow arm), so
+ * dashboards and alerts can rely on the names. Counters of experiments removed by a reload keep
+ * being exported (they would otherwise vanish and reappear as resets); gauges are exported for live
+ * experiments only. Upstream counters come from the pools of the current router, which a reload
+ * rebuilds, so they restart from zero after a reload — Prometheus' rate() treats that as an
+ * ordinary counter reset. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -442,16 +443,13 @@ static void render_experiments(mm_buf_t *b, const router_t *r)
         }
     }
 
-    int canaries = 0;
-    for (size_t k = 0; k < n; k++) canaries += is_canary(&r->exps[k]);
-    if (canaries) {
-        family(b, "modelmux_canary_step", "gauge",
-               "Percent of traffic on the canary (canary experiments).");
-        for (size_t k = 0; k < n; k++) {
-            if (!is_canary(&r->exps[k])) continue;
-            const char *kv[] = {"experiment", r->exps[k].cfg->name, NULL};
-            sample_f(b, "modelmux_canary_step", kv, r->exps[k].state->control.canary_step);
-        }
+    /* A contract family (DESIGN.md §7): HELP and TYPE even with no canary. */
+    family(b, "modelmux_canary_step", "gauge",
+           "Percent of traffic on the canary (canary experiments).");
+    for (size_t k = 0; k < n; k++) {
+        if (!is_canary(&r->exps[k])) continue;
+        const char *kv[] = {"experiment", r->exps[k].cfg->name, NULL};
+        sample_f(b, "modelmux_canary_step", kv, r->exps[k].state->control.canary_step);
     }
 
     family(b, "modelmux_experiment_state", "gauge",

@@ -46,7 +46,17 @@ typedef struct {
     mm_buf_t out;
 } fx_t;
 
-static int setup(void **state)
+/* No canary, no shadow: families of DESIGN.md §7 must be there all the same. */
+static const char CONFIG_AB_ONLY[] =
+    "{\"listen\": \"127.0.0.1:18080\",\n"
+    " \"upstreams\": {\"a\": {\"url\": \"http://127.0.0.1:17001\"},\n"
+    "               \"b\": {\"url\": \"http://127.0.0.1:17002\"}},\n"
+    " \"experiments\": [\n"
+    "  {\"name\": \"rank\", \"match\": {\"path_prefix\": \"/v1/rank\"}, \"policy\": \"ab\",\n"
+    "   \"arms\": {\"a\": 90, \"b\": 10}}\n"
+    " ]}\n";
+
+static int setup_with(void **state, const char *config)
 {
     fx_t *f = calloc(1, sizeof(*f));
     char err[512];
@@ -56,7 +66,7 @@ static int setup(void **state)
     metrics_init(&s->metrics);
     cfg_store_t sc = {.type = STORE_MEMORY};
     s->store = store_create(&f->loop, &sc, err, sizeof(err));
-    config_t *cfg = config_parse(CONFIG, strlen(CONFIG), "t.json", err, sizeof(err));
+    config_t *cfg = config_parse(config, strlen(config), "t.json", err, sizeof(err));
     if (s->store == NULL || cfg == NULL) {
         print_error("setup: %s\n", err);
         return -1;
@@ -69,6 +79,16 @@ static int setup(void **state)
     mm_buf_init(&f->out);
     *state = f;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_with(state, CONFIG);
+}
+
+static int setup_ab_only(void **state)
+{
+    return setup_with(state, CONFIG_AB_ONLY);
 }
 
 static int teardown(void **state)
@@ -447,15 +467,10 @@ static void fill(fx_t *f)
     s->reload_failures = 1;
 }
 
-static void test_exposition_is_valid(void **state)
+/* Every family of DESIGN.md §7 has HELP and TYPE, samples or not: the names
+ * are the contract, and a dashboard or alert must find them. */
+static void assert_contract_families(const char *text)
 {
-    fx_t *f = *state;
-    chk_t c;
-    if (check_exposition(render(f), &c) != 0) fail_msg("empty fixture: %s", c.err);
-    fill(f);
-    const char *text = render(f);
-    if (check_exposition(text, &c) != 0) fail_msg("%s\n%s", c.err, text);
-    /* every family of DESIGN.md §7 has HELP and TYPE */
     static const char *families[] = {
         "modelmux_requests_total counter",
         "modelmux_request_duration_seconds histogram",
@@ -475,8 +490,31 @@ static void test_exposition_is_valid(void **state)
         assert_line(text, want);
         char name[96];
         snprintf(name, sizeof(name), "# HELP %.*s ", (int)strcspn(families[i], " "), families[i]);
-        assert_non_null(strstr(text, name));
+        if (strstr(text, name) == NULL) fail_msg("no %s line in\n%s", name, text);
     }
+}
+
+static void test_exposition_is_valid(void **state)
+{
+    fx_t *f = *state;
+    chk_t c;
+    if (check_exposition(render(f), &c) != 0) fail_msg("empty fixture: %s", c.err);
+    assert_contract_families(render(f));
+    fill(f);
+    const char *text = render(f);
+    if (check_exposition(text, &c) != 0) fail_msg("%s\n%s", c.err, text);
+    assert_contract_families(text);
+}
+
+static void test_contract_families_without_canary_or_shadow(void **state)
+{
+    fx_t *f = *state;
+    chk_t c;
+    const char *text = render(f);
+    if (check_exposition(text, &c) != 0) fail_msg("%s\n%s", c.err, text);
+    assert_contract_families(text);
+    assert_no_line_starting(text, "modelmux_canary_step{"); /* the family, no sample */
+    assert_no_line_starting(text, "modelmux_shadow_total{");
 }
 
 static void test_counters_render_exact_lines(void **state)
@@ -647,6 +685,8 @@ int main(void)
         cmocka_unit_test(test_checker_rejects_bad_exposition),
         cmocka_unit_test_setup_teardown(test_exposition_is_valid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counters_render_exact_lines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_contract_families_without_canary_or_shadow,
+                                        setup_ab_only, teardown),
         cmocka_unit_test_setup_teardown(
             test_retired_experiments_keep_counters_and_labels_are_escaped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_share_follows_control_then_policy_then_observation,
