@@ -483,9 +483,11 @@ static void render_process(mm_server_t *srv, mm_buf_t *b)
 {
     family(b, "modelmux_connections", "gauge", "Open client connections on the data listener.");
     sample_u64(b, "modelmux_connections", NULL, (uint64_t)srv->n_conns);
-    family(b, "modelmux_connections_total", "counter",
+    /* Not "modelmux_connections_total": OpenMetrics parsers (prometheus_client)
+     * strip _total and would fold it into the modelmux_connections gauge. */
+    family(b, "modelmux_connections_accepted_total", "counter",
            "Client connections accepted on the data listener.");
-    sample_u64(b, "modelmux_connections_total", NULL, srv->connections_total);
+    sample_u64(b, "modelmux_connections_accepted_total", NULL, srv->connections_total);
     family(b, "modelmux_overload_rejects_total", "counter",
            "Connections answered 503 because max_connections was reached.");
     sample_u64(b, "modelmux_overload_rejects_total", NULL, srv->overload_rejects);

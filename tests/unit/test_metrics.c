@@ -494,6 +494,34 @@ static void assert_contract_families(const char *text)
     }
 }
 
+/* Under OpenMetrics rules (what prometheus_client's parser applies) a
+ * counter's family name is its name without "_total", and a histogram owns
+ * NAME_bucket, NAME_sum and NAME_count: no other family may be called so,
+ * or two families fold into one with the wrong type. */
+static void assert_no_openmetrics_collisions(const char *text)
+{
+    static const char *const suffixes[] = {"_total", "_bucket", "_sum", "_count", "_created"};
+    char names[128][96];
+    size_t n = 0;
+    for (const char *l = text; (l = strstr(l, "# TYPE ")) != NULL && n < 128; l++) {
+        l += 7;
+        size_t len = strcspn(l, " ");
+        assert_true(len < sizeof(names[0]));
+        memcpy(names[n], l, len);
+        names[n++][len] = '\0';
+    }
+    assert_true(n > 10);
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++)
+            for (size_t k = 0; k < MM_ARRAY_LEN(suffixes); k++) {
+                size_t li = strlen(names[i]), ls = strlen(suffixes[k]);
+                if (i != j && li == strlen(names[j]) + ls &&
+                    strncmp(names[i], names[j], strlen(names[j])) == 0 &&
+                    strcmp(names[i] + strlen(names[j]), suffixes[k]) == 0)
+                    fail_msg("family %s collides with family %s", names[i], names[j]);
+            }
+}
+
 static void test_exposition_is_valid(void **state)
 {
     fx_t *f = *state;
@@ -504,6 +532,7 @@ static void test_exposition_is_valid(void **state)
     const char *text = render(f);
     if (check_exposition(text, &c) != 0) fail_msg("%s\n%s", c.err, text);
     assert_contract_families(text);
+    assert_no_openmetrics_collisions(text);
 }
 
 static void test_contract_families_without_canary_or_shadow(void **state)
@@ -580,7 +609,8 @@ static void test_counters_render_exact_lines(void **state)
     assert_line(t, "modelmux_arm_share{experiment=\"sh\",arm=\"b\"} 0");
 
     assert_line(t, "modelmux_connections 3");
-    assert_line(t, "modelmux_connections_total 12");
+    assert_line(t, "modelmux_connections_accepted_total 12");
+    assert_no_line_starting(t, "modelmux_connections_total");
     assert_line(t, "modelmux_store_up 1");
     assert_line(t, "modelmux_reloads_total 2");
     assert_line(t, "modelmux_reload_failures_total 1");
