@@ -18,9 +18,10 @@ What is asserted is what a user of several instances relies on:
   4. a Redis killed and restarted mid-run loses nothing acknowledged, and
      /readyz and /metrics say so while it is down;
   5. the feedback stream PREFIX:feedback is consumed through the group
-     `modelmux`, from id 0, applied and acknowledged; invalid entries are
-     acknowledged unapplied; an unknown request id stays pending (see the
-     test for what happens to it later);
+     `modelmux`, from id 0, applied and acknowledged; invalid entries, and
+     entries naming an experiment or arm that is not configured, are
+     acknowledged unapplied at once; an unknown request id stays pending (see
+     the test for what happens to it later);
   6. admin changes travel through PREFIX:{EXP}:control and survive a restart;
   7. --workers 2 shares the port and the state, with the Redis store and
      with the memory store (through a private redis-server);
@@ -683,6 +684,38 @@ class StoreIntegration(mmtest.MMTestCase):
         consumer = detail[0][1]
         self.assertTrue(consumer.endswith("-%d" % a.pid), consumer)
         self.assert_arms_exact(tally, "recs", settle=0)
+
+    def test_5b_stream_entry_for_an_unconfigured_experiment_is_acked_at_once(self):
+        """An entry naming an experiment or arm that is not configured can
+        never apply: acknowledged on its first delivery and counted invalid,
+        not left pending for 60-90 s like an unknown request id."""
+        stream = self.key("feedback")
+        a = self.start(self.config(), "modelmux-a")
+        mmtest.eventually(lambda: self.r("EXISTS", stream), timeout=5, interval=0.01)
+
+        def invalid():
+            return mmtest.metric_samples(a.admin_port, "modelmux_feedback_stream_total",
+                                         "result").get(("invalid",))
+        self.assertEqual(invalid(), 0)
+        unknown_id = self.r("XADD", stream, "*", "request_id", "t5b-never-served", "reward", "1")
+        no_exp = self.r("XADD", stream, "*", "experiment", "nosuchexp", "arm", "x", "reward", "1")
+        no_arm = self.r("XADD", stream, "*", "experiment", "recs", "arm", "nosucharm",
+                        "reward", "1")
+        t0 = time.monotonic()
+
+        def pending_ids():
+            return [e[0] for e in self.r("XPENDING", stream, "modelmux", "-", "+", 10)]
+        mmtest.eventually(lambda: invalid() == 2, timeout=5, interval=0.01)
+        mmtest.eventually(lambda: pending_ids() == [unknown_id], timeout=5, interval=0.01)
+        timing("test 5b: entries for an unconfigured experiment and arm acked %.0f ms after "
+               "XADD", (time.monotonic() - t0) * 1000)
+        self.assertNotIn(no_exp, pending_ids())
+        self.assertNotIn(no_arm, pending_ids())
+        # nothing applied, nothing dead: they were acked on their first delivery
+        for arm in ("champion", "challenger"):
+            self.assertEqual(redis_arm(self.r, self.prefix, "recs", arm)["feedback"], 0)
+        self.assertEqual(mmtest.metric_samples(a.admin_port, "modelmux_feedback_stream_total",
+                                               "result").get(("dead",)), 0)
 
     # -- 6
 
