@@ -895,12 +895,12 @@ class StoreIntegration(mmtest.MMTestCase):
         """mm has read Redis and ticked (its first policy tick comes at most a
         second after its first sync round): it reports `want` = (state, step,
         version), Redis still holds exactly that, and it never started the
-        canary itself."""
+        canary `can` itself."""
         mmtest.eventually(lambda: self.canary_view(mm) == want, timeout=5, interval=0.01)
         time.sleep(2.5)  # two or three of its ticks
         self.assertEqual(self.canary_control(), want)
         self.assertEqual(self.canary_view(mm), want)
-        self.assertNotIn("(started)", mm.log())
+        self.assertNotIn("canary can: step 0 ->", mm.log())
 
     def canary_started(self, mm):
         """Wait for the canary's first step, written to Redis."""
@@ -965,6 +965,38 @@ class StoreIntegration(mmtest.MMTestCase):
         mmtest.eventually(lambda: send(a2.port, "/can/x", [None] * 30) and
                           self.canary_control()[1] != want[1], timeout=20, interval=0.2)
         self.assertIn(self.canary_control()[:2], (("running", nxt), ("promoted", 100.0)))
+
+    def test_8c_canary_waits_for_redis_when_it_is_down_at_start(self):
+        """Redis down at start: the canary stays unstarted (all traffic to the
+        champion) and publishes nothing; once Redis is there, a control it
+        holds is adopted, and a canary it has none for starts."""
+        rport = mmtest.free_port()
+        exps = [canary_experiment(),
+                canary_experiment(name="can2", match={"path_prefix": "/can2"})]
+        a = self.start(self.config(redis_port=rport, exps=exps), "modelmux-a", store_up=False)
+        time.sleep(2.5)  # a start tick and two timer ticks
+        self.assertEqual(readyz(a)[1]["store"], "down")
+        for exp in ("can", "can2"):
+            v = view(a, exp)
+            self.assertEqual((v["state"], v["policy_state"]["step"]), ("running", 0.0), exp)
+        self.assertEqual({arm for _, arm, _ in send(a.port, "/can/x", [None] * 20)},
+                         {"champion"})
+        self.assertNotIn("(started)", a.log())
+
+        self.r.close()
+        self.r = Redis(rport)
+        self.cluster._start([REDIS_SERVER, "--port", str(rport), "--bind", HOST, "--save", "",
+                             "--appendonly", "no", "--dir", self.cluster.dir], "redis-late")
+        wait_redis(rport)
+        self.r("HSET", self.key("{can}", "control"), "weights", '{"challenger":100}',
+               "state", "promoted", "canary_step", "100", "version", "5")
+        want = ("promoted", 100.0, 5)
+        self.assert_canary_kept(a, want)
+        mmtest.eventually(lambda: self.r.hgetall(self.key("{can2}", "control")).get(
+            "canary_step") == "10", timeout=5, interval=0.02)
+        self.assertEqual(view(a, "can2")["policy_state"]["step"], 10.0)
+        self.assertEqual(a.log().count("(started)"), 1, a.log())  # can2 only
+        self.stop(a)  # before the harness stops Redis: its final flush needs it
 
 
 if __name__ == "__main__":
