@@ -28,7 +28,10 @@
  * Starting: the core builds the initial control state with canary_step 0, so
  * on_tick treats "running at step 0" as "start at the first step" (steps are
  * > 0, so a running canary is never legitimately at 0). Until that first tick
- * (about a second) all traffic goes to the champion.
+ * (about a second) all traffic goes to the champion. With the Redis store the
+ * core ticks only once Redis's control was read (store_control_known), so a
+ * restarted or added instance adopts the shared step instead of starting over
+ * and publishing step 0 -> steps[0] for the whole fleet.
  *
  * Sticky assignment is monotone: with a key, the request goes to the canary
  * iff u < step/100, u from the top 53 bits of the key hash, so a user on the
@@ -552,9 +555,10 @@ static int add_arm(canary_t *c, policy_parse_t *pp, const json_t *exp, const cha
 
 static void *canary_create(const json_t *exp, policy_parse_t *pp)
 {
-    static const char *const keys[] = {"champion", "canary",     "steps",  "step_interval_s",
-                                       "analysis", "on_success", "sticky", NULL};
-    const char *on_success = NULL;
+    static const char *const keys[] = {"champion",        "canary",   "steps",
+                                       "step_interval_s", "analysis", "on_success",
+                                       "sticky",          "salt",     NULL};
+    const char *on_success = NULL, *salt = NULL;
     canary_t *c = calloc(1, sizeof *c);
     if (c == NULL) {
         policy_error(pp, "", "out of memory");
@@ -582,8 +586,18 @@ static void *canary_create(const json_t *exp, policy_parse_t *pp)
         policy_error(pp, "/on_success", "must be \"promote\" or \"hold\"");
         goto err;
     }
+    /* salt as for ab: mixed into the sticky key's hash (default: the
+     * experiment's name), and an error without sticky, where it would do
+     * nothing. */
+    if (policy_get_string(pp, exp, "", "salt", NULL, &salt) < 0) goto err;
     const json_t *sticky = json_object_get(exp, "sticky");
-    if (sticky != NULL && policy_set_sticky(pp, sticky, "/sticky", NULL) < 0) goto err;
+    if (sticky != NULL) {
+        if (policy_set_sticky(pp, sticky, "/sticky", salt) < 0) goto err;
+    } else if (salt != NULL) {
+        policy_error(pp, "/salt",
+                     "has no effect without sticky (add \"sticky\": {\"header\": NAME})");
+        goto err;
+    }
     return c;
 err:
     free(c);

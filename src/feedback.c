@@ -177,6 +177,7 @@ static void batch_answer(fb_batch_t *b)
         /* A request id not yet synced by the instance that served it may
          * appear shortly: leave the entry pending for a later delivery. */
         int ack = !(b->unknown && store_msg_deliveries(b->msg) < 3);
+        if (b->invalid) b->srv->stream_invalid++;
         store_msg_done(b->srv->store, b->msg, ack);
     }
     batch_free(b);
@@ -203,7 +204,12 @@ static void batch_step(fb_batch_t *b)
         if (e->malformed) {
             batch_count(b, FB_INVALID);
         } else if (!is_click(e)) {
-            batch_count(b, fb_apply(b->srv, e));
+            int o = fb_apply(b->srv, e);
+            /* A stream entry naming an experiment or arm not configured can
+             * never apply, unlike an unknown request id (which another
+             * instance may know): invalid, acknowledged at once. */
+            if (o == FB_UNKNOWN && b->msg && e->request_id[0] == '\0') o = FB_INVALID;
+            batch_count(b, o);
         } else if (click_target(b->srv, e, &why) == NULL) {
             batch_count(b, why);
         } else {
@@ -487,6 +493,7 @@ static void on_stream(void *arg, store_msg_t *m)
     if (!ok || parse_event(o, &b->ev[0], err, sizeof(err), "stream entry") != 0) {
         if (!ok) snprintf(err, sizeof(err), "stream entry: reward must be a finite number");
         mm_log("feedback stream entry %s dropped: %s", store_msg_id(m), err);
+        srv->stream_invalid++;
         json_decref(o);
         batch_free(b);
         store_msg_done(srv->store, m, 1); /* it can never be applied */

@@ -10,12 +10,13 @@
  * /metrics and the admin API alike.
  *
  * Every family gets # HELP and # TYPE and all its samples together, as the
- * format requires. Counters of experiments removed by a reload keep being
- * exported (they would otherwise vanish and reappear as resets); gauges are
- * exported for live experiments only. Upstream counters come from the pools
- * of the current router, which a reload rebuilds, so they restart from zero
- * after a reload — Prometheus' rate() treats that as an ordinary counter
- * reset. */
+ * format requires. The families DESIGN.md §7 names are always there, with no
+ * samples where there is nothing to report (no canary, no shadow arm), so
+ * dashboards and alerts can rely on the names. Counters of experiments removed by a reload keep
+ * being exported (they would otherwise vanish and reappear as resets); gauges are exported for live
+ * experiments only. Upstream counters come from the pools of the current router, which a reload
+ * rebuilds, so they restart from zero after a reload — Prometheus' rate() treats that as an
+ * ordinary counter reset. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -442,16 +443,13 @@ static void render_experiments(mm_buf_t *b, const router_t *r)
         }
     }
 
-    int canaries = 0;
-    for (size_t k = 0; k < n; k++) canaries += is_canary(&r->exps[k]);
-    if (canaries) {
-        family(b, "modelmux_canary_step", "gauge",
-               "Percent of traffic on the canary (canary experiments).");
-        for (size_t k = 0; k < n; k++) {
-            if (!is_canary(&r->exps[k])) continue;
-            const char *kv[] = {"experiment", r->exps[k].cfg->name, NULL};
-            sample_f(b, "modelmux_canary_step", kv, r->exps[k].state->control.canary_step);
-        }
+    /* A contract family (DESIGN.md §7): HELP and TYPE even with no canary. */
+    family(b, "modelmux_canary_step", "gauge",
+           "Percent of traffic on the canary (canary experiments).");
+    for (size_t k = 0; k < n; k++) {
+        if (!is_canary(&r->exps[k])) continue;
+        const char *kv[] = {"experiment", r->exps[k].cfg->name, NULL};
+        sample_f(b, "modelmux_canary_step", kv, r->exps[k].state->control.canary_step);
     }
 
     family(b, "modelmux_experiment_state", "gauge",
@@ -485,9 +483,11 @@ static void render_process(mm_server_t *srv, mm_buf_t *b)
 {
     family(b, "modelmux_connections", "gauge", "Open client connections on the data listener.");
     sample_u64(b, "modelmux_connections", NULL, (uint64_t)srv->n_conns);
-    family(b, "modelmux_connections_total", "counter",
+    /* Not "modelmux_connections_total": OpenMetrics parsers (prometheus_client)
+     * strip _total and would fold it into the modelmux_connections gauge. */
+    family(b, "modelmux_connections_accepted_total", "counter",
            "Client connections accepted on the data listener.");
-    sample_u64(b, "modelmux_connections_total", NULL, srv->connections_total);
+    sample_u64(b, "modelmux_connections_accepted_total", NULL, srv->connections_total);
     family(b, "modelmux_overload_rejects_total", "counter",
            "Connections answered 503 because max_connections was reached.");
     sample_u64(b, "modelmux_overload_rejects_total", NULL, srv->overload_rejects);
@@ -514,13 +514,16 @@ static void render_process(mm_server_t *srv, mm_buf_t *b)
         sample_u64(b, "modelmux_request_ids_dropped_total", NULL, ss.req_evicted + ss.req_dropped);
         family(b, "modelmux_feedback_stream_total", "counter",
                "Entries of the Redis feedback stream: delivered, acknowledged, dead (given up "
-               "after max deliveries).");
+               "after max deliveries), invalid (acknowledged unapplied: malformed, a value the "
+               "policy rejects, or an experiment or arm not configured).");
         const char *kd[] = {"result", "delivered", NULL};
         sample_u64(b, "modelmux_feedback_stream_total", kd, ss.stream_delivered);
         const char *ka[] = {"result", "acked", NULL};
         sample_u64(b, "modelmux_feedback_stream_total", ka, ss.stream_acked);
         const char *kx[] = {"result", "dead", NULL};
         sample_u64(b, "modelmux_feedback_stream_total", kx, ss.stream_dead);
+        const char *ki[] = {"result", "invalid", NULL};
+        sample_u64(b, "modelmux_feedback_stream_total", ki, srv->stream_invalid);
     }
 
     family(b, "modelmux_reloads_total", "counter", "Configuration reloads applied.");

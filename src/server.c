@@ -38,7 +38,12 @@ static void tick_experiments(mm_server_t *srv)
             e->resets_seen = resets;
             if (ops->reset) ops->reset(e->cfg->policy);
         }
-        if (ops->on_tick == NULL || e->state->control.state != EXP_RUNNING) continue;
+        /* Not before the store has read the experiment's control: with Redis,
+         * a canary starting at its first step would overwrite the step,
+         * promotion or rollback every instance shares (docs/store.md). */
+        if (ops->on_tick == NULL || !store_control_known(srv->store, e->state) ||
+            e->state->control.state != EXP_RUNNING)
+            continue;
         policy_view_t v;
         router_view(e, &srv->rng, now, &v);
         exp_control_t ctl = e->state->control;
@@ -214,7 +219,7 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
     uv_timer_start(&srv->tick_timer, on_tick, TICK_MS, TICK_MS);
     leg_clock_init(&srv->legs, loop);
     if (feedback_start(srv) != 0) mm_log("cannot consume the Redis feedback stream");
-    tick_experiments(srv); /* a canary starts at its first step at once */
+    tick_experiments(srv); /* memory store: a canary starts at its first step at once */
     return 0;
 err:
     return -1;

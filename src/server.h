@@ -48,7 +48,8 @@ typedef struct mm_server_s {
      * (POST /reload reloads the whole group, as SIGHUP does); 0 alone. */
     int group_parent;
     uint64_t reloads, reload_failures;
-    int has_store_override; /* --workers with the memory store: the shared private Redis */
+    uint64_t stream_invalid; /* feedback stream entries acknowledged unapplied: invalid */
+    int has_store_override;  /* --workers with the memory store: the shared private Redis */
     cfg_store_t store_override;
 } mm_server_t;
 

@@ -671,6 +671,11 @@ void store_set_control(store_t *s, exp_state_t *e, const exp_control_t *c)
     control_change(s, store_exp_of(e), c);
 }
 
+int store_control_known(const store_t *s, const exp_state_t *e)
+{
+    return s->redis == NULL || container_of(e, const store_exp_t, pub)->synced;
+}
+
 void store_reset(store_t *s, exp_state_t *e)
 {
     store_exp_t *x = store_exp_of(e);

@@ -80,6 +80,13 @@ void store_reward(store_t *s, exp_state_t *e, int arm, double reward, int bernou
 /* Operator changes: version++ (c->version is ignored), published to every
  * instance. Entering EXP_PAUSED copies `merged` into `frozen`. */
 void store_set_control(store_t *s, exp_state_t *e, const exp_control_t *c);
+/* 1 once e's control is the shared one: always with the memory store; with
+ * Redis once a sync round has read the experiment's control hash (and
+ * adopted it, or seeded it with ours when Redis had none). The core runs no
+ * policy tick before that: a starting canary would otherwise publish its
+ * first step over the step, promotion or rollback that Redis holds for every
+ * instance. While Redis is unreachable at start it stays 0. */
+int store_control_known(const store_t *s, const exp_state_t *e);
 /* Forget learned statistics (admin reset) everywhere, and operator changes:
  * control goes back to initial_control (version++). See store_resets(). */
 void store_reset(store_t *s, exp_state_t *e);

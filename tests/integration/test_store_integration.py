@@ -18,12 +18,17 @@ What is asserted is what a user of several instances relies on:
   4. a Redis killed and restarted mid-run loses nothing acknowledged, and
      /readyz and /metrics say so while it is down;
   5. the feedback stream PREFIX:feedback is consumed through the group
-     `modelmux`, from id 0, applied and acknowledged; invalid entries are
-     acknowledged unapplied; an unknown request id stays pending (see the
-     test for what happens to it later);
+     `modelmux`, from id 0, applied and acknowledged; invalid entries, and
+     entries naming an experiment or arm that is not configured, are
+     acknowledged unapplied at once; an unknown request id stays pending (see
+     the test for what happens to it later);
   6. admin changes travel through PREFIX:{EXP}:control and survive a restart;
   7. --workers 2 shares the port and the state, with the Redis store and
-     with the memory store (through a private redis-server).
+     with the memory store (through a private redis-server);
+  8. a canary's control (promoted, rolled back, paused, or a step reached
+     by analysis) survives a restart and the start of another instance:
+     a starting instance adopts Redis's step and never publishes its own
+     first step over it.
 
 Redis is spoken to with the small RESP client below (no redis-py). Every
 modelmux must exit 0 on SIGTERM with no sanitizer report in its log.
@@ -165,6 +170,16 @@ def two_ports():
     return a, b
 
 
+def canary_experiment(**over):
+    """A canary on /can: steps 10, 25, 50, 100, analysed every second, passing
+    with 5 canary answers; without canary traffic it holds its step."""
+    exp = {"name": "can", "match": {"path_prefix": "/can"}, "policy": "canary",
+           "champion": "champion", "canary": "challenger", "steps": [10, 25, 50, 100],
+           "step_interval_s": 1, "analysis": {"min_requests": 5, "max_error_rate": 0.5}}
+    exp.update(over)
+    return exp
+
+
 def experiments(only=None):
     exps = [
         {"name": "recs", "match": {"path_prefix": "/recs"}, "policy": "thompson",
@@ -296,13 +311,14 @@ class StoreIntegration(mmtest.MMTestCase):
 
     # -- starting things
 
-    def config(self, redis_port=None, only=None):
+    def config(self, redis_port=None, only=None, exps=None):
         port, admin = two_ports()
         store = {"type": "redis", "host": HOST, "port": redis_port or self.redis_port,
                  "prefix": self.prefix, "sync_ms": SYNC_MS}
         return mmtest.base_config(port, {"champion": self.champion.port,
                                          "challenger": self.challenger.port},
-                                  experiments(only), admin_port=admin, store=store,
+                                  exps if exps is not None else experiments(only),
+                                  admin_port=admin, store=store,
                                   limits={"drain_timeout_ms": 3000})
 
     def start(self, cfg, name, *args, store_up=True):
@@ -669,6 +685,38 @@ class StoreIntegration(mmtest.MMTestCase):
         self.assertTrue(consumer.endswith("-%d" % a.pid), consumer)
         self.assert_arms_exact(tally, "recs", settle=0)
 
+    def test_5b_stream_entry_for_an_unconfigured_experiment_is_acked_at_once(self):
+        """An entry naming an experiment or arm that is not configured can
+        never apply: acknowledged on its first delivery and counted invalid,
+        not left pending for 60-90 s like an unknown request id."""
+        stream = self.key("feedback")
+        a = self.start(self.config(), "modelmux-a")
+        mmtest.eventually(lambda: self.r("EXISTS", stream), timeout=5, interval=0.01)
+
+        def invalid():
+            return mmtest.metric_samples(a.admin_port, "modelmux_feedback_stream_total",
+                                         "result").get(("invalid",))
+        self.assertEqual(invalid(), 0)
+        unknown_id = self.r("XADD", stream, "*", "request_id", "t5b-never-served", "reward", "1")
+        no_exp = self.r("XADD", stream, "*", "experiment", "nosuchexp", "arm", "x", "reward", "1")
+        no_arm = self.r("XADD", stream, "*", "experiment", "recs", "arm", "nosucharm",
+                        "reward", "1")
+        t0 = time.monotonic()
+
+        def pending_ids():
+            return [e[0] for e in self.r("XPENDING", stream, "modelmux", "-", "+", 10)]
+        mmtest.eventually(lambda: invalid() == 2, timeout=5, interval=0.01)
+        mmtest.eventually(lambda: pending_ids() == [unknown_id], timeout=5, interval=0.01)
+        timing("test 5b: entries for an unconfigured experiment and arm acked %.0f ms after "
+               "XADD", (time.monotonic() - t0) * 1000)
+        self.assertNotIn(no_exp, pending_ids())
+        self.assertNotIn(no_arm, pending_ids())
+        # nothing applied, nothing dead: they were acked on their first delivery
+        for arm in ("champion", "challenger"):
+            self.assertEqual(redis_arm(self.r, self.prefix, "recs", arm)["feedback"], 0)
+        self.assertEqual(mmtest.metric_samples(a.admin_port, "modelmux_feedback_stream_total",
+                                               "result").get(("dead",)), 0)
+
     # -- 6
 
     def test_6_admin_control_through_redis(self):
@@ -831,6 +879,124 @@ class StoreIntegration(mmtest.MMTestCase):
         self.assertEqual(arms(20), {"champion"})
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0)
+
+    # -- 8
+
+    def canary_control(self):
+        """(state, canary_step, version) as Redis holds them for `can`."""
+        ctl = self.r.hgetall(self.key("{can}", "control"))
+        return ctl.get("state"), float(ctl.get("canary_step", "nan")), int(ctl.get("version", 0))
+
+    def canary_view(self, mm):
+        v = view(mm, "can")
+        return v["state"], v["policy_state"]["step"], v["version"]
+
+    def assert_canary_kept(self, mm, want):
+        """mm has read Redis and ticked (its first policy tick comes at most a
+        second after its first sync round): it reports `want` = (state, step,
+        version), Redis still holds exactly that, and it never started the
+        canary `can` itself."""
+        mmtest.eventually(lambda: self.canary_view(mm) == want, timeout=5, interval=0.01)
+        time.sleep(2.5)  # two or three of its ticks
+        self.assertEqual(self.canary_control(), want)
+        self.assertEqual(self.canary_view(mm), want)
+        self.assertNotIn("canary can: step 0 ->", mm.log())
+
+    def canary_started(self, mm):
+        """Wait for the canary's first step, written to Redis."""
+        mmtest.eventually(lambda: self.canary_control()[:2] == ("running", 10.0), timeout=10,
+                          interval=0.02)
+        return self.canary_control()
+
+    def test_8_canary_control_survives_restarts_and_new_instances(self):
+        for action, body, state, step in (("promote", {"arm": "challenger"}, "promoted", 100.0),
+                                          ("rollback", None, "rolled_back", 0.0),
+                                          ("pause", None, "paused", 10.0)):
+            with self.subTest(action=action):
+                cfg_a = self.config(exps=[canary_experiment()])
+                self.r("DEL", self.key("{can}", "control"))
+                a = self.start(cfg_a, "modelmux-a-" + action)
+                self.canary_started(a)
+                st, got = admin_json(a, "POST", "/experiments/can/" + action, body)
+                self.assertEqual(st, 200, got)
+                mmtest.eventually(lambda: self.canary_control()[:2] == (state, step),
+                                  timeout=5, interval=0.01)
+                want = self.canary_control()
+                # a second instance on the same Redis, A still running
+                b = self.start(self.config(exps=[canary_experiment()]), "modelmux-b-" + action)
+                self.assert_canary_kept(b, want)
+                self.assertEqual(self.canary_view(a), want)
+                # both stopped, A started again with the same config
+                self.stop(b)
+                self.stop(a)
+                a2 = self.start(cfg_a, "modelmux-a2-" + action)
+                self.assert_canary_kept(a2, want)
+                routed = send(a2.port, "/can/x", [None] * 20)
+                arms = {arm for _, arm, _ in routed}
+                self.assertEqual(arms, {"challenger"} if action == "promote" else
+                                 {"champion"} if action == "rollback" else arms)
+                self.stop(a2)
+
+    def test_8b_canary_keeps_the_step_its_analysis_reached(self):
+        cfg_a = self.config(exps=[canary_experiment()])
+        a = self.start(cfg_a, "modelmux-a")
+        self.canary_started(a)
+
+        def stepped():
+            send(a.port, "/can/x", [None] * 50)  # about 5 canary answers at 10 %
+            return self.canary_control()[1] > 10.0
+        mmtest.eventually(stepped, timeout=20, interval=0.2)
+        # no more traffic: every analysis is inconclusive and the step holds
+        time.sleep(2.5)
+        want = self.canary_control()
+        self.assertEqual(want[0], "running")
+        self.assertIn(want[1], (25.0, 50.0))
+        timing("test 8b: canary at step %g (version %d) before the restart", want[1], want[2])
+        self.assertEqual(self.canary_view(a), want)
+
+        b = self.start(self.config(exps=[canary_experiment()]), "modelmux-b")
+        self.assert_canary_kept(b, want)
+        self.stop(b)
+        self.stop(a)
+        a2 = self.start(cfg_a, "modelmux-a2")
+        self.assert_canary_kept(a2, want)
+        # it goes on from there: traffic moves it on to the next step, not to 10
+        nxt = {25.0: 50.0, 50.0: 100.0}[want[1]]
+        mmtest.eventually(lambda: send(a2.port, "/can/x", [None] * 30) and
+                          self.canary_control()[1] != want[1], timeout=20, interval=0.2)
+        self.assertIn(self.canary_control()[:2], (("running", nxt), ("promoted", 100.0)))
+
+    def test_8c_canary_waits_for_redis_when_it_is_down_at_start(self):
+        """Redis down at start: the canary stays unstarted (all traffic to the
+        champion) and publishes nothing; once Redis is there, a control it
+        holds is adopted, and a canary it has none for starts."""
+        rport = mmtest.free_port()
+        exps = [canary_experiment(),
+                canary_experiment(name="can2", match={"path_prefix": "/can2"})]
+        a = self.start(self.config(redis_port=rport, exps=exps), "modelmux-a", store_up=False)
+        time.sleep(2.5)  # a start tick and two timer ticks
+        self.assertEqual(readyz(a)[1]["store"], "down")
+        for exp in ("can", "can2"):
+            v = view(a, exp)
+            self.assertEqual((v["state"], v["policy_state"]["step"]), ("running", 0.0), exp)
+        self.assertEqual({arm for _, arm, _ in send(a.port, "/can/x", [None] * 20)},
+                         {"champion"})
+        self.assertNotIn("(started)", a.log())
+
+        self.r.close()
+        self.r = Redis(rport)
+        self.cluster._start([REDIS_SERVER, "--port", str(rport), "--bind", HOST, "--save", "",
+                             "--appendonly", "no", "--dir", self.cluster.dir], "redis-late")
+        wait_redis(rport)
+        self.r("HSET", self.key("{can}", "control"), "weights", '{"challenger":100}',
+               "state", "promoted", "canary_step", "100", "version", "5")
+        want = ("promoted", 100.0, 5)
+        self.assert_canary_kept(a, want)
+        mmtest.eventually(lambda: self.r.hgetall(self.key("{can2}", "control")).get(
+            "canary_step") == "10", timeout=5, interval=0.02)
+        self.assertEqual(view(a, "can2")["policy_state"]["step"], 10.0)
+        self.assertEqual(a.log().count("(started)"), 1, a.log())  # can2 only
+        self.stop(a)  # before the harness stops Redis: its final flush needs it
 
 
 if __name__ == "__main__":

@@ -504,6 +504,20 @@ static void sticky_assignment_is_monotone_across_steps(void **state)
     fx_free(&f);
 }
 
+/* salt as for ab: it reaches the experiment's key hash, and needs sticky. */
+static void salt_is_accepted_with_sticky(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE ", \"sticky\": {\"cookie\": \"uid\"}, \"salt\": \"can-2024\"");
+    assert_int_equal(f.cfg->experiments[0].sticky_kind, STICKY_COOKIE);
+    assert_string_equal(f.cfg->experiments[0].salt, "can-2024");
+    fx_free(&f);
+    fx_init(&f, BASE ", \"sticky\": {\"cookie\": \"uid\"}");
+    assert_string_equal(f.cfg->experiments[0].salt, "exp"); /* default: the name */
+    fx_free(&f);
+}
+
 static void promoted_and_rolled_back_follow_the_control(void **state)
 {
     fx_t f;
@@ -622,6 +636,8 @@ static void config_errors_name_line_and_column(void **state)
     expect_error(ARMS "\"on_success\": \"rollout\"", "\"rollout\"", "promote");
     expect_error(ARMS "\"sticky\": {\"body\": \"x\"}", "\"body\"", "unknown key");
     expect_error(ARMS "\"weights\": {}", "\"weights\"", "unknown key");
+    expect_error(ARMS "\"salt\": \"s\"", "\"s\"", "no effect without sticky");
+    expect_error(ARMS "\"sticky\": {\"header\": \"U\"}, \"salt\": 7", "7", "string");
 }
 
 static void example_config_is_valid(void **state)
@@ -660,6 +676,7 @@ int main(void)
         cmocka_unit_test(each_analysis_prints_one_log_line),
         cmocka_unit_test(unkeyed_requests_split_by_the_step),
         cmocka_unit_test(sticky_assignment_is_monotone_across_steps),
+        cmocka_unit_test(salt_is_accepted_with_sticky),
         cmocka_unit_test(promoted_and_rolled_back_follow_the_control),
         cmocka_unit_test(defaults_are_the_documented_ones),
         cmocka_unit_test(config_errors_name_line_and_column),

@@ -46,7 +46,17 @@ typedef struct {
     mm_buf_t out;
 } fx_t;
 
-static int setup(void **state)
+/* No canary, no shadow: families of DESIGN.md §7 must be there all the same. */
+static const char CONFIG_AB_ONLY[] =
+    "{\"listen\": \"127.0.0.1:18080\",\n"
+    " \"upstreams\": {\"a\": {\"url\": \"http://127.0.0.1:17001\"},\n"
+    "               \"b\": {\"url\": \"http://127.0.0.1:17002\"}},\n"
+    " \"experiments\": [\n"
+    "  {\"name\": \"rank\", \"match\": {\"path_prefix\": \"/v1/rank\"}, \"policy\": \"ab\",\n"
+    "   \"arms\": {\"a\": 90, \"b\": 10}}\n"
+    " ]}\n";
+
+static int setup_with(void **state, const char *config)
 {
     fx_t *f = calloc(1, sizeof(*f));
     char err[512];
@@ -56,7 +66,7 @@ static int setup(void **state)
     metrics_init(&s->metrics);
     cfg_store_t sc = {.type = STORE_MEMORY};
     s->store = store_create(&f->loop, &sc, err, sizeof(err));
-    config_t *cfg = config_parse(CONFIG, strlen(CONFIG), "t.json", err, sizeof(err));
+    config_t *cfg = config_parse(config, strlen(config), "t.json", err, sizeof(err));
     if (s->store == NULL || cfg == NULL) {
         print_error("setup: %s\n", err);
         return -1;
@@ -69,6 +79,16 @@ static int setup(void **state)
     mm_buf_init(&f->out);
     *state = f;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_with(state, CONFIG);
+}
+
+static int setup_ab_only(void **state)
+{
+    return setup_with(state, CONFIG_AB_ONLY);
 }
 
 static int teardown(void **state)
@@ -445,17 +465,13 @@ static void fill(fx_t *f)
     s->connections_total = 12;
     s->reloads = 2;
     s->reload_failures = 1;
+    s->stream_invalid = 4;
 }
 
-static void test_exposition_is_valid(void **state)
+/* Every family of DESIGN.md §7 has HELP and TYPE, samples or not: the names
+ * are the contract, and a dashboard or alert must find them. */
+static void assert_contract_families(const char *text)
 {
-    fx_t *f = *state;
-    chk_t c;
-    if (check_exposition(render(f), &c) != 0) fail_msg("empty fixture: %s", c.err);
-    fill(f);
-    const char *text = render(f);
-    if (check_exposition(text, &c) != 0) fail_msg("%s\n%s", c.err, text);
-    /* every family of DESIGN.md §7 has HELP and TYPE */
     static const char *families[] = {
         "modelmux_requests_total counter",
         "modelmux_request_duration_seconds histogram",
@@ -475,8 +491,60 @@ static void test_exposition_is_valid(void **state)
         assert_line(text, want);
         char name[96];
         snprintf(name, sizeof(name), "# HELP %.*s ", (int)strcspn(families[i], " "), families[i]);
-        assert_non_null(strstr(text, name));
+        if (strstr(text, name) == NULL) fail_msg("no %s line in\n%s", name, text);
     }
+}
+
+/* Under OpenMetrics rules (what prometheus_client's parser applies) a
+ * counter's family name is its name without "_total", and a histogram owns
+ * NAME_bucket, NAME_sum and NAME_count: no other family may be called so,
+ * or two families fold into one with the wrong type. */
+static void assert_no_openmetrics_collisions(const char *text)
+{
+    static const char *const suffixes[] = {"_total", "_bucket", "_sum", "_count", "_created"};
+    char names[128][96];
+    size_t n = 0;
+    for (const char *l = text; (l = strstr(l, "# TYPE ")) != NULL && n < 128; l++) {
+        l += 7;
+        size_t len = strcspn(l, " ");
+        assert_true(len < sizeof(names[0]));
+        memcpy(names[n], l, len);
+        names[n++][len] = '\0';
+    }
+    assert_true(n > 10);
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++)
+            for (size_t k = 0; k < MM_ARRAY_LEN(suffixes); k++) {
+                size_t li = strlen(names[i]), ls = strlen(suffixes[k]);
+                if (i != j && li == strlen(names[j]) + ls &&
+                    strncmp(names[i], names[j], strlen(names[j])) == 0 &&
+                    strcmp(names[i] + strlen(names[j]), suffixes[k]) == 0)
+                    fail_msg("family %s collides with family %s", names[i], names[j]);
+            }
+}
+
+static void test_exposition_is_valid(void **state)
+{
+    fx_t *f = *state;
+    chk_t c;
+    if (check_exposition(render(f), &c) != 0) fail_msg("empty fixture: %s", c.err);
+    assert_contract_families(render(f));
+    fill(f);
+    const char *text = render(f);
+    if (check_exposition(text, &c) != 0) fail_msg("%s\n%s", c.err, text);
+    assert_contract_families(text);
+    assert_no_openmetrics_collisions(text);
+}
+
+static void test_contract_families_without_canary_or_shadow(void **state)
+{
+    fx_t *f = *state;
+    chk_t c;
+    const char *text = render(f);
+    if (check_exposition(text, &c) != 0) fail_msg("%s\n%s", c.err, text);
+    assert_contract_families(text);
+    assert_no_line_starting(text, "modelmux_canary_step{"); /* the family, no sample */
+    assert_no_line_starting(text, "modelmux_shadow_total{");
 }
 
 static void test_counters_render_exact_lines(void **state)
@@ -542,9 +610,11 @@ static void test_counters_render_exact_lines(void **state)
     assert_line(t, "modelmux_arm_share{experiment=\"sh\",arm=\"b\"} 0");
 
     assert_line(t, "modelmux_connections 3");
-    assert_line(t, "modelmux_connections_total 12");
+    assert_line(t, "modelmux_connections_accepted_total 12");
+    assert_no_line_starting(t, "modelmux_connections_total");
     assert_line(t, "modelmux_store_up 1");
     assert_line(t, "modelmux_reloads_total 2");
+    assert_line(t, "modelmux_feedback_stream_total{result=\"invalid\"} 4");
     assert_line(t, "modelmux_reload_failures_total 1");
     assert_line(t, "modelmux_experiment_state{experiment=\"rank\",state=\"running\"} 1");
     assert_line(t, "modelmux_experiment_state{experiment=\"rank\",state=\"paused\"} 0");
@@ -647,6 +717,8 @@ int main(void)
         cmocka_unit_test(test_checker_rejects_bad_exposition),
         cmocka_unit_test_setup_teardown(test_exposition_is_valid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counters_render_exact_lines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_contract_families_without_canary_or_shadow,
+                                        setup_ab_only, teardown),
         cmocka_unit_test_setup_teardown(
             test_retired_experiments_keep_counters_and_labels_are_escaped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_share_follows_control_then_policy_then_observation,

@@ -76,6 +76,13 @@ static void test_kind_and_up(void **state)
     assert_int_equal(store_up(f->s), 1);
 }
 
+static void test_memory_control_is_known_at_once(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    assert_int_equal(store_control_known(f->s, e), 1); /* nothing to wait for */
+}
+
 static void test_increments_show_in_merged_not_pending(void **state)
 {
     fixture_t *f = *state;
@@ -599,6 +606,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_kind_and_up, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_memory_control_is_known_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_increments_show_in_merged_not_pending, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_control_change_bumps_version, setup, teardown),

@@ -702,6 +702,51 @@ static void test_redis_absent_at_start_then_everything_is_written(void **state)
     assert_true(mm_now_ms() - t0 < 1000);
 }
 
+/* The core ticks policies only once the control is known: a canary must not
+ * publish its first step before Redis's control (say, promoted) was read. */
+static void test_control_known_only_once_redis_was_read(void **state)
+{
+    fx_t *f = *state;
+    redis_proc_t *p = &f->own;
+    p->port = free_port();
+    store_t *s = f->st[0] = mk_store(f, p->port, 20); /* nothing listens there yet */
+    exp_state_t *e = mk_exp(s, "can");
+    assert_int_equal(store_control_known(s, e), 0);
+    run_for(f, 200);
+    assert_int_equal(store_control_known(s, e), 0);
+
+    assert_int_equal(redis_start(p), 0);
+    redisContext *rc = sync_ctx(p->port);
+    assert_non_null(rc);
+    redisReply *rep =
+        redisCommand(rc,
+                     "HSET %s:{can}:control weights {\"challenger\":100} state promoted "
+                     "canary_step 100 version 7",
+                     f->prefix);
+    assert_non_null(rep);
+    freeReplyObject(rep);
+    RUN_UNTIL(f, store_control_known(s, e), 3000);
+    assert_int_equal(store_control_known(s, e), 1);
+    assert_int_equal(e->control.state, EXP_PROMOTED); /* adopted in the same round */
+    assert_true(e->control.canary_step == 100);
+    assert_true(e->control.weights[0] == 0 && e->control.weights[1] == 100);
+    assert_int_equal(e->control.version, 7);
+    char v[32];
+    run_for(f, 100);
+    rep = redisCommand(rc, "HGET %s:{can}:control version", f->prefix);
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    snprintf(v, sizeof(v), "%s", rep->str);
+    freeReplyObject(rep);
+    assert_string_equal(v, "7"); /* nothing written over it */
+    redisFree(rc);
+
+    /* An experiment added later is known after its own first round. */
+    exp_state_t *e2 = mk_exp(s, "later");
+    assert_int_equal(store_control_known(s, e2), 0);
+    RUN_UNTIL(f, store_control_known(s, e2), 3000);
+    assert_int_equal(store_control_known(s, e2), 1);
+}
+
 typedef struct {
     store_t *s;
     exp_state_t *e;
@@ -1084,6 +1129,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lost_reply_is_retried_without_double_counting, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_flushes_what_is_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_control_known_only_once_redis_was_read, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_redis_absent_at_start_then_everything_is_written,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted_loses_no_increment, setup,
