@@ -502,13 +502,8 @@ static int optional_limit(policy_parse_t *pp, const json_t *obj, const char *key
     const json_t *v = json_object_get(obj, key);
     *out = -1.0;
     if (v == NULL || json_is_null(v)) return 0;
-    if (policy_get_number(pp, obj, "/analysis", key, 0.0, 0.0, hi, out) < 0) return -1;
-    if (positive && !(*out > 0.0)) {
-        char path[64];
-        snprintf(path, sizeof path, "/analysis/%s", key);
-        return policy_error(pp, path, "must be > 0 (omit it for no limit)");
-    }
-    return 0;
+    return policy_get_number_in(pp, obj, "/analysis", key, 0.0, 0.0, hi,
+                                positive ? POLICY_OPEN_LO : 0, out);
 }
 
 static int parse_analysis(canary_t *c, const json_t *exp, policy_parse_t *pp)
@@ -568,12 +563,9 @@ static void *canary_create(const json_t *exp, policy_parse_t *pp)
     if (policy_check_keys(pp, exp, "", keys) < 0) goto err;
     if (add_arm(c, pp, exp, "champion") < 0 || add_arm(c, pp, exp, "canary") < 0) goto err;
     if (parse_steps(c, exp, pp) < 0) goto err;
-    if (policy_get_number(pp, exp, "", "step_interval_s", 60.0, 0.0, 1e9, &c->interval_s) < 0)
+    if (policy_get_number_in(pp, exp, "", "step_interval_s", 60.0, 0.0, 1e9, POLICY_OPEN_LO,
+                             &c->interval_s) < 0)
         goto err;
-    if (!(c->interval_s > 0.0)) {
-        policy_error(pp, "/step_interval_s", "must be > 0 seconds");
-        goto err;
-    }
     c->interval_ms = (uint64_t)llround(c->interval_s * 1000.0);
     if (c->interval_ms == 0) c->interval_ms = 1;
     if (parse_analysis(c, exp, pp) < 0) goto err;
