@@ -263,6 +263,9 @@ const char *http_request_head_error(const http_head_t *h, const char *base, int 
     if (h->count[HK_HOST] == 0 && (http_major > 1 || (http_major == 1 && http_minor >= 1)))
         return "HTTP/1.1 request without a Host header";
     if (h->count[HK_TRANSFER_ENC] == 0) return NULL;
+    /* RFC 9112 §6.1: HTTP/1.0 has no chunked framing; such a body cannot be
+     * delimited safely (nginx answers 400 too). */
+    if (http_major == 1 && http_minor == 0) return "Transfer-Encoding in an HTTP/1.0 request";
     /* Only "chunked" alone: modelmux forwards the body with chunked framing
      * and no other coding, so with any other list (llhttp lets "gzip,
      * chunked" through) the upstream would get a body it cannot decode. The

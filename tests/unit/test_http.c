@@ -168,6 +168,7 @@ static void test_request_heads_refused_with_400(void **state)
         {"Host: a\r\nTransfer-Encoding: chunked,\r\n\r\n", 1, 1, 1},
         {"Host: a\r\nTransfer-Encoding: chunkedx\r\n\r\n", 1, 1, 1},
         {"Host: a\r\nTransfer-Encoding: x\r\n\r\n", 1, 1, 1},
+        {"Host: a\r\nTransfer-Encoding: chunked\r\n\r\n", 1, 0, 1}, /* no chunked in 1.0 */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         http_head_t h;
