@@ -16,7 +16,8 @@
  *   pause         state paused (the store snapshots the statistics the
  *                 policy keeps seeing); 409 on a promoted or rolled-back
  *                 experiment, which has nothing left to freeze;
- *   resume        state running (weights, if any, stay);
+ *   resume        state running (weights, if any, stay with ab; policies
+ *                 that set their own shares drop promote's/rollback's);
  *   reset         statistics forgotten everywhere (store_reset), the policy's
  *                 own state too, control back to what the config says.
  *
@@ -355,6 +356,13 @@ static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
         return;
     }
     ctl.state = want; /* pausing: the store snapshots merged into frozen */
+    if (!pause && !(e->cfg->ops->flags & POLICY_ACCEPTS_WEIGHTS)) {
+        /* Weights on a policy that sets its own shares came from promote or
+         * rollback; running again, the policy routes, so the view must not
+         * go on showing them. */
+        ctl.has_weights = 0;
+        memset(ctl.weights, 0, sizeof(ctl.weights));
+    }
     set_control(srv, r, e, &ctl);
 }
 

@@ -488,6 +488,17 @@ class TestAdminAPI(Base):
         self.assertEqual(view["state"], "running")
         self.assertEqual(sum(a["requests"] for a in view["arms"]), 0)
         self.assertIsNone(view["weights"])
+        # resume after promote: a bandit routes again, and its view says so
+        self.admin_json("POST", "/experiments/bandit/promote", {"arm": "challenger"})
+        view = self.admin_json("POST", "/experiments/bandit/resume")
+        self.assertEqual(view["state"], "running")
+        self.assertIsNone(view["weights"])
+        # ab keeps the promoted weights when resumed (they are its routing)
+        self.admin_json("POST", "/experiments/ranker/promote", {"arm": "challenger"})
+        view = self.admin_json("POST", "/experiments/ranker/resume")
+        self.assertEqual((view["state"], view["weights"]), ("running", {"champion": 0,
+                                                                        "challenger": 100}))
+        self.assertEqual({a for _, a, _ in self.send("ranker", n=10)}, {"challenger"})
 
     def test_canary_rollback_stops_it(self):
         view = wait_until(lambda: (lambda v: v if v["policy_state"]["step"] == 10 else None)(
