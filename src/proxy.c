@@ -314,8 +314,16 @@ void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread < 0) {
-        /* EOF or error. A request already answered or being answered is
-         * abandoned; an idle connection just closes. */
+        /* EOF right after a whole request is a half-close (shutdown(SHUT_WR),
+         * `nc -N`): that request, and any pipelined before the EOF, are still
+         * answered (as HAProxy does), then the connection closes. EOF in the
+         * middle of a request, or an error, abandons it; an idle connection
+         * just closes. */
+        if (nread == UV_EOF && c->req.active && c->req.body_done) {
+            c->peer_eof = 1;
+            stop_reading(c);
+            return;
+        }
         conn_close(c);
         return;
     }
@@ -1020,8 +1028,11 @@ static void req_finish(conn_t *c)
     c->phase = C_IDLE;
     c->msg_done = c->headers_done = 0;
     conn_deadline(c, server_config(srv)->limits.idle_timeout_ms);
-    start_reading(c);
+    if (!c->peer_eof) start_reading(c);
     if (c->rpos < c->rlen) conn_process(c); /* a pipelined request is waiting */
+    /* After a half-close nothing more will come: close once no whole
+     * request is left to answer. */
+    if (c->peer_eof && !c->closing && (!c->req.active || !c->req.body_done)) conn_close(c);
 }
 
 /* ---- parsing loop ---- */

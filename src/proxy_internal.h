@@ -79,6 +79,7 @@ struct conn_s {
     int reading, writing;
     int pinned; /* a write references bytes in rbuf: do not move or reuse it */
     int closing;
+    int peer_eof; /* the client half-closed after a whole request: answer, then close */
     int handles;
     int refs;
     int headers_done, msg_done;

@@ -523,6 +523,41 @@ class HttpThroughTheProxy(ClassCluster):
         c.close()
 
 
+class HalfClose(ClassCluster):
+    """A client that half-closes (shutdown(SHUT_WR)) once it has sent its
+    requests still gets every answer, then the connection closes; EOF in the
+    middle of a request abandons it."""
+
+    @classmethod
+    def start(cls, cl):
+        cls.champion = cl.model_server("champion", "--latency-ms", 50)
+        cls.port = mmtest.free_port()
+        cls.mm = cl.modelmux(mmtest.base_config(cls.port, {"champion": cls.champion.port},
+                                                [ab("ab", "/", {"champion": 1})],
+                                                limits={"drain_timeout_ms": 2000}))
+
+    def test_a_proxied_request_is_answered_after_a_half_close(self):
+        out = mmtest.raw(self.port, b"GET /v1/a HTTP/1.1\r\nHost: t\r\n\r\n", timeout=5,
+                         shutdown=True)
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out)
+        self.assertIn(b'"model"', out)
+
+    def test_pipelined_requests_before_the_half_close_are_all_answered(self):
+        reqs = (b"GET /v1/a HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"POST /v1/b HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
+                b"GET /v1/c HTTP/1.1\r\nHost: t\r\n\r\n")
+        out = mmtest.raw(self.port, reqs, timeout=5, shutdown=True)
+        self.assertEqual(out.count(b"HTTP/1.1 200 "), 3, out)
+
+    def test_eof_in_the_middle_of_a_request_abandons_it(self):
+        out = mmtest.raw(self.port, b"POST /v1/a HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n"
+                         b"\r\nabc", timeout=3, shutdown=True)
+        self.assertEqual(out, b"")
+        out = mmtest.raw(self.port, b"GET /v1/a HTTP/1.1\r\nHost: t\r\n\r\nGET /v1/b HTT",
+                         timeout=3, shutdown=True)
+        self.assertEqual(out.count(b"HTTP/1.1 200 "), 1, out)
+
+
 class RequestHeads(ClassCluster):
     """Request heads a proxy must refuse or normalise before anything reaches
     a model server (RFC 9112 §3.2, §5.2, §6.1; RFC 9110 §10.1.1)."""
