@@ -208,6 +208,36 @@ static void conn_close(conn_t *c)
     if (srv->draining && srv->conns == NULL) server_drained(srv);
 }
 
+/* Closing right after an answer while the client is still sending (a body
+ * we refused, a pipelined request) makes the kernel send a RST, and a RST
+ * can destroy the answer in the client's receive buffer before it is read:
+ * the client sees "connection reset" instead of our 413. So, as nginx's
+ * lingering_close: send a FIN once the answer is out, read and drop what
+ * still comes for at most LINGER_MS, and close at EOF or then. */
+#define LINGER_MS 2000
+
+static void on_linger_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)req;
+    (void)status; /* a failed shutdown: the timer or EOF closes the connection */
+}
+
+static void conn_deadline(conn_t *c, int ms);
+static void start_reading(conn_t *c);
+
+static void conn_linger(conn_t *c)
+{
+    c->phase = C_LINGER;
+    c->rpos = c->rlen = 0;
+    c->pinned = 0;
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_linger_shutdown) != 0) {
+        conn_close(c);
+        return;
+    }
+    conn_deadline(c, LINGER_MS);
+    start_reading(c);
+}
+
 /* Client timeouts are deadlines checked lazily: setting one only restarts
  * the libuv timer when it must fire earlier than it is armed for, and
  * clearing one does nothing (the timer fires, finds no deadline due, and
@@ -251,6 +281,9 @@ void conn_on_timer(uv_timer_t *t)
             conn_close(c);
         else
             send_error(c, 408, "request_timeout", "request body not received in time");
+        break;
+    case C_LINGER:
+        conn_close(c);
         break;
     default:
         break;
@@ -311,6 +344,13 @@ void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         stop_reading(c);
         if (c->phase == C_HEAD || c->phase == C_IDLE)
             send_error(c, 431, "headers_too_large", "request head exceeds max_header_bytes");
+        return;
+    }
+    if (c->phase == C_LINGER) { /* dropped; EOF or an error ends it */
+        if (nread < 0)
+            conn_close(c);
+        else
+            c->rlen = 0;
         return;
     }
     if (nread < 0) {
@@ -1004,7 +1044,8 @@ static void req_finish(conn_t *c)
     router_unref(r->router);
     r->router = NULL;
 
-    int keep = r->keep_alive && r->body_done && !r->aborted && !c->closing && !srv->draining;
+    int aborted = r->aborted;
+    int keep = r->keep_alive && r->body_done && !aborted && !c->closing && !srv->draining;
     r->active = 0;
     r->exp = NULL;
     r->pool = NULL;
@@ -1022,7 +1063,11 @@ static void req_finish(conn_t *c)
     c->pinned = 0;
     if (c->closing) return;
     if (!keep) {
-        conn_close(c);
+        /* The client is still there (not aborted): let it read the answer. */
+        if (!aborted && !srv->draining && !c->peer_eof)
+            conn_linger(c);
+        else
+            conn_close(c);
         return;
     }
     c->phase = C_IDLE;

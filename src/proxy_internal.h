@@ -6,7 +6,9 @@
 
 #include "server.h"
 
-enum { C_IDLE = 0, C_HEAD, C_BODY, C_WAIT, C_CLOSING };
+/* C_LINGER: answered and closing; what the client still sends is read and
+ * dropped for a while first (see conn_linger in proxy.c). */
+enum { C_IDLE = 0, C_HEAD, C_BODY, C_WAIT, C_LINGER, C_CLOSING };
 
 typedef struct shadow_group_s shadow_group_t;
 
@@ -68,6 +70,7 @@ struct conn_s {
     uv_timer_t timer;
     uv_write_t wreq;
     uv_write_t wreq_continue;
+    uv_shutdown_t shutdown_req; /* the FIN of a lingering close */
     mm_server_t *srv;
     int kind;
     conn_t *next, *prev;

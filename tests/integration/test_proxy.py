@@ -761,6 +761,36 @@ class Limits(ClassCluster):
         self.assertEqual(st, 200)
         self.assertEqual(json.loads(body)["body_len"], self.MAX_BODY)
 
+    def test_a_client_still_sending_a_refused_body_reads_the_413(self):
+        # Closing at once with the body still arriving makes the kernel send a
+        # RST, which can destroy the 413 before the client reads it; modelmux
+        # lingers (FIN, then reads and drops) so the answer arrives. The
+        # client keeps sending for 1 s (under the 2 s linger), reading as it
+        # goes, and must see the 413 then EOF, never a reset first.
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 50000000\r\n\r\n")
+            s.setblocking(False)
+            got, eof, chunk = b"", False, b"x" * 65536
+            t0 = time.time()
+            try:
+                while time.time() - t0 < 3 and not eof:
+                    if time.time() - t0 < 1:
+                        try:
+                            s.send(chunk)
+                        except (BlockingIOError, BrokenPipeError):
+                            pass
+                    readable, _, _ = select.select([s], [], [], 0.01)
+                    if readable:
+                        d = s.recv(65536)
+                        eof = not d
+                        got += d
+            except ConnectionResetError:
+                self.fail("reset before the answer was read; got %r" % got[:80])
+            finally:
+                s.close()
+            self.assertTrue(got.startswith(b"HTTP/1.1 413 "), got[:80])
+
     def test_content_length_over_max_body_bytes_is_413(self):
         before = stats(self.champion.port)["requests"]
         c = self.raw(self.port)
