@@ -328,7 +328,12 @@ static void uc_close(up_conn_t *c)
 static void uc_fail(up_conn_t *c, up_err_t kind)
 {
     up_user_t *u = c->user;
-    int reused = c->uses > 1 && !c->got_bytes;
+    /* "Reused" tells the user the request may be sent again: only when the
+     * model server closed a kept-alive connection under us before answering
+     * (a reset or EOF). A timeout is not that: the server may still be
+     * working on it, and sending it again would double the wait and the
+     * work. */
+    int reused = kind == UP_ERR_RESET && c->uses > 1 && !c->got_bytes;
     c->pool->stats.errors[kind]++;
     uc_close(c);
     if (u) u->ops->on_error(u, c, kind, reused);

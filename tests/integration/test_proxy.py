@@ -921,6 +921,29 @@ class UpstreamFailures(TestCluster):
         self.assertJsonError(r, 504, "upstream_timeout")
         self.assertLess(elapsed, 2.0)
 
+    def test_timeout_on_a_reused_connection_is_not_resent(self):
+        # Only a keep-alive connection the model server closed under us is
+        # retried; a timeout is answered 504 after timeout_ms, once, and the
+        # slow request reaches the model server once.
+        srv = self.cluster.model_server("champion")
+        port = mmtest.free_port()
+        self.cluster.modelmux(mmtest.base_config(port, {"champion": up(srv.port, timeout_ms=300)},
+                                                 [ab("ab", "/", {"champion": 1})],
+                                                 limits={"drain_timeout_ms": 2000}))
+        c = self.raw(port)
+        c.send(b"POST /sleep/0 HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertEqual(c.response().status, 200)
+        before = stats(srv.port)["requests"]
+        t0 = time.time()
+        c.send(b"POST /sleep/1500 HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+        r = c.response()
+        elapsed = time.time() - t0
+        c.close()
+        self.assertJsonError(r, 504, "upstream_timeout")
+        self.assertLess(elapsed, 0.55, "the timed-out request was sent again")
+        time.sleep(0.2)
+        self.assertEqual(stats(srv.port)["requests"] - before, 1)
+
     def test_hanging_champion_is_504_never_a_hang(self):
         # A champion that accepts connections (the kernel does it for a
         # listening socket) and never answers a byte.
