@@ -851,7 +851,7 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
     conn_t *c = r->conn;
     const exp_rt_t *e = r->exp;
     r->status = resp->status;
-    r->responding = 1;
+    r->responding = r->answered = 1;
     up_pool_observe(r->pool, resp->status, uv_now(c->srv->loop));
     conn_no_deadline(c);
 
@@ -1033,7 +1033,9 @@ static void req_finish(conn_t *c)
              * as an error for its analysis, not hide behind the fallback. */
             if (r->chosen != r->arm) ops->on_response(pol, r->chosen, 0, latency, now);
             int st = r->status;
-            if (r->up_errors && !r->responding) st = 0; /* no answer from the arm */
+            /* No answer from the arm (our 502/504): an error, and its
+             * duration is the timeout's, not a latency of the arm. */
+            if (r->up_errors && !r->answered) st = 0;
             ops->on_response(pol, r->arm, st, latency, now);
         }
     } else if (!r->local) {
@@ -1056,7 +1058,7 @@ static void req_finish(conn_t *c)
     r->up_head_written = r->replayable = 0;
     r->status = 0;
     r->body_in = r->bytes_out = 0;
-    r->up_errors = r->chosen_failed = 0;
+    r->up_errors = r->chosen_failed = r->answered = 0;
     r->aborted = 0;
     r->capture_body = 0;
     r->capture_limit = 0;

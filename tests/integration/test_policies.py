@@ -19,12 +19,15 @@ def get_json(port, path):
 
 
 class Canary(mmtest.MMTestCase):
-    def start(self, challenger_args, analysis, on_success="promote"):
+    def start(self, challenger_args, analysis, on_success="promote", challenger_timeout_ms=None):
         champion = self.cluster.model_server("champion")
         challenger = self.cluster.model_server("challenger", *challenger_args)
         self.port, self.admin = mmtest.free_port(), mmtest.free_port()
+        up = {"url": "http://127.0.0.1:%d" % challenger.port}
+        if challenger_timeout_ms:
+            up["timeout_ms"] = challenger_timeout_ms
         cfg = mmtest.base_config(
-            self.port, {"champion": champion.port, "challenger": challenger.port},
+            self.port, {"champion": champion.port, "challenger": up},
             [{"name": "can", "match": {"path_prefix": "/"}, "policy": "canary",
               "champion": "champion", "canary": "challenger", "steps": [20, 50, 100],
               "step_interval_s": 0.4, "analysis": analysis, "on_success": on_success}],
@@ -59,6 +62,16 @@ class Canary(mmtest.MMTestCase):
             st, h, _ = mmtest.request(self.port, "GET", "/predict")
             after.append((st, h.get("x-modelmux-arm")))
         self.assertEqual(set(after), {(200, "champion")})
+
+    def test_timeouts_are_errors_not_latencies(self):
+        # Every canary answer times out (300 ms model, 100 ms timeout): with
+        # errors tolerated, the p99 check has no latency sample and is skipped
+        # (a timeout's duration is the timeout, not the model's latency), so
+        # the canary is promoted rather than rolled back for "p99 100 ms".
+        self.start(["--latency-ms", "300"], {"min_requests": 3, "max_error_rate": 1,
+                                              "max_p99_ms": 50}, challenger_timeout_ms=100)
+        exp, _ = self.drive(lambda e: e["state"] in ("promoted", "rolled_back"), timeout=30)
+        self.assertEqual(exp["state"], "promoted", json.dumps(exp["policy_state"])[:600])
 
     def test_healthy_canary_steps_up_and_is_promoted(self):
         self.start([], {"min_requests": 5, "max_error_rate": 0.05})
