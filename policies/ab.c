@@ -369,6 +369,13 @@ static json_t *jnum(double x)
     return isfinite(x) ? json_real(x) : json_null();
 }
 
+/* Samples still to collect; NAN (null) while the plan itself is undefined
+ * (fmax would turn that into 0, which reads as "done"). */
+static double remaining(double need, uint64_t got)
+{
+    return isfinite(need) ? fmax(0.0, ceil(need) - (double)got) : NAN;
+}
+
 static json_t *jcount(double x)
 {
     return isfinite(x) && x >= 0.0 ? json_integer((json_int_t)ceil(x)) : json_null();
@@ -446,10 +453,8 @@ static json_t *comparison_json(const ab_t *ab, const policy_view_t *v, size_t n,
     json_t *need = json_object(), *left = json_object();
     json_object_set_new(need, ab->names[0], jcount(c->need_a));
     json_object_set_new(need, ab->names[i], jcount(c->need_b));
-    json_object_set_new(left, ab->names[0],
-                        jcount(fmax(0.0, ceil(c->need_a) - (double)v->stats[0].feedback)));
-    json_object_set_new(left, ab->names[i],
-                        jcount(fmax(0.0, ceil(c->need_b) - (double)v->stats[i].feedback)));
+    json_object_set_new(left, ab->names[0], jcount(remaining(c->need_a, v->stats[0].feedback)));
+    json_object_set_new(left, ab->names[i], jcount(remaining(c->need_b, v->stats[i].feedback)));
     json_object_set_new(o, "samples_needed", need);
     json_object_set_new(o, "samples_remaining", left);
     json_object_set_new(o, "verdict", json_string(verdict(r, alpha)));

@@ -270,6 +270,11 @@ static void test_describe_reports_statistics(void **state)
     assert_string_equal(verdict_of(st), "inconclusive");
     assert_true(json_is_null(json_object_get(cmp0(st), "difference")));
     assert_false(json_is_true(json_object_get(json_object_get(st, "srm"), "srm")));
+    /* no plan yet: nothing "remaining" either (0 would read as done) */
+    assert_true(
+        json_is_null(json_object_get(json_object_get(cmp0(st), "samples_needed"), "challenger")));
+    assert_true(json_is_null(
+        json_object_get(json_object_get(cmp0(st), "samples_remaining"), "challenger")));
     json_decref(st);
 
     /* 120/1000 vs 150/1000 (auto: detected binary): the classical p is
