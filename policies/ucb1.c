@@ -101,17 +101,45 @@ static int ucb_check_reward(void *p, double reward)
     return isfinite(reward) ? 0 : -1;
 }
 
+/* The share of the next requests each arm gets: ucb_pick is deterministic
+ * up to ties, so until the next reward it is 1 for the arm it picks (split
+ * evenly among tied arms; untried arms first). This is the "effective share"
+ * of the admin view; the share of requests so far is requests / total. */
+static void ucb_expected_shares(const ucb1_t *u, const arm_stats_t *stats, size_t n, double *share)
+{
+    size_t untried = 0;
+    for (size_t i = 0; i < n; i++) untried += stats[i].feedback == 0;
+    double best = -INFINITY;
+    uint64_t total = total_feedback(stats, n);
+    for (size_t i = 0; i < n && untried == 0; i++) {
+        double idx =
+            stats[i].reward_sum / (double)stats[i].feedback + ucb_bonus(u, &stats[i], total);
+        share[i] = idx;
+        if (idx > best) best = idx;
+    }
+    size_t ties = 0;
+    for (size_t i = 0; i < n; i++) {
+        int top = untried ? stats[i].feedback == 0 : share[i] == best;
+        share[i] = top;
+        ties += (size_t)top;
+    }
+    for (size_t i = 0; i < n; i++) share[i] = ties ? share[i] / (double)ties : 1.0 / (double)n;
+}
+
 static json_t *ucb_describe(void *p, const policy_view_t *v)
 {
     const ucb1_t *u = p;
     size_t n = v->n_arms < u->n_arms ? v->n_arms : u->n_arms;
     uint64_t total = total_feedback(v->stats, n);
+    double share[MM_MAX_ARMS];
+    ucb_expected_shares(u, v->stats, n, share);
     json_t *arms = json_array();
     for (size_t i = 0; i < n; i++) {
         const arm_stats_t *s = &v->stats[i];
         json_t *a = json_object();
         json_object_set_new(a, "arm", json_string(u->names[i]));
         json_object_set_new(a, "feedback", json_integer((json_int_t)s->feedback));
+        json_object_set_new(a, "expected_share", json_real(share[i]));
         if (s->feedback > 0) {
             double mean = s->reward_sum / (double)s->feedback, b = ucb_bonus(u, s, total);
             json_object_set_new(a, "mean", json_real(mean));

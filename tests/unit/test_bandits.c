@@ -515,6 +515,9 @@ static void test_ucb1_hand_computed(void **state)
     assert_string_equal(json_string_value(json_object_get(d, "variant")), "ucb1");
     assert_true(fabs(num_at(arm_at(d, 0), "ucb") - 0.81795) < 1e-5);
     assert_true(fabs(num_at(arm_at(d, 1), "ucb") - 1.12750) < 1e-5);
+    /* the effective share: every request goes to arm 1 until the next reward */
+    assert_true(num_at(arm_at(d, 0), "expected_share") == 0.0);
+    assert_true(num_at(arm_at(d, 1), "expected_share") == 1.0);
     json_decref(d);
     /* n = 1500, 2 ln n = 14.6264.
      * arm 0: 0.7 + sqrt(14.6264/1000) = 0.82094
@@ -585,12 +588,20 @@ static void test_ucb1_untried_first_and_ties(void **state)
     route(&in, &w, 20000, counts);
     assert_int_equal(counts[0], 0);
     assert_share(counts[1], 20000, 0.5, 5, "untried pair");
+    json_t *d = in.ops->describe(in.p, &w.v);
+    assert_true(num_at(arm_at(d, 0), "expected_share") == 0.0);
+    assert_true(num_at(arm_at(d, 1), "expected_share") == 0.5);
+    assert_true(num_at(arm_at(d, 2), "expected_share") == 0.5);
+    json_decref(d);
     /* Identical statistics: an exact tie, broken uniformly. */
     set_moments(&w.stats[0], 100, 0.5, 0.25);
     set_moments(&w.stats[1], 100, 0.5, 0.25);
     set_moments(&w.stats[2], 100, 0.5, 0.25);
     route(&in, &w, 30000, counts);
     assert_share(counts[2], 30000, 1.0 / 3, 5, "three-way tie");
+    d = in.ops->describe(in.p, &w.v);
+    assert_true(fabs(num_at(arm_at(d, 2), "expected_share") - 1.0 / 3) < 1e-12);
+    json_decref(d);
     unmake(&in);
 }
 

@@ -673,19 +673,27 @@ static void test_share_follows_control_then_policy_then_observation(void **state
     shares(rank, s);
     assert_true(s[0] == 1.0 && s[1] == 0.0);
 
-    exp_rt_t *bandit = exp_named(f, "bandit"); /* ucb1 states no shares */
+    /* ucb1 states its effective share: all to the arm it picks next (the
+     * untried ones first, evenly), whatever the requests so far were. */
+    exp_rt_t *bandit = exp_named(f, "bandit");
     shares(bandit, s);
-    assert_true(s[0] == 0.5 && s[1] == 0.5); /* nothing observed yet */
+    assert_true(s[0] == 0.5 && s[1] == 0.5); /* both untried */
     for (int i = 0; i < 30; i++) store_pull(st, bandit->state, 0);
     for (int i = 0; i < 10; i++) store_pull(st, bandit->state, 1);
     shares(bandit, s);
-    assert_true(fabs(s[0] - 0.75) < 1e-12 && fabs(s[1] - 0.25) < 1e-12);
+    assert_true(s[0] == 0.5 && s[1] == 0.5); /* pulls are not rewards */
+    for (int i = 0; i < 10; i++) {
+        store_reward(st, bandit->state, 0, 1.0, 1);
+        store_reward(st, bandit->state, 1, 0.0, 1);
+    }
+    shares(bandit, s);
+    assert_true(s[0] == 1.0 && s[1] == 0.0);
     ctl = bandit->state->control; /* weights on a bandit do not apply while it runs */
     ctl.weights[1] = 1;
     ctl.has_weights = 1;
     store_set_control(st, bandit->state, &ctl);
     shares(bandit, s);
-    assert_true(fabs(s[0] - 0.75) < 1e-12);
+    assert_true(s[0] == 1.0);
     ctl.state = EXP_PROMOTED; /* ... but do once promoted */
     store_set_control(st, bandit->state, &ctl);
     shares(bandit, s);
