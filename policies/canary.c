@@ -44,16 +44,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/lathist.h"
 #include "policy.h"
 
-#define STEPS_MAX    32
-#define HISTORY_MAX  32
-#define HIST_BUCKETS 976 /* 16 exact + 60 powers of two x 16 */
-#define REASON_MAX   200
+#define STEPS_MAX   32
+#define HISTORY_MAX 32
+#define REASON_MAX  200
 
 typedef struct {
     uint64_t requests, errors, samples;
-    uint32_t hist[HIST_BUCKETS]; /* latency in us, log-linear */
+    uint64_t hist[LATHIST_BUCKETS]; /* latency in us, log-linear (src/lathist.h) */
 } interval_arm_t;
 
 typedef enum { V_STARTED = 0, V_PASSED, V_FAILED, V_INCONCLUSIVE } verdict_t;
@@ -112,35 +112,13 @@ static const char *state_name(exp_run_state_t s)
     return "running";
 }
 
-/* ---- latency histogram ---- */
-
-static unsigned bucket_of(uint64_t us)
-{
-    if (us < 16) return (unsigned)us;
-    unsigned msb = 63u - (unsigned)__builtin_clzll(us);
-    unsigned sub = (unsigned)(us >> (msb - 4)) & 15u;
-    return 16u + (msb - 4u) * 16u + sub;
-}
-
-/* Midpoint of a bucket, in microseconds. */
-static double bucket_mid(unsigned idx)
-{
-    if (idx < 16) return (double)idx;
-    unsigned m = (idx - 16u) / 16u + 4u, sub = (idx - 16u) % 16u;
-    double width = ldexp(1.0, (int)m - 4);
-    return (16.0 + sub) * width + (width - 1.0) / 2.0;
-}
+/* ---- latency histogram (src/lathist.h) ---- */
 
 /* The 99th percentile (nearest rank) in ms, or -1 without samples. */
 static double p99_ms(const interval_arm_t *a)
 {
-    if (a->samples == 0) return -1.0;
-    uint64_t rank = (uint64_t)ceil(0.99 * (double)a->samples), cum = 0;
-    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-        cum += a->hist[i];
-        if (cum >= rank) return bucket_mid(i) / 1000.0;
-    }
-    return bucket_mid(HIST_BUCKETS - 1) / 1000.0;
+    double us = lathist_quantile_us(a->hist, a->samples, 0.99);
+    return us < 0 ? -1.0 : us / 1000.0;
 }
 
 static double error_rate(const interval_arm_t *a)
@@ -185,7 +163,7 @@ static void canary_on_response(void *p, int arm, int status, uint64_t latency_us
     a->requests++;
     if (status == 0 || status >= 500) a->errors++;
     if (status != 0) {
-        a->hist[bucket_of(latency_us)]++;
+        a->hist[lathist_index(latency_us)]++;
         a->samples++;
     }
 }

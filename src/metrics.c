@@ -37,11 +37,13 @@ metrics_exp_t *metrics_exp(metrics_t *m, const char *name, const char *const *ar
         e->next = m->exps;
         m->exps = e;
     }
-    /* A reload may change the arms: counters follow the arm's name. */
-    metrics_arm_t old[MM_MAX_ARMS];
+    /* A reload may change the arms: counters follow the arm's name. (The
+     * old counters are copied to the heap: 16 arms of histograms are too
+     * much for the stack.) */
+    metrics_arm_t *old = malloc(sizeof(e->arms));
     char old_names[MM_MAX_ARMS][MM_NAME_MAX + 1];
-    size_t old_n = e->n_arms;
-    memcpy(old, e->arms, sizeof(old));
+    size_t old_n = old ? e->n_arms : 0; /* out of memory: the counters start over */
+    if (old) memcpy(old, e->arms, sizeof(e->arms));
     memcpy(old_names, e->arm_names, sizeof(old_names));
     memset(e->arms, 0, sizeof(e->arms));
     e->n_arms = n_arms;
@@ -50,6 +52,7 @@ metrics_exp_t *metrics_exp(metrics_t *m, const char *name, const char *const *ar
         for (size_t j = 0; j < old_n; j++)
             if (strcmp(old_names[j], arm_names[i]) == 0) e->arms[i] = old[j];
     }
+    free(old);
     e->champion = 0;
     return e;
 }
@@ -60,6 +63,7 @@ void metrics_latency(metrics_arm_t *a, uint64_t latency_us)
     int i = 0;
     while (i < MM_LAT_BUCKETS && s > mm_lat_bounds[i]) i++;
     a->lat_buckets[i]++;
+    a->lat_hist[lathist_index(latency_us)]++;
     a->lat_sum_s += s;
     a->lat_count++;
 }

@@ -224,23 +224,8 @@ void metrics_arm_shares(const exp_rt_t *e, const json_t *desc, double *share)
 
 double metrics_quantile_ms(const metrics_arm_t *a, double q)
 {
-    uint64_t total = 0;
-    for (int i = 0; i <= MM_LAT_BUCKETS; i++) total += a->lat_buckets[i];
-    if (total == 0) return -1.0;
-    double rank = q * (double)total;
-    uint64_t cum = 0;
-    for (int i = 0; i <= MM_LAT_BUCKETS; i++) {
-        uint64_t c = a->lat_buckets[i];
-        if (c > 0 && (double)(cum + c) >= rank) {
-            if (i == MM_LAT_BUCKETS) break;
-            double lo = i ? mm_lat_bounds[i - 1] : 0.0, hi = mm_lat_bounds[i];
-            double f = (rank - (double)cum) / (double)c;
-            if (f < 0.0) f = 0.0;
-            return (lo + (hi - lo) * f) * 1000.0;
-        }
-        cum += c;
-    }
-    return mm_lat_bounds[MM_LAT_BUCKETS - 1] * 1000.0;
+    double us = lathist_quantile_us(a->lat_hist, a->lat_count, q);
+    return us < 0 ? -1.0 : us / 1000.0;
 }
 
 /* ---- the exposition ---- */

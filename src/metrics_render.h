@@ -26,10 +26,9 @@ void metrics_render(mm_server_t *srv, mm_buf_t *out);
  *      equal shares before the first request. */
 void metrics_arm_shares(const exp_rt_t *e, const json_t *desc, double *share);
 
-/* The q-quantile (0 < q < 1) of an arm's latency histogram in milliseconds,
- * interpolated linearly inside the bucket that holds it (as Prometheus'
- * histogram_quantile does); the +Inf bucket answers its lower bound (10 s).
- * Returns a negative number when there are no samples. */
+/* The q-quantile (0 < q <= 1, nearest rank) of an arm's latencies in
+ * milliseconds, from its log-linear histogram (within about 3 % of the true
+ * sample). Returns a negative number when there are no samples. */
 double metrics_quantile_ms(const metrics_arm_t *a, double q);
 
 /* The policy's description of e (a new reference, or NULL), computed with a
