@@ -552,6 +552,13 @@ static int is_loopback(const char *host)
 }
 
 /* 0.0.0.0 or ::, which bind every address of their family. */
+/* The address a listener on `host` binds: "localhost" is 127.0.0.1 (see
+ * mm_addr_resolve), so "localhost:P" and "127.0.0.1:P" are one socket. */
+static const char *bind_host(const char *host)
+{
+    return strcasecmp(host, "localhost") == 0 ? "127.0.0.1" : host;
+}
+
 static int is_wildcard(const char *host)
 {
     struct in_addr in4;
@@ -662,8 +669,8 @@ static int parse_admin(cx_t *cx)
     /* With SO_REUSEPORT both sockets would bind, and connections would land
      * on either listener at random: refuse rather than misroute. */
     if (c->admin_listen.port == c->listen.port &&
-        (strcmp(c->admin_listen.host, c->listen.host) == 0 || is_wildcard(c->listen.host) ||
-         is_wildcard(c->admin_listen.host))) {
+        (strcasecmp(bind_host(c->admin_listen.host), bind_host(c->listen.host)) == 0 ||
+         is_wildcard(c->listen.host) || is_wildcard(c->admin_listen.host))) {
         const char *a = json_string_value(json_object_get(adm, "listen"));
         const char *l = json_string_value(json_object_get(cx->root, "listen"));
         return cerr(cx, "/admin/listen", 0,

@@ -301,6 +301,12 @@ static void test_admin_and_data_listeners_must_not_overlap(void **state)
     expect_error("{\"admin\": {\"listen\": \"127.0.0.1:8080\"}, " UPS ", \"experiments\": []}",
                  "t.json:1:22: admin.listen \"127.0.0.1:8080\" and listen \"127.0.0.1:8080\" "
                  "overlap: they need different ports");
+    /* localhost is 127.0.0.1 */
+    expect_error(
+        "{\"listen\": \"127.0.0.1:8080\", \"admin\": {\"listen\": \"LocalHost:8080\"}, " UPS
+        ", \"experiments\": []}",
+        "t.json:1:50: admin.listen \"LocalHost:8080\" and listen \"127.0.0.1:8080\" "
+        "overlap: they need different ports");
     /* Same port on two different specific addresses is fine. */
     config_t *c = parse_ok("{\"listen\": \"127.0.0.2:8080\", \"admin\": {\"listen\": "
                            "\"127.0.0.1:8080\"}, " UPS ", \"experiments\": []}");
