@@ -65,13 +65,6 @@ static void reply_json(conn_t *c, int status, json_t *o)
     free(body);
 }
 
-/* An error that needs a header (Allow, WWW-Authenticate). */
-static void reply_error_hdr(const mm_local_req_t *r, int status, const char *code,
-                            const char *message, const char *extra)
-{
-    conn_respond_error_hdr(r->conn, status, code, message, extra);
-}
-
 static void reply_errorf(conn_t *c, int status, const char *code, const char *fmt, ...)
     MM_PRINTF(4, 5);
 static void reply_errorf(conn_t *c, int status, const char *code, const char *fmt, ...)
@@ -408,20 +401,20 @@ static void experiment_routes(mm_server_t *srv, const mm_local_req_t *r, mm_str_
     int post = str_eq(r->method, "POST");
     if (!slash) {
         if (!is_get(r)) {
-            reply_error_hdr(r, 405, "method_not_allowed", "use GET", GET_ONLY);
+            conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
             return;
         }
         reply_json(r->conn, 200, experiment_view(e));
     } else if (str_eq(action, "weights")) {
         if (!str_eq(r->method, "PUT")) {
-            reply_error_hdr(r, 405, "method_not_allowed", "use PUT", PUT_ONLY);
+            conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use PUT", PUT_ONLY);
             return;
         }
         put_weights(srv, r, e);
     } else if (str_eq(action, "promote") || str_eq(action, "rollback") || str_eq(action, "pause") ||
                str_eq(action, "resume") || str_eq(action, "reset")) {
         if (!post) {
-            reply_error_hdr(r, 405, "method_not_allowed", "use POST", POST_ONLY);
+            conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use POST", POST_ONLY);
             return;
         }
         if (str_eq(action, "promote"))
@@ -445,7 +438,7 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
     conn_t *c = r->conn;
     if (str_eq(path, "/healthz") || str_eq(path, "/readyz")) {
         if (!is_get(r)) {
-            reply_error_hdr(r, 405, "method_not_allowed", "use GET", GET_ONLY);
+            conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
             return;
         }
         json_t *o = json_object();
@@ -456,13 +449,13 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
         return;
     }
     if (!authorized(srv, r)) {
-        reply_error_hdr(r, 401, "unauthorized", "missing or wrong bearer token",
-                        "WWW-Authenticate: Bearer realm=\"modelmux\"\r\n");
+        conn_respond_error_hdr(r->conn, 401, "unauthorized", "missing or wrong bearer token",
+                               "WWW-Authenticate: Bearer realm=\"modelmux\"\r\n");
         return;
     }
     if (str_eq(path, "/metrics")) {
         if (!is_get(r)) {
-            reply_error_hdr(r, 405, "method_not_allowed", "use GET", GET_ONLY);
+            conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
             return;
         }
         mm_buf_t b;
@@ -476,7 +469,7 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
         mm_buf_free(&b);
     } else if (str_eq(path, "/experiments") || str_eq(path, "/experiments/")) {
         if (!is_get(r)) {
-            reply_error_hdr(r, 405, "method_not_allowed", "use GET", GET_ONLY);
+            conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
             return;
         }
         json_t *list = json_array();
@@ -489,7 +482,7 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
         experiment_routes(srv, r, (mm_str_t){path.p + 13, path.n - 13});
     } else if (str_eq(path, "/reload")) {
         if (!str_eq(r->method, "POST")) {
-            reply_error_hdr(r, 405, "method_not_allowed", "use POST", POST_ONLY);
+            conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use POST", POST_ONLY);
             return;
         }
         reload(srv, r);

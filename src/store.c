@@ -720,12 +720,6 @@ uint64_t store_req_key(const store_t *s, mm_str_t request_id)
     return h;
 }
 
-void store_remember_arm(store_t *s, exp_state_t *e, int arm, mm_str_t request_id, int ttl_s)
-{
-    store_remember_key(s, e, arm, request_id, siphash(s->hash_key, request_id.p, request_id.n),
-                       ttl_s);
-}
-
 void store_remember_key(store_t *s, exp_state_t *e, int arm, mm_str_t request_id, uint64_t key,
                         int ttl_s)
 {

@@ -95,14 +95,13 @@ void store_reset(store_t *s, exp_state_t *e);
  * local map (at most 1M ids, oldest evicted) and, with Redis, written there. */
 void store_remember(store_t *s, mm_str_t request_id, const char *experiment, const char *arm,
                     int ttl_s);
-/* The same for the hot path: arm is an index of e, or STORE_ARM_INTERLEAVE,
- * and request_id must already be valid (mm_valid_reqid): the proxy checked
- * the client's or made its own. */
+/* The same for the hot path, in two steps. store_req_key, when the head is
+ * routed: the request's key in the local map (its bucket is fetched into the
+ * cache meanwhile: on a grown map that read is a cache miss per request).
+ * store_remember_key, when the request ends: arm is an index of e, or
+ * STORE_ARM_INTERLEAVE, and request_id must already be valid (mm_valid_reqid:
+ * the proxy checked the client's or made its own). */
 #define STORE_ARM_INTERLEAVE (-1)
-void store_remember_arm(store_t *s, exp_state_t *e, int arm, mm_str_t request_id, int ttl_s);
-/* The request's key in the local map, computed when its head is read and
- * passed to store_remember_key when it ends: the map's bucket is fetched into
- * the cache meanwhile (on a grown map that read is a cache miss per request). */
 uint64_t store_req_key(const store_t *s, mm_str_t request_id);
 void store_remember_key(store_t *s, exp_state_t *e, int arm, mm_str_t request_id, uint64_t key,
                         int ttl_s);

@@ -91,7 +91,7 @@ typedef struct store_exp_s {
     exp_state_t pub; /* first: what the router holds */
     uint64_t resets; /* store_resets() */
     /* Interned "EXP ARM" pair per arm (index + 1, 0: not yet), the last slot
-     * for the interleave pseudo-arm: store_remember_arm needs no lookup. */
+     * for the interleave pseudo-arm: store_remember_key needs no lookup. */
     uint32_t pair_of[MM_MAX_ARMS + 1];
     /* Redis replication (unused by the memory store). */
     int ctl_init;      /* first sight: adopt Redis's control, or seed it with ours */

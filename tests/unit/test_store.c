@@ -292,14 +292,20 @@ static void test_remember_then_lookup(void **state)
     assert_int_equal(lookup(f->s, id).found, 0);
 }
 
+/* What the proxy does for a routed request, in one call. */
+static void remember_arm(store_t *s, exp_state_t *e, int arm, mm_str_t id)
+{
+    store_remember_key(s, e, arm, id, store_req_key(s, id), 60);
+}
+
 static void test_remember_by_arm_index_follows_the_arm_list(void **state)
 {
     fixture_t *f = *state;
     exp_state_t *e = make_exp(f->s, "recs");
-    store_remember_arm(f->s, e, 1, MM_STR("by-index-1"), 60);
-    store_remember_arm(f->s, e, 0, MM_STR("by-index-0"), 60);
-    store_remember_arm(f->s, e, STORE_ARM_INTERLEAVE, MM_STR("merged"), 60);
-    store_remember_arm(f->s, e, 2, MM_STR("no-such-arm"), 60); /* ignored */
+    remember_arm(f->s, e, 1, MM_STR("by-index-1"));
+    remember_arm(f->s, e, 0, MM_STR("by-index-0"));
+    remember_arm(f->s, e, STORE_ARM_INTERLEAVE, MM_STR("merged"));
+    remember_arm(f->s, e, 2, MM_STR("no-such-arm")); /* ignored */
     lookup_result_t r = lookup(f->s, "by-index-1");
     assert_string_equal(r.info.experiment, "recs");
     assert_string_equal(r.info.arm, "challenger");
@@ -311,7 +317,7 @@ static void test_remember_by_arm_index_follows_the_arm_list(void **state)
     const char *const arms3[] = {"champion", "third", "challenger"};
     exp_control_t c = initial_weights(1, 1);
     assert_ptr_equal(store_experiment(f->s, "recs", arms3, 3, &c, 0), e);
-    store_remember_arm(f->s, e, 1, MM_STR("after-reload"), 60);
+    remember_arm(f->s, e, 1, MM_STR("after-reload"));
     assert_string_equal(lookup(f->s, "after-reload").info.arm, "third");
 }
 
