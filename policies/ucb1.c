@@ -61,28 +61,35 @@ static double ucb_bonus(const ucb1_t *u, const arm_stats_t *s, uint64_t n)
     return sqrt(ln_n / ni * fmin(0.25, v));
 }
 
-/* The arm to play: an untried one, else the largest bound; ties uniform. */
-static int ucb_pick(const ucb1_t *u, const arm_stats_t *stats, size_t n, mm_rng_t *rng)
+/* The arms UCB1 would play next, in top[]; returns how many (>= 1 when
+ * n >= 1): the untried ones, else those with the largest bound (exact ties). */
+static size_t ucb_top(const ucb1_t *u, const arm_stats_t *stats, size_t n, int *top)
 {
-    int best = 0, ties = 0;
+    size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        if (stats[i].feedback == 0 && mm_rng_below(rng, (uint64_t)++ties) == 0) best = (int)i;
-    if (ties > 0) return best;
-
+        if (stats[i].feedback == 0) top[k++] = (int)i;
+    if (k > 0) return k;
     uint64_t total = total_feedback(stats, n);
-    double best_v = -INFINITY;
+    double best = -INFINITY;
     for (size_t i = 0; i < n; i++) {
         const arm_stats_t *s = &stats[i];
         double idx = s->reward_sum / (double)s->feedback + ucb_bonus(u, s, total);
-        if (ties == 0 || idx > best_v) {
-            best_v = idx;
-            best = (int)i;
-            ties = 1;
-        } else if (idx == best_v && mm_rng_below(rng, (uint64_t)++ties) == 0) {
-            best = (int)i;
+        if (idx > best) {
+            best = idx;
+            k = 0;
         }
+        if (idx == best) top[k++] = (int)i;
     }
-    return best;
+    return k;
+}
+
+/* The arm to play: one of the top arms, uniformly. */
+static int ucb_pick(const ucb1_t *u, const arm_stats_t *stats, size_t n, mm_rng_t *rng)
+{
+    int top[MM_MAX_ARMS];
+    size_t k = ucb_top(u, stats, n, top);
+    if (k == 0) return 0;
+    return top[k == 1 ? 0 : mm_rng_below(rng, (uint64_t)k)];
 }
 
 static void ucb_choose(void *p, const policy_view_t *v, const policy_req_t *req,
@@ -107,23 +114,10 @@ static int ucb_check_reward(void *p, double reward)
  * of the admin view; the share of requests so far is requests / total. */
 static void ucb_expected_shares(const ucb1_t *u, const arm_stats_t *stats, size_t n, double *share)
 {
-    size_t untried = 0;
-    for (size_t i = 0; i < n; i++) untried += stats[i].feedback == 0;
-    double best = -INFINITY;
-    uint64_t total = total_feedback(stats, n);
-    for (size_t i = 0; i < n && untried == 0; i++) {
-        double idx =
-            stats[i].reward_sum / (double)stats[i].feedback + ucb_bonus(u, &stats[i], total);
-        share[i] = idx;
-        if (idx > best) best = idx;
-    }
-    size_t ties = 0;
-    for (size_t i = 0; i < n; i++) {
-        int top = untried ? stats[i].feedback == 0 : share[i] == best;
-        share[i] = top;
-        ties += (size_t)top;
-    }
-    for (size_t i = 0; i < n; i++) share[i] = ties ? share[i] / (double)ties : 1.0 / (double)n;
+    int top[MM_MAX_ARMS];
+    size_t k = ucb_top(u, stats, n, top);
+    for (size_t i = 0; i < n; i++) share[i] = 0.0;
+    for (size_t i = 0; i < k; i++) share[top[i]] = 1.0 / (double)k;
 }
 
 static json_t *ucb_describe(void *p, const policy_view_t *v)
