@@ -708,7 +708,8 @@ static void on_request_head(conn_t *c)
          * while a large body streams, and a fallback rebuilds the head later. */
         r->fanout = r->choice.fanout && r->exp->cfg->ops->combine != NULL;
         /* A Host named in Connection is not passed on, not even as X-Forwarded-Host. */
-        mm_str_t fwd_host = form != HT_ABSOLUTE && hh >= 0 && h->dropped[hh] ? authority : host;
+        mm_str_t fwd_host =
+            form != HT_ABSOLUTE && hh >= 0 && h->dropped[hh] ? (mm_str_t){"", 0} : host;
         proxy_forward_headers(&r->fwd_lines, h, base, c->peer, fwd_host, r->fanout);
         if (r->fanout) {
             /* every arm gets the whole body: read it first (bounded) */
