@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "metrics_render.h"
+#include "scrape.h"
 #include "proxy_internal.h"
 
 #define GET_ONLY  "Allow: GET, HEAD\r\n"
@@ -458,14 +459,19 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
             conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
             return;
         }
+        /* In a --workers group the scrape reached one worker: it answers
+         * for all of them, unless a sibling is asking for its part. */
+        if (!r->worker_only && scrape_group_active(srv)) {
+            scrape_gather(srv, c);
+            return;
+        }
         mm_buf_t b;
         mm_buf_init(&b);
         metrics_render(srv, &b);
         if (b.oom)
             conn_respond_error(c, 500, "internal", "out of memory");
         else
-            conn_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", b.p ? b.p : "", b.len,
-                         NULL);
+            conn_respond(c, 200, MM_METRICS_CONTENT_TYPE, b.p ? b.p : "", b.len, NULL);
         mm_buf_free(&b);
     } else if (str_eq(path, "/experiments") || str_eq(path, "/experiments/")) {
         if (!is_get(r)) {

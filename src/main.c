@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "scrape.h"
 #include "server_main.h"
 
 #define DEFAULT_CONFIG "config/modelmux.json"
@@ -78,8 +79,15 @@ static int parse_u64(const char *s, uint64_t *out)
     return 0;
 }
 
+/* A worker's place in a --workers group: its private scrape listener
+ * (bound and listening, inherited) and every worker's port. */
+typedef struct {
+    int n, self, fd;
+    const int *ports;
+} group_t;
+
 static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reuseport,
-                      const cfg_store_t *store_override)
+                      const cfg_store_t *store_override, const group_t *grp)
 {
     uv_loop_t loop;
     mm_server_t srv;
@@ -92,6 +100,11 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
         server_free(&srv);
         uv_run(&loop, UV_RUN_NOWAIT);
         return 1;
+    }
+    if (grp &&
+        scrape_group_start(&srv, grp->n, grp->self, grp->fd, grp->ports, err, sizeof(err)) != 0) {
+        /* Serve anyway: only /metrics loses the siblings' counters. */
+        mm_log("metrics: worker %d cannot join the group's scrapes: %s", grp->self, err);
     }
     const config_t *c = server_config(&srv);
     char data[300], admin[300];
@@ -229,10 +242,38 @@ static int probe_listen(const cfg_addr_t *a)
     return -1;
 }
 
+/* A listening socket on 127.0.0.1 at a port the kernel picks: a worker's
+ * private scrape listener, made before the fork so that every worker knows
+ * every sibling's port. -1 on failure (the group then scrapes per worker). */
+static int scrape_socket(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(fd, 128) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        close(fd);
+        return -1;
+    }
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
 static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
                        const cfg_store_t *store_override)
 {
     pid_t pids[256];
+    int fds[256], ports[256], grouped = cfg->has_admin;
+    for (int i = 0; i < n && grouped; i++) {
+        fds[i] = scrape_socket(&ports[i]);
+        if (fds[i] < 0) {
+            mm_log("metrics: no private scrape sockets (%s): each scrape reports one worker",
+                   strerror(errno));
+            for (int j = 0; j < i; j++) close(fds[j]);
+            grouped = 0;
+        }
+    }
     for (int i = 0; i < n; i++) {
         pid_t pid = fork();
         if (pid < 0) {
@@ -241,9 +282,18 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             return 1;
         }
         if (pid == 0) prctl(PR_SET_PDEATHSIG, SIGTERM); /* die with the parent */
-        if (pid == 0) exit(run_worker(path, cfg, seed + (uint64_t)i, 1, store_override));
+        if (pid == 0) {
+            group_t grp = {n, i, grouped ? fds[i] : -1, ports};
+            for (int j = 0; j < n && grouped; j++)
+                if (j != i) close(fds[j]);
+            exit(run_worker(path, cfg, seed + (uint64_t)i, 1, store_override,
+                            grouped ? &grp : NULL));
+        }
         pids[i] = pid;
     }
+    /* The workers hold their sockets: a dead worker's port then refuses
+     * at once instead of queueing a sibling's scrape here. */
+    for (int i = 0; i < n && grouped; i++) close(fds[i]);
     config_free(cfg); /* each worker has its own copy */
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
@@ -361,7 +411,7 @@ int main(int argc, char **argv)
         stop_private_redis();
         return code;
     }
-    return run_worker(path, cfg, seed, 0, NULL);
+    return run_worker(path, cfg, seed, 0, NULL, NULL);
 bad:
     fprintf(stderr, "modelmux: unknown or incomplete option '%s'\n", bad_arg);
     usage(stderr);

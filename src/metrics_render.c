@@ -32,7 +32,7 @@
 /* ---- number and label formatting ---- */
 
 /* The shortest decimal that reads back as v; integers without a fraction. */
-static void put_float(mm_buf_t *b, double v)
+void metrics_put_float(mm_buf_t *b, double v)
 {
     char tmp[40];
     if (isnan(v)) {
@@ -107,7 +107,7 @@ static void sample_u64(mm_buf_t *b, const char *name, const char *const *kv, uin
 static void sample_f(mm_buf_t *b, const char *name, const char *const *kv, double v)
 {
     sample_start(b, name, kv);
-    put_float(b, v);
+    metrics_put_float(b, v);
     mm_buf_lit(b, "\n");
 }
 
@@ -298,7 +298,7 @@ static void render_durations(mm_buf_t *b, const exp_ref_t *v, size_t n)
                 cum += ma->lat_buckets[i];
                 if (i < MM_LAT_BUCKETS) {
                     mm_buf_t t = {le, 0, sizeof(le), 0};
-                    put_float(&t, mm_lat_bounds[i]);
+                    metrics_put_float(&t, mm_lat_bounds[i]);
                     le[t.len < sizeof(le) ? t.len : sizeof(le) - 1] = '\0';
                 } else {
                     snprintf(le, sizeof(le), "+Inf");

@@ -8,8 +8,14 @@
 
 #include "server.h"
 
+#define MM_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
 /* Append the whole exposition (text format 0.0.4) to out. */
 void metrics_render(mm_server_t *srv, mm_buf_t *out);
+
+/* A sample value as the exposition writes it: the shortest decimal that
+ * reads back as v, integers without a fraction, NaN, +Inf, -Inf. */
+void metrics_put_float(mm_buf_t *b, double v);
 
 /* The share of traffic each arm of e gets right now, in [0, 1], summing to 1
  * (share has e->state->n_arms entries). `desc` is the policy's describe()

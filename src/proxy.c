@@ -676,7 +676,7 @@ static void on_request_head(conn_t *c)
 
     mm_str_t url = {r->url.p, r->url.len};
     mm_str_t path = http_url_path(url);
-    if (c->kind == CONN_ADMIN || (path.n == 19 && memcmp(path.p, "/_modelmux/feedback", 19) == 0)) {
+    if (c->kind != CONN_DATA || (path.n == 19 && memcmp(path.p, "/_modelmux/feedback", 19) == 0)) {
         r->local = 1;
         if (clen > LOCAL_BODY_MAX) {
             send_error(c, 413, "body_too_large", "request body exceeds 4 MiB");
@@ -1097,8 +1097,9 @@ static void local_dispatch(conn_t *c)
     lr.head = &c->head;
     lr.base = c->rbuf;
     lr.request_id = (mm_str_t){r->id, r->id_len};
+    lr.worker_only = c->kind == CONN_WORKER;
     conn_hold(c);
-    if (c->kind == CONN_ADMIN)
+    if (c->kind != CONN_DATA)
         admin_handle(c->srv, &lr);
     else
         feedback_handle(c->srv, &lr);
@@ -1158,7 +1159,9 @@ static void conn_process(conn_t *c)
 static void on_connection(uv_stream_t *server, int status)
 {
     mm_server_t *srv = server->data;
-    int kind = (uv_tcp_t *)server == &srv->admin_listener ? CONN_ADMIN : CONN_DATA;
+    int kind = (uv_tcp_t *)server == &srv->admin_listener   ? CONN_ADMIN
+               : (uv_tcp_t *)server == &srv->group.listener ? CONN_WORKER
+                                                            : CONN_DATA;
     if (status < 0) return;
     conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL) return;
@@ -1241,6 +1244,20 @@ int proxy_listen(mm_server_t *srv, uv_tcp_t *tcp, const cfg_addr_t *addr, int ki
         return -1;
     }
     (void)kind;
+    return 0;
+}
+
+int proxy_listen_fd(mm_server_t *srv, uv_tcp_t *tcp, int fd, char *err, size_t errlen)
+{
+    uv_tcp_init(srv->loop, tcp);
+    tcp->data = srv;
+    int rc = uv_tcp_open(tcp, (uv_os_sock_t)fd);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)tcp, 128, on_connection);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot listen on the inherited socket %d: %s", fd, uv_strerror(rc));
+        uv_close((uv_handle_t *)tcp, NULL);
+        return -1;
+    }
     return 0;
 }
 

@@ -540,7 +540,7 @@ void reqlog_entry_from_req(conn_t *c, uint64_t latency_us, reqlog_entry_t *out)
 void reqlog_request(mm_server_t *srv, conn_t *c, uint64_t latency_us)
 {
     reqlog_t *l = srv->reqlog;
-    if (l == NULL || c->kind == CONN_ADMIN) return;
+    if (l == NULL || c->kind != CONN_DATA) return;
     if (c->req.shadow != NULL) return; /* written by the shadow runtime when its mirrors are done */
     if (!reqlog_sampled(l)) return;
     reqlog_entry_t e;

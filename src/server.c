@@ -20,6 +20,7 @@
 #include "log.h"
 #include "proxy_internal.h"
 #include "reqlog.h"
+#include "scrape.h"
 #include "server_main.h"
 
 #define TICK_MS 1000
@@ -131,6 +132,7 @@ void server_drained(mm_server_t *srv)
     if (srv->stopping) return;
     srv->stopping = 1;
     for (size_t i = 0; i < srv->router->cfg->n_upstreams; i++) up_pool_drain(srv->router->pools[i]);
+    scrape_group_drain(srv);
     uv_timer_stop(&srv->drain_timer);
     uv_timer_stop(&srv->tick_timer);
     store_shutdown(srv->store, server_config(srv)->limits.drain_timeout_ms, on_store_flushed, srv);
@@ -152,6 +154,7 @@ void server_stop(mm_server_t *srv)
            server_config(srv)->limits.drain_timeout_ms);
     if (srv->has_listener) close_handle((uv_handle_t *)&srv->listener);
     if (srv->has_admin) close_handle((uv_handle_t *)&srv->admin_listener);
+    if (srv->group.has_listener) close_handle((uv_handle_t *)&srv->group.listener);
     proxy_drain(srv);
     if (srv->conns == NULL) {
         server_drained(srv);
@@ -229,6 +232,7 @@ void server_free(mm_server_t *srv)
 {
     leg_clock_close(&srv->legs); /* its close callback comes with the loop's last run */
     shadow_cache_free(&srv->shadows);
+    scrape_group_free(srv);
     if (srv->router) router_unref(srv->router);
     srv->router = NULL;
     if (srv->store) store_destroy(srv->store);

@@ -20,6 +20,19 @@
 typedef struct conn_s conn_t;
 typedef struct reqlog_s reqlog_t;
 
+#define MM_MAX_WORKERS 256
+
+/* This worker's place in a --workers group (src/scrape.c). Each worker has
+ * a private listener on 127.0.0.1 that the parent bound before forking, so
+ * every worker knows every sibling's port; n is 0 for a lone process. */
+typedef struct {
+    int n, self;
+    int ports[MM_MAX_WORKERS];
+    up_pool_t *pools[MM_MAX_WORKERS]; /* to each sibling; NULL for self */
+    uv_tcp_t listener;
+    int has_listener;
+} mm_group_t;
+
 typedef struct mm_server_s {
     uv_loop_t *loop;
     char *config_path;
@@ -51,9 +64,13 @@ typedef struct mm_server_s {
     uint64_t stream_invalid; /* feedback stream entries acknowledged unapplied: invalid */
     int has_store_override;  /* --workers with the memory store: the shared private Redis */
     cfg_store_t store_override;
+    mm_group_t group; /* --workers: the siblings whose metrics a scrape gathers */
 } mm_server_t;
 
-enum { CONN_DATA = 0, CONN_ADMIN = 1 };
+/* CONN_WORKER: a sibling worker's scrape on this worker's private listener
+ * (src/scrape.c); it is an admin connection whose /metrics is this worker's
+ * alone. */
+enum { CONN_DATA = 0, CONN_ADMIN = 1, CONN_WORKER = 2 };
 
 /* A request handled by modelmux itself (admin API, feedback). Valid during
  * the handler call; the body is complete and de-chunked. */
@@ -66,6 +83,7 @@ typedef struct {
     const http_head_t *head;
     const char *base;
     mm_str_t request_id;
+    int worker_only; /* on the worker's private listener: answer for this worker alone */
 } mm_local_req_t;
 
 /* Handlers: return after calling conn_respond (now or later: call conn_hold
@@ -86,6 +104,9 @@ void conn_release(conn_t *c);
 /* Listener plumbing (proxy.c). */
 int proxy_listen(mm_server_t *srv, uv_tcp_t *tcp, const cfg_addr_t *addr, int kind, int reuseport,
                  char *err, size_t errlen);
+/* Listen on a socket bound and listening already (inherited from the
+ * --workers parent) for sibling workers' scrapes (CONN_WORKER). */
+int proxy_listen_fd(mm_server_t *srv, uv_tcp_t *tcp, int fd, char *err, size_t errlen);
 /* Close idle keep-alive connections, stop accepting; in-flight requests go on. */
 void proxy_drain(mm_server_t *srv);
 /* Close every connection now (end of drain timeout). */

@@ -880,6 +880,59 @@ class StoreIntegration(mmtest.MMTestCase):
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0)
 
+    def test_7d_workers_metrics_count_every_worker(self):
+        """The admin port is shared, so a scrape reaches one worker: it
+        answers for the whole group (its siblings' counters gathered on
+        their private listeners, with the admin token). A worker that is
+        gone is left out, and the scrape says so."""
+        port, admin = two_ports()
+        token = "s3cret"
+        cfg = mmtest.base_config(port, {"champion": self.champion.port,
+                                        "challenger": self.challenger.port},
+                                 experiments(), admin_port=admin)
+        cfg["admin"]["token"] = token
+        mm = self.cluster.modelmux(cfg, "--workers", 2, name="metrics-workers")
+        auth = {"Authorization": "Bearer " + token}
+
+        def scrape():
+            st, _, body = mmtest.request(admin, "GET", "/metrics", headers=auth)
+            self.assertEqual(st, 200, body)
+            out = {}
+            for line in body.decode().splitlines():
+                if line and not line.startswith("#"):
+                    key, value = line.rsplit(" ", 1)
+                    out[key] = float(value)
+            return out
+
+        def total(m, name):
+            return sum(v for k, v in m.items() if k.split("{")[0] == name)
+
+        pids = sorted(int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log()))
+        self.assertEqual(len(pids), 2, mm.log())
+        accepted = scrape()["modelmux_connections_accepted_total"]  # the start-up probe
+        for i in range(200):  # a fresh connection each: the kernel spreads them
+            self.assertEqual(mmtest.request(mm.port, "GET", "/recs/x%d" % i)[0], 200)
+        for _ in range(10):  # each admin connection lands on either worker
+            m = scrape()
+            self.assertEqual(total(m, "modelmux_requests_total"), 200)
+            self.assertEqual(m["modelmux_connections_accepted_total"], accepted + 200)
+            self.assertEqual(total(m, "modelmux_request_duration_seconds_count"), 200)
+            self.assertEqual((m["modelmux_workers"], m["modelmux_workers_reporting"]), (2, 2))
+        # without the token: still refused, by whichever worker
+        self.assertEqual(mmtest.request(admin, "GET", "/metrics")[0], 401)
+
+        # one worker stops: the other reports its own counters, and says the
+        # group is missing one
+        os.kill(pids[1], signal.SIGTERM)
+        mmtest.eventually(lambda: "modelmux[%d]: stopped" % pids[1] in mm.log(), timeout=10)
+        for _ in range(3):
+            m = scrape()
+            self.assertEqual((m["modelmux_workers"], m["modelmux_workers_reporting"]), (2, 1))
+            self.assertLess(total(m, "modelmux_requests_total"), 200)
+        self.assertRegex(mm.log(), r"metrics: worker [01] left out of the scrape: connect")
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0)
+
     # -- 8
 
     def canary_control(self):

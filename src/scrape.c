@@ -1,0 +1,189 @@
+/* scrape.c — see scrape.h.
+ *
+ * A scrape is a small fan-out, as interleave's (fanout.c): a leg per
+ * sibling on the server's leg clock, the client connection held until the
+ * last leg is done, and the answer dropped if the client went away
+ * meanwhile. This worker's own exposition is rendered when the siblings
+ * have answered, so the counters of all of them are of about the same
+ * moment. Nothing here is on the data path: it runs once per scrape. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "leg.h"
+#include "log.h"
+#include "metrics_merge.h"
+#include "metrics_render.h"
+#include "proxy_internal.h"
+#include "scrape.h"
+
+#define SCRAPE_KEEP (64u * 1024 * 1024) /* one sibling's exposition, at most */
+
+typedef struct {
+    mm_server_t *srv;
+    conn_t *conn;
+    uint64_t req_serial;
+    int pending; /* legs not done, plus one while scrape_gather runs */
+    int n;       /* legs */
+    struct {
+        leg_t leg;
+        int worker;
+    } legs[];
+} gather_t;
+
+int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *ports, char *err,
+                       size_t errlen)
+{
+    mm_group_t *g = &srv->group;
+    if (n < 2 || n > MM_MAX_WORKERS) return 0;
+    g->n = n;
+    g->self = self;
+    for (int i = 0; i < n; i++) {
+        g->ports[i] = ports[i];
+        if (i == self) continue;
+        cfg_upstream_t u;
+        memset(&u, 0, sizeof(u));
+        snprintf(u.name, sizeof(u.name), "worker-%d", i);
+        snprintf(u.addr.host, sizeof(u.addr.host), "127.0.0.1");
+        u.addr.port = ports[i];
+        snprintf(u.host_header, sizeof(u.host_header), "127.0.0.1:%d", ports[i]);
+        u.pool = 2;
+        u.connect_timeout_ms = 500;
+        u.timeout_ms = SCRAPE_TIMEOUT_MS;
+        g->pools[i] = up_pool_create(srv->loop, &u, err, errlen);
+        if (g->pools[i] == NULL) return -1;
+    }
+    if (proxy_listen_fd(srv, &g->listener, fd, err, errlen) != 0) return -1;
+    g->has_listener = 1;
+    return 0;
+}
+
+int scrape_group_active(const mm_server_t *srv)
+{
+    return srv->group.n > 1;
+}
+
+void scrape_group_drain(mm_server_t *srv)
+{
+    mm_group_t *g = &srv->group;
+    for (int i = 0; i < g->n; i++)
+        if (g->pools[i]) up_pool_drain(g->pools[i]);
+}
+
+void scrape_group_free(mm_server_t *srv)
+{
+    mm_group_t *g = &srv->group;
+    for (int i = 0; i < g->n; i++) {
+        up_pool_release(g->pools[i]);
+        g->pools[i] = NULL;
+    }
+}
+
+static void gauge(mm_buf_t *b, const char *name, const char *help, int v)
+{
+    mm_buf_lit(b, "# HELP ");
+    mm_buf_cstr(b, name);
+    mm_buf_lit(b, " ");
+    mm_buf_cstr(b, help);
+    mm_buf_lit(b, "\n# TYPE ");
+    mm_buf_cstr(b, name);
+    mm_buf_lit(b, " gauge\n");
+    mm_buf_cstr(b, name);
+    mm_buf_lit(b, " ");
+    mm_buf_u64(b, (uint64_t)v);
+    mm_buf_lit(b, "\n");
+}
+
+static void answer(gather_t *g)
+{
+    conn_t *c = g->conn;
+    if (c->closing || !c->req.active || c->req.serial != g->req_serial) return; /* client gone */
+    mm_buf_t local, out;
+    mm_buf_init(&local);
+    mm_buf_init(&out);
+    metrics_render(g->srv, &local);
+    mm_str_t texts[MM_MAX_WORKERS];
+    size_t k = 0;
+    texts[k++] = (mm_str_t){local.p ? local.p : "", local.len};
+    for (int i = 0; i < g->n; i++) {
+        const leg_t *l = &g->legs[i].leg;
+        if (l->status == 200 && !l->truncated) {
+            texts[k++] = (mm_str_t){l->resp.p ? l->resp.p : "", l->resp.len};
+            continue;
+        }
+        mm_log("metrics: worker %d left out of the scrape: %s", g->legs[i].worker,
+               l->status      ? "answered an error status"
+               : l->timed_out ? "no answer in time"
+                              : up_err_name(l->err));
+    }
+    metrics_merge(texts, k, &out);
+    gauge(&out, "modelmux_workers", "Worker processes in the group (--workers).", g->n + 1);
+    gauge(&out, "modelmux_workers_reporting",
+          "Workers whose counters this scrape holds (a sibling that did not answer is left out).",
+          (int)k);
+    if (local.oom || out.oom)
+        conn_respond_error(c, 500, "internal", "out of memory");
+    else
+        conn_respond(c, 200, MM_METRICS_CONTENT_TYPE, out.p ? out.p : "", out.len, NULL);
+    mm_buf_free(&local);
+    mm_buf_free(&out);
+}
+
+/* A leg is done (or scrape_gather has started them all): after the last,
+ * answer and free everything. Legs hold no handle, so this is at once. */
+static void settle(gather_t *g)
+{
+    if (--g->pending > 0) return;
+    answer(g);
+    for (int i = 0; i < g->n; i++) leg_free(&g->legs[i].leg);
+    conn_release(g->conn);
+    free(g);
+}
+
+static void on_leg_done(leg_t *l)
+{
+    settle(l->owner);
+}
+
+void scrape_gather(mm_server_t *srv, conn_t *c)
+{
+    mm_group_t *grp = &srv->group;
+    int n = grp->n - 1;
+    gather_t *g = calloc(1, sizeof(*g) + (size_t)n * sizeof(g->legs[0]));
+    if (g == NULL) {
+        conn_respond_error(c, 500, "internal", "out of memory");
+        return;
+    }
+    g->srv = srv;
+    g->conn = conn_hold(c);
+    g->req_serial = c->req.serial;
+    const char *token = server_config(srv)->admin_token;
+    for (int w = 0; w < grp->n; w++) {
+        if (w == grp->self) continue;
+        leg_t *l = &g->legs[g->n].leg;
+        g->legs[g->n++].worker = w;
+        leg_init(l);
+        l->owner = g;
+        l->done = on_leg_done;
+        l->keep_max = SCRAPE_KEEP;
+        mm_buf_lit(&l->head, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        if (token) {
+            mm_buf_lit(&l->head, "Authorization: Bearer ");
+            mm_buf_cstr(&l->head, token);
+            mm_buf_lit(&l->head, "\r\n");
+        }
+        mm_buf_lit(&l->head, "\r\n");
+    }
+    /* A leg may be done before leg_start returns (the sibling is gone):
+     * the extra count keeps g until every leg has been started. */
+    g->pending = g->n + 1;
+    for (int i = 0; i < g->n; i++) {
+        leg_t *l = &g->legs[i].leg;
+        if (l->head.oom) {
+            g->pending--; /* never started: status 0, left out */
+            continue;
+        }
+        leg_start(l, &srv->legs, grp->pools[g->legs[i].worker], SCRAPE_TIMEOUT_MS, 0);
+    }
+    settle(g);
+}

@@ -1,0 +1,34 @@
+/* scrape.h — GET /metrics for a --workers group: every worker's counters.
+ *
+ * Workers share the admin port (SO_REUSEPORT), so a scrape reaches one of
+ * them at random. That worker asks each sibling for its own exposition on
+ * the sibling's private listener (127.0.0.1, a port the parent bound before
+ * forking, with the admin token when one is set), waits for all of them
+ * (at most SCRAPE_TIMEOUT_MS), and answers with the merge (metrics_merge.h)
+ * plus two gauges: modelmux_workers (the group's size) and
+ * modelmux_workers_reporting (whose counters the answer holds). A sibling
+ * that does not answer is left out, counted there and logged: the scrape
+ * still answers, as Prometheus wants, rather than fail as a whole. */
+#ifndef MM_SCRAPE_H
+#define MM_SCRAPE_H
+
+#include "server.h"
+
+#define SCRAPE_TIMEOUT_MS 2000
+
+/* Join the group: listen on the inherited, already listening socket fd for
+ * siblings' scrapes, and make a small pool to each sibling. ports[i] is
+ * worker i's private port; self is this worker. 0, or -1 with err. */
+int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *ports, char *err,
+                       size_t errlen);
+/* 1 when this process is one of a group (a scrape gathers siblings). */
+int scrape_group_active(const mm_server_t *srv);
+/* Answer GET /metrics on c, now or when every sibling has answered. */
+void scrape_gather(mm_server_t *srv, conn_t *c);
+/* Shutting down (the listener is closed with the others, server_stop):
+ * close idle connections to siblings. */
+void scrape_group_drain(mm_server_t *srv);
+/* Drop the pools (connections still busy close when their leg is done). */
+void scrape_group_free(mm_server_t *srv);
+
+#endif
