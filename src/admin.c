@@ -437,6 +437,10 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
 {
     mm_str_t path = r->path;
     conn_t *c = r->conn;
+    if (r->worker_only && !str_eq(path, "/metrics")) { /* a sibling's scrape, nothing else */
+        conn_respond_error(c, 404, "not_found", "this worker's private listener serves /metrics");
+        return;
+    }
     if (str_eq(path, "/healthz") || str_eq(path, "/readyz")) {
         if (!is_get(r)) {
             conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
