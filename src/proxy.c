@@ -117,6 +117,19 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
+/* A chunk announces its size first: a body that will be too large is
+ * refused then, as nginx does, rather than after the client has sent up to
+ * max_body_bytes of it (or, for a chunk larger than what it ever sends,
+ * never). llhttp has put the chunk's size in content_length. */
+static int on_chunk_header(llhttp_t *p)
+{
+    conn_t *c = pconn(p);
+    const req_t *r = &c->req;
+    uint64_t limit = server_config(c->srv)->limits.max_body_bytes;
+    if (r->local && limit > LOCAL_BODY_MAX) limit = LOCAL_BODY_MAX;
+    return p->content_length > limit - (r->body_in < limit ? r->body_in : limit) ? -1 : 0;
+}
+
 static int on_message_complete(llhttp_t *p)
 {
     conn_t *c = pconn(p);
@@ -133,6 +146,7 @@ void proxy_init_parser_settings(void)
     req_settings.on_header_value = on_header_value;
     req_settings.on_headers_complete = on_headers_complete;
     req_settings.on_body = on_body;
+    req_settings.on_chunk_header = on_chunk_header;
     req_settings.on_message_complete = on_message_complete;
 }
 
@@ -772,7 +786,7 @@ static ssize_t parse_step(conn_t *c)
     if (e == HPE_PAUSED) {
         used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
         llhttp_resume(&c->parser);
-    } else if (e == HPE_USER) {
+    } else if (e == HPE_USER || e == HPE_CB_CHUNK_HEADER) { /* on_body, on_chunk_header */
         send_error(c, 413, "body_too_large", "request body exceeds the size limit");
         return -1;
     } else if (e != HPE_OK) {
