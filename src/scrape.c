@@ -51,11 +51,15 @@ int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *por
         u.connect_timeout_ms = 500;
         u.timeout_ms = SCRAPE_TIMEOUT_MS;
         g->pools[i] = up_pool_create(srv->loop, &u, err, errlen);
-        if (g->pools[i] == NULL) return -1;
+        if (g->pools[i] == NULL) goto fail;
     }
-    if (proxy_listen_fd(srv, &g->listener, fd, err, errlen) != 0) return -1;
+    if (proxy_listen_fd(srv, &g->listener, fd, err, errlen) != 0) goto fail;
     g->has_listener = 1;
     return 0;
+fail: /* alone again: scrapes report this worker only */
+    scrape_group_free(srv);
+    g->n = 0;
+    return -1;
 }
 
 int scrape_group_active(const mm_server_t *srv)
