@@ -1037,12 +1037,15 @@ config_t *config_load(const char *path, char *err, size_t errlen)
     }
     for (;;) {
         if (len == cap) {
-            if (cap >= CONFIG_FILE_MAX) {
+            /* The buffer grows to one byte past the limit, so a file of
+             * exactly CONFIG_FILE_MAX bytes is read whole and accepted. */
+            if (cap > CONFIG_FILE_MAX) {
                 snprintf(err, errlen, "%s: larger than %u MiB: not a config file", path,
                          CONFIG_FILE_MAX >> 20);
                 goto err;
             }
             cap = cap ? cap * 2 : 8192;
+            if (cap > CONFIG_FILE_MAX) cap = CONFIG_FILE_MAX + 1;
             char *nb = realloc(buf, cap);
             if (nb == NULL) {
                 snprintf(err, errlen, "%s: out of memory", path);

@@ -61,12 +61,18 @@ static int on_message_begin(llhttp_t *p)
 {
     conn_t *c = pconn(p);
     http_head_reset(&c->head);
-    c->headers_done = c->msg_done = 0;
+    c->method_done = c->headers_done = c->msg_done = 0;
     if (c->phase == C_IDLE) {
         c->phase = C_HEAD;
         /* header_timeout_ms runs from the first byte to the end of the head */
         conn_deadline(c, server_config(c->srv)->limits.header_timeout_ms);
     }
+    return 0;
+}
+
+static int on_method_complete(llhttp_t *p)
+{
+    pconn(p)->method_done = 1;
     return 0;
 }
 
@@ -141,6 +147,7 @@ void proxy_init_parser_settings(void)
 {
     llhttp_settings_init(&req_settings);
     req_settings.on_message_begin = on_message_begin;
+    req_settings.on_method_complete = on_method_complete;
     req_settings.on_url = on_url;
     req_settings.on_header_field = on_header_field;
     req_settings.on_header_value = on_header_value;
@@ -487,7 +494,7 @@ static void send_error(conn_t *c, int status, const char *code, const char *msg)
         http_new_request_id(&c->srv->rng, r->id);
         r->id_len = 32;
         snprintf(r->method, sizeof(r->method), "%s",
-                 c->headers_done ? llhttp_method_name(c->parser.method) : "-");
+                 c->method_done ? llhttp_method_name(c->parser.method) : "-");
         r->method_len = strlen(r->method);
         /* (the flag may be left from the previous request on the connection) */
         r->head_request = c->headers_done && c->parser.method == HTTP_HEAD;
@@ -1088,7 +1095,7 @@ static void req_finish(conn_t *c)
         return;
     }
     c->phase = C_IDLE;
-    c->msg_done = c->headers_done = 0;
+    c->method_done = c->msg_done = c->headers_done = 0;
     conn_deadline(c, server_config(srv)->limits.idle_timeout_ms);
     if (!c->peer_eof) start_reading(c);
     if (c->rpos < c->rlen) conn_process(c); /* a pipelined request is waiting */

@@ -86,6 +86,7 @@ struct conn_s {
     int peer_eof; /* the client half-closed after a whole request: answer, then close */
     int handles;
     int refs;
+    int method_done; /* the request line's method was read (logged even if the head is refused) */
     int headers_done, msg_done;
     uint64_t deadline;  /* loop time the current timeout expires; 0: none */
     uint64_t timer_due; /* loop time the libuv timer is armed for */

@@ -603,6 +603,24 @@ class RequestHeads(ClassCluster):
                 return None
         return mmtest.eventually(find, timeout=5)
 
+    # -- the request log of refused heads
+
+    def test_refused_head_logs_its_method_once_the_request_line_was_read(self):
+        # docs: a request refused before its head was read whole has path "",
+        # and method "-" only when its method was not read either
+        for data, method in ((b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                              b"Transfer-Encoding: chunked\r\n\r\n", "POST"),
+                             (b"GET /echo HTTP/1.1\r\nHost: x\r\nX-\x01: a\r\n\r\n", "GET"),
+                             (b"G\x01T /echo HTTP/1.1\r\nHost: x\r\n\r\n", "-")):
+            with self.subTest(method=method):
+                c = self.raw(self.port)
+                c.send(data)
+                r = c.response()
+                c.close()
+                self.assertJsonError(r, 400, "bad_request")
+                line = self.logged(r.headers["x-request-id"])
+                self.assertEqual((line["method"], line["path"], line["status"]), (method, "", 400))
+
     # -- obs-fold (RFC 9112 §5.2)
 
     def test_obs_fold_is_400_and_nothing_reaches_the_upstream(self):

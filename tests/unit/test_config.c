@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "config.h"
@@ -728,6 +729,36 @@ static void test_load_missing_file(void **state)
     assert_string_equal(err, "/nonexistent/modelmux.json: cannot open: No such file or directory");
 }
 
+/* README: "Files larger than 16 MiB are refused": a file of exactly 16 MiB
+ * is not larger, and loads. */
+static void write_padded(const char *path, const char *text, size_t size)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    size_t n = strlen(text);
+    assert_true(fwrite(text, 1, n, f) == n);
+    for (size_t i = n; i < size; i++) assert_true(fputc(' ', f) == ' ');
+    assert_int_equal(fclose(f), 0);
+}
+
+static void test_load_size_limit_is_16_mib(void **state)
+{
+    char path[] = "/tmp/mmtest-config-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    char err[512], want[600];
+    write_padded(path, MINIMAL, (size_t)16 << 20);
+    config_t *c = config_load(path, err, sizeof(err));
+    if (c == NULL) fail_msg("a file of exactly 16 MiB was refused: %s", err);
+    config_free(c);
+    write_padded(path, MINIMAL, ((size_t)16 << 20) + 1);
+    assert_null(config_load(path, err, sizeof(err)));
+    snprintf(want, sizeof(want), "%s: larger than 16 MiB: not a config file", path);
+    assert_string_equal(err, want);
+    unlink(path);
+}
+
 static void test_default_config_file_is_valid(void **state)
 {
     need_policy("ab");
@@ -798,6 +829,7 @@ int main(void)
         cmocka_unit_test(test_list_policies_add_arms_in_order),
         cmocka_unit_test(test_too_many_arms),
         cmocka_unit_test(test_load_missing_file),
+        cmocka_unit_test(test_load_size_limit_is_16_mib),
         cmocka_unit_test(test_default_config_file_is_valid),
         cmocka_unit_test(test_error_with_small_buffer_is_truncated_safely),
     };
