@@ -375,8 +375,9 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check) {
-        printf("%s: ok (%zu upstreams, %zu experiments)\n", path, cfg->n_upstreams,
-               cfg->n_experiments);
+        printf("%s: ok (%zu upstream%s, %zu experiment%s)\n", path, cfg->n_upstreams,
+               cfg->n_upstreams == 1 ? "" : "s", cfg->n_experiments,
+               cfg->n_experiments == 1 ? "" : "s");
         config_free(cfg);
         return 0;
     }
