@@ -28,7 +28,7 @@
  * wait in `pending` for the next write. The price is one Lua script instead
  * of bare pipelined HINCRBYs, and one small key per instance and experiment.
  *
- * The script is sent whole with EVAL (some 1.3 KB per experiment per round)
+ * The script is sent whole with EVAL (some 1.6 KB per experiment per round)
  * rather than EVALSHA: no NOSCRIPT recovery path, and Redis caches the
  * compiled script by its hash anyway.
  *
@@ -79,8 +79,41 @@
  * ARGV[1] seq (0: read only), ARGV[2] seq key TTL, ARGV[3] control write mode
  * (0 none, 1 only if Redis has no control yet, 2 always, version + 1),
  * ARGV[4] reset (DEL the arm hashes, reset_epoch + 1), ARGV[5..7] weights,
- * state, canary_step, then 7 deltas per arm in FIELD order ('0': skip). */
+ * state, canary_step, ARGV[8] restore ('1': 7 more values per arm follow the
+ * deltas), then 7 deltas per arm in FIELD order ('0': skip).
+ *
+ * Restore: Redis restarted empty (or was flushed) loses every statistic the
+ * fleet learned, while each instance still holds the last snapshot it read.
+ * The first script that finds neither the control hash nor any arm hash
+ * writes that snapshot back and re-seeds the control in the same atomic
+ * step, so that the next instance finds the control and does not restore a
+ * second time (and a retry of this very write does not either). Only
+ * increments another instance wrote within the last sync interval before the
+ * loss are missing from it. */
 static const char SYNC_SCRIPT[] =
+    "local f = {'pulls', 'feedback', 'errors', 'reward_sum', 'reward_sq_sum',\n"
+    "           'successes', 'failures'}\n"
+    "local function add(key, b)\n"
+    "  for j = 1, 7 do\n"
+    "    local v = ARGV[b + j - 1]\n"
+    "    if v ~= '0' then\n"
+    "      if j <= 3 then redis.call('HINCRBY', key, f[j], v)\n"
+    "      else redis.call('HINCRBYFLOAT', key, f[j], v) end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if ARGV[8] == '1' and redis.call('HEXISTS', KEYS[1], 'version') == 0 then\n"
+    "  local gone = true\n"
+    "  for i = 3, #KEYS do\n"
+    "    if redis.call('EXISTS', KEYS[i]) == 1 then gone = false end\n"
+    "  end\n"
+    "  if gone then\n"
+    "    for i = 3, #KEYS do add(KEYS[i], 9 + (#KEYS - 2 + i - 3) * 7) end\n"
+    "    redis.call('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6],\n"
+    "               'canary_step', ARGV[7])\n"
+    "    redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
+    "  end\n"
+    "end\n"
     "local seq = tonumber(ARGV[1])\n"
     "if seq > 0 then\n"
     "  local last = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
@@ -95,18 +128,7 @@ static const char SYNC_SCRIPT[] =
     "                 'canary_step', ARGV[7])\n"
     "      redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
     "    end\n"
-    "    local f = {'pulls', 'feedback', 'errors', 'reward_sum', 'reward_sq_sum',\n"
-    "               'successes', 'failures'}\n"
-    "    for i = 3, #KEYS do\n"
-    "      local b = 8 + (i - 3) * 7\n"
-    "      for j = 1, 7 do\n"
-    "        local v = ARGV[b + j - 1]\n"
-    "        if v ~= '0' then\n"
-    "          if j <= 3 then redis.call('HINCRBY', KEYS[i], f[j], v)\n"
-    "          else redis.call('HINCRBYFLOAT', KEYS[i], f[j], v) end\n"
-    "        end\n"
-    "      end\n"
-    "    end\n"
+    "    for i = 3, #KEYS do add(KEYS[i], 9 + (i - 3) * 7) end\n"
     "    redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])\n"
     "  else\n"
     "    redis.call('EXPIRE', KEYS[2], ARGV[2])\n"
@@ -577,9 +599,12 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     b->ctl_mode = e->control_dirty ? 2 : x->ctl_init ? 1 : 0;
     b->ctl = e->control;
     b->n_arms = e->n_arms;
+    b->restore = 0;
     for (size_t i = 0; i < e->n_arms; i++) {
         memcpy(b->arm_names[i], e->arm_names[i], sizeof(b->arm_names[i]));
         b->deltas[i] = e->pending[i];
+        b->base[i] = x->seen[i];
+        if (x->synced && !b->reset && store_stats_nonzero(&x->seen[i])) b->restore = 1;
     }
     memset(e->pending, 0, sizeof(e->pending));
     x->reset_pending = 0;
@@ -593,16 +618,16 @@ static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv);
 
 static void send_exp(store_redis_t *r, store_exp_t *x)
 {
-    enum { MAXARGS = 3 + 2 + MM_MAX_ARMS + 7 + N_FIELDS * MM_MAX_ARMS };
+    enum { MAXARGS = 3 + 2 + MM_MAX_ARMS + 8 + 2 * N_FIELDS * MM_MAX_ARMS };
     const char *argv[MAXARGS];
     size_t lens[MAXARGS];
     char keys[MM_MAX_ARMS][STORE_KEY_MAX];
-    char nums[2 + N_FIELDS * MM_MAX_ARMS + 2][32];
+    char nums[2 + 2 * N_FIELDS * MM_MAX_ARMS + 2][32];
     int n = 0, k = 0;
     store_batch_t *b = &x->batch;
 
     batch_prepare(r, x);
-    char *weights = b->ctl_mode ? weights_json(b) : NULL;
+    char *weights = b->ctl_mode || b->restore ? weights_json(b) : NULL;
 
 #define ARG(p) (argv[n] = (p), lens[n] = strlen(argv[n]), n++)
     ARG("EVAL");
@@ -626,8 +651,9 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     ARG(state_name(b->ctl.state));
     fmt_double(nums[k], b->ctl.canary_step);
     ARG(nums[k++]);
-    for (size_t i = 0; i < b->n_arms; i++) {
-        const arm_stats_t *d = &b->deltas[i];
+    ARG(b->restore ? "1" : "0");
+    for (size_t i = 0; i < (b->restore ? 2 : 1) * b->n_arms; i++) {
+        const arm_stats_t *d = i < b->n_arms ? &b->deltas[i] : &b->base[i - b->n_arms];
         fmt_u64(nums[k], d->pulls);
         ARG(nums[k++]);
         fmt_u64(nums[k], d->feedback);
@@ -769,6 +795,7 @@ static void apply_snapshot(store_exp_t *x, const redisReply *reply)
             if (strcmp(b->arm_names[j], e->arm_names[i]) == 0)
                 parse_arm(reply->element[1 + j], &snap);
         if (x->reset_pending) memset(&snap, 0, sizeof(snap)); /* our reset is not written yet */
+        x->seen[i] = snap;
         add_stats(&snap, &e->pending[i]);
         e->merged[i] = snap;
     }

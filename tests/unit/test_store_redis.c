@@ -812,6 +812,69 @@ static void test_redis_killed_and_restarted_loses_no_increment(void **state)
     assert_true(st.reconnects >= 1);
 }
 
+/* Redis restarted without its data: the statistics every instance had read
+ * are written back once (by whichever instance writes first), not lost and
+ * not counted twice; increments made meanwhile are added on top. */
+static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
+{
+    fx_t *f = *state;
+    redis_proc_t *p = &f->own;
+    p->port = free_port();
+    assert_int_equal(redis_start(p), 0); /* no persistence */
+    store_t *a = f->st[0] = mk_store(f, p->port, 20);
+    store_t *b = f->st[1] = mk_store(f, p->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
+    for (int i = 0; i < 40; i++) store_pull(a, ea, 0), store_pull(b, eb, 1);
+    for (int i = 0; i < 10; i++) store_reward(a, ea, 0, 0.5, 1), store_reward(b, eb, 1, 1, 1);
+    exp_control_t c = weights(30, 70);
+    store_set_control(a, ea, &c);
+    RUN_UNTIL(f, ea->merged[1].pulls == 40 && eb->merged[0].pulls == 40 && eb->control.version == 2,
+              2000);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+
+    redis_kill(p, SIGKILL);
+    RUN_UNTIL(f, !store_up(a) && !store_up(b), 3000);
+    for (int i = 0; i < 5; i++) store_pull(a, ea, 0), store_pull(b, eb, 0);
+    assert_int_equal(redis_start(p), 0); /* same port, empty */
+    RUN_UNTIL(f, store_up(a) && store_up(b), 6000);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+
+    redisContext *keep = f->rc;
+    f->rc = sync_ctx(p->port);
+    assert_non_null(f->rc);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 50);
+    assert_true(arm_field(f, "recs", "challenger", "pulls") == 40);
+    assert_true(arm_field(f, "recs", "champion", "feedback") == 10);
+    assert_true(arm_field(f, "recs", "champion", "reward_sum") == 5);
+    assert_true(arm_field(f, "recs", "champion", "failures") == 5);
+    assert_true(arm_field(f, "recs", "challenger", "successes") == 10);
+    char buf[64];
+    assert_true(ctl_field(f, "recs", "weights", buf, sizeof(buf)));
+    assert_string_equal(buf, "{\"champion\":30,\"challenger\":70}");
+    for (int k = 0; k < 2; k++) {
+        exp_state_t *e = k ? eb : ea;
+        assert_int_equal(e->merged[0].pulls, 50);
+        assert_int_equal(e->merged[1].pulls, 40);
+        assert_true(e->merged[1].successes == 10);
+        assert_true(e->control.weights[1] == 70);
+        assert_int_equal(store_resets(e), 0);
+    }
+
+    /* Only the control hash gone (the arm hashes are there): re-seeded, and
+     * nothing is written back on top of the statistics. */
+    freeReplyObject(cmd(f, "DEL %s:{recs}:control", f->prefix));
+    RUN_UNTIL(f, ctl_field(f, "recs", "version", buf, sizeof(buf)), 2000);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 50);
+    assert_true(arm_field(f, "recs", "challenger", "successes") == 10);
+    assert_int_equal(ea->merged[0].pulls, 50);
+    redisFree(f->rc);
+    f->rc = keep;
+}
+
 static void test_hung_redis_is_dropped_and_nothing_counts_twice(void **state)
 {
     fx_t *f = *state;
@@ -1134,6 +1197,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_redis_absent_at_start_then_everything_is_written,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted_loses_no_increment, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_redis_restarted_empty_gets_the_statistics_back, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_hung_redis_is_dropped_and_nothing_counts_twice, setup,
                                         teardown),
