@@ -78,8 +78,10 @@ static int parse_u64(const char *s, uint64_t *out)
     return 0;
 }
 
+/* reload: a worker started in place of one that crashed after the group
+ * reloaded: it reloads the file at once, as its siblings did. */
 static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reuseport,
-                      const cfg_store_t *store_override)
+                      const cfg_store_t *store_override, int reload)
 {
     uv_loop_t loop;
     mm_server_t srv;
@@ -101,6 +103,7 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
                cfg_addr_str(&c->admin_listen, admin, sizeof(admin)), store_kind(srv.store));
     else
         mm_log("listening on %s, store %s", data, store_kind(srv.store));
+    if (reload) server_reload(&srv, err, sizeof(err));
     uv_run(&loop, UV_RUN_DEFAULT);
     int code = srv.exit_code;
     server_free(&srv);
@@ -229,22 +232,42 @@ static int probe_listen(const cfg_addr_t *a)
     return -1;
 }
 
+static pid_t fork_worker(const char *path, config_t *cfg, uint64_t seed,
+                         const cfg_store_t *store_override, int reload)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* die with the parent */
+        exit(run_worker(path, cfg, seed, 1, store_override, reload));
+    }
+    return pid;
+}
+
+/* The parent keeps the start config (each fork gets its own copy) to start a
+ * worker again in place of one killed by a signal (a crash, the OOM killer),
+ * as an NGINX master does: otherwise the group would serve on with fewer
+ * workers, silently. A worker that exits with a status (a start failure) is
+ * not started again; nor is one that dies within a second of its start, so a
+ * worker that crashes at once cannot make the parent fork in a loop. A new
+ * worker gets a seed no worker had (request ids come from it). */
 static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
                        const cfg_store_t *store_override)
 {
     pid_t pids[256];
+    time_t started[256];
+    uint64_t next_seed = seed + (uint64_t)n;
+    int stopping = 0, reloaded = 0;
     for (int i = 0; i < n; i++) {
-        pid_t pid = fork();
+        pid_t pid = fork_worker(path, cfg, seed + (uint64_t)i, store_override, 0);
         if (pid < 0) {
             perror("modelmux: fork");
             for (int j = 0; j < i; j++) kill(pids[j], SIGTERM);
+            config_free(cfg);
             return 1;
         }
-        if (pid == 0) prctl(PR_SET_PDEATHSIG, SIGTERM); /* die with the parent */
-        if (pid == 0) exit(run_worker(path, cfg, seed + (uint64_t)i, 1, store_override));
         pids[i] = pid;
+        started[i] = time(NULL);
     }
-    config_free(cfg); /* each worker has its own copy */
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_sigaction = on_parent_signal;
@@ -261,16 +284,38 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             int sig = got_signal;
             pid_t from = (pid_t)signal_sender;
             got_signal = 0;
+            if (sig == SIGHUP)
+                reloaded = 1;
+            else if (sig != 0)
+                stopping = 1;
             /* A worker's POST /reload sends SIGHUP here: it reloads itself. */
             for (int i = 0; i < n; i++)
                 if (pids[i] > 0 && !(sig == SIGHUP && pids[i] == from)) kill(pids[i], sig);
             continue;
         }
+        int slot = -1;
         for (int i = 0; i < n; i++)
-            if (pids[i] == pid) pids[i] = 0;
+            if (pids[i] == pid) slot = i;
+        if (slot < 0) continue;
+        pids[slot] = 0;
+        if (!stopping && WIFSIGNALED(st) && time(NULL) - started[slot] >= 1) {
+            pid_t np = fork_worker(path, cfg, next_seed++, store_override, reloaded);
+            if (np > 0) {
+                mm_log("worker %d killed by signal %d; started worker %d in its place", (int)pid,
+                       WTERMSIG(st), (int)np);
+                pids[slot] = np;
+                started[slot] = time(NULL);
+                continue;
+            }
+        }
+        if (!stopping)
+            mm_log("worker %d %s %d; %d workers left", (int)pid,
+                   WIFSIGNALED(st) ? "killed by signal" : "exited with status",
+                   WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), alive - 1);
         alive--;
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) code = 1;
     }
+    config_free(cfg);
     return code;
 }
 
@@ -361,7 +406,7 @@ int main(int argc, char **argv)
         stop_private_redis();
         return code;
     }
-    return run_worker(path, cfg, seed, 0, NULL);
+    return run_worker(path, cfg, seed, 0, NULL, 0);
 bad:
     fprintf(stderr, "modelmux: unknown or incomplete option '%s'\n", bad_arg);
     usage(stderr);
