@@ -74,6 +74,7 @@
 #define PRUNE_PER_ROUND    1000u
 #define N_FIELDS           7
 #define AUX_PER_ROUND      10000u
+#define GET_TIMEOUT_MS     1000u /* a GET for feedback answered "not found" after this */
 
 /* KEYS[1] control hash, KEYS[2] seq key, KEYS[3..] arm hashes.
  * ARGV[1] seq (0: read only), ARGV[2] seq key TTL, ARGV[3] control write mode
@@ -162,7 +163,22 @@ typedef struct {
     size_t n, bytes;
 } aq_list_t;
 
+/* A GET on behalf of feedback (a request id, per-request data), the first
+ * member of lookup_t and aux_get_t. Such GETs are queued in order on the
+ * one connection, so they share one deadline rule: a GET without a reply
+ * after GET_TIMEOUT_MS (Redis hung, its socket still open: the round timeout
+ * drops the connection only after 5 s) is answered "not found" at once, and
+ * so is every new one until Redis answers again. The late reply, if any,
+ * then only frees it. */
+typedef struct get_s {
+    struct get_s *prev, *next; /* r->gets, oldest first; unlinked once answered */
+    uint64_t deadline_ms;
+    int answered;
+    int is_aux;
+} get_t;
+
 typedef struct {
+    get_t g;
     store_t *s;
     store_aux_cb cb;
     void *arg;
@@ -193,6 +209,7 @@ typedef struct {
 } claim_t;
 
 typedef struct {
+    get_t g;
     store_lookup_cb cb;
     void *arg;
 } lookup_t;
@@ -217,6 +234,8 @@ struct store_redis_s {
     /* the sync round in flight */
     int round_active;
     unsigned outstanding;
+    get_t *gets, *gets_tail; /* GETs for feedback not answered yet, oldest first */
+    int gets_stalled;        /* one timed out and Redis has not answered since */
     uint64_t round_started_ms;
     size_t round_req_sent;
     int round_req_failed;
@@ -465,6 +484,7 @@ static void on_hello(redisAsyncContext *ac, void *reply_, void *priv)
     r->down_logged = 0;
     r->backoff_ms = BACKOFF_MIN_MS;
     r->group_ok = 0; /* a new server may not have the group */
+    r->gets_stalled = 0;
     if (r->shutting_down)
         maybe_finish(r);
     else
@@ -939,23 +959,60 @@ static void send_reqs(store_redis_t *r)
     }
 }
 
+static void get_link(store_redis_t *r, get_t *g, int is_aux)
+{
+    g->deadline_ms = mm_now_ms() + GET_TIMEOUT_MS;
+    g->answered = 0;
+    g->is_aux = is_aux;
+    g->next = NULL;
+    g->prev = r->gets_tail;
+    if (r->gets_tail)
+        r->gets_tail->next = g;
+    else
+        r->gets = g;
+    r->gets_tail = g;
+}
+
+/* 1 if the GET still has to be answered (and is now marked answered). */
+static int get_answer(store_redis_t *r, get_t *g)
+{
+    if (g->answered) return 0;
+    g->answered = 1;
+    if (g->prev)
+        g->prev->next = g->next;
+    else
+        r->gets = g->next;
+    if (g->next)
+        g->next->prev = g->prev;
+    else
+        r->gets_tail = g->prev;
+    return 1;
+}
+
+static void get_replied(store_redis_t *r, const redisReply *reply)
+{
+    if (reply != NULL) r->gets_stalled = 0;
+}
+
 static void on_get_reply(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     lookup_t *l = priv;
+    store_redis_t *r = ac->data;
     store_reqinfo_t info;
-    MM_UNUSED(ac);
+    get_replied(r, reply);
     int found = reply != NULL && reply->type == REDIS_REPLY_STRING &&
                 store_parse_pair(reply->str, reply->len, &info) == 0;
+    int answer = get_answer(r, &l->g);
     store_lookup_cb cb = l->cb;
     void *arg = l->arg;
     free(l);
-    cb(arg, found, found ? &info : NULL);
+    if (answer) cb(arg, found, found ? &info : NULL);
 }
 
 void store_redis_lookup(store_redis_t *r, mm_str_t id, store_lookup_cb cb, void *arg)
 {
-    lookup_t *l = can_send(r) ? malloc(sizeof(*l)) : NULL;
+    lookup_t *l = can_send(r) && !r->gets_stalled ? malloc(sizeof(*l)) : NULL;
     if (l == NULL) {
         cb(arg, 0, NULL);
         return;
@@ -969,7 +1026,9 @@ void store_redis_lookup(store_redis_t *r, mm_str_t id, store_lookup_cb cb, void 
     if (redisAsyncCommandArgv(r->ac, on_get_reply, l, 2, argv, lens) != REDIS_OK) {
         free(l);
         cb(arg, 0, NULL);
+        return;
     }
+    get_link(r, &l->g, 0);
 }
 
 /* ---- per-request data ---- */
@@ -1080,16 +1139,19 @@ static void on_aux_get_reply(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     aux_get_t *g = priv;
-    MM_UNUSED(ac);
+    store_redis_t *r = ac->data;
+    get_replied(r, reply);
     int found = reply != NULL && reply->type == REDIS_REPLY_STRING;
-    store_aux_resolved(g->s, (mm_str_t){g->id, g->idlen}, found, found ? reply->str : NULL,
-                       found ? reply->len : 0, g->cb, g->arg);
+    if (get_answer(r, &g->g))
+        store_aux_resolved(g->s, (mm_str_t){g->id, g->idlen}, found, found ? reply->str : NULL,
+                           found ? reply->len : 0, g->cb, g->arg);
     free(g);
 }
 
 void store_redis_get_aux(store_redis_t *r, mm_str_t id, store_aux_cb cb, void *arg)
 {
-    aux_get_t *g = can_send(r) && id.n <= MM_REQID_MAX ? malloc(sizeof(*g)) : NULL;
+    aux_get_t *g =
+        can_send(r) && !r->gets_stalled && id.n <= MM_REQID_MAX ? malloc(sizeof(*g)) : NULL;
     if (g == NULL) {
         store_aux_resolved(r->s, id, 0, NULL, 0, cb, arg);
         return;
@@ -1106,6 +1168,27 @@ void store_redis_get_aux(store_redis_t *r, mm_str_t id, store_aux_cb cb, void *a
     if (redisAsyncCommandArgv(r->ac, on_aux_get_reply, g, 2, argv, lens) != REDIS_OK) {
         free(g);
         store_aux_resolved(r->s, id, 0, NULL, 0, cb, arg);
+        return;
+    }
+    get_link(r, &g->g, 1);
+}
+
+/* Answer "not found" every GET past its deadline (they are in deadline
+ * order); the entries stay with hiredis until their reply or disconnect. */
+static void expire_gets(store_redis_t *r)
+{
+    uint64_t now = mm_now_ms();
+    while (r->gets != NULL && r->gets->deadline_ms <= now) {
+        get_t *g = r->gets;
+        get_answer(r, g);
+        r->gets_stalled = 1;
+        if (g->is_aux) {
+            aux_get_t *a = container_of(g, aux_get_t, g);
+            store_aux_resolved(a->s, (mm_str_t){a->id, a->idlen}, 0, NULL, 0, a->cb, a->arg);
+        } else {
+            lookup_t *l = container_of(g, lookup_t, g);
+            l->cb(l->arg, 0, NULL);
+        }
     }
 }
 
@@ -1415,6 +1498,7 @@ static void on_sync_timer(uv_timer_t *t)
     store_redis_t *r = container_of(t, store_redis_t, sync_timer);
     store_req_prune(r->s, PRUNE_PER_ROUND);
     store_aux_prune(r->s, PRUNE_PER_ROUND);
+    expire_gets(r);
     if (r->round_active) {
         if (mm_now_ms() - r->round_started_ms > ROUND_TIMEOUT_MS)
             force_close(r, "no reply for 5 s");

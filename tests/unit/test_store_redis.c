@@ -532,6 +532,55 @@ static void test_lookup_of_an_id_remembered_by_the_other_instance(void **state)
     assert_int_equal(d.found, 0);
 }
 
+/* A Redis that stops answering but keeps its socket open (SIGSTOP) is
+ * dropped only after 5 s; a lookup for feedback must not wait that long. */
+static void test_lookup_is_answered_within_a_second_while_redis_hangs(void **state)
+{
+    fx_t *f = *state;
+    redis_proc_t *p = &f->own;
+    p->port = free_port();
+    assert_int_equal(redis_start(p), 0);
+    store_t *a = f->st[0] = mk_store(f, p->port, 20);
+    store_t *b = f->st[1] = mk_store(f, p->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs");
+    RUN_UNTIL(f, store_up(a) && store_up(b), 2000);
+    store_remember(a, MM_STR("hang-1"), "recs", "challenger", 30);
+    SETTLE(f, a, ea);
+
+    kill(p->pid, SIGSTOP);
+    lookup_result_t r = {0};
+    uint64_t t0 = mm_now_ms();
+    store_lookup(b, MM_STR("hang-1"), on_lookup, &r);
+    RUN_UNTIL(f, r.calls == 1, 3000);
+    uint64_t waited = mm_now_ms() - t0;
+    print_message("      lookup answered after %llu ms with Redis stopped\n",
+                  (unsigned long long)waited);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.found, 0);
+    assert_true(waited < 1500);
+    /* the next ones do not wait for the deadline again */
+    lookup_result_t r2 = {0};
+    store_lookup(b, MM_STR("hang-1"), on_lookup, &r2);
+    assert_int_equal(r2.calls, 1);
+    assert_int_equal(r2.found, 0);
+    /* ids remembered locally still resolve at once */
+    lookup_result_t r3 = {0};
+    store_lookup(a, MM_STR("hang-1"), on_lookup, &r3);
+    assert_int_equal(r3.calls, 1);
+    assert_int_equal(r3.found, 1);
+
+    kill(p->pid, SIGCONT); /* the late reply arrives: answered already, only freed */
+    lookup_result_t r4 = {0};
+    for (int i = 0; i < 80 && !r4.found; i++) { /* Redis answers again: found */
+        memset(&r4, 0, sizeof(r4));
+        store_lookup(b, MM_STR("hang-1"), on_lookup, &r4);
+        RUN_UNTIL(f, r4.calls == 1, 2000);
+        if (!r4.found) run_for(f, 100);
+    }
+    assert_int_equal(r4.found, 1);
+    assert_int_equal(r.calls, 1);
+}
+
 /* ---- the feedback stream ---- */
 
 typedef struct {
@@ -1186,6 +1235,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_reset_reaches_every_instance, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lookup_of_an_id_remembered_by_the_other_instance,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lookup_is_answered_within_a_second_while_redis_hangs,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_entries_delivered_and_only_applied_ones_acked,
                                         setup, teardown),
