@@ -86,8 +86,10 @@ typedef struct {
     const int *ports;
 } group_t;
 
+/* reload: a worker started in place of one that crashed after the group
+ * reloaded: it reloads the file at once, as its siblings did. */
 static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reuseport,
-                      const cfg_store_t *store_override, const group_t *grp)
+                      const cfg_store_t *store_override, const group_t *grp, int reload)
 {
     uv_loop_t loop;
     mm_server_t srv;
@@ -114,6 +116,7 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
                cfg_addr_str(&c->admin_listen, admin, sizeof(admin)), store_kind(srv.store));
     else
         mm_log("listening on %s, store %s", data, store_kind(srv.store));
+    if (reload) server_reload(&srv, err, sizeof(err));
     uv_run(&loop, UV_RUN_DEFAULT);
     int code = srv.exit_code;
     server_free(&srv);
@@ -260,41 +263,64 @@ static int scrape_socket(int *port)
     return fd;
 }
 
+/* The scrape sockets of a group: the parent holds every one for the
+ * group's life, so a worker started in place of a crashed one listens on
+ * the same port its siblings know. */
+typedef struct {
+    int grouped; /* 0: no sockets (no admin listener, or they failed) */
+    int fds[256], ports[256];
+} scrape_fds_t;
+
+static pid_t fork_worker(const char *path, config_t *cfg, uint64_t seed,
+                         const cfg_store_t *store_override, int reload, const scrape_fds_t *sf,
+                         int n, int slot)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* die with the parent */
+        group_t grp = {n, slot, sf->grouped ? sf->fds[slot] : -1, sf->ports};
+        for (int j = 0; j < n && sf->grouped; j++)
+            if (j != slot && sf->fds[j] >= 0) close(sf->fds[j]);
+        exit(run_worker(path, cfg, seed, 1, store_override, sf->grouped ? &grp : NULL, reload));
+    }
+    return pid;
+}
+/* The parent keeps the start config (each fork gets its own copy) to start a
+ * worker again in place of one killed by a signal (a crash, the OOM killer),
+ * as an NGINX master does: otherwise the group would serve on with fewer
+ * workers, silently. A worker that exits with a status (a start failure) is
+ * not started again; nor is one that dies within a second of its start, so a
+ * worker that crashes at once cannot make the parent fork in a loop. A new
+ * worker gets a seed no worker had (request ids come from it). */
 static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
                        const cfg_store_t *store_override)
 {
     pid_t pids[256];
-    int fds[256], ports[256], grouped = cfg->has_admin;
-    for (int i = 0; i < n && grouped; i++) {
-        fds[i] = scrape_socket(&ports[i]);
-        if (fds[i] < 0) {
+    static scrape_fds_t sf; /* 2 KiB: not on the stack of the waiting parent */
+    sf.grouped = cfg->has_admin;
+    for (int i = 0; i < n && sf.grouped; i++) {
+        sf.fds[i] = scrape_socket(&sf.ports[i]);
+        if (sf.fds[i] < 0) {
             mm_log("metrics: no private scrape sockets (%s): each scrape reports one worker",
                    strerror(errno));
-            for (int j = 0; j < i; j++) close(fds[j]);
-            grouped = 0;
+            for (int j = 0; j < i; j++) close(sf.fds[j]);
+            sf.grouped = 0;
         }
     }
+    time_t started[256];
+    uint64_t next_seed = seed + (uint64_t)n;
+    int stopping = 0, reloaded = 0;
     for (int i = 0; i < n; i++) {
-        pid_t pid = fork();
+        pid_t pid = fork_worker(path, cfg, seed + (uint64_t)i, store_override, 0, &sf, n, i);
         if (pid < 0) {
             perror("modelmux: fork");
             for (int j = 0; j < i; j++) kill(pids[j], SIGTERM);
+            config_free(cfg);
             return 1;
         }
-        if (pid == 0) prctl(PR_SET_PDEATHSIG, SIGTERM); /* die with the parent */
-        if (pid == 0) {
-            group_t grp = {n, i, grouped ? fds[i] : -1, ports};
-            for (int j = 0; j < n && grouped; j++)
-                if (j != i) close(fds[j]);
-            exit(run_worker(path, cfg, seed + (uint64_t)i, 1, store_override,
-                            grouped ? &grp : NULL));
-        }
         pids[i] = pid;
+        started[i] = time(NULL);
     }
-    /* The workers hold their sockets: a dead worker's port then refuses
-     * at once instead of queueing a sibling's scrape here. */
-    for (int i = 0; i < n && grouped; i++) close(fds[i]);
-    config_free(cfg); /* each worker has its own copy */
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_sigaction = on_parent_signal;
@@ -311,16 +337,46 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             int sig = got_signal;
             pid_t from = (pid_t)signal_sender;
             got_signal = 0;
+            if (sig == SIGHUP)
+                reloaded = 1;
+            else if (sig != 0)
+                stopping = 1;
             /* A worker's POST /reload sends SIGHUP here: it reloads itself. */
             for (int i = 0; i < n; i++)
                 if (pids[i] > 0 && !(sig == SIGHUP && pids[i] == from)) kill(pids[i], sig);
             continue;
         }
+        int slot = -1;
         for (int i = 0; i < n; i++)
-            if (pids[i] == pid) pids[i] = 0;
+            if (pids[i] == pid) slot = i;
+        if (slot < 0) continue;
+        pids[slot] = 0;
+        if (!stopping && WIFSIGNALED(st) && time(NULL) - started[slot] >= 1) {
+            pid_t np = fork_worker(path, cfg, next_seed++, store_override, reloaded, &sf, n, slot);
+            if (np > 0) {
+                mm_log("worker %d killed by signal %d; started worker %d in its place", (int)pid,
+                       WTERMSIG(st), (int)np);
+                pids[slot] = np;
+                started[slot] = time(NULL);
+                continue;
+            }
+        }
+        if (!stopping)
+            mm_log("worker %d %s %d; %d workers left", (int)pid,
+                   WIFSIGNALED(st) ? "killed by signal" : "exited with status",
+                   WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), alive - 1);
+        /* Not replaced: its scrape port now refuses, so a sibling's scrape
+         * leaves it out at once instead of waiting for it. */
+        if (sf.grouped && sf.fds[slot] >= 0) {
+            close(sf.fds[slot]);
+            sf.fds[slot] = -1;
+        }
         alive--;
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) code = 1;
     }
+    for (int i = 0; i < n && sf.grouped; i++)
+        if (sf.fds[i] >= 0) close(sf.fds[i]);
+    config_free(cfg);
     return code;
 }
 
@@ -412,7 +468,7 @@ int main(int argc, char **argv)
         stop_private_redis();
         return code;
     }
-    return run_worker(path, cfg, seed, 0, NULL, NULL);
+    return run_worker(path, cfg, seed, 0, NULL, NULL, 0);
 bad:
     fprintf(stderr, "modelmux: unknown or incomplete option '%s'\n", bad_arg);
     usage(stderr);

@@ -565,6 +565,7 @@ exp_state_t *store_experiment(store_t *s, const char *name, const char *const *a
         x->pub.initial_control = *initial;
         if (!same_arms(&x->pub, arm_names, n_arms)) {
             remap_arms(&x->pub, arm_names, n_arms);
+            memset(x->seen, 0, sizeof(x->seen)); /* read again next round */
             memset(x->pair_of, 0, sizeof(x->pair_of));
             redefined = 1; /* other arms: the old control cannot apply */
         }
@@ -682,6 +683,7 @@ void store_reset(store_t *s, exp_state_t *e)
     memset(e->merged, 0, sizeof(e->merged));
     memset(e->pending, 0, sizeof(e->pending));
     memset(e->frozen, 0, sizeof(e->frozen));
+    memset(x->seen, 0, sizeof(x->seen));
     control_change(s, x, &e->initial_control);
     x->resets++;
     if (s->redis) x->reset_pending = 1;

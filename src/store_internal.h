@@ -85,6 +85,8 @@ typedef struct {
     size_t n_arms;
     char arm_names[MM_MAX_ARMS][MM_NAME_MAX + 1];
     arm_stats_t deltas[MM_MAX_ARMS];
+    int restore;                   /* write `base` back if Redis lost everything */
+    arm_stats_t base[MM_MAX_ARMS]; /* the snapshot last read, per arm */
 } store_batch_t;
 
 typedef struct store_exp_s {
@@ -99,6 +101,9 @@ typedef struct store_exp_s {
     int synced;        /* a snapshot has been read at least once */
     int removed;       /* dropped by store_retain while a write was in flight */
     uint64_t known_epoch;
+    /* The global statistics last read from Redis (without local deltas),
+     * per arm of pub: written back if Redis comes back empty. */
+    arm_stats_t seen[MM_MAX_ARMS];
     store_batch_t batch;
     char ctl_key[STORE_KEY_MAX];
     char seq_key[STORE_KEY_MAX];

@@ -28,7 +28,7 @@
  * wait in `pending` for the next write. The price is one Lua script instead
  * of bare pipelined HINCRBYs, and one small key per instance and experiment.
  *
- * The script is sent whole with EVAL (some 1.3 KB per experiment per round)
+ * The script is sent whole with EVAL (some 1.6 KB per experiment per round)
  * rather than EVALSHA: no NOSCRIPT recovery path, and Redis caches the
  * compiled script by its hash anyway.
  *
@@ -74,13 +74,47 @@
 #define PRUNE_PER_ROUND    1000u
 #define N_FIELDS           7
 #define AUX_PER_ROUND      10000u
+#define GET_TIMEOUT_MS     1000u /* a GET for feedback answered "not found" after this */
 
 /* KEYS[1] control hash, KEYS[2] seq key, KEYS[3..] arm hashes.
  * ARGV[1] seq (0: read only), ARGV[2] seq key TTL, ARGV[3] control write mode
  * (0 none, 1 only if Redis has no control yet, 2 always, version + 1),
  * ARGV[4] reset (DEL the arm hashes, reset_epoch + 1), ARGV[5..7] weights,
- * state, canary_step, then 7 deltas per arm in FIELD order ('0': skip). */
+ * state, canary_step, ARGV[8] restore ('1': 7 more values per arm follow the
+ * deltas), then 7 deltas per arm in FIELD order ('0': skip).
+ *
+ * Restore: Redis restarted empty (or was flushed) loses every statistic the
+ * fleet learned, while each instance still holds the last snapshot it read.
+ * The first script that finds neither the control hash nor any arm hash
+ * writes that snapshot back and re-seeds the control in the same atomic
+ * step, so that the next instance finds the control and does not restore a
+ * second time (and a retry of this very write does not either). Only
+ * increments another instance wrote within the last sync interval before the
+ * loss are missing from it. */
 static const char SYNC_SCRIPT[] =
+    "local f = {'pulls', 'feedback', 'errors', 'reward_sum', 'reward_sq_sum',\n"
+    "           'successes', 'failures'}\n"
+    "local function add(key, b)\n"
+    "  for j = 1, 7 do\n"
+    "    local v = ARGV[b + j - 1]\n"
+    "    if v ~= '0' then\n"
+    "      if j <= 3 then redis.call('HINCRBY', key, f[j], v)\n"
+    "      else redis.call('HINCRBYFLOAT', key, f[j], v) end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if ARGV[8] == '1' and redis.call('HEXISTS', KEYS[1], 'version') == 0 then\n"
+    "  local gone = true\n"
+    "  for i = 3, #KEYS do\n"
+    "    if redis.call('EXISTS', KEYS[i]) == 1 then gone = false end\n"
+    "  end\n"
+    "  if gone then\n"
+    "    for i = 3, #KEYS do add(KEYS[i], 9 + (#KEYS - 2 + i - 3) * 7) end\n"
+    "    redis.call('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6],\n"
+    "               'canary_step', ARGV[7])\n"
+    "    redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
+    "  end\n"
+    "end\n"
     "local seq = tonumber(ARGV[1])\n"
     "if seq > 0 then\n"
     "  local last = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
@@ -95,18 +129,7 @@ static const char SYNC_SCRIPT[] =
     "                 'canary_step', ARGV[7])\n"
     "      redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
     "    end\n"
-    "    local f = {'pulls', 'feedback', 'errors', 'reward_sum', 'reward_sq_sum',\n"
-    "               'successes', 'failures'}\n"
-    "    for i = 3, #KEYS do\n"
-    "      local b = 8 + (i - 3) * 7\n"
-    "      for j = 1, 7 do\n"
-    "        local v = ARGV[b + j - 1]\n"
-    "        if v ~= '0' then\n"
-    "          if j <= 3 then redis.call('HINCRBY', KEYS[i], f[j], v)\n"
-    "          else redis.call('HINCRBYFLOAT', KEYS[i], f[j], v) end\n"
-    "        end\n"
-    "      end\n"
-    "    end\n"
+    "    for i = 3, #KEYS do add(KEYS[i], 9 + (i - 3) * 7) end\n"
     "    redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])\n"
     "  else\n"
     "    redis.call('EXPIRE', KEYS[2], ARGV[2])\n"
@@ -140,7 +163,22 @@ typedef struct {
     size_t n, bytes;
 } aq_list_t;
 
+/* A GET on behalf of feedback (a request id, per-request data), the first
+ * member of lookup_t and aux_get_t. Such GETs are queued in order on the
+ * one connection, so they share one deadline rule: a GET without a reply
+ * after GET_TIMEOUT_MS (Redis hung, its socket still open: the round timeout
+ * drops the connection only after 5 s) is answered "not found" at once, and
+ * so is every new one until Redis answers again. The late reply, if any,
+ * then only frees it. */
+typedef struct get_s {
+    struct get_s *prev, *next; /* r->gets, oldest first; unlinked once answered */
+    uint64_t deadline_ms;
+    int answered;
+    int is_aux;
+} get_t;
+
 typedef struct {
+    get_t g;
     store_t *s;
     store_aux_cb cb;
     void *arg;
@@ -171,6 +209,7 @@ typedef struct {
 } claim_t;
 
 typedef struct {
+    get_t g;
     store_lookup_cb cb;
     void *arg;
 } lookup_t;
@@ -195,6 +234,8 @@ struct store_redis_s {
     /* the sync round in flight */
     int round_active;
     unsigned outstanding;
+    get_t *gets, *gets_tail; /* GETs for feedback not answered yet, oldest first */
+    int gets_stalled;        /* one timed out and Redis has not answered since */
     uint64_t round_started_ms;
     size_t round_req_sent;
     int round_req_failed;
@@ -443,6 +484,7 @@ static void on_hello(redisAsyncContext *ac, void *reply_, void *priv)
     r->down_logged = 0;
     r->backoff_ms = BACKOFF_MIN_MS;
     r->group_ok = 0; /* a new server may not have the group */
+    r->gets_stalled = 0;
     if (r->shutting_down)
         maybe_finish(r);
     else
@@ -577,9 +619,12 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     b->ctl_mode = e->control_dirty ? 2 : x->ctl_init ? 1 : 0;
     b->ctl = e->control;
     b->n_arms = e->n_arms;
+    b->restore = 0;
     for (size_t i = 0; i < e->n_arms; i++) {
         memcpy(b->arm_names[i], e->arm_names[i], sizeof(b->arm_names[i]));
         b->deltas[i] = e->pending[i];
+        b->base[i] = x->seen[i];
+        if (x->synced && !b->reset && store_stats_nonzero(&x->seen[i])) b->restore = 1;
     }
     memset(e->pending, 0, sizeof(e->pending));
     x->reset_pending = 0;
@@ -593,16 +638,16 @@ static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv);
 
 static void send_exp(store_redis_t *r, store_exp_t *x)
 {
-    enum { MAXARGS = 3 + 2 + MM_MAX_ARMS + 7 + N_FIELDS * MM_MAX_ARMS };
+    enum { MAXARGS = 3 + 2 + MM_MAX_ARMS + 8 + 2 * N_FIELDS * MM_MAX_ARMS };
     const char *argv[MAXARGS];
     size_t lens[MAXARGS];
     char keys[MM_MAX_ARMS][STORE_KEY_MAX];
-    char nums[2 + N_FIELDS * MM_MAX_ARMS + 2][32];
+    char nums[2 + 2 * N_FIELDS * MM_MAX_ARMS + 2][32];
     int n = 0, k = 0;
     store_batch_t *b = &x->batch;
 
     batch_prepare(r, x);
-    char *weights = b->ctl_mode ? weights_json(b) : NULL;
+    char *weights = b->ctl_mode || b->restore ? weights_json(b) : NULL;
 
 #define ARG(p) (argv[n] = (p), lens[n] = strlen(argv[n]), n++)
     ARG("EVAL");
@@ -626,8 +671,9 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     ARG(state_name(b->ctl.state));
     fmt_double(nums[k], b->ctl.canary_step);
     ARG(nums[k++]);
-    for (size_t i = 0; i < b->n_arms; i++) {
-        const arm_stats_t *d = &b->deltas[i];
+    ARG(b->restore ? "1" : "0");
+    for (size_t i = 0; i < (b->restore ? 2 : 1) * b->n_arms; i++) {
+        const arm_stats_t *d = i < b->n_arms ? &b->deltas[i] : &b->base[i - b->n_arms];
         fmt_u64(nums[k], d->pulls);
         ARG(nums[k++]);
         fmt_u64(nums[k], d->feedback);
@@ -769,6 +815,7 @@ static void apply_snapshot(store_exp_t *x, const redisReply *reply)
             if (strcmp(b->arm_names[j], e->arm_names[i]) == 0)
                 parse_arm(reply->element[1 + j], &snap);
         if (x->reset_pending) memset(&snap, 0, sizeof(snap)); /* our reset is not written yet */
+        x->seen[i] = snap;
         add_stats(&snap, &e->pending[i]);
         e->merged[i] = snap;
     }
@@ -912,23 +959,60 @@ static void send_reqs(store_redis_t *r)
     }
 }
 
+static void get_link(store_redis_t *r, get_t *g, int is_aux)
+{
+    g->deadline_ms = mm_now_ms() + GET_TIMEOUT_MS;
+    g->answered = 0;
+    g->is_aux = is_aux;
+    g->next = NULL;
+    g->prev = r->gets_tail;
+    if (r->gets_tail)
+        r->gets_tail->next = g;
+    else
+        r->gets = g;
+    r->gets_tail = g;
+}
+
+/* 1 if the GET still has to be answered (and is now marked answered). */
+static int get_answer(store_redis_t *r, get_t *g)
+{
+    if (g->answered) return 0;
+    g->answered = 1;
+    if (g->prev)
+        g->prev->next = g->next;
+    else
+        r->gets = g->next;
+    if (g->next)
+        g->next->prev = g->prev;
+    else
+        r->gets_tail = g->prev;
+    return 1;
+}
+
+static void get_replied(store_redis_t *r, const redisReply *reply)
+{
+    if (reply != NULL) r->gets_stalled = 0;
+}
+
 static void on_get_reply(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     lookup_t *l = priv;
+    store_redis_t *r = ac->data;
     store_reqinfo_t info;
-    MM_UNUSED(ac);
+    get_replied(r, reply);
     int found = reply != NULL && reply->type == REDIS_REPLY_STRING &&
                 store_parse_pair(reply->str, reply->len, &info) == 0;
+    int answer = get_answer(r, &l->g);
     store_lookup_cb cb = l->cb;
     void *arg = l->arg;
     free(l);
-    cb(arg, found, found ? &info : NULL);
+    if (answer) cb(arg, found, found ? &info : NULL);
 }
 
 void store_redis_lookup(store_redis_t *r, mm_str_t id, store_lookup_cb cb, void *arg)
 {
-    lookup_t *l = can_send(r) ? malloc(sizeof(*l)) : NULL;
+    lookup_t *l = can_send(r) && !r->gets_stalled ? malloc(sizeof(*l)) : NULL;
     if (l == NULL) {
         cb(arg, 0, NULL);
         return;
@@ -942,7 +1026,9 @@ void store_redis_lookup(store_redis_t *r, mm_str_t id, store_lookup_cb cb, void 
     if (redisAsyncCommandArgv(r->ac, on_get_reply, l, 2, argv, lens) != REDIS_OK) {
         free(l);
         cb(arg, 0, NULL);
+        return;
     }
+    get_link(r, &l->g, 0);
 }
 
 /* ---- per-request data ---- */
@@ -1053,16 +1139,19 @@ static void on_aux_get_reply(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     aux_get_t *g = priv;
-    MM_UNUSED(ac);
+    store_redis_t *r = ac->data;
+    get_replied(r, reply);
     int found = reply != NULL && reply->type == REDIS_REPLY_STRING;
-    store_aux_resolved(g->s, (mm_str_t){g->id, g->idlen}, found, found ? reply->str : NULL,
-                       found ? reply->len : 0, g->cb, g->arg);
+    if (get_answer(r, &g->g))
+        store_aux_resolved(g->s, (mm_str_t){g->id, g->idlen}, found, found ? reply->str : NULL,
+                           found ? reply->len : 0, g->cb, g->arg);
     free(g);
 }
 
 void store_redis_get_aux(store_redis_t *r, mm_str_t id, store_aux_cb cb, void *arg)
 {
-    aux_get_t *g = can_send(r) && id.n <= MM_REQID_MAX ? malloc(sizeof(*g)) : NULL;
+    aux_get_t *g =
+        can_send(r) && !r->gets_stalled && id.n <= MM_REQID_MAX ? malloc(sizeof(*g)) : NULL;
     if (g == NULL) {
         store_aux_resolved(r->s, id, 0, NULL, 0, cb, arg);
         return;
@@ -1079,6 +1168,27 @@ void store_redis_get_aux(store_redis_t *r, mm_str_t id, store_aux_cb cb, void *a
     if (redisAsyncCommandArgv(r->ac, on_aux_get_reply, g, 2, argv, lens) != REDIS_OK) {
         free(g);
         store_aux_resolved(r->s, id, 0, NULL, 0, cb, arg);
+        return;
+    }
+    get_link(r, &g->g, 1);
+}
+
+/* Answer "not found" every GET past its deadline (they are in deadline
+ * order); the entries stay with hiredis until their reply or disconnect. */
+static void expire_gets(store_redis_t *r)
+{
+    uint64_t now = mm_now_ms();
+    while (r->gets != NULL && r->gets->deadline_ms <= now) {
+        get_t *g = r->gets;
+        get_answer(r, g);
+        r->gets_stalled = 1;
+        if (g->is_aux) {
+            aux_get_t *a = container_of(g, aux_get_t, g);
+            store_aux_resolved(a->s, (mm_str_t){a->id, a->idlen}, 0, NULL, 0, a->cb, a->arg);
+        } else {
+            lookup_t *l = container_of(g, lookup_t, g);
+            l->cb(l->arg, 0, NULL);
+        }
     }
 }
 
@@ -1388,6 +1498,7 @@ static void on_sync_timer(uv_timer_t *t)
     store_redis_t *r = container_of(t, store_redis_t, sync_timer);
     store_req_prune(r->s, PRUNE_PER_ROUND);
     store_aux_prune(r->s, PRUNE_PER_ROUND);
+    expire_gets(r);
     if (r->round_active) {
         if (mm_now_ms() - r->round_started_ms > ROUND_TIMEOUT_MS)
             force_close(r, "no reply for 5 s");

@@ -924,7 +924,8 @@ class StoreIntegration(mmtest.MMTestCase):
         # one worker stops: the other reports its own counters, and says the
         # group is missing one
         os.kill(pids[1], signal.SIGTERM)
-        mmtest.eventually(lambda: "modelmux[%d]: stopped" % pids[1] in mm.log(), timeout=10)
+        mmtest.eventually(lambda: "worker %d exited with status 0" % pids[1] in mm.log(),
+                          timeout=10)
         for _ in range(3):
             m = scrape()
             self.assertEqual((m["modelmux_workers"], m["modelmux_workers_reporting"]), (2, 1))
@@ -932,6 +933,52 @@ class StoreIntegration(mmtest.MMTestCase):
         self.assertRegex(mm.log(), r"metrics: worker [01] left out of the scrape: connect")
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0)
+
+    def test_7e_a_crashed_worker_is_replaced(self):
+        """A worker killed by a signal (a crash, the OOM killer) is started
+        again by the parent, with the group's current config (reloads
+        included) and the shared state; SIGTERM then still exits 0."""
+        port, admin = two_ports()
+        upstreams = {"champion": self.champion.port, "challenger": self.challenger.port}
+        store = {"type": "redis", "host": HOST, "port": self.redis_port, "prefix": self.prefix,
+                 "sync_ms": SYNC_MS}
+        def config(exps):
+            return mmtest.base_config(port, upstreams, exps, admin_port=admin, store=store)
+        mm = self.cluster.modelmux(config(experiments(("recs",))), "--workers", 2,
+                                   name="modelmux-crash")
+        pids = lambda: [int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log())]
+        mmtest.eventually(lambda: len(pids()) == 2, timeout=5)
+        answers = [mmtest.request(port, "GET", "/recs/c%d" % i) for i in range(60)]
+        self.assertEqual([st for st, _, _ in answers], [200] * 60)
+        # a reload adds an experiment: the new worker must have it too
+        self.cluster.write_config(config(experiments()), "modelmux-crash.json")
+        st, _, body = mmtest.request(admin, "POST", "/reload")
+        self.assertEqual(st, 200, body)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 2, timeout=5)
+        time.sleep(1.1)  # a worker that dies within a second of its start is not replaced
+        victim = pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        mmtest.eventually(lambda: len(pids()) == 3, timeout=5)
+        new = pids()[2]
+        self.assertIn("worker %d killed by signal 9; started worker %d in its place"
+                      % (victim, new), mm.log())
+        with open("/proc/%d/stat" % new) as f:
+            self.assertEqual(int(f.read().rsplit(")", 1)[1].split()[1]), mm.pid)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 3, timeout=5)
+        # every connection lands on a live worker that knows /ab and the totals
+        for i in range(20):
+            st, h, _ = mmtest.request(port, "GET", "/ab/%d" % i)
+            self.assertEqual((st, h.get("x-modelmux-experiment")), (200, "ab"))
+        mmtest.eventually(lambda: all(sum(v[0] for v in arm_figures(view(mm, "recs")).values())
+                                      == 60 for _ in range(10)), timeout=5, interval=0.02)
+        # the new worker took its predecessor's scrape port: scrapes hold both
+        for _ in range(10):
+            st, _, body = mmtest.request(admin, "GET", "/metrics")
+            m = dict(line.rsplit(" ", 1) for line in body.decode().splitlines()
+                     if line and not line.startswith("#"))
+            self.assertEqual((m["modelmux_workers"], m["modelmux_workers_reporting"]), ("2", "2"))
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
     # -- 8
 

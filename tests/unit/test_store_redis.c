@@ -532,6 +532,55 @@ static void test_lookup_of_an_id_remembered_by_the_other_instance(void **state)
     assert_int_equal(d.found, 0);
 }
 
+/* A Redis that stops answering but keeps its socket open (SIGSTOP) is
+ * dropped only after 5 s; a lookup for feedback must not wait that long. */
+static void test_lookup_is_answered_within_a_second_while_redis_hangs(void **state)
+{
+    fx_t *f = *state;
+    redis_proc_t *p = &f->own;
+    p->port = free_port();
+    assert_int_equal(redis_start(p), 0);
+    store_t *a = f->st[0] = mk_store(f, p->port, 20);
+    store_t *b = f->st[1] = mk_store(f, p->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs");
+    RUN_UNTIL(f, store_up(a) && store_up(b), 2000);
+    store_remember(a, MM_STR("hang-1"), "recs", "challenger", 30);
+    SETTLE(f, a, ea);
+
+    kill(p->pid, SIGSTOP);
+    lookup_result_t r = {0};
+    uint64_t t0 = mm_now_ms();
+    store_lookup(b, MM_STR("hang-1"), on_lookup, &r);
+    RUN_UNTIL(f, r.calls == 1, 3000);
+    uint64_t waited = mm_now_ms() - t0;
+    print_message("      lookup answered after %llu ms with Redis stopped\n",
+                  (unsigned long long)waited);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.found, 0);
+    assert_true(waited < 1500);
+    /* the next ones do not wait for the deadline again */
+    lookup_result_t r2 = {0};
+    store_lookup(b, MM_STR("hang-1"), on_lookup, &r2);
+    assert_int_equal(r2.calls, 1);
+    assert_int_equal(r2.found, 0);
+    /* ids remembered locally still resolve at once */
+    lookup_result_t r3 = {0};
+    store_lookup(a, MM_STR("hang-1"), on_lookup, &r3);
+    assert_int_equal(r3.calls, 1);
+    assert_int_equal(r3.found, 1);
+
+    kill(p->pid, SIGCONT); /* the late reply arrives: answered already, only freed */
+    lookup_result_t r4 = {0};
+    for (int i = 0; i < 80 && !r4.found; i++) { /* Redis answers again: found */
+        memset(&r4, 0, sizeof(r4));
+        store_lookup(b, MM_STR("hang-1"), on_lookup, &r4);
+        RUN_UNTIL(f, r4.calls == 1, 2000);
+        if (!r4.found) run_for(f, 100);
+    }
+    assert_int_equal(r4.found, 1);
+    assert_int_equal(r.calls, 1);
+}
+
 /* ---- the feedback stream ---- */
 
 typedef struct {
@@ -810,6 +859,69 @@ static void test_redis_killed_and_restarted_loses_no_increment(void **state)
     store_stats_t st;
     store_get_stats(s, &st);
     assert_true(st.reconnects >= 1);
+}
+
+/* Redis restarted without its data: the statistics every instance had read
+ * are written back once (by whichever instance writes first), not lost and
+ * not counted twice; increments made meanwhile are added on top. */
+static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
+{
+    fx_t *f = *state;
+    redis_proc_t *p = &f->own;
+    p->port = free_port();
+    assert_int_equal(redis_start(p), 0); /* no persistence */
+    store_t *a = f->st[0] = mk_store(f, p->port, 20);
+    store_t *b = f->st[1] = mk_store(f, p->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
+    for (int i = 0; i < 40; i++) store_pull(a, ea, 0), store_pull(b, eb, 1);
+    for (int i = 0; i < 10; i++) store_reward(a, ea, 0, 0.5, 1), store_reward(b, eb, 1, 1, 1);
+    exp_control_t c = weights(30, 70);
+    store_set_control(a, ea, &c);
+    RUN_UNTIL(f, ea->merged[1].pulls == 40 && eb->merged[0].pulls == 40 && eb->control.version == 2,
+              2000);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+
+    redis_kill(p, SIGKILL);
+    RUN_UNTIL(f, !store_up(a) && !store_up(b), 3000);
+    for (int i = 0; i < 5; i++) store_pull(a, ea, 0), store_pull(b, eb, 0);
+    assert_int_equal(redis_start(p), 0); /* same port, empty */
+    RUN_UNTIL(f, store_up(a) && store_up(b), 6000);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+
+    redisContext *keep = f->rc;
+    f->rc = sync_ctx(p->port);
+    assert_non_null(f->rc);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 50);
+    assert_true(arm_field(f, "recs", "challenger", "pulls") == 40);
+    assert_true(arm_field(f, "recs", "champion", "feedback") == 10);
+    assert_true(arm_field(f, "recs", "champion", "reward_sum") == 5);
+    assert_true(arm_field(f, "recs", "champion", "failures") == 5);
+    assert_true(arm_field(f, "recs", "challenger", "successes") == 10);
+    char buf[64];
+    assert_true(ctl_field(f, "recs", "weights", buf, sizeof(buf)));
+    assert_string_equal(buf, "{\"champion\":30,\"challenger\":70}");
+    for (int k = 0; k < 2; k++) {
+        exp_state_t *e = k ? eb : ea;
+        assert_int_equal(e->merged[0].pulls, 50);
+        assert_int_equal(e->merged[1].pulls, 40);
+        assert_true(e->merged[1].successes == 10);
+        assert_true(e->control.weights[1] == 70);
+        assert_int_equal(store_resets(e), 0);
+    }
+
+    /* Only the control hash gone (the arm hashes are there): re-seeded, and
+     * nothing is written back on top of the statistics. */
+    freeReplyObject(cmd(f, "DEL %s:{recs}:control", f->prefix));
+    RUN_UNTIL(f, ctl_field(f, "recs", "version", buf, sizeof(buf)), 2000);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 50);
+    assert_true(arm_field(f, "recs", "challenger", "successes") == 10);
+    assert_int_equal(ea->merged[0].pulls, 50);
+    redisFree(f->rc);
+    f->rc = keep;
 }
 
 static void test_hung_redis_is_dropped_and_nothing_counts_twice(void **state)
@@ -1124,6 +1236,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reset_reaches_every_instance, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lookup_of_an_id_remembered_by_the_other_instance,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lookup_is_answered_within_a_second_while_redis_hangs,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_entries_delivered_and_only_applied_ones_acked,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_lost_reply_is_retried_without_double_counting, setup,
@@ -1134,6 +1248,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_redis_absent_at_start_then_everything_is_written,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted_loses_no_increment, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_redis_restarted_empty_gets_the_statistics_back, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_hung_redis_is_dropped_and_nothing_counts_twice, setup,
                                         teardown),
