@@ -48,7 +48,8 @@ static void tick_experiments(mm_server_t *srv)
         policy_view_t v;
         router_view(e, &srv->rng, now, &v);
         exp_control_t ctl = e->state->control;
-        if (ops->on_tick(e->cfg->policy, &v, &ctl)) store_set_control(srv->store, e->state, &ctl);
+        if (ops->on_tick(e->cfg->policy, &v, &ctl))
+            store_propose_control(srv->store, e->state, &ctl);
     }
 }
 

@@ -669,7 +669,22 @@ void store_add(store_t *s, exp_state_t *e, int arm, const arm_stats_t *delta)
 
 void store_set_control(store_t *s, exp_state_t *e, const exp_control_t *c)
 {
-    control_change(s, store_exp_of(e), c);
+    store_exp_t *x = store_exp_of(e);
+    control_change(s, x, c);
+    x->ctl_cas = 0; /* an operator's change is written whatever Redis holds */
+}
+
+void store_propose_control(store_t *s, exp_state_t *e, const exp_control_t *c)
+{
+    store_exp_t *x = store_exp_of(e);
+    /* On top of an operator change not written yet, the write stays
+     * unconditional (it carries the operator's change too); on top of
+     * another proposal, it is still conditional on the first one's base. */
+    if (!e->control_dirty) {
+        x->ctl_cas = 1;
+        x->ctl_base = e->control.version;
+    }
+    control_change(s, x, c);
 }
 
 int store_control_known(const store_t *s, const exp_state_t *e)
@@ -685,6 +700,7 @@ void store_reset(store_t *s, exp_state_t *e)
     memset(e->frozen, 0, sizeof(e->frozen));
     memset(x->seen, 0, sizeof(x->seen));
     control_change(s, x, &e->initial_control);
+    x->ctl_cas = 0;
     x->resets++;
     if (s->redis) x->reset_pending = 1;
 }

@@ -80,6 +80,14 @@ void store_reward(store_t *s, exp_state_t *e, int arm, double reward, int bernou
 /* Operator changes: version++ (c->version is ignored), published to every
  * instance. Entering EXP_PAUSED copies `merged` into `frozen`. */
 void store_set_control(store_t *s, exp_state_t *e, const exp_control_t *c);
+/* A policy's own change (a canary's step, promotion or rollback): the same,
+ * but with Redis it is written only if the control there is still the
+ * version this instance decided on (compare-and-set). When another instance
+ * (or an operator) changed it first, this change is dropped and the other
+ * one adopted at the same sync round. So instances that run the same canary
+ * move it once per decision, the first to conclude, rather than once each,
+ * last writer winning. Operator changes are never dropped. */
+void store_propose_control(store_t *s, exp_state_t *e, const exp_control_t *c);
 /* 1 once e's control is the shared one: always with the memory store; with
  * Redis once a sync round has read the experiment's control hash (and
  * adopted it, or seeded it with ours when Redis had none). The core runs no

@@ -80,7 +80,9 @@ typedef struct {
     int err_tries; /* consecutive error replies (not transport failures) */
     uint64_t seq;  /* 0: read only */
     int reset;
-    int ctl_mode; /* 0 none, 1 write if Redis has none, 2 write and bump version */
+    int ctl_mode; /* 0 none, 1 write if Redis has none, 2 write and bump version,
+                     3 the same if Redis's version is still ctl_base */
+    uint64_t ctl_base;
     exp_control_t ctl;
     size_t n_arms;
     char arm_names[MM_MAX_ARMS][MM_NAME_MAX + 1];
@@ -97,6 +99,8 @@ typedef struct store_exp_s {
     uint32_t pair_of[MM_MAX_ARMS + 1];
     /* Redis replication (unused by the memory store). */
     int ctl_init;      /* first sight: adopt Redis's control, or seed it with ours */
+    int ctl_cas;       /* the unwritten control change is a policy's: compare-and-set */
+    uint64_t ctl_base; /* ... on this version (what the policy decided on) */
     int reset_pending; /* a local reset not yet written */
     int synced;        /* a snapshot has been read at least once */
     int removed;       /* dropped by store_retain while a write was in flight */

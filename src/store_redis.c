@@ -78,7 +78,9 @@
 
 /* KEYS[1] control hash, KEYS[2] seq key, KEYS[3..] arm hashes.
  * ARGV[1] seq (0: read only), ARGV[2] seq key TTL, ARGV[3] control write mode
- * (0 none, 1 only if Redis has no control yet, 2 always, version + 1),
+ * (0 none, 1 only if Redis has no control yet, 2 always, "3:V" only if the
+ * version is still V — a policy's change, see store_propose_control; each
+ * write bumps the version),
  * ARGV[4] reset (DEL the arm hashes, reset_epoch + 1), ARGV[5..7] weights,
  * state, canary_step, ARGV[8] restore ('1': 7 more values per arm follow the
  * deltas), then 7 deltas per arm in FIELD order ('0': skip).
@@ -123,8 +125,14 @@ static const char SYNC_SCRIPT[] =
     "      for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end\n"
     "      redis.call('HINCRBY', KEYS[1], 'reset_epoch', 1)\n"
     "    end\n"
-    "    if ARGV[3] == '2' or (ARGV[3] == '1' and\n"
-    "                          redis.call('HEXISTS', KEYS[1], 'version') == 0) then\n"
+    "    local mode, write = ARGV[3], ARGV[3] == '2'\n"
+    "    if mode == '1' then\n"
+    "      write = redis.call('HEXISTS', KEYS[1], 'version') == 0\n"
+    "    elseif string.sub(mode, 1, 2) == '3:' then\n"
+    "      local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')\n"
+    "      write = v == tonumber(string.sub(mode, 3))\n"
+    "    end\n"
+    "    if write then\n"
     "      redis.call('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6],\n"
     "                 'canary_step', ARGV[7])\n"
     "      redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
@@ -616,7 +624,8 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     for (size_t i = 0; i < e->n_arms && !writes; i++) writes = store_stats_nonzero(&e->pending[i]);
     b->seq = writes ? ++r->seq : 0;
     b->reset = x->reset_pending;
-    b->ctl_mode = e->control_dirty ? 2 : x->ctl_init ? 1 : 0;
+    b->ctl_mode = e->control_dirty ? (x->ctl_cas ? 3 : 2) : x->ctl_init ? 1 : 0;
+    b->ctl_base = x->ctl_base;
     b->ctl = e->control;
     b->n_arms = e->n_arms;
     b->restore = 0;
@@ -629,6 +638,7 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     memset(e->pending, 0, sizeof(e->pending));
     x->reset_pending = 0;
     e->control_dirty = 0;
+    x->ctl_cas = 0;
     x->ctl_init = 0;
     b->err_tries = 0;
     b->active = 1;
@@ -665,7 +675,12 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     fmt_u64(nums[k], b->seq);
     ARG(nums[k++]);
     ARG(SEQ_TTL_S);
-    ARG(b->ctl_mode == 2 ? "2" : b->ctl_mode == 1 ? "1" : "0");
+    char mode[32];
+    if (b->ctl_mode == 3)
+        snprintf(mode, sizeof(mode), "3:%llu", (unsigned long long)b->ctl_base);
+    else
+        snprintf(mode, sizeof(mode), "%d", b->ctl_mode);
+    ARG(mode);
     ARG(b->reset ? "1" : "0");
     ARG(weights ? weights : "{}");
     ARG(state_name(b->ctl.state));

@@ -401,6 +401,68 @@ static void test_control_change_reaches_the_other_instance(void **state)
     assert_int_equal(eb->frozen[0].pulls, 3);
 }
 
+/* Two instances running the same canary decide from the same version: the
+ * first write lands, the other is dropped and the first adopted, so the
+ * fleet moves once (version + 1, not + 2). An operator's change is never
+ * dropped, whatever a policy proposed meanwhile. */
+static void test_policy_changes_are_compare_and_set(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "can"), *eb = mk_exp(b, "can");
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+    uint64_t v0 = ea->control.version;
+    assert_int_equal(eb->control.version, v0);
+
+    exp_control_t ca = ea->control, cb = eb->control;
+    ca.canary_step = 10;
+    cb.canary_step = 25;
+    store_propose_control(a, ea, &ca); /* both before either is written */
+    store_propose_control(b, eb, &cb);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+    SETTLE(f, a, ea);
+    char buf[64];
+    assert_true(ctl_field(f, "can", "version", buf, sizeof(buf)));
+    assert_int_equal(strtoull(buf, NULL, 10), v0 + 1);
+    assert_true(ctl_field(f, "can", "canary_step", buf, sizeof(buf)));
+    double won = strtod(buf, NULL);
+    assert_true(won == 10 || won == 25);
+    assert_true(ea->control.canary_step == won && eb->control.canary_step == won);
+    assert_int_equal(ea->control.version, v0 + 1);
+    assert_int_equal(eb->control.version, v0 + 1);
+
+    /* a policy's change racing an operator's: the operator's stands */
+    exp_control_t op = weights(0, 100);
+    op.state = EXP_PROMOTED;
+    op.canary_step = 100;
+    ca = ea->control;
+    ca.canary_step = 50;
+    store_propose_control(a, ea, &ca);
+    store_set_control(b, eb, &op);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+    SETTLE(f, a, ea);
+    assert_int_equal(ea->control.state, EXP_PROMOTED);
+    assert_int_equal(eb->control.state, EXP_PROMOTED);
+    assert_true(ea->control.canary_step == 100 && eb->control.canary_step == 100);
+    assert_true(ctl_field(f, "can", "state", buf, sizeof(buf)));
+    assert_string_equal(buf, "promoted");
+    assert_int_equal(ea->control.version, eb->control.version);
+
+    /* alone, a proposal is written like any change */
+    ca = ea->control;
+    ca.canary_step = 75;
+    uint64_t v1 = ea->control.version;
+    store_propose_control(a, ea, &ca);
+    SETTLE(f, a, ea);
+    RUN_UNTIL(f, eb->control.canary_step == 75, 2000);
+    assert_true(eb->control.canary_step == 75);
+    assert_int_equal(ea->control.version, v1 + 1);
+}
+
 static int g_done;
 static void on_done(void *arg)
 {
@@ -1229,6 +1291,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_two_instances_see_each_others_increments, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_policy_changes_are_compare_and_set, setup, teardown),
         cmocka_unit_test_setup_teardown(test_control_change_reaches_the_other_instance, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_control_survives_a_restart_unless_redefined, setup,
