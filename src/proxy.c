@@ -336,6 +336,16 @@ static void start_reading(conn_t *c)
     }
 }
 
+/* Whether the request in progress may have been received whole: its body
+ * is read, or body bytes still wait unparsed in the buffer (they stay there
+ * until the upstream connection is ready). Those are forwarded first, and
+ * the read after them (EOF again after a half-close) says whether the
+ * request was cut short. */
+static int req_may_be_whole(const conn_t *c)
+{
+    return c->req.active && (c->req.body_done || (c->phase == C_BODY && c->rpos < c->rlen));
+}
+
 void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     conn_t *c = s->data;
@@ -359,7 +369,7 @@ void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
          * answered (as HAProxy does), then the connection closes. EOF in the
          * middle of a request, or an error, abandons it; an idle connection
          * just closes. */
-        if (nread == UV_EOF && c->req.active && c->req.body_done) {
+        if (nread == UV_EOF && req_may_be_whole(c)) {
             c->peer_eof = 1;
             stop_reading(c);
             return;
@@ -1080,7 +1090,7 @@ static void req_finish(conn_t *c)
     if (c->rpos < c->rlen) conn_process(c); /* a pipelined request is waiting */
     /* After a half-close nothing more will come: close once no whole
      * request is left to answer. */
-    if (c->peer_eof && !c->closing && (!c->req.active || !c->req.body_done)) conn_close(c);
+    if (c->peer_eof && !c->closing && !req_may_be_whole(c)) conn_close(c);
 }
 
 /* ---- parsing loop ---- */

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import unittest
+from concurrent.futures import ThreadPoolExecutor
 
 import mmtest
 
@@ -548,6 +549,19 @@ class HalfClose(ClassCluster):
                 b"GET /v1/c HTTP/1.1\r\nHost: t\r\n\r\n")
         out = mmtest.raw(self.port, reqs, timeout=5, shutdown=True)
         self.assertEqual(out.count(b"HTTP/1.1 200 "), 3, out)
+
+    def test_a_body_waiting_for_a_new_upstream_connection_survives_the_half_close(self):
+        # Concurrent requests each need a new upstream connection (the model
+        # server takes 50 ms), so their bodies are still unparsed in the read
+        # buffer when the EOF arrives; they were once abandoned as 499.
+        reqs = [b"POST /v1/a HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}",
+                b"POST /v1/b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+                b"GET /v1/c HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"POST /v1/d HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"] * 2
+        with ThreadPoolExecutor(len(reqs)) as ex:
+            outs = list(ex.map(lambda r: mmtest.raw(self.port, r, timeout=5, shutdown=True), reqs))
+        for req, out in zip(reqs, outs):
+            self.assertEqual(out.count(b"HTTP/1.1 200 "), req.count(b" HTTP/1.1\r\n"), out)
 
     def test_eof_in_the_middle_of_a_request_abandons_it(self):
         out = mmtest.raw(self.port, b"POST /v1/a HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n"
