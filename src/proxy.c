@@ -740,6 +740,7 @@ static void on_request_head(conn_t *c)
         uv_buf_t b = uv_buf_init((char *)continue_100, sizeof(continue_100) - 1);
         uv_write(&c->wreq_continue, (uv_stream_t *)&c->tcp, &b, 1, on_continue_written);
     }
+    r->body_off = c->rpos; /* a local or fan-out body is parsed from here */
     if (!r->has_body) {
         r->body_done = 1;
         c->phase = C_WAIT;
@@ -1141,7 +1142,13 @@ static void conn_process(conn_t *c)
             size_t avail = c->rlen - c->rpos;
             if (avail == 0) return;
             if (parse_step(c) < 0) return;
-            if (!c->msg_done) return;
+            if (!c->msg_done) {
+                /* The bytes parsed are copied (local_body, captured): drop
+                 * them, or a body larger than the read buffer would stall
+                 * it. The head stays, since local answers read it. */
+                if (c->rpos == c->rlen) c->rpos = c->rlen = c->req.body_off;
+                return;
+            }
             c->req.body_done = 1;
             c->phase = C_WAIT;
             conn_no_deadline(c);
