@@ -1013,6 +1013,47 @@ class UpstreamFailures(TestCluster):
             t.join(5)
             srv.close()
 
+    def one_answer_champion(self, answer):
+        """modelmux in front of a champion that reads one request and sends
+        `answer` (raw bytes), then holds the connection; returns the port."""
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        srv.settimeout(5)
+        stop = threading.Event()
+
+        def serve():
+            try:
+                s, _ = srv.accept()
+            except OSError:
+                return
+            with s:
+                s.recv(65536)
+                s.sendall(answer)
+                stop.wait(5)
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        self.addCleanup(srv.close)
+        self.addCleanup(t.join, 5)
+        self.addCleanup(stop.set)
+        port = mmtest.free_port()
+        self.cluster.modelmux(mmtest.base_config(
+            port, {"champion": up(srv.getsockname()[1], timeout_ms=2000)},
+            [ab("ab", "/", {"champion": 1})], limits={"drain_timeout_ms": 2000}))
+        return port
+
+    def test_champion_status_under_100_is_502_at_once(self):
+        # Not an interim (1xx) answer to skip: waiting for a final one ended
+        # in a 504 after timeout_ms.
+        port = self.one_answer_champion(b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\n{}")
+        c = self.raw(port)
+        t0 = time.time()
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertJsonError(c.response(), 502, "upstream_unavailable")
+        self.assertLess(time.time() - t0, 1.5)
+        c.close()
+
     def test_champion_stalling_mid_body_cuts_the_client_connection_in_time(self):
         # Once the answer has started, a 504 is impossible: the client must
         # see a broken connection (not a complete answer, not a hang).
