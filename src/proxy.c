@@ -959,10 +959,15 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
     c->pinned = 0;
     r->up_errors++;
     r->last_err = (int)kind;
-    if (r->responding) { /* the answer was cut off: the client must see a broken connection */
+    if (r->responding && !r->head_pending) {
+        /* the answer was cut off: the client must see a broken connection */
         conn_close(c);
         return;
     }
+    /* Only the head had come (say, then a malformed chunk size), and none of
+     * it was passed on: the client can still be told, as if nothing had
+     * been answered. */
+    r->responding = r->answered = r->head_pending = 0;
     if (kind != UP_ERR_OVERFLOW) up_pool_observe(r->pool, 0, uv_now(c->srv->loop));
     /* The arm's error is counted once, when the request ends (req_finish):
      * a retry may still succeed, and a 502/504 answer counts as a 5xx. */

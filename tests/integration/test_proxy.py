@@ -1054,6 +1054,16 @@ class UpstreamFailures(TestCluster):
         self.assertLess(time.time() - t0, 1.5)
         c.close()
 
+    def test_champion_answer_broken_before_any_body_byte_is_502(self):
+        # The head came but nothing of the answer reached the client yet
+        # when the body turned out malformed: a 502, not an empty reply.
+        port = self.one_answer_champion(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                        b"zz\r\n{}\r\n0\r\n\r\n")
+        c = self.raw(port)
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertJsonError(c.response(), 502, "upstream_unavailable")
+        c.close()
+
     def test_champion_stalling_mid_body_cuts_the_client_connection_in_time(self):
         # Once the answer has started, a 504 is impossible: the client must
         # see a broken connection (not a complete answer, not a hang).
