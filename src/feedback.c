@@ -148,7 +148,7 @@ static int fb_apply(mm_server_t *srv, const fb_event_t *e)
     const policy_ops_t *ops = x->cfg->ops;
     int kind = ops->check_reward ? ops->check_reward(x->cfg->policy, e->reward) : 0;
     if (kind < 0) return FB_INVALID;
-    store_reward(srv->store, x->state, arm, e->reward, kind == 1);
+    if (store_reward(srv->store, x->state, arm, e->reward, kind == 1) != 0) return FB_INVALID;
     metrics_arm_t *m = &x->metrics->arms[arm];
     m->feedback++;
     m->reward_sum += e->reward;

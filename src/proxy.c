@@ -357,6 +357,16 @@ static void start_reading(conn_t *c)
     }
 }
 
+/* Whether the request in progress may have been received whole: its body
+ * is read, or body bytes still wait unparsed in the buffer (they stay there
+ * until the upstream connection is ready). Those are forwarded first, and
+ * the read after them (EOF again after a half-close) says whether the
+ * request was cut short. */
+static int req_may_be_whole(const conn_t *c)
+{
+    return c->req.active && (c->req.body_done || (c->phase == C_BODY && c->rpos < c->rlen));
+}
+
 void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     conn_t *c = s->data;
@@ -380,7 +390,7 @@ void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
          * answered (as HAProxy does), then the connection closes. EOF in the
          * middle of a request, or an error, abandons it; an idle connection
          * just closes. */
-        if (nread == UV_EOF && c->req.active && c->req.body_done) {
+        if (nread == UV_EOF && req_may_be_whole(c)) {
             c->peer_eof = 1;
             stop_reading(c);
             return;
@@ -751,6 +761,7 @@ static void on_request_head(conn_t *c)
         uv_buf_t b = uv_buf_init((char *)continue_100, sizeof(continue_100) - 1);
         uv_write(&c->wreq_continue, (uv_stream_t *)&c->tcp, &b, 1, on_continue_written);
     }
+    r->body_off = c->rpos; /* a local or fan-out body is parsed from here */
     if (!r->has_body) {
         r->body_done = 1;
         c->phase = C_WAIT;
@@ -969,10 +980,15 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
     c->pinned = 0;
     r->up_errors++;
     r->last_err = (int)kind;
-    if (r->responding) { /* the answer was cut off: the client must see a broken connection */
+    if (r->responding && !r->head_pending) {
+        /* the answer was cut off: the client must see a broken connection */
         conn_close(c);
         return;
     }
+    /* Only the head had come (say, then a malformed chunk size), and none of
+     * it was passed on: the client can still be told, as if nothing had
+     * been answered. */
+    r->responding = r->answered = r->head_pending = 0;
     if (kind != UP_ERR_OVERFLOW) up_pool_observe(r->pool, 0, uv_now(c->srv->loop));
     /* The arm's error is counted once, when the request ends (req_finish):
      * a retry may still succeed, and a 502/504 answer counts as a 5xx. */
@@ -1101,7 +1117,7 @@ static void req_finish(conn_t *c)
     if (c->rpos < c->rlen) conn_process(c); /* a pipelined request is waiting */
     /* After a half-close nothing more will come: close once no whole
      * request is left to answer. */
-    if (c->peer_eof && !c->closing && (!c->req.active || !c->req.body_done)) conn_close(c);
+    if (c->peer_eof && !c->closing && !req_may_be_whole(c)) conn_close(c);
 }
 
 /* ---- parsing loop ---- */
@@ -1153,7 +1169,13 @@ static void conn_process(conn_t *c)
             size_t avail = c->rlen - c->rpos;
             if (avail == 0) return;
             if (parse_step(c) < 0) return;
-            if (!c->msg_done) return;
+            if (!c->msg_done) {
+                /* The bytes parsed are copied (local_body, captured): drop
+                 * them, or a body larger than the read buffer would stall
+                 * it. The head stays, since local answers read it. */
+                if (c->rpos == c->rlen) c->rpos = c->rlen = c->req.body_off;
+                return;
+            }
             c->req.body_done = 1;
             c->phase = C_WAIT;
             conn_no_deadline(c);

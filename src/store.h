@@ -71,11 +71,12 @@ exp_state_t *store_experiment(store_t *s, const char *name, const char *const *a
 /* Forget experiments not in `names` (after a reload removed them). */
 void store_retain(store_t *s, const char *const *names, size_t n);
 
-/* Hot-path increments: O(1), no I/O. Out-of-range arms and non-finite
- * rewards are ignored. */
+/* Hot-path increments: O(1), no I/O. Out-of-range arms are ignored;
+ * store_reward returns -1 (and counts nothing) for an out-of-range arm, a
+ * non-finite reward, or one that would make the arm's sums non-finite. */
 void store_pull(store_t *s, exp_state_t *e, int arm);
 void store_error(store_t *s, exp_state_t *e, int arm);
-void store_reward(store_t *s, exp_state_t *e, int arm, double reward, int bernoulli);
+int store_reward(store_t *s, exp_state_t *e, int arm, double reward, int bernoulli);
 
 /* Operator changes: version++ (c->version is ignored), published to every
  * instance. Entering EXP_PAUSED copies `merged` into `frozen`. */

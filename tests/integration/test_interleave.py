@@ -161,6 +161,29 @@ class Interleave(mmtest.MMTestCase):
 
     # ------------------------------------------------------------ 1. merging
 
+    def test_a_request_body_larger_than_the_read_buffer_is_interleaved(self):
+        # Every ranker gets the whole body, so it is read before the fan-out;
+        # a body over 64 KiB once filled the read buffer and stalled until 408.
+        a_port, b_port = self.rankers()
+        mm = self.start(a_port, b_port)
+        body = json.dumps({"query": "shoes", "context": "x" * 200000})
+        for headers in ({}, {"Transfer-Encoding": "chunked"}):
+            conn = http.client.HTTPConnection(HOST, mm.port, timeout=5)
+            try:
+                if headers:
+                    chunks = (body[i:i + 1000].encode() for i in range(0, len(body), 1000))
+                    conn.request("POST", "/v1/rank", body=chunks, headers=headers,
+                                 encode_chunked=True)
+                else:
+                    conn.request("POST", "/v1/rank", body=body)
+                r = conn.getresponse()
+                doc = json.loads(r.read())
+            finally:
+                conn.close()
+            self.assertEqual(r.status, 200, doc)
+            self.assertEqual(r.getheader("X-Modelmux-Arm"), "interleave")
+            self.assertEqual(len(doc["items"]), K)
+
     def test_merged_answers_hold_k_items_from_both_rankers(self):
         a_port, b_port = self.rankers()
         mm = self.start(a_port, b_port)

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import unittest
+from concurrent.futures import ThreadPoolExecutor
 
 import mmtest
 
@@ -549,6 +550,19 @@ class HalfClose(ClassCluster):
         out = mmtest.raw(self.port, reqs, timeout=5, shutdown=True)
         self.assertEqual(out.count(b"HTTP/1.1 200 "), 3, out)
 
+    def test_a_body_waiting_for_a_new_upstream_connection_survives_the_half_close(self):
+        # Concurrent requests each need a new upstream connection (the model
+        # server takes 50 ms), so their bodies are still unparsed in the read
+        # buffer when the EOF arrives; they were once abandoned as 499.
+        reqs = [b"POST /v1/a HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}",
+                b"POST /v1/b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+                b"GET /v1/c HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"POST /v1/d HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"] * 2
+        with ThreadPoolExecutor(len(reqs)) as ex:
+            outs = list(ex.map(lambda r: mmtest.raw(self.port, r, timeout=5, shutdown=True), reqs))
+        for req, out in zip(reqs, outs):
+            self.assertEqual(out.count(b"HTTP/1.1 200 "), req.count(b" HTTP/1.1\r\n"), out)
+
     def test_eof_in_the_middle_of_a_request_abandons_it(self):
         out = mmtest.raw(self.port, b"POST /v1/a HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n"
                          b"\r\nabc", timeout=3, shutdown=True)
@@ -1035,6 +1049,57 @@ class UpstreamFailures(TestCluster):
         finally:
             t.join(5)
             srv.close()
+
+    def one_answer_champion(self, answer):
+        """modelmux in front of a champion that reads one request and sends
+        `answer` (raw bytes), then holds the connection; returns the port."""
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        srv.settimeout(5)
+        stop = threading.Event()
+
+        def serve():
+            try:
+                s, _ = srv.accept()
+            except OSError:
+                return
+            with s:
+                s.recv(65536)
+                s.sendall(answer)
+                stop.wait(5)
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        self.addCleanup(srv.close)
+        self.addCleanup(t.join, 5)
+        self.addCleanup(stop.set)
+        port = mmtest.free_port()
+        self.cluster.modelmux(mmtest.base_config(
+            port, {"champion": up(srv.getsockname()[1], timeout_ms=2000)},
+            [ab("ab", "/", {"champion": 1})], limits={"drain_timeout_ms": 2000}))
+        return port
+
+    def test_champion_status_under_100_is_502_at_once(self):
+        # Not an interim (1xx) answer to skip: waiting for a final one ended
+        # in a 504 after timeout_ms.
+        port = self.one_answer_champion(b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\n{}")
+        c = self.raw(port)
+        t0 = time.time()
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertJsonError(c.response(), 502, "upstream_unavailable")
+        self.assertLess(time.time() - t0, 1.5)
+        c.close()
+
+    def test_champion_answer_broken_before_any_body_byte_is_502(self):
+        # The head came but nothing of the answer reached the client yet
+        # when the body turned out malformed: a 502, not an empty reply.
+        port = self.one_answer_champion(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                        b"zz\r\n{}\r\n0\r\n\r\n")
+        c = self.raw(port)
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertJsonError(c.response(), 502, "upstream_unavailable")
+        c.close()
 
     def test_champion_stalling_mid_body_cuts_the_client_connection_in_time(self):
         # Once the answer has started, a 504 is impossible: the client must

@@ -83,6 +83,22 @@ static void test_memory_control_is_known_at_once(void **state)
     assert_int_equal(store_control_known(f->s, e), 1); /* nothing to wait for */
 }
 
+static void test_a_reward_that_would_overflow_the_sums_is_refused(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    assert_int_equal(store_reward(f->s, e, 0, 2.0, 0), 0);
+    assert_int_equal(store_reward(f->s, e, 0, 1e300, 0), -1); /* its square is not finite */
+    assert_int_equal(store_reward(f->s, e, 1, 1e154, 0), 0);
+    assert_int_equal(store_reward(f->s, e, 1, 1e154, 0), -1); /* the sum of squares would be */
+    assert_int_equal(store_reward(f->s, e, 1, NAN, 0), -1);
+    assert_int_equal(store_reward(f->s, e, 9, 1.0, 0), -1); /* no such arm */
+    assert_int_equal(e->merged[0].feedback, 1);
+    assert_true(e->merged[0].reward_sum == 2.0);
+    assert_int_equal(e->merged[1].feedback, 1);
+    assert_true(isfinite(e->merged[1].reward_sq_sum));
+}
+
 static void test_increments_show_in_merged_not_pending(void **state)
 {
     fixture_t *f = *state;
@@ -613,6 +629,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_kind_and_up, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_control_is_known_at_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_reward_that_would_overflow_the_sums_is_refused,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_increments_show_in_merged_not_pending, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_control_change_bumps_version, setup, teardown),
