@@ -737,7 +737,9 @@ static void on_request_head(conn_t *c)
         }
         /* Header lines are copied now: the head's bytes may be overwritten
          * while a large body streams, and a fallback rebuilds the head later. */
-        r->fanout = r->choice.fanout && r->exp->cfg->ops->combine != NULL;
+        /* A HEAD answer has no list to merge: the champion (primary) answers
+         * it alone, as a plain proxy would. */
+        r->fanout = r->choice.fanout && r->exp->cfg->ops->combine != NULL && !r->head_request;
         /* A Host named in Connection is not passed on, not even as X-Forwarded-Host. */
         mm_str_t fwd_host =
             form != HT_ABSOLUTE && hh >= 0 && h->dropped[hh] ? (mm_str_t){"", 0} : host;

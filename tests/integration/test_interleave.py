@@ -47,6 +47,13 @@ def get_json(port, path):
     return st, json.loads(body) if body else None
 
 
+def stats(port):
+    """The model server's own counters (/_stats)."""
+    st, _, body = mmtest.request(port, "GET", "/_stats")
+    assert st == 200, st
+    return json.loads(body)
+
+
 def own_list(port):
     """A ranker's own list, asked directly: [item objects]."""
     st, doc = get_json(port, "/v1/rank")
@@ -183,6 +190,27 @@ class Interleave(mmtest.MMTestCase):
             self.assertEqual(r.status, 200, doc)
             self.assertEqual(r.getheader("X-Modelmux-Arm"), "interleave")
             self.assertEqual(len(doc["items"]), K)
+
+    def test_head_is_answered_by_the_champion_alone(self):
+        # A HEAD answer has no list to merge: it was a 502 "no ranker gave a
+        # usable answer"; the champion (the first arm) answers it, no body.
+        a_port, b_port = self.rankers()
+        mm = self.start(a_port, b_port)
+        before_b = stats(b_port)["requests"]
+        conn = http.client.HTTPConnection(HOST, mm.port, timeout=5)
+        try:
+            for _ in range(2):  # the connection stays usable after it
+                conn.request("HEAD", "/v1/rank")
+                r = conn.getresponse()
+                self.assertEqual(r.read(), b"")
+                self.assertEqual((r.status, r.getheader("X-Modelmux-Arm")), (200, "ranker-a"))
+            conn.request("POST", "/v1/rank", body='{"query": "shoes"}')
+            r = conn.getresponse()
+            self.assertEqual((r.status, r.getheader("X-Modelmux-Arm")), (200, "interleave"))
+            r.read()
+        finally:
+            conn.close()
+        self.assertEqual(stats(b_port)["requests"], before_b + 1)  # only the POST reached b
 
     def test_merged_answers_hold_k_items_from_both_rankers(self):
         a_port, b_port = self.rankers()
