@@ -89,6 +89,12 @@ typedef struct {
     mm_str_t content_type;
     mm_str_t body;
     int truncated; /* body was larger than what was kept */
+    /* Only when the policy declared keep_headers (else empty): the answer's
+     * end-to-end header lines as "name:value\n", names lowercased, values
+     * without surrounding whitespace, sorted by name (the order of a name's
+     * repeated lines kept). Left out: hop-by-hop headers, X-Modelmux-*,
+     * X-Request-Id, Content-Length (framing) and Date (the clock). */
+    mm_str_t headers;
 } policy_resp_t;
 
 enum { POLICY_MATCH = 0, POLICY_MISMATCH = 1, POLICY_ERROR = 2 };
@@ -103,6 +109,7 @@ typedef struct {
     int max_inflight; /* per shadow arm */
     int timeout_ms;
     uint64_t max_body_bytes; /* larger request bodies are not mirrored */
+    int keep_headers;        /* compare() gets each answer's header lines */
 } policy_mirror_limits_t;
 
 /* The parse context, owned by config.c. It knows the upstream names, maps a

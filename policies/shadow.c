@@ -6,7 +6,10 @@
  *   error    — the mirror or the primary has status 0 (transport failure or
  *              past timeout_ms): nothing to compare;
  *   mismatch — a difference: status first (a different status stops there),
- *              then Content-Type when compare.headers is set, then the body:
+ *              then, with compare.headers, each header name whose values
+ *              differ (the core's header block: end-to-end headers only,
+ *              no Date or Content-Length; Content-Type case-insensitively),
+ *              then the body:
  *              structurally (jsondiff: tolerance, ignore list, key order
  *              irrelevant) when both bodies parse as JSON, else bytewise;
  *   match    — otherwise.
@@ -52,7 +55,8 @@
 #define IGNORE_MAX   32  /* compare.ignore entries */
 #define NOISE_MAX    256 /* noisy paths kept per request */
 #define PATH_STATUS  "status"
-#define PATH_CTYPE   "content-type"
+#define PATH_CTYPE   "header:content-type"
+#define PATH_HEADER  "header:" /* + the lowercase name: one pseudo-path per header */
 #define SCRATCH_KEEP (1 << 20) /* bytes a parse buffer keeps between requests */
 
 typedef struct {
@@ -173,7 +177,7 @@ static int noise_covers(const noise_t *nz, const char *path)
     if (nz->all) return 1;
     for (size_t off = 0; off < nz->len; off += strlen(nz->buf + off) + 1) {
         const char *q = nz->buf + off;
-        /* Pseudo-paths ("status", "content-type") only cover themselves. */
+        /* Pseudo-paths ("status", "header:NAME") only cover themselves. */
         if (q[0] != '/' && q[0] != '\0') {
             if (strcmp(q, path) == 0) return 1;
         } else if (path[0] == '/' || path[0] == '\0') {
@@ -235,6 +239,73 @@ static int ctype_differs(mm_str_t a, mm_str_t b)
     return 0;
 }
 
+/* The next run of header lines with one name in a block ("name:value\n",
+ * sorted by name): *name and *lines (the run's whole lines) from *pos on. */
+static int header_run(mm_str_t block, size_t *pos, mm_str_t *name, mm_str_t *lines)
+{
+    if (*pos >= block.n) return 0;
+    const char *start = block.p + *pos, *end = block.p + block.n;
+    const char *colon = memchr(start, ':', (size_t)(end - start));
+    if (colon == NULL) colon = end;
+    *name = (mm_str_t){start, (size_t)(colon - start)};
+    const char *p = start;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *next = nl ? nl + 1 : end;
+        if (p != start &&
+            !((size_t)(end - p) > name->n && p[name->n] == ':' && memcmp(p, name->p, name->n) == 0))
+            break;
+        p = next;
+    }
+    *lines = (mm_str_t){start, (size_t)(p - start)};
+    *pos = (size_t)(p - block.p);
+    return 1;
+}
+
+static int str_cmp(mm_str_t a, mm_str_t b)
+{
+    size_t n = a.n < b.n ? a.n : b.n;
+    int c = n ? memcmp(a.p, b.p, n) : 0;
+    return c ? c : (a.n > b.n) - (a.n < b.n);
+}
+
+static void header_diff(judge_t *j, mm_str_t name)
+{
+    char path[PATH_KEY_MAX];
+    snprintf(path, sizeof path, PATH_HEADER "%.*s", (int)name.n, name.p);
+    judge_diff(j, path, path);
+}
+
+/* compare.headers: one difference per header name whose lines differ (or
+ * that only one answer has). Blocks come from the core when the policy
+ * declared keep_headers; without them (both empty) the Content-Type values
+ * are compared. */
+static void judge_headers(judge_t *j, const policy_resp_t *a, const policy_resp_t *b)
+{
+    if (a->headers.n == 0 && b->headers.n == 0) {
+        if (ctype_differs(a->content_type, b->content_type)) judge_diff(j, PATH_CTYPE, PATH_CTYPE);
+        return;
+    }
+    size_t pa = 0, pb = 0;
+    mm_str_t na = {0}, la = {0}, nb = {0}, lb = {0};
+    int ha = header_run(a->headers, &pa, &na, &la), hb = header_run(b->headers, &pb, &nb, &lb);
+    while (ha || hb) {
+        int c = !ha ? 1 : !hb ? -1 : str_cmp(na, nb);
+        if (c < 0) {
+            header_diff(j, na); /* only the primary has it */
+        } else if (c > 0) {
+            header_diff(j, nb);
+        } else {
+            /* Media types and their parameters are case-insensitive. */
+            int differs = mm_str_ieq(na, "content-type") ? ctype_differs(la, lb)
+                                                         : la.n != lb.n || memcmp(la.p, lb.p, la.n);
+            if (differs) header_diff(j, na);
+        }
+        if (c <= 0) ha = header_run(a->headers, &pa, &na, &la);
+        if (c >= 0) hb = header_run(b->headers, &pb, &nb, &lb);
+    }
+}
+
 static void judge_bodies(judge_t *j, body_t *prim, body_t *m)
 {
     const policy_resp_t *a = prim->r, *b = m->r;
@@ -265,8 +336,7 @@ static int judge(shadow_t *s, body_t *prim, body_t *m, int arm, const noise_t *n
     if (prim->r->status != m->r->status) {
         judge_diff(&j, PATH_STATUS, PATH_STATUS);
     } else {
-        if (s->compare_headers && ctype_differs(prim->r->content_type, m->r->content_type))
-            judge_diff(&j, PATH_CTYPE, PATH_CTYPE);
+        if (s->compare_headers) judge_headers(&j, prim->r, m->r);
         judge_bodies(&j, prim, m);
     }
     if (j.total > 0) a->differing++;
@@ -566,7 +636,8 @@ static void *shadow_create(const json_t *exp, policy_parse_t *pp)
         policy_error(pp, "", "out of memory");
         goto err;
     }
-    policy_mirror_limits_t lim = {(int)max_inflight, (int)timeout_ms, (uint64_t)max_body};
+    policy_mirror_limits_t lim = {(int)max_inflight, (int)timeout_ms, (uint64_t)max_body,
+                                  s->compare_headers};
     policy_set_mirror_limits(pp, &lim);
     return s;
 err:

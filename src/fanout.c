@@ -42,10 +42,10 @@ static void answer(fanout_t *f)
     int all_timeouts = 1;
     for (int i = 0; i < f->n; i++) {
         const leg_t *l = &f->legs[i];
-        answers[i] = (policy_resp_t){l->status,
-                                     {l->ctype, strlen(l->ctype)},
-                                     {l->resp.p ? l->resp.p : "", l->resp.len},
-                                     l->truncated};
+        answers[i] = (policy_resp_t){.status = l->status,
+                                     .content_type = {l->ctype, strlen(l->ctype)},
+                                     .body = {l->resp.p ? l->resp.p : "", l->resp.len},
+                                     .truncated = l->truncated};
         if (l->status != 0 || !l->timed_out) all_timeouts = 0;
     }
     policy_view_t v;

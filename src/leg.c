@@ -20,6 +20,7 @@
  * due time, finds nothing and stays idle: cheaper than stopping it whenever
  * the last leg finishes. */
 #include <string.h>
+#include <strings.h>
 
 #include "leg.h"
 
@@ -172,11 +173,50 @@ void leg_content_type(const up_resp_t *resp, char *out, size_t size)
     out[n] = '\0';
 }
 
+/* Header i's name sorts before header k's (case-insensitively; ties keep
+ * their order, the caller's sort is stable). */
+static int name_before(const up_resp_t *resp, int i, int k)
+{
+    mm_str_t a = http_hname(resp->head, resp->base, i), b = http_hname(resp->head, resp->base, k);
+    size_t n = a.n < b.n ? a.n : b.n;
+    int c = strncasecmp(a.p, b.p, n);
+    return c < 0 || (c == 0 && a.n < b.n);
+}
+
+void leg_header_block(const up_resp_t *resp, mm_buf_t *out)
+{
+    const http_head_t *h = resp->head;
+    int idx[HTTP_MAX_HEADERS], n = 0;
+    for (int i = 0; i < h->n && i < HTTP_MAX_HEADERS; i++) {
+        if (http_kind_is_hop(h->kind[i]) || h->dropped[i] || h->kind[i] == HK_CONTENT_LENGTH ||
+            mm_str_ieq(http_hname(h, resp->base, i), "date"))
+            continue;
+        int at = n++; /* insertion sort: a head has a handful of headers */
+        while (at > 0 && name_before(resp, i, idx[at - 1])) {
+            idx[at] = idx[at - 1];
+            at--;
+        }
+        idx[at] = i;
+    }
+    for (int k = 0; k < n; k++) {
+        mm_str_t name = http_hname(h, resp->base, idx[k]);
+        size_t start = out->len;
+        mm_buf_append(out, name.p, name.n);
+        if (out->oom) return;
+        for (size_t c = start; c < out->len; c++)
+            if (out->p[c] >= 'A' && out->p[c] <= 'Z') out->p[c] = (char)(out->p[c] - 'A' + 'a');
+        mm_buf_lit(out, ":");
+        mm_buf_str(out, http_trim(http_hvalue(h, resp->base, idx[k])));
+        mm_buf_lit(out, "\n");
+    }
+}
+
 static void on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
 {
     leg_t *l = container_of(u, leg_t, user);
     l->status = resp->status;
     leg_content_type(resp, l->ctype, sizeof(l->ctype));
+    if (l->keep_headers) leg_header_block(resp, &l->headers);
     up_set_decode(uc, 1); /* keep the de-chunked body */
     up_resume(uc);
 }
@@ -253,18 +293,21 @@ static void buf_keep(mm_buf_t *b, size_t keep_cap)
 
 void leg_reuse(leg_t *l, size_t keep_cap)
 {
-    mm_buf_t head = l->head, resp = l->resp;
+    mm_buf_t head = l->head, resp = l->resp, headers = l->headers;
     buf_keep(&head, keep_cap);
     buf_keep(&resp, keep_cap);
+    buf_keep(&headers, keep_cap);
     memset(l, 0, sizeof(*l));
     l->head = head;
     l->resp = resp;
+    l->headers = headers;
 }
 
 void leg_free(leg_t *l)
 {
     mm_buf_free(&l->head);
     mm_buf_free(&l->resp);
+    mm_buf_free(&l->headers);
 }
 
 /* Header lines without Content-Length: runs of other lines are copied whole.

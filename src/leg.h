@@ -54,6 +54,7 @@ struct leg_s {
     const char *body; /* request body (owner keeps it alive), may be NULL */
     size_t body_len;
     size_t keep_max;        /* answer bytes kept; beyond: truncated */
+    int keep_headers;       /* fill `headers` (leg_header_block) */
     void (*done)(leg_t *l); /* called once: answered, failed or timed out */
     void *owner;
     /* results */
@@ -62,6 +63,7 @@ struct leg_s {
     up_err_t err;
     char ctype[128];
     mm_buf_t resp;
+    mm_buf_t headers; /* with keep_headers: the answer's header block */
     int truncated;
     uint64_t latency_us;
     int started, finished;
@@ -89,6 +91,12 @@ void leg_reuse(leg_t *l, size_t keep_cap);
  * memory itself is the owner's and may go right away. */
 void leg_free(leg_t *l);
 
+/* The answer's end-to-end header lines as a comparison block, appended to
+ * out: "name:value\n" per header, names lowercased, values trimmed, sorted
+ * by name (stable). Hop-by-hop headers (and those named in Connection),
+ * X-Modelmux-*, X-Request-Id, Content-Length and Date are left out: framing,
+ * our own headers and the clock are not the model's answer. */
+void leg_header_block(const up_resp_t *resp, mm_buf_t *out);
 /* Copy an answer's Content-Type value into out (NUL-terminated, cut to
  * size - 1 bytes; empty when there is none), from the head's index. */
 void leg_content_type(const up_resp_t *resp, char *out, size_t size);

@@ -63,6 +63,7 @@ struct shadow_group_s {
     int p_status, p_chunked, p_truncated;
     char p_ctype[128];
     mm_buf_t p_body;
+    mm_buf_t p_headers; /* compare.headers: the primary's header block */
     /* what the request log needs once everything is done */
     char id[MM_REQID_MAX + 1];
     int status;
@@ -96,6 +97,7 @@ static void group_free(shadow_group_t *g)
     mm_buf_free(&g->url);
     mm_buf_free(&g->body);
     mm_buf_free(&g->p_body);
+    mm_buf_free(&g->p_headers);
     for (int i = 0; i < g->cap; i++) leg_free(&g->m[i].leg);
     free(g);
 }
@@ -127,9 +129,11 @@ static void group_release(shadow_group_t *g)
     shadow_cache_t *cache = &g->srv->shadows;
     router_unref(g->router);
     g->router = NULL;
-    size_t kept = buf_keep(&g->url) + buf_keep(&g->body) + buf_keep(&g->p_body);
+    size_t kept =
+        buf_keep(&g->url) + buf_keep(&g->body) + buf_keep(&g->p_body) + buf_keep(&g->p_headers);
     for (int i = 0; i < g->n; i++) leg_reuse(&g->m[i].leg, SHADOW_CACHE_BUF);
-    for (int i = 0; i < g->cap; i++) kept += g->m[i].leg.head.cap + g->m[i].leg.resp.cap;
+    for (int i = 0; i < g->cap; i++)
+        kept += g->m[i].leg.head.cap + g->m[i].leg.resp.cap + g->m[i].leg.headers.cap;
     if (cache->n >= SHADOW_CACHE_GROUPS || cache->bytes + kept > SHADOW_CACHE_BYTES) {
         group_free(g);
         return;
@@ -220,6 +224,7 @@ void shadow_start(conn_t *c)
         l->body = g->body.p;
         l->body_len = g->body.len;
         l->keep_max = SHADOW_KEEP;
+        l->keep_headers = lim->keep_headers;
         l->done = on_mirror_done;
         l->owner = m;
         g->exp->mirror_inflight[m->arm]++;
@@ -235,6 +240,7 @@ void shadow_on_primary_head(conn_t *c, const up_resp_t *resp)
     g->p_status = resp->status;
     g->p_chunked = resp->chunked;
     leg_content_type(resp, g->p_ctype, sizeof(g->p_ctype));
+    if (g->exp->cfg->mirror.keep_headers) leg_header_block(resp, &g->p_headers);
 }
 
 void shadow_on_primary_body(conn_t *c, const char *p, size_t n)
@@ -332,7 +338,8 @@ static void group_complete(shadow_group_t *g)
     policy_resp_t primary = {g->p_status,
                              {g->p_ctype, strlen(g->p_ctype)},
                              {g->p_body.p ? g->p_body.p : "", g->p_body.len},
-                             g->p_truncated};
+                             g->p_truncated,
+                             {g->p_headers.p ? g->p_headers.p : "", g->p_headers.len}};
     policy_resp_t answers[MM_MAX_ARMS];
     int arms[MM_MAX_ARMS], outcomes[MM_MAX_ARMS], idx[MM_MAX_ARMS];
     size_t k = 0;
@@ -342,7 +349,8 @@ static void group_complete(shadow_group_t *g)
         answers[k] = (policy_resp_t){l->status,
                                      {l->ctype, strlen(l->ctype)},
                                      {l->resp.p ? l->resp.p : "", l->resp.len},
-                                     l->truncated};
+                                     l->truncated,
+                                     {l->headers.p ? l->headers.p : "", l->headers.len}};
         arms[k] = g->m[i].arm;
         outcomes[k] = l->status == 0 ? POLICY_ERROR : POLICY_MATCH;
         idx[k++] = i;

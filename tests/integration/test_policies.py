@@ -112,6 +112,116 @@ class ShadowComparison(mmtest.MMTestCase):
         self.assertEqual(got.get(("same", "mismatch"), 0) + got.get(("other", "match"), 0), 0)
 
 
+class HeaderUpstream:
+    """A model server answering one JSON body with the header lines it was
+    given (and a Date of its own clock, which must never count)."""
+
+    def __init__(self, headers):
+        import http.server
+
+        extra = headers
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = b'{"score": 0.5}'
+                self.send_response(200)  # adds Server and Date
+                for name, value in extra:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ShadowHeaders(mmtest.MMTestCase):
+    """compare.headers compares every end-to-end header (one difference per
+    header name), not only Content-Type; Date, Content-Length and hop-by-hop
+    headers never count; with a secondary, a header the primary's own twin
+    also changes is noise."""
+
+    def test_header_differences_count_only_with_compare_headers(self):
+        base = [("Content-Type", "application/json; charset=utf-8"), ("X-Model-Version", "7"),
+                ("Cache-Control", "no-store"), ("Connection", "keep-alive")]
+        ups = {
+            "champion": HeaderUpstream(base),
+            "twin": HeaderUpstream([("Content-Type", "Application/JSON; Charset=UTF-8")] +
+                                   base[1:]),
+            "newver": HeaderUpstream(base[:1] + [("X-Model-Version", "8")] + base[2:]),
+            "extra": HeaderUpstream(base + [("X-Debug", "1")]),
+        }
+        for u in ups.values():
+            self.addCleanup(u.close)
+        port, admin = mmtest.free_port(), mmtest.free_port()
+
+        def exp(name, prefix, headers):
+            return {"name": name, "match": {"path_prefix": prefix}, "policy": "shadow",
+                    "primary": "champion", "shadows": ["twin", "newver", "extra"],
+                    "timeout_ms": 2000, "compare": {"headers": headers}}
+
+        cfg = mmtest.base_config(port, {n: u.port for n, u in ups.items()},
+                                 [exp("hdr", "/hdr", True), exp("body", "/body", False)],
+                                 admin_port=admin)
+        self.cluster.modelmux(cfg, "--seed", 3)
+        for i in range(10):
+            for prefix in ("/hdr", "/body"):
+                st, _, _ = mmtest.request(port, "POST", "%s/%d" % (prefix, i), {"x": i})
+                self.assertEqual(st, 200)
+
+        def outcomes():
+            got = mmtest.metric_samples(admin, "modelmux_shadow_total", "experiment", "arm",
+                                        "outcome")
+            return got if sum(got.values()) >= 60 else None
+
+        got = mmtest.eventually(outcomes, timeout=10)
+        want = {("hdr", "twin", "match"): 10, ("hdr", "newver", "mismatch"): 10,
+                ("hdr", "extra", "mismatch"): 10, ("body", "twin", "match"): 10,
+                ("body", "newver", "match"): 10, ("body", "extra", "match"): 10}
+        self.assertEqual({k: v for k, v in got.items() if v}, want)
+        st, _, body = mmtest.request(admin, "GET", "/experiments/hdr")
+        self.assertEqual(st, 200)
+        paths = {sh["arm"]: {p["path"] for p in sh["paths"]}
+                 for sh in json.loads(body)["policy_state"]["shadows"]}
+        fields = {a: paths[a] for a in ("newver", "extra")}
+        self.assertEqual(fields, {"newver": {"header:x-model-version"},
+                                  "extra": {"header:x-debug"}})
+
+    def test_a_header_the_secondary_also_changes_is_noise(self):
+        ups = {
+            "champion": HeaderUpstream([("X-Served-By", "a")]),
+            "secondary": HeaderUpstream([("X-Served-By", "b")]),
+            "cand": HeaderUpstream([("X-Served-By", "c")]),
+            "cand2": HeaderUpstream([("X-Served-By", "a"), ("X-New", "1")]),
+        }
+        for u in ups.values():
+            self.addCleanup(u.close)
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(port, {n: u.port for n, u in ups.items()}, [
+            {"name": "nz", "match": {"path_prefix": "/"}, "policy": "shadow",
+             "primary": "champion", "shadows": ["cand", "cand2"], "secondary": "secondary",
+             "timeout_ms": 2000, "compare": {"headers": True}}], admin_port=admin)
+        self.cluster.modelmux(cfg, "--seed", 4)
+        for i in range(8):
+            self.assertEqual(mmtest.request(port, "POST", "/p", {"x": i})[0], 200)
+        got = mmtest.eventually(lambda: (lambda g: g if sum(g.values()) >= 24 else None)(
+            mmtest.metric_samples(admin, "modelmux_shadow_total", "arm", "outcome")), timeout=10)
+        self.assertEqual(got[("cand", "match")], 8)      # x-served-by: noise
+        self.assertEqual(got[("cand2", "mismatch")], 8)  # x-new: the secondary has none
+        self.assertEqual(got[("secondary", "mismatch")], 8)
+
+
 class ABSignificance(mmtest.MMTestCase):
     def test_description_reports_a_significant_difference(self):
         c = self.cluster

@@ -12,6 +12,7 @@
 
 #include "buf.h"
 #include "http.h"
+#include "leg.h"
 #include "rng.h"
 
 static mm_str_t S(const char *s)
@@ -480,6 +481,37 @@ static void test_error_answer_is_the_contract_shape(void **state)
     mm_buf_free(&b);
 }
 
+/* The header block shadow's compare.headers reads (leg_header_block): what
+ * the model said, sorted by name; framing, hop-by-hop, our own headers and
+ * the clock left out. */
+static void test_header_block_keeps_end_to_end_headers_sorted(void **state)
+{
+    (void)state;
+    static const char text[] = "Date: Mon, 23 Nov 2026 04:00:00 GMT\r\n"
+                               "X-Model: B \r\n"
+                               "Content-Type: application/json\r\n"
+                               "Content-Length: 12\r\n"
+                               "Connection: keep-alive, X-Hop\r\n"
+                               "X-Hop: 1\r\n"
+                               "Keep-Alive: timeout=5\r\n"
+                               "Transfer-Encoding: chunked\r\n"
+                               "X-Modelmux-Arm: challenger\r\n"
+                               "X-Request-Id: abc\r\n"
+                               "link: <a>\r\n"
+                               "Link: <b>\r\n"
+                               "Cache-Control: no-store\r\n\r\n";
+    http_head_t h;
+    head_from(&h, text);
+    up_resp_t r = {.status = 200, .head = &h, .base = text};
+    mm_buf_t b;
+    mm_buf_init(&b);
+    leg_header_block(&r, &b);
+    mm_buf_append(&b, "", 1);
+    assert_string_equal(b.p, "cache-control:no-store\ncontent-type:application/json\n"
+                             "link:<a>\nlink:<b>\nx-model:B\n");
+    mm_buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -494,6 +526,7 @@ int main(void)
         cmocka_unit_test(test_head_index_classifies_every_header_once),
         cmocka_unit_test(test_known_names_match_in_any_case_and_near_misses_do_not),
         cmocka_unit_test(test_emitted_header_lines_are_normalised_and_runs_copied),
+        cmocka_unit_test(test_header_block_keeps_end_to_end_headers_sorted),
         cmocka_unit_test(test_token_lists),
         cmocka_unit_test(test_request_ids_are_validated),
         cmocka_unit_test(test_generated_request_ids_are_32_lowercase_hex_and_seeded),

@@ -76,7 +76,7 @@ static void fx_free(fx_t *f)
 
 static policy_resp_t resp(int status, const char *body)
 {
-    policy_resp_t r = {status, MM_STR("application/json"), {body, strlen(body)}, 0};
+    policy_resp_t r = {status, MM_STR("application/json"), {body, strlen(body)}, 0, MM_STR("")};
     return r;
 }
 
@@ -339,6 +339,68 @@ static void content_type_counts_only_with_compare_headers(void **state)
     fx_free(&f);
 }
 
+/* With the core's header blocks (compare.headers): one difference per header
+ * name whose lines differ or that one answer lacks, Content-Type
+ * case-insensitively, a name's repeated lines in order. */
+static policy_resp_t with_headers(const char *block)
+{
+    policy_resp_t r = resp(200, "{}");
+    r.headers = (mm_str_t){block, strlen(block)};
+    return r;
+}
+
+static void header_blocks_differ_per_header_name(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE ", \"compare\": {\"headers\": true}");
+    assert_int_equal(f.e->mirror.keep_headers, 1);
+    const char *base = "cache-control:no-store\ncontent-type:application/json\nx-v:7\n";
+    assert_int_equal(compare1(&f, with_headers(base), with_headers(base)), POLICY_MATCH);
+    assert_int_equal(
+        compare1(&f, with_headers(base),
+                 with_headers("cache-control:no-store\ncontent-type:Application/JSON\nx-v:7\n")),
+        POLICY_MATCH);
+    assert_int_equal(
+        compare1(&f, with_headers(base),
+                 with_headers("cache-control:no-store\ncontent-type:application/json\nx-v:8\n")),
+        POLICY_MISMATCH);
+    assert_int_equal(compare1(&f, with_headers(base),
+                              with_headers("cache-control:no-store\ncontent-type:application/"
+                                           "json\nx-a:1\nx-v:7\n")),
+                     POLICY_MISMATCH); /* a header only the mirror has */
+    assert_int_equal(
+        compare1(&f, with_headers(base), with_headers("content-type:application/json\nx-v:7\n")),
+        POLICY_MISMATCH); /* one only the primary has */
+    assert_int_equal(
+        compare1(&f, with_headers("link:a\nlink:b\n"), with_headers("link:a\nlink:b\n")),
+        POLICY_MATCH);
+    assert_int_equal(
+        compare1(&f, with_headers("link:a\nlink:b\n"), with_headers("link:b\nlink:a\n")),
+        POLICY_MISMATCH);
+    /* "x-v" and "x-vv" are different names, though one is a prefix */
+    assert_int_equal(compare1(&f, with_headers("x-v:1\nx-vv:1\n"), with_headers("x-v:1\nx-vv:1\n")),
+                     POLICY_MATCH);
+    json_t *d = describe(&f);
+    json_t *paths = json_object_get(shadow_entry(d, 0), "paths");
+    const char *want[] = {"header:x-v", "header:x-a", "header:cache-control", "header:link"};
+    assert_int_equal(json_array_size(paths), 4);
+    for (size_t i = 0; i < 4; i++) {
+        int found = 0;
+        for (size_t k = 0; k < 4; k++)
+            found |= strcmp(json_string_value(json_object_get(json_array_get(paths, k), "path")),
+                            want[i]) == 0;
+        assert_true(found);
+    }
+    json_decref(d);
+    fx_free(&f);
+    /* without compare.headers, blocks are not even asked for, and not compared */
+    fx_init(&f, BASE);
+    assert_int_equal(f.e->mirror.keep_headers, 0);
+    assert_int_equal(compare1(&f, with_headers(base), with_headers("x-v:8\n")), POLICY_MATCH);
+    fx_free(&f);
+}
+
 static void json_bodies_compare_by_meaning_at_any_size(void **state)
 {
     fx_t f;
@@ -532,6 +594,7 @@ int main(void)
         cmocka_unit_test(outcomes_without_secondary),
         cmocka_unit_test(truncated_bodies_differ_only_when_provably_different),
         cmocka_unit_test(content_type_counts_only_with_compare_headers),
+        cmocka_unit_test(header_blocks_differ_per_header_name),
         cmocka_unit_test(json_bodies_compare_by_meaning_at_any_size),
         cmocka_unit_test(differences_where_primary_and_secondary_differ_are_noise),
         cmocka_unit_test(per_field_statistics_use_shapes_and_are_bounded),
