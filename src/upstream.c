@@ -131,9 +131,10 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
 static int on_headers_complete(llhttp_t *p)
 {
     up_conn_t *c = parser_conn(p);
-    /* A status under 100 is no HTTP status (RFC 9110 §15): not an interim
-     * answer to skip while waiting for a final one that never comes. */
-    if (p->status_code < 100) return -1;
+    /* A status outside 100-599 is no HTTP status (RFC 9110 §15): under 100
+     * it is not an interim answer to skip while waiting for a final one that
+     * never comes, and over 599 no client could make sense of it. */
+    if (p->status_code < 100 || p->status_code > 599) return -1;
     if (p->status_code < 200) return 0; /* 1xx: interim, skipped */
     http_head_index(&c->head, c->rbuf);
     up_resp_t *r = &c->resp;

@@ -1091,6 +1091,14 @@ class UpstreamFailures(TestCluster):
         self.assertLess(time.time() - t0, 1.5)
         c.close()
 
+    def test_champion_status_over_599_is_502(self):
+        # RFC 9110 §15: status codes are 100-599; 999 was passed through.
+        port = self.one_answer_champion(b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\n{}")
+        c = self.raw(port)
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertJsonError(c.response(), 502, "upstream_unavailable")
+        c.close()
+
     def test_champion_answer_broken_before_any_body_byte_is_502(self):
         # The head came but nothing of the answer reached the client yet
         # when the body turned out malformed: a 502, not an empty reply.
