@@ -86,7 +86,7 @@ class ShadowComparison(mmtest.MMTestCase):
         c = self.cluster
         champion = c.model_server("champion", "--score", "0.7")
         same = c.model_server("same", "--score", "0.7")
-        other = c.model_server("other", "--score", "0.2")
+        other = c.model_server("other", "--score", "0.2", "--latency-ms", "30")
         port, admin = mmtest.free_port(), mmtest.free_port()
         cfg = mmtest.base_config(
             port, {"champion": champion.port, "same": same.port, "other": other.port},
@@ -110,6 +110,12 @@ class ShadowComparison(mmtest.MMTestCase):
         self.assertEqual(got[("same", "match")], 20)
         self.assertEqual(got[("other", "mismatch")], 20)
         self.assertEqual(got.get(("same", "mismatch"), 0) + got.get(("other", "match"), 0), 0)
+        # The view: a shadow arm answers no request; its p50/p99 are those of
+        # its mirrored answers (they were null before).
+        arms = {a["name"]: a for a in get_json(admin, "/experiments/mir")["arms"]}
+        self.assertEqual(arms["other"]["requests"], 0)
+        self.assertTrue(25 <= arms["other"]["p50_ms"] <= 200, arms["other"])
+        self.assertLess(arms["same"]["p50_ms"], 25, arms["same"])
 
 
 class HeaderUpstream:
