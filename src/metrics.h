@@ -45,6 +45,11 @@ typedef struct metrics_exp_s {
     char arm_names[MM_MAX_ARMS][MM_NAME_MAX + 1];
     int champion; /* arm index the fallbacks go to */
     metrics_arm_t arms[MM_MAX_ARMS];
+    /* Answers merged from every arm (interleave): the client got no one
+     * arm's answer, and X-Modelmux-Arm says "interleave"; so do the
+     * requests_total and request_duration_seconds labels, once there was one. */
+    metrics_arm_t merged;
+    int has_merged;
     struct metrics_exp_s *next;
 } metrics_exp_t;
 

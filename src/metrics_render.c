@@ -259,6 +259,19 @@ static exp_ref_t *collect(mm_server_t *srv, size_t *count)
     return v;
 }
 
+/* Arm a of m's request series, a == n_arms being the merged answers
+ * (interleave), which exist only once there was one; else NULL. */
+static const metrics_arm_t *arm_or_merged(const metrics_exp_t *m, size_t a)
+{
+    if (a < m->n_arms) return &m->arms[a];
+    return m->has_merged ? &m->merged : NULL;
+}
+
+static const char *arm_label(const metrics_exp_t *m, size_t a)
+{
+    return a < m->n_arms ? m->arm_names[a] : "interleave";
+}
+
 static void render_requests(mm_buf_t *b, const exp_ref_t *v, size_t n, const metrics_t *mt)
 {
     family(b, "modelmux_requests_total", "counter",
@@ -267,14 +280,17 @@ static void render_requests(mm_buf_t *b, const exp_ref_t *v, size_t n, const met
     char code[8];
     for (size_t k = 0; k < n; k++) {
         const metrics_exp_t *m = v[k].m;
-        for (size_t a = 0; a < m->n_arms; a++)
+        for (size_t a = 0; a <= m->n_arms; a++) {
+            const metrics_arm_t *ma = arm_or_merged(m, a);
+            if (ma == NULL) continue;
             for (int s = 0; s < 600; s++) {
-                if (m->arms[a].by_status[s] == 0) continue;
+                if (ma->by_status[s] == 0) continue;
                 snprintf(code, sizeof(code), "%d", s);
-                const char *kv[] = {"experiment", m->name, "arm", m->arm_names[a],
+                const char *kv[] = {"experiment", m->name, "arm", arm_label(m, a),
                                     "code",       code,    NULL};
-                sample_u64(b, "modelmux_requests_total", kv, m->arms[a].by_status[s]);
+                sample_u64(b, "modelmux_requests_total", kv, ma->by_status[s]);
             }
+        }
     }
     for (int s = 0; s < 600; s++) {
         if (mt->unrouted_by_status[s] == 0) continue;
@@ -292,8 +308,9 @@ static void render_durations(mm_buf_t *b, const exp_ref_t *v, size_t n)
     char le[32];
     for (size_t k = 0; k < n; k++) {
         const metrics_exp_t *m = v[k].m;
-        for (size_t a = 0; a < m->n_arms; a++) {
-            const metrics_arm_t *ma = &m->arms[a];
+        for (size_t a = 0; a <= m->n_arms; a++) {
+            const metrics_arm_t *ma = arm_or_merged(m, a);
+            if (ma == NULL) continue;
             uint64_t cum = 0;
             for (int i = 0; i <= MM_LAT_BUCKETS; i++) {
                 cum += ma->lat_buckets[i];
@@ -304,10 +321,10 @@ static void render_durations(mm_buf_t *b, const exp_ref_t *v, size_t n)
                 } else {
                     snprintf(le, sizeof(le), "+Inf");
                 }
-                const char *kv[] = {"experiment", m->name, "arm", m->arm_names[a], "le", le, NULL};
+                const char *kv[] = {"experiment", m->name, "arm", arm_label(m, a), "le", le, NULL};
                 sample_u64(b, "modelmux_request_duration_seconds_bucket", kv, cum);
             }
-            const char *kv[] = {"experiment", m->name, "arm", m->arm_names[a], NULL};
+            const char *kv[] = {"experiment", m->name, "arm", arm_label(m, a), NULL};
             sample_f(b, "modelmux_request_duration_seconds_sum", kv, ma->lat_sum_s);
             sample_u64(b, "modelmux_request_duration_seconds_count", kv, cum);
         }

@@ -1051,7 +1051,9 @@ static void req_finish(conn_t *c)
         r->up = NULL;
     }
     if (r->exp && !r->local) {
-        metrics_arm_t *ma = &r->exp->metrics->arms[r->arm];
+        metrics_exp_t *me = r->exp->metrics;
+        metrics_arm_t *ma = r->merged ? &me->merged : &me->arms[r->arm];
+        me->has_merged |= r->merged;
         metrics_status(ma->by_status, r->status);
         metrics_latency(ma, latency);
         /* One failed request is one error. A chosen arm that could not be

@@ -511,7 +511,7 @@ void reqlog_entry_from_req(conn_t *c, uint64_t latency_us, reqlog_entry_t *out)
     out->request_id = r->id_len ? r->id : NULL;
     if (r->exp) {
         out->experiment = r->exp->cfg->name;
-        out->arm = r->exp->ups[r->arm]->name;
+        out->arm = r->merged ? "interleave" : r->exp->ups[r->arm]->name;
     }
     out->method = r->method;
     out->path = r->url.p ? r->url.p : "";

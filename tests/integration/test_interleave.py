@@ -211,6 +211,15 @@ class Interleave(mmtest.MMTestCase):
         finally:
             conn.close()
         self.assertEqual(stats(b_port)["requests"], before_b + 1)  # only the POST reached b
+        # The metric's arm label says what X-Modelmux-Arm says: the HEADs were
+        # ranker-a's answers, the merged answer is "interleave"'s.
+        got = mmtest.metric_samples(mm.admin_port, "modelmux_requests_total", "experiment", "arm",
+                                    "code")
+        self.assertEqual({k: v for k, v in got.items() if k[0] == "search"},
+                         {("search", "ranker-a", "200"): 2, ("search", "interleave", "200"): 1})
+        got = mmtest.metric_samples(mm.admin_port, "modelmux_request_duration_seconds_count",
+                                    "experiment", "arm")
+        self.assertEqual(got[("search", "interleave")], 1)
 
     def test_merged_answers_hold_k_items_from_both_rankers(self):
         a_port, b_port = self.rankers()
