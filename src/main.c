@@ -79,6 +79,17 @@ static int parse_u64(const char *s, uint64_t *out)
     return 0;
 }
 
+/* Block or unblock SIGHUP, SIGTERM and SIGINT (old: the previous mask). */
+static void lifecycle_signals(int how, sigset_t *old)
+{
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGHUP);
+    sigaddset(&s, SIGTERM);
+    sigaddset(&s, SIGINT);
+    sigprocmask(how, &s, old);
+}
+
 /* A worker's place in a --workers group: its private scrape listener
  * (bound and listening, inherited) and every worker's port. */
 typedef struct {
@@ -103,6 +114,9 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
         uv_run(&loop, UV_RUN_NOWAIT);
         return 1;
     }
+    /* Handlers in place (server_start): what was blocked since the fork
+     * (fork_worker) may come now. */
+    lifecycle_signals(SIG_UNBLOCK, NULL);
     if (grp &&
         scrape_group_start(&srv, grp->n, grp->self, grp->fd, grp->ports, err, sizeof(err)) != 0) {
         /* Serve anyway: only /metrics loses the siblings' counters. */
@@ -209,12 +223,41 @@ static void stop_private_redis(void)
     private_redis_pid = 0;
 }
 
-static volatile sig_atomic_t got_signal, signal_sender;
+/* Signals to forward, noted by the handler; the parent's loop runs with
+ * them blocked and waits in sigsuspend, so none is noticed late or lost. */
+static volatile sig_atomic_t pending_hup, pending_stop, hup_sender;
 static void on_parent_signal(int sig, siginfo_t *info, void *ctx)
 {
     (void)ctx;
-    got_signal = sig;
-    signal_sender = info ? (sig_atomic_t)info->si_pid : 0;
+    if (sig == SIGHUP) {
+        sig_atomic_t from = info ? (sig_atomic_t)info->si_pid : 0;
+        /* Two reloads before the loop ran: from two senders, every worker. */
+        hup_sender = pending_hup && hup_sender != from ? 0 : from;
+        pending_hup = 1;
+    } else {
+        pending_stop = sig;
+    }
+}
+
+static void on_child_exit(int sig)
+{
+    (void)sig; /* only wakes sigsuspend */
+}
+
+/* The --workers parent's handlers, installed before anything is started
+ * (the private redis-server, the workers): a signal that comes meanwhile is
+ * noted and forwarded once the workers run (each has them blocked until its
+ * own handlers are in place, see fork_worker), never the default action. */
+static void parent_signals_install(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = on_parent_signal;
+    sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGCHLD, on_child_exit);
 }
 
 /* Workers bind with SO_REUSEPORT, which would let a second group share the
@@ -275,9 +318,22 @@ static pid_t fork_worker(const char *path, config_t *cfg, uint64_t seed,
                          const cfg_store_t *store_override, int reload, const scrape_fds_t *sf,
                          int n, int slot)
 {
+    /* A signal the parent forwards while the worker is still starting (a
+     * POST /reload answered by a sibling, a SIGTERM) would find the default
+     * action and kill it: the worker starts with them blocked, and
+     * run_worker unblocks them once its handlers are in place, so a pending
+     * one is then handled as it should be. */
+    sigset_t old;
+    lifecycle_signals(SIG_BLOCK, &old);
     pid_t pid = fork();
+    if (pid != 0) sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGTERM); /* die with the parent */
+        signal(SIGCHLD, SIG_DFL);         /* the parent's, inherited */
+        sigset_t chld;
+        sigemptyset(&chld);
+        sigaddset(&chld, SIGCHLD);
+        sigprocmask(SIG_UNBLOCK, &chld, NULL);
         group_t grp = {n, slot, sf->grouped ? sf->fds[slot] : -1, sf->ports};
         for (int j = 0; j < n && sf->grouped; j++)
             if (j != slot && sf->fds[j] >= 0) close(sf->fds[j]);
@@ -307,6 +363,13 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             sf.grouped = 0;
         }
     }
+    sigset_t waitmask, blocked;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGHUP);
+    sigaddset(&blocked, SIGTERM);
+    sigaddset(&blocked, SIGINT);
+    sigaddset(&blocked, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &blocked, &waitmask);
     time_t started[256];
     uint64_t next_seed = seed + (uint64_t)n;
     int stopping = 0, reloaded = 0;
@@ -321,29 +384,29 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
         pids[i] = pid;
         started[i] = time(NULL);
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = on_parent_signal;
-    sa.sa_flags = SA_SIGINFO;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
     int alive = n, code = 0;
     while (alive > 0) {
-        int st;
-        pid_t pid = waitpid(-1, &st, 0);
-        if (pid < 0) {
-            if (errno != EINTR) break;
-            int sig = got_signal;
-            pid_t from = (pid_t)signal_sender;
-            got_signal = 0;
-            if (sig == SIGHUP)
-                reloaded = 1;
-            else if (sig != 0)
-                stopping = 1;
+        /* Signals are blocked here: the flags are stable while read. */
+        if (pending_stop) {
+            int sig = pending_stop;
+            pending_stop = 0;
+            stopping = 1;
+            for (int i = 0; i < n; i++)
+                if (pids[i] > 0) kill(pids[i], sig);
+        }
+        if (pending_hup) {
+            pid_t from = (pid_t)hup_sender;
+            pending_hup = 0;
+            reloaded = 1;
             /* A worker's POST /reload sends SIGHUP here: it reloads itself. */
             for (int i = 0; i < n; i++)
-                if (pids[i] > 0 && !(sig == SIGHUP && pids[i] == from)) kill(pids[i], sig);
+                if (pids[i] > 0 && pids[i] != from) kill(pids[i], SIGHUP);
+        }
+        int st;
+        pid_t pid = waitpid(-1, &st, WNOHANG);
+        if (pid < 0 && errno == ECHILD) break;
+        if (pid <= 0) {
+            sigsuspend(&waitmask); /* until a signal or a child's exit */
             continue;
         }
         int slot = -1;
@@ -374,6 +437,7 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
         alive--;
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) code = 1;
     }
+    sigprocmask(SIG_SETMASK, &waitmask, NULL);
     for (int i = 0; i < n && sf.grouped; i++)
         if (sf.fds[i] >= 0) close(sf.fds[i]);
     config_free(cfg);
@@ -444,6 +508,7 @@ int main(int argc, char **argv)
     }
     cfg_store_t shared;
     const cfg_store_t *override = NULL;
+    if (workers > 1) parent_signals_install();
     if (workers > 1 && cfg->store.type == STORE_MEMORY) {
         if (start_private_redis(&shared) != 0) {
             fprintf(stderr,

@@ -934,6 +934,42 @@ class StoreIntegration(mmtest.MMTestCase):
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0)
 
+    def test_7f_signals_while_the_group_starts_are_not_fatal(self):
+        """A SIGHUP (a reload) or SIGTERM that reaches the group while its
+        workers are still starting is handled, not the default action: a
+        worker killed by signal 1 during its start was the flaky end of a
+        POST /reload right after start."""
+        port, admin = two_ports()
+        cfg = mmtest.base_config(port, {"champion": self.champion.port,
+                                        "challenger": self.challenger.port},
+                                 experiments(), admin_port=admin)
+
+        def catches(pid, sig):
+            with open("/proc/%d/status" % pid) as f:
+                cgt = [l for l in f if l.startswith("SigCgt:")][0].split()[1]
+            return int(cgt, 16) & (1 << (sig - 1))
+
+        mm = self.cluster.modelmux(cfg, "--workers", 2, name="hup-at-start", wait=False)
+        mmtest.eventually(lambda: catches(mm.pid, signal.SIGHUP), timeout=5, interval=0.001)
+        deadline = time.time() + 0.4
+        while time.time() < deadline:  # through the workers' start
+            mm.signal(signal.SIGHUP)
+            time.sleep(0.002)
+        mmtest.wait_port(port, mm.p)
+        mmtest.eventually(lambda: len(re.findall(r"listening on", mm.log())) == 2, timeout=5)
+        time.sleep(0.3)
+        self.assertNotIn("killed by signal", mm.log())
+        for i in range(20):
+            self.assertEqual(mmtest.request(port, "GET", "/recs/h%d" % i)[0], 200)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-2000:])
+
+        mm = self.cluster.modelmux(cfg, "--workers", 2, name="term-at-start", wait=False)
+        mmtest.eventually(lambda: catches(mm.pid, signal.SIGTERM), timeout=5, interval=0.001)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-2000:])
+        self.assertNotIn("killed by signal", mm.log())
+
     def test_7e_a_crashed_worker_is_replaced(self):
         """A worker killed by a signal (a crash, the OOM killer) is started
         again by the parent, with the group's current config (reloads
