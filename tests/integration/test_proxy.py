@@ -1020,35 +1020,12 @@ class UpstreamFailures(TestCluster):
     def test_champion_answer_with_a_folded_header_is_502(self):
         # RFC 9112 §5.2: a proxy that gets obs-fold in an answer replies 502
         # (it cannot forward that head faithfully).
-        srv = socket.socket()
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(8)
-        srv.settimeout(5)
-
-        def serve():
-            try:
-                s, _ = srv.accept()
-            except OSError:
-                return
-            with s:
-                s.recv(65536)
-                s.sendall(b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\n{}")
-                time.sleep(0.5)
-
-        t = threading.Thread(target=serve, daemon=True)
-        t.start()
-        try:
-            port = mmtest.free_port()
-            self.cluster.modelmux(mmtest.base_config(
-                port, {"champion": up(srv.getsockname()[1], timeout_ms=2000)},
-                [ab("ab", "/", {"champion": 1})], limits={"drain_timeout_ms": 2000}))
-            c = self.raw(port)
-            c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
-            self.assertJsonError(c.response(), 502, "upstream_unavailable")
-            c.close()
-        finally:
-            t.join(5)
-            srv.close()
+        port = self.one_answer_champion(
+            b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\n{}")
+        c = self.raw(port)
+        c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertJsonError(c.response(), 502, "upstream_unavailable")
+        c.close()
 
     def one_answer_champion(self, answer):
         """modelmux in front of a champion that reads one request and sends
