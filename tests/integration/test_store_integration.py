@@ -907,8 +907,10 @@ class StoreIntegration(mmtest.MMTestCase):
         def total(m, name):
             return sum(v for k, v in m.items() if k.split("{")[0] == name)
 
-        pids = sorted(int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log()))
-        self.assertEqual(len(pids), 2, mm.log())
+        listening = lambda: sorted(
+            int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log()))
+        pids = mmtest.eventually(lambda: (lambda p: p if len(p) == 2 else None)(listening()),
+                                 timeout=10)
         accepted = scrape()["modelmux_connections_accepted_total"]  # the start-up probe
         for i in range(200):  # a fresh connection each: the kernel spreads them
             self.assertEqual(mmtest.request(mm.port, "GET", "/recs/x%d" % i)[0], 200)
