@@ -74,6 +74,7 @@ typedef struct {
     uint64_t poll_errors;
     double elapsed_s;
     int stopped_early;
+    int interrupted; /* Ctrl-C: the command stops after this run */
 } sim_result_t;
 
 typedef struct sim_batch_s {
@@ -365,7 +366,8 @@ static void batch_seal(sim_run_t *s)
     if (b == NULL || b->events == 0) return;
     s->cur = NULL;
     mm_buf_lit(&b->body, "]}");
-    b->due_us = mm_now_us() + s->o->delay_ms * 1000;
+    /* After Ctrl-C nothing waits out the delay: the user asked to stop. */
+    b->due_us = mm_now_us() + (s->res->interrupted ? 0 : s->o->delay_ms * 1000);
     if (s->qtail)
         s->qtail->next = b;
     else
@@ -670,10 +672,20 @@ static void on_stop_timer(uv_timer_t *t)
     run_stop(s);
 }
 
+/* Ctrl-C: stop sending, and post the feedback batches still waiting out
+ * --feedback-delay-ms now (the router gets every reward, and the report does
+ * not wait up to an hour for it). */
 static void on_sigint(uv_signal_t *h, int sig)
 {
+    sim_run_t *s = h->data;
     (void)sig;
-    run_stop(h->data);
+    s->res->interrupted = 1;
+    for (sim_batch_t *b = s->qhead; b; b = b->next) b->due_us = 0;
+    if (!s->closed) {
+        uv_timer_stop(&s->fb_timer);
+        fb_pump(s);
+    }
+    run_stop(s);
 }
 
 static void result_free(sim_result_t *r)
@@ -1242,20 +1254,28 @@ int simulate_main(int argc, char **argv)
     memset(&b, 0, sizeof(b));
     sim_window_t *wa = NULL, *wb = NULL;
     size_t nwa = 0, nwb = 0;
-    int rc = 1;
+    int rc = 1, split_run = 0;
     if (sim_run(&o, o.target, o.admin, &a) < 0) goto out;
-    if (o.compare && sim_run(&o, o.compare, NULL, &b) < 0) goto out;
+    if (o.compare && a.interrupted)
+        fprintf(stderr,
+                "simulate: interrupted: the --compare-split run against %s is not "
+                "started\n",
+                o.compare);
+    else if (o.compare && sim_run(&o, o.compare, NULL, &b) < 0)
+        goto out;
+    else
+        split_run = o.compare != NULL;
     nwa = windows_of(&a, &o, &wa);
-    nwb = o.compare ? windows_of(&b, &o, &wb) : 0;
-    if (wa == NULL || (o.compare && wb == NULL)) {
+    nwb = split_run ? windows_of(&b, &o, &wb) : 0;
+    if (wa == NULL || (split_run && wb == NULL)) {
         fprintf(stderr, "simulate: out of memory\n");
         goto out;
     }
     uint64_t id_win = identified_by_windows(wa, nwa, o.window);
     uint64_t id_poll = identified_by_polls(&a);
     uint64_t identified = o.admin ? id_poll : id_win;
-    if (o.csv && write_csv(o.csv, &o, &a, o.compare ? &b : NULL) < 0) goto out;
-    if (o.svg && write_svg(o.svg, &o, &a, o.compare ? &b : NULL, identified) < 0) goto out;
+    if (o.csv && write_csv(o.csv, &o, &a, split_run ? &b : NULL) < 0) goto out;
+    if (o.svg && write_svg(o.svg, &o, &a, split_run ? &b : NULL, identified) < 0) goto out;
     if (o.json) {
         json_t *root = json_object();
         json_object_set_new(root, "experiment", json_string(o.experiment));
@@ -1271,10 +1291,13 @@ int simulate_main(int argc, char **argv)
         json_object_set_new(root, "identified_at",
                             identified ? json_integer((json_int_t)identified) : json_null());
         json_object_set_new(root, "bandit", run_json(&o, &a, wa, nwa, id_win, id_poll, 1));
-        if (o.compare) {
+        if (split_run) {
             uint64_t id_b = identified_by_windows(wb, nwb, o.window);
             json_object_set_new(root, "split", run_json(&o, &b, wb, nwb, id_b, 0, 0));
             json_object_set_new(root, "regret_saved", json_real(b.regret - a.regret));
+        } else if (o.compare) { /* interrupted before it */
+            json_object_set_new(root, "split", json_null());
+            json_object_set_new(root, "regret_saved", json_null());
         }
         if (o.csv) json_object_set_new(root, "csv", json_string(o.csv));
         if (o.svg) json_object_set_new(root, "svg", json_string(o.svg));
@@ -1321,7 +1344,9 @@ int simulate_main(int argc, char **argv)
                    wa[i].rated ? 100.0 * (double)wa[i].best / (double)wa[i].rated : 0.0,
                    wa[i].cum_regret);
         }
-        if (o.compare) {
+        if (o.compare && !split_run) {
+            printf("%-12s not run (interrupted)\n", "split:");
+        } else if (o.compare) {
             print_run_text(&o, &b, "split:");
             double saved = b.regret - a.regret;
             printf("%-12s bandit %.2f vs split %.2f: bandit saved %.2f regret (%.1f %%)\n",
