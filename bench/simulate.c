@@ -19,6 +19,7 @@
  * Nothing blocks the loop: the CSV and SVG files are written after the loop
  * has finished. With --concurrency 1 (the default) the order of answers, and
  * so the whole run, is reproducible given --seed here and modelmux --seed. */
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <signal.h>
@@ -893,14 +894,22 @@ static uint64_t rated_rows(const sim_result_t *r, const sim_opts_t *o)
 
 /* ---- files ---- */
 
-static int write_csv(const char *path, const sim_opts_t *o, const sim_result_t *a,
-                     const sim_result_t *b)
+/* The output files are opened before the first request (a path that cannot
+ * be written fails the command before a long run, not after it) and written
+ * and closed here, after the loop; both functions close f. */
+static int close_output(FILE *f, const char *opt, const char *path)
 {
-    FILE *f = fopen(path, "w");
-    if (f == NULL) {
-        perror(path);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        fprintf(stderr, "simulate: %s %s: write error\n", opt, path);
         return -1;
     }
+    return 0;
+}
+
+static int write_csv(FILE *f, const char *path, const sim_opts_t *o, const sim_result_t *a,
+                     const sim_result_t *b)
+{
     double *sa = trailing_share(a, o), *sb = b ? trailing_share(b, o) : NULL;
     if (sa == NULL || (b && sb == NULL)) {
         fprintf(stderr, "simulate: out of memory writing %s\n", path);
@@ -926,11 +935,7 @@ static int write_csv(const char *path, const sim_opts_t *o, const sim_result_t *
     }
     free(sa);
     free(sb);
-    if (fclose(f) != 0) {
-        perror(path);
-        return -1;
-    }
-    return 0;
+    return close_output(f, "--csv", path);
 }
 
 /* A "nice" tick step (1, 2 or 5 times a power of ten) for about n ticks. */
@@ -982,17 +987,13 @@ static void svg_series(FILE *f, const svg_frame_t *fr, const double *v, size_t n
     fprintf(f, "\"/>\n");
 }
 
-static int write_svg(const char *path, const sim_opts_t *o, const sim_result_t *a,
+static int write_svg(FILE *f, const char *path, const sim_opts_t *o, const sim_result_t *a,
                      const sim_result_t *b, uint64_t identified)
 {
     double *sa = trailing_share(a, o), *sb = b ? trailing_share(b, o) : NULL;
-    FILE *f = fopen(path, "w");
-    if (f == NULL || sa == NULL || (b && sb == NULL)) {
-        if (f == NULL)
-            perror(path);
-        else
-            fprintf(stderr, "simulate: out of memory writing %s\n", path);
-        if (f) fclose(f);
+    if (sa == NULL || (b && sb == NULL)) {
+        fprintf(stderr, "simulate: out of memory writing %s\n", path);
+        fclose(f);
         free(sa);
         free(sb);
         return -1;
@@ -1112,11 +1113,7 @@ static int write_svg(const char *path, const sim_opts_t *o, const sim_result_t *
     fprintf(f, "</svg>\n");
     free(sa);
     free(sb);
-    if (fclose(f) != 0) {
-        perror(path);
-        return -1;
-    }
-    return 0;
+    return close_output(f, "--svg", path);
 }
 
 /* ---- report ---- */
@@ -1254,7 +1251,16 @@ int simulate_main(int argc, char **argv)
     memset(&b, 0, sizeof(b));
     sim_window_t *wa = NULL, *wb = NULL;
     size_t nwa = 0, nwb = 0;
-    int rc = 1, split_run = 0;
+    int rc = 1, files_ok = 1, split_run = 0;
+    FILE *fcsv = NULL, *fsvg = NULL;
+    if (o.csv && (fcsv = fopen(o.csv, "w")) == NULL) {
+        fprintf(stderr, "simulate: --csv %s: %s\n", o.csv, strerror(errno));
+        goto out;
+    }
+    if (o.svg && (fsvg = fopen(o.svg, "w")) == NULL) {
+        fprintf(stderr, "simulate: --svg %s: %s\n", o.svg, strerror(errno));
+        goto out;
+    }
     if (sim_run(&o, o.target, o.admin, &a) < 0) goto out;
     if (o.compare && a.interrupted)
         fprintf(stderr,
@@ -1274,8 +1280,11 @@ int simulate_main(int argc, char **argv)
     uint64_t id_win = identified_by_windows(wa, nwa, o.window);
     uint64_t id_poll = identified_by_polls(&a);
     uint64_t identified = o.admin ? id_poll : id_win;
-    if (o.csv && write_csv(o.csv, &o, &a, split_run ? &b : NULL) < 0) goto out;
-    if (o.svg && write_svg(o.svg, &o, &a, split_run ? &b : NULL, identified) < 0) goto out;
+    /* A file that cannot be written costs the file, not the report. */
+    if (fcsv && write_csv(fcsv, o.csv, &o, &a, split_run ? &b : NULL) < 0) files_ok = 0;
+    fcsv = NULL;
+    if (fsvg && write_svg(fsvg, o.svg, &o, &a, split_run ? &b : NULL, identified) < 0) files_ok = 0;
+    fsvg = NULL;
     if (o.json) {
         json_t *root = json_object();
         json_object_set_new(root, "experiment", json_string(o.experiment));
@@ -1356,8 +1365,18 @@ int simulate_main(int argc, char **argv)
         if (o.csv) printf("%-12s %s\n", "csv:", o.csv);
         if (o.svg) printf("%-12s %s\n", "svg:", o.svg);
     }
-    rc = 0;
+    rc = files_ok ? 0 : 1;
 out:
+    /* Still open: the run failed before they were written; remove them
+     * rather than leave empty files behind. */
+    if (fcsv) {
+        fclose(fcsv);
+        remove(o.csv);
+    }
+    if (fsvg) {
+        fclose(fsvg);
+        remove(o.svg);
+    }
     free(wa);
     free(wb);
     result_free(&a);

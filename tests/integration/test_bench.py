@@ -364,6 +364,20 @@ class BenchTest(mmtest.MMTestCase):
         # Nothing reached the split's router.
         self.assertEqual(self.served(self.champion) + self.served(self.challenger), b["answered"])
 
+    def test_simulate_unwritable_output_file_fails_before_sending(self):
+        missing_dir = self.cluster.path("no-such-dir")
+        for opt in ("--csv", "--svg"):
+            rc, out, err = self.bench(
+                "simulate", "--target", self.target, "--experiment", "bandit",
+                "--rates", "champion=0.02,challenger=0.10", "--requests", 50,
+                "--path", "/v1/bandit/predict", opt, os.path.join(missing_dir, "x"),
+                "--duration", 30)
+            self.assertEqual(rc, 1, out)
+            self.assertIn(opt + " " + os.path.join(missing_dir, "x"), err)
+            self.assertEqual(out, "")
+        # The run that would have been lost never started.
+        self.assertEqual(self.served(self.champion) + self.served(self.challenger), 0)
+
     def test_simulate_rejects_bad_arguments(self):
         rc, _, err = self.bench("simulate", "--target", self.target, "--experiment", "bandit",
                                 "--rates", "champion=1.5", "--requests", 10)
