@@ -19,6 +19,7 @@
  * Nothing blocks the loop: the CSV and SVG files are written after the loop
  * has finished. With --concurrency 1 (the default) the order of answers, and
  * so the whole run, is reproducible given --seed here and modelmux --seed. */
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <signal.h>
@@ -74,6 +75,7 @@ typedef struct {
     uint64_t poll_errors;
     double elapsed_s;
     int stopped_early;
+    int interrupted; /* Ctrl-C: the command stops after this run */
 } sim_result_t;
 
 typedef struct sim_batch_s {
@@ -365,7 +367,8 @@ static void batch_seal(sim_run_t *s)
     if (b == NULL || b->events == 0) return;
     s->cur = NULL;
     mm_buf_lit(&b->body, "]}");
-    b->due_us = mm_now_us() + s->o->delay_ms * 1000;
+    /* After Ctrl-C nothing waits out the delay: the user asked to stop. */
+    b->due_us = mm_now_us() + (s->res->interrupted ? 0 : s->o->delay_ms * 1000);
     if (s->qtail)
         s->qtail->next = b;
     else
@@ -670,10 +673,20 @@ static void on_stop_timer(uv_timer_t *t)
     run_stop(s);
 }
 
+/* Ctrl-C: stop sending, and post the feedback batches still waiting out
+ * --feedback-delay-ms now (the router gets every reward, and the report does
+ * not wait up to an hour for it). */
 static void on_sigint(uv_signal_t *h, int sig)
 {
+    sim_run_t *s = h->data;
     (void)sig;
-    run_stop(h->data);
+    s->res->interrupted = 1;
+    for (sim_batch_t *b = s->qhead; b; b = b->next) b->due_us = 0;
+    if (!s->closed) {
+        uv_timer_stop(&s->fb_timer);
+        fb_pump(s);
+    }
+    run_stop(s);
 }
 
 static void result_free(sim_result_t *r)
@@ -881,14 +894,22 @@ static uint64_t rated_rows(const sim_result_t *r, const sim_opts_t *o)
 
 /* ---- files ---- */
 
-static int write_csv(const char *path, const sim_opts_t *o, const sim_result_t *a,
-                     const sim_result_t *b)
+/* The output files are opened before the first request (a path that cannot
+ * be written fails the command before a long run, not after it) and written
+ * and closed here, after the loop; both functions close f. */
+static int close_output(FILE *f, const char *opt, const char *path)
 {
-    FILE *f = fopen(path, "w");
-    if (f == NULL) {
-        perror(path);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        fprintf(stderr, "simulate: %s %s: write error\n", opt, path);
         return -1;
     }
+    return 0;
+}
+
+static int write_csv(FILE *f, const char *path, const sim_opts_t *o, const sim_result_t *a,
+                     const sim_result_t *b)
+{
     double *sa = trailing_share(a, o), *sb = b ? trailing_share(b, o) : NULL;
     if (sa == NULL || (b && sb == NULL)) {
         fprintf(stderr, "simulate: out of memory writing %s\n", path);
@@ -914,11 +935,7 @@ static int write_csv(const char *path, const sim_opts_t *o, const sim_result_t *
     }
     free(sa);
     free(sb);
-    if (fclose(f) != 0) {
-        perror(path);
-        return -1;
-    }
-    return 0;
+    return close_output(f, "--csv", path);
 }
 
 /* A "nice" tick step (1, 2 or 5 times a power of ten) for about n ticks. */
@@ -970,17 +987,13 @@ static void svg_series(FILE *f, const svg_frame_t *fr, const double *v, size_t n
     fprintf(f, "\"/>\n");
 }
 
-static int write_svg(const char *path, const sim_opts_t *o, const sim_result_t *a,
+static int write_svg(FILE *f, const char *path, const sim_opts_t *o, const sim_result_t *a,
                      const sim_result_t *b, uint64_t identified)
 {
     double *sa = trailing_share(a, o), *sb = b ? trailing_share(b, o) : NULL;
-    FILE *f = fopen(path, "w");
-    if (f == NULL || sa == NULL || (b && sb == NULL)) {
-        if (f == NULL)
-            perror(path);
-        else
-            fprintf(stderr, "simulate: out of memory writing %s\n", path);
-        if (f) fclose(f);
+    if (sa == NULL || (b && sb == NULL)) {
+        fprintf(stderr, "simulate: out of memory writing %s\n", path);
+        fclose(f);
         free(sa);
         free(sb);
         return -1;
@@ -1100,11 +1113,7 @@ static int write_svg(const char *path, const sim_opts_t *o, const sim_result_t *
     fprintf(f, "</svg>\n");
     free(sa);
     free(sb);
-    if (fclose(f) != 0) {
-        perror(path);
-        return -1;
-    }
-    return 0;
+    return close_output(f, "--svg", path);
 }
 
 /* ---- report ---- */
@@ -1242,20 +1251,40 @@ int simulate_main(int argc, char **argv)
     memset(&b, 0, sizeof(b));
     sim_window_t *wa = NULL, *wb = NULL;
     size_t nwa = 0, nwb = 0;
-    int rc = 1;
+    int rc = 1, files_ok = 1, split_run = 0;
+    FILE *fcsv = NULL, *fsvg = NULL;
+    if (o.csv && (fcsv = fopen(o.csv, "w")) == NULL) {
+        fprintf(stderr, "simulate: --csv %s: %s\n", o.csv, strerror(errno));
+        goto out;
+    }
+    if (o.svg && (fsvg = fopen(o.svg, "w")) == NULL) {
+        fprintf(stderr, "simulate: --svg %s: %s\n", o.svg, strerror(errno));
+        goto out;
+    }
     if (sim_run(&o, o.target, o.admin, &a) < 0) goto out;
-    if (o.compare && sim_run(&o, o.compare, NULL, &b) < 0) goto out;
+    if (o.compare && a.interrupted)
+        fprintf(stderr,
+                "simulate: interrupted: the --compare-split run against %s is not "
+                "started\n",
+                o.compare);
+    else if (o.compare && sim_run(&o, o.compare, NULL, &b) < 0)
+        goto out;
+    else
+        split_run = o.compare != NULL;
     nwa = windows_of(&a, &o, &wa);
-    nwb = o.compare ? windows_of(&b, &o, &wb) : 0;
-    if (wa == NULL || (o.compare && wb == NULL)) {
+    nwb = split_run ? windows_of(&b, &o, &wb) : 0;
+    if (wa == NULL || (split_run && wb == NULL)) {
         fprintf(stderr, "simulate: out of memory\n");
         goto out;
     }
     uint64_t id_win = identified_by_windows(wa, nwa, o.window);
     uint64_t id_poll = identified_by_polls(&a);
     uint64_t identified = o.admin ? id_poll : id_win;
-    if (o.csv && write_csv(o.csv, &o, &a, o.compare ? &b : NULL) < 0) goto out;
-    if (o.svg && write_svg(o.svg, &o, &a, o.compare ? &b : NULL, identified) < 0) goto out;
+    /* A file that cannot be written costs the file, not the report. */
+    if (fcsv && write_csv(fcsv, o.csv, &o, &a, split_run ? &b : NULL) < 0) files_ok = 0;
+    fcsv = NULL;
+    if (fsvg && write_svg(fsvg, o.svg, &o, &a, split_run ? &b : NULL, identified) < 0) files_ok = 0;
+    fsvg = NULL;
     if (o.json) {
         json_t *root = json_object();
         json_object_set_new(root, "experiment", json_string(o.experiment));
@@ -1271,10 +1300,13 @@ int simulate_main(int argc, char **argv)
         json_object_set_new(root, "identified_at",
                             identified ? json_integer((json_int_t)identified) : json_null());
         json_object_set_new(root, "bandit", run_json(&o, &a, wa, nwa, id_win, id_poll, 1));
-        if (o.compare) {
+        if (split_run) {
             uint64_t id_b = identified_by_windows(wb, nwb, o.window);
             json_object_set_new(root, "split", run_json(&o, &b, wb, nwb, id_b, 0, 0));
             json_object_set_new(root, "regret_saved", json_real(b.regret - a.regret));
+        } else if (o.compare) { /* interrupted before it */
+            json_object_set_new(root, "split", json_null());
+            json_object_set_new(root, "regret_saved", json_null());
         }
         if (o.csv) json_object_set_new(root, "csv", json_string(o.csv));
         if (o.svg) json_object_set_new(root, "svg", json_string(o.svg));
@@ -1321,7 +1353,9 @@ int simulate_main(int argc, char **argv)
                    wa[i].rated ? 100.0 * (double)wa[i].best / (double)wa[i].rated : 0.0,
                    wa[i].cum_regret);
         }
-        if (o.compare) {
+        if (o.compare && !split_run) {
+            printf("%-12s not run (interrupted)\n", "split:");
+        } else if (o.compare) {
             print_run_text(&o, &b, "split:");
             double saved = b.regret - a.regret;
             printf("%-12s bandit %.2f vs split %.2f: bandit saved %.2f regret (%.1f %%)\n",
@@ -1331,8 +1365,18 @@ int simulate_main(int argc, char **argv)
         if (o.csv) printf("%-12s %s\n", "csv:", o.csv);
         if (o.svg) printf("%-12s %s\n", "svg:", o.svg);
     }
-    rc = 0;
+    rc = files_ok ? 0 : 1;
 out:
+    /* Still open: the run failed before they were written; remove them
+     * rather than leave empty files behind. */
+    if (fcsv) {
+        fclose(fcsv);
+        remove(o.csv);
+    }
+    if (fsvg) {
+        fclose(fsvg);
+        remove(o.svg);
+    }
     free(wa);
     free(wb);
     result_free(&a);

@@ -30,6 +30,7 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -320,6 +321,62 @@ class BenchTest(mmtest.MMTestCase):
             "--duration", 30)
         self.assertEqual(r["bandit"]["errors"]["http_non_2xx"], 20)
         self.assertEqual(r["bandit"]["feedback"]["events"], 0)
+
+    def test_simulate_ctrl_c_skips_the_comparison_and_posts_late_feedback_at_once(self):
+        # Ctrl-C during the bandit run: its report is printed, the
+        # --compare-split run is not started, and the batches waiting out
+        # --feedback-delay-ms are posted at once instead of a minute later.
+        split_port = mmtest.free_port()
+        split_cfg = mmtest.base_config(
+            split_port, {"champion": self.champion.port, "challenger": self.challenger.port},
+            [{"name": "bandit", "match": {"path_prefix": "/v1/bandit"}, "policy": "ab",
+              "arms": {"champion": 50, "challenger": 50}}])
+        self.cluster.modelmux(split_cfg, "--seed", "1", name="split")
+        p = subprocess.Popen(
+            [mmtest.BENCH_BIN, "simulate", "--target", self.target, "--experiment", "bandit",
+             "--rates", "champion=0.02,challenger=0.10", "--requests", "1000000",
+             "--path", "/v1/bandit/predict", "--feedback-batch", "10",
+             "--feedback-delay-ms", "600000", "--compare-split",
+             "http://127.0.0.1:%d" % split_port, "--duration", "60", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            mmtest.eventually(lambda: self.served(self.champion) + self.served(self.challenger) >= 50,
+                              timeout=20)
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=20)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertEqual(p.returncode, 0, err)
+        r = json.loads(out)
+        b = r["bandit"]
+        self.assertTrue(b["stopped_early"])
+        self.assertGreaterEqual(b["answered"], 50)
+        fb = b["feedback"]
+        self.assertEqual(fb["events"], b["answered"])
+        self.assertEqual(fb["accepted"], fb["events"], fb)
+        self.assertIsNone(r["split"])
+        self.assertIsNone(r["regret_saved"])
+        self.assertIn("--compare-split", err)
+        got = mmtest.metric_samples(self.admin_port, "modelmux_feedback_total", "experiment", "arm")
+        self.assertEqual(sum(v for (e, _), v in got.items() if e == "bandit"), fb["accepted"])
+        # Nothing reached the split's router.
+        self.assertEqual(self.served(self.champion) + self.served(self.challenger), b["answered"])
+
+    def test_simulate_unwritable_output_file_fails_before_sending(self):
+        missing_dir = self.cluster.path("no-such-dir")
+        for opt in ("--csv", "--svg"):
+            rc, out, err = self.bench(
+                "simulate", "--target", self.target, "--experiment", "bandit",
+                "--rates", "champion=0.02,challenger=0.10", "--requests", 50,
+                "--path", "/v1/bandit/predict", opt, os.path.join(missing_dir, "x"),
+                "--duration", 30)
+            self.assertEqual(rc, 1, out)
+            self.assertIn(opt + " " + os.path.join(missing_dir, "x"), err)
+            self.assertEqual(out, "")
+        # The run that would have been lost never started.
+        self.assertEqual(self.served(self.champion) + self.served(self.challenger), 0)
 
     def test_simulate_rejects_bad_arguments(self):
         rc, _, err = self.bench("simulate", "--target", self.target, "--experiment", "bandit",
