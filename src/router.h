@@ -32,6 +32,7 @@ typedef struct router_s {
     up_pool_t **pools; /* per upstream, owned */
     exp_rt_t *exps;
     size_t n_exps;
+    store_t *store; /* holds every exps[i].state */
     int refs;
 } router_t;
 

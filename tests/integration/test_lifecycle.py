@@ -144,6 +144,38 @@ class Reload(Lifecycle):
         self.assertEqual(get(self.conn(port), "/v1/rank")[:2], (200, "champion"))
 
 
+    def test_reload_removing_an_experiment_while_its_request_is_in_flight(self):
+        # The request routed by the old config finishes after the reload that
+        # removed its experiment: it still counts into that experiment's
+        # state, which must outlive the reload (it was freed under it: a
+        # use-after-free the ASan build reports).
+        champion = self.cluster.model_server("champion")
+        port = mmtest.free_port()
+
+        def config(with_slow):
+            exps = [{"name": "slow", "match": {"path_prefix": "/sleep"}, "policy": "ab",
+                     "arms": {"champion": 1}}] if with_slow else []
+            exps.append({"name": "rest", "match": {"path_prefix": "/"}, "policy": "ab",
+                         "arms": {"champion": 1}})
+            return mmtest.base_config(port, {"champion": champion.port}, exps,
+                                      limits={"drain_timeout_ms": 3000})
+
+        mm = self.cluster.modelmux(config(True))
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=mmtest.request(port, "GET", "/sleep/1500")))
+        t.start()
+        mmtest.eventually(lambda: stats(champion.port)["requests"] >= 1, timeout=5)
+        self.cluster.write_config(config(False), "modelmux.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "config reloaded" in mm.log(), timeout=5)
+        t.join(10)
+        self.assertEqual(out["r"][0], 200)
+        self.assertEqual(out["r"][1]["x-modelmux-experiment"], "slow")
+        status, headers, _ = mmtest.request(port, "GET", "/sleep/1")
+        self.assertEqual((status, headers["x-modelmux-experiment"]), (200, "rest"))
+        self.assertTrue(mm.alive(), mm.log()[-3000:])
+
+
 class Shutdown(Lifecycle):
     def test_sigterm_before_any_request_exits_0_promptly(self):
         champion, challenger = self.two_servers()
