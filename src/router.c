@@ -46,7 +46,7 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, sto
         initial.state = EXP_RUNNING;
         e->state =
             store_experiment(store, ce->name, names, ce->n_arms, &initial, redefined(old, ce));
-        e->metrics = metrics_exp(metrics, ce->name, names, ce->n_arms);
+        e->metrics = metrics_exp(metrics, ce->name, names, ce->n_arms, e->mslot);
         if (e->state) store_hold(e->state);
         if (e->state == NULL || e->metrics == NULL) goto oom;
         e->salt_len = strlen(ce->salt);

@@ -18,14 +18,21 @@
 
 typedef struct {
     const cfg_experiment_t *cfg;
-    exp_state_t *state;     /* owned by the store */
-    metrics_exp_t *metrics; /* owned by the metrics registry */
+    exp_state_t *state;          /* owned by the store */
+    metrics_exp_t *metrics;      /* owned by the metrics registry */
+    uint16_t mslot[MM_MAX_ARMS]; /* metrics slot of each arm */
     up_pool_t *pools[MM_MAX_ARMS];
     const cfg_upstream_t *ups[MM_MAX_ARMS];
     size_t salt_len;
     int mirror_inflight[MM_MAX_ARMS]; /* mirrors in flight per arm (shadow max_inflight) */
     uint64_t resets_seen;             /* store_resets() when the policy was last reset */
 } exp_rt_t;
+
+/* The counters of arm `arm` (an index into this router's arm list). */
+static inline metrics_arm_t *router_marm(const exp_rt_t *e, int arm)
+{
+    return &e->metrics->arms[e->mslot[arm]];
+}
 
 typedef struct router_s {
     config_t *cfg;     /* owned */

@@ -149,7 +149,7 @@ void shadow_prepare(conn_t *c)
     shadow_group_t *g = group_get(&c->srv->shadows, want);
     if (g == NULL) {
         for (int i = 0; i < r->choice.n_mirrors; i++)
-            r->exp->metrics->arms[r->choice.mirrors[i]].shadow[SHADOW_DROPPED]++;
+            router_marm(r->exp, r->choice.mirrors[i])->shadow[SHADOW_DROPPED]++;
         return;
     }
     g->srv = c->srv;
@@ -358,7 +358,7 @@ static void group_complete(shadow_group_t *g)
         if (ce->ops->on_response && g->exp->state->control.state == EXP_RUNNING)
             ce->ops->on_response(ce->policy, m->arm, m->leg.status, m->leg.latency_us, mm_now_ms());
     }
-    for (int i = 0; i < g->n; i++) g->exp->metrics->arms[g->m[i].arm].shadow[g->m[i].outcome]++;
+    for (int i = 0; i < g->n; i++) router_marm(g->exp, g->m[i].arm)->shadow[g->m[i].outcome]++;
     write_log(g);
     group_release(g);
 }

@@ -176,6 +176,28 @@ class Reload(Lifecycle):
         self.assertTrue(mm.alive(), mm.log()[-3000:])
 
 
+    def test_reload_removing_an_arm_keeps_its_counters(self):
+        # Prometheus counters never go back: an arm a reload removed keeps
+        # its modelmux_requests_total samples (they vanished, so sums fell).
+        champion, challenger = self.two_servers()
+        port, admin = mmtest.free_port(), mmtest.free_port()
+
+        def config(weights):
+            cfg = ab_config(port, champion.port, challenger.port, weights)
+            cfg["admin"] = {"listen": "127.0.0.1:%d" % admin}
+            return cfg
+
+        mm = self.cluster.modelmux(config({"champion": 0, "challenger": 1}))
+        for _ in range(3):
+            self.assertEqual(mmtest.request(port, "GET", "/x")[1]["x-modelmux-arm"], "challenger")
+        self.cluster.write_config(config({"champion": 1}), "modelmux.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "config reloaded" in mm.log(), timeout=5)
+        self.assertEqual(mmtest.request(port, "GET", "/x")[1]["x-modelmux-arm"], "champion")
+        got = mmtest.metric_samples(admin, "modelmux_requests_total", "arm", "code")
+        self.assertEqual(got, {("challenger", "200"): 3, ("champion", "200"): 1})
+
+
 class Shutdown(Lifecycle):
     def test_sigterm_before_any_request_exits_0_promptly(self):
         champion, challenger = self.two_servers()
