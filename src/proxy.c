@@ -1057,11 +1057,13 @@ static void req_finish(conn_t *c)
         /* One failed request is one error. A chosen arm that could not be
          * reached gets its error here but no pull: the champion's answer is
          * the champion's request. */
-        if (r->chosen_failed) store_error(srv->store, r->exp->state, r->chosen);
+        int sarm = router_sarm(r->exp, r->arm);
+        if (r->chosen_failed)
+            store_error(srv->store, r->exp->state, router_sarm(r->exp, r->chosen));
         if (r->status != 0 && r->status != 499) {
-            store_pull(srv->store, r->exp->state, r->arm);
-            if (r->status >= 500) store_error(srv->store, r->exp->state, r->arm);
-            store_remember_key(srv->store, r->exp->state, r->merged ? STORE_ARM_INTERLEAVE : r->arm,
+            store_pull(srv->store, r->exp->state, sarm);
+            if (r->status >= 500) store_error(srv->store, r->exp->state, sarm);
+            store_remember_key(srv->store, r->exp->state, r->merged ? STORE_ARM_INTERLEAVE : sarm,
                                (mm_str_t){r->id, r->id_len}, r->id_key,
                                r->exp->cfg->feedback_ttl_s);
         }

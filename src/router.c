@@ -47,7 +47,10 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, sto
         e->state =
             store_experiment(store, ce->name, names, ce->n_arms, &initial, redefined(old, ce));
         e->metrics = metrics_exp(metrics, ce->name, names, ce->n_arms, e->mslot);
-        if (e->state) store_hold(e->state);
+        if (e->state) {
+            store_hold(e->state);
+            e->layout = e->state->layout;
+        }
         if (e->state == NULL || e->metrics == NULL) goto oom;
         e->salt_len = strlen(ce->salt);
         e->resets_seen = store_resets(e->state);

@@ -551,6 +551,14 @@ static void remap_arms(exp_state_t *e, const char *const *arm_names, size_t n_ar
         snprintf(e->arm_names[i], sizeof(e->arm_names[i]), "%s", arm_names[i]);
     }
     e->n_arms = n_arms;
+    e->layout++;
+}
+
+int store_arm_index(const exp_state_t *e, const char *name)
+{
+    for (size_t i = 0; i < e->n_arms; i++)
+        if (strcmp(e->arm_names[i], name) == 0) return (int)i;
+    return MM_MAX_ARMS;
 }
 
 exp_state_t *store_experiment(store_t *s, const char *name, const char *const *arm_names,

@@ -37,7 +37,12 @@ typedef struct {
     uint64_t dropped; /* increments discarded: unflushed when another instance reset the
                          experiment, or in a write Redis refused 10 times. An unreachable
                          Redis drops none: counters need no bound (docs/store.md) */
+    uint32_t layout;  /* bumped when a reload changes the arm list (store_arm_index) */
 } exp_state_t;
+
+/* Index of arm `name` in e's current arm list, or MM_MAX_ARMS (out of range:
+ * the increment functions ignore it) if it has none. */
+int store_arm_index(const exp_state_t *e, const char *name);
 
 /* What a feedback lookup resolves a request id to. */
 typedef struct {

@@ -198,6 +198,34 @@ class Reload(Lifecycle):
         self.assertEqual(got, {("challenger", "200"): 3, ("champion", "200"): 1})
 
 
+    def test_request_in_flight_across_a_reload_that_reorders_arms_counts_for_its_arm(self):
+        # The reload reorders the arms; the store's state follows the names,
+        # so the old router's arm index now names the other arm: the request
+        # routed to the challenger must still count as the challenger's.
+        champion, challenger = self.two_servers()
+        port, admin = mmtest.free_port(), mmtest.free_port()
+
+        def config(arms):
+            cfg = mmtest.base_config(port, {"champion": champion.port, "challenger": challenger.port},
+                                     [{"name": "ab", "match": {"path_prefix": "/"}, "policy": "ab",
+                                       "arms": arms}], admin_port=admin)
+            cfg["limits"] = {"drain_timeout_ms": 3000}
+            return cfg
+
+        mm = self.cluster.modelmux(config({"champion": 0, "challenger": 1}))
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=mmtest.request(port, "GET", "/sleep/1500")))
+        t.start()
+        mmtest.eventually(lambda: stats(challenger.port)["requests"] >= 1, timeout=5)
+        self.cluster.write_config(config({"challenger": 1, "champion": 0}), "modelmux.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "config reloaded" in mm.log(), timeout=5)
+        t.join(10)
+        self.assertEqual((out["r"][0], out["r"][1]["x-modelmux-arm"]), (200, "challenger"))
+        view = json.loads(mmtest.request(admin, "GET", "/experiments/ab")[2])
+        self.assertEqual({a["name"]: a["requests"] for a in view["arms"]}, {"challenger": 1, "champion": 0})
+
+
 class Shutdown(Lifecycle):
     def test_sigterm_before_any_request_exits_0_promptly(self):
         champion, challenger = self.two_servers()
