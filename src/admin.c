@@ -209,7 +209,7 @@ static json_t *experiment_view(const exp_rt_t *e)
     json_t *arms = json_array();
     for (size_t i = 0; i < st->n_arms; i++) {
         const arm_stats_t *s = &st->merged[i];
-        const metrics_arm_t *ma = &e->metrics->arms[i];
+        const metrics_arm_t *ma = router_marm(e, (int)i);
         double p50 = metrics_quantile_ms(ma, 0.5), p99 = metrics_quantile_ms(ma, 0.99);
         json_t *a = json_object();
         json_object_set_new(a, "name", json_string(e->ups[i]->name));

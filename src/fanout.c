@@ -62,7 +62,7 @@ static void answer(fanout_t *f)
      * beside it gets one here and no pull (its list was not shown). */
     for (int i = 0; i < f->n; i++)
         if (i != r->arm && (answers[i].status == 0 || answers[i].status >= 500))
-            store_error(srv->store, f->exp->state, i);
+            store_error(srv->store, f->exp->state, router_sarm(f->exp, i));
     if (!usable) {
         r->up_errors++;
         if (all_timeouts)
@@ -74,7 +74,7 @@ static void answer(fanout_t *f)
     r->merged = merged;
     if (merged) /* every arm contributed: an impression for each */
         for (int i = 0; i < f->n; i++)
-            if (i != arm) store_pull(srv->store, f->exp->state, i);
+            if (i != arm) store_pull(srv->store, f->exp->state, router_sarm(f->exp, i));
     if (aux.len) /* the attribution a later click is credited by */
         store_put_aux(srv->store, (mm_str_t){r->id, r->id_len}, aux.p, aux.len, ce->feedback_ttl_s);
     const leg_t *l = &f->legs[arm];

@@ -118,7 +118,7 @@ static int click_apply(mm_server_t *srv, const fb_event_t *e, int found, const c
             changed = 1;
             store_add(srv->store, x->state, (int)a, &d[a]);
             if (d[a].reward_sum > 0) { /* the arm credited with the click */
-                metrics_arm_t *m = &x->metrics->arms[a];
+                metrics_arm_t *m = router_marm(x, (int)a);
                 m->feedback++;
                 m->reward_sum += d[a].reward_sum;
             }
@@ -149,7 +149,7 @@ static int fb_apply(mm_server_t *srv, const fb_event_t *e)
     int kind = ops->check_reward ? ops->check_reward(x->cfg->policy, e->reward) : 0;
     if (kind < 0) return FB_INVALID;
     if (store_reward(srv->store, x->state, arm, e->reward, kind == 1) != 0) return FB_INVALID;
-    metrics_arm_t *m = &x->metrics->arms[arm];
+    metrics_arm_t *m = router_marm(x, arm);
     m->feedback++;
     m->reward_sum += e->reward;
     return FB_ACCEPTED;

@@ -18,14 +18,47 @@ void metrics_free(metrics_t *m)
     metrics_exp_t *e = m->exps;
     while (e) {
         metrics_exp_t *next = e->next;
+        free(e->arms);
+        free(e->arm_names);
         free(e);
         e = next;
     }
     m->exps = NULL;
 }
 
+/* Slot of arm `name`, or a new one; -1 out of memory. O(slots): once per
+ * arm per reload. */
+static int slot_for(metrics_exp_t *e, const char *name, const char *const *live, size_t n_live)
+{
+    for (size_t j = 0; j < e->n_arms; j++)
+        if (strcmp(e->arm_names[j], name) == 0) return (int)j;
+    size_t j = e->n_arms;
+    if (j == e->cap && e->cap < MM_METRICS_MAX_SLOTS) {
+        size_t cap = e->cap * 2 < MM_METRICS_MAX_SLOTS ? e->cap * 2 : MM_METRICS_MAX_SLOTS;
+        metrics_arm_t *arms = realloc(e->arms, cap * sizeof(*arms));
+        if (arms == NULL) return -1;
+        e->arms = arms;
+        char(*names)[MM_NAME_MAX + 1] = realloc(e->arm_names, cap * sizeof(*names));
+        if (names == NULL) return -1;
+        e->arm_names = names;
+        e->cap = cap;
+    }
+    if (j == e->cap) { /* full: reuse the slot of an arm no longer configured */
+        for (j = 0; j < e->n_arms; j++) {
+            size_t k = 0;
+            while (k < n_live && strcmp(live[k], e->arm_names[j]) != 0) k++;
+            if (k == n_live) break;
+        }
+    } else {
+        e->n_arms++;
+    }
+    memset(&e->arms[j], 0, sizeof(e->arms[j]));
+    snprintf(e->arm_names[j], sizeof(e->arm_names[j]), "%s", name);
+    return (int)j;
+}
+
 metrics_exp_t *metrics_exp(metrics_t *m, const char *name, const char *const *arm_names,
-                           size_t n_arms)
+                           size_t n_arms, uint16_t *slot_of)
 {
     metrics_exp_t *e;
     for (e = m->exps; e; e = e->next)
@@ -33,27 +66,25 @@ metrics_exp_t *metrics_exp(metrics_t *m, const char *name, const char *const *ar
     if (e == NULL) {
         e = calloc(1, sizeof(*e));
         if (e == NULL) return NULL;
+        e->cap = MM_MAX_ARMS;
+        e->arms = calloc(e->cap, sizeof(*e->arms));
+        e->arm_names = calloc(e->cap, sizeof(*e->arm_names));
+        if (e->arms == NULL || e->arm_names == NULL) {
+            free(e->arms);
+            free(e->arm_names);
+            free(e);
+            return NULL;
+        }
         snprintf(e->name, sizeof(e->name), "%s", name);
         e->next = m->exps;
         m->exps = e;
     }
-    /* A reload may change the arms: counters follow the arm's name. (The
-     * old counters are copied to the heap: 16 arms of histograms are too
-     * much for the stack.) */
-    metrics_arm_t *old = malloc(sizeof(e->arms));
-    char old_names[MM_MAX_ARMS][MM_NAME_MAX + 1];
-    size_t old_n = old ? e->n_arms : 0; /* out of memory: the counters start over */
-    if (old) memcpy(old, e->arms, sizeof(e->arms));
-    memcpy(old_names, e->arm_names, sizeof(old_names));
-    memset(e->arms, 0, sizeof(e->arms));
-    e->n_arms = n_arms;
     for (size_t i = 0; i < n_arms; i++) {
-        snprintf(e->arm_names[i], sizeof(e->arm_names[i]), "%s", arm_names[i]);
-        for (size_t j = 0; j < old_n; j++)
-            if (strcmp(old_names[j], arm_names[i]) == 0) e->arms[i] = old[j];
+        int j = slot_for(e, arm_names[i], arm_names, n_arms);
+        if (j < 0) return NULL;
+        slot_of[i] = (uint16_t)j;
     }
-    free(old);
-    e->champion = 0;
+    e->champion = n_arms ? slot_of[0] : 0;
     return e;
 }
 

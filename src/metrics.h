@@ -39,12 +39,20 @@ typedef struct {
     double reward_sum;
 } metrics_arm_t;
 
+/* An arm keeps its slot, and so its counters, for the life of the process:
+ * a reload that removes an arm (or reorders the arms) resets none of its
+ * counters, and a request still in flight on the old router counts into the
+ * arm it was routed to. Slots grow with the arm names an experiment has had,
+ * up to MM_METRICS_MAX_SLOTS; past that a removed arm's slot is reused. */
+#define MM_METRICS_MAX_SLOTS 256
+
 typedef struct metrics_exp_s {
     char name[MM_NAME_MAX + 1];
-    size_t n_arms;
-    char arm_names[MM_MAX_ARMS][MM_NAME_MAX + 1];
-    int champion; /* arm index the fallbacks go to */
-    metrics_arm_t arms[MM_MAX_ARMS];
+    size_t n_arms; /* slots in use: the live arms and the removed ones */
+    size_t cap;
+    char (*arm_names)[MM_NAME_MAX + 1];
+    int champion;        /* slot the fallbacks go to */
+    metrics_arm_t *arms; /* per slot */
     /* Answers merged from every arm (interleave): the client got no one
      * arm's answer, and X-Modelmux-Arm says "interleave"; so do the
      * requests_total and request_duration_seconds labels, once there was one. */
@@ -60,9 +68,10 @@ typedef struct {
 
 void metrics_init(metrics_t *m);
 void metrics_free(metrics_t *m);
-/* Get or create the block for an experiment; arms are (re)named from names. */
+/* Get or create the block for an experiment and give each arm a slot:
+ * slot_of[i] for arm_names[i] (arm 0, the champion, gets the fallbacks). */
 metrics_exp_t *metrics_exp(metrics_t *m, const char *name, const char *const *arm_names,
-                           size_t n_arms);
+                           size_t n_arms, uint16_t *slot_of);
 
 static inline void metrics_status(uint64_t *by_status, int status)
 {

@@ -732,7 +732,7 @@ static void on_request_head(conn_t *c)
         router_choose(r->exp, &preq, &srv->rng, now_ms, &r->choice);
         r->chosen = r->arm = r->choice.primary;
         if (r->arm != 0 && up_pool_ejected(r->exp->pools[r->arm], now_ms)) {
-            r->exp->metrics->arms[r->arm].fallbacks++;
+            router_marm(r->exp, r->arm)->fallbacks++;
             r->arm = 0; /* an ejected challenger: the champion answers */
         }
         /* Header lines are copied now: the head's bytes may be overwritten
@@ -1006,7 +1006,7 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
      * requests are predictions, safe to repeat; a timeout is not replayed
      * (the challenger may still be working on it). */
     if (r->arm != 0 && r->replayable && kind != UP_ERR_TIMEOUT && kind != UP_ERR_OVERFLOW) {
-        r->exp->metrics->arms[r->arm].fallbacks++;
+        router_marm(r->exp, r->arm)->fallbacks++;
         r->chosen_failed = 1;
         r->arm = 0;
         r->retry = r->up_head_written;
@@ -1052,18 +1052,20 @@ static void req_finish(conn_t *c)
     }
     if (r->exp && !r->local) {
         metrics_exp_t *me = r->exp->metrics;
-        metrics_arm_t *ma = r->merged ? &me->merged : &me->arms[r->arm];
+        metrics_arm_t *ma = r->merged ? &me->merged : router_marm(r->exp, r->arm);
         me->has_merged |= r->merged;
         metrics_status(ma->by_status, r->status);
         metrics_latency(ma, latency);
         /* One failed request is one error. A chosen arm that could not be
          * reached gets its error here but no pull: the champion's answer is
          * the champion's request. */
-        if (r->chosen_failed) store_error(srv->store, r->exp->state, r->chosen);
+        int sarm = router_sarm(r->exp, r->arm);
+        if (r->chosen_failed)
+            store_error(srv->store, r->exp->state, router_sarm(r->exp, r->chosen));
         if (r->status != 0 && r->status != 499) {
-            store_pull(srv->store, r->exp->state, r->arm);
-            if (r->status >= 500) store_error(srv->store, r->exp->state, r->arm);
-            store_remember_key(srv->store, r->exp->state, r->merged ? STORE_ARM_INTERLEAVE : r->arm,
+            store_pull(srv->store, r->exp->state, sarm);
+            if (r->status >= 500) store_error(srv->store, r->exp->state, sarm);
+            store_remember_key(srv->store, r->exp->state, r->merged ? STORE_ARM_INTERLEAVE : sarm,
                                (mm_str_t){r->id, r->id_len}, r->id_key,
                                r->exp->cfg->feedback_ttl_s);
         }

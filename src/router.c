@@ -22,6 +22,7 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, sto
     router_t *r = calloc(1, sizeof(*r));
     if (r == NULL) goto oom;
     r->cfg = cfg;
+    r->store = store;
     r->refs = 1;
     r->pools = calloc(cfg->n_upstreams ? cfg->n_upstreams : 1, sizeof(*r->pools));
     r->exps = calloc(cfg->n_experiments ? cfg->n_experiments : 1, sizeof(*r->exps));
@@ -45,7 +46,11 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, sto
         initial.state = EXP_RUNNING;
         e->state =
             store_experiment(store, ce->name, names, ce->n_arms, &initial, redefined(old, ce));
-        e->metrics = metrics_exp(metrics, ce->name, names, ce->n_arms);
+        e->metrics = metrics_exp(metrics, ce->name, names, ce->n_arms, e->mslot);
+        if (e->state) {
+            store_hold(e->state);
+            e->layout = e->state->layout;
+        }
         if (e->state == NULL || e->metrics == NULL) goto oom;
         e->salt_len = strlen(ce->salt);
         e->resets_seen = store_resets(e->state);
@@ -57,6 +62,8 @@ oom:
 err:
     if (r) {
         r->cfg = NULL; /* the caller still owns cfg on failure */
+        for (size_t i = 0; r->exps && i < cfg->n_experiments; i++)
+            if (r->exps[i].state) store_release(store, r->exps[i].state);
         if (r->pools)
             for (size_t i = 0; i < cfg->n_upstreams; i++) up_pool_release(r->pools[i]);
         free(r->pools);
@@ -74,6 +81,7 @@ void router_ref(router_t *r)
 void router_unref(router_t *r)
 {
     if (r == NULL || --r->refs > 0) return;
+    for (size_t i = 0; i < r->n_exps; i++) store_release(r->store, r->exps[i].state);
     for (size_t i = 0; i < r->cfg->n_upstreams; i++) up_pool_release(r->pools[i]);
     free(r->pools);
     free(r->exps);

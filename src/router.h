@@ -18,8 +18,10 @@
 
 typedef struct {
     const cfg_experiment_t *cfg;
-    exp_state_t *state;     /* owned by the store */
-    metrics_exp_t *metrics; /* owned by the metrics registry */
+    exp_state_t *state;          /* owned by the store */
+    metrics_exp_t *metrics;      /* owned by the metrics registry */
+    uint16_t mslot[MM_MAX_ARMS]; /* metrics slot of each arm */
+    uint32_t layout;             /* state->layout when this router was built */
     up_pool_t *pools[MM_MAX_ARMS];
     const cfg_upstream_t *ups[MM_MAX_ARMS];
     size_t salt_len;
@@ -27,11 +29,30 @@ typedef struct {
     uint64_t resets_seen;             /* store_resets() when the policy was last reset */
 } exp_rt_t;
 
+/* The store's index of this router's arm `arm`. A reload that changes an
+ * experiment's arms remaps its store state in place, so a request still in
+ * flight on the old router looks its arm up by name (MM_MAX_ARMS, which the
+ * store ignores, if the arm is gone). Negative values (STORE_ARM_INTERLEAVE)
+ * pass through. */
+static inline int router_sarm(const exp_rt_t *e, int arm)
+{
+    if (arm < 0 || e->state->layout == e->layout) return arm;
+    if ((size_t)arm >= e->cfg->n_arms) return MM_MAX_ARMS;
+    return store_arm_index(e->state, e->ups[arm]->name);
+}
+
+/* The counters of arm `arm` (an index into this router's arm list). */
+static inline metrics_arm_t *router_marm(const exp_rt_t *e, int arm)
+{
+    return &e->metrics->arms[e->mslot[arm]];
+}
+
 typedef struct router_s {
     config_t *cfg;     /* owned */
     up_pool_t **pools; /* per upstream, owned */
     exp_rt_t *exps;
     size_t n_exps;
+    store_t *store; /* holds every exps[i].state */
     int refs;
 } router_t;
 

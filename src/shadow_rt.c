@@ -153,7 +153,7 @@ void shadow_prepare(conn_t *c)
     shadow_group_t *g = group_get(&c->srv->shadows, want);
     if (g == NULL) {
         for (int i = 0; i < r->choice.n_mirrors; i++)
-            r->exp->metrics->arms[r->choice.mirrors[i]].shadow[SHADOW_DROPPED]++;
+            router_marm(r->exp, r->choice.mirrors[i])->shadow[SHADOW_DROPPED]++;
         return;
     }
     g->srv = c->srv;
@@ -193,7 +193,7 @@ static void on_mirror_done(leg_t *l)
     shadow_group_t *g = m->g;
     m->outcome = l->status == 0 ? SHADOW_ERROR : SHADOW_MATCH; /* refined by the comparison */
     /* Like a request's latency, only of an answer (not of a timeout). */
-    if (l->status != 0) metrics_mirror_latency(&g->exp->metrics->arms[m->arm], l->latency_us);
+    if (l->status != 0) metrics_mirror_latency(router_marm(g->exp, m->arm), l->latency_us);
     g->exp->mirror_inflight[m->arm]--;
     if (--g->pending == 0) group_complete(g);
 }
@@ -368,7 +368,7 @@ static void group_complete(shadow_group_t *g)
         if (ce->ops->on_response && g->exp->state->control.state == EXP_RUNNING)
             ce->ops->on_response(ce->policy, m->arm, m->leg.status, m->leg.latency_us, mm_now_ms());
     }
-    for (int i = 0; i < g->n; i++) g->exp->metrics->arms[g->m[i].arm].shadow[g->m[i].outcome]++;
+    for (int i = 0; i < g->n; i++) router_marm(g->exp, g->m[i].arm)->shadow[g->m[i].outcome]++;
     write_log(g);
     group_release(g);
 }

@@ -551,6 +551,14 @@ static void remap_arms(exp_state_t *e, const char *const *arm_names, size_t n_ar
         snprintf(e->arm_names[i], sizeof(e->arm_names[i]), "%s", arm_names[i]);
     }
     e->n_arms = n_arms;
+    e->layout++;
+}
+
+int store_arm_index(const exp_state_t *e, const char *name)
+{
+    for (size_t i = 0; i < e->n_arms; i++)
+        if (strcmp(e->arm_names[i], name) == 0) return (int)i;
+    return MM_MAX_ARMS;
 }
 
 exp_state_t *store_experiment(store_t *s, const char *name, const char *const *arm_names,
@@ -594,6 +602,13 @@ exp_state_t *store_experiment(store_t *s, const char *name, const char *const *a
     return &x->pub;
 }
 
+/* x has left s->exps and nothing holds it: free it, or leave it to the
+ * replicator while a reply about it is on its way. */
+static void exp_drop(store_t *s, store_exp_t *x)
+{
+    if (s->redis == NULL || !store_redis_exp_removed(s->redis, x)) store_exp_free(x);
+}
+
 void store_retain(store_t *s, const char *const *names, size_t n)
 {
     size_t i = 0;
@@ -606,8 +621,33 @@ void store_retain(store_t *s, const char *const *names, size_t n)
             continue;
         }
         s->exps[i] = s->exps[--s->n_exps];
-        if (s->redis == NULL || !store_redis_exp_removed(s->redis, x)) store_exp_free(x);
+        if (x->holds > 0) {
+            x->retired = 1;
+            x->retired_next = s->retired;
+            s->retired = x;
+        } else {
+            exp_drop(s, x);
+        }
     }
+}
+
+void store_hold(exp_state_t *e)
+{
+    ((store_exp_t *)e)->holds++;
+}
+
+/* O(retired): a list of the experiments removed by reloads while requests
+ * were in flight on them, which is short. */
+void store_release(store_t *s, exp_state_t *e)
+{
+    store_exp_t *x = (store_exp_t *)e;
+    if (x->holds == 0 || --x->holds > 0 || !x->retired) return;
+    for (store_exp_t **pp = &s->retired; *pp; pp = &(*pp)->retired_next)
+        if (*pp == x) {
+            *pp = x->retired_next;
+            break;
+        }
+    exp_drop(s, x);
 }
 
 /* ---- hot path ---- */
@@ -833,6 +873,11 @@ void store_free_final(store_t *s)
     while (s->zombies) {
         store_exp_t *z = s->zombies;
         s->zombies = z->zombie_next;
+        store_exp_free(z);
+    }
+    while (s->retired) {
+        store_exp_t *z = s->retired;
+        s->retired = z->retired_next;
         store_exp_free(z);
     }
     while (s->blk_head) {

@@ -37,7 +37,12 @@ typedef struct {
     uint64_t dropped; /* increments discarded: unflushed when another instance reset the
                          experiment, or in a write Redis refused 10 times. An unreachable
                          Redis drops none: counters need no bound (docs/store.md) */
+    uint32_t layout;  /* bumped when a reload changes the arm list (store_arm_index) */
 } exp_state_t;
+
+/* Index of arm `name` in e's current arm list, or MM_MAX_ARMS (out of range:
+ * the increment functions ignore it) if it has none. */
+int store_arm_index(const exp_state_t *e, const char *name);
 
 /* What a feedback lookup resolves a request id to. */
 typedef struct {
@@ -68,8 +73,17 @@ void store_destroy(store_t *s);
  * in which case `initial` is written. NULL on invalid names or arm counts. */
 exp_state_t *store_experiment(store_t *s, const char *name, const char *const *arm_names,
                               size_t n_arms, const exp_control_t *initial, int redefined);
-/* Forget experiments not in `names` (after a reload removed them). */
+/* Forget experiments not in `names` (after a reload removed them). One that
+ * is still held (below) leaves the store's list at once, so a later
+ * experiment of the same name starts afresh, but stays allocated until its
+ * last holder releases it. */
 void store_retain(store_t *s, const char *const *names, size_t n);
+/* A router holds every experiment it routes to, and releases them when it is
+ * freed: requests in flight on a router replaced by a reload go on counting
+ * into its experiments' states, so store_retain must not free those under
+ * them. */
+void store_hold(exp_state_t *e);
+void store_release(store_t *s, exp_state_t *e);
 
 /* Hot-path increments: O(1), no I/O. Out-of-range arms are ignored;
  * store_reward returns -1 (and counts nothing) for an out-of-range arm, a

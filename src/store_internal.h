@@ -104,6 +104,8 @@ typedef struct store_exp_s {
     int reset_pending; /* a local reset not yet written */
     int synced;        /* a snapshot has been read at least once */
     int removed;       /* dropped by store_retain while a write was in flight */
+    unsigned holds;    /* routers routing to it (store_hold) */
+    int retired;       /* dropped by store_retain while held: on s->retired */
     uint64_t known_epoch;
     /* The global statistics last read from Redis (without local deltas),
      * per arm of pub: written back if Redis comes back empty. */
@@ -112,6 +114,7 @@ typedef struct store_exp_s {
     char ctl_key[STORE_KEY_MAX];
     char seq_key[STORE_KEY_MAX];
     struct store_exp_s *zombie_next;
+    struct store_exp_s *retired_next;
 } store_exp_t;
 
 typedef struct store_redis_s store_redis_t;
@@ -122,6 +125,7 @@ struct store_s {
     store_exp_t **exps;
     size_t n_exps, cap_exps;
     store_exp_t *zombies; /* removed, still referenced by a pending reply */
+    store_exp_t *retired; /* removed, still held by a router */
 
     /* request-id map */
     req_ent_t **buckets;

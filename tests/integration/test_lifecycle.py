@@ -144,6 +144,88 @@ class Reload(Lifecycle):
         self.assertEqual(get(self.conn(port), "/v1/rank")[:2], (200, "champion"))
 
 
+    def test_reload_removing_an_experiment_while_its_request_is_in_flight(self):
+        # The request routed by the old config finishes after the reload that
+        # removed its experiment: it still counts into that experiment's
+        # state, which must outlive the reload (it was freed under it: a
+        # use-after-free the ASan build reports).
+        champion = self.cluster.model_server("champion")
+        port = mmtest.free_port()
+
+        def config(with_slow):
+            exps = [{"name": "slow", "match": {"path_prefix": "/sleep"}, "policy": "ab",
+                     "arms": {"champion": 1}}] if with_slow else []
+            exps.append({"name": "rest", "match": {"path_prefix": "/"}, "policy": "ab",
+                         "arms": {"champion": 1}})
+            return mmtest.base_config(port, {"champion": champion.port}, exps,
+                                      limits={"drain_timeout_ms": 3000})
+
+        mm = self.cluster.modelmux(config(True))
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=mmtest.request(port, "GET", "/sleep/1500")))
+        t.start()
+        mmtest.eventually(lambda: stats(champion.port)["requests"] >= 1, timeout=5)
+        self.cluster.write_config(config(False), "modelmux.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "config reloaded" in mm.log(), timeout=5)
+        t.join(10)
+        self.assertEqual(out["r"][0], 200)
+        self.assertEqual(out["r"][1]["x-modelmux-experiment"], "slow")
+        status, headers, _ = mmtest.request(port, "GET", "/sleep/1")
+        self.assertEqual((status, headers["x-modelmux-experiment"]), (200, "rest"))
+        self.assertTrue(mm.alive(), mm.log()[-3000:])
+
+
+    def test_reload_removing_an_arm_keeps_its_counters(self):
+        # Prometheus counters never go back: an arm a reload removed keeps
+        # its modelmux_requests_total samples (they vanished, so sums fell).
+        champion, challenger = self.two_servers()
+        port, admin = mmtest.free_port(), mmtest.free_port()
+
+        def config(weights):
+            cfg = ab_config(port, champion.port, challenger.port, weights)
+            cfg["admin"] = {"listen": "127.0.0.1:%d" % admin}
+            return cfg
+
+        mm = self.cluster.modelmux(config({"champion": 0, "challenger": 1}))
+        for _ in range(3):
+            self.assertEqual(mmtest.request(port, "GET", "/x")[1]["x-modelmux-arm"], "challenger")
+        self.cluster.write_config(config({"champion": 1}), "modelmux.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "config reloaded" in mm.log(), timeout=5)
+        self.assertEqual(mmtest.request(port, "GET", "/x")[1]["x-modelmux-arm"], "champion")
+        got = mmtest.metric_samples(admin, "modelmux_requests_total", "arm", "code")
+        self.assertEqual(got, {("challenger", "200"): 3, ("champion", "200"): 1})
+
+
+    def test_request_in_flight_across_a_reload_that_reorders_arms_counts_for_its_arm(self):
+        # The reload reorders the arms; the store's state follows the names,
+        # so the old router's arm index now names the other arm: the request
+        # routed to the challenger must still count as the challenger's.
+        champion, challenger = self.two_servers()
+        port, admin = mmtest.free_port(), mmtest.free_port()
+
+        def config(arms):
+            cfg = mmtest.base_config(port, {"champion": champion.port, "challenger": challenger.port},
+                                     [{"name": "ab", "match": {"path_prefix": "/"}, "policy": "ab",
+                                       "arms": arms}], admin_port=admin)
+            cfg["limits"] = {"drain_timeout_ms": 3000}
+            return cfg
+
+        mm = self.cluster.modelmux(config({"champion": 0, "challenger": 1}))
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=mmtest.request(port, "GET", "/sleep/1500")))
+        t.start()
+        mmtest.eventually(lambda: stats(challenger.port)["requests"] >= 1, timeout=5)
+        self.cluster.write_config(config({"challenger": 1, "champion": 0}), "modelmux.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "config reloaded" in mm.log(), timeout=5)
+        t.join(10)
+        self.assertEqual((out["r"][0], out["r"][1]["x-modelmux-arm"]), (200, "challenger"))
+        view = json.loads(mmtest.request(admin, "GET", "/experiments/ab")[2])
+        self.assertEqual({a["name"]: a["requests"] for a in view["arms"]}, {"challenger": 1, "champion": 0})
+
+
 class Shutdown(Lifecycle):
     def test_sigterm_before_any_request_exits_0_promptly(self):
         champion, challenger = self.two_servers()

@@ -626,7 +626,8 @@ static void test_retired_experiments_keep_counters_and_labels_are_escaped(void *
 {
     fx_t *f = *state;
     const char *arms[] = {"x\\y", "q\"z\n"};
-    metrics_exp_t *m = metrics_exp(&f->srv.metrics, "old\"exp", arms, 2);
+    uint16_t slot[2];
+    metrics_exp_t *m = metrics_exp(&f->srv.metrics, "old\"exp", arms, 2, slot);
     m->arms[1].by_status[200] = 2;
     const char *t = render(f);
     chk_t c;
@@ -648,6 +649,34 @@ static void shares(exp_rt_t *e, double *s)
     double sum = 0;
     for (size_t i = 0; i < e->state->n_arms; i++) sum += s[i];
     assert_true(fabs(sum - 1.0) < 1e-12);
+}
+
+/* A reload that removes or reorders arms: every arm keeps its slot and its
+ * counters (Prometheus counters never go back), so a request in flight on
+ * the old router still counts into the arm it was routed to. */
+static void test_reload_keeps_counters_of_removed_and_reordered_arms(void **state)
+{
+    fx_t *f = *state;
+    const char *v1[] = {"a", "b", "c"}, *v2[] = {"b", "a"};
+    uint16_t s1[3], s2[2], s3[3];
+    metrics_exp_t *m = metrics_exp(&f->srv.metrics, "re", v1, 3, s1);
+    m->arms[s1[0]].by_status[200] = 1;
+    m->arms[s1[1]].by_status[200] = 2;
+    m->arms[s1[2]].by_status[200] = 3;
+    assert_ptr_equal(metrics_exp(&f->srv.metrics, "re", v2, 2, s2), m);
+    assert_int_equal(s2[0], s1[1]);
+    assert_int_equal(s2[1], s1[0]);
+    assert_int_equal(m->champion, s1[1]); /* "b" is arm 0 now */
+    m->arms[s1[2]].by_status[200]++;      /* "c", in flight on the old router */
+    const char *t = render(f);
+    chk_t c;
+    if (check_exposition(t, &c) != 0) fail_msg("%s", c.err);
+    assert_line(t, "modelmux_requests_total{experiment=\"re\",arm=\"a\",code=\"200\"} 1");
+    assert_line(t, "modelmux_requests_total{experiment=\"re\",arm=\"b\",code=\"200\"} 2");
+    assert_line(t, "modelmux_requests_total{experiment=\"re\",arm=\"c\",code=\"200\"} 4");
+    assert_non_null(metrics_exp(&f->srv.metrics, "re", v1, 3, s3));
+    assert_memory_equal(s3, s1, sizeof(s1)); /* "c" comes back to its counters */
+    assert_int_equal(m->arms[s3[2]].by_status[200], 4);
 }
 
 static void test_share_follows_control_then_policy_then_observation(void **state)
@@ -740,6 +769,8 @@ int main(void)
                                         setup_ab_only, teardown),
         cmocka_unit_test_setup_teardown(
             test_retired_experiments_keep_counters_and_labels_are_escaped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reload_keeps_counters_of_removed_and_reordered_arms,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_share_follows_control_then_policy_then_observation,
                                         setup, teardown),
         cmocka_unit_test(test_quantiles_are_within_3_percent),

@@ -253,6 +253,55 @@ static void test_retain_forgets_removed(void **state)
     assert_int_equal(a->merged[0].pulls, 1);
 }
 
+/* Another arm list remaps the state in place and bumps its layout, so a
+ * router built on the old layout finds its arms by name. */
+static void test_new_arm_list_bumps_layout_and_arms_are_found_by_name(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *a = make_exp(f->s, "a");
+    uint32_t before = a->layout;
+    exp_control_t c = initial_weights(1, 1);
+    assert_ptr_equal(store_experiment(f->s, "a", ARMS, 2, &c, 0), a);
+    assert_int_equal(a->layout, before); /* same arms: nothing moved */
+    const char *const swapped[] = {"challenger", "champion"};
+    assert_ptr_equal(store_experiment(f->s, "a", swapped, 2, &c, 0), a);
+    assert_int_not_equal(a->layout, before);
+    assert_int_equal(store_arm_index(a, "champion"), 1);
+    assert_int_equal(store_arm_index(a, "challenger"), 0);
+    assert_int_equal(store_arm_index(a, "gone"), MM_MAX_ARMS);
+    store_pull(f->s, a, MM_MAX_ARMS); /* ignored */
+    assert_int_equal(a->merged[0].pulls + a->merged[1].pulls, 0);
+}
+
+/* A reload removed "a" while a request on the old router still counts into
+ * it: the state stays valid (and out of the list, so a new "a" starts at
+ * zero) until the old router releases it. */
+static void test_retain_keeps_held_experiment_until_released(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *a = make_exp(f->s, "a");
+    store_hold(a);
+    store_pull(f->s, a, 0);
+    store_retain(f->s, NULL, 0);
+    assert_int_equal(f->s->n_exps, 0);
+    assert_ptr_equal(f->s->retired, (store_exp_t *)a);
+    store_pull(f->s, a, 1); /* the in-flight request finishes */
+    assert_int_equal(a->merged[0].pulls, 1);
+    assert_int_equal(a->merged[1].pulls, 1);
+    exp_control_t c = initial_weights(1, 1);
+    exp_state_t *again = store_experiment(f->s, "a", ARMS, 2, &c, 0);
+    assert_ptr_not_equal(again, a);
+    assert_int_equal(again->merged[0].pulls, 0);
+    store_release(f->s, a); /* freed here: ASan's leak check would see it otherwise */
+    assert_null(f->s->retired);
+    store_hold(again); /* held and kept: release frees nothing */
+    const char *const keep[] = {"a"};
+    store_retain(f->s, keep, 1);
+    store_release(f->s, again);
+    assert_int_equal(f->s->n_exps, 1);
+    assert_ptr_equal(f->s->exps[0], (store_exp_t *)again);
+}
+
 typedef struct {
     int calls;
     int found;
@@ -641,6 +690,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_new_arm_list_keeps_stats_by_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_experiments_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retain_forgets_removed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_new_arm_list_bumps_layout_and_arms_are_found_by_name,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retain_keeps_held_experiment_until_released, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_remember_then_lookup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remember_by_arm_index_follows_the_arm_list, setup,
                                         teardown),
