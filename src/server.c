@@ -12,6 +12,7 @@
  * upstream connections do, so it is closed only in server_free, which also
  * frees the shadow groups kept for reuse. */
 #include <signal.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,7 +156,16 @@ void server_stop(mm_server_t *srv)
            server_config(srv)->limits.drain_timeout_ms);
     if (srv->has_listener) close_handle((uv_handle_t *)&srv->listener);
     if (srv->has_admin) close_handle((uv_handle_t *)&srv->admin_listener);
-    if (srv->group.has_listener) close_handle((uv_handle_t *)&srv->group.listener);
+    if (srv->group.has_listener) {
+        /* The parent holds this socket too (it binds it before forking), so
+         * closing our descriptor would leave it listening: a sibling's
+         * scrape would connect and wait its whole timeout for an answer
+         * while we drain. shutdown() stops the socket itself listening, so
+         * the scrape is refused at once and leaves this worker out. */
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *)&srv->group.listener, &fd) == 0) shutdown(fd, SHUT_RD);
+        close_handle((uv_handle_t *)&srv->group.listener);
+    }
     proxy_drain(srv);
     if (srv->conns == NULL) {
         server_drained(srv);

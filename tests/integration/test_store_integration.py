@@ -936,6 +936,43 @@ class StoreIntegration(mmtest.MMTestCase):
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0)
 
+    def test_7e_a_draining_worker_does_not_stall_scrapes(self):
+        """A worker told to stop drains its in-flight requests; meanwhile a
+        sibling's scrape is refused at once (the worker is left out), not
+        held for the whole gathering timeout (2 s) by a private listener the
+        parent still holds open."""
+        port, admin = two_ports()
+        slow = {"name": "slow", "match": {"path_prefix": "/sleep"}, "policy": "ab",
+                "arms": {"champion": 1}}
+        cfg = mmtest.base_config(port, {"champion": {"url": "http://127.0.0.1:%d" % self.champion.port,
+                                                     "timeout_ms": 10000}},
+                                 [slow], admin_port=admin)
+        mm = self.cluster.modelmux(cfg, "--workers", 2, name="drain-scrape")
+        listening = lambda: sorted(
+            int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log()))
+        pids = mmtest.eventually(lambda: (lambda p: p if len(p) == 2 else None)(listening()),
+                                 timeout=10)
+        # slow requests on fresh connections: the kernel spreads them, so
+        # the worker stopped below (almost surely) has some to drain
+        done = []
+        threads = [threading.Thread(target=lambda: done.append(
+            mmtest.request(port, "GET", "/sleep/3000", timeout=15)[0])) for _ in range(12)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # sent and forwarded: the upstream holds them for 3 s
+        os.kill(pids[0], signal.SIGTERM)
+        mmtest.eventually(lambda: "%d]: stopping" % pids[0] in mm.log(), timeout=5)
+        for _ in range(3):
+            t0 = time.time()
+            st, _, body = mmtest.request(admin, "GET", "/metrics")
+            self.assertEqual(st, 200)
+            self.assertLess(time.time() - t0, 1.5)
+        for t in threads:
+            t.join(timeout=15)
+        self.assertEqual(done, [200] * 12)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0)
+
     def test_7f_signals_while_the_group_starts_are_not_fatal(self):
         """A SIGHUP (a reload) or SIGTERM that reaches the group while its
         workers are still starting is handled, not the default action: a
