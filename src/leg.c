@@ -188,8 +188,10 @@ void leg_header_block(const up_resp_t *resp, mm_buf_t *out)
     const http_head_t *h = resp->head;
     int idx[HTTP_MAX_HEADERS], n = 0;
     for (int i = 0; i < h->n && i < HTTP_MAX_HEADERS; i++) {
+        mm_str_t name = http_hname(h, resp->base, i);
         if (http_kind_is_hop(h->kind[i]) || h->dropped[i] || h->kind[i] == HK_CONTENT_LENGTH ||
-            mm_str_ieq(http_hname(h, resp->base, i), "date"))
+            mm_str_ieq(name, "date") ||
+            (name.n >= 11 && strncasecmp(name.p, "x-modelmux-", 11) == 0)) /* any of ours */
             continue;
         int at = n++; /* insertion sort: a head has a handful of headers */
         while (at > 0 && name_before(resp, i, idx[at - 1])) {

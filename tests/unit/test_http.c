@@ -496,6 +496,7 @@ static void test_header_block_keeps_end_to_end_headers_sorted(void **state)
                                "Keep-Alive: timeout=5\r\n"
                                "Transfer-Encoding: chunked\r\n"
                                "X-Modelmux-Arm: challenger\r\n"
+                               "x-modelmux-model-build: 7\r\n"
                                "X-Request-Id: abc\r\n"
                                "link: <a>\r\n"
                                "Link: <b>\r\n"
