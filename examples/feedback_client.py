@@ -142,13 +142,21 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.batch_size < 1:
         p.error("--batch-size must be at least 1")
-    events = read_batch(a.batch) if a.batch else [event_from_args(a)]
+    try:
+        events = read_batch(a.batch) if a.batch else [event_from_args(a)]
+    except OSError as e:
+        print("feedback_client: cannot read %s: %s" % (a.batch, e.strerror or e), file=sys.stderr)
+        return 1
     if not events:
         print("feedback_client: no events", file=sys.stderr)
         return 0
     if a.redis:
-        for stream_id in xadd_all(a.redis, a.prefix, events, a.timeout):
-            print(stream_id)
+        try:
+            for stream_id in xadd_all(a.redis, a.prefix, events, a.timeout):
+                print(stream_id)
+        except OSError as e:
+            print("feedback_client: cannot reach redis %s: %s" % (a.redis, e), file=sys.stderr)
+            return 1
         return 0
     ok = True
     if not a.batch:

@@ -140,6 +140,19 @@ class Examples(mmtest.MMTestCase):
         self.assertEqual(qs.wait(timeout=20), 1, qs.log())
         self.assertIn("127.0.0.1:%d (challenger) is in use" % busy.port, qs.log())
 
+    def test_feedback_client_reports_unreadable_batch_and_unreachable_redis(self):
+        """Errors the user can cause are one line on stderr and exit 1, not a
+        Python traceback."""
+        rc, _, err = client("--batch", os.path.join(self.cluster.dir, "missing.jsonl"))
+        self.assertEqual(rc, 1, err)
+        self.assertIn("feedback_client: cannot read", err)
+        self.assertNotIn("Traceback", err)
+        closed = mmtest.free_port()  # nothing listens there
+        rc, _, err = client("--redis", "127.0.0.1:%d" % closed, "--request-id", "x", "--reward", 1)
+        self.assertEqual(rc, 1, err)
+        self.assertIn("feedback_client: cannot reach redis", err)
+        self.assertNotIn("Traceback", err)
+
     # -- 3
 
     def test_feedback_client_writes_the_redis_stream(self):
