@@ -32,18 +32,25 @@ static inline double lathist_mid(unsigned idx)
     return (16.0 + sub) * width + (width - 1.0) / 2.0;
 }
 
-/* The q-quantile (0 < q <= 1, nearest rank) of `total` samples counted in
- * hist[LATHIST_BUCKETS], in microseconds (a bucket midpoint); -1 if empty. */
-static inline double lathist_quantile_us(const uint64_t *hist, uint64_t total, double q)
+/* The q-quantile (0 < q <= 1, nearest rank) of the `total` samples counted
+ * in hist[LATHIST_BUCKETS] and, when not NULL, in more[LATHIST_BUCKETS] (two
+ * histograms read as one), in microseconds (a bucket midpoint); -1 if empty. */
+static inline double lathist_quantile2_us(const uint64_t *hist, const uint64_t *more,
+                                          uint64_t total, double q)
 {
     if (total == 0) return -1.0;
     uint64_t rank = (uint64_t)ceil(q * (double)total), cum = 0;
     if (rank == 0) rank = 1;
     for (unsigned i = 0; i < LATHIST_BUCKETS; i++) {
-        cum += hist[i];
+        cum += hist[i] + (more ? more[i] : 0);
         if (cum >= rank) return lathist_mid(i);
     }
     return lathist_mid(LATHIST_BUCKETS - 1);
+}
+
+static inline double lathist_quantile_us(const uint64_t *hist, uint64_t total, double q)
+{
+    return lathist_quantile2_us(hist, NULL, total, q);
 }
 
 #endif

@@ -31,10 +31,12 @@ typedef struct {
     uint64_t lat_count;
     uint64_t fallbacks; /* requests chosen for this arm that the champion served */
     uint64_t shadow[SHADOW__COUNT];
-    /* Latencies of this arm's mirrored answers (shadow arms), the same way:
-     * the admin view's p50/p99 of an arm no request is routed to. */
-    uint64_t mirror_hist[LATHIST_BUCKETS];
-    uint64_t mirror_count;
+    /* Latencies of this arm's answers to copies of requests (shadow mirrors,
+     * the rankers' answers an interleave merged), the same way: the admin
+     * view's p50/p99 read them with lat_hist, since such an arm serves few
+     * or no requests of its own. */
+    uint64_t copy_hist[LATHIST_BUCKETS];
+    uint64_t copy_count;
     uint64_t feedback;
     double reward_sum;
 } metrics_arm_t;
@@ -78,11 +80,12 @@ static inline void metrics_status(uint64_t *by_status, int status)
     by_status[(status >= 100 && status < 600) ? status : 0]++;
 }
 void metrics_latency(metrics_arm_t *a, uint64_t latency_us);
-/* A mirrored answer's latency (not a request's: no Prometheus bucket). */
-static inline void metrics_mirror_latency(metrics_arm_t *a, uint64_t latency_us)
+/* The latency of an answer to a copy (a mirror, an interleave leg); not a
+ * request's: no Prometheus bucket. */
+static inline void metrics_copy_latency(metrics_arm_t *a, uint64_t latency_us)
 {
-    a->mirror_hist[lathist_index(latency_us)]++;
-    a->mirror_count++;
+    a->copy_hist[lathist_index(latency_us)]++;
+    a->copy_count++;
 }
 
 #endif

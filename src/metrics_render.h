@@ -33,10 +33,10 @@ void metrics_put_float(mm_buf_t *b, double v);
 void metrics_arm_shares(const exp_rt_t *e, const json_t *desc, double *share);
 
 /* The q-quantile (0 < q <= 1, nearest rank) of an arm's latencies in
- * milliseconds, from its log-linear histogram (within about 3 % of the true
- * sample): of the requests it answered, or for an arm that answered none
- * (a shadow arm), of its mirrored answers. Returns a negative number when
- * there are no samples. */
+ * milliseconds, from its log-linear histograms (within about 3 % of the true
+ * sample): of the requests it answered and of its answers to copies (shadow
+ * mirrors, interleave legs). Returns a negative number when there are no
+ * samples. */
 double metrics_quantile_ms(const metrics_arm_t *a, double q);
 
 /* The policy's description of e (a new reference, or NULL), computed with a

@@ -220,6 +220,12 @@ class Interleave(mmtest.MMTestCase):
         got = mmtest.metric_samples(mm.admin_port, "modelmux_request_duration_seconds_count",
                                     "experiment", "arm")
         self.assertEqual(got[("search", "interleave")], 1)
+        # Each ranker's latency in the view includes its answers to merged
+        # requests: ranker-b answered only the POST's copy (it was null).
+        st, doc = get_json(mm.admin_port, "/experiments/search")
+        arms = {a["name"]: a for a in doc["arms"]}
+        self.assertIsNotNone(arms["ranker-b"]["p50_ms"], arms)
+        self.assertIsNotNone(arms["ranker-a"]["p99_ms"], arms)
 
     def test_merged_answers_hold_k_items_from_both_rankers(self):
         a_port, b_port = self.rankers()
