@@ -219,11 +219,17 @@ static verdict_t judge(const canary_t *c, analysis_t *a)
     appendf(a->reason, sizeof a->reason, "error_rate %.3f %s %.3f", er, pass ? "<=" : ">",
             c->max_error_rate);
     if (c->max_error_rate_delta >= 0) {
-        double d = er - error_rate(ch);
-        pass = d <= c->max_error_rate_delta;
-        ok &= pass;
-        appendf(a->reason, sizeof a->reason, ", delta %.3f %s %.3f", d, pass ? "<=" : ">",
-                c->max_error_rate_delta);
+        if (ch->requests == 0) {
+            /* No champion answer in the interval (the canary carries all the
+             * traffic): 0/0 is no baseline, so the delta cannot be judged. */
+            appendf(a->reason, sizeof a->reason, ", delta n/a");
+        } else {
+            double d = er - error_rate(ch);
+            pass = d <= c->max_error_rate_delta;
+            ok &= pass;
+            appendf(a->reason, sizeof a->reason, ", delta %.3f %s %.3f", d, pass ? "<=" : ">",
+                    c->max_error_rate_delta);
+        }
     }
     if (c->max_p99_ms >= 0) {
         if (a->p99_ms[1] < 0) {
@@ -376,7 +382,8 @@ static json_t *describe_analysis(const analysis_t *a, uint64_t now_ms)
         json_object_set_new(o, "canary_requests", json_integer((json_int_t)a->requests[1]));
         json_object_set_new(o, "champion_requests", json_integer((json_int_t)a->requests[0]));
         json_object_set_new(o, "canary_error_rate", json_real(a->error_rate[1]));
-        json_object_set_new(o, "champion_error_rate", json_real(a->error_rate[0]));
+        json_object_set_new(o, "champion_error_rate",
+                            a->requests[0] ? json_real(a->error_rate[0]) : json_null());
         json_object_set_new(o, "canary_p99_ms", ms_or_null(a->p99_ms[1]));
         json_object_set_new(o, "champion_p99_ms", ms_or_null(a->p99_ms[0]));
     }

@@ -251,6 +251,34 @@ static void error_rate_delta_against_the_champion_fails(void **state)
     fx_free(&f);
 }
 
+/* At 100 % the champion answers nothing: its 0/0 error rate is no baseline,
+ * so a canary as reliable as the champion (3 % errors, delta limit 1 point)
+ * must not fail the delta check against a made-up 0 % and be rolled back. */
+static void error_rate_delta_without_champion_answers_is_not_judged(void **state)
+{
+    fx_t f;
+    char v[32];
+    (void)state;
+    fx_init(&f, "\"champion\": \"champion\", \"canary\": \"challenger\", \"steps\": [50, 100],"
+                "\"step_interval_s\": 1, \"analysis\": {\"min_requests\": 10,"
+                "\"max_error_rate\": 0.05, \"max_error_rate_delta\": 0.01}");
+    tick(&f, 0);
+    feed(&f, 0, 100, 3, 10); /* champion 3 % */
+    feed(&f, 1, 100, 3, 10); /* canary 3 %: delta 0 */
+    assert_int_equal(tick(&f, 1000), 1);
+    assert_true(f.ctl.canary_step == 100.0);
+    feed(&f, 1, 100, 3, 10); /* all traffic on the canary, still 3 % */
+    assert_int_equal(tick(&f, 2000), 1);
+    assert_string_equal(last_verdict(&f, v, sizeof v), "passed");
+    assert_int_equal(f.ctl.state, EXP_PROMOTED);
+    json_t *d = describe(&f);
+    json_t *la = json_object_get(d, "last_analysis");
+    assert_true(json_is_null(json_object_get(la, "champion_error_rate")));
+    assert_non_null(strstr(json_string_value(json_object_get(la, "reason")), "delta n/a"));
+    json_decref(d);
+    fx_free(&f);
+}
+
 static void transport_failures_count_as_errors(void **state)
 {
     fx_t f;
@@ -659,6 +687,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(running_at_step_zero_starts_at_the_first_step),
         cmocka_unit_test(passed_interval_moves_to_the_next_step),
+        cmocka_unit_test(error_rate_delta_without_champion_answers_is_not_judged),
         cmocka_unit_test(too_few_canary_requests_hold_the_step_and_restart_the_interval),
         cmocka_unit_test(no_canary_answer_is_inconclusive_even_with_min_requests_zero),
         cmocka_unit_test(failed_interval_below_the_limit_holds),
