@@ -435,7 +435,13 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             sf.fds[slot] = -1;
         }
         alive--;
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) code = 1;
+        /* A worker that was closing its last handles when the stop signal we
+         * forwarded came finds the default action again (libuv restores it
+         * with the signal handle's close) and dies of it: that is the stop
+         * it was asked for, not a failure. */
+        int clean = WIFEXITED(st) ? WEXITSTATUS(st) == 0
+                                  : stopping && (WTERMSIG(st) == SIGTERM || WTERMSIG(st) == SIGINT);
+        if (!clean) code = 1;
     }
     sigprocmask(SIG_SETMASK, &waitmask, NULL);
     for (int i = 0; i < n && sf.grouped; i++)

@@ -971,7 +971,7 @@ class StoreIntegration(mmtest.MMTestCase):
             t.join(timeout=15)
         self.assertEqual(done, [200] * 12)
         mm.signal(signal.SIGTERM)
-        self.assertEqual(mm.wait(timeout=15), 0)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
     def test_7f_signals_while_the_group_starts_are_not_fatal(self):
         """A SIGHUP (a reload) or SIGTERM that reaches the group while its
