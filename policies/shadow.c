@@ -227,16 +227,35 @@ static int bytes_differ(const policy_resp_t *a, const policy_resp_t *b)
     return na != nb;
 }
 
+/* The next byte of a media type that counts, from *i on, or -1 at the end:
+ * outside a quoted string whitespace is only the optional kind around ";"
+ * (RFC 9110 §8.3.1) and letters compare in any case, so
+ * "application/json; charset=UTF-8" and "Application/JSON;charset=utf-8"
+ * are the same type; inside quotes every byte counts. */
+static int ctype_next(mm_str_t s, size_t *i, int *quoted)
+{
+    while (*i < s.n) {
+        char ch = s.p[(*i)++];
+        if (*quoted) {
+            if (ch == '"') *quoted = 0;
+            return (unsigned char)ch;
+        }
+        if (ch == ' ' || ch == '\t') continue;
+        if (ch == '"') *quoted = 1;
+        return ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : (unsigned char)ch;
+    }
+    return -1;
+}
+
 static int ctype_differs(mm_str_t a, mm_str_t b)
 {
-    if (a.n != b.n) return 1;
-    for (size_t i = 0; i < a.n; i++) {
-        char x = a.p[i], y = b.p[i];
-        if (x >= 'A' && x <= 'Z') x = (char)(x - 'A' + 'a');
-        if (y >= 'A' && y <= 'Z') y = (char)(y - 'A' + 'a');
+    size_t i = 0, k = 0;
+    int qa = 0, qb = 0;
+    for (;;) {
+        int x = ctype_next(a, &i, &qa), y = ctype_next(b, &k, &qb);
         if (x != y) return 1;
+        if (x < 0) return 0;
     }
-    return 0;
 }
 
 /* The next run of header lines with one name in a block ("name:value\n",

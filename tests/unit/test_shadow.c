@@ -336,6 +336,18 @@ static void content_type_counts_only_with_compare_headers(void **state)
     assert_int_equal(compare1(&f, a, b), POLICY_MISMATCH);
     b.content_type = MM_STR("Application/JSON");
     assert_int_equal(compare1(&f, a, b), POLICY_MATCH);
+    /* Parameters: optional whitespace around ";" and letter case do not
+     * count; a different value, or anything inside quotes, does. */
+    a.content_type = MM_STR("application/json; charset=utf-8");
+    b.content_type = MM_STR("Application/JSON;Charset=UTF-8");
+    assert_int_equal(compare1(&f, a, b), POLICY_MATCH);
+    b.content_type = MM_STR("application/json; charset=latin1");
+    assert_int_equal(compare1(&f, a, b), POLICY_MISMATCH);
+    a.content_type = MM_STR("text/plain; x=\"A B\"");
+    b.content_type = MM_STR("text/plain;x=\"A B\"");
+    assert_int_equal(compare1(&f, a, b), POLICY_MATCH);
+    b.content_type = MM_STR("text/plain; x=\"a b\"");
+    assert_int_equal(compare1(&f, a, b), POLICY_MISMATCH);
     fx_free(&f);
 }
 
