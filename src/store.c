@@ -602,11 +602,19 @@ exp_state_t *store_experiment(store_t *s, const char *name, const char *const *a
     return &x->pub;
 }
 
-/* x has left s->exps and nothing holds it: free it, or leave it to the
- * replicator while a reply about it is on its way. */
-static void exp_drop(store_t *s, store_exp_t *x)
+/* O(detached): the experiments removed by reloads while a request or a
+ * write was in flight on them, a short list. */
+void store_detached_done(store_t *s, store_exp_t *x)
 {
-    if (s->redis == NULL || !store_redis_exp_removed(s->redis, x)) store_exp_free(x);
+    /* A write sent and not failed still has its reply to come (the
+     * replicator sends nothing more for an experiment off s->exps). */
+    if (!x->detached || x->holds > 0 || (x->batch.active && !x->batch.failed)) return;
+    for (store_exp_t **pp = &s->detached; *pp; pp = &(*pp)->detached_next)
+        if (*pp == x) {
+            *pp = x->detached_next;
+            break;
+        }
+    store_exp_free(x);
 }
 
 void store_retain(store_t *s, const char *const *names, size_t n)
@@ -621,13 +629,10 @@ void store_retain(store_t *s, const char *const *names, size_t n)
             continue;
         }
         s->exps[i] = s->exps[--s->n_exps];
-        if (x->holds > 0) {
-            x->retired = 1;
-            x->retired_next = s->retired;
-            s->retired = x;
-        } else {
-            exp_drop(s, x);
-        }
+        x->detached = 1;
+        x->detached_next = s->detached;
+        s->detached = x;
+        store_detached_done(s, x);
     }
 }
 
@@ -636,18 +641,11 @@ void store_hold(exp_state_t *e)
     ((store_exp_t *)e)->holds++;
 }
 
-/* O(retired): a list of the experiments removed by reloads while requests
- * were in flight on them, which is short. */
 void store_release(store_t *s, exp_state_t *e)
 {
     store_exp_t *x = (store_exp_t *)e;
-    if (x->holds == 0 || --x->holds > 0 || !x->retired) return;
-    for (store_exp_t **pp = &s->retired; *pp; pp = &(*pp)->retired_next)
-        if (*pp == x) {
-            *pp = x->retired_next;
-            break;
-        }
-    exp_drop(s, x);
+    if (x->holds == 0 || --x->holds > 0) return;
+    store_detached_done(s, x);
 }
 
 /* ---- hot path ---- */
@@ -870,14 +868,9 @@ void store_free_final(store_t *s)
 {
     for (size_t i = 0; i < s->n_exps; i++) store_exp_free(s->exps[i]);
     free(s->exps);
-    while (s->zombies) {
-        store_exp_t *z = s->zombies;
-        s->zombies = z->zombie_next;
-        store_exp_free(z);
-    }
-    while (s->retired) {
-        store_exp_t *z = s->retired;
-        s->retired = z->retired_next;
+    while (s->detached) {
+        store_exp_t *z = s->detached;
+        s->detached = z->detached_next;
         store_exp_free(z);
     }
     while (s->blk_head) {

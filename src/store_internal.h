@@ -103,9 +103,10 @@ typedef struct store_exp_s {
     uint64_t ctl_base; /* ... on this version (what the policy decided on) */
     int reset_pending; /* a local reset not yet written */
     int synced;        /* a snapshot has been read at least once */
-    int removed;       /* dropped by store_retain while a write was in flight */
     unsigned holds;    /* routers routing to it (store_hold) */
-    int retired;       /* dropped by store_retain while held: on s->retired */
+    /* Dropped by store_retain but not yet freed: held by a router, or a
+     * write's reply on its way (store_detached_done). On s->detached. */
+    int detached;
     uint64_t known_epoch;
     /* The global statistics last read from Redis (without local deltas),
      * per arm of pub: written back if Redis comes back empty. */
@@ -113,8 +114,7 @@ typedef struct store_exp_s {
     store_batch_t batch;
     char ctl_key[STORE_KEY_MAX];
     char seq_key[STORE_KEY_MAX];
-    struct store_exp_s *zombie_next;
-    struct store_exp_s *retired_next;
+    struct store_exp_s *detached_next;
 } store_exp_t;
 
 typedef struct store_redis_s store_redis_t;
@@ -124,8 +124,7 @@ struct store_s {
     cfg_store_t cfg;
     store_exp_t **exps;
     size_t n_exps, cap_exps;
-    store_exp_t *zombies; /* removed, still referenced by a pending reply */
-    store_exp_t *retired; /* removed, still held by a router */
+    store_exp_t *detached; /* removed, still held or awaiting a reply */
 
     /* request-id map */
     req_ent_t **buckets;
@@ -191,7 +190,9 @@ void store_redis_shutdown(store_redis_t *r, int timeout_ms, void (*done)(void *)
 void store_redis_destroy(store_redis_t *r);
 void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined);
 /* store_retain dropped x: 1 if the replicator keeps it until its reply. */
-int store_redis_exp_removed(store_redis_t *r, store_exp_t *x);
+/* A detached experiment may go once nothing holds it and no reply about it
+ * is on its way: then it is unlinked from s->detached and freed. */
+void store_detached_done(store_t *s, store_exp_t *x);
 void store_redis_remember(store_redis_t *r, const char *id, size_t idlen, uint32_t pair,
                           uint64_t expires_ms);
 void store_redis_lookup(store_redis_t *r, mm_str_t id, store_lookup_cb cb, void *arg);

@@ -847,15 +847,6 @@ static void apply_snapshot(store_exp_t *x, const redisReply *reply)
     x->synced = 1;
 }
 
-static void unlink_zombie(store_t *s, store_exp_t *x)
-{
-    for (store_exp_t **pp = &s->zombies; *pp; pp = &(*pp)->zombie_next)
-        if (*pp == x) {
-            *pp = x->zombie_next;
-            return;
-        }
-}
-
 static void aux_round_done(store_redis_t *r);
 
 static void round_part_done(store_redis_t *r)
@@ -879,9 +870,9 @@ static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv)
     redisReply *reply = reply_;
     store_batch_t *b = &x->batch;
     r->outstanding--;
-    if (x->removed) {
-        unlink_zombie(r->s, x);
-        store_exp_free(x);
+    if (x->detached) { /* removed by a reload: its reply is of no use now */
+        b->active = 0;
+        store_detached_done(r->s, x);
     } else if (reply != NULL && r->lose_replies > 0) {
         r->lose_replies--;
         b->failed = 1;
@@ -1666,15 +1657,6 @@ void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined)
         x->pub.control_dirty = 1;
     else
         x->ctl_init = 1;
-}
-
-int store_redis_exp_removed(store_redis_t *r, store_exp_t *x)
-{
-    if (!x->batch.active || x->batch.failed) return 0; /* no reply on its way */
-    x->removed = 1;
-    x->zombie_next = r->s->zombies;
-    r->s->zombies = x;
-    return 1;
 }
 
 int store_redis_up(const store_redis_t *r)

@@ -284,7 +284,7 @@ static void test_retain_keeps_held_experiment_until_released(void **state)
     store_pull(f->s, a, 0);
     store_retain(f->s, NULL, 0);
     assert_int_equal(f->s->n_exps, 0);
-    assert_ptr_equal(f->s->retired, (store_exp_t *)a);
+    assert_ptr_equal(f->s->detached, (store_exp_t *)a);
     store_pull(f->s, a, 1); /* the in-flight request finishes */
     assert_int_equal(a->merged[0].pulls, 1);
     assert_int_equal(a->merged[1].pulls, 1);
@@ -293,7 +293,7 @@ static void test_retain_keeps_held_experiment_until_released(void **state)
     assert_ptr_not_equal(again, a);
     assert_int_equal(again->merged[0].pulls, 0);
     store_release(f->s, a); /* freed here: ASan's leak check would see it otherwise */
-    assert_null(f->s->retired);
+    assert_null(f->s->detached);
     store_hold(again); /* held and kept: release frees nothing */
     const char *const keep[] = {"a"};
     store_retain(f->s, keep, 1);

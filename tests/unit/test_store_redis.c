@@ -1042,10 +1042,10 @@ static void test_experiment_removed_while_its_write_is_in_flight(void **state)
     assert_true(in_flight(gone));
     const char *const names[] = {"recs"};
     store_retain(s, names, 1); /* its reply is still on the way */
-    assert_non_null(s->zombies);
+    assert_non_null(s->detached);
     store_pull(s, keep, 1);
     SETTLE(f, s, keep);
-    assert_null(s->zombies); /* freed when the reply came */
+    assert_null(s->detached); /* freed when the reply came */
     assert_true(arm_field(f, "gone", "champion", "pulls") == 1);
 
     /* And once more, destroying the store with the reply outstanding. */
