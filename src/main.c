@@ -79,14 +79,16 @@ static int parse_u64(const char *s, uint64_t *out)
     return 0;
 }
 
-/* Block or unblock SIGHUP, SIGTERM and SIGINT (old: the previous mask). */
-static void lifecycle_signals(int how, sigset_t *old)
+/* Block or unblock SIGHUP, SIGTERM and SIGINT, and SIGCHLD too when
+ * `chld` (old: the previous mask, may be NULL). */
+static void lifecycle_signals(int how, int chld, sigset_t *old)
 {
     sigset_t s;
     sigemptyset(&s);
     sigaddset(&s, SIGHUP);
     sigaddset(&s, SIGTERM);
     sigaddset(&s, SIGINT);
+    if (chld) sigaddset(&s, SIGCHLD);
     sigprocmask(how, &s, old);
 }
 
@@ -116,7 +118,7 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
     }
     /* Handlers in place (server_start): what was blocked since the fork
      * (fork_worker) may come now. */
-    lifecycle_signals(SIG_UNBLOCK, NULL);
+    lifecycle_signals(SIG_UNBLOCK, 0, NULL);
     if (grp &&
         scrape_group_start(&srv, grp->n, grp->self, grp->fd, grp->ports, err, sizeof(err)) != 0) {
         /* Serve anyway: only /metrics loses the siblings' counters. */
@@ -318,15 +320,13 @@ static pid_t fork_worker(const char *path, config_t *cfg, uint64_t seed,
                          const cfg_store_t *store_override, int reload, const scrape_fds_t *sf,
                          int n, int slot)
 {
-    /* A signal the parent forwards while the worker is still starting (a
+    /* The parent runs with the lifecycle signals blocked (run_workers), and
+     * the worker starts so: a signal forwarded while it is still starting (a
      * POST /reload answered by a sibling, a SIGTERM) would find the default
-     * action and kill it: the worker starts with them blocked, and
-     * run_worker unblocks them once its handlers are in place, so a pending
-     * one is then handled as it should be. */
-    sigset_t old;
-    lifecycle_signals(SIG_BLOCK, &old);
+     * action and kill it. run_worker unblocks them once its handlers are in
+     * place, and a pending one is then handled as it should be. SIGCHLD is
+     * the parent's business only. */
     pid_t pid = fork();
-    if (pid != 0) sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGTERM); /* die with the parent */
         signal(SIGCHLD, SIG_DFL);         /* the parent's, inherited */
@@ -363,13 +363,8 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             sf.grouped = 0;
         }
     }
-    sigset_t waitmask, blocked;
-    sigemptyset(&blocked);
-    sigaddset(&blocked, SIGHUP);
-    sigaddset(&blocked, SIGTERM);
-    sigaddset(&blocked, SIGINT);
-    sigaddset(&blocked, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &blocked, &waitmask);
+    sigset_t waitmask; /* blocked from here on; sigsuspend waits with waitmask */
+    lifecycle_signals(SIG_BLOCK, 1, &waitmask);
     time_t started[256];
     uint64_t next_seed = seed + (uint64_t)n;
     int stopping = 0, reloaded = 0;
