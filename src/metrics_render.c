@@ -553,6 +553,16 @@ static void render_process(mm_server_t *srv, mm_buf_t *b)
     sample_u64(b, "modelmux_build_info", kv, 1);
 }
 
+void metrics_render_group(mm_buf_t *out, int workers, int reporting)
+{
+    family(out, "modelmux_workers", "gauge", "Worker processes in the group (--workers).");
+    sample_u64(out, "modelmux_workers", NULL, (uint64_t)workers);
+    family(out, "modelmux_workers_reporting", "gauge",
+           "Workers whose counters this scrape holds (a sibling that did not answer is left "
+           "out).");
+    sample_u64(out, "modelmux_workers_reporting", NULL, (uint64_t)reporting);
+}
+
 void metrics_render(mm_server_t *srv, mm_buf_t *out)
 {
     size_t n = 0;

@@ -13,6 +13,10 @@
 /* Append the whole exposition (text format 0.0.4) to out. */
 void metrics_render(mm_server_t *srv, mm_buf_t *out);
 
+/* The two gauges a --workers group's merged scrape ends with (scrape.c):
+ * the group's size and how many workers' counters the answer holds. */
+void metrics_render_group(mm_buf_t *out, int workers, int reporting);
+
 /* A sample value as the exposition writes it: the shortest decimal that
  * reads back as v, integers without a fraction, NaN, +Inf, -Inf. */
 void metrics_put_float(mm_buf_t *b, double v);

@@ -83,21 +83,6 @@ void scrape_group_free(mm_server_t *srv)
     }
 }
 
-static void gauge(mm_buf_t *b, const char *name, const char *help, int v)
-{
-    mm_buf_lit(b, "# HELP ");
-    mm_buf_cstr(b, name);
-    mm_buf_lit(b, " ");
-    mm_buf_cstr(b, help);
-    mm_buf_lit(b, "\n# TYPE ");
-    mm_buf_cstr(b, name);
-    mm_buf_lit(b, " gauge\n");
-    mm_buf_cstr(b, name);
-    mm_buf_lit(b, " ");
-    mm_buf_u64(b, (uint64_t)v);
-    mm_buf_lit(b, "\n");
-}
-
 static void answer(gather_t *g)
 {
     conn_t *c = g->conn;
@@ -121,10 +106,7 @@ static void answer(gather_t *g)
                               : up_err_name(l->err));
     }
     metrics_merge(texts, k, &out);
-    gauge(&out, "modelmux_workers", "Worker processes in the group (--workers).", g->n + 1);
-    gauge(&out, "modelmux_workers_reporting",
-          "Workers whose counters this scrape holds (a sibling that did not answer is left out).",
-          (int)k);
+    metrics_render_group(&out, g->n + 1, (int)k);
     if (local.oom || out.oom)
         conn_respond_error(c, 500, "internal", "out of memory");
     else
