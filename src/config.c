@@ -551,7 +551,6 @@ static int is_loopback(const char *host)
     return 0;
 }
 
-/* 0.0.0.0 or ::, which bind every address of their family. */
 /* The address a listener on `host` binds: "localhost" is 127.0.0.1 (see
  * mm_addr_resolve), so "localhost:P" and "127.0.0.1:P" are one socket. */
 static const char *bind_host(const char *host)
@@ -559,6 +558,7 @@ static const char *bind_host(const char *host)
     return strcasecmp(host, "localhost") == 0 ? "127.0.0.1" : host;
 }
 
+/* 0.0.0.0 or ::, which bind every address of their family. */
 static int is_wildcard(const char *host)
 {
     struct in_addr in4;

@@ -72,13 +72,16 @@ static void answer(fanout_t *f)
         goto done;
     }
     r->merged = merged;
-    if (merged) /* every arm contributed: an impression for each */
+    if (merged) {
+        f->exp->metrics->has_merged = 1; /* the "interleave" series exist from now on */
         for (int i = 0; i < f->n; i++) {
+            /* Every arm contributed: an impression for each. The client's
+             * latency goes to "interleave"; each ranker's own answer time
+             * is its latency in the admin view. */
             if (i != arm) store_pull(srv->store, f->exp->state, router_sarm(f->exp, i));
-            /* The client's latency goes to "interleave"; each ranker's own
-             * answer time is its latency in the admin view. */
             metrics_copy_latency(router_marm(f->exp, i), f->legs[i].latency_us);
         }
+    }
     if (aux.len) /* the attribution a later click is credited by */
         store_put_aux(srv->store, (mm_str_t){r->id, r->id_len}, aux.p, aux.len, ce->feedback_ttl_s);
     const leg_t *l = &f->legs[arm];

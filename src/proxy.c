@@ -105,13 +105,21 @@ static int on_headers_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+/* The most body bytes this request may have: max_body_bytes, and for a
+ * request modelmux answers itself (admin, feedback) LOCAL_BODY_MAX too. */
+static uint64_t body_limit(const conn_t *c)
+{
+    uint64_t limit = server_config(c->srv)->limits.max_body_bytes;
+    return c->req.local && limit > LOCAL_BODY_MAX ? LOCAL_BODY_MAX : limit;
+}
+
 static int on_body(llhttp_t *p, const char *at, size_t n)
 {
     conn_t *c = pconn(p);
     req_t *r = &c->req;
     r->body_in += n;
+    if (r->body_in > body_limit(c)) return -1;
     if (r->local) {
-        if (r->body_in > LOCAL_BODY_MAX) return -1;
         mm_buf_append(&r->local_body, at, n);
     } else if (r->capture_body) {
         if (r->body_in > r->capture_limit)
@@ -119,7 +127,6 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
         else
             mm_buf_append(&r->captured, at, n);
     }
-    if (r->body_in > server_config(c->srv)->limits.max_body_bytes) return -1;
     return 0;
 }
 
@@ -130,10 +137,8 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
 static int on_chunk_header(llhttp_t *p)
 {
     conn_t *c = pconn(p);
-    const req_t *r = &c->req;
-    uint64_t limit = server_config(c->srv)->limits.max_body_bytes;
-    if (r->local && limit > LOCAL_BODY_MAX) limit = LOCAL_BODY_MAX;
-    return p->content_length > limit - (r->body_in < limit ? r->body_in : limit) ? -1 : 0;
+    uint64_t limit = body_limit(c), in = c->req.body_in;
+    return p->content_length > limit - (in < limit ? in : limit) ? -1 : 0;
 }
 
 static int on_message_complete(llhttp_t *p)
@@ -1051,9 +1056,7 @@ static void req_finish(conn_t *c)
         r->up = NULL;
     }
     if (r->exp && !r->local) {
-        metrics_exp_t *me = r->exp->metrics;
-        metrics_arm_t *ma = r->merged ? &me->merged : router_marm(r->exp, r->arm);
-        me->has_merged |= r->merged;
+        metrics_arm_t *ma = r->merged ? &r->exp->metrics->merged : router_marm(r->exp, r->arm);
         metrics_status(ma->by_status, r->status);
         metrics_latency(ma, latency);
         /* One failed request is one error. A chosen arm that could not be
