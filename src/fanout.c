@@ -36,7 +36,7 @@ static void answer(fanout_t *f)
     conn_t *c = f->conn;
     req_t *r = &c->req;
     mm_server_t *srv = c->srv;
-    if (c->closing || !r->active || r->serial != f->req_serial) return; /* client gone */
+    if (!conn_awaits(c, f->req_serial)) return; /* client gone */
     const cfg_experiment_t *ce = f->exp->cfg;
     policy_resp_t answers[MM_MAX_ARMS];
     int all_timeouts = 1;

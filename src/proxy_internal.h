@@ -94,6 +94,14 @@ struct conn_s {
     req_t req;
 };
 
+/* A request answered later (a fan-out, a group scrape) holds the connection
+ * and remembers req.serial: 1 while the client still waits for that very
+ * request (not gone, not closing, not on to another). */
+static inline int conn_awaits(const conn_t *c, uint64_t serial)
+{
+    return !c->closing && c->req.active && c->req.serial == serial;
+}
+
 void proxy_init_parser_settings(void);
 /* Append the client's end-to-end headers as forwarded upstream (hop-by-hop
  * and modelmux's own removed, X-Forwarded-For appended, `host` — the Host

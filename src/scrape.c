@@ -86,7 +86,7 @@ void scrape_group_free(mm_server_t *srv)
 static void answer(gather_t *g)
 {
     conn_t *c = g->conn;
-    if (c->closing || !c->req.active || c->req.serial != g->req_serial) return; /* client gone */
+    if (!conn_awaits(c, g->req_serial)) return; /* client gone */
     mm_buf_t local, out;
     mm_buf_init(&local);
     mm_buf_init(&out);
