@@ -72,6 +72,17 @@ class BenchTest(mmtest.MMTestCase):
 
     # ---- helpers ----
 
+    def start_split(self):
+        """A second modelmux with the "bandit" experiment as a plain 50/50
+        split over the same model servers (--compare-split's target): its port."""
+        port = mmtest.free_port()
+        cfg = mmtest.base_config(
+            port, {"champion": self.champion.port, "challenger": self.challenger.port},
+            [{"name": "bandit", "match": {"path_prefix": "/v1/bandit"}, "policy": "ab",
+              "arms": {"champion": 50, "challenger": 50}}])
+        self.cluster.modelmux(cfg, "--seed", "1", name="split")
+        return port
+
     def bench(self, *args, timeout=45):
         p = subprocess.run([mmtest.BENCH_BIN] + [str(a) for a in args], capture_output=True,
                            text=True, timeout=timeout)
@@ -223,12 +234,7 @@ class BenchTest(mmtest.MMTestCase):
     # ---- simulate ----
 
     def test_simulate_thompson_has_less_regret_than_a_split(self):
-        split_port = mmtest.free_port()
-        split_cfg = mmtest.base_config(
-            split_port, {"champion": self.champion.port, "challenger": self.challenger.port},
-            [{"name": "bandit", "match": {"path_prefix": "/v1/bandit"}, "policy": "ab",
-              "arms": {"champion": 50, "challenger": 50}}])
-        self.cluster.modelmux(split_cfg, "--seed", "1", name="split")
+        split_port = self.start_split()
         csv_path, svg_path = self.cluster.path("sim.csv"), self.cluster.path("sim.svg")
         n = 2000
         r, err = self.bench_json(
@@ -326,12 +332,7 @@ class BenchTest(mmtest.MMTestCase):
         # Ctrl-C during the bandit run: its report is printed, the
         # --compare-split run is not started, and the batches waiting out
         # --feedback-delay-ms are posted at once instead of a minute later.
-        split_port = mmtest.free_port()
-        split_cfg = mmtest.base_config(
-            split_port, {"champion": self.champion.port, "challenger": self.challenger.port},
-            [{"name": "bandit", "match": {"path_prefix": "/v1/bandit"}, "policy": "ab",
-              "arms": {"champion": 50, "challenger": 50}}])
-        self.cluster.modelmux(split_cfg, "--seed", "1", name="split")
+        split_port = self.start_split()
         p = subprocess.Popen(
             [mmtest.BENCH_BIN, "simulate", "--target", self.target, "--experiment", "bandit",
              "--rates", "champion=0.02,challenger=0.10", "--requests", "1000000",

@@ -947,11 +947,18 @@ class Overload(TestCluster):
 
 
 class UpstreamFailures(TestCluster):
+    def in_front_of(self, champion):
+        """modelmux routing everything to `champion` (a port or an up() spec):
+        its port."""
+        port = mmtest.free_port()
+        self.cluster.modelmux(mmtest.base_config(port, {"champion": champion},
+                                                 [ab("ab", "/", {"champion": 1})],
+                                                 limits={"drain_timeout_ms": 2000}))
+        return port
+
     def test_champion_port_with_nothing_listening_is_502(self):
         dead = mmtest.free_port()
-        port = mmtest.free_port()
-        self.cluster.modelmux(mmtest.base_config(port, {"champion": dead}, [ab("ab", "/", {"champion": 1})],
-                                                 limits={"drain_timeout_ms": 2000}))
+        port = self.in_front_of(dead)
         c = self.raw(port)
         c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
         self.assertJsonError(c.response(), 502, "upstream_unavailable")
@@ -959,10 +966,7 @@ class UpstreamFailures(TestCluster):
 
     def test_slow_champion_is_504_within_timeout(self):
         slow = self.cluster.model_server("champion", "--latency-ms", 5000)
-        port = mmtest.free_port()
-        self.cluster.modelmux(mmtest.base_config(port, {"champion": up(slow.port, timeout_ms=300)},
-                                                 [ab("ab", "/", {"champion": 1})],
-                                                 limits={"drain_timeout_ms": 2000}))
+        port = self.in_front_of(up(slow.port, timeout_ms=300))
         c = self.raw(port)
         t0 = time.time()
         c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -977,10 +981,7 @@ class UpstreamFailures(TestCluster):
         # retried; a timeout is answered 504 after timeout_ms, once, and the
         # slow request reaches the model server once.
         srv = self.cluster.model_server("champion")
-        port = mmtest.free_port()
-        self.cluster.modelmux(mmtest.base_config(port, {"champion": up(srv.port, timeout_ms=300)},
-                                                 [ab("ab", "/", {"champion": 1})],
-                                                 limits={"drain_timeout_ms": 2000}))
+        port = self.in_front_of(up(srv.port, timeout_ms=300))
         c = self.raw(port)
         c.send(b"POST /sleep/0 HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
         self.assertEqual(c.response().status, 200)
@@ -1002,10 +1003,7 @@ class UpstreamFailures(TestCluster):
         hang.bind(("127.0.0.1", 0))
         hang.listen(64)
         try:
-            port = mmtest.free_port()
-            self.cluster.modelmux(mmtest.base_config(
-                port, {"champion": up(hang.getsockname()[1], timeout_ms=300)},
-                [ab("ab", "/", {"champion": 1})], limits={"drain_timeout_ms": 2000}))
+            port = self.in_front_of(up(hang.getsockname()[1], timeout_ms=300))
             for _ in range(3):  # and again: nothing stays stuck
                 c = self.raw(port)
                 t0 = time.time()
@@ -1051,10 +1049,7 @@ class UpstreamFailures(TestCluster):
         self.addCleanup(srv.close)
         self.addCleanup(t.join, 5)
         self.addCleanup(stop.set)
-        port = mmtest.free_port()
-        self.cluster.modelmux(mmtest.base_config(
-            port, {"champion": up(srv.getsockname()[1], timeout_ms=2000)},
-            [ab("ab", "/", {"champion": 1})], limits={"drain_timeout_ms": 2000}))
+        port = self.in_front_of(up(srv.getsockname()[1], timeout_ms=2000))
         return port
 
     def test_champion_status_under_100_is_502_at_once(self):
@@ -1109,10 +1104,7 @@ class UpstreamFailures(TestCluster):
         t = threading.Thread(target=serve, daemon=True)
         t.start()
         try:
-            port = mmtest.free_port()
-            self.cluster.modelmux(mmtest.base_config(
-                port, {"champion": up(srv.getsockname()[1], timeout_ms=300)},
-                [ab("ab", "/", {"champion": 1})], limits={"drain_timeout_ms": 2000}))
+            port = self.in_front_of(up(srv.getsockname()[1], timeout_ms=300))
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             t0 = time.time()
             c.request("GET", "/v1/rank")
