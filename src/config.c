@@ -571,7 +571,7 @@ static int is_wildcard(const char *host)
 static int get_addr(cx_t *cx, const json_t *obj, const char *objptr, const char *key,
                     const char *def, cfg_addr_t *out)
 {
-    const char *s, *why;
+    const char *s = NULL, *why = NULL; /* set on every path; -O3 cannot see it */
     if (get_string(cx, obj, objptr, key, def, &s) < 0) return -1;
     if (parse_addr(s, out, &why) == 0) return 0;
     char p[PTR_MAX], d[256], g[300];
