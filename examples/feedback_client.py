@@ -14,6 +14,9 @@ request id modelmux returned in X-Request-Id. Python 3 standard library only.
   printf '%s\\n' '{"request_id":"a1","reward":1}' | feedback_client.py --batch -
   # through the Redis stream PREFIX:feedback instead of HTTP
   feedback_client.py --redis 127.0.0.1:6379 --prefix modelmux --request-id 9f1c... --reward 1
+  # ... to a Redis with AUTH (store.username/password) and a database (store.db)
+  REDIS_PW=... feedback_client.py --redis 127.0.0.1:6379 --redis-user mm \\
+      --redis-password-env REDIS_PW --redis-db 3 --experiment recs --arm champion --reward 1
 
 Over HTTP it prints modelmux's answer per post ({"accepted": N, "unknown": M,
 "invalid": K}, or its JSON error) and exits 0 when modelmux applied every
@@ -24,6 +27,7 @@ returned (modelmux applies them when it reads the stream).
 import argparse
 import json
 import math
+import os
 import socket
 import sys
 import urllib.error
@@ -106,12 +110,18 @@ def read_reply(f):
     return rest.decode()
 
 
-def xadd_all(addr, prefix, events, timeout):
+def xadd_all(addr, prefix, events, timeout, user=None, password=None, db=0):
     host, _, port = addr.rpartition(":")
     s = socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout)
     f = s.makefile("rb")
     ids = []
     try:
+        if password:  # as the modelmux store does: AUTH [user] password, then SELECT
+            s.sendall(resp_command("AUTH", *([user] if user else []), password))
+            read_reply(f)
+        if db:
+            s.sendall(resp_command("SELECT", db))
+            read_reply(f)
         for ev in events:
             fields = []
             for k in ("request_id", "experiment", "arm", "reward", "item"):
@@ -138,6 +148,11 @@ def main(argv=None):
     p.add_argument("--redis", metavar="HOST:PORT",
                    help="write to the Redis stream PREFIX:feedback instead of posting")
     p.add_argument("--prefix", default="modelmux", help="the store's Redis prefix")
+    p.add_argument("--redis-user", help="ACL user name for AUTH (needs a password)")
+    p.add_argument("--redis-password-env", metavar="VAR",
+                   help="environment variable holding the Redis password (kept off the "
+                        "command line, where ps would show it)")
+    p.add_argument("--redis-db", type=int, default=0, help="database number (SELECT)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per post")
     a = p.parse_args(argv)
     if a.batch_size < 1:
@@ -150,9 +165,17 @@ def main(argv=None):
     if not events:
         print("feedback_client: no events", file=sys.stderr)
         return 0
+    password = None
+    if a.redis_password_env:
+        password = os.environ.get(a.redis_password_env)
+        if not password:
+            p.error("the environment variable %s is not set or empty" % a.redis_password_env)
+    if a.redis_user and not password:
+        p.error("--redis-user needs --redis-password-env")
     if a.redis:
         try:
-            for stream_id in xadd_all(a.redis, a.prefix, events, a.timeout):
+            for stream_id in xadd_all(a.redis, a.prefix, events, a.timeout, a.redis_user,
+                                      password, a.redis_db):
                 print(stream_id)
         except OSError as e:
             print("feedback_client: cannot reach redis %s: %s" % (a.redis, e), file=sys.stderr)

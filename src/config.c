@@ -16,6 +16,7 @@
  * config_t (in config_priv_t), so strings a policy got from
  * policy_get_string stay valid for the policy instance's whole life. */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <float.h>
 #include <limits.h>
@@ -686,10 +687,64 @@ static int parse_admin(cx_t *cx)
     return 0;
 }
 
+/* 1-255 characters of [A-Za-z0-9_], not starting with a digit: a POSIX
+ * environment variable name. */
+static int env_name_ok(const char *n)
+{
+    size_t len = strlen(n);
+    if (len == 0 || len > 255 || (n[0] >= '0' && n[0] <= '9')) return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!(isalnum((unsigned char)n[i]) || n[i] == '_')) return 0;
+    return 1;
+}
+
+/* store.username / password / password_env. The password may come from the
+ * environment so that it need not sit in a config file (a Kubernetes
+ * secret, a systemd credential); it is read when the config is loaded, so a
+ * reload or --check sees the variable of the process that loads it. */
+static int parse_store_auth(cx_t *cx, const json_t *o, cfg_store_t *st)
+{
+    const char *user, *pass, *env;
+    if (get_string(cx, o, "/store", "username", NULL, &user) < 0 ||
+        get_string(cx, o, "/store", "password", NULL, &pass) < 0 ||
+        get_string(cx, o, "/store", "password_env", NULL, &env) < 0)
+        return -1;
+    if (pass && env)
+        return cerr(cx, "/store/password_env", 0,
+                    "store.password_env: give either password or password_env, not both");
+    if (pass && (*pass == '\0' || strlen(pass) >= sizeof(st->password)))
+        return cerr(cx, "/store/password", 0, "store.password: expected 1-%zu bytes",
+                    sizeof(st->password) - 1);
+    if (env) {
+        if (!env_name_ok(env))
+            return type_error(cx, "/store/password_env", json_object_get(o, "password_env"),
+                              "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)");
+        pass = getenv(env);
+        if (pass == NULL || *pass == '\0')
+            return cerr(cx, "/store/password_env", 0,
+                        "store.password_env: the environment variable %s is not set or empty", env);
+        if (strlen(pass) >= sizeof(st->password))
+            return cerr(cx, "/store/password_env", 0,
+                        "store.password_env: the value of %s is longer than %zu bytes", env,
+                        sizeof(st->password) - 1);
+    }
+    if (user && (*user == '\0' || strlen(user) >= sizeof(st->username) || !is_visible(user)))
+        return type_error(cx, "/store/username", json_object_get(o, "username"),
+                          "1-255 visible ASCII characters");
+    if (user && pass == NULL)
+        return cerr(cx, "/store/username", 0,
+                    "store.username: needs password or password_env (AUTH username password)");
+    snprintf(st->username, sizeof(st->username), "%s", user ? user : "");
+    snprintf(st->password, sizeof(st->password), "%s", pass ? pass : "");
+    return 0;
+}
+
 static int parse_store(cx_t *cx)
 {
     static const char *const memory_keys[] = {"type", NULL};
-    static const char *const redis_keys[] = {"type", "host", "port", "prefix", "sync_ms", NULL};
+    static const char *const redis_keys[] = {"type",    "host",     "port",     "prefix",
+                                             "sync_ms", "username", "password", "password_env",
+                                             "db",      NULL};
     cfg_store_t *st = &cx->c->store;
     st->type = STORE_MEMORY;
     snprintf(st->host, sizeof(st->host), "127.0.0.1");
@@ -723,7 +778,9 @@ static int parse_store(cx_t *cx)
         return type_error(cx, "/store/prefix", json_object_get(o, "prefix"),
                           "1-127 characters of [A-Za-z0-9_.:-]");
     snprintf(st->prefix, sizeof(st->prefix), "%s", prefix);
-    return get_int_field(cx, o, "/store", "sync_ms", 100, 1, 60000, &st->sync_ms);
+    if (get_int_field(cx, o, "/store", "sync_ms", 100, 1, 60000, &st->sync_ms) < 0) return -1;
+    if (get_int_field(cx, o, "/store", "db", 0, 0, INT_MAX, &st->db) < 0) return -1;
+    return parse_store_auth(cx, o, st);
 }
 
 static int parse_log(cx_t *cx)

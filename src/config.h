@@ -71,6 +71,12 @@ typedef struct {
     int port;         /* default 6379 */
     char prefix[128]; /* default "modelmux" */
     int sync_ms;      /* default 100 */
+    /* Sent as AUTH [username] password before anything else when password
+     * is non-empty (from "password" or the variable "password_env" names),
+     * then SELECT db when db != 0. Fixed arrays: the struct is copied. */
+    char username[256];
+    char password[512];
+    int db; /* default 0 */
 } cfg_store_t;
 
 typedef struct {

@@ -473,17 +473,9 @@ static void force_close(store_redis_t *r, const char *why)
     if (!notifies) after_disconnect(r, why);
 }
 
-static void on_hello(redisAsyncContext *ac, void *reply_, void *priv)
+/* The handshake is done: Redis is up for us. */
+static void on_hello(store_redis_t *r)
 {
-    store_redis_t *r = ac->data;
-    redisReply *reply = reply_;
-    MM_UNUSED(priv);
-    if (reply == NULL) return; /* the connection died: on_disconnect follows */
-    if (reply->type == REDIS_REPLY_ERROR) {
-        note(r, "PING: %s", reply->str);
-        redisAsyncDisconnect(ac);
-        return;
-    }
     uv_timer_stop(&r->conn_timer);
     r->up = 1;
     if (r->ever_up) r->st.reconnects++;
@@ -499,6 +491,54 @@ static void on_hello(redisAsyncContext *ac, void *reply_, void *priv)
         start_round(r);
 }
 
+/* The handshake after connecting: AUTH (when a password is configured), then
+ * SELECT (db != 0), then PING; each is sent once the previous one succeeded,
+ * so a refused AUTH is reported once, as itself, rather than followed by a
+ * NOAUTH for every later command. The connect timer covers the whole chain. */
+enum { HS_AUTH, HS_SELECT, HS_PING };
+
+static void handshake(store_redis_t *r, int step);
+
+static void on_handshake(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    store_redis_t *r = ac->data;
+    redisReply *reply = reply_;
+    int step = (int)(intptr_t)priv;
+    if (reply == NULL) return; /* the connection died: on_disconnect follows */
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* The reply never echoes the password, so it can be logged. */
+        note(r, "%s refused: %s",
+             step == HS_AUTH     ? "AUTH"
+             : step == HS_SELECT ? "SELECT"
+                                 : "PING",
+             reply->str);
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    if (step == HS_PING)
+        on_hello(r);
+    else
+        handshake(r, step + 1);
+}
+
+static void handshake(store_redis_t *r, int step)
+{
+    const cfg_store_t *c = &r->s->cfg;
+    if (step == HS_AUTH && c->password[0] == '\0') step = HS_SELECT;
+    if (step == HS_SELECT && c->db == 0) step = HS_PING;
+    void *priv = (void *)(intptr_t)step;
+    int rc;
+    if (step == HS_AUTH && c->username[0])
+        rc = redisAsyncCommand(r->ac, on_handshake, priv, "AUTH %s %s", c->username, c->password);
+    else if (step == HS_AUTH)
+        rc = redisAsyncCommand(r->ac, on_handshake, priv, "AUTH %s", c->password);
+    else if (step == HS_SELECT)
+        rc = redisAsyncCommand(r->ac, on_handshake, priv, "SELECT %d", c->db);
+    else
+        rc = redisAsyncCommand(r->ac, on_handshake, priv, "PING");
+    if (rc != REDIS_OK) redisAsyncDisconnect(r->ac);
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     store_redis_t *r = ac->data;
@@ -509,7 +549,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     r->connected = 1;
-    if (redisAsyncCommand(r->ac, on_hello, NULL, "PING") != REDIS_OK) redisAsyncDisconnect(r->ac);
+    handshake(r, HS_AUTH);
 }
 
 static void redis_connect(store_redis_t *r)

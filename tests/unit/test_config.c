@@ -356,6 +356,53 @@ static void test_store_redis_defaults_and_errors(void **state)
                  "t.json:1:11: store.type is required");
 }
 
+static void test_store_redis_auth(void **state)
+{
+    (void)state;
+    config_t *c = parse_ok("{\"store\": {\"type\": \"redis\"}, " UPS ", \"experiments\": []}");
+    assert_string_equal(c->store.username, "");
+    assert_string_equal(c->store.password, "");
+    assert_int_equal(c->store.db, 0);
+    config_free(c);
+    c = parse_ok("{\"store\": {\"type\": \"redis\", \"username\": \"mm\", \"password\": "
+                 "\"s3 cr\\\"et\", \"db\": 3}, " UPS ", \"experiments\": []}");
+    assert_string_equal(c->store.username, "mm");
+    assert_string_equal(c->store.password, "s3 cr\"et");
+    assert_int_equal(c->store.db, 3);
+    config_free(c);
+
+    setenv("MM_TEST_REDIS_PW", "from-env", 1);
+    c = parse_ok("{\"store\": {\"type\": \"redis\", \"password_env\": \"MM_TEST_REDIS_PW\"}, " UPS
+                 ", \"experiments\": []}");
+    assert_string_equal(c->store.password, "from-env");
+    config_free(c);
+    expect_error("{\"store\": {\"type\": \"redis\", \"password\": \"a\", \"password_env\": "
+                 "\"MM_TEST_REDIS_PW\"}, " UPS ", \"experiments\": []}",
+                 "t.json:1:62: store.password_env: give either password or password_env, not both");
+    unsetenv("MM_TEST_REDIS_PW");
+    expect_error(
+        "{\"store\": {\"type\": \"redis\", \"password_env\": \"MM_TEST_REDIS_PW\"}, " UPS
+        ", \"experiments\": []}",
+        "t.json:1:45: store.password_env: the environment variable MM_TEST_REDIS_PW is not "
+        "set or empty");
+    expect_error("{\"store\": {\"type\": \"redis\", \"password_env\": \"1X\"}, " UPS
+                 ", \"experiments\": []}",
+                 "t.json:1:45: store.password_env must be an environment variable name "
+                 "([A-Za-z_][A-Za-z0-9_]*), got \"1X\"");
+    expect_error("{\"store\": {\"type\": \"redis\", \"password\": \"\"}, " UPS
+                 ", \"experiments\": []}",
+                 "t.json:1:41: store.password: expected 1-511 bytes");
+    expect_error("{\"store\": {\"type\": \"redis\", \"username\": \"mm\"}, " UPS
+                 ", \"experiments\": []}",
+                 "t.json:1:41: store.username: needs password or password_env (AUTH username "
+                 "password)");
+    expect_error("{\"store\": {\"type\": \"redis\", \"db\": -1}, " UPS ", \"experiments\": []}",
+                 "t.json:1:35: store.db must be an integer in [0, 2147483647], got -1");
+    expect_error("{\"store\": {\"type\": \"memory\", \"password\": \"x\"}, " UPS
+                 ", \"experiments\": []}",
+                 "t.json:1:30: unknown key store.password (allowed here: type)");
+}
+
 static void test_defaults(void **state)
 {
     config_t *c = parse_ok(MINIMAL);
@@ -814,6 +861,7 @@ int main(void)
         cmocka_unit_test(test_admin_and_data_listeners_must_not_overlap),
         cmocka_unit_test(test_admin_token_must_be_usable),
         cmocka_unit_test(test_store_redis_defaults_and_errors),
+        cmocka_unit_test(test_store_redis_auth),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_log_and_limits_values),
         cmocka_unit_test(test_bad_upstream_name),

@@ -1,0 +1,102 @@
+"""The Redis store against a server that requires authentication: AUTH with a
+password (from the config or from the environment), AUTH with an ACL user,
+SELECT of a database, and a refused AUTH (reported, routing goes on, the
+password never logged). Each test starts its own redis-server, since the
+suite's shared one has no password."""
+import json
+import os
+import subprocess
+import time
+
+import mmtest
+
+REDIS_SERVER = os.environ.get("MM_REDIS_SERVER", "redis-server")
+REDIS_CLI = os.path.join(os.path.dirname(REDIS_SERVER), "redis-cli") \
+    if os.path.dirname(REDIS_SERVER) else "redis-cli"
+
+
+class RedisAuth(mmtest.MMTestCase):
+    def start_redis(self, *directives):
+        port = mmtest.free_port()
+        argv = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", self.cluster.dir] + list(directives)
+        proc = self.cluster._start(argv, "redis-" + str(port))
+        mmtest.wait_port(port, proc.p)
+        return port
+
+    def cli(self, port, auth, *args, db=0):
+        argv = [REDIS_CLI, "-p", str(port), "-n", str(db), "--no-auth-warning"] + auth + list(args)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.split()
+
+    def start_mm(self, store):
+        ups = {"champion": self.cluster.model_server("champion").port,
+               "challenger": self.cluster.model_server("challenger").port}
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        store = dict({"type": "redis", "sync_ms": 20}, **store)
+        cfg = mmtest.base_config(port, ups, [{"name": "split", "match": {"path_prefix": "/"},
+                                             "policy": "ab",
+                                             "arms": {"champion": 50, "challenger": 50}}],
+                                 admin_port=admin, store=store)
+        return self.cluster.modelmux(cfg, "--seed", 1)
+
+    def readyz_store(self, mm):
+        return json.loads(mmtest.request(mm.admin_port, "GET", "/readyz")[2])["store"]
+
+    def pulls(self, port, auth, db=0):
+        total = 0
+        for arm in ("champion", "challenger"):
+            got = self.cli(port, auth, "HGET", "modelmux:{split}:arm:" + arm, "pulls", db=db)
+            total += int(got[0]) if got else 0
+        return total
+
+    def send(self, mm, n):
+        for _ in range(n):
+            self.assertEqual(mmtest.request(mm.port, "POST", "/predict", body={"x": 1})[0], 200)
+
+    def test_password_from_the_config(self):
+        port = self.start_redis("--requirepass", "s3cret pass")
+        mm = self.start_mm({"port": port, "password": "s3cret pass"})
+        mmtest.eventually(lambda: self.readyz_store(mm) == "up")
+        self.send(mm, 20)
+        mmtest.eventually(lambda: self.pulls(port, ["-a", "s3cret pass"]) == 20)
+
+    def test_acl_user_password_from_the_environment_and_a_database(self):
+        port = self.start_redis("--user", "default", "off",
+                                "--user", "mm", "on", ">mm-pw", "~*", "&*", "+@all")
+        os.environ["MM_TEST_REDIS_PASSWORD"] = "mm-pw"
+        try:
+            mm = self.start_mm({"port": port, "username": "mm",
+                                "password_env": "MM_TEST_REDIS_PASSWORD", "db": 3})
+        finally:
+            del os.environ["MM_TEST_REDIS_PASSWORD"]
+        mmtest.eventually(lambda: self.readyz_store(mm) == "up")
+        self.send(mm, 12)
+        auth = ["--user", "mm", "--pass", "mm-pw"]
+        mmtest.eventually(lambda: self.pulls(port, auth, db=3) == 12)
+        self.assertEqual(self.cli(port, auth, "DBSIZE", db=0), ["0"], "nothing written to db 0")
+        # The feedback stream is read through the same authenticated connection.
+        client = os.path.join(mmtest.SOURCE_DIR, "examples", "feedback_client.py")
+        env = dict(os.environ, MM_PW="mm-pw")
+        out = subprocess.run(["python3", client, "--redis", "127.0.0.1:%d" % port,
+                              "--redis-user", "mm", "--redis-password-env", "MM_PW",
+                              "--redis-db", "3", "--experiment", "split", "--arm", "champion",
+                              "--reward", "1"], capture_output=True, text=True, env=env,
+                             timeout=20)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        mmtest.eventually(lambda: self.cli(port, auth, "HGET", "modelmux:{split}:arm:champion",
+                                           "feedback", db=3) == ["1"])
+
+    def test_refused_auth_is_reported_and_routing_goes_on(self):
+        port = self.start_redis("--requirepass", "right")
+        mm = self.start_mm({"port": port, "password": "wrong-secret"})
+        time.sleep(0.5)
+        self.assertEqual(self.readyz_store(mm), "down")
+        self.send(mm, 5)  # routing goes on while the store is unreachable
+        log = mmtest.eventually(lambda: "AUTH refused" in mm.log() and mm.log())
+        self.assertIn("WRONGPASS", log)
+        self.assertNotIn("wrong-secret", log)
+        self.assertEqual(self.pulls(port, ["-a", "right"]), 0)
+
+
+if __name__ == "__main__":
+    mmtest.main()
