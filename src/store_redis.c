@@ -38,8 +38,8 @@
  * failure. While down, deltas keep accumulating in `pending` (counters do not
  * need a bound), control changes and resets stay marked, request ids queue up
  * to STORE_REQ_QUEUE_DEFAULT (then are dropped and counted), and all of it is
- * written on reconnect. getaddrinfo() for a host name blocks the loop at each
- * connect: use a numeric address (the default config does).
+ * written on reconnect. A host name is resolved in libuv's thread pool at
+ * each connect (redis_connect), never on the loop.
  *
  * Event-loop glue: our own, not hiredis/adapters/libuv.h. libuv reports
  * POLLERR (a refused connect, a reset connection) as a poll error and stops
@@ -56,6 +56,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netdb.h>
 
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
@@ -232,7 +235,9 @@ struct store_redis_s {
     const char *close_why; /* set while force_close runs */
     unsigned backoff_ms;
     uv_timer_t sync_timer, conn_timer, deadline_timer;
-    int open_handles;
+    uv_getaddrinfo_t gai; /* store.host is a name: its lookup */
+    int resolving;
+    int open_handles; /* the timers, and the lookup while it runs */
     int timers_closing;
     uint64_t seq;
     char instance[128]; /* HOSTNAME-PID-NONCE: the seq keys */
@@ -406,9 +411,9 @@ static void schedule_reconnect(store_redis_t *r)
     r->backoff_ms = r->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r->backoff_ms * 2;
 }
 
-static void on_timer_closed(uv_handle_t *h)
+/* One of the things that keep `r` alive (a timer, a name lookup) is gone. */
+static void release(store_redis_t *r)
 {
-    store_redis_t *r = h->data;
     if (--r->open_handles > 0) return;
     if (r->destroying) {
         store_t *s = r->s;
@@ -426,8 +431,16 @@ static void on_timer_closed(uv_handle_t *h)
     }
 }
 
+static void on_timer_closed(uv_handle_t *h)
+{
+    release(h->data);
+}
+
 static void close_timers(store_redis_t *r)
 {
+    /* A lookup not yet started in the pool ends now; one that runs ends
+     * when the resolver gives up. Either way on_resolved releases r. */
+    if (r->resolving) uv_cancel((uv_req_t *)&r->gai);
     if (r->timers_closing) return;
     r->timers_closing = 1;
     uv_close((uv_handle_t *)&r->sync_timer, on_timer_closed);
@@ -552,9 +565,9 @@ static void on_connect(const redisAsyncContext *ac, int status)
     handshake(r, HS_AUTH);
 }
 
-static void redis_connect(store_redis_t *r)
+static void connect_to(store_redis_t *r, const char *addr)
 {
-    redisAsyncContext *ac = redisAsyncConnect(r->s->cfg.host, r->s->cfg.port);
+    redisAsyncContext *ac = redisAsyncConnect(addr, r->s->cfg.port);
     if (ac == NULL || ac->err) {
         went_down(r, ac ? ac->errstr : "out of memory");
         if (ac) redisAsyncFree(ac);
@@ -572,6 +585,61 @@ static void redis_connect(store_redis_t *r)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     r->ac = ac;
     uv_timer_start(&r->conn_timer, on_conn_timer, CONNECT_TIMEOUT_MS, 0);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    store_redis_t *r = container_of(req, store_redis_t, gai);
+    r->resolving = 0;
+    /* An IPv4 address if there is one, as hiredis itself prefers: "localhost"
+     * must reach a Redis bound to 127.0.0.1 even where ::1 sorts first. */
+    const struct addrinfo *pick = NULL;
+    for (const struct addrinfo *a = status == 0 ? res : NULL; a; a = a->ai_next)
+        if (pick == NULL || (a->ai_family == AF_INET && pick->ai_family != AF_INET)) pick = a;
+    char addr[INET6_ADDRSTRLEN] = "";
+    if (pick) uv_ip_name(pick->ai_addr, addr, sizeof(addr));
+    uv_freeaddrinfo(res);
+    if (r->closing || r->destroying) {
+        release(r);
+        return;
+    }
+    r->open_handles--; /* not the last: the timers are open while not closing */
+    if (addr[0] == '\0') {
+        char why[300];
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", r->s->cfg.host,
+                 status < 0 ? uv_strerror(status) : "no address");
+        went_down(r, why);
+        schedule_reconnect(r);
+        return;
+    }
+    connect_to(r, addr);
+}
+
+/* Connect, resolving a host name first in libuv's thread pool: a lookup may
+ * take seconds (a DNS server that does not answer) and the loop routes
+ * requests meanwhile. A numeric address is used as it is. While a lookup
+ * runs it counts as an open handle, so the replicator outlives it. */
+static void redis_connect(store_redis_t *r)
+{
+    if (r->resolving) return; /* its answer connects */
+    const char *host = r->s->cfg.host;
+    unsigned char bin[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, host, bin) == 1 || inet_pton(AF_INET6, host, bin) == 1) {
+        connect_to(r, host);
+        return;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    r->resolving = 1;
+    r->open_handles++;
+    int rc = uv_getaddrinfo(r->s->loop, &r->gai, on_resolved, host, NULL, &hints);
+    if (rc != 0) {
+        r->resolving = 0;
+        r->open_handles--;
+        char why[300];
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", host, uv_strerror(rc));
+        went_down(r, why);
+        schedule_reconnect(r);
+    }
 }
 
 /* Backoff over (connect again), or a connect/PING took too long. */

@@ -1,10 +1,12 @@
-"""The Redis store against a server that requires authentication: AUTH with a
-password (from the config or from the environment), AUTH with an ACL user,
-SELECT of a database, and a refused AUTH (reported, routing goes on, the
-password never logged). Each test starts its own redis-server, since the
-suite's shared one has no password."""
+"""How the Redis store connects: AUTH with a password (from the config or from
+the environment), AUTH with an ACL user, SELECT of a database, a refused AUTH
+(reported, routing goes on, the password never logged), and a host name
+resolved off the event loop (an unresolvable one is reported and retried).
+Each test starts its own redis-server, since the suite's shared one has no
+password."""
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -15,7 +17,7 @@ REDIS_CLI = os.path.join(os.path.dirname(REDIS_SERVER), "redis-cli") \
     if os.path.dirname(REDIS_SERVER) else "redis-cli"
 
 
-class RedisAuth(mmtest.MMTestCase):
+class RedisConnection(mmtest.MMTestCase):
     def start_redis(self, *directives):
         port = mmtest.free_port()
         argv = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -96,6 +98,21 @@ class RedisAuth(mmtest.MMTestCase):
         self.assertIn("WRONGPASS", log)
         self.assertNotIn("wrong-secret", log)
         self.assertEqual(self.pulls(port, ["-a", "right"]), 0)
+
+    def test_host_name(self):
+        port = self.start_redis("--requirepass", "pw")
+        mm = self.start_mm({"host": "localhost", "port": port, "password": "pw"})
+        mmtest.eventually(lambda: self.readyz_store(mm) == "up")
+        self.send(mm, 7)
+        mmtest.eventually(lambda: self.pulls(port, ["-a", "pw"]) == 7)
+
+    def test_unresolvable_host_name_is_reported_and_routing_goes_on(self):
+        mm = self.start_mm({"host": "no-such-host.invalid", "port": 6379})
+        self.send(mm, 5)
+        self.assertEqual(self.readyz_store(mm), "down")
+        mmtest.eventually(lambda: "cannot resolve no-such-host.invalid" in mm.log(), timeout=30)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=30), 0)
 
 
 if __name__ == "__main__":
