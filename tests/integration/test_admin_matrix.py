@@ -15,6 +15,7 @@ import base64
 import json
 import math
 import re
+import subprocess
 import time
 import unittest
 
@@ -390,6 +391,28 @@ class Matrix(unittest.TestCase):
         self.assertEqual((sh[0]["arm"], sh[0]["status"]), ("challenger", 200))
         self.assertIn(sh[0]["outcome"], ("match", "mismatch", "error", "dropped"))
         self.assertEqual(base64.b64decode(self.logged("kind-shadow-0")["body_b64"]), b'{"q":1}')
+
+    def test_zz_bench_replay_reads_every_kind_of_line(self):
+        """Runs last (names sort): the log then holds every kind of line this
+        suite made — routed, mirrored, interleaved, 404, feedback, 413, HEAD —
+        plus a refused head, which alone has no path to replay."""
+        bad = b"GET /x HTTP/1.1\r\nHost: x\r\nX-\x01: a\r\n\r\n"
+        self.assertTrue(mmtest.raw(self.port, bad).startswith(b"HTTP/1.1 400"))
+        mmtest.eventually(lambda: '"path":""' in open(self.log_path).read(), timeout=5)
+        with open(self.log_path) as f:
+            lines = [json.loads(x) for x in f]
+        no_path = sum(1 for x in lines if x["path"] == "")
+        self.assertGreaterEqual(no_path, 1)
+        for k in ("sh", "il", None):
+            self.assertTrue(any(x["experiment"] == k for x in lines), k)
+        out = subprocess.run([mmtest.BENCH_BIN, "replay", self.log_path, "--target",
+                              "http://127.0.0.1:%d" % self.port, "--max"],
+                             capture_output=True, text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        m = re.search(r"log:\s+(\d+) lines, (\d+) usable, (\d+) skipped", out.stdout)
+        self.assertTrue(m, out.stdout)
+        self.assertEqual(tuple(map(int, m.groups())),
+                         (len(lines), len(lines) - no_path, no_path), out.stderr)
 
     # -- the metrics letter
 
