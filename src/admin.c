@@ -19,7 +19,8 @@
  *   resume        state running (weights, if any, stay with ab; policies
  *                 that set their own shares drop promote's/rollback's);
  *   reset         statistics forgotten everywhere (store_reset), the policy's
- *                 own state too, control back to what the config says.
+ *                 own state and the view's p50/p99 too, control back to what
+ *                 the config says.
  *
  * The token is compared in constant time (the time taken does not depend on
  * how many leading bytes match). /healthz and /readyz never need it, so load
@@ -364,8 +365,7 @@ static void reset(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
 {
     if (expect_no_params(r) < 0) return;
     store_reset(srv->store, e->state);
-    if (e->cfg->ops->reset) e->cfg->ops->reset(e->cfg->policy);
-    e->resets_seen = store_resets(e->state); /* this instance's policy is already reset */
+    router_on_reset(e); /* here now, so the answer shows it; elsewhere at their next tick */
     reply_json(r->conn, 200, experiment_view(e));
 }
 

@@ -95,7 +95,8 @@ static void answer(fanout_t *f)
     mm_buf_cstr(&extra, merged ? "interleave" : f->exp->ups[arm]->name);
     mm_buf_lit(&extra, "\r\n");
     mm_buf_append(&extra, "", 1); /* NUL: conn_respond takes a C string */
-    r->bytes_out = len;
+    /* No r->bytes_out here: conn_respond holds the whole answer in r->out,
+     * whose body the request log counts (counting len too logged it twice). */
     conn_respond(c, answers[arm].status, l->ctype[0] ? l->ctype : "application/json",
                  body ? body : "", len, extra.oom ? NULL : extra.p);
     mm_buf_free(&extra);

@@ -27,6 +27,7 @@ typedef struct {
      * p50/p99: the Prometheus buckets above are too coarse to read a
      * quantile from (a 50 ms model would show 75 ms). */
     uint64_t lat_hist[LATHIST_BUCKETS];
+    uint64_t hist_count; /* in lat_hist: lat_count less what a reset forgot */
     double lat_sum_s;
     uint64_t lat_count;
     uint64_t fallbacks; /* requests chosen for this arm that the champion served */
@@ -87,5 +88,9 @@ static inline void metrics_copy_latency(metrics_arm_t *a, uint64_t latency_us)
     a->copy_hist[lathist_index(latency_us)]++;
     a->copy_count++;
 }
+/* The experiment was reset: the admin view's p50/p99 start over with the
+ * statistics (lat_hist, copy_hist). The Prometheus buckets and counters are
+ * kept, since counters never go down. */
+void metrics_forget_quantiles(metrics_arm_t *a);
 
 #endif

@@ -224,7 +224,7 @@ void metrics_arm_shares(const exp_rt_t *e, const json_t *desc, double *share)
 
 double metrics_quantile_ms(const metrics_arm_t *a, double q)
 {
-    double us = lathist_quantile2_us(a->lat_hist, a->copy_hist, a->lat_count + a->copy_count, q);
+    double us = lathist_quantile2_us(a->lat_hist, a->copy_hist, a->hist_count + a->copy_count, q);
     return us < 0 ? -1.0 : us / 1000.0;
 }
 

@@ -951,7 +951,7 @@ static void pu_on_body(up_user_t *u, up_conn_t *uc, const char *p, size_t n)
         r->head_pending = 0;
     }
     bufs[nb++] = uv_buf_init((char *)p, (unsigned)n);
-    r->bytes_out += n;
+    r->bytes_out = up_body_bytes(uc); /* body bytes: not n, which has any chunk framing */
     shadow_on_primary_body(c, p, n);
     if (r->out.oom) {
         conn_close(c);

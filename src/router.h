@@ -77,6 +77,11 @@ void router_request_view(const exp_rt_t *e, mm_str_t method, mm_str_t url, const
 void router_choose(exp_rt_t *e, const policy_req_t *req, mm_rng_t *rng, uint64_t now_ms,
                    policy_choice_t *out);
 
+/* A reset of the experiment (POST reset here, or another instance's seen
+ * through the store): the policy forgets what it keeps itself, and the
+ * admin view's latency quantiles start over with the store's statistics. */
+void router_on_reset(exp_rt_t *e);
+
 /* The view a policy sees right now (for ticks and descriptions). */
 void router_view(const exp_rt_t *e, mm_rng_t *rng, uint64_t now_ms, policy_view_t *v);
 

@@ -34,12 +34,9 @@ static void tick_experiments(mm_server_t *srv)
         exp_rt_t *e = &r->exps[i];
         const policy_ops_t *ops = e->cfg->ops;
         uint64_t resets = store_resets(e->state);
-        if (resets != e->resets_seen) {
-            /* A reset made here or on another instance: forget what the
-             * policy itself remembers (the store already dropped the stats). */
-            e->resets_seen = resets;
-            if (ops->reset) ops->reset(e->cfg->policy);
-        }
+        /* A reset made on another instance (the store already dropped the
+         * statistics; a reset made here was handled by the admin call). */
+        if (resets != e->resets_seen) router_on_reset(e);
         /* Not before the store has read the experiment's control: with Redis,
          * a canary starting at its first step would overwrite the step,
          * promotion or rollback every instance shares (docs/store.md). */

@@ -73,6 +73,7 @@ struct up_conn_s {
     uint64_t last_io;   /* loop time of the last read or write (response timer) */
     const char *span_p; /* decoded mode: the current body span */
     size_t span_n;
+    uint64_t body_bytes; /* the answer's body bytes so far, chunk framing excluded */
 };
 
 static void uc_close(up_conn_t *c);
@@ -154,6 +155,7 @@ static int on_headers_complete(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t n)
 {
     up_conn_t *c = parser_conn(p);
+    c->body_bytes += n; /* llhttp reports de-chunked spans in both modes */
     if (!c->decode) return 0;
     c->span_p = at;
     c->span_n = n;
@@ -475,6 +477,7 @@ static void begin_exchange(up_conn_t *c, up_user_t *u)
     c->headers_done = c->msg_done = 0;
     c->got_bytes = 0;
     c->req_open = 0;
+    c->body_bytes = 0;
     c->uses++;
     memset(&c->resp, 0, sizeof(c->resp));
     llhttp_init(&c->parser, HTTP_RESPONSE, &resp_settings);
@@ -653,6 +656,11 @@ int up_write(up_conn_t *c, const uv_buf_t *bufs, unsigned n, int last)
 void up_set_decode(up_conn_t *c, int decode)
 {
     c->decode = decode;
+}
+
+uint64_t up_body_bytes(const up_conn_t *c)
+{
+    return c->body_bytes;
 }
 
 int up_conn_reused(const up_conn_t *c)

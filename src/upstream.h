@@ -108,6 +108,10 @@ void up_cancel(up_pool_t *p, up_user_t *u);
 int up_write(up_conn_t *c, const uv_buf_t *bufs, unsigned n, int last);
 /* Deliver decoded body spans instead of raw bytes (set before up_resume after on_head). */
 void up_set_decode(up_conn_t *c, int decode);
+/* The current answer's body bytes parsed so far, de-chunked whether or not
+ * on_body gets them decoded: what the request log calls bytes_out (a chunked
+ * answer passed on chunked hands on_body its framing too). */
+uint64_t up_body_bytes(const up_conn_t *c);
 /* Continue parsing after on_head/on_body. */
 void up_resume(up_conn_t *c);
 /* Give the connection back: reusable if the exchange completed cleanly. */
