@@ -811,6 +811,18 @@ static ssize_t parse_step(conn_t *c)
     if (e == HPE_PAUSED) {
         used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
         llhttp_resume(&c->parser);
+    } else if (e == HPE_PAUSED_UPGRADE) {
+        /* After a request with "Connection: upgrade" and Upgrade, llhttp
+         * stops past the message's end: what follows would be the new
+         * protocol. modelmux switches to none (Upgrade is hop-by-hop and
+         * never forwarded, the answer is an ordinary one), so the bytes
+         * after it are the next HTTP/1.1 request (RFC 9110 §7.8): go on
+         * parsing them as such, or that request got a 400. */
+        used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
+        llhttp_resume_after_upgrade(&c->parser);
+        c->rpos += used;
+        ssize_t more = parse_step(c);
+        return more < 0 ? -1 : (ssize_t)used + more;
     } else if (e == HPE_USER || e == HPE_CB_CHUNK_HEADER) { /* on_body, on_chunk_header */
         send_error(c, 413, "body_too_large", "request body exceeds the size limit");
         return -1;
