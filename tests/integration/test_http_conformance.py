@@ -70,5 +70,141 @@ class Requests(ClassCluster):
                     self.assertEqual((r2.status, r2.json()["path"]), (200, "/echo/2"), r2)
                     c.close()
 
+    # -- Host (RFC 9112 §3.2: "a Host header field with an invalid field value" is a 400)
+
+    def test_host_with_an_invalid_value_is_400(self):
+        # These were routed, and passed on as X-Forwarded-Host.
+        for host in (b"a b", b"a/b", b"user@a", b"a:b:c", b"[::1", b"a?b", b"a#b", b"a\\b", b"ex%4"):
+            with self.subTest(host=host):
+                self.assertRefused(b"GET /echo HTTP/1.1\r\nHost: " + host + b"\r\n\r\n", host)
+        self.assertRefused(b"GET http://a%/echo HTTP/1.1\r\nHost: a\r\n\r\n", "absolute-form authority")
+
+    def test_host_with_a_valid_value_is_served(self):
+        for host in (b"api.example.com", b"a:8080", b"[::1]:80", b"ex%41mple", b"a_b", b""):
+            with self.subTest(host=host):
+                out = mmtest.raw(self.port, b"GET /echo HTTP/1.1\r\nHost: " + host +
+                                 b"\r\nConnection: close\r\n\r\n")
+                self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:300])
+
+    # -- field names (RFC 9110 §5.1: a token, one character at least)
+
+    def test_header_line_with_an_empty_name_is_400(self):
+        # llhttp lets ": x" through; it was forwarded as is.
+        self.assertRefused(b"GET /echo HTTP/1.1\r\nHost: a\r\n: x\r\n\r\n", "empty name")
+
+
+
+class ScriptedUpstream:
+    """A model server that answers GET/POST /m/NAME with ANSWERS[NAME], raw,
+    on keep-alive connections (reading Content-Length bodies first); counts
+    the connections it accepted. Loopback, a free port, its own threads."""
+
+    ANSWERS = {
+        "ok": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "empty-name": b"HTTP/1.1 200 OK\r\n: x\r\nContent-Length: 2\r\n\r\nok",
+        "gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nGZ\r\n0\r\n\r\n",
+        "gzip-eof": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nGZGZ",
+        "204-length": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-A: a\r\n\r\n",
+        "204-chunked": b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nX-A: a\r\n\r\n",
+        "304-length": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: \"e\"\r\n\r\n",
+    }
+    CLOSE_AFTER = {"gzip-eof"}  # close-delimited answers
+
+    def __init__(self):
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(64)
+        self.port = self.srv.getsockname()[1]
+        self.connections = 0
+        self.stopping = False
+        self.held = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while not self.stopping:
+            try:
+                s, _ = self.srv.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.held.append(s)
+            threading.Thread(target=self.serve, args=(s,), daemon=True).start()
+
+    def serve(self, s):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                path = lines[0].split(b" ")[1].decode()
+                length = 0
+                for h in lines[1:]:
+                    k, _, v = h.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v)
+                while len(buf) < length:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                buf = buf[length:]
+                name = path.rsplit("/", 1)[1]
+                s.sendall(self.ANSWERS[name])
+                if name in self.CLOSE_AFTER:
+                    s.close()
+                    return
+        except OSError:
+            return
+
+    def stop(self):
+        self.stopping = True
+        self.srv.close()
+        for s in self.held:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+class UpstreamAnswers(ClassCluster):
+    """What the model server answers."""
+
+    @classmethod
+    def start(cls, cl):
+        cls.upstream = ScriptedUpstream()
+        cls.port = mmtest.free_port()
+        cfg = mmtest.base_config(cls.port, {"champion": {"url": "http://127.0.0.1:%d" % cls.upstream.port,
+                                                         "timeout_ms": 2000}},
+                                 [ab("ab", "/", {"champion": 1})], limits={"drain_timeout_ms": 2000})
+        cls.mm = cl.modelmux(cfg, "--seed", 5)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.upstream.stop()
+
+    def exchange(self, name, method=b"GET", version=b"1.1"):
+        """One request for answer `name` on a fresh connection, then an
+        ordinary one on the same connection: (answer, the next answer or
+        None when the connection was closed)."""
+        c = self.raw(self.port)
+        c.send(method + b" /m/" + name.encode() + b" HTTP/" + version + b"\r\nHost: a\r\n\r\n")
+        r = c.response(head_request=method == b"HEAD")
+        if r.headers.get("connection", "").lower() == "close":
+            return r, None
+        c.send(b"GET /m/ok HTTP/1.1\r\nHost: a\r\n\r\n")
+        return r, c.response()
+
+    def test_answer_with_an_empty_header_name_is_502(self):
+        r, after = self.exchange("empty-name")
+        self.assertJsonError(r, 502, "upstream_unavailable")
+        self.assertEqual(after.status, 200)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
