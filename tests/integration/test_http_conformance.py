@@ -206,5 +206,17 @@ class UpstreamAnswers(ClassCluster):
         self.assertEqual(after.status, 200)
 
 
+    def test_answer_with_a_transfer_coding_other_than_chunked_is_502(self):
+        # Transfer-Encoding is hop-by-hop and modelmux frames the answer
+        # itself (chunked at most): "gzip, chunked" went out as "chunked"
+        # and "gzip" as a close-delimited body, gzip bytes with nothing
+        # saying so.
+        for name in ("gzip-chunked", "gzip-eof"):
+            with self.subTest(name=name):
+                r, _ = self.exchange(name)
+                self.assertJsonError(r, 502, "upstream_unavailable")
+                self.assertNotIn(b"GZ", r.body)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
