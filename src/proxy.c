@@ -929,12 +929,18 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
         mm_buf_cstr(b, http_reason(resp->status));
     mm_buf_lit(b, "\r\n");
     const http_head_t *h = resp->head;
+    /* A 204 has no body and no framing: a server MUST NOT send it
+     * Content-Length or Transfer-Encoding (RFC 9110 §8.6, RFC 9112 §6.1),
+     * and a client could wait for the bytes a stray Content-Length
+     * announces. A 304 keeps its Content-Length (the selected
+     * representation's length), and so does a HEAD answer. */
+    int unframed = decode || st == 204;
     http_run_t run = {NULL, 0};
     for (int i = 0; i < h->n; i++)
-        if (!h->dropped[i] && !(decode && h->kind[i] == HK_CONTENT_LENGTH))
+        if (!h->dropped[i] && !(unframed && h->kind[i] == HK_CONTENT_LENGTH))
             http_emit_header(b, &run, h, resp->base, i);
     http_emit_flush(b, &run);
-    if (resp->chunked && !decode) mm_buf_lit(b, "Transfer-Encoding: chunked\r\n");
+    if (resp->chunked && !unframed) mm_buf_lit(b, "Transfer-Encoding: chunked\r\n");
     mm_buf_lit(b, "X-Request-Id: ");
     mm_buf_append(b, r->id, r->id_len);
     mm_buf_lit(b, "\r\nX-Modelmux-Experiment: ");

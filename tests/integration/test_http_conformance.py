@@ -218,5 +218,24 @@ class UpstreamAnswers(ClassCluster):
                 self.assertNotIn(b"GZ", r.body)
 
 
+    def test_204_goes_out_without_content_length_or_transfer_encoding(self):
+        # RFC 9110 §8.6, RFC 9112 §6.1: a server MUST NOT send either in a
+        # 204; both were passed on as the model server sent them.
+        for name in ("204-length", "204-chunked"):
+            with self.subTest(name=name):
+                r, after = self.exchange(name)
+                self.assertEqual(r.status, 204, r)
+                self.assertEqual(r.headers.get("x-a"), "a")  # the rest is passed on
+                self.assertNotIn("content-length", r.headers)
+                self.assertNotIn("transfer-encoding", r.headers)
+                self.assertEqual((after.status, after.body), (200, b"ok"))
+
+    def test_304_keeps_its_content_length(self):
+        # There it is the selected representation's length (RFC 9110 §8.6).
+        r, after = self.exchange("304-length")
+        self.assertEqual((r.status, r.headers.get("content-length")), (304, "5"), r)
+        self.assertEqual((after.status, after.body), (200, b"ok"))
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
