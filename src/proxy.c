@@ -691,6 +691,15 @@ static void on_request_head(conn_t *c)
         send_error(c, 431, "headers_too_large", "more than 128 request headers");
         return;
     }
+    /* HTTP/1.0 and 1.1 only. llhttp also takes "HTTP/2.0" in a request line
+     * and a bare "GET /path" (HTTP/0.9); both were served as if HTTP/1.x,
+     * with an HTTP/1.1 answer a 0.9 client cannot read. nginx answers 505
+     * (RFC 9110 §15.6.6), and the framing of what follows is unknown: close. */
+    if (c->parser.http_major != 1) {
+        r->keep_alive = 0;
+        send_error(c, 505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served");
+        return;
+    }
     /* Refused before anything is routed or sent upstream; a 400 closes the
      * connection, so nothing after this head is read as a request. */
     const char *bad = http_request_head_error(h, base, c->parser.http_major, c->parser.http_minor);

@@ -93,6 +93,20 @@ class Requests(ClassCluster):
         self.assertRefused(b"GET /echo HTTP/1.1\r\nHost: a\r\n: x\r\n\r\n", "empty name")
 
 
+    # -- HTTP versions (RFC 9110 §2.5, §15.6.6)
+
+    def test_request_line_with_a_version_other_than_1_x_is_505(self):
+        # "HTTP/2.0" (llhttp accepts it) and HTTP/0.9 were served as HTTP/1.x.
+        for data in (b"GET /echo HTTP/2.0\r\nHost: a\r\n\r\n", b"GET /echo\r\n\r\n"):
+            with self.subTest(data=data):
+                self.assertRefused(data, data, 505, "http_version_not_supported")
+
+    def test_http10_and_http11_are_served(self):
+        for version in (b"1.0", b"1.1"):
+            with self.subTest(version=version):
+                out = mmtest.raw(self.port, b"GET /echo HTTP/" + version + b"\r\nHost: a\r\nConnection: close\r\n\r\n")
+                self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
+
 
 class ScriptedUpstream:
     """A model server that answers GET/POST /m/NAME with ANSWERS[NAME], raw,
