@@ -83,17 +83,22 @@ static int on_url(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
+/* After the head, llhttp reports a chunked body's trailer fields through
+ * the same callbacks. They are not headers: a recipient must not merge them
+ * into the header section (RFC 9110 §6.5.1), or a trailer could stand in
+ * for a header (Authorization on the admin listener). They reach a model
+ * server only inside the raw chunked body. */
 static int on_header_field(llhttp_t *p, const char *at, size_t n)
 {
     conn_t *c = pconn(p);
-    http_head_on_field(&c->head, (uint32_t)(at - c->rbuf), (uint32_t)n);
+    if (!c->headers_done) http_head_on_field(&c->head, (uint32_t)(at - c->rbuf), (uint32_t)n);
     return 0;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t n)
 {
     conn_t *c = pconn(p);
-    http_head_on_value(&c->head, (uint32_t)(at - c->rbuf), (uint32_t)n);
+    if (!c->headers_done) http_head_on_value(&c->head, (uint32_t)(at - c->rbuf), (uint32_t)n);
     return 0;
 }
 

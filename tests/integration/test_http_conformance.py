@@ -107,6 +107,35 @@ class Requests(ClassCluster):
                 out = mmtest.raw(self.port, b"GET /echo HTTP/" + version + b"\r\nHost: a\r\nConnection: close\r\n\r\n")
                 self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
 
+    # -- trailers (RFC 9110 §6.5.1: not merged into the header section)
+
+    def test_a_trailer_field_does_not_stand_in_for_a_header(self):
+        # An Authorization trailer authorised an admin request that had no
+        # Authorization header.
+        body = b'{"champion": 1}'
+        chunked = b"%x\r\n%s\r\n0\r\nAuthorization: Bearer s3cret\r\n\r\n" % (len(body), body)
+        c = self.raw(self.admin_port)
+        c.send(b"PUT /experiments/ab/weights HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n" + chunked)
+        r = c.response()
+        self.assertEqual(r.status, 401, r)
+        # with the header it is authorised, the trailer notwithstanding
+        c.send(b"PUT /experiments/ab/weights HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cret\r\n"
+               b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
+        self.assertEqual(c.response().status, 200)
+        c.close()
+
+    def test_trailers_of_a_chunked_request_reach_the_model_server_in_the_body(self):
+        # forwarded raw (the body is not re-framed), and the next request
+        # on the connection is not disturbed by them
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET /echo/2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        r1, r2 = c.response(), c.response()
+        c.close()
+        self.assertEqual((r1.status, r1.json()["body_len"]), (200, 5), r1)
+        self.assertEqual((r2.status, r2.json()["path"]), (200, "/echo/2"), r2)
+
 
 class ScriptedUpstream:
     """A model server that answers GET/POST /m/NAME with ANSWERS[NAME], raw,
