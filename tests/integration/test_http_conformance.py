@@ -140,7 +140,8 @@ class Requests(ClassCluster):
 class ScriptedUpstream:
     """A model server that answers GET/POST /m/NAME with ANSWERS[NAME], raw,
     on keep-alive connections (reading Content-Length bodies first); counts
-    the connections it accepted. Loopback, a free port, its own threads."""
+    the connections it accepted, and says in X-Conn which one answered "ok"
+    and "close". Loopback, a free port, its own threads."""
 
     ANSWERS = {
         "ok": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
@@ -150,8 +151,15 @@ class ScriptedUpstream:
         "204-length": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-A: a\r\n\r\n",
         "204-chunked": b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nX-A: a\r\n\r\n",
         "304-length": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: \"e\"\r\n\r\n",
+        "interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+                   b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+        "eof-11": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+        "eof-10": b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+        # says close but keeps the connection open: reusing it would work,
+        # and must not happen
+        "close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
     }
-    CLOSE_AFTER = {"gzip-eof"}  # close-delimited answers
+    CLOSE_AFTER = {"gzip-eof", "eof-11", "eof-10"}  # close-delimited answers
 
     def __init__(self):
         self.srv = socket.socket()
@@ -171,9 +179,9 @@ class ScriptedUpstream:
                 return
             self.connections += 1
             self.held.append(s)
-            threading.Thread(target=self.serve, args=(s,), daemon=True).start()
+            threading.Thread(target=self.serve, args=(s, self.connections), daemon=True).start()
 
-    def serve(self, s):
+    def serve(self, s, number):
         buf = b""
         try:
             while True:
@@ -197,7 +205,10 @@ class ScriptedUpstream:
                     buf += d
                 buf = buf[length:]
                 name = path.rsplit("/", 1)[1]
-                s.sendall(self.ANSWERS[name])
+                answer = self.ANSWERS[name]
+                if name in ("ok", "close"):  # which connection answered
+                    answer = answer.replace(b"\r\n", b"\r\nX-Conn: %d\r\n" % number, 1)
+                s.sendall(answer)
                 if name in self.CLOSE_AFTER:
                     s.close()
                     return
@@ -222,7 +233,7 @@ class UpstreamAnswers(ClassCluster):
         cls.upstream = ScriptedUpstream()
         cls.port = mmtest.free_port()
         cfg = mmtest.base_config(cls.port, {"champion": {"url": "http://127.0.0.1:%d" % cls.upstream.port,
-                                                         "timeout_ms": 2000}},
+                                                         "timeout_ms": 2000, "pool": 1}},
                                  [ab("ab", "/", {"champion": 1})], limits={"drain_timeout_ms": 2000})
         cls.mm = cl.modelmux(cfg, "--seed", 5)
 
@@ -278,6 +289,34 @@ class UpstreamAnswers(ClassCluster):
         r, after = self.exchange("304-length")
         self.assertEqual((r.status, r.headers.get("content-length")), (304, "5"), r)
         self.assertEqual((after.status, after.body), (200, b"ok"))
+
+
+    def test_interim_answers_are_dropped_and_the_final_one_passed_on(self):
+        # documented choice (nginx, Envoy): 1xx from a model server are not
+        # forwarded; modelmux answers Expect: 100-continue itself.
+        c = self.raw(self.port)
+        c.send(b"GET /m/interim HTTP/1.1\r\nHost: a\r\n\r\nGET /m/ok HTTP/1.1\r\nHost: a\r\n\r\n")
+        r1, r2 = c.response(), c.response()
+        c.close()
+        self.assertEqual((r1.status, r1.body), (200, b"final"), r1)
+        self.assertEqual((r2.status, r2.body), (200, b"ok"), r2)
+
+    def test_close_delimited_answer_arrives_whole_then_the_connection_closes(self):
+        for name in ("eof-11", "eof-10"):
+            for version in (b"1.1", b"1.0"):
+                with self.subTest(name=name, version=version):
+                    r, after = self.exchange(name, version=version)
+                    self.assertEqual((r.status, r.body), (200, b"until the end"), r)
+                    self.assertIsNone(after)  # "Connection: close"
+
+    def test_upstream_connection_close_is_not_reused(self):
+        # pool 1: a reused connection would answer the next request
+        r, after = self.exchange("close")
+        self.assertEqual((r.status, after.status), (200, 200))
+        self.assertNotEqual(r.headers.get("connection", "").lower(), "close")  # the client's stays
+        self.assertNotEqual(r.headers["x-conn"], after.headers["x-conn"])
+        _, again = self.exchange("ok")
+        self.assertEqual(after.headers["x-conn"], again.headers["x-conn"])  # reuse does happen
 
 
 if __name__ == "__main__":
