@@ -10,6 +10,7 @@ void http_head_reset(http_head_t *h)
     h->too_many = 0;
     h->in_value = 0;
     h->obs_fold = 0;
+    h->empty_name = 0;
     h->url_off = h->url_len = 0;
     h->status_off = h->status_len = 0;
 }
@@ -228,6 +229,11 @@ void http_head_index(http_head_t *h, const char *base)
          * its own CRLF) or a gap wider than ": " is looked at, so the usual
          * "Name: value" costs one compare. */
         const http_hdr_t *e = &h->h[i];
+        /* llhttp lets ": value" through with an empty name; a field name is
+         * a token, one character at least (RFC 9110 §5.1), and forwarding
+         * the line would pass a head on that the next hop may read
+         * differently. */
+        if (e->name_len == 0) h->empty_name = 1;
         uint32_t name_end = e->name_off + e->name_len;
         if (e->value_off >= name_end && (e->value_off > name_end + 2 || e->value_len == 0)) {
             int lines = 0;
@@ -255,23 +261,11 @@ void http_head_index(http_head_t *h, const char *base)
     }
 }
 
-const char *http_request_head_error(const http_head_t *h, const char *base, int http_major,
-                                    int http_minor)
+int http_te_chunked_only(const http_head_t *h, const char *base)
 {
-    if (h->obs_fold) return "obsolete line folding in a header";
-    if (h->count[HK_HOST] > 1) return "more than one Host header";
-    if (h->count[HK_HOST] == 0 && (http_major > 1 || (http_major == 1 && http_minor >= 1)))
-        return "HTTP/1.1 request without a Host header";
-    if (h->count[HK_TRANSFER_ENC] == 0) return NULL;
-    /* RFC 9112 §6.1: HTTP/1.0 has no chunked framing; such a body cannot be
-     * delimited safely (nginx answers 400 too). */
-    if (http_major == 1 && http_minor == 0) return "Transfer-Encoding in an HTTP/1.0 request";
-    /* Only "chunked" alone: modelmux forwards the body with chunked framing
-     * and no other coding, so with any other list (llhttp lets "gzip,
-     * chunked" through) the upstream would get a body it cannot decode. The
-     * headers together form one list: two of them are two codings. */
+    /* The headers together form one list: two of them are two codings. */
     int codings = 0, chunked = 0;
-    for (int i = h->first[HK_TRANSFER_ENC]; i < h->n; i++) {
+    for (int i = h->first[HK_TRANSFER_ENC]; i >= 0 && i < h->n; i++) {
         if (h->kind[i] != HK_TRANSFER_ENC) continue;
         mm_str_t list = http_hvalue(h, base, i);
         size_t a = 0;
@@ -284,7 +278,75 @@ const char *http_request_head_error(const http_head_t *h, const char *base, int 
             a = b + 1;
         } while (a <= list.n);
     }
-    if (codings != 1 || chunked != 1) return "Transfer-Encoding other than chunked";
+    return codings == 1 && chunked == 1;
+}
+
+/* RFC 3986 reg-name characters: unreserved and sub-delims ('%' is checked
+ * with its two hex digits by the caller). */
+static int reg_name_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           strchr("-._~!$&'()*+,;=", c) != NULL;
+}
+
+static int hex_digit(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+int http_valid_host(mm_str_t v)
+{
+    v = http_trim(v);
+    size_t i = 0;
+    if (v.n > 0 && v.p[0] == '[') {
+        /* IP-literal: IPv6address or IPvFuture, checked for its characters
+         * (hex digits, ':', '.', and IPvFuture's "v" and reg-name ones) */
+        for (i = 1; i < v.n && v.p[i] != ']'; i++)
+            if (!reg_name_char((unsigned char)v.p[i]) && v.p[i] != ':') return 0;
+        if (i == v.n || i == 1) return 0;
+        i++;
+    } else {
+        for (; i < v.n && v.p[i] != ':'; i++) {
+            unsigned char c = (unsigned char)v.p[i];
+            if (c == '%') {
+                if (i + 2 >= v.n || !hex_digit((unsigned char)v.p[i + 1]) ||
+                    !hex_digit((unsigned char)v.p[i + 2]))
+                    return 0;
+                i += 2;
+            } else if (!reg_name_char(c)) {
+                return 0;
+            }
+        }
+    }
+    if (i == v.n) return 1;
+    if (v.p[i] != ':') return 0;
+    for (i++; i < v.n; i++)
+        if (v.p[i] < '0' || v.p[i] > '9') return 0;
+    return 1;
+}
+
+const char *http_request_head_error(const http_head_t *h, const char *base, int http_major,
+                                    int http_minor)
+{
+    if (h->obs_fold) return "obsolete line folding in a header";
+    if (h->empty_name) return "a header line with an empty field name";
+    if (h->count[HK_HOST] > 1) return "more than one Host header";
+    if (h->count[HK_HOST] == 0 && (http_major > 1 || (http_major == 1 && http_minor >= 1)))
+        return "HTTP/1.1 request without a Host header";
+    /* RFC 9112 §3.2: a Host with an invalid value is a 400. It is routed on
+     * (match.host) and passed on as X-Forwarded-Host, where "a/b" or "a b"
+     * would be a way to smuggle a path or a second value past the model
+     * server's URL building. */
+    if (h->count[HK_HOST] == 1 && !http_valid_host(http_hvalue(h, base, h->first[HK_HOST])))
+        return "invalid Host header value";
+    if (h->count[HK_TRANSFER_ENC] == 0) return NULL;
+    /* RFC 9112 §6.1: HTTP/1.0 has no chunked framing; such a body cannot be
+     * delimited safely (nginx answers 400 too). */
+    if (http_major == 1 && http_minor == 0) return "Transfer-Encoding in an HTTP/1.0 request";
+    /* Only "chunked" alone: modelmux forwards the body with chunked framing
+     * and no other coding, so with any other list (llhttp lets "gzip,
+     * chunked" through) the upstream would get a body it cannot decode. */
+    if (!http_te_chunked_only(h, base)) return "Transfer-Encoding other than chunked";
     return NULL;
 }
 
@@ -303,6 +365,8 @@ http_target_form_t http_target(mm_str_t target, mm_str_t *authority, mm_str_t *p
     /* An empty host is not a valid http URI; userinfo in one is deprecated
      * and a classic phishing device (RFC 9110 §4.2.4): both refused. */
     if (auth.n == 0 || memchr(auth.p, '@', auth.n) != NULL) return HT_INVALID;
+    /* It replaces Host (RFC 9112 §3.2.2), so it must be as valid as one. */
+    if (!http_valid_host(auth)) return HT_INVALID;
     *authority = auth;
     *path = (mm_str_t){target.p + b, target.n - b};
     return HT_ABSOLUTE;
@@ -431,6 +495,8 @@ const char *http_reason(int status)
         return "Service Unavailable";
     case 504:
         return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
     default:
         return "Unknown";
     }

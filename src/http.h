@@ -46,9 +46,10 @@ static inline int http_kind_is_hop(int k)
 typedef struct {
     http_hdr_t h[HTTP_MAX_HEADERS];
     int n;
-    int too_many; /* more than HTTP_MAX_HEADERS */
-    int in_value; /* the last span callback was a header value */
-    int obs_fold; /* a value continued on a line starting with SP or HTAB */
+    int too_many;   /* more than HTTP_MAX_HEADERS */
+    int in_value;   /* the last span callback was a header value */
+    int obs_fold;   /* a value continued on a line starting with SP or HTAB */
+    int empty_name; /* a field line with nothing before its colon (http_head_index) */
     uint32_t url_off, url_len;
     uint32_t status_off, status_len; /* reason phrase (responses) */
     /* Filled by http_head_index once the head is complete, so that the hot
@@ -110,11 +111,20 @@ static inline int http_known(const http_head_t *h, http_kind_t k)
 }
 
 /* Why a complete request head (after http_head_index) must be refused with
- * 400, or NULL: obs-fold; a Transfer-Encoding other than the single coding
- * "chunked" (the only one modelmux can frame upstream); more than one Host,
- * or none in HTTP/1.1 (RFC 9112 §3.2). */
+ * 400, or NULL: obs-fold; an empty field name; a Transfer-Encoding other
+ * than the single coding "chunked" (the only one modelmux can frame
+ * upstream); more than one Host, none in HTTP/1.1, or one whose value is no
+ * uri-host[:port] (RFC 9112 §3.2). */
 const char *http_request_head_error(const http_head_t *h, const char *base, int http_major,
                                     int http_minor);
+
+/* 1 if the head's Transfer-Encoding headers, as one list, are exactly the
+ * coding "chunked" (any case, optional whitespace); 0 otherwise. */
+int http_te_chunked_only(const http_head_t *h, const char *base);
+
+/* 1 if `v` (trimmed) is a valid Host value or authority without userinfo:
+ * empty, or uri-host [":" port] (RFC 9110 §7.2, RFC 3986 §3.2.2). */
+int http_valid_host(mm_str_t v);
 
 /* The form of a request target (RFC 9112 §3.2). */
 typedef enum {
@@ -126,7 +136,8 @@ typedef enum {
 /* Classify `target`. For the absolute form, *authority is the authority and
  * *path the path and query after it, which may be empty or start with '?'
  * (the origin form then needs a '/' in front); otherwise *path = target and
- * *authority is empty. */
+ * *authority is empty. An authority that is no valid host makes it
+ * HT_INVALID. */
 http_target_form_t http_target(mm_str_t target, mm_str_t *authority, mm_str_t *path);
 
 /* 1 if the comma-separated header value contains `token` (lowercase). */

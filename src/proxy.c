@@ -83,17 +83,22 @@ static int on_url(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
+/* After the head, llhttp reports a chunked body's trailer fields through
+ * the same callbacks. They are not headers: a recipient must not merge them
+ * into the header section (RFC 9110 §6.5.1), or a trailer could stand in
+ * for a header (Authorization on the admin listener). They reach a model
+ * server only inside the raw chunked body. */
 static int on_header_field(llhttp_t *p, const char *at, size_t n)
 {
     conn_t *c = pconn(p);
-    http_head_on_field(&c->head, (uint32_t)(at - c->rbuf), (uint32_t)n);
+    if (!c->headers_done) http_head_on_field(&c->head, (uint32_t)(at - c->rbuf), (uint32_t)n);
     return 0;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t n)
 {
     conn_t *c = pconn(p);
-    http_head_on_value(&c->head, (uint32_t)(at - c->rbuf), (uint32_t)n);
+    if (!c->headers_done) http_head_on_value(&c->head, (uint32_t)(at - c->rbuf), (uint32_t)n);
     return 0;
 }
 
@@ -691,6 +696,15 @@ static void on_request_head(conn_t *c)
         send_error(c, 431, "headers_too_large", "more than 128 request headers");
         return;
     }
+    /* HTTP/1.0 and 1.1 only. llhttp also takes "HTTP/2.0" in a request line
+     * and a bare "GET /path" (HTTP/0.9); both were served as if HTTP/1.x,
+     * with an HTTP/1.1 answer a 0.9 client cannot read. nginx answers 505
+     * (RFC 9110 §15.6.6), and the framing of what follows is unknown: close. */
+    if (c->parser.http_major != 1) {
+        r->keep_alive = 0;
+        send_error(c, 505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served");
+        return;
+    }
     /* Refused before anything is routed or sent upstream; a 400 closes the
      * connection, so nothing after this head is read as a request. */
     const char *bad = http_request_head_error(h, base, c->parser.http_major, c->parser.http_minor);
@@ -811,6 +825,18 @@ static ssize_t parse_step(conn_t *c)
     if (e == HPE_PAUSED) {
         used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
         llhttp_resume(&c->parser);
+    } else if (e == HPE_PAUSED_UPGRADE) {
+        /* After a request with "Connection: upgrade" and Upgrade, llhttp
+         * stops past the message's end: what follows would be the new
+         * protocol. modelmux switches to none (Upgrade is hop-by-hop and
+         * never forwarded, the answer is an ordinary one), so the bytes
+         * after it are the next HTTP/1.1 request (RFC 9110 §7.8): go on
+         * parsing them as such, or that request got a 400. */
+        used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
+        llhttp_resume_after_upgrade(&c->parser);
+        c->rpos += used;
+        ssize_t more = parse_step(c);
+        return more < 0 ? -1 : (ssize_t)used + more;
     } else if (e == HPE_USER || e == HPE_CB_CHUNK_HEADER) { /* on_body, on_chunk_header */
         send_error(c, 413, "body_too_large", "request body exceeds the size limit");
         return -1;
@@ -917,12 +943,18 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
         mm_buf_cstr(b, http_reason(resp->status));
     mm_buf_lit(b, "\r\n");
     const http_head_t *h = resp->head;
+    /* A 204 has no body and no framing: a server MUST NOT send it
+     * Content-Length or Transfer-Encoding (RFC 9110 §8.6, RFC 9112 §6.1),
+     * and a client could wait for the bytes a stray Content-Length
+     * announces. A 304 keeps its Content-Length (the selected
+     * representation's length), and so does a HEAD answer. */
+    int unframed = decode || st == 204;
     http_run_t run = {NULL, 0};
     for (int i = 0; i < h->n; i++)
-        if (!h->dropped[i] && !(decode && h->kind[i] == HK_CONTENT_LENGTH))
+        if (!h->dropped[i] && !(unframed && h->kind[i] == HK_CONTENT_LENGTH))
             http_emit_header(b, &run, h, resp->base, i);
     http_emit_flush(b, &run);
-    if (resp->chunked && !decode) mm_buf_lit(b, "Transfer-Encoding: chunked\r\n");
+    if (resp->chunked && !unframed) mm_buf_lit(b, "Transfer-Encoding: chunked\r\n");
     mm_buf_lit(b, "X-Request-Id: ");
     mm_buf_append(b, r->id, r->id_len);
     mm_buf_lit(b, "\r\nX-Modelmux-Experiment: ");

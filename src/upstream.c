@@ -695,9 +695,15 @@ static void uc_process(up_conn_t *c)
         if (c->phase == PH_HEAD) {
             c->rpos += used;
             if (!c->headers_done) continue;
-            /* A folded header line (RFC 9112 §5.2): a proxy answers 502
-             * rather than pass on a head it cannot forward faithfully. */
-            if (c->head.too_many || c->head.obs_fold) {
+            /* A folded header line (RFC 9112 §5.2), or a line with an
+             * empty field name (RFC 9110 §5.1): a proxy answers 502 rather
+             * than pass on a head it cannot forward faithfully. So is a
+             * transfer coding other than chunked ("gzip, chunked"; "gzip",
+             * read until EOF): Transfer-Encoding is hop-by-hop,
+             * modelmux frames the answer itself, chunked at most, and the
+             * client would get the coded bytes with nothing saying so. */
+            if (c->head.too_many || c->head.obs_fold || c->head.empty_name ||
+                (c->head.count[HK_TRANSFER_ENC] && !http_te_chunked_only(&c->head, c->rbuf))) {
                 c->in_process = 0;
                 uc_fail(c, UP_ERR_PROTOCOL);
                 return;

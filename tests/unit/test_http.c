@@ -224,6 +224,19 @@ static void test_request_target_forms(void **state)
     }
 }
 
+static void test_host_values_are_uri_host_and_port(void **state)
+{
+    (void)state;
+    static const char *valid[] = {"",          "api.example.com", "a:8080", "[::1]:80", "[v1.x]",
+                                  "ex%41mple", "a_b~c",           "a,b;c",  " a ",      ":80"};
+    static const char *invalid[] = {"a b", "a/b", "u@a",  "a:b:c", "[::1",  "[]",
+                                    "a?b", "a#b", "a\\b", "ex%4",  "ex%zz", "a:8x"};
+    for (size_t i = 0; i < sizeof(valid) / sizeof(valid[0]); i++)
+        if (!http_valid_host(S(valid[i]))) fail_msg("'%s' refused", valid[i]);
+    for (size_t i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++)
+        if (http_valid_host(S(invalid[i]))) fail_msg("'%s' accepted", invalid[i]);
+}
+
 static void test_more_than_128_headers_are_flagged(void **state)
 {
     (void)state;
@@ -533,6 +546,7 @@ int main(void)
         cmocka_unit_test(test_generated_request_ids_are_32_lowercase_hex_and_seeded),
         cmocka_unit_test(test_cookie_and_query_sticky_keys),
         cmocka_unit_test(test_trim),
+        cmocka_unit_test(test_host_values_are_uri_host_and_port),
         cmocka_unit_test(test_json_escaping_is_always_valid_utf8_json),
         cmocka_unit_test(test_error_answer_is_the_contract_shape),
     };

@@ -1,0 +1,323 @@
+"""test_http_conformance — RFC 9110/9112 rules a reverse proxy must follow,
+case by case, where modelmux once got them wrong.
+
+Each test sends raw bytes (what http.client would not send) to a real
+modelmux in front of example model servers, or in front of a scripted
+model server that answers what a test tells it to (the misbehaving
+upstreams of RFC 9112 §6 and RFC 9110 §15), and asserts what the client
+and the model server see.
+"""
+import socket
+import threading
+import time
+import unittest
+
+import mmtest
+from test_proxy import ClassCluster, ab, echo_headers, stats
+
+
+class Requests(ClassCluster):
+    """What the client sends."""
+
+    @classmethod
+    def start(cls, cl):
+        cls.champion = cl.model_server("champion")
+        cls.port = mmtest.free_port()
+        cls.admin_port = mmtest.free_port()
+        cfg = mmtest.base_config(cls.port, {"champion": cls.champion.port},
+                                 [ab("ab", "/", {"champion": 1})], admin_port=cls.admin_port,
+                                 limits={"drain_timeout_ms": 2000})
+        cfg["admin"]["token"] = "s3cret"
+        cls.mm = cl.modelmux(cfg, "--seed", 5)
+
+    def upstream_requests(self):
+        return stats(self.champion.port)["requests"]
+
+    def assertRefused(self, data, what, status=400, code="bad_request"):
+        """data gets the JSON error, the connection closes, and the model
+        server sees no request."""
+        before = self.upstream_requests()
+        c = self.raw(self.port)
+        c.send(data)
+        r = c.response()
+        self.assertJsonError(r, status, code)
+        self.assertEqual(r.headers.get("connection", "").lower(), "close", what)
+        self.assertTrue(c.closed_within(2), what)
+        c.close()
+        self.assertEqual(self.upstream_requests(), before, what)
+
+    # -- Upgrade (RFC 9110 §7.8): modelmux upgrades to nothing
+
+    def test_request_after_a_declined_upgrade_is_served(self):
+        # An Upgrade request gets an ordinary answer (Upgrade is hop-by-hop,
+        # not forwarded); the connection is still HTTP/1.1, so the request
+        # after it is one too. It got a 400 ("Pause on CONNECT/Upgrade").
+        firsts = (b"GET /echo/1 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                  b"POST /echo/1 HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
+                  b"Content-Length: 5\r\n\r\nhello")
+        second = b"GET /echo/2 HTTP/1.1\r\nHost: a\r\n\r\n"
+        for first in firsts:
+            for pipelined in (True, False):
+                with self.subTest(first=first[:4], pipelined=pipelined):
+                    c = self.raw(self.port)
+                    c.send(first + second if pipelined else first)
+                    r1 = c.response()
+                    self.assertEqual(r1.status, 200, r1)
+                    self.assertNotIn("upgrade", echo_headers(r1.body))
+                    if not pipelined:
+                        c.send(second)
+                    r2 = c.response()
+                    self.assertEqual((r2.status, r2.json()["path"]), (200, "/echo/2"), r2)
+                    c.close()
+
+    # -- Host (RFC 9112 §3.2: "a Host header field with an invalid field value" is a 400)
+
+    def test_host_with_an_invalid_value_is_400(self):
+        # These were routed, and passed on as X-Forwarded-Host.
+        for host in (b"a b", b"a/b", b"user@a", b"a:b:c", b"[::1", b"a?b", b"a#b", b"a\\b", b"ex%4"):
+            with self.subTest(host=host):
+                self.assertRefused(b"GET /echo HTTP/1.1\r\nHost: " + host + b"\r\n\r\n", host)
+        self.assertRefused(b"GET http://a%/echo HTTP/1.1\r\nHost: a\r\n\r\n", "absolute-form authority")
+
+    def test_host_with_a_valid_value_is_served(self):
+        for host in (b"api.example.com", b"a:8080", b"[::1]:80", b"ex%41mple", b"a_b", b""):
+            with self.subTest(host=host):
+                out = mmtest.raw(self.port, b"GET /echo HTTP/1.1\r\nHost: " + host +
+                                 b"\r\nConnection: close\r\n\r\n")
+                self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:300])
+
+    # -- field names (RFC 9110 §5.1: a token, one character at least)
+
+    def test_header_line_with_an_empty_name_is_400(self):
+        # llhttp lets ": x" through; it was forwarded as is.
+        self.assertRefused(b"GET /echo HTTP/1.1\r\nHost: a\r\n: x\r\n\r\n", "empty name")
+
+
+    # -- HTTP versions (RFC 9110 §2.5, §15.6.6)
+
+    def test_request_line_with_a_version_other_than_1_x_is_505(self):
+        # "HTTP/2.0" (llhttp accepts it) and HTTP/0.9 were served as HTTP/1.x.
+        for data in (b"GET /echo HTTP/2.0\r\nHost: a\r\n\r\n", b"GET /echo\r\n\r\n"):
+            with self.subTest(data=data):
+                self.assertRefused(data, data, 505, "http_version_not_supported")
+
+    def test_http10_and_http11_are_served(self):
+        for version in (b"1.0", b"1.1"):
+            with self.subTest(version=version):
+                out = mmtest.raw(self.port, b"GET /echo HTTP/" + version + b"\r\nHost: a\r\nConnection: close\r\n\r\n")
+                self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
+
+    # -- trailers (RFC 9110 §6.5.1: not merged into the header section)
+
+    def test_a_trailer_field_does_not_stand_in_for_a_header(self):
+        # An Authorization trailer authorised an admin request that had no
+        # Authorization header.
+        body = b'{"champion": 1}'
+        chunked = b"%x\r\n%s\r\n0\r\nAuthorization: Bearer s3cret\r\n\r\n" % (len(body), body)
+        c = self.raw(self.admin_port)
+        c.send(b"PUT /experiments/ab/weights HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n" + chunked)
+        r = c.response()
+        self.assertEqual(r.status, 401, r)
+        # with the header it is authorised, the trailer notwithstanding
+        c.send(b"PUT /experiments/ab/weights HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cret\r\n"
+               b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
+        self.assertEqual(c.response().status, 200)
+        c.close()
+
+    def test_trailers_of_a_chunked_request_reach_the_model_server_in_the_body(self):
+        # forwarded raw (the body is not re-framed), and the next request
+        # on the connection is not disturbed by them
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET /echo/2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        r1, r2 = c.response(), c.response()
+        c.close()
+        self.assertEqual((r1.status, r1.json()["body_len"]), (200, 5), r1)
+        self.assertEqual((r2.status, r2.json()["path"]), (200, "/echo/2"), r2)
+
+
+class ScriptedUpstream:
+    """A model server that answers GET/POST /m/NAME with ANSWERS[NAME], raw,
+    on keep-alive connections (reading Content-Length bodies first); counts
+    the connections it accepted, and says in X-Conn which one answered "ok"
+    and "close". Loopback, a free port, its own threads."""
+
+    ANSWERS = {
+        "ok": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "empty-name": b"HTTP/1.1 200 OK\r\n: x\r\nContent-Length: 2\r\n\r\nok",
+        "gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nGZ\r\n0\r\n\r\n",
+        "gzip-eof": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nGZGZ",
+        "204-length": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-A: a\r\n\r\n",
+        "204-chunked": b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nX-A: a\r\n\r\n",
+        "304-length": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: \"e\"\r\n\r\n",
+        "interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+                   b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+        "eof-11": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+        "eof-10": b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+        # says close but keeps the connection open: reusing it would work,
+        # and must not happen
+        "close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    }
+    CLOSE_AFTER = {"gzip-eof", "eof-11", "eof-10"}  # close-delimited answers
+
+    def __init__(self):
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(64)
+        self.port = self.srv.getsockname()[1]
+        self.connections = 0
+        self.stopping = False
+        self.held = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while not self.stopping:
+            try:
+                s, _ = self.srv.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.held.append(s)
+            threading.Thread(target=self.serve, args=(s, self.connections), daemon=True).start()
+
+    def serve(self, s, number):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                path = lines[0].split(b" ")[1].decode()
+                length = 0
+                for h in lines[1:]:
+                    k, _, v = h.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v)
+                while len(buf) < length:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                buf = buf[length:]
+                name = path.rsplit("/", 1)[1]
+                answer = self.ANSWERS[name]
+                if name in ("ok", "close"):  # which connection answered
+                    answer = answer.replace(b"\r\n", b"\r\nX-Conn: %d\r\n" % number, 1)
+                s.sendall(answer)
+                if name in self.CLOSE_AFTER:
+                    s.close()
+                    return
+        except OSError:
+            return
+
+    def stop(self):
+        self.stopping = True
+        self.srv.close()
+        for s in self.held:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+class UpstreamAnswers(ClassCluster):
+    """What the model server answers."""
+
+    @classmethod
+    def start(cls, cl):
+        cls.upstream = ScriptedUpstream()
+        cls.port = mmtest.free_port()
+        cfg = mmtest.base_config(cls.port, {"champion": {"url": "http://127.0.0.1:%d" % cls.upstream.port,
+                                                         "timeout_ms": 2000, "pool": 1}},
+                                 [ab("ab", "/", {"champion": 1})], limits={"drain_timeout_ms": 2000})
+        cls.mm = cl.modelmux(cfg, "--seed", 5)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.upstream.stop()
+
+    def exchange(self, name, method=b"GET", version=b"1.1"):
+        """One request for answer `name` on a fresh connection, then an
+        ordinary one on the same connection: (answer, the next answer or
+        None when the connection was closed)."""
+        c = self.raw(self.port)
+        c.send(method + b" /m/" + name.encode() + b" HTTP/" + version + b"\r\nHost: a\r\n\r\n")
+        r = c.response(head_request=method == b"HEAD")
+        if r.headers.get("connection", "").lower() == "close":
+            return r, None
+        c.send(b"GET /m/ok HTTP/1.1\r\nHost: a\r\n\r\n")
+        return r, c.response()
+
+    def test_answer_with_an_empty_header_name_is_502(self):
+        r, after = self.exchange("empty-name")
+        self.assertJsonError(r, 502, "upstream_unavailable")
+        self.assertEqual(after.status, 200)
+
+
+    def test_answer_with_a_transfer_coding_other_than_chunked_is_502(self):
+        # Transfer-Encoding is hop-by-hop and modelmux frames the answer
+        # itself (chunked at most): "gzip, chunked" went out as "chunked"
+        # and "gzip" as a close-delimited body, gzip bytes with nothing
+        # saying so.
+        for name in ("gzip-chunked", "gzip-eof"):
+            with self.subTest(name=name):
+                r, _ = self.exchange(name)
+                self.assertJsonError(r, 502, "upstream_unavailable")
+                self.assertNotIn(b"GZ", r.body)
+
+
+    def test_204_goes_out_without_content_length_or_transfer_encoding(self):
+        # RFC 9110 §8.6, RFC 9112 §6.1: a server MUST NOT send either in a
+        # 204; both were passed on as the model server sent them.
+        for name in ("204-length", "204-chunked"):
+            with self.subTest(name=name):
+                r, after = self.exchange(name)
+                self.assertEqual(r.status, 204, r)
+                self.assertEqual(r.headers.get("x-a"), "a")  # the rest is passed on
+                self.assertNotIn("content-length", r.headers)
+                self.assertNotIn("transfer-encoding", r.headers)
+                self.assertEqual((after.status, after.body), (200, b"ok"))
+
+    def test_304_keeps_its_content_length(self):
+        # There it is the selected representation's length (RFC 9110 §8.6).
+        r, after = self.exchange("304-length")
+        self.assertEqual((r.status, r.headers.get("content-length")), (304, "5"), r)
+        self.assertEqual((after.status, after.body), (200, b"ok"))
+
+
+    def test_interim_answers_are_dropped_and_the_final_one_passed_on(self):
+        # documented choice (nginx, Envoy): 1xx from a model server are not
+        # forwarded; modelmux answers Expect: 100-continue itself.
+        c = self.raw(self.port)
+        c.send(b"GET /m/interim HTTP/1.1\r\nHost: a\r\n\r\nGET /m/ok HTTP/1.1\r\nHost: a\r\n\r\n")
+        r1, r2 = c.response(), c.response()
+        c.close()
+        self.assertEqual((r1.status, r1.body), (200, b"final"), r1)
+        self.assertEqual((r2.status, r2.body), (200, b"ok"), r2)
+
+    def test_close_delimited_answer_arrives_whole_then_the_connection_closes(self):
+        for name in ("eof-11", "eof-10"):
+            for version in (b"1.1", b"1.0"):
+                with self.subTest(name=name, version=version):
+                    r, after = self.exchange(name, version=version)
+                    self.assertEqual((r.status, r.body), (200, b"until the end"), r)
+                    self.assertIsNone(after)  # "Connection: close"
+
+    def test_upstream_connection_close_is_not_reused(self):
+        # pool 1: a reused connection would answer the next request
+        r, after = self.exchange("close")
+        self.assertEqual((r.status, after.status), (200, 200))
+        self.assertNotEqual(r.headers.get("connection", "").lower(), "close")  # the client's stays
+        self.assertNotEqual(r.headers["x-conn"], after.headers["x-conn"])
+        _, again = self.exchange("ok")
+        self.assertEqual(after.headers["x-conn"], again.headers["x-conn"])  # reuse does happen
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
