@@ -45,9 +45,9 @@ typedef struct {
  * transport failure or timeout) counts as an answer and an error, but not
  * as a latency (its duration is the timeout's). */
 typedef struct {
-    uint64_t answers; /* answers, status 0 included */
-    uint64_t errors;  /* status 0 or >= 500 */
-    uint64_t samples; /* latencies counted: the sum of hist */
+    uint64_t answers;               /* answers, status 0 included */
+    uint64_t errors;                /* status 0 or >= 500 */
+    uint64_t samples;               /* latencies counted: the sum of hist */
     uint64_t hist[LATHIST_BUCKETS]; /* latency in us, log-linear (src/lathist.h) */
 } answer_stats_t;
 

@@ -1081,8 +1081,7 @@ static void req_finish(conn_t *c)
         if (r->up_errors && !r->answered) st = 0;
         if (!r->fanout) {
             if (r->chosen != r->arm)
-                store_answer(srv->store, r->exp->state, router_sarm(r->exp, r->chosen), 0,
-                             latency);
+                store_answer(srv->store, r->exp->state, router_sarm(r->exp, r->chosen), 0, latency);
             store_answer(srv->store, r->exp->state, sarm, st, latency);
         }
         const policy_ops_t *ops = r->exp->cfg->ops;

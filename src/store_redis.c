@@ -884,8 +884,7 @@ static void parse_lat(const redisReply *h, answer_stats_t *a)
     if (h->type != REDIS_REPLY_ARRAY) return;
     for (size_t i = 0; i + 1 < h->elements; i += 2) {
         const redisReply *k = h->element[i], *v = h->element[i + 1];
-        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING || k->len == 0)
-            continue;
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING || k->len == 0) continue;
         uint64_t x = strtoull(v->str, NULL, 10);
         if (str_is(k, "n")) {
             a->answers = x;
