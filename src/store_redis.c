@@ -9,6 +9,9 @@
  *     here, DEL the arm hashes after a local reset, then return the control
  *     hash and every arm hash. Atomic, so the snapshot read back contains
  *     exactly our write; `merged` becomes snapshot + what accumulated since.
+ *     The answer hashes PREFIX:{EXP}:lat:ARM ride along (sparse HINCRBY of
+ *     a copy of answers_local, HGETALL back); the copy is subtracted from
+ *     answers_local once confirmed, so the write in flight stays visible.
  *   - SET PREFIX:req:ID "EXP ARM" PX ttl for remembered request ids (queued,
  *     bounded, at most REQ_PER_ROUND per round);
  *   - SET PREFIX:il:ID DATA PX ttl for per-request data (store_put_aux), in
