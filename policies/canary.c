@@ -16,14 +16,28 @@
  * analysis (a later failure still rolls it back). So the canary must survive
  * a whole interval at 100 % before it is promoted, as in Flagger.
  *
- * The interval: its counts come from on_response (errors are status 0 or
- * >= 500) and are local to this instance; it restarts after every analysis
- * and whenever the step in the control state differs from the step it was
- * started at (another instance, an operator or a reload moved it), so an
- * interval never mixes two traffic shares. Latency p99 comes from a fixed
- * log-linear histogram (16 sub-buckets per power of two: +-3 % at the bucket
- * midpoint) — no allocation per answer. Answers with status 0 count as
- * errors but not as latencies (a timeout's duration is the timeout).
+ * The interval: its counts are the store's pooled answer statistics
+ * (policy_view_t.answers: every instance's answers, errors being status 0 or
+ * >= 500) now, minus a snapshot of them taken when the interval started. So
+ * with several instances, or --workers N, every instance judges the whole
+ * traffic (min_requests, error rates and p99 over all of it, as Flagger
+ * analyses the whole service), not its own share; the first to conclude
+ * moves the step for all (store_propose_control), and the others restart
+ * their interval when they see the new step. The interval restarts after
+ * every analysis and whenever the step in the control state differs from the
+ * step it was started at (another instance, an operator or a reload moved
+ * it), so an interval never mixes two traffic shares; when the experiment
+ * runs again after a pause (or a promotion or rollback was reset), so that
+ * traffic served while paused is never judged and a resumed canary gets a
+ * whole fresh interval; and when the pooled counters went below the
+ * snapshot (a reset on another instance, seen before our own reset call).
+ * Latency p99 comes from a fixed log-linear histogram (16 sub-buckets per
+ * power of two: +-3 % at the bucket midpoint) that the store keeps per arm —
+ * one increment per answer, no allocation; the subtraction and merging of
+ * histograms happen here, once a tick. Answers with status 0 count as errors
+ * but not as latencies (a timeout's duration is the timeout). The pooled
+ * view lags other instances by up to one sync interval (sync_ms), which
+ * shifts an interval's edges by as much, not its length.
  *
  * Starting: the core builds the initial control state with canary_step 0, so
  * on_tick treats "running at step 0" as "start at the first step" (steps are
@@ -36,8 +50,9 @@
  * Sticky assignment is monotone: with a key, the request goes to the canary
  * iff u < step/100, u from the top 53 bits of the key hash, so a user on the
  * canary at 5 % stays on it at 25 %. on_tick reads no clock (view->now_ms)
- * and draws no random number: it is a function of its inputs and the
- * instance's interval, which is what makes every branch testable. */
+ * and draws no random number: it is a function of its inputs (the view's
+ * counters) and the interval's snapshot, which is what makes every branch
+ * testable. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -51,10 +66,9 @@
 #define HISTORY_MAX 32
 #define REASON_MAX  200
 
-typedef struct {
-    uint64_t requests, errors, samples;
-    uint64_t hist[LATHIST_BUCKETS]; /* latency in us, log-linear (src/lathist.h) */
-} interval_arm_t;
+/* Requests (answers), errors, latency samples and histogram of one arm:
+ * the pooled cumulative counts (answer_stats_t), or an interval's share. */
+typedef answer_stats_t interval_arm_t;
 
 typedef enum { V_STARTED = 0, V_PASSED, V_FAILED, V_INCONCLUSIVE } verdict_t;
 
@@ -87,9 +101,10 @@ typedef struct {
     /* the current interval */
     int started;
     uint64_t start_ms;
-    double step; /* the control's step when the interval started */
-    interval_arm_t cur[2];
-    int failures; /* consecutive failed analyses */
+    double step;            /* the control's step when the interval started */
+    uint64_t run_epoch;     /* the view's run_epoch then */
+    interval_arm_t base[2]; /* the pooled counts then */
+    int failures;           /* consecutive failed analyses */
 
     analysis_t history[HISTORY_MAX]; /* ring */
     size_t n_history;                /* total ever recorded */
@@ -123,7 +138,31 @@ static double p99_ms(const interval_arm_t *a)
 
 static double error_rate(const interval_arm_t *a)
 {
-    return a->requests ? (double)a->errors / (double)a->requests : 0.0;
+    return a->answers ? (double)a->errors / (double)a->answers : 0.0;
+}
+
+/* The pooled cumulative counts of arms 0 and 1 from the view. */
+static void pooled(const policy_view_t *v, interval_arm_t cum[2])
+{
+    for (size_t i = 0; i < 2; i++) policy_answers_merge(v, i, &cum[i]);
+}
+
+/* cur = the interval so far (cum - base); -1 if a counter went below the
+ * snapshot (the statistics were reset): the interval must restart. */
+static int interval_counts(const canary_t *c, const interval_arm_t cum[2], interval_arm_t cur[2])
+{
+    for (int i = 0; i < 2; i++) {
+        const interval_arm_t *a = &cum[i], *b = &c->base[i];
+        if (a->answers < b->answers || a->errors < b->errors || a->samples < b->samples) return -1;
+        cur[i].answers = a->answers - b->answers;
+        cur[i].errors = a->errors - b->errors;
+        cur[i].samples = a->samples - b->samples;
+        for (unsigned k = 0; k < LATHIST_BUCKETS; k++) {
+            if (a->hist[k] < b->hist[k]) return -1;
+            cur[i].hist[k] = a->hist[k] - b->hist[k];
+        }
+    }
+    return 0;
 }
 
 /* ---- routing ---- */
@@ -154,28 +193,17 @@ static void canary_choose(void *p, const policy_view_t *v, const policy_req_t *r
     out->primary = u < share ? 1 : 0;
 }
 
-static void canary_on_response(void *p, int arm, int status, uint64_t latency_us, uint64_t now_ms)
-{
-    canary_t *c = p;
-    MM_UNUSED(now_ms);
-    if (arm < 0 || arm > 1) return;
-    interval_arm_t *a = &c->cur[arm];
-    a->requests++;
-    if (status == 0 || status >= 500) a->errors++;
-    if (status != 0) {
-        a->hist[lathist_index(latency_us)]++;
-        a->samples++;
-    }
-}
-
 /* ---- analysis ---- */
 
-static void interval_restart(canary_t *c, uint64_t now_ms, double step)
+/* cum: the pooled counts now (pooled()). */
+static void interval_restart(canary_t *c, const policy_view_t *v, const interval_arm_t cum[2],
+                             double step)
 {
     c->started = 1;
-    c->start_ms = now_ms;
+    c->start_ms = v->now_ms;
     c->step = step;
-    memset(c->cur, 0, sizeof c->cur);
+    c->run_epoch = v->run_epoch;
+    memcpy(c->base, cum, sizeof c->base);
 }
 
 static analysis_t *history_push(canary_t *c)
@@ -197,18 +225,18 @@ static void appendf(char *buf, size_t cap, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Judge the interval; fills a->reason with the checks. */
-static verdict_t judge(const canary_t *c, analysis_t *a)
+/* Judge the interval `cur`; fills a->reason with the checks. */
+static verdict_t judge(const canary_t *c, const interval_arm_t cur[2], analysis_t *a)
 {
-    const interval_arm_t *ch = &c->cur[0], *ca = &c->cur[1];
+    const interval_arm_t *ch = &cur[0], *ca = &cur[1];
     for (int i = 0; i < 2; i++) {
-        a->requests[i] = c->cur[i].requests;
-        a->error_rate[i] = error_rate(&c->cur[i]);
-        a->p99_ms[i] = p99_ms(&c->cur[i]);
+        a->requests[i] = cur[i].answers;
+        a->error_rate[i] = error_rate(&cur[i]);
+        a->p99_ms[i] = p99_ms(&cur[i]);
     }
-    if (ca->requests == 0 || ca->requests < (uint64_t)c->min_requests) {
+    if (ca->answers == 0 || ca->answers < (uint64_t)c->min_requests) {
         snprintf(a->reason, sizeof a->reason, "%llu canary requests < %lld",
-                 (unsigned long long)ca->requests, c->min_requests > 0 ? c->min_requests : 1);
+                 (unsigned long long)ca->answers, c->min_requests > 0 ? c->min_requests : 1);
         return V_INCONCLUSIVE;
     }
     int ok = 1;
@@ -219,7 +247,7 @@ static verdict_t judge(const canary_t *c, analysis_t *a)
     appendf(a->reason, sizeof a->reason, "error_rate %.3f %s %.3f", er, pass ? "<=" : ">",
             c->max_error_rate);
     if (c->max_error_rate_delta >= 0) {
-        if (ch->requests == 0) {
+        if (ch->answers == 0) {
             /* No champion answer in the interval (the canary carries all the
              * traffic): 0/0 is no baseline, so the delta cannot be judged. */
             appendf(a->reason, sizeof a->reason, ", delta n/a");
@@ -278,7 +306,9 @@ static int canary_on_tick(void *p, const policy_view_t *v, exp_control_t *ctl)
 {
     canary_t *c = p;
     uint64_t now = v->now_ms;
+    interval_arm_t cum[2], cur[2]; /* some 16 KB of stack, once a second */
     if (ctl->state != EXP_RUNNING) return 0;
+    pooled(v, cum);
 
     if (!(ctl->canary_step > 0.0)) {
         analysis_t *a = history_push(c);
@@ -289,12 +319,13 @@ static int canary_on_tick(void *p, const policy_view_t *v, exp_control_t *ctl)
         a->state = EXP_RUNNING;
         snprintf(a->reason, sizeof a->reason, "started at the first step");
         c->failures = 0;
-        interval_restart(c, now, ctl->canary_step);
+        interval_restart(c, v, cum, ctl->canary_step);
         log_line(c, a);
         return 1;
     }
-    if (!c->started || ctl->canary_step != c->step) {
-        interval_restart(c, now, ctl->canary_step);
+    if (!c->started || ctl->canary_step != c->step || v->run_epoch != c->run_epoch ||
+        interval_counts(c, cum, cur) < 0) {
+        interval_restart(c, v, cum, ctl->canary_step);
         return 0;
     }
     if (now < c->start_ms || now - c->start_ms < c->interval_ms) return 0;
@@ -302,7 +333,7 @@ static int canary_on_tick(void *p, const policy_view_t *v, exp_control_t *ctl)
     analysis_t *a = history_push(c);
     a->t_ms = now;
     a->from = a->to = ctl->canary_step;
-    a->verdict = judge(c, a);
+    a->verdict = judge(c, cur, a);
     int changed = 0;
     if (a->verdict == V_PASSED) {
         c->failures = 0;
@@ -334,7 +365,7 @@ static int canary_on_tick(void *p, const policy_view_t *v, exp_control_t *ctl)
     a->to = ctl->canary_step;
     a->state = ctl->state;
     a->failures = c->failures;
-    interval_restart(c, now, ctl->canary_step);
+    interval_restart(c, v, cum, ctl->canary_step);
     log_line(c, a);
     return changed;
 }
@@ -345,7 +376,7 @@ static void canary_reset(void *p)
     c->started = 0;
     c->failures = 0;
     c->n_history = 0;
-    memset(c->cur, 0, sizeof c->cur);
+    memset(c->base, 0, sizeof c->base);
     memset(c->history, 0, sizeof c->history);
 }
 
@@ -356,14 +387,13 @@ static json_t *ms_or_null(double ms)
     return ms < 0 ? json_null() : json_real(ms);
 }
 
-static json_t *describe_interval_arm(const canary_t *c, int i)
+static json_t *describe_interval_arm(const canary_t *c, const interval_arm_t *a, int i)
 {
-    const interval_arm_t *a = &c->cur[i];
     json_t *o = json_object();
     json_object_set_new(o, "arm", json_string(c->names[i]));
-    json_object_set_new(o, "requests", json_integer((json_int_t)a->requests));
+    json_object_set_new(o, "requests", json_integer((json_int_t)a->answers));
     json_object_set_new(o, "errors", json_integer((json_int_t)a->errors));
-    json_object_set_new(o, "error_rate", a->requests ? json_real(error_rate(a)) : json_null());
+    json_object_set_new(o, "error_rate", a->answers ? json_real(error_rate(a)) : json_null());
     json_object_set_new(o, "p99_ms", ms_or_null(p99_ms(a)));
     return o;
 }
@@ -424,8 +454,16 @@ static json_t *canary_describe(void *p, const policy_view_t *v)
         json_object_set_new(iv, "step", json_real(c->step));
         json_object_set_new(iv, "elapsed_s", json_real(elapsed));
         json_object_set_new(iv, "remaining_s", json_real(remaining > 0 ? remaining : 0));
-        json_object_set_new(iv, "champion", describe_interval_arm(c, 0));
-        json_object_set_new(iv, "canary", describe_interval_arm(c, 1));
+        /* The interval so far, as the next analysis would see it (zero if
+         * the counters were reset under it: the next tick restarts it). */
+        interval_arm_t *cum = malloc(4 * sizeof(*cum)), *cur = cum ? cum + 2 : NULL;
+        if (cum != NULL) {
+            pooled(v, cum);
+            if (interval_counts(c, cum, cur) < 0) memset(cur, 0, 2 * sizeof(*cur));
+            json_object_set_new(iv, "champion", describe_interval_arm(c, &cur[0], 0));
+            json_object_set_new(iv, "canary", describe_interval_arm(c, &cur[1], 1));
+        }
+        free(cum);
         json_object_set_new(o, "interval", iv);
     } else {
         json_object_set_new(o, "interval", json_null());
@@ -592,7 +630,6 @@ const policy_ops_t policy_canary_ops = {
     .create = canary_create,
     .destroy = canary_destroy,
     .choose = canary_choose,
-    .on_response = canary_on_response,
     .on_tick = canary_on_tick,
     .reset = canary_reset,
     .describe = canary_describe,

@@ -17,6 +17,7 @@
 
 #include "../src/buf.h"
 #include "../src/common.h"
+#include "../src/lathist.h"
 #include "../src/rng.h"
 
 /* Weights (ab arms, PUT weights) are relative numbers in [0, MM_WEIGHT_MAX]:
@@ -35,6 +36,20 @@ typedef struct {
     double successes; /* Bernoulli rewards: += r */
     double failures;  /* Bernoulli rewards: += 1 - r */
 } arm_stats_t;
+
+/* Per-arm answer statistics, pooled over every instance through the store
+ * (DESIGN.md §6 extension PREFIX:{EXP}:lat:ARM, see README): every answer
+ * the core saw from the arm since the last reset, whatever the state
+ * (running or paused). Cumulative: a policy that judges an interval keeps a
+ * snapshot of its own and subtracts it. An answer with status 0 (no answer:
+ * transport failure or timeout) counts as an answer and an error, but not
+ * as a latency (its duration is the timeout's). */
+typedef struct {
+    uint64_t answers;               /* answers, status 0 included */
+    uint64_t errors;                /* status 0 or >= 500 */
+    uint64_t samples;               /* latencies counted: the sum of hist */
+    uint64_t hist[LATHIST_BUCKETS]; /* latency in us, log-linear (src/lathist.h) */
+} answer_stats_t;
 
 typedef enum {
     EXP_RUNNING = 0,
@@ -62,7 +77,38 @@ typedef struct {
     const exp_control_t *control;
     uint64_t now_ms; /* monotonic */
     mm_rng_t *rng;
+    /* Pooled answer statistics, n_arms entries each (NULL: none). Arm i's
+     * figures are answers[i] (the global snapshot last read) plus
+     * answers_local[i] (what this instance counted that the store has not
+     * confirmed yet): lathist_quantile2_us reads the two histograms as one,
+     * policy_answers_merge adds them up. Not frozen while paused. Merging is
+     * 976 additions per arm: do it in on_tick or describe, not in choose. */
+    const answer_stats_t *answers;
+    const answer_stats_t *answers_local;
+    /* Incremented each time this instance saw the experiment's state become
+     * running again (resume, or a reset after a promotion or rollback): a
+     * policy measuring an interval restarts it when this changes. */
+    uint64_t run_epoch;
 } policy_view_t;
+
+/* out = arm's pooled answer statistics from v (zero without any). */
+static inline void policy_answers_merge(const policy_view_t *v, size_t arm, answer_stats_t *out)
+{
+    const answer_stats_t *a = v->answers && arm < v->n_arms ? &v->answers[arm] : NULL;
+    const answer_stats_t *l = v->answers_local && arm < v->n_arms ? &v->answers_local[arm] : NULL;
+    if (a == NULL && l == NULL) {
+        *out = (answer_stats_t){0};
+        return;
+    }
+    if (a == NULL || l == NULL) {
+        *out = a ? *a : *l;
+        return;
+    }
+    out->answers = a->answers + l->answers;
+    out->errors = a->errors + l->errors;
+    out->samples = a->samples + l->samples;
+    for (unsigned i = 0; i < LATHIST_BUCKETS; i++) out->hist[i] = a->hist[i] + l->hist[i];
+}
 
 /* What a policy may know about one request. The core extracts the sticky
  * key (header, cookie or query parameter, as declared at parse time) and
@@ -135,7 +181,9 @@ typedef struct policy_ops_s {
      * a Bernoulli reward (the store also counts successes/failures), else 0. */
     int (*check_reward)(void *p, double reward);
 
-    /* Optional. An answer from `arm` (status 0: transport failure/timeout). */
+    /* Optional. An answer from `arm` (status 0: transport failure/timeout),
+     * while the experiment runs. (The store counts every answer for every
+     * policy as well: policy_view_t.answers.) */
     void (*on_response)(void *p, int arm, int status, uint64_t latency_us, uint64_t now_ms);
 
     /* Optional. Called about once a second while running (not while paused).

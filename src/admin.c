@@ -184,6 +184,15 @@ static json_t *num_or_null(double x)
     return isfinite(x) ? json_real(x) : json_null();
 }
 
+/* The q-quantile of arm i's answer latencies over every instance (the
+ * store's pooled histogram: snapshot plus local), in ms; -1 without any. */
+static double answer_quantile_ms(const exp_state_t *st, size_t i, double q)
+{
+    const answer_stats_t *a = &st->answers[i], *l = &st->answers_local[i];
+    double us = lathist_quantile2_us(a->hist, l->hist, a->samples + l->samples, q);
+    return us < 0 ? -1.0 : us / 1000.0;
+}
+
 static json_t *experiment_view(const exp_rt_t *e)
 {
     const exp_state_t *st = e->state;
@@ -210,8 +219,7 @@ static json_t *experiment_view(const exp_rt_t *e)
     json_t *arms = json_array();
     for (size_t i = 0; i < st->n_arms; i++) {
         const arm_stats_t *s = &st->merged[i];
-        const metrics_arm_t *ma = router_marm(e, (int)i);
-        double p50 = metrics_quantile_ms(ma, 0.5), p99 = metrics_quantile_ms(ma, 0.99);
+        double p50 = answer_quantile_ms(st, i, 0.5), p99 = answer_quantile_ms(st, i, 0.99);
         json_t *a = json_object();
         json_object_set_new(a, "name", json_string(e->ups[i]->name));
         json_object_set_new(a, "share", json_real(share[i]));

@@ -1104,17 +1104,23 @@ static void req_finish(conn_t *c)
                                (mm_str_t){r->id, r->id_len}, r->id_key,
                                r->exp->cfg->feedback_ttl_s);
         }
+        /* The chosen arm failed us (unreachable, ejected): it must count as
+         * an error for its analysis, not hide behind the fallback. No answer
+         * from the arm (our 502/504): an error, and its duration is the
+         * timeout's, not a latency of the arm. A fan-out's answers are each
+         * ranker's, counted by fanout.c. */
+        int st = r->status;
+        if (r->up_errors && !r->answered) st = 0;
+        if (!r->fanout) {
+            if (r->chosen != r->arm)
+                store_answer(srv->store, r->exp->state, router_sarm(r->exp, r->chosen), 0, latency);
+            store_answer(srv->store, r->exp->state, sarm, st, latency);
+        }
         const policy_ops_t *ops = r->exp->cfg->ops;
         if (ops->on_response && r->exp->state->control.state == EXP_RUNNING) {
             void *pol = r->exp->cfg->policy;
             uint64_t now = uv_now(srv->loop);
-            /* The chosen arm failed us (unreachable, ejected): it must count
-             * as an error for its analysis, not hide behind the fallback. */
             if (r->chosen != r->arm) ops->on_response(pol, r->chosen, 0, latency, now);
-            int st = r->status;
-            /* No answer from the arm (our 502/504): an error, and its
-             * duration is the timeout's, not a latency of the arm. */
-            if (r->up_errors && !r->answered) st = 0;
             ops->on_response(pol, r->arm, st, latency, now);
         }
     } else if (!r->local) {

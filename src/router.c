@@ -192,6 +192,9 @@ void router_view(const exp_rt_t *e, mm_rng_t *rng, uint64_t now_ms, policy_view_
     v->control = &s->control;
     v->now_ms = now_ms;
     v->rng = rng;
+    v->answers = s->answers;
+    v->answers_local = s->answers_local;
+    v->run_epoch = s->run_epoch;
 }
 
 void router_choose(exp_rt_t *e, const policy_req_t *req, mm_rng_t *rng, uint64_t now_ms,

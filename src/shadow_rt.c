@@ -365,6 +365,8 @@ static void group_complete(shadow_group_t *g)
                      : outcomes[j] == POLICY_MISMATCH ? SHADOW_MISMATCH
                                                       : SHADOW_MATCH;
         if (g->p_status == 0 && m->leg.status != 0) m->outcome = SHADOW_MISMATCH;
+        store_answer(g->srv->store, g->exp->state, router_sarm(g->exp, m->arm), m->leg.status,
+                     m->leg.latency_us);
         if (ce->ops->on_response && g->exp->state->control.state == EXP_RUNNING)
             ce->ops->on_response(ce->policy, m->arm, m->leg.status, m->leg.latency_us, mm_now_ms());
     }

@@ -480,6 +480,7 @@ static void freeze_if_paused(store_exp_t *x, exp_run_state_t before)
 {
     if (x->pub.control.state == EXP_PAUSED && before != EXP_PAUSED)
         memcpy(x->pub.frozen, x->pub.merged, sizeof(x->pub.frozen));
+    if (x->pub.control.state == EXP_RUNNING && before != EXP_RUNNING) x->pub.run_epoch++;
 }
 
 /* A local control change: version++, and the replicator writes it. */
@@ -507,6 +508,9 @@ void store_exp_remote_reset(store_exp_t *x)
         e->dropped += e->pending[i].pulls + e->pending[i].feedback + e->pending[i].errors;
     memset(e->pending, 0, sizeof(e->pending));
     memset(e->frozen, 0, sizeof(e->frozen));
+    for (size_t i = 0; i < e->n_arms; i++) e->dropped += e->answers_local[i].answers;
+    memset(e->answers_local, 0, sizeof(e->answers_local));
+    x->ans_gen++;
     x->resets++;
 }
 
@@ -534,22 +538,41 @@ static int same_arms(const exp_state_t *e, const char *const *arm_names, size_t 
 }
 
 /* New arm list for an existing experiment: statistics follow the arm names;
- * new arms start at zero. */
+ * new arms start at zero. The answer statistics (some 250 KB) are moved
+ * through a heap copy, the rest through the stack; a reload is rare. */
 static void remap_arms(exp_state_t *e, const char *const *arm_names, size_t n_arms)
 {
-    exp_state_t old = *e;
+    size_t n_old = e->n_arms;
+    char old_names[MM_MAX_ARMS][MM_NAME_MAX + 1];
+    arm_stats_t merged[MM_MAX_ARMS], pending[MM_MAX_ARMS], frozen[MM_MAX_ARMS];
+    memcpy(old_names, e->arm_names, sizeof(old_names));
+    memcpy(merged, e->merged, sizeof(merged));
+    memcpy(pending, e->pending, sizeof(pending));
+    memcpy(frozen, e->frozen, sizeof(frozen));
+    answer_stats_t *ans = malloc(2 * n_old * sizeof(*ans)); /* NULL: the answers start over */
+    if (ans != NULL) {
+        memcpy(ans, e->answers, n_old * sizeof(*ans));
+        memcpy(ans + n_old, e->answers_local, n_old * sizeof(*ans));
+    }
     memset(e->merged, 0, sizeof(e->merged));
     memset(e->pending, 0, sizeof(e->pending));
     memset(e->frozen, 0, sizeof(e->frozen));
+    memset(e->answers, 0, sizeof(e->answers));
+    memset(e->answers_local, 0, sizeof(e->answers_local));
     for (size_t i = 0; i < n_arms; i++) {
-        for (size_t j = 0; j < old.n_arms; j++)
-            if (strcmp(old.arm_names[j], arm_names[i]) == 0) {
-                e->merged[i] = old.merged[j];
-                e->pending[i] = old.pending[j];
-                e->frozen[i] = old.frozen[j];
+        for (size_t j = 0; j < n_old; j++)
+            if (strcmp(old_names[j], arm_names[i]) == 0) {
+                e->merged[i] = merged[j];
+                e->pending[i] = pending[j];
+                e->frozen[i] = frozen[j];
+                if (ans != NULL) {
+                    e->answers[i] = ans[j];
+                    e->answers_local[i] = ans[n_old + j];
+                }
             }
         snprintf(e->arm_names[i], sizeof(e->arm_names[i]), "%s", arm_names[i]);
     }
+    free(ans);
     e->n_arms = n_arms;
     e->layout++;
 }
@@ -664,6 +687,27 @@ void store_error(store_t *s, exp_state_t *e, int arm)
     if (s->redis) e->pending[arm].errors++;
 }
 
+void store_answer(store_t *s, exp_state_t *e, int arm, int status, uint64_t latency_us)
+{
+    if ((unsigned)arm >= e->n_arms) return;
+    answer_stats_t *a = s->redis ? &e->answers_local[arm] : &e->answers[arm];
+    a->answers++;
+    if (status == 0 || status >= 500) a->errors++;
+    if (status != 0) {
+        a->hist[lathist_index(latency_us)]++;
+        a->samples++;
+    }
+}
+
+void store_answers_sub(answer_stats_t *a, const answer_stats_t *b)
+{
+    if (b->answers == 0) return;
+    a->answers -= b->answers;
+    a->errors -= b->errors;
+    a->samples -= b->samples;
+    for (unsigned i = 0; i < LATHIST_BUCKETS; i++) a->hist[i] -= b->hist[i];
+}
+
 static void add_reward(arm_stats_t *a, double r, int bernoulli)
 {
     a->feedback++;
@@ -743,6 +787,9 @@ void store_reset(store_t *s, exp_state_t *e)
     memset(e->pending, 0, sizeof(e->pending));
     memset(e->frozen, 0, sizeof(e->frozen));
     memset(x->seen, 0, sizeof(x->seen));
+    memset(e->answers, 0, sizeof(e->answers));
+    memset(e->answers_local, 0, sizeof(e->answers_local));
+    x->ans_gen++;
     control_change(s, x, &e->initial_control);
     x->ctl_cas = 0;
     x->resets++;

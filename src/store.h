@@ -10,7 +10,13 @@
  * atomic HINCRBY/HINCRBYFLOAT, then reads the global snapshot back and folds
  * the still-unflushed deltas into it. Policies read `merged`. If Redis is
  * down, routing goes on with the last state, deltas accumulate (bounded,
- * drops counted) and are written when Redis returns. */
+ * drops counted) and are written when Redis returns.
+ * Answer statistics (store_answer: per arm answers, errors and a latency
+ * histogram, for the canary's analysis and the admin p50/p99) are pooled the
+ * same way, but kept as `answers` (snapshot) + `answers_local` (unconfirmed)
+ * rather than merged in place: merging 976 buckets per arm on every round
+ * and every increment would cost more than the two reads where they are
+ * needed (a tick, a describe, an admin view). */
 #ifndef MM_STORE_H
 #define MM_STORE_H
 
@@ -31,6 +37,13 @@ typedef struct {
     arm_stats_t merged[MM_MAX_ARMS];  /* global snapshot + local unflushed deltas */
     arm_stats_t pending[MM_MAX_ARMS]; /* local deltas not yet written to the store */
     arm_stats_t frozen[MM_MAX_ARMS];  /* snapshot taken at pause: what policies see while paused */
+    /* Pooled answer statistics (store_answer): the global snapshot last read
+     * (the memory store counts here directly), and this instance's answers
+     * the store has not confirmed yet (Redis: not sent, or in flight). A
+     * policy sees the sum (policy_view_t.answers, answers_local). */
+    answer_stats_t answers[MM_MAX_ARMS];
+    answer_stats_t answers_local[MM_MAX_ARMS];
+    uint64_t run_epoch; /* times the state became running here (policy_view_t) */
     exp_control_t control;
     exp_control_t initial_control; /* what the config says; reset/redefinition go back to it */
     int control_dirty;             /* control changed locally, not yet written */
@@ -90,6 +103,11 @@ void store_release(store_t *s, exp_state_t *e);
  * non-finite reward, or one that would make the arm's sums non-finite. */
 void store_pull(store_t *s, exp_state_t *e, int arm);
 void store_error(store_t *s, exp_state_t *e, int arm);
+/* One answer from `arm` for the pooled answer statistics (status 0: none,
+ * a transport failure or timeout: an error without a latency; >= 500: an
+ * error). One array increment; with Redis replicated as
+ * PREFIX:{EXP}:lat:ARM in the sync round. Counted in every state. */
+void store_answer(store_t *s, exp_state_t *e, int arm, int status, uint64_t latency_us);
 int store_reward(store_t *s, exp_state_t *e, int arm, double reward, int bernoulli);
 
 /* Operator changes: version++ (c->version is ignored), published to every

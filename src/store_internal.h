@@ -87,6 +87,11 @@ typedef struct {
     size_t n_arms;
     char arm_names[MM_MAX_ARMS][MM_NAME_MAX + 1];
     arm_stats_t deltas[MM_MAX_ARMS];
+    /* The answers this write adds (a copy of answers_local when prepared):
+     * subtracted from answers_local once Redis confirms them, unless a reset
+     * dropped answers_local meanwhile (ans_gen changed). */
+    answer_stats_t ans_deltas[MM_MAX_ARMS];
+    uint64_t ans_gen;
     int restore;                   /* write `base` back if Redis lost everything */
     arm_stats_t base[MM_MAX_ARMS]; /* the snapshot last read, per arm */
 } store_batch_t;
@@ -103,6 +108,7 @@ typedef struct store_exp_s {
     uint64_t ctl_base; /* ... on this version (what the policy decided on) */
     int reset_pending; /* a local reset not yet written */
     int synced;        /* a snapshot has been read at least once */
+    uint64_t ans_gen;  /* bumped whenever answers_local is dropped (a reset) */
     unsigned holds;    /* routers routing to it (store_hold) */
     /* Dropped by store_retain but not yet freed: held by a router, or a
      * write's reply on its way (store_detached_done). On s->detached. */
@@ -182,6 +188,8 @@ void store_aux_resolved(store_t *s, mm_str_t id, int found, const char *data, si
 void store_free_final(store_t *s);
 /* 1 if any field of d is non-zero. */
 int store_stats_nonzero(const arm_stats_t *d);
+/* a -= b, counter by counter (Redis confirmed b). */
+void store_answers_sub(answer_stats_t *a, const answer_stats_t *b);
 
 /* ---- store_redis.c ---- */
 store_redis_t *store_redis_create(store_t *s, char *err, size_t errlen);

@@ -9,6 +9,9 @@
  *     here, DEL the arm hashes after a local reset, then return the control
  *     hash and every arm hash. Atomic, so the snapshot read back contains
  *     exactly our write; `merged` becomes snapshot + what accumulated since.
+ *     The answer hashes PREFIX:{EXP}:lat:ARM ride along (sparse HINCRBY of
+ *     a copy of answers_local, HGETALL back); the copy is subtracted from
+ *     answers_local once confirmed, so the write in flight stays visible.
  *   - SET PREFIX:req:ID "EXP ARM" PX ttl for remembered request ids (queued,
  *     bounded, at most REQ_PER_ROUND per round);
  *   - SET PREFIX:il:ID DATA PX ttl for per-request data (store_put_aux), in
@@ -79,19 +82,24 @@
 #define AUX_PER_ROUND      10000u
 #define GET_TIMEOUT_MS     1000u /* a GET for feedback answered "not found" after this */
 
-/* KEYS[1] control hash, KEYS[2] seq key, KEYS[3..] arm hashes.
+/* KEYS[1] control hash, KEYS[2] seq key, KEYS[3..2+N] the N arm hashes,
+ * KEYS[3+N..2+2N] their answer hashes PREFIX:{EXP}:lat:ARM.
  * ARGV[1] seq (0: read only), ARGV[2] seq key TTL, ARGV[3] control write mode
  * (0 none, 1 only if Redis has no control yet, 2 always, "3:V" only if the
  * version is still V — a policy's change, see store_propose_control; each
  * write bumps the version),
- * ARGV[4] reset (DEL the arm hashes, reset_epoch + 1), ARGV[5..7] weights,
- * state, canary_step, ARGV[8] restore ('1': 7 more values per arm follow the
- * deltas), then 7 deltas per arm in FIELD order ('0': skip).
+ * ARGV[4] reset (DEL the arm and answer hashes, reset_epoch + 1), ARGV[5..7]
+ * weights, state, canary_step, ARGV[8] restore ('1': 7 more values per arm
+ * follow the deltas), then 7 deltas per arm in FIELD order ('0': skip).
+ * After those: the answer deltas, per arm a count C then C pairs (field,
+ * increment), fields "n" (answers), "e" (errors) and a bucket's decimal
+ * index, only the non-zero ones; with restore, the answer snapshot the same
+ * way after them.
  *
  * Restore: Redis restarted empty (or was flushed) loses every statistic the
  * fleet learned, while each instance still holds the last snapshot it read.
- * The first script that finds neither the control hash nor any arm hash
- * writes that snapshot back and re-seeds the control in the same atomic
+ * The first script that finds neither the control hash nor any arm or answer
+ * hash writes that snapshot back and re-seeds the control in the same atomic
  * step, so that the next instance finds the control and does not restore a
  * second time (and a retry of this very write does not either). Only
  * increments another instance wrote within the last sync interval before the
@@ -99,6 +107,7 @@
 static const char SYNC_SCRIPT[] =
     "local f = {'pulls', 'feedback', 'errors', 'reward_sum', 'reward_sq_sum',\n"
     "           'successes', 'failures'}\n"
+    "local n = (#KEYS - 2) / 2\n"
     "local function add(key, b)\n"
     "  for j = 1, 7 do\n"
     "    local v = ARGV[b + j - 1]\n"
@@ -108,13 +117,22 @@ static const char SYNC_SCRIPT[] =
     "    end\n"
     "  end\n"
     "end\n"
+    "local function addlat(key, p)\n"
+    "  local c = tonumber(ARGV[p])\n"
+    "  for j = 1, c do redis.call('HINCRBY', key, ARGV[p + 2 * j - 1], ARGV[p + 2 * j]) end\n"
+    "  return p + 1 + 2 * c\n"
+    "end\n"
+    "local lat = 9 + 7 * n * (ARGV[8] == '1' and 2 or 1)\n"
     "if ARGV[8] == '1' and redis.call('HEXISTS', KEYS[1], 'version') == 0 then\n"
     "  local gone = true\n"
     "  for i = 3, #KEYS do\n"
     "    if redis.call('EXISTS', KEYS[i]) == 1 then gone = false end\n"
     "  end\n"
     "  if gone then\n"
-    "    for i = 3, #KEYS do add(KEYS[i], 9 + (#KEYS - 2 + i - 3) * 7) end\n"
+    "    for i = 3, 2 + n do add(KEYS[i], 9 + (n + i - 3) * 7) end\n"
+    "    local p = lat\n"
+    "    for i = 1, n do p = p + 1 + 2 * tonumber(ARGV[p]) end\n"
+    "    for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
     "    redis.call('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6],\n"
     "               'canary_step', ARGV[7])\n"
     "    redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
@@ -140,7 +158,9 @@ static const char SYNC_SCRIPT[] =
     "                 'canary_step', ARGV[7])\n"
     "      redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
     "    end\n"
-    "    for i = 3, #KEYS do add(KEYS[i], 9 + (i - 3) * 7) end\n"
+    "    for i = 3, 2 + n do add(KEYS[i], 9 + (i - 3) * 7) end\n"
+    "    local p = lat\n"
+    "    for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
     "    redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])\n"
     "  else\n"
     "    redis.call('EXPIRE', KEYS[2], ARGV[2])\n"
@@ -729,7 +749,8 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     exp_state_t *e = &x->pub;
     if (b->active) return; /* a failed write: resend it unchanged */
     int writes = x->reset_pending || e->control_dirty || x->ctl_init;
-    for (size_t i = 0; i < e->n_arms && !writes; i++) writes = store_stats_nonzero(&e->pending[i]);
+    for (size_t i = 0; i < e->n_arms && !writes; i++)
+        writes = store_stats_nonzero(&e->pending[i]) || e->answers_local[i].answers != 0;
     b->seq = writes ? ++r->seq : 0;
     b->reset = x->reset_pending;
     b->ctl_mode = e->control_dirty ? (x->ctl_cas ? 3 : 2) : x->ctl_init ? 1 : 0;
@@ -741,8 +762,16 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
         memcpy(b->arm_names[i], e->arm_names[i], sizeof(b->arm_names[i]));
         b->deltas[i] = e->pending[i];
         b->base[i] = x->seen[i];
-        if (x->synced && !b->reset && store_stats_nonzero(&x->seen[i])) b->restore = 1;
+        /* answers_local stays as it is until Redis confirms the copy */
+        if (e->answers_local[i].answers != 0)
+            memcpy(&b->ans_deltas[i], &e->answers_local[i], sizeof(b->ans_deltas[i]));
+        else
+            b->ans_deltas[i].answers = 0; /* the rest is not read then */
+        if (x->synced && !b->reset &&
+            (store_stats_nonzero(&x->seen[i]) || e->answers[i].answers != 0))
+            b->restore = 1;
     }
+    b->ans_gen = x->ans_gen;
     memset(e->pending, 0, sizeof(e->pending));
     x->reset_pending = 0;
     e->control_dirty = 0;
@@ -754,71 +783,152 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
 
 static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv);
 
+/* Non-zero fields of one arm's answers, as the script takes them. */
+static size_t lat_fields(const answer_stats_t *a)
+{
+    if (a->answers == 0) return 0;
+    size_t k = 1 + (a->errors != 0);
+    for (unsigned i = 0; i < LATHIST_BUCKETS; i++) k += a->hist[i] != 0;
+    return k;
+}
+
+/* The argument vector of one write: grown as it is built, numbers formatted
+ * into slots of their own (pointers are set once all are written). */
+typedef struct {
+    const char **argv;
+    size_t *lens;
+    char (*nums)[32];
+    int *num_of; /* argument i is nums[num_of[i]] (>= 0), or argv[i] as is */
+    int n, k;
+} args_t;
+
+static void arg_str(args_t *a, const char *p)
+{
+    a->argv[a->n] = p;
+    a->num_of[a->n++] = -1;
+}
+
+static char *arg_num(args_t *a)
+{
+    a->num_of[a->n++] = a->k;
+    return a->nums[a->k++];
+}
+
+static void arg_u64(args_t *a, uint64_t v)
+{
+    fmt_u64(arg_num(a), v);
+}
+
+static void arg_double(args_t *a, double v)
+{
+    fmt_double(arg_num(a), v);
+}
+
+/* Count, then (field, value) pairs: "n", "e", bucket indexes. */
+static void arg_lat(args_t *a, const answer_stats_t *st)
+{
+    arg_u64(a, lat_fields(st));
+    if (st->answers == 0) return;
+    arg_str(a, "n");
+    arg_u64(a, st->answers);
+    if (st->errors != 0) {
+        arg_str(a, "e");
+        arg_u64(a, st->errors);
+    }
+    for (unsigned i = 0; i < LATHIST_BUCKETS; i++)
+        if (st->hist[i] != 0) {
+            arg_u64(a, i);
+            arg_u64(a, st->hist[i]);
+        }
+}
+
+/* The answer snapshot of arm `name` to restore (zero if gone). */
+static const answer_stats_t *seen_answers(const store_exp_t *x, const char *name)
+{
+    static const answer_stats_t none;
+    int i = store_arm_index(&x->pub, name);
+    return i < MM_MAX_ARMS ? &x->pub.answers[i] : &none;
+}
+
 static void send_exp(store_redis_t *r, store_exp_t *x)
 {
-    enum { MAXARGS = 3 + 2 + MM_MAX_ARMS + 8 + 2 * N_FIELDS * MM_MAX_ARMS };
-    const char *argv[MAXARGS];
-    size_t lens[MAXARGS];
-    char keys[MM_MAX_ARMS][STORE_KEY_MAX];
-    char nums[2 + 2 * N_FIELDS * MM_MAX_ARMS + 2][32];
-    int n = 0, k = 0;
     store_batch_t *b = &x->batch;
+    args_t a = {0};
+    char *keys = NULL;
 
     batch_prepare(r, x);
-    char *weights = b->ctl_mode || b->restore ? weights_json(b) : NULL;
-
-#define ARG(p) (argv[n] = (p), lens[n] = strlen(argv[n]), n++)
-    ARG("EVAL");
-    ARG(SYNC_SCRIPT);
-    fmt_u64(nums[k], 2 + b->n_arms);
-    ARG(nums[k++]);
-    ARG(x->ctl_key);
-    ARG(x->seq_key);
+    /* Restore takes the answer snapshot as it is now: it only changes when a
+     * write is confirmed, and this one is not yet (a reset or a reload in
+     * between does change it; the next write then DELs or rereads anyway). */
+    size_t max = 13 + 2 * b->n_arms + 2 * N_FIELDS * b->n_arms;
     for (size_t i = 0; i < b->n_arms; i++) {
-        char mid[MM_NAME_MAX + 8];
-        snprintf(mid, sizeof(mid), "{%s}:arm:", x->pub.name);
-        key_of(keys[i], r, mid, b->arm_names[i]);
-        ARG(keys[i]);
+        max += 1 + 2 * lat_fields(&b->ans_deltas[i]);
+        if (b->restore) max += 1 + 2 * lat_fields(seen_answers(x, b->arm_names[i]));
     }
-    fmt_u64(nums[k], b->seq);
-    ARG(nums[k++]);
-    ARG(SEQ_TTL_S);
-    char mode[32];
+    a.argv = malloc(max * sizeof(*a.argv));
+    a.lens = malloc(max * sizeof(*a.lens));
+    a.nums = malloc(max * sizeof(*a.nums));
+    a.num_of = malloc(max * sizeof(*a.num_of));
+    keys = malloc(2 * MM_MAX_ARMS * STORE_KEY_MAX);
+    char *weights = b->ctl_mode || b->restore ? weights_json(b) : NULL;
+    if (!a.argv || !a.lens || !a.nums || !a.num_of || !keys) {
+        b->failed = 1; /* no memory: tried again next round */
+        goto out;
+    }
+
+    arg_str(&a, "EVAL");
+    arg_str(&a, SYNC_SCRIPT);
+    arg_u64(&a, 2 + 2 * b->n_arms);
+    arg_str(&a, x->ctl_key);
+    arg_str(&a, x->seq_key);
+    for (size_t i = 0; i < 2 * b->n_arms; i++) {
+        char mid[MM_NAME_MAX + 8];
+        snprintf(mid, sizeof(mid), "{%s}:%s:", x->pub.name, i < b->n_arms ? "arm" : "lat");
+        char *key = keys + i * STORE_KEY_MAX;
+        key_of(key, r, mid, b->arm_names[i % b->n_arms]);
+        arg_str(&a, key);
+    }
+    arg_u64(&a, b->seq);
+    arg_str(&a, SEQ_TTL_S);
+    char *mode = arg_num(&a);
     if (b->ctl_mode == 3)
-        snprintf(mode, sizeof(mode), "3:%llu", (unsigned long long)b->ctl_base);
+        snprintf(mode, 32, "3:%llu", (unsigned long long)b->ctl_base);
     else
-        snprintf(mode, sizeof(mode), "%d", b->ctl_mode);
-    ARG(mode);
-    ARG(b->reset ? "1" : "0");
-    ARG(weights ? weights : "{}");
-    ARG(state_name(b->ctl.state));
-    fmt_double(nums[k], b->ctl.canary_step);
-    ARG(nums[k++]);
-    ARG(b->restore ? "1" : "0");
+        snprintf(mode, 32, "%d", b->ctl_mode);
+    arg_str(&a, b->reset ? "1" : "0");
+    arg_str(&a, weights ? weights : "{}");
+    arg_str(&a, state_name(b->ctl.state));
+    arg_double(&a, b->ctl.canary_step);
+    arg_str(&a, b->restore ? "1" : "0");
     for (size_t i = 0; i < (b->restore ? 2 : 1) * b->n_arms; i++) {
         const arm_stats_t *d = i < b->n_arms ? &b->deltas[i] : &b->base[i - b->n_arms];
-        fmt_u64(nums[k], d->pulls);
-        ARG(nums[k++]);
-        fmt_u64(nums[k], d->feedback);
-        ARG(nums[k++]);
-        fmt_u64(nums[k], d->errors);
-        ARG(nums[k++]);
-        fmt_double(nums[k], d->reward_sum);
-        ARG(nums[k++]);
-        fmt_double(nums[k], d->reward_sq_sum);
-        ARG(nums[k++]);
-        fmt_double(nums[k], d->successes);
-        ARG(nums[k++]);
-        fmt_double(nums[k], d->failures);
-        ARG(nums[k++]);
+        arg_u64(&a, d->pulls);
+        arg_u64(&a, d->feedback);
+        arg_u64(&a, d->errors);
+        arg_double(&a, d->reward_sum);
+        arg_double(&a, d->reward_sq_sum);
+        arg_double(&a, d->successes);
+        arg_double(&a, d->failures);
     }
-#undef ARG
+    for (size_t i = 0; i < b->n_arms; i++) arg_lat(&a, &b->ans_deltas[i]);
+    if (b->restore)
+        for (size_t i = 0; i < b->n_arms; i++) arg_lat(&a, seen_answers(x, b->arm_names[i]));
+    for (int i = 0; i < a.n; i++) {
+        if (a.num_of[i] >= 0) a.argv[i] = a.nums[a.num_of[i]];
+        a.lens[i] = strlen(a.argv[i]);
+    }
     b->failed = 0;
-    if (redisAsyncCommandArgv(r->ac, on_exp_reply, x, n, argv, lens) == REDIS_OK)
+    if (redisAsyncCommandArgv(r->ac, on_exp_reply, x, a.n, a.argv, a.lens) == REDIS_OK)
         r->outstanding++;
     else
         b->failed = 1;
+out:
     free(weights);
+    free(keys);
+    free(a.argv);
+    free(a.lens);
+    free(a.nums);
+    free(a.num_of);
 }
 
 typedef struct {
@@ -879,6 +989,29 @@ static void parse_arm(const redisReply *h, arm_stats_t *a)
     }
 }
 
+/* An answer hash: "n", "e" and bucket indexes; anything else is ignored. */
+static void parse_lat(const redisReply *h, answer_stats_t *a)
+{
+    if (h->type != REDIS_REPLY_ARRAY) return;
+    for (size_t i = 0; i + 1 < h->elements; i += 2) {
+        const redisReply *k = h->element[i], *v = h->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING || k->len == 0) continue;
+        uint64_t x = strtoull(v->str, NULL, 10);
+        if (str_is(k, "n")) {
+            a->answers = x;
+        } else if (str_is(k, "e")) {
+            a->errors = x;
+        } else if (k->str[0] >= '0' && k->str[0] <= '9') {
+            char *end;
+            unsigned long idx = strtoul(k->str, &end, 10);
+            if (*end == '\0' && idx < LATHIST_BUCKETS) {
+                a->hist[idx] = x;
+                a->samples += x;
+            }
+        }
+    }
+}
+
 /* Control as Redis has it, onto a copy of ours (fields that do not parse
  * keep our value). Weights name arms; arms not named get 0, and weights that
  * leave every arm of ours at 0 count as no weights. */
@@ -934,10 +1067,21 @@ static void apply_snapshot(store_exp_t *x, const redisReply *reply)
 
     for (size_t i = 0; i < e->n_arms; i++) {
         arm_stats_t snap = {0};
+        answer_stats_t *ans = &e->answers[i];
+        memset(ans, 0, sizeof(*ans));
         for (size_t j = 0; j < b->n_arms; j++)
-            if (strcmp(b->arm_names[j], e->arm_names[i]) == 0)
+            if (strcmp(b->arm_names[j], e->arm_names[i]) == 0) {
                 parse_arm(reply->element[1 + j], &snap);
-        if (x->reset_pending) memset(&snap, 0, sizeof(snap)); /* our reset is not written yet */
+                parse_lat(reply->element[1 + b->n_arms + j], ans);
+                /* Redis has this write's answers now (or a reset dropped
+                 * answers_local since, and them with it). */
+                if (b->ans_gen == x->ans_gen)
+                    store_answers_sub(&e->answers_local[i], &b->ans_deltas[j]);
+            }
+        if (x->reset_pending) { /* our reset is not written yet */
+            memset(&snap, 0, sizeof(snap));
+            memset(ans, 0, sizeof(*ans));
+        }
         x->seen[i] = snap;
         add_stats(&snap, &e->pending[i]);
         e->merged[i] = snap;
@@ -986,7 +1130,7 @@ static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv)
         b->failed = 1;
         r->st.sync_errors++;
     } else if (reply != NULL && reply->type == REDIS_REPLY_ARRAY &&
-               reply->elements == 1 + b->n_arms) {
+               reply->elements == 1 + 2 * b->n_arms) {
         apply_snapshot(x, reply);
         b->active = 0;
     } else {
@@ -998,9 +1142,13 @@ static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv)
                 note(r, "write of experiment %s failed: %s", x->pub.name,
                      reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
             if (b->err_tries >= ERR_TRIES_MAX) {
-                for (size_t i = 0; i < b->n_arms; i++)
-                    x->pub.dropped +=
-                        b->deltas[i].pulls + b->deltas[i].feedback + b->deltas[i].errors;
+                for (size_t i = 0; i < b->n_arms; i++) {
+                    x->pub.dropped += b->deltas[i].pulls + b->deltas[i].feedback +
+                                      b->deltas[i].errors + b->ans_deltas[i].answers;
+                    int a = store_arm_index(&x->pub, b->arm_names[i]);
+                    if (a < MM_MAX_ARMS && b->ans_gen == x->ans_gen)
+                        store_answers_sub(&x->pub.answers_local[a], &b->ans_deltas[i]);
+                }
                 note(r, "dropped a write of experiment %s after %d errors", x->pub.name,
                      ERR_TRIES_MAX);
                 b->active = 0;
@@ -1630,7 +1778,8 @@ static int unflushed(const store_redis_t *r)
         const store_exp_t *x = s->exps[i];
         if (x->batch.active || x->reset_pending || x->pub.control_dirty || x->ctl_init) return 1;
         for (size_t a = 0; a < x->pub.n_arms; a++)
-            if (store_stats_nonzero(&x->pub.pending[a])) return 1;
+            if (store_stats_nonzero(&x->pub.pending[a]) || x->pub.answers_local[a].answers)
+                return 1;
     }
     if (r->rq_len > 0 || r->aq.n > 0) return 1;
     for (const store_msg_t *m = r->msgs; m; m = m->next)

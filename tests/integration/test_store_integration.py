@@ -28,7 +28,10 @@ What is asserted is what a user of several instances relies on:
   8. a canary's control (promoted, rolled back, paused, or a step reached
      by analysis) survives a restart and the start of another instance:
      a starting instance adopts Redis's step and never publishes its own
-     first step over it.
+     first step over it;
+  9. statistics of answers are pooled (PREFIX:{EXP}:lat:ARM): a canary is
+     judged on the traffic of every worker or instance, and the admin view's
+     p50/p99 are the same whichever worker answers.
 
 Redis is spoken to with the small RESP client below (no redis-py). Every
 modelmux must exit 0 on SIGTERM with no sanitizer report in its log.
@@ -1172,6 +1175,99 @@ class StoreIntegration(mmtest.MMTestCase):
         self.assertEqual(view(a, "can2")["policy_state"]["step"], 10.0)
         self.assertEqual(a.log().count("(started)"), 1, a.log())  # can2 only
         self.stop(a)  # before the harness stops Redis: its final flush needs it
+
+    # -- 9
+
+    POOLED_N = 200          # canary requests sent in one interval
+    POOLED_MIN = 150        # min_requests: more than either instance's share
+
+    def pooled_canary(self):
+        """A canary at 100 % at once, analysed every 8 s, passing with 150
+        canary answers: the pool of two instances reaches that with 200
+        requests, neither instance alone does with its share."""
+        return canary_experiment(steps=[100], step_interval_s=8,
+                                 analysis={"min_requests": self.POOLED_MIN,
+                                           "max_error_rate": 0.5})
+
+    def assert_promoted_on_the_pooled_total(self, views):
+        """The canary is promoted, and the analysis that promoted it (held by
+        the instance or worker that concluded: views() returns the views of
+        whichever answer) counted every canary request of the interval."""
+        mmtest.eventually(lambda: self.canary_control()[0] == "promoted", timeout=30,
+                          interval=0.1)
+        found = []
+
+        def passed():
+            for v in views():
+                la = v["policy_state"]["last_analysis"]
+                if la and la["verdict"] == "passed":
+                    found.append(la)
+                    return True
+            return False
+        mmtest.eventually(passed, timeout=10, interval=0.05)
+        la = found[0]
+        timing("test 9: the promoting analysis %r", la)
+        self.assertEqual((la["from"], la["state"]), (100, "promoted"))
+        self.assertEqual(la["canary_requests"], self.POOLED_N)
+        self.assertEqual(la["canary_error_rate"], 0)
+
+    def test_9a_workers_canary_judges_the_pooled_traffic(self):
+        """--workers 2: each worker analyses every worker's answers (the
+        store's pooled answer statistics), so min_requests is reached by the
+        group's traffic, as Flagger judges the whole service."""
+        mm = self.start(self.config(exps=[self.pooled_canary()]), "modelmux-pool-w",
+                        "--workers", 2)
+        mmtest.eventually(lambda: self.canary_control()[:2] == ("running", 100.0), timeout=10,
+                          interval=0.02)
+        time.sleep(1.5)  # both workers' ticks have seen the step: intervals started
+        t0 = time.monotonic()
+        answers = [mmtest.request(mm.port, "GET", "/can/p%d" % i)  # a fresh connection each
+                   for i in range(self.POOLED_N)]
+        timing("test 9a: %d requests in %.2f s", len(answers), time.monotonic() - t0)
+        self.assertEqual({(st, h["x-modelmux-arm"]) for st, h, _ in answers},
+                         {(200, "challenger")})
+        self.assert_promoted_on_the_pooled_total(lambda: [view(mm, "can") for _ in range(4)])
+
+    def test_9b_two_instances_canary_judges_the_pooled_traffic(self):
+        """Two modelmux instances on one Redis, half the traffic each: the
+        canary is judged on both halves together."""
+        a = self.start(self.config(exps=[self.pooled_canary()]), "modelmux-pool-a")
+        mmtest.eventually(lambda: self.canary_control()[:2] == ("running", 100.0), timeout=10,
+                          interval=0.02)
+        b = self.start(self.config(exps=[self.pooled_canary()]), "modelmux-pool-b")
+        mmtest.eventually(lambda: self.canary_view(b)[:2] == ("running", 100.0), timeout=5,
+                          interval=0.02)
+        time.sleep(1.5)  # b has ticked at the step: its interval started
+        half = self.POOLED_N // 2
+        for mm, tag in ((a, "a"), (b, "b")):
+            got = send(mm.port, "/can/x", ["pool-%s-%d" % (tag, i) for i in range(half)])
+            self.assertEqual({(st, arm) for st, arm, _ in got}, {(200, "challenger")})
+        self.assert_promoted_on_the_pooled_total(lambda: [view(a, "can"), view(b, "can")])
+        self.stop(b)
+        self.stop(a)
+
+    def test_9c_admin_latency_is_the_same_on_every_worker(self):
+        """GET /experiments/NAME reports p50/p99 from the pooled answer
+        histogram: whichever worker answers, the figures are the same."""
+        slow = self.cluster.model_server("slow", "--latency-ms", 5, "--jitter-ms", 30)
+        cfg = self.config(exps=[{"name": "ab", "match": {"path_prefix": "/ab"}, "policy": "ab",
+                                 "arms": {"champion": 50, "challenger": 50}}])
+        cfg["upstreams"]["champion"]["url"] = "http://%s:%d" % (HOST, slow.port)
+        cfg["upstreams"]["challenger"]["url"] = "http://%s:%d" % (HOST, slow.port)
+        mm = self.start(cfg, "modelmux-pool-lat", "--workers", 2)
+        answers = [mmtest.request(mm.port, "GET", "/ab/l%d" % i) for i in range(120)]
+        self.assertEqual({st for st, _, _ in answers}, {200})
+
+        def figures():
+            v = view(mm, "ab")
+            return tuple((a["name"], a["p50_ms"], a["p99_ms"]) for a in v["arms"])
+        time.sleep(6 * SYNC_MS / 1000.0)  # every worker has read the other's answers
+        seen = {figures() for _ in range(12)}
+        timing("test 9c: p50/p99 per arm as the workers report them: %r", seen)
+        self.assertEqual(len(seen), 1, seen)
+        for name, p50, p99 in seen.pop():
+            self.assertIsNotNone(p50, name)
+            self.assertTrue(5 <= p50 <= p99 <= 60, (name, p50, p99))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
  * traffic split and sticky monotonicity, describe(), and config errors.
  *
  * The policy is built through config_parse() like in production; the test
- * plays the core: it feeds answers through on_response and calls on_tick with
- * a hand-made clock and control state, so every transition is deterministic. */
+ * plays the core and the store: it counts answers into the view's pooled
+ * answer statistics (alternately into the snapshot and the local part, so
+ * the policy must read both) and calls on_tick with a hand-made clock and
+ * control state, so every transition is deterministic. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -29,6 +31,8 @@ typedef struct {
     void *p;
     exp_control_t ctl;
     arm_stats_t stats[2];
+    answer_stats_t ans[2], local[2]; /* the pooled answers: snapshot, local part */
+    unsigned fed;
     mm_rng_t rng;
     policy_view_t v;
 } fx_t;
@@ -59,6 +63,8 @@ static void fx_init(fx_t *f, const char *params)
     f->v.stats = f->stats;
     f->v.control = &f->ctl;
     f->v.rng = &f->rng;
+    f->v.answers = f->ans;
+    f->v.answers_local = f->local;
 }
 
 static void fx_free(fx_t *f)
@@ -72,16 +78,38 @@ static int tick(fx_t *f, uint64_t now_ms)
     return f->ops->on_tick(f->p, &f->v, &f->ctl);
 }
 
+/* One answer, counted as the store counts it (store_answer), alternately
+ * into the snapshot and the local part of the view. */
+static void answer(fx_t *f, int arm, int status, uint64_t latency_us)
+{
+    answer_stats_t *a = (f->fed++ & 1) ? &f->local[arm] : &f->ans[arm];
+    a->answers++;
+    if (status == 0 || status >= 500) a->errors++;
+    if (status != 0) {
+        a->hist[lathist_index(latency_us)]++;
+        a->samples++;
+    }
+}
+
 /* n answers from arm, of which `errors` are 503, each taking latency_ms. */
 static void feed(fx_t *f, int arm, int n, int errors, double latency_ms)
 {
     for (int i = 0; i < n; i++)
-        f->ops->on_response(f->p, arm, i < errors ? 503 : 200, (uint64_t)(latency_ms * 1000.0), 0);
+        answer(f, arm, i < errors ? 503 : 200, (uint64_t)(latency_ms * 1000.0));
 }
 
 static json_t *describe(fx_t *f)
 {
     return f->ops->describe(f->p, &f->v);
+}
+
+static json_int_t last_canary_requests(fx_t *f)
+{
+    json_t *d = describe(f);
+    json_int_t n =
+        json_integer_value(json_object_get(json_object_get(d, "last_analysis"), "canary_requests"));
+    json_decref(d);
+    return n;
 }
 
 static const char *last_verdict(fx_t *f, char *buf, size_t n)
@@ -286,7 +314,7 @@ static void transport_failures_count_as_errors(void **state)
     fx_init(&f, "\"champion\": \"champion\", \"canary\": \"challenger\", \"step_interval_s\": 1,"
                 "\"analysis\": {\"min_requests\": 10, \"max_error_rate\": 0.1}");
     tick(&f, 0);
-    for (int i = 0; i < 10; i++) f.ops->on_response(f.p, 1, i < 2 ? 0 : 200, 5000, 0);
+    for (int i = 0; i < 10; i++) answer(&f, 1, i < 2 ? 0 : 200, 5000);
     assert_int_equal(tick(&f, 1000), 1);
     assert_int_equal(f.ctl.state, EXP_ROLLED_BACK); /* 20 % > 10 % */
     fx_free(&f);
@@ -418,6 +446,105 @@ static void reset_forgets_the_interval_and_the_history(void **state)
     memset(&f.ctl, 0, sizeof f.ctl);
     assert_int_equal(tick(&f, 20000), 1);
     assert_true(f.ctl.canary_step == 1.0);
+    fx_free(&f);
+}
+
+/* ---- pooled counters (every instance's answers) ---- */
+
+static void the_interval_judges_every_instance_s_answers(void **state)
+{
+    fx_t f;
+    char v[32];
+    (void)state;
+    fx_init(&f, BASE); /* min_requests 10 */
+    tick(&f, 0);
+    /* 4 answers seen here, 8 that other instances counted into the store:
+     * neither share reaches min_requests, the pool does. */
+    feed(&f, 1, 4, 0, 100);
+    f.ans[1].answers += 8;
+    f.ans[1].samples += 8;
+    f.ans[1].hist[lathist_index(100000)] += 8;
+    assert_int_equal(tick(&f, 10000), 1);
+    assert_string_equal(last_verdict(&f, v, sizeof v), "passed");
+    assert_int_equal(last_canary_requests(&f), 12);
+    assert_true(f.ctl.canary_step == 5.0);
+    fx_free(&f);
+}
+
+static void answers_before_the_interval_are_not_judged(void **state)
+{
+    fx_t f;
+    char v[32];
+    (void)state;
+    fx_init(&f, BASE);
+    /* Cumulative counters from before the canary started: all errors, slow. */
+    feed(&f, 1, 500, 500, 900);
+    feed(&f, 0, 300, 0, 50);
+    tick(&f, 0);
+    feed(&f, 1, 20, 1, 100); /* the interval: 5 % errors, p99 100 ms */
+    assert_int_equal(tick(&f, 10000), 1);
+    assert_string_equal(last_verdict(&f, v, sizeof v), "passed");
+    assert_int_equal(last_canary_requests(&f), 20);
+    json_t *d = describe(&f);
+    json_t *la = json_object_get(d, "last_analysis");
+    assert_int_equal(json_integer_value(json_object_get(la, "champion_requests")), 0);
+    assert_true(fabs(json_real_value(json_object_get(la, "canary_error_rate")) - 0.05) < 1e-9);
+    assert_true(fabs(json_real_value(json_object_get(la, "canary_p99_ms")) - 100.0) < 4.0);
+    json_decref(d);
+    fx_free(&f);
+}
+
+static void counters_below_the_snapshot_restart_the_interval(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE);
+    feed(&f, 1, 50, 0, 10);
+    tick(&f, 0); /* snapshot: 50 */
+    /* A reset elsewhere zeroed the store's counters; 12 answers since. */
+    memset(f.ans, 0, sizeof f.ans);
+    memset(f.local, 0, sizeof f.local);
+    feed(&f, 1, 12, 12, 10);
+    size_t before = 0;
+    json_t *d = describe(&f);
+    before = json_array_size(json_object_get(d, "history"));
+    json_decref(d);
+    /* No analysis of a negative interval: it restarts from the new counts. */
+    assert_int_equal(tick(&f, 10000), 0);
+    d = describe(&f);
+    assert_int_equal(json_array_size(json_object_get(d, "history")), before);
+    json_t *iv = json_object_get(d, "interval");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(iv, "canary"), "requests")),
+                     0);
+    json_decref(d);
+    feed(&f, 1, 10, 0, 10);
+    assert_int_equal(tick(&f, 20000), 1); /* a whole interval after the restart */
+    assert_int_equal(last_canary_requests(&f), 10);
+    assert_true(f.ctl.canary_step == 5.0);
+    fx_free(&f);
+}
+
+static void traffic_while_paused_is_not_judged(void **state)
+{
+    fx_t f;
+    char v[32];
+    (void)state;
+    fx_init(&f, BASE);
+    tick(&f, 0);
+    feed(&f, 1, 5, 0, 10);
+    /* Paused (the core does not tick), traffic goes on: all errors. */
+    feed(&f, 1, 40, 40, 10);
+    f.v.run_epoch++; /* resumed */
+    /* The interval restarts at resume: the paused answers are not judged,
+     * nor is the time spent paused. */
+    assert_int_equal(tick(&f, 60000), 0);
+    assert_int_equal(f.ctl.state, EXP_RUNNING);
+    assert_true(f.ctl.canary_step == 1.0);
+    feed(&f, 1, 10, 0, 10);
+    assert_int_equal(tick(&f, 69999), 0);
+    assert_int_equal(tick(&f, 70000), 1);
+    assert_string_equal(last_verdict(&f, v, sizeof v), "passed");
+    assert_int_equal(last_canary_requests(&f), 10);
     fx_free(&f);
 }
 
@@ -701,6 +828,10 @@ int main(void)
         cmocka_unit_test(a_step_moved_elsewhere_restarts_the_interval),
         cmocka_unit_test(on_tick_is_a_function_of_its_inputs),
         cmocka_unit_test(reset_forgets_the_interval_and_the_history),
+        cmocka_unit_test(the_interval_judges_every_instance_s_answers),
+        cmocka_unit_test(answers_before_the_interval_are_not_judged),
+        cmocka_unit_test(counters_below_the_snapshot_restart_the_interval),
+        cmocka_unit_test(traffic_while_paused_is_not_judged),
         cmocka_unit_test(history_is_bounded_and_describes_every_analysis),
         cmocka_unit_test(each_analysis_prints_one_log_line),
         cmocka_unit_test(unkeyed_requests_split_by_the_step),

@@ -226,6 +226,87 @@ static void test_new_arm_list_keeps_stats_by_name(void **state)
     assert_true(e->control.weights[2] == 1); /* other arms: control from the config */
 }
 
+/* ---- pooled answer statistics ---- */
+
+static void test_answers_count_answers_errors_and_latencies(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    store_answer(f->s, e, 1, 200, 10000);
+    store_answer(f->s, e, 1, 200, 10100); /* the same bucket (+-3 %) */
+    store_answer(f->s, e, 1, 404, 50000); /* a 4xx is an answer, not an error */
+    store_answer(f->s, e, 1, 503, 20000);
+    store_answer(f->s, e, 1, 0, 2000000); /* no answer: an error without a latency */
+    store_answer(f->s, e, 7, 200, 1);     /* out of range: ignored */
+    store_answer(f->s, e, -1, 200, 1);
+    const answer_stats_t *a = &e->answers[1];
+    assert_int_equal(a->answers, 5);
+    assert_int_equal(a->errors, 2);
+    assert_int_equal(a->samples, 4);
+    assert_int_equal(a->hist[lathist_index(10000)], 2);
+    assert_int_equal(a->hist[lathist_index(20000)], 1);
+    assert_int_equal(a->hist[lathist_index(2000000)], 0);
+    assert_int_equal(e->answers[0].answers, 0);
+    /* The memory store's counts are the global ones: nothing is local. */
+    assert_int_equal(e->answers_local[1].answers, 0);
+    /* Counted while paused too (the admin latency goes on; a canary skips
+     * what was answered while paused itself). */
+    exp_control_t c = e->control;
+    c.state = EXP_PAUSED;
+    store_set_control(f->s, e, &c);
+    store_answer(f->s, e, 1, 200, 10000);
+    assert_int_equal(e->answers[1].answers, 6);
+}
+
+static void test_run_epoch_counts_returns_to_running(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    uint64_t r0 = e->run_epoch;
+    exp_control_t c = e->control;
+    c.weights[0] = 50; /* running -> running */
+    store_set_control(f->s, e, &c);
+    assert_int_equal(e->run_epoch, r0);
+    c.state = EXP_PAUSED;
+    store_set_control(f->s, e, &c);
+    assert_int_equal(e->run_epoch, r0);
+    c.state = EXP_RUNNING; /* resume */
+    store_set_control(f->s, e, &c);
+    assert_int_equal(e->run_epoch, r0 + 1);
+    c.state = EXP_PROMOTED;
+    store_set_control(f->s, e, &c);
+    store_reset(f->s, e); /* back to the config's running state */
+    assert_int_equal(e->run_epoch, r0 + 2);
+}
+
+static void test_reset_forgets_answers(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    for (int i = 0; i < 10; i++) store_answer(f->s, e, 0, 500, 1000);
+    store_reset(f->s, e);
+    assert_int_equal(e->answers[0].answers, 0);
+    assert_int_equal(e->answers[0].errors, 0);
+    assert_int_equal(e->answers[0].samples, 0);
+    assert_int_equal(e->answers[0].hist[lathist_index(1000)], 0);
+    store_answer(f->s, e, 0, 200, 1000);
+    assert_int_equal(e->answers[0].answers, 1);
+}
+
+static void test_new_arm_list_keeps_answers_by_name(void **state)
+{
+    fixture_t *f = *state;
+    exp_state_t *e = make_exp(f->s, "recs");
+    for (int i = 0; i < 3; i++) store_answer(f->s, e, 1, 200, 5000);
+    const char *const arms3[] = {"champion", "third", "challenger"};
+    exp_control_t c = initial_weights(1, 1);
+    c.weights[2] = 1;
+    assert_ptr_equal(store_experiment(f->s, "recs", arms3, 3, &c, 0), e);
+    assert_int_equal(e->answers[2].answers, 3);
+    assert_int_equal(e->answers[2].hist[lathist_index(5000)], 3);
+    assert_int_equal(e->answers[1].answers, 0);
+}
+
 static void test_invalid_experiments_refused(void **state)
 {
     fixture_t *f = *state;
@@ -688,6 +769,11 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_reload_keeps_state_unless_redefined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_new_arm_list_keeps_stats_by_name, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_answers_count_answers_errors_and_latencies, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_run_epoch_counts_returns_to_running, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reset_forgets_answers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_new_arm_list_keeps_answers_by_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_experiments_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retain_forgets_removed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_new_arm_list_bumps_layout_and_arms_are_found_by_name,

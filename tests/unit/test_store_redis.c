@@ -245,7 +245,7 @@ static int settled(const store_t *s, exp_state_t *e, uint64_t since)
         x->reset_pending)
         return 0;
     for (size_t i = 0; i < e->n_arms; i++)
-        if (store_stats_nonzero(&e->pending[i])) return 0;
+        if (store_stats_nonzero(&e->pending[i]) || e->answers_local[i].answers) return 0;
     return 1;
 }
 
@@ -294,6 +294,34 @@ static long long integer(fx_t *f, const char *fmt, ...)
     long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
     freeReplyObject(r);
     return v;
+}
+
+/* HGET of a field of an arm's answer hash PREFIX:{EXP}:lat:ARM (0 when absent). */
+static long long lat_field(fx_t *f, const char *exp, const char *arm, const char *field)
+{
+    redisReply *r = cmd(f, "HGET %s:{%s}:lat:%s %s", f->prefix, exp, arm, field);
+    long long v = r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : 0;
+    freeReplyObject(r);
+    return v;
+}
+
+static long long lat_bucket(fx_t *f, const char *exp, const char *arm, uint64_t us)
+{
+    char field[16];
+    snprintf(field, sizeof(field), "%u", lathist_index(us));
+    return lat_field(f, exp, arm, field);
+}
+
+/* An arm's answers as a policy sees them (snapshot + local). */
+static uint64_t view_answers(const exp_state_t *e, int arm)
+{
+    return e->answers[arm].answers + e->answers_local[arm].answers;
+}
+
+static uint64_t view_bucket(const exp_state_t *e, int arm, uint64_t us)
+{
+    unsigned k = lathist_index(us);
+    return e->answers[arm].hist[k] + e->answers_local[arm].hist[k];
 }
 
 /* ---- tests ---- */
@@ -747,6 +775,100 @@ static void test_lost_reply_is_retried_without_double_counting(void **state)
     assert_true(st.sync_errors >= 1);
 }
 
+static void test_answers_are_pooled_in_the_lat_hashes(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
+    RUN_UNTIL(f, store_up(a) && store_up(b), 2000);
+    for (int i = 0; i < 30; i++) store_answer(a, ea, 0, 200, 10000);
+    for (int i = 0; i < 5; i++) store_answer(a, ea, 0, 503, 20000);
+    for (int i = 0; i < 2; i++) store_answer(a, ea, 0, 0, 2000000);
+    for (int i = 0; i < 10; i++) store_answer(b, eb, 0, 200, 10000);
+    for (int i = 0; i < 20; i++) store_answer(b, eb, 1, 200, 40000);
+    /* Local at once, before any round: a policy sees its own answers. */
+    assert_int_equal(view_answers(ea, 0), 37);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+    SETTLE(f, a, ea);
+
+    assert_int_equal(lat_field(f, "recs", "champion", "n"), 47);
+    assert_int_equal(lat_field(f, "recs", "champion", "e"), 7);
+    assert_int_equal(lat_bucket(f, "recs", "champion", 10000), 40);
+    assert_int_equal(lat_bucket(f, "recs", "champion", 20000), 5);
+    /* Sparse: n, e and the two buckets in use; no "e" where none failed. */
+    assert_int_equal(integer(f, "HLEN %s:{recs}:lat:champion", f->prefix), 4);
+    assert_int_equal(lat_field(f, "recs", "challenger", "n"), 20);
+    assert_int_equal(integer(f, "HEXISTS %s:{recs}:lat:challenger e", f->prefix), 0);
+    assert_int_equal(integer(f, "HLEN %s:{recs}:lat:challenger", f->prefix), 2);
+    /* Both instances see every answer, all of it confirmed. */
+    for (int k = 0; k < 2; k++) {
+        const exp_state_t *e = k ? eb : ea;
+        assert_int_equal(view_answers(e, 0), 47);
+        assert_int_equal(e->answers[0].errors, 7);
+        assert_int_equal(e->answers[0].samples, 45);
+        assert_int_equal(view_bucket(e, 0, 10000), 40);
+        assert_int_equal(view_answers(e, 1), 20);
+        assert_int_equal(e->answers_local[0].answers, 0);
+        double p99 = lathist_quantile2_us(e->answers[1].hist, e->answers_local[1].hist,
+                                          e->answers[1].samples, 0.99);
+        assert_true(fabs(p99 - 40000) < 40000 * 0.04);
+    }
+}
+
+static void test_reset_deletes_the_lat_hashes_everywhere(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
+    for (int i = 0; i < 8; i++)
+        store_answer(a, ea, 1, 500, 3000), store_answer(b, eb, 1, 200, 3000);
+    RUN_UNTIL(f, view_answers(ea, 1) == 16 && view_answers(eb, 1) == 16, 2000);
+    assert_int_equal(view_answers(eb, 1), 16);
+
+    store_reset(b, eb);
+    assert_int_equal(view_answers(eb, 1), 0);
+    RUN_UNTIL(f, store_resets(ea) == 1 && view_answers(ea, 1) == 0, 2000);
+    assert_int_equal(view_answers(ea, 1), 0);
+    SETTLE(f, b, eb);
+    assert_int_equal(integer(f, "EXISTS %s:{recs}:lat:challenger", f->prefix), 0);
+
+    /* Counting starts again from zero everywhere. */
+    store_answer(a, ea, 1, 200, 3000), store_answer(b, eb, 1, 503, 3000);
+    RUN_UNTIL(f, view_answers(ea, 1) == 2 && view_answers(eb, 1) == 2, 2000);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+    assert_int_equal(lat_field(f, "recs", "challenger", "n"), 2);
+    assert_int_equal(lat_field(f, "recs", "challenger", "e"), 1);
+    assert_int_equal(ea->answers[1].errors, 1);
+}
+
+static void test_lost_reply_counts_answers_once(void **state)
+{
+    fx_t *f = *state;
+    store_t *s = f->st[0] = mk_store(f, f->port, 20);
+    exp_state_t *e = mk_exp(s, "recs");
+    RUN_UNTIL(f, store_exp_of(e)->synced, 2000);
+    for (int i = 0; i < 100; i++) store_answer(s, e, 1, 200, 7000);
+    store_redis_debug_lose_replies(s, 1);
+    RUN_UNTIL(f, store_exp_of(e)->batch.failed, 2000);
+    assert_true(store_exp_of(e)->batch.failed);
+    /* The write in doubt is still part of the view, never counted twice. */
+    assert_int_equal(view_answers(e, 1), 100);
+    for (int i = 0; i < 10; i++) store_answer(s, e, 1, 503, 7000); /* during the retry */
+    assert_int_equal(view_answers(e, 1), 110);
+    SETTLE(f, s, e);
+    assert_int_equal(lat_field(f, "recs", "challenger", "n"), 110);
+    assert_int_equal(lat_field(f, "recs", "challenger", "e"), 10);
+    assert_int_equal(lat_bucket(f, "recs", "challenger", 7000), 110);
+    assert_int_equal(view_answers(e, 1), 110);
+    assert_int_equal(e->answers[1].answers, 110);
+    assert_int_equal(e->answers_local[1].answers, 0);
+    assert_int_equal(view_bucket(e, 1, 7000), 110);
+}
+
 static void test_shutdown_flushes_what_is_pending(void **state)
 {
     fx_t *f = *state;
@@ -937,6 +1059,7 @@ static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
     exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
     for (int i = 0; i < 40; i++) store_pull(a, ea, 0), store_pull(b, eb, 1);
     for (int i = 0; i < 10; i++) store_reward(a, ea, 0, 0.5, 1), store_reward(b, eb, 1, 1, 1);
+    for (int i = 0; i < 12; i++) store_answer(a, ea, 0, 200, 9000), store_answer(b, eb, 1, 0, 9000);
     exp_control_t c = weights(30, 70);
     store_set_control(a, ea, &c);
     RUN_UNTIL(f, ea->merged[1].pulls == 40 && eb->merged[0].pulls == 40 && eb->control.version == 2,
@@ -947,6 +1070,7 @@ static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
     redis_kill(p, SIGKILL);
     RUN_UNTIL(f, !store_up(a) && !store_up(b), 3000);
     for (int i = 0; i < 5; i++) store_pull(a, ea, 0), store_pull(b, eb, 0);
+    for (int i = 0; i < 3; i++) store_answer(a, ea, 0, 200, 9000);
     assert_int_equal(redis_start(p), 0); /* same port, empty */
     RUN_UNTIL(f, store_up(a) && store_up(b), 6000);
     SETTLE(f, a, ea);
@@ -964,8 +1088,15 @@ static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
     char buf[64];
     assert_true(ctl_field(f, "recs", "weights", buf, sizeof(buf)));
     assert_string_equal(buf, "{\"champion\":30,\"challenger\":70}");
+    /* The answer hashes too: the snapshot back once, the new answers on top. */
+    assert_int_equal(lat_field(f, "recs", "champion", "n"), 15);
+    assert_int_equal(lat_bucket(f, "recs", "champion", 9000), 15);
+    assert_int_equal(lat_field(f, "recs", "challenger", "n"), 12);
+    assert_int_equal(lat_field(f, "recs", "challenger", "e"), 12);
     for (int k = 0; k < 2; k++) {
         exp_state_t *e = k ? eb : ea;
+        assert_int_equal(view_answers(e, 0), 15);
+        assert_int_equal(view_answers(e, 1), 12);
         assert_int_equal(e->merged[0].pulls, 50);
         assert_int_equal(e->merged[1].pulls, 40);
         assert_true(e->merged[1].successes == 10);
@@ -1305,6 +1436,10 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_lost_reply_is_retried_without_double_counting, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_answers_are_pooled_in_the_lat_hashes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reset_deletes_the_lat_hashes_everywhere, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_lost_reply_counts_answers_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_flushes_what_is_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_control_known_only_once_redis_was_read, setup,
                                         teardown),
