@@ -79,13 +79,11 @@ static void answer(fanout_t *f)
     r->merged = merged;
     if (merged) {
         f->exp->metrics->has_merged = 1; /* the "interleave" series exist from now on */
-        for (int i = 0; i < f->n; i++) {
-            /* Every arm contributed: an impression for each. The client's
-             * latency goes to "interleave"; each ranker's own answer time
-             * is its latency in the admin view. */
+        /* Every arm contributed: an impression for each. The client's
+         * latency goes to "interleave"; each ranker's own answer time was
+         * recorded as its answer (store_answer) when it came. */
+        for (int i = 0; i < f->n; i++)
             if (i != arm) store_pull(srv->store, f->exp->state, router_sarm(f->exp, i));
-            metrics_copy_latency(router_marm(f->exp, i), f->legs[i].latency_us);
-        }
     }
     if (aux.len) /* the attribution a later click is credited by */
         store_put_aux(srv->store, (mm_str_t){r->id, r->id_len}, aux.p, aux.len, ce->feedback_ttl_s);

@@ -94,15 +94,6 @@ void metrics_latency(metrics_arm_t *a, uint64_t latency_us)
     int i = 0;
     while (i < MM_LAT_BUCKETS && s > mm_lat_bounds[i]) i++;
     a->lat_buckets[i]++;
-    a->lat_hist[lathist_index(latency_us)]++;
-    a->hist_count++;
     a->lat_sum_s += s;
     a->lat_count++;
-}
-
-void metrics_forget_quantiles(metrics_arm_t *a)
-{
-    memset(a->lat_hist, 0, sizeof(a->lat_hist));
-    memset(a->copy_hist, 0, sizeof(a->copy_hist));
-    a->hist_count = a->copy_count = 0;
 }

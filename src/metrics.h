@@ -11,7 +11,6 @@
 
 #include "buf.h"
 #include "common.h"
-#include "lathist.h"
 
 /* Upper bounds (seconds) of modelmux_request_duration_seconds buckets:
  * 1 ms to 10 s, the range model servers answer in. */
@@ -23,21 +22,10 @@ enum { SHADOW_MATCH = 0, SHADOW_MISMATCH, SHADOW_ERROR, SHADOW_DROPPED, SHADOW__
 typedef struct {
     uint64_t by_status[600];                  /* requests by status code; 0 = no answer */
     uint64_t lat_buckets[MM_LAT_BUCKETS + 1]; /* last: +Inf */
-    /* The same latencies at +-3 % (src/lathist.h), for the admin view's
-     * p50/p99: the Prometheus buckets above are too coarse to read a
-     * quantile from (a 50 ms model would show 75 ms). */
-    uint64_t lat_hist[LATHIST_BUCKETS];
-    uint64_t hist_count; /* in lat_hist: lat_count less what a reset forgot */
     double lat_sum_s;
     uint64_t lat_count;
     uint64_t fallbacks; /* requests chosen for this arm that the champion served */
     uint64_t shadow[SHADOW__COUNT];
-    /* Latencies of this arm's answers to copies of requests (shadow mirrors,
-     * the rankers' answers an interleave merged), the same way: the admin
-     * view's p50/p99 read them with lat_hist, since such an arm serves few
-     * or no requests of its own. */
-    uint64_t copy_hist[LATHIST_BUCKETS];
-    uint64_t copy_count;
     uint64_t feedback;
     double reward_sum;
 } metrics_arm_t;
@@ -81,16 +69,5 @@ static inline void metrics_status(uint64_t *by_status, int status)
     by_status[(status >= 100 && status < 600) ? status : 0]++;
 }
 void metrics_latency(metrics_arm_t *a, uint64_t latency_us);
-/* The latency of an answer to a copy (a mirror, an interleave leg); not a
- * request's: no Prometheus bucket. */
-static inline void metrics_copy_latency(metrics_arm_t *a, uint64_t latency_us)
-{
-    a->copy_hist[lathist_index(latency_us)]++;
-    a->copy_count++;
-}
-/* The experiment was reset: the admin view's p50/p99 start over with the
- * statistics (lat_hist, copy_hist). The Prometheus buckets and counters are
- * kept, since counters never go down. */
-void metrics_forget_quantiles(metrics_arm_t *a);
 
 #endif

@@ -222,12 +222,6 @@ void metrics_arm_shares(const exp_rt_t *e, const json_t *desc, double *share)
     for (size_t i = 0; i < n; i++) share[i] = 1.0 / (double)n;
 }
 
-double metrics_quantile_ms(const metrics_arm_t *a, double q)
-{
-    double us = lathist_quantile2_us(a->lat_hist, a->copy_hist, a->hist_count + a->copy_count, q);
-    return us < 0 ? -1.0 : us / 1000.0;
-}
-
 /* ---- the exposition ---- */
 
 typedef struct {

@@ -36,13 +36,6 @@ void metrics_put_float(mm_buf_t *b, double v);
  *      equal shares before the first request. */
 void metrics_arm_shares(const exp_rt_t *e, const json_t *desc, double *share);
 
-/* The q-quantile (0 < q <= 1, nearest rank) of an arm's latencies in
- * milliseconds, from its log-linear histograms (within about 3 % of the true
- * sample): of the requests it answered and of its answers to copies (shadow
- * mirrors, interleave legs). Returns a negative number when there are no
- * samples. */
-double metrics_quantile_ms(const metrics_arm_t *a, double q);
-
 /* The policy's description of e (a new reference, or NULL), computed with a
  * private RNG. */
 json_t *metrics_describe(const exp_rt_t *e);

@@ -77,8 +77,6 @@ void router_on_reset(exp_rt_t *e)
 {
     e->resets_seen = store_resets(e->state);
     if (e->cfg->ops->reset) e->cfg->ops->reset(e->cfg->policy);
-    for (size_t i = 0; i < e->cfg->n_arms; i++) metrics_forget_quantiles(router_marm(e, (int)i));
-    metrics_forget_quantiles(&e->metrics->merged);
 }
 
 void router_ref(router_t *r)

@@ -192,8 +192,6 @@ static void on_mirror_done(leg_t *l)
     mirror_t *m = l->owner;
     shadow_group_t *g = m->g;
     m->outcome = l->status == 0 ? SHADOW_ERROR : SHADOW_MATCH; /* refined by the comparison */
-    /* Like a request's latency, only of an answer (not of a timeout). */
-    if (l->status != 0) metrics_copy_latency(router_marm(g->exp, m->arm), l->latency_us);
     g->exp->mirror_inflight[m->arm]--;
     if (--g->pending == 0) group_complete(g);
 }
