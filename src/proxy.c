@@ -61,7 +61,7 @@ static int on_message_begin(llhttp_t *p)
 {
     conn_t *c = pconn(p);
     http_head_reset(&c->head);
-    c->method_done = c->headers_done = c->msg_done = 0;
+    c->method_done = c->url_done = c->headers_done = c->msg_done = 0;
     if (c->phase == C_IDLE) {
         c->phase = C_HEAD;
         /* header_timeout_ms runs from the first byte to the end of the head */
@@ -73,6 +73,12 @@ static int on_message_begin(llhttp_t *p)
 static int on_method_complete(llhttp_t *p)
 {
     pconn(p)->method_done = 1;
+    return 0;
+}
+
+static int on_url_complete(llhttp_t *p)
+{
+    pconn(p)->url_done = 1;
     return 0;
 }
 
@@ -159,6 +165,7 @@ void proxy_init_parser_settings(void)
     req_settings.on_message_begin = on_message_begin;
     req_settings.on_method_complete = on_method_complete;
     req_settings.on_url = on_url;
+    req_settings.on_url_complete = on_url_complete;
     req_settings.on_header_field = on_header_field;
     req_settings.on_header_value = on_header_value;
     req_settings.on_headers_complete = on_headers_complete;
@@ -516,6 +523,13 @@ static void send_error(conn_t *c, int status, const char *code, const char *msg)
         snprintf(r->method, sizeof(r->method), "%s",
                  c->method_done ? llhttp_method_name(c->parser.method) : "-");
         r->method_len = strlen(r->method);
+        /* The log names the target once the request line had it, as nginx
+         * does (a 408 or 431 still says what was asked for); else none.
+         * Never the previous request's on this connection. */
+        mm_buf_reset(&r->url);
+        const http_head_t *h = &c->head;
+        if (c->url_done && (size_t)h->url_off + h->url_len <= c->rlen)
+            mm_buf_append(&r->url, c->rbuf + h->url_off, h->url_len);
         /* (the flag may be left from the previous request on the connection) */
         r->head_request = c->headers_done && c->parser.method == HTTP_HEAD;
         r->router = c->srv->router;
@@ -1158,7 +1172,7 @@ static void req_finish(conn_t *c)
         return;
     }
     c->phase = C_IDLE;
-    c->method_done = c->msg_done = c->headers_done = 0;
+    c->method_done = c->url_done = c->msg_done = c->headers_done = 0;
     conn_deadline(c, server_config(srv)->limits.idle_timeout_ms);
     if (!c->peer_eof) start_reading(c);
     if (c->rpos < c->rlen) conn_process(c); /* a pipelined request is waiting */

@@ -619,13 +619,15 @@ class RequestHeads(ClassCluster):
 
     # -- the request log of refused heads
 
-    def test_refused_head_logs_its_method_once_the_request_line_was_read(self):
-        # docs: a request refused before its head was read whole has path "",
-        # and method "-" only when its method was not read either
-        for data, method in ((b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-                              b"Transfer-Encoding: chunked\r\n\r\n", "POST"),
-                             (b"GET /echo HTTP/1.1\r\nHost: x\r\nX-\x01: a\r\n\r\n", "GET"),
-                             (b"G\x01T /echo HTTP/1.1\r\nHost: x\r\n\r\n", "-")):
+    def test_refused_head_logs_its_method_and_target_once_the_request_line_was_read(self):
+        # docs: a request refused before its head was read whole logs the
+        # target once its request line had it (else path ""), and method "-"
+        # only when its method was not read either
+        for data, method, path in (
+                (b"POST /echo?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n", "POST", "/echo?a=1"),
+                (b"GET /echo HTTP/1.1\r\nHost: x\r\nX-\x01: a\r\n\r\n", "GET", "/echo"),
+                (b"G\x01T /echo HTTP/1.1\r\nHost: x\r\n\r\n", "-", "")):
             with self.subTest(method=method):
                 c = self.raw(self.port)
                 c.send(data)
@@ -633,7 +635,19 @@ class RequestHeads(ClassCluster):
                 c.close()
                 self.assertJsonError(r, 400, "bad_request")
                 line = self.logged(r.headers["x-request-id"])
-                self.assertEqual((line["method"], line["path"], line["status"]), (method, "", 400))
+                self.assertEqual((line["method"], line["path"], line["status"]), (method, path, 400))
+
+    def test_refused_head_never_logs_the_previous_requests_target(self):
+        c = self.raw(self.port)
+        c.send(b"GET /echo/first HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(c.response().status, 200)
+        c.send(b"POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n")
+        r = c.response()
+        c.close()
+        self.assertJsonError(r, 400, "bad_request")
+        line = self.logged(r.headers["x-request-id"])
+        self.assertEqual((line["method"], line["path"]), ("POST", "/second"))
 
     # -- obs-fold (RFC 9112 §5.2)
 
