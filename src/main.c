@@ -150,6 +150,8 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
  * with the memory store), points every worker's store at it, and stops it by
  * PID when the workers are gone. */
 static pid_t private_redis_pid;
+static int private_redis_port;
+static time_t private_redis_started;
 
 static int free_loopback_port(void)
 {
@@ -177,16 +179,22 @@ static int port_accepts(int port)
     return ok;
 }
 
-static int start_private_redis(cfg_store_t *out)
+/* Run redis-server on 127.0.0.1:port and wait (up to 5 s) until it accepts;
+ * its pid, or -1. */
+static pid_t spawn_redis(int port)
 {
-    int port = free_loopback_port();
-    if (port <= 0) return -1;
     char portstr[16];
     snprintf(portstr, sizeof(portstr), "%d", port);
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive modelmux */
+        /* A restart comes from the workers' parent, which runs with the
+         * lifecycle signals blocked: exec keeps the mask, and a redis-server
+         * deaf to SIGTERM would never stop. */
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
         int null = open("/dev/null", O_RDWR);
         if (null >= 0) {
             dup2(null, STDIN_FILENO);
@@ -198,16 +206,7 @@ static int start_private_redis(cfg_store_t *out)
         _exit(127);
     }
     for (int i = 0; i < 100; i++) { /* up to 5 s */
-        if (port_accepts(port)) {
-            private_redis_pid = pid;
-            memset(out, 0, sizeof(*out));
-            out->type = STORE_REDIS;
-            snprintf(out->host, sizeof(out->host), "127.0.0.1");
-            out->port = port;
-            snprintf(out->prefix, sizeof(out->prefix), "modelmux");
-            out->sync_ms = 20; /* one machine: keep the workers tightly in step */
-            return 0;
-        }
+        if (port_accepts(port)) return pid;
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) return -1;
         usleep(50000);
@@ -215,6 +214,54 @@ static int start_private_redis(cfg_store_t *out)
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     return -1;
+}
+
+static int start_private_redis(cfg_store_t *out)
+{
+    int port = free_loopback_port();
+    if (port <= 0) return -1;
+    pid_t pid = spawn_redis(port);
+    if (pid < 0) return -1;
+    private_redis_pid = pid;
+    private_redis_port = port;
+    private_redis_started = time(NULL);
+    memset(out, 0, sizeof(*out));
+    out->type = STORE_REDIS;
+    snprintf(out->host, sizeof(out->host), "127.0.0.1");
+    out->port = port;
+    snprintf(out->prefix, sizeof(out->prefix), "modelmux");
+    out->sync_ms = 20; /* one machine: keep the workers tightly in step */
+    return 0;
+}
+
+/* The private redis-server died (reaped by the workers' parent). Start a new
+ * one on the same port, as a worker is replaced: the workers reconnect on
+ * their own, and the first to write finds it empty and restores the last
+ * snapshot it read (store_redis.c), so the group keeps what it learned but
+ * the last sync interval. One that dies within a second of its start is not
+ * restarted again (a crash loop: the port taken, a broken install). */
+static void private_redis_died(int status)
+{
+    int quick = time(NULL) - private_redis_started < 1;
+    private_redis_pid = 0;
+    mm_log("private redis-server on 127.0.0.1:%d %s %d", private_redis_port,
+           WIFSIGNALED(status) ? "killed by signal" : "exited with status",
+           WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+    if (quick) {
+        mm_log("private redis-server died within a second of its start: not restarted; the "
+               "workers route on their last state until modelmux is restarted");
+        return;
+    }
+    pid_t pid = spawn_redis(private_redis_port);
+    if (pid < 0) {
+        mm_log("private redis-server: cannot restart it on 127.0.0.1:%d; the workers route on "
+               "their last state until modelmux is restarted",
+               private_redis_port);
+        return;
+    }
+    private_redis_pid = pid;
+    private_redis_started = time(NULL);
+    mm_log("private redis-server restarted on 127.0.0.1:%d (pid %d)", private_redis_port, (int)pid);
 }
 
 static void stop_private_redis(void)
@@ -402,6 +449,13 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
         if (pid < 0 && errno == ECHILD) break;
         if (pid <= 0) {
             sigsuspend(&waitmask); /* until a signal or a child's exit */
+            continue;
+        }
+        if (pid == private_redis_pid) {
+            if (stopping)
+                private_redis_pid = 0; /* the group is stopping: not restarted */
+            else
+                private_redis_died(st);
             continue;
         }
         int slot = -1;

@@ -848,6 +848,49 @@ class StoreIntegration(mmtest.MMTestCase):
                           timeout=5)
 
 
+    def test_7g_a_dead_private_redis_is_restarted_and_refilled(self):
+        """The private redis-server behind --workers on the memory store is
+        started again on its port when it dies, as a crashed worker is; the
+        workers reconnect and the first to write restores what it learned,
+        so the statistics count every request, before and after."""
+        port, admin = two_ports()
+        cfg = mmtest.base_config(port, {"champion": self.champion.port,
+                                        "challenger": self.challenger.port},
+                                 experiments(("recs",)), admin_port=admin)
+        mm = self.cluster.modelmux(cfg, "--workers", 2, name="memory-redis-dies")
+        private = mmtest.eventually(lambda: re.search(
+            r"private redis-server on 127\.0\.0\.1:(\d+) \(pid (\d+)\)", mm.log()), timeout=5)
+        redis_port, redis_pid = int(private.group(1)), int(private.group(2))
+        answers = [mmtest.request(port, "GET", "/recs/a%d" % i) for i in range(100)]
+        self.assertEqual([st for st, _, _ in answers], [200] * 100)
+        total = lambda: sum(v[0] for v in arm_figures(view(mm, "recs")).values())
+        mmtest.eventually(lambda: all(total() == 100 for _ in range(10)), timeout=5, interval=0.02)
+        time.sleep(1.1)  # one that dies within a second of its start is not restarted
+        os.kill(redis_pid, signal.SIGKILL)
+        restarted = mmtest.eventually(lambda: re.search(
+            r"private redis-server restarted on 127\.0\.0\.1:%d \(pid (\d+)\)" % redis_port,
+            mm.log()), timeout=10)
+        new_pid = int(restarted.group(1))
+        self.assertNotEqual(new_pid, redis_pid)
+        # routing never stopped; afterwards every worker counts all 150
+        answers = [mmtest.request(port, "GET", "/recs/b%d" % i) for i in range(50)]
+        self.assertEqual([st for st, _, _ in answers], [200] * 50)
+        mmtest.eventually(lambda: all(total() == 150 for _ in range(10)), timeout=10,
+                          interval=0.05)
+        mmtest.eventually(lambda: all(readyz(mm)[1]["store"] == "up" for _ in range(6)), timeout=10)
+        r = Redis(redis_port)
+        try:
+            pulls = sum(int(r.hgetall("modelmux:{recs}:arm:" + a).get("pulls", 0))
+                        for a in ("champion", "challenger"))
+        finally:
+            r.close()
+        self.assertEqual(pulls, 150)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+        mmtest.eventually(lambda: not os.path.exists("/proc/%d" % new_pid) or
+                          open("/proc/%d/stat" % new_pid).read().split(")")[1].split()[0] == "Z",
+                          timeout=5)
+
     def test_7c_workers_reload_together_and_own_their_ports(self):
         """POST /reload, answered by one worker, reloads every worker (as
         SIGHUP to the parent does); a second group cannot start on the ports
