@@ -36,6 +36,8 @@ static const char CONFIG[] =
     "  {\"name\": \"v6\", \"match\": {\"path_prefix\": \"/v6/\", \"host\": \"[::1]\"},\n"
     "   \"policy\": \"ab\", \"arms\": {\"champion\": 1}},\n"
     "  {\"name\": \"port\", \"match\": {\"path_prefix\": \"/p/\", \"host\": \"p.example:8080\"},\n"
+    "   \"policy\": \"ab\", \"arms\": {\"champion\": 1}},\n"
+    "  {\"name\": \"norm\", \"match\": {\"path_prefix\": \"/n//%78/./y\"},\n"
     "   \"policy\": \"ab\", \"arms\": {\"champion\": 1}}\n"
     " ]}\n";
 
@@ -153,6 +155,15 @@ static void test_header_conditions_are_exact_and_all_required(void **state)
     assert_string_equal(match(f, "/v1/rank", "h", list), "rank");
 }
 
+/* Was: a prefix written unnormalised ("/n//%78/./y") could never match the
+ * normalised path a request is matched on. */
+static void test_a_path_prefix_is_normalised_like_the_request_path(void **state)
+{
+    fx_t *f = *state;
+    const char *none[] = {NULL};
+    assert_string_equal(match(f, "/n/x/y/z", "h", none), "norm");
+}
+
 static policy_req_t view(fx_t *f, const char *exp, const char *url, const char *const *kv)
 {
     headers(f, kv);
@@ -252,6 +263,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_header_conditions_are_exact_and_all_required, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_path_prefix_is_normalised_like_the_request_path,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_sticky_key_from_header_cookie_and_query_is_hashed_with_the_salt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sticky_requests_keep_their_arm, setup, teardown),
