@@ -7,8 +7,8 @@
  *                V_i = var_i + sqrt(2 ln n / n_i)
  * where n_i is arm i's feedback count, n the sum over arms, mean_i and var_i
  * the empirical mean and (biased, 1/n_i) variance of its rewards. Any arm with
- * n_i = 0 goes first, drawn uniformly among such arms; exact ties are broken
- * uniformly too.
+ * n_i = 0 goes first (one never routed to before one that was, else drawn
+ * uniformly among such arms); exact ties are broken uniformly too.
  *
  * Why feedback counts and not pulls: rewards arrive asynchronously, and the
  * bound is about how many rewards the mean rests on. Counting pulls would
@@ -62,12 +62,20 @@ static double ucb_bonus(const ucb1_t *u, const arm_stats_t *s, uint64_t n)
 }
 
 /* The arms UCB1 would play next, in top[]; returns how many (>= 1 when
- * n >= 1): the untried ones, else those with the largest bound (exact ties). */
+ * n >= 1): the untried ones, else those with the largest bound (exact ties).
+ * Among untried arms, those never routed to come first: UCB1 plays every
+ * arm once before anything else, and while the first rewards are still on
+ * their way a uniform draw sent the first K requests to fewer than K arms
+ * (3 arms: D, B, D). Beyond that, pulls do not matter (the bound is about
+ * rewards): once every untried arm has had a request, they share evenly. */
 static size_t ucb_top(const ucb1_t *u, const arm_stats_t *stats, size_t n, int *top)
 {
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        if (stats[i].feedback == 0) top[k++] = (int)i;
+        if (stats[i].feedback == 0 && stats[i].pulls == 0) top[k++] = (int)i;
+    if (k == 0)
+        for (size_t i = 0; i < n; i++)
+            if (stats[i].feedback == 0) top[k++] = (int)i;
     if (k > 0) return k;
     uint64_t total = total_feedback(stats, n);
     double best = -INFINITY;

@@ -28,6 +28,7 @@
 #include <strings.h>
 
 #include "config.h"
+#include "http.h"
 #include "jsonpos.h"
 
 #define PTR_MAX         1024        /* JSON pointers we build */
@@ -914,6 +915,9 @@ static int parse_match(cx_t *cx, const json_t *exp, const char *base, cfg_experi
         return type_error(cx, vp, json_object_get(m, "path_prefix"),
                           "a path starting with '/' (no spaces or control characters)");
     if ((e->path_prefix = dup_or_oom(cx, prefix, vp)) == NULL) return -1;
+    /* Requests are matched on their normalised path (router.c): the prefix
+     * is normalised the same way, so "/v1//%72ank" still means /v1/rank. */
+    e->path_prefix[http_normalize_path(e->path_prefix, strlen(e->path_prefix))] = '\0';
 
     if (get_string(cx, m, p, "host", NULL, &host) < 0) return -1;
     if (host != NULL) {

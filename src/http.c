@@ -425,14 +425,43 @@ int http_cookie_get(mm_str_t cookie, const char *name, mm_str_t *out)
                 out->p++;
                 out->n -= 2;
             }
-            return out->n > 0;
+            /* An empty value ("uid=" or uid="") is no key: the next
+             * occurrence may have one, as for a header or a query. */
+            if (out->n > 0) return 1;
         }
         i = j + 1;
     }
     return 0;
 }
 
-int http_query_get(mm_str_t url, const char *name, mm_str_t *out)
+static int hex_val(unsigned char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* application/x-www-form-urlencoded decoding of s into out (at least s.n
+ * bytes): "%XX" is the byte XX, '+' a space; a '%' not followed by two hex
+ * digits stays as it is. Returns the decoded length. */
+static size_t form_decode(mm_str_t s, char *out)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < s.n; i++) {
+        int hi, lo;
+        if (s.p[i] == '%' && i + 2 < s.n && (hi = hex_val((unsigned char)s.p[i + 1])) >= 0 &&
+            (lo = hex_val((unsigned char)s.p[i + 2])) >= 0) {
+            out[w++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[w++] = s.p[i] == '+' ? ' ' : s.p[i];
+        }
+    }
+    return w;
+}
+
+int http_query_get(mm_str_t url, const char *name, char *buf, size_t cap, mm_str_t *out)
 {
     const char *q = memchr(url.p, '?', url.n);
     if (q == NULL) return 0;
@@ -441,14 +470,97 @@ int http_query_get(mm_str_t url, const char *name, mm_str_t *out)
     while (p < end) {
         const char *amp = memchr(p, '&', (size_t)(end - p));
         if (amp == NULL) amp = end;
-        if ((size_t)(amp - p) > nlen && p[nlen] == '=' && memcmp(p, name, nlen) == 0) {
-            out->p = p + nlen + 1;
-            out->n = (size_t)(amp - out->p);
-            return out->n > 0;
+        const char *eq = memchr(p, '=', (size_t)(amp - p));
+        /* Names and values are compared and hashed decoded, as every web
+         * framework reads them: "?u%69d=a%20b", "?uid=a+b" and "?uid=a b"
+         * are one user (and the same as "X-User-Id: a b"). A parameter
+         * without '=' or with an empty value is no key; the first one with
+         * a value wins, as for a repeated header. */
+        if (eq != NULL && eq + 1 < amp) {
+            mm_str_t rn = {p, (size_t)(eq - p)}, rv = {eq + 1, (size_t)(amp - eq - 1)};
+            char nb[3 * 128];
+            int same = 0;
+            if (rn.n <= sizeof(nb)) {
+                size_t dn = form_decode(rn, nb);
+                same = dn == nlen && memcmp(nb, name, nlen) == 0;
+            }
+            if (same) {
+                if (rv.n > cap) {
+                    *out = rv; /* too long to decode here: hashed as sent */
+                } else {
+                    out->p = buf;
+                    out->n = form_decode(rv, buf);
+                }
+                return 1;
+            }
         }
         p = amp + 1;
     }
     return 0;
+}
+
+/* RFC 3986 §2.3 unreserved characters: their percent-encoding means the
+ * character itself. */
+static int unreserved(int c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
+}
+
+size_t http_normalize_path(char *p, size_t n)
+{
+    if (n == 0 || p[0] != '/') return n; /* not a path: nothing to do */
+    /* 1. Percent-decode unreserved characters ("%72" is 'r', "%2e" is '.'),
+     *    and write the hex digits of the other escapes in uppercase
+     *    (RFC 3986 §6.2.2.1-2). "%2F" stays encoded: it is data, not a
+     *    separator (Envoy's default; a model server that decodes it into a
+     *    '/' before resolving "..", would be broken on its own). */
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++) {
+        int hi, lo;
+        if (p[i] == '%' && i + 2 < n && (hi = hex_val((unsigned char)p[i + 1])) >= 0 &&
+            (lo = hex_val((unsigned char)p[i + 2])) >= 0) {
+            int c = hi * 16 + lo;
+            if (unreserved(c)) {
+                p[w++] = (char)c;
+            } else {
+                static const char hex[] = "0123456789ABCDEF";
+                p[w++] = '%';
+                p[w++] = hex[hi];
+                p[w++] = hex[lo];
+            }
+            i += 2;
+        } else {
+            p[w++] = p[i];
+        }
+    }
+    n = w;
+    /* 2. Merge runs of '/' (nginx's merge_slashes) and remove "." and ".."
+     *    segments (RFC 3986 §5.2.4; ".." at the root stays at the root).
+     *    In place: the output never overtakes the input. */
+    size_t i = 0;
+    w = 0;
+    while (i < n) {
+        size_t j = i;
+        while (j < n && p[j] == '/') j++;
+        size_t k = j;
+        while (k < n && p[k] != '/') k++;
+        size_t len = k - j;
+        if (len == 1 && p[j] == '.') {
+            if (k == n) p[w++] = '/';
+        } else if (len == 2 && p[j] == '.' && p[j + 1] == '.') {
+            while (w > 0 && p[w - 1] != '/') w--;
+            if (w > 0) w--;
+            if (k == n) p[w++] = '/';
+        } else {
+            p[w++] = '/';
+            memmove(p + w, p + j, len);
+            w += len;
+        }
+        i = k;
+    }
+    if (w == 0) p[w++] = '/';
+    return w;
 }
 
 mm_str_t http_url_path(mm_str_t url)

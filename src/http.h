@@ -152,10 +152,19 @@ int http_valid_request_id(mm_str_t id);
 void http_new_request_id(mm_rng_t *rng, char out[33]);
 
 /* Sticky-key sources. Return 1 and set *out if found. */
+/* Cookie: the first non-empty value of cookie `name` (case-sensitive, as
+ * cookie names are), surrounding double quotes removed; not decoded. */
 int http_cookie_get(mm_str_t cookie_header, const char *name, mm_str_t *out);
-int http_query_get(mm_str_t url, const char *name, mm_str_t *out);
+/* Query: the first non-empty value of parameter `name`, names and values
+ * form-decoded ("%XX", '+' as a space). The decoded value is written to buf
+ * (cap bytes); a value longer than cap is returned as sent. */
+int http_query_get(mm_str_t url, const char *name, char *buf, size_t cap, mm_str_t *out);
 /* The path of a request target (up to '?'). */
 mm_str_t http_url_path(mm_str_t url);
+/* Normalise the path p[0..n) (starting with '/') in place, as nginx and
+ * Envoy do before matching: unreserved characters percent-decoded, runs of
+ * '/' merged, "." and ".." segments removed. Returns the new length (<= n). */
+size_t http_normalize_path(char *p, size_t n);
 
 const char *http_reason(int status);
 

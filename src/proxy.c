@@ -683,6 +683,16 @@ static void on_request_head(conn_t *c)
     mm_buf_reset(&r->url);
     if (form == HT_ABSOLUTE && (target.n == 0 || target.p[0] == '?')) mm_buf_lit(&r->url, "/");
     mm_buf_str(&r->url, target);
+    if ((form == HT_ORIGIN || form == HT_ABSOLUTE) && !r->url.oom) {
+        /* Routing decides on the normalised path, and the model server gets
+         * that same path (as Envoy's normalize_path + merge_slashes): a
+         * "/v1/rank/../../admin" or "/v1/%72ank" cannot be matched as one
+         * path and served as another. The query string is left as sent. */
+        mm_str_t raw = http_url_path((mm_str_t){r->url.p, r->url.len});
+        size_t pn = http_normalize_path(r->url.p, raw.n);
+        memmove(r->url.p + pn, r->url.p + raw.n, r->url.len - raw.n);
+        r->url.len -= raw.n - pn;
+    }
     mm_buf_reset(&r->fwd_lines);
     r->req_chunked = (c->parser.flags & F_CHUNKED) != 0;
     uint64_t clen = (c->parser.flags & F_CONTENT_LENGTH) ? c->parser.content_length : 0;

@@ -95,22 +95,36 @@ void router_unref(router_t *r)
     free(r);
 }
 
+/* Split a host[:port] into the name (without one trailing dot: "a.b." is
+ * the fully qualified "a.b", as nginx takes it) and the port ("" if none).
+ * An IPv6 literal keeps its brackets; its colons are not a port. */
+static void host_split(mm_str_t h, mm_str_t *name, mm_str_t *port)
+{
+    const char *colon = NULL;
+    if (h.n && h.p[0] == '[') {
+        const char *rb = memchr(h.p, ']', h.n);
+        if (rb && rb + 1 < h.p + h.n && rb[1] == ':') colon = rb + 1;
+    } else {
+        colon = memchr(h.p, ':', h.n);
+    }
+    *name = h;
+    *port = (mm_str_t){h.p + h.n, 0};
+    if (colon) {
+        name->n = (size_t)(colon - h.p);
+        *port = (mm_str_t){colon + 1, h.n - name->n - 1};
+    }
+    if (name->n > 1 && name->p[name->n - 1] == '.') name->n--;
+}
+
 static int host_matches(mm_str_t host, const char *want)
 {
-    /* Compare without the port unless the rule names one. */
-    if (strchr(want, ':') == NULL) {
-        const char *colon = memchr(host.p, ':', host.n);
-        if (colon && host.n && host.p[0] != '[') host.n = (size_t)(colon - host.p);
-    }
-    size_t n = strlen(want);
-    if (host.n != n) return 0;
-    for (size_t i = 0; i < n; i++) {
-        char a = host.p[i], b = want[i];
-        if (a >= 'A' && a <= 'Z') a = (char)(a + 32);
-        if (b >= 'A' && b <= 'Z') b = (char)(b + 32);
-        if (a != b) return 0;
-    }
-    return 1;
+    /* Names compare case-insensitively; the port only when the rule names
+     * one (as nginx's server_name, which never looks at the port). */
+    mm_str_t hn, hp, wn, wp;
+    host_split(host, &hn, &hp);
+    host_split((mm_str_t){want, strlen(want)}, &wn, &wp);
+    if (hn.n != wn.n || strncasecmp(hn.p, wn.p, wn.n) != 0) return 0;
+    return wp.n == 0 || (hp.n == wp.n && memcmp(hp.p, wp.p, wp.n) == 0);
 }
 
 static int header_matches(const http_head_t *head, const char *base, const cfg_header_match_t *m)
@@ -152,6 +166,7 @@ void router_request_view(const exp_rt_t *e, mm_str_t method, mm_str_t url, const
     out->has_key = 0;
     out->key_hash = 0;
     mm_str_t key = {NULL, 0};
+    char qbuf[1024]; /* a query key, decoded */
     int found = 0;
     switch (c->sticky_kind) {
     case STICKY_NONE:
@@ -173,7 +188,7 @@ void router_request_view(const exp_rt_t *e, mm_str_t method, mm_str_t url, const
                 found = http_cookie_get(http_hvalue(head, base, i), c->sticky_name, &key);
         break;
     case STICKY_QUERY:
-        found = http_query_get(url, c->sticky_name, &key);
+        found = http_query_get(url, c->sticky_name, qbuf, sizeof(qbuf), &key);
         break;
     }
     if (found) {

@@ -605,6 +605,33 @@ static void test_ucb1_untried_first_and_ties(void **state)
     unmake(&in);
 }
 
+/* Was: a uniform draw among the arms without feedback, so the first three
+ * requests of a fresh 3-arm experiment (rewards not back yet) could go to
+ * two arms, one twice. UCB1 plays every arm once first. */
+static void test_ucb1_tries_every_arm_before_repeating_one(void **state)
+{
+    (void)state;
+    inst_t in = make("{\"name\": \"ucb\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": "
+                     "\"ucb1\", \"arms\": [\"champion\", \"challenger\", \"third\"]}");
+    for (uint64_t seed = 1; seed <= 50; seed++) {
+        view_t w;
+        view_init(&w, 3, seed);
+        int seen[3] = {0, 0, 0};
+        for (int r = 0; r < 3; r++) {
+            policy_choice_t c;
+            memset(&c, 0, sizeof c);
+            in.ops->choose(in.p, &w.v, NULL, &c);
+            assert_in_range(c.primary, 0, 2);
+            seen[c.primary]++;
+            w.stats[c.primary].pulls++; /* routed, no reward yet */
+        }
+        assert_int_equal(seen[0], 1);
+        assert_int_equal(seen[1], 1);
+        assert_int_equal(seen[2], 1);
+    }
+    unmake(&in);
+}
+
 /* ---- paused: choose() goes on over the frozen statistics ---- */
 
 static void test_paused_bandits_keep_choosing(void **state)
@@ -743,6 +770,7 @@ int main(void)
         cmocka_unit_test(test_ucb1_hand_computed),
         cmocka_unit_test(test_ucb1_tuned_hand_computed),
         cmocka_unit_test(test_ucb1_untried_first_and_ties),
+        cmocka_unit_test(test_ucb1_tries_every_arm_before_repeating_one),
         cmocka_unit_test(test_paused_bandits_keep_choosing),
         cmocka_unit_test(test_config_errors),
         cmocka_unit_test(test_example_configs_parse),

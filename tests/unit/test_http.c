@@ -444,12 +444,92 @@ static void test_cookie_and_query_sticky_keys(void **state)
     assert_memory_equal(v.p, "quoted", 6);
     assert_false(http_cookie_get(S("xuid=1; uidx=2"), "uid", &v));
     assert_false(http_cookie_get(S("uid="), "uid", &v));
-    assert_true(http_query_get(S("/v1/rank?x=1&user=bob&y"), "user", &v));
+    char qb[64];
+    assert_true(http_query_get(S("/v1/rank?x=1&user=bob&y"), "user", qb, sizeof qb, &v));
     assert_memory_equal(v.p, "bob", 3);
-    assert_false(http_query_get(S("/v1/rank?username=bob"), "user", &v));
-    assert_false(http_query_get(S("/v1/rank"), "user", &v));
+    assert_false(http_query_get(S("/v1/rank?username=bob"), "user", qb, sizeof qb, &v));
+    assert_false(http_query_get(S("/v1/rank"), "user", qb, sizeof qb, &v));
     mm_str_t p = http_url_path(S("/v1/rank?user=bob"));
     assert_int_equal(p.n, 8);
+}
+
+/* Was: "uid=" ended the search, and a later "uid=u-7" in the same header
+ * was never seen. */
+static void test_an_empty_cookie_does_not_hide_a_later_one(void **state)
+{
+    (void)state;
+    mm_str_t v;
+    assert_true(http_cookie_get(S("uid=; a=1; uid=u-7"), "uid", &v));
+    assert_int_equal(v.n, 3);
+    assert_memory_equal(v.p, "u-7", 3);
+    assert_true(http_cookie_get(S("uid=\"\";uid=u-8"), "uid", &v));
+    assert_memory_equal(v.p, "u-8", 3);
+    assert_true(http_cookie_get(S("uid=first; uid=second"), "uid", &v)); /* first wins */
+    assert_int_equal(v.n, 5);
+    assert_false(http_cookie_get(S("UID=x"), "uid", &v)); /* names are case-sensitive */
+}
+
+static int qget(const char *url, const char *name, const char *want)
+{
+    char qb[64];
+    mm_str_t v;
+    if (!http_query_get((mm_str_t){url, strlen(url)}, name, qb, sizeof qb, &v)) return want == NULL;
+    return want != NULL && v.n == strlen(want) && memcmp(v.p, want, v.n) == 0;
+}
+
+/* Was: names and values were compared and hashed raw, so "?uid=a%20b" and
+ * "?uid=a+b" were two users, "?u%69d=1" no key at all, and "?uid=&uid=5"
+ * stopped at the empty value. */
+static void test_query_keys_are_form_decoded(void **state)
+{
+    (void)state;
+    assert_true(qget("/r?uid=a%20b", "uid", "a b"));
+    assert_true(qget("/r?uid=a+b", "uid", "a b"));
+    assert_true(qget("/r?x=1&u%69d=al%40x.com", "uid", "al@x.com"));
+    assert_true(qget("/r?uid=%zz", "uid", "%zz")); /* not an escape: as sent */
+    assert_true(qget("/r?uid=&uid=5", "uid", "5"));
+    assert_true(qget("/r?uid=1&uid=2", "uid", "1"));
+    assert_true(qget("/r?uid", "uid", NULL));
+    assert_true(qget("/r?uid=", "uid", NULL));
+    assert_true(qget("/r?uidx=1&xuid=2", "uid", NULL));
+    /* a value longer than the buffer is returned as sent */
+    char long_url[200] = "/r?uid=";
+    memset(long_url + 7, 'a', 100);
+    char qb[16];
+    mm_str_t v;
+    assert_true(http_query_get((mm_str_t){long_url, strlen(long_url)}, "uid", qb, sizeof qb, &v));
+    assert_int_equal(v.n, 100);
+}
+
+static int norm(const char *in, const char *want)
+{
+    char b[256];
+    size_t n = strlen(in);
+    memcpy(b, in, n);
+    n = http_normalize_path(b, n);
+    if (n == strlen(want) && memcmp(b, want, n) == 0) return 1;
+    print_error("normalize(%s) = %.*s, want %s\n", in, (int)n, b, want);
+    return 0;
+}
+
+static void test_paths_are_normalised_like_nginx_and_envoy(void **state)
+{
+    (void)state;
+    assert_true(norm("/v1/rank", "/v1/rank"));
+    assert_true(norm("/v1/%72ank", "/v1/rank"));
+    assert_true(norm("/v1//rank", "/v1/rank"));
+    assert_true(norm("//v1///rank//", "/v1/rank/"));
+    assert_true(norm("/v1/./rank", "/v1/rank"));
+    assert_true(norm("/v1/rank/../../admin", "/admin"));
+    assert_true(norm("/v1/%2e%2E/admin", "/admin"));
+    assert_true(norm("/../v1/rank", "/v1/rank"));
+    assert_true(norm("/a/..", "/"));
+    assert_true(norm("/a/.", "/a/"));
+    assert_true(norm("/", "/"));
+    assert_true(norm("/a/..b/.c", "/a/..b/.c"));
+    assert_true(norm("/a%2fb/%2F..", "/a%2Fb/%2F.."));
+    assert_true(norm("/a%zz%4", "/a%zz%4"));
+    assert_true(norm("*", "*"));
 }
 
 static void test_trim(void **state)
@@ -545,6 +625,9 @@ int main(void)
         cmocka_unit_test(test_request_ids_are_validated),
         cmocka_unit_test(test_generated_request_ids_are_32_lowercase_hex_and_seeded),
         cmocka_unit_test(test_cookie_and_query_sticky_keys),
+        cmocka_unit_test(test_an_empty_cookie_does_not_hide_a_later_one),
+        cmocka_unit_test(test_query_keys_are_form_decoded),
+        cmocka_unit_test(test_paths_are_normalised_like_nginx_and_envoy),
         cmocka_unit_test(test_trim),
         cmocka_unit_test(test_host_values_are_uri_host_and_port),
         cmocka_unit_test(test_json_escaping_is_always_valid_utf8_json),

@@ -32,6 +32,12 @@ static const char CONFIG[] =
     "   \"policy\": \"ab\", \"arms\": {\"champion\": 90, \"challenger\": 10},\n"
     "   \"sticky\": {\"query\": \"user\"}},\n"
     "  {\"name\": \"other\", \"match\": {\"path_prefix\": \"/v2/\"},\n"
+    "   \"policy\": \"ab\", \"arms\": {\"champion\": 1}},\n"
+    "  {\"name\": \"v6\", \"match\": {\"path_prefix\": \"/v6/\", \"host\": \"[::1]\"},\n"
+    "   \"policy\": \"ab\", \"arms\": {\"champion\": 1}},\n"
+    "  {\"name\": \"port\", \"match\": {\"path_prefix\": \"/p/\", \"host\": \"p.example:8080\"},\n"
+    "   \"policy\": \"ab\", \"arms\": {\"champion\": 1}},\n"
+    "  {\"name\": \"norm\", \"match\": {\"path_prefix\": \"/n//%78/./y\"},\n"
     "   \"policy\": \"ab\", \"arms\": {\"champion\": 1}}\n"
     " ]}\n";
 
@@ -114,6 +120,48 @@ static void test_first_matching_experiment_wins(void **state)
     assert_null(match(f, "/v1/ran", "h", none));
     assert_null(match(f, "/", "h", none));
     assert_null(match(f, "/x/v1/rank", "h", none));
+}
+
+/* Was: "[::1]:8080" kept its port (the colons of an IPv6 literal hid it)
+ * and the fully qualified "api.example." was another host. */
+static void test_host_matching_ignores_port_case_and_a_trailing_dot(void **state)
+{
+    fx_t *f = *state;
+    const char *none[] = {NULL};
+    assert_string_equal(match(f, "/v1/rank", "API.example.:8080", none), "api");
+    assert_string_equal(match(f, "/v1/rank", "api.example.", none), "api");
+    assert_string_equal(match(f, "/v1/rank", "api.example..", none), "rank");
+    assert_string_equal(match(f, "/v1/rank", "api.examplex", none), "rank");
+    assert_string_equal(match(f, "/v6/x", "[::1]:8080", none), "v6");
+    assert_string_equal(match(f, "/v6/x", "[::1]", none), "v6");
+    assert_null(match(f, "/v6/x", "[::2]:8080", none));
+    /* a rule with a port wants that port */
+    assert_string_equal(match(f, "/p/x", "P.example:8080", none), "port");
+    assert_null(match(f, "/p/x", "p.example:8081", none));
+    assert_null(match(f, "/p/x", "p.example", none));
+}
+
+/* Header conditions: names case-insensitive, values exact (case-sensitive,
+ * as Envoy's exact_match), every condition required, and any one line of a
+ * repeated header may satisfy a condition. */
+static void test_header_conditions_are_exact_and_all_required(void **state)
+{
+    fx_t *f = *state;
+    const char *lower[] = {"X-MARKET", "kr", NULL};
+    const char *rep[] = {"X-Market", "US", "x-market", " KR ", NULL};
+    const char *list[] = {"X-Market", "US, KR", NULL};
+    assert_string_equal(match(f, "/v1/rank", "h", lower), "rank");
+    assert_string_equal(match(f, "/v1/rank", "h", rep), "kr");
+    assert_string_equal(match(f, "/v1/rank", "h", list), "rank");
+}
+
+/* Was: a prefix written unnormalised ("/n//%78/./y") could never match the
+ * normalised path a request is matched on. */
+static void test_a_path_prefix_is_normalised_like_the_request_path(void **state)
+{
+    fx_t *f = *state;
+    const char *none[] = {NULL};
+    assert_string_equal(match(f, "/n/x/y/z", "h", none), "norm");
 }
 
 static policy_req_t view(fx_t *f, const char *exp, const char *url, const char *const *kv)
@@ -211,6 +259,12 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_first_matching_experiment_wins, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_host_matching_ignores_port_case_and_a_trailing_dot,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_header_conditions_are_exact_and_all_required, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_path_prefix_is_normalised_like_the_request_path,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_sticky_key_from_header_cookie_and_query_is_hashed_with_the_salt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sticky_requests_keep_their_arm, setup, teardown),
