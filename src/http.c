@@ -507,9 +507,21 @@ static int unreserved(int c)
            c == '.' || c == '_' || c == '~';
 }
 
+/* Most paths need nothing done: no escape, no empty, "." or ".." segment
+ * (every such segment starts as "//" or "/."). One cheap pass for those. */
+static int path_is_normal(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '%') return 0;
+        if (p[i] == '/' && i + 1 < n && (p[i + 1] == '/' || p[i + 1] == '.')) return 0;
+    }
+    return 1;
+}
+
 size_t http_normalize_path(char *p, size_t n)
 {
     if (n == 0 || p[0] != '/') return n; /* not a path: nothing to do */
+    if (path_is_normal(p, n)) return n;
     /* 1. Percent-decode unreserved characters ("%72" is 'r', "%2e" is '.'),
      *    and write the hex digits of the other escapes in uppercase
      *    (RFC 3986 §6.2.2.1-2). "%2F" stays encoded: it is data, not a
