@@ -72,6 +72,13 @@ typedef struct {
     double tau2;                /* mixture variance; 0: automatic */
     ab_run_t run[MM_MAX_ARMS];  /* index 0 (the champion) unused */
     uint64_t seen[MM_MAX_ARMS]; /* feedback counts at the last update */
+    /* The sample-ratio check counts pulls from the moment the shares they
+     * were routed by took effect: pulls made under other weights (before a
+     * PUT weights, a promote, a rollback) would be a mismatch by design. */
+    int srm_init;
+    double srm_share[MM_MAX_ARMS];  /* the effective shares counted under */
+    uint64_t srm_base[MM_MAX_ARMS]; /* pulls when they took effect */
+    uint64_t srm_since_version;     /* control version then; 0: from the start */
 } ab_t;
 
 static void run_clear(ab_t *ab)
@@ -308,12 +315,38 @@ static void compare_arm(const ab_t *ab, const policy_view_t *v, const double *w,
     abstats_compare(&a, &b, &o, out);
 }
 
+/* Start counting pulls for the sample-ratio check anew when the effective
+ * shares changed (or the statistics were reset). The configured weights hold
+ * from the start, so they count every pull; weights found already changed
+ * (an instance started after a PUT) count from now, their history unknown.
+ * Each instance notices a change at its next tick or view, and pulls made
+ * before it noticed are left out, never counted under the wrong shares. */
+static void srm_track(ab_t *ab, const policy_view_t *v, size_t n, const double *w, int from_config)
+{
+    double share[MM_MAX_ARMS], sum = 0.0;
+    for (size_t i = 0; i < n; i++) sum += w[i] > 0.0 && isfinite(w[i]) ? w[i] : 0.0;
+    for (size_t i = 0; i < n; i++)
+        share[i] = sum > 0.0 && w[i] > 0.0 && isfinite(w[i]) ? w[i] / sum : 0.0;
+    int changed = !ab->srm_init;
+    for (size_t i = 0; i < n; i++)
+        if (share[i] != ab->srm_share[i] || v->stats[i].pulls < ab->srm_base[i]) changed = 1;
+    if (!changed) return;
+    int from_start = !ab->srm_init && from_config;
+    ab->srm_init = 1;
+    for (size_t i = 0; i < n; i++) {
+        ab->srm_share[i] = share[i];
+        ab->srm_base[i] = from_start ? 0 : v->stats[i].pulls;
+    }
+    ab->srm_since_version = from_start || v->control == NULL ? 0 : v->control->version;
+}
+
 /* Fold the current statistics into the running state of every sequential
  * test; fills cmp[i] for i >= 1 when cmp is not NULL. */
 static void update_running(ab_t *ab, const policy_view_t *v, size_t n, abstats_cmp_t *cmp)
 {
     const char *source;
     const double *w = effective_weights(ab, v->control, n, &source);
+    srm_track(ab, v, n, w, strcmp(source, "config") == 0);
 
     for (size_t i = 0; i < n; i++) {
         if (v->stats[i].feedback < ab->seen[i]) {
@@ -461,10 +494,12 @@ static json_t *comparison_json(const ab_t *ab, const policy_view_t *v, size_t n,
     return o;
 }
 
-static json_t *srm_json(const policy_view_t *v, const double *w, size_t n)
+static json_t *srm_json(const ab_t *ab, const policy_view_t *v, const double *w, size_t n)
 {
     double obs[MM_MAX_ARMS], chi2, df, p;
-    for (size_t i = 0; i < n; i++) obs[i] = (double)v->stats[i].pulls;
+    for (size_t i = 0; i < n; i++)
+        obs[i] = (double)(v->stats[i].pulls >= ab->srm_base[i] ? v->stats[i].pulls - ab->srm_base[i]
+                                                               : 0);
     json_t *o = json_object();
     if (abstats_srm(obs, w, n, &chi2, &df, &p) < 0) {
         json_object_set_new(o, "chi2", json_null());
@@ -478,6 +513,8 @@ static json_t *srm_json(const policy_view_t *v, const double *w, size_t n)
         json_object_set_new(o, "srm", json_boolean(p < AB_SRM_P));
     }
     json_object_set_new(o, "threshold", json_real(AB_SRM_P));
+    json_object_set_new(o, "since_control_version",
+                        json_integer((json_int_t)ab->srm_since_version));
     return o;
 }
 
@@ -521,7 +558,7 @@ static json_t *ab_describe(void *p, const policy_view_t *v)
     for (size_t i = 1; i < n; i++)
         json_array_append_new(cmps, comparison_json(ab, v, n, i, &cmp[i]));
     json_object_set_new(o, "comparisons", cmps);
-    json_object_set_new(o, "srm", srm_json(v, w, n));
+    json_object_set_new(o, "srm", srm_json(ab, v, w, n));
     return o;
 }
 

@@ -411,6 +411,47 @@ static void test_srm_flags_broken_split(void **state)
     teardown_fixture(&f);
 }
 
+/* After the operator changes the weights, the check counts the pulls made
+ * under the new shares only: the old split is no mismatch. */
+static void test_srm_counts_from_a_weights_change(void **state)
+{
+    (void)state;
+    fixture_t f;
+    assert_int_equal(setup_text(&f, EXP("\"arms\": {\"champion\": 90, \"challenger\": 10}}")), 0);
+    f.stats[0].pulls = 9000;
+    f.stats[1].pulls = 1000;
+    f.ctl.version = 1;
+    json_t *st = f.ops->describe(f.p, &f.v);
+    const json_t *srm = json_object_get(st, "srm");
+    assert_false(json_is_true(json_object_get(srm, "srm")));
+    assert_int_equal(json_integer_value(json_object_get(srm, "since_control_version")), 0);
+    json_decref(st);
+    /* PUT weights 80/20 at version 2, then 8000 / 2000 more pulls. */
+    f.ctl.has_weights = 1;
+    f.ctl.weights[0] = 80;
+    f.ctl.weights[1] = 20;
+    f.ctl.version = 2;
+    assert_int_equal(f.ops->on_tick(f.p, &f.v, &f.ctl), 0);
+    f.stats[0].pulls += 8000;
+    f.stats[1].pulls += 2000;
+    st = f.ops->describe(f.p, &f.v);
+    srm = json_object_get(st, "srm");
+    /* All 20000 pulls against 80/20 would be chi2 = 625, p ~ 1e-137. */
+    assert_true(fabs(json_number_value(json_object_get(srm, "chi2"))) < 1e-9);
+    assert_false(json_is_true(json_object_get(srm, "srm")));
+    assert_int_equal(json_integer_value(json_object_get(srm, "since_control_version")), 2);
+    json_decref(st);
+    /* A reset (pulls below the baseline) counts from there again. */
+    f.stats[0].pulls = 10;
+    f.stats[1].pulls = 0;
+    st = f.ops->describe(f.p, &f.v);
+    srm = json_object_get(st, "srm");
+    assert_true(json_is_null(json_object_get(srm, "chi2")) ||
+                fabs(json_number_value(json_object_get(srm, "chi2"))) < 1e-9);
+    json_decref(st);
+    teardown_fixture(&f);
+}
+
 static void test_three_arms_bonferroni(void **state)
 {
     (void)state;
@@ -577,6 +618,7 @@ int main(void)
         cmocka_unit_test(test_verdict_and_running_minimum),
         cmocka_unit_test(test_continuous_rewards_use_welch),
         cmocka_unit_test(test_srm_flags_broken_split),
+        cmocka_unit_test(test_srm_counts_from_a_weights_change),
         cmocka_unit_test(test_three_arms_bonferroni),
         cmocka_unit_test(test_aa_through_policy),
         cmocka_unit_test(test_config_errors_with_position),
