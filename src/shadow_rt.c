@@ -127,6 +127,7 @@ static size_t buf_keep(mm_buf_t *b)
 static void group_release(shadow_group_t *g)
 {
     shadow_cache_t *cache = &g->srv->shadows;
+    cache->active--;
     router_unref(g->router);
     g->router = NULL;
     size_t kept =
@@ -157,6 +158,7 @@ void shadow_prepare(conn_t *c)
         return;
     }
     g->srv = c->srv;
+    g->srv->shadows.active++;
     g->router = r->router;
     router_ref(g->router);
     g->exp = r->exp;
@@ -376,5 +378,10 @@ static void group_complete(shadow_group_t *g)
     }
     for (int i = 0; i < g->n; i++) router_marm(g->exp, g->m[i].arm)->shadow[g->m[i].outcome]++;
     write_log(g);
+    mm_server_t *srv = g->srv;
     group_release(g);
+    /* Stopping waits for mirrors in flight (each bounded by its timeout_ms,
+     * all by drain_timeout_ms): their outcomes and log lines are part of
+     * the requests it lets finish. */
+    server_maybe_drained(srv);
 }

@@ -12,7 +12,9 @@ log's `shadow` entry (DESIGN.md §7) and checked against the admin view and
      chunked bodies, and the secondary's noise;
   2. a primary that fails or times out leaves nothing to compare: its
      mirrors are `error` in the log, the metrics and the view alike (they
-     were counted `mismatch` by the core and not at all by the view).
+     were counted `mismatch` by the core and not at all by the view);
+  3. stopping (SIGTERM) lets mirrors in flight finish or time out, and logs
+     their requests (their lines used to be lost).
 """
 import http.server
 import json
@@ -203,6 +205,22 @@ class ShadowSemantics(mmtest.MMTestCase):
         self.assertEqual(mm.wait(15), 0)
         self.assertEqual([s["outcome"] for line in log_lines(self.log) for s in line["shadow"]],
                          ["error"] * 3)
+
+    def test_stopping_waits_for_mirrors_in_flight_and_logs_their_requests(self):
+        ups = {"primary": self.upstream(lambda p: {"body": '{"a":1}'}),
+               "cand": self.upstream(lambda p: {"hang": 5} if p == "/hang" else
+                                     {"body": '{"a":1}', "delay": 0.5})}
+        mm = self.start(ups, {"timeout_ms": 1000})
+        t0 = time.time()
+        for path in ("/slow", "/hang"):
+            self.assertEqual(mmtest.request(mm.port, "POST", path, body="{}")[0], 200)
+        self.assertLess(time.time() - t0, 0.4)  # the primary never waits for a mirror
+        mmtest.eventually(lambda: ups["cand"].seen >= 2)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(15), 0)
+        self.assertLess(time.time() - t0, 5)  # bounded by the mirrors' timeout_ms
+        got = {line["path"]: [s["outcome"] for s in line["shadow"]] for line in log_lines(self.log)}
+        self.assertEqual(got, {"/slow": ["match"], "/hang": ["error"]})
 
 
 if __name__ == "__main__":
