@@ -14,7 +14,10 @@ log's `shadow` entry (DESIGN.md §7) and checked against the admin view and
      mirrors are `error` in the log, the metrics and the view alike (they
      were counted `mismatch` by the core and not at all by the view);
   3. stopping (SIGTERM) lets mirrors in flight finish or time out, and logs
-     their requests (their lines used to be lost).
+     their requests (their lines used to be lost);
+  4. mirrors not sent (max_inflight, max_body_bytes) are `dropped` in the
+     admin view too (it used to leave them out: a shadow that compared
+     nothing under load gave no reason).
 """
 import http.server
 import json
@@ -221,6 +224,37 @@ class ShadowSemantics(mmtest.MMTestCase):
         self.assertLess(time.time() - t0, 5)  # bounded by the mirrors' timeout_ms
         got = {line["path"]: [s["outcome"] for s in line["shadow"]] for line in log_lines(self.log)}
         self.assertEqual(got, {"/slow": ["match"], "/hang": ["error"]})
+
+    def test_dropped_mirrors_are_in_the_view_as_in_the_metrics_and_the_log(self):
+        ups = {"primary": self.upstream(lambda p: {"body": '{"a":1}'}),
+               "cand": self.upstream(lambda p: {"body": '{"a":1}', "delay": 1.2})}
+        mm = self.start(ups, {"max_inflight": 2, "max_body_bytes": 10, "timeout_ms": 3000})
+        # Bodies of 0 and 10 bytes are mirrored, larger ones are not.
+        for n in (0, 10, 11, 5000):
+            self.assertEqual(mmtest.request(mm.port, "POST", "/b", body="x" * n)[0], 200)
+        # Two mirrors are still in flight (1.2 s): all six of these are dropped.
+        threads = [threading.Thread(target=mmtest.request, args=(mm.port, "POST", "/c"),
+                                    kwargs={"body": "{}"}) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        got = mmtest.eventually(lambda: (lambda o: o if o.get(("cand", "match"), 0) + o.get(("cand", "error"), 0) >= 2 else None)(
+            self.outcomes(mm)))
+        self.assertEqual(got, {("cand", "match"): 2.0, ("cand", "dropped"): 8.0})
+        cand = self.view(mm)["shadows"][0]
+        self.assertEqual((cand["compared"], cand["dropped"]), (2, 8))
+        # reset forgets it, like the rest of the view (the counter stays).
+        st, _, _ = mmtest.request(mm.admin_port, "POST", "/experiments/sh/reset")
+        self.assertEqual(st, 200)
+        cand = mmtest.eventually(lambda: (lambda c: c if c["compared"] == 0 else None)(
+            self.view(mm)["shadows"][0]))
+        self.assertEqual(cand["dropped"], 0)
+        self.assertEqual(self.outcomes(mm)[("cand", "dropped")], 8.0)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(15), 0)
+        outcomes = [s["outcome"] for line in log_lines(self.log) for s in line["shadow"]]
+        self.assertEqual(sorted(outcomes), ["dropped"] * 8 + ["match"] * 2)
 
 
 if __name__ == "__main__":
