@@ -89,6 +89,11 @@ typedef struct {
      * running again (resume, or a reset after a promotion or rollback): a
      * policy measuring an interval restarts it when this changes. */
     uint64_t run_epoch;
+    /* Mirrors of each arm the core did not send (max_inflight,
+     * max_body_bytes): n_arms entries, this instance's counts (the
+     * `dropped` of modelmux_shadow_total). Only for describe; NULL
+     * elsewhere. */
+    const uint64_t *mirror_dropped;
 } policy_view_t;
 
 /* out = arm's pooled answer statistics from v (zero without any). */

@@ -492,7 +492,8 @@ static json_t *describe_paths(const armstat_t *a, const armstat_t *noise)
     return arr;
 }
 
-static json_t *describe_arm(const shadow_t *s, size_t i, const armstat_t *noise)
+static json_t *describe_arm(const shadow_t *s, const policy_view_t *v, size_t i,
+                            const armstat_t *noise)
 {
     const armstat_t *a = &s->arms[i];
     uint64_t compared = a->matches + a->mismatches;
@@ -502,6 +503,10 @@ static json_t *describe_arm(const shadow_t *s, size_t i, const armstat_t *noise)
     json_object_set_new(o, "matches", json_integer((json_int_t)a->matches));
     json_object_set_new(o, "mismatches", json_integer((json_int_t)a->mismatches));
     json_object_set_new(o, "errors", json_integer((json_int_t)a->errors));
+    /* Not sent (max_inflight, max_body_bytes): counted by the core. Without
+     * it the view would not say why a loaded shadow compares nothing. */
+    uint64_t dropped = v && v->mirror_dropped && i < v->n_arms ? v->mirror_dropped[i] : 0;
+    json_object_set_new(o, "dropped", json_integer((json_int_t)dropped));
     if (s->secondary >= 0 && (int)i != s->secondary)
         json_object_set_new(o, "noisy", json_integer((json_int_t)a->noisy));
     json_object_set_new(o, "agreement_rate", rate_or_null(a->matches, compared));
@@ -513,7 +518,6 @@ static json_t *describe_arm(const shadow_t *s, size_t i, const armstat_t *noise)
 static json_t *shadow_describe(void *p, const policy_view_t *v)
 {
     const shadow_t *s = p;
-    MM_UNUSED(v);
     const armstat_t *noise = s->secondary >= 0 ? &s->arms[s->secondary] : NULL;
     json_t *o = json_object();
     json_object_set_new(o, "primary", json_string(s->names[0]));
@@ -532,11 +536,11 @@ static json_t *shadow_describe(void *p, const policy_view_t *v)
 
     json_t *arms = json_array();
     for (size_t i = 1; i < s->n_arms; i++)
-        if ((int)i != s->secondary) json_array_append_new(arms, describe_arm(s, i, noise));
+        if ((int)i != s->secondary) json_array_append_new(arms, describe_arm(s, v, i, noise));
     json_object_set_new(o, "shadows", arms);
     if (noise) {
         /* The secondary's own comparison with the primary is the noise. */
-        json_t *nz = describe_arm(s, (size_t)s->secondary, NULL);
+        json_t *nz = describe_arm(s, v, (size_t)s->secondary, NULL);
         json_object_set_new(nz, "noise_rate",
                             rate_or_null(noise->differing, noise->matches + noise->mismatches));
         json_object_set_new(o, "noise", nz);

@@ -243,7 +243,7 @@ static void conn_close(conn_t *c)
     uv_close((uv_handle_t *)&c->timer, on_conn_closed);
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
     mm_server_t *srv = c->srv;
-    if (srv->draining && srv->conns == NULL) server_drained(srv);
+    server_maybe_drained(srv);
 }
 
 /* Closing right after an answer while the client is still sending (a body

@@ -114,5 +114,7 @@ void conn_on_timer(uv_timer_t *t);
 void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 /* Called by proxy.c when draining and the last connection closed. */
 void server_drained(mm_server_t *srv);
+/* server_drained() once draining, with no connection and no mirror left. */
+void server_maybe_drained(mm_server_t *srv);
 
 #endif

@@ -54,6 +54,8 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, sto
         if (e->state == NULL || e->metrics == NULL) goto oom;
         e->salt_len = strlen(ce->salt);
         e->resets_seen = store_resets(e->state);
+        for (size_t a = 0; a < ce->n_arms; a++)
+            e->dropped_base[a] = router_marm(e, (int)a)->shadow[SHADOW_DROPPED];
     }
     r->n_exps = cfg->n_experiments;
     return r;
@@ -76,6 +78,8 @@ err:
 void router_on_reset(exp_rt_t *e)
 {
     e->resets_seen = store_resets(e->state);
+    for (size_t a = 0; a < e->cfg->n_arms; a++)
+        e->dropped_base[a] = router_marm(e, (int)a)->shadow[SHADOW_DROPPED];
     if (e->cfg->ops->reset) e->cfg->ops->reset(e->cfg->policy);
 }
 
@@ -208,6 +212,7 @@ void router_view(const exp_rt_t *e, mm_rng_t *rng, uint64_t now_ms, policy_view_
     v->answers = s->answers;
     v->answers_local = s->answers_local;
     v->run_epoch = s->run_epoch;
+    v->mirror_dropped = NULL; /* describe only: metrics_describe fills it */
 }
 
 void router_choose(exp_rt_t *e, const policy_req_t *req, mm_rng_t *rng, uint64_t now_ms,

@@ -27,6 +27,10 @@ typedef struct {
     size_t salt_len;
     int mirror_inflight[MM_MAX_ARMS]; /* mirrors in flight per arm (shadow max_inflight) */
     uint64_t resets_seen;             /* store_resets() when the policy was last reset */
+    /* Each arm's `dropped` mirror count when the policy was created or
+     * reset: its description counts from there, like its other figures
+     * (the Prometheus counter itself never goes back). */
+    uint64_t dropped_base[MM_MAX_ARMS];
 } exp_rt_t;
 
 /* The store's index of this router's arm `arm`. A reload that changes an

@@ -137,6 +137,11 @@ void server_drained(mm_server_t *srv)
     store_shutdown(srv->store, server_config(srv)->limits.drain_timeout_ms, on_store_flushed, srv);
 }
 
+void server_maybe_drained(mm_server_t *srv)
+{
+    if (srv->draining && srv->conns == NULL && srv->shadows.active == 0) server_drained(srv);
+}
+
 static void on_drain_timeout(uv_timer_t *t)
 {
     mm_server_t *srv = t->data;
@@ -164,7 +169,7 @@ void server_stop(mm_server_t *srv)
         close_handle((uv_handle_t *)&srv->group.listener);
     }
     proxy_drain(srv);
-    if (srv->conns == NULL) {
+    if (srv->conns == NULL && srv->shadows.active == 0) {
         server_drained(srv);
         return;
     }

@@ -127,6 +127,7 @@ static size_t buf_keep(mm_buf_t *b)
 static void group_release(shadow_group_t *g)
 {
     shadow_cache_t *cache = &g->srv->shadows;
+    cache->active--;
     router_unref(g->router);
     g->router = NULL;
     size_t kept =
@@ -157,6 +158,7 @@ void shadow_prepare(conn_t *c)
         return;
     }
     g->srv = c->srv;
+    g->srv->shadows.active++;
     g->router = r->router;
     router_ref(g->router);
     g->exp = r->exp;
@@ -355,14 +357,20 @@ static void group_complete(shadow_group_t *g)
         outcomes[k] = l->status == 0 ? POLICY_ERROR : POLICY_MATCH;
         idx[k++] = i;
     }
-    if (k > 0 && g->p_status != 0 && ce->ops->compare)
+    /* Also when the primary failed (status 0): the policy counts that as an
+     * error (nothing to compare against, DESIGN.md §7), so its view and the
+     * metrics below agree. */
+    if (k > 0 && ce->ops->compare)
         ce->ops->compare(ce->policy, &primary, arms, answers, k, outcomes);
     for (size_t j = 0; j < k; j++) {
         mirror_t *m = &g->m[idx[j]];
         m->outcome = outcomes[j] == POLICY_ERROR      ? SHADOW_ERROR
                      : outcomes[j] == POLICY_MISMATCH ? SHADOW_MISMATCH
                                                       : SHADOW_MATCH;
-        if (g->p_status == 0 && m->leg.status != 0) m->outcome = SHADOW_MISMATCH;
+        /* A primary that failed or timed out gave no answer: the mirror's
+         * answer cannot be compared, whatever it was (not a mismatch: the
+         * candidate is not to blame for the primary's failure). */
+        if (g->p_status == 0) m->outcome = SHADOW_ERROR;
         store_answer(g->srv->store, g->exp->state, router_sarm(g->exp, m->arm), m->leg.status,
                      m->leg.latency_us);
         if (ce->ops->on_response && g->exp->state->control.state == EXP_RUNNING)
@@ -370,5 +378,10 @@ static void group_complete(shadow_group_t *g)
     }
     for (int i = 0; i < g->n; i++) router_marm(g->exp, g->m[i].arm)->shadow[g->m[i].outcome]++;
     write_log(g);
+    mm_server_t *srv = g->srv;
     group_release(g);
+    /* Stopping waits for mirrors in flight (each bounded by its timeout_ms,
+     * all by drain_timeout_ms): their outcomes and log lines are part of
+     * the requests it lets finish. */
+    server_maybe_drained(srv);
 }

@@ -21,6 +21,7 @@ typedef struct {
     shadow_group_t *head;
     int n;
     size_t bytes; /* buffer memory of the groups in it */
+    int active;   /* groups in use: a drain waits for them (their log lines) */
 } shadow_cache_t;
 
 /* Free every group in the cache (groups in use are not in it). */
