@@ -38,9 +38,9 @@ static void answer(fanout_t *f)
     mm_server_t *srv = c->srv;
     /* Each ranker's own answer, for the pooled answer statistics (the
      * admin view's p50/p99), whether or not the client still waits. */
+    uint64_t now = uv_now(srv->loop);
     for (int i = 0; i < f->n; i++)
-        store_answer(srv->store, f->exp->state, router_sarm(f->exp, i), f->legs[i].status,
-                     f->legs[i].latency_us);
+        router_answer(srv->store, f->exp, i, f->legs[i].status, f->legs[i].latency_us, now);
     if (!conn_awaits(c, f->req_serial)) return; /* client gone */
     const cfg_experiment_t *ce = f->exp->cfg;
     policy_resp_t answers[MM_MAX_ARMS];

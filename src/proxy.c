@@ -1133,19 +1133,12 @@ static void req_finish(conn_t *c)
          * from the arm (our 502/504): an error, and its duration is the
          * timeout's, not a latency of the arm. A fan-out's answers are each
          * ranker's, counted by fanout.c. */
-        int st = r->status;
-        if (r->up_errors && !r->answered) st = 0;
         if (!r->fanout) {
-            if (r->chosen != r->arm)
-                store_answer(srv->store, r->exp->state, router_sarm(r->exp, r->chosen), 0, latency);
-            store_answer(srv->store, r->exp->state, sarm, st, latency);
-        }
-        const policy_ops_t *ops = r->exp->cfg->ops;
-        if (ops->on_response && r->exp->state->control.state == EXP_RUNNING) {
-            void *pol = r->exp->cfg->policy;
+            int st = r->status;
+            if (r->up_errors && !r->answered) st = 0;
             uint64_t now = uv_now(srv->loop);
-            if (r->chosen != r->arm) ops->on_response(pol, r->chosen, 0, latency, now);
-            ops->on_response(pol, r->arm, st, latency, now);
+            if (r->chosen != r->arm) router_answer(srv->store, r->exp, r->chosen, 0, latency, now);
+            router_answer(srv->store, r->exp, r->arm, st, latency, now);
         }
     } else if (!r->local) {
         metrics_status(srv->metrics.unrouted_by_status, r->status);

@@ -83,6 +83,15 @@ void router_on_reset(exp_rt_t *e)
     if (e->cfg->ops->reset) e->cfg->ops->reset(e->cfg->policy);
 }
 
+void router_answer(store_t *s, exp_rt_t *e, int arm, int status, uint64_t latency_us,
+                   uint64_t now_ms)
+{
+    store_answer(s, e->state, router_sarm(e, arm), status, latency_us);
+    const policy_ops_t *ops = e->cfg->ops;
+    if (ops->on_response && e->state->control.state == EXP_RUNNING)
+        ops->on_response(e->cfg->policy, arm, status, latency_us, now_ms);
+}
+
 void router_ref(router_t *r)
 {
     r->refs++;

@@ -82,9 +82,17 @@ void router_choose(exp_rt_t *e, const policy_req_t *req, mm_rng_t *rng, uint64_t
                    policy_choice_t *out);
 
 /* A reset of the experiment (POST reset here, or another instance's seen
- * through the store): the policy forgets what it keeps itself, and the
- * admin view's latency quantiles start over with the store's statistics. */
+ * through the store): the policy forgets what it keeps itself (the store
+ * has forgotten the statistics, answer latencies included). */
 void router_on_reset(exp_rt_t *e);
+
+/* One answer from arm `arm` (this router's index; status 0: none, a
+ * transport failure or timeout): counted in the store's pooled answer
+ * statistics (always), and given to the policy's on_response while the
+ * experiment runs. Every place an arm answers (a request, a mirror, a
+ * ranker) reports through here, so the two never disagree. */
+void router_answer(store_t *s, exp_rt_t *e, int arm, int status, uint64_t latency_us,
+                   uint64_t now_ms);
 
 /* The view a policy sees right now (for ticks and descriptions). */
 void router_view(const exp_rt_t *e, mm_rng_t *rng, uint64_t now_ms, policy_view_t *v);

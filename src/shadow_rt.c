@@ -371,10 +371,7 @@ static void group_complete(shadow_group_t *g)
          * answer cannot be compared, whatever it was (not a mismatch: the
          * candidate is not to blame for the primary's failure). */
         if (g->p_status == 0) m->outcome = SHADOW_ERROR;
-        store_answer(g->srv->store, g->exp->state, router_sarm(g->exp, m->arm), m->leg.status,
-                     m->leg.latency_us);
-        if (ce->ops->on_response && g->exp->state->control.state == EXP_RUNNING)
-            ce->ops->on_response(ce->policy, m->arm, m->leg.status, m->leg.latency_us, mm_now_ms());
+        router_answer(g->srv->store, g->exp, m->arm, m->leg.status, m->leg.latency_us, mm_now_ms());
     }
     for (int i = 0; i < g->n; i++) router_marm(g->exp, g->m[i].arm)->shadow[g->m[i].outcome]++;
     write_log(g);
