@@ -281,30 +281,46 @@ int http_te_chunked_only(const http_head_t *h, const char *base)
     return codings == 1 && chunked == 1;
 }
 
-/* RFC 3986 reg-name characters: unreserved and sub-delims ('%' is checked
- * with its two hex digits by the caller). A table: every request's Host
- * passes here, a strchr per character cost some 250 instructions a request. */
-static const unsigned char reg_name_tab[256] = {
-    ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['!'] = 1, ['$'] = 1, ['&'] = 1, ['\''] = 1,
-    ['('] = 1, [')'] = 1, ['*'] = 1, ['+'] = 1, [','] = 1, [';'] = 1, ['='] = 1, ['0'] = 1,
-    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1,
-    ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1,
-    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1,
-    ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1,
-    ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1,
-    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1,
-    ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1,
-    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+/* RFC 3986 character classes, one table: every request's Host and path pass
+ * here (a strchr per character cost some 250 instructions a request).
+ * URI_UNRESERVED: ALPHA DIGIT - . _ ~ (§2.3: their percent-encoding means
+ * the character itself); URI_SUB_DELIM: ! $ & ' ( ) * + , ; = (§2.2). A
+ * reg-name is made of both ('%' and its two hex digits checked apart). */
+enum { URI_UNRESERVED = 1, URI_SUB_DELIM = 2 };
+#define U_ URI_UNRESERVED
+#define S_ URI_SUB_DELIM
+static const unsigned char uri_class[256] = {
+    ['-'] = U_, ['.'] = U_, ['_'] = U_, ['~'] = U_, ['!'] = S_, ['$'] = S_, ['&'] = S_, ['\''] = S_,
+    ['('] = S_, [')'] = S_, ['*'] = S_, ['+'] = S_, [','] = S_, [';'] = S_, ['='] = S_, ['0'] = U_,
+    ['1'] = U_, ['2'] = U_, ['3'] = U_, ['4'] = U_, ['5'] = U_, ['6'] = U_, ['7'] = U_, ['8'] = U_,
+    ['9'] = U_, ['A'] = U_, ['B'] = U_, ['C'] = U_, ['D'] = U_, ['E'] = U_, ['F'] = U_, ['G'] = U_,
+    ['H'] = U_, ['I'] = U_, ['J'] = U_, ['K'] = U_, ['L'] = U_, ['M'] = U_, ['N'] = U_, ['O'] = U_,
+    ['P'] = U_, ['Q'] = U_, ['R'] = U_, ['S'] = U_, ['T'] = U_, ['U'] = U_, ['V'] = U_, ['W'] = U_,
+    ['X'] = U_, ['Y'] = U_, ['Z'] = U_, ['a'] = U_, ['b'] = U_, ['c'] = U_, ['d'] = U_, ['e'] = U_,
+    ['f'] = U_, ['g'] = U_, ['h'] = U_, ['i'] = U_, ['j'] = U_, ['k'] = U_, ['l'] = U_, ['m'] = U_,
+    ['n'] = U_, ['o'] = U_, ['p'] = U_, ['q'] = U_, ['r'] = U_, ['s'] = U_, ['t'] = U_, ['u'] = U_,
+    ['v'] = U_, ['w'] = U_, ['x'] = U_, ['y'] = U_, ['z'] = U_,
 };
+#undef U_
+#undef S_
 
 static int reg_name_char(unsigned char c)
 {
-    return reg_name_tab[c];
+    return uri_class[c] != 0;
 }
 
-static int hex_digit(unsigned char c)
+static int unreserved(unsigned char c)
 {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+    return uri_class[c] & URI_UNRESERVED;
+}
+
+/* The value of a hex digit, or -1. */
+static int hex_val(unsigned char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
 }
 
 int http_valid_host(mm_str_t v)
@@ -322,8 +338,8 @@ int http_valid_host(mm_str_t v)
         for (; i < v.n && v.p[i] != ':'; i++) {
             unsigned char c = (unsigned char)v.p[i];
             if (c == '%') {
-                if (i + 2 >= v.n || !hex_digit((unsigned char)v.p[i + 1]) ||
-                    !hex_digit((unsigned char)v.p[i + 2]))
+                if (i + 2 >= v.n || hex_val((unsigned char)v.p[i + 1]) < 0 ||
+                    hex_val((unsigned char)v.p[i + 2]) < 0)
                     return 0;
                 i += 2;
             } else if (!reg_name_char(c)) {
@@ -434,14 +450,6 @@ int http_cookie_get(mm_str_t cookie, const char *name, mm_str_t *out)
     return 0;
 }
 
-static int hex_val(unsigned char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 /* application/x-www-form-urlencoded decoding of s into out (at least s.n
  * bytes): "%XX" is the byte XX, '+' a space; a '%' not followed by two hex
  * digits stays as it is. Returns the decoded length. */
@@ -497,14 +505,6 @@ int http_query_get(mm_str_t url, const char *name, char *buf, size_t cap, mm_str
         p = amp + 1;
     }
     return 0;
-}
-
-/* RFC 3986 §2.3 unreserved characters: their percent-encoding means the
- * character itself. */
-static int unreserved(int c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-           c == '.' || c == '_' || c == '~';
 }
 
 /* Most paths need nothing done: no escape, no empty, "." or ".." segment
