@@ -121,7 +121,7 @@ bc_target_t *bc_target_open(uv_loop_t *loop, const char *url, int pool, int time
     t->cfg.timeout_ms = timeout_ms;
     t->cfg.connect_timeout_ms = timeout_ms < 2000 ? timeout_ms : 2000;
     t->loop = loop;
-    t->pool = up_pool_create(loop, &t->cfg, err, errlen);
+    t->pool = up_pool_create(loop, &t->cfg, NULL, err, errlen); /* before the run: may block */
     if (t->pool == NULL) {
         free(t);
         return NULL;

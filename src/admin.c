@@ -377,20 +377,27 @@ static void reset(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
     reply_json(r->conn, 200, experiment_view(e));
 }
 
+static void reload_answered(void *arg, int ok, const char *err)
+{
+    conn_t *c = arg;
+    if (ok) {
+        json_t *o = json_object();
+        json_object_set_new(o, "status", json_string("reloaded"));
+        reply_json(c, 200, o);
+    } else {
+        conn_respond_error(c, 400, "bad_request", err);
+    }
+    conn_release(c);
+}
+
 static void reload(mm_server_t *srv, const mm_local_req_t *r)
 {
     if (expect_no_params(r) < 0) return;
-    char err[1024];
     /* In a --workers group the parent passes the reload on to the other
-     * workers, which reload while this one does. */
+     * workers, which reload while this one does. The answer waits for new
+     * upstream names to be looked up (off the loop). */
     if (srv->group_parent > 1) kill(srv->group_parent, SIGHUP);
-    if (server_reload(srv, err, sizeof(err)) != 0) {
-        conn_respond_error(r->conn, 400, "bad_request", err);
-        return;
-    }
-    json_t *o = json_object();
-    json_object_set_new(o, "status", json_string("reloaded"));
-    reply_json(r->conn, 200, o);
+    server_reload(srv, reload_answered, conn_hold(r->conn));
 }
 
 /* ---- routing ---- */

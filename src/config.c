@@ -837,8 +837,8 @@ static int parse_limits(cx_t *cx)
 
 static int parse_upstream(cx_t *cx, const char *name, const json_t *o, cfg_upstream_t *u)
 {
-    static const char *const keys[] = {"url",        "pool",  "connect_timeout_ms",
-                                       "timeout_ms", "eject", NULL};
+    static const char *const keys[] = {
+        "url", "pool", "connect_timeout_ms", "timeout_ms", "eject", "resolve_ms", NULL};
     static const char *const eject_keys[] = {"consecutive_5xx", "base_ms", NULL};
     char p[PTR_MAX], ep[PTR_MAX], d[256], g[300];
     child_ptr("/upstreams", name, p, sizeof(p));
@@ -860,8 +860,15 @@ static int parse_upstream(cx_t *cx, const char *name, const json_t *o, cfg_upstr
     if (get_int_field(cx, o, p, "pool", 64, 1, 100000, &u->pool) < 0 ||
         get_int_field(cx, o, p, "connect_timeout_ms", 500, 1, TIMEOUT_MAX_MS,
                       &u->connect_timeout_ms) < 0 ||
-        get_int_field(cx, o, p, "timeout_ms", 2000, 1, TIMEOUT_MAX_MS, &u->timeout_ms) < 0)
+        get_int_field(cx, o, p, "timeout_ms", 2000, 1, TIMEOUT_MAX_MS, &u->timeout_ms) < 0 ||
+        get_int_field(cx, o, p, "resolve_ms", 5000, 0, 86400000, &u->resolve_ms) < 0)
         return -1;
+    if (u->resolve_ms > 0 && u->resolve_ms < 100) {
+        /* A lookup every few ms would keep a thread-pool thread busy for nothing. */
+        child_ptr(p, "resolve_ms", ep, sizeof(ep));
+        return cerr(cx, ep, 0, "%s must be 0 (no re-resolution) or at least 100, got %d",
+                    dotted(cx, ep, d, sizeof(d)), u->resolve_ms);
+    }
     int rc;
     const json_t *ej = get_object(cx, o, p, "eject", &rc);
     if (ej == NULL) return rc; /* absent: ejection off (eject_* stay 0) */

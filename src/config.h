@@ -32,6 +32,7 @@ typedef struct {
     int timeout_ms;            /* response timeout, default 2000 */
     int eject_consecutive_5xx; /* 0: outlier ejection off */
     int eject_base_ms;
+    int resolve_ms; /* a host name is looked up again this often; 0: only at start/reload */
 } cfg_upstream_t;
 
 typedef enum { STICKY_NONE = 0, STICKY_HEADER, STICKY_COOKIE, STICKY_QUERY } cfg_sticky_kind_t;

@@ -132,7 +132,7 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
                cfg_addr_str(&c->admin_listen, admin, sizeof(admin)), store_kind(srv.store));
     else
         mm_log("listening on %s, store %s", data, store_kind(srv.store));
-    if (reload) server_reload(&srv, err, sizeof(err));
+    if (reload) server_reload(&srv, NULL, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     int code = srv.exit_code;
     server_free(&srv);

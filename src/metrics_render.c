@@ -358,6 +358,18 @@ static void render_upstreams(mm_buf_t *b, const router_t *r)
         const char *kv[] = {"upstream", r->cfg->upstreams[i].name, NULL};
         sample_u64(b, "modelmux_upstream_connects_total", kv, st[i].connects);
     }
+    family(b, "modelmux_upstream_resolutions_total", "counter",
+           "Re-resolutions of an upstream's host name (every resolve_ms) that moved it to a new "
+           "address (result changed) or failed, the last address kept (result failed). Since the "
+           "last reload.");
+    for (size_t i = 0; i < n; i++) {
+        if (r->cfg->upstreams[i].resolve_ms == 0 || !mm_addr_is_name(&r->cfg->upstreams[i].addr))
+            continue;
+        const char *kvc[] = {"upstream", r->cfg->upstreams[i].name, "result", "changed", NULL};
+        sample_u64(b, "modelmux_upstream_resolutions_total", kvc, st[i].readdressed);
+        const char *kvf[] = {"upstream", r->cfg->upstreams[i].name, "result", "failed", NULL};
+        sample_u64(b, "modelmux_upstream_resolutions_total", kvf, st[i].resolve_failures);
+    }
     family(b, "modelmux_upstream_connections", "gauge",
            "Connections to an upstream: open (idle and busy) and idle.");
     for (size_t i = 0; i < n; i++) {

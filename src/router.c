@@ -17,7 +17,8 @@ static int redefined(const router_t *old, const cfg_experiment_t *ce)
 }
 
 router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, store_t *store,
-                        metrics_t *metrics, char *err, size_t errlen)
+                        metrics_t *metrics, const struct sockaddr_storage *addrs, char *err,
+                        size_t errlen)
 {
     router_t *r = calloc(1, sizeof(*r));
     if (r == NULL) goto oom;
@@ -28,7 +29,8 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, sto
     r->exps = calloc(cfg->n_experiments ? cfg->n_experiments : 1, sizeof(*r->exps));
     if (r->pools == NULL || r->exps == NULL) goto oom;
     for (size_t i = 0; i < cfg->n_upstreams; i++) {
-        r->pools[i] = up_pool_create(loop, &cfg->upstreams[i], err, errlen);
+        r->pools[i] =
+            up_pool_create(loop, &cfg->upstreams[i], addrs ? &addrs[i] : NULL, err, errlen);
         if (r->pools[i] == NULL) goto err;
     }
     for (size_t i = 0; i < cfg->n_experiments; i++) {

@@ -61,9 +61,12 @@ typedef struct router_s {
 } router_t;
 
 /* `old` (may be NULL) is the router being replaced: an experiment whose
- * definition changed gets its control state reset (DESIGN.md §5). */
+ * definition changed gets its control state reset (DESIGN.md §5). `addrs`:
+ * each upstream's address, looked up already (a reload); NULL: looked up
+ * now, blocking (startup). */
 router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, store_t *store,
-                        metrics_t *metrics, char *err, size_t errlen);
+                        metrics_t *metrics, const struct sockaddr_storage *addrs, char *err,
+                        size_t errlen);
 void router_ref(router_t *r);
 void router_unref(router_t *r);
 

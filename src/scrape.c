@@ -50,7 +50,7 @@ int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *por
         u.pool = 2;
         u.connect_timeout_ms = 500;
         u.timeout_ms = SCRAPE_TIMEOUT_MS;
-        g->pools[i] = up_pool_create(srv->loop, &u, err, errlen);
+        g->pools[i] = up_pool_create(srv->loop, &u, NULL, err, errlen);
         if (g->pools[i] == NULL) goto fail;
     }
     if (proxy_listen_fd(srv, &g->listener, fd, err, errlen) != 0) goto fail;

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "feedback.h"
 #include "log.h"
@@ -56,13 +57,129 @@ static void on_tick(uv_timer_t *t)
     tick_experiments((mm_server_t *)t->data);
 }
 
-int server_reload(mm_server_t *srv, char *err, size_t errlen)
+/* ---- reload ----
+ *
+ * A reload parses and validates the file at once, then looks up the upstream
+ * host names it needs in libuv's thread pool, so a slow resolver never stalls
+ * the event loop; only when every name has resolved is the new router built
+ * and swapped in. A name the running config already resolves (same host and
+ * port) is not looked up again: its pool's current address is taken. One
+ * reload runs at a time; one asked for meanwhile runs when it ends, on the
+ * file as it is then. */
+
+typedef struct reload_waiter_s {
+    server_reload_cb cb;
+    void *arg;
+    struct reload_waiter_s *next;
+} reload_waiter_t;
+
+struct server_reload_s {
+    mm_server_t *srv;
+    config_t *cfg;
+    struct sockaddr_storage *addrs; /* per upstream of cfg */
+    uv_getaddrinfo_t *gai;          /* per upstream: the lookups */
+    int pending;                    /* lookups in flight */
+    int failed;
+    char err[1024];
+    reload_waiter_t *waiters;
+};
+
+static void reload_begin(mm_server_t *srv, reload_waiter_t *waiters);
+
+static void reload_answer(reload_waiter_t *w, int ok, const char *err)
 {
-    config_t *cfg = config_load(srv->config_path, err, errlen);
+    while (w) {
+        reload_waiter_t *next = w->next;
+        w->cb(w->arg, ok, err);
+        free(w);
+        w = next;
+    }
+}
+
+static void reload_reject(mm_server_t *srv, reload_waiter_t *waiters, const char *err)
+{
+    srv->reload_failures++;
+    mm_log("reload rejected, the previous config keeps serving: %s", err);
+    reload_answer(waiters, 0, err);
+}
+
+static void reload_finish(server_reload_t *rl)
+{
+    mm_server_t *srv = rl->srv;
+    config_t *cfg = rl->cfg;
+    srv->reloading = NULL;
+    router_t *nr = NULL;
+    if (!rl->failed && srv->stopping) {
+        rl->failed = 1;
+        snprintf(rl->err, sizeof(rl->err), "shutting down");
+    }
+    if (!rl->failed) {
+        nr = router_create(srv->loop, cfg, srv->router, srv->store, &srv->metrics, rl->addrs,
+                           rl->err, sizeof(rl->err));
+        if (nr == NULL) rl->failed = 1;
+    }
+    if (rl->failed) {
+        config_free(cfg);
+        reload_reject(srv, rl->waiters, rl->err);
+    } else {
+        router_t *prev = srv->router;
+        srv->router = nr;
+        router_unref(prev);
+        const char *names[1024];
+        size_t n = 0;
+        for (size_t i = 0; i < nr->n_exps && n < 1024; i++) names[n++] = nr->exps[i].cfg->name;
+        store_retain(srv->store, names, n);
+        if (srv->reqlog) reqlog_reopen(srv->reqlog); /* SIGHUP also rotates the request log */
+        srv->reloads++;
+        tick_experiments(srv);
+        mm_log("config reloaded from %s", srv->config_path);
+        reload_answer(rl->waiters, 1, NULL);
+    }
+    free(rl->addrs);
+    free(rl->gai);
+    free(rl);
+    if (srv->reload_again) {
+        reload_waiter_t *w = srv->reload_next;
+        srv->reload_next = NULL;
+        srv->reload_again = 0;
+        if (srv->stopping)
+            reload_reject(srv, w, "shutting down");
+        else
+            reload_begin(srv, w);
+    }
+}
+
+static void on_reload_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    server_reload_t *rl = req->data;
+    size_t i = (size_t)(req - rl->gai);
+    const cfg_upstream_t *u = &rl->cfg->upstreams[i];
+    if ((status != 0 || mm_addr_from_ai(res, u->addr.port, &rl->addrs[i]) != 0) && !rl->failed) {
+        rl->failed = 1;
+        snprintf(rl->err, sizeof(rl->err), "upstream %s: cannot resolve %s (%s)", u->name,
+                 u->addr.host, status ? uv_strerror(status) : "no address");
+    }
+    if (res) uv_freeaddrinfo(res);
+    if (--rl->pending == 0) reload_finish(rl);
+}
+
+/* The running pool for the same host and port, whose address can be taken. */
+static const up_pool_t *resolved_pool(const router_t *r, const cfg_addr_t *a)
+{
+    for (size_t i = 0; i < r->cfg->n_upstreams; i++) {
+        const cfg_addr_t *o = &r->cfg->upstreams[i].addr;
+        if (o->port == a->port && strcasecmp(o->host, a->host) == 0) return r->pools[i];
+    }
+    return NULL;
+}
+
+static void reload_begin(mm_server_t *srv, reload_waiter_t *waiters)
+{
+    char err[1024];
+    config_t *cfg = config_load(srv->config_path, err, sizeof(err));
     if (cfg == NULL) {
-        srv->reload_failures++;
-        mm_log("reload rejected, the previous config keeps serving: %s", err);
-        return -1;
+        reload_reject(srv, waiters, err);
+        return;
     }
     if (srv->has_store_override) cfg->store = srv->store_override;
     const config_t *old = srv->router->cfg;
@@ -70,34 +187,79 @@ int server_reload(mm_server_t *srv, char *err, size_t errlen)
         mm_log("reload: a new listen address takes effect at the next restart");
     if (old->store.type != cfg->store.type)
         mm_log("reload: a new store type takes effect at the next restart");
-    router_t *nr =
-        router_create(srv->loop, cfg, srv->router, srv->store, &srv->metrics, err, errlen);
-    if (nr == NULL) {
-        config_free(cfg);
-        srv->reload_failures++;
-        mm_log("reload rejected, the previous config keeps serving: %s", err);
-        return -1;
+    size_t n = cfg->n_upstreams ? cfg->n_upstreams : 1;
+    server_reload_t *rl = calloc(1, sizeof(*rl));
+    if (rl) {
+        rl->addrs = calloc(n, sizeof(*rl->addrs));
+        rl->gai = calloc(n, sizeof(*rl->gai));
     }
-    router_t *prev = srv->router;
-    srv->router = nr;
-    router_unref(prev);
-    const char *names[1024];
-    size_t n = 0;
-    for (size_t i = 0; i < nr->n_exps && n < 1024; i++) names[n++] = nr->exps[i].cfg->name;
-    store_retain(srv->store, names, n);
-    if (srv->reqlog) reqlog_reopen(srv->reqlog); /* SIGHUP also rotates the request log */
-    srv->reloads++;
-    tick_experiments(srv);
-    mm_log("config reloaded from %s", srv->config_path);
-    return 0;
+    if (rl == NULL || rl->addrs == NULL || rl->gai == NULL) {
+        if (rl) {
+            free(rl->addrs);
+            free(rl->gai);
+        }
+        free(rl);
+        config_free(cfg);
+        reload_reject(srv, waiters, "out of memory");
+        return;
+    }
+    rl->srv = srv;
+    rl->cfg = cfg;
+    rl->waiters = waiters;
+    srv->reloading = rl;
+    rl->pending = 1; /* held until every lookup has started */
+    for (size_t i = 0; i < cfg->n_upstreams && !rl->failed; i++) {
+        const cfg_upstream_t *u = &cfg->upstreams[i];
+        const up_pool_t *same =
+            mm_addr_is_name(&u->addr) ? resolved_pool(srv->router, &u->addr) : NULL;
+        if (!mm_addr_is_name(&u->addr)) {
+            mm_addr_resolve(&u->addr, &rl->addrs[i]); /* numeric or localhost: no lookup */
+        } else if (same) {
+            rl->addrs[i] = *up_pool_addr(same);
+        } else {
+            struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+            rl->gai[i].data = rl;
+            int rc = uv_getaddrinfo(srv->loop, &rl->gai[i], on_reload_resolved, u->addr.host, NULL,
+                                    &hints);
+            if (rc != 0) {
+                rl->failed = 1;
+                snprintf(rl->err, sizeof(rl->err), "upstream %s: cannot resolve %s (%s)", u->name,
+                         u->addr.host, uv_strerror(rc));
+            } else {
+                rl->pending++;
+            }
+        }
+    }
+    if (--rl->pending == 0) reload_finish(rl);
+}
+
+void server_reload(mm_server_t *srv, server_reload_cb cb, void *arg)
+{
+    reload_waiter_t *w = NULL;
+    if (cb) {
+        w = calloc(1, sizeof(*w));
+        if (w == NULL) {
+            cb(arg, 0, "out of memory");
+            return;
+        }
+        w->cb = cb;
+        w->arg = arg;
+    }
+    if (srv->reloading) { /* after the one in flight, on the file as it is then */
+        if (w) {
+            w->next = srv->reload_next;
+            srv->reload_next = w;
+        }
+        srv->reload_again = 1;
+        return;
+    }
+    reload_begin(srv, w);
 }
 
 static void on_sighup(uv_signal_t *s, int signum)
 {
-    mm_server_t *srv = s->data;
-    char err[1024];
     (void)signum;
-    server_reload(srv, err, sizeof(err));
+    server_reload((mm_server_t *)s->data, NULL, NULL);
 }
 
 /* ---- shutdown ---- */
@@ -206,7 +368,7 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
 
     srv->store = store_create(loop, &cfg->store, err, errlen);
     if (srv->store == NULL) goto err;
-    srv->router = router_create(loop, cfg, NULL, srv->store, &srv->metrics, err, errlen);
+    srv->router = router_create(loop, cfg, NULL, srv->store, &srv->metrics, NULL, err, errlen);
     if (srv->router == NULL) goto err;
     if (cfg->log_requests) {
         srv->reqlog = reqlog_open(loop, cfg->log_requests, cfg->log_sample, cfg->log_bodies,

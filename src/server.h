@@ -61,11 +61,16 @@ typedef struct mm_server_s {
      * (POST /reload reloads the whole group, as SIGHUP does); 0 alone. */
     int group_parent;
     uint64_t reloads, reload_failures;
+    struct server_reload_s *reloading;   /* a reload waiting for name lookups */
+    struct reload_waiter_s *reload_next; /* callers of the reload after it */
+    int reload_again;                    /* a reload was asked for meanwhile */
     uint64_t stream_invalid; /* feedback stream entries acknowledged unapplied: invalid */
     int has_store_override;  /* --workers with the memory store: the shared private Redis */
     cfg_store_t store_override;
     mm_group_t group; /* --workers: the siblings whose metrics a scrape gathers */
 } mm_server_t;
+
+typedef struct server_reload_s server_reload_t;
 
 /* CONN_WORKER: a sibling worker's scrape on this worker's private listener
  * (src/scrape.c); it is an admin connection whose /metrics is this worker's
@@ -112,9 +117,13 @@ void proxy_drain(mm_server_t *srv);
 /* Close every connection now (end of drain timeout). */
 void proxy_close_all(mm_server_t *srv);
 
-/* Reload the config file (SIGHUP, POST /reload). On failure the old config
- * keeps serving and err says why (FILE:LINE:COL: message). */
-int server_reload(mm_server_t *srv, char *err, size_t errlen);
+/* Reload the config file (SIGHUP, POST /reload): validated at once, new
+ * upstream host names looked up off the loop, then swapped in. cb (may be
+ * NULL) runs once with the outcome, maybe before this returns; on failure
+ * the old config keeps serving and err says why (FILE:LINE:COL: message, or
+ * the name that did not resolve). */
+typedef void (*server_reload_cb)(void *arg, int ok, const char *err);
+void server_reload(mm_server_t *srv, server_reload_cb cb, void *arg);
 
 /* The server context's current limits (from the current config). */
 const config_t *server_config(const mm_server_t *srv);

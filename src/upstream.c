@@ -19,6 +19,7 @@
 #include <strings.h>
 #include <netdb.h>
 
+#include "log.h"
 #include "upstream.h"
 #include "wio.h"
 
@@ -42,6 +43,15 @@ struct up_pool_s {
     unsigned n_ejections;
     uint64_t ejected_until;
     up_pool_stats_t stats;
+    /* A host name is looked up again every cfg.resolve_ms, off the loop
+     * (libuv's thread pool), as Envoy's STRICT_DNS does: a model server
+     * moved to a new address is followed without a reload. */
+    unsigned addr_gen;    /* bumped when the address changes */
+    uv_timer_t refresh;   /* unreferenced: never keeps the loop alive */
+    uv_getaddrinfo_t gai; /* the lookup in flight */
+    int refresh_open;     /* the timer handle is open (closed on release) */
+    int gai_busy;         /* a lookup is in flight: the pool's memory stays */
+    int resolve_failing;  /* the last lookup failed (logged once per streak) */
 };
 
 struct up_conn_s {
@@ -69,6 +79,7 @@ struct up_conn_s {
     int got_bytes;
     int req_open; /* the user has more request bytes to come (up_write's last == 0) */
     unsigned uses;
+    unsigned addr_gen; /* the pool's addr_gen when it connected */
     int closing_handles;
     uint64_t last_io;   /* loop time of the last read or write (response timer) */
     const char *span_p; /* decoded mode: the current body span */
@@ -193,6 +204,28 @@ static void init_settings(void)
 
 /* ---- addresses ---- */
 
+int mm_addr_is_name(const cfg_addr_t *a)
+{
+    struct sockaddr_storage ss;
+    return uv_ip4_addr(a->host, a->port, (struct sockaddr_in *)&ss) != 0 &&
+           uv_ip6_addr(a->host, a->port, (struct sockaddr_in6 *)&ss) != 0 &&
+           strcasecmp(a->host, "localhost") != 0;
+}
+
+int mm_addr_from_ai(const struct addrinfo *res, int port, struct sockaddr_storage *out)
+{
+    if (res == NULL || res->ai_addrlen > sizeof(*out)) return -1;
+    memset(out, 0, sizeof(*out));
+    memcpy(out, res->ai_addr, res->ai_addrlen);
+    if (out->ss_family == AF_INET)
+        ((struct sockaddr_in *)out)->sin_port = htons((uint16_t)port);
+    else if (out->ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)out)->sin6_port = htons((uint16_t)port);
+    else
+        return -1;
+    return 0;
+}
+
 int mm_addr_resolve(const cfg_addr_t *a, struct sockaddr_storage *out)
 {
     memset(out, 0, sizeof(*out));
@@ -202,17 +235,42 @@ int mm_addr_resolve(const cfg_addr_t *a, struct sockaddr_storage *out)
     if (strcasecmp(a->host, "localhost") == 0)
         return uv_ip4_addr("127.0.0.1", a->port, (struct sockaddr_in *)out) == 0 ? 0 : -1;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    char port[8];
-    snprintf(port, sizeof(port), "%d", a->port);
-    if (getaddrinfo(a->host, port, &hints, &res) != 0 || res == NULL) return -1;
-    memcpy(out, res->ai_addr, res->ai_addrlen);
+    if (getaddrinfo(a->host, NULL, &hints, &res) != 0 || res == NULL) return -1;
+    int rc = mm_addr_from_ai(res, a->port, out);
     freeaddrinfo(res);
-    return 0;
+    return rc;
+}
+
+void mm_addr_format(const struct sockaddr_storage *ss, char *out, size_t n)
+{
+    char ip[64] = "?";
+    if (ss->ss_family == AF_INET6) {
+        uv_ip6_name((const struct sockaddr_in6 *)ss, ip, sizeof(ip));
+        snprintf(out, n, "[%s]:%d", ip, ntohs(((const struct sockaddr_in6 *)ss)->sin6_port));
+    } else {
+        uv_ip4_name((const struct sockaddr_in *)ss, ip, sizeof(ip));
+        snprintf(out, n, "%s:%d", ip, ntohs(((const struct sockaddr_in *)ss)->sin_port));
+    }
+}
+
+static int addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family) return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port &&
+           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
 }
 
 /* ---- pool ---- */
 
-up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg, char *err, size_t errlen)
+static void refresh_arm(up_pool_t *p);
+
+up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg,
+                          const struct sockaddr_storage *addr, char *err, size_t errlen)
 {
     init_settings();
     up_pool_t *p = calloc(1, sizeof(*p));
@@ -222,13 +280,27 @@ up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg, char *err,
     }
     p->loop = loop;
     p->cfg = *cfg;
-    /* Names are resolved once, here (startup or reload), never per request. */
-    if (mm_addr_resolve(&cfg->addr, &p->addr) != 0) {
+    if (addr) {
+        p->addr = *addr; /* looked up off the loop by the caller (a reload) */
+    } else if (mm_addr_resolve(&cfg->addr, &p->addr) != 0) {
+        /* At startup, before anything is served: a blocking lookup, once. */
         snprintf(err, errlen, "upstream %s: cannot resolve %s", cfg->name, cfg->addr.host);
         free(p);
         return NULL;
     }
+    if (cfg->resolve_ms > 0 && mm_addr_is_name(&cfg->addr)) {
+        uv_timer_init(loop, &p->refresh);
+        uv_unref((uv_handle_t *)&p->refresh);
+        p->refresh.data = p;
+        p->refresh_open = 1;
+        refresh_arm(p);
+    }
     return p;
+}
+
+const struct sockaddr_storage *up_pool_addr(const up_pool_t *p)
+{
+    return &p->addr;
 }
 
 const cfg_upstream_t *up_pool_cfg(const up_pool_t *p)
@@ -279,10 +351,99 @@ static void queue_remove(up_pool_t *p, up_user_t *u)
     p->n_waiting--;
 }
 
+/* ---- re-resolution ---- */
+
+static void on_refresh_timer(uv_timer_t *t);
+
+static void refresh_arm(up_pool_t *p)
+{
+    if (p->refresh_open && !p->released && !p->draining)
+        uv_timer_start(&p->refresh, on_refresh_timer, (uint64_t)p->cfg.resolve_ms, 0);
+}
+
+static void on_refresh_closed(uv_handle_t *h)
+{
+    up_pool_t *p = h->data;
+    p->refresh_open = 0;
+    pool_maybe_free(p);
+}
+
+/* Where new connections go from now on. Idle connections to the old address
+ * are closed now, busy ones when released (addr_gen), so a model server that
+ * moved is left once its exchanges are done, as Envoy drains a host DNS no
+ * longer returns. */
+static void pool_readdress(up_pool_t *p, const struct sockaddr_storage *ss)
+{
+    char was[80], now[80];
+    mm_addr_format(&p->addr, was, sizeof(was));
+    mm_addr_format(ss, now, sizeof(now));
+    mm_log("upstream %s: %s now resolves to %s (was %s)", p->cfg.name, p->cfg.addr.host, now, was);
+    p->addr = *ss;
+    p->addr_gen++;
+    p->stats.readdressed++;
+    while (p->idle) uc_close(p->idle); /* uc_close takes it off the idle list */
+}
+
+static void on_refresh_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    up_pool_t *p = req->data;
+    p->gai_busy = 0;
+    struct sockaddr_storage ss;
+    int ok = status == 0 && mm_addr_from_ai(res, p->cfg.addr.port, &ss) == 0;
+    if (res) uv_freeaddrinfo(res);
+    if (p->released) {
+        pool_maybe_free(p);
+        return;
+    }
+    if (!ok) {
+        p->stats.resolve_failures++;
+        if (!p->resolve_failing) {
+            char at[80];
+            mm_addr_format(&p->addr, at, sizeof(at));
+            mm_log("upstream %s: cannot resolve %s (%s); connections keep going to %s, "
+                   "looked up again every %d ms",
+                   p->cfg.name, p->cfg.addr.host, status ? uv_strerror(status) : "no address", at,
+                   p->cfg.resolve_ms);
+        }
+        p->resolve_failing = 1;
+    } else {
+        if (p->resolve_failing)
+            mm_log("upstream %s: %s resolves again", p->cfg.name, p->cfg.addr.host);
+        p->resolve_failing = 0;
+        if (!addr_equal(&ss, &p->addr)) pool_readdress(p, &ss);
+    }
+    refresh_arm(p);
+}
+
+static void on_refresh_timer(uv_timer_t *t)
+{
+    up_pool_t *p = t->data;
+    if (p->gai_busy || p->released || p->draining) return;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    p->gai.data = p;
+    if (uv_getaddrinfo(p->loop, &p->gai, on_refresh_resolved, p->cfg.addr.host, NULL, &hints) !=
+        0) {
+        p->stats.resolve_failures++;
+        refresh_arm(p); /* the thread pool refused it: try at the next interval */
+        return;
+    }
+    p->gai_busy = 1;
+}
+
+static void refresh_stop(up_pool_t *p)
+{
+    if (p->refresh_open && !uv_is_closing((uv_handle_t *)&p->refresh))
+        uv_close((uv_handle_t *)&p->refresh, on_refresh_closed);
+    /* A lookup not started yet is cancelled (its callback then runs with
+     * UV_ECANCELED); one already running finishes, and the pool waits. */
+    if (p->gai_busy) uv_cancel((uv_req_t *)&p->gai);
+}
+
 void up_pool_release(up_pool_t *p)
 {
     if (p == NULL) return;
     p->released = 1;
+    refresh_stop(p);
     while (p->idle) uc_close(p->idle); /* uc_close takes it off the idle list */
     /* Waiters of a released pool cannot be served by it any more. */
     while (p->qhead) {
@@ -297,12 +458,14 @@ void up_pool_release(up_pool_t *p)
 void up_pool_drain(up_pool_t *p)
 {
     p->draining = 1;
+    if (p->refresh_open) uv_timer_stop(&p->refresh);
     while (p->idle) uc_close(p->idle); /* uc_close takes it off the idle list */
 }
 
 static void pool_maybe_free(up_pool_t *p)
 {
-    if (p->released && p->n_open == 0 && p->n_waiting == 0) free(p);
+    if (p->released && p->n_open == 0 && p->n_waiting == 0 && !p->refresh_open && !p->gai_busy)
+        free(p);
 }
 
 /* ---- connection lifecycle ---- */
@@ -506,7 +669,7 @@ static void on_connect(uv_connect_t *req, int status)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     up_user_t *u = c->user;
-    if (u == NULL && c->pool->draining) {
+    if (u == NULL && (c->pool->draining || c->addr_gen != c->pool->addr_gen)) {
         uc_close(c);
         return;
     }
@@ -526,6 +689,7 @@ static int open_conn(up_pool_t *p, up_user_t *u)
     if (c == NULL) return -1;
     c->pool = p;
     c->user = u;
+    c->addr_gen = p->addr_gen;
     c->state = UC_CONNECTING;
     uv_tcp_init(p->loop, &c->tcp);
     uv_timer_init(p->loop, &c->timer);
@@ -769,7 +933,7 @@ void up_release(up_conn_t *c, int reusable)
     if (c->state != UC_BUSY) return;
     up_pool_t *p = c->pool;
     int ok = reusable && c->phase == PH_DONE && c->resp.keep_alive && !c->writing &&
-             c->rpos == c->rlen && !p->released && !p->draining;
+             c->rpos == c->rlen && !p->released && !p->draining && c->addr_gen == p->addr_gen;
     c->user = NULL;
     if (!ok) {
         uc_close(c);

@@ -80,13 +80,26 @@ struct up_user_s {
     int no_body_expected;    /* HEAD request: the answer has no body */
 };
 
-up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg, char *err, size_t errlen);
+/* A pool for cfg. `addr`: where to connect, already looked up (a reload does
+ * it off the loop); NULL: look it up now, blocking (startup only). A host
+ * name is looked up again every cfg->resolve_ms in libuv's thread pool. */
+up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg,
+                          const struct sockaddr_storage *addr, char *err, size_t errlen);
+/* Where new connections of the pool go (the last successful lookup). */
+const struct sockaddr_storage *up_pool_addr(const up_pool_t *p);
 
 /* The socket address of a configured address: numeric hosts as they are,
  * "localhost" as 127.0.0.1 (what listeners have always bound), other names
- * through getaddrinfo (first answer). It blocks: call it at startup or reload,
- * never per request. 0, or -1 when the name does not resolve. */
+ * through getaddrinfo (first answer). It blocks: call it at startup, never
+ * once serving. 0, or -1 when the name does not resolve. */
 int mm_addr_resolve(const cfg_addr_t *a, struct sockaddr_storage *out);
+/* 1 if a's host is a name that needs a lookup (not numeric, not localhost). */
+int mm_addr_is_name(const cfg_addr_t *a);
+/* The first address of a getaddrinfo answer, with `port`: 0, or -1. */
+struct addrinfo;
+int mm_addr_from_ai(const struct addrinfo *res, int port, struct sockaddr_storage *out);
+/* "1.2.3.4:80" or "[::1]:80". */
+void mm_addr_format(const struct sockaddr_storage *ss, char *out, size_t n);
 /* Drop the pool: idle connections close now, busy ones when released. The
  * pool's memory goes when its last connection has closed. */
 void up_pool_release(up_pool_t *p);
@@ -128,6 +141,8 @@ typedef struct {
     uint64_t errors[UP_ERR__COUNT];
     uint64_t ejections;
     uint64_t connects;
+    uint64_t resolve_failures; /* re-resolutions that failed (the address is kept) */
+    uint64_t readdressed;      /* re-resolutions that moved the pool to a new address */
     int open, idle, waiting;
 } up_pool_stats_t;
 void up_pool_stats(const up_pool_t *p, up_pool_stats_t *out);

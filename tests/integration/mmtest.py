@@ -44,13 +44,13 @@ def free_port():
     raise RuntimeError("no free port found")
 
 
-def wait_port(port, proc=None, timeout=10.0):
+def wait_port(port, proc=None, timeout=10.0, host="127.0.0.1"):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError("process exited with %s before listening on %d" % (proc.returncode, port))
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            socket.create_connection((host, port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.02)

@@ -106,7 +106,33 @@ static void test_unknown_upstream_key(void **state)
                  "  \"champion\": {\"url\": \"http://127.0.0.1:7001\", \"tmeout_ms\": 5}},\n"
                  " \"experiments\": []}",
                  "t.json:2:48: unknown key upstreams.champion.tmeout_ms (allowed here: url, pool, "
-                 "connect_timeout_ms, timeout_ms, eject)");
+                 "connect_timeout_ms, timeout_ms, eject, resolve_ms)");
+}
+
+static void test_upstream_resolve_ms(void **state)
+{
+    (void)state;
+    config_t *c = parse_ok(MINIMAL);
+    assert_int_equal(c->upstreams[0].resolve_ms, 5000); /* Envoy's dns_refresh_rate */
+    config_free(c);
+    c = parse_ok("{\"upstreams\": {\"a\": {\"url\": \"http://m.test:1\", \"resolve_ms\": 0}}, "
+                 "\"experiments\": []}");
+    assert_int_equal(c->upstreams[0].resolve_ms, 0);
+    config_free(c);
+    c = parse_ok("{\"upstreams\": {\"a\": {\"url\": \"http://m.test:1\", \"resolve_ms\": 100}}, "
+                 "\"experiments\": []}");
+    assert_int_equal(c->upstreams[0].resolve_ms, 100);
+    config_free(c);
+    expect_error("{\"upstreams\": {\"a\": {\"url\": \"http://m.test:1\",\n"
+                 "  \"resolve_ms\": 50}}, \"experiments\": []}",
+                 "t.json:2:17: upstreams.a.resolve_ms must be 0 (no re-resolution) or at least "
+                 "100, got 50");
+    expect_error_prefix("{\"upstreams\": {\"a\": {\"url\": \"http://m.test:1\",\n"
+                        "  \"resolve_ms\": -1}}, \"experiments\": []}",
+                        "t.json:2:17: ");
+    expect_error_prefix("{\"upstreams\": {\"a\": {\"url\": \"http://m.test:1\",\n"
+                        "  \"resolve_ms\": 1.5}}, \"experiments\": []}",
+                        "t.json:2:17: ");
 }
 
 static void test_wrong_type(void **state)
@@ -847,6 +873,7 @@ int main(void)
         cmocka_unit_test(test_top_level_must_be_object),
         cmocka_unit_test(test_unknown_top_level_key),
         cmocka_unit_test(test_unknown_upstream_key),
+        cmocka_unit_test(test_upstream_resolve_ms),
         cmocka_unit_test(test_wrong_type),
         cmocka_unit_test(test_negative_timeout),
         cmocka_unit_test(test_integer_keys_reject_fractions_and_strings),

@@ -72,7 +72,7 @@ static int setup_with(void **state, const char *config)
         print_error("setup: %s\n", err);
         return -1;
     }
-    s->router = router_create(&f->loop, cfg, NULL, s->store, &s->metrics, err, sizeof(err));
+    s->router = router_create(&f->loop, cfg, NULL, s->store, &s->metrics, NULL, err, sizeof(err));
     if (s->router == NULL) {
         print_error("router: %s\n", err);
         return -1;

@@ -10,11 +10,14 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <netdb.h>
+#include <netinet/in.h>
 
 #include "config.h"
 #include "metrics.h"
 #include "router.h"
 #include "store.h"
+#include "upstream.h"
 
 static const char CONFIG[] =
     "{\"listen\": \"127.0.0.1:18999\",\n"
@@ -63,7 +66,7 @@ static int setup(void **state)
     metrics_init(&f->metrics);
     config_t *cfg = config_parse(CONFIG, sizeof(CONFIG) - 1, "router.json", err, sizeof(err));
     if (cfg == NULL) fail_msg("%s", err);
-    f->router = router_create(&f->loop, cfg, NULL, f->store, &f->metrics, err, sizeof(err));
+    f->router = router_create(&f->loop, cfg, NULL, f->store, &f->metrics, NULL, err, sizeof(err));
     assert_non_null(f->router);
     *state = f;
     return 0;
@@ -255,9 +258,50 @@ static void test_a_choice_never_carries_over_between_requests(void **state)
     assert_true(c.primary == 0 || c.primary == 1);
 }
 
+/* Which upstream hosts need a lookup, and how an answer becomes an address. */
+static void test_upstream_addresses(void **state)
+{
+    (void)state;
+    cfg_addr_t a = {.port = 7001};
+    const char *names[] = {"model-a.test", "ranker", "localhost.example", NULL};
+    const char *not_names[] = {"127.0.0.1", "::1", "LocalHost", "10.1.2.3", NULL};
+    for (int i = 0; names[i]; i++) {
+        snprintf(a.host, sizeof(a.host), "%s", names[i]);
+        assert_true(mm_addr_is_name(&a));
+    }
+    for (int i = 0; not_names[i]; i++) {
+        snprintf(a.host, sizeof(a.host), "%s", not_names[i]);
+        assert_false(mm_addr_is_name(&a));
+    }
+    /* A getaddrinfo answer carries no port (no service asked): ours is set. */
+    struct sockaddr_in sin = {.sin_family = AF_INET};
+    sin.sin_addr.s_addr = htonl(0x7f000002);
+    struct addrinfo ai = {
+        .ai_family = AF_INET, .ai_addrlen = sizeof(sin), .ai_addr = (struct sockaddr *)&sin};
+    struct sockaddr_storage ss;
+    char txt[80];
+    assert_int_equal(mm_addr_from_ai(&ai, 7001, &ss), 0);
+    mm_addr_format(&ss, txt, sizeof(txt));
+    assert_string_equal(txt, "127.0.0.2:7001");
+    struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6};
+    sin6.sin6_addr.s6_addr[15] = 1;
+    struct addrinfo ai6 = {
+        .ai_family = AF_INET6, .ai_addrlen = sizeof(sin6), .ai_addr = (struct sockaddr *)&sin6};
+    assert_int_equal(mm_addr_from_ai(&ai6, 80, &ss), 0);
+    mm_addr_format(&ss, txt, sizeof(txt));
+    assert_string_equal(txt, "[::1]:80");
+    assert_int_equal(mm_addr_from_ai(NULL, 80, &ss), -1);
+    /* Numeric hosts and localhost resolve without a lookup. */
+    snprintf(a.host, sizeof(a.host), "localhost");
+    assert_int_equal(mm_addr_resolve(&a, &ss), 0);
+    mm_addr_format(&ss, txt, sizeof(txt));
+    assert_string_equal(txt, "127.0.0.1:7001");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_upstream_addresses),
         cmocka_unit_test_setup_teardown(test_first_matching_experiment_wins, setup, teardown),
         cmocka_unit_test_setup_teardown(test_host_matching_ignores_port_case_and_a_trailing_dot,
                                         setup, teardown),

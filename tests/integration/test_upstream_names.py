@@ -1,0 +1,229 @@
+"""Upstream host names: looked up again every `resolve_ms` off the event loop
+(a model server that moved is followed, a failed lookup keeps the last
+address), and looked up off the loop at a reload (requests go on while a slow
+resolver answers; a name that does not resolve rejects the reload).
+
+modelmux runs in a private mount namespace (`unshare -m`) where a file of the
+test is bind-mounted over /etc/hosts, and another over /etc/resolv.conf
+pointing at a "DNS server" of the test that never answers, so lookups are as
+slow as its timeout. That needs root (CI runs as root); elsewhere the tests
+are skipped with the reason. `unshare` and `sh` exec, so the PID the test
+holds is modelmux's own."""
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import unittest
+
+import mmtest
+
+SILENT_DNS = "127.0.0.77"  # the test's resolver: takes queries, never answers
+
+
+def namespaces_usable():
+    if os.geteuid() != 0:
+        return "needs root (a private mount namespace over /etc/hosts)"
+    try:
+        rc = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
+                            capture_output=True, timeout=10).returncode
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "unshare unavailable: %s" % e
+    return None if rc == 0 else "unshare -m refused here"
+
+
+class SilentDns:
+    """A UDP socket on SILENT_DNS:53 that reads queries and answers none;
+    `asked` is set once a query for `name` arrived."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((SILENT_DNS, 53))
+        self.sock.settimeout(0.2)
+        self.names = []
+        self.asked = threading.Event()
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stopping:
+            try:
+                data, _ = self.sock.recvfrom(2048)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.names.append(data)
+            self.asked.set()
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+
+@unittest.skipIf(namespaces_usable() is not None, namespaces_usable() or "")
+class UpstreamNames(mmtest.MMTestCase):
+    def setUp(self):
+        super().setUp()
+        self.hosts = self.cluster.path("hosts")
+        self.set_hosts({})
+        self.resolv = self.cluster.path("resolv.conf")
+        with open(self.resolv, "w") as f:
+            f.write("nameserver %s\noptions timeout:3 attempts:1\n" % SILENT_DNS)
+
+    def set_hosts(self, names):
+        # Rewritten in place (same inode): the bind mount shows the new text.
+        with open(self.hosts, "w") as f:
+            f.write("127.0.0.1 localhost\n")
+            for name, ip in names.items():
+                f.write("%s %s\n" % (ip, name))
+
+    def start_mm(self, cfg):
+        path = self.cluster.write_config(cfg)
+        script = "mount --bind %s /etc/hosts && mount --bind %s /etc/resolv.conf && exec %s" % (
+            shlex.quote(self.hosts), shlex.quote(self.resolv),
+            " ".join(shlex.quote(a) for a in [mmtest.MM_BIN, "-c", path, "--seed", "1"]))
+        proc = self.cluster._start(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                                   "modelmux")
+        proc.config_path = path
+        proc.port = int(cfg["listen"].rsplit(":", 1)[1])
+        proc.admin_port = int(cfg["admin"]["listen"].rsplit(":", 1)[1])
+        mmtest.wait_port(proc.port, proc.p)
+        mmtest.wait_port(proc.admin_port, proc.p)
+        return proc
+
+    def config(self, port, admin, champion, resolve_ms=None):
+        up = {"url": champion}
+        if resolve_ms is not None:
+            up["resolve_ms"] = resolve_ms
+        return mmtest.base_config(port, {"champion": up}, [
+            {"name": "split", "match": {"path_prefix": "/"}, "policy": "ab",
+             "arms": {"champion": 1}}], admin_port=admin)
+
+    def model(self, mm):
+        status, _, body = mmtest.request(mm.port, "POST", "/predict", body={"x": 1})
+        self.assertEqual(status, 200, body)
+        return json.loads(body)["model"]
+
+    def test_a_moved_model_server_is_followed_and_a_failed_lookup_keeps_the_address(self):
+        port = mmtest.free_port()
+        self.cluster.model_server("old", "--host", "127.0.0.1", port=port)
+        new = self.cluster._start([mmtest.MODEL_SERVER, "--host", "127.0.0.2", "--port", str(port),
+                                   "--name", "new"], "ms-new")
+        mmtest.wait_port(port, new.p, host="127.0.0.2")
+        self.set_hosts({"model-a.test": "127.0.0.1"})
+        dport, admin = mmtest.free_port(), mmtest.free_port()
+        mm = self.start_mm(self.config(dport, admin, "http://model-a.test:%d" % port, 200))
+        for _ in range(5):
+            self.assertEqual(self.model(mm), "old")
+
+        self.set_hosts({"model-a.test": "127.0.0.2"})
+        mmtest.eventually(lambda: self.model(mm) == "new", timeout=15)
+        # Idle connections to the old address were closed: none answers again.
+        for _ in range(20):
+            self.assertEqual(self.model(mm), "new")
+        self.assertIn("model-a.test now resolves to 127.0.0.2:%d (was 127.0.0.1:%d)" % (port, port),
+                      mm.log())
+        changed = mmtest.metric_samples(admin, "modelmux_upstream_resolutions_total",
+                                        "upstream", "result")
+        self.assertEqual(changed[("champion", "changed")], 1)
+
+        # The name disappears: the last address keeps serving, reported once.
+        self.set_hosts({})
+        mmtest.eventually(lambda: "cannot resolve model-a.test" in mm.log(), timeout=20)
+        for _ in range(5):
+            self.assertEqual(self.model(mm), "new")
+        failed = mmtest.metric_samples(admin, "modelmux_upstream_resolutions_total",
+                                       "upstream", "result")
+        self.assertGreaterEqual(failed[("champion", "failed")], 1)
+        self.assertIn("connections keep going to 127.0.0.2:%d" % port, mm.log())
+        self.set_hosts({"model-a.test": "127.0.0.2"})
+        mmtest.eventually(lambda: "model-a.test resolves again" in mm.log(), timeout=20)
+        self.assertEqual(mm.log().count("cannot resolve model-a.test"), 1)
+
+    def test_resolve_ms_0_looks_up_once(self):
+        port = mmtest.free_port()
+        self.cluster.model_server("old", "--host", "127.0.0.1", port=port)
+        self.set_hosts({"model-a.test": "127.0.0.1"})
+        dport, admin = mmtest.free_port(), mmtest.free_port()
+        mm = self.start_mm(self.config(dport, admin, "http://model-a.test:%d" % port, 0))
+        self.set_hosts({})
+        # With re-resolution off, the start's answer stays: nothing is looked up.
+        for _ in range(10):
+            self.assertEqual(self.model(mm), "old")
+        self.assertNotIn("cannot resolve", mm.log())
+        self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_resolutions_total",
+                                               "upstream", "result"), {})
+
+    def reload_async(self, mm, out):
+        def run():
+            out.append(mmtest.request(mm.admin_port, "POST", "/reload", timeout=30))
+        t = threading.Thread(target=run)
+        t.start()
+        return t
+
+    def test_a_reload_looks_names_up_off_the_event_loop(self):
+        try:
+            dns = SilentDns()
+        except OSError as e:
+            self.skipTest("cannot listen on %s:53: %s" % (SILENT_DNS, e))
+        self.addCleanup(dns.close)
+        a = self.cluster.model_server("first")
+        b_port = mmtest.free_port()
+        self.cluster.model_server("second", "--host", "127.0.0.1", port=b_port)
+        dport, admin = mmtest.free_port(), mmtest.free_port()
+        mm = self.start_mm(self.config(dport, admin, "http://127.0.0.1:%d" % a.port))
+        self.assertEqual(self.model(mm), "first")
+
+        # A name only the silent resolver could answer: the reload waits for
+        # it in the thread pool, and requests are served meanwhile.
+        self.cluster.write_config(self.config(dport, admin, "http://slow-model.test:%d" % b_port))
+        answers = []
+        t = self.reload_async(mm, answers)
+        self.assertTrue(dns.asked.wait(20), "modelmux never looked the name up")
+        for _ in range(5):
+            self.assertEqual(self.model(mm), "first")
+            self.assertEqual(mmtest.request(admin, "GET", "/healthz")[0], 200)
+        self.assertTrue(t.is_alive(), "the reload answered before its lookup ended")
+        # A second reload asked for meanwhile runs after it, on the file as it
+        # is then: a name /etc/hosts knows.
+        self.set_hosts({"model-b.test": "127.0.0.1"})
+        self.cluster.write_config(self.config(dport, admin, "http://model-b.test:%d" % b_port))
+        t2 = self.reload_async(mm, answers)
+        t.join(30)
+        t2.join(30)
+        self.assertEqual(len(answers), 2)
+        first, second = answers
+        self.assertEqual(first[0], 400, first[2])
+        err = json.loads(first[2])
+        self.assertEqual(err["error"], "bad_request")
+        self.assertIn("upstream champion: cannot resolve slow-model.test", err["message"])
+        self.assertEqual(second[0], 200, second[2])
+        self.assertEqual(json.loads(second[2]), {"status": "reloaded"})
+        self.assertEqual(self.model(mm), "second")
+        self.assertIn("reload rejected, the previous config keeps serving: upstream champion: "
+                      "cannot resolve slow-model.test", mm.log())
+        text = mmtest.request(admin, "GET", "/metrics")[2].decode()
+        self.assertIn("modelmux_reload_failures_total 1", text)
+        self.assertIn("modelmux_reloads_total 1", text)
+
+    def test_sighup_with_an_unresolvable_name_keeps_the_old_config(self):
+        a = self.cluster.model_server("first")
+        dport, admin = mmtest.free_port(), mmtest.free_port()
+        mm = self.start_mm(self.config(dport, admin, "http://127.0.0.1:%d" % a.port))
+        # No resolver listens on SILENT_DNS here: the lookup fails at once.
+        self.cluster.write_config(self.config(dport, admin, "http://gone-model.test:%d" % a.port))
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "cannot resolve gone-model.test" in mm.log(), timeout=20)
+        self.assertEqual(self.model(mm), "first")
+        text = mmtest.request(admin, "GET", "/metrics")[2].decode()
+        self.assertIn("modelmux_reload_failures_total 1", text)
+        self.assertIn("modelmux_reloads_total 0", text)
+
+
+if __name__ == "__main__":
+    mmtest.main()
