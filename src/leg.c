@@ -144,6 +144,13 @@ static void on_clock(uv_timer_t *t)
     if (l != NULL && (!clk->armed || l->deadline < clk->due)) clock_arm(clk, l->deadline);
 }
 
+void leg_clock_expire(leg_clock_t *clk)
+{
+    leg_t *l;
+    /* One at a time, as on_clock does: a done() callback may finish others. */
+    while ((l = clock_earliest(clk)) != NULL) on_timeout(l);
+}
+
 static void on_conn(up_user_t *u, up_conn_t *uc)
 {
     leg_t *l = container_of(u, leg_t, user);

@@ -47,6 +47,9 @@ void leg_clock_init(leg_clock_t *clk, uv_loop_t *loop);
  * close callback. Call when no leg is in flight any more (the loop has run
  * dry). A clock never opened (all zero) is left alone. */
 void leg_clock_close(leg_clock_t *clk);
+/* Time out every leg in flight now (the drain timeout has passed): each one's
+ * done() runs with status 0 and timed_out set, as at its own deadline. */
+void leg_clock_expire(leg_clock_t *clk);
 
 struct leg_s {
     /* set by the owner before leg_start */

@@ -5,12 +5,12 @@
  * keep a reference to the router they started on, so nothing is dropped and
  * a bad config changes nothing (its error is logged and returned).
  *
- * Shutdown (SIGTERM/SIGINT) stops accepting, lets in-flight requests finish
- * within drain_timeout_ms, then flushes the store and the request log and
- * lets the loop run dry. Mirrors still in flight then go on to their answer
- * or deadline: the legs' clock does not keep the loop alive but their
- * upstream connections do, so it is closed only in server_free, which also
- * frees the shadow groups kept for reuse. */
+ * Shutdown (SIGTERM/SIGINT) stops accepting, lets in-flight requests and
+ * mirrors finish within drain_timeout_ms, then flushes the store and the
+ * request log and lets the loop run dry. Mirrors still in flight when the
+ * drain timeout passes are timed out then (logged as errors). The legs'
+ * clock is closed only in server_free, which also frees the shadow groups
+ * kept for reuse. */
 #include <signal.h>
 #include <sys/socket.h>
 #include <stdio.h>
@@ -307,8 +307,13 @@ void server_maybe_drained(mm_server_t *srv)
 static void on_drain_timeout(uv_timer_t *t)
 {
     mm_server_t *srv = t->data;
-    mm_log("drain timeout: closing %s remaining connections", srv->conns ? "the" : "no");
+    mm_log("drain timeout: closing %s remaining connections%s", srv->conns ? "the" : "no",
+           srv->shadows.active ? ", mirrors still in flight end as errors" : "");
     proxy_close_all(srv);
+    /* Mirrors still waiting for an answer end now, as at their own deadline
+     * (outcome error), so their requests are counted and logged while the
+     * request log is still open; it closes once the store has flushed. */
+    leg_clock_expire(&srv->legs);
     server_drained(srv);
 }
 

@@ -14,7 +14,8 @@ log's `shadow` entry (DESIGN.md §7) and checked against the admin view and
      mirrors are `error` in the log, the metrics and the view alike (they
      were counted `mismatch` by the core and not at all by the view);
   3. stopping (SIGTERM) lets mirrors in flight finish or time out, and logs
-     their requests (their lines used to be lost);
+     their requests (their lines used to be lost), also when the drain
+     timeout cuts them (they end as errors);
   4. mirrors not sent (max_inflight, max_body_bytes) are `dropped` in the
      admin view too (it used to leave them out: a shadow that compared
      nothing under load gave no reason).
@@ -224,6 +225,24 @@ class ShadowSemantics(mmtest.MMTestCase):
         self.assertLess(time.time() - t0, 5)  # bounded by the mirrors' timeout_ms
         got = {line["path"]: [s["outcome"] for s in line["shadow"]] for line in log_lines(self.log)}
         self.assertEqual(got, {"/slow": ["match"], "/hang": ["error"]})
+
+    def test_mirrors_cut_by_the_drain_timeout_are_logged_as_errors(self):
+        ups = {"primary": self.upstream(lambda p: {"body": '{"a":1}'}),
+               "cand": self.upstream(lambda p: {"hang": 8})}
+        mm = self.start(ups, {"timeout_ms": 20000},
+                        limits={"drain_timeout_ms": 300})
+        for path in ("/a", "/b"):
+            self.assertEqual(mmtest.request(mm.port, "POST", path, body="{}")[0], 200)
+        mmtest.eventually(lambda: ups["cand"].seen >= 2)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(15), 0)
+        lines = log_lines(self.log)
+        got = {line["path"]: [(s["arm"], s["status"], s["outcome"]) for s in line["shadow"]]
+               for line in lines}
+        # Every request is logged (DESIGN.md §7), those whose mirrors the
+        # drain timeout cut included: their mirrors ended as errors.
+        self.assertEqual(got, {"/a": [("cand", 0, "error")], "/b": [("cand", 0, "error")]})
+        self.assertIn("mirrors still in flight end as errors", mm.log())
 
     def test_dropped_mirrors_are_in_the_view_as_in_the_metrics_and_the_log(self):
         ups = {"primary": self.upstream(lambda p: {"body": '{"a":1}'}),
