@@ -68,7 +68,7 @@ static void on_tick(uv_timer_t *t)
  * file as it is then. */
 
 typedef struct reload_waiter_s {
-    server_reload_cb cb;
+    server_reload_cb cb; /* NULL: nobody waits for the answer (SIGHUP) */
     void *arg;
     struct reload_waiter_s *next;
 } reload_waiter_t;
@@ -90,7 +90,7 @@ static void reload_answer(reload_waiter_t *w, int ok, const char *err)
 {
     while (w) {
         reload_waiter_t *next = w->next;
-        w->cb(w->arg, ok, err);
+        if (w->cb) w->cb(w->arg, ok, err);
         free(w);
         w = next;
     }
@@ -138,10 +138,9 @@ static void reload_finish(server_reload_t *rl)
     free(rl->addrs);
     free(rl->gai);
     free(rl);
-    if (srv->reload_again) {
+    if (srv->reload_next) {
         reload_waiter_t *w = srv->reload_next;
         srv->reload_next = NULL;
-        srv->reload_again = 0;
         if (srv->stopping)
             reload_reject(srv, w, "shutting down");
         else
@@ -149,16 +148,23 @@ static void reload_finish(server_reload_t *rl)
     }
 }
 
+/* Upstream i's name did not resolve (status: libuv's error, 0 for an answer
+ * without an address): the reload fails with the first such name. */
+static void lookup_failed(server_reload_t *rl, size_t i, int status)
+{
+    const cfg_upstream_t *u = &rl->cfg->upstreams[i];
+    if (rl->failed) return;
+    rl->failed = 1;
+    snprintf(rl->err, sizeof(rl->err), "upstream %s: cannot resolve %s (%s)", u->name, u->addr.host,
+             status ? uv_strerror(status) : "no address");
+}
+
 static void on_reload_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     server_reload_t *rl = req->data;
     size_t i = (size_t)(req - rl->gai);
-    const cfg_upstream_t *u = &rl->cfg->upstreams[i];
-    if ((status != 0 || mm_addr_from_ai(res, u->addr.port, &rl->addrs[i]) != 0) && !rl->failed) {
-        rl->failed = 1;
-        snprintf(rl->err, sizeof(rl->err), "upstream %s: cannot resolve %s (%s)", u->name,
-                 u->addr.host, status ? uv_strerror(status) : "no address");
-    }
+    if (status != 0 || mm_addr_from_ai(res, rl->cfg->upstreams[i].addr.port, &rl->addrs[i]) != 0)
+        lookup_failed(rl, i, status);
     if (res) uv_freeaddrinfo(res);
     if (--rl->pending == 0) reload_finish(rl);
 }
@@ -209,48 +215,35 @@ static void reload_begin(mm_server_t *srv, reload_waiter_t *waiters)
     srv->reloading = rl;
     rl->pending = 1; /* held until every lookup has started */
     for (size_t i = 0; i < cfg->n_upstreams && !rl->failed; i++) {
-        const cfg_upstream_t *u = &cfg->upstreams[i];
-        const up_pool_t *same =
-            mm_addr_is_name(&u->addr) ? resolved_pool(srv->router, &u->addr) : NULL;
-        if (!mm_addr_is_name(&u->addr)) {
-            mm_addr_resolve(&u->addr, &rl->addrs[i]); /* numeric or localhost: no lookup */
-        } else if (same) {
+        const cfg_addr_t *a = &cfg->upstreams[i].addr;
+        if (mm_addr_literal(a, &rl->addrs[i]) == 0) continue; /* numeric or localhost */
+        const up_pool_t *same = resolved_pool(srv->router, a);
+        if (same) {
             rl->addrs[i] = *up_pool_addr(same);
-        } else {
-            struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-            rl->gai[i].data = rl;
-            int rc = uv_getaddrinfo(srv->loop, &rl->gai[i], on_reload_resolved, u->addr.host, NULL,
-                                    &hints);
-            if (rc != 0) {
-                rl->failed = 1;
-                snprintf(rl->err, sizeof(rl->err), "upstream %s: cannot resolve %s (%s)", u->name,
-                         u->addr.host, uv_strerror(rc));
-            } else {
-                rl->pending++;
-            }
+            continue;
         }
+        rl->gai[i].data = rl;
+        int rc = mm_addr_lookup(srv->loop, &rl->gai[i], on_reload_resolved, a->host);
+        if (rc != 0)
+            lookup_failed(rl, i, rc);
+        else
+            rl->pending++;
     }
     if (--rl->pending == 0) reload_finish(rl);
 }
 
 void server_reload(mm_server_t *srv, server_reload_cb cb, void *arg)
 {
-    reload_waiter_t *w = NULL;
-    if (cb) {
-        w = calloc(1, sizeof(*w));
-        if (w == NULL) {
-            cb(arg, 0, "out of memory");
-            return;
-        }
-        w->cb = cb;
-        w->arg = arg;
+    reload_waiter_t *w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        if (cb) cb(arg, 0, "out of memory");
+        return;
     }
+    w->cb = cb;
+    w->arg = arg;
     if (srv->reloading) { /* after the one in flight, on the file as it is then */
-        if (w) {
-            w->next = srv->reload_next;
-            srv->reload_next = w;
-        }
-        srv->reload_again = 1;
+        w->next = srv->reload_next;
+        srv->reload_next = w;
         return;
     }
     reload_begin(srv, w);

@@ -62,8 +62,7 @@ typedef struct mm_server_s {
     int group_parent;
     uint64_t reloads, reload_failures;
     struct server_reload_s *reloading;   /* a reload waiting for name lookups */
-    struct reload_waiter_s *reload_next; /* callers of the reload after it */
-    int reload_again;                    /* a reload was asked for meanwhile */
+    struct reload_waiter_s *reload_next; /* asked for meanwhile: the reload after it */
     uint64_t stream_invalid; /* feedback stream entries acknowledged unapplied: invalid */
     int has_store_override;  /* --workers with the memory store: the shared private Redis */
     cfg_store_t store_override;

@@ -67,6 +67,7 @@
 #include <hiredis/async.h>
 #include <jansson.h>
 
+#include "addr.h"
 #include "store_internal.h"
 
 #define BACKOFF_MIN_MS     100u
@@ -611,11 +612,8 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     store_redis_t *r = container_of(req, store_redis_t, gai);
     r->resolving = 0;
-    /* An IPv4 address if there is one, as hiredis itself prefers: "localhost"
-     * must reach a Redis bound to 127.0.0.1 even where ::1 sorts first. */
-    const struct addrinfo *pick = NULL;
-    for (const struct addrinfo *a = status == 0 ? res : NULL; a; a = a->ai_next)
-        if (pick == NULL || (a->ai_family == AF_INET && pick->ai_family != AF_INET)) pick = a;
+    /* An IPv4 address if there is one, as hiredis itself prefers (addr.h). */
+    const struct addrinfo *pick = status == 0 ? mm_addr_pick(res) : NULL;
     char addr[INET6_ADDRSTRLEN] = "";
     if (pick) uv_ip_name(pick->ai_addr, addr, sizeof(addr));
     uv_freeaddrinfo(res);
@@ -648,10 +646,9 @@ static void redis_connect(store_redis_t *r)
         connect_to(r, host);
         return;
     }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     r->resolving = 1;
     r->open_handles++;
-    int rc = uv_getaddrinfo(r->s->loop, &r->gai, on_resolved, host, NULL, &hints);
+    int rc = mm_addr_lookup(r->s->loop, &r->gai, on_resolved, host);
     if (rc != 0) {
         r->resolving = 0;
         r->open_handles--;

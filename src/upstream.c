@@ -16,8 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <netdb.h>
 
 #include "log.h"
 #include "upstream.h"
@@ -202,69 +200,6 @@ static void init_settings(void)
     resp_settings_ready = 1;
 }
 
-/* ---- addresses ---- */
-
-int mm_addr_is_name(const cfg_addr_t *a)
-{
-    struct sockaddr_storage ss;
-    return uv_ip4_addr(a->host, a->port, (struct sockaddr_in *)&ss) != 0 &&
-           uv_ip6_addr(a->host, a->port, (struct sockaddr_in6 *)&ss) != 0 &&
-           strcasecmp(a->host, "localhost") != 0;
-}
-
-int mm_addr_from_ai(const struct addrinfo *res, int port, struct sockaddr_storage *out)
-{
-    if (res == NULL || res->ai_addrlen > sizeof(*out)) return -1;
-    memset(out, 0, sizeof(*out));
-    memcpy(out, res->ai_addr, res->ai_addrlen);
-    if (out->ss_family == AF_INET)
-        ((struct sockaddr_in *)out)->sin_port = htons((uint16_t)port);
-    else if (out->ss_family == AF_INET6)
-        ((struct sockaddr_in6 *)out)->sin6_port = htons((uint16_t)port);
-    else
-        return -1;
-    return 0;
-}
-
-int mm_addr_resolve(const cfg_addr_t *a, struct sockaddr_storage *out)
-{
-    memset(out, 0, sizeof(*out));
-    if (uv_ip4_addr(a->host, a->port, (struct sockaddr_in *)out) == 0 ||
-        uv_ip6_addr(a->host, a->port, (struct sockaddr_in6 *)out) == 0)
-        return 0;
-    if (strcasecmp(a->host, "localhost") == 0)
-        return uv_ip4_addr("127.0.0.1", a->port, (struct sockaddr_in *)out) == 0 ? 0 : -1;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    if (getaddrinfo(a->host, NULL, &hints, &res) != 0 || res == NULL) return -1;
-    int rc = mm_addr_from_ai(res, a->port, out);
-    freeaddrinfo(res);
-    return rc;
-}
-
-void mm_addr_format(const struct sockaddr_storage *ss, char *out, size_t n)
-{
-    char ip[64] = "?";
-    if (ss->ss_family == AF_INET6) {
-        uv_ip6_name((const struct sockaddr_in6 *)ss, ip, sizeof(ip));
-        snprintf(out, n, "[%s]:%d", ip, ntohs(((const struct sockaddr_in6 *)ss)->sin6_port));
-    } else {
-        uv_ip4_name((const struct sockaddr_in *)ss, ip, sizeof(ip));
-        snprintf(out, n, "%s:%d", ip, ntohs(((const struct sockaddr_in *)ss)->sin_port));
-    }
-}
-
-static int addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family) return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port &&
-           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
-}
-
 /* ---- pool ---- */
 
 static void refresh_arm(up_pool_t *p);
@@ -410,7 +345,7 @@ static void on_refresh_resolved(uv_getaddrinfo_t *req, int status, struct addrin
         if (p->resolve_failing)
             mm_log("upstream %s: %s resolves again", p->cfg.name, p->cfg.addr.host);
         p->resolve_failing = 0;
-        if (!addr_equal(&ss, &p->addr)) pool_readdress(p, &ss);
+        if (!mm_addr_equal(&ss, &p->addr)) pool_readdress(p, &ss);
     }
     refresh_arm(p);
 }
@@ -419,10 +354,8 @@ static void on_refresh_timer(uv_timer_t *t)
 {
     up_pool_t *p = t->data;
     if (p->gai_busy || p->released || p->draining) return;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     p->gai.data = p;
-    if (uv_getaddrinfo(p->loop, &p->gai, on_refresh_resolved, p->cfg.addr.host, NULL, &hints) !=
-        0) {
+    if (mm_addr_lookup(p->loop, &p->gai, on_refresh_resolved, p->cfg.addr.host) != 0) {
         p->stats.resolve_failures++;
         refresh_arm(p); /* the thread pool refused it: try at the next interval */
         return;

@@ -19,6 +19,7 @@
 #include <llhttp.h>
 #include <uv.h>
 
+#include "addr.h"
 #include "config.h"
 #include "http.h"
 
@@ -88,18 +89,6 @@ up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg,
 /* Where new connections of the pool go (the last successful lookup). */
 const struct sockaddr_storage *up_pool_addr(const up_pool_t *p);
 
-/* The socket address of a configured address: numeric hosts as they are,
- * "localhost" as 127.0.0.1 (what listeners have always bound), other names
- * through getaddrinfo (first answer). It blocks: call it at startup, never
- * once serving. 0, or -1 when the name does not resolve. */
-int mm_addr_resolve(const cfg_addr_t *a, struct sockaddr_storage *out);
-/* 1 if a's host is a name that needs a lookup (not numeric, not localhost). */
-int mm_addr_is_name(const cfg_addr_t *a);
-/* The first address of a getaddrinfo answer, with `port`: 0, or -1. */
-struct addrinfo;
-int mm_addr_from_ai(const struct addrinfo *res, int port, struct sockaddr_storage *out);
-/* "1.2.3.4:80" or "[::1]:80". */
-void mm_addr_format(const struct sockaddr_storage *ss, char *out, size_t n);
 /* Drop the pool: idle connections close now, busy ones when released. The
  * pool's memory goes when its last connection has closed. */
 void up_pool_release(up_pool_t *p);

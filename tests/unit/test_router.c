@@ -291,6 +291,14 @@ static void test_upstream_addresses(void **state)
     mm_addr_format(&ss, txt, sizeof(txt));
     assert_string_equal(txt, "[::1]:80");
     assert_int_equal(mm_addr_from_ai(NULL, 80, &ss), -1);
+    /* A name with both families: IPv4 first, wherever it sorts (addr.h). */
+    ai6.ai_next = &ai;
+    assert_ptr_equal(mm_addr_pick(&ai6), &ai);
+    assert_int_equal(mm_addr_from_ai(&ai6, 80, &ss), 0);
+    mm_addr_format(&ss, txt, sizeof(txt));
+    assert_string_equal(txt, "127.0.0.2:80");
+    ai6.ai_next = NULL;
+    assert_ptr_equal(mm_addr_pick(&ai6), &ai6);
     /* Numeric hosts and localhost resolve without a lookup. */
     snprintf(a.host, sizeof(a.host), "localhost");
     assert_int_equal(mm_addr_resolve(&a, &ss), 0);
