@@ -789,26 +789,25 @@ static size_t lat_fields(const answer_stats_t *a)
     return k;
 }
 
-/* The argument vector of one write: grown as it is built, numbers formatted
- * into slots of their own (pointers are set once all are written). */
+/* The argument vector of one write, sized for the whole write up front;
+ * numbers are formatted into slots of their own in `nums`. */
 typedef struct {
     const char **argv;
     size_t *lens;
     char (*nums)[32];
-    int *num_of; /* argument i is nums[num_of[i]] (>= 0), or argv[i] as is */
     int n, k;
 } args_t;
 
 static void arg_str(args_t *a, const char *p)
 {
-    a->argv[a->n] = p;
-    a->num_of[a->n++] = -1;
+    a->argv[a->n++] = p;
 }
 
 static char *arg_num(args_t *a)
 {
-    a->num_of[a->n++] = a->k;
-    return a->nums[a->k++];
+    char *slot = a->nums[a->k++];
+    a->argv[a->n++] = slot;
+    return slot;
 }
 
 static void arg_u64(args_t *a, uint64_t v)
@@ -865,10 +864,9 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     a.argv = malloc(max * sizeof(*a.argv));
     a.lens = malloc(max * sizeof(*a.lens));
     a.nums = malloc(max * sizeof(*a.nums));
-    a.num_of = malloc(max * sizeof(*a.num_of));
     keys = malloc(2 * MM_MAX_ARMS * STORE_KEY_MAX);
     char *weights = b->ctl_mode || b->restore ? weights_json(b) : NULL;
-    if (!a.argv || !a.lens || !a.nums || !a.num_of || !keys) {
+    if (!a.argv || !a.lens || !a.nums || !keys) {
         b->failed = 1; /* no memory: tried again next round */
         goto out;
     }
@@ -910,10 +908,7 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     for (size_t i = 0; i < b->n_arms; i++) arg_lat(&a, &b->ans_deltas[i]);
     if (b->restore)
         for (size_t i = 0; i < b->n_arms; i++) arg_lat(&a, seen_answers(x, b->arm_names[i]));
-    for (int i = 0; i < a.n; i++) {
-        if (a.num_of[i] >= 0) a.argv[i] = a.nums[a.num_of[i]];
-        a.lens[i] = strlen(a.argv[i]);
-    }
+    for (int i = 0; i < a.n; i++) a.lens[i] = strlen(a.argv[i]);
     b->failed = 0;
     if (redisAsyncCommandArgv(r->ac, on_exp_reply, x, a.n, a.argv, a.lens) == REDIS_OK)
         r->outstanding++;
@@ -925,7 +920,6 @@ out:
     free(a.argv);
     free(a.lens);
     free(a.nums);
-    free(a.num_of);
 }
 
 typedef struct {
