@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/common.h"
 #include "jsondiff.h"
 
 /* Token types. Keys are tokens of their own, each followed by its value. */
@@ -149,14 +150,9 @@ static long hex4(const unsigned char *p)
 {
     long v = 0;
     for (int i = 0; i < 4; i++) {
-        unsigned c = p[i];
-        if (c >= '0' && c <= '9')
-            c -= '0';
-        else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
-            c = (c | 0x20) - 'a' + 10;
-        else
-            return -1;
-        v = v * 16 + (long)c;
+        int c = mm_hex_val(p[i]);
+        if (c < 0) return -1;
+        v = v * 16 + c;
     }
     return v;
 }

@@ -58,6 +58,15 @@ static inline int mm_str_ieq(mm_str_t s, const char *lower)
     return lower[i] == '\0';
 }
 
+/* The value of the hex digit c (either case), or -1. */
+static inline int mm_hex_val(unsigned char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
 /* Monotonic clock in milliseconds / microseconds (CLOCK_MONOTONIC). */
 uint64_t mm_now_ms(void);
 uint64_t mm_now_us(void);

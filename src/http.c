@@ -314,15 +314,6 @@ static int unreserved(unsigned char c)
     return uri_class[c] & URI_UNRESERVED;
 }
 
-/* The value of a hex digit, or -1. */
-static int hex_val(unsigned char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 int http_valid_host(mm_str_t v)
 {
     v = http_trim(v);
@@ -338,8 +329,8 @@ int http_valid_host(mm_str_t v)
         for (; i < v.n && v.p[i] != ':'; i++) {
             unsigned char c = (unsigned char)v.p[i];
             if (c == '%') {
-                if (i + 2 >= v.n || hex_val((unsigned char)v.p[i + 1]) < 0 ||
-                    hex_val((unsigned char)v.p[i + 2]) < 0)
+                if (i + 2 >= v.n || mm_hex_val((unsigned char)v.p[i + 1]) < 0 ||
+                    mm_hex_val((unsigned char)v.p[i + 2]) < 0)
                     return 0;
                 i += 2;
             } else if (!reg_name_char(c)) {
@@ -458,8 +449,8 @@ static size_t form_decode(mm_str_t s, char *out)
     size_t w = 0;
     for (size_t i = 0; i < s.n; i++) {
         int hi, lo;
-        if (s.p[i] == '%' && i + 2 < s.n && (hi = hex_val((unsigned char)s.p[i + 1])) >= 0 &&
-            (lo = hex_val((unsigned char)s.p[i + 2])) >= 0) {
+        if (s.p[i] == '%' && i + 2 < s.n && (hi = mm_hex_val((unsigned char)s.p[i + 1])) >= 0 &&
+            (lo = mm_hex_val((unsigned char)s.p[i + 2])) >= 0) {
             out[w++] = (char)(hi * 16 + lo);
             i += 2;
         } else {
@@ -530,8 +521,8 @@ size_t http_normalize_path(char *p, size_t n)
     size_t w = 0;
     for (size_t i = 0; i < n; i++) {
         int hi, lo;
-        if (p[i] == '%' && i + 2 < n && (hi = hex_val((unsigned char)p[i + 1])) >= 0 &&
-            (lo = hex_val((unsigned char)p[i + 2])) >= 0) {
+        if (p[i] == '%' && i + 2 < n && (hi = mm_hex_val((unsigned char)p[i + 1])) >= 0 &&
+            (lo = mm_hex_val((unsigned char)p[i + 2])) >= 0) {
             int c = hi * 16 + lo;
             if (unreserved(c)) {
                 p[w++] = (char)c;

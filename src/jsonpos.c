@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common.h"
 #include "jsonpos.h"
 
 typedef struct {
@@ -113,19 +114,11 @@ static int record(jp_scan_t *sc, int vline, int vcol, int kline, int kcol)
     return 0;
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 static int read_u4(jp_scan_t *sc, uint32_t *out)
 {
     uint32_t v = 0;
     for (int k = 0; k < 4; k++) {
-        int h = hexval(peek(sc));
+        int h = mm_hex_val((unsigned char)peek(sc));
         if (h < 0) return -1;
         v = v << 4 | (uint32_t)h;
         adv(sc);

@@ -281,11 +281,7 @@ static void dechunk(mm_buf_t *b)
         size_t size = 0;
         int digits = 0;
         while (in < b->len) {
-            char ch = b->p[in];
-            int v = ch >= '0' && ch <= '9'   ? ch - '0'
-                    : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
-                    : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
-                                             : -1;
+            int v = mm_hex_val((unsigned char)b->p[in]);
             if (v < 0) break;
             size = size * 16 + (size_t)v;
             digits++;
