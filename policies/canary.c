@@ -151,17 +151,8 @@ static void pooled(const policy_view_t *v, interval_arm_t cum[2])
  * snapshot (the statistics were reset): the interval must restart. */
 static int interval_counts(const canary_t *c, const interval_arm_t cum[2], interval_arm_t cur[2])
 {
-    for (int i = 0; i < 2; i++) {
-        const interval_arm_t *a = &cum[i], *b = &c->base[i];
-        if (a->answers < b->answers || a->errors < b->errors || a->samples < b->samples) return -1;
-        cur[i].answers = a->answers - b->answers;
-        cur[i].errors = a->errors - b->errors;
-        cur[i].samples = a->samples - b->samples;
-        for (unsigned k = 0; k < LATHIST_BUCKETS; k++) {
-            if (a->hist[k] < b->hist[k]) return -1;
-            cur[i].hist[k] = a->hist[k] - b->hist[k];
-        }
-    }
+    for (int i = 0; i < 2; i++)
+        if (policy_answers_diff(&cum[i], &c->base[i], &cur[i]) < 0) return -1;
     return 0;
 }
 

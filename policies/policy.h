@@ -115,6 +115,23 @@ static inline void policy_answers_merge(const policy_view_t *v, size_t arm, answ
     for (unsigned i = 0; i < LATHIST_BUCKETS; i++) out->hist[i] = a->hist[i] + l->hist[i];
 }
 
+/* out = a - b, counter by counter (out may be a: a -= b). Returns -1 if a
+ * counter of b exceeds a's (the statistics were reset between the two
+ * readings; out then holds wrapped values), else 0. */
+static inline int policy_answers_diff(const answer_stats_t *a, const answer_stats_t *b,
+                                      answer_stats_t *out)
+{
+    int under = a->answers < b->answers || a->errors < b->errors || a->samples < b->samples;
+    out->answers = a->answers - b->answers;
+    out->errors = a->errors - b->errors;
+    out->samples = a->samples - b->samples;
+    for (unsigned i = 0; i < LATHIST_BUCKETS; i++) {
+        under |= a->hist[i] < b->hist[i];
+        out->hist[i] = a->hist[i] - b->hist[i];
+    }
+    return under ? -1 : 0;
+}
+
 /* What a policy may know about one request. The core extracts the sticky
  * key (header, cookie or query parameter, as declared at parse time) and
  * hashes it with the salt, so a policy never parses HTTP. */

@@ -701,11 +701,7 @@ void store_answer(store_t *s, exp_state_t *e, int arm, int status, uint64_t late
 
 void store_answers_sub(answer_stats_t *a, const answer_stats_t *b)
 {
-    if (b->answers == 0) return;
-    a->answers -= b->answers;
-    a->errors -= b->errors;
-    a->samples -= b->samples;
-    for (unsigned i = 0; i < LATHIST_BUCKETS; i++) a->hist[i] -= b->hist[i];
+    if (b->answers != 0) policy_answers_diff(a, b, a); /* none: skip the 976 buckets */
 }
 
 static void add_reward(arm_stats_t *a, double r, int bernoulli)
