@@ -16,6 +16,15 @@ static int redefined(const router_t *old, const cfg_experiment_t *ce)
     return 0;
 }
 
+/* The policy starts from here (created or reset): the store's reset count
+ * it has seen, and the dropped-mirror counters its description counts from. */
+static void mark_baseline(exp_rt_t *e)
+{
+    e->resets_seen = store_resets(e->state);
+    for (size_t a = 0; a < e->cfg->n_arms; a++)
+        e->dropped_base[a] = router_marm(e, (int)a)->shadow[SHADOW_DROPPED];
+}
+
 router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, store_t *store,
                         metrics_t *metrics, const struct sockaddr_storage *addrs, char *err,
                         size_t errlen)
@@ -55,9 +64,7 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, sto
         }
         if (e->state == NULL || e->metrics == NULL) goto oom;
         e->salt_len = strlen(ce->salt);
-        e->resets_seen = store_resets(e->state);
-        for (size_t a = 0; a < ce->n_arms; a++)
-            e->dropped_base[a] = router_marm(e, (int)a)->shadow[SHADOW_DROPPED];
+        mark_baseline(e);
     }
     r->n_exps = cfg->n_experiments;
     return r;
@@ -79,9 +86,7 @@ err:
 
 void router_on_reset(exp_rt_t *e)
 {
-    e->resets_seen = store_resets(e->state);
-    for (size_t a = 0; a < e->cfg->n_arms; a++)
-        e->dropped_base[a] = router_marm(e, (int)a)->shadow[SHADOW_DROPPED];
+    mark_baseline(e);
     if (e->cfg->ops->reset) e->cfg->ops->reset(e->cfg->policy);
 }
 

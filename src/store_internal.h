@@ -190,6 +190,9 @@ void store_free_final(store_t *s);
 int store_stats_nonzero(const arm_stats_t *d);
 /* a -= b, counter by counter (Redis confirmed b). */
 void store_answers_sub(answer_stats_t *a, const answer_stats_t *b);
+/* A detached experiment may go once nothing holds it and no reply about it
+ * is on its way: then it is unlinked from s->detached and freed. */
+void store_detached_done(store_t *s, store_exp_t *x);
 
 /* ---- store_redis.c ---- */
 store_redis_t *store_redis_create(store_t *s, char *err, size_t errlen);
@@ -197,10 +200,6 @@ void store_redis_shutdown(store_redis_t *r, int timeout_ms, void (*done)(void *)
 /* Closes everything; store_free_final(s) runs now or from a close callback. */
 void store_redis_destroy(store_redis_t *r);
 void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined);
-/* store_retain dropped x: 1 if the replicator keeps it until its reply. */
-/* A detached experiment may go once nothing holds it and no reply about it
- * is on its way: then it is unlinked from s->detached and freed. */
-void store_detached_done(store_t *s, store_exp_t *x);
 void store_redis_remember(store_redis_t *r, const char *id, size_t idlen, uint32_t pair,
                           uint64_t expires_ms);
 void store_redis_lookup(store_redis_t *r, mm_str_t id, store_lookup_cb cb, void *arg);
