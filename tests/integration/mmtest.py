@@ -10,12 +10,14 @@ MM_BENCH_BIN, MM_SOURCE_DIR; redis from MM_REDIS_PORT (scripts/test starts a
 private server) or MM_REDIS_SERVER to start one here.
 """
 import http.client
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -161,6 +163,31 @@ class Cluster:
                 proc.p.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """Base for a test's own upstream handler: HTTP/1.1 keep-alive, no
+    access log on stderr."""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+
+class PyUpstream:
+    """A threaded Python HTTP server on a free loopback port, for answers
+    examples/model_server cannot give (crafted bodies, headers, hangs).
+    `handler` is a QuietHandler subclass; close() stops it."""
+
+    def __init__(self, handler):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True  # a hanging answer never holds close()
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def base_config(port, upstreams, experiments, admin_port=None, **extra):

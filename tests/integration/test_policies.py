@@ -118,18 +118,14 @@ class ShadowComparison(mmtest.MMTestCase):
         self.assertLess(arms["same"]["p50_ms"], 25, arms["same"])
 
 
-class HeaderUpstream:
+class HeaderUpstream(mmtest.PyUpstream):
     """A model server answering one JSON body with the header lines it was
     given (and a Date of its own clock, which must never count)."""
 
     def __init__(self, headers):
-        import http.server
-
         extra = headers
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(mmtest.QuietHandler):
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 body = b'{"score": 0.5}'
@@ -140,16 +136,7 @@ class HeaderUpstream:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 class ShadowHeaders(mmtest.MMTestCase):

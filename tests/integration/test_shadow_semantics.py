@@ -20,7 +20,6 @@ log's `shadow` entry (DESIGN.md §7) and checked against the admin view and
      admin view too (it used to leave them out: a shadow that compared
      nothing under load gave no reason).
 """
-import http.server
 import json
 import signal
 import threading
@@ -29,7 +28,7 @@ import time
 import mmtest
 
 
-class CraftedUpstream:
+class CraftedUpstream(mmtest.PyUpstream):
     """answer(path) -> {"status", "body" (str), "chunked", "delay", "hang"}."""
 
     def __init__(self, answer):
@@ -37,8 +36,7 @@ class CraftedUpstream:
         self.seen = 0
         up = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        class Handler(mmtest.QuietHandler):
             wbufsize = 65536  # one write per answer: no delayed-ACK stalls
 
             def do_POST(self):
@@ -67,17 +65,7 @@ class CraftedUpstream:
                     self.end_headers()
                     self.wfile.write(body)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def log_lines(path):
