@@ -16,10 +16,11 @@
  * answer is sent when every event of the batch has been resolved.
  *
  * Clicks ({"request_id", "item"}, no reward) are for policies with on_click
- * (interleave): the attribution combine() left with the request id is read
- * (store_get_aux, possibly from Redis), the policy credits the click and
- * rewrites it, the store adds the policy's deltas to each arm and keeps the
- * rewritten attribution. No attribution: unknown; an item that was not shown,
+ * (interleave): the policy credits the click in the attribution combine()
+ * left with the request id, through store_update_aux (with Redis a
+ * compare-and-set, so clicks on one impression at two instances both count,
+ * each seeing the other), and once the rewritten attribution is in place the
+ * store adds the policy's deltas to each arm. No attribution: unknown; an item that was not shown,
  * or a click for any other policy: invalid. Events are applied one after the
  * other, in batch order, each waiting for its attribution if need be, so two
  * clicks on one impression in one batch both count. */
@@ -57,6 +58,7 @@ typedef struct {
     int stepping; /* inside batch_step */
     int waiting;  /* a click's attribution is being read */
     int accepted, unknown, invalid;
+    arm_stats_t click[MM_MAX_ARMS]; /* the deltas of the click being applied */
     fb_event_t ev[];
 } fb_batch_t;
 
@@ -98,38 +100,46 @@ static exp_rt_t *click_target(mm_server_t *srv, const fb_event_t *e, int *why)
     return x;
 }
 
-/* The attribution of a click's request, as the store had it. */
-static int click_apply(mm_server_t *srv, const fb_event_t *e, int found, const char *data, size_t n)
+/* A click's rewrite of its impression's attribution (store_update_aux):
+ * the policy credits the click on the version the store has, and the deltas
+ * wait in the batch until the store says the new version is in place. It may
+ * run again on a newer version another instance wrote meanwhile. */
+enum { CLICK_SAME = FB_INVALID + 1 }; /* already clicked: nothing changes */
+
+static int click_rewrite(void *arg, const char *data, size_t n, mm_buf_t *out)
 {
+    fb_batch_t *b = arg;
+    const fb_event_t *e = &b->ev[b->next - 1];
     int why;
-    exp_rt_t *x = click_target(srv, e, &why); /* again: a reload may have happened */
+    exp_rt_t *x = click_target(b->srv, e, &why); /* again: a reload may have happened */
     if (x == NULL) return why;
-    if (!found) return FB_UNKNOWN;
-    mm_buf_t aux;
-    mm_buf_init(&aux);
-    mm_buf_append(&aux, n ? data : "", n);
-    arm_stats_t d[MM_MAX_ARMS];
-    memset(d, 0, sizeof(d));
-    int rc = aux.oom ? FB_UNKNOWN : FB_INVALID;
-    if (!aux.oom && x->cfg->ops->on_click(x->cfg->policy, &aux, e->item, d) == 0) {
-        int changed = 0;
-        for (size_t a = 0; a < x->state->n_arms; a++) {
-            if (!delta_nonzero(&d[a])) continue;
-            changed = 1;
-            store_add(srv->store, x->state, (int)a, &d[a]);
-            if (d[a].reward_sum > 0) { /* the arm credited with the click */
-                metrics_arm_t *m = router_marm(x, (int)a);
-                m->feedback++;
-                m->reward_sum += d[a].reward_sum;
-            }
+    mm_buf_append(out, data, n);
+    if (out->oom) return FB_UNKNOWN;
+    memset(b->click, 0, sizeof(b->click));
+    if (x->cfg->ops->on_click(x->cfg->policy, out, e->item, b->click) != 0) return FB_INVALID;
+    for (size_t a = 0; a < x->state->n_arms; a++)
+        if (delta_nonzero(&b->click[a])) return STORE_AUX_WRITE;
+    return CLICK_SAME;
+}
+
+/* The click's outcome; a written one adds its deltas to each arm. */
+static int click_outcome(mm_server_t *srv, const fb_event_t *e, int code, const arm_stats_t *d)
+{
+    if (code == CLICK_SAME) return FB_ACCEPTED;
+    if (code != STORE_AUX_WRITE) return code == STORE_AUX_NOT_FOUND ? FB_UNKNOWN : code;
+    int why;
+    exp_rt_t *x = click_target(srv, e, &why);
+    if (x == NULL) return why;
+    for (size_t a = 0; a < x->state->n_arms; a++) {
+        if (!delta_nonzero(&d[a])) continue;
+        store_add(srv->store, x->state, (int)a, &d[a]);
+        if (d[a].reward_sum > 0) { /* the arm credited with the click */
+            metrics_arm_t *m = router_marm(x, (int)a);
+            m->feedback++;
+            m->reward_sum += d[a].reward_sum;
         }
-        if (changed)
-            store_put_aux(srv->store, (mm_str_t){e->request_id, strlen(e->request_id)}, aux.p,
-                          aux.len, x->cfg->feedback_ttl_s);
-        rc = FB_ACCEPTED;
     }
-    mm_buf_free(&aux);
-    return rc;
+    return FB_ACCEPTED;
 }
 
 static int fb_apply(mm_server_t *srv, const fb_event_t *e)
@@ -185,16 +195,16 @@ static void batch_answer(fb_batch_t *b)
 
 static void batch_step(fb_batch_t *b);
 
-static void on_aux(void *arg, int found, const char *data, size_t n)
+static void on_click_done(void *arg, int code)
 {
     fb_batch_t *b = arg;
-    batch_count(b, click_apply(b->srv, &b->ev[b->next - 1], found, data, n));
+    batch_count(b, click_outcome(b->srv, &b->ev[b->next - 1], code, b->click));
     b->waiting = 0;
     if (!b->stepping) batch_step(b); /* answered later: go on from here */
 }
 
 /* Apply the events in order; a click may wait for its attribution, and the
- * walk resumes from on_aux. */
+ * walk resumes from on_click_done. */
 static void batch_step(fb_batch_t *b)
 {
     b->stepping = 1;
@@ -214,8 +224,9 @@ static void batch_step(fb_batch_t *b)
             batch_count(b, why);
         } else {
             b->waiting = 1;
-            store_get_aux(b->srv->store, (mm_str_t){e->request_id, strlen(e->request_id)}, on_aux,
-                          b);
+            store_update_aux(b->srv->store, (mm_str_t){e->request_id, strlen(e->request_id)},
+                             click_target(b->srv, e, &why)->cfg->feedback_ttl_s, click_rewrite,
+                             on_click_done, b);
             if (b->waiting) {
                 b->stepping = 0;
                 return;

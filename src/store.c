@@ -28,7 +28,9 @@
  * TTL). It is bounded by entries and by bytes. With Redis each entry knows
  * whether Redis has confirmed its version: until then this instance holds
  * the newest one and answers locally; after, a read asks Redis, where another
- * instance may have written a newer one. */
+ * instance may have written a newer one. A click's rewrite (store_update_aux)
+ * of a version that was ever sent goes through store_redis_update_aux's
+ * compare-and-set, so two instances never both start from one version. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -379,16 +381,23 @@ static aux_ent_t *aux_find(const store_t *s, mm_str_t id)
     return e != NULL && e->expires_ms > mm_now_ms() ? e : NULL;
 }
 
-void store_put_aux(store_t *s, mm_str_t request_id, const char *data, size_t n, int ttl_s)
+/* Keep a new version of id's data locally (replacing the old one), or NULL
+ * when it cannot be kept. `sent` is inherited: once any version of an id has
+ * been sent to Redis, another instance may hold it. */
+static aux_ent_t *aux_insert(store_t *s, mm_str_t request_id, const char *data, size_t n, int ttl_s)
 {
-    if (ttl_s <= 0 || !valid_reqid(request_id)) return;
+    if (ttl_s <= 0 || !valid_reqid(request_id)) return NULL;
     if (n > STORE_AUX_MAX) {
         s->aux_too_large++;
-        return;
+        return NULL;
     }
     store_aux_prune(s, PRUNE_PER_CALL);
+    uint8_t sent = 0;
     aux_ent_t *old = aux_find_any(s, request_id.p, request_id.n);
-    if (old != NULL) aux_unlink(s, old);
+    if (old != NULL) {
+        sent = old->sent;
+        aux_unlink(s, old);
+    }
     size_t size = request_id.n + n;
     while (s->aux_head != NULL &&
            (s->aux_n >= s->aux_cap || s->aux_bytes + size > s->aux_bytes_max)) {
@@ -397,7 +406,7 @@ void store_put_aux(store_t *s, mm_str_t request_id, const char *data, size_t n, 
     }
     if (s->aux_n >= s->aux_n_buckets && s->aux_n_buckets < s->aux_cap) aux_grow(s);
     aux_ent_t *e = malloc(sizeof(*e) + size);
-    if (e == NULL) return;
+    if (e == NULL) return NULL;
     memcpy(e->mem, request_id.p, request_id.n);
     if (n > 0) memcpy(e->mem + request_id.n, data, n);
     e->idlen = (uint8_t)request_id.n;
@@ -406,6 +415,7 @@ void store_put_aux(store_t *s, mm_str_t request_id, const char *data, size_t n, 
     e->hash = siphash(s->hash_key, request_id.p, request_id.n);
     e->gen = ++s->aux_gen;
     e->confirmed = 0;
+    e->sent = sent;
     aux_ent_t **b = &s->aux_buckets[e->hash & (s->aux_n_buckets - 1)];
     e->hnext = *b;
     *b = e;
@@ -418,8 +428,63 @@ void store_put_aux(store_t *s, mm_str_t request_id, const char *data, size_t n, 
     s->aux_tail = e;
     s->aux_n++;
     s->aux_bytes += size;
-    if (s->redis)
+    return e;
+}
+
+void store_put_aux(store_t *s, mm_str_t request_id, const char *data, size_t n, int ttl_s)
+{
+    aux_ent_t *e = aux_insert(s, request_id, data, n, ttl_s);
+    if (e != NULL && s->redis)
         store_redis_put_aux(s->redis, request_id.p, request_id.n, data, n, e->expires_ms, e->gen);
+}
+
+void store_aux_sent(store_t *s, const char *id, size_t idlen, uint64_t gen)
+{
+    aux_ent_t *e = aux_find_any(s, id, idlen);
+    if (e != NULL && e->gen == gen) e->sent = 1;
+}
+
+void store_aux_settled(store_t *s, mm_str_t id, const char *data, size_t n, int ttl_s)
+{
+    aux_ent_t *e = aux_insert(s, id, data, n, ttl_s);
+    if (e != NULL) e->sent = e->confirmed = 1;
+}
+
+void store_aux_update_local(store_t *s, mm_str_t id, int ttl_s, store_aux_rewrite_cb rewrite,
+                            store_aux_done_cb done, void *arg)
+{
+    const aux_ent_t *e = aux_find(s, id);
+    if (e == NULL) {
+        done(arg, STORE_AUX_NOT_FOUND);
+        return;
+    }
+    mm_buf_t out;
+    mm_buf_init(&out);
+    int code = rewrite(arg, e->mem + e->idlen, e->len, &out);
+    if (code == STORE_AUX_WRITE) {
+        if (out.oom)
+            code = STORE_AUX_NOT_FOUND;
+        else
+            store_put_aux(s, id, out.p, out.len, ttl_s); /* e is gone from here on */
+    }
+    mm_buf_free(&out);
+    done(arg, code);
+}
+
+void store_update_aux(store_t *s, mm_str_t request_id, int ttl_s, store_aux_rewrite_cb rewrite,
+                      store_aux_done_cb done, void *arg)
+{
+    if (ttl_s <= 0 || !valid_reqid(request_id)) {
+        done(arg, STORE_AUX_NOT_FOUND);
+        return;
+    }
+    const aux_ent_t *e = aux_find(s, request_id);
+    if (s->redis && store_redis_up(s->redis) && (e == NULL || e->sent)) {
+        store_redis_update_aux(s->redis, request_id, e ? e->mem + e->idlen : NULL, e ? e->len : 0,
+                               ttl_s, rewrite, done, arg);
+        return;
+    }
+    store_aux_update_local(s, request_id, ttl_s, rewrite, done, arg);
 }
 
 void store_aux_confirm(store_t *s, const char *id, size_t idlen, uint64_t gen)

@@ -22,6 +22,7 @@
 
 #include <uv.h>
 
+#include "buf.h"
 #include "common.h"
 #include "config.h"
 #include "../policies/policy.h"
@@ -174,6 +175,29 @@ void store_put_aux(store_t *s, mm_str_t request_id, const char *data, size_t n, 
  * answers. */
 typedef void (*store_aux_cb)(void *arg, int found, const char *data, size_t n);
 void store_get_aux(store_t *s, mm_str_t request_id, store_aux_cb cb, void *arg);
+/* Rewrite what was put for a request id (a click), atomically across
+ * instances. rewrite(arg, data, n, out) sees the current version and returns
+ * STORE_AUX_WRITE with the new version appended to `out` (given empty), or a
+ * positive code of the caller's: then nothing is written. done(arg, code) is
+ * called exactly once, perhaps synchronously: STORE_AUX_WRITE once the new
+ * version is in place (it replaces the one rewrite saw and gets a fresh
+ * ttl_s), the rewrite's code, or STORE_AUX_NOT_FOUND (nothing kept for the
+ * id, or another instance kept changing it).
+ * With Redis, a version another instance may see is changed in Redis by
+ * compare-and-set (a small Lua script): if another instance wrote a newer
+ * version since, rewrite is called again with that one, at most
+ * STORE_AUX_TRIES times in all. So two clicks on one impression handled by
+ * two instances at the same moment both count, and each sees the other's.
+ * A version no other instance can have seen (put here, not yet sent), or
+ * Redis down or lost while asking, is changed locally and written in the next
+ * round, as store_put_aux. */
+#define STORE_AUX_WRITE     0
+#define STORE_AUX_NOT_FOUND (-1)
+#define STORE_AUX_TRIES     8
+typedef int (*store_aux_rewrite_cb)(void *arg, const char *data, size_t n, mm_buf_t *out);
+typedef void (*store_aux_done_cb)(void *arg, int code);
+void store_update_aux(store_t *s, mm_str_t request_id, int ttl_s, store_aux_rewrite_cb rewrite,
+                      store_aux_done_cb done, void *arg);
 
 /* 1 while the store is reachable (always 1 for memory). */
 int store_up(const store_t *s);

@@ -62,6 +62,7 @@ typedef struct aux_ent_s {
     uint32_t len; /* data bytes */
     uint8_t idlen;
     uint8_t confirmed; /* Redis acknowledged this version */
+    uint8_t sent;      /* some version was sent to Redis: another instance may hold it */
     char mem[];        /* id, then data */
 } aux_ent_t;
 
@@ -178,6 +179,15 @@ int store_parse_pair(const char *p, size_t n, store_reqinfo_t *info);
 void store_aux_prune(store_t *s, size_t max);
 /* Redis confirmed the write `gen` of id's data. */
 void store_aux_confirm(store_t *s, const char *id, size_t idlen, uint64_t gen);
+/* The write `gen` of id's data is on its way to Redis. */
+void store_aux_sent(store_t *s, const char *id, size_t idlen, uint64_t gen);
+/* Redis holds this version of id's data now (a compare-and-set of
+ * store_update_aux succeeded): keep it as the local one, confirmed. */
+void store_aux_settled(store_t *s, mm_str_t id, const char *data, size_t n, int ttl_s);
+/* store_update_aux on the local version alone (no Redis, Redis down, or
+ * Redis lost while asking): changed here, written in the next round. */
+void store_aux_update_local(store_t *s, mm_str_t id, int ttl_s, store_aux_rewrite_cb rewrite,
+                            store_aux_done_cb done, void *arg);
 /* 0 if a newer local version than `gen` exists (the write is superseded). */
 int store_aux_current(const store_t *s, const char *id, size_t idlen, uint64_t gen);
 /* A GET of id's data answered (found: data/n from Redis; else nothing there,
@@ -205,6 +215,11 @@ void store_redis_remember(store_redis_t *r, const char *id, size_t idlen, uint32
 void store_redis_lookup(store_redis_t *r, mm_str_t id, store_lookup_cb cb, void *arg);
 void store_redis_put_aux(store_redis_t *r, const char *id, size_t idlen, const char *data, size_t n,
                          uint64_t expires_ms, uint64_t gen);
+/* store_update_aux's compare-and-set; `local` is this instance's version
+ * (NULL: none, read it from Redis first). */
+void store_redis_update_aux(store_redis_t *r, mm_str_t id, const char *local, size_t local_n,
+                            int ttl_s, store_aux_rewrite_cb rewrite, store_aux_done_cb done,
+                            void *arg);
 void store_redis_get_aux(store_redis_t *r, mm_str_t id, store_aux_cb cb, void *arg);
 int store_redis_up(const store_redis_t *r);
 void store_redis_stats(const store_redis_t *r, store_stats_t *out);

@@ -1315,6 +1315,11 @@ static void aq_free(aq_list_t *l)
     while ((q = aq_pop(l)) != NULL) free(q);
 }
 
+static int aux_key(char *out, const store_redis_t *r, const char *id, size_t idlen)
+{
+    return snprintf(out, STORE_KEY_MAX, "%s:il:%.*s", r->s->cfg.prefix, (int)idlen, id);
+}
+
 void store_redis_put_aux(store_redis_t *r, const char *id, size_t idlen, const char *data, size_t n,
                          uint64_t expires_ms, uint64_t gen)
 {
@@ -1359,10 +1364,11 @@ static void send_aux(store_redis_t *r)
         }
         aq_push(&r->aq_sent, q);
         char key[STORE_KEY_MAX], px[32];
-        int kl = snprintf(key, sizeof(key), "%s:il:%.*s", r->s->cfg.prefix, (int)q->idlen, q->id);
+        int kl = aux_key(key, r, q->id, q->idlen);
         fmt_u64(px, q->expires_ms - now);
         const char *argv[5] = {"SET", key, q->data, "PX", px};
         size_t lens[5] = {3, (size_t)kl, q->len, 2, strlen(px)};
+        store_aux_sent(r->s, q->id, q->idlen, q->gen);
         if (redisAsyncCommandArgv(r->ac, on_aux_set_reply, q, 5, argv, lens) == REDIS_OK)
             r->outstanding++;
         else
@@ -1415,7 +1421,7 @@ void store_redis_get_aux(store_redis_t *r, mm_str_t id, store_aux_cb cb, void *a
     g->idlen = id.n;
     memcpy(g->id, id.p, id.n);
     char key[STORE_KEY_MAX];
-    int kl = snprintf(key, sizeof(key), "%s:il:%.*s", r->s->cfg.prefix, (int)id.n, id.p);
+    int kl = aux_key(key, r, id.p, id.n);
     const char *argv[2] = {"GET", key};
     size_t lens[2] = {3, (size_t)kl};
     if (redisAsyncCommandArgv(r->ac, on_aux_get_reply, g, 2, argv, lens) != REDIS_OK) {
@@ -1424,6 +1430,186 @@ void store_redis_get_aux(store_redis_t *r, mm_str_t id, store_aux_cb cb, void *a
         return;
     }
     get_link(r, &g->g, 1);
+}
+
+/* ---- per-request data: compare-and-set (store_update_aux) ----
+ *
+ * A click reads an impression's attribution, marks the item and writes it
+ * back. Two instances doing that at once must not both start from the same
+ * version: each would count the impression's first click, and the later SET
+ * would erase the other's mark. So the write is a compare-and-set: Redis
+ * replaces the value only if it is still the one the rewrite saw, else
+ * answers with the newer one, and the rewrite runs again on it. With
+ * restore = 1 (this instance holds the version it starts from) a key Redis
+ * lost is written anyway, as a plain SET would have. The value compared is
+ * the whole attribution (under a kilobyte for k = 10): cheaper than a version
+ * counter kept beside it, and nothing else to keep in step.
+ *
+ * An update waits for Redis's answer or for the connection to drop (the
+ * round timeout drops a hung one after 5 s), never for a GET deadline: an
+ * answer given up on could still land, and its deltas would then be lost.
+ * If the connection drops first, the update falls back to the local version,
+ * as with Redis down. */
+static const char AUX_CAS_SCRIPT[] = "local v = redis.call('GET', KEYS[1])\n"
+                                     "if v == ARGV[1] or (not v and ARGV[4] == '1') then\n"
+                                     "  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])\n"
+                                     "  return 1\n"
+                                     "end\n"
+                                     "return v\n";
+
+typedef struct {
+    store_redis_t *r;
+    store_aux_rewrite_cb rewrite;
+    store_aux_done_cb done;
+    void *arg;
+    int ttl_s;
+    int tries;
+    int restore;
+    mm_buf_t seen; /* the version the rewrite saw */
+    mm_buf_t next; /* what it made of it */
+    size_t idlen;
+    char id[MM_REQID_MAX];
+} aux_upd_t;
+
+static void upd_finish(aux_upd_t *u, int code)
+{
+    store_aux_done_cb done = u->done;
+    void *arg = u->arg;
+    mm_buf_free(&u->seen);
+    mm_buf_free(&u->next);
+    free(u);
+    done(arg, code);
+}
+
+/* Redis went away with the update in flight: the local version decides. */
+static void upd_lost(aux_upd_t *u)
+{
+    store_redis_t *r = u->r;
+    if (r->destroying) {
+        upd_finish(u, STORE_AUX_NOT_FOUND);
+        return;
+    }
+    mm_str_t id = {u->id, u->idlen};
+    store_aux_rewrite_cb rewrite = u->rewrite;
+    store_aux_done_cb done = u->done;
+    void *arg = u->arg;
+    int ttl_s = u->ttl_s;
+    mm_buf_free(&u->seen);
+    mm_buf_free(&u->next);
+    free(u); /* before: the fallback may call done, which may start another */
+    store_aux_update_local(r->s, id, ttl_s, rewrite, done, arg);
+}
+
+static void on_upd_cas(redisAsyncContext *ac, void *reply_, void *priv);
+
+/* Rewrite the version in u->seen and send the compare-and-set. */
+static void upd_try(aux_upd_t *u)
+{
+    store_redis_t *r = u->r;
+    mm_buf_reset(&u->next);
+    int code = u->rewrite(u->arg, u->seen.p ? u->seen.p : "", u->seen.len, &u->next);
+    if (code != STORE_AUX_WRITE || u->seen.oom || u->next.oom) {
+        upd_finish(u, code != STORE_AUX_WRITE ? code : STORE_AUX_NOT_FOUND);
+        return;
+    }
+    if (!can_send(r)) {
+        upd_lost(u);
+        return;
+    }
+    char key[STORE_KEY_MAX], px[32];
+    int kl = aux_key(key, r, u->id, u->idlen);
+    fmt_u64(px, (uint64_t)u->ttl_s * 1000u);
+    const char *argv[8] = {"EVAL",
+                           AUX_CAS_SCRIPT,
+                           "1",
+                           key,
+                           u->seen.p ? u->seen.p : "",
+                           u->next.p ? u->next.p : "",
+                           px,
+                           u->restore ? "1" : "0"};
+    size_t lens[8] = {
+        4, sizeof(AUX_CAS_SCRIPT) - 1, 1, (size_t)kl, u->seen.len, u->next.len, strlen(px), 1};
+    if (redisAsyncCommandArgv(r->ac, on_upd_cas, u, 8, argv, lens) != REDIS_OK) upd_lost(u);
+}
+
+/* A newer version from Redis: the rewrite runs again on it. */
+static void upd_again(aux_upd_t *u, const redisReply *reply)
+{
+    if (++u->tries >= STORE_AUX_TRIES) {
+        upd_finish(u, STORE_AUX_NOT_FOUND);
+        return;
+    }
+    mm_buf_reset(&u->seen);
+    mm_buf_append(&u->seen, reply->str, reply->len);
+    upd_try(u);
+}
+
+static void on_upd_cas(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    (void)ac;
+    redisReply *reply = reply_;
+    aux_upd_t *u = priv;
+    if (reply == NULL) {
+        upd_lost(u);
+    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1) {
+        store_aux_settled(u->r->s, (mm_str_t){u->id, u->idlen}, u->next.p ? u->next.p : "",
+                          u->next.len, u->ttl_s);
+        upd_finish(u, STORE_AUX_WRITE);
+    } else if (reply->type == REDIS_REPLY_STRING) {
+        upd_again(u, reply);
+    } else {
+        if (reply->type == REDIS_REPLY_ERROR) note(u->r, "compare-and-set failed: %s", reply->str);
+        upd_finish(u, STORE_AUX_NOT_FOUND); /* gone (expired), or refused */
+    }
+}
+
+static void on_upd_get(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    (void)ac;
+    redisReply *reply = reply_;
+    aux_upd_t *u = priv;
+    if (reply == NULL)
+        upd_lost(u);
+    else if (reply->type == REDIS_REPLY_STRING)
+        upd_again(u, reply);
+    else
+        upd_finish(u, STORE_AUX_NOT_FOUND);
+}
+
+void store_redis_update_aux(store_redis_t *r, mm_str_t id, const char *local, size_t local_n,
+                            int ttl_s, store_aux_rewrite_cb rewrite, store_aux_done_cb done,
+                            void *arg)
+{
+    aux_upd_t *u = id.n <= MM_REQID_MAX && can_send(r) ? calloc(1, sizeof(*u)) : NULL;
+    if (u == NULL) {
+        store_aux_update_local(r->s, id, ttl_s, rewrite, done, arg);
+        return;
+    }
+    u->r = r;
+    u->rewrite = rewrite;
+    u->done = done;
+    u->arg = arg;
+    u->ttl_s = ttl_s;
+    u->idlen = id.n;
+    memcpy(u->id, id.p, id.n);
+    mm_buf_init(&u->seen);
+    mm_buf_init(&u->next);
+    if (local != NULL) {
+        u->restore = 1;
+        mm_buf_append(&u->seen, local, local_n);
+        upd_try(u);
+        return;
+    }
+    if (r->gets_stalled) { /* Redis has not answered a GET for a while */
+        upd_finish(u, STORE_AUX_NOT_FOUND);
+        return;
+    }
+    char key[STORE_KEY_MAX];
+    int kl = aux_key(key, r, id.p, id.n);
+    const char *argv[2] = {"GET", key};
+    size_t lens[2] = {3, (size_t)kl};
+    u->tries = -1; /* the GET's answer is the first version, not a retry */
+    if (redisAsyncCommandArgv(r->ac, on_upd_get, u, 2, argv, lens) != REDIS_OK) upd_lost(u);
 }
 
 /* Answer "not found" every GET past its deadline (they are in deadline

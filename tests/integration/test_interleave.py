@@ -28,6 +28,8 @@ import random
 import signal
 import socket
 import sys
+import threading
+import time
 
 import mmtest
 
@@ -392,15 +394,21 @@ class Interleave(mmtest.MMTestCase):
 
     # ------------------------------------------------------------ 4. Redis
 
-    def test_clicks_through_any_instance_and_the_stream(self):
+    def two_instances(self, sync_ms):
+        """Rankers, a Redis, and two modelmux instances sharing it:
+        (one, two, Redis client, key prefix)."""
         a_port, b_port = self.rankers()
         redis_port = self.cluster.redis()
-        prefix = "mmil%d" % os.getpid()
+        prefix = "mmil%d_%d" % (os.getpid(), sync_ms)
         store = {"type": "redis", "host": HOST, "port": redis_port, "prefix": prefix,
-                 "sync_ms": 50}
+                 "sync_ms": sync_ms}
         one = self.start(a_port, b_port, store=store, name="modelmux-1")
         two = self.start(a_port, b_port, store=store, name="modelmux-2")
-        r = Redis(redis_port)
+        return one, two, Redis(redis_port), prefix
+
+    def test_clicks_through_any_instance_and_the_stream(self):
+        one, two, r, prefix = self.two_instances(sync_ms=50)
+        b_port = self.b.port
         try:
             shown = self.impressions(one.port, 3, prefix="redis-imp")
             b_top = own_list(b_port)[0]["id"]
@@ -453,6 +461,61 @@ class Interleave(mmtest.MMTestCase):
                 self.assertEqual(proc.wait(timeout=15), 0, proc.log()[-3000:])
         finally:
             r.close()
+
+    def test_clicks_on_one_impression_at_two_instances_at_once_both_count(self):
+        """Two clicks on one impression reach two instances at the same
+        moment: the impression is clicked once (feedback 1, one outcome),
+        with both clicks credited, and its attribution in Redis has both."""
+        # A long sync interval: an instance's rewrite of the attribution
+        # would reach Redis only a second later, so both instances would
+        # start from the same version if the write were not atomic.
+        one, two, r, prefix = self.two_instances(sync_ms=1000)
+        try:
+            (rid, st, arm, body), = self.impressions(one.port, 1, prefix="cas-imp")
+            self.assertEqual((st, arm), (200, "interleave"))
+            first, second = body["items"][0]["id"], body["items"][1]["id"]
+            for kind in ("il", "req"):
+                mmtest.eventually(
+                    lambda: r("EXISTS", "%s:%s:%s" % (prefix, kind, rid)) == 1, timeout=5)
+            results = {}
+
+            def click(port, item):
+                results[port] = self.feedback(port, [{"request_id": rid, "item": item}])
+            threads = [threading.Thread(target=click, args=a)
+                       for a in ((one.port, first), (two.port, second))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=15)
+            for port in (one.port, two.port):
+                self.assertEqual(results.get(port), {"accepted": 1, "unknown": 0, "invalid": 0})
+
+            def arm_hash(arm):
+                h = r("HGETALL", "%s:{search}:arm:%s" % (prefix, arm)) or []
+                return {k: float(v) for k, v in zip(h[0::2], h[1::2])}
+
+            def settled():
+                ha, hb = arm_hash("ranker-a"), arm_hash("ranker-b")
+                clicks = ha.get("reward_sum", 0) + hb.get("reward_sum", 0)
+                return clicks == 2 and (ha, hb)
+            ha, hb = mmtest.eventually(settled, timeout=10)
+            time.sleep(2.5)  # two sync intervals: a wrong extra increment would be there
+            ha, hb = arm_hash("ranker-a"), arm_hash("ranker-b")
+            self.assertEqual(ha.get("feedback", 0), 1, (ha, hb))
+            self.assertEqual(hb.get("feedback", 0), 1, (ha, hb))
+            # One impression, one outcome: A won, B won or a tie.
+            outcomes = ha.get("successes", 0) + ha.get("failures", 0) + hb.get("successes", 0)
+            self.assertEqual(outcomes, 1, (ha, hb))
+            self.assertEqual(ha.get("reward_sum", 0) + hb.get("reward_sum", 0), 2)
+            aux = json.loads(r("GET", "%s:il:%s" % (prefix, rid)))
+            for item in (first, second):
+                self.assertEqual(aux["c"][aux["i"].index(str(item))], "1", aux)
+            for proc in (two, one):
+                proc.signal(signal.SIGTERM)
+                self.assertEqual(proc.wait(timeout=15), 0, proc.log()[-3000:])
+        finally:
+            r.close()
+
 
 
 class KeepAlive(mmtest.MMTestCase):

@@ -1324,6 +1324,112 @@ static void test_aux_written_and_read_by_every_instance(void **state)
     assert_int_equal(d.calls, 1);
 }
 
+/* A click as feedback.c makes one: append `add` to the version seen, unless
+ * it is already there (then code 7: nothing to write). */
+typedef struct {
+    const char *add;
+    int rewrites, dones, code;
+    char last_seen[128];
+} upd_t;
+
+static int upd_rewrite(void *arg, const char *data, size_t n, mm_buf_t *out)
+{
+    upd_t *u = arg;
+    u->rewrites++;
+    snprintf(u->last_seen, sizeof(u->last_seen), "%.*s", (int)n, data);
+    if (strstr(u->last_seen, u->add) != NULL) return 7;
+    mm_buf_append(out, data, n);
+    mm_buf_cstr(out, u->add);
+    return STORE_AUX_WRITE;
+}
+
+static void upd_done(void *arg, int code)
+{
+    upd_t *u = arg;
+    u->dones++;
+    u->code = code;
+}
+
+static void update(store_t *s, const char *id, upd_t *u)
+{
+    store_update_aux(s, (mm_str_t){id, strlen(id)}, 30, upd_rewrite, upd_done, u);
+}
+
+static void test_aux_updates_at_two_instances_both_count(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    RUN_UNTIL(f, store_up(a) && store_up(b), 2000);
+    char buf[128];
+
+    /* A version only this instance has (not sent yet) changes at once. */
+    put_aux(a, "imp-1", "v", 30);
+    upd_t u0 = {.add = "+0"};
+    update(a, "imp-1", &u0);
+    assert_int_equal(u0.dones, 1);
+    assert_int_equal(u0.code, STORE_AUX_WRITE);
+    AUX_SETTLE(f, a);
+    redis_str(f, "il:imp-1", buf, sizeof(buf));
+    assert_string_equal(buf, "v+0");
+
+    /* Both instances hold "v+0" as confirmed, and change it at the same
+     * moment: one compare-and-set fails, runs again on the other's version. */
+    aux_result_t r = get_aux(f, b, "imp-1", 0);
+    assert_string_equal(r.data, "v+0");
+    upd_t ua = {.add = "+a"}, ub = {.add = "+b"};
+    update(a, "imp-1", &ua);
+    update(b, "imp-1", &ub);
+    RUN_UNTIL(f, ua.dones == 1 && ub.dones == 1, 2000);
+    assert_int_equal(ua.code, STORE_AUX_WRITE);
+    assert_int_equal(ub.code, STORE_AUX_WRITE);
+    redis_str(f, "il:imp-1", buf, sizeof(buf));
+    assert_true(strcmp(buf, "v+0+a+b") == 0 || strcmp(buf, "v+0+b+a") == 0);
+    assert_int_equal(ua.rewrites + ub.rewrites, 3);
+    long long pttl = integer(f, "PTTL %s:il:imp-1", f->prefix);
+    assert_true(pttl > 25000 && pttl <= 30000);
+
+    /* The loser's new version is its local one now: a stale local copy is
+     * corrected by Redis, and a click already made changes nothing. */
+    upd_t again = {.add = "+a"};
+    update(b, "imp-1", &again);
+    RUN_UNTIL(f, again.dones == 1, 2000);
+    assert_int_equal(again.code, 7);
+    upd_t more = {.add = "+c"};
+    update(strcmp(buf, "v+0+a+b") == 0 ? a : b, "imp-1", &more); /* the stale one */
+    RUN_UNTIL(f, more.dones == 1, 2000);
+    assert_int_equal(more.code, STORE_AUX_WRITE);
+    assert_int_equal(more.rewrites, 2);
+    redis_str(f, "il:imp-1", buf, sizeof(buf));
+    assert_true(strstr(buf, "+a") && strstr(buf, "+b") && strstr(buf, "+c"));
+
+    /* Nothing anywhere: not found, nothing written. */
+    upd_t none = {.add = "+x"};
+    update(b, "imp-none", &none);
+    RUN_UNTIL(f, none.dones == 1, 2000);
+    assert_int_equal(none.code, STORE_AUX_NOT_FOUND);
+    assert_int_equal(none.rewrites, 0);
+    assert_int_equal(integer(f, "EXISTS %s:il:imp-none", f->prefix), 0);
+
+    /* Redis lost it, but this instance holds a version: it is written back. */
+    freeReplyObject(cmd(f, "DEL %s:il:imp-1", f->prefix));
+    upd_t back = {.add = "+d"};
+    update(a, "imp-1", &back);
+    RUN_UNTIL(f, back.dones == 1, 2000);
+    assert_int_equal(back.code, STORE_AUX_WRITE);
+    redis_str(f, "il:imp-1", buf, sizeof(buf));
+    assert_non_null(strstr(buf, "+d"));
+
+    /* An update in flight when the store goes is answered. */
+    upd_t gone = {.add = "+e"};
+    update(b, "imp-1", &gone);
+    assert_int_equal(gone.dones, 0);
+    store_destroy(b);
+    f->st[1] = NULL;
+    assert_int_equal(gone.dones, 1);
+    assert_int_equal(gone.code, STORE_AUX_NOT_FOUND);
+}
+
 static void test_aux_versions_reach_redis_in_order(void **state)
 {
     fx_t *f = *state;
@@ -1456,6 +1562,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_add_writes_negative_and_integer_deltas, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_aux_written_and_read_by_every_instance, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_aux_updates_at_two_instances_both_count, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_aux_versions_reach_redis_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_aux_refused_writes_are_sent_again_in_order, setup,
