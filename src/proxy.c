@@ -30,6 +30,7 @@
 #define CONN_BUF_INITIAL (16 * 1024)
 #define BODY_BUFFER_MAX  (64 * 1024) /* request body bytes buffered before the upstream is ready */
 #define LOCAL_BODY_MAX   (4 * 1024 * 1024) /* admin and feedback request bodies */
+#define DISCARD_MAX      (64 * 1024) /* body read and dropped before a 404 that keeps the connection */
 #define MAX_RETRIES      2
 
 static const char continue_100[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -43,6 +44,7 @@ static void pump_body(conn_t *c);
 static void req_finish(conn_t *c);
 static void dispatch(conn_t *c);
 static void send_error(conn_t *c, int status, const char *code, const char *msg);
+static void send_no_route(conn_t *c);
 static const up_user_ops_t proxy_user_ops;
 
 const config_t *server_config(const mm_server_t *srv)
@@ -117,10 +119,12 @@ static int on_headers_complete(llhttp_t *p)
 }
 
 /* The most body bytes this request may have: max_body_bytes, and for a
- * request modelmux answers itself (admin, feedback) LOCAL_BODY_MAX too. */
+ * request modelmux answers itself (admin, feedback) LOCAL_BODY_MAX too;
+ * DISCARD_MAX for a body read only to be dropped. */
 static uint64_t body_limit(const conn_t *c)
 {
     uint64_t limit = server_config(c->srv)->limits.max_body_bytes;
+    if (c->req.discard) return DISCARD_MAX;
     return c->req.local && limit > LOCAL_BODY_MAX ? LOCAL_BODY_MAX : limit;
 }
 
@@ -130,7 +134,7 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
     req_t *r = &c->req;
     r->body_in += n;
     if (r->body_in > body_limit(c)) return -1;
-    if (r->local) {
+    if (r->local && !r->discard) {
         mm_buf_append(&r->local_body, at, n);
     } else if (r->capture_body) {
         if (r->body_in > r->capture_limit)
@@ -555,6 +559,11 @@ static void send_error(conn_t *c, int status, const char *code, const char *msg)
     write_out_final(c);
 }
 
+static void send_no_route(conn_t *c)
+{
+    send_error(c, 404, "no_route", "no experiment matches this request");
+}
+
 void conn_respond(conn_t *c, int status, const char *content_type, const char *body, size_t len,
                   const char *extra_headers)
 {
@@ -649,6 +658,43 @@ static void build_upstream_head(conn_t *c)
     mm_buf_lit(b, "\r\nX-Modelmux-Arm: ");
     mm_buf_append(b, up->name, up->name_len);
     mm_buf_lit(b, "\r\n\r\n");
+}
+
+/* A routed request: the policy chooses its arm (and mirrors), and what
+ * goes upstream is prepared. */
+static void choose_arm(conn_t *c, mm_str_t url, mm_str_t fwd_host)
+{
+    mm_server_t *srv = c->srv;
+    const config_t *cfg = server_config(srv);
+    req_t *r = &c->req;
+    const http_head_t *h = &c->head;
+    const char *base = c->rbuf;
+    r->id_key = store_req_key(srv->store, (mm_str_t){r->id, r->id_len});
+    policy_req_t preq;
+    mm_str_t method = {r->method, r->method_len};
+    router_request_view(r->exp, method, url, h, base, &preq);
+    /* Millisecond decisions use the loop's clock: no clock read. */
+    uint64_t now_ms = uv_now(srv->loop);
+    router_choose(r->exp, &preq, &srv->rng, now_ms, &r->choice);
+    r->chosen = r->arm = r->choice.primary;
+    if (r->arm != 0 && up_pool_ejected(r->exp->pools[r->arm], now_ms)) {
+        router_marm(r->exp, r->arm)->fallbacks++;
+        r->arm = 0; /* an ejected challenger: the champion answers */
+    }
+    /* A HEAD answer has no list to merge: the champion (primary) answers
+     * it alone, as a plain proxy would. */
+    r->fanout = r->choice.fanout && r->exp->cfg->ops->combine != NULL && !r->head_request;
+    /* Header lines are copied now: the head's bytes may be overwritten
+     * while a large body streams, and a fallback rebuilds the head later. */
+    proxy_forward_headers(&r->fwd_lines, h, base, c->peer, fwd_host, r->fanout);
+    if (r->fanout) {
+        /* every arm gets the whole body: read it first (bounded) */
+        mm_buf_reset(&r->captured);
+        r->capture_body = 1;
+        r->capture_limit = cfg->limits.max_body_bytes;
+    } else {
+        shadow_prepare(c);
+    }
 }
 
 static void on_request_head(conn_t *c)
@@ -763,37 +809,21 @@ static void on_request_head(conn_t *c)
         if (form != HT_ABSOLUTE && hh >= 0) host = http_trim(http_hvalue(h, base, hh));
         r->exp = router_match(r->router, url, host, h, base);
         if (r->exp == NULL) {
-            send_error(c, 404, "no_route", "no experiment matches this request");
-            return;
+            /* A small body is read and dropped first, as nginx discards
+             * it: the 404 then keeps the connection, and a request
+             * pipelined behind it is served. One larger than DISCARD_MAX,
+             * or not sent yet (100-continue), is refused at once. */
+            if (!r->has_body || expect || clen > DISCARD_MAX) {
+                send_no_route(c);
+                return;
+            }
+            r->local = r->discard = 1;
         }
-        r->id_key = store_req_key(srv->store, (mm_str_t){r->id, r->id_len});
-        policy_req_t preq;
-        mm_str_t method = {r->method, r->method_len};
-        router_request_view(r->exp, method, url, h, base, &preq);
-        /* Millisecond decisions use the loop's clock: no clock read. */
-        uint64_t now_ms = uv_now(srv->loop);
-        router_choose(r->exp, &preq, &srv->rng, now_ms, &r->choice);
-        r->chosen = r->arm = r->choice.primary;
-        if (r->arm != 0 && up_pool_ejected(r->exp->pools[r->arm], now_ms)) {
-            router_marm(r->exp, r->arm)->fallbacks++;
-            r->arm = 0; /* an ejected challenger: the champion answers */
-        }
-        /* Header lines are copied now: the head's bytes may be overwritten
-         * while a large body streams, and a fallback rebuilds the head later. */
-        /* A HEAD answer has no list to merge: the champion (primary) answers
-         * it alone, as a plain proxy would. */
-        r->fanout = r->choice.fanout && r->exp->cfg->ops->combine != NULL && !r->head_request;
-        /* A Host named in Connection is not passed on, not even as X-Forwarded-Host. */
-        mm_str_t fwd_host =
-            form != HT_ABSOLUTE && hh >= 0 && h->dropped[hh] ? (mm_str_t){"", 0} : host;
-        proxy_forward_headers(&r->fwd_lines, h, base, c->peer, fwd_host, r->fanout);
-        if (r->fanout) {
-            /* every arm gets the whole body: read it first (bounded) */
-            mm_buf_reset(&r->captured);
-            r->capture_body = 1;
-            r->capture_limit = cfg->limits.max_body_bytes;
-        } else {
-            shadow_prepare(c);
+        if (r->exp != NULL) {
+            /* A Host named in Connection is not passed on, not even as X-Forwarded-Host. */
+            mm_str_t fwd_host =
+                form != HT_ABSOLUTE && hh >= 0 && h->dropped[hh] ? (mm_str_t){"", 0} : host;
+            choose_arm(c, url, fwd_host);
         }
         if (!r->fanout && r->shadow == NULL && srv->reqlog && reqlog_bodies(srv->reqlog)) {
             /* log.bodies: keep the request body (bounded) for its log line */
@@ -862,7 +892,10 @@ static ssize_t parse_step(conn_t *c)
         ssize_t more = parse_step(c);
         return more < 0 ? -1 : (ssize_t)used + more;
     } else if (e == HPE_USER || e == HPE_CB_CHUNK_HEADER) { /* on_body, on_chunk_header */
-        send_error(c, 413, "body_too_large", "request body exceeds the size limit");
+        if (c->req.discard) /* more than is worth reading: refuse now, and close */
+            send_no_route(c);
+        else
+            send_error(c, 413, "body_too_large", "request body exceeds the size limit");
         return -1;
     } else if (e != HPE_OK) {
         c->req.keep_alive = 0;
@@ -1140,7 +1173,7 @@ static void req_finish(conn_t *c)
             if (r->chosen != r->arm) router_answer(srv->store, r->exp, r->chosen, 0, latency, now);
             router_answer(srv->store, r->exp, r->arm, st, latency, now);
         }
-    } else if (!r->local) {
+    } else if (!r->local || r->discard) {
         metrics_status(srv->metrics.unrouted_by_status, r->status);
     }
     reqlog_request(srv, c, latency); /* skipped while mirrors run: they log it */
@@ -1153,7 +1186,7 @@ static void req_finish(conn_t *c)
     r->active = 0;
     r->exp = NULL;
     r->pool = NULL;
-    r->local = 0;
+    r->local = r->discard = 0;
     r->fanout = r->merged = r->dispatched = 0;
     r->responding = r->final_write = r->head_pending = 0;
     r->body_done = r->up_done = r->retry = r->retries = 0;
@@ -1252,7 +1285,9 @@ static void conn_process(conn_t *c)
         if (c->phase == C_WAIT && (c->req.local || c->req.fanout) && c->req.active &&
             !c->req.dispatched) {
             c->req.dispatched = 1;
-            if (c->req.local)
+            if (c->req.discard)
+                send_no_route(c);
+            else if (c->req.local)
                 local_dispatch(c);
             else
                 fanout_start(c);

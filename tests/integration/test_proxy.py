@@ -523,6 +523,36 @@ class HttpThroughTheProxy(ClassCluster):
         self.assertEqual(c.response().status, 200)
         c.close()
 
+    def test_404_with_a_small_body_keeps_the_connection(self):
+        # The body is read and dropped first (nginx discards it): the
+        # requests pipelined behind it are answered, in order.
+        before = self.upstream_stats()["requests"]
+        c = self.raw(self.port)
+        c.send(b"POST /nowhere HTTP/1.1\r\nHost: t\r\nContent-Length: 12\r\n\r\n{\"x\": \"GET\"}"
+               b"POST /nowhere HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"3\r\nabc\r\n0\r\n\r\n"
+               b"POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+        for status in (404, 404):
+            r = c.response()
+            self.assertJsonError(r, status, "no_route")
+            self.assertNotEqual(r.headers.get("connection", "").lower(), "close")
+        self.assertEqual(c.response().status, 200)
+        c.close()
+        self.assertEqual(self.upstream_stats()["requests"], before + 1)
+
+    def test_404_with_a_large_or_awaited_body_is_answered_at_once_and_closes(self):
+        # Not worth reading (over 64 KiB), or not sent yet (100-continue):
+        # refused at once, and the connection closes as the body is unread.
+        for head in (b"Content-Length: 70000\r\n", b"Content-Length: 5\r\nExpect: 100-continue\r\n",
+                     b"Transfer-Encoding: chunked\r\n"):
+            c = self.raw(self.port)
+            body = b"11000\r\n" + b"x" * 100 if b"chunked" in head else b""
+            c.send(b"POST /nowhere HTTP/1.1\r\nHost: t\r\n" + head + b"\r\n" + body)
+            r = c.response()
+            self.assertJsonError(r, 404, "no_route")
+            self.assertEqual(r.headers.get("connection", "").lower(), "close", head)
+            c.close()
+
 
 class HalfClose(ClassCluster):
     """A client that half-closes (shutdown(SHUT_WR)) once it has sent its
