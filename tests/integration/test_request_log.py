@@ -5,7 +5,9 @@ docs/admin-metrics-log.md "Request log"), black box.
   1. with log.bodies, a body above 64 KiB is logged as exactly its first
      64 KiB with "body_truncated": true, whether it came with a
      Content-Length or chunked (the read that crossed 64 KiB used to be left
-     out, so the line held some 65 400 bytes).
+     out, so the line held some 65 400 bytes);
+  2. bytes_out of modelmux's own answer (502, 504) counts its JSON body in a
+     shadow experiment as in any other (the shadow runtime's line said 0).
 """
 import base64
 import json
@@ -64,6 +66,33 @@ class LoggedBodies(mmtest.MMTestCase):
             self.assertEqual(len(logged), min(size, KIB64), rid)
             self.assertEqual(logged, body[:len(logged)], rid)
             self.assertEqual(line.get("body_truncated"), True if size > KIB64 else None, rid)
+
+
+class ShadowOwnAnswers(mmtest.MMTestCase):
+    def test_bytes_out_of_a_502_counts_its_body_in_a_shadow_experiment(self):
+        c = self.cluster
+        chal = c.model_server("challenger")
+        port = mmtest.free_port()
+        dead = mmtest.free_port()  # nothing listens: the primary is a 502
+        log = c.path("requests.jsonl")
+        cfg = mmtest.base_config(port, {"champion": dead, "challenger": chal.port}, [
+            {"name": "sh", "match": {"path_prefix": "/v1/sh"}, "policy": "shadow",
+             "primary": "champion", "shadows": ["challenger"]},
+            {"name": "ab", "match": {"path_prefix": "/v1/ab"}, "policy": "ab",
+             "arms": {"champion": 1}}], log={"requests": log})
+        c.modelmux(cfg)
+        got = {}
+        for path in ("/v1/sh", "/v1/ab"):
+            st, hdrs, data = mmtest.request(port, "GET", path)
+            self.assertEqual(st, 502)
+            got[hdrs["x-request-id"]] = len(data)
+        lines = log_lines(log, 2)
+        for rid, size in got.items():
+            self.assertEqual((lines[rid]["status"], lines[rid]["bytes_out"]), (502, size),
+                             lines[rid])
+        sh = [lines[rid] for rid in got if lines[rid]["experiment"] == "sh"][0]
+        self.assertEqual([(m["arm"], m["outcome"]) for m in sh["shadow"]],
+                         [("challenger", "error")])
 
 
 if __name__ == "__main__":
