@@ -7,7 +7,10 @@ docs/admin-metrics-log.md "Request log"), black box.
      Content-Length or chunked (the read that crossed 64 KiB used to be left
      out, so the line held some 65 400 bytes);
   2. bytes_out of modelmux's own answer (502, 504) counts its JSON body in a
-     shadow experiment as in any other (the shadow runtime's line said 0).
+     shadow experiment as in any other (the shadow runtime's line said 0);
+  3. an interleave experiment's lines carry the request body with log.bodies
+     (the fan-out took the body, and every line had "body_b64": "" with
+     "body_truncated": true, so a replay sent empty bodies).
 """
 import base64
 import json
@@ -93,6 +96,31 @@ class ShadowOwnAnswers(mmtest.MMTestCase):
         sh = [lines[rid] for rid in got if lines[rid]["experiment"] == "sh"][0]
         self.assertEqual([(m["arm"], m["outcome"]) for m in sh["shadow"]],
                          [("challenger", "error")])
+
+
+class InterleavedBodies(mmtest.MMTestCase):
+    def test_interleaved_request_bodies_are_logged(self):
+        c = self.cluster
+        a = c.model_server("a", "--list", "3")
+        b = c.model_server("b", "--list", "3", "--seed", "4")
+        port = mmtest.free_port()
+        log = c.path("requests.jsonl")
+        cfg = mmtest.base_config(port, {"a": a.port, "b": b.port}, [
+            {"name": "il", "match": {"path_prefix": "/v1/rank"}, "policy": "interleave",
+             "arms": ["a", "b"], "list_pointer": "/items"}],
+            log={"requests": log, "bodies": True})
+        c.modelmux(cfg)
+        small = b'{"query": "shoes", "user": 42}'
+        big = bytes(i % 251 for i in range(100000))
+        for rid, body in (("small", small), ("big", big)):
+            st, hdrs, _ = mmtest.request(port, "POST", "/v1/rank", body, {"X-Request-Id": rid})
+            self.assertEqual((st, hdrs["x-modelmux-arm"]), (200, "interleave"))
+        lines = log_lines(log, 2)
+        self.assertEqual(base64.b64decode(lines["small"]["body_b64"]), small)
+        self.assertNotIn("body_truncated", lines["small"])
+        self.assertEqual(base64.b64decode(lines["big"]["body_b64"]), big[:KIB64])
+        self.assertIs(lines["big"]["body_truncated"], True)
+        self.assertEqual(lines["big"]["bytes_in"], len(big))
 
 
 if __name__ == "__main__":
