@@ -183,8 +183,16 @@ void shadow_prepare(conn_t *c)
     }
     const policy_mirror_limits_t *lim = &g->exp->cfg->mirror;
     uint64_t clen = (c->parser.flags & F_CONTENT_LENGTH) ? c->parser.content_length : 0;
-    r->capture_limit = lim->max_body_bytes;
-    r->capture_body = clen <= lim->max_body_bytes;
+    /* Capture what the mirrors need (the whole body, up to max_body_bytes)
+     * and, with log.bodies, what the log line writes (its first 64 KiB)
+     * even of a body too large to mirror; shadow_start mirrors only a whole
+     * body within the limit. */
+    int fits = clen <= lim->max_body_bytes;
+    int log_bodies = c->srv->reqlog && reqlog_bodies(c->srv->reqlog);
+    uint64_t limit = fits ? lim->max_body_bytes : 0;
+    if (log_bodies && limit < REQLOG_BODY_MAX) limit = REQLOG_BODY_MAX;
+    r->capture_limit = limit;
+    r->capture_body = fits || log_bodies;
     mm_buf_reset(&r->captured);
     r->shadow = g;
 }
@@ -204,7 +212,8 @@ void shadow_start(conn_t *c)
     shadow_group_t *g = r->shadow;
     if (g == NULL || g->started) return;
     g->started = 1;
-    g->body_ok = r->capture_body && !r->captured.oom;
+    const policy_mirror_limits_t *lim = &g->exp->cfg->mirror;
+    g->body_ok = r->capture_body && !r->captured.oom && r->body_in <= lim->max_body_bytes;
     /* Take the captured body (no copy); the request gets our empty buffer,
      * whose memory its next body can use. */
     mm_buf_t tmp = g->body;
@@ -214,7 +223,6 @@ void shadow_start(conn_t *c)
      * the mirrors' heads are built from them once, dropping Content-Length
      * (a mirror frames the captured, de-chunked body itself). */
     mm_str_t lines = {r->fwd_lines.p, r->fwd_lines.len};
-    const policy_mirror_limits_t *lim = &g->exp->cfg->mirror;
     for (int i = 0; i < g->n; i++) {
         mirror_t *m = &g->m[i];
         if (!g->body_ok || r->fwd_lines.oom || g->exp->mirror_inflight[m->arm] >= lim->max_inflight)

@@ -10,7 +10,10 @@ docs/admin-metrics-log.md "Request log"), black box.
      shadow experiment as in any other (the shadow runtime's line said 0);
   3. an interleave experiment's lines carry the request body with log.bodies
      (the fan-out took the body, and every line had "body_b64": "" with
-     "body_truncated": true, so a replay sent empty bodies).
+     "body_truncated": true, so a replay sent empty bodies);
+  4. a shadow experiment's request whose body is too large to mirror is
+     still logged with its body (its first 64 KiB): the line had an empty
+     body_b64 whenever the body was over the shadow's max_body_bytes.
 """
 import base64
 import json
@@ -121,6 +124,39 @@ class InterleavedBodies(mmtest.MMTestCase):
         self.assertEqual(base64.b64decode(lines["big"]["body_b64"]), big[:KIB64])
         self.assertIs(lines["big"]["body_truncated"], True)
         self.assertEqual(lines["big"]["bytes_in"], len(big))
+
+
+class ShadowUnmirroredBodies(mmtest.MMTestCase):
+    def test_a_body_too_large_to_mirror_is_still_logged(self):
+        c = self.cluster
+        a = c.model_server("a")
+        b = c.model_server("b")
+        port = mmtest.free_port()
+        admin = mmtest.free_port()
+        log = c.path("requests.jsonl")
+        cfg = mmtest.base_config(port, {"champion": a.port, "challenger": b.port}, [
+            {"name": "sh", "match": {"path_prefix": "/v1/sh"}, "policy": "shadow",
+             "primary": "champion", "shadows": ["challenger"]},
+            {"name": "small", "match": {"path_prefix": "/v1/small"}, "policy": "shadow",
+             "primary": "champion", "shadows": ["challenger"], "max_body_bytes": 10}],
+            admin_port=admin, log={"requests": log, "bodies": True})
+        c.modelmux(cfg)
+        big = bytes(i % 251 for i in range(2 * 1024 * 1024))  # over the default 1 MiB
+        cases = {"big": ("/v1/sh", big), "fits": ("/v1/small", b"0123456789"),
+                 "over": ("/v1/small", b"x" * 50)}
+        for rid, (path, body) in cases.items():
+            st, _, _ = mmtest.request(port, "POST", path, body, {"X-Request-Id": rid})
+            self.assertEqual(st, 200)
+        lines = log_lines(log, len(cases))
+        for rid, (path, body) in cases.items():
+            line = lines[rid]
+            self.assertEqual(base64.b64decode(line["body_b64"]), body[:KIB64], rid)
+            self.assertEqual(line.get("body_truncated"), True if len(body) > KIB64 else None)
+            # the 10-byte body is mirrored (the two models answer differently)
+            self.assertEqual([m["outcome"] for m in line["shadow"]],
+                             ["mismatch" if rid == "fits" else "dropped"], rid)
+        dropped = mmtest.metric_samples(admin, "modelmux_shadow_total", "experiment", "outcome")
+        self.assertEqual((dropped[("sh", "dropped")], dropped[("small", "dropped")]), (1, 1))
 
 
 if __name__ == "__main__":
