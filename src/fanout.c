@@ -12,6 +12,7 @@
 
 #include "fanout.h"
 #include "leg.h"
+#include "reqlog.h"
 
 typedef struct {
     conn_t *conn;
@@ -140,6 +141,12 @@ void fanout_start(conn_t *c)
     f->n = (int)e->state->n_arms;
     f->body = r->captured; /* take the body: no copy */
     mm_buf_init(&r->captured);
+    /* With log.bodies the request's log line needs the body too, after f
+     * is gone: keep a copy of what the log writes (at most its first
+     * 64 KiB), as a proxied request's capture keeps. */
+    if (c->srv->reqlog && reqlog_bodies(c->srv->reqlog))
+        mm_buf_append(&r->captured, f->body.p,
+                      f->body.len < REQLOG_BODY_MAX ? f->body.len : REQLOG_BODY_MAX);
     uint64_t keep = server_config(c->srv)->limits.max_body_bytes;
     for (int i = 0; i < f->n; i++) {
         leg_t *l = &f->legs[i];

@@ -137,10 +137,15 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
     if (r->local && !r->discard) {
         mm_buf_append(&r->local_body, at, n);
     } else if (r->capture_body) {
-        if (r->body_in > r->capture_limit)
-            r->capture_body = 0; /* too large to mirror */
-        else
+        if (r->body_in > r->capture_limit) {
+            /* Too large to mirror. The read that crossed the limit still
+             * adds its bytes up to it: the request log promises the first
+             * 64 KiB of a larger body, not whatever the earlier reads held. */
+            mm_buf_append(&r->captured, at, (size_t)(r->capture_limit - (r->body_in - n)));
+            r->capture_body = 0;
+        } else {
             mm_buf_append(&r->captured, at, n);
+        }
     }
     return 0;
 }

@@ -183,8 +183,16 @@ void shadow_prepare(conn_t *c)
     }
     const policy_mirror_limits_t *lim = &g->exp->cfg->mirror;
     uint64_t clen = (c->parser.flags & F_CONTENT_LENGTH) ? c->parser.content_length : 0;
-    r->capture_limit = lim->max_body_bytes;
-    r->capture_body = clen <= lim->max_body_bytes;
+    /* Capture what the mirrors need (the whole body, up to max_body_bytes)
+     * and, with log.bodies, what the log line writes (its first 64 KiB)
+     * even of a body too large to mirror; shadow_start mirrors only a whole
+     * body within the limit. */
+    int fits = clen <= lim->max_body_bytes;
+    int log_bodies = c->srv->reqlog && reqlog_bodies(c->srv->reqlog);
+    uint64_t limit = fits ? lim->max_body_bytes : 0;
+    if (log_bodies && limit < REQLOG_BODY_MAX) limit = REQLOG_BODY_MAX;
+    r->capture_limit = limit;
+    r->capture_body = fits || log_bodies;
     mm_buf_reset(&r->captured);
     r->shadow = g;
 }
@@ -204,7 +212,8 @@ void shadow_start(conn_t *c)
     shadow_group_t *g = r->shadow;
     if (g == NULL || g->started) return;
     g->started = 1;
-    g->body_ok = r->capture_body && !r->captured.oom;
+    const policy_mirror_limits_t *lim = &g->exp->cfg->mirror;
+    g->body_ok = r->capture_body && !r->captured.oom && r->body_in <= lim->max_body_bytes;
     /* Take the captured body (no copy); the request gets our empty buffer,
      * whose memory its next body can use. */
     mm_buf_t tmp = g->body;
@@ -214,7 +223,6 @@ void shadow_start(conn_t *c)
      * the mirrors' heads are built from them once, dropping Content-Length
      * (a mirror frames the captured, de-chunked body itself). */
     mm_str_t lines = {r->fwd_lines.p, r->fwd_lines.len};
-    const policy_mirror_limits_t *lim = &g->exp->cfg->mirror;
     for (int i = 0; i < g->n; i++) {
         mirror_t *m = &g->m[i];
         if (!g->body_ok || r->fwd_lines.oom || g->exp->mirror_inflight[m->arm] >= lim->max_inflight)
@@ -267,8 +275,17 @@ void shadow_on_primary_done(conn_t *c, uint64_t latency_us)
     g->latency_us = latency_us;
     /* The wall clock only for a log line (no log now: none later either). */
     g->ts_us = g->srv->reqlog ? reqlog_wall_us() - latency_us : 0;
-    g->bytes_in = r->body_in;
-    g->bytes_out = r->bytes_out;
+    /* Byte counts as any request's line has them (also for the log only):
+     * modelmux's own answer (502, 504, 408) counts its JSON body, which
+     * r->bytes_out does not. */
+    if (g->srv->reqlog) {
+        reqlog_entry_t e;
+        reqlog_entry_from_req(c, latency_us, &e);
+        g->bytes_in = e.bytes_in;
+        g->bytes_out = e.bytes_out;
+    } else {
+        g->bytes_in = g->bytes_out = 0;
+    }
     if (r->up_errors && !r->responding) g->p_status = 0;
     if (--g->pending == 0) group_complete(g);
 }

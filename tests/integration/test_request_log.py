@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""test_request_log — request log fields a log reader relies on (DESIGN.md §7,
+docs/admin-metrics-log.md "Request log"), black box.
+
+  1. with log.bodies, a body above 64 KiB is logged as exactly its first
+     64 KiB with "body_truncated": true, whether it came with a
+     Content-Length or chunked (the read that crossed 64 KiB used to be left
+     out, so the line held some 65 400 bytes);
+  2. bytes_out of modelmux's own answer (502, 504) counts its JSON body in a
+     shadow experiment as in any other (the shadow runtime's line said 0);
+  3. an interleave experiment's lines carry the request body with log.bodies
+     (the fan-out took the body, and every line had "body_b64": "" with
+     "body_truncated": true, so a replay sent empty bodies);
+  4. a shadow experiment's request whose body is too large to mirror is
+     still logged with its body (its first 64 KiB): the line had an empty
+     body_b64 whenever the body was over the shadow's max_body_bytes.
+"""
+import base64
+import json
+import socket
+
+import mmtest
+
+KIB64 = 64 * 1024
+
+
+def log_lines(path, n):
+    def read():
+        try:
+            with open(path) as f:
+                lines = [json.loads(line) for line in f]
+        except FileNotFoundError:
+            return None
+        return lines if len(lines) >= n else None
+    return {line["request_id"]: line for line in mmtest.eventually(read, timeout=10)}
+
+
+class LoggedBodies(mmtest.MMTestCase):
+    def test_body_over_64_kib_is_logged_as_its_first_64_kib(self):
+        c = self.cluster
+        champ = c.model_server("champion")
+        port = mmtest.free_port()
+        log = c.path("requests.jsonl")
+        cfg = mmtest.base_config(port, {"champion": champ.port}, [
+            {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
+             "arms": {"champion": 1}}], log={"requests": log, "bodies": True})
+        c.modelmux(cfg)
+        body = bytes((i * 7 + i // 251) % 256 for i in range(200000))
+        sent = {}
+        for rid, size in (("cl-200000", 200000), ("cl-70000", 70000), ("cl-65536", KIB64)):
+            st, _, _ = mmtest.request(port, "POST", "/v1/rank", body[:size],
+                                      {"X-Request-Id": rid})
+            self.assertEqual(st, 200)
+            sent[rid] = size
+        # chunked, 10 000-byte chunks: 64 KiB falls inside the seventh
+        chunks = b"".join(b"%x\r\n%s\r\n" % (10000, body[i:i + 10000])
+                          for i in range(0, 100000, 10000))
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                  b"X-Request-Id: chunked-100000\r\nConnection: close\r\n\r\n" + chunks +
+                  b"0\r\n\r\n")
+        while s.recv(65536):
+            pass
+        s.close()
+        sent["chunked-100000"] = 100000
+
+        lines = log_lines(log, len(sent))
+        for rid, size in sent.items():
+            line = lines[rid]
+            logged = base64.b64decode(line["body_b64"])
+            self.assertEqual(line["bytes_in"], size, rid)
+            self.assertEqual(len(logged), min(size, KIB64), rid)
+            self.assertEqual(logged, body[:len(logged)], rid)
+            self.assertEqual(line.get("body_truncated"), True if size > KIB64 else None, rid)
+
+
+class ShadowOwnAnswers(mmtest.MMTestCase):
+    def test_bytes_out_of_a_502_counts_its_body_in_a_shadow_experiment(self):
+        c = self.cluster
+        chal = c.model_server("challenger")
+        port = mmtest.free_port()
+        dead = mmtest.free_port()  # nothing listens: the primary is a 502
+        log = c.path("requests.jsonl")
+        cfg = mmtest.base_config(port, {"champion": dead, "challenger": chal.port}, [
+            {"name": "sh", "match": {"path_prefix": "/v1/sh"}, "policy": "shadow",
+             "primary": "champion", "shadows": ["challenger"]},
+            {"name": "ab", "match": {"path_prefix": "/v1/ab"}, "policy": "ab",
+             "arms": {"champion": 1}}], log={"requests": log})
+        c.modelmux(cfg)
+        got = {}
+        for path in ("/v1/sh", "/v1/ab"):
+            st, hdrs, data = mmtest.request(port, "GET", path)
+            self.assertEqual(st, 502)
+            got[hdrs["x-request-id"]] = len(data)
+        lines = log_lines(log, 2)
+        for rid, size in got.items():
+            self.assertEqual((lines[rid]["status"], lines[rid]["bytes_out"]), (502, size),
+                             lines[rid])
+        sh = [lines[rid] for rid in got if lines[rid]["experiment"] == "sh"][0]
+        self.assertEqual([(m["arm"], m["outcome"]) for m in sh["shadow"]],
+                         [("challenger", "error")])
+
+
+class InterleavedBodies(mmtest.MMTestCase):
+    def test_interleaved_request_bodies_are_logged(self):
+        c = self.cluster
+        a = c.model_server("a", "--list", "3")
+        b = c.model_server("b", "--list", "3", "--seed", "4")
+        port = mmtest.free_port()
+        log = c.path("requests.jsonl")
+        cfg = mmtest.base_config(port, {"a": a.port, "b": b.port}, [
+            {"name": "il", "match": {"path_prefix": "/v1/rank"}, "policy": "interleave",
+             "arms": ["a", "b"], "list_pointer": "/items"}],
+            log={"requests": log, "bodies": True})
+        c.modelmux(cfg)
+        small = b'{"query": "shoes", "user": 42}'
+        big = bytes(i % 251 for i in range(100000))
+        for rid, body in (("small", small), ("big", big)):
+            st, hdrs, _ = mmtest.request(port, "POST", "/v1/rank", body, {"X-Request-Id": rid})
+            self.assertEqual((st, hdrs["x-modelmux-arm"]), (200, "interleave"))
+        lines = log_lines(log, 2)
+        self.assertEqual(base64.b64decode(lines["small"]["body_b64"]), small)
+        self.assertNotIn("body_truncated", lines["small"])
+        self.assertEqual(base64.b64decode(lines["big"]["body_b64"]), big[:KIB64])
+        self.assertIs(lines["big"]["body_truncated"], True)
+        self.assertEqual(lines["big"]["bytes_in"], len(big))
+
+
+class ShadowUnmirroredBodies(mmtest.MMTestCase):
+    def test_a_body_too_large_to_mirror_is_still_logged(self):
+        c = self.cluster
+        a = c.model_server("a")
+        b = c.model_server("b")
+        port = mmtest.free_port()
+        admin = mmtest.free_port()
+        log = c.path("requests.jsonl")
+        cfg = mmtest.base_config(port, {"champion": a.port, "challenger": b.port}, [
+            {"name": "sh", "match": {"path_prefix": "/v1/sh"}, "policy": "shadow",
+             "primary": "champion", "shadows": ["challenger"]},
+            {"name": "small", "match": {"path_prefix": "/v1/small"}, "policy": "shadow",
+             "primary": "champion", "shadows": ["challenger"], "max_body_bytes": 10}],
+            admin_port=admin, log={"requests": log, "bodies": True})
+        c.modelmux(cfg)
+        big = bytes(i % 251 for i in range(2 * 1024 * 1024))  # over the default 1 MiB
+        cases = {"big": ("/v1/sh", big), "fits": ("/v1/small", b"0123456789"),
+                 "over": ("/v1/small", b"x" * 50)}
+        for rid, (path, body) in cases.items():
+            st, _, _ = mmtest.request(port, "POST", path, body, {"X-Request-Id": rid})
+            self.assertEqual(st, 200)
+        lines = log_lines(log, len(cases))
+        for rid, (path, body) in cases.items():
+            line = lines[rid]
+            self.assertEqual(base64.b64decode(line["body_b64"]), body[:KIB64], rid)
+            self.assertEqual(line.get("body_truncated"), True if len(body) > KIB64 else None)
+            # the 10-byte body is mirrored (the two models answer differently)
+            self.assertEqual([m["outcome"] for m in line["shadow"]],
+                             ["mismatch" if rid == "fits" else "dropped"], rid)
+        dropped = mmtest.metric_samples(admin, "modelmux_shadow_total", "experiment", "outcome")
+        self.assertEqual((dropped[("sh", "dropped")], dropped[("small", "dropped")]), (1, 1))
+
+
+if __name__ == "__main__":
+    mmtest.main()
