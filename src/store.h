@@ -175,6 +175,12 @@ void store_put_aux(store_t *s, mm_str_t request_id, const char *data, size_t n, 
 typedef void (*store_aux_cb)(void *arg, int found, const char *data, size_t n);
 void store_get_aux(store_t *s, mm_str_t request_id, store_aux_cb cb, void *arg);
 
+/* Call cb(arg) once a sync round that starts after this call is done: what
+ * this instance changed is written and the global view read back. At once
+ * for the memory store, and while Redis is down or the store shuts down (a
+ * flush never waits for a reconnect). May call cb before returning. */
+void store_flush(store_t *s, void (*cb)(void *), void *arg);
+
 /* 1 while the store is reachable (always 1 for memory). */
 int store_up(const store_t *s);
 const char *store_kind(const store_t *s);
