@@ -240,11 +240,110 @@ static json_t *experiment_view(const exp_rt_t *e)
 
 /* ---- actions ---- */
 
+/* The experiments as JSON: one (`name`), or {"experiments": [...]} when
+ * name is NULL. */
+static void render_views(mm_server_t *srv, conn_t *c, const char *name)
+{
+    if (name) {
+        exp_rt_t *e = find_experiment(srv, (mm_str_t){name, strlen(name)});
+        if (e == NULL) /* a reload removed it meanwhile */
+            reply_errorf(c, 404, "not_found", "no experiment named \"%s\"", name);
+        else
+            reply_json(c, 200, experiment_view(e));
+        return;
+    }
+    json_t *list = json_array();
+    for (size_t i = 0; i < srv->router->n_exps; i++)
+        json_array_append_new(list, experiment_view(&srv->router->exps[i]));
+    json_t *o = json_object();
+    json_object_set_new(o, "experiments", list);
+    reply_json(c, 200, o);
+}
+
+/* An answer showing experiment state, held in a --workers group until the
+ * workers agree: this one writes what it counted and changed (a store
+ * round), every sibling then runs a round (writes its counts, adopts the
+ * change), and this one reads the result (another round). So a change is in
+ * force on every worker when its answer arrives, and a view counts every
+ * worker's requests, as with one process (DESIGN.md §5). A reset first has
+ * every worker write what it counted before it, so that nothing counted
+ * before the reset lands after it. A few ms per admin call; nothing on the
+ * data path waits. */
+typedef struct {
+    mm_server_t *srv;
+    conn_t *conn;
+    uint64_t req_serial;
+    int step; /* STEP_* next */
+    int one;  /* name is set; else every experiment */
+    char name[MM_NAME_MAX + 1];
+} view_wait_t;
+
+enum { STEP_PRE_SYNC, STEP_RESET, STEP_SYNC, STEP_READ, STEP_ANSWER };
+
+static void do_reset(mm_server_t *srv, exp_rt_t *e)
+{
+    store_reset(srv->store, e->state);
+    router_on_reset(e); /* here now, so the answer shows it; elsewhere at their next tick */
+}
+
+static void on_view_step(void *arg)
+{
+    view_wait_t *w = arg;
+    switch (w->step++) {
+    case STEP_PRE_SYNC:
+        scrape_group_sync(w->srv, on_view_step, w);
+        return;
+    case STEP_RESET: {
+        exp_rt_t *e = find_experiment(w->srv, (mm_str_t){w->name, strlen(w->name)});
+        if (e) do_reset(w->srv, e); /* else a reload removed it: render says 404 */
+        store_flush(w->srv->store, on_view_step, w);
+        return;
+    }
+    case STEP_SYNC:
+        scrape_group_sync(w->srv, on_view_step, w);
+        return;
+    case STEP_READ:
+        store_flush(w->srv->store, on_view_step, w);
+        return;
+    default:
+        break;
+    }
+    if (conn_awaits(w->conn, w->req_serial)) render_views(w->srv, w->conn, w->one ? w->name : NULL);
+    conn_release(w->conn);
+    free(w);
+}
+
+/* Answer with the view of e (NULL: every experiment), after resetting it
+ * first when `reset`. */
+static void reply_views_after(mm_server_t *srv, conn_t *c, exp_rt_t *e, int reset)
+{
+    view_wait_t *w = scrape_group_active(srv) ? calloc(1, sizeof(*w)) : NULL;
+    if (w == NULL) { /* alone (or no memory): this process is the whole truth */
+        if (reset) do_reset(srv, e);
+        render_views(srv, c, e ? e->cfg->name : NULL);
+        return;
+    }
+    w->srv = srv;
+    w->conn = conn_hold(c);
+    w->req_serial = c->req.serial;
+    w->step = reset ? STEP_PRE_SYNC : STEP_SYNC;
+    if (e) {
+        w->one = 1;
+        snprintf(w->name, sizeof(w->name), "%s", e->cfg->name);
+    }
+    store_flush(srv->store, on_view_step, w);
+}
+
+static void reply_views(mm_server_t *srv, conn_t *c, exp_rt_t *e)
+{
+    reply_views_after(srv, c, e, 0);
+}
+
 static void set_control(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
                         const exp_control_t *ctl)
 {
     store_set_control(srv->store, e->state, ctl);
-    reply_json(r->conn, 200, experiment_view(e));
+    reply_views(srv, r->conn, e);
 }
 
 static void put_weights(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
@@ -355,7 +454,7 @@ static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
         return;
     }
     if (ctl.state == want) { /* already there: no new version */
-        reply_json(r->conn, 200, experiment_view(e));
+        reply_views(srv, r->conn, e);
         return;
     }
     ctl.state = want; /* pausing: the store snapshots merged into frozen */
@@ -372,9 +471,7 @@ static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
 static void reset(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
 {
     if (expect_no_params(r) < 0) return;
-    store_reset(srv->store, e->state);
-    router_on_reset(e); /* here now, so the answer shows it; elsewhere at their next tick */
-    reply_json(r->conn, 200, experiment_view(e));
+    reply_views_after(srv, r->conn, e, 1);
 }
 
 static void reload_answered(void *arg, int ok, const char *err)
@@ -400,6 +497,37 @@ static void reload(mm_server_t *srv, const mm_local_req_t *r)
     server_reload(srv, reload_answered, conn_hold(r->conn));
 }
 
+/* A sibling's view or change waits for this worker's store round
+ * (reply_views): answer once it is done. */
+typedef struct {
+    conn_t *conn;
+    uint64_t req_serial;
+} sync_wait_t;
+
+static void on_synced_for_sibling(void *arg)
+{
+    sync_wait_t *w = arg;
+    if (conn_awaits(w->conn, w->req_serial)) {
+        json_t *o = json_object();
+        json_object_set_new(o, "status", json_string("synced"));
+        reply_json(w->conn, 200, o);
+    }
+    conn_release(w->conn);
+    free(w);
+}
+
+static void sync_for_sibling(mm_server_t *srv, conn_t *c)
+{
+    sync_wait_t *w = malloc(sizeof(*w));
+    if (w == NULL) {
+        conn_respond_error(c, 500, "internal", "out of memory");
+        return;
+    }
+    w->conn = conn_hold(c);
+    w->req_serial = c->req.serial;
+    store_flush(srv->store, on_synced_for_sibling, w);
+}
+
 /* ---- routing ---- */
 
 static void experiment_routes(mm_server_t *srv, const mm_local_req_t *r, mm_str_t rest)
@@ -420,7 +548,7 @@ static void experiment_routes(mm_server_t *srv, const mm_local_req_t *r, mm_str_
             conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
             return;
         }
-        reply_json(r->conn, 200, experiment_view(e));
+        reply_views(srv, r->conn, e);
     } else if (str_eq(action, "weights")) {
         if (!str_eq(r->method, "PUT")) {
             conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use PUT", PUT_ONLY);
@@ -452,8 +580,10 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
 {
     mm_str_t path = r->path;
     conn_t *c = r->conn;
-    if (r->worker_only && !str_eq(path, "/metrics")) { /* a sibling's scrape, nothing else */
-        conn_respond_error(c, 404, "not_found", "this worker's private listener serves /metrics");
+    if (r->worker_only && !str_eq(path, "/metrics") && !str_eq(path, SCRAPE_SYNC_PATH)) {
+        /* a sibling's scrape or sync, nothing else */
+        conn_respond_error(c, 404, "not_found",
+                           "this worker's private listener serves /metrics and " SCRAPE_SYNC_PATH);
         return;
     }
     if (str_eq(path, "/healthz") || str_eq(path, "/readyz")) {
@@ -471,6 +601,14 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
     if (!authorized(srv, r)) {
         conn_respond_error_hdr(r->conn, 401, "unauthorized", "missing or wrong bearer token",
                                "WWW-Authenticate: Bearer realm=\"modelmux\"\r\n");
+        return;
+    }
+    if (r->worker_only && str_eq(path, SCRAPE_SYNC_PATH)) {
+        if (!str_eq(r->method, "POST")) {
+            conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use POST", POST_ONLY);
+            return;
+        }
+        sync_for_sibling(srv, c);
         return;
     }
     if (str_eq(path, "/metrics")) {
@@ -497,12 +635,7 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
             conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
             return;
         }
-        json_t *list = json_array();
-        for (size_t i = 0; i < srv->router->n_exps; i++)
-            json_array_append_new(list, experiment_view(&srv->router->exps[i]));
-        json_t *o = json_object();
-        json_object_set_new(o, "experiments", list);
-        reply_json(c, 200, o);
+        reply_views(srv, c, NULL);
     } else if (path.n > 13 && memcmp(path.p, "/experiments/", 13) == 0) {
         experiment_routes(srv, r, (mm_str_t){path.p + 13, path.n - 13});
     } else if (str_eq(path, "/reload")) {

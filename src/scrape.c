@@ -21,9 +21,11 @@
 
 typedef struct {
     mm_server_t *srv;
-    conn_t *conn;
+    conn_t *conn; /* a scrape's client; NULL for a sync (scrape_group_sync) */
+    void (*synced)(void *);
+    void *synced_arg;
     uint64_t req_serial;
-    int pending; /* legs not done, plus one while scrape_gather runs */
+    int pending; /* legs not done, plus one while the legs are started */
     int n;       /* legs */
     struct {
         leg_t leg;
@@ -120,10 +122,21 @@ static void answer(gather_t *g)
 static void settle(gather_t *g)
 {
     if (--g->pending > 0) return;
-    answer(g);
+    for (int i = 0; i < g->n; i++)
+        if (g->conn == NULL && g->legs[i].leg.status != 200)
+            mm_log("admin: worker %d did not confirm a sync: %s", g->legs[i].worker,
+                   g->legs[i].leg.status      ? "answered an error status"
+                   : g->legs[i].leg.timed_out ? "no answer in time"
+                                              : up_err_name(g->legs[i].leg.err));
+    if (g->conn) {
+        answer(g);
+        conn_release(g->conn);
+    }
     for (int i = 0; i < g->n; i++) leg_free(&g->legs[i].leg);
-    conn_release(g->conn);
+    void (*synced)(void *) = g->synced;
+    void *synced_arg = g->synced_arg;
     free(g);
+    if (synced) synced(synced_arg);
 }
 
 static void on_leg_done(leg_t *l)
@@ -131,18 +144,12 @@ static void on_leg_done(leg_t *l)
     settle(l->owner);
 }
 
-void scrape_gather(mm_server_t *srv, conn_t *c)
+/* One request to every sibling on its private listener; settle() runs
+ * when all are done (answered, failed or timed out). */
+static void fan_out(gather_t *g, const char *request_line)
 {
+    mm_server_t *srv = g->srv;
     mm_group_t *grp = &srv->group;
-    int n = grp->n - 1;
-    gather_t *g = calloc(1, sizeof(*g) + (size_t)n * sizeof(g->legs[0]));
-    if (g == NULL) {
-        conn_respond_error(c, 500, "internal", "out of memory");
-        return;
-    }
-    g->srv = srv;
-    g->conn = conn_hold(c);
-    g->req_serial = c->req.serial;
     const char *token = server_config(srv)->admin_token;
     for (int w = 0; w < grp->n; w++) {
         if (w == grp->self) continue;
@@ -152,7 +159,9 @@ void scrape_gather(mm_server_t *srv, conn_t *c)
         l->owner = g;
         l->done = on_leg_done;
         l->keep_max = SCRAPE_KEEP;
-        mm_buf_lit(&l->head, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        mm_buf_cstr(&l->head, request_line);
+        mm_buf_lit(&l->head, " HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        if (g->conn == NULL) mm_buf_lit(&l->head, "Content-Length: 0\r\n"); /* a POST */
         if (token) {
             mm_buf_lit(&l->head, "Authorization: Bearer ");
             mm_buf_cstr(&l->head, token);
@@ -172,4 +181,35 @@ void scrape_gather(mm_server_t *srv, conn_t *c)
         leg_start(l, &srv->legs, grp->pools[g->legs[i].worker], SCRAPE_TIMEOUT_MS, 0);
     }
     settle(g);
+}
+
+static gather_t *gather_new(mm_server_t *srv)
+{
+    gather_t *g = calloc(1, sizeof(*g) + (size_t)(srv->group.n - 1) * sizeof(g->legs[0]));
+    if (g) g->srv = srv;
+    return g;
+}
+
+void scrape_gather(mm_server_t *srv, conn_t *c)
+{
+    gather_t *g = gather_new(srv);
+    if (g == NULL) {
+        conn_respond_error(c, 500, "internal", "out of memory");
+        return;
+    }
+    g->conn = conn_hold(c);
+    g->req_serial = c->req.serial;
+    fan_out(g, "GET /metrics");
+}
+
+void scrape_group_sync(mm_server_t *srv, void (*done)(void *), void *arg)
+{
+    gather_t *g = scrape_group_active(srv) ? gather_new(srv) : NULL;
+    if (g == NULL) {
+        done(arg); /* alone, or no memory: go on with what is known */
+        return;
+    }
+    g->synced = done;
+    g->synced_arg = arg;
+    fan_out(g, "POST " SCRAPE_SYNC_PATH);
 }

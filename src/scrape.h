@@ -25,6 +25,15 @@ int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *por
 int scrape_group_active(const mm_server_t *srv);
 /* Answer GET /metrics on c, now or when every sibling has answered. */
 void scrape_gather(mm_server_t *srv, conn_t *c);
+/* The private listener's path that makes a worker run a store sync round
+ * and answer once it is done (scrape_group_sync). */
+#define SCRAPE_SYNC_PATH "/_modelmux/sync"
+/* Ask every sibling to run a store sync round now, and call done(arg) once
+ * all have answered (or failed, or SCRAPE_TIMEOUT_MS passed). An admin view
+ * or change is answered after this, so that every worker has written what it
+ * counted and adopted the change: the workers behave as one instance
+ * (DESIGN.md §5). At once when not in a group. */
+void scrape_group_sync(mm_server_t *srv, void (*done)(void *), void *arg);
 /* Shutting down (the listener is closed with the others, server_stop):
  * close idle connections to siblings. */
 void scrape_group_drain(mm_server_t *srv);

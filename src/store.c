@@ -972,6 +972,14 @@ void store_shutdown(store_t *s, int timeout_ms, void (*done)(void *), void *arg)
         done(arg); /* nothing to flush */
 }
 
+void store_flush(store_t *s, void (*cb)(void *), void *arg)
+{
+    if (s->redis)
+        store_redis_flush(s->redis, cb, arg);
+    else
+        cb(arg); /* the memory store is always in step with itself */
+}
+
 void store_free_final(store_t *s)
 {
     for (size_t i = 0; i < s->n_exps; i++) store_exp_free(s->exps[i]);

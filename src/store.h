@@ -199,6 +199,12 @@ typedef void (*store_aux_done_cb)(void *arg, int code);
 void store_update_aux(store_t *s, mm_str_t request_id, int ttl_s, store_aux_rewrite_cb rewrite,
                       store_aux_done_cb done, void *arg);
 
+/* Call cb(arg) once a sync round that starts after this call is done: what
+ * this instance changed is written and the global view read back. At once
+ * for the memory store, and while Redis is down or the store shuts down (a
+ * flush never waits for a reconnect). May call cb before returning. */
+void store_flush(store_t *s, void (*cb)(void *), void *arg);
+
 /* 1 while the store is reachable (always 1 for memory). */
 int store_up(const store_t *s);
 const char *store_kind(const store_t *s);

@@ -209,6 +209,7 @@ store_redis_t *store_redis_create(store_t *s, char *err, size_t errlen);
 void store_redis_shutdown(store_redis_t *r, int timeout_ms, void (*done)(void *), void *arg);
 /* Closes everything; store_free_final(s) runs now or from a close callback. */
 void store_redis_destroy(store_redis_t *r);
+void store_redis_flush(store_redis_t *r, void (*cb)(void *), void *arg);
 void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined);
 void store_redis_remember(store_redis_t *r, const char *id, size_t idlen, uint32_t pair,
                           uint64_t expires_ms);

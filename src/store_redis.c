@@ -82,6 +82,7 @@
 #define N_FIELDS           7
 #define AUX_PER_ROUND      10000u
 #define GET_TIMEOUT_MS     1000u /* a GET for feedback answered "not found" after this */
+#define FLUSH_TIMEOUT_MS   1000u /* a store_flush waiter called anyway after this */
 
 /* KEYS[1] control hash, KEYS[2] seq key, KEYS[3..2+N] the N arm hashes,
  * KEYS[3+N..2+2N] their answer hashes PREFIX:{EXP}:lat:ARM.
@@ -246,6 +247,15 @@ typedef struct {
     void *arg;
 } lookup_t;
 
+/* Someone waiting for a round that starts after it asked (store_flush). */
+typedef struct flush_s {
+    struct flush_s *next;
+    uint64_t after;       /* called once rounds_done reaches this round */
+    uint64_t deadline_ms; /* or then, whatever the round does */
+    void (*cb)(void *);
+    void *arg;
+} flush_t;
+
 struct store_redis_s {
     store_t *s;
     redisAsyncContext *ac;
@@ -274,6 +284,9 @@ struct store_redis_s {
     size_t round_req_sent;
     int round_req_failed;
     int lose_replies;
+    uint64_t rounds_started, rounds_done;
+    flush_t *flushes;  /* store_flush waiters, newest first */
+    int flush_stalled; /* one timed out and no round has completed since */
 
     /* request ids to write: a ring, grown up to rq_max */
     rq_ent_t *rq;
@@ -301,6 +314,7 @@ struct store_redis_s {
 };
 
 static void start_round(store_redis_t *r);
+static void run_flushes(store_redis_t *r);
 static void aq_free(aq_list_t *l);
 static void maybe_finish(store_redis_t *r);
 static void on_conn_timer(uv_timer_t *t);
@@ -1103,6 +1117,9 @@ static void round_part_done(store_redis_t *r)
     r->round_req_sent = 0;
     aux_round_done(r);
     r->st.syncs++;
+    r->rounds_done = r->rounds_started;
+    r->flush_stalled = 0;
+    run_flushes(r);
     maybe_finish(r);
 }
 
@@ -1922,6 +1939,7 @@ static void start_round(store_redis_t *r)
     if (!can_send(r) || r->round_active) return;
     store_t *s = r->s;
     r->round_active = 1;
+    r->rounds_started++;
     r->outstanding = 0;
     r->round_started_ms = mm_now_ms();
     r->round_req_sent = 0;
@@ -1929,7 +1947,60 @@ static void start_round(store_redis_t *r)
     send_reqs(r);
     send_aux(r);
     send_stream(r);
-    if (r->outstanding == 0) r->round_active = 0;
+    if (r->outstanding == 0) {
+        r->round_active = 0;
+        r->rounds_done = r->rounds_started;
+        run_flushes(r);
+    }
+}
+
+/* Call the waiters whose round is done, and all of them when no round can
+ * be sent (Redis down, shutting down): a flush never waits for a reconnect,
+ * as routing does not. A Redis that hangs with its socket open is dropped
+ * only after ROUND_TIMEOUT_MS, so, as for GETs, a waiter is called after
+ * FLUSH_TIMEOUT_MS anyway, and every new one at once until a round completes
+ * again. Waiters left get a round now rather than at the next tick. A
+ * callback may add a waiter, so the list is detached first. */
+static void run_flushes(store_redis_t *r)
+{
+    uint64_t now = mm_now_ms();
+    int give_up =
+        !can_send(r) || r->shutting_down || r->closing || r->destroying || r->flush_stalled;
+    flush_t *due = NULL, **pp = &r->flushes;
+    while (*pp) {
+        flush_t *f = *pp;
+        if (f->deadline_ms <= now) r->flush_stalled = 1;
+        if (give_up || r->rounds_done >= f->after || f->deadline_ms <= now) {
+            *pp = f->next;
+            f->next = due;
+            due = f;
+        } else {
+            pp = &f->next;
+        }
+    }
+    if (r->flushes && !r->round_active) start_round(r);
+    while (due) {
+        flush_t *f = due;
+        due = f->next;
+        f->cb(f->arg);
+        free(f);
+    }
+}
+
+void store_redis_flush(store_redis_t *r, void (*cb)(void *), void *arg)
+{
+    flush_t *f = malloc(sizeof(*f));
+    if (f == NULL) {
+        cb(arg); /* no memory to wait: answer with what is known */
+        return;
+    }
+    f->after = r->rounds_started + 1; /* the next round to start, not one in flight */
+    f->deadline_ms = mm_now_ms() + FLUSH_TIMEOUT_MS;
+    f->cb = cb;
+    f->arg = arg;
+    f->next = r->flushes;
+    r->flushes = f;
+    run_flushes(r);
 }
 
 static void on_sync_timer(uv_timer_t *t)
@@ -1938,6 +2009,7 @@ static void on_sync_timer(uv_timer_t *t)
     store_req_prune(r->s, PRUNE_PER_ROUND);
     store_aux_prune(r->s, PRUNE_PER_ROUND);
     expire_gets(r);
+    if (r->flushes) run_flushes(r);
     if (r->round_active) {
         if (mm_now_ms() - r->round_started_ms > ROUND_TIMEOUT_MS)
             force_close(r, "no reply for 5 s");
@@ -2007,6 +2079,7 @@ void store_redis_shutdown(store_redis_t *r, int timeout_ms, void (*done)(void *)
     r->done_arg = arg;
     uv_timer_stop(&r->sync_timer);
     uv_timer_start(&r->deadline_timer, on_deadline, timeout_ms > 0 ? (uint64_t)timeout_ms : 0, 0);
+    run_flushes(r); /* shutting down: nobody waits for a round any more */
     maybe_finish(r);
 }
 
@@ -2014,6 +2087,11 @@ void store_redis_destroy(store_redis_t *r)
 {
     r->destroying = 1;
     r->done = NULL;
+    while (r->flushes) { /* too late to call back: their owners are gone too */
+        flush_t *f = r->flushes;
+        r->flushes = f->next;
+        free(f);
+    }
     force_close(r, "destroyed"); /* pending lookups are answered "not found" */
     while (r->msgs) {
         store_msg_t *m = r->msgs;

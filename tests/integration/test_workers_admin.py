@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""test_workers_admin — with --workers N, the admin API answers as one
+instance would (DESIGN.md §5: "With --workers N every worker sees every
+change and the same statistics"; a weight change "takes effect for the next
+request").
+
+The workers share the data and admin ports, so consecutive connections land
+on different workers. Nothing here waits between an admin call and what it
+checks: a change must be in force on every worker when its answer arrives,
+a view must count the requests every worker served, and a reset must leave
+nothing counted from before it. The memory store is used (the workers share
+it through their private redis-server), so no Redis needs to be running.
+"""
+import http.client
+import json
+
+import mmtest
+
+TOKEN = "t0ken"
+AUTH = {"Authorization": "Bearer " + TOKEN}
+
+
+class WorkersAdmin(mmtest.MMTestCase):
+    def setUp(self):
+        super().setUp()
+        c = self.cluster
+        champion = c.model_server("champion")
+        challenger = c.model_server("challenger")
+        self.port, admin = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(
+            self.port, {"champion": champion.port, "challenger": challenger.port},
+            [{"name": "rank", "match": {"path_prefix": "/v1/rank"}, "policy": "ab",
+              "arms": {"champion": 50, "challenger": 50}},
+             {"name": "recs", "match": {"path_prefix": "/v1/recs"}, "policy": "thompson",
+              "arms": ["champion", "challenger"], "reward": "bernoulli"}],
+            admin_port=admin)
+        cfg["admin"]["token"] = TOKEN
+        self.admin = admin
+        self.mm = c.modelmux(cfg, "--workers", 2, "--seed", 4)
+
+    def admin_call(self, method, path, body=None):
+        st, _, data = mmtest.request(self.admin, method, path, body, headers=AUTH)
+        self.assertEqual(st, 200, data)
+        return json.loads(data)
+
+    def served(self, path, n):
+        """n requests, each on a fresh connection (the kernel spreads them
+        over the workers): [(request id, arm)]."""
+        out = []
+        for _ in range(n):
+            st, h, _ = mmtest.request(self.port, "POST", path, "{}")
+            self.assertEqual(st, 200)
+            out.append((h["x-request-id"], h["x-modelmux-arm"]))
+        return out
+
+    def totals(self, exp, field):
+        return sum(a[field] for a in self.admin_call("GET", "/experiments/" + exp)["arms"])
+
+    def test_weights_are_in_force_on_every_worker_when_answered(self):
+        for i in range(8):
+            arm = ("champion", "challenger")[i % 2]
+            weights = {"champion": 0, "challenger": 0}
+            weights[arm] = 1
+            self.assertEqual(self.admin_call("PUT", "/experiments/rank/weights", weights)["weights"],
+                             {k: float(v) for k, v in weights.items()})
+            self.assertEqual(self.admin_call("GET", "/experiments/rank")["weights"],
+                             {k: float(v) for k, v in weights.items()})
+            self.assertEqual({a for _, a in self.served("/v1/rank", 6)}, {arm}, "round %d" % i)
+
+    def test_promote_rollback_pause_are_seen_by_every_worker_at_once(self):
+        for i in range(4):
+            self.admin_call("POST", "/experiments/recs/promote", {"arm": "challenger"})
+            self.assertEqual(self.admin_call("GET", "/experiments/recs")["state"], "promoted")
+            self.assertEqual({a for _, a in self.served("/v1/recs", 6)}, {"challenger"})
+            self.admin_call("POST", "/experiments/recs/rollback")
+            self.assertEqual(self.admin_call("GET", "/experiments/recs")["state"], "rolled_back")
+            self.assertEqual({a for _, a in self.served("/v1/recs", 6)}, {"champion"})
+            self.admin_call("POST", "/experiments/recs/resume")
+            self.admin_call("POST", "/experiments/recs/pause")
+            self.assertEqual(self.admin_call("GET", "/experiments/recs")["state"], "paused")
+            self.admin_call("POST", "/experiments/recs/resume")
+            self.assertEqual(self.admin_call("GET", "/experiments/recs")["state"], "running")
+
+    def test_a_view_counts_every_workers_requests_and_feedback(self):
+        for i in range(6):
+            before = self.totals("recs", "requests"), self.totals("recs", "feedback")
+            served = self.served("/v1/recs", 7)
+            self.assertEqual(self.totals("recs", "requests"), before[0] + 7, "round %d" % i)
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            for rid, _ in served:
+                conn.request("POST", "/_modelmux/feedback",
+                             body=json.dumps({"request_id": rid, "reward": 1}))
+                r = conn.getresponse()
+                self.assertEqual(json.loads(r.read())["accepted"], 1)
+            conn.close()
+            self.assertEqual(self.totals("recs", "feedback"), before[1] + 7, "round %d" % i)
+
+    def test_a_reset_forgets_what_every_worker_counted_before_it(self):
+        for i in range(6):
+            self.served("/v1/recs", 5)
+            v = self.admin_call("POST", "/experiments/recs/reset")
+            self.assertEqual(sum(a["requests"] for a in v["arms"]), 0, "round %d" % i)
+            self.assertEqual(self.totals("recs", "requests"), 0, "round %d" % i)
+
+    def test_the_sync_path_is_private(self):
+        st, _, _ = mmtest.request(self.admin, "POST", "/_modelmux/sync", headers=AUTH)
+        self.assertEqual(st, 404)
+
+
+if __name__ == "__main__":
+    mmtest.main()
