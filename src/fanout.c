@@ -18,8 +18,9 @@ typedef struct {
     conn_t *conn;
     router_t *router;
     exp_rt_t *exp;
-    uint64_t req_serial; /* the request this fan-out belongs to */
-    int n, pending;      /* legs not done, plus one while fanout_start runs */
+    uint64_t req_serial;          /* the request this fan-out belongs to */
+    int n, pending;               /* legs not done, plus one while fanout_start runs */
+    uint8_t ejected[MM_MAX_ARMS]; /* a challenger ejected (outlier): its leg never started */
     mm_buf_t body;
     leg_t legs[MM_MAX_ARMS];
 } fanout_t;
@@ -32,6 +33,21 @@ static void fanout_free(fanout_t *f)
     free(f);
 }
 
+/* The champion's list went out alone: a challenger that was ejected or
+ * could not be connected to fell back to it, counted as for a proxied
+ * request (DESIGN.md §4, modelmux_fallbacks_total). One that answered
+ * something unusable (a 5xx, no list) or too late is no fallback: it was
+ * reached, and interleave's own counters say why. */
+static void count_fallbacks(const fanout_t *f)
+{
+    for (int i = 1; i < f->n; i++) {
+        const leg_t *l = &f->legs[i];
+        int unreachable =
+            l->status == 0 && (l->err == UP_ERR_CONNECT || l->err == UP_ERR_CONNECT_TIMEOUT);
+        if (f->ejected[i] || unreachable) router_marm(f->exp, i)->fallbacks++;
+    }
+}
+
 static void answer(fanout_t *f)
 {
     conn_t *c = f->conn;
@@ -40,8 +56,13 @@ static void answer(fanout_t *f)
     /* Each ranker's own answer, for the pooled answer statistics (the
      * admin view's p50/p99), whether or not the client still waits. */
     uint64_t now = uv_now(srv->loop);
-    for (int i = 0; i < f->n; i++)
+    for (int i = 0; i < f->n; i++) {
+        if (f->ejected[i]) continue;
         router_answer(srv->store, f->exp, i, f->legs[i].status, f->legs[i].latency_us, now);
+        /* Outlier detection is the upstream's, whoever asked it. */
+        if (f->legs[i].err != UP_ERR_OVERFLOW || f->legs[i].status != 0)
+            up_pool_observe(f->exp->pools[i], f->legs[i].status, now);
+    }
     if (!conn_awaits(c, f->req_serial)) return; /* client gone */
     const cfg_experiment_t *ce = f->exp->cfg;
     policy_resp_t answers[MM_MAX_ARMS];
@@ -67,7 +88,7 @@ static void answer(fanout_t *f)
      * gets its error from req_finish, by the final status; a leg that failed
      * beside it gets one here and no pull (its list was not shown). */
     for (int i = 0; i < f->n; i++)
-        if (i != r->arm && (answers[i].status == 0 || answers[i].status >= 500))
+        if (i != r->arm && !f->ejected[i] && (answers[i].status == 0 || answers[i].status >= 500))
             store_error(srv->store, f->exp->state, router_sarm(f->exp, i));
     if (!usable) {
         r->up_errors++;
@@ -78,6 +99,7 @@ static void answer(fanout_t *f)
         goto done;
     }
     r->merged = merged;
+    if (!merged && arm == 0) count_fallbacks(f);
     if (merged) {
         f->exp->metrics->has_merged = 1; /* the "interleave" series exist from now on */
         /* Every arm contributed: an impression for each. The client's
@@ -144,7 +166,7 @@ void fanout_start(conn_t *c)
     /* With log.bodies the request's log line needs the body too, after f
      * is gone: keep a copy of what the log writes (at most its first
      * 64 KiB), as a proxied request's capture keeps. */
-    if (c->srv->reqlog && reqlog_bodies(c->srv->reqlog))
+    if (c->srv->reqlog && reqlog_bodies(c->srv->reqlog) && f->body.len > 0)
         mm_buf_append(&r->captured, f->body.p,
                       f->body.len < REQLOG_BODY_MAX ? f->body.len : REQLOG_BODY_MAX);
     uint64_t keep = server_config(c->srv)->limits.max_body_bytes;
@@ -162,7 +184,17 @@ void fanout_start(conn_t *c)
     /* A leg may be done before leg_start returns (no connection to be had):
      * the extra count keeps f until every leg has been started. */
     f->pending = f->n + 1;
-    for (int i = 0; i < f->n; i++)
+    uint64_t now_ms = uv_now(c->srv->loop);
+    for (int i = 0; i < f->n; i++) {
+        /* An ejected challenger is not asked, as a proxied request would
+         * not be (the champion is asked whatever its state). */
+        if (i != 0 && up_pool_ejected(e->pools[i], now_ms)) {
+            f->ejected[i] = 1;
+            f->legs[i].status = 0;
+            f->pending--;
+            continue;
+        }
         leg_start(&f->legs[i], &c->srv->legs, e->pools[i], e->ups[i]->timeout_ms, r->head_request);
+    }
     settle(f);
 }

@@ -284,9 +284,34 @@ class Interleave(mmtest.MMTestCase):
         self.assertEqual(state["arms"][1]["unusable"]["failed"], 20)
         self.assertEqual(state["this_instance"]["fallbacks_to"]["ranker-a"], 20)
         self.assertEqual(state["this_instance"]["merged"], 0)
+        # A challenger that cannot be connected to fell back to the champion
+        # (DESIGN.md §4: counted), as for a proxied request.
+        fb = mmtest.metric_samples(mm.admin_port, "modelmux_fallbacks_total", "experiment",
+                                   "from", "to")
+        self.assertEqual(fb, {("search", "ranker-b", "ranker-a"): 20})
         # A click on a fallback answer has no attribution: unknown.
         counts = self.feedback(mm.port, [{"request_id": "imp-0", "item": list_a[0]["id"]}])
         self.assertEqual(counts, {"accepted": 0, "unknown": 1, "invalid": 0})
+
+    def test_ejected_ranker_is_not_asked_and_falls_back(self):
+        # Every answer of b is a 500: after 3 in a row it is ejected (the
+        # upstream's `eject`), is no longer asked, and the champion's list
+        # goes out alone, counted as a fallback.
+        a_port, b_port = self.rankers(b_args=("--error-rate", 1))
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(port, {"ranker-a": a_port, "ranker-b": b_port},
+                                 [experiment()], admin_port=admin)
+        cfg["upstreams"]["ranker-b"]["eject"] = {"consecutive_5xx": 3, "base_ms": 60000}
+        mm = self.cluster.modelmux(cfg, "--seed", 11)
+        list_a = own_list(a_port)
+        for rid, st, arm, doc in self.impressions(mm.port, 10):
+            self.assertEqual((st, arm), (200, "ranker-a"))
+            self.assertEqual(doc["items"], list_a)
+        self.assertEqual(stats(b_port)["requests"], 3)
+        fb = mmtest.metric_samples(admin, "modelmux_fallbacks_total", "experiment", "from", "to")
+        self.assertEqual(fb, {("search", "ranker-b", "ranker-a"): 7})
+        ej = mmtest.metric_samples(admin, "modelmux_upstream_errors_total", "upstream", "kind")
+        self.assertEqual(ej[("ranker-b", "ejection")], 1)
 
     def test_failing_champion_answers_are_not_shown(self):
         # Every answer of the champion is a 500: the challenger's goes out.
