@@ -42,7 +42,7 @@ typedef struct {
     int req_chunked;
     int has_body;
     int local, dispatched;
-    int discard; /* refused (404) once its body is read and dropped: the connection stays */
+    int discard;     /* refused (404) once its body is read and dropped: the connection stays */
     int fanout;      /* answered by every arm at once (fanout.c) */
     int merged;      /* the answer was merged from several arms (interleave) */
     uint64_t serial; /* distinguishes successive requests on the connection */
