@@ -188,9 +188,8 @@ void fanout_start(conn_t *c)
     for (int i = 0; i < f->n; i++) {
         /* An ejected challenger is not asked, as a proxied request would
          * not be (the champion is asked whatever its state). */
-        if (i != 0 && up_pool_ejected(e->pools[i], now_ms)) {
-            f->ejected[i] = 1;
-            f->legs[i].status = 0;
+        if (router_arm_ejected(e, i, now_ms)) {
+            f->ejected[i] = 1; /* its leg stays as leg_init left it: no answer */
             f->pending--;
             continue;
         }

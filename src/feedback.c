@@ -20,10 +20,10 @@
  * left with the request id, through store_update_aux (with Redis a
  * compare-and-set, so clicks on one impression at two instances both count,
  * each seeing the other), and once the rewritten attribution is in place the
- * store adds the policy's deltas to each arm. No attribution: unknown; an item that was not shown,
- * or a click for any other policy: invalid. Events are applied one after the
- * other, in batch order, each waiting for its attribution if need be, so two
- * clicks on one impression in one batch both count. */
+ * store adds the policy's deltas to each arm. No attribution: unknown; an
+ * item that was not shown, or a click for any other policy: invalid. Events are applied one after
+ * the other, in batch order, each waiting for its attribution if need be, so two clicks on one
+ * impression in one batch both count. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

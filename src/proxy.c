@@ -682,7 +682,7 @@ static void choose_arm(conn_t *c, mm_str_t url, mm_str_t fwd_host)
     uint64_t now_ms = uv_now(srv->loop);
     router_choose(r->exp, &preq, &srv->rng, now_ms, &r->choice);
     r->chosen = r->arm = r->choice.primary;
-    if (r->arm != 0 && up_pool_ejected(r->exp->pools[r->arm], now_ms)) {
+    if (router_arm_ejected(r->exp, r->arm, now_ms)) {
         router_marm(r->exp, r->arm)->fallbacks++;
         r->arm = 0; /* an ejected challenger: the champion answers */
     }
@@ -813,22 +813,20 @@ static void on_request_head(conn_t *c)
         int hh = http_known(h, HK_HOST);
         if (form != HT_ABSOLUTE && hh >= 0) host = http_trim(http_hvalue(h, base, hh));
         r->exp = router_match(r->router, url, host, h, base);
-        if (r->exp == NULL) {
-            /* A small body is read and dropped first, as nginx discards
-             * it: the 404 then keeps the connection, and a request
-             * pipelined behind it is served. One larger than DISCARD_MAX,
-             * or not sent yet (100-continue), is refused at once. */
-            if (!r->has_body || expect || clen > DISCARD_MAX) {
-                send_no_route(c);
-                return;
-            }
-            r->local = r->discard = 1;
-        }
         if (r->exp != NULL) {
             /* A Host named in Connection is not passed on, not even as X-Forwarded-Host. */
             mm_str_t fwd_host =
                 form != HT_ABSOLUTE && hh >= 0 && h->dropped[hh] ? (mm_str_t){"", 0} : host;
             choose_arm(c, url, fwd_host);
+        } else if (!r->has_body || expect || clen > DISCARD_MAX) {
+            send_no_route(c);
+            return;
+        } else {
+            /* A small body is read and dropped first, as nginx discards
+             * it: the 404 then keeps the connection, and a request
+             * pipelined behind it is served. One larger than DISCARD_MAX,
+             * or not sent yet (100-continue), was refused at once above. */
+            r->local = r->discard = 1;
         }
         if (!r->fanout && r->shadow == NULL && srv->reqlog && reqlog_bodies(srv->reqlog)) {
             /* log.bodies: keep the request body (bounded) for its log line */

@@ -51,6 +51,14 @@ static inline metrics_arm_t *router_marm(const exp_rt_t *e, int arm)
     return &e->metrics->arms[e->mslot[arm]];
 }
 
+/* A challenger ejected by outlier detection (its upstream's `eject`):
+ * requests for it go to the champion (arm 0), which is never routed around
+ * (DESIGN.md §4). */
+static inline int router_arm_ejected(const exp_rt_t *e, int arm, uint64_t now_ms)
+{
+    return arm != 0 && up_pool_ejected(e->pools[arm], now_ms);
+}
+
 typedef struct router_s {
     config_t *cfg;     /* owned */
     up_pool_t **pools; /* per upstream, owned */

@@ -1462,11 +1462,13 @@ void store_redis_get_aux(store_redis_t *r, mm_str_t id, store_aux_cb cb, void *a
  * the whole attribution (under a kilobyte for k = 10): cheaper than a version
  * counter kept beside it, and nothing else to keep in step.
  *
- * An update waits for Redis's answer or for the connection to drop (the
- * round timeout drops a hung one after 5 s), never for a GET deadline: an
- * answer given up on could still land, and its deltas would then be lost.
- * If the connection drops first, the update falls back to the local version,
- * as with Redis down. */
+ * Without a local copy the first version is read as any click's GET is
+ * (store_redis_get_aux, with its deadline: nothing is written yet). A
+ * compare-and-set then waits for Redis's answer or for the connection to
+ * drop (the round timeout drops a hung one after 5 s), never for a deadline:
+ * an answer given up on could still land, and its deltas would then be
+ * lost. If the connection drops first, the update falls back to the local
+ * version, as with Redis down. */
 static const char AUX_CAS_SCRIPT[] = "local v = redis.call('GET', KEYS[1])\n"
                                      "if v == ARGV[1] or (not v and ARGV[4] == '1') then\n"
                                      "  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])\n"
@@ -1580,17 +1582,17 @@ static void on_upd_cas(redisAsyncContext *ac, void *reply_, void *priv)
     }
 }
 
-static void on_upd_get(redisAsyncContext *ac, void *reply_, void *priv)
+/* The first version, read as any click reads it (store_redis_get_aux: the
+ * GET deadline applies, which is safe before anything is written). */
+static void on_upd_read(void *arg, int found, const char *data, size_t n)
 {
-    (void)ac;
-    redisReply *reply = reply_;
-    aux_upd_t *u = priv;
-    if (reply == NULL)
-        upd_lost(u);
-    else if (reply->type == REDIS_REPLY_STRING)
-        upd_again(u, reply);
-    else
+    aux_upd_t *u = arg;
+    if (!found) {
         upd_finish(u, STORE_AUX_NOT_FOUND);
+        return;
+    }
+    mm_buf_append(&u->seen, data, n);
+    upd_try(u);
 }
 
 void store_redis_update_aux(store_redis_t *r, mm_str_t id, const char *local, size_t local_n,
@@ -1617,16 +1619,7 @@ void store_redis_update_aux(store_redis_t *r, mm_str_t id, const char *local, si
         upd_try(u);
         return;
     }
-    if (r->gets_stalled) { /* Redis has not answered a GET for a while */
-        upd_finish(u, STORE_AUX_NOT_FOUND);
-        return;
-    }
-    char key[STORE_KEY_MAX];
-    int kl = aux_key(key, r, id.p, id.n);
-    const char *argv[2] = {"GET", key};
-    size_t lens[2] = {3, (size_t)kl};
-    u->tries = -1; /* the GET's answer is the first version, not a retry */
-    if (redisAsyncCommandArgv(r->ac, on_upd_get, u, 2, argv, lens) != REDIS_OK) upd_lost(u);
+    store_redis_get_aux(r, id, on_upd_read, u);
 }
 
 /* Answer "not found" every GET past its deadline (they are in deadline
