@@ -843,12 +843,15 @@ static void on_request_head(conn_t *c)
     if (!r->has_body) {
         r->body_done = 1;
         c->phase = C_WAIT;
-        shadow_start(c);
     } else {
         c->phase = C_BODY;
         conn_deadline(c, cfg->limits.idle_timeout_ms);
     }
     if (!r->local && !r->fanout) dispatch(c);
+    /* Mirrors after the primary: with a pooled connection at hand the
+     * user's request is written first, and a server that both arms share
+     * takes it before the copy. */
+    if (r->body_done) shadow_start(c);
 }
 
 /* ---- talking to the upstream ---- */
@@ -920,15 +923,15 @@ static void pump_body(conn_t *c)
         r->body_off = c->rpos;
     }
     size_t start = c->rpos, used = 0;
+    int complete = 0; /* this step completed the body */
     if (!r->body_done && c->rpos < c->rlen) {
         ssize_t n = parse_step(c);
         if (n < 0) return;
         used = (size_t)n;
         if (c->msg_done) {
-            r->body_done = 1;
+            r->body_done = complete = 1;
             c->phase = C_WAIT;
             conn_no_deadline(c);
-            shadow_start(c);
         }
     }
     if (used > 0) bufs[nb++] = uv_buf_init(c->rbuf + start, (unsigned)used);
@@ -936,6 +939,7 @@ static void pump_body(conn_t *c)
     r->up_head_written = 1;
     c->pinned = used > 0;
     if (up_write(r->up, bufs, nb, r->body_done) != 0) c->pinned = 0;
+    if (complete) shadow_start(c); /* after the primary's bytes, as above */
 }
 
 static void pu_on_conn(up_user_t *u, up_conn_t *uc)
