@@ -361,6 +361,29 @@ static int canary_on_tick(void *p, const policy_view_t *v, exp_control_t *ctl)
     return changed;
 }
 
+/* A reload with the experiment unchanged goes on where the old instance
+ * was: the interval in progress, the count of consecutive failures and the
+ * history. Otherwise every reload (a new experiment elsewhere in the file, a
+ * log setting) would restart the interval — reloads more frequent than
+ * step_interval_s would hold the canary forever — forget failures counted
+ * towards failure_limit, and drop the last analysis (why it was rolled
+ * back) from the view. A changed definition starts over: the store resets
+ * the control to step 0. */
+static void canary_adopt(void *p, const void *old, int same_definition)
+{
+    canary_t *c = p;
+    const canary_t *o = old;
+    if (o == NULL || !same_definition) return;
+    c->started = o->started;
+    c->start_ms = o->start_ms;
+    c->step = o->step;
+    c->run_epoch = o->run_epoch;
+    memcpy(c->base, o->base, sizeof c->base);
+    c->failures = o->failures;
+    memcpy(c->history, o->history, sizeof c->history);
+    c->n_history = o->n_history;
+}
+
 static void canary_reset(void *p)
 {
     canary_t *c = p;
@@ -623,5 +646,6 @@ const policy_ops_t policy_canary_ops = {
     .choose = canary_choose,
     .on_tick = canary_on_tick,
     .reset = canary_reset,
+    .adopt = canary_adopt,
     .describe = canary_describe,
 };

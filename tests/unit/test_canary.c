@@ -449,6 +449,47 @@ static void reset_forgets_the_interval_and_the_history(void **state)
     fx_free(&f);
 }
 
+/* A reload of an unchanged config builds a new instance: adopt() hands it
+ * the interval in progress, the consecutive failures and the history, so
+ * the third failure still rolls back (it was the first again) and the view
+ * still says why. A changed definition starts over (the store puts the
+ * control back to step 0). */
+static void an_unchanged_reload_goes_on_with_the_analysis(void **state)
+{
+    fx_t f, g, h;
+    char v[32];
+    (void)state;
+    fx_init(&f, BASE); /* failure_limit 2 */
+    tick(&f, 0);
+    feed(&f, 1, 20, 10, 10);
+    tick(&f, 10000); /* failed 1/2 */
+    feed(&f, 1, 20, 10, 10);
+    fx_init(&g, BASE);
+    memcpy(g.ans, f.ans, sizeof g.ans);
+    memcpy(g.local, f.local, sizeof g.local);
+    g.ctl = f.ctl;
+    assert_non_null(g.ops->adopt);
+    g.ops->adopt(g.p, f.p, 1);
+    assert_string_equal(last_verdict(&g, v, sizeof v), "failed");
+    assert_int_equal(tick(&g, 15000), 0); /* the same interval: not over yet */
+    assert_int_equal(tick(&g, 20000), 1); /* failed 2/2, with the answers from before */
+    assert_int_equal(g.ctl.state, EXP_ROLLED_BACK);
+    assert_int_equal(last_canary_requests(&g), 20);
+    json_t *d = describe(&g);
+    assert_int_equal(json_array_size(json_object_get(d, "history")), 3);
+    json_decref(d);
+
+    fx_init(&h, BASE);
+    h.ops->adopt(h.p, f.p, 0);
+    d = describe(&h);
+    assert_int_equal(json_array_size(json_object_get(d, "history")), 0);
+    assert_int_equal(json_integer_value(json_object_get(d, "failures")), 0);
+    json_decref(d);
+    fx_free(&f);
+    fx_free(&g);
+    fx_free(&h);
+}
+
 /* ---- pooled counters (every instance's answers) ---- */
 
 static void the_interval_judges_every_instance_s_answers(void **state)
@@ -828,6 +869,7 @@ int main(void)
         cmocka_unit_test(a_step_moved_elsewhere_restarts_the_interval),
         cmocka_unit_test(on_tick_is_a_function_of_its_inputs),
         cmocka_unit_test(reset_forgets_the_interval_and_the_history),
+        cmocka_unit_test(an_unchanged_reload_goes_on_with_the_analysis),
         cmocka_unit_test(the_interval_judges_every_instance_s_answers),
         cmocka_unit_test(answers_before_the_interval_are_not_judged),
         cmocka_unit_test(counters_below_the_snapshot_restart_the_interval),
