@@ -216,6 +216,14 @@ static void appendf(char *buf, size_t cap, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Decimals to print a latency with: whole milliseconds from 10 ms up, two
+ * below, so a 0.4 ms p99 against a 0.5 ms limit does not read "0 ms > 0 ms"
+ * (and a 2.5 ms limit not "2 ms"). */
+static int ms_digits(double ms)
+{
+    return ms < 10.0 ? 2 : 0;
+}
+
 /* Judge the interval `cur`; fills a->reason with the checks. */
 static verdict_t judge(const canary_t *c, const interval_arm_t cur[2], analysis_t *a)
 {
@@ -256,8 +264,9 @@ static verdict_t judge(const canary_t *c, const interval_arm_t cur[2], analysis_
         } else {
             pass = a->p99_ms[1] <= c->max_p99_ms;
             ok &= pass;
-            appendf(a->reason, sizeof a->reason, ", p99 %.0f ms %s %.0f ms", a->p99_ms[1],
-                    pass ? "<=" : ">", c->max_p99_ms);
+            appendf(a->reason, sizeof a->reason, ", p99 %.*f ms %s %.*f ms",
+                    ms_digits(a->p99_ms[1]), a->p99_ms[1], pass ? "<=" : ">",
+                    ms_digits(c->max_p99_ms), c->max_p99_ms);
         }
     }
     return ok ? V_PASSED : V_FAILED;
@@ -461,7 +470,9 @@ static json_t *canary_describe(void *p, const policy_view_t *v)
     json_object_set_new(o, "analysis", an);
     json_object_set_new(o, "failures", json_integer(c->failures));
 
-    if (c->started) {
+    /* Only a running canary has an interval in progress: a paused one gets
+     * a fresh interval when it resumes, a promoted or rolled-back one none. */
+    if (c->started && ctl != NULL && ctl->state == EXP_RUNNING) {
         json_t *iv = json_object();
         double elapsed = v->now_ms >= c->start_ms ? (double)(v->now_ms - c->start_ms) / 1000.0 : 0;
         double remaining = c->interval_s - elapsed;

@@ -13,7 +13,8 @@ went).
   2. A failing canary whose config is reloaded unchanged in the middle of
      its analysis: the failures counted towards `failure_limit`, the
      history and the last analysis survive the reload (they were wiped, so
-     a rollback's reason vanished and reloads postponed the rollback).
+     a rollback's reason vanished and reloads postponed the rollback); a
+     rolled-back canary shows no interval in progress.
   3. A shadow experiment reloaded unchanged keeps its agreement counts in
      the view, in step with modelmux_shadow_total.
 
@@ -139,6 +140,7 @@ class CanaryReload(mmtest.MMTestCase):
         self.assertEqual([h["verdict"] for h in ps["history"]],
                          ["started", "failed", "failed", "failed"])
         self.assertEqual((v["state"], ps["step"]), ("rolled_back", 0))
+        self.assertIsNone(ps["interval"])  # nothing is being analysed any more
         self.assertEqual(set(send(port, 20, path="/predict")), {"champion"})
         self.assertEqual(mmtest.metric_samples(admin, "modelmux_canary_step", "experiment"),
                          {("can",): 0.0})
