@@ -22,8 +22,10 @@
  * current one (and the confidence sequence the running intersection). The
  * store keeps only sums, so the minimum is kept here, per policy instance
  * (per process), updated on every tick (about once a second) and on every
- * describe. It is forgotten on reset, on reload, and when the arm counts go
- * down (another instance reset the shared statistics). With several workers
+ * describe. It is forgotten on reset, on a reload that changes the
+ * experiment's definition (an unchanged one hands it to the new instance:
+ * adopt), and when the arm counts go down (another instance reset the
+ * shared statistics). With several workers
  * each keeps its own minimum over the same shared sums, so they agree to
  * within a tick.
  *
@@ -79,6 +81,9 @@ typedef struct {
     double srm_share[MM_MAX_ARMS];  /* the effective shares counted under */
     uint64_t srm_base[MM_MAX_ARMS]; /* pulls when they took effect */
     uint64_t srm_since_version;     /* control version then; 0: from the start */
+    /* Built by a reload after another policy ran the experiment: the pulls
+     * so far were not routed by these weights, so counting starts now. */
+    int srm_not_from_start;
 } ab_t;
 
 static void run_clear(ab_t *ab)
@@ -331,7 +336,7 @@ static void srm_track(ab_t *ab, const policy_view_t *v, size_t n, const double *
     for (size_t i = 0; i < n; i++)
         if (share[i] != ab->srm_share[i] || v->stats[i].pulls < ab->srm_base[i]) changed = 1;
     if (!changed) return;
-    int from_start = !ab->srm_init && from_config;
+    int from_start = !ab->srm_init && from_config && !ab->srm_not_from_start;
     ab->srm_init = 1;
     for (size_t i = 0; i < n; i++) {
         ab->srm_share[i] = share[i];
@@ -394,6 +399,40 @@ static int ab_on_tick(void *p, const policy_view_t *v, exp_control_t *ctl)
 static void ab_reset(void *p)
 {
     run_clear(p);
+}
+
+/* A reload: the sample-ratio count carries over whatever changed, since
+ * srm_track restarts it at the next tick (reload_finish runs one at once)
+ * if the effective shares are not those it counted under, and goes on
+ * otherwise; without that, the configured weights would be taken to hold
+ * "from the start" and every pull routed under the old weights would count
+ * as a mismatch of the new ones. Other arms (the store moved their
+ * statistics by name) count from now. The sequential tests carry over only
+ * with an unchanged definition (alpha, mde, reward model the same). */
+static int same_arms(const ab_t *a, const ab_t *b)
+{
+    if (a->n_arms != b->n_arms) return 0;
+    for (size_t i = 0; i < a->n_arms; i++)
+        if (strcmp(a->names[i], b->names[i]) != 0) return 0;
+    return 1;
+}
+
+static void ab_adopt(void *p, const void *old, int same_definition)
+{
+    ab_t *ab = p;
+    const ab_t *o = old;
+    if (o == NULL || !same_arms(ab, o)) {
+        ab->srm_not_from_start = 1;
+        return;
+    }
+    ab->srm_init = o->srm_init;
+    ab->srm_not_from_start = o->srm_not_from_start || !same_definition;
+    memcpy(ab->srm_share, o->srm_share, sizeof(ab->srm_share));
+    memcpy(ab->srm_base, o->srm_base, sizeof(ab->srm_base));
+    ab->srm_since_version = o->srm_since_version;
+    if (!same_definition) return;
+    memcpy(ab->run, o->run, sizeof(ab->run));
+    memcpy(ab->seen, o->seen, sizeof(ab->seen));
 }
 
 /* Numbers that may be undefined: JSON has no NaN or infinity. */
@@ -571,5 +610,6 @@ const policy_ops_t policy_ab_ops = {
     .check_reward = ab_check_reward,
     .on_tick = ab_on_tick,
     .reset = ab_reset,
+    .adopt = ab_adopt,
     .describe = ab_describe,
 };

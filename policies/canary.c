@@ -216,6 +216,14 @@ static void appendf(char *buf, size_t cap, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Decimals to print a latency with: whole milliseconds from 10 ms up, two
+ * below, so a 0.4 ms p99 against a 0.5 ms limit does not read "0 ms > 0 ms"
+ * (and a 2.5 ms limit not "2 ms"). */
+static int ms_digits(double ms)
+{
+    return ms < 10.0 ? 2 : 0;
+}
+
 /* Judge the interval `cur`; fills a->reason with the checks. */
 static verdict_t judge(const canary_t *c, const interval_arm_t cur[2], analysis_t *a)
 {
@@ -256,8 +264,9 @@ static verdict_t judge(const canary_t *c, const interval_arm_t cur[2], analysis_
         } else {
             pass = a->p99_ms[1] <= c->max_p99_ms;
             ok &= pass;
-            appendf(a->reason, sizeof a->reason, ", p99 %.0f ms %s %.0f ms", a->p99_ms[1],
-                    pass ? "<=" : ">", c->max_p99_ms);
+            appendf(a->reason, sizeof a->reason, ", p99 %.*f ms %s %.*f ms",
+                    ms_digits(a->p99_ms[1]), a->p99_ms[1], pass ? "<=" : ">",
+                    ms_digits(c->max_p99_ms), c->max_p99_ms);
         }
     }
     return ok ? V_PASSED : V_FAILED;
@@ -361,6 +370,29 @@ static int canary_on_tick(void *p, const policy_view_t *v, exp_control_t *ctl)
     return changed;
 }
 
+/* A reload with the experiment unchanged goes on where the old instance
+ * was: the interval in progress, the count of consecutive failures and the
+ * history. Otherwise every reload (a new experiment elsewhere in the file, a
+ * log setting) would restart the interval — reloads more frequent than
+ * step_interval_s would hold the canary forever — forget failures counted
+ * towards failure_limit, and drop the last analysis (why it was rolled
+ * back) from the view. A changed definition starts over: the store resets
+ * the control to step 0. */
+static void canary_adopt(void *p, const void *old, int same_definition)
+{
+    canary_t *c = p;
+    const canary_t *o = old;
+    if (o == NULL || !same_definition) return;
+    c->started = o->started;
+    c->start_ms = o->start_ms;
+    c->step = o->step;
+    c->run_epoch = o->run_epoch;
+    memcpy(c->base, o->base, sizeof c->base);
+    c->failures = o->failures;
+    memcpy(c->history, o->history, sizeof c->history);
+    c->n_history = o->n_history;
+}
+
 static void canary_reset(void *p)
 {
     canary_t *c = p;
@@ -438,7 +470,9 @@ static json_t *canary_describe(void *p, const policy_view_t *v)
     json_object_set_new(o, "analysis", an);
     json_object_set_new(o, "failures", json_integer(c->failures));
 
-    if (c->started) {
+    /* Only a running canary has an interval in progress: a paused one gets
+     * a fresh interval when it resumes, a promoted or rolled-back one none. */
+    if (c->started && ctl != NULL && ctl->state == EXP_RUNNING) {
         json_t *iv = json_object();
         double elapsed = v->now_ms >= c->start_ms ? (double)(v->now_ms - c->start_ms) / 1000.0 : 0;
         double remaining = c->interval_s - elapsed;
@@ -623,5 +657,6 @@ const policy_ops_t policy_canary_ops = {
     .choose = canary_choose,
     .on_tick = canary_on_tick,
     .reset = canary_reset,
+    .adopt = canary_adopt,
     .describe = canary_describe,
 };

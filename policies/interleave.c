@@ -704,6 +704,18 @@ static void il_reset(void *p)
     memset(il->fallbacks, 0, sizeof(il->fallbacks));
 }
 
+/* A reload with the experiment unchanged keeps this instance's counters. */
+static void il_adopt(void *p, const void *old, int same_definition)
+{
+    il_t *il = p;
+    const il_t *o = old;
+    if (o == NULL || !same_definition) return;
+    il->merged = o->merged;
+    il->no_answer = o->no_answer;
+    memcpy(il->unusable, o->unusable, sizeof(il->unusable));
+    memcpy(il->fallbacks, o->fallbacks, sizeof(il->fallbacks));
+}
+
 /* ---- describe ---- */
 
 /* Two-sided sign test of a against b (ties dropped): exact binomial up to
@@ -827,5 +839,6 @@ const policy_ops_t policy_interleave_ops = {
     .combine = il_combine,
     .on_click = il_on_click,
     .reset = il_reset,
+    .adopt = il_adopt,
     .describe = il_describe,
 };

@@ -241,6 +241,17 @@ typedef struct policy_ops_s {
     /* Optional. Forget learned statistics (admin reset). */
     void (*reset)(void *p);
 
+    /* Optional. A reload built this instance for an experiment the replaced
+     * config had too; `old` is that config's instance (NULL when it ran
+     * another policy). same_definition: the experiment's definition is
+     * unchanged, so what `old` measured carries over (a canary's interval,
+     * failure count and history; an A/B test's running p-value; shadow
+     * agreement counts), as it would have without the reload; 0: it changed
+     * (the store keeps the arm statistics, but the weights or steps they
+     * were gathered under may no longer hold). Called before the new router
+     * serves anything; `old` is not changed. */
+    void (*adopt)(void *p, const void *old, int same_definition);
+
     /* The policy's own state as JSON for GET /experiments/NAME ("policy_state"). */
     json_t *(*describe)(void *p, const policy_view_t *v);
 } policy_ops_t;

@@ -433,6 +433,20 @@ static void shadow_reset(void *p)
     s->seq = 0;
 }
 
+/* A reload with the experiment unchanged keeps the agreement counts (the
+ * core keeps the `dropped` baseline with them); a changed one (other
+ * shadows, tolerance, ignore list) starts counting anew. Mirrors still in
+ * flight on the old config are compared by the old instance and are not in
+ * these counts (modelmux_shadow_total has them). */
+static void shadow_adopt(void *p, const void *old, int same_definition)
+{
+    shadow_t *s = p;
+    const shadow_t *o = old;
+    if (o == NULL || !same_definition || o->n_arms != s->n_arms) return;
+    memcpy(s->arms, o->arms, s->n_arms * sizeof *s->arms);
+    s->seq = o->seq;
+}
+
 /* ---- describe ---- */
 
 static json_t *rate_or_null(uint64_t num, uint64_t den)
@@ -687,5 +701,6 @@ const policy_ops_t policy_shadow_ops = {
     .on_response = shadow_on_response,
     .compare = shadow_compare,
     .reset = shadow_reset,
+    .adopt = shadow_adopt,
     .describe = shadow_describe,
 };

@@ -7,13 +7,17 @@
 
 #include "router.h"
 
-static int redefined(const router_t *old, const cfg_experiment_t *ce)
+/* The replaced router's experiment of that name, or NULL. */
+static const exp_rt_t *previous(const router_t *old, const char *name)
 {
-    if (old == NULL) return 0;
-    for (size_t i = 0; i < old->n_exps; i++)
-        if (strcmp(old->exps[i].cfg->name, ce->name) == 0)
-            return strcmp(old->exps[i].cfg->definition, ce->definition) != 0;
-    return 0;
+    for (size_t i = 0; old != NULL && i < old->n_exps; i++)
+        if (strcmp(old->exps[i].cfg->name, name) == 0) return &old->exps[i];
+    return NULL;
+}
+
+static int redefined(const exp_rt_t *prev, const cfg_experiment_t *ce)
+{
+    return prev != NULL && strcmp(prev->cfg->definition, ce->definition) != 0;
 }
 
 /* The policy starts from here (created or reset): the store's reset count
@@ -52,11 +56,12 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, sto
             e->ups[a] = &cfg->upstreams[ce->arms[a]];
             names[a] = e->ups[a]->name;
         }
+        const exp_rt_t *prev = previous(old, ce->name);
         exp_control_t initial;
         memset(&initial, 0, sizeof(initial));
         initial.state = EXP_RUNNING;
         e->state =
-            store_experiment(store, ce->name, names, ce->n_arms, &initial, redefined(old, ce));
+            store_experiment(store, ce->name, names, ce->n_arms, &initial, redefined(prev, ce));
         e->metrics = metrics_exp(metrics, ce->name, names, ce->n_arms, e->mslot);
         if (e->state) {
             store_hold(e->state);
@@ -65,6 +70,20 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, sto
         if (e->state == NULL || e->metrics == NULL) goto oom;
         e->salt_len = strlen(ce->salt);
         mark_baseline(e);
+        if (prev != NULL && ce->ops->adopt) {
+            /* The policy goes on from the replaced instance (what it keeps
+             * is its own business: policy.h); an unchanged experiment's
+             * description keeps counting dropped mirrors from where it did.
+             * A reset another instance made that the old router had not
+             * acted on yet is then still to be acted on: the next tick
+             * resets the new instance (reload_finish runs one at once). */
+            int same = !redefined(prev, ce);
+            ce->ops->adopt(ce->policy, prev->cfg->ops == ce->ops ? prev->cfg->policy : NULL, same);
+            if (same) {
+                e->resets_seen = prev->resets_seen;
+                memcpy(e->dropped_base, prev->dropped_base, sizeof(e->dropped_base));
+            }
+        }
     }
     r->n_exps = cfg->n_experiments;
     return r;

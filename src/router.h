@@ -69,7 +69,9 @@ typedef struct router_s {
 } router_t;
 
 /* `old` (may be NULL) is the router being replaced: an experiment whose
- * definition changed gets its control state reset (DESIGN.md §5). `addrs`:
+ * definition changed gets its control state reset (DESIGN.md §5), and each
+ * experiment it had is handed to the new policy instance (ops->adopt), so an
+ * unchanged one goes on with what its policy measured. `addrs`:
  * each upstream's address, looked up already (a reload); NULL: looked up
  * now, blocking (startup). */
 router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, store_t *store,

@@ -452,6 +452,64 @@ static void test_srm_counts_from_a_weights_change(void **state)
     teardown_fixture(&f);
 }
 
+/* A reload that ramps the split in the file (50/50 -> 90/10) builds a new
+ * instance over the same pulls: adopt() tells it so, and the check counts
+ * from the reload instead of taking the new weights to hold since the start
+ * (10000 pulls at 50/50 against 90/10 would be chi2 ~ 17778). An unchanged
+ * reload goes on counting where the old instance was. */
+static void test_srm_after_a_reload(void **state)
+{
+    (void)state;
+    fixture_t old, ramped, same;
+    assert_int_equal(setup_text(&old, EXP("\"arms\": {\"champion\": 50, \"challenger\": 50}}")), 0);
+    assert_int_equal(setup_text(&ramped, EXP("\"arms\": {\"champion\": 90, \"challenger\": 10}}")),
+                     0);
+    assert_int_equal(setup_text(&same, EXP("\"arms\": {\"champion\": 50, \"challenger\": 50}}")),
+                     0);
+    assert_non_null(ramped.ops->adopt);
+    old.stats[0].pulls = old.stats[1].pulls = 5000;
+    assert_int_equal(old.ops->on_tick(old.p, &old.v, &old.ctl), 0);
+
+    /* the redefinition: the store wrote the config's control (version 1) */
+    memcpy(ramped.stats, old.stats, sizeof(ramped.stats));
+    ramped.ctl.version = 1;
+    ramped.ops->adopt(ramped.p, old.p, 0);
+    assert_int_equal(ramped.ops->on_tick(ramped.p, &ramped.v, &ramped.ctl), 0);
+    ramped.stats[0].pulls += 900;
+    ramped.stats[1].pulls += 100;
+    json_t *st = ramped.ops->describe(ramped.p, &ramped.v);
+    const json_t *srm = json_object_get(st, "srm");
+    assert_true(fabs(json_number_value(json_object_get(srm, "chi2"))) < 1e-9);
+    assert_false(json_is_true(json_object_get(srm, "srm")));
+    assert_int_equal(json_integer_value(json_object_get(srm, "since_control_version")), 1);
+    json_decref(st);
+
+    /* an unchanged reload: 1000 more pulls at 50/50 count with the 10000 */
+    memcpy(same.stats, old.stats, sizeof(same.stats));
+    same.ops->adopt(same.p, old.p, 1);
+    same.stats[0].pulls += 600;
+    same.stats[1].pulls += 400;
+    st = same.ops->describe(same.p, &same.v);
+    srm = json_object_get(st, "srm");
+    /* (5600 - 5500)^2 / 5500 * 2 */
+    assert_true(fabs(json_number_value(json_object_get(srm, "chi2")) - 20000.0 / 5500.0) < 1e-9);
+    assert_int_equal(json_integer_value(json_object_get(srm, "since_control_version")), 0);
+    json_decref(st);
+
+    /* built after another policy ran the experiment: from now, too */
+    teardown_fixture(&ramped);
+    assert_int_equal(setup_text(&ramped, EXP("\"arms\": {\"champion\": 90, \"challenger\": 10}}")),
+                     0);
+    memcpy(ramped.stats, old.stats, sizeof(ramped.stats));
+    ramped.ops->adopt(ramped.p, NULL, 0);
+    st = ramped.ops->describe(ramped.p, &ramped.v);
+    assert_true(json_is_null(json_object_get(json_object_get(st, "srm"), "chi2")));
+    json_decref(st);
+    teardown_fixture(&old);
+    teardown_fixture(&ramped);
+    teardown_fixture(&same);
+}
+
 static void test_three_arms_bonferroni(void **state)
 {
     (void)state;
@@ -619,6 +677,7 @@ int main(void)
         cmocka_unit_test(test_continuous_rewards_use_welch),
         cmocka_unit_test(test_srm_flags_broken_split),
         cmocka_unit_test(test_srm_counts_from_a_weights_change),
+        cmocka_unit_test(test_srm_after_a_reload),
         cmocka_unit_test(test_three_arms_bonferroni),
         cmocka_unit_test(test_aa_through_policy),
         cmocka_unit_test(test_config_errors_with_position),

@@ -449,6 +449,96 @@ static void reset_forgets_the_interval_and_the_history(void **state)
     fx_free(&f);
 }
 
+/* A reload of an unchanged config builds a new instance: adopt() hands it
+ * the interval in progress, the consecutive failures and the history, so
+ * the third failure still rolls back (it was the first again) and the view
+ * still says why. A changed definition starts over (the store puts the
+ * control back to step 0). */
+static void an_unchanged_reload_goes_on_with_the_analysis(void **state)
+{
+    fx_t f, g, h;
+    char v[32];
+    (void)state;
+    fx_init(&f, BASE); /* failure_limit 2 */
+    tick(&f, 0);
+    feed(&f, 1, 20, 10, 10);
+    tick(&f, 10000); /* failed 1/2 */
+    feed(&f, 1, 20, 10, 10);
+    fx_init(&g, BASE);
+    memcpy(g.ans, f.ans, sizeof g.ans);
+    memcpy(g.local, f.local, sizeof g.local);
+    g.ctl = f.ctl;
+    assert_non_null(g.ops->adopt);
+    g.ops->adopt(g.p, f.p, 1);
+    assert_string_equal(last_verdict(&g, v, sizeof v), "failed");
+    assert_int_equal(tick(&g, 15000), 0); /* the same interval: not over yet */
+    assert_int_equal(tick(&g, 20000), 1); /* failed 2/2, with the answers from before */
+    assert_int_equal(g.ctl.state, EXP_ROLLED_BACK);
+    assert_int_equal(last_canary_requests(&g), 20);
+    json_t *d = describe(&g);
+    assert_int_equal(json_array_size(json_object_get(d, "history")), 3);
+    json_decref(d);
+
+    fx_init(&h, BASE);
+    h.ops->adopt(h.p, f.p, 0);
+    d = describe(&h);
+    assert_int_equal(json_array_size(json_object_get(d, "history")), 0);
+    assert_int_equal(json_integer_value(json_object_get(d, "failures")), 0);
+    json_decref(d);
+    fx_free(&f);
+    fx_free(&g);
+    fx_free(&h);
+}
+
+/* Only a running canary has an interval in progress. */
+static void no_interval_unless_running(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE);
+    tick(&f, 0);
+    json_t *d = describe(&f);
+    assert_true(json_is_object(json_object_get(d, "interval")));
+    json_decref(d);
+    static const exp_run_state_t others[] = {EXP_PAUSED, EXP_PROMOTED, EXP_ROLLED_BACK};
+    for (size_t i = 0; i < 3; i++) {
+        f.ctl.state = others[i];
+        d = describe(&f);
+        assert_true(json_is_null(json_object_get(d, "interval")));
+        json_decref(d);
+    }
+    fx_free(&f);
+}
+
+/* Sub-10 ms latencies and limits keep two decimals in the reason. */
+static void the_reason_shows_small_latencies(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, "\"champion\": \"champion\", \"canary\": \"challenger\", \"step_interval_s\": 1,"
+                "\"analysis\": {\"min_requests\": 10, \"max_p99_ms\": 2.5}");
+    tick(&f, 0);
+    feed(&f, 1, 20, 0, 0.4);
+    tick(&f, 1000);
+    json_t *d = describe(&f);
+    const char *reason =
+        json_string_value(json_object_get(json_object_get(d, "last_analysis"), "reason"));
+    assert_non_null(strstr(reason, "p99 0.4"));
+    assert_non_null(strstr(reason, "ms <= 2.50 ms"));
+    json_decref(d);
+    feed(&f, 1, 20, 0, 120);
+    tick(&f, 2000);
+    d = describe(&f);
+    reason = json_string_value(json_object_get(json_object_get(d, "last_analysis"), "reason"));
+    const char *p99 = strstr(reason, "p99 ");
+    assert_non_null(p99);
+    assert_non_null(strstr(reason, " ms > 2.50 ms"));
+    assert_int_equal(strspn(p99 + 4, "0123456789"), 3); /* about 120: whole ms */
+    assert_string_equal(strstr(p99 + 4, " "), " ms > 2.50 ms");
+    json_decref(d);
+    fx_free(&f);
+}
+
 /* ---- pooled counters (every instance's answers) ---- */
 
 static void the_interval_judges_every_instance_s_answers(void **state)
@@ -828,6 +918,9 @@ int main(void)
         cmocka_unit_test(a_step_moved_elsewhere_restarts_the_interval),
         cmocka_unit_test(on_tick_is_a_function_of_its_inputs),
         cmocka_unit_test(reset_forgets_the_interval_and_the_history),
+        cmocka_unit_test(an_unchanged_reload_goes_on_with_the_analysis),
+        cmocka_unit_test(no_interval_unless_running),
+        cmocka_unit_test(the_reason_shows_small_latencies),
         cmocka_unit_test(the_interval_judges_every_instance_s_answers),
         cmocka_unit_test(answers_before_the_interval_are_not_judged),
         cmocka_unit_test(counters_below_the_snapshot_restart_the_interval),
