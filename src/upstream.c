@@ -516,6 +516,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     up_conn_t *c = s->data;
     if (nread == 0) return;
     if (nread == UV_ENOBUFS) {
+        /* The buffer cannot grow past UC_BUF_MAX, and a head must fit in
+         * it whole (its fields are offsets into it): a larger one never
+         * completes. Waiting would end in a 504 after timeout_ms, blaming
+         * a slow model server for one that said too much; nginx answers
+         * 502 at once ("upstream sent too big header"), and so do we. */
+        if (c->state == UC_BUSY && c->phase == PH_HEAD) {
+            uc_fail(c, UP_ERR_PROTOCOL);
+            return;
+        }
         stop_reading(c); /* buffer full: resume when the user has drained it */
         return;
     }

@@ -167,6 +167,9 @@ class ScriptedUpstream:
         "204-length": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-A: a\r\n\r\n",
         "204-chunked": b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nX-A: a\r\n\r\n",
         "304-length": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: \"e\"\r\n\r\n",
+        # more than the 256 KiB an answer's head may take
+        "huge-head": b"HTTP/1.1 200 OK\r\n" + b"X-Big: %s\r\n" % (b"v" * 300000) +
+                     b"Content-Length: 2\r\n\r\nok",
         "conn-length": b"HTTP/1.1 200 OK\r\nConnection: X-A, Content-Length\r\nX-A: a\r\n"
                        b"Content-Length: 2\r\n\r\nok",
         "interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
@@ -301,6 +304,13 @@ class UpstreamAnswers(ClassCluster):
                 self.assertNotIn("content-length", r.headers)
                 self.assertNotIn("transfer-encoding", r.headers)
                 self.assertEqual((after.status, after.body), (200, b"ok"))
+
+    def test_answer_head_too_large_to_hold_is_502_at_once(self):
+        # It waited for the rest of a head that could not fit, and ended in
+        # a 504 after timeout_ms (a protocol error taken for a slow server).
+        r, after = self.exchange("huge-head")
+        self.assertJsonError(r, 502, "upstream_unavailable")
+        self.assertEqual((after.status, after.body), (200, b"ok"))
 
     def test_connection_naming_content_length_keeps_the_answer_framed(self):
         # The length was dropped: the client got an answer with no framing
