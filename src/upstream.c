@@ -461,6 +461,11 @@ static void on_timer(uv_timer_t *t)
          * stalls mid-body would be wrong; the client's own timer decides
          * (408). The timer lapses here; the next write or read re-arms it. */
         if (c->req_open && !c->writing && !c->got_bytes) return;
+        /* The user holds answer bytes: a client slow to read them, not the
+         * model server, is who we wait for (the client's own send deadline
+         * bounds that). Cutting the answer here blamed the model server
+         * with a timeout. The timer lapses; up_resume re-arms it. */
+        if (c->paused) return;
         uint64_t idle = uv_now(c->pool->loop) - c->last_io;
         uint64_t limit = (uint64_t)c->pool->cfg.timeout_ms;
         if (idle < limit) {
@@ -855,6 +860,10 @@ void up_resume(up_conn_t *c)
 {
     if (c->state != UC_BUSY) return;
     c->paused = 0;
+    /* The time the bytes were held is not the model server's: its
+     * inactivity count starts now, and a timer that lapsed meanwhile runs
+     * again (no clock read, and no timer operation while it is armed). */
+    arm_response_timer(c);
     if (c->eof_pending) { /* EOF arrived while the user held the bytes */
         c->eof_pending = 0;
         if (c->rpos == c->rlen) {
