@@ -244,7 +244,11 @@ void http_head_index(http_head_t *h, const char *base)
     if (h->count[HK_CONNECTION] == 0) return;
     /* Headers named in any Connection header are hop-by-hop too (RFC 9110
      * §7.6.1). Token by token, comparing names of the token's length only;
-     * "keep-alive" (the usual token) names a header dropped anyway. */
+     * "keep-alive" (the usual token) names a header dropped anyway.
+     * Content-Length is the exception: the body is forwarded as it came, so
+     * its length goes with it. Dropped, "Connection: content-length" sent the
+     * body upstream unframed, to be read as the next request (smuggling), or
+     * an answer to the client with no framing on a kept-alive connection. */
     for (int c = h->first[HK_CONNECTION]; c < h->n; c++) {
         if (h->kind[c] != HK_CONNECTION) continue;
         mm_str_t list = http_hvalue(h, base, c);
@@ -256,7 +260,9 @@ void http_head_index(http_head_t *h, const char *base)
             i = j + 1;
             if (t.n == 0 || (t.n == 10 && name_is(t, "keep-alive"))) continue;
             for (int k = 0; k < h->n; k++)
-                if (!h->dropped[k] && same_name(t, http_hname(h, base, k))) h->dropped[k] = 1;
+                if (!h->dropped[k] && h->kind[k] != HK_CONTENT_LENGTH &&
+                    same_name(t, http_hname(h, base, k)))
+                    h->dropped[k] = 1;
         }
     }
 }

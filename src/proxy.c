@@ -329,6 +329,9 @@ void conn_on_timer(uv_timer_t *t)
         else
             send_error(c, 408, "request_timeout", "request body not received in time");
         break;
+    case C_WAIT: /* an answer the client does not read (client_write) */
+        if (c->req.responding) conn_close(c);
+        break;
     case C_LINGER:
         conn_close(c);
         break;
@@ -447,6 +450,7 @@ static void on_client_written(uv_write_t *w, int status)
         req_finish(c);
         return;
     }
+    conn_no_deadline(c);                        /* the client took it all (see client_write) */
     if (r->up && !r->up_done) up_resume(r->up); /* more answer bytes may come now */
 }
 
@@ -473,7 +477,14 @@ static void client_write(conn_t *c, uv_buf_t *bufs, unsigned n)
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, n, on_client_written) != 0) {
         c->writing = 0;
         conn_close(c);
+        return;
     }
+    /* Bytes the kernel would not take: the client is slow to read. It gets
+     * idle_timeout_ms to take more (nginx's send_timeout), or the connection
+     * closes; the upstream exchange waits for it meanwhile, and its
+     * timeout_ms does not run (the wait is not the model server's). */
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0)
+        conn_deadline(c, server_config(c->srv)->limits.idle_timeout_ms);
 }
 
 static void on_continue_written(uv_write_t *w, int status)

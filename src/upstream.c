@@ -461,6 +461,11 @@ static void on_timer(uv_timer_t *t)
          * stalls mid-body would be wrong; the client's own timer decides
          * (408). The timer lapses here; the next write or read re-arms it. */
         if (c->req_open && !c->writing && !c->got_bytes) return;
+        /* The user holds answer bytes: a client slow to read them, not the
+         * model server, is who we wait for (the client's own send deadline
+         * bounds that). Cutting the answer here blamed the model server
+         * with a timeout. The timer lapses; up_resume re-arms it. */
+        if (c->paused) return;
         uint64_t idle = uv_now(c->pool->loop) - c->last_io;
         uint64_t limit = (uint64_t)c->pool->cfg.timeout_ms;
         if (idle < limit) {
@@ -516,6 +521,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     up_conn_t *c = s->data;
     if (nread == 0) return;
     if (nread == UV_ENOBUFS) {
+        /* The buffer cannot grow past UC_BUF_MAX, and a head must fit in
+         * it whole (its fields are offsets into it): a larger one never
+         * completes. Waiting would end in a 504 after timeout_ms, blaming
+         * a slow model server for one that said too much; nginx answers
+         * 502 at once ("upstream sent too big header"), and so do we. */
+        if (c->state == UC_BUSY && c->phase == PH_HEAD) {
+            uc_fail(c, UP_ERR_PROTOCOL);
+            return;
+        }
         stop_reading(c); /* buffer full: resume when the user has drained it */
         return;
     }
@@ -846,6 +860,10 @@ void up_resume(up_conn_t *c)
 {
     if (c->state != UC_BUSY) return;
     c->paused = 0;
+    /* The time the bytes were held is not the model server's: its
+     * inactivity count starts now, and a timer that lapsed meanwhile runs
+     * again (no clock read, and no timer operation while it is armed). */
+    arm_response_timer(c);
     if (c->eof_pending) { /* EOF arrived while the user held the bytes */
         c->eof_pending = 0;
         if (c->rpos == c->rlen) {

@@ -93,6 +93,22 @@ class Requests(ClassCluster):
         self.assertRefused(b"GET /echo HTTP/1.1\r\nHost: a\r\n: x\r\n\r\n", "empty name")
 
 
+    # -- Connection (RFC 9110 §7.6.1) never takes the framing away
+
+    def test_connection_naming_content_length_does_not_unframe_the_body(self):
+        # "Connection: content-length" dropped the length and sent the body
+        # upstream unframed: the model server read it as a second request.
+        smuggled = b"GET /echo/smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+        before = self.upstream_requests()
+        c = self.raw(self.port)
+        c.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled)
+        r = c.response()
+        c.close()
+        self.assertEqual((r.status, r.json()["body_len"]), (200, len(smuggled)), r)
+        self.assertEqual(echo_headers(r.body)["content-length"], [str(len(smuggled))])
+        self.assertEqual(self.upstream_requests() - before, 1)
+
     # -- HTTP versions (RFC 9110 §2.5, §15.6.6)
 
     def test_request_line_with_a_version_other_than_1_x_is_505(self):
@@ -151,6 +167,11 @@ class ScriptedUpstream:
         "204-length": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-A: a\r\n\r\n",
         "204-chunked": b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nX-A: a\r\n\r\n",
         "304-length": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: \"e\"\r\n\r\n",
+        # more than the 256 KiB an answer's head may take
+        "huge-head": b"HTTP/1.1 200 OK\r\n" + b"X-Big: %s\r\n" % (b"v" * 300000) +
+                     b"Content-Length: 2\r\n\r\nok",
+        "conn-length": b"HTTP/1.1 200 OK\r\nConnection: X-A, Content-Length\r\nX-A: a\r\n"
+                       b"Content-Length: 2\r\n\r\nok",
         "interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
         "eof-11": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
@@ -283,6 +304,21 @@ class UpstreamAnswers(ClassCluster):
                 self.assertNotIn("content-length", r.headers)
                 self.assertNotIn("transfer-encoding", r.headers)
                 self.assertEqual((after.status, after.body), (200, b"ok"))
+
+    def test_answer_head_too_large_to_hold_is_502_at_once(self):
+        # It waited for the rest of a head that could not fit, and ended in
+        # a 504 after timeout_ms (a protocol error taken for a slow server).
+        r, after = self.exchange("huge-head")
+        self.assertJsonError(r, 502, "upstream_unavailable")
+        self.assertEqual((after.status, after.body), (200, b"ok"))
+
+    def test_connection_naming_content_length_keeps_the_answer_framed(self):
+        # The length was dropped: the client got an answer with no framing
+        # on a kept-alive connection, and waited for its end.
+        r, after = self.exchange("conn-length")
+        self.assertEqual((r.status, r.headers.get("content-length"), r.body), (200, "2", b"ok"), r)
+        self.assertNotIn("x-a", r.headers)  # the other header named there still goes
+        self.assertEqual((after.status, after.body), (200, b"ok"))
 
     def test_304_keeps_its_content_length(self):
         # There it is the selected representation's length (RFC 9110 §8.6).

@@ -991,13 +991,13 @@ class Overload(TestCluster):
 
 
 class UpstreamFailures(TestCluster):
-    def in_front_of(self, champion):
+    def in_front_of(self, champion, **limits):
         """modelmux routing everything to `champion` (a port or an up() spec):
         its port."""
         port = mmtest.free_port()
         self.cluster.modelmux(mmtest.base_config(port, {"champion": champion},
                                                  [ab("ab", "/", {"champion": 1})],
-                                                 limits={"drain_timeout_ms": 2000}))
+                                                 limits=dict({"drain_timeout_ms": 2000}, **limits)))
         return port
 
     def test_champion_port_with_nothing_listening_is_502(self):
@@ -1164,6 +1164,65 @@ class UpstreamFailures(TestCluster):
             for s in held:
                 s.close()
             srv.close()
+
+
+    def slow_reader(self, port, n):
+        """A client with a small receive buffer that asks for /stream/N and
+        reads nothing yet: its socket."""
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", port))
+        self.addCleanup(s.close)
+        s.sendall(b"GET /stream/%d HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % n)
+        return s
+
+    @staticmethod
+    def read_all(s):
+        out = bytearray()
+        while True:
+            try:
+                d = s.recv(1 << 20)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not d:
+                break
+            out += d
+        return bytes(out)
+
+    def test_a_client_slow_to_read_the_answer_gets_all_of_it(self):
+        # While the client did not read, the answer waited in modelmux and
+        # no byte moved on the upstream connection: after timeout_ms the
+        # answer was cut as an upstream timeout. The wait was the client's.
+        srv = self.cluster.model_server("champion")
+        port = self.in_front_of(up(srv.port, timeout_ms=300))
+        n = 32 * MiB  # far more than the socket buffers on the way hold
+        s = self.slow_reader(port, n)
+        time.sleep(1.5)  # several timeout_ms without reading
+        out = self.read_all(s)
+        head, _, body = out.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head[:200])
+        chunks, data = body, bytearray()
+        while chunks:  # de-chunk
+            size_line, _, rest = chunks.partition(b"\r\n")
+            size = int(size_line, 16)
+            if size == 0:
+                break
+            data += rest[:size]
+            chunks = rest[size + 2:]
+        self.assertEqual(len(data), n)
+        self.assertEqual(bytes(data[:52]), stream_pattern(52))
+
+    def test_a_client_that_never_reads_the_answer_is_closed_after_idle_timeout(self):
+        # The model server's timeout_ms no longer cuts an answer the client
+        # does not take; idle_timeout_ms does (nginx's send_timeout), and the
+        # upstream connection is freed: with pool 1 the next request is served.
+        srv = self.cluster.model_server("champion")
+        port = self.in_front_of(up(srv.port, timeout_ms=60000, pool=1), idle_timeout_ms=500)
+        stuck = self.slow_reader(port, 32 * MiB)
+        st, _, body = mmtest.request(port, "GET", "/v1/rank", timeout=10)
+        self.assertEqual(st, 200, body)
+        self.assertLess(len(self.read_all(stuck)), 32 * MiB)  # cut: closed, not finished
 
 
 # ---------------------------------------------------------------- routing

@@ -293,6 +293,22 @@ static void test_headers_named_in_connection_are_hop_by_hop_whatever_their_lengt
     assert_false(h.dropped[4]);
 }
 
+static void test_connection_cannot_drop_content_length(void **state)
+{
+    (void)state;
+    /* The body is forwarded raw: without its length it would be read as the
+     * next request upstream, or leave an answer unframed for the client. */
+    const char text[] = "Connection: Content-Length, X-Drop\r\n"
+                        "Content-Length: 5\r\n"
+                        "X-Drop: 1\r\n"
+                        "\r\n";
+    http_head_t h;
+    head_from(&h, text);
+    assert_int_equal(h.n, 3);
+    assert_false(h.dropped[1]);
+    assert_true(h.dropped[2]);
+}
+
 static void test_head_index_classifies_every_header_once(void **state)
 {
     (void)state;
@@ -617,6 +633,7 @@ int main(void)
         cmocka_unit_test(test_more_than_128_headers_are_flagged),
         cmocka_unit_test(test_hop_by_hop_headers_are_recognised),
         cmocka_unit_test(test_headers_named_in_connection_are_hop_by_hop_whatever_their_length),
+        cmocka_unit_test(test_connection_cannot_drop_content_length),
         cmocka_unit_test(test_head_index_classifies_every_header_once),
         cmocka_unit_test(test_known_names_match_in_any_case_and_near_misses_do_not),
         cmocka_unit_test(test_emitted_header_lines_are_normalised_and_runs_copied),
