@@ -76,7 +76,6 @@
 #define ROUND_TIMEOUT_MS   5000u
 #define REQ_PER_ROUND      10000u
 #define SEQ_TTL_S          "86400"
-#define ERR_TRIES_MAX      10 /* error replies (not transport failures) before a write is dropped */
 #define GROUP              "modelmux"
 #define PRUNE_PER_ROUND    1000u
 #define N_FIELDS           7
@@ -98,78 +97,149 @@
  * index, only the non-zero ones; with restore, the answer snapshot the same
  * way after them.
  *
+ * All or nothing. Redis does not undo a script's writes when a command in it
+ * fails, so a script that failed halfway and was sent again would count its
+ * first half twice. So the script reads everything first: the key types and
+ * every field it will increment (`check`: HINCRBY needs an integer,
+ * HINCRBYFLOAT a number, and neither may overflow) — a field another tool
+ * overwrote with text fails the write before anything changed, and the
+ * reply names the key and field. Then its first write records the sequence
+ * number: a condition that refuses writes (OOM, a read-only replica, a failed
+ * save) refuses that first write, and nothing is written. A command that
+ * still fails after it (an ACL that forbids HINCRBYFLOAT, say) cannot be
+ * undone, so the writes after the sequence number go through redis.pcall:
+ * the others are applied, the script completes, and its last reply element
+ * is the first such error ('' when none), which the instance logs. What the
+ * refused commands carried is lost; nothing is ever counted twice.
+ *
  * Restore: Redis restarted empty (or was flushed) loses every statistic the
  * fleet learned, while each instance still holds the last snapshot it read.
  * The first script that finds neither the control hash nor any arm or answer
  * hash writes that snapshot back and re-seeds the control in the same atomic
- * step, so that the next instance finds the control and does not restore a
- * second time (and a retry of this very write does not either). Only
- * increments another instance wrote within the last sync interval before the
- * loss are missing from it. */
+ * step (the control first), so that the next instance finds the control and
+ * does not restore a second time (and a retry of this very write does not
+ * either). Only increments another instance wrote within the last sync
+ * interval before the loss are missing from it. */
 static const char SYNC_SCRIPT[] =
     "local f = {'pulls', 'feedback', 'errors', 'reward_sum', 'reward_sq_sum',\n"
     "           'successes', 'failures'}\n"
     "local n = (#KEYS - 2) / 2\n"
+    "local failed = ''\n"
+    "local function w(...)\n"
+    "  local r = redis.pcall(...)\n"
+    "  if type(r) == 'table' and r.err and failed == '' then failed = r.err end\n"
+    "end\n"
     "local function add(key, b)\n"
     "  for j = 1, 7 do\n"
     "    local v = ARGV[b + j - 1]\n"
     "    if v ~= '0' then\n"
-    "      if j <= 3 then redis.call('HINCRBY', key, f[j], v)\n"
-    "      else redis.call('HINCRBYFLOAT', key, f[j], v) end\n"
+    "      w(j <= 3 and 'HINCRBY' or 'HINCRBYFLOAT', key, f[j], v)\n"
     "    end\n"
     "  end\n"
     "end\n"
     "local function addlat(key, p)\n"
     "  local c = tonumber(ARGV[p])\n"
-    "  for j = 1, c do redis.call('HINCRBY', key, ARGV[p + 2 * j - 1], ARGV[p + 2 * j]) end\n"
+    "  for j = 1, c do w('HINCRBY', key, ARGV[p + 2 * j - 1], ARGV[p + 2 * j]) end\n"
     "  return p + 1 + 2 * c\n"
     "end\n"
-    "local lat = 9 + 7 * n * (ARGV[8] == '1' and 2 or 1)\n"
-    "if ARGV[8] == '1' and redis.call('HEXISTS', KEYS[1], 'version') == 0 then\n"
-    "  local gone = true\n"
-    "  for i = 3, #KEYS do\n"
-    "    if redis.call('EXISTS', KEYS[i]) == 1 then gone = false end\n"
+    "local function bad(key, field, d, int)\n"
+    "  local v = redis.call('HGET', key, field)\n"
+    "  if not v then return nil end\n"
+    "  local x = tonumber(v)\n"
+    "  local ok\n"
+    "  if int then\n"
+    "    ok = (v == '0' or string.find(v, '^%-?[1-9]%d*$')) and math.abs(x + d) < 9e18\n"
+    "  else\n"
+    "    ok = x and not string.find(v, '^%s') and not string.find(v, '%s$')\n"
+    "    if ok then x = x + d; ok = x == x and math.abs(x) < math.huge end\n"
     "  end\n"
-    "  if gone then\n"
-    "    for i = 3, 2 + n do add(KEYS[i], 9 + (n + i - 3) * 7) end\n"
-    "    local p = lat\n"
-    "    for i = 1, n do p = p + 1 + 2 * tonumber(ARGV[p]) end\n"
-    "    for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
-    "    redis.call('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6],\n"
-    "               'canary_step', ARGV[7])\n"
-    "    redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
+    "  if ok then return nil end\n"
+    "  return key .. ' field ' .. field .. ' holds \"' .. string.sub(v, 1, 40) .. '\": ' ..\n"
+    "         (int and 'HINCRBY' or 'HINCRBYFLOAT') .. ' of ' .. d .. ' would fail'\n"
+    "end\n"
+    "local lat = 9 + 7 * n * (ARGV[8] == '1' and 2 or 1)\n"
+    "local function check(reset)\n"
+    "  for i = 1, #KEYS do\n"
+    "    if i ~= 2 and (i == 1 or not reset) then\n"
+    "      local t = redis.call('TYPE', KEYS[i])['ok']\n"
+    "      if t ~= 'none' and t ~= 'hash' then\n"
+    "        return KEYS[i] .. ' is a ' .. t .. ', not a hash'\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  local e = ARGV[3] ~= '0' and bad(KEYS[1], 'version', 1, true) or\n"
+    "            reset and bad(KEYS[1], 'reset_epoch', 1, true)\n"
+    "  if e or reset then return e end\n"
+    "  for i = 3, 2 + n do\n"
+    "    for j = 1, 7 do\n"
+    "      local v = ARGV[9 + (i - 3) * 7 + j - 1]\n"
+    "      if v ~= '0' then\n"
+    "        e = bad(KEYS[i], f[j], tonumber(v), j <= 3)\n"
+    "        if e then return e end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  local p = lat\n"
+    "  for i = 1, n do\n"
+    "    for j = 1, tonumber(ARGV[p]) do\n"
+    "      e = bad(KEYS[2 + n + i], ARGV[p + 2 * j - 1], tonumber(ARGV[p + 2 * j]), true)\n"
+    "      if e then return e end\n"
+    "    end\n"
+    "    p = p + 1 + 2 * tonumber(ARGV[p])\n"
     "  end\n"
     "end\n"
+    "local t = redis.call('TYPE', KEYS[2])['ok']\n"
+    "if t ~= 'none' and t ~= 'string' then\n"
+    "  return redis.error_reply('ERR ' .. KEYS[2] .. ' is a ' .. t .. ', not a string')\n"
+    "end\n"
     "local seq = tonumber(ARGV[1])\n"
-    "if seq > 0 then\n"
-    "  local last = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
-    "  if seq > last then\n"
-    "    if ARGV[4] == '1' then\n"
-    "      for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end\n"
-    "      redis.call('HINCRBY', KEYS[1], 'reset_epoch', 1)\n"
-    "    end\n"
-    "    local mode, write = ARGV[3], ARGV[3] == '2'\n"
-    "    if mode == '1' then\n"
-    "      write = redis.call('HEXISTS', KEYS[1], 'version') == 0\n"
-    "    elseif string.sub(mode, 1, 2) == '3:' then\n"
-    "      local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')\n"
-    "      write = v == tonumber(string.sub(mode, 3))\n"
-    "    end\n"
-    "    if write then\n"
-    "      redis.call('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6],\n"
-    "                 'canary_step', ARGV[7])\n"
-    "      redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
-    "    end\n"
-    "    for i = 3, 2 + n do add(KEYS[i], 9 + (i - 3) * 7) end\n"
-    "    local p = lat\n"
-    "    for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
-    "    redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])\n"
-    "  else\n"
-    "    redis.call('EXPIRE', KEYS[2], ARGV[2])\n"
+    "local apply = seq > 0 and seq > (tonumber(redis.call('GET', KEYS[2]) or '0') or 0)\n"
+    "if apply then\n"
+    "  local e = check(ARGV[4] == '1')\n"
+    "  if e then return redis.error_reply('ERR ' .. e) end\n"
+    "end\n"
+    "local restore = ARGV[8] == '1' and redis.call('HEXISTS', KEYS[1], 'version') == 0\n"
+    "if restore then\n"
+    "  for i = 3, #KEYS do\n"
+    "    if redis.call('EXISTS', KEYS[i]) == 1 then restore = false end\n"
     "  end\n"
+    "end\n"
+    "if apply then\n"
+    "  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])\n"
+    "elseif seq > 0 then\n"
+    "  redis.call('EXPIRE', KEYS[2], ARGV[2])\n"
+    "end\n"
+    "if restore then\n"
+    "  w('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6], 'canary_step', ARGV[7])\n"
+    "  w('HINCRBY', KEYS[1], 'version', 1)\n"
+    "  for i = 3, 2 + n do add(KEYS[i], 9 + (n + i - 3) * 7) end\n"
+    "  local p = lat\n"
+    "  for i = 1, n do p = p + 1 + 2 * tonumber(ARGV[p]) end\n"
+    "  for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
+    "end\n"
+    "if apply then\n"
+    "  if ARGV[4] == '1' then\n"
+    "    for i = 3, #KEYS do w('DEL', KEYS[i]) end\n"
+    "    w('HINCRBY', KEYS[1], 'reset_epoch', 1)\n"
+    "  end\n"
+    "  local mode, write = ARGV[3], ARGV[3] == '2'\n"
+    "  if mode == '1' then\n"
+    "    write = redis.call('HEXISTS', KEYS[1], 'version') == 0\n"
+    "  elseif string.sub(mode, 1, 2) == '3:' then\n"
+    "    local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')\n"
+    "    write = v == tonumber(string.sub(mode, 3))\n"
+    "  end\n"
+    "  if write then\n"
+    "    w('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6], 'canary_step', ARGV[7])\n"
+    "    w('HINCRBY', KEYS[1], 'version', 1)\n"
+    "  end\n"
+    "  for i = 3, 2 + n do add(KEYS[i], 9 + (i - 3) * 7) end\n"
+    "  local p = lat\n"
+    "  for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
     "end\n"
     "local out = {redis.call('HGETALL', KEYS[1])}\n"
     "for i = 3, #KEYS do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end\n"
+    "out[#out + 1] = failed\n"
     "return out\n";
 
 /* A request id waiting to be written. */
@@ -788,7 +858,6 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     e->control_dirty = 0;
     x->ctl_cas = 0;
     x->ctl_init = 0;
-    b->err_tries = 0;
     b->active = 1;
 }
 
@@ -1138,29 +1207,37 @@ static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv)
         b->failed = 1;
         r->st.sync_errors++;
     } else if (reply != NULL && reply->type == REDIS_REPLY_ARRAY &&
-               reply->elements == 1 + 2 * b->n_arms) {
+               reply->elements == 2 + 2 * b->n_arms) {
+        const redisReply *failed = reply->element[1 + 2 * b->n_arms];
         apply_snapshot(x, reply);
         b->active = 0;
+        if (x->refused) note(r, "write of experiment %s accepted again", x->pub.name);
+        x->refused = 0;
+        if (failed->type == REDIS_REPLY_STRING && failed->len > 0) {
+            /* Applied but for the commands Redis refused in it: logged
+             * once per distinct answer, not once per round. */
+            r->st.sync_errors++;
+            if (strncmp(x->partial, failed->str, sizeof(x->partial) - 1) != 0)
+                note(r,
+                     "write of experiment %s applied in part: %s; what the refused commands "
+                     "carried is lost",
+                     x->pub.name, failed->str);
+            snprintf(x->partial, sizeof(x->partial), "%s", failed->str);
+        }
     } else {
+        /* Lost (NULL: the connection dropped), or refused. A refused write
+         * changed nothing (SYNC_SCRIPT is all or nothing), so it is kept and
+         * sent again every round, like a lost one, until Redis takes it:
+         * dropping it would lose what was acknowledged, whether the cause
+         * passes by itself (OOM, a read-only replica, a failed save) or
+         * needs the operator (a field overwritten with text, an ACL). The
+         * store says it is down meanwhile (store_redis_writable). */
         b->failed = 1;
         r->st.sync_errors++;
-        if (reply != NULL) {
-            /* Redis answered with an error: retrying may not help. */
-            if (++b->err_tries == 1)
-                note(r, "write of experiment %s failed: %s", x->pub.name,
-                     reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
-            if (b->err_tries >= ERR_TRIES_MAX) {
-                for (size_t i = 0; i < b->n_arms; i++) {
-                    x->pub.dropped += b->deltas[i].pulls + b->deltas[i].feedback +
-                                      b->deltas[i].errors + b->ans_deltas[i].answers;
-                    int a = store_arm_index(&x->pub, b->arm_names[i]);
-                    if (a < MM_MAX_ARMS && b->ans_gen == x->ans_gen)
-                        store_answers_sub(&x->pub.answers_local[a], &b->ans_deltas[i]);
-                }
-                note(r, "dropped a write of experiment %s after %d errors", x->pub.name,
-                     ERR_TRIES_MAX);
-                b->active = 0;
-            }
+        if (reply != NULL && !x->refused) {
+            x->refused = 1;
+            note(r, "write of experiment %s refused: %s; kept, and sent again every round",
+                 x->pub.name, reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
         }
     }
     round_part_done(r);
@@ -2167,6 +2244,14 @@ void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined)
 int store_redis_up(const store_redis_t *r)
 {
     return r->up;
+}
+
+int store_redis_writable(const store_redis_t *r)
+{
+    if (!r->up) return 0;
+    for (size_t i = 0; i < r->s->n_exps; i++)
+        if (r->s->exps[i]->refused) return 0;
+    return 1;
 }
 
 void store_redis_stats(const store_redis_t *r, store_stats_t *out)
