@@ -68,6 +68,7 @@
 #include <jansson.h>
 
 #include "addr.h"
+#include "log.h"
 #include "store_internal.h"
 
 #define BACKOFF_MIN_MS     100u
@@ -333,6 +334,7 @@ struct store_redis_s {
     int up;
     int ever_up;
     int down_logged;
+    char refusal[256];     /* the handshake refusal last logged (logged again only if it changes) */
     const char *close_why; /* set while force_close runs */
     unsigned backoff_ms;
     uv_timer_t sync_timer, conn_timer, deadline_timer;
@@ -389,6 +391,9 @@ static void aq_free(aq_list_t *l);
 static void maybe_finish(store_redis_t *r);
 static void on_conn_timer(uv_timer_t *t);
 
+/* One line on stderr, through mm_log: with its time and process id, since
+ * the workers of --workers N share one stderr. Each condition is logged when
+ * it starts (and ends), never once per retry or per round. */
 static void note(const store_redis_t *r, const char *fmt, ...) MM_PRINTF(2, 3);
 static void note(const store_redis_t *r, const char *fmt, ...)
 {
@@ -397,7 +402,7 @@ static void note(const store_redis_t *r, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "modelmux: store: redis %s:%d: %s\n", r->s->cfg.host, r->s->cfg.port, msg);
+    mm_log("store: redis %s:%d: %s", r->s->cfg.host, r->s->cfg.port, msg);
 }
 
 static int can_send(const store_redis_t *r)
@@ -603,6 +608,7 @@ static void on_hello(store_redis_t *r)
     r->backoff_ms = BACKOFF_MIN_MS;
     r->group_ok = 0; /* a new server may not have the group */
     r->gets_stalled = 0;
+    r->refusal[0] = '\0';
     if (r->shutting_down)
         maybe_finish(r);
     else
@@ -624,12 +630,16 @@ static void on_handshake(redisAsyncContext *ac, void *reply_, void *priv)
     int step = (int)(intptr_t)priv;
     if (reply == NULL) return; /* the connection died: on_disconnect follows */
     if (reply->type == REDIS_REPLY_ERROR) {
-        /* The reply never echoes the password, so it can be logged. */
-        note(r, "%s refused: %s",
-             step == HS_AUTH     ? "AUTH"
-             : step == HS_SELECT ? "SELECT"
-                                 : "PING",
-             reply->str);
+        /* The reply never echoes the password, so it can be logged: once,
+         * not at every retry, unless Redis's answer changes. */
+        char why[sizeof(r->refusal)];
+        snprintf(why, sizeof(why), "%s refused: %s",
+                 step == HS_AUTH     ? "AUTH"
+                 : step == HS_SELECT ? "SELECT"
+                                     : "PING",
+                 reply->str);
+        if (strcmp(why, r->refusal) != 0) note(r, "%s", why);
+        memcpy(r->refusal, why, sizeof(why));
         redisAsyncDisconnect(ac);
         return;
     }
@@ -1786,10 +1796,15 @@ static void on_group_reply(redisAsyncContext *ac, void *reply_, void *priv)
     MM_UNUSED(priv);
     r->outstanding--;
     if (reply != NULL) {
-        if (reply->type != REDIS_REPLY_ERROR || strncmp(reply->str, "BUSYGROUP", 9) == 0)
+        if (reply->type != REDIS_REPLY_ERROR || strncmp(reply->str, "BUSYGROUP", 9) == 0) {
+            if (r->group_err_logged) note(r, "XGROUP CREATE %s: done", r->stream_key);
             r->group_ok = 1;
-        else
-            note(r, "XGROUP CREATE %s: %s", r->stream_key, reply->str);
+            r->group_err_logged = 0;
+        } else if (!r->group_err_logged) { /* tried again every round: logged once */
+            note(r, "XGROUP CREATE %s: %s; the feedback stream is not read until it succeeds",
+                 r->stream_key, reply->str);
+            r->group_err_logged = 1;
+        }
     }
     round_part_done(r);
 }

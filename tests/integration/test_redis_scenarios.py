@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """test_redis_scenarios — a Redis that answers, but not what modelmux asked
-for: error replies to the store's writes. What an operator of several instances relies on (DESIGN.md §6:
+for: error replies to the store's writes, and a handshake or a stream key it
+refuses. What an operator of several instances relies on (DESIGN.md §6:
 "nothing already acknowledged is lost"):
 
   1. a write Redis refuses is kept and sent again until Redis takes it, never
@@ -12,12 +13,17 @@ for: error replies to the store's writes. What an operator of several instances 
      and records its sequence number first, so even an error in the middle of
      it (an ACL that refuses one of its commands) never makes a retry count
      twice: what Redis took is applied once, the refused commands are
-     reported.
+     reported;
+  3. what keeps failing is logged once, with Redis's answer, and every store
+     line carries the time and the process id (several workers share one
+     stderr): a refused handshake retried with backoff, and a feedback stream
+     key of another type.
 
 Each test starts its own redis-server (they change its configuration), on a
 free loopback port, stopped by PID.
 """
 import os
+import re
 import signal
 import time
 
@@ -197,6 +203,47 @@ class RedisScenarios(mmtest.MMTestCase):
         log = mm.log()
         self.assertEqual(log.count("write of experiment ab applied in part"), 1, log)
         self.assertIn("can't run this command", log)  # Redis's answer
+        self.stop(mm)
+
+    # -- 3
+
+    def test_a_refused_handshake_is_logged_once(self):
+        port = self.start_redis("--requirepass", "right")
+        mm = self.start_mm(port)  # no password
+        # retries back off 100 ms, 200, 400, 800, 1600, 3200: six by now
+        time.sleep(3.5)
+        self.assertEqual(self.store_state(mm), ("down", 0))
+        log = mm.log()
+        self.assertEqual(len(re.findall(r"refused: NOAUTH", log)), 1, log)
+        self.assertRegex(log, r"Z modelmux\[%d\]: store: redis %s:%d: PING refused: NOAUTH"
+                         % (mm.pid, re.escape(HOST), port))
+        # once Redis takes it, the store is up and says so once
+        self.r = Redis(port)
+        self.r("AUTH", "right")
+        self.r("CONFIG", "SET", "requirepass", "")
+        mmtest.eventually(lambda: self.store_state(mm) == ("up", 1), timeout=10)
+        self.assertEqual(mm.log().count("store: redis %s:%d: up" % (HOST, port)), 1)
+        self.stop(mm)
+
+    def test_a_feedback_key_of_another_type_is_reported_once_and_then_used(self):
+        port = self.start_redis()
+        self.r = Redis(port)
+        stream = PREFIX + ":feedback"
+        self.r("SET", stream, "not a stream")
+        mm = self.start_mm(port)
+        mmtest.eventually(lambda: self.store_state(mm) == ("up", 1))
+        served, _ = self.served(mm, "s1", 10)
+        time.sleep(MANY_ROUNDS_S)
+        self.assertEqual(self.pulls(), served)  # the rest of the store works
+        log = mm.log()
+        self.assertEqual(log.count("XGROUP CREATE %s" % stream), 1, log)
+        self.assertIn("WRONGTYPE", log)
+        # the key is fixed: the group is created and entries are applied
+        self.r("DEL", stream)
+        mmtest.eventually(lambda: self.r("EXISTS", stream) == 1, timeout=5, interval=0.02)
+        self.r("XADD", stream, "*", "experiment", "ab", "arm", "champion", "reward", "1")
+        mmtest.eventually(lambda: self.arm("champion").get("feedback") == 1, timeout=5,
+                          interval=0.02)
         self.stop(mm)
 
 
