@@ -207,9 +207,8 @@ void store_update_aux(store_t *s, mm_str_t request_id, int ttl_s, store_aux_rewr
 void store_flush(store_t *s, void (*cb)(void *), void *arg);
 
 /* 1 while the store is reachable and takes this instance's writes (always 1
- * for memory): 0 while Redis is down, and while it answers a write with an
- * error (OOM, read-only, a field of the wrong type...), which is kept and
- * sent again. */
+ * for memory): 0 while Redis is down, and while it refuses a write (OOM, a
+ * read-only replica...), which is kept and sent again. */
 int store_up(const store_t *s);
 const char *store_kind(const store_t *s);
 
