@@ -489,7 +489,8 @@ static void render_experiments(mm_buf_t *b, const router_t *r)
     }
 
     family(b, "modelmux_store_dropped_total", "counter",
-           "Statistics increments dropped because the store was unreachable for too long.");
+           "Statistics increments dropped: counted before another instance's reset reached "
+           "this one.");
     for (size_t k = 0; k < n; k++) {
         const char *kv[] = {"experiment", r->exps[k].cfg->name, NULL};
         sample_u64(b, "modelmux_store_dropped_total", kv, r->exps[k].state->dropped);
@@ -510,7 +511,8 @@ static void render_process(mm_server_t *srv, mm_buf_t *b)
     sample_u64(b, "modelmux_overload_rejects_total", NULL, srv->overload_rejects);
 
     family(b, "modelmux_store_up", "gauge",
-           "1 while the store is reachable (always 1 for the memory store).");
+           "1 while the store is reachable and takes this instance's writes (always 1 for the "
+           "memory store).");
     sample_u64(b, "modelmux_store_up", NULL,
                srv->store ? (uint64_t)(store_up(srv->store) != 0) : 0);
     if (srv->store) {

@@ -1018,7 +1018,7 @@ void store_destroy(store_t *s)
 
 int store_up(const store_t *s)
 {
-    return s->redis ? store_redis_up(s->redis) : 1;
+    return s->redis ? store_redis_writable(s->redis) : 1;
 }
 
 const char *store_kind(const store_t *s)

@@ -9,8 +9,9 @@
  * `merged` at once, and a timer (sync_ms) pipelines the pending deltas as
  * atomic HINCRBY/HINCRBYFLOAT, then reads the global snapshot back and folds
  * the still-unflushed deltas into it. Policies read `merged`. If Redis is
- * down, routing goes on with the last state, deltas accumulate (bounded,
- * drops counted) and are written when Redis returns.
+ * down, or refuses the writes, routing goes on with the last state, deltas
+ * accumulate (counters: they need no bound) and are written when Redis
+ * takes them again.
  * Answer statistics (store_answer: per arm answers, errors and a latency
  * histogram, for the canary's analysis and the admin p50/p99) are pooled the
  * same way, but kept as `answers` (snapshot) + `answers_local` (unconfirmed)
@@ -49,8 +50,8 @@ typedef struct {
     exp_control_t initial_control; /* what the config says; reset/redefinition go back to it */
     int control_dirty;             /* control changed locally, not yet written */
     uint64_t dropped; /* increments discarded: unflushed when another instance reset the
-                         experiment, or in a write Redis refused 10 times. An unreachable
-                         Redis drops none: counters need no bound (docs/store.md) */
+                         experiment. An unreachable Redis, or one that refuses writes,
+                         drops none: counters need no bound (docs/store.md) */
     uint32_t layout;  /* bumped when a reload changes the arm list (store_arm_index) */
 } exp_state_t;
 
@@ -205,7 +206,9 @@ void store_update_aux(store_t *s, mm_str_t request_id, int ttl_s, store_aux_rewr
  * flush never waits for a reconnect). May call cb before returning. */
 void store_flush(store_t *s, void (*cb)(void *), void *arg);
 
-/* 1 while the store is reachable (always 1 for memory). */
+/* 1 while the store is reachable and takes this instance's writes (always 1
+ * for memory): 0 while Redis is down, and while it refuses a write (OOM, a
+ * read-only replica...), which is kept and sent again. */
 int store_up(const store_t *s);
 const char *store_kind(const store_t *s);
 

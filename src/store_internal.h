@@ -76,10 +76,9 @@ typedef struct {
 
 /* The write to Redis in flight (or waiting for a retry) for one experiment. */
 typedef struct {
-    int active;    /* sent, or failed and waiting to be sent again as is */
-    int failed;    /* the last attempt failed: resend the same seq and deltas */
-    int err_tries; /* consecutive error replies (not transport failures) */
-    uint64_t seq;  /* 0: read only */
+    int active;   /* sent, or failed and waiting to be sent again as is */
+    int failed;   /* the last attempt failed: resend the same seq and deltas */
+    uint64_t seq; /* 0: read only */
     int reset;
     int ctl_mode; /* 0 none, 1 write if Redis has none, 2 write and bump version,
                      3 the same if Redis's version is still ctl_base */
@@ -109,6 +108,8 @@ typedef struct store_exp_s {
     uint64_t ctl_base; /* ... on this version (what the policy decided on) */
     int reset_pending; /* a local reset not yet written */
     int synced;        /* a snapshot has been read at least once */
+    int refused;       /* Redis answered the last write with an error: the store is down */
+    char partial[160]; /* the error a write applied in part last met (logged once) */
     uint64_t ans_gen;  /* bumped whenever answers_local is dropped (a reset) */
     unsigned holds;    /* routers routing to it (store_hold) */
     /* Dropped by store_retain but not yet freed: held by a router, or a
@@ -222,7 +223,10 @@ void store_redis_update_aux(store_redis_t *r, mm_str_t id, const char *local, si
                             int ttl_s, store_aux_rewrite_cb rewrite, store_aux_done_cb done,
                             void *arg);
 void store_redis_get_aux(store_redis_t *r, mm_str_t id, store_aux_cb cb, void *arg);
+/* Connected (PING answered): GETs may be sent. */
 int store_redis_up(const store_redis_t *r);
+/* Connected, and no experiment's write refused (store_up()). */
+int store_redis_writable(const store_redis_t *r);
 void store_redis_stats(const store_redis_t *r, store_stats_t *out);
 int store_redis_subscribe(store_redis_t *r, store_stream_cb cb, void *arg,
                           const store_stream_opts_t *opts);

@@ -68,6 +68,7 @@
 #include <jansson.h>
 
 #include "addr.h"
+#include "log.h"
 #include "store_internal.h"
 
 #define BACKOFF_MIN_MS     100u
@@ -76,7 +77,6 @@
 #define ROUND_TIMEOUT_MS   5000u
 #define REQ_PER_ROUND      10000u
 #define SEQ_TTL_S          "86400"
-#define ERR_TRIES_MAX      10 /* error replies (not transport failures) before a write is dropped */
 #define GROUP              "modelmux"
 #define PRUNE_PER_ROUND    1000u
 #define N_FIELDS           7
@@ -98,78 +98,100 @@
  * index, only the non-zero ones; with restore, the answer snapshot the same
  * way after them.
  *
+ * Exactly once, whatever Redis refuses. Redis does not undo a script's
+ * writes when a command in it fails, so a script that stopped halfway and
+ * was sent again would count its first half twice. So the script only reads
+ * until its first write, which records the sequence number: a condition that
+ * refuses writes (OOM, a read-only replica, a failed save) refuses that one,
+ * the script stops with nothing written, and the write is sent again later.
+ * Every write after it goes through redis.pcall: a command Redis refuses (a
+ * field another tool overwrote with text, an ACL that forbids HINCRBYFLOAT)
+ * is skipped, the others are applied, and the script completes; its last
+ * reply element names the first refused command and Redis's answer ('' when
+ * none), and the instance logs it. What refused commands carried is lost,
+ * as the field it was for already is; nothing is ever counted twice. (An
+ * up-front check of every field instead, to hold the whole write until the
+ * field is repaired, cost a third more Redis time per round, and would hold
+ * back the experiment's control changes too.)
+ *
  * Restore: Redis restarted empty (or was flushed) loses every statistic the
  * fleet learned, while each instance still holds the last snapshot it read.
  * The first script that finds neither the control hash nor any arm or answer
  * hash writes that snapshot back and re-seeds the control in the same atomic
- * step, so that the next instance finds the control and does not restore a
- * second time (and a retry of this very write does not either). Only
- * increments another instance wrote within the last sync interval before the
- * loss are missing from it. */
+ * step (the control first), so that the next instance finds the control and
+ * does not restore a second time (and a retry of this very write does not
+ * either). Only increments another instance wrote within the last sync
+ * interval before the loss are missing from it. */
 static const char SYNC_SCRIPT[] =
     "local f = {'pulls', 'feedback', 'errors', 'reward_sum', 'reward_sq_sum',\n"
     "           'successes', 'failures'}\n"
     "local n = (#KEYS - 2) / 2\n"
+    "local failed = ''\n"
+    "local function w(...)\n"
+    "  local r = redis.pcall(...)\n"
+    "  if type(r) == 'table' and r.err and failed == '' then\n"
+    "    local cmd, key, field = ...\n"
+    "    failed = cmd .. ' ' .. key .. (field and ' ' .. field or '') .. ': ' .. r.err\n"
+    "  end\n"
+    "end\n"
     "local function add(key, b)\n"
     "  for j = 1, 7 do\n"
     "    local v = ARGV[b + j - 1]\n"
     "    if v ~= '0' then\n"
-    "      if j <= 3 then redis.call('HINCRBY', key, f[j], v)\n"
-    "      else redis.call('HINCRBYFLOAT', key, f[j], v) end\n"
+    "      w(j <= 3 and 'HINCRBY' or 'HINCRBYFLOAT', key, f[j], v)\n"
     "    end\n"
     "  end\n"
     "end\n"
     "local function addlat(key, p)\n"
     "  local c = tonumber(ARGV[p])\n"
-    "  for j = 1, c do redis.call('HINCRBY', key, ARGV[p + 2 * j - 1], ARGV[p + 2 * j]) end\n"
+    "  for j = 1, c do w('HINCRBY', key, ARGV[p + 2 * j - 1], ARGV[p + 2 * j]) end\n"
     "  return p + 1 + 2 * c\n"
     "end\n"
     "local lat = 9 + 7 * n * (ARGV[8] == '1' and 2 or 1)\n"
-    "if ARGV[8] == '1' and redis.call('HEXISTS', KEYS[1], 'version') == 0 then\n"
-    "  local gone = true\n"
+    "local seq = tonumber(ARGV[1])\n"
+    "local apply = seq > 0 and seq > (tonumber(redis.call('GET', KEYS[2]) or '0') or 0)\n"
+    "local restore = ARGV[8] == '1' and redis.call('HEXISTS', KEYS[1], 'version') == 0\n"
+    "if restore then\n"
     "  for i = 3, #KEYS do\n"
-    "    if redis.call('EXISTS', KEYS[i]) == 1 then gone = false end\n"
-    "  end\n"
-    "  if gone then\n"
-    "    for i = 3, 2 + n do add(KEYS[i], 9 + (n + i - 3) * 7) end\n"
-    "    local p = lat\n"
-    "    for i = 1, n do p = p + 1 + 2 * tonumber(ARGV[p]) end\n"
-    "    for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
-    "    redis.call('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6],\n"
-    "               'canary_step', ARGV[7])\n"
-    "    redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
+    "    if redis.call('EXISTS', KEYS[i]) == 1 then restore = false end\n"
     "  end\n"
     "end\n"
-    "local seq = tonumber(ARGV[1])\n"
-    "if seq > 0 then\n"
-    "  local last = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
-    "  if seq > last then\n"
-    "    if ARGV[4] == '1' then\n"
-    "      for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end\n"
-    "      redis.call('HINCRBY', KEYS[1], 'reset_epoch', 1)\n"
-    "    end\n"
-    "    local mode, write = ARGV[3], ARGV[3] == '2'\n"
-    "    if mode == '1' then\n"
-    "      write = redis.call('HEXISTS', KEYS[1], 'version') == 0\n"
-    "    elseif string.sub(mode, 1, 2) == '3:' then\n"
-    "      local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')\n"
-    "      write = v == tonumber(string.sub(mode, 3))\n"
-    "    end\n"
-    "    if write then\n"
-    "      redis.call('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6],\n"
-    "                 'canary_step', ARGV[7])\n"
-    "      redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
-    "    end\n"
-    "    for i = 3, 2 + n do add(KEYS[i], 9 + (i - 3) * 7) end\n"
-    "    local p = lat\n"
-    "    for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
-    "    redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])\n"
-    "  else\n"
-    "    redis.call('EXPIRE', KEYS[2], ARGV[2])\n"
+    "if apply then\n"
+    "  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])\n"
+    "elseif seq > 0 then\n"
+    "  redis.call('EXPIRE', KEYS[2], ARGV[2])\n"
+    "end\n"
+    "if restore then\n"
+    "  w('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6], 'canary_step', ARGV[7])\n"
+    "  w('HINCRBY', KEYS[1], 'version', 1)\n"
+    "  for i = 3, 2 + n do add(KEYS[i], 9 + (n + i - 3) * 7) end\n"
+    "  local p = lat\n"
+    "  for i = 1, n do p = p + 1 + 2 * tonumber(ARGV[p]) end\n"
+    "  for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
+    "end\n"
+    "if apply then\n"
+    "  if ARGV[4] == '1' then\n"
+    "    for i = 3, #KEYS do w('DEL', KEYS[i]) end\n"
+    "    w('HINCRBY', KEYS[1], 'reset_epoch', 1)\n"
     "  end\n"
+    "  local mode, write = ARGV[3], ARGV[3] == '2'\n"
+    "  if mode == '1' then\n"
+    "    write = redis.call('HEXISTS', KEYS[1], 'version') == 0\n"
+    "  elseif string.sub(mode, 1, 2) == '3:' then\n"
+    "    local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')\n"
+    "    write = v == tonumber(string.sub(mode, 3))\n"
+    "  end\n"
+    "  if write then\n"
+    "    w('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6], 'canary_step', ARGV[7])\n"
+    "    w('HINCRBY', KEYS[1], 'version', 1)\n"
+    "  end\n"
+    "  for i = 3, 2 + n do add(KEYS[i], 9 + (i - 3) * 7) end\n"
+    "  local p = lat\n"
+    "  for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
     "end\n"
     "local out = {redis.call('HGETALL', KEYS[1])}\n"
     "for i = 3, #KEYS do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end\n"
+    "out[#out + 1] = failed\n"
     "return out\n";
 
 /* A request id waiting to be written. */
@@ -263,6 +285,7 @@ struct store_redis_s {
     int up;
     int ever_up;
     int down_logged;
+    char refusal[256];     /* the handshake refusal last logged (logged again only if it changes) */
     const char *close_why; /* set while force_close runs */
     unsigned backoff_ms;
     uv_timer_t sync_timer, conn_timer, deadline_timer;
@@ -319,6 +342,9 @@ static void aq_free(aq_list_t *l);
 static void maybe_finish(store_redis_t *r);
 static void on_conn_timer(uv_timer_t *t);
 
+/* One line on stderr, through mm_log: with its time and process id, since
+ * the workers of --workers N share one stderr. Each condition is logged when
+ * it starts (and ends), never once per retry or per round. */
 static void note(const store_redis_t *r, const char *fmt, ...) MM_PRINTF(2, 3);
 static void note(const store_redis_t *r, const char *fmt, ...)
 {
@@ -327,7 +353,7 @@ static void note(const store_redis_t *r, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "modelmux: store: redis %s:%d: %s\n", r->s->cfg.host, r->s->cfg.port, msg);
+    mm_log("store: redis %s:%d: %s", r->s->cfg.host, r->s->cfg.port, msg);
 }
 
 static int can_send(const store_redis_t *r)
@@ -533,6 +559,7 @@ static void on_hello(store_redis_t *r)
     r->backoff_ms = BACKOFF_MIN_MS;
     r->group_ok = 0; /* a new server may not have the group */
     r->gets_stalled = 0;
+    r->refusal[0] = '\0';
     if (r->shutting_down)
         maybe_finish(r);
     else
@@ -554,12 +581,16 @@ static void on_handshake(redisAsyncContext *ac, void *reply_, void *priv)
     int step = (int)(intptr_t)priv;
     if (reply == NULL) return; /* the connection died: on_disconnect follows */
     if (reply->type == REDIS_REPLY_ERROR) {
-        /* The reply never echoes the password, so it can be logged. */
-        note(r, "%s refused: %s",
-             step == HS_AUTH     ? "AUTH"
-             : step == HS_SELECT ? "SELECT"
-                                 : "PING",
-             reply->str);
+        /* The reply never echoes the password, so it can be logged: once,
+         * not at every retry, unless Redis's answer changes. */
+        char why[sizeof(r->refusal)];
+        snprintf(why, sizeof(why), "%s refused: %s",
+                 step == HS_AUTH     ? "AUTH"
+                 : step == HS_SELECT ? "SELECT"
+                                     : "PING",
+                 reply->str);
+        if (strcmp(why, r->refusal) != 0) note(r, "%s", why);
+        memcpy(r->refusal, why, sizeof(why));
         redisAsyncDisconnect(ac);
         return;
     }
@@ -788,7 +819,6 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     e->control_dirty = 0;
     x->ctl_cas = 0;
     x->ctl_init = 0;
-    b->err_tries = 0;
     b->active = 1;
 }
 
@@ -1138,29 +1168,38 @@ static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv)
         b->failed = 1;
         r->st.sync_errors++;
     } else if (reply != NULL && reply->type == REDIS_REPLY_ARRAY &&
-               reply->elements == 1 + 2 * b->n_arms) {
+               reply->elements == 2 + 2 * b->n_arms) {
+        const redisReply *failed = reply->element[1 + 2 * b->n_arms];
         apply_snapshot(x, reply);
         b->active = 0;
+        if (x->refused) note(r, "write of experiment %s accepted again", x->pub.name);
+        x->refused = 0;
+        if (failed->type == REDIS_REPLY_STRING && failed->len > 0) {
+            /* Applied but for the commands Redis refused in it: logged
+             * once per distinct answer, not once per round. */
+            r->st.sync_errors++;
+            if (strncmp(x->partial, failed->str, sizeof(x->partial) - 1) != 0)
+                note(r,
+                     "write of experiment %s applied in part: %s; what the refused commands "
+                     "carried is lost",
+                     x->pub.name, failed->str);
+            snprintf(x->partial, sizeof(x->partial), "%s", failed->str);
+        }
     } else {
+        /* Lost (NULL: the connection dropped), or refused. A script
+         * refused before its first write (OOM, a read-only replica, a
+         * failed save) changed nothing; one that failed after it (a key of
+         * the wrong type at the final HGETALL) is a no-op when sent again
+         * (SYNC_SCRIPT). So it is kept and sent again every round, like a
+         * lost one, until Redis takes it: dropping it would lose what was
+         * acknowledged. The store says it is down meanwhile
+         * (store_redis_writable). */
         b->failed = 1;
         r->st.sync_errors++;
-        if (reply != NULL) {
-            /* Redis answered with an error: retrying may not help. */
-            if (++b->err_tries == 1)
-                note(r, "write of experiment %s failed: %s", x->pub.name,
-                     reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
-            if (b->err_tries >= ERR_TRIES_MAX) {
-                for (size_t i = 0; i < b->n_arms; i++) {
-                    x->pub.dropped += b->deltas[i].pulls + b->deltas[i].feedback +
-                                      b->deltas[i].errors + b->ans_deltas[i].answers;
-                    int a = store_arm_index(&x->pub, b->arm_names[i]);
-                    if (a < MM_MAX_ARMS && b->ans_gen == x->ans_gen)
-                        store_answers_sub(&x->pub.answers_local[a], &b->ans_deltas[i]);
-                }
-                note(r, "dropped a write of experiment %s after %d errors", x->pub.name,
-                     ERR_TRIES_MAX);
-                b->active = 0;
-            }
+        if (reply != NULL && !x->refused) {
+            x->refused = 1;
+            note(r, "write of experiment %s refused: %s; kept, and sent again every round",
+                 x->pub.name, reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
         }
     }
     round_part_done(r);
@@ -1709,10 +1748,15 @@ static void on_group_reply(redisAsyncContext *ac, void *reply_, void *priv)
     MM_UNUSED(priv);
     r->outstanding--;
     if (reply != NULL) {
-        if (reply->type != REDIS_REPLY_ERROR || strncmp(reply->str, "BUSYGROUP", 9) == 0)
+        if (reply->type != REDIS_REPLY_ERROR || strncmp(reply->str, "BUSYGROUP", 9) == 0) {
+            if (r->group_err_logged) note(r, "XGROUP CREATE %s: done", r->stream_key);
             r->group_ok = 1;
-        else
-            note(r, "XGROUP CREATE %s: %s", r->stream_key, reply->str);
+            r->group_err_logged = 0;
+        } else if (!r->group_err_logged) { /* tried again every round: logged once */
+            note(r, "XGROUP CREATE %s: %s; the feedback stream is not read until it succeeds",
+                 r->stream_key, reply->str);
+            r->group_err_logged = 1;
+        }
     }
     round_part_done(r);
 }
@@ -2167,6 +2211,14 @@ void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined)
 int store_redis_up(const store_redis_t *r)
 {
     return r->up;
+}
+
+int store_redis_writable(const store_redis_t *r)
+{
+    if (!r->up) return 0;
+    for (size_t i = 0; i < r->s->n_exps; i++)
+        if (r->s->exps[i]->refused) return 0;
+    return 1;
 }
 
 void store_redis_stats(const store_redis_t *r, store_stats_t *out)
