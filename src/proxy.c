@@ -999,9 +999,6 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
     int client_11 = r->http_minor >= 1;
     int decode = resp->chunked && !client_11; /* HTTP/1.0 clients cannot take chunked */
     if (decode || resp->until_eof || !r->body_done) r->keep_alive = 0;
-    if (resp->no_body && !resp->has_length && resp->status != 204 && resp->status != 304) {
-        /* HEAD answer: pass the length header through as the server sent it */
-    }
     up_set_decode(uc, decode);
 
     mm_buf_t *b = &r->out;
