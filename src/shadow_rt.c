@@ -5,8 +5,9 @@
  * primary's answer), so the client's connection and request can finish and
  * go away at any time: a slow or dead shadow never delays, changes or fails
  * the primary answer and never holds the client's connection. Mirrors start
- * as soon as the request body is complete, concurrently with the primary
- * exchange; each is a leg (leg.c) with its own timeout. Legs hold no libuv
+ * as soon as the request body is complete (right after the primary's
+ * request is written, when that goes out at once), concurrently with the
+ * primary exchange; each is a leg (leg.c) with its own timeout. Legs hold no libuv
  * handle, so a complete group is released at once.
  *
  * Bounded: max_inflight per shadow arm, max_body_bytes (larger bodies are not
