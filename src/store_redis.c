@@ -356,6 +356,16 @@ static void note(const store_redis_t *r, const char *fmt, ...)
     mm_log("store: redis %s:%d: %s", r->s->cfg.host, r->s->cfg.port, msg);
 }
 
+/* Whether `now` differs from the condition last logged in `last` (cap
+ * bytes), which then becomes `now`: a condition met every retry or round is
+ * logged when it starts and when Redis's answer changes, not each time. */
+static int changed(char *last, size_t cap, const char *now)
+{
+    if (strncmp(last, now, cap - 1) == 0) return 0;
+    snprintf(last, cap, "%s", now);
+    return 1;
+}
+
 static int can_send(const store_redis_t *r)
 {
     return r->ac != NULL && r->up && !(r->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING));
@@ -589,8 +599,7 @@ static void on_handshake(redisAsyncContext *ac, void *reply_, void *priv)
                  : step == HS_SELECT ? "SELECT"
                                      : "PING",
                  reply->str);
-        if (strcmp(why, r->refusal) != 0) note(r, "%s", why);
-        memcpy(r->refusal, why, sizeof(why));
+        if (changed(r->refusal, sizeof(r->refusal), why)) note(r, "%s", why);
         redisAsyncDisconnect(ac);
         return;
     }
@@ -1178,12 +1187,11 @@ static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv)
             /* Applied but for the commands Redis refused in it: logged
              * once per distinct answer, not once per round. */
             r->st.sync_errors++;
-            if (strncmp(x->partial, failed->str, sizeof(x->partial) - 1) != 0)
+            if (changed(x->partial, sizeof(x->partial), failed->str))
                 note(r,
                      "write of experiment %s applied in part: %s; what the refused commands "
                      "carried is lost",
                      x->pub.name, failed->str);
-            snprintf(x->partial, sizeof(x->partial), "%s", failed->str);
         }
     } else {
         /* Lost (NULL: the connection dropped), or refused. A script
