@@ -72,7 +72,7 @@ struct up_conn_s {
     int writing;
     int decode;
     int kick;        /* run the parser once with no input: a zero-length body ends so */
-    int eof_pending; /* close-delimited body ended while the user held bytes */
+    int eof_pending; /* EOF read while the user held bytes (see uc_eof) */
     int headers_done, msg_done;
     int got_bytes;
     int req_open; /* the user has more request bytes to come (up_write's last == 0) */
@@ -516,6 +516,35 @@ static void stop_reading(up_conn_t *c)
 
 static void start_reading(up_conn_t *c);
 
+/* The model server closed its side during an exchange. What it sent
+ * before the EOF counts first: bytes the user still holds, or bytes read
+ * ahead while it held them (a slow client), are passed on before the EOF
+ * is acted on. Failing at once would cut off a whole answer sent just
+ * before a `Connection: close`. Then: an answer already whole only means
+ * the connection is not reused; a close-delimited body ends here; anything
+ * else was cut off. */
+static void uc_eof(up_conn_t *c)
+{
+    c->resp.keep_alive = 0;
+    if (c->paused || c->rpos < c->rlen) {
+        c->eof_pending = 1; /* acted on when up_resume has passed the rest on */
+        stop_reading(c);
+        return;
+    }
+    if (c->phase == PH_DONE) {
+        stop_reading(c);
+        return;
+    }
+    if (c->phase == PH_BODY && c->resp.until_eof) {
+        llhttp_finish(&c->parser);
+        c->msg_done = 1;
+        c->phase = PH_DONE;
+        c->user->ops->on_done(c->user, c);
+        return;
+    }
+    uc_fail(c, UP_ERR_RESET);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     up_conn_t *c = s->data;
@@ -539,18 +568,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             return;
         }
         if (c->state != UC_BUSY) return;
-        if (nread == UV_EOF && c->phase == PH_BODY && c->resp.until_eof && !c->paused) {
-            llhttp_finish(&c->parser); /* close-delimited body: EOF ends it */
-            c->resp.keep_alive = 0;
-            c->msg_done = 1;
-            c->phase = PH_DONE;
-            up_user_t *u = c->user;
-            u->ops->on_done(u, c);
-            return;
-        }
-        if (nread == UV_EOF && c->phase == PH_BODY && c->resp.until_eof) {
-            c->eof_pending = 1; /* finish after the user resumes */
-            stop_reading(c);
+        if (nread == UV_EOF) {
+            uc_eof(c);
             return;
         }
         uc_fail(c, UP_ERR_RESET);
@@ -864,19 +883,18 @@ void up_resume(up_conn_t *c)
      * inactivity count starts now, and a timer that lapsed meanwhile runs
      * again (no clock read, and no timer operation while it is armed). */
     arm_response_timer(c);
-    if (c->eof_pending) { /* EOF arrived while the user held the bytes */
-        c->eof_pending = 0;
-        if (c->rpos == c->rlen) {
-            c->resp.keep_alive = 0;
-            c->msg_done = 1;
-            c->phase = PH_DONE;
-            c->user->ops->on_done(c->user, c);
-            return;
-        }
-    }
     if (c->rpos == c->rlen && !c->in_process) c->rpos = c->rlen = 0;
     uc_process(c);
-    if (c->state == UC_BUSY && !c->paused && c->phase != PH_DONE) start_reading(c);
+    if (c->state != UC_BUSY || c->paused) return;
+    if (c->eof_pending) {
+        /* Nested in uc_process (the user resumed from its callback): the
+         * outer run passes the rest on, and the next resume acts. */
+        if (c->in_process || c->rpos < c->rlen) return;
+        c->eof_pending = 0;
+        uc_eof(c);
+        return;
+    }
+    if (c->phase != PH_DONE) start_reading(c);
 }
 
 void up_release(up_conn_t *c, int reusable)
