@@ -50,11 +50,17 @@ static inline void rig_write_config(rig_t *t, const char *json)
     assert_int_equal(fclose(f), 0);
 }
 
-static inline void rig_start(rig_t *t, const char *json)
+/* The loop alone: fake model servers (below) start on it before the config
+ * that names their ports exists. Then rig_serve. */
+static inline void rig_init(rig_t *t)
 {
-    char err[512];
     memset(t, 0, sizeof(*t));
     assert_int_equal(uv_loop_init(&t->loop), 0);
+}
+
+static inline void rig_serve(rig_t *t, const char *json)
+{
+    char err[512];
     snprintf(t->path, sizeof(t->path), "/tmp/mm-rig-XXXXXX");
     int fd = mkstemp(t->path);
     assert_true(fd >= 0);
@@ -85,18 +91,27 @@ static inline void rig_start(rig_t *t, const char *json)
     t->admin_port = rig_port(&s->admin_listener);
 }
 
+static inline void rig_start(rig_t *t, const char *json)
+{
+    rig_init(t);
+    rig_serve(t, json);
+}
+
+/* Fake model servers must be stopped first (rig_model_stop), or the loop
+ * would never run dry. Mirrors and fan-out legs still in flight end as at
+ * their deadline. */
 static inline void rig_stop(rig_t *t)
 {
     mm_server_t *s = &t->srv;
     uv_close((uv_handle_t *)&s->listener, NULL);
     uv_close((uv_handle_t *)&s->admin_listener, NULL);
     proxy_close_all(s);
-    uv_run(&t->loop, UV_RUN_DEFAULT); /* connections and mirrors close */
-    leg_clock_close(&s->legs);
-    shadow_cache_free(&s->shadows);
+    leg_clock_expire(&s->legs);
     router_unref(s->router);
     store_destroy(s->store);
+    leg_clock_close(&s->legs);
     uv_run(&t->loop, UV_RUN_DEFAULT);
+    shadow_cache_free(&s->shadows);
     assert_int_equal(uv_loop_close(&t->loop), 0);
     metrics_free(&s->metrics);
     free(s->config_path);
@@ -288,6 +303,166 @@ static inline void rig_assert_message_has(const rig_resp_t *r, const char *part)
     const char *msg = json_string_value(json_object_get(r->json, "message"));
     if (msg == NULL || strstr(msg, part) == NULL)
         fail_msg("message \"%s\" lacks \"%s\"", msg ? msg : "(none)", part);
+}
+
+/* ---- a fake model server ----
+ *
+ * Accepts any number of connections and reads requests on each (a head, and
+ * a body by Content-Length); per request it does what `mode` says: write
+ * `answer` (keep-alive: the answer must frame itself), close the connection
+ * without a word (a transport failure for the proxy), or never answer (a
+ * hung model: the connection closes when the model stops). It records how
+ * many requests came and the last one, head and body. */
+
+enum { MODEL_ANSWER = 0, MODEL_CLOSE, MODEL_HANG };
+
+typedef struct rig_model_s rig_model_t;
+
+typedef struct rig_mconn_s {
+    uv_tcp_t tcp;
+    uv_write_t wreq;
+    rig_model_t *m;
+    struct rig_mconn_s *next;
+    mm_buf_t in;
+    int closing;
+} rig_mconn_t;
+
+struct rig_model_s {
+    uv_tcp_t listener;
+    int port;
+    int mode;
+    const char *answer;
+    int requests;
+    mm_buf_t last; /* the last request, head and body, NUL-terminated */
+    rig_mconn_t *conns;
+};
+
+static inline void rig_m_closed(uv_handle_t *h)
+{
+    rig_mconn_t *c = h->data;
+    rig_mconn_t **pp = &c->m->conns;
+    while (*pp != c) pp = &(*pp)->next;
+    *pp = c->next;
+    mm_buf_free(&c->in);
+    free(c);
+}
+
+static inline void rig_m_close(rig_mconn_t *c)
+{
+    if (c->closing) return;
+    c->closing = 1;
+    uv_close((uv_handle_t *)&c->tcp, rig_m_closed);
+}
+
+static inline void rig_m_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    rig_mconn_t *c = h->data;
+    (void)hint;
+    mm_buf_reserve(&c->in, 65536);
+    *b = uv_buf_init(c->in.p + c->in.len, 65536);
+}
+
+static inline void rig_m_written(uv_write_t *w, int status)
+{
+    (void)w;
+    (void)status;
+}
+
+/* Whole requests at the front of c->in: record and serve each. */
+static inline void rig_m_serve(rig_mconn_t *c)
+{
+    rig_model_t *m = c->m;
+    for (;;) {
+        const char *end = c->in.len ? memmem(c->in.p, c->in.len, "\r\n\r\n", 4) : NULL;
+        if (end == NULL) return;
+        size_t head = (size_t)(end + 4 - c->in.p), body = 0;
+        for (const char *p = c->in.p; p < end; p++)
+            if ((p == c->in.p || p[-1] == '\n') && strncasecmp(p, "content-length:", 15) == 0)
+                body = strtoull(p + 15, NULL, 10);
+        if (c->in.len < head + body) return;
+        m->requests++;
+        mm_buf_reset(&m->last);
+        mm_buf_append(&m->last, c->in.p, head + body);
+        mm_buf_append(&m->last, "", 1);
+        m->last.len--;
+        memmove(c->in.p, c->in.p + head + body, c->in.len - head - body);
+        c->in.len -= head + body;
+        if (m->mode == MODEL_CLOSE) {
+            rig_m_close(c);
+            return;
+        }
+        if (m->mode == MODEL_HANG) continue;
+        size_t n = strlen(m->answer);
+        const char *end_head = strstr(m->answer, "\r\n\r\n");
+        if (strncmp(m->last.p, "HEAD ", 5) == 0 && end_head) /* the head alone */
+            n = (size_t)(end_head + 4 - m->answer);
+        uv_buf_t b = uv_buf_init((char *)m->answer, (unsigned)n);
+        uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, rig_m_written);
+    }
+}
+
+static inline void rig_m_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    rig_mconn_t *c = s->data;
+    (void)b;
+    if (n < 0) {
+        rig_m_close(c);
+        return;
+    }
+    c->in.len += (size_t)n;
+    rig_m_serve(c);
+}
+
+static inline void rig_m_accept(uv_stream_t *l, int status)
+{
+    rig_model_t *m = l->data;
+    assert_int_equal(status, 0);
+    rig_mconn_t *c = calloc(1, sizeof(*c));
+    c->m = m;
+    mm_buf_init(&c->in);
+    uv_tcp_init(l->loop, &c->tcp);
+    c->tcp.data = c;
+    c->next = m->conns;
+    m->conns = c;
+    assert_int_equal(uv_accept(l, (uv_stream_t *)&c->tcp), 0);
+    uv_read_start((uv_stream_t *)&c->tcp, rig_m_alloc, rig_m_read);
+}
+
+/* Listen on 127.0.0.1, a free port (m->port), before the config that
+ * names it is built. */
+static inline void rig_model_start(uv_loop_t *loop, rig_model_t *m, int mode, const char *answer)
+{
+    memset(m, 0, sizeof(*m));
+    m->mode = mode;
+    m->answer = answer;
+    mm_buf_init(&m->last);
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    uv_tcp_init(loop, &m->listener);
+    m->listener.data = m;
+    assert_int_equal(uv_tcp_bind(&m->listener, (const struct sockaddr *)&a, 0), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&m->listener, 64, rig_m_accept), 0);
+    m->port = rig_port(&m->listener);
+}
+
+/* Close the listener and every connection (before rig_stop). */
+static inline void rig_model_stop(rig_model_t *m)
+{
+    uv_close((uv_handle_t *)&m->listener, NULL);
+    for (rig_mconn_t *c = m->conns; c; c = c->next) rig_m_close(c);
+}
+
+static inline void rig_model_free(rig_model_t *m)
+{
+    assert_null(m->conns); /* the loop has run since rig_model_stop */
+    mm_buf_free(&m->last);
+}
+
+/* Run the loop until no mirror is in flight (each ends by its timeout at
+ * the latest). */
+static inline void rig_run_mirrors(rig_t *t)
+{
+    while (t->srv.shadows.active > 0) uv_run(&t->loop, UV_RUN_ONCE);
 }
 
 #endif
