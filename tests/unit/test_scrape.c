@@ -1,0 +1,204 @@
+/* test_scrape.c — a --workers group's GET /metrics and admin syncs
+ * (scrape.h), with this process as worker 0 of two and a fake sibling
+ * (rig.h's model server) as worker 1 on its private port.
+ *
+ * The sibling answers with an exposition rendered by this very server, so
+ * what the merge must give is known exactly: counters summed
+ * (modelmux_reloads_total 3 + 3), modelmux_workers 2 and
+ * modelmux_workers_reporting 2; a sibling that fails is left out (1
+ * reporting, our 3 alone) and the scrape still answers 200. An admin change
+ * in a group is answered after the sibling was asked to sync. The private
+ * listener itself (CONN_WORKER, admin.c) serves only /metrics — this
+ * worker's alone — and the sync path, with the token. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <cmocka.h>
+
+#include "metrics_render.h"
+#include "rig.h"
+#include "scrape.h"
+
+#define AUTH "Authorization: Bearer tok\r\n"
+
+typedef struct {
+    rig_t t;
+    rig_model_t sibling;
+    int private_port;
+    mm_buf_t answer; /* the sibling's canned answer */
+} fx_t;
+
+static int private_listener(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(fd, 16), 0);
+    socklen_t len = sizeof(a);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+static void fx_start(fx_t *f, int sibling_mode)
+{
+    memset(f, 0, sizeof(*f));
+    rig_init(&f->t);
+    rig_model_start(&f->t.loop, &f->sibling, sibling_mode, NULL);
+    rig_serve(&f->t,
+              "{\"listen\": \"127.0.0.1:18080\",\n"
+              " \"admin\": {\"listen\": \"127.0.0.1:19090\", \"token\": \"tok\"},\n"
+              " \"upstreams\": {\"a\": {\"url\": \"http://127.0.0.1:17001\"},\n"
+              "               \"b\": {\"url\": \"http://127.0.0.1:17002\"}},\n"
+              " \"experiments\": [\n"
+              "  {\"name\": \"rank\", \"match\": {\"path_prefix\": \"/v1/rank\"}, \"policy\": "
+              "\"ab\",\n"
+              "   \"arms\": {\"a\": 90, \"b\": 10}}\n ]}\n");
+    mm_server_t *s = &f->t.srv;
+    s->reloads = 3;
+    mm_buf_t body;
+    mm_buf_init(&body);
+    metrics_render(s, &body);
+    mm_buf_init(&f->answer);
+    mm_buf_printf(&f->answer,
+                  "HTTP/1.1 200 OK\r\nContent-Type: " MM_METRICS_CONTENT_TYPE
+                  "\r\nContent-Length: %zu\r\n\r\n",
+                  body.len);
+    mm_buf_append(&f->answer, body.p, body.len);
+    mm_buf_append(&f->answer, "", 1);
+    mm_buf_free(&body);
+    f->sibling.answer = f->answer.p;
+    int fd = private_listener(&f->private_port);
+    int ports[2] = {f->private_port, f->sibling.port};
+    char err[256];
+    if (scrape_group_start(s, 2, 0, fd, ports, err, sizeof(err)) != 0) fail_msg("%s", err);
+    assert_true(scrape_group_active(s));
+}
+
+static void fx_stop(fx_t *f)
+{
+    mm_server_t *s = &f->t.srv;
+    uv_close((uv_handle_t *)&s->group.listener, NULL);
+    scrape_group_free(s);
+    rig_model_stop(&f->sibling);
+    rig_stop(&f->t);
+    rig_model_free(&f->sibling);
+    mm_buf_free(&f->answer);
+}
+
+static void assert_line(const char *text, const char *line)
+{
+    size_t n = strlen(line);
+    for (const char *p = text; (p = strstr(p, line)) != NULL; p++)
+        if ((p == text || p[-1] == '\n') && p[n] == '\n') return;
+    fail_msg("missing line: %s", line);
+}
+
+static void assert_no_line(const char *text, const char *prefix)
+{
+    for (const char *p = text; (p = strstr(p, prefix)) != NULL; p++)
+        if (p == text || p[-1] == '\n') fail_msg("unexpected line: %s", prefix);
+}
+
+static void test_scrape_merges_the_sibling(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_start(&f, MODEL_ANSWER);
+    rig_resp_t r;
+    rig_call(&f.t, f.t.admin_port, "GET", "/metrics", AUTH, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_line(r.body, "modelmux_reloads_total 6");
+    assert_line(r.body, "modelmux_workers 2");
+    assert_line(r.body, "modelmux_workers_reporting 2");
+    rig_resp_free(&r);
+    /* asked on its private listener, with the token */
+    assert_int_equal(f.sibling.requests, 1);
+    assert_true(strncmp(f.sibling.last.p, "GET /metrics HTTP/1.1\r\n", 23) == 0);
+    assert_non_null(strstr(f.sibling.last.p, "\r\nAuthorization: Bearer tok\r\n"));
+    fx_stop(&f);
+}
+
+static void test_a_failing_sibling_is_left_out(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_start(&f, MODEL_CLOSE);
+    rig_resp_t r;
+    rig_call(&f.t, f.t.admin_port, "GET", "/metrics", AUTH, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_line(r.body, "modelmux_reloads_total 3");
+    assert_line(r.body, "modelmux_workers 2");
+    assert_line(r.body, "modelmux_workers_reporting 1");
+    rig_resp_free(&r);
+    fx_stop(&f);
+}
+
+/* A change in a group: the sibling is asked to sync before the answer. */
+static void test_admin_change_syncs_the_sibling(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_start(&f, MODEL_ANSWER);
+    rig_resp_t r;
+    rig_call(&f.t, f.t.admin_port, "PUT", "/experiments/rank/weights", AUTH,
+             "{\"a\": 50, \"b\": 50}", &r);
+    assert_int_equal(r.status, 200);
+    rig_resp_free(&r);
+    assert_int_equal(f.sibling.requests, 1);
+    assert_true(strncmp(f.sibling.last.p, "POST " SCRAPE_SYNC_PATH " HTTP/1.1\r\n", 27) == 0);
+    assert_true(rig_exp(&f.t, "rank")->state->control.weights[1] == 50);
+    fx_stop(&f);
+}
+
+/* This worker's private listener: /metrics (its own) and the sync path,
+ * with the token; nothing else. */
+static void test_private_listener_serves_siblings_only(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_start(&f, MODEL_ANSWER);
+    rig_resp_t r;
+    rig_call(&f.t, f.private_port, "GET", "/metrics", AUTH, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_line(r.body, "modelmux_reloads_total 3");
+    assert_no_line(r.body, "modelmux_workers"); /* not a gathered answer */
+    rig_resp_free(&r);
+    assert_int_equal(f.sibling.requests, 0); /* and no sibling was asked */
+
+    rig_call(&f.t, f.private_port, "POST", SCRAPE_SYNC_PATH, AUTH, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(json_string_value(json_object_get(r.json, "status")), "synced");
+    rig_resp_free(&r);
+
+    rig_call(&f.t, f.private_port, "GET", "/metrics", NULL, NULL, &r);
+    rig_assert_error(&r, 401, "unauthorized");
+    rig_resp_free(&r);
+    rig_call(&f.t, f.private_port, "GET", "/experiments", AUTH, NULL, &r);
+    rig_assert_error(&r, 404, "not_found");
+    rig_resp_free(&r);
+    rig_call(&f.t, f.private_port, "GET", SCRAPE_SYNC_PATH, AUTH, NULL, &r);
+    rig_assert_error(&r, 405, "method_not_allowed");
+    rig_resp_free(&r);
+    /* the sync path is for siblings only, not on the admin listener */
+    rig_call(&f.t, f.t.admin_port, "POST", SCRAPE_SYNC_PATH, AUTH, NULL, &r);
+    rig_assert_error(&r, 404, "not_found");
+    rig_resp_free(&r);
+    fx_stop(&f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scrape_merges_the_sibling),
+        cmocka_unit_test(test_a_failing_sibling_is_left_out),
+        cmocka_unit_test(test_admin_change_syncs_the_sibling),
+        cmocka_unit_test(test_private_listener_serves_siblings_only),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
