@@ -458,6 +458,25 @@ static inline void rig_model_free(rig_model_t *m)
     mm_buf_free(&m->last);
 }
 
+/* Stop two fake model servers and the server core, then free the models. */
+static inline void rig_stop_with_models(rig_t *t, rig_model_t *a, rig_model_t *b)
+{
+    rig_model_stop(a);
+    rig_model_stop(b);
+    rig_stop(t);
+    rig_model_free(a);
+    rig_model_free(b);
+}
+
+/* A cmocka group teardown for a rig allocated by the group's setup. */
+static inline int rig_teardown(void **state)
+{
+    rig_t *t = *state;
+    rig_stop(t);
+    free(t);
+    return 0;
+}
+
 /* Run the loop until no mirror is in flight (each ends by its timeout at
  * the latest). */
 static inline void rig_run_mirrors(rig_t *t)

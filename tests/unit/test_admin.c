@@ -58,14 +58,6 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
-{
-    rig_t *t = *state;
-    rig_stop(t);
-    free(t);
-    return 0;
-}
-
 static void call(rig_t *t, const char *method, const char *path, const char *body, rig_resp_t *r)
 {
     rig_call(t, t->admin_port, method, path, AUTH, body, r);
@@ -506,7 +498,7 @@ static void test_reload_swaps_the_config_or_keeps_the_old(void **state)
 
 int main(void)
 {
-#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, rig_teardown)
     const struct CMUnitTest tests[] = {
         T(test_health_and_readiness_need_no_token),
         T(test_token_is_required_everywhere_else),

@@ -54,11 +54,7 @@ static void fx_start(fx_t *f, int a_mode, int b_mode, int timeout_ms)
 
 static void fx_stop(fx_t *f)
 {
-    rig_model_stop(&f->a);
-    rig_model_stop(&f->b);
-    rig_stop(&f->t);
-    rig_model_free(&f->a);
-    rig_model_free(&f->b);
+    rig_stop_with_models(&f->t, &f->a, &f->b);
 }
 
 static const arm_stats_t *stats(fx_t *f, int arm)

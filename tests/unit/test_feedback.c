@@ -46,14 +46,6 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
-{
-    rig_t *t = *state;
-    rig_stop(t);
-    free(t);
-    return 0;
-}
-
 static const arm_stats_t *stats(rig_t *t, const char *exp, int arm)
 {
     return &rig_exp(t, exp)->state->merged[arm];
@@ -359,7 +351,7 @@ static void test_click_and_reward_targets(void **state)
 
 int main(void)
 {
-#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, rig_teardown)
     const struct CMUnitTest tests[] = {
         T(test_reward_by_request_id_goes_to_its_arm),
         T(test_reward_by_experiment_and_arm),

@@ -61,11 +61,7 @@ static void fx_start(fx_t *f, int a_mode, int b_mode, const char *b_answer, cons
 
 static void fx_stop(fx_t *f)
 {
-    rig_model_stop(&f->a);
-    rig_model_stop(&f->b);
-    rig_stop(&f->t);
-    rig_model_free(&f->a);
-    rig_model_free(&f->b);
+    rig_stop_with_models(&f->t, &f->a, &f->b);
 }
 
 /* The shadow arm's outcome counts: match, mismatch, error, dropped. */
