@@ -725,6 +725,14 @@ void up_cancel(up_pool_t *p, up_user_t *u)
     }
 }
 
+void up_expire(up_pool_t *p, up_user_t *u)
+{
+    if (u->waiting_on != p) return;
+    queue_remove(p, u);
+    p->stats.errors[UP_ERR_OVERFLOW]++;
+    u->ops->on_error(u, NULL, UP_ERR_OVERFLOW, 0);
+}
+
 static void on_written(uv_write_t *w, int status)
 {
     up_conn_t *c = w->data;

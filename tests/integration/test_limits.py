@@ -1,0 +1,87 @@
+"""test_limits — modelmux at and beyond its configured limits.
+
+What an operator who puts it in front of production relies on: a request
+that cannot get an upstream connection waits a bounded time in the pool's
+queue and then gets 503 `overloaded` (never a 408 that blames the client,
+never an unbounded wait), as Envoy's pending requests are bounded by the
+route timeout.
+"""
+import threading
+import time
+
+import mmtest
+from test_proxy import TestCluster, ab, up
+
+TRICKLE_S = 4.0  # how long a /trickle answer keeps its upstream connection busy
+
+
+class Trickle(mmtest.QuietHandler):
+    """/trickle: an answer that keeps coming, a byte every 0.2 s, so the
+    connection is busy for TRICKLE_S without ever being idle long enough
+    for timeout_ms. Anything else: a short answer at once."""
+
+    def answer(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+        if self.path == "/trickle":
+            steps = int(TRICKLE_S / 0.2)
+            self.send_response(200)
+            self.send_header("Content-Length", str(steps))
+            self.end_headers()
+            for _ in range(steps):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+            return
+        body = b'{"score":0.5}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = answer
+
+
+class PoolQueue(TestCluster):
+    def test_a_request_waiting_for_a_pooled_connection_gets_503_after_timeout_ms(self):
+        srv = mmtest.PyUpstream(Trickle)
+        self.addCleanup(srv.close)
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        # pool 1: the trickling answer holds the only connection. idle_timeout_ms
+        # under timeout_ms: the queued body must not be a 408 at idle_timeout_ms.
+        self.cluster.modelmux(mmtest.base_config(
+            port, {"champion": up(srv.port, pool=1, timeout_ms=1500)}, [ab("ab", "/", {"champion": 1})],
+            admin_port=admin, limits={"idle_timeout_ms": 500, "drain_timeout_ms": 2000}))
+        busy = self.raw(port, timeout=10)
+        busy.send(b"GET /trickle HTTP/1.1\r\nHost: t\r\n\r\n")
+        mmtest.eventually(lambda: mmtest.metric_samples(admin, "modelmux_upstream_connections", "state")
+                          .get(("open",)) == 1, timeout=5)
+        got = {}
+
+        def ask(name, req):
+            c = self.raw(port, timeout=10)
+            c.send(req)
+            got[name] = c.response()
+
+        waiters = [threading.Thread(target=ask, args=a) for a in (
+            ("get", b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n"),
+            ("post", b"POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\n\r\n{\"a\":1}"))]
+        for t in waiters:
+            t.start()
+        for t in waiters:
+            t.join()
+        for name in ("get", "post"):
+            self.assertJsonError(got[name], 503, "overloaded")
+            self.assertIn("retry-after", got[name].headers)
+        self.assertEqual(busy.response().status, 200)  # the answer holding the pool was not cut
+        errs = mmtest.metric_samples(admin, "modelmux_upstream_errors_total", "kind")
+        self.assertEqual(errs[("overflow",)], 2)
+        # Nobody is left waiting: the freed connection serves the next request.
+        self.assertEqual(mmtest.request(port, "GET", "/v1/rank")[0], 200)
+        self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_waiting", "upstream"),
+                         {("champion",): 0})
+
+
+if __name__ == "__main__":
+    mmtest.main()
