@@ -4,8 +4,13 @@ What an operator who puts it in front of production relies on: a request
 that cannot get an upstream connection waits a bounded time in the pool's
 queue and then gets 503 `overloaded` (never a 408 that blames the client,
 never an unbounded wait), as Envoy's pending requests are bounded by the
-route timeout.
+route timeout. And one whose soft open file limit is low still serves
+max_connections: modelmux raises it to the hard limit at start, and says
+so when even that is too low.
 """
+import json
+import resource
+import sys
 import threading
 import time
 
@@ -81,6 +86,55 @@ class PoolQueue(TestCluster):
         self.assertEqual(mmtest.request(port, "GET", "/v1/rank")[0], 200)
         self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_waiting", "upstream"),
                          {("champion",): 0})
+
+
+def start_with_fd_limit(cluster, cfg, soft, hard):
+    """modelmux started with RLIMIT_NOFILE (soft, hard), as a shell's
+    ulimit -n or systemd's LimitNOFILE would leave it."""
+    path = cluster.write_config(cfg)
+    setlimit = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (%d, %d)); "
+                "os.execv(sys.argv[1], sys.argv[1:])" % (soft, hard))
+    proc = cluster._start([sys.executable, "-c", setlimit, mmtest.MM_BIN, "-c", path], "modelmux")
+    proc.port = int(cfg["listen"].rsplit(":", 1)[1])
+    mmtest.wait_port(proc.port, proc.p)
+    return proc
+
+
+def open_files(pid):
+    """The process's (soft, hard) open file limit, from /proc."""
+    with open("/proc/%d/limits" % pid) as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+
+
+class FdLimit(TestCluster):
+    def config(self, ms, max_connections):
+        port = mmtest.free_port()
+        return mmtest.base_config(port, {"champion": up(ms.port, pool=4)}, [ab("ab", "/", {"champion": 1})],
+                                  limits={"max_connections": max_connections, "drain_timeout_ms": 2000})
+
+    def test_a_low_soft_limit_is_raised_so_max_connections_are_served(self):
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard != resource.RLIM_INFINITY and hard < 512:
+            self.skipTest("hard open file limit %d" % hard)
+        ms = self.cluster.model_server("champion")
+        mm = start_with_fd_limit(self.cluster, self.config(ms, 150), 64, 512)
+        self.assertEqual(open_files(mm.pid), (512, 512))
+        held = [self.raw(mm.port) for _ in range(150)]  # beyond 64 descriptors
+        for c in held:
+            c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+        for c in held:
+            self.assertEqual(c.response().status, 200)
+        self.assertNotIn("warning: the open file limit", mm.log())
+
+    def test_a_hard_limit_below_what_the_config_needs_is_logged(self):
+        ms = self.cluster.model_server("champion")
+        mm = start_with_fd_limit(self.cluster, self.config(ms, 1000), 64, 128)
+        self.assertEqual(open_files(mm.pid), (128, 128))
+        self.assertIn("warning: the open file limit is 128, but max_connections and the upstream "
+                      "pools can use 1260 descriptors", mm.log())
 
 
 if __name__ == "__main__":
