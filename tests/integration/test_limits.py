@@ -136,6 +136,28 @@ class FdLimit(TestCluster):
         self.assertIn("warning: the open file limit is 128, but max_connections and the upstream "
                       "pools can use 1260 descriptors", mm.log())
 
+    def test_out_of_descriptors_an_upstream_connect_is_a_logged_502(self):
+        # Past the hard limit the kernel refuses sockets: clients accepted
+        # before get a 502 (the model server is fine), and the log says why.
+        ms = self.cluster.model_server("champion")
+        mm = start_with_fd_limit(self.cluster, self.config(ms, 1000), 40, 40)
+        conns = [self.raw(mm.port) for _ in range(40)]
+        statuses = []
+        for c in conns:
+            try:
+                c.send(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+                statuses.append(c.response().status)
+            except (OSError, EOFError):
+                statuses.append(None)  # accepted and closed by libuv at EMFILE
+        self.assertIn(502, statuses)
+        mmtest.eventually(lambda: "upstream champion: cannot open a connection: too many open files"
+                          in mm.log(), timeout=5)
+        self.assertEqual(mm.log().count("cannot open a connection"), 1)  # once per streak
+        for c in conns:
+            c.close()
+        mmtest.eventually(lambda: mmtest.request(mm.port, "GET", "/v1/rank")[0] == 200, timeout=5)
+        mmtest.eventually(lambda: "upstream champion: connections open again" in mm.log(), timeout=5)
+
 
 if __name__ == "__main__":
     mmtest.main()
