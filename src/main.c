@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -141,6 +142,44 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
     uv_loop_close(&loop);
     mm_log("stopped");
     return code;
+}
+
+/* ---- descriptors ----
+ *
+ * Every client connection takes a descriptor, and so does every upstream
+ * connection (at most `pool` per upstream). The soft RLIMIT_NOFILE is often
+ * 1024 while max_connections defaults to 10000; past it accept() fails with
+ * EMFILE, libuv then accepts and closes the waiting connections with no
+ * answer at all (not the 503 of max_connections), and connects to model
+ * servers fail as 502s of healthy upstreams. So the soft limit is raised to
+ * the hard one at start, as Go's runtime and HAProxy do (the hard limit is
+ * the administrator's word), and a limit still below what the config can
+ * use is logged, as nginx warns when worker_connections exceed it. */
+#define FD_RESERVE 256 /* listeners, Redis, the request log, admin, 503s past max_connections */
+
+static void raise_fd_limit(const config_t *cfg)
+{
+    unsigned long long need = (unsigned long long)cfg->limits.max_connections + FD_RESERVE;
+    for (size_t i = 0; i < cfg->n_upstreams; i++)
+        need += (unsigned long long)cfg->upstreams[i].pool;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit want = rl;
+        want.rlim_cur = rl.rlim_max;
+        /* An unlimited hard limit is still capped by fs.nr_open: then ask
+         * for what the config needs. */
+        if (setrlimit(RLIMIT_NOFILE, &want) != 0 && rl.rlim_cur < need) {
+            want.rlim_cur = need < rl.rlim_max ? (rlim_t)need : rl.rlim_max;
+            (void)setrlimit(RLIMIT_NOFILE, &want);
+        }
+        if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+        mm_log("warning: the open file limit is %llu, but max_connections and the upstream pools "
+               "can use %llu descriptors: past the limit new connections are closed without an "
+               "answer (raise ulimit -n, or LimitNOFILE under systemd)",
+               (unsigned long long)rl.rlim_cur, need);
 }
 
 /* ---- the private Redis behind --workers with the memory store ----
@@ -563,6 +602,7 @@ int main(int argc, char **argv)
     }
     cfg_store_t shared;
     const cfg_store_t *override = NULL;
+    raise_fd_limit(cfg); /* before --workers forks: every worker inherits it */
     if (workers > 1) parent_signals_install();
     if (workers > 1 && cfg->store.type == STORE_MEMORY) {
         if (start_private_redis(&shared) != 0) {

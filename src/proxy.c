@@ -43,6 +43,7 @@ static void conn_process(conn_t *c);
 static void pump_body(conn_t *c);
 static void req_finish(conn_t *c);
 static void dispatch(conn_t *c);
+static void acquire(conn_t *c);
 static void send_error(conn_t *c, int status, const char *code, const char *msg);
 static void send_no_route(conn_t *c);
 static const up_user_ops_t proxy_user_ops;
@@ -315,6 +316,10 @@ void conn_on_timer(uv_timer_t *t)
         return;
     }
     c->deadline = 0;
+    if (c->req.user.waiting_on) { /* no pooled connection came free in time */
+        up_expire(c->req.user.waiting_on, &c->req.user);
+        return;
+    }
     switch (c->phase) {
     case C_IDLE:
         conn_close(c);
@@ -428,7 +433,9 @@ void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     c->rlen += (size_t)nread;
-    if (c->phase == C_BODY && !c->req.responding)
+    /* A request waiting for a pooled connection runs the queue's clock
+     * (acquire), not the body's: the wait is ours, not the client's. */
+    if (c->phase == C_BODY && !c->req.responding && !c->req.user.waiting_on)
         conn_deadline(c, server_config(c->srv)->limits.idle_timeout_ms);
     conn_process(c);
     if (!c->closing && c->rlen == c->rcap && (c->pinned || c->phase == C_WAIT)) stop_reading(c);
@@ -880,7 +887,21 @@ static void dispatch(conn_t *c)
         send_error(c, 503, "overloaded", "out of memory");
         return;
     }
+    acquire(c);
+}
+
+/* Ask the arm's pool for a connection. With all `pool` connections busy
+ * the request waits in the pool's queue, for at most the upstream's
+ * timeout_ms (Envoy's route timeout bounds a pending request the same
+ * way): then it is a 503 overloaded (conn_on_timer), safe to retry since
+ * no model server saw it. Unbounded, it waited as long as the queue ahead
+ * of it took to drain; and a body's idle_timeout_ms ran meanwhile, so the
+ * client got a 408 for our wait. */
+static void acquire(conn_t *c)
+{
+    req_t *r = &c->req;
     up_acquire(r->pool, &r->user);
+    if (r->user.waiting_on) conn_deadline(c, up_pool_cfg(r->pool)->timeout_ms);
 }
 
 /* Run the request parser over the bytes not yet parsed; it stops at the
@@ -958,6 +979,11 @@ static void pu_on_conn(up_user_t *u, up_conn_t *uc)
     req_t *r = container_of(u, req_t, user);
     conn_t *c = r->conn;
     r->up = uc;
+    /* Out of the queue, if it waited there: the client's clock again. */
+    if (c->phase == C_BODY)
+        conn_deadline(c, server_config(c->srv)->limits.idle_timeout_ms);
+    else
+        conn_no_deadline(c);
     if (r->retry) {
         /* Resend what the failed exchange was sent: the head and the body
          * bytes forwarded so far (still in the buffer); the rest follows. */
@@ -1107,7 +1133,7 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
         /* The model server closed a keep-alive connection as we reused it. */
         r->retries++;
         r->retry = r->up_head_written;
-        up_acquire(r->pool, &r->user);
+        acquire(c);
         return;
     }
     /* A challenger that failed before answering (refused, reset, died): the
@@ -1121,7 +1147,7 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
         r->retry = r->up_head_written;
         build_upstream_head(c);
         r->pool = r->exp->pools[0];
-        up_acquire(r->pool, &r->user);
+        acquire(c);
         return;
     }
     switch (kind) {

@@ -50,6 +50,7 @@ struct up_pool_s {
     int refresh_open;     /* the timer handle is open (closed on release) */
     int gai_busy;         /* a lookup is in flight: the pool's memory stays */
     int resolve_failing;  /* the last lookup failed (logged once per streak) */
+    int open_failing;     /* the last socket could not be opened (logged once per streak) */
 };
 
 struct up_conn_s {
@@ -665,10 +666,18 @@ static int open_conn(up_pool_t *p, up_user_t *u)
     int rc =
         uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)&p->addr, on_connect);
     if (rc != 0) {
+        /* Refused here, before any packet left: this process is out of
+         * descriptors (EMFILE) or local ports, not the model server's
+         * fault. Said once per streak, or its 502s have no visible cause. */
+        if (!p->open_failing)
+            mm_log("upstream %s: cannot open a connection: %s", p->cfg.name, uv_strerror(rc));
+        p->open_failing = 1;
         c->user = NULL;
         uc_close(c);
         return -1;
     }
+    if (p->open_failing) mm_log("upstream %s: connections open again", p->cfg.name);
+    p->open_failing = 0;
     u->pending_conn = c;
     uv_timer_start(&c->timer, on_timer, (uint64_t)p->cfg.connect_timeout_ms, 0);
     return 0;
@@ -742,6 +751,14 @@ void up_cancel(up_pool_t *p, up_user_t *u)
         u->pending_conn->user = NULL;
         u->pending_conn = NULL;
     }
+}
+
+void up_expire(up_pool_t *p, up_user_t *u)
+{
+    if (u->waiting_on != p) return;
+    queue_remove(p, u);
+    p->stats.errors[UP_ERR_OVERFLOW]++;
+    u->ops->on_error(u, NULL, UP_ERR_OVERFLOW, 0);
 }
 
 static void on_written(uv_write_t *w, int status)

@@ -33,7 +33,7 @@ typedef enum {
     UP_ERR_TIMEOUT,         /* timeout_ms passed waiting for the answer */
     UP_ERR_RESET,           /* closed or reset mid-exchange */
     UP_ERR_PROTOCOL,        /* not a valid HTTP answer */
-    UP_ERR_OVERFLOW,        /* pool exhausted and the wait queue full */
+    UP_ERR_OVERFLOW,        /* pool exhausted: the wait queue full, or waited too long */
     UP_ERR__COUNT
 } up_err_t;
 
@@ -101,6 +101,9 @@ void up_pool_drain(up_pool_t *p);
 void up_acquire(up_pool_t *p, up_user_t *u);
 /* Withdraw a user still waiting in the queue or for a connect. */
 void up_cancel(up_pool_t *p, up_user_t *u);
+/* A user that waited in the queue as long as it will: withdrawn, counted as
+ * an overflow and told so by on_error(UP_ERR_OVERFLOW). No-op if not queued. */
+void up_expire(up_pool_t *p, up_user_t *u);
 
 /* Write request bytes (at most 4 buffers; they must stay valid until
  * on_sent). One write at a time. on_sent may run before up_write returns
