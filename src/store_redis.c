@@ -19,7 +19,8 @@
  *     is skipped, and a round where any of these failed sends them all again
  *     (SET is idempotent, and the order is kept);
  *   - XACK of stream entries the receiver applied, XREADGROUP of new ones,
- *     and now and then XPENDING + XCLAIM of entries left by dead consumers.
+ *     and now and then XPENDING + XCLAIM of entries left by dead consumers
+ *     and TRIM_SCRIPT, which deletes the entries every group is done with.
  *
  * Exactly once. A write whose reply is lost (connection dropped, Redis
  * killed) may or may not have been applied. Resending it could count twice,
@@ -1879,6 +1880,48 @@ static void on_xpending_reply(redisAsyncContext *ac, void *reply_, void *priv)
     round_part_done(r);
 }
 
+/* Acknowledged entries stay in a stream until someone deletes them: without
+ * this, PREFIX:feedback would grow by every event ever written (some 50
+ * bytes each), for good. This deletes the entries before the oldest one any
+ * consumer group of the stream still needs: its oldest pending entry, or
+ * after its last-delivered one. Every group counts, so another application's
+ * group on the same stream loses nothing it has not read; a plain XREAD or
+ * XRANGE reader sees only what is newer. Stream ids are compared as decimal
+ * strings (length, then text): Lua's numbers are doubles. Needs XTRIM MINID
+ * (Redis >= 6.2, as XPENDING IDLE does). Returns the entries deleted. */
+static const char TRIM_SCRIPT[] =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+    "local function less(a, b)\n"
+    "  if #a ~= #b then return #a < #b end\n"
+    "  return a < b\n"
+    "end\n"
+    "local function older(a, b)\n"
+    "  local am, as = string.match(a, '^(%d+)-(%d+)$')\n"
+    "  local bm, bs = string.match(b, '^(%d+)-(%d+)$')\n"
+    "  if am ~= bm then return less(am, bm) end\n"
+    "  return less(as, bs)\n"
+    "end\n"
+    "local keep = nil\n"
+    "for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do\n"
+    "  local f = {}\n"
+    "  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end\n"
+    "  local need = f['last-delivered-id']\n"
+    "  if f['pending'] > 0 then need = redis.call('XPENDING', KEYS[1], f['name'])[2] end\n"
+    "  if keep == nil or older(need, keep) then keep = need end\n"
+    "end\n"
+    "if keep == nil then return 0 end\n"
+    "return redis.call('XTRIM', KEYS[1], 'MINID', keep)\n";
+
+static void on_trim_reply(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    store_redis_t *r = ac->data;
+    redisReply *reply = reply_;
+    MM_UNUSED(priv);
+    r->outstanding--;
+    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER) r->st.stream_trimmed += reply->integer;
+    round_part_done(r);
+}
+
 static void on_xack_reply(redisAsyncContext *ac, void *reply_, void *priv)
 {
     store_redis_t *r = ac->data;
@@ -1926,6 +1969,9 @@ static void send_stream(store_redis_t *r)
         if (redisAsyncCommand(r->ac, on_xpending_reply, NULL,
                               "XPENDING %s " GROUP " IDLE %d - + %d", key, r->opts.claim_idle_ms,
                               (int)count) == REDIS_OK)
+            r->outstanding++;
+        if (redisAsyncCommand(r->ac, on_trim_reply, NULL, "EVAL %s 1 %s", TRIM_SCRIPT, key) ==
+            REDIS_OK)
             r->outstanding++;
     }
 }
@@ -2239,6 +2285,7 @@ void store_redis_stats(const store_redis_t *r, store_stats_t *out)
     out->stream_delivered = r->st.stream_delivered;
     out->stream_acked = r->st.stream_acked;
     out->stream_dead = r->st.stream_dead;
+    out->stream_trimmed = r->st.stream_trimmed;
     out->aux_queued = r->aq.n + r->aq_sent.n;
     out->aux_dropped += r->st.aux_dropped;
 }
