@@ -814,6 +814,31 @@ static void test_entries_every_group_is_done_with_are_trimmed(void **state)
     assert_int_equal(st.stream_trimmed, 4);
 }
 
+static void test_pending_entries_are_claimed_page_after_page(void **state)
+{
+    fx_t *f = *state;
+    /* 20 entries a dead instance took and never acknowledged, all at once. */
+    freeReplyObject(cmd(f, "XGROUP CREATE %s:feedback modelmux 0 MKSTREAM", f->prefix));
+    for (int i = 0; i < 20; i++) xadd(f, "r", "1");
+    freeReplyObject(
+        cmd(f, "XREADGROUP GROUP modelmux dead COUNT 100 STREAMS %s:feedback >", f->prefix));
+    assert_int_equal(pending_count(f), 20);
+    store_t *s = f->st[0] = mk_store(f, f->port, 20);
+    stream_rx_t rx = {.s = s};
+    /* Two per page, a pass every 2 s: one page per pass would take 2 of
+     * them every 2 s. */
+    store_stream_opts_t o = {.count = 2, .claim_idle_ms = 4000, .max_deliveries = 3};
+    assert_int_equal(store_stream_subscribe(s, on_msg, &rx, &o), 0);
+    RUN_UNTIL(f, rx.delivered > 0, 8000); /* idle 4 s: the first page is claimed */
+    assert_true(rx.delivered > 0);
+    run_for(f, 1000); /* half a pass: the other pages follow round by round */
+    assert_int_equal(rx.delivered, 20);
+    assert_int_equal(rx.applied, 20);
+    assert_int_equal(rx.max_deliveries_seen, 2);
+    RUN_UNTIL(f, pending_count(f) == 0, 2000);
+    assert_int_equal(pending_count(f), 0);
+}
+
 static void test_lost_reply_is_retried_without_double_counting(void **state)
 {
     fx_t *f = *state;
@@ -1602,6 +1627,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stream_entries_delivered_and_only_applied_ones_acked,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_entries_every_group_is_done_with_are_trimmed, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_pending_entries_are_claimed_page_after_page, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_lost_reply_is_retried_without_double_counting, setup,
                                         teardown),
