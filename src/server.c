@@ -8,7 +8,9 @@
  * Shutdown (SIGTERM/SIGINT) stops accepting, lets in-flight requests and
  * mirrors finish within drain_timeout_ms, then flushes the store and the
  * request log and lets the loop run dry. Mirrors still in flight when the
- * drain timeout passes are timed out then (logged as errors). The legs'
+ * drain timeout passes are timed out then (logged as errors). The request
+ * log gets drain_timeout_ms more to finish its last write; one that never
+ * returns (a stalled pipe) ends the process without it (on_reqlog_stuck). The legs'
  * clock is closed only in server_free, which also frees the shadow groups
  * kept for reuse. */
 #include <signal.h>
@@ -17,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "feedback.h"
 #include "log.h"
@@ -264,18 +267,36 @@ static void close_handle(uv_handle_t *h)
 
 static void on_reqlog_closed(void *arg)
 {
-    (void)arg; /* nothing left: the loop ends when the last handle closes */
+    mm_server_t *srv = arg; /* the last handle: the loop ends when it has closed */
+    close_handle((uv_handle_t *)&srv->drain_timer);
+}
+
+/* The request log's last write has not returned within drain_timeout_ms:
+ * the file is a pipe whose reader stopped reading, or a hung network disk.
+ * The write sits in libuv's thread pool and cannot be cancelled, and libuv
+ * joins its pool's threads at exit, so neither the loop nor exit() would
+ * ever return. The store is flushed; only these log lines are lost. */
+static void on_reqlog_stuck(uv_timer_t *t)
+{
+    mm_server_t *srv = t->data;
+    mm_log("request log: a write has not returned for %d ms (a stalled pipe or disk); exiting "
+           "without it, its lines are lost",
+           server_config(srv)->limits.drain_timeout_ms);
+    _exit(srv->exit_code);
 }
 
 static void on_store_flushed(void *arg)
 {
     mm_server_t *srv = arg;
     if (srv->reqlog) {
+        uv_timer_start(&srv->drain_timer, on_reqlog_stuck,
+                       (uint64_t)server_config(srv)->limits.drain_timeout_ms, 0);
         reqlog_close(srv->reqlog, on_reqlog_closed, srv);
         srv->reqlog = NULL;
+    } else {
+        close_handle((uv_handle_t *)&srv->drain_timer);
     }
     close_handle((uv_handle_t *)&srv->tick_timer);
-    close_handle((uv_handle_t *)&srv->drain_timer);
     close_handle((uv_handle_t *)&srv->sig_hup);
     close_handle((uv_handle_t *)&srv->sig_term);
     close_handle((uv_handle_t *)&srv->sig_int);

@@ -232,6 +232,7 @@ typedef struct {
     uint64_t stream_delivered; /* feedback stream entries handed to the callback */
     uint64_t stream_acked;     /* entries acknowledged (XACK) */
     uint64_t stream_dead;      /* entries acked unapplied after max_deliveries attempts */
+    uint64_t stream_trimmed;   /* entries deleted once every consumer group was done */
     uint64_t aux_entries;      /* per-request data entries in the local map now */
     uint64_t aux_bytes;        /* their size */
     uint64_t aux_evicted;      /* removed before expiry: the map was full */

@@ -19,7 +19,8 @@
  *     is skipped, and a round where any of these failed sends them all again
  *     (SET is idempotent, and the order is kept);
  *   - XACK of stream entries the receiver applied, XREADGROUP of new ones,
- *     and now and then XPENDING + XCLAIM of entries left by dead consumers.
+ *     and now and then XPENDING + XCLAIM of entries left by dead consumers
+ *     and TRIM_SCRIPT, which deletes the entries every group is done with.
  *
  * Exactly once. A write whose reply is lost (connection dropped, Redis
  * killed) may or may not have been applied. Resending it could count twice,
@@ -326,6 +327,7 @@ struct store_redis_s {
     int group_ok;
     int group_err_logged;
     uint64_t last_claim_ms;
+    char claim_from[68]; /* "(ID" after a full XPENDING page: the next page, next round */
     store_msg_t *msgs;
     size_t n_msgs;
 
@@ -1822,13 +1824,30 @@ static void on_dead_ack_reply(redisAsyncContext *ac, void *reply_, void *priv)
     round_part_done(r);
 }
 
+/* Where the next XPENDING page starts: after this full page's last entry,
+ * or (a short page, an error) nowhere, and the next pass waits its turn.
+ * Paging on at once keeps the claim rate above the rate at which entries
+ * go pending: one page per pass (100 entries per 15 s) fell behind for good
+ * as soon as more than 7 feedback events a second named an unknown id, and
+ * the pending list grew without bound. */
+static void claim_next_page(store_redis_t *r, const redisReply *reply, size_t asked)
+{
+    r->claim_from[0] = '\0';
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements < asked) return;
+    const redisReply *last = reply->element[reply->elements - 1];
+    if (last->type != REDIS_REPLY_ARRAY || last->elements < 1) return;
+    const redisReply *id = last->element[0];
+    if (id->type == REDIS_REPLY_STRING && id->len + 2 <= sizeof(r->claim_from))
+        snprintf(r->claim_from, sizeof(r->claim_from), "(%s", id->str);
+}
+
 /* XPENDING IDLE answered: entries idle long enough, held by anyone. */
 static void on_xpending_reply(redisAsyncContext *ac, void *reply_, void *priv)
 {
     store_redis_t *r = ac->data;
     redisReply *reply = reply_;
-    MM_UNUSED(priv);
     r->outstanding--;
+    claim_next_page(r, reply, (size_t)(uintptr_t)priv);
     if (reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 && can_send(r)) {
         size_t n = reply->elements;
         claim_t *c = malloc(sizeof(*c) + n * sizeof(c->e[0]));
@@ -1879,6 +1898,48 @@ static void on_xpending_reply(redisAsyncContext *ac, void *reply_, void *priv)
     round_part_done(r);
 }
 
+/* Acknowledged entries stay in a stream until someone deletes them: without
+ * this, PREFIX:feedback would grow by every event ever written (some 50
+ * bytes each), for good. This deletes the entries before the oldest one any
+ * consumer group of the stream still needs: its oldest pending entry, or
+ * after its last-delivered one. Every group counts, so another application's
+ * group on the same stream loses nothing it has not read; a plain XREAD or
+ * XRANGE reader sees only what is newer. Stream ids are compared as decimal
+ * strings (length, then text): Lua's numbers are doubles. Needs XTRIM MINID
+ * (Redis >= 6.2, as XPENDING IDLE does). Returns the entries deleted. */
+static const char TRIM_SCRIPT[] =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+    "local function less(a, b)\n"
+    "  if #a ~= #b then return #a < #b end\n"
+    "  return a < b\n"
+    "end\n"
+    "local function older(a, b)\n"
+    "  local am, as = string.match(a, '^(%d+)-(%d+)$')\n"
+    "  local bm, bs = string.match(b, '^(%d+)-(%d+)$')\n"
+    "  if am ~= bm then return less(am, bm) end\n"
+    "  return less(as, bs)\n"
+    "end\n"
+    "local keep = nil\n"
+    "for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do\n"
+    "  local f = {}\n"
+    "  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end\n"
+    "  local need = f['last-delivered-id']\n"
+    "  if f['pending'] > 0 then need = redis.call('XPENDING', KEYS[1], f['name'])[2] end\n"
+    "  if keep == nil or older(need, keep) then keep = need end\n"
+    "end\n"
+    "if keep == nil then return 0 end\n"
+    "return redis.call('XTRIM', KEYS[1], 'MINID', keep)\n";
+
+static void on_trim_reply(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    store_redis_t *r = ac->data;
+    redisReply *reply = reply_;
+    MM_UNUSED(priv);
+    r->outstanding--;
+    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER) r->st.stream_trimmed += reply->integer;
+    round_part_done(r);
+}
+
 static void on_xack_reply(redisAsyncContext *ac, void *reply_, void *priv)
 {
     store_redis_t *r = ac->data;
@@ -1921,13 +1982,19 @@ static void send_stream(store_redis_t *r)
         r->outstanding++;
     uint64_t now = mm_now_ms();
     uint64_t every = (uint64_t)r->opts.claim_idle_ms / 2;
-    if (now - r->last_claim_ms >= every) {
+    int next_page = r->claim_from[0] != '\0';
+    int new_pass = !next_page && now - r->last_claim_ms >= every;
+    if (new_pass) {
         r->last_claim_ms = now;
-        if (redisAsyncCommand(r->ac, on_xpending_reply, NULL,
-                              "XPENDING %s " GROUP " IDLE %d - + %d", key, r->opts.claim_idle_ms,
-                              (int)count) == REDIS_OK)
+        if (redisAsyncCommand(r->ac, on_trim_reply, NULL, "EVAL %s 1 %s", TRIM_SCRIPT, key) ==
+            REDIS_OK)
             r->outstanding++;
     }
+    if ((next_page || new_pass) &&
+        redisAsyncCommand(r->ac, on_xpending_reply, (void *)(uintptr_t)count,
+                          "XPENDING %s " GROUP " IDLE %d %s + %d", key, r->opts.claim_idle_ms,
+                          next_page ? r->claim_from : "-", (int)count) == REDIS_OK)
+        r->outstanding++;
 }
 
 int store_redis_subscribe(store_redis_t *r, store_stream_cb cb, void *arg,
@@ -1946,6 +2013,7 @@ int store_redis_subscribe(store_redis_t *r, store_stream_cb cb, void *arg,
     r->stream_arg = arg;
     r->group_ok = 0;
     r->last_claim_ms = 0;
+    r->claim_from[0] = '\0';
     return 0;
 }
 
@@ -2239,6 +2307,7 @@ void store_redis_stats(const store_redis_t *r, store_stats_t *out)
     out->stream_delivered = r->st.stream_delivered;
     out->stream_acked = r->st.stream_acked;
     out->stream_dead = r->st.stream_dead;
+    out->stream_trimmed = r->st.stream_trimmed;
     out->aux_queued = r->aq.n + r->aq_sent.n;
     out->aux_dropped += r->st.aux_dropped;
 }

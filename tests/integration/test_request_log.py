@@ -14,10 +14,17 @@ docs/admin-metrics-log.md "Request log"), black box.
   4. a shadow experiment's request whose body is too large to mirror is
      still logged with its body (its first 64 KiB): the line had an empty
      body_b64 whenever the body was over the shadow's max_body_bytes.
+  5. SIGTERM exits, with status 0 and within about drain_timeout_ms, even
+     when a write to the log never returns (a FIFO whose reader stopped
+     reading): it used to wait for that write forever.
 """
 import base64
 import json
+import os
+import signal
 import socket
+import subprocess
+import time
 
 import mmtest
 
@@ -157,6 +164,35 @@ class ShadowUnmirroredBodies(mmtest.MMTestCase):
                              ["mismatch" if rid == "fits" else "dropped"], rid)
         dropped = mmtest.metric_samples(admin, "modelmux_shadow_total", "experiment", "outcome")
         self.assertEqual((dropped[("sh", "dropped")], dropped[("small", "dropped")]), (1, 1))
+
+
+class StalledLog(mmtest.MMTestCase):
+    def test_sigterm_exits_0_when_a_log_write_never_returns(self):
+        c = self.cluster
+        champ = c.model_server("champion")
+        port = mmtest.free_port()
+        fifo = c.path("requests.fifo")
+        os.mkfifo(fifo)
+        # A reader that never reads: once the pipe's 64 KiB are full, the
+        # log's write blocks in libuv's thread pool.
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, reader)
+        cfg = mmtest.base_config(port, {"champion": champ.port}, [
+            {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
+             "arms": {"champion": 1}}], log={"requests": fifo, "bodies": True},
+            limits={"drain_timeout_ms": 500})
+        mm = c.modelmux(cfg)
+        body = b"x" * 4000
+        for _ in range(100):  # some 540 KB of lines
+            self.assertEqual(mmtest.request(port, "POST", "/v1/rank", body)[0], 200)
+        time.sleep(0.5)  # a flush is due every 200 ms: one is now blocked
+        mm.signal(signal.SIGTERM)
+        try:
+            status = mm.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.fail("modelmux still running 10 s after SIGTERM; log:\n" + mm.log())
+        self.assertEqual(status, 0, mm.log())
+        self.assertIn("request log", mm.log())
 
 
 if __name__ == "__main__":

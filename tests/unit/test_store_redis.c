@@ -753,6 +753,92 @@ static void test_stream_entries_delivered_and_only_applied_ones_acked(void **sta
     assert_int_equal(st.stream_delivered, 6 + 4);
 }
 
+static long long stream_len(fx_t *f)
+{
+    redisReply *r = cmd(f, "XLEN %s:feedback", f->prefix);
+    long long n = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    freeReplyObject(r);
+    return n;
+}
+
+/* The id of the n-th entry (from 0) of the stream. */
+static void entry_id(fx_t *f, int n, char *out, size_t outlen)
+{
+    redisReply *r = cmd(f, "XRANGE %s:feedback - + COUNT %d", f->prefix, n + 1);
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    assert_true(r->elements == (size_t)n + 1);
+    snprintf(out, outlen, "%s", r->element[n]->element[0]->str);
+    freeReplyObject(r);
+}
+
+static void test_entries_every_group_is_done_with_are_trimmed(void **state)
+{
+    fx_t *f = *state;
+    /* Another application's group on the same stream, that reads later. */
+    freeReplyObject(cmd(f, "XGROUP CREATE %s:feedback other 0 MKSTREAM", f->prefix));
+    const char *ids[] = {"r1", "r2", "r3", "later", "r5"};
+    char eid[5][64];
+    for (int i = 0; i < 5; i++) xadd(f, ids[i], "1");
+    for (int i = 0; i < 5; i++) entry_id(f, i, eid[i], sizeof(eid[i]));
+    store_t *s = f->st[0] = mk_store(f, f->port, 20);
+    stream_rx_t rx = {.s = s};
+    store_stream_opts_t o = {.claim_idle_ms = 300, .max_deliveries = 3}; /* trims every 150 ms */
+    assert_int_equal(store_stream_subscribe(s, on_msg, &rx, &o), 0);
+    store_stats_t st;
+    RUN_UNTIL(f, (store_get_stats(s, &st), st.stream_acked == 4), 2000);
+    assert_int_equal(st.stream_acked, 4);
+    run_for(f, 400);
+    assert_int_equal(stream_len(f), 5); /* "other" has read nothing */
+
+    /* "other" reads three and acknowledges the first: the second is pending. */
+    freeReplyObject(cmd(f, "XREADGROUP GROUP other c COUNT 3 STREAMS %s:feedback >", f->prefix));
+    freeReplyObject(cmd(f, "XACK %s:feedback other %s", f->prefix, eid[0]));
+    RUN_UNTIL(f, (store_get_stats(s, &st), st.stream_trimmed == 1), 2000);
+    run_for(f, 400);
+    assert_int_equal(stream_len(f), 4);
+
+    /* Without "other", our own pending entry ("later") is the oldest needed. */
+    freeReplyObject(cmd(f, "XGROUP DESTROY %s:feedback other", f->prefix));
+    RUN_UNTIL(f, stream_len(f) == 2, 2000);
+    run_for(f, 400);
+    assert_int_equal(stream_len(f), 2);
+    char first[64];
+    entry_id(f, 0, first, sizeof(first));
+    assert_string_equal(first, eid[3]);
+
+    /* Once it is acknowledged, only the last delivered entry is left. */
+    store_msg_done(s, rx.deferred, 1);
+    RUN_UNTIL(f, stream_len(f) == 1, 2000);
+    assert_int_equal(stream_len(f), 1);
+    store_get_stats(s, &st);
+    assert_int_equal(st.stream_trimmed, 4);
+}
+
+static void test_pending_entries_are_claimed_page_after_page(void **state)
+{
+    fx_t *f = *state;
+    /* 20 entries a dead instance took and never acknowledged, all at once. */
+    freeReplyObject(cmd(f, "XGROUP CREATE %s:feedback modelmux 0 MKSTREAM", f->prefix));
+    for (int i = 0; i < 20; i++) xadd(f, "r", "1");
+    freeReplyObject(
+        cmd(f, "XREADGROUP GROUP modelmux dead COUNT 100 STREAMS %s:feedback >", f->prefix));
+    assert_int_equal(pending_count(f), 20);
+    store_t *s = f->st[0] = mk_store(f, f->port, 20);
+    stream_rx_t rx = {.s = s};
+    /* Two per page, a pass every 2 s: one page per pass would take 2 of
+     * them every 2 s. */
+    store_stream_opts_t o = {.count = 2, .claim_idle_ms = 4000, .max_deliveries = 3};
+    assert_int_equal(store_stream_subscribe(s, on_msg, &rx, &o), 0);
+    RUN_UNTIL(f, rx.delivered > 0, 8000); /* idle 4 s: the first page is claimed */
+    assert_true(rx.delivered > 0);
+    run_for(f, 1000); /* half a pass: the other pages follow round by round */
+    assert_int_equal(rx.delivered, 20);
+    assert_int_equal(rx.applied, 20);
+    assert_int_equal(rx.max_deliveries_seen, 2);
+    RUN_UNTIL(f, pending_count(f) == 0, 2000);
+    assert_int_equal(pending_count(f), 0);
+}
+
 static void test_lost_reply_is_retried_without_double_counting(void **state)
 {
     fx_t *f = *state;
@@ -1540,6 +1626,10 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_entries_delivered_and_only_applied_ones_acked,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_entries_every_group_is_done_with_are_trimmed, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_pending_entries_are_claimed_page_after_page, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_lost_reply_is_retried_without_double_counting, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_answers_are_pooled_in_the_lat_hashes, setup, teardown),
