@@ -1814,13 +1814,16 @@ static void on_xclaim_reply(redisAsyncContext *ac, void *reply_, void *priv)
     round_part_done(r);
 }
 
-static void on_dead_ack_reply(redisAsyncContext *ac, void *reply_, void *priv)
+/* A round's command whose integer answer adds to a counter (priv): entries
+ * acknowledged dead, entries trimmed. */
+static void on_count_reply(redisAsyncContext *ac, void *reply_, void *priv)
 {
     store_redis_t *r = ac->data;
     redisReply *reply = reply_;
-    MM_UNUSED(priv);
+    uint64_t *count = priv;
     r->outstanding--;
-    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER) r->st.stream_dead += reply->integer;
+    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0)
+        *count += (uint64_t)reply->integer;
     round_part_done(r);
 }
 
@@ -1873,8 +1876,8 @@ static void on_xpending_reply(redisAsyncContext *ac, void *reply_, void *priv)
                 if (d >= (unsigned)r->opts.max_deliveries) {
                     const char *av[4] = {"XACK", r->stream_key, GROUP, id->str};
                     size_t al[4] = {4, strlen(r->stream_key), strlen(GROUP), id->len};
-                    if (redisAsyncCommandArgv(r->ac, on_dead_ack_reply, NULL, 4, av, al) ==
-                        REDIS_OK)
+                    if (redisAsyncCommandArgv(r->ac, on_count_reply, &r->st.stream_dead, 4, av,
+                                              al) == REDIS_OK)
                         r->outstanding++;
                     continue;
                 }
@@ -1930,16 +1933,6 @@ static const char TRIM_SCRIPT[] =
     "if keep == nil then return 0 end\n"
     "return redis.call('XTRIM', KEYS[1], 'MINID', keep)\n";
 
-static void on_trim_reply(redisAsyncContext *ac, void *reply_, void *priv)
-{
-    store_redis_t *r = ac->data;
-    redisReply *reply = reply_;
-    MM_UNUSED(priv);
-    r->outstanding--;
-    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER) r->st.stream_trimmed += reply->integer;
-    round_part_done(r);
-}
-
 static void on_xack_reply(redisAsyncContext *ac, void *reply_, void *priv)
 {
     store_redis_t *r = ac->data;
@@ -1986,8 +1979,8 @@ static void send_stream(store_redis_t *r)
     int new_pass = !next_page && now - r->last_claim_ms >= every;
     if (new_pass) {
         r->last_claim_ms = now;
-        if (redisAsyncCommand(r->ac, on_trim_reply, NULL, "EVAL %s 1 %s", TRIM_SCRIPT, key) ==
-            REDIS_OK)
+        if (redisAsyncCommand(r->ac, on_count_reply, &r->st.stream_trimmed, "EVAL %s 1 %s",
+                              TRIM_SCRIPT, key) == REDIS_OK)
             r->outstanding++;
     }
     if ((next_page || new_pass) &&
