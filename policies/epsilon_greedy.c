@@ -11,8 +11,8 @@
  * counter inside this instance: pulls are shared, so every instance (and
  * every worker) decays on the same schedule and a restart does not start the
  * schedule over; admin reset sets it back to ε together with the statistics.
- * The decay is harmonic: exploration keeps a total of about ε·N·ln(t)
- * requests, which keeps learning about a drifting arm, unlike a geometric
+ * The decay is harmonic: about ε·N·ln(1 + t/N) of the first t requests
+ * explore, which keeps learning about a drifting arm, unlike a geometric
  * decay that would stop exploring for good.
  *
  * Like every bandit here the policy keeps no learned state (the store owns
