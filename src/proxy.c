@@ -901,7 +901,10 @@ static void acquire(conn_t *c)
 {
     req_t *r = &c->req;
     up_acquire(r->pool, &r->user);
-    if (r->user.waiting_on) conn_deadline(c, up_pool_cfg(r->pool)->timeout_ms);
+    if (r->user.waiting_on) {
+        r->queued = 1;
+        conn_deadline(c, up_pool_cfg(r->pool)->timeout_ms);
+    }
 }
 
 /* Run the request parser over the bytes not yet parsed; it stops at the
@@ -979,11 +982,13 @@ static void pu_on_conn(up_user_t *u, up_conn_t *uc)
     req_t *r = container_of(u, req_t, user);
     conn_t *c = r->conn;
     r->up = uc;
-    /* Out of the queue, if it waited there: the client's clock again. */
-    if (c->phase == C_BODY)
-        conn_deadline(c, server_config(c->srv)->limits.idle_timeout_ms);
-    else
-        conn_no_deadline(c);
+    if (r->queued) { /* out of the queue: the client's clock again */
+        r->queued = 0;
+        if (c->phase == C_BODY)
+            conn_deadline(c, server_config(c->srv)->limits.idle_timeout_ms);
+        else
+            conn_no_deadline(c);
+    }
     if (r->retry) {
         /* Resend what the failed exchange was sent: the head and the body
          * bytes forwarded so far (still in the buffer); the rest follows. */
@@ -1230,7 +1235,7 @@ static void req_finish(conn_t *c)
     r->local = r->discard = 0;
     r->fanout = r->merged = r->dispatched = 0;
     r->responding = r->final_write = r->head_pending = 0;
-    r->body_done = r->up_done = r->retry = r->retries = 0;
+    r->body_done = r->up_done = r->retry = r->retries = r->queued = 0;
     r->up_head_written = r->replayable = 0;
     r->status = 0;
     r->body_in = r->bytes_out = 0;

@@ -52,8 +52,9 @@ typedef struct {
     int replayable;  /* every body byte forwarded so far is still in the buffer */
     size_t body_off; /* where the raw body starts in the read buffer */
     int retry, retries;
-    int responding;   /* the answer to the client has started */
-    int answered;     /* the arm's answer head arrived (not one of our errors) */
+    int queued;     /* waited in a pool's queue (acquire): pu_on_conn restores the client's clock */
+    int responding; /* the answer to the client has started */
+    int answered;   /* the arm's answer head arrived (not one of our errors) */
     int head_pending; /* the answer's head is built but not yet written */
     int final_write;  /* the request finishes when the pending write completes */
     int up_done;
