@@ -309,12 +309,14 @@ static inline void rig_assert_message_has(const rig_resp_t *r, const char *part)
  *
  * Accepts any number of connections and reads requests on each (a head, and
  * a body by Content-Length); per request it does what `mode` says: write
- * `answer` (keep-alive: the answer must frame itself), close the connection
- * without a word (a transport failure for the proxy), or never answer (a
- * hung model: the connection closes when the model stops). It records how
- * many requests came and the last one, head and body. */
+ * `answer` (keep-alive: the answer must frame itself), write it and close
+ * the connection once it is written (`Connection: close`, or an answer cut
+ * short of what it announces), close the connection without a word (a
+ * transport failure for the proxy), or never answer (a hung model: the
+ * connection closes when the model stops). It records how many requests
+ * came and the last one, head and body. */
 
-enum { MODEL_ANSWER = 0, MODEL_CLOSE, MODEL_HANG };
+enum { MODEL_ANSWER = 0, MODEL_ANSWER_CLOSE, MODEL_CLOSE, MODEL_HANG };
 
 typedef struct rig_model_s rig_model_t;
 
@@ -364,8 +366,9 @@ static inline void rig_m_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
 
 static inline void rig_m_written(uv_write_t *w, int status)
 {
-    (void)w;
+    rig_mconn_t *c = w->data;
     (void)status;
+    if (c->m->mode == MODEL_ANSWER_CLOSE) rig_m_close(c);
 }
 
 /* Whole requests at the front of c->in: record and serve each. */
@@ -397,7 +400,9 @@ static inline void rig_m_serve(rig_mconn_t *c)
         if (strncmp(m->last.p, "HEAD ", 5) == 0 && end_head) /* the head alone */
             n = (size_t)(end_head + 4 - m->answer);
         uv_buf_t b = uv_buf_init((char *)m->answer, (unsigned)n);
+        c->wreq.data = c;
         uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, rig_m_written);
+        if (m->mode == MODEL_ANSWER_CLOSE) return;
     }
 }
 

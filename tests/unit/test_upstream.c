@@ -1,12 +1,11 @@
 /* test_upstream.c — one exchange on a pooled upstream connection, against a
- * fake model server in the same loop.
+ * fake model server in the same loop (rig.h's).
  *
- * The fake server accepts one connection, reads the request head, writes a
- * canned answer (maybe only part of what it announces) and may close at
- * once. The test's user holds the bytes it is handed for as long as a test
- * says (no up_resume), as a slow client makes the proxy do, so what the pool
- * does with an EOF that arrives meanwhile is deterministic: no socket buffer
- * sizes or timing are involved. */
+ * The fake server reads the request, writes a canned answer (maybe only
+ * part of what it announces) and may close once it is written. The test's user holds the bytes it
+ * is handed for as long as a test says (no up_resume), as a slow client makes the proxy do, so what
+ * the pool does with an EOF that arrives meanwhile is deterministic: no socket buffer sizes or
+ * timing are involved. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,83 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
 
 #include <cmocka.h>
 #include <uv.h>
 
+#include "rig.h"
 #include "upstream.h"
-
-/* ---- the fake model server ---- */
-
-typedef struct {
-    uv_tcp_t listener;
-    uv_tcp_t conn;
-    int port;
-    const char *answer; /* written once the request head is in */
-    int close_after;    /* close the connection right after the answer */
-    char req[4096];
-    size_t req_len;
-    int answered, closed;
-    uv_write_t wreq;
-} fake_t;
-
-static void fake_on_closed(uv_handle_t *h)
-{
-    fake_t *f = h->data;
-    f->closed = 1;
-}
-
-static void fake_on_written(uv_write_t *w, int status)
-{
-    fake_t *f = w->data;
-    assert_int_equal(status, 0);
-    if (f->close_after) uv_close((uv_handle_t *)&f->conn, fake_on_closed);
-}
-
-static void fake_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
-{
-    fake_t *f = h->data;
-    (void)sz;
-    *b = uv_buf_init(f->req + f->req_len, (unsigned)(sizeof(f->req) - f->req_len));
-}
-
-static void fake_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
-{
-    fake_t *f = s->data;
-    (void)b;
-    if (n <= 0) return;
-    f->req_len += (size_t)n;
-    if (f->answered || memmem(f->req, f->req_len, "\r\n\r\n", 4) == NULL) return;
-    f->answered = 1;
-    uv_buf_t out = uv_buf_init((char *)f->answer, (unsigned)strlen(f->answer));
-    f->wreq.data = f;
-    assert_int_equal(uv_write(&f->wreq, s, &out, 1, fake_on_written), 0);
-}
-
-static void fake_on_conn(uv_stream_t *l, int status)
-{
-    fake_t *f = l->data;
-    assert_int_equal(status, 0);
-    uv_tcp_init(l->loop, &f->conn);
-    f->conn.data = f;
-    assert_int_equal(uv_accept(l, (uv_stream_t *)&f->conn), 0);
-    uv_read_start((uv_stream_t *)&f->conn, fake_alloc, fake_on_read);
-}
-
-static void fake_start(uv_loop_t *loop, fake_t *f)
-{
-    struct sockaddr_in a;
-    uv_ip4_addr("127.0.0.1", 0, &a);
-    uv_tcp_init(loop, &f->listener);
-    f->listener.data = f;
-    assert_int_equal(uv_tcp_bind(&f->listener, (const struct sockaddr *)&a, 0), 0);
-    assert_int_equal(uv_listen((uv_stream_t *)&f->listener, 8, fake_on_conn), 0);
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    uv_tcp_getsockname(&f->listener, (struct sockaddr *)&ss, &len);
-    f->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-}
 
 /* ---- the user: records what the pool tells it, resumes only when told ---- */
 
@@ -170,23 +98,22 @@ static const up_user_ops_t user_ops = {u_on_conn, u_on_sent, u_on_head,
 
 typedef struct {
     uv_loop_t loop;
-    fake_t fake;
+    rig_model_t model;
     up_pool_t *pool;
     user_t user;
-} rig_t;
+} ex_t;
 
-static void rig_start(rig_t *t, const char *answer, int close_after, int hold)
+/* close_after: the model closes each connection once its answer is written. */
+static void ex_start(ex_t *t, const char *answer, int close_after, int hold)
 {
     memset(t, 0, sizeof(*t));
     assert_int_equal(uv_loop_init(&t->loop), 0);
-    t->fake.answer = answer;
-    t->fake.close_after = close_after;
-    fake_start(&t->loop, &t->fake);
+    rig_model_start(&t->loop, &t->model, close_after ? MODEL_ANSWER_CLOSE : MODEL_ANSWER, answer);
     cfg_upstream_t cfg = {.pool = 4, .connect_timeout_ms = 2000, .timeout_ms = 5000};
     strcpy(cfg.name, "model");
     strcpy(cfg.addr.host, "127.0.0.1");
-    cfg.addr.port = t->fake.port;
-    snprintf(cfg.host_header, sizeof(cfg.host_header), "127.0.0.1:%d", t->fake.port);
+    cfg.addr.port = t->model.port;
+    snprintf(cfg.host_header, sizeof(cfg.host_header), "127.0.0.1:%d", t->model.port);
     char err[256];
     t->pool = up_pool_create(&t->loop, &cfg, NULL, err, sizeof(err));
     assert_non_null(t->pool);
@@ -195,51 +122,35 @@ static void rig_start(rig_t *t, const char *answer, int close_after, int hold)
     up_acquire(t->pool, &t->user.user);
 }
 
-/* Run the loop until cond holds, at most `rounds` non-blocking passes
- * with short sleeps between (loopback: a few ms are plenty). */
-static void run_until(rig_t *t, int (*cond)(rig_t *), int rounds)
+/* The EOF has surely been read by the pool: the model answered and closed
+ * its connection, and the loop ran some more passes after that (loopback:
+ * a few ms are plenty). */
+static void run_past_eof(ex_t *t)
 {
-    for (int i = 0; i < rounds && !cond(t); i++) {
+    for (int i = 0; i < 1000 && !(t->model.requests == 1 && t->model.conns == NULL); i++) {
         uv_run(&t->loop, UV_RUN_NOWAIT);
-        if (!cond(t)) uv_sleep(2);
+        uv_sleep(2);
     }
-}
-
-static int fake_closed(rig_t *t)
-{
-    return t->fake.closed;
-}
-
-/* The EOF has surely been read by the pool: the fake closed, and the loop
- * ran some more passes after that. */
-static void run_past_eof(rig_t *t)
-{
-    run_until(t, fake_closed, 1000);
-    assert_true(t->fake.closed);
+    assert_int_equal(t->model.requests, 1);
+    assert_null(t->model.conns);
     for (int i = 0; i < 20; i++) {
         uv_run(&t->loop, UV_RUN_NOWAIT);
         uv_sleep(1);
     }
 }
 
-static void on_closed_noop(uv_handle_t *h)
-{
-    (void)h;
-}
-
-static void rig_stop(rig_t *t)
+static void ex_stop(ex_t *t)
 {
     if (t->user.conn) up_release(t->user.conn, 1);
     up_pool_release(t->pool);
-    uv_close((uv_handle_t *)&t->fake.listener, on_closed_noop);
-    if (!t->fake.closed && !uv_is_closing((uv_handle_t *)&t->fake.conn) && t->fake.conn.data)
-        uv_close((uv_handle_t *)&t->fake.conn, fake_on_closed);
+    rig_model_stop(&t->model);
     uv_run(&t->loop, UV_RUN_DEFAULT);
+    rig_model_free(&t->model);
     assert_int_equal(uv_loop_close(&t->loop), 0);
 }
 
 /* Hand out whatever the pool holds until it has nothing more to say. */
-static void drain(rig_t *t)
+static void drain(ex_t *t)
 {
     t->user.hold = 0;
     while (t->user.held && t->user.conn) {
@@ -256,8 +167,8 @@ static void drain(rig_t *t)
 static void test_eof_after_whole_answer_while_held(void **state)
 {
     (void)state;
-    rig_t t;
-    rig_start(&t, WHOLE, 1, 1);
+    ex_t t;
+    ex_start(&t, WHOLE, 1, 1);
     run_past_eof(&t);
     assert_int_equal(t.user.heads, 1);
     assert_int_equal(t.user.errors, 0);
@@ -266,7 +177,7 @@ static void test_eof_after_whole_answer_while_held(void **state)
     assert_int_equal(t.user.dones, 1);
     assert_int_equal(t.user.body_len, 10);
     assert_memory_equal(t.user.body, "0123456789", 10);
-    rig_stop(&t);
+    ex_stop(&t);
 }
 
 /* The same answer, the user taking everything as it comes: done at once,
@@ -274,13 +185,13 @@ static void test_eof_after_whole_answer_while_held(void **state)
 static void test_eof_after_whole_answer_taken(void **state)
 {
     (void)state;
-    rig_t t;
-    rig_start(&t, WHOLE, 1, 0);
+    ex_t t;
+    ex_start(&t, WHOLE, 1, 0);
     run_past_eof(&t);
     assert_int_equal(t.user.errors, 0);
     assert_int_equal(t.user.dones, 1);
     assert_int_equal(t.user.body_len, 10);
-    rig_stop(&t);
+    ex_stop(&t);
 }
 
 /* An answer cut off (10 bytes announced, 4 sent, then a close) while held:
@@ -288,8 +199,8 @@ static void test_eof_after_whole_answer_taken(void **state)
 static void test_eof_cuts_answer_while_held(void **state)
 {
     (void)state;
-    rig_t t;
-    rig_start(&t, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123", 1, 1);
+    ex_t t;
+    ex_start(&t, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123", 1, 1);
     run_past_eof(&t);
     assert_int_equal(t.user.errors, 0); /* not before the held bytes went on */
     drain(&t);
@@ -297,15 +208,15 @@ static void test_eof_cuts_answer_while_held(void **state)
     assert_int_equal(t.user.errors, 1);
     assert_int_equal(t.user.err, UP_ERR_RESET);
     assert_int_equal(t.user.body_len, 4);
-    rig_stop(&t);
+    ex_stop(&t);
 }
 
 /* A body delimited by the close, held meanwhile: complete after resuming. */
 static void test_eof_ends_close_delimited_body_while_held(void **state)
 {
     (void)state;
-    rig_t t;
-    rig_start(&t, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabcdef", 1, 1);
+    ex_t t;
+    ex_start(&t, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabcdef", 1, 1);
     run_past_eof(&t);
     assert_int_equal(t.user.errors, 0);
     drain(&t);
@@ -313,22 +224,22 @@ static void test_eof_ends_close_delimited_body_while_held(void **state)
     assert_int_equal(t.user.dones, 1);
     assert_int_equal(t.user.body_len, 6);
     assert_memory_equal(t.user.body, "abcdef", 6);
-    rig_stop(&t);
+    ex_stop(&t);
 }
 
 /* A chunked answer, whole, then a close while held. */
 static void test_eof_after_whole_chunked_answer_while_held(void **state)
 {
     (void)state;
-    rig_t t;
-    rig_start(&t, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 1,
-              1);
+    ex_t t;
+    ex_start(&t, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 1,
+             1);
     run_past_eof(&t);
     assert_int_equal(t.user.errors, 0);
     drain(&t);
     assert_int_equal(t.user.errors, 0);
     assert_int_equal(t.user.dones, 1);
-    rig_stop(&t);
+    ex_stop(&t);
 }
 
 /* A keep-alive answer and no close: done, and the connection goes back to
@@ -336,8 +247,8 @@ static void test_eof_after_whole_chunked_answer_while_held(void **state)
 static void test_keep_alive_answer_is_pooled(void **state)
 {
     (void)state;
-    rig_t t;
-    rig_start(&t, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 0, 0);
+    ex_t t;
+    ex_start(&t, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 0, 0);
     for (int i = 0; i < 500 && t.user.dones == 0; i++) {
         uv_run(&t.loop, UV_RUN_NOWAIT);
         uv_sleep(1);
@@ -349,7 +260,7 @@ static void test_keep_alive_answer_is_pooled(void **state)
     up_pool_stats_t st;
     up_pool_stats(t.pool, &st);
     assert_int_equal(st.idle, 1);
-    rig_stop(&t);
+    ex_stop(&t);
 }
 
 int main(void)
