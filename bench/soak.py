@@ -39,62 +39,29 @@ MODEL_SERVER = os.environ.get("MODEL_SERVER", os.path.join(ROOT, "build/model_se
 REDIS_SERVER = os.environ.get("REDIS_SERVER", shutil.which("redis-server") or "redis-server")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+# The integration tests' loopback helpers and RESP client (no redis-py).
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from mmtest import Redis, RedisError, free_port  # noqa: E402
+from mmtest import wait_port as mmtest_wait_port  # noqa: E402
 
 
 def wait_port(port, timeout=10.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+    try:
+        mmtest_wait_port(port, timeout=timeout)
+        return True
+    except RuntimeError:
+        return False
 
 
 def resp(port, *args, timeout=1.0):
-    """One Redis command over RESP; returns the decoded reply or None."""
+    """One Redis command: the reply, or None while Redis is away or refuses it."""
+    r = Redis(port, timeout=timeout)
     try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    except OSError:
-        return None
-    try:
-        out = b"*%d\r\n" % len(args)
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out += b"$%d\r\n%s\r\n" % (len(a), a)
-        s.sendall(out)
-        f = s.makefile("rb")
-        return _read_reply(f)
-    except OSError:
+        return r(*args)
+    except (OSError, RedisError):
         return None
     finally:
-        s.close()
-
-
-def _read_reply(f):
-    line = f.readline().rstrip(b"\r\n")
-    t, rest = line[:1], line[1:]
-    if t in (b"+", b"-"):
-        return rest.decode()
-    if t == b":":
-        return int(rest)
-    if t == b"$":
-        n = int(rest)
-        if n < 0:
-            return None
-        data = f.read(n + 2)[:-2]
-        return data.decode(errors="replace")
-    if t == b"*":
-        n = int(rest)
-        return None if n < 0 else [_read_reply(f) for _ in range(n)]
-    return None
+        r.close()
 
 
 class Procs:

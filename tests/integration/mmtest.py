@@ -190,6 +190,102 @@ class PyUpstream:
         self.server.server_close()
 
 
+# ---------------------------------------------------------------- RESP client
+
+class RedisError(Exception):
+    pass
+
+
+class Redis:
+    """A minimal RESP2 client (no redis-py): r("HGETALL", key) -> reply. Error replies are
+    raised at top level and returned as RedisError objects inside arrays."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=5.0):
+        self.addr = (host, port)
+        self.timeout = timeout
+        self.sock = None
+        self.buf = b""
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+        self.buf = b""
+
+    def __call__(self, *args):
+        if self.sock is None:
+            self.sock = socket.create_connection(self.addr, timeout=self.timeout)
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            if not isinstance(a, bytes):
+                a = str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        try:
+            self.sock.sendall(b"".join(out))
+            reply = self._read()
+        except OSError:
+            self.close()
+            raise
+        if isinstance(reply, RedisError):
+            raise reply
+        return reply
+
+    def _fill(self):
+        d = self.sock.recv(65536)
+        if not d:
+            raise ConnectionError("redis closed the connection")
+        self.buf += d
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _read(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            return RedisError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                self._fill()
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            return data.decode("utf-8", "replace")
+        if kind == b"*":
+            n = int(rest)
+            if n < 0:
+                return None
+            return [self._read() for _ in range(n)]
+        raise RedisError("unexpected RESP type %r" % line)
+
+    def hgetall(self, key):
+        flat = self("HGETALL", key)
+        return dict(zip(flat[0::2], flat[1::2]))
+
+
+def wait_redis(port, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        r = Redis(port, timeout=1.0)
+        try:
+            if r("PING") == "PONG":
+                return
+        except (OSError, RedisError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        finally:
+            r.close()
+
+
 def base_config(port, upstreams, experiments, admin_port=None, **extra):
     cfg = {"listen": "127.0.0.1:%d" % port,
            "upstreams": {name: ({"url": "http://127.0.0.1:%d" % up} if isinstance(up, int) else up)

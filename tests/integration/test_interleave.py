@@ -26,7 +26,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import threading
 import time
@@ -61,56 +60,6 @@ def own_list(port):
     st, doc = get_json(port, "/v1/rank")
     assert st == 200, st
     return doc["items"]
-
-
-class Redis:
-    """Just enough RESP2 for this test (no redis-py)."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection((HOST, port), timeout=5)
-        self.buf = b""
-
-    def close(self):
-        self.sock.close()
-
-    def __call__(self, *args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        self.sock.sendall(b"".join(out))
-        return self._read()
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            d = self.sock.recv(65536)
-            if not d:
-                raise ConnectionError("redis closed the connection")
-            self.buf += d
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def _read(self):
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind in (b"+", b"-"):
-            if kind == b"-":
-                raise RuntimeError(rest.decode())
-            return rest.decode()
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            while len(self.buf) < n + 2:
-                self.buf += self.sock.recv(65536)
-            data, self.buf = self.buf[:n], self.buf[n + 2:]
-            return data.decode()
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._read() for _ in range(n)]
-        raise RuntimeError("unexpected RESP %r" % line)
 
 
 class Interleave(mmtest.MMTestCase):
@@ -429,7 +378,7 @@ class Interleave(mmtest.MMTestCase):
                  "sync_ms": sync_ms}
         one = self.start(a_port, b_port, store=store, name="modelmux-1")
         two = self.start(a_port, b_port, store=store, name="modelmux-2")
-        return one, two, Redis(redis_port), prefix
+        return one, two, mmtest.Redis(redis_port), prefix
 
     def test_clicks_through_any_instance_and_the_stream(self):
         one, two, r, prefix = self.two_instances(sync_ms=50)

@@ -1391,19 +1391,12 @@ def hanging_listener():
 
 
 def redis_hget(port, key, field):
-    """HGET over a bare RESP exchange: the value as text, or None."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    """HGET: the value as text, or None."""
+    r = mmtest.Redis(port)
     try:
-        args = [b"HGET", key.encode(), field.encode()]
-        s.sendall(b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
-        f = s.makefile("rb")
-        line = f.readline()
-        if line.startswith(b"$-1"):
-            return None
-        assert line.startswith(b"$"), line
-        return f.read(int(line[1:]) + 2)[:-2].decode()
+        return r("HGET", key, field)
     finally:
-        s.close()
+        r.close()
 
 
 class ErrorAccounting(TestCluster):
