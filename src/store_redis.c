@@ -288,6 +288,7 @@ struct store_redis_s {
     int down_logged;
     char refusal[256];     /* the handshake refusal last logged (logged again only if it changes) */
     const char *close_why; /* set while force_close runs */
+    int readonly;          /* a replica answered READONLY and no write has been taken since */
     unsigned backoff_ms;
     uv_timer_t sync_timer, conn_timer, deadline_timer;
     uv_getaddrinfo_t gai; /* store.host is a name: its lookup */
@@ -473,7 +474,8 @@ static void went_down(store_redis_t *r, const char *why)
     int was_up = r->up;
     r->up = 0;
     r->connected = 0;
-    if (was_up || !r->down_logged) note(r, "down (%s); retrying", why);
+    /* The reconnects after READONLY are logged once, by on_readonly. */
+    if ((was_up && !r->readonly) || !r->down_logged) note(r, "down (%s); retrying", why);
     r->down_logged = 1;
 }
 
@@ -540,6 +542,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     store_redis_t *r = ac->data;
     const char *why = r->close_why         ? r->close_why
+                      : r->readonly        ? "a read-only replica"
                       : status == REDIS_OK ? "connection closed"
                                            : ac->errstr;
     r->close_why = NULL;
@@ -565,10 +568,12 @@ static void on_hello(store_redis_t *r)
     uv_timer_stop(&r->conn_timer);
     r->up = 1;
     if (r->ever_up) r->st.reconnects++;
-    if (r->down_logged) note(r, "up");
     r->ever_up = 1;
-    r->down_logged = 0;
-    r->backoff_ms = BACKOFF_MIN_MS;
+    if (!r->readonly) { /* else up only once a write is taken (on_exp_reply) */
+        if (r->down_logged) note(r, "up");
+        r->down_logged = 0;
+        r->backoff_ms = BACKOFF_MIN_MS;
+    }
     r->group_ok = 0; /* a new server may not have the group */
     r->gets_stalled = 0;
     r->refusal[0] = '\0';
@@ -1164,6 +1169,26 @@ static void round_part_done(store_redis_t *r)
     maybe_finish(r);
 }
 
+/* A replica answered a write with READONLY: the address led to a replica,
+ * as a DNS name or a virtual IP does for a while after a failover moved the
+ * primary, until it is connected again. So, as Redis clients do on READONLY
+ * (redis-py's and Lettuce's reconnect, the advice for ElastiCache's primary
+ * endpoint), the connection is dropped once its replies are in, and the next
+ * connect resolves the host again. Meanwhile the refused write is kept
+ * (on_exp_reply). The backoff keeps doubling over these reconnects (to
+ * BACKOFF_MAX_MS) until a write is taken, so a store that is configured at
+ * a replica is asked every 5 s, logged once, not flooded. */
+static void on_readonly(store_redis_t *r, redisAsyncContext *ac)
+{
+    if (!r->readonly)
+        note(r,
+             "%s:%d is a read-only replica (READONLY); connecting again until it leads to a "
+             "primary",
+             r->s->cfg.host, r->s->cfg.port);
+    r->readonly = 1;
+    redisAsyncDisconnect(ac); /* after the replies still due on it */
+}
+
 static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv)
 {
     store_redis_t *r = ac->data;
@@ -1185,6 +1210,11 @@ static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv)
         b->active = 0;
         if (x->refused) note(r, "write of experiment %s accepted again", x->pub.name);
         x->refused = 0;
+        if (r->readonly) { /* a primary at last: on_hello's part, held until now */
+            r->readonly = 0;
+            r->down_logged = 0;
+            r->backoff_ms = BACKOFF_MIN_MS;
+        }
         if (failed->type == REDIS_REPLY_STRING && failed->len > 0) {
             /* Applied but for the commands Redis refused in it: logged
              * once per distinct answer, not once per round. */
@@ -1211,6 +1241,9 @@ static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv)
             note(r, "write of experiment %s refused: %s; kept, and sent again every round",
                  x->pub.name, reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
         }
+        if (reply != NULL && reply->type == REDIS_REPLY_ERROR &&
+            strncmp(reply->str, "READONLY", 8) == 0)
+            on_readonly(r, ac);
     }
     round_part_done(r);
 }

@@ -1,13 +1,17 @@
 """How the Redis store connects: AUTH with a password (from the config or from
 the environment), AUTH with an ACL user, SELECT of a database, a refused AUTH
 (reported, routing goes on, the password never logged), and a host name
-resolved off the event loop (an unresolvable one is reported and retried).
+resolved off the event loop (an unresolvable one is reported and retried),
+and a failover: an address that leads to a replica (READONLY) is connected
+again until it leads to the primary.
 Each test starts its own redis-server, since the suite's shared one has no
 password."""
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 
 import mmtest
@@ -15,6 +19,60 @@ import mmtest
 REDIS_SERVER = os.environ.get("MM_REDIS_SERVER", "redis-server")
 REDIS_CLI = os.path.join(os.path.dirname(REDIS_SERVER), "redis-cli") \
     if os.path.dirname(REDIS_SERVER) else "redis-cli"
+
+
+class SwitchingRelay:
+    """A TCP relay on a loopback port that sends each new connection to the
+    current target port: what a DNS name or a virtual IP does when a
+    failover moves the primary. Connections already made stay where they
+    are."""
+
+    def __init__(self, target):
+        self.target = target
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                u = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                c.close()
+                continue
+            u.settimeout(None)
+            self.conns += [c, u]
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+        for s in self.conns:
+            s.close()
 
 
 class RedisConnection(mmtest.MMTestCase):
@@ -113,6 +171,29 @@ class RedisConnection(mmtest.MMTestCase):
         mmtest.eventually(lambda: "cannot resolve no-such-host.invalid" in mm.log(), timeout=30)
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=30), 0)
+
+    def test_a_replica_is_left_for_the_primary_the_address_leads_to_after_a_failover(self):
+        primary = self.start_redis()
+        replica = self.start_redis("--replicaof", "127.0.0.1", str(primary))
+        mmtest.eventually(lambda: "master_link_status:up" in
+                          " ".join(self.cli(replica, [], "INFO", "replication")))
+        relay = SwitchingRelay(replica)  # the address leads to the replica for now
+        self.addCleanup(relay.close)
+        mm = self.start_mm({"port": relay.port})
+        self.send(mm, 10)
+        mmtest.eventually(lambda: "read-only replica (READONLY)" in mm.log())
+        time.sleep(1.5)  # several reconnects: logged once, not once each
+        log = mm.log()
+        self.assertEqual(log.count("read-only replica (READONLY)"), 1, log)
+        self.assertLessEqual(log.count("down ("), 1, log)
+        self.assertEqual(self.readyz_store(mm), "down")
+        self.assertEqual(self.pulls(primary, []), 0)
+        relay.target = primary  # the failover: the address now leads to the primary
+        mmtest.eventually(lambda: self.pulls(primary, []) == 10, timeout=20)
+        mmtest.eventually(lambda: self.readyz_store(mm) == "up")
+        self.assertIn("accepted again", mm.log())
+        self.send(mm, 5)
+        mmtest.eventually(lambda: self.pulls(primary, []) == 15)
 
 
 if __name__ == "__main__":
