@@ -1171,9 +1171,9 @@ static void round_part_done(store_redis_t *r)
 
 /* A replica answered a write with READONLY: the address led to a replica,
  * as a DNS name or a virtual IP does for a while after a failover moved the
- * primary, until it is connected again. So, as Redis clients do on READONLY
- * (redis-py's and Lettuce's reconnect, the advice for ElastiCache's primary
- * endpoint), the connection is dropped once its replies are in, and the next
+ * primary, until it is connected again. So (the usual advice for READONLY
+ * after a failover behind ElastiCache's primary endpoint or a Kubernetes
+ * Service) the connection is dropped once its replies are in, and the next
  * connect resolves the host again. Meanwhile the refused write is kept
  * (on_exp_reply). The backoff keeps doubling over these reconnects (to
  * BACKOFF_MAX_MS) until a write is taken, so a store that is configured at
