@@ -52,6 +52,7 @@ typedef struct {
     double duration_s;
     mm_buf_t headers;
     int json;
+    int path_given; /* --path was given */
 } sim_opts_t;
 
 typedef struct {
@@ -105,6 +106,7 @@ typedef struct {
     sim_fb_slot_t fbs[SIM_FB_INFLIGHT];
     bc_req_t poll;
     char poll_path[256];
+    const char *req_path; /* after the target's own path, if it has one */
     uint64_t poll_at, next_poll, poll_every;
     int poll_inflight, final_poll_done;
     uv_timer_t fb_timer, stop_timer;
@@ -136,7 +138,7 @@ static void usage(FILE *f)
             "                               [--svg FILE] [--compare-split URL] [--admin URL]\n"
             "                               [--admin-token T] [--path /v1/...] [--header K:V]\n"
             "                               [--duration S] [--timeout-ms MS] [--json]\n"
-            "  --target URL           modelmux data listener, http://host:port\n"
+            "  --target URL           modelmux data listener, http://host:port[/path]\n"
             "  --experiment NAME      the experiment the requests reach (reports, --admin)\n"
             "  --rates arm=p,...      Bernoulli reward rate per arm (p in [0, 1])\n"
             "  --gaussian arm=m:sd    Gaussian rewards instead, for these arms\n"
@@ -151,7 +153,8 @@ static void usage(FILE *f)
             "  --compare-split URL    then the same environment against URL (a 50/50 split)\n"
             "  --admin URL            admin listener: identify by GET /experiments/NAME\n"
             "  --admin-token T        bearer token for --admin\n"
-            "  --path P               request path (default /); --header K:V adds headers\n"
+            "  --path P               request path (default /, or the target URL's path)\n"
+            "  --header K:V           add a header to every request (repeatable)\n"
             "  --duration S           stop sending after S seconds (default 600)\n"
             "  --timeout-ms MS        a request fails after MS ms without progress (default "
             "10000)\n"
@@ -307,6 +310,7 @@ static int parse_args(int argc, char **argv, sim_opts_t *o)
                 return -1;
             }
             o->path = v;
+            o->path_given = 1;
         } else if (OPT("--header")) {
             if (m < 0) goto missing;
             if (bc_arg_header(v, &o->headers) < 0) {
@@ -597,7 +601,7 @@ static void send_next(sim_run_t *s, sim_slot_t *slot)
                      (unsigned long long)(i + 1));
     slot->req.done = on_answer;
     slot->req.data = s;
-    if (bc_req_prepare(&slot->req, s->data, "POST", s->o->path, strlen(s->o->path), slot->body,
+    if (bc_req_prepare(&slot->req, s->data, "POST", s->req_path, strlen(s->req_path), slot->body,
                        (size_t)n, "application/json", NULL, s->o->headers.p) < 0) {
         /* Out of memory for a head: count it as failed and stop sending. */
         s->res->arm_of[s->res->rows] = -1;
@@ -727,14 +731,25 @@ static int sim_run(const sim_opts_t *o, const char *url, const char *admin_url, 
         fprintf(stderr, "simulate: target %s\n", err);
         goto out;
     }
+    /* A target with a path (http://host:port/v1/rank) is where the requests go, as with
+     * any load tool (--path then follows it); feedback goes to the listener's root. */
+    char root[1024];
+    const char *fb_url = url;
+    s->req_path = o->path;
     if (bc_target_cfg(s->data)->base_path[0]) {
-        fprintf(stderr,
-                "simulate: %s: give the listener's root (http://host:port); the request "
-                "path is --path\n",
-                url);
-        goto out;
+        const char *auth = strstr(url, "://");
+        const char *slash = strchr(auth ? auth + 3 : url, '/');
+        size_t n = slash ? (size_t)(slash - url) : strlen(url);
+        if (n >= sizeof(root)) {
+            fprintf(stderr, "simulate: target %s: too long\n", url);
+            goto out;
+        }
+        memcpy(root, url, n);
+        root[n] = '\0';
+        fb_url = root;
+        if (!o->path_given) s->req_path = "";
     }
-    s->fb = bc_target_open(&s->loop, url, SIM_FB_INFLIGHT, (int)o->timeout_ms, err, sizeof(err));
+    s->fb = bc_target_open(&s->loop, fb_url, SIM_FB_INFLIGHT, (int)o->timeout_ms, err, sizeof(err));
     if (s->fb == NULL) {
         fprintf(stderr, "simulate: target %s\n", err);
         goto out;

@@ -593,8 +593,9 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
         }
         json_t *o = json_object();
         json_object_set_new(o, "status", json_string("ok"));
-        if (path.n == 7) /* /readyz */
-            json_object_set_new(o, "store", json_string(store_up(srv->store) ? "up" : "down"));
+        /* both carry the store's state: §5 gives the one body for the /healthz and /readyz
+         * row; liveness stays 200 either way */
+        json_object_set_new(o, "store", json_string(store_up(srv->store) ? "up" : "down"));
         reply_json(c, 200, o);
         return;
     }

@@ -300,6 +300,13 @@ static void on_store_flushed(void *arg)
     close_handle((uv_handle_t *)&srv->sig_hup);
     close_handle((uv_handle_t *)&srv->sig_term);
     close_handle((uv_handle_t *)&srv->sig_int);
+    /* Closing the last signal handle gives the signal its default action back, so a
+     * second stop signal now (a supervisor repeating itself) would kill us while the
+     * request log closes: exit by signal, not the 0 §2 promises (a late SIGHUP too). We
+     * are stopping already, as a second signal while draining says: ignore them. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
 }
 
 void server_drained(mm_server_t *srv)

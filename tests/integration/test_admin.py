@@ -355,7 +355,7 @@ class TestAdminAPI(Base):
             self.admin_json("POST", "/experiments/%s/reset" % name)
 
     def test_health_and_readiness_need_nothing(self):
-        self.assertEqual(self.admin_json("GET", "/healthz"), {"status": "ok"})
+        self.assertEqual(self.admin_json("GET", "/healthz"), {"status": "ok", "store": "up"})
         self.assertEqual(self.admin_json("GET", "/readyz"), {"status": "ok", "store": "up"})
         st, _, body = self.admin("HEAD", "/healthz")
         self.assertEqual((st, body), (200, b""))

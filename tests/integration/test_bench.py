@@ -379,6 +379,23 @@ class BenchTest(mmtest.MMTestCase):
         # The run that would have been lost never started.
         self.assertEqual(self.served(self.champion) + self.served(self.challenger), 0)
 
+    def test_simulate_target_url_with_a_path_sends_there(self):
+        # DESIGN §8: --target URL. A URL with a path is where the requests go
+        # (as with any load tool); feedback still goes to the listener's root.
+        status, _, _ = mmtest.request(self.admin_port, "POST", "/experiments/segment/reset")
+        self.assertEqual(status, 200)
+        rc, out, err = self.bench(
+            "simulate", "--target", self.target + "/v1/seg/x", "--experiment", "segment",
+            "--rates", "champion=0.02,challenger=0.10", "--requests", 20,
+            "--header", "X-Market: KR", "--duration", 30)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("20 requests to " + self.target + "/v1/seg/x: 20 answered, 0 failed", out)
+        self.assertIn("20 accepted, 0 unknown, 0 invalid, 0 lost", out)
+        status, _, body = mmtest.request(self.admin_port, "GET", "/experiments/segment")
+        arms = json.loads(body)["arms"]
+        self.assertEqual(sum(a["requests"] for a in arms), 20)
+        self.assertEqual(sum(a["feedback"] for a in arms), 20)
+
     def test_simulate_rejects_bad_arguments(self):
         rc, _, err = self.bench("simulate", "--target", self.target, "--experiment", "bandit",
                                 "--rates", "champion=1.5", "--requests", 10)

@@ -261,6 +261,32 @@ class Shutdown(Lifecycle):
         self.assertEqual(mmtest.request(port, "GET", "/v1/rank")[0], 200)
         self.assertLess(self.sigterm_and_wait(mm, 5), 1.0)
 
+    def test_repeated_stop_signals_still_exit_0(self):
+        # DESIGN §2: SIGTERM ... exit 0. A supervisor may repeat the signal: one
+        # that came after the signal handles were closed (while the request log
+        # closed) found the default action again and killed modelmux. Racy, so
+        # signals are repeated as fast as possible through several stops.
+        champion, challenger = self.two_servers()
+        for i in range(8):
+            port = mmtest.free_port()
+            cfg = ab_config(port, champion.port, challenger.port, {"champion": 1, "challenger": 1})
+            cfg["log"] = {"requests": os.path.join(self.cluster.dir, "stop-%d.jsonl" % i)}
+            mm = self.cluster.modelmux(cfg)
+            mm.exit_checked = True
+            for _ in range(3):
+                self.assertEqual(mmtest.request(port, "GET", "/v1/rank")[0], 200)
+            deadline = time.time() + 10
+            sig = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            n = 0
+            while mm.alive() and time.time() < deadline:
+                try:
+                    os.kill(mm.pid, sig[n % 3] if n else signal.SIGTERM)
+                except ProcessLookupError:
+                    break
+                n += 1
+                time.sleep(0.0005)
+            self.assertEqual(mm.wait(5), 0, mm.log()[-2000:])
+
     def test_sigterm_closes_idle_keepalive_connections_and_exits_promptly(self):
         champion, challenger = self.two_servers()
         port = mmtest.free_port()

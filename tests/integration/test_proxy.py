@@ -1529,7 +1529,7 @@ class HeadOnLocalAnswers(ClassCluster):
             self.assertEqual(first.status, {"/nope": 404, "/experiments/nope": 404,
                                             "/reload": 405, "/experiments/ab": 200}[path], path)
             self.assertGreater(int(first.headers["content-length"]), 0)
-            self.assertEqual((second.status, json.loads(second.body)), (200, {"status": "ok"}))
+            self.assertEqual((second.status, json.loads(second.body)), (200, {"status": "ok", "store": "up"}))
             self.assertEqual(rest, b"")
 
 

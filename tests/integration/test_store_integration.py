@@ -472,6 +472,9 @@ class StoreIntegration(mmtest.MMTestCase):
             time.sleep(1.5)
             st, body = readyz(a)
             self.assertEqual((st, body), (200, {"status": "ok", "store": "down"}))
+            # liveness: still 200, with the same body (DESIGN §5, one row for both)
+            st, _, data = mmtest.request(a.admin_port, "GET", "/healthz", timeout=3)
+            self.assertEqual((st, json.loads(data)), (200, {"status": "ok", "store": "down"}))
             self.assertEqual(metric_value(a, "modelmux_store_up"), 0)
             phase[0] = "after"
             t_up = time.monotonic()

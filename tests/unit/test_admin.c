@@ -116,8 +116,9 @@ static void test_health_and_readiness_need_no_token(void **state)
     rig_resp_t r;
     rig_call(t, t->admin_port, "GET", "/healthz", NULL, NULL, &r);
     assert_int_equal(r.status, 200);
-    assert_int_equal(json_object_size(r.json), 1);
+    assert_int_equal(json_object_size(r.json), 2);
     assert_string_equal(json_string_value(json_object_get(r.json, "status")), "ok");
+    assert_string_equal(json_string_value(json_object_get(r.json, "store")), "up");
     size_t get_len = r.body_len;
     rig_resp_free(&r);
     rig_call(t, t->admin_port, "GET", "/readyz", NULL, NULL, &r);
