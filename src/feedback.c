@@ -4,15 +4,14 @@
  * Both end in fb_apply(): resolve the request id to (experiment, arm), let
  * the policy validate the reward, and count it in the store.
  *
- * A body that is not JSON, not an object, or a batch that is not exactly
- * {"events": [...]}, is a 400 and nothing is applied: the client gets the
- * reason. Any other object is one event, and a malformed event (no target, a
- * reward that is not a finite number, an unknown key) is counted `invalid`,
- * alone or in a batch, where the others are applied, so one bad event does
- * not cost the good ones: §4 answers every event with the 202 counts. The 202
+ * A body that is not JSON, or not one event or {"events": [...]}, is a 400
+ * and nothing is applied; so is a single event ({"request_id", "reward"})
+ * without a target or with a reward that is not a finite number: the client
+ * gets the reason. In a batch, such an event is counted `invalid` and the
+ * others are applied, so one bad event does not cost the good ones. The 202
  * answer counts `unknown` (request id not found or expired, experiment or
- * arm not configured) and `invalid` (malformed, or a value the policy
- * rejects, e.g. a Bernoulli reward outside [0, 1]). Request ids
+ * arm not configured) and `invalid` (malformed in a batch, or a value the
+ * policy rejects, e.g. a Bernoulli reward outside [0, 1]). Request ids
  * resolve from the local map at once or, with Redis, asynchronously; the
  * answer is sent when every event of the batch has been resolved.
  *
@@ -438,11 +437,6 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
             return;
         }
         n = json_array_size(events);
-    } else if (!json_is_object(root)) {
-        conn_respond_error(r->conn, 400, "bad_request",
-                           "feedback is a JSON object: one event, or {\"events\": [...]}");
-        json_decref(root);
-        return;
     }
     fb_batch_t *b = calloc(1, sizeof(*b) + n * sizeof(fb_event_t));
     if (b == NULL) {
@@ -462,8 +456,14 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
             snprintf(where, sizeof(where), "event");
         }
         if (parse_event(o, &b->ev[i], err, sizeof(err), where) != 0) {
-            /* a bad event, alone or in a batch: counted invalid, the rest go on */
-            b->ev[i].malformed = 1;
+            if (events) { /* one bad event in a batch: counted, the rest go on */
+                b->ev[i].malformed = 1;
+                continue;
+            }
+            conn_respond_error(r->conn, 400, "bad_request", err);
+            json_decref(root);
+            batch_free(b);
+            return;
         }
     }
     json_decref(root);
