@@ -261,12 +261,32 @@ static exp_ref_t *collect(mm_server_t *srv, size_t *count)
     return v;
 }
 
-/* Arm a of m's request series, a == n_arms being the merged answers
- * (interleave), which exist only once there was one; else NULL. */
-static const metrics_arm_t *arm_or_merged(const metrics_exp_t *m, size_t a)
+/* The slot of the arm named "interleave", or -1. */
+static int interleave_slot(const metrics_exp_t *m)
 {
-    if (a < m->n_arms) return &m->arms[a];
-    return m->has_merged ? &m->merged : NULL;
+    for (size_t a = 0; a < m->n_arms; a++)
+        if (strcmp(m->arm_names[a], "interleave") == 0) return (int)a;
+    return -1;
+}
+
+/* Arm a of m's request series, a == n_arms being the merged answers
+ * (interleave), which exist only once there was one; else NULL. The merged
+ * answers are labelled arm="interleave", as X-Modelmux-Arm says; an arm
+ * whose upstream is itself called "interleave" has that label too, so its
+ * series and the merged one are one series, their sum (in *tmp) — two
+ * series with the same labels would be a duplicate that Prometheus
+ * rejects, and X-Modelmux-Arm does not tell them apart either. */
+static const metrics_arm_t *arm_or_merged(const metrics_exp_t *m, size_t a, metrics_arm_t *tmp)
+{
+    int folded = m->has_merged ? interleave_slot(m) : -1;
+    if (a == m->n_arms) return m->has_merged && folded < 0 ? &m->merged : NULL;
+    if ((int)a != folded) return &m->arms[a];
+    *tmp = m->arms[a];
+    for (int s = 0; s < 600; s++) tmp->by_status[s] += m->merged.by_status[s];
+    for (int i = 0; i <= MM_LAT_BUCKETS; i++) tmp->lat_buckets[i] += m->merged.lat_buckets[i];
+    tmp->lat_sum_s += m->merged.lat_sum_s;
+    tmp->lat_count += m->merged.lat_count;
+    return tmp;
 }
 
 static const char *arm_label(const metrics_exp_t *m, size_t a)
@@ -280,10 +300,11 @@ static void render_requests(mm_buf_t *b, const exp_ref_t *v, size_t n, const met
            "Requests answered, by experiment, arm and HTTP status code (code 0: no status; "
            "experiment and arm empty: no experiment matched).");
     char code[8];
+    metrics_arm_t tmp;
     for (size_t k = 0; k < n; k++) {
         const metrics_exp_t *m = v[k].m;
         for (size_t a = 0; a <= m->n_arms; a++) {
-            const metrics_arm_t *ma = arm_or_merged(m, a);
+            const metrics_arm_t *ma = arm_or_merged(m, a, &tmp);
             if (ma == NULL) continue;
             for (int s = 0; s < 600; s++) {
                 if (ma->by_status[s] == 0) continue;
@@ -308,10 +329,11 @@ static void render_durations(mm_buf_t *b, const exp_ref_t *v, size_t n)
            "Time from the end of the request head to the end of the answer, by experiment and "
            "arm.");
     char le[32];
+    metrics_arm_t tmp;
     for (size_t k = 0; k < n; k++) {
         const metrics_exp_t *m = v[k].m;
         for (size_t a = 0; a <= m->n_arms; a++) {
-            const metrics_arm_t *ma = arm_or_merged(m, a);
+            const metrics_arm_t *ma = arm_or_merged(m, a, &tmp);
             if (ma == NULL) continue;
             uint64_t cum = 0;
             for (int i = 0; i <= MM_LAT_BUCKETS; i++) {

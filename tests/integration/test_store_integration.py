@@ -51,6 +51,7 @@ import unittest
 
 import mmtest
 from mmtest import Redis, wait_redis
+from test_admin import parse_prometheus
 
 HOST = "127.0.0.1"
 SYNC_MS = 50
@@ -851,6 +852,9 @@ class StoreIntegration(mmtest.MMTestCase):
         def scrape():
             st, _, body = mmtest.request(admin, "GET", "/metrics", headers=auth)
             self.assertEqual(st, 200, body)
+            # the merge is valid exposition: each family once and contiguous,
+            # no duplicate series, histograms cumulative up to +Inf = _count
+            parse_prometheus(body.decode())
             out = {}
             for line in body.decode().splitlines():
                 if line and not line.startswith("#"):

@@ -642,6 +642,42 @@ static void test_retired_experiments_keep_counters_and_labels_are_escaped(void *
     assert_no_line_starting(t, "modelmux_arm_share{experiment=\"old");
 }
 
+/* An interleave experiment labels its merged answers arm="interleave", as
+ * X-Modelmux-Arm does. An upstream may itself be called "interleave" (names
+ * are [A-Za-z0-9_.-]); its own answers (after a promote) and the merged ones
+ * are then one series, not two with the same labels, which Prometheus
+ * rejects as duplicates. */
+static void test_arm_named_interleave_shares_the_merged_series(void **state)
+{
+    fx_t *f = *state;
+    const char *arms[] = {"interleave", "b"};
+    uint16_t slot[2];
+    metrics_exp_t *m = metrics_exp(&f->srv.metrics, "il", arms, 2, slot);
+    m->has_merged = 1;
+    metrics_status(m->merged.by_status, 200);
+    metrics_status(m->merged.by_status, 200);
+    metrics_latency(&m->merged, 250000);
+    metrics_latency(&m->merged, 250000);
+    metrics_status(m->arms[slot[0]].by_status, 200);
+    metrics_latency(&m->arms[slot[0]], 500000);
+    metrics_status(m->arms[slot[1]].by_status, 200);
+    metrics_latency(&m->arms[slot[1]], 500);
+    const char *t = render(f);
+    chk_t c;
+    if (check_exposition(t, &c) != 0) fail_msg("%s", c.err);
+    assert_line(t, "modelmux_requests_total{experiment=\"il\",arm=\"interleave\",code=\"200\"} 3");
+    assert_line(t, "modelmux_requests_total{experiment=\"il\",arm=\"b\",code=\"200\"} 1");
+    assert_line(t, "modelmux_request_duration_seconds_bucket{experiment=\"il\",arm=\"interleave\","
+                   "le=\"0.25\"} 2");
+    assert_line(t, "modelmux_request_duration_seconds_bucket{experiment=\"il\",arm=\"interleave\","
+                   "le=\"0.5\"} 3");
+    assert_line(t, "modelmux_request_duration_seconds_sum{experiment=\"il\",arm=\"interleave\"} "
+                   "1");
+    assert_line(t,
+                "modelmux_request_duration_seconds_count{experiment=\"il\",arm=\"interleave\"} 3");
+    assert_line(t, "modelmux_request_duration_seconds_count{experiment=\"il\",arm=\"b\"} 1");
+}
+
 /* ---- the share rule ---- */
 
 static void shares(exp_rt_t *e, double *s)
@@ -792,6 +828,8 @@ int main(void)
                                         setup_ab_only, teardown),
         cmocka_unit_test_setup_teardown(
             test_retired_experiments_keep_counters_and_labels_are_escaped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_arm_named_interleave_shares_the_merged_series, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_reload_keeps_counters_of_removed_and_reordered_arms,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_share_follows_control_then_policy_then_observation,
