@@ -9,6 +9,7 @@ max_connections: modelmux raises it to the hard limit at start, and says
 so when even that is too low.
 """
 import json
+import os
 import resource
 import sys
 import threading
@@ -141,7 +142,30 @@ class FdLimit(TestCluster):
         # before get a 502 (the model server is fine), and the log says why.
         ms = self.cluster.model_server("champion")
         mm = start_with_fd_limit(self.cluster, self.config(ms, 1000), 40, 40)
+        def fds():  # what modelmux's descriptors are open on
+            d, out = "/proc/%d/fd" % mm.pid, []
+            for f in os.listdir(d):
+                try:
+                    out.append(os.readlink(d + "/" + f))
+                except FileNotFoundError:  # closed meanwhile
+                    pass
+            return out
+        def backlog():  # connections the kernel holds for modelmux to accept
+            with open("/proc/net/tcp") as f:
+                for line in f.readlines()[1:]:
+                    col = line.split()
+                    if col[1].endswith(":%04X" % mm.port) and col[3] == "0A":
+                        return int(col[4].split(":")[1], 16)
+        # The start's probe connection (wait_port) must be accepted and
+        # closed first: closed after the accepts below, it would leave a
+        # descriptor free.
+        mmtest.eventually(lambda: backlog() == 0 and
+                          sum(f.startswith("socket:") for f in fds()) == 1)
         conns = [self.raw(mm.port) for _ in range(40)]
+        # Send only once modelmux has taken every descriptor it can: were
+        # the first request in before the last accepts, its upstream
+        # connect would find one free, and pooled, it would serve them all.
+        mmtest.eventually(lambda: len(fds()) >= 40, timeout=10)
         statuses = []
         for c in conns:
             try:
