@@ -238,6 +238,9 @@ static pid_t spawn_redis(int port)
         if (null >= 0) {
             dup2(null, STDIN_FILENO);
             dup2(null, STDOUT_FILENO);
+            /* Only the copies are redis-server's; the original would stay
+             * open in it for its whole life (fd 3, no CLOEXEC). */
+            if (null > STDOUT_FILENO) close(null);
         }
         execlp("redis-server", "redis-server", "--port", portstr, "--bind", "127.0.0.1", "--save",
                "", "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
