@@ -238,6 +238,9 @@ static pid_t spawn_redis(int port)
         if (null >= 0) {
             dup2(null, STDIN_FILENO);
             dup2(null, STDOUT_FILENO);
+            /* Only the copies are redis-server's; the original would stay
+             * open in it for its whole life (fd 3, no CLOEXEC). */
+            if (null > STDOUT_FILENO) close(null);
         }
         execlp("redis-server", "redis-server", "--port", portstr, "--bind", "127.0.0.1", "--save",
                "", "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
@@ -628,6 +631,11 @@ int main(int argc, char **argv)
         stop_private_redis();
         return code;
     }
+    /* As a forked worker starts (fork_worker): server_start listens before
+     * it installs its handlers, and a SIGTERM sent as soon as the port
+     * answers would otherwise find the default action. run_worker unblocks
+     * them once the handlers are in place. */
+    lifecycle_signals(SIG_BLOCK, 0, NULL);
     return run_worker(path, cfg, seed, 0, NULL, NULL, 0);
 bad:
     fprintf(stderr, "modelmux: unknown or incomplete option '%s'\n", bad_arg);

@@ -800,6 +800,40 @@ class StoreIntegration(mmtest.MMTestCase):
                           open("/proc/%d/stat" % new_pid).read().split(")")[1].split()[0] == "Z",
                           timeout=5)
 
+    def test_7h_the_private_redis_holds_no_descriptor_of_modelmux(self):
+        """The private redis-server (the first, and one started again after
+        it died) gets /dev/null as stdin and stdout and modelmux's stderr,
+        and no other descriptor of modelmux's: the /dev/null it was made
+        from is closed before the exec, not left open in redis-server for
+        its whole life."""
+        port, admin = two_ports()
+        cfg = mmtest.base_config(port, {"champion": self.champion.port,
+                                        "challenger": self.challenger.port},
+                                 experiments(("recs",)), admin_port=admin)
+        mm = self.cluster.modelmux(cfg, "--workers", 2, name="private-redis-fds")
+        private = mmtest.eventually(lambda: re.search(
+            r"private redis-server on 127\.0\.0\.1:(\d+) \(pid (\d+)\)", mm.log()), timeout=5)
+        redis_port, redis_pid = int(private.group(1)), int(private.group(2))
+
+        def stray_null(pid):
+            """Descriptors above stderr that are /dev/null (redis-server
+            opens none of its own)."""
+            d = "/proc/%d/fd" % pid
+            return sorted(int(fd) for fd in os.listdir(d)
+                          if int(fd) > 2 and os.readlink(os.path.join(d, fd)) == "/dev/null")
+
+        self.assertEqual(os.readlink("/proc/%d/fd/0" % redis_pid), "/dev/null")
+        self.assertEqual(os.readlink("/proc/%d/fd/1" % redis_pid), "/dev/null")
+        self.assertEqual(stray_null(redis_pid), [])
+        time.sleep(1.1)  # one that dies within a second of its start is not restarted
+        os.kill(redis_pid, signal.SIGKILL)
+        restarted = mmtest.eventually(lambda: re.search(
+            r"private redis-server restarted on 127\.0\.0\.1:%d \(pid (\d+)\)" % redis_port,
+            mm.log()), timeout=10)
+        self.assertEqual(stray_null(int(restarted.group(1))), [])
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
     def test_7c_workers_reload_together_and_own_their_ports(self):
         """POST /reload, answered by one worker, reloads every worker (as
         SIGHUP to the parent does); a second group cannot start on the ports
