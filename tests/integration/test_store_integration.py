@@ -757,19 +757,25 @@ class StoreIntegration(mmtest.MMTestCase):
                           timeout=5)
 
 
+    def group_with_private_redis(self, name):
+        """modelmux --workers 2 on the memory store (so with a private
+        redis-server): the group, its data port, and the redis-server's
+        port and pid from the log."""
+        port, admin = two_ports()
+        cfg = mmtest.base_config(port, {"champion": self.champion.port,
+                                        "challenger": self.challenger.port},
+                                 experiments(("recs",)), admin_port=admin)
+        mm = self.cluster.modelmux(cfg, "--workers", 2, name=name)
+        private = mmtest.eventually(lambda: re.search(
+            r"private redis-server on 127\.0\.0\.1:(\d+) \(pid (\d+)\)", mm.log()), timeout=5)
+        return mm, port, int(private.group(1)), int(private.group(2))
+
     def test_7g_a_dead_private_redis_is_restarted_and_refilled(self):
         """The private redis-server behind --workers on the memory store is
         started again on its port when it dies, as a crashed worker is; the
         workers reconnect and the first to write restores what it learned,
         so the statistics count every request, before and after."""
-        port, admin = two_ports()
-        cfg = mmtest.base_config(port, {"champion": self.champion.port,
-                                        "challenger": self.challenger.port},
-                                 experiments(("recs",)), admin_port=admin)
-        mm = self.cluster.modelmux(cfg, "--workers", 2, name="memory-redis-dies")
-        private = mmtest.eventually(lambda: re.search(
-            r"private redis-server on 127\.0\.0\.1:(\d+) \(pid (\d+)\)", mm.log()), timeout=5)
-        redis_port, redis_pid = int(private.group(1)), int(private.group(2))
+        mm, port, redis_port, redis_pid = self.group_with_private_redis("memory-redis-dies")
         answers = [mmtest.request(port, "GET", "/recs/a%d" % i) for i in range(100)]
         self.assertEqual([st for st, _, _ in answers], [200] * 100)
         total = lambda: sum(v[0] for v in arm_figures(view(mm, "recs")).values())
@@ -806,14 +812,7 @@ class StoreIntegration(mmtest.MMTestCase):
         and no other descriptor of modelmux's: the /dev/null it was made
         from is closed before the exec, not left open in redis-server for
         its whole life."""
-        port, admin = two_ports()
-        cfg = mmtest.base_config(port, {"champion": self.champion.port,
-                                        "challenger": self.challenger.port},
-                                 experiments(("recs",)), admin_port=admin)
-        mm = self.cluster.modelmux(cfg, "--workers", 2, name="private-redis-fds")
-        private = mmtest.eventually(lambda: re.search(
-            r"private redis-server on 127\.0\.0\.1:(\d+) \(pid (\d+)\)", mm.log()), timeout=5)
-        redis_port, redis_pid = int(private.group(1)), int(private.group(2))
+        mm, _, redis_port, redis_pid = self.group_with_private_redis("private-redis-fds")
 
         def stray_null(pid):
             """Descriptors above stderr that are /dev/null (redis-server
