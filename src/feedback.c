@@ -476,6 +476,12 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
 static void on_stream(void *arg, store_msg_t *m)
 {
     mm_server_t *srv = arg;
+    if (store_msg_has_nul(m)) {
+        mm_log("feedback stream entry %s dropped: a field holds a NUL byte", store_msg_id(m));
+        srv->stream_invalid++;
+        store_msg_done(srv->store, m, 1); /* it can never be applied */
+        return;
+    }
     fb_batch_t *b = calloc(1, sizeof(*b) + sizeof(fb_event_t));
     if (b == NULL) {
         store_msg_done(srv->store, m, 0);

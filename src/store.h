@@ -269,6 +269,10 @@ int store_stream_subscribe(store_t *s, store_stream_cb cb, void *arg,
 const char *store_msg_id(const store_msg_t *m);
 /* The value of field `name`, or NULL. Valid until store_msg_done. */
 const char *store_msg_field(const store_msg_t *m, const char *name);
+/* 1 if a field's name or value held a NUL byte: store_msg_field would give
+ * only its part before the NUL ("1\0junk" read as 1, a request id cut
+ * short), so such an entry is not to be applied. */
+int store_msg_has_nul(const store_msg_t *m);
 /* 1 on the first delivery, more after a claim. */
 unsigned store_msg_deliveries(const store_msg_t *m);
 /* Exactly once per message; m is invalid afterwards. Messages not answered

@@ -249,6 +249,7 @@ struct store_msg_s {
     int state;
     unsigned deliveries;
     size_t n_fields;
+    int has_nul; /* a name or value held a NUL byte: not representable as the C strings below */
     const char *id;
     const char **names;
     const char **values;
@@ -1761,9 +1762,11 @@ static void deliver(store_redis_t *r, const redisReply *entry, unsigned deliveri
     p[id->len] = '\0';
     m->id = p;
     p += id->len + 1;
+    m->has_nul = 0;
     for (size_t i = 0; i < 2 * nf; i++) {
         const redisReply *v = f->element[i];
         size_t n = v->type == REDIS_REPLY_STRING ? v->len : 0;
+        if (n && memchr(v->str, '\0', n)) m->has_nul = 1;
         memcpy(p, n ? v->str : "", n);
         p[n] = '\0';
         if (i % 2 == 0)
@@ -2064,6 +2067,11 @@ const char *store_msg_field(const store_msg_t *m, const char *name)
     for (size_t i = 0; i < m->n_fields; i++)
         if (strcmp(m->names[i], name) == 0) return m->values[i];
     return NULL;
+}
+
+int store_msg_has_nul(const store_msg_t *m)
+{
+    return m->has_nul;
 }
 
 unsigned store_msg_deliveries(const store_msg_t *m)

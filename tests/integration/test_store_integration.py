@@ -535,7 +535,11 @@ class StoreIntegration(mmtest.MMTestCase):
                    ("experiment", "recs", "arm", "challenger", "reward", ""),
                    ("request_id", pre[0][2], "reward", "-0.5"),
                    ("request_id", pre[1][2]),                                     # no reward
-                   ("experiment", "recs", "reward", "1")]                         # no arm
+                   ("experiment", "recs", "reward", "1"),                         # no arm
+                   # a NUL byte: "1\0..." is no number, nor a cut-short id or arm a name
+                   ("experiment", "recs", "arm", "champion", "reward", b"1\x00junk"),
+                   ("request_id", pre[2][2].encode() + b"\x00x", "reward", "1"),
+                   ("experiment", "recs", "arm", b"champion\x00x", "reward", "1")]
         for fields in invalid:
             ids.append(self.r("XADD", stream, "*", *fields))
         self.assertEqual(self.r("XLEN", stream), len(ids))
