@@ -44,7 +44,7 @@ static void count_fallbacks(const fanout_t *f)
         const leg_t *l = &f->legs[i];
         int unreachable =
             l->status == 0 && (l->err == UP_ERR_CONNECT || l->err == UP_ERR_CONNECT_TIMEOUT);
-        if (f->ejected[i] || unreachable) router_marm(f->exp, i)->fallbacks++;
+        if (f->ejected[i] || unreachable) router_count_fallback(f->exp, i);
     }
 }
 

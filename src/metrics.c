@@ -18,6 +18,7 @@ void metrics_free(metrics_t *m)
     metrics_exp_t *e = m->exps;
     while (e) {
         metrics_exp_t *next = e->next;
+        for (size_t a = 0; a < e->n_arms; a++) free(e->arms[a].fallbacks);
         free(e->arms);
         free(e->arm_names);
         free(e);
@@ -48,6 +49,15 @@ static int slot_for(metrics_exp_t *e, const char *name, const char *const *live,
             size_t k = 0;
             while (k < n_live && strcmp(live[k], e->arm_names[j]) != 0) k++;
             if (k == n_live) break;
+        }
+        /* The old arm's counts go, and so do the fallback pairs naming it. */
+        free(e->arms[j].fallbacks);
+        for (size_t a = 0; a < e->n_arms; a++) {
+            metrics_arm_t *x = &e->arms[a];
+            uint16_t k = 0;
+            for (uint16_t i = 0; i < x->n_fallbacks; i++)
+                if (x->fallbacks[i].to != j) x->fallbacks[k++] = x->fallbacks[i];
+            x->n_fallbacks = k;
         }
     } else {
         e->n_arms++;
@@ -86,6 +96,21 @@ metrics_exp_t *metrics_exp(metrics_t *m, const char *name, const char *const *ar
     }
     e->champion = n_arms ? slot_of[0] : 0;
     return e;
+}
+
+void metrics_fallback(metrics_exp_t *e, int from, int to)
+{
+    metrics_arm_t *a = &e->arms[from];
+    for (uint16_t i = 0; i < a->n_fallbacks; i++)
+        if (a->fallbacks[i].to == to) {
+            a->fallbacks[i].n++;
+            return;
+        }
+    if (a->n_fallbacks == UINT16_MAX) return;
+    metrics_fallback_t *f = realloc(a->fallbacks, (a->n_fallbacks + 1u) * sizeof(*f));
+    if (f == NULL) return;
+    f[a->n_fallbacks++] = (metrics_fallback_t){.to = (uint16_t)to, .n = 1};
+    a->fallbacks = f;
 }
 
 void metrics_latency(metrics_arm_t *a, uint64_t latency_us)

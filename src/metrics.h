@@ -19,12 +19,22 @@ extern const double mm_lat_bounds[MM_LAT_BUCKETS];
 
 enum { SHADOW_MATCH = 0, SHADOW_MISMATCH, SHADOW_ERROR, SHADOW_DROPPED, SHADOW__COUNT };
 
+/* Fallbacks of one arm to one champion (a slot): an arm has one such
+ * pair per champion it fell back to, usually one; a reload that makes
+ * another arm the champion starts a new pair rather than relabel the old
+ * count. */
+typedef struct {
+    uint16_t to;
+    uint64_t n;
+} metrics_fallback_t;
+
 typedef struct {
     uint64_t by_status[600];                  /* requests by status code; 0 = no answer */
     uint64_t lat_buckets[MM_LAT_BUCKETS + 1]; /* last: +Inf */
     double lat_sum_s;
     uint64_t lat_count;
-    uint64_t fallbacks; /* requests chosen for this arm that the champion served */
+    metrics_fallback_t *fallbacks; /* requests chosen for this arm that a champion served */
+    uint16_t n_fallbacks;
     uint64_t shadow[SHADOW__COUNT];
     uint64_t feedback;
     double reward_sum;
@@ -69,5 +79,9 @@ static inline void metrics_status(uint64_t *by_status, int status)
     by_status[(status >= 100 && status < 600) ? status : 0]++;
 }
 void metrics_latency(metrics_arm_t *a, uint64_t latency_us);
+/* Slot `from` of e was chosen and slot `to`, its champion, served the
+ * request. Off the hot path (a failure's); a count that finds no memory is
+ * dropped. */
+void metrics_fallback(metrics_exp_t *e, int from, int to);
 
 #endif

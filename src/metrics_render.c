@@ -417,11 +417,24 @@ static void render_arm_counters(mm_buf_t *b, const exp_ref_t *v, size_t n)
     for (size_t k = 0; k < n; k++) {
         const metrics_exp_t *m = v[k].m;
         for (size_t a = 0; a < m->n_arms; a++) {
-            if ((int)a == m->champion) continue;
+            /* Every pair counted so far (an arm that is the champion now
+             * may have fallen back to another before a reload), and a zero
+             * series to the current champion from each other arm. */
+            const metrics_arm_t *ma = &m->arms[a];
+            int to_champion = (int)a == m->champion;
+            for (uint16_t i = 0; i < ma->n_fallbacks; i++) {
+                const char *kv[] = {"experiment", m->name,
+                                    "from",       m->arm_names[a],
+                                    "to",         m->arm_names[ma->fallbacks[i].to],
+                                    NULL};
+                sample_u64(b, "modelmux_fallbacks_total", kv, ma->fallbacks[i].n);
+                if (ma->fallbacks[i].to == m->champion) to_champion = 1;
+            }
+            if (to_champion) continue;
             const char *kv[] = {
                 "experiment", m->name, "from", m->arm_names[a], "to", m->arm_names[m->champion],
                 NULL};
-            sample_u64(b, "modelmux_fallbacks_total", kv, m->arms[a].fallbacks);
+            sample_u64(b, "modelmux_fallbacks_total", kv, 0);
         }
     }
 

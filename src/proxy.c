@@ -701,7 +701,7 @@ static void choose_arm(conn_t *c, mm_str_t url, mm_str_t fwd_host)
     router_choose(r->exp, &preq, &srv->rng, now_ms, &r->choice);
     r->chosen = r->arm = r->choice.primary;
     if (router_arm_ejected(r->exp, r->arm, now_ms)) {
-        router_marm(r->exp, r->arm)->fallbacks++;
+        router_count_fallback(r->exp, r->arm);
         r->arm = 0; /* an ejected challenger: the champion answers */
     }
     /* A HEAD answer has no list to merge: the champion (primary) answers
@@ -1146,7 +1146,7 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
      * requests are predictions, safe to repeat; a timeout is not replayed
      * (the challenger may still be working on it). */
     if (r->arm != 0 && r->replayable && kind != UP_ERR_TIMEOUT && kind != UP_ERR_OVERFLOW) {
-        router_marm(r->exp, r->arm)->fallbacks++;
+        router_count_fallback(r->exp, r->arm);
         r->chosen_failed = 1;
         r->arm = 0;
         r->retry = r->up_head_written;

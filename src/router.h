@@ -51,6 +51,12 @@ static inline metrics_arm_t *router_marm(const exp_rt_t *e, int arm)
     return &e->metrics->arms[e->mslot[arm]];
 }
 
+/* A request chosen for `arm` that this router's champion (arm 0) served. */
+static inline void router_count_fallback(const exp_rt_t *e, int arm)
+{
+    metrics_fallback(e->metrics, e->mslot[arm], e->mslot[0]);
+}
+
 /* A challenger ejected by outlier detection (its upstream's `eject`):
  * requests for it go to the champion (arm 0), which is never routed around
  * (DESIGN.md §4). */

@@ -449,7 +449,7 @@ static void fill(fx_t *f)
     metrics_latency(a, 40000);    /* 0.04 s: le=0.05 */
     metrics_latency(a, 20000000); /* 20 s: +Inf */
     metrics_latency(b, 500);      /* le=0.001 */
-    b->fallbacks = 4;
+    for (int i = 0; i < 4; i++) router_count_fallback(rank, 1);
     b->feedback = 3;
     b->reward_sum = -1.5;
     a->feedback = 2;
@@ -700,6 +700,8 @@ static void test_reload_keeps_counters_of_removed_and_reordered_arms(void **stat
     m->arms[s1[0]].by_status[200] = 1;
     m->arms[s1[1]].by_status[200] = 2;
     m->arms[s1[2]].by_status[200] = 3;
+    for (int i = 0; i < 3; i++) metrics_fallback(m, s1[1], s1[0]); /* b fell back to a */
+    metrics_fallback(m, s1[2], s1[0]);
     assert_ptr_equal(metrics_exp(&f->srv.metrics, "re", v2, 2, s2), m);
     assert_int_equal(s2[0], s1[1]);
     assert_int_equal(s2[1], s1[0]);
@@ -711,6 +713,14 @@ static void test_reload_keeps_counters_of_removed_and_reordered_arms(void **stat
     assert_line(t, "modelmux_requests_total{experiment=\"re\",arm=\"a\",code=\"200\"} 1");
     assert_line(t, "modelmux_requests_total{experiment=\"re\",arm=\"b\",code=\"200\"} 2");
     assert_line(t, "modelmux_requests_total{experiment=\"re\",arm=\"c\",code=\"200\"} 4");
+    /* Fallbacks keep the champion that served them: b's to a stay, though b
+     * is the champion now, and a's to b start at 0 (a count relabelled "to
+     * b", or gone with b's series, would not be Prometheus counters). */
+    assert_line(t, "modelmux_fallbacks_total{experiment=\"re\",from=\"b\",to=\"a\"} 3");
+    assert_line(t, "modelmux_fallbacks_total{experiment=\"re\",from=\"c\",to=\"a\"} 1");
+    assert_line(t, "modelmux_fallbacks_total{experiment=\"re\",from=\"a\",to=\"b\"} 0");
+    assert_line(t, "modelmux_fallbacks_total{experiment=\"re\",from=\"c\",to=\"b\"} 0");
+    assert_null(strstr(t, "from=\"b\",to=\"b\""));
     assert_non_null(metrics_exp(&f->srv.metrics, "re", v1, 3, s3));
     assert_memory_equal(s3, s1, sizeof(s1)); /* "c" comes back to its counters */
     assert_int_equal(m->arms[s3[2]].by_status[200], 4);
