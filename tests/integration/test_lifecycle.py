@@ -392,6 +392,40 @@ class Shutdown(Lifecycle):
         length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
         self.assertEqual(len(rest), length, data[:400])  # that answer alone, whole
 
+    def test_sighup_while_draining_is_ignored(self):
+        """README (Signals): a SIGHUP while modelmux drains is ignored and the
+        drain goes on. It used to reload: a new router, new upstream pools
+        and a reopened request log in the middle of the stop."""
+        champion, challenger = self.two_servers()
+        port = mmtest.free_port()
+        cfg = ab_config(port, champion.port, challenger.port, {"champion": 1, "challenger": 0})
+        mm = self.cluster.modelmux(cfg)
+        result = {}
+
+        def slow():
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                result["answer"] = get(c, "/sleep/1500")
+                c.close()
+            except Exception as e:  # reported by the assertion below
+                result["error"] = repr(e)
+
+        t = threading.Thread(target=slow)
+        t.start()
+        mmtest.eventually(lambda: stats(champion.port)["requests"] == 1, timeout=5, interval=0.01)
+        mm.signal(signal.SIGTERM)
+        mmtest.eventually(lambda: "stopping: draining" in mm.log(), timeout=5, interval=0.01)
+        cfg["experiments"][0]["arms"] = {"champion": 0, "challenger": 1}
+        self.cluster.write_config(cfg)
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "reload rejected, the previous config keeps serving: shutting down"
+                          in mm.log(), timeout=5, interval=0.01)
+        t.join(10)
+        self.assertEqual(result.get("answer", (None, None, result.get("error")))[:2], (200, "champion"))
+        mm.exit_checked = True
+        self.assertEqual(mm.wait(10), 0, mm.log()[-2000:])
+        self.assertNotIn("config reloaded", mm.log())
+
     def test_drain_is_bounded_by_drain_timeout(self):
         champion, challenger = self.two_servers()
         port = mmtest.free_port()
