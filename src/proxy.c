@@ -1246,8 +1246,12 @@ static void req_finish(conn_t *c)
     c->pinned = 0;
     if (c->closing) return;
     if (!keep) {
-        /* The client is still there (not aborted): let it read the answer. */
-        if (!aborted && !srv->draining && !c->peer_eof)
+        /* The client is still there (not aborted): let it read the answer.
+         * While draining too: a client that pipelined its next request
+         * behind this one would otherwise get a RST for it, and the RST
+         * destroys this answer before the client reads it. The drain
+         * waits for the linger (at most LINGER_MS, and drain_timeout_ms). */
+        if (!aborted && !c->peer_eof)
             conn_linger(c);
         else
             conn_close(c);

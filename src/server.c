@@ -112,7 +112,7 @@ static void reload_finish(server_reload_t *rl)
     config_t *cfg = rl->cfg;
     srv->reloading = NULL;
     router_t *nr = NULL;
-    if (!rl->failed && srv->stopping) {
+    if (!rl->failed && srv->draining) {
         rl->failed = 1;
         snprintf(rl->err, sizeof(rl->err), "shutting down");
     }
@@ -144,7 +144,7 @@ static void reload_finish(server_reload_t *rl)
     if (srv->reload_next) {
         reload_waiter_t *w = srv->reload_next;
         srv->reload_next = NULL;
-        if (srv->stopping)
+        if (srv->draining)
             reload_reject(srv, w, "shutting down");
         else
             reload_begin(srv, w);
@@ -244,6 +244,10 @@ void server_reload(mm_server_t *srv, server_reload_cb cb, void *arg)
     }
     w->cb = cb;
     w->arg = arg;
+    if (srv->draining) { /* stopping: the drain goes on with the config it has (README) */
+        reload_reject(srv, w, "shutting down");
+        return;
+    }
     if (srv->reloading) { /* after the one in flight, on the file as it is then */
         w->next = srv->reload_next;
         srv->reload_next = w;
