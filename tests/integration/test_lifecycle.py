@@ -74,6 +74,14 @@ class Lifecycle(mmtest.MMTestCase):
     def two_servers(self, *challenger_args):
         return self.cluster.model_server("champion"), self.cluster.model_server("challenger", *challenger_args)
 
+    def ab_modelmux(self, weights, *args):
+        """Two model servers and modelmux splitting between them by
+        `weights`: (champion, challenger, port, mm)."""
+        champion, challenger = self.two_servers()
+        port = mmtest.free_port()
+        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port, weights), *args)
+        return champion, challenger, port, mm
+
     def conn(self, port, timeout=10):
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         self.addCleanup(c.close)
@@ -95,10 +103,7 @@ class Lifecycle(mmtest.MMTestCase):
 
 class Reload(Lifecycle):
     def test_sighup_with_good_config_moves_traffic_without_dropping_connections(self):
-        champion, challenger = self.two_servers()
-        port = mmtest.free_port()
-        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
-                                             {"champion": 100, "challenger": 0}), "--seed", 1)
+        champion, challenger, port, mm = self.ab_modelmux({"champion": 100, "challenger": 0}, "--seed", 1)
         held = self.conn(port)  # a keep-alive connection across the reload
         for _ in range(20):
             self.assertEqual(get(held, "/v1/rank")[:2], (200, "champion"))
@@ -112,10 +117,7 @@ class Reload(Lifecycle):
         self.assertTrue(mm.alive())
 
     def test_sighup_with_bad_config_keeps_old_config_and_logs_position(self):
-        champion, challenger = self.two_servers()
-        port = mmtest.free_port()
-        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
-                                             {"champion": 100, "challenger": 0}), "--seed", 1)
+        champion, challenger, port, mm = self.ab_modelmux({"champion": 100, "challenger": 0}, "--seed", 1)
         good = ab_config(port, champion.port, challenger.port, {"champion": 0, "challenger": 100})
         # valid JSON with a negative weight; the error must point at it
         text = json.dumps(good, indent=2).replace('"challenger": 100', '"challenger": -100')
@@ -132,10 +134,7 @@ class Reload(Lifecycle):
             self.assertEqual(get(c, "/v1/rank")[:2], (200, "champion"))
 
     def test_sighup_with_unparseable_config_keeps_serving(self):
-        champion, challenger = self.two_servers()
-        port = mmtest.free_port()
-        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
-                                             {"champion": 100, "challenger": 0}), "--seed", 1)
+        champion, challenger, port, mm = self.ab_modelmux({"champion": 100, "challenger": 0}, "--seed", 1)
         with open(mm.config_path, "w") as f:
             f.write('{\n  "listen": \n}\n')  # the '}' at line 3, column 1
         mm.signal(signal.SIGHUP)
@@ -228,10 +227,7 @@ class Reload(Lifecycle):
 
 class Shutdown(Lifecycle):
     def test_sigterm_before_any_request_exits_0_promptly(self):
-        champion, challenger = self.two_servers()
-        port = mmtest.free_port()
-        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
-                                             {"champion": 1, "challenger": 1}))
+        champion, challenger, port, mm = self.ab_modelmux({"champion": 1, "challenger": 1})
         self.assertLess(self.sigterm_and_wait(mm, 5), 1.0)
 
     def test_error_answered_at_the_head_does_not_parse_the_unread_body_as_a_request(self):
@@ -254,10 +250,7 @@ class Shutdown(Lifecycle):
     def test_sigterm_while_idle_exits_0_promptly(self):
         # idle after a request: the pool holds a keep-alive connection to a
         # model server that is still up, which must not keep modelmux alive
-        champion, challenger = self.two_servers()
-        port = mmtest.free_port()
-        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
-                                             {"champion": 1, "challenger": 1}))
+        champion, challenger, port, mm = self.ab_modelmux({"champion": 1, "challenger": 1})
         self.assertEqual(mmtest.request(port, "GET", "/v1/rank")[0], 200)
         self.assertLess(self.sigterm_and_wait(mm, 5), 1.0)
 
@@ -288,10 +281,7 @@ class Shutdown(Lifecycle):
             self.assertEqual(mm.wait(5), 0, mm.log()[-2000:])
 
     def test_sigterm_closes_idle_keepalive_connections_and_exits_promptly(self):
-        champion, challenger = self.two_servers()
-        port = mmtest.free_port()
-        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
-                                             {"champion": 1, "challenger": 1}))
+        champion, challenger, port, mm = self.ab_modelmux({"champion": 1, "challenger": 1})
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.addCleanup(s.close)
         s.sendall(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -303,10 +293,7 @@ class Shutdown(Lifecycle):
     def test_sigterm_closes_every_idle_upstream_connection_and_exits_promptly(self):
         """Several pooled upstream connections, all idle: every one of them is
         closed on SIGTERM (only the first used to be), so the exit is prompt."""
-        champion, challenger = self.two_servers()
-        port = mmtest.free_port()
-        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
-                                             {"champion": 1, "challenger": 0}))
+        champion, challenger, port, mm = self.ab_modelmux({"champion": 1, "challenger": 0})
         threads = [threading.Thread(target=lambda: mmtest.request(port, "GET", "/sleep/300"))
                    for _ in range(5)]
         for t in threads:
@@ -364,10 +351,7 @@ class Shutdown(Lifecycle):
         reset"). Now modelmux lingers (FIN, reads and drops the rest) while
         draining too. The client reads only after modelmux has exited, so the
         close has happened whatever the timing."""
-        champion, challenger = self.two_servers()
-        port = mmtest.free_port()
-        mm = self.cluster.modelmux(ab_config(port, champion.port, challenger.port,
-                                             {"champion": 1, "challenger": 0}))
+        champion, challenger, port, mm = self.ab_modelmux({"champion": 1, "challenger": 0})
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.addCleanup(s.close)
         s.sendall(b"GET /sleep/300 HTTP/1.1\r\nHost: t\r\nX-Request-Id: first\r\n\r\n")
