@@ -733,19 +733,12 @@ static int sim_run(const sim_opts_t *o, const char *url, const char *admin_url, 
     }
     /* A target with a path (http://host:port/v1/rank) is where the requests go, as with
      * any load tool (--path then follows it); feedback goes to the listener's root. */
-    char root[1024];
+    char root[sizeof(((cfg_upstream_t *)0)->url)];
     const char *fb_url = url;
     s->req_path = o->path;
     if (bc_target_cfg(s->data)->base_path[0]) {
-        const char *auth = strstr(url, "://");
-        const char *slash = strchr(auth ? auth + 3 : url, '/');
-        size_t n = slash ? (size_t)(slash - url) : strlen(url);
-        if (n >= sizeof(root)) {
-            fprintf(stderr, "simulate: target %s: too long\n", url);
-            goto out;
-        }
-        memcpy(root, url, n);
-        root[n] = '\0';
+        /* bc_parse_url took it: "http://" (any case), then host[:port], then the path */
+        snprintf(root, sizeof(root), "%.*s", (int)(7 + strcspn(url + 7, "/")), url);
         fb_url = root;
         if (!o->path_given) s->req_path = "";
     }
