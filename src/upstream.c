@@ -272,6 +272,14 @@ static void idle_push(up_pool_t *p, up_conn_t *c)
     p->n_idle++;
 }
 
+/* No connection for u: the queue is full, or u waited too long, or the
+ * pool went away. Counted, and u told. */
+static void overflow(up_pool_t *p, up_user_t *u)
+{
+    p->stats.errors[UP_ERR_OVERFLOW]++;
+    u->ops->on_error(u, NULL, UP_ERR_OVERFLOW, 0);
+}
+
 static void queue_remove(up_pool_t *p, up_user_t *u)
 {
     if (u->qprev)
@@ -380,12 +388,7 @@ void up_pool_release(up_pool_t *p)
     refresh_stop(p);
     while (p->idle) uc_close(p->idle); /* uc_close takes it off the idle list */
     /* Waiters of a released pool cannot be served by it any more. */
-    while (p->qhead) {
-        up_user_t *u = p->qhead;
-        queue_remove(p, u);
-        p->stats.errors[UP_ERR_OVERFLOW]++;
-        u->ops->on_error(u, NULL, UP_ERR_OVERFLOW, 0);
-    }
+    while (p->qhead) up_expire(p, p->qhead);
     pool_maybe_free(p);
 }
 
@@ -724,8 +727,7 @@ void up_acquire(up_pool_t *p, up_user_t *u)
         return;
     }
     if (p->n_waiting >= UP_QUEUE_MAX) {
-        p->stats.errors[UP_ERR_OVERFLOW]++;
-        u->ops->on_error(u, NULL, UP_ERR_OVERFLOW, 0);
+        overflow(p, u);
         return;
     }
     u->qprev = p->qtail;
@@ -757,8 +759,7 @@ void up_expire(up_pool_t *p, up_user_t *u)
 {
     if (u->waiting_on != p) return;
     queue_remove(p, u);
-    p->stats.errors[UP_ERR_OVERFLOW]++;
-    u->ops->on_error(u, NULL, UP_ERR_OVERFLOW, 0);
+    overflow(p, u);
 }
 
 static void on_written(uv_write_t *w, int status)
