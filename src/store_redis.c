@@ -328,6 +328,14 @@ struct store_redis_s {
     store_stream_opts_t opts;
     int group_ok;
     int group_err_logged;
+    /* The stream has a backlog: the last page read was full. Then a reply
+     * to XACK (room freed) asks for the next page at once, and a round that
+     * ends with entries waiting for their XACK is followed by the next one at
+     * once, not at the next tick (the XACK must follow the write of their
+     * increments, which only a round sends). */
+    int stream_behind;
+    int xread_inflight;  /* an XREADGROUP is on its way: one at a time */
+    size_t n_ack_queued; /* entries in MSG_ACK_QUEUED */
     uint64_t last_claim_ms;
     char claim_from[68]; /* "(ID" after a full XPENDING page: the next page, next round */
     store_msg_t *msgs;
@@ -1168,6 +1176,8 @@ static void round_part_done(store_redis_t *r)
     r->flush_stalled = 0;
     run_flushes(r);
     maybe_finish(r);
+    if (r->stream_behind && r->n_ack_queued > 0 && !r->round_active && !r->shutting_down)
+        start_round(r);
 }
 
 /* A replica answered a write with READONLY: the address led to a replica,
@@ -1807,12 +1817,21 @@ static void on_group_reply(redisAsyncContext *ac, void *reply_, void *priv)
     round_part_done(r);
 }
 
+static void read_stream(store_redis_t *r);
+
+/* priv: the page size asked for. A full page means the stream holds more:
+ * the next page is asked for at once, in this round, while there is room
+ * (max_inflight), instead of one page per sync_ms, which capped an instance
+ * at 1 000 entries a second and let any faster producer build a backlog for
+ * good. Each page is a round trip, so the loop serves requests between
+ * pages. */
 static void on_xread_reply(redisAsyncContext *ac, void *reply_, void *priv)
 {
     store_redis_t *r = ac->data;
     redisReply *reply = reply_;
-    MM_UNUSED(priv);
+    size_t asked = (size_t)(uintptr_t)priv, got = 0;
     r->outstanding--;
+    r->xread_inflight = 0;
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         r->group_ok = 0; /* NOGROUP after the stream was deleted: create it again */
     } else if (reply != NULL && reply->type == REDIS_REPLY_ARRAY) {
@@ -1822,8 +1841,11 @@ static void on_xread_reply(redisAsyncContext *ac, void *reply_, void *priv)
             const redisReply *entries = st->element[1];
             if (entries->type != REDIS_REPLY_ARRAY) continue;
             for (size_t j = 0; j < entries->elements; j++) deliver(r, entries->element[j], 1);
+            got += entries->elements;
         }
     }
+    r->stream_behind = reply != NULL && got >= asked;
+    if (r->stream_behind) read_stream(r);
     round_part_done(r);
 }
 
@@ -1907,7 +1929,12 @@ static void on_xpending_reply(redisAsyncContext *ac, void *reply_, void *priv)
                 if (p->type != REDIS_REPLY_ARRAY || p->elements < 4) continue;
                 const redisReply *id = p->element[0], *cnt = p->element[3];
                 if (id->type != REDIS_REPLY_STRING || id->len >= sizeof(c->e[0].id)) continue;
-                if (msg_find(r, id->str, id->len)) continue; /* ours, still being handled */
+                const redisReply *who = p->element[1];
+                int mine = who->type == REDIS_REPLY_STRING && who->len == strlen(r->consumer) &&
+                           memcmp(who->str, r->consumer, who->len) == 0;
+                /* ours, still being handled (the scan only for ours: up to
+                 * max_inflight entries each) */
+                if (mine && msg_find(r, id->str, id->len)) continue;
                 unsigned d = cnt->type == REDIS_REPLY_INTEGER ? (unsigned)cnt->integer : 1;
                 if (d >= (unsigned)r->opts.max_deliveries) {
                     const char *av[4] = {"XACK", r->stream_key, GROUP, id->str};
@@ -1969,46 +1996,112 @@ static const char TRIM_SCRIPT[] =
     "if keep == nil then return 0 end\n"
     "return redis.call('XTRIM', KEYS[1], 'MINID', keep)\n";
 
+/* One XACK names up to ACK_BATCH entries: a round after a full burst of
+ * reads acknowledges thousands, one command per entry would be thousands of
+ * commands. */
+#define ACK_BATCH 500
+
+typedef struct {
+    size_t n;
+    store_msg_t *m[];
+} ack_batch_t;
+
 static void on_xack_reply(redisAsyncContext *ac, void *reply_, void *priv)
 {
     store_redis_t *r = ac->data;
     redisReply *reply = reply_;
-    store_msg_t *m = priv;
+    ack_batch_t *b = priv;
     r->outstanding--;
-    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER) {
-        r->st.stream_acked += reply->integer;
-        msg_unlink(r, m);
-        free(m);
-    } else {
-        m->state = MSG_ACK_QUEUED; /* resent next round */
+    int ok = reply != NULL && reply->type == REDIS_REPLY_INTEGER;
+    if (ok) r->st.stream_acked += (uint64_t)reply->integer;
+    for (size_t i = 0; i < b->n; i++) {
+        if (ok) {
+            msg_unlink(r, b->m[i]);
+            free(b->m[i]);
+        } else {
+            b->m[i]->state = MSG_ACK_QUEUED; /* resent next round */
+            r->n_ack_queued++;
+        }
     }
+    free(b);
+    /* A refused XACK (an ACL, say) is retried at the tick, not in rounds
+     * back to back. */
+    if (!ok) r->stream_behind = 0;
+    if (ok && r->stream_behind) read_stream(r); /* room was freed */
     round_part_done(r);
+}
+
+/* XACK for up to ACK_BATCH entries waiting for one, from *from on; *from
+ * ends after the last one taken. 0 when there were none left. */
+static int send_acks(store_redis_t *r, store_msg_t **from)
+{
+    ack_batch_t *b = malloc(sizeof(*b) + ACK_BATCH * sizeof(b->m[0]));
+    const char **argv = malloc((3 + ACK_BATCH) * sizeof(*argv));
+    size_t *lens = malloc((3 + ACK_BATCH) * sizeof(*lens));
+    int more = 0;
+    if (b && argv && lens) {
+        argv[0] = "XACK";
+        argv[1] = r->stream_key;
+        argv[2] = GROUP;
+        b->n = 0;
+        store_msg_t *m = *from;
+        for (; m && b->n < ACK_BATCH; m = m->next)
+            if (m->state == MSG_ACK_QUEUED) b->m[b->n++] = m;
+        *from = m;
+        more = b->n > 0;
+        for (size_t i = 0; i < b->n; i++) argv[3 + i] = b->m[i]->id;
+        for (size_t i = 0; i < 3 + b->n; i++) lens[i] = strlen(argv[i]);
+        if (b->n > 0 && redisAsyncCommandArgv(r->ac, on_xack_reply, b, (int)(3 + b->n), argv,
+                                              lens) == REDIS_OK) {
+            for (size_t i = 0; i < b->n; i++) b->m[i]->state = MSG_ACK_SENT;
+            r->n_ack_queued -= b->n;
+            r->outstanding++;
+            b = NULL; /* the callback frees it */
+        } else {
+            more = 0;
+        }
+    }
+    free(b);
+    free(argv);
+    free(lens);
+    return more;
+}
+
+/* How many entries the next read or claim may ask for: a page (count), or
+ * less when max_inflight is near. */
+static size_t page_room(const store_redis_t *r)
+{
+    size_t max = (size_t)r->opts.max_inflight;
+    size_t room = r->n_msgs < max ? max - r->n_msgs : 0;
+    return room < (size_t)r->opts.count ? room : (size_t)r->opts.count;
+}
+
+/* One page of new entries, unless one is on its way or there is no room. */
+static void read_stream(store_redis_t *r)
+{
+    size_t count = page_room(r);
+    if (r->stream_cb == NULL || r->shutting_down || !can_send(r) || r->xread_inflight || count == 0)
+        return;
+    if (redisAsyncCommand(r->ac, on_xread_reply, (void *)(uintptr_t)count,
+                          "XREADGROUP GROUP " GROUP " %s COUNT %d STREAMS %s >", r->consumer,
+                          (int)count, r->stream_key) != REDIS_OK)
+        return;
+    r->outstanding++;
+    r->xread_inflight = 1;
 }
 
 static void send_stream(store_redis_t *r)
 {
     const char *key = r->stream_key;
-    for (store_msg_t *m = r->msgs; m; m = m->next) {
-        if (m->state != MSG_ACK_QUEUED) continue;
-        const char *argv[4] = {"XACK", key, GROUP, m->id};
-        size_t lens[4] = {4, strlen(key), strlen(GROUP), strlen(m->id)};
-        if (redisAsyncCommandArgv(r->ac, on_xack_reply, m, 4, argv, lens) == REDIS_OK) {
-            m->state = MSG_ACK_SENT;
-            r->outstanding++;
-        }
-    }
+    store_msg_t *from = r->msgs;
+    while (send_acks(r, &from)) continue;
     if (r->stream_cb == NULL || r->shutting_down) return;
     if (!r->group_ok && redisAsyncCommand(r->ac, on_group_reply, NULL,
                                           "XGROUP CREATE %s " GROUP " 0 MKSTREAM", key) == REDIS_OK)
         r->outstanding++;
-    size_t max = (size_t)r->opts.max_inflight;
-    size_t room = r->n_msgs < max ? max - r->n_msgs : 0;
-    size_t count = room < (size_t)r->opts.count ? room : (size_t)r->opts.count;
-    if (count == 0) return;
-    if (redisAsyncCommand(r->ac, on_xread_reply, NULL,
-                          "XREADGROUP GROUP " GROUP " %s COUNT %d STREAMS %s >", r->consumer,
-                          (int)count, key) == REDIS_OK)
-        r->outstanding++;
+    size_t count = page_room(r);
+    if (count == 0) return; /* no room: no claims either */
+    read_stream(r);
     uint64_t now = mm_now_ms();
     uint64_t every = (uint64_t)r->opts.claim_idle_ms / 2;
     int next_page = r->claim_from[0] != '\0';
@@ -2030,7 +2123,7 @@ int store_redis_subscribe(store_redis_t *r, store_stream_cb cb, void *arg,
                           const store_stream_opts_t *opts)
 {
     if (r->stream_cb != NULL || cb == NULL) return -1;
-    store_stream_opts_t o = {100, 30000, 10, 1000};
+    store_stream_opts_t o = {100, 30000, 10, 10000};
     if (opts) {
         if (opts->count > 0) o.count = opts->count;
         if (opts->claim_idle_ms > 0) o.claim_idle_ms = opts->claim_idle_ms;
@@ -2051,6 +2144,7 @@ void store_redis_msg_done(store_redis_t *r, store_msg_t *m, int ack)
     if (m->state != MSG_DELIVERED) return;
     if (ack) {
         m->state = MSG_ACK_QUEUED; /* XACK in the next round */
+        r->n_ack_queued++;
         return;
     }
     msg_unlink(r, m);

@@ -846,6 +846,57 @@ static void test_pending_entries_are_claimed_page_after_page(void **state)
     assert_int_equal(pending_count(f), 0);
 }
 
+/* Entries applied as rewards; the most ever delivered and not acknowledged. */
+typedef struct {
+    store_t *s;
+    exp_state_t *e;
+    int delivered;
+    size_t max_unacked;
+} flood_rx_t;
+
+static void on_flood(void *arg, store_msg_t *m)
+{
+    flood_rx_t *rx = arg;
+    store_stats_t st;
+    store_get_stats(rx->s, &st);
+    size_t unacked = (size_t)(st.stream_delivered - st.stream_acked);
+    if (unacked > rx->max_unacked) rx->max_unacked = unacked;
+    rx->delivered++;
+    store_reward(rx->s, rx->e, 0, 1.0, 1);
+    store_msg_done(rx->s, m, 1);
+}
+
+/* A backlog is read page after page as long as there is room, and the next
+ * round (which acknowledges what this one applied, after writing it) starts
+ * at once: one page per round capped an instance at count / sync_ms (1 000
+ * entries a second at the defaults). Here 3 000 entries, pages of 20 and at
+ * most 200 unacknowledged, at one round a second: a page per round would
+ * take 150 s; some 15 back-to-back rounds take a fraction of one. */
+static void test_stream_backlog_is_read_without_waiting_for_the_tick(void **state)
+{
+    fx_t *f = *state;
+    enum { N = 3000 };
+    for (int i = 0; i < N; i++)
+        redisAppendCommand(f->rc, "XADD %s:feedback * request_id r%d reward 1", f->prefix, i);
+    for (int i = 0; i < N; i++) {
+        redisReply *r = NULL;
+        assert_int_equal(redisGetReply(f->rc, (void **)&r), REDIS_OK);
+        freeReplyObject(r);
+    }
+    store_t *s = f->st[0] = mk_store(f, f->port, 1000);
+    flood_rx_t rx = {.s = s, .e = mk_exp(s, "recs")};
+    store_stream_opts_t o = {.count = 20, .max_inflight = 200};
+    assert_int_equal(store_stream_subscribe(s, on_flood, &rx, &o), 0);
+    store_stats_t st;
+    RUN_UNTIL(f, (store_get_stats(s, &st), st.stream_acked == N), WAIT_MS);
+    assert_int_equal(st.stream_acked, N);
+    assert_int_equal(rx.delivered, N);
+    assert_true(rx.max_unacked <= 200);
+    assert_int_equal(pending_count(f), 0);
+    assert_true(st.syncs < 40); /* N / max_inflight = 15 rounds, and a few */
+    assert_true(arm_field(f, "recs", "champion", "feedback") == N);
+}
+
 static void test_lost_reply_is_retried_without_double_counting(void **state)
 {
     fx_t *f = *state;
@@ -1637,6 +1688,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_pending_entries_are_claimed_page_after_page, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_stream_backlog_is_read_without_waiting_for_the_tick,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_lost_reply_is_retried_without_double_counting, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_answers_are_pooled_in_the_lat_hashes, setup, teardown),
