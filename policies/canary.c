@@ -42,7 +42,8 @@
  * Starting: the core builds the initial control state with canary_step 0, so
  * on_tick treats "running at step 0" as "start at the first step" (steps are
  * > 0, so a running canary is never legitimately at 0). Until that first tick
- * (about a second) all traffic goes to the champion. With the Redis store the
+ * all traffic goes to the champion: none with the memory store, which ticks
+ * as the server starts; up to a second after a reset. With the Redis store the
  * core ticks only once Redis's control was read (store_control_known), so a
  * restarted or added instance adopts the shared step instead of starting over
  * and publishing step 0 -> steps[0] for the whole fleet.

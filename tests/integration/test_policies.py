@@ -19,11 +19,14 @@ def get_json(port, path):
 
 
 class Canary(mmtest.MMTestCase):
-    def start(self, challenger_args, analysis, on_success="promote", challenger_timeout_ms=None):
+    def start(self, challenger_args, analysis, on_success="promote", challenger_timeout_ms=None,
+              dead_challenger=False):
         champion = self.cluster.model_server("champion")
-        challenger = self.cluster.model_server("challenger", *challenger_args)
+        # a dead challenger: a free loopback port nothing listens on
+        challenger_port = (mmtest.free_port() if dead_challenger else
+                           self.cluster.model_server("challenger", *challenger_args).port)
         self.port, self.admin = mmtest.free_port(), mmtest.free_port()
-        up = {"url": "http://127.0.0.1:%d" % challenger.port}
+        up = {"url": "http://127.0.0.1:%d" % challenger_port}
         if challenger_timeout_ms:
             up["timeout_ms"] = challenger_timeout_ms
         cfg = mmtest.base_config(
@@ -79,6 +82,78 @@ class Canary(mmtest.MMTestCase):
         after = [mmtest.request(self.port, "GET", "/predict")[1].get("x-modelmux-arm")
                  for _ in range(50)]
         self.assertEqual(set(after), {"challenger"})
+
+
+    def test_a_dead_canary_rolls_back_and_no_client_sees_an_error(self):
+        # Refused connections fall back to the champion (DESIGN.md section 4)
+        # but count as canary errors: a dead canary must not pass its
+        # analysis by hiding behind the fallback.
+        self.start([], {"min_requests": 5, "max_error_rate": 0.05}, dead_challenger=True)
+        exp, arms = self.drive(lambda e: e["state"] == "rolled_back")
+        self.assertEqual(set(arms), {(200, "champion")})
+        last = exp["policy_state"]["last_analysis"]
+        self.assertEqual((last["verdict"], last["from"], last["to"]), ("failed", 20, 0))
+        self.assertEqual(last["canary_error_rate"], 1.0)
+        self.assertGreaterEqual(last["canary_requests"], 5)
+        fallbacks = mmtest.metric_samples(self.admin, "modelmux_fallbacks_total", "from", "to")
+        self.assertGreaterEqual(fallbacks[("challenger", "champion")], 5)
+
+    def test_a_canary_slower_than_max_p99_rolls_back(self):
+        self.start(["--latency-ms", "40"], {"min_requests": 5, "max_error_rate": 0.05,
+                                             "max_p99_ms": 10})
+        exp, _ = self.drive(lambda e: e["state"] == "rolled_back", timeout=30)
+        last = exp["policy_state"]["last_analysis"]
+        self.assertEqual((last["verdict"], last["canary_error_rate"]), ("failed", 0.0))
+        # the histogram's midpoint is within 3 % of the 40 ms the model waits
+        self.assertGreater(last["canary_p99_ms"], 35)
+        self.assertIn("p99", last["reason"])
+
+    def test_without_traffic_the_step_holds_as_inconclusive(self):
+        # Documented choice (docs/policies-shadow-canary.md): no canary answer
+        # is no evidence either way; Flagger would count a failed check.
+        self.start([], {"min_requests": 0})
+        ps = mmtest.eventually(
+            lambda: (lambda p: p if p["last_analysis"] and
+                     p["last_analysis"]["verdict"] == "inconclusive" else None)(
+                get_json(self.admin, "/experiments/can")["policy_state"]), timeout=10)
+        self.assertEqual((ps["state"], ps["step"], ps["failures"]), ("running", 20, 0))
+        self.assertEqual(ps["last_analysis"]["canary_requests"], 0)
+
+
+class CanarySplit(mmtest.MMTestCase):
+    N = 1500
+
+    def test_each_step_serves_its_share_of_the_traffic(self):
+        champion = self.cluster.model_server("champion")
+        challenger = self.cluster.model_server("challenger")
+        port, admin = mmtest.free_port(), mmtest.free_port()
+
+        def exp(name, step):
+            # one step and an interval of an hour: the canary stays at `step`
+            return {"name": name, "match": {"path_prefix": "/" + name}, "policy": "canary",
+                    "champion": "champion", "canary": "challenger", "steps": [step],
+                    "step_interval_s": 3600}
+
+        cfg = mmtest.base_config(port, {"champion": champion.port, "challenger": challenger.port},
+                                 [exp("ten", 10), exp("forty", 40)], admin_port=admin)
+        self.cluster.modelmux(cfg, "--seed", 5)
+        for name, step in (("ten", 10), ("forty", 40)):
+            mmtest.eventually(lambda: get_json(admin, "/experiments/" + name)
+                              ["policy_state"]["step"] == step, timeout=10)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            n_canary = 0
+            for i in range(self.N):
+                conn.request("GET", "/%s/%d" % (name, i))
+                r = conn.getresponse()
+                r.read()
+                self.assertEqual(r.status, 200)
+                n_canary += r.getheader("X-Modelmux-Arm") == "challenger"
+            conn.close()
+            p = step / 100.0
+            bound = 5 * (p * (1 - p) / self.N) ** 0.5  # five standard deviations
+            self.assertLess(abs(n_canary / self.N - p), bound, (name, n_canary))
+            shares = {a["name"]: a["share"] for a in get_json(admin, "/experiments/" + name)["arms"]}
+            self.assertEqual(shares, {"champion": 1 - p, "challenger": p})
 
 
 class ShadowComparison(mmtest.MMTestCase):
