@@ -87,15 +87,47 @@ static void locate(const cx_t *cx, const char *ptr, int key, int *line, int *col
     }
 }
 
+/* Copy msg into out (n bytes, NUL-terminated), control characters written
+ * as JSON escapes (\n, \u001b). Messages quote what the file holds (a key
+ * with an escaped newline, the bytes near a syntax error): printed raw, they
+ * would split the one-line "FILE:LINE:COL: message" in two or reach the
+ * terminal as escape sequences. */
+static void put_escaped(char *out, size_t n, const char *msg)
+{
+    size_t len = 0;
+    if (n == 0) return;
+    for (; *msg; msg++) {
+        unsigned char ch = (unsigned char)*msg;
+        char e[8] = {(char)ch, '\0'};
+        if (ch == '\n' || ch == '\r' || ch == '\t')
+            snprintf(e, sizeof(e), "\\%c", ch == '\n' ? 'n' : ch == '\r' ? 'r' : 't');
+        else if (ch < 0x20 || ch == 0x7f)
+            snprintf(e, sizeof(e), "\\u%04x", ch);
+        size_t k = strlen(e);
+        if (len + k >= n) break; /* whole escapes only */
+        memcpy(out + len, e, k);
+        len += k;
+    }
+    out[len] = '\0';
+}
+
+/* "FILE:LINE:COL: message" into cx->err. */
+static void put_error(cx_t *cx, int line, int col, const char *msg)
+{
+    int n = snprintf(cx->err, cx->errlen, "%s:%d:%d: ", cx->name, line, col);
+    if (n >= 0 && (size_t)n < cx->errlen) put_escaped(cx->err + n, cx->errlen - (size_t)n, msg);
+}
+
 static int verror(cx_t *cx, const char *ptr, int key, const char *fmt, va_list ap)
 {
     if (cx->failed) return -1;
     cx->failed = 1;
     if (cx->errlen == 0) return -1;
     int line, col;
+    char msg[2048];
     locate(cx, ptr, key, &line, &col);
-    int n = snprintf(cx->err, cx->errlen, "%s:%d:%d: ", cx->name, line, col);
-    if (n >= 0 && (size_t)n < cx->errlen) vsnprintf(cx->err + n, cx->errlen - (size_t)n, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    put_error(cx, line, col, msg);
     return -1;
 }
 
@@ -151,9 +183,12 @@ static const char *dotted(const cx_t *cx, const char *ptr, char *out, size_t n)
             if (plain_word(seg)) {
                 if (len > 0) cat(out, n, &len, ".");
                 cat(out, n, &len, seg);
-            } else {
+            } else { /* as a JSON string: ["a\"b"] must not read as ["a"] */
                 cat(out, n, &len, "[\"");
-                cat(out, n, &len, seg);
+                for (const char *c = seg; *c; c++) {
+                    char esc[3] = {'\\', *c, '\0'}; /* the character, after a backslash */
+                    cat(out, n, &len, *c == '"' || *c == '\\' ? esc : esc + 1);
+                }
                 cat(out, n, &len, "\"]");
             }
             cur = json_is_object(cur) ? json_object_get(cur, seg) : NULL;
@@ -1043,6 +1078,42 @@ static int parse_experiments(cx_t *cx)
 
 /* ---- public API ---- */
 
+/* Line and column of byte `off`, in jansson's convention (jsonpos.h). */
+static void text_position(const char *text, size_t off, int *line, int *col)
+{
+    *line = 1;
+    *col = 1;
+    for (size_t i = 0; i < off; i++) {
+        if (text[i] == '\n') {
+            ++*line;
+            *col = 1;
+        } else if (((unsigned char)text[i + 1] & 0xC0) != 0x80) {
+            ++*col; /* the next byte starts a character */
+        }
+    }
+}
+
+/* jansson's message, where it would mislead, said plainly: it takes a NUL
+ * byte for the end of the text ("end of file expected near end of file"),
+ * shows a byte order mark as an invisible "near ''", and names its own
+ * flag for a \u0000 escape. */
+static void syntax_error(cx_t *cx, const char *text, size_t len, const json_error_t *je)
+{
+    int line = je->line < 1 ? 1 : je->line, col = je->column < 1 ? 1 : je->column;
+    const char *msg = je->text;
+    const char *nul = memchr(text, '\0', len);
+    if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) {
+        line = col = 1;
+        msg = "the file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without one";
+    } else if (nul != NULL && (size_t)je->position > (size_t)(nul - text)) {
+        text_position(text, (size_t)(nul - text), &line, &col);
+        msg = "a NUL byte (0x00) is not allowed in a JSON text";
+    } else if (strstr(je->text, "JSON_ALLOW_NUL") != NULL) {
+        msg = "\\u0000 (NUL) is not allowed in a string";
+    }
+    put_error(cx, line, col, msg);
+}
+
 config_t *config_parse(const char *text, size_t len, const char *name, char *err, size_t errlen)
 {
     static const char *const top_keys[] = {"listen", "admin",     "store",       "log",
@@ -1054,12 +1125,7 @@ config_t *config_parse(const char *text, size_t len, const char *name, char *err
 
     cx.root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (cx.root == NULL) {
-        if (errlen > 0)
-            snprintf(err, errlen, "%s:%d:%d: %s", cx.name, je.line < 1 ? 1 : je.line,
-                     je.column < 1 ? 1 : je.column,
-                     /* jansson names its own flag; say what is wrong instead */
-                     strstr(je.text, "JSON_ALLOW_NUL") ? "\\u0000 (NUL) is not allowed in a string"
-                                                       : je.text);
+        if (errlen > 0) syntax_error(&cx, text, len, &je);
         return NULL;
     }
     cp = calloc(1, sizeof(*cp));

@@ -86,6 +86,54 @@ static void test_duplicate_key_is_rejected(void **state)
                  "t.json:2:9: duplicate object key near '\"listen\"'");
 }
 
+/* jansson takes a NUL byte for the end of the text; the message must not
+ * say "end of file" in the middle of a file, but where the byte is. */
+static void expect_error_len(const char *text, size_t len, const char *want)
+{
+    char err[512];
+    config_t *c = config_parse(text, len, "t.json", err, sizeof(err));
+    if (c != NULL) {
+        config_free(c);
+        fail_msg("accepted, expected: %s", want);
+    }
+    assert_string_equal(err, want);
+}
+
+static void test_nul_byte_is_reported_where_it_is(void **state)
+{
+    static const char mid[] = "{\n  \0\"experiments\": []}";
+    static const char after[] = MINIMAL "\n\n\0";
+    expect_error_len(mid, sizeof(mid) - 1,
+                     "t.json:2:3: a NUL byte (0x00) is not allowed in a JSON text");
+    expect_error_len(after, sizeof(after) - 1,
+                     "t.json:3:1: a NUL byte (0x00) is not allowed in a JSON text");
+}
+
+static void test_byte_order_mark_is_named(void **state)
+{
+    expect_error("\xEF\xBB\xBF" MINIMAL, "t.json:1:1: the file starts with a UTF-8 byte order "
+                                         "mark (BOM); save it as UTF-8 without one");
+}
+
+/* A message is one line: what it quotes from the file is escaped, so an
+ * escaped newline in a key does not split it, an escape sequence does not
+ * reach the terminal, and a quote in a key does not end the name early. */
+static void test_messages_escape_what_they_quote(void **state)
+{
+    expect_error("{\"lis\\nten\": 1}", "t.json:1:2: unknown key [\"lis\\nten\"] (allowed here: "
+                                       "listen, admin, store, log, limits, upstreams, "
+                                       "experiments)");
+    expect_error("{\"a\\\"b\\\\\": 1}", "t.json:1:2: unknown key [\"a\\\"b\\\\\"] (allowed "
+                                        "here: listen, admin, store, log, limits, upstreams, "
+                                        "experiments)");
+    expect_error("{\x1b}", "t.json:1:2: string or '}' expected near '\\u001b'");
+    need_policy("thompson");
+    expect_error("{" UPS ", \"experiments\": [{\"name\": \"x\", \"match\": {\"path_prefix\": "
+                 "\"/\"}, \"policy\": \"thompson\", \"arms\": [\"champion\", \"c\\u001b[2J\"]}]}",
+                 "t.json:1:215: experiments[0].arms[1]: unknown upstream \"c\\u001b[2J\" "
+                 "(upstreams: champion, challenger)");
+}
+
 static void test_top_level_must_be_object(void **state)
 {
     expect_error("[1]", "t.json:1:1: (top level) must be an object, got an array");
@@ -870,6 +918,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_syntax_error_has_jansson_position),
         cmocka_unit_test(test_duplicate_key_is_rejected),
+        cmocka_unit_test(test_nul_byte_is_reported_where_it_is),
+        cmocka_unit_test(test_byte_order_mark_is_named),
+        cmocka_unit_test(test_messages_escape_what_they_quote),
         cmocka_unit_test(test_top_level_must_be_object),
         cmocka_unit_test(test_unknown_top_level_key),
         cmocka_unit_test(test_unknown_upstream_key),
