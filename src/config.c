@@ -50,6 +50,10 @@ typedef struct {
     size_t errlen;
     int failed;
     config_t *c;
+    /* Name -> index of the upstreams and experiments parsed so far, in
+     * jansson's hash tables: arms and repeated experiment names are found
+     * in O(1), so a config with thousands of each is not quadratic. */
+    json_t *up_index, *exp_index;
 } cx_t;
 
 struct policy_parse_s {
@@ -932,6 +936,8 @@ static int parse_upstreams(cx_t *cx)
     json_object_foreach((json_t *)ups, k, v)
     {
         if (parse_upstream(cx, k, v, &c->upstreams[c->n_upstreams]) < 0) return -1;
+        if (json_object_set_new(cx->up_index, k, json_integer((json_int_t)c->n_upstreams)) < 0)
+            return cerr(cx, "/upstreams", 0, "out of memory");
         c->n_upstreams++;
     }
     return 0;
@@ -1024,10 +1030,14 @@ static int parse_experiment(cx_t *cx, size_t i, const json_t *exp)
     if (!mm_valid_name(name, strlen(name)))
         return type_error(cx, vp, json_object_get(exp, "name"),
                           "a name of 1-64 characters of [A-Za-z0-9_.-]");
-    for (size_t j = 0; j < i; j++)
-        if (strcmp(c->experiments[j].name, name) == 0)
-            return cerr(cx, vp, 0, "%s: experiment name \"%s\" is already used by experiments[%zu]",
-                        dotted(cx, vp, d, sizeof(d)), name, j);
+    const json_t *seen = json_object_get(cx->exp_index, name);
+    if (seen != NULL)
+        return cerr(
+            cx, vp, 0,
+            "%s: experiment name \"%s\" is already used by experiments[%" JSON_INTEGER_FORMAT "]",
+            dotted(cx, vp, d, sizeof(d)), name, json_integer_value(seen));
+    if (json_object_set_new(cx->exp_index, name, json_integer((json_int_t)i)) < 0)
+        return cerr(cx, base, 0, "out of memory");
     snprintf(e->name, sizeof(e->name), "%s", name);
     e->name_len = strlen(e->name);
     snprintf(e->salt, sizeof(e->salt), "%s", name);
@@ -1137,7 +1147,9 @@ config_t *config_parse(const char *text, size_t len, const char *name, char *err
     cp->root = cx.root; /* from here on config_free releases it */
     cx.c = &cp->c;
     cx.pos = jsonpos_build(text, len);
-    if (cx.pos == NULL) {
+    cx.up_index = json_object();
+    cx.exp_index = json_object();
+    if (cx.pos == NULL || cx.up_index == NULL || cx.exp_index == NULL) {
         cerr(&cx, "", 0, "out of memory");
         goto err;
     }
@@ -1152,9 +1164,13 @@ config_t *config_parse(const char *text, size_t len, const char *name, char *err
         parse_limits(&cx) < 0 || parse_upstreams(&cx) < 0 || parse_experiments(&cx) < 0)
         goto err;
     jsonpos_free(cx.pos);
+    json_decref(cx.up_index);
+    json_decref(cx.exp_index);
     return cx.c;
 err:
     jsonpos_free(cx.pos);
+    json_decref(cx.up_index);
+    json_decref(cx.exp_index);
     config_free(cx.c);
     return NULL;
 }
@@ -1265,7 +1281,8 @@ int policy_add_arm(policy_parse_t *pp, const char *name, const char *path)
     cfg_experiment_t *e = pp->e;
     char p[PTR_MAX], d[256];
     exp_ptr(pp, path, p, sizeof(p));
-    int up = name ? config_upstream_index(cx->c, name) : -1;
+    const json_t *ix = name ? json_object_get(cx->up_index, name) : NULL;
+    int up = ix ? (int)json_integer_value(ix) : -1;
     /* Point at the name: the key in {"arm": weight}, else the value. */
     const char *last = strrchr(p, '/');
     int at_key = name != NULL && last != NULL && strcmp(last + 1, name) == 0;
@@ -1274,6 +1291,10 @@ int policy_add_arm(policy_parse_t *pp, const char *name, const char *path)
         size_t len = 0;
         known[0] = '\0';
         for (size_t i = 0; i < cx->c->n_upstreams; i++) {
+            if (len + MM_NAME_MAX + 8 > sizeof(known)) { /* whole names, then ", ..." */
+                cat(known, sizeof(known), &len, ", ...");
+                break;
+            }
             cat(known, sizeof(known), &len, i ? ", " : "");
             cat(known, sizeof(known), &len, cx->c->upstreams[i].name);
         }

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -841,6 +842,58 @@ static void test_too_many_arms(void **state)
     assert_non_null(strstr(err, "experiments[0].arms[16]: too many arms (at most 16)"));
 }
 
+/* ---- size ---- */
+
+/* n upstreams and n ab experiments, each experiment on two of them. */
+static char *big_config(int n)
+{
+    size_t cap = (size_t)n * 200 + 64, len = 0;
+    char *t = malloc(cap);
+    assert_non_null(t);
+    len += (size_t)snprintf(t + len, cap - len, "{\"upstreams\": {");
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(t + len, cap - len, "%s\"u%d\": {\"url\": \"http://127.0.0.1:%d\"}",
+                                i ? ", " : "", i, 1000 + i % 60000);
+    len += (size_t)snprintf(t + len, cap - len, "}, \"experiments\": [");
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(t + len, cap - len,
+                                "%s{\"name\": \"e%d\", \"match\": {\"path_prefix\": \"/\"}, "
+                                "\"policy\": \"ab\", \"arms\": {\"u%d\": 1, \"u%d\": 1}}",
+                                i ? ", " : "", i, (i + n - 1) % n, i);
+    snprintf(t + len, cap - len, "]}");
+    return t;
+}
+
+/* The fastest of three parses of big_config(n), in seconds. */
+static double parse_seconds(int n)
+{
+    char *t = big_config(n), err[512];
+    double best = 1e9;
+    for (int k = 0; k < 3; k++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        config_t *c = parse(t, err, sizeof(err));
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        if (c == NULL) fail_msg("rejected: %s", err);
+        assert_int_equal(c->n_experiments, (size_t)n);
+        config_free(c);
+        double s = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+        if (s < best) best = s;
+    }
+    free(t);
+    return best;
+}
+
+/* Arms and experiment names are looked up by hash, not by a scan of what
+ * came before: four times the experiments take about four times as long
+ * (it was sixteen: 16,000 of each took 2.5 s to check). */
+static void test_large_config_is_not_quadratic(void **state)
+{
+    need_policy("ab");
+    double small = parse_seconds(3000), large = parse_seconds(12000);
+    if (large > 9 * small) fail_msg("3000: %.3f s, 12000: %.3f s: worse than linear", small, large);
+}
+
 /* ---- files ---- */
 
 static void test_load_missing_file(void **state)
@@ -954,6 +1007,7 @@ int main(void)
         cmocka_unit_test(test_policy_errors_are_positioned),
         cmocka_unit_test(test_list_policies_add_arms_in_order),
         cmocka_unit_test(test_too_many_arms),
+        cmocka_unit_test(test_large_config_is_not_quadratic),
         cmocka_unit_test(test_load_missing_file),
         cmocka_unit_test(test_load_size_limit_is_16_mib),
         cmocka_unit_test(test_default_config_file_is_valid),
