@@ -1103,23 +1103,26 @@ static void text_position(const char *text, size_t off, int *line, int *col)
     }
 }
 
-/* jansson's message, where it would mislead, said plainly: it takes a NUL
- * byte for the end of the text ("end of file expected near end of file"),
- * shows a byte order mark as an invisible "near ''", and names its own
- * flag for a \u0000 escape. */
+/* jansson's message, where it would mislead, said plainly. It takes a NUL
+ * byte for the end of the text: most often it then says "end of file
+ * expected near end of file", and right after a number it even accepts the
+ * text (je NULL here), so a NUL is reported itself, where it is, whenever
+ * jansson got as far as it. A byte order mark shows as an invisible "near
+ * ''", and a \u0000 escape gets a message naming jansson's own flag. */
 static void syntax_error(cx_t *cx, const char *text, size_t len, const json_error_t *je)
 {
-    int line = je->line < 1 ? 1 : je->line, col = je->column < 1 ? 1 : je->column;
-    const char *msg = je->text;
+    int line = 1, col = 1;
+    const char *msg = "a NUL byte (0x00) is not allowed in a JSON text";
     const char *nul = memchr(text, '\0', len);
-    if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) {
-        line = col = 1;
-        msg = "the file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without one";
-    } else if (nul != NULL && (size_t)je->position > (size_t)(nul - text)) {
+    if (nul != NULL && (je == NULL || (size_t)je->position >= (size_t)(nul - text))) {
         text_position(text, (size_t)(nul - text), &line, &col);
-        msg = "a NUL byte (0x00) is not allowed in a JSON text";
-    } else if (strstr(je->text, "JSON_ALLOW_NUL") != NULL) {
-        msg = "\\u0000 (NUL) is not allowed in a string";
+    } else if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) {
+        msg = "the file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without one";
+    } else {
+        line = je->line < 1 ? 1 : je->line;
+        col = je->column < 1 ? 1 : je->column;
+        msg = strstr(je->text, "JSON_ALLOW_NUL") ? "\\u0000 (NUL) is not allowed in a string"
+                                                 : je->text;
     }
     put_error(cx, line, col, msg);
 }
@@ -1134,8 +1137,9 @@ config_t *config_parse(const char *text, size_t len, const char *name, char *err
     if (errlen > 0) err[0] = '\0';
 
     cx.root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
-    if (cx.root == NULL) {
-        if (errlen > 0) syntax_error(&cx, text, len, &je);
+    if (cx.root == NULL || memchr(text, '\0', len) != NULL) {
+        if (errlen > 0) syntax_error(&cx, text, len, cx.root ? NULL : &je);
+        json_decref(cx.root);
         return NULL;
     }
     cp = calloc(1, sizeof(*cp));

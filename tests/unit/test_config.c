@@ -108,6 +108,15 @@ static void test_nul_byte_is_reported_where_it_is(void **state)
                      "t.json:2:3: a NUL byte (0x00) is not allowed in a JSON text");
     expect_error_len(after, sizeof(after) - 1,
                      "t.json:3:1: a NUL byte (0x00) is not allowed in a JSON text");
+    /* right after a number jansson even accepts it (this was "1:1: out of memory") */
+    static const char num[] =
+        "{\"limits\": {\"max_connections\": 5\0}, " UPS ", \"experiments\": []}";
+    expect_error_len(num, sizeof(num) - 1,
+                     "t.json:1:33: a NUL byte (0x00) is not allowed in a JSON text");
+    /* in a string, at the NUL rather than at the string */
+    static const char str[] = "{\"lis\0ten\": 1}";
+    expect_error_len(str, sizeof(str) - 1,
+                     "t.json:1:6: a NUL byte (0x00) is not allowed in a JSON text");
 }
 
 static void test_byte_order_mark_is_named(void **state)

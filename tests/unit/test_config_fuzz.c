@@ -192,6 +192,8 @@ static void check_rejection(const char *text, size_t len, const char *err)
         sscanf(err + sizeof(name) - 1, "%d:%d: %n", &line, &col, &off) != 2 || off == 0 ||
         err[sizeof(name) - 1 + (size_t)off] == '\0')
         fail_msg("not \"FILE:LINE:COL: message\": %s", err);
+    if (strstr(err, "out of memory") != NULL) /* nothing here runs out */
+        fail_msg("a wrong reason: %s", err);
     for (const char *c = err; *c; c++) /* one line, nothing a terminal would act on */
         if ((unsigned char)*c < 0x20 || *c == 0x7f) fail_msg("control character in: %s", err);
     int nlines;
