@@ -146,6 +146,8 @@ static void test_messages_escape_what_they_quote(void **state)
 
 static void test_top_level_must_be_object(void **state)
 {
+    expect_error(" {}", "t.json:1:2: upstreams is required");
+    expect_error("[]", "t.json:1:1: (top level) must be an object, got an array");
     expect_error("[1]", "t.json:1:1: (top level) must be an object, got an array");
 }
 
