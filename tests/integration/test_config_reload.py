@@ -9,7 +9,8 @@ keys, names, addresses, the file itself), with modelmux serving a good one:
   - the old config keeps serving: the same experiment answers after each;
   - putting the good file back and reloading works.
 One modelmux serves the whole sequence, so a reload that half-applied a bad
-file would show up in a later case.
+file would show up in a later case. And a reload of a config with more
+than 1024 experiments keeps every one's state.
 """
 import json
 import os
@@ -137,6 +138,35 @@ class BadReload(mmtest.MMTestCase):
         if os.path.isdir(self.path):
             shutil.rmtree(self.path)
         super().tearDown()
+
+
+class LargeReload(mmtest.MMTestCase):
+    def test_reload_keeps_what_the_operator_set_on_every_experiment(self):
+        """DESIGN.md §5: a change made through the API lasts until a reload
+        changes that experiment's definition. With more than 1024
+        experiments, a reload used to forget the state of all past the
+        1024th."""
+        champion = self.cluster.model_server("champion")
+        challenger = self.cluster.model_server("challenger")
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        n = 1100
+        exps = [{"name": "e%d" % i, "match": {"path_prefix": "/e%d/" % i}, "policy": "ab",
+                 "arms": {"champion": 100, "challenger": 0}} for i in range(n)]
+        self.cluster.modelmux(mmtest.base_config(
+            port, {"champion": champion.port, "challenger": challenger.port}, exps,
+            admin_port=admin))
+        for name in ("e0", "e%d" % (n - 1)):
+            st, _, body = mmtest.request(admin, "PUT", "/experiments/%s/weights" % name,
+                                         body=b'{"champion": 0, "challenger": 100}')
+            self.assertEqual(st, 200, body)
+        for _ in range(2):
+            st, _, body = mmtest.request(admin, "POST", "/reload", timeout=30)
+            self.assertEqual(st, 200, body)
+        for name in ("e0", "e%d" % (n - 1)):
+            st, h, body = mmtest.request(port, "GET", "/%s/x" % name)
+            self.assertEqual((st, h.get("x-modelmux-arm")), (200, "challenger"), name)
+            view = json.loads(mmtest.request(admin, "GET", "/experiments/" + name)[2])
+            self.assertEqual(view["weights"], {"champion": 0, "challenger": 100}, name)
 
 
 if __name__ == "__main__":
