@@ -50,6 +50,10 @@ typedef struct {
     size_t errlen;
     int failed;
     config_t *c;
+    /* Name -> index of the upstreams and experiments parsed so far, in
+     * jansson's hash tables: arms and repeated experiment names are found
+     * in O(1), so a config with thousands of each is not quadratic. */
+    json_t *up_index, *exp_index;
 } cx_t;
 
 struct policy_parse_s {
@@ -87,15 +91,47 @@ static void locate(const cx_t *cx, const char *ptr, int key, int *line, int *col
     }
 }
 
+/* Copy msg into out (n bytes, NUL-terminated), control characters written
+ * as JSON escapes (\n, \u001b). Messages quote what the file holds (a key
+ * with an escaped newline, the bytes near a syntax error): printed raw, they
+ * would split the one-line "FILE:LINE:COL: message" in two or reach the
+ * terminal as escape sequences. */
+static void put_escaped(char *out, size_t n, const char *msg)
+{
+    size_t len = 0;
+    if (n == 0) return;
+    for (; *msg; msg++) {
+        unsigned char ch = (unsigned char)*msg;
+        char e[8] = {(char)ch, '\0'};
+        if (ch == '\n' || ch == '\r' || ch == '\t')
+            snprintf(e, sizeof(e), "\\%c", ch == '\n' ? 'n' : ch == '\r' ? 'r' : 't');
+        else if (ch < 0x20 || ch == 0x7f)
+            snprintf(e, sizeof(e), "\\u%04x", ch);
+        size_t k = strlen(e);
+        if (len + k >= n) break; /* whole escapes only */
+        memcpy(out + len, e, k);
+        len += k;
+    }
+    out[len] = '\0';
+}
+
+/* "FILE:LINE:COL: message" into cx->err. */
+static void put_error(cx_t *cx, int line, int col, const char *msg)
+{
+    int n = snprintf(cx->err, cx->errlen, "%s:%d:%d: ", cx->name, line, col);
+    if (n >= 0 && (size_t)n < cx->errlen) put_escaped(cx->err + n, cx->errlen - (size_t)n, msg);
+}
+
 static int verror(cx_t *cx, const char *ptr, int key, const char *fmt, va_list ap)
 {
     if (cx->failed) return -1;
     cx->failed = 1;
     if (cx->errlen == 0) return -1;
     int line, col;
+    char msg[2048];
     locate(cx, ptr, key, &line, &col);
-    int n = snprintf(cx->err, cx->errlen, "%s:%d:%d: ", cx->name, line, col);
-    if (n >= 0 && (size_t)n < cx->errlen) vsnprintf(cx->err + n, cx->errlen - (size_t)n, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    put_error(cx, line, col, msg);
     return -1;
 }
 
@@ -151,9 +187,12 @@ static const char *dotted(const cx_t *cx, const char *ptr, char *out, size_t n)
             if (plain_word(seg)) {
                 if (len > 0) cat(out, n, &len, ".");
                 cat(out, n, &len, seg);
-            } else {
+            } else { /* as a JSON string: ["a\"b"] must not read as ["a"] */
                 cat(out, n, &len, "[\"");
-                cat(out, n, &len, seg);
+                for (const char *c = seg; *c; c++) {
+                    char esc[3] = {'\\', *c, '\0'}; /* the character, after a backslash */
+                    cat(out, n, &len, *c == '"' || *c == '\\' ? esc : esc + 1);
+                }
                 cat(out, n, &len, "\"]");
             }
             cur = json_is_object(cur) ? json_object_get(cur, seg) : NULL;
@@ -897,6 +936,8 @@ static int parse_upstreams(cx_t *cx)
     json_object_foreach((json_t *)ups, k, v)
     {
         if (parse_upstream(cx, k, v, &c->upstreams[c->n_upstreams]) < 0) return -1;
+        if (json_object_set_new(cx->up_index, k, json_integer((json_int_t)c->n_upstreams)) < 0)
+            return cerr(cx, "/upstreams", 0, "out of memory");
         c->n_upstreams++;
     }
     return 0;
@@ -989,10 +1030,14 @@ static int parse_experiment(cx_t *cx, size_t i, const json_t *exp)
     if (!mm_valid_name(name, strlen(name)))
         return type_error(cx, vp, json_object_get(exp, "name"),
                           "a name of 1-64 characters of [A-Za-z0-9_.-]");
-    for (size_t j = 0; j < i; j++)
-        if (strcmp(c->experiments[j].name, name) == 0)
-            return cerr(cx, vp, 0, "%s: experiment name \"%s\" is already used by experiments[%zu]",
-                        dotted(cx, vp, d, sizeof(d)), name, j);
+    const json_t *seen = json_object_get(cx->exp_index, name);
+    if (seen != NULL)
+        return cerr(
+            cx, vp, 0,
+            "%s: experiment name \"%s\" is already used by experiments[%" JSON_INTEGER_FORMAT "]",
+            dotted(cx, vp, d, sizeof(d)), name, json_integer_value(seen));
+    if (json_object_set_new(cx->exp_index, name, json_integer((json_int_t)i)) < 0)
+        return cerr(cx, base, 0, "out of memory");
     snprintf(e->name, sizeof(e->name), "%s", name);
     e->name_len = strlen(e->name);
     snprintf(e->salt, sizeof(e->salt), "%s", name);
@@ -1043,6 +1088,45 @@ static int parse_experiments(cx_t *cx)
 
 /* ---- public API ---- */
 
+/* Line and column of byte `off`, in jansson's convention (jsonpos.h). */
+static void text_position(const char *text, size_t off, int *line, int *col)
+{
+    *line = 1;
+    *col = 1;
+    for (size_t i = 0; i < off; i++) {
+        if (text[i] == '\n') {
+            ++*line;
+            *col = 1;
+        } else if (((unsigned char)text[i + 1] & 0xC0) != 0x80) {
+            ++*col; /* the next byte starts a character */
+        }
+    }
+}
+
+/* jansson's message, where it would mislead, said plainly. It takes a NUL
+ * byte for the end of the text: most often it then says "end of file
+ * expected near end of file", and right after a number it even accepts the
+ * text (je NULL here), so a NUL is reported itself, where it is, whenever
+ * jansson got as far as it. A byte order mark shows as an invisible "near
+ * ''", and a \u0000 escape gets a message naming jansson's own flag. */
+static void syntax_error(cx_t *cx, const char *text, size_t len, const json_error_t *je)
+{
+    int line = 1, col = 1;
+    const char *msg = "a NUL byte (0x00) is not allowed in a JSON text";
+    const char *nul = memchr(text, '\0', len);
+    if (nul != NULL && (je == NULL || (size_t)je->position >= (size_t)(nul - text))) {
+        text_position(text, (size_t)(nul - text), &line, &col);
+    } else if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) {
+        msg = "the file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without one";
+    } else {
+        line = je->line < 1 ? 1 : je->line;
+        col = je->column < 1 ? 1 : je->column;
+        msg = strstr(je->text, "JSON_ALLOW_NUL") ? "\\u0000 (NUL) is not allowed in a string"
+                                                 : je->text;
+    }
+    put_error(cx, line, col, msg);
+}
+
 config_t *config_parse(const char *text, size_t len, const char *name, char *err, size_t errlen)
 {
     static const char *const top_keys[] = {"listen", "admin",     "store",       "log",
@@ -1053,13 +1137,9 @@ config_t *config_parse(const char *text, size_t len, const char *name, char *err
     if (errlen > 0) err[0] = '\0';
 
     cx.root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
-    if (cx.root == NULL) {
-        if (errlen > 0)
-            snprintf(err, errlen, "%s:%d:%d: %s", cx.name, je.line < 1 ? 1 : je.line,
-                     je.column < 1 ? 1 : je.column,
-                     /* jansson names its own flag; say what is wrong instead */
-                     strstr(je.text, "JSON_ALLOW_NUL") ? "\\u0000 (NUL) is not allowed in a string"
-                                                       : je.text);
+    if (cx.root == NULL || memchr(text, '\0', len) != NULL) {
+        if (errlen > 0) syntax_error(&cx, text, len, cx.root ? NULL : &je);
+        json_decref(cx.root);
         return NULL;
     }
     cp = calloc(1, sizeof(*cp));
@@ -1071,7 +1151,9 @@ config_t *config_parse(const char *text, size_t len, const char *name, char *err
     cp->root = cx.root; /* from here on config_free releases it */
     cx.c = &cp->c;
     cx.pos = jsonpos_build(text, len);
-    if (cx.pos == NULL) {
+    cx.up_index = json_object();
+    cx.exp_index = json_object();
+    if (cx.pos == NULL || cx.up_index == NULL || cx.exp_index == NULL) {
         cerr(&cx, "", 0, "out of memory");
         goto err;
     }
@@ -1086,9 +1168,13 @@ config_t *config_parse(const char *text, size_t len, const char *name, char *err
         parse_limits(&cx) < 0 || parse_upstreams(&cx) < 0 || parse_experiments(&cx) < 0)
         goto err;
     jsonpos_free(cx.pos);
+    json_decref(cx.up_index);
+    json_decref(cx.exp_index);
     return cx.c;
 err:
     jsonpos_free(cx.pos);
+    json_decref(cx.up_index);
+    json_decref(cx.exp_index);
     config_free(cx.c);
     return NULL;
 }
@@ -1199,7 +1285,8 @@ int policy_add_arm(policy_parse_t *pp, const char *name, const char *path)
     cfg_experiment_t *e = pp->e;
     char p[PTR_MAX], d[256];
     exp_ptr(pp, path, p, sizeof(p));
-    int up = name ? config_upstream_index(cx->c, name) : -1;
+    const json_t *ix = name ? json_object_get(cx->up_index, name) : NULL;
+    int up = ix ? (int)json_integer_value(ix) : -1;
     /* Point at the name: the key in {"arm": weight}, else the value. */
     const char *last = strrchr(p, '/');
     int at_key = name != NULL && last != NULL && strcmp(last + 1, name) == 0;
@@ -1208,6 +1295,10 @@ int policy_add_arm(policy_parse_t *pp, const char *name, const char *path)
         size_t len = 0;
         known[0] = '\0';
         for (size_t i = 0; i < cx->c->n_upstreams; i++) {
+            if (len + MM_NAME_MAX + 8 > sizeof(known)) { /* whole names, then ", ..." */
+                cat(known, sizeof(known), &len, ", ...");
+                break;
+            }
             cat(known, sizeof(known), &len, i ? ", " : "");
             cat(known, sizeof(known), &len, cx->c->upstreams[i].name);
         }

@@ -354,7 +354,9 @@ int jsonpos_find(const jsonpos_t *jp, const char *pointer, int key, int *line, i
     size_t n = strlen(pointer);
     for (size_t i = 0; i < jp->n; i++) {
         const jp_entry_t *e = &jp->entries[i];
-        if (e->len != n || memcmp(jp->arena + e->off, pointer, n) != 0) continue;
+        /* n == 0: the root, and the arena may still be NULL (memcmp's
+         * arguments must not be, even for no bytes) */
+        if (e->len != n || (n > 0 && memcmp(jp->arena + e->off, pointer, n) != 0)) continue;
         *line = key ? e->kline : e->vline;
         *col = key ? e->kcol : e->vcol;
         return 0;

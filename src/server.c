@@ -128,10 +128,15 @@ static void reload_finish(server_reload_t *rl)
         router_t *prev = srv->router;
         srv->router = nr;
         router_unref(prev);
-        const char *names[1024];
-        size_t n = 0;
-        for (size_t i = 0; i < nr->n_exps && n < 1024; i++) names[n++] = nr->exps[i].cfg->name;
-        store_retain(srv->store, names, n);
+        /* Every experiment of the new config keeps its state (a fixed list
+         * of 1024 dropped the rest's). Without memory for the list nothing
+         * is dropped: removed experiments linger until the next reload. */
+        const char **names = malloc((nr->n_exps ? nr->n_exps : 1) * sizeof(*names));
+        if (names != NULL) {
+            for (size_t i = 0; i < nr->n_exps; i++) names[i] = nr->exps[i].cfg->name;
+            store_retain(srv->store, names, nr->n_exps);
+            free(names);
+        }
         if (srv->reqlog) reqlog_reopen(srv->reqlog); /* SIGHUP also rotates the request log */
         srv->reloads++;
         tick_experiments(srv);

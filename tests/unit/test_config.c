@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -86,8 +87,67 @@ static void test_duplicate_key_is_rejected(void **state)
                  "t.json:2:9: duplicate object key near '\"listen\"'");
 }
 
+/* jansson takes a NUL byte for the end of the text; the message must not
+ * say "end of file" in the middle of a file, but where the byte is. */
+static void expect_error_len(const char *text, size_t len, const char *want)
+{
+    char err[512];
+    config_t *c = config_parse(text, len, "t.json", err, sizeof(err));
+    if (c != NULL) {
+        config_free(c);
+        fail_msg("accepted, expected: %s", want);
+    }
+    assert_string_equal(err, want);
+}
+
+static void test_nul_byte_is_reported_where_it_is(void **state)
+{
+    static const char mid[] = "{\n  \0\"experiments\": []}";
+    static const char after[] = MINIMAL "\n\n\0";
+    expect_error_len(mid, sizeof(mid) - 1,
+                     "t.json:2:3: a NUL byte (0x00) is not allowed in a JSON text");
+    expect_error_len(after, sizeof(after) - 1,
+                     "t.json:3:1: a NUL byte (0x00) is not allowed in a JSON text");
+    /* right after a number jansson even accepts it (this was "1:1: out of memory") */
+    static const char num[] =
+        "{\"limits\": {\"max_connections\": 5\0}, " UPS ", \"experiments\": []}";
+    expect_error_len(num, sizeof(num) - 1,
+                     "t.json:1:33: a NUL byte (0x00) is not allowed in a JSON text");
+    /* in a string, at the NUL rather than at the string */
+    static const char str[] = "{\"lis\0ten\": 1}";
+    expect_error_len(str, sizeof(str) - 1,
+                     "t.json:1:6: a NUL byte (0x00) is not allowed in a JSON text");
+}
+
+static void test_byte_order_mark_is_named(void **state)
+{
+    expect_error("\xEF\xBB\xBF" MINIMAL, "t.json:1:1: the file starts with a UTF-8 byte order "
+                                         "mark (BOM); save it as UTF-8 without one");
+}
+
+/* A message is one line: what it quotes from the file is escaped, so an
+ * escaped newline in a key does not split it, an escape sequence does not
+ * reach the terminal, and a quote in a key does not end the name early. */
+static void test_messages_escape_what_they_quote(void **state)
+{
+    expect_error("{\"lis\\nten\": 1}", "t.json:1:2: unknown key [\"lis\\nten\"] (allowed here: "
+                                       "listen, admin, store, log, limits, upstreams, "
+                                       "experiments)");
+    expect_error("{\"a\\\"b\\\\\": 1}", "t.json:1:2: unknown key [\"a\\\"b\\\\\"] (allowed "
+                                        "here: listen, admin, store, log, limits, upstreams, "
+                                        "experiments)");
+    expect_error("{\x1b}", "t.json:1:2: string or '}' expected near '\\u001b'");
+    need_policy("thompson");
+    expect_error("{" UPS ", \"experiments\": [{\"name\": \"x\", \"match\": {\"path_prefix\": "
+                 "\"/\"}, \"policy\": \"thompson\", \"arms\": [\"champion\", \"c\\u001b[2J\"]}]}",
+                 "t.json:1:215: experiments[0].arms[1]: unknown upstream \"c\\u001b[2J\" "
+                 "(upstreams: champion, challenger)");
+}
+
 static void test_top_level_must_be_object(void **state)
 {
+    expect_error(" {}", "t.json:1:2: upstreams is required");
+    expect_error("[]", "t.json:1:1: (top level) must be an object, got an array");
     expect_error("[1]", "t.json:1:1: (top level) must be an object, got an array");
 }
 
@@ -793,6 +853,58 @@ static void test_too_many_arms(void **state)
     assert_non_null(strstr(err, "experiments[0].arms[16]: too many arms (at most 16)"));
 }
 
+/* ---- size ---- */
+
+/* n upstreams and n ab experiments, each experiment on two of them. */
+static char *big_config(int n)
+{
+    size_t cap = (size_t)n * 200 + 64, len = 0;
+    char *t = malloc(cap);
+    assert_non_null(t);
+    len += (size_t)snprintf(t + len, cap - len, "{\"upstreams\": {");
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(t + len, cap - len, "%s\"u%d\": {\"url\": \"http://127.0.0.1:%d\"}",
+                                i ? ", " : "", i, 1000 + i % 60000);
+    len += (size_t)snprintf(t + len, cap - len, "}, \"experiments\": [");
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(t + len, cap - len,
+                                "%s{\"name\": \"e%d\", \"match\": {\"path_prefix\": \"/\"}, "
+                                "\"policy\": \"ab\", \"arms\": {\"u%d\": 1, \"u%d\": 1}}",
+                                i ? ", " : "", i, (i + n - 1) % n, i);
+    snprintf(t + len, cap - len, "]}");
+    return t;
+}
+
+/* The fastest of three parses of big_config(n), in seconds. */
+static double parse_seconds(int n)
+{
+    char *t = big_config(n), err[512];
+    double best = 1e9;
+    for (int k = 0; k < 3; k++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        config_t *c = parse(t, err, sizeof(err));
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        if (c == NULL) fail_msg("rejected: %s", err);
+        assert_int_equal(c->n_experiments, (size_t)n);
+        config_free(c);
+        double s = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+        if (s < best) best = s;
+    }
+    free(t);
+    return best;
+}
+
+/* Arms and experiment names are looked up by hash, not by a scan of what
+ * came before: four times the experiments take about four times as long
+ * (it was sixteen: 16,000 of each took 2.5 s to check). */
+static void test_large_config_is_not_quadratic(void **state)
+{
+    need_policy("ab");
+    double small = parse_seconds(3000), large = parse_seconds(12000);
+    if (large > 9 * small) fail_msg("3000: %.3f s, 12000: %.3f s: worse than linear", small, large);
+}
+
 /* ---- files ---- */
 
 static void test_load_missing_file(void **state)
@@ -870,6 +982,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_syntax_error_has_jansson_position),
         cmocka_unit_test(test_duplicate_key_is_rejected),
+        cmocka_unit_test(test_nul_byte_is_reported_where_it_is),
+        cmocka_unit_test(test_byte_order_mark_is_named),
+        cmocka_unit_test(test_messages_escape_what_they_quote),
         cmocka_unit_test(test_top_level_must_be_object),
         cmocka_unit_test(test_unknown_top_level_key),
         cmocka_unit_test(test_unknown_upstream_key),
@@ -903,6 +1018,7 @@ int main(void)
         cmocka_unit_test(test_policy_errors_are_positioned),
         cmocka_unit_test(test_list_policies_add_arms_in_order),
         cmocka_unit_test(test_too_many_arms),
+        cmocka_unit_test(test_large_config_is_not_quadratic),
         cmocka_unit_test(test_load_missing_file),
         cmocka_unit_test(test_load_size_limit_is_16_mib),
         cmocka_unit_test(test_default_config_file_is_valid),

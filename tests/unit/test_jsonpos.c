@@ -156,6 +156,14 @@ static void test_empty_containers_and_scalars(void **state)
     jp = build("[ 7 ]");
     expect_pos(jp, "/0", 0, 1, 3);
     jsonpos_free(jp);
+
+    /* Only the root: its pointer is "", so nothing was ever put in the
+     * pointer arena ("{}" is a config a user writes; --check then reports
+     * the missing keys at the root). */
+    jp = build(" {}");
+    expect_pos(jp, "", 0, 1, 2);
+    assert_int_equal(jsonpos_find(jp, "/upstreams", 0, &(int){0}, &(int){0}), -1);
+    jsonpos_free(jp);
 }
 
 static void test_rejects_truncated_text(void **state)
