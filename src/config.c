@@ -39,6 +39,10 @@
 typedef struct {
     config_t c;   /* first member: config_free gets back here with container_of */
     json_t *root; /* the parsed text, alive as long as the config */
+    /* The parse's name -> index tables (cx_t), kept: config_*_index answer
+     * in O(1), so a reload that pairs each experiment with the one it
+     * replaces is linear in their number rather than quadratic. */
+    json_t *up_index, *exp_index;
 } config_priv_t;
 
 /* One parse: where messages go, and what we know so far. */
@@ -1151,8 +1155,8 @@ config_t *config_parse(const char *text, size_t len, const char *name, char *err
     cp->root = cx.root; /* from here on config_free releases it */
     cx.c = &cp->c;
     cx.pos = jsonpos_build(text, len);
-    cx.up_index = json_object();
-    cx.exp_index = json_object();
+    cx.up_index = cp->up_index = json_object();
+    cx.exp_index = cp->exp_index = json_object();
     if (cx.pos == NULL || cx.up_index == NULL || cx.exp_index == NULL) {
         cerr(&cx, "", 0, "out of memory");
         goto err;
@@ -1168,13 +1172,9 @@ config_t *config_parse(const char *text, size_t len, const char *name, char *err
         parse_limits(&cx) < 0 || parse_upstreams(&cx) < 0 || parse_experiments(&cx) < 0)
         goto err;
     jsonpos_free(cx.pos);
-    json_decref(cx.up_index);
-    json_decref(cx.exp_index);
     return cx.c;
 err:
     jsonpos_free(cx.pos);
-    json_decref(cx.up_index);
-    json_decref(cx.exp_index);
     config_free(cx.c);
     return NULL;
 }
@@ -1241,21 +1241,25 @@ void config_free(config_t *c)
     free(c->log_requests);
     free(c->path);
     json_decref(cp->root);
+    json_decref(cp->up_index);
+    json_decref(cp->exp_index);
     free(cp);
+}
+
+static int index_of(const json_t *index, const char *name)
+{
+    const json_t *i = json_object_get(index, name);
+    return i ? (int)json_integer_value(i) : -1;
 }
 
 int config_upstream_index(const config_t *c, const char *name)
 {
-    for (size_t i = 0; i < c->n_upstreams; i++)
-        if (strcmp(c->upstreams[i].name, name) == 0) return (int)i;
-    return -1;
+    return index_of(container_of(c, config_priv_t, c)->up_index, name);
 }
 
 int config_experiment_index(const config_t *c, const char *name)
 {
-    for (size_t i = 0; i < c->n_experiments; i++)
-        if (strcmp(c->experiments[i].name, name) == 0) return (int)i;
-    return -1;
+    return index_of(container_of(c, config_priv_t, c)->exp_index, name);
 }
 
 /* ---- parse-time services for policies (policies/policy.h) ---- */

@@ -110,7 +110,7 @@ config_t *config_load(const char *path, char *err, size_t errlen);
 config_t *config_parse(const char *text, size_t len, const char *name, char *err, size_t errlen);
 void config_free(config_t *c);
 
-/* Upstream index by name, or -1. */
+/* Upstream index by name, or -1. Both are hash lookups (O(1)). */
 int config_upstream_index(const config_t *c, const char *name);
 /* Experiment index by name, or -1. */
 int config_experiment_index(const config_t *c, const char *name);

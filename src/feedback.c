@@ -73,9 +73,8 @@ static void batch_free(fb_batch_t *b)
 static exp_rt_t *find_exp(mm_server_t *srv, const char *name)
 {
     router_t *r = srv->router;
-    for (size_t i = 0; i < r->n_exps; i++)
-        if (strcmp(r->exps[i].cfg->name, name) == 0) return &r->exps[i];
-    return NULL;
+    int i = config_experiment_index(r->cfg, name); /* O(1): r->exps follows the config */
+    return i >= 0 ? &r->exps[i] : NULL;
 }
 
 static int delta_nonzero(const arm_stats_t *d)

@@ -241,7 +241,9 @@ typedef struct {
 static const char *const shadow_outcomes[SHADOW__COUNT] = {"match", "mismatch", "error", "dropped"};
 static const char *const state_names[] = {"running", "paused", "promoted", "rolled_back"};
 
-/* Live experiments in config order, then the ones a reload removed. */
+/* Live experiments in config order, then the ones a reload removed. A
+ * block is live when the router's experiment of its name holds it: one
+ * index lookup each, so a scrape is linear in the experiments. */
 static exp_ref_t *collect(mm_server_t *srv, size_t *count)
 {
     router_t *r = srv->router;
@@ -253,9 +255,8 @@ static exp_ref_t *collect(mm_server_t *srv, size_t *count)
     for (size_t i = 0; r && i < r->n_exps; i++)
         v[k++] = (exp_ref_t){r->exps[i].metrics, &r->exps[i]};
     for (metrics_exp_t *m = srv->metrics.exps; m; m = m->next) {
-        size_t j = 0;
-        while (j < k && v[j].m != m) j++;
-        if (j == k) v[k++] = (exp_ref_t){m, NULL};
+        int i = r ? config_experiment_index(r->cfg, m->name) : -1;
+        if (i < 0 || r->exps[i].metrics != m) v[k++] = (exp_ref_t){m, NULL};
     }
     *count = k;
     return v;
