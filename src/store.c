@@ -584,14 +584,11 @@ void store_exp_free(store_exp_t *x)
     free(x);
 }
 
-static store_exp_t *exp_find(const store_t *s, const char *name, size_t *pos)
+/* O(1) through s->index: a start or reload looks up every experiment. */
+static store_exp_t *exp_find(const store_t *s, const char *name)
 {
-    for (size_t i = 0; i < s->n_exps; i++)
-        if (strcmp(s->exps[i]->pub.name, name) == 0) {
-            if (pos) *pos = i;
-            return s->exps[i];
-        }
-    return NULL;
+    const json_t *i = json_object_get(s->index, name);
+    return i ? s->exps[json_integer_value(i)] : NULL;
 }
 
 static int same_arms(const exp_state_t *e, const char *const *arm_names, size_t n_arms)
@@ -656,7 +653,7 @@ exp_state_t *store_experiment(store_t *s, const char *name, const char *const *a
     for (size_t i = 0; i < n_arms; i++)
         if (!mm_valid_name(arm_names[i], strlen(arm_names[i]))) return NULL;
 
-    store_exp_t *x = exp_find(s, name, NULL);
+    store_exp_t *x = exp_find(s, name);
     if (x != NULL) {
         x->pub.initial_control = *initial;
         if (!same_arms(&x->pub, arm_names, n_arms)) {
@@ -685,6 +682,10 @@ exp_state_t *store_experiment(store_t *s, const char *name, const char *const *a
     x->pub.control = *initial;
     x->pub.initial_control = *initial;
     if (x->pub.control.state == EXP_PAUSED) freeze_if_paused(x, EXP_RUNNING);
+    if (json_object_set_new_nocheck(s->index, name, json_integer((json_int_t)s->n_exps)) < 0) {
+        free(x);
+        return NULL;
+    }
     s->exps[s->n_exps++] = x;
     if (s->redis) store_redis_exp_added(s->redis, x, redefined);
     return &x->pub;
@@ -705,23 +706,37 @@ void store_detached_done(store_t *s, store_exp_t *x)
     store_exp_free(x);
 }
 
+/* O(n + experiments) through a set of the kept names. Without memory for
+ * the set nothing is dropped: removed experiments linger until the next
+ * reload, as when the caller has no memory for its list. */
 void store_retain(store_t *s, const char *const *names, size_t n)
 {
+    json_t *keep = json_object();
+    for (size_t j = 0; keep != NULL && j < n; j++)
+        if (json_object_set_new_nocheck(keep, names[j], json_true()) < 0) {
+            json_decref(keep);
+            keep = NULL;
+        }
+    if (keep == NULL) return;
     size_t i = 0;
     while (i < s->n_exps) {
         store_exp_t *x = s->exps[i];
-        int keep = 0;
-        for (size_t j = 0; j < n && !keep; j++) keep = strcmp(x->pub.name, names[j]) == 0;
-        if (keep) {
+        if (json_object_get(keep, x->pub.name) != NULL) {
             i++;
             continue;
         }
+        /* The last experiment moves into the hole: its index entry is
+         * updated in place (no allocation, so it cannot fail). */
+        json_object_del(s->index, x->pub.name);
         s->exps[i] = s->exps[--s->n_exps];
+        if (i < s->n_exps)
+            json_integer_set(json_object_get(s->index, s->exps[i]->pub.name), (json_int_t)i);
         x->detached = 1;
         x->detached_next = s->detached;
         s->detached = x;
         store_detached_done(s, x);
     }
+    json_decref(keep);
 }
 
 void store_hold(exp_state_t *e)
@@ -943,7 +958,8 @@ store_t *store_create(uv_loop_t *loop, const cfg_store_t *cfg, char *err, size_t
     s->aux_bytes_max = STORE_AUX_BYTES_DEFAULT;
     s->aux_n_buckets = BUCKETS_MIN;
     s->aux_buckets = calloc(s->aux_n_buckets, sizeof(*s->aux_buckets));
-    if (s->buckets == NULL || s->aux_buckets == NULL) {
+    s->index = json_object();
+    if (s->buckets == NULL || s->aux_buckets == NULL || s->index == NULL) {
         snprintf(err, errlen, "store: out of memory");
         goto err;
     }
@@ -960,6 +976,7 @@ store_t *store_create(uv_loop_t *loop, const cfg_store_t *cfg, char *err, size_t
 err:
     free(s->buckets);
     free(s->aux_buckets);
+    json_decref(s->index);
     free(s);
     return NULL;
 }
@@ -984,6 +1001,7 @@ void store_free_final(store_t *s)
 {
     for (size_t i = 0; i < s->n_exps; i++) store_exp_free(s->exps[i]);
     free(s->exps);
+    json_decref(s->index);
     while (s->detached) {
         store_exp_t *z = s->detached;
         s->detached = z->detached_next;

@@ -11,6 +11,8 @@
 #ifndef MM_STORE_INTERNAL_H
 #define MM_STORE_INTERNAL_H
 
+#include <jansson.h>
+
 #include "store.h"
 
 /* Local request-id map: at most this many entries; the oldest are evicted. */
@@ -132,6 +134,11 @@ struct store_s {
     cfg_store_t cfg;
     store_exp_t **exps;
     size_t n_exps, cap_exps;
+    /* Name -> position in exps, in a jansson object used as a hash table
+     * (as config.c indexes names): a start or reload of n experiments costs
+     * O(n) lookups, not O(n^2) string compares. Names were checked
+     * (mm_valid_name), so the keys skip jansson's UTF-8 check. */
+    json_t *index;
     store_exp_t *detached; /* removed, still held or awaiting a reply */
 
     /* request-id map */
