@@ -1,4 +1,6 @@
 /* metrics.c — see metrics.h. */
+#include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +27,8 @@ void metrics_free(metrics_t *m)
         e = next;
     }
     m->exps = NULL;
+    json_decref(m->index);
+    m->index = NULL;
 }
 
 /* Slot of arm `name`, or a new one; -1 out of memory. O(slots): once per
@@ -70,22 +74,22 @@ static int slot_for(metrics_exp_t *e, const char *name, const char *const *live,
 metrics_exp_t *metrics_exp(metrics_t *m, const char *name, const char *const *arm_names,
                            size_t n_arms, uint16_t *slot_of)
 {
-    metrics_exp_t *e;
-    for (e = m->exps; e; e = e->next)
-        if (strcmp(e->name, name) == 0) break;
+    /* jansson holds no pointers: the block's address is kept as an integer
+     * (json_int_t has 64 bits, enough for any pointer). */
+    if (m->index == NULL && (m->index = json_object()) == NULL) return NULL;
+    const json_t *ix = json_object_get(m->index, name);
+    metrics_exp_t *e = ix ? (metrics_exp_t *)(intptr_t)json_integer_value(ix) : NULL;
     if (e == NULL) {
         e = calloc(1, sizeof(*e));
         if (e == NULL) return NULL;
         e->cap = MM_MAX_ARMS;
         e->arms = calloc(e->cap, sizeof(*e->arms));
         e->arm_names = calloc(e->cap, sizeof(*e->arm_names));
-        if (e->arms == NULL || e->arm_names == NULL) {
-            free(e->arms);
-            free(e->arm_names);
-            free(e);
-            return NULL;
-        }
         snprintf(e->name, sizeof(e->name), "%s", name);
+        if (e->arms == NULL || e->arm_names == NULL ||
+            json_object_set_new_nocheck(m->index, e->name, json_integer((json_int_t)(intptr_t)e)) <
+                0)
+            goto err;
         e->next = m->exps;
         m->exps = e;
     }
@@ -96,6 +100,11 @@ metrics_exp_t *metrics_exp(metrics_t *m, const char *name, const char *const *ar
     }
     e->champion = n_arms ? slot_of[0] : 0;
     return e;
+err:
+    free(e->arms);
+    free(e->arm_names);
+    free(e);
+    return NULL;
 }
 
 void metrics_fallback(metrics_exp_t *e, int from, int to)

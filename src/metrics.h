@@ -63,7 +63,11 @@ typedef struct metrics_exp_s {
 } metrics_exp_t;
 
 typedef struct {
-    metrics_exp_t *exps;
+    metrics_exp_t *exps; /* newest first */
+    /* Name -> block, so that a start or reload of n experiments costs O(n)
+     * (a jansson object used as a hash table, as config.c indexes names;
+     * made by the first metrics_exp). */
+    struct json_t *index;
     uint64_t unrouted_by_status[600]; /* requests that matched no experiment */
 } metrics_t;
 
