@@ -9,6 +9,7 @@
  * rule (metrics_arm_shares) and the latency quantiles behind the admin
  * API's p50/p99 are tested on the same fixture. */
 #include <ctype.h>
+#include <inttypes.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -678,6 +679,151 @@ static void test_arm_named_interleave_shares_the_merged_series(void **state)
     assert_line(t, "modelmux_request_duration_seconds_count{experiment=\"il\",arm=\"b\"} 1");
 }
 
+/* ---- at scale ----
+ * Thousands of experiments through a real reload (router_create with the
+ * old router): each one finds its own metrics block, store state and arm
+ * slots by name, however the reload reorders or removes experiments and
+ * arms. Only correctness is asserted; speed is measured (bench/scale.py). */
+
+#define SCALE_N 2000
+
+/* SCALE_N ab experiments "e<i>" over four upstreams, arms u<i%4>, u<(i+1)%4>.
+ * `reloaded`: the order reversed, every third experiment removed, and the
+ * odd ones' arms swapped (their champion changes). */
+static config_t *scale_config(int reloaded)
+{
+    mm_buf_t b;
+    mm_buf_init(&b);
+    mm_buf_cstr(&b, "{\"listen\": \"127.0.0.1:18080\", \"upstreams\": {");
+    for (int u = 0; u < 4; u++)
+        mm_buf_printf(&b, "%s\"u%d\": {\"url\": \"http://127.0.0.1:%d\"}", u ? ", " : "", u,
+                      17001 + u);
+    mm_buf_cstr(&b, "}, \"experiments\": [");
+    int first = 1;
+    for (int k = 0; k < SCALE_N; k++) {
+        int i = reloaded ? SCALE_N - 1 - k : k;
+        if (reloaded && i % 3 == 0) continue;
+        int a = i % 4, c = (i + 1) % 4;
+        if (reloaded && i % 2) {
+            int t = a;
+            a = c;
+            c = t;
+        }
+        mm_buf_printf(&b,
+                      "%s{\"name\": \"e%d\", \"match\": {\"path_prefix\": \"/e/%d/\"}, "
+                      "\"policy\": \"ab\", \"arms\": {\"u%d\": 50, \"u%d\": 50}}",
+                      first ? "" : ", ", i, i, a, c);
+        first = 0;
+    }
+    mm_buf_cstr(&b, "]}");
+    assert_false(b.oom);
+    char err[512];
+    config_t *cfg = config_parse(b.p, b.len, "scale.json", err, sizeof(err));
+    if (cfg == NULL) fail_msg("%s", err);
+    mm_buf_free(&b);
+    return cfg;
+}
+
+static int setup_scale(void **state)
+{
+    fx_t *f = calloc(1, sizeof(*f));
+    char err[512];
+    uv_loop_init(&f->loop);
+    metrics_init(&f->srv.metrics);
+    cfg_store_t sc = {.type = STORE_MEMORY};
+    f->srv.loop = &f->loop;
+    f->srv.store = store_create(&f->loop, &sc, err, sizeof(err));
+    if (f->srv.store == NULL) return -1;
+    f->srv.router = router_create(&f->loop, scale_config(0), NULL, f->srv.store, &f->srv.metrics,
+                                  NULL, err, sizeof(err));
+    if (f->srv.router == NULL) {
+        print_error("router: %s\n", err);
+        return -1;
+    }
+    mm_buf_init(&f->out);
+    *state = f;
+    return 0;
+}
+
+/* Arm `u` of e<i> answered i * 4 + u times with 200: a count tells whose it is. */
+static uint64_t scale_count(int i, int u)
+{
+    return (uint64_t)i * 4 + (uint64_t)u + 1;
+}
+
+static int upstream_number(const exp_rt_t *e, int arm)
+{
+    return e->ups[arm]->name[1] - '0';
+}
+
+static void test_thousands_of_experiments_keep_their_blocks_across_a_reload(void **state)
+{
+    fx_t *f = *state;
+    router_t *old = f->srv.router;
+    assert_int_equal(old->n_exps, SCALE_N);
+    metrics_exp_t *block[SCALE_N];
+    exp_state_t *st[SCALE_N];
+    for (int i = 0; i < SCALE_N; i++) {
+        exp_rt_t *e = &old->exps[i];
+        assert_int_equal(atoi(e->cfg->name + 1), i);
+        assert_string_equal(e->metrics->name, e->cfg->name);
+        assert_string_equal(e->state->name, e->cfg->name);
+        block[i] = e->metrics;
+        st[i] = e->state;
+        for (int a = 0; a < 2; a++)
+            router_marm(e, a)->by_status[200] = scale_count(i, upstream_number(e, a));
+        store_pull(f->srv.store, e->state, 1);
+    }
+    for (int i = 1; i < SCALE_N; i++) assert_ptr_not_equal(block[i], block[i - 1]);
+
+    char err[512];
+    router_t *nr = router_create(&f->loop, scale_config(1), old, f->srv.store, &f->srv.metrics,
+                                 NULL, err, sizeof(err));
+    if (nr == NULL) fail_msg("%s", err);
+    f->srv.router = nr;
+    router_unref(old);
+    const char **names = calloc(nr->n_exps, sizeof(*names));
+    assert_non_null(names);
+    for (size_t k = 0; k < nr->n_exps; k++) names[k] = nr->exps[k].cfg->name;
+    store_retain(f->srv.store, names, nr->n_exps);
+    free(names);
+
+    assert_int_equal(nr->n_exps, SCALE_N - (SCALE_N + 2) / 3);
+    for (size_t k = 0; k < nr->n_exps; k++) {
+        exp_rt_t *e = &nr->exps[k];
+        int i = atoi(e->cfg->name + 1);
+        assert_int_not_equal(i % 3, 0);
+        assert_ptr_equal(e->metrics, block[i]);
+        assert_ptr_equal(e->state, st[i]);
+        for (int a = 0; a < 2; a++) {
+            int u = upstream_number(e, a);
+            /* The slot follows the arm's name, swapped or not. */
+            assert_int_equal(router_marm(e, a)->by_status[200], scale_count(i, u));
+            assert_string_equal(e->metrics->arm_names[e->mslot[a]], e->ups[a]->name);
+            /* So do the store's statistics: arm 1's pull moved with it. */
+            assert_int_equal(e->state->merged[a].pulls, (i % 2) == (a == 0));
+        }
+        assert_int_equal(e->metrics->champion, e->mslot[0]);
+    }
+
+    /* Removed experiments keep their counters in the exposition, as
+     * retired ones (no gauges); kept ones have both. */
+    const char *t = render(f);
+    for (int i = 0; i < SCALE_N; i += 499) {
+        char line[160], gauge[64];
+        int u = i % 4;
+        snprintf(line, sizeof(line),
+                 "modelmux_requests_total{experiment=\"e%d\",arm=\"u%d\",code=\"200\"} %" PRIu64, i,
+                 u, scale_count(i, u));
+        assert_line(t, line);
+        snprintf(gauge, sizeof(gauge), "modelmux_arm_share{experiment=\"e%d\",", i);
+        if (i % 3 == 0)
+            assert_no_line_starting(t, gauge);
+        else
+            assert_non_null(strstr(t, gauge));
+    }
+}
+
 /* ---- the share rule ---- */
 
 static void shares(exp_rt_t *e, double *s)
@@ -842,6 +988,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_reload_keeps_counters_of_removed_and_reordered_arms,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_thousands_of_experiments_keep_their_blocks_across_a_reload, setup_scale, teardown),
         cmocka_unit_test_setup_teardown(test_share_follows_control_then_policy_then_observation,
                                         setup, teardown),
         cmocka_unit_test(test_quantiles_are_within_3_percent),

@@ -334,6 +334,51 @@ static void test_retain_forgets_removed(void **state)
     assert_int_equal(a->merged[0].pulls, 1);
 }
 
+/* Thousands of experiments (a config of that size is supported): each is
+ * found by name, and a retain keeping every other one, named in another
+ * order, keeps exactly those with their statistics; the ones it drops start
+ * afresh. Correctness only: speed is measured (bench/scale.py). */
+#define MANY_EXPS 3000
+
+static void test_thousands_of_experiments_are_found_and_retained_exactly(void **state)
+{
+    fixture_t *f = *state;
+    static char names[MANY_EXPS][16];
+    static exp_state_t *e[MANY_EXPS];
+    for (int i = 0; i < MANY_EXPS; i++) {
+        snprintf(names[i], sizeof(names[i]), "exp-%d", i);
+        e[i] = make_exp(f->s, names[i]);
+        for (int k = 0; k <= i % 5; k++) store_pull(f->s, e[i], 0);
+    }
+    assert_int_equal(f->s->n_exps, MANY_EXPS);
+    exp_control_t c = initial_weights(90, 10);
+    for (int i = 0; i < MANY_EXPS; i++)
+        assert_ptr_equal(store_experiment(f->s, names[i], ARMS, 2, &c, 0), e[i]);
+    assert_int_equal(f->s->n_exps, MANY_EXPS);
+
+    const char **keep = calloc(MANY_EXPS / 2, sizeof(*keep));
+    assert_non_null(keep);
+    for (int k = 0; k < MANY_EXPS / 2; k++) keep[k] = names[MANY_EXPS - 1 - 2 * k]; /* odd ones */
+    store_retain(f->s, keep, MANY_EXPS / 2);
+    free(keep);
+    assert_int_equal(f->s->n_exps, MANY_EXPS / 2);
+    for (size_t j = 0; j < f->s->n_exps; j++) /* the list holds exactly the kept ones */
+        assert_int_equal(atoi(f->s->exps[j]->pub.name + 4) % 2, 1);
+    for (int i = 1; i < MANY_EXPS; i += 2) {
+        assert_ptr_equal(store_experiment(f->s, names[i], ARMS, 2, &c, 0), e[i]);
+        assert_int_equal(e[i]->merged[0].pulls, (uint64_t)(i % 5 + 1));
+    }
+    for (int i = 0; i < MANY_EXPS; i += 2) {
+        exp_state_t *again = store_experiment(f->s, names[i], ARMS, 2, &c, 0);
+        assert_non_null(again);
+        assert_string_equal(again->name, names[i]);
+        assert_int_equal(again->merged[0].pulls, 0);
+    }
+    assert_int_equal(f->s->n_exps, MANY_EXPS);
+    for (int i = 1; i < MANY_EXPS; i += 2) /* moved by the retain, still found */
+        assert_ptr_equal(store_experiment(f->s, names[i], ARMS, 2, &c, 0), e[i]);
+}
+
 /* Another arm list remaps the state in place and bumps its layout, so a
  * router built on the old layout finds its arms by name. */
 static void test_new_arm_list_bumps_layout_and_arms_are_found_by_name(void **state)
@@ -778,6 +823,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_retain_forgets_removed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_new_arm_list_bumps_layout_and_arms_are_found_by_name,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_thousands_of_experiments_are_found_and_retained_exactly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retain_keeps_held_experiment_until_released, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_remember_then_lookup, setup, teardown),
