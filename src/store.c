@@ -691,18 +691,17 @@ exp_state_t *store_experiment(store_t *s, const char *name, const char *const *a
     return &x->pub;
 }
 
-/* O(detached): the experiments removed by reloads while a request or a
- * write was in flight on them, a short list. */
+/* O(1): a reload that removes thousands of experiments while the old
+ * router is still held detaches them all, and each is unlinked when the
+ * router lets go; a scan of the list per experiment would be quadratic. */
 void store_detached_done(store_t *s, store_exp_t *x)
 {
+    (void)s;
     /* A write sent and not failed still has its reply to come (the
      * replicator sends nothing more for an experiment off s->exps). */
     if (!x->detached || x->holds > 0 || (x->batch.active && !x->batch.failed)) return;
-    for (store_exp_t **pp = &s->detached; *pp; pp = &(*pp)->detached_next)
-        if (*pp == x) {
-            *pp = x->detached_next;
-            break;
-        }
+    *x->detached_pprev = x->detached_next;
+    if (x->detached_next) x->detached_next->detached_pprev = x->detached_pprev;
     store_exp_free(x);
 }
 
@@ -733,6 +732,8 @@ void store_retain(store_t *s, const char *const *names, size_t n)
             json_integer_set(json_object_get(s->index, s->exps[i]->pub.name), (json_int_t)i);
         x->detached = 1;
         x->detached_next = s->detached;
+        if (s->detached) s->detached->detached_pprev = &x->detached_next;
+        x->detached_pprev = &s->detached;
         s->detached = x;
         store_detached_done(s, x);
     }

@@ -125,6 +125,7 @@ typedef struct store_exp_s {
     char ctl_key[STORE_KEY_MAX];
     char seq_key[STORE_KEY_MAX];
     struct store_exp_s *detached_next;
+    struct store_exp_s **detached_pprev; /* what points at it: unlinked in O(1) */
 } store_exp_t;
 
 typedef struct store_redis_s store_redis_t;

@@ -379,6 +379,31 @@ static void test_thousands_of_experiments_are_found_and_retained_exactly(void **
         assert_ptr_equal(store_experiment(f->s, names[i], ARMS, 2, &c, 0), e[i]);
 }
 
+/* A reload removed thousands of experiments while the old router still held
+ * them: each stays valid until released, in whatever order the router lets
+ * go, and the last release leaves nothing detached (ASan checks the frees). */
+static void test_thousands_of_held_experiments_are_freed_as_released(void **state)
+{
+    fixture_t *f = *state;
+    static exp_state_t *e[MANY_EXPS];
+    for (int i = 0; i < MANY_EXPS; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "exp-%d", i);
+        e[i] = make_exp(f->s, name);
+        store_hold(e[i]);
+    }
+    store_retain(f->s, NULL, 0);
+    assert_int_equal(f->s->n_exps, 0);
+    /* The middle third first, then the rest from both ends. */
+    for (int i = MANY_EXPS / 3; i < 2 * MANY_EXPS / 3; i++) store_release(f->s, e[i]);
+    for (int i = 0; i < MANY_EXPS / 3; i++) {
+        store_pull(f->s, e[MANY_EXPS - 1 - i], 0); /* still valid while held */
+        store_release(f->s, e[i]);
+        store_release(f->s, e[MANY_EXPS - 1 - i]);
+    }
+    assert_null(f->s->detached);
+}
+
 /* Another arm list remaps the state in place and bumps its layout, so a
  * router built on the old layout finds its arms by name. */
 static void test_new_arm_list_bumps_layout_and_arms_are_found_by_name(void **state)
@@ -825,6 +850,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_thousands_of_experiments_are_found_and_retained_exactly, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_thousands_of_held_experiments_are_freed_as_released,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_retain_keeps_held_experiment_until_released, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_remember_then_lookup, setup, teardown),
