@@ -17,6 +17,13 @@ median); one reload to a file with the experiments reversed and every fourth
 removed (store_retain drops them, metrics slots are looked up again); one
 reload back. The upstreams are never contacted. Loopback ports are chosen
 free at run time; modelmux is stopped by its PID.
+
+Measured (RelWithDebInfo, 2 shared cores, memory store), 4,000 / 16,000:
+  before (8058941): start 0.79 / 9.70 s, reload 0.43 / 6.80 s
+  after  (1cd0a17): start 0.43 / 1.69 s, reload 0.04 / 0.17 s
+"Reload back" (4,000 experiments created anew at 16,000) still takes about
+4 s: each new store state is a 385 KB calloc, and once glibc has raised its
+mmap threshold those come from the heap and are zeroed page by page.
 """
 import http.client
 import json
