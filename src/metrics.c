@@ -82,7 +82,11 @@ metrics_exp_t *metrics_exp(metrics_t *m, const char *name, const char *const *ar
     if (e == NULL) {
         e = calloc(1, sizeof(*e));
         if (e == NULL) return NULL;
-        e->cap = MM_MAX_ARMS;
+        /* As many slots as arms now (5 KB each, histograms included);
+         * slot_for grows them when a reload adds arms. MM_MAX_ARMS slots
+         * for every experiment made 80 KB of zeroed, resident memory
+         * each: 84 MB with 1,000 experiments. */
+        e->cap = n_arms > 0 ? n_arms : 1;
         e->arms = calloc(e->cap, sizeof(*e->arms));
         e->arm_names = calloc(e->cap, sizeof(*e->arm_names));
         snprintf(e->name, sizeof(e->name), "%s", name);

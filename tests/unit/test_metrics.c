@@ -872,6 +872,37 @@ static void test_reload_keeps_counters_of_removed_and_reordered_arms(void **stat
     assert_int_equal(m->arms[s3[2]].by_status[200], 4);
 }
 
+/* A block has as many slots as its arms when made; a reload that adds arms
+ * grows it (realloc), and the counts already there move with it. */
+static void test_arms_added_by_a_reload_grow_the_block(void **state)
+{
+    fx_t *f = *state;
+    const char *v1[] = {"a", "b"};
+    const char *v2[] = {"a", "b", "c", "d", "e", "f", "g", "h", "i"};
+    uint16_t s1[2], s2[9];
+    metrics_exp_t *m = metrics_exp(&f->srv.metrics, "grow", v1, 2, s1);
+    assert_non_null(m);
+    assert_int_equal(m->cap, 2);
+    m->arms[s1[0]].by_status[200] = 5;
+    m->arms[s1[1]].by_status[503] = 7;
+    metrics_latency(&m->arms[s1[1]], 1500);
+    assert_ptr_equal(metrics_exp(&f->srv.metrics, "grow", v2, 9, s2), m);
+    assert_true(m->cap >= 9);
+    assert_int_equal(m->n_arms, 9);
+    assert_int_equal(s2[0], s1[0]);
+    assert_int_equal(s2[1], s1[1]);
+    assert_int_equal(m->arms[s2[0]].by_status[200], 5);
+    assert_int_equal(m->arms[s2[1]].by_status[503], 7);
+    for (int i = 2; i < 9; i++) {
+        assert_int_equal(m->arms[s2[i]].by_status[200], 0);
+        assert_string_equal(m->arm_names[s2[i]], v2[i]);
+    }
+    const char *t = render(f);
+    chk_t c;
+    if (check_exposition(t, &c) != 0) fail_msg("%s", c.err);
+    assert_line(t, "modelmux_requests_total{experiment=\"grow\",arm=\"b\",code=\"503\"} 7");
+}
+
 static void test_share_follows_control_then_policy_then_observation(void **state)
 {
     fx_t *f = *state;
@@ -990,6 +1021,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_thousands_of_experiments_keep_their_blocks_across_a_reload, setup_scale, teardown),
+        cmocka_unit_test_setup_teardown(test_arms_added_by_a_reload_grow_the_block, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_share_follows_control_then_policy_then_observation,
                                         setup, teardown),
         cmocka_unit_test(test_quantiles_are_within_3_percent),
