@@ -23,7 +23,9 @@
  *                 the config says.
  *
  * The token is compared in constant time (the time taken does not depend on
- * how many leading bytes match). /healthz and /readyz never need it, so load
+ * how many leading bytes match). A change (any method but GET and HEAD)
+ * that a browser sends for a web page (Origin, Sec-Fetch-Site) is refused
+ * with 403 whatever the token: see from_web_page(). /healthz and /readyz never need it, so load
  * balancers and orchestrators can probe without a secret; everything else,
  * unknown paths included, answers 401 first, so the API's shape is not
  * disclosed to callers without the token. */
@@ -114,6 +116,23 @@ static int authorized(mm_server_t *srv, const mm_local_req_t *r)
         return 0;
     mm_str_t cred = http_trim((mm_str_t){v.p + 7, v.n - 7});
     return token_matches(cred, token);
+}
+
+/* A change sent by a browser on behalf of a web page: cross-site request
+ * forgery. Without a token (the default on a loopback listener) any page
+ * the operator opens could POST /experiments/NAME/promote to 127.0.0.1 as
+ * a "simple" request (text/plain, no preflight): the browser sends it and
+ * only hides the answer. Browsers put Origin on every POST and PUT, and
+ * Sec-Fetch-Site on every request, also after a DNS rebinding (where Host
+ * and Origin agree, so comparing them would not help); curl, scripts and
+ * Prometheus send neither. modelmux serves no page of its own, so no
+ * legitimate change carries them. Reads (GET, HEAD) change nothing and
+ * stay open to dashboards. */
+static int from_web_page(const mm_local_req_t *r)
+{
+    if (is_get(r)) return 0;
+    return http_find(r->head, r->base, "origin") >= 0 ||
+           http_find(r->head, r->base, "sec-fetch-site") >= 0;
 }
 
 /* The request body as JSON. Empty (or blank) bodies give *out = NULL and 0
@@ -602,6 +621,12 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
     if (!authorized(srv, r)) {
         conn_respond_error_hdr(r->conn, 401, "unauthorized", "missing or wrong bearer token",
                                "WWW-Authenticate: Bearer realm=\"modelmux\"\r\n");
+        return;
+    }
+    if (from_web_page(r)) {
+        conn_respond_error(r->conn, 403, "forbidden",
+                           "the admin API takes no changes from web pages (Origin or "
+                           "Sec-Fetch-Site on a request that is not a GET)");
         return;
     }
     if (r->worker_only && str_eq(path, SCRAPE_SYNC_PATH)) {

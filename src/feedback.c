@@ -48,6 +48,17 @@ typedef struct {
 /* Longest item id a click may name, in bytes. */
 #define FB_ITEM_MAX 1024
 
+/* Most events in one batch, and most JSON values in one body. A body is
+ * parsed into a tree before its events are counted, and each event takes
+ * an fb_event_t of some 300 bytes: unbounded, a 4 MiB body of 1.4 million
+ * empty events ("{},{},...") held 700 MB for one unauthenticated request.
+ * An event has at most 9 brackets and separators (4 keys), so a body with
+ * more than FB_VALUES_MAX cannot be a batch of FB_BATCH_MAX events that are
+ * all well-formed; it is refused before jansson builds anything. */
+#define FB_BATCH_MAX      10000
+#define FB_VALUES_MAX     (FB_BATCH_MAX * 10 + 16)
+#define FB_BATCH_TOO_LONG "a feedback batch holds at most 10000 events"
+
 typedef struct {
     mm_server_t *srv;
     conn_t *conn;     /* HTTP: held until we answer */
@@ -410,12 +421,39 @@ static int parse_event(json_t *o, fb_event_t *e, char *err, size_t errlen, const
     return 0;
 }
 
+/* Whether the JSON text p holds more than max values. Every value but the
+ * top one follows a '[', ',' or ':' outside a string, so counting those
+ * (and '{') bounds the values from above, in one pass without a parse. */
+static int json_values_exceed(const char *p, size_t n, size_t max)
+{
+    size_t values = 1;
+    int in_str = 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = p[i];
+        if (in_str) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_str = 0;
+        } else if (ch == '"') {
+            in_str = 1;
+        } else if (ch == '{' || ch == '[' || ch == ',' || ch == ':') {
+            if (++values > max) return 1;
+        }
+    }
+    return 0;
+}
+
 void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
 {
     char err[256];
     if (!(r->method.n == 4 && memcmp(r->method.p, "POST", 4) == 0)) {
         conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "feedback takes POST",
                                "Allow: POST\r\n");
+        return;
+    }
+    if (json_values_exceed(r->body.p, r->body.n, FB_VALUES_MAX)) {
+        conn_respond_error(r->conn, 413, "body_too_large", FB_BATCH_TOO_LONG);
         return;
     }
     json_error_t je;
@@ -436,6 +474,11 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
             return;
         }
         n = json_array_size(events);
+        if (n > FB_BATCH_MAX) {
+            conn_respond_error(r->conn, 413, "body_too_large", FB_BATCH_TOO_LONG);
+            json_decref(root);
+            return;
+        }
     }
     fb_batch_t *b = calloc(1, sizeof(*b) + n * sizeof(fb_event_t));
     if (b == NULL) {

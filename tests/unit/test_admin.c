@@ -191,6 +191,74 @@ static void test_no_token_configured_means_open(void **state)
     rig_stop(&t);
 }
 
+/* The token counts only as a bearer credential in Authorization: not in
+ * the query string (it would end up in access logs), not empty, not as a
+ * long value that merely starts with it, not twice in one header. */
+static void test_token_only_in_the_authorization_header(void **state)
+{
+    rig_t *t = *state;
+    assert_401(t, "GET", "/experiments?token=s3cret", NULL);
+    assert_401(t, "GET", "/experiments?access_token=s3cret", NULL);
+    assert_401(t, "GET", "/metrics?authorization=Bearer%20s3cret", NULL);
+    assert_401(t, "GET", "/experiments", "Authorization: Bearer \r\n");
+    assert_401(t, "GET", "/experiments", "Authorization: \r\n");
+    assert_401(t, "GET", "/experiments", "Authorization: Bearer s3cret s3cret\r\n");
+    assert_401(t, "GET", "/experiments", "X-Authorization: Bearer s3cret\r\n");
+    /* far longer than the token: compared over its whole length, no overrun */
+    char big[8192 + 64];
+    int n = snprintf(big, sizeof(big), "Authorization: Bearer s3cret");
+    memset(big + n, 't', 8192);
+    memcpy(big + n + 8192, "\r\n", 3);
+    assert_401(t, "GET", "/experiments", big);
+}
+
+/* A change sent by a browser for a web page (cross-site request forgery,
+ * or a page on a rebound DNS name) is refused, token or not: without a
+ * token any page the operator opens could POST to a loopback admin
+ * listener. Browsers mark such requests with Origin and Sec-Fetch-Site;
+ * reads stay open to dashboards. */
+static void test_changes_from_web_pages_are_403(void **state)
+{
+    (void)state;
+    rig_t t;
+    rig_start(&t, CONFIG_NO_TOKEN);
+    static const char *const from_page[] = {
+        "Origin: http://evil.example\r\nContent-Type: text/plain\r\n",
+        "Origin: null\r\n",
+        "Origin: http://127.0.0.1:19090\r\n", /* same origin: a DNS rebinding */
+        "Sec-Fetch-Site: cross-site\r\n",
+        "Sec-Fetch-Site: same-origin\r\n",
+    };
+    const exp_control_t before = *control(&t, "rank");
+    rig_resp_t r;
+    for (size_t i = 0; i < MM_ARRAY_LEN(from_page); i++) {
+        rig_call(&t, t.admin_port, "POST", "/experiments/rank/promote", from_page[i],
+                 "{\"arm\": \"b\"}", &r);
+        rig_assert_error(&r, 403, "forbidden");
+        rig_resp_free(&r);
+        rig_call(&t, t.admin_port, "PUT", "/experiments/rank/weights", from_page[i],
+                 "{\"a\": 0, \"b\": 1}", &r);
+        rig_assert_error(&r, 403, "forbidden");
+        rig_resp_free(&r);
+        rig_call(&t, t.admin_port, "POST", "/reload", from_page[i], NULL, &r);
+        rig_assert_error(&r, 403, "forbidden");
+        rig_resp_free(&r);
+    }
+    assert_int_equal(control(&t, "rank")->version, before.version);
+    assert_int_equal(control(&t, "rank")->state, EXP_RUNNING);
+    assert_int_equal(control(&t, "rank")->has_weights, before.has_weights);
+    /* reads are answered */
+    rig_call(&t, t.admin_port, "GET", "/experiments/rank", from_page[0], NULL, &r);
+    assert_int_equal(r.status, 200);
+    rig_resp_free(&r);
+    /* and a change from curl or a script goes through */
+    rig_call(&t, t.admin_port, "POST", "/experiments/rank/promote", NULL, "{\"arm\": \"b\"}", &r);
+    assert_int_equal(r.status, 200);
+    rig_resp_free(&r);
+    assert_int_equal(control(&t, "rank")->state, EXP_PROMOTED);
+    rig_stop(&t);
+}
+
 /* ---- views ---- */
 
 static void test_views_show_state_and_arm_counts(void **state)
@@ -504,6 +572,8 @@ int main(void)
         T(test_health_and_readiness_need_no_token),
         T(test_token_is_required_everywhere_else),
         cmocka_unit_test(test_no_token_configured_means_open),
+        T(test_token_only_in_the_authorization_header),
+        cmocka_unit_test(test_changes_from_web_pages_are_403),
         T(test_views_show_state_and_arm_counts),
         T(test_put_weights_sets_the_split),
         T(test_put_weights_refusals),

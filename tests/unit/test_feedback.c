@@ -34,6 +34,9 @@ static const char CONFIG[] =
 
 #define FEEDBACK "/_modelmux/feedback"
 
+/* The longest item id (feedback.c's FB_ITEM_MAX, README). */
+#define FB_ITEM_MAX_TEST 1024
+
 static int setup(void **state)
 {
     rig_t *t = calloc(1, sizeof(*t));
@@ -193,6 +196,68 @@ static void test_batch_counts_each_event(void **state)
     assert_int_equal(stats(t, "ts", 1)->feedback, 1);
     assert_true(stats(t, "ts", 1)->successes == 1 && stats(t, "ts", 1)->failures == 0);
     post_counts(t, "{\"events\": []}", 0, 0, 0);
+}
+
+/* `n` copies of `event` as a batch body; the caller frees it. */
+static char *batch_of(const char *event, size_t n)
+{
+    mm_buf_t b;
+    mm_buf_init(&b);
+    mm_buf_lit(&b, "{\"events\": [");
+    for (size_t i = 0; i < n; i++) {
+        if (i) mm_buf_lit(&b, ",");
+        mm_buf_cstr(&b, event);
+    }
+    mm_buf_append(&b, "]}", 3); /* with the NUL: a C string */
+    assert_false(b.oom);
+    return b.p;
+}
+
+/* POST body; expect 413 body_too_large and nothing applied. */
+static void post_413(rig_t *t, const char *body)
+{
+    rig_resp_t r;
+    rig_call(t, t->data_port, "POST", FEEDBACK, NULL, body, &r);
+    rig_assert_error(&r, 413, "body_too_large");
+    rig_assert_message_has(&r, "at most 10000 events");
+    rig_resp_free(&r);
+    assert_untouched(t);
+}
+
+/* A batch holds at most 10000 events. Parsed, each event costs some
+ * hundreds of bytes: a 4 MiB body of empty events ("{},{},...", 1.4 million
+ * of them) held 700 MB for one unauthenticated request. Larger batches,
+ * and bodies with more JSON values than such a batch can hold, are refused
+ * whole (413) before they are parsed; 10000 events are applied. */
+static void test_batch_size_is_bounded(void **state)
+{
+    rig_t *t = *state;
+    char *body = batch_of("{\"request_id\": \"req-a\", \"reward\": 1}", 10001);
+    post_413(t, body);
+    free(body);
+    body = batch_of("{}", 4 * 1024 * 1024 / 3 - 8); /* just under the 4 MiB body limit */
+    post_413(t, body);
+    free(body);
+    body = batch_of("0", 1000000);
+    post_413(t, body);
+    free(body);
+    body = batch_of("{\"request_id\": \"req-a\", \"reward\": 1}", 10000);
+    post_counts(t, body, 10000, 0, 0);
+    free(body);
+    assert_int_equal(stats(t, "rank", 0)->feedback, 10000);
+    /* brackets and commas inside strings are no values: a long item id
+     * full of them still makes one event */
+    char item[FB_ITEM_MAX_TEST + 1];
+    memset(item, ',', FB_ITEM_MAX_TEST);
+    item[FB_ITEM_MAX_TEST] = '\0';
+    mm_buf_t ev;
+    mm_buf_init(&ev);
+    mm_buf_printf(
+        &ev, "{\"experiment\": \"rank\", \"arm\": \"b\", \"reward\": 1, \"item\": \"%s\"}", item);
+    body = batch_of(ev.p, 200); /* 200 * 1024 commas in strings, far over the value bound */
+    post_counts(t, body, 200, 0, 0);
+    free(body);
+    mm_buf_free(&ev);
 }
 
 /* A body that is not one event or a batch is refused whole (400, the §4
@@ -358,6 +423,7 @@ int main(void)
         T(test_bernoulli_range),
         T(test_reward_that_overflows_is_invalid),
         T(test_batch_counts_each_event),
+        T(test_batch_size_is_bounded),
         T(test_malformed_body_is_400_and_applies_nothing),
         T(test_error_carries_the_clients_request_id),
         T(test_get_is_405),
