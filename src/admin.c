@@ -23,12 +23,12 @@
  *                 the config says.
  *
  * The token is compared in constant time (the time taken does not depend on
- * how many leading bytes match). A change (any method but GET and HEAD)
- * that a browser sends for a web page (Origin, Sec-Fetch-Site) is refused
- * with 403 whatever the token: see from_web_page(). /healthz and /readyz never need it, so load
+ * how many leading bytes match). /healthz and /readyz never need it, so load
  * balancers and orchestrators can probe without a secret; everything else,
  * unknown paths included, answers 401 first, so the API's shape is not
- * disclosed to callers without the token. */
+ * disclosed to callers without the token. A change (any method but GET and
+ * HEAD) that a browser sends for a web page (Origin, Sec-Fetch-Site) is
+ * refused with 403 whatever the token: see from_web_page(). */
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
