@@ -135,6 +135,26 @@ static int from_web_page(const mm_local_req_t *r)
            http_find(r->head, r->base, "sec-fetch-site") >= 0;
 }
 
+int admin_refusal(mm_server_t *srv, const mm_local_req_t *r, const char **code, const char **msg,
+                  const char **extra_headers)
+{
+    *extra_headers = NULL;
+    if (r->worker_only || str_eq(r->path, "/healthz") || str_eq(r->path, "/readyz")) return 0;
+    if (!authorized(srv, r)) {
+        *code = "unauthorized";
+        *msg = "missing or wrong bearer token";
+        *extra_headers = "WWW-Authenticate: Bearer realm=\"modelmux\"\r\n";
+        return 401;
+    }
+    if (from_web_page(r)) {
+        *code = "forbidden";
+        *msg = "the admin API takes no changes from web pages (Origin or Sec-Fetch-Site on a "
+               "request that is not a GET)";
+        return 403;
+    }
+    return 0;
+}
+
 /* The request body as JSON. Empty (or blank) bodies give *out = NULL and 0
  * when `optional`; else an error is answered and -1 returned. */
 static int parse_body(const mm_local_req_t *r, int optional, json_t **out)
@@ -618,15 +638,10 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
         reply_json(c, 200, o);
         return;
     }
-    if (!authorized(srv, r)) {
-        conn_respond_error_hdr(r->conn, 401, "unauthorized", "missing or wrong bearer token",
-                               "WWW-Authenticate: Bearer realm=\"modelmux\"\r\n");
-        return;
-    }
-    if (from_web_page(r)) {
-        conn_respond_error(r->conn, 403, "forbidden",
-                           "the admin API takes no changes from web pages (Origin or "
-                           "Sec-Fetch-Site on a request that is not a GET)");
+    const char *code, *msg, *extra;
+    int refused = admin_refusal(srv, r, &code, &msg, &extra);
+    if (refused) {
+        conn_respond_error_hdr(r->conn, refused, code, msg, extra);
         return;
     }
     if (r->worker_only && str_eq(path, SCRAPE_SYNC_PATH)) {

@@ -45,6 +45,7 @@ static void req_finish(conn_t *c);
 static void dispatch(conn_t *c);
 static void acquire(conn_t *c);
 static void send_error(conn_t *c, int status, const char *code, const char *msg);
+static void local_req_of(conn_t *c, mm_local_req_t *out);
 static void send_no_route(conn_t *c);
 static const up_user_ops_t proxy_user_ops;
 
@@ -535,7 +536,8 @@ static const char *route_headers(const req_t *r, char *buf, size_t n)
     return len > 0 && (size_t)len < n ? buf : NULL;
 }
 
-static void send_error(conn_t *c, int status, const char *code, const char *msg)
+static void send_error_hdr(conn_t *c, int status, const char *code, const char *msg,
+                           const char *extra_headers)
 {
     req_t *r = &c->req;
     if (c->closing || r->responding) {
@@ -578,8 +580,13 @@ static void send_error(conn_t *c, int status, const char *code, const char *msg)
     mm_buf_reset(&r->out);
     char route[192];
     http_error_response(&r->out, status, code, msg, (mm_str_t){r->id, r->id_len}, r->keep_alive,
-                        route_headers(r, route, sizeof(route)));
+                        extra_headers ? extra_headers : route_headers(r, route, sizeof(route)));
     write_out_final(c);
+}
+
+static void send_error(conn_t *c, int status, const char *code, const char *msg)
+{
+    send_error_hdr(c, status, code, msg, NULL);
 }
 
 static void send_no_route(conn_t *c)
@@ -821,6 +828,18 @@ static void on_request_head(conn_t *c)
     mm_str_t path = http_url_path(url);
     if (c->kind != CONN_DATA || (path.n == 19 && memcmp(path.p, "/_modelmux/feedback", 19) == 0)) {
         r->local = 1;
+        if (c->kind == CONN_ADMIN && r->has_body) {
+            /* Refused on its head (no token): the body is never read. */
+            mm_local_req_t lr;
+            const char *code, *msg, *extra;
+            mm_buf_reset(&r->local_body);
+            local_req_of(c, &lr);
+            int refused = admin_refusal(srv, &lr, &code, &msg, &extra);
+            if (refused) {
+                send_error_hdr(c, refused, code, msg, extra);
+                return;
+            }
+        }
         if (clen > LOCAL_BODY_MAX) {
             send_error(c, 413, "body_too_large", "request body exceeds 4 MiB");
             return;
@@ -1269,19 +1288,26 @@ static void req_finish(conn_t *c)
 
 /* ---- parsing loop ---- */
 
-static void local_dispatch(conn_t *c)
+/* The local request c holds, as a handler sees it (the body as read so
+ * far: none before it is read). */
+static void local_req_of(conn_t *c, mm_local_req_t *out)
 {
     req_t *r = &c->req;
+    out->conn = c;
+    out->method = (mm_str_t){r->method, r->method_len};
+    out->url = (mm_str_t){r->url.p, r->url.len};
+    out->path = http_url_path(out->url);
+    out->body = (mm_str_t){r->local_body.p ? r->local_body.p : "", r->local_body.len};
+    out->head = &c->head;
+    out->base = c->rbuf;
+    out->request_id = (mm_str_t){r->id, r->id_len};
+    out->worker_only = c->kind == CONN_WORKER;
+}
+
+static void local_dispatch(conn_t *c)
+{
     mm_local_req_t lr;
-    lr.conn = c;
-    lr.method = (mm_str_t){r->method, r->method_len};
-    lr.url = (mm_str_t){r->url.p, r->url.len};
-    lr.path = http_url_path(lr.url);
-    lr.body = (mm_str_t){r->local_body.p ? r->local_body.p : "", r->local_body.len};
-    lr.head = &c->head;
-    lr.base = c->rbuf;
-    lr.request_id = (mm_str_t){r->id, r->id_len};
-    lr.worker_only = c->kind == CONN_WORKER;
+    local_req_of(c, &lr);
     conn_hold(c);
     if (c->kind != CONN_DATA)
         admin_handle(c->srv, &lr);

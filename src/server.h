@@ -93,6 +93,13 @@ typedef struct {
 /* Handlers: return after calling conn_respond (now or later: call conn_hold
  * first to keep the connection alive, conn_release after responding). */
 void admin_handle(mm_server_t *srv, const mm_local_req_t *r);
+/* What the admin API refuses from a request's head alone (r->body empty):
+ * 401 without the token, 403 for a change from a web page; 0 otherwise.
+ * The proxy asks before reading a body, so a client without the token
+ * cannot make modelmux read and hold one (up to 4 MiB per connection);
+ * admin_handle asks again for bodiless requests. */
+int admin_refusal(mm_server_t *srv, const mm_local_req_t *r, const char **code, const char **msg,
+                  const char **extra_headers);
 void feedback_handle(mm_server_t *srv, const mm_local_req_t *r);
 
 /* Answer the local request on conn. Ignored if the client has gone away. */

@@ -555,6 +555,41 @@ class TestAuth(Base):
                                                           headers=extra), 401, "unauthorized")
                 self.assertIn("Bearer", hdrs["www-authenticate"])
 
+    def head_only(self, head):
+        """Send a request head announcing a 4 MB body, and none of the body:
+        the answer must come from the head alone."""
+        with socket.create_connection((HOST, self.mm.admin_port), timeout=5) as s:
+            s.sendall(head.encode())
+            s.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        return data.decode("latin-1")
+
+    def test_a_body_is_not_read_before_the_token_is_checked(self):
+        # Otherwise a client without the token could make modelmux read and
+        # hold up to 4 MiB per connection (admin connections are not counted
+        # in max_connections); the old code waited for the body.
+        for extra in ("", "Expect: 100-continue\r\n",
+                      "Authorization: Bearer wrong\r\n"):
+            got = self.head_only("POST /reload HTTP/1.1\r\nHost: x\r\n%s"
+                                 "Content-Length: 4000000\r\n\r\n" % extra)
+            self.assertTrue(got.startswith("HTTP/1.1 401 "), got)
+            self.assertIn("Bearer", got)
+            self.assertIn("Connection: close", got)
+        # A change from a web page, with the token: 403 on the head too.
+        got = self.head_only("PUT /experiments/ranker/weights HTTP/1.1\r\nHost: x\r\n"
+                             "Authorization: Bearer %s\r\nOrigin: http://evil.example\r\n"
+                             "Content-Length: 4000000\r\n\r\n" % TOKEN)
+        self.assertTrue(got.startswith("HTTP/1.1 403 "), got)
+        # With the token, the body is waited for and read as before.
+        st, _, _ = self.mm.admin("PUT", "/experiments/ranker/weights", {"champion": 1},
+                                 token=TOKEN)
+        self.assertEqual(st, 200)
+
     def test_right_token_is_accepted(self):
         self.assertEqual(self.mm.admin("GET", "/metrics", token=TOKEN)[0], 200)
         st, _, _ = self.mm.admin("GET", "/experiments", headers={
