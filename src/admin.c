@@ -139,7 +139,7 @@ int admin_refusal(mm_server_t *srv, const mm_local_req_t *r, const char **code, 
                   const char **extra_headers)
 {
     *extra_headers = NULL;
-    if (r->worker_only || str_eq(r->path, "/healthz") || str_eq(r->path, "/readyz")) return 0;
+    if (str_eq(r->path, "/healthz") || str_eq(r->path, "/readyz")) return 0;
     if (!authorized(srv, r)) {
         *code = "unauthorized";
         *msg = "missing or wrong bearer token";
