@@ -106,6 +106,13 @@ static void reload_reject(mm_server_t *srv, reload_waiter_t *waiters, const char
     reload_answer(waiters, 0, err);
 }
 
+/* store_retain's test: the experiment is in the config (every one of
+ * them keeps its state). */
+int server_configured(void *cfg, const char *name)
+{
+    return config_experiment_index(cfg, name) >= 0;
+}
+
 static void reload_finish(server_reload_t *rl)
 {
     mm_server_t *srv = rl->srv;
@@ -128,15 +135,7 @@ static void reload_finish(server_reload_t *rl)
         router_t *prev = srv->router;
         srv->router = nr;
         router_unref(prev);
-        /* Every experiment of the new config keeps its state (a fixed list
-         * of 1024 dropped the rest's). Without memory for the list nothing
-         * is dropped: removed experiments linger until the next reload. */
-        const char **names = malloc((nr->n_exps ? nr->n_exps : 1) * sizeof(*names));
-        if (names != NULL) {
-            for (size_t i = 0; i < nr->n_exps; i++) names[i] = nr->exps[i].cfg->name;
-            store_retain(srv->store, names, nr->n_exps);
-            free(names);
-        }
+        store_retain(srv->store, server_configured, (void *)nr->cfg);
         if (srv->reqlog) reqlog_reopen(srv->reqlog); /* SIGHUP also rotates the request log */
         srv->reloads++;
         tick_experiments(srv);

@@ -130,6 +130,9 @@ void proxy_close_all(mm_server_t *srv);
  * the name that did not resolve). */
 typedef void (*server_reload_cb)(void *arg, int ok, const char *err);
 void server_reload(mm_server_t *srv, server_reload_cb cb, void *arg);
+/* 1 if cfg (a config_t) has an experiment of that name: store_retain's
+ * keep after a reload. */
+int server_configured(void *cfg, const char *name);
 
 /* The server context's current limits (from the current config). */
 const config_t *server_config(const mm_server_t *srv);

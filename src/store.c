@@ -720,22 +720,14 @@ void store_detached_done(store_t *s, store_exp_t *x)
     store_exp_free(x);
 }
 
-/* O(n + experiments) through a set of the kept names. Without memory for
- * the set nothing is dropped: removed experiments linger until the next
- * reload, as when the caller has no memory for its list. */
-void store_retain(store_t *s, const char *const *names, size_t n)
+/* One keep() per experiment: the caller answers from its config's name
+ * index, so a reload is linear in the experiments and allocates nothing. */
+void store_retain(store_t *s, int (*keep)(void *arg, const char *name), void *arg)
 {
-    json_t *keep = json_object();
-    for (size_t j = 0; keep != NULL && j < n; j++)
-        if (json_object_set_new_nocheck(keep, names[j], json_true()) < 0) {
-            json_decref(keep);
-            keep = NULL;
-        }
-    if (keep == NULL) return;
     size_t i = 0;
     while (i < s->n_exps) {
         store_exp_t *x = s->exps[i];
-        if (json_object_get(keep, x->pub.name) != NULL) {
+        if (keep(arg, x->pub.name)) {
             i++;
             continue;
         }
@@ -752,7 +744,6 @@ void store_retain(store_t *s, const char *const *names, size_t n)
         s->detached = x;
         store_detached_done(s, x);
     }
-    json_decref(keep);
 }
 
 void store_hold(exp_state_t *e)

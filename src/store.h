@@ -88,11 +88,11 @@ void store_destroy(store_t *s);
  * in which case `initial` is written. NULL on invalid names or arm counts. */
 exp_state_t *store_experiment(store_t *s, const char *name, const char *const *arm_names,
                               size_t n_arms, const exp_control_t *initial, int redefined);
-/* Forget experiments not in `names` (after a reload removed them). One that
- * is still held (below) leaves the store's list at once, so a later
- * experiment of the same name starts afresh, but stays allocated until its
- * last holder releases it. */
-void store_retain(store_t *s, const char *const *names, size_t n);
+/* Forget the experiments keep(arg, name) says 0 for (after a reload removed
+ * them from the config). One that is still held (below) leaves the store's
+ * list at once, so a later experiment of the same name starts afresh, but
+ * stays allocated until its last holder releases it. */
+void store_retain(store_t *s, int (*keep)(void *arg, const char *name), void *arg);
 /* A router holds every experiment it routes to, and releases them when it is
  * freed: requests in flight on a router replaced by a reload go on counting
  * into its experiments' states, so store_retain must not free those under

@@ -782,11 +782,7 @@ static void test_thousands_of_experiments_keep_their_blocks_across_a_reload(void
     if (nr == NULL) fail_msg("%s", err);
     f->srv.router = nr;
     router_unref(old);
-    const char **names = calloc(nr->n_exps, sizeof(*names));
-    assert_non_null(names);
-    for (size_t k = 0; k < nr->n_exps; k++) names[k] = nr->exps[k].cfg->name;
-    store_retain(f->srv.store, names, nr->n_exps);
-    free(names);
+    store_retain(f->srv.store, server_configured, (void *)nr->cfg);
 
     assert_int_equal(nr->n_exps, SCALE_N - (SCALE_N + 2) / 3);
     for (size_t k = 0; k < nr->n_exps; k++) {

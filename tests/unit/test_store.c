@@ -22,6 +22,22 @@
 #include "store.h"
 #include "store_internal.h"
 
+/* store_retain keeping the experiments named in a list. */
+typedef struct {
+    const char *const *names;
+    size_t n;
+} name_list_t;
+
+static int in_list(void *arg, const char *name)
+{
+    const name_list_t *l = arg;
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->names[i], name) == 0) return 1;
+    return 0;
+}
+
+#define RETAIN(s, names, n) store_retain((s), in_list, &(name_list_t){(names), (n)})
+
 static const char *const ARMS[] = {"champion", "challenger"};
 
 typedef struct {
@@ -325,7 +341,7 @@ static void test_retain_forgets_removed(void **state)
     make_exp(f->s, "b");
     store_pull(f->s, a, 0);
     const char *const keep[] = {"a"};
-    store_retain(f->s, keep, 1);
+    RETAIN(f->s, keep, 1);
     assert_int_equal(f->s->n_exps, 1);
     exp_control_t c = initial_weights(1, 1);
     exp_state_t *b = store_experiment(f->s, "b", ARMS, 2, &c, 0);
@@ -359,7 +375,7 @@ static void test_thousands_of_experiments_are_found_and_retained_exactly(void **
     const char **keep = calloc(MANY_EXPS / 2, sizeof(*keep));
     assert_non_null(keep);
     for (int k = 0; k < MANY_EXPS / 2; k++) keep[k] = names[MANY_EXPS - 1 - 2 * k]; /* odd ones */
-    store_retain(f->s, keep, MANY_EXPS / 2);
+    RETAIN(f->s, keep, MANY_EXPS / 2);
     free(keep);
     assert_int_equal(f->s->n_exps, MANY_EXPS / 2);
     for (size_t j = 0; j < f->s->n_exps; j++) /* the list holds exactly the kept ones */
@@ -392,7 +408,7 @@ static void test_thousands_of_held_experiments_are_freed_as_released(void **stat
         e[i] = make_exp(f->s, name);
         store_hold(e[i]);
     }
-    store_retain(f->s, NULL, 0);
+    RETAIN(f->s, NULL, 0);
     assert_int_equal(f->s->n_exps, 0);
     /* The middle third first, then the rest from both ends. */
     for (int i = MANY_EXPS / 3; i < 2 * MANY_EXPS / 3; i++) store_release(f->s, e[i]);
@@ -433,7 +449,7 @@ static void test_retain_keeps_held_experiment_until_released(void **state)
     exp_state_t *a = make_exp(f->s, "a");
     store_hold(a);
     store_pull(f->s, a, 0);
-    store_retain(f->s, NULL, 0);
+    RETAIN(f->s, NULL, 0);
     assert_int_equal(f->s->n_exps, 0);
     assert_ptr_equal(f->s->detached, (store_exp_t *)a);
     store_pull(f->s, a, 1); /* the in-flight request finishes */
@@ -447,7 +463,7 @@ static void test_retain_keeps_held_experiment_until_released(void **state)
     assert_null(f->s->detached);
     store_hold(again); /* held and kept: release frees nothing */
     const char *const keep[] = {"a"};
-    store_retain(f->s, keep, 1);
+    RETAIN(f->s, keep, 1);
     store_release(f->s, again);
     assert_int_equal(f->s->n_exps, 1);
     assert_ptr_equal(f->s->exps[0], (store_exp_t *)again);
