@@ -2031,24 +2031,26 @@ static void on_xack_reply(redisAsyncContext *ac, void *reply_, void *priv)
     round_part_done(r);
 }
 
-/* XACK for up to ACK_BATCH entries waiting for one, from *from on; *from
- * ends after the last one taken. 0 when there were none left. */
+/* XACK for up to ACK_BATCH of the entries waiting for one, from *from on;
+ * *from ends after the last one taken. 0 when none was sent (none waits,
+ * or no memory: they go next round). */
 static int send_acks(store_redis_t *r, store_msg_t **from)
 {
-    ack_batch_t *b = malloc(sizeof(*b) + ACK_BATCH * sizeof(b->m[0]));
-    const char **argv = malloc((3 + ACK_BATCH) * sizeof(*argv));
-    size_t *lens = malloc((3 + ACK_BATCH) * sizeof(*lens));
-    int more = 0;
+    size_t want = r->n_ack_queued < ACK_BATCH ? r->n_ack_queued : ACK_BATCH;
+    if (want == 0) return 0;
+    ack_batch_t *b = malloc(sizeof(*b) + want * sizeof(b->m[0]));
+    const char **argv = malloc((3 + want) * sizeof(*argv));
+    size_t *lens = malloc((3 + want) * sizeof(*lens));
+    int sent = 0;
     if (b && argv && lens) {
         argv[0] = "XACK";
         argv[1] = r->stream_key;
         argv[2] = GROUP;
         b->n = 0;
         store_msg_t *m = *from;
-        for (; m && b->n < ACK_BATCH; m = m->next)
+        for (; m && b->n < want; m = m->next)
             if (m->state == MSG_ACK_QUEUED) b->m[b->n++] = m;
         *from = m;
-        more = b->n > 0;
         for (size_t i = 0; i < b->n; i++) argv[3 + i] = b->m[i]->id;
         for (size_t i = 0; i < 3 + b->n; i++) lens[i] = strlen(argv[i]);
         if (b->n > 0 && redisAsyncCommandArgv(r->ac, on_xack_reply, b, (int)(3 + b->n), argv,
@@ -2057,14 +2059,13 @@ static int send_acks(store_redis_t *r, store_msg_t **from)
             r->n_ack_queued -= b->n;
             r->outstanding++;
             b = NULL; /* the callback frees it */
-        } else {
-            more = 0;
+            sent = 1;
         }
     }
     free(b);
     free(argv);
     free(lens);
-    return more;
+    return sent;
 }
 
 /* How many entries the next read or claim may ask for: a page (count), or
@@ -2271,10 +2272,7 @@ static int unflushed(const store_redis_t *r)
             if (store_stats_nonzero(&x->pub.pending[a]) || x->pub.answers_local[a].answers)
                 return 1;
     }
-    if (r->rq_len > 0 || r->aq.n > 0) return 1;
-    for (const store_msg_t *m = r->msgs; m; m = m->next)
-        if (m->state == MSG_ACK_QUEUED) return 1;
-    return 0;
+    return r->rq_len > 0 || r->aq.n > 0 || r->n_ack_queued > 0;
 }
 
 static void finish(store_redis_t *r)
