@@ -828,11 +828,11 @@ static void on_request_head(conn_t *c)
     mm_str_t path = http_url_path(url);
     if (c->kind != CONN_DATA || (path.n == 19 && memcmp(path.p, "/_modelmux/feedback", 19) == 0)) {
         r->local = 1;
+        mm_buf_reset(&r->local_body);
         if (c->kind == CONN_ADMIN && r->has_body) {
             /* Refused on its head (no token): the body is never read. */
             mm_local_req_t lr;
             const char *code, *msg, *extra;
-            mm_buf_reset(&r->local_body);
             local_req_of(c, &lr);
             int refused = admin_refusal(srv, &lr, &code, &msg, &extra);
             if (refused) {
@@ -844,7 +844,6 @@ static void on_request_head(conn_t *c)
             send_error(c, 413, "body_too_large", "request body exceeds 4 MiB");
             return;
         }
-        mm_buf_reset(&r->local_body);
     } else {
         mm_str_t host = authority; /* empty unless absolute-form, where it overrides Host */
         int hh = http_known(h, HK_HOST);
