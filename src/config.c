@@ -1092,21 +1092,6 @@ static int parse_experiments(cx_t *cx)
 
 /* ---- public API ---- */
 
-/* Line and column of byte `off`, in jansson's convention (jsonpos.h). */
-static void text_position(const char *text, size_t off, int *line, int *col)
-{
-    *line = 1;
-    *col = 1;
-    for (size_t i = 0; i < off; i++) {
-        if (text[i] == '\n') {
-            ++*line;
-            *col = 1;
-        } else if (((unsigned char)text[i + 1] & 0xC0) != 0x80) {
-            ++*col; /* the next byte starts a character */
-        }
-    }
-}
-
 /* jansson's message, where it would mislead, said plainly. It takes a NUL
  * byte for the end of the text: most often it then says "end of file
  * expected near end of file", and right after a number it even accepts the
@@ -1119,7 +1104,7 @@ static void syntax_error(cx_t *cx, const char *text, size_t len, const json_erro
     const char *msg = "a NUL byte (0x00) is not allowed in a JSON text";
     const char *nul = memchr(text, '\0', len);
     if (nul != NULL && (je == NULL || (size_t)je->position >= (size_t)(nul - text))) {
-        text_position(text, (size_t)(nul - text), &line, &col);
+        jsonpos_at(text, len, (size_t)(nul - text), &line, &col);
     } else if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) {
         msg = "the file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without one";
     } else {

@@ -81,6 +81,14 @@ static void adv(jp_scan_t *sc)
     }
 }
 
+void jsonpos_at(const char *text, size_t len, size_t off, int *line, int *col)
+{
+    jp_scan_t sc = {.s = text, .len = len, .line = 1, .col = 1};
+    while (sc.i < off && sc.i < len) adv(&sc);
+    *line = sc.line;
+    *col = sc.col;
+}
+
 static int peek(const jp_scan_t *sc)
 {
     return sc->i < sc->len ? (unsigned char)sc->s[sc->i] : -1;

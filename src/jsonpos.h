@@ -28,6 +28,10 @@ void jsonpos_free(jsonpos_t *jp);
  * occur in the text. */
 int jsonpos_find(const jsonpos_t *jp, const char *pointer, int key, int *line, int *col);
 
+/* Line and column of byte `off` of `text` (len bytes), in the same
+ * convention (jansson's), for a place no value starts at (a stray byte). */
+void jsonpos_at(const char *text, size_t len, size_t off, int *line, int *col);
+
 /* Number of values recorded (the root included). */
 size_t jsonpos_count(const jsonpos_t *jp);
 
