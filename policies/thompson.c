@@ -18,16 +18,23 @@
  *    {"alpha", "beta"}, default Beta(1, 1) (uniform).
  *  - gaussian: unknown mean and unknown noise variance. The prior on the mean
  *    is Normal(mean, 1/precision), default N(0, 100). With n >= 2 rewards the
- *    noise variance is drawn from its posterior under the Jeffreys prior,
- *    sigma^2 = SS / chi2(n-1) (SS the sum of squared deviations), and the
- *    mean from the conjugate Normal given that variance:
+ *    noise variance is drawn from its posterior, a scaled inverse chi-square
+ *    with one pseudo-reward's worth of prior variance s0^2:
+ *      sigma^2 = (SS + s0^2) / chi2(n)   (SS the sum of squared deviations),
+ *    and the mean from the conjugate Normal given that variance:
  *      precision_n = precision + n / sigma^2,
  *      mean_n = (precision * mean + n * xbar / sigma^2) / precision_n.
- *    With a flat prior (precision -> 0) this is exactly the Student-t
- *    posterior of the mean; the Normal prior only shrinks arms with few
- *    rewards. It is simpler than a full Normal-Gamma, whose four parameters
- *    the config does not expose. With n < 2 there is no variance estimate and
- *    the prior variance 1/precision stands in for the noise variance, which
+ *    s0^2 is the pooled within-arm variance of every arm with two or more
+ *    rewards (sum of SS over sum of n - 1), so it is in the rewards' own
+ *    units and needs no setting; when no arm shows any spread yet, the prior
+ *    variance 1/precision. Without it (the Jeffreys prior, SS / chi2(n-1))
+ *    an arm whose rewards so far are all equal (two zeros) had a posterior
+ *    collapsed onto that value and could never be tried again; with it such
+ *    an arm is as uncertain as the noise the other arms show, and the one
+ *    pseudo-reward weighs nothing once an arm has a few dozen. With a flat
+ *    prior on the mean (precision -> 0) the mean's posterior is a Student-t,
+ *    the textbook answer. With n < 2 there is no variance estimate and the
+ *    prior variance 1/precision stands in for the noise variance, which
  *    keeps new arms wide and therefore explored.
  *
  * min_share: with probability n_arms * min_share the request goes to an arm
@@ -81,8 +88,8 @@ static gauss_suff_t gauss_suff(const arm_stats_t *s)
 static void gauss_posterior(const thompson_t *t, const gauss_suff_t *g, double sigma2, double *mean,
                             double *sd)
 {
-    /* All-equal rewards give sigma2 = 0: keep it positive so the posterior
-     * collapses onto xbar instead of dividing by zero. */
+    /* s0^2 > 0 keeps sigma2 positive; the floor is for values so extreme
+     * that the sums lose it (no division by zero, whatever the rewards). */
     double floor = 1e-12 * fmax(1.0, g->xbar * g->xbar);
     if (!(sigma2 > floor)) sigma2 = floor;
     double data_prec = (double)g->n / sigma2;
@@ -91,14 +98,29 @@ static void gauss_posterior(const thompson_t *t, const gauss_suff_t *g, double s
     *sd = 1.0 / sqrt(prec);
 }
 
-/* One posterior draw of arm i's expected reward. */
-static double posterior_draw(const thompson_t *t, const arm_stats_t *s, mm_rng_t *rng)
+/* The prior noise variance s0^2 (see the top): the arms' pooled
+ * within-arm variance, or 1/precision while no arm shows any spread. */
+static double pooled_var(const thompson_t *t, const arm_stats_t *stats, size_t n)
+{
+    double ss = 0.0, df = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        gauss_suff_t g = gauss_suff(&stats[i]);
+        if (g.n < 2) continue;
+        ss += g.ss;
+        df += (double)(g.n - 1);
+    }
+    double v = df > 0.0 ? ss / df : 0.0;
+    return v > 0.0 && isfinite(v) ? v : 1.0 / t->prec0;
+}
+
+/* One posterior draw of arm i's expected reward; s0sq: pooled_var() (gaussian). */
+static double posterior_draw(const thompson_t *t, const arm_stats_t *s, double s0sq, mm_rng_t *rng)
 {
     if (!t->gaussian) return mm_rng_beta(rng, t->alpha0 + s->successes, t->beta0 + s->failures);
     gauss_suff_t g = gauss_suff(s);
     double sigma2;
-    if (g.n >= 2)
-        sigma2 = g.ss / (2.0 * mm_rng_gamma(rng, 0.5 * (double)(g.n - 1)));
+    if (g.n >= 2) /* chi2(n) = 2 * Gamma(n / 2) */
+        sigma2 = (g.ss + s0sq) / (2.0 * mm_rng_gamma(rng, 0.5 * (double)g.n));
     else
         sigma2 = 1.0 / t->prec0;
     double mean, sd;
@@ -110,10 +132,11 @@ static double posterior_draw(const thompson_t *t, const arm_stats_t *s, mm_rng_t
  * probability zero and the first maximum is as good as any. */
 static int sample_argmax(const thompson_t *t, const arm_stats_t *stats, size_t n, mm_rng_t *rng)
 {
+    double s0sq = t->gaussian ? pooled_var(t, stats, n) : 0.0;
     int best = 0;
-    double best_v = posterior_draw(t, &stats[0], rng);
+    double best_v = posterior_draw(t, &stats[0], s0sq, rng);
     for (size_t i = 1; i < n; i++) {
-        double x = posterior_draw(t, &stats[i], rng);
+        double x = posterior_draw(t, &stats[i], s0sq, rng);
         if (x > best_v) {
             best_v = x;
             best = (int)i;
@@ -154,6 +177,7 @@ static json_t *ts_describe(void *p, const policy_view_t *v)
 
     json_t *arms = json_array();
     double explore = (double)n * t->min_share;
+    double s0sq = t->gaussian ? pooled_var(t, v->stats, n) : 0.0;
     for (size_t i = 0; i < n; i++) {
         const arm_stats_t *s = &v->stats[i];
         double p_best = (double)wins[i] / TS_DESCRIBE_DRAWS;
@@ -168,9 +192,10 @@ static json_t *ts_describe(void *p, const policy_view_t *v)
             json_object_set_new(a, "sd",
                                 json_real(sqrt(al * be / ((al + be) * (al + be) * (al + be + 1)))));
         } else {
-            /* The sample variance plugged in: the centre of the drawn ones. */
+            /* The variance's posterior scale plugged in: the centre of the
+             * drawn ones. */
             gauss_suff_t g = gauss_suff(s);
-            double sigma2 = g.n >= 2 ? g.ss / (double)(g.n - 1) : 1.0 / t->prec0;
+            double sigma2 = g.n >= 2 ? (g.ss + s0sq) / (double)g.n : 1.0 / t->prec0;
             double mean, sd;
             gauss_posterior(t, &g, sigma2, &mean, &sd);
             json_object_set_new(a, "mean", json_real(mean));
@@ -192,6 +217,8 @@ static json_t *ts_describe(void *p, const policy_view_t *v)
     } else {
         json_object_set_new(prior, "mean", json_real(t->mean0));
         json_object_set_new(prior, "precision", json_real(t->prec0));
+        /* s0^2, the prior noise variance every arm's variance draw starts from */
+        json_object_set_new(o, "pooled_variance", json_real(s0sq));
     }
     json_object_set_new(o, "prior", prior);
     json_object_set_new(o, "min_share", json_real(t->min_share));

@@ -316,11 +316,47 @@ static void test_thompson_gaussian_posterior(void **state)
     assert_true(num_at(arm_at(d, 1), "p_best") > 0.98);
     json_decref(d);
 
-    /* Constant rewards (variance 0) must not produce NaN or crash. */
+    /* Constant rewards (variance 0 in every arm) must not produce NaN or
+     * crash: with no spread anywhere the prior's variance 1/precision (100)
+     * stands in, sigma^2 = 100 / chi2(10), so the better arm is favoured but
+     * the other one is still tried. */
     set_moments(&w.stats[0], 10, 2.0, 0.0);
     set_moments(&w.stats[1], 10, 1.0, 0.0);
-    route(&in, &w, 1000, counts);
-    assert_int_equal(counts[0], 1000);
+    route(&in, &w, 4000, counts);
+    assert_true(counts[0] > 2400 && counts[0] < 3800);
+    d = in.ops->describe(in.p, &w.v);
+    assert_true(fabs(num_at(d, "pooled_variance") - 100.0) < 1e-9);
+    json_decref(d);
+    unmake(&in);
+}
+
+/* An arm whose few rewards are all equal (two zeros) next to one that
+ * shows spread: its variance is drawn around the pooled variance of the
+ * arms, not collapsed onto 0, so it keeps some traffic until it has more
+ * rewards. (The Jeffreys prior gave it sd 0 at mean 0: never tried again
+ * while the other arm's mean, 0.3, was clearly above 0.) */
+static void test_thompson_gaussian_equal_rewards_do_not_collapse(void **state)
+{
+    (void)state;
+    inst_t in = make(EXP_TS(", \"reward\": \"gaussian\""));
+    view_t w;
+    view_init(&w, 2, 15);
+    int counts[MM_MAX_ARMS];
+    set_moments(&w.stats[0], 2, 0.0, 0.0);
+    set_moments(&w.stats[1], 200, 0.3, 0.21);
+    json_t *d = in.ops->describe(in.p, &w.v);
+    /* pooled: (0 + 0.21 * 200) / (1 + 199) */
+    assert_true(fabs(num_at(d, "pooled_variance") - 0.21) < 1e-9);
+    json_decref(d);
+    route(&in, &w, 20000, counts);
+    /* arm 0: mean ~ t-like with 2 dof around 0, scale sqrt(0.21 / 2) ~ 0.32:
+     * P(draw > 0.3) is about 0.2. */
+    assert_true(counts[0] > 1000 && counts[0] < 8000);
+
+    /* Many equal rewards are evidence, though: 200 zeros against 0.3. */
+    set_moments(&w.stats[0], 200, 0.0, 0.0);
+    route(&in, &w, 20000, counts);
+    assert_true(counts[0] < 20);
     unmake(&in);
 }
 
@@ -762,6 +798,7 @@ int main(void)
         cmocka_unit_test(test_thompson_min_share_floor),
         cmocka_unit_test(test_thompson_check_reward),
         cmocka_unit_test(test_thompson_gaussian_posterior),
+        cmocka_unit_test(test_thompson_gaussian_equal_rewards_do_not_collapse),
         cmocka_unit_test(test_thompson_converges_with_batched_stats),
         cmocka_unit_test(test_thompson_regret),
         cmocka_unit_test(test_egreedy_explore_share),
