@@ -100,10 +100,11 @@ typedef struct {
     const int *ports;
 } group_t;
 
-/* reload: a worker started in place of one that crashed after the group
- * reloaded: it reloads the file at once, as its siblings did. */
+/* reload (taken; may be NULL): a worker started in place of one that
+ * crashed after the group reloaded: the config the group reloaded to, which
+ * it reloads at once (see run_workers). */
 static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reuseport,
-                      const cfg_store_t *store_override, const group_t *grp, int reload)
+                      const cfg_store_t *store_override, const group_t *grp, config_t *reload)
 {
     uv_loop_t loop;
     mm_server_t srv;
@@ -113,6 +114,7 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
         0) {
         fprintf(stderr, "modelmux: %s\n", err);
         if (srv.router == NULL) config_free(cfg);
+        if (reload) config_free(reload);
         server_free(&srv);
         uv_run(&loop, UV_RUN_NOWAIT);
         return 1;
@@ -133,7 +135,7 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
                cfg_addr_str(&c->admin_listen, admin, sizeof(admin)), store_kind(srv.store));
     else
         mm_log("listening on %s, store %s", data, store_kind(srv.store));
-    if (reload) server_reload(&srv, NULL, NULL);
+    if (reload) server_reload_config(&srv, reload);
     uv_run(&loop, UV_RUN_DEFAULT);
     int code = srv.exit_code;
     server_free(&srv);
@@ -406,8 +408,8 @@ typedef struct {
 } scrape_fds_t;
 
 static pid_t fork_worker(const char *path, config_t *cfg, uint64_t seed,
-                         const cfg_store_t *store_override, int reload, const scrape_fds_t *sf,
-                         int n, int slot)
+                         const cfg_store_t *store_override, config_t *reload,
+                         const scrape_fds_t *sf, int n, int slot)
 {
     /* The parent runs with the lifecycle signals blocked (run_workers), and
      * the worker starts so: a signal forwarded while it is still starting (a
@@ -456,9 +458,16 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
     lifecycle_signals(SIG_BLOCK, 1, &waitmask);
     time_t started[256];
     uint64_t next_seed = seed + (uint64_t)n;
-    int stopping = 0, reloaded = 0;
+    int stopping = 0;
+    /* The group's config since its last reload, loaded here when the
+     * workers load it (NULL: none loaded yet). A worker started in place of
+     * a crashed one reloads to it, not to the file: the file may have been
+     * broken since (a reload the group rejected, keeping this config), and
+     * the new worker would then serve the start config, unlike its
+     * siblings. */
+    config_t *current = NULL;
     for (int i = 0; i < n; i++) {
-        pid_t pid = fork_worker(path, cfg, seed + (uint64_t)i, store_override, 0, &sf, n, i);
+        pid_t pid = fork_worker(path, cfg, seed + (uint64_t)i, store_override, NULL, &sf, n, i);
         if (pid < 0) {
             perror("modelmux: fork");
             for (int j = 0; j < i; j++) kill(pids[j], SIGTERM);
@@ -481,10 +490,15 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
         if (pending_hup) {
             pid_t from = (pid_t)hup_sender;
             pending_hup = 0;
-            reloaded = 1;
             /* A worker's POST /reload sends SIGHUP here: it reloads itself. */
             for (int i = 0; i < n; i++)
                 if (pids[i] > 0 && pids[i] != from) kill(pids[i], SIGHUP);
+            char lerr[2048]; /* the workers log why a file is rejected */
+            config_t *loaded = config_load(path, lerr, sizeof(lerr));
+            if (loaded) {
+                if (current) config_free(current);
+                current = loaded;
+            }
         }
         int st;
         pid_t pid = waitpid(-1, &st, WNOHANG);
@@ -506,7 +520,7 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
         if (slot < 0) continue;
         pids[slot] = 0;
         if (!stopping && WIFSIGNALED(st) && time(NULL) - started[slot] >= 1) {
-            pid_t np = fork_worker(path, cfg, next_seed++, store_override, reloaded, &sf, n, slot);
+            pid_t np = fork_worker(path, cfg, next_seed++, store_override, current, &sf, n, slot);
             if (np > 0) {
                 mm_log("worker %d killed by signal %d; started worker %d in its place", (int)pid,
                        WTERMSIG(st), (int)np);
@@ -537,6 +551,7 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
     sigprocmask(SIG_SETMASK, &waitmask, NULL);
     for (int i = 0; i < n && sf.grouped; i++)
         if (sf.fds[i] >= 0) close(sf.fds[i]);
+    if (current) config_free(current);
     config_free(cfg);
     return code;
 }
@@ -636,7 +651,7 @@ int main(int argc, char **argv)
      * answers would otherwise find the default action. run_worker unblocks
      * them once the handlers are in place. */
     lifecycle_signals(SIG_BLOCK, 0, NULL);
-    return run_worker(path, cfg, seed, 0, NULL, NULL, 0);
+    return run_worker(path, cfg, seed, 0, NULL, NULL, NULL);
 bad:
     fprintf(stderr, "modelmux: unknown or incomplete option '%s'\n", bad_arg);
     usage(stderr);

@@ -186,6 +186,8 @@ static const up_pool_t *resolved_pool(const router_t *r, const cfg_addr_t *a)
     return NULL;
 }
 
+static void reload_with(mm_server_t *srv, config_t *cfg, reload_waiter_t *waiters);
+
 static void reload_begin(mm_server_t *srv, reload_waiter_t *waiters)
 {
     char err[1024];
@@ -194,6 +196,13 @@ static void reload_begin(mm_server_t *srv, reload_waiter_t *waiters)
         reload_reject(srv, waiters, err);
         return;
     }
+    reload_with(srv, cfg, waiters);
+}
+
+/* The reload of a config already loaded (taken): its names looked up, then
+ * swapped in by reload_finish. */
+static void reload_with(mm_server_t *srv, config_t *cfg, reload_waiter_t *waiters)
+{
     if (srv->has_store_override) cfg->store = srv->store_override;
     const config_t *old = srv->router->cfg;
     if (strcmp(old->listen.host, cfg->listen.host) != 0 || old->listen.port != cfg->listen.port)
@@ -258,6 +267,17 @@ void server_reload(mm_server_t *srv, server_reload_cb cb, void *arg)
         return;
     }
     reload_begin(srv, w);
+}
+
+void server_reload_config(mm_server_t *srv, config_t *cfg)
+{
+    reload_waiter_t *w = calloc(1, sizeof(*w));
+    if (w == NULL || srv->draining || srv->reloading) { /* only right after server_start */
+        free(w);
+        config_free(cfg);
+        return;
+    }
+    reload_with(srv, cfg, w);
 }
 
 static void on_sighup(uv_signal_t *s, int signum)

@@ -13,6 +13,10 @@ it through their private redis-server), so no Redis needs to be running.
 """
 import http.client
 import json
+import os
+import re
+import signal
+import time
 
 import mmtest
 
@@ -105,6 +109,60 @@ class WorkersAdmin(mmtest.MMTestCase):
     def test_the_sync_path_is_private(self):
         st, _, _ = mmtest.request(self.admin, "POST", "/_modelmux/sync", headers=AUTH)
         self.assertEqual(st, 404)
+
+
+class WorkersLifecycle(mmtest.MMTestCase):
+    """The group's reloads and crashes, as one instance would behave: every
+    worker serves the same config."""
+
+    def setUp(self):
+        super().setUp()
+        c = self.cluster
+        self.upstreams = {"champion": c.model_server("champion").port,
+                          "challenger": c.model_server("challenger").port}
+        self.port, self.admin = mmtest.free_port(), mmtest.free_port()
+
+    def config(self, champion, challenger):
+        return mmtest.base_config(
+            self.port, self.upstreams,
+            [{"name": "ab", "match": {"path_prefix": "/ab"}, "policy": "ab",
+              "arms": {"champion": champion, "challenger": challenger}}],
+            admin_port=self.admin)
+
+    def arms(self, n):
+        """The arms n requests got, each on a fresh connection (the kernel
+        spreads them over the workers)."""
+        out = set()
+        for i in range(n):
+            st, h, _ = mmtest.request(self.port, "GET", "/ab/%d" % i)
+            self.assertEqual(st, 200)
+            out.add(h["x-modelmux-arm"])
+        return out
+
+    def test_a_replaced_worker_serves_the_config_its_siblings_serve(self):
+        """A worker started in place of a crashed one serves the config the
+        group reloaded to, also when the file was broken since (a reload the
+        group rejected, keeping that config): not the start config."""
+        mm = self.cluster.modelmux(self.config(100, 0), "--workers", 2, name="w")
+        pids = lambda: [int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log())]
+        mmtest.eventually(lambda: len(pids()) == 2, timeout=5)
+        self.cluster.write_config(self.config(0, 100), "w.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 2, timeout=5)
+        self.assertEqual(self.arms(20), {"challenger"})
+        with open(mm.config_path, "w") as f:
+            f.write('{"listen": ')  # a reload now is rejected: the group keeps serving the last
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mm.log().count("reload rejected") == 2, timeout=5)
+        self.assertEqual(self.arms(20), {"challenger"})
+        time.sleep(1.1)  # a worker that dies within a second of its start is not replaced
+        os.kill(pids()[0], signal.SIGKILL)
+        new = mmtest.eventually(lambda: pids()[2:], timeout=5)[0]
+        mmtest.eventually(lambda: re.search(r"modelmux\[%d\]: (config reloaded|reload rejected)"
+                                            % new, mm.log()), timeout=5)
+        self.assertEqual(self.arms(40), {"challenger"}, mm.log())
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
 
 if __name__ == "__main__":
