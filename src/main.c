@@ -220,14 +220,19 @@ static int port_accepts(int port)
     return ok;
 }
 
+#define REDIS_NOT_RUN 127 /* the child's exit status when exec failed */
+
 /* Run redis-server on 127.0.0.1:port and wait (up to 5 s) until it accepts;
- * its pid, or -1. */
-static pid_t spawn_redis(int port)
+ * its pid, or -1 with why (for a human). */
+static pid_t spawn_redis(int port, char *why, size_t whylen)
 {
     char portstr[16];
     snprintf(portstr, sizeof(portstr), "%d", port);
     pid_t pid = fork();
-    if (pid < 0) return -1;
+    if (pid < 0) {
+        snprintf(why, whylen, "fork: %s", strerror(errno));
+        return -1;
+    }
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive modelmux */
         /* A restart comes from the workers' parent, which runs with the
@@ -247,24 +252,42 @@ static pid_t spawn_redis(int port)
         execlp("redis-server", "redis-server", "--port", portstr, "--bind", "127.0.0.1", "--save",
                "", "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
         fprintf(stderr, "modelmux: cannot run redis-server: %s\n", strerror(errno));
-        _exit(127);
+        _exit(REDIS_NOT_RUN);
     }
     for (int i = 0; i < 100; i++) { /* up to 5 s */
         if (port_accepts(port)) return pid;
         int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) return -1;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            /* An installed redis-server that fails (a version that rejects an
+             * option, no memory) is told apart from a missing one: its own
+             * message went to its stdout, which is /dev/null. */
+            if (WIFEXITED(st) && WEXITSTATUS(st) == REDIS_NOT_RUN)
+                snprintf(why, whylen, "redis-server could not be run (not installed?)");
+            else
+                snprintf(why, whylen,
+                         "redis-server %s %d at its start (to see why, run: redis-server "
+                         "--port %d --bind 127.0.0.1 --save '' --appendonly no --dir /tmp)",
+                         WIFSIGNALED(st) ? "was killed by signal" : "exited with status",
+                         WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), port);
+            return -1;
+        }
         usleep(50000);
     }
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+    snprintf(why, whylen, "redis-server did not accept connections on 127.0.0.1:%d within 5 s",
+             port);
     return -1;
 }
 
-static int start_private_redis(cfg_store_t *out)
+static int start_private_redis(cfg_store_t *out, char *why, size_t whylen)
 {
     int port = free_loopback_port();
-    if (port <= 0) return -1;
-    pid_t pid = spawn_redis(port);
+    if (port <= 0) {
+        snprintf(why, whylen, "no free loopback port: %s", strerror(errno));
+        return -1;
+    }
+    pid_t pid = spawn_redis(port, why, whylen);
     if (pid < 0) return -1;
     private_redis_pid = pid;
     private_redis_port = port;
@@ -296,11 +319,12 @@ static void private_redis_died(int status)
                "workers route on their last state until modelmux is restarted");
         return;
     }
-    pid_t pid = spawn_redis(private_redis_port);
+    char why[512];
+    pid_t pid = spawn_redis(private_redis_port, why, sizeof(why));
     if (pid < 0) {
-        mm_log("private redis-server: cannot restart it on 127.0.0.1:%d; the workers route on "
-               "their last state until modelmux is restarted",
-               private_redis_port);
+        mm_log("private redis-server: cannot restart it on 127.0.0.1:%d (%s); the workers route "
+               "on their last state until modelmux is restarted",
+               private_redis_port, why);
         return;
     }
     private_redis_pid = pid;
@@ -623,12 +647,13 @@ int main(int argc, char **argv)
     raise_fd_limit(cfg); /* before --workers forks: every worker inherits it */
     if (workers > 1) parent_signals_install();
     if (workers > 1 && cfg->store.type == STORE_MEMORY) {
-        if (start_private_redis(&shared) != 0) {
+        char why[512];
+        if (start_private_redis(&shared, why, sizeof(why)) != 0) {
             fprintf(stderr,
-                    "modelmux: --workers %llu with the memory store needs redis-server "
-                    "(apt-get install redis-server) to share state between workers, "
-                    "or a \"redis\" store in the config\n",
-                    (unsigned long long)workers);
+                    "modelmux: --workers %llu with the memory store needs a private "
+                    "redis-server (apt-get install redis-server) to share state between "
+                    "workers, or a \"redis\" store in the config: %s\n",
+                    (unsigned long long)workers, why);
             config_free(cfg);
             return 1;
         }

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 
 import mmtest
@@ -163,6 +164,35 @@ class WorkersLifecycle(mmtest.MMTestCase):
         self.assertEqual(self.arms(40), {"challenger"}, mm.log())
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
+    def start_with_path(self, bindir):
+        """modelmux --workers 2 on the memory store, with PATH=bindir only:
+        (exit status, stderr)."""
+        path = self.cluster.write_config(self.config(1, 1), "path.json")
+        p = subprocess.run([os.path.abspath(mmtest.MM_BIN), "-c", path, "--workers", "2"],
+                           env={"PATH": bindir}, stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=30)
+        return p.returncode, p.stderr
+
+    def test_a_private_redis_that_fails_is_not_reported_as_missing(self):
+        """The memory store's private redis-server: one that is not installed
+        is reported as such; one that is installed but exits at its start
+        (its own message goes to /dev/null) is reported with its exit status
+        and how to see why, not as missing."""
+        bindir = self.cluster.path("bin")
+        os.mkdir(bindir)
+        code, err = self.start_with_path(bindir)
+        self.assertEqual(code, 1, err)
+        self.assertIn("redis-server could not be run (not installed?)", err)
+        fake = os.path.join(bindir, "redis-server")
+        with open(fake, "w") as f:
+            f.write("#!/bin/sh\necho '*** FATAL CONFIG FILE ERROR ***'\nexit 3\n")
+        os.chmod(fake, 0o755)
+        code, err = self.start_with_path(bindir)
+        self.assertEqual(code, 1, err)
+        self.assertIn("redis-server exited with status 3 at its start (to see why, run: "
+                      "redis-server --port ", err)
+        self.assertNotIn("not installed", err)
 
 
 if __name__ == "__main__":
