@@ -192,7 +192,7 @@ static void raise_fd_limit(const config_t *cfg)
  * PID when the workers are gone. */
 static pid_t private_redis_pid;
 static int private_redis_port;
-static time_t private_redis_started;
+static uint64_t private_redis_started; /* mm_now_ms: monotonic, a clock step cannot fool it */
 
 static int free_loopback_port(void)
 {
@@ -291,7 +291,7 @@ static int start_private_redis(cfg_store_t *out, char *why, size_t whylen)
     if (pid < 0) return -1;
     private_redis_pid = pid;
     private_redis_port = port;
-    private_redis_started = time(NULL);
+    private_redis_started = mm_now_ms();
     memset(out, 0, sizeof(*out));
     out->type = STORE_REDIS;
     snprintf(out->host, sizeof(out->host), "127.0.0.1");
@@ -309,7 +309,7 @@ static int start_private_redis(cfg_store_t *out, char *why, size_t whylen)
  * restarted again (a crash loop: the port taken, a broken install). */
 static void private_redis_died(int status)
 {
-    int quick = time(NULL) - private_redis_started < 1;
+    int quick = mm_now_ms() - private_redis_started < 1000;
     private_redis_pid = 0;
     mm_log("private redis-server on 127.0.0.1:%d %s %d", private_redis_port,
            WIFSIGNALED(status) ? "killed by signal" : "exited with status",
@@ -328,7 +328,7 @@ static void private_redis_died(int status)
         return;
     }
     private_redis_pid = pid;
-    private_redis_started = time(NULL);
+    private_redis_started = mm_now_ms();
     mm_log("private redis-server restarted on 127.0.0.1:%d (pid %d)", private_redis_port, (int)pid);
 }
 
@@ -480,7 +480,7 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
     }
     sigset_t waitmask; /* blocked from here on; sigsuspend waits with waitmask */
     lifecycle_signals(SIG_BLOCK, 1, &waitmask);
-    time_t started[256];
+    uint64_t started[256]; /* mm_now_ms (monotonic) */
     uint64_t next_seed = seed + (uint64_t)n;
     int stopping = 0;
     /* The group's config since its last reload, loaded here when the
@@ -499,7 +499,7 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             return 1;
         }
         pids[i] = pid;
-        started[i] = time(NULL);
+        started[i] = mm_now_ms();
     }
     int alive = n, code = 0;
     while (alive > 0) {
@@ -543,13 +543,13 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             if (pids[i] == pid) slot = i;
         if (slot < 0) continue;
         pids[slot] = 0;
-        if (!stopping && WIFSIGNALED(st) && time(NULL) - started[slot] >= 1) {
+        if (!stopping && WIFSIGNALED(st) && mm_now_ms() - started[slot] >= 1000) {
             pid_t np = fork_worker(path, cfg, next_seed++, store_override, current, &sf, n, slot);
             if (np > 0) {
                 mm_log("worker %d killed by signal %d; started worker %d in its place", (int)pid,
                        WTERMSIG(st), (int)np);
                 pids[slot] = np;
-                started[slot] = time(NULL);
+                started[slot] = mm_now_ms();
                 continue;
             }
         }
