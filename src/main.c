@@ -228,13 +228,15 @@ static pid_t spawn_redis(int port, char *why, size_t whylen)
 {
     char portstr[16];
     snprintf(portstr, sizeof(portstr), "%d", port);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         snprintf(why, whylen, "fork: %s", strerror(errno));
         return -1;
     }
     if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive modelmux */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);  /* never outlive modelmux */
+        if (getppid() != parent) _exit(1); /* it died before prctl took effect */
         /* A restart comes from the workers' parent, which runs with the
          * lifecycle signals blocked: exec keeps the mask, and a redis-server
          * deaf to SIGTERM would never stop. */
@@ -441,10 +443,12 @@ static pid_t fork_worker(const char *path, config_t *cfg, uint64_t seed,
      * action and kill it. run_worker unblocks them once its handlers are in
      * place, and a pending one is then handled as it should be. SIGCHLD is
      * the parent's business only. */
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM); /* die with the parent */
-        signal(SIGCHLD, SIG_DFL);         /* the parent's, inherited */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);  /* die with the parent */
+        if (getppid() != parent) _exit(1); /* it died before prctl took effect */
+        signal(SIGCHLD, SIG_DFL);          /* the parent's, inherited */
         sigset_t chld;
         sigemptyset(&chld);
         sigaddset(&chld, SIGCHLD);
