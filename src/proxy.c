@@ -227,6 +227,31 @@ static void conn_unlink(conn_t *c)
     if (c->kind == CONN_DATA) srv->n_conns--;
 }
 
+/* Make a request of one whose head was not read whole (a bad, slow or cut
+ * head), so that it is answered, counted and logged like any other. */
+static void req_start_unread(conn_t *c)
+{
+    req_t *r = &c->req;
+    r->active = 1;
+    r->t0_us = mm_now_us();
+    http_new_request_id(&c->srv->rng, r->id);
+    r->id_len = 32;
+    snprintf(r->method, sizeof(r->method), "%s",
+             c->method_done ? llhttp_method_name(c->parser.method) : "-");
+    r->method_len = strlen(r->method);
+    /* The log names the target once the request line had it, as nginx
+     * does (a 408 or 431 still says what was asked for); else none.
+     * Never the previous request's on this connection. */
+    mm_buf_reset(&r->url);
+    const http_head_t *h = &c->head;
+    if (c->url_done && (size_t)h->url_off + h->url_len <= c->rlen)
+        mm_buf_append(&r->url, c->rbuf + h->url_off, h->url_len);
+    /* (the flag may be left from the previous request on the connection) */
+    r->head_request = c->headers_done && c->parser.method == HTTP_HEAD;
+    r->router = c->srv->router;
+    router_ref(r->router);
+}
+
 /* Abandon the request in progress (client gone, or connection closing). */
 static void req_abort(conn_t *c)
 {
@@ -247,6 +272,10 @@ static void conn_close(conn_t *c)
 {
     if (c->closing) return;
     c->closing = 1;
+    /* A head begun but never finished (the client went away mid-head, or
+     * the drain ended) is still a request: logged as 499, as a request
+     * abandoned later is, rather than only when it lasted to its 408. */
+    if (c->phase == C_HEAD && !c->req.active && c->kind == CONN_DATA) req_start_unread(c);
     c->phase = C_CLOSING;
     req_abort(c);
     conn_unlink(c);
@@ -544,26 +573,7 @@ static void send_error_hdr(conn_t *c, int status, const char *code, const char *
         conn_close(c);
         return;
     }
-    if (!r->active) { /* an error before a request was recognised (bad head) */
-        r->active = 1;
-        r->t0_us = mm_now_us();
-        http_new_request_id(&c->srv->rng, r->id);
-        r->id_len = 32;
-        snprintf(r->method, sizeof(r->method), "%s",
-                 c->method_done ? llhttp_method_name(c->parser.method) : "-");
-        r->method_len = strlen(r->method);
-        /* The log names the target once the request line had it, as nginx
-         * does (a 408 or 431 still says what was asked for); else none.
-         * Never the previous request's on this connection. */
-        mm_buf_reset(&r->url);
-        const http_head_t *h = &c->head;
-        if (c->url_done && (size_t)h->url_off + h->url_len <= c->rlen)
-            mm_buf_append(&r->url, c->rbuf + h->url_off, h->url_len);
-        /* (the flag may be left from the previous request on the connection) */
-        r->head_request = c->headers_done && c->parser.method == HTTP_HEAD;
-        r->router = c->srv->router;
-        router_ref(r->router);
-    }
+    if (!r->active) req_start_unread(c); /* an error before a request was recognised */
     stop_reading(c);
     conn_no_deadline(c);
     /* Nothing more of this connection is parsed until the answer is out:

@@ -17,6 +17,10 @@ docs/admin-metrics-log.md "Request log"), black box.
   5. SIGTERM exits, with status 0 and within about drain_timeout_ms, even
      when a write to the log never returns (a FIFO whose reader stopped
      reading): it used to wait for that write forever.
+  6. a client that goes away in the middle of a request head (alone, or
+     pipelined behind a whole request) is logged, as 499 with the target
+     its request line had: it was left out, while the same head held until
+     header_timeout_ms was logged (408).
 """
 import base64
 import json
@@ -164,6 +168,50 @@ class ShadowUnmirroredBodies(mmtest.MMTestCase):
                              ["mismatch" if rid == "fits" else "dropped"], rid)
         dropped = mmtest.metric_samples(admin, "modelmux_shadow_total", "experiment", "outcome")
         self.assertEqual((dropped[("sh", "dropped")], dropped[("small", "dropped")]), (1, 1))
+
+
+class HeadCutShort(mmtest.MMTestCase):
+    def test_a_client_gone_mid_head_is_logged_as_499(self):
+        c = self.cluster
+        champ = c.model_server("champion")
+        port = mmtest.free_port()
+        log = c.path("requests.jsonl")
+        cfg = mmtest.base_config(port, {"champion": champ.port}, [
+            {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
+             "arms": {"champion": 1}}], log={"requests": log})
+        c.modelmux(cfg)
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET /v1/rank?cut=alone HTTP/1.1\r\nHo")
+        s.close()
+        # a whole request, then a cut one, then EOF: the first is answered
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET /v1/rank?whole=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"POST /v1/rank?cut=pipelined HTTP/1.1\r\nHost: x\r\nContent-Le")
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            answer += d
+        s.close()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+
+        def lines():
+            try:
+                with open(log) as f:
+                    got = {json.loads(line)["path"]: json.loads(line) for line in f}
+            except FileNotFoundError:
+                return None
+            return got if len(got) >= 3 else None
+        got = mmtest.eventually(lines, timeout=10)
+        self.assertEqual(got["/v1/rank?whole=1"]["status"], 200)
+        for path, method in (("/v1/rank?cut=alone", "GET"), ("/v1/rank?cut=pipelined", "POST")):
+            line = got[path]
+            self.assertEqual((line["method"], line["status"], line["experiment"], line["arm"],
+                              line["bytes_in"], line["bytes_out"]),
+                             (method, 499, None, None, 0, 0), line)
+            self.assertRegex(line["request_id"], "^[0-9a-f]{32}$")
 
 
 class StalledLog(mmtest.MMTestCase):
