@@ -69,6 +69,8 @@ struct reqlog_s {
     int reopen_wanted, reopening;
     uv_file reopen_fd, reopen_old_fd;
     int reopen_errno;
+    char *next_path;       /* a reload's new path, opened by the next reopen */
+    char *reopen_old_path; /* the path in use while next_path is being opened */
 
     int in_error;      /* a write error was reported; cleared by the next good write */
     int drop_reported; /* a buffer-full drop was reported; cleared when a line fits again */
@@ -386,10 +388,20 @@ static void reopen_done(uv_work_t *w, int status)
     l->reopening = 0;
     if (status == 0 && l->reopen_fd >= 0) {
         l->fd = l->reopen_fd;
+        free(l->reopen_old_path);
+        l->reopen_old_path = NULL;
     } else {
         l->errors++;
         mm_log("request log %s: reopen failed: %s; still writing to the previous file", l->path,
                status != 0 ? uv_strerror(status) : strerror(l->reopen_errno));
+        if (l->reopen_old_path) { /* the new path is tried again at the next reopen */
+            if (l->next_path == NULL)
+                l->next_path = l->path;
+            else
+                free(l->path);
+            l->path = l->reopen_old_path;
+            l->reopen_old_path = NULL;
+        }
     }
     kick(l);
 }
@@ -402,6 +414,7 @@ static void on_close_step(reqlog_t *l)
     mm_buf_free(&l->fill);
     mm_buf_free(&l->flight);
     free(l->path);
+    free(l->next_path);
     free(l);
     if (done) done(arg);
 }
@@ -433,12 +446,14 @@ static void kick(reqlog_t *l)
         l->reopen_wanted = 0;
         l->reopening = 1;
         l->reopen_old_fd = l->fd;
-        if (uv_queue_work(l->loop, &l->reopen_req, reopen_work, reopen_done) != 0) {
-            l->reopening = 0;
-            l->errors++;
-        } else {
-            return;
+        if (l->next_path) { /* only here: reopen_work reads l->path off the loop */
+            l->reopen_old_path = l->path;
+            l->path = l->next_path;
+            l->next_path = NULL;
         }
+        int rc = uv_queue_work(l->loop, &l->reopen_req, reopen_work, reopen_done);
+        if (rc != 0) reopen_done(&l->reopen_req, rc); /* never queued: a failed reopen */
+        return;
     }
     if (l->fill.len == 0) {
         if (l->closing) finish_close(l);
@@ -482,6 +497,17 @@ void reqlog_reopen(reqlog_t *l)
 {
     l->reopen_wanted = 1;
     kick(l);
+}
+
+/* A reload's settings. Sampling and bodies apply to the next request; a
+ * new path is switched to by the reopen that follows (as a rotation is,
+ * after the write in flight), so the loop never waits for an open. */
+void reqlog_configure(reqlog_t *l, const char *path, double sample, int bodies)
+{
+    l->sample = sample;
+    l->bodies = bodies;
+    free(l->next_path); /* l->path: in use, or being opened by the reopen in flight */
+    l->next_path = strcmp(path, l->path) != 0 ? strdup(path) : NULL;
 }
 
 void reqlog_close(reqlog_t *l, void (*done)(void *), void *arg)

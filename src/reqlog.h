@@ -45,6 +45,10 @@ int reqlog_bodies(const reqlog_t *l);
 void reqlog_write(reqlog_t *l, const reqlog_entry_t *e);
 /* Reopen the file (SIGHUP, log rotation). */
 void reqlog_reopen(reqlog_t *l);
+/* A reload's log settings: sample and bodies from the next request on; a
+ * new path from the next reqlog_reopen (kept as the previous one, and tried
+ * again at the next reopen, if it cannot be opened). */
+void reqlog_configure(reqlog_t *l, const char *path, double sample, int bodies);
 /* Flush and close; done(arg) when the last write is on disk. */
 void reqlog_close(reqlog_t *l, void (*done)(void *), void *arg);
 /* Lines dropped (buffer full, write errors) and write errors, for metrics. */

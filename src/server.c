@@ -136,7 +136,15 @@ static void reload_finish(server_reload_t *rl)
         srv->router = nr;
         router_unref(prev);
         store_retain(srv->store, server_configured, (void *)nr->cfg);
+        if (srv->reqlog && cfg->log_requests) /* a reload applies log.*, as any other key */
+            reqlog_configure(srv->reqlog, cfg->log_requests, cfg->log_sample, cfg->log_bodies);
         if (srv->reqlog) reqlog_reopen(srv->reqlog); /* SIGHUP also rotates the request log */
+        /* Opening a log where there was none, or closing the one there is,
+         * is left to the next start: the shutdown's bounded flush knows one
+         * log, opened before the listeners. */
+        if ((srv->reqlog != NULL) != (cfg->log_requests != NULL))
+            mm_log("log.requests: %s the request log takes effect at the next start",
+                   srv->reqlog ? "turning off" : "turning on");
         srv->reloads++;
         tick_experiments(srv);
         mm_log("config reloaded from %s", srv->config_path);

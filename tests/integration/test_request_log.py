@@ -21,6 +21,11 @@ docs/admin-metrics-log.md "Request log"), black box.
      pipelined behind a whole request) is logged, as 499 with the target
      its request line had: it was left out, while the same head held until
      header_timeout_ms was logged (408).
+  7. a reload applies the log's settings: a new log.requests path (new
+     lines go there, the old file keeps what it had), log.sample and
+     log.bodies. They used to be read at start only, and a reload that
+     changed them was silently ignored; a path that cannot be opened keeps
+     the previous file and is tried again at the next reload.
 """
 import base64
 import json
@@ -212,6 +217,64 @@ class HeadCutShort(mmtest.MMTestCase):
                               line["bytes_in"], line["bytes_out"]),
                              (method, 499, None, None, 0, 0), line)
             self.assertRegex(line["request_id"], "^[0-9a-f]{32}$")
+
+
+class ReloadedSettings(mmtest.MMTestCase):
+    def test_a_reload_applies_the_log_path_sample_and_bodies(self):
+        c = self.cluster
+        champ = c.model_server("champion")
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        first, second = c.path("first.jsonl"), c.path("second/requests.jsonl")
+        cfg = mmtest.base_config(port, {"champion": champ.port}, [
+            {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
+             "arms": {"champion": 1}}], admin_port=admin, log={"requests": first})
+        mm = c.modelmux(cfg)
+
+        def send(tag, n=1):
+            for i in range(n):
+                st, _, _ = mmtest.request(port, "POST", "/v1/rank?%s=%d" % (tag, i), b"abc")
+                self.assertEqual(st, 200)
+
+        def reload(log):
+            cfg["log"] = log
+            c.write_config(cfg, "modelmux.json")
+            st, _, body = mmtest.request(admin, "POST", "/reload")
+            self.assertEqual(st, 200, body)
+
+        def paths(path, n):
+            def read():
+                try:
+                    with open(path) as f:
+                        got = [json.loads(line) for line in f]
+                except FileNotFoundError:
+                    return None
+                return got if len(got) >= n else None
+            return mmtest.eventually(read, timeout=10)
+
+        send("before")
+        self.assertEqual([l["path"] for l in paths(first, 1)], ["/v1/rank?before=0"])
+        reload({"requests": second, "bodies": True})
+        send("moved")
+        line, = paths(second, 1)
+        self.assertEqual((line["path"], base64.b64decode(line["body_b64"])),
+                         ("/v1/rank?moved=0", b"abc"))
+        reload({"requests": second, "sample": 0})
+        send("unsampled", 5)
+        reload({"requests": second})
+        send("sampled")
+        got = [l["path"] for l in paths(second, 2)]
+        self.assertEqual(got, ["/v1/rank?moved=0", "/v1/rank?sampled=0"])
+        self.assertNotIn("body_b64", paths(second, 2)[1])
+        with open(first) as f:
+            self.assertEqual([json.loads(l)["path"] for l in f], ["/v1/rank?before=0"])
+        # a path that cannot be opened: the previous file goes on
+        blocker = c.path("blocker")
+        with open(blocker, "w"):
+            pass
+        reload({"requests": os.path.join(blocker, "requests.jsonl")})
+        send("kept")
+        self.assertEqual([l["path"] for l in paths(second, 3)][2], "/v1/rank?kept=0")
+        mmtest.eventually(lambda: "reopen failed" in mm.log(), timeout=10)
 
 
 class StalledLog(mmtest.MMTestCase):
