@@ -515,6 +515,32 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
 
 /* ---- the Redis stream ---- */
 
+/* A stream entry's reward is text: held to a JSON number's syntax
+ * (RFC 8259 §6), as a reward over HTTP is, so that "0x10", " 1" or "1e"
+ * are refused alike rather than whatever strtod makes of them. */
+static int json_number_text(const char *p)
+{
+    if (*p == '-') p++;
+    if (*p == '0')
+        p++;
+    else if (*p >= '1' && *p <= '9')
+        while (*p >= '0' && *p <= '9') p++;
+    else
+        return 0;
+    if (*p == '.') {
+        p++;
+        if (!(*p >= '0' && *p <= '9')) return 0;
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-') p++;
+        if (!(*p >= '0' && *p <= '9')) return 0;
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    return *p == '\0';
+}
+
 static void on_stream(void *arg, store_msg_t *m)
 {
     mm_server_t *srv = arg;
@@ -543,7 +569,7 @@ static void on_stream(void *arg, store_msg_t *m)
     if (rw) {
         char *end;
         double d = strtod(rw, &end);
-        if (end == rw || *end != '\0' || !isfinite(d))
+        if (!json_number_text(rw) || end == rw || *end != '\0' || !isfinite(d))
             ok = 0;
         else
             json_object_set_new(o, "reward", json_real(d));

@@ -529,10 +529,20 @@ class StoreIntegration(mmtest.MMTestCase):
         for arm, r in (("challenger", 1), ("champion", 0.75), ("challenger", 0)):
             ids.append(self.r("XADD", stream, "*", "experiment", "recs", "arm", arm, "reward", r))
             tally.reward(arm, r)
+        # a reward is a number as JSON writes one, exponent included
+        ids.append(self.r("XADD", stream, "*", "experiment", "recs", "arm", "champion",
+                          "reward", "2.5E-1"))
+        tally.reward("champion", 0.25)
         invalid = [("experiment", "recs", "arm", "champion", "reward", "abc"),
                    ("experiment", "recs", "arm", "champion", "reward", "1.5"),   # not in [0, 1]
                    ("experiment", "recs", "arm", "challenger", "reward", "inf"),
                    ("experiment", "recs", "arm", "challenger", "reward", ""),
+                   # not numbers as JSON writes them (strtod would take them)
+                   ("experiment", "recs", "arm", "champion", "reward", "0x1"),
+                   ("experiment", "recs", "arm", "champion", "reward", " 1"),
+                   ("experiment", "recs", "arm", "champion", "reward", "+1"),
+                   ("experiment", "recs", "arm", "champion", "reward", ".5"),
+                   ("experiment", "recs", "arm", "champion", "reward", "1."),
                    ("request_id", pre[0][2], "reward", "-0.5"),
                    ("request_id", pre[1][2]),                                     # no reward
                    ("experiment", "recs", "reward", "1"),                         # no arm
