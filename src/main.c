@@ -628,6 +628,13 @@ int main(int argc, char **argv)
             goto bad;
         }
     }
+    /* A single process blocks its lifecycle signals before it reads the
+     * config, as a forked worker starts (fork_worker): a SIGHUP or SIGTERM
+     * from a supervisor while the config is read (a large file, a slow
+     * disk, a FIFO) would otherwise find the default action and kill it.
+     * Held pending, it is handled once run_worker has its handlers in
+     * place: a reload, or a drain and exit 0 (§2). */
+    if (!check && workers == 1) lifecycle_signals(SIG_BLOCK, 0, NULL);
     char err[2048];
     config_t *cfg = config_load(path, err, sizeof(err));
     if (cfg == NULL) {
@@ -675,11 +682,10 @@ int main(int argc, char **argv)
         stop_private_redis();
         return code;
     }
-    /* As a forked worker starts (fork_worker): server_start listens before
-     * it installs its handlers, and a SIGTERM sent as soon as the port
-     * answers would otherwise find the default action. run_worker unblocks
-     * them once the handlers are in place. */
-    lifecycle_signals(SIG_BLOCK, 0, NULL);
+    /* Still blocked (above): server_start listens before it installs its
+     * handlers, and a SIGTERM sent as soon as the port answers would
+     * otherwise find the default action. run_worker unblocks them once the
+     * handlers are in place. */
     return run_worker(path, cfg, seed, 0, NULL, NULL, NULL);
 bad:
     fprintf(stderr, "modelmux: unknown or incomplete option '%s'\n", bad_arg);

@@ -431,6 +431,65 @@ class Shutdown(Lifecycle):
 SHADOW_LATENCY_MS = 400
 
 
+class Startup(Lifecycle):
+    """Signals that come while modelmux is still starting (reading its
+    config): a supervisor's SIGHUP or SIGTERM right after the start must get
+    the action §2 gives them, never the default one (death by signal)."""
+
+    def open_fifo_writer(self, path, proc, timeout=10.0):
+        """Open the FIFO for writing once modelmux has opened it for reading
+        (so it is inside config_load); fails if it exits first."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self.assertIsNone(proc.p.poll(), "modelmux exited before reading its config:\n" + proc.log())
+            try:
+                return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
+                time.sleep(0.01)
+        self.fail("modelmux never opened its config")
+
+    def start_reading_config_from_fifo(self):
+        """modelmux started on a FIFO as its config, blocked reading it:
+        (proc, fifo path, config text, port)."""
+        champion, challenger = self.two_servers()
+        port = mmtest.free_port()
+        text = json.dumps(ab_config(port, champion.port, challenger.port, {"champion": 1, "challenger": 0}))
+        fifo = self.cluster.path("config.fifo")
+        os.mkfifo(fifo)
+        mm = self.cluster.modelmux(fifo, wait=False)
+        return mm, fifo, text, port
+
+    def feed(self, fd, text):
+        os.set_blocking(fd, True)
+        os.write(fd, text.encode())
+        os.close(fd)
+
+    def test_sighup_while_the_config_is_read_at_start_reloads_once_started(self):
+        mm, fifo, text, port = self.start_reading_config_from_fifo()
+        fd = self.open_fifo_writer(fifo, mm)
+        mm.signal(signal.SIGHUP)  # modelmux is inside config_load
+        self.feed(fd, text)
+        # Listening: the start has read the FIFO and closed it. The SIGHUP is
+        # a reload, done once the handlers are in place: it reads the file
+        # (the FIFO) again.
+        mmtest.wait_port(port, mm.p)
+        self.feed(self.open_fifo_writer(fifo, mm), text)
+        mmtest.eventually(lambda: "config reloaded" in mm.log())
+        self.assertEqual(mmtest.request(port, "GET", "/v1/rank")[0], 200)
+        self.sigterm_and_wait(mm, 10)
+
+    def test_stop_signal_while_the_config_is_read_at_start_exits_0(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            mm, fifo, text, port = self.start_reading_config_from_fifo()
+            mm.exit_checked = True
+            fd = self.open_fifo_writer(fifo, mm)
+            mm.signal(sig)
+            self.feed(fd, text)
+            self.assertEqual(mm.wait(10), 0, "%s: %s" % (sig.name, mm.log()[-2000:]))
+            self.assertIn("stopping", mm.log())
+            os.unlink(fifo)
+
+
 def shadow_config(port, champion_port, shadow_port):
     """config/shadow.json with our ports, without admin and request log."""
     with open(os.path.join(mmtest.SOURCE_DIR, "config", "shadow.json")) as f:
