@@ -217,6 +217,13 @@ static void reload_with(mm_server_t *srv, config_t *cfg, reload_waiter_t *waiter
         mm_log("reload: a new listen address takes effect at the next restart");
     if (old->store.type != cfg->store.type)
         mm_log("reload: a new store type takes effect at the next restart");
+    /* The admin listener is opened once, at the start: say so rather than
+     * let a changed address look applied. (The request log's settings are
+     * applied by reload_finish; turning it on or off is logged there.) */
+    if (old->has_admin != cfg->has_admin ||
+        (cfg->has_admin && (strcmp(old->admin_listen.host, cfg->admin_listen.host) != 0 ||
+                            old->admin_listen.port != cfg->admin_listen.port)))
+        mm_log("reload: a new admin listen address takes effect at the next restart");
     size_t n = cfg->n_upstreams ? cfg->n_upstreams : 1;
     server_reload_t *rl = calloc(1, sizeof(*rl));
     if (rl) {

@@ -143,6 +143,27 @@ class Reload(Lifecycle):
         self.assertEqual(get(self.conn(port), "/v1/rank")[:2], (200, "champion"))
 
 
+    def test_reload_that_moves_the_admin_listener_says_it_waits_for_a_restart(self):
+        # The admin listener is opened at the start only: a reload that moves
+        # it used to be logged as applied, with the old port still answering
+        # and nothing saying why.
+        champion, challenger = self.two_servers()
+        port, admin, moved = mmtest.free_port(), mmtest.free_port(), mmtest.free_port()
+        cfg = ab_config(port, champion.port, challenger.port, {"champion": 1, "challenger": 0})
+        cfg["admin"] = {"listen": "127.0.0.1:%d" % admin}
+        mm = self.cluster.modelmux(cfg)
+        mm.signal(signal.SIGHUP)  # the same settings: nothing to say
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 1)
+        self.assertNotIn("admin listen address", mm.log())
+        cfg["admin"] = {"listen": "127.0.0.1:%d" % moved}
+        self.cluster.write_config(cfg, "modelmux.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 2)
+        self.assertIn("reload: a new admin listen address takes effect at the next restart",
+                      mm.log())
+        self.assertEqual(mmtest.request(admin, "GET", "/healthz")[0], 200)
+        self.sigterm_and_wait(mm, 10)
+
     def test_reload_removing_an_experiment_while_its_request_is_in_flight(self):
         # The request routed by the old config finishes after the reload that
         # removed its experiment: it still counts into that experiment's
