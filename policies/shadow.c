@@ -436,8 +436,9 @@ static void shadow_reset(void *p)
 /* A reload with the experiment unchanged keeps the agreement counts (the
  * core keeps the `dropped` baseline with them); a changed one (other
  * shadows, tolerance, ignore list) starts counting anew. Mirrors still in
- * flight on the old config are compared by the old instance and are not in
- * these counts (modelmux_shadow_total has them). */
+ * flight across the reload are compared by the new instance when the
+ * experiment is unchanged (shadow_rt.c), else by the old one, and are then
+ * not in these counts (modelmux_shadow_total has them). */
 static void shadow_adopt(void *p, const void *old, int same_definition)
 {
     shadow_t *s = p;

@@ -104,6 +104,15 @@ err:
     return NULL;
 }
 
+exp_rt_t *router_successor(router_t *now, exp_rt_t *e)
+{
+    int i = now != NULL ? config_experiment_index(now->cfg, e->cfg->name) : -1;
+    if (i < 0 || (size_t)i >= now->n_exps) return e;
+    exp_rt_t *n = &now->exps[i];
+    if (n->cfg->ops != e->cfg->ops || strcmp(n->cfg->definition, e->cfg->definition) != 0) return e;
+    return n;
+}
+
 void router_on_reset(exp_rt_t *e)
 {
     mark_baseline(e);

@@ -349,7 +349,12 @@ static void write_log(shadow_group_t *g)
 
 static void group_complete(shadow_group_t *g)
 {
-    const cfg_experiment_t *ce = g->exp->cfg;
+    /* Mirrors in flight across a reload that left the experiment as it was:
+     * the new router's policy instance took the agreement counts over
+     * (adopt), so the comparison and the answers go there, not to the
+     * replaced instance that nothing describes any more. */
+    exp_rt_t *live = router_successor(g->srv->router, g->exp);
+    const cfg_experiment_t *ce = live->cfg;
     if (g->p_chunked) dechunk(&g->p_body);
     policy_resp_t primary = {g->p_status,
                              {g->p_ctype, strlen(g->p_ctype)},
@@ -385,7 +390,7 @@ static void group_complete(shadow_group_t *g)
          * answer cannot be compared, whatever it was (not a mismatch: the
          * candidate is not to blame for the primary's failure). */
         if (g->p_status == 0) m->outcome = SHADOW_ERROR;
-        router_answer(g->srv->store, g->exp, m->arm, m->leg.status, m->leg.latency_us, mm_now_ms());
+        router_answer(g->srv->store, live, m->arm, m->leg.status, m->leg.latency_us, mm_now_ms());
     }
     for (int i = 0; i < g->n; i++) router_marm(g->exp, g->m[i].arm)->shadow[g->m[i].outcome]++;
     write_log(g);

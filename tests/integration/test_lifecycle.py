@@ -164,6 +164,59 @@ class Reload(Lifecycle):
         self.assertEqual(mmtest.request(admin, "GET", "/healthz")[0], 200)
         self.sigterm_and_wait(mm, 10)
 
+    def test_mirrors_in_flight_across_a_reload_count_for_the_unchanged_shadow(self):
+        # A reload that leaves the shadow experiment as it was keeps its
+        # agreement counts; the mirrors in flight during it were compared by
+        # the replaced policy instance, and were missing from the view for
+        # good (only modelmux_shadow_total had them).
+        release = threading.Event()
+        arrived = []
+
+        class HeldShadow(mmtest.QuietHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                arrived.append(1)
+                release.wait(20)
+                body = b'{"score": 0.5}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        shadow = mmtest.PyUpstream(HeldShadow)
+        self.addCleanup(shadow.close)
+        self.addCleanup(release.set)
+        champion, challenger = self.two_servers()
+        port, admin = mmtest.free_port(), mmtest.free_port()
+
+        def cfg(weight):
+            return mmtest.base_config(
+                port, {"champion": champion.port, "challenger": challenger.port, "shadow": shadow.port},
+                [{"name": "sh", "match": {"path_prefix": "/sh"}, "policy": "shadow", "primary": "champion",
+                  "shadows": ["shadow"], "timeout_ms": 20000},
+                 {"name": "ab", "match": {"path_prefix": "/ab"}, "policy": "ab",
+                  "arms": {"champion": weight, "challenger": 1}}],
+                admin_port=admin, limits={"drain_timeout_ms": 3000})
+
+        mm = self.cluster.modelmux(cfg(1))
+        n = 6
+        for i in range(n):
+            self.assertEqual(mmtest.request(port, "POST", "/sh", {"i": i})[0], 200)
+        mmtest.eventually(lambda: len(arrived) == n)  # every mirror is held by the shadow
+        self.cluster.write_config(cfg(2), "modelmux.json")  # only "ab" changes
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "config reloaded" in mm.log())
+        release.set()
+        total = lambda: sum(mmtest.metric_samples(admin, "modelmux_shadow_total", "outcome").values())
+        mmtest.eventually(lambda: total() == n)
+
+        def compared():
+            view = json.loads(mmtest.request(admin, "GET", "/experiments/sh")[2])
+            return view["policy_state"]["shadows"][0]["compared"]
+        mmtest.eventually(lambda: compared() == n, timeout=5)
+        self.sigterm_and_wait(mm, 10)
+
     def test_reload_removing_an_experiment_while_its_request_is_in_flight(self):
         # The request routed by the old config finishes after the reload that
         # removed its experiment: it still counts into that experiment's
