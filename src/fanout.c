@@ -64,7 +64,12 @@ static void answer(fanout_t *f)
             up_pool_observe(f->exp->pools[i], f->legs[i].status, now);
     }
     if (!conn_awaits(c, f->req_serial)) return; /* client gone */
-    const cfg_experiment_t *ce = f->exp->cfg;
+    /* Rankers that answered after a reload that left the experiment as it
+     * was: the new router's policy instance took the counters over (adopt),
+     * so the merge is counted there, not by the replaced instance that
+     * nothing describes any more. Same definition: same arms, same order. */
+    exp_rt_t *live = router_successor(srv->router, f->exp);
+    const cfg_experiment_t *ce = live->cfg;
     policy_resp_t answers[MM_MAX_ARMS];
     int all_timeouts = 1;
     for (int i = 0; i < f->n; i++) {
@@ -76,7 +81,7 @@ static void answer(fanout_t *f)
         if (l->status != 0 || !l->timed_out) all_timeouts = 0;
     }
     policy_view_t v;
-    router_view(f->exp, &srv->rng, mm_now_ms(), &v);
+    router_view(live, &srv->rng, mm_now_ms(), &v);
     mm_buf_t out, aux;
     mm_buf_init(&out);
     mm_buf_init(&aux);

@@ -217,6 +217,60 @@ class Reload(Lifecycle):
         mmtest.eventually(lambda: compared() == n, timeout=5)
         self.sigterm_and_wait(mm, 10)
 
+    def test_interleaved_requests_in_flight_across_a_reload_count_for_the_unchanged_experiment(self):
+        # As for mirrors: an interleave merged after a reload that left its
+        # experiment as it was used to be counted by the replaced instance,
+        # and went missing from the view's this_instance counters.
+        release = threading.Event()
+        arrived = []
+
+        def ranker(name):
+            class Held(mmtest.QuietHandler):
+                def do_GET(self):
+                    arrived.append(name)
+                    release.wait(20)
+                    body = json.dumps({"items": [{"id": "%s-%d" % (name, i)} for i in range(5)]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+            up = mmtest.PyUpstream(Held)
+            self.addCleanup(up.close)
+            return up
+
+        a, b = ranker("a"), ranker("b")
+        self.addCleanup(release.set)
+        port, admin = mmtest.free_port(), mmtest.free_port()
+
+        def cfg(weight):
+            return mmtest.base_config(
+                port, {"a": {"url": "http://127.0.0.1:%d" % a.port, "timeout_ms": 20000},
+                       "b": {"url": "http://127.0.0.1:%d" % b.port, "timeout_ms": 20000}},
+                [{"name": "il", "match": {"path_prefix": "/rank"}, "policy": "interleave", "arms": ["a", "b"],
+                  "list_pointer": "/items", "id_field": "id", "k": 4},
+                 {"name": "ab", "match": {"path_prefix": "/ab"}, "policy": "ab", "arms": {"a": weight, "b": 1}}],
+                admin_port=admin, limits={"drain_timeout_ms": 3000})
+
+        mm = self.cluster.modelmux(cfg(1))
+        n = 4
+        statuses = []
+        clients = [threading.Thread(target=lambda: statuses.append(mmtest.request(port, "GET", "/rank", timeout=30)[0]))
+                   for _ in range(n)]
+        for t in clients:
+            t.start()
+        mmtest.eventually(lambda: len(arrived) == 2 * n)  # every ranker request is held
+        self.cluster.write_config(cfg(2), "modelmux.json")  # only "ab" changes
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "config reloaded" in mm.log())
+        release.set()
+        for t in clients:
+            t.join(30)
+        self.assertEqual(statuses, [200] * n)
+        view = json.loads(mmtest.request(admin, "GET", "/experiments/il")[2])
+        self.assertEqual(view["policy_state"]["this_instance"]["merged"], n, view["policy_state"])
+        self.sigterm_and_wait(mm, 10)
+
     def test_reload_removing_an_experiment_while_its_request_is_in_flight(self):
         # The request routed by the old config finishes after the reload that
         # removed its experiment: it still counts into that experiment's
