@@ -1244,8 +1244,13 @@ static void req_finish(conn_t *c)
             int st = r->status;
             if (r->up_errors && !r->answered) st = 0;
             uint64_t now = uv_now(srv->loop);
-            if (r->chosen != r->arm) router_answer(srv->store, r->exp, r->chosen, 0, latency, now);
-            router_answer(srv->store, r->exp, r->arm, st, latency, now);
+            /* A request in flight across a reload that left its experiment
+             * as it was: the new policy instance took over (adopt) and is
+             * the one described, so the answer goes there. */
+            exp_rt_t *live =
+                r->router == srv->router ? r->exp : router_successor(srv->router, r->exp);
+            if (r->chosen != r->arm) router_answer(srv->store, live, r->chosen, 0, latency, now);
+            router_answer(srv->store, live, r->arm, st, latency, now);
         }
     } else if (!r->local || r->discard) {
         metrics_status(srv->metrics.unrouted_by_status, r->status);

@@ -271,6 +271,55 @@ class Reload(Lifecycle):
         self.assertEqual(view["policy_state"]["this_instance"]["merged"], n, view["policy_state"])
         self.sigterm_and_wait(mm, 10)
 
+    def test_primary_answers_in_flight_across_a_reload_count_for_the_unchanged_shadow(self):
+        # The primary's own answers feed the shadow's primary_mean_latency_ms;
+        # one in flight during a reload that left the experiment as it was
+        # went to the replaced policy instance.
+        release = threading.Event()
+        arrived = []
+
+        class HeldPrimary(mmtest.QuietHandler):
+            def do_GET(self):
+                arrived.append(1)
+                release.wait(20)
+                body = b'{"score": 0.5}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        primary = mmtest.PyUpstream(HeldPrimary)
+        self.addCleanup(primary.close)
+        self.addCleanup(release.set)
+        shadow = self.cluster.model_server("shadow")
+        port, admin = mmtest.free_port(), mmtest.free_port()
+
+        def cfg(salt):
+            return mmtest.base_config(
+                port, {"primary": {"url": "http://127.0.0.1:%d" % primary.port, "timeout_ms": 20000},
+                       "shadow": shadow.port},
+                [{"name": "sh", "match": {"path_prefix": "/sh"}, "policy": "shadow", "primary": "primary",
+                  "shadows": ["shadow"]},
+                 {"name": "ab", "match": {"path_prefix": "/ab"}, "policy": "ab", "arms": {"shadow": 1},
+                  "sticky": {"header": "X-User"}, "salt": salt}],
+                admin_port=admin, limits={"drain_timeout_ms": 3000})
+
+        mm = self.cluster.modelmux(cfg("one"))
+        got = []
+        client = threading.Thread(target=lambda: got.append(mmtest.request(port, "GET", "/sh", timeout=30)[0]))
+        client.start()
+        mmtest.eventually(lambda: len(arrived) == 1)
+        self.cluster.write_config(cfg("two"), "modelmux.json")  # only "ab" changes
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "config reloaded" in mm.log())
+        release.set()
+        client.join(30)
+        self.assertEqual(got, [200])
+        view = json.loads(mmtest.request(admin, "GET", "/experiments/sh")[2])
+        self.assertIsNotNone(view["policy_state"]["primary_mean_latency_ms"], view["policy_state"])
+        self.sigterm_and_wait(mm, 10)
+
     def test_reload_removing_an_experiment_while_its_request_is_in_flight(self):
         # The request routed by the old config finishes after the reload that
         # removed its experiment: it still counts into that experiment's
