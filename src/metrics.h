@@ -38,6 +38,11 @@ typedef struct {
     uint64_t shadow[SHADOW__COUNT];
     uint64_t feedback;
     double reward_sum;
+    /* Not exported: the mirrors in flight to this arm (shadow max_inflight).
+     * Kept here, per arm name for the life of the process, so that the
+     * mirrors a replaced router still has in flight count against the
+     * limit after a reload too (a per-router count started again at 0). */
+    int mirrors_inflight;
 } metrics_arm_t;
 
 /* An arm keeps its slot, and so its counters, for the life of the process:

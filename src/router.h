@@ -25,8 +25,7 @@ typedef struct {
     up_pool_t *pools[MM_MAX_ARMS];
     const cfg_upstream_t *ups[MM_MAX_ARMS];
     size_t salt_len;
-    int mirror_inflight[MM_MAX_ARMS]; /* mirrors in flight per arm (shadow max_inflight) */
-    uint64_t resets_seen;             /* store_resets() when the policy was last reset */
+    uint64_t resets_seen; /* store_resets() when the policy was last reset */
     /* Each arm's `dropped` mirror count when the policy was created or
      * reset: its description counts from there, like its other figures
      * (the Prometheus counter itself never goes back). */

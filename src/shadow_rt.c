@@ -203,7 +203,7 @@ static void on_mirror_done(leg_t *l)
     mirror_t *m = l->owner;
     shadow_group_t *g = m->g;
     m->outcome = l->status == 0 ? SHADOW_ERROR : SHADOW_MATCH; /* refined by the comparison */
-    g->exp->mirror_inflight[m->arm]--;
+    router_marm(g->exp, m->arm)->mirrors_inflight--;
     if (--g->pending == 0) group_complete(g);
 }
 
@@ -226,7 +226,8 @@ void shadow_start(conn_t *c)
     mm_str_t lines = {r->fwd_lines.p, r->fwd_lines.len};
     for (int i = 0; i < g->n; i++) {
         mirror_t *m = &g->m[i];
-        if (!g->body_ok || r->fwd_lines.oom || g->exp->mirror_inflight[m->arm] >= lim->max_inflight)
+        if (!g->body_ok || r->fwd_lines.oom ||
+            router_marm(g->exp, m->arm)->mirrors_inflight >= lim->max_inflight)
             continue;
         leg_t *l = &m->leg;
         leg_build_head(&l->head, g->method, g->exp->ups[m->arm], (mm_str_t){g->url.p, g->url.len},
@@ -238,7 +239,7 @@ void shadow_start(conn_t *c)
         l->keep_headers = lim->keep_headers;
         l->done = on_mirror_done;
         l->owner = m;
-        g->exp->mirror_inflight[m->arm]++;
+        router_marm(g->exp, m->arm)->mirrors_inflight++;
         g->pending++;
         leg_start(l, &g->srv->legs, g->exp->pools[m->arm], lim->timeout_ms, g->head_request);
     }

@@ -320,6 +320,55 @@ class Reload(Lifecycle):
         self.assertIsNotNone(view["policy_state"]["primary_mean_latency_ms"], view["policy_state"])
         self.sigterm_and_wait(mm, 10)
 
+    def test_max_inflight_counts_the_mirrors_still_in_flight_from_before_a_reload(self):
+        # The mirrors in flight were counted per router: after a reload the
+        # new router started from 0, and a shadow arm got up to twice its
+        # max_inflight (more with more reloads).
+        release = threading.Event()
+        arrived = []
+
+        class HeldShadow(mmtest.QuietHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                arrived.append(1)
+                release.wait(20)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        shadow = mmtest.PyUpstream(HeldShadow)
+        self.addCleanup(shadow.close)
+        self.addCleanup(release.set)
+        champion, challenger = self.two_servers()
+        port, admin = mmtest.free_port(), mmtest.free_port()
+
+        def cfg(weight):
+            return mmtest.base_config(
+                port, {"champion": champion.port, "challenger": challenger.port, "shadow": shadow.port},
+                [{"name": "sh", "match": {"path_prefix": "/sh"}, "policy": "shadow", "primary": "champion",
+                  "shadows": ["shadow"], "timeout_ms": 20000, "max_inflight": 2},
+                 {"name": "ab", "match": {"path_prefix": "/ab"}, "policy": "ab",
+                  "arms": {"champion": weight, "challenger": 1}}],
+                admin_port=admin, limits={"drain_timeout_ms": 3000})
+
+        mm = self.cluster.modelmux(cfg(1))
+        outcomes = lambda: mmtest.metric_samples(admin, "modelmux_shadow_total", "outcome")
+        for i in range(2):
+            self.assertEqual(mmtest.request(port, "POST", "/sh", {"i": i})[0], 200)
+        mmtest.eventually(lambda: len(arrived) == 2)  # max_inflight reached
+        self.cluster.write_config(cfg(2), "modelmux.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "config reloaded" in mm.log())
+        for i in range(2):
+            self.assertEqual(mmtest.request(port, "POST", "/sh", {"i": i})[0], 200)
+        mmtest.eventually(lambda: outcomes().get(("dropped",)) == 2)
+        self.assertEqual(len(arrived), 2)
+        release.set()
+        mmtest.eventually(lambda: sum(outcomes().values()) == 4)
+        self.assertEqual(len(arrived), 2)
+        self.sigterm_and_wait(mm, 10)
+
     def test_reload_removing_an_experiment_while_its_request_is_in_flight(self):
         # The request routed by the old config finishes after the reload that
         # removed its experiment: it still counts into that experiment's
