@@ -340,16 +340,27 @@ static void on_store_flushed(void *arg)
         close_handle((uv_handle_t *)&srv->drain_timer);
     }
     close_handle((uv_handle_t *)&srv->tick_timer);
-    close_handle((uv_handle_t *)&srv->sig_hup);
-    close_handle((uv_handle_t *)&srv->sig_term);
-    close_handle((uv_handle_t *)&srv->sig_int);
     /* Closing the last signal handle gives the signal its default action back, so a
      * second stop signal now (a supervisor repeating itself) would kill us while the
      * request log closes: exit by signal, not the 0 §2 promises (a late SIGHUP too). We
-     * are stopping already, as a second signal while draining says: ignore them. */
+     * are stopping already, as a second signal while draining says: ignore them. They
+     * are blocked from before the handles close until they are ignored: one that came
+     * in between (after uv_close restored SIG_DFL) killed us; held pending, it is
+     * discarded by SIG_IGN instead. The thread pool's threads block them always
+     * (on_pool_start), so none can take one meanwhile. */
+    sigset_t stop_sigs, old_mask;
+    sigemptyset(&stop_sigs);
+    sigaddset(&stop_sigs, SIGHUP);
+    sigaddset(&stop_sigs, SIGTERM);
+    sigaddset(&stop_sigs, SIGINT);
+    sigprocmask(SIG_BLOCK, &stop_sigs, &old_mask);
+    close_handle((uv_handle_t *)&srv->sig_hup);
+    close_handle((uv_handle_t *)&srv->sig_term);
+    close_handle((uv_handle_t *)&srv->sig_int);
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
+    sigprocmask(SIG_SETMASK, &old_mask, NULL);
 }
 
 void server_drained(mm_server_t *srv)
@@ -414,6 +425,24 @@ static void on_sigterm(uv_signal_t *s, int signum)
     server_stop((mm_server_t *)s->data);
 }
 
+/* libuv's thread pool starts with its first work item, and its threads
+ * keep the signal mask of the thread that started them. Started from
+ * server_start, while main.c still blocks the lifecycle signals, they block
+ * them for good, so those signals only ever reach the loop thread; and then
+ * on_store_flushed, blocking them there, holds them off entirely around the
+ * moment their handles close (else a pool thread — the request log's
+ * writes — took one then, with SIG_DFL back, and the process died of it). */
+static void on_pool_start(uv_work_t *w)
+{
+    (void)w;
+}
+
+static void on_pool_started(uv_work_t *w, int status)
+{
+    (void)w;
+    (void)status;
+}
+
 /* ---- start ---- */
 
 int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, config_t *cfg,
@@ -464,6 +493,7 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
     uv_timer_init(loop, &srv->drain_timer);
     srv->tick_timer.data = srv->drain_timer.data = srv;
     uv_timer_start(&srv->tick_timer, on_tick, TICK_MS, TICK_MS);
+    (void)uv_queue_work(loop, &srv->pool_start, on_pool_start, on_pool_started);
     leg_clock_init(&srv->legs, loop);
     if (feedback_start(srv) != 0) mm_log("cannot consume the Redis feedback stream");
     tick_experiments(srv); /* memory store: a canary starts at its first step at once */
