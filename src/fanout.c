@@ -68,7 +68,7 @@ static void answer(fanout_t *f)
      * was: the new router's policy instance took the counters over (adopt),
      * so the merge is counted there, not by the replaced instance that
      * nothing describes any more. Same definition: same arms, same order. */
-    exp_rt_t *live = router_successor(srv->router, f->exp);
+    exp_rt_t *live = router_successor(srv->router, f->router, f->exp);
     const cfg_experiment_t *ce = live->cfg;
     policy_resp_t answers[MM_MAX_ARMS];
     int all_timeouts = 1;

@@ -1247,8 +1247,7 @@ static void req_finish(conn_t *c)
             /* A request in flight across a reload that left its experiment
              * as it was: the new policy instance took over (adopt) and is
              * the one described, so the answer goes there. */
-            exp_rt_t *live =
-                r->router == srv->router ? r->exp : router_successor(srv->router, r->exp);
+            exp_rt_t *live = router_successor(srv->router, r->router, r->exp);
             if (r->chosen != r->arm) router_answer(srv->store, live, r->chosen, 0, latency, now);
             router_answer(srv->store, live, r->arm, st, latency, now);
         }

@@ -104,8 +104,9 @@ err:
     return NULL;
 }
 
-exp_rt_t *router_successor(router_t *now, exp_rt_t *e)
+exp_rt_t *router_successor(router_t *now, const router_t *was, exp_rt_t *e)
 {
+    if (now == was) return e; /* no reload since: the common case, no lookup */
     int i = now != NULL ? config_experiment_index(now->cfg, e->cfg->name) : -1;
     if (i < 0 || (size_t)i >= now->n_exps) return e;
     exp_rt_t *n = &now->exps[i];

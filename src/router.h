@@ -112,11 +112,12 @@ void router_on_reset(exp_rt_t *e);
 void router_answer(store_t *s, exp_rt_t *e, int arm, int status, uint64_t latency_us,
                    uint64_t now_ms);
 
-/* The experiment that goes on for `e` (of a router a reload replaced) in
- * `now`, the router serving: the one of the same name and definition (so
- * the same arms in the same order, and a policy instance that took over
- * e's, adopt), or `e` itself when there is none. */
-exp_rt_t *router_successor(router_t *now, exp_rt_t *e);
+/* The experiment that goes on for `e` (of router `was`, which a reload may
+ * have replaced) in `now`, the router serving: `e` itself when now is was;
+ * else the one of the same name and definition (so the same arms in the
+ * same order, and a policy instance that took over e's, adopt), or `e`
+ * when there is none. */
+exp_rt_t *router_successor(router_t *now, const router_t *was, exp_rt_t *e);
 
 /* The view a policy sees right now (for ticks and descriptions). */
 void router_view(const exp_rt_t *e, mm_rng_t *rng, uint64_t now_ms, policy_view_t *v);

@@ -354,7 +354,7 @@ static void group_complete(shadow_group_t *g)
      * the new router's policy instance took the agreement counts over
      * (adopt), so the comparison and the answers go there, not to the
      * replaced instance that nothing describes any more. */
-    exp_rt_t *live = router_successor(g->srv->router, g->exp);
+    exp_rt_t *live = router_successor(g->srv->router, g->router, g->exp);
     const cfg_experiment_t *ce = live->cfg;
     if (g->p_chunked) dechunk(&g->p_body);
     policy_resp_t primary = {g->p_status,
