@@ -364,15 +364,15 @@ static void on_child_exit(int sig)
 }
 
 /* The --workers parent's handlers, installed before anything is started
- * (the private redis-server, the workers): a signal that comes meanwhile is
- * noted and forwarded once the workers run (each has them blocked until its
- * own handlers are in place, see fork_worker), never the default action. */
+ * (before the config is read, the private redis-server, the workers): a signal that comes meanwhile
+ * is noted and forwarded once the workers run (each has them blocked until its own handlers are in
+ * place, see fork_worker), never the default action. */
 static void parent_signals_install(void)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_sigaction = on_parent_signal;
-    sa.sa_flags = SA_SIGINFO;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART; /* a config read from a FIFO is not cut short */
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
@@ -635,6 +635,9 @@ int main(int argc, char **argv)
      * Held pending, it is handled once run_worker has its handlers in
      * place: a reload, or a drain and exit 0 (§2). */
     if (!check && workers == 1) lifecycle_signals(SIG_BLOCK, 0, NULL);
+    /* The --workers parent notes them from here on (its handlers restart
+     * the config's reads), and acts once the workers run. */
+    if (!check && workers > 1) parent_signals_install();
     char err[2048];
     config_t *cfg = config_load(path, err, sizeof(err));
     if (cfg == NULL) {
@@ -656,7 +659,6 @@ int main(int argc, char **argv)
     cfg_store_t shared;
     const cfg_store_t *override = NULL;
     raise_fd_limit(cfg); /* before --workers forks: every worker inherits it */
-    if (workers > 1) parent_signals_install();
     if (workers > 1 && cfg->store.type == STORE_MEMORY) {
         char why[512];
         if (start_private_redis(&shared, why, sizeof(why)) != 0) {

@@ -715,6 +715,19 @@ class Startup(Lifecycle):
             self.assertIn("stopping", mm.log())
             os.unlink(fifo)
 
+    def test_stop_signal_while_the_workers_parent_reads_the_config_exits_0(self):
+        champion, challenger = self.two_servers()
+        port = mmtest.free_port()
+        text = json.dumps(ab_config(port, champion.port, challenger.port, {"champion": 1, "challenger": 0}))
+        fifo = self.cluster.path("workers.fifo")
+        os.mkfifo(fifo)
+        mm = self.cluster.modelmux(fifo, "--workers", 2, wait=False)
+        mm.exit_checked = True
+        fd = self.open_fifo_writer(fifo, mm)
+        mm.signal(signal.SIGTERM)  # the parent is inside config_load
+        self.feed(fd, text)
+        self.assertEqual(mm.wait(15), 0, mm.log()[-2000:])
+
 
 def shadow_config(port, champion_port, shadow_port):
     """config/shadow.json with our ports, without admin and request log."""
