@@ -13,6 +13,7 @@ import http.client
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -163,6 +164,10 @@ class Cluster:
                 proc.p.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+        # Its files (configs, logs, sockets) go with it, or every test run
+        # leaves a directory in /tmp; MM_KEEP_TMP=1 keeps them to look at.
+        if not os.environ.get("MM_KEEP_TMP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class QuietHandler(http.server.BaseHTTPRequestHandler):
