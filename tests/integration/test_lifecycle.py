@@ -49,6 +49,47 @@ class Lifecycle(mmtest.MMTestCase):
         super().tearDown()
         self.assertCleanExit()
 
+    def held_upstream(self, release, arrived, body):
+        """A Python upstream that holds every request until `release` is
+        set, then answers 200 with the JSON `body`; each request appends to
+        `arrived` once read (so a test knows it is in flight). Released and
+        closed at cleanup."""
+        class Held(mmtest.QuietHandler):
+            def answer(self):
+                n = int(self.headers.get("Content-Length", 0))
+                if n:
+                    self.rfile.read(n)
+                arrived.append(1)
+                release.wait(20)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            do_GET = do_POST = answer
+
+        up = mmtest.PyUpstream(Held)
+        self.addCleanup(up.close)
+        self.addCleanup(release.set)  # cleanups run last first: released, then closed
+        return up
+
+    def shadow_beside_ab(self, port, admin, shadow, **shadow_opts):
+        """cfg(weight): a shadow experiment "sh" (champion primary, mirrored
+        to `shadow`) beside an ab "ab" whose champion weight is `weight`, so
+        a reload can change "ab" alone."""
+        champion, challenger = self.two_servers()
+        sh = {"name": "sh", "match": {"path_prefix": "/sh"}, "policy": "shadow", "primary": "champion",
+              "shadows": ["shadow"], "timeout_ms": 20000}
+        sh.update(shadow_opts)
+
+        def cfg(weight):
+            return mmtest.base_config(
+                port, {"champion": champion.port, "challenger": challenger.port, "shadow": shadow.port},
+                [sh, {"name": "ab", "match": {"path_prefix": "/ab"}, "policy": "ab",
+                      "arms": {"champion": weight, "challenger": 1}}],
+                admin_port=admin, limits={"drain_timeout_ms": 3000})
+        return cfg
+
     def assertCleanExit(self):
         for p in self.cluster.procs:
             if not p.name.startswith("modelmux"):
@@ -169,35 +210,10 @@ class Reload(Lifecycle):
         # agreement counts; the mirrors in flight during it were compared by
         # the replaced policy instance, and were missing from the view for
         # good (only modelmux_shadow_total had them).
-        release = threading.Event()
-        arrived = []
-
-        class HeldShadow(mmtest.QuietHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                arrived.append(1)
-                release.wait(20)
-                body = b'{"score": 0.5}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        shadow = mmtest.PyUpstream(HeldShadow)
-        self.addCleanup(shadow.close)
-        self.addCleanup(release.set)
-        champion, challenger = self.two_servers()
+        release, arrived = threading.Event(), []
+        shadow = self.held_upstream(release, arrived, b'{"score": 0.5}')
         port, admin = mmtest.free_port(), mmtest.free_port()
-
-        def cfg(weight):
-            return mmtest.base_config(
-                port, {"champion": champion.port, "challenger": challenger.port, "shadow": shadow.port},
-                [{"name": "sh", "match": {"path_prefix": "/sh"}, "policy": "shadow", "primary": "champion",
-                  "shadows": ["shadow"], "timeout_ms": 20000},
-                 {"name": "ab", "match": {"path_prefix": "/ab"}, "policy": "ab",
-                  "arms": {"champion": weight, "challenger": 1}}],
-                admin_port=admin, limits={"drain_timeout_ms": 3000})
+        cfg = self.shadow_beside_ab(port, admin, shadow)
 
         mm = self.cluster.modelmux(cfg(1))
         n = 6
@@ -221,26 +237,13 @@ class Reload(Lifecycle):
         # As for mirrors: an interleave merged after a reload that left its
         # experiment as it was used to be counted by the replaced instance,
         # and went missing from the view's this_instance counters.
-        release = threading.Event()
-        arrived = []
+        release, arrived = threading.Event(), []
 
         def ranker(name):
-            class Held(mmtest.QuietHandler):
-                def do_GET(self):
-                    arrived.append(name)
-                    release.wait(20)
-                    body = json.dumps({"items": [{"id": "%s-%d" % (name, i)} for i in range(5)]}).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-            up = mmtest.PyUpstream(Held)
-            self.addCleanup(up.close)
-            return up
+            body = json.dumps({"items": [{"id": "%s-%d" % (name, i)} for i in range(5)]}).encode()
+            return self.held_upstream(release, arrived, body)
 
         a, b = ranker("a"), ranker("b")
-        self.addCleanup(release.set)
         port, admin = mmtest.free_port(), mmtest.free_port()
 
         def cfg(weight):
@@ -275,23 +278,8 @@ class Reload(Lifecycle):
         # The primary's own answers feed the shadow's primary_mean_latency_ms;
         # one in flight during a reload that left the experiment as it was
         # went to the replaced policy instance.
-        release = threading.Event()
-        arrived = []
-
-        class HeldPrimary(mmtest.QuietHandler):
-            def do_GET(self):
-                arrived.append(1)
-                release.wait(20)
-                body = b'{"score": 0.5}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        primary = mmtest.PyUpstream(HeldPrimary)
-        self.addCleanup(primary.close)
-        self.addCleanup(release.set)
+        release, arrived = threading.Event(), []
+        primary = self.held_upstream(release, arrived, b'{"score": 0.5}')
         shadow = self.cluster.model_server("shadow")
         port, admin = mmtest.free_port(), mmtest.free_port()
 
@@ -324,33 +312,10 @@ class Reload(Lifecycle):
         # The mirrors in flight were counted per router: after a reload the
         # new router started from 0, and a shadow arm got up to twice its
         # max_inflight (more with more reloads).
-        release = threading.Event()
-        arrived = []
-
-        class HeldShadow(mmtest.QuietHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                arrived.append(1)
-                release.wait(20)
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-        shadow = mmtest.PyUpstream(HeldShadow)
-        self.addCleanup(shadow.close)
-        self.addCleanup(release.set)
-        champion, challenger = self.two_servers()
+        release, arrived = threading.Event(), []
+        shadow = self.held_upstream(release, arrived, b"{}")
         port, admin = mmtest.free_port(), mmtest.free_port()
-
-        def cfg(weight):
-            return mmtest.base_config(
-                port, {"champion": champion.port, "challenger": challenger.port, "shadow": shadow.port},
-                [{"name": "sh", "match": {"path_prefix": "/sh"}, "policy": "shadow", "primary": "champion",
-                  "shadows": ["shadow"], "timeout_ms": 20000, "max_inflight": 2},
-                 {"name": "ab", "match": {"path_prefix": "/ab"}, "policy": "ab",
-                  "arms": {"champion": weight, "challenger": 1}}],
-                admin_port=admin, limits={"drain_timeout_ms": 3000})
+        cfg = self.shadow_beside_ab(port, admin, shadow, max_inflight=2)
 
         mm = self.cluster.modelmux(cfg(1))
         outcomes = lambda: mmtest.metric_samples(admin, "modelmux_shadow_total", "outcome")

@@ -40,6 +40,19 @@ import mmtest
 KIB64 = 64 * 1024
 
 
+
+def champion_logged(c, **log):
+    """modelmux in cluster c in front of one model server, every /v1/
+    request routed to it, the request log at c's requests.jsonl with `log`
+    settings: (data port, log path)."""
+    champ = c.model_server("champion")
+    port = mmtest.free_port()
+    path = c.path("requests.jsonl")
+    c.modelmux(mmtest.base_config(port, {"champion": champ.port}, [
+        {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
+         "arms": {"champion": 1}}], log=dict(requests=path, **log)))
+    return port, path
+
 def log_lines(path, n):
     def read():
         try:
@@ -53,14 +66,7 @@ def log_lines(path, n):
 
 class LoggedBodies(mmtest.MMTestCase):
     def test_body_over_64_kib_is_logged_as_its_first_64_kib(self):
-        c = self.cluster
-        champ = c.model_server("champion")
-        port = mmtest.free_port()
-        log = c.path("requests.jsonl")
-        cfg = mmtest.base_config(port, {"champion": champ.port}, [
-            {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
-             "arms": {"champion": 1}}], log={"requests": log, "bodies": True})
-        c.modelmux(cfg)
+        port, log = champion_logged(self.cluster, bodies=True)
         body = bytes((i * 7 + i // 251) % 256 for i in range(200000))
         sent = {}
         for rid, size in (("cl-200000", 200000), ("cl-70000", 70000), ("cl-65536", KIB64)):
@@ -177,14 +183,7 @@ class ShadowUnmirroredBodies(mmtest.MMTestCase):
 
 class HeadCutShort(mmtest.MMTestCase):
     def test_a_client_gone_mid_head_is_logged_as_499(self):
-        c = self.cluster
-        champ = c.model_server("champion")
-        port = mmtest.free_port()
-        log = c.path("requests.jsonl")
-        cfg = mmtest.base_config(port, {"champion": champ.port}, [
-            {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
-             "arms": {"champion": 1}}], log={"requests": log})
-        c.modelmux(cfg)
+        port, log = champion_logged(self.cluster)
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         s.sendall(b"GET /v1/rank?cut=alone HTTP/1.1\r\nHo")
         s.close()
