@@ -195,6 +195,8 @@ static const up_pool_t *resolved_pool(const router_t *r, const cfg_addr_t *a)
 }
 
 static void reload_with(mm_server_t *srv, config_t *cfg, reload_waiter_t *waiters);
+static void pool_warm(mm_server_t *srv);
+static int config_has_names(const config_t *cfg);
 
 static void reload_begin(mm_server_t *srv, reload_waiter_t *waiters)
 {
@@ -244,7 +246,8 @@ static void reload_with(mm_server_t *srv, config_t *cfg, reload_waiter_t *waiter
     rl->cfg = cfg;
     rl->waiters = waiters;
     srv->reloading = rl;
-    rl->pending = 1; /* held until every lookup has started */
+    rl->pending = 1;                           /* held until every lookup has started */
+    if (config_has_names(cfg)) pool_warm(srv); /* before the lookups start it unblocked */
     for (size_t i = 0; i < cfg->n_upstreams && !rl->failed; i++) {
         const cfg_addr_t *a = &cfg->upstreams[i].addr;
         if (mm_addr_literal(a, &rl->addrs[i]) == 0) continue; /* numeric or localhost */
@@ -426,12 +429,16 @@ static void on_sigterm(uv_signal_t *s, int signum)
 }
 
 /* libuv's thread pool starts with its first work item, and its threads
- * keep the signal mask of the thread that started them. Started from
- * server_start, while main.c still blocks the lifecycle signals, they block
- * them for good, so those signals only ever reach the loop thread; and then
- * on_store_flushed, blocking them there, holds them off entirely around the
- * moment their handles close (else a pool thread — the request log's
- * writes — took one then, with SIG_DFL back, and the process died of it). */
+ * keep the signal mask of the thread that started them. Started with the
+ * lifecycle signals blocked, they block them for good, so those signals
+ * only ever reach the loop thread; and then on_store_flushed, blocking them
+ * there, holds them off entirely around the moment their handles close
+ * (else a pool thread — the request log's writes — took one then, with
+ * SIG_DFL back, and the process died of it). The pool is started so only
+ * when it will be used (a request log, upstream host names to look up): a
+ * process with a second thread pays for it in every system call (glibc's
+ * cancellation points take their slow path, some 100 instructions each),
+ * which a config with neither need not. */
 static void on_pool_start(uv_work_t *w)
 {
     (void)w;
@@ -441,6 +448,28 @@ static void on_pool_started(uv_work_t *w, int status)
 {
     (void)w;
     (void)status;
+}
+
+static void pool_warm(mm_server_t *srv)
+{
+    if (srv->pool_warm) return;
+    sigset_t stop_sigs, old_mask;
+    sigemptyset(&stop_sigs);
+    sigaddset(&stop_sigs, SIGHUP);
+    sigaddset(&stop_sigs, SIGTERM);
+    sigaddset(&stop_sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop_sigs, &old_mask);
+    if (uv_queue_work(srv->loop, &srv->pool_start, on_pool_start, on_pool_started) == 0)
+        srv->pool_warm = 1;
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+}
+
+/* Some upstream of cfg is a host name (looked up in the thread pool). */
+static int config_has_names(const config_t *cfg)
+{
+    for (size_t i = 0; i < cfg->n_upstreams; i++)
+        if (mm_addr_is_name(&cfg->upstreams[i].addr)) return 1;
+    return 0;
 }
 
 /* ---- start ---- */
@@ -493,7 +522,7 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
     uv_timer_init(loop, &srv->drain_timer);
     srv->tick_timer.data = srv->drain_timer.data = srv;
     uv_timer_start(&srv->tick_timer, on_tick, TICK_MS, TICK_MS);
-    (void)uv_queue_work(loop, &srv->pool_start, on_pool_start, on_pool_started);
+    if (srv->reqlog || config_has_names(cfg)) pool_warm(srv);
     leg_clock_init(&srv->legs, loop);
     if (feedback_start(srv) != 0) mm_log("cannot consume the Redis feedback stream");
     tick_experiments(srv); /* memory store: a canary starts at its first step at once */

@@ -47,6 +47,7 @@ typedef struct mm_server_s {
     int has_listener, has_admin;
     uv_signal_t sig_hup, sig_term, sig_int;
     uv_work_t pool_start; /* starts libuv's thread pool with the signals blocked */
+    int pool_warm;        /* pool_start queued (server.c, pool_warm) */
     uv_timer_t tick_timer;
     uv_timer_t drain_timer;
     leg_clock_t legs;       /* the deadlines of every mirror and fan-out leg in flight */
