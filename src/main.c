@@ -80,19 +80,6 @@ static int parse_u64(const char *s, uint64_t *out)
     return 0;
 }
 
-/* Block or unblock SIGHUP, SIGTERM and SIGINT, and SIGCHLD too when
- * `chld` (old: the previous mask, may be NULL). */
-static void lifecycle_signals(int how, int chld, sigset_t *old)
-{
-    sigset_t s;
-    sigemptyset(&s);
-    sigaddset(&s, SIGHUP);
-    sigaddset(&s, SIGTERM);
-    sigaddset(&s, SIGINT);
-    if (chld) sigaddset(&s, SIGCHLD);
-    sigprocmask(how, &s, old);
-}
-
 /* A worker's place in a --workers group: its private scrape listener
  * (bound and listening, inherited) and every worker's port. */
 typedef struct {
@@ -121,7 +108,7 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
     }
     /* Handlers in place (server_start): what was blocked since the fork
      * (fork_worker) may come now. */
-    lifecycle_signals(SIG_UNBLOCK, 0, NULL);
+    server_lifecycle_signals(SIG_UNBLOCK, 0, NULL);
     if (grp &&
         scrape_group_start(&srv, grp->n, grp->self, grp->fd, grp->ports, err, sizeof(err)) != 0) {
         /* Serve anyway: only /metrics loses the siblings' counters. */
@@ -220,6 +207,21 @@ static int port_accepts(int port)
     return ok;
 }
 
+/* fork(), the child dying with modelmux (a SIGTERM when the parent goes):
+ * a worker or the private redis-server never outlives it. A parent that
+ * died between the fork and the prctl would send nothing, so the child
+ * checks it is still the one that forked it. */
+static pid_t fork_child(void)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent) _exit(1);
+    }
+    return pid;
+}
+
 #define REDIS_NOT_RUN 127 /* the child's exit status when exec failed */
 
 /* Run redis-server on 127.0.0.1:port and wait (up to 5 s) until it accepts;
@@ -228,15 +230,12 @@ static pid_t spawn_redis(int port, char *why, size_t whylen)
 {
     char portstr[16];
     snprintf(portstr, sizeof(portstr), "%d", port);
-    pid_t parent = getpid();
-    pid_t pid = fork();
+    pid_t pid = fork_child();
     if (pid < 0) {
         snprintf(why, whylen, "fork: %s", strerror(errno));
         return -1;
     }
     if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM);  /* never outlive modelmux */
-        if (getppid() != parent) _exit(1); /* it died before prctl took effect */
         /* A restart comes from the workers' parent, which runs with the
          * lifecycle signals blocked: exec keeps the mask, and a redis-server
          * deaf to SIGTERM would never stop. */
@@ -363,10 +362,11 @@ static void on_child_exit(int sig)
     (void)sig; /* only wakes sigsuspend */
 }
 
-/* The --workers parent's handlers, installed before anything is started
- * (before the config is read, the private redis-server, the workers): a signal that comes meanwhile
- * is noted and forwarded once the workers run (each has them blocked until its own handlers are in
- * place, see fork_worker), never the default action. */
+/* The --workers parent's handlers, installed before it does anything (reads
+ * the config, starts the private redis-server, forks the workers): a signal
+ * that comes meanwhile is noted and forwarded once the workers run (each
+ * has them blocked until its own handlers are in place, see fork_worker),
+ * never the default action. */
 static void parent_signals_install(void)
 {
     struct sigaction sa;
@@ -443,12 +443,9 @@ static pid_t fork_worker(const char *path, config_t *cfg, uint64_t seed,
      * action and kill it. run_worker unblocks them once its handlers are in
      * place, and a pending one is then handled as it should be. SIGCHLD is
      * the parent's business only. */
-    pid_t parent = getpid();
-    pid_t pid = fork();
+    pid_t pid = fork_child();
     if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM);  /* die with the parent */
-        if (getppid() != parent) _exit(1); /* it died before prctl took effect */
-        signal(SIGCHLD, SIG_DFL);          /* the parent's, inherited */
+        signal(SIGCHLD, SIG_DFL); /* the parent's, inherited */
         sigset_t chld;
         sigemptyset(&chld);
         sigaddset(&chld, SIGCHLD);
@@ -483,7 +480,7 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
         }
     }
     sigset_t waitmask; /* blocked from here on; sigsuspend waits with waitmask */
-    lifecycle_signals(SIG_BLOCK, 1, &waitmask);
+    server_lifecycle_signals(SIG_BLOCK, 1, &waitmask);
     uint64_t started[256]; /* mm_now_ms (monotonic) */
     uint64_t next_seed = seed + (uint64_t)n;
     int stopping = 0;
@@ -634,7 +631,7 @@ int main(int argc, char **argv)
      * disk, a FIFO) would otherwise find the default action and kill it.
      * Held pending, it is handled once run_worker has its handlers in
      * place: a reload, or a drain and exit 0 (§2). */
-    if (!check && workers == 1) lifecycle_signals(SIG_BLOCK, 0, NULL);
+    if (!check && workers == 1) server_lifecycle_signals(SIG_BLOCK, 0, NULL);
     /* The --workers parent notes them from here on (its handlers restart
      * the config's reads), and acts once the workers run. */
     if (!check && workers > 1) parent_signals_install();

@@ -304,6 +304,17 @@ static void on_sighup(uv_signal_t *s, int signum)
     server_reload((mm_server_t *)s->data, NULL, NULL);
 }
 
+void server_lifecycle_signals(int how, int chld, sigset_t *old)
+{
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGHUP);
+    sigaddset(&s, SIGTERM);
+    sigaddset(&s, SIGINT);
+    if (chld) sigaddset(&s, SIGCHLD);
+    pthread_sigmask(how, &s, old);
+}
+
 /* ---- shutdown ---- */
 
 static void close_handle(uv_handle_t *h)
@@ -351,19 +362,15 @@ static void on_store_flushed(void *arg)
      * in between (after uv_close restored SIG_DFL) killed us; held pending, it is
      * discarded by SIG_IGN instead. The thread pool's threads block them always
      * (on_pool_start), so none can take one meanwhile. */
-    sigset_t stop_sigs, old_mask;
-    sigemptyset(&stop_sigs);
-    sigaddset(&stop_sigs, SIGHUP);
-    sigaddset(&stop_sigs, SIGTERM);
-    sigaddset(&stop_sigs, SIGINT);
-    sigprocmask(SIG_BLOCK, &stop_sigs, &old_mask);
+    sigset_t old_mask;
+    server_lifecycle_signals(SIG_BLOCK, 0, &old_mask);
     close_handle((uv_handle_t *)&srv->sig_hup);
     close_handle((uv_handle_t *)&srv->sig_term);
     close_handle((uv_handle_t *)&srv->sig_int);
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
-    sigprocmask(SIG_SETMASK, &old_mask, NULL);
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
 }
 
 void server_drained(mm_server_t *srv)
@@ -453,12 +460,8 @@ static void on_pool_started(uv_work_t *w, int status)
 static void pool_warm(mm_server_t *srv)
 {
     if (srv->pool_warm) return;
-    sigset_t stop_sigs, old_mask;
-    sigemptyset(&stop_sigs);
-    sigaddset(&stop_sigs, SIGHUP);
-    sigaddset(&stop_sigs, SIGTERM);
-    sigaddset(&stop_sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_sigs, &old_mask);
+    sigset_t old_mask;
+    server_lifecycle_signals(SIG_BLOCK, 0, &old_mask);
     if (uv_queue_work(srv->loop, &srv->pool_start, on_pool_start, on_pool_started) == 0)
         srv->pool_warm = 1;
     pthread_sigmask(SIG_SETMASK, &old_mask, NULL);

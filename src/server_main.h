@@ -2,6 +2,8 @@
 #ifndef MM_SERVER_MAIN_H
 #define MM_SERVER_MAIN_H
 
+#include <signal.h>
+
 #include "server.h"
 
 /* Build everything from cfg (taking ownership of it) and start listening.
@@ -16,6 +18,10 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
  * place of a crashed one takes the config its siblings run. Right after
  * server_start only. */
 void server_reload_config(mm_server_t *srv, config_t *cfg);
+/* Block or unblock (how: SIG_BLOCK, SIG_UNBLOCK) SIGHUP, SIGTERM and SIGINT
+ * in the calling thread, and SIGCHLD too when `chld`; old: the previous
+ * mask, may be NULL. */
+void server_lifecycle_signals(int how, int chld, sigset_t *old);
 /* Begin the graceful stop (what SIGTERM does). */
 void server_stop(mm_server_t *srv);
 /* After the loop has run dry. */
