@@ -110,8 +110,7 @@ exp_rt_t *router_successor(router_t *now, const router_t *was, exp_rt_t *e)
     int i = now != NULL ? config_experiment_index(now->cfg, e->cfg->name) : -1;
     if (i < 0 || (size_t)i >= now->n_exps) return e;
     exp_rt_t *n = &now->exps[i];
-    if (n->cfg->ops != e->cfg->ops || strcmp(n->cfg->definition, e->cfg->definition) != 0) return e;
-    return n;
+    return redefined(e, n->cfg) ? e : n; /* as create's adopt decides it */
 }
 
 void router_on_reset(exp_rt_t *e)
