@@ -316,6 +316,19 @@ def request(port, method, path, body=None, headers=None, timeout=10.0):
         conn.close()
 
 
+def arms_served(port, path, n):
+    """The arms (X-Modelmux-Arm) that answered n GETs of path/0 .. path/n-1,
+    each on a connection of its own (with --workers, the kernel spreads
+    them); every answer must be a 200."""
+    out = set()
+    for i in range(n):
+        st, headers, _ = request(port, "GET", "%s/%d" % (path, i))
+        if st != 200:
+            raise AssertionError("GET %s/%d: %d" % (path, i, st))
+        out.add(headers["x-modelmux-arm"])
+    return out
+
+
 def metric_samples(admin_port, name, *labels):
     """Samples of Prometheus metric `name` from /metrics: {(values of `labels`,
     in that order): float}."""

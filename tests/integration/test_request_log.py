@@ -188,17 +188,9 @@ class HeadCutShort(mmtest.MMTestCase):
         s.sendall(b"GET /v1/rank?cut=alone HTTP/1.1\r\nHo")
         s.close()
         # a whole request, then a cut one, then EOF: the first is answered
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        s.sendall(b"GET /v1/rank?whole=1 HTTP/1.1\r\nHost: x\r\n\r\n"
-                  b"POST /v1/rank?cut=pipelined HTTP/1.1\r\nHost: x\r\nContent-Le")
-        s.shutdown(socket.SHUT_WR)
-        answer = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            answer += d
-        s.close()
+        answer = mmtest.raw(port, b"GET /v1/rank?whole=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                            b"POST /v1/rank?cut=pipelined HTTP/1.1\r\nHost: x\r\nContent-Le",
+                            timeout=10, shutdown=True)
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
 
         def lines():

@@ -859,12 +859,7 @@ class StoreIntegration(mmtest.MMTestCase):
                  "arms": {"champion": champion, "challenger": challenger}}], admin_port=admin)
         mm = self.cluster.modelmux(config(0, 100), "--workers", 2, name="reload-workers")
         def arms(n):
-            out = set()
-            for i in range(n):
-                st, headers, _ = mmtest.request(mm.port, "GET", "/ab/%d" % i)
-                self.assertEqual(st, 200)
-                out.add(headers["x-modelmux-arm"])
-            return out
+            return mmtest.arms_served(mm.port, "/ab", n)
         self.assertEqual(arms(20), {"challenger"})
         self.cluster.write_config(config(100, 0), "reload-workers.json")
         st, _, body = mmtest.request(admin, "POST", "/reload")

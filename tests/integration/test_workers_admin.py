@@ -131,14 +131,7 @@ class WorkersLifecycle(mmtest.MMTestCase):
             admin_port=self.admin)
 
     def arms(self, n):
-        """The arms n requests got, each on a fresh connection (the kernel
-        spreads them over the workers)."""
-        out = set()
-        for i in range(n):
-            st, h, _ = mmtest.request(self.port, "GET", "/ab/%d" % i)
-            self.assertEqual(st, 200)
-            out.add(h["x-modelmux-arm"])
-        return out
+        return mmtest.arms_served(self.port, "/ab", n)
 
     def test_a_replaced_worker_serves_the_config_its_siblings_serve(self):
         """A worker started in place of a crashed one serves the config the
