@@ -34,26 +34,28 @@ import signal
 import socket
 import subprocess
 import time
+import types
 
 import mmtest
 
 KIB64 = 64 * 1024
 
 
-
-def champion_logged(c, **log):
+def champion_logged(c, admin_port=None, **log):
     """modelmux in cluster c in front of one model server, every /v1/
     request routed to it, the request log at c's requests.jsonl with `log`
-    settings: (data port, log path)."""
+    settings: its data port, log path, config and process (.port, .log,
+    .cfg, .proc)."""
     champ = c.model_server("champion")
     port = mmtest.free_port()
     path = c.path("requests.jsonl")
-    c.modelmux(mmtest.base_config(port, {"champion": champ.port}, [
+    cfg = mmtest.base_config(port, {"champion": champ.port}, [
         {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
-         "arms": {"champion": 1}}], log=dict(requests=path, **log)))
-    return port, path
+         "arms": {"champion": 1}}], admin_port=admin_port, log=dict(requests=path, **log))
+    return types.SimpleNamespace(port=port, log=path, cfg=cfg, proc=c.modelmux(cfg))
 
-def log_lines(path, n):
+def read_log(path, n):
+    """The log's lines, in file order, once it has at least n."""
     def read():
         try:
             with open(path) as f:
@@ -61,12 +63,17 @@ def log_lines(path, n):
         except FileNotFoundError:
             return None
         return lines if len(lines) >= n else None
-    return {line["request_id"]: line for line in mmtest.eventually(read, timeout=10)}
+    return mmtest.eventually(read, timeout=10)
+
+
+def log_lines(path, n):
+    return {line["request_id"]: line for line in read_log(path, n)}
 
 
 class LoggedBodies(mmtest.MMTestCase):
     def test_body_over_64_kib_is_logged_as_its_first_64_kib(self):
-        port, log = champion_logged(self.cluster, bodies=True)
+        m = champion_logged(self.cluster, bodies=True)
+        port, log = m.port, m.log
         body = bytes((i * 7 + i // 251) % 256 for i in range(200000))
         sent = {}
         for rid, size in (("cl-200000", 200000), ("cl-70000", 70000), ("cl-65536", KIB64)):
@@ -183,7 +190,8 @@ class ShadowUnmirroredBodies(mmtest.MMTestCase):
 
 class HeadCutShort(mmtest.MMTestCase):
     def test_a_client_gone_mid_head_is_logged_as_499(self):
-        port, log = champion_logged(self.cluster)
+        m = champion_logged(self.cluster)
+        port, log = m.port, m.log
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         s.sendall(b"GET /v1/rank?cut=alone HTTP/1.1\r\nHo")
         s.close()
@@ -213,13 +221,10 @@ class HeadCutShort(mmtest.MMTestCase):
 class ReloadedSettings(mmtest.MMTestCase):
     def test_a_reload_applies_the_log_path_sample_and_bodies(self):
         c = self.cluster
-        champ = c.model_server("champion")
-        port, admin = mmtest.free_port(), mmtest.free_port()
-        first, second = c.path("first.jsonl"), c.path("second/requests.jsonl")
-        cfg = mmtest.base_config(port, {"champion": champ.port}, [
-            {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
-             "arms": {"champion": 1}}], admin_port=admin, log={"requests": first})
-        mm = c.modelmux(cfg)
+        admin = mmtest.free_port()
+        m = champion_logged(c, admin_port=admin)
+        port, first, cfg, mm = m.port, m.log, m.cfg, m.proc
+        second = c.path("second/requests.jsonl")
 
         def send(tag, n=1):
             for i in range(n):
@@ -232,30 +237,21 @@ class ReloadedSettings(mmtest.MMTestCase):
             st, _, body = mmtest.request(admin, "POST", "/reload")
             self.assertEqual(st, 200, body)
 
-        def paths(path, n):
-            def read():
-                try:
-                    with open(path) as f:
-                        got = [json.loads(line) for line in f]
-                except FileNotFoundError:
-                    return None
-                return got if len(got) >= n else None
-            return mmtest.eventually(read, timeout=10)
 
         send("before")
-        self.assertEqual([l["path"] for l in paths(first, 1)], ["/v1/rank?before=0"])
+        self.assertEqual([l["path"] for l in read_log(first, 1)], ["/v1/rank?before=0"])
         reload({"requests": second, "bodies": True})
         send("moved")
-        line, = paths(second, 1)
+        line, = read_log(second, 1)
         self.assertEqual((line["path"], base64.b64decode(line["body_b64"])),
                          ("/v1/rank?moved=0", b"abc"))
         reload({"requests": second, "sample": 0})
         send("unsampled", 5)
         reload({"requests": second})
         send("sampled")
-        got = [l["path"] for l in paths(second, 2)]
+        got = [l["path"] for l in read_log(second, 2)]
         self.assertEqual(got, ["/v1/rank?moved=0", "/v1/rank?sampled=0"])
-        self.assertNotIn("body_b64", paths(second, 2)[1])
+        self.assertNotIn("body_b64", read_log(second, 2)[1])
         with open(first) as f:
             self.assertEqual([json.loads(l)["path"] for l in f], ["/v1/rank?before=0"])
         # a path that cannot be opened: the previous file goes on
@@ -264,7 +260,7 @@ class ReloadedSettings(mmtest.MMTestCase):
             pass
         reload({"requests": os.path.join(blocker, "requests.jsonl")})
         send("kept")
-        self.assertEqual([l["path"] for l in paths(second, 3)][2], "/v1/rank?kept=0")
+        self.assertEqual([l["path"] for l in read_log(second, 3)][2], "/v1/rank?kept=0")
         mmtest.eventually(lambda: "reopen failed" in mm.log(), timeout=10)
 
 
