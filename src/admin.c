@@ -665,7 +665,7 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
         }
         mm_buf_t b;
         mm_buf_init(&b);
-        metrics_render(srv, &b);
+        scrape_render_own(srv, &b);
         if (b.oom)
             conn_respond_error(c, 500, "internal", "out of memory");
         else

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics_keep.h"
 #include "scrape.h"
 #include "server_main.h"
 
@@ -85,6 +86,7 @@ static int parse_u64(const char *s, uint64_t *out)
 typedef struct {
     int n, self, fd;
     const int *ports;
+    mm_keep_t *keep;
 } group_t;
 
 /* reload (taken; may be NULL): a worker started in place of one that
@@ -109,8 +111,8 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
     /* Handlers in place (server_start): what was blocked since the fork
      * (fork_worker) may come now. */
     server_lifecycle_signals(SIG_UNBLOCK, 0, NULL);
-    if (grp &&
-        scrape_group_start(&srv, grp->n, grp->self, grp->fd, grp->ports, err, sizeof(err)) != 0) {
+    if (grp && scrape_group_start(&srv, grp->n, grp->self, grp->fd, grp->ports, grp->keep, err,
+                                  sizeof(err)) != 0) {
         /* Serve anyway: only /metrics loses the siblings' counters. */
         mm_log("metrics: worker %d cannot join the group's scrapes: %s", grp->self, err);
     }
@@ -427,9 +429,12 @@ static int scrape_socket(int *port)
 
 /* The scrape sockets of a group: the parent holds every one for the
  * group's life, so a worker started in place of a crashed one listens on
- * the same port its siblings know. */
+ * the same port its siblings know. The keep holds what each worker last
+ * showed a scrape, so that a dead worker's counters stay in the group's
+ * (metrics_keep.h). */
 typedef struct {
-    int grouped; /* 0: no sockets (no admin listener, or they failed) */
+    int grouped;     /* 0: no sockets (no admin listener, or they failed) */
+    mm_keep_t *keep; /* NULL: none (scrapes sum what the workers answer) */
     int fds[256], ports[256];
 } scrape_fds_t;
 
@@ -450,7 +455,7 @@ static pid_t fork_worker(const char *path, config_t *cfg, uint64_t seed,
         sigemptyset(&chld);
         sigaddset(&chld, SIGCHLD);
         sigprocmask(SIG_UNBLOCK, &chld, NULL);
-        group_t grp = {n, slot, sf->grouped ? sf->fds[slot] : -1, sf->ports};
+        group_t grp = {n, slot, sf->grouped ? sf->fds[slot] : -1, sf->ports, sf->keep};
         for (int j = 0; j < n && sf->grouped; j++)
             if (j != slot && sf->fds[j] >= 0) close(sf->fds[j]);
         exit(run_worker(path, cfg, seed, 1, store_override, sf->grouped ? &grp : NULL, reload));
@@ -479,6 +484,10 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             sf.grouped = 0;
         }
     }
+    if (sf.grouped && (sf.keep = keep_create(n)) == NULL)
+        mm_log("metrics: no keep for the workers' counters (%s): the group's counters go down "
+               "when a worker dies",
+               strerror(errno));
     sigset_t waitmask; /* blocked from here on; sigsuspend waits with waitmask */
     server_lifecycle_signals(SIG_BLOCK, 1, &waitmask);
     uint64_t started[256]; /* mm_now_ms (monotonic) */
@@ -544,6 +553,8 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             if (pids[i] == pid) slot = i;
         if (slot < 0) continue;
         pids[slot] = 0;
+        /* Its counters stay in the group's, before another takes its slot. */
+        if (!stopping) keep_retire(sf.keep, slot);
         if (!stopping && WIFSIGNALED(st) && mm_now_ms() - started[slot] >= 1000) {
             pid_t np = fork_worker(path, cfg, next_seed++, store_override, current, &sf, n, slot);
             if (np > 0) {
@@ -576,6 +587,7 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
     sigprocmask(SIG_SETMASK, &waitmask, NULL);
     for (int i = 0; i < n && sf.grouped; i++)
         if (sf.fds[i] >= 0) close(sf.fds[i]);
+    keep_free(sf.keep);
     if (current) config_free(current);
     config_free(cfg);
     return code;

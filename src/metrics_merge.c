@@ -20,6 +20,9 @@ typedef struct {
     mm_str_t name;
     mm_str_t help, type; /* whole lines without the line feed; may be empty */
     int rule;
+    int gauge;
+    int in_full; /* named by a full text (merge_text): shown even with no samples */
+    size_t n_samples;
 } family_t;
 
 typedef struct {
@@ -92,6 +95,7 @@ static void add_sample(merge_t *m, size_t fam, mm_str_t key, double v, int first
             s->v = v; /* a repeated line within the answering worker's text */
         return;
     }
+    m->fams[fam].n_samples++;
     sample_t *s = &m->samples[m->n_samples++];
     s->key = key;
     s->v = v;
@@ -112,7 +116,10 @@ static int comment_name(mm_str_t line, const char *what, mm_str_t *name, mm_str_
     return name->n > 0;
 }
 
-static void merge_text(merge_t *m, mm_str_t text, int first_text)
+/* A full text gives all its samples; one that is not (a kept text of a
+ * worker that did not answer, the retired workers') only its counters and
+ * histograms: its gauges say nothing about now. */
+static void merge_text(merge_t *m, mm_str_t text, int first_text, int full)
 {
     size_t fam = (size_t)-1;
     const char *p = text.p, *end = text.p + text.n;
@@ -125,15 +132,18 @@ static void merge_text(merge_t *m, mm_str_t text, int first_text)
         if (line.n == 0) continue;
         if (comment_name(line, "# HELP ", &name, &rest)) {
             fam = family_of(m, name);
+            m->fams[fam].in_full |= full;
             if (m->fams[fam].help.n == 0) m->fams[fam].help = line;
             continue;
         }
         if (comment_name(line, "# TYPE ", &name, &rest)) {
             fam = family_of(m, name);
             family_t *f = &m->fams[fam];
+            f->in_full |= full;
             if (f->type.n == 0) {
                 f->type = line;
                 f->rule = rule_for(name, rest);
+                f->gauge = str_is(rest, "gauge");
             }
             continue;
         }
@@ -153,12 +163,14 @@ static void merge_text(merge_t *m, mm_str_t text, int first_text)
             size_t k = 0;
             while (k < line.n && line.p[k] != '{' && line.p[k] != ' ') k++;
             fam = family_of(m, (mm_str_t){line.p, k});
+            m->fams[fam].in_full |= full;
         }
+        if (!full && m->fams[fam].gauge) continue;
         add_sample(m, fam, (mm_str_t){line.p, (size_t)(sp - 1 - line.p)}, v, first_text);
     }
 }
 
-void metrics_merge(const mm_str_t *texts, size_t n, mm_buf_t *out)
+void metrics_merge(const mm_str_t *texts, size_t n, size_t n_full, mm_buf_t *out)
 {
     size_t lines = 1;
     for (size_t i = 0; i < n; i++)
@@ -176,9 +188,10 @@ void metrics_merge(const mm_str_t *texts, size_t n, mm_buf_t *out)
         out->oom = 1;
         goto done;
     }
-    for (size_t i = 0; i < n; i++) merge_text(&m, texts[i], i == 0);
+    for (size_t i = 0; i < n; i++) merge_text(&m, texts[i], i == 0, i < n_full);
     for (size_t f = 0; f < m.n_fams; f++) {
         const family_t *fa = &m.fams[f];
+        if (!fa->in_full && fa->n_samples == 0) continue;
         if (fa->help.n) {
             mm_buf_str(out, fa->help);
             mm_buf_lit(out, "\n");

@@ -12,12 +12,14 @@
 
 #include "leg.h"
 #include "log.h"
+#include "metrics_keep.h"
 #include "metrics_merge.h"
 #include "metrics_render.h"
 #include "proxy_internal.h"
 #include "scrape.h"
 
 #define SCRAPE_KEEP (64u * 1024 * 1024) /* one sibling's exposition, at most */
+_Static_assert(KEEP_MAX_WORKERS == MM_MAX_WORKERS, "a keep slot per worker");
 
 typedef struct {
     mm_server_t *srv;
@@ -33,13 +35,14 @@ typedef struct {
     } legs[];
 } gather_t;
 
-int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *ports, char *err,
-                       size_t errlen)
+int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *ports, mm_keep_t *keep,
+                       char *err, size_t errlen)
 {
     mm_group_t *g = &srv->group;
     if (n < 2 || n > MM_MAX_WORKERS) return 0;
     g->n = n;
     g->self = self;
+    g->keep = keep;
     for (int i = 0; i < n; i++) {
         g->ports[i] = ports[i];
         if (i == self) continue;
@@ -61,6 +64,7 @@ int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *por
 fail: /* alone again: scrapes report this worker only */
     scrape_group_free(srv);
     g->n = 0;
+    g->keep = NULL;
     return -1;
 }
 
@@ -85,34 +89,97 @@ void scrape_group_free(mm_server_t *srv)
     }
 }
 
+void scrape_render_own(mm_server_t *srv, mm_buf_t *out)
+{
+    metrics_render(srv, out);
+    if (srv->group.keep && !out->oom)
+        keep_put(srv->group.keep, srv->group.self, out->p ? out->p : "", out->len);
+}
+
+static mm_str_t text_of(const mm_buf_t *b)
+{
+    return (mm_str_t){b->p ? b->p : "", b->len};
+}
+
+/* The texts to merge, into texts: this worker's own first, then those of
+ * the siblings that answered (n_full in all); then, counters only, what is
+ * kept for siblings that did not answer and for dead workers. With a keep,
+ * a sibling's kept text stands for its answer: it was kept before it was
+ * sent, so it is that answer or newer, and a sibling that answered and
+ * died since is in the retired text instead (its slot is empty), not in
+ * both. Returns the number of texts; *reporting counts who answered. */
+static size_t gather_texts(gather_t *g, const mm_buf_t *local, const keep_snap_t *snap,
+                           mm_str_t *texts, size_t *n_full, int *reporting)
+{
+    size_t k = 0;
+    texts[k++] = text_of(local);
+    *reporting = 1;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < g->n; i++) {
+            const leg_t *l = &g->legs[i].leg;
+            int w = g->legs[i].worker;
+            int answered = l->status == 200 && !l->truncated;
+            if (answered != (pass == 0)) continue;
+            int state = snap ? snap->state[w] : KEEP_TOO_LARGE; /* no keep: as too large */
+            if (state == KEEP_KEPT)
+                texts[k++] = text_of(&snap->text[w]);
+            else if (state == KEEP_TOO_LARGE && answered)
+                texts[k++] = (mm_str_t){l->resp.p ? l->resp.p : "", l->resp.len};
+            if (answered) {
+                (*reporting)++;
+                continue;
+            }
+            mm_log("metrics: worker %d did not answer the scrape (%s): %s", w,
+                   l->status      ? "answered an error status"
+                   : l->timed_out ? "no answer in time"
+                                  : up_err_name(l->err),
+                   state == KEEP_KEPT    ? "counted as of its last scrape"
+                   : state == KEEP_EMPTY ? "nothing kept for it (a dead worker's counters are "
+                                           "in the retired ones)"
+                                         : "left out");
+        }
+        if (pass == 0) *n_full = k;
+    }
+    if (snap && snap->text[snap->n].len) texts[k++] = text_of(&snap->text[snap->n]);
+    return k;
+}
+
 static void answer(gather_t *g)
 {
     conn_t *c = g->conn;
     if (!conn_awaits(c, g->req_serial)) return; /* client gone */
+    mm_server_t *srv = g->srv;
     mm_buf_t local, out;
     mm_buf_init(&local);
     mm_buf_init(&out);
-    metrics_render(g->srv, &local);
-    mm_str_t texts[MM_MAX_WORKERS];
-    size_t k = 0;
-    texts[k++] = (mm_str_t){local.p ? local.p : "", local.len};
-    for (int i = 0; i < g->n; i++) {
-        const leg_t *l = &g->legs[i].leg;
-        if (l->status == 200 && !l->truncated) {
-            texts[k++] = (mm_str_t){l->resp.p ? l->resp.p : "", l->resp.len};
-            continue;
+    scrape_render_own(srv, &local);
+    keep_snap_t *snap = NULL;
+    int oom = local.oom;
+    if (srv->group.keep) {
+        snap = malloc(sizeof(*snap));
+        if (snap == NULL || keep_snapshot(srv->group.keep, srv->group.self, snap) != 0) {
+            free(snap);
+            snap = NULL;
+            oom = 1; /* without the kept texts the sum could go down: no answer */
         }
-        mm_log("metrics: worker %d left out of the scrape: %s", g->legs[i].worker,
-               l->status      ? "answered an error status"
-               : l->timed_out ? "no answer in time"
-                              : up_err_name(l->err));
     }
-    metrics_merge(texts, k, &out);
-    metrics_render_group(&out, g->n + 1, (int)k);
-    if (local.oom || out.oom)
+    if (!oom) {
+        mm_str_t texts[MM_MAX_WORKERS + 1];
+        size_t n_full = 0;
+        int reporting = 0;
+        size_t k = gather_texts(g, &local, snap, texts, &n_full, &reporting);
+        metrics_merge(texts, k, n_full, &out);
+        metrics_render_group(&out, g->n + 1, reporting);
+        oom = out.oom;
+    }
+    if (oom)
         conn_respond_error(c, 500, "internal", "out of memory");
     else
         conn_respond(c, 200, MM_METRICS_CONTENT_TYPE, out.p ? out.p : "", out.len, NULL);
+    if (snap) {
+        keep_snap_free(snap);
+        free(snap);
+    }
     mm_buf_free(&local);
     mm_buf_free(&out);
 }

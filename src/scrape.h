@@ -6,9 +6,12 @@
  * forking, with the admin token when one is set), waits for all of them
  * (at most SCRAPE_TIMEOUT_MS), and answers with the merge (metrics_merge.h)
  * plus two gauges: modelmux_workers (the group's size) and
- * modelmux_workers_reporting (whose counters the answer holds). A sibling
- * that does not answer is left out, counted there and logged: the scrape
- * still answers, as Prometheus wants, rather than fail as a whole. */
+ * modelmux_workers_reporting (how many answered). With the parent's keep
+ * (metrics_keep.h) the counters are those the workers kept: a sibling that
+ * does not answer counts with the counters of its last scrape, and dead
+ * workers with theirs, so the group's counters never go down. Without one,
+ * a sibling that does not answer is left out. Either way it is logged and
+ * the scrape still answers, as Prometheus wants, rather than fail whole. */
 #ifndef MM_SCRAPE_H
 #define MM_SCRAPE_H
 
@@ -18,13 +21,17 @@
 
 /* Join the group: listen on the inherited, already listening socket fd for
  * siblings' scrapes, and make a small pool to each sibling. ports[i] is
- * worker i's private port; self is this worker. 0, or -1 with err. */
-int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *ports, char *err,
-                       size_t errlen);
+ * worker i's private port; self is this worker; keep is the parent's (may
+ * be NULL). 0, or -1 with err. */
+int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *ports, mm_keep_t *keep,
+                       char *err, size_t errlen);
 /* 1 when this process is one of a group (a scrape gathers siblings). */
 int scrape_group_active(const mm_server_t *srv);
 /* Answer GET /metrics on c, now or when every sibling has answered. */
 void scrape_gather(mm_server_t *srv, conn_t *c);
+/* This worker's own exposition (a sibling's scrape asks for it), kept
+ * before anyone sees it. */
+void scrape_render_own(mm_server_t *srv, mm_buf_t *out);
 /* The private listener's path that makes a worker run a store sync round
  * and answer once it is done (scrape_group_sync). */
 #define SCRAPE_SYNC_PATH "/_modelmux/sync"

@@ -19,6 +19,7 @@
 
 typedef struct conn_s conn_t;
 typedef struct reqlog_s reqlog_t;
+typedef struct mm_keep mm_keep_t;
 
 #define MM_MAX_WORKERS 256
 
@@ -31,6 +32,7 @@ typedef struct {
     up_pool_t *pools[MM_MAX_WORKERS]; /* to each sibling; NULL for self */
     uv_tcp_t listener;
     int has_listener;
+    mm_keep_t *keep; /* the parent's, shared: NULL when it has none */
 } mm_group_t;
 
 typedef struct mm_server_s {

@@ -923,16 +923,19 @@ class StoreIntegration(mmtest.MMTestCase):
         # without the token: still refused, by whichever worker
         self.assertEqual(mmtest.request(admin, "GET", "/metrics")[0], 401)
 
-        # one worker stops: the other reports its own counters, and says the
-        # group is missing one
+        # one worker stops: the other says the group is missing one, and the
+        # group's counters keep what the gone worker counted (the parent
+        # retired them): they never go down
         os.kill(pids[1], signal.SIGTERM)
         mmtest.eventually(lambda: "worker %d exited with status 0" % pids[1] in mm.log(),
                           timeout=10)
         for _ in range(3):
             m = scrape()
             self.assertEqual((m["modelmux_workers"], m["modelmux_workers_reporting"]), (2, 1))
-            self.assertLess(total(m, "modelmux_requests_total"), 200)
-        self.assertRegex(mm.log(), r"metrics: worker [01] left out of the scrape: connect")
+            self.assertEqual(total(m, "modelmux_requests_total"), 200)
+            self.assertEqual(total(m, "modelmux_request_duration_seconds_count"), 200)
+        self.assertRegex(mm.log(), r"metrics: worker [01] did not answer the scrape \(connect\): "
+                                   r"nothing kept for it")
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0)
 
@@ -1012,7 +1015,8 @@ class StoreIntegration(mmtest.MMTestCase):
     def test_7e_a_crashed_worker_is_replaced(self):
         """A worker killed by a signal (a crash, the OOM killer) is started
         again by the parent, with the group's current config (reloads
-        included) and the shared state; SIGTERM then still exits 0."""
+        included) and the shared state; its counters stay in the group's
+        scrape (they never go down); SIGTERM then still exits 0."""
         port, admin = two_ports()
         upstreams = {"champion": self.champion.port, "challenger": self.challenger.port}
         store = {"type": "redis", "host": HOST, "port": self.redis_port, "prefix": self.prefix,
@@ -1030,6 +1034,12 @@ class StoreIntegration(mmtest.MMTestCase):
         st, _, body = mmtest.request(admin, "POST", "/reload")
         self.assertEqual(st, 200, body)
         mmtest.eventually(lambda: mm.log().count("config reloaded") == 2, timeout=5)
+        def requests_total():
+            body = mmtest.request(admin, "GET", "/metrics")[2].decode()
+            return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                       if line.startswith("modelmux_requests_total{"))
+        # a scrape: every worker keeps what it shows (nothing is counted after it)
+        self.assertEqual(requests_total(), 60)
         time.sleep(1.1)  # a worker that dies within a second of its start is not replaced
         victim = pids()[0]
         os.kill(victim, signal.SIGKILL)
@@ -1046,12 +1056,14 @@ class StoreIntegration(mmtest.MMTestCase):
             self.assertEqual((st, h.get("x-modelmux-experiment")), (200, "ab"))
         mmtest.eventually(lambda: all(sum(v[0] for v in arm_figures(view(mm, "recs")).values())
                                       == 60 for _ in range(10)), timeout=5, interval=0.02)
-        # the new worker took its predecessor's scrape port: scrapes hold both
+        # the new worker took its predecessor's scrape port: scrapes hold both,
+        # and the dead worker's share of the 60 is still counted
         for _ in range(10):
             st, _, body = mmtest.request(admin, "GET", "/metrics")
             m = dict(line.rsplit(" ", 1) for line in body.decode().splitlines()
                      if line and not line.startswith("#"))
             self.assertEqual((m["modelmux_workers"], m["modelmux_workers_reporting"]), ("2", "2"))
+            self.assertEqual(requests_total(), 80)
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 

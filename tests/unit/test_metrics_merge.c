@@ -16,17 +16,22 @@
 
 #include "metrics_merge.h"
 
-static char *merge(const char *const *texts, size_t n)
+static char *merge_full(const char *const *texts, size_t n, size_t n_full)
 {
     mm_str_t in[8];
     for (size_t i = 0; i < n; i++) in[i] = (mm_str_t){texts[i], strlen(texts[i])};
     mm_buf_t out;
     mm_buf_init(&out);
-    metrics_merge(in, n, &out);
+    metrics_merge(in, n, n_full, &out);
     assert_false(out.oom);
     char *s = strndup(out.p ? out.p : "", out.len);
     mm_buf_free(&out);
     return s;
+}
+
+static char *merge(const char *const *texts, size_t n)
+{
+    return merge_full(texts, n, n);
 }
 
 static void check(const char *const *texts, size_t n, const char *want)
@@ -180,6 +185,53 @@ static void test_empty_inputs(void **state)
     check(in, 0, "");
 }
 
+/* Texts past n_full (a silent worker's kept exposition, the dead workers')
+ * add their counters and histograms only: their gauges (connections open
+ * then, a share) say nothing about now, and a family only they name is
+ * shown only if it has samples. */
+static void test_texts_past_n_full_give_counters_and_histograms_only(void **state)
+{
+    (void)state;
+    const char *live = "# HELP r R.\n# TYPE r counter\n"
+                       "r{arm=\"a\"} 1\n"
+                       "# HELP c C.\n# TYPE c gauge\n"
+                       "c 2\n";
+    const char *kept = "# HELP r R.\n# TYPE r counter\n"
+                       "r{arm=\"a\"} 10\n"
+                       "r{arm=\"b\"} 3\n"
+                       "# HELP c C.\n# TYPE c gauge\n"
+                       "c 40\n"
+                       "# HELP d D.\n# TYPE d histogram\n"
+                       "d_bucket{le=\"+Inf\"} 4\n"
+                       "d_sum 0.5\n"
+                       "d_count 4\n"
+                       "# HELP only_gauge G.\n# TYPE only_gauge gauge\n"
+                       "only_gauge 7\n"
+                       "# HELP empty E.\n# TYPE empty counter\n";
+    const char *in[] = {live, kept};
+    char *got = merge_full(in, 2, 1);
+    assert_string_equal(got, "# HELP r R.\n# TYPE r counter\n"
+                             "r{arm=\"a\"} 11\n"
+                             "r{arm=\"b\"} 3\n"
+                             "# HELP c C.\n# TYPE c gauge\n"
+                             "c 2\n"
+                             "# HELP d D.\n# TYPE d histogram\n"
+                             "d_bucket{le=\"+Inf\"} 4\n"
+                             "d_sum 0.5\n"
+                             "d_count 4\n");
+    free(got);
+    /* none full (the parent folding a dead worker into the retired text) */
+    got = merge_full(in, 2, 0);
+    assert_string_equal(got, "# HELP r R.\n# TYPE r counter\n"
+                             "r{arm=\"a\"} 11\n"
+                             "r{arm=\"b\"} 3\n"
+                             "# HELP d D.\n# TYPE d histogram\n"
+                             "d_bucket{le=\"+Inf\"} 4\n"
+                             "d_sum 0.5\n"
+                             "d_count 4\n");
+    free(got);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -189,6 +241,7 @@ int main(void)
         cmocka_unit_test(test_new_samples_join_their_family),
         cmocka_unit_test(test_label_values_with_spaces_and_junk_lines),
         cmocka_unit_test(test_empty_inputs),
+        cmocka_unit_test(test_texts_past_n_full_give_counters_and_histograms_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

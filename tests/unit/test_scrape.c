@@ -9,7 +9,13 @@
  * reporting, our 3 alone) and the scrape still answers 200. An admin change
  * in a group is answered after the sibling was asked to sync. The private
  * listener itself (CONN_WORKER, admin.c) serves only /metrics — this
- * worker's alone — and the sync path, with the token. */
+ * worker's alone — and the sync path, with the token.
+ *
+ * With the parent's keep (metrics_keep.h), the test plays the sibling's
+ * and the parent's part in it: the sibling's counters are what it kept
+ * (a silent sibling counts as of its last scrape, without its gauges), a
+ * dead worker's are in the retired text and counted once, and this worker
+ * keeps what it shows. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +24,7 @@
 
 #include <cmocka.h>
 
+#include "metrics_keep.h"
 #include "metrics_render.h"
 #include "rig.h"
 #include "scrape.h"
@@ -29,6 +36,7 @@ typedef struct {
     rig_model_t sibling;
     int private_port;
     mm_buf_t answer; /* the sibling's canned answer */
+    mm_keep_t *keep;
 } fx_t;
 
 static int private_listener(int *port)
@@ -45,7 +53,7 @@ static int private_listener(int *port)
     return fd;
 }
 
-static void fx_start(fx_t *f, int sibling_mode)
+static void fx_start_keep(fx_t *f, int sibling_mode, mm_keep_t *keep)
 {
     memset(f, 0, sizeof(*f));
     rig_init(&f->t);
@@ -76,8 +84,14 @@ static void fx_start(fx_t *f, int sibling_mode)
     int fd = private_listener(&f->private_port);
     int ports[2] = {f->private_port, f->sibling.port};
     char err[256];
-    if (scrape_group_start(s, 2, 0, fd, ports, err, sizeof(err)) != 0) fail_msg("%s", err);
+    f->keep = keep;
+    if (scrape_group_start(s, 2, 0, fd, ports, keep, err, sizeof(err)) != 0) fail_msg("%s", err);
     assert_true(scrape_group_active(s));
+}
+
+static void fx_start(fx_t *f, int sibling_mode)
+{
+    fx_start_keep(f, sibling_mode, NULL);
 }
 
 static void fx_stop(fx_t *f)
@@ -89,6 +103,7 @@ static void fx_stop(fx_t *f)
     rig_stop(&f->t);
     rig_model_free(&f->sibling);
     mm_buf_free(&f->answer);
+    keep_free(f->keep);
 }
 
 static void assert_line(const char *text, const char *line)
@@ -192,11 +207,102 @@ static void test_private_listener_serves_siblings_only(void **state)
     fx_stop(&f);
 }
 
+/* A kept exposition of worker 1 (the sibling) with `reloads` reloads and a
+ * gauge no merge may add from a kept text. */
+static void keep_sibling(mm_keep_t *k, int reloads)
+{
+    char t[512];
+    int n = snprintf(t, sizeof(t),
+                     "# HELP modelmux_reloads_total Reloads.\n"
+                     "# TYPE modelmux_reloads_total counter\n"
+                     "modelmux_reloads_total %d\n"
+                     "# HELP modelmux_connections Connections.\n"
+                     "# TYPE modelmux_connections gauge\n"
+                     "modelmux_connections 5000\n",
+                     reloads);
+    keep_put(k, 1, t, (size_t)n);
+}
+
+static double sample(const char *text, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = text; (p = strstr(p, name)) != NULL; p++)
+        if ((p == text || p[-1] == '\n') && p[n] == ' ') return strtod(p + n + 1, NULL);
+    fail_msg("no sample %s", name);
+    return 0;
+}
+
+/* gauges: whether the sibling's kept gauge is in the sum (it answered, so
+ * what it kept is as fresh as its answer) or not (it did not, or it is dead). */
+static void scrape(fx_t *f, const char *reloads, const char *reporting, int gauges)
+{
+    rig_resp_t r;
+    rig_call(&f->t, f->t.admin_port, "GET", "/metrics", AUTH, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_line(r.body, reloads);
+    assert_line(r.body, reporting);
+    double conns = sample(r.body, "modelmux_connections");
+    if (gauges)
+        assert_true(conns >= 5000);
+    else
+        assert_true(conns < 5000); /* ours alone */
+    rig_resp_free(&r);
+}
+
+static void test_with_a_keep_a_silent_sibling_counts_as_of_its_last_scrape(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_start_keep(&f, MODEL_CLOSE, keep_create(2));
+    keep_sibling(f.keep, 4);
+    scrape(&f, "modelmux_reloads_total 7", "modelmux_workers_reporting 1", 0);
+    /* and this worker kept what it showed, for the day it dies */
+    keep_snap_t s;
+    assert_int_equal(keep_snapshot(f.keep, 1, &s), 0);
+    assert_int_equal(s.state[0], KEEP_KEPT);
+    char *mine = strndup(s.text[0].p, s.text[0].len);
+    assert_line(mine, "modelmux_reloads_total 3");
+    free(mine);
+    keep_snap_free(&s);
+    fx_stop(&f);
+}
+
+/* The sibling answers (its canned answer says 3 reloads): what it kept
+ * stands for the answer, as it is that answer or newer; once it died and
+ * was retired, what it kept counts once, from the retired text. */
+static void test_with_a_keep_an_answering_sibling_counts_what_it_kept(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_start_keep(&f, MODEL_ANSWER, keep_create(2));
+    keep_sibling(f.keep, 4);
+    scrape(&f, "modelmux_reloads_total 7", "modelmux_workers_reporting 2", 1);
+    keep_retire(f.keep, 1); /* died after it answered */
+    scrape(&f, "modelmux_reloads_total 7", "modelmux_workers_reporting 2", 0);
+    keep_sibling(f.keep, 1); /* the worker in its place */
+    scrape(&f, "modelmux_reloads_total 8", "modelmux_workers_reporting 2", 1);
+    fx_stop(&f);
+}
+
+static void test_with_a_keep_dead_workers_count_while_their_slot_is_empty(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_start_keep(&f, MODEL_CLOSE, keep_create(2));
+    keep_sibling(f.keep, 4);
+    keep_retire(f.keep, 1);
+    scrape(&f, "modelmux_reloads_total 7", "modelmux_workers_reporting 1", 0);
+    fx_stop(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scrape_merges_the_sibling),
         cmocka_unit_test(test_a_failing_sibling_is_left_out),
+        cmocka_unit_test(test_with_a_keep_a_silent_sibling_counts_as_of_its_last_scrape),
+        cmocka_unit_test(test_with_a_keep_an_answering_sibling_counts_what_it_kept),
+        cmocka_unit_test(test_with_a_keep_dead_workers_count_while_their_slot_is_empty),
         cmocka_unit_test(test_admin_change_syncs_the_sibling),
         cmocka_unit_test(test_private_listener_serves_siblings_only),
     };
