@@ -163,21 +163,36 @@ static void reload_finish(server_reload_t *rl)
     }
 }
 
+/* The reload has failed (why: its reason, unless it failed already): the
+ * lookups still queued in the thread pool are cancelled (their callbacks
+ * come with UV_EAI_CANCELED), so the answer, or the exit of a stop, waits
+ * only for those a resolver thread is running. A lookup in flight has
+ * req.data set (on_reload_resolved clears it). */
+static void reload_give_up(server_reload_t *rl, const char *why)
+{
+    if (rl->failed) return;
+    rl->failed = 1;
+    snprintf(rl->err, sizeof(rl->err), "%s", why);
+    for (size_t i = 0; i < rl->cfg->n_upstreams; i++)
+        if (rl->gai[i].data) uv_cancel((uv_req_t *)&rl->gai[i]);
+}
+
 /* Upstream i's name did not resolve (status: libuv's error, 0 for an answer
  * without an address): the reload fails with the first such name. */
 static void lookup_failed(server_reload_t *rl, size_t i, int status)
 {
     const cfg_upstream_t *u = &rl->cfg->upstreams[i];
-    if (rl->failed) return;
-    rl->failed = 1;
-    snprintf(rl->err, sizeof(rl->err), "upstream %s: cannot resolve %s (%s)", u->name, u->addr.host,
+    char why[sizeof(rl->err)];
+    snprintf(why, sizeof(why), "upstream %s: cannot resolve %s (%s)", u->name, u->addr.host,
              status ? uv_strerror(status) : "no address");
+    reload_give_up(rl, why);
 }
 
 static void on_reload_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     server_reload_t *rl = req->data;
     size_t i = (size_t)(req - rl->gai);
+    req->data = NULL;
     if (status != 0 || mm_addr_from_ai(res, rl->cfg->upstreams[i].addr.port, &rl->addrs[i]) != 0)
         lookup_failed(rl, i, status);
     if (res) uv_freeaddrinfo(res);
@@ -420,6 +435,7 @@ void server_stop(mm_server_t *srv)
         if (uv_fileno((uv_handle_t *)&srv->group.listener, &fd) == 0) shutdown(fd, SHUT_RD);
         close_handle((uv_handle_t *)&srv->group.listener);
     }
+    if (srv->reloading) reload_give_up(srv->reloading, "shutting down");
     proxy_drain(srv);
     if (srv->conns == NULL && srv->shadows.active == 0) {
         server_drained(srv);

@@ -65,6 +65,11 @@ class SilentDns:
         self.sock.close()
 
 
+def dns_name(name):
+    """name as a DNS query carries it: length-prefixed labels."""
+    return b"".join(bytes([len(part)]) + part.encode() for part in name.split("."))
+
+
 @unittest.skipIf(namespaces_usable() is not None, namespaces_usable() or "")
 class UpstreamNames(mmtest.MMTestCase):
     def setUp(self):
@@ -212,6 +217,35 @@ class UpstreamNames(mmtest.MMTestCase):
         text = mmtest.request(admin, "GET", "/metrics")[2].decode()
         self.assertIn("modelmux_reload_failures_total 1", text)
         self.assertIn("modelmux_reloads_total 1", text)
+
+    def test_a_stop_cancels_the_reload_lookups_still_queued(self):
+        """A stop that comes while a reload waits for its lookups cancels
+        those still queued in libuv's thread pool (4 threads: at most 4 run
+        at once), so it exits once the running ones end, and the names
+        behind them are never asked for."""
+        try:
+            dns = SilentDns()
+        except OSError as e:
+            self.skipTest("cannot listen on %s:53: %s" % (SILENT_DNS, e))
+        self.addCleanup(dns.close)
+        with open(self.resolv, "w") as f:  # slow enough to send the stop meanwhile
+            f.write("nameserver %s\noptions timeout:6 attempts:1\n" % SILENT_DNS)
+        a = self.cluster.model_server("first")
+        dport, admin = mmtest.free_port(), mmtest.free_port()
+        mm = self.start_mm(self.config(dport, admin, "http://127.0.0.1:%d" % a.port))
+        cfg = self.config(dport, admin, "http://127.0.0.1:%d" % a.port)
+        names = ["slow-%d.test" % i for i in range(8)]
+        for n in names:
+            cfg["upstreams"][n] = {"url": "http://%s:%d" % (n, a.port)}
+        self.cluster.write_config(cfg)
+        mm.signal(signal.SIGHUP)  # not POST /reload: no connection waits for the answer
+        self.assertTrue(dns.asked.wait(20), "modelmux never looked a name up")
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=60), 0, mm.log())
+        self.assertIn("reload rejected, the previous config keeps serving: shutting down",
+                      mm.log())
+        asked = {n for n in names for q in dns.names if dns_name(n) in q}
+        self.assertTrue(1 <= len(asked) <= 4, asked)
 
     def test_sighup_with_an_unresolvable_name_keeps_the_old_config(self):
         a = self.cluster.model_server("first")
