@@ -1166,6 +1166,12 @@ err:
 
 config_t *config_load(const char *path, char *err, size_t errlen)
 {
+    return config_load_text(path, NULL, NULL, err, errlen);
+}
+
+config_t *config_load_text(const char *path, char **text, size_t *text_len, char *err,
+                           size_t errlen)
+{
     config_t *c = NULL;
     char *buf = NULL;
     size_t len = 0, cap = 0;
@@ -1201,6 +1207,11 @@ config_t *config_load(const char *path, char *err, size_t errlen)
         goto err;
     }
     c = config_parse(buf ? buf : "", len, path, err, errlen);
+    if (c && text) {
+        *text = buf;
+        *text_len = len;
+        buf = NULL;
+    }
 err:
     fclose(f);
     free(buf);

@@ -106,6 +106,11 @@ typedef struct {
 
 /* Load and validate. On failure returns NULL and writes "FILE:LINE:COL: message". */
 config_t *config_load(const char *path, char *err, size_t errlen);
+/* config_load, also handing over the file's text (*text, *text_len; the
+ * caller frees *text, which may be NULL for an empty file) when it loads,
+ * for a caller that passes the very config on (keep.h). At most 16 MiB. */
+config_t *config_load_text(const char *path, char **text, size_t *text_len, char *err,
+                           size_t errlen);
 /* The same from memory; `name` stands for the file in messages. */
 config_t *config_parse(const char *text, size_t len, const char *name, char *err, size_t errlen);
 void config_free(config_t *c);

@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "metrics_keep.h"
+#include "keep.h"
 #include "scrape.h"
 #include "server_main.h"
 
@@ -86,14 +86,14 @@ static int parse_u64(const char *s, uint64_t *out)
 typedef struct {
     int n, self, fd;
     const int *ports;
-    mm_keep_t *keep;
 } group_t;
 
 /* reload (taken; may be NULL): a worker started in place of one that
  * crashed after the group reloaded: the config the group reloaded to, which
- * it reloads at once (see run_workers). */
+ * it reloads at once (see run_workers). keep: the group's (keep.h), or NULL. */
 static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reuseport,
-                      const cfg_store_t *store_override, const group_t *grp, config_t *reload)
+                      const cfg_store_t *store_override, const group_t *grp, config_t *reload,
+                      mm_keep_t *keep)
 {
     uv_loop_t loop;
     mm_server_t srv;
@@ -111,8 +111,9 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
     /* Handlers in place (server_start): what was blocked since the fork
      * (fork_worker) may come now. */
     server_lifecycle_signals(SIG_UNBLOCK, 0, NULL);
-    if (grp && scrape_group_start(&srv, grp->n, grp->self, grp->fd, grp->ports, grp->keep, err,
-                                  sizeof(err)) != 0) {
+    srv.keep = keep;
+    if (grp &&
+        scrape_group_start(&srv, grp->n, grp->self, grp->fd, grp->ports, err, sizeof(err)) != 0) {
         /* Serve anyway: only /metrics loses the siblings' counters. */
         mm_log("metrics: worker %d cannot join the group's scrapes: %s", grp->self, err);
     }
@@ -431,7 +432,7 @@ static int scrape_socket(int *port)
  * group's life, so a worker started in place of a crashed one listens on
  * the same port its siblings know. The keep holds what each worker last
  * showed a scrape, so that a dead worker's counters stay in the group's
- * (metrics_keep.h). */
+ * (keep.h). */
 typedef struct {
     int grouped;     /* 0: no sockets (no admin listener, or they failed) */
     mm_keep_t *keep; /* NULL: none (scrapes sum what the workers answer) */
@@ -455,13 +456,39 @@ static pid_t fork_worker(const char *path, config_t *cfg, uint64_t seed,
         sigemptyset(&chld);
         sigaddset(&chld, SIGCHLD);
         sigprocmask(SIG_UNBLOCK, &chld, NULL);
-        group_t grp = {n, slot, sf->grouped ? sf->fds[slot] : -1, sf->ports, sf->keep};
+        group_t grp = {n, slot, sf->grouped ? sf->fds[slot] : -1, sf->ports};
         for (int j = 0; j < n && sf->grouped; j++)
             if (j != slot && sf->fds[j] >= 0) close(sf->fds[j]);
-        exit(run_worker(path, cfg, seed, 1, store_override, sf->grouped ? &grp : NULL, reload));
+        exit(run_worker(path, cfg, seed, 1, store_override, sf->grouped ? &grp : NULL, reload,
+                        sf->keep));
     }
     return pid;
 }
+/* The config the group's workers last reloaded to, parsed from the text
+ * they keep (keep.h): what a worker started in place of a crashed one
+ * reloads to at once. Not the file as it is now: it may have been broken
+ * since, or name a host that no longer resolves (a reload the workers
+ * rejected), and the new worker would then serve the start config, unlike
+ * its siblings. NULL: no reload succeeded since the start. */
+static config_t *kept_config(mm_keep_t *keep, const char *path)
+{
+    mm_buf_t text;
+    mm_buf_init(&text);
+    int kept = keep_config(keep, &text);
+    config_t *c = NULL;
+    char err[2048];
+    if (kept > 0 &&
+        (c = config_parse(text.p ? text.p : "", text.len, path, err, sizeof(err))) == NULL)
+        mm_log("--workers: the group's config does not load again (%s): the new worker serves "
+               "the start config",
+               err);
+    if (kept < 0)
+        mm_log("--workers: out of memory reading the group's config: the new worker serves the "
+               "start config");
+    mm_buf_free(&text);
+    return c;
+}
+
 /* The parent keeps the start config (each fork gets its own copy) to start a
  * worker again in place of one killed by a signal (a crash, the OOM killer),
  * as an NGINX master does: otherwise the group would serve on with fewer
@@ -484,22 +511,16 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             sf.grouped = 0;
         }
     }
-    if (sf.grouped && (sf.keep = keep_create(n)) == NULL)
-        mm_log("metrics: no keep for the workers' counters (%s): the group's counters go down "
-               "when a worker dies",
+    if ((sf.keep = keep_create(n)) == NULL)
+        mm_log("--workers: no memory shared with the workers (%s): a worker started in place of "
+               "a crashed one serves the start config, and the group's counters go down when a "
+               "worker dies",
                strerror(errno));
     sigset_t waitmask; /* blocked from here on; sigsuspend waits with waitmask */
     server_lifecycle_signals(SIG_BLOCK, 1, &waitmask);
     uint64_t started[256]; /* mm_now_ms (monotonic) */
     uint64_t next_seed = seed + (uint64_t)n;
     int stopping = 0;
-    /* The group's config since its last reload, loaded here when the
-     * workers load it (NULL: none loaded yet). A worker started in place of
-     * a crashed one reloads to it, not to the file: the file may have been
-     * broken since (a reload the group rejected, keeping this config), and
-     * the new worker would then serve the start config, unlike its
-     * siblings. */
-    config_t *current = NULL;
     for (int i = 0; i < n; i++) {
         pid_t pid = fork_worker(path, cfg, seed + (uint64_t)i, store_override, NULL, &sf, n, i);
         if (pid < 0) {
@@ -527,12 +548,6 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             /* A worker's POST /reload sends SIGHUP here: it reloads itself. */
             for (int i = 0; i < n; i++)
                 if (pids[i] > 0 && pids[i] != from) kill(pids[i], SIGHUP);
-            char lerr[2048]; /* the workers log why a file is rejected */
-            config_t *loaded = config_load(path, lerr, sizeof(lerr));
-            if (loaded) {
-                if (current) config_free(current);
-                current = loaded;
-            }
         }
         int st;
         pid_t pid = waitpid(-1, &st, WNOHANG);
@@ -556,7 +571,9 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
         /* Its counters stay in the group's, before another takes its slot. */
         if (!stopping) keep_retire(sf.keep, slot);
         if (!stopping && WIFSIGNALED(st) && mm_now_ms() - started[slot] >= 1000) {
-            pid_t np = fork_worker(path, cfg, next_seed++, store_override, current, &sf, n, slot);
+            config_t *reload = kept_config(sf.keep, path);
+            pid_t np = fork_worker(path, cfg, next_seed++, store_override, reload, &sf, n, slot);
+            if (reload) config_free(reload); /* the new worker has its copy */
             if (np > 0) {
                 mm_log("worker %d killed by signal %d; started worker %d in its place", (int)pid,
                        WTERMSIG(st), (int)np);
@@ -588,7 +605,6 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
     for (int i = 0; i < n && sf.grouped; i++)
         if (sf.fds[i] >= 0) close(sf.fds[i]);
     keep_free(sf.keep);
-    if (current) config_free(current);
     config_free(cfg);
     return code;
 }
@@ -697,7 +713,7 @@ int main(int argc, char **argv)
      * handlers, and a SIGTERM sent as soon as the port answers would
      * otherwise find the default action. run_worker unblocks them once the
      * handlers are in place. */
-    return run_worker(path, cfg, seed, 0, NULL, NULL, NULL);
+    return run_worker(path, cfg, seed, 0, NULL, NULL, NULL, NULL);
 bad:
     fprintf(stderr, "modelmux: unknown or incomplete option '%s'\n", bad_arg);
     usage(stderr);

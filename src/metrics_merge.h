@@ -23,7 +23,7 @@
 
 /* Merge texts[0..n-1] into out (appended). The first n_full texts give all
  * their samples; the others only their counters and histograms (what a
- * worker that did not answer, or died, counted: metrics_keep.h), and a
+ * worker that did not answer, or died, counted: keep.h), and a
  * family only they name is shown only with samples. Lines that are neither
  * a `# HELP`/`# TYPE` line nor a `name{labels} value` sample are left out.
  * On out of memory, out->oom is set. */

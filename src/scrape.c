@@ -12,7 +12,7 @@
 
 #include "leg.h"
 #include "log.h"
-#include "metrics_keep.h"
+#include "keep.h"
 #include "metrics_merge.h"
 #include "metrics_render.h"
 #include "proxy_internal.h"
@@ -35,14 +35,13 @@ typedef struct {
     } legs[];
 } gather_t;
 
-int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *ports, mm_keep_t *keep,
-                       char *err, size_t errlen)
+int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *ports, char *err,
+                       size_t errlen)
 {
     mm_group_t *g = &srv->group;
     if (n < 2 || n > MM_MAX_WORKERS) return 0;
     g->n = n;
     g->self = self;
-    g->keep = keep;
     for (int i = 0; i < n; i++) {
         g->ports[i] = ports[i];
         if (i == self) continue;
@@ -64,7 +63,6 @@ int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *por
 fail: /* alone again: scrapes report this worker only */
     scrape_group_free(srv);
     g->n = 0;
-    g->keep = NULL;
     return -1;
 }
 
@@ -92,8 +90,8 @@ void scrape_group_free(mm_server_t *srv)
 void scrape_render_own(mm_server_t *srv, mm_buf_t *out)
 {
     metrics_render(srv, out);
-    if (srv->group.keep && !out->oom)
-        keep_put(srv->group.keep, srv->group.self, out->p ? out->p : "", out->len);
+    if (srv->keep && !out->oom)
+        keep_put(srv->keep, srv->group.self, out->p ? out->p : "", out->len);
 }
 
 static mm_str_t text_of(const mm_buf_t *b)
@@ -155,9 +153,9 @@ static void answer(gather_t *g)
     scrape_render_own(srv, &local);
     keep_snap_t *snap = NULL;
     int oom = local.oom;
-    if (srv->group.keep) {
+    if (srv->keep) {
         snap = malloc(sizeof(*snap));
-        if (snap == NULL || keep_snapshot(srv->group.keep, srv->group.self, snap) != 0) {
+        if (snap == NULL || keep_snapshot(srv->keep, srv->group.self, snap) != 0) {
             free(snap);
             snap = NULL;
             oom = 1; /* without the kept texts the sum could go down: no answer */

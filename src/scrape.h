@@ -7,7 +7,7 @@
  * (at most SCRAPE_TIMEOUT_MS), and answers with the merge (metrics_merge.h)
  * plus two gauges: modelmux_workers (the group's size) and
  * modelmux_workers_reporting (how many answered). With the parent's keep
- * (metrics_keep.h) the counters are those the workers kept: a sibling that
+ * (keep.h) the counters are those the workers kept: a sibling that
  * does not answer counts with the counters of its last scrape, and dead
  * workers with theirs, so the group's counters never go down. Without one,
  * a sibling that does not answer is left out. Either way it is logged and
@@ -21,10 +21,10 @@
 
 /* Join the group: listen on the inherited, already listening socket fd for
  * siblings' scrapes, and make a small pool to each sibling. ports[i] is
- * worker i's private port; self is this worker; keep is the parent's (may
- * be NULL). 0, or -1 with err. */
-int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *ports, mm_keep_t *keep,
-                       char *err, size_t errlen);
+ * worker i's private port; self is this worker. srv->keep, when set, holds
+ * the counters (keep.h). 0, or -1 with err. */
+int scrape_group_start(mm_server_t *srv, int n, int self, int fd, const int *ports, char *err,
+                       size_t errlen);
 /* 1 when this process is one of a group (a scrape gathers siblings). */
 int scrape_group_active(const mm_server_t *srv);
 /* Answer GET /metrics on c, now or when every sibling has answered. */

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "feedback.h"
+#include "keep.h"
 #include "log.h"
 #include "proxy_internal.h"
 #include "reqlog.h"
@@ -79,6 +80,8 @@ typedef struct reload_waiter_s {
 struct server_reload_s {
     mm_server_t *srv;
     config_t *cfg;
+    char *text; /* cfg's file text, kept for the group once loaded (keep.h); may be NULL */
+    size_t text_len;
     struct sockaddr_storage *addrs; /* per upstream of cfg */
     uv_getaddrinfo_t *gai;          /* per upstream: the lookups */
     int pending;                    /* lookups in flight */
@@ -139,6 +142,8 @@ static void reload_finish(server_reload_t *rl)
         if (srv->reqlog && cfg->log_requests) /* a reload applies log.*, as any other key */
             reqlog_configure(srv->reqlog, cfg->log_requests, cfg->log_sample, cfg->log_bodies);
         if (srv->reqlog) reqlog_reopen(srv->reqlog); /* SIGHUP also rotates the request log */
+        /* What a worker started in place of a crashed one reloads to. */
+        if (rl->text) keep_put_config(srv->keep, rl->text, rl->text_len);
         /* Opening a log where there was none, or closing the one there is,
          * is left to the next start: the shutdown's bounded flush knows one
          * log, opened before the listeners. */
@@ -152,6 +157,7 @@ static void reload_finish(server_reload_t *rl)
     }
     free(rl->addrs);
     free(rl->gai);
+    free(rl->text);
     free(rl);
     if (srv->reload_next) {
         reload_waiter_t *w = srv->reload_next;
@@ -209,24 +215,29 @@ static const up_pool_t *resolved_pool(const router_t *r, const cfg_addr_t *a)
     return NULL;
 }
 
-static void reload_with(mm_server_t *srv, config_t *cfg, reload_waiter_t *waiters);
+static void reload_with(mm_server_t *srv, config_t *cfg, char *text, size_t text_len,
+                        reload_waiter_t *waiters);
 static void pool_warm(mm_server_t *srv);
 static int config_has_names(const config_t *cfg);
 
 static void reload_begin(mm_server_t *srv, reload_waiter_t *waiters)
 {
     char err[1024];
-    config_t *cfg = config_load(srv->config_path, err, sizeof(err));
+    char *text = NULL;
+    size_t len = 0;
+    config_t *cfg =
+        config_load_text(srv->config_path, srv->keep ? &text : NULL, &len, err, sizeof(err));
     if (cfg == NULL) {
         reload_reject(srv, waiters, err);
         return;
     }
-    reload_with(srv, cfg, waiters);
+    reload_with(srv, cfg, text, len, waiters);
 }
 
-/* The reload of a config already loaded (taken): its names looked up, then
- * swapped in by reload_finish. */
-static void reload_with(mm_server_t *srv, config_t *cfg, reload_waiter_t *waiters)
+/* The reload of a config already loaded (cfg and its file's text, taken):
+ * its names looked up, then swapped in by reload_finish. */
+static void reload_with(mm_server_t *srv, config_t *cfg, char *text, size_t text_len,
+                        reload_waiter_t *waiters)
 {
     if (srv->has_store_override) cfg->store = srv->store_override;
     const config_t *old = srv->router->cfg;
@@ -253,12 +264,15 @@ static void reload_with(mm_server_t *srv, config_t *cfg, reload_waiter_t *waiter
             free(rl->gai);
         }
         free(rl);
+        free(text);
         config_free(cfg);
         reload_reject(srv, waiters, "out of memory");
         return;
     }
     rl->srv = srv;
     rl->cfg = cfg;
+    rl->text = text;
+    rl->text_len = text_len;
     rl->waiters = waiters;
     srv->reloading = rl;
     rl->pending = 1;                           /* held until every lookup has started */
@@ -310,7 +324,7 @@ void server_reload_config(mm_server_t *srv, config_t *cfg)
         config_free(cfg);
         return;
     }
-    reload_with(srv, cfg, w);
+    reload_with(srv, cfg, NULL, 0, w);
 }
 
 static void on_sighup(uv_signal_t *s, int signum)

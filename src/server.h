@@ -32,7 +32,6 @@ typedef struct {
     up_pool_t *pools[MM_MAX_WORKERS]; /* to each sibling; NULL for self */
     uv_tcp_t listener;
     int has_listener;
-    mm_keep_t *keep; /* the parent's, shared: NULL when it has none */
 } mm_group_t;
 
 typedef struct mm_server_s {
@@ -71,6 +70,7 @@ typedef struct mm_server_s {
     int has_store_override;  /* --workers with the memory store: the shared private Redis */
     cfg_store_t store_override;
     mm_group_t group; /* --workers: the siblings whose metrics a scrape gathers */
+    mm_keep_t *keep;  /* --workers: the parent's, shared (keep.h); NULL when alone */
 } mm_server_t;
 
 typedef struct server_reload_s server_reload_t;

@@ -11,11 +11,13 @@ are skipped with the reason. `unshare` and `sh` exec, so the PID the test
 holds is modelmux's own."""
 import json
 import os
+import re
 import shlex
 import signal
 import socket
 import subprocess
 import threading
+import time
 import unittest
 
 import mmtest
@@ -87,11 +89,12 @@ class UpstreamNames(mmtest.MMTestCase):
             for name, ip in names.items():
                 f.write("%s %s\n" % (ip, name))
 
-    def start_mm(self, cfg):
+    def start_mm(self, cfg, *args):
         path = self.cluster.write_config(cfg)
         script = "mount --bind %s /etc/hosts && mount --bind %s /etc/resolv.conf && exec %s" % (
             shlex.quote(self.hosts), shlex.quote(self.resolv),
-            " ".join(shlex.quote(a) for a in [mmtest.MM_BIN, "-c", path, "--seed", "1"]))
+            " ".join(shlex.quote(str(a))
+                     for a in [mmtest.MM_BIN, "-c", path, "--seed", "1"] + list(args)))
         proc = self.cluster._start(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                                    "modelmux")
         proc.config_path = path
@@ -246,6 +249,34 @@ class UpstreamNames(mmtest.MMTestCase):
                       mm.log())
         asked = {n for n in names for q in dns.names if dns_name(n) in q}
         self.assertTrue(1 <= len(asked) <= 4, asked)
+
+    def test_a_new_worker_serves_what_its_siblings_serve_after_a_rejected_reload(self):
+        """--workers: a reload the workers reject because a name does not
+        resolve leaves them on the config before it; a worker started in
+        place of a crashed one then serves that config too, not the start
+        config (nor the file, which names the host that does not resolve)."""
+        first = self.cluster.model_server("first")
+        second = self.cluster.model_server("second")
+        self.set_hosts({"model-b.test": "127.0.0.1"})
+        dport, admin = mmtest.free_port(), mmtest.free_port()
+        mm = self.start_mm(self.config(dport, admin, "http://127.0.0.1:%d" % first.port),
+                           "--workers", 2)
+        pids = lambda: [int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log())]
+        mmtest.eventually(lambda: len(pids()) == 2, timeout=10)
+        self.cluster.write_config(self.config(dport, admin, "http://model-b.test:%d" % second.port))
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 2, timeout=20)
+        # No resolver listens on SILENT_DNS here: the lookup fails at once.
+        self.cluster.write_config(self.config(dport, admin, "http://gone-model.test:%d" % first.port))
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mm.log().count("cannot resolve gone-model.test") == 2, timeout=20)
+        time.sleep(1.1)  # a worker that dies within a second of its start is not replaced
+        os.kill(pids()[0], signal.SIGKILL)
+        mmtest.eventually(lambda: len(pids()) == 3, timeout=10)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 3, timeout=20)
+        # fresh connections land on either worker: every one serves "second"
+        self.assertEqual({self.model(mm) for _ in range(40)}, {"second"})
+        self.assertEqual(mm.log().count("cannot resolve"), 2, mm.log())
 
     def test_sighup_with_an_unresolvable_name_keeps_the_old_config(self):
         a = self.cluster.model_server("first")

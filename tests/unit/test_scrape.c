@@ -11,7 +11,7 @@
  * listener itself (CONN_WORKER, admin.c) serves only /metrics — this
  * worker's alone — and the sync path, with the token.
  *
- * With the parent's keep (metrics_keep.h), the test plays the sibling's
+ * With the parent's keep (keep.h), the test plays the sibling's
  * and the parent's part in it: the sibling's counters are what it kept
  * (a silent sibling counts as of its last scrape, without its gauges), a
  * dead worker's are in the retired text and counted once, and this worker
@@ -24,7 +24,7 @@
 
 #include <cmocka.h>
 
-#include "metrics_keep.h"
+#include "keep.h"
 #include "metrics_render.h"
 #include "rig.h"
 #include "scrape.h"
@@ -85,7 +85,8 @@ static void fx_start_keep(fx_t *f, int sibling_mode, mm_keep_t *keep)
     int ports[2] = {f->private_port, f->sibling.port};
     char err[256];
     f->keep = keep;
-    if (scrape_group_start(s, 2, 0, fd, ports, keep, err, sizeof(err)) != 0) fail_msg("%s", err);
+    s->keep = keep;
+    if (scrape_group_start(s, 2, 0, fd, ports, err, sizeof(err)) != 0) fail_msg("%s", err);
     assert_true(scrape_group_active(s));
 }
 

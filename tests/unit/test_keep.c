@@ -1,12 +1,13 @@
-/* test_metrics_keep.c — a --workers group's kept expositions
- * (src/metrics_keep.c).
+/* test_keep.c — what a --workers group keeps when a worker dies
+ * (src/keep.c).
  *
  * What a worker puts is what a snapshot reads, in another process too (the
  * keep is shared across fork); a snapshot leaves out the asking worker;
  * retiring a dead worker adds its counters and histograms (not its gauges)
  * to the retired text, again on a second death, and empties its slot; a
  * text above KEEP_TEXT_MAX is marked, not kept, and retiring it keeps the
- * retired text as it was. */
+ * retired text as it was. The config slot holds the last config a worker
+ * put, for the parent to read back, and none until one is put. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,7 +20,7 @@
 
 #include <cmocka.h>
 
-#include "metrics_keep.h"
+#include "keep.h"
 
 static const char W1[] = "# HELP r R.\n# TYPE r counter\n"
                          "r{arm=\"a\"} 4\n"
@@ -182,6 +183,42 @@ static void test_bad_sizes_are_refused(void **state)
     keep_free(NULL);
 }
 
+static void test_the_config_a_worker_put_is_what_the_parent_reads(void **state)
+{
+    (void)state;
+    mm_keep_t *k = keep_create(2);
+    assert_non_null(k);
+    mm_buf_t b;
+    mm_buf_init(&b);
+    assert_int_equal(keep_config(k, &b), 0); /* no reload yet */
+    assert_int_equal(b.len, 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) { /* a worker whose reloads succeeded */
+        keep_put_config(k, "{\"old\": 1}", 10);
+        keep_put_config(k, "{\"new\": 2}", 10);
+        _exit(0);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(keep_config(k, &b), 1);
+    assert_int_equal(b.len, 10);
+    assert_memory_equal(b.p, "{\"new\": 2}", 10);
+    /* the worker slots and the retired one are apart from it */
+    put(k, 1, W1);
+    keep_retire(k, 1);
+    mm_buf_reset(&b);
+    assert_int_equal(keep_config(k, &b), 1);
+    assert_memory_equal(b.p, "{\"new\": 2}", 10);
+    keep_snap_t s;
+    assert_int_equal(keep_snapshot(k, 0, &s), 0);
+    assert_text(&s, 2, W1_COUNTERS);
+    keep_snap_free(&s);
+    mm_buf_free(&b);
+    keep_free(k);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -190,6 +227,7 @@ int main(void)
         cmocka_unit_test(test_retire_adds_counters_and_empties_the_slot),
         cmocka_unit_test(test_a_text_too_large_is_marked_not_kept),
         cmocka_unit_test(test_bad_sizes_are_refused),
+        cmocka_unit_test(test_the_config_a_worker_put_is_what_the_parent_reads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,16 +1,21 @@
-/* metrics_keep.h — a --workers group's counters outlive the worker that
- * counted them.
+/* keep.h — what a --workers group keeps when one of its workers dies:
+ * the counters it counted, and the config the workers run.
  *
  * Each worker counts in its own memory, so a worker that crashes takes its
  * counters along, and the group's merged counters would go down: Prometheus
  * reads a drop as a counter reset and counts the survivors' whole totals as
- * new. The keep is memory the parent maps (shared) before it forks the
- * workers:
+ * new. And the worker the parent starts in its place must run the config
+ * its siblings run, which is neither the start config (the group may have
+ * reloaded since) nor the file as it is now (it may have been broken since,
+ * or name a host that no longer resolves). The keep is memory the parent
+ * maps (shared) before it forks the workers:
  *  - a slot per worker, where the worker puts every exposition it renders
  *    for a scrape, before the scrape sees it;
  *  - a retired slot: the counters and histograms of workers that died,
  *    which the parent folds in (keep_retire) before it starts another
- *    worker in the dead one's place.
+ *    worker in the dead one's place;
+ *  - a config slot: the text of the config file the last successful reload
+ *    of any worker loaded, which the new worker reloads to (keep_config).
  * A scrape merges what the slots hold rather than what the siblings sent,
  * so every number a scrape ever showed stays in the sum: in a worker's slot
  * while it lives, in the retired slot after. What a crashed worker counted
@@ -20,8 +25,8 @@
  * One process-shared, robust mutex guards the keep; it is held to copy text
  * in or out, never to merge. A worker killed while it writes leaves its
  * previous text in place: it writes into the spare buffer and swaps it in. */
-#ifndef MM_METRICS_KEEP_H
-#define MM_METRICS_KEEP_H
+#ifndef MM_KEEP_H
+#define MM_KEEP_H
 
 #include <stddef.h>
 
@@ -61,5 +66,12 @@ void keep_snap_free(keep_snap_t *snap);
  * place: fold w's kept counters and histograms into the retired slot, and
  * empty w's slot. Logs what could not be kept. */
 void keep_retire(mm_keep_t *k, int w);
+
+/* A worker's reload succeeded: text is the config file it loaded (at most
+ * KEEP_TEXT_MAX bytes, as config files are). */
+void keep_put_config(mm_keep_t *k, const char *text, size_t len);
+/* The parent: the kept config copied into out (appended); 1 when there is
+ * one (a reload succeeded since the start), 0 when not, -1 out of memory. */
+int keep_config(mm_keep_t *k, mm_buf_t *out);
 
 #endif

@@ -1,8 +1,8 @@
-/* metrics_keep.c — see metrics_keep.h.
+/* keep.c — see keep.h.
  *
- * The mapping: a header (the mutex, then a record per slot) and n + 2
+ * The mapping: a header (the mutex, then a record per slot) and n + 3
  * buffers of KEEP_TEXT_MAX bytes: one per worker slot, one for the retired
- * slot and one spare. A slot names the buffer that holds its text; a write
+ * slot, one for the config and one spare. A slot names the buffer that holds its text; a write
  * goes into the spare, which is then swapped in, so that a writer killed
  * half way leaves the slot as it was. The parent maps it before forking,
  * so every worker has it at the same address. */
@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "metrics_keep.h"
+#include "keep.h"
 #include "metrics_merge.h"
 
 typedef struct {
@@ -27,7 +27,7 @@ typedef struct {
 typedef struct {
     pthread_mutex_t lock;
     int spare;
-    slot_t slots[KEEP_MAX_WORKERS + 1]; /* [n]: the retired workers' */
+    slot_t slots[KEEP_MAX_WORKERS + 2]; /* [n]: the retired workers', [n + 1]: the config */
 } header_t;
 
 struct mm_keep {
@@ -69,7 +69,7 @@ mm_keep_t *keep_create(int n)
     mm_keep_t *k = calloc(1, sizeof(*k));
     if (k == NULL) return NULL;
     k->n = n;
-    k->map_len = header_len() + (size_t)(n + 2) * KEEP_TEXT_MAX;
+    k->map_len = header_len() + (size_t)(n + 3) * KEEP_TEXT_MAX;
     void *m = mmap(NULL, k->map_len, PROT_READ | PROT_WRITE,
                    MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED) {
@@ -90,8 +90,8 @@ mm_keep_t *keep_create(int n)
         errno = rc;
         return NULL;
     }
-    for (int i = 0; i <= n; i++) k->h->slots[i].buf = i; /* zeroed: KEEP_EMPTY */
-    k->h->spare = n + 1;
+    for (int i = 0; i <= n + 1; i++) k->h->slots[i].buf = i; /* zeroed: KEEP_EMPTY */
+    k->h->spare = n + 2;
     return k;
 }
 
@@ -203,4 +203,23 @@ void keep_retire(mm_keep_t *k, int w)
     mm_buf_free(&old);
     mm_buf_free(&dead);
     mm_buf_free(&out);
+}
+
+void keep_put_config(mm_keep_t *k, const char *text, size_t len)
+{
+    if (k == NULL) return;
+    lock(k);
+    write_slot(k, k->n + 1, text, len);
+    unlock(k);
+}
+
+int keep_config(mm_keep_t *k, mm_buf_t *out)
+{
+    if (k == NULL) return 0;
+    lock(k);
+    int kept = k->h->slots[k->n + 1].state == KEEP_KEPT;
+    copy_slot(k, k->n + 1, out);
+    unlock(k);
+    if (out->oom) return -1;
+    return kept;
 }
