@@ -2,10 +2,10 @@
  *
  * The mapping: a header (the mutex, then a record per slot) and n + 3
  * buffers of KEEP_TEXT_MAX bytes: one per worker slot, one for the retired
- * slot, one for the config and one spare. A slot names the buffer that holds its text; a write
- * goes into the spare, which is then swapped in, so that a writer killed
- * half way leaves the slot as it was. The parent maps it before forking,
- * so every worker has it at the same address. */
+ * slot, one for the config and one spare. A slot names the buffer that
+ * holds its text; a write goes into the spare, which is then swapped in,
+ * so that a writer killed half way leaves the slot as it was. The parent
+ * maps it before forking, so every worker has it at the same address. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -14,8 +14,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "log.h"
 #include "keep.h"
+#include "log.h"
 #include "metrics_merge.h"
 
 typedef struct {

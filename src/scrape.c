@@ -90,7 +90,9 @@ void scrape_group_free(mm_server_t *srv)
 void scrape_render_own(mm_server_t *srv, mm_buf_t *out)
 {
     metrics_render(srv, out);
-    if (srv->keep && !out->oom)
+    /* Only in a group that gathers: a worker alone (its scrape sockets
+     * failed) has no slot of its own to keep. */
+    if (srv->keep && scrape_group_active(srv) && !out->oom)
         keep_put(srv->keep, srv->group.self, out->p ? out->p : "", out->len);
 }
 
