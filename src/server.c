@@ -287,10 +287,12 @@ static void reload_with(mm_server_t *srv, config_t *cfg, char *text, size_t text
         }
         rl->gai[i].data = rl;
         int rc = mm_addr_lookup(srv->loop, &rl->gai[i], on_reload_resolved, a->host);
-        if (rc != 0)
+        if (rc != 0) {
+            rl->gai[i].data = NULL; /* never queued: nothing to cancel */
             lookup_failed(rl, i, rc);
-        else
+        } else {
             rl->pending++;
+        }
     }
     if (--rl->pending == 0) reload_finish(rl);
 }
