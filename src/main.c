@@ -21,8 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "log.h"
 #include "keep.h"
+#include "log.h"
 #include "scrape.h"
 #include "server_main.h"
 
@@ -430,9 +430,9 @@ static int scrape_socket(int *port)
 
 /* The scrape sockets of a group: the parent holds every one for the
  * group's life, so a worker started in place of a crashed one listens on
- * the same port its siblings know. The keep holds what each worker last
- * showed a scrape, so that a dead worker's counters stay in the group's
- * (keep.h). */
+ * the same port its siblings know. The keep (keep.h) holds what outlives a
+ * worker: the counters it showed scrapes, and the config the group
+ * reloaded to. */
 typedef struct {
     int grouped;     /* 0: no sockets (no admin listener, or they failed) */
     mm_keep_t *keep; /* NULL: none (scrapes sum what the workers answer) */
@@ -464,6 +464,7 @@ static pid_t fork_worker(const char *path, config_t *cfg, uint64_t seed,
     }
     return pid;
 }
+
 /* The config the group's workers last reloaded to, parsed from the text
  * they keep (keep.h): what a worker started in place of a crashed one
  * reloads to at once. Not the file as it is now: it may have been broken
