@@ -567,9 +567,9 @@ static void on_stream(void *arg, store_msg_t *m)
     const char *rw = store_msg_field(m, "reward");
     int ok = 1;
     if (rw) {
-        char *end;
-        double d = strtod(rw, &end);
-        if (!json_number_text(rw) || end == rw || *end != '\0' || !isfinite(d))
+        /* JSON number syntax is strtod's whole input: no end to check */
+        double d = json_number_text(rw) ? strtod(rw, NULL) : NAN;
+        if (!isfinite(d))
             ok = 0;
         else
             json_object_set_new(o, "reward", json_real(d));
