@@ -428,20 +428,20 @@ static int scrape_socket(int *port)
     return fd;
 }
 
-/* The scrape sockets of a group: the parent holds every one for the
- * group's life, so a worker started in place of a crashed one listens on
- * the same port its siblings know. The keep (keep.h) holds what outlives a
- * worker: the counters it showed scrapes, and the config the group
- * reloaded to. */
+/* What the parent holds for the group's life and every worker inherits.
+ * The scrape sockets: a worker started in place of a crashed one listens on
+ * the same port its siblings know. The keep (keep.h): what outlives a
+ * worker, the counters it showed scrapes and the config the group reloaded
+ * to. */
 typedef struct {
-    int grouped;     /* 0: no sockets (no admin listener, or they failed) */
-    mm_keep_t *keep; /* NULL: none (scrapes sum what the workers answer) */
+    int grouped;     /* 0: no scrape sockets (no admin listener, or they failed) */
+    mm_keep_t *keep; /* NULL: none (could not be mapped; logged) */
     int fds[256], ports[256];
-} scrape_fds_t;
+} group_inherit_t;
 
 static pid_t fork_worker(const char *path, config_t *cfg, uint64_t seed,
                          const cfg_store_t *store_override, config_t *reload,
-                         const scrape_fds_t *sf, int n, int slot)
+                         const group_inherit_t *gi, int n, int slot)
 {
     /* The parent runs with the lifecycle signals blocked (run_workers), and
      * the worker starts so: a signal forwarded while it is still starting (a
@@ -456,11 +456,11 @@ static pid_t fork_worker(const char *path, config_t *cfg, uint64_t seed,
         sigemptyset(&chld);
         sigaddset(&chld, SIGCHLD);
         sigprocmask(SIG_UNBLOCK, &chld, NULL);
-        group_t grp = {n, slot, sf->grouped ? sf->fds[slot] : -1, sf->ports};
-        for (int j = 0; j < n && sf->grouped; j++)
-            if (j != slot && sf->fds[j] >= 0) close(sf->fds[j]);
-        exit(run_worker(path, cfg, seed, 1, store_override, sf->grouped ? &grp : NULL, reload,
-                        sf->keep));
+        group_t grp = {n, slot, gi->grouped ? gi->fds[slot] : -1, gi->ports};
+        for (int j = 0; j < n && gi->grouped; j++)
+            if (j != slot && gi->fds[j] >= 0) close(gi->fds[j]);
+        exit(run_worker(path, cfg, seed, 1, store_override, gi->grouped ? &grp : NULL, reload,
+                        gi->keep));
     }
     return pid;
 }
@@ -501,18 +501,18 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
                        const cfg_store_t *store_override)
 {
     pid_t pids[256];
-    static scrape_fds_t sf; /* 2 KiB: not on the stack of the waiting parent */
-    sf.grouped = cfg->has_admin;
-    for (int i = 0; i < n && sf.grouped; i++) {
-        sf.fds[i] = scrape_socket(&sf.ports[i]);
-        if (sf.fds[i] < 0) {
+    static group_inherit_t gi; /* 2 KiB: not on the stack of the waiting parent */
+    gi.grouped = cfg->has_admin;
+    for (int i = 0; i < n && gi.grouped; i++) {
+        gi.fds[i] = scrape_socket(&gi.ports[i]);
+        if (gi.fds[i] < 0) {
             mm_log("metrics: no private scrape sockets (%s): each scrape reports one worker",
                    strerror(errno));
-            for (int j = 0; j < i; j++) close(sf.fds[j]);
-            sf.grouped = 0;
+            for (int j = 0; j < i; j++) close(gi.fds[j]);
+            gi.grouped = 0;
         }
     }
-    if ((sf.keep = keep_create(n)) == NULL)
+    if ((gi.keep = keep_create(n)) == NULL)
         mm_log("--workers: no memory shared with the workers (%s): a worker started in place of "
                "a crashed one serves the start config, and the group's counters go down when a "
                "worker dies",
@@ -523,7 +523,7 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
     uint64_t next_seed = seed + (uint64_t)n;
     int stopping = 0;
     for (int i = 0; i < n; i++) {
-        pid_t pid = fork_worker(path, cfg, seed + (uint64_t)i, store_override, NULL, &sf, n, i);
+        pid_t pid = fork_worker(path, cfg, seed + (uint64_t)i, store_override, NULL, &gi, n, i);
         if (pid < 0) {
             perror("modelmux: fork");
             for (int j = 0; j < i; j++) kill(pids[j], SIGTERM);
@@ -570,10 +570,10 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
         if (slot < 0) continue;
         pids[slot] = 0;
         /* Its counters stay in the group's, before another takes its slot. */
-        if (!stopping) keep_retire(sf.keep, slot);
+        if (!stopping) keep_retire(gi.keep, slot);
         if (!stopping && WIFSIGNALED(st) && mm_now_ms() - started[slot] >= 1000) {
-            config_t *reload = kept_config(sf.keep, path);
-            pid_t np = fork_worker(path, cfg, next_seed++, store_override, reload, &sf, n, slot);
+            config_t *reload = kept_config(gi.keep, path);
+            pid_t np = fork_worker(path, cfg, next_seed++, store_override, reload, &gi, n, slot);
             if (reload) config_free(reload); /* the new worker has its copy */
             if (np > 0) {
                 mm_log("worker %d killed by signal %d; started worker %d in its place", (int)pid,
@@ -589,9 +589,9 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
                    WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), alive - 1);
         /* Not replaced: its scrape port now refuses, so a sibling's scrape
          * leaves it out at once instead of waiting for it. */
-        if (sf.grouped && sf.fds[slot] >= 0) {
-            close(sf.fds[slot]);
-            sf.fds[slot] = -1;
+        if (gi.grouped && gi.fds[slot] >= 0) {
+            close(gi.fds[slot]);
+            gi.fds[slot] = -1;
         }
         alive--;
         /* A worker that was closing its last handles when the stop signal we
@@ -603,9 +603,9 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
         if (!clean) code = 1;
     }
     sigprocmask(SIG_SETMASK, &waitmask, NULL);
-    for (int i = 0; i < n && sf.grouped; i++)
-        if (sf.fds[i] >= 0) close(sf.fds[i]);
-    keep_free(sf.keep);
+    for (int i = 0; i < n && gi.grouped; i++)
+        if (gi.fds[i] >= 0) close(gi.fds[i]);
+    keep_free(gi.keep);
     config_free(cfg);
     return code;
 }
