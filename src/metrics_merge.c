@@ -68,16 +68,23 @@ static uint64_t hash(mm_str_t s)
     return h;
 }
 
-/* The family named `name`, created (at the end) when new. */
-static size_t family_of(merge_t *m, mm_str_t name)
+/* The family named `name`, created (at the end) when new; named by a full
+ * text (merge_text) when `full`. */
+static size_t family_of(merge_t *m, mm_str_t name, int full)
 {
-    for (size_t i = 0; i < m->n_fams; i++)
-        if (m->fams[i].name.n == name.n && memcmp(m->fams[i].name.p, name.p, name.n) == 0) return i;
-    family_t *f = &m->fams[m->n_fams];
-    memset(f, 0, sizeof(*f));
-    f->name = name;
-    f->rule = RULE_SUM;
-    return m->n_fams++;
+    size_t i = 0;
+    while (i < m->n_fams &&
+           !(m->fams[i].name.n == name.n && memcmp(m->fams[i].name.p, name.p, name.n) == 0))
+        i++;
+    family_t *f = &m->fams[i];
+    if (i == m->n_fams) {
+        memset(f, 0, sizeof(*f));
+        f->name = name;
+        f->rule = RULE_SUM;
+        m->n_fams++;
+    }
+    f->in_full |= full;
+    return i;
 }
 
 static void add_sample(merge_t *m, size_t fam, mm_str_t key, double v, int first_text)
@@ -131,15 +138,13 @@ static void merge_text(merge_t *m, mm_str_t text, int first_text, int full)
         mm_str_t name, rest;
         if (line.n == 0) continue;
         if (comment_name(line, "# HELP ", &name, &rest)) {
-            fam = family_of(m, name);
-            m->fams[fam].in_full |= full;
+            fam = family_of(m, name, full);
             if (m->fams[fam].help.n == 0) m->fams[fam].help = line;
             continue;
         }
         if (comment_name(line, "# TYPE ", &name, &rest)) {
-            fam = family_of(m, name);
+            fam = family_of(m, name, full);
             family_t *f = &m->fams[fam];
-            f->in_full |= full;
             if (f->type.n == 0) {
                 f->type = line;
                 f->rule = rule_for(name, rest);
@@ -162,8 +167,7 @@ static void merge_text(merge_t *m, mm_str_t text, int first_text, int full)
         if (fam == (size_t)-1) { /* a sample with no family before it */
             size_t k = 0;
             while (k < line.n && line.p[k] != '{' && line.p[k] != ' ') k++;
-            fam = family_of(m, (mm_str_t){line.p, k});
-            m->fams[fam].in_full |= full;
+            fam = family_of(m, (mm_str_t){line.p, k}, full);
         }
         if (!full && m->fams[fam].gauge) continue;
         add_sample(m, fam, (mm_str_t){line.p, (size_t)(sp - 1 - line.p)}, v, first_text);
