@@ -42,6 +42,11 @@ static inline void mm_buf_append(mm_buf_t *b, const void *p, size_t n)
         mm_buf_append_slow(b, p, n);
     }
 }
+/* What b holds, as a string ("" for a buffer never written). */
+static inline mm_str_t mm_buf_view(const mm_buf_t *b)
+{
+    return (mm_str_t){b->p ? b->p : "", b->len};
+}
 static inline void mm_buf_str(mm_buf_t *b, mm_str_t s)
 {
     mm_buf_append(b, s.p, s.n);

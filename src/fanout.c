@@ -76,7 +76,7 @@ static void answer(fanout_t *f)
         const leg_t *l = &f->legs[i];
         answers[i] = (policy_resp_t){.status = l->status,
                                      .content_type = {l->ctype, strlen(l->ctype)},
-                                     .body = {l->resp.p ? l->resp.p : "", l->resp.len},
+                                     .body = mm_buf_view(&l->resp),
                                      .truncated = l->truncated};
         if (l->status != 0 || !l->timed_out) all_timeouts = 0;
     }

@@ -182,7 +182,7 @@ void keep_retire(mm_keep_t *k, int w)
     unlock(k);
     const char *lost = NULL;
     if (state == KEEP_KEPT) {
-        mm_str_t texts[2] = {{old.p ? old.p : "", old.len}, {dead.p ? dead.p : "", dead.len}};
+        mm_str_t texts[2] = {mm_buf_view(&old), mm_buf_view(&dead)};
         metrics_merge(texts, 2, 0, &out);
         if (old.oom || dead.oom || out.oom)
             lost = "out of memory";

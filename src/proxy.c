@@ -1310,7 +1310,7 @@ static void local_req_of(conn_t *c, mm_local_req_t *out)
     out->method = (mm_str_t){r->method, r->method_len};
     out->url = (mm_str_t){r->url.p, r->url.len};
     out->path = http_url_path(out->url);
-    out->body = (mm_str_t){r->local_body.p ? r->local_body.p : "", r->local_body.len};
+    out->body = mm_buf_view(&r->local_body);
     out->head = &c->head;
     out->base = c->rbuf;
     out->request_id = (mm_str_t){r->id, r->id_len};

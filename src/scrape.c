@@ -96,11 +96,6 @@ void scrape_render_own(mm_server_t *srv, mm_buf_t *out)
         keep_put(srv->keep, srv->group.self, out->p ? out->p : "", out->len);
 }
 
-static mm_str_t text_of(const mm_buf_t *b)
-{
-    return (mm_str_t){b->p ? b->p : "", b->len};
-}
-
 /* The texts to merge, into texts: this worker's own first, then those of
  * the siblings that answered (n_full in all); then, counters only, what is
  * kept for siblings that did not answer and for dead workers. With a keep,
@@ -112,7 +107,7 @@ static size_t gather_texts(gather_t *g, const mm_buf_t *local, const keep_snap_t
                            mm_str_t *texts, size_t *n_full, int *reporting)
 {
     size_t k = 0;
-    texts[k++] = text_of(local);
+    texts[k++] = mm_buf_view(local);
     *reporting = 1;
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < g->n; i++) {
@@ -122,9 +117,9 @@ static size_t gather_texts(gather_t *g, const mm_buf_t *local, const keep_snap_t
             if (answered != (pass == 0)) continue;
             int state = snap ? snap->state[w] : KEEP_TOO_LARGE; /* no keep: as too large */
             if (state == KEEP_KEPT)
-                texts[k++] = text_of(&snap->text[w]);
+                texts[k++] = mm_buf_view(&snap->text[w]);
             else if (state == KEEP_TOO_LARGE && answered)
-                texts[k++] = (mm_str_t){l->resp.p ? l->resp.p : "", l->resp.len};
+                texts[k++] = mm_buf_view(&l->resp);
             if (answered) {
                 (*reporting)++;
                 continue;
@@ -140,7 +135,7 @@ static size_t gather_texts(gather_t *g, const mm_buf_t *local, const keep_snap_t
         }
         if (pass == 0) *n_full = k;
     }
-    if (snap && snap->text[snap->n].len) texts[k++] = text_of(&snap->text[snap->n]);
+    if (snap && snap->text[snap->n].len) texts[k++] = mm_buf_view(&snap->text[snap->n]);
     return k;
 }
 

@@ -359,9 +359,9 @@ static void group_complete(shadow_group_t *g)
     if (g->p_chunked) dechunk(&g->p_body);
     policy_resp_t primary = {g->p_status,
                              {g->p_ctype, strlen(g->p_ctype)},
-                             {g->p_body.p ? g->p_body.p : "", g->p_body.len},
+                             mm_buf_view(&g->p_body),
                              g->p_truncated,
-                             {g->p_headers.p ? g->p_headers.p : "", g->p_headers.len}};
+                             mm_buf_view(&g->p_headers)};
     policy_resp_t answers[MM_MAX_ARMS];
     int arms[MM_MAX_ARMS], outcomes[MM_MAX_ARMS], idx[MM_MAX_ARMS];
     size_t k = 0;
@@ -370,9 +370,9 @@ static void group_complete(shadow_group_t *g)
         if (!l->started) continue;
         answers[k] = (policy_resp_t){l->status,
                                      {l->ctype, strlen(l->ctype)},
-                                     {l->resp.p ? l->resp.p : "", l->resp.len},
+                                     mm_buf_view(&l->resp),
                                      l->truncated,
-                                     {l->headers.p ? l->headers.p : "", l->headers.len}};
+                                     mm_buf_view(&l->headers)};
         arms[k] = g->m[i].arm;
         outcomes[k] = l->status == 0 ? POLICY_ERROR : POLICY_MATCH;
         idx[k++] = i;
