@@ -99,6 +99,14 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
     mm_server_t srv;
     char err[1024];
     uv_loop_init(&loop);
+    if (reload) {
+        /* In place of a crashed worker: listen where the siblings listen
+         * since their reloads, not where the start config said (another
+         * process may hold that address by now). */
+        cfg->listen = reload->listen;
+        cfg->has_admin = reload->has_admin;
+        cfg->admin_listen = reload->admin_listen;
+    }
     if (server_start(&srv, &loop, path, cfg, seed, reuseport, store_override, err, sizeof(err)) !=
         0) {
         fprintf(stderr, "modelmux: %s\n", err);
@@ -434,7 +442,7 @@ static int scrape_socket(int *port)
  * worker, the counters it showed scrapes and the config the group reloaded
  * to. */
 typedef struct {
-    int grouped;     /* 0: no scrape sockets (no admin listener, or they failed) */
+    int grouped;     /* 0: no scrape sockets (they could not be made) */
     mm_keep_t *keep; /* NULL: none (could not be mapped; logged) */
     int fds[256], ports[256];
 } group_inherit_t;
@@ -502,7 +510,8 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
 {
     pid_t pids[256];
     static group_inherit_t gi; /* 2 KiB: not on the stack of the waiting parent */
-    gi.grouped = cfg->has_admin;
+    /* Made without an admin listener too: a reload may add one. */
+    gi.grouped = 1;
     for (int i = 0; i < n && gi.grouped; i++) {
         gi.fds[i] = scrape_socket(&gi.ports[i]);
         if (gi.fds[i] < 0) {

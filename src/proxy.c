@@ -1387,10 +1387,10 @@ static void conn_process(conn_t *c)
 
 /* ---- accepting ---- */
 
-static void on_connection(uv_stream_t *server, int status)
+void proxy_on_connection(uv_stream_t *server, int status)
 {
     mm_server_t *srv = server->data;
-    int kind = (uv_tcp_t *)server == &srv->admin_listener   ? CONN_ADMIN
+    int kind = listeners_is_admin(&srv->listeners, server)  ? CONN_ADMIN
                : (uv_tcp_t *)server == &srv->group.listener ? CONN_WORKER
                                                             : CONN_DATA;
     if (status < 0) return;
@@ -1449,41 +1449,12 @@ static void on_connection(uv_stream_t *server, int status)
     start_reading(c);
 }
 
-int proxy_listen(mm_server_t *srv, uv_tcp_t *tcp, const cfg_addr_t *addr, int kind, int reuseport,
-                 char *err, size_t errlen)
-{
-    struct sockaddr_storage ss;
-    char name[300];
-    cfg_addr_str(addr, name, sizeof(name));
-    if (mm_addr_resolve(addr, &ss) != 0) {
-        snprintf(err, errlen, "cannot listen on %s: the name does not resolve", name);
-        return -1;
-    }
-    uv_tcp_init_ex(srv->loop, tcp, ss.ss_family);
-    tcp->data = srv;
-    if (reuseport) {
-        uv_os_fd_t fd;
-        int one = 1;
-        if (uv_fileno((uv_handle_t *)tcp, &fd) == 0)
-            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    }
-    int rc = uv_tcp_bind(tcp, (const struct sockaddr *)&ss, 0);
-    if (rc == 0) rc = uv_listen((uv_stream_t *)tcp, 4096, on_connection);
-    if (rc != 0) {
-        snprintf(err, errlen, "cannot listen on %s: %s", name, uv_strerror(rc));
-        uv_close((uv_handle_t *)tcp, NULL);
-        return -1;
-    }
-    (void)kind;
-    return 0;
-}
-
 int proxy_listen_fd(mm_server_t *srv, uv_tcp_t *tcp, int fd, char *err, size_t errlen)
 {
     uv_tcp_init(srv->loop, tcp);
     tcp->data = srv;
     int rc = uv_tcp_open(tcp, (uv_os_sock_t)fd);
-    if (rc == 0) rc = uv_listen((uv_stream_t *)tcp, 128, on_connection);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)tcp, 128, proxy_on_connection);
     if (rc != 0) {
         snprintf(err, errlen, "cannot listen on the inherited socket %d: %s", fd, uv_strerror(rc));
         uv_close((uv_handle_t *)tcp, NULL);

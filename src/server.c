@@ -63,13 +63,14 @@ static void on_tick(uv_timer_t *t)
 
 /* ---- reload ----
  *
- * A reload parses and validates the file at once, then looks up the upstream
- * host names it needs in libuv's thread pool, so a slow resolver never stalls
- * the event loop; only when every name has resolved is the new router built
- * and swapped in. A name the running config already resolves (same host and
- * port) is not looked up again: its pool's current address is taken. One
- * reload runs at a time; one asked for meanwhile runs when it ends, on the
- * file as it is then. */
+ * A reload parses and validates the file at once, then looks up the host
+ * names it needs (upstreams', and the listen and admin addresses') in libuv's
+ * thread pool, so a slow resolver never stalls the event loop; only when
+ * every name has resolved are the new listeners bound and the new router
+ * built, and then both are swapped in. A name the running config already
+ * resolves (same host and port) is not looked up again: its pool's, or its
+ * listener's, current address is taken. One reload runs at a time; one asked
+ * for meanwhile runs when it ends, on the file as it is then. */
 
 typedef struct reload_waiter_s {
     server_reload_cb cb; /* NULL: nobody waits for the answer (SIGHUP) */
@@ -82,8 +83,8 @@ struct server_reload_s {
     config_t *cfg;
     char *text; /* cfg's file text, kept for the group once loaded (keep.h); may be NULL */
     size_t text_len;
-    struct sockaddr_storage *addrs; /* per upstream of cfg */
-    uv_getaddrinfo_t *gai;          /* per upstream: the lookups */
+    struct sockaddr_storage *addrs; /* per reload_addr of cfg */
+    uv_getaddrinfo_t *gai;          /* per reload_addr: the lookups */
     int pending;                    /* lookups in flight */
     int failed;
     char err[1024];
@@ -91,6 +92,16 @@ struct server_reload_s {
 };
 
 static void reload_begin(mm_server_t *srv, reload_waiter_t *waiters);
+
+/* The addresses a reload resolves: each upstream's (0 .. n_upstreams-1), then
+ * the listen address and the admin one (NULL without an admin listener). */
+#define RELOAD_ADDRS(cfg) ((cfg)->n_upstreams + 2)
+static const cfg_addr_t *reload_addr(const config_t *cfg, size_t i)
+{
+    if (i < cfg->n_upstreams) return &cfg->upstreams[i].addr;
+    if (i == cfg->n_upstreams) return &cfg->listen;
+    return cfg->has_admin ? &cfg->admin_listen : NULL;
+}
 
 static void reload_answer(reload_waiter_t *w, int ok, const char *err)
 {
@@ -116,20 +127,55 @@ int server_configured(void *cfg, const char *name)
     return config_experiment_index(cfg, name) >= 0;
 }
 
+/* Stage cfg's listeners on its listen and admin addresses, resolved in
+ * ss[0] and ss[1]. */
+static int stage_listeners(mm_server_t *srv, const config_t *cfg,
+                           const struct sockaddr_storage ss[2], mm_listen_stage_t *st, char *err,
+                           size_t errlen)
+{
+    mm_listen_addr_t data = {.ss = ss[0]}, admin = {.ss = ss[1]};
+    cfg_addr_str(&cfg->listen, data.name, sizeof(data.name));
+    if (cfg->has_admin) cfg_addr_str(&cfg->admin_listen, admin.name, sizeof(admin.name));
+    return listeners_stage(&srv->listeners, &data, cfg->has_admin ? &admin : NULL, st, err, errlen);
+}
+
+/* The reload's listeners serve: a move is logged. */
+static void commit_listeners(mm_server_t *srv, const config_t *cfg, mm_listen_stage_t *st)
+{
+    uv_tcp_t *data = srv->listeners.data_l, *admin = srv->listeners.admin_l;
+    listeners_commit(&srv->listeners, st);
+    char name[300];
+    if (srv->listeners.data_l != data)
+        mm_log("reload: listening on %s", cfg_addr_str(&cfg->listen, name, sizeof(name)));
+    if (srv->listeners.admin_l != admin && cfg->has_admin)
+        mm_log("reload: admin on %s", cfg_addr_str(&cfg->admin_listen, name, sizeof(name)));
+    else if (srv->listeners.admin_l != admin)
+        mm_log("reload: the admin listener is closed (no admin in the config)");
+}
+
 static void reload_finish(server_reload_t *rl)
 {
     mm_server_t *srv = rl->srv;
     config_t *cfg = rl->cfg;
     srv->reloading = NULL;
     router_t *nr = NULL;
+    mm_listen_stage_t st;
     if (!rl->failed && srv->draining) {
         rl->failed = 1;
         snprintf(rl->err, sizeof(rl->err), "shutting down");
     }
+    /* Bound before the router is built, so that a port another process
+     * holds fails the reload with nothing changed. */
+    if (!rl->failed &&
+        stage_listeners(srv, cfg, &rl->addrs[cfg->n_upstreams], &st, rl->err, sizeof(rl->err)) != 0)
+        rl->failed = 1;
     if (!rl->failed) {
         nr = router_create(srv->loop, cfg, srv->router, srv->store, &srv->metrics, rl->addrs,
                            rl->err, sizeof(rl->err));
-        if (nr == NULL) rl->failed = 1;
+        if (nr == NULL) {
+            rl->failed = 1;
+            listeners_abort(&st);
+        }
     }
     if (rl->failed) {
         config_free(cfg);
@@ -138,6 +184,7 @@ static void reload_finish(server_reload_t *rl)
         router_t *prev = srv->router;
         srv->router = nr;
         router_unref(prev);
+        commit_listeners(srv, cfg, &st);
         store_retain(srv->store, server_configured, (void *)nr->cfg);
         if (srv->reqlog && cfg->log_requests) /* a reload applies log.*, as any other key */
             reqlog_configure(srv->reqlog, cfg->log_requests, cfg->log_sample, cfg->log_bodies);
@@ -179,17 +226,21 @@ static void reload_give_up(server_reload_t *rl, const char *why)
     if (rl->failed) return;
     rl->failed = 1;
     snprintf(rl->err, sizeof(rl->err), "%s", why);
-    for (size_t i = 0; i < rl->cfg->n_upstreams; i++)
+    for (size_t i = 0; i < RELOAD_ADDRS(rl->cfg); i++)
         if (rl->gai[i].data) uv_cancel((uv_req_t *)&rl->gai[i]);
 }
 
-/* Upstream i's name did not resolve (status: libuv's error, 0 for an answer
- * without an address): the reload fails with the first such name. */
+/* reload_addr i's name did not resolve (status: libuv's error, 0 for an
+ * answer without an address): the reload fails with the first such name. */
 static void lookup_failed(server_reload_t *rl, size_t i, int status)
 {
-    const cfg_upstream_t *u = &rl->cfg->upstreams[i];
-    char why[sizeof(rl->err)];
-    snprintf(why, sizeof(why), "upstream %s: cannot resolve %s (%s)", u->name, u->addr.host,
+    const config_t *cfg = rl->cfg;
+    char what[MM_NAME_MAX + 16], why[sizeof(rl->err)];
+    if (i < cfg->n_upstreams)
+        snprintf(what, sizeof(what), "upstream %s", cfg->upstreams[i].name);
+    else
+        snprintf(what, sizeof(what), "%s", i == cfg->n_upstreams ? "listen" : "admin.listen");
+    snprintf(why, sizeof(why), "%s: cannot resolve %s (%s)", what, reload_addr(cfg, i)->host,
              status ? uv_strerror(status) : "no address");
     reload_give_up(rl, why);
 }
@@ -199,7 +250,7 @@ static void on_reload_resolved(uv_getaddrinfo_t *req, int status, struct addrinf
     server_reload_t *rl = req->data;
     size_t i = (size_t)(req - rl->gai);
     req->data = NULL;
-    if (status != 0 || mm_addr_from_ai(res, rl->cfg->upstreams[i].addr.port, &rl->addrs[i]) != 0)
+    if (status != 0 || mm_addr_from_ai(res, reload_addr(rl->cfg, i)->port, &rl->addrs[i]) != 0)
         lookup_failed(rl, i, status);
     if (res) uv_freeaddrinfo(res);
     if (--rl->pending == 0) reload_finish(rl);
@@ -213,6 +264,24 @@ static const up_pool_t *resolved_pool(const router_t *r, const cfg_addr_t *a)
         if (o->port == a->port && strcasecmp(o->host, a->host) == 0) return r->pools[i];
     }
     return NULL;
+}
+
+static int same_cfg_addr(const cfg_addr_t *a, const cfg_addr_t *b)
+{
+    return a->port == b->port && strcasecmp(a->host, b->host) == 0;
+}
+
+/* The address of the running listener the running config names a for (its
+ * listen or admin address, written the same): 0, or -1 for none. */
+static int running_listener_addr(const mm_server_t *srv, const cfg_addr_t *a,
+                                 struct sockaddr_storage *out)
+{
+    const config_t *old = server_config(srv);
+    uv_tcp_t *t = same_cfg_addr(&old->listen, a)                           ? srv->listeners.data_l
+                  : old->has_admin && same_cfg_addr(&old->admin_listen, a) ? srv->listeners.admin_l
+                                                                           : NULL;
+    int len = sizeof(*out);
+    return t && uv_tcp_getsockname(t, (struct sockaddr *)out, &len) == 0 ? 0 : -1;
 }
 
 static void reload_with(mm_server_t *srv, config_t *cfg, char *text, size_t text_len,
@@ -241,18 +310,9 @@ static void reload_with(mm_server_t *srv, config_t *cfg, char *text, size_t text
 {
     if (srv->has_store_override) cfg->store = srv->store_override;
     const config_t *old = srv->router->cfg;
-    if (strcmp(old->listen.host, cfg->listen.host) != 0 || old->listen.port != cfg->listen.port)
-        mm_log("reload: a new listen address takes effect at the next restart");
     if (old->store.type != cfg->store.type)
         mm_log("reload: a new store type takes effect at the next restart");
-    /* The admin listener is opened once, at the start: say so rather than
-     * let a changed address look applied. (The request log's settings are
-     * applied by reload_finish; turning it on or off is logged there.) */
-    if (old->has_admin != cfg->has_admin ||
-        (cfg->has_admin && (strcmp(old->admin_listen.host, cfg->admin_listen.host) != 0 ||
-                            old->admin_listen.port != cfg->admin_listen.port)))
-        mm_log("reload: a new admin listen address takes effect at the next restart");
-    size_t n = cfg->n_upstreams ? cfg->n_upstreams : 1;
+    size_t n = RELOAD_ADDRS(cfg);
     server_reload_t *rl = calloc(1, sizeof(*rl));
     if (rl) {
         rl->addrs = calloc(n, sizeof(*rl->addrs));
@@ -275,16 +335,20 @@ static void reload_with(mm_server_t *srv, config_t *cfg, char *text, size_t text
     rl->text_len = text_len;
     rl->waiters = waiters;
     srv->reloading = rl;
-    rl->pending = 1;                           /* held until every lookup has started */
-    if (config_has_names(cfg)) pool_warm(srv); /* before the lookups start it unblocked */
-    for (size_t i = 0; i < cfg->n_upstreams && !rl->failed; i++) {
-        const cfg_addr_t *a = &cfg->upstreams[i].addr;
-        if (mm_addr_literal(a, &rl->addrs[i]) == 0) continue; /* numeric or localhost */
-        const up_pool_t *same = resolved_pool(srv->router, a);
-        if (same) {
-            rl->addrs[i] = *up_pool_addr(same);
+    rl->pending = 1; /* held until every lookup has started */
+    for (size_t i = 0; i < n && !rl->failed; i++) {
+        const cfg_addr_t *a = reload_addr(cfg, i);
+        if (a == NULL || mm_addr_literal(a, &rl->addrs[i]) == 0) continue; /* numeric, localhost */
+        if (i < cfg->n_upstreams) {
+            const up_pool_t *same = resolved_pool(srv->router, a);
+            if (same) {
+                rl->addrs[i] = *up_pool_addr(same);
+                continue;
+            }
+        } else if (running_listener_addr(srv, a, &rl->addrs[i]) == 0) {
             continue;
         }
+        pool_warm(srv); /* before the first lookup: it starts the pool unblocked */
         rl->gai[i].data = rl;
         int rc = mm_addr_lookup(srv->loop, &rl->gai[i], on_reload_resolved, a->host);
         if (rc != 0) {
@@ -439,8 +503,7 @@ void server_stop(mm_server_t *srv)
     srv->draining = 1;
     mm_log("stopping: draining in-flight requests (at most %d ms)",
            server_config(srv)->limits.drain_timeout_ms);
-    if (srv->has_listener) close_handle((uv_handle_t *)&srv->listener);
-    if (srv->has_admin) close_handle((uv_handle_t *)&srv->admin_listener);
+    listeners_close(&srv->listeners);
     if (srv->group.has_listener) {
         /* The parent holds this socket too (it binds it before forking), so
          * closing our descriptor would leave it listening: a sibling's
@@ -537,15 +600,21 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
                                   seed ^ 0x5bd1e995u, err, errlen);
         if (srv->reqlog == NULL) goto err;
     }
-    if (proxy_listen(srv, &srv->listener, &cfg->listen, CONN_DATA, reuseport, err, errlen) != 0)
+    srv->listeners = (mm_listeners_t){loop, proxy_on_connection, srv, reuseport, NULL, NULL};
+    struct sockaddr_storage ss[2];
+    const cfg_addr_t *unresolved =
+        mm_addr_resolve(&cfg->listen, &ss[0]) != 0                           ? &cfg->listen
+        : cfg->has_admin && mm_addr_resolve(&cfg->admin_listen, &ss[1]) != 0 ? &cfg->admin_listen
+                                                                             : NULL;
+    if (unresolved) {
+        char name[300];
+        snprintf(err, errlen, "cannot listen on %s: the name does not resolve",
+                 cfg_addr_str(unresolved, name, sizeof(name)));
         goto err;
-    srv->has_listener = 1;
-    if (cfg->has_admin) {
-        if (proxy_listen(srv, &srv->admin_listener, &cfg->admin_listen, CONN_ADMIN, reuseport, err,
-                         errlen) != 0)
-            goto err;
-        srv->has_admin = 1;
     }
+    mm_listen_stage_t st;
+    if (stage_listeners(srv, cfg, ss, &st, err, errlen) != 0) goto err;
+    listeners_commit(&srv->listeners, &st);
     uv_signal_init(loop, &srv->sig_hup);
     uv_signal_init(loop, &srv->sig_term);
     uv_signal_init(loop, &srv->sig_int);

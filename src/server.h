@@ -11,6 +11,7 @@
 #include "config.h"
 #include "http.h"
 #include "leg.h"
+#include "listeners.h"
 #include "metrics.h"
 #include "router.h"
 #include "shadow_rt.h"
@@ -43,9 +44,7 @@ typedef struct mm_server_s {
     metrics_t metrics;
     mm_rng_t rng;
     uint64_t seed;
-    uv_tcp_t listener;
-    uv_tcp_t admin_listener;
-    int has_listener, has_admin;
+    mm_listeners_t listeners; /* data plane and admin API (listeners.h) */
     uv_signal_t sig_hup, sig_term, sig_int;
     uv_work_t pool_start; /* starts libuv's thread pool with the signals blocked */
     int pool_warm;        /* pool_start queued (server.c, pool_warm) */
@@ -116,9 +115,9 @@ void conn_respond_error_hdr(conn_t *c, int status, const char *code, const char 
 conn_t *conn_hold(conn_t *c);
 void conn_release(conn_t *c);
 
-/* Listener plumbing (proxy.c). */
-int proxy_listen(mm_server_t *srv, uv_tcp_t *tcp, const cfg_addr_t *addr, int kind, int reuseport,
-                 char *err, size_t errlen);
+/* Listener plumbing (proxy.c): a connection on a listener whose data is
+ * the server context (listeners.h, or a --workers scrape socket). */
+void proxy_on_connection(uv_stream_t *server, int status);
 /* Listen on a socket bound and listening already (inherited from the
  * --workers parent) for sibling workers' scrapes (CONN_WORKER). */
 int proxy_listen_fd(mm_server_t *srv, uv_tcp_t *tcp, int fd, char *err, size_t errlen);

@@ -184,25 +184,92 @@ class Reload(Lifecycle):
         self.assertEqual(get(self.conn(port), "/v1/rank")[:2], (200, "champion"))
 
 
-    def test_reload_that_moves_the_admin_listener_says_it_waits_for_a_restart(self):
-        # The admin listener is opened at the start only: a reload that moves
-        # it used to be logged as applied, with the old port still answering
-        # and nothing saying why.
-        champion, challenger = self.two_servers()
-        port, admin, moved = mmtest.free_port(), mmtest.free_port(), mmtest.free_port()
-        cfg = ab_config(port, champion.port, challenger.port, {"champion": 1, "challenger": 0})
-        cfg["admin"] = {"listen": "127.0.0.1:%d" % admin}
-        mm = self.cluster.modelmux(cfg)
-        mm.signal(signal.SIGHUP)  # the same settings: nothing to say
-        mmtest.eventually(lambda: mm.log().count("config reloaded") == 1)
-        self.assertNotIn("admin listen address", mm.log())
-        cfg["admin"] = {"listen": "127.0.0.1:%d" % moved}
+    def moving_config(self, listen, admin):
+        """The ab config (champion only) on port `listen`, admin on `admin`
+        (None: no admin listener), with its two model servers made once."""
+        if not hasattr(self, "servers"):
+            self.servers = self.two_servers()
+        champion, challenger = self.servers
+        cfg = ab_config(listen, champion.port, challenger.port, {"champion": 1, "challenger": 0})
+        if admin is not None:
+            cfg["admin"] = {"listen": "127.0.0.1:%d" % admin}
+        return cfg
+
+    def reload_to(self, mm, cfg, n):
+        """Write cfg, SIGHUP, and wait for the n-th reload's outcome line."""
         self.cluster.write_config(cfg, "modelmux.json")
         mm.signal(signal.SIGHUP)
-        mmtest.eventually(lambda: mm.log().count("config reloaded") == 2)
-        self.assertIn("reload: a new admin listen address takes effect at the next restart",
-                      mm.log())
+        mmtest.eventually(lambda: mm.log().count("config reloaded") + mm.log().count("reload rejected") == n)
+
+    def test_a_reload_moves_the_listen_and_admin_addresses(self):
+        # As an nginx reload does: the new addresses listen, the old ones
+        # are closed, and a connection accepted before the move is served on.
+        port, admin, port2, admin2 = (mmtest.free_port() for _ in range(4))
+        mm = self.cluster.modelmux(self.moving_config(port, admin))
+        mm.signal(signal.SIGHUP)  # the same addresses: nothing moves, nothing is said
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 1)
+        self.assertNotIn("reload: listening on", mm.log())
+        self.assertNotIn("reload: admin on", mm.log())
+        before = self.conn(port)
+        self.assertEqual(get(before, "/p")[:2], (200, "champion"))
+
+        self.reload_to(mm, self.moving_config(port2, admin2), 2)
+        self.assertIn("config reloaded", mm.log().splitlines()[-1])
+        self.assertIn("reload: listening on 127.0.0.1:%d" % port2, mm.log())
+        self.assertIn("reload: admin on 127.0.0.1:%d" % admin2, mm.log())
+        self.assertTrue(self.wait_refused(port))
+        self.assertTrue(self.wait_refused(admin))
+        self.assertEqual(get(self.conn(port2), "/p")[:2], (200, "champion"))
+        self.assertEqual(mmtest.request(admin2, "GET", "/healthz")[0], 200)
+        self.assertEqual(get(before, "/p")[:2], (200, "champion"))  # kept alive across the move
+
+        # The two addresses swap: each listener passes to the other role.
+        self.reload_to(mm, self.moving_config(admin2, port2), 3)
+        self.assertIn("config reloaded", mm.log().splitlines()[-1])
+        self.assertEqual(get(self.conn(admin2), "/p")[:2], (200, "champion"))
+        self.assertEqual(mmtest.request(port2, "GET", "/healthz")[0], 200)
+        self.assertEqual(mmtest.request(port2, "GET", "/p")[0], 404)  # the admin API's answer
+        self.sigterm_and_wait(mm, 10)
+
+    def test_a_reload_adds_and_removes_the_admin_listener(self):
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        mm = self.cluster.modelmux(self.moving_config(port, None))
+        self.assertTrue(self.wait_refused(admin))
+        self.reload_to(mm, self.moving_config(port, admin), 1)
+        self.assertIn("reload: admin on 127.0.0.1:%d" % admin, mm.log())
         self.assertEqual(mmtest.request(admin, "GET", "/healthz")[0], 200)
+        # Closed by a reload asked for on it: the asking connection gets its answer.
+        self.cluster.write_config(self.moving_config(port, None), "modelmux.json")
+        status, _, body = mmtest.request(admin, "POST", "/reload")
+        self.assertEqual((status, json.loads(body)["status"]), (200, "reloaded"))
+        self.assertIn("reload: the admin listener is closed (no admin in the config)", mm.log())
+        self.assertTrue(self.wait_refused(admin))
+        self.assertEqual(get(self.conn(port), "/p")[:2], (200, "champion"))
+        self.sigterm_and_wait(mm, 10)
+
+    def test_a_reload_to_a_port_another_process_holds_is_rejected_and_changes_nothing(self):
+        port, admin, admin2 = mmtest.free_port(), mmtest.free_port(), mmtest.free_port()
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        held = taken.getsockname()[1]
+        mm = self.cluster.modelmux(self.moving_config(port, admin))
+        # The admin address is free, the listen one is not: neither moves.
+        self.reload_to(mm, self.moving_config(held, admin2), 1)
+        last = mm.log().splitlines()[-1]
+        self.assertIn("reload rejected, the previous config keeps serving: cannot listen on "
+                      "127.0.0.1:%d: address already in use" % held, last)
+        self.assertTrue(self.wait_refused(admin2))
+        self.assertEqual(get(self.conn(port), "/p")[:2], (200, "champion"))
+        self.assertEqual(mmtest.request(admin, "GET", "/healthz")[0], 200)
+        # Once the port is free, the same file moves both.
+        taken.close()
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 1)
+        self.assertEqual(get(self.conn(held), "/p")[:2], (200, "champion"))
+        self.assertEqual(mmtest.request(admin2, "GET", "/healthz")[0], 200)
+        self.assertTrue(self.wait_refused(port))
         self.sigterm_and_wait(mm, 10)
 
     def test_mirrors_in_flight_across_a_reload_count_for_the_unchanged_shadow(self):

@@ -158,6 +158,34 @@ class WorkersLifecycle(mmtest.MMTestCase):
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
+    def test_a_reload_moves_every_worker_and_a_replaced_worker_listens_where_they_do(self):
+        mm = self.cluster.modelmux(self.config(100, 0), "--workers", 2, name="w")
+        pids = lambda: [int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log())]
+        mmtest.eventually(lambda: len(pids()) == 2, timeout=5)
+        old, old_admin = self.port, self.admin
+        self.port, self.admin = mmtest.free_port(), mmtest.free_port()
+        self.cluster.write_config(self.config(100, 0), "w.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 2, timeout=5)
+        self.assertEqual(mm.log().count("reload: listening on 127.0.0.1:%d" % self.port), 2)
+        self.assertEqual(mm.log().count("reload: admin on 127.0.0.1:%d" % self.admin), 2)
+        for gone in (old, old_admin):
+            with self.assertRaises(ConnectionRefusedError):
+                mmtest.request(gone, "GET", "/ab")
+        self.assertEqual(self.arms(20), {"champion"})
+        time.sleep(1.1)  # a worker that dies within a second of its start is not replaced
+        os.kill(pids()[0], signal.SIGKILL)
+        new = mmtest.eventually(lambda: pids()[2:], timeout=5)[0]
+        self.assertIn("modelmux[%d]: listening on 127.0.0.1:%d, admin on 127.0.0.1:%d"
+                      % (new, self.port, self.admin), mm.log())
+        mmtest.eventually(lambda: "modelmux[%d]: config reloaded" % new in mm.log(), timeout=5)
+        with self.assertRaises(ConnectionRefusedError):
+            mmtest.request(old, "GET", "/ab")
+        self.assertEqual(self.arms(40), {"champion"})
+        self.assertEqual(mmtest.request(self.admin, "GET", "/healthz")[0], 200)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
     def start_with_path(self, bindir):
         """modelmux --workers 2 on the memory store, with PATH=bindir only:
         (exit status, stderr)."""
