@@ -587,9 +587,10 @@ static void render_process(mm_server_t *srv, mm_buf_t *b)
            "Configuration reloads rejected (the previous configuration kept serving).");
     sample_u64(b, "modelmux_reload_failures_total", NULL, srv->reload_failures);
 
-    if (srv->reqlog) {
-        uint64_t w, d, e;
-        reqlog_counters(srv->reqlog, &w, &d, &e);
+    if (srv->reqlog || srv->reqlog_counts.written || srv->reqlog_counts.dropped ||
+        srv->reqlog_counts.errors) { /* on, or on once since the start */
+        uint64_t w = srv->reqlog_counts.written, d = srv->reqlog_counts.dropped,
+                 e = srv->reqlog_counts.errors;
         family(b, "modelmux_requestlog_written_total", "counter",
                "Request log lines written to the file.");
         sample_u64(b, "modelmux_requestlog_written_total", NULL, w);

@@ -23,7 +23,9 @@
  *     file is read synchronously too. reqlog_reopen (SIGHUP, rotation) runs
  *     on the thread pool after the write in flight; if the new open fails the
  *     old descriptor is kept (as nginx does), so lines keep going to the
- *     renamed file rather than nowhere.
+ *     renamed file rather than nowhere. reqlog_start (a reload turning the
+ *     log on) opens as a reopen does, holding the lines meanwhile; until an
+ *     open succeeds there is no file, and lines are dropped (counted).
  *   - `ts` is the request's arrival (now - latency at the end), so a replay
  *     of the log reproduces the arrival process, not the completion order.
  *   - Strings that come from the client (the path) are escaped as JSON with
@@ -81,7 +83,7 @@ struct reqlog_s {
     void (*done)(void *);
     void *done_arg;
 
-    uint64_t written, dropped, errors;
+    reqlog_counts_t own, *counts; /* counts: the caller's, else own */
 
     int64_t ts_sec;
     char ts_prefix[24]; /* "YYYY-MM-DDTHH:MM:SS" of ts_sec */
@@ -121,26 +123,17 @@ static int open_log(const char *path)
     return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
 }
 
-reqlog_t *reqlog_open(uv_loop_t *loop, const char *path, double sample, int bodies, uint64_t seed,
-                      char *err, size_t errlen)
+/* A log writing to fd (-1: none yet); NULL when out of memory. */
+static reqlog_t *reqlog_new(uv_loop_t *loop, const char *path, double sample, int bodies,
+                            uint64_t seed, reqlog_counts_t *counts, uv_file fd)
 {
-    if (path == NULL) { /* no log: not an error, but nothing to return */
-        if (errlen) err[0] = '\0';
-        return NULL;
-    }
     reqlog_t *l = calloc(1, sizeof(*l));
     if (l == NULL || (l->path = strdup(path)) == NULL) {
-        snprintf(err, errlen, "out of memory");
         free(l);
         return NULL;
     }
-    l->fd = open_log(path);
-    if (l->fd < 0) {
-        snprintf(err, errlen, "cannot open request log %s: %s", path, strerror(errno));
-        free(l->path);
-        free(l);
-        return NULL;
-    }
+    l->fd = fd;
+    l->counts = counts ? counts : &l->own;
     l->loop = loop;
     l->sample = sample;
     l->bodies = bodies;
@@ -150,6 +143,34 @@ reqlog_t *reqlog_open(uv_loop_t *loop, const char *path, double sample, int bodi
     mm_buf_init(&l->flight);
     uv_timer_init(loop, &l->timer);
     l->timer.data = l;
+    return l;
+}
+
+reqlog_t *reqlog_open(uv_loop_t *loop, const char *path, double sample, int bodies, uint64_t seed,
+                      reqlog_counts_t *counts, char *err, size_t errlen)
+{
+    if (path == NULL) { /* no log: not an error, but nothing to return */
+        if (errlen) err[0] = '\0';
+        return NULL;
+    }
+    uv_file fd = open_log(path);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open request log %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    reqlog_t *l = reqlog_new(loop, path, sample, bodies, seed, counts, fd);
+    if (l == NULL) {
+        close(fd);
+        snprintf(err, errlen, "out of memory");
+    }
+    return l;
+}
+
+reqlog_t *reqlog_start(uv_loop_t *loop, const char *path, double sample, int bodies, uint64_t seed,
+                       reqlog_counts_t *counts)
+{
+    reqlog_t *l = reqlog_new(loop, path, sample, bodies, seed, counts, -1);
+    if (l) reqlog_reopen(l);
     return l;
 }
 
@@ -167,9 +188,9 @@ int reqlog_bodies(const reqlog_t *l)
 
 void reqlog_counters(const reqlog_t *l, uint64_t *written, uint64_t *dropped, uint64_t *errors)
 {
-    if (written) *written = l->written;
-    if (dropped) *dropped = l->dropped;
-    if (errors) *errors = l->errors;
+    if (written) *written = l->counts->written;
+    if (dropped) *dropped = l->counts->dropped;
+    if (errors) *errors = l->counts->errors;
 }
 
 /* ---- formatting ---- */
@@ -351,8 +372,8 @@ static void on_written(uv_fs_t *req)
         return;
     }
     if (res <= 0 && remaining > 0) {
-        l->errors++;
-        l->dropped += l->flight_lines;
+        l->counts->errors++;
+        l->counts->dropped += l->flight_lines;
         if (!l->in_error) {
             mm_log("request log %s: write failed: %s (%llu lines dropped; further errors are "
                    "counted silently until a write succeeds)",
@@ -361,7 +382,7 @@ static void on_written(uv_fs_t *req)
             l->in_error = 1;
         }
     } else {
-        l->written += l->flight_lines;
+        l->counts->written += l->flight_lines;
         if (l->in_error) mm_log("request log %s: writing again", l->path);
         l->in_error = 0;
     }
@@ -379,7 +400,7 @@ static void reopen_work(uv_work_t *w)
     reqlog_t *l = container_of(w, reqlog_t, reopen_req);
     l->reopen_fd = open_log(l->path);
     l->reopen_errno = l->reopen_fd < 0 ? errno : 0;
-    if (l->reopen_fd >= 0) close(l->reopen_old_fd);
+    if (l->reopen_fd >= 0 && l->reopen_old_fd >= 0) close(l->reopen_old_fd);
 }
 
 static void reopen_done(uv_work_t *w, int status)
@@ -391,9 +412,11 @@ static void reopen_done(uv_work_t *w, int status)
         free(l->reopen_old_path);
         l->reopen_old_path = NULL;
     } else {
-        l->errors++;
-        mm_log("request log %s: reopen failed: %s; still writing to the previous file", l->path,
-               status != 0 ? uv_strerror(status) : strerror(l->reopen_errno));
+        l->counts->errors++;
+        mm_log(l->fd >= 0 ? "request log %s: reopen failed: %s; still writing to the previous file"
+                          : "request log %s: cannot open: %s; its lines are dropped (counted) "
+                            "until a reload opens it",
+               l->path, status != 0 ? uv_strerror(status) : strerror(l->reopen_errno));
         if (l->reopen_old_path) { /* the new path is tried again at the next reopen */
             if (l->next_path == NULL)
                 l->next_path = l->path;
@@ -435,7 +458,7 @@ static void finish_close(reqlog_t *l)
 {
     l->close_pending = 2;
     uv_close((uv_handle_t *)&l->timer, on_timer_closed);
-    if (uv_fs_close(l->loop, &l->close_req, l->fd, on_fd_closed) < 0) on_close_step(l);
+    if (l->fd < 0 || uv_fs_close(l->loop, &l->close_req, l->fd, on_fd_closed) < 0) on_close_step(l);
 }
 
 /* The one place that decides what happens next. */
@@ -455,6 +478,11 @@ static void kick(reqlog_t *l)
         if (rc != 0) reopen_done(&l->reopen_req, rc); /* never queued: a failed reopen */
         return;
     }
+    if (l->fd < 0) { /* no file (its open failed): nowhere to write */
+        l->counts->dropped += l->fill_lines;
+        l->fill_lines = 0;
+        mm_buf_reset(&l->fill);
+    }
     if (l->fill.len == 0) {
         if (l->closing) finish_close(l);
         return;
@@ -472,7 +500,7 @@ static void kick(reqlog_t *l)
 void reqlog_write(reqlog_t *l, const reqlog_entry_t *e)
 {
     if (l->fill.len + l->flight.len >= RL_MAX_PENDING) {
-        l->dropped++;
+        l->counts->dropped++;
         if (!l->drop_reported) {
             mm_log("request log %s: %u bytes waiting for the disk; dropping lines (counted)",
                    l->path, RL_MAX_PENDING);
@@ -486,7 +514,7 @@ void reqlog_write(reqlog_t *l, const reqlog_entry_t *e)
     if (l->fill.oom) {
         l->fill.len = before; /* keep the lines already there */
         l->fill.oom = 0;
-        l->dropped++;
+        l->counts->dropped++;
         return;
     }
     l->fill_lines++;

@@ -36,9 +36,16 @@ typedef struct {
  * are bodies of which fewer bytes than bytes_in were kept. */
 #define REQLOG_BODY_MAX (64 * 1024)
 
-/* path NULL → no log. Returns NULL on error with err filled. */
+/* path NULL → no log. Returns NULL on error with err filled. counts: where
+ * the log counts (NULL: its own). */
 reqlog_t *reqlog_open(uv_loop_t *loop, const char *path, double sample, int bodies, uint64_t seed,
-                      char *err, size_t errlen);
+                      reqlog_counts_t *counts, char *err, size_t errlen);
+/* The same for a reload that turns the log on: the file is opened in the
+ * thread pool (the loop never waits for a disk), and lines written meanwhile
+ * wait for it. If it cannot be opened, that is logged and lines are dropped
+ * (counted) until a reqlog_reopen succeeds. NULL: out of memory. */
+reqlog_t *reqlog_start(uv_loop_t *loop, const char *path, double sample, int bodies, uint64_t seed,
+                       reqlog_counts_t *counts);
 /* Sampling decision for one request (consumes the log's own RNG). */
 int reqlog_sampled(reqlog_t *l);
 int reqlog_bodies(const reqlog_t *l);

@@ -127,6 +127,41 @@ int server_configured(void *cfg, const char *name)
     return config_experiment_index(cfg, name) >= 0;
 }
 
+static void pool_warm(mm_server_t *srv);
+
+#define REQLOG_SEED(seed) ((seed) ^ 0x5bd1e995u) /* the request log's sampling stream */
+
+/* The request log stops taking lines and closes once those in hand are
+ * written; the shutdown waits for every log still closing (on_store_flushed). */
+static void on_reqlog_closed(void *arg);
+static void close_reqlog(mm_server_t *srv)
+{
+    srv->reqlogs_closing++;
+    reqlog_close(srv->reqlog, on_reqlog_closed, srv);
+    srv->reqlog = NULL;
+}
+
+/* A reload applies log.* as any other key: the log is turned on or off,
+ * moved to a new path, and reopened (SIGHUP also rotates it). */
+static void reload_log(mm_server_t *srv, const config_t *cfg)
+{
+    if (srv->reqlog && cfg->log_requests == NULL) {
+        close_reqlog(srv);
+        mm_log("request log: off (the lines in hand are written first)");
+    } else if (srv->reqlog) {
+        reqlog_configure(srv->reqlog, cfg->log_requests, cfg->log_sample, cfg->log_bodies);
+        reqlog_reopen(srv->reqlog);
+    } else if (cfg->log_requests) {
+        pool_warm(srv); /* before its open: the pool starts with the signals blocked */
+        srv->reqlog = reqlog_start(srv->loop, cfg->log_requests, cfg->log_sample, cfg->log_bodies,
+                                   REQLOG_SEED(srv->seed), &srv->reqlog_counts);
+        if (srv->reqlog)
+            mm_log("request log: on, writing to %s", cfg->log_requests);
+        else
+            mm_log("request log: cannot turn it on: out of memory");
+    }
+}
+
 /* Stage cfg's listeners on its listen and admin addresses, resolved in
  * ss[0] and ss[1]. */
 static int stage_listeners(mm_server_t *srv, const config_t *cfg,
@@ -186,17 +221,9 @@ static void reload_finish(server_reload_t *rl)
         router_unref(prev);
         commit_listeners(srv, cfg, &st);
         store_retain(srv->store, server_configured, (void *)nr->cfg);
-        if (srv->reqlog && cfg->log_requests) /* a reload applies log.*, as any other key */
-            reqlog_configure(srv->reqlog, cfg->log_requests, cfg->log_sample, cfg->log_bodies);
-        if (srv->reqlog) reqlog_reopen(srv->reqlog); /* SIGHUP also rotates the request log */
+        reload_log(srv, cfg);
         /* What a worker started in place of a crashed one reloads to. */
         if (rl->text) keep_put_config(srv->keep, rl->text, rl->text_len);
-        /* Opening a log where there was none, or closing the one there is,
-         * is left to the next start: the shutdown's bounded flush knows one
-         * log, opened before the listeners. */
-        if ((srv->reqlog != NULL) != (cfg->log_requests != NULL))
-            mm_log("log.requests: %s the request log takes effect at the next start",
-                   srv->reqlog ? "turning off" : "turning on");
         srv->reloads++;
         tick_experiments(srv);
         mm_log("config reloaded from %s", srv->config_path);
@@ -286,7 +313,6 @@ static int running_listener_addr(const mm_server_t *srv, const cfg_addr_t *a,
 
 static void reload_with(mm_server_t *srv, config_t *cfg, char *text, size_t text_len,
                         reload_waiter_t *waiters);
-static void pool_warm(mm_server_t *srv);
 static int config_has_names(const config_t *cfg);
 
 static void reload_begin(mm_server_t *srv, reload_waiter_t *waiters)
@@ -419,8 +445,11 @@ static void close_handle(uv_handle_t *h)
 
 static void on_reqlog_closed(void *arg)
 {
-    mm_server_t *srv = arg; /* the last handle: the loop ends when it has closed */
-    close_handle((uv_handle_t *)&srv->drain_timer);
+    mm_server_t *srv = arg;
+    /* Once the store is flushed, the drain timer is the last handle: the
+     * loop ends when it has closed. */
+    if (--srv->reqlogs_closing == 0 && srv->store_flushed)
+        close_handle((uv_handle_t *)&srv->drain_timer);
 }
 
 /* The request log's last write has not returned within drain_timeout_ms:
@@ -440,14 +469,13 @@ static void on_reqlog_stuck(uv_timer_t *t)
 static void on_store_flushed(void *arg)
 {
     mm_server_t *srv = arg;
-    if (srv->reqlog) {
+    srv->store_flushed = 1;
+    if (srv->reqlog) close_reqlog(srv);
+    if (srv->reqlogs_closing) /* also one a reload turned off, still writing */
         uv_timer_start(&srv->drain_timer, on_reqlog_stuck,
                        (uint64_t)server_config(srv)->limits.drain_timeout_ms, 0);
-        reqlog_close(srv->reqlog, on_reqlog_closed, srv);
-        srv->reqlog = NULL;
-    } else {
+    else
         close_handle((uv_handle_t *)&srv->drain_timer);
-    }
     close_handle((uv_handle_t *)&srv->tick_timer);
     /* Closing the last signal handle gives the signal its default action back, so a
      * second stop signal now (a supervisor repeating itself) would kill us while the
@@ -597,7 +625,7 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
     if (srv->router == NULL) goto err;
     if (cfg->log_requests) {
         srv->reqlog = reqlog_open(loop, cfg->log_requests, cfg->log_sample, cfg->log_bodies,
-                                  seed ^ 0x5bd1e995u, err, errlen);
+                                  REQLOG_SEED(seed), &srv->reqlog_counts, err, errlen);
         if (srv->reqlog == NULL) goto err;
     }
     srv->listeners = (mm_listeners_t){loop, proxy_on_connection, srv, reuseport, NULL, NULL};

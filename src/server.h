@@ -20,6 +20,13 @@
 
 typedef struct conn_s conn_t;
 typedef struct reqlog_s reqlog_t;
+
+/* Request log lines written and dropped, and write and open failures: the
+ * server's, so that they go on across the logs a reload turns off and on
+ * (reqlog.h). */
+typedef struct {
+    uint64_t written, dropped, errors;
+} reqlog_counts_t;
 typedef struct mm_keep mm_keep_t;
 
 #define MM_MAX_WORKERS 256
@@ -40,7 +47,10 @@ typedef struct mm_server_s {
     char *config_path;
     router_t *router; /* current routing table; requests hold references */
     store_t *store;
-    reqlog_t *reqlog; /* NULL: no request log */
+    reqlog_t *reqlog;              /* NULL: no request log */
+    int reqlogs_closing;           /* logs closing (turned off by a reload, or at the shutdown) */
+    reqlog_counts_t reqlog_counts; /* every log's since the start */
+    int store_flushed; /* the shutdown has flushed the store: logs close, then the loop ends */
     metrics_t metrics;
     mm_rng_t rng;
     uint64_t seed;

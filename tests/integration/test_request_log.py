@@ -26,6 +26,12 @@ docs/admin-metrics-log.md "Request log"), black box.
      log.bodies. They used to be read at start only, and a reload that
      changed them was silently ignored; a path that cannot be opened keeps
      the previous file and is tried again at the next reload.
+  8. a reload turns the log on (log.requests set where it was null) and off
+     (null): lines start and stop with the reload, and a path that cannot be
+     opened is logged, serves on, and is opened by a later reload. These
+     used to wait for the next start.
+  9. SIGTERM still exits 0 within about drain_timeout_ms when the log a
+     reload turned off is stuck on a write that never returns.
 """
 import base64
 import json
@@ -264,15 +270,86 @@ class ReloadedSettings(mmtest.MMTestCase):
         mmtest.eventually(lambda: "reopen failed" in mm.log(), timeout=10)
 
 
+def log_counter(admin, what):
+    """modelmux_requestlog_<what>_total from /metrics (None: not exported)."""
+    name = "modelmux_requestlog_%s_total " % what
+    text = mmtest.request(admin, "GET", "/metrics")[2].decode()
+    got = [float(l[len(name):]) for l in text.splitlines() if l.startswith(name)]
+    return got[0] if got else None
+
+
+class ReloadedOnOff(mmtest.MMTestCase):
+    def test_a_reload_turns_the_log_on_and_off(self):
+        c = self.cluster
+        admin = mmtest.free_port()
+        m = champion_logged(c, admin_port=admin)
+        port, path, cfg, mm = m.port, m.log, m.cfg, m.proc
+
+        def send(tag, n=1):
+            for i in range(n):
+                self.assertEqual(mmtest.request(port, "GET", "/v1/rank?%s=%d" % (tag, i))[0], 200)
+
+        def reload(requests):
+            cfg["log"] = {"requests": requests}
+            c.write_config(cfg, "modelmux.json")
+            st, _, body = mmtest.request(admin, "POST", "/reload")
+            self.assertEqual(st, 200, body)
+
+        send("on")
+        read_log(path, 1)
+        reload(None)
+        self.assertIn("request log: off (the lines in hand are written first)", mm.log())
+        send("off", 3)
+        blocker = c.path("blocker")
+        with open(blocker, "w"):
+            pass
+        reload(os.path.join(blocker, "requests.jsonl"))  # cannot be opened: serves on
+        mmtest.eventually(lambda: "cannot open: Not a directory; its lines are dropped" in mm.log())
+        send("unopened", 2)
+        reload(path)  # the next reload opens it
+        send("again", 2)
+        # The counters go on across the three logs: 1 + 2 lines written, the
+        # 2 sent while the path could not be opened dropped, that open failed.
+        mmtest.eventually(lambda: log_counter(admin, "written") == 3)
+        self.assertEqual((log_counter(admin, "dropped"), log_counter(admin, "errors")), (2, 1))
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log())
+        with open(path) as f:
+            got = [json.loads(line)["path"] for line in f]
+        self.assertEqual(got, ["/v1/rank?on=0", "/v1/rank?again=0", "/v1/rank?again=1"])
+
+    def test_a_log_turned_on_by_a_reload_writes_from_then_on(self):
+        c = self.cluster
+        champ = c.model_server("champion")
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        path = c.path("later/requests.jsonl")
+        cfg = mmtest.base_config(port, {"champion": champ.port}, [
+            {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
+             "arms": {"champion": 1}}], admin_port=admin)
+        mm = c.modelmux(cfg)
+        self.assertEqual(mmtest.request(port, "GET", "/v1/rank?before")[0], 200)
+        cfg["log"] = {"requests": path, "bodies": True}
+        c.write_config(cfg, "modelmux.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "config reloaded" in mm.log())
+        self.assertIn("request log: on, writing to %s" % path, mm.log())
+        self.assertEqual(mmtest.request(port, "POST", "/v1/rank?after", b"xyz")[0], 200)
+        line, = read_log(path, 1)
+        self.assertEqual((line["path"], base64.b64decode(line["body_b64"])),
+                         ("/v1/rank?after", b"xyz"))
+        mmtest.eventually(lambda: log_counter(admin, "written") == 1)
+
+
 class StalledLog(mmtest.MMTestCase):
-    def test_sigterm_exits_0_when_a_log_write_never_returns(self):
+    def stalled(self):
+        """modelmux logging to a FIFO whose reader never reads, with some
+        540 KB of lines sent: once the pipe's 64 KiB are full, the log's
+        write blocks in libuv's thread pool. (mm, cfg)."""
         c = self.cluster
         champ = c.model_server("champion")
         port = mmtest.free_port()
         fifo = c.path("requests.fifo")
         os.mkfifo(fifo)
-        # A reader that never reads: once the pipe's 64 KiB are full, the
-        # log's write blocks in libuv's thread pool.
         reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         self.addCleanup(os.close, reader)
         cfg = mmtest.base_config(port, {"champion": champ.port}, [
@@ -281,16 +358,32 @@ class StalledLog(mmtest.MMTestCase):
             limits={"drain_timeout_ms": 500})
         mm = c.modelmux(cfg)
         body = b"x" * 4000
-        for _ in range(100):  # some 540 KB of lines
+        for _ in range(100):
             self.assertEqual(mmtest.request(port, "POST", "/v1/rank", body)[0], 200)
-        time.sleep(0.5)  # a flush is due every 200 ms: one is now blocked
+        return mm, cfg
+
+    def assertStopsWith0(self, mm):
         mm.signal(signal.SIGTERM)
         try:
             status = mm.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.fail("modelmux still running 10 s after SIGTERM; log:\n" + mm.log())
         self.assertEqual(status, 0, mm.log())
+
+    def test_sigterm_exits_0_when_a_log_write_never_returns(self):
+        mm, _ = self.stalled()
+        time.sleep(0.5)  # a flush is due every 200 ms: one is now blocked
+        self.assertStopsWith0(mm)
         self.assertIn("request log", mm.log())
+
+    def test_sigterm_exits_0_when_the_log_a_reload_turned_off_is_stuck(self):
+        mm, cfg = self.stalled()
+        cfg["log"] = {"requests": None}
+        self.cluster.write_config(cfg, "modelmux.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "request log: off" in mm.log())
+        self.assertStopsWith0(mm)
+        self.assertIn("request log: a write has not returned", mm.log())
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ static void on_closed(void *arg)
 static reqlog_t *open_log(fx_t *f, const char *path, double sample, int bodies)
 {
     char err[256];
-    reqlog_t *l = reqlog_open(&f->loop, path, sample, bodies, 42, err, sizeof(err));
+    reqlog_t *l = reqlog_open(&f->loop, path, sample, bodies, 42, NULL, err, sizeof(err));
     if (l == NULL) fail_msg("reqlog_open: %s", err);
     return l;
 }
@@ -485,9 +485,61 @@ static void test_unopenable_path_is_an_error_at_open(void **state)
     assert_non_null(fp);
     fclose(fp);
     snprintf(path, sizeof(path), "%s/log.jsonl", blocker);
-    reqlog_t *l = reqlog_open(&f->loop, path, 1.0, 0, 1, err, sizeof(err));
+    reqlog_t *l = reqlog_open(&f->loop, path, 1.0, 0, 1, NULL, err, sizeof(err));
     assert_null(l);
     assert_non_null(strstr(err, path));
+}
+
+/* A reload turning the log on: the lines written before its open (in the
+ * thread pool) completes are kept and written, and the counts are the
+ * caller's, shared with the log before it. */
+static void test_a_started_log_opens_off_the_loop_and_keeps_the_lines_meanwhile(void **state)
+{
+    fx_t *f = *state;
+    reqlog_counts_t counts = {.written = 7, .dropped = 1, .errors = 0}; /* an earlier log's */
+    reqlog_t *l = reqlog_start(&f->loop, f->path, 1.0, 0, 1, &counts);
+    assert_non_null(l);
+    reqlog_entry_t e = basic_entry();
+    for (int i = 0; i < 3; i++) reqlog_write(l, &e);
+    wait_written(f, l, 7 + 3);
+    json_t *lines[4];
+    assert_int_equal(read_lines(f->path, lines, 4), 3);
+    for (int i = 0; i < 3; i++) json_decref(lines[i]);
+    close_log(f, l);
+    assert_int_equal(counts.written, 10);
+    assert_int_equal(counts.dropped, 1);
+}
+
+/* A path that cannot be opened: lines are dropped and counted until a
+ * reopen (the next reload) opens one. */
+static void test_a_started_log_that_cannot_open_drops_lines_until_a_reopen(void **state)
+{
+    fx_t *f = *state;
+    char blocker[128], path[200];
+    snprintf(blocker, sizeof(blocker), "%s/file", f->dir);
+    FILE *fp = fopen(blocker, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    snprintf(path, sizeof(path), "%s/log.jsonl", blocker);
+    reqlog_counts_t counts = {0};
+    reqlog_t *l = reqlog_start(&f->loop, path, 1.0, 0, 1, &counts);
+    assert_non_null(l);
+    reqlog_entry_t e = basic_entry();
+    reqlog_write(l, &e);
+    reqlog_write(l, &e);
+    for (int i = 0; i < 1000 && counts.dropped < 2; i++) uv_run(&f->loop, UV_RUN_ONCE);
+    assert_int_equal(counts.dropped, 2);
+    assert_int_equal(counts.errors, 1);
+    assert_int_equal(counts.written, 0);
+    reqlog_configure(l, f->path, 1.0, 0);
+    reqlog_reopen(l);
+    reqlog_write(l, &e);
+    wait_written(f, l, 1);
+    json_t *lines[2];
+    assert_int_equal(read_lines(f->path, lines, 2), 1);
+    json_decref(lines[0]);
+    close_log(f, l);
+    assert_int_equal(counts.dropped, 2);
 }
 
 /* ---- the proxy hook ---- */
@@ -606,6 +658,10 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_write_errors_are_counted_not_fatal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unopenable_path_is_an_error_at_open, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_started_log_opens_off_the_loop_and_keeps_the_lines_meanwhile, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_started_log_that_cannot_open_drops_lines_until_a_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_request_hook_logs_data_plane_requests_only, setup,
                                         teardown),
     };
