@@ -442,7 +442,7 @@ static int scrape_socket(int *port)
  * worker, the counters it showed scrapes and the config the group reloaded
  * to. */
 typedef struct {
-    int grouped;     /* 0: no scrape sockets (they could not be made) */
+    int grouped;     /* 0: no scrape sockets (no admin listener, or they failed) */
     mm_keep_t *keep; /* NULL: none (could not be mapped; logged) */
     int fds[256], ports[256];
 } group_inherit_t;
@@ -510,8 +510,9 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
 {
     pid_t pids[256];
     static group_inherit_t gi; /* 2 KiB: not on the stack of the waiting parent */
-    /* Made without an admin listener too: a reload may add one. */
-    gi.grouped = 1;
+    /* Only with an admin listener: a group configured without one gets no
+     * listener it did not ask for (a reload that adds one says so). */
+    gi.grouped = cfg->has_admin;
     for (int i = 0; i < n && gi.grouped; i++) {
         gi.fds[i] = scrape_socket(&gi.ports[i]);
         if (gi.fds[i] < 0) {

@@ -183,7 +183,11 @@ static void commit_listeners(mm_server_t *srv, const config_t *cfg, mm_listen_st
     if (srv->listeners.data_l != data)
         mm_log("reload: listening on %s", cfg_addr_str(&cfg->listen, name, sizeof(name)));
     if (srv->listeners.admin_l != admin && cfg->has_admin)
-        mm_log("reload: admin on %s", cfg_addr_str(&cfg->admin_listen, name, sizeof(name)));
+        mm_log("reload: admin on %s%s", cfg_addr_str(&cfg->admin_listen, name, sizeof(name)),
+               srv->group_parent && !scrape_group_active(srv)
+                   ? " (this --workers group started without one: /metrics reports the worker a "
+                     "scrape reaches until a restart)"
+                   : "");
     else if (srv->listeners.admin_l != admin)
         mm_log("reload: the admin listener is closed (no admin in the config)");
 }

@@ -186,6 +186,27 @@ class WorkersLifecycle(mmtest.MMTestCase):
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
+    def test_an_admin_listener_a_reload_adds_to_a_group_says_what_its_metrics_cover(self):
+        """A group started without an admin listener has no private scrape
+        sockets (no listener it did not ask for): a reload that adds one
+        serves the admin API on every worker, and says that /metrics covers
+        the worker a scrape reaches until a restart."""
+        cfg = self.config(100, 0)
+        del cfg["admin"]
+        mm = self.cluster.modelmux(cfg, "--workers", 2, name="w")
+        mmtest.eventually(lambda: mm.log().count("listening on") == 2, timeout=5)
+        self.cluster.write_config(self.config(100, 0), "w.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 2, timeout=5)
+        self.assertEqual(mm.log().count(
+            "reload: admin on 127.0.0.1:%d (this --workers group started without one: /metrics "
+            "reports the worker a scrape reaches until a restart)" % self.admin), 2)
+        self.assertEqual(self.arms(10), {"champion"})
+        for _ in range(4):
+            self.assertEqual(mmtest.request(self.admin, "GET", "/metrics")[0], 200)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
     def start_with_path(self, bindir):
         """modelmux --workers 2 on the memory store, with PATH=bindir only:
         (exit status, stderr)."""
