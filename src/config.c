@@ -783,12 +783,54 @@ static int parse_store_auth(cx_t *cx, const json_t *o, cfg_store_t *st)
     return 0;
 }
 
+/* store.sentinel: {"master": NAME, "nodes": ["host:port", ...]}, instead of
+ * host and port. */
+static int parse_sentinel(cx_t *cx, const json_t *o, cfg_store_t *st)
+{
+    static const char *const keys[] = {"master", "nodes", NULL};
+    int rc;
+    const json_t *sn = get_object(cx, o, "/store", "sentinel", &rc);
+    if (sn == NULL) return rc;
+    if (json_object_get(o, "host") || json_object_get(o, "port"))
+        return cerr(cx, "/store/sentinel", 1,
+                    "store.sentinel: not together with store.host or store.port (the Sentinels "
+                    "name the primary)");
+    if (check_keys(cx, sn, "/store/sentinel", keys, NULL) < 0) return -1;
+    const char *master;
+    if (get_string(cx, sn, "/store/sentinel", "master", NULL, &master) < 0) return -1;
+    if (master == NULL) return missing(cx, "/store/sentinel", "master");
+    if (!mm_valid_name(master, strlen(master)))
+        return type_error(cx, "/store/sentinel/master", json_object_get(sn, "master"),
+                          "1-64 characters of [A-Za-z0-9_.-]");
+    snprintf(st->sentinel_master, sizeof(st->sentinel_master), "%s", master);
+    const json_t *nodes = json_object_get(sn, "nodes");
+    if (nodes == NULL) return missing(cx, "/store/sentinel", "nodes");
+    if (!json_is_array(nodes))
+        return type_error(cx, "/store/sentinel/nodes", nodes, "an array of \"host:port\"");
+    if (json_array_size(nodes) < 1 || json_array_size(nodes) > MM_MAX_SENTINELS)
+        return cerr(cx, "/store/sentinel/nodes", 0,
+                    "store.sentinel.nodes: expected 1-%d addresses, got %zu", MM_MAX_SENTINELS,
+                    json_array_size(nodes));
+    for (size_t i = 0; i < json_array_size(nodes); i++) {
+        const json_t *v = json_array_get(nodes, i);
+        char p[PTR_MAX], d[256], g[300];
+        snprintf(p, sizeof(p), "/store/sentinel/nodes/%zu", i);
+        const char *why = "not a string";
+        if (!json_is_string(v) || parse_addr(json_string_value(v), &st->sentinels[i], &why) != 0)
+            return cerr(cx, p, 0,
+                        "%s: bad address %s: %s; expected \"host:port\" or \"[ipv6]:port\"",
+                        dotted(cx, p, d, sizeof(d)), show(v, g, sizeof(g)), why);
+    }
+    st->n_sentinels = (int)json_array_size(nodes);
+    return 0;
+}
+
 static int parse_store(cx_t *cx)
 {
     static const char *const memory_keys[] = {"type", NULL};
     static const char *const redis_keys[] = {"type",    "host",     "port",     "prefix",
                                              "sync_ms", "username", "password", "password_env",
-                                             "db",      NULL};
+                                             "db",      "sentinel", NULL};
     cfg_store_t *st = &cx->c->store;
     st->type = STORE_MEMORY;
     snprintf(st->host, sizeof(st->host), "127.0.0.1");
@@ -824,6 +866,7 @@ static int parse_store(cx_t *cx)
     snprintf(st->prefix, sizeof(st->prefix), "%s", prefix);
     if (get_int_field(cx, o, "/store", "sync_ms", 100, 1, 60000, &st->sync_ms) < 0) return -1;
     if (get_int_field(cx, o, "/store", "db", 0, 0, INT_MAX, &st->db) < 0) return -1;
+    if (parse_sentinel(cx, o, st) < 0) return -1;
     return parse_store_auth(cx, o, st);
 }
 

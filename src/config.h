@@ -66,6 +66,8 @@ typedef struct {
 
 typedef enum { STORE_MEMORY = 0, STORE_REDIS } cfg_store_type_t;
 
+#define MM_MAX_SENTINELS 8
+
 typedef struct {
     cfg_store_type_t type;
     char host[256];
@@ -78,6 +80,11 @@ typedef struct {
     char username[256];
     char password[512];
     int db; /* default 0 */
+    /* store.sentinel: the primary is the one these Sentinels name
+     * sentinel_master (sentinel.h); host and port are then unused. */
+    char sentinel_master[MM_NAME_MAX + 1];
+    cfg_addr_t sentinels[MM_MAX_SENTINELS];
+    int n_sentinels; /* 0: no Sentinel, host and port are the primary */
 } cfg_store_t;
 
 typedef struct {

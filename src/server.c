@@ -594,12 +594,14 @@ static void pool_warm(mm_server_t *srv)
     pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
 }
 
-/* Some upstream of cfg is a host name (looked up in the thread pool). */
+/* Some upstream of cfg is a host name (looked up in the thread pool), or
+ * Redis Sentinels are asked where the primary is: they may name one, and
+ * their first question comes once the signals are unblocked. */
 static int config_has_names(const config_t *cfg)
 {
     for (size_t i = 0; i < cfg->n_upstreams; i++)
         if (mm_addr_is_name(&cfg->upstreams[i].addr)) return 1;
-    return 0;
+    return cfg->store.type == STORE_REDIS && cfg->store.n_sentinels > 0;
 }
 
 /* ---- start ---- */

@@ -45,14 +45,11 @@
  * written on reconnect. A host name is resolved in libuv's thread pool at
  * each connect (redis_connect), never on the loop.
  *
- * Event-loop glue: our own, not hiredis/adapters/libuv.h. libuv reports
- * POLLERR (a refused connect, a reset connection) as a poll error and stops
- * the handle; the stock 0.14 adapter ignores such events, so hiredis never
- * learns that the connection failed and every failure turns into a timeout.
- * Ours hands the socket to hiredis, which finds the error itself.
+ * Event-loop glue: our own (redis_glue.h), not hiredis/adapters/libuv.h.
  *
- * Handles: three timers owned here, and the connection's poll handle owned
- * by the glue; each freed in its close callback. */
+ * Handles: three timers owned here, the connection's poll handle owned by
+ * the glue, and with store.sentinel the Sentinel client's (sentinel.h);
+ * each freed in its close callback. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
@@ -70,6 +67,8 @@
 
 #include "addr.h"
 #include "log.h"
+#include "redis_glue.h"
+#include "sentinel.h"
 #include "store_internal.h"
 
 #define BACKOFF_MIN_MS     100u
@@ -292,9 +291,15 @@ struct store_redis_s {
     int readonly;          /* a replica answered READONLY and no write has been taken since */
     unsigned backoff_ms;
     uv_timer_t sync_timer, conn_timer, deadline_timer;
-    uv_getaddrinfo_t gai; /* store.host is a name: its lookup */
+    uv_getaddrinfo_t gai; /* at_host is a name: its lookup */
     int resolving;
-    int open_handles; /* the timers, and the lookup while it runs */
+    /* The primary connected to: store.host and port, or with store.sentinel
+     * what the Sentinels named last ("" until they named one). */
+    char at_host[256];
+    int at_port;
+    sentinel_t *sentinel; /* store.sentinel: asked at each connect */
+    int asking;           /* a question to the Sentinels is in flight */
+    int open_handles;     /* the timers, and the lookup while it runs */
     int timers_closing;
     uint64_t seq;
     char instance[128]; /* HOSTNAME-PID-NONCE: the seq keys */
@@ -365,7 +370,14 @@ static void note(const store_redis_t *r, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    mm_log("store: redis %s:%d: %s", r->s->cfg.host, r->s->cfg.port, msg);
+    const cfg_store_t *c = &r->s->cfg;
+    if (c->n_sentinels == 0)
+        mm_log("store: redis %s:%d: %s", r->at_host, r->at_port, msg);
+    else if (r->at_host[0])
+        mm_log("store: redis %s (Sentinel) at %s:%d: %s", c->sentinel_master, r->at_host,
+               r->at_port, msg);
+    else
+        mm_log("store: redis %s (Sentinel): %s", c->sentinel_master, msg);
 }
 
 /* Whether `now` differs from the condition last logged in `last` (cap
@@ -386,94 +398,6 @@ static int can_send(const store_redis_t *r)
 static void key_of(char *out, const store_redis_t *r, const char *mid, const char *name)
 {
     snprintf(out, STORE_KEY_MAX, "%s:%s%s", r->s->cfg.prefix, mid, name);
-}
-
-/* ---- event-loop glue (see the opening comment) ---- */
-
-typedef struct {
-    redisAsyncContext *ac; /* NULL once hiredis let go */
-    uv_poll_t poll;
-    int events;
-} glue_t;
-
-static void glue_on_poll(uv_poll_t *h, int status, int events)
-{
-    glue_t *g = h->data;
-    if (status < 0) {
-        /* POLLERR: reading makes hiredis see the socket error (or the
-         * failed connect) and disconnect. */
-        if (g->ac) redisAsyncHandleRead(g->ac);
-        return;
-    }
-    if (g->ac && (events & UV_READABLE)) redisAsyncHandleRead(g->ac);
-    if (g->ac && (events & UV_WRITABLE)) redisAsyncHandleWrite(g->ac);
-}
-
-static void glue_update(glue_t *g)
-{
-    if (g->events)
-        uv_poll_start(&g->poll, g->events, glue_on_poll);
-    else
-        uv_poll_stop(&g->poll);
-}
-
-static void glue_add_read(void *p)
-{
-    glue_t *g = p;
-    g->events |= UV_READABLE;
-    glue_update(g);
-}
-
-static void glue_del_read(void *p)
-{
-    glue_t *g = p;
-    g->events &= ~UV_READABLE;
-    glue_update(g);
-}
-
-static void glue_add_write(void *p)
-{
-    glue_t *g = p;
-    g->events |= UV_WRITABLE;
-    glue_update(g);
-}
-
-static void glue_del_write(void *p)
-{
-    glue_t *g = p;
-    g->events &= ~UV_WRITABLE;
-    glue_update(g);
-}
-
-static void glue_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-static void glue_cleanup(void *p)
-{
-    glue_t *g = p;
-    g->ac = NULL;
-    uv_close((uv_handle_t *)&g->poll, glue_closed);
-}
-
-static int glue_attach(redisAsyncContext *ac, uv_loop_t *loop)
-{
-    glue_t *g = calloc(1, sizeof(*g));
-    if (g == NULL) return -1;
-    if (uv_poll_init(loop, &g->poll, ac->c.fd) != 0) {
-        free(g);
-        return -1;
-    }
-    g->ac = ac;
-    g->poll.data = g;
-    ac->ev.data = g;
-    ac->ev.addRead = glue_add_read;
-    ac->ev.delRead = glue_del_read;
-    ac->ev.addWrite = glue_add_write;
-    ac->ev.delWrite = glue_del_write;
-    ac->ev.cleanup = glue_cleanup;
-    return 0;
 }
 
 /* ---- connection ---- */
@@ -520,6 +444,11 @@ static void on_timer_closed(uv_handle_t *h)
     release(h->data);
 }
 
+static void on_sentinel_closed(void *arg)
+{
+    release(arg);
+}
+
 static void close_timers(store_redis_t *r)
 {
     /* A lookup not yet started in the pool ends now; one that runs ends
@@ -527,6 +456,8 @@ static void close_timers(store_redis_t *r)
     if (r->resolving) uv_cancel((uv_req_t *)&r->gai);
     if (r->timers_closing) return;
     r->timers_closing = 1;
+    if (r->sentinel) sentinel_close(r->sentinel, on_sentinel_closed, r);
+    r->sentinel = NULL;
     uv_close((uv_handle_t *)&r->sync_timer, on_timer_closed);
     uv_close((uv_handle_t *)&r->conn_timer, on_timer_closed);
     uv_close((uv_handle_t *)&r->deadline_timer, on_timer_closed);
@@ -658,7 +589,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
 
 static void connect_to(store_redis_t *r, const char *addr)
 {
-    redisAsyncContext *ac = redisAsyncConnect(addr, r->s->cfg.port);
+    redisAsyncContext *ac = redisAsyncConnect(addr, r->at_port);
     if (ac == NULL || ac->err) {
         went_down(r, ac ? ac->errstr : "out of memory");
         if (ac) redisAsyncFree(ac);
@@ -666,7 +597,7 @@ static void connect_to(store_redis_t *r, const char *addr)
         return;
     }
     ac->data = r;
-    if (glue_attach(ac, r->s->loop) != 0) {
+    if (redis_glue_attach(ac, r->s->loop) != 0) {
         went_down(r, "cannot attach to the event loop");
         redisAsyncFree(ac);
         schedule_reconnect(r);
@@ -694,7 +625,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     r->open_handles--; /* not the last: the timers are open while not closing */
     if (addr[0] == '\0') {
         char why[300];
-        snprintf(why, sizeof(why), "cannot resolve %s: %s", r->s->cfg.host,
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", r->at_host,
                  status < 0 ? uv_strerror(status) : "no address");
         went_down(r, why);
         schedule_reconnect(r);
@@ -703,14 +634,13 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     connect_to(r, addr);
 }
 
-/* Connect, resolving a host name first in libuv's thread pool: a lookup may
- * take seconds (a DNS server that does not answer) and the loop routes
- * requests meanwhile. A numeric address is used as it is. While a lookup
- * runs it counts as an open handle, so the replicator outlives it. */
-static void redis_connect(store_redis_t *r)
+/* Connect to at_host, resolving a host name first in libuv's thread pool: a
+ * lookup may take seconds (a DNS server that does not answer) and the loop
+ * routes requests meanwhile. A numeric address is used as it is. While a
+ * lookup runs it counts as an open handle, so the replicator outlives it. */
+static void connect_primary(store_redis_t *r)
 {
-    if (r->resolving) return; /* its answer connects */
-    const char *host = r->s->cfg.host;
+    const char *host = r->at_host;
     unsigned char bin[sizeof(struct in6_addr)];
     if (inet_pton(AF_INET, host, bin) == 1 || inet_pton(AF_INET6, host, bin) == 1) {
         connect_to(r, host);
@@ -727,6 +657,41 @@ static void redis_connect(store_redis_t *r)
         went_down(r, why);
         schedule_reconnect(r);
     }
+}
+
+/* The Sentinels' answer (sentinel.h): where the primary is, or why none
+ * said. A new address is logged; the connection goes there. */
+static void on_primary(void *arg, const char *host, int port, const char *why)
+{
+    store_redis_t *r = arg;
+    r->asking = 0;
+    if (r->closing || r->destroying) return;
+    if (host == NULL) {
+        char down[700];
+        snprintf(down, sizeof(down), "no Sentinel named the primary: %s", why);
+        went_down(r, down);
+        schedule_reconnect(r);
+        return;
+    }
+    if (strcmp(host, r->at_host) != 0 || port != r->at_port) {
+        snprintf(r->at_host, sizeof(r->at_host), "%s", host);
+        r->at_port = port;
+        note(r, "the Sentinels name this the primary");
+    }
+    connect_primary(r);
+}
+
+/* Connect: to store.host, or where the Sentinels say the primary is now
+ * (asked at every connect, so a failover is followed by the next one). */
+static void redis_connect(store_redis_t *r)
+{
+    if (r->resolving || r->asking) return; /* its answer connects */
+    if (r->sentinel == NULL) {
+        connect_primary(r);
+        return;
+    }
+    r->asking = 1;
+    sentinel_ask(r->sentinel, on_primary, r);
 }
 
 /* Backoff over (connect again), or a connect/PING took too long. */
@@ -1195,7 +1160,7 @@ static void on_readonly(store_redis_t *r, redisAsyncContext *ac)
         note(r,
              "%s:%d is a read-only replica (READONLY); connecting again until it leads to a "
              "primary",
-             r->s->cfg.host, r->s->cfg.port);
+             r->at_host, r->at_port);
     r->readonly = 1;
     redisAsyncDisconnect(ac); /* after the replies still due on it */
 }
@@ -2362,16 +2327,23 @@ static void sanitize(char *p)
 store_redis_t *store_redis_create(store_t *s, char *err, size_t errlen)
 {
     const cfg_store_t *c = &s->cfg;
-    if (c->host[0] == '\0' || c->port <= 0 || c->port > 65535 || c->sync_ms <= 0) {
+    if ((c->n_sentinels == 0 && (c->host[0] == '\0' || c->port <= 0 || c->port > 65535)) ||
+        c->sync_ms <= 0) {
         snprintf(err, errlen, "store: redis needs a host, a port in 1..65535 and sync_ms > 0");
         return NULL;
     }
     store_redis_t *r = calloc(1, sizeof(*r));
-    if (r == NULL) {
+    if (r == NULL ||
+        (c->n_sentinels && (r->sentinel = sentinel_new(s->loop, c, CONNECT_TIMEOUT_MS)) == NULL)) {
+        free(r);
         snprintf(err, errlen, "store: out of memory");
         return NULL;
     }
     r->s = s;
+    if (c->n_sentinels == 0) {
+        snprintf(r->at_host, sizeof(r->at_host), "%s", c->host);
+        r->at_port = c->port;
+    }
     r->backoff_ms = BACKOFF_MIN_MS;
     r->rq_max = STORE_REQ_QUEUE_DEFAULT;
 
@@ -2390,7 +2362,7 @@ store_redis_t *store_redis_create(store_t *s, char *err, size_t errlen)
     uv_timer_init(s->loop, &r->conn_timer);
     uv_timer_init(s->loop, &r->deadline_timer);
     r->sync_timer.data = r->conn_timer.data = r->deadline_timer.data = r;
-    r->open_handles = 3;
+    r->open_handles = 3 + (r->sentinel != NULL);
     uv_timer_start(&r->sync_timer, on_sync_timer, (uint64_t)c->sync_ms, (uint64_t)c->sync_ms);
     redis_connect(r); /* failing is fine: routing goes on, we retry */
     return r;

@@ -3,7 +3,9 @@ the environment), AUTH with an ACL user, SELECT of a database, a refused AUTH
 (reported, routing goes on, the password never logged), and a host name
 resolved off the event loop (an unresolvable one is reported and retried),
 and a failover: an address that leads to a replica (READONLY) is connected
-again until it leads to the primary.
+again until it leads to the primary. With store.sentinel the primary is the
+one a Sentinel names (a node that does not answer is skipped), and a
+failover the Sentinel makes is followed.
 Each test starts its own redis-server, since the suite's shared one has no
 password."""
 import json
@@ -194,6 +196,58 @@ class RedisConnection(mmtest.MMTestCase):
         self.assertIn("accepted again", mm.log())
         self.send(mm, 5)
         mmtest.eventually(lambda: self.pulls(primary, []) == 15)
+
+    def start_sentinel(self, primary):
+        """A Sentinel watching `primary` as master "mm" (quorum 1): its port."""
+        port = mmtest.free_port()
+        conf = self.cluster.path("sentinel-%d.conf" % port)  # Sentinel rewrites its file
+        with open(conf, "w") as f:
+            f.write("port %d\nbind 127.0.0.1\ndir %s\n"
+                    "sentinel monitor mm 127.0.0.1 %d 1\n"
+                    "sentinel down-after-milliseconds mm 1000\n"
+                    "sentinel failover-timeout mm 5000\n" % (port, self.cluster.dir, primary))
+        proc = self.cluster._start([REDIS_SERVER, conf, "--sentinel"], "sentinel-" + str(port))
+        mmtest.wait_port(port, proc.p)
+        return port
+
+    def test_sentinel_names_the_primary_and_a_failover_is_followed(self):
+        primary = self.start_redis()
+        replica = self.start_redis("--replicaof", "127.0.0.1", str(primary))
+        sentinel = self.start_sentinel(primary)
+        mmtest.eventually(lambda: "master_link_status:up" in
+                          " ".join(self.cli(replica, [], "INFO", "replication")))
+        mmtest.eventually(lambda: str(replica) in " ".join(
+            self.cli(sentinel, [], "SENTINEL", "replicas", "mm")), timeout=20)
+        dead = mmtest.free_port()  # a node that does not answer is skipped
+        mm = self.start_mm({"sentinel": {"master": "mm", "nodes": [
+            "127.0.0.1:%d" % dead, "127.0.0.1:%d" % sentinel]}})
+        self.send(mm, 10)
+        mmtest.eventually(lambda: self.pulls(primary, []) == 10)
+        self.assertEqual(self.readyz_store(mm), "up")
+        self.assertIn("store: redis mm (Sentinel) at 127.0.0.1:%d: the Sentinels name this the "
+                      "primary" % primary, mm.log())
+
+        self.assertEqual(self.cli(sentinel, [], "SENTINEL", "FAILOVER", "mm"), ["OK"])
+        # The old primary is made a replica: its READONLY sends modelmux back
+        # to the Sentinels, which name the new one.
+        mmtest.eventually(lambda: "at 127.0.0.1:%d: the Sentinels name this the primary"
+                          % replica in mm.log(), timeout=30)
+        self.send(mm, 5)
+        mmtest.eventually(lambda: self.pulls(replica, []) == 15, timeout=20)
+        mmtest.eventually(lambda: self.readyz_store(mm) == "up")
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
+    def test_no_sentinel_answering_is_reported_and_routing_goes_on(self):
+        dead = mmtest.free_port()
+        mm = self.start_mm({"sentinel": {"master": "mm", "nodes": ["127.0.0.1:%d" % dead]}})
+        self.send(mm, 5)
+        mmtest.eventually(lambda: "store: redis mm (Sentinel): down (no Sentinel named the "
+                          "primary: 127.0.0.1:%d: Connection refused); retrying" % dead
+                          in mm.log())
+        self.assertEqual(self.readyz_store(mm), "down")
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
 
 if __name__ == "__main__":

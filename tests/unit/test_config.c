@@ -442,6 +442,50 @@ static void test_store_redis_defaults_and_errors(void **state)
                  "t.json:1:11: store.type is required");
 }
 
+/* store.sentinel: the master's name and 1-8 nodes, instead of host and
+ * port; each error at the value (or key) it is about. */
+static void test_store_redis_sentinel(void **state)
+{
+    (void)state;
+    config_t *c = parse_ok("{\"store\": {\"type\": \"redis\", \"sentinel\": {\"master\": \"mm\", "
+                           "\"nodes\": [\"10.0.0.1:26379\", \"sentinel.internal:26380\", "
+                           "\"[::1]:26381\"]}}, " UPS ", \"experiments\": []}");
+    assert_string_equal(c->store.sentinel_master, "mm");
+    assert_int_equal(c->store.n_sentinels, 3);
+    assert_string_equal(c->store.sentinels[0].host, "10.0.0.1");
+    assert_int_equal(c->store.sentinels[0].port, 26379);
+    assert_string_equal(c->store.sentinels[1].host, "sentinel.internal");
+    assert_string_equal(c->store.sentinels[2].host, "::1");
+    assert_int_equal(c->store.sentinels[2].port, 26381);
+    config_free(c);
+    c = parse_ok("{\"store\": {\"type\": \"redis\"}, " UPS ", \"experiments\": []}");
+    assert_int_equal(c->store.n_sentinels, 0);
+    config_free(c);
+    expect_error("{\"store\": {\"type\": \"redis\", \"port\": 6380, \"sentinel\": {\"master\": "
+                 "\"mm\", \"nodes\": [\"127.0.0.1:26379\"]}}, " UPS ", \"experiments\": []}",
+                 "t.json:1:43: store.sentinel: not together with store.host or store.port (the "
+                 "Sentinels name the primary)");
+    expect_error(
+        "{\"store\": {\"type\": \"redis\", \"sentinel\": {\"nodes\": [\"127.0.0.1:1\"]}}, " UPS
+        ", \"experiments\": []}",
+        "t.json:1:41: store.sentinel.master is required");
+    expect_error("{\"store\": {\"type\": \"redis\", \"sentinel\": {\"master\": \"m m\", \"nodes\": "
+                 "[\"127.0.0.1:1\"]}}, " UPS ", \"experiments\": []}",
+                 "t.json:1:52: store.sentinel.master must be 1-64 characters of [A-Za-z0-9_.-], "
+                 "got \"m m\"");
+    expect_error(
+        "{\"store\": {\"type\": \"redis\", \"sentinel\": {\"master\": \"mm\", \"nodes\": []}}, " UPS
+        ", \"experiments\": []}",
+        "t.json:1:67: store.sentinel.nodes: expected 1-8 addresses, got 0");
+    expect_error("{\"store\": {\"type\": \"redis\", \"sentinel\": {\"master\": \"mm\", \"nodes\": "
+                 "[\"127.0.0.1:1\", \"nohost\"]}}, " UPS ", \"experiments\": []}",
+                 "t.json:1:83: store.sentinel.nodes[1]: bad address \"nohost\": missing \":port\"; "
+                 "expected \"host:port\" or \"[ipv6]:port\"");
+    expect_error("{\"store\": {\"type\": \"redis\", \"sentinel\": {\"master\": \"mm\", \"nodes\": "
+                 "[\"127.0.0.1:1\"], \"quorum\": 2}}, " UPS ", \"experiments\": []}",
+                 "t.json:1:84: unknown key store.sentinel.quorum (allowed here: master, nodes)");
+}
+
 static void test_store_redis_auth(void **state)
 {
     (void)state;
@@ -1010,6 +1054,7 @@ int main(void)
         cmocka_unit_test(test_admin_token_must_be_usable),
         cmocka_unit_test(test_store_redis_defaults_and_errors),
         cmocka_unit_test(test_store_redis_auth),
+        cmocka_unit_test(test_store_redis_sentinel),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_log_and_limits_values),
         cmocka_unit_test(test_bad_upstream_name),

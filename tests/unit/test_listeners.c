@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include "listeners.h"
+#include "ports.h"
 
 /* The probes' connections are not accepted (libuv then stops polling the
  * listener until one is): only closes matter here. */
@@ -91,19 +92,6 @@ static void finish(fixture_t *f)
     assert_int_equal(uv_loop_close(&f->loop), 0); /* every handle closed (and freed: ASan) */
 }
 
-/* A port nothing listens on: bound, then closed. */
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(a);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* Stage data_port and admin_port (-1: no admin), which must succeed. */
 static void stage_ok(fixture_t *f, int data_port, int admin_port, mm_listen_stage_t *st)
 {
@@ -154,7 +142,7 @@ static void test_a_move_listens_on_the_new_address_and_closes_the_old(void **sta
     fixture_t f;
     start(&f);
     uv_tcp_t *admin = f.l.admin_l;
-    int moved = free_port();
+    int moved = test_free_port();
     mm_listen_stage_t st;
     stage_ok(&f, moved, f.admin_port, &st);
     assert_non_null(st.fresh[0]);
@@ -183,7 +171,7 @@ static void test_a_port_held_elsewhere_fails_the_stage_and_changes_nothing(void 
     assert_int_equal(bind(held_fd, (struct sockaddr *)&h, sizeof(h)), 0);
     assert_int_equal(listen(held_fd, 1), 0);
     assert_int_equal(getsockname(held_fd, (struct sockaddr *)&h, &len), 0);
-    int held = ntohs(h.sin_port), moved = free_port();
+    int held = ntohs(h.sin_port), moved = test_free_port();
     /* The data address binds, then the admin one fails: the first is closed again. */
     mm_listen_addr_t d = loopback(moved), a = loopback(held);
     mm_listen_stage_t st;
@@ -206,7 +194,7 @@ static void test_an_abort_closes_what_the_stage_bound(void **state)
     (void)state;
     fixture_t f;
     start(&f);
-    int moved = free_port();
+    int moved = test_free_port();
     mm_listen_stage_t st;
     stage_ok(&f, f.data_port, moved, &st);
     assert_true(listening(moved));
