@@ -96,6 +96,19 @@ void scrape_render_own(mm_server_t *srv, mm_buf_t *out)
         keep_put(srv->keep, srv->group.self, out->p ? out->p : "", out->len);
 }
 
+void scrape_keep_tick(mm_server_t *srv)
+{
+    mm_group_t *g = &srv->group;
+    if (srv->keep == NULL || !scrape_group_active(srv)) return;
+    uint64_t t0 = mm_now_us();
+    if (t0 < g->keep_next_us) return;
+    mm_buf_t b;
+    mm_buf_init(&b);
+    scrape_render_own(srv, &b);
+    mm_buf_free(&b);
+    g->keep_next_us = t0 + 100 * (mm_now_us() - t0);
+}
+
 /* The texts to merge, into texts: this worker's own first, then those of
  * the siblings that answered (n_full in all); then, counters only, what is
  * kept for siblings that did not answer and for dead workers. With a keep,

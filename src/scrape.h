@@ -32,6 +32,12 @@ void scrape_gather(mm_server_t *srv, conn_t *c);
 /* This worker's own exposition (a sibling's scrape asks for it), kept
  * before anyone sees it. */
 void scrape_render_own(mm_server_t *srv, mm_buf_t *out);
+/* The server's 1 s tick: what this worker keeps is rendered again, so that
+ * a crash between scrapes loses about a second of its counts, not all since
+ * the last scrape. Rendering takes loop time in proportion to the
+ * exposition, so it is skipped until 100 times its last duration has
+ * passed: at most 1 % of the loop, a large exposition refreshed less often. */
+void scrape_keep_tick(mm_server_t *srv);
 /* The private listener's path that makes a worker run a store sync round
  * and answer once it is done (scrape_group_sync). */
 #define SCRAPE_SYNC_PATH "/_modelmux/sync"

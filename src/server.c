@@ -58,7 +58,9 @@ static void tick_experiments(mm_server_t *srv)
 
 static void on_tick(uv_timer_t *t)
 {
-    tick_experiments((mm_server_t *)t->data);
+    mm_server_t *srv = t->data;
+    tick_experiments(srv);
+    scrape_keep_tick(srv);
 }
 
 /* ---- reload ----

@@ -40,6 +40,7 @@ typedef struct {
     up_pool_t *pools[MM_MAX_WORKERS]; /* to each sibling; NULL for self */
     uv_tcp_t listener;
     int has_listener;
+    uint64_t keep_next_us; /* the next tick's refresh of the keep, not before (scrape.c) */
 } mm_group_t;
 
 typedef struct mm_server_s {

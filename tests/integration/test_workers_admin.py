@@ -207,6 +207,28 @@ class WorkersLifecycle(mmtest.MMTestCase):
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
+    def test_a_worker_that_crashes_between_scrapes_keeps_its_counts(self):
+        """Each worker keeps what it counted every second, not only when a
+        scrape asks: a worker killed before any scrape still counts in the
+        group's totals (it used to count for nothing)."""
+        mm = self.cluster.modelmux(self.config(100, 0), "--workers", 2, name="w")
+        pids = lambda: [int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log())]
+        mmtest.eventually(lambda: len(pids()) == 2, timeout=5)
+        n = 40  # on fresh connections: the kernel spreads them over both workers
+        self.assertEqual([mmtest.request(self.port, "GET", "/ab/%d" % i)[0] for i in range(n)],
+                         [200] * n)
+        time.sleep(3.5)  # past the workers' 1 s ticks (and the second after the start)
+        os.kill(pids()[0], signal.SIGKILL)
+        mmtest.eventually(lambda: len(pids()) == 3, timeout=5)
+
+        def requests_total():
+            body = mmtest.request(self.admin, "GET", "/metrics")[2].decode()
+            return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                       if line.startswith("modelmux_requests_total{"))
+        self.assertEqual(requests_total(), n)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
     def start_with_path(self, bindir):
         """modelmux --workers 2 on the memory store, with PATH=bindir only:
         (exit status, stderr)."""
