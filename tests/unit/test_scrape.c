@@ -296,6 +296,36 @@ static void test_with_a_keep_dead_workers_count_while_their_slot_is_empty(void *
     fx_stop(&f);
 }
 
+/* The tick keeps this worker's exposition with no scrape at all; the next
+ * tick does again once its pause (100 times the rendering) has passed. */
+static void test_the_tick_keeps_the_exposition_between_scrapes(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_start_keep(&f, MODEL_CLOSE, keep_create(2));
+    keep_snap_t s;
+    assert_int_equal(keep_snapshot(f.keep, 1, &s), 0);
+    assert_int_not_equal(s.state[0], KEEP_KEPT); /* nothing yet */
+    keep_snap_free(&s);
+    scrape_keep_tick(&f.t.srv);
+    assert_true(f.t.srv.group.keep_next_us > 0);
+    assert_int_equal(keep_snapshot(f.keep, 1, &s), 0);
+    assert_int_equal(s.state[0], KEEP_KEPT);
+    char *mine = strndup(s.text[0].p, s.text[0].len);
+    assert_line(mine, "modelmux_reloads_total 3");
+    free(mine);
+    keep_snap_free(&s);
+    f.t.srv.reloads = 5;            /* counted since */
+    f.t.srv.group.keep_next_us = 0; /* its pause is over */
+    scrape_keep_tick(&f.t.srv);
+    assert_int_equal(keep_snapshot(f.keep, 1, &s), 0);
+    mine = strndup(s.text[0].p, s.text[0].len);
+    assert_line(mine, "modelmux_reloads_total 5");
+    free(mine);
+    keep_snap_free(&s);
+    fx_stop(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -304,6 +334,7 @@ int main(void)
         cmocka_unit_test(test_with_a_keep_a_silent_sibling_counts_as_of_its_last_scrape),
         cmocka_unit_test(test_with_a_keep_an_answering_sibling_counts_what_it_kept),
         cmocka_unit_test(test_with_a_keep_dead_workers_count_while_their_slot_is_empty),
+        cmocka_unit_test(test_the_tick_keeps_the_exposition_between_scrapes),
         cmocka_unit_test(test_admin_change_syncs_the_sibling),
         cmocka_unit_test(test_private_listener_serves_siblings_only),
     };
