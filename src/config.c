@@ -742,44 +742,49 @@ static int env_name_ok(const char *n)
     return 1;
 }
 
-/* store.username / password / password_env. The password may come from the
- * environment so that it need not sit in a config file (a Kubernetes
- * secret, a systemd credential); it is read when the config is loaded, so a
- * reload or --check sees the variable of the process that loads it. */
-static int parse_store_auth(cx_t *cx, const json_t *o, cfg_store_t *st)
+/* username / password / password_env of the object at ptr (store, or
+ * store.sentinel), into user and pass (fixed arrays of the given sizes).
+ * The password may come from the environment so that it need not sit in a
+ * config file (a Kubernetes secret, a systemd credential); it is read when
+ * the config is loaded, so a reload or --check sees the variable of the
+ * process that loads it. */
+static int parse_auth(cx_t *cx, const json_t *o, const char *ptr, char *user_out, size_t user_cap,
+                      char *pass_out, size_t pass_cap)
 {
     const char *user, *pass, *env;
-    if (get_string(cx, o, "/store", "username", NULL, &user) < 0 ||
-        get_string(cx, o, "/store", "password", NULL, &pass) < 0 ||
-        get_string(cx, o, "/store", "password_env", NULL, &env) < 0)
+    char up[PTR_MAX], pp[PTR_MAX], ep[PTR_MAX], d[256];
+    child_ptr(ptr, "username", up, sizeof(up));
+    child_ptr(ptr, "password", pp, sizeof(pp));
+    child_ptr(ptr, "password_env", ep, sizeof(ep));
+    if (get_string(cx, o, ptr, "username", NULL, &user) < 0 ||
+        get_string(cx, o, ptr, "password", NULL, &pass) < 0 ||
+        get_string(cx, o, ptr, "password_env", NULL, &env) < 0)
         return -1;
     if (pass && env)
-        return cerr(cx, "/store/password_env", 0,
-                    "store.password_env: give either password or password_env, not both");
-    if (pass && (*pass == '\0' || strlen(pass) >= sizeof(st->password)))
-        return cerr(cx, "/store/password", 0, "store.password: expected 1-%zu bytes",
-                    sizeof(st->password) - 1);
+        return cerr(cx, ep, 0, "%s: give either password or password_env, not both",
+                    dotted(cx, ep, d, sizeof(d)));
+    if (pass && (*pass == '\0' || strlen(pass) >= pass_cap))
+        return cerr(cx, pp, 0, "%s: expected 1-%zu bytes", dotted(cx, pp, d, sizeof(d)),
+                    pass_cap - 1);
     if (env) {
         if (!env_name_ok(env))
-            return type_error(cx, "/store/password_env", json_object_get(o, "password_env"),
+            return type_error(cx, ep, json_object_get(o, "password_env"),
                               "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)");
         pass = getenv(env);
         if (pass == NULL || *pass == '\0')
-            return cerr(cx, "/store/password_env", 0,
-                        "store.password_env: the environment variable %s is not set or empty", env);
-        if (strlen(pass) >= sizeof(st->password))
-            return cerr(cx, "/store/password_env", 0,
-                        "store.password_env: the value of %s is longer than %zu bytes", env,
-                        sizeof(st->password) - 1);
+            return cerr(cx, ep, 0, "%s: the environment variable %s is not set or empty",
+                        dotted(cx, ep, d, sizeof(d)), env);
+        if (strlen(pass) >= pass_cap)
+            return cerr(cx, ep, 0, "%s: the value of %s is longer than %zu bytes",
+                        dotted(cx, ep, d, sizeof(d)), env, pass_cap - 1);
     }
-    if (user && (*user == '\0' || strlen(user) >= sizeof(st->username) || !is_visible(user)))
-        return type_error(cx, "/store/username", json_object_get(o, "username"),
-                          "1-255 visible ASCII characters");
+    if (user && (*user == '\0' || strlen(user) >= user_cap || !is_visible(user)))
+        return type_error(cx, up, json_object_get(o, "username"), "1-255 visible ASCII characters");
     if (user && pass == NULL)
-        return cerr(cx, "/store/username", 0,
-                    "store.username: needs password or password_env (AUTH username password)");
-    snprintf(st->username, sizeof(st->username), "%s", user ? user : "");
-    snprintf(st->password, sizeof(st->password), "%s", pass ? pass : "");
+        return cerr(cx, up, 0, "%s: needs password or password_env (AUTH username password)",
+                    dotted(cx, up, d, sizeof(d)));
+    snprintf(user_out, user_cap, "%s", user ? user : "");
+    snprintf(pass_out, pass_cap, "%s", pass ? pass : "");
     return 0;
 }
 
@@ -787,7 +792,8 @@ static int parse_store_auth(cx_t *cx, const json_t *o, cfg_store_t *st)
  * host and port. */
 static int parse_sentinel(cx_t *cx, const json_t *o, cfg_store_t *st)
 {
-    static const char *const keys[] = {"master", "nodes", NULL};
+    static const char *const keys[] = {"master",   "nodes",        "username",
+                                       "password", "password_env", NULL};
     int rc;
     const json_t *sn = get_object(cx, o, "/store", "sentinel", &rc);
     if (sn == NULL) return rc;
@@ -822,7 +828,9 @@ static int parse_sentinel(cx_t *cx, const json_t *o, cfg_store_t *st)
                         dotted(cx, p, d, sizeof(d)), show(v, g, sizeof(g)), why);
     }
     st->n_sentinels = (int)json_array_size(nodes);
-    return 0;
+    return parse_auth(cx, sn, "/store/sentinel", st->sentinel_username,
+                      sizeof(st->sentinel_username), st->sentinel_password,
+                      sizeof(st->sentinel_password));
 }
 
 static int parse_store(cx_t *cx)
@@ -867,7 +875,8 @@ static int parse_store(cx_t *cx)
     if (get_int_field(cx, o, "/store", "sync_ms", 100, 1, 60000, &st->sync_ms) < 0) return -1;
     if (get_int_field(cx, o, "/store", "db", 0, 0, INT_MAX, &st->db) < 0) return -1;
     if (parse_sentinel(cx, o, st) < 0) return -1;
-    return parse_store_auth(cx, o, st);
+    return parse_auth(cx, o, "/store", st->username, sizeof(st->username), st->password,
+                      sizeof(st->password));
 }
 
 static int parse_log(cx_t *cx)

@@ -84,7 +84,9 @@ typedef struct {
      * sentinel_master (sentinel.h); host and port are then unused. */
     char sentinel_master[MM_NAME_MAX + 1];
     cfg_addr_t sentinels[MM_MAX_SENTINELS];
-    int n_sentinels; /* 0: no Sentinel, host and port are the primary */
+    int n_sentinels;             /* 0: no Sentinel, host and port are the primary */
+    char sentinel_username[256]; /* AUTH to the Sentinels when sentinel_password is set */
+    char sentinel_password[512];
 } cfg_store_t;
 
 typedef struct {

@@ -94,6 +94,22 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *priv)
     fail_node(s, why);
 }
 
+/* AUTH to a node (store.sentinel.password): refused, the node is skipped
+ * with Redis's answer (it never echoes the password); the question queued
+ * behind it is then answered to a connection no longer ours. */
+static void on_auth(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    sentinel_t *s = ac->data;
+    redisReply *reply = reply_;
+    (void)priv;
+    if (ac != s->ac || reply == NULL || reply->type != REDIS_REPLY_ERROR) return;
+    char why[300];
+    snprintf(why, sizeof(why), "AUTH refused: %s", reply->str);
+    s->ac = NULL;
+    redisAsyncDisconnect(ac);
+    fail_node(s, why);
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     sentinel_t *s = ac->data;
@@ -131,8 +147,17 @@ static void ask_node(sentinel_t *s, const struct sockaddr_storage *ss)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     s->ac = ac;
-    if (redisAsyncCommand(ac, on_reply, NULL, "SENTINEL get-master-addr-by-name %s",
-                          s->cfg->sentinel_master) != REDIS_OK) {
+    const cfg_store_t *c = s->cfg;
+    int rc = REDIS_OK;
+    if (c->sentinel_password[0] && c->sentinel_username[0])
+        rc = redisAsyncCommand(ac, on_auth, NULL, "AUTH %s %s", c->sentinel_username,
+                               c->sentinel_password);
+    else if (c->sentinel_password[0])
+        rc = redisAsyncCommand(ac, on_auth, NULL, "AUTH %s", c->sentinel_password);
+    if (rc == REDIS_OK)
+        rc = redisAsyncCommand(ac, on_reply, NULL, "SENTINEL get-master-addr-by-name %s",
+                               c->sentinel_master);
+    if (rc != REDIS_OK) {
         drop(s);
         fail_node(s, "cannot send the question");
     }

@@ -3,8 +3,9 @@
  * to the nodes in turn, starting with the one that answered last, each on a
  * connection of its own that is closed after the answer. A node that cannot
  * be reached or looked up, does not know the name, or does not answer within
- * the timeout, is skipped; the question fails once every node was. Host
- * names are looked up in libuv's thread pool, never on the loop. */
+ * the timeout, or refuses its AUTH (store.sentinel.password), is skipped;
+ * the question fails once every node was. Host names are looked up in
+ * libuv's thread pool, never on the loop. */
 #ifndef MM_SENTINEL_H
 #define MM_SENTINEL_H
 

@@ -197,15 +197,17 @@ class RedisConnection(mmtest.MMTestCase):
         self.send(mm, 5)
         mmtest.eventually(lambda: self.pulls(primary, []) == 15)
 
-    def start_sentinel(self, primary):
-        """A Sentinel watching `primary` as master "mm" (quorum 1): its port."""
+    def start_sentinel(self, primary, extra=""):
+        """A Sentinel watching `primary` as master "mm" (quorum 1), with the
+        `extra` lines of config: its port."""
         port = mmtest.free_port()
         conf = self.cluster.path("sentinel-%d.conf" % port)  # Sentinel rewrites its file
         with open(conf, "w") as f:
             f.write("port %d\nbind 127.0.0.1\ndir %s\n"
                     "sentinel monitor mm 127.0.0.1 %d 1\n"
                     "sentinel down-after-milliseconds mm 1000\n"
-                    "sentinel failover-timeout mm 5000\n" % (port, self.cluster.dir, primary))
+                    "sentinel failover-timeout mm 5000\n%s" % (port, self.cluster.dir, primary,
+                                                                 extra))
         proc = self.cluster._start([REDIS_SERVER, conf, "--sentinel"], "sentinel-" + str(port))
         mmtest.wait_port(port, proc.p)
         return port
@@ -237,6 +239,26 @@ class RedisConnection(mmtest.MMTestCase):
         mmtest.eventually(lambda: self.readyz_store(mm) == "up")
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
+    def test_sentinels_with_a_password(self):
+        primary = self.start_redis()
+        sentinel = self.start_sentinel(primary, "requirepass s3nt\n")
+        os.environ["MM_TEST_SENTINEL_PW"] = "s3nt"  # read when the config is loaded
+        self.addCleanup(os.environ.pop, "MM_TEST_SENTINEL_PW")
+        mm = self.start_mm({"sentinel": {"master": "mm", "nodes": ["127.0.0.1:%d" % sentinel],
+                                         "password_env": "MM_TEST_SENTINEL_PW"}})
+        self.send(mm, 4)
+        mmtest.eventually(lambda: self.pulls(primary, []) == 4)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+        wrong = self.start_mm({"sentinel": {"master": "mm", "nodes": ["127.0.0.1:%d" % sentinel],
+                                            "password": "nope"}})
+        mmtest.eventually(lambda: "no Sentinel named the primary: 127.0.0.1:%d: AUTH refused: "
+                          "WRONGPASS" % sentinel in wrong.log())
+        self.assertNotIn("nope", wrong.log())
+        self.assertEqual(self.readyz_store(wrong), "down")
+        wrong.signal(signal.SIGTERM)
+        self.assertEqual(wrong.wait(timeout=15), 0, wrong.log()[-3000:])
 
     def test_no_sentinel_answering_is_reported_and_routing_goes_on(self):
         dead = mmtest.free_port()

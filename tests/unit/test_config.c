@@ -483,7 +483,23 @@ static void test_store_redis_sentinel(void **state)
                  "expected \"host:port\" or \"[ipv6]:port\"");
     expect_error("{\"store\": {\"type\": \"redis\", \"sentinel\": {\"master\": \"mm\", \"nodes\": "
                  "[\"127.0.0.1:1\"], \"quorum\": 2}}, " UPS ", \"experiments\": []}",
-                 "t.json:1:84: unknown key store.sentinel.quorum (allowed here: master, nodes)");
+                 "t.json:1:84: unknown key store.sentinel.quorum (allowed here: master, nodes, "
+                 "username, password, password_env)");
+    /* the Sentinels' own AUTH: as the store's, at store.sentinel */
+    setenv("MM_TEST_SENTINEL_PW", "s3nt", 1);
+    c = parse_ok(
+        "{\"store\": {\"type\": \"redis\", \"password\": \"p\", \"sentinel\": {\"master\": "
+        "\"mm\", \"nodes\": [\"127.0.0.1:1\"], \"password_env\": \"MM_TEST_SENTINEL_PW\"}}, " UPS
+        ", \"experiments\": []}");
+    assert_string_equal(c->store.sentinel_password, "s3nt");
+    assert_string_equal(c->store.sentinel_username, "");
+    assert_string_equal(c->store.password, "p");
+    config_free(c);
+    unsetenv("MM_TEST_SENTINEL_PW");
+    expect_error("{\"store\": {\"type\": \"redis\", \"sentinel\": {\"master\": \"mm\", \"nodes\": "
+                 "[\"127.0.0.1:1\"], \"username\": \"u\"}}, " UPS ", \"experiments\": []}",
+                 "t.json:1:96: store.sentinel.username: needs password or password_env (AUTH "
+                 "username password)");
 }
 
 static void test_store_redis_auth(void **state)

@@ -30,6 +30,8 @@ enum { ANSWER, NIL, SILENT };
 typedef struct {
     uv_tcp_t listener;
     int port, mode, questions;
+    const char *password; /* non-NULL: AUTH with it first (requirepass) */
+    int authed;
     uv_tcp_t *conns[8];
     int n_conns;
 } fake_t;
@@ -62,8 +64,22 @@ static void fake_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         if (!uv_is_closing((uv_handle_t *)s)) uv_close((uv_handle_t *)s, fake_conn_closed);
         return;
     }
-    if (n == 0 || memmem(b->base, (size_t)n, "get-master-addr-by-name", 23) == NULL) return;
+    if (n == 0) return;
+    if (c->f->password && memmem(b->base, (size_t)n, "AUTH", 4) != NULL) {
+        int ok = memmem(b->base, (size_t)n, c->f->password, strlen(c->f->password)) != NULL;
+        static char yes[] = "+OK\r\n", no[] = "-WRONGPASS invalid username-password pair\r\n";
+        uv_buf_t out = ok ? uv_buf_init(yes, sizeof(yes) - 1) : uv_buf_init(no, sizeof(no) - 1);
+        uv_try_write(s, &out, 1);
+        c->f->authed = ok;
+    }
+    if (memmem(b->base, (size_t)n, "get-master-addr-by-name", 23) == NULL) return;
     c->f->questions++;
+    if (c->f->password && !c->f->authed) {
+        static char noauth[] = "-NOAUTH Authentication required.\r\n";
+        uv_buf_t out = uv_buf_init(noauth, sizeof(noauth) - 1);
+        uv_try_write(s, &out, 1);
+        return;
+    }
     static char answer[] = "*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n";
     static char nil[] = "*-1\r\n";
     if (c->f->mode == SILENT) return;
@@ -238,12 +254,54 @@ static void test_a_closed_client_never_answers(void **state)
     assert_int_equal(a.calls, 0);
 }
 
+/* store.sentinel.password: AUTH first; a node that refuses it is skipped
+ * with its answer, one that takes it answers. */
+static void test_auth_is_sent_first_and_a_refusal_skips_the_node(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    fake_t fakes[2];
+    fake_start(&loop, &fakes[0], ANSWER);
+    fake_start(&loop, &fakes[1], ANSWER);
+    fakes[0].password = "other";
+    fakes[1].password = "s3nt";
+    static cfg_store_t c;
+    master_mm(&c);
+    snprintf(c.sentinel_password, sizeof(c.sentinel_password), "s3nt");
+    node(&c, fakes[0].port);
+    node(&c, fakes[1].port);
+    sentinel_t *s = sentinel_new(&loop, &c, 2000);
+    answer_t a = {0};
+    sentinel_ask(s, on_answer, &a);
+    run_until(&loop, &a.calls);
+    assert_string_equal(a.host, "127.0.0.1");
+    assert_int_equal(a.port, 6380);
+    assert_true(fakes[1].authed);
+    /* the first node's refusal was not an answer; asked alone, it is the reason */
+    static cfg_store_t alone;
+    alone = c;
+    alone.n_sentinels = 1;
+    sentinel_t *s1 = sentinel_new(&loop, &alone, 2000);
+    answer_t b = {0};
+    sentinel_ask(s1, on_answer, &b);
+    run_until(&loop, &b.calls);
+    char want[256];
+    snprintf(want, sizeof(want),
+             "127.0.0.1:%d: AUTH refused: WRONGPASS invalid username-password pair", fakes[0].port);
+    assert_string_equal(b.why, want);
+    sentinel_close(s1, on_closed, &b);
+    close_and_finish(&loop, s, &a, fakes, 2);
+    assert_true(b.closed);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_the_first_node_that_names_an_address_answers),
         cmocka_unit_test(test_every_node_failing_is_no_address_with_each_reason),
         cmocka_unit_test(test_a_closed_client_never_answers),
+        cmocka_unit_test(test_auth_is_sent_first_and_a_refusal_skips_the_node),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
