@@ -27,6 +27,29 @@ const struct addrinfo *mm_addr_pick(const struct addrinfo *res);
 /* mm_addr_pick's address with `port`: 0, or -1 when there is none. */
 int mm_addr_from_ai(const struct addrinfo *res, int port, struct sockaddr_storage *out);
 
+/* Every address a name resolves to, used in turn (an upstream's: DNS round
+ * robin, a Kubernetes headless Service), as Envoy's STRICT_DNS makes a
+ * host of each. */
+#define MM_ADDRS_MAX 16
+typedef struct {
+    int n; /* 1..MM_ADDRS_MAX once set */
+    struct sockaddr_storage a[MM_ADDRS_MAX];
+} mm_addrs_t;
+
+/* The answer's addresses of one family (IPv4 when it has any, as
+ * mm_addr_pick), with port, without duplicates, in order (so two answers
+ * that list the same addresses differently are equal), the first
+ * MM_ADDRS_MAX: 0, or -1 when there is none. */
+int mm_addrs_from_ai(const struct addrinfo *res, int port, mm_addrs_t *out);
+/* mm_addr_literal as a set of one, else a blocking getaddrinfo: call it at
+ * startup, never once serving. 0, or -1 when the name does not resolve. */
+int mm_addrs_resolve(const cfg_addr_t *a, mm_addrs_t *out);
+/* 1 if both hold the same addresses (both in order, as mm_addrs_from_ai
+ * leaves them). */
+int mm_addrs_equal(const mm_addrs_t *a, const mm_addrs_t *b);
+/* "10.0.0.1:80, 10.0.0.2:80" (cut short, ending in "...", if n is small). */
+void mm_addrs_format(const mm_addrs_t *s, char *out, size_t n);
+
 /* "1.2.3.4:80" or "[::1]:80". */
 void mm_addr_format(const struct sockaddr_storage *ss, char *out, size_t n);
 /* 1 if both are the same family, address and port. */

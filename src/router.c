@@ -31,8 +31,7 @@ static void mark_baseline(exp_rt_t *e)
 }
 
 router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, store_t *store,
-                        metrics_t *metrics, const struct sockaddr_storage *addrs, char *err,
-                        size_t errlen)
+                        metrics_t *metrics, const mm_addrs_t *addrs, char *err, size_t errlen)
 {
     router_t *r = calloc(1, sizeof(*r));
     if (r == NULL) goto oom;

@@ -77,11 +77,10 @@ typedef struct router_s {
  * definition changed gets its control state reset (DESIGN.md §5), and each
  * experiment it had is handed to the new policy instance (ops->adopt), so an
  * unchanged one goes on with what its policy measured. `addrs`:
- * each upstream's address, looked up already (a reload); NULL: looked up
+ * each upstream's addresses, looked up already (a reload); NULL: looked up
  * now, blocking (startup). */
 router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, store_t *store,
-                        metrics_t *metrics, const struct sockaddr_storage *addrs, char *err,
-                        size_t errlen);
+                        metrics_t *metrics, const mm_addrs_t *addrs, char *err, size_t errlen);
 void router_ref(router_t *r);
 void router_unref(router_t *r);
 

@@ -85,9 +85,9 @@ struct server_reload_s {
     config_t *cfg;
     char *text; /* cfg's file text, kept for the group once loaded (keep.h); may be NULL */
     size_t text_len;
-    struct sockaddr_storage *addrs; /* per reload_addr of cfg */
-    uv_getaddrinfo_t *gai;          /* per reload_addr: the lookups */
-    int pending;                    /* lookups in flight */
+    mm_addrs_t *addrs;     /* per reload_addr of cfg (a listener takes the first) */
+    uv_getaddrinfo_t *gai; /* per reload_addr: the lookups */
+    int pending;           /* lookups in flight */
     int failed;
     char err[1024];
     reload_waiter_t *waiters;
@@ -165,12 +165,13 @@ static void reload_log(mm_server_t *srv, const config_t *cfg)
 }
 
 /* Stage cfg's listeners on its listen and admin addresses, resolved in
- * ss[0] and ss[1]. */
+ * data_ss and admin_ss. */
 static int stage_listeners(mm_server_t *srv, const config_t *cfg,
-                           const struct sockaddr_storage ss[2], mm_listen_stage_t *st, char *err,
-                           size_t errlen)
+                           const struct sockaddr_storage *data_ss,
+                           const struct sockaddr_storage *admin_ss, mm_listen_stage_t *st,
+                           char *err, size_t errlen)
 {
-    mm_listen_addr_t data = {.ss = ss[0]}, admin = {.ss = ss[1]};
+    mm_listen_addr_t data = {.ss = *data_ss}, admin = {.ss = *admin_ss};
     cfg_addr_str(&cfg->listen, data.name, sizeof(data.name));
     if (cfg->has_admin) cfg_addr_str(&cfg->admin_listen, admin.name, sizeof(admin.name));
     return listeners_stage(&srv->listeners, &data, cfg->has_admin ? &admin : NULL, st, err, errlen);
@@ -208,7 +209,8 @@ static void reload_finish(server_reload_t *rl)
     /* Bound before the router is built, so that a port another process
      * holds fails the reload with nothing changed. */
     if (!rl->failed &&
-        stage_listeners(srv, cfg, &rl->addrs[cfg->n_upstreams], &st, rl->err, sizeof(rl->err)) != 0)
+        stage_listeners(srv, cfg, &rl->addrs[cfg->n_upstreams].a[0],
+                        &rl->addrs[cfg->n_upstreams + 1].a[0], &st, rl->err, sizeof(rl->err)) != 0)
         rl->failed = 1;
     if (!rl->failed) {
         nr = router_create(srv->loop, cfg, srv->router, srv->store, &srv->metrics, rl->addrs,
@@ -283,7 +285,7 @@ static void on_reload_resolved(uv_getaddrinfo_t *req, int status, struct addrinf
     server_reload_t *rl = req->data;
     size_t i = (size_t)(req - rl->gai);
     req->data = NULL;
-    if (status != 0 || mm_addr_from_ai(res, reload_addr(rl->cfg, i)->port, &rl->addrs[i]) != 0)
+    if (status != 0 || mm_addrs_from_ai(res, reload_addr(rl->cfg, i)->port, &rl->addrs[i]) != 0)
         lookup_failed(rl, i, status);
     if (res) uv_freeaddrinfo(res);
     if (--rl->pending == 0) reload_finish(rl);
@@ -370,14 +372,16 @@ static void reload_with(mm_server_t *srv, config_t *cfg, char *text, size_t text
     rl->pending = 1; /* held until every lookup has started */
     for (size_t i = 0; i < n && !rl->failed; i++) {
         const cfg_addr_t *a = reload_addr(cfg, i);
-        if (a == NULL || mm_addr_literal(a, &rl->addrs[i]) == 0) continue; /* numeric, localhost */
+        rl->addrs[i].n = 1; /* a literal, or a running listener's address */
+        if (a == NULL || mm_addr_literal(a, &rl->addrs[i].a[0]) == 0)
+            continue; /* numeric, localhost */
         if (i < cfg->n_upstreams) {
             const up_pool_t *same = resolved_pool(srv->router, a);
             if (same) {
-                rl->addrs[i] = *up_pool_addr(same);
+                rl->addrs[i] = *up_pool_addrs(same);
                 continue;
             }
-        } else if (running_listener_addr(srv, a, &rl->addrs[i]) == 0) {
+        } else if (running_listener_addr(srv, a, &rl->addrs[i].a[0]) == 0) {
             continue;
         }
         pool_warm(srv); /* before the first lookup: it starts the pool unblocked */
@@ -637,7 +641,7 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
         if (srv->reqlog == NULL) goto err;
     }
     srv->listeners = (mm_listeners_t){loop, proxy_on_connection, srv, reuseport, NULL, NULL};
-    struct sockaddr_storage ss[2];
+    struct sockaddr_storage ss[2] = {0};
     const cfg_addr_t *unresolved =
         mm_addr_resolve(&cfg->listen, &ss[0]) != 0                           ? &cfg->listen
         : cfg->has_admin && mm_addr_resolve(&cfg->admin_listen, &ss[1]) != 0 ? &cfg->admin_listen
@@ -649,7 +653,7 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
         goto err;
     }
     mm_listen_stage_t st;
-    if (stage_listeners(srv, cfg, ss, &st, err, errlen) != 0) goto err;
+    if (stage_listeners(srv, cfg, &ss[0], &ss[1], &st, err, errlen) != 0) goto err;
     listeners_commit(&srv->listeners, &st);
     uv_signal_init(loop, &srv->sig_hup);
     uv_signal_init(loop, &srv->sig_term);

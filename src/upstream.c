@@ -31,8 +31,12 @@ enum { PH_HEAD, PH_BODY, PH_DONE };
 struct up_pool_s {
     uv_loop_t *loop;
     cfg_upstream_t cfg;
-    struct sockaddr_storage addr;
-    up_conn_t *idle; /* LIFO: the most recently used connection is the warmest */
+    /* Every address the upstream's name resolves to: exchanges take them in
+     * turn (rr), each with its own idle connections, as nginx picks a peer
+     * and then a connection to it; with one address, as before. */
+    mm_addrs_t addrs;
+    unsigned rr;
+    up_conn_t *idle[MM_ADDRS_MAX]; /* per address, LIFO: the most recently used is the warmest */
     int n_open, n_idle, n_waiting;
     up_user_t *qhead, *qtail;
     int released;
@@ -79,6 +83,7 @@ struct up_conn_s {
     int req_open; /* the user has more request bytes to come (up_write's last == 0) */
     unsigned uses;
     unsigned addr_gen; /* the pool's addr_gen when it connected */
+    int ai;            /* its address: addrs.a[ai] of that generation */
     int closing_handles;
     uint64_t last_io;   /* loop time of the last read or write (response timer) */
     const char *span_p; /* decoded mode: the current body span */
@@ -205,8 +210,8 @@ static void init_settings(void)
 
 static void refresh_arm(up_pool_t *p);
 
-up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg,
-                          const struct sockaddr_storage *addr, char *err, size_t errlen)
+up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg, const mm_addrs_t *addrs,
+                          char *err, size_t errlen)
 {
     init_settings();
     up_pool_t *p = calloc(1, sizeof(*p));
@@ -216,9 +221,9 @@ up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg,
     }
     p->loop = loop;
     p->cfg = *cfg;
-    if (addr) {
-        p->addr = *addr; /* looked up off the loop by the caller (a reload) */
-    } else if (mm_addr_resolve(&cfg->addr, &p->addr) != 0) {
+    if (addrs) {
+        p->addrs = *addrs; /* looked up off the loop by the caller (a reload) */
+    } else if (mm_addrs_resolve(&cfg->addr, &p->addrs) != 0) {
         /* At startup, before anything is served: a blocking lookup, once. */
         snprintf(err, errlen, "upstream %s: cannot resolve %s", cfg->name, cfg->addr.host);
         free(p);
@@ -234,9 +239,9 @@ up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg,
     return p;
 }
 
-const struct sockaddr_storage *up_pool_addr(const up_pool_t *p)
+const mm_addrs_t *up_pool_addrs(const up_pool_t *p)
 {
-    return &p->addr;
+    return &p->addrs;
 }
 
 const cfg_upstream_t *up_pool_cfg(const up_pool_t *p)
@@ -249,6 +254,7 @@ void up_pool_stats(const up_pool_t *p, up_pool_stats_t *out)
     *out = p->stats;
     out->open = p->n_open;
     out->idle = p->n_idle;
+    out->addresses = p->addrs.n;
     out->waiting = p->n_waiting;
 }
 
@@ -257,7 +263,7 @@ static void idle_remove(up_pool_t *p, up_conn_t *c)
     if (c->prev)
         c->prev->next = c->next;
     else
-        p->idle = c->next;
+        p->idle[c->ai] = c->next;
     if (c->next) c->next->prev = c->prev;
     c->next = c->prev = NULL;
     p->n_idle--;
@@ -265,11 +271,34 @@ static void idle_remove(up_pool_t *p, up_conn_t *c)
 
 static void idle_push(up_pool_t *p, up_conn_t *c)
 {
+    up_conn_t **head = &p->idle[c->ai];
     c->prev = NULL;
-    c->next = p->idle;
-    if (p->idle) p->idle->prev = c;
-    p->idle = c;
+    c->next = *head;
+    if (*head) (*head)->prev = c;
+    *head = c;
     p->n_idle++;
+}
+
+static void close_idle(up_pool_t *p)
+{
+    for (int i = 0; i < MM_ADDRS_MAX; i++)
+        while (p->idle[i]) uc_close(p->idle[i]); /* uc_close takes it off the idle list */
+}
+
+/* The address of the next exchange: the addresses in turn. */
+static inline int next_ai(up_pool_t *p)
+{
+    return p->addrs.n == 1 ? 0 : (int)(p->rr++ % (unsigned)p->addrs.n);
+}
+
+/* An idle connection to any address, looking from `from` on; NULL: none. */
+static up_conn_t *any_idle(const up_pool_t *p, int from)
+{
+    for (int k = 0; k < p->addrs.n && p->n_idle > 0; k++) {
+        up_conn_t *c = p->idle[(from + k) % p->addrs.n];
+        if (c) return c;
+    }
+    return NULL;
 }
 
 /* No connection for u: the queue is full, or u waited too long, or the
@@ -312,28 +341,29 @@ static void on_refresh_closed(uv_handle_t *h)
     pool_maybe_free(p);
 }
 
-/* Where new connections go from now on. Idle connections to the old address
- * are closed now, busy ones when released (addr_gen), so a model server that
- * moved is left once its exchanges are done, as Envoy drains a host DNS no
- * longer returns. */
-static void pool_readdress(up_pool_t *p, const struct sockaddr_storage *ss)
+/* Where new connections go from now on. Idle connections to the old
+ * addresses are closed now, busy ones when released (addr_gen), so a model
+ * server that moved is left once its exchanges are done, as Envoy drains a
+ * host DNS no longer returns. (Any change of the set starts every
+ * connection afresh: sets change rarely, and an index stays simple.) */
+static void pool_readdress(up_pool_t *p, const mm_addrs_t *set)
 {
-    char was[80], now[80];
-    mm_addr_format(&p->addr, was, sizeof(was));
-    mm_addr_format(ss, now, sizeof(now));
+    char was[400], now[400];
+    mm_addrs_format(&p->addrs, was, sizeof(was));
+    mm_addrs_format(set, now, sizeof(now));
     mm_log("upstream %s: %s now resolves to %s (was %s)", p->cfg.name, p->cfg.addr.host, now, was);
-    p->addr = *ss;
+    p->addrs = *set;
     p->addr_gen++;
     p->stats.readdressed++;
-    while (p->idle) uc_close(p->idle); /* uc_close takes it off the idle list */
+    close_idle(p);
 }
 
 static void on_refresh_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     up_pool_t *p = req->data;
     p->gai_busy = 0;
-    struct sockaddr_storage ss;
-    int ok = status == 0 && mm_addr_from_ai(res, p->cfg.addr.port, &ss) == 0;
+    mm_addrs_t set;
+    int ok = status == 0 && mm_addrs_from_ai(res, p->cfg.addr.port, &set) == 0;
     if (res) uv_freeaddrinfo(res);
     if (p->released) {
         pool_maybe_free(p);
@@ -342,8 +372,8 @@ static void on_refresh_resolved(uv_getaddrinfo_t *req, int status, struct addrin
     if (!ok) {
         p->stats.resolve_failures++;
         if (!p->resolve_failing) {
-            char at[80];
-            mm_addr_format(&p->addr, at, sizeof(at));
+            char at[400];
+            mm_addrs_format(&p->addrs, at, sizeof(at));
             mm_log("upstream %s: cannot resolve %s (%s); connections keep going to %s, "
                    "looked up again every %d ms",
                    p->cfg.name, p->cfg.addr.host, status ? uv_strerror(status) : "no address", at,
@@ -354,7 +384,7 @@ static void on_refresh_resolved(uv_getaddrinfo_t *req, int status, struct addrin
         if (p->resolve_failing)
             mm_log("upstream %s: %s resolves again", p->cfg.name, p->cfg.addr.host);
         p->resolve_failing = 0;
-        if (!mm_addr_equal(&ss, &p->addr)) pool_readdress(p, &ss);
+        if (!mm_addrs_equal(&set, &p->addrs)) pool_readdress(p, &set);
     }
     refresh_arm(p);
 }
@@ -386,7 +416,7 @@ void up_pool_release(up_pool_t *p)
     if (p == NULL) return;
     p->released = 1;
     refresh_stop(p);
-    while (p->idle) uc_close(p->idle); /* uc_close takes it off the idle list */
+    close_idle(p);
     /* Waiters of a released pool cannot be served by it any more. */
     while (p->qhead) up_expire(p, p->qhead);
     pool_maybe_free(p);
@@ -396,7 +426,7 @@ void up_pool_drain(up_pool_t *p)
 {
     p->draining = 1;
     if (p->refresh_open) uv_timer_stop(&p->refresh);
-    while (p->idle) uc_close(p->idle); /* uc_close takes it off the idle list */
+    close_idle(p);
 }
 
 static void pool_maybe_free(up_pool_t *p)
@@ -653,21 +683,22 @@ static void on_connect(uv_connect_t *req, int status)
     begin_exchange(c, u);
 }
 
-static int open_conn(up_pool_t *p, up_user_t *u)
+static int open_conn(up_pool_t *p, up_user_t *u, int ai)
 {
     up_conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL) return -1;
     c->pool = p;
     c->user = u;
     c->addr_gen = p->addr_gen;
+    c->ai = ai;
     c->state = UC_CONNECTING;
     uv_tcp_init(p->loop, &c->tcp);
     uv_timer_init(p->loop, &c->timer);
     c->tcp.data = c->timer.data = c->connect_req.data = c;
     p->n_open++;
     p->stats.connects++;
-    int rc =
-        uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)&p->addr, on_connect);
+    int rc = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)&p->addrs.a[ai],
+                            on_connect);
     if (rc != 0) {
         /* Refused here, before any packet left: this process is out of
          * descriptors (EMFILE) or local ports, not the model server's
@@ -691,14 +722,14 @@ static void pool_dispatch(up_pool_t *p)
 {
     while (p->qhead) {
         up_user_t *u = p->qhead;
-        if (p->idle) {
-            up_conn_t *c = p->idle;
+        up_conn_t *c = any_idle(p, (int)(p->rr % (unsigned)p->addrs.n));
+        if (c) {
             idle_remove(p, c);
             queue_remove(p, u);
             begin_exchange(c, u);
         } else if (p->n_open < p->cfg.pool) {
             queue_remove(p, u);
-            if (open_conn(p, u) < 0) {
+            if (open_conn(p, u, next_ai(p)) < 0) {
                 p->stats.errors[UP_ERR_CONNECT]++;
                 u->ops->on_error(u, NULL, UP_ERR_CONNECT, 0);
             }
@@ -713,14 +744,18 @@ void up_acquire(up_pool_t *p, up_user_t *u)
     u->qnext = u->qprev = NULL;
     u->waiting_on = NULL;
     u->pending_conn = NULL;
-    if (p->idle) {
-        up_conn_t *c = p->idle;
+    /* This exchange's address; an idle connection to it, else a new one, or
+     * (the pool is full) an idle connection to another. */
+    int ai = next_ai(p);
+    up_conn_t *c = p->idle[ai];
+    if (c == NULL && p->n_open >= p->cfg.pool) c = any_idle(p, ai);
+    if (c) {
         idle_remove(p, c);
         begin_exchange(c, u);
         return;
     }
     if (p->n_open < p->cfg.pool) {
-        if (open_conn(p, u) < 0) {
+        if (open_conn(p, u, ai) < 0) {
             p->stats.errors[UP_ERR_CONNECT]++;
             u->ops->on_error(u, NULL, UP_ERR_CONNECT, 0);
         }

@@ -81,13 +81,14 @@ struct up_user_s {
     int no_body_expected;    /* HEAD request: the answer has no body */
 };
 
-/* A pool for cfg. `addr`: where to connect, already looked up (a reload does
- * it off the loop); NULL: look it up now, blocking (startup only). A host
- * name is looked up again every cfg->resolve_ms in libuv's thread pool. */
-up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg,
-                          const struct sockaddr_storage *addr, char *err, size_t errlen);
+/* A pool for cfg. `addrs`: where to connect, already looked up (a reload
+ * does it off the loop); NULL: look it up now, blocking (startup only). A
+ * host name is looked up again every cfg->resolve_ms in libuv's thread
+ * pool. Exchanges take the addresses in turn. */
+up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg, const mm_addrs_t *addrs,
+                          char *err, size_t errlen);
 /* Where new connections of the pool go (the last successful lookup). */
-const struct sockaddr_storage *up_pool_addr(const up_pool_t *p);
+const mm_addrs_t *up_pool_addrs(const up_pool_t *p);
 
 /* Drop the pool: idle connections close now, busy ones when released. The
  * pool's memory goes when its last connection has closed. */
@@ -134,8 +135,9 @@ typedef struct {
     uint64_t ejections;
     uint64_t connects;
     uint64_t resolve_failures; /* re-resolutions that failed (the address is kept) */
-    uint64_t readdressed;      /* re-resolutions that moved the pool to a new address */
+    uint64_t readdressed;      /* re-resolutions that moved the pool to new addresses */
     int open, idle, waiting;
+    int addresses; /* the addresses exchanges take in turn */
 } up_pool_stats_t;
 void up_pool_stats(const up_pool_t *p, up_pool_stats_t *out);
 

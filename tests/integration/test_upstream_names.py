@@ -83,11 +83,13 @@ class UpstreamNames(mmtest.MMTestCase):
             f.write("nameserver %s\noptions timeout:3 attempts:1\n" % SILENT_DNS)
 
     def set_hosts(self, names):
+        """names: {name: ip, or a list of ips (one line each: several A records)}."""
         # Rewritten in place (same inode): the bind mount shows the new text.
         with open(self.hosts, "w") as f:
             f.write("127.0.0.1 localhost\n")
-            for name, ip in names.items():
-                f.write("%s %s\n" % (ip, name))
+            for name, ips in names.items():
+                for ip in ips if isinstance(ips, list) else [ips]:
+                    f.write("%s %s\n" % (ip, name))
 
     def start_mm(self, cfg, *args):
         path = self.cluster.write_config(cfg)
@@ -152,6 +154,29 @@ class UpstreamNames(mmtest.MMTestCase):
         self.set_hosts({"model-a.test": "127.0.0.2"})
         mmtest.eventually(lambda: "model-a.test resolves again" in mm.log(), timeout=20)
         self.assertEqual(mm.log().count("cannot resolve model-a.test"), 1)
+
+    def test_every_address_of_a_name_takes_its_turn(self):
+        # A name with two addresses (DNS round robin, a headless Service):
+        # requests alternate between them, as Envoy's STRICT_DNS does; when
+        # the name drops one, the other takes every request.
+        port = mmtest.free_port()
+        self.cluster.model_server("one", "--host", "127.0.0.1", port=port)
+        two = self.cluster._start([mmtest.MODEL_SERVER, "--host", "127.0.0.2", "--port", str(port),
+                                   "--name", "two"], "ms-two")
+        mmtest.wait_port(port, two.p, host="127.0.0.2")
+        self.set_hosts({"model-a.test": ["127.0.0.2", "127.0.0.1"]})
+        dport, admin = mmtest.free_port(), mmtest.free_port()
+        mm = self.start_mm(self.config(dport, admin, "http://model-a.test:%d" % port, 200))
+        served = [self.model(mm) for _ in range(20)]
+        self.assertEqual((served.count("one"), served.count("two")), (10, 10), served)
+        self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_addresses", "upstream"),
+                         {("champion",): 2})
+        self.set_hosts({"model-a.test": "127.0.0.2"})
+        mmtest.eventually(lambda: "model-a.test now resolves to 127.0.0.2:%d (was 127.0.0.1:%d, "
+                          "127.0.0.2:%d)" % (port, port, port) in mm.log(), timeout=15)
+        self.assertEqual({self.model(mm) for _ in range(10)}, {"two"})
+        self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_addresses", "upstream"),
+                         {("champion",): 1})
 
     def test_resolve_ms_0_looks_up_once(self):
         port = mmtest.free_port()

@@ -144,6 +144,54 @@ static void test_from_ai_sets_the_port(void **state)
     assert_int_equal(mm_addr_from_ai(res, 80, &ss), -1);
 }
 
+/* An answer of several addresses: one family (IPv4 first), each once, in
+ * order, with the port; a set of one for a literal. */
+static void test_sets_hold_every_address_of_one_family_once_in_order(void **state)
+{
+    (void)state;
+    const char *ips[] = {"192.0.2.9", "2001:db8::1", "192.0.2.3", "192.0.2.9", "192.0.2.5"};
+    struct addrinfo ai[5];
+    struct sockaddr_storage ss[5];
+    memset(ai, 0, sizeof(ai));
+    for (int i = 0; i < 5; i++) {
+        memset(&ss[i], 0, sizeof(ss[i]));
+        int v6 = strchr(ips[i], ':') != NULL;
+        if (v6)
+            uv_ip6_addr(ips[i], 0, (struct sockaddr_in6 *)&ss[i]);
+        else
+            uv_ip4_addr(ips[i], 0, (struct sockaddr_in *)&ss[i]);
+        ai[i].ai_family = v6 ? AF_INET6 : AF_INET;
+        ai[i].ai_addr = (struct sockaddr *)&ss[i];
+        ai[i].ai_addrlen = v6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+        ai[i].ai_next = i < 4 ? &ai[i + 1] : NULL;
+    }
+    mm_addrs_t set;
+    assert_int_equal(mm_addrs_from_ai(ai, 7001, &set), 0);
+    char text[256];
+    mm_addrs_format(&set, text, sizeof(text));
+    assert_string_equal(text, "192.0.2.3:7001, 192.0.2.5:7001, 192.0.2.9:7001");
+    /* the same addresses in another order: an equal set */
+    mm_addrs_t again;
+    ai[0].ai_next = &ai[1];
+    struct addrinfo *reversed = &ai[2];
+    ai[4].ai_next = &ai[0];
+    ai[1].ai_next = NULL;
+    assert_int_equal(mm_addrs_from_ai(reversed, 7001, &again), 0);
+    assert_true(mm_addrs_equal(&set, &again));
+    assert_int_equal(mm_addrs_from_ai(reversed, 7002, &again), 0);
+    assert_false(mm_addrs_equal(&set, &again));
+    /* cut short in a small buffer */
+    mm_addrs_format(&set, text, 20);
+    assert_string_equal(text, "192.0.2.3:7001, ...");
+    assert_int_equal(mm_addrs_from_ai(NULL, 80, &set), -1);
+    /* a literal: a set of one, without a lookup */
+    cfg_addr_t lit = {.host = "10.1.2.3", .port = 80};
+    assert_int_equal(mm_addrs_resolve(&lit, &set), 0);
+    assert_int_equal(set.n, 1);
+    mm_addrs_format(&set, text, sizeof(text));
+    assert_string_equal(text, "10.1.2.3:80");
+}
+
 static void test_equal_needs_family_address_and_port(void **state)
 {
     (void)state;
@@ -213,6 +261,7 @@ int main(void)
         cmocka_unit_test(test_names_need_a_lookup),
         cmocka_unit_test(test_pick_prefers_ipv4),
         cmocka_unit_test(test_from_ai_sets_the_port),
+        cmocka_unit_test(test_sets_hold_every_address_of_one_family_once_in_order),
         cmocka_unit_test(test_equal_needs_family_address_and_port),
         cmocka_unit_test(test_lookup_in_the_thread_pool),
     };

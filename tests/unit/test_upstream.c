@@ -263,6 +263,66 @@ static void test_keep_alive_answer_is_pooled(void **state)
     ex_stop(&t);
 }
 
+/* The number of rig connections a model holds open. */
+static int model_conns(const rig_model_t *m)
+{
+    int n = 0;
+    for (const rig_mconn_t *c = m->conns; c; c = c->next) n++;
+    return n;
+}
+
+/* A pool over two addresses (a name's two A records; two ports of
+ * 127.0.0.1 here): exchanges take them in turn, each address's connection
+ * kept alive and reused for its turns. */
+static void test_exchanges_take_the_addresses_in_turn(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    rig_model_t a, b;
+    rig_model_start(&loop, &a, MODEL_ANSWER, ok);
+    rig_model_start(&loop, &b, MODEL_ANSWER, ok);
+    cfg_upstream_t cfg = {.pool = 4, .connect_timeout_ms = 2000, .timeout_ms = 5000};
+    strcpy(cfg.name, "model");
+    strcpy(cfg.addr.host, "model.internal");
+    mm_addrs_t addrs = {.n = 2};
+    uv_ip4_addr("127.0.0.1", a.port, (struct sockaddr_in *)&addrs.a[0]);
+    uv_ip4_addr("127.0.0.1", b.port, (struct sockaddr_in *)&addrs.a[1]);
+    char err[256];
+    up_pool_t *pool = up_pool_create(&loop, &cfg, &addrs, err, sizeof(err));
+    assert_non_null(pool);
+    up_pool_stats_t st;
+    up_pool_stats(pool, &st);
+    assert_int_equal(st.addresses, 2);
+    for (int i = 0; i < 6; i++) {
+        user_t u;
+        memset(&u, 0, sizeof(u));
+        u.user.ops = &user_ops;
+        up_acquire(pool, &u.user);
+        for (int k = 0; k < 500 && u.dones == 0; k++) {
+            uv_run(&loop, UV_RUN_NOWAIT);
+            uv_sleep(1);
+        }
+        assert_int_equal(u.dones, 1);
+        up_release(u.conn, 1);
+    }
+    assert_int_equal(a.requests, 3);
+    assert_int_equal(b.requests, 3);
+    assert_int_equal(model_conns(&a), 1);
+    assert_int_equal(model_conns(&b), 1);
+    up_pool_stats(pool, &st);
+    assert_int_equal(st.connects, 2);
+    assert_int_equal(st.idle, 2);
+    up_pool_release(pool);
+    rig_model_stop(&a);
+    rig_model_stop(&b);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    rig_model_free(&a);
+    rig_model_free(&b);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -272,6 +332,7 @@ int main(void)
         cmocka_unit_test(test_eof_ends_close_delimited_body_while_held),
         cmocka_unit_test(test_eof_after_whole_chunked_answer_while_held),
         cmocka_unit_test(test_keep_alive_answer_is_pooled),
+        cmocka_unit_test(test_exchanges_take_the_addresses_in_turn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
