@@ -250,6 +250,18 @@ static void scrape(fx_t *f, const char *reloads, const char *reporting, int gaug
     rig_resp_free(&r);
 }
 
+/* What this worker (slot 0) has kept holds the line `line`. */
+static void assert_kept(mm_keep_t *k, const char *line)
+{
+    keep_snap_t s;
+    assert_int_equal(keep_snapshot(k, 1, &s), 0);
+    assert_int_equal(s.state[0], KEEP_KEPT);
+    char *mine = strndup(s.text[0].p, s.text[0].len);
+    assert_line(mine, line);
+    free(mine);
+    keep_snap_free(&s);
+}
+
 static void test_with_a_keep_a_silent_sibling_counts_as_of_its_last_scrape(void **state)
 {
     (void)state;
@@ -258,13 +270,7 @@ static void test_with_a_keep_a_silent_sibling_counts_as_of_its_last_scrape(void 
     keep_sibling(f.keep, 4);
     scrape(&f, "modelmux_reloads_total 7", "modelmux_workers_reporting 1", 0);
     /* and this worker kept what it showed, for the day it dies */
-    keep_snap_t s;
-    assert_int_equal(keep_snapshot(f.keep, 1, &s), 0);
-    assert_int_equal(s.state[0], KEEP_KEPT);
-    char *mine = strndup(s.text[0].p, s.text[0].len);
-    assert_line(mine, "modelmux_reloads_total 3");
-    free(mine);
-    keep_snap_free(&s);
+    assert_kept(f.keep, "modelmux_reloads_total 3");
     fx_stop(&f);
 }
 
@@ -309,20 +315,11 @@ static void test_the_tick_keeps_the_exposition_between_scrapes(void **state)
     keep_snap_free(&s);
     scrape_keep_tick(&f.t.srv);
     assert_true(f.t.srv.group.keep_next_us > 0);
-    assert_int_equal(keep_snapshot(f.keep, 1, &s), 0);
-    assert_int_equal(s.state[0], KEEP_KEPT);
-    char *mine = strndup(s.text[0].p, s.text[0].len);
-    assert_line(mine, "modelmux_reloads_total 3");
-    free(mine);
-    keep_snap_free(&s);
+    assert_kept(f.keep, "modelmux_reloads_total 3");
     f.t.srv.reloads = 5;            /* counted since */
     f.t.srv.group.keep_next_us = 0; /* its pause is over */
     scrape_keep_tick(&f.t.srv);
-    assert_int_equal(keep_snapshot(f.keep, 1, &s), 0);
-    mine = strndup(s.text[0].p, s.text[0].len);
-    assert_line(mine, "modelmux_reloads_total 5");
-    free(mine);
-    keep_snap_free(&s);
+    assert_kept(f.keep, "modelmux_reloads_total 5");
     fx_stop(&f);
 }
 
