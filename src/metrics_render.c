@@ -407,6 +407,13 @@ static void render_upstreams(mm_buf_t *b, const router_t *r)
         const char *kv[] = {"upstream", r->cfg->upstreams[i].name, NULL};
         sample_u64(b, "modelmux_upstream_waiting", kv, (uint64_t)st[i].waiting);
     }
+    family(b, "modelmux_upstream_address_ejections_total", "counter",
+           "Outlier ejections of one of an upstream's several addresses (its other addresses "
+           "serve meanwhile). Since the last reload.");
+    for (size_t i = 0; i < n; i++) {
+        const char *kv[] = {"upstream", r->cfg->upstreams[i].name, NULL};
+        sample_u64(b, "modelmux_upstream_address_ejections_total", kv, st[i].address_ejections);
+    }
     family(b, "modelmux_upstream_addresses", "gauge",
            "Addresses an upstream's exchanges take in turn: every one its host name resolves to "
            "(up to 16), 1 for an address.");

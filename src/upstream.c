@@ -37,6 +37,15 @@ struct up_pool_s {
     mm_addrs_t addrs;
     unsigned rr;
     up_conn_t *idle[MM_ADDRS_MAX]; /* per address, LIFO: the most recently used is the warmest */
+    /* With several addresses, outlier ejection per address too (as Envoy's
+     * per host): one that fails eject.consecutive_5xx times in a row (a 5xx
+     * answer, a failed connect or exchange) is skipped for base_ms times
+     * its ejections, but never the last one standing. */
+    struct {
+        int consecutive;
+        unsigned ejections;
+        uint64_t until; /* loop ms */
+    } out[MM_ADDRS_MAX];
     int n_open, n_idle, n_waiting;
     up_user_t *qhead, *qtail;
     int released;
@@ -285,10 +294,54 @@ static void close_idle(up_pool_t *p)
         while (p->idle[i]) uc_close(p->idle[i]); /* uc_close takes it off the idle list */
 }
 
+static int addr_ejected(const up_pool_t *p, int ai, uint64_t now)
+{
+    return p->out[ai].until > now;
+}
+
+/* The next address in turn that is not ejected. */
+static int pick_ai(up_pool_t *p)
+{
+    uint64_t now = uv_now(p->loop);
+    for (int k = 0; k < p->addrs.n; k++) {
+        int ai = (int)(p->rr++ % (unsigned)p->addrs.n);
+        if (!addr_ejected(p, ai, now)) return ai;
+    }
+    return (int)(p->rr++ % (unsigned)p->addrs.n); /* every one ejected: cannot be, see below */
+}
+
 /* The address of the next exchange: the addresses in turn. */
 static inline int next_ai(up_pool_t *p)
 {
-    return p->addrs.n == 1 ? 0 : (int)(p->rr++ % (unsigned)p->addrs.n);
+    return p->addrs.n == 1 ? 0 : pick_ai(p);
+}
+
+/* c's exchange succeeded (failed 0) or failed (a 5xx, a failed connect or
+ * exchange): its address's outlier count. With one address the pool's own
+ * ejection (up_pool_observe, the arm's fallback) is the whole story. */
+static void addr_observe(up_conn_t *c, int failed)
+{
+    up_pool_t *p = c->pool;
+    if (p->addrs.n < 2 || p->cfg.eject_consecutive_5xx <= 0 || c->addr_gen != p->addr_gen) return;
+    int ai = c->ai;
+    if (!failed) {
+        p->out[ai].consecutive = 0;
+        return;
+    }
+    if (++p->out[ai].consecutive < p->cfg.eject_consecutive_5xx) return;
+    p->out[ai].consecutive = 0;
+    uint64_t now = uv_now(p->loop);
+    int standing = 0;
+    for (int i = 0; i < p->addrs.n; i++) standing += i != ai && !addr_ejected(p, i, now);
+    if (addr_ejected(p, ai, now) || standing == 0) return; /* the last one serves on */
+    uint64_t ms = (uint64_t)p->cfg.eject_base_ms * ++p->out[ai].ejections;
+    p->out[ai].until = now + ms;
+    p->stats.address_ejections++;
+    char at[80];
+    mm_addr_format(&p->addrs.a[ai], at, sizeof(at));
+    mm_log("upstream %s: %s ejected for %llu ms (%d failures in a row); the others serve",
+           p->cfg.name, at, (unsigned long long)ms, p->cfg.eject_consecutive_5xx);
+    while (p->idle[ai]) uc_close(p->idle[ai]);
 }
 
 /* An idle connection to any address, looking from `from` on; NULL: none. */
@@ -355,6 +408,7 @@ static void pool_readdress(up_pool_t *p, const mm_addrs_t *set)
     p->addrs = *set;
     p->addr_gen++;
     p->stats.readdressed++;
+    memset(p->out, 0, sizeof(p->out)); /* a new set: its addresses start clean */
     close_idle(p);
 }
 
@@ -471,6 +525,7 @@ static void uc_fail(up_conn_t *c, up_err_t kind)
      * work. */
     int reused = kind == UP_ERR_RESET && c->uses > 1 && !c->got_bytes;
     c->pool->stats.errors[kind]++;
+    addr_observe(c, 1);
     uc_close(c);
     if (u) u->ops->on_error(u, c, kind, reused);
 }
@@ -483,6 +538,7 @@ static void on_timer(uv_timer_t *t)
          * close; it must see the connection as closing and do nothing. */
         up_user_t *u = c->user;
         c->pool->stats.errors[UP_ERR_CONNECT_TIMEOUT]++;
+        addr_observe(c, 1);
         uc_close(c);
         if (u) {
             u->pending_conn = NULL;
@@ -660,6 +716,7 @@ static void on_connect(uv_connect_t *req, int status)
     if (status != 0) {
         up_user_t *u = c->user;
         c->pool->stats.errors[UP_ERR_CONNECT]++;
+        addr_observe(c, 1);
         uc_close(c);
         if (u) {
             u->pending_conn = NULL;
@@ -896,6 +953,7 @@ static void uc_process(up_conn_t *c)
             c->kick = 1; /* a bodiless or zero-length answer ends without input */
             c->resp.head = &c->head;
             c->resp.base = c->rbuf;
+            addr_observe(c, c->resp.status >= 500);
             u->ops->on_head(u, c, &c->resp);
             if (c->state == UC_BUSY && c->msg_done && c->phase == PH_BODY) {
                 c->phase = PH_DONE;
@@ -955,7 +1013,8 @@ void up_release(up_conn_t *c, int reusable)
     if (c->state != UC_BUSY) return;
     up_pool_t *p = c->pool;
     int ok = reusable && c->phase == PH_DONE && c->resp.keep_alive && !c->writing &&
-             c->rpos == c->rlen && !p->released && !p->draining && c->addr_gen == p->addr_gen;
+             c->rpos == c->rlen && !p->released && !p->draining && c->addr_gen == p->addr_gen &&
+             (p->addrs.n == 1 || !addr_ejected(p, c->ai, uv_now(p->loop)));
     c->user = NULL;
     if (!ok) {
         uc_close(c);

@@ -137,7 +137,8 @@ typedef struct {
     uint64_t resolve_failures; /* re-resolutions that failed (the address is kept) */
     uint64_t readdressed;      /* re-resolutions that moved the pool to new addresses */
     int open, idle, waiting;
-    int addresses; /* the addresses exchanges take in turn */
+    int addresses;              /* the addresses exchanges take in turn */
+    uint64_t address_ejections; /* one of several addresses ejected (see upstream.c) */
 } up_pool_stats_t;
 void up_pool_stats(const up_pool_t *p, up_pool_stats_t *out);
 

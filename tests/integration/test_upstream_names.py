@@ -178,6 +178,29 @@ class UpstreamNames(mmtest.MMTestCase):
         self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_addresses", "upstream"),
                          {("champion",): 1})
 
+    def test_an_address_that_keeps_failing_is_ejected_and_the_others_serve(self):
+        # Envoy's per-host outlier detection: the failing address of a name
+        # is skipped once it failed eject.consecutive_5xx times in a row
+        # (those answers reach their clients, as §4 says of ejections).
+        port = mmtest.free_port()
+        self.cluster.model_server("good", "--host", "127.0.0.1", port=port)
+        bad = self.cluster._start([mmtest.MODEL_SERVER, "--host", "127.0.0.2", "--port", str(port),
+                                   "--name", "bad", "--error-rate", "1"], "ms-bad")
+        mmtest.wait_port(port, bad.p, host="127.0.0.2")
+        self.set_hosts({"model-a.test": ["127.0.0.1", "127.0.0.2"]})
+        dport, admin = mmtest.free_port(), mmtest.free_port()
+        cfg = self.config(dport, admin, "http://model-a.test:%d" % port)
+        cfg["upstreams"]["champion"]["eject"] = {"consecutive_5xx": 3, "base_ms": 60000}
+        mm = self.start_mm(cfg)
+        statuses = [mmtest.request(mm.port, "POST", "/predict", body={"x": 1})[0]
+                    for _ in range(20)]
+        self.assertEqual(statuses[:6], [200, 500, 200, 500, 200, 500])
+        self.assertEqual(statuses[6:], [200] * 14)
+        self.assertIn("upstream champion: 127.0.0.2:%d ejected for 60000 ms (3 failures in a "
+                      "row); the others serve" % port, mm.log())
+        self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_address_ejections_total",
+                                               "upstream"), {("champion",): 1})
+
     def test_resolve_ms_0_looks_up_once(self):
         port = mmtest.free_port()
         self.cluster.model_server("old", "--host", "127.0.0.1", port=port)

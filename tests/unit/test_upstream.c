@@ -274,53 +274,107 @@ static int model_conns(const rig_model_t *m)
 /* A pool over two addresses (a name's two A records; two ports of
  * 127.0.0.1 here): exchanges take them in turn, each address's connection
  * kept alive and reused for its turns. */
-static void test_exchanges_take_the_addresses_in_turn(void **state)
-{
-    (void)state;
+/* Two models on two addresses of one pool (ports of 127.0.0.1 stand for a
+ * name's A records), answering answer_a and answer_b. */
+typedef struct {
     uv_loop_t loop;
-    assert_int_equal(uv_loop_init(&loop), 0);
-    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     rig_model_t a, b;
-    rig_model_start(&loop, &a, MODEL_ANSWER, ok);
-    rig_model_start(&loop, &b, MODEL_ANSWER, ok);
-    cfg_upstream_t cfg = {.pool = 4, .connect_timeout_ms = 2000, .timeout_ms = 5000};
+    up_pool_t *pool;
+} pair_t;
+
+static void pair_start(pair_t *t, const char *answer_a, const char *answer_b, int eject)
+{
+    assert_int_equal(uv_loop_init(&t->loop), 0);
+    rig_model_start(&t->loop, &t->a, MODEL_ANSWER, answer_a);
+    rig_model_start(&t->loop, &t->b, MODEL_ANSWER, answer_b);
+    cfg_upstream_t cfg = {.pool = 4,
+                          .connect_timeout_ms = 2000,
+                          .timeout_ms = 5000,
+                          .eject_consecutive_5xx = eject,
+                          .eject_base_ms = 60000};
     strcpy(cfg.name, "model");
     strcpy(cfg.addr.host, "model.internal");
     mm_addrs_t addrs = {.n = 2};
-    uv_ip4_addr("127.0.0.1", a.port, (struct sockaddr_in *)&addrs.a[0]);
-    uv_ip4_addr("127.0.0.1", b.port, (struct sockaddr_in *)&addrs.a[1]);
+    uv_ip4_addr("127.0.0.1", t->a.port, (struct sockaddr_in *)&addrs.a[0]);
+    uv_ip4_addr("127.0.0.1", t->b.port, (struct sockaddr_in *)&addrs.a[1]);
     char err[256];
-    up_pool_t *pool = up_pool_create(&loop, &cfg, &addrs, err, sizeof(err));
-    assert_non_null(pool);
-    up_pool_stats_t st;
-    up_pool_stats(pool, &st);
-    assert_int_equal(st.addresses, 2);
-    for (int i = 0; i < 6; i++) {
-        user_t u;
-        memset(&u, 0, sizeof(u));
-        u.user.ops = &user_ops;
-        up_acquire(pool, &u.user);
-        for (int k = 0; k < 500 && u.dones == 0; k++) {
-            uv_run(&loop, UV_RUN_NOWAIT);
-            uv_sleep(1);
-        }
-        assert_int_equal(u.dones, 1);
-        up_release(u.conn, 1);
+    t->pool = up_pool_create(&t->loop, &cfg, &addrs, err, sizeof(err));
+    assert_non_null(t->pool);
+}
+
+/* One whole exchange, the connection given back. */
+static void pair_exchange(pair_t *t)
+{
+    user_t u;
+    memset(&u, 0, sizeof(u));
+    u.user.ops = &user_ops;
+    up_acquire(t->pool, &u.user);
+    for (int k = 0; k < 500 && u.dones == 0; k++) {
+        uv_run(&t->loop, UV_RUN_NOWAIT);
+        uv_sleep(1);
     }
-    assert_int_equal(a.requests, 3);
-    assert_int_equal(b.requests, 3);
-    assert_int_equal(model_conns(&a), 1);
-    assert_int_equal(model_conns(&b), 1);
-    up_pool_stats(pool, &st);
+    assert_int_equal(u.dones, 1);
+    up_release(u.conn, 1);
+}
+
+static void pair_stop(pair_t *t)
+{
+    up_pool_release(t->pool);
+    rig_model_stop(&t->a);
+    rig_model_stop(&t->b);
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+    rig_model_free(&t->a);
+    rig_model_free(&t->b);
+    assert_int_equal(uv_loop_close(&t->loop), 0);
+}
+
+#define OK200  "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+#define ERR503 "HTTP/1.1 503 Busy\r\nContent-Length: 2\r\n\r\nno"
+
+/* Exchanges take the addresses in turn, each address's connection kept
+ * alive and reused for its turns. */
+static void test_exchanges_take_the_addresses_in_turn(void **state)
+{
+    (void)state;
+    pair_t t;
+    pair_start(&t, OK200, OK200, 0);
+    up_pool_stats_t st;
+    up_pool_stats(t.pool, &st);
+    assert_int_equal(st.addresses, 2);
+    for (int i = 0; i < 6; i++) pair_exchange(&t);
+    assert_int_equal(t.a.requests, 3);
+    assert_int_equal(t.b.requests, 3);
+    assert_int_equal(model_conns(&t.a), 1);
+    assert_int_equal(model_conns(&t.b), 1);
+    up_pool_stats(t.pool, &st);
     assert_int_equal(st.connects, 2);
     assert_int_equal(st.idle, 2);
-    up_pool_release(pool);
-    rig_model_stop(&a);
-    rig_model_stop(&b);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    rig_model_free(&a);
-    rig_model_free(&b);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    pair_stop(&t);
+}
+
+/* An address that fails eject.consecutive_5xx times in a row is skipped:
+ * the other takes every exchange; when both fail, the last standing is
+ * never ejected. */
+static void test_an_address_that_keeps_failing_is_ejected_alone(void **state)
+{
+    (void)state;
+    pair_t t;
+    pair_start(&t, ERR503, OK200, 2);
+    for (int i = 0; i < 10; i++) pair_exchange(&t);
+    assert_int_equal(t.a.requests, 2); /* its turns 1 and 3: ejected after the second */
+    assert_int_equal(t.b.requests, 8);
+    up_pool_stats_t st;
+    up_pool_stats(t.pool, &st);
+    assert_int_equal(st.address_ejections, 1);
+    assert_int_equal(model_conns(&t.a), 0); /* its idle connection closed */
+    pair_stop(&t);
+
+    pair_start(&t, ERR503, ERR503, 2);
+    for (int i = 0; i < 10; i++) pair_exchange(&t);
+    up_pool_stats(t.pool, &st);
+    assert_int_equal(st.address_ejections, 1);
+    assert_int_equal(t.a.requests + t.b.requests, 10);
+    pair_stop(&t);
 }
 
 int main(void)
@@ -333,6 +387,7 @@ int main(void)
         cmocka_unit_test(test_eof_after_whole_chunked_answer_while_held),
         cmocka_unit_test(test_keep_alive_answer_is_pooled),
         cmocka_unit_test(test_exchanges_take_the_addresses_in_turn),
+        cmocka_unit_test(test_an_address_that_keeps_failing_is_ejected_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
