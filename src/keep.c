@@ -192,7 +192,8 @@ void keep_retire(mm_keep_t *k, int w)
         lost = "its exposition was too large to keep";
     }
     lock(k);
-    if (state == KEEP_KEPT && lost == NULL) write_slot(k, k->n, out.p ? out.p : "", out.len);
+    mm_str_t kept = mm_buf_view(&out);
+    if (state == KEEP_KEPT && lost == NULL) write_slot(k, k->n, kept.p, kept.n);
     k->h->slots[w].state = KEEP_EMPTY;
     k->h->slots[w].len = 0;
     unlock(k);

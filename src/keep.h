@@ -10,7 +10,8 @@
  * or name a host that no longer resolves). The keep is memory the parent
  * maps (shared) before it forks the workers:
  *  - a slot per worker, where the worker puts every exposition it renders
- *    for a scrape, before the scrape sees it;
+ *    for a scrape, before the scrape sees it, and one a second between
+ *    scrapes (scrape_keep_tick);
  *  - a retired slot: the counters and histograms of workers that died,
  *    which the parent folds in (keep_retire) before it starts another
  *    worker in the dead one's place;
@@ -19,8 +20,8 @@
  * A scrape merges what the slots hold rather than what the siblings sent,
  * so every number a scrape ever showed stays in the sum: in a worker's slot
  * while it lives, in the retired slot after. What a crashed worker counted
- * after the last scrape it answered is lost (nothing is written on the data
- * path); the group's counters never go down.
+ * since it last put its slot (about a second) is lost (nothing is written
+ * on the data path); the group's counters never go down.
  *
  * One process-shared, robust mutex guards the keep; it is held to copy text
  * in or out, never to merge. A worker killed while it writes leaves its

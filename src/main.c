@@ -486,8 +486,8 @@ static config_t *kept_config(mm_keep_t *keep, const char *path)
     int kept = keep_config(keep, &text);
     config_t *c = NULL;
     char err[2048];
-    if (kept > 0 &&
-        (c = config_parse(text.p ? text.p : "", text.len, path, err, sizeof(err))) == NULL)
+    mm_str_t t = mm_buf_view(&text);
+    if (kept > 0 && (c = config_parse(t.p, t.n, path, err, sizeof(err))) == NULL)
         mm_log("--workers: the group's config does not load again (%s): the new worker serves "
                "the start config",
                err);

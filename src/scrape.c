@@ -92,8 +92,9 @@ void scrape_render_own(mm_server_t *srv, mm_buf_t *out)
     metrics_render(srv, out);
     /* Only in a group that gathers: a worker alone (its scrape sockets
      * failed) has no slot of its own to keep. */
+    mm_str_t text = mm_buf_view(out);
     if (srv->keep && scrape_group_active(srv) && !out->oom)
-        keep_put(srv->keep, srv->group.self, out->p ? out->p : "", out->len);
+        keep_put(srv->keep, srv->group.self, text.p, text.n);
 }
 
 void scrape_keep_tick(mm_server_t *srv)
