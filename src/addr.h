@@ -52,7 +52,7 @@ void mm_addrs_format(const mm_addrs_t *s, char *out, size_t n);
 
 /* "1.2.3.4:80" or "[::1]:80". */
 void mm_addr_format(const struct sockaddr_storage *ss, char *out, size_t n);
-/* 1 if both are the same family, address and port. */
+/* 1 if both are the same family, address and port (and IPv6 zone). */
 int mm_addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
 
 #endif

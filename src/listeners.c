@@ -6,6 +6,8 @@
 #include <string.h>
 #include <netinet/in.h>
 
+#include "addr.h"
+
 #define BACKLOG 4096
 
 static void free_handle(uv_handle_t *h)
@@ -18,21 +20,6 @@ static void close_listener(uv_tcp_t *t)
     if (t && !uv_is_closing((uv_handle_t *)t)) uv_close((uv_handle_t *)t, free_handle);
 }
 
-static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family) return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-        return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
-               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
-    }
-    return 0;
-}
-
 /* The listener of l (data or admin) bound to a, if any. */
 static uv_tcp_t *listening_on(const mm_listeners_t *l, const struct sockaddr_storage *a)
 {
@@ -41,7 +28,7 @@ static uv_tcp_t *listening_on(const mm_listeners_t *l, const struct sockaddr_sto
         struct sockaddr_storage ss;
         int len = sizeof(ss);
         if (have[i] && uv_tcp_getsockname(have[i], (struct sockaddr *)&ss, &len) == 0 &&
-            same_addr(&ss, a))
+            mm_addr_equal(&ss, a))
             return have[i];
     }
     return NULL;

@@ -217,6 +217,11 @@ static void test_equal_needs_family_address_and_port(void **state)
     y = addr("::2", 80);
     mm_addr_literal(&y, &b);
     assert_false(mm_addr_equal(&a, &b));
+    /* link-local: the same address on another interface is another host */
+    mm_addr_literal(&x, &a);
+    b = a;
+    ((struct sockaddr_in6 *)&b)->sin6_scope_id = ((struct sockaddr_in6 *)&a)->sin6_scope_id + 1;
+    assert_false(mm_addr_equal(&a, &b));
 }
 
 /* The lookup off the loop gives what mm_addr_from_ai turns into the
