@@ -229,6 +229,8 @@ static void reload_finish(server_reload_t *rl)
         router_unref(prev);
         commit_listeners(srv, cfg, &st);
         store_retain(srv->store, server_configured, (void *)nr->cfg);
+        if (store_has_names(&cfg->store)) pool_warm(srv); /* before the store's lookups */
+        store_reconfigure(srv->store, &cfg->store);
         reload_log(srv, cfg);
         /* What a worker started in place of a crashed one reloads to. */
         if (rl->text) keep_put_config(srv->keep, rl->text, rl->text_len);
@@ -343,9 +345,6 @@ static void reload_with(mm_server_t *srv, config_t *cfg, char *text, size_t text
                         reload_waiter_t *waiters)
 {
     if (srv->has_store_override) cfg->store = srv->store_override;
-    const config_t *old = srv->router->cfg;
-    if (old->store.type != cfg->store.type)
-        mm_log("reload: a new store type takes effect at the next restart");
     size_t n = RELOAD_ADDRS(cfg);
     server_reload_t *rl = calloc(1, sizeof(*rl));
     if (rl) {
@@ -601,13 +600,13 @@ static void pool_warm(mm_server_t *srv)
 }
 
 /* Some upstream of cfg is a host name (looked up in the thread pool), or
- * Redis Sentinels are asked where the primary is: they may name one, and
- * their first question comes once the signals are unblocked. */
+ * the store looks one up (store_has_names): a Redis host name, or
+ * Sentinels, whose first question comes once the signals are unblocked. */
 static int config_has_names(const config_t *cfg)
 {
     for (size_t i = 0; i < cfg->n_upstreams; i++)
         if (mm_addr_is_name(&cfg->upstreams[i].addr)) return 1;
-    return cfg->store.type == STORE_REDIS && cfg->store.n_sentinels > 0;
+    return store_has_names(&cfg->store);
 }
 
 /* ---- start ---- */

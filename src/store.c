@@ -37,6 +37,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "log.h"
 #include "store_internal.h"
 
 #define BUCKETS_MIN    1024u
@@ -986,6 +987,14 @@ err:
     json_decref(s->index);
     free(s);
     return NULL;
+}
+
+void store_reconfigure(store_t *s, const cfg_store_t *cfg)
+{
+    if (cfg->type != s->cfg.type)
+        mm_log("reload: a new store type takes effect at the next restart");
+    else if (s->redis)
+        store_redis_reconfigure(s->redis, cfg);
 }
 
 void store_shutdown(store_t *s, int timeout_ms, void (*done)(void *), void *arg)

@@ -118,6 +118,9 @@ typedef struct store_exp_s {
      * write's reply on its way (store_detached_done). On s->detached. */
     int detached;
     uint64_t known_epoch;
+    /* The store moved (store_reconfigure): the next snapshot comes from
+     * another Redis or prefix, whose reset epoch is its own, not a reset. */
+    int rebase;
     /* The global statistics last read from Redis (without local deltas),
      * per arm of pub: written back if Redis comes back empty. */
     arm_stats_t seen[MM_MAX_ARMS];
@@ -220,6 +223,7 @@ void store_redis_shutdown(store_redis_t *r, int timeout_ms, void (*done)(void *)
 void store_redis_destroy(store_redis_t *r);
 void store_redis_flush(store_redis_t *r, void (*cb)(void *), void *arg);
 void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined);
+void store_redis_reconfigure(store_redis_t *r, const cfg_store_t *cfg);
 void store_redis_remember(store_redis_t *r, const char *id, size_t idlen, uint32_t pair,
                           uint64_t expires_ms);
 void store_redis_lookup(store_redis_t *r, mm_str_t id, store_lookup_cb cb, void *arg);

@@ -286,6 +286,7 @@ struct store_redis_s {
     int up;
     int ever_up;
     int down_logged;
+    int announce_up;       /* a reload moved the store: log its first "up" there */
     char refusal[256];     /* the handshake refusal last logged (logged again only if it changes) */
     const char *close_why; /* set while force_close runs */
     int readonly;          /* a replica answered READONLY and no write has been taken since */
@@ -293,6 +294,7 @@ struct store_redis_s {
     uv_timer_t sync_timer, conn_timer, deadline_timer;
     uv_getaddrinfo_t gai; /* at_host is a name: its lookup */
     int resolving;
+    int stale; /* the settings changed while the lookup ran: its answer is not used */
     /* The primary connected to: store.host and port, or with store.sentinel
      * what the Sentinels named last ("" until they named one). */
     char at_host[256];
@@ -358,6 +360,7 @@ static void run_flushes(store_redis_t *r);
 static void aq_free(aq_list_t *l);
 static void maybe_finish(store_redis_t *r);
 static void on_conn_timer(uv_timer_t *t);
+static void redis_connect(store_redis_t *r);
 
 /* One line on stderr, through mm_log: with its time and process id, since
  * the workers of --workers N share one stderr. Each condition is logged when
@@ -510,8 +513,9 @@ static void on_hello(store_redis_t *r)
     if (r->ever_up) r->st.reconnects++;
     r->ever_up = 1;
     if (!r->readonly) { /* else up only once a write is taken (on_exp_reply) */
-        if (r->down_logged) note(r, "up");
+        if (r->down_logged || r->announce_up) note(r, "up");
         r->down_logged = 0;
+        r->announce_up = 0;
         r->backoff_ms = BACKOFF_MIN_MS;
     }
     r->group_ok = 0; /* a new server may not have the group */
@@ -623,6 +627,11 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         return;
     }
     r->open_handles--; /* not the last: the timers are open while not closing */
+    if (r->stale) {    /* looked up for the settings before a reload's */
+        r->stale = 0;
+        redis_connect(r);
+        return;
+    }
     if (addr[0] == '\0') {
         char why[300];
         snprintf(why, sizeof(why), "cannot resolve %s: %s", r->at_host,
@@ -638,11 +647,16 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
  * lookup may take seconds (a DNS server that does not answer) and the loop
  * routes requests meanwhile. A numeric address is used as it is. While a
  * lookup runs it counts as an open handle, so the replicator outlives it. */
+static int is_numeric(const char *host)
+{
+    unsigned char bin[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, host, bin) == 1 || inet_pton(AF_INET6, host, bin) == 1;
+}
+
 static void connect_primary(store_redis_t *r)
 {
     const char *host = r->at_host;
-    unsigned char bin[sizeof(struct in6_addr)];
-    if (inet_pton(AF_INET, host, bin) == 1 || inet_pton(AF_INET6, host, bin) == 1) {
+    if (is_numeric(host)) {
         connect_to(r, host);
         return;
     }
@@ -1082,13 +1096,14 @@ static void apply_snapshot(store_exp_t *x, const redisReply *reply)
     parse_ctl(reply->element[0], &cf);
 
     uint64_t epoch = reply_u64(cf.epoch);
-    if (b->reset || !x->synced)
+    if (b->reset || !x->synced || x->rebase)
         x->known_epoch = epoch;
     else if (epoch != x->known_epoch) {
         /* Another instance reset the experiment (0: Redis lost its data). */
         if (epoch != 0) store_exp_remote_reset(x);
         x->known_epoch = epoch;
     }
+    x->rebase = 0;
 
     for (size_t i = 0; i < e->n_arms; i++) {
         arm_stats_t snap = {0};
@@ -2368,18 +2383,122 @@ store_redis_t *store_redis_create(store_t *s, char *err, size_t errlen)
     return r;
 }
 
-void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined)
+/* The keys an experiment's sync script names (the others are made as sent). */
+static void exp_keys(store_redis_t *r, store_exp_t *x)
 {
     char mid[MM_NAME_MAX + 16];
     snprintf(mid, sizeof(mid), "{%s}:", x->pub.name);
     key_of(x->ctl_key, r, mid, "control");
     snprintf(mid, sizeof(mid), "{%s}:seq:", x->pub.name);
     key_of(x->seq_key, r, mid, r->instance);
+}
+
+void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined)
+{
+    exp_keys(r, x);
     /* Redefined by the config: ours wins. Else adopt what Redis has, if any. */
     if (redefined)
         x->pub.control_dirty = 1;
     else
         x->ctl_init = 1;
+}
+
+static int same_sentinels(const cfg_store_t *a, const cfg_store_t *b)
+{
+    if (a->n_sentinels != b->n_sentinels || strcmp(a->sentinel_master, b->sentinel_master) != 0 ||
+        strcmp(a->sentinel_username, b->sentinel_username) != 0 ||
+        strcmp(a->sentinel_password, b->sentinel_password) != 0)
+        return 0;
+    for (int i = 0; i < a->n_sentinels; i++)
+        if (strcmp(a->sentinels[i].host, b->sentinels[i].host) != 0 ||
+            a->sentinels[i].port != b->sentinels[i].port)
+            return 0;
+    return 1;
+}
+
+/* Whether a and b name the same Redis, database and keys, as the same user. */
+static int same_place(const cfg_store_t *a, const cfg_store_t *b)
+{
+    return same_sentinels(a, b) &&
+           (a->n_sentinels > 0 || (strcmp(a->host, b->host) == 0 && a->port == b->port)) &&
+           strcmp(a->prefix, b->prefix) == 0 && strcmp(a->username, b->username) == 0 &&
+           strcmp(a->password, b->password) == 0 && a->db == b->db;
+}
+
+/* "HOST:PORT" or "NAME (Sentinel)", then the database and prefix. */
+static void place_str(const cfg_store_t *c, char *out, size_t cap)
+{
+    if (c->n_sentinels > 0)
+        snprintf(out, cap, "%s (Sentinel), db %d, prefix %s", c->sentinel_master, c->db, c->prefix);
+    else
+        snprintf(out, cap, "%s:%d, db %d, prefix %s", c->host, c->port, c->db, c->prefix);
+}
+
+/* A reload's settings. The store moves as it does when Redis restarts
+ * empty or fails over, so nothing new is needed to keep what was learned:
+ * the connection is dropped (the writes in flight fail, and are kept and
+ * sent again), made again with the new settings, and the first sync
+ * script per experiment finds the new place empty and writes this
+ * instance's snapshot there (restore), or finds state there and adopts it
+ * (its reset epoch taken as the place's own, not as a reset). */
+void store_redis_reconfigure(store_redis_t *r, const cfg_store_t *cfg)
+{
+    cfg_store_t *c = &r->s->cfg;
+    if (r->closing || r->destroying || r->shutting_down) return;
+    if (c->sync_ms != cfg->sync_ms) {
+        c->sync_ms = cfg->sync_ms;
+        uv_timer_start(&r->sync_timer, on_sync_timer, (uint64_t)c->sync_ms, (uint64_t)c->sync_ms);
+    }
+    if (same_place(c, cfg)) return;
+    int new_sentinels = !same_sentinels(c, cfg);
+    sentinel_t *fresh = NULL;
+    if (new_sentinels && cfg->n_sentinels > 0 &&
+        (fresh = sentinel_new(r->s->loop, c, CONNECT_TIMEOUT_MS)) == NULL) {
+        note(r, "reload: out of memory for the new Sentinels; the store stays where it is");
+        return;
+    }
+    char to[512];
+    place_str(cfg, to, sizeof(to));
+    note(r, "reload: moving to %s", to);
+    r->up = 0;
+    r->down_logged = 1; /* that line says it: no "down" line for the close */
+    force_close(r, "reload");
+    r->backoff_ms = BACKOFF_MIN_MS;
+    int new_prefix = strcmp(c->prefix, cfg->prefix) != 0;
+    *c = *cfg;
+    if (new_sentinels) {
+        if (r->sentinel)
+            sentinel_close(r->sentinel, on_sentinel_closed, r); /* drops its question */
+        r->sentinel = fresh;
+        r->asking = 0;
+        if (fresh) r->open_handles++;
+    }
+    if (c->n_sentinels == 0) {
+        snprintf(r->at_host, sizeof(r->at_host), "%s", c->host);
+        r->at_port = c->port;
+    } else if (new_sentinels) {
+        r->at_host[0] = '\0';
+        r->at_port = 0;
+    }
+    if (new_prefix) {
+        key_of(r->stream_key, r, "", "feedback");
+        r->claim_from[0] = '\0';
+        for (size_t i = 0; i < r->s->n_exps; i++) exp_keys(r, r->s->exps[i]);
+    }
+    for (size_t i = 0; i < r->s->n_exps; i++) r->s->exps[i]->rebase = 1;
+    r->readonly = 0;
+    r->refusal[0] = '\0';
+    r->down_logged = 0; /* the new place's failures are logged */
+    r->announce_up = 1; /* and so is its first "up" */
+    if (r->resolving)
+        r->stale = 1; /* its answer connects again */
+    else if (!r->asking)
+        uv_timer_start(&r->conn_timer, on_conn_timer, 0, 0);
+}
+
+int store_has_names(const cfg_store_t *c)
+{
+    return c->type == STORE_REDIS && (c->n_sentinels > 0 || !is_numeric(c->host));
 }
 
 int store_redis_up(const store_redis_t *r)

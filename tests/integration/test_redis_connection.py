@@ -5,7 +5,8 @@ resolved off the event loop (an unresolvable one is reported and retried),
 and a failover: an address that leads to a replica (READONLY) is connected
 again until it leads to the primary. With store.sentinel the primary is the
 one a Sentinel names (a node that does not answer is skipped), and a
-failover the Sentinel makes is followed.
+failover the Sentinel makes is followed. A reload moves the store to
+another Redis, to Sentinels and back, with what it learned.
 Each test starts its own redis-server, since the suite's shared one has no
 password."""
 import json
@@ -271,6 +272,79 @@ class RedisConnection(mmtest.MMTestCase):
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
+
+    def reload_store(self, mm, store):
+        """Rewrite mm's config with these store settings and POST /reload."""
+        with open(mm.config_path) as f:
+            cfg = json.load(f)
+        cfg["store"] = dict({"type": "redis", "sync_ms": 20}, **store)
+        with open(mm.config_path, "w") as f:
+            json.dump(cfg, f)
+        st, _, body = mmtest.request(mm.admin_port, "POST", "/reload")
+        self.assertEqual((st, json.loads(body)), (200, {"status": "reloaded"}))
+
+    def weights(self, port, auth):
+        got = self.cli(port, auth, "HGET", "modelmux:{split}:control", "weights")
+        return json.loads(got[0]) if got else None
+
+    def test_a_reload_moves_the_store_with_what_it_learned(self):
+        """A reload to another Redis (first with a wrong password: reported,
+        routing goes on) takes what this instance learned there, the
+        operator's weights and the increments counted meanwhile included,
+        and leaves the old Redis alone."""
+        old = self.start_redis()
+        new = self.start_redis("--requirepass", "n3w")
+        mm = self.start_mm({"port": old})
+        self.send(mm, 20)
+        st, _, body = mmtest.request(mm.admin_port, "PUT", "/experiments/split/weights",
+                                     body={"champion": 100, "challenger": 0})
+        self.assertEqual(st, 200, body)
+        mmtest.eventually(lambda: self.pulls(old, []) == 20 and
+                          self.weights(old, []) == {"champion": 100, "challenger": 0})
+
+        self.reload_store(mm, {"port": new, "password": "wrong"})
+        mmtest.eventually(lambda: "store: redis 127.0.0.1:%d: AUTH refused: WRONGPASS" % new
+                          in mm.log())
+        self.assertEqual(self.readyz_store(mm), "down")
+        self.assertEqual(mmtest.arms_served(mm.port, "/predict", 5), {"champion"})
+
+        self.reload_store(mm, {"port": new, "password": "n3w"})
+        mmtest.eventually(lambda: self.pulls(new, ["-a", "n3w"]) == 25)
+        self.assertEqual(self.weights(new, ["-a", "n3w"]), {"champion": 100, "challenger": 0})
+        mmtest.eventually(lambda: self.readyz_store(mm) == "up")
+        self.assertEqual(self.pulls(old, []), 20)
+        log = mm.log()
+        self.assertIn("store: redis 127.0.0.1:%d: reload: moving to 127.0.0.1:%d, db 0, prefix "
+                      "modelmux\n" % (old, new), log)
+        self.assertIn("store: redis 127.0.0.1:%d: up\n" % new, log)
+        self.assertNotIn("n3w", log)
+        self.assertNotIn("wrong", log)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
+    def test_a_reload_moves_the_store_to_and_from_sentinels(self):
+        """A reload from a Redis address to Sentinels, and back, with a
+        prefix change: each place gets what was learned before it."""
+        plain = self.start_redis()
+        primary = self.start_redis()
+        sentinel = self.start_sentinel(primary)
+        mm = self.start_mm({"port": plain})
+        self.send(mm, 6)
+        mmtest.eventually(lambda: self.pulls(plain, []) == 6)
+        self.reload_store(mm, {"sentinel": {"master": "mm", "nodes": ["localhost:%d" % sentinel]}})
+        self.send(mm, 4)
+        mmtest.eventually(lambda: self.pulls(primary, []) == 10)
+        self.assertIn("store: redis mm (Sentinel) at 127.0.0.1:%d: the Sentinels name this the "
+                      "primary" % primary, mm.log())
+        self.reload_store(mm, {"port": plain, "prefix": "again"})
+        self.send(mm, 1)
+        key = "again:{split}:arm:"
+        mmtest.eventually(lambda: sum(int((self.cli(plain, [], "HGET", key + arm, "pulls") or
+                                           ["0"])[0]) for arm in ("champion", "challenger")) == 11)
+        self.assertEqual(self.pulls(plain, []), 6)
+        self.assertEqual(self.pulls(primary, []), 10)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
 if __name__ == "__main__":
     mmtest.main()

@@ -1268,6 +1268,124 @@ static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
     f->rc = keep;
 }
 
+/* A reload's settings for store s (as mk_store made it): at port, prefix. */
+static void move_store(store_t *s, int port, const char *prefix, int sync_ms)
+{
+    cfg_store_t cfg = {.type = STORE_REDIS, .port = port, .sync_ms = sync_ms};
+    snprintf(cfg.host, sizeof(cfg.host), "127.0.0.1");
+    snprintf(cfg.prefix, sizeof(cfg.prefix), "%s", prefix);
+    store_reconfigure(s, &cfg);
+}
+
+/* A reload that points the store at another Redis: what this instance
+ * learned is written there (the new Redis has none of it), increments
+ * counted during the move included, and the old one is left alone. */
+static void test_reload_moves_the_store_with_what_it_learned(void **state)
+{
+    fx_t *f = *state;
+    redis_proc_t *p = &f->own;
+    p->port = free_port();
+    assert_int_equal(redis_start(p), 0);
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs");
+    for (int i = 0; i < 40; i++) store_pull(a, ea, 0);
+    for (int i = 0; i < 10; i++) store_reward(a, ea, 1, 1, 1);
+    for (int i = 0; i < 12; i++) store_answer(a, ea, 0, 200, 9000);
+    exp_control_t c = weights(30, 70);
+    store_set_control(a, ea, &c);
+    RUN_UNTIL(f, store_up(a) && ea->control.version == 2, WAIT_MS);
+    SETTLE(f, a, ea);
+
+    move_store(a, p->port, f->prefix, 20);
+    for (int i = 0; i < 5; i++) store_pull(a, ea, 0);
+    RUN_UNTIL(f, store_up(a), WAIT_MS);
+    SETTLE(f, a, ea);
+
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 40); /* the old Redis: as it was */
+    redisContext *keep = f->rc;
+    f->rc = sync_ctx(p->port);
+    assert_non_null(f->rc);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 45);
+    assert_true(arm_field(f, "recs", "challenger", "successes") == 10);
+    assert_int_equal(lat_field(f, "recs", "champion", "n"), 12);
+    char buf[64];
+    assert_true(ctl_field(f, "recs", "weights", buf, sizeof(buf)));
+    assert_string_equal(buf, "{\"champion\":30,\"challenger\":70}");
+    assert_int_equal(ea->merged[0].pulls, 45);
+    assert_int_equal(view_answers(ea, 0), 12);
+    assert_true(ea->control.weights[1] == 70);
+    assert_int_equal(store_resets(ea), 0);
+    assert_int_equal(ea->dropped, 0);
+    redisFree(f->rc);
+    f->rc = keep;
+}
+
+/* A reload to a prefix that already holds the experiment, reset there once
+ * (its reset epoch 1, ours 0): the instance adopts that state and adds its
+ * new increments to it. The other epoch is the place's own, not a reset,
+ * so nothing local is dropped; and the new prefix is where it writes. */
+static void test_reload_to_a_prefix_with_state_adopts_it(void **state)
+{
+    fx_t *f = *state;
+    char other[sizeof(f->prefix)];
+    snprintf(other, sizeof(other), "%.50s-other", f->prefix);
+    cfg_store_t cfg = {.type = STORE_REDIS, .port = f->port, .sync_ms = 20};
+    snprintf(cfg.host, sizeof(cfg.host), "127.0.0.1");
+    snprintf(cfg.prefix, sizeof(cfg.prefix), "%s", other);
+    char err[256];
+    store_t *b = f->st[1] = store_create(&f->loop, &cfg, err, sizeof(err));
+    assert_non_null(b);
+    exp_state_t *eb = mk_exp(b, "recs");
+    for (int i = 0; i < 7; i++) store_pull(b, eb, 1);
+    RUN_UNTIL(f, store_up(b), WAIT_MS);
+    SETTLE(f, b, eb);
+    store_reset(b, eb);
+    for (int i = 0; i < 3; i++) store_pull(b, eb, 1);
+    SETTLE(f, b, eb);
+
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs");
+    for (int i = 0; i < 40; i++) store_pull(a, ea, 0);
+    RUN_UNTIL(f, store_up(a), WAIT_MS);
+    SETTLE(f, a, ea);
+
+    move_store(a, f->port, other, 20);
+    for (int i = 0; i < 2; i++) store_pull(a, ea, 0);
+    SETTLE(f, a, ea);
+    assert_int_equal(ea->merged[0].pulls, 2);
+    assert_int_equal(ea->merged[1].pulls, 3);
+    assert_int_equal(store_resets(ea), 0);
+    assert_int_equal(ea->dropped, 0);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 40); /* the old prefix */
+    char keep[sizeof(f->prefix)];
+    snprintf(keep, sizeof(keep), "%s", f->prefix);
+    snprintf(f->prefix, sizeof(f->prefix), "%s", other);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 2);
+    assert_true(arm_field(f, "recs", "challenger", "pulls") == 3);
+    snprintf(f->prefix, sizeof(f->prefix), "%s", keep);
+    SETTLE(f, b, eb);
+    assert_int_equal(eb->merged[0].pulls, 2); /* the other instance sees them */
+}
+
+/* A reload's sync_ms applies at once; the same settings do not reconnect. */
+static void test_reload_changes_sync_ms_and_keeps_the_connection(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 5000);
+    exp_state_t *ea = mk_exp(a, "recs");
+    RUN_UNTIL(f, store_up(a) && store_exp_of(ea)->synced, WAIT_MS);
+    store_stats_t st0;
+    store_get_stats(a, &st0);
+    move_store(a, f->port, f->prefix, 10);
+    uint64_t s0 = syncs(a);
+    RUN_UNTIL(f, syncs(a) >= s0 + 5, WAIT_MS); /* a 5 s interval would take 25 s */
+    assert_true(syncs(a) >= s0 + 5);
+    store_stats_t st1;
+    store_get_stats(a, &st1);
+    assert_int_equal(st1.reconnects, st0.reconnects);
+    assert_true(store_up(a));
+}
+
 static void test_hung_redis_is_dropped_and_nothing_counts_twice(void **state)
 {
     fx_t *f = *state;
@@ -1710,6 +1828,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted_loses_no_increment, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_redis_restarted_empty_gets_the_statistics_back, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_reload_moves_the_store_with_what_it_learned, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_reload_to_a_prefix_with_state_adopts_it, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_reload_changes_sync_ms_and_keeps_the_connection, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_hung_redis_is_dropped_and_nothing_counts_twice, setup,
                                         teardown),
