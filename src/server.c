@@ -230,7 +230,11 @@ static void reload_finish(server_reload_t *rl)
         commit_listeners(srv, cfg, &st);
         store_retain(srv->store, server_configured, (void *)nr->cfg);
         if (store_has_names(&cfg->store)) pool_warm(srv); /* before the store's lookups */
-        store_reconfigure(srv->store, &cfg->store);
+        int was_memory = strcmp(store_kind(srv->store), "memory") == 0;
+        store_reconfigure(srv->store, &cfg->store,
+                          srv->has_store_override ? &srv->store_override : NULL);
+        if (was_memory && strcmp(store_kind(srv->store), "redis") == 0 && feedback_start(srv) != 0)
+            mm_log("cannot consume the Redis feedback stream");
         reload_log(srv, cfg);
         /* What a worker started in place of a crashed one reloads to. */
         if (rl->text) keep_put_config(srv->keep, rl->text, rl->text_len);
@@ -344,7 +348,6 @@ static void reload_begin(mm_server_t *srv, reload_waiter_t *waiters)
 static void reload_with(mm_server_t *srv, config_t *cfg, char *text, size_t text_len,
                         reload_waiter_t *waiters)
 {
-    if (srv->has_store_override) cfg->store = srv->store_override;
     size_t n = RELOAD_ADDRS(cfg);
     server_reload_t *rl = calloc(1, sizeof(*rl));
     if (rl) {

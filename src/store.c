@@ -989,12 +989,18 @@ err:
     return NULL;
 }
 
-void store_reconfigure(store_t *s, const cfg_store_t *cfg)
+void store_reconfigure(store_t *s, const cfg_store_t *cfg, const cfg_store_t *group)
 {
-    if (cfg->type != s->cfg.type)
-        mm_log("reload: a new store type takes effect at the next restart");
-    else if (s->redis)
-        store_redis_reconfigure(s->redis, cfg);
+    if (cfg->type == STORE_REDIS) {
+        if (s->redis)
+            store_redis_reconfigure(s->redis, cfg);
+        else
+            store_redis_from_memory(s, cfg);
+        return;
+    }
+    if (s->redis == NULL || (group != NULL && store_redis_at(s->redis, group))) return;
+    mm_log("reload: the store stays on Redis: a move to the memory store takes effect at the "
+           "next restart");
 }
 
 void store_shutdown(store_t *s, int timeout_ms, void (*done)(void *), void *arg)

@@ -70,12 +70,13 @@ typedef void (*store_lookup_cb)(void *arg, int found, const store_reqinfo_t *inf
 /* Fails only on a bad config or no memory: with Redis unreachable it succeeds
  * (store_up() = 0) and keeps reconnecting. */
 store_t *store_create(uv_loop_t *loop, const cfg_store_t *cfg, char *err, size_t errlen);
-/* A reload's store settings. The type stays the one the start chose (a new
- * one is logged: it takes effect at the next start). With Redis, a new
- * sync_ms applies at once, and new connection settings (host, port,
- * sentinel, username, password, db) or prefix move the store: it connects
- * there and carries over what this instance holds (store_redis.c). */
-void store_reconfigure(store_t *s, const cfg_store_t *cfg);
+/* A reload's store settings. To Redis: a new sync_ms applies at once, and
+ * new connection settings (host, port, sentinel, username, password, db) or
+ * prefix move the store, from memory too: it connects there and carries
+ * over what this instance holds (store_redis.c). To memory from Redis: kept
+ * on Redis until the next start (logged), unless `group` (--workers' private
+ * redis-server standing in for the memory store) is where it is. */
+void store_reconfigure(store_t *s, const cfg_store_t *cfg, const cfg_store_t *group);
 /* Whether the store of cfg looks host names up (libuv's thread pool): the
  * Redis host is one, or Sentinels are asked (they may name one). */
 int store_has_names(const cfg_store_t *cfg);

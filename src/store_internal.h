@@ -224,6 +224,11 @@ void store_redis_destroy(store_redis_t *r);
 void store_redis_flush(store_redis_t *r, void (*cb)(void *), void *arg);
 void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined);
 void store_redis_reconfigure(store_redis_t *r, const cfg_store_t *cfg);
+/* Turn the memory store s into a Redis one at cfg, carrying its state
+ * (store_reconfigure); -1, logged, if it cannot be created. */
+int store_redis_from_memory(store_t *s, const cfg_store_t *cfg);
+/* Whether r is where cfg says (same address, database, prefix, user). */
+int store_redis_at(const store_redis_t *r, const cfg_store_t *cfg);
 void store_redis_remember(store_redis_t *r, const char *id, size_t idlen, uint32_t pair,
                           uint64_t expires_ms);
 void store_redis_lookup(store_redis_t *r, mm_str_t id, store_lookup_cb cb, void *arg);

@@ -2496,6 +2496,39 @@ void store_redis_reconfigure(store_redis_t *r, const cfg_store_t *cfg)
         uv_timer_start(&r->conn_timer, on_conn_timer, 0, 0);
 }
 
+int store_redis_from_memory(store_t *s, const cfg_store_t *cfg)
+{
+    char to[512], err[256];
+    place_str(cfg, to, sizeof(to));
+    mm_log("store: reload: moving from memory to redis %s", to);
+    cfg_store_t was = s->cfg;
+    s->cfg = *cfg;
+    store_redis_t *r = store_redis_create(s, err, sizeof(err));
+    if (r == NULL) {
+        s->cfg = was;
+        mm_log("store: reload: %s; the store stays in memory", err);
+        return -1;
+    }
+    r->announce_up = 1;
+    /* What the memory store counted is the snapshot every round's script
+     * carries: restored where Redis has nothing of the experiment, and
+     * where it has, Redis's state is adopted as another instance's would be. */
+    for (size_t i = 0; i < s->n_exps; i++) {
+        store_exp_t *x = s->exps[i];
+        memcpy(x->seen, x->pub.merged, sizeof(x->seen));
+        x->synced = 1;
+        x->rebase = 1;
+        store_redis_exp_added(r, x, 0);
+    }
+    s->redis = r;
+    return 0;
+}
+
+int store_redis_at(const store_redis_t *r, const cfg_store_t *cfg)
+{
+    return same_place(&r->s->cfg, cfg);
+}
+
 int store_has_names(const cfg_store_t *c)
 {
     return c->type == STORE_REDIS && (c->n_sentinels > 0 || !is_numeric(c->host));

@@ -91,14 +91,16 @@ class RedisConnection(mmtest.MMTestCase):
         argv = [REDIS_CLI, "-p", str(port), "-n", str(db), "--no-auth-warning"] + auth + list(args)
         return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.split()
 
-    def start_mm(self, store):
+    def start_mm(self, store, **experiment):
         ups = {"champion": self.cluster.model_server("champion").port,
                "challenger": self.cluster.model_server("challenger").port}
         port, admin = mmtest.free_port(), mmtest.free_port()
-        store = dict({"type": "redis", "sync_ms": 20}, **store)
-        cfg = mmtest.base_config(port, ups, [{"name": "split", "match": {"path_prefix": "/"},
-                                             "policy": "ab",
-                                             "arms": {"champion": 50, "challenger": 50}}],
+        if store.get("type") != "memory":
+            store = dict({"type": "redis", "sync_ms": 20}, **store)
+        cfg = mmtest.base_config(port, ups, [dict({"name": "split", "match": {"path_prefix": "/"},
+                                                   "policy": "ab",
+                                                   "arms": {"champion": 50, "challenger": 50}},
+                                                  **experiment)],
                                  admin_port=admin, store=store)
         return self.cluster.modelmux(cfg, "--seed", 1)
 
@@ -319,6 +321,29 @@ class RedisConnection(mmtest.MMTestCase):
         self.assertIn("store: redis 127.0.0.1:%d: up\n" % new, log)
         self.assertNotIn("n3w", log)
         self.assertNotIn("wrong", log)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
+    def test_a_reload_from_the_memory_store_to_redis(self):
+        """A process started on the memory store moves to Redis at a reload,
+        with what it learned, and then consumes the feedback stream."""
+        port = self.start_redis()
+        mm = self.start_mm({"type": "memory"}, policy="thompson",
+                           arms=["champion", "challenger"], reward="bernoulli")
+        self.send(mm, 12)
+        view = lambda: json.loads(mmtest.request(mm.admin_port, "GET", "/experiments/split")[2])
+        self.assertEqual(sum(a["requests"] for a in view()["arms"]), 12)
+
+        self.reload_store(mm, {"port": port})
+        mmtest.eventually(lambda: self.pulls(port, []) == 12)
+        self.assertIn("store: reload: moving from memory to redis 127.0.0.1:%d, db 0, prefix "
+                      "modelmux\n" % port, mm.log())
+        self.assertEqual(self.readyz_store(mm), "up")
+        self.cli(port, [], "XADD", "modelmux:feedback", "*", "experiment", "split", "arm",
+                 "challenger", "reward", "1")
+        mmtest.eventually(lambda: self.cli(port, [], "HGET", "modelmux:{split}:arm:challenger",
+                                           "successes") == ["1"])
+        self.assertEqual(sum(a["requests"] for a in view()["arms"]), 12)
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 

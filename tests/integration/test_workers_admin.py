@@ -158,6 +158,45 @@ class WorkersLifecycle(mmtest.MMTestCase):
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
+    def test_a_reload_to_redis_moves_the_group_with_what_it_learned(self):
+        """A group started on the memory store (its private redis-server)
+        moves to the configured Redis at a reload, with what it learned, and
+        goes on counting there; a reload back to the memory store takes a
+        restart (logged by each worker), and the group stays on Redis."""
+        mm = self.cluster.modelmux(self.config(50, 50), "--workers", 2, name="w")
+        mmtest.eventually(lambda: mm.log().count("listening on") == 2, timeout=5)
+        r = mmtest.Redis(self.cluster.redis())
+        self.addCleanup(r.close)
+        prefix = "wmove%d" % os.getpid()
+        pulls = lambda: sum(int(r("HGET", "%s:{ab}:arm:%s" % (prefix, arm), "pulls") or 0)
+                            for arm in ("champion", "challenger"))
+        requests = lambda: sum(a["requests"] for a in json.loads(
+            mmtest.request(self.admin, "GET", "/experiments/ab")[2])["arms"])
+
+        self.arms(20)
+        mmtest.eventually(lambda: requests() == 20, timeout=5)
+        cfg = self.config(50, 50)
+        cfg["store"] = {"type": "redis", "port": r.addr[1], "prefix": prefix, "sync_ms": 20}
+        self.cluster.write_config(cfg, "w.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 2, timeout=5)
+        mmtest.eventually(lambda: pulls() == 20)
+        self.assertEqual(mm.log().count("reload: moving to 127.0.0.1:%d, db 0, prefix %s\n"
+                                        % (r.addr[1], prefix)), 2)
+        self.arms(10)
+        mmtest.eventually(lambda: pulls() == 30)
+        self.assertEqual(requests(), 30)
+
+        self.cluster.write_config(self.config(50, 50), "w.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 4, timeout=5)
+        self.assertEqual(mm.log().count("reload: the store stays on Redis: a move to the memory "
+                                        "store takes effect at the next restart"), 2)
+        self.arms(5)
+        mmtest.eventually(lambda: pulls() == 35)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
     def test_a_reload_moves_every_worker_and_a_replaced_worker_listens_where_they_do(self):
         mm = self.cluster.modelmux(self.config(100, 0), "--workers", 2, name="w")
         pids = lambda: [int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log())]

@@ -1274,7 +1274,7 @@ static void move_store(store_t *s, int port, const char *prefix, int sync_ms)
     cfg_store_t cfg = {.type = STORE_REDIS, .port = port, .sync_ms = sync_ms};
     snprintf(cfg.host, sizeof(cfg.host), "127.0.0.1");
     snprintf(cfg.prefix, sizeof(cfg.prefix), "%s", prefix);
-    store_reconfigure(s, &cfg);
+    store_reconfigure(s, &cfg, NULL);
 }
 
 /* A reload that points the store at another Redis: what this instance
@@ -1384,6 +1384,91 @@ static void test_reload_changes_sync_ms_and_keeps_the_connection(void **state)
     store_get_stats(a, &st1);
     assert_int_equal(st1.reconnects, st0.reconnects);
     assert_true(store_up(a));
+}
+
+static store_t *mk_memory_store(fx_t *f)
+{
+    cfg_store_t cfg = {.type = STORE_MEMORY};
+    char err[256];
+    store_t *s = store_create(&f->loop, &cfg, err, sizeof(err));
+    assert_non_null(s);
+    return s;
+}
+
+/* A reload from the memory store to Redis: what the process learned (the
+ * statistics, the answers, the operator's weights) is written to Redis,
+ * and the store goes on there. */
+static void test_reload_from_memory_to_redis_carries_the_state(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_memory_store(f);
+    exp_state_t *ea = mk_exp(a, "recs");
+    for (int i = 0; i < 30; i++) store_pull(a, ea, 0);
+    for (int i = 0; i < 8; i++) store_reward(a, ea, 1, 1, 1);
+    for (int i = 0; i < 6; i++) store_answer(a, ea, 1, 503, 2000);
+    exp_control_t c = weights(30, 70);
+    store_set_control(a, ea, &c);
+
+    move_store(a, f->port, f->prefix, 20);
+    assert_string_equal(store_kind(a), "redis");
+    store_pull(a, ea, 0);
+    RUN_UNTIL(f, store_up(a), WAIT_MS);
+    SETTLE(f, a, ea);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 31);
+    assert_true(arm_field(f, "recs", "challenger", "successes") == 8);
+    assert_true(arm_field(f, "recs", "challenger", "feedback") == 8);
+    assert_int_equal(lat_field(f, "recs", "challenger", "n"), 6);
+    assert_int_equal(lat_field(f, "recs", "challenger", "e"), 6);
+    char buf[64];
+    assert_true(ctl_field(f, "recs", "weights", buf, sizeof(buf)));
+    assert_string_equal(buf, "{\"champion\":30,\"challenger\":70}");
+    assert_int_equal(ea->merged[0].pulls, 31);
+    assert_int_equal(view_answers(ea, 1), 6);
+    assert_true(ea->control.weights[1] == 70);
+    assert_int_equal(store_resets(ea), 0);
+}
+
+/* From memory to a Redis that has the experiment (another instance's):
+ * its state is adopted, as a new instance adopts it. */
+static void test_reload_from_memory_to_a_redis_with_state_adopts_it(void **state)
+{
+    fx_t *f = *state;
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    exp_state_t *eb = mk_exp(b, "recs");
+    for (int i = 0; i < 9; i++) store_pull(b, eb, 1);
+    exp_control_t c = weights(50, 50);
+    store_set_control(b, eb, &c);
+    RUN_UNTIL(f, store_up(b), WAIT_MS);
+    SETTLE(f, b, eb);
+
+    store_t *a = f->st[0] = mk_memory_store(f);
+    exp_state_t *ea = mk_exp(a, "recs");
+    for (int i = 0; i < 30; i++) store_pull(a, ea, 0);
+    move_store(a, f->port, f->prefix, 20);
+    store_pull(a, ea, 0);
+    RUN_UNTIL(f, store_up(a), WAIT_MS);
+    SETTLE(f, a, ea);
+    assert_int_equal(ea->merged[0].pulls, 1);
+    assert_int_equal(ea->merged[1].pulls, 9);
+    assert_true(ea->control.weights[0] == 50);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 1);
+    assert_int_equal(store_resets(ea), 0);
+}
+
+/* A reload from Redis to the memory store takes a restart: the store stays
+ * on Redis and goes on writing there. */
+static void test_reload_from_redis_to_memory_stays_on_redis(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs");
+    RUN_UNTIL(f, store_up(a), WAIT_MS);
+    cfg_store_t mem = {.type = STORE_MEMORY};
+    store_reconfigure(a, &mem, NULL);
+    assert_string_equal(store_kind(a), "redis");
+    for (int i = 0; i < 4; i++) store_pull(a, ea, 1);
+    SETTLE(f, a, ea);
+    assert_true(arm_field(f, "recs", "challenger", "pulls") == 4);
 }
 
 static void test_hung_redis_is_dropped_and_nothing_counts_twice(void **state)
@@ -1834,6 +1919,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reload_to_a_prefix_with_state_adopts_it, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_reload_changes_sync_ms_and_keeps_the_connection, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_reload_from_memory_to_redis_carries_the_state, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_reload_from_memory_to_a_redis_with_state_adopts_it,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reload_from_redis_to_memory_stays_on_redis, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_hung_redis_is_dropped_and_nothing_counts_twice, setup,
                                         teardown),
