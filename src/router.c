@@ -42,6 +42,15 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, sto
     r->exps = calloc(cfg->n_experiments ? cfg->n_experiments : 1, sizeof(*r->exps));
     if (r->pools == NULL || r->exps == NULL) goto oom;
     for (size_t i = 0; i < cfg->n_upstreams; i++) {
+        /* An upstream the reload leaves as it was keeps its pool, as Envoy
+         * keeps an unchanged cluster: its warm connections, its counters,
+         * and its outlier ejection (an ejected upstream stays ejected). */
+        int k = old ? config_upstream_index(old->cfg, cfg->upstreams[i].name) : -1;
+        if (k >= 0 && up_pool_same(old->pools[k], &cfg->upstreams[i])) {
+            up_pool_ref(old->pools[k]);
+            r->pools[i] = old->pools[k];
+            continue;
+        }
         r->pools[i] =
             up_pool_create(loop, &cfg->upstreams[i], addrs ? &addrs[i] : NULL, err, errlen);
         if (r->pools[i] == NULL) goto err;

@@ -48,6 +48,7 @@ struct up_pool_s {
     } out[MM_ADDRS_MAX];
     int n_open, n_idle, n_waiting;
     up_user_t *qhead, *qtail;
+    int refs; /* routers using the pool: a reload keeps an unchanged upstream's */
     int released;
     int draining; /* no more parking of idle connections */
     int consecutive_5xx;
@@ -230,6 +231,7 @@ up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg, const mm_a
     }
     p->loop = loop;
     p->cfg = *cfg;
+    p->refs = 1;
     if (addrs) {
         p->addrs = *addrs; /* looked up off the loop by the caller (a reload) */
     } else if (mm_addrs_resolve(&cfg->addr, &p->addrs) != 0) {
@@ -465,9 +467,24 @@ static void refresh_stop(up_pool_t *p)
     if (p->gai_busy) uv_cancel((uv_req_t *)&p->gai);
 }
 
+void up_pool_ref(up_pool_t *p)
+{
+    p->refs++;
+}
+
+int up_pool_same(const up_pool_t *p, const cfg_upstream_t *cfg)
+{
+    const cfg_upstream_t *a = &p->cfg;
+    return strcmp(a->name, cfg->name) == 0 && strcmp(a->url, cfg->url) == 0 &&
+           a->pool == cfg->pool && a->connect_timeout_ms == cfg->connect_timeout_ms &&
+           a->timeout_ms == cfg->timeout_ms &&
+           a->eject_consecutive_5xx == cfg->eject_consecutive_5xx &&
+           a->eject_base_ms == cfg->eject_base_ms && a->resolve_ms == cfg->resolve_ms;
+}
+
 void up_pool_release(up_pool_t *p)
 {
-    if (p == NULL) return;
+    if (p == NULL || --p->refs > 0) return;
     p->released = 1;
     refresh_stop(p);
     close_idle(p);

@@ -90,8 +90,16 @@ up_pool_t *up_pool_create(uv_loop_t *loop, const cfg_upstream_t *cfg, const mm_a
 /* Where new connections of the pool go (the last successful lookup). */
 const mm_addrs_t *up_pool_addrs(const up_pool_t *p);
 
-/* Drop the pool: idle connections close now, busy ones when released. The
- * pool's memory goes when its last connection has closed. */
+/* One more router uses p (a reload keeps an unchanged upstream's pool: its
+ * connections, counters and outlier ejection go on); each up_pool_release
+ * one fewer. */
+void up_pool_ref(up_pool_t *p);
+/* Whether p was made for an upstream configured as cfg is (name, url, pool
+ * size, timeouts, eject, resolve_ms). */
+int up_pool_same(const up_pool_t *p, const cfg_upstream_t *cfg);
+/* Drop the pool once no router uses it: idle connections close now, busy
+ * ones when released. The pool's memory goes when its last connection has
+ * closed. */
 void up_pool_release(up_pool_t *p);
 const cfg_upstream_t *up_pool_cfg(const up_pool_t *p);
 /* Shutting down: close idle connections now, and every busy one when it is

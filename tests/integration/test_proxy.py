@@ -18,6 +18,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -1377,6 +1378,54 @@ class Fallback(TestCluster):
         time.sleep(base_ms / 1000.0 - first_phase + 0.3)
         later = [one() for _ in range(40)]
         self.assertIn((500, "challenger"), later)
+        c.close()
+
+
+    def test_a_reload_keeps_an_unchanged_upstreams_ejection_and_counters(self):
+        """An upstream a reload leaves as it was keeps its pool: ejected, it
+        stays ejected for base_ms (its 5xx answers do not reach clients
+        again), its ejection count goes on growing the penalty, and its
+        counters go on; an upstream the reload changes starts afresh."""
+        champion = self.cluster.model_server("champion")
+        challenger = self.cluster.model_server("challenger", "--error-rate", 1)
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        cfg = self.cfg(port, champion.port, challenger.port,
+                       eject={"consecutive_5xx": 3, "base_ms": 60000})
+        cfg["admin"] = {"listen": "127.0.0.1:%d" % admin}
+        mm = self.cluster.modelmux(cfg, "--seed", 9)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+        def statuses(n):
+            out = []
+            for _ in range(n):
+                c.request("GET", "/v1/rank")
+                r = c.getresponse()
+                r.read()
+                out.append(r.status)
+            return out
+
+        def ejections():
+            return mmtest.metric_samples(admin, "modelmux_upstream_errors_total", "upstream",
+                                         "kind").get(("challenger", "ejection"))
+
+        self.assertEqual(statuses(40).count(500), 3)
+        self.assertEqual(ejections(), 1)
+        for _ in range(2):
+            st, _, body = mmtest.request(admin, "POST", "/reload")
+            self.assertEqual(st, 200, body)
+            self.assertEqual(statuses(40).count(500), 0)
+            self.assertEqual(ejections(), 1)
+        self.assertEqual(stats(challenger.port)["requests"], 3)
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 3)
+        self.assertEqual(statuses(40).count(500), 0)
+
+        cfg["upstreams"]["challenger"]["timeout_ms"] = 3000  # changed: a new pool
+        self.cluster.write_config(cfg)
+        st, _, body = mmtest.request(admin, "POST", "/reload")
+        self.assertEqual(st, 200, body)
+        self.assertEqual(statuses(40).count(500), 3)
+        self.assertEqual(ejections(), 1)
         c.close()
 
 
