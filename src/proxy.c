@@ -68,6 +68,7 @@ static int on_message_begin(llhttp_t *p)
     c->method_done = c->url_done = c->headers_done = c->msg_done = 0;
     if (c->phase == C_IDLE) {
         c->phase = C_HEAD;
+        c->head_begin_ms = uv_now(c->tcp.loop); /* a load: the loop's cached time */
         /* header_timeout_ms runs from the first byte to the end of the head */
         conn_deadline(c, server_config(c->srv)->limits.header_timeout_ms);
     }
@@ -233,7 +234,11 @@ static void req_start_unread(conn_t *c)
 {
     req_t *r = &c->req;
     r->active = 1;
-    r->t0_us = mm_now_us();
+    /* From the head's first byte, when it had one (a 408 took
+     * header_timeout_ms, a 499 as long as the client took to go away), to
+     * the millisecond: the loop's clock is CLOCK_MONOTONIC's, in ms. */
+    uint64_t now = mm_now_us(), begin = c->head_begin_ms * 1000;
+    r->t0_us = c->phase == C_HEAD && begin > 0 && begin < now ? begin : now;
     http_new_request_id(&c->srv->rng, r->id);
     r->id_len = 32;
     snprintf(r->method, sizeof(r->method), "%s",

@@ -34,6 +34,7 @@ docs/admin-metrics-log.md "Request log"), black box.
      reload turned off is stuck on a write that never returns.
 """
 import base64
+import datetime
 import json
 import os
 import signal
@@ -222,6 +223,38 @@ class HeadCutShort(mmtest.MMTestCase):
                               line["bytes_in"], line["bytes_out"]),
                              (method, 499, None, None, 0, 0), line)
             self.assertRegex(line["request_id"], "^[0-9a-f]{32}$")
+
+
+    def test_a_head_not_read_whole_is_timed_from_its_first_byte(self):
+        """A 408 lasted header_timeout_ms and a 499 as long as the client
+        took to go away: their latency_us and ts say so, from the head's
+        first byte (to the millisecond), not the moment of the error."""
+        c = self.cluster
+        champ = c.model_server("champion")
+        port = mmtest.free_port()
+        log = c.path("requests.jsonl")
+        cfg = mmtest.base_config(port, {"champion": champ.port}, [
+            {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
+             "arms": {"champion": 1}}], log={"requests": log},
+            limits={"header_timeout_ms": 1000})
+        c.modelmux(cfg)
+        t0 = time.time()
+        slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+        slow.sendall(b"GET /v1/rank?slow=1 HTTP/1.1\r\nHo")
+        gone = socket.create_connection(("127.0.0.1", port), timeout=10)
+        gone.sendall(b"GET /v1/rank?gone=1 HTTP/1.1\r\nHo")
+        time.sleep(0.6)
+        gone.close()
+        self.assertTrue(slow.recv(4096).startswith(b"HTTP/1.1 408 "))
+        slow.close()
+        got = {line["path"]: line for line in read_log(log, 2)}
+        for path, status, least in (("/v1/rank?slow=1", 408, 1.0), ("/v1/rank?gone=1", 499, 0.6)):
+            line = got[path]
+            self.assertEqual(line["status"], status, line)
+            self.assertGreaterEqual(line["latency_us"], (least - 0.02) * 1e6, line)
+            ts = datetime.datetime.strptime(line["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+            self.assertLess(abs(ts - t0), 0.5, line)  # when it began, not when it ended
 
 
 class ReloadedSettings(mmtest.MMTestCase):
