@@ -141,8 +141,10 @@ static int parse_arms(ab_t *ab, const json_t *exp, policy_parse_t *pp)
             rc = policy_error(pp, ptr, "weight must be a number in [0, 1e9]");
         } else {
             double w = json_number_value(val);
+            char g[40];
             if (!(w >= 0.0) || !(w <= MM_WEIGHT_MAX))
-                rc = policy_error(pp, ptr, "weight must be in [0, 1e9], got %g", w);
+                rc = policy_error(pp, ptr, "weight must be in [0, 1e9], got %s",
+                                  policy_num(w, g, sizeof(g)));
             else {
                 snprintf(ab->names[idx], sizeof(ab->names[idx]), "%s", key);
                 ab->weights[idx] = w;

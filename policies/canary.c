@@ -60,6 +60,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "../src/lathist.h"
 #include "policy.h"
 
@@ -276,22 +277,22 @@ static verdict_t judge(const canary_t *c, const interval_arm_t cur[2], analysis_
 static void log_line(const canary_t *c, const analysis_t *a)
 {
     if (a->verdict == V_STARTED) {
-        fprintf(stderr, "canary %s: step 0 -> %g (started)\n", c->exp, a->to);
+        mm_log("canary %s: step 0 -> %g (started)", c->exp, a->to);
     } else if (a->state == EXP_PROMOTED) {
-        fprintf(stderr, "canary %s: step %g -> promoted (%s: %s)\n", c->exp, a->from,
-                verdict_names[a->verdict], a->reason);
+        mm_log("canary %s: step %g -> promoted (%s: %s)", c->exp, a->from,
+               verdict_names[a->verdict], a->reason);
     } else if (a->state == EXP_ROLLED_BACK) {
-        fprintf(stderr, "canary %s: step %g -> 0 rolled back (failed %d/%d: %s)\n", c->exp, a->from,
-                a->failures, c->failure_limit, a->reason);
+        mm_log("canary %s: step %g -> 0 rolled back (failed %d/%d: %s)", c->exp, a->from,
+               a->failures, c->failure_limit, a->reason);
     } else if (a->from != a->to) {
-        fprintf(stderr, "canary %s: step %g -> %g (%s: %s)\n", c->exp, a->from, a->to,
-                verdict_names[a->verdict], a->reason);
+        mm_log("canary %s: step %g -> %g (%s: %s)", c->exp, a->from, a->to,
+               verdict_names[a->verdict], a->reason);
     } else if (a->verdict == V_FAILED) {
-        fprintf(stderr, "canary %s: step %g held (failed %d/%d: %s)\n", c->exp, a->from,
-                a->failures, c->failure_limit, a->reason);
+        mm_log("canary %s: step %g held (failed %d/%d: %s)", c->exp, a->from, a->failures,
+               c->failure_limit, a->reason);
     } else {
-        fprintf(stderr, "canary %s: step %g held (%s: %s)\n", c->exp, a->from,
-                verdict_names[a->verdict], a->reason);
+        mm_log("canary %s: step %g held (%s: %s)", c->exp, a->from, verdict_names[a->verdict],
+               a->reason);
     }
 }
 
@@ -533,11 +534,14 @@ static int parse_steps(canary_t *c, const json_t *exp, policy_parse_t *pp)
         snprintf(path, sizeof path, "/steps/%zu", i);
         if (!json_is_number(s)) return policy_error(pp, path, "must be a number (percent)");
         double x = json_number_value(s);
+        char g[40], h[40];
         if (!(x > 0.0 && x <= 100.0))
-            return policy_error(pp, path, "must be in (0, 100] percent, got %g", x);
+            return policy_error(pp, path, "must be in (0, 100] percent, got %s",
+                                policy_num(x, g, sizeof(g)));
         if (i > 0 && !(x > c->steps[i - 1]))
-            return policy_error(pp, path, "steps must be strictly increasing (%g after %g)", x,
-                                c->steps[i - 1]);
+            return policy_error(pp, path, "steps must be strictly increasing (%s after %s)",
+                                policy_num(x, g, sizeof(g)),
+                                policy_num(c->steps[i - 1], h, sizeof(h)));
         c->steps[i] = x;
     }
     c->n_steps = json_array_size(steps);

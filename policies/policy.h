@@ -266,6 +266,10 @@ const policy_ops_t *policy_find(const char *name);
 
 /* Record an error; always returns -1. */
 int policy_error(policy_parse_t *pp, const char *path, const char *fmt, ...) MM_PRINTF(3, 4);
+/* d as text for an error ("got ..."), with every digit needed to tell it
+ * from its neighbours: a value just outside a range never reads as the
+ * bound (1000000001, not 1e+09). Returns out. */
+const char *policy_num(double d, char *out, size_t n);
 /* Declare an arm (an upstream name). Returns the arm index, or -1 after
  * recording an error (unknown upstream, duplicate arm, too many arms). */
 int policy_add_arm(policy_parse_t *pp, const char *name, const char *path);

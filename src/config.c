@@ -220,6 +220,11 @@ static const char *fmt_num(double d, int exact, char *out, size_t n)
     return out;
 }
 
+const char *policy_num(double d, char *out, size_t n)
+{
+    return fmt_num(d, 1, out, n);
+}
+
 /* The offending value, for "got ...": -5, "abc", true, an object. */
 static const char *show(const json_t *v, char *out, size_t n)
 {
@@ -1159,6 +1164,14 @@ static void syntax_error(cx_t *cx, const char *text, size_t len, const json_erro
         jsonpos_at(text, len, (size_t)(nul - text), &line, &col);
     } else if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) {
         msg = "the file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without one";
+    } else if (strncmp(je->text, "too big", 7) == 0) {
+        /* jansson's "too big (negative) integer", beyond int64, at the
+         * number's last digit: pointed at its first, as for other values */
+        size_t at = (size_t)je->position < len ? (size_t)je->position : len;
+        while (at > 0 && (isdigit((unsigned char)text[at - 1]) || text[at - 1] == '-')) at--;
+        jsonpos_at(text, len, at, &line, &col);
+        msg = "integer out of range (beyond +-9223372036854775807); no setting takes one that "
+              "large";
     } else {
         line = je->line < 1 ? 1 : je->line;
         col = je->column < 1 ? 1 : je->column;

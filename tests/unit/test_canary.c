@@ -681,8 +681,14 @@ static void each_analysis_prints_one_log_line(void **state)
     size_t n = fread(buf, 1, sizeof buf - 1, tmp);
     fclose(tmp);
     buf[n] = '\0';
-    assert_string_equal(buf, "canary exp: step 1 -> 5 (passed: error_rate 0.010 <= 0.100, "
-                             "p99 100 ms <= 500 ms)\n");
+    /* one line as modelmux's others: time, process id, then the analysis */
+    const char *want = "canary exp: step 1 -> 5 (passed: error_rate 0.010 <= 0.100, "
+                       "p99 100 ms <= 500 ms)\n";
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "Z modelmux[%ld]: ", (long)getpid());
+    assert_non_null(strstr(buf, prefix));
+    assert_string_equal(strstr(buf, prefix) + strlen(prefix), want);
+    assert_int_equal(strchr(buf, '\n') - buf, (long)strlen(buf) - 1);
     fx_free(&f);
 }
 

@@ -243,6 +243,34 @@ static void test_number_out_of_range(void **state)
                  "t.json:1:32: limits.max_connections must be an integer in [1, 1000000], got 0");
 }
 
+/* A value just outside a range never reads as the bound itself; an
+ * integer beyond int64 (jansson refuses it while parsing) says so. */
+static void test_number_just_outside_a_range_is_shown_exactly(void **state)
+{
+    expect_error("{\"limits\": {\"max_connections\": 99999999999999999999999}, " UPS
+                 ", \"experiments\": []}",
+                 "t.json:1:32: integer out of range (beyond +-9223372036854775807); no setting "
+                 "takes one that large");
+    need_policy("ab");
+    expect_error("{" UPS
+                 ", \"experiments\": [{\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"},"
+                 " \"policy\": \"ab\", \"arms\": {\"champion\": 1000000001}}]}",
+                 "t.json:1:209: experiments[0].arms.champion: weight must be in [0, 1e9], got "
+                 "1000000001");
+    need_policy("canary");
+    const char *canary =
+        "{" UPS ", \"experiments\": [{\"name\": \"e\", \"match\": {\"path_prefix\":"
+        " \"/\"}, \"policy\": \"canary\", \"champion\": \"champion\", \"canary\":"
+        " \"challenger\", \"steps\": [%s]}]}";
+    char text[512];
+    snprintf(text, sizeof(text), canary, "1, 100.0000001");
+    expect_error(text, "t.json:1:253: experiments[0].steps[1]: must be in (0, 100] percent, got "
+                       "100.0000001");
+    snprintf(text, sizeof(text), canary, "5.000000000001, 5");
+    expect_error(text, "t.json:1:266: experiments[0].steps[1]: steps must be strictly increasing "
+                       "(5 after 5.000000000001)");
+}
+
 static void test_missing_required_points_at_enclosing_object(void **state)
 {
     expect_error("{\"experiments\": []}", "t.json:1:1: upstreams is required");
@@ -1089,6 +1117,7 @@ int main(void)
         cmocka_unit_test(test_load_missing_file),
         cmocka_unit_test(test_load_size_limit_is_16_mib),
         cmocka_unit_test(test_default_config_file_is_valid),
+        cmocka_unit_test(test_number_just_outside_a_range_is_shown_exactly),
         cmocka_unit_test(test_error_with_small_buffer_is_truncated_safely),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
