@@ -164,7 +164,7 @@ static int fb_apply(mm_server_t *srv, const fb_event_t *e)
     for (size_t a = 0; a < x->state->n_arms; a++)
         if (strcmp(x->state->arm_names[a], e->arm) == 0) arm = (int)a;
     if (arm < 0) return FB_UNKNOWN;
-    if (e->has_item && !e->has_reward) return FB_INVALID; /* clicks are for interleave only */
+    if (e->has_item) return FB_INVALID; /* clicks (items) are for interleave only */
     const policy_ops_t *ops = x->cfg->ops;
     int kind = ops->check_reward ? ops->check_reward(x->cfg->policy, e->reward) : 0;
     if (kind < 0) return FB_INVALID;
@@ -410,7 +410,16 @@ static int parse_event(json_t *o, fb_event_t *e, char *err, size_t errlen, const
     }
     int by_id = e->request_id[0] != '\0';
     int by_name = e->experiment[0] != '\0' || e->arm[0] != '\0';
-    if (by_id == by_name || (by_name && (!e->experiment[0] || !e->arm[0]))) {
+    if (by_id && by_name) {
+        snprintf(err, errlen, "%s has both request_id and experiment/arm: give one or the other",
+                 where);
+        return -1;
+    }
+    if (by_name && (!e->experiment[0] || !e->arm[0])) {
+        snprintf(err, errlen, "%s needs both experiment and arm (or a request_id instead)", where);
+        return -1;
+    }
+    if (!by_id && !by_name) {
         snprintf(err, errlen, "%s needs either request_id, or experiment and arm", where);
         return -1;
     }

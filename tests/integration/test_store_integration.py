@@ -533,6 +533,10 @@ class StoreIntegration(mmtest.MMTestCase):
         ids.append(self.r("XADD", stream, "*", "experiment", "recs", "arm", "champion",
                           "reward", "2.5E-1"))
         tally.reward("champion", 0.25)
+        # fields of the producer's own are ignored (README, Feedback)
+        ids.append(self.r("XADD", stream, "*", "ts", "1732430000", "experiment", "recs", "arm",
+                          "challenger", "reward", "1", "source", "batch-job"))
+        tally.reward("challenger", 1)
         invalid = [("experiment", "recs", "arm", "champion", "reward", "abc"),
                    ("experiment", "recs", "arm", "champion", "reward", "1.5"),   # not in [0, 1]
                    ("experiment", "recs", "arm", "challenger", "reward", "inf"),

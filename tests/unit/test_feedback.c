@@ -254,8 +254,8 @@ static void test_batch_size_is_bounded(void **state)
     mm_buf_init(&ev);
     mm_buf_printf(
         &ev, "{\"experiment\": \"rank\", \"arm\": \"b\", \"reward\": 1, \"item\": \"%s\"}", item);
-    body = batch_of(ev.p, 200); /* 200 * 1024 commas in strings, far over the value bound */
-    post_counts(t, body, 200, 0, 0);
+    body = batch_of(ev.p, 200);      /* 200 * 1024 commas in strings, far over the value bound */
+    post_counts(t, body, 0, 0, 200); /* 200 events, each invalid: items are for interleave */
     free(body);
     mm_buf_free(&ev);
 }
@@ -277,7 +277,9 @@ static void test_malformed_body_is_400_and_applies_nothing(void **state)
     post_400(t, "{\"experiment\": \"rank\", \"reward\": 1}", "experiment and arm");
     post_400(t,
              "{\"request_id\": \"req-a\", \"experiment\": \"rank\", \"arm\": \"a\", \"reward\": 1}",
-             "needs either request_id");
+             "has both request_id and experiment/arm: give one or the other");
+    post_400(t, "{\"arm\": \"a\", \"reward\": 1}",
+             "needs both experiment and arm (or a request_id instead)");
     post_400(t, "{\"request_id\": \"bad id!\", \"reward\": 1}", "request_id must be");
     post_400(t, "{\"experiment\": \"r k\", \"arm\": \"a\", \"reward\": 1}", "experiment must be");
     post_400(t, "{\"events\": {\"request_id\": \"req-a\", \"reward\": 1}}", "a batch is");
@@ -405,6 +407,10 @@ static void test_click_and_reward_targets(void **state)
     post_counts(t, "{\"request_id\": \"nowhere\", \"item\": 7}", 0, 1, 0);  /* no such id */
     post_counts(t, "{\"request_id\": \"req-a\", \"item\": 7}", 0, 0, 1);    /* an ab request */
     post_counts(t, "{\"experiment\": \"il\", \"arm\": \"a\", \"item\": 7}", 0, 0, 1);
+    /* an item for an experiment that is not an interleaving, reward or not */
+    post_counts(t, "{\"experiment\": \"rank\", \"arm\": \"a\", \"reward\": 1, \"item\": 7}", 0, 0,
+                1);
+    post_counts(t, "{\"request_id\": \"req-a\", \"reward\": 1, \"item\": 7}", 0, 0, 1);
     put_impression(t, "imp-3");
     post_counts(t, "{\"request_id\": \"imp-3\", \"reward\": 1}", 0, 0, 1);
     post_counts(t, "{\"experiment\": \"il\", \"arm\": \"a\", \"reward\": 1}", 0, 0, 1);
