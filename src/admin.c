@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jsonpos.h"
 #include "metrics_render.h"
 #include "scrape.h"
 #include "proxy_internal.h"
@@ -172,8 +173,9 @@ static int parse_body(const mm_local_req_t *r, int optional, json_t **out)
     json_error_t je;
     json_t *j = json_loadb(r->body.p, r->body.n, JSON_REJECT_DUPLICATES, &je);
     if (j == NULL) {
-        reply_errorf(r->conn, 400, "bad_request", "invalid JSON at line %d column %d: %s", je.line,
-                     je.column, je.text);
+        char why[300];
+        jsonpos_syntax_error(&je, why, sizeof(why));
+        conn_respond_error(r->conn, 400, "bad_request", why);
         return -1;
     }
     if (!json_is_object(j)) {

@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "feedback.h"
+#include "jsonpos.h"
 #include "log.h"
 #include "proxy_internal.h"
 
@@ -468,8 +469,7 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
     json_error_t je;
     json_t *root = json_loadb(r->body.p, r->body.n, JSON_REJECT_DUPLICATES, &je);
     if (root == NULL) {
-        snprintf(err, sizeof(err), "invalid JSON at line %d column %d: %s", je.line, je.column,
-                 je.text);
+        jsonpos_syntax_error(&je, err, sizeof(err));
         conn_respond_error(r->conn, 400, "bad_request", err);
         return;
     }

@@ -399,3 +399,9 @@ int jsonpos_append(char *buf, size_t buflen, const char *segment)
     buf[n] = '\0';
     return 0;
 }
+
+void jsonpos_syntax_error(const json_error_t *je, char *out, size_t n)
+{
+    snprintf(out, n, "invalid JSON at line %d column %d: %s", je->line < 1 ? 1 : je->line,
+             je->column < 1 ? 1 : je->column, je->text);
+}

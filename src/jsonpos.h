@@ -14,6 +14,8 @@
 
 #include <stddef.h>
 
+#include <jansson.h>
+
 typedef struct jsonpos_s jsonpos_t;
 
 /* Index `text` (len bytes; need not be NUL-terminated). The text must be
@@ -31,6 +33,11 @@ int jsonpos_find(const jsonpos_t *jp, const char *pointer, int key, int *line, i
 /* Line and column of byte `off` of `text` (len bytes), in the same
  * convention (jansson's), for a place no value starts at (a stray byte). */
 void jsonpos_at(const char *text, size_t len, size_t off, int *line, int *col);
+
+/* "invalid JSON at line L column C: WHAT" for a body jansson refused (an
+ * API request's), with line and column at least 1 (jansson says column 0
+ * for an empty text). */
+void jsonpos_syntax_error(const json_error_t *je, char *out, size_t n);
 
 /* Number of values recorded (the root included). */
 size_t jsonpos_count(const jsonpos_t *jp);

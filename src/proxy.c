@@ -973,7 +973,10 @@ static ssize_t parse_step(conn_t *c)
         return -1;
     } else if (e != HPE_OK) {
         c->req.keep_alive = 0;
-        send_error(c, 400, "bad_request", llhttp_get_error_reason(&c->parser));
+        send_error(c, 400, "bad_request",
+                   e == HPE_PAUSED_H2_UPGRADE
+                       ? "HTTP/2 is not supported: speak HTTP/1.1" /* the PRI preface */
+                       : llhttp_get_error_reason(&c->parser));
         return -1;
     }
     c->rpos += used;
@@ -1194,6 +1197,13 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
         break;
     case UP_ERR_OVERFLOW:
         send_error(c, 503, "overloaded", "upstream connection pool exhausted");
+        break;
+    case UP_ERR_PROTOCOL:
+        send_error(c, 502, "upstream_unavailable", "the model server's answer is not valid HTTP");
+        break;
+    case UP_ERR_RESET:
+        send_error(c, 502, "upstream_unavailable",
+                   "the model server closed the connection before answering in full");
         break;
     default:
         send_error(c, 502, "upstream_unavailable", "the model server could not be reached");

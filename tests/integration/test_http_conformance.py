@@ -117,6 +117,16 @@ class Requests(ClassCluster):
             with self.subTest(data=data):
                 self.assertRefused(data, data, 505, "http_version_not_supported")
 
+    def test_an_http2_preface_is_told_to_speak_http11(self):
+        # llhttp's own wording ("Pause on PRI/Upgrade") was the message.
+        data = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        self.assertRefused(data, data)
+        c = self.raw(self.port)
+        c.send(data)
+        body = self.assertJsonError(c.response(), 400, "bad_request")
+        c.close()
+        self.assertEqual(body["message"], "HTTP/2 is not supported: speak HTTP/1.1")
+
     def test_http10_and_http11_are_served(self):
         for version in (b"1.0", b"1.1"):
             with self.subTest(version=version):
@@ -279,7 +289,8 @@ class UpstreamAnswers(ClassCluster):
 
     def test_answer_with_an_empty_header_name_is_502(self):
         r, after = self.exchange("empty-name")
-        self.assertJsonError(r, 502, "upstream_unavailable")
+        body = self.assertJsonError(r, 502, "upstream_unavailable")
+        self.assertEqual(body["message"], "the model server's answer is not valid HTTP")
         self.assertEqual(after.status, 200)
 
 

@@ -266,7 +266,7 @@ static void test_malformed_body_is_400_and_applies_nothing(void **state)
 {
     rig_t *t = *state;
     post_400(t, "{\"request_id\": \"req-a\", \"reward\": ", "invalid JSON");
-    post_400(t, "", "invalid JSON");
+    post_400(t, "", "invalid JSON at line 1 column 1: ");
     post_400(t, "[{\"request_id\": \"req-a\", \"reward\": 1}]", "JSON object");
     post_400(t, "{\"request_id\": \"req-a\", \"reward\": 1, \"reward\": 2}", "invalid JSON");
     post_400(t, "{\"request_id\": \"req-a\", \"reward\": \"1\"}", "reward must be a finite number");
