@@ -1270,6 +1270,17 @@ int simulate_main(int argc, char **argv)
         goto out;
     }
     if (sim_run(&o, o.target, o.admin, &a) < 0) goto out;
+    uint64_t rated = 0;
+    for (size_t i = 0; i < o.n_arms; i++) rated += a.served[i];
+    if (rated == 0) /* the report follows, but it measured nothing: a failed run */
+        fprintf(stderr,
+                "simulate: no answer could be rewarded: of %llu requests, %llu failed, %llu were "
+                "not 2xx, %llu had no X-Modelmux-Arm, %llu came from arms without a rate "
+                "(--rates/--gaussian); check --target, --path and the arm names against "
+                "experiment %s's\n",
+                (unsigned long long)(a.answered + a.failed), (unsigned long long)a.failed,
+                (unsigned long long)a.non2xx, (unsigned long long)a.no_arm,
+                (unsigned long long)a.unrated, o.experiment);
     if (o.compare && a.interrupted)
         fprintf(stderr,
                 "simulate: interrupted: the --compare-split run against %s is not "
@@ -1373,7 +1384,7 @@ int simulate_main(int argc, char **argv)
         if (o.csv) printf("%-12s %s\n", "csv:", o.csv);
         if (o.svg) printf("%-12s %s\n", "svg:", o.svg);
     }
-    rc = files_ok ? 0 : 1;
+    rc = files_ok && rated > 0 ? 0 : 1;
 out:
     /* Still open: the run failed before they were written; remove them
      * rather than leave empty files behind. */

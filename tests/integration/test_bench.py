@@ -320,11 +320,15 @@ class BenchTest(mmtest.MMTestCase):
         arms = json.loads(body)["arms"]
         self.assertEqual(sum(a["requests"] for a in arms), 200)
         self.assertEqual(sum(a["feedback"] for a in arms), 200)
-        # Without the header nothing matches: answers, but no arm to reward.
-        r, _ = self.bench_json(
+        # Without the header nothing matches: answers, but no arm to reward:
+        # the report says what came back, and the run failed.
+        rc, out, err = self.bench(
             "simulate", "--target", self.target, "--experiment", "segment",
             "--rates", "champion=0.02,challenger=0.10", "--requests", 20, "--path", "/v1/seg/x",
-            "--duration", 30)
+            "--duration", 30, "--json")
+        self.assertEqual(rc, 1, err)
+        self.assertIn("no answer could be rewarded", err)
+        r = json.loads(out)
         self.assertEqual(r["bandit"]["errors"]["http_non_2xx"], 20)
         self.assertEqual(r["bandit"]["feedback"]["events"], 0)
 
@@ -405,6 +409,19 @@ class BenchTest(mmtest.MMTestCase):
                                 "--requests", 10)
         self.assertEqual(rc, 2)
         self.assertIn("required", err)
+        # arms the experiment does not have, or a path it does not match:
+        # no answer can be rewarded, the report says so, and the run failed
+        for rates, path, why in (("nope=0.5,other=0.2", "/v1/bandit/p", "0 were not 2xx, 0 had "
+                                  "no X-Modelmux-Arm, 10 came from arms without a rate"),
+                                 ("champion=0.5,challenger=0.2", "/nowhere", "10 were not 2xx, "
+                                  "0 had no X-Modelmux-Arm, 0 came from arms without a rate")):
+            rc, out, err = self.bench("simulate", "--target", self.target, "--experiment",
+                                      "bandit", "--rates", rates, "--requests", 10, "--path", path)
+            self.assertEqual(rc, 1, out)
+            self.assertIn("no answer could be rewarded: of 10 requests, 0 failed, " + why +
+                          " (--rates/--gaussian); check --target, --path and the arm names "
+                          "against experiment bandit's", err)
+            self.assertIn("served:", out)
 
 
 if __name__ == "__main__":
