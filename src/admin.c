@@ -573,7 +573,9 @@ static void sync_for_sibling(mm_server_t *srv, conn_t *c)
 
 static void experiment_routes(mm_server_t *srv, const mm_local_req_t *r, mm_str_t rest)
 {
-    /* rest: "NAME" or "NAME/ACTION" */
+    /* rest: "NAME" or "NAME/ACTION", a trailing slash allowed (as for
+     * /experiments/) */
+    if (rest.n > 1 && rest.p[rest.n - 1] == '/') rest.n--;
     const char *slash = memchr(rest.p, '/', rest.n);
     mm_str_t name = {rest.p, slash ? (size_t)(slash - rest.p) : rest.n};
     mm_str_t action = slash ? (mm_str_t){slash + 1, rest.n - name.n - 1} : (mm_str_t){"", 0};

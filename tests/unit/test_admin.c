@@ -304,7 +304,11 @@ static void test_views_show_state_and_arm_counts(void **state)
 
     refused(t, "GET", "/experiments/nope", NULL, 404, "not_found", "rank");
     refused(t, "GET", "/experiments/rank/frobnicate", NULL, 404, "not_found", "rank");
-    refused(t, "GET", "/experiments/rank/", NULL, 404, "not_found", "rank");
+    refused(t, "GET", "/experiments/rank/weights/x", NULL, 404, "not_found", "rank");
+    /* one trailing slash is allowed, as for /experiments/ */
+    json_t *slashed = ok_view(t, "GET", "/experiments/rank/", NULL);
+    assert_string_equal(json_string_value(json_object_get(slashed, "name")), "rank");
+    json_decref(slashed);
     refused(t, "DELETE", "/experiments/rank", NULL, 405, "method_not_allowed", "rank");
     refused(t, "POST", "/experiments", "{}", 405, "method_not_allowed", "rank");
 }
