@@ -643,16 +643,16 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     connect_to(r, addr);
 }
 
-/* Connect to at_host, resolving a host name first in libuv's thread pool: a
- * lookup may take seconds (a DNS server that does not answer) and the loop
- * routes requests meanwhile. A numeric address is used as it is. While a
- * lookup runs it counts as an open handle, so the replicator outlives it. */
 static int is_numeric(const char *host)
 {
     unsigned char bin[sizeof(struct in6_addr)];
     return inet_pton(AF_INET, host, bin) == 1 || inet_pton(AF_INET6, host, bin) == 1;
 }
 
+/* Connect to at_host, resolving a host name first in libuv's thread pool: a
+ * lookup may take seconds (a DNS server that does not answer) and the loop
+ * routes requests meanwhile. A numeric address is used as it is. While a
+ * lookup runs it counts as an open handle, so the replicator outlives it. */
 static void connect_primary(store_redis_t *r)
 {
     const char *host = r->at_host;
