@@ -49,6 +49,9 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, sto
         if (k >= 0 && up_pool_same(old->pools[k], &cfg->upstreams[i])) {
             up_pool_ref(old->pools[k]);
             r->pools[i] = old->pools[k];
+            /* Not re-resolved while running: the reload's lookup is its news. */
+            if (addrs && cfg->upstreams[i].resolve_ms == 0)
+                up_pool_set_addrs(r->pools[i], &addrs[i]);
             continue;
         }
         r->pools[i] =

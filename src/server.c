@@ -378,7 +378,11 @@ static void reload_with(mm_server_t *srv, config_t *cfg, char *text, size_t text
         if (a == NULL || mm_addr_literal(a, &rl->addrs[i].a[0]) == 0)
             continue; /* numeric, localhost */
         if (i < cfg->n_upstreams) {
-            const up_pool_t *same = resolved_pool(srv->router, a);
+            /* A name the running config resolves is taken from it, unless
+             * the upstream is not looked up again while running
+             * (resolve_ms 0): then a reload is when it is, as in nginx. */
+            const up_pool_t *same =
+                cfg->upstreams[i].resolve_ms > 0 ? resolved_pool(srv->router, a) : NULL;
             if (same) {
                 rl->addrs[i] = *up_pool_addrs(same);
                 continue;

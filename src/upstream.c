@@ -472,6 +472,11 @@ void up_pool_ref(up_pool_t *p)
     p->refs++;
 }
 
+void up_pool_set_addrs(up_pool_t *p, const mm_addrs_t *set)
+{
+    if (!mm_addrs_equal(set, &p->addrs)) pool_readdress(p, set);
+}
+
 int up_pool_same(const up_pool_t *p, const cfg_upstream_t *cfg)
 {
     const cfg_upstream_t *a = &p->cfg;

@@ -94,6 +94,9 @@ const mm_addrs_t *up_pool_addrs(const up_pool_t *p);
  * connections, counters and outlier ejection go on); each up_pool_release
  * one fewer. */
 void up_pool_ref(up_pool_t *p);
+/* A kept pool's addresses, as a reload looked its name up again
+ * (resolve_ms 0): a changed set is taken as a re-resolution's is. */
+void up_pool_set_addrs(up_pool_t *p, const mm_addrs_t *set);
 /* Whether p was made for an upstream configured as cfg is (name, url, pool
  * size, timeouts, eject, resolve_ms). */
 int up_pool_same(const up_pool_t *p, const cfg_upstream_t *cfg);

@@ -201,9 +201,12 @@ class UpstreamNames(mmtest.MMTestCase):
         self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_address_ejections_total",
                                                "upstream"), {("champion",): 1})
 
-    def test_resolve_ms_0_looks_up_once(self):
+    def test_resolve_ms_0_looks_up_at_the_start_and_at_each_reload(self):
         port = mmtest.free_port()
         self.cluster.model_server("old", "--host", "127.0.0.1", port=port)
+        new = self.cluster._start([mmtest.MODEL_SERVER, "--host", "127.0.0.2", "--port", str(port),
+                                   "--name", "new"], "ms-new")
+        mmtest.wait_port(port, new.p, host="127.0.0.2")
         self.set_hosts({"model-a.test": "127.0.0.1"})
         dport, admin = mmtest.free_port(), mmtest.free_port()
         mm = self.start_mm(self.config(dport, admin, "http://model-a.test:%d" % port, 0))
@@ -214,6 +217,15 @@ class UpstreamNames(mmtest.MMTestCase):
         self.assertNotIn("cannot resolve", mm.log())
         self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_resolutions_total",
                                                "upstream", "result"), {})
+        # A reload looks it up again (as nginx does at a reload), also for an
+        # upstream whose settings did not change: it follows the new address.
+        self.set_hosts({"model-a.test": "127.0.0.2"})
+        st, _, body = mmtest.request(admin, "POST", "/reload")
+        self.assertEqual(st, 200, body)
+        for _ in range(10):
+            self.assertEqual(self.model(mm), "new")
+        self.assertIn("model-a.test now resolves to 127.0.0.2:%d (was 127.0.0.1:%d)" % (port, port),
+                      mm.log())
 
     def reload_async(self, mm, out):
         def run():
