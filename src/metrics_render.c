@@ -365,7 +365,8 @@ static void render_upstreams(mm_buf_t *b, const router_t *r)
 
     family(b, "modelmux_upstream_errors_total", "counter",
            "Failed exchanges with an upstream by kind (connect, connect_timeout, timeout, reset, "
-           "protocol, overflow), and outlier ejections as kind ejection. Since the last reload.");
+           "protocol, overflow), and outlier ejections as kind ejection. Since the start, or the "
+           "reload that last changed the upstream.");
     for (size_t i = 0; i < n; i++) {
         const char *name = r->cfg->upstreams[i].name;
         for (int k = 0; k < UP_ERR__COUNT; k++) {
@@ -375,8 +376,9 @@ static void render_upstreams(mm_buf_t *b, const router_t *r)
         const char *kv[] = {"upstream", name, "kind", "ejection", NULL};
         sample_u64(b, "modelmux_upstream_errors_total", kv, st[i].ejections);
     }
-    family(b, "modelmux_upstream_connects_total", "counter",
-           "Connections opened to an upstream since the last reload.");
+    family(
+        b, "modelmux_upstream_connects_total", "counter",
+        "Connections opened to an upstream since the start, or the reload that last changed it.");
     for (size_t i = 0; i < n; i++) {
         const char *kv[] = {"upstream", r->cfg->upstreams[i].name, NULL};
         sample_u64(b, "modelmux_upstream_connects_total", kv, st[i].connects);
@@ -384,7 +386,7 @@ static void render_upstreams(mm_buf_t *b, const router_t *r)
     family(b, "modelmux_upstream_resolutions_total", "counter",
            "Re-resolutions of an upstream's host name (every resolve_ms) that moved it to a new "
            "address (result changed) or failed, the last address kept (result failed). Since the "
-           "last reload.");
+           "start, or the reload that last changed the upstream.");
     for (size_t i = 0; i < n; i++) {
         if (r->cfg->upstreams[i].resolve_ms == 0 || !mm_addr_is_name(&r->cfg->upstreams[i].addr))
             continue;
@@ -409,7 +411,7 @@ static void render_upstreams(mm_buf_t *b, const router_t *r)
     }
     family(b, "modelmux_upstream_address_ejections_total", "counter",
            "Outlier ejections of one of an upstream's several addresses (its other addresses "
-           "serve meanwhile). Since the last reload.");
+           "serve meanwhile). Since the start, or the reload that last changed the upstream.");
     for (size_t i = 0; i < n; i++) {
         const char *kv[] = {"upstream", r->cfg->upstreams[i].name, NULL};
         sample_u64(b, "modelmux_upstream_address_ejections_total", kv, st[i].address_ejections);
