@@ -356,6 +356,41 @@ static void render_durations(mm_buf_t *b, const exp_ref_t *v, size_t n)
     }
 }
 
+/* Per address of the upstreams given by host name (an address upstream's
+ * one address is the upstream itself, above). */
+static void render_addresses(mm_buf_t *b, const router_t *r)
+{
+    size_t n = r ? r->cfg->n_upstreams : 0;
+    up_addr_stats_t as;
+    family(b, "modelmux_upstream_address_requests_total", "counter",
+           "Exchanges with each address of an upstream given by host name: answered (an answer "
+           "came, 5xx included) or failed (connect, timeout, reset, protocol). Since the "
+           "upstream's set of addresses last changed.");
+    for (size_t i = 0; i < n; i++) {
+        if (!mm_addr_is_name(&r->cfg->upstreams[i].addr)) continue;
+        for (int a = 0; up_pool_addr_stats(r->pools[i], a, &as) == 0; a++) {
+            const char *kva[] = {
+                "upstream", r->cfg->upstreams[i].name, "address", as.address, "result", "answered",
+                NULL};
+            sample_u64(b, "modelmux_upstream_address_requests_total", kva, as.answers);
+            const char *kvf[] = {
+                "upstream", r->cfg->upstreams[i].name, "address", as.address, "result", "failed",
+                NULL};
+            sample_u64(b, "modelmux_upstream_address_requests_total", kvf, as.fails);
+        }
+    }
+    family(b, "modelmux_upstream_address_ejected", "gauge",
+           "1 while outlier ejection skips this address of an upstream given by host name (the "
+           "others serve), else 0. With --workers N: the workers that skip it.");
+    for (size_t i = 0; i < n; i++) {
+        if (!mm_addr_is_name(&r->cfg->upstreams[i].addr)) continue;
+        for (int a = 0; up_pool_addr_stats(r->pools[i], a, &as) == 0; a++) {
+            const char *kv[] = {"upstream", r->cfg->upstreams[i].name, "address", as.address, NULL};
+            sample_u64(b, "modelmux_upstream_address_ejected", kv, (uint64_t)as.ejected);
+        }
+    }
+}
+
 static void render_upstreams(mm_buf_t *b, const router_t *r)
 {
     size_t n = r ? r->cfg->n_upstreams : 0;
@@ -423,6 +458,7 @@ static void render_upstreams(mm_buf_t *b, const router_t *r)
         const char *kv[] = {"upstream", r->cfg->upstreams[i].name, NULL};
         sample_u64(b, "modelmux_upstream_addresses", kv, (uint64_t)st[i].addresses);
     }
+    render_addresses(b, r);
     free(st);
 }
 

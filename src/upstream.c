@@ -44,7 +44,8 @@ struct up_pool_s {
     struct {
         int consecutive;
         unsigned ejections;
-        uint64_t until; /* loop ms */
+        uint64_t until;          /* loop ms */
+        uint64_t answers, fails; /* since the set last changed (up_pool_addr_stats) */
     } out[MM_ADDRS_MAX];
     int n_open, n_idle, n_waiting;
     up_user_t *qhead, *qtail;
@@ -319,13 +320,19 @@ static inline int next_ai(up_pool_t *p)
 }
 
 /* c's exchange succeeded (failed 0) or failed (a 5xx, a failed connect or
- * exchange): its address's outlier count. With one address the pool's own
- * ejection (up_pool_observe, the arm's fallback) is the whole story. */
-static void addr_observe(up_conn_t *c, int failed)
+ * exchange): its address's counts and outlier count. `answer`: an answer's
+ * head came (a 5xx included). With one address the pool's own ejection
+ * (up_pool_observe, the arm's fallback) is the whole story. */
+static void addr_observe(up_conn_t *c, int failed, int answer)
 {
     up_pool_t *p = c->pool;
-    if (p->addrs.n < 2 || p->cfg.eject_consecutive_5xx <= 0 || c->addr_gen != p->addr_gen) return;
+    if (c->addr_gen != p->addr_gen) return; /* an address of a set since replaced */
     int ai = c->ai;
+    if (answer)
+        p->out[ai].answers++;
+    else
+        p->out[ai].fails++;
+    if (p->addrs.n < 2 || p->cfg.eject_consecutive_5xx <= 0) return;
     if (!failed) {
         p->out[ai].consecutive = 0;
         return;
@@ -472,6 +479,16 @@ void up_pool_ref(up_pool_t *p)
     p->refs++;
 }
 
+int up_pool_addr_stats(const up_pool_t *p, int i, up_addr_stats_t *out)
+{
+    if (i < 0 || i >= p->addrs.n) return -1;
+    mm_addr_format(&p->addrs.a[i], out->address, sizeof(out->address));
+    out->answers = p->out[i].answers;
+    out->fails = p->out[i].fails;
+    out->ejected = p->addrs.n > 1 && addr_ejected(p, i, uv_now(p->loop));
+    return 0;
+}
+
 void up_pool_set_addrs(up_pool_t *p, const mm_addrs_t *set)
 {
     if (!mm_addrs_equal(set, &p->addrs)) pool_readdress(p, set);
@@ -547,7 +564,7 @@ static void uc_fail(up_conn_t *c, up_err_t kind)
      * work. */
     int reused = kind == UP_ERR_RESET && c->uses > 1 && !c->got_bytes;
     c->pool->stats.errors[kind]++;
-    addr_observe(c, 1);
+    addr_observe(c, 1, 0);
     uc_close(c);
     if (u) u->ops->on_error(u, c, kind, reused);
 }
@@ -560,7 +577,7 @@ static void on_timer(uv_timer_t *t)
          * close; it must see the connection as closing and do nothing. */
         up_user_t *u = c->user;
         c->pool->stats.errors[UP_ERR_CONNECT_TIMEOUT]++;
-        addr_observe(c, 1);
+        addr_observe(c, 1, 0);
         uc_close(c);
         if (u) {
             u->pending_conn = NULL;
@@ -738,7 +755,7 @@ static void on_connect(uv_connect_t *req, int status)
     if (status != 0) {
         up_user_t *u = c->user;
         c->pool->stats.errors[UP_ERR_CONNECT]++;
-        addr_observe(c, 1);
+        addr_observe(c, 1, 0);
         uc_close(c);
         if (u) {
             u->pending_conn = NULL;
@@ -975,7 +992,7 @@ static void uc_process(up_conn_t *c)
             c->kick = 1; /* a bodiless or zero-length answer ends without input */
             c->resp.head = &c->head;
             c->resp.base = c->rbuf;
-            addr_observe(c, c->resp.status >= 500);
+            addr_observe(c, c->resp.status >= 500, 1);
             u->ops->on_head(u, c, &c->resp);
             if (c->state == UC_BUSY && c->msg_done && c->phase == PH_BODY) {
                 c->phase = PH_DONE;

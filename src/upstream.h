@@ -153,4 +153,16 @@ typedef struct {
 } up_pool_stats_t;
 void up_pool_stats(const up_pool_t *p, up_pool_stats_t *out);
 
+/* One of the addresses exchanges take in turn, since the set last changed
+ * (a re-resolution, a reload's lookup): answers (a head came, 5xx included)
+ * and failed exchanges (connect, timeout, reset, protocol), and whether
+ * outlier ejection skips it now (several addresses only). */
+typedef struct {
+    char address[64]; /* "IP:PORT", IPv6 in brackets */
+    uint64_t answers, fails;
+    int ejected;
+} up_addr_stats_t;
+/* Address i (0 .. up_pool_stats' addresses - 1): 0, or -1 past the end. */
+int up_pool_addr_stats(const up_pool_t *p, int i, up_addr_stats_t *out);
+
 #endif

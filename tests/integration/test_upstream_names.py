@@ -169,6 +169,19 @@ class UpstreamNames(mmtest.MMTestCase):
         mm = self.start_mm(self.config(dport, admin, "http://model-a.test:%d" % port, 200))
         served = [self.model(mm) for _ in range(20)]
         self.assertEqual((served.count("one"), served.count("two")), (10, 10), served)
+        two.kill()  # its address's exchanges now fail: counted against it alone
+        for _ in range(4):
+            mmtest.request(mm.port, "POST", "/predict", body={"x": 1})
+        one_at, two_at = "127.0.0.1:%d" % port, "127.0.0.2:%d" % port
+        counts = mmtest.metric_samples(admin, "modelmux_upstream_address_requests_total",
+                                       "upstream", "address", "result")
+        self.assertEqual(counts[("champion", one_at, "failed")], 0, counts)
+        self.assertEqual(counts[("champion", two_at, "answered")], 10, counts)
+        self.assertGreaterEqual(counts[("champion", two_at, "failed")], 1, counts)
+        self.assertGreaterEqual(counts[("champion", one_at, "answered")], 10, counts)
+        two = self.cluster._start([mmtest.MODEL_SERVER, "--host", "127.0.0.2", "--port", str(port),
+                                   "--name", "two"], "ms-two-again")
+        mmtest.wait_port(port, two.p, host="127.0.0.2")
         self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_addresses", "upstream"),
                          {("champion",): 2})
         self.set_hosts({"model-a.test": "127.0.0.2"})
@@ -200,6 +213,15 @@ class UpstreamNames(mmtest.MMTestCase):
                       "row); the others serve" % port, mm.log())
         self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_address_ejections_total",
                                                "upstream"), {("champion",): 1})
+        # each address's own counts, and which one is skipped
+        good, bad = "127.0.0.1:%d" % port, "127.0.0.2:%d" % port
+        self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_address_requests_total",
+                                               "upstream", "address", "result"),
+                         {("champion", good, "answered"): 17, ("champion", good, "failed"): 0,
+                          ("champion", bad, "answered"): 3, ("champion", bad, "failed"): 0})
+        self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_address_ejected",
+                                               "upstream", "address"),
+                         {("champion", good): 0, ("champion", bad): 1})
 
     def test_resolve_ms_0_looks_up_at_the_start_and_at_each_reload(self):
         port = mmtest.free_port()
