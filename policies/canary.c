@@ -476,9 +476,13 @@ static json_t *canary_describe(void *p, const policy_view_t *v)
      * a fresh interval when it resumes, a promoted or rolled-back one none. */
     if (c->started && ctl != NULL && ctl->state == EXP_RUNNING) {
         json_t *iv = json_object();
-        double elapsed = v->now_ms >= c->start_ms ? (double)(v->now_ms - c->start_ms) / 1000.0 : 0;
+        /* Resumed, or moved to another step, since the interval began: the
+         * next tick starts a fresh one, and that is the one in progress. */
+        int fresh = v->run_epoch != c->run_epoch || ctl->canary_step != c->step;
+        double elapsed =
+            !fresh && v->now_ms >= c->start_ms ? (double)(v->now_ms - c->start_ms) / 1000.0 : 0;
         double remaining = c->interval_s - elapsed;
-        json_object_set_new(iv, "step", json_real(c->step));
+        json_object_set_new(iv, "step", json_real(fresh ? ctl->canary_step : c->step));
         json_object_set_new(iv, "elapsed_s", json_real(elapsed));
         json_object_set_new(iv, "remaining_s", json_real(remaining > 0 ? remaining : 0));
         /* The interval so far, as the next analysis would see it (zero if
@@ -486,7 +490,7 @@ static json_t *canary_describe(void *p, const policy_view_t *v)
         interval_arm_t *cum = malloc(4 * sizeof(*cum)), *cur = cum ? cum + 2 : NULL;
         if (cum != NULL) {
             pooled(v, cum);
-            if (interval_counts(c, cum, cur) < 0) memset(cur, 0, 2 * sizeof(*cur));
+            if (fresh || interval_counts(c, cum, cur) < 0) memset(cur, 0, 2 * sizeof(*cur));
             json_object_set_new(iv, "champion", describe_interval_arm(c, &cur[0], 0));
             json_object_set_new(iv, "canary", describe_interval_arm(c, &cur[1], 1));
         }

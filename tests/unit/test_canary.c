@@ -625,6 +625,16 @@ static void traffic_while_paused_is_not_judged(void **state)
     /* Paused (the core does not tick), traffic goes on: all errors. */
     feed(&f, 1, 40, 40, 10);
     f.v.run_epoch++; /* resumed */
+    /* Before the next tick, the view already shows the fresh interval the
+     * tick will start: nothing of the paused time or answers. */
+    f.v.now_ms = 59000;
+    json_t *d = describe(&f);
+    json_t *iv = json_object_get(d, "interval");
+    assert_true(json_real_value(json_object_get(iv, "elapsed_s")) == 0.0);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(iv, "canary"), "requests")),
+                     0);
+    assert_true(json_real_value(json_object_get(iv, "step")) == 1.0);
+    json_decref(d);
     /* The interval restarts at resume: the paused answers are not judged,
      * nor is the time spent paused. */
     assert_int_equal(tick(&f, 60000), 0);
