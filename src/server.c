@@ -213,6 +213,7 @@ static void reload_finish(server_reload_t *rl)
                         &rl->addrs[cfg->n_upstreams + 1].a[0], &st, rl->err, sizeof(rl->err)) != 0)
         rl->failed = 1;
     if (!rl->failed) {
+        store_reload_begin(srv->store);
         nr = router_create(srv->loop, cfg, srv->router, srv->store, &srv->metrics, rl->addrs,
                            rl->err, sizeof(rl->err));
         if (nr == NULL) {

@@ -678,7 +678,10 @@ exp_state_t *store_experiment(store_t *s, const char *name, const char *const *a
             memset(x->pair_of, 0, sizeof(x->pair_of));
             redefined = 1; /* other arms: the old control cannot apply */
         }
-        if (redefined) control_change(s, x, initial);
+        if (redefined) {
+            control_change(s, x, initial);
+            x->redefined_gen = s->reload_gen;
+        }
         return &x->pub;
     }
 
@@ -987,6 +990,11 @@ err:
     json_decref(s->index);
     free(s);
     return NULL;
+}
+
+void store_reload_begin(store_t *s)
+{
+    s->reload_gen++;
 }
 
 void store_reconfigure(store_t *s, const cfg_store_t *cfg, const cfg_store_t *group)

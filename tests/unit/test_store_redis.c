@@ -1455,6 +1455,35 @@ static void test_reload_from_memory_to_a_redis_with_state_adopts_it(void **state
     assert_int_equal(store_resets(ea), 0);
 }
 
+/* From memory to a Redis with the operator's weights, in a reload that
+ * also redefined the experiment: the config's control wins there, as a
+ * redefinition on Redis does (DESIGN.md §5); it was Redis's that stayed. */
+static void test_reload_from_memory_with_a_redefinition_writes_the_config_control(void **state)
+{
+    fx_t *f = *state;
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    exp_state_t *eb = mk_exp(b, "recs");
+    exp_control_t op = weights(10, 90);
+    store_set_control(b, eb, &op);
+    RUN_UNTIL(f, store_up(b), WAIT_MS);
+    SETTLE(f, b, eb);
+
+    store_t *a = f->st[0] = mk_memory_store(f);
+    exp_state_t *ea = mk_exp(a, "recs");
+    store_reload_begin(a);
+    exp_control_t cfg = weights(60, 40);
+    assert_ptr_equal(store_experiment(a, "recs", ARMS, 2, &cfg, 1), ea);
+    move_store(a, f->port, f->prefix, 20);
+    RUN_UNTIL(f, store_up(a), WAIT_MS);
+    SETTLE(f, a, ea);
+    char buf[64];
+    assert_true(ctl_field(f, "recs", "weights", buf, sizeof(buf)));
+    assert_string_equal(buf, "{\"champion\":60,\"challenger\":40}");
+    assert_true(ea->control.weights[0] == 60);
+    SETTLE(f, b, eb);
+    assert_true(eb->control.weights[0] == 60);
+}
+
 /* A reload from Redis to the memory store takes a restart: the store stays
  * on Redis and goes on writing there. */
 static void test_reload_from_redis_to_memory_stays_on_redis(void **state)
@@ -1924,6 +1953,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_reload_from_memory_to_a_redis_with_state_adopts_it,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_reload_from_memory_with_a_redefinition_writes_the_config_control, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_from_redis_to_memory_stays_on_redis, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_hung_redis_is_dropped_and_nothing_counts_twice, setup,
