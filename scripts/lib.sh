@@ -32,5 +32,14 @@ mm_build() {
 }
 
 mm_free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    mm_free_ports 1
+}
+
+# N distinct free loopback ports, one per line: the sockets are held until
+# all are chosen, so two picks cannot be the same port.
+mm_free_ports() {
+    python3 -c 'import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held: s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in held))' "$1"
 }
