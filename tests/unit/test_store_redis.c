@@ -196,6 +196,14 @@ static int teardown(void **state)
     return 0;
 }
 
+/* The test's own redis-server (f->own, killed in teardown): its port. */
+static int own_redis(fx_t *f)
+{
+    f->own.port = free_port();
+    assert_int_equal(redis_start(&f->own), 0);
+    return f->own.port;
+}
+
 #define RUN_UNTIL(f, cond, ms)                                                                     \
     do {                                                                                           \
         uint64_t dl_ = mm_now_ms() + (ms);                                                         \
@@ -294,6 +302,14 @@ static int ctl_field(fx_t *f, const char *exp, const char *field, char *out, siz
     if (ok) snprintf(out, n, "%s", r->str);
     freeReplyObject(r);
     return ok;
+}
+
+/* The control hash's weights of exp in Redis are exactly `want` (JSON text). */
+static void assert_weights(fx_t *f, const char *exp, const char *want)
+{
+    char buf[128];
+    assert_true(ctl_field(f, exp, "weights", buf, sizeof(buf)));
+    assert_string_equal(buf, want);
 }
 
 static long long integer(fx_t *f, const char *fmt, ...)
@@ -640,8 +656,7 @@ static void test_lookup_is_answered_within_a_second_while_redis_hangs(void **sta
 {
     fx_t *f = *state;
     redis_proc_t *p = &f->own;
-    p->port = free_port();
-    assert_int_equal(redis_start(p), 0);
+    own_redis(f);
     store_t *a = f->st[0] = mk_store(f, p->port, 20);
     store_t *b = f->st[1] = mk_store(f, p->port, 20);
     exp_state_t *ea = mk_exp(a, "recs");
@@ -1203,8 +1218,7 @@ static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
 {
     fx_t *f = *state;
     redis_proc_t *p = &f->own;
-    p->port = free_port();
-    assert_int_equal(redis_start(p), 0); /* no persistence */
+    own_redis(f); /* no persistence */
     store_t *a = f->st[0] = mk_store(f, p->port, 20);
     store_t *b = f->st[1] = mk_store(f, p->port, 20);
     exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
@@ -1236,9 +1250,7 @@ static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
     assert_true(arm_field(f, "recs", "champion", "reward_sum") == 5);
     assert_true(arm_field(f, "recs", "champion", "failures") == 5);
     assert_true(arm_field(f, "recs", "challenger", "successes") == 10);
-    char buf[64];
-    assert_true(ctl_field(f, "recs", "weights", buf, sizeof(buf)));
-    assert_string_equal(buf, "{\"champion\":30,\"challenger\":70}");
+    assert_weights(f, "recs", "{\"champion\":30,\"challenger\":70}");
     /* The answer hashes too: the snapshot back once, the new answers on top. */
     assert_int_equal(lat_field(f, "recs", "champion", "n"), 15);
     assert_int_equal(lat_bucket(f, "recs", "champion", 9000), 15);
@@ -1258,6 +1270,7 @@ static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
     /* Only the control hash gone (the arm hashes are there): re-seeded, and
      * nothing is written back on top of the statistics. */
     freeReplyObject(cmd(f, "DEL %s:{recs}:control", f->prefix));
+    char buf[64];
     RUN_UNTIL(f, ctl_field(f, "recs", "version", buf, sizeof(buf)), 2000);
     SETTLE(f, a, ea);
     SETTLE(f, b, eb);
@@ -1283,9 +1296,7 @@ static void move_store(store_t *s, int port, const char *prefix, int sync_ms)
 static void test_reload_moves_the_store_with_what_it_learned(void **state)
 {
     fx_t *f = *state;
-    redis_proc_t *p = &f->own;
-    p->port = free_port();
-    assert_int_equal(redis_start(p), 0);
+    int other = own_redis(f);
     store_t *a = f->st[0] = mk_store(f, f->port, 20);
     exp_state_t *ea = mk_exp(a, "recs");
     for (int i = 0; i < 40; i++) store_pull(a, ea, 0);
@@ -1296,21 +1307,19 @@ static void test_reload_moves_the_store_with_what_it_learned(void **state)
     RUN_UNTIL(f, store_up(a) && ea->control.version == 2, WAIT_MS);
     SETTLE(f, a, ea);
 
-    move_store(a, p->port, f->prefix, 20);
+    move_store(a, other, f->prefix, 20);
     for (int i = 0; i < 5; i++) store_pull(a, ea, 0);
     RUN_UNTIL(f, store_up(a), WAIT_MS);
     SETTLE(f, a, ea);
 
     assert_true(arm_field(f, "recs", "champion", "pulls") == 40); /* the old Redis: as it was */
     redisContext *keep = f->rc;
-    f->rc = sync_ctx(p->port);
+    f->rc = sync_ctx(other);
     assert_non_null(f->rc);
     assert_true(arm_field(f, "recs", "champion", "pulls") == 45);
     assert_true(arm_field(f, "recs", "challenger", "successes") == 10);
     assert_int_equal(lat_field(f, "recs", "champion", "n"), 12);
-    char buf[64];
-    assert_true(ctl_field(f, "recs", "weights", buf, sizeof(buf)));
-    assert_string_equal(buf, "{\"champion\":30,\"challenger\":70}");
+    assert_weights(f, "recs", "{\"champion\":30,\"challenger\":70}");
     assert_int_equal(ea->merged[0].pulls, 45);
     assert_int_equal(view_answers(ea, 0), 12);
     assert_true(ea->control.weights[1] == 70);
@@ -1419,9 +1428,7 @@ static void test_reload_from_memory_to_redis_carries_the_state(void **state)
     assert_true(arm_field(f, "recs", "challenger", "feedback") == 8);
     assert_int_equal(lat_field(f, "recs", "challenger", "n"), 6);
     assert_int_equal(lat_field(f, "recs", "challenger", "e"), 6);
-    char buf[64];
-    assert_true(ctl_field(f, "recs", "weights", buf, sizeof(buf)));
-    assert_string_equal(buf, "{\"champion\":30,\"challenger\":70}");
+    assert_weights(f, "recs", "{\"champion\":30,\"challenger\":70}");
     assert_int_equal(ea->merged[0].pulls, 31);
     assert_int_equal(view_answers(ea, 1), 6);
     assert_true(ea->control.weights[1] == 70);
@@ -1476,9 +1483,7 @@ static void test_reload_from_memory_with_a_redefinition_writes_the_config_contro
     move_store(a, f->port, f->prefix, 20);
     RUN_UNTIL(f, store_up(a), WAIT_MS);
     SETTLE(f, a, ea);
-    char buf[64];
-    assert_true(ctl_field(f, "recs", "weights", buf, sizeof(buf)));
-    assert_string_equal(buf, "{\"champion\":60,\"challenger\":40}");
+    assert_weights(f, "recs", "{\"champion\":60,\"challenger\":40}");
     assert_true(ea->control.weights[0] == 60);
     SETTLE(f, b, eb);
     assert_true(eb->control.weights[0] == 60);
@@ -1504,8 +1509,7 @@ static void test_hung_redis_is_dropped_and_nothing_counts_twice(void **state)
 {
     fx_t *f = *state;
     redis_proc_t *p = &f->own;
-    p->port = free_port();
-    assert_int_equal(redis_start(p), 0);
+    own_redis(f);
     store_t *s = f->st[0] = mk_store(f, p->port, 20);
     exp_state_t *e = mk_exp(s, "recs");
     RUN_UNTIL(f, store_up(s), 2000);
@@ -1874,8 +1878,7 @@ static void test_aux_refused_writes_are_sent_again_in_order(void **state)
 {
     fx_t *f = *state;
     redis_proc_t *p = &f->own;
-    p->port = free_port();
-    assert_int_equal(redis_start(p), 0);
+    own_redis(f);
     redisContext *rc = sync_ctx(p->port);
     assert_non_null(rc);
     store_t *s = f->st[0] = mk_store(f, p->port, 20);
