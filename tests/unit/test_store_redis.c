@@ -1404,6 +1404,19 @@ static store_t *mk_memory_store(fx_t *f)
     return s;
 }
 
+/* Another instance (f->st[1]) on f's Redis and prefix that routed `pulls`
+ * requests to the challenger of "recs" and set its weights, all written. */
+static exp_state_t *other_instance(fx_t *f, int pulls, exp_control_t c)
+{
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    exp_state_t *eb = mk_exp(b, "recs");
+    for (int i = 0; i < pulls; i++) store_pull(b, eb, 1);
+    store_set_control(b, eb, &c);
+    RUN_UNTIL(f, store_up(b), WAIT_MS);
+    SETTLE(f, b, eb);
+    return eb;
+}
+
 /* A reload from the memory store to Redis: what the process learned (the
  * statistics, the answers, the operator's weights) is written to Redis,
  * and the store goes on there. */
@@ -1440,14 +1453,7 @@ static void test_reload_from_memory_to_redis_carries_the_state(void **state)
 static void test_reload_from_memory_to_a_redis_with_state_adopts_it(void **state)
 {
     fx_t *f = *state;
-    store_t *b = f->st[1] = mk_store(f, f->port, 20);
-    exp_state_t *eb = mk_exp(b, "recs");
-    for (int i = 0; i < 9; i++) store_pull(b, eb, 1);
-    exp_control_t c = weights(50, 50);
-    store_set_control(b, eb, &c);
-    RUN_UNTIL(f, store_up(b), WAIT_MS);
-    SETTLE(f, b, eb);
-
+    other_instance(f, 9, weights(50, 50));
     store_t *a = f->st[0] = mk_memory_store(f);
     exp_state_t *ea = mk_exp(a, "recs");
     for (int i = 0; i < 30; i++) store_pull(a, ea, 0);
@@ -1468,13 +1474,8 @@ static void test_reload_from_memory_to_a_redis_with_state_adopts_it(void **state
 static void test_reload_from_memory_with_a_redefinition_writes_the_config_control(void **state)
 {
     fx_t *f = *state;
-    store_t *b = f->st[1] = mk_store(f, f->port, 20);
-    exp_state_t *eb = mk_exp(b, "recs");
-    exp_control_t op = weights(10, 90);
-    store_set_control(b, eb, &op);
-    RUN_UNTIL(f, store_up(b), WAIT_MS);
-    SETTLE(f, b, eb);
-
+    exp_state_t *eb = other_instance(f, 0, weights(10, 90));
+    store_t *b = f->st[1];
     store_t *a = f->st[0] = mk_memory_store(f);
     exp_state_t *ea = mk_exp(a, "recs");
     store_reload_begin(a);
