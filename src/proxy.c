@@ -1243,8 +1243,11 @@ static void req_finish(conn_t *c)
         int sarm = router_sarm(r->exp, r->arm);
         if (r->chosen_failed)
             store_error(srv->store, r->exp->state, router_sarm(r->exp, r->chosen));
+        /* A request routed to the arm is a pull (DESIGN.md §6), also one
+         * the client abandoned (499: gone, or cut by the drain), as the
+         * metrics count it; only an answered one can get feedback. */
+        if (r->status != 0) store_pull(srv->store, r->exp->state, sarm);
         if (r->status != 0 && r->status != 499) {
-            store_pull(srv->store, r->exp->state, sarm);
             if (r->status >= 500) store_error(srv->store, r->exp->state, sarm);
             store_remember_key(srv->store, r->exp->state, r->merged ? STORE_ARM_INTERLEAVE : sarm,
                                (mm_str_t){r->id, r->id_len}, r->id_key,

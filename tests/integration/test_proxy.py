@@ -20,6 +20,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import threading
 import time
 import unittest
@@ -1500,6 +1501,22 @@ class ErrorAccounting(TestCluster):
                    {"champion": 0, "challenger": 1})
         self.assertJsonError(self.get(), 502, "upstream_unavailable")
         self.assertEqual(self.arms(), {"champion": (1, 1), "challenger": (0, 1)})
+
+    def test_a_request_the_client_abandons_is_a_request_and_no_error(self):
+        # Routed to the arm, then the client went away (499): a pull, as
+        # the metrics count it (it was left out of pulls and the view).
+        ms = self.cluster.model_server("champion", "--latency-ms", 1500)
+        self.start({"champion": ms.port}, {"champion": 1})
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            s.sendall(b"GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.2)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # a reset
+        mmtest.eventually(lambda: self.arms() == {"champion": (2, 0)}, timeout=5)
+        self.assertEqual(mmtest.metric_samples(self.admin_port, "modelmux_requests_total",
+                                               "experiment", "arm", "code"),
+                         {("ab", "champion", "499"): 2})
 
     def test_redis_arm_hash_has_one_error_per_failed_request(self):
         if not os.environ.get("MM_REDIS_PORT") and not shutil.which(
