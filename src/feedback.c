@@ -599,6 +599,5 @@ static void on_stream(void *arg, store_msg_t *m)
 
 int feedback_start(mm_server_t *srv)
 {
-    if (strcmp(store_kind(srv->store), "redis") != 0) return 0;
     return store_stream_subscribe(srv->store, on_stream, srv, NULL);
 }

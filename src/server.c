@@ -213,7 +213,13 @@ static void reload_finish(server_reload_t *rl)
                         &rl->addrs[cfg->n_upstreams + 1].a[0], &st, rl->err, sizeof(rl->err)) != 0)
         rl->failed = 1;
     if (!rl->failed) {
-        store_reload_begin(srv->store);
+        /* The store first, so that the experiments the router redefines
+         * write the config's control where the store now is (DESIGN.md §5).
+         * Past the listeners, only running out of memory fails the reload:
+         * the store then stays where it moved. */
+        if (store_has_names(&cfg->store)) pool_warm(srv); /* before the store's lookups */
+        store_reconfigure(srv->store, &cfg->store,
+                          srv->has_store_override ? &srv->store_override : NULL);
         nr = router_create(srv->loop, cfg, srv->router, srv->store, &srv->metrics, rl->addrs,
                            rl->err, sizeof(rl->err));
         if (nr == NULL) {
@@ -230,12 +236,6 @@ static void reload_finish(server_reload_t *rl)
         router_unref(prev);
         commit_listeners(srv, cfg, &st);
         store_retain(srv->store, server_configured, (void *)nr->cfg);
-        if (store_has_names(&cfg->store)) pool_warm(srv); /* before the store's lookups */
-        int was_memory = strcmp(store_kind(srv->store), "memory") == 0;
-        store_reconfigure(srv->store, &cfg->store,
-                          srv->has_store_override ? &srv->store_override : NULL);
-        if (was_memory && strcmp(store_kind(srv->store), "redis") == 0 && feedback_start(srv) != 0)
-            mm_log("cannot consume the Redis feedback stream");
         reload_log(srv, cfg);
         /* What a worker started in place of a crashed one reloads to. */
         if (rl->text) keep_put_config(srv->keep, rl->text, rl->text_len);

@@ -678,10 +678,7 @@ exp_state_t *store_experiment(store_t *s, const char *name, const char *const *a
             memset(x->pair_of, 0, sizeof(x->pair_of));
             redefined = 1; /* other arms: the old control cannot apply */
         }
-        if (redefined) {
-            control_change(s, x, initial);
-            x->redefined_gen = s->reload_gen;
-        }
+        if (redefined) control_change(s, x, initial);
         return &x->pub;
     }
 
@@ -992,11 +989,6 @@ err:
     return NULL;
 }
 
-void store_reload_begin(store_t *s)
-{
-    s->reload_gen++;
-}
-
 void store_reconfigure(store_t *s, const cfg_store_t *cfg, const cfg_store_t *group)
 {
     if (cfg->type == STORE_REDIS) {
@@ -1089,7 +1081,11 @@ void store_get_stats(const store_t *s, store_stats_t *out)
 int store_stream_subscribe(store_t *s, store_stream_cb cb, void *arg,
                            const store_stream_opts_t *opts)
 {
-    return s->redis ? store_redis_subscribe(s->redis, cb, arg, opts) : -1;
+    if (s->stream_cb != NULL || cb == NULL) return -1;
+    s->stream_cb = cb;
+    s->stream_arg = arg;
+    if (opts) s->stream_opts = *opts;
+    return s->redis ? store_redis_subscribe(s->redis, cb, arg, &s->stream_opts) : 0;
 }
 
 void store_msg_done(store_t *s, store_msg_t *m, int ack)

@@ -70,10 +70,6 @@ typedef void (*store_lookup_cb)(void *arg, int found, const store_reqinfo_t *inf
 /* Fails only on a bad config or no memory: with Redis unreachable it succeeds
  * (store_up() = 0) and keeps reconnecting. */
 store_t *store_create(uv_loop_t *loop, const cfg_store_t *cfg, char *err, size_t errlen);
-/* A reload is being applied: store_experiment's redefinitions from here
- * on are this reload's (store_reconfigure's move from memory writes
- * their control to Redis, as a redefinition on Redis does). */
-void store_reload_begin(store_t *s);
 /* A reload's store settings. To Redis: a new sync_ms applies at once, and
  * new connection settings (host, port, sentinel, username, password, db) or
  * prefix move the store, from memory too: it connects there and carries
@@ -276,8 +272,8 @@ typedef struct {
     int max_deliveries; /* default 10 */
     int max_inflight;   /* delivered and not yet acked; reading pauses above it, default 1000 */
 } store_stream_opts_t;
-/* Start consuming (opts may be NULL). -1 for the memory store or when already
- * subscribed. */
+/* Start consuming (opts may be NULL); with the memory store, once a reload
+ * moves it to Redis (store_reconfigure). -1 when already subscribed. */
 int store_stream_subscribe(store_t *s, store_stream_cb cb, void *arg,
                            const store_stream_opts_t *opts);
 const char *store_msg_id(const store_msg_t *m);

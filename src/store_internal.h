@@ -121,9 +121,6 @@ typedef struct store_exp_s {
     /* The store moved (store_reconfigure): the next snapshot comes from
      * another Redis or prefix, whose reset epoch is its own, not a reset. */
     int rebase;
-    /* The reload (store_t.reload_gen) that last redefined it: a move from
-     * the memory store in that very reload writes its control (ours wins). */
-    uint64_t redefined_gen;
     /* The global statistics last read from Redis (without local deltas),
      * per arm of pub: written back if Redis comes back empty. */
     arm_stats_t seen[MM_MAX_ARMS];
@@ -147,7 +144,11 @@ struct store_s {
      * (mm_valid_name), so the keys skip jansson's UTF-8 check. */
     json_t *index;
     store_exp_t *detached; /* removed, still held or awaiting a reply */
-    uint64_t reload_gen;   /* store_reload_begin: the reload being applied */
+    /* The feedback stream's consumer (store_stream_subscribe), kept by the
+     * memory store too: a reload that moves it to Redis starts consuming. */
+    store_stream_cb stream_cb;
+    void *stream_arg;
+    store_stream_opts_t stream_opts;
 
     /* request-id map */
     req_ent_t **buckets;

@@ -2518,11 +2518,12 @@ int store_redis_from_memory(store_t *s, const cfg_store_t *cfg)
         memcpy(x->seen, x->pub.merged, sizeof(x->seen));
         x->synced = 1;
         x->rebase = 1;
-        /* Redefined by this very reload: the config's control wins, as
-         * for a redefinition on Redis (DESIGN.md §5); else Redis's, if
-         * it has one, as an instance joining the fleet adopts it. */
-        store_redis_exp_added(r, x, s->reload_gen != 0 && x->redefined_gen == s->reload_gen);
+        /* Redis's control wins where it has one, as an instance joining
+         * the fleet adopts it; the reload redefines experiments after
+         * this (server.c), and those write the config's (DESIGN.md §5). */
+        store_redis_exp_added(r, x, 0);
     }
+    if (s->stream_cb) store_redis_subscribe(r, s->stream_cb, s->stream_arg, &s->stream_opts);
     s->redis = r;
     return 0;
 }

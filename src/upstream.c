@@ -291,10 +291,14 @@ static void idle_push(up_pool_t *p, up_conn_t *c)
     p->n_idle++;
 }
 
+static void close_idle_at(up_pool_t *p, int ai)
+{
+    while (p->idle[ai]) uc_close(p->idle[ai]); /* uc_close takes it off the idle list */
+}
+
 static void close_idle(up_pool_t *p)
 {
-    for (int i = 0; i < MM_ADDRS_MAX; i++)
-        while (p->idle[i]) uc_close(p->idle[i]); /* uc_close takes it off the idle list */
+    for (int i = 0; i < MM_ADDRS_MAX; i++) close_idle_at(p, i);
 }
 
 static int addr_ejected(const up_pool_t *p, int ai, uint64_t now)
@@ -350,7 +354,7 @@ static void addr_observe(up_conn_t *c, int failed, int answer)
     mm_addr_format(&p->addrs.a[ai], at, sizeof(at));
     mm_log("upstream %s: %s ejected for %llu ms (%d failures in a row); the others serve",
            p->cfg.name, at, (unsigned long long)ms, p->cfg.eject_consecutive_5xx);
-    while (p->idle[ai]) uc_close(p->idle[ai]);
+    close_idle_at(p, ai);
 }
 
 /* An idle connection to any address, looking from `from` on; NULL: none. */

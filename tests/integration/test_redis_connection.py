@@ -347,6 +347,31 @@ class RedisConnection(mmtest.MMTestCase):
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
+    def test_a_reload_to_redis_that_redefines_an_experiment_writes_the_config_control(self):
+        """DESIGN.md §5: a reload that changes an experiment's definition ends
+        the operator's change, also one found in the Redis the same reload
+        moves a memory store to (those weights stayed in force)."""
+        port = self.start_redis()
+        self.cli(port, [], "HSET", "modelmux:{split}:control", "weights",
+                 '{"champion":10,"challenger":90}', "state", "running", "canary_step", "0",
+                 "version", "5")
+        mm = self.start_mm({"type": "memory"})
+        with open(mm.config_path) as f:
+            cfg = json.load(f)
+        cfg["experiments"][0]["arms"] = {"champion": 60, "challenger": 40}
+        with open(mm.config_path, "w") as f:
+            json.dump(cfg, f)
+        self.reload_store(mm, {"port": port})
+        mmtest.eventually(lambda: self.cli(port, [], "HGET", "modelmux:{split}:control",
+                                           "version") == ["6"])
+        self.assertEqual(self.weights(port, []), {})
+        view = json.loads(mmtest.request(mm.admin_port, "GET", "/experiments/split")[2])
+        self.assertEqual(view["policy_state"]["weights"]["source"], "config")
+        self.assertEqual(view["policy_state"]["weights"]["effective"],
+                         {"champion": 60.0, "challenger": 40.0})
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
     def test_a_reload_moves_the_store_to_and_from_sentinels(self):
         """A reload from a Redis address to Sentinels, and back, with a
         prefix change: each place gets what was learned before it."""

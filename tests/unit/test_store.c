@@ -834,10 +834,14 @@ static void on_msg(void *arg, store_msg_t *m)
     (void)m;
 }
 
-static void test_stream_needs_redis(void **state)
+/* The memory store keeps the subscription for a reload that moves it to
+ * Redis (test_store_redis); a second one is refused, as with Redis. */
+static void test_stream_waits_for_redis(void **state)
 {
     fixture_t *f = *state;
+    assert_int_equal(store_stream_subscribe(f->s, on_msg, NULL, NULL), 0);
     assert_int_equal(store_stream_subscribe(f->s, on_msg, NULL, NULL), -1);
+    assert_int_equal(store_stream_subscribe(f->s, NULL, NULL, NULL), -1);
 }
 
 int main(void)
@@ -883,7 +887,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_aux_expires, setup, teardown),
         cmocka_unit_test_setup_teardown(test_aux_map_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_aux_many_entries_grow_the_table, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_stream_needs_redis, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_waits_for_redis, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1470,7 +1470,9 @@ static void test_reload_from_memory_to_a_redis_with_state_adopts_it(void **state
 
 /* From memory to a Redis with the operator's weights, in a reload that
  * also redefined the experiment: the config's control wins there, as a
- * redefinition on Redis does (DESIGN.md §5); it was Redis's that stayed. */
+ * redefinition on Redis does (DESIGN.md §5); it was Redis's that stayed.
+ * A reload moves the store before it redefines (server.c), as here. And
+ * the feedback stream subscribed while in memory is consumed once there. */
 static void test_reload_from_memory_with_a_redefinition_writes_the_config_control(void **state)
 {
     fx_t *f = *state;
@@ -1478,10 +1480,16 @@ static void test_reload_from_memory_with_a_redefinition_writes_the_config_contro
     store_t *b = f->st[1];
     store_t *a = f->st[0] = mk_memory_store(f);
     exp_state_t *ea = mk_exp(a, "recs");
-    store_reload_begin(a);
+    stream_rx_t rx = {.s = a};
+    assert_int_equal(store_stream_subscribe(a, on_msg, &rx, NULL), 0);
+    move_store(a, f->port, f->prefix, 20);
     exp_control_t cfg = weights(60, 40);
     assert_ptr_equal(store_experiment(a, "recs", ARMS, 2, &cfg, 1), ea);
-    move_store(a, f->port, f->prefix, 20);
+    freeReplyObject(cmd(f, "XADD %s:feedback * request_id r1 reward 1", f->prefix));
+    RUN_UNTIL(f, rx.applied == 1 && pending_count(f) == 0, WAIT_MS);
+    assert_int_equal(rx.delivered, 1);
+    assert_int_equal(rx.applied, 1);
+    assert_int_equal(pending_count(f), 0);
     RUN_UNTIL(f, store_up(a), WAIT_MS);
     SETTLE(f, a, ea);
     assert_weights(f, "recs", "{\"champion\":60,\"challenger\":40}");
