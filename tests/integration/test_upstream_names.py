@@ -106,6 +106,14 @@ class UpstreamNames(mmtest.MMTestCase):
         mmtest.wait_port(proc.admin_port, proc.p)
         return proc
 
+    def second_model(self, port, name, *args, log=None):
+        """A model server on 127.0.0.2 at `port` (the same port as one on
+        127.0.0.1: two addresses of one name)."""
+        proc = self.cluster._start([mmtest.MODEL_SERVER, "--host", "127.0.0.2", "--port", str(port),
+                                    "--name", name] + list(args), log or "ms-" + name)
+        mmtest.wait_port(port, proc.p, host="127.0.0.2")
+        return proc
+
     def config(self, port, admin, champion, resolve_ms=None):
         up = {"url": champion}
         if resolve_ms is not None:
@@ -122,9 +130,7 @@ class UpstreamNames(mmtest.MMTestCase):
     def test_a_moved_model_server_is_followed_and_a_failed_lookup_keeps_the_address(self):
         port = mmtest.free_port()
         self.cluster.model_server("old", "--host", "127.0.0.1", port=port)
-        new = self.cluster._start([mmtest.MODEL_SERVER, "--host", "127.0.0.2", "--port", str(port),
-                                   "--name", "new"], "ms-new")
-        mmtest.wait_port(port, new.p, host="127.0.0.2")
+        new = self.second_model(port, "new")
         self.set_hosts({"model-a.test": "127.0.0.1"})
         dport, admin = mmtest.free_port(), mmtest.free_port()
         mm = self.start_mm(self.config(dport, admin, "http://model-a.test:%d" % port, 200))
@@ -161,9 +167,7 @@ class UpstreamNames(mmtest.MMTestCase):
         # the name drops one, the other takes every request.
         port = mmtest.free_port()
         self.cluster.model_server("one", "--host", "127.0.0.1", port=port)
-        two = self.cluster._start([mmtest.MODEL_SERVER, "--host", "127.0.0.2", "--port", str(port),
-                                   "--name", "two"], "ms-two")
-        mmtest.wait_port(port, two.p, host="127.0.0.2")
+        two = self.second_model(port, "two")
         self.set_hosts({"model-a.test": ["127.0.0.2", "127.0.0.1"]})
         dport, admin = mmtest.free_port(), mmtest.free_port()
         mm = self.start_mm(self.config(dport, admin, "http://model-a.test:%d" % port, 200))
@@ -179,9 +183,7 @@ class UpstreamNames(mmtest.MMTestCase):
         self.assertEqual(counts[("champion", two_at, "answered")], 10, counts)
         self.assertGreaterEqual(counts[("champion", two_at, "failed")], 1, counts)
         self.assertGreaterEqual(counts[("champion", one_at, "answered")], 10, counts)
-        two = self.cluster._start([mmtest.MODEL_SERVER, "--host", "127.0.0.2", "--port", str(port),
-                                   "--name", "two"], "ms-two-again")
-        mmtest.wait_port(port, two.p, host="127.0.0.2")
+        two = self.second_model(port, "two", log="ms-two-again")
         self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_addresses", "upstream"),
                          {("champion",): 2})
         self.set_hosts({"model-a.test": "127.0.0.2"})
@@ -197,9 +199,7 @@ class UpstreamNames(mmtest.MMTestCase):
         # (those answers reach their clients, as §4 says of ejections).
         port = mmtest.free_port()
         self.cluster.model_server("good", "--host", "127.0.0.1", port=port)
-        bad = self.cluster._start([mmtest.MODEL_SERVER, "--host", "127.0.0.2", "--port", str(port),
-                                   "--name", "bad", "--error-rate", "1"], "ms-bad")
-        mmtest.wait_port(port, bad.p, host="127.0.0.2")
+        bad = self.second_model(port, "bad", "--error-rate", "1")
         self.set_hosts({"model-a.test": ["127.0.0.1", "127.0.0.2"]})
         dport, admin = mmtest.free_port(), mmtest.free_port()
         cfg = self.config(dport, admin, "http://model-a.test:%d" % port)
@@ -226,9 +226,7 @@ class UpstreamNames(mmtest.MMTestCase):
     def test_resolve_ms_0_looks_up_at_the_start_and_at_each_reload(self):
         port = mmtest.free_port()
         self.cluster.model_server("old", "--host", "127.0.0.1", port=port)
-        new = self.cluster._start([mmtest.MODEL_SERVER, "--host", "127.0.0.2", "--port", str(port),
-                                   "--name", "new"], "ms-new")
-        mmtest.wait_port(port, new.p, host="127.0.0.2")
+        new = self.second_model(port, "new")
         self.set_hosts({"model-a.test": "127.0.0.1"})
         dport, admin = mmtest.free_port(), mmtest.free_port()
         mm = self.start_mm(self.config(dport, admin, "http://model-a.test:%d" % port, 0))
