@@ -228,6 +228,15 @@ static void conn_unlink(conn_t *c)
     if (c->kind == CONN_DATA) srv->n_conns--;
 }
 
+/* A new request id. The data plane's ids come from the generator its
+ * routing choices do, so that --seed replays both; admin and worker
+ * connections draw from their own, so that a health check or a scrape never
+ * shifts the routing stream (docs/policies-bandits.md). */
+static void new_request_id(conn_t *c, char out[33])
+{
+    http_new_request_id(c->kind == CONN_DATA ? &c->srv->rng : &c->srv->admin_rng, out);
+}
+
 /* Make a request of one whose head was not read whole (a bad, slow or cut
  * head), so that it is answered, counted and logged like any other. */
 static void req_start_unread(conn_t *c)
@@ -239,7 +248,7 @@ static void req_start_unread(conn_t *c)
      * the millisecond: the loop's clock is CLOCK_MONOTONIC's, in ms. */
     uint64_t now = mm_now_us(), begin = c->head_begin_ms * 1000;
     r->t0_us = c->phase == C_HEAD && begin > 0 && begin < now ? begin : now;
-    http_new_request_id(&c->srv->rng, r->id);
+    new_request_id(c, r->id);
     r->id_len = 32;
     snprintf(r->method, sizeof(r->method), "%s",
              c->method_done ? llhttp_method_name(c->parser.method) : "-");
@@ -802,7 +811,7 @@ static void on_request_head(conn_t *c)
         memcpy(r->id, cid.p, cid.n);
         r->id_len = cid.n;
     } else {
-        http_new_request_id(&srv->rng, r->id);
+        new_request_id(c, r->id);
         r->id_len = 32;
     }
     r->id[r->id_len] = '\0';
@@ -1455,7 +1464,7 @@ void proxy_on_connection(uv_stream_t *server, int status)
         c->req.t0_us = mm_now_us();
         c->req.router = srv->router;
         router_ref(srv->router);
-        http_new_request_id(&srv->rng, c->req.id);
+        new_request_id(c, c->req.id);
         c->req.id_len = 32;
         c->req.keep_alive = 0;
         c->msg_done = 0;

@@ -634,6 +634,7 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
     if (reuseport) srv->group_parent = (int)getppid();
     srv->config_path = strdup(config_path);
     mm_rng_seed(&srv->rng, seed);
+    mm_rng_seed(&srv->admin_rng, ~seed);
     metrics_init(&srv->metrics);
     proxy_init_parser_settings();
     signal(SIGPIPE, SIG_IGN); /* a peer that went away is an error value, not a signal */

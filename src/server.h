@@ -53,7 +53,8 @@ typedef struct mm_server_s {
     reqlog_counts_t reqlog_counts; /* every log's since the start */
     int store_flushed; /* the shutdown has flushed the store: logs close, then the loop ends */
     metrics_t metrics;
-    mm_rng_t rng;
+    mm_rng_t rng;       /* the data plane's: routing choices and request ids, in order */
+    mm_rng_t admin_rng; /* admin and worker connections' request ids: polling must not move rng */
     uint64_t seed;
     mm_listeners_t listeners; /* data plane and admin API (listeners.h) */
     uv_signal_t sig_hup, sig_term, sig_int;

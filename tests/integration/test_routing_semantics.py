@@ -4,6 +4,7 @@ the model server gets that same path (a crafted "/v1/rank/../../admin" can
 not be matched as one path and served as another); host and header rules;
 sticky keys from a query string decoded as a web framework reads them, so
 the same user lands on the same arm however the URL spells the key."""
+import http.client
 import json
 
 import mmtest
@@ -66,6 +67,40 @@ class Routing(mmtest.MMTestCase):
                      "/s?uid=&uid=" + name.replace(" ", "+")]
             arms = {mmtest.request(self.port, "GET", f)[1]["x-modelmux-arm"] for f in forms}
             self.assertEqual(len(arms), 1, (name, arms))
+
+class Seeded(mmtest.MMTestCase):
+    """--seed makes the routing stream and the request ids reproducible, and
+    an admin call (a health check, a scrape, a view, a 404) does not shift
+    them: admin answers carry ids of their own generator."""
+
+    def routed(self, up, poll):
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(port, up, [
+            {"name": "ab3", "match": {"path_prefix": "/"}, "policy": "ab",
+             "arms": {"A": 1, "B": 1}}], admin_port=admin)
+        proc = self.cluster.modelmux(cfg, "--seed", 42, name="mm-%d" % port)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        seen = []
+        for i in range(40):
+            if poll and i == 20:
+                for path in ("/healthz", "/metrics", "/experiments/ab3", "/experiments/nope"):
+                    st, h, _ = mmtest.request(admin, "GET", path)
+                    self.assertEqual(len(h.get("x-request-id", "")), 32, (path, st))
+            conn.request("POST", "/predict", body=b"{}")
+            r = conn.getresponse()
+            r.read()
+            self.assertEqual(r.status, 200)
+            seen.append((r.getheader("X-Request-Id"), r.getheader("X-Modelmux-Arm")))
+        conn.close()
+        proc.kill()
+        return seen
+
+    def test_admin_calls_do_not_shift_the_seeded_stream(self):
+        up = {"A": self.cluster.model_server("A").port, "B": self.cluster.model_server("B").port}
+        quiet = self.routed(up, False)
+        self.assertEqual({arm for _, arm in quiet}, {"A", "B"})
+        self.assertEqual(self.routed(up, False), quiet)
+        self.assertEqual(self.routed(up, True), quiet)
 
 
 if __name__ == "__main__":
