@@ -1075,6 +1075,39 @@ static void known_policies(char *out, size_t n)
     if (len == 0) cat(out, n, &len, "none are registered");
 }
 
+/* The definition compares numbers by value, as the config reads them:
+ * 90, 90.0 and 9e1 are one weight (jansson keeps 90 an integer and the
+ * others reals, so their dumps differ), and writing a number another way
+ * must not count as a redefinition that wipes the operator's changes. An
+ * integral real in int64's range becomes that integer, exactly. */
+static json_t *integral_real_as_integer(const json_t *m)
+{
+    double x = json_is_real(m) ? json_real_value(m) : 0.5;
+    return x == floor(x) && x >= -0x1p63 && x < 0x1p63 ? json_integer((json_int_t)x) : NULL;
+}
+
+static void integral_reals_as_integers(json_t *v)
+{
+    json_t *m, *n;
+    if (json_is_object(v)) {
+        const char *k;
+        json_object_foreach(v, k, m)
+        {
+            if ((n = integral_real_as_integer(m)) != NULL)
+                json_object_set_new(v, k, n); /* replaces in place: the walk goes on */
+            else
+                integral_reals_as_integers(m);
+        }
+    } else if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            if ((n = integral_real_as_integer(m = json_array_get(v, i))) != NULL)
+                json_array_set_new(v, i, n);
+            else
+                integral_reals_as_integers(m);
+        }
+    }
+}
+
 static int parse_experiment(cx_t *cx, size_t i, const json_t *exp)
 {
     config_t *c = cx->c;
@@ -1126,7 +1159,12 @@ static int parse_experiment(cx_t *cx, size_t i, const json_t *exp)
     if (e->n_arms == 0)
         return cerr(cx, base, 0, "%s declares no arms; an experiment needs at least one",
                     dotted(cx, base, d, sizeof(d)));
-    e->definition = json_dumps(exp, JSON_COMPACT | JSON_SORT_KEYS);
+    json_t *canon = json_deep_copy(exp);
+    if (canon != NULL) {
+        integral_reals_as_integers(canon);
+        e->definition = json_dumps(canon, JSON_COMPACT | JSON_SORT_KEYS);
+        json_decref(canon);
+    }
     if (e->definition == NULL) return cerr(cx, base, 0, "out of memory");
     return 0;
 }

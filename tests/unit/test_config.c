@@ -1001,6 +1001,30 @@ static void test_large_config_names_are_checked(void **state)
 
 /* ---- files ---- */
 
+/* One number written three ways is one definition (a reload that
+ * rewrites 90 as 90.0 keeps the operator's changes); another value is not. */
+static void test_definition_compares_numbers_by_value(void **state)
+{
+    (void)state;
+    const char *ways[] = {"90", "90.0", "9e1", "90.00000"};
+    char text[1024], first[512] = "";
+    for (size_t i = 0; i < 5; i++) {
+        snprintf(text, sizeof text,
+                 "{" UPS ", \"experiments\": [{\"name\":\"x\",\"match\":{\"path_prefix\":\"/\"},"
+                 "\"policy\":\"ab\",\"arms\":{\"champion\":%s,\"challenger\":10}}]}",
+                 i < 4 ? ways[i] : "90.5");
+        config_t *c = parse_ok(text);
+        const char *d = c->experiments[0].definition;
+        if (i == 0) snprintf(first, sizeof first, "%s", d);
+        if (i < 4)
+            assert_string_equal(d, first);
+        else
+            assert_string_not_equal(d, first);
+        config_free(c);
+    }
+    assert_non_null(strstr(first, "\"champion\":90}"));
+}
+
 static void test_load_missing_file(void **state)
 {
     char err[512];
@@ -1075,6 +1099,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_syntax_error_has_jansson_position),
+        cmocka_unit_test(test_definition_compares_numbers_by_value),
         cmocka_unit_test(test_duplicate_key_is_rejected),
         cmocka_unit_test(test_nul_byte_is_reported_where_it_is),
         cmocka_unit_test(test_byte_order_mark_is_named),
