@@ -392,6 +392,12 @@ static void group_complete(shadow_group_t *g)
          * candidate is not to blame for the primary's failure). */
         if (g->p_status == 0) m->outcome = SHADOW_ERROR;
         router_answer(g->srv->store, live, m->arm, m->leg.status, m->leg.latency_us, mm_now_ms());
+        /* The arm's own failure (a 5xx, a transport error, past timeout_ms)
+         * is its error (DESIGN.md §6), as an interleave leg's is: a shadow
+         * arm serves no request, so its errors come without requests. Not
+         * the primary's failure, which the mirror is not to blame for. */
+        if (m->leg.status == 0 || m->leg.status >= 500)
+            store_error(g->srv->store, live->state, router_sarm(live, m->arm));
     }
     for (int i = 0; i < g->n; i++) router_marm(g->exp, g->m[i].arm)->shadow[g->m[i].outcome]++;
     write_log(g);

@@ -94,6 +94,11 @@ class ShadowSemantics(mmtest.MMTestCase):
         self.assertEqual(st, 200)
         return json.loads(body)["policy_state"]
 
+    def arms(self, mm):
+        st, _, body = mmtest.request(mm.admin_port, "GET", "/experiments/sh")
+        self.assertEqual(st, 200)
+        return {a["name"]: (a["requests"], a["errors"]) for a in json.loads(body)["arms"]}
+
     def outcomes(self, mm):
         got = mmtest.metric_samples(mm.admin_port, "modelmux_shadow_total", "arm", "outcome")
         return {k: v for k, v in got.items() if v}
@@ -193,10 +198,25 @@ class ShadowSemantics(mmtest.MMTestCase):
         self.assertEqual(got, {("cand", "error"): 3.0})  # not "mismatch"
         cand = self.view(mm)["shadows"][0]
         self.assertEqual((cand["compared"], cand["errors"]), (0, 3))
+        # the primary's failures are its errors; the candidate answered
+        self.assertEqual(self.arms(mm), {"primary": (3, 3), "cand": (0, 0)})
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(15), 0)
         self.assertEqual([s["outcome"] for line in log_lines(self.log) for s in line["shadow"]],
                          ["error"] * 3)
+
+    def test_a_shadow_arms_failures_are_its_errors_without_requests(self):
+        answers = {"0": {"status": 500, "body": "{}"}, "1": {"hang": 2}, "2": {"body": "{}"}}
+        ups = {"primary": self.upstream(lambda p: {"body": "{}"}),
+               "cand": self.upstream(lambda p: answers[p.rsplit("/", 1)[1]])}
+        mm = self.start(ups, {"timeout_ms": 200})
+        for i in range(3):
+            self.assertEqual(mmtest.request(mm.port, "POST", "/e/%d" % i, body="{}")[0], 200)
+        mmtest.eventually(lambda: sum(self.outcomes(mm).values()) >= 3)
+        self.assertEqual(self.outcomes(mm), {("cand", "mismatch"): 1.0, ("cand", "error"): 1.0,
+                                             ("cand", "match"): 1.0})
+        # the 500 and the mirror past timeout_ms; the match is no error
+        self.assertEqual(self.arms(mm), {"primary": (3, 0), "cand": (0, 2)})
 
     def test_stopping_waits_for_mirrors_in_flight_and_logs_their_requests(self):
         ups = {"primary": self.upstream(lambda p: {"body": '{"a":1}'}),
