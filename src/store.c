@@ -558,7 +558,7 @@ static void control_change(store_t *s, store_exp_t *x, const exp_control_t *c)
     x->pub.control = *c;
     x->pub.control.version = v;
     freeze_if_paused(x, before);
-    if (s->redis) x->pub.control_dirty = 1;
+    if (s->redis) x->pub.control_dirty++;
 }
 
 void store_exp_adopt_control(store_exp_t *x, const exp_control_t *c)

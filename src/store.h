@@ -48,7 +48,8 @@ typedef struct {
     uint64_t run_epoch; /* times the state became running here (policy_view_t) */
     exp_control_t control;
     exp_control_t initial_control; /* what the config says; reset/redefinition go back to it */
-    int control_dirty;             /* control changed locally, not yet written */
+    unsigned control_dirty;        /* local control changes not yet written: each is a
+                                      version bump (DESIGN.md §6: +1 on every change) */
     uint64_t dropped; /* increments discarded: unflushed when another instance reset the
                          experiment. An unreachable Redis, or one that refuses writes,
                          drops none: counters need no bound (docs/store.md) */

@@ -85,6 +85,7 @@ typedef struct {
     int ctl_mode; /* 0 none, 1 write if Redis has none, 2 write and bump version,
                      3 the same if Redis's version is still ctl_base */
     uint64_t ctl_base;
+    unsigned ctl_changes; /* modes 2 and 3: the local changes written, the version's bump */
     exp_control_t ctl;
     size_t n_arms;
     char arm_names[MM_MAX_ARMS][MM_NAME_MAX + 1];

@@ -87,9 +87,10 @@
 /* KEYS[1] control hash, KEYS[2] seq key, KEYS[3..2+N] the N arm hashes,
  * KEYS[3+N..2+2N] their answer hashes PREFIX:{EXP}:lat:ARM.
  * ARGV[1] seq (0: read only), ARGV[2] seq key TTL, ARGV[3] control write mode
- * (0 none, 1 only if Redis has no control yet, 2 always, "3:V" only if the
- * version is still V — a policy's change, see store_propose_control; each
- * write bumps the version),
+ * (0 none, 1 only if Redis has no control yet, "2:N" always, "3:N:V" only if
+ * the version is still V — a policy's change, see store_propose_control; N is
+ * the number of local changes the write carries, and the version goes up by
+ * N, once per change as DESIGN.md §6 says; mode 1 makes it 1),
  * ARGV[4] reset (DEL the arm and answer hashes, reset_epoch + 1), ARGV[5..7]
  * weights, state, canary_step, ARGV[8] restore ('1': 7 more values per arm
  * follow the deltas), then 7 deltas per arm in FIELD order ('0': skip).
@@ -174,16 +175,17 @@ static const char SYNC_SCRIPT[] =
     "    for i = 3, #KEYS do w('DEL', KEYS[i]) end\n"
     "    w('HINCRBY', KEYS[1], 'reset_epoch', 1)\n"
     "  end\n"
-    "  local mode, write = ARGV[3], ARGV[3] == '2'\n"
-    "  if mode == '1' then\n"
+    "  local kind, bump, base = string.match(ARGV[3], '^(%d):?(%d*):?(%d*)$')\n"
+    "  local write = kind == '2'\n"
+    "  if kind == '1' then\n"
     "    write = redis.call('HEXISTS', KEYS[1], 'version') == 0\n"
-    "  elseif string.sub(mode, 1, 2) == '3:' then\n"
+    "  elseif kind == '3' then\n"
     "    local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')\n"
-    "    write = v == tonumber(string.sub(mode, 3))\n"
+    "    write = v == tonumber(base)\n"
     "  end\n"
     "  if write then\n"
     "    w('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6], 'canary_step', ARGV[7])\n"
-    "    w('HINCRBY', KEYS[1], 'version', 1)\n"
+    "    w('HINCRBY', KEYS[1], 'version', tonumber(bump) or 1)\n"
     "  end\n"
     "  for i = 3, 2 + n do add(KEYS[i], 9 + (i - 3) * 7) end\n"
     "  local p = lat\n"
@@ -801,6 +803,7 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     b->reset = x->reset_pending;
     b->ctl_mode = e->control_dirty ? (x->ctl_cas ? 3 : 2) : x->ctl_init ? 1 : 0;
     b->ctl_base = x->ctl_base;
+    b->ctl_changes = e->control_dirty;
     b->ctl = e->control;
     b->n_arms = e->n_arms;
     b->restore = 0;
@@ -935,7 +938,9 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     arg_str(&a, SEQ_TTL_S);
     char *mode = arg_num(&a);
     if (b->ctl_mode == 3)
-        snprintf(mode, 32, "3:%llu", (unsigned long long)b->ctl_base);
+        snprintf(mode, 32, "3:%u:%llu", b->ctl_changes, (unsigned long long)b->ctl_base);
+    else if (b->ctl_mode == 2)
+        snprintf(mode, 32, "2:%u", b->ctl_changes);
     else
         snprintf(mode, 32, "%d", b->ctl_mode);
     arg_str(&a, b->reset ? "1" : "0");
@@ -2398,7 +2403,7 @@ void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined)
     exp_keys(r, x);
     /* Redefined by the config: ours wins. Else adopt what Redis has, if any. */
     if (redefined)
-        x->pub.control_dirty = 1;
+        x->pub.control_dirty++;
     else
         x->ctl_init = 1;
 }

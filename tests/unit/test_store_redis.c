@@ -424,6 +424,34 @@ static void test_two_instances_see_each_others_increments(void **state)
     assert_int_equal(ea->merged[0].pulls, 31);
 }
 
+/* Every change is a version (DESIGN.md §6), also several made within one
+ * sync interval and written together: three changes, version + 3, and the
+ * instance's version then is Redis's, never lower than it answered. */
+static void test_each_control_change_bumps_the_version(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs");
+    RUN_UNTIL(f, store_exp_of(ea)->synced, 2000);
+    SETTLE(f, a, ea);
+    assert_int_equal(ea->control.version, 1);
+    exp_control_t c = weights(11, 89);
+    store_set_control(a, ea, &c);
+    c = weights(12, 88);
+    store_set_control(a, ea, &c);
+    c.state = EXP_PAUSED;
+    store_set_control(a, ea, &c);
+    assert_int_equal(ea->control.version, 4);
+    assert_int_equal(ea->control_dirty, 3);
+    RUN_UNTIL(f, !ea->control_dirty, 2000);
+    SETTLE(f, a, ea);
+    char buf[256];
+    assert_true(ctl_field(f, "recs", "version", buf, sizeof(buf)));
+    assert_string_equal(buf, "4");
+    assert_int_equal(ea->control.version, 4);
+    assert_int_equal(ea->control.state, EXP_PAUSED);
+}
+
 static void test_control_change_reaches_the_other_instance(void **state)
 {
     fx_t *f = *state;
@@ -1923,6 +1951,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_two_instances_see_each_others_increments, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_policy_changes_are_compare_and_set, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_each_control_change_bumps_the_version, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_control_change_reaches_the_other_instance, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_control_survives_a_restart_unless_redefined, setup,
