@@ -354,20 +354,34 @@ static void on_view_step(void *arg)
     free(w);
 }
 
-/* Answer with the view of e (NULL: every experiment), after resetting it
- * first when `reset`. */
-static void reply_views_after(mm_server_t *srv, conn_t *c, exp_rt_t *e, int reset)
+enum { AFTER_NOTHING, AFTER_CHANGE, AFTER_RESET };
+
+/* Answer with the view of e (NULL: every experiment), after `after`: a
+ * control change made just now, or a reset done first. Alone, a view is
+ * this process's truth at once; a change or reset waits for the store round
+ * that writes it (at once with the memory store; with Redis a round starts
+ * now, not at the next sync tick): so changes made on several instances
+ * reach Redis in the order their answers came, the last answered wins, and
+ * the answer's version is Redis's. Redis down: answered at once, the change
+ * is written when it returns (docs/store.md). */
+static void reply_views_after(mm_server_t *srv, conn_t *c, exp_rt_t *e, int after)
 {
-    view_wait_t *w = scrape_group_active(srv) ? calloc(1, sizeof(*w)) : NULL;
-    if (w == NULL) { /* alone (or no memory): this process is the whole truth */
-        if (reset) do_reset(srv, e);
+    int group = scrape_group_active(srv);
+    view_wait_t *w = group || after != AFTER_NOTHING ? calloc(1, sizeof(*w)) : NULL;
+    if (w == NULL) { /* a view alone (or no memory): this process is the whole truth */
+        if (after == AFTER_RESET) do_reset(srv, e);
         render_views(srv, c, e ? e->cfg->name : NULL);
         return;
     }
     w->srv = srv;
     w->conn = conn_hold(c);
     w->req_serial = c->req.serial;
-    w->step = reset ? STEP_PRE_SYNC : STEP_SYNC;
+    if (group) {
+        w->step = after == AFTER_RESET ? STEP_PRE_SYNC : STEP_SYNC;
+    } else {
+        if (after == AFTER_RESET) do_reset(srv, e);
+        w->step = STEP_ANSWER;
+    }
     if (e) {
         w->one = 1;
         snprintf(w->name, sizeof(w->name), "%s", e->cfg->name);
@@ -377,14 +391,14 @@ static void reply_views_after(mm_server_t *srv, conn_t *c, exp_rt_t *e, int rese
 
 static void reply_views(mm_server_t *srv, conn_t *c, exp_rt_t *e)
 {
-    reply_views_after(srv, c, e, 0);
+    reply_views_after(srv, c, e, AFTER_NOTHING);
 }
 
 static void set_control(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
                         const exp_control_t *ctl)
 {
     store_set_control(srv->store, e->state, ctl);
-    reply_views(srv, r->conn, e);
+    reply_views_after(srv, r->conn, e, AFTER_CHANGE);
 }
 
 static void put_weights(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
@@ -512,7 +526,7 @@ static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
 static void reset(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
 {
     if (expect_no_params(r) < 0) return;
-    reply_views_after(srv, r->conn, e, 1);
+    reply_views_after(srv, r->conn, e, AFTER_RESET);
 }
 
 static void reload_answered(void *arg, int ok, const char *err)

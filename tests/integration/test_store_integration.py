@@ -701,6 +701,42 @@ class StoreIntegration(mmtest.MMTestCase):
         self.assertEqual((json.loads(ctl["weights"]), int(ctl["version"])),
                          ({"champion": 0, "challenger": 1}, version))
 
+    def test_6b_admin_changes_reach_redis_before_their_answers(self):
+        # A long sync interval: without a round of its own, a change would
+        # reach Redis only at the instance's next tick (up to 2 s later, in
+        # whatever order the instances' ticks fall), and three changes in
+        # one interval would be one version.
+        cfgs = []
+        for _ in range(2):
+            cfg = self.config(only=("ab",))
+            cfg["store"]["sync_ms"] = 2000
+            cfgs.append(cfg)
+        a = self.start(cfgs[0], "modelmux-a")
+        b = self.start(cfgs[1], "modelmux-b")
+        ctl_key = self.key("{ab}", "control")
+        mmtest.eventually(lambda: self.r.hgetall(ctl_key).get("version"), timeout=5)
+        v0 = int(self.r.hgetall(ctl_key)["version"])
+        steps = [("PUT", "/experiments/ab/weights", {"champion": 11, "challenger": 89}),
+                 ("PUT", "/experiments/ab/weights", {"champion": 12, "challenger": 88}),
+                 ("POST", "/experiments/ab/pause", None)]
+        for i, (method, path, body) in enumerate(steps):
+            st, answer = admin_json(a, method, path, body)
+            self.assertEqual(st, 200, answer)
+            ctl = self.r.hgetall(ctl_key)  # written before the answer came
+            self.assertEqual((answer["version"], int(ctl["version"])), (v0 + 1 + i, v0 + 1 + i))
+        self.assertEqual((json.loads(ctl["weights"]), ctl["state"]),
+                         ({"champion": 12, "challenger": 88}, "paused"))
+        # the change answered last wins, whichever instance made it
+        st, _ = admin_json(a, "PUT", "/experiments/ab/weights", {"champion": 40, "challenger": 60})
+        self.assertEqual(st, 200)
+        st, answer = admin_json(b, "PUT", "/experiments/ab/weights", {"champion": 50, "challenger": 50})
+        self.assertEqual((st, answer["version"]), (200, v0 + 5))
+        ctl = self.r.hgetall(ctl_key)
+        self.assertEqual((json.loads(ctl["weights"]), int(ctl["version"])),
+                         ({"champion": 50, "challenger": 50}, v0 + 5))
+        mmtest.eventually(lambda: view(a, "ab")["version"] == v0 + 5, timeout=6, interval=0.05)
+        self.assertEqual(view(a, "ab")["weights"], {"champion": 50.0, "challenger": 50.0})
+
     # -- 7
 
     def test_7_workers_share_port_and_state(self):
