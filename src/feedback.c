@@ -70,11 +70,15 @@ typedef struct {
     int stepping; /* inside batch_step */
     int waiting;  /* a click's attribution is being read */
     int accepted, unknown, invalid;
+    int elsewhere;                  /* of `unknown`: the experiment or arm is not configured here */
     arm_stats_t click[MM_MAX_ARMS]; /* the deltas of the click being applied */
     fb_event_t ev[];
 } fb_batch_t;
 
-enum { FB_ACCEPTED = 0, FB_UNKNOWN, FB_INVALID };
+/* FB_ELSEWHERE: an experiment or arm this instance's config does not have;
+ * over HTTP it is `unknown`, a stream entry stays pending for an instance
+ * that has it (below, batch_answer). */
+enum { FB_ACCEPTED = 0, FB_UNKNOWN, FB_INVALID, FB_ELSEWHERE };
 
 static void batch_free(fb_batch_t *b)
 {
@@ -104,7 +108,7 @@ static int is_click(const fb_event_t *e)
 static exp_rt_t *click_target(mm_server_t *srv, const fb_event_t *e, int *why)
 {
     exp_rt_t *x = e->state < 0 ? NULL : find_exp(srv, e->experiment);
-    *why = FB_UNKNOWN;
+    *why = e->state < 0 ? FB_UNKNOWN : FB_ELSEWHERE;
     if (x == NULL) return NULL;
     *why = FB_INVALID; /* clicks name a request, and need a policy that takes them */
     if (e->request_id[0] == '\0' || x->cfg->ops->on_click == NULL) return NULL;
@@ -115,7 +119,7 @@ static exp_rt_t *click_target(mm_server_t *srv, const fb_event_t *e, int *why)
  * the policy credits the click on the version the store has, and the deltas
  * wait in the batch until the store says the new version is in place. It may
  * run again on a newer version another instance wrote meanwhile. */
-enum { CLICK_SAME = FB_INVALID + 1 }; /* already clicked: nothing changes */
+enum { CLICK_SAME = FB_ELSEWHERE + 1 }; /* already clicked: nothing changes */
 
 static int click_rewrite(void *arg, const char *data, size_t n, mm_buf_t *out)
 {
@@ -157,14 +161,14 @@ static int fb_apply(mm_server_t *srv, const fb_event_t *e)
 {
     if (e->state < 0) return FB_UNKNOWN;
     exp_rt_t *x = find_exp(srv, e->experiment);
-    if (x == NULL) return FB_UNKNOWN;
+    if (x == NULL) return FB_ELSEWHERE;
     /* A policy that takes clicks takes nothing else; its merged answers
      * resolve to the arm "interleave", which is no arm. */
     if (x->cfg->ops->on_click != NULL) return FB_INVALID;
     int arm = -1;
     for (size_t a = 0; a < x->state->n_arms; a++)
         if (strcmp(x->state->arm_names[a], e->arm) == 0) arm = (int)a;
-    if (arm < 0) return FB_UNKNOWN;
+    if (arm < 0) return FB_ELSEWHERE;
     if (e->has_item) return FB_INVALID; /* clicks (items) are for interleave only */
     const policy_ops_t *ops = x->cfg->ops;
     int kind = ops->check_reward ? ops->check_reward(x->cfg->policy, e->reward) : 0;
@@ -178,9 +182,10 @@ static int fb_apply(mm_server_t *srv, const fb_event_t *e)
 
 static void batch_count(fb_batch_t *b, int outcome)
 {
+    if (outcome == FB_ELSEWHERE) b->elsewhere++;
     if (outcome == FB_ACCEPTED)
         b->accepted++;
-    else if (outcome == FB_UNKNOWN)
+    else if (outcome == FB_UNKNOWN || outcome == FB_ELSEWHERE)
         b->unknown++;
     else
         b->invalid++;
@@ -195,10 +200,21 @@ static void batch_answer(fb_batch_t *b)
         conn_respond(b->conn, 202, "application/json", body, (size_t)n, NULL);
         conn_release(b->conn);
     } else if (b->msg) {
-        /* A request id not yet synced by the instance that served it may
-         * appear shortly: leave the entry pending for a later delivery. */
-        int ack = !(b->unknown && store_msg_deliveries(b->msg) < 3);
+        /* Acknowledged only once applied (DESIGN.md §4), or when it never
+         * can be. A request id not yet synced by the instance that served
+         * it may appear shortly: pending for a later delivery, given up
+         * (acked, counted unknown) on the third. An experiment or arm not
+         * configured here may be configured on another instance (a rolling
+         * deploy that adds it): pending, so that the store's claim of idle
+         * entries delivers it again, to whichever instance claims it, until
+         * one applies it or the store acks it dead after max_deliveries. */
+        int ack = !b->elsewhere && !(b->unknown && store_msg_deliveries(b->msg) < 3);
         if (b->invalid) b->srv->stream_invalid++;
+        if (ack && b->unknown) b->srv->stream_unknown++;
+        if (b->elsewhere && store_msg_deliveries(b->msg) == 1)
+            mm_log("feedback stream entry %s names an experiment or arm not configured here: "
+                   "left pending for an instance that has it",
+                   store_msg_id(b->msg));
         store_msg_done(b->srv->store, b->msg, ack);
     }
     batch_free(b);
@@ -225,12 +241,7 @@ static void batch_step(fb_batch_t *b)
         if (e->malformed) {
             batch_count(b, FB_INVALID);
         } else if (!is_click(e)) {
-            int o = fb_apply(b->srv, e);
-            /* A stream entry naming an experiment or arm not configured can
-             * never apply, unlike an unknown request id (which another
-             * instance may know): invalid, acknowledged at once. */
-            if (o == FB_UNKNOWN && b->msg && e->request_id[0] == '\0') o = FB_INVALID;
-            batch_count(b, o);
+            batch_count(b, fb_apply(b->srv, e));
         } else if (click_target(b->srv, e, &why) == NULL) {
             batch_count(b, why);
         } else {

@@ -621,8 +621,9 @@ static void render_process(mm_server_t *srv, mm_buf_t *b)
         sample_u64(b, "modelmux_request_ids_dropped_total", NULL, ss.req_evicted + ss.req_dropped);
         family(b, "modelmux_feedback_stream_total", "counter",
                "Entries of the Redis feedback stream: delivered, acknowledged, dead (given up "
-               "after max deliveries), invalid (acknowledged unapplied: malformed, a value the "
-               "policy rejects, or an experiment or arm not configured).");
+               "after max deliveries, e.g. an experiment no instance has), invalid "
+               "(acknowledged unapplied: malformed, or a value the policy rejects), unknown "
+               "(acknowledged unapplied: a request id still not found on its third delivery).");
         const char *kd[] = {"result", "delivered", NULL};
         sample_u64(b, "modelmux_feedback_stream_total", kd, ss.stream_delivered);
         const char *ka[] = {"result", "acked", NULL};
@@ -631,6 +632,8 @@ static void render_process(mm_server_t *srv, mm_buf_t *b)
         sample_u64(b, "modelmux_feedback_stream_total", kx, ss.stream_dead);
         const char *ki[] = {"result", "invalid", NULL};
         sample_u64(b, "modelmux_feedback_stream_total", ki, srv->stream_invalid);
+        const char *ku[] = {"result", "unknown", NULL};
+        sample_u64(b, "modelmux_feedback_stream_total", ku, srv->stream_unknown);
     }
 
     family(b, "modelmux_reloads_total", "counter", "Configuration reloads applied.");

@@ -468,6 +468,7 @@ static void fill(fx_t *f)
     s->reloads = 2;
     s->reload_failures = 1;
     s->stream_invalid = 4;
+    s->stream_unknown = 6;
 }
 
 /* Every family of DESIGN.md §7 has HELP and TYPE, samples or not: the names
@@ -617,6 +618,7 @@ static void test_counters_render_exact_lines(void **state)
     assert_line(t, "modelmux_store_up 1");
     assert_line(t, "modelmux_reloads_total 2");
     assert_line(t, "modelmux_feedback_stream_total{result=\"invalid\"} 4");
+    assert_line(t, "modelmux_feedback_stream_total{result=\"unknown\"} 6");
     assert_line(t, "modelmux_reload_failures_total 1");
     assert_line(t, "modelmux_experiment_state{experiment=\"rank\",state=\"running\"} 1");
     assert_line(t, "modelmux_experiment_state{experiment=\"rank\",state=\"paused\"} 0");
