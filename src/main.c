@@ -633,7 +633,7 @@ int main(int argc, char **argv)
 #endif
     const char *path = DEFAULT_CONFIG;
     const char *bad_arg = "";
-    int check = 0, have_seed = 0;
+    int check = 0, have_seed = 0, version = 0, help = 0;
     uint64_t seed = 0, workers = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -655,14 +655,22 @@ int main(int argc, char **argv)
             }
             have_seed = 1;
         } else if (strcmp(a, "--version") == 0) {
-            printf("modelmux %s\n", MM_VERSION);
-            return 0;
+            version = 1;
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            return 0;
+            help = 1;
         } else {
             goto bad;
         }
+    }
+    /* After the whole command line is read: a bad option beside --help or
+     * --version is still exit 2, wherever it stands. */
+    if (help) {
+        usage(stdout);
+        return 0;
+    }
+    if (version) {
+        printf("modelmux %s\n", MM_VERSION);
+        return 0;
     }
     /* A single process blocks its lifecycle signals before it reads the
      * config, as a forked worker starts (fork_worker): a SIGHUP or SIGTERM

@@ -180,6 +180,13 @@ class Options(unittest.TestCase):
         for opt in ("-c FILE", "--check", "--workers", "--seed", "--version", "--help"):
             self.assertIn(opt, r.stdout)
 
+    def test_a_bad_option_beside_version_or_help_still_exits_2(self):
+        for args in (("--version", "--bogus"), ("--bogus", "--version"), ("--help", "--bogus"),
+                     ("--version", "--workers", "0"), ("--help", "--seed", "x")):
+            r = run(*args)
+            self.assertEqual(r.returncode, 2, (args, r.stdout, r.stderr))
+            self.assertEqual(r.stdout, "", args)
+
     def test_unknown_option_exits_2(self):
         r = run("--frobnicate")
         self.assertEqual(r.returncode, 2)
