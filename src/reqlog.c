@@ -577,7 +577,7 @@ void reqlog_entry_from_req(conn_t *c, uint64_t latency_us, reqlog_entry_t *out)
     const reqlog_t *l = c->srv->reqlog;
     if (l && l->bodies) {
         const mm_buf_t *b = NULL;
-        if (r->local)
+        if (r->local && !r->discard) /* a discarded body is captured as a routed one */
             b = &r->local_body;
         else if (r->capture_body && r->captured.len == r->body_in)
             b = &r->captured; /* captured whole */

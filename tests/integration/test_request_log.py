@@ -110,6 +110,16 @@ class LoggedBodies(mmtest.MMTestCase):
             self.assertEqual(line.get("body_truncated"), True if size > KIB64 else None, rid)
 
 
+    def test_a_body_read_and_dropped_before_a_404_is_logged(self):
+        m = champion_logged(self.cluster, bodies=True)
+        st, _, _ = mmtest.request(m.port, "POST", "/nothere", b"hello-404",
+                                  {"X-Request-Id": "no-route-body"})
+        self.assertEqual(st, 404)
+        line = log_lines(m.log, 1)["no-route-body"]
+        self.assertEqual((line["bytes_in"], base64.b64decode(line["body_b64"])), (9, b"hello-404"))
+        self.assertNotIn("body_truncated", line)
+
+
 class ShadowOwnAnswers(mmtest.MMTestCase):
     def test_bytes_out_of_a_502_counts_its_body_in_a_shadow_experiment(self):
         c = self.cluster
