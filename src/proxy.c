@@ -30,8 +30,10 @@
 #define CONN_BUF_INITIAL (16 * 1024)
 #define BODY_BUFFER_MAX  (64 * 1024) /* request body bytes buffered before the upstream is ready */
 #define LOCAL_BODY_MAX   (4 * 1024 * 1024) /* admin and feedback request bodies */
-#define DISCARD_MAX      (64 * 1024) /* body read and dropped before a 404 that keeps the connection */
-#define MAX_RETRIES      2
+#define DISCARD_MAX                                                                                \
+    (64 * 1024) /* body read and dropped before an answer that keeps the connection */
+#define NO_ROUTE_MSG "no experiment matches this request"
+#define MAX_RETRIES  2
 
 static const char continue_100[] = "HTTP/1.1 100 Continue\r\n\r\n";
 static llhttp_settings_t req_settings;
@@ -47,6 +49,7 @@ static void acquire(conn_t *c);
 static void send_error(conn_t *c, int status, const char *code, const char *msg);
 static void local_req_of(conn_t *c, mm_local_req_t *out);
 static void send_no_route(conn_t *c);
+static int defer_until_body_read(conn_t *c, int status, const char *code, const char *msg);
 static const up_user_ops_t proxy_user_ops;
 
 const config_t *server_config(const mm_server_t *srv)
@@ -566,6 +569,13 @@ static void write_out_final(conn_t *c)
     client_write(c, &b, 1);
 }
 
+/* Whether the request went to an arm: also one whose upstream error waits
+ * for the rest of its body (defer_until_body_read), not a local answer. */
+static int routed(const req_t *r)
+{
+    return r->exp != NULL && (!r->local || r->discard);
+}
+
 /* X-Modelmux-Experiment and X-Modelmux-Arm for an error answer to a routed
  * request, as a proxied answer has them: the arm is the one the request was
  * last sent to, which is also what its metrics and log line name. NULL before
@@ -573,7 +583,7 @@ static void write_out_final(conn_t *c)
  * X-Request-Id can be said. Names are at most 64 bytes, so buf never cuts. */
 static const char *route_headers(const req_t *r, char *buf, size_t n)
 {
-    if (r->exp == NULL || r->local) return NULL;
+    if (!routed(r)) return NULL;
     int len = snprintf(buf, n, "X-Modelmux-Experiment: %s\r\nX-Modelmux-Arm: %s\r\n",
                        r->exp->cfg->name, r->exp->ups[r->arm]->name);
     return len > 0 && (size_t)len < n ? buf : NULL;
@@ -588,6 +598,7 @@ static void send_error_hdr(conn_t *c, int status, const char *code, const char *
         return;
     }
     if (!r->active) req_start_unread(c); /* an error before a request was recognised */
+    if (!extra_headers && defer_until_body_read(c, status, code, msg)) return;
     stop_reading(c);
     conn_no_deadline(c);
     /* Nothing more of this connection is parsed until the answer is out:
@@ -615,7 +626,54 @@ static void send_error(conn_t *c, int status, const char *code, const char *msg)
 
 static void send_no_route(conn_t *c)
 {
-    send_error(c, 404, "no_route", "no experiment matches this request");
+    send_error(c, 404, "no_route", NO_ROUTE_MSG);
+}
+
+/* Answer once the body is read and dropped: the answer then keeps the
+ * connection. One that turns out larger than DISCARD_MAX gets it at once,
+ * closing (parse_step). */
+static void discard_then(conn_t *c, int status, const char *code, const char *msg)
+{
+    req_t *r = &c->req;
+    r->local = r->discard = 1;
+    r->discard_status = status;
+    r->discard_code = code;
+    r->discard_msg = msg;
+}
+
+static void send_discarded(conn_t *c)
+{
+    send_error(c, c->req.discard_status, c->req.discard_code, c->req.discard_msg);
+}
+
+/* An upstream's error (502, 503, 504) for a request whose body is still on
+ * its way (a dead model server refuses the connection before the body is
+ * read) keeps the connection, as nginx discards the rest of a body: with at
+ * most DISCARD_MAX of body all told, the rest is read and dropped, then the
+ * error goes out, and a request pipelined behind it is served. Returns 0
+ * when the error is to go out now (closing, since the body is unread). */
+static int defer_until_body_read(conn_t *c, int status, const char *code, const char *msg)
+{
+    req_t *r = &c->req;
+    uint64_t total =
+        r->body_in + ((c->parser.flags & F_CONTENT_LENGTH) ? c->parser.content_length : 0);
+    if (c->phase != C_BODY || c->msg_done || r->local || r->fanout || !r->keep_alive ||
+        status < 500 || c->srv->draining || total > DISCARD_MAX)
+        return 0;
+    if (r->pool && (r->user.waiting_on || r->user.pending_conn)) up_cancel(r->pool, &r->user);
+    if (r->up) {
+        up_release(r->up, 0);
+        r->up = NULL;
+    }
+    r->queued = 0;
+    c->pinned = 0;
+    discard_then(c, status, code, msg);
+    conn_deadline(c, server_config(c->srv)->limits.idle_timeout_ms);
+    if (!c->peer_eof) start_reading(c);
+    /* Body bytes may wait in the buffer, unparsed; from an upstream callback
+     * they are parsed now, inside conn_process it goes on with them itself. */
+    if (!c->processing) conn_process(c);
+    return 1;
 }
 
 void conn_respond(conn_t *c, int status, const char *content_type, const char *body, size_t len,
@@ -886,7 +944,7 @@ static void on_request_head(conn_t *c)
              * it: the 404 then keeps the connection, and a request
              * pipelined behind it is served. One larger than DISCARD_MAX,
              * or not sent yet (100-continue), was refused at once above. */
-            r->local = r->discard = 1;
+            discard_then(c, 404, "no_route", NO_ROUTE_MSG);
         }
         if (!r->fanout && r->shadow == NULL && srv->reqlog && reqlog_bodies(srv->reqlog)) {
             /* log.bodies: keep the request body (bounded) for its log line */
@@ -975,8 +1033,8 @@ static ssize_t parse_step(conn_t *c)
         ssize_t more = parse_step(c);
         return more < 0 ? -1 : (ssize_t)used + more;
     } else if (e == HPE_USER || e == HPE_CB_CHUNK_HEADER) { /* on_body, on_chunk_header */
-        if (c->req.discard) /* more than is worth reading: refuse now, and close */
-            send_no_route(c);
+        if (c->req.discard) /* more than is worth reading: answer now, and close */
+            send_discarded(c);
         else
             send_error(c, 413, "body_too_large", "request body exceeds the size limit");
         return -1;
@@ -1242,7 +1300,7 @@ static void req_finish(conn_t *c)
         up_release(r->up, r->body_done && r->up_done && !r->aborted);
         r->up = NULL;
     }
-    if (r->exp && !r->local) {
+    if (routed(r)) {
         metrics_arm_t *ma = r->merged ? &r->exp->metrics->merged : router_marm(r->exp, r->arm);
         metrics_status(ma->by_status, r->status);
         metrics_latency(ma, latency);
@@ -1356,7 +1414,7 @@ static void local_dispatch(conn_t *c)
     conn_release(c);
 }
 
-static void conn_process(conn_t *c)
+static void process_loop(conn_t *c)
 {
     const config_t *cfg = server_config(c->srv);
     while (!c->closing) {
@@ -1402,7 +1460,7 @@ static void conn_process(conn_t *c)
             !c->req.dispatched) {
             c->req.dispatched = 1;
             if (c->req.discard)
-                send_no_route(c);
+                send_discarded(c);
             else if (c->req.local)
                 local_dispatch(c);
             else
@@ -1410,6 +1468,13 @@ static void conn_process(conn_t *c)
         }
         return;
     }
+}
+
+static void conn_process(conn_t *c)
+{
+    c->processing++;
+    process_loop(c);
+    c->processing--;
 }
 
 /* ---- accepting ---- */

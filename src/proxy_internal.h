@@ -42,7 +42,10 @@ typedef struct {
     int req_chunked;
     int has_body;
     int local, dispatched;
-    int discard;     /* refused (404) once its body is read and dropped: the connection stays */
+    int discard;        /* answered once its body is read and dropped (proxy.c, discard_then): the
+                           connection stays */
+    int discard_status; /* that answer: a 404, or an upstream error met mid-body */
+    const char *discard_code, *discard_msg;
     int fanout;      /* answered by every arm at once (fanout.c) */
     int merged;      /* the answer was merged from several arms (interleave) */
     uint64_t serial; /* distinguishes successive requests on the connection */
@@ -83,7 +86,8 @@ struct conn_s {
     size_t rcap, rlen, rpos;
     int phase;
     int reading, writing;
-    int pinned; /* a write references bytes in rbuf: do not move or reuse it */
+    int processing; /* inside conn_process: it goes on with what changed */
+    int pinned;     /* a write references bytes in rbuf: do not move or reuse it */
     int closing;
     int peer_eof; /* the client half-closed after a whole request: answer, then close */
     int handles;

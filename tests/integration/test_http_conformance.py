@@ -7,6 +7,7 @@ model server that answers what a test tells it to (the misbehaving
 upstreams of RFC 9112 §6 and RFC 9110 §15), and asserts what the client
 and the model server see.
 """
+import re
 import socket
 import threading
 import time
@@ -366,6 +367,70 @@ class UpstreamAnswers(ClassCluster):
         self.assertNotEqual(r.headers["x-conn"], after.headers["x-conn"])
         _, again = self.exchange("ok")
         self.assertEqual(after.headers["x-conn"], again.headers["x-conn"])  # reuse does happen
+
+class ErrorWithUnreadBody(mmtest.MMTestCase):
+    """A 502 for a request whose body had not been read yet (the model
+    server refused the connection first) keeps the connection, as nginx
+    discards a body: the rest (up to 64 KiB all told) is read and dropped,
+    then the error goes out, and the request pipelined behind is served.
+    It closed the connection, losing that request."""
+
+    def setUp(self):
+        super().setUp()
+        ok = self.cluster.model_server("ok")
+        self.port, self.admin = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(self.port, {"dead": mmtest.free_port(), "ok": ok.port},
+                                 [ab("dc", "/dc", {"dead": 1}), ab("ok", "/ok", {"ok": 1})],
+                                 admin_port=self.admin)
+        self.cluster.modelmux(cfg)
+
+    BEHIND = b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Request-Id: behind\r\n\r\n"
+
+    def answers(self, out):
+        heads = [out[i:out.index(b"\r\n\r\n", i)] for i in
+                 (m.start() for m in re.finditer(rb"HTTP/1\.1 \d{3} ", out))]
+        return [(h.split(b"\r\n")[0].decode(),
+                 b"connection: close" in h.lower(),
+                 b"x-request-id: behind" in h.lower(),
+                 b"x-modelmux-arm: dead" in h.lower()) for h in heads]
+
+    def test_the_request_behind_is_served(self):
+        bodies = {"content-length": b"Content-Length: 2\r\n\r\n{}",
+                  "chunked": b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"}
+        for what, body in bodies.items():
+            out = mmtest.raw(self.port, b"POST /dc HTTP/1.1\r\nHost: x\r\n" + body + self.BEHIND,
+                             timeout=1.5)
+            self.assertEqual(self.answers(out), [("HTTP/1.1 502 Bad Gateway", False, False, True),
+                                                 ("HTTP/1.1 200 OK", False, True, False)], what)
+
+    def test_a_body_sent_after_the_head_is_waited_for(self):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=3)
+        s.sendall(b"POST /dc HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        time.sleep(0.3)  # the refused connect comes first
+        s.sendall(b"hello" + self.BEHIND)
+        s.settimeout(1.0)
+        out = b""
+        try:
+            while out.count(b"HTTP/1.1 ") < 2 or not out.endswith(b"}"):
+                d = s.recv(65536)
+                if not d:
+                    break
+                out += d
+        except socket.timeout:
+            pass
+        s.close()
+        self.assertEqual([a[:3] for a in self.answers(out)],
+                         [("HTTP/1.1 502 Bad Gateway", False, False),
+                          ("HTTP/1.1 200 OK", False, True)])
+        got = mmtest.metric_samples(self.admin, "modelmux_requests_total", "experiment", "arm",
+                                    "code")
+        self.assertEqual(got.get(("dc", "dead", "502")), 1.0, got)
+
+    def test_a_body_over_64_kib_is_not_waited_for(self):
+        big = b"x" * 70000
+        out = mmtest.raw(self.port, b"POST /dc HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                         % len(big) + big + self.BEHIND, timeout=1.5)
+        self.assertEqual(self.answers(out), [("HTTP/1.1 502 Bad Gateway", True, False, True)])
 
 
 if __name__ == "__main__":
