@@ -1053,8 +1053,10 @@ static int parse_match(cx_t *cx, const json_t *exp, const char *base, cfg_experi
             return cerr(cx, vp, 1, "%s: bad header name; expected 1-127 token characters",
                         dotted(cx, vp, d, sizeof(d)));
         const char *val = json_string_value(v);
-        if (val == NULL || strpbrk(val, "\r\n") != NULL)
-            return type_error(cx, vp, v, "a string (the header value to match)");
+        if (val == NULL) return type_error(cx, vp, v, "a string (the header value to match)");
+        if (strpbrk(val, "\r\n") != NULL)
+            return cerr(cx, vp, 0, "%s: a header value holds no CR or LF",
+                        dotted(cx, vp, d, sizeof(d)));
         if (copy_field(cx, h->value, sizeof(h->value), val, vp) < 0) return -1;
         snprintf(h->name, sizeof(h->name), "%s", k);
         e->n_headers++;

@@ -56,9 +56,10 @@ typedef struct {
  * An event has at most 9 brackets and separators (4 keys), so a body with
  * more than FB_VALUES_MAX cannot be a batch of FB_BATCH_MAX events that are
  * all well-formed; it is refused before jansson builds anything. */
-#define FB_BATCH_MAX      10000
-#define FB_VALUES_MAX     (FB_BATCH_MAX * 10 + 16)
-#define FB_BATCH_TOO_LONG "a feedback batch holds at most 10000 events"
+#define FB_BATCH_MAX  10000
+#define FB_VALUES_MAX (FB_BATCH_MAX * 10 + 16)
+#define FB_BATCH_TOO_LONG                                                                          \
+    "a feedback batch holds at most 10000 events (and at most 100016 JSON values in all)"
 
 typedef struct {
     mm_server_t *srv;

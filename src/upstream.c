@@ -1079,8 +1079,13 @@ void up_pool_observe(up_pool_t *p, int status, uint64_t now_ms)
         if (++p->consecutive_5xx >= p->cfg.eject_consecutive_5xx && p->ejected_until <= now_ms) {
             p->n_ejections++;
             p->stats.ejections++;
-            p->ejected_until = now_ms + (uint64_t)p->cfg.eject_base_ms * p->n_ejections;
+            uint64_t ms = (uint64_t)p->cfg.eject_base_ms * p->n_ejections;
+            p->ejected_until = now_ms + ms;
             p->consecutive_5xx = 0;
+            /* rare (the penalty grows with each), and what an operator looks for */
+            mm_log("upstream %s ejected for %llu ms (%d 5xx answers or failures in a row); "
+                   "its requests go to the champion",
+                   p->cfg.name, (unsigned long long)ms, p->cfg.eject_consecutive_5xx);
         }
     } else {
         p->consecutive_5xx = 0;

@@ -1354,8 +1354,9 @@ class Fallback(TestCluster):
         challenger = self.cluster.model_server("challenger", "--error-rate", 1)
         port = mmtest.free_port()
         base_ms = 2000
-        self.cluster.modelmux(self.cfg(port, champion.port, challenger.port,
-                                       eject={"consecutive_5xx": 3, "base_ms": base_ms}), "--seed", 9)
+        mm = self.cluster.modelmux(self.cfg(port, champion.port, challenger.port,
+                                            eject={"consecutive_5xx": 3, "base_ms": base_ms}),
+                                   "--seed", 9)
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 
         def one():
@@ -1375,6 +1376,8 @@ class Fallback(TestCluster):
         last_err = max(i for i, s in enumerate(seen) if s[0] != 200)
         self.assertEqual({s for s in seen[last_err + 1:]}, {(200, "champion")})
         self.assertEqual(stats(challenger.port)["requests"], 3)
+        self.assertIn("upstream challenger ejected for 2000 ms (3 5xx answers or failures in a "
+                      "row); its requests go to the champion", mm.log())
         # after base_ms it is tried again (and fails again)
         time.sleep(base_ms / 1000.0 - first_phase + 0.3)
         later = [one() for _ in range(40)]

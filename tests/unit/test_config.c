@@ -683,6 +683,12 @@ static void test_match_headers(void **state)
                  "{\"X Market\": \"KR\"}}}]}",
                  "t.json:2:59: experiments[0].match.headers[\"X Market\"]: bad header name; "
                  "expected 1-127 token characters");
+    /* a string, but no header line can carry it: the message says why */
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\", \"headers\": "
+                 "{\"X-Market\": \"K\\nR\"}}}]}",
+                 "t.json:2:71: experiments[0].match.headers.X-Market: a header value holds no CR "
+                 "or LF");
 }
 
 static void test_unknown_policy(void **state)
