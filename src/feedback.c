@@ -192,6 +192,24 @@ static void batch_count(fb_batch_t *b, int outcome)
         b->invalid++;
 }
 
+/* At most one line per ELSEWHERE_LOG_MS: a rolling deploy can hand old
+ * instances a stream of such entries, one line each would flood the log. */
+#define ELSEWHERE_LOG_MS 10000
+
+static void log_elsewhere(mm_server_t *srv, store_msg_t *m)
+{
+    uint64_t now = mm_now_ms();
+    if (srv->elsewhere_log_ms != 0 && now - srv->elsewhere_log_ms < ELSEWHERE_LOG_MS) {
+        srv->elsewhere_quiet++;
+        return;
+    }
+    mm_log("feedback stream entry %s names an experiment or arm not configured here: left "
+           "pending for an instance that has it (%llu more since the last such line)",
+           store_msg_id(m), (unsigned long long)srv->elsewhere_quiet);
+    srv->elsewhere_log_ms = now;
+    srv->elsewhere_quiet = 0;
+}
+
 static void batch_answer(fb_batch_t *b)
 {
     if (b->conn) {
@@ -212,10 +230,7 @@ static void batch_answer(fb_batch_t *b)
         int ack = !b->elsewhere && !(b->unknown && store_msg_deliveries(b->msg) < 3);
         if (b->invalid) b->srv->stream_invalid++;
         if (ack && b->unknown) b->srv->stream_unknown++;
-        if (b->elsewhere && store_msg_deliveries(b->msg) == 1)
-            mm_log("feedback stream entry %s names an experiment or arm not configured here: "
-                   "left pending for an instance that has it",
-                   store_msg_id(b->msg));
+        if (b->elsewhere && store_msg_deliveries(b->msg) == 1) log_elsewhere(b->srv, b->msg);
         store_msg_done(b->srv->store, b->msg, ack);
     }
     batch_free(b);

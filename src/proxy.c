@@ -1314,6 +1314,12 @@ static void req_finish(conn_t *c)
          * the client abandoned (499: gone, or cut by the drain), as the
          * metrics count it; only an answered one can get feedback. */
         if (r->status != 0) store_pull(srv->store, r->exp->state, sarm);
+        /* An upstream error held until the body was read, then overtaken by
+         * the client's own (a stalled body's 408, a bad chunk's 400, a 499):
+         * the arm still failed it. */
+        if (r->status != 0 && r->discard && r->discard_status >= 500 &&
+            r->status != r->discard_status)
+            store_error(srv->store, r->exp->state, sarm);
         if (r->status != 0 && r->status != 499) {
             if (r->status >= 500) store_error(srv->store, r->exp->state, sarm);
             store_remember_key(srv->store, r->exp->state, r->merged ? STORE_ARM_INTERLEAVE : sarm,
@@ -1459,9 +1465,10 @@ static void process_loop(conn_t *c)
         if (c->phase == C_WAIT && (c->req.local || c->req.fanout) && c->req.active &&
             !c->req.dispatched) {
             c->req.dispatched = 1;
-            if (c->req.discard)
+            if (c->req.discard) {
+                shadow_start(c); /* mirrors of a failed primary: the body is read now */
                 send_discarded(c);
-            else if (c->req.local)
+            } else if (c->req.local)
                 local_dispatch(c);
             else
                 fanout_start(c);

@@ -78,6 +78,7 @@ typedef struct mm_server_s {
     struct server_reload_s *reloading;   /* a reload waiting for name lookups */
     struct reload_waiter_s *reload_next; /* asked for meanwhile: the reload after it */
     uint64_t stream_invalid; /* feedback stream entries acknowledged unapplied: invalid */
+    uint64_t elsewhere_log_ms, elsewhere_quiet; /* feedback.c, log_elsewhere */
     uint64_t stream_unknown; /* ... and: request id never found (after 3 deliveries) */
     int has_store_override;  /* --workers with the memory store: the shared private Redis */
     cfg_store_t store_override;

@@ -7,7 +7,9 @@ model server that answers what a test tells it to (the misbehaving
 upstreams of RFC 9112 §6 and RFC 9110 §15), and asserts what the client
 and the model server see.
 """
+import json
 import re
+import signal
 import socket
 import threading
 import time
@@ -379,10 +381,14 @@ class ErrorWithUnreadBody(mmtest.MMTestCase):
         super().setUp()
         ok = self.cluster.model_server("ok")
         self.port, self.admin = mmtest.free_port(), mmtest.free_port()
+        self.log = self.cluster.path("requests.jsonl")
         cfg = mmtest.base_config(self.port, {"dead": mmtest.free_port(), "ok": ok.port},
-                                 [ab("dc", "/dc", {"dead": 1}), ab("ok", "/ok", {"ok": 1})],
-                                 admin_port=self.admin)
-        self.cluster.modelmux(cfg)
+                                 [ab("dc", "/dc", {"dead": 1}), ab("ok", "/ok", {"ok": 1}),
+                                  {"name": "sh", "match": {"path_prefix": "/sh"},
+                                   "policy": "shadow", "primary": "dead", "shadows": ["ok"]}],
+                                 admin_port=self.admin, log={"requests": self.log, "bodies": True},
+                                 limits={"idle_timeout_ms": 500})
+        self.mm = self.cluster.modelmux(cfg)
 
     BEHIND = b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Request-Id: behind\r\n\r\n"
 
@@ -432,6 +438,38 @@ class ErrorWithUnreadBody(mmtest.MMTestCase):
                          % len(big) + big + self.BEHIND, timeout=1.5)
         self.assertEqual(self.answers(out), [("HTTP/1.1 502 Bad Gateway", True, False, True)])
 
+
+    def test_a_failed_primarys_mirrors_go_out_with_the_body_read(self):
+        out = mmtest.raw(self.port, b"POST /sh HTTP/1.1\r\nHost: x\r\nX-Request-Id: sh-1\r\n"
+                         b"Content-Length: 2\r\n\r\n{}" + self.BEHIND, timeout=1.5)
+        self.assertEqual([a[:3] for a in self.answers(out)],
+                         [("HTTP/1.1 502 Bad Gateway", False, False),
+                          ("HTTP/1.1 200 OK", False, True)])
+        self.mm.signal(signal.SIGTERM)  # the log is complete once it has stopped
+        self.assertEqual(self.mm.wait(15), 0)
+        with open(self.log) as f:
+            line = [json.loads(l) for l in f if '"sh-1"' in l][0]
+        # mirrored (not "dropped"), an error since the primary gave no answer;
+        # the body logged whole
+        self.assertEqual([(m["arm"], m["status"], m["outcome"]) for m in line["shadow"]],
+                         [("ok", 200, "error")])
+        self.assertEqual((line["status"], line["bytes_in"], line["body_b64"]), (502, 2, "e30="))
+        self.assertNotIn("body_truncated", line)
+
+    def test_a_body_that_stalls_after_the_error_is_a_408_and_still_the_arms_error(self):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=3)
+        s.sendall(b"POST /dc HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello")
+        out = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+        s.close()
+        self.assertTrue(out.startswith(b"HTTP/1.1 408 "), out[:100])
+        st, _, body = mmtest.request(self.admin, "GET", "/experiments/dc")
+        arm = json.loads(body)["arms"][0]
+        self.assertEqual((arm["name"], arm["requests"], arm["errors"]), ("dead", 1, 1))
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
