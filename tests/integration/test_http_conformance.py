@@ -457,15 +457,9 @@ class ErrorWithUnreadBody(mmtest.MMTestCase):
         self.assertNotIn("body_truncated", line)
 
     def test_a_body_that_stalls_after_the_error_is_a_408_and_still_the_arms_error(self):
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=3)
-        s.sendall(b"POST /dc HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello")
-        out = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            out += d
-        s.close()
+        # idle_timeout_ms 500: the connection closes well before raw() gives up
+        out = mmtest.raw(self.port, b"POST /dc HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                         b"hello", timeout=5)
         self.assertTrue(out.startswith(b"HTTP/1.1 408 "), out[:100])
         st, _, body = mmtest.request(self.admin, "GET", "/experiments/dc")
         arm = json.loads(body)["arms"][0]
