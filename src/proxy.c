@@ -30,8 +30,8 @@
 #define CONN_BUF_INITIAL (16 * 1024)
 #define BODY_BUFFER_MAX  (64 * 1024) /* request body bytes buffered before the upstream is ready */
 #define LOCAL_BODY_MAX   (4 * 1024 * 1024) /* admin and feedback request bodies */
-#define DISCARD_MAX                                                                                \
-    (64 * 1024) /* body read and dropped before an answer that keeps the connection */
+/* Body read and dropped before an answer that keeps the connection. */
+#define DISCARD_MAX  (64 * 1024)
 #define NO_ROUTE_MSG "no experiment matches this request"
 #define MAX_RETRIES  2
 
@@ -269,18 +269,25 @@ static void req_start_unread(conn_t *c)
     router_ref(r->router);
 }
 
-/* Abandon the request in progress (client gone, or connection closing). */
-static void req_abort(conn_t *c)
+/* The request gives up its upstream: a wait for a connection is cancelled,
+ * and one it holds is closed (its exchange is unfinished). */
+static void drop_upstream(req_t *r)
 {
-    req_t *r = &c->req;
-    if (!r->active) return;
-    if (r->status == 0) r->status = 499; /* nginx's "client closed request" */
     if (r->pool && r->user.waiting_on) up_cancel(r->pool, &r->user);
     if (r->pool && r->user.pending_conn) up_cancel(r->pool, &r->user);
     if (r->up) {
         up_release(r->up, 0);
         r->up = NULL;
     }
+}
+
+/* Abandon the request in progress (client gone, or connection closing). */
+static void req_abort(conn_t *c)
+{
+    req_t *r = &c->req;
+    if (!r->active) return;
+    if (r->status == 0) r->status = 499; /* nginx's "client closed request" */
+    drop_upstream(r);
     r->aborted = 1;
     req_finish(c);
 }
@@ -607,11 +614,7 @@ static void send_error_hdr(conn_t *c, int status, const char *code, const char *
     r->status = status;
     /* The connection stays usable only if the request was read entirely. */
     if (!c->msg_done || status == 408 || status == 400 || status == 431) r->keep_alive = 0;
-    if (r->pool && (r->user.waiting_on || r->user.pending_conn)) up_cancel(r->pool, &r->user);
-    if (r->up) {
-        up_release(r->up, 0);
-        r->up = NULL;
-    }
+    drop_upstream(r);
     mm_buf_reset(&r->out);
     char route[192];
     http_error_response(&r->out, status, code, msg, (mm_str_t){r->id, r->id_len}, r->keep_alive,
@@ -660,11 +663,7 @@ static int defer_until_body_read(conn_t *c, int status, const char *code, const 
     if (c->phase != C_BODY || c->msg_done || r->local || r->fanout || !r->keep_alive ||
         status < 500 || c->srv->draining || total > DISCARD_MAX)
         return 0;
-    if (r->pool && (r->user.waiting_on || r->user.pending_conn)) up_cancel(r->pool, &r->user);
-    if (r->up) {
-        up_release(r->up, 0);
-        r->up = NULL;
-    }
+    drop_upstream(r);
     r->queued = 0;
     c->pinned = 0;
     discard_then(c, status, code, msg);
@@ -1314,14 +1313,13 @@ static void req_finish(conn_t *c)
          * the client abandoned (499: gone, or cut by the drain), as the
          * metrics count it; only an answered one can get feedback. */
         if (r->status != 0) store_pull(srv->store, r->exp->state, sarm);
-        /* An upstream error held until the body was read, then overtaken by
-         * the client's own (a stalled body's 408, a bad chunk's 400, a 499):
-         * the arm still failed it. */
-        if (r->status != 0 && r->discard && r->discard_status >= 500 &&
-            r->status != r->discard_status)
+        /* Its error: a 5xx, or an upstream error held until the body was
+         * read (r->discard: routed requests discard only for one), also
+         * when the client's own overtook it (a stalled body's 408, a bad
+         * chunk's 400, a 499). */
+        if (r->status != 0 && (r->status >= 500 || r->discard))
             store_error(srv->store, r->exp->state, sarm);
         if (r->status != 0 && r->status != 499) {
-            if (r->status >= 500) store_error(srv->store, r->exp->state, sarm);
             store_remember_key(srv->store, r->exp->state, r->merged ? STORE_ARM_INTERLEAVE : sarm,
                                (mm_str_t){r->id, r->id_len}, r->id_key,
                                r->exp->cfg->feedback_ttl_s);
