@@ -92,6 +92,7 @@ struct up_conn_s {
     int headers_done, msg_done;
     int got_bytes;
     int req_open; /* the user has more request bytes to come (up_write's last == 0) */
+    int early;    /* the answer's head came before the request was all written */
     unsigned uses;
     unsigned addr_gen; /* the pool's addr_gen when it connected */
     int ai;            /* its address: addrs.a[ai] of that generation */
@@ -174,6 +175,11 @@ static int on_headers_complete(llhttp_t *p)
         (c->user && c->user->no_body_expected) || p->status_code == 204 || p->status_code == 304;
     r->until_eof = !r->no_body && !r->chunked && !r->has_length;
     c->headers_done = 1;
+    /* An answer before the whole request was written: the server may not
+     * have read (and may never read) the rest, so what follows on this
+     * connection is not known to start a new request. nginx's upstream
+     * keepalive gives such a connection up too. */
+    c->early = c->writing || c->req_open;
     if (r->no_body) return 1; /* llhttp then ends the message right away */
     return HPE_PAUSED;
 }
@@ -739,6 +745,7 @@ static void begin_exchange(up_conn_t *c, up_user_t *u)
     c->headers_done = c->msg_done = 0;
     c->got_bytes = 0;
     c->req_open = 0;
+    c->early = 0;
     c->body_bytes = 0;
     c->uses++;
     memset(&c->resp, 0, sizeof(c->resp));
@@ -1055,7 +1062,7 @@ void up_release(up_conn_t *c, int reusable)
 {
     if (c->state != UC_BUSY) return;
     up_pool_t *p = c->pool;
-    int ok = reusable && c->phase == PH_DONE && c->resp.keep_alive && !c->writing &&
+    int ok = reusable && c->phase == PH_DONE && c->resp.keep_alive && !c->writing && !c->early &&
              c->rpos == c->rlen && !p->released && !p->draining && c->addr_gen == p->addr_gen &&
              (p->addrs.n == 1 || !addr_ejected(p, c->ai, uv_now(p->loop)));
     c->user = NULL;

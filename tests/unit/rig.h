@@ -345,7 +345,10 @@ static inline void rig_assert_message_has(const rig_resp_t *r, const char *part)
  * connection closes when the model stops). It records how many requests
  * came and the last one, head and body. */
 
-enum { MODEL_ANSWER = 0, MODEL_ANSWER_CLOSE, MODEL_CLOSE, MODEL_HANG };
+/* MODEL_ANSWER_EARLY answers once a request's head is in, keeps the
+ * connection and never reads the request's body (nor anything after it):
+ * a server that answers early and does not take the rest. */
+enum { MODEL_ANSWER = 0, MODEL_ANSWER_CLOSE, MODEL_CLOSE, MODEL_HANG, MODEL_ANSWER_EARLY };
 
 typedef struct rig_model_s rig_model_t;
 
@@ -356,6 +359,7 @@ typedef struct rig_mconn_s {
     struct rig_mconn_s *next;
     mm_buf_t in;
     int closing;
+    int deaf; /* MODEL_ANSWER_EARLY has answered: input is dropped */
 } rig_mconn_t;
 
 struct rig_model_s {
@@ -405,12 +409,20 @@ static inline void rig_m_serve(rig_mconn_t *c)
 {
     rig_model_t *m = c->m;
     for (;;) {
+        if (c->deaf) {
+            c->in.len = 0;
+            return;
+        }
         const char *end = c->in.len ? memmem(c->in.p, c->in.len, "\r\n\r\n", 4) : NULL;
         if (end == NULL) return;
         size_t head = (size_t)(end + 4 - c->in.p), body = 0;
         for (const char *p = c->in.p; p < end; p++)
             if ((p == c->in.p || p[-1] == '\n') && strncasecmp(p, "content-length:", 15) == 0)
                 body = strtoull(p + 15, NULL, 10);
+        if (m->mode == MODEL_ANSWER_EARLY) {
+            c->deaf = 1;
+            body = c->in.len - head; /* what came with the head; the rest is dropped */
+        }
         if (c->in.len < head + body) return;
         m->requests++;
         mm_buf_reset(&m->last);

@@ -30,7 +30,9 @@ typedef struct {
     up_err_t err;
     char body[4096];
     size_t body_len;
-    int held; /* bytes handed out and not resumed */
+    int held;        /* bytes handed out and not resumed */
+    const char *req; /* the request's first write (a GET if NULL) */
+    int req_last;    /* ... and whether it is the whole request */
 } user_t;
 
 static user_t *U(up_user_t *u)
@@ -40,10 +42,12 @@ static user_t *U(up_user_t *u)
 
 static void u_on_conn(up_user_t *u, up_conn_t *c)
 {
-    static const char req[] = "GET /x HTTP/1.1\r\nHost: m\r\n\r\n";
-    U(u)->conn = c;
-    uv_buf_t b = uv_buf_init((char *)req, sizeof(req) - 1);
-    assert_int_equal(up_write(c, &b, 1, 1), 0);
+    static const char get[] = "GET /x HTTP/1.1\r\nHost: m\r\n\r\n";
+    user_t *x = U(u);
+    x->conn = c;
+    const char *req = x->req ? x->req : get;
+    uv_buf_t b = uv_buf_init((char *)req, (unsigned)strlen(req));
+    assert_int_equal(up_write(c, &b, 1, x->req ? x->req_last : 1), 0);
 }
 
 static void u_on_sent(up_user_t *u, up_conn_t *c)
@@ -104,11 +108,12 @@ typedef struct {
 } ex_t;
 
 /* close_after: the model closes each connection once its answer is written. */
-static void ex_start(ex_t *t, const char *answer, int close_after, int hold)
+static void ex_start_mode(ex_t *t, const char *answer, int mode, int hold, const char *req,
+                          int req_last)
 {
     memset(t, 0, sizeof(*t));
     assert_int_equal(uv_loop_init(&t->loop), 0);
-    rig_model_start(&t->loop, &t->model, close_after ? MODEL_ANSWER_CLOSE : MODEL_ANSWER, answer);
+    rig_model_start(&t->loop, &t->model, mode, answer);
     cfg_upstream_t cfg = {.pool = 4, .connect_timeout_ms = 2000, .timeout_ms = 5000};
     strcpy(cfg.name, "model");
     strcpy(cfg.addr.host, "127.0.0.1");
@@ -119,7 +124,24 @@ static void ex_start(ex_t *t, const char *answer, int close_after, int hold)
     assert_non_null(t->pool);
     t->user.user.ops = &user_ops;
     t->user.hold = hold;
+    t->user.req = req;
+    t->user.req_last = req_last;
     up_acquire(t->pool, &t->user.user);
+}
+
+static void ex_start(ex_t *t, const char *answer, int close_after, int hold)
+{
+    ex_start_mode(t, answer, close_after ? MODEL_ANSWER_CLOSE : MODEL_ANSWER, hold, NULL, 1);
+}
+
+static void run_until_done(ex_t *t)
+{
+    for (int i = 0; i < 500 && t->user.dones == 0; i++) {
+        uv_run(&t->loop, UV_RUN_NOWAIT);
+        uv_sleep(1);
+    }
+    assert_int_equal(t->user.dones, 1);
+    assert_int_equal(t->user.errors, 0);
 }
 
 /* The EOF has surely been read by the pool: the model answered and closed
@@ -249,17 +271,37 @@ static void test_keep_alive_answer_is_pooled(void **state)
     (void)state;
     ex_t t;
     ex_start(&t, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 0, 0);
-    for (int i = 0; i < 500 && t.user.dones == 0; i++) {
-        uv_run(&t.loop, UV_RUN_NOWAIT);
-        uv_sleep(1);
-    }
-    assert_int_equal(t.user.dones, 1);
-    assert_int_equal(t.user.errors, 0);
+    run_until_done(&t);
     up_release(t.user.conn, 1);
     t.user.conn = NULL;
     up_pool_stats_t st;
     up_pool_stats(t.pool, &st);
     assert_int_equal(st.idle, 1);
+    ex_stop(&t);
+}
+
+/* A keep-alive answer to a request whose body was still to come (the
+ * server answered from the head, as with a 413 or a 503): whether the
+ * server will ever read the rest is unknown, so once the rest is written
+ * the connection is closed, not pooled; the next request on it could wait
+ * behind an unread body. nginx's upstream keepalive gives such a
+ * connection up too. */
+static void test_answer_before_the_whole_request_is_not_pooled(void **state)
+{
+    (void)state;
+    ex_t t;
+    ex_start_mode(&t, "HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy", MODEL_ANSWER_EARLY, 0,
+                  "POST /x HTTP/1.1\r\nHost: m\r\nContent-Length: 6\r\n\r\n", 0);
+    run_until_done(&t);
+    uv_buf_t rest = uv_buf_init("abcdef", 6);
+    assert_int_equal(up_write(t.user.conn, &rest, 1, 1), 0);
+    up_release(t.user.conn, 1);
+    t.user.conn = NULL;
+    for (int i = 0; i < 20; i++) uv_run(&t.loop, UV_RUN_NOWAIT); /* the close completes */
+    up_pool_stats_t st;
+    up_pool_stats(t.pool, &st);
+    assert_int_equal(st.idle, 0);
+    assert_int_equal(st.open, 0);
     ex_stop(&t);
 }
 
@@ -386,6 +428,7 @@ int main(void)
         cmocka_unit_test(test_eof_ends_close_delimited_body_while_held),
         cmocka_unit_test(test_eof_after_whole_chunked_answer_while_held),
         cmocka_unit_test(test_keep_alive_answer_is_pooled),
+        cmocka_unit_test(test_answer_before_the_whole_request_is_not_pooled),
         cmocka_unit_test(test_exchanges_take_the_addresses_in_turn),
         cmocka_unit_test(test_an_address_that_keeps_failing_is_ejected_alone),
     };
