@@ -174,7 +174,7 @@ static int parse_body(const mm_local_req_t *r, int optional, json_t **out)
     json_t *j = json_loadb(r->body.p, r->body.n, JSON_REJECT_DUPLICATES, &je);
     if (j == NULL) {
         char why[300];
-        jsonpos_syntax_error(&je, why, sizeof(why));
+        jsonpos_syntax_error(r->body.p, r->body.n, &je, why, sizeof(why));
         conn_respond_error(r->conn, 400, "bad_request", why);
         return -1;
     }

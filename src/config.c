@@ -1213,8 +1213,7 @@ static void syntax_error(cx_t *cx, const char *text, size_t len, const json_erro
         msg = "integer out of range (beyond +-9223372036854775807); no setting takes one that "
               "large";
     } else {
-        line = je->line < 1 ? 1 : je->line;
-        col = je->column < 1 ? 1 : je->column;
+        jsonpos_error_at(text, len, je, &line, &col);
         msg = strstr(je->text, "JSON_ALLOW_NUL") ? "\\u0000 (NUL) is not allowed in a string"
                                                  : je->text;
     }

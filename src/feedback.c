@@ -496,7 +496,7 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
     json_error_t je;
     json_t *root = json_loadb(r->body.p, r->body.n, JSON_REJECT_DUPLICATES, &je);
     if (root == NULL) {
-        jsonpos_syntax_error(&je, err, sizeof(err));
+        jsonpos_syntax_error(r->body.p, r->body.n, &je, err, sizeof(err));
         conn_respond_error(r->conn, 400, "bad_request", err);
         return;
     }

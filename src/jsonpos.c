@@ -400,8 +400,23 @@ int jsonpos_append(char *buf, size_t buflen, const char *segment)
     return 0;
 }
 
-void jsonpos_syntax_error(const json_error_t *je, char *out, size_t n)
+void jsonpos_error_at(const char *text, size_t len, const json_error_t *je, int *line, int *col)
 {
-    snprintf(out, n, "invalid JSON at line %d column %d: %s", je->line < 1 ? 1 : je->line,
-             je->column < 1 ? 1 : je->column, je->text);
+    if (strncmp(je->text, "unable to decode byte", 21) == 0 ||
+        strncmp(je->text, "control character", 17) == 0 ||
+        strncmp(je->text, "unexpected newline", 18) == 0) {
+        size_t at = je->position < 0 ? 0 : (size_t)je->position;
+        if (at > len) at = len;
+        jsonpos_at(text, len, at, line, col);
+        return;
+    }
+    *line = je->line < 1 ? 1 : je->line;
+    *col = je->column < 1 ? 1 : je->column;
+}
+
+void jsonpos_syntax_error(const char *text, size_t len, const json_error_t *je, char *out, size_t n)
+{
+    int line, col;
+    jsonpos_error_at(text, len, je, &line, &col);
+    snprintf(out, n, "invalid JSON at line %d column %d: %s", line, col, je->text);
 }

@@ -34,10 +34,17 @@ int jsonpos_find(const jsonpos_t *jp, const char *pointer, int key, int *line, i
  * convention (jansson's), for a place no value starts at (a stray byte). */
 void jsonpos_at(const char *text, size_t len, size_t off, int *line, int *col);
 
+/* Where a syntax error jansson reported in text (len bytes) is: its line
+ * and column, at least 1 (jansson says column 0 for an empty text), except
+ * that a byte no JSON text may hold where it is (bad UTF-8, a raw control
+ * character or line break in a string) is pointed at itself, where
+ * jansson's column is the character before it. */
+void jsonpos_error_at(const char *text, size_t len, const json_error_t *je, int *line, int *col);
+
 /* "invalid JSON at line L column C: WHAT" for a body jansson refused (an
- * API request's), with line and column at least 1 (jansson says column 0
- * for an empty text). */
-void jsonpos_syntax_error(const json_error_t *je, char *out, size_t n);
+ * API request's), placed as jsonpos_error_at does. */
+void jsonpos_syntax_error(const char *text, size_t len, const json_error_t *je, char *out,
+                          size_t n);
 
 /* Number of values recorded (the root included). */
 size_t jsonpos_count(const jsonpos_t *jp);

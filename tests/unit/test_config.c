@@ -119,6 +119,21 @@ static void test_nul_byte_is_reported_where_it_is(void **state)
                      "t.json:1:6: a NUL byte (0x00) is not allowed in a JSON text");
 }
 
+/* A byte that cannot stand where it is: pointed at itself (jansson's
+ * column is the character before it), as a NUL byte is. */
+static void test_bad_bytes_are_reported_where_they_are(void **state)
+{
+    expect_error("{\"listen\": \xff}", "t.json:1:12: unable to decode byte 0xff");
+    expect_error("{\"listen\": \"a\x01\"}", "t.json:1:14: control character 0x1 near '\"a'");
+    expect_error("{\"x\":\"abc\ndef\"}", "t.json:1:10: unexpected newline near '\"abc'");
+    /* a truncated and an overlong sequence: at their first byte, not the quote */
+    expect_error("{\"x\":\"\xe2\x82\"}", "t.json:1:7: unable to decode byte 0xe2 near '\"'");
+    expect_error("{\"x\":\"\xc0\xaf\"}", "t.json:1:7: unable to decode byte 0xc0 near '\"'");
+    /* after a multi-byte character and on a later line: columns in characters */
+    expect_error("{\n\"x\": \"\xe2\x82\xac\x01\"}",
+                 "t.json:2:8: control character 0x1 near '\"\xe2\x82\xac'");
+}
+
 static void test_byte_order_mark_is_named(void **state)
 {
     expect_error("\xEF\xBB\xBF" MINIMAL, "t.json:1:1: the file starts with a UTF-8 byte order "
@@ -1108,6 +1123,7 @@ int main(void)
         cmocka_unit_test(test_definition_compares_numbers_by_value),
         cmocka_unit_test(test_duplicate_key_is_rejected),
         cmocka_unit_test(test_nul_byte_is_reported_where_it_is),
+        cmocka_unit_test(test_bad_bytes_are_reported_where_they_are),
         cmocka_unit_test(test_byte_order_mark_is_named),
         cmocka_unit_test(test_messages_escape_what_they_quote),
         cmocka_unit_test(test_top_level_must_be_object),

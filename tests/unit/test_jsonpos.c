@@ -191,6 +191,31 @@ static void test_append_escapes_segments(void **state)
     assert_string_equal(b3, "/ab/cde");
 }
 
+/* An API body's syntax error: at the token for a token, at the byte for a
+ * byte that cannot be there (jansson says the character before it). */
+static void syntax_error_of(const char *text, char *out, size_t n)
+{
+    json_error_t je;
+    assert_null(json_loadb(text, strlen(text), JSON_REJECT_DUPLICATES, &je));
+    jsonpos_syntax_error(text, strlen(text), &je, out, n);
+}
+
+static void test_syntax_errors_point_at_a_bad_byte(void **state)
+{
+    (void)state;
+    char m[300];
+    syntax_error_of("{\"reward\": \xff}", m, sizeof(m));
+    assert_string_equal(m, "invalid JSON at line 1 column 12: unable to decode byte 0xff");
+    syntax_error_of("{\n\"id\": \"a\x02\"}", m, sizeof(m));
+    assert_string_equal(m, "invalid JSON at line 2 column 9: control character 0x2 near '\"a'");
+    syntax_error_of("{\"id\": \"a\nb\"}", m, sizeof(m));
+    assert_string_equal(m, "invalid JSON at line 1 column 10: unexpected newline near '\"a'");
+    syntax_error_of("", m, sizeof(m)); /* jansson says column 0 */
+    assert_string_equal(m, "invalid JSON at line 1 column 1: '[' or '{' expected near end of file");
+    syntax_error_of("{\"a\": tru}", m, sizeof(m)); /* a token: where the parser stopped */
+    assert_string_equal(m, "invalid JSON at line 1 column 9: invalid token near 'tru'");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -204,6 +229,7 @@ int main(void)
         cmocka_unit_test(test_empty_containers_and_scalars),
         cmocka_unit_test(test_rejects_truncated_text),
         cmocka_unit_test(test_append_escapes_segments),
+        cmocka_unit_test(test_syntax_errors_point_at_a_bad_byte),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
