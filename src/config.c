@@ -1058,6 +1058,10 @@ static int parse_match(cx_t *cx, const json_t *exp, const char *base, cfg_experi
             return cerr(cx, vp, 0, "%s: a header value holds no CR or LF",
                         dotted(cx, vp, d, sizeof(d)));
         if (copy_field(cx, h->value, sizeof(h->value), val, vp) < 0) return -1;
+        /* spaces and tabs around it go: a request's value is compared without them */
+        mm_str_t t = http_trim((mm_str_t){h->value, strlen(h->value)});
+        memmove(h->value, t.p, t.n);
+        h->value[t.n] = '\0';
         snprintf(h->name, sizeof(h->name), "%s", k);
         e->n_headers++;
     }

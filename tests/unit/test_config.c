@@ -704,6 +704,15 @@ static void test_match_headers(void **state)
                  "{\"X-Market\": \"K\\nR\"}}}]}",
                  "t.json:2:71: experiments[0].match.headers.X-Market: a header value holds no CR "
                  "or LF");
+    /* spaces and tabs around a value go, as around a request's value (which
+     * is compared without them): " KR " would otherwise never match */
+    config_t *c = parse_ok("{" UPS ", \"experiments\": [\n"
+                           "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\", \"headers\": "
+                           "{\"X-Market\": \" K R\\t\", \"X-Tier\": \"  \"}}, \"policy\": \"ab\", "
+                           "\"arms\": {\"champion\": 1}}]}");
+    assert_string_equal(c->experiments[0].headers[0].value, "K R");
+    assert_string_equal(c->experiments[0].headers[1].value, "");
+    config_free(c);
 }
 
 static void test_unknown_policy(void **state)
