@@ -805,12 +805,9 @@ static void add_reward(arm_stats_t *a, double r, int bernoulli)
 
 int store_reward(store_t *s, exp_state_t *e, int arm, double reward, int bernoulli)
 {
-    if ((unsigned)arm >= e->n_arms || !isfinite(reward)) return -1;
-    /* A finite reward can still overflow the sums (1e300 squared): once
-     * infinite, the arm's mean and variance would stay NaN until a reset. */
-    const arm_stats_t *m = &e->merged[arm];
-    if (!isfinite(m->reward_sum + reward) || !isfinite(m->reward_sq_sum + reward * reward))
-        return -1;
+    /* fabs(NaN) <= x is false: NaN and the infinities are refused too. Once
+     * infinite, an arm's mean and variance would stay NaN until a reset. */
+    if ((unsigned)arm >= e->n_arms || !(fabs(reward) <= STORE_REWARD_MAX)) return -1;
     add_reward(&e->merged[arm], reward, bernoulli);
     if (s->redis) add_reward(&e->pending[arm], reward, bernoulli);
     return 0;

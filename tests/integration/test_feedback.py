@@ -88,9 +88,10 @@ class Feedback(mmtest.MMTestCase):
         a = self.arms("rank")["challenger"]
         self.assertEqual((a["feedback"], a["reward_mean"]), (1, 0.25))
 
-    def test_a_reward_that_would_overflow_the_arm_sums_is_invalid(self):
-        # Finite, but its square (or the running sum) is not: once counted,
-        # the arm's mean stayed NaN (shown as null) until a reset.
+    def test_a_reward_beyond_the_bound_is_invalid(self):
+        # Beyond +-1e100 the arm's sums, which a whole fleet adds up at once,
+        # could overflow; once infinite, the arm's mean stayed NaN (shown as
+        # null) until a reset.
         self.assertCounts(self.post({"experiment": "rank", "arm": "challenger", "reward": 2}),
                           1, 0, 0)
         self.assertCounts(self.post({"experiment": "rank", "arm": "challenger", "reward": 1e300}),
@@ -98,10 +99,11 @@ class Feedback(mmtest.MMTestCase):
         self.assertCounts(self.post({"events": [
             {"experiment": "rank", "arm": "champion", "reward": 1.5e308},
             {"experiment": "rank", "arm": "champion", "reward": 1e154},
-            {"experiment": "rank", "arm": "champion", "reward": 1e154}]}), 1, 0, 2)
+            {"experiment": "rank", "arm": "champion", "reward": -1e100},
+            {"experiment": "rank", "arm": "champion", "reward": 1e100}]}), 2, 0, 2)
         a = self.arms("rank")
         self.assertEqual((a["challenger"]["feedback"], a["challenger"]["reward_mean"]), (1, 2.0))
-        self.assertEqual((a["champion"]["feedback"], a["champion"]["reward_mean"]), (1, 1e154))
+        self.assertEqual((a["champion"]["feedback"], a["champion"]["reward_mean"]), (2, 0.0))
 
     def test_malformed_bodies_and_single_events_are_400_and_apply_nothing(self):
         (rid, _), = self.served("/v1/rank", 1)

@@ -160,12 +160,13 @@ static void test_bernoulli_range(void **state)
     assert_int_equal(marm(t, "ts", 1)->feedback, 3);
 }
 
-/* A finite reward whose square is not (1e300) would make the sums infinite:
- * invalid, not applied (README). */
+/* A reward beyond +-1e100 could make the arm's sums (added up by a whole
+ * fleet) infinite: invalid, not applied (README). */
 static void test_reward_that_overflows_is_invalid(void **state)
 {
     rig_t *t = *state;
     post_counts(t, "{\"request_id\": \"req-a\", \"reward\": 1e300}", 0, 0, 1);
+    post_counts(t, "{\"request_id\": \"req-a\", \"reward\": 1e101}", 0, 0, 1);
     assert_int_equal(stats(t, "rank", 0)->feedback, 0);
     assert_true(isfinite(stats(t, "rank", 0)->reward_sq_sum));
     assert_int_equal(marm(t, "rank", 0)->feedback, 0);

@@ -99,20 +99,26 @@ static void test_memory_control_is_known_at_once(void **state)
     assert_int_equal(store_control_known(f->s, e), 1); /* nothing to wait for */
 }
 
-static void test_a_reward_that_would_overflow_the_sums_is_refused(void **state)
+/* Rewards beyond +-1e100 are refused: the sums a whole fleet adds up can
+ * then never overflow, where a check of one instance's view let two
+ * instances each add a 1e154 (an infinite pooled sum of squares). */
+static void test_a_reward_beyond_the_bound_is_refused(void **state)
 {
     fixture_t *f = *state;
     exp_state_t *e = make_exp(f->s, "recs");
     assert_int_equal(store_reward(f->s, e, 0, 2.0, 0), 0);
-    assert_int_equal(store_reward(f->s, e, 0, 1e300, 0), -1); /* its square is not finite */
-    assert_int_equal(store_reward(f->s, e, 1, 1e154, 0), 0);
-    assert_int_equal(store_reward(f->s, e, 1, 1e154, 0), -1); /* the sum of squares would be */
+    assert_int_equal(store_reward(f->s, e, 0, 1e300, 0), -1);
+    assert_int_equal(store_reward(f->s, e, 1, 1e100, 0), 0); /* the bound itself counts */
+    assert_int_equal(store_reward(f->s, e, 1, -1e100, 0), 0);
+    assert_int_equal(store_reward(f->s, e, 1, 1.0000001e100, 0), -1);
+    assert_int_equal(store_reward(f->s, e, 1, 1e154, 0), -1);
     assert_int_equal(store_reward(f->s, e, 1, NAN, 0), -1);
+    assert_int_equal(store_reward(f->s, e, 1, -INFINITY, 0), -1);
     assert_int_equal(store_reward(f->s, e, 9, 1.0, 0), -1); /* no such arm */
     assert_int_equal(e->merged[0].feedback, 1);
     assert_true(e->merged[0].reward_sum == 2.0);
-    assert_int_equal(e->merged[1].feedback, 1);
-    assert_true(isfinite(e->merged[1].reward_sq_sum));
+    assert_int_equal(e->merged[1].feedback, 2);
+    assert_true(e->merged[1].reward_sq_sum == 2e200);
 }
 
 static void test_increments_show_in_merged_not_pending(void **state)
@@ -849,8 +855,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_kind_and_up, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_control_is_known_at_once, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_a_reward_that_would_overflow_the_sums_is_refused,
-                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_reward_beyond_the_bound_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_increments_show_in_merged_not_pending, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_control_change_bumps_version, setup, teardown),
