@@ -365,7 +365,17 @@ static void batch_run(fb_batch_t *b)
 
 /* ---- parsing ---- */
 
-static int parse_event(json_t *o, fb_event_t *e, char *err, size_t errlen, const char *where)
+/* An integer read as a real (see feedback_parse) that is still exactly
+ * the integer written: within 2^53, a double holds every integer. */
+static int integral_id(double d)
+{
+    return d == floor(d) && fabs(d) <= 9007199254740992.0;
+}
+
+/* ints_as_reals: the body was read with every integer as a real (it held
+ * one beyond 64 bits): an integral item id within 2^53 is still an id. */
+static int parse_event(json_t *o, fb_event_t *e, char *err, size_t errlen, const char *where,
+                       int ints_as_reals)
 {
     if (!json_is_object(o)) {
         snprintf(err, errlen, "%s must be a JSON object", where);
@@ -376,9 +386,11 @@ static int parse_event(json_t *o, fb_event_t *e, char *err, size_t errlen, const
     json_t *v;
     json_object_foreach(o, key, v)
     {
+        /* Strings are measured by their JSON length: the body is read with
+         * \u0000 allowed, so that one such value costs only its event. */
         if (strcmp(key, "request_id") == 0) {
             const char *s = json_string_value(v);
-            if (s == NULL || !http_valid_request_id((mm_str_t){s, strlen(s)})) {
+            if (s == NULL || !http_valid_request_id((mm_str_t){s, json_string_length(v)})) {
                 snprintf(err, errlen, "%s.request_id must be 1-128 characters of [A-Za-z0-9._-]",
                          where);
                 return -1;
@@ -386,7 +398,7 @@ static int parse_event(json_t *o, fb_event_t *e, char *err, size_t errlen, const
             snprintf(e->request_id, sizeof(e->request_id), "%s", s);
         } else if (strcmp(key, "experiment") == 0 || strcmp(key, "arm") == 0) {
             const char *s = json_string_value(v);
-            if (s == NULL || !mm_valid_name(s, strlen(s))) {
+            if (s == NULL || !mm_valid_name(s, json_string_length(v))) {
                 snprintf(err, errlen, "%s.%s must be a name of 1-64 characters of [A-Za-z0-9_.-]",
                          where, key);
                 return -1;
@@ -409,6 +421,8 @@ static int parse_event(json_t *o, fb_event_t *e, char *err, size_t errlen, const
             if (json_is_integer(v)) {
                 len = (size_t)snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT,
                                        json_integer_value(v));
+            } else if (json_is_real(v) && ints_as_reals && integral_id(json_real_value(v))) {
+                len = (size_t)snprintf(num, sizeof(num), "%.0f", json_real_value(v));
             } else if (json_is_string(v)) {
                 id = json_string_value(v);
                 len = json_string_length(v);
@@ -481,6 +495,20 @@ static int json_values_exceed(const char *p, size_t n, size_t max)
     return 0;
 }
 
+/* A feedback body as JSON. A reward is any finite number, and JSON puts
+ * no bound on an integer's digits, but jansson refuses one beyond 64 bits
+ * ("too big integer"): such a body is read again with every integer as a
+ * real (*ints_as_reals). \u0000 is allowed, so that it costs one event of
+ * a batch rather than the body (parse_event refuses it in every field). */
+static json_t *feedback_parse(const char *p, size_t n, json_error_t *je, int *ints_as_reals)
+{
+    size_t flags = JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL;
+    json_t *root = json_loadb(p, n, flags, je);
+    *ints_as_reals = root == NULL && strncmp(je->text, "too big", 7) == 0;
+    if (*ints_as_reals) root = json_loadb(p, n, flags | JSON_DECODE_INT_AS_REAL, je);
+    return root;
+}
+
 void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
 {
     char err[256];
@@ -494,7 +522,8 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
         return;
     }
     json_error_t je;
-    json_t *root = json_loadb(r->body.p, r->body.n, JSON_REJECT_DUPLICATES, &je);
+    int ints_as_reals = 0;
+    json_t *root = feedback_parse(r->body.p, r->body.n, &je, &ints_as_reals);
     if (root == NULL) {
         jsonpos_syntax_error(r->body.p, r->body.n, &je, err, sizeof(err));
         conn_respond_error(r->conn, 400, "bad_request", err);
@@ -533,7 +562,7 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
         } else {
             snprintf(where, sizeof(where), "event");
         }
-        if (parse_event(o, &b->ev[i], err, sizeof(err), where) != 0) {
+        if (parse_event(o, &b->ev[i], err, sizeof(err), where, ints_as_reals) != 0) {
             if (events) { /* one bad event in a batch: counted, the rest go on */
                 b->ev[i].malformed = 1;
                 continue;
@@ -611,7 +640,7 @@ static void on_stream(void *arg, store_msg_t *m)
             json_object_set_new(o, "reward", json_real(d));
     }
     char err[256];
-    if (!ok || parse_event(o, &b->ev[0], err, sizeof(err), "stream entry") != 0) {
+    if (!ok || parse_event(o, &b->ev[0], err, sizeof(err), "stream entry", 0) != 0) {
         if (!ok) snprintf(err, sizeof(err), "stream entry: reward must be a finite number");
         mm_log("feedback stream entry %s dropped: %s", store_msg_id(m), err);
         srv->stream_invalid++;

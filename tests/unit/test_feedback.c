@@ -421,6 +421,53 @@ static void test_click_and_reward_targets(void **state)
     assert_aux(t, "imp-3", AUX);
 }
 
+/* A reward is any finite number, and JSON bounds no integer's digits: one
+ * beyond 64 bits is a number, not a syntax error that costs the batch. */
+static void test_integers_beyond_64_bits_are_numbers(void **state)
+{
+    rig_t *t = *state;
+    post_counts(t, "{\"experiment\": \"rank\", \"arm\": \"a\", \"reward\": 100000000000000000000}",
+                1, 0, 0);
+    assert_true(stats(t, "rank", 0)->reward_sum == 1e20);
+    post_counts(t,
+                "{\"events\": [{\"experiment\": \"rank\", \"arm\": \"b\", \"reward\": 1},"
+                "{\"experiment\": \"rank\", \"arm\": \"b\", \"reward\": -18446744073709551616}]}",
+                2, 0, 0);
+    assert_int_equal(stats(t, "rank", 1)->feedback, 2);
+    assert_true(stats(t, "rank", 1)->reward_sum == 1 - 18446744073709551616.0);
+    /* beyond the reward bound (1e100) written out in digits: invalid, not 400 */
+    char big[160];
+    snprintf(big, sizeof(big), "{\"experiment\": \"rank\", \"arm\": \"a\", \"reward\": 1%0101d}",
+             0);
+    post_counts(t, big, 0, 0, 1);
+    /* an item id in such a body is still the id it was */
+    put_impression(t, "imp-1");
+    post_counts(t,
+                "{\"events\": [{\"request_id\": \"imp-1\", \"item\": 8},"
+                "{\"experiment\": \"rank\", \"arm\": \"a\", \"reward\": 100000000000000000000}]}",
+                2, 0, 0);
+    assert_true(stats(t, "il", 1)->successes == 1); /* item 8: team b's, as in the test below */
+}
+
+/* \u0000 in a value is refused in that event alone: the batch's other
+ * events are applied, and no field is read as its part before the NUL. */
+static void test_a_nul_in_a_value_costs_its_event_only(void **state)
+{
+    rig_t *t = *state;
+    post_counts(t,
+                "{\"events\": [{\"experiment\": \"rank\", \"arm\": \"a\", \"reward\": 1},"
+                "{\"experiment\": \"rank\", \"arm\": \"a\\u0000x\", \"reward\": 1},"
+                "{\"experiment\": \"ra\\u0000nk\", \"arm\": \"a\", \"reward\": 1},"
+                "{\"request_id\": \"req-a\\u0000x\", \"reward\": 1},"
+                "{\"request_id\": \"req-b\", \"reward\": 1}]}",
+                2, 0, 3);
+    assert_int_equal(stats(t, "rank", 0)->feedback, 1);
+    assert_int_equal(stats(t, "rank", 1)->feedback, 1);
+    post_400(t, "{\"request_id\": \"req-a\\u0000\", \"reward\": 1}",
+             "event.request_id must be 1-128 characters");
+    assert_int_equal(stats(t, "rank", 0)->feedback, 1);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, rig_teardown)
@@ -438,6 +485,8 @@ int main(void)
         T(test_click_credits_the_team_that_placed_the_item),
         T(test_clicks_in_one_batch_apply_in_order),
         T(test_click_and_reward_targets),
+        T(test_integers_beyond_64_bits_are_numbers),
+        T(test_a_nul_in_a_value_costs_its_event_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
