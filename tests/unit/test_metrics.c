@@ -814,11 +814,17 @@ static void test_thousands_of_experiments_keep_their_blocks_across_a_reload(void
                  "modelmux_requests_total{experiment=\"e%d\",arm=\"u%d\",code=\"200\"} %" PRIu64, i,
                  u, scale_count(i, u));
         assert_line(t, line);
-        snprintf(gauge, sizeof(gauge), "modelmux_arm_share{experiment=\"e%d\",", i);
-        if (i % 3 == 0)
-            assert_no_line_starting(t, gauge);
-        else
-            assert_non_null(strstr(t, gauge));
+        snprintf(line, sizeof(line), "modelmux_feedback_total{experiment=\"e%d\",arm=\"u%d\"} 0", i,
+                 u);
+        assert_line(t, line); /* a counter */
+        const char *gauges[] = {"modelmux_arm_share", "modelmux_reward_sum"};
+        for (size_t g = 0; g < 2; g++) {
+            snprintf(gauge, sizeof(gauge), "%s{experiment=\"e%d\",", gauges[g], i);
+            if (i % 3 == 0)
+                assert_no_line_starting(t, gauge);
+            else
+                assert_non_null(strstr(t, gauge));
+        }
     }
 }
 
