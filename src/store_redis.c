@@ -1865,8 +1865,11 @@ static void on_count_reply(redisAsyncContext *ac, void *reply_, void *priv)
     redisReply *reply = reply_;
     uint64_t *count = priv;
     r->outstanding--;
-    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0)
+    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
         *count += (uint64_t)reply->integer;
+        /* a dead entry is acknowledged too: `acked` counts every XACK */
+        if (count == &r->st.stream_dead) r->st.stream_acked += (uint64_t)reply->integer;
+    }
     round_part_done(r);
 }
 

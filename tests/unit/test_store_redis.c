@@ -806,6 +806,7 @@ static void test_stream_entries_delivered_and_only_applied_ones_acked(void **sta
     assert_int_equal(rx.max_deliveries_seen, 3);
     assert_int_equal(pending_count(f), 0);
     assert_int_equal(st.stream_delivered, 6 + 4);
+    assert_int_equal(st.stream_acked, 4 + 2); /* dead ones are acknowledged too */
 }
 
 static long long stream_len(fx_t *f)
