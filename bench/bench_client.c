@@ -468,3 +468,21 @@ int bc_arg_header(const char *s, mm_buf_t *b)
     mm_buf_lit(b, "\r\n");
     return b->oom ? -1 : 0;
 }
+
+/* ---- messages ---- */
+
+const char *bc_printable(mm_buf_t *out, const void *p, size_t n, size_t max)
+{
+    const unsigned char *s = p;
+    size_t k = n < max ? n : max;
+    mm_buf_reset(out);
+    for (size_t i = 0; i < k; i++) {
+        if (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '\\')
+            mm_buf_append(out, &s[i], 1);
+        else
+            mm_buf_printf(out, "\\x%02x", s[i]);
+    }
+    if (n > max) mm_buf_lit(out, "...");
+    mm_buf_append(out, "", 1);
+    return out->oom ? "" : out->p;
+}

@@ -101,4 +101,13 @@ int bc_arg_opt(int argc, char **argv, int *i, const char *name, const char **val
  * NUL. 0 or -1. */
 int bc_arg_header(const char *s, mm_buf_t *b);
 
+/* ---- messages ---- */
+
+/* The first `max` of the n bytes at p, for a one-line message on stderr:
+ * printable ASCII as it is, a backslash and every other byte (control
+ * bytes, newlines, non-ASCII) as \xHH, and "..." after a cut. An answer's
+ * body is not NUL-terminated and may hold anything, so it is never printed
+ * with %s. Returns out's text ("" if out ran out of memory). */
+const char *bc_printable(mm_buf_t *out, const void *p, size_t n, size_t max);
+
 #endif

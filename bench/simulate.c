@@ -420,10 +420,13 @@ static void on_fb_done(bc_req_t *r)
     } else {
         res->fb_lost += b->events;
         /* The first few say why; the rest are counted as lost in the report. */
-        if (++s->fb_failures <= SIM_FB_REPORTS && r->status)
-            fprintf(stderr, "simulate: feedback post answered %d: %.200s\n", r->status,
-                    r->body.p ? r->body.p : "");
-        else if (s->fb_failures <= SIM_FB_REPORTS)
+        if (++s->fb_failures <= SIM_FB_REPORTS && r->status) {
+            mm_buf_t msg;
+            mm_buf_init(&msg);
+            fprintf(stderr, "simulate: feedback post answered %d: %s\n", r->status,
+                    bc_printable(&msg, r->body.p, r->body.len, 200));
+            mm_buf_free(&msg);
+        } else if (s->fb_failures <= SIM_FB_REPORTS)
             fprintf(stderr, "simulate: feedback post failed: %s\n", up_err_name((up_err_t)r->err));
     }
     json_decref(o);

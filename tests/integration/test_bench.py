@@ -33,6 +33,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import xml.etree.ElementTree as ET
 from datetime import datetime
 
@@ -40,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mmtest  # noqa: E402
 
 SAMPLE = os.path.join(mmtest.SOURCE_DIR, "bench", "sample.jsonl")
+ACCEPTED = b'{"accepted":1,"unknown":0,"invalid":0}'
 
 
 def sample_lines():
@@ -84,9 +86,48 @@ class BenchTest(mmtest.MMTestCase):
         return port
 
     def bench(self, *args, timeout=45):
+        # errors="replace": a stray byte in the output fails an assertion,
+        # not the decoding
         p = subprocess.run([mmtest.BENCH_BIN] + [str(a) for a in args], capture_output=True,
-                           text=True, timeout=timeout)
+                           text=True, errors="replace", timeout=timeout)
         return p.returncode, p.stdout, p.stderr
+
+    def fake_router(self, arms=("champion",), ids=True, feedback=((202, ACCEPTED),),
+                    answer_2xx=None):
+        """A stand-in for modelmux, for answers it does not give: the i-th
+        request gets 200 with X-Modelmux-Arm arms[i % len] and X-Request-Id
+        "sim-i" (none if not ids), or 503 once answer_2xx requests have been
+        answered; the i-th feedback post gets feedback[i] (the last one
+        repeats). Its URL."""
+        lock, count = threading.Lock(), {"req": 0, "fb": 0}
+
+        class Handler(mmtest.QuietHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                kind = "fb" if self.path == "/_modelmux/feedback" else "req"
+                with lock:
+                    i = count[kind]
+                    count[kind] += 1
+                headers = []
+                if kind == "fb":
+                    status, body = feedback[min(i, len(feedback) - 1)]
+                elif answer_2xx is not None and i >= answer_2xx:
+                    status, body = 503, b"{}"
+                else:
+                    status, body = 200, b"{}"
+                    headers.append(("X-Modelmux-Arm", arms[i % len(arms)]))
+                    if ids:
+                        headers.append(("X-Request-Id", "sim-%d" % i))
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        up = mmtest.PyUpstream(Handler)
+        self.addCleanup(up.close)
+        return "http://127.0.0.1:%d" % up.port
 
     def bench_json(self, *args):
         rc, out, err = self.bench(*args, "--json")
@@ -368,6 +409,26 @@ class BenchTest(mmtest.MMTestCase):
         self.assertEqual(sum(v for (e, _), v in got.items() if e == "bandit"), fb["accepted"])
         # Nothing reached the split's router.
         self.assertEqual(self.served(self.champion) + self.served(self.challenger), b["answered"])
+
+    def test_simulate_shows_a_failed_feedback_answer_as_the_bytes_it_had(self):
+        # The body of an answer is not a C string: a message shows the bytes
+        # that came (a longer earlier answer's bytes are not appended), on
+        # one line (a newline or control byte in it is escaped), cut at 200.
+        target = self.fake_router(feedback=(
+            (202, b"A" * 300), (500, b'{"error":"x"}\n\x01second line')))
+        rc, out, err = self.bench(
+            "simulate", "--target", target, "--experiment", "e",
+            "--rates", "champion=0.02,challenger=0.10", "--requests", 3, "--duration", 30)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("3 events in 3 posts (batch 1, delay 0 ms): 0 accepted, 0 unknown, "
+                      "0 invalid, 3 lost", out)
+        # (up to four posts are in flight: in any order)
+        lines = [x for x in err.splitlines() if x.startswith("simulate: feedback post")]
+        self.assertEqual(sorted(lines), [
+            "simulate: feedback post answered 202: " + "A" * 200 + "...",
+            'simulate: feedback post answered 500: {"error":"x"}\\x0a\\x01second line',
+            'simulate: feedback post answered 500: {"error":"x"}\\x0a\\x01second line',
+        ], err)
 
     def test_simulate_unwritable_output_file_fails_before_sending(self):
         missing_dir = self.cluster.path("no-such-dir")
