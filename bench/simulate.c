@@ -65,7 +65,8 @@ typedef struct {
     const char *url;
     size_t rows;         /* requests completed (answered or failed), in completion order */
     double *cum_regret;  /* [rows] */
-    signed char *arm_of; /* [rows]: arm index, -1 failed or no arm, -2 an arm without a rate */
+    signed char *arm_of; /* [rows]: arm index (rewarded), -1 failed, not 2xx, no arm or no id,
+                            -2 an arm without a rate */
     uint64_t served[MM_MAX_ARMS];
     uint64_t answered, failed, non2xx, no_arm, no_id, unrated, cancelled;
     uint64_t errors[UP_ERR__COUNT];
@@ -574,6 +575,10 @@ static void on_answer(bc_req_t *r)
                         "simulate: arm '%s' has no rate (--rates/--gaussian): its answers get "
                         "no reward and count in no regret\n",
                         r->arm);
+        } else if (r->request_id[0] == '\0') {
+            /* No id, no feedback: the router cannot learn from this answer,
+             * so it is an error, not a choice to charge regret for. */
+            res->no_id++;
         } else {
             const sim_arm_t *arm = &o->arms[a];
             served = (signed char)a;
@@ -581,10 +586,7 @@ static void on_answer(bc_req_t *r)
             res->regret += o->arms[o->best].mean - arm->mean;
             double reward = arm->gaussian ? arm->mean + arm->sd * mm_rng_normal(&s->rng)
                                           : (mm_rng_uniform(&s->rng) < arm->mean ? 1.0 : 0.0);
-            if (r->request_id[0])
-                add_event(s, r->request_id, reward);
-            else
-                res->no_id++;
+            add_event(s, r->request_id, reward);
         }
     }
     res->arm_of[k] = served;
@@ -1279,11 +1281,11 @@ int simulate_main(int argc, char **argv)
         fprintf(stderr,
                 "simulate: no answer could be rewarded: of %llu requests, %llu failed, %llu were "
                 "not 2xx, %llu had no X-Modelmux-Arm, %llu came from arms without a rate "
-                "(--rates/--gaussian); check --target, --path and the arm names against "
-                "experiment %s's\n",
+                "(--rates/--gaussian), %llu had no X-Request-Id; check --target, --path and the "
+                "arm names against experiment %s's\n",
                 (unsigned long long)(a.answered + a.failed), (unsigned long long)a.failed,
                 (unsigned long long)a.non2xx, (unsigned long long)a.no_arm,
-                (unsigned long long)a.unrated, o.experiment);
+                (unsigned long long)a.unrated, (unsigned long long)a.no_id, o.experiment);
     if (o.compare && a.interrupted)
         fprintf(stderr,
                 "simulate: interrupted: the --compare-split run against %s is not "

@@ -96,7 +96,7 @@ class BenchTest(mmtest.MMTestCase):
                     answer_2xx=None):
         """A stand-in for modelmux, for answers it does not give: the i-th
         request gets 200 with X-Modelmux-Arm arms[i % len] and X-Request-Id
-        "sim-i" (none if not ids), or 503 once answer_2xx requests have been
+        "sim-i" (none if ids is False, or a function of i that says no), or 503 once answer_2xx requests have been
         answered; the i-th feedback post gets feedback[i] (the last one
         repeats). Its URL."""
         lock, count = threading.Lock(), {"req": 0, "fb": 0}
@@ -116,7 +116,7 @@ class BenchTest(mmtest.MMTestCase):
                 else:
                     status, body = 200, b"{}"
                     headers.append(("X-Modelmux-Arm", arms[i % len(arms)]))
-                    if ids:
+                    if ids is True or (ids and ids(i)):
                         headers.append(("X-Request-Id", "sim-%d" % i))
                 self.send_response(status)
                 for k, v in headers:
@@ -430,6 +430,35 @@ class BenchTest(mmtest.MMTestCase):
             'simulate: feedback post answered 500: {"error":"x"}\\x0a\\x01second line',
         ], err)
 
+    def test_simulate_answers_without_an_id_add_no_regret(self):
+        # An answer without X-Request-Id cannot be rewarded (no feedback can
+        # name it): counted under errors, and nothing in the regret or in
+        # the uniform split's expectation.
+        target = self.fake_router(ids=lambda i: i % 2 == 0)
+        r, err = self.bench_json("simulate", "--target", target, "--experiment", "e",
+                                 "--rates", "champion=0.02,challenger=0.10", "--requests", 10,
+                                 "--duration", 30)
+        b = r["bandit"]
+        self.assertEqual(b["answered"], 10)
+        self.assertEqual(b["errors"]["no_request_id"], 5)
+        self.assertEqual(b["arms"]["champion"]["served"], 5)
+        self.assertEqual(b["feedback"]["events"], 5)
+        self.assertAlmostEqual(b["regret"]["cumulative"], 5 * 0.08, places=6)
+        self.assertAlmostEqual(b["regret"]["uniform_split_expected"], 5 * 0.04, places=6)
+        self.assertAlmostEqual(b["regret"]["per_request"], 0.08, places=6)
+        # None with an id: nothing measured, and the run failed.
+        target = self.fake_router(ids=False)
+        rc, out, err = self.bench("simulate", "--target", target, "--experiment", "e",
+                                  "--rates", "champion=0.02,challenger=0.10", "--requests", 10,
+                                  "--duration", 30)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("errors:      no-request-id 10", out)
+        self.assertIn("regret:      0.00 cumulative (0.0000 per request); a uniform split "
+                      "(1/2 each) expects 0.00", out)
+        self.assertIn("no answer could be rewarded: of 10 requests, 0 failed, 0 were not 2xx, "
+                      "0 had no X-Modelmux-Arm, 0 came from arms without a rate "
+                      "(--rates/--gaussian), 10 had no X-Request-Id", err)
+
     def test_simulate_unwritable_output_file_fails_before_sending(self):
         missing_dir = self.cluster.path("no-such-dir")
         for opt in ("--csv", "--svg"):
@@ -480,8 +509,8 @@ class BenchTest(mmtest.MMTestCase):
                                       "bandit", "--rates", rates, "--requests", 10, "--path", path)
             self.assertEqual(rc, 1, out)
             self.assertIn("no answer could be rewarded: of 10 requests, 0 failed, " + why +
-                          " (--rates/--gaussian); check --target, --path and the arm names "
-                          "against experiment bandit's", err)
+                          " (--rates/--gaussian), 0 had no X-Request-Id; check --target, --path "
+                          "and the arm names against experiment bandit's", err)
             self.assertIn("served:", out)
 
 
