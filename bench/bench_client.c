@@ -451,6 +451,17 @@ int bc_arg_opt(int argc, char **argv, int *i, const char *name, const char **val
     return 1;
 }
 
+int bc_arg_url(const char *url, int root_only, char *err, size_t errlen)
+{
+    cfg_upstream_t cfg;
+    if (bc_parse_url(url, &cfg, err, errlen) < 0) return -1;
+    if (root_only && cfg.base_path[0]) {
+        snprintf(err, errlen, "%s: give the listener's root, without a path", url);
+        return -1;
+    }
+    return 0;
+}
+
 int bc_arg_header(const char *s, mm_buf_t *b)
 {
     const char *colon = strchr(s, ':');

@@ -96,6 +96,12 @@ int bc_arg_u64(const char *s, uint64_t *out);
  * argv[*i]: returns 1 and sets *val (advancing *i past a separate value),
  * 0 when argv[*i] is another option, -1 when the value is missing. */
 int bc_arg_opt(int argc, char **argv, int *i, const char *name, const char **val);
+/* A URL option's value: well-formed for bc_parse_url (and, with
+ * root_only, without a path). Checked while the options are read, so that
+ * a malformed URL is bad usage (exit 2), told apart from a well-formed one
+ * whose host does not resolve when the target is opened (exit 1). 0, or -1
+ * with err. */
+int bc_arg_url(const char *url, int root_only, char *err, size_t errlen);
 /* "Name: value" or "Name:value" into a header line "Name: value\r\n"
  * appended to b; the name must be a token, the value free of CR, LF and
  * NUL. 0 or -1. */

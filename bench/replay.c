@@ -138,6 +138,11 @@ static int parse_args(int argc, char **argv, rp_opts_t *o)
         }
         if ((m = bc_arg_opt(argc, argv, &i, "--target", &v)) != 0) {
             if (m < 0) goto missing;
+            char err[512];
+            if (bc_arg_url(v, 0, err, sizeof(err)) < 0) {
+                fprintf(stderr, "replay: --target %s\n", err);
+                return -1;
+            }
             o->target = v;
             continue;
         }

@@ -228,6 +228,16 @@ static int parse_u64_opt(const char *name, const char *v, uint64_t lo, uint64_t 
     return 0;
 }
 
+static int bad_url(const char *name, const char *v, int root_only)
+{
+    char err[512];
+    if (bc_arg_url(v, root_only, err, sizeof(err)) < 0) {
+        fprintf(stderr, "simulate: %s %s\n", name, err);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, sim_opts_t *o)
 {
     o->seed = 1;
@@ -249,7 +259,7 @@ static int parse_args(int argc, char **argv, sim_opts_t *o)
         }
 #define OPT(n) ((m = bc_arg_opt(argc, argv, &i, (n), &v)) != 0)
         if (OPT("--target")) {
-            if (m < 0) goto missing;
+            if (m < 0 || bad_url("--target", v, 0) < 0) goto bad;
             o->target = v;
         } else if (OPT("--experiment")) {
             if (m < 0) goto missing;
@@ -292,10 +302,10 @@ static int parse_args(int argc, char **argv, sim_opts_t *o)
             if (m < 0) goto missing;
             o->svg = v;
         } else if (OPT("--compare-split")) {
-            if (m < 0) goto missing;
+            if (m < 0 || bad_url("--compare-split", v, 0) < 0) goto bad;
             o->compare = v;
         } else if (OPT("--admin")) {
-            if (m < 0) goto missing;
+            if (m < 0 || bad_url("--admin", v, 1) < 0) goto bad;
             o->admin = v;
         } else if (OPT("--admin-token")) {
             if (m < 0) goto missing;
@@ -733,7 +743,8 @@ static int sim_run(const sim_opts_t *o, const char *url, const char *admin_url, 
     s->data =
         bc_target_open(&s->loop, url, (int)o->concurrency, (int)o->timeout_ms, err, sizeof(err));
     if (s->data == NULL) {
-        fprintf(stderr, "simulate: target %s\n", err);
+        fprintf(stderr, "simulate: %s %s\n", url == o->target ? "--target" : "--compare-split",
+                err);
         goto out;
     }
     /* A target with a path (http://host:port/v1/rank) is where the requests go, as with
@@ -749,7 +760,8 @@ static int sim_run(const sim_opts_t *o, const char *url, const char *admin_url, 
     }
     s->fb = bc_target_open(&s->loop, fb_url, SIM_FB_INFLIGHT, (int)o->timeout_ms, err, sizeof(err));
     if (s->fb == NULL) {
-        fprintf(stderr, "simulate: target %s\n", err);
+        fprintf(stderr, "simulate: %s %s\n", url == o->target ? "--target" : "--compare-split",
+                err);
         goto out;
     }
     if (admin_url) {
@@ -758,12 +770,7 @@ static int sim_run(const sim_opts_t *o, const char *url, const char *admin_url, 
             fprintf(stderr, "simulate: --admin %s\n", err);
             goto out;
         }
-        const char *base = bc_target_cfg(s->admin)->base_path;
         snprintf(s->poll_path, sizeof(s->poll_path), "/experiments/%s", o->experiment);
-        if (base[0]) {
-            fprintf(stderr, "simulate: --admin %s: give the admin listener's root\n", admin_url);
-            goto out;
-        }
         if (o->admin_token) {
             size_t n = strlen(o->admin_token) + 32;
             s->auth_header = malloc(n);

@@ -255,6 +255,38 @@ class BenchTest(mmtest.MMTestCase):
         rc, _, err = self.bench("replay", SAMPLE)  # no --target
         self.assertEqual(rc, 2)
 
+    def test_a_malformed_target_url_is_bad_usage(self):
+        # Exit 2 with the usage text and the option named, as for every
+        # other malformed option; 1 stays for a well-formed URL whose host
+        # does not resolve (a run that could not happen).
+        sim = ["simulate", "--experiment", "bandit", "--rates", "champion=0.1,challenger=0.2",
+               "--requests", 5, "--duration", 10]
+        for bad in ("ftp://127.0.0.1:21010", "http://127.0.0.1:99999",
+                    "http://127.0.0.1:21030/base?x=1"):
+            for args, opt in ((["replay", SAMPLE, "--target", bad], "--target"),
+                              (sim + ["--target", bad], "--target"),
+                              (sim + ["--target", self.target, "--compare-split", bad],
+                               "--compare-split"),
+                              (sim + ["--target", self.target, "--admin", bad], "--admin")):
+                rc, out, err = self.bench(*args)
+                self.assertEqual(rc, 2, (args, err))
+                self.assertIn(opt + " " + bad + ": ", err)
+                self.assertIn("usage: modelmux-bench", err)
+                self.assertEqual(out, "")
+        rc, _, err = self.bench(*sim, "--target", self.target, "--admin",
+                                "http://127.0.0.1:%d/x" % self.admin_port)
+        self.assertEqual(rc, 2, err)
+        self.assertIn("give the listener's root", err)
+        # Nothing was sent by any of them.
+        self.assertEqual(self.served(self.champion) + self.served(self.challenger), 0)
+        unresolvable = "http://no-such-host.invalid:8080"
+        rc, _, err = self.bench("replay", SAMPLE, "--target", unresolvable, "--max")
+        self.assertEqual(rc, 1, err)
+        self.assertNotIn("usage:", err)
+        rc, _, err = self.bench(*sim, "--target", unresolvable)
+        self.assertEqual(rc, 1, err)
+        self.assertNotIn("usage:", err)
+
     def test_replay_counts_errors_by_kind(self):
         line = ('{"ts":"2024-06-01T10:00:0%dZ","request_id":null,"experiment":null,"arm":null,'
                 '"method":"GET","path":"/nothing/here","status":404,"latency_us":10,'

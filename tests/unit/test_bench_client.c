@@ -1,6 +1,6 @@
 /* test_bench_client.c — the pure helpers of bench/bench_client.c that
  * modelmux-bench's subcommands share: how an answer's bytes are shown in a
- * one-line message.
+ * one-line message, and which URL options are bad usage.
  *
  * An answer body is not NUL-terminated and may hold anything (a newline, a
  * control byte, invalid UTF-8): a message must show exactly the bytes there
@@ -54,12 +54,41 @@ static void test_printable_cuts_at_max_and_says_so(void **state)
     mm_buf_free(&m);
 }
 
+static void test_arg_url_refuses_what_is_not_a_target_url(void **state)
+{
+    (void)state;
+    char err[512];
+    static const char *bad[] = {
+        "ftp://127.0.0.1:21010",           /* plain HTTP only */
+        "http://127.0.0.1:99999",          /* no such port */
+        "http://127.0.0.1:21030/base?x=1", /* a query has no place in a base */
+        "http://",                         /* no host */
+        "http://[::1:8080",                /* an unclosed IPv6 literal */
+        "http://a b:80/",                  /* a space in the host */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        assert_int_equal(bc_arg_url(bad[i], 0, err, sizeof(err)), -1);
+        /* the message names the URL, so the user sees which one */
+        assert_non_null(strstr(err, bad[i]));
+    }
+    /* Well-formed, whether or not the host resolves: that is for later. */
+    assert_int_equal(bc_arg_url("http://127.0.0.1:21030/base", 0, err, sizeof(err)), 0);
+    assert_int_equal(bc_arg_url("http://no-such-host.invalid", 0, err, sizeof(err)), 0);
+    assert_int_equal(bc_arg_url("HTTP://[::1]:8080", 1, err, sizeof(err)), 0);
+    /* root_only (--admin): a path is refused, a trailing slash is no path */
+    assert_int_equal(bc_arg_url("http://127.0.0.1:9090/x", 1, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "root"));
+    assert_int_equal(bc_arg_url("http://127.0.0.1:9090/", 1, err, sizeof(err)), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_printable_shows_only_the_bytes_there_are),
         cmocka_unit_test(test_printable_keeps_a_message_on_one_line),
         cmocka_unit_test(test_printable_cuts_at_max_and_says_so),
+        cmocka_unit_test(test_arg_url_refuses_what_is_not_a_target_url),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
