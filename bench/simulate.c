@@ -50,7 +50,7 @@ typedef struct {
     size_t best; /* index of the arm with the largest mean (the first on a tie) */
     uint64_t requests, seed, concurrency, delay_ms, batch, window, timeout_ms;
     double duration_s;
-    mm_buf_t headers;
+    bc_headers_t headers;
     int json;
     int path_given; /* --path was given */
 } sim_opts_t;
@@ -120,7 +120,7 @@ typedef struct {
     int warned_unrated;
     uint64_t fb_failures;
     uint64_t t0_us;
-    char *auth_header;
+    bc_headers_t auth; /* Authorization for --admin */
 } sim_run_t;
 
 static void run_check_end(sim_run_t *s);
@@ -324,8 +324,9 @@ static int parse_args(int argc, char **argv, sim_opts_t *o)
             o->path_given = 1;
         } else if (OPT("--header")) {
             if (m < 0) goto missing;
-            if (bc_arg_header(v, &o->headers) < 0) {
-                fprintf(stderr, "simulate: --header '%s' is not Name:value\n", v);
+            char err[512];
+            if (bc_headers_add(&o->headers, v, err, sizeof(err)) < 0) {
+                fprintf(stderr, "simulate: --header %s\n", err);
                 return -1;
             }
         } else {
@@ -345,11 +346,6 @@ static int parse_args(int argc, char **argv, sim_opts_t *o)
         fprintf(stderr,
                 "simulate: --target, --experiment, --rates (or --gaussian) and --requests are "
                 "required\n");
-        return -1;
-    }
-    if (o->headers.len) mm_buf_append(&o->headers, "", 1); /* NUL: used as a C string */
-    if (o->headers.oom) {
-        fprintf(stderr, "simulate: out of memory\n");
         return -1;
     }
     if (o->window == 0) o->window = o->requests >= 20 ? o->requests / 20 : 1;
@@ -537,7 +533,7 @@ static void poll_admin(sim_run_t *s)
 {
     if (s->admin == NULL || s->poll_inflight) return;
     if (bc_req_prepare(&s->poll, s->admin, "GET", s->poll_path, strlen(s->poll_path), NULL, 0, NULL,
-                       NULL, s->auth_header) < 0)
+                       NULL, &s->auth) < 0)
         return;
     s->poll.done = on_poll_done;
     s->poll.data = s;
@@ -617,7 +613,7 @@ static void send_next(sim_run_t *s, sim_slot_t *slot)
     slot->req.done = on_answer;
     slot->req.data = s;
     if (bc_req_prepare(&slot->req, s->data, "POST", s->req_path, strlen(s->req_path), slot->body,
-                       (size_t)n, "application/json", NULL, s->o->headers.p) < 0) {
+                       (size_t)n, "application/json", NULL, &s->o->headers) < 0) {
         /* Out of memory for a head: count it as failed and stop sending. */
         s->res->arm_of[s->res->rows] = -1;
         s->res->cum_regret[s->res->rows] = s->res->regret;
@@ -738,6 +734,7 @@ static int sim_run(const sim_opts_t *o, const char *url, const char *admin_url, 
     for (uint64_t i = 0; i < o->concurrency; i++) bc_req_init(&s->slots[i].req);
     for (int i = 0; i < SIM_FB_INFLIGHT; i++) bc_req_init(&s->fbs[i].req);
     bc_req_init(&s->poll);
+    bc_headers_init(&s->auth);
     uv_loop_init(&s->loop);
     int rc = -1;
     s->data =
@@ -772,10 +769,10 @@ static int sim_run(const sim_opts_t *o, const char *url, const char *admin_url, 
         }
         snprintf(s->poll_path, sizeof(s->poll_path), "/experiments/%s", o->experiment);
         if (o->admin_token) {
-            size_t n = strlen(o->admin_token) + 32;
-            s->auth_header = malloc(n);
-            if (s->auth_header == NULL) goto out;
-            snprintf(s->auth_header, n, "Authorization: Bearer %s\r\n", o->admin_token);
+            mm_buf_lit(&s->auth.lines, "Authorization: Bearer ");
+            mm_buf_cstr(&s->auth.lines, o->admin_token);
+            mm_buf_lit(&s->auth.lines, "\r\n");
+            if (s->auth.lines.oom) goto out;
         }
         s->poll_every = o->window / 10 ? o->window / 10 : 1;
         s->next_poll = s->poll_every;
@@ -814,7 +811,7 @@ out:
         s->qhead = b->next;
         batch_free(b);
     }
-    free(s->auth_header);
+    bc_headers_free(&s->auth);
     free(s->slots);
     free(s);
     return rc;
@@ -1260,10 +1257,10 @@ int simulate_main(int argc, char **argv)
 {
     sim_opts_t o;
     memset(&o, 0, sizeof(o));
-    mm_buf_init(&o.headers);
+    bc_headers_init(&o.headers);
     if (parse_args(argc, argv, &o) < 0) {
         usage(stderr);
-        mm_buf_free(&o.headers);
+        bc_headers_free(&o.headers);
         return 2;
     }
     sim_result_t a, b;
@@ -1412,6 +1409,6 @@ out:
     free(wb);
     result_free(&a);
     result_free(&b);
-    mm_buf_free(&o.headers);
+    bc_headers_free(&o.headers);
     return rc;
 }

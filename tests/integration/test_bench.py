@@ -66,6 +66,8 @@ class BenchTest(mmtest.MMTestCase):
              {"name": "bandit", "match": {"path_prefix": "/v1/bandit"}, "policy": "thompson",
               "arms": ["champion", "challenger"], "reward": "bernoulli", "min_share": 0.05},
              {"name": "segment", "match": {"path_prefix": "/v1/seg", "headers": {"X-Market": "KR"}},
+              "policy": "thompson", "arms": ["champion", "challenger"], "reward": "bernoulli"},
+             {"name": "hosted", "match": {"path_prefix": "/v1/hosted", "host": "api.example.com"},
               "policy": "thompson", "arms": ["champion", "challenger"], "reward": "bernoulli"}],
             admin_port=self.admin_port,
             log={"requests": self.log_path, "sample": 1.0, "bodies": True})
@@ -404,6 +406,33 @@ class BenchTest(mmtest.MMTestCase):
         r = json.loads(out)
         self.assertEqual(r["bandit"]["errors"]["http_non_2xx"], 20)
         self.assertEqual(r["bandit"]["feedback"]["events"], 0)
+
+    def test_simulate_header_host_replaces_the_bench_s_own(self):
+        # An experiment matched on host: the user's Host is the request's
+        # only one (two would be a 400 at modelmux).
+        rc, out, err = self.bench(
+            "simulate", "--target", self.target, "--experiment", "hosted",
+            "--rates", "champion=0.02,challenger=0.10", "--requests", 20,
+            "--path", "/v1/hosted/x", "--header", "Host:api.example.com", "--duration", 30)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("20 requests to " + self.target + ": 20 answered, 0 failed", out)
+        self.assertIn("20 accepted, 0 unknown, 0 invalid, 0 lost", out)
+        self.assertNotIn("errors:", out)
+        status, _, body = mmtest.request(self.admin_port, "GET", "/experiments/hosted")
+        arms = json.loads(body)["arms"]
+        self.assertEqual(sum(a["requests"] for a in arms), 20)
+        self.assertEqual(sum(a["feedback"] for a in arms), 20)
+        # The headers that frame the body are the bench's: bad usage.
+        for h in ("Content-Length:5", "transfer-encoding: chunked"):
+            rc, out, err = self.bench(
+                "simulate", "--target", self.target, "--experiment", "hosted",
+                "--rates", "champion=0.02,challenger=0.10", "--requests", 5,
+                "--path", "/v1/hosted/x", "--header", h, "--duration", 30)
+            self.assertEqual(rc, 2, err)
+            self.assertIn("simulate: --header " + h.split(":")[0] + " is the bench's to send", err)
+            self.assertIn("usage:", err)
+            self.assertEqual(out, "")
+        self.assertEqual(self.served(self.champion) + self.served(self.challenger), 20)
 
     def test_simulate_ctrl_c_skips_the_comparison_and_posts_late_feedback_at_once(self):
         # Ctrl-C during the bandit run: its report is printed, the

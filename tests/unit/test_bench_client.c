@@ -1,11 +1,13 @@
 /* test_bench_client.c — the pure helpers of bench/bench_client.c that
  * modelmux-bench's subcommands share: how an answer's bytes are shown in a
- * one-line message, and which URL options are bad usage.
+ * one-line message, which URL options are bad usage, and how a user's
+ * --header joins the head the bench writes.
  *
  * An answer body is not NUL-terminated and may hold anything (a newline, a
  * control byte, invalid UTF-8): a message must show exactly the bytes there
- * are, on one line. No network. The bench's sources are not in a library, so
- * the file under test is compiled in here. */
+ * are, on one line. A request has one Host: a user's replaces the bench's,
+ * and the headers that frame the body stay the bench's. No network. The bench's sources are not in
+ * a library, so the file under test is compiled in here. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -82,6 +84,124 @@ static void test_arg_url_refuses_what_is_not_a_target_url(void **state)
     assert_int_equal(bc_arg_url("http://127.0.0.1:9090/", 1, err, sizeof(err)), 0);
 }
 
+/* The head bc_req_prepare builds for a POST of "{}" with these headers. */
+static const char *head_with(const bc_headers_t *h)
+{
+    static bc_req_t r;
+    bc_target_t t;
+    char err[256];
+    memset(&t, 0, sizeof(t));
+    assert_int_equal(bc_parse_url("http://127.0.0.1:8080", &t.cfg, err, sizeof(err)), 0);
+    bc_req_free(&r);
+    bc_req_init(&r);
+    assert_int_equal(
+        bc_req_prepare(&r, &t, "POST", "/v1/x", 5, "{}", 2, "application/json", "id-1", h), 0);
+    mm_buf_append(&r.head, "", 1);
+    return r.head.p;
+}
+
+static int count(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle)) n++;
+    return n;
+}
+
+static void test_head_without_user_headers(void **state)
+{
+    (void)state;
+    assert_string_equal(head_with(NULL), "POST /v1/x HTTP/1.1\r\n"
+                                         "Host: 127.0.0.1:8080\r\n"
+                                         "User-Agent: modelmux-bench/" MM_VERSION "\r\n"
+                                         "Content-Type: application/json\r\n"
+                                         "Content-Length: 2\r\n"
+                                         "X-Request-Id: id-1\r\n"
+                                         "\r\n");
+}
+
+static void test_a_user_host_replaces_the_bench_s_own(void **state)
+{
+    (void)state;
+    bc_headers_t h;
+    char err[256];
+    bc_headers_init(&h);
+    assert_int_equal(bc_headers_add(&h, "Host:api.example.com", err, sizeof(err)), 0);
+    assert_int_equal(bc_headers_add(&h, "X-Market: KR", err, sizeof(err)), 0);
+    const char *head = head_with(&h);
+    assert_int_equal(count(head, "Host: "), 1);
+    assert_non_null(strstr(head, "\r\nHost: api.example.com\r\n"));
+    assert_non_null(strstr(head, "\r\nX-Market: KR\r\n"));
+    assert_non_null(strstr(head, "\r\nUser-Agent: modelmux-bench/"));
+    bc_headers_free(&h);
+}
+
+static void test_user_agent_content_type_and_request_id_replace_too(void **state)
+{
+    (void)state;
+    bc_headers_t h;
+    char err[256];
+    bc_headers_init(&h);
+    assert_int_equal(bc_headers_add(&h, "user-agent: probe/1", err, sizeof(err)), 0);
+    assert_int_equal(bc_headers_add(&h, "CONTENT-TYPE: application/x-ndjson", err, sizeof(err)), 0);
+    assert_int_equal(bc_headers_add(&h, "X-Request-Id: mine", err, sizeof(err)), 0);
+    const char *head = head_with(&h);
+    assert_int_equal(count(head, "ser-Agent: "), 0);
+    assert_int_equal(count(head, "ser-agent: probe/1\r\n"), 1);
+    assert_int_equal(count(head, "ontent-Type"), 0);
+    assert_int_equal(count(head, "CONTENT-TYPE: application/x-ndjson\r\n"), 1);
+    assert_int_equal(count(head, "X-Request-Id: "), 1);
+    assert_non_null(strstr(head, "X-Request-Id: mine\r\n"));
+    /* the framing stays the bench's */
+    assert_int_equal(count(head, "Content-Length: 2\r\n"), 1);
+    bc_headers_free(&h);
+}
+
+static void test_headers_that_frame_the_body_are_refused(void **state)
+{
+    (void)state;
+    static const char *framing[] = {"Content-Length:5", "content-length: 2",
+                                    "Transfer-Encoding: chunked", "TRANSFER-ENCODING:identity"};
+    for (size_t i = 0; i < sizeof(framing) / sizeof(framing[0]); i++) {
+        bc_headers_t h;
+        char err[256] = "";
+        bc_headers_init(&h);
+        assert_int_equal(bc_headers_add(&h, framing[i], err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "frames the body"));
+        assert_int_equal(h.lines.len, 0); /* nothing added */
+        bc_headers_free(&h);
+    }
+}
+
+static void test_a_replacing_header_given_twice_is_refused(void **state)
+{
+    (void)state;
+    bc_headers_t h;
+    char err[256];
+    bc_headers_init(&h);
+    assert_int_equal(bc_headers_add(&h, "Host: a.example", err, sizeof(err)), 0);
+    assert_int_equal(bc_headers_add(&h, "host: b.example", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "twice"));
+    /* other headers may repeat, as HTTP allows */
+    assert_int_equal(bc_headers_add(&h, "X-Tag: 1", err, sizeof(err)), 0);
+    assert_int_equal(bc_headers_add(&h, "X-Tag: 2", err, sizeof(err)), 0);
+    bc_headers_free(&h);
+}
+
+static void test_malformed_headers_are_refused(void **state)
+{
+    (void)state;
+    static const char *bad[] = {"NoColon", ":value",  "Bad Name: v",
+                                "X(y): v", "X: a\rb", "X: a\nb"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        bc_headers_t h;
+        char err[256] = "";
+        bc_headers_init(&h);
+        assert_int_equal(bc_headers_add(&h, bad[i], err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "not Name:value"));
+        bc_headers_free(&h);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -89,6 +209,12 @@ int main(void)
         cmocka_unit_test(test_printable_keeps_a_message_on_one_line),
         cmocka_unit_test(test_printable_cuts_at_max_and_says_so),
         cmocka_unit_test(test_arg_url_refuses_what_is_not_a_target_url),
+        cmocka_unit_test(test_head_without_user_headers),
+        cmocka_unit_test(test_a_user_host_replaces_the_bench_s_own),
+        cmocka_unit_test(test_user_agent_content_type_and_request_id_replace_too),
+        cmocka_unit_test(test_headers_that_frame_the_body_are_refused),
+        cmocka_unit_test(test_a_replacing_header_given_twice_is_refused),
+        cmocka_unit_test(test_malformed_headers_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
