@@ -304,16 +304,7 @@ static void rp_send(replay_t *rp, size_t i)
         return;
     }
     const lr_entry_t *e = &rp->log.v[i % rp->log.n];
-    size_t pass = i / rp->log.n;
-    /* The logged id on the first pass (so the replay's own log lines join
-     * the original's), suffixed with the pass number when the log loops. */
-    s->id[0] = '\0';
-    if (e->request_id[0] && pass == 0) {
-        memcpy(s->id, e->request_id, sizeof(s->id));
-    } else if (e->request_id[0]) {
-        int n = snprintf(s->id, sizeof(s->id), "%s.%zu", e->request_id, pass + 1);
-        if (n < 0 || (size_t)n >= sizeof(s->id)) s->id[0] = '\0';
-    }
+    lr_pass_id(e->request_id, i / rp->log.n, s->id);
     s->req.done = on_done;
     s->req.data = rp;
     if (bc_req_prepare(&s->req, rp->target, e->method, e->target, e->target_len, e->body,

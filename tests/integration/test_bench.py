@@ -223,6 +223,31 @@ class BenchTest(mmtest.MMTestCase):
         self.assertGreaterEqual(secs, 0.59)
         self.assertLess(secs, 3.0)
 
+    def test_replay_looped_ids_stay_within_modelmux_s_limit(self):
+        # On the K-th pass over the log the id is suffixed ".K"; a long id
+        # loses its first characters instead of growing past 128, where
+        # modelmux would replace it and the join to the original be lost.
+        long_id = "A" + "b" * 125 + "Z"  # 127 characters
+        line = dict(sample_lines()[0])
+        line["request_id"] = long_id
+        log = self.write_log("long-id.jsonl", json.dumps(line) + "\n")
+        r, _ = self.bench_json("replay", log, "--target", self.target, "--max",
+                               "--concurrency", 1, "--requests", 3, "--duration", 30)
+        self.assertEqual(r["answered"], 3)
+        cut = long_id[1:]  # 126 characters, then ".K"
+
+        def logged():
+            try:
+                with open(self.log_path) as f:
+                    got = [json.loads(x)["request_id"] for x in f if x.strip()]
+            except OSError:
+                return None
+            return got if len(got) >= 3 else None
+
+        got = mmtest.eventually(logged, timeout=10)
+        self.assertEqual(sorted(got), sorted([long_id, cut + ".2", cut + ".3"]))
+        self.assertEqual(max(map(len, got)), 128)
+
     def test_replay_reports_damaged_lines_and_skips_them(self):
         with open(SAMPLE) as f:
             good = [x for x in f.read().splitlines() if x.strip()][:3]
