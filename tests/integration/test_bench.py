@@ -212,7 +212,8 @@ class BenchTest(mmtest.MMTestCase):
         self.assertEqual(rc, 0, err)
         after = self.served(self.champion) + self.served(self.challenger)
         self.assertEqual(after - before, 300)
-        for needle in ("pacing:      rate 500 req/s", "300 sent, 300 answered, 0 failed",
+        for needle in ("pacing:      rate 500 req/s",
+                       "300 sent, 300 answered, 0 failed, 0 overflow, 0 cancelled in ",
                        "throughput:", "p50 ", "p90 ", "p99 ", "p99.9 ",
                        "errors:      0 (connect 0, connect_timeout 0, timeout 0, reset 0, "
                        "protocol 0, overflow 0, http_4xx 0, http_5xx 0)",
@@ -247,6 +248,23 @@ class BenchTest(mmtest.MMTestCase):
         got = mmtest.eventually(logged, timeout=10)
         self.assertEqual(sorted(got), sorted([long_id, cut + ".2", cut + ".3"]))
         self.assertEqual(max(map(len, got)), 128)
+
+    def test_replay_overflow_is_not_sent(self):
+        # One connection to a server that takes 300 ms an answer, 5000
+        # requests due within 1.25 s: the pool's queue (4096) fills, and the
+        # rest overflow. `sent` counts only requests that went to a
+        # connection, and sent + overflow + cancelled = the requests due.
+        slow = self.cluster.model_server("slow", "--latency-ms", 300)
+        r, _ = self.bench_json("replay", SAMPLE, "--target", "http://127.0.0.1:%d" % slow.port,
+                               "--rate", 4000, "--requests", 5000, "--concurrency", 1,
+                               "--duration", 2, "--timeout-ms", 10000)
+        self.assertGreater(r["overflow"], 0, r)
+        self.assertEqual(r["errors"]["overflow"], r["overflow"])
+        self.assertEqual(r["sent"], r["answered"] + r["failed"])
+        self.assertEqual(r["sent"] + r["overflow"] + r["cancelled"], 5000)
+        # What the server saw is what was sent.
+        self.assertEqual(self.served(slow), r["sent"])
+        self.assertEqual(r["failed"], 0)
 
     def test_replay_reports_damaged_lines_and_skips_them(self):
         with open(SAMPLE) as f:
