@@ -909,6 +909,62 @@ static uint64_t rated_rows(const sim_result_t *r, const sim_opts_t *o)
     return n;
 }
 
+/* ---- comparison ---- */
+
+/* --compare-split puts the two runs side by side only over what both
+ * measured: each run's cumulative regret after its first n rewarded
+ * answers, n the smaller of the two counts. The runs can differ (a target
+ * slower than the other under --duration, errors, Ctrl-C during the split
+ * run), and regret grows with every rewarded answer, so totals over
+ * different counts would show the shorter run as the cheaper one. */
+typedef struct {
+    uint64_t n;           /* rewarded answers compared, the first n of each run */
+    double bandit, split; /* cumulative regret after them */
+    int partial;          /* n < --requests: some requests are not in the comparison */
+} sim_compare_t;
+
+/* Cumulative regret after the first n rewarded answers (arm_of >= 0: regret
+ * grows with those only). */
+static double regret_after(const sim_result_t *r, uint64_t n)
+{
+    double v = 0;
+    uint64_t seen = 0;
+    for (size_t k = 0; k < r->rows && seen < n; k++) {
+        if (r->arm_of[k] < 0) continue;
+        seen++;
+        v = r->cum_regret[k];
+    }
+    return v;
+}
+
+/* 0 and *c, or -1 when a run rewarded nothing: nothing to compare. */
+static int compare_runs(const sim_opts_t *o, const sim_result_t *a, const sim_result_t *b,
+                        sim_compare_t *c)
+{
+    uint64_t na = rated_rows(a, o), nb = rated_rows(b, o);
+    memset(c, 0, sizeof(*c));
+    c->n = na < nb ? na : nb;
+    if (c->n == 0) return -1;
+    c->bandit = regret_after(a, c->n);
+    c->split = regret_after(b, c->n);
+    c->partial = c->n < o->requests;
+    return 0;
+}
+
+/* A run that could reward no answer: why, on stderr. */
+static void say_unrewarded(const sim_opts_t *o, const sim_result_t *r, const char *which,
+                           const char *url_opt)
+{
+    fprintf(stderr,
+            "simulate: %sno answer could be rewarded: of %llu requests, %llu failed, %llu were "
+            "not 2xx, %llu had no X-Modelmux-Arm, %llu came from arms without a rate "
+            "(--rates/--gaussian), %llu had no X-Request-Id; check %s, --path and the arm names "
+            "against experiment %s's\n",
+            which, (unsigned long long)(r->answered + r->failed), (unsigned long long)r->failed,
+            (unsigned long long)r->non2xx, (unsigned long long)r->no_arm,
+            (unsigned long long)r->unrated, (unsigned long long)r->no_id, url_opt, o->experiment);
+}
+
 /* ---- files ---- */
 
 /* The output files are opened before the first request (a path that cannot
@@ -1253,6 +1309,38 @@ static void fmt_at(char *out, size_t cap, uint64_t at)
         snprintf(out, cap, "never");
 }
 
+static json_t *compare_json(const sim_compare_t *c)
+{
+    json_t *j = json_object();
+    json_object_set_new(j, "rewarded", json_integer((json_int_t)c->n));
+    json_object_set_new(j, "bandit_regret", json_real(c->bandit));
+    json_object_set_new(j, "split_regret", json_real(c->split));
+    json_object_set_new(j, "partial", json_boolean(c->partial));
+    return j;
+}
+
+/* c NULL: a run rewarded nothing (stderr said which). */
+static void print_compare_text(const sim_opts_t *o, const sim_result_t *a, const sim_result_t *b,
+                               const sim_compare_t *c)
+{
+    if (c == NULL) {
+        printf("%-12s none: the %s run rewarded no answer\n",
+               "compare:", rated_rows(a, o) == 0 ? "bandit" : "split");
+        return;
+    }
+    double saved = c->split - c->bandit;
+    printf("%-12s bandit %.2f vs split %.2f after %llu rewarded requests each: bandit saved %.2f "
+           "regret (%.1f %%)\n",
+           "compare:", c->bandit, c->split, (unsigned long long)c->n, saved,
+           c->split > 0 ? 100.0 * saved / c->split : 0.0);
+    if (c->partial)
+        printf("%-12s partial: of %llu requests the bandit run rewarded %llu, the split run "
+               "%llu%s; only the first %llu of each are compared\n",
+               "", (unsigned long long)o->requests, (unsigned long long)rated_rows(a, o),
+               (unsigned long long)rated_rows(b, o), b->interrupted ? " (interrupted)" : "",
+               (unsigned long long)c->n);
+}
+
 int simulate_main(int argc, char **argv)
 {
     sim_opts_t o;
@@ -1279,26 +1367,29 @@ int simulate_main(int argc, char **argv)
         goto out;
     }
     if (sim_run(&o, o.target, o.admin, &a) < 0) goto out;
-    uint64_t rated = 0;
-    for (size_t i = 0; i < o.n_arms; i++) rated += a.served[i];
-    if (rated == 0) /* the report follows, but it measured nothing: a failed run */
-        fprintf(stderr,
-                "simulate: no answer could be rewarded: of %llu requests, %llu failed, %llu were "
-                "not 2xx, %llu had no X-Modelmux-Arm, %llu came from arms without a rate "
-                "(--rates/--gaussian), %llu had no X-Request-Id; check --target, --path and the "
-                "arm names against experiment %s's\n",
-                (unsigned long long)(a.answered + a.failed), (unsigned long long)a.failed,
-                (unsigned long long)a.non2xx, (unsigned long long)a.no_arm,
-                (unsigned long long)a.unrated, (unsigned long long)a.no_id, o.experiment);
-    if (o.compare && a.interrupted)
+    /* A run that rewarded nothing measured nothing: the report follows, but
+     * the command failed. */
+    int measured = rated_rows(&a, &o) > 0;
+    if (!measured) say_unrewarded(&o, &a, "", "--target");
+    const char *split_skipped = NULL; /* why --compare-split did not run */
+    if (o.compare && a.interrupted) {
         fprintf(stderr,
                 "simulate: interrupted: the --compare-split run against %s is not "
                 "started\n",
                 o.compare);
-    else if (o.compare && sim_run(&o, o.compare, NULL, &b) < 0)
-        goto out;
-    else
-        split_run = o.compare != NULL;
+        split_skipped = "interrupted";
+    } else if (o.compare && sim_run(&o, o.compare, NULL, &b) < 0) {
+        split_skipped = "could not start: see stderr"; /* and it measured nothing */
+        measured = 0;
+    } else if (o.compare) {
+        split_run = 1;
+        if (rated_rows(&b, &o) == 0) {
+            say_unrewarded(&o, &b, "the --compare-split run: ", "--compare-split");
+            measured = 0;
+        }
+    }
+    sim_compare_t cmp;
+    int compared = split_run && compare_runs(&o, &a, &b, &cmp) == 0;
     nwa = windows_of(&a, &o, &wa);
     nwb = split_run ? windows_of(&b, &o, &wb) : 0;
     if (wa == NULL || (split_run && wb == NULL)) {
@@ -1331,10 +1422,13 @@ int simulate_main(int argc, char **argv)
         if (split_run) {
             uint64_t id_b = identified_by_windows(wb, nwb, o.window);
             json_object_set_new(root, "split", run_json(&o, &b, wb, nwb, id_b, 0, 0));
-            json_object_set_new(root, "regret_saved", json_real(b.regret - a.regret));
-        } else if (o.compare) { /* interrupted before it */
+        } else if (o.compare) {
             json_object_set_new(root, "split", json_null());
-            json_object_set_new(root, "regret_saved", json_null());
+        }
+        if (o.compare) {
+            json_object_set_new(root, "comparison", compared ? compare_json(&cmp) : json_null());
+            json_object_set_new(root, "regret_saved",
+                                compared ? json_real(cmp.split - cmp.bandit) : json_null());
         }
         if (o.csv) json_object_set_new(root, "csv", json_string(o.csv));
         if (o.svg) json_object_set_new(root, "svg", json_string(o.svg));
@@ -1381,19 +1475,16 @@ int simulate_main(int argc, char **argv)
                    wa[i].rated ? 100.0 * (double)wa[i].best / (double)wa[i].rated : 0.0,
                    wa[i].cum_regret);
         }
-        if (o.compare && !split_run) {
-            printf("%-12s not run (interrupted)\n", "split:");
-        } else if (o.compare) {
+        if (split_skipped) {
+            printf("%-12s not run (%s)\n", "split:", split_skipped);
+        } else if (split_run) {
             print_run_text(&o, &b, "split:");
-            double saved = b.regret - a.regret;
-            printf("%-12s bandit %.2f vs split %.2f: bandit saved %.2f regret (%.1f %%)\n",
-                   "compare:", a.regret, b.regret, saved,
-                   b.regret > 0 ? 100.0 * saved / b.regret : 0.0);
+            print_compare_text(&o, &a, &b, compared ? &cmp : NULL);
         }
         if (o.csv) printf("%-12s %s\n", "csv:", o.csv);
         if (o.svg) printf("%-12s %s\n", "svg:", o.svg);
     }
-    rc = files_ok && rated > 0 ? 0 : 1;
+    rc = files_ok && measured ? 0 : 1;
 out:
     /* Still open: the run failed before they were written; remove them
      * rather than leave empty files behind. */

@@ -21,7 +21,19 @@ split. What a user of the bench relies on is asserted:
   well-formed JSON, every reward accepted by modelmux, regret well below a
   50/50 split's expectation (and the actual split's within its binomial
   bound), the best arm identified, CSV and SVG written (the SVG parses as
-  XML).
+  XML);
+- --compare-split compares only what both runs measured: the first n
+  rewarded requests of each, partial when n is short of --requests (a split
+  that rewards fewer, a Ctrl-C during it), nothing (exit 1) when a run
+  rewarded nothing;
+- what the audit found: overflow is not sent, a looped long id stays a valid
+  id, --header Host replaces the bench's own and the framing headers are
+  refused, answers without an id add no regret, a failed feedback answer is
+  shown as the bytes it had, a malformed URL is bad usage (exit 2).
+
+Where an answer modelmux does not give is needed (no id, a feedback post
+that fails, a split that stops answering), a stand-in router runs in the
+test (fake_router: a Python server on a free loopback port).
 
 Every bench run is bounded by --duration and a subprocess timeout; the whole
 file runs in well under a minute.
@@ -34,6 +46,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import xml.etree.ElementTree as ET
 from datetime import datetime
 
@@ -95,13 +108,16 @@ class BenchTest(mmtest.MMTestCase):
         return p.returncode, p.stdout, p.stderr
 
     def fake_router(self, arms=("champion",), ids=True, feedback=((202, ACCEPTED),),
-                    answer_2xx=None):
+                    answer_2xx=None, delay=0.0, counts=None):
         """A stand-in for modelmux, for answers it does not give: the i-th
         request gets 200 with X-Modelmux-Arm arms[i % len] and X-Request-Id
-        "sim-i" (none if ids is False, or a function of i that says no), or 503 once answer_2xx requests have been
-        answered; the i-th feedback post gets feedback[i] (the last one
-        repeats). Its URL."""
-        lock, count = threading.Lock(), {"req": 0, "fb": 0}
+        "sim-i" (none if ids is False, or a function of i that says no), or
+        503 once answer_2xx requests have been answered, after `delay`
+        seconds; the i-th feedback post gets feedback[i] (the last one
+        repeats). Its URL; `counts` (a dict), if given, gets the requests
+        ("req") and feedback posts ("fb") received so far."""
+        lock, count = threading.Lock(), counts if counts is not None else {}
+        count.update(req=0, fb=0)
 
         class Handler(mmtest.QuietHandler):
             def do_POST(self):
@@ -116,6 +132,7 @@ class BenchTest(mmtest.MMTestCase):
                 elif answer_2xx is not None and i >= answer_2xx:
                     status, body = 503, b"{}"
                 else:
+                    time.sleep(delay)
                     status, body = 200, b"{}"
                     headers.append(("X-Modelmux-Arm", arms[i % len(arms)]))
                     if ids is True or (ids and ids(i)):
@@ -562,6 +579,100 @@ class BenchTest(mmtest.MMTestCase):
         self.assertIn("no answer could be rewarded: of 10 requests, 0 failed, 0 were not 2xx, "
                       "0 had no X-Modelmux-Arm, 0 came from arms without a rate "
                       "(--rates/--gaussian), 10 had no X-Request-Id", err)
+
+    def test_compare_split_with_an_unreachable_split_measured_nothing(self):
+        # The split run that measured nothing is a failed run, as the bandit
+        # run that measured nothing is: stderr says why, exit 1, no "saved".
+        dead = "http://127.0.0.1:%d" % mmtest.free_port()
+        args = ["simulate", "--target", self.target, "--experiment", "bandit",
+                "--rates", "champion=0.02,challenger=0.10", "--requests", 20,
+                "--path", "/v1/bandit/predict", "--compare-split", dead, "--duration", 30]
+        rc, out, err = self.bench(*args)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("split:       20 requests to %s: 0 answered, 20 failed" % dead, out)
+        self.assertIn("compare:     none: the split run rewarded no answer", out)
+        self.assertNotIn("saved", out)
+        self.assertIn("simulate: the --compare-split run: no answer could be rewarded: of 20 "
+                      "requests, 20 failed", err)
+        self.assertIn("check --compare-split", err)
+        rc, out, err = self.bench(*args, "--json")
+        self.assertEqual(rc, 1, err)
+        r = json.loads(out)
+        self.assertEqual(r["split"]["failed"], 20)
+        self.assertIsNone(r["comparison"])
+        self.assertIsNone(r["regret_saved"])
+
+    def test_compare_split_compares_the_same_number_of_rewarded_requests(self):
+        # The split answers 10 requests, then 503s: its total regret is over
+        # 10 rewarded requests, the bandit's over 40. Only the first 10 of
+        # each are compared, and the report says the comparison is partial.
+        split = self.fake_router(arms=("champion",), answer_2xx=10)
+        csv_path = self.cluster.path("sim.csv")
+        r, err = self.bench_json(
+            "simulate", "--target", self.target, "--experiment", "bandit",
+            "--rates", "champion=0.02,challenger=0.10", "--requests", 40,
+            "--path", "/v1/bandit/predict", "--compare-split", split, "--csv", csv_path,
+            "--duration", 30)
+        self.assertEqual(r["bandit"]["answered"], 40)
+        self.assertEqual(r["bandit"]["errors"]["http_non_2xx"], 0)
+        self.assertEqual(r["split"]["errors"]["http_non_2xx"], 30)
+        c = r["comparison"]
+        self.assertEqual(c["rewarded"], 10)
+        self.assertTrue(c["partial"])
+        self.assertAlmostEqual(c["split_regret"], 10 * 0.08, places=6)
+        with open(csv_path) as f:
+            rows = list(csv.DictReader(f))
+        self.assertAlmostEqual(c["bandit_regret"], float(rows[9]["cumulative_regret"]), places=5)
+        self.assertAlmostEqual(r["regret_saved"], c["split_regret"] - c["bandit_regret"],
+                               places=6)
+        # The text report says so too.
+        split = self.fake_router(arms=("champion",), answer_2xx=10)
+        rc, out, err = self.bench(
+            "simulate", "--target", self.target, "--experiment", "bandit",
+            "--rates", "champion=0.02,challenger=0.10", "--requests", 40,
+            "--path", "/v1/bandit/predict", "--compare-split", split, "--duration", 30)
+        self.assertEqual(rc, 0, err)
+        self.assertIn(" vs split 0.80 after 10 rewarded requests each: bandit saved ", out)
+        self.assertIn("partial: of 40 requests the bandit run rewarded 40, the split run 10; "
+                      "only the first 10 of each are compared", out)
+
+    def test_compare_split_interrupted_is_a_partial_comparison(self):
+        # Ctrl-C during the split run (a slow stand-in, 40 ms an answer):
+        # the comparison covers the rewarded requests both runs have, and
+        # says it is partial.
+        counts = {}
+        split = self.fake_router(arms=("champion",), delay=0.04, counts=counts)
+        csv_path = self.cluster.path("sim.csv")
+        p = subprocess.Popen(
+            [mmtest.BENCH_BIN, "simulate", "--target", self.target, "--experiment", "bandit",
+             "--rates", "champion=0.02,challenger=0.10", "--requests", "300",
+             "--path", "/v1/bandit/predict", "--compare-split", split, "--csv", csv_path,
+             "--duration", "60", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            mmtest.eventually(lambda: counts["req"] >= 10, timeout=20)
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=20)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertEqual(p.returncode, 0, err)
+        r = json.loads(out)
+        self.assertEqual(r["bandit"]["answered"], 300)
+        self.assertTrue(r["split"]["stopped_early"])
+        n = r["split"]["answered"]
+        self.assertLess(n, 300)
+        c = r["comparison"]
+        self.assertEqual(c["rewarded"], n)
+        self.assertTrue(c["partial"])
+        self.assertAlmostEqual(c["split_regret"], n * 0.08, places=6)
+        with open(csv_path) as f:
+            rows = list(csv.DictReader(f))
+        self.assertAlmostEqual(c["bandit_regret"], float(rows[n - 1]["cumulative_regret"]),
+                               places=5)
+        self.assertAlmostEqual(r["regret_saved"], c["split_regret"] - c["bandit_regret"],
+                               places=6)
 
     def test_simulate_unwritable_output_file_fails_before_sending(self):
         missing_dir = self.cluster.path("no-such-dir")
