@@ -107,6 +107,21 @@ class BenchTest(mmtest.MMTestCase):
                            text=True, errors="replace", timeout=timeout)
         return p.returncode, p.stdout, p.stderr
 
+    def bench_interrupted(self, args, until):
+        """Runs the bench with args, sends it SIGINT once until() is true,
+        and returns (returncode, stdout, stderr)."""
+        p = subprocess.Popen([mmtest.BENCH_BIN] + [str(a) for a in args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            mmtest.eventually(until, timeout=20)
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=20)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        return p.returncode, out, err
+
     def fake_router(self, arms=("champion",), ids=True, feedback=((202, ACCEPTED),),
                     answer_2xx=None, delay=0.0, counts=None):
         """A stand-in for modelmux, for answers it does not give: the i-th
@@ -499,23 +514,14 @@ class BenchTest(mmtest.MMTestCase):
         # --compare-split run is not started, and the batches waiting out
         # --feedback-delay-ms are posted at once instead of a minute later.
         split_port = self.start_split()
-        p = subprocess.Popen(
-            [mmtest.BENCH_BIN, "simulate", "--target", self.target, "--experiment", "bandit",
+        rc, out, err = self.bench_interrupted(
+            ["simulate", "--target", self.target, "--experiment", "bandit",
              "--rates", "champion=0.02,challenger=0.10", "--requests", "1000000",
              "--path", "/v1/bandit/predict", "--feedback-batch", "10",
              "--feedback-delay-ms", "600000", "--compare-split",
              "http://127.0.0.1:%d" % split_port, "--duration", "60", "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            mmtest.eventually(lambda: self.served(self.champion) + self.served(self.challenger) >= 50,
-                              timeout=20)
-            p.send_signal(signal.SIGINT)
-            out, err = p.communicate(timeout=20)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        self.assertEqual(p.returncode, 0, err)
+            lambda: self.served(self.champion) + self.served(self.challenger) >= 50)
+        self.assertEqual(rc, 0, err)
         r = json.loads(out)
         b = r["bandit"]
         self.assertTrue(b["stopped_early"])
@@ -643,21 +649,13 @@ class BenchTest(mmtest.MMTestCase):
         counts = {}
         split = self.fake_router(arms=("champion",), delay=0.04, counts=counts)
         csv_path = self.cluster.path("sim.csv")
-        p = subprocess.Popen(
-            [mmtest.BENCH_BIN, "simulate", "--target", self.target, "--experiment", "bandit",
-             "--rates", "champion=0.02,challenger=0.10", "--requests", "300",
+        rc, out, err = self.bench_interrupted(
+            ["simulate", "--target", self.target, "--experiment", "bandit",
+             "--rates", "champion=0.02,challenger=0.10", "--requests", 300,
              "--path", "/v1/bandit/predict", "--compare-split", split, "--csv", csv_path,
-             "--duration", "60", "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            mmtest.eventually(lambda: counts["req"] >= 10, timeout=20)
-            p.send_signal(signal.SIGINT)
-            out, err = p.communicate(timeout=20)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        self.assertEqual(p.returncode, 0, err)
+             "--duration", 60, "--json"],
+            lambda: counts["req"] >= 10)
+        self.assertEqual(rc, 0, err)
         r = json.loads(out)
         self.assertEqual(r["bandit"]["answered"], 300)
         self.assertTrue(r["split"]["stopped_early"])

@@ -156,20 +156,26 @@ static void test_user_agent_content_type_and_request_id_replace_too(void **state
     bc_headers_free(&h);
 }
 
+/* bc_headers_add refuses s, saying why, and adds nothing. */
+static void assert_refused(bc_headers_t *h, const char *s, const char *why)
+{
+    char err[256] = "";
+    size_t before = h->lines.len;
+    assert_int_equal(bc_headers_add(h, s, err, sizeof(err)), -1);
+    if (strstr(err, why) == NULL) fail_msg("'%s': '%s' does not say '%s'", s, err, why);
+    assert_int_equal(h->lines.len, before);
+}
+
 static void test_headers_that_frame_the_body_are_refused(void **state)
 {
     (void)state;
-    static const char *framing[] = {"Content-Length:5", "content-length: 2",
-                                    "Transfer-Encoding: chunked", "TRANSFER-ENCODING:identity"};
-    for (size_t i = 0; i < sizeof(framing) / sizeof(framing[0]); i++) {
-        bc_headers_t h;
-        char err[256] = "";
-        bc_headers_init(&h);
-        assert_int_equal(bc_headers_add(&h, framing[i], err, sizeof(err)), -1);
-        assert_non_null(strstr(err, "frames the body"));
-        assert_int_equal(h.lines.len, 0); /* nothing added */
-        bc_headers_free(&h);
-    }
+    bc_headers_t h;
+    bc_headers_init(&h);
+    assert_refused(&h, "Content-Length:5", "frames the body");
+    assert_refused(&h, "content-length: 2", "frames the body");
+    assert_refused(&h, "Transfer-Encoding: chunked", "frames the body");
+    assert_refused(&h, "TRANSFER-ENCODING:identity", "frames the body");
+    bc_headers_free(&h);
 }
 
 static void test_a_replacing_header_given_twice_is_refused(void **state)
@@ -179,8 +185,7 @@ static void test_a_replacing_header_given_twice_is_refused(void **state)
     char err[256];
     bc_headers_init(&h);
     assert_int_equal(bc_headers_add(&h, "Host: a.example", err, sizeof(err)), 0);
-    assert_int_equal(bc_headers_add(&h, "host: b.example", err, sizeof(err)), -1);
-    assert_non_null(strstr(err, "twice"));
+    assert_refused(&h, "host: b.example", "twice");
     /* other headers may repeat, as HTTP allows */
     assert_int_equal(bc_headers_add(&h, "X-Tag: 1", err, sizeof(err)), 0);
     assert_int_equal(bc_headers_add(&h, "X-Tag: 2", err, sizeof(err)), 0);
@@ -190,16 +195,15 @@ static void test_a_replacing_header_given_twice_is_refused(void **state)
 static void test_malformed_headers_are_refused(void **state)
 {
     (void)state;
-    static const char *bad[] = {"NoColon", ":value",  "Bad Name: v",
-                                "X(y): v", "X: a\rb", "X: a\nb"};
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        bc_headers_t h;
-        char err[256] = "";
-        bc_headers_init(&h);
-        assert_int_equal(bc_headers_add(&h, bad[i], err, sizeof(err)), -1);
-        assert_non_null(strstr(err, "not Name:value"));
-        bc_headers_free(&h);
-    }
+    bc_headers_t h;
+    bc_headers_init(&h);
+    assert_refused(&h, "NoColon", "not Name:value");
+    assert_refused(&h, ":value", "not Name:value");
+    assert_refused(&h, "Bad Name: v", "not Name:value");
+    assert_refused(&h, "X(y): v", "not Name:value");
+    assert_refused(&h, "X: a\rb", "not Name:value");
+    assert_refused(&h, "X: a\nb", "not Name:value");
+    bc_headers_free(&h);
 }
 
 int main(void)

@@ -64,20 +64,34 @@ static sim_result_t run_of(const sim_opts_t *o, const char *rows)
     return r;
 }
 
+/* compare_runs over a bandit run and a split run given by their rows. */
+static int compare_rows(uint64_t requests, const char *bandit, const char *split, sim_compare_t *c)
+{
+    sim_opts_t o = opts(requests);
+    sim_result_t a = run_of(&o, bandit), b = run_of(&o, split);
+    int rc = compare_runs(&o, &a, &b, c);
+    result_free(&a);
+    result_free(&b);
+    return rc;
+}
+
+/* The runs compare over their first n rewarded answers, with these
+ * regrets. */
+static void assert_compared(uint64_t requests, const char *bandit, const char *split, uint64_t n,
+                            double bandit_regret, double split_regret)
+{
+    sim_compare_t c;
+    assert_int_equal(compare_rows(requests, bandit, split, &c), 0);
+    assert_int_equal(c.n, n);
+    assert_int_equal(c.partial, n < requests);
+    assert_near(c.bandit, bandit_regret);
+    assert_near(c.split, split_regret);
+}
+
 static void test_equal_runs_compare_their_totals(void **state)
 {
     (void)state;
-    sim_opts_t o = opts(6);
-    sim_result_t a = run_of(&o, "bggggg"), b = run_of(&o, "bgbgbg");
-    sim_compare_t c;
-    assert_int_equal(compare_runs(&o, &a, &b, &c), 0);
-    assert_int_equal(c.n, 6);
-    assert_false(c.partial);
-    assert_near(c.bandit, a.regret);
-    assert_near(c.split, b.regret);
-    assert_near(c.split - c.bandit, 2 * 0.08);
-    result_free(&a);
-    result_free(&b);
+    assert_compared(6, "bggggg", "bgbgbg", 6, 0.08, 3 * 0.08);
 }
 
 static void test_a_shorter_run_is_compared_at_its_own_length(void **state)
@@ -86,21 +100,9 @@ static void test_a_shorter_run_is_compared_at_its_own_length(void **state)
     /* The bandit run measured 3 answers (a slow target under --duration),
      * the split 8: their totals (0.16 vs 0.32) would call the bandit twice
      * as good; over the first 3 of each it was no better. */
-    sim_opts_t o = opts(8);
-    sim_result_t a = run_of(&o, "bbg"), b = run_of(&o, "bbgbgbgb");
-    sim_compare_t c;
-    assert_int_equal(compare_runs(&o, &a, &b, &c), 0);
-    assert_int_equal(c.n, 3);
-    assert_true(c.partial);
-    assert_near(c.bandit, 0.16);
-    assert_near(c.split, 0.16);
+    assert_compared(8, "bbg", "bbgbgbgb", 3, 0.16, 0.16);
     /* and the other way round: an interrupted split run */
-    assert_int_equal(compare_runs(&o, &b, &a, &c), 0);
-    assert_int_equal(c.n, 3);
-    assert_near(c.bandit, 0.16);
-    assert_near(c.split, 0.16);
-    result_free(&a);
-    result_free(&b);
+    assert_compared(8, "gbgbgbgb", "bbg", 3, 0.08, 0.16);
 }
 
 static void test_unrewarded_rows_are_not_counted(void **state)
@@ -108,30 +110,16 @@ static void test_unrewarded_rows_are_not_counted(void **state)
     (void)state;
     /* Errors and unrated arms neither count towards n nor add regret: the
      * n-th rewarded answer of a run is found past them. */
-    sim_opts_t o = opts(6);
-    sim_result_t a = run_of(&o, "ffbufg"), b = run_of(&o, "bbbfff");
-    sim_compare_t c;
-    assert_int_equal(compare_runs(&o, &a, &b, &c), 0);
-    assert_int_equal(c.n, 2);
-    assert_true(c.partial);
-    assert_near(c.bandit, 0.08);
-    assert_near(c.split, 0.16);
-    result_free(&a);
-    result_free(&b);
+    assert_compared(6, "ffbufg", "bbbfff", 2, 0.08, 0.16);
 }
 
 static void test_a_run_that_rewarded_nothing_leaves_nothing_to_compare(void **state)
 {
     (void)state;
-    sim_opts_t o = opts(4);
-    sim_result_t a = run_of(&o, "bggg"), b = run_of(&o, "ffff"), e = run_of(&o, "");
     sim_compare_t c;
-    assert_int_equal(compare_runs(&o, &a, &b, &c), -1); /* the split target unreachable */
-    assert_int_equal(compare_runs(&o, &b, &a, &c), -1); /* the bandit's */
-    assert_int_equal(compare_runs(&o, &a, &e, &c), -1); /* Ctrl-C before its first answer */
-    result_free(&a);
-    result_free(&b);
-    result_free(&e);
+    assert_int_equal(compare_rows(4, "bggg", "ffff", &c), -1); /* the split target unreachable */
+    assert_int_equal(compare_rows(4, "ffuf", "bggg", &c), -1); /* the bandit's, wrong arms */
+    assert_int_equal(compare_rows(4, "bggg", "", &c), -1);     /* Ctrl-C before its first answer */
 }
 
 int main(void)
