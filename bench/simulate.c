@@ -1324,8 +1324,11 @@ static void print_compare_text(const sim_opts_t *o, const sim_result_t *a, const
                                const sim_compare_t *c)
 {
     if (c == NULL) {
-        printf("%-12s none: the %s run rewarded no answer\n",
-               "compare:", rated_rows(a, o) == 0 ? "bandit" : "split");
+        int none_a = rated_rows(a, o) == 0, none_b = rated_rows(b, o) == 0;
+        printf("%-12s none: %s\n", "compare:",
+               none_a && none_b ? "neither run rewarded an answer"
+               : none_a         ? "the bandit run rewarded no answer"
+                                : "the split run rewarded no answer");
         return;
     }
     double saved = c->split - c->bandit;
