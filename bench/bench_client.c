@@ -325,10 +325,78 @@ void bc_req_free(bc_req_t *r)
     mm_buf_free(&r->body);
 }
 
+void bc_headers_init(bc_headers_t *h)
+{
+    mm_buf_init(&h->lines);
+    h->replaced = 0;
+}
+
+void bc_headers_free(bc_headers_t *h)
+{
+    mm_buf_free(&h->lines);
+}
+
+/* The headers bc_req_prepare writes itself: `own` is the bit of one a user
+ * may replace, 0 for one that frames the body (the bench must write it to
+ * match the bytes it sends). */
+static const struct {
+    const char *lower;
+    unsigned own;
+} bench_headers[] = {
+    {"host", BC_OWN_HOST},
+    {"user-agent", BC_OWN_USER_AGENT},
+    {"content-type", BC_OWN_CONTENT_TYPE},
+    {"x-request-id", BC_OWN_REQUEST_ID},
+    {"content-length", 0},
+    {"transfer-encoding", 0},
+};
+
+int bc_headers_add(bc_headers_t *h, const char *s, char *err, size_t errlen)
+{
+    const char *colon = strchr(s, ':');
+    const char *v = colon ? colon + 1 : NULL;
+    if (colon == NULL || colon == s) goto malformed;
+    for (const char *p = s; p < colon; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c <= 0x20 || c >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", c)) goto malformed;
+    }
+    while (*v == ' ' || *v == '\t') v++;
+    if (strpbrk(v, "\r\n") != NULL) goto malformed;
+    mm_str_t name = {s, (size_t)(colon - s)};
+    for (size_t i = 0; i < sizeof(bench_headers) / sizeof(bench_headers[0]); i++) {
+        if (!mm_str_ieq(name, bench_headers[i].lower)) continue;
+        if (bench_headers[i].own == 0) {
+            snprintf(err, errlen,
+                     "%.*s is the bench's to send: it frames the body it sends (Content-Length "
+                     "and Transfer-Encoding cannot be given)",
+                     (int)name.n, name.p);
+            return -1;
+        }
+        if (h->replaced & bench_headers[i].own) {
+            snprintf(err, errlen, "%.*s is given twice (a request has one)", (int)name.n, name.p);
+            return -1;
+        }
+        h->replaced |= bench_headers[i].own;
+    }
+    mm_buf_str(&h->lines, name);
+    mm_buf_lit(&h->lines, ": ");
+    mm_buf_cstr(&h->lines, v);
+    mm_buf_lit(&h->lines, "\r\n");
+    if (h->lines.oom) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+malformed:
+    snprintf(err, errlen, "'%s' is not Name:value (a token, then a value without CR or LF)", s);
+    return -1;
+}
+
 int bc_req_prepare(bc_req_t *r, bc_target_t *t, const char *method, const char *target,
                    size_t target_len, const void *body, size_t body_len, const char *content_type,
-                   const char *request_id, const char *extra_headers)
+                   const char *request_id, const bc_headers_t *extra)
 {
+    unsigned replaced = extra ? extra->replaced : 0;
     mm_buf_t *b = &r->head;
     mm_buf_reset(b);
     r->target = t;
@@ -339,10 +407,15 @@ int bc_req_prepare(bc_req_t *r, bc_target_t *t, const char *method, const char *
     mm_buf_lit(b, " ");
     mm_buf_cstr(b, t->cfg.base_path);
     mm_buf_append(b, target, target_len);
-    mm_buf_lit(b, " HTTP/1.1\r\nHost: ");
-    mm_buf_cstr(b, t->cfg.host_header);
-    mm_buf_lit(b, "\r\nUser-Agent: modelmux-bench/" MM_VERSION "\r\n");
-    if (body_len > 0 && content_type != NULL) {
+    mm_buf_lit(b, " HTTP/1.1\r\n");
+    if (!(replaced & BC_OWN_HOST)) {
+        mm_buf_lit(b, "Host: ");
+        mm_buf_cstr(b, t->cfg.host_header);
+        mm_buf_lit(b, "\r\n");
+    }
+    if (!(replaced & BC_OWN_USER_AGENT))
+        mm_buf_lit(b, "User-Agent: modelmux-bench/" MM_VERSION "\r\n");
+    if (body_len > 0 && content_type != NULL && !(replaced & BC_OWN_CONTENT_TYPE)) {
         mm_buf_lit(b, "Content-Type: ");
         mm_buf_cstr(b, content_type);
         mm_buf_lit(b, "\r\n");
@@ -353,12 +426,12 @@ int bc_req_prepare(bc_req_t *r, bc_target_t *t, const char *method, const char *
         mm_buf_u64(b, body_len);
         mm_buf_lit(b, "\r\n");
     }
-    if (request_id != NULL && request_id[0]) {
+    if (request_id != NULL && request_id[0] && !(replaced & BC_OWN_REQUEST_ID)) {
         mm_buf_lit(b, "X-Request-Id: ");
         mm_buf_cstr(b, request_id);
         mm_buf_lit(b, "\r\n");
     }
-    if (extra_headers != NULL) mm_buf_cstr(b, extra_headers);
+    if (extra != NULL && extra->lines.len) mm_buf_append(b, extra->lines.p, extra->lines.len);
     mm_buf_lit(b, "\r\n");
     return b->oom ? -1 : 0;
 }
@@ -451,20 +524,31 @@ int bc_arg_opt(int argc, char **argv, int *i, const char *name, const char **val
     return 1;
 }
 
-int bc_arg_header(const char *s, mm_buf_t *b)
+int bc_arg_url(const char *url, int root_only, char *err, size_t errlen)
 {
-    const char *colon = strchr(s, ':');
-    if (colon == NULL || colon == s) return -1;
-    for (const char *p = s; p < colon; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c <= 0x20 || c >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", c)) return -1;
+    cfg_upstream_t cfg;
+    if (bc_parse_url(url, &cfg, err, errlen) < 0) return -1;
+    if (root_only && cfg.base_path[0]) {
+        snprintf(err, errlen, "%s: give the listener's root, without a path", url);
+        return -1;
     }
-    const char *v = colon + 1;
-    while (*v == ' ' || *v == '\t') v++;
-    if (strpbrk(v, "\r\n") != NULL) return -1;
-    mm_buf_append(b, s, (size_t)(colon - s));
-    mm_buf_lit(b, ": ");
-    mm_buf_cstr(b, v);
-    mm_buf_lit(b, "\r\n");
-    return b->oom ? -1 : 0;
+    return 0;
+}
+
+/* ---- messages ---- */
+
+const char *bc_printable(mm_buf_t *out, const void *p, size_t n, size_t max)
+{
+    const unsigned char *s = p;
+    size_t k = n < max ? n : max;
+    mm_buf_reset(out);
+    for (size_t i = 0; i < k; i++) {
+        if (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '\\')
+            mm_buf_append(out, &s[i], 1);
+        else
+            mm_buf_printf(out, "\\x%02x", s[i]);
+    }
+    if (n > max) mm_buf_lit(out, "...");
+    mm_buf_append(out, "", 1);
+    return out->oom ? "" : out->p;
 }

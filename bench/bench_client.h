@@ -65,17 +65,43 @@ struct bc_req_s {
     bc_req_t *dnext;
 };
 
+/* Headers a user adds to every request (--header). The bench writes Host,
+ * User-Agent, Content-Type and X-Request-Id itself; a user's header of one
+ * of these names replaces the bench's own instead of being a second one (a
+ * second Host is a 400 at modelmux, and an experiment matched on `host`
+ * needs the user's). Content-Length and Transfer-Encoding frame the body the
+ * bench sends, so a user cannot give them. */
+typedef struct {
+    mm_buf_t lines;    /* "Name: value\r\n" each */
+    unsigned replaced; /* BC_OWN_* bits: the bench's own headers left out */
+} bc_headers_t;
+
+enum {
+    BC_OWN_HOST = 1,
+    BC_OWN_USER_AGENT = 2,
+    BC_OWN_CONTENT_TYPE = 4,
+    BC_OWN_REQUEST_ID = 8,
+};
+
+void bc_headers_init(bc_headers_t *h);
+void bc_headers_free(bc_headers_t *h);
+/* "Name: value" or "Name:value" added to h; the name must be a token, the
+ * value free of CR, LF and NUL. Returns 0, or -1 with err: malformed, a
+ * header the bench frames itself, or one that replaces the bench's own
+ * given twice. */
+int bc_headers_add(bc_headers_t *h, const char *s, char *err, size_t errlen);
+
 void bc_req_init(bc_req_t *r);
 void bc_req_free(bc_req_t *r);
 /* Builds the request head: "METHOD BASE+TARGET HTTP/1.1", Host, User-Agent,
  * Content-Type (when given and a body is sent) and Content-Length (with a
- * body, or for POST/PUT/PATCH), X-Request-Id (when non-empty), then
- * extra_headers verbatim ("Name: value\r\n" lines, may be NULL). The body is
- * borrowed: it must stay valid until done(). Returns 0 or -1 (out of
- * memory). */
+ * body, or for POST/PUT/PATCH), X-Request-Id (when non-empty), each of Host,
+ * User-Agent, Content-Type and X-Request-Id left out when extra replaces it,
+ * then extra's lines (extra may be NULL). The body is borrowed: it must stay
+ * valid until done(). Returns 0 or -1 (out of memory). */
 int bc_req_prepare(bc_req_t *r, bc_target_t *t, const char *method, const char *target,
                    size_t target_len, const void *body, size_t body_len, const char *content_type,
-                   const char *request_id, const char *extra_headers);
+                   const char *request_id, const bc_headers_t *extra);
 /* Sends the prepared request. A stale keep-alive connection (closed by the
  * server as it was reused, before any answer byte) is retried on another
  * connection, at most twice. */
@@ -96,9 +122,20 @@ int bc_arg_u64(const char *s, uint64_t *out);
  * argv[*i]: returns 1 and sets *val (advancing *i past a separate value),
  * 0 when argv[*i] is another option, -1 when the value is missing. */
 int bc_arg_opt(int argc, char **argv, int *i, const char *name, const char **val);
-/* "Name: value" or "Name:value" into a header line "Name: value\r\n"
- * appended to b; the name must be a token, the value free of CR, LF and
- * NUL. 0 or -1. */
-int bc_arg_header(const char *s, mm_buf_t *b);
+/* A URL option's value: well-formed for bc_parse_url (and, with
+ * root_only, without a path). Checked while the options are read, so that
+ * a malformed URL is bad usage (exit 2), told apart from a well-formed one
+ * whose host does not resolve when the target is opened (exit 1). 0, or -1
+ * with err. */
+int bc_arg_url(const char *url, int root_only, char *err, size_t errlen);
+
+/* ---- messages ---- */
+
+/* The first `max` of the n bytes at p, for a one-line message on stderr:
+ * printable ASCII as it is, a backslash and every other byte (control
+ * bytes, newlines, non-ASCII) as \xHH, and "..." after a cut. An answer's
+ * body is not NUL-terminated and may hold anything, so it is never printed
+ * with %s. Returns out's text ("" if out ran out of memory). */
+const char *bc_printable(mm_buf_t *out, const void *p, size_t n, size_t max);
 
 #endif

@@ -388,6 +388,17 @@ void lr_free(lr_log_t *log)
     memset(log, 0, sizeof(*log));
 }
 
+void lr_pass_id(const char *id, size_t pass, char *out)
+{
+    size_t n = strlen(id);
+    char sfx[24] = "";
+    if (pass > 0 && n > 0) snprintf(sfx, sizeof(sfx), ".%zu", pass + 1);
+    size_t sn = strlen(sfx);
+    size_t keep = n + sn <= MM_REQID_MAX ? n : MM_REQID_MAX - sn;
+    memcpy(out, id + (n - keep), keep);
+    memcpy(out + keep, sfx, sn + 1);
+}
+
 /* ---- pacing ---- */
 
 int lr_schedule(const int64_t *ts_us, size_t n_log, size_t n_total, const lr_pace_t *pace,

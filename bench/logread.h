@@ -61,6 +61,17 @@ int lr_load(const char *path, lr_log_t *log, FILE *report, size_t max_reports, c
 void lr_sort_by_ts(lr_log_t *log);
 void lr_free(lr_log_t *log);
 
+/* The X-Request-Id a replay sends for a logged id on pass `pass` (0 the
+ * first) over the log: on the first pass the id as logged, so that the
+ * replay's own log lines join the original's; on the K-th pass (K = pass +
+ * 1 >= 2) the id followed by ".K", with as many of the id's *first*
+ * characters dropped as it takes to stay within MM_REQID_MAX. modelmux
+ * replaces a longer client id with one of its own (DESIGN.md §4), which
+ * would lose the join; the end of an id is kept because that is where ids
+ * of one source usually differ (counters, the random part of a ULID). An
+ * empty id stays empty. out has room for MM_REQID_MAX + 1 bytes. */
+void lr_pass_id(const char *id, size_t pass, char *out);
+
 /* RFC 3339 date-time ("2024-06-01T12:00:00.123456Z", any number of fraction
  * digits, Z or a ±HH:MM offset) to µs since the epoch. Returns 0 or -1. */
 int lr_parse_ts(const char *s, size_t n, int64_t *us);

@@ -75,6 +75,7 @@ typedef struct {
     /* results */
     hist_t lat;
     uint64_t answered, failed, cancelled;
+    uint64_t overflow;    /* due, but no connection nor room in the queue: never sent */
     uint64_t by_class[6]; /* 1xx .. 5xx by first digit */
     uint64_t errors[UP_ERR__COUNT];
     uint64_t body_bytes;
@@ -138,6 +139,11 @@ static int parse_args(int argc, char **argv, rp_opts_t *o)
         }
         if ((m = bc_arg_opt(argc, argv, &i, "--target", &v)) != 0) {
             if (m < 0) goto missing;
+            char err[512];
+            if (bc_arg_url(v, 0, err, sizeof(err)) < 0) {
+                fprintf(stderr, "replay: --target %s\n", err);
+                return -1;
+            }
             o->target = v;
             continue;
         }
@@ -281,7 +287,11 @@ static void on_done(bc_req_t *r)
         rp->body_bytes += r->body_bytes;
         count_arm(rp, r->arm);
     } else {
-        rp->failed++;
+        /* The pool's own overflow never reached a connection either. */
+        if (r->err == UP_ERR_OVERFLOW)
+            rp->overflow++;
+        else
+            rp->failed++;
         if (r->err >= 0 && r->err < UP_ERR__COUNT) rp->errors[r->err]++;
     }
     slot_put(rp, s);
@@ -294,26 +304,17 @@ static void rp_send(replay_t *rp, size_t i)
 {
     rp_slot_t *s = slot_get(rp);
     if (s == NULL) { /* open loop beyond pool + queue: what the pool itself would answer */
-        rp->failed++;
+        rp->overflow++;
         rp->errors[UP_ERR_OVERFLOW]++;
         return;
     }
     const lr_entry_t *e = &rp->log.v[i % rp->log.n];
-    size_t pass = i / rp->log.n;
-    /* The logged id on the first pass (so the replay's own log lines join
-     * the original's), suffixed with the pass number when the log loops. */
-    s->id[0] = '\0';
-    if (e->request_id[0] && pass == 0) {
-        memcpy(s->id, e->request_id, sizeof(s->id));
-    } else if (e->request_id[0]) {
-        int n = snprintf(s->id, sizeof(s->id), "%s.%zu", e->request_id, pass + 1);
-        if (n < 0 || (size_t)n >= sizeof(s->id)) s->id[0] = '\0';
-    }
+    lr_pass_id(e->request_id, i / rp->log.n, s->id);
     s->req.done = on_done;
     s->req.data = rp;
     if (bc_req_prepare(&s->req, rp->target, e->method, e->target, e->target_len, e->body,
                        e->body_len, "application/json", s->id, NULL) < 0) {
-        rp->failed++;
+        rp->overflow++; /* no memory for its head: not sent either */
         rp->errors[UP_ERR_OVERFLOW]++;
         slot_put(rp, s);
         return;
@@ -393,6 +394,13 @@ static double ms(uint64_t us)
     return (double)us / 1000.0;
 }
 
+/* Requests that went to a connection: each came due and was neither an
+ * overflow nor cancelled while it waited; each ends answered or failed. */
+static uint64_t sent(const replay_t *rp)
+{
+    return (uint64_t)rp->next - rp->overflow - rp->cancelled;
+}
+
 static uint64_t total_errors(const replay_t *rp)
 {
     uint64_t n = rp->by_class[4] + rp->by_class[5];
@@ -417,9 +425,11 @@ static void print_text(const replay_t *rp, double elapsed)
     if (rp->log.truncated_bodies)
         printf(", %zu with truncated bodies (sent as logged)", rp->log.truncated_bodies);
     printf("\n");
-    printf("requests:    %zu sent, %llu answered, %llu failed, %llu cancelled in %.3f s\n",
-           rp->next - rp->cancelled, (unsigned long long)rp->answered,
-           (unsigned long long)rp->failed, (unsigned long long)rp->cancelled, elapsed);
+    printf("requests:    %llu sent, %llu answered, %llu failed, %llu overflow, %llu cancelled in "
+           "%.3f s\n",
+           (unsigned long long)sent(rp), (unsigned long long)rp->answered,
+           (unsigned long long)rp->failed, (unsigned long long)rp->overflow,
+           (unsigned long long)rp->cancelled, elapsed);
     printf("throughput:  %.1f req/s, %.2f MB/s of answer bodies\n",
            elapsed > 0 ? (double)rp->answered / elapsed : 0.0,
            elapsed > 0 ? (double)rp->body_bytes / elapsed / 1e6 : 0.0);
@@ -476,9 +486,10 @@ static int print_json(const replay_t *rp, double elapsed)
     json_object_set_new(root, "skipped_lines", json_integer((json_int_t)rp->log.skipped));
     json_object_set_new(root, "truncated_bodies",
                         json_integer((json_int_t)rp->log.truncated_bodies));
-    json_object_set_new(root, "sent", json_integer((json_int_t)(rp->next - rp->cancelled)));
+    json_object_set_new(root, "sent", json_integer((json_int_t)sent(rp)));
     json_object_set_new(root, "answered", json_integer((json_int_t)rp->answered));
     json_object_set_new(root, "failed", json_integer((json_int_t)rp->failed));
+    json_object_set_new(root, "overflow", json_integer((json_int_t)rp->overflow));
     json_object_set_new(root, "cancelled", json_integer((json_int_t)rp->cancelled));
     json_object_set_new(root, "elapsed_s", json_real(elapsed));
     json_object_set_new(root, "throughput_rps",

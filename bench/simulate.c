@@ -50,7 +50,7 @@ typedef struct {
     size_t best; /* index of the arm with the largest mean (the first on a tie) */
     uint64_t requests, seed, concurrency, delay_ms, batch, window, timeout_ms;
     double duration_s;
-    mm_buf_t headers;
+    bc_headers_t headers;
     int json;
     int path_given; /* --path was given */
 } sim_opts_t;
@@ -65,7 +65,8 @@ typedef struct {
     const char *url;
     size_t rows;         /* requests completed (answered or failed), in completion order */
     double *cum_regret;  /* [rows] */
-    signed char *arm_of; /* [rows]: arm index, -1 failed or no arm, -2 an arm without a rate */
+    signed char *arm_of; /* [rows]: arm index (rewarded), -1 failed, not 2xx, no arm or no id,
+                            -2 an arm without a rate */
     uint64_t served[MM_MAX_ARMS];
     uint64_t answered, failed, non2xx, no_arm, no_id, unrated, cancelled;
     uint64_t errors[UP_ERR__COUNT];
@@ -119,7 +120,7 @@ typedef struct {
     int warned_unrated;
     uint64_t fb_failures;
     uint64_t t0_us;
-    char *auth_header;
+    bc_headers_t auth; /* Authorization for --admin */
 } sim_run_t;
 
 static void run_check_end(sim_run_t *s);
@@ -227,6 +228,16 @@ static int parse_u64_opt(const char *name, const char *v, uint64_t lo, uint64_t 
     return 0;
 }
 
+static int bad_url(const char *name, const char *v, int root_only)
+{
+    char err[512];
+    if (bc_arg_url(v, root_only, err, sizeof(err)) < 0) {
+        fprintf(stderr, "simulate: %s %s\n", name, err);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, sim_opts_t *o)
 {
     o->seed = 1;
@@ -248,7 +259,7 @@ static int parse_args(int argc, char **argv, sim_opts_t *o)
         }
 #define OPT(n) ((m = bc_arg_opt(argc, argv, &i, (n), &v)) != 0)
         if (OPT("--target")) {
-            if (m < 0) goto missing;
+            if (m < 0 || bad_url("--target", v, 0) < 0) goto bad;
             o->target = v;
         } else if (OPT("--experiment")) {
             if (m < 0) goto missing;
@@ -291,10 +302,10 @@ static int parse_args(int argc, char **argv, sim_opts_t *o)
             if (m < 0) goto missing;
             o->svg = v;
         } else if (OPT("--compare-split")) {
-            if (m < 0) goto missing;
+            if (m < 0 || bad_url("--compare-split", v, 0) < 0) goto bad;
             o->compare = v;
         } else if (OPT("--admin")) {
-            if (m < 0) goto missing;
+            if (m < 0 || bad_url("--admin", v, 1) < 0) goto bad;
             o->admin = v;
         } else if (OPT("--admin-token")) {
             if (m < 0) goto missing;
@@ -313,8 +324,9 @@ static int parse_args(int argc, char **argv, sim_opts_t *o)
             o->path_given = 1;
         } else if (OPT("--header")) {
             if (m < 0) goto missing;
-            if (bc_arg_header(v, &o->headers) < 0) {
-                fprintf(stderr, "simulate: --header '%s' is not Name:value\n", v);
+            char err[512];
+            if (bc_headers_add(&o->headers, v, err, sizeof(err)) < 0) {
+                fprintf(stderr, "simulate: --header %s\n", err);
                 return -1;
             }
         } else {
@@ -334,11 +346,6 @@ static int parse_args(int argc, char **argv, sim_opts_t *o)
         fprintf(stderr,
                 "simulate: --target, --experiment, --rates (or --gaussian) and --requests are "
                 "required\n");
-        return -1;
-    }
-    if (o->headers.len) mm_buf_append(&o->headers, "", 1); /* NUL: used as a C string */
-    if (o->headers.oom) {
-        fprintf(stderr, "simulate: out of memory\n");
         return -1;
     }
     if (o->window == 0) o->window = o->requests >= 20 ? o->requests / 20 : 1;
@@ -420,10 +427,13 @@ static void on_fb_done(bc_req_t *r)
     } else {
         res->fb_lost += b->events;
         /* The first few say why; the rest are counted as lost in the report. */
-        if (++s->fb_failures <= SIM_FB_REPORTS && r->status)
-            fprintf(stderr, "simulate: feedback post answered %d: %.200s\n", r->status,
-                    r->body.p ? r->body.p : "");
-        else if (s->fb_failures <= SIM_FB_REPORTS)
+        if (++s->fb_failures <= SIM_FB_REPORTS && r->status) {
+            mm_buf_t msg;
+            mm_buf_init(&msg);
+            fprintf(stderr, "simulate: feedback post answered %d: %s\n", r->status,
+                    bc_printable(&msg, r->body.p, r->body.len, 200));
+            mm_buf_free(&msg);
+        } else if (s->fb_failures <= SIM_FB_REPORTS)
             fprintf(stderr, "simulate: feedback post failed: %s\n", up_err_name((up_err_t)r->err));
     }
     json_decref(o);
@@ -523,7 +533,7 @@ static void poll_admin(sim_run_t *s)
 {
     if (s->admin == NULL || s->poll_inflight) return;
     if (bc_req_prepare(&s->poll, s->admin, "GET", s->poll_path, strlen(s->poll_path), NULL, 0, NULL,
-                       NULL, s->auth_header) < 0)
+                       NULL, &s->auth) < 0)
         return;
     s->poll.done = on_poll_done;
     s->poll.data = s;
@@ -571,6 +581,10 @@ static void on_answer(bc_req_t *r)
                         "simulate: arm '%s' has no rate (--rates/--gaussian): its answers get "
                         "no reward and count in no regret\n",
                         r->arm);
+        } else if (r->request_id[0] == '\0') {
+            /* No id, no feedback: the router cannot learn from this answer,
+             * so it is an error, not a choice to charge regret for. */
+            res->no_id++;
         } else {
             const sim_arm_t *arm = &o->arms[a];
             served = (signed char)a;
@@ -578,10 +592,7 @@ static void on_answer(bc_req_t *r)
             res->regret += o->arms[o->best].mean - arm->mean;
             double reward = arm->gaussian ? arm->mean + arm->sd * mm_rng_normal(&s->rng)
                                           : (mm_rng_uniform(&s->rng) < arm->mean ? 1.0 : 0.0);
-            if (r->request_id[0])
-                add_event(s, r->request_id, reward);
-            else
-                res->no_id++;
+            add_event(s, r->request_id, reward);
         }
     }
     res->arm_of[k] = served;
@@ -602,7 +613,7 @@ static void send_next(sim_run_t *s, sim_slot_t *slot)
     slot->req.done = on_answer;
     slot->req.data = s;
     if (bc_req_prepare(&slot->req, s->data, "POST", s->req_path, strlen(s->req_path), slot->body,
-                       (size_t)n, "application/json", NULL, s->o->headers.p) < 0) {
+                       (size_t)n, "application/json", NULL, &s->o->headers) < 0) {
         /* Out of memory for a head: count it as failed and stop sending. */
         s->res->arm_of[s->res->rows] = -1;
         s->res->cum_regret[s->res->rows] = s->res->regret;
@@ -723,12 +734,14 @@ static int sim_run(const sim_opts_t *o, const char *url, const char *admin_url, 
     for (uint64_t i = 0; i < o->concurrency; i++) bc_req_init(&s->slots[i].req);
     for (int i = 0; i < SIM_FB_INFLIGHT; i++) bc_req_init(&s->fbs[i].req);
     bc_req_init(&s->poll);
+    bc_headers_init(&s->auth);
     uv_loop_init(&s->loop);
     int rc = -1;
     s->data =
         bc_target_open(&s->loop, url, (int)o->concurrency, (int)o->timeout_ms, err, sizeof(err));
     if (s->data == NULL) {
-        fprintf(stderr, "simulate: target %s\n", err);
+        fprintf(stderr, "simulate: %s %s\n", url == o->target ? "--target" : "--compare-split",
+                err);
         goto out;
     }
     /* A target with a path (http://host:port/v1/rank) is where the requests go, as with
@@ -744,7 +757,8 @@ static int sim_run(const sim_opts_t *o, const char *url, const char *admin_url, 
     }
     s->fb = bc_target_open(&s->loop, fb_url, SIM_FB_INFLIGHT, (int)o->timeout_ms, err, sizeof(err));
     if (s->fb == NULL) {
-        fprintf(stderr, "simulate: target %s\n", err);
+        fprintf(stderr, "simulate: %s %s\n", url == o->target ? "--target" : "--compare-split",
+                err);
         goto out;
     }
     if (admin_url) {
@@ -753,17 +767,12 @@ static int sim_run(const sim_opts_t *o, const char *url, const char *admin_url, 
             fprintf(stderr, "simulate: --admin %s\n", err);
             goto out;
         }
-        const char *base = bc_target_cfg(s->admin)->base_path;
         snprintf(s->poll_path, sizeof(s->poll_path), "/experiments/%s", o->experiment);
-        if (base[0]) {
-            fprintf(stderr, "simulate: --admin %s: give the admin listener's root\n", admin_url);
-            goto out;
-        }
         if (o->admin_token) {
-            size_t n = strlen(o->admin_token) + 32;
-            s->auth_header = malloc(n);
-            if (s->auth_header == NULL) goto out;
-            snprintf(s->auth_header, n, "Authorization: Bearer %s\r\n", o->admin_token);
+            mm_buf_lit(&s->auth.lines, "Authorization: Bearer ");
+            mm_buf_cstr(&s->auth.lines, o->admin_token);
+            mm_buf_lit(&s->auth.lines, "\r\n");
+            if (s->auth.lines.oom) goto out;
         }
         s->poll_every = o->window / 10 ? o->window / 10 : 1;
         s->next_poll = s->poll_every;
@@ -802,7 +811,7 @@ out:
         s->qhead = b->next;
         batch_free(b);
     }
-    free(s->auth_header);
+    bc_headers_free(&s->auth);
     free(s->slots);
     free(s);
     return rc;
@@ -898,6 +907,62 @@ static uint64_t rated_rows(const sim_result_t *r, const sim_opts_t *o)
     uint64_t n = 0;
     for (size_t i = 0; i < o->n_arms; i++) n += r->served[i];
     return n;
+}
+
+/* ---- comparison ---- */
+
+/* --compare-split puts the two runs side by side only over what both
+ * measured: each run's cumulative regret after its first n rewarded
+ * answers, n the smaller of the two counts. The runs can differ (a target
+ * slower than the other under --duration, errors, Ctrl-C during the split
+ * run), and regret grows with every rewarded answer, so totals over
+ * different counts would show the shorter run as the cheaper one. */
+typedef struct {
+    uint64_t n;           /* rewarded answers compared, the first n of each run */
+    double bandit, split; /* cumulative regret after them */
+    int partial;          /* n < --requests: some requests are not in the comparison */
+} sim_compare_t;
+
+/* Cumulative regret after the first n rewarded answers (arm_of >= 0: regret
+ * grows with those only). */
+static double regret_after(const sim_result_t *r, uint64_t n)
+{
+    double v = 0;
+    uint64_t seen = 0;
+    for (size_t k = 0; k < r->rows && seen < n; k++) {
+        if (r->arm_of[k] < 0) continue;
+        seen++;
+        v = r->cum_regret[k];
+    }
+    return v;
+}
+
+/* 0 and *c, or -1 when a run rewarded nothing: nothing to compare. */
+static int compare_runs(const sim_opts_t *o, const sim_result_t *a, const sim_result_t *b,
+                        sim_compare_t *c)
+{
+    uint64_t na = rated_rows(a, o), nb = rated_rows(b, o);
+    memset(c, 0, sizeof(*c));
+    c->n = na < nb ? na : nb;
+    if (c->n == 0) return -1;
+    c->bandit = regret_after(a, c->n);
+    c->split = regret_after(b, c->n);
+    c->partial = c->n < o->requests;
+    return 0;
+}
+
+/* A run that could reward no answer: why, on stderr. */
+static void say_unrewarded(const sim_opts_t *o, const sim_result_t *r, const char *which,
+                           const char *url_opt)
+{
+    fprintf(stderr,
+            "simulate: %sno answer could be rewarded: of %llu requests, %llu failed, %llu were "
+            "not 2xx, %llu had no X-Modelmux-Arm, %llu came from arms without a rate "
+            "(--rates/--gaussian), %llu had no X-Request-Id; check %s, --path and the arm names "
+            "against experiment %s's\n",
+            which, (unsigned long long)(r->answered + r->failed), (unsigned long long)r->failed,
+            (unsigned long long)r->non2xx, (unsigned long long)r->no_arm,
+            (unsigned long long)r->unrated, (unsigned long long)r->no_id, url_opt, o->experiment);
 }
 
 /* ---- files ---- */
@@ -1244,14 +1309,49 @@ static void fmt_at(char *out, size_t cap, uint64_t at)
         snprintf(out, cap, "never");
 }
 
+static json_t *compare_json(const sim_compare_t *c)
+{
+    json_t *j = json_object();
+    json_object_set_new(j, "rewarded", json_integer((json_int_t)c->n));
+    json_object_set_new(j, "bandit_regret", json_real(c->bandit));
+    json_object_set_new(j, "split_regret", json_real(c->split));
+    json_object_set_new(j, "partial", json_boolean(c->partial));
+    return j;
+}
+
+/* c NULL: a run rewarded nothing (stderr said which). */
+static void print_compare_text(const sim_opts_t *o, const sim_result_t *a, const sim_result_t *b,
+                               const sim_compare_t *c)
+{
+    if (c == NULL) {
+        int none_a = rated_rows(a, o) == 0, none_b = rated_rows(b, o) == 0;
+        printf("%-12s none: %s\n", "compare:",
+               none_a && none_b ? "neither run rewarded an answer"
+               : none_a         ? "the bandit run rewarded no answer"
+                                : "the split run rewarded no answer");
+        return;
+    }
+    double saved = c->split - c->bandit;
+    printf("%-12s bandit %.2f vs split %.2f after %llu rewarded requests each: bandit saved %.2f "
+           "regret (%.1f %%)\n",
+           "compare:", c->bandit, c->split, (unsigned long long)c->n, saved,
+           c->split > 0 ? 100.0 * saved / c->split : 0.0);
+    if (c->partial)
+        printf("%-12s partial: of %llu requests the bandit run rewarded %llu, the split run "
+               "%llu%s; only the first %llu of each are compared\n",
+               "", (unsigned long long)o->requests, (unsigned long long)rated_rows(a, o),
+               (unsigned long long)rated_rows(b, o), b->interrupted ? " (interrupted)" : "",
+               (unsigned long long)c->n);
+}
+
 int simulate_main(int argc, char **argv)
 {
     sim_opts_t o;
     memset(&o, 0, sizeof(o));
-    mm_buf_init(&o.headers);
+    bc_headers_init(&o.headers);
     if (parse_args(argc, argv, &o) < 0) {
         usage(stderr);
-        mm_buf_free(&o.headers);
+        bc_headers_free(&o.headers);
         return 2;
     }
     sim_result_t a, b;
@@ -1270,26 +1370,29 @@ int simulate_main(int argc, char **argv)
         goto out;
     }
     if (sim_run(&o, o.target, o.admin, &a) < 0) goto out;
-    uint64_t rated = 0;
-    for (size_t i = 0; i < o.n_arms; i++) rated += a.served[i];
-    if (rated == 0) /* the report follows, but it measured nothing: a failed run */
-        fprintf(stderr,
-                "simulate: no answer could be rewarded: of %llu requests, %llu failed, %llu were "
-                "not 2xx, %llu had no X-Modelmux-Arm, %llu came from arms without a rate "
-                "(--rates/--gaussian); check --target, --path and the arm names against "
-                "experiment %s's\n",
-                (unsigned long long)(a.answered + a.failed), (unsigned long long)a.failed,
-                (unsigned long long)a.non2xx, (unsigned long long)a.no_arm,
-                (unsigned long long)a.unrated, o.experiment);
-    if (o.compare && a.interrupted)
+    /* A run that rewarded nothing measured nothing: the report follows, but
+     * the command failed. */
+    int measured = rated_rows(&a, &o) > 0;
+    if (!measured) say_unrewarded(&o, &a, "", "--target");
+    const char *split_skipped = NULL; /* why --compare-split did not run */
+    if (o.compare && a.interrupted) {
         fprintf(stderr,
                 "simulate: interrupted: the --compare-split run against %s is not "
                 "started\n",
                 o.compare);
-    else if (o.compare && sim_run(&o, o.compare, NULL, &b) < 0)
-        goto out;
-    else
-        split_run = o.compare != NULL;
+        split_skipped = "interrupted";
+    } else if (o.compare && sim_run(&o, o.compare, NULL, &b) < 0) {
+        split_skipped = "could not start: see stderr"; /* and it measured nothing */
+        measured = 0;
+    } else if (o.compare) {
+        split_run = 1;
+        if (rated_rows(&b, &o) == 0) {
+            say_unrewarded(&o, &b, "the --compare-split run: ", "--compare-split");
+            measured = 0;
+        }
+    }
+    sim_compare_t cmp;
+    int compared = split_run && compare_runs(&o, &a, &b, &cmp) == 0;
     nwa = windows_of(&a, &o, &wa);
     nwb = split_run ? windows_of(&b, &o, &wb) : 0;
     if (wa == NULL || (split_run && wb == NULL)) {
@@ -1322,10 +1425,13 @@ int simulate_main(int argc, char **argv)
         if (split_run) {
             uint64_t id_b = identified_by_windows(wb, nwb, o.window);
             json_object_set_new(root, "split", run_json(&o, &b, wb, nwb, id_b, 0, 0));
-            json_object_set_new(root, "regret_saved", json_real(b.regret - a.regret));
-        } else if (o.compare) { /* interrupted before it */
+        } else if (o.compare) {
             json_object_set_new(root, "split", json_null());
-            json_object_set_new(root, "regret_saved", json_null());
+        }
+        if (o.compare) {
+            json_object_set_new(root, "comparison", compared ? compare_json(&cmp) : json_null());
+            json_object_set_new(root, "regret_saved",
+                                compared ? json_real(cmp.split - cmp.bandit) : json_null());
         }
         if (o.csv) json_object_set_new(root, "csv", json_string(o.csv));
         if (o.svg) json_object_set_new(root, "svg", json_string(o.svg));
@@ -1372,19 +1478,16 @@ int simulate_main(int argc, char **argv)
                    wa[i].rated ? 100.0 * (double)wa[i].best / (double)wa[i].rated : 0.0,
                    wa[i].cum_regret);
         }
-        if (o.compare && !split_run) {
-            printf("%-12s not run (interrupted)\n", "split:");
-        } else if (o.compare) {
+        if (split_skipped) {
+            printf("%-12s not run (%s)\n", "split:", split_skipped);
+        } else if (split_run) {
             print_run_text(&o, &b, "split:");
-            double saved = b.regret - a.regret;
-            printf("%-12s bandit %.2f vs split %.2f: bandit saved %.2f regret (%.1f %%)\n",
-                   "compare:", a.regret, b.regret, saved,
-                   b.regret > 0 ? 100.0 * saved / b.regret : 0.0);
+            print_compare_text(&o, &a, &b, compared ? &cmp : NULL);
         }
         if (o.csv) printf("%-12s %s\n", "csv:", o.csv);
         if (o.svg) printf("%-12s %s\n", "svg:", o.svg);
     }
-    rc = files_ok && rated > 0 ? 0 : 1;
+    rc = files_ok && measured ? 0 : 1;
 out:
     /* Still open: the run failed before they were written; remove them
      * rather than leave empty files behind. */
@@ -1400,6 +1503,6 @@ out:
     free(wb);
     result_free(&a);
     result_free(&b);
-    mm_buf_free(&o.headers);
+    bc_headers_free(&o.headers);
     return rc;
 }

@@ -2,7 +2,8 @@
  * (bench/logread.c), against the format of DESIGN.md §7.
  *
  * A replay must send what was logged: method, path with its query string,
- * the body decoded from body_b64, the request id; it must read `ts` exactly
+ * the body decoded from body_b64, the request id (on a looped log's later
+ * passes suffixed, and still a valid id); it must read `ts` exactly
  * (the pacing depends on it); and a damaged log (a malformed line, a line
  * cut off by a crash) must cost only the damaged lines, each reported with
  * its line number. The recorded sample log in bench/ is read in full. The
@@ -364,6 +365,56 @@ static void test_unreadable_file_is_an_error(void **state)
     assert_non_null(strstr(err, "cannot open /nonexistent/requests.jsonl"));
 }
 
+/* A valid X-Request-Id for modelmux (DESIGN.md §4): 1-128 of [A-Za-z0-9._-]. */
+static int valid_id(const char *s)
+{
+    return http_valid_request_id((mm_str_t){s, strlen(s)});
+}
+
+static void test_looped_ids_get_the_pass_and_stay_valid(void **state)
+{
+    (void)state;
+    char out[MM_REQID_MAX + 1];
+    lr_pass_id("req-7", 0, out);
+    assert_string_equal(out, "req-7");
+    lr_pass_id("req-7", 1, out);
+    assert_string_equal(out, "req-7.2");
+    lr_pass_id("req-7", 9, out);
+    assert_string_equal(out, "req-7.10");
+    lr_pass_id("", 3, out); /* no logged id: none sent */
+    assert_string_equal(out, "");
+    /* Long ids: the first characters make room for the suffix, so the id
+     * stays within modelmux's limit (a longer one would be replaced, and the
+     * join to the original lost). */
+    char id[MM_REQID_MAX + 1];
+    for (size_t n = 120; n <= MM_REQID_MAX; n++) {
+        for (size_t k = 0; k < n; k++) id[k] = "abcdefghij"[k % 10];
+        id[n] = '\0';
+        lr_pass_id(id, 0, out);
+        assert_string_equal(out, id); /* the first pass: as logged */
+        for (size_t pass = 1; pass < 10000000; pass = pass * 10 + 3) {
+            char sfx[24];
+            snprintf(sfx, sizeof(sfx), ".%zu", pass + 1);
+            size_t sn = strlen(sfx);
+            lr_pass_id(id, pass, out);
+            assert_true(valid_id(out));
+            size_t len = strlen(out);
+            assert_int_equal(len, n + sn <= MM_REQID_MAX ? n + sn : MM_REQID_MAX);
+            assert_string_equal(out + len - sn, sfx);
+            /* what is left of the id is its end */
+            assert_memory_equal(out, id + n - (len - sn), len - sn);
+        }
+    }
+    /* 127 characters, the second pass: 126 of them and ".2" */
+    memset(id, 'x', 127);
+    id[0] = 'A';
+    id[127] = '\0';
+    lr_pass_id(id, 1, out);
+    assert_int_equal(strlen(out), 128);
+    assert_int_equal(out[0], 'x');
+    assert_string_equal(out + 126, ".2");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -380,6 +431,7 @@ int main(void)
         cmocka_unit_test(test_sort_by_ts_is_stable),
         cmocka_unit_test(test_the_recorded_sample_log_reads_in_full),
         cmocka_unit_test(test_unreadable_file_is_an_error),
+        cmocka_unit_test(test_looped_ids_get_the_pass_and_stay_valid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
