@@ -199,8 +199,15 @@ int lr_parse_line(const char *line, size_t len, lr_entry_t *out, char *why, size
         goto out;
     }
     if (lr_parse_ts(json_string_value(ts), json_string_length(ts), &out->ts_us) < 0) {
-        snprintf(why, whylen, "\"ts\" is not an RFC 3339 date-time: \"%.40s\"",
-                 json_string_value(ts));
+        /* quoted as the log writes it (JSON escapes): a control byte in
+         * it must not reach the terminal, nor a newline split the report */
+        size_t n = json_string_length(ts);
+        mm_buf_t q;
+        mm_buf_init(&q);
+        mm_buf_json_str(&q, json_string_value(ts), n < 40 ? n : 40);
+        snprintf(why, whylen, "\"ts\" is not an RFC 3339 date-time: \"%.*s\"",
+                 q.oom ? 0 : (int)q.len, q.oom ? "" : q.p);
+        mm_buf_free(&q);
         goto out;
     }
     json_t *m = json_object_get(o, "method");

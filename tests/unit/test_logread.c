@@ -149,6 +149,9 @@ static void test_malformed_lines_say_why(void **state)
         {"[1,2]", "not a JSON object"},
         {"{\"method\":\"GET\",\"path\":\"/\"}", "\"ts\" is missing"},
         {"{\"ts\":\"yesterday\",\"method\":\"GET\",\"path\":\"/\"}", "RFC 3339"},
+        /* quoted with JSON escapes: no control byte reaches the terminal */
+        {"{\"ts\":\"2024\\u001b[2J\\n\",\"method\":\"GET\",\"path\":\"/\"}",
+         "date-time: \"2024\\u001b[2J\\n\""},
         {"{\"ts\":\"2024-06-01T10:00:00Z\",\"path\":\"/\"}", "\"method\" is missing"},
         {"{\"ts\":\"2024-06-01T10:00:00Z\",\"method\":\"\",\"path\":\"/\"}", "\"method\" is empty"},
         {"{\"ts\":\"2024-06-01T10:00:00Z\",\"method\":\"G T\",\"path\":\"/\"}", "HTTP token"},
