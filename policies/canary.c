@@ -473,8 +473,10 @@ static json_t *canary_describe(void *p, const policy_view_t *v)
     json_object_set_new(o, "failures", json_integer(c->failures));
 
     /* Only a running canary has an interval in progress: a paused one gets
-     * a fresh interval when it resumes, a promoted or rolled-back one none. */
-    if (c->started && ctl != NULL && ctl->state == EXP_RUNNING) {
+     * a fresh interval when it resumes, a promoted or rolled-back one none,
+     * and one at step 0 (reset, or a rolled-back one resumed) none until
+     * the tick that starts it. */
+    if (c->started && ctl != NULL && ctl->state == EXP_RUNNING && ctl->canary_step > 0.0) {
         json_t *iv = json_object();
         /* Resumed, or moved to another step, since the interval began: the
          * next tick starts a fresh one, and that is the one in progress. */

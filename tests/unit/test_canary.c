@@ -507,6 +507,18 @@ static void no_interval_unless_running(void **state)
         assert_true(json_is_null(json_object_get(d, "interval")));
         json_decref(d);
     }
+    /* A rolled-back canary resumed: running at step 0, not started until
+     * the next tick, so no interval yet (there was one at 0 % here). */
+    f.ctl.state = EXP_RUNNING;
+    f.ctl.canary_step = 0;
+    f.v.run_epoch++;
+    d = describe(&f);
+    assert_true(json_is_null(json_object_get(d, "interval")));
+    json_decref(d);
+    tick(&f, 0);
+    d = describe(&f);
+    assert_true(json_is_object(json_object_get(d, "interval")));
+    json_decref(d);
     fx_free(&f);
 }
 
