@@ -135,6 +135,7 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
         mm_log("listening on %s, store %s", data, store_kind(srv.store));
     if (reload) server_reload_config(&srv, reload);
     uv_run(&loop, UV_RUN_DEFAULT);
+    scrape_keep_final(&srv);
     int code = srv.exit_code;
     server_free(&srv);
     /* Anything left (closing handles) gets its close callbacks here. */

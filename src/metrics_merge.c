@@ -52,6 +52,16 @@ static int str_is(mm_str_t s, const char *lit)
     return s.n == n && memcmp(s.p, lit, n) == 0;
 }
 
+/* A gauge that says something about now, which a kept text (a worker that
+ * did not answer, or died) cannot. modelmux_reward_sum is a gauge only
+ * because rewards may be negative: a sum of what was received, it stays
+ * in the group's as a counter does, or the mean reward the docs compute
+ * from it and modelmux_feedback_total would go wrong when a worker dies. */
+static int gauge_of_now(mm_str_t name, mm_str_t type)
+{
+    return str_is(type, "gauge") && !str_is(name, "modelmux_reward_sum");
+}
+
 static int rule_for(mm_str_t name, mm_str_t type)
 {
     if (!str_is(type, "gauge")) return RULE_SUM; /* counter, histogram, summary, untyped */
@@ -124,8 +134,8 @@ static int comment_name(mm_str_t line, const char *what, mm_str_t *name, mm_str_
 }
 
 /* A full text gives all its samples; one that is not (a kept text of a
- * worker that did not answer, the retired workers') only its counters and
- * histograms: its gauges say nothing about now. */
+ * worker that did not answer, the retired workers') only its counters,
+ * histograms and reward sums: its other gauges say nothing about now. */
 static void merge_text(merge_t *m, mm_str_t text, int first_text, int full)
 {
     size_t fam = (size_t)-1;
@@ -148,7 +158,7 @@ static void merge_text(merge_t *m, mm_str_t text, int first_text, int full)
             if (f->type.n == 0) {
                 f->type = line;
                 f->rule = rule_for(name, rest);
-                f->gauge = str_is(rest, "gauge");
+                f->gauge = gauge_of_now(name, rest);
             }
             continue;
         }

@@ -97,17 +97,27 @@ void scrape_render_own(mm_server_t *srv, mm_buf_t *out)
         keep_put(srv->keep, srv->group.self, text.p, text.n);
 }
 
+static void keep_own(mm_server_t *srv)
+{
+    mm_buf_t b;
+    mm_buf_init(&b);
+    scrape_render_own(srv, &b);
+    mm_buf_free(&b);
+}
+
 void scrape_keep_tick(mm_server_t *srv)
 {
     mm_group_t *g = &srv->group;
     if (srv->keep == NULL || !scrape_group_active(srv)) return;
     uint64_t t0 = mm_now_us();
     if (t0 < g->keep_next_us) return;
-    mm_buf_t b;
-    mm_buf_init(&b);
-    scrape_render_own(srv, &b);
-    mm_buf_free(&b);
+    keep_own(srv);
     g->keep_next_us = t0 + 100 * (mm_now_us() - t0);
+}
+
+void scrape_keep_final(mm_server_t *srv)
+{
+    if (srv->keep != NULL && scrape_group_active(srv)) keep_own(srv);
 }
 
 /* The texts to merge, into texts: this worker's own first, then those of

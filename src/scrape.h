@@ -38,6 +38,10 @@ void scrape_render_own(mm_server_t *srv, mm_buf_t *out);
  * exposition, so it is skipped until 100 times its last duration has
  * passed: at most 1 % of the loop, a large exposition refreshed less often. */
 void scrape_keep_tick(mm_server_t *srv);
+/* A worker that has stopped (its drain is over): keeps what it counted to
+ * the end, which the parent folds into the retired counters when it exits;
+ * the requests it finished while draining are in the group's too. */
+void scrape_keep_final(mm_server_t *srv);
 /* The private listener's path that makes a worker run a store sync round
  * and answer once it is done (scrape_group_sync). */
 #define SCRAPE_SYNC_PATH "/_modelmux/sync"

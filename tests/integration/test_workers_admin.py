@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 
 import mmtest
@@ -265,6 +266,49 @@ class WorkersLifecycle(mmtest.MMTestCase):
             return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
                        if line.startswith("modelmux_requests_total{"))
         self.assertEqual(requests_total(), n)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
+    def test_a_worker_stopped_by_sigterm_keeps_its_counts_to_the_end(self):
+        """A worker stopped alone (SIGTERM: it drains, exits 0, and the
+        group serves on) keeps what it counted up to its exit: the requests
+        since its last 1 s tick and those it finished while draining stay
+        in the group's counters, and so do its rewards (modelmux_reward_sum
+        with modelmux_feedback_total, whose ratio is the mean reward)."""
+        cfg = self.config(100, 0)
+        cfg["experiments"].append({"name": "slow", "match": {"path_prefix": "/sleep"},
+                                   "policy": "ab", "arms": {"champion": 1}})
+        mm = self.cluster.modelmux(cfg, "--workers", 2, name="w")
+        pids = lambda: [int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log())]
+        mmtest.eventually(lambda: len(pids()) == 2, timeout=5)
+        n = 40  # on fresh connections: the kernel spreads them over both workers
+        self.assertEqual([mmtest.request(self.port, "GET", "/ab/%d" % i)[0] for i in range(n)],
+                         [200] * n)
+        for _ in range(10):
+            st, _, body = mmtest.request(self.port, "POST", "/_modelmux/feedback", json.dumps(
+                {"experiment": "ab", "arm": "champion", "reward": 1.5}))
+            self.assertEqual(st, 202, body)
+        slow = [None] * 6  # in flight when the worker is stopped: they end in its drain
+
+        def get_slow(i):
+            slow[i] = mmtest.request(self.port, "GET", "/sleep/800", timeout=10)[0]
+        threads = [threading.Thread(target=get_slow, args=(i,)) for i in range(len(slow))]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        os.kill(pids()[0], signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=15)
+        self.assertEqual(slow, [200] * len(slow))
+        mmtest.eventually(lambda: "1 workers left" in mm.log(), timeout=10)
+
+        def total(family):
+            body = mmtest.request(self.admin, "GET", "/metrics")[2].decode()
+            return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                       if line.startswith(family + "{"))
+        self.assertEqual(total("modelmux_requests_total"), n + len(slow))
+        self.assertEqual(total("modelmux_feedback_total"), 10)
+        self.assertEqual(total("modelmux_reward_sum"), 15)
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 

@@ -232,6 +232,31 @@ static void test_texts_past_n_full_give_counters_and_histograms_only(void **stat
     free(got);
 }
 
+/* modelmux_reward_sum is a gauge (rewards may be negative) but a sum of
+ * what was received: a kept or retired text's stays in the group's, as
+ * modelmux_feedback_total's does, so their ratio (the mean reward) holds
+ * when a worker dies or is slow to answer. */
+static void test_kept_reward_sums_stay(void **state)
+{
+    (void)state;
+    const char *live = "# HELP modelmux_reward_sum S.\n# TYPE modelmux_reward_sum gauge\n"
+                       "modelmux_reward_sum{experiment=\"e\",arm=\"a\"} 1.5\n";
+    const char *kept = "# HELP modelmux_reward_sum S.\n# TYPE modelmux_reward_sum gauge\n"
+                       "modelmux_reward_sum{experiment=\"e\",arm=\"a\"} -4\n"
+                       "modelmux_reward_sum{experiment=\"e\",arm=\"b\"} 2\n";
+    const char *in[] = {live, kept};
+    char *got = merge_full(in, 2, 1);
+    assert_string_equal(got, "# HELP modelmux_reward_sum S.\n# TYPE modelmux_reward_sum gauge\n"
+                             "modelmux_reward_sum{experiment=\"e\",arm=\"a\"} -2.5\n"
+                             "modelmux_reward_sum{experiment=\"e\",arm=\"b\"} 2\n");
+    free(got);
+    got = merge_full(in, 2, 0); /* folded into the retired text */
+    assert_string_equal(got, "# HELP modelmux_reward_sum S.\n# TYPE modelmux_reward_sum gauge\n"
+                             "modelmux_reward_sum{experiment=\"e\",arm=\"a\"} -2.5\n"
+                             "modelmux_reward_sum{experiment=\"e\",arm=\"b\"} 2\n");
+    free(got);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -242,6 +267,7 @@ int main(void)
         cmocka_unit_test(test_label_values_with_spaces_and_junk_lines),
         cmocka_unit_test(test_empty_inputs),
         cmocka_unit_test(test_texts_past_n_full_give_counters_and_histograms_only),
+        cmocka_unit_test(test_kept_reward_sums_stay),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
