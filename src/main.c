@@ -7,6 +7,7 @@
  * forwards signals and waits. Workers share experiment state through the
  * Redis store; with the memory store the parent provides a private one. */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -71,12 +72,15 @@ static int option(int argc, char **argv, int *i, const char *name, const char **
     return 0;
 }
 
+/* Digits only: strtoull alone also takes leading spaces and a sign, and
+ * wraps a negative number (" -18446744073709551614" would be 2). */
 static int parse_u64(const char *s, uint64_t *out)
 {
     char *end;
+    if (!isdigit((unsigned char)s[0])) return -1;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-') return -1;
+    if (errno || *end) return -1;
     *out = v;
     return 0;
 }

@@ -200,6 +200,17 @@ class Options(unittest.TestCase):
         r = run("--seed", "abc", "--check", "-c", "config/modelmux.json")
         self.assertEqual(r.returncode, 2)
 
+    def test_numbers_are_digits_only(self):
+        # strtoull alone takes spaces and a sign, and wraps a negative number:
+        # " -18446744073709551614" was 2 workers
+        for opt, v in (("--seed", " -1"), ("--seed", "+2"), ("--seed", " 2"), ("--seed", ""),
+                       ("--workers", " -18446744073709551614"), ("--workers", "+2"),
+                       ("--workers", " 2")):
+            r = run(opt, v, "--check", "-c", "config/modelmux.json")
+            self.assertEqual(r.returncode, 2, (opt, v, r.stderr))
+        self.assertEqual(run("--seed", "18446744073709551615", "--check", "-c",
+                             "config/modelmux.json").returncode, 0)
+
 
 if __name__ == "__main__":
     mmtest.main()
