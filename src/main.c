@@ -258,6 +258,10 @@ static pid_t spawn_redis(int port, char *why, size_t whylen)
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        /* A process group of its own: a Ctrl-C (SIGINT to the terminal's
+         * foreground group) must not stop it before the workers' drain has
+         * written their last counts to it; the parent stops it after them. */
+        setpgid(0, 0);
         int null = open("/dev/null", O_RDWR);
         if (null >= 0) {
             dup2(null, STDIN_FILENO);

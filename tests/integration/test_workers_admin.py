@@ -312,6 +312,46 @@ class WorkersLifecycle(mmtest.MMTestCase):
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
+    def test_a_ctrl_c_to_the_process_group_drains_with_the_store_up(self):
+        """A terminal's Ctrl-C is a SIGINT to the whole foreground process
+        group: the private redis-server is not in it, so the workers drain
+        with their store up and the group stops at once (it used to die
+        first, and each worker's drain waited drain_timeout_ms for it)."""
+        cfg = self.config(100, 0)
+        cfg["limits"] = {"drain_timeout_ms": 8000}
+        cfg["experiments"].append({"name": "slow", "match": {"path_prefix": "/sleep"},
+                                   "policy": "ab", "arms": {"champion": 1}})
+        path = self.cluster.write_config(cfg, "pg.json")
+        log = open(os.path.join(self.cluster.dir, "pg.log"), "wb")
+        p = subprocess.Popen([os.path.abspath(mmtest.MM_BIN), "-c", path, "--workers", "2"],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        try:
+            text = lambda: open(os.path.join(self.cluster.dir, "pg.log")).read()
+            mmtest.eventually(lambda: text().count("listening on") == 2, timeout=10)
+            self.assertEqual(mmtest.request(self.port, "GET", "/ab/1")[0], 200)
+            # in flight at the Ctrl-C: their counts are written in the drain
+            slow = [None] * 4
+
+            def get_slow(i):
+                slow[i] = mmtest.request(self.port, "GET", "/sleep/1000", timeout=15)[0]
+            threads = [threading.Thread(target=get_slow, args=(i,)) for i in range(len(slow))]
+            for t in threads:
+                t.start()
+            time.sleep(0.3)
+            os.killpg(p.pid, signal.SIGINT)
+            for t in threads:
+                t.join(timeout=20)
+            self.assertEqual(slow, [200] * len(slow))
+            self.assertEqual(p.wait(timeout=20), 0, text()[-3000:])
+            self.assertNotIn("down", text())
+            self.assertNotIn("gave up writing", text())
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
+
     def start_with_path(self, bindir):
         """modelmux --workers 2 on the memory store, with PATH=bindir only:
         (exit status, stderr)."""
