@@ -28,6 +28,7 @@ typedef struct {
     pthread_mutex_t lock;
     int spare;
     slot_t slots[KEEP_MAX_WORKERS + 2]; /* [n]: the retired workers', [n + 1]: the config */
+    int gone[KEEP_MAX_WORKERS];         /* a worker that exited and was not replaced */
 } header_t;
 
 struct mm_keep {
@@ -223,4 +224,16 @@ int keep_config(mm_keep_t *k, mm_buf_t *out)
     unlock(k);
     if (out->oom) return -1;
     return kept;
+}
+
+/* One int each, written by the parent only: atomic loads and stores, no
+ * lock (a scrape reads every one). */
+void keep_set_gone(mm_keep_t *k, int w, int gone)
+{
+    if (k && w >= 0 && w < k->n) __atomic_store_n(&k->h->gone[w], gone, __ATOMIC_RELEASE);
+}
+
+int keep_gone(const mm_keep_t *k, int w)
+{
+    return k && w >= 0 && w < k->n && __atomic_load_n(&k->h->gone[w], __ATOMIC_ACQUIRE);
 }

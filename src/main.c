@@ -606,8 +606,11 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             mm_log("worker %d %s %d; %d workers left", (int)pid,
                    WIFSIGNALED(st) ? "killed by signal" : "exited with status",
                    WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), alive - 1);
-        /* Not replaced: its scrape port now refuses, so a sibling's scrape
-         * leaves it out at once instead of waiting for it. */
+        /* Not replaced: scrapes and syncs stop asking it, and the group's
+         * size (modelmux_workers) no longer counts it; its scrape port
+         * refuses anyway, so a scrape already under way leaves it out at
+         * once instead of waiting for it. */
+        if (!stopping) keep_set_gone(gi.keep, slot, 1);
         if (gi.grouped && gi.fds[slot] >= 0) {
             close(gi.fds[slot]);
             gi.fds[slot] = -1;

@@ -238,7 +238,7 @@ static void fan_out(gather_t *g, const char *request_line)
     mm_group_t *grp = &srv->group;
     const char *token = server_config(srv)->admin_token;
     for (int w = 0; w < grp->n; w++) {
-        if (w == grp->self) continue;
+        if (w == grp->self || keep_gone(srv->keep, w)) continue;
         leg_t *l = &g->legs[g->n].leg;
         g->legs[g->n++].worker = w;
         leg_init(l);

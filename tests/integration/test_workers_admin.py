@@ -309,6 +309,14 @@ class WorkersLifecycle(mmtest.MMTestCase):
         self.assertEqual(total("modelmux_requests_total"), n + len(slow))
         self.assertEqual(total("modelmux_feedback_total"), 10)
         self.assertEqual(total("modelmux_reward_sum"), 15)
+        # The group is one worker now: its size says so, and scrapes and
+        # admin syncs no longer ask (and log) the worker that is gone.
+        body = mmtest.request(self.admin, "GET", "/metrics")[2].decode()
+        self.assertIn("\nmodelmux_workers 1\n", body)
+        self.assertIn("\nmodelmux_workers_reporting 1\n", body)
+        self.assertEqual(mmtest.request(self.admin, "GET", "/experiments/ab")[0], 200)
+        self.assertNotIn("did not answer the scrape", mm.log())
+        self.assertNotIn("did not confirm a sync", mm.log())
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
