@@ -134,6 +134,30 @@ class WorkersLifecycle(mmtest.MMTestCase):
     def arms(self, n):
         return mmtest.arms_served(self.port, "/ab", n)
 
+    def config_with_slow(self):
+        """config(100, 0) and an experiment for /sleep/MS (the model
+        server answers after MS ms)."""
+        cfg = self.config(100, 0)
+        cfg["experiments"].append({"name": "slow", "match": {"path_prefix": "/sleep"},
+                                   "policy": "ab", "arms": {"champion": 1}})
+        return cfg
+
+    def slow_in_flight(self, n, stop):
+        """n requests of 1 s each on fresh connections, stop() 0.3 s into
+        them: their statuses."""
+        slow = [None] * n
+
+        def get(i):
+            slow[i] = mmtest.request(self.port, "GET", "/sleep/1000", timeout=15)[0]
+        threads = [threading.Thread(target=get, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        stop()
+        for t in threads:
+            t.join(timeout=20)
+        return slow
+
     def test_a_replaced_worker_serves_the_config_its_siblings_serve(self):
         """A worker started in place of a crashed one serves the config the
         group reloaded to, also when the file was broken since (a reload the
@@ -275,10 +299,7 @@ class WorkersLifecycle(mmtest.MMTestCase):
         since its last 1 s tick and those it finished while draining stay
         in the group's counters, and so do its rewards (modelmux_reward_sum
         with modelmux_feedback_total, whose ratio is the mean reward)."""
-        cfg = self.config(100, 0)
-        cfg["experiments"].append({"name": "slow", "match": {"path_prefix": "/sleep"},
-                                   "policy": "ab", "arms": {"champion": 1}})
-        mm = self.cluster.modelmux(cfg, "--workers", 2, name="w")
+        mm = self.cluster.modelmux(self.config_with_slow(), "--workers", 2, name="w")
         pids = lambda: [int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log())]
         mmtest.eventually(lambda: len(pids()) == 2, timeout=5)
         n = 40  # on fresh connections: the kernel spreads them over both workers
@@ -288,17 +309,8 @@ class WorkersLifecycle(mmtest.MMTestCase):
             st, _, body = mmtest.request(self.port, "POST", "/_modelmux/feedback", json.dumps(
                 {"experiment": "ab", "arm": "champion", "reward": 1.5}))
             self.assertEqual(st, 202, body)
-        slow = [None] * 6  # in flight when the worker is stopped: they end in its drain
-
-        def get_slow(i):
-            slow[i] = mmtest.request(self.port, "GET", "/sleep/800", timeout=10)[0]
-        threads = [threading.Thread(target=get_slow, args=(i,)) for i in range(len(slow))]
-        for t in threads:
-            t.start()
-        time.sleep(0.3)
-        os.kill(pids()[0], signal.SIGTERM)
-        for t in threads:
-            t.join(timeout=15)
+        # in flight when the worker is stopped: they end in its drain
+        slow = self.slow_in_flight(6, lambda: os.kill(pids()[0], signal.SIGTERM))
         self.assertEqual(slow, [200] * len(slow))
         mmtest.eventually(lambda: "1 workers left" in mm.log(), timeout=10)
 
@@ -325,10 +337,8 @@ class WorkersLifecycle(mmtest.MMTestCase):
         group: the private redis-server is not in it, so the workers drain
         with their store up and the group stops at once (it used to die
         first, and each worker's drain waited drain_timeout_ms for it)."""
-        cfg = self.config(100, 0)
+        cfg = self.config_with_slow()
         cfg["limits"] = {"drain_timeout_ms": 8000}
-        cfg["experiments"].append({"name": "slow", "match": {"path_prefix": "/sleep"},
-                                   "policy": "ab", "arms": {"champion": 1}})
         path = self.cluster.write_config(cfg, "pg.json")
         log = open(os.path.join(self.cluster.dir, "pg.log"), "wb")
         p = subprocess.Popen([os.path.abspath(mmtest.MM_BIN), "-c", path, "--workers", "2"],
@@ -339,17 +349,7 @@ class WorkersLifecycle(mmtest.MMTestCase):
             mmtest.eventually(lambda: text().count("listening on") == 2, timeout=10)
             self.assertEqual(mmtest.request(self.port, "GET", "/ab/1")[0], 200)
             # in flight at the Ctrl-C: their counts are written in the drain
-            slow = [None] * 4
-
-            def get_slow(i):
-                slow[i] = mmtest.request(self.port, "GET", "/sleep/1000", timeout=15)[0]
-            threads = [threading.Thread(target=get_slow, args=(i,)) for i in range(len(slow))]
-            for t in threads:
-                t.start()
-            time.sleep(0.3)
-            os.killpg(p.pid, signal.SIGINT)
-            for t in threads:
-                t.join(timeout=20)
+            slow = self.slow_in_flight(4, lambda: os.killpg(p.pid, signal.SIGINT))
             self.assertEqual(slow, [200] * len(slow))
             self.assertEqual(p.wait(timeout=20), 0, text()[-3000:])
             self.assertNotIn("down", text())

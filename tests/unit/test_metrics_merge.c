@@ -245,16 +245,13 @@ static void test_kept_reward_sums_stay(void **state)
                        "modelmux_reward_sum{experiment=\"e\",arm=\"a\"} -4\n"
                        "modelmux_reward_sum{experiment=\"e\",arm=\"b\"} 2\n";
     const char *in[] = {live, kept};
-    char *got = merge_full(in, 2, 1);
-    assert_string_equal(got, "# HELP modelmux_reward_sum S.\n# TYPE modelmux_reward_sum gauge\n"
-                             "modelmux_reward_sum{experiment=\"e\",arm=\"a\"} -2.5\n"
-                             "modelmux_reward_sum{experiment=\"e\",arm=\"b\"} 2\n");
-    free(got);
-    got = merge_full(in, 2, 0); /* folded into the retired text */
-    assert_string_equal(got, "# HELP modelmux_reward_sum S.\n# TYPE modelmux_reward_sum gauge\n"
-                             "modelmux_reward_sum{experiment=\"e\",arm=\"a\"} -2.5\n"
-                             "modelmux_reward_sum{experiment=\"e\",arm=\"b\"} 2\n");
-    free(got);
+    for (size_t n_full = 0; n_full < 2; n_full++) { /* 0: folded into the retired text */
+        char *got = merge_full(in, 2, n_full);
+        assert_string_equal(got, "# HELP modelmux_reward_sum S.\n# TYPE modelmux_reward_sum gauge\n"
+                                 "modelmux_reward_sum{experiment=\"e\",arm=\"a\"} -2.5\n"
+                                 "modelmux_reward_sum{experiment=\"e\",arm=\"b\"} 2\n");
+        free(got);
+    }
 }
 
 int main(void)
