@@ -228,9 +228,9 @@ int keep_config(mm_keep_t *k, mm_buf_t *out)
 
 /* One int each, written by the parent only: atomic loads and stores, no
  * lock (a scrape reads every one). */
-void keep_set_gone(mm_keep_t *k, int w, int gone)
+void keep_set_gone(mm_keep_t *k, int w)
 {
-    if (k && w >= 0 && w < k->n) __atomic_store_n(&k->h->gone[w], gone, __ATOMIC_RELEASE);
+    if (k && w >= 0 && w < k->n) __atomic_store_n(&k->h->gone[w], 1, __ATOMIC_RELEASE);
 }
 
 int keep_gone(const mm_keep_t *k, int w)

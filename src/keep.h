@@ -68,11 +68,10 @@ void keep_snap_free(keep_snap_t *snap);
  * empty w's slot. Logs what could not be kept. */
 void keep_retire(mm_keep_t *k, int w);
 
-/* The parent: worker w exited and no worker takes its place (gone 1), or
- * one does (0). A gone worker is no longer asked by scrapes and syncs, nor
- * counted in the group's size (modelmux_workers); its counters are in the
- * retired slot. */
-void keep_set_gone(mm_keep_t *k, int w, int gone);
+/* The parent: worker w exited and no worker takes its place. A gone
+ * worker is no longer asked by scrapes and syncs, nor counted in the
+ * group's size (modelmux_workers); its counters are in the retired slot. */
+void keep_set_gone(mm_keep_t *k, int w);
 int keep_gone(const mm_keep_t *k, int w);
 
 /* A worker's reload succeeded: text is the config file it loaded (at most

@@ -610,7 +610,7 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
          * size (modelmux_workers) no longer counts it; its scrape port
          * refuses anyway, so a scrape already under way leaves it out at
          * once instead of waiting for it. */
-        if (!stopping) keep_set_gone(gi.keep, slot, 1);
+        if (!stopping) keep_set_gone(gi.keep, slot);
         if (gi.grouped && gi.fds[slot] >= 0) {
             close(gi.fds[slot]);
             gi.fds[slot] = -1;
