@@ -606,11 +606,13 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             mm_log("worker %d %s %d; %d workers left", (int)pid,
                    WIFSIGNALED(st) ? "killed by signal" : "exited with status",
                    WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), alive - 1);
-        /* Not replaced: scrapes and syncs stop asking it, and the group's
-         * size (modelmux_workers) no longer counts it; its scrape port
-         * refuses anyway, so a scrape already under way leaves it out at
-         * once instead of waiting for it. */
-        if (!stopping) keep_set_gone(gi.keep, slot);
+        /* Not replaced. One that exited 0 (a SIGTERM sent to it alone) left
+         * the group on purpose: scrapes and syncs stop asking it, and the
+         * group's size (modelmux_workers) no longer counts it. One that
+         * failed still counts, so that modelmux_workers_reporting falls
+         * short of it (the alert the docs suggest). Its scrape port refuses
+         * either way, so a scrape leaves it out at once instead of waiting. */
+        if (!stopping && WIFEXITED(st) && WEXITSTATUS(st) == 0) keep_set_gone(gi.keep, slot);
         if (gi.grouped && gi.fds[slot] >= 0) {
             close(gi.fds[slot]);
             gi.fds[slot] = -1;
