@@ -110,6 +110,12 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
         cfg->listen = reload->listen;
         cfg->has_admin = reload->has_admin;
         cfg->admin_listen = reload->admin_listen;
+        /* And log where they log: the start config's request log may not
+         * open any more (its directory moved away since the reload). */
+        free(cfg->log_requests);
+        cfg->log_requests = reload->log_requests ? strdup(reload->log_requests) : NULL;
+        cfg->log_sample = reload->log_sample;
+        cfg->log_bodies = reload->log_bodies;
     }
     if (server_start(&srv, &loop, path, cfg, seed, reuseport, store_override, err, sizeof(err)) !=
         0) {

@@ -360,6 +360,37 @@ class WorkersLifecycle(mmtest.MMTestCase):
                 p.wait()
             log.close()
 
+    def test_a_replaced_worker_logs_where_the_group_logs(self):
+        """A worker started in place of a crashed one opens the request log
+        of the config in force, not the start config's: that one may not
+        open any more (its directory replaced by a file since the reload),
+        and the new worker then failed to start."""
+        d = self.cluster.dir
+        cfg = self.config(100, 0)
+        cfg["log"] = {"requests": os.path.join(d, "logs1", "req.jsonl")}
+        mm = self.cluster.modelmux(cfg, "--workers", 2, name="w")
+        pids = lambda: [int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log())]
+        mmtest.eventually(lambda: len(pids()) == 2, timeout=5)
+        cfg["log"] = {"requests": os.path.join(d, "logs2", "req.jsonl")}
+        self.cluster.write_config(cfg, "w.json")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 2, timeout=5)
+        os.rename(os.path.join(d, "logs1"), os.path.join(d, "logs1.gone"))
+        with open(os.path.join(d, "logs1"), "w") as f:
+            f.write("not a directory\n")
+        time.sleep(1.1)  # a worker that dies within a second of its start is not replaced
+        os.kill(pids()[0], signal.SIGKILL)
+        mmtest.eventually(lambda: len(pids()) == 3, timeout=5)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 3, timeout=5)
+        self.assertNotIn("cannot open request log", mm.log())
+        n = 20  # on fresh connections: both workers serve some, every one logged
+        self.assertEqual([mmtest.request(self.port, "GET", "/ab/%d" % i)[0] for i in range(n)],
+                         [200] * n)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+        with open(os.path.join(d, "logs2", "req.jsonl")) as f:
+            self.assertEqual(sum(1 for line in f if '"/ab/' in line), n)
+
     def start_with_path(self, bindir):
         """modelmux --workers 2 on the memory store, with PATH=bindir only:
         (exit status, stderr)."""
