@@ -355,14 +355,11 @@ int bc_headers_add(bc_headers_t *h, const char *s, char *err, size_t errlen)
 {
     const char *colon = strchr(s, ':');
     const char *v = colon ? colon + 1 : NULL;
-    if (colon == NULL || colon == s) goto malformed;
-    for (const char *p = s; p < colon; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c <= 0x20 || c >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", c)) goto malformed;
-    }
+    if (colon == NULL) goto malformed;
+    mm_str_t name = {s, (size_t)(colon - s)};
+    if (!http_is_token(name)) goto malformed;
     while (*v == ' ' || *v == '\t') v++;
     if (strpbrk(v, "\r\n") != NULL) goto malformed;
-    mm_str_t name = {s, (size_t)(colon - s)};
     for (size_t i = 0; i < sizeof(bench_headers) / sizeof(bench_headers[0]); i++) {
         if (!mm_str_ieq(name, bench_headers[i].lower)) continue;
         if (bench_headers[i].own == 0) {

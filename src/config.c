@@ -677,15 +677,10 @@ static int parse_url(const char *url, cfg_upstream_t *u, const char **why)
     return 0;
 }
 
-/* RFC 7230 token characters (header and cookie names). */
+/* Token characters (header and cookie names). */
 static int is_token(const char *s)
 {
-    if (*s == '\0') return 0;
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch <= 0x20 || ch >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", ch)) return 0;
-    }
-    return 1;
+    return http_is_token((mm_str_t){s, strlen(s)});
 }
 
 /* Visible ASCII only, no spaces. */

@@ -98,6 +98,16 @@ mm_str_t http_trim(mm_str_t s)
     return s;
 }
 
+int http_is_token(mm_str_t s)
+{
+    if (s.n == 0) return 0;
+    for (size_t i = 0; i < s.n; i++) {
+        unsigned char ch = (unsigned char)s.p[i];
+        if (ch <= 0x20 || ch >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", ch)) return 0;
+    }
+    return 1;
+}
+
 int http_has_token(mm_str_t value, const char *token)
 {
     size_t i = 0;

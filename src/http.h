@@ -146,6 +146,10 @@ int http_has_token(mm_str_t value, const char *token);
 /* Strip optional whitespace around a header value. */
 mm_str_t http_trim(mm_str_t s);
 
+/* 1 if s is an RFC 9110 token (a header or cookie name): one or more
+ * visible ASCII characters, none of the delimiters. */
+int http_is_token(mm_str_t s);
+
 /* Request ids: 1-128 chars of [A-Za-z0-9._-]. */
 int http_valid_request_id(mm_str_t id);
 /* 32 lowercase hex digits + NUL. */

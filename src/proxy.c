@@ -605,7 +605,7 @@ static void send_error_hdr(conn_t *c, int status, const char *code, const char *
         return;
     }
     if (!r->active) req_start_unread(c); /* an error before a request was recognised */
-    if (!extra_headers && defer_until_body_read(c, status, code, msg)) return;
+    if (defer_until_body_read(c, status, code, msg)) return; /* routed only: no extra headers */
     stop_reading(c);
     conn_no_deadline(c);
     /* Nothing more of this connection is parsed until the answer is out:

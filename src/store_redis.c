@@ -1865,11 +1865,8 @@ static void on_count_reply(redisAsyncContext *ac, void *reply_, void *priv)
     redisReply *reply = reply_;
     uint64_t *count = priv;
     r->outstanding--;
-    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0)
         *count += (uint64_t)reply->integer;
-        /* a dead entry is acknowledged too: `acked` counts every XACK */
-        if (count == &r->st.stream_dead) r->st.stream_acked += (uint64_t)reply->integer;
-    }
     round_part_done(r);
 }
 
@@ -2567,7 +2564,7 @@ void store_redis_stats(const store_redis_t *r, store_stats_t *out)
     out->sync_errors = r->st.sync_errors;
     out->reconnects = r->st.reconnects;
     out->stream_delivered = r->st.stream_delivered;
-    out->stream_acked = r->st.stream_acked;
+    out->stream_acked = r->st.stream_acked + r->st.stream_dead; /* a dead entry is acked too */
     out->stream_dead = r->st.stream_dead;
     out->stream_trimmed = r->st.stream_trimmed;
     out->aux_queued = r->aq.n + r->aq_sent.n;

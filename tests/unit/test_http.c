@@ -557,6 +557,20 @@ static void test_trim(void **state)
     assert_int_equal(http_trim(S("   ")).n, 0);
 }
 
+/* Header and cookie names (config, modelmux-bench --header). */
+static void test_tokens(void **state)
+{
+    (void)state;
+    assert_true(http_is_token(S("X-Market")));
+    assert_true(http_is_token(S("!#$%&'*+-.^_`|~09azAZ")));
+    assert_false(http_is_token(S("")));
+    static const char *bad[] = {"X Market", "X\tY", "X:Y", "X(y)", "a\"b",
+                                "a/b",      "a@b",  "a{b", "\x7f", "\xc3\xa9"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_false(http_is_token((mm_str_t){bad[i], strlen(bad[i])}));
+    assert_false(http_is_token((mm_str_t){"a\0b", 3})); /* by length, not to a NUL */
+}
+
 static void test_json_escaping_is_always_valid_utf8_json(void **state)
 {
     (void)state;
@@ -646,6 +660,7 @@ int main(void)
         cmocka_unit_test(test_query_keys_are_form_decoded),
         cmocka_unit_test(test_paths_are_normalised_like_nginx_and_envoy),
         cmocka_unit_test(test_trim),
+        cmocka_unit_test(test_tokens),
         cmocka_unit_test(test_host_values_are_uri_host_and_port),
         cmocka_unit_test(test_json_escaping_is_always_valid_utf8_json),
         cmocka_unit_test(test_error_answer_is_the_contract_shape),
