@@ -70,6 +70,27 @@ typedef struct {
     uint64_t version;   /* incremented on every change */
 } exp_control_t;
 
+/* Named counters of the policy's own, pooled over every instance through
+ * the store (src/tally.h; Redis hash PREFIX:{EXP}:tally:FP): what a policy
+ * measures beyond the arm statistics (shadow: agreement counts per arm and
+ * per field), so that every worker and every instance describes the same
+ * figures. A counter reads as the pooled value last synced plus what this
+ * instance counted since (the pooled part lags by sync_ms). Kept per
+ * definition of the experiment: a reload that changes it starts them at 0,
+ * as does a reset (everywhere). A NULL tally counts and reads nothing. */
+typedef struct tally_s policy_tally_t;
+void policy_tally_add(policy_tally_t *t, const char *name, uint64_t n);
+uint64_t policy_tally_get(const policy_tally_t *t, const char *name);
+/* Counters above 0 whose name starts with `prefix`. A scan: not per request. */
+size_t policy_tally_count(const policy_tally_t *t, const char *prefix);
+typedef void (*policy_tally_cb)(void *arg, const char *rest, uint64_t v);
+/* cb(arg, name after the prefix, value) for each counter above 0 whose name
+ * starts with `prefix`, in the order they were first counted. */
+void policy_tally_each(const policy_tally_t *t, const char *prefix, policy_tally_cb cb, void *arg);
+/* The core counts each mirror it did not send (max_inflight,
+ * max_body_bytes) as "dropped|ARM" in a mirroring policy's tally. */
+#define POLICY_TALLY_DROPPED "dropped|"
+
 /* What a policy may look at when it decides. */
 typedef struct {
     size_t n_arms;
@@ -89,11 +110,10 @@ typedef struct {
      * running again (resume, or a reset after a promotion or rollback): a
      * policy measuring an interval restarts it when this changes. */
     uint64_t run_epoch;
-    /* Mirrors of each arm the core did not send (max_inflight,
-     * max_body_bytes): n_arms entries, this instance's counts (the
-     * `dropped` of modelmux_shadow_total). Only for describe; NULL
-     * elsewhere. */
-    const uint64_t *mirror_dropped;
+    /* The experiment's pooled counters (NULL: none, as for a request still
+     * in flight on a router whose definition a reload replaced). Mutable:
+     * compare() counts into it. */
+    policy_tally_t *tally;
 } policy_view_t;
 
 /* out = arm's pooled answer statistics from v (zero without any). */
@@ -215,9 +235,11 @@ typedef struct policy_ops_s {
 
     /* Optional (mirroring policies). All answers to one mirrored request:
      * the primary's and each mirror's (mirror_arms[i] answered mirrors[i]).
-     * Fills outcomes[i] with POLICY_MATCH / POLICY_MISMATCH / POLICY_ERROR. */
-    void (*compare)(void *p, const policy_resp_t *primary, const int *mirror_arms,
-                    const policy_resp_t *mirrors, size_t n, int *outcomes);
+     * Fills outcomes[i] with POLICY_MATCH / POLICY_MISMATCH / POLICY_ERROR.
+     * What it counts goes to v->tally (the view of the experiment's state;
+     * its stats and answers are not to be relied on here). */
+    void (*compare)(void *p, const policy_view_t *v, const policy_resp_t *primary,
+                    const int *mirror_arms, const policy_resp_t *mirrors, size_t n, int *outcomes);
 
     /* Optional (fanout policies). answers[i] is arm i's answer to the same
      * request (status 0: failed or timed out; body de-chunked). Either merge

@@ -31,11 +31,17 @@
  * answer noise for that request: primary and secondary disagree everywhere.
  * The secondary's own outcome is its raw comparison with the primary.
  *
- * Statistics per arm: outcome counts, mean latency (from on_response), and
- * per field the share of compared requests that differ there. Fields are
- * keyed by "shape" (array indices as "*"), so "/items/3/score" and
- * "/items/7/score" count together, once per request; at most PATHS_MAX fields
- * per arm are kept, later ones are aggregated under "other". The cost is
+ * Statistics per arm: outcome counts and per field the share of compared
+ * requests that differ there, counted in the experiment's tally (policy.h),
+ * so they are pooled over every worker and instance like the arm
+ * statistics; the mean latency comes from the pooled answer statistics.
+ * Tally names: "ARM|matches", "ARM|mismatches", "ARM|errors", "ARM|noisy",
+ * "ARM|differing" (any difference, noise included), "ARM|path|FIELD",
+ * "ARM|other". Fields are keyed by "shape" (array indices as "*"), so
+ * "/items/3/score" and "/items/7/score" count together, once per request;
+ * at most PATHS_MAX fields per arm are kept (pooled: a field no instance has
+ * counted yet is kept while the arm has fewer), later ones are aggregated
+ * under "other". The cost is
  * one pass over each answer's text into a token tape (jsondiff.h; the primary's
  * is parsed once for all its mirrors) and a walk over both tapes, off the
  * client's path (the primary has already been answered when compare() runs).
@@ -59,21 +65,19 @@
 #define PATH_HEADER  "header:" /* + the lowercase name: one pseudo-path per header */
 #define SCRATCH_KEEP (1 << 20) /* bytes a parse buffer keeps between requests */
 
-typedef struct {
-    char key[PATH_KEY_MAX];
-    uint64_t requests; /* compared requests that differ here */
-    uint64_t seq;      /* last request counted: once per request */
-} pathstat_t;
+#define TALLY_NAME_MAX (MM_NAME_MAX + 8 + PATH_KEY_MAX)
 
+/* An arm's outcome counters in the tally: "ARM|matches" and so on. */
+enum { T_MATCHES, T_MISMATCHES, T_ERRORS, T_NOISY, T_DIFFERING, T_OTHER, T_DROPPED, T__COUNT };
+static const char *const tally_kinds[T__COUNT] = {"matches",   "mismatches", "errors", "noisy",
+                                                  "differing", "other",      NULL};
+
+/* The fields one mirror's answer differs in: each counted once per request. */
 typedef struct {
-    uint64_t matches, mismatches, errors;
-    uint64_t noisy;     /* matches whose differences were all noise */
-    uint64_t differing; /* requests with any difference, noise included */
-    uint64_t responses, latency_sum_us;
-    pathstat_t paths[PATHS_MAX];
-    size_t n_paths;
-    uint64_t other, other_seq;
-} armstat_t;
+    char keys[PATHS_MAX][PATH_KEY_MAX];
+    size_t n;
+    int other; /* more distinct fields than PATHS_MAX */
+} reqpaths_t;
 
 typedef struct {
     size_t n_arms; /* primary, shadows..., secondary last if any */
@@ -84,8 +88,9 @@ typedef struct {
     char ignore_buf[IGNORE_MAX][JSONDIFF_PATH_MAX];
     const char *ignore[IGNORE_MAX];
     jsondiff_opts_t opts;
-    uint64_t seq;    /* compared requests, to count a field once per request */
-    armstat_t *arms; /* n_arms entries */
+    reqpaths_t paths; /* the mirror being judged, reused */
+    /* Each arm's counter names, made once: a comparison formats none. */
+    char tn[MM_MAX_ARMS][T__COUNT][MM_NAME_MAX + 16];
     jsondiff_doc_t primary_doc, mirror_doc; /* parse buffers, reused */
 } shadow_t;
 
@@ -106,7 +111,6 @@ typedef struct {
 /* What one comparison collects through the diff callback. */
 typedef struct {
     shadow_t *s;
-    armstat_t *a;
     const noise_t *noise_in; /* candidate: noise to discount, or NULL */
     noise_t *noise_out;      /* secondary: where to record noise, or NULL */
     size_t total, real;
@@ -114,36 +118,62 @@ typedef struct {
 
 /* ---- per-field statistics ---- */
 
-static void pathstat_count(shadow_t *s, armstat_t *a, const char *key)
+/* "ARM|what" into out (a tally name). */
+static const char *tname(char *out, const shadow_t *s, int arm, const char *what)
 {
-    for (size_t i = 0; i < a->n_paths; i++) {
-        pathstat_t *ps = &a->paths[i];
-        if (strncmp(ps->key, key, PATH_KEY_MAX - 1) == 0) {
-            if (ps->seq != s->seq) {
-                ps->seq = s->seq;
-                ps->requests++;
-            }
-            return;
-        }
-    }
-    if (a->n_paths < PATHS_MAX) {
-        pathstat_t *ps = &a->paths[a->n_paths++];
-        snprintf(ps->key, sizeof ps->key, "%s", key);
-        ps->seq = s->seq;
-        ps->requests = 1;
-        return;
-    }
-    if (a->other_seq != s->seq) {
-        a->other_seq = s->seq;
-        a->other++;
+    snprintf(out, TALLY_NAME_MAX, "%s|%s", s->names[arm], what);
+    return out;
+}
+
+static void tally_arm(policy_tally_t *t, const shadow_t *s, int arm, int kind)
+{
+    policy_tally_add(t, s->tn[arm][kind], 1);
+}
+
+static void name_counters(shadow_t *s)
+{
+    for (size_t i = 0; i < s->n_arms && i < MM_MAX_ARMS; i++) {
+        for (int k = 0; k < T_DROPPED; k++)
+            snprintf(s->tn[i][k], sizeof(s->tn[i][k]), "%s|%s", s->names[i], tally_kinds[k]);
+        /* The core's (policy.h) */
+        snprintf(s->tn[i][T_DROPPED], sizeof(s->tn[i][T_DROPPED]), POLICY_TALLY_DROPPED "%s",
+                 s->names[i]);
     }
 }
 
-static const pathstat_t *pathstat_find(const armstat_t *a, const char *key)
+/* A field this mirror's answer differs in (once per request). */
+static void reqpaths_add(reqpaths_t *rp, const char *key)
 {
-    for (size_t i = 0; i < a->n_paths; i++)
-        if (strcmp(a->paths[i].key, key) == 0) return &a->paths[i];
-    return NULL;
+    for (size_t i = 0; i < rp->n; i++)
+        if (strncmp(rp->keys[i], key, PATH_KEY_MAX - 1) == 0) return;
+    if (rp->n < PATHS_MAX)
+        snprintf(rp->keys[rp->n++], PATH_KEY_MAX, "%s", key);
+    else
+        rp->other = 1;
+}
+
+/* Count the request's fields for `arm`: each under its own name if some
+ * instance counted it already or the arm has fewer than PATHS_MAX, else
+ * under "other" (once). */
+static void reqpaths_count(const shadow_t *s, policy_tally_t *t, int arm, const reqpaths_t *rp)
+{
+    char prefix[TALLY_NAME_MAX], name[TALLY_NAME_MAX + PATH_KEY_MAX];
+    int other = rp->other;
+    size_t kept = (size_t)-1; /* counted when first needed: a scan */
+    tname(prefix, s, arm, "path|");
+    for (size_t i = 0; i < rp->n; i++) {
+        snprintf(name, sizeof name, "%s%s", prefix, rp->keys[i]);
+        if (policy_tally_get(t, name) == 0) {
+            if (kept == (size_t)-1) kept = policy_tally_count(t, prefix);
+            if (kept >= PATHS_MAX) {
+                other = 1;
+                continue;
+            }
+            kept++;
+        }
+        policy_tally_add(t, name, 1);
+    }
+    if (other) tally_arm(t, s, arm, T_OTHER);
 }
 
 /* ---- noise ---- */
@@ -192,7 +222,7 @@ static int noise_covers(const noise_t *nz, const char *path)
 static void judge_diff(judge_t *j, const char *path, const char *shape)
 {
     j->total++;
-    pathstat_count(j->s, j->a, shape);
+    reqpaths_add(&j->s->paths, shape);
     if (j->noise_out) noise_add(j->noise_out, path);
     /* Once a real difference is known the outcome is settled: skip the scan. */
     if (j->real > 0 || !(j->noise_in && noise_covers(j->noise_in, path))) j->real++;
@@ -341,53 +371,58 @@ static void judge_bodies(judge_t *j, body_t *prim, body_t *m)
         judge_diff(j, "", ""); /* not both JSON, and the bytes differ */
 }
 
-/* Compare one mirror's answer with the primary's; updates the arm's counts. */
-static int judge(shadow_t *s, body_t *prim, body_t *m, int arm, const noise_t *noise_in,
-                 noise_t *noise_out)
+/* Compare one mirror's answer with the primary's; counts the outcome in t. */
+static int judge(shadow_t *s, policy_tally_t *t, body_t *prim, body_t *m, int arm,
+                 const noise_t *noise_in, noise_t *noise_out)
 {
     if (arm < 1 || (size_t)arm >= s->n_arms) return POLICY_ERROR;
-    armstat_t *a = &s->arms[arm];
     if (prim->r->status == 0 || m->r->status == 0) {
-        a->errors++;
+        tally_arm(t, s, arm, T_ERRORS);
         return POLICY_ERROR;
     }
-    judge_t j = {s, a, noise_in, noise_out, 0, 0};
+    judge_t j = {s, noise_in, noise_out, 0, 0};
+    s->paths.n = 0;
+    s->paths.other = 0;
     if (prim->r->status != m->r->status) {
         judge_diff(&j, PATH_STATUS, PATH_STATUS);
     } else {
         if (s->compare_headers) judge_headers(&j, prim->r, m->r);
         judge_bodies(&j, prim, m);
     }
-    if (j.total > 0) a->differing++;
+    if (j.total > 0) {
+        tally_arm(t, s, arm, T_DIFFERING);
+        reqpaths_count(s, t, arm, &s->paths);
+    }
     if (j.real > 0) {
-        a->mismatches++;
+        tally_arm(t, s, arm, T_MISMATCHES);
         return POLICY_MISMATCH;
     }
-    a->matches++;
-    if (j.total > 0) a->noisy++;
+    tally_arm(t, s, arm, T_MATCHES);
+    if (j.total > 0) tally_arm(t, s, arm, T_NOISY);
     return POLICY_MATCH;
 }
 
-static void shadow_compare(void *p, const policy_resp_t *primary, const int *mirror_arms,
-                           const policy_resp_t *mirrors, size_t n, int *outcomes)
+static void shadow_compare(void *p, const policy_view_t *v, const policy_resp_t *primary,
+                           const int *mirror_arms, const policy_resp_t *mirrors, size_t n,
+                           int *outcomes)
 {
     shadow_t *s = p;
+    policy_tally_t *t = v ? v->tally : NULL;
     body_t prim = {primary, &s->primary_doc, 0, 0};
     noise_t noise = {NULL, 0, 0, 0, 0};
     int have_noise = 0;
-    s->seq++;
 
     /* The secondary first: its differences are this request's noise. */
     for (size_t i = 0; i < n; i++) {
         if (s->secondary < 0 || mirror_arms[i] != s->secondary) continue;
         body_t m = {&mirrors[i], &s->mirror_doc, 0, 0};
-        outcomes[i] = judge(s, &prim, &m, mirror_arms[i], NULL, &noise);
+        outcomes[i] = judge(s, t, &prim, &m, mirror_arms[i], NULL, &noise);
         have_noise = outcomes[i] != POLICY_ERROR;
     }
     for (size_t i = 0; i < n; i++) {
         if (s->secondary >= 0 && mirror_arms[i] == s->secondary) continue;
         body_t m = {&mirrors[i], &s->mirror_doc, 0, 0};
-        outcomes[i] = judge(s, &prim, &m, mirror_arms[i], have_noise ? &noise : NULL, NULL);
+        outcomes[i] = judge(s, t, &prim, &m, mirror_arms[i], have_noise ? &noise : NULL, NULL);
     }
     jsondiff_doc_trim(&s->primary_doc, SCRATCH_KEEP);
     jsondiff_doc_trim(&s->mirror_doc, SCRATCH_KEEP);
@@ -417,37 +452,6 @@ static void shadow_choose(void *p, const policy_view_t *v, const policy_req_t *r
     for (size_t i = 1; i < n; i++) out->mirrors[out->n_mirrors++] = (int)i;
 }
 
-static void shadow_on_response(void *p, int arm, int status, uint64_t latency_us, uint64_t now_ms)
-{
-    shadow_t *s = p;
-    MM_UNUSED(now_ms);
-    if (arm < 0 || (size_t)arm >= s->n_arms || status == 0) return;
-    s->arms[arm].responses++;
-    s->arms[arm].latency_sum_us += latency_us;
-}
-
-static void shadow_reset(void *p)
-{
-    shadow_t *s = p;
-    memset(s->arms, 0, s->n_arms * sizeof *s->arms);
-    s->seq = 0;
-}
-
-/* A reload with the experiment unchanged keeps the agreement counts (the
- * core keeps the `dropped` baseline with them); a changed one (other
- * shadows, tolerance, ignore list) starts counting anew. Mirrors still in
- * flight across the reload are compared by the new instance when the
- * experiment is unchanged (shadow_rt.c), else by the old one, and are then
- * not in these counts (modelmux_shadow_total has them). */
-static void shadow_adopt(void *p, const void *old, int same_definition)
-{
-    shadow_t *s = p;
-    const shadow_t *o = old;
-    if (o == NULL || !same_definition || o->n_arms != s->n_arms) return;
-    memcpy(s->arms, o->arms, s->n_arms * sizeof *s->arms);
-    s->seq = o->seq;
-}
-
 /* ---- describe ---- */
 
 static json_t *rate_or_null(uint64_t num, uint64_t den)
@@ -455,41 +459,100 @@ static json_t *rate_or_null(uint64_t num, uint64_t den)
     return den ? json_real((double)num / (double)den) : json_null();
 }
 
-static json_t *mean_latency_ms(const armstat_t *a)
+/* The mean of arm's pooled answer latencies (the store's histogram: each
+ * answer at its bucket's midpoint, within 3 %), or null before any. */
+static json_t *mean_latency_ms(const policy_view_t *v, size_t arm)
 {
-    return a->responses ? json_real((double)a->latency_sum_us / (double)a->responses / 1000.0)
-                        : json_null();
+    if (v == NULL || arm >= v->n_arms) return json_null();
+    const answer_stats_t *a = v->answers ? &v->answers[arm] : NULL;
+    const answer_stats_t *l = v->answers_local ? &v->answers_local[arm] : NULL;
+    uint64_t n = (a ? a->samples : 0) + (l ? l->samples : 0);
+    if (n == 0) return json_null();
+    double sum = 0;
+    for (unsigned i = 0; i < LATHIST_BUCKETS; i++) {
+        uint64_t k = (a ? a->hist[i] : 0) + (l ? l->hist[i] : 0);
+        if (k) sum += (double)k * lathist_mid(i);
+    }
+    return json_real(sum / (double)n / 1000.0);
+}
+
+/* One arm's figures, read from the tally. */
+typedef struct {
+    uint64_t matches, mismatches, errors, noisy, differing, other, dropped;
+} armfig_t;
+
+static void arm_figures(const shadow_t *s, const policy_view_t *v, size_t i, armfig_t *f)
+{
+    const policy_tally_t *t = v ? v->tally : NULL;
+    f->matches = policy_tally_get(t, s->tn[i][T_MATCHES]);
+    f->mismatches = policy_tally_get(t, s->tn[i][T_MISMATCHES]);
+    f->errors = policy_tally_get(t, s->tn[i][T_ERRORS]);
+    f->noisy = policy_tally_get(t, s->tn[i][T_NOISY]);
+    f->differing = policy_tally_get(t, s->tn[i][T_DIFFERING]);
+    f->other = policy_tally_get(t, s->tn[i][T_OTHER]);
+    f->dropped = policy_tally_get(t, s->tn[i][T_DROPPED]);
+}
+
+typedef struct {
+    const char *key;
+    uint64_t requests;
+} pathfig_t;
+
+typedef struct {
+    pathfig_t *v;
+    size_t n, cap;
+} pathlist_t;
+
+static void collect_path(void *arg, const char *rest, uint64_t requests)
+{
+    pathlist_t *l = arg;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        pathfig_t *nv = realloc(l->v, cap * sizeof(*nv));
+        if (nv == NULL) return;
+        l->v = nv;
+        l->cap = cap;
+    }
+    l->v[l->n++] = (pathfig_t){rest, requests};
 }
 
 static int by_requests_desc(const void *x, const void *y)
 {
-    const pathstat_t *a = *(const pathstat_t *const *)x, *b = *(const pathstat_t *const *)y;
+    const pathfig_t *a = x, *b = y;
     if (a->requests != b->requests) return a->requests < b->requests ? 1 : -1;
     return strcmp(a->key, b->key);
 }
 
-/* The top fields of arm `a`; with `noise` (the secondary's stats) each field
- * also gets the noise rate at the same field. */
-static json_t *describe_paths(const armstat_t *a, const armstat_t *noise)
+/* The top fields of arm i; with a secondary (noise, its figures nf) each
+ * field also gets the noise rate at the same field. */
+static json_t *describe_paths(const shadow_t *s, const policy_view_t *v, size_t i,
+                              const armfig_t *f, int noise, const armfig_t *nf)
 {
-    const pathstat_t *sorted[PATHS_MAX];
-    uint64_t compared = a->matches + a->mismatches;
-    uint64_t noise_compared = noise ? noise->matches + noise->mismatches : 0;
-    for (size_t i = 0; i < a->n_paths; i++) sorted[i] = &a->paths[i];
-    qsort(sorted, a->n_paths, sizeof sorted[0], by_requests_desc);
+    const policy_tally_t *t = v ? v->tally : NULL;
+    char prefix[TALLY_NAME_MAX], nprefix[TALLY_NAME_MAX], name[TALLY_NAME_MAX + PATH_KEY_MAX];
+    uint64_t compared = f->matches + f->mismatches;
+    uint64_t noise_compared = noise ? nf->matches + nf->mismatches : 0;
+    size_t noise_kept = 0;
+    pathlist_t l = {NULL, 0, 0};
+    policy_tally_each(t, tname(prefix, s, (int)i, "path|"), collect_path, &l);
+    if (l.n > 1) qsort(l.v, l.n, sizeof(*l.v), by_requests_desc);
+    if (noise) {
+        tname(nprefix, s, s->secondary, "path|");
+        noise_kept = policy_tally_count(t, nprefix);
+    }
     json_t *arr = json_array();
-    for (size_t i = 0; i < a->n_paths && i < TOP_PATHS; i++) {
-        const pathstat_t *ps = sorted[i];
+    for (size_t k = 0; k < l.n && k < TOP_PATHS; k++) {
         json_t *o = json_object();
-        json_object_set_new(o, "path", json_string(ps->key));
-        json_object_set_new(o, "requests", json_integer((json_int_t)ps->requests));
-        json_object_set_new(o, "diff_rate", rate_or_null(ps->requests, compared));
+        json_object_set_new(o, "path", json_string(l.v[k].key));
+        json_object_set_new(o, "requests", json_integer((json_int_t)l.v[k].requests));
+        json_object_set_new(o, "diff_rate", rate_or_null(l.v[k].requests, compared));
         if (noise) {
-            const pathstat_t *np = pathstat_find(noise, ps->key);
+            snprintf(name, sizeof name, "%s%s", nprefix, l.v[k].key);
+            uint64_t nreq = policy_tally_get(t, name);
             json_t *nr;
-            if (np)
-                nr = rate_or_null(np->requests, noise_compared);
-            else if (noise->n_paths < PATHS_MAX)
+            if (nreq)
+                nr = rate_or_null(nreq, noise_compared);
+            else if (noise_kept < PATHS_MAX)
                 nr = noise_compared ? json_real(0.0) : json_null();
             else
                 nr = json_null(); /* the field fell into the secondary's "other" */
@@ -497,49 +560,54 @@ static json_t *describe_paths(const armstat_t *a, const armstat_t *noise)
         }
         json_array_append_new(arr, o);
     }
-    if (a->other > 0) {
+    free(l.v);
+    if (f->other > 0) {
         json_t *o = json_object();
         json_object_set_new(o, "path", json_string("other"));
-        json_object_set_new(o, "requests", json_integer((json_int_t)a->other));
-        json_object_set_new(o, "diff_rate", rate_or_null(a->other, compared));
+        json_object_set_new(o, "requests", json_integer((json_int_t)f->other));
+        json_object_set_new(o, "diff_rate", rate_or_null(f->other, compared));
         json_array_append_new(arr, o);
     }
     return arr;
 }
 
-static json_t *describe_arm(const shadow_t *s, const policy_view_t *v, size_t i,
-                            const armstat_t *noise)
+static json_t *describe_arm(const shadow_t *s, const policy_view_t *v, size_t i, int noise,
+                            const armfig_t *nf)
 {
-    const armstat_t *a = &s->arms[i];
-    uint64_t compared = a->matches + a->mismatches;
+    armfig_t f;
+    arm_figures(s, v, i, &f);
+    uint64_t compared = f.matches + f.mismatches;
     json_t *o = json_object();
     json_object_set_new(o, "arm", json_string(s->names[i]));
     json_object_set_new(o, "compared", json_integer((json_int_t)compared));
-    json_object_set_new(o, "matches", json_integer((json_int_t)a->matches));
-    json_object_set_new(o, "mismatches", json_integer((json_int_t)a->mismatches));
-    json_object_set_new(o, "errors", json_integer((json_int_t)a->errors));
+    json_object_set_new(o, "matches", json_integer((json_int_t)f.matches));
+    json_object_set_new(o, "mismatches", json_integer((json_int_t)f.mismatches));
+    json_object_set_new(o, "errors", json_integer((json_int_t)f.errors));
     /* Not sent (max_inflight, max_body_bytes): counted by the core. Without
      * it the view would not say why a loaded shadow compares nothing. */
-    uint64_t dropped = v && v->mirror_dropped && i < v->n_arms ? v->mirror_dropped[i] : 0;
-    json_object_set_new(o, "dropped", json_integer((json_int_t)dropped));
+    json_object_set_new(o, "dropped", json_integer((json_int_t)f.dropped));
     if (s->secondary >= 0 && (int)i != s->secondary)
-        json_object_set_new(o, "noisy", json_integer((json_int_t)a->noisy));
-    json_object_set_new(o, "agreement_rate", rate_or_null(a->matches, compared));
-    json_object_set_new(o, "mean_latency_ms", mean_latency_ms(a));
-    json_object_set_new(o, "paths", describe_paths(a, noise));
+        json_object_set_new(o, "noisy", json_integer((json_int_t)f.noisy));
+    json_object_set_new(o, "agreement_rate", rate_or_null(f.matches, compared));
+    json_object_set_new(o, "mean_latency_ms", mean_latency_ms(v, i));
+    json_object_set_new(o, "paths", describe_paths(s, v, i, &f, noise, nf));
+    if ((int)i == s->secondary) /* the secondary's own comparison with the primary is the noise */
+        json_object_set_new(o, "noise_rate", rate_or_null(f.differing, compared));
     return o;
 }
 
 static json_t *shadow_describe(void *p, const policy_view_t *v)
 {
     const shadow_t *s = p;
-    const armstat_t *noise = s->secondary >= 0 ? &s->arms[s->secondary] : NULL;
+    armfig_t nf = {0};
+    int noise = s->secondary >= 0;
+    if (noise) arm_figures(s, v, (size_t)s->secondary, &nf);
     json_t *o = json_object();
     json_object_set_new(o, "primary", json_string(s->names[0]));
     json_object_set_new(o, "secondary",
                         s->secondary >= 0 ? json_string(s->names[s->secondary]) : json_null());
     json_object_set_new(o, "sample", json_real(s->sample));
-    json_object_set_new(o, "primary_mean_latency_ms", mean_latency_ms(&s->arms[0]));
+    json_object_set_new(o, "primary_mean_latency_ms", mean_latency_ms(v, 0));
 
     json_t *cmp = json_object(), *ign = json_array();
     for (size_t i = 0; i < s->opts.n_ignore; i++)
@@ -551,15 +619,9 @@ static json_t *shadow_describe(void *p, const policy_view_t *v)
 
     json_t *arms = json_array();
     for (size_t i = 1; i < s->n_arms; i++)
-        if ((int)i != s->secondary) json_array_append_new(arms, describe_arm(s, v, i, noise));
+        if ((int)i != s->secondary) json_array_append_new(arms, describe_arm(s, v, i, noise, &nf));
     json_object_set_new(o, "shadows", arms);
-    if (noise) {
-        /* The secondary's own comparison with the primary is the noise. */
-        json_t *nz = describe_arm(s, v, (size_t)s->secondary, NULL);
-        json_object_set_new(nz, "noise_rate",
-                            rate_or_null(noise->differing, noise->matches + noise->mismatches));
-        json_object_set_new(o, "noise", nz);
-    }
+    if (noise) json_object_set_new(o, "noise", describe_arm(s, v, (size_t)s->secondary, 0, NULL));
     return o;
 }
 
@@ -669,11 +731,7 @@ static void *shadow_create(const json_t *exp, policy_parse_t *pp)
     if (policy_get_int(pp, exp, "", "max_body_bytes", 1 << 20, 0, 1LL << 30, &max_body) < 0)
         goto err;
     if (parse_compare(s, exp, pp) < 0) goto err;
-    s->arms = calloc(s->n_arms, sizeof *s->arms);
-    if (s->arms == NULL) {
-        policy_error(pp, "", "out of memory");
-        goto err;
-    }
+    name_counters(s);
     policy_mirror_limits_t lim = {(int)max_inflight, (int)timeout_ms, (uint64_t)max_body,
                                   s->compare_headers};
     policy_set_mirror_limits(pp, &lim);
@@ -689,7 +747,6 @@ static void shadow_destroy(void *p)
     if (s == NULL) return;
     jsondiff_doc_free(&s->primary_doc);
     jsondiff_doc_free(&s->mirror_doc);
-    free(s->arms);
     free(s);
 }
 
@@ -699,9 +756,6 @@ const policy_ops_t policy_shadow_ops = {
     .create = shadow_create,
     .destroy = shadow_destroy,
     .choose = shadow_choose,
-    .on_response = shadow_on_response,
     .compare = shadow_compare,
-    .reset = shadow_reset,
-    .adopt = shadow_adopt,
     .describe = shadow_describe,
 };

@@ -121,15 +121,6 @@ json_t *metrics_describe(const exp_rt_t *e)
     mm_rng_seed(&rng, DESCRIBE_SEED);
     policy_view_t v;
     router_view(e, &rng, mm_now_ms(), &v);
-    /* The core decides which mirrors are not sent, so it tells a mirroring
-     * policy's description how many (its admin view then accounts for
-     * every mirror, as modelmux_shadow_total does). */
-    uint64_t dropped[MM_MAX_ARMS];
-    for (size_t i = 0; i < v.n_arms && i < MM_MAX_ARMS; i++) {
-        uint64_t d = router_marm(e, (int)i)->shadow[SHADOW_DROPPED];
-        dropped[i] = d >= e->dropped_base[i] ? d - e->dropped_base[i] : 0;
-    }
-    v.mirror_dropped = dropped;
     return ops->describe(e->cfg->policy, &v);
 }
 

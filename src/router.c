@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "router.h"
+#include "tally.h"
 
 /* The replaced router's experiment of that name, or NULL. Its exps[] are
  * its config's experiments in order, so the config's name index finds it:
@@ -22,12 +23,10 @@ static int redefined(const exp_rt_t *prev, const cfg_experiment_t *ce)
 }
 
 /* The policy starts from here (created or reset): the store's reset count
- * it has seen, and the dropped-mirror counters its description counts from. */
+ * it has seen. */
 static void mark_baseline(exp_rt_t *e)
 {
     e->resets_seen = store_resets(e->state);
-    for (size_t a = 0; a < e->cfg->n_arms; a++)
-        e->dropped_base[a] = router_marm(e, (int)a)->shadow[SHADOW_DROPPED];
 }
 
 router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, store_t *store,
@@ -78,23 +77,21 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, sto
         if (e->state) {
             store_hold(e->state);
             e->layout = e->state->layout;
+            /* A new definition counts its pooled figures afresh. */
+            e->fp = tally_fingerprint(ce->definition);
+            store_define(store, e->state, e->fp);
         }
         if (e->state == NULL || e->metrics == NULL) goto oom;
         e->salt_len = strlen(ce->salt);
         mark_baseline(e);
         if (prev != NULL && ce->ops->adopt) {
             /* The policy goes on from the replaced instance (what it keeps
-             * is its own business: policy.h); an unchanged experiment's
-             * description keeps counting dropped mirrors from where it did.
-             * A reset another instance made that the old router had not
-             * acted on yet is then still to be acted on: the next tick
-             * resets the new instance (reload_finish runs one at once). */
+             * is its own business: policy.h). A reset another instance made that the old router had
+             * not acted on yet is then still to be acted on: the next tick resets the new instance
+             * (reload_finish runs one at once). */
             int same = !redefined(prev, ce);
             ce->ops->adopt(ce->policy, prev->cfg->ops == ce->ops ? prev->cfg->policy : NULL, same);
-            if (same) {
-                e->resets_seen = prev->resets_seen;
-                memcpy(e->dropped_base, prev->dropped_base, sizeof(e->dropped_base));
-            }
+            if (same) e->resets_seen = prev->resets_seen;
         }
     }
     r->n_exps = cfg->n_experiments;
@@ -268,7 +265,7 @@ void router_view(const exp_rt_t *e, mm_rng_t *rng, uint64_t now_ms, policy_view_
     v->answers = s->answers;
     v->answers_local = s->answers_local;
     v->run_epoch = s->run_epoch;
-    v->mirror_dropped = NULL; /* describe only: metrics_describe fills it */
+    v->tally = store_tally(s, e->fp);
 }
 
 void router_choose(exp_rt_t *e, const policy_req_t *req, mm_rng_t *rng, uint64_t now_ms,

@@ -26,10 +26,7 @@ typedef struct {
     const cfg_upstream_t *ups[MM_MAX_ARMS];
     size_t salt_len;
     uint64_t resets_seen; /* store_resets() when the policy was last reset */
-    /* Each arm's `dropped` mirror count when the policy was created or
-     * reset: its description counts from there, like its other figures
-     * (the Prometheus counter itself never goes back). */
-    uint64_t dropped_base[MM_MAX_ARMS];
+    uint64_t fp;          /* tally_fingerprint of the definition: its tally (store_tally) */
 } exp_rt_t;
 
 /* The store's index of this router's arm `arm`. A reload that changes an

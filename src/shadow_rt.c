@@ -25,6 +25,7 @@
  * and connections, so the cache, like the legs' clock, is the server
  * context's (srv->shadows), and is freed with it. A group holds a router
  * reference only while in use. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,6 +77,19 @@ struct shadow_group_s {
 };
 
 static void group_complete(shadow_group_t *g);
+
+/* One mirror's outcome: the metric, and for a mirror not sent the pooled
+ * count the policy's description reads (policy.h POLICY_TALLY_DROPPED). */
+static void count_outcome(const exp_rt_t *e, int arm, int outcome)
+{
+    router_marm(e, arm)->shadow[outcome]++;
+    policy_tally_t *t = store_tally(e->state, e->fp);
+    if (outcome == SHADOW_DROPPED && t != NULL && (size_t)arm < e->cfg->n_arms) {
+        char name[sizeof(POLICY_TALLY_DROPPED) + MM_NAME_MAX];
+        snprintf(name, sizeof(name), POLICY_TALLY_DROPPED "%s", e->ups[arm]->name);
+        policy_tally_add(t, name, 1);
+    }
+}
 
 /* A group with room for `want` mirrors: from the cache when its first group
  * is large enough (experiments mirror to a fixed set of arms). */
@@ -155,7 +169,7 @@ void shadow_prepare(conn_t *c)
     shadow_group_t *g = group_get(&c->srv->shadows, want);
     if (g == NULL) {
         for (int i = 0; i < r->choice.n_mirrors; i++)
-            router_marm(r->exp, r->choice.mirrors[i])->shadow[SHADOW_DROPPED]++;
+            count_outcome(r->exp, r->choice.mirrors[i], SHADOW_DROPPED);
         return;
     }
     g->srv = c->srv;
@@ -380,8 +394,11 @@ static void group_complete(shadow_group_t *g)
     /* Also when the primary failed (status 0): the policy counts that as an
      * error (nothing to compare against, DESIGN.md §7), so its view and the
      * metrics below agree. */
-    if (k > 0 && ce->ops->compare)
-        ce->ops->compare(ce->policy, &primary, arms, answers, k, outcomes);
+    if (k > 0 && ce->ops->compare) {
+        policy_view_t v;
+        router_view(live, NULL, mm_now_ms(), &v);
+        ce->ops->compare(ce->policy, &v, &primary, arms, answers, k, outcomes);
+    }
     for (size_t j = 0; j < k; j++) {
         mirror_t *m = &g->m[idx[j]];
         m->outcome = outcomes[j] == POLICY_ERROR      ? SHADOW_ERROR
@@ -399,7 +416,7 @@ static void group_complete(shadow_group_t *g)
         if (m->leg.status == 0 || m->leg.status >= 500)
             store_error(g->srv->store, live->state, router_sarm(live, m->arm));
     }
-    for (int i = 0; i < g->n; i++) router_marm(g->exp, g->m[i].arm)->shadow[g->m[i].outcome]++;
+    for (int i = 0; i < g->n; i++) count_outcome(g->exp, g->m[i].arm, g->m[i].outcome);
     write_log(g);
     mm_server_t *srv = g->srv;
     group_release(g);

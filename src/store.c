@@ -39,6 +39,7 @@
 
 #include "log.h"
 #include "store_internal.h"
+#include "tally.h"
 
 #define BUCKETS_MIN    1024u
 #define PRUNE_PER_CALL 4u
@@ -578,6 +579,8 @@ void store_exp_remote_reset(store_exp_t *x)
     for (size_t i = 0; i < e->n_arms; i++) e->dropped += e->answers_local[i].answers;
     memset(e->answers_local, 0, sizeof(e->answers_local));
     x->ans_gen++;
+    tally_clear_local(e->tally);
+    x->tally_gen++;
     x->resets++;
 }
 
@@ -597,7 +600,10 @@ static store_exp_t *store_exp_alloc(void)
 
 void store_exp_free(store_exp_t *x)
 {
-    if (x != NULL) munmap(x, sizeof(*x));
+    if (x == NULL) return;
+    tally_free(x->pub.tally);
+    mm_buf_free(&x->batch.tally_deltas);
+    munmap(x, sizeof(*x));
 }
 
 /* O(1) through s->index: a start or reload looks up every experiment. */
@@ -655,6 +661,15 @@ static void remap_arms(exp_state_t *e, const char *const *arm_names, size_t n_ar
     e->layout++;
 }
 
+void store_define(store_t *s, exp_state_t *e, uint64_t fp)
+{
+    (void)s;
+    if (e->tally_fp == fp) return;
+    tally_clear(e->tally);
+    store_exp_of(e)->tally_gen++;
+    e->tally_fp = fp;
+}
+
 int store_arm_index(const exp_state_t *e, const char *name)
 {
     for (size_t i = 0; i < e->n_arms; i++)
@@ -691,6 +706,11 @@ exp_state_t *store_experiment(store_t *s, const char *name, const char *const *a
     }
     x = store_exp_alloc();
     if (x == NULL) return NULL;
+    x->pub.tally = tally_new(s->redis != NULL);
+    if (x->pub.tally == NULL) {
+        store_exp_free(x);
+        return NULL;
+    }
     snprintf(x->pub.name, sizeof(x->pub.name), "%s", name);
     x->pub.n_arms = n_arms;
     for (size_t i = 0; i < n_arms; i++)
@@ -871,6 +891,8 @@ void store_reset(store_t *s, exp_state_t *e)
     memset(e->answers, 0, sizeof(e->answers));
     memset(e->answers_local, 0, sizeof(e->answers_local));
     x->ans_gen++;
+    tally_clear(e->tally);
+    x->tally_gen++;
     control_change(s, x, &e->initial_control);
     x->ctl_cas = 0;
     x->resets++;

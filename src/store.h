@@ -54,6 +54,10 @@ typedef struct {
                          experiment. An unreachable Redis, or one that refuses writes,
                          drops none: counters need no bound (docs/store.md) */
     uint32_t layout;  /* bumped when a reload changes the arm list (store_arm_index) */
+    /* The policy's pooled counters (tally.h), for the definition whose
+     * fingerprint is tally_fp (store_define). */
+    policy_tally_t *tally;
+    uint64_t tally_fp;
 } exp_state_t;
 
 /* Index of arm `name` in e's current arm list, or MM_MAX_ARMS (out of range:
@@ -99,6 +103,18 @@ void store_destroy(store_t *s);
  * in which case `initial` is written. NULL on invalid names or arm counts. */
 exp_state_t *store_experiment(store_t *s, const char *name, const char *const *arm_names,
                               size_t n_arms, const exp_control_t *initial, int redefined);
+/* The experiment's definition (tally_fingerprint of the config's canonical
+ * text): a new one clears the tally here (counts start afresh, and with
+ * Redis go to the hash of the new definition, PREFIX:{EXP}:tally:FP), the
+ * same one changes nothing. */
+void store_define(store_t *s, exp_state_t *e, uint64_t fp);
+/* e's tally if it counts for definition fp, else NULL (a request in flight
+ * on a router whose definition a reload replaced counts nothing there). */
+static inline policy_tally_t *store_tally(const exp_state_t *e, uint64_t fp)
+{
+    return e->tally_fp == fp ? e->tally : NULL;
+}
+
 /* Forget the experiments keep(arg, name) says 0 for (after a reload removed
  * them from the config). One that is still held (below) leaves the store's
  * list at once, so a later experiment of the same name starts afresh, but

@@ -12,6 +12,8 @@
  *     The answer hashes PREFIX:{EXP}:lat:ARM ride along (sparse HINCRBY of
  *     a copy of answers_local, HGETALL back); the copy is subtracted from
  *     answers_local once confirmed, so the write in flight stays visible.
+ *     So does the policy's tally, PREFIX:{EXP}:tally:FP (tally.h), the same
+ *     way: its local counts' copy, then the whole hash back.
  *   - SET PREFIX:req:ID "EXP ARM" PX ttl for remembered request ids (queued,
  *     bounded, at most REQ_PER_ROUND per round);
  *   - SET PREFIX:il:ID DATA PX ttl for per-request data (store_put_aux), in
@@ -70,6 +72,7 @@
 #include "redis_glue.h"
 #include "sentinel.h"
 #include "store_internal.h"
+#include "tally.h"
 
 #define BACKOFF_MIN_MS     100u
 #define BACKOFF_MAX_MS     5000u
@@ -85,7 +88,8 @@
 #define FLUSH_TIMEOUT_MS   1000u /* a store_flush waiter called anyway after this */
 
 /* KEYS[1] control hash, KEYS[2] seq key, KEYS[3..2+N] the N arm hashes,
- * KEYS[3+N..2+2N] their answer hashes PREFIX:{EXP}:lat:ARM.
+ * KEYS[3+N..2+2N] their answer hashes PREFIX:{EXP}:lat:ARM, KEYS[3+2N] the
+ * tally hash PREFIX:{EXP}:tally:FP of the definition the write is for.
  * ARGV[1] seq (0: read only), ARGV[2] seq key TTL, ARGV[3] control write mode
  * (0 none, 1 only if Redis has no control yet, "2:N" always, "3:N:V" only if
  * the version is still V — a policy's change, see store_propose_control; N is
@@ -97,7 +101,8 @@
  * After those: the answer deltas, per arm a count C then C pairs (field,
  * increment), fields "n" (answers), "e" (errors) and a bucket's decimal
  * index, only the non-zero ones; with restore, the answer snapshot the same
- * way after them.
+ * way after them. Last the tally's deltas, a count C then C pairs (name,
+ * increment), and with restore its snapshot the same way.
  *
  * Exactly once, whatever Redis refuses. Redis does not undo a script's
  * writes when a command in it fails, so a script that stopped halfway and
@@ -117,8 +122,8 @@
  *
  * Restore: Redis restarted empty (or was flushed) loses every statistic the
  * fleet learned, while each instance still holds the last snapshot it read.
- * The first script that finds neither the control hash nor any arm or answer
- * hash writes that snapshot back and re-seeds the control in the same atomic
+ * The first script that finds neither the control hash nor any arm, answer
+ * or tally hash writes that snapshot back and re-seeds the control in the same atomic
  * step (the control first), so that the next instance finds the control and
  * does not restore a second time (and a retry of this very write does not
  * either). Only increments another instance wrote within the last sync
@@ -126,7 +131,7 @@
 static const char SYNC_SCRIPT[] =
     "local f = {'pulls', 'feedback', 'errors', 'reward_sum', 'reward_sq_sum',\n"
     "           'successes', 'failures'}\n"
-    "local n = (#KEYS - 2) / 2\n"
+    "local n = (#KEYS - 3) / 2\n"
     "local failed = ''\n"
     "local function w(...)\n"
     "  local r = redis.pcall(...)\n"
@@ -169,6 +174,8 @@ static const char SYNC_SCRIPT[] =
     "  local p = lat\n"
     "  for i = 1, n do p = p + 1 + 2 * tonumber(ARGV[p]) end\n"
     "  for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
+    "  p = p + 1 + 2 * tonumber(ARGV[p])\n"
+    "  addlat(KEYS[#KEYS], p)\n"
     "end\n"
     "if apply then\n"
     "  if ARGV[4] == '1' then\n"
@@ -190,6 +197,10 @@ static const char SYNC_SCRIPT[] =
     "  for i = 3, 2 + n do add(KEYS[i], 9 + (i - 3) * 7) end\n"
     "  local p = lat\n"
     "  for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
+    "  if ARGV[8] == '1' then\n"
+    "    for i = 1, n do p = p + 1 + 2 * tonumber(ARGV[p]) end\n"
+    "  end\n"
+    "  addlat(KEYS[#KEYS], p)\n"
     "end\n"
     "local out = {redis.call('HGETALL', KEYS[1])}\n"
     "for i = 3, #KEYS do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end\n"
@@ -796,7 +807,8 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     store_batch_t *b = &x->batch;
     exp_state_t *e = &x->pub;
     if (b->active) return; /* a failed write: resend it unchanged */
-    int writes = x->reset_pending || e->control_dirty || x->ctl_init;
+    int writes =
+        x->reset_pending || e->control_dirty || x->ctl_init || tally_nonzero_local(e->tally);
     for (size_t i = 0; i < e->n_arms && !writes; i++)
         writes = store_stats_nonzero(&e->pending[i]) || e->answers_local[i].answers != 0;
     b->seq = writes ? ++r->seq : 0;
@@ -821,6 +833,12 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
             b->restore = 1;
     }
     b->ans_gen = x->ans_gen;
+    /* The tally's local counts stay as they are until Redis confirms them. */
+    mm_buf_reset(&b->tally_deltas);
+    b->n_tally = tally_local_pairs(e->tally, &b->tally_deltas);
+    if (b->tally_deltas.oom) b->n_tally = 0; /* sent next round */
+    b->tally_gen = x->tally_gen;
+    b->tally_fp = e->tally_fp;
     memset(e->pending, 0, sizeof(e->pending));
     x->reset_pending = 0;
     e->control_dirty = 0;
@@ -889,6 +907,18 @@ static void arg_lat(args_t *a, const answer_stats_t *st)
         }
 }
 
+/* Count, then n (name, value) pairs from a tally_*_pairs buffer. */
+static void arg_pairs(args_t *a, const char *p, size_t n)
+{
+    arg_u64(a, n);
+    for (size_t k = 0; k < n; k++) {
+        arg_str(a, p);
+        p += strlen(p) + 1;
+        arg_str(a, p);
+        p += strlen(p) + 1;
+    }
+}
+
 /* The answer snapshot of arm `name` to restore (zero if gone). */
 static const answer_stats_t *seen_answers(const store_exp_t *x, const char *name)
 {
@@ -902,12 +932,20 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     store_batch_t *b = &x->batch;
     args_t a = {0};
     char *keys = NULL;
+    mm_buf_t snap;
+    size_t n_snap = 0;
+    mm_buf_init(&snap);
 
     batch_prepare(r, x);
+    /* A restore writes the tally the batch's definition had; after a
+     * redefinition that is gone here, and nothing of it is written back. */
+    if (b->restore && b->tally_fp == x->pub.tally_fp)
+        n_snap = tally_snap_pairs(x->pub.tally, &snap);
+    if (snap.oom) n_snap = 0;
     /* Restore takes the answer snapshot as it is now: it only changes when a
      * write is confirmed, and this one is not yet (a reset or a reload in
      * between does change it; the next write then DELs or rereads anyway). */
-    size_t max = 13 + 2 * b->n_arms + 2 * N_FIELDS * b->n_arms;
+    size_t max = 16 + 2 * b->n_arms + 2 * N_FIELDS * b->n_arms + 2 * (b->n_tally + n_snap);
     for (size_t i = 0; i < b->n_arms; i++) {
         max += 1 + 2 * lat_fields(&b->ans_deltas[i]);
         if (b->restore) max += 1 + 2 * lat_fields(seen_answers(x, b->arm_names[i]));
@@ -915,7 +953,7 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     a.argv = malloc(max * sizeof(*a.argv));
     a.lens = malloc(max * sizeof(*a.lens));
     a.nums = malloc(max * sizeof(*a.nums));
-    keys = malloc(2 * MM_MAX_ARMS * STORE_KEY_MAX);
+    keys = malloc((2 * MM_MAX_ARMS + 1) * STORE_KEY_MAX);
     char *weights = b->ctl_mode || b->restore ? weights_json(b) : NULL;
     if (!a.argv || !a.lens || !a.nums || !keys) {
         b->failed = 1; /* no memory: tried again next round */
@@ -924,7 +962,7 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
 
     arg_str(&a, "EVAL");
     arg_str(&a, SYNC_SCRIPT);
-    arg_u64(&a, 2 + 2 * b->n_arms);
+    arg_u64(&a, 3 + 2 * b->n_arms);
     arg_str(&a, x->ctl_key);
     arg_str(&a, x->seq_key);
     for (size_t i = 0; i < 2 * b->n_arms; i++) {
@@ -932,6 +970,14 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
         snprintf(mid, sizeof(mid), "{%s}:%s:", x->pub.name, i < b->n_arms ? "arm" : "lat");
         char *key = keys + i * STORE_KEY_MAX;
         key_of(key, r, mid, b->arm_names[i % b->n_arms]);
+        arg_str(&a, key);
+    }
+    {
+        char mid[MM_NAME_MAX + 16], fp[24];
+        snprintf(mid, sizeof(mid), "{%s}:tally:", x->pub.name);
+        snprintf(fp, sizeof(fp), "%016" PRIx64, b->tally_fp);
+        char *key = keys + 2 * b->n_arms * STORE_KEY_MAX;
+        key_of(key, r, mid, fp);
         arg_str(&a, key);
     }
     arg_u64(&a, b->seq);
@@ -961,6 +1007,8 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     for (size_t i = 0; i < b->n_arms; i++) arg_lat(&a, &b->ans_deltas[i]);
     if (b->restore)
         for (size_t i = 0; i < b->n_arms; i++) arg_lat(&a, seen_answers(x, b->arm_names[i]));
+    arg_pairs(&a, b->tally_deltas.p, b->n_tally);
+    if (b->restore) arg_pairs(&a, snap.p, n_snap);
     for (int i = 0; i < a.n; i++) a.lens[i] = strlen(a.argv[i]);
     b->failed = 0;
     if (redisAsyncCommandArgv(r->ac, on_exp_reply, x, a.n, a.argv, a.lens) == REDIS_OK)
@@ -968,6 +1016,7 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     else
         b->failed = 1;
 out:
+    mm_buf_free(&snap);
     free(weights);
     free(keys);
     free(a.argv);
@@ -1092,6 +1141,30 @@ static void add_stats(arm_stats_t *a, const arm_stats_t *b)
     a->failures += b->failures;
 }
 
+/* The tally hash as the script read it (with this write's counts in it). */
+static void apply_tally(store_exp_t *x, const redisReply *h)
+{
+    exp_state_t *e = &x->pub;
+    const store_batch_t *b = &x->batch;
+    if (b->tally_gen == x->tally_gen) tally_confirm(e->tally, b->tally_deltas.p, b->n_tally);
+    /* Another definition's hash (a reload since), or our reset not written
+     * yet: the next round reads the right one. */
+    if (b->tally_fp != e->tally_fp || x->reset_pending) {
+        if (x->reset_pending) tally_snap_zero(e->tally);
+        return;
+    }
+    tally_snap_zero(e->tally);
+    if (h->type != REDIS_REPLY_ARRAY) return;
+    for (size_t i = 0; i + 1 < h->elements; i += 2) {
+        const redisReply *k = h->element[i], *v = h->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) continue;
+        char *end;
+        unsigned long long n = strtoull(v->str, &end, 10);
+        if (end != v->str && *end == '\0' && v->str[0] != '-') /* another tool's junk: skipped */
+            tally_snap_set(e->tally, k->str, k->len, n);
+    }
+}
+
 /* The script answered: fold the global snapshot into the local state. */
 static void apply_snapshot(store_exp_t *x, const redisReply *reply)
 {
@@ -1131,6 +1204,7 @@ static void apply_snapshot(store_exp_t *x, const redisReply *reply)
         add_stats(&snap, &e->pending[i]);
         e->merged[i] = snap;
     }
+    apply_tally(x, reply->element[1 + 2 * b->n_arms]);
 
     if (!e->control_dirty) { /* else our newer change is written next round */
         if (cf.version) {
@@ -1200,8 +1274,8 @@ static void on_exp_reply(redisAsyncContext *ac, void *reply_, void *priv)
         b->failed = 1;
         r->st.sync_errors++;
     } else if (reply != NULL && reply->type == REDIS_REPLY_ARRAY &&
-               reply->elements == 2 + 2 * b->n_arms) {
-        const redisReply *failed = reply->element[1 + 2 * b->n_arms];
+               reply->elements == 3 + 2 * b->n_arms) {
+        const redisReply *failed = reply->element[2 + 2 * b->n_arms];
         apply_snapshot(x, reply);
         b->active = 0;
         if (x->refused) note(r, "write of experiment %s accepted again", x->pub.name);
@@ -2256,6 +2330,7 @@ static int unflushed(const store_redis_t *r)
         for (size_t a = 0; a < x->pub.n_arms; a++)
             if (store_stats_nonzero(&x->pub.pending[a]) || x->pub.answers_local[a].answers)
                 return 1;
+        if (tally_nonzero_local(x->pub.tally)) return 1;
     }
     return r->rq_len > 0 || r->aq.n > 0 || r->n_ack_queued > 0;
 }
@@ -2521,6 +2596,7 @@ int store_redis_from_memory(store_t *s, const cfg_store_t *cfg)
     for (size_t i = 0; i < s->n_exps; i++) {
         store_exp_t *x = s->exps[i];
         memcpy(x->seen, x->pub.merged, sizeof(x->seen));
+        tally_set_replicated(x->pub.tally, 1); /* what it counted is the snapshot */
         x->synced = 1;
         x->rebase = 1;
         /* Redis's control wins where it has one, as an instance joining

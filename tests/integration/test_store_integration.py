@@ -1344,5 +1344,44 @@ class StoreIntegration(mmtest.MMTestCase):
             self.assertTrue(5 <= p50 <= p99 <= 60, (name, p50, p99))
 
 
+    def test_9d_two_instances_share_shadow_agreement_counts(self):
+        """Two instances on one Redis mirroring half the traffic each: both
+        views count every comparison, and the tally hash holds them; a
+        reload that changes the experiment's definition counts afresh, in a
+        hash of its own."""
+        exp = {"name": "sh", "match": {"path_prefix": "/sh"}, "policy": "shadow",
+               "primary": "champion", "shadows": ["challenger"]}
+        ca, cb = self.config(exps=[exp]), self.config(exps=[exp])
+        a, b = self.start(ca, "modelmux-shadow-a"), self.start(cb, "modelmux-shadow-b")
+        for mm in (a, b):
+            for i in range(9):
+                self.assertEqual(mmtest.request(mm.port, "POST", "/sh/%d" % i, "{}")[0], 200)
+
+        def counts(mm):
+            s = view(mm, "sh")["policy_state"]["shadows"][0]
+            return s["compared"] + s["errors"], s["mismatches"]
+        mmtest.eventually(lambda: counts(a)[0] == 18 and counts(b)[0] == 18, timeout=5)
+        self.assertEqual(counts(a), counts(b))
+        keys = self.r("KEYS", self.key("{sh}", "tally", "*"))
+        self.assertEqual(len(keys), 1, keys)
+        fields = dict(zip(*[iter(self.r("HGETALL", keys[0]))] * 2))
+        self.assertEqual(int(fields.get("challenger|matches", 0))
+                         + int(fields.get("challenger|mismatches", 0))
+                         + int(fields.get("challenger|errors", 0)), 18, fields)
+        # A new definition (another tolerance) on a: its counts start over.
+        ca["experiments"][0]["compare"] = {"json_tolerance": 0.5}
+        self.cluster.write_config(ca, os.path.basename(a.config_path))
+        a.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "config reloaded" in a.log(), timeout=5)
+        self.assertEqual(counts(a)[0], 0)
+        self.assertEqual(mmtest.request(a.port, "POST", "/sh/x", "{}")[0], 200)
+        mmtest.eventually(lambda: counts(a)[0] == 1, timeout=5)
+        self.assertEqual(counts(b)[0], 18)
+        mmtest.eventually(lambda: len(self.r("KEYS", self.key("{sh}", "tally", "*"))) == 2,
+                          timeout=5)
+        self.stop(b)
+        self.stop(a)
+
+
 if __name__ == "__main__":
     mmtest.main()

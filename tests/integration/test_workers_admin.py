@@ -38,7 +38,9 @@ class WorkersAdmin(mmtest.MMTestCase):
             [{"name": "rank", "match": {"path_prefix": "/v1/rank"}, "policy": "ab",
               "arms": {"champion": 50, "challenger": 50}},
              {"name": "recs", "match": {"path_prefix": "/v1/recs"}, "policy": "thompson",
-              "arms": ["champion", "challenger"], "reward": "bernoulli"}],
+              "arms": ["champion", "challenger"], "reward": "bernoulli"},
+             {"name": "sh", "match": {"path_prefix": "/v1/sh"}, "policy": "shadow",
+              "primary": "champion", "shadows": ["challenger"]}],
             admin_port=admin)
         cfg["admin"]["token"] = TOKEN
         self.admin = admin
@@ -107,6 +109,26 @@ class WorkersAdmin(mmtest.MMTestCase):
             v = self.admin_call("POST", "/experiments/recs/reset")
             self.assertEqual(sum(a["requests"] for a in v["arms"]), 0, "round %d" % i)
             self.assertEqual(self.totals("recs", "requests"), 0, "round %d" % i)
+
+    def test_shadow_agreement_counts_every_workers_mirrors(self):
+        """The shadow view's counts are the group's (pooled through the
+        store like the arm statistics), whichever worker answers; a reset
+        clears them on every worker."""
+        def shadow():
+            return self.admin_call("GET", "/experiments/sh")["policy_state"]["shadows"][0]
+        for i in range(3):
+            self.served("/v1/sh", 10)
+            # A mirror's comparison ends after the client's answer.
+            mmtest.eventually(lambda: shadow()["compared"] + shadow()["errors"] == 10, timeout=5)
+            for _ in range(6):
+                v = shadow()
+                self.assertEqual((v["compared"] + v["errors"], v["dropped"]), (10, 0),
+                                 "round %d: %s" % (i, v))
+                self.assertEqual(sum(p["requests"] for p in v["paths"][:1]) > 0,
+                                 v["mismatches"] > 0, v)
+            self.admin_call("POST", "/experiments/sh/reset")
+            for _ in range(4):
+                self.assertEqual(shadow()["compared"], 0, "round %d" % i)
 
     def test_the_sync_path_is_private(self):
         st, _, _ = mmtest.request(self.admin, "POST", "/_modelmux/sync", headers=AUTH)

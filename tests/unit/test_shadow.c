@@ -4,7 +4,8 @@
  * errors with line and column.
  *
  * The policy is built through config_parse() like in production; the test
- * plays the core by calling choose/compare/on_response directly. */
+ * plays the core by calling choose/compare/describe directly, with a tally
+ * (src/tally.c) standing in for the store's. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +19,7 @@
 #include "config.h"
 #include "policy.h"
 #include "rng.h"
+#include "tally.h"
 
 #define UPSTREAMS                                                                                  \
     "\"upstreams\": {\"champion\": {\"url\": \"http://127.0.0.1:7001\"},\n"                        \
@@ -33,6 +35,8 @@ typedef struct {
     exp_control_t ctl;
     arm_stats_t stats[MM_MAX_ARMS];
     mm_rng_t rng;
+    answer_stats_t answers[MM_MAX_ARMS];
+    tally_t *tally;
     policy_view_t v;
 } fx_t;
 
@@ -67,10 +71,15 @@ static void fx_init(fx_t *f, const char *params)
     f->v.stats = f->stats;
     f->v.control = &f->ctl;
     f->v.rng = &f->rng;
+    f->v.answers = f->answers;
+    f->tally = tally_new(0);
+    assert_non_null(f->tally);
+    f->v.tally = f->tally;
 }
 
 static void fx_free(fx_t *f)
 {
+    tally_free(f->tally);
     config_free(f->cfg);
 }
 
@@ -84,7 +93,7 @@ static policy_resp_t resp(int status, const char *body)
 static int compare1(fx_t *f, policy_resp_t prim, policy_resp_t m)
 {
     int arm = 1, out = -1;
-    f->ops->compare(f->p, &prim, &arm, &m, 1, &out);
+    f->ops->compare(f->p, &f->v, &prim, &arm, &m, 1, &out);
     return out;
 }
 
@@ -456,7 +465,7 @@ static void compare3(fx_t *f, const char *prim, const char *cand, int sec_status
 {
     policy_resp_t p = resp(200, prim), m[2] = {resp(200, cand), resp(sec_status, sec)};
     int arms[2] = {1, 2}, out[2] = {-1, -1};
-    f->ops->compare(f->p, &p, arms, m, 2, out);
+    f->ops->compare(f->p, &f->v, &p, arms, m, 2, out);
     *cand_out = out[0];
     *sec_out = out[1];
 }
@@ -494,7 +503,7 @@ static void differences_where_primary_and_secondary_differ_are_noise(void **stat
     assert_int_equal(s, POLICY_MISMATCH);
     policy_resp_t p = resp(200, "{}"), m[2] = {resp(500, "{}"), resp(503, "{}")};
     int arms[2] = {2, 1}, out[2]; /* any order */
-    f.ops->compare(f.p, &p, arms, m, 2, out);
+    f.ops->compare(f.p, &f.v, &p, arms, m, 2, out);
     assert_int_equal(out[0], POLICY_MISMATCH); /* the secondary */
     assert_int_equal(out[1], POLICY_MATCH);    /* status noise */
     /* Identical answers everywhere. */
@@ -555,27 +564,97 @@ static void per_field_statistics_use_shapes_and_are_bounded(void **state)
     fx_free(&f);
 }
 
-static void latency_and_reset(void **state)
+/* One answer of `arm` taking `us`, as the store counts it. */
+static void answer(fx_t *f, int arm, uint64_t us)
+{
+    answer_stats_t *a = &f->answers[arm];
+    a->answers++;
+    a->samples++;
+    a->hist[lathist_index(us)]++;
+}
+
+static void latency_from_pooled_answers_and_reset(void **state)
 {
     fx_t f;
     (void)state;
     fx_init(&f, BASE);
-    f.ops->on_response(f.p, 0, 200, 10000, 0);
-    f.ops->on_response(f.p, 1, 200, 20000, 0);
-    f.ops->on_response(f.p, 1, 200, 40000, 0);
-    f.ops->on_response(f.p, 1, 0, 1000000, 0); /* a timeout is not a latency */
+    answer(&f, 0, 10000);
+    answer(&f, 1, 20000);
+    answer(&f, 1, 40000);
+    f.answers[1].answers++; /* a timeout: an answer and an error, not a latency */
+    f.answers[1].errors++;
     compare1(&f, resp(200, "1"), resp(200, "2"));
     json_t *d = describe(&f);
-    assert_true(json_real_value(json_object_get(d, "primary_mean_latency_ms")) == 10.0);
-    assert_true(json_real_value(json_object_get(shadow_entry(d, 0), "mean_latency_ms")) == 30.0);
+    /* Bucket midpoints: within 1/32 of the true means (10 and 30 ms). */
+    double p = json_real_value(json_object_get(d, "primary_mean_latency_ms"));
+    double m = json_real_value(json_object_get(shadow_entry(d, 0), "mean_latency_ms"));
+    assert_true(fabs(p - 10.0) <= 10.0 / 32 && fabs(m - 30.0) <= 30.0 / 32);
     json_decref(d);
-    f.ops->reset(f.p);
+    /* A reset clears the tally (the store does it, on every instance). */
+    tally_clear(f.tally);
+    memset(f.answers, 0, sizeof f.answers);
     d = describe(&f);
     json_t *s = shadow_entry(d, 0);
     assert_int_equal(geti(s, "compared"), 0);
     assert_true(json_is_null(json_object_get(s, "agreement_rate")));
     assert_true(json_is_null(json_object_get(s, "mean_latency_ms")));
     assert_int_equal(json_array_size(json_object_get(s, "paths")), 0);
+    json_decref(d);
+    fx_free(&f);
+}
+
+/* Counts are the tally's: what other instances counted (the pooled
+ * snapshot) adds to this one's, a field another instance kept counts
+ * against the bound, and without a tally nothing is counted. */
+static void statistics_are_pooled_through_the_tally(void **state)
+{
+    fx_t f;
+    char a[64];
+    (void)state;
+    fx_init(&f, BASE);
+    tally_set_replicated(f.tally, 1);
+    /* Another instance: 5 matches, 3 mismatches at /score, 60 other fields. */
+    tally_snap_set(f.tally, "challenger|matches", 18, 5);
+    tally_snap_set(f.tally, "challenger|mismatches", 21, 3);
+    tally_snap_set(f.tally, "challenger|differing", 20, 3);
+    tally_snap_set(f.tally, "challenger|path|/score", 22, 3);
+    for (int i = 0; i < 63; i++) {
+        snprintf(a, sizeof a, "challenger|path|/f%d", i);
+        tally_snap_set(f.tally, a, strlen(a), 1);
+    }
+    tally_snap_set(f.tally, "dropped|challenger", 18, 4);
+    assert_int_equal(compare1(&f, resp(200, "{\"score\": 1}"), resp(200, "{\"score\": 2}")),
+                     POLICY_MISMATCH);
+    assert_int_equal(compare1(&f, resp(200, "{\"x\": 1}"), resp(200, "{\"x\": 1}")), POLICY_MATCH);
+    /* A new field: the arm already has 64 (pooled), so it goes to "other". */
+    assert_int_equal(compare1(&f, resp(200, "{\"new\": 1}"), resp(200, "{\"new\": 2}")),
+                     POLICY_MISMATCH);
+    json_t *d = describe(&f);
+    json_t *s = shadow_entry(d, 0);
+    assert_int_equal(geti(s, "compared"), 11);
+    assert_int_equal(geti(s, "matches"), 6);
+    assert_int_equal(geti(s, "mismatches"), 5);
+    assert_int_equal(geti(s, "dropped"), 4);
+    json_t *paths = json_object_get(s, "paths"), *top = json_array_get(paths, 0);
+    assert_string_equal(json_string_value(json_object_get(top, "path")), "/score");
+    assert_int_equal(geti(top, "requests"), 4);
+    json_t *other = json_array_get(paths, json_array_size(paths) - 1);
+    assert_string_equal(json_string_value(json_object_get(other, "path")), "other");
+    assert_int_equal(geti(other, "requests"), 1);
+    json_decref(d);
+    /* This instance's part is what a sync round sends. */
+    mm_buf_t out;
+    mm_buf_init(&out);
+    /* matches, mismatches, differing, path|/score, other */
+    assert_int_equal(tally_local_pairs(f.tally, &out), 5);
+    mm_buf_free(&out);
+
+    /* No tally (a request on a router a reload redefined): outcomes only. */
+    f.v.tally = NULL;
+    assert_int_equal(compare1(&f, resp(200, "1"), resp(200, "2")), POLICY_MISMATCH);
+    f.v.tally = f.tally;
+    d = describe(&f);
+    assert_int_equal(geti(shadow_entry(d, 0), "mismatches"), 5);
     json_decref(d);
     fx_free(&f);
 }
@@ -610,7 +689,8 @@ int main(void)
         cmocka_unit_test(json_bodies_compare_by_meaning_at_any_size),
         cmocka_unit_test(differences_where_primary_and_secondary_differ_are_noise),
         cmocka_unit_test(per_field_statistics_use_shapes_and_are_bounded),
-        cmocka_unit_test(latency_and_reset),
+        cmocka_unit_test(latency_from_pooled_answers_and_reset),
+        cmocka_unit_test(statistics_are_pooled_through_the_tally),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

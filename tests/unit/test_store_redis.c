@@ -31,6 +31,7 @@
 
 #include "store.h"
 #include "store_internal.h"
+#include "tally.h"
 
 /* store_retain keeping the experiment "recs" only. */
 static int only_recs(void *arg, const char *name)
@@ -266,7 +267,7 @@ static int settled(const store_t *s, exp_state_t *e, uint64_t since)
         return 0;
     for (size_t i = 0; i < e->n_arms; i++)
         if (store_stats_nonzero(&e->pending[i]) || e->answers_local[i].answers) return 0;
-    return 1;
+    return !tally_nonzero_local(e->tally);
 }
 
 #define SETTLE(f, s, e)                                                                            \
@@ -350,6 +351,26 @@ static uint64_t view_bucket(const exp_state_t *e, int arm, uint64_t us)
 {
     unsigned k = lathist_index(us);
     return e->answers[arm].hist[k] + e->answers_local[arm].hist[k];
+}
+
+/* HGET of a counter of the tally hash PREFIX:{EXP}:tally:FP (0 when absent). */
+static long long tally_field(fx_t *f, const char *exp, uint64_t fp, const char *name)
+{
+    redisReply *r =
+        cmd(f, "HGET %s:{%s}:tally:%016llx %s", f->prefix, exp, (unsigned long long)fp, name);
+    long long v = r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : 0;
+    freeReplyObject(r);
+    return v;
+}
+
+static void count(exp_state_t *e, const char *name, uint64_t n)
+{
+    policy_tally_add(store_tally(e, e->tally_fp), name, n);
+}
+
+static uint64_t tally_of(const exp_state_t *e, const char *name)
+{
+    return policy_tally_get(store_tally(e, e->tally_fp), name);
 }
 
 /* ---- tests ---- */
@@ -1012,6 +1033,58 @@ static void test_answers_are_pooled_in_the_lat_hashes(void **state)
     }
 }
 
+/* The policy's tally: each instance's counts reach Redis once (a lost reply
+ * included), both see the sum, a reset deletes it everywhere, and a new
+ * definition counts in a hash of its own from zero. */
+static void test_tally_is_pooled_per_definition(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
+    store_define(a, ea, 42);
+    store_define(b, eb, 42);
+    RUN_UNTIL(f, store_exp_of(ea)->synced && store_exp_of(eb)->synced, 2000);
+    count(ea, "challenger|matches", 7);
+    count(eb, "challenger|matches", 5);
+    count(eb, "challenger|path|/score", 2);
+    assert_int_equal(tally_of(ea, "challenger|matches"), 7); /* its own at once */
+    store_redis_debug_lose_replies(a, 1);
+    RUN_UNTIL(f, store_exp_of(ea)->batch.failed, 2000);
+    count(ea, "challenger|matches", 1); /* during the retry */
+    RUN_UNTIL(f,
+              tally_of(ea, "challenger|matches") == 13 && tally_of(eb, "challenger|matches") == 13,
+              3000);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+    assert_int_equal(tally_field(f, "recs", 42, "challenger|matches"), 13);
+    assert_int_equal(tally_field(f, "recs", 42, "challenger|path|/score"), 2);
+    assert_int_equal(tally_of(ea, "challenger|matches"), 13);
+    assert_int_equal(tally_of(ea, "challenger|path|/score"), 2);
+
+    /* a redefines: counts from zero in a hash of its own; b's stay. */
+    store_define(a, ea, 43);
+    assert_int_equal(tally_of(ea, "challenger|matches"), 0);
+    count(ea, "challenger|matches", 3);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+    assert_int_equal(tally_field(f, "recs", 43, "challenger|matches"), 3);
+    assert_int_equal(tally_field(f, "recs", 42, "challenger|matches"), 13);
+    assert_int_equal(tally_of(ea, "challenger|matches"), 3);
+    assert_int_equal(tally_of(eb, "challenger|matches"), 13);
+    store_define(b, eb, 43);
+    RUN_UNTIL(f, tally_of(eb, "challenger|matches") == 3, 2000);
+    assert_int_equal(tally_of(eb, "challenger|matches"), 3);
+
+    /* A reset deletes the hash, and the counts everywhere. */
+    store_reset(b, eb);
+    assert_int_equal(tally_of(eb, "challenger|matches"), 0);
+    RUN_UNTIL(f, store_resets(ea) == 1 && tally_of(ea, "challenger|matches") == 0, 2000);
+    assert_int_equal(tally_of(ea, "challenger|matches"), 0);
+    SETTLE(f, b, eb);
+    assert_int_equal(integer(f, "EXISTS %s:{recs}:tally:%016llx", f->prefix, 43ull), 0);
+}
+
 static void test_reset_deletes_the_lat_hashes_everywhere(void **state)
 {
     fx_t *f = *state;
@@ -1251,6 +1324,10 @@ static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
     store_t *a = f->st[0] = mk_store(f, p->port, 20);
     store_t *b = f->st[1] = mk_store(f, p->port, 20);
     exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
+    store_define(a, ea, 9);
+    store_define(b, eb, 9);
+    count(ea, "challenger|mismatches", 4);
+    count(eb, "challenger|mismatches", 2);
     for (int i = 0; i < 40; i++) store_pull(a, ea, 0), store_pull(b, eb, 1);
     for (int i = 0; i < 10; i++) store_reward(a, ea, 0, 0.5, 1), store_reward(b, eb, 1, 1, 1);
     for (int i = 0; i < 12; i++) store_answer(a, ea, 0, 200, 9000), store_answer(b, eb, 1, 0, 9000);
@@ -1265,6 +1342,7 @@ static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
     RUN_UNTIL(f, !store_up(a) && !store_up(b), 3000);
     for (int i = 0; i < 5; i++) store_pull(a, ea, 0), store_pull(b, eb, 0);
     for (int i = 0; i < 3; i++) store_answer(a, ea, 0, 200, 9000);
+    count(eb, "challenger|mismatches", 1);
     assert_int_equal(redis_start(p), 0); /* same port, empty */
     RUN_UNTIL(f, store_up(a) && store_up(b), 6000);
     SETTLE(f, a, ea);
@@ -1285,8 +1363,10 @@ static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
     assert_int_equal(lat_bucket(f, "recs", "champion", 9000), 15);
     assert_int_equal(lat_field(f, "recs", "challenger", "n"), 12);
     assert_int_equal(lat_field(f, "recs", "challenger", "e"), 12);
+    assert_int_equal(tally_field(f, "recs", 9, "challenger|mismatches"), 7); /* and the tally */
     for (int k = 0; k < 2; k++) {
         exp_state_t *e = k ? eb : ea;
+        assert_int_equal(tally_of(e, "challenger|mismatches"), 7);
         assert_int_equal(view_answers(e, 0), 15);
         assert_int_equal(view_answers(e, 1), 12);
         assert_int_equal(e->merged[0].pulls, 50);
@@ -1454,15 +1534,18 @@ static void test_reload_from_memory_to_redis_carries_the_state(void **state)
     fx_t *f = *state;
     store_t *a = f->st[0] = mk_memory_store(f);
     exp_state_t *ea = mk_exp(a, "recs");
+    store_define(a, ea, 5);
     for (int i = 0; i < 30; i++) store_pull(a, ea, 0);
     for (int i = 0; i < 8; i++) store_reward(a, ea, 1, 1, 1);
     for (int i = 0; i < 6; i++) store_answer(a, ea, 1, 503, 2000);
+    count(ea, "challenger|errors", 6);
     exp_control_t c = weights(30, 70);
     store_set_control(a, ea, &c);
 
     move_store(a, f->port, f->prefix, 20);
     assert_string_equal(store_kind(a), "redis");
     store_pull(a, ea, 0);
+    count(ea, "challenger|errors", 1);
     RUN_UNTIL(f, store_up(a), WAIT_MS);
     SETTLE(f, a, ea);
     assert_true(arm_field(f, "recs", "champion", "pulls") == 31);
@@ -1470,6 +1553,8 @@ static void test_reload_from_memory_to_redis_carries_the_state(void **state)
     assert_true(arm_field(f, "recs", "challenger", "feedback") == 8);
     assert_int_equal(lat_field(f, "recs", "challenger", "n"), 6);
     assert_int_equal(lat_field(f, "recs", "challenger", "e"), 6);
+    assert_int_equal(tally_field(f, "recs", 5, "challenger|errors"), 7);
+    assert_int_equal(tally_of(ea, "challenger|errors"), 7);
     assert_weights(f, "recs", "{\"champion\":30,\"challenger\":70}");
     assert_int_equal(ea->merged[0].pulls, 31);
     assert_int_equal(view_answers(ea, 1), 6);
@@ -1974,6 +2059,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lost_reply_is_retried_without_double_counting, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_answers_are_pooled_in_the_lat_hashes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tally_is_pooled_per_definition, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset_deletes_the_lat_hashes_everywhere, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_lost_reply_counts_answers_once, setup, teardown),
