@@ -81,6 +81,9 @@ typedef struct {
 typedef struct tally_s policy_tally_t;
 void policy_tally_add(policy_tally_t *t, const char *name, uint64_t n);
 uint64_t policy_tally_get(const policy_tally_t *t, const char *name);
+/* Add n to counter `name` if it is above 0 already and return 1; else count
+ * nothing and return 0 (one lookup where get-then-add takes two). */
+int policy_tally_bump(policy_tally_t *t, const char *name, uint64_t n);
 /* Counters above 0 whose name starts with `prefix`. A scan: not per request. */
 size_t policy_tally_count(const policy_tally_t *t, const char *prefix);
 typedef void (*policy_tally_cb)(void *arg, const char *rest, uint64_t v);

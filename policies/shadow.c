@@ -65,12 +65,20 @@
 #define PATH_HEADER  "header:" /* + the lowercase name: one pseudo-path per header */
 #define SCRATCH_KEEP (1 << 20) /* bytes a parse buffer keeps between requests */
 
-#define TALLY_NAME_MAX (MM_NAME_MAX + 8 + PATH_KEY_MAX)
-
 /* An arm's outcome counters in the tally: "ARM|matches" and so on. */
-enum { T_MATCHES, T_MISMATCHES, T_ERRORS, T_NOISY, T_DIFFERING, T_OTHER, T_DROPPED, T__COUNT };
+enum {
+    T_MATCHES,
+    T_MISMATCHES,
+    T_ERRORS,
+    T_NOISY,
+    T_DIFFERING,
+    T_OTHER,
+    T_PATH, /* the prefix of "ARM|path|FIELD" */
+    T_DROPPED,
+    T__COUNT
+};
 static const char *const tally_kinds[T__COUNT] = {"matches",   "mismatches", "errors", "noisy",
-                                                  "differing", "other",      NULL};
+                                                  "differing", "other",      "path|",  NULL};
 
 /* The fields one mirror's answer differs in: each counted once per request. */
 typedef struct {
@@ -118,13 +126,6 @@ typedef struct {
 
 /* ---- per-field statistics ---- */
 
-/* "ARM|what" into out (a tally name). */
-static const char *tname(char *out, const shadow_t *s, int arm, const char *what)
-{
-    snprintf(out, TALLY_NAME_MAX, "%s|%s", s->names[arm], what);
-    return out;
-}
-
 static void tally_arm(policy_tally_t *t, const shadow_t *s, int arm, int kind)
 {
     policy_tally_add(t, s->tn[arm][kind], 1);
@@ -146,10 +147,13 @@ static void reqpaths_add(reqpaths_t *rp, const char *key)
 {
     for (size_t i = 0; i < rp->n; i++)
         if (strncmp(rp->keys[i], key, PATH_KEY_MAX - 1) == 0) return;
-    if (rp->n < PATHS_MAX)
-        snprintf(rp->keys[rp->n++], PATH_KEY_MAX, "%s", key);
-    else
+    if (rp->n < PATHS_MAX) {
+        size_t n = strnlen(key, PATH_KEY_MAX - 1); /* longer keys are cut (and may merge) */
+        memcpy(rp->keys[rp->n], key, n);
+        rp->keys[rp->n++][n] = '\0';
+    } else {
         rp->other = 1;
+    }
 }
 
 /* Count the request's fields for `arm`: each under its own name if some
@@ -157,20 +161,21 @@ static void reqpaths_add(reqpaths_t *rp, const char *key)
  * under "other" (once). */
 static void reqpaths_count(const shadow_t *s, policy_tally_t *t, int arm, const reqpaths_t *rp)
 {
-    char prefix[TALLY_NAME_MAX], name[TALLY_NAME_MAX + PATH_KEY_MAX];
+    const char *prefix = s->tn[arm][T_PATH];
+    size_t plen = strlen(prefix);
+    char name[sizeof(s->tn[0][0]) + PATH_KEY_MAX];
     int other = rp->other;
     size_t kept = (size_t)-1; /* counted when first needed: a scan */
-    tname(prefix, s, arm, "path|");
+    memcpy(name, prefix, plen);
     for (size_t i = 0; i < rp->n; i++) {
-        snprintf(name, sizeof name, "%s%s", prefix, rp->keys[i]);
-        if (policy_tally_get(t, name) == 0) {
-            if (kept == (size_t)-1) kept = policy_tally_count(t, prefix);
-            if (kept >= PATHS_MAX) {
-                other = 1;
-                continue;
-            }
-            kept++;
+        memcpy(name + plen, rp->keys[i], strlen(rp->keys[i]) + 1);
+        if (policy_tally_bump(t, name, 1)) continue; /* a field kept already */
+        if (kept == (size_t)-1) kept = policy_tally_count(t, prefix);
+        if (kept >= PATHS_MAX) {
+            other = 1;
+            continue;
         }
+        kept++;
         policy_tally_add(t, name, 1);
     }
     if (other) tally_arm(t, s, arm, T_OTHER);
@@ -529,17 +534,15 @@ static json_t *describe_paths(const shadow_t *s, const policy_view_t *v, size_t 
                               const armfig_t *f, int noise, const armfig_t *nf)
 {
     const policy_tally_t *t = v ? v->tally : NULL;
-    char prefix[TALLY_NAME_MAX], nprefix[TALLY_NAME_MAX], name[TALLY_NAME_MAX + PATH_KEY_MAX];
+    char name[sizeof(s->tn[0][0]) + PATH_KEY_MAX];
     uint64_t compared = f->matches + f->mismatches;
     uint64_t noise_compared = noise ? nf->matches + nf->mismatches : 0;
     size_t noise_kept = 0;
     pathlist_t l = {NULL, 0, 0};
-    policy_tally_each(t, tname(prefix, s, (int)i, "path|"), collect_path, &l);
+    policy_tally_each(t, s->tn[i][T_PATH], collect_path, &l);
     if (l.n > 1) qsort(l.v, l.n, sizeof(*l.v), by_requests_desc);
-    if (noise) {
-        tname(nprefix, s, s->secondary, "path|");
-        noise_kept = policy_tally_count(t, nprefix);
-    }
+    const char *nprefix = noise ? s->tn[s->secondary][T_PATH] : "";
+    if (noise) noise_kept = policy_tally_count(t, nprefix);
     json_t *arr = json_array();
     for (size_t k = 0; k < l.n && k < TOP_PATHS; k++) {
         json_t *o = json_object();
