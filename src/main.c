@@ -123,7 +123,10 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
         if (srv.router == NULL) config_free(cfg);
         if (reload) config_free(reload);
         server_free(&srv);
-        uv_run(&loop, UV_RUN_NOWAIT);
+        /* What it opened closes here (the request log, the store's
+         * handles), so a failed start frees everything, as a stop does. */
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
         return 1;
     }
     /* Handlers in place (server_start): what was blocked since the fork

@@ -692,6 +692,10 @@ void server_free(mm_server_t *srv)
     srv->router = NULL;
     if (srv->store) store_destroy(srv->store);
     srv->store = NULL;
+    /* Still open only after a start that failed past opening it (a stop
+     * closes it while draining): it closes as the loop runs on. */
+    if (srv->reqlog) reqlog_close(srv->reqlog, NULL, NULL);
+    srv->reqlog = NULL;
     metrics_free(&srv->metrics);
     free(srv->config_path);
     srv->config_path = NULL;

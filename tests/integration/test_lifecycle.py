@@ -722,6 +722,42 @@ class Startup(Lifecycle):
         os.write(fd, text.encode())
         os.close(fd)
 
+    def test_a_failed_start_exits_1_with_its_reason_and_frees_everything(self):
+        """A start that fails past reading the config (the port held by
+        another process, a request log that cannot be opened, a listen name
+        that does not resolve; with the memory store and with a Redis that
+        is down) exits 1 with the reason, and under the sanitizer build
+        leaves nothing for LeakSanitizer to report."""
+        champion, challenger = self.two_servers()
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        held = taken.getsockname()[1]
+        blocker = self.cluster.path("a-file")
+        open(blocker, "w").close()
+        port = mmtest.free_port()
+        redis = {"type": "redis", "host": "127.0.0.1", "port": mmtest.free_port()}
+        cases = [
+            ("port", {"listen": "127.0.0.1:%d" % held},
+             "cannot listen on 127.0.0.1:%d: address already in use" % held),
+            ("log", {"log": {"requests": os.path.join(blocker, "r.jsonl")}}, "r.jsonl"),
+            ("name", {"listen": "no-such-host.invalid:%d" % port}, "does not resolve"),
+            ("redis-port", {"listen": "127.0.0.1:%d" % held, "store": redis,
+                            "log": {"requests": self.cluster.path("r.jsonl")}},
+             "address already in use"),
+        ]
+        for name, extra, reason in cases:
+            cfg = ab_config(port, champion.port, challenger.port, {"champion": 1, "challenger": 0})
+            cfg.update(extra)
+            path = self.cluster.write_config(cfg, "fail-%s.json" % name)
+            r = subprocess.run([mmtest.MM_BIN, "-c", path], capture_output=True, text=True,
+                               timeout=30)
+            self.assertEqual(r.returncode, 1, (name, r.stderr[-3000:]))
+            self.assertIn(reason, r.stderr, name)
+            for m in SANITIZER_MARKERS:
+                self.assertNotIn(m, r.stderr, (name, r.stderr[-4000:]))
+
     def test_sighup_while_the_config_is_read_at_start_reloads_once_started(self):
         mm, fifo, text, port = self.start_reading_config_from_fifo()
         fd = self.open_fifo_writer(fifo, mm)
