@@ -16,7 +16,7 @@
  *    which the parent folds in (keep_retire) before it starts another
  *    worker in the dead one's place;
  *  - a config slot: the text of the config file the last successful reload
- *    of any worker loaded, which the new worker reloads to (keep_config).
+ *    of any worker loaded, which the new worker starts on (keep_config).
  * A scrape merges what the slots hold rather than what the siblings sent,
  * so every number a scrape ever showed stays in the sum: in a worker's slot
  * while it lives, in the retired slot after. What a crashed worker counted

@@ -94,7 +94,8 @@ typedef struct {
 
 /* reload (taken; may be NULL): a worker started in place of one that
  * crashed after the group reloaded: the config the group reloaded to, which
- * it reloads at once (see run_workers). keep: the group's (keep.h), or NULL. */
+ * it starts from instead of cfg (see run_workers). keep: the group's
+ * (keep.h), or NULL. */
 static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reuseport,
                       const cfg_store_t *store_override, const group_t *grp, config_t *reload,
                       mm_keep_t *keep)
@@ -103,25 +104,21 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
     mm_server_t srv;
     char err[1024];
     uv_loop_init(&loop);
-    if (reload) {
-        /* In place of a crashed worker: listen where the siblings listen
-         * since their reloads, not where the start config said (another
-         * process may hold that address by now). */
-        cfg->listen = reload->listen;
-        cfg->has_admin = reload->has_admin;
-        cfg->admin_listen = reload->admin_listen;
-        /* And log where they log: the start config's request log may not
-         * open any more (its directory moved away since the reload). */
-        free(cfg->log_requests);
-        cfg->log_requests = reload->log_requests ? strdup(reload->log_requests) : NULL;
-        cfg->log_sample = reload->log_sample;
-        cfg->log_bodies = reload->log_bodies;
+    int replaced = reload != NULL;
+    if (replaced) {
+        /* In place of a crashed worker: serve what the siblings serve since
+         * their reloads, from the start: their listen and admin addresses
+         * (another process may hold the start config's by now), their
+         * request log (the start config's may not open any more), their
+         * upstreams (a host the start config names may no longer resolve).
+         * cfg is this process's copy of the parent's start config. */
+        config_free(cfg);
+        cfg = reload;
     }
     if (server_start(&srv, &loop, path, cfg, seed, reuseport, store_override, err, sizeof(err)) !=
         0) {
         fprintf(stderr, "modelmux: %s\n", err);
         if (srv.router == NULL) config_free(cfg);
-        if (reload) config_free(reload);
         server_free(&srv);
         /* What it opened closes here (the request log, the store's
          * handles), so a failed start frees everything, as a stop does. */
@@ -146,7 +143,11 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
                cfg_addr_str(&c->admin_listen, admin, sizeof(admin)), store_kind(srv.store));
     else
         mm_log("listening on %s, store %s", data, store_kind(srv.store));
-    if (reload) server_reload_config(&srv, reload);
+    /* Said as a reload would say it: the worker serves the config the
+     * group reloaded to (logs and tests follow each worker's reloads). */
+    if (replaced)
+        mm_log("config reloaded from %s (the group's last reload: this worker started on it)",
+               path);
     uv_run(&loop, UV_RUN_DEFAULT);
     scrape_keep_final(&srv);
     int code = srv.exit_code;
@@ -493,7 +494,7 @@ static pid_t fork_worker(const char *path, config_t *cfg, uint64_t seed,
 
 /* The config the group's workers last reloaded to, parsed from the text
  * they keep (keep.h): what a worker started in place of a crashed one
- * reloads to at once. Not the file as it is now: it may have been broken
+ * starts on. Not the file as it is now: it may have been broken
  * since, or name a host that no longer resolves (a reload the workers
  * rejected), and the new worker would then serve the start config, unlike
  * its siblings. NULL: no reload succeeded since the start. */

@@ -237,7 +237,7 @@ static void reload_finish(server_reload_t *rl)
         commit_listeners(srv, cfg, &st);
         store_retain(srv->store, server_configured, (void *)nr->cfg);
         reload_log(srv, cfg);
-        /* What a worker started in place of a crashed one reloads to. */
+        /* What a worker started in place of a crashed one starts on. */
         if (rl->text) keep_put_config(srv->keep, rl->text, rl->text_len);
         srv->reloads++;
         tick_experiments(srv);
@@ -423,17 +423,6 @@ void server_reload(mm_server_t *srv, server_reload_cb cb, void *arg)
         return;
     }
     reload_begin(srv, w);
-}
-
-void server_reload_config(mm_server_t *srv, config_t *cfg)
-{
-    reload_waiter_t *w = calloc(1, sizeof(*w));
-    if (w == NULL || srv->draining || srv->reloading) { /* only right after server_start */
-        free(w);
-        config_free(cfg);
-        return;
-    }
-    reload_with(srv, cfg, NULL, 0, w);
 }
 
 static void on_sighup(uv_signal_t *s, int signum)
@@ -625,9 +614,13 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
 {
     memset(srv, 0, sizeof(*srv));
     if (store_override) {
+        /* The group's private redis-server stands in for the memory store;
+         * a worker replaced after the group moved to a configured Redis
+         * (a reload) starts there, and keeps the override for its reloads
+         * (store_reconfigure: back to memory means back to the group's). */
         srv->has_store_override = 1;
         srv->store_override = *store_override;
-        cfg->store = *store_override;
+        if (cfg->store.type == STORE_MEMORY) cfg->store = *store_override;
     }
     srv->loop = loop;
     srv->seed = seed;

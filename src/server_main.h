@@ -13,11 +13,6 @@
 int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, config_t *cfg,
                  uint64_t seed, int reuseport, const cfg_store_t *store_override, char *err,
                  size_t errlen);
-/* Reload from cfg (taking ownership of it) instead of the file, as a
- * reload does (what a reload keeps, it keeps): a --workers worker started in
- * place of a crashed one takes the config its siblings run. Right after
- * server_start only. */
-void server_reload_config(mm_server_t *srv, config_t *cfg);
 /* Block or unblock (how: SIG_BLOCK, SIG_UNBLOCK) SIGHUP, SIGTERM and SIGINT
  * in the calling thread, and SIGCHLD too when `chld`; old: the previous
  * mask, may be NULL. */

@@ -358,6 +358,32 @@ class UpstreamNames(mmtest.MMTestCase):
         self.assertEqual({self.model(mm) for _ in range(40)}, {"second"})
         self.assertEqual(mm.log().count("cannot resolve"), 2, mm.log())
 
+    def test_a_new_worker_starts_on_the_groups_config_when_the_start_configs_host_is_gone(self):
+        """--workers: the start config names a host that no longer resolves
+        by the time a worker crashes, the config the group reloaded to does
+        not: the worker started in its place starts on the group's config
+        and serves, and the group exits 0 at the end (no failed start)."""
+        first = self.cluster.model_server("first")
+        second = self.cluster.model_server("second")
+        self.set_hosts({"model-a.test": "127.0.0.1"})
+        dport, admin = mmtest.free_port(), mmtest.free_port()
+        mm = self.start_mm(self.config(dport, admin, "http://model-a.test:%d" % first.port),
+                           "--workers", 2)
+        pids = lambda: [int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log())]
+        mmtest.eventually(lambda: len(pids()) == 2, timeout=10)
+        self.assertEqual(self.model(mm), "first")
+        self.cluster.write_config(self.config(dport, admin, "http://127.0.0.1:%d" % second.port))
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 2, timeout=20)
+        self.set_hosts({})  # model-a.test is gone
+        time.sleep(1.1)  # a worker that dies within a second of its start is not replaced
+        os.kill(pids()[0], signal.SIGKILL)
+        new = mmtest.eventually(lambda: pids()[2:], timeout=10)[0]
+        mmtest.eventually(lambda: "modelmux[%d]: config reloaded" % new in mm.log(), timeout=10)
+        self.assertEqual({self.model(mm) for _ in range(40)}, {"second"})
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=60), 0, mm.log()[-3000:])
+
     def test_sighup_with_an_unresolvable_name_keeps_the_old_config(self):
         a = self.cluster.model_server("first")
         dport, admin = mmtest.free_port(), mmtest.free_port()
