@@ -233,14 +233,23 @@ class WorkersLifecycle(mmtest.MMTestCase):
         self.arms(10)
         mmtest.eventually(lambda: pulls() == 30)
         self.assertEqual(requests(), 30)
+        # A worker started in place of a crashed one starts on Redis too.
+        pids = lambda: [int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log())]
+        time.sleep(1.1)  # a worker that dies within a second of its start is not replaced
+        os.kill(pids()[0], signal.SIGKILL)
+        new = mmtest.eventually(lambda: pids()[2:], timeout=5)[0]
+        self.assertRegex(mm.log(), r"modelmux\[%d\]: listening on .*, store redis" % new)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 3, timeout=5)
+        self.arms(10)
+        mmtest.eventually(lambda: pulls() == 40)
 
         self.cluster.write_config(self.config(50, 50), "w.json")
         mm.signal(signal.SIGHUP)
-        mmtest.eventually(lambda: mm.log().count("config reloaded") == 4, timeout=5)
+        mmtest.eventually(lambda: mm.log().count("config reloaded") == 5, timeout=5)
         self.assertEqual(mm.log().count("reload: the store stays on Redis: a move to the memory "
                                         "store takes effect at the next restart"), 2)
         self.arms(5)
-        mmtest.eventually(lambda: pulls() == 35)
+        mmtest.eventually(lambda: pulls() == 45)
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
