@@ -71,7 +71,7 @@ typedef struct {
 } exp_control_t;
 
 /* Named counters of the policy's own, pooled over every instance through
- * the store (src/tally.h; Redis hash PREFIX:{EXP}:tally:FP): what a policy
+ * the store (src/tally.h; Redis hash PREFIX:{EXP}:tally): what a policy
  * measures beyond the arm statistics (shadow: agreement counts per arm and
  * per field), so that every worker and every instance describes the same
  * figures. A counter reads as the pooled value last synced plus what this

@@ -79,7 +79,7 @@ router_t *router_create(uv_loop_t *loop, config_t *cfg, const router_t *old, sto
             e->layout = e->state->layout;
             /* A new definition counts its pooled figures afresh. */
             e->fp = tally_fingerprint(ce->definition);
-            store_define(store, e->state, e->fp);
+            store_define(store, e->state, e->fp, redefined(prev, ce));
         }
         if (e->state == NULL || e->metrics == NULL) goto oom;
         e->salt_len = strlen(ce->salt);

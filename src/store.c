@@ -661,12 +661,13 @@ static void remap_arms(exp_state_t *e, const char *const *arm_names, size_t n_ar
     e->layout++;
 }
 
-void store_define(store_t *s, exp_state_t *e, uint64_t fp)
+void store_define(store_t *s, exp_state_t *e, uint64_t fp, int redefined)
 {
-    (void)s;
     if (e->tally_fp == fp) return;
+    store_exp_t *x = store_exp_of(e);
     tally_clear(e->tally);
-    store_exp_of(e)->tally_gen++;
+    x->tally_gen++;
+    x->tally_clear_pending = s->redis != NULL && redefined;
     e->tally_fp = fp;
 }
 

@@ -104,10 +104,12 @@ void store_destroy(store_t *s);
 exp_state_t *store_experiment(store_t *s, const char *name, const char *const *arm_names,
                               size_t n_arms, const exp_control_t *initial, int redefined);
 /* The experiment's definition (tally_fingerprint of the config's canonical
- * text): a new one clears the tally here (counts start afresh, and with
- * Redis go to the hash of the new definition, PREFIX:{EXP}:tally:FP), the
- * same one changes nothing. */
-void store_define(store_t *s, exp_state_t *e, uint64_t fp);
+ * text): a new one clears the tally here, and with Redis its counts go to
+ * the fields of the new definition in PREFIX:{EXP}:tally ("FP|NAME"); with
+ * `redefined` (a reload changed the experiment to it, not a start) those
+ * fields are deleted first, so its counts start over for every instance on
+ * it, as the control does (DESIGN.md §5). The same one changes nothing. */
+void store_define(store_t *s, exp_state_t *e, uint64_t fp, int redefined);
 /* e's tally if it counts for definition fp, else NULL (a request in flight
  * on a router whose definition a reload replaced counts nothing there). */
 static inline policy_tally_t *store_tally(const exp_state_t *e, uint64_t fp)

@@ -101,7 +101,8 @@ typedef struct {
     mm_buf_t tally_deltas;
     size_t n_tally;
     uint64_t tally_gen;
-    uint64_t tally_fp;             /* the definition whose hash it writes and reads */
+    uint64_t tally_fp;             /* the definition whose fields it writes and reads */
+    int tally_clear;               /* delete that definition's fields first (it was redefined to) */
     int restore;                   /* write `base` back if Redis lost everything */
     arm_stats_t base[MM_MAX_ARMS]; /* the snapshot last read, per arm */
 } store_batch_t;
@@ -113,16 +114,17 @@ typedef struct store_exp_s {
      * for the interleave pseudo-arm: store_remember_key needs no lookup. */
     uint32_t pair_of[MM_MAX_ARMS + 1];
     /* Redis replication (unused by the memory store). */
-    int ctl_init;       /* first sight: adopt Redis's control, or seed it with ours */
-    int ctl_cas;        /* the unwritten control change is a policy's: compare-and-set */
-    uint64_t ctl_base;  /* ... on this version (what the policy decided on) */
-    int reset_pending;  /* a local reset not yet written */
-    int synced;         /* a snapshot has been read at least once */
-    int refused;        /* Redis answered the last write with an error: the store is down */
-    char partial[160];  /* the error a write applied in part last met (logged once) */
-    uint64_t ans_gen;   /* bumped whenever answers_local is dropped (a reset) */
-    uint64_t tally_gen; /* bumped whenever the tally is cleared (a reset, a new definition) */
-    unsigned holds;     /* routers routing to it (store_hold) */
+    int ctl_init;            /* first sight: adopt Redis's control, or seed it with ours */
+    int ctl_cas;             /* the unwritten control change is a policy's: compare-and-set */
+    uint64_t ctl_base;       /* ... on this version (what the policy decided on) */
+    int reset_pending;       /* a local reset not yet written */
+    int synced;              /* a snapshot has been read at least once */
+    int refused;             /* Redis answered the last write with an error: the store is down */
+    char partial[160];       /* the error a write applied in part last met (logged once) */
+    uint64_t ans_gen;        /* bumped whenever answers_local is dropped (a reset) */
+    uint64_t tally_gen;      /* bumped whenever the tally is cleared (a reset, a new definition) */
+    int tally_clear_pending; /* a reload changed the definition: clear its fields in Redis */
+    unsigned holds;          /* routers routing to it (store_hold) */
     /* Dropped by store_retain but not yet freed: held by a router, or a
      * write's reply on its way (store_detached_done). On s->detached. */
     int detached;

@@ -12,8 +12,10 @@
  *     The answer hashes PREFIX:{EXP}:lat:ARM ride along (sparse HINCRBY of
  *     a copy of answers_local, HGETALL back); the copy is subtracted from
  *     answers_local once confirmed, so the write in flight stays visible.
- *     So does the policy's tally, PREFIX:{EXP}:tally:FP (tally.h), the same
- *     way: its local counts' copy, then the whole hash back.
+ *     So does the policy's tally, PREFIX:{EXP}:tally (tally.h), the same
+ *     way: its local counts' copy, then the hash back (the fields of this
+ *     instance's definition: each name is prefixed with the definition's
+ *     fingerprint, "FP|NAME").
  *   - SET PREFIX:req:ID "EXP ARM" PX ttl for remembered request ids (queued,
  *     bounded, at most REQ_PER_ROUND per round);
  *   - SET PREFIX:il:ID DATA PX ttl for per-request data (store_put_aux), in
@@ -89,7 +91,7 @@
 
 /* KEYS[1] control hash, KEYS[2] seq key, KEYS[3..2+N] the N arm hashes,
  * KEYS[3+N..2+2N] their answer hashes PREFIX:{EXP}:lat:ARM, KEYS[3+2N] the
- * tally hash PREFIX:{EXP}:tally:FP of the definition the write is for.
+ * tally hash PREFIX:{EXP}:tally.
  * ARGV[1] seq (0: read only), ARGV[2] seq key TTL, ARGV[3] control write mode
  * (0 none, 1 only if Redis has no control yet, "2:N" always, "3:N:V" only if
  * the version is still V — a policy's change, see store_propose_control; N is
@@ -101,8 +103,12 @@
  * After those: the answer deltas, per arm a count C then C pairs (field,
  * increment), fields "n" (answers), "e" (errors) and a bucket's decimal
  * index, only the non-zero ones; with restore, the answer snapshot the same
- * way after them. Last the tally's deltas, a count C then C pairs (name,
- * increment), and with restore its snapshot the same way.
+ * way after them. Last the tally: the field prefix of the write's definition
+ * ("FP|"), '1' to delete that definition's fields first (a reload changed
+ * the experiment to it: its counts start over, for every instance on it)
+ * or '0', the deltas as a count C then C pairs (name, increment), and with
+ * restore its snapshot the same way. The tally comes back as the fields of
+ * that definition only, without the prefix.
  *
  * Exactly once, whatever Redis refuses. Redis does not undo a script's
  * writes when a command in it fails, so a script that stopped halfway and
@@ -133,6 +139,7 @@ static const char SYNC_SCRIPT[] =
     "           'successes', 'failures'}\n"
     "local n = (#KEYS - 3) / 2\n"
     "local failed = ''\n"
+    "local tp\n"
     "local function w(...)\n"
     "  local r = redis.pcall(...)\n"
     "  if type(r) == 'table' and r.err and failed == '' then\n"
@@ -153,7 +160,20 @@ static const char SYNC_SCRIPT[] =
     "  for j = 1, c do w('HINCRBY', key, ARGV[p + 2 * j - 1], ARGV[p + 2 * j]) end\n"
     "  return p + 1 + 2 * c\n"
     "end\n"
+    "local function addtally(p)\n"
+    "  local c = tonumber(ARGV[p])\n"
+    "  for j = 1, c do\n"
+    "    w('HINCRBY', KEYS[#KEYS], tp .. ARGV[p + 2 * j - 1], ARGV[p + 2 * j])\n"
+    "  end\n"
+    "end\n"
     "local lat = 9 + 7 * n * (ARGV[8] == '1' and 2 or 1)\n"
+    "local tpos = lat\n"
+    "for i = 1, n * (ARGV[8] == '1' and 2 or 1) do\n"
+    "  tpos = tpos + 1 + 2 * tonumber(ARGV[tpos])\n"
+    "end\n"
+    "tp = ARGV[tpos]\n"
+    "local tdeltas = tpos + 2\n"
+    "local trestore = tdeltas + 1 + 2 * tonumber(ARGV[tdeltas])\n"
     "local seq = tonumber(ARGV[1])\n"
     "local apply = seq > 0 and seq > (tonumber(redis.call('GET', KEYS[2]) or '0') or 0)\n"
     "local restore = ARGV[8] == '1' and redis.call('HEXISTS', KEYS[1], 'version') == 0\n"
@@ -174,8 +194,7 @@ static const char SYNC_SCRIPT[] =
     "  local p = lat\n"
     "  for i = 1, n do p = p + 1 + 2 * tonumber(ARGV[p]) end\n"
     "  for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
-    "  p = p + 1 + 2 * tonumber(ARGV[p])\n"
-    "  addlat(KEYS[#KEYS], p)\n"
+    "  addtally(trestore)\n"
     "end\n"
     "if apply then\n"
     "  if ARGV[4] == '1' then\n"
@@ -197,13 +216,23 @@ static const char SYNC_SCRIPT[] =
     "  for i = 3, 2 + n do add(KEYS[i], 9 + (i - 3) * 7) end\n"
     "  local p = lat\n"
     "  for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
-    "  if ARGV[8] == '1' then\n"
-    "    for i = 1, n do p = p + 1 + 2 * tonumber(ARGV[p]) end\n"
+    "  if ARGV[tpos + 1] == '1' then\n"
+    "    for _, k in ipairs(redis.call('HKEYS', KEYS[#KEYS])) do\n"
+    "      if string.sub(k, 1, #tp) == tp then w('HDEL', KEYS[#KEYS], k) end\n"
+    "    end\n"
     "  end\n"
-    "  addlat(KEYS[#KEYS], p)\n"
+    "  addtally(tdeltas)\n"
     "end\n"
     "local out = {redis.call('HGETALL', KEYS[1])}\n"
-    "for i = 3, #KEYS do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end\n"
+    "for i = 3, #KEYS - 1 do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end\n"
+    "local t, all = {}, redis.call('HGETALL', KEYS[#KEYS])\n"
+    "for i = 1, #all, 2 do\n"
+    "  if string.sub(all[i], 1, #tp) == tp then\n"
+    "    t[#t + 1] = string.sub(all[i], #tp + 1)\n"
+    "    t[#t + 1] = all[i + 1]\n"
+    "  end\n"
+    "end\n"
+    "out[#out + 1] = t\n"
     "out[#out + 1] = failed\n"
     "return out\n";
 
@@ -807,8 +836,8 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     store_batch_t *b = &x->batch;
     exp_state_t *e = &x->pub;
     if (b->active) return; /* a failed write: resend it unchanged */
-    int writes =
-        x->reset_pending || e->control_dirty || x->ctl_init || tally_nonzero_local(e->tally);
+    int writes = x->reset_pending || e->control_dirty || x->ctl_init || x->tally_clear_pending ||
+                 tally_nonzero_local(e->tally);
     for (size_t i = 0; i < e->n_arms && !writes; i++)
         writes = store_stats_nonzero(&e->pending[i]) || e->answers_local[i].answers != 0;
     b->seq = writes ? ++r->seq : 0;
@@ -839,6 +868,8 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     if (b->tally_deltas.oom) b->n_tally = 0; /* sent next round */
     b->tally_gen = x->tally_gen;
     b->tally_fp = e->tally_fp;
+    b->tally_clear = x->tally_clear_pending;
+    x->tally_clear_pending = 0;
     memset(e->pending, 0, sizeof(e->pending));
     x->reset_pending = 0;
     e->control_dirty = 0;
@@ -945,7 +976,7 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     /* Restore takes the answer snapshot as it is now: it only changes when a
      * write is confirmed, and this one is not yet (a reset or a reload in
      * between does change it; the next write then DELs or rereads anyway). */
-    size_t max = 16 + 2 * b->n_arms + 2 * N_FIELDS * b->n_arms + 2 * (b->n_tally + n_snap);
+    size_t max = 18 + 2 * b->n_arms + 2 * N_FIELDS * b->n_arms + 2 * (b->n_tally + n_snap);
     for (size_t i = 0; i < b->n_arms; i++) {
         max += 1 + 2 * lat_fields(&b->ans_deltas[i]);
         if (b->restore) max += 1 + 2 * lat_fields(seen_answers(x, b->arm_names[i]));
@@ -973,11 +1004,10 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
         arg_str(&a, key);
     }
     {
-        char mid[MM_NAME_MAX + 16], fp[24];
-        snprintf(mid, sizeof(mid), "{%s}:tally:", x->pub.name);
-        snprintf(fp, sizeof(fp), "%016" PRIx64, b->tally_fp);
+        char mid[MM_NAME_MAX + 16];
+        snprintf(mid, sizeof(mid), "{%s}:", x->pub.name);
         char *key = keys + 2 * b->n_arms * STORE_KEY_MAX;
-        key_of(key, r, mid, fp);
+        key_of(key, r, mid, "tally");
         arg_str(&a, key);
     }
     arg_u64(&a, b->seq);
@@ -1007,6 +1037,8 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     for (size_t i = 0; i < b->n_arms; i++) arg_lat(&a, &b->ans_deltas[i]);
     if (b->restore)
         for (size_t i = 0; i < b->n_arms; i++) arg_lat(&a, seen_answers(x, b->arm_names[i]));
+    snprintf(arg_num(&a), 32, "%016" PRIx64 "|", b->tally_fp);
+    arg_str(&a, b->tally_clear ? "1" : "0");
     arg_pairs(&a, b->tally_deltas.p, b->n_tally);
     if (b->restore) arg_pairs(&a, snap.p, n_snap);
     for (int i = 0; i < a.n; i++) a.lens[i] = strlen(a.argv[i]);
@@ -2330,7 +2362,7 @@ static int unflushed(const store_redis_t *r)
         for (size_t a = 0; a < x->pub.n_arms; a++)
             if (store_stats_nonzero(&x->pub.pending[a]) || x->pub.answers_local[a].answers)
                 return 1;
-        if (tally_nonzero_local(x->pub.tally)) return 1;
+        if (x->tally_clear_pending || tally_nonzero_local(x->pub.tally)) return 1;
     }
     return r->rq_len > 0 || r->aq.n > 0 || r->n_ack_queued > 0;
 }

@@ -9,8 +9,9 @@
  * the store; the memory store counts here directly) plus `local` (counted
  * here, not yet confirmed by Redis). A sync round sends a copy of the local
  * counts (tally_local_pairs), Redis adds them to the hash
- * PREFIX:{EXP}:tally:FP and answers with the whole hash; the copy is then
- * subtracted (tally_confirm) and the snapshot replaced (tally_snap_*).
+ * PREFIX:{EXP}:tally (fields "FP|NAME": per definition) and answers with
+ * this definition's fields; the copy is then subtracted (tally_confirm) and
+ * the snapshot replaced (tally_snap_*).
  *
  * Counter names are the policy's (policies/policy.h, policy_tally_*); the
  * core adds "dropped|ARM" for mirrors it did not send. A tally holds a few

@@ -253,6 +253,51 @@ class WorkersLifecycle(mmtest.MMTestCase):
         mm.signal(signal.SIGTERM)
         self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
 
+    def test_shadow_counts_start_over_at_every_change_of_definition(self):
+        """A reload that changes a shadow experiment starts its pooled
+        agreement counts at 0, also a reload back to an earlier definition,
+        and a reset clears every definition's counts."""
+        def config(ignore):
+            cfg = self.config(100, 0)
+            cfg["experiments"].append({"name": "sh", "match": {"path_prefix": "/sh"},
+                                       "policy": "shadow", "primary": "champion",
+                                       "shadows": ["challenger"],
+                                       "compare": {"ignore": ignore}})
+            return cfg
+
+        def compared():
+            s = json.loads(mmtest.request(self.admin, "GET", "/experiments/sh")[2])
+            s = s["policy_state"]["shadows"][0]
+            return s["compared"] + s["errors"]
+
+        def reload_to(ignore, n):
+            self.cluster.write_config(config(ignore), "w.json")
+            mm.signal(signal.SIGHUP)
+            mmtest.eventually(lambda: mm.log().count("config reloaded") == n, timeout=5)
+
+        def mirrored(n, want):
+            for i in range(n):
+                self.assertEqual(mmtest.request(self.port, "POST", "/sh/%d" % i, "{}")[0], 200)
+            mmtest.eventually(lambda: compared() == want, timeout=5)
+
+        mm = self.cluster.modelmux(config([]), "--workers", 2, name="w")
+        mmtest.eventually(lambda: mm.log().count("listening on") == 2, timeout=5)
+        mirrored(10, 10)
+        reload_to(["/model"], 2)
+        self.assertEqual(compared(), 0)
+        mirrored(4, 4)
+        reload_to([], 4)  # back to the first definition: from 0, not 10
+        self.assertEqual([compared() for _ in range(4)], [0] * 4)
+        mirrored(3, 3)
+        reload_to(["/model"], 6)
+        mirrored(2, 2)
+        st, _, body = mmtest.request(self.admin, "POST", "/experiments/sh/reset")
+        self.assertEqual(st, 200, body)
+        reload_to([], 8)  # the reset cleared the other definition's counts too
+        self.assertEqual([compared() for _ in range(4)], [0] * 4)
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
     def test_a_reload_moves_every_worker_and_a_replaced_worker_listens_where_they_do(self):
         mm = self.cluster.modelmux(self.config(100, 0), "--workers", 2, name="w")
         pids = lambda: [int(p) for p in re.findall(r"modelmux\[(\d+)\]: listening on", mm.log())]

@@ -353,11 +353,12 @@ static uint64_t view_bucket(const exp_state_t *e, int arm, uint64_t us)
     return e->answers[arm].hist[k] + e->answers_local[arm].hist[k];
 }
 
-/* HGET of a counter of the tally hash PREFIX:{EXP}:tally:FP (0 when absent). */
+/* HGET of definition fp's counter in the tally hash PREFIX:{EXP}:tally
+ * (field "FP|NAME"; 0 when absent). */
 static long long tally_field(fx_t *f, const char *exp, uint64_t fp, const char *name)
 {
     redisReply *r =
-        cmd(f, "HGET %s:{%s}:tally:%016llx %s", f->prefix, exp, (unsigned long long)fp, name);
+        cmd(f, "HGET %s:{%s}:tally %016llx|%s", f->prefix, exp, (unsigned long long)fp, name);
     long long v = r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : 0;
     freeReplyObject(r);
     return v;
@@ -1034,16 +1035,18 @@ static void test_answers_are_pooled_in_the_lat_hashes(void **state)
 }
 
 /* The policy's tally: each instance's counts reach Redis once (a lost reply
- * included), both see the sum, a reset deletes it everywhere, and a new
- * definition counts in a hash of its own from zero. */
+ * included), both see the sum; a reload to another definition counts in
+ * that definition's fields from zero (deleting what they held: a reload
+ * back to an earlier definition does not bring its old counts back), and a
+ * reset deletes every definition's counts everywhere. */
 static void test_tally_is_pooled_per_definition(void **state)
 {
     fx_t *f = *state;
     store_t *a = f->st[0] = mk_store(f, f->port, 20);
     store_t *b = f->st[1] = mk_store(f, f->port, 20);
     exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
-    store_define(a, ea, 42);
-    store_define(b, eb, 42);
+    store_define(a, ea, 42, 0);
+    store_define(b, eb, 42, 0);
     RUN_UNTIL(f, store_exp_of(ea)->synced && store_exp_of(eb)->synced, 2000);
     count(ea, "challenger|matches", 7);
     count(eb, "challenger|matches", 5);
@@ -1062,8 +1065,8 @@ static void test_tally_is_pooled_per_definition(void **state)
     assert_int_equal(tally_of(ea, "challenger|matches"), 13);
     assert_int_equal(tally_of(ea, "challenger|path|/score"), 2);
 
-    /* a redefines: counts from zero in a hash of its own; b's stay. */
-    store_define(a, ea, 43);
+    /* a is reloaded to another definition: from zero; b's stay. */
+    store_define(a, ea, 43, 1);
     assert_int_equal(tally_of(ea, "challenger|matches"), 0);
     count(ea, "challenger|matches", 3);
     SETTLE(f, a, ea);
@@ -1072,17 +1075,34 @@ static void test_tally_is_pooled_per_definition(void **state)
     assert_int_equal(tally_field(f, "recs", 42, "challenger|matches"), 13);
     assert_int_equal(tally_of(ea, "challenger|matches"), 3);
     assert_int_equal(tally_of(eb, "challenger|matches"), 13);
-    store_define(b, eb, 43);
-    RUN_UNTIL(f, tally_of(eb, "challenger|matches") == 3, 2000);
+    /* b follows: the definition's counts start over once more, for both. */
+    store_define(b, eb, 43, 1);
+    SETTLE(f, b, eb);
+    RUN_UNTIL(f, tally_of(ea, "challenger|matches") == 0, 2000);
+    assert_int_equal(tally_of(ea, "challenger|matches"), 0);
+    count(ea, "challenger|matches", 2);
+    count(eb, "challenger|matches", 1);
+    RUN_UNTIL(f, tally_of(ea, "challenger|matches") == 3 && tally_of(eb, "challenger|matches") == 3,
+              2000);
     assert_int_equal(tally_of(eb, "challenger|matches"), 3);
+    /* A reload back to the first definition starts it from zero too. */
+    store_define(a, ea, 42, 1);
+    assert_int_equal(tally_of(ea, "challenger|matches"), 0);
+    SETTLE(f, a, ea);
+    assert_int_equal(tally_of(ea, "challenger|matches"), 0);
+    assert_int_equal(tally_field(f, "recs", 42, "challenger|matches"), 0);
+    assert_int_equal(tally_field(f, "recs", 43, "challenger|matches"), 3);
+    count(ea, "challenger|matches", 4);
+    SETTLE(f, a, ea);
 
-    /* A reset deletes the hash, and the counts everywhere. */
+    /* A reset deletes the hash: every definition's counts, everywhere. */
     store_reset(b, eb);
     assert_int_equal(tally_of(eb, "challenger|matches"), 0);
     RUN_UNTIL(f, store_resets(ea) == 1 && tally_of(ea, "challenger|matches") == 0, 2000);
     assert_int_equal(tally_of(ea, "challenger|matches"), 0);
     SETTLE(f, b, eb);
-    assert_int_equal(integer(f, "EXISTS %s:{recs}:tally:%016llx", f->prefix, 43ull), 0);
+    SETTLE(f, a, ea);
+    assert_int_equal(integer(f, "EXISTS %s:{recs}:tally", f->prefix), 0);
 }
 
 static void test_reset_deletes_the_lat_hashes_everywhere(void **state)
@@ -1324,8 +1344,8 @@ static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
     store_t *a = f->st[0] = mk_store(f, p->port, 20);
     store_t *b = f->st[1] = mk_store(f, p->port, 20);
     exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
-    store_define(a, ea, 9);
-    store_define(b, eb, 9);
+    store_define(a, ea, 9, 0);
+    store_define(b, eb, 9, 0);
     count(ea, "challenger|mismatches", 4);
     count(eb, "challenger|mismatches", 2);
     for (int i = 0; i < 40; i++) store_pull(a, ea, 0), store_pull(b, eb, 1);
@@ -1534,7 +1554,7 @@ static void test_reload_from_memory_to_redis_carries_the_state(void **state)
     fx_t *f = *state;
     store_t *a = f->st[0] = mk_memory_store(f);
     exp_state_t *ea = mk_exp(a, "recs");
-    store_define(a, ea, 5);
+    store_define(a, ea, 5, 0);
     for (int i = 0; i < 30; i++) store_pull(a, ea, 0);
     for (int i = 0; i < 8; i++) store_reward(a, ea, 1, 1, 1);
     for (int i = 0; i < 6; i++) store_answer(a, ea, 1, 503, 2000);
