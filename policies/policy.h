@@ -91,8 +91,9 @@ typedef void (*policy_tally_cb)(void *arg, const char *rest, uint64_t v);
  * starts with `prefix`, in the order they were first counted. */
 void policy_tally_each(const policy_tally_t *t, const char *prefix, policy_tally_cb cb, void *arg);
 /* The core counts each mirror it did not send (max_inflight,
- * max_body_bytes) as "dropped|ARM" in a mirroring policy's tally. */
-#define POLICY_TALLY_DROPPED "dropped|"
+ * max_body_bytes) as "ARM|dropped" in a mirroring policy's tally: in the
+ * arm's own names (arm names have no '|'), which the policy leaves it. */
+#define POLICY_TALLY_DROPPED "|dropped"
 
 /* What a policy may look at when it decides. */
 typedef struct {

@@ -137,7 +137,7 @@ static void name_counters(shadow_t *s)
         for (int k = 0; k < T_DROPPED; k++)
             snprintf(s->tn[i][k], sizeof(s->tn[i][k]), "%s|%s", s->names[i], tally_kinds[k]);
         /* The core's (policy.h) */
-        snprintf(s->tn[i][T_DROPPED], sizeof(s->tn[i][T_DROPPED]), POLICY_TALLY_DROPPED "%s",
+        snprintf(s->tn[i][T_DROPPED], sizeof(s->tn[i][T_DROPPED]), "%s" POLICY_TALLY_DROPPED,
                  s->names[i]);
     }
 }

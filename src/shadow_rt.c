@@ -54,7 +54,8 @@ struct shadow_group_s {
     mm_server_t *srv;
     router_t *router;
     exp_rt_t *exp;
-    int pending; /* the primary + every mirror in flight */
+    uint64_t tally_defs; /* exp's state's when the request was mirrored */
+    int pending;         /* the primary + every mirror in flight */
     char method[24];
     int head_request;
     mm_buf_t url;
@@ -79,14 +80,14 @@ struct shadow_group_s {
 static void group_complete(shadow_group_t *g);
 
 /* One mirror's outcome: the metric, and for a mirror not sent the pooled
- * count the policy's description reads (policy.h POLICY_TALLY_DROPPED). */
-static void count_outcome(const exp_rt_t *e, int arm, int outcome)
+ * count the policy's description reads (policy.h POLICY_TALLY_DROPPED) in
+ * t (NULL: not counted there). */
+static void count_outcome(const exp_rt_t *e, int arm, int outcome, policy_tally_t *t)
 {
     router_marm(e, arm)->shadow[outcome]++;
-    policy_tally_t *t = store_tally(e->state, e->fp);
     if (outcome == SHADOW_DROPPED && t != NULL && (size_t)arm < e->cfg->n_arms) {
         char name[sizeof(POLICY_TALLY_DROPPED) + MM_NAME_MAX];
-        snprintf(name, sizeof(name), POLICY_TALLY_DROPPED "%s", e->ups[arm]->name);
+        snprintf(name, sizeof(name), "%s" POLICY_TALLY_DROPPED, e->ups[arm]->name);
         policy_tally_add(t, name, 1);
     }
 }
@@ -168,8 +169,9 @@ void shadow_prepare(conn_t *c)
     int want = r->choice.n_mirrors < MM_MAX_ARMS ? r->choice.n_mirrors : MM_MAX_ARMS;
     shadow_group_t *g = group_get(&c->srv->shadows, want);
     if (g == NULL) {
+        policy_tally_t *t = store_tally(r->exp->state, r->exp->fp);
         for (int i = 0; i < r->choice.n_mirrors; i++)
-            count_outcome(r->exp, r->choice.mirrors[i], SHADOW_DROPPED);
+            count_outcome(r->exp, r->choice.mirrors[i], SHADOW_DROPPED, t);
         return;
     }
     g->srv = c->srv;
@@ -177,6 +179,7 @@ void shadow_prepare(conn_t *c)
     g->router = r->router;
     router_ref(g->router);
     g->exp = r->exp;
+    g->tally_defs = r->exp->state->tally_defs;
     g->pending = 1;
     _Static_assert(sizeof(g->method) == sizeof(r->method), "method buffers differ");
     memcpy(g->method, r->method, sizeof(g->method)); /* NUL-terminated within */
@@ -394,9 +397,14 @@ static void group_complete(shadow_group_t *g)
     /* Also when the primary failed (status 0): the policy counts that as an
      * error (nothing to compare against, DESIGN.md §7), so its view and the
      * metrics below agree. */
+    /* Pooled counts only under the definition the request was mirrored
+     * under, unchanged since (a reload there and back starts them over). */
+    policy_tally_t *t =
+        g->tally_defs == live->state->tally_defs ? store_tally(live->state, live->fp) : NULL;
     if (k > 0 && ce->ops->compare) {
         policy_view_t v;
         router_view(live, NULL, mm_now_ms(), &v);
+        v.tally = t;
         ce->ops->compare(ce->policy, &v, &primary, arms, answers, k, outcomes);
     }
     for (size_t j = 0; j < k; j++) {
@@ -416,7 +424,7 @@ static void group_complete(shadow_group_t *g)
         if (m->leg.status == 0 || m->leg.status >= 500)
             store_error(g->srv->store, live->state, router_sarm(live, m->arm));
     }
-    for (int i = 0; i < g->n; i++) count_outcome(g->exp, g->m[i].arm, g->m[i].outcome);
+    for (int i = 0; i < g->n; i++) count_outcome(g->exp, g->m[i].arm, g->m[i].outcome, t);
     write_log(g);
     mm_server_t *srv = g->srv;
     group_release(g);

@@ -669,6 +669,7 @@ void store_define(store_t *s, exp_state_t *e, uint64_t fp, int redefined)
     x->tally_gen++;
     x->tally_clear_pending = s->redis != NULL && redefined;
     e->tally_fp = fp;
+    e->tally_defs++;
 }
 
 int store_arm_index(const exp_state_t *e, const char *name)

@@ -58,6 +58,9 @@ typedef struct {
      * fingerprint is tally_fp (store_define). */
     policy_tally_t *tally;
     uint64_t tally_fp;
+    uint64_t tally_defs; /* times the definition changed (store_define): a mirror started
+                            before a change is not counted after it, even once the
+                            definition is back to the one it started under */
 } exp_state_t;
 
 /* Index of arm `name` in e's current arm list, or MM_MAX_ARMS (out of range:

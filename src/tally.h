@@ -14,7 +14,7 @@
  * the snapshot replaced (tally_snap_*).
  *
  * Counter names are the policy's (policies/policy.h, policy_tally_*); the
- * core adds "dropped|ARM" for mirrors it did not send. A tally holds a few
+ * core adds "ARM|dropped" for mirrors it did not send. A tally holds a few
  * hundred names at most (shadow: PATHS_MAX fields per arm), so lookups are
  * a small open-addressing table and an enumeration is a scan. */
 #ifndef MM_TALLY_H

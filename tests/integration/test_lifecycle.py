@@ -834,6 +834,44 @@ class Shadow(Lifecycle):
         mmtest.eventually(lambda: stats(shadow.port)["requests"] == n, timeout=5)
         self.assertEqual(stats(champion.port)["requests"], n)
 
+    def test_mirrors_in_flight_across_a_reload_there_and_back_are_not_pooled(self):
+        """A reload that changes the shadow experiment and one back to its
+        first definition while mirrors are in flight: the counts start over
+        at each, and those mirrors (they started before) are counted in
+        modelmux_shadow_total only, not in the view's counts."""
+        champion = self.cluster.model_server("champion")
+        shadow = self.cluster.model_server("challenger", "--latency-ms", SHADOW_LATENCY_MS)
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        cfg, prefix = shadow_config(port, champion.port, shadow.port)
+        cfg["admin"] = {"listen": "127.0.0.1:%d" % admin}
+        name = cfg["experiments"][0]["name"]
+        changed = json.loads(json.dumps(cfg))
+        changed["experiments"][0].setdefault("compare", {})["json_tolerance"] = 0.25
+        mm = self.cluster.modelmux(cfg, "--seed", 1)
+
+        def counts():
+            v = json.loads(mmtest.request(admin, "GET", "/experiments/" + name)[2])
+            s = v["policy_state"]["shadows"][0]
+            return s["compared"] + s["errors"]
+
+        def mirrored():
+            text = mmtest.request(admin, "GET", "/metrics")[2].decode()
+            return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                       if l.startswith("modelmux_shadow_total{"))
+        def reload_to(c, n):
+            self.cluster.write_config(c, os.path.basename(mm.config_path))
+            mm.signal(signal.SIGHUP)
+            mmtest.eventually(lambda: mm.log().count("config reloaded") == n)
+        for i in range(3):
+            self.assertEqual(get(self.conn(port), prefix + "?i=%d" % i)[0], 200)
+        reload_to(changed, 1)
+        reload_to(cfg, 2)
+        mmtest.eventually(lambda: mirrored() == 3, timeout=5)
+        self.assertEqual(counts(), 0)
+        # After the reloads, counting goes on as usual.
+        self.assertEqual(get(self.conn(port), prefix + "?i=9")[0], 200)
+        mmtest.eventually(lambda: counts() == 1, timeout=5)
+
     def test_mirror_does_not_hold_a_closing_client_connection_open(self):
         champion = self.cluster.model_server("champion")
         shadow = self.cluster.model_server("challenger", "--latency-ms", SHADOW_LATENCY_MS)

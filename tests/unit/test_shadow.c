@@ -622,7 +622,7 @@ static void statistics_are_pooled_through_the_tally(void **state)
         snprintf(a, sizeof a, "challenger|path|/f%d", i);
         tally_snap_set(f.tally, a, strlen(a), 1);
     }
-    tally_snap_set(f.tally, "dropped|challenger", 18, 4);
+    tally_snap_set(f.tally, "challenger|dropped", 18, 4);
     assert_int_equal(compare1(&f, resp(200, "{\"score\": 1}"), resp(200, "{\"score\": 2}")),
                      POLICY_MISMATCH);
     assert_int_equal(compare1(&f, resp(200, "{\"x\": 1}"), resp(200, "{\"x\": 1}")), POLICY_MATCH);
