@@ -105,8 +105,10 @@
  * index, only the non-zero ones; with restore, the answer snapshot the same
  * way after them. Last the tally: the field prefix of the write's definition
  * ("FP|"), '1' to delete that definition's fields first (a reload changed
- * the experiment to it: its counts start over, for every instance on it)
- * or '0', the deltas as a count C then C pairs (name, increment), and with
+ * the experiment to it: its counts start over, unless the hash's field
+ * "@def" already names it, that is another instance's reload arrived at it
+ * first and the instances arriving after it add to its counts; the delete
+ * sets "@def") or '0', the deltas as a count C then C pairs (name, increment), and with
  * restore its snapshot the same way. The tally comes back as the fields of
  * that definition only, without the prefix.
  *
@@ -216,10 +218,11 @@ static const char SYNC_SCRIPT[] =
     "  for i = 3, 2 + n do add(KEYS[i], 9 + (i - 3) * 7) end\n"
     "  local p = lat\n"
     "  for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
-    "  if ARGV[tpos + 1] == '1' then\n"
+    "  if ARGV[tpos + 1] == '1' and redis.call('HGET', KEYS[#KEYS], '@def') ~= tp then\n"
     "    for _, k in ipairs(redis.call('HKEYS', KEYS[#KEYS])) do\n"
     "      if string.sub(k, 1, #tp) == tp then w('HDEL', KEYS[#KEYS], k) end\n"
     "    end\n"
+    "    w('HSET', KEYS[#KEYS], '@def', tp)\n"
     "  end\n"
     "  addtally(tdeltas)\n"
     "end\n"

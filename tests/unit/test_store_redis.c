@@ -1075,25 +1075,32 @@ static void test_tally_is_pooled_per_definition(void **state)
     assert_int_equal(tally_field(f, "recs", 42, "challenger|matches"), 13);
     assert_int_equal(tally_of(ea, "challenger|matches"), 3);
     assert_int_equal(tally_of(eb, "challenger|matches"), 13);
-    /* b follows: the definition's counts start over once more, for both. */
+    /* b follows: a arrived first and started the counts over; b adds to
+     * them (a fleet's rolling reload, a --workers group's reload). */
     store_define(b, eb, 43, 1);
+    assert_int_equal(tally_of(eb, "challenger|matches"), 0);
     SETTLE(f, b, eb);
-    RUN_UNTIL(f, tally_of(ea, "challenger|matches") == 0, 2000);
-    assert_int_equal(tally_of(ea, "challenger|matches"), 0);
+    assert_int_equal(tally_of(eb, "challenger|matches"), 3);
+    assert_int_equal(tally_field(f, "recs", 43, "challenger|matches"), 3);
     count(ea, "challenger|matches", 2);
     count(eb, "challenger|matches", 1);
-    RUN_UNTIL(f, tally_of(ea, "challenger|matches") == 3 && tally_of(eb, "challenger|matches") == 3,
+    RUN_UNTIL(f, tally_of(ea, "challenger|matches") == 6 && tally_of(eb, "challenger|matches") == 6,
               2000);
-    assert_int_equal(tally_of(eb, "challenger|matches"), 3);
-    /* A reload back to the first definition starts it from zero too. */
+    assert_int_equal(tally_of(eb, "challenger|matches"), 6);
+    /* A reload back to the first definition starts it from zero too: the
+     * experiment moved to another one since it was started over. */
     store_define(a, ea, 42, 1);
     assert_int_equal(tally_of(ea, "challenger|matches"), 0);
     SETTLE(f, a, ea);
     assert_int_equal(tally_of(ea, "challenger|matches"), 0);
     assert_int_equal(tally_field(f, "recs", 42, "challenger|matches"), 0);
-    assert_int_equal(tally_field(f, "recs", 43, "challenger|matches"), 3);
+    assert_int_equal(tally_field(f, "recs", 43, "challenger|matches"), 6);
     count(ea, "challenger|matches", 4);
     SETTLE(f, a, ea);
+    store_define(b, eb, 42, 1); /* b arrives second: it keeps a's 4 */
+    SETTLE(f, b, eb);
+    assert_int_equal(tally_of(eb, "challenger|matches"), 4);
+    assert_int_equal(tally_field(f, "recs", 42, "challenger|matches"), 4);
 
     /* A reset deletes the hash: every definition's counts, everywhere. */
     store_reset(b, eb);
