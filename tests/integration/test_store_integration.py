@@ -1364,7 +1364,7 @@ class StoreIntegration(mmtest.MMTestCase):
         self.assertEqual(counts(a), counts(b))
         tally = self.key("{sh}", "tally")
         fields = lambda: dict(zip(*[iter(self.r("HGETALL", tally))] * 2))
-        definitions = lambda: {k.split("|", 1)[0] for k in fields()}
+        definitions = lambda: {k.split("|", 1)[0] for k in fields() if k != "@def"}
         self.assertEqual(len(definitions()), 1, fields())
         self.assertEqual(sum(int(v) for k, v in fields().items()
                              if k.split("|", 1)[1] in ("challenger|matches", "challenger|mismatches",
@@ -1379,6 +1379,12 @@ class StoreIntegration(mmtest.MMTestCase):
         mmtest.eventually(lambda: counts(a)[0] == 1, timeout=5)
         self.assertEqual(counts(b)[0], 18)
         mmtest.eventually(lambda: len(definitions()) == 2, timeout=5)
+        # The hash marks the definition a's reload started over (docs/store.md).
+        new = fields()["@def"].rstrip("|")
+        self.assertIn(new, definitions())
+        self.assertEqual(sum(int(v) for k, v in fields().items()
+                             if k in (new + "|challenger|matches", new + "|challenger|mismatches",
+                                      new + "|challenger|errors")), 1, fields())
         self.stop(b)
         self.stop(a)
 
