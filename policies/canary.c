@@ -114,21 +114,6 @@ typedef struct {
 
 static const char *const verdict_names[] = {"started", "passed", "failed", "inconclusive"};
 
-static const char *state_name(exp_run_state_t s)
-{
-    switch (s) {
-    case EXP_RUNNING:
-        return "running";
-    case EXP_PAUSED:
-        return "paused";
-    case EXP_PROMOTED:
-        return "promoted";
-    case EXP_ROLLED_BACK:
-        return "rolled_back";
-    }
-    return "running";
-}
-
 /* ---- latency histogram (src/lathist.h) ---- */
 
 /* The 99th percentile (nearest rank) in ms, or -1 without samples. */
@@ -431,7 +416,7 @@ static json_t *describe_analysis(const analysis_t *a, uint64_t now_ms)
     json_object_set_new(o, "verdict", json_string(verdict_names[a->verdict]));
     json_object_set_new(o, "from", json_real(a->from));
     json_object_set_new(o, "to", json_real(a->to));
-    json_object_set_new(o, "state", json_string(state_name(a->state)));
+    json_object_set_new(o, "state", json_string(exp_state_name(a->state)));
     json_object_set_new(o, "failures", json_integer(a->failures));
     if (a->verdict != V_STARTED) {
         json_object_set_new(o, "canary_requests", json_integer((json_int_t)a->requests[1]));
@@ -454,7 +439,7 @@ static json_t *canary_describe(void *p, const policy_view_t *v)
     json_object_set_new(o, "champion", json_string(c->names[0]));
     json_object_set_new(o, "canary", json_string(c->names[1]));
     json_object_set_new(o, "step", json_real(ctl ? ctl->canary_step : 0.0));
-    json_object_set_new(o, "state", json_string(state_name(ctl ? ctl->state : EXP_RUNNING)));
+    json_object_set_new(o, "state", json_string(exp_state_name(ctl ? ctl->state : EXP_RUNNING)));
     json_t *steps = json_array();
     for (size_t i = 0; i < c->n_steps; i++) json_array_append_new(steps, json_real(c->steps[i]));
     json_object_set_new(o, "steps", steps);

@@ -57,6 +57,14 @@ typedef enum {
     EXP_PROMOTED,    /* all traffic to one arm (control weights say which) */
     EXP_ROLLED_BACK, /* all traffic to the champion */
 } exp_run_state_t;
+#define EXP_STATE_COUNT 4
+
+/* The state's name in the admin API, the metrics and the store's control
+ * hash (DESIGN.md §5, §6): "running" for a value out of range. */
+const char *exp_state_name(exp_run_state_t s);
+/* Its inverse over the n bytes at p: 0, or -1 (and *out untouched) for a
+ * name that is none of them. */
+int exp_state_parse(const char *p, size_t n, exp_run_state_t *out);
 
 /* Operator-controlled state, shared by every instance through the store
  * (DESIGN.md §6 control hash). Weights set here override the policy's

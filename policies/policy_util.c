@@ -18,6 +18,7 @@
 #include <math.h>
 
 #include <stdio.h>
+#include <string.h>
 
 #include "policy.h"
 
@@ -79,4 +80,26 @@ int policy_parse_arm_list(policy_parse_t *pp, const json_t *exp, const char *key
         if (idx < MM_MAX_ARMS) snprintf(names[idx], MM_NAME_MAX + 1, "%s", json_string_value(a));
     }
     return policy_arm_count(pp);
+}
+
+static const char *const exp_state_names[EXP_STATE_COUNT] = {
+    [EXP_RUNNING] = "running",
+    [EXP_PAUSED] = "paused",
+    [EXP_PROMOTED] = "promoted",
+    [EXP_ROLLED_BACK] = "rolled_back",
+};
+
+const char *exp_state_name(exp_run_state_t s)
+{
+    return (unsigned)s < EXP_STATE_COUNT ? exp_state_names[s] : exp_state_names[EXP_RUNNING];
+}
+
+int exp_state_parse(const char *p, size_t n, exp_run_state_t *out)
+{
+    for (int i = 0; i < EXP_STATE_COUNT; i++)
+        if (strlen(exp_state_names[i]) == n && memcmp(exp_state_names[i], p, n) == 0) {
+            *out = (exp_run_state_t)i;
+            return 0;
+        }
+    return -1;
 }

@@ -45,8 +45,6 @@
 #define POST_ONLY "Allow: POST\r\n"
 #define PUT_ONLY  "Allow: PUT\r\n"
 
-static const char *const state_names[] = {"running", "paused", "promoted", "rolled_back"};
-
 /* ---- answers ---- */
 
 static void reply_json(conn_t *c, int status, json_t *o)
@@ -245,9 +243,7 @@ static json_t *experiment_view(const exp_rt_t *e)
     json_t *o = json_object();
     json_object_set_new(o, "name", json_string(e->cfg->name));
     json_object_set_new(o, "policy", json_string(e->cfg->ops->name));
-    json_object_set_new(
-        o, "state",
-        json_string(state_names[ctl->state <= EXP_ROLLED_BACK ? ctl->state : EXP_RUNNING]));
+    json_object_set_new(o, "state", json_string(exp_state_name(ctl->state)));
     json_object_set_new(o, "version", json_integer((json_int_t)ctl->version));
     json_object_set_new(o, "champion", json_string(e->ups[0]->name));
     json_t *w = json_null();
@@ -505,7 +501,7 @@ static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
     if (pause && (ctl.state == EXP_PROMOTED || ctl.state == EXP_ROLLED_BACK)) {
         reply_errorf(r->conn, 409, "conflict",
                      "experiment %s is %s: nothing is learning; resume or reset it first",
-                     e->cfg->name, state_names[ctl.state]);
+                     e->cfg->name, exp_state_name(ctl.state));
         return;
     }
     if (ctl.state == want) { /* already there: no new version */

@@ -230,7 +230,6 @@ typedef struct {
 } exp_ref_t;
 
 static const char *const shadow_outcomes[SHADOW__COUNT] = {"match", "mismatch", "error", "dropped"};
-static const char *const state_names[] = {"running", "paused", "promoted", "rolled_back"};
 
 /* Live experiments in config order, then the ones a reload removed. A
  * block is live when the router's experiment of its name holds it: one
@@ -557,8 +556,9 @@ static void render_experiments(mm_buf_t *b, const router_t *r)
            "rolled_back), 0 for the others.");
     for (size_t k = 0; k < n; k++) {
         const exp_rt_t *e = &r->exps[k];
-        for (int s = 0; s < 4; s++) {
-            const char *kv[] = {"experiment", e->cfg->name, "state", state_names[s], NULL};
+        for (int s = 0; s < EXP_STATE_COUNT; s++) {
+            const char *kv[] = {"experiment", e->cfg->name, "state",
+                                exp_state_name((exp_run_state_t)s), NULL};
             sample_u64(b, "modelmux_experiment_state", kv, (int)e->state->control.state == s);
         }
     }

@@ -779,38 +779,6 @@ static void fmt_double(char *out, double v)
         snprintf(out, 32, "%.17g", v);
 }
 
-static const char *state_name(exp_run_state_t st)
-{
-    switch (st) {
-    case EXP_PAUSED:
-        return "paused";
-    case EXP_PROMOTED:
-        return "promoted";
-    case EXP_ROLLED_BACK:
-        return "rolled_back";
-    case EXP_RUNNING:
-        break;
-    }
-    return "running";
-}
-
-static int state_parse(const char *p, size_t n, exp_run_state_t *out)
-{
-    static const struct {
-        const char *name;
-        exp_run_state_t st;
-    } t[] = {{"running", EXP_RUNNING},
-             {"paused", EXP_PAUSED},
-             {"promoted", EXP_PROMOTED},
-             {"rolled_back", EXP_ROLLED_BACK}};
-    for (size_t i = 0; i < MM_ARRAY_LEN(t); i++)
-        if (strlen(t[i].name) == n && memcmp(t[i].name, p, n) == 0) {
-            *out = t[i].st;
-            return 0;
-        }
-    return -1;
-}
-
 /* {"arm": weight, ...} with integral weights written as integers; "{}"
  * without weights. Caller frees. */
 static char *weights_json(const store_batch_t *b)
@@ -1024,7 +992,7 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
         snprintf(mode, 32, "%d", b->ctl_mode);
     arg_str(&a, b->reset ? "1" : "0");
     arg_str(&a, weights ? weights : "{}");
-    arg_str(&a, state_name(b->ctl.state));
+    arg_str(&a, exp_state_name(b->ctl.state));
     arg_double(&a, b->ctl.canary_step);
     arg_str(&a, b->restore ? "1" : "0");
     for (size_t i = 0; i < (b->restore ? 2 : 1) * b->n_arms; i++) {
@@ -1160,7 +1128,7 @@ static void ctl_from_fields(const exp_state_t *e, const ctl_fields_t *cf, exp_co
         }
         json_decref(o);
     }
-    if (cf->state) state_parse(cf->state->str, cf->state->len, &c->state);
+    if (cf->state) exp_state_parse(cf->state->str, cf->state->len, &c->state);
     if (cf->canary_step) c->canary_step = strtod(cf->canary_step->str, NULL);
     c->version = reply_u64(cf->version);
 }

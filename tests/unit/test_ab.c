@@ -662,10 +662,38 @@ static void test_config_accepts_all_parameters(void **state)
     teardown_fixture(&f);
 }
 
+/* The control state's names are the contract of the admin API, the metrics
+ * and the store's control hash: each parses back to its state; a prefix, a
+ * longer name or another case is none of them. */
+static void test_state_names_round_trip(void **st)
+{
+    (void)st;
+    const char *want[EXP_STATE_COUNT] = {"running", "paused", "promoted", "rolled_back"};
+    for (int i = 0; i < EXP_STATE_COUNT; i++) {
+        const char *name = exp_state_name((exp_run_state_t)i);
+        assert_string_equal(name, want[i]);
+        exp_run_state_t back = EXP_STATE_COUNT;
+        assert_int_equal(exp_state_parse(name, strlen(name), &back), 0);
+        assert_int_equal(back, i);
+    }
+    assert_string_equal(exp_state_name((exp_run_state_t)EXP_STATE_COUNT), "running");
+    const char *bad[] = {"", "run", "runnings", "Paused", "rolled-back"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        exp_run_state_t out = EXP_PROMOTED;
+        assert_int_equal(exp_state_parse(bad[i], strlen(bad[i]), &out), -1);
+        assert_int_equal(out, EXP_PROMOTED);
+    }
+    /* length-bounded: the bytes after n are not read */
+    exp_run_state_t out = EXP_RUNNING;
+    assert_int_equal(exp_state_parse("pausedXYZ", 6, &out), 0);
+    assert_int_equal(out, EXP_PAUSED);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_registered_with_weights_flag),
+        cmocka_unit_test(test_state_names_round_trip),
         cmocka_unit_test(test_split_90_10_within_binomial_bound),
         cmocka_unit_test(test_champion_is_first_listed_not_named),
         cmocka_unit_test(test_weight_zero_arm_never_chosen),
