@@ -82,6 +82,13 @@ typedef struct {
     int failed;   /* the last attempt failed: resend the same seq and deltas */
     uint64_t seq; /* 0: read only */
     int reset;
+    /* The reset_epoch this instance had read when it counted the deltas
+     * (epoch_known 0: none yet, or the place changed). Redis applies them
+     * only while that is still the epoch: after another instance's reset
+     * they are statistics learned before it, and are dropped, not added
+     * to the emptied hashes (store_redis.c, SYNC_SCRIPT). */
+    int epoch_known;
+    uint64_t epoch;
     int ctl_mode; /* 0 none, 1 write if Redis has none, 2 write and bump version,
                      3 the same if Redis's version is still ctl_base */
     uint64_t ctl_base;

@@ -97,7 +97,11 @@
  * the version is still V — a policy's change, see store_propose_control; N is
  * the number of local changes the write carries, and the version goes up by
  * N, once per change as DESIGN.md §6 says; mode 1 makes it 1),
- * ARGV[4] reset (DEL the arm and answer hashes, reset_epoch + 1), ARGV[5..7]
+ * ARGV[4] '1': reset (DEL the arm and answer hashes, reset_epoch + 1);
+ * '0:E': the deltas were counted while reset_epoch was E, and are not
+ * applied if it is another now (an instance's reset came in between: they
+ * were learned before it; 0, Redis lost its data, is not a reset); '0':
+ * applied in any case (no epoch read yet), ARGV[5..7]
  * weights, state, canary_step, ARGV[8] restore ('1': 7 more values per arm
  * follow the deltas), then 7 deltas per arm in FIELD order ('0': skip).
  * After those: the answer deltas, per arm a count C then C pairs (field,
@@ -178,6 +182,12 @@ static const char SYNC_SCRIPT[] =
     "local trestore = tdeltas + 1 + 2 * tonumber(ARGV[tdeltas])\n"
     "local seq = tonumber(ARGV[1])\n"
     "local apply = seq > 0 and seq > (tonumber(redis.call('GET', KEYS[2]) or '0') or 0)\n"
+    "local reset, known = string.match(ARGV[4], '^(%d):?(%d*)$')\n"
+    "local stale = false\n"
+    "if reset == '0' and known ~= '' then\n"
+    "  local cur = tonumber(redis.call('HGET', KEYS[1], 'reset_epoch') or '0') or 0\n"
+    "  stale = cur ~= 0 and cur ~= tonumber(known)\n"
+    "end\n"
     "local restore = ARGV[8] == '1' and redis.call('HEXISTS', KEYS[1], 'version') == 0\n"
     "if restore then\n"
     "  for i = 3, #KEYS do\n"
@@ -199,7 +209,7 @@ static const char SYNC_SCRIPT[] =
     "  addtally(trestore)\n"
     "end\n"
     "if apply then\n"
-    "  if ARGV[4] == '1' then\n"
+    "  if reset == '1' then\n"
     "    for i = 3, #KEYS do w('DEL', KEYS[i]) end\n"
     "    w('HINCRBY', KEYS[1], 'reset_epoch', 1)\n"
     "  end\n"
@@ -215,16 +225,18 @@ static const char SYNC_SCRIPT[] =
     "    w('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6], 'canary_step', ARGV[7])\n"
     "    w('HINCRBY', KEYS[1], 'version', tonumber(bump) or 1)\n"
     "  end\n"
-    "  for i = 3, 2 + n do add(KEYS[i], 9 + (i - 3) * 7) end\n"
-    "  local p = lat\n"
-    "  for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
+    "  if not stale then\n"
+    "    for i = 3, 2 + n do add(KEYS[i], 9 + (i - 3) * 7) end\n"
+    "    local p = lat\n"
+    "    for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
+    "  end\n"
     "  if ARGV[tpos + 1] == '1' and redis.call('HGET', KEYS[#KEYS], '@def') ~= tp then\n"
     "    for _, k in ipairs(redis.call('HKEYS', KEYS[#KEYS])) do\n"
     "      if string.sub(k, 1, #tp) == tp then w('HDEL', KEYS[#KEYS], k) end\n"
     "    end\n"
     "    w('HSET', KEYS[#KEYS], '@def', tp)\n"
     "  end\n"
-    "  addtally(tdeltas)\n"
+    "  if not stale then addtally(tdeltas) end\n"
     "end\n"
     "local out = {redis.call('HGETALL', KEYS[1])}\n"
     "for i = 3, #KEYS - 1 do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end\n"
@@ -813,6 +825,8 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
         writes = store_stats_nonzero(&e->pending[i]) || e->answers_local[i].answers != 0;
     b->seq = writes ? ++r->seq : 0;
     b->reset = x->reset_pending;
+    b->epoch_known = x->synced && !x->rebase;
+    b->epoch = x->known_epoch;
     b->ctl_mode = e->control_dirty ? (x->ctl_cas ? 3 : 2) : x->ctl_init ? 1 : 0;
     b->ctl_base = x->ctl_base;
     b->ctl_changes = e->control_dirty;
@@ -990,7 +1004,10 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
         snprintf(mode, 32, "2:%u", b->ctl_changes);
     else
         snprintf(mode, 32, "%d", b->ctl_mode);
-    arg_str(&a, b->reset ? "1" : "0");
+    if (b->reset || !b->epoch_known)
+        arg_str(&a, b->reset ? "1" : "0");
+    else
+        snprintf(arg_num(&a), 32, "0:%" PRIu64, b->epoch);
     arg_str(&a, weights ? weights : "{}");
     arg_str(&a, exp_state_name(b->ctl.state));
     arg_double(&a, b->ctl.canary_step);
@@ -1181,7 +1198,13 @@ static void apply_snapshot(store_exp_t *x, const redisReply *reply)
         x->known_epoch = epoch;
     else if (epoch != x->known_epoch) {
         /* Another instance reset the experiment (0: Redis lost its data). */
-        if (epoch != 0) store_exp_remote_reset(x);
+        if (epoch != 0) {
+            /* The script did not apply this write's deltas (the same
+             * test, see SYNC_SCRIPT): dropped, like the ones still here. */
+            for (size_t i = 0; i < b->n_arms && b->epoch_known; i++)
+                x->pub.dropped += b->deltas[i].pulls + b->deltas[i].feedback + b->deltas[i].errors;
+            store_exp_remote_reset(x);
+        }
         x->known_epoch = epoch;
     }
     x->rebase = 0;

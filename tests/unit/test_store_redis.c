@@ -648,6 +648,48 @@ static void test_reset_reaches_every_instance(void **state)
     assert_int_equal(ea->merged[0].pulls, 3);
 }
 
+/* Increments an instance counted before another instance's reset reached
+ * Redis, but sends after it, are statistics learned before the reset: its
+ * write must not add them to the emptied hashes (it carries the epoch it
+ * counted them under), and they are counted as dropped. The other
+ * instance's reset is written here by hand, as its script writes it, so
+ * that it lands between a's counting and a's write. */
+static void test_increments_counted_before_another_reset_are_dropped(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs");
+    store_pull(a, ea, 0);
+    SETTLE(f, a, ea);
+    assert_int_equal(ea->merged[0].pulls, 1);
+
+    for (int i = 0; i < 3; i++) store_pull(a, ea, 0);
+    assert_int_equal(store_reward(a, ea, 1, 0.5, 0), 0);
+    char key[256];
+    snprintf(key, sizeof(key), "%s:{recs}:arm:champion", f->prefix);
+    freeReplyObject(cmd(f, "DEL %s", key));
+    freeReplyObject(cmd(f, "HINCRBY %s:{recs}:control reset_epoch 1", f->prefix));
+    freeReplyObject(cmd(f, "HINCRBY %s:{recs}:control version 1", f->prefix));
+
+    RUN_UNTIL(f, store_resets(ea) == 1, WAIT_MS);
+    assert_int_equal(store_resets(ea), 1);
+    SETTLE(f, a, ea);
+    assert_int_equal(integer(f, "EXISTS %s", key), 0);
+    assert_int_equal(integer(f, "HEXISTS %s:{recs}:arm:challenger feedback", f->prefix), 0);
+    assert_int_equal(ea->merged[0].pulls, 0);
+    assert_int_equal(ea->merged[1].feedback, 0);
+    assert_int_equal(ea->dropped, 4); /* 3 pulls, 1 reward */
+
+    /* Counting goes on from zero, under the new epoch. */
+    store_pull(a, ea, 0);
+    SETTLE(f, a, ea);
+    redisReply *r = cmd(f, "HGET %s pulls", key);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    assert_string_equal(r->str, "1");
+    freeReplyObject(r);
+    assert_int_equal(ea->merged[0].pulls, 1);
+}
+
 typedef struct {
     int calls, found;
     store_reqinfo_t info;
@@ -2071,6 +2113,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_control_survives_a_restart_unless_redefined, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_reset_reaches_every_instance, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_increments_counted_before_another_reset_are_dropped,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_lookup_of_an_id_remembered_by_the_other_instance,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_lookup_is_answered_within_a_second_while_redis_hangs,
