@@ -615,6 +615,18 @@ static void on_stream(void *arg, store_msg_t *m)
         store_msg_done(srv->store, m, 1); /* it can never be applied */
         return;
     }
+    /* A field given twice is ambiguous, as a key repeated in a JSON object
+     * is over HTTP (a syntax error there): nothing of it is applied. */
+    static const char *const read_fields[] = {"request_id", "experiment", "arm", "item", "reward"};
+    for (size_t i = 0; i < MM_ARRAY_LEN(read_fields); i++)
+        if (store_msg_field_count(m, read_fields[i]) > 1) {
+            mm_log("feedback stream entry %s dropped: field %s is repeated (which value was meant "
+                   "cannot be known)",
+                   store_msg_id(m), read_fields[i]);
+            srv->stream_invalid++;
+            store_msg_done(srv->store, m, 1); /* it can never be applied */
+            return;
+        }
     fb_batch_t *b = calloc(1, sizeof(*b) + sizeof(fb_event_t));
     if (b == NULL) {
         store_msg_done(srv->store, m, 0);
@@ -624,10 +636,9 @@ static void on_stream(void *arg, store_msg_t *m)
     b->msg = m;
     b->n = 1;
     json_t *o = json_object();
-    const char *fields[] = {"request_id", "experiment", "arm", "item"};
-    for (size_t i = 0; i < MM_ARRAY_LEN(fields); i++) {
-        const char *v = store_msg_field(m, fields[i]);
-        if (v) json_object_set_new(o, fields[i], json_string(v));
+    for (size_t i = 0; i < MM_ARRAY_LEN(read_fields) - 1; i++) { /* reward: below */
+        const char *v = store_msg_field(m, read_fields[i]);
+        if (v) json_object_set_new(o, read_fields[i], json_string(v));
     }
     const char *rw = store_msg_field(m, "reward");
     int ok = 1;

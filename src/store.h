@@ -307,6 +307,9 @@ int store_stream_subscribe(store_t *s, store_stream_cb cb, void *arg,
 const char *store_msg_id(const store_msg_t *m);
 /* The value of field `name`, or NULL. Valid until store_msg_done. */
 const char *store_msg_field(const store_msg_t *m, const char *name);
+/* How many times field `name` appears in the entry (a stream entry may
+ * repeat a field; which value was meant cannot be known then). */
+size_t store_msg_field_count(const store_msg_t *m, const char *name);
 /* 1 if a field's name or value held a NUL byte: store_msg_field would give
  * only its part before the NUL ("1\0junk" read as 1, a request id cut
  * short), so such an entry is not to be applied. */

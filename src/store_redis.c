@@ -2249,6 +2249,13 @@ const char *store_msg_field(const store_msg_t *m, const char *name)
     return NULL;
 }
 
+size_t store_msg_field_count(const store_msg_t *m, const char *name)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < m->n_fields; i++) k += strcmp(m->names[i], name) == 0;
+    return k;
+}
+
 int store_msg_has_nul(const store_msg_t *m)
 {
     return m->has_nul;

@@ -553,7 +553,11 @@ class StoreIntegration(mmtest.MMTestCase):
                    # a NUL byte: "1\0..." is no number, nor a cut-short id or arm a name
                    ("experiment", "recs", "arm", "champion", "reward", b"1\x00junk"),
                    ("request_id", pre[2][2].encode() + b"\x00x", "reward", "1"),
-                   ("experiment", "recs", "arm", b"champion\x00x", "reward", "1")]
+                   ("experiment", "recs", "arm", b"champion\x00x", "reward", "1"),
+                   # a field of the event given twice: which one was meant is unknown
+                   ("experiment", "recs", "arm", "champion", "reward", "0.5", "reward", "1"),
+                   ("experiment", "recs", "arm", "champion", "arm", "challenger", "reward", "1"),
+                   ("request_id", pre[3][2], "request_id", pre[4][2], "reward", "1")]
         for fields in invalid:
             ids.append(self.r("XADD", stream, "*", *fields))
         self.assertEqual(self.r("XLEN", stream), len(ids))
