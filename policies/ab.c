@@ -201,7 +201,7 @@ static void *ab_create(const json_t *exp, policy_parse_t *pp)
 
     if (policy_get_string(pp, exp, "", "salt", NULL, &salt) < 0) goto err;
     json_t *sticky = json_object_get(exp, "sticky");
-    if (sticky != NULL && !json_is_null(sticky)) {
+    if (sticky != NULL) { /* null is no object: refused, as canary refuses it */
         if (policy_set_sticky(pp, sticky, "/sticky", salt) < 0) goto err;
         ab->sticky = 1;
     } else if (salt != NULL) {

@@ -421,7 +421,10 @@ static json_t *describe_analysis(const analysis_t *a, uint64_t now_ms)
     if (a->verdict != V_STARTED) {
         json_object_set_new(o, "canary_requests", json_integer((json_int_t)a->requests[1]));
         json_object_set_new(o, "champion_requests", json_integer((json_int_t)a->requests[0]));
-        json_object_set_new(o, "canary_error_rate", json_real(a->error_rate[1]));
+        /* no answers, no rate: null, as the interval view says (not 0.0,
+         * which reads as a clean canary) */
+        json_object_set_new(o, "canary_error_rate",
+                            a->requests[1] ? json_real(a->error_rate[1]) : json_null());
         json_object_set_new(o, "champion_error_rate",
                             a->requests[0] ? json_real(a->error_rate[0]) : json_null());
         json_object_set_new(o, "canary_p99_ms", ms_or_null(a->p99_ms[1]));

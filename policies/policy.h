@@ -329,7 +329,9 @@ int policy_get_int(policy_parse_t *pp, const json_t *obj, const char *path, cons
 int policy_get_string(policy_parse_t *pp, const json_t *obj, const char *path, const char *key,
                       const char *def, const char **out);
 /* Declare sticky assignment from the value of `sticky` ({"header"|"cookie"|"query": NAME});
- * salt NULL means the experiment name. */
+ * salt NULL means the experiment name. Pass the value as found: NULL (the key
+ * is absent) sets only the salt, anything but an object, JSON null included,
+ * is an error ("must be an object, got null"). */
 int policy_set_sticky(policy_parse_t *pp, const json_t *sticky, const char *path, const char *salt);
 /* Declare mirror mechanics (mirroring policies only). */
 void policy_set_mirror_limits(policy_parse_t *pp, const policy_mirror_limits_t *lim);

@@ -117,6 +117,87 @@ static int authorized(mm_server_t *srv, const mm_local_req_t *r)
     return token_matches(cred, token);
 }
 
+/* The admin path under /experiments, segment by segment as sent. The proxy
+ * normalises every request path (unreserved %XX decoded, runs of '/'
+ * merged, "." and ".." removed), which is right for routing to a model
+ * server, but "." and ".." are also valid experiment names (DESIGN.md §3):
+ * removed, /experiments/.. would be /, /experiments/. the list and
+ * /experiments/./rollback an experiment named "rollback". So below
+ * /experiments the segments are taken from the request target itself, with
+ * unreserved %XX decoded (%2E is '.') and empty segments (from "//" or a
+ * trailing '/') skipped, and nothing removed. A longer segment than any
+ * name or action is cut: it matches nothing anyway. */
+typedef struct {
+    int n; /* segments after "experiments": 0 the list, 1 NAME, 2 NAME/ACTION, more */
+    char name[MM_NAME_MAX + 2], action[16];
+    size_t name_n, action_n;
+} exp_path_t;
+
+/* Decode segment p[0..n) into out (cap bytes, cut beyond); its length. */
+static size_t path_segment(const char *p, size_t n, char *out, size_t cap)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < n && w < cap; i++) {
+        int hi, lo, ch = (unsigned char)p[i];
+        if (ch == '%' && i + 2 < n && (hi = mm_hex_val((unsigned char)p[i + 1])) >= 0 &&
+            (lo = mm_hex_val((unsigned char)p[i + 2])) >= 0) {
+            int d = hi * 16 + lo;
+            if ((d >= 'A' && d <= 'Z') || (d >= 'a' && d <= 'z') || (d >= '0' && d <= '9') ||
+                d == '-' || d == '.' || d == '_' || d == '~') {
+                ch = d;
+                i += 2;
+            }
+        }
+        out[w++] = (char)ch;
+    }
+    return w;
+}
+
+/* 1 if r's path, as sent, is /experiments or below (filling *ep). */
+static int experiments_path(const mm_local_req_t *r, exp_path_t *ep)
+{
+    mm_str_t target = r->url, authority, path;
+    if (r->head != NULL && r->base != NULL)
+        target = http_span(r->base, r->head->url_off, r->head->url_len);
+    http_target_form_t form = http_target(target, &authority, &path);
+    if (form != HT_ORIGIN && form != HT_ABSOLUTE) return 0;
+    path = http_url_path(path);
+    memset(ep, 0, sizeof(*ep));
+    int k = -1; /* segments seen after "experiments" */
+    for (size_t i = 0; i < path.n;) {
+        if (path.p[i] == '/') {
+            i++;
+            continue;
+        }
+        const char *seg = path.p + i;
+        while (i < path.n && path.p[i] != '/') i++;
+        size_t len = (size_t)(path.p + i - seg);
+        if (k < 0) {
+            char first[16];
+            size_t fn = path_segment(seg, len, first, sizeof(first));
+            if (fn != 11 || memcmp(first, "experiments", 11) != 0) return 0;
+        } else if (k == 0) {
+            ep->name_n = path_segment(seg, len, ep->name, sizeof(ep->name) - 1);
+        } else if (k == 1) {
+            ep->action_n = path_segment(seg, len, ep->action, sizeof(ep->action) - 1);
+        }
+        k++;
+    }
+    if (k < 0) return 0;
+    ep->n = k;
+    return 1;
+}
+
+/* /healthz or /readyz: the two endpoints that need no token. Decided on
+ * the path the router will take, so no path that reaches anything else
+ * (/experiments/../healthz is an experiment's action) passes as a probe. */
+static int is_probe(const mm_local_req_t *r)
+{
+    exp_path_t ep;
+    if (experiments_path(r, &ep)) return 0;
+    return str_eq(r->path, "/healthz") || str_eq(r->path, "/readyz");
+}
+
 /* A change sent by a browser on behalf of a web page: cross-site request
  * forgery. Without a token (the default on a loopback listener) any page
  * the operator opens could POST /experiments/NAME/promote to 127.0.0.1 as
@@ -138,7 +219,7 @@ int admin_refusal(mm_server_t *srv, const mm_local_req_t *r, const char **code, 
                   const char **extra_headers)
 {
     *extra_headers = NULL;
-    if (str_eq(r->path, "/healthz") || str_eq(r->path, "/readyz")) return 0;
+    if (is_probe(r)) return 0;
     if (!authorized(srv, r)) {
         *code = "unauthorized";
         *msg = "missing or wrong bearer token";
@@ -581,14 +662,10 @@ static void sync_for_sibling(mm_server_t *srv, conn_t *c)
 
 /* ---- routing ---- */
 
-static void experiment_routes(mm_server_t *srv, const mm_local_req_t *r, mm_str_t rest)
+static void experiment_routes(mm_server_t *srv, const mm_local_req_t *r, const exp_path_t *ep)
 {
-    /* rest: "NAME" or "NAME/ACTION", a trailing slash allowed (as for
-     * /experiments/) */
-    if (rest.n > 1 && rest.p[rest.n - 1] == '/') rest.n--;
-    const char *slash = memchr(rest.p, '/', rest.n);
-    mm_str_t name = {rest.p, slash ? (size_t)(slash - rest.p) : rest.n};
-    mm_str_t action = slash ? (mm_str_t){slash + 1, rest.n - name.n - 1} : (mm_str_t){"", 0};
+    mm_str_t name = {ep->name, ep->name_n};
+    mm_str_t action = {ep->action, ep->action_n};
     exp_rt_t *e = find_experiment(srv, name);
     if (e == NULL) {
         reply_errorf(r->conn, 404, "not_found", "no experiment named \"%.*s\"",
@@ -596,7 +673,9 @@ static void experiment_routes(mm_server_t *srv, const mm_local_req_t *r, mm_str_
         return;
     }
     int post = str_eq(r->method, "POST");
-    if (!slash) {
+    if (ep->n > 2) {
+        conn_respond_error(r->conn, 404, "not_found", "no such admin endpoint");
+    } else if (ep->n == 1) {
         if (!is_get(r)) {
             conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
             return;
@@ -633,13 +712,16 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
 {
     mm_str_t path = r->path;
     conn_t *c = r->conn;
-    if (r->worker_only && !str_eq(path, "/metrics") && !str_eq(path, SCRAPE_SYNC_PATH)) {
+    exp_path_t ep;
+    int under_experiments = experiments_path(r, &ep);
+    if (r->worker_only &&
+        (under_experiments || (!str_eq(path, "/metrics") && !str_eq(path, SCRAPE_SYNC_PATH)))) {
         /* a sibling's scrape or sync, nothing else */
         conn_respond_error(c, 404, "not_found",
                            "this worker's private listener serves /metrics and " SCRAPE_SYNC_PATH);
         return;
     }
-    if (str_eq(path, "/healthz") || str_eq(path, "/readyz")) {
+    if (is_probe(r)) {
         if (!is_get(r)) {
             conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
             return;
@@ -666,7 +748,15 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
         sync_for_sibling(srv, c);
         return;
     }
-    if (str_eq(path, "/metrics")) {
+    if (under_experiments && ep.n > 0) {
+        experiment_routes(srv, r, &ep);
+    } else if (under_experiments) {
+        if (!is_get(r)) {
+            conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
+            return;
+        }
+        reply_views(srv, c, NULL);
+    } else if (str_eq(path, "/metrics")) {
         if (!is_get(r)) {
             conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
             return;
@@ -685,14 +775,6 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
         else
             conn_respond(c, 200, MM_METRICS_CONTENT_TYPE, b.p ? b.p : "", b.len, NULL);
         mm_buf_free(&b);
-    } else if (str_eq(path, "/experiments") || str_eq(path, "/experiments/")) {
-        if (!is_get(r)) {
-            conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
-            return;
-        }
-        reply_views(srv, c, NULL);
-    } else if (path.n > 13 && memcmp(path.p, "/experiments/", 13) == 0) {
-        experiment_routes(srv, r, (mm_str_t){path.p + 13, path.n - 13});
     } else if (str_eq(path, "/reload")) {
         if (!str_eq(r->method, "POST")) {
             conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use POST", POST_ONLY);

@@ -176,8 +176,11 @@ static const char *dotted(const cx_t *cx, const char *ptr, char *out, size_t n)
     while (*p == '/') {
         char seg[256];
         size_t k = 0;
+        int cut = 0;
         for (p++; *p && *p != '/'; p++) {
             char ch = *p;
+            if (ch == '~' && p[1] == '2') cut = 1; /* a long key, shortened (jsonpos.h) */
+            if (cut) continue;
             if (ch == '~' && (p[1] == '0' || p[1] == '1')) ch = *++p == '0' ? '~' : '/';
             if (k + 1 < sizeof(seg)) seg[k++] = ch;
         }
@@ -191,15 +194,16 @@ static const char *dotted(const cx_t *cx, const char *ptr, char *out, size_t n)
             if (plain_word(seg)) {
                 if (len > 0) cat(out, n, &len, ".");
                 cat(out, n, &len, seg);
+                if (cut) cat(out, n, &len, "...");
             } else { /* as a JSON string: ["a\"b"] must not read as ["a"] */
                 cat(out, n, &len, "[\"");
                 for (const char *c = seg; *c; c++) {
                     char esc[3] = {'\\', *c, '\0'}; /* the character, after a backslash */
                     cat(out, n, &len, *c == '"' || *c == '\\' ? esc : esc + 1);
                 }
-                cat(out, n, &len, "\"]");
+                cat(out, n, &len, cut ? "...\"]" : "\"]");
             }
-            cur = json_is_object(cur) ? json_object_get(cur, seg) : NULL;
+            cur = json_is_object(cur) && !cut ? json_object_get(cur, seg) : NULL;
         }
     }
     if (len == 0) cat(out, n, &len, "(top level)");
@@ -1366,7 +1370,10 @@ int config_experiment_index(const config_t *c, const char *name)
 /* The absolute pointer of a path relative to the experiment object. */
 static void exp_ptr(const policy_parse_t *pp, const char *path, char *out, size_t n)
 {
-    snprintf(out, n, "%s%s", pp->base, path ? path : "");
+    /* a policy's path may hold a key of any length: shortened as jsonpos
+     * records it, the pointer fits and is found */
+    int b = snprintf(out, n, "%s", pp->base);
+    if (b >= 0 && (size_t)b < n) jsonpos_canon(path ? path : "", out + b, n - (size_t)b);
 }
 
 /* The policy's message gets the value's position and dotted path in front,
@@ -1392,7 +1399,9 @@ int policy_add_arm(policy_parse_t *pp, const char *name, const char *path)
     int up = ix ? (int)json_integer_value(ix) : -1;
     /* Point at the name: the key in {"arm": weight}, else the value. */
     const char *last = strrchr(p, '/');
-    int at_key = name != NULL && last != NULL && strcmp(last + 1, name) == 0;
+    char named[PTR_MAX] = ""; /* "/" and the name as a pointer segment */
+    int at_key = name != NULL && last != NULL && jsonpos_append(named, sizeof(named), name) == 0 &&
+                 strcmp(last, named) == 0;
     if (up < 0) {
         char known[512];
         size_t len = 0;

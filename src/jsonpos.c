@@ -229,21 +229,82 @@ static int scan_string(jp_scan_t *sc, jp_buf_t *out)
     }
 }
 
-/* Append "/" + the RFC 6901 escape of the decoded key to the current path. */
+/* ---- long segments ----
+ * A key may be as long as the file. Pointers are built by callers in
+ * fixed buffers (the config checker's, on its error path), so a segment
+ * whose escaped form is longer than JSONPOS_SEG_MAX bytes is shortened the
+ * same way wherever a pointer is made: here when recording, in
+ * jsonpos_append and jsonpos_canon when building, in jsonpos_find when
+ * looking up. The short form is the first whole characters of the escaped
+ * segment (at most SEG_KEEP bytes), "~2" (no escape of RFC 6901, so it
+ * never equals a segment of its own) and a 64-bit FNV-1a hash of the whole
+ * escaped segment: two long keys of one object that share the kept prefix
+ * still get different pointers, short of a hash collision, which would only
+ * misplace an error message. */
+#define SEG_KEEP      200
+#define SEG_SHORT_MAX (SEG_KEEP + 2 + 16)
+
+/* The escaped form of s[0..n): with `escape`, s is a decoded key ('~' and
+ * '/' are escaped); without, it is already escaped. */
+static size_t esc_len(const char *s, size_t n, int escape)
+{
+    size_t len = n;
+    if (escape)
+        for (size_t i = 0; i < n; i++) len += s[i] == '~' || s[i] == '/';
+    return len;
+}
+
+/* Escaped byte j of s, walked in order through *i and *half. */
+static char esc_next(const char *s, size_t *i, int *half, int escape)
+{
+    char c = s[*i];
+    if (escape && (c == '~' || c == '/')) {
+        if (!*half) {
+            *half = 1;
+            return '~';
+        }
+        *half = 0;
+        (*i)++;
+        return c == '~' ? '0' : '1';
+    }
+    (*i)++;
+    return c;
+}
+
+/* Write the pointer form of segment s[0..n) to out (room for SEG_MAX + 1
+ * bytes is enough whatever n is): escaped, and shortened when long. Returns
+ * its length. */
+static size_t seg_form(const char *s, size_t n, int escape, char *out)
+{
+    size_t len = esc_len(s, n, escape), i = 0, w = 0;
+    int half = 0;
+    if (len <= JSONPOS_SEG_MAX) {
+        while (i < n) out[w++] = esc_next(s, &i, &half, escape);
+        return w;
+    }
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t j = 0; j < len; j++) {
+        char c = esc_next(s, &i, &half, escape);
+        if (j < SEG_KEEP) out[w++] = c;
+        if (j == SEG_KEEP && ((unsigned char)c & 0xC0) == 0x80) {
+            /* c continues a character: drop the part of it that was kept */
+            while (w > 0 && ((unsigned char)out[w - 1] & 0xC0) == 0x80) w--;
+            if (w > 0 && (unsigned char)out[w - 1] >= 0xC0) w--;
+        }
+        h = (h ^ (unsigned char)c) * 0x100000001b3ULL;
+    }
+    if (out[w - 1] == '~') w--; /* half an escape ("~0" cut after '~') */
+    w += (size_t)snprintf(out + w, SEG_SHORT_MAX + 1 - w, "~2%016llx", (unsigned long long)h);
+    return w;
+}
+
+/* Append "/" + the pointer form of the decoded key to the current path. */
 static int push_key(jp_buf_t *path, const char *k, size_t n)
 {
+    char seg[JSONPOS_SEG_MAX + 1];
+    size_t len = seg_form(k, n, 1, seg);
     if (buf_put(path, "/", 1) < 0) return -1;
-    for (size_t i = 0; i < n; i++) {
-        int rc;
-        if (k[i] == '~')
-            rc = buf_put(path, "~0", 2);
-        else if (k[i] == '/')
-            rc = buf_put(path, "~1", 2);
-        else
-            rc = buf_put(path, k + i, 1);
-        if (rc < 0) return -1;
-    }
-    return 0;
+    return buf_put(path, seg, len);
 }
 
 static int scan_value(jp_scan_t *sc, int kline, int kcol);
@@ -360,16 +421,23 @@ void jsonpos_free(jsonpos_t *jp)
 int jsonpos_find(const jsonpos_t *jp, const char *pointer, int key, int *line, int *col)
 {
     size_t n = strlen(pointer);
+    char *canon = malloc(n + 1); /* the pointer form never grows */
+    if (canon == NULL) return -1;
+    jsonpos_canon(pointer, canon, n + 1);
+    n = strlen(canon);
+    int rc = -1;
     for (size_t i = 0; i < jp->n; i++) {
         const jp_entry_t *e = &jp->entries[i];
         /* n == 0: the root, and the arena may still be NULL (memcmp's
          * arguments must not be, even for no bytes) */
-        if (e->len != n || (n > 0 && memcmp(jp->arena + e->off, pointer, n) != 0)) continue;
+        if (e->len != n || (n > 0 && memcmp(jp->arena + e->off, canon, n) != 0)) continue;
         *line = key ? e->kline : e->vline;
         *col = key ? e->kcol : e->vcol;
-        return 0;
+        rc = 0;
+        break;
     }
-    return -1;
+    free(canon);
+    return rc;
 }
 
 size_t jsonpos_count(const jsonpos_t *jp)
@@ -379,25 +447,36 @@ size_t jsonpos_count(const jsonpos_t *jp)
 
 int jsonpos_append(char *buf, size_t buflen, const char *segment)
 {
-    size_t n = strlen(buf), start = n;
-    if (n + 1 >= buflen) return -1;
-    buf[n++] = '/';
-    for (const char *p = segment; *p; p++) {
-        const char *rep = *p == '~' ? "~0" : *p == '/' ? "~1" : NULL;
-        size_t k = rep ? 2 : 1;
-        if (n + k >= buflen) {
-            buf[start] = '\0';
-            return -1;
-        }
-        if (rep) {
-            memcpy(buf + n, rep, 2);
-        } else {
-            buf[n] = *p;
-        }
-        n += k;
-    }
-    buf[n] = '\0';
+    char seg[JSONPOS_SEG_MAX + 1];
+    size_t n = strlen(buf), len = seg_form(segment, strlen(segment), 1, seg);
+    if (n + 1 + len >= buflen) return -1;
+    buf[n] = '/';
+    memcpy(buf + n + 1, seg, len);
+    buf[n + 1 + len] = '\0';
     return 0;
+}
+
+int jsonpos_canon(const char *pointer, char *out, size_t n)
+{
+    size_t w = 0;
+    int rc = 0;
+    if (n == 0) return -1;
+    for (const char *p = pointer; *p == '/';) {
+        const char *end = strchr(p + 1, '/');
+        if (end == NULL) end = p + strlen(p);
+        char seg[JSONPOS_SEG_MAX + 1];
+        size_t len = seg_form(p + 1, (size_t)(end - p - 1), 0, seg);
+        if (w + 1 + len >= n) {
+            rc = -1;
+            break;
+        }
+        out[w++] = '/';
+        memcpy(out + w, seg, len);
+        w += len;
+        p = end;
+    }
+    out[w] = '\0';
+    return rc;
 }
 
 void jsonpos_error_at(const char *text, size_t len, const json_error_t *je, int *line, int *col)

@@ -49,9 +49,23 @@ void jsonpos_syntax_error(const char *text, size_t len, const json_error_t *je, 
 /* Number of values recorded (the root included). */
 size_t jsonpos_count(const jsonpos_t *jp);
 
-/* Append "/" and `segment` escaped per RFC 6901 ('~' -> "~0", '/' -> "~1")
- * to the NUL-terminated pointer in buf. Returns 0, or -1 (buf unchanged) if
- * the result would not fit in buflen bytes. */
+/* A key may be as long as the text, but pointers are built in fixed
+ * buffers. So every pointer this module records, builds or looks up has
+ * each segment whose escaped form is longer than JSONPOS_SEG_MAX bytes
+ * shortened: its first characters (at most 200 bytes), then "~2" and a hash
+ * of the whole segment in 16 hex digits. "~2" is no RFC 6901 escape: a
+ * reader of pointers (an error message's dotted name) stops the segment
+ * there. A shortened segment is at most 218 bytes. */
+#define JSONPOS_SEG_MAX 256
+
+/* Append "/" and `segment` escaped per RFC 6901 ('~' -> "~0", '/' -> "~1"),
+ * shortened if long, to the NUL-terminated pointer in buf. Returns 0, or -1
+ * (buf unchanged) if the result would not fit in buflen bytes. */
 int jsonpos_append(char *buf, size_t buflen, const char *segment);
+
+/* Copy the (escaped) pointer to out (n bytes) with its long segments
+ * shortened; the result is never longer than the pointer. Returns 0, or -1
+ * if it did not fit (out then holds the whole segments that did). */
+int jsonpos_canon(const char *pointer, char *out, size_t n);
 
 #endif

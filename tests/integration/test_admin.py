@@ -280,6 +280,7 @@ def metric(samples, name, **labels):
 class Base(unittest.TestCase):
     token = None
     store = None
+    extra_experiments = []  # appended to make_config's
 
     @classmethod
     def setUpClass(cls):
@@ -296,6 +297,7 @@ class Base(unittest.TestCase):
             cls.log_path = os.path.join(cls.tmp, "logs", "requests.jsonl")
             cls.config = make_config(cls.champion.port, cls.challenger.port, cls.log_path,
                                      cls.token, cls.store)
+            cls.config["experiments"] += cls.extra_experiments
             cls.mm = Modelmux(cls.tmp, cls.config)
         except Exception:
             cls.tearDownClass()
@@ -534,6 +536,35 @@ class TestAdminAPI(Base):
         self.assertEqual(metric(after, "modelmux_reload_failures_total"),
                          metric(before, "modelmux_reload_failures_total") + 1)
         self.assertEqual(self.send("ranker")[0][0], 200)
+
+
+class TestDotNames(Base):
+    """Experiments named "." and ".." (DESIGN.md §3 allows them) are reached
+    by their literal path segment: no dot-segment removal below /experiments."""
+    token = "dots-token"
+    extra_experiments = [
+        {"name": n, "match": {"path_prefix": "/", "headers": {"X-Exp": "dot%d" % len(n)}},
+         "policy": "ab", "arms": {"champion": 1, "challenger": 1}} for n in ("..", ".")]
+
+    def test_dot_names_are_reachable(self):
+        for path, name in (("/experiments/..", ".."), ("/experiments/.", "."),
+                           ("/experiments/%2E%2E", ".."), ("/experiments/%2e/", "."),
+                           ("//experiments//ranker/", "ranker")):
+            self.assertEqual(self.admin_json("GET", path)["name"], name, path)
+        view = self.admin_json("POST", "/experiments/./rollback")
+        self.assertEqual((view["name"], view["state"]), (".", "rolled_back"))
+        self.assertEqual(self.admin_json("GET", "/experiments/..")["state"], "running")
+        view = self.admin_json("POST", "/experiments/../pause")
+        self.assertEqual((view["name"], view["state"]), ("..", "paused"))
+        self.assertEqual(self.admin_json("GET", "/experiments/ranker")["state"], "running")
+        for n in (".", ".."):
+            self.admin_json("POST", "/experiments/%s/reset" % n)
+        # the list is /experiments itself; a dot-segment leads nowhere else
+        self.assertIsInstance(self.admin_json("GET", "/experiments/"), (list, dict))
+        self.assertNotIn("name", self.admin_json("GET", "/experiments/"))
+        self.assert_error(self.admin("GET", "/experiments/../metrics"), 404, "not_found")
+        st, _, _ = self.mm.admin("GET", "/experiments/../healthz", None, None, None)
+        self.assertEqual(st, 401)
 
 
 class TestAuth(Base):

@@ -137,6 +137,29 @@ class CheckRejects(unittest.TestCase):
         text = variant(LINE4, LINE4.replace('"}', '", "timeout": 5}'))
         self.assertCheckFails(text, 4, 50, "unknown key", "upstreams.champion.timeout")
 
+    def test_a_long_key_is_reported_at_itself(self):
+        # Keys of 1022 to 5000 characters: the position is the key's opening
+        # quote (line 2, column 3), whatever its length; the name is shown
+        # cut, ending in "...".
+        for n in (1022, 1023, 1024, 5000):
+            key = "k" * n
+            text = variant('  "listen": "127.0.0.1:18080",', '  "%s": 1,' % key)
+            msg = self.assertCheckFails(text, 2, 3, "unknown key " + "k" * 200 + "...")
+            self.assertNotIn("k" * 201, msg)
+            # an upstream name, and a match.headers name
+            text = variant(LINE4, '    "%s": {"url": "http://127.0.0.1:7001"},' % key)
+            self.assertCheckFails(text, 4, 5, "bad upstream name", "upstreams.kkk")
+            text = variant('"path_prefix": "/v1/"}',
+                           '"path_prefix": "/v1/", "headers": {"%s": "x"}}' % key)
+            self.assertCheckFails(text, 8, 65, "bad header name", "headers.kkk")
+
+    def test_sticky_null_is_refused_by_ab_as_by_canary(self):
+        text = variant(LINE9, LINE9[:-1] + ', "sticky": null}')
+        self.assertCheckFails(text, 9, 76, "experiments[0].sticky must be an object, got null")
+        text = variant(LINE9, '     "policy": "canary", "champion": "champion", '
+                              '"canary": "challenger", "sticky": null}')
+        self.assertCheckFails(text, 9, 84, "experiments[0].sticky must be an object, got null")
+
     def test_public_admin_listener_without_token_is_refused(self):
         text = variant('  "listen": "127.0.0.1:18080",\n',
                        '  "listen": "127.0.0.1:18080", "admin": {"listen": "0.0.0.0:19090"},\n')

@@ -48,6 +48,18 @@ static const char CONFIG_NO_TOKEN[] = "{\"listen\": \"127.0.0.1:18080\",\n"
                                       " \"admin\": {\"listen\": \"127.0.0.1:19090\"},\n" UPSTREAMS
                                       " \"experiments\": [\n" EXPERIMENTS "\n ]}\n";
 
+/* Experiments named "." and "..", which DESIGN.md §3 allows. */
+static const char CONFIG_DOTS[] =
+    "{\"listen\": \"127.0.0.1:18080\",\n"
+    " \"admin\": {\"listen\": \"127.0.0.1:19090\", \"token\": \"s3cret\"},\n" UPSTREAMS
+    " \"experiments\": [\n"
+    "  {\"name\": \"..\", \"match\": {\"path_prefix\": \"/v1/up\"}, \"policy\": \"ab\",\n"
+    "   \"arms\": {\"a\": 1, \"b\": 1}},\n"
+    "  {\"name\": \".\", \"match\": {\"path_prefix\": \"/v1/here\"}, \"policy\": \"ab\",\n"
+    "   \"arms\": {\"a\": 1, \"b\": 1}},\n"
+    "  {\"name\": \"rank\", \"match\": {\"path_prefix\": \"/v1/rank\"}, \"policy\": \"ab\",\n"
+    "   \"arms\": {\"a\": 1, \"b\": 1}}\n ]}\n";
+
 #define AUTH "Authorization: Bearer s3cret\r\n"
 
 static int setup(void **state)
@@ -569,6 +581,68 @@ static void test_reload_swaps_the_config_or_keeps_the_old(void **state)
     assert_int_equal(t->srv.reloads, 1);
 }
 
+/* ---- paths ---- */
+
+static void assert_view_named(rig_t *t, const char *method, const char *path, const char *name)
+{
+    json_t *v = ok_view(t, method, path, NULL);
+    if (!json_is_string(json_object_get(v, "name")))
+        fail_msg("%s %s: not one experiment's view", method, path);
+    assert_string_equal(json_string_value(json_object_get(v, "name")), name);
+    json_decref(v);
+}
+
+/* Below /experiments the path is taken segment by segment as sent: "." and
+ * ".." are names (not removed as dot-segments), %2E is '.', runs of '/' and
+ * a trailing '/' do not count. */
+static void test_experiment_names_dot_and_dotdot_are_reachable(void **state)
+{
+    (void)state;
+    rig_t t;
+    rig_start(&t, CONFIG_DOTS);
+    assert_view_named(&t, "GET", "/experiments/..", "..");
+    assert_view_named(&t, "GET", "/experiments/.", ".");
+    assert_view_named(&t, "GET", "/experiments/%2E%2e", "..");
+    assert_view_named(&t, "GET", "/experiments/%2e/", ".");
+    assert_view_named(&t, "GET", "//experiments//rank/", "rank");
+    assert_view_named(&t, "GET", "/%65xperiments/r%61nk", "rank");
+
+    json_t *v = ok_view(&t, "POST", "/experiments/./rollback", NULL);
+    assert_string_equal(json_string_value(json_object_get(v, "name")), ".");
+    assert_string_equal(view_state(v), "rolled_back");
+    json_decref(v);
+    assert_int_equal(control(&t, ".")->state, EXP_ROLLED_BACK);
+    assert_int_equal(control(&t, "..")->state, EXP_RUNNING);
+    v = ok_view(&t, "POST", "/experiments/../pause/", NULL);
+    assert_string_equal(json_string_value(json_object_get(v, "name")), "..");
+    json_decref(v);
+    assert_int_equal(control(&t, "..")->state, EXP_PAUSED);
+    assert_int_equal(control(&t, "rank")->state, EXP_RUNNING);
+    v = ok_view(&t, "POST", "/experiments/%2E%2E/resume", NULL);
+    json_decref(v);
+    assert_int_equal(control(&t, "..")->state, EXP_RUNNING);
+
+    /* the list: exactly /experiments, with or without '/' */
+    rig_resp_t r;
+    call(&t, "GET", "/experiments/", NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_null(json_object_get(r.json, "name"));
+    rig_resp_free(&r);
+    /* a dot-segment does not lead out of /experiments: no probe without the
+     * token, no other endpoint */
+    assert_401(&t, "GET", "/experiments/../healthz", NULL);
+    call(&t, "GET", "/experiments/../metrics", NULL, &r);
+    rig_assert_error(&r, 404, "not_found");
+    rig_resp_free(&r);
+    call(&t, "POST", "/experiments/./rollback/x", NULL, &r);
+    rig_assert_error(&r, 404, "not_found");
+    rig_resp_free(&r);
+    call(&t, "GET", "/experiments/...", NULL, &r);
+    rig_assert_error(&r, 404, "not_found");
+    rig_resp_free(&r);
+    rig_stop(&t);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, rig_teardown)
@@ -590,6 +664,7 @@ int main(void)
         T(test_reset_forgets_statistics_and_operator_changes),
         T(test_metrics_is_prometheus_text),
         T(test_reload_swaps_the_config_or_keeps_the_old),
+        cmocka_unit_test(test_experiment_names_dot_and_dotdot_are_reachable),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

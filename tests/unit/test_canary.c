@@ -183,6 +183,36 @@ static void too_few_canary_requests_hold_the_step_and_restart_the_interval(void 
     fx_free(&f);
 }
 
+/* An interval without answers from an arm has no error rate for it: the
+ * analysis says null (as the interval view does), not 0.0, in
+ * last_analysis and in the history entry alike. */
+static void analysis_without_answers_has_null_error_rates(void **state)
+{
+    fx_t f;
+    (void)state;
+    fx_init(&f, BASE);
+    tick(&f, 0);
+    assert_int_equal(tick(&f, 10000), 0); /* nothing at all */
+    feed(&f, 0, 20, 2, 100);              /* only the champion answers */
+    assert_int_equal(tick(&f, 20000), 0);
+    json_t *d = describe(&f);
+    json_t *hist = json_object_get(d, "history");
+    assert_true(json_array_size(hist) >= 3);
+    const json_t *none = json_array_get(hist, json_array_size(hist) - 2);
+    const json_t *champ = json_array_get(hist, json_array_size(hist) - 1);
+    assert_true(json_equal(champ, json_object_get(d, "last_analysis")));
+    assert_int_equal(json_integer_value(json_object_get(none, "canary_requests")), 0);
+    assert_int_equal(json_integer_value(json_object_get(none, "champion_requests")), 0);
+    assert_true(json_is_null(json_object_get(none, "canary_error_rate")));
+    assert_true(json_is_null(json_object_get(none, "champion_error_rate")));
+    assert_int_equal(json_integer_value(json_object_get(champ, "canary_requests")), 0);
+    assert_true(json_is_null(json_object_get(champ, "canary_error_rate")));
+    assert_true(fabs(json_number_value(json_object_get(champ, "champion_error_rate")) - 0.1) <
+                1e-9);
+    json_decref(d);
+    fx_free(&f);
+}
+
 static void no_canary_answer_is_inconclusive_even_with_min_requests_zero(void **state)
 {
     fx_t f;
@@ -932,6 +962,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(running_at_step_zero_starts_at_the_first_step),
         cmocka_unit_test(passed_interval_moves_to_the_next_step),
+        cmocka_unit_test(analysis_without_answers_has_null_error_rates),
         cmocka_unit_test(error_rate_delta_without_champion_answers_is_not_judged),
         cmocka_unit_test(too_few_canary_requests_hold_the_step_and_restart_the_interval),
         cmocka_unit_test(no_canary_answer_is_inconclusive_even_with_min_requests_zero),

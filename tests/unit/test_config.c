@@ -1117,6 +1117,80 @@ static void test_default_config_file_is_valid(void **state)
     config_free(c);
 }
 
+/* A key of any length is reported at itself, with its name shown cut
+ * (first 200 bytes, then "..."): not at an enclosing object. 1022 and 1023
+ * characters straddle the limit of the pointer buffers, 1024 and 5000 go
+ * well past it. */
+static void test_long_keys_are_reported_where_they_are(void **state)
+{
+    static const size_t lens[] = {300, 1022, 1023, 1024, 1100, 5000};
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        size_t n = lens[i];
+        char *k = malloc(n + 1), *text = malloc(n + 512), want[512], shown[204];
+        assert_non_null(k);
+        assert_non_null(text);
+        memset(k, 'k', n);
+        k[n] = '\0';
+        snprintf(shown, sizeof(shown), "%.200s...", k);
+
+        snprintf(text, n + 512, "{" UPS ", \"experiments\": [], \"%s\": 1}", k);
+        snprintf(want, sizeof(want),
+                 "t.json:1:130: unknown key %s (allowed here: listen, admin, store, log, limits, "
+                 "upstreams, experiments)",
+                 shown);
+        expect_error(text, want);
+
+        snprintf(text, n + 512,
+                 "{\"upstreams\": {\"%s\": {\"url\": \"http://127.0.0.1:1\"}},\n"
+                 "\"experiments\": []}",
+                 k);
+        snprintf(want, sizeof(want),
+                 "t.json:1:16: upstreams.%s: bad upstream name; names are 1-64 characters of "
+                 "[A-Za-z0-9_.-]",
+                 shown);
+        expect_error(text, want);
+
+        snprintf(text, n + 512,
+                 "{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\", \"headers\": "
+                 "{\"%s\": \"KR\"}}}]}",
+                 k);
+        snprintf(want, sizeof(want),
+                 "t.json:2:59: experiments[0].match.headers.%s: bad header name; expected 1-127 "
+                 "token characters",
+                 shown);
+        expect_error(text, want);
+
+        /* a policy's own path to a long key (ab's "/arms/NAME") */
+        snprintf(text, n + 512,
+                 "{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"ab\", "
+                 "\"arms\": {\"champion\": 1, \"%s\": 1}}]}",
+                 k);
+        snprintf(want, sizeof(want), "t.json:2:88: experiments[0].arms.%s: unknown upstream",
+                 shown);
+        expect_error_prefix(text, want);
+        free(k);
+        free(text);
+    }
+}
+
+/* "sticky": null is no object, for every policy that takes sticky (the
+ * README: null stands for "absent" only where a key says so). */
+static void test_sticky_null_is_refused_by_every_policy(void **state)
+{
+    need_policy("ab");
+    need_policy("canary");
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"ab\", "
+                 "\"arms\": {\"champion\": 1, \"challenger\": 1}, \"sticky\": null}]}",
+                 "t.json:2:116: experiments[0].sticky must be an object, got null");
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"canary\", "
+                 "\"champion\": \"champion\", \"canary\": \"challenger\", \"sticky\": null}]}",
+                 "t.json:2:126: experiments[0].sticky must be an object, got null");
+}
+
 static void test_error_with_small_buffer_is_truncated_safely(void **state)
 {
     char err[8];
@@ -1175,6 +1249,8 @@ int main(void)
         cmocka_unit_test(test_default_config_file_is_valid),
         cmocka_unit_test(test_number_just_outside_a_range_is_shown_exactly),
         cmocka_unit_test(test_error_with_small_buffer_is_truncated_safely),
+        cmocka_unit_test(test_long_keys_are_reported_where_they_are),
+        cmocka_unit_test(test_sticky_null_is_refused_by_every_policy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

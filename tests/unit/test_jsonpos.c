@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -191,6 +193,104 @@ static void test_append_escapes_segments(void **state)
     assert_string_equal(b3, "/ab/cde");
 }
 
+/* A key longer than any pointer buffer: its pointer, built by
+ * jsonpos_append or written out whole, still finds the key itself. */
+static void test_long_keys_keep_their_positions(void **state)
+{
+    (void)state;
+    for (size_t klen = 255; klen <= 5000; klen = klen < 1030 ? klen + 1 : klen * 2) {
+        if (klen == 260) klen = 1020; /* around the old 1024-byte limit */
+        char *key = malloc(klen + 1), *text = malloc(klen + 64), *full = malloc(klen + 16);
+        assert_non_null(key);
+        memset(key, 'k', klen);
+        key[klen] = '\0';
+        snprintf(text, klen + 64, "{\"a\": 1,\n \"%s\": {\"b\": [true]}}", key);
+        jsonpos_t *jp = build(text);
+        char ptr[512] = "";
+        assert_int_equal(jsonpos_append(ptr, sizeof(ptr), key), 0);
+        assert_true(strlen(ptr) <= 1 + JSONPOS_SEG_MAX);
+        expect_pos(jp, ptr, 1, 2, 2);
+        expect_pos(jp, ptr, 0, 2, (int)klen + 6);
+        assert_int_equal(jsonpos_append(ptr, sizeof(ptr), "b"), 0);
+        expect_pos(jp, ptr, 1, 2, (int)klen + 7);
+        snprintf(full, klen + 16, "/%s/b/0", key); /* the pointer written out whole */
+        expect_pos(jp, full, 0, 2, (int)klen + 13);
+        jsonpos_free(jp);
+        free(key);
+        free(text);
+        free(full);
+    }
+}
+
+/* The escaped pointer of one key (as a policy writes "/arms/NAME"). */
+static void escaped_pointer(const char *key, char *out)
+{
+    size_t w = 0;
+    out[w++] = '/';
+    for (const char *p = key; *p; p++) {
+        if (*p == '~' || *p == '/') {
+            out[w++] = '~';
+            out[w++] = *p == '~' ? '0' : '1';
+        } else {
+            out[w++] = *p;
+        }
+    }
+    out[w] = '\0';
+}
+
+/* Long keys that differ only past the kept prefix still name different
+ * keys; the cut keeps whole characters and whole escapes; jsonpos_canon
+ * gives an escaped pointer the same form. */
+static void test_long_keys_sharing_a_prefix_stay_apart(void **state)
+{
+    (void)state;
+    char a[400], b[400], c[400], d[400], text[1800];
+    memset(a, 'x', 300);
+    strcpy(a + 300, "A");
+    memset(b, 'x', 300);
+    strcpy(b + 300, "B");
+    /* c: "y" then 3-byte characters, one straddling byte 200 */
+    size_t n = (size_t)snprintf(c, sizeof(c), "y");
+    for (int i = 0; i < 67; i++) n += (size_t)snprintf(c + n, sizeof(c) - n, "\xe2\x82\xac");
+    memset(c + n, 'y', 120);
+    c[n + 120] = '\0';
+    /* d: a '/' (escaped "~1") straddling byte 200 */
+    memset(d, 'z', 199);
+    d[199] = '/';
+    memset(d + 200, 'z', 100);
+    d[300] = '\0';
+    snprintf(text, sizeof(text), "{\"%s\": 1,\n\"%s\": 2,\n\"%s\": 3,\n\"%s\": 4}", a, b, c, d);
+    jsonpos_t *jp = build(text);
+    char pa[512] = "", pb[512] = "", pc[512] = "", pd[512] = "";
+    assert_int_equal(jsonpos_append(pa, sizeof(pa), a), 0);
+    assert_int_equal(jsonpos_append(pb, sizeof(pb), b), 0);
+    assert_int_equal(jsonpos_append(pc, sizeof(pc), c), 0);
+    assert_int_equal(jsonpos_append(pd, sizeof(pd), d), 0);
+    assert_string_not_equal(pa, pb);
+    expect_pos(jp, pa, 1, 1, 2);
+    expect_pos(jp, pb, 1, 2, 1);
+    expect_pos(jp, pc, 1, 3, 1);
+    expect_pos(jp, pd, 1, 4, 1);
+    const char *mark = strstr(pc, "~2");
+    assert_non_null(mark);
+    assert_int_equal(mark - pc - 1, 1 + 66 * 3); /* the cut "€" is left out whole */
+    mark = strstr(pd, "~2");
+    assert_non_null(mark);
+    assert_int_equal(mark - pd - 1, 199); /* so is the cut "~1" */
+    char esc[1024], canon[1024];
+    const char *keys[] = {a, c, d};
+    const char *forms[] = {pa, pc, pd};
+    for (int i = 0; i < 3; i++) {
+        escaped_pointer(keys[i], esc);
+        assert_int_equal(jsonpos_canon(esc, canon, sizeof(canon)), 0);
+        assert_string_equal(canon, forms[i]);
+        expect_pos(jp, esc, 1, i == 0 ? 1 : i + 2, i == 0 ? 2 : 1); /* found whole, too */
+    }
+    assert_int_equal(jsonpos_canon("/short/a~1b", canon, sizeof(canon)), 0);
+    assert_string_equal(canon, "/short/a~1b");
+    jsonpos_free(jp);
+}
+
 /* An API body's syntax error: at the token for a token, at the byte for a
  * byte that cannot be there (jansson says the character before it). */
 static void syntax_error_of(const char *text, char *out, size_t n)
@@ -229,6 +329,8 @@ int main(void)
         cmocka_unit_test(test_empty_containers_and_scalars),
         cmocka_unit_test(test_rejects_truncated_text),
         cmocka_unit_test(test_append_escapes_segments),
+        cmocka_unit_test(test_long_keys_keep_their_positions),
+        cmocka_unit_test(test_long_keys_sharing_a_prefix_stay_apart),
         cmocka_unit_test(test_syntax_errors_point_at_a_bad_byte),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
