@@ -13,6 +13,7 @@ void http_head_reset(http_head_t *h)
     h->empty_name = 0;
     h->url_off = h->url_len = 0;
     h->status_off = h->status_len = 0;
+    memset(&h->chunked, 0, sizeof(h->chunked));
 }
 
 void http_head_on_url(http_head_t *h, uint32_t off, uint32_t len)
@@ -203,6 +204,7 @@ http_kind_t http_kind_of(mm_str_t name)
         break;
     case 16:
         if (name_is(name, "proxy-connection")) return HK_HOP;
+        if (name_is(name, "x-forwarded-host")) return HK_X_FORWARDED_HOST;
         break;
     case 17:
         if (name_is(name, "transfer-encoding")) return HK_TRANSFER_ENC;
@@ -275,6 +277,113 @@ void http_head_index(http_head_t *h, const char *base)
                     h->dropped[k] = 1;
         }
     }
+}
+
+int http_bare_lf(const char *p, size_t n)
+{
+    const char *end = p + n, *q = p;
+    while (q < end && (q = memchr(q, '\n', (size_t)(end - q))) != NULL) {
+        if (q == p || q[-1] != '\r') return 1;
+        q++;
+    }
+    return 0;
+}
+
+/* Where the trailer section's check is: off (no last chunk yet), at the
+ * start of a line, inside a field line, after a field line's CR, after the
+ * empty line's CR, done. */
+enum { TS_OFF = 0, TS_LINE, TS_FIELD, TS_FIELD_CR, TS_END_CR, TS_DONE };
+
+static int chunked_refuse(http_chunked_t *t, const char *why, int too_large)
+{
+    t->error = why;
+    t->too_large = (uint8_t)too_large;
+    return HPE_USER;
+}
+
+int http_chunked_on_ext(http_chunked_t *t, size_t n, uint32_t limit)
+{
+    /* +1: the ';' or '=' before the span. A span split across reads counts
+     * it twice, which errs by a byte a read, on the safe side. */
+    if (n + 1 > (size_t)(limit - t->meta))
+        return chunked_refuse(t, "chunk extensions and trailers over the size limit", 1);
+    t->meta += (uint32_t)n + 1;
+    return 0;
+}
+
+int http_chunked_on_chunk(http_chunked_t *t, uint64_t chunk_size)
+{
+    if (chunk_size != 0) return 0;
+    t->at_last = 1;
+    return HPE_PAUSED;
+}
+
+/* Check the trailer-section bytes p[0..n), as llhttp has just parsed them.
+ * llhttp already refuses a bare LF ending a field line, and a CR without
+ * its LF; what it lets through is refused here. */
+static int trailer_scan(http_chunked_t *t, const char *p, size_t n, uint32_t limit)
+{
+    if (n > (size_t)(limit - t->meta))
+        return chunked_refuse(t, "chunk extensions and trailers over the size limit", 1);
+    t->meta += (uint32_t)n;
+    for (size_t i = 0; i < n; i++) {
+        char ch = p[i];
+        switch (t->scan) {
+        case TS_LINE:
+            if (ch == '\r') {
+                t->scan = TS_END_CR;
+            } else if (ch == '\n') {
+                return chunked_refuse(t, "a bare LF in a chunked body (CRLF is required)", 0);
+            } else if (ch == ' ' || ch == '\t') {
+                return chunked_refuse(t, "obsolete line folding in a trailer field", 0);
+            } else if (ch == ':') {
+                return chunked_refuse(t, "a trailer line with an empty field name", 0);
+            } else {
+                if (++t->lines > HTTP_MAX_HEADERS)
+                    return chunked_refuse(t, "more than 128 trailer lines", 1);
+                t->scan = TS_FIELD;
+            }
+            break;
+        case TS_FIELD:
+            if (ch == '\r') t->scan = TS_FIELD_CR;
+            break;
+        case TS_FIELD_CR:
+            t->scan = TS_LINE; /* llhttp has checked that an LF follows */
+            break;
+        case TS_END_CR:
+            t->scan = TS_DONE;
+            break;
+        default: /* TS_DONE: llhttp stops at the message's end */
+            return 0;
+        }
+    }
+    return 0;
+}
+
+llhttp_errno_t http_execute(llhttp_t *p, http_chunked_t *t, const char *data, size_t n,
+                            uint32_t limit)
+{
+    const char *from = data, *end = data + n;
+    llhttp_errno_t e = llhttp_execute(p, data, n);
+    while (e == HPE_PAUSED && t->at_last) {
+        /* Paused right after the last chunk's line: the trailer section
+         * begins here. Resumed at once, so that the caller sees one parse. */
+        t->at_last = 0;
+        t->scan = TS_LINE;
+        from = llhttp_get_error_pos(p);
+        llhttp_resume(p);
+        e = llhttp_execute(p, from, (size_t)(end - from));
+    }
+    if (t->scan == TS_OFF || t->scan == TS_DONE) return e;
+    const char *stop;
+    if (e == HPE_OK)
+        stop = end;
+    else if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE)
+        stop = llhttp_get_error_pos(p);
+    else
+        return e;
+    if (stop > from && trailer_scan(t, from, (size_t)(stop - from), limit) != 0) return HPE_USER;
+    return e;
 }
 
 int http_te_chunked_only(const http_head_t *h, const char *base)
@@ -390,11 +499,16 @@ http_target_form_t http_target(mm_str_t target, mm_str_t *authority, mm_str_t *p
 {
     *authority = (mm_str_t){target.p, 0};
     *path = target;
+    /* A fragment is the user agent's business and never sent (RFC 9112
+     * §3.2: origin-form and absolute-form have none); llhttp takes one. Kept,
+     * "/echo#/../v1/rank" would be matched as one path (the normaliser
+     * sees "#" as a path character) and read as another upstream. */
+    if (target.n > 0 && memchr(target.p, '#', target.n) != NULL) return HT_INVALID;
     if (target.n > 0 && target.p[0] == '/') return HT_ORIGIN;
     if (target.n == 1 && target.p[0] == '*') return HT_ASTERISK;
     if (target.n < 7 || !mm_str_ieq((mm_str_t){target.p, 7}, "http://")) return HT_INVALID;
     /* llhttp has checked the characters; the authority ends at the path or
-     * the query (a fragment is refused by llhttp). */
+     * the query (a fragment is refused above). */
     size_t a = 7, b = a;
     while (b < target.n && target.p[b] != '/' && target.p[b] != '?') b++;
     mm_str_t auth = {target.p + a, b - a};

@@ -8,6 +8,7 @@
 #ifndef MM_HTTP_H
 #define MM_HTTP_H
 
+#include <llhttp.h>
 #include <stdint.h>
 
 #include "buf.h"
@@ -32,6 +33,7 @@ typedef enum {
     HK_X_REQUEST_ID, /* replaced by modelmux's own */
     HK_HOST,
     HK_X_FORWARDED_FOR,
+    HK_X_FORWARDED_HOST, /* replaced by modelmux's own (nginx's proxy_set_header) */
     HK_CONTENT_LENGTH,
     HK_CONTENT_TYPE,
     HK_COUNT
@@ -41,6 +43,28 @@ static inline int http_kind_is_hop(int k)
 {
     return k >= HK_HOP && k <= HK_X_REQUEST_ID;
 }
+
+/* The parts of a chunked message that are not data (RFC 9112 §7.1): chunk
+ * extensions and the trailer section. llhttp 8 bounds neither, and takes a
+ * bare LF as the empty line that ends the trailer section ("0\r\n\n"),
+ * an obs-fold line and an empty field name in it. A proxy that forwards
+ * such a body raw would hand the model server framing it may read
+ * differently (the end of the body: request smuggling), or unbounded bytes
+ * that count against no limit (llhttp's CVE-2024-22019). So the extension
+ * bytes of all chunk lines and the trailer section's bytes are counted
+ * together against one limit (max_header_bytes for a request, the answer
+ * head's 256 KiB for an answer), the trailer section holds at most
+ * HTTP_MAX_HEADERS lines, and its bytes are checked as they are parsed
+ * (http_execute). Trailer bytes are few, so a byte loop over them is cheap;
+ * a message without a chunked body never gets there. */
+typedef struct {
+    uint32_t meta;     /* chunk-extension and trailer-section bytes so far */
+    uint16_t lines;    /* trailer field lines so far */
+    uint8_t scan;      /* where the trailer section's check is (http.c) */
+    uint8_t at_last;   /* the last chunk's line was just parsed (a pause) */
+    uint8_t too_large; /* error is about size: 431 for a request */
+    const char *error; /* why the message is refused, or NULL */
+} http_chunked_t;
 
 /* A parsed head: request line or status line plus headers, as spans. */
 typedef struct {
@@ -59,6 +83,7 @@ typedef struct {
     uint8_t dropped[HTTP_MAX_HEADERS]; /* hop-by-hop: by kind or listed in Connection */
     int16_t first[HK_COUNT];           /* index of the first header of a kind, -1 */
     uint8_t count[HK_COUNT];           /* headers of each kind */
+    http_chunked_t chunked;            /* the message's chunked framing, if any */
 } http_head_t;
 
 void http_head_reset(http_head_t *h);
@@ -118,6 +143,30 @@ static inline int http_known(const http_head_t *h, http_kind_t k)
 const char *http_request_head_error(const http_head_t *h, const char *base, int http_major,
                                     int http_minor);
 
+/* 1 if a line of p[0..n) (a head from its request target or status line
+ * on, to its empty last line) ends in a bare LF: RFC 9112 §2.2 allows a
+ * recipient to accept one, but a proxy that reads lines differently from
+ * the server behind it is a smuggling risk. llhttp 8 takes one after the
+ * start line and as the empty line ending the head. One memchr per line. */
+int http_bare_lf(const char *p, size_t n);
+
+/* Chunked framing checks (see http_chunked_t), from llhttp's callbacks:
+ * on_chunk_extension_name and _value call http_chunked_on_ext with their
+ * span's length (returns 0, or HPE_USER with h->chunked.error set once the
+ * limit is passed); on_chunk_header returns http_chunked_on_chunk (HPE_PAUSED
+ * at the last chunk, so that http_execute learns where the trailer section
+ * begins; 0 otherwise). */
+int http_chunked_on_ext(http_chunked_t *t, size_t n, uint32_t limit);
+int http_chunked_on_chunk(http_chunked_t *t, uint64_t chunk_size);
+
+/* llhttp_execute(p, data, n), with the trailer section of a chunked message
+ * checked as it is parsed (at most `limit` bytes with the chunk extensions,
+ * HTTP_MAX_HEADERS lines, each ending in CRLF, no obs-fold, no empty field
+ * name). The pause at the last chunk is taken and resumed here; the caller
+ * sees llhttp's own results, or HPE_USER with t->error set. */
+llhttp_errno_t http_execute(llhttp_t *p, http_chunked_t *t, const char *data, size_t n,
+                            uint32_t limit);
+
 /* 1 if the head's Transfer-Encoding headers, as one list, are exactly the
  * coding "chunked" (any case, optional whitespace); 0 otherwise. */
 int http_te_chunked_only(const http_head_t *h, const char *base);
@@ -131,7 +180,7 @@ typedef enum {
     HT_ORIGIN,   /* "/path?query" */
     HT_ABSOLUTE, /* "http://authority/path?query" */
     HT_ASTERISK, /* "*" (OPTIONS only) */
-    HT_INVALID,  /* anything else: authority-form, other schemes, userinfo */
+    HT_INVALID,  /* anything else: authority-form, other schemes, userinfo, a '#' */
 } http_target_form_t;
 /* Classify `target`. For the absolute form, *authority is the authority and
  * *path the path and query after it, which may be empty or start with '?'

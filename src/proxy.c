@@ -164,7 +164,18 @@ static int on_chunk_header(llhttp_t *p)
 {
     conn_t *c = pconn(p);
     uint64_t limit = body_limit(c), in = c->req.body_in;
-    return p->content_length > limit - (in < limit ? in : limit) ? -1 : 0;
+    if (p->content_length > limit - (in < limit ? in : limit)) return -1;
+    return http_chunked_on_chunk(&c->head.chunked, p->content_length);
+}
+
+/* Chunk extensions are forwarded raw with the body, but count against no
+ * body limit: bounded with the trailers by max_header_bytes (http.h). */
+static int on_chunk_extension(llhttp_t *p, const char *at, size_t n)
+{
+    conn_t *c = pconn(p);
+    (void)at;
+    return http_chunked_on_ext(&c->head.chunked, n,
+                               (uint32_t)server_config(c->srv)->limits.max_header_bytes);
 }
 
 static int on_message_complete(llhttp_t *p)
@@ -186,6 +197,8 @@ void proxy_init_parser_settings(void)
     req_settings.on_headers_complete = on_headers_complete;
     req_settings.on_body = on_body;
     req_settings.on_chunk_header = on_chunk_header;
+    req_settings.on_chunk_extension_name = on_chunk_extension;
+    req_settings.on_chunk_extension_value = on_chunk_extension;
     req_settings.on_message_complete = on_message_complete;
 }
 
@@ -722,7 +735,12 @@ void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, 
     http_run_t run = {NULL, 0};
     for (int i = 0; i < h->n; i++) {
         int k = h->kind[i];
-        if (h->dropped[i] || k == HK_HOST || k == HK_X_FORWARDED_FOR) continue; /* below */
+        /* Host, X-Forwarded-For and X-Forwarded-Host are ours (below); a
+         * client's X-Forwarded-Host passed on next to ours would be two
+         * lines, and a model server reading the first would take the
+         * client's word for the host (nginx's proxy_set_header replaces). */
+        if (h->dropped[i] || k == HK_HOST || k == HK_X_FORWARDED_FOR || k == HK_X_FORWARDED_HOST)
+            continue;
         if (drop_length && k == HK_CONTENT_LENGTH) continue;
         http_emit_header(b, &run, h, base, i);
     }
@@ -888,8 +906,16 @@ static void on_request_head(conn_t *c)
     }
     /* Refused before anything is routed or sent upstream; a 400 closes the
      * connection, so nothing after this head is read as a request. */
-    const char *bad = http_request_head_error(h, base, c->parser.http_major, c->parser.http_minor);
-    if (bad == NULL && form == HT_INVALID) bad = "request target is not /path or http://host/path";
+    /* llhttp takes a bare LF after the request line and as the head's empty
+     * last line; the target holds none, so the head is looked at from it. */
+    const char *bad =
+        http_bare_lf(base + h->url_off, c->rpos - h->url_off)
+            ? "a line of the head ends in a bare LF (CRLF is required)"
+            : http_request_head_error(h, base, c->parser.http_major, c->parser.http_minor);
+    if (bad == NULL && form == HT_INVALID)
+        bad = memchr(base + h->url_off, '#', h->url_len) != NULL
+                  ? "a request target has no fragment (#)"
+                  : "request target is not /path or http://host/path";
     if (bad == NULL && form == HT_ASTERISK && c->parser.method != HTTP_OPTIONS)
         bad = "request target * is for OPTIONS only";
     if (bad) {
@@ -1014,7 +1040,9 @@ static ssize_t parse_step(conn_t *c)
 {
     const char *p = c->rbuf + c->rpos;
     size_t avail = c->rlen - c->rpos;
-    llhttp_errno_t e = llhttp_execute(&c->parser, p, avail);
+    http_chunked_t *ch = &c->head.chunked;
+    llhttp_errno_t e = http_execute(&c->parser, ch, p, avail,
+                                    (uint32_t)server_config(c->srv)->limits.max_header_bytes);
     size_t used = avail;
     if (e == HPE_PAUSED) {
         used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
@@ -1031,6 +1059,13 @@ static ssize_t parse_step(conn_t *c)
         c->rpos += used;
         ssize_t more = parse_step(c);
         return more < 0 ? -1 : (ssize_t)used + more;
+    } else if (ch->error) { /* chunk extensions or trailers (http_execute) */
+        c->req.keep_alive = 0;
+        if (ch->too_large)
+            send_error(c, 431, "headers_too_large", ch->error);
+        else
+            send_error(c, 400, "bad_request", ch->error);
+        return -1;
     } else if (e == HPE_USER || e == HPE_CB_CHUNK_HEADER) { /* on_body, on_chunk_header */
         if (c->req.discard) /* more than is worth reading: answer now, and close */
             send_discarded(c);
@@ -1340,7 +1375,9 @@ static void req_finish(conn_t *c)
             if (r->chosen != r->arm) router_answer(srv->store, live, r->chosen, 0, latency, now);
             router_answer(srv->store, live, r->arm, st, latency, now);
         }
-    } else if (!r->local || r->discard) {
+    } else if (c->kind == CONN_DATA && (!r->local || r->discard)) {
+        /* Admin (and worker) listener requests are not counted, also those
+         * refused before they were understood (docs/admin-metrics-log.md). */
         metrics_status(srv->metrics.unrouted_by_status, r->status);
     }
     reqlog_request(srv, c, latency); /* skipped while mirrors run: they log it */

@@ -142,18 +142,34 @@ static int on_status(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
+/* After the head, llhttp reports a chunked answer's trailer fields through
+ * the same callbacks. They are not headers (RFC 9110 §6.5.1): the head has
+ * been passed on, and the buffer may have started over since. They reach
+ * the client inside the raw chunked body, checked by http_execute. */
 static int on_header_field(llhttp_t *p, const char *at, size_t n)
 {
     up_conn_t *c = parser_conn(p);
-    http_head_on_field(&c->head, off_of(c, at), (uint32_t)n);
+    if (!c->headers_done) http_head_on_field(&c->head, off_of(c, at), (uint32_t)n);
     return 0;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t n)
 {
     up_conn_t *c = parser_conn(p);
-    http_head_on_value(&c->head, off_of(c, at), (uint32_t)n);
+    if (!c->headers_done) http_head_on_value(&c->head, off_of(c, at), (uint32_t)n);
     return 0;
+}
+
+static int on_chunk_header(llhttp_t *p)
+{
+    return http_chunked_on_chunk(&parser_conn(p)->head.chunked, p->content_length);
+}
+
+/* An answer's chunk extensions and trailers may take what its head may. */
+static int on_chunk_extension(llhttp_t *p, const char *at, size_t n)
+{
+    (void)at;
+    return http_chunked_on_ext(&parser_conn(p)->head.chunked, n, UC_BUF_MAX);
 }
 
 static int on_headers_complete(llhttp_t *p)
@@ -219,6 +235,9 @@ static void init_settings(void)
     resp_settings.on_header_value = on_header_value;
     resp_settings.on_headers_complete = on_headers_complete;
     resp_settings.on_body = on_body;
+    resp_settings.on_chunk_header = on_chunk_header;
+    resp_settings.on_chunk_extension_name = on_chunk_extension;
+    resp_settings.on_chunk_extension_value = on_chunk_extension;
     resp_settings.on_message_complete = on_message_complete;
     resp_settings_ready = 1;
 }
@@ -971,7 +990,7 @@ static void uc_process(up_conn_t *c)
         const char *start = c->rbuf ? c->rbuf + c->rpos : "";
         c->span_n = 0;
         int was_msg_done = c->msg_done;
-        llhttp_errno_t e = llhttp_execute(&c->parser, start, avail);
+        llhttp_errno_t e = http_execute(&c->parser, &c->head.chunked, start, avail, UC_BUF_MAX);
         size_t used = avail;
         if (e == HPE_PAUSED) {
             used = (size_t)(llhttp_get_error_pos(&c->parser) - start);
@@ -991,9 +1010,13 @@ static void uc_process(up_conn_t *c)
              * transfer coding other than chunked ("gzip, chunked"; "gzip",
              * read until EOF): Transfer-Encoding is hop-by-hop,
              * modelmux frames the answer itself, chunked at most, and the
-             * client would get the coded bytes with nothing saying so. */
+             * client would get the coded bytes with nothing saying so.
+             * So is a line ending in a bare LF (llhttp takes one after the
+             * status line and as the empty last line): the buffer holds
+             * this exchange's heads from its start, interim ones too. */
             if (c->head.too_many || c->head.obs_fold || c->head.empty_name ||
-                (c->head.count[HK_TRANSFER_ENC] && !http_te_chunked_only(&c->head, c->rbuf))) {
+                (c->head.count[HK_TRANSFER_ENC] && !http_te_chunked_only(&c->head, c->rbuf)) ||
+                http_bare_lf(c->rbuf, c->rpos)) {
                 c->in_process = 0;
                 uc_fail(c, UP_ERR_PROTOCOL);
                 return;

@@ -96,6 +96,117 @@ class Requests(ClassCluster):
         self.assertRefused(b"GET /echo HTTP/1.1\r\nHost: a\r\n: x\r\n\r\n", "empty name")
 
 
+    # -- line ends (RFC 9112 §2.2): CRLF only, a bare LF is a 400
+
+    CHUNKED_HEAD = b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    def test_a_line_ending_in_a_bare_lf_is_400(self):
+        # llhttp takes these; the heads were served, and the bodies went to
+        # the model server raw, which waited for their end (a 504, and an
+        # ejection step for the arm).
+        cases = {
+            "after the request line": b"GET /echo HTTP/1.1\nHost: a\r\n\r\n",
+            "as the head's last line": b"GET /echo HTTP/1.1\r\nHost: a\r\n\n",
+            "as the only header line": b"GET /echo HTTP/1.0\r\n\n",
+            "ending a chunked body": self.CHUNKED_HEAD + b"5\r\nhello\r\n0\r\n\n",
+            "ending the trailers": self.CHUNKED_HEAD + b"5\r\nhello\r\n0\r\nX-A: 1\r\n\n",
+        }
+        for what, data in cases.items():
+            with self.subTest(what=what):
+                self.assertRefused(data, what)
+        # the same with CRLF is served
+        for data in (b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                     self.CHUNKED_HEAD[:-2] + b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\nX-A: 1\r\n\r\n"):
+            out = mmtest.raw(self.port, data)
+            self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
+
+    # -- chunk extensions and trailers (RFC 9112 §7.1): bounded, checked like a head
+
+    def test_chunk_extensions_and_trailers_count_against_max_header_bytes(self):
+        # max_header_bytes is 16384 here. A 5-byte body with a 1 MB chunk
+        # extension and 450 KB of trailers went through whole.
+        trailer = lambda n, size: b"".join(b"X-T%d: %s\r\n" % (i, b"v" * size) for i in range(n))
+        cases = {
+            "one extension": b"5;e=" + b"x" * 17000 + b"\r\nhello\r\n0\r\n\r\n",
+            "extensions of every chunk together":
+                b"".join(b"1;e=" + b"x" * 2000 + b"\r\nh\r\n" for _ in range(9)) + b"0\r\n\r\n",
+            "a trailer section": b"5\r\nhello\r\n0\r\n" + trailer(20, 900) + b"\r\n",
+            "extensions and trailers together":
+                b"5;e=" + b"x" * 9000 + b"\r\nhello\r\n0\r\n" + trailer(9, 900) + b"\r\n",
+            "more than 128 trailer lines": b"5\r\nhello\r\n0\r\n" + trailer(129, 1) + b"\r\n",
+        }
+        for what, body in cases.items():
+            with self.subTest(what=what):
+                self.assertRefused(self.CHUNKED_HEAD + body, what, 431, "headers_too_large")
+        # within the limits: served, the body as sent
+        c = self.raw(self.port)
+        c.send(self.CHUNKED_HEAD + b"5;e=" + b"x" * 4000 + b"\r\nhello\r\n0\r\n" + trailer(128, 10) + b"\r\n")
+        r = c.response()
+        self.assertEqual((r.status, r.json()["body_len"]), (200, 5), r)
+
+    def test_a_trailer_line_folded_or_with_an_empty_name_is_400(self):
+        # RFC 9112 §5.2 asks a proxy to refuse obs-fold; both went to the
+        # model server inside the raw body.
+        for what, trailers in {"obs-fold": b"X-A: 1\r\n  more\r\n",
+                               "obs-fold after an empty value": b"X-A:\r\n\tmore\r\n",
+                               "empty name": b": x\r\n"}.items():
+            with self.subTest(what=what):
+                self.assertRefused(self.CHUNKED_HEAD + b"5\r\nhello\r\n0\r\n" + trailers + b"\r\n", what)
+
+    # -- request targets (RFC 9112 §3.2: origin-form has no fragment)
+
+    def test_a_fragment_in_the_target_is_400(self):
+        # "#" was a path character, and ".." after it changed the route:
+        # /echo#/../v1/rank was routed as /v1/rank.
+        for target in (b"/echo#/../v1/rank", b"/echo#f", b"/echo?q=1#f", b"http://a/echo#f"):
+            with self.subTest(target=target):
+                self.assertRefused(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n", target)
+        c = self.raw(self.port)
+        c.send(b"GET /echo#f HTTP/1.1\r\nHost: a\r\n\r\n")
+        body = self.assertJsonError(c.response(), 400, "bad_request")
+        self.assertIn("fragment", body["message"])
+
+    # -- X-Forwarded-Host is modelmux's alone
+
+    def test_a_clients_x_forwarded_host_is_replaced_not_passed_on(self):
+        # It went upstream next to modelmux's own line: a model server
+        # reading the first one took the client's word for the host.
+        cases = [(b"GET /echo HTTP/1.1\r\nHost: real.example\r\nX-Forwarded-Host: evil.example\r\n"
+                  b"x-forwarded-host: evil2.example\r\nConnection: close\r\n\r\n", ["real.example"]),
+                 (b"GET http://abs.example/echo HTTP/1.1\r\nHost: a\r\nX-Forwarded-Host: evil.example\r\n"
+                  b"Connection: close\r\n\r\n", ["abs.example"]),
+                 # no Host to speak of: none at all, not the client's
+                 (b"GET /echo HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\n\r\n", None)]
+        for data, want in cases:
+            with self.subTest(data=data[:40]):
+                out = mmtest.raw(self.port, data)
+                self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
+                seen = echo_headers(out.partition(b"\r\n\r\n")[2])
+                self.assertEqual(seen.get("x-forwarded-host"), want, seen)
+
+    # -- the admin listener's refusals are not data-plane requests
+
+    def unrouted_counts(self):
+        st, _, body = mmtest.request(self.admin_port, "GET", "/metrics",
+                                     headers={"Authorization": "Bearer s3cret"})
+        self.assertEqual(st, 200)
+        return sorted(l for l in body.decode().splitlines()
+                      if l.startswith('modelmux_requests_total{experiment="",arm=""'))
+
+    def test_refusals_on_the_admin_listener_are_not_counted(self):
+        # docs/admin-metrics-log.md: "Admin and feedback requests are not
+        # counted". A 400 or 431 on the admin listener was counted in
+        # modelmux_requests_total{experiment="",arm=""}.
+        before = self.unrouted_counts()
+        for data, status in ((b"GARBAGE\r\n\r\n", 400),
+                             (b"GET /metrics HTTP/1.1\r\nHost: a\r\nX-Big: " + b"v" * 40000 + b"\r\n\r\n", 431)):
+            out = mmtest.raw(self.admin_port, data)
+            self.assertTrue(out.startswith(b"HTTP/1.1 %d" % status), out[:200])
+        self.assertEqual(self.unrouted_counts(), before)
+        # the same on the data listener is counted
+        mmtest.raw(self.port, b"GARBAGE\r\n\r\n")
+        self.assertNotEqual(self.unrouted_counts(), before)
+
     # -- Connection (RFC 9110 §7.6.1) never takes the framing away
 
     def test_connection_naming_content_length_does_not_unframe_the_body(self):
@@ -185,6 +296,24 @@ class ScriptedUpstream:
         # more than the 256 KiB an answer's head may take
         "huge-head": b"HTTP/1.1 200 OK\r\n" + b"X-Big: %s\r\n" % (b"v" * 300000) +
                      b"Content-Length: 2\r\n\r\nok",
+        # line ends llhttp takes as CRLF
+        "lf-status-line": b"HTTP/1.1 200 OK\nContent-Length: 2\r\n\r\nok",
+        "lf-head-end": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\nok",
+        "lf-chunked-end": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\n",
+        "lf-trailer-end": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+                          b"X-A: 1\r\n\n",
+        # trailer sections a head would be refused for
+        "trailer-fold": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+                        b"X-A: 1\r\n more\r\n\r\n",
+        "trailer-empty-name": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+                              b": x\r\n\r\n",
+        "trailer-129-lines": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n" +
+                             b"".join(b"X-T%d: 1\r\n" % i for i in range(129)) + b"\r\n",
+        "trailer-128-lines": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n" +
+                             b"".join(b"X-T%d: 1\r\n" % i for i in range(128)) + b"\r\n",
+        # chunk extensions over the 256 KiB an answer's head may take
+        "huge-extension": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;e=" + b"x" * 300000 +
+                          b"\r\nok\r\n0\r\n\r\n",
         "conn-length": b"HTTP/1.1 200 OK\r\nConnection: X-A, Content-Length\r\nX-A: a\r\n"
                        b"Content-Length: 2\r\n\r\nok",
         "interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
@@ -296,6 +425,37 @@ class UpstreamAnswers(ClassCluster):
         self.assertEqual(body["message"], "the model server's answer is not valid HTTP")
         self.assertEqual(after.status, 200)
 
+
+    def test_answer_with_a_line_ending_in_a_bare_lf_is_502(self):
+        # RFC 9112 §2.2 (README "Strictness"): llhttp takes these, and the
+        # chunked ones were passed on to the client as sent.
+        for name in ("lf-status-line", "lf-head-end", "lf-chunked-end", "lf-trailer-end"):
+            with self.subTest(name=name):
+                r, after = self.exchange(name)
+                body = self.assertJsonError(r, 502, "upstream_unavailable")
+                self.assertEqual(body["message"], "the model server's answer is not valid HTTP")
+                self.assertEqual((after.status, after.body), (200, b"ok"))
+
+    def test_answer_trailers_are_checked_like_a_head(self):
+        # obs-fold and an empty name are a 502 in a head (RFC 9112 §5.2), and
+        # so is a 129th line; in trailers they were passed on.
+        for name in ("trailer-fold", "trailer-empty-name", "trailer-129-lines"):
+            with self.subTest(name=name):
+                r, after = self.exchange(name)
+                self.assertJsonError(r, 502, "upstream_unavailable")
+                self.assertEqual((after.status, after.body), (200, b"ok"))
+        r, after = self.exchange("trailer-128-lines")
+        self.assertEqual((r.status, r.body), (200, b"ok"), r)
+
+    def test_answer_chunk_extensions_are_bounded(self):
+        # 300 KB of extension on a 2-byte chunk reached the client whole.
+        # Refused once past 256 KiB: what was passed on by then is cut
+        # off (the client sees no last chunk), or it is a 502.
+        out = mmtest.raw(self.port, b"GET /m/huge-extension HTTP/1.1\r\nHost: a\r\n\r\n")
+        if not out.startswith(b"HTTP/1.1 502"):
+            self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
+            self.assertLess(len(out), 300000)
+            self.assertFalse(out.endswith(b"0\r\n\r\n"))
 
     def test_answer_with_a_transfer_coding_other_than_chunked_is_502(self):
         # Transfer-Encoding is hop-by-hop and modelmux frames the answer

@@ -211,6 +211,12 @@ static void test_request_target_forms(void **state)
         {"https://api.example.com/x", HT_INVALID, "", "https://api.example.com/x"},
         {"api.example.com:443", HT_INVALID, "", "api.example.com:443"},
         {"**", HT_INVALID, "", "**"},
+        /* a fragment is never sent (RFC 9112 §3.2): "#" was taken as a path
+         * character, and ".." after it changed the route */
+        {"/echo#/../v1/rank", HT_INVALID, "", "/echo#/../v1/rank"},
+        {"/echo?q=1#f", HT_INVALID, "", "/echo?q=1#f"},
+        {"http://a/x#f", HT_INVALID, "", "http://a/x#f"},
+        {"http://a#f", HT_INVALID, "", "http://a#f"},
         {"", HT_INVALID, "", ""},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -356,6 +362,7 @@ static void test_known_names_match_in_any_case_and_near_misses_do_not(void **sta
                  {"content-length", HK_CONTENT_LENGTH},
                  {"x-modelmux-arm", HK_HOP},
                  {"x-forwarded-for", HK_X_FORWARDED_FOR},
+                 {"x-forwarded-host", HK_X_FORWARDED_HOST},
                  {"proxy-connection", HK_HOP},
                  {"transfer-encoding", HK_TRANSFER_ENC},
                  {"x-modelmux-shadow", HK_HOP},
@@ -548,6 +555,153 @@ static void test_paths_are_normalised_like_nginx_and_envoy(void **state)
     assert_true(norm("*", "*"));
 }
 
+/* Parse `text` (a request or an answer, by `type`) with llhttp through
+ * http_execute, in reads of `step` bytes, wired as src/proxy.c and
+ * src/upstream.c wire it; stops at the message's end. Returns the result:
+ * HPE_OK for a complete message, else the error (t->error says ours). */
+static uint32_t chunked_limit = 64;
+static int on_xchunk(llhttp_t *p)
+{
+    return http_chunked_on_chunk(p->data, p->content_length);
+}
+static int on_xext(llhttp_t *p, const char *at, size_t n)
+{
+    (void)at;
+    return http_chunked_on_ext(p->data, n, chunked_limit);
+}
+static int on_xdone(llhttp_t *p)
+{
+    (void)p;
+    return HPE_PAUSED;
+}
+static llhttp_errno_t parse_chunked(int type, const char *text, size_t step, http_chunked_t *t,
+                                    size_t *consumed)
+{
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    s.on_chunk_header = on_xchunk;
+    s.on_chunk_extension_name = on_xext;
+    s.on_chunk_extension_value = on_xext;
+    s.on_message_complete = on_xdone;
+    llhttp_t p;
+    llhttp_init(&p, (llhttp_type_t)type, &s);
+    memset(t, 0, sizeof(*t));
+    p.data = t;
+    size_t n = strlen(text), off = 0;
+    while (off < n) {
+        size_t len = n - off < step ? n - off : step;
+        llhttp_errno_t e = http_execute(&p, t, text + off, len, chunked_limit);
+        if (e == HPE_PAUSED) { /* the message's end */
+            *consumed = off + (size_t)(llhttp_get_error_pos(&p) - (text + off));
+            return HPE_OK;
+        }
+        if (e != HPE_OK) return e;
+        off += len;
+    }
+    *consumed = n;
+    return HPE_INTERNAL; /* not complete */
+}
+
+static void test_bare_lf_ends_no_line_of_a_head(void **state)
+{
+    (void)state;
+    static const char *bare[] = {"/x HTTP/1.1\nHost: a\r\n\r\n",
+                                 "/x HTTP/1.1\r\nHost: a\r\n\n",
+                                 "/x HTTP/1.1\r\n\n",
+                                 "/x HTTP/1.1\n\n",
+                                 "\n",
+                                 "200 OK\r\nA: b\n\r\n"};
+    for (size_t i = 0; i < sizeof(bare) / sizeof(bare[0]); i++)
+        if (!http_bare_lf(bare[i], strlen(bare[i]))) fail_msg("not found: case %zu", i);
+    static const char *crlf[] = {"/x HTTP/1.1\r\nHost: a\r\n\r\n", "/x HTTP/1.1\r\n\r\n", "", "\r"};
+    for (size_t i = 0; i < sizeof(crlf) / sizeof(crlf[0]); i++)
+        assert_int_equal(http_bare_lf(crlf[i], strlen(crlf[i])), 0);
+    /* the head is looked at only up to where it ends: a byte before it is
+     * never read (a '\n' first in the range is bare) */
+    const char two[] = "\r\n";
+    assert_int_equal(http_bare_lf(two + 1, 1), 1);
+}
+
+static void test_chunked_framing_llhttp_lets_through_is_refused(void **state)
+{
+    (void)state;
+    const char *req = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    const char *ans = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    static const struct {
+        const char *body;
+        const char *why; /* NULL: accepted */
+        int too_large;
+    } cases[] = {
+        {"5\r\nhello\r\n0\r\n\r\n", NULL, 0},
+        {"5;a=b\r\nhello\r\n0\r\nX-A: 1\r\nX-B: 2\r\n\r\n", NULL, 0},
+        {"0\r\n\r\n", NULL, 0},
+        /* llhttp takes a bare LF as the trailer section's end */
+        {"5\r\nhello\r\n0\r\n\n", "bare LF", 0},
+        {"5\r\nhello\r\n0\r\nX-A: 1\r\n\n", "bare LF", 0},
+        /* and folds and empty names in it */
+        {"5\r\nhello\r\n0\r\nX-A: 1\r\n  more\r\n\r\n", "folding", 0},
+        {"5\r\nhello\r\n0\r\nX-A:\r\n\tmore\r\n\r\n", "folding", 0},
+        {"5\r\nhello\r\n0\r\n: x\r\n\r\n", "empty field name", 0},
+        /* 64 bytes of extensions and trailers here (chunked_limit) */
+        {"1;aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa=1\r\nx\r\n0\r\n\r\n",
+         "size limit", 1},
+        {"1;aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\nx\r\n1;"
+         "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\r\nx\r\n0\r\n\r\n",
+         "size limit", 1},
+        {"1;aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\nx\r\n0\r\nX-A: bbbbbbbbbbbbbbbbbbbbbbbbbbbbb\r\n\r\n",
+         "size limit", 1},
+        {"0\r\nA:1\r\nB:1\r\nC:1\r\nD:1\r\nE:1\r\nF:1\r\nG:1\r\nH:1\r\nI:1\r\nJ:1\r\nK:1\r\n"
+         "L:1\r\nM:1\r\n\r\n",
+         "size limit", 1},
+    };
+    char text[512];
+    for (int side = 0; side < 2; side++) {
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            const char *head = side ? ans : req;
+            snprintf(text, sizeof(text), "%s%sNEXT", head, cases[i].body);
+            size_t whole = strlen(head) + strlen(cases[i].body);
+            /* in one read, and in reads of every size down to one byte */
+            for (size_t step = strlen(text); step >= 1; step--) {
+                http_chunked_t t;
+                size_t used = 0;
+                llhttp_errno_t e =
+                    parse_chunked(side ? HTTP_RESPONSE : HTTP_REQUEST, text, step, &t, &used);
+                if (cases[i].why == NULL) {
+                    if (e != HPE_OK || used != whole || t.error)
+                        fail_msg("case %zu side %d step %zu: %d %s", i, side, step, (int)e,
+                                 t.error ? t.error : "");
+                    continue;
+                }
+                if (e == HPE_OK || t.error == NULL || strstr(t.error, cases[i].why) == NULL ||
+                    t.too_large != cases[i].too_large)
+                    fail_msg("case %zu side %d step %zu: not refused (%d, %s)", i, side, step,
+                             (int)e, t.error ? t.error : "-");
+            }
+        }
+    }
+    /* 128 trailer lines are taken (as 128 header lines), one more is not */
+    static char many[2048];
+    for (int lines = 128; lines <= 129; lines++) {
+        int n = snprintf(many, sizeof(many), "%s0\r\n", req);
+        for (int k = 0; k < lines; k++)
+            n += snprintf(many + n, sizeof(many) - (size_t)n, "A:1\r\n");
+        snprintf(many + n, sizeof(many) - (size_t)n, "\r\n");
+        chunked_limit = 100000;
+        http_chunked_t t;
+        size_t used = 0;
+        llhttp_errno_t e = parse_chunked(HTTP_REQUEST, many, 7, &t, &used);
+        chunked_limit = 64;
+        if (lines == 128) {
+            assert_int_equal(e, HPE_OK);
+            assert_int_equal(used, strlen(many));
+        } else {
+            assert_int_not_equal(e, HPE_OK);
+            assert_string_equal(t.error, "more than 128 trailer lines");
+            assert_int_equal(t.too_large, 1);
+        }
+    }
+}
+
 static void test_trim(void **state)
 {
     (void)state;
@@ -644,6 +798,8 @@ int main(void)
         cmocka_unit_test(test_values_split_across_reads_empty_or_padded_are_not_obs_fold),
         cmocka_unit_test(test_request_heads_refused_with_400),
         cmocka_unit_test(test_request_target_forms),
+        cmocka_unit_test(test_bare_lf_ends_no_line_of_a_head),
+        cmocka_unit_test(test_chunked_framing_llhttp_lets_through_is_refused),
         cmocka_unit_test(test_more_than_128_headers_are_flagged),
         cmocka_unit_test(test_hop_by_hop_headers_are_recognised),
         cmocka_unit_test(test_headers_named_in_connection_are_hop_by_hop_whatever_their_length),
