@@ -71,7 +71,10 @@ static int on_message_begin(llhttp_t *p)
     c->method_done = c->url_done = c->headers_done = c->msg_done = 0;
     if (c->phase == C_IDLE) {
         c->phase = C_HEAD;
-        c->head_begin_ms = uv_now(c->tcp.loop); /* a load: the loop's cached time */
+        /* Not the loop's time: uv_now is CLOCK_MONOTONIC_COARSE's, a tick
+         * behind (4 ms at HZ=250), and a refused head's log line takes its
+         * arrival from here (req_start_unread). */
+        c->head_begin_us = mm_now_us();
         /* header_timeout_ms runs from the first byte to the end of the head */
         conn_deadline(c, server_config(c->srv)->limits.header_timeout_ms);
     }
@@ -260,9 +263,8 @@ static void req_start_unread(conn_t *c)
     req_t *r = &c->req;
     r->active = 1;
     /* From the head's first byte, when it had one (a 408 took
-     * header_timeout_ms, a 499 as long as the client took to go away), to
-     * the millisecond: the loop's clock is CLOCK_MONOTONIC's, in ms. */
-    uint64_t now = mm_now_us(), begin = c->head_begin_ms * 1000;
+     * header_timeout_ms, a 499 as long as the client took to go away). */
+    uint64_t now = mm_now_us(), begin = c->head_begin_us;
     r->t0_us = c->phase == C_HEAD && begin > 0 && begin < now ? begin : now;
     new_request_id(c, r->id);
     r->id_len = 32;

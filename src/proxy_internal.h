@@ -95,7 +95,7 @@ struct conn_s {
     int method_done; /* the request line's method was read (logged even if the head is refused) */
     int url_done;    /* ... and its target (c->head's url span) */
     int headers_done, msg_done;
-    uint64_t head_begin_ms; /* loop time of the current head's first byte */
+    uint64_t head_begin_us; /* mm_now_us() at the current head's first byte */
     uint64_t deadline;      /* loop time the current timeout expires; 0: none */
     uint64_t timer_due;     /* loop time the libuv timer is armed for */
     char peer[64];

@@ -32,6 +32,10 @@ docs/admin-metrics-log.md "Request log"), black box.
      used to wait for the next start.
   9. SIGTERM still exits 0 within about drain_timeout_ms when the log a
      reload turned off is stuck on a write that never returns.
+ 10. a head refused before it was read whole (431, 400) is logged with its
+     arrival to the microsecond: lines of requests sent one after another
+     are in the same order by ts (it came from the loop's coarse clock, up
+     to a tick early, before the line of the request answered before it).
 """
 import base64
 import datetime
@@ -238,7 +242,7 @@ class HeadCutShort(mmtest.MMTestCase):
     def test_a_head_not_read_whole_is_timed_from_its_first_byte(self):
         """A 408 lasted header_timeout_ms and a 499 as long as the client
         took to go away: their latency_us and ts say so, from the head's
-        first byte (to the millisecond), not the moment of the error."""
+        first byte, not the moment of the error."""
         c = self.cluster
         champ = c.model_server("champion")
         port = mmtest.free_port()
@@ -265,6 +269,44 @@ class HeadCutShort(mmtest.MMTestCase):
             ts = datetime.datetime.strptime(line["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
                 tzinfo=datetime.timezone.utc).timestamp()
             self.assertLess(abs(ts - t0), 0.5, line)  # when it began, not when it ended
+
+    def test_a_refused_head_is_logged_after_the_request_answered_before_it(self):
+        """The arrival of a head refused before it was read whole (a 431, a
+        400) is to the microsecond, as every other line's: requests sent one
+        after another, each answered before the next is sent, are logged in
+        that order of ts. It came from the loop's coarse clock, up to a
+        clock tick (4 ms) early, and such lines came before the line of the
+        request answered before them (1 in 3 did), which a replay, sorting
+        by ts, then sends in the wrong order."""
+        c = self.cluster
+        champ = c.model_server("champion")
+        port = mmtest.free_port()
+        log = c.path("requests.jsonl")
+        cfg = mmtest.base_config(port, {"champion": champ.port}, [
+            {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
+             "arms": {"champion": 1}}], log={"requests": log},
+            limits={"max_header_bytes": 4096})
+        c.modelmux(cfg)
+        sent = []
+        for i in range(30):
+            ok = mmtest.raw(port, b"GET /v1/ok%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                            % i, timeout=10)
+            self.assertTrue(ok.startswith(b"HTTP/1.1 200 "), ok)
+            if i % 2:
+                bad = mmtest.raw(port, b"GET /v1/big%d HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n"
+                                 % (i, b"b" * 5000), timeout=10)
+                self.assertTrue(bad.startswith(b"HTTP/1.1 431 "), bad)
+            else:
+                bad = mmtest.raw(port, b"GET /v1/bad%d HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n" % i,
+                                 timeout=10)
+                self.assertTrue(bad.startswith(b"HTTP/1.1 400 "), bad)
+            sent += ["/v1/ok%d" % i, "/v1/%s%d" % ("big" if i % 2 else "bad", i)]
+        lines = read_log(log, len(sent))
+        self.assertEqual([line["path"] for line in lines if line["path"] in sent], sent)
+        by_ts = sorted(lines, key=lambda line: line["ts"])
+        self.assertEqual([line["path"] for line in by_ts], [line["path"] for line in lines],
+                         [(line["path"], line["ts"]) for line in lines])
 
 
 class ReloadedSettings(mmtest.MMTestCase):
