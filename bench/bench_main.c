@@ -22,7 +22,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: modelmux-bench replay LOG --target URL [--speed X|--rate R|--max]\n"
                "                             [--concurrency C] [--requests N] [--duration S]\n"
-               "                             [--json]\n"
+               "                             [--timeout-ms MS] [--json]\n"
                "       modelmux-bench simulate --target URL --experiment NAME --rates arm=p,...\n"
                "                               --requests N [options]\n"
                "       modelmux-bench --version | --help\n"

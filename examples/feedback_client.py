@@ -44,17 +44,21 @@ def number(text):
     return int(v) if v == int(v) and "." not in text and "e" not in text.lower() else v
 
 
-def event_from_args(a):
+def event_from_args(a, usage):
+    """The one event the options describe; usage(message) for a usage error
+    (argparse's error: exit status 2)."""
     if a.item is not None:
         if a.request_id is None:
-            raise SystemExit("feedback_client: --item needs --request-id")
+            usage("--item needs --request-id")
+        if a.reward is not None:  # modelmux counts such an event invalid
+            usage("a click (--item) carries no reward: give --item or --reward, not both")
         return {"request_id": a.request_id, "item": a.item}
     if a.reward is None:
-        raise SystemExit("feedback_client: give --reward (or --item for a click, or --batch)")
+        usage("give --reward (or --item for a click, or --batch)")
     if a.request_id is not None:
         return {"request_id": a.request_id, "reward": a.reward}
     if a.experiment is None or a.arm is None:
-        raise SystemExit("feedback_client: give --request-id, or --experiment and --arm")
+        usage("give --request-id, or --experiment and --arm")
     return {"experiment": a.experiment, "arm": a.arm, "reward": a.reward}
 
 
@@ -112,6 +116,8 @@ def read_reply(f):
 
 def xadd_all(addr, prefix, events, timeout, user=None, password=None, db=0):
     host, _, port = addr.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):  # [::1]:6379, as URLs write IPv6
+        host = host[1:-1]
     s = socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout)
     f = s.makefile("rb")
     ids = []
@@ -146,7 +152,8 @@ def main(argv=None):
     p.add_argument("--batch", metavar="FILE", help="JSON lines of events ('-': stdin)")
     p.add_argument("--batch-size", type=int, default=500, help="events per post (default 500)")
     p.add_argument("--redis", metavar="HOST:PORT",
-                   help="write to the Redis stream PREFIX:feedback instead of posting")
+                   help="write to the Redis stream PREFIX:feedback instead of posting "
+                   "(an IPv6 address in brackets: [::1]:6379)")
     p.add_argument("--prefix", default="modelmux", help="the store's Redis prefix")
     p.add_argument("--redis-user", help="ACL user name for AUTH (needs a password)")
     p.add_argument("--redis-password-env", metavar="VAR",
@@ -158,7 +165,7 @@ def main(argv=None):
     if a.batch_size < 1:
         p.error("--batch-size must be at least 1")
     try:
-        events = read_batch(a.batch) if a.batch else [event_from_args(a)]
+        events = read_batch(a.batch) if a.batch else [event_from_args(a, p.error)]
     except OSError as e:
         print("feedback_client: cannot read %s: %s" % (a.batch, e.strerror or e), file=sys.stderr)
         return 1
@@ -172,6 +179,8 @@ def main(argv=None):
             p.error("the environment variable %s is not set or empty" % a.redis_password_env)
     if a.redis_user and not password:
         p.error("--redis-user needs --redis-password-env")
+    if a.redis and not a.redis.rpartition(":")[2].isdigit():
+        p.error("--redis takes HOST:PORT, got %r" % a.redis)
     if a.redis:
         try:
             for stream_id in xadd_all(a.redis, a.prefix, events, a.timeout, a.redis_user,

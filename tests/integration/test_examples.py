@@ -55,13 +55,14 @@ class Examples(mmtest.MMTestCase):
             cfg["store"] = store
         return cfg, port, admin
 
-    def quickstart(self, cfg):
+    def quickstart(self, cfg, args=None, cwd=None):
         path = self.cluster.write_config(cfg, "quickstart.json")
         env = dict(os.environ, MM_BUILD=os.path.dirname(os.path.abspath(mmtest.MM_BIN)))
         log = open(self.cluster.path("quickstart.log"), "w")
-        p = subprocess.Popen(["bash", os.path.join(EXAMPLES, "quickstart.sh"), "-c", path],
+        p = subprocess.Popen(["bash", os.path.join(EXAMPLES, "quickstart.sh")] +
+                             (["-c", path] if args is None else args),
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env=env)
+                             env=env, cwd=cwd)
         log.close()
         proc = mmtest.Proc(p, "quickstart", self.cluster.path("quickstart.log"))
         self.cluster.procs.append(proc)
@@ -139,6 +140,63 @@ class Examples(mmtest.MMTestCase):
         qs = self.quickstart(cfg)
         self.assertEqual(qs.wait(timeout=20), 1, qs.log())
         self.assertIn("127.0.0.1:%d (challenger) is in use" % busy.port, qs.log())
+
+    def test_quickstart_takes_a_config_path_relative_to_where_it_runs(self):
+        """-c with a path relative to the caller's directory: modelmux runs in
+        the repository's root, and was given the path as it was (it could not
+        open it, and the script exited 0)."""
+        if os.path.dirname(os.path.abspath(mmtest.MM_BIN)) != \
+                os.path.dirname(os.path.abspath(mmtest.MODEL_SERVER)):
+            self.skipTest("quickstart.sh needs modelmux and model_server in one directory")
+        cfg, port, admin = self.config()
+        qs = self.quickstart(cfg, args=["-c", "quickstart.json"], cwd=self.cluster.dir)
+        mmtest.wait_port(port, qs.p)
+        st, _, body = mmtest.request(port, "POST", "/recs/x", body=b"{}")
+        self.assertEqual(st, 200, body)
+        qs.signal(signal.SIGTERM)
+        self.assertEqual(qs.wait(timeout=20), 0, qs.log())
+
+    def test_quickstart_fails_when_modelmux_does(self):
+        """modelmux cannot listen (its port is taken): the script stops the
+        model servers and exits with modelmux's status, not 0."""
+        if os.path.dirname(os.path.abspath(mmtest.MM_BIN)) != \
+                os.path.dirname(os.path.abspath(mmtest.MODEL_SERVER)):
+            self.skipTest("quickstart.sh needs modelmux and model_server in one directory")
+        cfg, port, admin = self.config()
+        squatter = self.cluster.model_server("squatter", port=port)
+        self.assertEqual(squatter.port, port)
+        qs = self.quickstart(cfg)
+        self.assertEqual(qs.wait(timeout=30), 1, qs.log())
+        self.assertIn("address already in use", qs.log())
+        self.assertIn("a process ended (status 1)", qs.log())
+
+    def test_quickstart_refuses_arguments_it_does_not_take(self):
+        """A config given without -c was ignored (the default one ran)."""
+        for args in (["config/thompson.json"], ["-c"], ["-c", "a.json", "b.json"]):
+            qs = self.quickstart({}, args=args)
+            self.assertEqual(qs.wait(timeout=20), 2, qs.log())
+            self.assertIn("usage: examples/quickstart.sh [-c CONFIG]", qs.log())
+
+    def test_feedback_client_usage_errors_exit_2(self):
+        """Usage errors exit 2, as its docstring says (they exited 1); a click
+        given a reward, which modelmux counts invalid, is one of them (the
+        reward was dropped without a word)."""
+        for args in ([], ["--item", "x"], ["--request-id", "r", "--item", "x", "--reward", 1],
+                     ["--experiment", "recs", "--reward", 1],
+                     ["--redis", "nohostport", "--request-id", "r", "--reward", 1]):
+            rc, _, err = client(*args)
+            self.assertEqual(rc, 2, (args, err))
+            self.assertIn("error:", err)
+            self.assertNotIn("Traceback", err)
+
+    def test_feedback_client_takes_a_bracketed_redis_address(self):
+        """--redis [HOST]:PORT, as URLs write an IPv6 address: the brackets
+        were kept in the host name, which then did not resolve."""
+        closed = mmtest.free_port()
+        rc, _, err = client("--redis", "[127.0.0.1]:%d" % closed, "--request-id", "x",
+                            "--reward", 1)
+        self.assertEqual(rc, 1, err)
+        self.assertIn("Connection refused", err)
 
     def test_feedback_client_reports_unreadable_batch_and_unreachable_redis(self):
         """Errors the user can cause are one line on stderr and exit 1, not a
