@@ -305,7 +305,8 @@ int http_chunked_on_ext(http_chunked_t *t, size_t n, uint32_t limit)
 {
     /* +1: the ';' or '=' before the span. A span split across reads counts
      * it twice, which errs by a byte a read, on the safe side. */
-    if (n + 1 > (size_t)(limit - t->meta))
+    /* meta may be above a limit a reload lowered meanwhile */
+    if (t->meta >= limit || n + 1 > (size_t)(limit - t->meta))
         return chunked_refuse(t, "chunk extensions and trailers over the size limit", 1);
     t->meta += (uint32_t)n + 1;
     return 0;
@@ -323,7 +324,7 @@ int http_chunked_on_chunk(http_chunked_t *t, uint64_t chunk_size)
  * its LF; what it lets through is refused here. */
 static int trailer_scan(http_chunked_t *t, const char *p, size_t n, uint32_t limit)
 {
-    if (n > (size_t)(limit - t->meta))
+    if (t->meta > limit || n > (size_t)(limit - t->meta))
         return chunked_refuse(t, "chunk extensions and trailers over the size limit", 1);
     t->meta += (uint32_t)n;
     for (size_t i = 0; i < n; i++) {

@@ -97,7 +97,11 @@
  * the version is still V — a policy's change, see store_propose_control; N is
  * the number of local changes the write carries, and the version goes up by
  * N, once per change as DESIGN.md §6 says; mode 1 makes it 1),
- * ARGV[4] '1': reset (DEL the arm and answer hashes, reset_epoch + 1);
+ * ARGV[4] '1': reset (DEL the arm and answer hashes, and a new
+ * reset_epoch: Redis's clock in microseconds, above the one before, so
+ * that an epoch never comes back, not even after Redis lost its data and
+ * the count would start again; an instance that knew the old one would
+ * take a reset for none, and let increments counted before it through);
  * '0:E': the deltas were counted while reset_epoch was E, and are not
  * applied if it is another now (an instance's reset came in between: they
  * were learned before it; 0, Redis lost its data, is not a reset); '0':
@@ -211,7 +215,11 @@ static const char SYNC_SCRIPT[] =
     "if apply then\n"
     "  if reset == '1' then\n"
     "    for i = 3, #KEYS do w('DEL', KEYS[i]) end\n"
-    "    w('HINCRBY', KEYS[1], 'reset_epoch', 1)\n"
+    "    local t = redis.call('TIME')\n"
+    "    local e = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "    local was = tonumber(redis.call('HGET', KEYS[1], 'reset_epoch') or '0') or 0\n"
+    "    if e <= was then e = was + 1 end\n"
+    "    w('HSET', KEYS[1], 'reset_epoch', string.format('%.0f', e))\n"
     "  end\n"
     "  local kind, bump, base = string.match(ARGV[3], '^(%d):?(%d*):?(%d*)$')\n"
     "  local write = kind == '2'\n"
@@ -1004,7 +1012,9 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
         snprintf(mode, 32, "2:%u", b->ctl_changes);
     else
         snprintf(mode, 32, "%d", b->ctl_mode);
-    if (b->reset || !b->epoch_known)
+    /* A write kept across a move to another Redis (sent again there, as
+     * is) names the old place's epoch, which says nothing at the new one. */
+    if (b->reset || !b->epoch_known || x->rebase)
         arg_str(&a, b->reset ? "1" : "0");
     else
         snprintf(arg_num(&a), 32, "0:%" PRIu64, b->epoch);

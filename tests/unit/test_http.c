@@ -622,6 +622,25 @@ static void test_bare_lf_ends_no_line_of_a_head(void **state)
     assert_int_equal(http_bare_lf(two + 1, 1), 1);
 }
 
+/* The limit is read anew for every call (a reload may lower it in the
+ * middle of a message): bytes counted under a larger one that are above
+ * the new one refuse the next extension or trailer byte, not wrap the
+ * budget around to some 4 GiB. */
+static void test_chunked_limit_lowered_mid_message_still_holds(void **state)
+{
+    (void)state;
+    http_chunked_t t;
+    memset(&t, 0, sizeof(t));
+    assert_int_equal(http_chunked_on_ext(&t, 60000, 65536), 0);
+    assert_int_not_equal(http_chunked_on_ext(&t, 10, 1024), 0);
+    assert_non_null(t.error);
+    assert_int_equal(t.too_large, 1);
+    /* exactly at the limit: one byte more is over it */
+    memset(&t, 0, sizeof(t));
+    assert_int_equal(http_chunked_on_ext(&t, 1023, 1024), 0);
+    assert_int_not_equal(http_chunked_on_ext(&t, 0, 1024), 0);
+}
+
 static void test_chunked_framing_llhttp_lets_through_is_refused(void **state)
 {
     (void)state;
@@ -800,6 +819,7 @@ int main(void)
         cmocka_unit_test(test_request_target_forms),
         cmocka_unit_test(test_bare_lf_ends_no_line_of_a_head),
         cmocka_unit_test(test_chunked_framing_llhttp_lets_through_is_refused),
+        cmocka_unit_test(test_chunked_limit_lowered_mid_message_still_holds),
         cmocka_unit_test(test_more_than_128_headers_are_flagged),
         cmocka_unit_test(test_hop_by_hop_headers_are_recognised),
         cmocka_unit_test(test_headers_named_in_connection_are_hop_by_hop_whatever_their_length),

@@ -639,13 +639,21 @@ static void test_reset_reaches_every_instance(void **state)
     assert_int_equal(integer(f, "EXISTS %s:{recs}:arm:champion", f->prefix), 0);
     char buf[64];
     assert_true(ctl_field(f, "recs", "reset_epoch", buf, sizeof(buf)));
-    assert_string_equal(buf, "1");
+    unsigned long long epoch1 = strtoull(buf, NULL, 10);
+    assert_true(epoch1 > 0);
+    assert_int_equal(strspn(buf, "0123456789"), strlen(buf)); /* an integer, written whole */
 
     /* Counting starts again from zero everywhere. */
     store_pull(a, ea, 0), store_pull(a, ea, 0), store_pull(b, eb, 0);
     RUN_UNTIL(f, ea->merged[0].pulls == 3 && eb->merged[0].pulls == 3, 2000);
     assert_int_equal(eb->merged[0].pulls, 3);
     assert_int_equal(ea->merged[0].pulls, 3);
+
+    /* Every reset names a new epoch, above the one before. */
+    store_reset(b, eb);
+    RUN_UNTIL(f, store_resets(ea) == 2, WAIT_MS);
+    assert_true(ctl_field(f, "recs", "reset_epoch", buf, sizeof(buf)));
+    assert_true(strtoull(buf, NULL, 10) > epoch1);
 }
 
 /* Increments an instance counted before another instance's reset reached
@@ -688,6 +696,63 @@ static void test_increments_counted_before_another_reset_are_dropped(void **stat
     assert_string_equal(r->str, "1");
     freeReplyObject(r);
     assert_int_equal(ea->merged[0].pulls, 1);
+}
+
+/* Redis lost its data (restarted empty, flushed) and then another
+ * instance reset the experiment. The epoch must be one no instance knows:
+ * counted again from 0 it was 1 again, which a's write, counted before
+ * that reset and carrying epoch 1 from before the loss, passed for its
+ * own, adding those increments to the emptied hashes, and a never noticed
+ * the reset. b runs on a loop of its own, so that its reset is written
+ * before a's next write, whatever their timers do. */
+static void test_an_epoch_never_comes_back_after_redis_lost_its_data(void **state)
+{
+    fx_t *f = *state;
+    uv_loop_t lb;
+    assert_int_equal(uv_loop_init(&lb), 0);
+    cfg_store_t cfg = {.type = STORE_REDIS, .port = f->port, .sync_ms = 20};
+    snprintf(cfg.host, sizeof(cfg.host), "127.0.0.1");
+    snprintf(cfg.prefix, sizeof(cfg.prefix), "%s", f->prefix);
+    char err[256];
+    store_t *b = store_create(&lb, &cfg, err, sizeof(err));
+    assert_non_null(b);
+    exp_state_t *eb = mk_exp(b, "recs");
+#define RUN_B_UNTIL(cond)                                                                          \
+    do {                                                                                           \
+        uint64_t dl_ = mm_now_ms() + WAIT_MS;                                                      \
+        while (!(cond) && mm_now_ms() < dl_) uv_run(&lb, UV_RUN_ONCE);                             \
+    } while (0)
+    char key[256], buf[64];
+    snprintf(key, sizeof(key), "%s:{recs}:arm:champion", f->prefix);
+
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs");
+    store_pull(a, ea, 0);
+    SETTLE(f, a, ea);
+    RUN_B_UNTIL(store_exp_of(eb)->synced);
+    store_reset(b, eb); /* a first reset, which a learns */
+    RUN_B_UNTIL(ctl_field(f, "recs", "reset_epoch", buf, sizeof(buf)));
+    RUN_UNTIL(f, store_resets(ea) == 1, WAIT_MS);
+    assert_int_equal(store_resets(ea), 1);
+    SETTLE(f, a, ea);
+
+    freeReplyObject(cmd(f, "FLUSHALL"));
+    for (int i = 0; i < 3; i++) store_pull(a, ea, 0); /* counted before b's reset */
+    store_reset(b, eb);
+    RUN_B_UNTIL(!store_exp_of(eb)->reset_pending && !store_exp_of(eb)->batch.active &&
+                ctl_field(f, "recs", "reset_epoch", buf, sizeof(buf)));
+    assert_true(ctl_field(f, "recs", "reset_epoch", buf, sizeof(buf)));
+
+    RUN_UNTIL(f, store_resets(ea) == 2, WAIT_MS);
+    assert_int_equal(store_resets(ea), 2);
+    SETTLE(f, a, ea);
+    assert_int_equal(integer(f, "HEXISTS %s pulls", key), 0);
+    assert_int_equal(ea->merged[0].pulls, 0);
+    assert_int_equal(ea->dropped, 3);
+#undef RUN_B_UNTIL
+    store_destroy(b);
+    uv_run(&lb, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&lb), 0);
 }
 
 typedef struct {
@@ -2114,6 +2179,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_reset_reaches_every_instance, setup, teardown),
         cmocka_unit_test_setup_teardown(test_increments_counted_before_another_reset_are_dropped,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_an_epoch_never_comes_back_after_redis_lost_its_data,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_lookup_of_an_id_remembered_by_the_other_instance,
                                         setup, teardown),
