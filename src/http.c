@@ -289,6 +289,12 @@ int http_bare_lf(const char *p, size_t n)
     return 0;
 }
 
+int http_head_bare_lf(const char *p, size_t n)
+{
+    const char *lf = memchr(p, '\n', n);
+    return lf == NULL || lf == p || lf[-1] != '\r' || n < 2 || p[n - 2] != '\r';
+}
+
 /* Where the trailer section's check is: off (no last chunk yet), at the
  * start of a line, inside a field line, after a field line's CR, after the
  * empty line's CR, done. */

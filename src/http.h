@@ -146,9 +146,14 @@ const char *http_request_head_error(const http_head_t *h, const char *base, int 
 /* 1 if a line of p[0..n) (a head from its request target or status line
  * on, to its empty last line) ends in a bare LF: RFC 9112 §2.2 allows a
  * recipient to accept one, but a proxy that reads lines differently from
- * the server behind it is a smuggling risk. llhttp 8 takes one after the
- * start line and as the empty line ending the head. One memchr per line. */
+ * the server behind it is a smuggling risk. One memchr per line. */
 int http_bare_lf(const char *p, size_t n);
+/* The same for one head llhttp has parsed, looking only where llhttp 8
+ * takes a bare LF: ending the start line (the first LF of p[0..n)) and as
+ * the empty line ending the head (p[n - 1]); it refuses one ending a field
+ * line itself. Two bytes and one short memchr: for every request and
+ * answer head, where http_bare_lf costs a memchr per line. */
+int http_head_bare_lf(const char *p, size_t n);
 
 /* Chunked framing checks (see http_chunked_t), from llhttp's callbacks:
  * on_chunk_extension_name and _value call http_chunked_on_ext with their

@@ -909,9 +909,10 @@ static void on_request_head(conn_t *c)
     /* Refused before anything is routed or sent upstream; a 400 closes the
      * connection, so nothing after this head is read as a request. */
     /* llhttp takes a bare LF after the request line and as the head's empty
-     * last line; the target holds none, so the head is looked at from it. */
+     * last line; the target holds none, so the head is looked at from its end. */
+    uint32_t after_url = h->url_off + h->url_len;
     const char *bad =
-        http_bare_lf(base + h->url_off, c->rpos - h->url_off)
+        http_head_bare_lf(base + after_url, c->rpos - after_url)
             ? "a line of the head ends in a bare LF (CRLF is required)"
             : http_request_head_error(h, base, c->parser.http_major, c->parser.http_minor);
     if (bad == NULL && form == HT_INVALID)

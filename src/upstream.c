@@ -90,6 +90,7 @@ struct up_conn_s {
     int kick;        /* run the parser once with no input: a zero-length body ends so */
     int eof_pending; /* EOF read while the user held bytes (see uc_eof) */
     int headers_done, msg_done;
+    int interim; /* this exchange's answer came after an interim (1xx) one */
     int got_bytes;
     int req_open; /* the user has more request bytes to come (up_write's last == 0) */
     int early;    /* the answer's head came before the request was all written */
@@ -215,6 +216,7 @@ static int on_message_complete(llhttp_t *p)
     up_conn_t *c = parser_conn(p);
     if (p->status_code < 200) {
         http_head_reset(&c->head);
+        c->interim = 1;
         return 0;
     }
     c->resp.keep_alive = llhttp_should_keep_alive(p);
@@ -762,6 +764,7 @@ static void begin_exchange(up_conn_t *c, up_user_t *u)
     c->kick = 0;
     c->eof_pending = 0;
     c->headers_done = c->msg_done = 0;
+    c->interim = 0;
     c->got_bytes = 0;
     c->req_open = 0;
     c->early = 0;
@@ -1013,10 +1016,12 @@ static void uc_process(up_conn_t *c)
              * client would get the coded bytes with nothing saying so.
              * So is a line ending in a bare LF (llhttp takes one after the
              * status line and as the empty last line): the buffer holds
-             * this exchange's heads from its start, interim ones too. */
+             * this exchange's heads from its start, interim ones too, and
+             * with them each line is looked at. */
             if (c->head.too_many || c->head.obs_fold || c->head.empty_name ||
                 (c->head.count[HK_TRANSFER_ENC] && !http_te_chunked_only(&c->head, c->rbuf)) ||
-                http_bare_lf(c->rbuf, c->rpos)) {
+                (c->interim ? http_bare_lf(c->rbuf, c->rpos)
+                            : http_head_bare_lf(c->rbuf, c->rpos))) {
                 c->in_process = 0;
                 uc_fail(c, UP_ERR_PROTOCOL);
                 return;

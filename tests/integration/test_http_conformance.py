@@ -299,6 +299,13 @@ class ScriptedUpstream:
         # line ends llhttp takes as CRLF
         "lf-status-line": b"HTTP/1.1 200 OK\nContent-Length: 2\r\n\r\nok",
         "lf-head-end": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\nok",
+        # the same in the final answer's head after an interim one, and in it
+        "lf-interim-end": b"HTTP/1.1 100 Continue\r\n\nHTTP/1.1 200 OK\r\n"
+                          b"Content-Length: 2\r\n\r\nok",
+        "lf-status-after-interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\n"
+                                   b"Content-Length: 2\r\n\r\nok",
+        "interim-crlf": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
+                        b"Content-Length: 2\r\n\r\nok",
         "lf-chunked-end": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\n",
         "lf-trailer-end": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
                           b"X-A: 1\r\n\n",
@@ -429,12 +436,15 @@ class UpstreamAnswers(ClassCluster):
     def test_answer_with_a_line_ending_in_a_bare_lf_is_502(self):
         # RFC 9112 §2.2 (README "Strictness"): llhttp takes these, and the
         # chunked ones were passed on to the client as sent.
-        for name in ("lf-status-line", "lf-head-end", "lf-chunked-end", "lf-trailer-end"):
+        for name in ("lf-status-line", "lf-head-end", "lf-interim-end", "lf-status-after-interim",
+                     "lf-chunked-end", "lf-trailer-end"):
             with self.subTest(name=name):
                 r, after = self.exchange(name)
                 body = self.assertJsonError(r, 502, "upstream_unavailable")
                 self.assertEqual(body["message"], "the model server's answer is not valid HTTP")
                 self.assertEqual((after.status, after.body), (200, b"ok"))
+        r, after = self.exchange("interim-crlf")  # with CRLFs the interim answer is skipped
+        self.assertEqual((r.status, r.body), (200, b"ok"), r)
 
     def test_answer_trailers_are_checked_like_a_head(self):
         # obs-fold and an empty name are a 502 in a head (RFC 9112 §5.2), and

@@ -622,6 +622,33 @@ static void test_bare_lf_ends_no_line_of_a_head(void **state)
     assert_int_equal(http_bare_lf(two + 1, 1), 1);
 }
 
+/* The check of one parsed head looks where llhttp takes a bare LF: the
+ * start line's end (from the target's end on, for a request) and the
+ * head's empty last line. */
+static void test_bare_lf_after_the_start_line_or_ending_the_head(void **state)
+{
+    (void)state;
+    static const char *bare[] = {" HTTP/1.1\nHost: a\r\n\r\n",
+                                 " HTTP/1.1\r\nHost: a\r\n\n",
+                                 " HTTP/1.1\r\n\n",
+                                 " HTTP/1.1\n\n",
+                                 " HTTP/1.1\n\r\n",
+                                 "\n\r\n",
+                                 "HTTP/1.1 200\nA: b\r\n\r\n",
+                                 "HTTP/1.1 200 OK\r\nA: b\r\n\n",
+                                 "\n",
+                                 ""};
+    for (size_t i = 0; i < sizeof(bare) / sizeof(bare[0]); i++)
+        if (!http_head_bare_lf(bare[i], strlen(bare[i]))) fail_msg("not found: case %zu", i);
+    static const char *crlf[] = {" HTTP/1.1\r\nHost: a\r\n\r\n", " HTTP/1.1\r\n\r\n",
+                                 "HTTP/1.1 200 OK\r\nA: b\r\nC: d\r\n\r\n"};
+    for (size_t i = 0; i < sizeof(crlf) / sizeof(crlf[0]); i++)
+        assert_int_equal(http_head_bare_lf(crlf[i], strlen(crlf[i])), 0);
+    /* a byte before the range is never read: an LF first in it is bare */
+    const char two[] = "\r\n\r\n";
+    assert_int_equal(http_head_bare_lf(two + 1, 3), 1);
+}
+
 /* The limit is read anew for every call (a reload may lower it in the
  * middle of a message): bytes counted under a larger one that are above
  * the new one refuse the next extension or trailer byte, not wrap the
@@ -818,6 +845,7 @@ int main(void)
         cmocka_unit_test(test_request_heads_refused_with_400),
         cmocka_unit_test(test_request_target_forms),
         cmocka_unit_test(test_bare_lf_ends_no_line_of_a_head),
+        cmocka_unit_test(test_bare_lf_after_the_start_line_or_ending_the_head),
         cmocka_unit_test(test_chunked_framing_llhttp_lets_through_is_refused),
         cmocka_unit_test(test_chunked_limit_lowered_mid_message_still_holds),
         cmocka_unit_test(test_more_than_128_headers_are_flagged),
