@@ -190,12 +190,11 @@ static int experiments_path(const mm_local_req_t *r, exp_path_t *ep)
 
 /* /healthz or /readyz: the two endpoints that need no token. Decided on
  * the path the router will take, so no path that reaches anything else
- * (/experiments/../healthz is an experiment's action) passes as a probe. */
-static int is_probe(const mm_local_req_t *r)
+ * (/experiments/../healthz is an experiment's action) passes as a probe:
+ * under_experiments is experiments_path's answer for r. */
+static int is_probe(const mm_local_req_t *r, int under_experiments)
 {
-    exp_path_t ep;
-    if (experiments_path(r, &ep)) return 0;
-    return str_eq(r->path, "/healthz") || str_eq(r->path, "/readyz");
+    return !under_experiments && (str_eq(r->path, "/healthz") || str_eq(r->path, "/readyz"));
 }
 
 /* A change sent by a browser on behalf of a web page: cross-site request
@@ -219,7 +218,8 @@ int admin_refusal(mm_server_t *srv, const mm_local_req_t *r, const char **code, 
                   const char **extra_headers)
 {
     *extra_headers = NULL;
-    if (is_probe(r)) return 0;
+    exp_path_t ep;
+    if (is_probe(r, experiments_path(r, &ep))) return 0;
     if (!authorized(srv, r)) {
         *code = "unauthorized";
         *msg = "missing or wrong bearer token";
@@ -721,7 +721,7 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
                            "this worker's private listener serves /metrics and " SCRAPE_SYNC_PATH);
         return;
     }
-    if (is_probe(r)) {
+    if (is_probe(r, under_experiments)) {
         if (!is_get(r)) {
             conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use GET", GET_ONLY);
             return;

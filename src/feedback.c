@@ -606,27 +606,31 @@ static int json_number_text(const char *p)
     return *p == '\0';
 }
 
+/* A stream entry that can never be applied: logged, counted, acknowledged. */
+static void stream_drop(mm_server_t *srv, store_msg_t *m, const char *why)
+{
+    mm_log("feedback stream entry %s dropped: %s", store_msg_id(m), why);
+    srv->stream_invalid++;
+    store_msg_done(srv->store, m, 1);
+}
+
 static void on_stream(void *arg, store_msg_t *m)
 {
     mm_server_t *srv = arg;
-    if (store_msg_has_nul(m)) {
-        mm_log("feedback stream entry %s dropped: a field holds a NUL byte", store_msg_id(m));
-        srv->stream_invalid++;
-        store_msg_done(srv->store, m, 1); /* it can never be applied */
-        return;
-    }
+    static const char *const read_fields[] = {"request_id", "experiment", "arm", "item", "reward"};
+    char err[256] = "";
+    if (store_msg_has_nul(m)) snprintf(err, sizeof(err), "a field holds a NUL byte");
     /* A field given twice is ambiguous, as a key repeated in a JSON object
      * is over HTTP (a syntax error there): nothing of it is applied. */
-    static const char *const read_fields[] = {"request_id", "experiment", "arm", "item", "reward"};
-    for (size_t i = 0; i < MM_ARRAY_LEN(read_fields); i++)
-        if (store_msg_field_count(m, read_fields[i]) > 1) {
-            mm_log("feedback stream entry %s dropped: field %s is repeated (which value was meant "
-                   "cannot be known)",
-                   store_msg_id(m), read_fields[i]);
-            srv->stream_invalid++;
-            store_msg_done(srv->store, m, 1); /* it can never be applied */
-            return;
-        }
+    for (size_t i = 0; !err[0] && i < MM_ARRAY_LEN(read_fields); i++)
+        if (store_msg_field_count(m, read_fields[i]) > 1)
+            snprintf(err, sizeof(err),
+                     "field %s is repeated (which value was meant cannot be known)",
+                     read_fields[i]);
+    if (err[0]) {
+        stream_drop(srv, m, err);
+        return;
+    }
     fb_batch_t *b = calloc(1, sizeof(*b) + sizeof(fb_event_t));
     if (b == NULL) {
         store_msg_done(srv->store, m, 0);
@@ -650,14 +654,11 @@ static void on_stream(void *arg, store_msg_t *m)
         else
             json_object_set_new(o, "reward", json_real(d));
     }
-    char err[256];
     if (!ok || parse_event(o, &b->ev[0], err, sizeof(err), "stream entry", 0) != 0) {
         if (!ok) snprintf(err, sizeof(err), "stream entry: reward must be a finite number");
-        mm_log("feedback stream entry %s dropped: %s", store_msg_id(m), err);
-        srv->stream_invalid++;
         json_decref(o);
         batch_free(b);
-        store_msg_done(srv->store, m, 1); /* it can never be applied */
+        stream_drop(srv, m, err);
         return;
     }
     json_decref(o);

@@ -52,17 +52,19 @@ import mmtest
 KIB64 = 64 * 1024
 
 
-def champion_logged(c, admin_port=None, **log):
+def champion_logged(c, admin_port=None, limits=None, **log):
     """modelmux in cluster c in front of one model server, every /v1/
     request routed to it, the request log at c's requests.jsonl with `log`
-    settings: its data port, log path, config and process (.port, .log,
-    .cfg, .proc)."""
+    settings (and `limits`, if given): its data port, log path, config and
+    process (.port, .log, .cfg, .proc)."""
     champ = c.model_server("champion")
     port = mmtest.free_port()
     path = c.path("requests.jsonl")
+    extra = {"limits": limits} if limits else {}
     cfg = mmtest.base_config(port, {"champion": champ.port}, [
         {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
-         "arms": {"champion": 1}}], admin_port=admin_port, log=dict(requests=path, **log))
+         "arms": {"champion": 1}}], admin_port=admin_port, log=dict(requests=path, **log),
+        **extra)
     return types.SimpleNamespace(port=port, log=path, cfg=cfg, proc=c.modelmux(cfg))
 
 def read_log(path, n):
@@ -243,15 +245,8 @@ class HeadCutShort(mmtest.MMTestCase):
         """A 408 lasted header_timeout_ms and a 499 as long as the client
         took to go away: their latency_us and ts say so, from the head's
         first byte, not the moment of the error."""
-        c = self.cluster
-        champ = c.model_server("champion")
-        port = mmtest.free_port()
-        log = c.path("requests.jsonl")
-        cfg = mmtest.base_config(port, {"champion": champ.port}, [
-            {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
-             "arms": {"champion": 1}}], log={"requests": log},
-            limits={"header_timeout_ms": 1000})
-        c.modelmux(cfg)
+        m = champion_logged(self.cluster, limits={"header_timeout_ms": 1000})
+        port, log = m.port, m.log
         t0 = time.time()
         slow = socket.create_connection(("127.0.0.1", port), timeout=10)
         slow.sendall(b"GET /v1/rank?slow=1 HTTP/1.1\r\nHo")
@@ -278,15 +273,8 @@ class HeadCutShort(mmtest.MMTestCase):
         clock tick (4 ms) early, and such lines came before the line of the
         request answered before them (1 in 3 did), which a replay, sorting
         by ts, then sends in the wrong order."""
-        c = self.cluster
-        champ = c.model_server("champion")
-        port = mmtest.free_port()
-        log = c.path("requests.jsonl")
-        cfg = mmtest.base_config(port, {"champion": champ.port}, [
-            {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
-             "arms": {"champion": 1}}], log={"requests": log},
-            limits={"max_header_bytes": 4096})
-        c.modelmux(cfg)
+        m = champion_logged(self.cluster, limits={"max_header_bytes": 4096})
+        port, log = m.port, m.log
         sent = []
         for i in range(30):
             ok = mmtest.raw(port, b"GET /v1/ok%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"

@@ -1123,6 +1123,32 @@ static void test_default_config_file_is_valid(void **state)
  * well past it. */
 static void test_long_keys_are_reported_where_they_are(void **state)
 {
+    /* Each case: the config with the key (%s), and the message with the
+     * key as shown (%s); prefix: the message goes on (a list of names). */
+    static const struct {
+        const char *text, *want;
+        int prefix;
+    } cases[] = {
+        {"{" UPS ", \"experiments\": [], \"%s\": 1}",
+         "t.json:1:130: unknown key %s (allowed here: listen, admin, store, log, limits, "
+         "upstreams, experiments)",
+         0},
+        {"{\"upstreams\": {\"%s\": {\"url\": \"http://127.0.0.1:1\"}},\n\"experiments\": []}",
+         "t.json:1:16: upstreams.%s: bad upstream name; names are 1-64 characters of "
+         "[A-Za-z0-9_.-]",
+         0},
+        {"{" UPS ", \"experiments\": [\n"
+         "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\", \"headers\": "
+         "{\"%s\": \"KR\"}}}]}",
+         "t.json:2:59: experiments[0].match.headers.%s: bad header name; expected 1-127 "
+         "token characters",
+         0},
+        /* a policy's own path to a long key (ab's "/arms/NAME") */
+        {"{" UPS ", \"experiments\": [\n"
+         "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"ab\", "
+         "\"arms\": {\"champion\": 1, \"%s\": 1}}]}",
+         "t.json:2:88: experiments[0].arms.%s: unknown upstream", 1},
+    };
     static const size_t lens[] = {300, 1022, 1023, 1024, 1100, 5000};
     for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
         size_t n = lens[i];
@@ -1132,44 +1158,14 @@ static void test_long_keys_are_reported_where_they_are(void **state)
         memset(k, 'k', n);
         k[n] = '\0';
         snprintf(shown, sizeof(shown), "%.200s...", k);
-
-        snprintf(text, n + 512, "{" UPS ", \"experiments\": [], \"%s\": 1}", k);
-        snprintf(want, sizeof(want),
-                 "t.json:1:130: unknown key %s (allowed here: listen, admin, store, log, limits, "
-                 "upstreams, experiments)",
-                 shown);
-        expect_error(text, want);
-
-        snprintf(text, n + 512,
-                 "{\"upstreams\": {\"%s\": {\"url\": \"http://127.0.0.1:1\"}},\n"
-                 "\"experiments\": []}",
-                 k);
-        snprintf(want, sizeof(want),
-                 "t.json:1:16: upstreams.%s: bad upstream name; names are 1-64 characters of "
-                 "[A-Za-z0-9_.-]",
-                 shown);
-        expect_error(text, want);
-
-        snprintf(text, n + 512,
-                 "{" UPS ", \"experiments\": [\n"
-                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\", \"headers\": "
-                 "{\"%s\": \"KR\"}}}]}",
-                 k);
-        snprintf(want, sizeof(want),
-                 "t.json:2:59: experiments[0].match.headers.%s: bad header name; expected 1-127 "
-                 "token characters",
-                 shown);
-        expect_error(text, want);
-
-        /* a policy's own path to a long key (ab's "/arms/NAME") */
-        snprintf(text, n + 512,
-                 "{" UPS ", \"experiments\": [\n"
-                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/\"}, \"policy\": \"ab\", "
-                 "\"arms\": {\"champion\": 1, \"%s\": 1}}]}",
-                 k);
-        snprintf(want, sizeof(want), "t.json:2:88: experiments[0].arms.%s: unknown upstream",
-                 shown);
-        expect_error_prefix(text, want);
+        for (size_t j = 0; j < sizeof(cases) / sizeof(cases[0]); j++) {
+            snprintf(text, n + 512, cases[j].text, k);
+            snprintf(want, sizeof(want), cases[j].want, shown);
+            if (cases[j].prefix)
+                expect_error_prefix(text, want);
+            else
+                expect_error(text, want);
+        }
         free(k);
         free(text);
     }
