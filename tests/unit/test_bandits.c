@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "refusal.h"
 #include "policy.h"
 #include "rng.h"
 
@@ -698,40 +699,13 @@ static void test_paused_bandits_keep_choosing(void **state)
 /* ---- configuration errors, with their line and column ---- */
 
 /* Line and column (1-based) of the first occurrence of `needle` in text. */
-static void pos_of(const char *text, const char *needle, int *line, int *col)
-{
-    /* Search inside the experiment only, not the fixed head of the file. */
-    const char *at = strstr(strstr(text, "\"experiments\""), needle);
-    assert_non_null(at);
-    *line = 1;
-    *col = 1;
-    for (const char *c = text; c < at; c++) {
-        if (*c == '\n') {
-            (*line)++;
-            *col = 1;
-        } else {
-            (*col)++;
-        }
-    }
-}
-
 /* The experiment must be rejected with "test.json:LINE:COL: " pointing at
  * `needle` (the offending value or key) and a message containing `words`. */
 static void expect_error(const char *experiment, const char *needle, const char *words)
 {
-    char err[512] = "", want[64];
     char *text = config_text(experiment);
-    config_t *cfg = config_parse(text, strlen(text), "test.json", err, sizeof err);
-    int line, col;
-    pos_of(text, needle, &line, &col);
+    expect_refused_at(text, strstr(text, "\"experiments\""), needle, words);
     free(text);
-    if (cfg != NULL) {
-        config_free(cfg);
-        fail_msg("accepted: %s", experiment);
-    }
-    snprintf(want, sizeof want, "test.json:%d:%d: ", line, col);
-    if (strncmp(err, want, strlen(want)) != 0) fail_msg("error \"%s\", want prefix %s", err, want);
-    if (strstr(err, words) == NULL) fail_msg("error \"%s\" does not mention \"%s\"", err, words);
 }
 
 #define EXP_HEAD "{\"name\": \"x\", \"match\": {\"path_prefix\": \"/\"},\n     "

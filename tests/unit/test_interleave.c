@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "refusal.h"
 #include "policy.h"
 #include "rng.h"
 #include "store.h"
@@ -778,37 +779,11 @@ static void test_store_sums_make_b_win(void **state)
 
 /* ---- configuration ---- */
 
-static void pos_of(const char *text, const char *needle, int *line, int *col)
-{
-    const char *at = strstr(strstr(text, "\"experiments\""), needle);
-    assert_non_null(at);
-    *line = 1;
-    *col = 1;
-    for (const char *c = text; c < at; c++) {
-        if (*c == '\n') {
-            (*line)++;
-            *col = 1;
-        } else {
-            (*col)++;
-        }
-    }
-}
-
 static void expect_error(const char *experiment, const char *needle, const char *words)
 {
-    char err[512] = "", want[64];
     char *text = config_text(experiment);
-    config_t *cfg = config_parse(text, strlen(text), "test.json", err, sizeof err);
-    int line, col;
-    pos_of(text, needle, &line, &col);
+    expect_refused_at(text, strstr(text, "\"experiments\""), needle, words);
     free(text);
-    if (cfg != NULL) {
-        config_free(cfg);
-        fail_msg("accepted: %s", experiment);
-    }
-    snprintf(want, sizeof want, "test.json:%d:%d: ", line, col);
-    if (strncmp(err, want, strlen(want)) != 0) fail_msg("error \"%s\", want prefix %s", err, want);
-    if (strstr(err, words) == NULL) fail_msg("error \"%s\" does not mention \"%s\"", err, words);
 }
 
 static void test_config_errors(void **state)

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "refusal.h"
 #include "policy.h"
 #include "rng.h"
 #include "tally.h"
@@ -151,28 +152,9 @@ static void arms_and_mirror_limits_are_declared(void **state)
 
 static void expect_error(const char *params, const char *at, const char *what)
 {
-    char text[4096], err[512], prefix[64];
+    char text[4096];
     exp_text(params, text, sizeof text);
-    const char *hit = strstr(strstr(text, params), at);
-    if (hit == NULL) hit = strstr(text, at);
-    assert_non_null(hit);
-    int line = 1, col = 1;
-    for (const char *q = text; q < hit; q++) {
-        if (*q == '\n') {
-            line++;
-            col = 1;
-        } else {
-            col++;
-        }
-    }
-    config_t *c = parse_exp(params, err, sizeof err);
-    if (c != NULL) {
-        config_free(c);
-        fail_msg("accepted: %s", params);
-    }
-    snprintf(prefix, sizeof prefix, "test.json:%d:%d: ", line, col);
-    if (strncmp(err, prefix, strlen(prefix)) != 0 || strstr(err, what) == NULL)
-        fail_msg("want %s...%s, got: %s", prefix, what, err);
+    expect_refused_at(text, strstr(text, params), at, what);
 }
 
 static void config_errors_name_line_and_column(void **state)
