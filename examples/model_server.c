@@ -72,6 +72,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "http.h" /* http_reason: the status lines modelmux itself writes */
+
 #define READ_BUF_SIZE  65536
 #define STREAM_CHUNK   16384
 #define MAX_URL_BYTES  (64 * 1024)
@@ -634,70 +636,12 @@ static int on_message_complete(llhttp_t *p)
 
 /* ------------------------------------------------------------------ answers */
 
-static const char *reason(int status)
-{
-    switch (status) {
-    case 200:
-        return "OK";
-    case 201:
-        return "Created";
-    case 202:
-        return "Accepted";
-    case 204:
-        return "No Content";
-    case 206:
-        return "Partial Content";
-    case 301:
-        return "Moved Permanently";
-    case 302:
-        return "Found";
-    case 304:
-        return "Not Modified";
-    case 307:
-        return "Temporary Redirect";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 408:
-        return "Request Timeout";
-    case 409:
-        return "Conflict";
-    case 413:
-        return "Payload Too Large";
-    case 414:
-        return "URI Too Long";
-    case 429:
-        return "Too Many Requests";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 500:
-        return "Internal Server Error";
-    case 501:
-        return "Not Implemented";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    default:
-        return status < 300 ? "Success" : status < 400 ? "Redirection" : "Error";
-    }
-}
-
 /* Status line and headers. clen < 0: no Content-Length (204/304, chunked). */
 static void put_head(buf_t *o, req_t *r, int status, long long clen, int chunked)
 {
     char tmp[160];
     int n = snprintf(tmp, sizeof tmp, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n",
-                     status, reason(status));
+                     status, http_reason(status));
     buf_add(o, tmp, (size_t)n);
     if (clen >= 0) {
         n = snprintf(tmp, sizeof tmp, "Content-Length: %lld\r\n", clen);
