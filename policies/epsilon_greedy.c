@@ -5,6 +5,9 @@
  * empirical mean reward, reward_sum / feedback. An arm without feedback
  * counts as +inf, so every arm is tried before any is preferred; ties are
  * broken uniformly at random, so equal arms share the exploit traffic.
+ * Each error of an arm (5xx or no answer) counts as a reward of
+ * `error_reward` (default 0; null: errors are not rewards), so an arm that
+ * fails is not "untried" forever for want of feedback (policy_scored_stats).
  *
  * Decay: with `decay` N, ε_t = ε·N/(N + t), where t is the number of
  * decisions so far. t is the sum of the arms' `pulls` in the store, not a
@@ -28,7 +31,8 @@ typedef struct {
     size_t n_arms;
     char names[MM_MAX_ARMS][MM_NAME_MAX + 1];
     double epsilon;
-    double decay; /* 0: no decay */
+    double decay;        /* 0: no decay */
+    double error_reward; /* NaN: errors are not rewards */
 } egreedy_t;
 
 static uint64_t total_pulls(const arm_stats_t *stats, size_t n)
@@ -82,10 +86,13 @@ static void eg_choose(void *p, const policy_view_t *v, const policy_req_t *req,
     MM_UNUSED(req);
     out->n_mirrors = 0;
     double eps = epsilon_at(e, total_pulls(v->stats, n));
-    if (eps > 0.0 && mm_rng_uniform(v->rng) < eps)
+    if (eps > 0.0 && mm_rng_uniform(v->rng) < eps) {
         out->primary = (int)mm_rng_below(v->rng, n);
-    else
-        out->primary = greedy_pick(v->stats, n, v->rng, NULL, NULL);
+    } else {
+        arm_stats_t sc[MM_MAX_ARMS];
+        const arm_stats_t *st = policy_scored_stats(v->stats, n, e->error_reward, sc);
+        out->primary = greedy_pick(st, n, v->rng, NULL, NULL);
+    }
 }
 
 static int eg_check_reward(void *p, double reward)
@@ -101,16 +108,19 @@ static json_t *eg_describe(void *p, const policy_view_t *v)
     uint64_t t = total_pulls(v->stats, n);
     double eps = epsilon_at(e, t), best_mean;
     int ties;
-    greedy_pick(v->stats, n, NULL, &ties, &best_mean);
+    arm_stats_t sc[MM_MAX_ARMS];
+    const arm_stats_t *st = policy_scored_stats(v->stats, n, e->error_reward, sc);
+    greedy_pick(st, n, NULL, &ties, &best_mean);
 
     json_t *arms = json_array();
     for (size_t i = 0; i < n; i++) {
-        const arm_stats_t *s = &v->stats[i];
+        const arm_stats_t *s = &st[i];
         double m = arm_mean(s);
         int greedy = (m == best_mean);
         json_t *a = json_object();
         json_object_set_new(a, "arm", json_string(e->names[i]));
-        json_object_set_new(a, "feedback", json_integer((json_int_t)s->feedback));
+        json_object_set_new(a, "feedback", json_integer((json_int_t)v->stats[i].feedback));
+        json_object_set_new(a, "errors", json_integer((json_int_t)v->stats[i].errors));
         json_object_set_new(a, "mean", s->feedback ? json_real(m) : json_null());
         json_object_set_new(a, "greedy", json_boolean(greedy));
         json_object_set_new(a, "expected_share",
@@ -122,6 +132,7 @@ static json_t *eg_describe(void *p, const policy_view_t *v)
     json_object_set_new(o, "decay", e->decay > 0.0 ? json_real(e->decay) : json_null());
     json_object_set_new(o, "decisions", json_integer((json_int_t)t));
     json_object_set_new(o, "epsilon_t", json_real(eps));
+    json_object_set_new(o, "error_reward", policy_json_real(e->error_reward));
     json_object_set_new(o, "arms", arms);
     return o;
 }
@@ -137,7 +148,7 @@ static int parse_arms(egreedy_t *e, const json_t *exp, policy_parse_t *pp)
 
 static void *eg_create(const json_t *exp, policy_parse_t *pp)
 {
-    static const char *const keys[] = {"arms", "epsilon", "decay", NULL};
+    static const char *const keys[] = {"arms", "epsilon", "decay", "error_reward", NULL};
     egreedy_t *e = calloc(1, sizeof *e);
     if (e == NULL) {
         policy_error(pp, "", "out of memory");
@@ -148,6 +159,8 @@ static void *eg_create(const json_t *exp, policy_parse_t *pp)
     if (policy_get_number(pp, exp, "", "epsilon", 0.1, 0.0, 1.0, &e->epsilon) < 0) goto err;
     /* absent: 0, a constant epsilon */
     if (policy_get_number_in(pp, exp, "", "decay", 0.0, 0.0, 1e15, POLICY_OPEN_LO, &e->decay) < 0)
+        goto err;
+    if (policy_parse_error_reward(pp, exp, -MM_REWARD_MAX, MM_REWARD_MAX, &e->error_reward) < 0)
         goto err;
     return e;
 err:

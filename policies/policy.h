@@ -24,6 +24,12 @@
  * a bound keeps their sum finite, so shares stay what the ratios say. */
 #define MM_WEIGHT_MAX 1e9
 
+/* The largest reward magnitude counted. Every instance of a fleet adds
+ * to an arm's sums at once, so a check of the sums one instance sees
+ * cannot keep the pooled ones finite; under this bound no number of
+ * rewards can overflow them (a square is at most 1e200, DBL_MAX is 1.8e308). */
+#define MM_REWARD_MAX 1e100
+
 /* Per-arm statistics, as kept in the store (DESIGN.md §6 arm hash). The view
  * a policy sees is the shared global snapshot plus this instance's not yet
  * flushed increments, so decisions use everything known. */
@@ -345,6 +351,22 @@ const char *policy_experiment_name(const policy_parse_t *pp);
  * string, unknown or repeated upstream). */
 int policy_parse_arm_list(policy_parse_t *pp, const json_t *exp, const char *key, int min,
                           char names[][MM_NAME_MAX + 1]);
+/* What a bandit learns from when its arms fail: each of an arm's errors
+ * (arm_stats_t.errors: a 5xx answer, or no answer at all) counts as one
+ * more reward of value r (`error_reward`) — r successes and 1 - r failures
+ * for Bernoulli rewards — so an arm that fails earns less than one that
+ * answers, though the application sends no feedback for a failed request.
+ * Returns `in` itself when there is nothing to add (r is NaN: the
+ * experiment's error_reward is null, errors are not rewards; or no arm has
+ * an error), else fills out[0..n) and returns out. */
+const arm_stats_t *policy_scored_stats(const arm_stats_t *in, size_t n, double r, arm_stats_t *out);
+/* Read exp["error_reward"] into *out: absent 0, null NaN (errors are not
+ * rewards), else a number in [lo, hi]. */
+int policy_parse_error_reward(policy_parse_t *pp, const json_t *exp, double lo, double hi,
+                              double *out);
+/* json_real(d), or JSON null when d is not finite (json_real refuses NaN
+ * and infinities, and a key set to NULL would silently go missing). */
+json_t *policy_json_real(double d);
 /* Index drawn with probability weights[i] / sum(weights); weights >= 0, sum > 0. */
 int policy_pick_weighted(const double *weights, size_t n, double u);
 /* Sticky variant: the same key_hash always maps to the same arm for fixed weights. */

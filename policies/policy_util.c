@@ -1,4 +1,5 @@
-/* policy_util.c — weighted picks shared by the policies (declared in policy.h).
+/* policy_util.c — weighted picks and the bandits' error scoring, shared by
+ * the policies (declared in policy.h).
  *
  * Both picks are one cumulative-weight walk over at most MM_MAX_ARMS entries:
  * O(n) with n <= 16, cheaper than building an alias table per decision, and
@@ -102,4 +103,36 @@ int exp_state_parse(const char *p, size_t n, exp_run_state_t *out)
             return 0;
         }
     return -1;
+}
+
+const arm_stats_t *policy_scored_stats(const arm_stats_t *in, size_t n, double r, arm_stats_t *out)
+{
+    int any = 0;
+    for (size_t i = 0; i < n && !any; i++) any = in[i].errors > 0;
+    if (isnan(r) || !any) return in;
+    for (size_t i = 0; i < n; i++) {
+        double k = (double)in[i].errors;
+        out[i] = in[i];
+        out[i].feedback += in[i].errors;
+        out[i].reward_sum += k * r;
+        out[i].reward_sq_sum += k * r * r;
+        out[i].successes += k * r;
+        out[i].failures += k * (1.0 - r);
+    }
+    return out;
+}
+
+int policy_parse_error_reward(policy_parse_t *pp, const json_t *exp, double lo, double hi,
+                              double *out)
+{
+    if (json_is_null(json_object_get(exp, "error_reward"))) {
+        *out = NAN;
+        return 0;
+    }
+    return policy_get_number(pp, exp, "", "error_reward", 0.0, lo, hi, out);
+}
+
+json_t *policy_json_real(double d)
+{
+    return isfinite(d) ? json_real(d) : json_null();
 }

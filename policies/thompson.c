@@ -37,6 +37,12 @@
  *    prior variance 1/precision stands in for the noise variance, which
  *    keeps new arms wide and therefore explored.
  *
+ * Errors: each error of an arm (5xx or no answer) counts as one more reward
+ * of `error_reward` (default 0, a failure; null: errors are not rewards).
+ * Without it an arm that only fails never gets feedback and keeps its prior
+ * for ever — against a champion converting at 30 %, a Beta(1,1) arm that
+ * always fails would keep ~70 % of the traffic (policy_scored_stats).
+ *
  * min_share: with probability n_arms * min_share the request goes to an arm
  * chosen uniformly, else to the Thompson pick, so each arm's share is at
  * least min_share whatever the posteriors say.
@@ -65,6 +71,7 @@ typedef struct {
     double alpha0, beta0; /* bernoulli prior */
     double mean0, prec0;  /* gaussian prior on the mean */
     double min_share;
+    double error_reward; /* NaN: errors are not rewards */
 } thompson_t;
 
 /* Posterior summary of one Gaussian arm. */
@@ -128,17 +135,24 @@ static double posterior_draw(const thompson_t *t, const arm_stats_t *s, double s
     return mean + sd * mm_rng_normal(rng);
 }
 
-/* Argmax over one draw per arm; the draws are continuous, so ties have
- * probability zero and the first maximum is as good as any. */
+/* Argmax over one draw per arm. The draws are continuous, but not their
+ * doubles: a Beta with a tiny shape (a prior alpha of 1e-3) draws exactly 0
+ * most of the time, so exact ties are broken uniformly (reservoir
+ * sampling) — keeping the first maximum gave the first arm 61 % of the
+ * traffic between two arms with the same statistics. */
 static int sample_argmax(const thompson_t *t, const arm_stats_t *stats, size_t n, mm_rng_t *rng)
 {
     double s0sq = t->gaussian ? pooled_var(t, stats, n) : 0.0;
     int best = 0;
+    uint64_t ties = 1;
     double best_v = posterior_draw(t, &stats[0], s0sq, rng);
     for (size_t i = 1; i < n; i++) {
         double x = posterior_draw(t, &stats[i], s0sq, rng);
         if (x > best_v) {
             best_v = x;
+            best = (int)i;
+            ties = 1;
+        } else if (x == best_v && mm_rng_below(rng, ++ties) == 0) {
             best = (int)i;
         }
     }
@@ -152,10 +166,13 @@ static void ts_choose(void *p, const policy_view_t *v, const policy_req_t *req,
     size_t n = v->n_arms < t->n_arms ? v->n_arms : t->n_arms;
     MM_UNUSED(req);
     out->n_mirrors = 0;
-    if (t->min_share > 0.0 && mm_rng_uniform(v->rng) < (double)n * t->min_share)
+    if (t->min_share > 0.0 && mm_rng_uniform(v->rng) < (double)n * t->min_share) {
         out->primary = (int)mm_rng_below(v->rng, n);
-    else
-        out->primary = sample_argmax(t, v->stats, n, v->rng);
+    } else {
+        arm_stats_t sc[MM_MAX_ARMS];
+        const arm_stats_t *st = policy_scored_stats(v->stats, n, t->error_reward, sc);
+        out->primary = sample_argmax(t, st, n, v->rng);
+    }
 }
 
 static int ts_check_reward(void *p, double reward)
@@ -173,24 +190,27 @@ static json_t *ts_describe(void *p, const policy_view_t *v)
     uint64_t wins[MM_MAX_ARMS] = {0};
     mm_rng_t rng;
     mm_rng_seed(&rng, TS_DESCRIBE_SEED);
-    for (int d = 0; d < TS_DESCRIBE_DRAWS; d++) wins[sample_argmax(t, v->stats, n, &rng)]++;
+    arm_stats_t sc[MM_MAX_ARMS];
+    const arm_stats_t *st = policy_scored_stats(v->stats, n, t->error_reward, sc);
+    for (int d = 0; d < TS_DESCRIBE_DRAWS; d++) wins[sample_argmax(t, st, n, &rng)]++;
 
     json_t *arms = json_array();
     double explore = (double)n * t->min_share;
-    double s0sq = t->gaussian ? pooled_var(t, v->stats, n) : 0.0;
+    double s0sq = t->gaussian ? pooled_var(t, st, n) : 0.0;
     for (size_t i = 0; i < n; i++) {
-        const arm_stats_t *s = &v->stats[i];
+        const arm_stats_t *s = &st[i];
         double p_best = (double)wins[i] / TS_DESCRIBE_DRAWS;
         json_t *a = json_object();
         json_object_set_new(a, "arm", json_string(t->names[i]));
-        json_object_set_new(a, "feedback", json_integer((json_int_t)s->feedback));
+        json_object_set_new(a, "feedback", json_integer((json_int_t)v->stats[i].feedback));
+        json_object_set_new(a, "errors", json_integer((json_int_t)v->stats[i].errors));
         if (!t->gaussian) {
             double al = t->alpha0 + s->successes, be = t->beta0 + s->failures;
-            json_object_set_new(a, "alpha", json_real(al));
-            json_object_set_new(a, "beta", json_real(be));
-            json_object_set_new(a, "mean", json_real(al / (al + be)));
-            json_object_set_new(a, "sd",
-                                json_real(sqrt(al * be / ((al + be) * (al + be) * (al + be + 1)))));
+            json_object_set_new(a, "alpha", policy_json_real(al));
+            json_object_set_new(a, "beta", policy_json_real(be));
+            json_object_set_new(a, "mean", policy_json_real(al / (al + be)));
+            json_object_set_new(
+                a, "sd", policy_json_real(sqrt(al * be / ((al + be) * (al + be) * (al + be + 1)))));
         } else {
             /* The variance's posterior scale plugged in: the centre of the
              * drawn ones. */
@@ -198,8 +218,8 @@ static json_t *ts_describe(void *p, const policy_view_t *v)
             double sigma2 = g.n >= 2 ? (g.ss + s0sq) / (double)g.n : 1.0 / t->prec0;
             double mean, sd;
             gauss_posterior(t, &g, sigma2, &mean, &sd);
-            json_object_set_new(a, "mean", json_real(mean));
-            json_object_set_new(a, "sd", json_real(sd));
+            json_object_set_new(a, "mean", policy_json_real(mean));
+            json_object_set_new(a, "sd", policy_json_real(sd));
         }
         json_object_set_new(a, "p_best", json_real(p_best));
         /* Thompson routes to arm i with probability P(i is best). */
@@ -218,10 +238,11 @@ static json_t *ts_describe(void *p, const policy_view_t *v)
         json_object_set_new(prior, "mean", json_real(t->mean0));
         json_object_set_new(prior, "precision", json_real(t->prec0));
         /* s0^2, the prior noise variance every arm's variance draw starts from */
-        json_object_set_new(o, "pooled_variance", json_real(s0sq));
+        json_object_set_new(o, "pooled_variance", policy_json_real(s0sq));
     }
     json_object_set_new(o, "prior", prior);
     json_object_set_new(o, "min_share", json_real(t->min_share));
+    json_object_set_new(o, "error_reward", policy_json_real(t->error_reward));
     json_object_set_new(o, "p_best_draws", json_integer(TS_DESCRIBE_DRAWS));
     json_object_set_new(o, "arms", arms);
     return o;
@@ -266,7 +287,8 @@ static int parse_prior(thompson_t *t, const json_t *exp, policy_parse_t *pp)
 
 static void *ts_create(const json_t *exp, policy_parse_t *pp)
 {
-    static const char *const keys[] = {"arms", "reward", "prior", "min_share", NULL};
+    static const char *const keys[] = {"arms",      "reward",       "prior",
+                                       "min_share", "error_reward", NULL};
     thompson_t *t = calloc(1, sizeof *t);
     const char *reward = NULL;
     if (t == NULL) {
@@ -285,6 +307,10 @@ static void *ts_create(const json_t *exp, policy_parse_t *pp)
     if (parse_prior(t, exp, pp) < 0) goto err;
     if (policy_get_number(pp, exp, "", "min_share", 0.0, 0.0, 1.0 / (double)t->n_arms,
                           &t->min_share) < 0)
+        goto err;
+    /* A Bernoulli error reward counts successes and failures: in [0, 1]. */
+    if (policy_parse_error_reward(pp, exp, t->gaussian ? -MM_REWARD_MAX : 0.0,
+                                  t->gaussian ? MM_REWARD_MAX : 1.0, &t->error_reward) < 0)
         goto err;
     return t;
 err:

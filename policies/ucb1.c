@@ -10,6 +10,11 @@
  * n_i = 0 goes first (one never routed to before one that was, else drawn
  * uniformly among such arms); exact ties are broken uniformly too.
  *
+ * An error of the arm (5xx or no answer) counts as one more reward of
+ * `error_reward` (default 0; null: errors are not rewards): without it an
+ * arm that only fails never gets feedback, stays "untried" and is played
+ * first for ever (policy_scored_stats).
+ *
  * Why feedback counts and not pulls: rewards arrive asynchronously, and the
  * bound is about how many rewards the mean rests on. Counting pulls would
  * shrink the bonus of an arm whose rewards have not come back yet.
@@ -39,6 +44,7 @@ typedef struct {
     size_t n_arms;
     char names[MM_MAX_ARMS][MM_NAME_MAX + 1];
     int tuned;
+    double error_reward; /* NaN: errors are not rewards */
 } ucb1_t;
 
 static uint64_t total_feedback(const arm_stats_t *stats, size_t n)
@@ -107,7 +113,8 @@ static void ucb_choose(void *p, const policy_view_t *v, const policy_req_t *req,
     size_t n = v->n_arms < u->n_arms ? v->n_arms : u->n_arms;
     MM_UNUSED(req);
     out->n_mirrors = 0;
-    out->primary = ucb_pick(u, v->stats, n, v->rng);
+    arm_stats_t sc[MM_MAX_ARMS];
+    out->primary = ucb_pick(u, policy_scored_stats(v->stats, n, u->error_reward, sc), n, v->rng);
 }
 
 static int ucb_check_reward(void *p, double reward)
@@ -132,15 +139,18 @@ static json_t *ucb_describe(void *p, const policy_view_t *v)
 {
     const ucb1_t *u = p;
     size_t n = v->n_arms < u->n_arms ? v->n_arms : u->n_arms;
-    uint64_t total = total_feedback(v->stats, n);
+    arm_stats_t sc[MM_MAX_ARMS];
+    const arm_stats_t *st = policy_scored_stats(v->stats, n, u->error_reward, sc);
+    uint64_t total = total_feedback(st, n);
     double share[MM_MAX_ARMS];
-    ucb_expected_shares(u, v->stats, n, share);
+    ucb_expected_shares(u, st, n, share);
     json_t *arms = json_array();
     for (size_t i = 0; i < n; i++) {
-        const arm_stats_t *s = &v->stats[i];
+        const arm_stats_t *s = &st[i];
         json_t *a = json_object();
         json_object_set_new(a, "arm", json_string(u->names[i]));
-        json_object_set_new(a, "feedback", json_integer((json_int_t)s->feedback));
+        json_object_set_new(a, "feedback", json_integer((json_int_t)v->stats[i].feedback));
+        json_object_set_new(a, "errors", json_integer((json_int_t)v->stats[i].errors));
         json_object_set_new(a, "expected_share", json_real(share[i]));
         if (s->feedback > 0) {
             double mean = s->reward_sum / (double)s->feedback, b = ucb_bonus(u, s, total);
@@ -157,7 +167,9 @@ static json_t *ucb_describe(void *p, const policy_view_t *v)
     }
     json_t *o = json_object();
     json_object_set_new(o, "variant", json_string(u->tuned ? "ucb1_tuned" : "ucb1"));
+    /* n in ln n: the rewards the bounds rest on, scored errors included */
     json_object_set_new(o, "feedback", json_integer((json_int_t)total));
+    json_object_set_new(o, "error_reward", policy_json_real(u->error_reward));
     json_object_set_new(o, "arms", arms);
     return o;
 }
@@ -173,7 +185,7 @@ static int parse_arms(ucb1_t *u, const json_t *exp, policy_parse_t *pp)
 
 static void *ucb_create(const json_t *exp, policy_parse_t *pp)
 {
-    static const char *const keys[] = {"arms", "variant", NULL};
+    static const char *const keys[] = {"arms", "variant", "error_reward", NULL};
     ucb1_t *u = calloc(1, sizeof *u);
     const char *variant = NULL;
     if (u == NULL) {
@@ -189,6 +201,8 @@ static void *ucb_create(const json_t *exp, policy_parse_t *pp)
         policy_error(pp, "/variant", "unknown variant \"%s\" (ucb1 or ucb1_tuned)", variant);
         goto err;
     }
+    if (policy_parse_error_reward(pp, exp, -MM_REWARD_MAX, MM_REWARD_MAX, &u->error_reward) < 0)
+        goto err;
     return u;
 err:
     free(u);

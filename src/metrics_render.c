@@ -196,7 +196,7 @@ static int shares_from_description(const exp_rt_t *e, const json_t *d, double *s
     return 0;
 }
 
-void metrics_arm_shares(const exp_rt_t *e, const json_t *desc, double *share)
+static void policy_shares(const exp_rt_t *e, const json_t *desc, double *share)
 {
     size_t n = e->state->n_arms;
     const exp_control_t *ctl = &e->state->control;
@@ -220,6 +220,20 @@ void metrics_arm_shares(const exp_rt_t *e, const json_t *desc, double *share)
     for (size_t i = 0; i < n; i++) pulls[i] = (double)e->state->merged[i].pulls;
     if (normalize(pulls, n, share)) return;
     for (size_t i = 0; i < n; i++) share[i] = 1.0 / (double)n;
+}
+
+void metrics_arm_shares(const exp_rt_t *e, const json_t *desc, double *share)
+{
+    policy_shares(e, desc, share);
+    /* An ejected challenger's requests are served by the champion (the
+     * router's fallback) until its ejection ends: the traffic it would get
+     * is the champion's now. */
+    uint64_t now = mm_now_ms();
+    for (size_t i = 1; i < e->state->n_arms; i++)
+        if (router_arm_ejected(e, (int)i, now)) {
+            share[0] += share[i];
+            share[i] = 0.0;
+        }
 }
 
 /* ---- the exposition ---- */

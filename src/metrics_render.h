@@ -33,7 +33,9 @@ void metrics_put_float(mm_buf_t *b, double v);
  *      per-arm "expected_share" or "share" in "arms" (bandits), "step" with
  *      "canary" (canary), "primary" (shadow: the primary serves everything);
  *   4. the observed share of pulls in the store's merged statistics, or
- *      equal shares before the first request. */
+ *      equal shares before the first request.
+ * Then the share of a challenger this instance has ejected goes to the
+ * champion, which serves its requests until the ejection ends. */
 void metrics_arm_shares(const exp_rt_t *e, const json_t *desc, double *share);
 
 /* The policy's description of e (a new reference, or NULL), computed with a

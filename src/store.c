@@ -829,7 +829,7 @@ int store_reward(store_t *s, exp_state_t *e, int arm, double reward, int bernoul
 {
     /* fabs(NaN) <= x is false: NaN and the infinities are refused too. Once
      * infinite, an arm's mean and variance would stay NaN until a reset. */
-    if ((unsigned)arm >= e->n_arms || !(fabs(reward) <= STORE_REWARD_MAX)) return -1;
+    if ((unsigned)arm >= e->n_arms || !(fabs(reward) <= MM_REWARD_MAX)) return -1;
     add_reward(&e->merged[arm], reward, bernoulli);
     if (s->redis) add_reward(&e->pending[arm], reward, bernoulli);
     return 0;

@@ -132,15 +132,9 @@ void store_retain(store_t *s, int (*keep)(void *arg, const char *name), void *ar
 void store_hold(exp_state_t *e);
 void store_release(store_t *s, exp_state_t *e);
 
-/* The largest reward magnitude counted. Every instance of a fleet adds
- * to an arm's sums at once, so a check of the sums one instance sees
- * cannot keep the pooled ones finite; under this bound no number of
- * rewards can overflow them (a square is at most 1e200, DBL_MAX is 1.8e308). */
-#define STORE_REWARD_MAX 1e100
-
 /* Hot-path increments: O(1), no I/O. Out-of-range arms are ignored;
  * store_reward returns -1 (and counts nothing) for an out-of-range arm, or
- * a reward that is not finite or beyond +-STORE_REWARD_MAX. */
+ * a reward that is not finite or beyond +-MM_REWARD_MAX. */
 void store_pull(store_t *s, exp_state_t *e, int arm);
 void store_error(store_t *s, exp_state_t *e, int arm);
 /* One answer from `arm` for the pooled answer statistics (status 0: none,

@@ -324,6 +324,74 @@ class ABSignificance(mmtest.MMTestCase):
         self.assertIn("challenger_better", text, text[:2000])
 
 
+class BanditErrors(mmtest.MMTestCase):
+    """A bandit arm that answers every request with a 5xx never gets
+    feedback (the application has nothing to reward): its errors must count
+    against it (error_reward, default 0), or it stays "untried" and keeps the
+    traffic. And while an arm is ejected, its share is the champion's."""
+
+    def start(self, extra, eject=None):
+        champion = self.cluster.model_server("champion")
+        challenger = self.cluster.model_server("challenger", "--error-rate", 1)
+        self.port, self.admin = mmtest.free_port(), mmtest.free_port()
+        up = {"url": "http://127.0.0.1:%d" % challenger.port}
+        if eject:
+            up["eject"] = eject
+        exp = {"name": "bandit", "match": {"path_prefix": "/"}, "policy": "thompson",
+               "arms": ["champion", "challenger"]}
+        exp.update(extra)
+        cfg = mmtest.base_config(self.port, {"champion": champion.port, "challenger": up}, [exp],
+                                 admin_port=self.admin)
+        self.cluster.modelmux(cfg, "--seed", 3)
+
+    def drive(self, n):
+        """n requests; a 200 earns a reward with probability 0.3, a 5xx nothing."""
+        rng = random.Random(2)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        served = []
+        for _ in range(n):
+            conn.request("GET", "/predict")
+            r = conn.getresponse()
+            r.read()
+            served.append((r.status, r.getheader("X-Modelmux-Arm")))
+            if r.status == 200:
+                body = {"request_id": r.getheader("X-Request-Id"),
+                        "reward": 1 if rng.random() < 0.3 else 0}
+                conn.request("POST", "/_modelmux/feedback", body=json.dumps(body))
+                fb = conn.getresponse()
+                self.assertEqual(json.loads(fb.read())["accepted"], 1)
+        conn.close()
+        return served
+
+    def test_a_failing_arm_loses_the_traffic(self):
+        self.start({})
+        served = self.drive(300)
+        failed = served.count((500, "challenger"))
+        # Beta(1, 1 + errors) against the champion's ~Beta(1 + 0.3n, 1 + 0.7n):
+        # a few dozen tries at most; without the errors counted it kept ~70 %.
+        self.assertLess(failed, 60, served)
+        exp = get_json(self.admin, "/experiments/bandit")
+        arm = exp["policy_state"]["arms"][1]
+        self.assertEqual(arm["errors"], failed)
+        self.assertEqual(arm["feedback"], 0)
+        self.assertEqual(arm["beta"], 1 + failed)
+        self.assertLess(exp["arms"][1]["share"], 0.2)
+
+    def test_an_ejected_arms_share_is_the_champions(self):
+        # error_reward null: the policy goes on choosing the failing arm, and
+        # only ejection keeps its requests from it.
+        self.start({"error_reward": None}, eject={"consecutive_5xx": 3, "base_ms": 60000})
+        served = self.drive(60)
+        self.assertEqual(served.count((500, "challenger")), 3)
+        exp = get_json(self.admin, "/experiments/bandit")
+        self.assertIsNone(exp["policy_state"]["error_reward"])
+        self.assertGreater(exp["policy_state"]["arms"][1]["expected_share"], 0.5)
+        self.assertEqual([a["share"] for a in exp["arms"]], [1.0, 0.0])
+        shares = mmtest.metric_samples(self.admin, "modelmux_arm_share", "experiment", "arm")
+        self.assertEqual(shares[("bandit", "champion")], 1.0)
+        self.assertEqual(shares[("bandit", "challenger")], 0.0)
+
+
 class StaleKeepAliveServer:
     """An upstream that answers the first request on each connection
     (keep-alive), then reads the next one and closes without answering: a

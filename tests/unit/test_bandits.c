@@ -710,6 +710,119 @@ static void expect_error(const char *experiment, const char *needle, const char 
 
 #define EXP_HEAD "{\"name\": \"x\", \"match\": {\"path_prefix\": \"/\"},\n     "
 
+/* ---- errors as rewards ---- */
+
+/* Arm 0 answers and converts at 30 %; arm 1 answers every request with a
+ * 5xx, so the application never sends feedback for it. Each policy must
+ * move the traffic to arm 0 once the errors count (error_reward, default
+ * 0), and behaves as before with "error_reward": null. */
+static void failing_arm_view(view_t *w, uint64_t seed)
+{
+    view_init(w, 2, seed);
+    set_bernoulli(&w->stats[0], 60, 200);
+    w->stats[1].pulls = 200;
+    w->stats[1].errors = 200;
+}
+
+static void test_errors_count_as_rewards(void **state)
+{
+    (void)state;
+    static const char *const policies[] = {
+        "\"policy\": \"thompson\", \"arms\": [\"champion\", \"challenger\"]",
+        "\"policy\": \"epsilon_greedy\", \"arms\": [\"champion\", \"challenger\"]",
+        "\"policy\": \"ucb1\", \"arms\": [\"champion\", \"challenger\"]",
+        "\"policy\": \"ucb1\", \"variant\": \"ucb1_tuned\", \"arms\": [\"champion\", "
+        "\"challenger\"]",
+    };
+    for (size_t k = 0; k < sizeof policies / sizeof *policies; k++) {
+        char text[512];
+        int counts[MM_MAX_ARMS];
+        view_t w;
+        snprintf(text, sizeof text, EXP_HEAD "%s}", policies[k]);
+        inst_t in = make(text);
+        failing_arm_view(&w, 5 + k);
+        route(&in, &w, 2000, counts);
+        /* epsilon_greedy explores 10 % uniformly: 5 % to arm 1 */
+        if (counts[1] > 150) fail_msg("%s: %d of 2000 to the failing arm", policies[k], counts[1]);
+        json_t *d = in.ops->describe(in.p, &w.v);
+        assert_int_equal(num_at(arm_at(d, 1), "errors"), 200);
+        assert_int_equal(num_at(arm_at(d, 1), "feedback"), 0);
+        assert_true(num_at(d, "error_reward") == 0.0);
+        json_decref(d);
+        unmake(&in);
+
+        /* null: errors are not rewards — the failing arm is "untried" */
+        snprintf(text, sizeof text, EXP_HEAD "%s, \"error_reward\": null}", policies[k]);
+        in = make(text);
+        failing_arm_view(&w, 5 + k);
+        route(&in, &w, 2000, counts);
+        if (counts[1] < 1000) fail_msg("%s, null: %d of 2000", policies[k], counts[1]);
+        d = in.ops->describe(in.p, &w.v);
+        assert_true(json_is_null(json_object_get(d, "error_reward")));
+        json_decref(d);
+        unmake(&in);
+    }
+}
+
+/* error_reward r: each error is a reward r, so an arm whose 100 errors
+ * score 0.5 looks exactly like one with 100 rewards of 0.5. */
+static void test_error_reward_value(void **state)
+{
+    (void)state;
+    inst_t in = make(EXP_TS(", \"error_reward\": 0.25"));
+    view_t w;
+    view_init(&w, 2, 3);
+    set_bernoulli(&w.stats[0], 10, 40);
+    w.stats[1].errors = 100;
+    json_t *d = in.ops->describe(in.p, &w.v);
+    /* Beta(1 + 25, 1 + 75) */
+    assert_true(num_at(arm_at(d, 1), "alpha") == 26 && num_at(arm_at(d, 1), "beta") == 76);
+    assert_true(num_at(arm_at(d, 0), "alpha") == 11 && num_at(arm_at(d, 0), "beta") == 31);
+    json_decref(d);
+    unmake(&in);
+
+    in = make(EXP_HEAD "\"policy\": \"epsilon_greedy\", \"arms\": [\"champion\", "
+                       "\"challenger\"], \"error_reward\": -2}");
+    view_init(&w, 2, 3);
+    set_moments(&w.stats[0], 10, 1.0, 0.0);
+    w.stats[0].errors = 10; /* mean (10 * 1 + 10 * -2) / 20 = -0.5 */
+    d = in.ops->describe(in.p, &w.v);
+    assert_true(num_at(arm_at(d, 0), "mean") == -0.5);
+    assert_true(json_is_null(json_object_get(arm_at(d, 1), "mean")));
+    json_decref(d);
+    unmake(&in);
+}
+
+/* Two arms with the same statistics share the traffic, also when the
+ * prior's shapes are so small that most Beta draws are exactly 0 (a tie
+ * the first arm used to win: 61 % with alpha 1e-3, 77 % with 1e-300). */
+static void test_thompson_exact_ties_are_shared(void **state)
+{
+    (void)state;
+    static const char *const priors[] = {"{\"alpha\": 0.001, \"beta\": 1}",
+                                         "{\"alpha\": 1e-300, \"beta\": 1e-300}"};
+    for (size_t k = 0; k < 2; k++) {
+        char text[512];
+        snprintf(text, sizeof text, EXP_TS(", \"prior\": %s"), priors[k]);
+        inst_t in = make(text);
+        view_t w;
+        view_init(&w, 2, 17);
+        int counts[MM_MAX_ARMS];
+        route(&in, &w, 10000, counts);
+        assert_share(counts[0], 10000, 0.5, 5, priors[k]);
+        /* describe: a moment it cannot compute is null, not missing */
+        json_t *d = in.ops->describe(in.p, &w.v);
+        for (size_t i = 0; i < 2; i++) {
+            const json_t *a = arm_at(d, i);
+            const char *keys[] = {"alpha", "beta", "mean", "sd", "p_best", "expected_share"};
+            for (size_t j = 0; j < 6; j++)
+                if (json_object_get(a, keys[j]) == NULL) fail_msg("%s: no %s", priors[k], keys[j]);
+        }
+        json_decref(d);
+        unmake(&in);
+    }
+}
+
 static void test_config_errors(void **state)
 {
     (void)state;
@@ -743,6 +856,16 @@ static void test_config_errors(void **state)
                  "\"nowhere\"", "nowhere");
     expect_error(EXP_HEAD "\"policy\": \"epsilon_greedy\", \"arms\": [\"champion\", 7]}", "7]",
                  "arm");
+    /* A Bernoulli error reward is a success share; other rewards any number. */
+    expect_error(EXP_HEAD "\"policy\": \"thompson\", \"arms\": [\"champion\", \"challenger\"],\n"
+                          "     \"error_reward\": 1.5}",
+                 "1.5", "error_reward");
+    expect_error(EXP_HEAD "\"policy\": \"ucb1\", \"arms\": [\"champion\", \"challenger\"],\n"
+                          "     \"error_reward\": \"low\"}",
+                 "\"low\"", "error_reward");
+    expect_error(EXP_HEAD "\"policy\": \"epsilon_greedy\", \"arms\": [\"champion\", "
+                          "\"challenger\"],\n     \"error_reward\": 1e101}",
+                 "1e101", "error_reward");
 }
 
 /* The example configs shipped in config/ parse and name the right policy. */
@@ -783,6 +906,9 @@ int main(void)
         cmocka_unit_test(test_ucb1_untried_first_and_ties),
         cmocka_unit_test(test_ucb1_tries_every_arm_before_repeating_one),
         cmocka_unit_test(test_paused_bandits_keep_choosing),
+        cmocka_unit_test(test_errors_count_as_rewards),
+        cmocka_unit_test(test_error_reward_value),
+        cmocka_unit_test(test_thompson_exact_ties_are_shared),
         cmocka_unit_test(test_config_errors),
         cmocka_unit_test(test_example_configs_parse),
     };
