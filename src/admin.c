@@ -740,6 +740,7 @@ void admin_handle(mm_server_t *srv, const mm_local_req_t *r)
         conn_respond_error_hdr(r->conn, refused, code, msg, extra);
         return;
     }
+    router_sync_resets(srv->router); /* what the answer shows is after every reset */
     if (r->worker_only && str_eq(path, SCRAPE_SYNC_PATH)) {
         if (!str_eq(r->method, "POST")) {
             conn_respond_error_hdr(r->conn, 405, "method_not_allowed", "use POST", POST_ONLY);

@@ -127,6 +127,15 @@ void router_on_reset(exp_rt_t *e)
     if (e->cfg->ops->reset) e->cfg->ops->reset(e->cfg->policy);
 }
 
+void router_sync_resets(router_t *r)
+{
+    for (size_t i = 0; r && i < r->n_exps; i++) {
+        exp_rt_t *e = &r->exps[i];
+        /* a reset made here was handled by the admin call itself */
+        if (store_resets(e->state) != e->resets_seen) router_on_reset(e);
+    }
+}
+
 void router_answer(store_t *s, exp_rt_t *e, int arm, int status, uint64_t latency_us,
                    uint64_t now_ms)
 {

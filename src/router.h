@@ -99,6 +99,11 @@ void router_choose(exp_rt_t *e, const policy_req_t *req, mm_rng_t *rng, uint64_t
  * through the store): the policy forgets what it keeps itself (the store
  * has forgotten the statistics, answer latencies included). */
 void router_on_reset(exp_rt_t *e);
+/* Catch up with the resets made elsewhere (another instance's, seen
+ * through the store) on every experiment of r: the tick does it once a
+ * second, and an admin answer first, so that a view never shows the
+ * policy's own state from before a reset next to the statistics after it. */
+void router_sync_resets(router_t *r);
 
 /* One answer from arm `arm` (this router's index; status 0: none, a
  * transport failure or timeout): counted in the store's pooled answer

@@ -35,13 +35,10 @@ static void tick_experiments(mm_server_t *srv)
 {
     router_t *r = srv->router;
     uint64_t now = mm_now_ms();
+    router_sync_resets(r);
     for (size_t i = 0; i < r->n_exps; i++) {
         exp_rt_t *e = &r->exps[i];
         const policy_ops_t *ops = e->cfg->ops;
-        uint64_t resets = store_resets(e->state);
-        /* A reset made on another instance (the store already dropped the
-         * statistics; a reset made here was handled by the admin call). */
-        if (resets != e->resets_seen) router_on_reset(e);
         /* Not before the store has read the experiment's control: with Redis,
          * a canary starting at its first step would overwrite the step,
          * promotion or rollback every instance shares (docs/store.md). */

@@ -533,6 +533,48 @@ static void test_reset_forgets_statistics_and_operator_changes(void **state)
     assert_int_equal(rig_exp(t, "ucb")->state->merged[1].pulls, 1);
 }
 
+/* `n` answered requests per arm of "rank", arm i converting at rate[i]. */
+static void feed(rig_t *t, exp_state_t *st, int n, const double *rate)
+{
+    for (int a = 0; a < 2; a++)
+        for (int i = 0; i < n; i++) {
+            store_pull(t->srv.store, st, a);
+            store_reward(t->srv.store, st, a, i < (int)(rate[a] * n) ? 1.0 : 0.0, 0);
+        }
+}
+
+static const char *rank_verdict(rig_t *t, json_t **hold)
+{
+    *hold = ok_view(t, "GET", "/experiments/rank", NULL);
+    const json_t *c =
+        json_array_get(json_object_get(json_object_get(*hold, "policy_state"), "comparisons"), 0);
+    const char *v = json_string_value(json_object_get(c, "verdict"));
+    assert_non_null(v);
+    return v;
+}
+
+/* A reset made on another instance reaches this one as the store's
+ * statistics going back to 0 (store_reset without the admin call). The
+ * next view must already show the policy's own state forgotten — here the
+ * A/B test's running minimum of the always-valid p-value — not a verdict
+ * from before the reset next to counts from after it until the next tick.
+ * The counts grow past the old ones before the view, so the policy cannot
+ * see the reset from the counts going down. */
+static void test_a_reset_made_elsewhere_shows_in_the_next_view(void **state)
+{
+    rig_t *t = *state;
+    exp_state_t *st = rig_exp(t, "rank")->state;
+    json_t *hold;
+    feed(t, st, 1000, (const double[]){0.1, 0.3});
+    assert_string_equal(rank_verdict(t, &hold), "challenger_better");
+    json_decref(hold);
+    store_reset(t->srv.store, st);
+    feed(t, st, 1100, (const double[]){0.1, 0.1});
+    const char *v = rank_verdict(t, &hold);
+    if (strcmp(v, "challenger_better") == 0) fail_msg("verdict from before the reset: %s", v);
+    json_decref(hold);
+}
+
 /* ---- metrics, reload ---- */
 
 static void test_metrics_is_prometheus_text(void **state)
@@ -662,6 +704,7 @@ int main(void)
         T(test_pause_after_promote_is_409),
         T(test_resume_drops_weights_only_where_the_policy_routes),
         T(test_reset_forgets_statistics_and_operator_changes),
+        T(test_a_reset_made_elsewhere_shows_in_the_next_view),
         T(test_metrics_is_prometheus_text),
         T(test_reload_swaps_the_config_or_keeps_the_old),
         cmocka_unit_test(test_experiment_names_dot_and_dotdot_are_reachable),
