@@ -17,7 +17,9 @@
  *                 policy keeps seeing); 409 on a promoted or rolled-back
  *                 experiment, which has nothing left to freeze;
  *   resume        state running (weights, if any, stay with ab; policies
- *                 that set their own shares drop promote's/rollback's);
+ *                 that set their own shares drop promote's/rollback's;
+ *                 after promote or rollback canary_step 0: a canary starts
+ *                 over at its first step);
  *   reset         statistics forgotten everywhere (store_reset), the policy's
  *                 own state and the view's p50/p99 too, control back to what
  *                 the config says.
@@ -597,6 +599,12 @@ static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
         ctl.has_weights = 0;
         memset(ctl.weights, 0, sizeof(ctl.weights));
     }
+    /* Running again after a promotion or rollback starts a canary over at its
+     * first step (step 0 is "not started"), as after a rollback: left at
+     * promote's 100 it ran outside its steps, holding "at the last step". */
+    if (!pause && (e->state->control.state == EXP_PROMOTED ||
+                   e->state->control.state == EXP_ROLLED_BACK))
+        ctl.canary_step = 0.0;
     set_control(srv, r, e, &ctl);
 }
 

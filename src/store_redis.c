@@ -1156,7 +1156,15 @@ static void ctl_from_fields(const exp_state_t *e, const ctl_fields_t *cf, exp_co
         json_decref(o);
     }
     if (cf->state) exp_state_parse(cf->state->str, cf->state->len, &c->state);
-    if (cf->canary_step) c->canary_step = strtod(cf->canary_step->str, NULL);
+    if (cf->canary_step) {
+        /* A percent, as a deployment tool may write it: anything else (NaN,
+         * 250, -3, text) is ignored like bad weights, so the view, the
+         * gauge and the router never disagree on a step outside [0, 100]. */
+        char *end;
+        double step = strtod(cf->canary_step->str, &end);
+        if (end != cf->canary_step->str && *end == '\0' && step >= 0.0 && step <= 100.0)
+            c->canary_step = step;
+    }
     c->version = reply_u64(cf->version);
 }
 

@@ -494,6 +494,21 @@ static void test_resume_drops_weights_only_where_the_policy_routes(void **state)
     assert_true(control(t, "rank")->has_weights);
 }
 
+/* A canary promoted by the operator and then resumed starts over at its
+ * first step (canary_step 0: the next tick moves it to steps[0]); it used
+ * to run on at promote's 100 %, outside its steps. */
+static void test_resume_after_promote_starts_a_canary_over(void **state)
+{
+    rig_t *t = *state;
+    json_decref(ok_view(t, "POST", "/experiments/can/promote", "{\"arm\": \"b\"}"));
+    assert_true(control(t, "can")->canary_step == 100.0);
+    json_t *v = ok_view(t, "POST", "/experiments/can/resume", NULL);
+    assert_string_equal(view_state(v), "running");
+    json_decref(v);
+    assert_true(control(t, "can")->canary_step == 0.0);
+    assert_false(control(t, "can")->has_weights);
+}
+
 /* ---- reset ---- */
 
 static void test_reset_forgets_statistics_and_operator_changes(void **state)
@@ -703,6 +718,7 @@ int main(void)
         T(test_pause_freezes_and_resume_runs),
         T(test_pause_after_promote_is_409),
         T(test_resume_drops_weights_only_where_the_policy_routes),
+        T(test_resume_after_promote_starts_a_canary_over),
         T(test_reset_forgets_statistics_and_operator_changes),
         T(test_a_reset_made_elsewhere_shows_in_the_next_view),
         T(test_metrics_is_prometheus_text),

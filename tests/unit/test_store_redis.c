@@ -1382,6 +1382,35 @@ static void test_control_known_only_once_redis_was_read(void **state)
     assert_int_equal(store_control_known(s, e2), 1);
 }
 
+/* canary_step as a deployment tool may write it (docs/store.md) is a
+ * percent: a value outside [0, 100], or not a number, is ignored like bad
+ * weights (the step stays where it was), so the view, the gauge and the
+ * router never act on a step of 250, -3 or NaN. */
+static void test_a_canary_step_outside_0_to_100_is_ignored(void **state)
+{
+    fx_t *f = *state;
+    store_t *s = f->st[0] = mk_store(f, f->port, 20);
+    exp_state_t *e = mk_exp(s, "can");
+    RUN_UNTIL(f, store_control_known(s, e), 3000);
+    redisContext *rc = sync_ctx(f->port);
+    assert_non_null(rc);
+    static const char *const steps[] = {"25", "250", "-3", "nan", "inf", "12abc", ""};
+    uint64_t version = e->control.version;
+    for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+        char v[32];
+        snprintf(v, sizeof v, "%llu", (unsigned long long)(version += 10));
+        redisReply *rep = redisCommand(rc, "HSET %s:{can}:control canary_step %s version %s",
+                                       f->prefix, steps[i], v);
+        assert_non_null(rep);
+        freeReplyObject(rep);
+        RUN_UNTIL(f, e->control.version == version, 3000);
+        assert_int_equal(e->control.version, version);
+        if (e->control.canary_step != 25.0)
+            fail_msg("canary_step \"%s\" read as %g", steps[i], e->control.canary_step);
+    }
+    redisFree(rc);
+}
+
 typedef struct {
     store_t *s;
     exp_state_t *e;
@@ -2203,6 +2232,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lost_reply_counts_answers_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_flushes_what_is_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_control_known_only_once_redis_was_read, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_canary_step_outside_0_to_100_is_ignored, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_redis_absent_at_start_then_everything_is_written,
                                         setup, teardown),
