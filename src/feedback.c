@@ -640,22 +640,30 @@ static void on_stream(void *arg, store_msg_t *m)
     b->msg = m;
     b->n = 1;
     json_t *o = json_object();
-    for (size_t i = 0; i < MM_ARRAY_LEN(read_fields) - 1; i++) { /* reward: below */
+    int ok = 1;
+    for (size_t i = 0; ok && i < MM_ARRAY_LEN(read_fields) - 1; i++) { /* reward: below */
         const char *v = store_msg_field(m, read_fields[i]);
-        if (v) json_object_set_new(o, read_fields[i], json_string(v));
+        json_t *sv = v ? json_string(v) : NULL;
+        /* json_string refuses bytes that are not UTF-8: the field would go
+         * missing and the entry be dropped for the wrong reason */
+        if (v && sv == NULL) {
+            snprintf(err, sizeof(err), "stream entry.%s is not valid UTF-8", read_fields[i]);
+            ok = 0;
+        }
+        if (sv) json_object_set_new(o, read_fields[i], sv);
     }
     const char *rw = store_msg_field(m, "reward");
-    int ok = 1;
-    if (rw) {
+    if (ok && rw) {
         /* JSON number syntax is strtod's whole input: no end to check */
         double d = json_number_text(rw) ? strtod(rw, NULL) : NAN;
-        if (!isfinite(d))
+        if (!isfinite(d)) {
+            snprintf(err, sizeof(err), "stream entry: reward must be a finite number");
             ok = 0;
-        else
+        } else {
             json_object_set_new(o, "reward", json_real(d));
+        }
     }
     if (!ok || parse_event(o, &b->ev[0], err, sizeof(err), "stream entry", 0) != 0) {
-        if (!ok) snprintf(err, sizeof(err), "stream entry: reward must be a finite number");
         json_decref(o);
         batch_free(b);
         stream_drop(srv, m, err);

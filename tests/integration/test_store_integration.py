@@ -557,10 +557,14 @@ class StoreIntegration(mmtest.MMTestCase):
                    # a field of the event given twice: which one was meant is unknown
                    ("experiment", "recs", "arm", "champion", "reward", "0.5", "reward", "1"),
                    ("experiment", "recs", "arm", "champion", "arm", "challenger", "reward", "1"),
-                   ("request_id", pre[3][2], "request_id", pre[4][2], "reward", "1")]
+                   ("request_id", pre[3][2], "request_id", pre[4][2], "reward", "1"),
+                   # bytes that are not UTF-8: dropped for that, not as a missing field
+                   ("experiment", "recs", "arm", b"champ\xe9", "reward", "1"),
+                   ("request_id", b"\xff\xfe", "reward", "1")]
         for fields in invalid:
             ids.append(self.r("XADD", stream, "*", *fields))
         self.assertEqual(self.r("XLEN", stream), len(ids))
+        not_utf8 = ids[-2:]
 
         a = self.start(self.config(), "modelmux-a")
         t0 = time.monotonic()
@@ -574,6 +578,9 @@ class StoreIntegration(mmtest.MMTestCase):
                "modelmux was up", len(ids), (time.monotonic() - t0) * 1000)
         self.assertEqual(self.r("XPENDING", stream, "modelmux")[0], 0)
         self.assert_arms_exact(tally, "recs")
+        for eid, field in zip(not_utf8, ("arm", "request_id")):
+            self.assertIn("feedback stream entry %s dropped: stream entry.%s is not valid UTF-8"
+                          % (eid, field), a.log())
 
         # entries written while it runs, for requests it served
         live = send(a.port, "/recs/s", ["t5live-%d" % i for i in range(8)])
