@@ -96,8 +96,12 @@ static void gauss_posterior(const thompson_t *t, const gauss_suff_t *g, double s
                             double *sd)
 {
     /* s0^2 > 0 keeps sigma2 positive; the floor is for values so extreme
-     * that the sums lose it (no division by zero, whatever the rewards). */
-    double floor = 1e-12 * fmax(1.0, g->xbar * g->xbar);
+     * that the sums lose it (no division by zero, whatever the rewards). It
+     * sits near what the sums can resolve: SS = sum(x^2) - n*xbar^2 is off
+     * by about n*xbar^2*2^-52, so a variance below ~xbar^2*1e-15 cannot be
+     * told from 0. (At 1e-12 the floor itself was the variance of rewards
+     * with a large offset: sd 1 around 1e7 was taken as sd 10.) */
+    double floor = 1e-15 * fmax(1.0, g->xbar * g->xbar);
     if (!(sigma2 > floor)) sigma2 = floor;
     double data_prec = (double)g->n / sigma2;
     double prec = t->prec0 + data_prec;

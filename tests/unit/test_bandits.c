@@ -336,6 +336,29 @@ static void test_thompson_gaussian_posterior(void **state)
  * arms, not collapsed onto 0, so it keeps some traffic until it has more
  * rewards. (The Jeffreys prior gave it sd 0 at mean 0: never tried again
  * while the other arm's mean, 0.3, was clearly above 0.) */
+/* Rewards with a large common offset: sd 1 around 1e7, means 0.44 apart,
+ * 200 rewards each. The posterior sd of a mean is ~1/sqrt(200) = 0.071 and
+ * the better arm is clearly best; a variance floor at 1e-12 * mean^2 (100
+ * here) made it 0.71 and p_best 0.67. */
+static void test_thompson_gaussian_large_offset(void **state)
+{
+    (void)state;
+    inst_t in = make(EXP_TS(", \"reward\": \"gaussian\", "
+                            "\"prior\": {\"mean\": 0, \"precision\": 1e-12}"));
+    view_t w;
+    view_init(&w, 2, 23);
+    set_moments(&w.stats[0], 200, 1e7, 1.0);
+    set_moments(&w.stats[1], 200, 1e7 + 0.44, 1.0);
+    json_t *d = in.ops->describe(in.p, &w.v);
+    for (size_t i = 0; i < 2; i++) {
+        double sd = num_at(arm_at(d, i), "sd");
+        if (!(sd > 0.05 && sd < 0.1)) fail_msg("arm %zu: posterior sd %g, want ~0.071", i, sd);
+    }
+    assert_true(num_at(arm_at(d, 1), "p_best") > 0.95);
+    json_decref(d);
+    unmake(&in);
+}
+
 static void test_thompson_gaussian_equal_rewards_do_not_collapse(void **state)
 {
     (void)state;
@@ -896,6 +919,7 @@ int main(void)
         cmocka_unit_test(test_thompson_check_reward),
         cmocka_unit_test(test_thompson_gaussian_posterior),
         cmocka_unit_test(test_thompson_gaussian_equal_rewards_do_not_collapse),
+        cmocka_unit_test(test_thompson_gaussian_large_offset),
         cmocka_unit_test(test_thompson_converges_with_batched_stats),
         cmocka_unit_test(test_thompson_regret),
         cmocka_unit_test(test_egreedy_explore_share),
