@@ -47,7 +47,8 @@ typedef struct {
     const char *target, *experiment, *compare, *admin, *admin_token, *path, *csv, *svg;
     sim_arm_t arms[MM_MAX_ARMS];
     size_t n_arms;
-    size_t best; /* index of the arm with the largest mean (the first on a tie) */
+    size_t best;   /* index of the arm with the largest mean (the first on a tie) */
+    size_t n_best; /* arms with that mean: more than one is a tie, and any of them is "best" */
     uint64_t requests, seed, concurrency, delay_ms, batch, window, timeout_ms;
     double duration_s;
     bc_headers_t headers;
@@ -352,7 +353,24 @@ static int parse_args(int argc, char **argv, sim_opts_t *o)
     o->best = 0;
     for (size_t i = 1; i < o->n_arms; i++)
         if (o->arms[i].mean > o->arms[o->best].mean) o->best = i;
+    o->n_best = 0;
+    for (size_t i = 0; i < o->n_arms; i++) o->n_best += o->arms[i].mean == o->arms[o->best].mean;
     return 0;
+}
+
+/* Arm i (an index into o->arms, or a negative "no arm" code) has the best
+ * mean. With tied best arms each of them is best: serving any costs no
+ * regret, so the best arm's share counts them all. */
+static int is_best(const sim_opts_t *o, int i)
+{
+    return i >= 0 && (size_t)i < o->n_arms && o->arms[i].mean == o->arms[o->best].mean;
+}
+
+static int arm_named(const sim_opts_t *o, const char *name)
+{
+    for (size_t i = 0; name && i < o->n_arms; i++)
+        if (strcmp(o->arms[i].name, name) == 0) return (int)i;
+    return -1;
 }
 
 /* ---- feedback ---- */
@@ -520,8 +538,7 @@ static void on_poll_done(bc_req_t *r)
         }
         if (res->n_polls < res->polls_cap) {
             res->polls[res->n_polls].at = s->poll_at;
-            res->polls[res->n_polls].best_leads =
-                top_name && !tie && strcmp(top_name, s->o->arms[s->o->best].name) == 0;
+            res->polls[res->n_polls].best_leads = !tie && is_best(s->o, arm_named(s->o, top_name));
             res->n_polls++;
         }
     }
@@ -837,7 +854,7 @@ static size_t windows_of(const sim_result_t *r, const sim_opts_t *o, sim_window_
         w->end = k + 1;
         w->cum_regret = r->cum_regret[k];
         if (r->arm_of[k] >= 0 || r->arm_of[k] == -2) w->rated++;
-        if (r->arm_of[k] == (signed char)o->best) w->best++;
+        if (is_best(o, r->arm_of[k])) w->best++;
     }
     return n;
 }
@@ -884,11 +901,11 @@ static double *trailing_share(const sim_result_t *r, const sim_opts_t *o)
     for (size_t k = 0; k < r->rows; k++) {
         signed char a = r->arm_of[k];
         rated += a >= 0 || a == -2;
-        best += a == (signed char)o->best;
+        best += is_best(o, a);
         if (k >= o->window) {
             signed char b = r->arm_of[k - o->window];
             rated -= b >= 0 || b == -2;
-            best -= b == (signed char)o->best;
+            best -= is_best(o, b);
         }
         v[k] = rated ? (double)best / (double)rated : 0.0;
     }
@@ -1399,8 +1416,10 @@ int simulate_main(int argc, char **argv)
         fprintf(stderr, "simulate: out of memory\n");
         goto out;
     }
-    uint64_t id_win = identified_by_windows(wa, nwa, o.window);
-    uint64_t id_poll = identified_by_polls(&a);
+    /* with tied best arms there is nothing to identify: 0, "never" */
+    int tied = o.n_best > 1;
+    uint64_t id_win = tied ? 0 : identified_by_windows(wa, nwa, o.window);
+    uint64_t id_poll = tied ? 0 : identified_by_polls(&a);
     uint64_t identified = o.admin ? id_poll : id_win;
     /* A file that cannot be written costs the file, not the report. */
     if (fcsv && write_csv(fcsv, o.csv, &o, &a, split_run ? &b : NULL) < 0) files_ok = 0;
@@ -1417,13 +1436,17 @@ int simulate_main(int argc, char **argv)
         json_object_set_new(root, "window", json_integer((json_int_t)o.window));
         json_object_set_new(root, "best_arm", json_string(o.arms[o.best].name));
         json_object_set_new(root, "best_rate", json_real(o.arms[o.best].mean));
+        json_t *bests = json_array();
+        for (size_t i = 0; i < o.n_arms; i++)
+            if (is_best(&o, (int)i)) json_array_append_new(bests, json_string(o.arms[i].name));
+        json_object_set_new(root, "best_arms", bests);
         json_object_set_new(root, "identification_rule",
                             json_string(o.admin ? "admin" : "windows"));
         json_object_set_new(root, "identified_at",
                             identified ? json_integer((json_int_t)identified) : json_null());
         json_object_set_new(root, "bandit", run_json(&o, &a, wa, nwa, id_win, id_poll, 1));
         if (split_run) {
-            uint64_t id_b = identified_by_windows(wb, nwb, o.window);
+            uint64_t id_b = tied ? 0 : identified_by_windows(wb, nwb, o.window);
             json_object_set_new(root, "split", run_json(&o, &b, wb, nwb, id_b, 0, 0));
         } else if (o.compare) {
             json_object_set_new(root, "split", json_null());
@@ -1453,21 +1476,28 @@ int simulate_main(int argc, char **argv)
                        o.arms[i].sd);
             else
                 printf("%s %s p=%g", i ? "," : "", o.arms[i].name, o.arms[i].mean);
-            if (i == o.best) printf(" (best)");
+            if (is_best(&o, (int)i)) printf(" (best)");
         }
         printf("\n");
         print_run_text(&o, &a, "bandit:");
         char at[48];
-        if (o.admin) {
+        if (o.n_best > 1) {
+            /* which of equal arms the router settles on says nothing */
+            printf("%-12s n/a: %zu arms tie for the best %s\n", "identified:", o.n_best,
+                   o.arms[o.best].gaussian ? "mean" : "rate");
+        } else if (o.admin) {
             fmt_at(at, sizeof(at), id_poll);
             printf("%-12s %s by the router's state (%s has the largest share in GET "
                    "/experiments/%s from then on; %zu polls)\n",
                    "identified:", at, o.arms[o.best].name, o.experiment, a.n_polls);
         }
-        fmt_at(at, sizeof(at), id_win);
-        printf("%-12s %s by traffic (%s served > 50 %% of every %llu-request window from then "
-               "on)\n",
-               o.admin ? "" : "identified:", at, o.arms[o.best].name, (unsigned long long)o.window);
+        if (o.n_best == 1) {
+            fmt_at(at, sizeof(at), id_win);
+            printf("%-12s %s by traffic (%s served > 50 %% of every %llu-request window from "
+                   "then on)\n",
+                   o.admin ? "" : "identified:", at, o.arms[o.best].name,
+                   (unsigned long long)o.window);
+        }
         printf("%-12s %-14s %-12s %s\n", "windows:", "requests", "best share", "cum regret");
         for (size_t i = 0; i < nwa; i++) {
             char range[48];

@@ -482,6 +482,29 @@ class BenchTest(mmtest.MMTestCase):
         self.assertEqual(r["bandit"]["errors"]["http_non_2xx"], 20)
         self.assertEqual(r["bandit"]["feedback"]["events"], 0)
 
+    def test_simulate_with_tied_best_arms_counts_each_as_best(self):
+        # Equal rates: serving either costs nothing, so each is "best", the
+        # best-arm share is 100 % whatever the split, and there is nothing
+        # to identify. The ranker sends 90 % to the champion.
+        rc, out, err = self.bench(
+            "simulate", "--target", self.target, "--experiment", "ranker", "--path", "/v1/rank",
+            "--rates", "champion=0.5,challenger=0.5", "--requests", 40, "--window", 20,
+            "--duration", 30)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("environment: champion p=0.5 (best), challenger p=0.5 (best)", out)
+        self.assertIn("identified:  n/a: 2 arms tie for the best rate", out)
+        self.assertNotIn("never", out)
+        self.assertIn("1-20           100.0 %", out)
+        rc, out, err = self.bench(
+            "simulate", "--target", self.target, "--experiment", "ranker", "--path", "/v1/rank",
+            "--rates", "champion=0.5,challenger=0.5", "--requests", 40, "--window", 20,
+            "--duration", 30, "--json")
+        self.assertEqual(rc, 0, err)
+        r = json.loads(out)
+        self.assertEqual(r["best_arms"], ["champion", "challenger"])
+        self.assertIsNone(r["identified_at"])
+        self.assertEqual([w["best_share"] for w in r["bandit"]["windows"]], [1.0, 1.0])
+
     def test_simulate_header_host_replaces_the_bench_s_own(self):
         # An experiment matched on host: the user's Host is the request's
         # only one (two would be a 400 at modelmux).
