@@ -122,11 +122,13 @@ static void leg_finish(leg_t *l, int status)
 
 static void on_timeout(leg_t *l)
 {
+    /* Counted in modelmux_upstream_errors_total like any failed exchange:
+     * the pool's timers never see a leg's own deadline. */
     if (l->up) {
-        up_release(l->up, 0); /* closes it; no callback follows */
+        up_abandon_timeout(l->up); /* closes it; no callback follows */
         l->up = NULL;
     } else {
-        up_cancel(l->pool, &l->user);
+        up_cancel_overdue(l->pool, &l->user);
     }
     l->timed_out = 1;
     l->err = UP_ERR_TIMEOUT;

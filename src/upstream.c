@@ -1086,6 +1086,21 @@ void up_resume(up_conn_t *c)
     if (c->phase != PH_DONE) start_reading(c);
 }
 
+void up_abandon_timeout(up_conn_t *c)
+{
+    if (c->state != UC_BUSY) return;
+    /* counted as the connection's own response timer counts (uc_fail) */
+    c->pool->stats.errors[UP_ERR_TIMEOUT]++;
+    addr_observe(c, 1, 0);
+    up_release(c, 0);
+}
+
+void up_cancel_overdue(up_pool_t *p, up_user_t *u)
+{
+    p->stats.errors[UP_ERR_OVERFLOW]++; /* as overflow() counts a waiter timed out */
+    up_cancel(p, u);
+}
+
 void up_release(up_conn_t *c, int reusable)
 {
     if (c->state != UC_BUSY) return;

@@ -133,6 +133,13 @@ uint64_t up_body_bytes(const up_conn_t *c);
 void up_resume(up_conn_t *c);
 /* Give the connection back: reusable if the exchange completed cleanly. */
 void up_release(up_conn_t *c, int reusable);
+/* The user's own deadline passed (a mirror's or a ranker's timeout_ms,
+ * which the pool's timers do not know): give up on the exchange and count
+ * it in the pool's errors as the pool would its own — `timeout` (and a
+ * failed exchange of the address) with a connection, `overflow` (no
+ * connection came in time) while still waiting. No callback follows. */
+void up_abandon_timeout(up_conn_t *c);
+void up_cancel_overdue(up_pool_t *p, up_user_t *u);
 /* 1 if this exchange runs on a connection that served an earlier one. */
 int up_conn_reused(const up_conn_t *c);
 

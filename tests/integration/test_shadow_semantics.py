@@ -217,6 +217,11 @@ class ShadowSemantics(mmtest.MMTestCase):
                                              ("cand", "match"): 1.0})
         # the 500 and the mirror past timeout_ms; the match is no error
         self.assertEqual(self.arms(mm), {"primary": (3, 0), "cand": (0, 2)})
+        # the mirror past its timeout_ms is a failed exchange of the upstream
+        # too, as a routed request's timeout is (it was in no kind at all)
+        errs = mmtest.metric_samples(mm.admin_port, "modelmux_upstream_errors_total", "upstream",
+                                     "kind")
+        self.assertEqual({k: v for k, v in errs.items() if v}, {("cand", "timeout"): 1.0})
 
     def test_stopping_waits_for_mirrors_in_flight_and_logs_their_requests(self):
         ups = {"primary": self.upstream(lambda p: {"body": '{"a":1}'}),
