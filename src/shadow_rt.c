@@ -72,6 +72,7 @@ struct shadow_group_s {
     int status;
     uint64_t latency_us, bytes_in, bytes_out;
     uint64_t ts_us; /* wall clock at the request's arrival, for the log line */
+    int logged;     /* a log was open when the primary answered: the line is due */
     int arm;
     int n;
     mirror_t m[]; /* cap allocated, n used by this request */
@@ -292,8 +293,11 @@ void shadow_on_primary_done(conn_t *c, uint64_t latency_us)
     g->status = r->status;
     g->arm = r->arm;
     g->latency_us = latency_us;
-    /* The wall clock only for a log line (no log now: none later either). */
-    g->ts_us = g->srv->reqlog ? reqlog_wall_us() - latency_us : 0;
+    /* The wall clock only for a log line. No log now: none for this
+     * request later either, also if a reload opens one before the mirrors
+     * end (its line would lack the arrival time and byte counts). */
+    g->logged = g->srv->reqlog != NULL;
+    g->ts_us = g->logged ? reqlog_wall_us() - latency_us : 0;
     /* Byte counts as any request's line has them (also for the log only):
      * modelmux's own answer (502, 504, 408) counts its JSON body, which
      * r->bytes_out does not. */
@@ -337,7 +341,7 @@ static void dechunk(mm_buf_t *b)
 static void write_log(shadow_group_t *g)
 {
     reqlog_t *log = g->srv->reqlog;
-    if (log == NULL || !reqlog_sampled(log)) return;
+    if (log == NULL || !g->logged || !reqlog_sampled(log)) return;
     static const char *names[] = {"match", "mismatch", "error", "dropped"};
     reqlog_shadow_t sh[MM_MAX_ARMS];
     for (int i = 0; i < g->n; i++) {

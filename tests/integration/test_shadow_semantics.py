@@ -257,6 +257,37 @@ class ShadowSemantics(mmtest.MMTestCase):
         self.assertEqual(got, {"/a": [("cand", 0, "error")], "/b": [("cand", 0, "error")]})
         self.assertIn("mirrors still in flight end as errors", mm.log())
 
+    def test_a_log_opened_by_a_reload_while_mirrors_are_in_flight(self):
+        # A request answered while no log was open gets no line, also when a
+        # reload opens the log before its mirrors end: its line came out with
+        # bytes_in 0, bytes_out 0 and the mirror's end as its arrival time.
+        ups = {"primary": self.upstream(lambda p: {"body": '{"a":1}'}),
+               "cand": self.upstream(lambda p: {"body": '{"a":1}', "delay": 1.0})}
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        base = {"name": "sh", "match": {"path_prefix": "/"}, "policy": "shadow",
+                "primary": "primary", "shadows": ["cand"], "timeout_ms": 5000}
+        cfg = mmtest.base_config(port, {n: u.port for n, u in ups.items()}, [base],
+                                 admin_port=admin)
+        mm = self.cluster.modelmux(cfg, "--seed", 1)
+        self.assertEqual(mmtest.request(port, "POST", "/early", body="1234567")[0], 200)
+        mmtest.eventually(lambda: ups["cand"].seen >= 1)
+        log = self.cluster.path("requests.jsonl")
+        cfg["log"] = {"requests": log}
+        with open(mm.config_path, "w") as f:
+            json.dump(cfg, f)
+        st, _, body = mmtest.request(admin, "POST", "/reload")
+        self.assertEqual(st, 200, body)
+        t0 = time.time()
+        self.assertEqual(mmtest.request(port, "POST", "/late", body="1234567")[0], 200)
+        mmtest.eventually(lambda: any(l["path"] == "/late" for l in log_lines(log)), timeout=10)
+        lines = log_lines(log)
+        self.assertEqual([l["path"] for l in lines], ["/late"])
+        self.assertEqual((lines[0]["bytes_in"], lines[0]["bytes_out"]), (7, 7))
+        self.assertEqual([s["outcome"] for s in lines[0]["shadow"]], ["match"])
+        ts = lines[0]["ts"]  # the arrival, not the mirror's end a second later
+        arrival = time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        self.assertLess(abs(arrival + float("0" + ts[19:-1]) - t0), 0.5, ts)
+
     def test_dropped_mirrors_are_in_the_view_as_in_the_metrics_and_the_log(self):
         ups = {"primary": self.upstream(lambda p: {"body": '{"a":1}'}),
                "cand": self.upstream(lambda p: {"body": '{"a":1}', "delay": 1.2})}
