@@ -434,11 +434,14 @@ static void print_text(const replay_t *rp, double elapsed)
            elapsed > 0 ? (double)rp->answered / elapsed : 0.0,
            elapsed > 0 ? (double)rp->body_bytes / elapsed / 1e6 : 0.0);
     const hist_t *h = &rp->lat;
-    printf("latency ms:  p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f"
-           "  (%llu answers, histogram error <= %.2f %%)\n",
-           ms(hist_percentile(h, 50)), ms(hist_percentile(h, 90)), ms(hist_percentile(h, 99)),
-           ms(hist_percentile(h, 99.9)), ms(h->total ? h->max : 0), hist_mean(h) / 1000.0,
-           (unsigned long long)h->total, hist_rel_error(h) * 100);
+    if (h->total == 0) /* no answer, no latency: not a latency of 0 */
+        printf("latency ms:  n/a (no answers)\n");
+    else
+        printf("latency ms:  p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f"
+               "  (%llu answers, histogram error <= %.2f %%)\n",
+               ms(hist_percentile(h, 50)), ms(hist_percentile(h, 90)), ms(hist_percentile(h, 99)),
+               ms(hist_percentile(h, 99.9)), ms(h->max), hist_mean(h) / 1000.0,
+               (unsigned long long)h->total, hist_rel_error(h) * 100);
     if (o->pace.mode != LR_PACE_MAX && rp->lag_n)
         printf("schedule:    sends were late by %.3f ms at most, %.3f ms on average\n",
                ms(rp->lag_max_us), rp->lag_sum_us / (double)rp->lag_n / 1000.0);
@@ -496,12 +499,14 @@ static int print_json(const replay_t *rp, double elapsed)
                         json_real(elapsed > 0 ? (double)rp->answered / elapsed : 0.0));
     json_object_set_new(root, "body_bytes", json_integer((json_int_t)rp->body_bytes));
     json_t *lat = json_object();
-    json_object_set_new(lat, "p50", json_real(ms(hist_percentile(h, 50))));
-    json_object_set_new(lat, "p90", json_real(ms(hist_percentile(h, 90))));
-    json_object_set_new(lat, "p99", json_real(ms(hist_percentile(h, 99))));
-    json_object_set_new(lat, "p99_9", json_real(ms(hist_percentile(h, 99.9))));
-    json_object_set_new(lat, "max", json_real(ms(h->total ? h->max : 0)));
-    json_object_set_new(lat, "mean", json_real(hist_mean(h) / 1000.0));
+    /* With no answer every figure is null, as a canary's p99 without samples */
+    int none = h->total == 0;
+    json_object_set_new(lat, "p50", none ? json_null() : json_real(ms(hist_percentile(h, 50))));
+    json_object_set_new(lat, "p90", none ? json_null() : json_real(ms(hist_percentile(h, 90))));
+    json_object_set_new(lat, "p99", none ? json_null() : json_real(ms(hist_percentile(h, 99))));
+    json_object_set_new(lat, "p99_9", none ? json_null() : json_real(ms(hist_percentile(h, 99.9))));
+    json_object_set_new(lat, "max", none ? json_null() : json_real(ms(h->max)));
+    json_object_set_new(lat, "mean", none ? json_null() : json_real(hist_mean(h) / 1000.0));
     json_object_set_new(lat, "count", json_integer((json_int_t)h->total));
     json_object_set_new(lat, "relative_error", json_real(hist_rel_error(h)));
     json_object_set_new(root, "latency_ms", lat);

@@ -380,6 +380,13 @@ class BenchTest(mmtest.MMTestCase):
         self.assertEqual(r["answered"], 0)
         self.assertEqual(r["failed"], 5)
         self.assertEqual(r["errors"]["connect"], 5)
+        # no answer, no latency: null (n/a), not 0 ms
+        lat = r["latency_ms"]
+        self.assertEqual(lat["count"], 0)
+        for k in ("p50", "p90", "p99", "p99_9", "max", "mean"):
+            self.assertIsNone(lat[k], k)
+        rc, out, err = self.bench("replay", log, "--target", dead, "--max", "--duration", 30)
+        self.assertIn("latency ms:  n/a (no answers)", out, err)
 
     # ---- simulate ----
 
