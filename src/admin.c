@@ -581,7 +581,8 @@ static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
     if (expect_no_params(r) < 0) return;
     exp_control_t ctl = e->state->control;
     exp_run_state_t want = pause ? EXP_PAUSED : EXP_RUNNING;
-    if (pause && (ctl.state == EXP_PROMOTED || ctl.state == EXP_ROLLED_BACK)) {
+    int finished = ctl.state == EXP_PROMOTED || ctl.state == EXP_ROLLED_BACK;
+    if (pause && finished) {
         reply_errorf(r->conn, 409, "conflict",
                      "experiment %s is %s: nothing is learning; resume or reset it first",
                      e->cfg->name, exp_state_name(ctl.state));
@@ -602,9 +603,7 @@ static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
     /* Running again after a promotion or rollback starts a canary over at its
      * first step (step 0 is "not started"), as after a rollback: left at
      * promote's 100 it ran outside its steps, holding "at the last step". */
-    if (!pause && (e->state->control.state == EXP_PROMOTED ||
-                   e->state->control.state == EXP_ROLLED_BACK))
-        ctl.canary_step = 0.0;
+    if (finished) ctl.canary_step = 0.0; /* here only when resuming */
     set_control(srv, r, e, &ctl);
 }
 
