@@ -366,7 +366,8 @@ static int is_best(const sim_opts_t *o, int i)
     return i >= 0 && (size_t)i < o->n_arms && o->arms[i].mean == o->arms[o->best].mean;
 }
 
-static int arm_named(const sim_opts_t *o, const char *name)
+/* The index of the arm called `name` (NULL: none), or -1. */
+static int arm_index(const sim_opts_t *o, const char *name)
 {
     for (size_t i = 0; name && i < o->n_arms; i++)
         if (strcmp(o->arms[i].name, name) == 0) return (int)i;
@@ -538,7 +539,7 @@ static void on_poll_done(bc_req_t *r)
         }
         if (res->n_polls < res->polls_cap) {
             res->polls[res->n_polls].at = s->poll_at;
-            res->polls[res->n_polls].best_leads = !tie && is_best(s->o, arm_named(s->o, top_name));
+            res->polls[res->n_polls].best_leads = !tie && is_best(s->o, arm_index(s->o, top_name));
             res->n_polls++;
         }
     }
@@ -561,13 +562,6 @@ static void poll_admin(sim_run_t *s)
 }
 
 /* ---- requests ---- */
-
-static int arm_index(const sim_opts_t *o, const char *name)
-{
-    for (size_t i = 0; i < o->n_arms; i++)
-        if (strcmp(o->arms[i].name, name) == 0) return (int)i;
-    return -1;
-}
 
 static void on_answer(bc_req_t *r)
 {
@@ -1481,7 +1475,7 @@ int simulate_main(int argc, char **argv)
         printf("\n");
         print_run_text(&o, &a, "bandit:");
         char at[48];
-        if (o.n_best > 1) {
+        if (tied) {
             /* which of equal arms the router settles on says nothing */
             printf("%-12s n/a: %zu arms tie for the best %s\n", "identified:", o.n_best,
                    o.arms[o.best].gaussian ? "mean" : "rate");
@@ -1491,7 +1485,7 @@ int simulate_main(int argc, char **argv)
                    "/experiments/%s from then on; %zu polls)\n",
                    "identified:", at, o.arms[o.best].name, o.experiment, a.n_polls);
         }
-        if (o.n_best == 1) {
+        if (!tied) {
             fmt_at(at, sizeof(at), id_win);
             printf("%-12s %s by traffic (%s served > 50 %% of every %llu-request window from "
                    "then on)\n",

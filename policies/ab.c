@@ -437,12 +437,6 @@ static void ab_adopt(void *p, const void *old, int same_definition)
     memcpy(ab->seen, o->seen, sizeof(ab->seen));
 }
 
-/* Numbers that may be undefined: JSON has no NaN or infinity. */
-static json_t *jnum(double x)
-{
-    return isfinite(x) ? json_real(x) : json_null();
-}
-
 /* Samples still to collect; NAN (null) while the plan itself is undefined
  * (fmax would turn that into 0, which reads as "done"). */
 static double remaining(double need, uint64_t got)
@@ -469,13 +463,13 @@ static json_t *arm_json(const ab_t *ab, const arm_stats_t *s, size_t i, double s
     json_t *a = json_object();
     json_object_set_new(a, "name", json_string(ab->names[i]));
     json_object_set_new(a, "role", json_string(i == 0 ? "champion" : "challenger"));
-    json_object_set_new(a, "share", jnum(share));
+    json_object_set_new(a, "share", policy_json_real(share));
     json_object_set_new(a, "pulls", json_integer((json_int_t)s->pulls));
     json_object_set_new(a, "feedback", json_integer((json_int_t)s->feedback));
     json_object_set_new(a, "model", json_string(x.bernoulli ? "bernoulli" : "continuous"));
-    json_object_set_new(a, "mean", jnum(x.mean));
-    json_object_set_new(a, "variance", jnum(x.var));
-    json_object_set_new(a, "std_error", jnum(x.n > 0.0 ? sqrt(x.var / x.n) : NAN));
+    json_object_set_new(a, "mean", policy_json_real(x.mean));
+    json_object_set_new(a, "variance", policy_json_real(x.var));
+    json_object_set_new(a, "std_error", policy_json_real(x.n > 0.0 ? sqrt(x.var / x.n) : NAN));
     return a;
 }
 
@@ -499,20 +493,20 @@ static json_t *comparison_json(const ab_t *ab, const policy_view_t *v, size_t n,
                         c->test == ABSTATS_TEST_TWO_PROPORTIONS ? json_string("two_proportions")
                         : c->test == ABSTATS_TEST_WELCH         ? json_string("welch")
                                                                 : json_null());
-    json_object_set_new(o, "difference", jnum(c->d.diff));
+    json_object_set_new(o, "difference", policy_json_real(c->d.diff));
     abstats_sample_t a;
     arm_sample(ab, &v->stats[0], &a);
     json_object_set_new(o, "relative_difference",
-                        jnum(a.mean != 0.0 ? c->d.diff / fabs(a.mean) : NAN));
-    json_object_set_new(o, "std_error", jnum(c->d.se));
-    json_object_set_new(o, "z", jnum(c->d.z));
-    json_object_set_new(o, "df", jnum(c->d.df));
-    json_object_set_new(o, "p_value_fixed_horizon", jnum(c->d.p_value));
+                        policy_json_real(a.mean != 0.0 ? c->d.diff / fabs(a.mean) : NAN));
+    json_object_set_new(o, "std_error", policy_json_real(c->d.se));
+    json_object_set_new(o, "z", policy_json_real(c->d.z));
+    json_object_set_new(o, "df", policy_json_real(c->d.df));
+    json_object_set_new(o, "p_value_fixed_horizon", policy_json_real(c->d.p_value));
 
     json_t *av = json_object();
     json_object_set_new(av, "started", json_boolean(c->sequential || r->p_min < 1.0 || r->has_cs));
     json_object_set_new(av, "p_value", json_real(r->p_min));
-    json_object_set_new(av, "p_value_now", jnum(c->p_seq));
+    json_object_set_new(av, "p_value_now", policy_json_real(c->p_seq));
     if (r->has_cs) {
         json_t *cs = json_array();
         json_array_append_new(cs, json_real(r->cs_lo));
@@ -521,7 +515,7 @@ static json_t *comparison_json(const ab_t *ab, const policy_view_t *v, size_t n,
     } else {
         json_object_set_new(av, "confidence_sequence", json_null());
     }
-    json_object_set_new(av, "mixture_variance", jnum(c->tau2));
+    json_object_set_new(av, "mixture_variance", policy_json_real(c->tau2));
     json_object_set_new(o, "always_valid", av);
 
     json_t *need = json_object(), *left = json_object();
@@ -548,7 +542,7 @@ static json_t *srm_json(const ab_t *ab, const policy_view_t *v, const double *w,
         json_object_set_new(o, "p_value", json_null());
         json_object_set_new(o, "srm", json_false());
     } else {
-        json_object_set_new(o, "chi2", jnum(chi2));
+        json_object_set_new(o, "chi2", policy_json_real(chi2));
         json_object_set_new(o, "df", json_integer((json_int_t)df));
         json_object_set_new(o, "p_value", json_real(p));
         json_object_set_new(o, "srm", json_boolean(p < AB_SRM_P));

@@ -117,10 +117,7 @@ static json_t *eg_describe(void *p, const policy_view_t *v)
         const arm_stats_t *s = &st[i];
         double m = arm_mean(s);
         int greedy = (m == best_mean);
-        json_t *a = json_object();
-        json_object_set_new(a, "arm", json_string(e->names[i]));
-        json_object_set_new(a, "feedback", json_integer((json_int_t)v->stats[i].feedback));
-        json_object_set_new(a, "errors", json_integer((json_int_t)v->stats[i].errors));
+        json_t *a = policy_bandit_arm(e->names[i], &v->stats[i]);
         json_object_set_new(a, "mean", s->feedback ? json_real(m) : json_null());
         json_object_set_new(a, "greedy", json_boolean(greedy));
         json_object_set_new(a, "expected_share",

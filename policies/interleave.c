@@ -739,11 +739,6 @@ static double sign_test(double wa, double wb, int *exact)
     return erfc(z / sqrt(2.0));
 }
 
-static json_t *jnum(double x)
-{
-    return isfinite(x) ? json_real(x) : json_null();
-}
-
 static json_t *jcount(double x)
 {
     return json_integer((json_int_t)llround(x > 0.0 ? x : 0.0));
@@ -774,7 +769,8 @@ static json_t *il_describe(void *p, const policy_view_t *v)
         json_object_set_new(a, "wins", jcount(s[i].successes));
         json_object_set_new(a, "clicks", jcount(s[i].reward_sum));
         json_object_set_new(a, "clicks_per_clicked_impression",
-                            clicked > 0 ? jnum(s[i].reward_sum / clicked) : json_null());
+                            clicked > 0 ? policy_json_real(s[i].reward_sum / clicked)
+                                        : json_null());
         json_t *fb = json_object();
         for (int r = 0; r < IL_R__COUNT; r++)
             json_object_set_new(fb, reason_names[r], json_integer((json_int_t)il->unusable[i][r]));
@@ -792,7 +788,7 @@ static json_t *il_describe(void *p, const policy_view_t *v)
      * -1 B won, 0 tie) over clicked impressions; the interval is the normal
      * approximation with the sample variance of that score. */
     double pref = clicked > 0 ? (wa - wb) / clicked : NAN;
-    json_object_set_new(o, "preference", jnum(pref));
+    json_object_set_new(o, "preference", policy_json_real(pref));
     json_t *ci = json_null();
     if (clicked >= 2) {
         double m2 = (wa + wb) / clicked;
@@ -810,7 +806,7 @@ static json_t *il_describe(void *p, const policy_view_t *v)
     double pv = sign_test(wa, wb, &exact);
     json_t *st = json_object();
     json_object_set_new(st, "n", jcount(wa + wb));
-    json_object_set_new(st, "p_value", jnum(pv));
+    json_object_set_new(st, "p_value", policy_json_real(pv));
     json_object_set_new(st, "method",
                         json_string(exact ? "exact binomial" : "normal approximation"));
     json_object_set_new(o, "sign_test", st);

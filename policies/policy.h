@@ -364,6 +364,10 @@ const arm_stats_t *policy_scored_stats(const arm_stats_t *in, size_t n, double r
  * rewards), else a number in [lo, hi]. */
 int policy_parse_error_reward(policy_parse_t *pp, const json_t *exp, double lo, double hi,
                               double *out);
+/* A bandit's per-arm entry of describe(), begun: {"arm": name,
+ * "feedback", "errors"} from the arm's statistics as the store has them
+ * (not scored: what came back, apart). */
+json_t *policy_bandit_arm(const char *name, const arm_stats_t *raw);
 /* json_real(d), or JSON null when d is not finite (json_real refuses NaN
  * and infinities, and a key set to NULL would silently go missing). */
 json_t *policy_json_real(double d);

@@ -136,3 +136,12 @@ json_t *policy_json_real(double d)
 {
     return isfinite(d) ? json_real(d) : json_null();
 }
+
+json_t *policy_bandit_arm(const char *name, const arm_stats_t *raw)
+{
+    json_t *a = json_object();
+    json_object_set_new(a, "arm", json_string(name));
+    json_object_set_new(a, "feedback", json_integer((json_int_t)raw->feedback));
+    json_object_set_new(a, "errors", json_integer((json_int_t)raw->errors));
+    return a;
+}

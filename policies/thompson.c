@@ -204,10 +204,7 @@ static json_t *ts_describe(void *p, const policy_view_t *v)
     for (size_t i = 0; i < n; i++) {
         const arm_stats_t *s = &st[i];
         double p_best = (double)wins[i] / TS_DESCRIBE_DRAWS;
-        json_t *a = json_object();
-        json_object_set_new(a, "arm", json_string(t->names[i]));
-        json_object_set_new(a, "feedback", json_integer((json_int_t)v->stats[i].feedback));
-        json_object_set_new(a, "errors", json_integer((json_int_t)v->stats[i].errors));
+        json_t *a = policy_bandit_arm(t->names[i], &v->stats[i]);
         if (!t->gaussian) {
             double al = t->alpha0 + s->successes, be = t->beta0 + s->failures;
             json_object_set_new(a, "alpha", policy_json_real(al));

@@ -147,10 +147,7 @@ static json_t *ucb_describe(void *p, const policy_view_t *v)
     json_t *arms = json_array();
     for (size_t i = 0; i < n; i++) {
         const arm_stats_t *s = &st[i];
-        json_t *a = json_object();
-        json_object_set_new(a, "arm", json_string(u->names[i]));
-        json_object_set_new(a, "feedback", json_integer((json_int_t)v->stats[i].feedback));
-        json_object_set_new(a, "errors", json_integer((json_int_t)v->stats[i].errors));
+        json_t *a = policy_bandit_arm(u->names[i], &v->stats[i]);
         json_object_set_new(a, "expected_share", json_real(share[i]));
         if (s->feedback > 0) {
             double mean = s->reward_sum / (double)s->feedback, b = ucb_bonus(u, s, total);

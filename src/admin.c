@@ -301,11 +301,6 @@ static int arm_index(const exp_rt_t *e, const char *name)
 
 /* ---- views ---- */
 
-static json_t *num_or_null(double x)
-{
-    return isfinite(x) ? json_real(x) : json_null();
-}
-
 /* The q-quantile of arm i's answer latencies over every instance (the
  * store's pooled histogram: snapshot plus local), in ms; -1 without any. */
 static double answer_quantile_ms(const exp_state_t *st, size_t i, double q)
@@ -349,7 +344,7 @@ static json_t *experiment_view(const exp_rt_t *e)
         json_object_set_new(a, "p99_ms", p99 >= 0 ? json_real(p99) : json_null());
         json_object_set_new(a, "feedback", json_integer((json_int_t)s->feedback));
         json_object_set_new(a, "reward_mean",
-                            s->feedback ? num_or_null(s->reward_sum / (double)s->feedback)
+                            s->feedback ? policy_json_real(s->reward_sum / (double)s->feedback)
                                         : json_null());
         json_array_append_new(arms, a);
     }

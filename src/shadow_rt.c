@@ -301,13 +301,11 @@ void shadow_on_primary_done(conn_t *c, uint64_t latency_us)
     /* Byte counts as any request's line has them (also for the log only):
      * modelmux's own answer (502, 504, 408) counts its JSON body, which
      * r->bytes_out does not. */
-    if (g->srv->reqlog) {
+    if (g->logged) {
         reqlog_entry_t e;
         reqlog_entry_from_req(c, latency_us, &e);
         g->bytes_in = e.bytes_in;
         g->bytes_out = e.bytes_out;
-    } else {
-        g->bytes_in = g->bytes_out = 0;
     }
     if (r->up_errors && !r->responding) g->p_status = 0;
     if (--g->pending == 0) group_complete(g);

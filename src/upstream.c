@@ -584,6 +584,14 @@ static void uc_close(up_conn_t *c)
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
 
+/* A failed exchange on c: the pool's error count of its kind, and a
+ * failure of c's address (for per-address ejection and metrics). */
+static void count_failure(up_conn_t *c, up_err_t kind)
+{
+    c->pool->stats.errors[kind]++;
+    addr_observe(c, 1, 0);
+}
+
 /* Fail the current exchange: tell the user, close the connection. */
 static void uc_fail(up_conn_t *c, up_err_t kind)
 {
@@ -594,8 +602,7 @@ static void uc_fail(up_conn_t *c, up_err_t kind)
      * working on it, and sending it again would double the wait and the
      * work. */
     int reused = kind == UP_ERR_RESET && c->uses > 1 && !c->got_bytes;
-    c->pool->stats.errors[kind]++;
-    addr_observe(c, 1, 0);
+    count_failure(c, kind);
     uc_close(c);
     if (u) u->ops->on_error(u, c, kind, reused);
 }
@@ -1089,9 +1096,7 @@ void up_resume(up_conn_t *c)
 void up_abandon_timeout(up_conn_t *c)
 {
     if (c->state != UC_BUSY) return;
-    /* counted as the connection's own response timer counts (uc_fail) */
-    c->pool->stats.errors[UP_ERR_TIMEOUT]++;
-    addr_observe(c, 1, 0);
+    count_failure(c, UP_ERR_TIMEOUT); /* as the connection's own timer counts it */
     up_release(c, 0);
 }
 

@@ -602,6 +602,16 @@ static llhttp_errno_t parse_chunked(int type, const char *text, size_t step, htt
     return HPE_INTERNAL; /* not complete */
 }
 
+/* check() finds a bare LF in each of bare[] and none in crlf[]. */
+static void expect_bare_lf(int (*check)(const char *, size_t), const char *const *bare, size_t nb,
+                           const char *const *crlf, size_t nc)
+{
+    for (size_t i = 0; i < nb; i++)
+        if (!check(bare[i], strlen(bare[i]))) fail_msg("not found: case %zu", i);
+    for (size_t i = 0; i < nc; i++)
+        if (check(crlf[i], strlen(crlf[i])) != 0) fail_msg("found in CRLF case %zu", i);
+}
+
 static void test_bare_lf_ends_no_line_of_a_head(void **state)
 {
     (void)state;
@@ -611,11 +621,8 @@ static void test_bare_lf_ends_no_line_of_a_head(void **state)
                                  "/x HTTP/1.1\n\n",
                                  "\n",
                                  "200 OK\r\nA: b\n\r\n"};
-    for (size_t i = 0; i < sizeof(bare) / sizeof(bare[0]); i++)
-        if (!http_bare_lf(bare[i], strlen(bare[i]))) fail_msg("not found: case %zu", i);
     static const char *crlf[] = {"/x HTTP/1.1\r\nHost: a\r\n\r\n", "/x HTTP/1.1\r\n\r\n", "", "\r"};
-    for (size_t i = 0; i < sizeof(crlf) / sizeof(crlf[0]); i++)
-        assert_int_equal(http_bare_lf(crlf[i], strlen(crlf[i])), 0);
+    expect_bare_lf(http_bare_lf, bare, MM_ARRAY_LEN(bare), crlf, MM_ARRAY_LEN(crlf));
     /* the head is looked at only up to where it ends: a byte before it is
      * never read (a '\n' first in the range is bare) */
     const char two[] = "\r\n";
@@ -638,12 +645,9 @@ static void test_bare_lf_after_the_start_line_or_ending_the_head(void **state)
                                  "HTTP/1.1 200 OK\r\nA: b\r\n\n",
                                  "\n",
                                  ""};
-    for (size_t i = 0; i < sizeof(bare) / sizeof(bare[0]); i++)
-        if (!http_head_bare_lf(bare[i], strlen(bare[i]))) fail_msg("not found: case %zu", i);
     static const char *crlf[] = {" HTTP/1.1\r\nHost: a\r\n\r\n", " HTTP/1.1\r\n\r\n",
                                  "HTTP/1.1 200 OK\r\nA: b\r\nC: d\r\n\r\n"};
-    for (size_t i = 0; i < sizeof(crlf) / sizeof(crlf[0]); i++)
-        assert_int_equal(http_head_bare_lf(crlf[i], strlen(crlf[i])), 0);
+    expect_bare_lf(http_head_bare_lf, bare, MM_ARRAY_LEN(bare), crlf, MM_ARRAY_LEN(crlf));
     /* a byte before the range is never read: an LF first in it is bare */
     const char two[] = "\r\n\r\n";
     assert_int_equal(http_head_bare_lf(two + 1, 3), 1);
