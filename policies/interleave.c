@@ -560,6 +560,10 @@ static int il_combine(void *p, const policy_view_t *v, const policy_resp_t *answ
             if (why[i] >= 0) il->unusable[i][why[i]]++;
         if (why[0] >= 0 && why[1] >= 0) {
             il->no_answer++;
+            /* Nothing to merge, but a's answer, when whole, goes out as
+             * the champion's would without interleaving (a 400 for a bad
+             * query is the client's to see, not a 502). */
+            if (n > 0 && answers[0].status != 0 && !answers[0].truncated) ret = 0;
             goto done;
         }
         ret = why[0] < 0 ? 0 : 1; /* the usable one, unchanged */
@@ -827,7 +831,7 @@ static json_t *il_describe(void *p, const policy_view_t *v)
 
 const policy_ops_t policy_interleave_ops = {
     .name = "interleave",
-    .flags = 0,
+    .flags = POLICY_LIVE_WHILE_PAUSED,
     .create = il_create,
     .destroy = il_destroy,
     .choose = il_choose,

@@ -208,6 +208,10 @@ enum { POLICY_MATCH = 0, POLICY_MISMATCH = 1, POLICY_ERROR = 2 };
 /* Flags describing what the operator may do with an experiment. */
 enum {
     POLICY_ACCEPTS_WEIGHTS = 1 << 0, /* PUT /experiments/NAME/weights applies (else 409) */
+    /* Its view's stats stay live while paused (else they are the snapshot
+     * taken at the pause): for a policy whose decisions do not learn from
+     * them, which only counts (interleave goes on counting clicks). */
+    POLICY_LIVE_WHILE_PAUSED = 1 << 1,
 };
 
 /* Mechanics the core enforces for mirrors; declared by the policy at parse time. */
@@ -264,8 +268,8 @@ typedef struct policy_ops_s {
      * them: write the client's body into `out`, set *merged = 1 and return
      * the arm whose status and content type the client gets; or pass one
      * answer through unchanged: *merged = 0 and return its arm (counting the
-     * reason yourself). Return -1 when no answer is usable (the core answers
-     * 502, or 504 if every failure was a timeout). `aux` receives what must
+     * reason yourself). Return -1 when no answer can be passed on (the core
+     * answers 502, or 504 if every failure was a timeout). `aux` receives what must
      * be remembered for this request's feedback (e.g. which team showed
      * which item); the core keeps it with the request id for feedback_ttl_s. */
     int (*combine)(void *p, const policy_view_t *v, const policy_resp_t *answers, size_t n,

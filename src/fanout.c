@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "fanout.h"
+#include "feedback.h"
 #include "leg.h"
 #include "reqlog.h"
 
@@ -113,13 +114,28 @@ static void answer(fanout_t *f)
         for (int i = 0; i < f->n; i++)
             if (i != arm) store_pull(srv->store, f->exp->state, router_sarm(f->exp, i));
     }
-    if (aux.len) /* the attribution a later click is credited by */
-        store_put_aux(srv->store, (mm_str_t){r->id, r->id_len}, aux.p, aux.len, ce->feedback_ttl_s);
+    if (aux.len) { /* the attribution a later click is credited by */
+        mm_buf_t kept;
+        mm_buf_init(&kept);
+        feedback_aux_begin(&kept, f->exp->state);
+        mm_buf_append(&kept, aux.p, aux.len);
+        if (!kept.oom)
+            store_put_aux(srv->store, (mm_str_t){r->id, r->id_len}, kept.p, kept.len,
+                          ce->feedback_ttl_s);
+        mm_buf_free(&kept);
+    }
     const leg_t *l = &f->legs[arm];
     const char *body = merged ? out.p : l->resp.p;
     size_t len = merged ? out.len : l->resp.len;
     mm_buf_t extra;
     mm_buf_init(&extra);
+    /* The answer's own headers go with it (caching, cookies...); a merged
+     * body is no longer the one a validator or digest of a's described. */
+    static const mm_str_t stale[] = {{"etag", 4},         {"content-md5", 11},
+                                     {"digest", 6},       {"content-digest", 14},
+                                     {"repr-digest", 11}, {"content-range", 13}};
+    leg_append_lines_without(&extra, mm_buf_view(&l->headers), stale,
+                             merged ? sizeof(stale) / sizeof(stale[0]) : 0);
     mm_buf_lit(&extra, "X-Modelmux-Experiment: ");
     mm_buf_cstr(&extra, ce->name);
     mm_buf_lit(&extra, "\r\nX-Modelmux-Arm: ");
@@ -184,6 +200,7 @@ void fanout_start(conn_t *c)
         l->body = f->body.p;
         l->body_len = f->body.len;
         l->keep_max = keep;
+        l->keep_headers = LEG_HEADERS_RELAY;
         l->done = on_leg_done;
     }
     /* A leg may be done before leg_start returns (no connection to be had):

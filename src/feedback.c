@@ -122,6 +122,13 @@ static exp_rt_t *click_target(mm_server_t *srv, const fb_event_t *e, int *why)
  * run again on a newer version another instance wrote meanwhile. */
 enum { CLICK_SAME = FB_ELSEWHERE + 1 }; /* already clicked: nothing changes */
 
+void feedback_aux_begin(mm_buf_t *b, const exp_state_t *e)
+{
+    char mark[STORE_MARK_MAX];
+    mm_buf_append(b, mark, store_reset_mark(e, mark));
+    mm_buf_lit(b, " ");
+}
+
 static int click_rewrite(void *arg, const char *data, size_t n, mm_buf_t *out)
 {
     fb_batch_t *b = arg;
@@ -129,10 +136,21 @@ static int click_rewrite(void *arg, const char *data, size_t n, mm_buf_t *out)
     int why;
     exp_rt_t *x = click_target(b->srv, e, &why); /* again: a reload may have happened */
     if (x == NULL) return why;
-    mm_buf_append(out, data, n);
+    feedback_aux_begin(out, x->state);
     if (out->oom) return FB_UNKNOWN;
+    size_t mark = out->len; /* the current mark and its space */
+    if (n < mark || memcmp(data, out->p, mark) != 0) return FB_UNKNOWN; /* before a reset */
+    mm_buf_t policy_aux; /* the policy's bytes, rewritten by on_click */
+    mm_buf_init(&policy_aux);
+    mm_buf_append(&policy_aux, data + mark, n - mark);
     memset(b->click, 0, sizeof(b->click));
-    if (x->cfg->ops->on_click(x->cfg->policy, out, e->item, b->click) != 0) return FB_INVALID;
+    int oom = policy_aux.oom, rc = -1;
+    if (!oom) rc = x->cfg->ops->on_click(x->cfg->policy, &policy_aux, e->item, b->click);
+    if (rc == 0) mm_buf_append(out, policy_aux.p, policy_aux.len);
+    oom = oom || policy_aux.oom || out->oom;
+    mm_buf_free(&policy_aux);
+    if (oom) return FB_UNKNOWN;
+    if (rc != 0) return FB_INVALID;
     for (size_t a = 0; a < x->state->n_arms; a++)
         if (delta_nonzero(&b->click[a])) return STORE_AUX_WRITE;
     return CLICK_SAME;
@@ -466,7 +484,7 @@ static int parse_event(json_t *o, fb_event_t *e, char *err, size_t errlen, const
         return -1;
     }
     if (!e->has_reward && !e->has_item) {
-        snprintf(err, errlen, "%s.reward is missing", where);
+        snprintf(err, errlen, "%s.reward is missing (a click has an item instead)", where);
         return -1;
     }
     return 0;

@@ -20,6 +20,13 @@
 
 typedef struct leg_s leg_t;
 
+/* What a leg keeps of its answer's headers (leg_t.keep_headers). */
+enum {
+    LEG_HEADERS_NONE = 0,
+    LEG_HEADERS_COMPARE = 1, /* leg_header_block: for a comparison (shadow) */
+    LEG_HEADERS_RELAY = 2,   /* leg_relay_lines: to answer a client with (fan-out) */
+};
+
 /* Distinct timeouts in flight with a queue each (mirror timeout_ms of each
  * experiment, upstream timeout_ms of each fan-out arm). More share a queue,
  * kept in order by insertion (a walk from the tail). */
@@ -57,7 +64,7 @@ struct leg_s {
     const char *body; /* request body (owner keeps it alive), may be NULL */
     size_t body_len;
     size_t keep_max;        /* answer bytes kept; beyond: truncated */
-    int keep_headers;       /* fill `headers` (leg_header_block) */
+    int keep_headers;       /* fill `headers`: LEG_HEADERS_COMPARE or LEG_HEADERS_RELAY */
     void (*done)(leg_t *l); /* called once: answered, failed or timed out */
     void *owner;
     /* results */
@@ -66,7 +73,7 @@ struct leg_s {
     up_err_t err;
     char ctype[128];
     mm_buf_t resp;
-    mm_buf_t headers; /* with keep_headers: the answer's header block */
+    mm_buf_t headers; /* with keep_headers: the answer's header block or lines */
     int truncated;
     uint64_t latency_us;
     int started, finished;
@@ -100,6 +107,16 @@ void leg_free(leg_t *l);
  * X-Modelmux-*, X-Request-Id, Content-Length and Date are left out: framing,
  * our own headers and the clock are not the model's answer. */
 void leg_header_block(const up_resp_t *resp, mm_buf_t *out);
+/* The answer's header lines a client gets when the answer is passed on:
+ * "Name: value\r\n" as received, in order, appended to out. Left out:
+ * hop-by-hop headers (and those named in Connection), X-Modelmux-*,
+ * X-Request-Id, Content-Length and Content-Type (the answer is re-framed and
+ * its Content-Type written by whoever sends it). */
+void leg_relay_lines(const up_resp_t *resp, mm_buf_t *out);
+/* Append header lines ("Name: value\r\n" each, as proxy_forward_headers
+ * and leg_relay_lines write them) except those named in drop[0..n_drop)
+ * (lowercase names); runs of kept lines are copied whole. */
+void leg_append_lines_without(mm_buf_t *b, mm_str_t lines, const mm_str_t *drop, size_t n_drop);
 /* Copy an answer's Content-Type value into out (NUL-terminated, cut to
  * size - 1 bytes; empty when there is none), from the head's index. */
 void leg_content_type(const up_resp_t *resp, char *out, size_t size);

@@ -697,8 +697,13 @@ void conn_respond(conn_t *c, int status, const char *content_type, const char *b
     if (c->closing || !r->active || r->responding) return;
     r->status = status;
     mm_buf_reset(&r->out);
-    mm_buf_printf(&r->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n", status,
-                  http_reason(status), content_type, len);
+    /* 204 and 304 have no body (RFC 9110 §15.3.5, §15.4.5): nothing to
+     * frame (a ranker's answer passed on may be one). */
+    int bodiless = status == 204 || status == 304;
+    if (bodiless) len = 0;
+    mm_buf_printf(&r->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status, http_reason(status),
+                  content_type);
+    if (!bodiless) mm_buf_printf(&r->out, "Content-Length: %zu\r\n", len);
     mm_buf_lit(&r->out, "X-Request-Id: ");
     mm_buf_append(&r->out, r->id, r->id_len);
     mm_buf_lit(&r->out, "\r\n");
@@ -732,7 +737,7 @@ void conn_respond_error_hdr(conn_t *c, int status, const char *code, const char 
 /* ---- request head ---- */
 
 void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, const char *peer,
-                           mm_str_t host, int drop_length)
+                           mm_str_t host, int fanout)
 {
     http_run_t run = {NULL, 0};
     for (int i = 0; i < h->n; i++) {
@@ -743,10 +748,13 @@ void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, 
          * client's word for the host (nginx's proxy_set_header replaces). */
         if (h->dropped[i] || k == HK_HOST || k == HK_X_FORWARDED_FOR || k == HK_X_FORWARDED_HOST)
             continue;
-        if (drop_length && k == HK_CONTENT_LENGTH) continue;
+        if (fanout &&
+            (k == HK_CONTENT_LENGTH || mm_str_ieq(http_hname(h, base, i), "accept-encoding")))
+            continue;
         http_emit_header(b, &run, h, base, i);
     }
     http_emit_flush(b, &run);
+    if (fanout) mm_buf_lit(b, "Accept-Encoding: identity\r\n");
     /* Repeated X-Forwarded-For headers form one list, in order; our hop last. */
     mm_buf_lit(b, "X-Forwarded-For: ");
     int xff = 0;

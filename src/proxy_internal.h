@@ -114,9 +114,11 @@ void proxy_init_parser_settings(void);
 /* Append the client's end-to-end headers as forwarded upstream (hop-by-hop
  * and modelmux's own removed, X-Forwarded-For appended, `host` — the Host
  * header's value, or an absolute-form target's authority — sent as
- * X-Forwarded-Host); drop_length also drops Content-Length (mirrors re-frame). */
+ * X-Forwarded-Host). fanout: each leg re-frames the body, so Content-Length
+ * is dropped; and both answers are parsed to be merged, which a compressed
+ * one cannot be, so the client's Accept-Encoding is replaced by `identity`. */
 void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, const char *peer,
-                           mm_str_t host, int drop_length);
+                           mm_str_t host, int fanout);
 void conn_on_timer(uv_timer_t *t);
 void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 /* Called by proxy.c when draining and the last connection closed. */

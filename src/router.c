@@ -267,7 +267,8 @@ void router_view(const exp_rt_t *e, mm_rng_t *rng, uint64_t now_ms, policy_view_
 {
     const exp_state_t *s = e->state;
     v->n_arms = s->n_arms;
-    v->stats = s->control.state == EXP_PAUSED ? s->frozen : s->merged;
+    int frozen = s->control.state == EXP_PAUSED && !(e->cfg->ops->flags & POLICY_LIVE_WHILE_PAUSED);
+    v->stats = frozen ? s->frozen : s->merged;
     v->control = &s->control;
     v->now_ms = now_ms;
     v->rng = rng;

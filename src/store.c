@@ -33,6 +33,7 @@
  * compare-and-set, so two instances never both start from one version. */
 #include <math.h>
 #include <stdio.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -904,6 +905,14 @@ void store_reset(store_t *s, exp_state_t *e)
 uint64_t store_resets(const exp_state_t *e)
 {
     return container_of(e, const store_exp_t, pub)->resets;
+}
+
+size_t store_reset_mark(const exp_state_t *e, char *out)
+{
+    const store_exp_t *x = container_of(e, const store_exp_t, pub);
+    int n = snprintf(out, STORE_MARK_MAX, "%" PRIu64 ".%" PRIu64, x->mark_epoch,
+                     x->resets - x->mark_resets);
+    return n > 0 ? (size_t)n : 0;
 }
 
 /* ---- feedback mapping ---- */

@@ -252,6 +252,16 @@ const char *store_kind(const store_t *s);
  * state is forgotten on every instance, not only the one that took the call. */
 uint64_t store_resets(const exp_state_t *e);
 
+/* Names the statistics of e that this instance counts into now: it changes
+ * with every reset, whether made here or by another instance, and is the
+ * same on every instance once each has read the reset from Redis (text
+ * "EPOCH.N": Redis's reset epoch, 0 without Redis; N, the resets made or
+ * seen here since it was read). Per-request data put under another mark
+ * belongs to statistics a reset has forgotten. Writes at most
+ * STORE_MARK_MAX bytes with the NUL; returns the length. */
+#define STORE_MARK_MAX 48
+size_t store_reset_mark(const exp_state_t *e, char *out);
+
 /* Counters for /metrics and the logs. */
 typedef struct {
     uint64_t req_entries;      /* request ids in the local map now */

@@ -136,6 +136,9 @@ typedef struct store_exp_s {
      * write's reply on its way (store_detached_done). On s->detached. */
     int detached;
     uint64_t known_epoch;
+    /* store_reset_mark: the last reset epoch other than 0 read from Redis,
+     * and `resets` then (the resets since are not in Redis yet). */
+    uint64_t mark_epoch, mark_resets;
     /* The store moved (store_reconfigure): the next snapshot comes from
      * another Redis or prefix, whose reset epoch is its own, not a reset. */
     int rebase;

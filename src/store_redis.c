@@ -1225,6 +1225,13 @@ static void apply_snapshot(store_exp_t *x, const redisReply *reply)
         }
         x->known_epoch = epoch;
     }
+    /* 0 is Redis without data (lost, or never reset): no reset, the mark
+     * stays. A new epoch is a reset every instance reads alike; the resets
+     * counted here up to now are in it. */
+    if (epoch != 0 && epoch != x->mark_epoch) {
+        x->mark_epoch = epoch;
+        x->mark_resets = x->resets;
+    }
     x->rebase = 0;
 
     for (size_t i = 0; i < e->n_arms; i++) {

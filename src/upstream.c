@@ -1139,7 +1139,8 @@ void up_pool_observe(up_pool_t *p, int status, uint64_t now_ms)
             p->consecutive_5xx = 0;
             /* rare (the penalty grows with each), and what an operator looks for */
             mm_log("upstream %s ejected for %llu ms (%d 5xx answers or failures in a row); "
-                   "its requests go to the champion",
+                   "where it is a challenger, its requests go to the champion (a champion is "
+                   "always asked)",
                    p->cfg.name, (unsigned long long)ms, p->cfg.eject_consecutive_5xx);
         }
     } else {

@@ -62,6 +62,15 @@ def own_list(port):
     return doc["items"]
 
 
+def attribution(value):
+    """PREFIX:il:ID: the reset mark ("EPOCH.N") and a space, then the
+    policy's JSON (docs/store.md)."""
+    mark, _, doc = value.partition(" ")
+    epoch, dot, n = mark.partition(".")
+    assert epoch.isdigit() and dot == "." and n.isdigit(), value
+    return json.loads(doc)
+
+
 class Interleave(mmtest.MMTestCase):
     def rankers(self, a_args=(), b_args=()):
         """Two model servers named like the upstreams they stand behind."""
@@ -380,6 +389,48 @@ class Interleave(mmtest.MMTestCase):
         two = self.start(a_port, b_port, store=store, name="modelmux-2")
         return one, two, mmtest.Redis(redis_port), prefix
 
+    # ------------------------------------------------- 3b. reset and pause
+
+    def test_a_reset_forgets_impressions_served_before_it(self):
+        # A click on an impression served before a reset would take back a
+        # win the emptied statistics never had (negative counts): it is
+        # unknown; one served after the reset counts as usual.
+        a_port, b_port = self.rankers()
+        mm = self.start(a_port, b_port)
+        (old, _, _, old_doc), = self.impressions(mm.port, 1, prefix="old")
+        ids = [it["id"] for it in old_doc["items"]]
+        self.assertEqual(self.feedback(mm.port, [{"request_id": old, "item": ids[0]}])["accepted"], 1)
+        st, _, _ = mmtest.request(mm.admin_port, "POST", "/experiments/search/reset")
+        self.assertEqual(st, 200)
+        self.assertEqual(self.feedback(mm.port, [{"request_id": old, "item": ids[1]}]),
+                         {"accepted": 0, "unknown": 1, "invalid": 0})
+        s = self.policy_state(mm)["policy_state"]
+        self.assertEqual((s["wins_a"], s["wins_b"], s["ties"], s["clicked_impressions"]),
+                         (0, 0, 0, 0))
+        (new, _, _, new_doc), = self.impressions(mm.port, 1, prefix="new")
+        item = new_doc["items"][0]["id"]
+        self.assertEqual(self.feedback(mm.port, [{"request_id": new, "item": item}])["accepted"], 1)
+        s = self.policy_state(mm)["policy_state"]
+        self.assertEqual(s["wins_a"] + s["wins_b"], 1)
+        self.assertEqual(s["clicked_impressions"], 1)
+
+    def test_paused_interleaving_goes_on_counting_clicks_in_its_view(self):
+        a_port, b_port = self.rankers()
+        mm = self.start(a_port, b_port)
+        st, _, _ = mmtest.request(mm.admin_port, "POST", "/experiments/search/pause")
+        self.assertEqual(st, 200)
+        (rid, _, arm, doc), = self.impressions(mm.port, 1)
+        self.assertEqual(arm, "interleave")
+        self.assertEqual(self.feedback(mm.port, [{"request_id": rid, "item": doc["items"][0]["id"]}])
+                         ["accepted"], 1)
+        view = self.policy_state(mm)
+        s = view["policy_state"]
+        self.assertEqual(view["state"], "paused")
+        self.assertEqual(s["clicked_impressions"], 1)
+        self.assertEqual(s["wins_a"] + s["wins_b"] + s["ties"], 1)
+        self.assertEqual([a["feedback"] for a in view["arms"]], [1, 1])
+
+
     def test_clicks_through_any_instance_and_the_stream(self):
         one, two, r, prefix = self.two_instances(sync_ms=50)
         b_port = self.b.port
@@ -422,11 +473,11 @@ class Interleave(mmtest.MMTestCase):
                 mmtest.eventually(
                     lambda: self.policy_state(proc)["policy_state"]["wins_b"] == 2, timeout=5)
             # The click rewrote the attribution in Redis: b_top is marked clicked.
-            aux = json.loads(r("GET", "%s:il:redis-imp-0" % prefix))
+            aux = attribution(r("GET", "%s:il:redis-imp-0" % prefix))
             pos = aux["i"].index(b_top)
             self.assertEqual(aux["t"][pos], "b")
             mmtest.eventually(
-                lambda: json.loads(r("GET", "%s:il:redis-imp-0" % prefix))["c"][pos] == "1",
+                lambda: attribution(r("GET", "%s:il:redis-imp-0" % prefix))["c"][pos] == "1",
                 timeout=5)
             # Stop the instances while Redis is still there (the harness stops
             # everything at once), so their final flush has somewhere to go.
@@ -481,7 +532,7 @@ class Interleave(mmtest.MMTestCase):
             outcomes = ha.get("successes", 0) + ha.get("failures", 0) + hb.get("successes", 0)
             self.assertEqual(outcomes, 1, (ha, hb))
             self.assertEqual(ha.get("reward_sum", 0) + hb.get("reward_sum", 0), 2)
-            aux = json.loads(r("GET", "%s:il:%s" % (prefix, rid)))
+            aux = attribution(r("GET", "%s:il:%s" % (prefix, rid)))
             for item in (first, second):
                 self.assertEqual(aux["c"][aux["i"].index(str(item))], "1", aux)
             for proc in (two, one):
@@ -490,6 +541,91 @@ class Interleave(mmtest.MMTestCase):
         finally:
             r.close()
 
+
+
+class RankerHeaders(mmtest.MMTestCase):
+    """What goes between the client and the rankers besides the lists: the
+    client's Accept-Encoding is not passed on (both answers are parsed, and
+    modelmux decodes no content coding), the answer's own headers go with
+    it, and when neither answer can be merged the champion's goes out as it
+    came (a 400 stays a 400)."""
+
+    def setUp(self):
+        super().setUp()
+        self.seen = []
+        seen = self.seen
+
+        class Ranker(mmtest.QuietHandler):
+            def do_GET(self):
+                name = "a" if self.server.server_address[1] == ports[0] else "b"
+                seen.append((name, self.headers.get_all("Accept-Encoding")))
+                if self.path.endswith("/bad") or (self.path.endswith("/bad-b") and name == "b"):
+                    status, body = 400, b'{"error":"bad query: missing q"}'
+                else:
+                    body = json.dumps({"model": name, "items": [{"id": "%s%d" % (name, i)}
+                                                                for i in range(5)]}).encode()
+                    status = 200
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "max-age=60")
+                self.send_header("Set-Cookie", "sess=%s" % name)
+                self.send_header("ETag", '"%s-v1"' % name)
+                self.send_header("X-Ranker", name)
+                self.end_headers()
+                self.wfile.write(body)
+
+        ports = []
+        self.ups = [mmtest.PyUpstream(Ranker), mmtest.PyUpstream(Ranker)]
+        ports += [u.port for u in self.ups]
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        cfg = mmtest.base_config(port, {"ranker-a": ports[0], "ranker-b": ports[1]},
+                                 [experiment(k=4)], admin_port=admin)
+        self.mm = self.cluster.modelmux(cfg, "--seed", 3)
+
+    def tearDown(self):
+        super().tearDown()
+        for u in self.ups:
+            u.close()
+
+    def get(self, path):
+        return mmtest.request(self.mm.port, "GET", path,
+                              headers={"Accept-Encoding": "gzip, deflate, br"})
+
+    def test_rankers_are_asked_for_identity_encoding(self):
+        st, headers, body = self.get("/v1/rank")
+        self.assertEqual(st, 200, body)
+        self.assertEqual(headers.get("x-modelmux-arm"), "interleave")
+        self.assertEqual(sorted(self.seen), [("a", ["identity"]), ("b", ["identity"])])
+
+    def test_a_merged_answer_keeps_the_champions_headers_but_its_validators(self):
+        st, headers, body = self.get("/v1/rank")
+        self.assertEqual(st, 200, body)
+        self.assertEqual(len(json.loads(body)["items"]), 4)
+        self.assertEqual(headers.get("cache-control"), "max-age=60")
+        self.assertEqual(headers.get("set-cookie"), "sess=a")
+        self.assertEqual(headers.get("x-ranker"), "a")
+        self.assertIsNone(headers.get("etag"))  # it described a's body, not the merge
+
+    def test_a_fallback_answer_goes_out_with_its_headers(self):
+        st, headers, body = self.get("/v1/rank/bad-b")  # b's 400 cannot be merged
+        self.assertEqual(st, 200, body)
+        self.assertEqual(headers.get("x-modelmux-arm"), "ranker-a")
+        self.assertEqual(json.loads(body)["model"], "a")
+        self.assertEqual(headers.get("etag"), '"a-v1"')
+        self.assertEqual(headers.get("x-ranker"), "a")
+
+    def test_neither_answer_mergeable_passes_the_champions_answer(self):
+        st, headers, body = self.get("/v1/rank/bad")
+        self.assertEqual(st, 400, body)
+        self.assertEqual(json.loads(body), {"error": "bad query: missing q"})
+        self.assertEqual(headers.get("x-modelmux-arm"), "ranker-a")
+        self.assertEqual(headers.get("x-ranker"), "a")
+        st, _, view = mmtest.request(self.mm.admin_port, "GET", "/experiments/search")
+        view = json.loads(view)
+        self.assertEqual(view["policy_state"]["this_instance"]["no_usable_answer"], 1)
+        # a 4xx is the client's, not an error of either ranker
+        self.assertEqual([(a["requests"], a["errors"]) for a in view["arms"]], [(1, 0), (0, 0)])
 
 
 class KeepAlive(mmtest.MMTestCase):

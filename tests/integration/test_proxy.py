@@ -1377,7 +1377,8 @@ class Fallback(TestCluster):
         self.assertEqual({s for s in seen[last_err + 1:]}, {(200, "champion")})
         self.assertEqual(stats(challenger.port)["requests"], 3)
         self.assertIn("upstream challenger ejected for 2000 ms (3 5xx answers or failures in a "
-                      "row); its requests go to the champion", mm.log())
+                      "row); where it is a challenger, its requests go to the champion (a "
+                      "champion is always asked)", mm.log())
         # after base_ms it is tried again (and fails again)
         time.sleep(base_ms / 1000.0 - first_phase + 0.3)
         later = [one() for _ in range(40)]

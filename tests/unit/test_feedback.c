@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "feedback.h"
 #include "rig.h"
 
 static const char CONFIG[] =
@@ -272,7 +273,7 @@ static void test_malformed_body_is_400_and_applies_nothing(void **state)
     post_400(t, "{\"request_id\": \"req-a\", \"reward\": 1, \"reward\": 2}", "invalid JSON");
     post_400(t, "{\"request_id\": \"req-a\", \"reward\": \"1\"}", "reward must be a finite number");
     post_400(t, "{\"request_id\": \"req-a\", \"reward\": null}", "reward must be a finite number");
-    post_400(t, "{\"request_id\": \"req-a\"}", "reward is missing");
+    post_400(t, "{\"request_id\": \"req-a\"}", "reward is missing (a click has an item instead)");
     post_400(t, "{\"request_id\": \"req-a\", \"reward\": 1, \"score\": 1}", "unknown key");
     post_400(t, "{\"reward\": 1}", "needs either request_id, or experiment and arm");
     post_400(t, "{\"experiment\": \"rank\", \"reward\": 1}", "experiment and arm");
@@ -332,11 +333,18 @@ static void test_paused_experiment_still_counts_feedback(void **state)
  * from team a (items 7 and 9), 1 from team b (item 8), nothing clicked. */
 static const char AUX[] = "{\"v\":1,\"t\":\"aba\",\"c\":\"000\",\"i\":[\"7\",\"8\",\"9\"]}";
 
+/* As the core keeps it: after the reset mark of the statistics the
+ * impression was counted in (feedback_aux_begin). */
 static void put_impression(rig_t *t, const char *id)
 {
     mm_str_t rid = {id, strlen(id)};
+    mm_buf_t kept;
+    mm_buf_init(&kept);
+    feedback_aux_begin(&kept, rig_exp(t, "il")->state);
+    mm_buf_cstr(&kept, AUX);
     store_remember(t->srv.store, rid, "il", "interleave", 3600);
-    store_put_aux(t->srv.store, rid, AUX, strlen(AUX), 3600);
+    store_put_aux(t->srv.store, rid, kept.p, kept.len, 3600);
+    mm_buf_free(&kept);
 }
 
 typedef struct {
@@ -374,7 +382,7 @@ static void test_click_credits_the_team_that_placed_the_item(void **state)
     assert_true(b->successes == 1 && a->successes == 0); /* a win for B */
     assert_int_equal(marm(t, "il", 1)->feedback, 1);
     assert_int_equal(marm(t, "il", 0)->feedback, 0);
-    assert_aux(t, "imp-1", "{\"v\":1,\"t\":\"aba\",\"c\":\"010\",\"i\":[\"7\",\"8\",\"9\"]}");
+    assert_aux(t, "imp-1", "0.0 {\"v\":1,\"t\":\"aba\",\"c\":\"010\",\"i\":[\"7\",\"8\",\"9\"]}");
 }
 
 /* In one batch, in order: a click on an item of team a makes the
@@ -396,7 +404,7 @@ static void test_clicks_in_one_batch_apply_in_order(void **state)
     assert_true(a->reward_sum == 1 && b->reward_sum == 1);
     assert_true(a->successes == 0 && b->successes == 0); /* the win for B became a tie */
     assert_true(a->failures == 1);                       /* ties are counted on arm a */
-    assert_aux(t, "imp-2", "{\"v\":1,\"t\":\"aba\",\"c\":\"110\",\"i\":[\"7\",\"8\",\"9\"]}");
+    assert_aux(t, "imp-2", "0.0 {\"v\":1,\"t\":\"aba\",\"c\":\"110\",\"i\":[\"7\",\"8\",\"9\"]}");
 }
 
 /* Clicks need an interleave attribution; rewards are not for interleave. */
@@ -418,7 +426,27 @@ static void test_click_and_reward_targets(void **state)
     post_400(t, "{\"request_id\": \"imp-3\", \"item\": 1.5}", "item must be");
     post_400(t, "{\"request_id\": \"imp-3\", \"item\": \"\"}", "item must be");
     assert_untouched(t);
-    assert_aux(t, "imp-3", AUX);
+    assert_aux(t, "imp-3", "0.0 {\"v\":1,\"t\":\"aba\",\"c\":\"000\",\"i\":[\"7\",\"8\",\"9\"]}");
+}
+
+/* A reset forgets the impressions served before it: their earlier clicks
+ * were counted in statistics that are gone, so a click on one now is
+ * unknown (crediting it would take a win back from emptied counters), and
+ * an impression served after the reset takes clicks as before. */
+static void test_a_reset_forgets_open_impressions(void **state)
+{
+    rig_t *t = *state;
+    put_impression(t, "imp-old");
+    post_counts(t, "{\"request_id\": \"imp-old\", \"item\": 7}", 1, 0, 0); /* a win for A */
+    store_reset(t->srv.store, rig_exp(t, "il")->state);
+    post_counts(t, "{\"request_id\": \"imp-old\", \"item\": 8}", 0, 1, 0);
+    const arm_stats_t *a = stats(t, "il", 0), *b = stats(t, "il", 1);
+    assert_true(a->successes == 0 && a->failures == 0 && a->feedback == 0);
+    assert_true(b->successes == 0 && b->reward_sum == 0 && b->feedback == 0);
+    put_impression(t, "imp-new");
+    post_counts(t, "{\"request_id\": \"imp-new\", \"item\": 8}", 1, 0, 0);
+    assert_true(b->successes == 1 && b->feedback == 1 && a->feedback == 1);
+    assert_aux(t, "imp-new", "0.1 {\"v\":1,\"t\":\"aba\",\"c\":\"010\",\"i\":[\"7\",\"8\",\"9\"]}");
 }
 
 /* A reward is any finite number, and JSON bounds no integer's digits: one
@@ -485,6 +513,7 @@ int main(void)
         T(test_click_credits_the_team_that_placed_the_item),
         T(test_clicks_in_one_batch_apply_in_order),
         T(test_click_and_reward_targets),
+        T(test_a_reset_forgets_open_impressions),
         T(test_integers_beyond_64_bits_are_numbers),
         T(test_a_nul_in_a_value_costs_its_event_only),
     };
