@@ -62,9 +62,26 @@ def event_from_args(a, usage):
     return {"experiment": a.experiment, "arm": a.arm, "reward": a.reward}
 
 
+def not_json_constant(name):
+    """json.loads reads NaN, Infinity and -Infinity, which JSON does not
+    have: modelmux refuses a post holding one (400), the good events with
+    it, so such a line is a bad line like any other."""
+    raise ValueError("%s is not a JSON number" % name)
+
+
+def finite_float(text):
+    """A number too large for a double (1e400) reads as inf, and would be
+    sent as Infinity: refused the same way."""
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError("%s is too large for a number" % text)
+    return v
+
+
 def read_batch(path):
-    """JSON objects, one per line; blank lines skipped; a bad line is fatal
-    with its number (nothing is sent for a file that does not parse)."""
+    """JSON objects, one per line; blank lines skipped; a bad line (NaN and
+    the infinities included) is fatal with its number (nothing is sent for a
+    file that does not parse)."""
     f = sys.stdin if path == "-" else open(path, encoding="utf-8")
     events = []
     with f:
@@ -72,7 +89,8 @@ def read_batch(path):
             if not line.strip():
                 continue
             try:
-                ev = json.loads(line)
+                ev = json.loads(line, parse_constant=not_json_constant,
+                                parse_float=finite_float)
             except ValueError as e:
                 raise SystemExit("feedback_client: %s:%d: not JSON: %s" % (path, no, e))
             if not isinstance(ev, dict):

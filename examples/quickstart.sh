@@ -64,7 +64,13 @@ done <<<"$UPSTREAMS"
 
 PIDS=()
 stop() {
-    trap - INT TERM EXIT
+    # A second Ctrl-C or SIGTERM while stopping (a supervisor repeating
+    # itself) is ignored, not fatal: every child is still stopped by PID and
+    # waited for, and the exit status stays 0. (Resetting INT and TERM to
+    # their default here made such a signal kill the script: 143, with
+    # modelmux left draining on its own.)
+    trap '' INT TERM
+    trap - EXIT
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
 }

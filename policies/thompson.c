@@ -50,7 +50,6 @@
  * Weights are refused (flags 0: the admin API answers 409); promote and
  * rollback are applied by the router before choose() is called, and while
  * paused the view holds the statistics frozen at the pause. */
-#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +62,16 @@
  * the same statistics describe the same way. */
 #define TS_DESCRIBE_DRAWS 2000
 #define TS_DESCRIBE_SEED  0x7468306d70736f6eULL
+
+/* The Gaussian prior's bounds keep every posterior number finite whatever
+ * the rewards (|r| <= MM_REWARD_MAX, 1e100): precision * mean <= 1e112 and
+ * precision * mean^2 <= 1e212; the prior variance 1/precision <= 1e200
+ * (a prior sd as wide as the largest reward), so the pooled variance plus
+ * it, over a chi-square draw, stays far below DBL_MAX. A prior mean of 1e300
+ * made precision * mean infinite (the means showed null and feedback had no
+ * effect), and so did a subnormal precision's 1/precision. */
+#define TS_PREC_MIN 1e-200
+#define TS_PREC_MAX 1e12
 
 typedef struct {
     size_t n_arms;
@@ -278,9 +287,10 @@ static int parse_prior(thompson_t *t, const json_t *exp, policy_parse_t *pp)
                                  &t->beta0) < 0)
             return -1;
     } else {
-        if (policy_get_number(pp, prior, "/prior", "mean", 0.0, -DBL_MAX, DBL_MAX, &t->mean0) < 0 ||
-            policy_get_number_in(pp, prior, "/prior", "precision", 0.01, 0.0, 1e12, POLICY_OPEN_LO,
-                                 &t->prec0) < 0)
+        if (policy_get_number(pp, prior, "/prior", "mean", 0.0, -MM_REWARD_MAX, MM_REWARD_MAX,
+                              &t->mean0) < 0 ||
+            policy_get_number(pp, prior, "/prior", "precision", 0.01, TS_PREC_MIN, TS_PREC_MAX,
+                              &t->prec0) < 0)
             return -1;
     }
     return 0;

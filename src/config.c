@@ -1021,7 +1021,8 @@ static int parse_match(cx_t *cx, const json_t *exp, const char *base, cfg_experi
     child_ptr(p, "path_prefix", vp, sizeof(vp));
     if (prefix[0] != '/' || !is_visible(prefix))
         return type_error(cx, vp, json_object_get(m, "path_prefix"),
-                          "a path starting with '/' (no spaces or control characters)");
+                          "a path starting with '/' (visible ASCII characters only: no spaces, "
+                          "control or non-ASCII characters)");
     if ((e->path_prefix = dup_or_oom(cx, prefix, vp)) == NULL) return -1;
     /* Requests are matched on their normalised path (router.c): the prefix
      * is normalised the same way, so "/v1//%72ank" still means /v1/rank. */
@@ -1323,6 +1324,24 @@ err:
     fclose(f);
     free(buf);
     return c;
+}
+
+int config_error_at(const config_t *c, const char *text, size_t len, const char *ptr, char *err,
+                    size_t errlen, const char *fmt, ...)
+{
+    /* The parse's context again, for its messages: the tree is the config's
+     * own, the position index is built anew (this runs once, on an error). */
+    config_priv_t *cp = container_of(c, config_priv_t, c);
+    cx_t cx = {.name = c->path, .root = cp->root, .err = err, .errlen = errlen};
+    char name[512], msg[1536];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    cx.pos = jsonpos_build(text ? text : "", text ? len : 0);
+    cerr(&cx, ptr, 0, "%s: %s", dotted(&cx, ptr, name, sizeof(name)), msg);
+    jsonpos_free(cx.pos);
+    return -1;
 }
 
 void config_free(config_t *c)

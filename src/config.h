@@ -123,6 +123,12 @@ config_t *config_load_text(const char *path, char **text, size_t *text_len, char
 /* The same from memory; `name` stands for the file in messages. */
 config_t *config_parse(const char *text, size_t len, const char *name, char *err, size_t errlen);
 void config_free(config_t *c);
+/* An error found in c after it was parsed (--check's lookups, main.c), about
+ * the value at JSON pointer `ptr` ("/upstreams/champion/url") of the text c
+ * was parsed from (text, len: config_load_text's), written as the parse's
+ * errors are: "FILE:LINE:COL: upstreams.champion.url: MESSAGE". Returns -1. */
+int config_error_at(const config_t *c, const char *text, size_t len, const char *ptr, char *err,
+                    size_t errlen, const char *fmt, ...) MM_PRINTF(7, 8);
 
 /* Upstream index by name, or -1. Both are hash lookups (O(1)). */
 int config_upstream_index(const config_t *c, const char *name);

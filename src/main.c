@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,8 +23,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "addr.h"
 #include "keep.h"
 #include "log.h"
+#include "reqlog.h"
 #include "scrape.h"
 #include "server_main.h"
 
@@ -34,8 +37,9 @@ static void usage(FILE *f)
     fprintf(f, "usage: modelmux [-c FILE] [--check] [--workers N] [--seed N] [--version] "
                "[--help]\n"
                "  -c FILE      configuration file (default " DEFAULT_CONFIG ")\n"
-               "  --check      validate the configuration and exit (0 ok, 1 with "
-               "FILE:LINE:COL: message)\n"
+               "  --check      validate the configuration, look up its host names and open\n"
+               "               its request log as startup does, and exit (0 ok, 1 with\n"
+               "               FILE:LINE:COL: message)\n"
                "  --workers N  run N worker processes sharing the listen ports; they share "
                "state\n"
                "               through the redis store (with the memory store, through a "
@@ -46,6 +50,20 @@ static void usage(FILE *f)
                "  --help       this text\n"
                "  (--opt=VALUE and -cFILE work too)\n"
                "signals: SIGHUP reloads the configuration, SIGTERM/SIGINT drain and exit\n");
+}
+
+/* A bad command line: the reason and the usage on stderr; exit status 2. */
+static int usage_error(const char *fmt, ...) MM_PRINTF(1, 2);
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "modelmux: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    usage(stderr);
+    return 2;
 }
 
 /* argv[*i] is option `name` with a value: "NAME VALUE", "--name=VALUE", or
@@ -409,6 +427,52 @@ static void parent_signals_install(void)
     signal(SIGCHLD, on_child_exit);
 }
 
+/* --check's look past the file, as nginx -t's: what startup would trip over
+ * that the parse cannot see. Each name the listeners and upstreams use is
+ * looked up as startup looks it up (mm_addr_resolve, mm_addrs_resolve: the
+ * same blocking getaddrinfo, fine here since nothing is served yet), and the
+ * request log is opened for appending by reqlog_open, startup's own open —
+ * which creates it (and its directories) if need be, as nginx -t creates its
+ * logs. Not checked: whether the ports are free (a reload's --check would
+ * find them held by the running instance), whether upstreams or the store
+ * answer. 0, or -1 with "FILE:LINE:COL: NAME: message" at the value. */
+static int check_outside(const config_t *cfg, const char *text, size_t len, char *err,
+                         size_t errlen)
+{
+    struct sockaddr_storage ss;
+    if (mm_addr_resolve(&cfg->listen, &ss) != 0)
+        return config_error_at(cfg, text, len, "/listen", err, errlen, "cannot resolve %s",
+                               cfg->listen.host);
+    if (cfg->has_admin && mm_addr_resolve(&cfg->admin_listen, &ss) != 0)
+        return config_error_at(cfg, text, len, "/admin/listen", err, errlen, "cannot resolve %s",
+                               cfg->admin_listen.host);
+    for (size_t i = 0; i < cfg->n_upstreams; i++) {
+        const cfg_upstream_t *u = &cfg->upstreams[i];
+        mm_addrs_t addrs;
+        char ptr[MM_NAME_MAX + 32];
+        if (mm_addrs_resolve(&u->addr, &addrs) == 0) continue;
+        snprintf(ptr, sizeof(ptr), "/upstreams/%s/url", u->name); /* names need no ~ escapes */
+        return config_error_at(cfg, text, len, ptr, err, errlen, "cannot resolve %s", u->addr.host);
+    }
+    if (cfg->log_requests) {
+        /* reqlog_open wants a loop (the log's flush timer): a private one,
+         * run only to close what it opened. */
+        uv_loop_t loop;
+        char why[1024];
+        if (uv_loop_init(&loop) != 0) {
+            snprintf(err, errlen, "%s: out of memory", cfg->path);
+            return -1;
+        }
+        reqlog_t *l = reqlog_open(&loop, cfg->log_requests, 1.0, 0, 0, NULL, why, sizeof(why));
+        if (l) reqlog_close(l, NULL, NULL);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
+        if (l == NULL)
+            return config_error_at(cfg, text, len, "/log/requests", err, errlen, "%s", why);
+    }
+    return 0;
+}
+
 /* Workers bind with SO_REUSEPORT, which would let a second group share the
  * ports of a running one and split its traffic between two states. A bind
  * without it fails on a port anybody listens on: try that once, up front. */
@@ -656,14 +720,16 @@ int main(int argc, char **argv)
     }
 #endif
     const char *path = DEFAULT_CONFIG;
-    const char *bad_arg = "";
     int check = 0, have_seed = 0, version = 0, help = 0;
     uint64_t seed = 0, workers = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-        bad_arg = a;
         if (option(argc, argv, &i, "-c", &v) || option(argc, argv, &i, "--config", &v)) {
-            if (v == NULL) goto bad;
+            /* An empty FILE ("-c ''", an unset variable in a unit file) is
+             * a usage error too, not a file that cannot be opened. */
+            if (v == NULL || *v == '\0')
+                return usage_error("option '%s' needs a FILE argument",
+                                   strncmp(a, "--config", 8) == 0 ? "--config" : "-c");
             path = v;
         } else if (strcmp(a, "--check") == 0) {
             check = 1;
@@ -682,8 +748,11 @@ int main(int argc, char **argv)
             version = 1;
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             help = 1;
+        } else if (a[0] != '-' || a[1] == '\0') {
+            /* a config path given without -c, say */
+            return usage_error("unexpected argument '%s'", a);
         } else {
-            goto bad;
+            return usage_error("unknown option '%s'", a);
         }
     }
     /* After the whole command line is read: a bad option beside --help or
@@ -707,12 +776,21 @@ int main(int argc, char **argv)
      * the config's reads), and acts once the workers run. */
     if (!check && workers > 1) parent_signals_install();
     char err[2048];
-    config_t *cfg = config_load(path, err, sizeof(err));
+    char *text = NULL;
+    size_t text_len = 0;
+    config_t *cfg = config_load_text(path, check ? &text : NULL, &text_len, err, sizeof(err));
     if (cfg == NULL) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
     if (check) {
+        int bad = check_outside(cfg, text, text_len, err, sizeof(err));
+        free(text);
+        if (bad) {
+            fprintf(stderr, "%s\n", err);
+            config_free(cfg);
+            return 1;
+        }
         printf("%s: ok (%zu upstream%s, %zu experiment%s)\n", path, cfg->n_upstreams,
                cfg->n_upstreams == 1 ? "" : "s", cfg->n_experiments,
                cfg->n_experiments == 1 ? "" : "s");
@@ -757,8 +835,4 @@ int main(int argc, char **argv)
      * otherwise find the default action. run_worker unblocks them once the
      * handlers are in place. */
     return run_worker(path, cfg, seed, 0, NULL, NULL, NULL, NULL);
-bad:
-    fprintf(stderr, "modelmux: unknown or incomplete option '%s'\n", bad_arg);
-    usage(stderr);
-    return 2;
 }

@@ -160,6 +160,44 @@ class CheckRejects(unittest.TestCase):
                               '"canary": "challenger", "sticky": null}')
         self.assertCheckFails(text, 9, 84, "experiments[0].sticky must be an object, got null")
 
+    # What startup would trip over outside the file, as nginx -t checks it:
+    # these passed --check and then modelmux did not start.
+
+    def test_unresolvable_upstream_host_points_at_the_url(self):
+        text = variant(LINE4, LINE4.replace("127.0.0.1:7001", "nonexistent.invalid:80"))
+        self.assertCheckFails(text, 4, 25, "upstreams.champion.url",
+                              "cannot resolve nonexistent.invalid")
+
+    def test_unresolvable_listen_host_points_at_the_address(self):
+        text = variant('"listen": "127.0.0.1:18080"', '"listen": "nonexistent.invalid:18080"')
+        self.assertCheckFails(text, 2, 13, "listen", "cannot resolve nonexistent.invalid")
+
+    def test_request_log_that_cannot_be_opened_points_at_the_path(self):
+        # a directory: startup said "cannot open request log DIR: Is a directory"
+        text = variant('  "listen": "127.0.0.1:18080",',
+                       '  "listen": "127.0.0.1:18080", "log": {"requests": "%s"},' % self.dir.name)
+        self.assertCheckFails(text, 2, 52, "log.requests",
+                              "cannot open request log %s: Is a directory" % self.dir.name)
+
+    def test_request_log_is_opened_for_appending_as_startup_does(self):
+        """--check opens the log as startup does: a file (and directories)
+        that did not exist are created, as nginx -t creates its logs; one
+        that exists is left as it was."""
+        log = os.path.join(self.dir.name, "sub", "dir", "requests.jsonl")
+        text = variant('  "listen": "127.0.0.1:18080",',
+                       '  "listen": "127.0.0.1:18080", "log": {"requests": "%s"},' % log)
+        path = os.path.join(self.dir.name, "ok.json")
+        with open(path, "w") as f:
+            f.write(text)
+        r = run("--check", "-c", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(os.path.getsize(log), 0)
+        with open(log, "w") as f:
+            f.write("{}\n")
+        self.assertEqual(run("--check", "-c", path).returncode, 0)
+        with open(log) as f:
+            self.assertEqual(f.read(), "{}\n")
+
     def test_public_admin_listener_without_token_is_refused(self):
         text = variant('  "listen": "127.0.0.1:18080",\n',
                        '  "listen": "127.0.0.1:18080", "admin": {"listen": "0.0.0.0:19090"},\n')
@@ -216,8 +254,29 @@ class Options(unittest.TestCase):
         self.assertIn("--frobnicate", r.stderr)
 
     def test_option_missing_its_value_exits_2(self):
-        r = run("-c")
-        self.assertEqual(r.returncode, 2)
+        """-c without a FILE, or with an empty one, is a usage error that
+        says so (it said "unknown or incomplete option '-c'", and -c '' was
+        exit 1 ": cannot open")."""
+        for args, opt in ((("-c",), "-c"), (("--check", "-c"), "-c"), (("-c", ""), "-c"),
+                          (("--check", "-c", ""), "-c"), (("--config",), "--config"),
+                          (("--config=",), "--config"), (("--config", ""), "--config")):
+            r = run(*args)
+            self.assertEqual(r.returncode, 2, (args, r.stderr))
+            self.assertIn("modelmux: option '%s' needs a FILE argument\n" % opt, r.stderr, args)
+            self.assertIn("usage: modelmux", r.stderr, args)
+            self.assertEqual(r.stdout, "", args)
+
+    def test_a_stray_argument_exits_2_and_is_named(self):
+        """A positional argument (a config path given without -c, say) is
+        not an option: "unexpected argument", not "unknown or incomplete
+        option"."""
+        for args in (("extra",), ("--check", "config/modelmux.json"),
+                     ("-c", "config/modelmux.json", "extra")):
+            r = run(*args)
+            self.assertEqual(r.returncode, 2, (args, r.stderr))
+            self.assertIn("modelmux: unexpected argument '%s'\n" % args[-1], r.stderr, args)
+        r = run("--frobnicate")
+        self.assertIn("modelmux: unknown option '--frobnicate'\n", r.stderr)
 
     def test_seed_that_is_not_a_number_exits_2(self):
         r = run("--seed", "abc", "--check", "-c", "config/modelmux.json")

@@ -104,6 +104,20 @@ class Examples(mmtest.MMTestCase):
         self.assertNotEqual(rc, 0)
         self.assertIn("-:5: not JSON", err)
         self.assertEqual(feedback_count(admin, "recs"), 5)
+        # NaN and the infinities are not JSON, though Python's json reads
+        # them (and 1e400 as inf): the line is reported and nothing sent (the
+        # whole post was sent, and modelmux refused it: 400, the good lines
+        # lost too)
+        for const, why in (("NaN", "is not a JSON number"), ("Infinity", "is not a JSON number"),
+                           ("-Infinity", "is not a JSON number"),
+                           ("1e400", "is too large for a number")):
+            rc, out, err = client("--target", target, "--batch", "-",
+                                  stdin=lines + '{"experiment":"recs","arm":"champion",'
+                                                '"reward":%s}\n' % const)
+            self.assertEqual(rc, 1, (const, out, err))
+            self.assertIn("-:5: not JSON: %s %s" % (const, why), err)
+            self.assertEqual(out, "", const)
+            self.assertEqual(feedback_count(admin, "recs"), 5, const)
         # a reward outside [0, 1] for bernoulli is not applied: exit 1, and why
         rc, out, err = client("--target", target, "--experiment", "recs", "--arm", "champion",
                               "--reward", 7)
@@ -132,6 +146,47 @@ class Examples(mmtest.MMTestCase):
             self.assertFalse(os.path.exists("/proc/%d" % pid) and
                              open("/proc/%d/stat" % pid).read().split(")")[1].split()[0] != "Z",
                              "pid %d still running" % pid)
+
+    def test_quickstart_exits_0_on_a_second_sigterm_while_stopping(self):
+        """A supervisor's repeated SIGTERM (or a second Ctrl-C) while the
+        script stops its processes is ignored: it still stops every one by
+        PID and exits 0 (the second one killed the script: 143, and left
+        modelmux running). modelmux is kept draining for a while by a Redis
+        store that is not there (its flush waits drain_timeout_ms)."""
+        if os.path.dirname(os.path.abspath(mmtest.MM_BIN)) != \
+                os.path.dirname(os.path.abspath(mmtest.MODEL_SERVER)):
+            self.skipTest("quickstart.sh needs modelmux and model_server in one directory")
+        cfg, port, admin = self.config({"type": "redis", "host": "127.0.0.1",
+                                        "port": mmtest.free_port(), "sync_ms": 50})
+        cfg["limits"] = {"drain_timeout_ms": 3000}
+        qs = self.quickstart(cfg)
+        mmtest.wait_port(port, qs.p)
+        mmtest.wait_port(admin, qs.p)
+        st, _, body = mmtest.request(port, "POST", "/recs/x", body=b"{}")
+        self.assertEqual(st, 200, body)  # a pull the store has not been given
+        pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", qs.log())]
+        self.assertEqual(len(pids), 3, qs.log())
+
+        def running(pid):
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    return f.read().split(")")[1].split()[0] != "Z"
+            except OSError:
+                return False
+
+        def kill_left_over():
+            for pid in pids:
+                if running(pid):
+                    os.kill(pid, signal.SIGKILL)
+        self.addCleanup(kill_left_over)
+        qs.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        self.assertTrue(running(pids[-1]), "modelmux did not drain for long: no window")
+        qs.signal(signal.SIGTERM)
+        qs.signal(signal.SIGINT)
+        self.assertEqual(qs.wait(timeout=20), 0, qs.log())
+        for pid in pids:
+            self.assertFalse(running(pid), "pid %d still running" % pid)
 
     def test_quickstart_refuses_a_busy_model_port(self):
         cfg, port, admin = self.config()

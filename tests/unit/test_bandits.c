@@ -359,6 +359,87 @@ static void test_thompson_gaussian_large_offset(void **state)
     unmake(&in);
 }
 
+/* The extremes a Gaussian prior may take (|mean| 1e100, precision 1e-200
+ * or 1e12) with rewards at the reward bound (|r| 1e100): every number
+ * describe shows is finite, and feedback moves the posterior. (A prior mean
+ * of 1e300 with precision 1e12 made the means null and feedback ignored;
+ * it is refused now, test_config_errors.) */
+static void test_thompson_gaussian_extreme_prior_stays_finite(void **state)
+{
+    (void)state;
+    static const char *const priors[] = {
+        "{\"mean\": 1e100, \"precision\": 1e12}", "{\"mean\": -1e100, \"precision\": 1e12}",
+        "{\"mean\": 1e100, \"precision\": 1e-200}", "{\"mean\": -1e100, \"precision\": 1e-200}"};
+    static const double rewards[] = {1e100, -1e100, 0.0};
+    for (size_t k = 0; k < MM_ARRAY_LEN(priors); k++) {
+        char text[512];
+        snprintf(text, sizeof text, EXP_TS(", \"reward\": \"gaussian\", \"prior\": %s"), priors[k]);
+        inst_t in = make(text);
+        for (size_t r = 0; r < MM_ARRAY_LEN(rewards); r++) {
+            view_t w;
+            view_init(&w, 2, 29);
+            /* arm 0: no data, the prior; arm 1: 1000 rewards around rewards[r] */
+            set_moments(&w.stats[1], 1000, rewards[r], 1e-6 * (rewards[r] * rewards[r] + 1));
+            w.stats[1].errors = 5; /* error_reward 0: five more rewards of 0 */
+            json_t *d = in.ops->describe(in.p, &w.v);
+            if (!json_is_number(json_object_get(d, "pooled_variance")))
+                fail_msg("%s, reward %g: pooled_variance not finite", priors[k], rewards[r]);
+            double m[2];
+            for (size_t i = 0; i < 2; i++) {
+                const json_t *a = arm_at(d, i);
+                if (!json_is_number(json_object_get(a, "mean")) ||
+                    !json_is_number(json_object_get(a, "sd")))
+                    fail_msg("%s, reward %g: arm %zu mean or sd not finite", priors[k], rewards[r],
+                             i);
+                m[i] = num_at(a, "mean");
+            }
+            /* With the weak prior the data decide: arm 1's mean is its
+             * rewards' (the strong one, sd 1e-6, rightly stays put). */
+            double want = rewards[r] * 1000 / 1005;
+            if (strstr(priors[k], "1e-200") != NULL &&
+                !(fabs(m[1] - want) <= 1e-3 * fmax(1.0, fabs(want))))
+                fail_msg("%s, reward %g: arm 1 mean %g, want ~%g", priors[k], rewards[r], m[1],
+                         want);
+            json_decref(d);
+            int counts[MM_MAX_ARMS];
+            route(&in, &w, 100, counts); /* draws stay usable: no crash, a valid arm */
+        }
+        unmake(&in);
+    }
+}
+
+/* A prior key left out takes its default (documented): alpha 1, beta 1;
+ * mean 0, precision 0.01. */
+static void test_thompson_missing_prior_key_takes_default(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *params, *k1, *k2;
+        double v1, v2;
+    } cases[] = {
+        {", \"prior\": {\"alpha\": 2}", "alpha", "beta", 2, 1},
+        {", \"prior\": {\"beta\": 3}", "alpha", "beta", 1, 3},
+        {", \"prior\": {}", "alpha", "beta", 1, 1},
+        {", \"reward\": \"gaussian\", \"prior\": {\"mean\": 5}", "mean", "precision", 5, 0.01},
+        {", \"reward\": \"gaussian\", \"prior\": {\"precision\": 1e-8}", "mean", "precision", 0,
+         1e-8},
+    };
+    for (size_t k = 0; k < MM_ARRAY_LEN(cases); k++) {
+        char text[512];
+        snprintf(text, sizeof text, EXP_TS("%s"), cases[k].params);
+        inst_t in = make(text);
+        view_t w;
+        view_init(&w, 2, 31);
+        json_t *d = in.ops->describe(in.p, &w.v);
+        const json_t *prior = json_object_get(d, "prior");
+        if (num_at(prior, cases[k].k1) != cases[k].v1 || num_at(prior, cases[k].k2) != cases[k].v2)
+            fail_msg("%s: prior %s %g, %s %g", cases[k].params, cases[k].k1,
+                     num_at(prior, cases[k].k1), cases[k].k2, num_at(prior, cases[k].k2));
+        json_decref(d);
+        unmake(&in);
+    }
+}
+
 static void test_thompson_gaussian_equal_rewards_do_not_collapse(void **state)
 {
     (void)state;
@@ -867,6 +948,24 @@ static void test_config_errors(void **state)
     expect_error(EXP_HEAD "\"policy\": \"thompson\", \"arms\": [\"champion\", \"challenger\"], "
                           "\"prior\": {\"mean\": 0, \"precision\": 1}}",
                  "\"mean\"", "mean");
+    /* A Gaussian prior keeps the posterior finite: |mean| <= 1e100 (the
+     * reward bound; 1e300 * precision 1e12 overflowed the posterior mean)
+     * and precision >= 1e-200 (1/precision, the prior variance, overflowed
+     * for a subnormal precision, and feedback then had no effect). */
+    expect_error(
+        EXP_HEAD
+        "\"policy\": \"thompson\", \"arms\": [\"champion\", \"challenger\"], "
+        "\"reward\": \"gaussian\",\n     \"prior\": {\"mean\": 1e300, \"precision\": 1e12}}",
+        "1e300", "mean");
+    expect_error(EXP_HEAD "\"policy\": \"thompson\", \"arms\": [\"champion\", \"challenger\"], "
+                          "\"reward\": \"gaussian\",\n     \"prior\": {\"mean\": -1.5e100}}",
+                 "-1.5e100", "mean");
+    expect_error(EXP_HEAD "\"policy\": \"thompson\", \"arms\": [\"champion\", \"challenger\"], "
+                          "\"reward\": \"gaussian\",\n     \"prior\": {\"precision\": 1e-310}}",
+                 "1e-310", "precision");
+    expect_error(EXP_HEAD "\"policy\": \"thompson\", \"arms\": [\"champion\", \"challenger\"], "
+                          "\"reward\": \"gaussian\",\n     \"prior\": {\"precision\": 2e12}}",
+                 "2e12", "precision");
     expect_error(EXP_HEAD "\"policy\": \"ucb1\", \"arms\": [\"champion\", \"challenger\"],\n"
                           "     \"variant\": \"ucb2\"}",
                  "\"ucb2\"", "variant");
@@ -920,6 +1019,8 @@ int main(void)
         cmocka_unit_test(test_thompson_gaussian_posterior),
         cmocka_unit_test(test_thompson_gaussian_equal_rewards_do_not_collapse),
         cmocka_unit_test(test_thompson_gaussian_large_offset),
+        cmocka_unit_test(test_thompson_gaussian_extreme_prior_stays_finite),
+        cmocka_unit_test(test_thompson_missing_prior_key_takes_default),
         cmocka_unit_test(test_thompson_converges_with_batched_stats),
         cmocka_unit_test(test_thompson_regret),
         cmocka_unit_test(test_egreedy_explore_share),

@@ -680,7 +680,21 @@ static void test_missing_path_prefix(void **state)
     expect_error("{" UPS ", \"experiments\": [\n"
                  "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"v1\"}, \"policy\": \"ab\"}]}",
                  "t.json:2:42: experiments[0].match.path_prefix must be a path starting with '/' "
-                 "(no spaces or control characters), got \"v1\"");
+                 "(visible ASCII characters only: no spaces, control or non-ASCII characters), "
+                 "got \"v1\"");
+    /* non-ASCII, escaped or raw: the message names it (the README's rule) */
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/v1/\\u00e9\"}, \"policy\": "
+                 "\"ab\"}]}",
+                 "t.json:2:42: experiments[0].match.path_prefix must be a path starting with '/' "
+                 "(visible ASCII characters only: no spaces, control or non-ASCII characters), "
+                 "got \"/v1/\xc3\xa9\"");
+    expect_error("{" UPS ", \"experiments\": [\n"
+                 "  {\"name\": \"e\", \"match\": {\"path_prefix\": \"/v1/\xc3\xa9\"}, \"policy\": "
+                 "\"ab\"}]}",
+                 "t.json:2:42: experiments[0].match.path_prefix must be a path starting with '/' "
+                 "(visible ASCII characters only: no spaces, control or non-ASCII characters), "
+                 "got \"/v1/\xc3\xa9\"");
     expect_error("{" UPS ", \"experiments\": [\n"
                  "  {\"name\": \"e\", \"policy\": \"ab\"}]}",
                  "t.json:2:3: experiments[0].match is required");
