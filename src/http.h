@@ -226,9 +226,14 @@ size_t http_normalize_path(char *p, size_t n);
 
 const char *http_reason(int status);
 
+/* How an answer speaks of its connection: HTTP_CLOSE says Connection: close;
+ * HTTP_KEEP_ALIVE_10 says Connection: keep-alive, which an HTTP/1.0 client
+ * needs to hear to keep it (RFC 9112 Appendix C.2.2); 1 says nothing. */
+enum { HTTP_CLOSE = 0, HTTP_KEEP_ALIVE = 1, HTTP_KEEP_ALIVE_10 = 2 };
+
 /* A complete JSON error answer (DESIGN.md §4):
- * {"error": CODE, "message": TEXT, "request_id": ID}. With `keep_alive` 0 it
- * says Connection: close. 503 carries Retry-After. `extra_headers` (may be
+ * {"error": CODE, "message": TEXT, "request_id": ID}. `keep_alive` is one of
+ * the above. 503 carries Retry-After. `extra_headers` (may be
  * NULL) are appended verbatim ("Name: value\r\n" lines). */
 void http_error_response(mm_buf_t *b, int status, const char *code, const char *message,
                          mm_str_t request_id, int keep_alive, const char *extra_headers);

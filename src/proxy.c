@@ -603,6 +603,14 @@ static int routed(const req_t *r)
  * last sent to, which is also what its metrics and log line name. NULL before
  * routing (400, 404, 413/431 from the head, 503 overloaded), when only
  * X-Request-Id can be said. Names are at most 64 bytes, so buf never cuts. */
+/* What a local answer says of the connection (http.h): an HTTP/1.0 client
+ * keeps it only when told, as a proxied answer tells it. */
+static int keep_mode(const req_t *r)
+{
+    if (!r->keep_alive) return HTTP_CLOSE;
+    return r->http_minor == 0 ? HTTP_KEEP_ALIVE_10 : HTTP_KEEP_ALIVE;
+}
+
 static const char *route_headers(const req_t *r, char *buf, size_t n)
 {
     if (!routed(r)) return NULL;
@@ -632,7 +640,7 @@ static void send_error_hdr(conn_t *c, int status, const char *code, const char *
     drop_upstream(r);
     mm_buf_reset(&r->out);
     char route[192];
-    http_error_response(&r->out, status, code, msg, (mm_str_t){r->id, r->id_len}, r->keep_alive,
+    http_error_response(&r->out, status, code, msg, (mm_str_t){r->id, r->id_len}, keep_mode(r),
                         extra_headers ? extra_headers : route_headers(r, route, sizeof(route)));
     write_out_final(c);
 }
@@ -707,7 +715,8 @@ void conn_respond(conn_t *c, int status, const char *content_type, const char *b
     mm_buf_lit(&r->out, "X-Request-Id: ");
     mm_buf_append(&r->out, r->id, r->id_len);
     mm_buf_lit(&r->out, "\r\n");
-    if (!r->keep_alive) mm_buf_lit(&r->out, "Connection: close\r\n");
+    if (keep_mode(r) == HTTP_CLOSE) mm_buf_lit(&r->out, "Connection: close\r\n");
+    if (keep_mode(r) == HTTP_KEEP_ALIVE_10) mm_buf_lit(&r->out, "Connection: keep-alive\r\n");
     if (extra_headers) mm_buf_cstr(&r->out, extra_headers);
     mm_buf_lit(&r->out, "\r\n");
     if (!r->head_request) mm_buf_append(&r->out, body, len);
@@ -729,7 +738,7 @@ void conn_respond_error_hdr(conn_t *c, int status, const char *code, const char 
     char route[192];
     /* extra_headers come with local answers (Allow, WWW-Authenticate), which
      * are routed nowhere: there are no routing headers to add then. */
-    http_error_response(&r->out, status, code, message, (mm_str_t){r->id, r->id_len}, r->keep_alive,
+    http_error_response(&r->out, status, code, message, (mm_str_t){r->id, r->id_len}, keep_mode(r),
                         extra_headers ? extra_headers : route_headers(r, route, sizeof(route)));
     write_out_final(c);
 }
@@ -858,7 +867,10 @@ static void on_request_head(conn_t *c)
     r->method_len = mlen;
     r->head_request = c->parser.method == HTTP_HEAD;
     r->http_minor = c->parser.http_minor;
-    r->keep_alive = llhttp_should_keep_alive(&c->parser) && !srv->draining;
+    /* A `close` option wins over `keep-alive` (RFC 9112 §9.3), which
+     * llhttp's answer for HTTP/1.0 overlooks when both are listed. */
+    r->keep_alive = llhttp_should_keep_alive(&c->parser) &&
+                    !(c->parser.flags & F_CONNECTION_CLOSE) && !srv->draining;
     /* r->url is the target in origin form: what routing, the request log and
      * the upstream see. An absolute-form target's authority replaces Host
      * (RFC 9112 §3.2.2). */
@@ -1081,7 +1093,7 @@ static ssize_t parse_step(conn_t *c)
         if (c->req.discard) /* more than is worth reading: answer now, and close */
             send_discarded(c);
         else
-            send_error(c, 413, "body_too_large", "request body exceeds the size limit");
+            send_error(c, 413, "body_too_large", "request body exceeds max_body_bytes");
         return -1;
     } else if (e != HPE_OK) {
         c->req.keep_alive = 0;

@@ -247,6 +247,35 @@ class Requests(ClassCluster):
                 out = mmtest.raw(self.port, b"GET /echo HTTP/" + version + b"\r\nHost: a\r\nConnection: close\r\n\r\n")
                 self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
 
+    # -- HTTP/1.0 persistence (RFC 9112 §9.3, Appendix C.2.2)
+
+    def test_http10_close_wins_over_keep_alive(self):
+        for conn in (b"keep-alive, close", b"close, keep-alive"):
+            with self.subTest(connection=conn):
+                c = self.raw(self.port)
+                c.send(b"GET /echo HTTP/1.0\r\nConnection: " + conn + b"\r\n\r\n"
+                       b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+                r = c.response()
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.headers.get("connection", "").lower(), "close")
+                self.assertTrue(c.closed_within(2))
+                c.close()
+
+    def test_http10_keep_alive_is_said_on_modelmuxs_own_answers_too(self):
+        # A 1.0 client keeps a connection only when told; a local answer
+        # (here feedback's 400) tells it as a proxied one does.
+        c = self.raw(self.port)
+        c.send(b"POST /_modelmux/feedback HTTP/1.0\r\nConnection: keep-alive\r\n"
+               b"Content-Length: 2\r\n\r\n{}")
+        r = c.response()
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.headers.get("connection", "").lower(), "keep-alive")
+        c.send(b"GET /echo HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        r = c.response()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers.get("connection", "").lower(), "keep-alive")
+        c.close()
+
     # -- trailers (RFC 9110 §6.5.1: not merged into the header section)
 
     def test_a_trailer_field_does_not_stand_in_for_a_header(self):
