@@ -205,7 +205,8 @@ typedef struct {
 
 enum { POLICY_MATCH = 0, POLICY_MISMATCH = 1, POLICY_ERROR = 2 };
 
-/* Flags describing what the operator may do with an experiment. */
+/* Flags describing a policy to the core: what the operator may do with its
+ * experiments, and how its view is kept. */
 enum {
     POLICY_ACCEPTS_WEIGHTS = 1 << 0, /* PUT /experiments/NAME/weights applies (else 409) */
     /* Its view's stats stay live while paused (else they are the snapshot

@@ -783,8 +783,7 @@ void http_json_response(mm_buf_t *b, int status, const char *body, size_t body_l
         mm_buf_str(b, request_id);
         mm_buf_lit(b, "\r\n");
     }
-    if (keep_alive == HTTP_CLOSE) mm_buf_lit(b, "Connection: close\r\n");
-    if (keep_alive == HTTP_KEEP_ALIVE_10) mm_buf_lit(b, "Connection: keep-alive\r\n");
+    http_connection_line(b, keep_alive);
     if (extra_headers) mm_buf_cstr(b, extra_headers);
     mm_buf_lit(b, "\r\n");
     mm_buf_append(b, body, body_len);

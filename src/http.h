@@ -230,6 +230,12 @@ const char *http_reason(int status);
  * HTTP_KEEP_ALIVE_10 says Connection: keep-alive, which an HTTP/1.0 client
  * needs to hear to keep it (RFC 9112 Appendix C.2.2); 1 says nothing. */
 enum { HTTP_CLOSE = 0, HTTP_KEEP_ALIVE = 1, HTTP_KEEP_ALIVE_10 = 2 };
+/* Append the Connection line `mode` calls for, if any. */
+static inline void http_connection_line(mm_buf_t *b, int mode)
+{
+    if (mode == HTTP_CLOSE) mm_buf_lit(b, "Connection: close\r\n");
+    if (mode == HTTP_KEEP_ALIVE_10) mm_buf_lit(b, "Connection: keep-alive\r\n");
+}
 
 /* A complete JSON error answer (DESIGN.md §4):
  * {"error": CODE, "message": TEXT, "request_id": ID}. `keep_alive` is one of

@@ -228,7 +228,8 @@ static void on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
     l->status = resp->status;
     leg_content_type(resp, l->ctype, sizeof(l->ctype));
     if (l->keep_headers == LEG_HEADERS_COMPARE) leg_header_block(resp, &l->headers);
-    if (l->keep_headers == LEG_HEADERS_RELAY) leg_relay_lines(resp, &l->headers);
+    if (l->keep_headers == LEG_HEADERS_RELAY)
+        l->headers_body_at = leg_relay_lines(resp, &l->headers);
     up_set_decode(uc, 1); /* keep the de-chunked body */
     up_resume(uc);
 }
@@ -322,43 +323,53 @@ void leg_free(leg_t *l)
     mm_buf_free(&l->headers);
 }
 
-void leg_relay_lines(const up_resp_t *resp, mm_buf_t *out)
+/* Validators and digests of the body as received (RFC 9110 §8.8, RFC 9530),
+ * and its range: true of no other body. */
+static int describes_body(mm_str_t name)
+{
+    static const char *const names[] = {"etag",           "content-md5", "digest",
+                                        "content-digest", "repr-digest", "content-range"};
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
+        if (mm_str_ieq(name, names[k])) return 1;
+    return 0;
+}
+
+size_t leg_relay_lines(const up_resp_t *resp, mm_buf_t *out)
 {
     const http_head_t *h = resp->head;
     http_run_t run = {NULL, 0};
-    for (int i = 0; i < h->n; i++)
-        if (!h->dropped[i] && h->kind[i] != HK_CONTENT_LENGTH && h->kind[i] != HK_CONTENT_TYPE)
-            http_emit_header(out, &run, h, resp->base, i);
-    http_emit_flush(out, &run);
+    size_t body_at = 0;
+    /* Two passes: the lines true of any body, then those true of this one
+     * (the order of different field names carries no meaning). */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < h->n; i++)
+            if (!h->dropped[i] && h->kind[i] != HK_CONTENT_LENGTH &&
+                h->kind[i] != HK_CONTENT_TYPE &&
+                describes_body(http_hname(h, resp->base, i)) == pass)
+                http_emit_header(out, &run, h, resp->base, i);
+        http_emit_flush(out, &run);
+        if (pass == 0) body_at = out->len;
+    }
+    return body_at;
 }
 
-/* A line beginning with a name is a header (a continuation would begin
- * with whitespace), and the colon follows the name at once. Inlined, so
- * that a mirror's head (one constant name, per mirrored request) gets the
- * loop specialised for it. */
-static inline __attribute__((always_inline)) void lines_without(mm_buf_t *b, mm_str_t lines,
-                                                                const mm_str_t *drop, size_t n_drop)
+/* Header lines without Content-Length: runs of other lines are copied whole.
+ * Lines are "Name: value\r\n" as proxy_forward_headers writes them; a line
+ * beginning with a name is a header (a continuation would begin with
+ * whitespace). */
+static void append_lines_without_length(mm_buf_t *b, mm_str_t lines)
 {
     const char *p = lines.p, *end = lines.p + lines.n, *run = p;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *next = nl ? nl + 1 : end;
-        int hit = 0;
-        for (size_t k = 0; k < n_drop && !hit; k++)
-            hit = (size_t)(next - p) > drop[k].n && p[drop[k].n] == ':' &&
-                  mm_str_ieq((mm_str_t){p, drop[k].n}, drop[k].p);
-        if (hit) {
+        if (next - p > 15 && p[14] == ':' && mm_str_ieq((mm_str_t){p, 14}, "content-length")) {
             if (p > run) mm_buf_append(b, run, (size_t)(p - run));
             run = next;
         }
         p = next;
     }
     if (end > run) mm_buf_append(b, run, (size_t)(end - run));
-}
-
-void leg_append_lines_without(mm_buf_t *b, mm_str_t lines, const mm_str_t *drop, size_t n_drop)
-{
-    lines_without(b, lines, drop, n_drop);
 }
 
 void leg_build_head(mm_buf_t *b, const char *method, const cfg_upstream_t *up, mm_str_t url,
@@ -372,9 +383,8 @@ void leg_build_head(mm_buf_t *b, const char *method, const cfg_upstream_t *up, m
     mm_buf_lit(b, " HTTP/1.1\r\nHost: ");
     mm_buf_cstr(b, up->host_header);
     mm_buf_lit(b, "\r\n");
-    static const mm_str_t length = {"content-length", 14};
     if (drop_length)
-        lines_without(b, header_lines, &length, 1);
+        append_lines_without_length(b, header_lines);
     else
         mm_buf_str(b, header_lines);
     if (body_len || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||

@@ -73,7 +73,8 @@ struct leg_s {
     up_err_t err;
     char ctype[128];
     mm_buf_t resp;
-    mm_buf_t headers; /* with keep_headers: the answer's header block or lines */
+    mm_buf_t headers;       /* with keep_headers: the answer's header block or lines */
+    size_t headers_body_at; /* LEG_HEADERS_RELAY: where its lines true of this body begin */
     int truncated;
     uint64_t latency_us;
     int started, finished;
@@ -108,15 +109,13 @@ void leg_free(leg_t *l);
  * our own headers and the clock are not the model's answer. */
 void leg_header_block(const up_resp_t *resp, mm_buf_t *out);
 /* The answer's header lines a client gets when the answer is passed on:
- * "Name: value\r\n" as received, in order, appended to out. Left out:
- * hop-by-hop headers (and those named in Connection), X-Modelmux-*,
- * X-Request-Id, Content-Length and Content-Type (the answer is re-framed and
- * its Content-Type written by whoever sends it). */
-void leg_relay_lines(const up_resp_t *resp, mm_buf_t *out);
-/* Append header lines ("Name: value\r\n" each, as proxy_forward_headers
- * and leg_relay_lines write them) except those named in drop[0..n_drop)
- * (lowercase names); runs of kept lines are copied whole. */
-void leg_append_lines_without(mm_buf_t *b, mm_str_t lines, const mm_str_t *drop, size_t n_drop);
+ * "Name: value\r\n" as received, appended to out. Left out: hop-by-hop
+ * headers (and those named in Connection), X-Modelmux-*, X-Request-Id,
+ * Content-Length and Content-Type (the answer is re-framed and its
+ * Content-Type written by whoever sends it). The lines true only of this
+ * body (ETag, Content-MD5, the digests, Content-Range) come last: returns
+ * out's length where they begin, so that a changed body goes out without. */
+size_t leg_relay_lines(const up_resp_t *resp, mm_buf_t *out);
 /* Copy an answer's Content-Type value into out (NUL-terminated, cut to
  * size - 1 bytes; empty when there is none), from the head's index. */
 void leg_content_type(const up_resp_t *resp, char *out, size_t size);

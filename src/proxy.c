@@ -598,19 +598,19 @@ static int routed(const req_t *r)
     return r->exp != NULL && (!r->local || r->discard);
 }
 
-/* X-Modelmux-Experiment and X-Modelmux-Arm for an error answer to a routed
- * request, as a proxied answer has them: the arm is the one the request was
- * last sent to, which is also what its metrics and log line name. NULL before
- * routing (400, 404, 413/431 from the head, 503 overloaded), when only
- * X-Request-Id can be said. Names are at most 64 bytes, so buf never cuts. */
-/* What a local answer says of the connection (http.h): an HTTP/1.0 client
- * keeps it only when told, as a proxied answer tells it. */
+/* What an answer, proxied or modelmux's own, says of the connection
+ * (http.h): an HTTP/1.0 client keeps it only when told. */
 static int keep_mode(const req_t *r)
 {
     if (!r->keep_alive) return HTTP_CLOSE;
     return r->http_minor == 0 ? HTTP_KEEP_ALIVE_10 : HTTP_KEEP_ALIVE;
 }
 
+/* X-Modelmux-Experiment and X-Modelmux-Arm for an error answer to a routed
+ * request, as a proxied answer has them: the arm is the one the request was
+ * last sent to, which is also what its metrics and log line name. NULL before
+ * routing (400, 404, 413/431 from the head, 503 overloaded), when only
+ * X-Request-Id can be said. Names are at most 64 bytes, so buf never cuts. */
 static const char *route_headers(const req_t *r, char *buf, size_t n)
 {
     if (!routed(r)) return NULL;
@@ -715,8 +715,7 @@ void conn_respond(conn_t *c, int status, const char *content_type, const char *b
     mm_buf_lit(&r->out, "X-Request-Id: ");
     mm_buf_append(&r->out, r->id, r->id_len);
     mm_buf_lit(&r->out, "\r\n");
-    if (keep_mode(r) == HTTP_CLOSE) mm_buf_lit(&r->out, "Connection: close\r\n");
-    if (keep_mode(r) == HTTP_KEEP_ALIVE_10) mm_buf_lit(&r->out, "Connection: keep-alive\r\n");
+    http_connection_line(&r->out, keep_mode(r));
     if (extra_headers) mm_buf_cstr(&r->out, extra_headers);
     mm_buf_lit(&r->out, "\r\n");
     if (!r->head_request) mm_buf_append(&r->out, body, len);
@@ -1225,10 +1224,7 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
     mm_buf_lit(b, "\r\nX-Modelmux-Arm: ");
     mm_buf_append(b, e->ups[r->arm]->name, e->ups[r->arm]->name_len);
     mm_buf_lit(b, "\r\n");
-    if (!r->keep_alive)
-        mm_buf_lit(b, "Connection: close\r\n");
-    else if (!client_11)
-        mm_buf_lit(b, "Connection: keep-alive\r\n");
+    http_connection_line(b, keep_mode(r));
     mm_buf_lit(b, "\r\n");
     r->head_pending = 1;
     shadow_on_primary_head(c, resp);

@@ -31,9 +31,9 @@
  * instance may have written a newer one. A click's rewrite (store_update_aux)
  * of a version that was ever sent goes through store_redis_update_aux's
  * compare-and-set, so two instances never both start from one version. */
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
-#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
