@@ -1183,7 +1183,9 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
     const exp_rt_t *e = r->exp;
     r->status = resp->status;
     r->responding = r->answered = 1;
-    up_pool_observe(r->pool, resp->status, uv_now(c->srv->loop));
+    /* A 5xx is a failure now; a good answer only once it is whole
+     * (pu_on_done): one that breaks off mid-body is a failure. */
+    if (resp->status >= 500) up_pool_observe(r->pool, resp->status, uv_now(c->srv->loop));
     conn_no_deadline(c);
 
     int client_11 = r->http_minor >= 1;
@@ -1256,6 +1258,7 @@ static void pu_on_done(up_user_t *u, up_conn_t *uc)
     req_t *r = container_of(u, req_t, user);
     conn_t *c = r->conn;
     r->up_done = 1;
+    if (r->status < 500) up_pool_observe(r->pool, r->status, uv_now(c->srv->loop));
     if (c->writing) {
         r->final_write = 1; /* finish when the last body write completes */
         return;
@@ -1279,7 +1282,13 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
     r->up_errors++;
     r->last_err = (int)kind;
     if (r->responding && !r->head_pending) {
-        /* the answer was cut off: the client must see a broken connection */
+        /* The answer was cut off: the client must see a broken connection.
+         * It keeps the status it was sent, but for the arm it is an error
+         * (req_finish) and for outlier detection a failure, as a refused
+         * connection is: a server that always dies mid-answer must not
+         * look healthy to the canary analysis or to ejection. */
+        r->cut = 1;
+        up_pool_observe(r->pool, 0, uv_now(c->srv->loop));
         conn_close(c);
         return;
     }
@@ -1370,8 +1379,8 @@ static void req_finish(conn_t *c)
         /* Its error: a 5xx, or an upstream error held until the body was
          * read (r->discard: routed requests discard only for one), also
          * when the client's own overtook it (a stalled body's 408, a bad
-         * chunk's 400, a 499). */
-        if (r->status != 0 && (r->status >= 500 || r->discard))
+         * chunk's 400, a 499), or an answer that broke off (r->cut). */
+        if (r->status != 0 && (r->status >= 500 || r->discard || r->cut))
             store_error(srv->store, r->exp->state, sarm);
         if (r->status != 0 && r->status != 499) {
             store_remember_key(srv->store, r->exp->state, r->merged ? STORE_ARM_INTERLEAVE : sarm,
@@ -1385,7 +1394,7 @@ static void req_finish(conn_t *c)
          * ranker's, counted by fanout.c. */
         if (!r->fanout) {
             int st = r->status;
-            if (r->up_errors && !r->answered) st = 0;
+            if ((r->up_errors && !r->answered) || r->cut) st = 0;
             uint64_t now = uv_now(srv->loop);
             /* A request in flight across a reload that left its experiment
              * as it was: the new policy instance took over (adopt) and is
@@ -1416,7 +1425,7 @@ static void req_finish(conn_t *c)
     r->up_head_written = r->replayable = 0;
     r->status = 0;
     r->body_in = r->bytes_out = 0;
-    r->up_errors = r->chosen_failed = r->answered = 0;
+    r->up_errors = r->chosen_failed = r->answered = r->cut = 0;
     r->aborted = 0;
     r->capture_body = 0;
     r->capture_limit = 0;

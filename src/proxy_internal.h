@@ -58,6 +58,7 @@ typedef struct {
     int queued;     /* waited in a pool's queue (acquire): pu_on_conn restores the client's clock */
     int responding; /* the answer to the client has started */
     int answered;   /* the arm's answer head arrived (not one of our errors) */
+    int cut;        /* the arm's answer broke off after its head was passed on */
     int head_pending; /* the answer's head is built but not yet written */
     int final_write;  /* the request finishes when the pending write completes */
     int up_done;

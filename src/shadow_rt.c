@@ -307,7 +307,9 @@ void shadow_on_primary_done(conn_t *c, uint64_t latency_us)
         g->bytes_in = e.bytes_in;
         g->bytes_out = e.bytes_out;
     }
-    if (r->up_errors && !r->responding) g->p_status = 0;
+    /* No whole answer from the primary (it failed, broke off mid-body, or
+     * the client left before it ended): nothing to compare against. */
+    if (!r->up_done) g->p_status = 0;
     if (--g->pending == 0) group_complete(g);
 }
 

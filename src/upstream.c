@@ -350,10 +350,14 @@ static inline int next_ai(up_pool_t *p)
     return p->addrs.n == 1 ? 0 : pick_ai(p);
 }
 
-/* c's exchange succeeded (failed 0) or failed (a 5xx, a failed connect or
- * exchange): its address's counts and outlier count. `answer`: an answer's
- * head came (a 5xx included). With one address the pool's own ejection
- * (up_pool_observe, the arm's fallback) is the whole story. */
+/* c's exchange, for its address's counts and outlier count: `answer`, an
+ * answer's head came (a 5xx included), else the exchange failed (connect,
+ * timeout, reset, protocol); `failed`, one more failure in a row (a 5xx
+ * or a failure). A good answer ends the run only once it is whole
+ * (addr_whole): one cut off after its head is a failure too, so a server
+ * that always dies mid-answer is ejected like one that refuses. With one
+ * address the pool's own ejection (up_pool_observe, the arm's fallback)
+ * is the whole story. */
 static void addr_observe(up_conn_t *c, int failed, int answer)
 {
     up_pool_t *p = c->pool;
@@ -363,11 +367,7 @@ static void addr_observe(up_conn_t *c, int failed, int answer)
         p->out[ai].answers++;
     else
         p->out[ai].fails++;
-    if (p->addrs.n < 2 || p->cfg.eject_consecutive_5xx <= 0) return;
-    if (!failed) {
-        p->out[ai].consecutive = 0;
-        return;
-    }
+    if (p->addrs.n < 2 || p->cfg.eject_consecutive_5xx <= 0 || !failed) return;
     if (++p->out[ai].consecutive < p->cfg.eject_consecutive_5xx) return;
     p->out[ai].consecutive = 0;
     uint64_t now = uv_now(p->loop);
@@ -382,6 +382,14 @@ static void addr_observe(up_conn_t *c, int failed, int answer)
     mm_log("upstream %s: %s ejected for %llu ms (%d failures in a row); the others serve",
            p->cfg.name, at, (unsigned long long)ms, p->cfg.eject_consecutive_5xx);
     close_idle_at(p, ai);
+}
+
+/* c's answer came whole: a good one (not a 5xx) ends its address's run of
+ * failures. */
+static void addr_whole(up_conn_t *c)
+{
+    up_pool_t *p = c->pool;
+    if (c->addr_gen == p->addr_gen && c->resp.status < 500) p->out[c->ai].consecutive = 0;
 }
 
 /* An idle connection to any address, looking from `from` on; NULL: none. */
@@ -592,6 +600,15 @@ static void count_failure(up_conn_t *c, up_err_t kind)
     addr_observe(c, 1, 0);
 }
 
+/* The answer is whole: its address's run of failures ends, and the user
+ * is told. */
+static void uc_done(up_conn_t *c)
+{
+    c->phase = PH_DONE;
+    addr_whole(c);
+    c->user->ops->on_done(c->user, c);
+}
+
 /* Fail the current exchange: tell the user, close the connection. */
 static void uc_fail(up_conn_t *c, up_err_t kind)
 {
@@ -705,8 +722,7 @@ static void uc_eof(up_conn_t *c)
     if (c->phase == PH_BODY && c->resp.until_eof) {
         llhttp_finish(&c->parser);
         c->msg_done = 1;
-        c->phase = PH_DONE;
-        c->user->ops->on_done(c->user, c);
+        uc_done(c);
         return;
     }
     uc_fail(c, UP_ERR_RESET);
@@ -1040,10 +1056,7 @@ static void uc_process(up_conn_t *c)
             c->resp.base = c->rbuf;
             addr_observe(c, c->resp.status >= 500, 1);
             u->ops->on_head(u, c, &c->resp);
-            if (c->state == UC_BUSY && c->msg_done && c->phase == PH_BODY) {
-                c->phase = PH_DONE;
-                u->ops->on_done(u, c);
-            }
+            if (c->state == UC_BUSY && c->msg_done && c->phase == PH_BODY) uc_done(c);
             continue;
         }
         /* body */
@@ -1059,8 +1072,7 @@ static void uc_process(up_conn_t *c)
             if (c->state != UC_BUSY) break;
         }
         if (c->msg_done && !was_msg_done) {
-            c->phase = PH_DONE;
-            u->ops->on_done(u, c);
+            uc_done(c);
             break;
         }
     }

@@ -195,6 +195,63 @@ class PyUpstream:
         self.server.server_close()
 
 
+class BreakingServer:
+    """A model server that sends each answer's head and the first 10 of the
+    100 body bytes it announces, then closes the connection: an answer cut
+    off mid-body. `answers` counts them; close() stops it."""
+
+    HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+
+    def __init__(self, host="127.0.0.1", port=0):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.answers = 0
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                continue
+            with s:
+                s.settimeout(5)
+                head = b""
+                try:
+                    while b"\r\n\r\n" not in head:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        head += chunk
+                    end = head.find(b"\r\n\r\n") + 4
+                    length = 0
+                    for line in head[:end].split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    while len(head) - end < length:  # all of it, or closing sends a RST
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        head += chunk
+                    if end >= 4:
+                        s.sendall(self.HEAD + b'{"model": ')
+                        self.answers += 1
+                except OSError:
+                    pass
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+
 # ---------------------------------------------------------------- RESP client
 
 class RedisError(Exception):

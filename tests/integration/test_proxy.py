@@ -1386,6 +1386,46 @@ class Fallback(TestCluster):
         c.close()
 
 
+    def test_a_challenger_that_breaks_off_mid_answer_is_an_error_and_ejected(self):
+        """An answer cut off after its head reached the client keeps the
+        status it was sent, but for the arm it is an error, and for
+        ejection a failure: a server that always dies mid-answer must not
+        look healthy to the policy's counts or to outlier detection."""
+        champion = self.cluster.model_server("champion")
+        challenger = mmtest.BreakingServer()
+        self.addCleanup(challenger.close)
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        cfg = self.cfg(port, champion.port, challenger.port,
+                       eject={"consecutive_5xx": 3, "base_ms": 60000})
+        cfg["admin"] = {"listen": "127.0.0.1:%d" % admin}
+        mm = self.cluster.modelmux(cfg, "--seed", 9)
+        seen = []
+        for _ in range(40):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("POST", "/v1/rank", body=b'{"q": 1}')
+            r = c.getresponse()
+            try:
+                r.read()
+                seen.append((r.status, r.getheader("X-Modelmux-Arm"), "whole"))
+            except http.client.IncompleteRead:
+                seen.append((r.status, r.getheader("X-Modelmux-Arm"), "cut"))
+            c.close()
+        self.assertEqual([s for s in seen if s[2] == "cut"], [(200, "challenger", "cut")] * 3)
+        last_cut = max(i for i, s in enumerate(seen) if s[2] == "cut")
+        self.assertEqual(set(seen[last_cut + 1:]), {(200, "champion", "whole")})
+        self.assertEqual(challenger.answers, 3)
+        self.assertIn("upstream challenger ejected for 60000 ms (3 5xx answers or failures in a "
+                      "row)", mm.log())
+        view = json.loads(mmtest.request(admin, "GET", "/experiments/ab")[2])
+        arms = {a["name"]: a for a in view["arms"]}
+        self.assertEqual((arms["challenger"]["requests"], arms["challenger"]["errors"]), (3, 3))
+        self.assertEqual(arms["champion"]["errors"], 0)
+        # sent as 200s, and counted so: the status is what the client got
+        self.assertEqual(mmtest.metric_samples(admin, "modelmux_requests_total", "experiment",
+                                               "arm", "code").get(("ab", "challenger", "200")), 3)
+        self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_errors_total", "upstream",
+                                               "kind").get(("challenger", "reset")), 3)
+
     def test_a_reload_keeps_an_unchanged_upstreams_ejection_and_counters(self):
         """An upstream a reload leaves as it was keeps its pool: ejected, it
         stays ejected for base_ms (its 5xx answers do not reach clients

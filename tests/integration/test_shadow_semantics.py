@@ -20,6 +20,7 @@ log's `shadow` entry (DESIGN.md §7) and checked against the admin view and
      admin view too (it used to leave them out: a shadow that compared
      nothing under load gave no reason).
 """
+import http.client
 import json
 import signal
 import threading
@@ -204,6 +205,34 @@ class ShadowSemantics(mmtest.MMTestCase):
         self.assertEqual(mm.wait(15), 0)
         self.assertEqual([s["outcome"] for line in log_lines(self.log) for s in line["shadow"]],
                          ["error"] * 3)
+
+    def test_a_primary_answer_cut_off_mid_body_makes_its_mirrors_errors(self):
+        # The client got the head and part of the body, then a closed
+        # connection: the primary failed (its error), and the mirrors have
+        # nothing whole to be compared with (not a mismatch).
+        primary = mmtest.BreakingServer()
+        self.addCleanup(primary.close)
+        ups = {"primary": primary, "cand": self.upstream(lambda p: {"body": '{"a":1}'})}
+        mm = self.start(ups, {"timeout_ms": 3000})
+        for _ in range(3):
+            c = http.client.HTTPConnection("127.0.0.1", mm.port, timeout=10)
+            c.request("POST", "/x", body="{}")
+            r = c.getresponse()
+            self.assertEqual(r.status, 200)
+            with self.assertRaises(http.client.IncompleteRead):
+                r.read()
+            c.close()
+        got = mmtest.eventually(lambda: (lambda o: o if sum(o.values()) >= 3 else None)(
+            self.outcomes(mm)))
+        self.assertEqual(got, {("cand", "error"): 3.0})
+        cand = self.view(mm)["shadows"][0]
+        self.assertEqual((cand["compared"], cand["errors"]), (0, 3))
+        self.assertEqual(self.arms(mm), {"primary": (3, 3), "cand": (0, 0)})
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(15), 0)
+        lines = log_lines(self.log)
+        self.assertEqual([(line["status"], [s["outcome"] for s in line["shadow"]]) for line in lines],
+                         [(200, ["error"])] * 3)
 
     def test_a_shadow_arms_failures_are_its_errors_without_requests(self):
         answers = {"0": {"status": 500, "body": "{}"}, "1": {"hang": 2}, "2": {"body": "{}"}}

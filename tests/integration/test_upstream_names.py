@@ -9,6 +9,7 @@ pointing at a "DNS server" of the test that never answers, so lookups are as
 slow as its timeout. That needs root (CI runs as root); elsewhere the tests
 are skipped with the reason. `unshare` and `sh` exec, so the PID the test
 holds is modelmux's own."""
+import http.client
 import json
 import os
 import re
@@ -222,6 +223,41 @@ class UpstreamNames(mmtest.MMTestCase):
         self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_address_ejected",
                                                "upstream", "address"),
                          {("champion", good): 0, ("champion", bad): 1})
+
+    def test_an_address_that_breaks_off_mid_answer_is_ejected(self):
+        # A good head, then the connection closes mid-body: each time a
+        # failure of the address, not an answer that ends its run.
+        port = mmtest.free_port()
+        self.cluster.model_server("good", "--host", "127.0.0.1", port=port)
+        bad = mmtest.BreakingServer("127.0.0.2", port)
+        self.addCleanup(bad.close)
+        self.set_hosts({"model-a.test": ["127.0.0.1", "127.0.0.2"]})
+        dport, admin = mmtest.free_port(), mmtest.free_port()
+        cfg = self.config(dport, admin, "http://model-a.test:%d" % port)
+        cfg["upstreams"]["champion"]["eject"] = {"consecutive_5xx": 3, "base_ms": 60000}
+        mm = self.start_mm(cfg)
+        outcomes = []
+        for _ in range(20):
+            c = http.client.HTTPConnection("127.0.0.1", mm.port, timeout=10)
+            c.request("POST", "/predict", body=b'{"x": 1}')
+            r = c.getresponse()
+            try:
+                r.read()
+                outcomes.append("whole")
+            except http.client.IncompleteRead:
+                outcomes.append("cut")
+            c.close()
+        self.assertEqual(outcomes[:6], ["whole", "cut"] * 3)
+        self.assertEqual(outcomes[6:], ["whole"] * 14)
+        self.assertEqual(bad.answers, 3)
+        self.assertIn("upstream champion: 127.0.0.2:%d ejected for 60000 ms (3 failures in a "
+                      "row); the others serve" % port, mm.log())
+        # a cut answer counts once each way: its head was an answer
+        good, cut = "127.0.0.1:%d" % port, "127.0.0.2:%d" % port
+        self.assertEqual(mmtest.metric_samples(admin, "modelmux_upstream_address_requests_total",
+                                               "upstream", "address", "result"),
+                         {("champion", good, "answered"): 17, ("champion", good, "failed"): 0,
+                          ("champion", cut, "answered"): 3, ("champion", cut, "failed"): 3})
 
     def test_resolve_ms_0_looks_up_at_the_start_and_at_each_reload(self):
         port = mmtest.free_port()
