@@ -111,6 +111,7 @@ typedef struct {
     uint64_t tally_fp;             /* the definition whose fields it writes and reads */
     int tally_clear;               /* delete that definition's fields first (it was redefined to) */
     int restore;                   /* write `base` back if Redis lost everything */
+    char incarnation[24];          /* of Redis's state `base` was read from ("": none) */
     arm_stats_t base[MM_MAX_ARMS]; /* the snapshot last read, per arm */
 } store_batch_t;
 
@@ -145,6 +146,7 @@ typedef struct store_exp_s {
     /* The global statistics last read from Redis (without local deltas),
      * per arm of pub: written back if Redis comes back empty. */
     arm_stats_t seen[MM_MAX_ARMS];
+    char incarnation[24]; /* the control's `incarnation` when `seen` was read ("": none) */
     store_batch_t batch;
     char ctl_key[STORE_KEY_MAX];
     char seq_key[STORE_KEY_MAX];

@@ -138,16 +138,26 @@
  *
  * Restore: Redis restarted empty (or was flushed) loses every statistic the
  * fleet learned, while each instance still holds the last snapshot it read.
- * The first script that finds neither the control hash nor any arm, answer
- * or tally hash writes that snapshot back and re-seeds the control in the same atomic
- * step (the control first), so that the next instance finds the control and
- * does not restore a second time (and a retry of this very write does not
- * either). Only increments another instance wrote within the last sync
- * interval before the loss are missing from it. */
+ * The first script that finds neither the control hash nor any arm, answer,
+ * restored or tally hash writes that snapshot back and re-seeds the control
+ * in the same atomic step, records it in the restored hash (KEYS[#KEYS-1],
+ * field KEY NUL FIELD), and opens a 60 s window under a new incarnation.
+ * Whoever writes first, then: within the window, a snapshot read under an
+ * earlier incarnation that is better than the one recorded (a later reset
+ * epoch, or more events in the same one: the counts only grow between
+ * resets) adds its difference to it and becomes the one recorded, so the
+ * state ends as the best snapshot plus what was counted since, and nothing
+ * counts twice (the same snapshot again is not better). Its control
+ * replaces the seeded one only while the version is still the one the
+ * restore left (restore_version). ARGV after the tally snapshot, with
+ * restore: the snapshot's incarnation ('' none: a memory store's, never
+ * added), its reset epoch and its event count (restore_rank). See
+ * docs/store.md, "Redis restarted empty". */
 static const char SYNC_SCRIPT[] =
     "local f = {'pulls', 'feedback', 'errors', 'reward_sum', 'reward_sq_sum',\n"
     "           'successes', 'failures'}\n"
-    "local n = (#KEYS - 3) / 2\n"
+    "local n = (#KEYS - 4) / 2\n"
+    "local R = KEYS[#KEYS - 1]\n"
     "local failed = ''\n"
     "local tp\n"
     "local function w(...)\n"
@@ -184,6 +194,11 @@ static const char SYNC_SCRIPT[] =
     "tp = ARGV[tpos]\n"
     "local tdeltas = tpos + 2\n"
     "local trestore = tdeltas + 1 + 2 * tonumber(ARGV[tdeltas])\n"
+    "local sinc, sepoch, sevents = '', 0, 0\n"
+    "if ARGV[8] == '1' then\n"
+    "  local i = trestore + 1 + 2 * tonumber(ARGV[trestore])\n"
+    "  sinc, sepoch, sevents = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])\n"
+    "end\n"
     "local seq = tonumber(ARGV[1])\n"
     "local apply = seq > 0 and seq > (tonumber(redis.call('GET', KEYS[2]) or '0') or 0)\n"
     "local reset, known = string.match(ARGV[4], '^(%d):?(%d*)$')\n"
@@ -192,29 +207,85 @@ static const char SYNC_SCRIPT[] =
     "  local cur = tonumber(redis.call('HGET', KEYS[1], 'reset_epoch') or '0') or 0\n"
     "  stale = cur ~= 0 and cur ~= tonumber(known)\n"
     "end\n"
-    "local restore = ARGV[8] == '1' and redis.call('HEXISTS', KEYS[1], 'version') == 0\n"
-    "if restore then\n"
+    "local had_ctl = redis.call('HEXISTS', KEYS[1], 'version') == 1\n"
+    "local empty = not had_ctl\n"
+    "if empty then\n"
     "  for i = 3, #KEYS do\n"
-    "    if redis.call('EXISTS', KEYS[i]) == 1 then restore = false end\n"
+    "    if redis.call('EXISTS', KEYS[i]) == 1 then empty = false end\n"
     "  end\n"
     "end\n"
+    "local restore = ARGV[8] == '1' and empty\n"
+    "local tm = redis.call('TIME')\n"
+    "local now_ms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
+    "local better = false\n"
+    "local inc = redis.call('HGET', KEYS[1], 'incarnation')\n"
+    "if ARGV[8] == '1' and had_ctl and sinc ~= '' then\n"
+    "  local m = redis.call('HMGET', KEYS[1], 'incarnation', 'restore_until', 'restore_epoch',\n"
+    "                       'restore_events')\n"
+    "  if m[1] and m[1] ~= sinc and tonumber(m[2] or '') and tonumber(m[2]) >= now_ms then\n"
+    "    local ep, ev = tonumber(m[3] or '') or 0, tonumber(m[4] or '') or -1\n"
+    "    better = sepoch > ep or (sepoch == ep and sevents > ev)\n"
+    "  end\n"
+    "end\n"
+    "local base = {}\n"
+    "if better then\n"
+    "  local all = redis.call('HGETALL', R)\n"
+    "  for i = 1, #all, 2 do base[all[i]] = all[i + 1] end\n"
+    "end\n"
+
     "if apply then\n"
     "  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])\n"
     "elseif seq > 0 then\n"
     "  redis.call('EXPIRE', KEYS[2], ARGV[2])\n"
     "end\n"
-    "if restore then\n"
-    "  w('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6], 'canary_step', ARGV[7])\n"
-    "  w('HINCRBY', KEYS[1], 'version', 1)\n"
-    "  for i = 3, 2 + n do add(KEYS[i], 9 + (n + i - 3) * 7) end\n"
+    "local covered = {}\n"
+    "local function rebase(key, field, v, float)\n"
+    "  local bk = key .. '\\0' .. field\n"
+    "  local d = (tonumber(v) or 0) - (tonumber(base[bk] or '0') or 0)\n"
+    "  base[bk] = nil\n"
+    "  if d ~= 0 then\n"
+    "    if float then w('HINCRBYFLOAT', key, field, string.format('%.17g', d))\n"
+    "    else w('HINCRBY', key, field, string.format('%.0f', d)) end\n"
+    "  end\n"
+    "  if tonumber(v) == 0 then w('HDEL', R, bk) else w('HSET', R, bk, v) end\n"
+    "end\n"
+    "if restore or better then\n"
+    "  local v = redis.call('HMGET', KEYS[1], 'version', 'restore_version')\n"
+    "  if restore or (v[2] and v[1] == v[2]) then\n"
+    "    w('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6], 'canary_step', ARGV[7])\n"
+    "    w('HINCRBY', KEYS[1], 'version', 1)\n"
+    "    w('HSET', KEYS[1], 'restore_version', redis.call('HGET', KEYS[1], 'version'))\n"
+    "  end\n"
+    "  for i = 3, 2 + n do\n"
+    "    covered[KEYS[i]] = ''\n"
+    "    for j = 1, 7 do rebase(KEYS[i], f[j], ARGV[9 + (n + i - 3) * 7 + j - 1], j > 3) end\n"
+    "  end\n"
     "  local p = lat\n"
     "  for i = 1, n do p = p + 1 + 2 * tonumber(ARGV[p]) end\n"
-    "  for i = 1, n do p = addlat(KEYS[2 + n + i], p) end\n"
-    "  addtally(trestore)\n"
+    "  for i = 1, n do\n"
+    "    local key, c = KEYS[2 + n + i], tonumber(ARGV[p])\n"
+    "    covered[key] = ''\n"
+    "    for j = 1, c do rebase(key, ARGV[p + 2 * j - 1], ARGV[p + 2 * j], false) end\n"
+    "    p = p + 1 + 2 * c\n"
+    "  end\n"
+    "  local c = tonumber(ARGV[trestore])\n"
+    "  if c > 0 then covered[KEYS[#KEYS]] = tp end\n"
+    "  for j = 1, c do\n"
+    "    rebase(KEYS[#KEYS], tp .. ARGV[trestore + 2 * j - 1], ARGV[trestore + 2 * j], false)\n"
+    "  end\n"
+    "  for bk, v in pairs(base) do\n"
+    "    local at = string.find(bk, '\\0', 1, true)\n"
+    "    local key, field = string.sub(bk, 1, at - 1), string.sub(bk, at + 1)\n"
+    "    local pre = covered[key]\n"
+    "    if pre and string.sub(field, 1, #pre) == pre then rebase(key, field, '0', false) end\n"
+    "  end\n"
+    "  w('HSET', KEYS[1], 'restore_epoch', string.format('%.0f', sepoch),\n"
+    "    'restore_events', string.format('%.0f', sevents))\n"
     "end\n"
     "if apply then\n"
     "  if reset == '1' then\n"
     "    for i = 3, #KEYS do w('DEL', KEYS[i]) end\n"
+    "    w('HDEL', KEYS[1], 'restore_until')\n"
     "    local t = redis.call('TIME')\n"
     "    local e = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
     "    local was = tonumber(redis.call('HGET', KEYS[1], 'reset_epoch') or '0') or 0\n"
@@ -246,8 +317,19 @@ static const char SYNC_SCRIPT[] =
     "  end\n"
     "  if not stale then addtally(tdeltas) end\n"
     "end\n"
+    "if (apply or restore) and (not had_ctl or not inc) and\n"
+    "   redis.call('HEXISTS', KEYS[1], 'version') == 1 then\n"
+    "  w('HSET', KEYS[1], 'incarnation', string.format('%s%06d', tm[1], tonumber(tm[2])))\n"
+    "  if empty then\n"
+    "    w('HSET', KEYS[1], 'restore_until', string.format('%.0f', now_ms + 60000))\n"
+    "    if not restore then\n"
+    "      w('HSET', KEYS[1], 'restore_epoch', '0', 'restore_events', '-1')\n"
+    "      if ARGV[3] == '1' then w('HSET', KEYS[1], 'restore_version', 1) end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
     "local out = {redis.call('HGETALL', KEYS[1])}\n"
-    "for i = 3, #KEYS - 1 do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end\n"
+    "for i = 3, #KEYS - 2 do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end\n"
     "local t, all = {}, redis.call('HGETALL', KEYS[#KEYS])\n"
     "for i = 1, #all, 2 do\n"
     "  if string.sub(all[i], 1, #tp) == tp then\n"
@@ -841,6 +923,7 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     b->ctl = e->control;
     b->n_arms = e->n_arms;
     b->restore = 0;
+    memcpy(b->incarnation, x->incarnation, sizeof(b->incarnation));
     for (size_t i = 0; i < e->n_arms; i++) {
         memcpy(b->arm_names[i], e->arm_names[i], sizeof(b->arm_names[i]));
         b->deltas[i] = e->pending[i];
@@ -951,6 +1034,17 @@ static const answer_stats_t *seen_answers(const store_exp_t *x, const char *name
     return i < MM_MAX_ARMS ? &x->pub.answers[i] : &none;
 }
 
+/* How much a snapshot to restore has seen: between two of one reset
+ * epoch, the later one has seen more (the counts only grow). */
+static uint64_t restore_rank(const store_exp_t *x, const store_batch_t *b)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < b->n_arms; i++)
+        n += b->base[i].pulls + b->base[i].feedback + b->base[i].errors +
+             seen_answers(x, b->arm_names[i])->answers;
+    return n;
+}
+
 static void send_exp(store_redis_t *r, store_exp_t *x)
 {
     store_batch_t *b = &x->batch;
@@ -969,7 +1063,7 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     /* Restore takes the answer snapshot as it is now: it only changes when a
      * write is confirmed, and this one is not yet (a reset or a reload in
      * between does change it; the next write then DELs or rereads anyway). */
-    size_t max = 18 + 2 * b->n_arms + 2 * N_FIELDS * b->n_arms + 2 * (b->n_tally + n_snap);
+    size_t max = 22 + 2 * b->n_arms + 2 * N_FIELDS * b->n_arms + 2 * (b->n_tally + n_snap);
     for (size_t i = 0; i < b->n_arms; i++) {
         max += 1 + 2 * lat_fields(&b->ans_deltas[i]);
         if (b->restore) max += 1 + 2 * lat_fields(seen_answers(x, b->arm_names[i]));
@@ -977,7 +1071,7 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     a.argv = malloc(max * sizeof(*a.argv));
     a.lens = malloc(max * sizeof(*a.lens));
     a.nums = malloc(max * sizeof(*a.nums));
-    keys = malloc((2 * MM_MAX_ARMS + 1) * STORE_KEY_MAX);
+    keys = malloc((2 * MM_MAX_ARMS + 2) * STORE_KEY_MAX);
     char *weights = b->ctl_mode || b->restore ? weights_json(b) : NULL;
     if (!a.argv || !a.lens || !a.nums || !keys) {
         b->failed = 1; /* no memory: tried again next round */
@@ -986,7 +1080,7 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
 
     arg_str(&a, "EVAL");
     arg_str(&a, SYNC_SCRIPT);
-    arg_u64(&a, 3 + 2 * b->n_arms);
+    arg_u64(&a, 4 + 2 * b->n_arms);
     arg_str(&a, x->ctl_key);
     arg_str(&a, x->seq_key);
     for (size_t i = 0; i < 2 * b->n_arms; i++) {
@@ -1000,6 +1094,9 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
         char mid[MM_NAME_MAX + 16];
         snprintf(mid, sizeof(mid), "{%s}:", x->pub.name);
         char *key = keys + 2 * b->n_arms * STORE_KEY_MAX;
+        key_of(key, r, mid, "restored");
+        arg_str(&a, key);
+        key += STORE_KEY_MAX;
         key_of(key, r, mid, "tally");
         arg_str(&a, key);
     }
@@ -1038,7 +1135,14 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     snprintf(arg_num(&a), 32, "%016" PRIx64 "|", b->tally_fp);
     arg_str(&a, b->tally_clear ? "1" : "0");
     arg_pairs(&a, b->tally_deltas.p, b->n_tally);
-    if (b->restore) arg_pairs(&a, snap.p, n_snap);
+    if (b->restore) {
+        arg_pairs(&a, snap.p, n_snap);
+        /* Which snapshot it is: the incarnation of Redis's state it was
+         * read from, its reset epoch and its size (restore_rank). */
+        arg_str(&a, b->incarnation);
+        arg_u64(&a, b->epoch_known ? b->epoch : 0);
+        arg_u64(&a, restore_rank(x, b));
+    }
     for (int i = 0; i < a.n; i++) a.lens[i] = strlen(a.argv[i]);
     b->failed = 0;
     if (redisAsyncCommandArgv(r->ac, on_exp_reply, x, a.n, a.argv, a.lens) == REDIS_OK)
@@ -1055,7 +1159,7 @@ out:
 }
 
 typedef struct {
-    const redisReply *weights, *state, *canary_step, *version, *epoch;
+    const redisReply *weights, *state, *canary_step, *version, *epoch, *incarnation;
 } ctl_fields_t;
 
 static int str_is(const redisReply *v, const char *lit)
@@ -1081,6 +1185,8 @@ static void parse_ctl(const redisReply *h, ctl_fields_t *cf)
             cf->version = v;
         else if (str_is(k, "reset_epoch"))
             cf->epoch = v;
+        else if (str_is(k, "incarnation"))
+            cf->incarnation = v;
     }
 }
 
@@ -1233,6 +1339,11 @@ static void apply_snapshot(store_exp_t *x, const redisReply *reply)
         x->mark_resets = x->resets;
     }
     x->rebase = 0;
+    /* The incarnation the snapshot below belongs to (none: before
+     * incarnations, or junk): what a restore of it names. */
+    x->incarnation[0] = '\0';
+    if (cf.incarnation && cf.incarnation->len < sizeof(x->incarnation))
+        memcpy(x->incarnation, cf.incarnation->str, cf.incarnation->len + 1);
 
     for (size_t i = 0; i < e->n_arms; i++) {
         arm_stats_t snap = {0};

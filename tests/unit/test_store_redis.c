@@ -1676,6 +1676,146 @@ static store_t *mk_memory_store(fx_t *f)
     return s;
 }
 
+/* Instances a and b of "recs" on f's own Redis (no persistence), with
+ * what they counted written and read back by both: 40 + 40 pulls, 10 + 10
+ * rewards, 12 + 12 answers, 6 tally counts and the weights 30/70. */
+static void two_synced_instances(fx_t *f, exp_state_t **ea, exp_state_t **eb)
+{
+    own_redis(f);
+    store_t *a = f->st[0] = mk_store(f, f->own.port, 20);
+    store_t *b = f->st[1] = mk_store(f, f->own.port, 20);
+    *ea = mk_exp(a, "recs");
+    *eb = mk_exp(b, "recs");
+    store_define(a, *ea, 9, 0);
+    store_define(b, *eb, 9, 0);
+    count(*ea, "challenger|mismatches", 4);
+    count(*eb, "challenger|mismatches", 2);
+    for (int i = 0; i < 40; i++) store_pull(a, *ea, 0), store_pull(b, *eb, 1);
+    for (int i = 0; i < 10; i++) store_reward(a, *ea, 0, 0.5, 1), store_reward(b, *eb, 1, 1, 1);
+    for (int i = 0; i < 12; i++)
+        store_answer(a, *ea, 0, 200, 9000), store_answer(b, *eb, 1, 0, 9000);
+    exp_control_t c = weights(30, 70);
+    store_set_control(a, *ea, &c);
+    RUN_UNTIL(f,
+              (*ea)->merged[1].pulls == 40 && (*eb)->merged[0].pulls == 40 &&
+                  (*eb)->control.version == 2,
+              WAIT_MS);
+    SETTLE(f, a, *ea);
+    SETTLE(f, b, *eb);
+}
+
+/* Holds the rounds of store s (a reload to the same place with a long
+ * sync_ms), or lets them run again. */
+static void hold_rounds(fx_t *f, store_t *s, int hold)
+{
+    move_store(s, f->own.port, f->prefix, hold ? 600000 : 20);
+    if (hold) run_for(f, 100); /* a round already started ends */
+}
+
+/* Redis lost its data and a new instance, started meanwhile with no
+ * snapshot, writes first: it seeds its configured control and its own
+ * counts. The instances that held the fleet's state then write it back
+ * anyway (once: the best snapshot wins, one as old as the one restored or
+ * older adds nothing), and its control too, which no operator changed
+ * since the loss. */
+static void test_redis_restarted_empty_a_new_instance_first_loses_nothing(void **state)
+{
+    fx_t *f = *state;
+    exp_state_t *ea, *eb;
+    two_synced_instances(f, &ea, &eb);
+    store_t *a = f->st[0], *b = f->st[1];
+    /* b stops syncing: its snapshot gets old while a counts on */
+    hold_rounds(f, b, 1);
+    for (int i = 0; i < 5; i++) store_pull(a, ea, 1);
+    SETTLE(f, a, ea);
+    hold_rounds(f, a, 1);
+
+    redisContext *keep = f->rc;
+    f->rc = sync_ctx(f->own.port);
+    assert_non_null(f->rc);
+    freeReplyObject(cmd(f, "FLUSHALL"));
+    store_t *c = f->st[2] = mk_store(f, f->own.port, 20);
+    exp_state_t *ec = mk_exp(c, "recs"); /* the config's weights: 90/10 */
+    store_define(c, ec, 9, 0);
+    for (int i = 0; i < 3; i++) store_pull(c, ec, 0);
+    RUN_UNTIL(f, store_up(c), WAIT_MS);
+    SETTLE(f, c, ec);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 3);
+    assert_weights(f, "recs", "{\"champion\":90,\"challenger\":10}");
+
+    /* the old snapshot first, then the newer one: each adds what it has
+     * beyond the one restored before it */
+    store_pull(b, eb, 0);
+    hold_rounds(f, b, 0);
+    SETTLE(f, b, eb);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 44);
+    assert_true(arm_field(f, "recs", "challenger", "pulls") == 40);
+    hold_rounds(f, a, 0);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+    SETTLE(f, c, ec);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 44);
+    assert_true(arm_field(f, "recs", "challenger", "pulls") == 45);
+    assert_true(arm_field(f, "recs", "champion", "feedback") == 10);
+    assert_true(arm_field(f, "recs", "champion", "reward_sum") == 5);
+    assert_true(arm_field(f, "recs", "challenger", "successes") == 10);
+    assert_int_equal(lat_field(f, "recs", "champion", "n"), 12);
+    assert_int_equal(lat_bucket(f, "recs", "champion", 9000), 12);
+    assert_int_equal(lat_field(f, "recs", "challenger", "e"), 12);
+    assert_int_equal(tally_field(f, "recs", 9, "challenger|mismatches"), 6);
+    assert_weights(f, "recs", "{\"champion\":30,\"challenger\":70}");
+    for (int k = 0; k < 3; k++) {
+        exp_state_t *e = k == 0 ? ea : k == 1 ? eb : ec;
+        assert_int_equal(e->merged[0].pulls, 44);
+        assert_int_equal(e->merged[1].pulls, 45);
+        assert_int_equal(view_answers(e, 1), 12);
+        assert_int_equal(tally_of(e, "challenger|mismatches"), 6);
+        assert_true(e->control.weights[1] == 70);
+    }
+    /* and from now on the instances only add */
+    store_pull(b, eb, 0);
+    SETTLE(f, b, eb);
+    SETTLE(f, a, ea);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 45);
+    redisFree(f->rc);
+    f->rc = keep;
+}
+
+/* An operator's change made after the loss (here on the instance that
+ * seeded) is not undone by the snapshot restored after it: the statistics
+ * come back, the control stays the operator's. */
+static void test_redis_restarted_empty_keeps_a_control_changed_since(void **state)
+{
+    fx_t *f = *state;
+    exp_state_t *ea, *eb;
+    two_synced_instances(f, &ea, &eb);
+    store_t *a = f->st[0], *b = f->st[1];
+    hold_rounds(f, a, 1);
+    hold_rounds(f, b, 1);
+    redisContext *keep = f->rc;
+    f->rc = sync_ctx(f->own.port);
+    assert_non_null(f->rc);
+    freeReplyObject(cmd(f, "FLUSHALL"));
+    store_t *c = f->st[2] = mk_store(f, f->own.port, 20);
+    exp_state_t *ec = mk_exp(c, "recs");
+    RUN_UNTIL(f, store_up(c), WAIT_MS);
+    SETTLE(f, c, ec);
+    exp_control_t w = weights(50, 50);
+    store_set_control(c, ec, &w);
+    SETTLE(f, c, ec);
+    hold_rounds(f, a, 0);
+    hold_rounds(f, b, 0);
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+    SETTLE(f, c, ec);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == 40);
+    assert_true(arm_field(f, "recs", "challenger", "pulls") == 40);
+    assert_weights(f, "recs", "{\"champion\":50,\"challenger\":50}");
+    assert_true(ea->control.weights[0] == 50 && eb->control.weights[0] == 50);
+    redisFree(f->rc);
+    f->rc = keep;
+}
+
 /* Another instance (f->st[1]) on f's Redis and prefix that routed `pulls`
  * requests to the challenger of "recs" and set its weights, all written. */
 static exp_state_t *other_instance(fx_t *f, int pulls, exp_control_t c)
@@ -2239,6 +2379,10 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted_loses_no_increment, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_redis_restarted_empty_a_new_instance_first_loses_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_restarted_empty_keeps_a_control_changed_since,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_restarted_empty_gets_the_statistics_back, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_reload_moves_the_store_with_what_it_learned, setup,
