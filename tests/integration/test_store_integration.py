@@ -1355,6 +1355,60 @@ class StoreIntegration(mmtest.MMTestCase):
             self.assertTrue(5 <= p50 <= p99 <= 60, (name, p50, p99))
 
 
+    def test_9e_redis_restarted_empty_while_the_fleet_was_frozen(self):
+        """Redis without persistence restarts empty while A and B (which
+        hold the fleet's state) are stopped, and C, started meanwhile,
+        writes first: its configured control and nothing learned. When A
+        and B go on, the fleet's statistics and the operator's weights come
+        back anyway, once (docs/store.md, "Redis restarted empty")."""
+        rport = mmtest.free_port()
+        argv = [REDIS_SERVER, "--port", str(rport), "--bind", HOST, "--save", "",
+                "--appendonly", "no", "--dir", self.cluster.path(".")]
+        redis1 = self.cluster._start(argv, "redis-volatile-1")
+        wait_redis(rport)
+        self.r.close()
+        self.r = Redis(rport)
+        exps = experiments(only=["ab"])
+        a = self.start(self.config(redis_port=rport, exps=exps), "modelmux-a")
+        b = self.start(self.config(redis_port=rport, exps=exps), "modelmux-b")
+        st, _ = admin_json(a, "PUT", "/experiments/ab/weights", {"champion": 20, "challenger": 80})
+        self.assertEqual(st, 200)
+        served = {"champion": 0, "challenger": 0}
+        for mm in (a, b):
+            for _, arm, _ in send(mm.port, "/ab/x", [None] * 30):
+                served[arm] += 1
+        pulls = lambda: {arm: redis_arm(self.r, self.prefix, "ab", arm)["pulls"] for arm in served}
+        mmtest.eventually(lambda: pulls() == served, timeout=10)
+        mmtest.eventually(lambda: all(
+            {x["name"]: x["requests"] for x in view(mm, "ab")["arms"]} == served for mm in (a, b)),
+            timeout=10)
+
+        for mm in (a, b):
+            mm.signal(signal.SIGSTOP)
+        redis1.kill()  # SIGKILL by PID
+        c = self.start(self.config(redis_port=rport, exps=exps), "modelmux-c", store_up=False)
+        redis2 = self.cluster._start(argv, "redis-volatile-2")  # same port, empty
+        wait_redis(rport)
+        self.r.close()
+        self.r = Redis(rport)
+        control = self.key("{ab}", "control")
+        mmtest.eventually(lambda: self.r("HGET", control, "version") is not None, timeout=10)
+        self.assertEqual(json.loads(self.r("HGET", control, "weights")), {})  # C's: the config's
+        for mm in (a, b):
+            mm.signal(signal.SIGCONT)
+        mmtest.eventually(lambda: pulls() == served, timeout=10)
+        self.assertEqual(json.loads(self.r("HGET", control, "weights")),
+                         {"champion": 20, "challenger": 80})
+        for mm in (a, b, c):
+            mmtest.eventually(lambda: {x["name"]: x["requests"] for x in view(mm, "ab")["arms"]}
+                              == served, timeout=10)
+            mmtest.eventually(lambda: view(mm, "ab")["arms"][1]["share"] == 0.8, timeout=10)
+        time.sleep(6 * SYNC_MS / 1000.0)
+        self.assertEqual(pulls(), served)  # once, not once per instance
+        for mm in (a, b, c):
+            self.stop(mm)
+        redis2.kill()
+
     def test_9d_two_instances_share_shadow_agreement_counts(self):
         """Two instances on one Redis mirroring half the traffic each: both
         views count every comparison, and the tally hash holds them; a
