@@ -557,7 +557,7 @@ static int il_combine(void *p, const policy_view_t *v, const policy_resp_t *answ
 
     if (why[0] >= 0 || why[1] >= 0) {
         for (int i = 0; i < 2; i++)
-            if (why[i] >= 0) il->unusable[i][why[i]]++;
+            if (why[i] >= 0 && !answers[i].skipped) il->unusable[i][why[i]]++;
         if (why[0] >= 0 && why[1] >= 0) {
             il->no_answer++;
             /* Nothing to merge, but a's answer, when whole, goes out as

@@ -201,6 +201,7 @@ typedef struct {
      * repeated lines kept). Left out: hop-by-hop headers, X-Modelmux-*,
      * X-Request-Id, Content-Length (framing) and Date (the clock). */
     mm_str_t headers;
+    int skipped; /* not asked (its upstream is ejected): status 0, but no failure of its own */
 } policy_resp_t;
 
 enum { POLICY_MATCH = 0, POLICY_MISMATCH = 1, POLICY_ERROR = 2 };

@@ -78,7 +78,8 @@ static void answer(fanout_t *f)
         answers[i] = (policy_resp_t){.status = l->status,
                                      .content_type = {l->ctype, strlen(l->ctype)},
                                      .body = mm_buf_view(&l->resp),
-                                     .truncated = l->truncated};
+                                     .truncated = l->truncated,
+                                     .skipped = f->ejected[i]};
         if (l->status != 0 || !l->timed_out) all_timeouts = 0;
     }
     policy_view_t v;

@@ -270,6 +270,10 @@ class Interleave(mmtest.MMTestCase):
         self.assertEqual(fb, {("search", "ranker-b", "ranker-a"): 7})
         ej = mmtest.metric_samples(admin, "modelmux_upstream_errors_total", "upstream", "kind")
         self.assertEqual(ej[("ranker-b", "ejection")], 1)
+        # its three 500s were unusable answers; not being asked is no failure
+        st, _, body = mmtest.request(admin, "GET", "/experiments/search")
+        unusable = json.loads(body)["policy_state"]["arms"][1]["unusable"]
+        self.assertEqual({k: v for k, v in unusable.items() if v}, {"status": 3})
 
     def test_failing_champion_answers_are_not_shown(self):
         # Every answer of the champion is a 500: the challenger's goes out.

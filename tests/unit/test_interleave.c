@@ -125,7 +125,7 @@ static char *ranked(const char *model, const char *ids)
 
 static policy_resp_t ok_resp(const char *body)
 {
-    return (policy_resp_t){200, MM_STR("application/json"), {body, strlen(body)}, 0, MM_STR("")};
+    return (policy_resp_t){200, MM_STR("application/json"), {body, strlen(body)}, 0, MM_STR(""), 0};
 }
 
 typedef struct {
@@ -408,22 +408,23 @@ static void test_unusable_answers_fall_back_with_reasons(void **state)
         policy_resp_t bad;
         const char *reason;
     } cases[] = {
-        {{0, MM_STR(""), MM_STR(""), 0, MM_STR("")}, "failed"},
-        {{500, MM_STR("application/json"), MM_STR("{\"items\":[]}"), 0, MM_STR("")}, "status"},
-        {{200, MM_STR("application/json"), MM_STR("{\"items\":[{\"id\":\"a\"}"), 1, MM_STR("")},
+        {{0, MM_STR(""), MM_STR(""), 0, MM_STR(""), 0}, "failed"},
+        {{500, MM_STR("application/json"), MM_STR("{\"items\":[]}"), 0, MM_STR(""), 0}, "status"},
+        {{200, MM_STR("application/json"), MM_STR("{\"items\":[{\"id\":\"a\"}"), 1, MM_STR(""), 0},
          "truncated"},
-        {{200, MM_STR("text/plain"), MM_STR("items: a, b"), 0, MM_STR("")}, "not_json"},
-        {{200, MM_STR("application/json"), MM_STR("{\"list\":[{\"id\":\"a\"}]}"), 0, MM_STR("")},
+        {{200, MM_STR("text/plain"), MM_STR("items: a, b"), 0, MM_STR(""), 0}, "not_json"},
+        {{200, MM_STR("application/json"), MM_STR("{\"list\":[{\"id\":\"a\"}]}"), 0, MM_STR(""), 0},
          "no_list"},
-        {{200, MM_STR("application/json"), MM_STR("{\"items\":{\"id\":\"a\"}}"), 0, MM_STR("")},
+        {{200, MM_STR("application/json"), MM_STR("{\"items\":{\"id\":\"a\"}}"), 0, MM_STR(""), 0},
          "no_list"},
         {{200, MM_STR("application/json"), MM_STR("{\"items\":[{\"id\":\"a\"},{\"name\":\"b\"}]}"),
-          0, MM_STR("")},
+          0, MM_STR(""), 0},
          "no_id"},
-        {{200, MM_STR("application/json"), MM_STR("{\"items\":[{\"id\":1.5}]}"), 0, MM_STR("")},
+        {{200, MM_STR("application/json"), MM_STR("{\"items\":[{\"id\":1.5}]}"), 0, MM_STR(""), 0},
          "no_id"},
-        {{200, MM_STR("application/json"), MM_STR("{\"items\":[\"a\"]}"), 0, MM_STR("")}, "no_id"},
-        {{200, MM_STR("application/json"), MM_STR("{\"items\":[{\"id\":\"\"}]}"), 0, MM_STR("")},
+        {{200, MM_STR("application/json"), MM_STR("{\"items\":[\"a\"]}"), 0, MM_STR(""), 0},
+         "no_id"},
+        {{200, MM_STR("application/json"), MM_STR("{\"items\":[{\"id\":\"\"}]}"), 0, MM_STR(""), 0},
          "no_id"},
     };
     for (size_t i = 0; i < MM_ARRAY_LEN(cases); i++) {

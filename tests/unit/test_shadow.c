@@ -86,7 +86,7 @@ static void fx_free(fx_t *f)
 
 static policy_resp_t resp(int status, const char *body)
 {
-    policy_resp_t r = {status, MM_STR("application/json"), {body, strlen(body)}, 0, MM_STR("")};
+    policy_resp_t r = {status, MM_STR("application/json"), {body, strlen(body)}, 0, MM_STR(""), 0};
     return r;
 }
 
