@@ -20,11 +20,12 @@ def get_json(port, path):
 
 class Canary(mmtest.MMTestCase):
     def start(self, challenger_args, analysis, on_success="promote", challenger_timeout_ms=None,
-              dead_challenger=False):
+              dead_challenger=False, challenger_port=None):
         champion = self.cluster.model_server("champion")
         # a dead challenger: a free loopback port nothing listens on
-        challenger_port = (mmtest.free_port() if dead_challenger else
-                           self.cluster.model_server("challenger", *challenger_args).port)
+        if challenger_port is None:
+            challenger_port = (mmtest.free_port() if dead_challenger else
+                               self.cluster.model_server("challenger", *challenger_args).port)
         self.port, self.admin = mmtest.free_port(), mmtest.free_port()
         up = {"url": "http://127.0.0.1:%d" % challenger_port}
         if challenger_timeout_ms:
@@ -97,6 +98,33 @@ class Canary(mmtest.MMTestCase):
         self.assertGreaterEqual(last["canary_requests"], 5)
         fallbacks = mmtest.metric_samples(self.admin, "modelmux_fallbacks_total", "from", "to")
         self.assertGreaterEqual(fallbacks[("challenger", "champion")], 5)
+
+    def test_a_canary_that_breaks_off_mid_answer_rolls_back(self):
+        # Its answers start as 200s and then the connection closes: errors
+        # for the analysis, though the clients were sent a 200.
+        challenger = mmtest.BreakingServer()
+        self.addCleanup(challenger.close)
+        self.start([], {"min_requests": 5, "max_error_rate": 0.05},
+                   challenger_port=challenger.port)
+        cut = 0
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            for _ in range(20):
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/predict")
+                r = conn.getresponse()
+                try:
+                    r.read()
+                except http.client.IncompleteRead:
+                    cut += 1
+                conn.close()
+            exp = get_json(self.admin, "/experiments/can")
+            if exp["state"] != "running":
+                break
+        self.assertEqual(exp["state"], "rolled_back", json.dumps(exp)[:800])
+        last = exp["policy_state"]["last_analysis"]
+        self.assertEqual((last["verdict"], last["canary_error_rate"]), ("failed", 1.0))
+        self.assertEqual(challenger.answers, cut)
 
     def test_a_canary_slower_than_max_p99_rolls_back(self):
         self.start(["--latency-ms", "40"], {"min_requests": 5, "max_error_rate": 0.05,
