@@ -1202,6 +1202,7 @@ static int parse_experiments(cx_t *cx)
 static void syntax_error(cx_t *cx, const char *text, size_t len, const json_error_t *je)
 {
     int line = 1, col = 1;
+    char named[2200];
     const char *msg = "a NUL byte (0x00) is not allowed in a JSON text";
     const char *nul = memchr(text, '\0', len);
     if (nul != NULL && (je == NULL || (size_t)je->position >= (size_t)(nul - text))) {
@@ -1216,6 +1217,18 @@ static void syntax_error(cx_t *cx, const char *text, size_t len, const json_erro
         jsonpos_at(text, len, at, &line, &col);
         msg = "integer out of range (beyond +-9223372036854775807); no setting takes one that "
               "large";
+        /* Which setting: read as reals the text parses (if nothing else is
+         * wrong with it), and the value that starts there has a name. */
+        cx->root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, NULL);
+        jsonpos_t *jp = cx->root ? jsonpos_build(text, len) : NULL;
+        char ptr[1024], d[1024];
+        if (jp && jsonpos_pointer_at(jp, line, col, ptr, sizeof(ptr)) == 0 && ptr[0]) {
+            snprintf(named, sizeof(named), "%s: %s", dotted(cx, ptr, d, sizeof(d)), msg);
+            msg = named;
+        }
+        jsonpos_free(jp);
+        json_decref(cx->root);
+        cx->root = NULL;
     } else {
         jsonpos_error_at(text, len, je, &line, &col);
         msg = strstr(je->text, "JSON_ALLOW_NUL") ? "\\u0000 (NUL) is not allowed in a string"

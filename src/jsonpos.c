@@ -440,6 +440,19 @@ int jsonpos_find(const jsonpos_t *jp, const char *pointer, int key, int *line, i
     return rc;
 }
 
+int jsonpos_pointer_at(const jsonpos_t *jp, int line, int col, char *out, size_t n)
+{
+    for (size_t i = 0; i < jp->n; i++) {
+        const jp_entry_t *e = &jp->entries[i];
+        if (e->vline != line || e->vcol != col) continue;
+        if (e->len >= n) return -1;
+        if (e->len > 0) memcpy(out, jp->arena + e->off, e->len);
+        out[e->len] = '\0';
+        return 0;
+    }
+    return -1;
+}
+
 size_t jsonpos_count(const jsonpos_t *jp)
 {
     return jp->n;

@@ -46,6 +46,10 @@ void jsonpos_error_at(const char *text, size_t len, const json_error_t *je, int 
 void jsonpos_syntax_error(const char *text, size_t len, const json_error_t *je, char *out,
                           size_t n);
 
+/* The pointer of the value that starts at line, col, copied to out (n
+ * bytes). Returns 0, or -1 if no value starts there (or it did not fit). */
+int jsonpos_pointer_at(const jsonpos_t *jp, int line, int col, char *out, size_t n);
+
 /* Number of values recorded (the root included). */
 size_t jsonpos_count(const jsonpos_t *jp);
 

@@ -264,6 +264,11 @@ static void test_number_just_outside_a_range_is_shown_exactly(void **state)
 {
     expect_error("{\"limits\": {\"max_connections\": 99999999999999999999999}, " UPS
                  ", \"experiments\": []}",
+                 "t.json:1:32: limits.max_connections: integer out of range (beyond "
+                 "+-9223372036854775807); no setting takes one that large");
+    /* named only when the text is otherwise sound (a duplicate key is not) */
+    expect_error("{\"limits\": {\"max_connections\": -99999999999999999999999, "
+                 "\"max_connections\": 1}}",
                  "t.json:1:32: integer out of range (beyond +-9223372036854775807); no setting "
                  "takes one that large");
     need_policy("ab");
