@@ -1676,12 +1676,16 @@ static store_t *mk_memory_store(fx_t *f)
     return s;
 }
 
-/* Instances a and b of "recs" on f's own Redis (no persistence), with
- * what they counted written and read back by both: 40 + 40 pulls, 10 + 10
- * rewards, 12 + 12 answers, 6 tally counts and the weights 30/70. */
+/* Instances a and b of "recs" on f's own Redis (no persistence; f->rc
+ * talks to it from now on), with what they counted written and read back
+ * by both: 40 + 40 pulls, 10 + 10 rewards, 12 + 12 answers, 6 tally counts
+ * and the weights 30/70. */
 static void two_synced_instances(fx_t *f, exp_state_t **ea, exp_state_t **eb)
 {
     own_redis(f);
+    redisFree(f->rc);
+    f->rc = sync_ctx(f->own.port);
+    assert_non_null(f->rc);
     store_t *a = f->st[0] = mk_store(f, f->own.port, 20);
     store_t *b = f->st[1] = mk_store(f, f->own.port, 20);
     *ea = mk_exp(a, "recs");
@@ -1712,6 +1716,23 @@ static void hold_rounds(fx_t *f, store_t *s, int hold)
     if (hold) run_for(f, 100); /* a round already started ends */
 }
 
+/* Redis loses its data (FLUSHALL), and a new instance c of "recs" (the
+ * config's weights, 90/10) writes first, with `pulls` pulls of the
+ * champion. */
+static exp_state_t *loss_then_new_instance(fx_t *f, int pulls)
+{
+    freeReplyObject(cmd(f, "FLUSHALL"));
+    store_t *c = f->st[2] = mk_store(f, f->own.port, 20);
+    exp_state_t *ec = mk_exp(c, "recs");
+    store_define(c, ec, 9, 0);
+    for (int i = 0; i < pulls; i++) store_pull(c, ec, 0);
+    RUN_UNTIL(f, store_up(c), WAIT_MS);
+    SETTLE(f, c, ec);
+    assert_true(arm_field(f, "recs", "champion", "pulls") == pulls);
+    assert_weights(f, "recs", "{\"champion\":90,\"challenger\":10}");
+    return ec;
+}
+
 /* Redis lost its data and a new instance, started meanwhile with no
  * snapshot, writes first: it seeds its configured control and its own
  * counts. The instances that held the fleet's state then write it back
@@ -1730,18 +1751,8 @@ static void test_redis_restarted_empty_a_new_instance_first_loses_nothing(void *
     SETTLE(f, a, ea);
     hold_rounds(f, a, 1);
 
-    redisContext *keep = f->rc;
-    f->rc = sync_ctx(f->own.port);
-    assert_non_null(f->rc);
-    freeReplyObject(cmd(f, "FLUSHALL"));
-    store_t *c = f->st[2] = mk_store(f, f->own.port, 20);
-    exp_state_t *ec = mk_exp(c, "recs"); /* the config's weights: 90/10 */
-    store_define(c, ec, 9, 0);
-    for (int i = 0; i < 3; i++) store_pull(c, ec, 0);
-    RUN_UNTIL(f, store_up(c), WAIT_MS);
-    SETTLE(f, c, ec);
-    assert_true(arm_field(f, "recs", "champion", "pulls") == 3);
-    assert_weights(f, "recs", "{\"champion\":90,\"challenger\":10}");
+    exp_state_t *ec = loss_then_new_instance(f, 3);
+    store_t *c = f->st[2];
 
     /* the old snapshot first, then the newer one: each adds what it has
      * beyond the one restored before it */
@@ -1777,8 +1788,6 @@ static void test_redis_restarted_empty_a_new_instance_first_loses_nothing(void *
     SETTLE(f, b, eb);
     SETTLE(f, a, ea);
     assert_true(arm_field(f, "recs", "champion", "pulls") == 45);
-    redisFree(f->rc);
-    f->rc = keep;
 }
 
 /* An operator's change made after the loss (here on the instance that
@@ -1792,14 +1801,8 @@ static void test_redis_restarted_empty_keeps_a_control_changed_since(void **stat
     store_t *a = f->st[0], *b = f->st[1];
     hold_rounds(f, a, 1);
     hold_rounds(f, b, 1);
-    redisContext *keep = f->rc;
-    f->rc = sync_ctx(f->own.port);
-    assert_non_null(f->rc);
-    freeReplyObject(cmd(f, "FLUSHALL"));
-    store_t *c = f->st[2] = mk_store(f, f->own.port, 20);
-    exp_state_t *ec = mk_exp(c, "recs");
-    RUN_UNTIL(f, store_up(c), WAIT_MS);
-    SETTLE(f, c, ec);
+    exp_state_t *ec = loss_then_new_instance(f, 0);
+    store_t *c = f->st[2];
     exp_control_t w = weights(50, 50);
     store_set_control(c, ec, &w);
     SETTLE(f, c, ec);
@@ -1812,8 +1815,6 @@ static void test_redis_restarted_empty_keeps_a_control_changed_since(void **stat
     assert_true(arm_field(f, "recs", "challenger", "pulls") == 40);
     assert_weights(f, "recs", "{\"champion\":50,\"challenger\":50}");
     assert_true(ea->control.weights[0] == 50 && eb->control.weights[0] == 50);
-    redisFree(f->rc);
-    f->rc = keep;
 }
 
 /* Another instance (f->st[1]) on f's Redis and prefix that routed `pulls`
