@@ -110,8 +110,12 @@ static void gauss_posterior(const thompson_t *t, const gauss_suff_t *g, double s
      * by about n*xbar^2*2^-52, so a variance below ~xbar^2*1e-15 cannot be
      * told from 0. (At 1e-12 the floor itself was the variance of rewards
      * with a large offset: sd 1 around 1e7 was taken as sd 10.) */
+    /* Below two rewards sigma2 is the prior variance 1/precision, exact
+     * (and >= 1e-12): no sum to lose it, and no floor. Floored, one reward
+     * of 1e17 under the default prior was taken as noise of variance 1e19
+     * and its arm's mean as 1.0, below an arm rewarded 5. */
     double floor = 1e-15 * fmax(1.0, g->xbar * g->xbar);
-    if (!(sigma2 > floor)) sigma2 = floor;
+    if (g->n >= 2 && !(sigma2 > floor)) sigma2 = floor;
     double data_prec = (double)g->n / sigma2;
     double prec = t->prec0 + data_prec;
     *mean = (t->prec0 * t->mean0 + data_prec * g->xbar) / prec;

@@ -359,6 +359,26 @@ static void test_thompson_gaussian_large_offset(void **state)
     unmake(&in);
 }
 
+/* One reward each, 1e17 against 5, under the default prior (sd 10): with
+ * no variance estimate the prior's stands in, exactly, so the means are
+ * r / 2 (5e16 and 2.5) and the 1e17 arm is the best. (The variance floor
+ * for sums that lose the spread made it 1e19 here: mean 1.0, p_best 0.45.) */
+static void test_thompson_gaussian_one_large_reward_is_not_floored(void **state)
+{
+    (void)state;
+    inst_t in = make(EXP_TS(", \"reward\": \"gaussian\""));
+    view_t w;
+    view_init(&w, 2, 31);
+    set_moments(&w.stats[0], 1, 1e17, 0.0);
+    set_moments(&w.stats[1], 1, 5.0, 0.0);
+    json_t *d = in.ops->describe(in.p, &w.v);
+    assert_true(fabs(num_at(arm_at(d, 0), "mean") - 5e16) < 1e6);
+    assert_true(fabs(num_at(arm_at(d, 1), "mean") - 2.5) < 1e-9);
+    assert_true(num_at(arm_at(d, 0), "p_best") > 0.99);
+    json_decref(d);
+    unmake(&in);
+}
+
 /* The extremes a Gaussian prior may take (|mean| 1e100, precision 1e-200
  * or 1e12) with rewards at the reward bound (|r| 1e100): every number
  * describe shows is finite, and feedback moves the posterior. (A prior mean
@@ -1019,6 +1039,7 @@ int main(void)
         cmocka_unit_test(test_thompson_gaussian_posterior),
         cmocka_unit_test(test_thompson_gaussian_equal_rewards_do_not_collapse),
         cmocka_unit_test(test_thompson_gaussian_large_offset),
+        cmocka_unit_test(test_thompson_gaussian_one_large_reward_is_not_floored),
         cmocka_unit_test(test_thompson_gaussian_extreme_prior_stays_finite),
         cmocka_unit_test(test_thompson_missing_prior_key_takes_default),
         cmocka_unit_test(test_thompson_converges_with_batched_stats),
