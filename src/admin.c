@@ -599,7 +599,11 @@ static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
      * first step (step 0 is "not started"), as after a rollback: left at
      * promote's 100 it ran outside its steps, holding "at the last step". */
     if (finished) ctl.canary_step = 0.0; /* here only when resuming */
-    set_control(srv, r, e, &ctl);
+    store_set_control(srv->store, e->state, &ctl);
+    /* ... and it starts now: the answer, and the next request, see its
+     * first step, not step 0 until the next tick. */
+    if (finished) server_tick_experiment(srv, e, mm_now_ms());
+    reply_views_after(srv, r->conn, e, AFTER_CHANGE);
 }
 
 static void reset(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)

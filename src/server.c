@@ -31,26 +31,27 @@
 
 #define TICK_MS 1000
 
+void server_tick_experiment(mm_server_t *srv, exp_rt_t *e, uint64_t now_ms)
+{
+    const policy_ops_t *ops = e->cfg->ops;
+    /* Not before the store has read the experiment's control: with Redis,
+     * a canary starting at its first step would overwrite the step,
+     * promotion or rollback every instance shares (docs/store.md). */
+    if (ops->on_tick == NULL || !store_control_known(srv->store, e->state) ||
+        e->state->control.state != EXP_RUNNING)
+        return;
+    policy_view_t v;
+    router_view(e, &srv->rng, now_ms, &v);
+    exp_control_t ctl = e->state->control;
+    if (ops->on_tick(e->cfg->policy, &v, &ctl)) store_propose_control(srv->store, e->state, &ctl);
+}
+
 static void tick_experiments(mm_server_t *srv)
 {
     router_t *r = srv->router;
     uint64_t now = mm_now_ms();
     router_sync_resets(r);
-    for (size_t i = 0; i < r->n_exps; i++) {
-        exp_rt_t *e = &r->exps[i];
-        const policy_ops_t *ops = e->cfg->ops;
-        /* Not before the store has read the experiment's control: with Redis,
-         * a canary starting at its first step would overwrite the step,
-         * promotion or rollback every instance shares (docs/store.md). */
-        if (ops->on_tick == NULL || !store_control_known(srv->store, e->state) ||
-            e->state->control.state != EXP_RUNNING)
-            continue;
-        policy_view_t v;
-        router_view(e, &srv->rng, now, &v);
-        exp_control_t ctl = e->state->control;
-        if (ops->on_tick(e->cfg->policy, &v, &ctl))
-            store_propose_control(srv->store, e->state, &ctl);
-    }
+    for (size_t i = 0; i < r->n_exps; i++) server_tick_experiment(srv, &r->exps[i], now);
 }
 
 static void on_tick(uv_timer_t *t)

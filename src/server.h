@@ -147,6 +147,11 @@ void proxy_close_all(mm_server_t *srv);
  * the name that did not resolve). */
 typedef void (*server_reload_cb)(void *arg, int ok, const char *err);
 void server_reload(mm_server_t *srv, server_reload_cb cb, void *arg);
+
+/* One tick of e's policy (what the server does every second): a change it
+ * makes is proposed to the store. For an admin change that should act now,
+ * not at the next tick (a canary resumed after a rollback starts). */
+void server_tick_experiment(mm_server_t *srv, exp_rt_t *e, uint64_t now_ms);
 /* 1 if cfg (a config_t) has an experiment of that name: store_retain's
  * keep after a reload. */
 int server_configured(void *cfg, const char *name);

@@ -515,6 +515,12 @@ class TestAdminAPI(Base):
         self.assertEqual(metric(s, "modelmux_experiment_state", experiment="can",
                                 state="rolled_back"), 1)
         self.assertEqual({a for _, a, _ in self.send("canary", n=20)}, {"champion"})
+        # resumed, it starts over at its first step at once: in the answer,
+        # and for the very next requests (not at step 0 until the next tick)
+        view = self.admin_json("POST", "/experiments/can/resume")
+        self.assertEqual((view["state"], view["policy_state"]["step"]), ("running", 10))
+        self.assertAlmostEqual({a["name"]: a["share"] for a in view["arms"]}["challenger"], 0.1)
+        self.assertIn("challenger", {a for _, a, _ in self.send("canary", n=100)})
 
     def test_reload(self):
         before = self.metrics()
