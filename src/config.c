@@ -1237,6 +1237,36 @@ static void syntax_error(cx_t *cx, const char *text, size_t len, const json_erro
     put_error(cx, line, col, msg);
 }
 
+/* Every request experiment b matches, a matches too (router_match's
+ * rules; conservative: a host is compared as written, without the port
+ * forms host_matches allows). */
+static int match_covers(const cfg_experiment_t *a, const cfg_experiment_t *b)
+{
+    if (strncmp(a->path_prefix, b->path_prefix, strlen(a->path_prefix)) != 0) return 0;
+    if (a->host && (b->host == NULL || strcasecmp(a->host, b->host) != 0)) return 0;
+    for (size_t i = 0; i < a->n_headers; i++) {
+        size_t k = 0;
+        while (k < b->n_headers && (strcasecmp(a->headers[i].name, b->headers[k].name) != 0 ||
+                                    strcmp(a->headers[i].value, b->headers[k].value) != 0))
+            k++;
+        if (k == b->n_headers) return 0;
+    }
+    return 1;
+}
+
+int config_unreachable(const config_t *c, size_t j, char *out, size_t n)
+{
+    for (size_t i = 0; i < j && j < c->n_experiments; i++) {
+        if (!match_covers(&c->experiments[i], &c->experiments[j])) continue;
+        snprintf(out, n,
+                 "warning: experiment \"%s\" can never be chosen: experiment \"%s\", listed "
+                 "before it, matches every request it would (the first match wins)",
+                 c->experiments[j].name, c->experiments[i].name);
+        return 1;
+    }
+    return 0;
+}
+
 config_t *config_parse(const char *text, size_t len, const char *name, char *err, size_t errlen)
 {
     static const char *const top_keys[] = {"listen", "admin",     "store",       "log",

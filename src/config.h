@@ -123,6 +123,12 @@ config_t *config_load_text(const char *path, char **text, size_t *text_len, char
 /* The same from memory; `name` stands for the file in messages. */
 config_t *config_parse(const char *text, size_t len, const char *name, char *err, size_t errlen);
 void config_free(config_t *c);
+
+/* Experiment j can never be chosen: an earlier one (the first match wins)
+ * matches every request it would. Then 1, and the warning that says so, in
+ * out (n bytes); else 0. Not an error: a config that lists a catch-all
+ * before a narrower experiment is valid, only not what was meant. */
+int config_unreachable(const config_t *c, size_t j, char *out, size_t n);
 /* An error found in c after it was parsed (--check's lookups, main.c), about
  * the value at JSON pointer `ptr` ("/upstreams/champion/url") of the text c
  * was parsed from (text, len: config_load_text's), written as the parse's

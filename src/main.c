@@ -791,12 +791,17 @@ int main(int argc, char **argv)
             config_free(cfg);
             return 1;
         }
+        for (size_t j = 0; j < cfg->n_experiments; j++)
+            if (config_unreachable(cfg, j, err, sizeof(err)))
+                fprintf(stderr, "%s: %s\n", path, err);
         printf("%s: ok (%zu upstream%s, %zu experiment%s)\n", path, cfg->n_upstreams,
                cfg->n_upstreams == 1 ? "" : "s", cfg->n_experiments,
                cfg->n_experiments == 1 ? "" : "s");
         config_free(cfg);
         return 0;
     }
+    for (size_t j = 0; j < cfg->n_experiments; j++)
+        if (config_unreachable(cfg, j, err, sizeof(err))) mm_log("%s", err);
     if (workers > 1 && (probe_listen(&cfg->listen) != 0 ||
                         (cfg->has_admin && probe_listen(&cfg->admin_listen) != 0))) {
         config_free(cfg);

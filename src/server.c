@@ -145,6 +145,9 @@ static void close_reqlog(mm_server_t *srv)
  * moved to a new path, and reopened (SIGHUP also rotates it). */
 static void reload_log(mm_server_t *srv, const config_t *cfg)
 {
+    char why[512];
+    for (size_t j = 0; j < cfg->n_experiments; j++)
+        if (config_unreachable(cfg, j, why, sizeof(why))) mm_log("%s", why);
     if (srv->reqlog && cfg->log_requests == NULL) {
         close_reqlog(srv);
         mm_log("request log: off (the lines in hand are written first)");

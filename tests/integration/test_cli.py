@@ -7,6 +7,7 @@ offending token of the file. The configs below are written as literal text so
 that the expected line and column can be read off the source of this test.
 """
 import glob
+import json
 import os
 import re
 import subprocess
@@ -67,6 +68,29 @@ class CheckAccepts(unittest.TestCase):
             with self.subTest(config=os.path.basename(path)):
                 r = run("--check", "-c", path)
                 self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertNotIn("warning", r.stderr)
+
+    def test_an_experiment_that_can_never_be_chosen_is_warned_about(self):
+        # Valid (the first match wins, DESIGN.md §3), but not what was meant:
+        # said by --check, at the start and at a reload, as nginx says of
+        # a duplicate location (which it refuses).
+        exps = [{"name": n, "match": m, "policy": "ab", "arms": {"champion": 1}} for n, m in [
+            ("all", {"path_prefix": "/v1"}), ("same", {"path_prefix": "/v1"}),
+            ("narrower", {"path_prefix": "/v1/rank", "headers": {"X-Beta": "1"}}),
+            ("other-host", {"path_prefix": "/w", "host": "a.example"}),
+            ("wider", {"path_prefix": "/w"})]]
+        port = mmtest.free_port()
+        cfg = mmtest.base_config(port, {"champion": 7001}, exps)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "dead.json")
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            r = run("--check", "-c", path)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            want = ["%s: warning: experiment \"%s\" can never be chosen: experiment \"all\", "
+                    "listed before it, matches every request it would (the first match wins)"
+                    % (path, n) for n in ("same", "narrower")]
+            self.assertEqual(r.stderr.splitlines(), want)
 
     def test_base_config_of_these_tests_passes_check(self):
         # The broken variants below differ from this one in one line only.
