@@ -123,6 +123,13 @@ bc_target_t *bc_target_open(uv_loop_t *loop, const char *url, int pool, int time
     t->loop = loop;
     t->pool = up_pool_create(loop, &t->cfg, NULL, err, errlen); /* before the run: may block */
     if (t->pool == NULL) {
+        /* The pool speaks of an upstream; the caller's option names a URL
+         * ("--target URL: cannot resolve HOST", as its other errors). */
+        static const char pre[] = "upstream target: ";
+        char why[512];
+        snprintf(why, sizeof(why), "%s",
+                 strncmp(err, pre, sizeof(pre) - 1) == 0 ? err + sizeof(pre) - 1 : err);
+        snprintf(err, errlen, "%s: %s", url, why);
         free(t);
         return NULL;
     }

@@ -168,8 +168,14 @@ static int parse_arm_list(const char *v, sim_opts_t *o, int gaussian)
     char *copy = strdup(v);
     if (copy == NULL) return -1;
     int rc = -1;
-    char *save = NULL;
-    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    for (char *tok = copy, *next; tok; tok = next) {
+        next = strchr(tok, ',');
+        if (next) *next++ = '\0';
+        if (*tok == '\0') { /* strtok would skip it: "a=0.1,,b=0.2" is a typo */
+            fprintf(stderr, "simulate: %s: an empty arm=%s in '%s'\n",
+                    gaussian ? "--gaussian" : "--rates", gaussian ? "mean:sd" : "p", v);
+            goto out;
+        }
         char *eq = strchr(tok, '=');
         if (eq == NULL) {
             fprintf(stderr, "simulate: '%s' is not arm=%s\n", tok, gaussian ? "mean:sd" : "p");

@@ -520,15 +520,15 @@ static void render_arm_counters(mm_buf_t *b, const exp_ref_t *v, size_t n)
         }
     }
 
-    /* A gauge, so only for what is live: the experiments and arms of the
-     * config in force (counters of removed ones stay, see above). */
+    /* A gauge only because rewards may be negative: a running sum, kept
+     * as the counters are (also for experiments and arms a reload
+     * removed), so that its ratio to modelmux_feedback_total, the mean
+     * reward, has its numerator wherever it has its denominator. */
     family(b, "modelmux_reward_sum", "gauge",
            "Sum of the rewards received by this instance (a gauge: rewards may be negative).");
     for (size_t k = 0; k < n; k++) {
         const metrics_exp_t *m = v[k].m;
-        const exp_rt_t *rt = v[k].rt;
-        for (size_t i = 0; rt && i < rt->cfg->n_arms; i++) {
-            int a = rt->mslot[i];
+        for (size_t a = 0; a < m->n_arms; a++) {
             const char *kv[] = {"experiment", m->name, "arm", m->arm_names[a], NULL};
             sample_f(b, "modelmux_reward_sum", kv, m->arms[a].reward_sum);
         }

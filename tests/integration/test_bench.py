@@ -360,9 +360,19 @@ class BenchTest(mmtest.MMTestCase):
         rc, _, err = self.bench("replay", SAMPLE, "--target", unresolvable, "--max")
         self.assertEqual(rc, 1, err)
         self.assertNotIn("usage:", err)
+        self.assertEqual(err, "replay: --target %s: cannot resolve no-such-host.invalid\n"
+                         % unresolvable)
         rc, _, err = self.bench(*sim, "--target", unresolvable)
         self.assertEqual(rc, 1, err)
         self.assertNotIn("usage:", err)
+        self.assertIn("--target %s: cannot resolve no-such-host.invalid\n" % unresolvable, err)
+        # an empty element of a list is a typo, not a list one arm shorter
+        for rates in ("champion=0.1,,challenger=0.2", "champion=0.1,challenger=0.2,"):
+            args = [a if a != "champion=0.1,challenger=0.2" else rates for a in sim]
+            rc, out, err = self.bench(*args, "--target", self.target)
+            self.assertEqual(rc, 2, err)
+            self.assertIn("simulate: --rates: an empty arm=p in '%s'" % rates, err)
+            self.assertEqual(out, "")
 
     def test_replay_counts_errors_by_kind(self):
         line = ('{"ts":"2024-06-01T10:00:0%dZ","request_id":null,"experiment":null,"arm":null,'

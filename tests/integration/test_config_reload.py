@@ -141,6 +141,34 @@ class BadReload(mmtest.MMTestCase):
 
 
 class LargeReload(mmtest.MMTestCase):
+    def test_a_removed_experiments_counters_and_reward_sum_stay_exported(self):
+        """Counters of an experiment a reload removed keep being exported
+        (no spurious resets), and so does modelmux_reward_sum, so that the
+        mean reward (reward_sum / feedback_total) keeps its numerator; the
+        live gauges (arm_share) go."""
+        ups = {"champion": self.cluster.model_server("champion").port}
+        port, admin = mmtest.free_port(), mmtest.free_port()
+        exps = [{"name": n, "match": {"path_prefix": "/%s/" % n}, "policy": "ab",
+                 "arms": {"champion": 1}} for n in ("kept", "gone")]
+        path = self.cluster.path("removal.json")
+        with open(path, "w") as f:
+            json.dump(mmtest.base_config(port, ups, exps, admin_port=admin), f)
+        self.cluster.modelmux(path)
+        st, h, _ = mmtest.request(port, "GET", "/gone/x")
+        self.assertEqual(st, 200)
+        st, _, body = mmtest.request(port, "POST", "/_modelmux/feedback",
+                                     body={"request_id": h["x-request-id"], "reward": -2.5})
+        self.assertEqual(json.loads(body)["accepted"], 1)
+        with open(path, "w") as f:
+            json.dump(mmtest.base_config(port, ups, exps[:1], admin_port=admin), f)
+        st, _, body = mmtest.request(admin, "POST", "/reload")
+        self.assertEqual(st, 200, body)
+        samples = lambda name: mmtest.metric_samples(admin, name, "experiment", "arm")
+        self.assertEqual(samples("modelmux_feedback_total")[("gone", "champion")], 1)
+        self.assertEqual(samples("modelmux_reward_sum")[("gone", "champion")], -2.5)
+        self.assertNotIn(("gone", "champion"), samples("modelmux_arm_share"))
+        self.assertIn(("kept", "champion"), samples("modelmux_arm_share"))
+
     def test_reload_keeps_what_the_operator_set_on_every_experiment(self):
         """DESIGN.md §5: a change made through the API lasts until a reload
         changes that experiment's definition. With more than 1024
