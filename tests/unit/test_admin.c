@@ -495,8 +495,8 @@ static void test_resume_drops_weights_only_where_the_policy_routes(void **state)
 }
 
 /* A canary promoted by the operator and then resumed starts over at its
- * first step (canary_step 0: the next tick moves it to steps[0]); it used
- * to run on at promote's 100 %, outside its steps. */
+ * first step, at once (the resume ticks it: not step 0 until the next
+ * tick); it used to run on at promote's 100 %, outside its steps. */
 static void test_resume_after_promote_starts_a_canary_over(void **state)
 {
     rig_t *t = *state;
@@ -505,7 +505,7 @@ static void test_resume_after_promote_starts_a_canary_over(void **state)
     json_t *v = ok_view(t, "POST", "/experiments/can/resume", NULL);
     assert_string_equal(view_state(v), "running");
     json_decref(v);
-    assert_true(control(t, "can")->canary_step == 0.0);
+    assert_true(control(t, "can")->canary_step == 5.0); /* steps [5, 25, 100] */
     assert_false(control(t, "can")->has_weights);
 }
 
