@@ -121,15 +121,16 @@ bc_target_t *bc_target_open(uv_loop_t *loop, const char *url, int pool, int time
     t->cfg.timeout_ms = timeout_ms;
     t->cfg.connect_timeout_ms = timeout_ms < 2000 ? timeout_ms : 2000;
     t->loop = loop;
-    t->pool = up_pool_create(loop, &t->cfg, NULL, err, errlen); /* before the run: may block */
+    /* Looked up here (before the run: may block), so that the message
+     * names the URL as the caller's other errors do, not an upstream. */
+    mm_addrs_t addrs;
+    if (mm_addrs_resolve(&t->cfg.addr, &addrs) != 0) {
+        snprintf(err, errlen, "%s: cannot resolve %s", url, t->cfg.addr.host);
+        free(t);
+        return NULL;
+    }
+    t->pool = up_pool_create(loop, &t->cfg, &addrs, err, errlen);
     if (t->pool == NULL) {
-        /* The pool speaks of an upstream; the caller's option names a URL
-         * ("--target URL: cannot resolve HOST", as its other errors). */
-        static const char pre[] = "upstream target: ";
-        char why[512];
-        snprintf(why, sizeof(why), "%s",
-                 strncmp(err, pre, sizeof(pre) - 1) == 0 ? err + sizeof(pre) - 1 : err);
-        snprintf(err, errlen, "%s: %s", url, why);
         free(t);
         return NULL;
     }

@@ -104,16 +104,15 @@ static gauss_suff_t gauss_suff(const arm_stats_t *s)
 static void gauss_posterior(const thompson_t *t, const gauss_suff_t *g, double sigma2, double *mean,
                             double *sd)
 {
-    /* s0^2 > 0 keeps sigma2 positive; the floor is for values so extreme
-     * that the sums lose it (no division by zero, whatever the rewards). It
-     * sits near what the sums can resolve: SS = sum(x^2) - n*xbar^2 is off
-     * by about n*xbar^2*2^-52, so a variance below ~xbar^2*1e-15 cannot be
-     * told from 0. (At 1e-12 the floor itself was the variance of rewards
-     * with a large offset: sd 1 around 1e7 was taken as sd 10.) */
-    /* Below two rewards sigma2 is the prior variance 1/precision, exact
-     * (and >= 1e-12): no sum to lose it, and no floor. Floored, one reward
-     * of 1e17 under the default prior was taken as noise of variance 1e19
-     * and its arm's mean as 1.0, below an arm rewarded 5. */
+    /* From two rewards on, sigma2 comes from the sums, and the floor is for
+     * values so extreme that they lose it (no division by zero, whatever
+     * the rewards). It sits near what the sums can resolve: SS = sum(x^2) -
+     * n*xbar^2 is off by about n*xbar^2*2^-52, so a variance below
+     * ~xbar^2*1e-15 cannot be told from 0. (At 1e-12 the floor itself was
+     * the variance of rewards with a large offset: sd 1 around 1e7 was
+     * taken as sd 10.) Below two rewards sigma2 is the prior variance
+     * 1/precision, exact (>= 1e-12): floored, one reward of 1e17 under the
+     * default prior was taken as noise of variance 1e19, its mean as 1.0. */
     double floor = 1e-15 * fmax(1.0, g->xbar * g->xbar);
     if (g->n >= 2 && !(sigma2 > floor)) sigma2 = floor;
     double data_prec = (double)g->n / sigma2;

@@ -30,6 +30,7 @@
 #include "config.h"
 #include "http.h"
 #include "jsonpos.h"
+#include "log.h"
 
 #define PTR_MAX         1024        /* JSON pointers we build */
 #define CONFIG_FILE_MAX (16u << 20) /* a config larger than this is a mistake */
@@ -1265,6 +1266,13 @@ int config_unreachable(const config_t *c, size_t j, char *out, size_t n)
         return 1;
     }
     return 0;
+}
+
+void config_log_warnings(const config_t *c)
+{
+    char why[512];
+    for (size_t j = 0; j < c->n_experiments; j++)
+        if (config_unreachable(c, j, why, sizeof(why))) mm_log("%s", why);
 }
 
 config_t *config_parse(const char *text, size_t len, const char *name, char *err, size_t errlen)

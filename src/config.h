@@ -129,6 +129,8 @@ void config_free(config_t *c);
  * out (n bytes); else 0. Not an error: a config that lists a catch-all
  * before a narrower experiment is valid, only not what was meant. */
 int config_unreachable(const config_t *c, size_t j, char *out, size_t n);
+/* Log every such warning (mm_log): at the start and at each reload. */
+void config_log_warnings(const config_t *c);
 /* An error found in c after it was parsed (--check's lookups, main.c), about
  * the value at JSON pointer `ptr` ("/upstreams/champion/url") of the text c
  * was parsed from (text, len: config_load_text's), written as the parse's

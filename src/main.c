@@ -800,8 +800,7 @@ int main(int argc, char **argv)
         config_free(cfg);
         return 0;
     }
-    for (size_t j = 0; j < cfg->n_experiments; j++)
-        if (config_unreachable(cfg, j, err, sizeof(err))) mm_log("%s", err);
+    config_log_warnings(cfg);
     if (workers > 1 && (probe_listen(&cfg->listen) != 0 ||
                         (cfg->has_admin && probe_listen(&cfg->admin_listen) != 0))) {
         config_free(cfg);

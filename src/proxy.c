@@ -1183,9 +1183,6 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
     const exp_rt_t *e = r->exp;
     r->status = resp->status;
     r->responding = r->answered = 1;
-    /* A 5xx is a failure now; a good answer only once it is whole
-     * (pu_on_done): one that breaks off mid-body is a failure. */
-    if (resp->status >= 500) up_pool_observe(r->pool, resp->status, uv_now(c->srv->loop));
     conn_no_deadline(c);
 
     int client_11 = r->http_minor >= 1;
@@ -1258,7 +1255,10 @@ static void pu_on_done(up_user_t *u, up_conn_t *uc)
     req_t *r = container_of(u, req_t, user);
     conn_t *c = r->conn;
     r->up_done = 1;
-    if (r->status < 500) up_pool_observe(r->pool, r->status, uv_now(c->srv->loop));
+    /* Outlier detection judges an exchange once, at its end: an answer
+     * that breaks off after its head is a failure (pu_on_error), not the
+     * status it began with. */
+    up_pool_observe(r->pool, r->status, uv_now(c->srv->loop));
     if (c->writing) {
         r->final_write = 1; /* finish when the last body write completes */
         return;
@@ -1281,14 +1281,13 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
     c->pinned = 0;
     r->up_errors++;
     r->last_err = (int)kind;
+    if (kind != UP_ERR_OVERFLOW) up_pool_observe(r->pool, 0, uv_now(c->srv->loop));
     if (r->responding && !r->head_pending) {
         /* The answer was cut off: the client must see a broken connection.
          * It keeps the status it was sent, but for the arm it is an error
-         * (req_finish) and for outlier detection a failure, as a refused
-         * connection is: a server that always dies mid-answer must not
-         * look healthy to the canary analysis or to ejection. */
+         * (req_finish), as a refused connection is: a server that always
+         * dies mid-answer must not look healthy to the canary analysis. */
         r->cut = 1;
-        up_pool_observe(r->pool, 0, uv_now(c->srv->loop));
         conn_close(c);
         return;
     }
@@ -1296,7 +1295,6 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
      * it was passed on: the client can still be told, as if nothing had
      * been answered. */
     r->responding = r->answered = r->head_pending = 0;
-    if (kind != UP_ERR_OVERFLOW) up_pool_observe(r->pool, 0, uv_now(c->srv->loop));
     /* The arm's error is counted once, when the request ends (req_finish):
      * a retry may still succeed, and a 502/504 answer counts as a 5xx. */
     if (reused && r->replayable && r->retries < MAX_RETRIES) {

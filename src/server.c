@@ -145,9 +145,6 @@ static void close_reqlog(mm_server_t *srv)
  * moved to a new path, and reopened (SIGHUP also rotates it). */
 static void reload_log(mm_server_t *srv, const config_t *cfg)
 {
-    char why[512];
-    for (size_t j = 0; j < cfg->n_experiments; j++)
-        if (config_unreachable(cfg, j, why, sizeof(why))) mm_log("%s", why);
     if (srv->reqlog && cfg->log_requests == NULL) {
         close_reqlog(srv);
         mm_log("request log: off (the lines in hand are written first)");
@@ -238,6 +235,7 @@ static void reload_finish(server_reload_t *rl)
         commit_listeners(srv, cfg, &st);
         store_retain(srv->store, server_configured, (void *)nr->cfg);
         reload_log(srv, cfg);
+        config_log_warnings(cfg);
         /* What a worker started in place of a crashed one starts on. */
         if (rl->text) keep_put_config(srv->keep, rl->text, rl->text_len);
         srv->reloads++;

@@ -378,18 +378,22 @@ static void group_complete(shadow_group_t *g)
     exp_rt_t *live = router_successor(g->srv->router, g->router, g->exp);
     const cfg_experiment_t *ce = live->cfg;
     if (g->p_chunked) dechunk(&g->p_body);
-    policy_resp_t primary = {
-        g->p_status,    {g->p_ctype, strlen(g->p_ctype)}, mm_buf_view(&g->p_body),
-        g->p_truncated, mm_buf_view(&g->p_headers),       0};
+    policy_resp_t primary = {.status = g->p_status,
+                             .content_type = {g->p_ctype, strlen(g->p_ctype)},
+                             .body = mm_buf_view(&g->p_body),
+                             .truncated = g->p_truncated,
+                             .headers = mm_buf_view(&g->p_headers)};
     policy_resp_t answers[MM_MAX_ARMS];
     int arms[MM_MAX_ARMS], outcomes[MM_MAX_ARMS], idx[MM_MAX_ARMS];
     size_t k = 0;
     for (int i = 0; i < g->n; i++) {
         const leg_t *l = &g->m[i].leg;
         if (!l->started) continue;
-        answers[k] =
-            (policy_resp_t){l->status,    {l->ctype, strlen(l->ctype)}, mm_buf_view(&l->resp),
-                            l->truncated, mm_buf_view(&l->headers),     0};
+        answers[k] = (policy_resp_t){.status = l->status,
+                                     .content_type = {l->ctype, strlen(l->ctype)},
+                                     .body = mm_buf_view(&l->resp),
+                                     .truncated = l->truncated,
+                                     .headers = mm_buf_view(&l->headers)};
         arms[k] = g->m[i].arm;
         outcomes[k] = l->status == 0 ? POLICY_ERROR : POLICY_MATCH;
         idx[k++] = i;

@@ -350,24 +350,35 @@ static inline int next_ai(up_pool_t *p)
     return p->addrs.n == 1 ? 0 : pick_ai(p);
 }
 
-/* c's exchange, for its address's counts and outlier count: `answer`, an
- * answer's head came (a 5xx included), else the exchange failed (connect,
- * timeout, reset, protocol); `failed`, one more failure in a row (a 5xx
- * or a failure). A good answer ends the run only once it is whole
- * (addr_whole): one cut off after its head is a failure too, so a server
- * that always dies mid-answer is ejected like one that refuses. With one
- * address the pool's own ejection (up_pool_observe, the arm's fallback)
- * is the whole story. */
-static void addr_observe(up_conn_t *c, int failed, int answer)
+/* c's exchange in its address's counts (modelmux_upstream_address_
+ * requests_total): `answer`, an answer's head came (a 5xx included), else
+ * the exchange failed (connect, timeout, reset, protocol). An answer that
+ * breaks off after its head counts once each way. */
+static void addr_count(up_conn_t *c, int answer)
 {
     up_pool_t *p = c->pool;
     if (c->addr_gen != p->addr_gen) return; /* an address of a set since replaced */
-    int ai = c->ai;
     if (answer)
-        p->out[ai].answers++;
+        p->out[c->ai].answers++;
     else
-        p->out[ai].fails++;
-    if (p->addrs.n < 2 || p->cfg.eject_consecutive_5xx <= 0 || !failed) return;
+        p->out[c->ai].fails++;
+}
+
+/* Outlier detection of c's address, once per exchange at its end: a
+ * failure (a 5xx, or an exchange that failed, also after its head came)
+ * is one more in a row, a whole good answer ends the run. With one
+ * address the pool's own ejection (up_pool_observe, the arm's fallback)
+ * is the whole story. */
+static void addr_judge(up_conn_t *c, int failed)
+{
+    up_pool_t *p = c->pool;
+    if (c->addr_gen != p->addr_gen) return;
+    int ai = c->ai;
+    if (p->addrs.n < 2 || p->cfg.eject_consecutive_5xx <= 0) return;
+    if (!failed) {
+        p->out[ai].consecutive = 0;
+        return;
+    }
     if (++p->out[ai].consecutive < p->cfg.eject_consecutive_5xx) return;
     p->out[ai].consecutive = 0;
     uint64_t now = uv_now(p->loop);
@@ -382,14 +393,6 @@ static void addr_observe(up_conn_t *c, int failed, int answer)
     mm_log("upstream %s: %s ejected for %llu ms (%d failures in a row); the others serve",
            p->cfg.name, at, (unsigned long long)ms, p->cfg.eject_consecutive_5xx);
     close_idle_at(p, ai);
-}
-
-/* c's answer came whole: a good one (not a 5xx) ends its address's run of
- * failures. */
-static void addr_whole(up_conn_t *c)
-{
-    up_pool_t *p = c->pool;
-    if (c->addr_gen == p->addr_gen && c->resp.status < 500) p->out[c->ai].consecutive = 0;
 }
 
 /* An idle connection to any address, looking from `from` on; NULL: none. */
@@ -597,7 +600,8 @@ static void uc_close(up_conn_t *c)
 static void count_failure(up_conn_t *c, up_err_t kind)
 {
     c->pool->stats.errors[kind]++;
-    addr_observe(c, 1, 0);
+    addr_count(c, 0);
+    addr_judge(c, 1);
 }
 
 /* The answer is whole: its address's run of failures ends, and the user
@@ -605,7 +609,7 @@ static void count_failure(up_conn_t *c, up_err_t kind)
 static void uc_done(up_conn_t *c)
 {
     c->phase = PH_DONE;
-    addr_whole(c);
+    addr_judge(c, c->resp.status >= 500);
     c->user->ops->on_done(c->user, c);
 }
 
@@ -631,8 +635,7 @@ static void on_timer(uv_timer_t *t)
         /* The connect callback will still run (with UV_ECANCELED) after the
          * close; it must see the connection as closing and do nothing. */
         up_user_t *u = c->user;
-        c->pool->stats.errors[UP_ERR_CONNECT_TIMEOUT]++;
-        addr_observe(c, 1, 0);
+        count_failure(c, UP_ERR_CONNECT_TIMEOUT);
         uc_close(c);
         if (u) {
             u->pending_conn = NULL;
@@ -810,8 +813,7 @@ static void on_connect(uv_connect_t *req, int status)
     uv_timer_stop(&c->timer);
     if (status != 0) {
         up_user_t *u = c->user;
-        c->pool->stats.errors[UP_ERR_CONNECT]++;
-        addr_observe(c, 1, 0);
+        count_failure(c, UP_ERR_CONNECT);
         uc_close(c);
         if (u) {
             u->pending_conn = NULL;
@@ -1054,7 +1056,7 @@ static void uc_process(up_conn_t *c)
             c->kick = 1; /* a bodiless or zero-length answer ends without input */
             c->resp.head = &c->head;
             c->resp.base = c->rbuf;
-            addr_observe(c, c->resp.status >= 500, 1);
+            addr_count(c, 1);
             u->ops->on_head(u, c, &c->resp);
             if (c->state == UC_BUSY && c->msg_done && c->phase == PH_BODY) uc_done(c);
             continue;
