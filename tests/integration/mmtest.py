@@ -184,8 +184,14 @@ class PyUpstream:
     examples/model_server cannot give (crafted bodies, headers, hangs).
     `handler` is a QuietHandler subclass; close() stops it."""
 
+    class Server(http.server.ThreadingHTTPServer):
+        # Python's default backlog of 5 can overflow while a busy machine
+        # starves the accepting thread; a SYN dropped then is retried only
+        # after a second, past modelmux's 500 ms connect timeout.
+        request_queue_size = 128
+
     def __init__(self, handler):
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = self.Server(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True  # a hanging answer never holds close()
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

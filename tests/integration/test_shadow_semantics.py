@@ -80,13 +80,15 @@ class ShadowSemantics(mmtest.MMTestCase):
         self.addCleanup(up.close)
         return up
 
-    def start(self, ups, exp, **extra):
+    def start(self, ups, exp, up_opts=None, **extra):
         port, admin = mmtest.free_port(), mmtest.free_port()
         base = {"name": "sh", "match": {"path_prefix": "/"}, "policy": "shadow",
                 "primary": "primary", "shadows": ["cand"]}
         base.update(exp)
         self.log = self.cluster.path("requests.jsonl")
-        cfg = mmtest.base_config(port, {n: u.port for n, u in ups.items()}, [base], admin_port=admin,
+        upstreams = {n: dict({"url": "http://127.0.0.1:%d" % u.port}, **(up_opts or {}))
+                     for n, u in ups.items()}
+        cfg = mmtest.base_config(port, upstreams, [base], admin_port=admin,
                                  log={"requests": self.log, "sample": 1.0}, **extra)
         return self.cluster.modelmux(cfg, "--seed", 1)
 
@@ -154,8 +156,13 @@ class ShadowSemantics(mmtest.MMTestCase):
 
         ups = {"primary": self.upstream(answer(0)), "cand": self.upstream(answer(1)),
                "sec": self.upstream(answer(2))}
-        mm = self.start(ups, {"secondary": "sec", "timeout_ms": 3000,
-                              "compare": {"json_tolerance": 0.01, "ignore": self.IGNORE}})
+        # Generous deadlines: the cases are about comparing answers, and the
+        # Python upstreams share this process's one interpreter lock with
+        # the client, so on a busy CI machine an answer (or even a connect,
+        # 500 ms by default) can be slow enough to end a mirror as an error.
+        mm = self.start(ups, {"secondary": "sec", "timeout_ms": 20000,
+                              "compare": {"json_tolerance": 0.01, "ignore": self.IGNORE}},
+                        up_opts={"connect_timeout_ms": 5000, "timeout_ms": 20000})
         for i, name in enumerate(names):
             st, _, _ = mmtest.request(mm.port, "POST", "/case/%d" % i, body="{}",
                                       headers={"X-Request-Id": "case-" + name})
@@ -163,9 +170,11 @@ class ShadowSemantics(mmtest.MMTestCase):
         expected = {name: self.CASES[name][3] for name in names}
         want = {("cand", o): float(sum(1 for v in expected.values() if v == o))
                 for o in ("match", "mismatch")}
-        mmtest.eventually(lambda: self.outcomes(mm).get(("cand", "match"), 0) +
-                          self.outcomes(mm).get(("cand", "mismatch"), 0) >= len(names))
-        got = {k: v for k, v in self.outcomes(mm).items() if k[0] == "cand"}
+        # Every mirror ends with one outcome; wait for all of them, whichever
+        # they are, so a wrong one shows in the comparison below.
+        cand_outcomes = lambda: {k: v for k, v in self.outcomes(mm).items() if k[0] == "cand"}
+        mmtest.eventually(lambda: sum(cand_outcomes().values()) >= len(names), timeout=30)
+        got = cand_outcomes()
         self.assertEqual(got, {k: v for k, v in want.items() if v}, got)
         cand = self.view(mm)["shadows"][0]
         self.assertEqual((cand["matches"], cand["mismatches"], cand["errors"]),
