@@ -1,6 +1,7 @@
 /* http.c — see http.h. */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "http.h"
 
@@ -180,6 +181,7 @@ http_kind_t http_kind_of(mm_str_t name)
         break;
     case 4:
         if (name_is(name, "host")) return HK_HOST;
+        if (name_is(name, "date")) return HK_DATE;
         break;
     case 6:
         if (name_is(name, "expect")) return HK_EXPECT;
@@ -773,11 +775,33 @@ const char *http_reason(int status)
     }
 }
 
+void http_date_line(mm_buf_t *b)
+{
+    static const char days[] = "SunMonTueWedThuFriSat";
+    static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    static _Thread_local time_t at = -1;
+    static _Thread_local char line[40];
+    static _Thread_local size_t len;
+    time_t now = time(NULL);
+    if (now != at) {
+        struct tm tm;
+        if (gmtime_r(&now, &tm) == NULL) return;
+        int n = snprintf(line, sizeof(line), "Date: %.3s, %02d %.3s %04d %02d:%02d:%02d GMT\r\n",
+                         days + 3 * tm.tm_wday, tm.tm_mday, months + 3 * tm.tm_mon,
+                         tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        if (n <= 0 || (size_t)n >= sizeof(line)) return;
+        len = (size_t)n;
+        at = now;
+    }
+    mm_buf_append(b, line, len);
+}
+
 void http_json_response(mm_buf_t *b, int status, const char *body, size_t body_len,
                         mm_str_t request_id, int keep_alive, const char *extra_headers)
 {
     mm_buf_printf(b, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n",
                   status, http_reason(status), body_len);
+    http_date_line(b);
     if (request_id.n) {
         mm_buf_lit(b, "X-Request-Id: ");
         mm_buf_str(b, request_id);

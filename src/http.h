@@ -36,6 +36,7 @@ typedef enum {
     HK_X_FORWARDED_HOST, /* replaced by modelmux's own (nginx's proxy_set_header) */
     HK_CONTENT_LENGTH,
     HK_CONTENT_TYPE,
+    HK_DATE,
     HK_COUNT
 } http_kind_t;
 
@@ -231,6 +232,11 @@ const char *http_reason(int status);
  * needs to hear to keep it (RFC 9112 Appendix C.2.2); 1 says nothing. */
 enum { HTTP_CLOSE = 0, HTTP_KEEP_ALIVE = 1, HTTP_KEEP_ALIVE_10 = 2 };
 /* Append the Connection line `mode` calls for, if any. */
+/* "Date: <IMF-fixdate>\r\n" for now (RFC 9110 §6.6.1: an origin server with
+ * a clock sends one, and a proxy adds one to an answer that came without).
+ * Formatted once a second per thread, without the locale. */
+void http_date_line(mm_buf_t *b);
+
 static inline void http_connection_line(mm_buf_t *b, int mode)
 {
     if (mode == HTTP_CLOSE) mm_buf_lit(b, "Connection: close\r\n");

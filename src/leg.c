@@ -199,7 +199,7 @@ void leg_header_block(const up_resp_t *resp, mm_buf_t *out)
     for (int i = 0; i < h->n && i < HTTP_MAX_HEADERS; i++) {
         mm_str_t name = http_hname(h, resp->base, i);
         if (http_kind_is_hop(h->kind[i]) || h->dropped[i] || h->kind[i] == HK_CONTENT_LENGTH ||
-            mm_str_ieq(name, "date") ||
+            h->kind[i] == HK_DATE ||
             (name.n >= 11 && strncasecmp(name.p, "x-modelmux-", 11) == 0)) /* any of ours */
             continue;
         int at = n++; /* insertion sort: a head has a handful of headers */
@@ -344,7 +344,7 @@ size_t leg_relay_lines(const up_resp_t *resp, mm_buf_t *out)
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < h->n; i++)
             if (!h->dropped[i] && h->kind[i] != HK_CONTENT_LENGTH &&
-                h->kind[i] != HK_CONTENT_TYPE &&
+                h->kind[i] != HK_CONTENT_TYPE && h->kind[i] != HK_DATE &&
                 describes_body(http_hname(h, resp->base, i)) == pass)
                 http_emit_header(out, &run, h, resp->base, i);
         http_emit_flush(out, &run);

@@ -712,6 +712,7 @@ void conn_respond(conn_t *c, int status, const char *content_type, const char *b
     mm_buf_printf(&r->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status, http_reason(status),
                   content_type);
     if (!bodiless) mm_buf_printf(&r->out, "Content-Length: %zu\r\n", len);
+    http_date_line(&r->out);
     mm_buf_lit(&r->out, "X-Request-Id: ");
     mm_buf_append(&r->out, r->id, r->id_len);
     mm_buf_lit(&r->out, "\r\n");
@@ -1054,6 +1055,18 @@ static void acquire(conn_t *c)
     }
 }
 
+/* A request line that ends right after its target has no version: HTTP/0.9.
+ * llhttp reads on for header lines (and reports the target complete only a
+ * byte after the line's end), so a 0.9 client, which sends its one line and
+ * waits, got a 408 after header_timeout_ms instead of the 505 due at once.
+ * The target's span ends at the byte after it: a space before a version. */
+static int request_line_lacks_version(const conn_t *c)
+{
+    const http_head_t *h = &c->head;
+    size_t end = (size_t)h->url_off + h->url_len;
+    return h->url_len > 0 && end < c->rlen && (c->rbuf[end] == '\r' || c->rbuf[end] == '\n');
+}
+
 /* Run the request parser over the bytes not yet parsed; it stops at the
  * end of a head or of a message (pauses). Advances rpos and returns the
  * number of bytes consumed; on malformed input answers 400 (413 for a body
@@ -1093,6 +1106,10 @@ static ssize_t parse_step(conn_t *c)
             send_discarded(c);
         else
             send_error(c, 413, "body_too_large", "request body exceeds max_body_bytes");
+        return -1;
+    } else if (e == HPE_OK && !c->headers_done && request_line_lacks_version(c)) {
+        c->req.keep_alive = 0;
+        send_error(c, 505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served");
         return -1;
     } else if (e != HPE_OK) {
         c->req.keep_alive = 0;
@@ -1216,6 +1233,10 @@ static void pu_on_head(up_user_t *u, up_conn_t *uc, const up_resp_t *resp)
             http_emit_header(b, &run, h, resp->base, i);
     http_emit_flush(b, &run);
     if (resp->chunked && !unframed) mm_buf_lit(b, "Transfer-Encoding: chunked\r\n");
+    /* An answer without Date gets ours (RFC 9110 §6.6.1); one with it keeps
+     * the model server's, as Envoy passes it on. */
+    int date = http_known(h, HK_DATE);
+    if (date < 0 || h->dropped[date]) http_date_line(b);
     mm_buf_lit(b, "X-Request-Id: ");
     mm_buf_append(b, r->id, r->id_len);
     mm_buf_lit(b, "\r\nX-Modelmux-Experiment: ");

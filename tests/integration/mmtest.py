@@ -11,6 +11,7 @@ private server) or MM_REDIS_SERVER to start one here.
 """
 import http.client
 import http.server
+import email.utils
 import json
 import os
 import shutil
@@ -424,6 +425,23 @@ def raw(port, data, timeout=3.0, shutdown=False):
         return out
     finally:
         s.close()
+
+
+def date_lines(answer):
+    """The Date lines of a raw answer's head."""
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    return [line.split(":", 1)[1].strip() for line in head.split("\r\n")[1:]
+            if line.split(":", 1)[0].strip().lower() == "date"]
+
+
+def assert_one_fresh_date(test, answer):
+    """One Date line, an IMF-fixdate (RFC 9110 §5.6.7) of about now."""
+    dates = date_lines(answer)
+    test.assertEqual(len(dates), 1, answer[:300])
+    test.assertRegex(dates[0], r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|"
+                     r"Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT$")
+    test.assertLess(abs(email.utils.parsedate_to_datetime(dates[0]).timestamp() - time.time()), 30,
+                    dates[0])
 
 
 def eventually(fn, timeout=10.0, interval=0.05):

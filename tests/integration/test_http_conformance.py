@@ -227,9 +227,37 @@ class Requests(ClassCluster):
 
     def test_request_line_with_a_version_other_than_1_x_is_505(self):
         # "HTTP/2.0" (llhttp accepts it) and HTTP/0.9 were served as HTTP/1.x.
-        for data in (b"GET /echo HTTP/2.0\r\nHost: a\r\n\r\n", b"GET /echo\r\n\r\n"):
+        # A 0.9 client sends its one line and waits: it got a 408 once
+        # header_timeout_ms had passed, not the 505 at the line's end.
+        for data in (b"GET /echo HTTP/2.0\r\nHost: a\r\n\r\n", b"GET /echo\r\n\r\n",
+                     b"GET /echo\r\n", b"GET /echo\n"):
             with self.subTest(data=data):
                 self.assertRefused(data, data, 505, "http_version_not_supported")
+
+    # -- Date (RFC 9110 §6.6.1): an origin server with a clock sends one
+
+    def test_modelmuxs_own_answers_carry_a_date(self):
+        # Errors, feedback, admin and metrics answers had none.
+        token = b"Authorization: Bearer s3cret\r\n"
+
+        def feedback(body):
+            return (b"POST /_modelmux/feedback HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+        for port, data in ((self.port, b"GARBAGE\r\n\r\n"),
+                           (self.port, b"GET /echo\r\n"),
+                           (self.port, feedback(b"{}")),
+                           (self.port, feedback(b'{"request_id": "nobody", "reward": 1}')),
+                           (self.admin_port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n"
+                                             b"Connection: close\r\n\r\n"),
+                           (self.admin_port, b"GET /metrics HTTP/1.1\r\nHost: a\r\n" + token +
+                                             b"Connection: close\r\n\r\n"),
+                           (self.admin_port, b"GET /experiments HTTP/1.1\r\nHost: a\r\n" + token +
+                                             b"Connection: close\r\n\r\n")):
+            with self.subTest(data=data[:40]):
+                out = mmtest.raw(port, data)
+                self.assertTrue(out.startswith(b"HTTP/1.1 "), out[:200])
+                mmtest.assert_one_fresh_date(self, out)
 
     def test_an_http2_preface_is_told_to_speak_http11(self):
         # llhttp's own wording ("Pause on PRI/Upgrade") was the message.
@@ -354,6 +382,7 @@ class ScriptedUpstream:
                        b"Content-Length: 2\r\n\r\nok",
         "interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+        "dated": b"HTTP/1.1 200 OK\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok",
         "eof-11": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
         "eof-10": b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
         # says close but keeps the connection open: reusing it would work,
@@ -534,6 +563,19 @@ class UpstreamAnswers(ClassCluster):
         self.assertEqual((r.status, r.headers.get("content-length"), r.body), (200, "2", b"ok"), r)
         self.assertNotIn("x-a", r.headers)  # the other header named there still goes
         self.assertEqual((after.status, after.body), (200, b"ok"))
+
+    def test_an_answer_without_date_gets_one_and_one_with_it_keeps_it(self):
+        # RFC 9110 §6.6.1: a recipient with a clock adds Date to an answer
+        # it forwards without one; the model server's own is passed on.
+        def get(name):
+            return mmtest.raw(self.port, b"GET /m/%s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                              % name.encode())
+
+        out = get("ok")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
+        mmtest.assert_one_fresh_date(self, out)
+        self.assertEqual(mmtest.date_lines(get("dated")), ["Tue, 01 Jan 2030 00:00:00 GMT"])
+        mmtest.assert_one_fresh_date(self, get("empty-name"))  # modelmux's own 502
 
     def test_304_keeps_its_content_length(self):
         # There it is the selected representation's length (RFC 9110 §8.6).

@@ -560,6 +560,9 @@ class RankerHeaders(mmtest.MMTestCase):
         seen = self.seen
 
         class Ranker(mmtest.QuietHandler):
+            def date_time_string(self, timestamp=None):  # the Date send_response adds
+                return "Mon, 01 Jan 2001 00:00:00 GMT"
+
             def do_GET(self):
                 name = "a" if self.server.server_address[1] == ports[0] else "b"
                 seen.append((name, self.headers.get_all("Accept-Encoding")))
@@ -610,6 +613,17 @@ class RankerHeaders(mmtest.MMTestCase):
         self.assertEqual(headers.get("set-cookie"), "sess=a")
         self.assertEqual(headers.get("x-ranker"), "a")
         self.assertIsNone(headers.get("etag"))  # it described a's body, not the merge
+
+    def test_an_answer_made_of_two_carries_one_date_of_modelmuxs(self):
+        # Both rankers send a Date (of 2001, here): the answer modelmux
+        # makes of them, merged or the fallback, is modelmux's and carries
+        # its own Date alone. It had the champion's.
+        for path in (b"/v1/rank", b"/v1/rank/bad-b"):
+            with self.subTest(path=path):
+                out = mmtest.raw(self.mm.port, b"GET %s HTTP/1.1\r\nHost: a\r\n"
+                                 b"Connection: close\r\n\r\n" % path)
+                self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:300])
+                mmtest.assert_one_fresh_date(self, out)
 
     def test_a_fallback_answer_goes_out_with_its_headers(self):
         st, headers, body = self.get("/v1/rank/bad-b")  # b's 400 cannot be merged
