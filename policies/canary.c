@@ -73,7 +73,7 @@
  * the pooled cumulative counts (answer_stats_t), or an interval's share. */
 typedef answer_stats_t interval_arm_t;
 
-typedef enum { V_STARTED = 0, V_PASSED, V_FAILED, V_INCONCLUSIVE } verdict_t;
+typedef enum { V_STARTED = 0, V_PASSED, V_FAILED, V_INCONCLUSIVE, V_OPERATOR } verdict_t;
 
 typedef struct {
     uint64_t t_ms;
@@ -113,7 +113,8 @@ typedef struct {
     size_t n_history;                /* total ever recorded */
 } canary_t;
 
-static const char *const verdict_names[] = {"started", "passed", "failed", "inconclusive"};
+static const char *const verdict_names[] = {"started", "passed", "failed", "inconclusive",
+                                            "operator"};
 
 /* ---- latency histogram (src/lathist.h) ---- */
 
@@ -290,6 +291,22 @@ static double next_step(const canary_t *c, double step)
     return -1.0;
 }
 
+/* The admin API logs the action itself; here it joins the history, so
+ * that the view tells why a canary stopped or moved without an analysis. */
+static void canary_on_operator(void *p, const char *action, const exp_control_t *from,
+                               const exp_control_t *to, uint64_t now_ms)
+{
+    canary_t *c = p;
+    analysis_t *a = history_push(c);
+    a->t_ms = now_ms;
+    a->verdict = V_OPERATOR;
+    a->from = from->canary_step;
+    a->to = to->canary_step;
+    a->state = to->state;
+    a->failures = c->failures;
+    snprintf(a->reason, sizeof a->reason, "%s through the admin API", action);
+}
+
 static int canary_on_tick(void *p, const policy_view_t *v, exp_control_t *ctl)
 {
     canary_t *c = p;
@@ -419,7 +436,7 @@ static json_t *describe_analysis(const analysis_t *a, uint64_t now_ms)
     json_object_set_new(o, "to", json_real(a->to));
     json_object_set_new(o, "state", json_string(exp_state_name(a->state)));
     json_object_set_new(o, "failures", json_integer(a->failures));
-    if (a->verdict != V_STARTED) {
+    if (a->verdict != V_STARTED && a->verdict != V_OPERATOR) {
         json_object_set_new(o, "canary_requests", json_integer((json_int_t)a->requests[1]));
         json_object_set_new(o, "champion_requests", json_integer((json_int_t)a->requests[0]));
         /* no answers, no rate: null, as the interval view says (not 0.0,
@@ -656,6 +673,7 @@ const policy_ops_t policy_canary_ops = {
     .destroy = canary_destroy,
     .choose = canary_choose,
     .on_tick = canary_on_tick,
+    .on_operator = canary_on_operator,
     .reset = canary_reset,
     .adopt = canary_adopt,
     .describe = canary_describe,

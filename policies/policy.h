@@ -284,6 +284,13 @@ typedef struct policy_ops_s {
      * -1 when invalid (e.g. the item was not shown). */
     int (*on_click)(void *p, mm_buf_t *aux, const char *item, arm_stats_t *deltas);
 
+    /* Optional. An operator changed the control through this instance's
+     * admin API (`action`: "weights", "promote", "rollback", "pause" or
+     * "resume"), from `from` to `to`: for a policy that keeps a history of
+     * its own transitions (canary), so that the operator's are in it too. */
+    void (*on_operator)(void *p, const char *action, const exp_control_t *from,
+                        const exp_control_t *to, uint64_t now_ms);
+
     /* Optional. Forget learned statistics (admin reset). */
     void (*reset)(void *p);
 

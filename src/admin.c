@@ -39,6 +39,7 @@
 #include <string.h>
 
 #include "jsonpos.h"
+#include "log.h"
 #include "metrics_render.h"
 #include "scrape.h"
 #include "proxy_internal.h"
@@ -468,9 +469,37 @@ static void reply_views(mm_server_t *srv, conn_t *c, exp_rt_t *e)
     reply_views_after(srv, c, e, AFTER_NOTHING);
 }
 
-static void set_control(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
+/* An operator's change, on stderr (an audit trail, as every canary step
+ * and rollback is there) and to a policy that keeps a history of its own. */
+static void log_operator(const mm_local_req_t *r, exp_rt_t *e, const char *action,
+                         const exp_control_t *to)
+{
+    const exp_control_t *from = &e->state->control;
+    char step[64] = "";
+    if (from->canary_step != to->canary_step)
+        snprintf(step, sizeof(step), ", canary step %g -> %g", from->canary_step, to->canary_step);
+    char weights[256] = "";
+    if (to->has_weights) {
+        size_t n = 0;
+        for (size_t i = 0; i < e->state->n_arms && n + 1 < sizeof(weights); i++) {
+            int k = snprintf(weights + n, sizeof(weights) - n, "%s%s %g", i ? ", " : ", weights ",
+                             e->ups[i]->name, to->weights[i]);
+            if (k < 0) break;
+            n += (size_t)k;
+        }
+        if (n >= sizeof(weights)) n = sizeof(weights) - 1;
+        weights[n] = '\0';
+    }
+    mm_log("admin %s: experiment %s %s: state %s -> %s%s%s", r->conn->peer, e->cfg->name, action,
+           exp_state_name(from->state), exp_state_name(to->state), step, weights);
+    if (e->cfg->ops->on_operator)
+        e->cfg->ops->on_operator(e->cfg->policy, action, from, to, mm_now_ms());
+}
+
+static void set_control(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e, const char *action,
                         const exp_control_t *ctl)
 {
+    log_operator(r, e, action, ctl);
     store_set_control(srv->store, e->state, ctl);
     reply_views_after(srv, r->conn, e, AFTER_CHANGE);
 }
@@ -519,7 +548,7 @@ static void put_weights(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
     memcpy(ctl.weights, w, sizeof(ctl.weights));
     ctl.has_weights = 1;
     ctl.state = EXP_RUNNING;
-    set_control(srv, r, e, &ctl);
+    set_control(srv, r, e, "weights", &ctl);
 out:
     json_decref(j);
 }
@@ -554,7 +583,7 @@ static void promote(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
     ctl.has_weights = 1;
     ctl.state = EXP_PROMOTED;
     ctl.canary_step = i == 0 ? 0.0 : 100.0;
-    set_control(srv, r, e, &ctl);
+    set_control(srv, r, e, "promote", &ctl);
 out:
     json_decref(j);
 }
@@ -568,7 +597,7 @@ static void rollback(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
     ctl.has_weights = 1;
     ctl.state = EXP_ROLLED_BACK;
     ctl.canary_step = 0.0;
-    set_control(srv, r, e, &ctl);
+    set_control(srv, r, e, "rollback", &ctl);
 }
 
 static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e, int pause)
@@ -599,6 +628,7 @@ static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
      * first step (step 0 is "not started"), as after a rollback: left at
      * promote's 100 it ran outside its steps, holding "at the last step". */
     if (finished) ctl.canary_step = 0.0; /* here only when resuming */
+    log_operator(r, e, pause ? "pause" : "resume", &ctl);
     store_set_control(srv->store, e->state, &ctl);
     /* ... and it starts now: the answer, and the next request, see its
      * first step, not step 0 until the next tick. */
@@ -609,6 +639,8 @@ static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
 static void reset(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e)
 {
     if (expect_no_params(r) < 0) return;
+    mm_log("admin %s: experiment %s reset: statistics forgotten, control as the config says",
+           r->conn->peer, e->cfg->name);
     reply_views_after(srv, r->conn, e, AFTER_RESET);
 }
 

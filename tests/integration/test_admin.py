@@ -510,6 +510,17 @@ class TestAdminAPI(Base):
         self.assertEqual(metric(self.metrics(), "modelmux_canary_step", experiment="can"), 10)
         view = self.admin_json("POST", "/experiments/can/rollback")
         self.assertEqual(view["state"], "rolled_back")
+        # The operator's transition is in the history and on stderr, as an
+        # analysis's is (README "canary"); it was in neither.
+        last = view["policy_state"]["last_analysis"]
+        self.assertEqual({k: last[k] for k in ("verdict", "from", "to", "state", "reason")},
+                         {"verdict": "operator", "from": 10, "to": 0, "state": "rolled_back",
+                          "reason": "rollback through the admin API"}, last)
+        self.assertNotIn("canary_requests", last)
+        with open(os.path.join(self.tmp, "mm.stderr")) as f:
+            self.assertRegex(f.read(), r"admin 127\.0\.0\.1: experiment can rollback: state "
+                             r"running -> rolled_back, canary step 10 -> 0, weights champion 100, "
+                             r"challenger 0\n")
         s = self.metrics()
         self.assertEqual(metric(s, "modelmux_canary_step", experiment="can"), 0)
         self.assertEqual(metric(s, "modelmux_experiment_state", experiment="can",
@@ -519,6 +530,10 @@ class TestAdminAPI(Base):
         # and for the very next requests (not at step 0 until the next tick)
         view = self.admin_json("POST", "/experiments/can/resume")
         self.assertEqual((view["state"], view["policy_state"]["step"]), ("running", 10))
+        self.assertEqual([(h["verdict"], h["from"], h["to"], h["state"])
+                          for h in view["policy_state"]["history"][-3:]],
+                         [("operator", 10, 0, "rolled_back"), ("operator", 0, 0, "running"),
+                          ("started", 0, 10, "running")])
         self.assertAlmostEqual({a["name"]: a["share"] for a in view["arms"]}["challenger"], 0.1)
         self.assertIn("challenger", {a for _, a, _ in self.send("canary", n=100)})
 

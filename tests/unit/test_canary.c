@@ -184,6 +184,38 @@ static void too_few_canary_requests_hold_the_step_and_restart_the_interval(void 
     fx_free(&f);
 }
 
+/* An operator's promote or rollback (the admin API calls on_operator) is
+ * in the history next to the analyses, without counts: the view said why
+ * a canary moved only when an analysis moved it. */
+static void an_operators_change_is_in_the_history(void **state)
+{
+    fx_t f;
+    char v[32];
+    (void)state;
+    fx_init(&f, BASE);
+    tick(&f, 0); /* started at 1 */
+    exp_control_t from = f.ctl, to = f.ctl;
+    to.state = EXP_ROLLED_BACK;
+    to.canary_step = 0.0;
+    f.ops->on_operator(f.p, "rollback", &from, &to, 5000);
+    f.ctl = to;
+    f.v.now_ms = 7000;
+    assert_string_equal(last_verdict(&f, v, sizeof v), "operator");
+    json_t *d = describe(&f);
+    json_t *la = json_object_get(d, "last_analysis");
+    assert_true(json_number_value(json_object_get(la, "from")) == 1.0);
+    assert_true(json_number_value(json_object_get(la, "to")) == 0.0);
+    assert_string_equal(json_string_value(json_object_get(la, "state")), "rolled_back");
+    assert_string_equal(json_string_value(json_object_get(la, "reason")),
+                        "rollback through the admin API");
+    assert_true(fabs(json_number_value(json_object_get(la, "age_s")) - 2.0) < 1e-9);
+    assert_null(json_object_get(la, "canary_requests"));
+    assert_int_equal(json_array_size(json_object_get(d, "history")), 2);
+    json_decref(d);
+    assert_int_equal(tick(&f, 60000), 0); /* rolled back: no analysis follows */
+    fx_free(&f);
+}
+
 /* An interval without answers from an arm has no error rate for it: the
  * analysis says null (as the interval view does), not 0.0, in
  * last_analysis and in the history entry alike. */
@@ -966,6 +998,7 @@ int main(void)
         cmocka_unit_test(counters_below_the_snapshot_restart_the_interval),
         cmocka_unit_test(traffic_while_paused_is_not_judged),
         cmocka_unit_test(history_is_bounded_and_describes_every_analysis),
+        cmocka_unit_test(an_operators_change_is_in_the_history),
         cmocka_unit_test(each_analysis_prints_one_log_line),
         cmocka_unit_test(unkeyed_requests_split_by_the_step),
         cmocka_unit_test(sticky_assignment_is_monotone_across_steps),
