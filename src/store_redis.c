@@ -96,7 +96,9 @@
  * (0 none, 1 only if Redis has no control yet, "2:N" always, "3:N:V" only if
  * the version is still V — a policy's change, see store_propose_control; N is
  * the number of local changes the write carries, and the version goes up by
- * N, once per change as DESIGN.md §6 says; mode 1 makes it 1),
+ * N, once per change as DESIGN.md §6 says; mode 1 makes it 1), and after a
+ * last ':' the version the instance knew from Redis, F: a control written
+ * anew (mode 1, a restore) goes on from max(Redis's, F), never back to 1,
  * ARGV[4] '1': reset (DEL the arm and answer hashes, and a new
  * reset_epoch: Redis's clock in microseconds, above the one before, so
  * that an epoch never comes back, not even after Redis lost its data and
@@ -215,6 +217,13 @@ static const char SYNC_SCRIPT[] =
     "  end\n"
     "end\n"
     "local restore = ARGV[8] == '1' and empty\n"
+    "local kind, bump, cbase, floor = string.match(ARGV[3], '^(%d):?(%d*):?(%d*):?(%d*)$')\n"
+    "floor = tonumber(floor) or 0\n"
+    "local function above(v)\n"
+    "  local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0\n"
+    "  if floor > cur then cur = floor end\n"
+    "  w('HSET', KEYS[1], 'version', string.format('%.0f', cur + (v or 1)))\n"
+    "end\n"
     "local tm = redis.call('TIME')\n"
     "local now_ms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
     "local better = false\n"
@@ -251,7 +260,7 @@ static const char SYNC_SCRIPT[] =
     "  local v = redis.call('HMGET', KEYS[1], 'version', 'restore_version')\n"
     "  if restore or (v[2] and v[1] == v[2]) then\n"
     "    w('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6], 'canary_step', ARGV[7])\n"
-    "    w('HINCRBY', KEYS[1], 'version', 1)\n"
+    "    above(1)\n"
     "    w('HSET', KEYS[1], 'restore_version', redis.call('HGET', KEYS[1], 'version'))\n"
     "  end\n"
     "  for i = 3, 2 + n do\n"
@@ -290,17 +299,16 @@ static const char SYNC_SCRIPT[] =
     "    if e <= was then e = was + 1 end\n"
     "    w('HSET', KEYS[1], 'reset_epoch', string.format('%.0f', e))\n"
     "  end\n"
-    "  local kind, bump, base = string.match(ARGV[3], '^(%d):?(%d*):?(%d*)$')\n"
     "  local write = kind == '2'\n"
     "  if kind == '1' then\n"
     "    write = redis.call('HEXISTS', KEYS[1], 'version') == 0\n"
     "  elseif kind == '3' then\n"
     "    local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')\n"
-    "    write = v == tonumber(base)\n"
+    "    write = v == tonumber(cbase)\n"
     "  end\n"
     "  if write then\n"
     "    w('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6], 'canary_step', ARGV[7])\n"
-    "    w('HINCRBY', KEYS[1], 'version', tonumber(bump) or 1)\n"
+    "    above(tonumber(bump) or 1)\n"
     "  end\n"
     "  if not stale then\n"
     "    for i = 3, 2 + n do add(KEYS[i], 9 + (i - 3) * 7) end\n"
@@ -323,7 +331,9 @@ static const char SYNC_SCRIPT[] =
     "  end\n"
     "  if empty and not restore then\n"
     "    w('HSET', KEYS[1], 'restore_epoch', '0', 'restore_events', '-1')\n"
-    "    if ARGV[3] == '1' then w('HSET', KEYS[1], 'restore_version', 1) end\n"
+    "    if kind == '1' then\n"
+    "      w('HSET', KEYS[1], 'restore_version', redis.call('HGET', KEYS[1], 'version'))\n"
+    "    end\n"
     "  end\n"
     "end\n"
     "local out = {redis.call('HGETALL', KEYS[1])}\n"
@@ -968,7 +978,7 @@ static size_t lat_fields(const answer_stats_t *a)
 typedef struct {
     const char **argv;
     size_t *lens;
-    char (*nums)[32];
+    char (*nums)[64]; /* room for the control mode (four numbers) */
     int n, k;
 } args_t;
 
@@ -1100,13 +1110,21 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
     }
     arg_u64(&a, b->seq);
     arg_str(&a, SEQ_TTL_S);
+    /* The last component: the version this instance knew from Redis (its
+     * own changes not counted), below which a control written anew never
+     * goes — after Redis lost its data, version 1 again read as older than
+     * what every instance and tool had seen (DESIGN.md §6: incremented on
+     * every change). */
     char *mode = arg_num(&a);
+    unsigned long long floor =
+        b->ctl.version > b->ctl_changes ? b->ctl.version - b->ctl_changes : 0;
     if (b->ctl_mode == 3)
-        snprintf(mode, 32, "3:%u:%llu", b->ctl_changes, (unsigned long long)b->ctl_base);
+        snprintf(mode, 64, "3:%u:%llu:%llu", b->ctl_changes, (unsigned long long)b->ctl_base,
+                 floor);
     else if (b->ctl_mode == 2)
-        snprintf(mode, 32, "2:%u", b->ctl_changes);
+        snprintf(mode, 64, "2:%u::%llu", b->ctl_changes, floor);
     else
-        snprintf(mode, 32, "%d", b->ctl_mode);
+        snprintf(mode, 64, "%d:::%llu", b->ctl_mode, floor);
     /* A write kept across a move to another Redis (sent again there, as
      * is) names the old place's epoch, which says nothing at the new one. */
     if (b->reset || !b->epoch_known || x->rebase)

@@ -1521,6 +1521,13 @@ static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
     assert_true(arm_field(f, "recs", "champion", "failures") == 5);
     assert_true(arm_field(f, "recs", "challenger", "successes") == 10);
     assert_weights(f, "recs", "{\"champion\":30,\"challenger\":70}");
+    /* The control's version goes on from the one the instances knew (2):
+     * it started over at 1, older than what everyone had seen. */
+    char ver[64];
+    assert_true(ctl_field(f, "recs", "version", ver, sizeof(ver)));
+    assert_string_equal(ver, "3");
+    assert_int_equal(ea->control.version, 3);
+    assert_int_equal(eb->control.version, 3);
     /* The answer hashes too: the snapshot back once, the new answers on top. */
     assert_int_equal(lat_field(f, "recs", "champion", "n"), 15);
     assert_int_equal(lat_bucket(f, "recs", "champion", 9000), 15);
@@ -1549,6 +1556,11 @@ static void test_redis_restarted_empty_gets_the_statistics_back(void **state)
     assert_true(arm_field(f, "recs", "champion", "pulls") == 50);
     assert_true(arm_field(f, "recs", "challenger", "successes") == 10);
     assert_int_equal(ea->merged[0].pulls, 50);
+    assert_true(ctl_field(f, "recs", "version", buf, sizeof(buf)));
+    assert_string_equal(buf, "4"); /* re-seeded above the version known (3), not at 1 */
+    RUN_UNTIL(f, ea->control.version == 4 && eb->control.version == 4, 2000);
+    assert_int_equal(ea->control.version, 4);
+    assert_int_equal(eb->control.version, 4);
     redisFree(f->rc);
     f->rc = keep;
 }
