@@ -228,6 +228,19 @@ static void log_elsewhere(mm_server_t *srv, store_msg_t *m)
     srv->elsewhere_quiet = 0;
 }
 
+/* Why a stream entry that resolved to an experiment here was not applied
+ * (fb_apply and the click path count it invalid): its log line says so, as
+ * a malformed entry's does (stream_drop). */
+static const char *invalid_reason(mm_server_t *srv, const fb_event_t *e)
+{
+    exp_rt_t *x = find_exp(srv, e->experiment);
+    int clicks = x != NULL && x->cfg->ops->on_click != NULL;
+    if (e->has_item && !clicks) return "an item (a click) is for an interleave experiment";
+    if (is_click(e)) return "the item is not in the list this request was shown";
+    if (clicks) return "an interleave experiment takes clicks: an item without a reward";
+    return "the reward is not one its policy takes (a Bernoulli reward is in [0, 1])";
+}
+
 static void batch_answer(fb_batch_t *b)
 {
     if (b->conn) {
@@ -246,7 +259,11 @@ static void batch_answer(fb_batch_t *b)
          * entries delivers it again, to whichever instance claims it, until
          * one applies it or the store acks it dead after max_deliveries. */
         int ack = !b->elsewhere && !(b->unknown && store_msg_deliveries(b->msg) < 3);
-        if (b->invalid) b->srv->stream_invalid++;
+        if (b->invalid) {
+            b->srv->stream_invalid++;
+            mm_log("feedback stream entry %s for experiment %s dropped: %s", store_msg_id(b->msg),
+                   b->ev[0].experiment, invalid_reason(b->srv, &b->ev[0]));
+        }
         if (ack && b->unknown) b->srv->stream_unknown++;
         if (b->elsewhere && store_msg_deliveries(b->msg) == 1) log_elsewhere(b->srv, b->msg);
         store_msg_done(b->srv->store, b->msg, ack);

@@ -564,6 +564,7 @@ class StoreIntegration(mmtest.MMTestCase):
         for fields in invalid:
             ids.append(self.r("XADD", stream, "*", *fields))
         self.assertEqual(self.r("XLEN", stream), len(ids))
+        refused = ids[-len(invalid):]
         not_utf8 = ids[-2:]
 
         a = self.start(self.config(), "modelmux-a")
@@ -581,6 +582,14 @@ class StoreIntegration(mmtest.MMTestCase):
         for eid, field in zip(not_utf8, ("arm", "request_id")):
             self.assertIn("feedback stream entry %s dropped: stream entry.%s is not valid UTF-8"
                           % (eid, field), a.log())
+        # Every refused entry is logged with its reason, also one the policy
+        # refused after it resolved (those were only counted).
+        log = a.log()
+        for eid in refused:
+            self.assertIn("feedback stream entry %s " % eid, log)
+        for eid in (refused[1], refused[9]):  # 1.5 by name, -0.5 by request id
+            self.assertIn("feedback stream entry %s for experiment recs dropped: the reward is "
+                          "not one its policy takes (a Bernoulli reward is in [0, 1])" % eid, log)
 
         # entries written while it runs, for requests it served
         live = send(a.port, "/recs/s", ["t5live-%d" % i for i in range(8)])
