@@ -351,10 +351,16 @@ static void on_lookup_done(void *arg, int found, const store_reqinfo_t *info)
     fb_lookup_t *l = arg;
     fb_batch_t *b = l->b;
     mm_server_t *srv = b->srv;
-    if (!found && !l->retried && b->conn && strcmp(store_kind(srv->store), "redis") == 0) {
+    if (!found && !l->retried && (b->conn || !srv->draining) &&
+        strcmp(store_kind(srv->store), "redis") == 0) {
         /* The instance that served the request writes its id to Redis in
          * its next sync round: feedback that overtook it is looked up once
-         * more, two sync intervals (at most a second) later. */
+         * more, two sync intervals (at most a second) later. A stream entry
+         * too (it stays pending meanwhile, at most max_inflight of them):
+         * left to the claim of idle entries, a reward written right after
+         * its request reached the policy 30-45 s late. Not once stopping: a
+         * stream entry is not waited for (an HTTP one holds its connection,
+         * which the drain waits for). */
         l->retried = 1;
         int sync = server_config(srv)->store.sync_ms;
         uint64_t wait = sync >= 500 ? 1000 : (uint64_t)sync * 2;

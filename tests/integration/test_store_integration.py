@@ -686,6 +686,31 @@ class StoreIntegration(mmtest.MMTestCase):
                          (41, 0, 0))
         self.assertEqual(len(ids), 40)
 
+    def test_5c_stream_entry_that_overtook_its_requests_sync_is_applied_within_a_second(self):
+        """A reward written to the stream right after its request can reach
+        an instance (not the one that served it) before the serving one has
+        synced the request id: the entry is looked up once more two sync
+        intervals later (at most a second), as HTTP feedback is. It waited
+        for the claim of idle entries, 30-45 s."""
+        stream = self.key("feedback")
+        cfg = self.config(only=("recs",))
+        cfg["store"]["sync_ms"] = 1000  # the second look comes a second later
+        b = self.start(cfg, "modelmux-b")
+        mmtest.eventually(lambda: self.r("EXISTS", stream), timeout=5, interval=0.01)
+        rid = "t5c-overtaken"
+        entry = self.r("XADD", stream, "*", "request_id", rid, "reward", "1")
+        mmtest.eventually(lambda: self.r("XPENDING", stream, "modelmux")[0] == 1, timeout=5,
+                          interval=0.002)
+        # now the serving instance's sync writes the id (as it would)
+        self.r("SET", self.key("req", rid), "recs challenger", "EX", 3600)
+        t0 = time.monotonic()
+        mmtest.eventually(lambda: self.r("XPENDING", stream, "modelmux")[0] == 0, timeout=10,
+                          interval=0.01)
+        timing("test 5c: applied %.0f ms after its request id was synced",
+               (time.monotonic() - t0) * 1000)
+        self.assertEqual(redis_arm(self.r, self.prefix, "recs", "challenger")["feedback"], 1)
+        self.assertNotIn("feedback stream entry %s" % entry, b.log())
+
     # -- 6
 
     def test_6_admin_control_through_redis(self):
