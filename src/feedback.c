@@ -41,9 +41,10 @@ typedef struct {
     double reward;
     int has_reward;
     int has_item;
-    char *item;    /* the clicked item's id as text (an integer id in decimal) */
-    int state;     /* 0 pending lookup, 1 resolved, -1 unknown */
-    int malformed; /* in a batch: counted invalid, never applied */
+    char *item;          /* the clicked item's id as text (an integer id in decimal) */
+    int state;           /* 0 pending lookup, 1 resolved, -1 unknown */
+    int malformed;       /* in a batch: counted invalid, never applied */
+    const char *refused; /* why it was counted invalid once resolved (a stream entry's log) */
 } fb_event_t;
 
 /* Longest item id a click may name, in bytes. */
@@ -105,14 +106,28 @@ static int is_click(const fb_event_t *e)
     return e->has_item && !e->has_reward;
 }
 
+/* Count e invalid, saying why. */
+static int refuse(fb_event_t *e, const char *why)
+{
+    e->refused = why;
+    return FB_INVALID;
+}
+
 /* The experiment a click is for, or NULL with the outcome in *why. */
-static exp_rt_t *click_target(mm_server_t *srv, const fb_event_t *e, int *why)
+static exp_rt_t *click_target(mm_server_t *srv, fb_event_t *e, int *why)
 {
     exp_rt_t *x = e->state < 0 ? NULL : find_exp(srv, e->experiment);
     *why = e->state < 0 ? FB_UNKNOWN : FB_ELSEWHERE;
     if (x == NULL) return NULL;
-    *why = FB_INVALID; /* clicks name a request, and need a policy that takes them */
-    if (e->request_id[0] == '\0' || x->cfg->ops->on_click == NULL) return NULL;
+    /* clicks name a request, and need a policy that takes them */
+    if (x->cfg->ops->on_click == NULL) {
+        *why = refuse(e, "an item (a click) is for an interleave experiment");
+        return NULL;
+    }
+    if (e->request_id[0] == '\0') {
+        *why = refuse(e, "a click names the request its list was shown for (request_id)");
+        return NULL;
+    }
     return x;
 }
 
@@ -132,7 +147,7 @@ void feedback_aux_begin(mm_buf_t *b, const exp_state_t *e)
 static int click_rewrite(void *arg, const char *data, size_t n, mm_buf_t *out)
 {
     fb_batch_t *b = arg;
-    const fb_event_t *e = &b->ev[b->next - 1];
+    fb_event_t *e = &b->ev[b->next - 1];
     int why;
     exp_rt_t *x = click_target(b->srv, e, &why); /* again: a reload may have happened */
     if (x == NULL) return why;
@@ -150,14 +165,14 @@ static int click_rewrite(void *arg, const char *data, size_t n, mm_buf_t *out)
     oom = oom || policy_aux.oom || out->oom;
     mm_buf_free(&policy_aux);
     if (oom) return FB_UNKNOWN;
-    if (rc != 0) return FB_INVALID;
+    if (rc != 0) return refuse(e, "the item is not in the list this request was shown");
     for (size_t a = 0; a < x->state->n_arms; a++)
         if (delta_nonzero(&b->click[a])) return STORE_AUX_WRITE;
     return CLICK_SAME;
 }
 
 /* The click's outcome; a written one adds its deltas to each arm. */
-static int click_outcome(mm_server_t *srv, const fb_event_t *e, int code, const arm_stats_t *d)
+static int click_outcome(mm_server_t *srv, fb_event_t *e, int code, const arm_stats_t *d)
 {
     if (code == CLICK_SAME) return FB_ACCEPTED;
     if (code != STORE_AUX_WRITE) return code == STORE_AUX_NOT_FOUND ? FB_UNKNOWN : code;
@@ -176,23 +191,27 @@ static int click_outcome(mm_server_t *srv, const fb_event_t *e, int code, const 
     return FB_ACCEPTED;
 }
 
-static int fb_apply(mm_server_t *srv, const fb_event_t *e)
+static int fb_apply(mm_server_t *srv, fb_event_t *e)
 {
     if (e->state < 0) return FB_UNKNOWN;
     exp_rt_t *x = find_exp(srv, e->experiment);
     if (x == NULL) return FB_ELSEWHERE;
     /* A policy that takes clicks takes nothing else; its merged answers
      * resolve to the arm "interleave", which is no arm. */
-    if (x->cfg->ops->on_click != NULL) return FB_INVALID;
+    if (x->cfg->ops->on_click != NULL)
+        return refuse(e, "an interleave experiment takes clicks: an item without a reward");
     int arm = -1;
     for (size_t a = 0; a < x->state->n_arms; a++)
         if (strcmp(x->state->arm_names[a], e->arm) == 0) arm = (int)a;
     if (arm < 0) return FB_ELSEWHERE;
-    if (e->has_item) return FB_INVALID; /* clicks (items) are for interleave only */
+    if (e->has_item) return refuse(e, "an item (a click) is for an interleave experiment");
     const policy_ops_t *ops = x->cfg->ops;
     int kind = ops->check_reward ? ops->check_reward(x->cfg->policy, e->reward) : 0;
-    if (kind < 0) return FB_INVALID;
-    if (store_reward(srv->store, x->state, arm, e->reward, kind == 1) != 0) return FB_INVALID;
+    if (kind < 0)
+        return refuse(e,
+                      "the reward is not one its policy takes (a Bernoulli reward is in [0, 1])");
+    if (store_reward(srv->store, x->state, arm, e->reward, kind == 1) != 0)
+        return refuse(e, "the reward is beyond what the store sums (|reward| <= 1e100)");
     metrics_arm_t *m = router_marm(x, arm);
     m->feedback++;
     m->reward_sum += e->reward;
@@ -228,19 +247,6 @@ static void log_elsewhere(mm_server_t *srv, store_msg_t *m)
     srv->elsewhere_quiet = 0;
 }
 
-/* Why a stream entry that resolved to an experiment here was not applied
- * (fb_apply and the click path count it invalid): its log line says so, as
- * a malformed entry's does (stream_drop). */
-static const char *invalid_reason(mm_server_t *srv, const fb_event_t *e)
-{
-    exp_rt_t *x = find_exp(srv, e->experiment);
-    int clicks = x != NULL && x->cfg->ops->on_click != NULL;
-    if (e->has_item && !clicks) return "an item (a click) is for an interleave experiment";
-    if (is_click(e)) return "the item is not in the list this request was shown";
-    if (clicks) return "an interleave experiment takes clicks: an item without a reward";
-    return "the reward is not one its policy takes (a Bernoulli reward is in [0, 1])";
-}
-
 static void batch_answer(fb_batch_t *b)
 {
     if (b->conn) {
@@ -262,7 +268,7 @@ static void batch_answer(fb_batch_t *b)
         if (b->invalid) {
             b->srv->stream_invalid++;
             mm_log("feedback stream entry %s for experiment %s dropped: %s", store_msg_id(b->msg),
-                   b->ev[0].experiment, invalid_reason(b->srv, &b->ev[0]));
+                   b->ev[0].experiment, b->ev[0].refused ? b->ev[0].refused : "invalid");
         }
         if (ack && b->unknown) b->srv->stream_unknown++;
         if (b->elsewhere && store_msg_deliveries(b->msg) == 1) log_elsewhere(b->srv, b->msg);

@@ -232,16 +232,16 @@ const char *http_reason(int status);
  * needs to hear to keep it (RFC 9112 Appendix C.2.2); 1 says nothing. */
 enum { HTTP_CLOSE = 0, HTTP_KEEP_ALIVE = 1, HTTP_KEEP_ALIVE_10 = 2 };
 /* Append the Connection line `mode` calls for, if any. */
-/* "Date: <IMF-fixdate>\r\n" for now (RFC 9110 §6.6.1: an origin server with
- * a clock sends one, and a proxy adds one to an answer that came without).
- * Formatted once a second per thread, without the locale. */
-void http_date_line(mm_buf_t *b);
-
 static inline void http_connection_line(mm_buf_t *b, int mode)
 {
     if (mode == HTTP_CLOSE) mm_buf_lit(b, "Connection: close\r\n");
     if (mode == HTTP_KEEP_ALIVE_10) mm_buf_lit(b, "Connection: keep-alive\r\n");
 }
+
+/* "Date: <IMF-fixdate>\r\n" for now (RFC 9110 §6.6.1: an origin server with
+ * a clock sends one, and a proxy adds one to an answer that came without).
+ * Formatted once a second per thread, without the locale. */
+void http_date_line(mm_buf_t *b);
 
 /* A complete JSON error answer (DESIGN.md §4):
  * {"error": CODE, "message": TEXT, "request_id": ID}. `keep_alive` is one of

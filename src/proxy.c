@@ -743,6 +743,15 @@ void conn_respond_error_hdr(conn_t *c, int status, const char *code, const char 
     write_out_final(c);
 }
 
+/* A request line of a version other than 1.0 or 1.1 (on_request_head) or of
+ * none, HTTP/0.9 (parse_step): 505, as nginx answers (RFC 9110 §15.6.6);
+ * the framing of what follows is unknown, so the connection closes. */
+static void refuse_version(conn_t *c)
+{
+    c->req.keep_alive = 0;
+    send_error(c, 505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served");
+}
+
 /* ---- request head ---- */
 
 void proxy_forward_headers(mm_buf_t *b, const http_head_t *h, const char *base, const char *peer,
@@ -918,12 +927,11 @@ static void on_request_head(conn_t *c)
         return;
     }
     /* HTTP/1.0 and 1.1 only. llhttp also takes "HTTP/2.0" in a request line
-     * and a bare "GET /path" (HTTP/0.9); both were served as if HTTP/1.x,
-     * with an HTTP/1.1 answer a 0.9 client cannot read. nginx answers 505
-     * (RFC 9110 §15.6.6), and the framing of what follows is unknown: close. */
+     * and a bare "GET /path" (HTTP/0.9) followed by header lines; both were
+     * served as if HTTP/1.x, with an HTTP/1.1 answer a 0.9 client cannot
+     * read. (A 0.9 line alone is refused as it ends, in parse_step.) */
     if (c->parser.http_major != 1) {
-        r->keep_alive = 0;
-        send_error(c, 505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served");
+        refuse_version(c);
         return;
     }
     /* Refused before anything is routed or sent upstream; a 400 closes the
@@ -1108,8 +1116,7 @@ static ssize_t parse_step(conn_t *c)
             send_error(c, 413, "body_too_large", "request body exceeds max_body_bytes");
         return -1;
     } else if (e == HPE_OK && !c->headers_done && request_line_lacks_version(c)) {
-        c->req.keep_alive = 0;
-        send_error(c, 505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served");
+        refuse_version(c);
         return -1;
     } else if (e != HPE_OK) {
         c->req.keep_alive = 0;
