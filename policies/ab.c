@@ -269,7 +269,8 @@ static int ab_check_reward(void *p, double reward)
     const ab_t *ab = p;
     if (!isfinite(reward)) return -1;
     if (ab->reward == AB_REWARD_BERNOULLI) return (reward >= 0.0 && reward <= 1.0) ? 1 : -1;
-    return 0;
+    if (ab->reward == AB_REWARD_CONTINUOUS) return 0;
+    return policy_check_undeclared_reward(reward);
 }
 
 /* One arm as the reward model sees it. */

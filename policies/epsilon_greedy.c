@@ -98,7 +98,7 @@ static void eg_choose(void *p, const policy_view_t *v, const policy_req_t *req,
 static int eg_check_reward(void *p, double reward)
 {
     MM_UNUSED(p);
-    return isfinite(reward) ? 0 : -1;
+    return policy_check_undeclared_reward(reward);
 }
 
 static json_t *eg_describe(void *p, const policy_view_t *v)

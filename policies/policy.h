@@ -244,7 +244,8 @@ typedef struct policy_ops_s {
 
     /* Optional. A reward for the arm arrived: -1 if the value is invalid for
      * this policy (it is then counted as invalid and not applied), 1 if it is
-     * a Bernoulli reward (the store also counts successes/failures), else 0. */
+     * a Bernoulli reward (the store also counts successes/failures), else 0.
+     * Absent: policy_check_undeclared_reward. */
     int (*check_reward)(void *p, double reward);
 
     /* Optional. An answer from `arm` (status 0: transport failure/timeout),
@@ -372,6 +373,12 @@ int policy_parse_arm_list(policy_parse_t *pp, const json_t *exp, const char *key
  * Returns `in` itself when there is nothing to add (r is NaN: the
  * experiment's error_reward is null, errors are not rewards; or no arm has
  * an error), else fills out[0..n) and returns out. */
+/* check_reward for a policy whose rewards have no declared model (ab's
+ * "auto", epsilon_greedy, ucb1; the core's default): any finite reward, and
+ * one that is exactly 0 or 1 is a Bernoulli outcome, so the arm's successes
+ * and failures (DESIGN.md §6) count the binary rewards of every policy but
+ * those declared continuous or Gaussian. */
+int policy_check_undeclared_reward(double reward);
 const arm_stats_t *policy_scored_stats(const arm_stats_t *in, size_t n, double r, arm_stats_t *out);
 /* Read exp["error_reward"] into *out: absent 0, null NaN (errors are not
  * rewards), else a number in [lo, hi]. */

@@ -105,6 +105,12 @@ int exp_state_parse(const char *p, size_t n, exp_run_state_t *out)
     return -1;
 }
 
+int policy_check_undeclared_reward(double reward)
+{
+    if (!isfinite(reward)) return -1;
+    return reward == 0.0 || reward == 1.0;
+}
+
 const arm_stats_t *policy_scored_stats(const arm_stats_t *in, size_t n, double r, arm_stats_t *out)
 {
     int any = 0;

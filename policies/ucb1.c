@@ -120,7 +120,7 @@ static void ucb_choose(void *p, const policy_view_t *v, const policy_req_t *req,
 static int ucb_check_reward(void *p, double reward)
 {
     MM_UNUSED(p);
-    return isfinite(reward) ? 0 : -1;
+    return policy_check_undeclared_reward(reward);
 }
 
 /* The share of the next requests each arm gets: ucb_pick is deterministic

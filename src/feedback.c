@@ -206,7 +206,8 @@ static int fb_apply(mm_server_t *srv, fb_event_t *e)
     if (arm < 0) return FB_ELSEWHERE;
     if (e->has_item) return refuse(e, "an item (a click) is for an interleave experiment");
     const policy_ops_t *ops = x->cfg->ops;
-    int kind = ops->check_reward ? ops->check_reward(x->cfg->policy, e->reward) : 0;
+    int kind = ops->check_reward ? ops->check_reward(x->cfg->policy, e->reward)
+                                 : policy_check_undeclared_reward(e->reward);
     if (kind < 0)
         return refuse(e,
                       "the reward is not one its policy takes (a Bernoulli reward is in [0, 1])");

@@ -161,6 +161,10 @@ class Tally:
     feedback modelmux accepted."""
 
     def __init__(self, bernoulli=True):
+        """bernoulli: True for a declared Bernoulli model (every reward counts
+        r successes, 1 - r failures); None for no declared model (ab's "auto",
+        epsilon_greedy, ucb1: only a reward of exactly 0 or 1 counts); False
+        for a declared continuous or Gaussian model (none counts)."""
         self.bernoulli = bernoulli
         self.arms = {}
 
@@ -175,7 +179,7 @@ class Tally:
         a["feedback"] += 1
         a["reward_sum"] += r
         a["reward_sq_sum"] += r * r
-        if self.bernoulli:
+        if self.bernoulli or (self.bernoulli is None and r in (0, 1)):
             a["successes"] += r
             a["failures"] += 1 - r
 
@@ -346,6 +350,20 @@ class StoreIntegration(mmtest.MMTestCase):
         self.assertEqual({arm: v[arm][1] for arm in v},
                          {arm: int(tally.expected(arm)["feedback"]) for arm in v})
         self.assert_arms_exact(tally, "recs")
+
+        # "ab" declares no reward model ("auto"): its rewards of 0 and 1 are
+        # Bernoulli outcomes in successes/failures (DESIGN.md §6), others
+        # only in the sums
+        tally_ab = Tally(bernoulli=None)
+        events = []
+        for i, (_, arm, rid) in enumerate(served_ab):
+            tally_ab.pull(arm)
+            reward = (1, 0, 2.5, 1)[i]
+            events.append({"request_id": rid, "reward": reward})
+            tally_ab.reward(arm, reward)
+        st, body = feedback(b.port, events)
+        self.assertEqual((st, body), (202, {"accepted": 4, "unknown": 0, "invalid": 0}))
+        self.assert_arms_exact(tally_ab, "ab")
 
     def test_2b_feedback_overtaking_the_sync_round_is_still_credited(self):
         """Feedback sent to B at once, before A's sync round has written the

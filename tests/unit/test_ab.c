@@ -208,8 +208,11 @@ static void test_check_reward_by_model(void **state)
     (void)state;
     fixture_t f;
     assert_int_equal(setup_text(&f, EXP("\"arms\": {\"champion\": 1, \"challenger\": 1}}")), 0);
-    /* auto: any finite reward, not counted as Bernoulli by the store. */
-    assert_int_equal(f.ops->check_reward(f.p, 1.0), 0);
+    /* auto: any finite reward; the store counts one that is 0 or 1 as a
+     * Bernoulli outcome (successes/failures), any other only in the sums. */
+    assert_int_equal(f.ops->check_reward(f.p, 1.0), 1);
+    assert_int_equal(f.ops->check_reward(f.p, 0.0), 1);
+    assert_int_equal(f.ops->check_reward(f.p, 0.5), 0);
     assert_int_equal(f.ops->check_reward(f.p, -3.5), 0);
     assert_int_equal(f.ops->check_reward(f.p, NAN), -1);
     assert_int_equal(f.ops->check_reward(f.p, INFINITY), -1);
@@ -226,13 +229,16 @@ static void test_check_reward_by_model(void **state)
     assert_int_equal(setup_text(&f, EXP("\"arms\": {\"champion\": 1, \"challenger\": 1}, "
                                         "\"reward\": \"continuous\"}")),
                      0);
+    /* continuous: declared, so not even 0 and 1 are Bernoulli outcomes. */
     assert_int_equal(f.ops->check_reward(f.p, 1.0), 0);
+    assert_int_equal(f.ops->check_reward(f.p, 0.0), 0);
     assert_int_equal(f.ops->check_reward(f.p, 42.0), 0);
     teardown_fixture(&f);
 }
 
 /* Arm statistics as the store would hold them after n Bernoulli rewards with
- * s successes (counted as successes only when the model is Bernoulli). */
+ * s successes; `counted` 0 leaves successes/failures 0, which shows that the
+ * auto model decides from the sums alone. */
 static void set_binary(arm_stats_t *a, uint64_t pulls, uint64_t n, uint64_t s, int counted)
 {
     *a = (arm_stats_t){

@@ -590,7 +590,12 @@ static void test_egreedy_explore_share(void **state)
     assert_true(json_is_false(json_object_get(arm_at(d, 0), "greedy")));
     assert_true(fabs(num_at(arm_at(d, 1), "expected_share") - 0.9) < 1e-12);
     json_decref(d);
+    /* No declared reward model: any finite reward; 0 and 1 are Bernoulli
+     * outcomes, counted in successes/failures. */
     assert_int_equal(in.ops->check_reward(in.p, -7.5), 0);
+    assert_int_equal(in.ops->check_reward(in.p, 0.5), 0);
+    assert_int_equal(in.ops->check_reward(in.p, 1.0), 1);
+    assert_int_equal(in.ops->check_reward(in.p, 0.0), 1);
     assert_int_equal(in.ops->check_reward(in.p, NAN), -1);
     assert_int_equal(in.ops->flags & POLICY_ACCEPTS_WEIGHTS, 0);
     unmake(&in);
@@ -690,6 +695,8 @@ static void test_ucb1_hand_computed(void **state)
     assert_true(fabs(num_at(arm_at(d, 1), "ucb") - 0.77103) < 1e-5);
     json_decref(d);
     assert_int_equal(in.ops->check_reward(in.p, 42.0), 0);
+    assert_int_equal(in.ops->check_reward(in.p, 1.0), 1);
+    assert_int_equal(in.ops->check_reward(in.p, -0.0), 1);
     assert_int_equal(in.ops->check_reward(in.p, INFINITY), -1);
     assert_int_equal(in.ops->flags & POLICY_ACCEPTS_WEIGHTS, 0);
     unmake(&in);
