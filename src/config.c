@@ -32,7 +32,10 @@
 #include "jsonpos.h"
 #include "log.h"
 
-#define PTR_MAX         1024        /* JSON pointers we build */
+#define PTR_MAX 1024 /* JSON pointers we build */
+/* A value's readable name in a message: room for a few names of up to 255
+ * bytes and keys cut at 200 (jsonpos.h), escaped; longer is cut, with "...". */
+#define DOTTED_MAX      1024
 #define CONFIG_FILE_MAX (16u << 20) /* a config larger than this is a mistake */
 #define TIMEOUT_MAX_MS  3600000LL   /* one hour */
 #define TOKEN_MAX       1024
@@ -150,10 +153,14 @@ MM_PRINTF(4, 5) static int cerr(cx_t *cx, const char *ptr, int key, const char *
     return -1;
 }
 
+/* Append s to out (n bytes, *len used). What does not fit is cut, and the
+ * cut is shown: the text ends in "..." (a message must never name a key
+ * shorter than the one in the file without saying so). */
 static void cat(char *out, size_t n, size_t *len, const char *s)
 {
     while (*s && *len + 1 < n) out[(*len)++] = *s++;
     out[*len] = '\0';
+    if (*s && n > 4) memcpy(out + n - 4, "...", 4);
 }
 
 static int plain_word(const char *s)
@@ -175,7 +182,8 @@ static const char *dotted(const cx_t *cx, const char *ptr, char *out, size_t n)
     out[0] = '\0';
     const char *p = ptr;
     while (*p == '/') {
-        char seg[256];
+        /* a key of up to 256 bytes whole; longer ones come cut (jsonpos.h) */
+        char seg[JSONPOS_SEG_MAX + 1];
         size_t k = 0;
         int cut = 0;
         for (p++; *p && *p != '/'; p++) {
@@ -290,7 +298,7 @@ static void child_ptr(const char *objptr, const char *key, char *out, size_t n)
 
 static int type_error(cx_t *cx, const char *ptr, const json_t *v, const char *what)
 {
-    char d[256], g[64];
+    char d[DOTTED_MAX], g[64];
     return cerr(cx, ptr, 0, "%s must be %s, got %s", dotted(cx, ptr, d, sizeof(d)), what,
                 show(v, g, sizeof(g)));
 }
@@ -318,7 +326,7 @@ static const json_t *get_object(cx_t *cx, const json_t *obj, const char *objptr,
 
 static int missing(cx_t *cx, const char *objptr, const char *key)
 {
-    char p[PTR_MAX], d[256];
+    char p[PTR_MAX], d[DOTTED_MAX];
     child_ptr(objptr, key, p, sizeof(p));
     return cerr(cx, p, 0, "%s is required", dotted(cx, p, d, sizeof(d)));
 }
@@ -478,7 +486,7 @@ static int check_keys(cx_t *cx, const json_t *obj, const char *objptr, const cha
     json_object_foreach((json_t *)obj, k, v)
     {
         if (in_list(allowed, k) || in_list(extra, k)) continue;
-        char p[PTR_MAX], d[256], list[512];
+        char p[PTR_MAX], d[DOTTED_MAX], list[512];
         size_t len = 0;
         list[0] = '\0';
         for (const char *const *l = extra; l && *l; l++) {
@@ -508,7 +516,7 @@ static int copy_field(cx_t *cx, char *dst, size_t size, const char *s, const cha
 {
     size_t n = strlen(s);
     if (n >= size) {
-        char d[256];
+        char d[DOTTED_MAX];
         return cerr(cx, ptr, 0, "%s is too long (at most %zu bytes)", dotted(cx, ptr, d, sizeof(d)),
                     size - 1);
     }
@@ -629,7 +637,7 @@ static int get_addr(cx_t *cx, const json_t *obj, const char *objptr, const char 
     const char *s = NULL, *why = NULL; /* set on every path; -O3 cannot see it */
     if (get_string(cx, obj, objptr, key, def, &s) < 0) return -1;
     if (parse_addr(s, out, &why) == 0) return 0;
-    char p[PTR_MAX], d[256], g[300];
+    char p[PTR_MAX], d[DOTTED_MAX], g[300];
     child_ptr(objptr, key, p, sizeof(p));
     return cerr(cx, p, 0, "%s: bad address %s: %s; expected \"host:port\" or \"[ipv6]:port\"",
                 dotted(cx, p, d, sizeof(d)), show(json_object_get(obj, key), g, sizeof(g)), why);
@@ -757,7 +765,7 @@ static int parse_auth(cx_t *cx, const json_t *o, const char *ptr, char *user_out
                       char *pass_out, size_t pass_cap)
 {
     const char *user, *pass, *env;
-    char up[PTR_MAX], pp[PTR_MAX], ep[PTR_MAX], d[256];
+    char up[PTR_MAX], pp[PTR_MAX], ep[PTR_MAX], d[DOTTED_MAX];
     child_ptr(ptr, "username", up, sizeof(up));
     child_ptr(ptr, "password", pp, sizeof(pp));
     child_ptr(ptr, "password_env", ep, sizeof(ep));
@@ -824,7 +832,7 @@ static int parse_sentinel(cx_t *cx, const json_t *o, cfg_store_t *st)
                     json_array_size(nodes));
     for (size_t i = 0; i < json_array_size(nodes); i++) {
         const json_t *v = json_array_get(nodes, i);
-        char p[PTR_MAX], d[256], g[300];
+        char p[PTR_MAX], d[DOTTED_MAX], g[300];
         snprintf(p, sizeof(p), "/store/sentinel/nodes/%zu", i);
         const char *why = "not a string";
         if (!json_is_string(v) || parse_addr(json_string_value(v), &st->sentinels[i], &why) != 0)
@@ -940,7 +948,7 @@ static int parse_upstream(cx_t *cx, const char *name, const json_t *o, cfg_upstr
     static const char *const keys[] = {
         "url", "pool", "connect_timeout_ms", "timeout_ms", "eject", "resolve_ms", NULL};
     static const char *const eject_keys[] = {"consecutive_5xx", "base_ms", NULL};
-    char p[PTR_MAX], ep[PTR_MAX], d[256], g[300];
+    char p[PTR_MAX], ep[PTR_MAX], d[DOTTED_MAX], g[300];
     child_ptr("/upstreams", name, p, sizeof(p));
     if (!mm_valid_name(name, strlen(name)))
         return cerr(cx, p, 1, "%s: bad upstream name; names are 1-64 characters of [A-Za-z0-9_.-]",
@@ -1009,7 +1017,7 @@ static int parse_upstreams(cx_t *cx)
 static int parse_match(cx_t *cx, const json_t *exp, const char *base, cfg_experiment_t *e)
 {
     static const char *const keys[] = {"path_prefix", "host", "headers", NULL};
-    char p[PTR_MAX], hp[PTR_MAX], vp[PTR_MAX], d[256];
+    char p[PTR_MAX], hp[PTR_MAX], vp[PTR_MAX], d[DOTTED_MAX];
     int rc;
     const json_t *m = get_object(cx, exp, base, "match", &rc);
     if (m == NULL) return rc < 0 ? -1 : missing(cx, base, "match");
@@ -1120,7 +1128,7 @@ static int parse_experiment(cx_t *cx, size_t i, const json_t *exp)
     config_t *c = cx->c;
     cfg_experiment_t *e = &c->experiments[i];
     policy_parse_t pp = {.cx = cx, .e = e};
-    char *base = pp.base, vp[PTR_MAX], d[256], g[300];
+    char *base = pp.base, vp[PTR_MAX], d[DOTTED_MAX], g[300];
     snprintf(pp.base, sizeof(pp.base), "/experiments/%zu", i);
     if (require_object(cx, exp, base) < 0) return -1;
 
@@ -1384,7 +1392,7 @@ int config_error_at(const config_t *c, const char *text, size_t len, const char 
      * own, the position index is built anew (this runs once, on an error). */
     config_priv_t *cp = container_of(c, config_priv_t, c);
     cx_t cx = {.name = c->path, .root = cp->root, .err = err, .errlen = errlen};
-    char name[512], msg[1536];
+    char name[DOTTED_MAX], msg[1536];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
@@ -1450,7 +1458,7 @@ static void exp_ptr(const policy_parse_t *pp, const char *path, char *out, size_
  * so it reads like the core's own: "experiments[0].arms: ...". */
 int policy_error(policy_parse_t *pp, const char *path, const char *fmt, ...)
 {
-    char p[PTR_MAX], d[256], msg[512];
+    char p[PTR_MAX], d[DOTTED_MAX], msg[512];
     exp_ptr(pp, path, p, sizeof(p));
     va_list ap;
     va_start(ap, fmt);
@@ -1463,7 +1471,7 @@ int policy_add_arm(policy_parse_t *pp, const char *name, const char *path)
 {
     cx_t *cx = pp->cx;
     cfg_experiment_t *e = pp->e;
-    char p[PTR_MAX], d[256];
+    char p[PTR_MAX], d[DOTTED_MAX];
     exp_ptr(pp, path, p, sizeof(p));
     const json_t *ix = name ? json_object_get(cx->up_index, name) : NULL;
     int up = ix ? (int)json_integer_value(ix) : -1;
@@ -1557,7 +1565,7 @@ int policy_set_sticky(policy_parse_t *pp, const json_t *sticky, const char *path
     static const char *const keys[] = {"header", "cookie", "query", NULL};
     cx_t *cx = pp->cx;
     cfg_experiment_t *e = pp->e;
-    char p[PTR_MAX], vp[PTR_MAX], d[256];
+    char p[PTR_MAX], vp[PTR_MAX], d[DOTTED_MAX];
     if (salt != NULL) {
         exp_ptr(pp, "/salt", p, sizeof(p));
         if (copy_field(cx, e->salt, sizeof(e->salt), salt, p) < 0) return -1;

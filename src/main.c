@@ -19,6 +19,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -49,7 +50,8 @@ static void usage(FILE *f)
                "  --version    print the version\n"
                "  --help       this text\n"
                "  (--opt=VALUE and -cFILE work too)\n"
-               "signals: SIGHUP reloads the configuration, SIGTERM/SIGINT drain and exit\n");
+               "signals: SIGHUP reloads the configuration (and reopens the request log),\n"
+               "         SIGUSR1 reopens the request log, SIGTERM/SIGINT drain and exit\n");
 }
 
 /* A bad command line: the reason and the usage on stderr; exit status 2. */
@@ -120,7 +122,7 @@ static int run_worker(const char *path, config_t *cfg, uint64_t seed, int reusep
 {
     uv_loop_t loop;
     mm_server_t srv;
-    char err[1024];
+    char err[4096];
     uv_loop_init(&loop);
     int replaced = reload != NULL;
     if (replaced) {
@@ -391,7 +393,7 @@ static void stop_private_redis(void)
 
 /* Signals to forward, noted by the handler; the parent's loop runs with
  * them blocked and waits in sigsuspend, so none is noticed late or lost. */
-static volatile sig_atomic_t pending_hup, pending_stop, hup_sender;
+static volatile sig_atomic_t pending_hup, pending_usr1, pending_stop, hup_sender;
 static void on_parent_signal(int sig, siginfo_t *info, void *ctx)
 {
     (void)ctx;
@@ -400,6 +402,8 @@ static void on_parent_signal(int sig, siginfo_t *info, void *ctx)
         /* Two reloads before the loop ran: from two senders, every worker. */
         hup_sender = pending_hup && hup_sender != from ? 0 : from;
         pending_hup = 1;
+    } else if (sig == SIGUSR1) {
+        pending_usr1 = 1;
     } else {
         pending_stop = sig;
     }
@@ -424,7 +428,29 @@ static void parent_signals_install(void)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
     signal(SIGCHLD, on_child_exit);
+}
+
+/* Whether execlp would find `prog`: an executable regular file in a
+ * directory of PATH (unset: execlp's default, /bin:/usr/bin). */
+static int in_path(const char *prog)
+{
+    const char *path = getenv("PATH");
+    if (path == NULL) path = "/bin:/usr/bin";
+    for (const char *p = path;; p++) {
+        const char *end = strchr(p, ':');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        char file[4096];
+        struct stat st;
+        /* an empty entry is the current directory, as for execlp */
+        if (snprintf(file, sizeof(file), "%.*s%s%s", (int)n, p, n ? "/" : "", prog) <
+                (int)sizeof(file) &&
+            stat(file, &st) == 0 && S_ISREG(st.st_mode) && access(file, X_OK) == 0)
+            return 1;
+        if (end == NULL) return 0;
+        p = end;
+    }
 }
 
 /* --check's look past the file, as nginx -t's: what startup would trip over
@@ -435,9 +461,12 @@ static void parent_signals_install(void)
  * which creates it (and its directories) if need be, as nginx -t creates its
  * logs. Not checked: whether the ports are free (a reload's --check would
  * find them held by the running instance), whether upstreams or the store
- * answer. 0, or -1 with "FILE:LINE:COL: NAME: message" at the value. */
-static int check_outside(const config_t *cfg, const char *text, size_t len, char *err,
-                         size_t errlen)
+ * answer. With --workers N > 1 on the memory store, that the private
+ * redis-server startup runs is installed (at `store`, or the top level when
+ * the file has none). 0, or -1 with "FILE:LINE:COL: NAME: message" at the
+ * value. */
+static int check_outside(const config_t *cfg, uint64_t workers, const char *text, size_t len,
+                         char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     if (mm_addr_resolve(&cfg->listen, &ss) != 0)
@@ -470,6 +499,13 @@ static int check_outside(const config_t *cfg, const char *text, size_t len, char
         if (l == NULL)
             return config_error_at(cfg, text, len, "/log/requests", err, errlen, "%s", why);
     }
+    if (workers > 1 && cfg->store.type == STORE_MEMORY && !in_path("redis-server"))
+        return config_error_at(cfg, text, len, "/store", err, errlen,
+                               "--workers %llu with the memory store needs a private "
+                               "redis-server (apt-get install redis-server) to share state "
+                               "between workers, or a \"redis\" store: redis-server is not "
+                               "in PATH",
+                               (unsigned long long)workers);
     return 0;
 }
 
@@ -568,7 +604,7 @@ static config_t *kept_config(mm_keep_t *keep, const char *path)
     mm_buf_init(&text);
     int kept = keep_config(keep, &text);
     config_t *c = NULL;
-    char err[2048];
+    char err[4096];
     mm_str_t t = mm_buf_view(&text);
     if (kept > 0 && (c = config_parse(t.p, t.n, path, err, sizeof(err))) == NULL)
         mm_log("--workers: the group's config does not load again (%s): the new worker serves "
@@ -642,6 +678,12 @@ static int run_workers(const char *path, config_t *cfg, uint64_t seed, int n,
             /* A worker's POST /reload sends SIGHUP here: it reloads itself. */
             for (int i = 0; i < n; i++)
                 if (pids[i] > 0 && pids[i] != from) kill(pids[i], SIGHUP);
+        }
+        if (pending_usr1) { /* reopen the request log: every worker writes its own */
+            pending_usr1 = 0;
+            if (!stopping)
+                for (int i = 0; i < n; i++)
+                    if (pids[i] > 0) kill(pids[i], SIGUSR1);
         }
         int st;
         pid_t pid = waitpid(-1, &st, WNOHANG);
@@ -775,7 +817,7 @@ int main(int argc, char **argv)
     /* The --workers parent notes them from here on (its handlers restart
      * the config's reads), and acts once the workers run. */
     if (!check && workers > 1) parent_signals_install();
-    char err[2048];
+    char err[4096];
     char *text = NULL;
     size_t text_len = 0;
     config_t *cfg = config_load_text(path, check ? &text : NULL, &text_len, err, sizeof(err));
@@ -784,7 +826,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check) {
-        int bad = check_outside(cfg, text, text_len, err, sizeof(err));
+        int bad = check_outside(cfg, workers, text, text_len, err, sizeof(err));
         free(text);
         if (bad) {
             fprintf(stderr, "%s\n", err);

@@ -87,7 +87,7 @@ struct server_reload_s {
     uv_getaddrinfo_t *gai; /* per reload_addr: the lookups */
     int pending;           /* lookups in flight */
     int failed;
-    char err[1024];
+    char err[4096];
     reload_waiter_t *waiters;
 };
 
@@ -117,6 +117,10 @@ static void reload_reject(mm_server_t *srv, reload_waiter_t *waiters, const char
 {
     srv->reload_failures++;
     mm_log("reload rejected, the previous config keeps serving: %s", err);
+    /* A SIGHUP is also logrotate's "reopen": one that meets a config being
+     * edited must still move the request log off the renamed file, or the
+     * lines go on into a file about to be compressed or deleted. */
+    if (srv->reqlog && !srv->draining) reqlog_reopen(srv->reqlog);
     reload_answer(waiters, 0, err);
 }
 
@@ -331,7 +335,7 @@ static int config_has_names(const config_t *cfg);
 
 static void reload_begin(mm_server_t *srv, reload_waiter_t *waiters)
 {
-    char err[1024];
+    char err[4096];
     char *text = NULL;
     size_t len = 0;
     config_t *cfg =
@@ -430,11 +434,21 @@ static void on_sighup(uv_signal_t *s, int signum)
     server_reload((mm_server_t *)s->data, NULL, NULL);
 }
 
+/* SIGUSR1: reopen the request log at its path and nothing else (nginx's
+ * "reopen"), for a rotation that should not also re-read the config. */
+static void on_sigusr1(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    mm_server_t *srv = s->data;
+    if (srv->reqlog && !srv->draining) reqlog_reopen(srv->reqlog);
+}
+
 void server_lifecycle_signals(int how, int chld, sigset_t *old)
 {
     sigset_t s;
     sigemptyset(&s);
     sigaddset(&s, SIGHUP);
+    sigaddset(&s, SIGUSR1);
     sigaddset(&s, SIGTERM);
     sigaddset(&s, SIGINT);
     if (chld) sigaddset(&s, SIGCHLD);
@@ -493,11 +507,13 @@ static void on_store_flushed(void *arg)
     sigset_t old_mask;
     server_lifecycle_signals(SIG_BLOCK, 0, &old_mask);
     close_handle((uv_handle_t *)&srv->sig_hup);
+    close_handle((uv_handle_t *)&srv->sig_usr1);
     close_handle((uv_handle_t *)&srv->sig_term);
     close_handle((uv_handle_t *)&srv->sig_int);
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
     pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
 }
 
@@ -656,10 +672,12 @@ int server_start(mm_server_t *srv, uv_loop_t *loop, const char *config_path, con
     if (stage_listeners(srv, cfg, &ss[0], &ss[1], &st, err, errlen) != 0) goto err;
     listeners_commit(&srv->listeners, &st);
     uv_signal_init(loop, &srv->sig_hup);
+    uv_signal_init(loop, &srv->sig_usr1);
     uv_signal_init(loop, &srv->sig_term);
     uv_signal_init(loop, &srv->sig_int);
-    srv->sig_hup.data = srv->sig_term.data = srv->sig_int.data = srv;
+    srv->sig_hup.data = srv->sig_usr1.data = srv->sig_term.data = srv->sig_int.data = srv;
     uv_signal_start(&srv->sig_hup, on_sighup, SIGHUP);
+    uv_signal_start(&srv->sig_usr1, on_sigusr1, SIGUSR1);
     uv_signal_start(&srv->sig_term, on_sigterm, SIGTERM);
     uv_signal_start(&srv->sig_int, on_sigterm, SIGINT);
     uv_timer_init(loop, &srv->tick_timer);

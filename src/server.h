@@ -57,7 +57,7 @@ typedef struct mm_server_s {
     mm_rng_t admin_rng; /* admin and worker connections' request ids: polling must not move rng */
     uint64_t seed;
     mm_listeners_t listeners; /* data plane and admin API (listeners.h) */
-    uv_signal_t sig_hup, sig_term, sig_int;
+    uv_signal_t sig_hup, sig_term, sig_int, sig_usr1;
     uv_work_t pool_start; /* starts libuv's thread pool with the signals blocked */
     int pool_warm;        /* pool_start queued (server.c, pool_warm) */
     uv_timer_t tick_timer;

@@ -237,6 +237,37 @@ class CheckRejects(unittest.TestCase):
         r = run("--check", "-c", path)
         self.assertEqual(r.returncode, 0, r.stderr)
 
+    def test_workers_on_the_memory_store_need_redis_server_installed(self):
+        """--workers N > 1 on the memory store runs a private redis-server at
+        startup; --check finds it missing as startup would (at `store`, or
+        at the top level when the file has none)."""
+        no_redis = dict(os.environ, PATH=self.dir.name)  # an empty directory
+
+        def check(text, *args):
+            path = os.path.join(self.dir.name, "w.json")
+            with open(path, "w") as f:
+                f.write(text)
+            return subprocess.run([mmtest.MM_BIN, "--check", "-c", path] + list(args),
+                                  cwd=mmtest.SOURCE_DIR, capture_output=True, text=True,
+                                  timeout=20, env=no_redis), path
+
+        want = ("store: --workers 2 with the memory store needs a private redis-server "
+                "(apt-get install redis-server) to share state between workers, or a "
+                "\"redis\" store: redis-server is not in PATH")
+        r, path = check(GOOD, "--workers", "2")
+        self.assertEqual((r.returncode, r.stderr), (1, "%s:1:1: %s\n" % (path, want)))
+        with_store = variant('  "listen": "127.0.0.1:18080",\n',
+                             '  "listen": "127.0.0.1:18080",\n  "store": {"type": "memory"},\n')
+        r, path = check(with_store, "--workers", "2")
+        self.assertEqual((r.returncode, r.stderr), (1, "%s:3:12: %s\n" % (path, want)))
+        # one worker needs no private Redis, nor does a "redis" store
+        self.assertEqual(check(with_store, "--workers", "1")[0].returncode, 0)
+        self.assertEqual(check(GOOD)[0].returncode, 0)
+        redis = variant('  "listen": "127.0.0.1:18080",\n',
+                        '  "listen": "127.0.0.1:18080",\n  "store": {"type": "redis"},\n')
+        r, _ = check(redis, "--workers", "2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
     def test_missing_file_fails_with_exit_1(self):
         r = run("--check", "-c", os.path.join(self.dir.name, "nope.json"))
         self.assertEqual(r.returncode, 1)

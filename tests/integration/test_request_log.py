@@ -36,6 +36,10 @@ docs/admin-metrics-log.md "Request log"), black box.
      arrival to the microsecond: lines of requests sent one after another
      are in the same order by ts (it came from the loop's coarse clock, up
      to a tick early, before the line of the request answered before it).
+ 11. rotation: SIGUSR1 reopens the log and re-reads nothing (it killed
+     modelmux); a SIGHUP whose config is rejected still reopens it (the
+     lines went on into the renamed file); with --workers, the parent passes
+     SIGUSR1 on and every worker reopens. No line is lost or written twice.
 """
 import base64
 import datetime
@@ -457,6 +461,90 @@ class StalledLog(mmtest.MMTestCase):
         mmtest.eventually(lambda: "request log: off" in mm.log())
         self.assertStopsWith0(mm)
         self.assertIn("request log: a write has not returned", mm.log())
+
+
+
+def logged_ids(path):
+    """The request ids in the file (none if it does not exist)."""
+    try:
+        with open(path) as f:
+            return [json.loads(line)["request_id"] for line in f]
+    except FileNotFoundError:
+        return []
+
+
+class Rotation(mmtest.MMTestCase):
+    def rotate(self, workers=1):
+        """modelmux with a request log, one request "pre" logged, then the
+        file renamed: (mm, port, log path, renamed path)."""
+        c = self.cluster
+        champ = c.model_server("champion")
+        port = mmtest.free_port()
+        path = c.path("requests.jsonl")
+        cfg = mmtest.base_config(port, {"champion": champ.port}, [
+            {"name": "ab", "match": {"path_prefix": "/v1/"}, "policy": "ab",
+             "arms": {"champion": 1}}], log={"requests": path})
+        mm = c.modelmux(cfg, *(["--workers", workers] if workers > 1 else []))
+        self.sent = ["pre"]
+        self.assertEqual(self.send(port, "pre"), 200)
+        read_log(path, 1)
+        renamed = path + ".1"
+        os.rename(path, renamed)
+        return mm, port, path, renamed
+
+    def send(self, port, rid):
+        return mmtest.request(port, "GET", "/v1/rank", headers={"X-Request-Id": rid})[0]
+
+    def send_until_in(self, port, path, batch=1, rounds=3):
+        """Send batches of requests (each on a connection of its own) until
+        `rounds` batches in a row were all logged in `path`, the reopened
+        file: lines of a process that did not reopen go on into the renamed
+        one. Bounded: 200 batches."""
+        in_a_row = 0
+        for i in range(200):
+            ids = ["post-%d-%d" % (i, j) for j in range(batch)]
+            for rid in ids:
+                self.assertEqual(self.send(port, rid), 200)
+            self.sent += ids
+            # every line of the batch is written (somewhere) within 10 s
+            mmtest.eventually(lambda: set(ids) <= set(logged_ids(path) +
+                                                      logged_ids(path + ".1")), timeout=10)
+            in_a_row = in_a_row + 1 if set(ids) <= set(logged_ids(path)) else 0
+            if in_a_row == rounds:
+                return
+        self.fail("the log was not reopened at %s" % path)
+
+    def assertNothingLost(self, path, renamed):
+        old, new = logged_ids(renamed), logged_ids(path)
+        self.assertIn("pre", old)
+        self.assertEqual(sorted(old + new), sorted(self.sent))
+
+    def test_sigusr1_reopens_the_log_and_rereads_nothing(self):
+        mm, port, path, renamed = self.rotate()
+        with open(mm.config_path, "w") as f:
+            f.write("{ broken")  # a re-read would be rejected, and say so
+        mm.signal(signal.SIGUSR1)
+        self.send_until_in(port, path)
+        self.assertTrue(mm.alive(), mm.log())
+        self.assertNotIn("reload", mm.log())
+        self.assertNothingLost(path, renamed)
+
+    def test_a_rejected_reload_still_reopens_the_log(self):
+        mm, port, path, renamed = self.rotate()
+        with open(mm.config_path, "w") as f:
+            f.write("{ broken")
+        mm.signal(signal.SIGHUP)
+        mmtest.eventually(lambda: "reload rejected" in mm.log())
+        self.send_until_in(port, path)
+        self.assertNothingLost(path, renamed)
+
+    def test_the_workers_parent_passes_sigusr1_on(self):
+        mm, port, path, renamed = self.rotate(workers=2)
+        mm.signal(signal.SIGUSR1)
+        # ten connections a batch: the kernel spreads them over both workers
+        self.send_until_in(port, path, batch=10)
+        self.assertTrue(mm.alive(), mm.log())
+        self.assertNothingLost(path, renamed)
 
 
 if __name__ == "__main__":

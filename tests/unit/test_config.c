@@ -1136,8 +1136,10 @@ static void test_default_config_file_is_valid(void **state)
     config_free(c);
 }
 
-/* A key of any length is reported at itself, with its name shown cut
- * (first 200 bytes, then "..."): not at an enclosing object. 1022 and 1023
+/* A key of any length is reported at itself, not at an enclosing object,
+ * and named whole up to 256 bytes (255: the longest upstream name, after
+ * `experiments[0].arms.`, once made the message cut it short without a
+ * mark), longer ones cut (first 200 bytes, then "..."). 1022 and 1023
  * characters straddle the limit of the pointer buffers, 1024 and 5000 go
  * well past it. */
 static void test_long_keys_are_reported_where_they_are(void **state)
@@ -1168,15 +1170,15 @@ static void test_long_keys_are_reported_where_they_are(void **state)
          "\"arms\": {\"champion\": 1, \"%s\": 1}}]}",
          "t.json:2:88: experiments[0].arms.%s: unknown upstream", 1},
     };
-    static const size_t lens[] = {300, 1022, 1023, 1024, 1100, 5000};
+    static const size_t lens[] = {255, 256, 257, 300, 1022, 1023, 1024, 1100, 5000};
     for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
         size_t n = lens[i];
-        char *k = malloc(n + 1), *text = malloc(n + 512), want[512], shown[204];
+        char *k = malloc(n + 1), *text = malloc(n + 512), want[1024], shown[260];
         assert_non_null(k);
         assert_non_null(text);
         memset(k, 'k', n);
         k[n] = '\0';
-        snprintf(shown, sizeof(shown), "%.200s...", k);
+        snprintf(shown, sizeof(shown), n <= 256 ? "%s" : "%.200s...", k);
         for (size_t j = 0; j < sizeof(cases) / sizeof(cases[0]); j++) {
             snprintf(text, n + 512, cases[j].text, k);
             snprintf(want, sizeof(want), cases[j].want, shown);
