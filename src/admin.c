@@ -253,7 +253,9 @@ static int parse_body(const mm_local_req_t *r, int optional, json_t **out)
         return -1;
     }
     json_error_t je;
-    json_t *j = json_loadb(r->body.p, r->body.n, JSON_REJECT_DUPLICATES, &je);
+    /* Any JSON value is read, so that valid JSON that is no object (null,
+     * "x", 3) is told apart from invalid JSON below. */
+    json_t *j = json_loadb(r->body.p, r->body.n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
     if (j == NULL) {
         char why[300];
         jsonpos_syntax_error(r->body.p, r->body.n, &je, why, sizeof(why));
@@ -261,8 +263,9 @@ static int parse_body(const mm_local_req_t *r, int optional, json_t **out)
         return -1;
     }
     if (!json_is_object(j)) {
+        reply_errorf(r->conn, 400, "bad_request", "the body must be a JSON object, got %s",
+                     jsonpos_kind(j));
         json_decref(j);
-        conn_respond_error(r->conn, 400, "bad_request", "the body must be a JSON object");
         return -1;
     }
     *out = j;
@@ -476,7 +479,9 @@ static void log_operator(const mm_local_req_t *r, exp_rt_t *e, const char *actio
 {
     const exp_control_t *from = &e->state->control;
     char step[64] = "";
-    if (from->canary_step != to->canary_step)
+    /* Promote and rollback set every policy's control step (100, 0), but
+     * only a canary's means a share of traffic. */
+    if (router_is_canary(e) && from->canary_step != to->canary_step)
         snprintf(step, sizeof(step), ", canary step %g -> %g", from->canary_step, to->canary_step);
     char weights[256] = "";
     if (to->has_weights) {

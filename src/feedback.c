@@ -59,6 +59,8 @@ typedef struct {
  * all well-formed; it is refused before jansson builds anything. */
 #define FB_BATCH_MAX  10000
 #define FB_VALUES_MAX (FB_BATCH_MAX * 10 + 16)
+/* What the body must be, for the 400s of an empty or non-object body. */
+#define FB_BODY_WANTED "a JSON object (one event, or {\"events\": [...]})"
 #define FB_BATCH_TOO_LONG                                                                          \
     "a feedback batch holds at most 10000 events (and at most 100016 JSON values in all)"
 
@@ -550,7 +552,9 @@ static int json_values_exceed(const char *p, size_t n, size_t max)
  * a batch rather than the body (parse_event refuses it in every field). */
 static json_t *feedback_parse(const char *p, size_t n, json_error_t *je, int *ints_as_reals)
 {
-    size_t flags = JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL;
+    /* Any JSON value: valid JSON that is no object is told apart from
+     * invalid JSON by the caller. */
+    size_t flags = JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL | JSON_DECODE_ANY;
     json_t *root = json_loadb(p, n, flags, je);
     *ints_as_reals = root == NULL && strncmp(je->text, "too big", 7) == 0;
     if (*ints_as_reals) root = json_loadb(p, n, flags | JSON_DECODE_INT_AS_REAL, je);
@@ -571,10 +575,25 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
     }
     json_error_t je;
     int ints_as_reals = 0;
+    size_t sp = 0;
+    while (sp < r->body.n && (r->body.p[sp] == ' ' || r->body.p[sp] == '\t' ||
+                              r->body.p[sp] == '\r' || r->body.p[sp] == '\n'))
+        sp++;
+    if (sp == r->body.n) {
+        conn_respond_error(r->conn, 400, "bad_request", FB_BODY_WANTED " is required");
+        return;
+    }
     json_t *root = feedback_parse(r->body.p, r->body.n, &je, &ints_as_reals);
     if (root == NULL) {
         jsonpos_syntax_error(r->body.p, r->body.n, &je, err, sizeof(err));
         conn_respond_error(r->conn, 400, "bad_request", err);
+        return;
+    }
+    if (!json_is_object(root)) {
+        snprintf(err, sizeof(err), "the body must be " FB_BODY_WANTED ", got %s",
+                 jsonpos_kind(root));
+        conn_respond_error(r->conn, 400, "bad_request", err);
+        json_decref(root);
         return;
     }
     json_t *events = json_object_get(root, "events");

@@ -512,3 +512,24 @@ void jsonpos_syntax_error(const char *text, size_t len, const json_error_t *je, 
     jsonpos_error_at(text, len, je, &line, &col);
     snprintf(out, n, "invalid JSON at line %d column %d: %s", line, col, je->text);
 }
+
+const char *jsonpos_kind(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
+    case JSON_INTEGER:
+    case JSON_REAL:
+        return "a number";
+    case JSON_TRUE:
+        return "true";
+    case JSON_FALSE:
+        return "false";
+    default:
+        return "null";
+    }
+}

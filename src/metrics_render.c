@@ -535,11 +535,6 @@ static void render_arm_counters(mm_buf_t *b, const exp_ref_t *v, size_t n)
     }
 }
 
-static int is_canary(const exp_rt_t *e)
-{
-    return strcmp(e->cfg->ops->name, "canary") == 0;
-}
-
 static void render_experiments(mm_buf_t *b, const router_t *r)
 {
     size_t n = r ? r->n_exps : 0;
@@ -560,7 +555,7 @@ static void render_experiments(mm_buf_t *b, const router_t *r)
     family(b, "modelmux_canary_step", "gauge",
            "Percent of traffic on the canary (canary experiments).");
     for (size_t k = 0; k < n; k++) {
-        if (!is_canary(&r->exps[k])) continue;
+        if (!router_is_canary(&r->exps[k])) continue;
         const char *kv[] = {"experiment", r->exps[k].cfg->name, NULL};
         sample_f(b, "modelmux_canary_step", kv, r->exps[k].state->control.canary_step);
     }

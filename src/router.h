@@ -8,6 +8,7 @@
 #ifndef MM_ROUTER_H
 #define MM_ROUTER_H
 
+#include <string.h>
 #include <uv.h>
 
 #include "config.h"
@@ -59,6 +60,13 @@ static inline void router_count_fallback(const exp_rt_t *e, int arm)
 static inline int router_arm_ejected(const exp_rt_t *e, int arm, uint64_t now_ms)
 {
     return arm != 0 && up_pool_ejected(e->pools[arm], now_ms);
+}
+
+/* A canary experiment: the only policy whose control's canary_step means
+ * anything (metrics, the admin log). */
+static inline int router_is_canary(const exp_rt_t *e)
+{
+    return strcmp(e->cfg->ops->name, "canary") == 0;
 }
 
 typedef struct router_s {

@@ -501,6 +501,14 @@ class TestAdminAPI(Base):
         self.assertEqual((view["state"], view["weights"]), ("running", {"champion": 0,
                                                                         "challenger": 100}))
         self.assertEqual({a for _, a, _ in self.send("ranker", n=10)}, {"challenger"})
+        # an A/B experiment's audit lines speak of no canary step (its
+        # control's step moves on promote, but means nothing for ab)
+        with open(os.path.join(self.tmp, "mm.stderr")) as f:
+            log = f.read()
+        self.assertIn("experiment ranker promote: state running -> promoted, weights champion 0, "
+                      "challenger 100\n", log)
+        self.assertIn("experiment ranker resume: state promoted -> running, weights champion 0, "
+                      "challenger 100\n", log)
 
     def test_canary_rollback_stops_it(self):
         view = wait_until(lambda: (lambda v: v if v["policy_state"]["step"] == 10 else None)(

@@ -350,6 +350,31 @@ static void test_put_weights_sets_the_split(void **state)
     assert_true(c->weights[0] == 0 && c->weights[1] == 3);
 }
 
+/* Valid JSON that is no object is named for what it is, not called
+ * invalid JSON; invalid JSON says where. */
+static void test_a_body_that_is_no_object_is_named(void **state)
+{
+    rig_t *t = *state;
+    static const struct {
+        const char *body, *message;
+    } cases[] = {
+        {"null", "the body must be a JSON object, got null"},
+        {"\"x\"", "the body must be a JSON object, got a string"},
+        {"3", "the body must be a JSON object, got a number"},
+        {"[80, 20]", "the body must be a JSON object, got an array"},
+        {" ", "a JSON object body is required"},
+        {"nul", "invalid JSON at line 1 column 3: invalid token near 'nul'"},
+    };
+    for (size_t i = 0; i < MM_ARRAY_LEN(cases); i++) {
+        rig_resp_t r;
+        call(t, "PUT", "/experiments/rank/weights", cases[i].body, &r);
+        rig_assert_error(&r, 400, "bad_request");
+        assert_string_equal(json_string_value(json_object_get(r.json, "message")),
+                            cases[i].message);
+        rig_resp_free(&r);
+    }
+}
+
 static void test_put_weights_refusals(void **state)
 {
     rig_t *t = *state;
@@ -712,6 +737,7 @@ int main(void)
         T(test_views_show_state_and_arm_counts),
         T(test_put_weights_sets_the_split),
         T(test_put_weights_refusals),
+        T(test_a_body_that_is_no_object_is_named),
         T(test_promote_sends_everything_to_the_arm),
         T(test_promote_refusals),
         T(test_rollback_returns_to_the_champion),

@@ -268,8 +268,17 @@ static void test_malformed_body_is_400_and_applies_nothing(void **state)
 {
     rig_t *t = *state;
     post_400(t, "{\"request_id\": \"req-a\", \"reward\": ", "invalid JSON");
-    post_400(t, "", "invalid JSON at line 1 column 1: ");
-    post_400(t, "[{\"request_id\": \"req-a\", \"reward\": 1}]", "JSON object");
+    /* no body, and valid JSON that is no object: not "invalid JSON" */
+    post_400(t, "", "a JSON object (one event, or {\"events\": [...]}) is required");
+    post_400(t, " \r\n", "a JSON object (one event, or {\"events\": [...]}) is required");
+    post_400(t, "null",
+             "the body must be a JSON object (one event, or {\"events\": [...]}), got null");
+    post_400(t, "\"x\"",
+             "the body must be a JSON object (one event, or {\"events\": [...]}), got "
+             "a string");
+    post_400(t, "[{\"request_id\": \"req-a\", \"reward\": 1}]",
+             "the body must be a JSON object (one event, or {\"events\": [...]}), got an array");
+    post_400(t, "nul", "invalid JSON at line 1 column 3: ");
     post_400(t, "{\"request_id\": \"req-a\", \"reward\": 1, \"reward\": 2}", "invalid JSON");
     post_400(t, "{\"request_id\": \"req-a\", \"reward\": \"1\"}", "reward must be a finite number");
     post_400(t, "{\"request_id\": \"req-a\", \"reward\": null}", "reward must be a finite number");
