@@ -44,7 +44,9 @@
  * > 0, so a running canary is never legitimately at 0). Until that first tick
  * all traffic goes to the champion: none with the memory store, which ticks
  * as the server starts; up to a second after a reset; none after a resume
- * from promoted or rolled_back, which the admin API follows with a tick. With the Redis store the
+ * from promoted or rolled_back, which the admin API follows with a tick (as
+ * it does a resume from a pause: the fresh interval starts at the resume,
+ * not up to a second later). With the Redis store the
  * core ticks only once Redis's control was read (store_control_known), so a
  * restarted or added instance adopts the shared step instead of starting over
  * and publishing step 0 -> steps[0] for the whole fleet.

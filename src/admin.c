@@ -636,8 +636,10 @@ static void pause_resume(mm_server_t *srv, const mm_local_req_t *r, exp_rt_t *e,
     log_operator(r, e, pause ? "pause" : "resume", &ctl);
     store_set_control(srv->store, e->state, &ctl);
     /* ... and it starts now: the answer, and the next request, see its
-     * first step, not step 0 until the next tick. */
-    if (finished) server_tick_experiment(srv, e, mm_now_ms());
+     * first step, not step 0 until the next tick. A canary resumed from a
+     * pause starts its fresh interval now too: at the next tick, the answers
+     * served in between were in no interval, never judged. */
+    if (!pause) server_tick_experiment(srv, e, mm_now_ms());
     reply_views_after(srv, r->conn, e, AFTER_CHANGE);
 }
 

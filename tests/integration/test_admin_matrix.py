@@ -244,6 +244,14 @@ class Matrix(unittest.TestCase):
         self.call("POST", "/experiments/ca/pause")
         time.sleep(1.2)  # a tick would run here
         self.assertEqual(self.view("ca")["policy_state"]["step"], v["policy_state"]["step"])
+        # resumed, its fresh interval starts at the resume: the answers served
+        # at once are in it (it started at the next tick, up to a second
+        # later, and they were judged in no interval)
+        self.call("POST", "/experiments/ca/resume")
+        served = self.send("ca", 20)
+        iv = self.view("ca")["policy_state"]["interval"]
+        self.assertEqual((iv["champion"]["requests"], iv["canary"]["requests"]),
+                         (served.count("champion"), served.count("challenger")), iv)
         self.call("POST", "/experiments/sh/pause")
         before = metric(parse_prometheus(self.metrics()), "modelmux_shadow_total",
                         experiment="sh", arm="challenger", outcome="mismatch")
