@@ -158,12 +158,13 @@ static void closer_on_conn(up_user_t *u, up_conn_t *c)
     up_release(c, 0);
 }
 
-static void closer_on_error(up_user_t *u, up_conn_t *c, up_err_t kind, int reused)
+static int closer_on_error(up_user_t *u, up_conn_t *c, up_err_t kind, int reused)
 {
     (void)u;
     (void)c;
     (void)kind;
     (void)reused;
+    return 0;
 }
 
 static const up_user_ops_t closer_ops = {.on_conn = closer_on_conn, .on_error = closer_on_error};
@@ -286,7 +287,7 @@ static void on_done(up_user_t *u, up_conn_t *c)
     finish(r);
 }
 
-static void on_error(up_user_t *u, up_conn_t *c, up_err_t kind, int reused)
+static int on_error(up_user_t *u, up_conn_t *c, up_err_t kind, int reused)
 {
     bc_req_t *r = container_of(u, bc_req_t, user);
     (void)c;
@@ -303,11 +304,12 @@ static void on_error(up_user_t *u, up_conn_t *c, up_err_t kind, int reused)
         r->in_send = 1;
         up_acquire(r->target->pool, &r->user);
         r->in_send = outer;
-        return;
+        return 1;
     }
     r->status = 0;
     r->err = (int)kind;
     finish(r);
+    return 0;
 }
 
 static const up_user_ops_t bc_ops = {

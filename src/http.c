@@ -199,7 +199,6 @@ http_kind_t http_kind_of(mm_str_t name)
         break;
     case 14:
         if (name_is(name, "content-length")) return HK_CONTENT_LENGTH;
-        if (name_is(name, "x-modelmux-arm")) return HK_HOP;
         break;
     case 15:
         if (name_is(name, "x-forwarded-for")) return HK_X_FORWARDED_FOR;
@@ -210,7 +209,6 @@ http_kind_t http_kind_of(mm_str_t name)
         break;
     case 17:
         if (name_is(name, "transfer-encoding")) return HK_TRANSFER_ENC;
-        if (name_is(name, "x-modelmux-shadow")) return HK_HOP;
         break;
     case 18:
         if (name_is(name, "proxy-authenticate")) return HK_HOP;
@@ -218,12 +216,13 @@ http_kind_t http_kind_of(mm_str_t name)
     case 19:
         if (name_is(name, "proxy-authorization")) return HK_HOP;
         break;
-    case 21:
-        if (name_is(name, "x-modelmux-experiment")) return HK_HOP;
-        break;
     default:
         break;
     }
+    /* Every X-Modelmux-* name is ours (Arm, Experiment, Shadow and any to
+     * come): a client's or a model server's is never passed on, as the
+     * README promises, not only the names above. */
+    if (name.n >= 11 && name_is((mm_str_t){name.p, 11}, "x-modelmux-")) return HK_HOP;
     return HK_OTHER;
 }
 

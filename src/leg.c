@@ -197,10 +197,9 @@ void leg_header_block(const up_resp_t *resp, mm_buf_t *out)
     const http_head_t *h = resp->head;
     int idx[HTTP_MAX_HEADERS], n = 0;
     for (int i = 0; i < h->n && i < HTTP_MAX_HEADERS; i++) {
-        mm_str_t name = http_hname(h, resp->base, i);
+        /* hop-by-hop kinds include every X-Modelmux-* (ours) */
         if (http_kind_is_hop(h->kind[i]) || h->dropped[i] || h->kind[i] == HK_CONTENT_LENGTH ||
-            h->kind[i] == HK_DATE ||
-            (name.n >= 11 && strncasecmp(name.p, "x-modelmux-", 11) == 0)) /* any of ours */
+            h->kind[i] == HK_DATE)
             continue;
         int at = n++; /* insertion sort: a head has a handful of headers */
         while (at > 0 && name_before(resp, i, idx[at - 1])) {
@@ -253,7 +252,7 @@ static void on_done(up_user_t *u, up_conn_t *uc)
     leg_finish(l, l->status);
 }
 
-static void on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
+static int on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
 {
     leg_t *l = container_of(u, leg_t, user);
     (void)uc;
@@ -264,11 +263,12 @@ static void on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
          * again on another connection (the leg's deadline stays). */
         l->retries++;
         up_acquire(l->pool, &l->user);
-        return;
+        return 1;
     }
     l->err = kind;
     l->timed_out = kind == UP_ERR_TIMEOUT || kind == UP_ERR_CONNECT_TIMEOUT;
     leg_finish(l, 0);
+    return 0;
 }
 
 static const up_user_ops_t leg_ops = {

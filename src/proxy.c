@@ -1301,12 +1301,21 @@ static void pu_on_done(up_user_t *u, up_conn_t *uc)
     req_finish(c);
 }
 
-static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
+static int pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
 {
     req_t *r = container_of(u, req_t, user);
     conn_t *c = r->conn;
     r->up = NULL;
     c->pinned = 0;
+    if (reused && r->replayable && r->retries < MAX_RETRIES) {
+        /* The model server closed a keep-alive connection as we reused it
+         * (nothing of an answer came): the keep-alive race, no failure of
+         * the server's, so no error and no step towards an ejection. */
+        r->retries++;
+        r->retry = r->up_head_written;
+        acquire(c);
+        return 1;
+    }
     r->up_errors++;
     r->last_err = (int)kind;
     if (kind != UP_ERR_OVERFLOW) up_pool_observe(r->pool, 0, uv_now(c->srv->loop));
@@ -1317,21 +1326,14 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
          * dies mid-answer must not look healthy to the canary analysis. */
         r->cut = 1;
         conn_close(c);
-        return;
+        return 0;
     }
     /* Only the head had come (say, then a malformed chunk size), and none of
      * it was passed on: the client can still be told, as if nothing had
      * been answered. */
     r->responding = r->answered = r->head_pending = 0;
     /* The arm's error is counted once, when the request ends (req_finish):
-     * a retry may still succeed, and a 502/504 answer counts as a 5xx. */
-    if (reused && r->replayable && r->retries < MAX_RETRIES) {
-        /* The model server closed a keep-alive connection as we reused it. */
-        r->retries++;
-        r->retry = r->up_head_written;
-        acquire(c);
-        return;
-    }
+     * a fallback may still succeed, and a 502/504 answer counts as a 5xx. */
     /* A challenger that failed before answering (refused, reset, died): the
      * champion answers, when we still hold every byte sent so far. Model
      * requests are predictions, safe to repeat; a timeout is not replayed
@@ -1344,7 +1346,7 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
         build_upstream_head(c);
         r->pool = r->exp->pools[0];
         acquire(c);
-        return;
+        return 0;
     }
     switch (kind) {
     case UP_ERR_TIMEOUT:
@@ -1364,6 +1366,7 @@ static void pu_on_error(up_user_t *u, up_conn_t *uc, up_err_t kind, int reused)
         send_error(c, 502, "upstream_unavailable", "the model server could not be reached");
         break;
     }
+    return 0;
 }
 
 static const up_user_ops_t proxy_user_ops = {

@@ -410,7 +410,7 @@ static up_conn_t *any_idle(const up_pool_t *p, int from)
 static void overflow(up_pool_t *p, up_user_t *u)
 {
     p->stats.errors[UP_ERR_OVERFLOW]++;
-    u->ops->on_error(u, NULL, UP_ERR_OVERFLOW, 0);
+    (void)u->ops->on_error(u, NULL, UP_ERR_OVERFLOW, 0);
 }
 
 static void queue_remove(up_pool_t *p, up_user_t *u)
@@ -623,9 +623,12 @@ static void uc_fail(up_conn_t *c, up_err_t kind)
      * working on it, and sending it again would double the wait and the
      * work. */
     int reused = kind == UP_ERR_RESET && c->uses > 1 && !c->got_bytes;
-    count_failure(c, kind);
     uc_close(c);
-    if (u) u->ops->on_error(u, c, kind, reused);
+    int resent = u ? u->ops->on_error(u, c, kind, reused) : 0;
+    /* After the user's call, which tells whether this was the keep-alive
+     * race it sends again; c is freed only once its handles have closed,
+     * on a later turn of the loop. */
+    if (!(reused && resent)) count_failure(c, kind);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -639,7 +642,7 @@ static void on_timer(uv_timer_t *t)
         uc_close(c);
         if (u) {
             u->pending_conn = NULL;
-            u->ops->on_error(u, NULL, UP_ERR_CONNECT_TIMEOUT, 0);
+            (void)u->ops->on_error(u, NULL, UP_ERR_CONNECT_TIMEOUT, 0);
         }
     } else if (c->state == UC_BUSY) {
         /* Everything the client sent so far is written, more is to come and
@@ -817,7 +820,7 @@ static void on_connect(uv_connect_t *req, int status)
         uc_close(c);
         if (u) {
             u->pending_conn = NULL;
-            u->ops->on_error(u, NULL, UP_ERR_CONNECT, 0);
+            (void)u->ops->on_error(u, NULL, UP_ERR_CONNECT, 0);
         }
         return;
     }
@@ -885,7 +888,7 @@ static void pool_dispatch(up_pool_t *p)
             queue_remove(p, u);
             if (open_conn(p, u, next_ai(p)) < 0) {
                 p->stats.errors[UP_ERR_CONNECT]++;
-                u->ops->on_error(u, NULL, UP_ERR_CONNECT, 0);
+                (void)u->ops->on_error(u, NULL, UP_ERR_CONNECT, 0);
             }
         } else {
             break;
@@ -911,7 +914,7 @@ void up_acquire(up_pool_t *p, up_user_t *u)
     if (p->n_open < p->cfg.pool) {
         if (open_conn(p, u, ai) < 0) {
             p->stats.errors[UP_ERR_CONNECT]++;
-            u->ops->on_error(u, NULL, UP_ERR_CONNECT, 0);
+            (void)u->ops->on_error(u, NULL, UP_ERR_CONNECT, 0);
         }
         return;
     }

@@ -69,8 +69,12 @@ typedef struct {
     /* The exchange failed; c is NULL if no connection was obtained. After
      * this call the connection is gone (closed by the pool). `reused` tells
      * whether the failure happened on a reused keep-alive connection before
-     * any answer byte (safe to retry on a fresh one). */
-    void (*on_error)(up_user_t *u, up_conn_t *c, up_err_t kind, int reused);
+     * any answer byte (safe to retry on a fresh one). Returns 1 when, so
+     * told, the user sends the request again: the failure was then the
+     * keep-alive race (the server closed an idle connection as we reused
+     * it), not the server's, and counts in neither the error metrics nor
+     * the ejection runs; else 0. */
+    int (*on_error)(up_user_t *u, up_conn_t *c, up_err_t kind, int reused);
 } up_user_ops_t;
 
 struct up_user_s {

@@ -86,13 +86,14 @@ static void u_on_done(up_user_t *u, up_conn_t *c)
     U(u)->dones++;
 }
 
-static void u_on_error(up_user_t *u, up_conn_t *c, up_err_t kind, int reused)
+static int u_on_error(up_user_t *u, up_conn_t *c, up_err_t kind, int reused)
 {
     (void)c;
     (void)reused;
     U(u)->errors++;
     U(u)->err = kind;
     U(u)->conn = NULL;
+    return 0;
 }
 
 static const up_user_ops_t user_ops = {u_on_conn, u_on_sent, u_on_head,
