@@ -557,6 +557,10 @@ static void control_change(store_t *s, store_exp_t *x, const exp_control_t *c)
 {
     exp_run_state_t before = x->pub.control.state;
     uint64_t v = x->pub.control.version + 1;
+    if (s->redis && x->pub.control_dirty == 0) {
+        x->ctl_known = x->pub.control;
+        x->ctl_known_valid = 1;
+    }
     x->pub.control = *c;
     x->pub.control.version = v;
     freeze_if_paused(x, before);
@@ -696,7 +700,10 @@ exp_state_t *store_experiment(store_t *s, const char *name, const char *const *a
             memset(x->pair_of, 0, sizeof(x->pair_of));
             redefined = 1; /* other arms: the old control cannot apply */
         }
-        if (redefined) control_change(s, x, initial);
+        if (redefined) {
+            control_change(s, x, initial);
+            x->ctl_known_valid = 0; /* the config's control: every field */
+        }
         return &x->pub;
     }
 
@@ -898,6 +905,7 @@ void store_reset(store_t *s, exp_state_t *e)
     x->tally_gen++;
     control_change(s, x, &e->initial_control);
     x->ctl_cas = 0;
+    x->ctl_known_valid = 0; /* the control as the config says: every field */
     x->resets++;
     if (s->redis) x->reset_pending = 1;
 }

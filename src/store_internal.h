@@ -77,6 +77,12 @@ typedef struct {
 } req_pair_t;
 
 /* The write to Redis in flight (or waiting for a retry) for one experiment. */
+/* The control hash's fields an operator's change writes (store_batch_t). */
+#define CTL_F_WEIGHTS 1u
+#define CTL_F_STATE   2u
+#define CTL_F_STEP    4u
+#define CTL_F_ALL     7u
+
 typedef struct {
     int active;   /* sent, or failed and waiting to be sent again as is */
     int failed;   /* the last attempt failed: resend the same seq and deltas */
@@ -93,6 +99,7 @@ typedef struct {
                      3 the same if Redis's version is still ctl_base */
     uint64_t ctl_base;
     unsigned ctl_changes; /* modes 2 and 3: the local changes written, the version's bump */
+    unsigned ctl_fields;  /* mode 2: the fields they changed, CTL_F_* (mode 3: all) */
     exp_control_t ctl;
     size_t n_arms;
     char arm_names[MM_MAX_ARMS][MM_NAME_MAX + 1];
@@ -122,8 +129,14 @@ typedef struct store_exp_s {
      * for the interleave pseudo-arm: store_remember_key needs no lookup. */
     uint32_t pair_of[MM_MAX_ARMS + 1];
     /* Redis replication (unused by the memory store). */
-    int ctl_init;            /* first sight: adopt Redis's control, or seed it with ours */
-    int ctl_cas;             /* the unwritten control change is a policy's: compare-and-set */
+    int ctl_init; /* first sight: adopt Redis's control, or seed it with ours */
+    int ctl_cas;  /* the unwritten control change is a policy's: compare-and-set */
+    /* The control before the first unwritten local change (what Redis had,
+     * as far as this instance knew): an operator's change writes only the
+     * fields it changed from it, so one made on another instance meanwhile
+     * to other fields is not undone (ctl_known_valid 0: write them all). */
+    exp_control_t ctl_known;
+    int ctl_known_valid;
     uint64_t ctl_base;       /* ... on this version (what the policy decided on) */
     int reset_pending;       /* a local reset not yet written */
     int synced;              /* a snapshot has been read at least once */

@@ -97,8 +97,13 @@
  * the version is still V — a policy's change, see store_propose_control; N is
  * the number of local changes the write carries, and the version goes up by
  * N, once per change as DESIGN.md §6 says; mode 1 makes it 1), and after a
- * last ':' the version the instance knew from Redis, F: a control written
+ * ':' the version the instance knew from Redis, F: a control written
  * anew (mode 1, a restore) goes on from max(Redis's, F), never back to 1,
+ * and for mode 2 after a last ':' the fields the operator's changes changed
+ * (CTL_F_*: 1 weights, 2 state, 4 canary_step; all when Redis has none):
+ * only those are written, so a change another instance made to the others
+ * meanwhile is kept — a pause on B right after a PUT of weights on A wrote
+ * B's whole stale control and undid the weights A had acknowledged,
  * ARGV[4] '1': reset (DEL the arm and answer hashes, and a new
  * reset_epoch: Redis's clock in microseconds, above the one before, so
  * that an epoch never comes back, not even after Redis lost its data and
@@ -217,7 +222,8 @@ static const char SYNC_SCRIPT[] =
     "  end\n"
     "end\n"
     "local restore = ARGV[8] == '1' and empty\n"
-    "local kind, bump, cbase, floor = string.match(ARGV[3], '^(%d):?(%d*):?(%d*):?(%d*)$')\n"
+    "local kind, bump, cbase, floor, fields =\n"
+    "  string.match(ARGV[3], '^(%d):?(%d*):?(%d*):?(%d*):?(%d*)$')\n"
     "floor = tonumber(floor) or 0\n"
     "local function above(n)\n"
     "  local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0\n"
@@ -307,7 +313,11 @@ static const char SYNC_SCRIPT[] =
     "    write = v == tonumber(cbase)\n"
     "  end\n"
     "  if write then\n"
-    "    w('HSET', KEYS[1], 'weights', ARGV[5], 'state', ARGV[6], 'canary_step', ARGV[7])\n"
+    "    local m = tonumber(fields) or 7\n"
+    "    if redis.call('HEXISTS', KEYS[1], 'state') == 0 then m = 7 end\n"
+    "    if m % 2 == 1 then w('HSET', KEYS[1], 'weights', ARGV[5]) end\n"
+    "    if math.floor(m / 2) % 2 == 1 then w('HSET', KEYS[1], 'state', ARGV[6]) end\n"
+    "    if math.floor(m / 4) % 2 == 1 then w('HSET', KEYS[1], 'canary_step', ARGV[7]) end\n"
     "    above(tonumber(bump) or 1)\n"
     "  end\n"
     "  if not stale then\n"
@@ -911,6 +921,20 @@ static char *weights_json(const store_batch_t *b)
     return out;
 }
 
+/* The control fields that differ between a and b (CTL_F_*). */
+static unsigned ctl_changed_fields(const exp_state_t *e, const exp_control_t *a,
+                                   const exp_control_t *b)
+{
+    unsigned f = 0;
+    int w = a->has_weights != b->has_weights;
+    for (size_t i = 0; i < e->n_arms && !w && a->has_weights; i++)
+        w = a->weights[i] != b->weights[i];
+    if (w) f |= CTL_F_WEIGHTS;
+    if (a->state != b->state) f |= CTL_F_STATE;
+    if (a->canary_step != b->canary_step) f |= CTL_F_STEP;
+    return f;
+}
+
 /* Copy what is to be written into the batch (or keep a failed one as is). */
 static void batch_prepare(store_redis_t *r, store_exp_t *x)
 {
@@ -928,6 +952,8 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     b->ctl_mode = e->control_dirty ? (x->ctl_cas ? 3 : 2) : x->ctl_init ? 1 : 0;
     b->ctl_base = x->ctl_base;
     b->ctl_changes = e->control_dirty;
+    b->ctl_fields =
+        x->ctl_known_valid ? ctl_changed_fields(e, &x->ctl_known, &e->control) : CTL_F_ALL;
     b->ctl = e->control;
     b->n_arms = e->n_arms;
     b->restore = 0;
@@ -958,6 +984,7 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     x->reset_pending = 0;
     e->control_dirty = 0;
     x->ctl_cas = 0;
+    x->ctl_known_valid = 0;
     x->ctl_init = 0;
     b->active = 1;
 }
@@ -1122,7 +1149,7 @@ static void send_exp(store_redis_t *r, store_exp_t *x)
         snprintf(mode, 64, "3:%u:%llu:%llu", b->ctl_changes, (unsigned long long)b->ctl_base,
                  floor);
     else if (b->ctl_mode == 2)
-        snprintf(mode, 64, "2:%u::%llu", b->ctl_changes, floor);
+        snprintf(mode, 64, "2:%u::%llu:%u", b->ctl_changes, floor, b->ctl_fields);
     else
         snprintf(mode, 64, "%d:::%llu", b->ctl_mode, floor);
     /* A write kept across a move to another Redis (sent again there, as
@@ -2662,9 +2689,10 @@ void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined)
 {
     exp_keys(r, x);
     /* Redefined by the config: ours wins. Else adopt what Redis has, if any. */
-    if (redefined)
+    if (redefined) {
         x->pub.control_dirty++;
-    else
+        x->ctl_known_valid = 0; /* the config's control, every field */
+    } else
         x->ctl_init = 1;
 }
 

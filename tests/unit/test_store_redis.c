@@ -576,6 +576,47 @@ static void on_done(void *arg)
     g_done++;
 }
 
+/* An operator's change writes only the fields it changed: weights set on A
+ * and a pause on B, each made before the instance heard of the other's,
+ * both stand, in whichever order they reach Redis. Each wrote its whole
+ * control, so the one written last undid the other, which its instance had
+ * already acknowledged. */
+static void test_an_operator_change_keeps_the_fields_it_did_not_change(void **state)
+{
+    fx_t *f = *state;
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
+    SETTLE(f, a, ea);
+    SETTLE(f, b, eb);
+    uint64_t v0 = ea->control.version;
+    assert_int_equal(eb->control.version, v0);
+
+    exp_control_t ca = weights(20, 80), cb = eb->control;
+    cb.state = EXP_PAUSED;
+    store_set_control(a, ea, &ca); /* both before either is written */
+    store_set_control(b, eb, &cb);
+    g_done = 0;
+    store_flush(a, on_done, NULL);
+    store_flush(b, on_done, NULL);
+    RUN_UNTIL(f, g_done == 2, 3000);
+    assert_int_equal(g_done, 2);
+    char buf[256];
+    assert_true(ctl_field(f, "recs", "state", buf, sizeof(buf)));
+    assert_string_equal(buf, "paused");
+    assert_true(ctl_field(f, "recs", "version", buf, sizeof(buf)));
+    assert_int_equal(strtoull(buf, NULL, 10), v0 + 2);
+    /* both instances end with the two changes */
+    RUN_UNTIL(f, ea->control.version == v0 + 2 && eb->control.version == v0 + 2, 3000);
+    exp_state_t *both[] = {ea, eb};
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(both[i]->control.version, v0 + 2);
+        assert_int_equal(both[i]->control.state, EXP_PAUSED);
+        assert_true(both[i]->control.has_weights && both[i]->control.weights[0] == 20 &&
+                    both[i]->control.weights[1] == 80);
+    }
+}
+
 static void test_control_survives_a_restart_unless_redefined(void **state)
 {
     fx_t *f = *state;
@@ -2371,6 +2412,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_control_change_reaches_the_other_instance, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_an_operator_change_keeps_the_fields_it_did_not_change,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_control_survives_a_restart_unless_redefined, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_reset_reaches_every_instance, setup, teardown),
