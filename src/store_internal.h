@@ -137,6 +137,7 @@ typedef struct store_exp_s {
      * to other fields is not undone (ctl_known_valid 0: write them all). */
     exp_control_t ctl_known;
     int ctl_known_valid;
+    unsigned ctl_bad;        /* Redis's control fields found unusable, as last logged (CTL_F_*) */
     uint64_t ctl_base;       /* ... on this version (what the policy decided on) */
     int reset_pending;       /* a local reset not yet written */
     int synced;              /* a snapshot has been read at least once */

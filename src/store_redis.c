@@ -952,8 +952,10 @@ static void batch_prepare(store_redis_t *r, store_exp_t *x)
     b->ctl_mode = e->control_dirty ? (x->ctl_cas ? 3 : 2) : x->ctl_init ? 1 : 0;
     b->ctl_base = x->ctl_base;
     b->ctl_changes = e->control_dirty;
-    b->ctl_fields =
-        x->ctl_known_valid ? ctl_changed_fields(e, &x->ctl_known, &e->control) : CTL_F_ALL;
+    /* ... and those Redis holds unusable (ctl_log_unusable): repaired too */
+    b->ctl_fields = x->ctl_known_valid
+                        ? ctl_changed_fields(e, &x->ctl_known, &e->control) | x->ctl_bad
+                        : CTL_F_ALL;
     b->ctl = e->control;
     b->n_arms = e->n_arms;
     b->restore = 0;
@@ -1287,10 +1289,15 @@ static void parse_lat(const redisReply *h, answer_stats_t *a)
 /* Control as Redis has it, onto a copy of ours (fields that do not parse
  * keep our value). Weights name arms; arms not named get 0, and weights that
  * leave every arm of ours at 0 count as no weights. */
-static void ctl_from_fields(const exp_state_t *e, const ctl_fields_t *cf, exp_control_t *c)
+/* Returns the fields present but unusable (CTL_F_*), which keep c's value. */
+static unsigned ctl_from_fields(const exp_state_t *e, const ctl_fields_t *cf, exp_control_t *c)
 {
+    unsigned bad = 0;
     if (cf->weights) {
         json_t *o = json_loadb(cf->weights->str, cf->weights->len, 0, NULL);
+        if (!json_is_object(o) &&
+            !(cf->weights->len == 4 && memcmp(cf->weights->str, "null", 4) == 0))
+            bad |= CTL_F_WEIGHTS;
         if (json_is_object(o)) {
             double sum = 0;
             for (size_t i = 0; i < e->n_arms; i++) {
@@ -1304,7 +1311,8 @@ static void ctl_from_fields(const exp_state_t *e, const ctl_fields_t *cf, exp_co
         }
         json_decref(o);
     }
-    if (cf->state) exp_state_parse(cf->state->str, cf->state->len, &c->state);
+    if (cf->state && exp_state_parse(cf->state->str, cf->state->len, &c->state) != 0)
+        bad |= CTL_F_STATE;
     if (cf->canary_step) {
         /* A percent, as a deployment tool may write it: anything else (NaN,
          * 250, -3, text) is ignored like bad weights, so the view, the
@@ -1313,8 +1321,31 @@ static void ctl_from_fields(const exp_state_t *e, const ctl_fields_t *cf, exp_co
         double step = strtod(cf->canary_step->str, &end);
         if (end != cf->canary_step->str && *end == '\0' && step >= 0.0 && step <= 100.0)
             c->canary_step = step;
+        else
+            bad |= CTL_F_STEP;
     }
     c->version = reply_u64(cf->version);
+    return bad;
+}
+
+/* Unusable control fields are logged once, when the set of them changes:
+ * an instance that started since keeps its config's value where the running
+ * ones keep theirs, and the fleet would diverge without a word. */
+static void ctl_log_unusable(store_exp_t *x, unsigned bad)
+{
+    if (bad == x->ctl_bad) return;
+    x->ctl_bad = bad;
+    if (bad == 0) return;
+    static const char *const names[] = {"weights", "state", "canary_step"};
+    char list[64] = "";
+    size_t n = 0;
+    for (unsigned i = 0; i < 3; i++)
+        if (bad & (1u << i))
+            n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%s", n ? ", " : "", names[i]);
+    mm_log("store: experiment %s: Redis's control holds unusable fields (%s); this instance "
+           "keeps its own values for them (an operator's change through the admin API writes "
+           "them anew)",
+           x->pub.name, list);
 }
 
 static void add_stats(arm_stats_t *a, const arm_stats_t *b)
@@ -1414,7 +1445,7 @@ static void apply_snapshot(store_exp_t *x, const redisReply *reply)
     if (!e->control_dirty) { /* else our newer change is written next round */
         if (cf.version) {
             exp_control_t c = e->control;
-            ctl_from_fields(e, &cf, &c);
+            ctl_log_unusable(x, ctl_from_fields(e, &cf, &c));
             store_exp_adopt_control(x, &c);
         } else {
             x->ctl_init = 1; /* Redis has no control (flushed or restarted empty): seed it */

@@ -289,6 +289,33 @@ class RedisConnection(mmtest.MMTestCase):
         got = self.cli(port, auth, "HGET", "modelmux:{split}:control", "weights")
         return json.loads(got[0]) if got else None
 
+    def test_an_unusable_control_field_is_logged_once(self):
+        """A control field written by hand that modelmux cannot use keeps the
+        instance's own value (docs/store.md), and says so once: an instance
+        started since keeps its config's, and the fleet would diverge
+        without a word."""
+        port = self.start_redis()
+        mm = self.start_mm({"port": port})
+        mmtest.eventually(lambda: self.cli(port, [], "HGET", "modelmux:{split}:control",
+                                           "version") != [])
+        self.cli(port, [], "HSET", "modelmux:{split}:control", "weights", "notjson", "state",
+                 "bogus")
+        line = ("store: experiment split: Redis's control holds unusable fields (weights, "
+                "state); this instance keeps its own values for them (an operator's change "
+                "through the admin API writes them anew)\n")
+        mmtest.eventually(lambda: line in mm.log(), timeout=5)
+        time.sleep(0.3)  # some 15 sync rounds more
+        self.assertEqual(mm.log().count(line), 1)
+        # an operator's change writes them anew, the ones it did not change too
+        st, _, _ = mmtest.request(mm.admin_port, "PUT", "/experiments/split/weights",
+                                  {"champion": 30, "challenger": 70})
+        self.assertEqual(st, 200)
+        self.assertEqual(self.weights(port, []), {"champion": 30, "challenger": 70})
+        self.assertEqual(self.cli(port, [], "HGET", "modelmux:{split}:control", "state"),
+                         ["running"])
+        mm.signal(signal.SIGTERM)
+        self.assertEqual(mm.wait(timeout=15), 0, mm.log()[-3000:])
+
     def test_a_reload_moves_the_store_with_what_it_learned(self):
         """A reload to another Redis (first with a wrong password: reported,
         routing goes on) takes what this instance learned there, the
