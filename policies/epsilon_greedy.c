@@ -95,12 +95,6 @@ static void eg_choose(void *p, const policy_view_t *v, const policy_req_t *req,
     }
 }
 
-static int eg_check_reward(void *p, double reward)
-{
-    MM_UNUSED(p);
-    return policy_check_undeclared_reward(reward);
-}
-
 static json_t *eg_describe(void *p, const policy_view_t *v)
 {
     const egreedy_t *e = p;
@@ -176,6 +170,5 @@ const policy_ops_t policy_epsilon_greedy_ops = {
     .create = eg_create,
     .destroy = eg_destroy,
     .choose = eg_choose,
-    .check_reward = eg_check_reward,
     .describe = eg_describe,
 };

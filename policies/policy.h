@@ -365,6 +365,21 @@ const char *policy_experiment_name(const policy_parse_t *pp);
  * string, unknown or repeated upstream). */
 int policy_parse_arm_list(policy_parse_t *pp, const json_t *exp, const char *key, int min,
                           char names[][MM_NAME_MAX + 1]);
+
+/* check_reward for a policy whose rewards have no declared model (ab's
+ * "auto"; epsilon_greedy, ucb1, canary and shadow, which leave check_reward
+ * NULL): any finite reward, and one that is exactly 0 or 1 is a Bernoulli
+ * outcome, so the arm's successes and failures (DESIGN.md §6) count the
+ * binary rewards of every policy but those declared continuous or Gaussian. */
+int policy_check_undeclared_reward(double reward);
+
+/* What a policy says of a reward (check_reward, or the default above). */
+static inline int policy_check_reward(const policy_ops_t *ops, void *p, double reward)
+{
+    return ops->check_reward ? ops->check_reward(p, reward)
+                             : policy_check_undeclared_reward(reward);
+}
+
 /* What a bandit learns from when its arms fail: each of an arm's errors
  * (arm_stats_t.errors: a 5xx answer, or no answer at all) counts as one
  * more reward of value r (`error_reward`) — r successes and 1 - r failures
@@ -373,12 +388,6 @@ int policy_parse_arm_list(policy_parse_t *pp, const json_t *exp, const char *key
  * Returns `in` itself when there is nothing to add (r is NaN: the
  * experiment's error_reward is null, errors are not rewards; or no arm has
  * an error), else fills out[0..n) and returns out. */
-/* check_reward for a policy whose rewards have no declared model (ab's
- * "auto", epsilon_greedy, ucb1; the core's default): any finite reward, and
- * one that is exactly 0 or 1 is a Bernoulli outcome, so the arm's successes
- * and failures (DESIGN.md §6) count the binary rewards of every policy but
- * those declared continuous or Gaussian. */
-int policy_check_undeclared_reward(double reward);
 const arm_stats_t *policy_scored_stats(const arm_stats_t *in, size_t n, double r, arm_stats_t *out);
 /* Read exp["error_reward"] into *out: absent 0, null NaN (errors are not
  * rewards), else a number in [lo, hi]. */

@@ -117,12 +117,6 @@ static void ucb_choose(void *p, const policy_view_t *v, const policy_req_t *req,
     out->primary = ucb_pick(u, policy_scored_stats(v->stats, n, u->error_reward, sc), n, v->rng);
 }
 
-static int ucb_check_reward(void *p, double reward)
-{
-    MM_UNUSED(p);
-    return policy_check_undeclared_reward(reward);
-}
-
 /* The share of the next requests each arm gets: ucb_pick is deterministic
  * up to ties, so until the next reward it is 1 for the arm it picks (split
  * evenly among tied arms; untried arms first). This is the "effective share"
@@ -217,6 +211,5 @@ const policy_ops_t policy_ucb1_ops = {
     .create = ucb_create,
     .destroy = ucb_destroy,
     .choose = ucb_choose,
-    .check_reward = ucb_check_reward,
     .describe = ucb_describe,
 };

@@ -243,11 +243,7 @@ int admin_refusal(mm_server_t *srv, const mm_local_req_t *r, const char **code, 
 static int parse_body(const mm_local_req_t *r, int optional, json_t **out)
 {
     *out = NULL;
-    size_t i = 0;
-    while (i < r->body.n && (r->body.p[i] == ' ' || r->body.p[i] == '\t' || r->body.p[i] == '\r' ||
-                             r->body.p[i] == '\n'))
-        i++;
-    if (i == r->body.n) {
+    if (jsonpos_blank(r->body.p, r->body.n)) {
         if (optional) return 0;
         conn_respond_error(r->conn, 400, "bad_request", "a JSON object body is required");
         return -1;
@@ -263,8 +259,9 @@ static int parse_body(const mm_local_req_t *r, int optional, json_t **out)
         return -1;
     }
     if (!json_is_object(j)) {
+        char got[64];
         reply_errorf(r->conn, 400, "bad_request", "the body must be a JSON object, got %s",
-                     jsonpos_kind(j));
+                     config_show_value(j, got, sizeof(got)));
         json_decref(j);
         return -1;
     }

@@ -32,9 +32,10 @@
 #include "jsonpos.h"
 #include "log.h"
 
-#define PTR_MAX 1024 /* JSON pointers we build */
-/* A value's readable name in a message: room for a few names of up to 255
- * bytes and keys cut at 200 (jsonpos.h), escaped; longer is cut, with "...". */
+/* DOTTED_MAX: a value's readable name in a message, room for a few names of
+ * up to 255 bytes and keys cut at 200 (jsonpos.h), escaped; longer is cut,
+ * with "...". */
+#define PTR_MAX         1024 /* JSON pointers we build */
 #define DOTTED_MAX      1024
 #define CONFIG_FILE_MAX (16u << 20) /* a config larger than this is a mistake */
 #define TIMEOUT_MAX_MS  3600000LL   /* one hour */
@@ -238,8 +239,7 @@ const char *policy_num(double d, char *out, size_t n)
     return fmt_num(d, 1, out, n);
 }
 
-/* The offending value, for "got ...": -5, "abc", true, an object. */
-static const char *show(const json_t *v, char *out, size_t n)
+const char *config_show_value(const json_t *v, char *out, size_t n)
 {
     if (v == NULL) {
         snprintf(out, n, "nothing");
@@ -300,7 +300,7 @@ static int type_error(cx_t *cx, const char *ptr, const json_t *v, const char *wh
 {
     char d[DOTTED_MAX], g[64];
     return cerr(cx, ptr, 0, "%s must be %s, got %s", dotted(cx, ptr, d, sizeof(d)), what,
-                show(v, g, sizeof(g)));
+                config_show_value(v, g, sizeof(g)));
 }
 
 static int require_object(cx_t *cx, const json_t *obj, const char *ptr)
@@ -640,7 +640,8 @@ static int get_addr(cx_t *cx, const json_t *obj, const char *objptr, const char 
     char p[PTR_MAX], d[DOTTED_MAX], g[300];
     child_ptr(objptr, key, p, sizeof(p));
     return cerr(cx, p, 0, "%s: bad address %s: %s; expected \"host:port\" or \"[ipv6]:port\"",
-                dotted(cx, p, d, sizeof(d)), show(json_object_get(obj, key), g, sizeof(g)), why);
+                dotted(cx, p, d, sizeof(d)),
+                config_show_value(json_object_get(obj, key), g, sizeof(g)), why);
 }
 
 const char *cfg_addr_str(const cfg_addr_t *a, char *buf, size_t n)
@@ -838,7 +839,7 @@ static int parse_sentinel(cx_t *cx, const json_t *o, cfg_store_t *st)
         if (!json_is_string(v) || parse_addr(json_string_value(v), &st->sentinels[i], &why) != 0)
             return cerr(cx, p, 0,
                         "%s: bad address %s: %s; expected \"host:port\" or \"[ipv6]:port\"",
-                        dotted(cx, p, d, sizeof(d)), show(v, g, sizeof(g)), why);
+                        dotted(cx, p, d, sizeof(d)), config_show_value(v, g, sizeof(g)), why);
     }
     st->n_sentinels = (int)json_array_size(nodes);
     return parse_auth(cx, sn, "/store/sentinel", st->sentinel_username,
@@ -963,7 +964,7 @@ static int parse_upstream(cx_t *cx, const char *name, const json_t *o, cfg_upstr
     if (parse_url(url, u, &why) < 0) {
         child_ptr(p, "url", ep, sizeof(ep));
         return cerr(cx, ep, 0, "%s: bad URL %s: %s", dotted(cx, ep, d, sizeof(d)),
-                    show(json_object_get(o, "url"), g, sizeof(g)), why);
+                    config_show_value(json_object_get(o, "url"), g, sizeof(g)), why);
     }
     if (get_int_field(cx, o, p, "pool", 64, 1, 100000, &u->pool) < 0 ||
         get_int_field(cx, o, p, "connect_timeout_ms", 500, 1, TIMEOUT_MAX_MS,
@@ -1163,7 +1164,7 @@ static int parse_experiment(cx_t *cx, size_t i, const json_t *exp)
         char known[256];
         known_policies(known, sizeof(known));
         return cerr(cx, vp, 0, "%s: unknown policy %s (known: %s)", dotted(cx, vp, d, sizeof(d)),
-                    show(json_object_get(exp, "policy"), g, sizeof(g)), known);
+                    config_show_value(json_object_get(exp, "policy"), g, sizeof(g)), known);
     }
 
     e->policy = e->ops->create(exp, &pp);

@@ -138,6 +138,11 @@ void config_log_warnings(const config_t *c);
 int config_error_at(const config_t *c, const char *text, size_t len, const char *ptr, char *err,
                     size_t errlen, const char *fmt, ...) MM_PRINTF(7, 8);
 
+/* A JSON value as an error's "got ..." shows it: -5, "abc" (cut after 44
+ * bytes), true, null, an object, an array; "nothing" for NULL. Returns out
+ * (64 bytes are room enough). The config's messages and the API's. */
+const char *config_show_value(const json_t *v, char *out, size_t n);
+
 /* Upstream index by name, or -1. Both are hash lookups (O(1)). */
 int config_upstream_index(const config_t *c, const char *name);
 /* Experiment index by name, or -1. */

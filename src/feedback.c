@@ -208,8 +208,7 @@ static int fb_apply(mm_server_t *srv, fb_event_t *e)
     if (arm < 0) return FB_ELSEWHERE;
     if (e->has_item) return refuse(e, "an item (a click) is for an interleave experiment");
     const policy_ops_t *ops = x->cfg->ops;
-    int kind = ops->check_reward ? ops->check_reward(x->cfg->policy, e->reward)
-                                 : policy_check_undeclared_reward(e->reward);
+    int kind = policy_check_reward(ops, x->cfg->policy, e->reward);
     if (kind < 0)
         return refuse(e,
                       "the reward is not one its policy takes (a Bernoulli reward is in [0, 1])");
@@ -575,11 +574,7 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
     }
     json_error_t je;
     int ints_as_reals = 0;
-    size_t sp = 0;
-    while (sp < r->body.n && (r->body.p[sp] == ' ' || r->body.p[sp] == '\t' ||
-                              r->body.p[sp] == '\r' || r->body.p[sp] == '\n'))
-        sp++;
-    if (sp == r->body.n) {
+    if (jsonpos_blank(r->body.p, r->body.n)) {
         conn_respond_error(r->conn, 400, "bad_request", FB_BODY_WANTED " is required");
         return;
     }
@@ -590,8 +585,9 @@ void feedback_handle(mm_server_t *srv, const mm_local_req_t *r)
         return;
     }
     if (!json_is_object(root)) {
+        char got[64];
         snprintf(err, sizeof(err), "the body must be " FB_BODY_WANTED ", got %s",
-                 jsonpos_kind(root));
+                 config_show_value(root, got, sizeof(got)));
         conn_respond_error(r->conn, 400, "bad_request", err);
         json_decref(root);
         return;

@@ -513,23 +513,9 @@ void jsonpos_syntax_error(const char *text, size_t len, const json_error_t *je, 
     snprintf(out, n, "invalid JSON at line %d column %d: %s", line, col, je->text);
 }
 
-const char *jsonpos_kind(const json_t *v)
+int jsonpos_blank(const char *text, size_t len)
 {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-        return "true";
-    case JSON_FALSE:
-        return "false";
-    default:
-        return "null";
-    }
+    for (size_t i = 0; i < len; i++)
+        if (text[i] != ' ' && text[i] != '\t' && text[i] != '\r' && text[i] != '\n') return 0;
+    return 1;
 }

@@ -41,9 +41,9 @@ void jsonpos_at(const char *text, size_t len, size_t off, int *line, int *col);
  * jansson's column is the character before it. */
 void jsonpos_error_at(const char *text, size_t len, const json_error_t *je, int *line, int *col);
 
-/* What a value is, for "must be a JSON object, got ...": "null", "an
- * array", "a string", "a number", "true", "false", "an object". */
-const char *jsonpos_kind(const json_t *v);
+/* Whether text holds nothing but JSON whitespace (space, tab, CR, LF): an
+ * API body that is absent, not invalid JSON. */
+int jsonpos_blank(const char *text, size_t len);
 
 /* "invalid JSON at line L column C: WHAT" for a body jansson refused (an
  * API request's), placed as jsonpos_error_at does. */

@@ -113,6 +113,13 @@ static void reload_answer(reload_waiter_t *w, int ok, const char *err)
     }
 }
 
+/* Rotation: the request log (if on) reopens its path after the write in
+ * flight; not while stopping, when it is closing. */
+static void reopen_log(mm_server_t *srv)
+{
+    if (srv->reqlog && !srv->draining) reqlog_reopen(srv->reqlog);
+}
+
 static void reload_reject(mm_server_t *srv, reload_waiter_t *waiters, const char *err)
 {
     srv->reload_failures++;
@@ -120,7 +127,7 @@ static void reload_reject(mm_server_t *srv, reload_waiter_t *waiters, const char
     /* A SIGHUP is also logrotate's "reopen": one that meets a config being
      * edited must still move the request log off the renamed file, or the
      * lines go on into a file about to be compressed or deleted. */
-    if (srv->reqlog && !srv->draining) reqlog_reopen(srv->reqlog);
+    reopen_log(srv);
     reload_answer(waiters, 0, err);
 }
 
@@ -439,8 +446,7 @@ static void on_sighup(uv_signal_t *s, int signum)
 static void on_sigusr1(uv_signal_t *s, int signum)
 {
     (void)signum;
-    mm_server_t *srv = s->data;
-    if (srv->reqlog && !srv->draining) reqlog_reopen(srv->reqlog);
+    reopen_log((mm_server_t *)s->data);
 }
 
 void server_lifecycle_signals(int how, int chld, sigset_t *old)

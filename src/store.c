@@ -567,6 +567,15 @@ static void control_change(store_t *s, store_exp_t *x, const exp_control_t *c)
     if (s->redis) x->pub.control_dirty++;
 }
 
+/* Back to the control the config says (a reset, a redefinition): written
+ * whole and unconditionally, whatever an operator or a policy changed. */
+static void control_to_config(store_t *s, store_exp_t *x)
+{
+    control_change(s, x, &x->pub.initial_control);
+    x->ctl_cas = 0;
+    x->ctl_known_valid = 0;
+}
+
 void store_exp_adopt_control(store_exp_t *x, const exp_control_t *c)
 {
     exp_run_state_t before = x->pub.control.state;
@@ -700,10 +709,7 @@ exp_state_t *store_experiment(store_t *s, const char *name, const char *const *a
             memset(x->pair_of, 0, sizeof(x->pair_of));
             redefined = 1; /* other arms: the old control cannot apply */
         }
-        if (redefined) {
-            control_change(s, x, initial);
-            x->ctl_known_valid = 0; /* the config's control: every field */
-        }
+        if (redefined) control_to_config(s, x);
         return &x->pub;
     }
 
@@ -903,9 +909,7 @@ void store_reset(store_t *s, exp_state_t *e)
     x->ans_gen++;
     tally_clear(e->tally);
     x->tally_gen++;
-    control_change(s, x, &e->initial_control);
-    x->ctl_cas = 0;
-    x->ctl_known_valid = 0; /* the control as the config says: every field */
+    control_to_config(s, x);
     x->resets++;
     if (s->redis) x->reset_pending = 1;
 }

@@ -76,13 +76,13 @@ typedef struct {
     uint8_t text_len;
 } req_pair_t;
 
-/* The write to Redis in flight (or waiting for a retry) for one experiment. */
 /* The control hash's fields an operator's change writes (store_batch_t). */
 #define CTL_F_WEIGHTS 1u
 #define CTL_F_STATE   2u
 #define CTL_F_STEP    4u
 #define CTL_F_ALL     7u
 
+/* The write to Redis in flight (or waiting for a retry) for one experiment. */
 typedef struct {
     int active;   /* sent, or failed and waiting to be sent again as is */
     int failed;   /* the last attempt failed: resend the same seq and deltas */

@@ -1288,8 +1288,8 @@ static void parse_lat(const redisReply *h, answer_stats_t *a)
 
 /* Control as Redis has it, onto a copy of ours (fields that do not parse
  * keep our value). Weights name arms; arms not named get 0, and weights that
- * leave every arm of ours at 0 count as no weights. */
-/* Returns the fields present but unusable (CTL_F_*), which keep c's value. */
+ * leave every arm of ours at 0 count as no weights. Returns the fields
+ * present but unusable (CTL_F_*). */
 static unsigned ctl_from_fields(const exp_state_t *e, const ctl_fields_t *cf, exp_control_t *c)
 {
     unsigned bad = 0;
@@ -2720,10 +2720,9 @@ void store_redis_exp_added(store_redis_t *r, store_exp_t *x, int redefined)
 {
     exp_keys(r, x);
     /* Redefined by the config: ours wins. Else adopt what Redis has, if any. */
-    if (redefined) {
+    if (redefined) /* a new x: ctl_known_valid is 0, every field is written */
         x->pub.control_dirty++;
-        x->ctl_known_valid = 0; /* the config's control, every field */
-    } else
+    else
         x->ctl_init = 1;
 }
 

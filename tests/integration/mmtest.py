@@ -366,6 +366,18 @@ def base_config(port, upstreams, experiments, admin_port=None, **extra):
     return cfg
 
 
+def recv_head(sock, bufsize=65536):
+    """Read from sock until a blank line ends a head (or the peer closes):
+    the bytes read, the whole head in them unless the peer closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(bufsize)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def request(port, method, path, body=None, headers=None, timeout=10.0):
     """One request on a fresh connection: (status, headers dict lowercased, body bytes)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)

@@ -34,7 +34,7 @@ HOST = "127.0.0.1"
 TOKEN = "s3cret-token"
 
 
-from mmtest import free_port  # never hands out the same port twice
+from mmtest import free_port, recv_head  # free_port never hands out the same port twice
 
 
 def request(port, method, path, body=None, headers=None, timeout=5.0):
@@ -621,12 +621,7 @@ class TestAuth(Base):
         with socket.create_connection((HOST, self.mm.admin_port), timeout=5) as s:
             s.sendall(head.encode())
             s.settimeout(5)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+            data = recv_head(s)
         return data.decode("latin-1")
 
     def test_a_body_is_not_read_before_the_token_is_checked(self):

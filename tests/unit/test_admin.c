@@ -359,8 +359,8 @@ static void test_a_body_that_is_no_object_is_named(void **state)
         const char *body, *message;
     } cases[] = {
         {"null", "the body must be a JSON object, got null"},
-        {"\"x\"", "the body must be a JSON object, got a string"},
-        {"3", "the body must be a JSON object, got a number"},
+        {"\"x\"", "the body must be a JSON object, got \"x\""},
+        {"3", "the body must be a JSON object, got 3"},
         {"[80, 20]", "the body must be a JSON object, got an array"},
         {" ", "a JSON object body is required"},
         {"nul", "invalid JSON at line 1 column 3: invalid token near 'nul'"},

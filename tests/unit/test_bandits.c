@@ -592,11 +592,11 @@ static void test_egreedy_explore_share(void **state)
     json_decref(d);
     /* No declared reward model: any finite reward; 0 and 1 are Bernoulli
      * outcomes, counted in successes/failures. */
-    assert_int_equal(in.ops->check_reward(in.p, -7.5), 0);
-    assert_int_equal(in.ops->check_reward(in.p, 0.5), 0);
-    assert_int_equal(in.ops->check_reward(in.p, 1.0), 1);
-    assert_int_equal(in.ops->check_reward(in.p, 0.0), 1);
-    assert_int_equal(in.ops->check_reward(in.p, NAN), -1);
+    assert_int_equal(policy_check_reward(in.ops, in.p, -7.5), 0);
+    assert_int_equal(policy_check_reward(in.ops, in.p, 0.5), 0);
+    assert_int_equal(policy_check_reward(in.ops, in.p, 1.0), 1);
+    assert_int_equal(policy_check_reward(in.ops, in.p, 0.0), 1);
+    assert_int_equal(policy_check_reward(in.ops, in.p, NAN), -1);
     assert_int_equal(in.ops->flags & POLICY_ACCEPTS_WEIGHTS, 0);
     unmake(&in);
 
@@ -694,10 +694,10 @@ static void test_ucb1_hand_computed(void **state)
     assert_true(fabs(num_at(arm_at(d, 0), "ucb") - 0.82094) < 1e-5);
     assert_true(fabs(num_at(arm_at(d, 1), "ucb") - 0.77103) < 1e-5);
     json_decref(d);
-    assert_int_equal(in.ops->check_reward(in.p, 42.0), 0);
-    assert_int_equal(in.ops->check_reward(in.p, 1.0), 1);
-    assert_int_equal(in.ops->check_reward(in.p, -0.0), 1);
-    assert_int_equal(in.ops->check_reward(in.p, INFINITY), -1);
+    assert_int_equal(policy_check_reward(in.ops, in.p, 42.0), 0);
+    assert_int_equal(policy_check_reward(in.ops, in.p, 1.0), 1);
+    assert_int_equal(policy_check_reward(in.ops, in.p, -0.0), 1);
+    assert_int_equal(policy_check_reward(in.ops, in.p, INFINITY), -1);
     assert_int_equal(in.ops->flags & POLICY_ACCEPTS_WEIGHTS, 0);
     unmake(&in);
 }

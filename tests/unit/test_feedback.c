@@ -275,7 +275,7 @@ static void test_malformed_body_is_400_and_applies_nothing(void **state)
              "the body must be a JSON object (one event, or {\"events\": [...]}), got null");
     post_400(t, "\"x\"",
              "the body must be a JSON object (one event, or {\"events\": [...]}), got "
-             "a string");
+             "\"x\"");
     post_400(t, "[{\"request_id\": \"req-a\", \"reward\": 1}]",
              "the body must be a JSON object (one event, or {\"events\": [...]}), got an array");
     post_400(t, "nul", "invalid JSON at line 1 column 3: ");

@@ -507,6 +507,20 @@ static void test_control_change_reaches_the_other_instance(void **state)
     assert_int_equal(eb->frozen[0].pulls, 3);
 }
 
+/* Two instances (f->st[0], f->st[1]) on the fixture's Redis, each with
+ * experiment `name`, both synced at the same control version: returned. */
+static uint64_t two_settled(fx_t *f, const char *name, exp_state_t **ea, exp_state_t **eb)
+{
+    store_t *a = f->st[0] = mk_store(f, f->port, 20);
+    store_t *b = f->st[1] = mk_store(f, f->port, 20);
+    *ea = mk_exp(a, name);
+    *eb = mk_exp(b, name);
+    SETTLE(f, a, *ea);
+    SETTLE(f, b, *eb);
+    assert_int_equal((*eb)->control.version, (*ea)->control.version);
+    return (*ea)->control.version;
+}
+
 /* Two instances running the same canary decide from the same version: the
  * first write lands, the other is dropped and the first adopted, so the
  * fleet moves once (version + 1, not + 2). An operator's change is never
@@ -514,13 +528,9 @@ static void test_control_change_reaches_the_other_instance(void **state)
 static void test_policy_changes_are_compare_and_set(void **state)
 {
     fx_t *f = *state;
-    store_t *a = f->st[0] = mk_store(f, f->port, 20);
-    store_t *b = f->st[1] = mk_store(f, f->port, 20);
-    exp_state_t *ea = mk_exp(a, "can"), *eb = mk_exp(b, "can");
-    SETTLE(f, a, ea);
-    SETTLE(f, b, eb);
-    uint64_t v0 = ea->control.version;
-    assert_int_equal(eb->control.version, v0);
+    exp_state_t *ea, *eb;
+    uint64_t v0 = two_settled(f, "can", &ea, &eb);
+    store_t *a = f->st[0], *b = f->st[1];
 
     exp_control_t ca = ea->control, cb = eb->control;
     ca.canary_step = 10;
@@ -584,13 +594,9 @@ static void on_done(void *arg)
 static void test_an_operator_change_keeps_the_fields_it_did_not_change(void **state)
 {
     fx_t *f = *state;
-    store_t *a = f->st[0] = mk_store(f, f->port, 20);
-    store_t *b = f->st[1] = mk_store(f, f->port, 20);
-    exp_state_t *ea = mk_exp(a, "recs"), *eb = mk_exp(b, "recs");
-    SETTLE(f, a, ea);
-    SETTLE(f, b, eb);
-    uint64_t v0 = ea->control.version;
-    assert_int_equal(eb->control.version, v0);
+    exp_state_t *ea, *eb;
+    uint64_t v0 = two_settled(f, "recs", &ea, &eb);
+    store_t *a = f->st[0], *b = f->st[1];
 
     exp_control_t ca = weights(20, 80), cb = eb->control;
     cb.state = EXP_PAUSED;
